@@ -1,0 +1,3 @@
+"""lvs-userspace: a userspace Linux Virtual Server director."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,274 @@
+"""The C fast path behind the Engine protocol.
+
+With lb/_ffi.py, the only module that touches `ffi`/`lib`. C error codes become
+EngineError with IPVS's errno names; addresses cross the boundary as host-order
+integers (lb_api.h convention).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from lb._ffi import ffi, lib
+from lb.engine import (
+    ERRNO_NAMES,
+    FWD_IDS,
+    FWD_NAMES,
+    Action,
+    ConnState,
+    EngineError,
+    FwdState,
+    Reason,
+    Verdict,
+)
+from lb.model import (
+    ConnInfo,
+    DestInfo,
+    DestSpec,
+    ServiceInfo,
+    ServiceKey,
+    ServiceSpec,
+    Stats,
+)
+
+
+def _ip2int(addr: str) -> int:
+    return int(ipaddress.IPv4Address(addr))
+
+
+def _int2ip(value: int) -> str:
+    return str(ipaddress.IPv4Address(value))
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        name = ERRNO_NAMES.get(rc, "EIO")
+        raise EngineError(name, f"{what}: {ffi.string(lib.lb_strerror(rc)).decode()}")
+    return rc
+
+
+def _stats(c: object) -> Stats:
+    return Stats(
+        conns=c.conns,  # type: ignore[attr-defined]
+        inpkts=c.inpkts,  # type: ignore[attr-defined]
+        outpkts=c.outpkts,  # type: ignore[attr-defined]
+        inbytes=c.inbytes,  # type: ignore[attr-defined]
+        outbytes=c.outbytes,  # type: ignore[attr-defined]
+    )
+
+
+class NfqError(OSError):
+    """The NFQUEUE adapter could not start."""
+
+
+class CEngine:
+    """One director instance in C: tables, counters and (optionally) an NFQUEUE thread."""
+
+    name = "c"
+
+    def __init__(self, conn_max: int = 0, hash_buckets: int = 0, hash_seed: int = 0) -> None:
+        cfg = ffi.new("struct lb_config *")
+        cfg.conn_max = conn_max
+        cfg.hash_buckets = hash_buckets
+        cfg.hash_seed = hash_seed
+        handle = lib.lb_new(cfg)
+        if handle == ffi.NULL:
+            raise EngineError("EINVAL", f"lb_new failed (conn_max={conn_max}, hash_buckets={hash_buckets})")
+        self._lb = ffi.gc(handle, lib.lb_free)
+        self._out = ffi.new("uint8_t[]", lib.LB_PKT_MAX)
+        self._act = ffi.new("struct lb_action *")
+        self._nfq: object | None = None
+
+    # ------------------------------------------------------------ packet path
+    def process(self, packet: bytes, now_ms: int) -> Action:
+        act = self._act
+        _check(lib.lb_process(self._lb, packet, len(packet), now_ms, self._out, lib.LB_PKT_MAX, act), "lb_process")
+        verdict = Verdict(act.verdict)
+        out = bytes(ffi.buffer(self._out, act.out_len)) if verdict in (Verdict.MANGLE, Verdict.ANSWER) else b""
+        l2hdr = bytes(act.l2hdr) if verdict == Verdict.XMIT_L2 else b""
+        ifindex = act.ifindex if verdict == Verdict.XMIT_L2 else 0
+        return Action(verdict=verdict, reason=Reason(act.reason), out=out, ifindex=ifindex, l2hdr=l2hdr)
+
+    def expire(self, now_ms: int) -> int:
+        return _check(lib.lb_expire(self._lb, now_ms, 0), "lb_expire")
+
+    # ------------------------------------------------------------ configuration
+    @staticmethod
+    def _svc_conf(spec: ServiceSpec) -> object:
+        conf = ffi.new("struct lb_svc_conf *")
+        conf.proto = spec.key.proto
+        conf.addr = _ip2int(spec.key.addr)
+        conf.port = spec.key.port
+        conf.sched = spec.sched.encode()
+        conf.persist_timeout_s = spec.persistent or 0
+        conf.netmask = _ip2int(spec.netmask)
+        return conf
+
+    @staticmethod
+    def _dest_conf(dest: DestSpec) -> object:
+        conf = ffi.new("struct lb_dest_conf *")
+        conf.addr = _ip2int(dest.addr)
+        conf.port = dest.port
+        conf.fwd = FWD_IDS[dest.fwd]
+        conf.weight = dest.weight
+        conf.u_threshold = dest.u_threshold
+        conf.l_threshold = dest.l_threshold
+        return conf
+
+    @staticmethod
+    def _key(key: ServiceKey) -> tuple[int, int, int]:
+        return key.proto, _ip2int(key.addr), key.port
+
+    def add_service(self, spec: ServiceSpec) -> None:
+        _check(lib.lb_svc_add(self._lb, self._svc_conf(spec)), f"add service {spec.key}")
+
+    def edit_service(self, spec: ServiceSpec) -> None:
+        _check(lib.lb_svc_edit(self._lb, self._svc_conf(spec)), f"edit service {spec.key}")
+
+    def del_service(self, key: ServiceKey) -> None:
+        _check(lib.lb_svc_del(self._lb, *self._key(key)), f"delete service {key}")
+
+    def clear(self) -> None:
+        _check(lib.lb_clear(self._lb), "clear")
+
+    def add_dest(self, key: ServiceKey, dest: DestSpec) -> None:
+        _check(
+            lib.lb_dest_add(self._lb, *self._key(key), self._dest_conf(dest)),
+            f"add destination {dest.addr}:{dest.port} to {key}",
+        )
+
+    def edit_dest(self, key: ServiceKey, dest: DestSpec) -> None:
+        _check(
+            lib.lb_dest_edit(self._lb, *self._key(key), self._dest_conf(dest)),
+            f"edit destination {dest.addr}:{dest.port} of {key}",
+        )
+
+    def del_dest(self, key: ServiceKey, addr: str, port: int) -> None:
+        _check(
+            lib.lb_dest_del(self._lb, *self._key(key), _ip2int(addr), port),
+            f"delete destination {addr}:{port} of {key}",
+        )
+
+    def set_fwd(self, key: ServiceKey, addr: str, port: int, fwd: FwdState | None) -> None:
+        conf = ffi.NULL
+        if fwd is not None:
+            conf = ffi.new("struct lb_fwd_conf *")
+            conf.ifindex = fwd.ifindex
+            conf.dst_mac = fwd.dst_mac
+            conf.src_mac = fwd.src_mac
+            conf.saddr = _ip2int(fwd.saddr)
+            conf.mtu = fwd.mtu
+        _check(
+            lib.lb_dest_set_fwd(self._lb, *self._key(key), _ip2int(addr), port, conf),
+            f"set forwarding state of {addr}:{port} in {key}",
+        )
+
+    def zero(self) -> None:
+        _check(lib.lb_zero(self._lb), "zero")
+
+    # ------------------------------------------------------------ observation
+    def services(self) -> list[ServiceInfo]:
+        total = lib.lb_svc_list(self._lb, ffi.NULL, 0)
+        arr = ffi.new("struct lb_svc_info[]", max(total, 1))
+        count = min(lib.lb_svc_list(self._lb, arr, total), total)
+        result: list[ServiceInfo] = []
+        for i in range(count):
+            s = arr[i]
+            key = ServiceKey(s.conf.proto, _int2ip(s.conf.addr), s.conf.port)
+            spec = ServiceSpec(
+                key=key,
+                sched=ffi.string(s.conf.sched).decode(),
+                persistent=s.conf.persist_timeout_s or None,
+                netmask=_int2ip(s.conf.netmask) if s.conf.netmask else "255.255.255.255",
+            )
+            result.append(ServiceInfo(spec=spec, dests=self._dests(key), stats=_stats(s.stats)))
+        return result
+
+    def _dests(self, key: ServiceKey) -> list[DestInfo]:
+        total = _check(lib.lb_dest_list(self._lb, *self._key(key), ffi.NULL, 0), f"list {key}")
+        arr = ffi.new("struct lb_dest_info[]", max(total, 1))
+        count = min(_check(lib.lb_dest_list(self._lb, *self._key(key), arr, total), f"list {key}"), total)
+        dests = []
+        for i in range(count):
+            d = arr[i]
+            spec = DestSpec(
+                addr=_int2ip(d.conf.addr),
+                port=d.conf.port,
+                fwd=FWD_NAMES[d.conf.fwd],
+                weight=d.conf.weight,
+                u_threshold=d.conf.u_threshold,
+                l_threshold=d.conf.l_threshold,
+            )
+            dests.append(
+                DestInfo(spec=spec, active=d.active, inactive=d.inactive, persist=d.persist, stats=_stats(d.stats))
+            )
+        return dests
+
+    def dest_flags(self, key: ServiceKey) -> dict[tuple[str, int], int]:
+        """LB_DEST_F_* flags per destination (availability, overload, forwarding state valid)."""
+        total = _check(lib.lb_dest_list(self._lb, *self._key(key), ffi.NULL, 0), f"list {key}")
+        arr = ffi.new("struct lb_dest_info[]", max(total, 1))
+        count = min(_check(lib.lb_dest_list(self._lb, *self._key(key), arr, total), f"list {key}"), total)
+        return {(_int2ip(arr[i].conf.addr), arr[i].conf.port): arr[i].flags for i in range(count)}
+
+    def connections(self, now_ms: int) -> list[ConnInfo]:
+        chunk = 1024
+        arr = ffi.new("struct lb_conn_info[]", chunk)
+        cursor = ffi.new("uint32_t *", 0)
+        result: list[ConnInfo] = []
+        while True:
+            n = _check(lib.lb_conn_dump(self._lb, now_ms, arr, chunk, cursor), "connection dump")
+            for i in range(n):
+                c = arr[i]
+                result.append(
+                    ConnInfo(
+                        proto=c.proto,
+                        caddr=_int2ip(c.caddr),
+                        cport=c.cport,
+                        vaddr=_int2ip(c.vaddr),
+                        vport=c.vport,
+                        daddr=_int2ip(c.daddr),
+                        dport=c.dport,
+                        state=ConnState(c.state).name,
+                        expires_ms=c.expires_in_ms,
+                    )
+                )
+            if n < chunk:
+                return result
+
+    def counters(self) -> dict[str, int]:
+        n = lib.LB_R_COUNT
+        arr = ffi.new("uint64_t[]", n)
+        lib.lb_counters(self._lb, arr, n)
+        return {ffi.string(lib.lb_reason_name(i)).decode(): arr[i] for i in range(n)}
+
+    def conn_count(self) -> int:
+        return int(lib.lb_conn_count(self._lb))
+
+    def table_size(self) -> int:
+        return int(lib.lb_hash_buckets(self._lb))
+
+    # ------------------------------------------------------------ NFQUEUE
+    def start(self, queue_num: int, fail_open: bool = False) -> None:
+        if self._nfq is not None:
+            raise RuntimeError("NFQUEUE adapter already running")
+        err = ffi.new("int *")
+        flags = lib.LB_NFQ_F_FAIL_OPEN if fail_open else 0
+        q = lib.lb_nfq_start(self._lb, queue_num, flags, err)
+        if q == ffi.NULL:
+            code = -err[0]
+            raise NfqError(code, f"cannot bind NFQUEUE {queue_num}: {os.strerror(code)}")
+        self._nfq = q
+
+    def stop(self) -> None:
+        if self._nfq is not None:
+            lib.lb_nfq_stop(self._nfq)
+            self._nfq = None
+
+    def nfq_stats(self) -> dict[str, int]:
+        if self._nfq is None:
+            return {}
+        st = ffi.new("struct lb_nfq_stats *")
+        lib.lb_nfq_get_stats(self._nfq, st)
+        return {name: getattr(st, name) for name in dir(st)}

@@ -1,0 +1,221 @@
+"""Frozen value types shared by the control plane, both engines and lbadm.
+
+These describe *configuration* (what the operator asked for) and *observations*
+(what an engine reports). They carry no behaviour beyond validation and
+conversion, so every module can import them without pulling in I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_NAMES = {PROTO_TCP: "TCP", PROTO_UDP: "UDP"}
+PROTO_BY_NAME = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
+
+# Forwarding methods, named as in ipvsadm's -Ln output ("Route", "Tunnel",
+# "Masq") plus DPVS's FULLNAT ("FullNat").
+Forward = Literal["route", "tunnel", "masq", "fullnat"]
+FORWARD_NAMES: dict[str, str] = {
+    "route": "Route",
+    "tunnel": "Tunnel",
+    "masq": "Masq",
+    "fullnat": "FullNat",
+}
+
+SCHEDULERS = ("rr", "wlc")
+
+# ipvsadm/IPVS limits.
+MAX_WEIGHT = 65535  # IP_VS_DEST_WEIGHT max accepted by ipvsadm
+MAX_THRESHOLD = 2**31 - 1
+
+
+class ConfigError(ValueError):
+    """A value an operator supplied is invalid. The message says why."""
+
+
+def parse_ipv4(text: str) -> str:
+    """Return the canonical dotted-quad form of an IPv4 address or raise ConfigError."""
+    try:
+        addr = ipaddress.IPv4Address(text)
+    except (ipaddress.AddressValueError, ValueError) as exc:
+        raise ConfigError(f"invalid IPv4 address {text!r}") from exc
+    return str(addr)
+
+
+def check_port(port: int, *, allow_zero: bool = False) -> int:
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise ConfigError(f"port must be an integer, got {port!r}")
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ConfigError(f"port {port} out of range {low}..65535")
+    return port
+
+
+@dataclass(frozen=True, order=True)
+class ServiceKey:
+    """Identifies a virtual service: protocol, virtual address, virtual port."""
+
+    proto: int
+    addr: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if self.proto not in PROTO_NAMES:
+            raise ConfigError(f"unsupported protocol {self.proto}")
+        object.__setattr__(self, "addr", parse_ipv4(self.addr))
+        check_port(self.port, allow_zero=True)
+
+    @property
+    def proto_name(self) -> str:
+        return PROTO_NAMES[self.proto]
+
+    def __str__(self) -> str:
+        return f"{self.proto_name} {self.addr}:{self.port}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"proto": self.proto_name.lower(), "addr": self.addr, "port": self.port}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> "ServiceKey":
+        proto = PROTO_BY_NAME.get(str(obj.get("proto", "")).lower())
+        if proto is None:
+            raise ConfigError(f"unknown protocol {obj.get('proto')!r}")
+        return cls(proto, str(obj["addr"]), int(obj["port"]))  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    key: ServiceKey
+    sched: str = "wlc"  # ipvsadm's default scheduler
+    persistent: int | None = None  # persistence timeout in seconds, None = off
+    netmask: str = "255.255.255.255"
+
+    def __post_init__(self) -> None:
+        if self.sched not in SCHEDULERS:
+            raise ConfigError(f"unknown scheduler {self.sched!r} (known: {', '.join(SCHEDULERS)})")
+        if self.persistent is not None and not 1 <= self.persistent <= 2**31 - 1:
+            raise ConfigError(f"persistence timeout {self.persistent} out of range")
+        parse_ipv4(self.netmask)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            **self.key.to_json(),
+            "sched": self.sched,
+            "persistent": self.persistent,
+            "netmask": self.netmask,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> "ServiceSpec":
+        persistent = obj.get("persistent")
+        return cls(
+            key=ServiceKey.from_json(obj),
+            sched=str(obj.get("sched", "wlc")),
+            persistent=None if persistent is None else int(persistent),  # type: ignore[call-overload]
+            netmask=str(obj.get("netmask", "255.255.255.255")),
+        )
+
+
+@dataclass(frozen=True)
+class DestSpec:
+    addr: str
+    port: int
+    fwd: str = "route"  # ipvsadm's default (-g)
+    weight: int = 1
+    u_threshold: int = 0
+    l_threshold: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "addr", parse_ipv4(self.addr))
+        check_port(self.port, allow_zero=True)
+        if self.fwd not in FORWARD_NAMES:
+            raise ConfigError(f"unknown forwarding method {self.fwd!r}")
+        if not isinstance(self.weight, int) or not 0 <= self.weight <= MAX_WEIGHT:
+            raise ConfigError(f"weight {self.weight!r} out of range 0..{MAX_WEIGHT}")
+        for name in ("u_threshold", "l_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= MAX_THRESHOLD:
+                raise ConfigError(f"{name} {value!r} out of range 0..{MAX_THRESHOLD}")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "addr": self.addr,
+            "port": self.port,
+            "fwd": self.fwd,
+            "weight": self.weight,
+            "u_threshold": self.u_threshold,
+            "l_threshold": self.l_threshold,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> "DestSpec":
+        return cls(
+            addr=str(obj["addr"]),
+            port=int(obj["port"]),  # type: ignore[call-overload]
+            fwd=str(obj.get("fwd", "route")),
+            weight=int(obj.get("weight", 1)),  # type: ignore[call-overload]
+            u_threshold=int(obj.get("u_threshold", 0)),  # type: ignore[call-overload]
+            l_threshold=int(obj.get("l_threshold", 0)),  # type: ignore[call-overload]
+        )
+
+
+@dataclass
+class Stats:
+    """Cumulative counters, as IPVS keeps per service and per destination."""
+
+    conns: int = 0
+    inpkts: int = 0
+    outpkts: int = 0
+    inbytes: int = 0
+    outbytes: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class DestInfo:
+    spec: DestSpec
+    active: int = 0
+    inactive: int = 0
+    persist: int = 0
+    stats: Stats = field(default_factory=Stats)
+
+
+@dataclass
+class ServiceInfo:
+    spec: ServiceSpec
+    dests: list[DestInfo] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+
+
+@dataclass(frozen=True)
+class ConnInfo:
+    """One connection entry, as `ipvsadm -Lnc` shows it."""
+
+    proto: int
+    caddr: str
+    cport: int
+    vaddr: str
+    vport: int
+    daddr: str
+    dport: int
+    state: str
+    expires_ms: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "proto": PROTO_NAMES[self.proto].lower(),
+            "caddr": self.caddr,
+            "cport": self.cport,
+            "vaddr": self.vaddr,
+            "vport": self.vport,
+            "daddr": self.daddr,
+            "dport": self.dport,
+            "state": self.state,
+            "expires_ms": self.expires_ms,
+        }

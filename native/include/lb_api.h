@@ -1,0 +1,235 @@
+/*
+ * lb_api.h - THE contract between the Python control plane and the C fast path.
+ *
+ * native/build_ffi.py hands this file verbatim to cffi's cdef(), so it must stay
+ * cdef-parseable: no #include, no #if, no macros other than integer #defines,
+ * no inline code. C sources include it through lb_internal.h, which includes
+ * <stdint.h> first. Include it exactly once per translation unit (no guard: cffi
+ * cannot parse one).
+ *
+ * Conventions:
+ *   - IPv4 addresses and ports are in HOST byte order in this API.
+ *   - Times are milliseconds of CLOCK_MONOTONIC ("now_ms"), supplied by the caller:
+ *     the core never reads a clock, so tests and benchmarks are deterministic.
+ *   - Functions returning int return LB_OK (0) or a negative LB_E* code
+ *     (numerically the negative Linux errno, so the control plane can speak
+ *     IPVS's errno vocabulary), or a non-negative count where documented.
+ *   - Every object the library allocates is allocated zeroed.
+ */
+
+/* ---- limits and sizes (units in the names) ---- */
+#define LB_L2HDR_LEN 14
+#define LB_SCHED_NAME_MAX 16
+#define LB_PKT_MAX 65535
+#define LB_DEFAULT_CONN_MAX 1048576
+#define LB_DEFAULT_HASH_BUCKETS 262144
+
+/* ---- errors ---- */
+enum lb_err {
+    LB_OK = 0,
+    LB_ENOENT = -2,     /* no such destination / unknown scheduler */
+    LB_ESRCH = -3,      /* no such service */
+    LB_EIO = -5,        /* I/O error in an adapter */
+    LB_ENOMEM = -12,
+    LB_EBUSY = -16,
+    LB_EEXIST = -17,
+    LB_EINVAL = -22,
+    LB_ENOSPC = -28,    /* table full */
+    LB_EOPNOTSUPP = -95
+};
+
+/* ---- what lb_process() tells the caller to do with a packet ---- */
+enum lb_verdict {
+    LB_V_ACCEPT = 0,   /* continue in the kernel, bytes unchanged */
+    LB_V_DROP = 1,     /* drop */
+    LB_V_MANGLE = 2,   /* continue in the kernel with the bytes in out[0..out_len) */
+    LB_V_XMIT_L2 = 3,  /* drop the original; send l2hdr + original bytes on ifindex (AF_PACKET) */
+    LB_V_ANSWER = 4    /* drop the original; send out[0..out_len) (an IPv4 packet) via a raw IP socket */
+};
+
+/* Why: one per packet, counted globally (lb_counters) and returned in the action. */
+enum lb_reason {
+    LB_R_FORWARDED = 0,        /* handed to a forwarding method */
+    LB_R_NOT_IPV4 = 1,         /* IPv6: passed through */
+    LB_R_MALFORMED = 2,        /* truncated / inconsistent headers: dropped */
+    LB_R_BAD_CSUM = 3,         /* bad IPv4 header checksum: dropped */
+    LB_R_FRAGMENT = 4,         /* IP fragment: dropped (defrag happens before the queue) */
+    LB_R_NOT_LB_PROTO = 5,     /* not TCP/UDP: passed through */
+    LB_R_NO_SERVICE = 6,       /* no virtual service for the destination: passed through */
+    LB_R_NO_CONN = 7,          /* TCP non-SYN without a connection entry: passed through */
+    LB_R_NO_DEST = 8,          /* scheduler found no destination: ICMP port unreachable */
+    LB_R_TABLE_FULL = 9,       /* connection table full: dropped */
+    LB_R_DEST_UNAVAILABLE = 10,/* connection's destination was deleted: dropped */
+    LB_R_NO_L2 = 11,           /* destination has no valid forwarding state (MAC): dropped */
+    LB_R_COUNT = 12
+};
+
+/* Forwarding methods (ipvsadm -g / -i / -m, DPVS -b). */
+enum lb_fwd {
+    LB_FWD_ROUTE = 0,
+    LB_FWD_TUNNEL = 1,
+    LB_FWD_MASQ = 2,
+    LB_FWD_FULLNAT = 3
+};
+
+/* TCP states, numbered as IPVS's IP_VS_TCP_S_*; UDP entries report LB_S_UDP. */
+enum lb_conn_state {
+    LB_S_NONE = 0,
+    LB_S_ESTABLISHED = 1,
+    LB_S_SYN_SENT = 2,
+    LB_S_SYN_RECV = 3,
+    LB_S_FIN_WAIT = 4,
+    LB_S_TIME_WAIT = 5,
+    LB_S_CLOSE = 6,
+    LB_S_CLOSE_WAIT = 7,
+    LB_S_LAST_ACK = 8,
+    LB_S_LISTEN = 9,
+    LB_S_SYNACK = 10,
+    LB_S_UDP = 11,
+    LB_S_COUNT = 12
+};
+
+/* Destination flags reported by lb_dest_list(). */
+#define LB_DEST_F_AVAILABLE 1
+#define LB_DEST_F_OVERLOAD 2
+#define LB_DEST_F_FWD_VALID 4
+
+/* Connection flags reported by lb_conn_dump(). */
+#define LB_CONN_F_INACTIVE 1
+#define LB_CONN_F_NOOUTPUT 2
+
+typedef struct lb lb_t;            /* one director instance: tables, counters, lock */
+typedef struct lb_nfq lb_nfq_t;    /* one NFQUEUE adapter thread */
+
+struct lb_config {
+    uint32_t conn_max;             /* maximum connection entries; 0 = LB_DEFAULT_CONN_MAX */
+    uint32_t hash_buckets;         /* power of two; 0 = LB_DEFAULT_HASH_BUCKETS */
+    uint64_t hash_seed;            /* 0 = pick one at random */
+};
+
+struct lb_action {
+    int32_t verdict;               /* enum lb_verdict */
+    int32_t reason;                /* enum lb_reason */
+    int32_t ifindex;               /* LB_V_XMIT_L2: output interface */
+    uint32_t out_len;              /* LB_V_MANGLE / LB_V_ANSWER: bytes written to out */
+    uint8_t l2hdr[14];             /* LB_V_XMIT_L2: dst MAC, src MAC, ethertype */
+};
+
+struct lb_svc_conf {
+    uint8_t proto;                 /* 6 = TCP, 17 = UDP */
+    uint32_t addr;
+    uint16_t port;
+    char sched[16];                /* NUL-terminated scheduler name: "rr", "wlc" */
+    uint32_t persist_timeout_s;    /* 0 = not persistent (persistence: not yet supported) */
+    uint32_t netmask;
+};
+
+struct lb_dest_conf {
+    uint32_t addr;
+    uint16_t port;
+    int32_t fwd;                   /* enum lb_fwd */
+    int32_t weight;                /* 0..65535 */
+    uint32_t u_threshold;          /* 0 = none */
+    uint32_t l_threshold;          /* 0 = none */
+};
+
+/* Per-destination forwarding state computed by the control plane (route,
+ * neighbour, source address). Installed whole; the core keeps it in a zeroed
+ * allocation and never uses a partly filled one. */
+struct lb_fwd_conf {
+    int32_t ifindex;               /* output interface; 0 = invalid (nothing resolved) */
+    uint8_t dst_mac[6];            /* DR: real server's (or next hop's) MAC */
+    uint8_t src_mac[6];            /* DR: director's interface MAC */
+    uint32_t saddr;                /* tunnel: outer source chosen by the route */
+    uint32_t mtu;                  /* path MTU towards the destination, bytes */
+};
+
+struct lb_stats {
+    uint64_t conns;
+    uint64_t inpkts;
+    uint64_t outpkts;
+    uint64_t inbytes;
+    uint64_t outbytes;
+};
+
+struct lb_svc_info {
+    struct lb_svc_conf conf;
+    uint32_t num_dests;
+    struct lb_stats stats;
+};
+
+struct lb_dest_info {
+    struct lb_dest_conf conf;
+    uint32_t active;
+    uint32_t inactive;
+    uint32_t persist;
+    uint32_t flags;                /* LB_DEST_F_* */
+    struct lb_stats stats;
+};
+
+struct lb_conn_info {
+    uint8_t proto;
+    uint8_t state;                 /* enum lb_conn_state */
+    uint16_t flags;                /* LB_CONN_F_* */
+    uint32_t caddr;
+    uint16_t cport;
+    uint32_t vaddr;
+    uint16_t vport;
+    uint32_t daddr;
+    uint16_t dport;
+    int64_t expires_in_ms;         /* time left until expiry */
+};
+
+struct lb_nfq_stats {
+    uint64_t packets;              /* packets received from the queue */
+    uint64_t batches;              /* recv batches processed */
+    uint64_t verdicts;             /* verdicts sent */
+    uint64_t xmit_l2;              /* frames sent on the packet socket */
+    uint64_t xmit_l2_err;          /* packet socket send failures */
+    uint64_t answers;              /* packets sent on the raw socket */
+    uint64_t answer_err;
+    uint64_t recv_err;             /* recv errors other than EAGAIN (e.g. ENOBUFS) */
+};
+
+/* ---- lifecycle ---- */
+lb_t *lb_new(const struct lb_config *cfg);        /* NULL on allocation failure or bad config */
+void lb_free(lb_t *lb);
+const char *lb_strerror(int err);
+const char *lb_reason_name(int reason);
+const char *lb_state_name(int state);
+
+/* ---- the packet path (no I/O; not locked: single caller, or an adapter holding the lock) ---- */
+int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms,
+               uint8_t *out, uint32_t out_cap, struct lb_action *act);
+/* Expire up to `budget` table slots' worth of dead entries (0 = whole table); returns entries freed. Locks. */
+int lb_expire(lb_t *lb, uint64_t now_ms, uint32_t budget);
+
+/* ---- configuration (each call locks, validates fully, then changes or changes nothing) ---- */
+int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf);
+int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf);
+int lb_svc_del(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port);
+int lb_clear(lb_t *lb);
+int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const struct lb_dest_conf *conf);
+int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const struct lb_dest_conf *conf);
+int lb_dest_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t daddr, uint16_t dport);
+/* Install (ifindex != 0) or invalidate (fwd == NULL or ifindex == 0) a destination's forwarding state. */
+int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t daddr, uint16_t dport,
+                    const struct lb_fwd_conf *fwd);
+int lb_zero(lb_t *lb);                            /* zero every service's and destination's stats */
+
+/* ---- observation (lock; copy out) ---- */
+int lb_svc_list(lb_t *lb, struct lb_svc_info *out, uint32_t cap);          /* returns total count */
+int lb_dest_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport,
+                 struct lb_dest_info *out, uint32_t cap);                  /* returns total count or LB_ESRCH */
+/* Copy up to cap live entries starting at *cursor (0 to begin); updates *cursor; returns the number copied. */
+int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor);
+uint32_t lb_conn_count(lb_t *lb);
+uint32_t lb_conn_max(lb_t *lb);
+uint32_t lb_hash_buckets(lb_t *lb);
+void lb_counters(lb_t *lb, uint64_t *out, uint32_t n);                     /* per-reason packet counters */
+
+/* ---- NFQUEUE adapter: one thread per queue, runs without the GIL ---- */
+#define LB_NFQ_F_FAIL_OPEN 1       /* kernel accepts instead of dropping when the queue is full */
+lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, uint32_t flags, int *err);
+int lb_nfq_stop(lb_nfq_t *q);                      /* joins the thread and frees q */
+void lb_nfq_get_stats(lb_nfq_t *q, struct lb_nfq_stats *out);

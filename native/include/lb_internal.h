@@ -1,0 +1,176 @@
+/*
+ * lb_internal.h - structures shared by the C sources of the fast path.
+ *
+ * Not part of the Python contract (that is lb_api.h alone). Invariants are
+ * stated next to the fields they constrain.
+ */
+#ifndef LB_INTERNAL_H
+#define LB_INTERNAL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lb_api.h"
+
+#define LB_UNUSED __attribute__((unused))
+#define LB_LIKELY(x) __builtin_expect(!!(x), 1)
+#define LB_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+#define LB_PROTO_ICMP 1
+#define LB_PROTO_TCP 6
+#define LB_PROTO_UDP 17
+
+/* Internal connection flags (the low bits match LB_CONN_F_* in lb_api.h). */
+#define LB_CF_INACTIVE LB_CONN_F_INACTIVE
+#define LB_CF_NOOUTPUT LB_CONN_F_NOOUTPUT
+#define LB_CF_USED 0x8000          /* slot holds a live (possibly expired, not yet reaped) entry */
+
+/* Service hash: services are few; 256 chains keep lookups at one or two probes. */
+#define LB_SVC_HASH_BUCKETS 256u
+
+/* ---------------------------------------------------------------- parsing */
+
+/* A parsed packet. All multi-byte fields are kept in NETWORK byte order, as
+ * they sit in the packet, so the hot path never byte-swaps. */
+struct lb_pkt {
+    const uint8_t *data;   /* start of the IPv4 header */
+    uint32_t len;          /* bytes from data up to the IP total length */
+    uint32_t ihl;          /* IP header length in bytes (20..60) */
+    uint8_t proto;
+    uint8_t tcp_flags;     /* TCP only */
+    uint32_t saddr, daddr; /* network order */
+    uint16_t sport, dport; /* network order */
+    uint32_t l4off;        /* offset of the transport header */
+    uint32_t l4len;        /* transport header + payload bytes */
+};
+
+#define LB_TCP_FIN 0x01
+#define LB_TCP_SYN 0x02
+#define LB_TCP_RST 0x04
+#define LB_TCP_ACK 0x10
+
+/* Returns LB_R_FORWARDED when the packet is a well-formed, unfragmented IPv4
+ * TCP/UDP packet (p filled), else the reason to give up (see docs/fastpath.md). */
+int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p);
+
+/* ---------------------------------------------------------------- checksums */
+uint16_t lb_csum_fold(uint32_t sum);
+uint32_t lb_csum_partial(const uint8_t *buf, uint32_t len, uint32_t sum);
+uint16_t lb_ip_csum(const uint8_t *hdr, uint32_t ihl); /* 0 when the header's checksum is right */
+
+/* ---------------------------------------------------------------- tables */
+
+/* Per-destination forwarding state. Invariant: a destination's `fwd` is either
+ * NULL or points to a calloc'ed struct that was filled completely from one
+ * successful control-plane lookup before being published; it is never edited
+ * in place (replaced whole, or dropped to NULL on invalidation). */
+struct lb_dest_fwd {
+    struct lb_fwd_conf conf;
+    uint8_t l2hdr[LB_L2HDR_LEN]; /* DR: precomputed Ethernet header */
+};
+
+struct lb_svc;
+
+struct lb_dest {
+    struct lb_dest_conf conf;    /* host order (API form) */
+    uint32_t addr_n;             /* conf.addr, network order */
+    uint16_t port_n;             /* conf.port, network order */
+    uint32_t flags;              /* LB_DEST_F_AVAILABLE | LB_DEST_F_OVERLOAD */
+    uint32_t activeconns;
+    uint32_t inactconns;
+    uint32_t persistconns;
+    uint32_t refcnt;             /* 1 while linked in a service + 1 per bound connection */
+    struct lb_dest_fwd *fwd;          /* NULL = no valid forwarding state */
+    struct lb_svc *svc;          /* NULL once unlinked (deleted) */
+    uint8_t vproto;              /* service key, kept so a trashed dest can be revived */
+    uint32_t vaddr;
+    uint16_t vport;
+    struct lb_stats stats;
+    struct lb_dest *trash_next;  /* on lb->trash while unlinked and still referenced */
+};
+
+struct lb_sched_ops;
+
+struct lb_svc {
+    struct lb_svc_conf conf;     /* host order */
+    uint32_t addr_n;
+    uint16_t port_n;
+    const struct lb_sched_ops *sched;
+    int32_t sched_pos;           /* rr cursor: index of the last chosen dest, -1 = list head */
+    struct lb_dest **dests;      /* kernel list order: most recently added first */
+    uint32_t ndests;
+    uint32_t dests_cap;
+    struct lb_stats stats;
+    struct lb_svc *hnext;        /* service hash chain */
+};
+
+/* One connection entry: 64 bytes. Slot 0 of the pool is never used so that
+ * index 0 can mean "none" in chains. */
+struct lb_conn {
+    uint32_t caddr;              /* network order: client address (key) */
+    uint32_t vaddr;              /* network order: virtual address (key) */
+    uint16_t cport;              /* network order (key) */
+    uint16_t vport;              /* network order (key) */
+    uint8_t proto;               /* key */
+    uint8_t state;               /* enum lb_conn_state */
+    uint16_t flags;              /* LB_CF_* */
+    uint32_t hnext;              /* next slot in the hash chain; in the free list: next free */
+    uint32_t timeout_ms;         /* current state's timeout */
+    uint64_t expires_ms;         /* dead when now_ms >= expires_ms */
+    struct lb_dest *dest;        /* holds a reference (dest->refcnt) */
+    uint8_t pad[24];
+};
+
+struct lb {
+    pthread_mutex_t lock;        /* serialises configuration against adapter threads */
+    /* connection table */
+    struct lb_conn *conns;       /* conn_max + 1 slots, calloc'ed */
+    uint32_t *buckets;           /* hash_buckets chain heads (slot indices) */
+    uint32_t conn_max;
+    uint32_t hash_mask;
+    uint32_t conn_count;         /* live entries */
+    uint32_t free_head;          /* free list (via hnext) of once-used slots */
+    uint32_t hwm;                /* slots [1, hwm) have been used at least once */
+    uint32_t sweep_pos;          /* incremental expiry cursor */
+    uint64_t seed0, seed1;
+    /* services */
+    struct lb_svc *svc_hash[LB_SVC_HASH_BUCKETS];
+    struct lb_svc **svcs;        /* insertion order, for listing */
+    uint32_t nsvcs;
+    uint32_t svcs_cap;
+    struct lb_dest *trash;       /* deleted destinations still referenced by connections */
+    /* counters */
+    uint64_t counters[LB_R_COUNT];
+};
+
+/* conn.c */
+struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
+                               uint32_t daddr, uint16_t dport, uint64_t now_ms);
+struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, uint64_t now_ms);
+void lb_conn_expire_now(lb_t *lb, struct lb_conn *c);
+int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg);
+void lb_conn_table_free(lb_t *lb);
+void lb_conn_flush(lb_t *lb);
+
+/* proto_tcp.c / proto_udp */
+void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags);
+uint32_t lb_state_timeout_ms(uint8_t proto, uint8_t state);
+#define LB_DIR_INPUT 0
+#define LB_DIR_OUTPUT 1
+
+/* svc.c */
+struct lb_svc *lb_svc_find(const lb_t *lb, uint8_t proto, uint32_t addr_n, uint16_t port_n);
+void lb_dest_bind(struct lb_dest *d, struct lb_conn *c);
+void lb_dest_unbind(lb_t *lb, struct lb_dest *d, struct lb_conn *c);
+void lb_dest_put(lb_t *lb, struct lb_dest *d);
+
+/* icmp.c: ICMP port unreachable quoting `p`; returns bytes written or 0 if it does not fit. */
+uint32_t lb_icmp_port_unreach(const struct lb_pkt *p, uint8_t *out, uint32_t out_cap);
+
+static inline uint16_t lb_ntohs(uint16_t v) { return __builtin_bswap16(v); }
+static inline uint16_t lb_htons(uint16_t v) { return __builtin_bswap16(v); }
+static inline uint32_t lb_ntohl(uint32_t v) { return __builtin_bswap32(v); }
+static inline uint32_t lb_htonl(uint32_t v) { return __builtin_bswap32(v); }
+
+#endif /* LB_INTERNAL_H */

@@ -1,0 +1,219 @@
+/*
+ * conn.c - the connection table.
+ *
+ * A preallocated, zeroed pool of 64-byte entries indexed by uint32 (slot 0 is
+ * never used, so 0 means "none"), chained into a power-of-two bucket array by
+ * a seeded hash of (proto, caddr, cport, vaddr, vport). No allocation happens
+ * on the packet path.
+ *
+ * Expiry is lazy plus an incremental sweep: an entry is dead once
+ * now_ms >= expires_ms. A lookup that meets a dead entry reaps it on the spot,
+ * and lb_expire() walks the pool in bounded steps so idle entries are reaped
+ * (and leave their destination's counters) within one sweep period.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "lb_internal.h"
+
+static inline uint32_t conn_hash(const lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
+                                 uint32_t daddr, uint16_t dport)
+{
+    uint64_t a = ((uint64_t)saddr << 32) | ((uint32_t)sport << 16) | dport;
+    uint64_t b = ((uint64_t)daddr << 8) | proto;
+    uint64_t h = (a ^ lb->seed0) * 0x9E3779B97F4A7C15ull;
+    h ^= (b ^ lb->seed1) * 0xC2B2AE3D27D4EB4Full;
+    h ^= h >> 31;
+    h *= 0x94D049BB133111EBull;
+    h ^= h >> 29;
+    return (uint32_t)h & lb->hash_mask;
+}
+
+int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg)
+{
+    uint32_t max = cfg && cfg->conn_max ? cfg->conn_max : LB_DEFAULT_CONN_MAX;
+    uint32_t buckets = cfg && cfg->hash_buckets ? cfg->hash_buckets : LB_DEFAULT_HASH_BUCKETS;
+    if (max >= UINT32_MAX - 1 || buckets == 0 || (buckets & (buckets - 1)) != 0)
+        return LB_EINVAL;
+    /* calloc: the whole pool starts zeroed; pages are only touched when used. */
+    lb->conns = calloc((size_t)max + 1, sizeof(*lb->conns));
+    lb->buckets = calloc(buckets, sizeof(*lb->buckets));
+    if (!lb->conns || !lb->buckets) {
+        lb_conn_table_free(lb);
+        return LB_ENOMEM;
+    }
+    lb->conn_max = max;
+    lb->hash_mask = buckets - 1;
+    lb->hwm = 1;
+    lb->sweep_pos = 1;
+    uint64_t seeds[2] = {0, 0};
+    if (cfg && cfg->hash_seed) {
+        seeds[0] = cfg->hash_seed;
+        seeds[1] = cfg->hash_seed * 0xD6E8FEB86659FD93ull + 1;
+    } else if (getrandom(seeds, sizeof(seeds), 0) != (ssize_t)sizeof(seeds)) {
+        seeds[0] = (uint64_t)(uintptr_t)lb ^ 0xA0761D6478BD642Full;
+        seeds[1] = (uint64_t)(uintptr_t)lb->conns ^ 0xE7037ED1A0B428DBull;
+    }
+    lb->seed0 = seeds[0];
+    lb->seed1 = seeds[1];
+    return LB_OK;
+}
+
+void lb_conn_table_free(lb_t *lb)
+{
+    free(lb->conns);
+    free(lb->buckets);
+    lb->conns = NULL;
+    lb->buckets = NULL;
+}
+
+/* Unlink slot `idx` from its chain, drop its destination reference and put it
+ * on the free list. */
+static void conn_release(lb_t *lb, uint32_t idx)
+{
+    struct lb_conn *c = &lb->conns[idx];
+    uint32_t b = conn_hash(lb, c->proto, c->caddr, c->cport, c->vaddr, c->vport);
+    uint32_t *link = &lb->buckets[b];
+    while (*link && *link != idx)
+        link = &lb->conns[*link].hnext;
+    if (*link == idx)
+        *link = c->hnext;
+    if (c->dest)
+        lb_dest_unbind(lb, c->dest, c);
+    memset(c, 0, sizeof(*c));
+    c->hnext = lb->free_head;
+    lb->free_head = idx;
+    lb->conn_count--;
+}
+
+void lb_conn_expire_now(lb_t *lb, struct lb_conn *c)
+{
+    conn_release(lb, (uint32_t)(c - lb->conns));
+}
+
+struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
+                               uint32_t daddr, uint16_t dport, uint64_t now_ms)
+{
+    uint32_t idx = lb->buckets[conn_hash(lb, proto, saddr, sport, daddr, dport)];
+    while (idx) {
+        struct lb_conn *c = &lb->conns[idx];
+        uint32_t next = c->hnext;
+        if (c->caddr == saddr && c->vaddr == daddr && c->cport == sport && c->vport == dport &&
+            c->proto == proto) {
+            if (LB_UNLIKELY(now_ms >= c->expires_ms)) {
+                conn_release(lb, idx);
+                return NULL;
+            }
+            return c;
+        }
+        idx = next;
+    }
+    return NULL;
+}
+
+struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, uint64_t now_ms)
+{
+    uint32_t idx;
+    if (lb->free_head) {
+        idx = lb->free_head;
+        lb->free_head = lb->conns[idx].hnext;
+    } else if (lb->hwm <= lb->conn_max) {
+        idx = lb->hwm++;
+    } else {
+        return NULL;
+    }
+    struct lb_conn *c = &lb->conns[idx];
+    memset(c, 0, sizeof(*c));
+    c->caddr = p->saddr;
+    c->vaddr = p->daddr;
+    c->cport = p->sport;
+    c->vport = p->dport;
+    c->proto = p->proto;
+    c->state = p->proto == LB_PROTO_UDP ? LB_S_UDP : LB_S_NONE;
+    c->flags = LB_CF_USED | LB_CF_INACTIVE;
+    if (dest->conf.fwd != LB_FWD_MASQ && dest->conf.fwd != LB_FWD_FULLNAT)
+        c->flags |= LB_CF_NOOUTPUT; /* the director sees only the client's side */
+    c->timeout_ms = lb_state_timeout_ms(c->proto, c->state);
+    c->expires_ms = now_ms + c->timeout_ms;
+    lb_dest_bind(dest, c);
+    uint32_t b = conn_hash(lb, c->proto, c->caddr, c->cport, c->vaddr, c->vport);
+    c->hnext = lb->buckets[b];
+    lb->buckets[b] = idx;
+    lb->conn_count++;
+    return c;
+}
+
+void lb_conn_flush(lb_t *lb)
+{
+    for (uint32_t i = 1; i < lb->hwm; i++)
+        if (lb->conns[i].flags & LB_CF_USED)
+            conn_release(lb, i);
+}
+
+static int sweep(lb_t *lb, uint64_t now_ms, uint32_t budget)
+{
+    int freed = 0;
+    uint32_t span = lb->hwm > 1 ? lb->hwm - 1 : 0;
+    if (budget == 0 || budget > span)
+        budget = span;
+    for (uint32_t n = 0; n < budget; n++) {
+        if (lb->sweep_pos >= lb->hwm || lb->sweep_pos == 0)
+            lb->sweep_pos = 1;
+        uint32_t i = lb->sweep_pos++;
+        struct lb_conn *c = &lb->conns[i];
+        if ((c->flags & LB_CF_USED) && now_ms >= c->expires_ms) {
+            conn_release(lb, i);
+            freed++;
+        }
+    }
+    return freed;
+}
+
+int lb_expire(lb_t *lb, uint64_t now_ms, uint32_t budget)
+{
+    pthread_mutex_lock(&lb->lock);
+    int freed = sweep(lb, now_ms, budget);
+    pthread_mutex_unlock(&lb->lock);
+    return freed;
+}
+
+uint32_t lb_conn_count(lb_t *lb)
+{
+    pthread_mutex_lock(&lb->lock);
+    uint32_t n = lb->conn_count;
+    pthread_mutex_unlock(&lb->lock);
+    return n;
+}
+
+uint32_t lb_conn_max(lb_t *lb) { return lb->conn_max; }
+uint32_t lb_hash_buckets(lb_t *lb) { return lb->hash_mask + 1; }
+
+int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor)
+{
+    if (!out || !cursor)
+        return LB_EINVAL;
+    pthread_mutex_lock(&lb->lock);
+    uint32_t n = 0;
+    uint32_t i = *cursor ? *cursor : 1;
+    for (; i < lb->hwm && n < cap; i++) {
+        const struct lb_conn *c = &lb->conns[i];
+        if (!(c->flags & LB_CF_USED) || now_ms >= c->expires_ms)
+            continue;
+        struct lb_conn_info *o = &out[n++];
+        memset(o, 0, sizeof(*o));
+        o->proto = c->proto;
+        o->state = c->state;
+        o->flags = c->flags & (LB_CONN_F_INACTIVE | LB_CONN_F_NOOUTPUT);
+        o->caddr = lb_ntohl(c->caddr);
+        o->cport = lb_ntohs(c->cport);
+        o->vaddr = lb_ntohl(c->vaddr);
+        o->vport = lb_ntohs(c->vport);
+        o->daddr = c->dest ? c->dest->conf.addr : 0;
+        o->dport = c->dest ? c->dest->conf.port : 0;
+        o->expires_in_ms = (int64_t)(c->expires_ms - now_ms);
+    }
+    *cursor = i;
+    pthread_mutex_unlock(&lb->lock);
+    return (int)n;
+}

@@ -1,0 +1,218 @@
+/*
+ * core.c - lb_process(): parse -> connection lookup -> (miss) schedule ->
+ * state transition -> forwarding method -> action. No I/O, no clock, no
+ * allocation: the caller passes bytes and the time and applies the action.
+ * The order of decisions is docs/fastpath.md, which the Python engine mirrors.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lb_sched.h"
+#include "lb_xmit.h"
+
+lb_t *lb_new(const struct lb_config *cfg)
+{
+    lb_t *lb = calloc(1, sizeof(*lb));
+    if (!lb)
+        return NULL;
+    if (pthread_mutex_init(&lb->lock, NULL) != 0) {
+        free(lb);
+        return NULL;
+    }
+    if (lb_conn_table_init(lb, cfg) != LB_OK) {
+        pthread_mutex_destroy(&lb->lock);
+        free(lb);
+        return NULL;
+    }
+    return lb;
+}
+
+void lb_free(lb_t *lb)
+{
+    if (!lb)
+        return;
+    lb_conn_flush(lb);
+    lb_clear(lb);
+    /* After the flush no connection references a destination: trash is empty. */
+    free(lb->svcs);
+    lb_conn_table_free(lb);
+    pthread_mutex_destroy(&lb->lock);
+    free(lb);
+}
+
+static inline void stats_in(struct lb_dest *d, uint32_t bytes)
+{
+    d->stats.inpkts++;
+    d->stats.inbytes += bytes;
+    if (d->svc) {
+        d->svc->stats.inpkts++;
+        d->svc->stats.inbytes += bytes;
+    }
+}
+
+static inline int is_tcp_new_conn(const struct lb_pkt *p)
+{
+    /* SYN without ACK or RST (conn_reuse_mode: "is_new_conn"). */
+    return (p->tcp_flags & (LB_TCP_SYN | LB_TCP_ACK | LB_TCP_RST)) == LB_TCP_SYN;
+}
+
+static inline int reusable_state(uint8_t state)
+{
+    return state == LB_S_TIME_WAIT || state == LB_S_CLOSE;
+}
+
+static int finish(lb_t *lb, struct lb_action *act, int reason)
+{
+    act->reason = reason;
+    lb->counters[reason]++;
+    return reason;
+}
+
+/* Schedule a new connection for packet p on service s. */
+static int schedule_new(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
+                        uint32_t out_cap, struct lb_action *act, struct lb_conn **cp)
+{
+    struct lb_dest *d = s->sched->schedule(s);
+    if (!d) {
+        uint32_t n = lb_icmp_port_unreach(p, out, out_cap);
+        if (n) {
+            act->verdict = LB_V_ANSWER;
+            act->out_len = n;
+        } else {
+            act->verdict = LB_V_DROP;
+        }
+        return LB_R_NO_DEST;
+    }
+    struct lb_conn *c = lb_conn_new(lb, p, d, now_ms);
+    if (!c) {
+        act->verdict = LB_V_DROP;
+        return LB_R_TABLE_FULL;
+    }
+    d->stats.conns++;
+    s->stats.conns++;
+    *cp = c;
+    return LB_R_FORWARDED;
+}
+
+int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint8_t *out, uint32_t out_cap,
+               struct lb_action *act)
+{
+    struct lb_pkt p;
+    if (!lb || !act || (!pkt && len))
+        return LB_EINVAL;
+    memset(act, 0, sizeof(*act));
+    act->verdict = LB_V_DROP;
+
+    int r = lb_parse(pkt, len, &p);
+    if (LB_UNLIKELY(r != LB_R_FORWARDED)) {
+        act->verdict = (r == LB_R_NOT_IPV4 || r == LB_R_NOT_LB_PROTO) ? LB_V_ACCEPT : LB_V_DROP;
+        finish(lb, act, r);
+        return LB_OK;
+    }
+
+    struct lb_conn *c = lb_conn_lookup(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms);
+    if (c && p.proto == LB_PROTO_TCP && is_tcp_new_conn(&p) && reusable_state(c->state)) {
+        /* conn_reuse_mode=1: a new SYN on a closing entry starts a new connection. */
+        lb_conn_expire_now(lb, c);
+        c = NULL;
+    }
+
+    if (c) {
+        struct lb_dest *d = c->dest;
+        if (LB_UNLIKELY(!(d->flags & LB_DEST_F_AVAILABLE))) {
+            /* IPVS: don't restart the timer, silently drop. */
+            act->verdict = LB_V_DROP;
+            finish(lb, act, LB_R_DEST_UNAVAILABLE);
+            return LB_OK;
+        }
+    } else {
+        struct lb_svc *s = lb_svc_find(lb, p.proto, p.daddr, p.dport);
+        if (!s) {
+            act->verdict = LB_V_ACCEPT;
+            finish(lb, act, LB_R_NO_SERVICE);
+            return LB_OK;
+        }
+        if (p.proto == LB_PROTO_TCP && !(p.tcp_flags & LB_TCP_SYN)) {
+            act->verdict = LB_V_ACCEPT;
+            finish(lb, act, LB_R_NO_CONN);
+            return LB_OK;
+        }
+        r = schedule_new(lb, &p, s, now_ms, out, out_cap, act, &c);
+        if (r != LB_R_FORWARDED) {
+            finish(lb, act, r);
+            return LB_OK;
+        }
+    }
+
+    if (p.proto == LB_PROTO_TCP)
+        lb_tcp_set_state(c, LB_DIR_INPUT, p.tcp_flags);
+    c->expires_ms = now_ms + c->timeout_ms;
+    stats_in(c->dest, p.len);
+    r = lb_xmit_in(&p, c, out, out_cap, act);
+    finish(lb, act, r);
+    return LB_OK;
+}
+
+void lb_counters(lb_t *lb, uint64_t *out, uint32_t n)
+{
+    if (!out)
+        return;
+    for (uint32_t i = 0; i < n; i++)
+        out[i] = i < LB_R_COUNT ? __atomic_load_n(&lb->counters[i], __ATOMIC_RELAXED) : 0;
+}
+
+const char *lb_strerror(int err)
+{
+    switch (err) {
+    case LB_OK: return "success";
+    case LB_ENOENT: return "no such destination or scheduler";
+    case LB_ESRCH: return "no such service";
+    case LB_EIO: return "I/O error";
+    case LB_ENOMEM: return "out of memory";
+    case LB_EBUSY: return "busy";
+    case LB_EEXIST: return "already exists";
+    case LB_EINVAL: return "invalid argument";
+    case LB_ENOSPC: return "table full";
+    case LB_EOPNOTSUPP: return "not supported";
+    default: return "unknown error";
+    }
+}
+
+const char *lb_reason_name(int reason)
+{
+    static const char *const names[LB_R_COUNT] = {
+        [LB_R_FORWARDED] = "forwarded",
+        [LB_R_NOT_IPV4] = "not_ipv4",
+        [LB_R_MALFORMED] = "malformed",
+        [LB_R_BAD_CSUM] = "bad_csum",
+        [LB_R_FRAGMENT] = "fragment",
+        [LB_R_NOT_LB_PROTO] = "not_lb_proto",
+        [LB_R_NO_SERVICE] = "no_service",
+        [LB_R_NO_CONN] = "no_conn",
+        [LB_R_NO_DEST] = "no_dest",
+        [LB_R_TABLE_FULL] = "table_full",
+        [LB_R_DEST_UNAVAILABLE] = "dest_unavailable",
+        [LB_R_NO_L2] = "no_l2",
+    };
+    return reason >= 0 && reason < LB_R_COUNT ? names[reason] : "unknown";
+}
+
+const char *lb_state_name(int state)
+{
+    /* Spelled as ipvsadm -Lnc prints them. */
+    static const char *const names[LB_S_COUNT] = {
+        [LB_S_NONE] = "NONE",
+        [LB_S_ESTABLISHED] = "ESTABLISHED",
+        [LB_S_SYN_SENT] = "SYN_SENT",
+        [LB_S_SYN_RECV] = "SYN_RECV",
+        [LB_S_FIN_WAIT] = "FIN_WAIT",
+        [LB_S_TIME_WAIT] = "TIME_WAIT",
+        [LB_S_CLOSE] = "CLOSE",
+        [LB_S_CLOSE_WAIT] = "CLOSE_WAIT",
+        [LB_S_LAST_ACK] = "LAST_ACK",
+        [LB_S_LISTEN] = "LISTEN",
+        [LB_S_SYNACK] = "SYNACK",
+        [LB_S_UDP] = "UDP",
+    };
+    return state >= 0 && state < LB_S_COUNT ? names[state] : "ERR!";
+}

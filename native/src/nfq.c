@@ -1,0 +1,390 @@
+/*
+ * nfq.c - the NFQUEUE adapter: the only file that talks netlink.
+ *
+ * One thread per queue, created here so it never holds the Python GIL:
+ *   poll -> recvmmsg a batch of packet messages -> under the table lock run
+ *   lb_process() on each -> send all verdicts in one netlink datagram (in
+ *   arrival order) -> send DR frames in one sendmmsg on an AF_PACKET socket
+ *   and ICMP answers on a raw IP socket.
+ * Every ~100 ms it also reaps expired connections in bounded steps.
+ *
+ * Sockets: NETLINK_NO_ENOBUFS (a full socket buffer must not wedge the loop)
+ * and a large SO_RCVBUFFORCE. The queue copies whole packets: DR resends them.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_queue.h>
+#include <libmnl/libmnl.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lb_internal.h"
+
+#define NFQ_BATCH 64                       /* packets per recvmmsg */
+#define NFQ_MSG_BUF (LB_PKT_MAX + 4096)    /* one packet message: payload + netlink/attribute headers */
+#define NFQ_RCVBUF_BYTES (32 * 1024 * 1024)
+#define NFQ_POLL_MS 100
+#define NFQ_EXPIRE_EVERY_MS 100
+#define NFQ_EXPIRE_STEPS 10                /* the whole table is swept every 10 ticks (~1 s) */
+#define NFQ_VERDICT_MSG_MAX (LB_PKT_MAX + 512)
+
+struct lb_nfq {
+    lb_t *lb;
+    struct mnl_socket *nl;
+    uint32_t portid;
+    uint16_t queue_num;
+    int pkt_fd;                            /* AF_PACKET, send only (protocol 0) */
+    int raw_fd;                            /* AF_INET raw IPPROTO_RAW, send only */
+    pthread_t thread;
+    int thread_started;
+    int stop;                              /* set atomically by lb_nfq_stop */
+    struct lb_nfq_stats stats;
+    /* batch buffers, allocated once (zeroed) */
+    uint8_t *rx;                           /* NFQ_BATCH * NFQ_MSG_BUF */
+    uint8_t *out;                          /* NFQ_BATCH * LB_PKT_MAX: rewritten bytes per packet */
+    uint8_t *tx;                           /* verdict datagram */
+    size_t tx_cap;
+    struct mmsghdr rx_msgs[NFQ_BATCH];
+    struct iovec rx_iov[NFQ_BATCH];
+    uint64_t last_expire_ms;
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Send one config message with an ACK request and wait for the kernel's answer. */
+static int nfq_config(struct lb_nfq *q, uint8_t cmd, int set_params, uint32_t flags)
+{
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, q->queue_num);
+    nlh->nlmsg_flags |= NLM_F_ACK;
+    unsigned int seq = (unsigned int)time(NULL);
+    nlh->nlmsg_seq = seq;
+    if (cmd != NFQNL_CFG_CMD_NONE)
+        nfq_nlmsg_cfg_put_cmd(nlh, AF_INET, cmd);
+    if (set_params) {
+        nfq_nlmsg_cfg_put_params(nlh, NFQNL_COPY_PACKET, LB_PKT_MAX);
+        nfq_nlmsg_cfg_put_qmaxlen(nlh, 16384);
+        mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
+        mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(NFQA_CFG_F_FAIL_OPEN));
+    }
+    if (mnl_socket_sendto(q->nl, nlh, nlh->nlmsg_len) < 0)
+        return -errno;
+    /* Packet messages may arrive ahead of the ACK (e.g. on unbind): skip them
+     * and return the status of the first NLMSG_ERROR that answers us. */
+    for (int tries = 0; tries < 256; tries++) {
+        ssize_t n = mnl_socket_recvfrom(q->nl, buf, sizeof(buf));
+        if (n < 0)
+            return -errno;
+        int len = (int)n;
+        for (const struct nlmsghdr *m = (const struct nlmsghdr *)buf; mnl_nlmsg_ok(m, len);
+             m = mnl_nlmsg_next(m, &len)) {
+            if (m->nlmsg_type != NLMSG_ERROR || m->nlmsg_seq != seq)
+                continue;
+            if (m->nlmsg_len < mnl_nlmsg_size(sizeof(struct nlmsgerr)))
+                return -EIO;
+            const struct nlmsgerr *e = mnl_nlmsg_get_payload(m);
+            return e->error; /* 0 = ACK, else -errno */
+        }
+    }
+    return -ETIMEDOUT;
+}
+
+/* Parse one packet message; returns 0 and fills id/payload, or -1. */
+static int parse_packet_msg(const struct nlmsghdr *nlh, uint32_t *id, const uint8_t **payload, uint32_t *plen)
+{
+    struct nlattr *attr[NFQA_MAX + 1];
+    memset(attr, 0, sizeof(attr));
+    if (nfq_nlmsg_parse(nlh, attr) < 0 || !attr[NFQA_PACKET_HDR])
+        return -1;
+    const struct nfqnl_msg_packet_hdr *ph = mnl_attr_get_payload(attr[NFQA_PACKET_HDR]);
+    *id = ntohl(ph->packet_id);
+    if (attr[NFQA_PAYLOAD]) {
+        *payload = mnl_attr_get_payload(attr[NFQA_PAYLOAD]);
+        *plen = mnl_attr_get_payload_len(attr[NFQA_PAYLOAD]);
+    } else {
+        *payload = NULL;
+        *plen = 0;
+    }
+    return 0;
+}
+
+struct batch_item {
+    uint32_t id;
+    const uint8_t *pkt;
+    uint32_t len;
+    struct lb_action act;
+    int valid;
+};
+
+static void send_frames(struct lb_nfq *q, struct batch_item *items, int n)
+{
+    struct mmsghdr msgs[NFQ_BATCH];
+    struct iovec iov[NFQ_BATCH][2];
+    struct sockaddr_ll sll[NFQ_BATCH];
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        struct batch_item *it = &items[i];
+        if (!it->valid || it->act.verdict != LB_V_XMIT_L2)
+            continue;
+        memset(&sll[m], 0, sizeof(sll[m]));
+        sll[m].sll_family = AF_PACKET;
+        sll[m].sll_ifindex = it->act.ifindex;
+        sll[m].sll_protocol = htons(ETH_P_IP);
+        sll[m].sll_halen = 6;
+        memcpy(sll[m].sll_addr, it->act.l2hdr, 6);
+        iov[m][0].iov_base = it->act.l2hdr;
+        iov[m][0].iov_len = LB_L2HDR_LEN;
+        iov[m][1].iov_base = (void *)it->pkt;
+        iov[m][1].iov_len = it->len;
+        memset(&msgs[m], 0, sizeof(msgs[m]));
+        msgs[m].msg_hdr.msg_name = &sll[m];
+        msgs[m].msg_hdr.msg_namelen = sizeof(sll[m]);
+        msgs[m].msg_hdr.msg_iov = iov[m];
+        msgs[m].msg_hdr.msg_iovlen = 2;
+        m++;
+    }
+    int done = 0;
+    while (done < m) {
+        int r = sendmmsg(q->pkt_fd, msgs + done, (unsigned int)(m - done), 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            /* Skip the failing frame, keep the rest of the batch. */
+            q->stats.xmit_l2_err++;
+            done++;
+            continue;
+        }
+        q->stats.xmit_l2 += (uint64_t)r;
+        done += r;
+    }
+}
+
+static void send_answers(struct lb_nfq *q, struct batch_item *items, int n, int base)
+{
+    for (int i = 0; i < n; i++) {
+        struct batch_item *it = &items[i];
+        if (!it->valid || it->act.verdict != LB_V_ANSWER)
+            continue;
+        const uint8_t *o = q->out + (size_t)(base + i) * LB_PKT_MAX;
+        struct sockaddr_in dst;
+        memset(&dst, 0, sizeof(dst));
+        dst.sin_family = AF_INET;
+        memcpy(&dst.sin_addr, o + 16, 4);
+        if (sendto(q->raw_fd, o, it->act.out_len, 0, (struct sockaddr *)&dst, sizeof(dst)) < 0)
+            q->stats.answer_err++;
+        else
+            q->stats.answers++;
+    }
+}
+
+static void send_verdicts(struct lb_nfq *q, struct batch_item *items, int n)
+{
+    struct mnl_nlmsg_batch *b = mnl_nlmsg_batch_start(q->tx, q->tx_cap);
+    if (!b)
+        return;
+    for (int i = 0; i < n; i++) {
+        struct batch_item *it = &items[i];
+        if (!it->valid)
+            continue;
+        /* Reserve room for the biggest message; flush when it would not fit. */
+        if (mnl_nlmsg_batch_size(b) + NFQ_VERDICT_MSG_MAX > q->tx_cap) {
+            if (mnl_socket_sendto(q->nl, mnl_nlmsg_batch_head(b), mnl_nlmsg_batch_size(b)) < 0)
+                q->stats.recv_err++;
+            mnl_nlmsg_batch_reset(b);
+        }
+        struct nlmsghdr *nlh = nfq_nlmsg_put(mnl_nlmsg_batch_current(b), NFQNL_MSG_VERDICT, q->queue_num);
+        int v = NF_DROP;
+        if (it->act.verdict == LB_V_ACCEPT || it->act.verdict == LB_V_MANGLE)
+            v = NF_ACCEPT;
+        nfq_nlmsg_verdict_put(nlh, (int)it->id, v);
+        if (it->act.verdict == LB_V_MANGLE)
+            nfq_nlmsg_verdict_put_pkt(nlh, q->out + (size_t)i * LB_PKT_MAX, it->act.out_len);
+        mnl_nlmsg_batch_next(b);
+        q->stats.verdicts++;
+    }
+    if (!mnl_nlmsg_batch_is_empty(b) &&
+        mnl_socket_sendto(q->nl, mnl_nlmsg_batch_head(b), mnl_nlmsg_batch_size(b)) < 0)
+        q->stats.recv_err++;
+    mnl_nlmsg_batch_stop(b);
+}
+
+static void process_batch(struct lb_nfq *q, int nmsgs)
+{
+    struct batch_item items[NFQ_BATCH];
+    int n = 0;
+    uint64_t t = now_ms();
+    pthread_mutex_lock(&q->lb->lock);
+    for (int i = 0; i < nmsgs; i++) {
+        const uint8_t *buf = q->rx + (size_t)i * NFQ_MSG_BUF;
+        int len = (int)q->rx_msgs[i].msg_len;
+        const struct nlmsghdr *nlh = (const struct nlmsghdr *)buf;
+        for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
+            if (NFNL_MSG_TYPE(nlh->nlmsg_type) != NFQNL_MSG_PACKET || n >= NFQ_BATCH)
+                continue;
+            struct batch_item *it = &items[n];
+            memset(it, 0, sizeof(*it));
+            if (parse_packet_msg(nlh, &it->id, &it->pkt, &it->len) < 0)
+                continue;
+            it->valid = 1;
+            lb_process(q->lb, it->pkt, it->len, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX, &it->act);
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&q->lb->lock);
+    q->stats.packets += (uint64_t)n;
+    q->stats.batches++;
+    /* Frames first: the original is dropped by its verdict either way. */
+    send_frames(q, items, n);
+    send_answers(q, items, n, 0);
+    send_verdicts(q, items, n);
+}
+
+static void *nfq_thread(void *arg)
+{
+    struct lb_nfq *q = arg;
+    int fd = mnl_socket_get_fd(q->nl);
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    while (!__atomic_load_n(&q->stop, __ATOMIC_ACQUIRE)) {
+        int pr = poll(&pfd, 1, NFQ_POLL_MS);
+        if (pr > 0 && (pfd.revents & POLLIN)) {
+            for (int i = 0; i < NFQ_BATCH; i++) {
+                q->rx_iov[i].iov_base = q->rx + (size_t)i * NFQ_MSG_BUF;
+                q->rx_iov[i].iov_len = NFQ_MSG_BUF;
+                memset(&q->rx_msgs[i], 0, sizeof(q->rx_msgs[i]));
+                q->rx_msgs[i].msg_hdr.msg_iov = &q->rx_iov[i];
+                q->rx_msgs[i].msg_hdr.msg_iovlen = 1;
+            }
+            int r = recvmmsg(fd, q->rx_msgs, NFQ_BATCH, MSG_DONTWAIT, NULL);
+            if (r > 0)
+                process_batch(q, r);
+            else if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                q->stats.recv_err++;
+        }
+        uint64_t t = now_ms();
+        if (t - q->last_expire_ms >= NFQ_EXPIRE_EVERY_MS) {
+            q->last_expire_ms = t;
+            uint32_t hwm = q->lb->hwm; /* read without the lock: only a step size */
+            lb_expire(q->lb, t, hwm / NFQ_EXPIRE_STEPS + 1);
+        }
+    }
+    return NULL;
+}
+
+static void nfq_free(struct lb_nfq *q)
+{
+    if (!q)
+        return;
+    if (q->nl)
+        mnl_socket_close(q->nl);
+    if (q->pkt_fd >= 0)
+        close(q->pkt_fd);
+    if (q->raw_fd >= 0)
+        close(q->raw_fd);
+    free(q->rx);
+    free(q->out);
+    free(q->tx);
+    free(q);
+}
+
+lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, uint32_t flags, int *err)
+{
+    int e = 0;
+    struct lb_nfq *q = calloc(1, sizeof(*q));
+    if (!q) {
+        if (err)
+            *err = -ENOMEM;
+        return NULL;
+    }
+    q->lb = lb;
+    q->queue_num = queue_num;
+    q->pkt_fd = -1;
+    q->raw_fd = -1;
+    q->tx_cap = (size_t)NFQ_BATCH * 64 + 2 * NFQ_VERDICT_MSG_MAX;
+    q->rx = calloc(NFQ_BATCH, NFQ_MSG_BUF);
+    q->out = calloc(NFQ_BATCH, LB_PKT_MAX);
+    q->tx = calloc(1, q->tx_cap);
+    if (!q->rx || !q->out || !q->tx) {
+        e = -ENOMEM;
+        goto fail;
+    }
+    q->nl = mnl_socket_open(NETLINK_NETFILTER);
+    if (!q->nl || mnl_socket_bind(q->nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+        e = -errno;
+        goto fail;
+    }
+    q->portid = mnl_socket_get_portid(q->nl);
+    int one = 1;
+    mnl_socket_setsockopt(q->nl, NETLINK_NO_ENOBUFS, &one, sizeof(one));
+    int rcvbuf = NFQ_RCVBUF_BYTES;
+    if (setsockopt(mnl_socket_get_fd(q->nl), SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf)) < 0)
+        setsockopt(mnl_socket_get_fd(q->nl), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+
+    q->pkt_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    q->raw_fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+    if (q->pkt_fd < 0 || q->raw_fd < 0) {
+        e = -errno;
+        goto fail;
+    }
+    if ((e = nfq_config(q, NFQNL_CFG_CMD_BIND, 0, 0)) < 0)
+        goto fail;
+    uint32_t cfg_flags = (flags & LB_NFQ_F_FAIL_OPEN) ? NFQA_CFG_F_FAIL_OPEN : 0;
+    if ((e = nfq_config(q, NFQNL_CFG_CMD_NONE, 1, cfg_flags)) < 0)
+        goto fail;
+
+    /* The thread must not take signals meant for the Python main thread. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int pe = pthread_create(&q->thread, NULL, nfq_thread, q);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pe != 0) {
+        e = -pe;
+        goto fail;
+    }
+    q->thread_started = 1;
+    if (err)
+        *err = 0;
+    return q;
+fail:
+    if (err)
+        *err = e ? e : -EIO;
+    nfq_free(q);
+    return NULL;
+}
+
+int lb_nfq_stop(lb_nfq_t *q)
+{
+    if (!q)
+        return LB_EINVAL;
+    __atomic_store_n(&q->stop, 1, __ATOMIC_RELEASE);
+    if (q->thread_started)
+        pthread_join(q->thread, NULL);
+    /* Unbinding is best effort: closing the socket releases the queue anyway. */
+    nfq_config(q, NFQNL_CFG_CMD_UNBIND, 0, 0);
+    nfq_free(q);
+    return LB_OK;
+}
+
+void lb_nfq_get_stats(lb_nfq_t *q, struct lb_nfq_stats *out)
+{
+    if (!q || !out)
+        return;
+    *out = q->stats; /* counters are monotonic; a torn snapshot is harmless */
+}

@@ -1,0 +1,66 @@
+/*
+ * parse.c - bounds-checked IPv4/TCP/UDP parsing.
+ *
+ * Every read of packet bytes is preceded by a length check against the
+ * smaller of the buffer length and the IP total length. The order of the
+ * checks is part of the contract (docs/fastpath.md): both engines must give
+ * the same reason for the same bytes.
+ */
+#include <string.h>
+
+#include "lb_internal.h"
+
+static inline uint16_t rd16(const uint8_t *b) { return (uint16_t)((b[0] << 8) | b[1]); }
+
+int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p)
+{
+    if (len < 1)
+        return LB_R_MALFORMED;
+    uint8_t version = buf[0] >> 4;
+    if (version == 6)
+        return LB_R_NOT_IPV4;
+    if (version != 4 || len < 20)
+        return LB_R_MALFORMED;
+
+    uint32_t ihl = (uint32_t)(buf[0] & 0x0f) * 4;
+    uint32_t tot_len = rd16(buf + 2);
+    if (ihl < 20 || ihl > len || tot_len < ihl || tot_len > len)
+        return LB_R_MALFORMED;
+    if (lb_ip_csum(buf, ihl) != 0)
+        return LB_R_BAD_CSUM;
+
+    uint16_t frag = rd16(buf + 6);
+    if (frag & 0x3fff) /* MF flag or a non-zero fragment offset */
+        return LB_R_FRAGMENT;
+
+    p->data = buf;
+    p->len = tot_len; /* link-layer padding after the IP total length is ignored */
+    p->ihl = ihl;
+    p->proto = buf[9];
+    memcpy(&p->saddr, buf + 12, 4);
+    memcpy(&p->daddr, buf + 16, 4);
+    p->l4off = ihl;
+    p->l4len = tot_len - ihl;
+    p->tcp_flags = 0;
+
+    if (p->proto == LB_PROTO_TCP) {
+        if (p->l4len < 20)
+            return LB_R_MALFORMED;
+        const uint8_t *th = buf + ihl;
+        uint32_t doff = (uint32_t)(th[12] >> 4) * 4;
+        if (doff < 20 || doff > p->l4len)
+            return LB_R_MALFORMED;
+        memcpy(&p->sport, th, 2);
+        memcpy(&p->dport, th + 2, 2);
+        p->tcp_flags = th[13];
+    } else if (p->proto == LB_PROTO_UDP) {
+        if (p->l4len < 8)
+            return LB_R_MALFORMED;
+        const uint8_t *uh = buf + ihl;
+        memcpy(&p->sport, uh, 2);
+        memcpy(&p->dport, uh + 2, 2);
+    } else {
+        return LB_R_NOT_LB_PROTO;
+    }
+    return LB_R_FORWARDED;
+}

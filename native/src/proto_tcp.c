@@ -1,0 +1,109 @@
+/*
+ * proto_tcp.c - the IPVS TCP state machine (ip_vs_proto_tcp.c semantics) and
+ * the per-state timeouts, plus UDP's single timeout.
+ */
+#include "lb_internal.h"
+
+#define sNO LB_S_NONE
+#define sES LB_S_ESTABLISHED
+#define sSS LB_S_SYN_SENT
+#define sSR LB_S_SYN_RECV
+#define sFW LB_S_FIN_WAIT
+#define sTW LB_S_TIME_WAIT
+#define sCL LB_S_CLOSE
+#define sCW LB_S_CLOSE_WAIT
+#define sLA LB_S_LAST_ACK
+#define sLI LB_S_LISTEN
+#define sSA LB_S_SYNACK
+
+#define TCP_STATES 11 /* NONE..SYNACK */
+
+/* Row offsets: direction * 4 + event. */
+#define TCP_DIR_INPUT 0
+#define TCP_DIR_OUTPUT 4
+#define TCP_DIR_INPUT_ONLY 8
+
+static const uint8_t tcp_states[12][TCP_STATES] = {
+    /* INPUT        sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA */
+    /* syn */ {sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR},
+    /* fin */ {sCL, sCW, sSS, sTW, sTW, sTW, sCL, sCW, sLA, sLI, sTW},
+    /* ack */ {sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES},
+    /* rst */ {sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sSR},
+    /* OUTPUT */
+    /* syn */ {sSS, sES, sSS, sSR, sSS, sSS, sSS, sSS, sSS, sLI, sSR},
+    /* fin */ {sTW, sFW, sSS, sTW, sFW, sTW, sCL, sTW, sLA, sLI, sTW},
+    /* ack */ {sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sLA, sES, sES},
+    /* rst */ {sCL, sCL, sSS, sCL, sCL, sTW, sCL, sCL, sCL, sCL, sCL},
+    /* INPUT-ONLY */
+    /* syn */ {sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR},
+    /* fin */ {sCL, sFW, sSS, sTW, sFW, sTW, sCL, sCW, sLA, sLI, sTW},
+    /* ack */ {sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES},
+    /* rst */ {sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL},
+};
+
+/* Timeouts in milliseconds, indexed by enum lb_conn_state (IPVS defaults). */
+static const uint32_t state_timeout_ms[LB_S_COUNT] = {
+    [LB_S_NONE] = 2 * 1000,
+    [LB_S_ESTABLISHED] = 15 * 60 * 1000,
+    [LB_S_SYN_SENT] = 2 * 60 * 1000,
+    [LB_S_SYN_RECV] = 1 * 60 * 1000,
+    [LB_S_FIN_WAIT] = 2 * 60 * 1000,
+    [LB_S_TIME_WAIT] = 2 * 60 * 1000,
+    [LB_S_CLOSE] = 10 * 1000,
+    [LB_S_CLOSE_WAIT] = 60 * 1000,
+    [LB_S_LAST_ACK] = 30 * 1000,
+    [LB_S_LISTEN] = 2 * 60 * 1000,
+    [LB_S_SYNACK] = 120 * 1000,
+    [LB_S_UDP] = 5 * 60 * 1000,
+};
+
+uint32_t lb_state_timeout_ms(uint8_t proto, uint8_t state)
+{
+    if (proto == LB_PROTO_UDP)
+        return state_timeout_ms[LB_S_UDP];
+    return state < LB_S_COUNT ? state_timeout_ms[state] : state_timeout_ms[LB_S_NONE];
+}
+
+/* Event index as tcp_state_idx(): RST wins, then SYN, FIN, ACK; -1 = none. */
+static inline int tcp_event(uint8_t flags)
+{
+    if (flags & LB_TCP_RST)
+        return 3;
+    if (flags & LB_TCP_SYN)
+        return 0;
+    if (flags & LB_TCP_FIN)
+        return 1;
+    if (flags & LB_TCP_ACK)
+        return 2;
+    return -1;
+}
+
+void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags)
+{
+    int off = dir == LB_DIR_OUTPUT ? TCP_DIR_OUTPUT : TCP_DIR_INPUT;
+    if (c->flags & LB_CF_NOOUTPUT) {
+        if (off == TCP_DIR_OUTPUT)
+            c->flags &= (uint16_t)~LB_CF_NOOUTPUT;
+        else
+            off = TCP_DIR_INPUT_ONLY;
+    }
+    uint8_t new_state = c->state;
+    int ev = tcp_event(tcp_flags);
+    if (ev >= 0 && c->state < TCP_STATES)
+        new_state = tcp_states[off + ev][c->state];
+
+    if (new_state != c->state && c->dest) {
+        struct lb_dest *d = c->dest;
+        if (!(c->flags & LB_CF_INACTIVE) && new_state != LB_S_ESTABLISHED) {
+            d->activeconns--;
+            d->inactconns++;
+            c->flags |= LB_CF_INACTIVE;
+        } else if ((c->flags & LB_CF_INACTIVE) && new_state == LB_S_ESTABLISHED) {
+            d->activeconns++;
+            d->inactconns--;
+            c->flags &= (uint16_t)~LB_CF_INACTIVE;
+        }
+    }
+    c->state = new_state;
+    c->timeout_ms = state_timeout_ms[new_state];
+}

@@ -1,0 +1,461 @@
+/*
+ * svc.c - virtual services and their destinations (the ip_vs_ctl.c part).
+ *
+ * Every public function here locks, validates completely, and then either
+ * applies the whole change or returns an error having changed nothing.
+ *
+ * Destination lifetime (as IPVS): a destination is referenced by its service's
+ * list and by every connection bound to it. Deleting it unlinks it and clears
+ * LB_DEST_F_AVAILABLE; while connections still reference it, it waits on the
+ * trash list, and re-adding the same destination to the same service revives
+ * it (its connections then work again). It is freed when the last reference
+ * goes.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lb_sched.h"
+
+static inline uint32_t svc_hash(uint8_t proto, uint32_t addr_n, uint16_t port_n)
+{
+    uint32_t h = addr_n ^ ((uint32_t)port_n << 16) ^ proto;
+    h ^= h >> 16;
+    h *= 0x45d9f3bu;
+    h ^= h >> 16;
+    return h & (LB_SVC_HASH_BUCKETS - 1);
+}
+
+struct lb_svc *lb_svc_find(const lb_t *lb, uint8_t proto, uint32_t addr_n, uint16_t port_n)
+{
+    struct lb_svc *s = lb->svc_hash[svc_hash(proto, addr_n, port_n)];
+    for (; s; s = s->hnext)
+        if (s->addr_n == addr_n && s->port_n == port_n && s->conf.proto == proto)
+            return s;
+    return NULL;
+}
+
+static struct lb_svc *svc_find_host(const lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
+{
+    return lb_svc_find(lb, proto, lb_htonl(addr), lb_htons(port));
+}
+
+static int find_dest_idx(const struct lb_svc *s, uint32_t addr, uint16_t port)
+{
+    for (uint32_t i = 0; i < s->ndests; i++)
+        if (s->dests[i]->conf.addr == addr && s->dests[i]->conf.port == port)
+            return (int)i;
+    return -1;
+}
+
+/* ---------------------------------------------------------------- binding */
+
+static inline uint32_t total_conns(const struct lb_dest *d) { return d->activeconns + d->inactconns; }
+
+void lb_dest_bind(struct lb_dest *d, struct lb_conn *c)
+{
+    c->dest = d;
+    d->refcnt++;
+    if (c->flags & LB_CF_INACTIVE)
+        d->inactconns++;
+    else
+        d->activeconns++;
+    if (d->conf.u_threshold && total_conns(d) >= d->conf.u_threshold)
+        d->flags |= LB_DEST_F_OVERLOAD;
+}
+
+static void update_overload_after_unbind(struct lb_dest *d)
+{
+    uint64_t total = total_conns(d);
+    if (d->conf.l_threshold) {
+        if (total < d->conf.l_threshold)
+            d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD;
+    } else if (d->conf.u_threshold) {
+        if (total * 4 < (uint64_t)d->conf.u_threshold * 3)
+            d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD;
+    } else {
+        d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD;
+    }
+}
+
+void lb_dest_unbind(lb_t *lb, struct lb_dest *d, struct lb_conn *c)
+{
+    if (c->flags & LB_CF_INACTIVE)
+        d->inactconns--;
+    else
+        d->activeconns--;
+    update_overload_after_unbind(d);
+    c->dest = NULL;
+    lb_dest_put(lb, d);
+}
+
+static void dest_free(struct lb_dest *d)
+{
+    free(d->fwd);
+    free(d);
+}
+
+void lb_dest_put(lb_t *lb, struct lb_dest *d)
+{
+    if (--d->refcnt)
+        return;
+    /* Only an unlinked destination can reach zero; it sits on the trash list. */
+    struct lb_dest **link = &lb->trash;
+    while (*link && *link != d)
+        link = &(*link)->trash_next;
+    if (*link == d)
+        *link = d->trash_next;
+    dest_free(d);
+}
+
+/* ---------------------------------------------------------------- services */
+
+static int check_svc_conf(const struct lb_svc_conf *conf, const struct lb_sched_ops **sched)
+{
+    if (!conf || (conf->proto != LB_PROTO_TCP && conf->proto != LB_PROTO_UDP))
+        return LB_EINVAL;
+    if (memchr(conf->sched, 0, sizeof(conf->sched)) == NULL)
+        return LB_EINVAL;
+    if (conf->persist_timeout_s != 0)
+        return LB_EOPNOTSUPP; /* persistence: not implemented yet */
+    *sched = lb_sched_find(conf->sched);
+    return *sched ? LB_OK : LB_ENOENT;
+}
+
+int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
+{
+    const struct lb_sched_ops *sched = NULL;
+    int err = check_svc_conf(conf, &sched);
+    if (err)
+        return err;
+    pthread_mutex_lock(&lb->lock);
+    if (svc_find_host(lb, conf->proto, conf->addr, conf->port)) {
+        err = LB_EEXIST;
+        goto out;
+    }
+    if (lb->nsvcs == lb->svcs_cap) {
+        uint32_t cap = lb->svcs_cap ? lb->svcs_cap * 2 : 16;
+        struct lb_svc **n = realloc(lb->svcs, cap * sizeof(*n));
+        if (!n) {
+            err = LB_ENOMEM;
+            goto out;
+        }
+        lb->svcs = n;
+        lb->svcs_cap = cap;
+    }
+    struct lb_svc *s = calloc(1, sizeof(*s));
+    if (!s) {
+        err = LB_ENOMEM;
+        goto out;
+    }
+    s->conf = *conf;
+    s->addr_n = lb_htonl(conf->addr);
+    s->port_n = lb_htons(conf->port);
+    s->sched = sched;
+    s->sched_pos = -1;
+    if (sched->init_svc)
+        sched->init_svc(s);
+    uint32_t h = svc_hash(conf->proto, s->addr_n, s->port_n);
+    s->hnext = lb->svc_hash[h];
+    lb->svc_hash[h] = s;
+    lb->svcs[lb->nsvcs++] = s;
+out:
+    pthread_mutex_unlock(&lb->lock);
+    return err;
+}
+
+int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
+{
+    const struct lb_sched_ops *sched = NULL;
+    int err = check_svc_conf(conf, &sched);
+    if (err)
+        return err;
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = svc_find_host(lb, conf->proto, conf->addr, conf->port);
+    if (!s) {
+        err = LB_ESRCH;
+    } else {
+        if (s->sched != sched) {
+            s->sched = sched;
+            s->sched_pos = -1;
+            if (sched->init_svc)
+                sched->init_svc(s);
+        }
+        memcpy(s->conf.sched, conf->sched, sizeof(s->conf.sched));
+        s->conf.persist_timeout_s = conf->persist_timeout_s;
+        s->conf.netmask = conf->netmask;
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return err;
+}
+
+/* Unlink dest i from s (it stays alive while connections reference it). */
+static void unlink_dest(lb_t *lb, struct lb_svc *s, uint32_t i)
+{
+    struct lb_dest *d = s->dests[i];
+    memmove(&s->dests[i], &s->dests[i + 1], (s->ndests - i - 1) * sizeof(*s->dests));
+    s->ndests--;
+    if (s->sched->del_dest)
+        s->sched->del_dest(s, i);
+    d->flags &= ~(uint32_t)LB_DEST_F_AVAILABLE;
+    d->svc = NULL;
+    d->trash_next = lb->trash;
+    lb->trash = d;
+    lb_dest_put(lb, d);
+}
+
+static void svc_destroy(lb_t *lb, struct lb_svc *s)
+{
+    while (s->ndests)
+        unlink_dest(lb, s, s->ndests - 1);
+    free(s->dests);
+    free(s);
+}
+
+int lb_svc_del(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
+{
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = svc_find_host(lb, proto, addr, port);
+    if (!s) {
+        pthread_mutex_unlock(&lb->lock);
+        return LB_ESRCH;
+    }
+    struct lb_svc **link = &lb->svc_hash[svc_hash(proto, s->addr_n, s->port_n)];
+    while (*link != s)
+        link = &(*link)->hnext;
+    *link = s->hnext;
+    for (uint32_t i = 0; i < lb->nsvcs; i++) {
+        if (lb->svcs[i] == s) {
+            memmove(&lb->svcs[i], &lb->svcs[i + 1], (lb->nsvcs - i - 1) * sizeof(*lb->svcs));
+            lb->nsvcs--;
+            break;
+        }
+    }
+    svc_destroy(lb, s);
+    pthread_mutex_unlock(&lb->lock);
+    return LB_OK;
+}
+
+int lb_clear(lb_t *lb)
+{
+    pthread_mutex_lock(&lb->lock);
+    for (uint32_t i = 0; i < lb->nsvcs; i++)
+        svc_destroy(lb, lb->svcs[i]);
+    lb->nsvcs = 0;
+    memset(lb->svc_hash, 0, sizeof(lb->svc_hash));
+    pthread_mutex_unlock(&lb->lock);
+    return LB_OK;
+}
+
+/* ---------------------------------------------------------------- destinations */
+
+static int check_dest_conf(const struct lb_dest_conf *conf)
+{
+    if (!conf)
+        return LB_EINVAL;
+    if (conf->weight < 0 || conf->weight > 65535)
+        return LB_EINVAL;
+    if (conf->fwd != LB_FWD_ROUTE)
+        return LB_EOPNOTSUPP; /* tunnel, masq and fullnat: not implemented yet */
+    if (conf->l_threshold > conf->u_threshold)
+        return LB_EINVAL; /* the kernel refuses a lower threshold above the upper (ERANGE) */
+    return LB_OK;
+}
+
+static struct lb_dest *trash_take(lb_t *lb, const struct lb_svc *s, uint32_t addr, uint16_t port)
+{
+    struct lb_dest **link = &lb->trash;
+    for (; *link; link = &(*link)->trash_next) {
+        struct lb_dest *d = *link;
+        if (d->conf.addr == addr && d->conf.port == port && d->vproto == s->conf.proto &&
+            d->vaddr == s->conf.addr && d->vport == s->conf.port) {
+            *link = d->trash_next;
+            d->trash_next = NULL;
+            return d;
+        }
+    }
+    return NULL;
+}
+
+int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const struct lb_dest_conf *conf)
+{
+    int err = check_dest_conf(conf);
+    if (err)
+        return err;
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    if (!s) {
+        err = LB_ESRCH;
+        goto out;
+    }
+    if (find_dest_idx(s, conf->addr, conf->port) >= 0) {
+        err = LB_EEXIST;
+        goto out;
+    }
+    if (s->ndests == s->dests_cap) {
+        uint32_t cap = s->dests_cap ? s->dests_cap * 2 : 8;
+        struct lb_dest **n = realloc(s->dests, cap * sizeof(*n));
+        if (!n) {
+            err = LB_ENOMEM;
+            goto out;
+        }
+        s->dests = n;
+        s->dests_cap = cap;
+    }
+    struct lb_dest *d = trash_take(lb, s, conf->addr, conf->port);
+    if (!d) {
+        d = calloc(1, sizeof(*d));
+        if (!d) {
+            err = LB_ENOMEM;
+            goto out;
+        }
+        d->vproto = s->conf.proto;
+        d->vaddr = s->conf.addr;
+        d->vport = s->conf.port;
+    }
+    d->conf = *conf;
+    d->addr_n = lb_htonl(conf->addr);
+    d->port_n = lb_htons(conf->port);
+    d->flags |= LB_DEST_F_AVAILABLE;
+    d->svc = s;
+    d->refcnt++;
+    /* Kernel order: the newest destination goes to the head of the list. */
+    memmove(&s->dests[1], &s->dests[0], s->ndests * sizeof(*s->dests));
+    s->dests[0] = d;
+    s->ndests++;
+    if (s->sched->add_dest)
+        s->sched->add_dest(s, 0);
+out:
+    pthread_mutex_unlock(&lb->lock);
+    return err;
+}
+
+int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const struct lb_dest_conf *conf)
+{
+    int err = check_dest_conf(conf);
+    if (err)
+        return err;
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    int i = s ? find_dest_idx(s, conf->addr, conf->port) : -1;
+    if (!s) {
+        err = LB_ESRCH;
+    } else if (i < 0) {
+        err = LB_ENOENT;
+    } else {
+        struct lb_dest *d = s->dests[i];
+        if (d->conf.fwd != conf->fwd) {
+            /* A new method needs new forwarding state: drop the old one. */
+            free(d->fwd);
+            d->fwd = NULL;
+        }
+        d->conf = *conf;
+        if (!d->conf.u_threshold)
+            d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD;
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return err;
+}
+
+int lb_dest_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t daddr, uint16_t dport)
+{
+    int err = LB_OK;
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    int i = s ? find_dest_idx(s, daddr, dport) : -1;
+    if (!s)
+        err = LB_ESRCH;
+    else if (i < 0)
+        err = LB_ENOENT;
+    else
+        unlink_dest(lb, s, (uint32_t)i);
+    pthread_mutex_unlock(&lb->lock);
+    return err;
+}
+
+int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t daddr, uint16_t dport,
+                    const struct lb_fwd_conf *fwd)
+{
+    struct lb_dest_fwd *nf = NULL;
+    if (fwd && fwd->ifindex > 0) {
+        /* Build the new state completely, in zeroed memory, before publishing it. */
+        nf = calloc(1, sizeof(*nf));
+        if (!nf)
+            return LB_ENOMEM;
+        nf->conf = *fwd;
+        memcpy(nf->l2hdr, fwd->dst_mac, 6);
+        memcpy(nf->l2hdr + 6, fwd->src_mac, 6);
+        nf->l2hdr[12] = 0x08;
+        nf->l2hdr[13] = 0x00;
+    } else if (fwd && fwd->ifindex < 0) {
+        return LB_EINVAL;
+    }
+    int err = LB_OK;
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    int i = s ? find_dest_idx(s, daddr, dport) : -1;
+    if (!s) {
+        err = LB_ESRCH;
+    } else if (i < 0) {
+        err = LB_ENOENT;
+    } else {
+        struct lb_dest *d = s->dests[i];
+        struct lb_dest_fwd *old = d->fwd;
+        d->fwd = nf;
+        nf = old; /* freed below */
+    }
+    pthread_mutex_unlock(&lb->lock);
+    free(nf);
+    return err;
+}
+
+int lb_zero(lb_t *lb)
+{
+    pthread_mutex_lock(&lb->lock);
+    for (uint32_t i = 0; i < lb->nsvcs; i++) {
+        struct lb_svc *s = lb->svcs[i];
+        memset(&s->stats, 0, sizeof(s->stats));
+        for (uint32_t j = 0; j < s->ndests; j++)
+            memset(&s->dests[j]->stats, 0, sizeof(s->dests[j]->stats));
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return LB_OK;
+}
+
+/* ---------------------------------------------------------------- observation */
+
+int lb_svc_list(lb_t *lb, struct lb_svc_info *out, uint32_t cap)
+{
+    pthread_mutex_lock(&lb->lock);
+    uint32_t n = lb->nsvcs;
+    for (uint32_t i = 0; i < n && i < cap && out; i++) {
+        const struct lb_svc *s = lb->svcs[i];
+        memset(&out[i], 0, sizeof(out[i]));
+        out[i].conf = s->conf;
+        out[i].num_dests = s->ndests;
+        out[i].stats = s->stats;
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return (int)n;
+}
+
+int lb_dest_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct lb_dest_info *out, uint32_t cap)
+{
+    pthread_mutex_lock(&lb->lock);
+    const struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    int ret = LB_ESRCH;
+    if (s) {
+        ret = (int)s->ndests;
+        for (uint32_t i = 0; i < s->ndests && i < cap && out; i++) {
+            const struct lb_dest *d = s->dests[i];
+            memset(&out[i], 0, sizeof(out[i]));
+            out[i].conf = d->conf;
+            out[i].active = d->activeconns;
+            out[i].inactive = d->inactconns;
+            out[i].persist = d->persistconns;
+            out[i].flags = d->flags | (d->fwd ? LB_DEST_F_FWD_VALID : 0);
+            out[i].stats = d->stats;
+        }
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return ret;
+}
