@@ -1,0 +1,527 @@
+"""lbd's own iptables rules: raw-table NFQUEUE steering, and nothing else.
+
+Layout (one lbd instance = one queue number):
+
+    raw PREROUTING:  -m comment --comment "lbd q<N>" -j LBD-Q<N>      (the jump, appended)
+    raw LBD-Q<N>:    <match> -j CT --notrack                            \\ one pair per
+                     <match> -j NFQUEUE --queue-num N --queue-bypass    / service or extra match
+
+Why this shape:
+- A private chain per queue number lets two lbd's in one netns (different queues) coexist, and
+  lets an instance find and remove exactly its own leftovers after a crash: everything in
+  LBD-Q<N> and every raw PREROUTING rule jumping to it is ours; nothing else ever is.
+- The jump is appended, not inserted: operators' earlier raw rules (typically drop lists, which
+  live in raw because it is the earliest hook) keep applying before the director sees packets.
+- `CT --notrack` comes first in each pair: NFQUEUE is terminal, so a notrack after it would never
+  run. The pair is therefore the unit of the diff: if either half is missing or out of order, both
+  are rewritten.
+- Every change is one `iptables-restore --noflush` transaction: the kernel sees the old rule set
+  or the new one, never a half-applied diff. Unchanged rules are left in place (their counters
+  survive), so a sync that changes one service does not disturb the others.
+- `--queue-bypass`: when no lbd listens on the queue (crash, restart), packets are accepted by the
+  kernel instead of dropped; the service then degrades to "not balanced", not to "black-holed".
+
+Rule text is generated in the exact form `iptables -S` prints (iptables 1.8.x), and rules read
+back are compared through a normalised key, so formatting differences between iptables versions
+cost at most a rewrite, never a wrong diff.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+TABLE = "raw"
+HOOK_CHAIN = "PREROUTING"
+CHAIN_PREFIX = "LBD-Q"
+COMMENT_PREFIX = "lbd q"
+PROTO_TCP = 6
+PROTO_UDP = 17
+_PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp"}
+MAX_QUEUE = 65535
+COMMAND_TIMEOUT_S = 30.0  # one iptables call; nft transactions take milliseconds
+LOCK_WAIT_S = 5  # `-w`: the legacy backend's xtables lock; accepted and ignored by nft
+
+Runner = Callable[[Sequence[str], str | None], "subprocess.CompletedProcess[str]"]
+
+
+class IptablesError(RuntimeError):
+    """An iptables command failed. Carries the command, its exit status and its stderr."""
+
+    def __init__(self, cmd: Sequence[str], returncode: int | None, stderr: str, detail: str = "") -> None:
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        status = "timed out" if returncode is None else f"exit status {returncode}"
+        text = f"{shlex.join(self.cmd)}: {status}"
+        if self.stderr:
+            text += f": {self.stderr}"
+        if detail:
+            text += f"\n{detail}"
+        super().__init__(text)
+
+
+class ChainMissingError(IptablesError):
+    """sync() found no chain: setup() was not called, or someone deleted our chain."""
+
+    def __init__(self, cmd: Sequence[str], chain: str) -> None:
+        super().__init__(cmd, 0, "", detail=f"chain {chain} does not exist in table {TABLE}: call setup() first")
+
+
+# --------------------------------------------------------------------------- rule text
+
+
+def chain_name(queue_num: int) -> str:
+    return f"{CHAIN_PREFIX}{_check_queue(queue_num)}"
+
+
+def jump_comment(queue_num: int) -> str:
+    return f"{COMMENT_PREFIX}{_check_queue(queue_num)}"
+
+
+def jump_rule(queue_num: int) -> str:
+    """The raw PREROUTING rule that sends packets into our chain, as `iptables -S` prints it."""
+    return f'-A {HOOK_CHAIN} -m comment --comment "{jump_comment(queue_num)}" -j {chain_name(queue_num)}'
+
+
+def _check_queue(num: int) -> int:
+    if not isinstance(num, int) or isinstance(num, bool) or not 0 <= num <= MAX_QUEUE:
+        raise ValueError(f"queue number {num!r} out of range 0..{MAX_QUEUE}")
+    return num
+
+
+def _host(addr: str) -> str:
+    try:
+        return f"{ipaddress.IPv4Address(addr)}/32"
+    except ValueError as exc:
+        raise ValueError(f"invalid IPv4 address {addr!r}") from exc
+
+
+def _port(port: int, *, allow_zero: bool) -> int:
+    low = 0 if allow_zero else 1
+    if not isinstance(port, int) or isinstance(port, bool) or not low <= port <= 65535:
+        raise ValueError(f"port {port!r} out of range {low}..65535")
+    return port
+
+
+def l4_match(
+    proto: int,
+    *,
+    daddr: str | None = None,
+    dport: int = 0,
+    saddr: str | None = None,
+    sport: int = 0,
+) -> str:
+    """A match in `iptables -S` order: -s, -d, -p, -m <proto>, --sport, --dport. Port 0 = any."""
+    name = _PROTO_NAMES.get(proto)
+    if name is None:
+        raise ValueError(f"unsupported protocol {proto!r} (tcp=6, udp=17)")
+    parts: list[str] = []
+    if saddr is not None:
+        parts += ["-s", _host(saddr)]
+    if daddr is not None:
+        parts += ["-d", _host(daddr)]
+    parts += ["-p", name]
+    sport = _port(sport, allow_zero=True)
+    dport = _port(dport, allow_zero=True)
+    if sport or dport:
+        parts += ["-m", name]
+    if sport:
+        parts += ["--sport", str(sport)]
+    if dport:
+        parts += ["--dport", str(dport)]
+    return " ".join(parts)
+
+
+def service_match(proto: int, vip: str, port: int) -> str:
+    """Packets for a virtual service. Port 0 is IPVS's "all ports" (persistent services)."""
+    return l4_match(proto, daddr=vip, dport=port)
+
+
+def reply_match(proto: int, rip: str, rport: int, lip: str) -> str:
+    """FULLNAT replies, real server -> local address (the `extra` hook of RuleManager.sync)."""
+    return l4_match(proto, saddr=rip, sport=rport, daddr=lip)
+
+
+def queue_target(queue_num: int, queue_balance: tuple[int, int] | None) -> str:
+    if queue_balance is None:
+        return f"-j NFQUEUE --queue-num {_check_queue(queue_num)} --queue-bypass"
+    low, high = (_check_queue(q) for q in queue_balance)
+    if low > high:
+        raise ValueError(f"queue balance range {low}:{high} is empty")
+    return f"-j NFQUEUE --queue-balance {low}:{high} --queue-bypass"
+
+
+def _check_match(match: str) -> str:
+    """Refuse what could escape the rule: line breaks (restore syntax) and jumps/targets."""
+    if any(ch in match for ch in "\n\r\0"):
+        raise ValueError(f"match contains a line break: {match!r}")
+    try:
+        tokens = shlex.split(match)
+    except ValueError as exc:
+        raise ValueError(f"match {match!r} does not parse: {exc}") from exc
+    if not tokens:
+        raise ValueError("empty match")
+    bad = {"-j", "--jump", "-g", "--goto", "-A", "-D", "-I", "-R", "-N", "-X", "-F"} & set(tokens)
+    if bad:
+        raise ValueError(f"match {match!r} contains {', '.join(sorted(bad))}; give only match options")
+    return " ".join(tokens)
+
+
+@dataclass(frozen=True)
+class RulePair:
+    """The two rules one match becomes: notrack first, then queue."""
+
+    match: str
+    notrack: str
+    queue: str
+
+
+def rule_pair(chain: str, match: str, target: str) -> RulePair:
+    match = _check_match(match)
+    return RulePair(
+        match=match,
+        notrack=f"-A {chain} {match} -j CT --notrack",
+        queue=f"-A {chain} {match} {target}",
+    )
+
+
+def rule_key(line: str) -> tuple[str, ...]:
+    """Normalise one `-A CHAIN ...` line so that equivalent spellings compare equal.
+
+    Option groups (an option and its arguments) are sorted; host addresses get /32; the implicit
+    `-m tcp|udp` that iptables prints for --sport/--dport is made explicit. Good enough for the
+    simple address/port matches lbd writes; anything fancier still compares verbatim per group.
+    """
+    tokens = shlex.split(line)
+    groups: list[list[str]] = []
+    negate = False
+    for tok in tokens:
+        if tok == "!":
+            negate = True
+            continue
+        if tok.startswith("-") and not _is_number(tok):
+            groups.append(["!" + tok] if negate else [tok])
+            negate = False
+        elif groups:
+            groups[-1].append(tok)
+        else:
+            groups.append([tok])
+    proto = None
+    for g in groups:
+        if g[0] in ("-p", "--protocol") and len(g) == 2:
+            proto = g[1]
+        if g[0] in ("-s", "-d", "--source", "--destination") and len(g) == 2 and "/" not in g[1]:
+            g[1] += "/32"
+    has_ports = any(g[0] in ("--sport", "--dport", "--source-port", "--destination-port") for g in groups)
+    if proto and has_ports and ["-m", proto] not in groups:
+        groups.append(["-m", proto])
+    return tuple(sorted(" ".join(g) for g in groups))
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        int(tok)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- diff
+
+
+@dataclass
+class Plan:
+    """What one sync changes. `delete` holds 1-based rule numbers, highest first."""
+
+    delete: list[int] = field(default_factory=list)
+    add: list[str] = field(default_factory=list)
+    deleted_rules: list[str] = field(default_factory=list)
+    jump_added: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.delete and not self.add and not self.jump_added
+
+    def __str__(self) -> str:
+        return f"{len(self.add)} to add, {len(self.delete)} to delete"
+
+
+def plan_sync(existing: Sequence[str], desired: Sequence[RulePair]) -> Plan:
+    """Minimal change turning the chain `existing` (its -A lines, in order) into `desired`.
+
+    A pair is kept when both its rules exist and the notrack rule precedes the queue rule; each
+    existing rule is used by at most one pair, so duplicates are deleted. Everything not kept is
+    deleted by rule number (exact even with duplicates; descending so numbers stay valid within
+    the transaction); missing pairs are appended in the order given.
+    """
+    keys = [rule_key(line) for line in existing]
+    used: set[int] = set()
+    add: list[str] = []
+    seen_matches: set[tuple[str, ...]] = set()
+    for pair in desired:
+        nt_key, q_key = rule_key(pair.notrack), rule_key(pair.queue)
+        if (nt_key, q_key) in seen_matches:
+            continue  # the same match given twice is one pair of rules
+        seen_matches.add((nt_key, q_key))
+        i = _first_unused(keys, nt_key, used, start=0)
+        j = _first_unused(keys, q_key, used, start=i + 1) if i is not None else None
+        if i is not None and j is not None:
+            used.update((i, j))
+        else:
+            add += [pair.notrack, pair.queue]
+    delete = sorted((n for n in range(len(existing)) if n not in used), reverse=True)
+    return Plan(
+        delete=[n + 1 for n in delete],
+        add=add,
+        deleted_rules=[existing[n] for n in sorted(delete)],
+    )
+
+
+def _first_unused(keys: Sequence[tuple[str, ...]], key: tuple[str, ...], used: set[int], start: int) -> int | None:
+    for n in range(start, len(keys)):
+        if n not in used and keys[n] == key:
+            return n
+    return None
+
+
+def restore_script(lines: Iterable[str]) -> str:
+    body = "\n".join(lines)
+    return f"*{TABLE}\n{body}\nCOMMIT\n"
+
+
+# --------------------------------------------------------------------------- reading -S
+
+
+@dataclass(frozen=True)
+class TableState:
+    """What `iptables -t raw -S` says about one queue's chain and its jumps."""
+
+    chain_exists: bool
+    rules: list[str]  # "-A LBD-Q<N> ..." lines, in order
+    jumps: list[str]  # "-A PREROUTING ... -j LBD-Q<N>" lines
+
+
+def parse_table(text: str, chain: str) -> TableState:
+    exists = False
+    rules: list[str] = []
+    jumps: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line == f"-N {chain}":
+            exists = True
+        elif line.startswith(f"-A {chain} "):
+            rules.append(line)
+        elif line.startswith(f"-A {HOOK_CHAIN} ") and _jumps_to(line, chain):
+            jumps.append(line)
+    return TableState(exists, rules, jumps)
+
+
+def _jumps_to(line: str, chain: str) -> bool:
+    tokens = shlex.split(line)
+    return any(tok in ("-j", "--jump", "-g", "--goto") and nxt == chain for tok, nxt in zip(tokens, tokens[1:]))
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _run(cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(cmd),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+        check=False,
+    )
+
+
+class RuleManager:
+    """Owns exactly one queue's chain in the raw table, and the jump to it.
+
+    `netns` runs every command under `ip netns exec NAME` (tests; lbd itself already runs inside
+    its namespace). `runner` replaces subprocess execution (unit tests).
+    """
+
+    def __init__(
+        self,
+        queue_num: int,
+        queue_balance: tuple[int, int] | None = None,
+        iptables: str = "iptables",
+        *,
+        netns: str | None = None,
+        runner: Runner | None = None,
+    ) -> None:
+        self.queue_num = _check_queue(queue_num)
+        self.queue_balance = queue_balance
+        self.chain = chain_name(queue_num)
+        self.target = queue_target(queue_num, queue_balance)  # validates queue_balance
+        self.iptables = iptables
+        self.iptables_restore = f"{iptables}-restore"
+        self.netns = netns
+        self._runner: Runner = runner or _run
+
+    # ---- commands
+
+    def _prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
+
+    def _exec(self, cmd: list[str], stdin: str | None = None) -> str:
+        full = self._prefix() + cmd
+        try:
+            proc = self._runner(full, stdin)
+        except FileNotFoundError as exc:
+            raise IptablesError(full, 127, f"{exc.filename or cmd[0]}: not found") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise IptablesError(full, None, f"no answer within {COMMAND_TIMEOUT_S:g} s") from exc
+        if proc.returncode != 0:
+            raise IptablesError(full, proc.returncode, proc.stderr or "", detail=_script_excerpt(stdin))
+        return proc.stdout or ""
+
+    def _restore(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        script = restore_script(lines)
+        log.debug("iptables-restore --noflush:\n%s", script)
+        self._exec([self.iptables_restore, "-w", str(LOCK_WAIT_S), "--noflush"], script)
+
+    def _state(self) -> TableState:
+        text = self._exec([self.iptables, "-w", str(LOCK_WAIT_S), "-t", TABLE, "-S"])
+        return parse_table(text, self.chain)
+
+    # ---- public API
+
+    def rules(self) -> list[str]:
+        """Our chain's rules as `iptables -S` prints them (empty when the chain is absent)."""
+        return self._state().rules
+
+    def jumps(self) -> list[str]:
+        return self._state().jumps
+
+    def setup(self) -> None:
+        """Create the chain (empty) and the jump, removing any leftovers of this queue first.
+
+        Idempotent. One transaction: delete every jump to our chain, declare the chain (which
+        creates it, or flushes it when a crashed instance left it behind), append the jump.
+        """
+        state = self._state()
+        if state.rules or len(state.jumps) > 1:
+            log.warning(
+                "removing leftovers of a previous lbd on queue %d: %d rules, %d jumps",
+                self.queue_num, len(state.rules), len(state.jumps),
+            )
+        lines = [_delete_line(j) for j in state.jumps]
+        lines.append(f":{self.chain} - [0:0]")
+        lines.append(jump_rule(self.queue_num))
+        self._restore(lines)
+        log.info("raw table: chain %s ready, jumped to from %s", self.chain, HOOK_CHAIN)
+
+    def sync(
+        self,
+        services: Iterable[tuple[int, str, int]],
+        extra: Iterable[str] = (),
+    ) -> Plan:
+        """Make the chain hold exactly these services' rule pairs (plus `extra` matches)."""
+        matches = [service_match(proto, vip, port) for proto, vip, port in services]
+        return self.sync_matches(matches + list(extra))
+
+    def sync_matches(self, matches: Iterable[str]) -> Plan:
+        """Make the chain hold exactly one notrack+queue pair per match, in one transaction."""
+        desired = [rule_pair(self.chain, m, self.target) for m in matches]
+        state = self._state()
+        if not state.chain_exists:
+            raise ChainMissingError(self._prefix() + [self.iptables, "-t", TABLE, "-S"], self.chain)
+        plan = plan_sync(state.rules, desired)
+        if not state.jumps:
+            # Someone removed our jump (e.g. an operator's `iptables -t raw -F PREROUTING`):
+            # without it nothing reaches the queue, so restore it in the same transaction.
+            log.warning("raw %s: jump from %s was missing; restoring it", self.chain, HOOK_CHAIN)
+            plan.jump_added = True
+        if plan.empty:
+            log.debug("raw %s already in sync (%d rules)", self.chain, len(state.rules))
+            return plan
+        lines = [f"-D {self.chain} {n}" for n in plan.delete] + plan.add
+        if plan.jump_added:
+            lines.append(jump_rule(self.queue_num))
+        self._restore(lines)
+        log.info("raw %s: %s", self.chain, plan)
+        return plan
+
+    def teardown(self) -> None:
+        """Remove the jump(s), flush and delete the chain. Idempotent; touches nothing else."""
+        state = self._state()
+        lines = [_delete_line(j) for j in state.jumps]
+        if state.chain_exists:
+            lines += [f"-F {self.chain}", f"-X {self.chain}"]
+        if not lines:
+            log.debug("raw %s: nothing to tear down", self.chain)
+            return
+        self._restore(lines)
+        log.info("raw %s: removed (%d rules, %d jumps)", self.chain, len(state.rules), len(state.jumps))
+
+    def detect(self) -> str | None:
+        return detect(self.iptables, netns=self.netns, runner=self._runner)
+
+
+def _delete_line(rule: str) -> str:
+    assert rule.startswith("-A ")
+    return "-D " + rule[3:]
+
+
+def _script_excerpt(stdin: str | None, limit: int = 40) -> str:
+    if not stdin:
+        return ""
+    lines = stdin.splitlines()
+    shown = lines[:limit] + ([f"... ({len(lines) - limit} more lines)"] if len(lines) > limit else [])
+    return "input was:\n" + "\n".join(f"  {n + 1:3}: {text}" for n, text in enumerate(shown))
+
+
+def detect(
+    iptables: str = "iptables",
+    *,
+    netns: str | None = None,
+    runner: Runner | None = None,
+) -> str | None:
+    """None when iptables can steer packets into NFQUEUE here; else a reason a human can act on.
+
+    The check is a real, side-effect-free transaction: create a private chain holding one
+    `CT --notrack` and one `NFQUEUE` rule, then flush and delete it, all in one commit. The
+    kernel validates each target when the rule is added (nft-compat loads xt_CT/xt_NFQUEUE),
+    so a missing module fails the whole batch and nothing is ever committed.
+    """
+    run = runner or _run
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    for binary in (iptables, f"{iptables}-restore"):
+        if not prefix and shutil.which(binary) is None:
+            return f"{binary} not found in PATH (install the iptables package)"
+    probe = f"LBD-PROBE-{os.getpid() % 100000}"
+    script = restore_script([
+        f":{probe} - [0:0]",
+        f"-A {probe} -p udp -m udp --dport 9 -j CT --notrack",
+        f"-A {probe} -p udp -m udp --dport 9 -j NFQUEUE --queue-num 0 --queue-bypass",
+        f"-F {probe}",
+        f"-X {probe}",
+    ])
+    checks: list[tuple[list[str], str | None, str]] = [
+        ([iptables, "--version"], None, "iptables does not run"),
+        ([iptables, "-w", str(LOCK_WAIT_S), "-t", TABLE, "-S"], None, "cannot read the raw table"),
+        ([f"{iptables}-restore", "-w", str(LOCK_WAIT_S), "--noflush"], script,
+         "the kernel refuses CT --notrack or NFQUEUE in the raw table"),
+    ]
+    for cmd, stdin, what in checks:
+        try:
+            proc = run(prefix + cmd, stdin)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"{what}: {shlex.join(prefix + cmd)}: {exc}"
+        if proc.returncode != 0:
+            err = (proc.stderr or "").strip().splitlines()
+            return f"{what}: {shlex.join(prefix + cmd)} exit {proc.returncode}: {' / '.join(err[-3:])}"
+    return None
