@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol
 
 from lb import __version__
 from lb.engine import Engine, EngineError, FwdState
-from lb.model import ConfigError, DestSpec, ServiceKey, ServiceSpec
+from lb.model import ConfigError, DestSpec, ServiceKey, ServiceSpec, parse_ipv4
 
 log = logging.getLogger("lbd")
 
@@ -23,7 +23,7 @@ UNRESOLVED_WARN_AFTER_S = 3.0
 
 
 class Rules(Protocol):
-    def sync(self, services: list[tuple[int, str, int]]) -> object: ...
+    def sync(self, services: list[tuple[int, str, int]], extra: list[str] = ...) -> object: ...
 
 
 @dataclass
@@ -73,6 +73,8 @@ class Director:
             "list": self._list,
             "connections": self._connections,
             "counters": self._counters,
+            "add_laddr": self._add_laddr,
+            "del_laddr": self._del_laddr,
         }
 
     # ------------------------------------------------------------ dispatch
@@ -91,9 +93,23 @@ class Director:
     def _service_keys(self) -> list[tuple[int, str, int]]:
         return [(s.spec.key.proto, s.spec.key.addr, s.spec.key.port) for s in self.engine.services()]
 
+    def _reply_matches(self) -> list[str]:
+        """FULLNAT: replies from each real server to each local address are queued too."""
+        from lb.iptables import reply_match
+
+        matches: list[str] = []
+        for s in self.engine.services():
+            fullnat = [d for d in s.dests if d.spec.fwd == "fullnat"]
+            for laddr in s.laddrs:
+                for d in fullnat:
+                    m = reply_match(s.spec.key.proto, d.spec.addr, d.spec.port, laddr.addr)
+                    if m not in matches:
+                        matches.append(m)
+        return matches
+
     def sync_rules(self) -> None:
         if self.rules is not None:
-            self.rules.sync(self._service_keys())
+            self.rules.sync(self._service_keys(), extra=self._reply_matches())
 
     # ------------------------------------------------------------ forwarding state
     def resolve_dest(self, key: ServiceKey, dest: DestSpec) -> None:
@@ -181,6 +197,11 @@ class Director:
         key = ServiceKey.from_json(args["service"])
         dest = DestSpec.from_json(args["dest"])
         self.engine.add_dest(key, dest)
+        try:
+            self.sync_rules()
+        except Exception:
+            self.engine.del_dest(key, dest.addr, dest.port)
+            raise
         self.resolve_dest(key, dest)
         log.info("added destination %s:%d (%s, weight %d) to %s", dest.addr, dest.port, dest.fwd, dest.weight, key)
 
@@ -198,6 +219,7 @@ class Director:
         probe = DestSpec(addr=addr, port=port)  # validates the address and port
         self.engine.del_dest(key, probe.addr, probe.port)
         self.fwd_status.pop((key, probe.addr, probe.port), None)
+        self.sync_rules()
         log.info("deleted destination %s:%d of %s", probe.addr, probe.port, key)
 
     def _clear(self, _args: dict[str, Any]) -> None:
@@ -208,6 +230,24 @@ class Director:
 
     def _zero(self, _args: dict[str, Any]) -> None:
         self.engine.zero()
+
+    def _add_laddr(self, args: dict[str, Any]) -> None:
+        key = ServiceKey.from_json(args["service"])
+        addr = parse_ipv4(str(args["addr"]))
+        self.engine.add_laddr(key, addr)
+        try:
+            self.sync_rules()
+        except Exception:
+            self.engine.del_laddr(key, addr)
+            raise
+        log.info("added local address %s to %s", addr, key)
+
+    def _del_laddr(self, args: dict[str, Any]) -> None:
+        key = ServiceKey.from_json(args["service"])
+        addr = parse_ipv4(str(args["addr"]))
+        self.engine.del_laddr(key, addr)
+        self.sync_rules()
+        log.info("deleted local address %s of %s", addr, key)
 
     def _list(self, args: dict[str, Any]) -> dict[str, Any]:
         only = ServiceKey.from_json(args["service"]) if args.get("service") else None
@@ -228,9 +268,12 @@ class Director:
                     "inactive": d.inactive,
                     "persist": d.persist,
                     "stats": d.stats.to_json(),
+                    "syn_retrans": d.syn_retrans,
+                    "handshakes": d.handshakes,
                     "l2": {"state": st.state, "ifname": st.ifname, "mac": st.mac, "reason": st.reason},
                 })
-            out.append({**s.spec.to_json(), "stats": s.stats.to_json(), "dests": dests})
+            laddrs = [{"addr": la.addr, "conns": la.conns} for la in s.laddrs]
+            out.append({**s.spec.to_json(), "stats": s.stats.to_json(), "dests": dests, "laddrs": laddrs})
         return {"version": "1.2.1", "conn_tab_size": table_size, "services": out}
 
     def _connections(self, _args: dict[str, Any]) -> dict[str, Any]:

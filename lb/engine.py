@@ -14,6 +14,10 @@ from typing import Protocol
 from lb._ffi import lib
 from lb.model import ConnInfo, DestSpec, ServiceInfo, ServiceKey, ServiceSpec
 
+SOCKET_MARK_BASE = lib.LB_SOCKET_MARK_BASE
+TOA_LEN = lib.LB_TOA_LEN
+IPIP_OVERHEAD = lib.LB_IPIP_OVERHEAD
+
 
 class Verdict(enum.IntEnum):
     ACCEPT = lib.LB_V_ACCEPT
@@ -36,6 +40,11 @@ class Reason(enum.IntEnum):
     TABLE_FULL = lib.LB_R_TABLE_FULL
     DEST_UNAVAILABLE = lib.LB_R_DEST_UNAVAILABLE
     NO_L2 = lib.LB_R_NO_L2
+    FRAG_NEEDED = lib.LB_R_FRAG_NEEDED
+    NO_LADDR = lib.LB_R_NO_LADDR
+    ICMP = lib.LB_R_ICMP
+    TOA_NO_ROOM = lib.LB_R_TOA_NO_ROOM
+    TTL_EXCEEDED = lib.LB_R_TTL_EXCEEDED
 
 
 class ConnState(enum.IntEnum):
@@ -120,6 +129,8 @@ class Engine(Protocol):
     def edit_dest(self, key: ServiceKey, dest: DestSpec) -> None: ...
     def del_dest(self, key: ServiceKey, addr: str, port: int) -> None: ...
     def set_fwd(self, key: ServiceKey, addr: str, port: int, fwd: FwdState | None) -> None: ...
+    def add_laddr(self, key: ServiceKey, addr: str) -> None: ...
+    def del_laddr(self, key: ServiceKey, addr: str) -> None: ...
     def zero(self) -> None: ...
 
     def services(self) -> list[ServiceInfo]: ...

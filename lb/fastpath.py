@@ -28,6 +28,7 @@ from lb.model import (
     DestSpec,
     ServiceInfo,
     ServiceKey,
+    LaddrInfo,
     ServiceSpec,
     Stats,
 )
@@ -67,11 +68,20 @@ class CEngine:
 
     name = "c"
 
-    def __init__(self, conn_max: int = 0, hash_buckets: int = 0, hash_seed: int = 0) -> None:
+    def __init__(
+        self,
+        conn_max: int = 0,
+        hash_buckets: int = 0,
+        hash_seed: int = 0,
+        lport_min: int = 0,
+        lport_max: int = 0,
+    ) -> None:
         cfg = ffi.new("struct lb_config *")
         cfg.conn_max = conn_max
         cfg.hash_buckets = hash_buckets
         cfg.hash_seed = hash_seed
+        cfg.lport_min = lport_min
+        cfg.lport_max = lport_max
         handle = lib.lb_new(cfg)
         if handle == ffi.NULL:
             raise EngineError("EINVAL", f"lb_new failed (conn_max={conn_max}, hash_buckets={hash_buckets})")
@@ -85,7 +95,7 @@ class CEngine:
         act = self._act
         _check(lib.lb_process(self._lb, packet, len(packet), now_ms, self._out, lib.LB_PKT_MAX, act), "lb_process")
         verdict = Verdict(act.verdict)
-        out = bytes(ffi.buffer(self._out, act.out_len)) if verdict in (Verdict.MANGLE, Verdict.ANSWER) else b""
+        out = bytes(ffi.buffer(self._out, act.out_len)) if verdict != Verdict.DROP and act.out_len else b""
         l2hdr = bytes(act.l2hdr) if verdict == Verdict.XMIT_L2 else b""
         ifindex = act.ifindex if verdict == Verdict.XMIT_L2 else 0
         return Action(verdict=verdict, reason=Reason(act.reason), out=out, ifindex=ifindex, l2hdr=l2hdr)
@@ -103,6 +113,7 @@ class CEngine:
         conf.sched = spec.sched.encode()
         conf.persist_timeout_s = spec.persistent or 0
         conf.netmask = _ip2int(spec.netmask)
+        conf.flags = lib.LB_SVC_F_TOA if spec.toa else 0
         return conf
 
     @staticmethod
@@ -167,6 +178,18 @@ class CEngine:
     def zero(self) -> None:
         _check(lib.lb_zero(self._lb), "zero")
 
+    def add_laddr(self, key: ServiceKey, addr: str) -> None:
+        _check(lib.lb_laddr_add(self._lb, *self._key(key), _ip2int(addr)), f"add local address {addr} to {key}")
+
+    def del_laddr(self, key: ServiceKey, addr: str) -> None:
+        _check(lib.lb_laddr_del(self._lb, *self._key(key), _ip2int(addr)), f"delete local address {addr} of {key}")
+
+    def _laddrs(self, key: ServiceKey) -> list[LaddrInfo]:
+        total = _check(lib.lb_laddr_list(self._lb, *self._key(key), ffi.NULL, 0), f"list local addresses of {key}")
+        arr = ffi.new("struct lb_laddr_info[]", max(total, 1))
+        count = min(_check(lib.lb_laddr_list(self._lb, *self._key(key), arr, total), f"list {key}"), total)
+        return [LaddrInfo(_int2ip(arr[i].addr), arr[i].conns) for i in range(count)]
+
     # ------------------------------------------------------------ observation
     def services(self) -> list[ServiceInfo]:
         total = lib.lb_svc_list(self._lb, ffi.NULL, 0)
@@ -181,8 +204,11 @@ class CEngine:
                 sched=ffi.string(s.conf.sched).decode(),
                 persistent=s.conf.persist_timeout_s or None,
                 netmask=_int2ip(s.conf.netmask) if s.conf.netmask else "255.255.255.255",
+                toa=bool(s.conf.flags & lib.LB_SVC_F_TOA),
             )
-            result.append(ServiceInfo(spec=spec, dests=self._dests(key), stats=_stats(s.stats)))
+            result.append(
+                ServiceInfo(spec=spec, dests=self._dests(key), stats=_stats(s.stats), laddrs=self._laddrs(key))
+            )
         return result
 
     def _dests(self, key: ServiceKey) -> list[DestInfo]:
@@ -201,7 +227,15 @@ class CEngine:
                 l_threshold=d.conf.l_threshold,
             )
             dests.append(
-                DestInfo(spec=spec, active=d.active, inactive=d.inactive, persist=d.persist, stats=_stats(d.stats))
+                DestInfo(
+                    spec=spec,
+                    active=d.active,
+                    inactive=d.inactive,
+                    persist=d.persist,
+                    stats=_stats(d.stats),
+                    syn_retrans=d.syn_retrans,
+                    handshakes=d.handshakes,
+                )
             )
         return dests
 
@@ -232,6 +266,8 @@ class CEngine:
                         dport=c.dport,
                         state=ConnState(c.state).name,
                         expires_ms=c.expires_in_ms,
+                        laddr=_int2ip(c.laddr),
+                        lport=c.lport,
                     )
                 )
             if n < chunk:

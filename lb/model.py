@@ -93,6 +93,7 @@ class ServiceSpec:
     sched: str = "wlc"  # ipvsadm's default scheduler
     persistent: int | None = None  # persistence timeout in seconds, None = off
     netmask: str = "255.255.255.255"
+    toa: bool = False  # FULLNAT: client address to real servers in TCP option 254
 
     def __post_init__(self) -> None:
         if self.sched not in SCHEDULERS:
@@ -107,6 +108,7 @@ class ServiceSpec:
             "sched": self.sched,
             "persistent": self.persistent,
             "netmask": self.netmask,
+            "toa": self.toa,
         }
 
     @classmethod
@@ -117,6 +119,7 @@ class ServiceSpec:
             sched=str(obj.get("sched", "wlc")),
             persistent=None if persistent is None else int(persistent),  # type: ignore[call-overload]
             netmask=str(obj.get("netmask", "255.255.255.255")),
+            toa=bool(obj.get("toa", False)),
         )
 
 
@@ -184,6 +187,16 @@ class DestInfo:
     inactive: int = 0
     persist: int = 0
     stats: Stats = field(default_factory=Stats)
+    syn_retrans: int = 0  # client SYNs repeated on connections already forwarded here
+    handshakes: int = 0  # connections whose handshake completed (client ACK seen)
+
+
+@dataclass(frozen=True)
+class LaddrInfo:
+    """A FULLNAT local address of a service and how many connections use it."""
+
+    addr: str
+    conns: int = 0
 
 
 @dataclass
@@ -191,6 +204,7 @@ class ServiceInfo:
     spec: ServiceSpec
     dests: list[DestInfo] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
+    laddrs: list[LaddrInfo] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -206,6 +220,8 @@ class ConnInfo:
     dport: int
     state: str
     expires_ms: int
+    laddr: str = "0.0.0.0"  # FULLNAT local address
+    lport: int = 0
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -218,4 +234,6 @@ class ConnInfo:
             "dport": self.dport,
             "state": self.state,
             "expires_ms": self.expires_ms,
+            "laddr": self.laddr,
+            "lport": self.lport,
         }

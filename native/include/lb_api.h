@@ -43,8 +43,11 @@ enum lb_verdict {
     LB_V_ACCEPT = 0,   /* continue in the kernel, bytes unchanged */
     LB_V_DROP = 1,     /* drop */
     LB_V_MANGLE = 2,   /* continue in the kernel with the bytes in out[0..out_len) */
-    LB_V_XMIT_L2 = 3,  /* drop the original; send l2hdr + original bytes on ifindex (AF_PACKET) */
-    LB_V_ANSWER = 4    /* drop the original; send out[0..out_len) (an IPv4 packet) via a raw IP socket */
+    LB_V_XMIT_L2 = 3,  /* drop the original; send l2hdr + (out_len ? out[0..out_len) : the original bytes)
+                          on ifindex through an AF_PACKET socket (towards real servers, every method) */
+    LB_V_ANSWER = 4    /* drop the original; send out[0..out_len) (a complete IPv4 packet) through the
+                          kernel's IP output (raw socket marked LB_SOCKET_MARK_BASE | queue): ICMP
+                          answers, FULLNAT replies to clients, oversized non-DF tunnel packets */
 };
 
 /* Why: one per packet, counted globally (lb_counters) and returned in the action. */
@@ -60,8 +63,13 @@ enum lb_reason {
     LB_R_NO_DEST = 8,          /* scheduler found no destination: ICMP port unreachable */
     LB_R_TABLE_FULL = 9,       /* connection table full: dropped */
     LB_R_DEST_UNAVAILABLE = 10,/* connection's destination was deleted: dropped */
-    LB_R_NO_L2 = 11,           /* destination has no valid forwarding state (MAC): dropped */
-    LB_R_COUNT = 12
+    LB_R_NO_L2 = 11,           /* destination has no valid forwarding state (MAC / tunnel source): dropped */
+    LB_R_FRAG_NEEDED = 12,     /* too big after encapsulation with DF set: ICMP fragmentation needed */
+    LB_R_NO_LADDR = 13,        /* FULLNAT: no local address/port free: dropped */
+    LB_R_ICMP = 14,            /* ICMP error about a connection: translated / forwarded */
+    LB_R_TOA_NO_ROOM = 15,     /* FULLNAT: no room for the TOA option: forwarded without it */
+    LB_R_TTL_EXCEEDED = 16,    /* FULLNAT: TTL would reach 0 on the director: dropped */
+    LB_R_COUNT = 17
 };
 
 /* Forwarding methods (ipvsadm -g / -i / -m, DPVS -b). */
@@ -97,6 +105,18 @@ enum lb_conn_state {
 /* Connection flags reported by lb_conn_dump(). */
 #define LB_CONN_F_INACTIVE 1
 #define LB_CONN_F_NOOUTPUT 2
+#define LB_CONN_F_TOA_DONE 4
+
+/* Service flags (struct lb_svc_conf.flags). */
+#define LB_SVC_F_TOA 1             /* FULLNAT: put the client address in TCP option 254 (TOA) */
+
+/* Encapsulation overhead of IPIP, bytes. */
+#define LB_IPIP_OVERHEAD 20
+/* Size of the TOA option (kind 254, length 8: port, IPv4 address), bytes. */
+#define LB_TOA_LEN 8
+/* SO_MARK of the raw socket the adapter sends LB_V_ANSWER packets on (| queue number),
+ * so the director's raw OUTPUT table can leave them untracked. */
+#define LB_SOCKET_MARK_BASE 0x4C420000
 
 typedef struct lb lb_t;            /* one director instance: tables, counters, lock */
 typedef struct lb_nfq lb_nfq_t;    /* one NFQUEUE adapter thread */
@@ -105,6 +125,8 @@ struct lb_config {
     uint32_t conn_max;             /* maximum connection entries; 0 = LB_DEFAULT_CONN_MAX */
     uint32_t hash_buckets;         /* power of two; 0 = LB_DEFAULT_HASH_BUCKETS */
     uint64_t hash_seed;            /* 0 = pick one at random */
+    uint16_t lport_min;            /* FULLNAT local ports: first (0 = 1024) */
+    uint16_t lport_max;            /* FULLNAT local ports: last (0 = 65535) */
 };
 
 struct lb_action {
@@ -122,6 +144,7 @@ struct lb_svc_conf {
     char sched[16];                /* NUL-terminated scheduler name: "rr", "wlc" */
     uint32_t persist_timeout_s;    /* 0 = not persistent (persistence: not yet supported) */
     uint32_t netmask;
+    uint32_t flags;                /* LB_SVC_F_* */
 };
 
 struct lb_dest_conf {
@@ -165,6 +188,10 @@ struct lb_dest_info {
     uint32_t persist;
     uint32_t flags;                /* LB_DEST_F_* */
     struct lb_stats stats;
+    uint64_t syn_retrans;          /* client SYNs repeated with the same sequence number on a
+                                      connection already forwarded here (stalled-handshake signal) */
+    uint64_t handshakes;           /* connections to this destination whose handshake completed
+                                      (the client's ACK arrived: SYN_RECV -> ESTABLISHED) */
 };
 
 struct lb_conn_info {
@@ -177,7 +204,14 @@ struct lb_conn_info {
     uint16_t vport;
     uint32_t daddr;
     uint16_t dport;
+    uint32_t laddr;                /* FULLNAT local address (0 otherwise) */
+    uint16_t lport;
     int64_t expires_in_ms;         /* time left until expiry */
+};
+
+struct lb_laddr_info {
+    uint32_t addr;
+    uint32_t conns;                /* connections currently using this local address */
 };
 
 struct lb_nfq_stats {
@@ -216,6 +250,11 @@ int lb_dest_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_
 int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t daddr, uint16_t dport,
                     const struct lb_fwd_conf *fwd);
 int lb_zero(lb_t *lb);                            /* zero every service's and destination's stats */
+/* FULLNAT local address pool of a service (DPVS -P/-Q). */
+int lb_laddr_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr);
+int lb_laddr_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr);
+int lb_laddr_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport,
+                  struct lb_laddr_info *out, uint32_t cap);                 /* returns total count or LB_ESRCH */
 
 /* ---- observation (lock; copy out) ---- */
 int lb_svc_list(lb_t *lb, struct lb_svc_info *out, uint32_t cap);          /* returns total count */

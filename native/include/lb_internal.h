@@ -24,7 +24,12 @@
 /* Internal connection flags (the low bits match LB_CONN_F_* in lb_api.h). */
 #define LB_CF_INACTIVE LB_CONN_F_INACTIVE
 #define LB_CF_NOOUTPUT LB_CONN_F_NOOUTPUT
+#define LB_CF_TOA_DONE LB_CONN_F_TOA_DONE
 #define LB_CF_USED 0x8000          /* slot holds a live (possibly expired, not yet reaped) entry */
+
+/* Directions of a connection's two tuples. */
+#define LB_DIR_IN 0                /* client -> VIP */
+#define LB_DIR_OUT 1               /* real server -> director (FULLNAT replies) */
 
 /* Service hash: services are few; 256 chains keep lookups at one or two probes. */
 #define LB_SVC_HASH_BUCKETS 256u
@@ -43,6 +48,8 @@ struct lb_pkt {
     uint16_t sport, dport; /* network order */
     uint32_t l4off;        /* offset of the transport header */
     uint32_t l4len;        /* transport header + payload bytes */
+    uint32_t tcp_seq;      /* TCP sequence number, network order */
+    uint32_t tcp_doff;     /* TCP header length in bytes */
 };
 
 #define LB_TCP_FIN 0x01
@@ -51,13 +58,25 @@ struct lb_pkt {
 #define LB_TCP_ACK 0x10
 
 /* Returns LB_R_FORWARDED when the packet is a well-formed, unfragmented IPv4
- * TCP/UDP packet (p filled), else the reason to give up (see docs/fastpath.md). */
+ * TCP/UDP packet (p filled), LB_R_ICMP for a well-formed ICMP packet (p filled
+ * up to the IP header: l4off/l4len describe the ICMP message), else the
+ * reason to give up (see docs/fastpath.md). */
 int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p);
+/* Parse the packet quoted by an ICMP error (IP header + at least 8 bytes):
+ * fills q with addresses, ports (TCP/UDP) and protocol; q->len is the quoted
+ * byte count. Returns 0, or -1 when the quote is unusable. */
+int lb_parse_quoted(const uint8_t *quote, uint32_t len, struct lb_pkt *q);
 
 /* ---------------------------------------------------------------- checksums */
 uint16_t lb_csum_fold(uint32_t sum);
 uint32_t lb_csum_partial(const uint8_t *buf, uint32_t len, uint32_t sum);
 uint16_t lb_ip_csum(const uint8_t *hdr, uint32_t ihl); /* 0 when the header's checksum is right */
+/* RFC 1624 incremental update of a 16-bit checksum field (network order in
+ * memory at `field`) for a 16-bit word changing from old to new (host order). */
+void lb_csum_replace2(uint8_t *field, uint16_t old_word, uint16_t new_word);
+void lb_csum_replace4(uint8_t *field, uint32_t old_n, uint32_t new_n); /* both network order */
+static inline void lb_put16(uint8_t *b, uint16_t v) { b[0] = (uint8_t)(v >> 8); b[1] = (uint8_t)v; }
+static inline uint16_t lb_get16(const uint8_t *b) { return (uint16_t)((b[0] << 8) | b[1]); }
 
 /* ---------------------------------------------------------------- tables */
 
@@ -87,7 +106,20 @@ struct lb_dest {
     uint32_t vaddr;
     uint16_t vport;
     struct lb_stats stats;
+    uint64_t syn_retrans;        /* see lb_dest_info */
+    uint64_t handshakes;
     struct lb_dest *trash_next;  /* on lb->trash while unlinked and still referenced */
+};
+
+/* A FULLNAT local address of a service. Referenced by the service's pool
+ * and by every connection using it; freed at zero references. */
+struct lb_laddr {
+    uint32_t addr;               /* host order */
+    uint32_t addr_n;             /* network order */
+    uint32_t refcnt;             /* 1 while in the pool + 1 per connection */
+    uint32_t conns;
+    uint16_t next_port;          /* allocation cursor (host order) */
+    uint8_t deleted;
 };
 
 struct lb_sched_ops;
@@ -103,24 +135,37 @@ struct lb_svc {
     uint32_t dests_cap;
     struct lb_stats stats;
     struct lb_svc *hnext;        /* service hash chain */
+    struct lb_laddr **laddrs;    /* FULLNAT local address pool */
+    uint32_t nladdrs;
+    uint32_t laddrs_cap;
+    uint32_t laddr_rr;           /* next pool index to try first */
 };
 
-/* One connection entry: 64 bytes. Slot 0 of the pool is never used so that
- * index 0 can mean "none" in chains. */
+/* One connection entry: 64 bytes (one cache line).
+ *
+ * A connection is hashed by its IN tuple (proto, caddr, cport, vaddr, vport)
+ * and, for FULLNAT, also by its OUT tuple (proto, raddr, rport, laddr, lport)
+ * where raddr/rport are its destination's. Chain links are encoded as
+ * (slot << 1 | dir); slot 0 is never used, so link 0 means "none". */
 struct lb_conn {
-    uint32_t caddr;              /* network order: client address (key) */
-    uint32_t vaddr;              /* network order: virtual address (key) */
-    uint16_t cport;              /* network order (key) */
-    uint16_t vport;              /* network order (key) */
+    uint32_t caddr;              /* network order: client address (IN key) */
+    uint32_t vaddr;              /* network order: virtual address (IN key) */
+    uint16_t cport;              /* network order (IN key) */
+    uint16_t vport;              /* network order (IN key) */
+    uint32_t laddr_n;            /* FULLNAT: local address, network order (OUT key); 0 otherwise */
+    uint16_t lport;              /* FULLNAT: local port, network order (OUT key) */
     uint8_t proto;               /* key */
     uint8_t state;               /* enum lb_conn_state */
     uint16_t flags;              /* LB_CF_* */
-    uint32_t hnext;              /* next slot in the hash chain; in the free list: next free */
+    uint16_t pad0;
+    uint32_t hnext[2];           /* chain links of the IN / OUT tuples; free list: hnext[0] */
     uint32_t timeout_ms;         /* current state's timeout */
+    uint32_t syn_seq;            /* sequence number of the client's first SYN (network order) */
     uint64_t expires_ms;         /* dead when now_ms >= expires_ms */
     struct lb_dest *dest;        /* holds a reference (dest->refcnt) */
-    uint8_t pad[24];
+    struct lb_laddr *laddr;      /* FULLNAT: holds a reference (laddr->refcnt) */
 };
+_Static_assert(sizeof(struct lb_conn) == 64, "struct lb_conn must stay one cache line");
 
 struct lb {
     pthread_mutex_t lock;        /* serialises configuration against adapter threads */
@@ -134,6 +179,7 @@ struct lb {
     uint32_t hwm;                /* slots [1, hwm) have been used at least once */
     uint32_t sweep_pos;          /* incremental expiry cursor */
     uint64_t seed0, seed1;
+    uint16_t lport_min, lport_max; /* FULLNAT local port range, host order */
     /* services */
     struct lb_svc *svc_hash[LB_SVC_HASH_BUCKETS];
     struct lb_svc **svcs;        /* insertion order, for listing */
@@ -145,9 +191,13 @@ struct lb {
 };
 
 /* conn.c */
+/* Find the live entry whose IN or OUT tuple is (proto, saddr, sport, daddr, dport);
+ * *dir receives which. Dead entries met on the way are reaped. */
 struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
-                               uint32_t daddr, uint16_t dport, uint64_t now_ms);
-struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, uint64_t now_ms);
+                               uint32_t daddr, uint16_t dport, uint64_t now_ms, int *dir);
+/* Create an entry for packet p bound to dest; laddr/lport (network order) != 0 for FULLNAT. */
+struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, struct lb_laddr *laddr,
+                            uint16_t lport_n, uint64_t now_ms);
 void lb_conn_expire_now(lb_t *lb, struct lb_conn *c);
 int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg);
 void lb_conn_table_free(lb_t *lb);
@@ -156,17 +206,24 @@ void lb_conn_flush(lb_t *lb);
 /* proto_tcp.c / proto_udp */
 void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags);
 uint32_t lb_state_timeout_ms(uint8_t proto, uint8_t state);
-#define LB_DIR_INPUT 0
-#define LB_DIR_OUTPUT 1
 
 /* svc.c */
 struct lb_svc *lb_svc_find(const lb_t *lb, uint8_t proto, uint32_t addr_n, uint16_t port_n);
 void lb_dest_bind(struct lb_dest *d, struct lb_conn *c);
 void lb_dest_unbind(lb_t *lb, struct lb_dest *d, struct lb_conn *c);
 void lb_dest_put(lb_t *lb, struct lb_dest *d);
+void lb_laddr_put(struct lb_laddr *la);
+/* FULLNAT: pick a local address and a free local port for a new connection to d. */
+int lb_fnat_alloc(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, uint8_t proto, uint64_t now_ms,
+                  struct lb_laddr **la_out, uint16_t *lport_n_out);
 
-/* icmp.c: ICMP port unreachable quoting `p`; returns bytes written or 0 if it does not fit. */
+/* icmp.c: ICMP errors the director originates (source = the packet's destination, i.e. the VIP),
+ * quoting `p`; return bytes written or 0 if they do not fit. */
 uint32_t lb_icmp_port_unreach(const struct lb_pkt *p, uint8_t *out, uint32_t out_cap);
+uint32_t lb_icmp_frag_needed(const struct lb_pkt *p, uint16_t mtu, uint8_t *out, uint32_t out_cap);
+/* icmp.c: an ICMP error about a known connection (p parsed as ICMP). */
+int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, uint32_t out_cap,
+               struct lb_action *act);
 
 static inline uint16_t lb_ntohs(uint16_t v) { return __builtin_bswap16(v); }
 static inline uint16_t lb_htons(uint16_t v) { return __builtin_bswap16(v); }

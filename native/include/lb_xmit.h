@@ -1,22 +1,48 @@
 /*
  * lb_xmit.h - forwarding methods. One method per file (xmit_<method>.c),
  * selected per connection from its destination's forwarding method in xmit.c.
+ *
+ * Every method towards a real server ends in LB_V_XMIT_L2 on the interface
+ * and next-hop MAC the control plane resolved for that destination (struct
+ * lb_dest_fwd), so balanced traffic never crosses the director's
+ * FORWARD/conntrack path. Replies to clients (FULLNAT) use LB_V_ANSWER.
  */
 #ifndef LB_XMIT_H
 #define LB_XMIT_H
 
 #include "lb_internal.h"
 
-/* Fill `act` for a packet of connection `c` (input direction). `out` may be
- * used for rewritten bytes. Returns the reason counted for the packet. */
-typedef int (*lb_xmit_fn)(const struct lb_pkt *p, const struct lb_conn *c,
-                          uint8_t *out, uint32_t out_cap, struct lb_action *act);
+/* Fill `act` for packet p of connection c; `out` may receive rewritten bytes.
+ * Return the reason counted for the packet. */
+typedef int (*lb_xmit_fn)(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
+                          struct lb_action *act);
 
-int lb_xmit_dr(const struct lb_pkt *p, const struct lb_conn *c,
-               uint8_t *out, uint32_t out_cap, struct lb_action *act);
+int lb_xmit_dr(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
+               struct lb_action *act);
+int lb_xmit_tun(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
+                struct lb_action *act);
+int lb_xmit_fnat_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
+                    struct lb_action *act);
+int lb_xmit_fnat_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
+                     struct lb_action *act);
 
-/* Dispatch on the destination's forwarding method. */
-int lb_xmit_in(const struct lb_pkt *p, const struct lb_conn *c,
-               uint8_t *out, uint32_t out_cap, struct lb_action *act);
+/* Dispatch a packet of direction dir on the destination's forwarding method. */
+int lb_xmit(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, int dir, uint8_t *out, uint32_t out_cap,
+            struct lb_action *act);
+
+/* Encapsulate `len` bytes at `inner` (IPIP) for destination d into out; returns bytes or 0. */
+uint32_t lb_tun_encap(const struct lb_dest *d, const uint8_t *inner, uint32_t len, uint8_t *out, uint32_t out_cap);
+
+/* Shared by methods: point act at the destination's L2 path. Returns 0, or -1 without valid state. */
+static inline int lb_xmit_l2_to(const struct lb_dest *d, struct lb_action *act)
+{
+    const struct lb_dest_fwd *f = d->fwd;
+    if (LB_UNLIKELY(!f))
+        return -1;
+    act->verdict = LB_V_XMIT_L2;
+    act->ifindex = f->conf.ifindex;
+    __builtin_memcpy(act->l2hdr, f->l2hdr, LB_L2HDR_LEN);
+    return 0;
+}
 
 #endif /* LB_XMIT_H */

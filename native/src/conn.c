@@ -2,9 +2,10 @@
  * conn.c - the connection table.
  *
  * A preallocated, zeroed pool of 64-byte entries indexed by uint32 (slot 0 is
- * never used, so 0 means "none"), chained into a power-of-two bucket array by
- * a seeded hash of (proto, caddr, cport, vaddr, vport). No allocation happens
- * on the packet path.
+ * never used), chained into a power-of-two bucket array by a seeded hash of a
+ * 5-tuple. Each entry is hashed by its IN tuple (client -> VIP) and, for
+ * FULLNAT, by its OUT tuple (real server -> local address); chain links carry
+ * the direction in their low bit. No allocation happens on the packet path.
  *
  * Expiry is lazy plus an incremental sweep: an entry is dead once
  * now_ms >= expires_ms. A lookup that meets a dead entry reaps it on the spot,
@@ -17,8 +18,12 @@
 
 #include "lb_internal.h"
 
-static inline uint32_t conn_hash(const lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
-                                 uint32_t daddr, uint16_t dport)
+#define LINK(slot, dir) (((slot) << 1) | (uint32_t)(dir))
+#define LINK_SLOT(l) ((l) >> 1)
+#define LINK_DIR(l) ((int)((l) & 1u))
+
+static inline uint32_t tuple_hash(const lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
+                                  uint32_t daddr, uint16_t dport)
 {
     uint64_t a = ((uint64_t)saddr << 32) | ((uint32_t)sport << 16) | dport;
     uint64_t b = ((uint64_t)daddr << 8) | proto;
@@ -30,11 +35,38 @@ static inline uint32_t conn_hash(const lb_t *lb, uint8_t proto, uint32_t saddr, 
     return (uint32_t)h & lb->hash_mask;
 }
 
+/* The tuple of direction dir of c: (saddr, sport, daddr, dport), network order. */
+static inline void conn_tuple(const struct lb_conn *c, int dir, uint32_t *sa, uint16_t *sp, uint32_t *da,
+                              uint16_t *dp)
+{
+    if (dir == LB_DIR_IN) {
+        *sa = c->caddr;
+        *sp = c->cport;
+        *da = c->vaddr;
+        *dp = c->vport;
+    } else {
+        *sa = c->dest->addr_n;
+        *sp = c->dest->port_n;
+        *da = c->laddr_n;
+        *dp = c->lport;
+    }
+}
+
+static inline uint32_t conn_bucket(const lb_t *lb, const struct lb_conn *c, int dir)
+{
+    uint32_t sa, da;
+    uint16_t sp, dp;
+    conn_tuple(c, dir, &sa, &sp, &da, &dp);
+    return tuple_hash(lb, c->proto, sa, sp, da, dp);
+}
+
 int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg)
 {
     uint32_t max = cfg && cfg->conn_max ? cfg->conn_max : LB_DEFAULT_CONN_MAX;
     uint32_t buckets = cfg && cfg->hash_buckets ? cfg->hash_buckets : LB_DEFAULT_HASH_BUCKETS;
-    if (max >= UINT32_MAX - 1 || buckets == 0 || (buckets & (buckets - 1)) != 0)
+    uint16_t pmin = cfg && cfg->lport_min ? cfg->lport_min : 1024;
+    uint16_t pmax = cfg && cfg->lport_max ? cfg->lport_max : 65535;
+    if (max >= (1u << 30) || buckets == 0 || (buckets & (buckets - 1)) != 0 || pmin > pmax)
         return LB_EINVAL;
     /* calloc: the whole pool starts zeroed; pages are only touched when used. */
     lb->conns = calloc((size_t)max + 1, sizeof(*lb->conns));
@@ -47,6 +79,8 @@ int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg)
     lb->hash_mask = buckets - 1;
     lb->hwm = 1;
     lb->sweep_pos = 1;
+    lb->lport_min = pmin;
+    lb->lport_max = pmax;
     uint64_t seeds[2] = {0, 0};
     if (cfg && cfg->hash_seed) {
         seeds[0] = cfg->hash_seed;
@@ -68,21 +102,40 @@ void lb_conn_table_free(lb_t *lb)
     lb->buckets = NULL;
 }
 
-/* Unlink slot `idx` from its chain, drop its destination reference and put it
- * on the free list. */
+static void chain_insert(lb_t *lb, uint32_t slot, int dir)
+{
+    struct lb_conn *c = &lb->conns[slot];
+    uint32_t b = conn_bucket(lb, c, dir);
+    c->hnext[dir] = lb->buckets[b];
+    lb->buckets[b] = LINK(slot, dir);
+}
+
+static void chain_remove(lb_t *lb, uint32_t slot, int dir)
+{
+    struct lb_conn *c = &lb->conns[slot];
+    uint32_t want = LINK(slot, dir);
+    uint32_t *link = &lb->buckets[conn_bucket(lb, c, dir)];
+    while (*link && *link != want)
+        link = &lb->conns[LINK_SLOT(*link)].hnext[LINK_DIR(*link)];
+    if (*link == want)
+        *link = c->hnext[dir];
+}
+
+/* Unlink slot `idx`, drop its references and put it on the free list. */
 static void conn_release(lb_t *lb, uint32_t idx)
 {
     struct lb_conn *c = &lb->conns[idx];
-    uint32_t b = conn_hash(lb, c->proto, c->caddr, c->cport, c->vaddr, c->vport);
-    uint32_t *link = &lb->buckets[b];
-    while (*link && *link != idx)
-        link = &lb->conns[*link].hnext;
-    if (*link == idx)
-        *link = c->hnext;
+    chain_remove(lb, idx, LB_DIR_IN);
+    if (c->laddr)
+        chain_remove(lb, idx, LB_DIR_OUT); /* needs c->dest: remove before unbinding */
+    if (c->laddr) {
+        c->laddr->conns--;
+        lb_laddr_put(c->laddr);
+    }
     if (c->dest)
         lb_dest_unbind(lb, c->dest, c);
     memset(c, 0, sizeof(*c));
-    c->hnext = lb->free_head;
+    c->hnext[0] = lb->free_head;
     lb->free_head = idx;
     lb->conn_count--;
 }
@@ -93,31 +146,40 @@ void lb_conn_expire_now(lb_t *lb, struct lb_conn *c)
 }
 
 struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
-                               uint32_t daddr, uint16_t dport, uint64_t now_ms)
+                               uint32_t daddr, uint16_t dport, uint64_t now_ms, int *dir)
 {
-    uint32_t idx = lb->buckets[conn_hash(lb, proto, saddr, sport, daddr, dport)];
-    while (idx) {
-        struct lb_conn *c = &lb->conns[idx];
-        uint32_t next = c->hnext;
-        if (c->caddr == saddr && c->vaddr == daddr && c->cport == sport && c->vport == dport &&
-            c->proto == proto) {
-            if (LB_UNLIKELY(now_ms >= c->expires_ms)) {
-                conn_release(lb, idx);
-                return NULL;
+    uint32_t link = lb->buckets[tuple_hash(lb, proto, saddr, sport, daddr, dport)];
+    while (link) {
+        uint32_t slot = LINK_SLOT(link);
+        int d = LINK_DIR(link);
+        struct lb_conn *c = &lb->conns[slot];
+        uint32_t next = c->hnext[d];
+        if (c->proto == proto) {
+            uint32_t sa, da;
+            uint16_t sp, dp;
+            conn_tuple(c, d, &sa, &sp, &da, &dp);
+            if (sa == saddr && da == daddr && sp == sport && dp == dport) {
+                if (LB_UNLIKELY(now_ms >= c->expires_ms)) {
+                    conn_release(lb, slot);
+                    return NULL;
+                }
+                if (dir)
+                    *dir = d;
+                return c;
             }
-            return c;
         }
-        idx = next;
+        link = next;
     }
     return NULL;
 }
 
-struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, uint64_t now_ms)
+struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, struct lb_laddr *laddr,
+                            uint16_t lport_n, uint64_t now_ms)
 {
     uint32_t idx;
     if (lb->free_head) {
         idx = lb->free_head;
-        lb->free_head = lb->conns[idx].hnext;
+        lb->free_head = lb->conns[idx].hnext[0];
     } else if (lb->hwm <= lb->conn_max) {
         idx = lb->hwm++;
     } else {
@@ -130,6 +192,7 @@ struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *de
     c->cport = p->sport;
     c->vport = p->dport;
     c->proto = p->proto;
+    c->syn_seq = p->tcp_seq;
     c->state = p->proto == LB_PROTO_UDP ? LB_S_UDP : LB_S_NONE;
     c->flags = LB_CF_USED | LB_CF_INACTIVE;
     if (dest->conf.fwd != LB_FWD_MASQ && dest->conf.fwd != LB_FWD_FULLNAT)
@@ -137,9 +200,15 @@ struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *de
     c->timeout_ms = lb_state_timeout_ms(c->proto, c->state);
     c->expires_ms = now_ms + c->timeout_ms;
     lb_dest_bind(dest, c);
-    uint32_t b = conn_hash(lb, c->proto, c->caddr, c->cport, c->vaddr, c->vport);
-    c->hnext = lb->buckets[b];
-    lb->buckets[b] = idx;
+    chain_insert(lb, idx, LB_DIR_IN);
+    if (laddr) {
+        c->laddr = laddr;
+        c->laddr_n = laddr->addr_n;
+        c->lport = lport_n;
+        laddr->refcnt++;
+        laddr->conns++;
+        chain_insert(lb, idx, LB_DIR_OUT);
+    }
     lb->conn_count++;
     return c;
 }
@@ -204,13 +273,15 @@ int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t c
         memset(o, 0, sizeof(*o));
         o->proto = c->proto;
         o->state = c->state;
-        o->flags = c->flags & (LB_CONN_F_INACTIVE | LB_CONN_F_NOOUTPUT);
+        o->flags = c->flags & (LB_CONN_F_INACTIVE | LB_CONN_F_NOOUTPUT | LB_CONN_F_TOA_DONE);
         o->caddr = lb_ntohl(c->caddr);
         o->cport = lb_ntohs(c->cport);
         o->vaddr = lb_ntohl(c->vaddr);
         o->vport = lb_ntohs(c->vport);
         o->daddr = c->dest ? c->dest->conf.addr : 0;
         o->dport = c->dest ? c->dest->conf.port : 0;
+        o->laddr = lb_ntohl(c->laddr_n);
+        o->lport = lb_ntohs(c->lport);
         o->expires_in_ms = (int64_t)(c->expires_ms - now_ms);
     }
     *cursor = i;

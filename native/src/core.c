@@ -50,6 +50,16 @@ static inline void stats_in(struct lb_dest *d, uint32_t bytes)
     }
 }
 
+static inline void stats_out(struct lb_dest *d, uint32_t bytes)
+{
+    d->stats.outpkts++;
+    d->stats.outbytes += bytes;
+    if (d->svc) {
+        d->svc->stats.outpkts++;
+        d->svc->stats.outbytes += bytes;
+    }
+}
+
 static inline int is_tcp_new_conn(const struct lb_pkt *p)
 {
     /* SYN without ACK or RST (conn_reuse_mode: "is_new_conn"). */
@@ -75,15 +85,17 @@ static int schedule_new(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint
     struct lb_dest *d = s->sched->schedule(s);
     if (!d) {
         uint32_t n = lb_icmp_port_unreach(p, out, out_cap);
-        if (n) {
-            act->verdict = LB_V_ANSWER;
-            act->out_len = n;
-        } else {
-            act->verdict = LB_V_DROP;
-        }
+        act->verdict = n ? LB_V_ANSWER : LB_V_DROP;
+        act->out_len = n;
         return LB_R_NO_DEST;
     }
-    struct lb_conn *c = lb_conn_new(lb, p, d, now_ms);
+    struct lb_laddr *la = NULL;
+    uint16_t lport_n = 0;
+    if (d->conf.fwd == LB_FWD_FULLNAT && lb_fnat_alloc(lb, s, d, p->proto, now_ms, &la, &lport_n) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_NO_LADDR;
+    }
+    struct lb_conn *c = lb_conn_new(lb, p, d, la, lport_n, now_ms);
     if (!c) {
         act->verdict = LB_V_DROP;
         return LB_R_TABLE_FULL;
@@ -92,6 +104,17 @@ static int schedule_new(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint
     s->stats.conns++;
     *cp = c;
     return LB_R_FORWARDED;
+}
+
+/* TCP bookkeeping for a packet from the client: the stalled-handshake signal
+ * (an identical SYN repeated while the entry still waits for the client's ACK)
+ * and completed handshakes, per destination. */
+static inline void tcp_in_signals(struct lb_conn *c, const struct lb_pkt *p, uint8_t old_state)
+{
+    if (is_tcp_new_conn(p) && old_state == LB_S_SYN_RECV && p->tcp_seq == c->syn_seq)
+        c->dest->syn_retrans++;
+    else if (old_state == LB_S_SYN_RECV && c->state == LB_S_ESTABLISHED)
+        c->dest->handshakes++;
 }
 
 int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint8_t *out, uint32_t out_cap,
@@ -105,16 +128,31 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
 
     int r = lb_parse(pkt, len, &p);
     if (LB_UNLIKELY(r != LB_R_FORWARDED)) {
-        act->verdict = (r == LB_R_NOT_IPV4 || r == LB_R_NOT_LB_PROTO) ? LB_V_ACCEPT : LB_V_DROP;
+        if (r == LB_R_ICMP) {
+            r = lb_icmp_in(lb, &p, now_ms, out, out_cap, act);
+        } else {
+            act->verdict = (r == LB_R_NOT_IPV4 || r == LB_R_NOT_LB_PROTO) ? LB_V_ACCEPT : LB_V_DROP;
+        }
         finish(lb, act, r);
         return LB_OK;
     }
 
-    struct lb_conn *c = lb_conn_lookup(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms);
-    if (c && p.proto == LB_PROTO_TCP && is_tcp_new_conn(&p) && reusable_state(c->state)) {
+    int dir = LB_DIR_IN;
+    struct lb_conn *c = lb_conn_lookup(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms, &dir);
+    if (c && dir == LB_DIR_IN && p.proto == LB_PROTO_TCP && is_tcp_new_conn(&p) && reusable_state(c->state)) {
         /* conn_reuse_mode=1: a new SYN on a closing entry starts a new connection. */
         lb_conn_expire_now(lb, c);
         c = NULL;
+    }
+
+    if (c && dir == LB_DIR_OUT) {
+        /* A reply from a real server to a FULLNAT local address. */
+        if (p.proto == LB_PROTO_TCP)
+            lb_tcp_set_state(c, LB_DIR_OUT, p.tcp_flags);
+        c->expires_ms = now_ms + c->timeout_ms;
+        stats_out(c->dest, p.len);
+        finish(lb, act, lb_xmit(lb, &p, c, LB_DIR_OUT, out, out_cap, act));
+        return LB_OK;
     }
 
     if (c) {
@@ -144,12 +182,14 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
         }
     }
 
-    if (p.proto == LB_PROTO_TCP)
-        lb_tcp_set_state(c, LB_DIR_INPUT, p.tcp_flags);
+    if (p.proto == LB_PROTO_TCP) {
+        uint8_t old_state = c->state;
+        lb_tcp_set_state(c, LB_DIR_IN, p.tcp_flags);
+        tcp_in_signals(c, &p, old_state);
+    }
     c->expires_ms = now_ms + c->timeout_ms;
     stats_in(c->dest, p.len);
-    r = lb_xmit_in(&p, c, out, out_cap, act);
-    finish(lb, act, r);
+    finish(lb, act, lb_xmit(lb, &p, c, LB_DIR_IN, out, out_cap, act));
     return LB_OK;
 }
 
@@ -193,6 +233,11 @@ const char *lb_reason_name(int reason)
         [LB_R_TABLE_FULL] = "table_full",
         [LB_R_DEST_UNAVAILABLE] = "dest_unavailable",
         [LB_R_NO_L2] = "no_l2",
+        [LB_R_FRAG_NEEDED] = "frag_needed",
+        [LB_R_NO_LADDR] = "no_laddr",
+        [LB_R_ICMP] = "icmp",
+        [LB_R_TOA_NO_ROOM] = "toa_no_room",
+        [LB_R_TTL_EXCEEDED] = "ttl_exceeded",
     };
     return reason >= 0 && reason < LB_R_COUNT ? names[reason] : "unknown";
 }

@@ -27,3 +27,24 @@ uint16_t lb_ip_csum(const uint8_t *hdr, uint32_t ihl)
 {
     return lb_csum_fold(lb_csum_partial(hdr, ihl, 0));
 }
+
+/* RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'). */
+void lb_csum_replace2(uint8_t *field, uint16_t old_word, uint16_t new_word)
+{
+    uint32_t sum = (uint16_t)~lb_get16(field);
+    sum += (uint16_t)~old_word;
+    sum += new_word;
+    lb_put16(field, lb_csum_fold(sum));
+}
+
+void lb_csum_replace4(uint8_t *field, uint32_t old_n, uint32_t new_n)
+{
+    const uint8_t *o = (const uint8_t *)&old_n;
+    const uint8_t *n = (const uint8_t *)&new_n;
+    uint32_t sum = (uint16_t)~lb_get16(field);
+    sum += (uint16_t)~lb_get16(o);
+    sum += (uint16_t)~lb_get16(o + 2);
+    sum += lb_get16(n);
+    sum += lb_get16(n + 2);
+    lb_put16(field, lb_csum_fold(sum));
+}

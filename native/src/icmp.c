@@ -1,17 +1,30 @@
 /*
- * icmp.c - the ICMP errors the director originates itself.
+ * icmp.c - ICMP errors the director originates, and ICMP errors about
+ * connections it balances.
  *
- * Port unreachable (ip_vs_leave's answer when no destination is available):
- * an IPv4 packet from the original destination (the VIP) to the original
- * source: version 4, IHL 5, TOS 0, ID 0, no DF, TTL 64, protocol ICMP; ICMP
- * type 3 code 3, 4 unused zero bytes, then the original IP header plus the
- * first 8 bytes of its payload (less if the packet is shorter).
+ * Originated errors (port unreachable when no destination is available, as
+ * ip_vs_leave; fragmentation needed when a tunnelled packet would exceed the
+ * path MTU): an IPv4 packet from the original destination (the VIP) to the
+ * original source: version 4, IHL 5, TOS 0, ID 0, no DF, TTL 64, protocol
+ * ICMP; ICMP type 3, code 3 or 4, 2 unused bytes, 2 bytes "next-hop MTU"
+ * (code 4) or 0, then the original IP header plus the first 8 bytes of its
+ * payload (less if the packet is shorter).
+ *
+ * Errors about connections (ip_vs_in_icmp / ip_vs_out_icmp): the quoted
+ * packet identifies the connection.
+ *   - From the client side, quoting VIP:vport -> CIP:cport (a reply):
+ *       DR: forwarded unchanged to the real server; TUN: encapsulated to it;
+ *       FULLNAT: translated to LIP -> RIP quoting RIP:rport -> LIP:lport.
+ *   - From the real-server side, quoting LIP:lport -> RIP:rport (FULLNAT):
+ *       translated to VIP -> CIP quoting CIP:cport -> VIP:vport.
+ * The quoted IP header checksum and the ICMP checksum are recomputed; the
+ * quoted transport checksum is left alone, as IPVS does.
  */
 #include <string.h>
 
-#include "lb_internal.h"
+#include "lb_xmit.h"
 
-uint32_t lb_icmp_port_unreach(const struct lb_pkt *p, uint8_t *out, uint32_t out_cap)
+static uint32_t icmp_unreach(const struct lb_pkt *p, uint8_t code, uint16_t mtu, uint8_t *out, uint32_t out_cap)
 {
     uint32_t quote = p->ihl + 8;
     if (quote > p->len)
@@ -21,21 +34,118 @@ uint32_t lb_icmp_port_unreach(const struct lb_pkt *p, uint8_t *out, uint32_t out
         return 0;
     memset(out, 0, 28);
     out[0] = 0x45;
-    out[2] = (uint8_t)(total >> 8);
-    out[3] = (uint8_t)total;
+    lb_put16(out + 2, (uint16_t)total);
     out[8] = 64;
     out[9] = LB_PROTO_ICMP;
     memcpy(out + 12, &p->daddr, 4);
     memcpy(out + 16, &p->saddr, 4);
-    uint16_t ipc = lb_ip_csum(out, 20);
-    out[10] = (uint8_t)(ipc >> 8);
-    out[11] = (uint8_t)ipc;
+    lb_put16(out + 10, lb_ip_csum(out, 20));
     uint8_t *icmp = out + 20;
     icmp[0] = 3; /* destination unreachable */
-    icmp[1] = 3; /* port unreachable */
+    icmp[1] = code;
+    lb_put16(icmp + 6, mtu);
     memcpy(icmp + 8, p->data, quote);
-    uint16_t ic = lb_csum_fold(lb_csum_partial(icmp, 8 + quote, 0));
-    icmp[2] = (uint8_t)(ic >> 8);
-    icmp[3] = (uint8_t)ic;
+    lb_put16(icmp + 2, lb_csum_fold(lb_csum_partial(icmp, 8 + quote, 0)));
     return total;
+}
+
+uint32_t lb_icmp_port_unreach(const struct lb_pkt *p, uint8_t *out, uint32_t out_cap)
+{
+    return icmp_unreach(p, 3, 0, out, out_cap);
+}
+
+uint32_t lb_icmp_frag_needed(const struct lb_pkt *p, uint16_t mtu, uint8_t *out, uint32_t out_cap)
+{
+    return icmp_unreach(p, 4, mtu, out, out_cap);
+}
+
+static inline int is_icmp_error(uint8_t type)
+{
+    return type == 3 || type == 4 || type == 11 || type == 12;
+}
+
+/* Rewrite the copy at o of an ICMP error (outer packet p): outer addresses,
+ * quoted addresses/ports, checksums; outer TTL decremented. */
+static int translate(uint8_t *o, const struct lb_pkt *p, uint32_t outer_s, uint32_t outer_d, uint32_t q_s,
+                     uint16_t q_sp, uint32_t q_d, uint16_t q_dp)
+{
+    if (o[8] <= 1)
+        return -1;
+    o[8]--;
+    memcpy(o + 12, &outer_s, 4);
+    memcpy(o + 16, &outer_d, 4);
+    o[10] = o[11] = 0;
+    lb_put16(o + 10, lb_ip_csum(o, p->ihl));
+    uint8_t *icmp = o + p->l4off;
+    uint8_t *q = icmp + 8;
+    uint32_t qihl = (uint32_t)(q[0] & 0x0f) * 4;
+    memcpy(q + 12, &q_s, 4);
+    memcpy(q + 16, &q_d, 4);
+    q[10] = q[11] = 0;
+    lb_put16(q + 10, lb_ip_csum(q, qihl));
+    memcpy(q + qihl, &q_sp, 2);
+    memcpy(q + qihl + 2, &q_dp, 2);
+    icmp[2] = icmp[3] = 0;
+    lb_put16(icmp + 2, lb_csum_fold(lb_csum_partial(icmp, p->l4len, 0)));
+    return 0;
+}
+
+int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, uint32_t out_cap,
+               struct lb_action *act)
+{
+    const uint8_t *icmp = p->data + p->l4off;
+    struct lb_pkt q;
+    act->verdict = LB_V_ACCEPT;
+    if (!is_icmp_error(icmp[0]) || lb_parse_quoted(icmp + 8, p->l4len - 8, &q) < 0)
+        return LB_R_NOT_LB_PROTO;
+    /* The quoted packet went from q.saddr to q.daddr: the connection's tuple is its reverse. */
+    int dir = LB_DIR_IN;
+    struct lb_conn *c = lb_conn_lookup(lb, q.proto, q.daddr, q.dport, q.saddr, q.sport, now_ms, &dir);
+    if (!c)
+        return LB_R_NOT_LB_PROTO;
+    struct lb_dest *d = c->dest;
+    if (p->len > out_cap) {
+        act->verdict = LB_V_DROP;
+        return LB_R_MALFORMED;
+    }
+    if (dir == LB_DIR_IN) {
+        switch (d->conf.fwd) {
+        case LB_FWD_ROUTE:
+            if (lb_xmit_l2_to(d, act) < 0)
+                goto no_fwd;
+            return LB_R_ICMP;
+        case LB_FWD_TUNNEL: {
+            uint32_t n = lb_tun_encap(d, p->data, p->len, out, out_cap);
+            if (!n || lb_xmit_l2_to(d, act) < 0)
+                goto no_fwd;
+            act->out_len = n;
+            return LB_R_ICMP;
+        }
+        case LB_FWD_FULLNAT:
+            memcpy(out, p->data, p->len);
+            if (translate(out, p, c->laddr_n, d->addr_n, d->addr_n, d->port_n, c->laddr_n, c->lport) < 0) {
+                act->verdict = LB_V_DROP;
+                return LB_R_TTL_EXCEEDED;
+            }
+            if (lb_xmit_l2_to(d, act) < 0)
+                goto no_fwd;
+            act->out_len = p->len;
+            return LB_R_ICMP;
+        default:
+            return LB_R_NOT_LB_PROTO;
+        }
+    }
+    /* dir == OUT: only FULLNAT entries have an OUT tuple. */
+    memcpy(out, p->data, p->len);
+    if (translate(out, p, c->vaddr, c->caddr, c->caddr, c->cport, c->vaddr, c->vport) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_TTL_EXCEEDED;
+    }
+    act->verdict = LB_V_ANSWER;
+    act->out_len = p->len;
+    return LB_R_ICMP;
+no_fwd:
+    act->verdict = LB_V_DROP;
+    act->out_len = 0;
+    return LB_R_NO_L2;
 }

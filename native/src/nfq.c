@@ -135,6 +135,7 @@ struct batch_item {
 
 static void send_frames(struct lb_nfq *q, struct batch_item *items, int n)
 {
+    /* Frame i = l2hdr + (rewritten bytes in out slot i, or the original packet). */
     struct mmsghdr msgs[NFQ_BATCH];
     struct iovec iov[NFQ_BATCH][2];
     struct sockaddr_ll sll[NFQ_BATCH];
@@ -151,8 +152,13 @@ static void send_frames(struct lb_nfq *q, struct batch_item *items, int n)
         memcpy(sll[m].sll_addr, it->act.l2hdr, 6);
         iov[m][0].iov_base = it->act.l2hdr;
         iov[m][0].iov_len = LB_L2HDR_LEN;
-        iov[m][1].iov_base = (void *)it->pkt;
-        iov[m][1].iov_len = it->len;
+        if (it->act.out_len) {
+            iov[m][1].iov_base = q->out + (size_t)i * LB_PKT_MAX;
+            iov[m][1].iov_len = it->act.out_len;
+        } else {
+            iov[m][1].iov_base = (void *)it->pkt;
+            iov[m][1].iov_len = it->len;
+        }
         memset(&msgs[m], 0, sizeof(msgs[m]));
         msgs[m].msg_hdr.msg_name = &sll[m];
         msgs[m].msg_hdr.msg_namelen = sizeof(sll[m]);
@@ -339,6 +345,12 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, uint32_t flags, int *err)
     q->pkt_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
     q->raw_fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
     if (q->pkt_fd < 0 || q->raw_fd < 0) {
+        e = -errno;
+        goto fail;
+    }
+    /* Marked so the director's raw OUTPUT table can leave our packets untracked. */
+    uint32_t mark = LB_SOCKET_MARK_BASE | queue_num;
+    if (setsockopt(q->raw_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
         e = -errno;
         goto fail;
     }

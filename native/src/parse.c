@@ -42,6 +42,10 @@ int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p)
     p->l4off = ihl;
     p->l4len = tot_len - ihl;
     p->tcp_flags = 0;
+    p->tcp_seq = 0;
+    p->tcp_doff = 0;
+    p->sport = 0;
+    p->dport = 0;
 
     if (p->proto == LB_PROTO_TCP) {
         if (p->l4len < 20)
@@ -52,6 +56,8 @@ int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p)
             return LB_R_MALFORMED;
         memcpy(&p->sport, th, 2);
         memcpy(&p->dport, th + 2, 2);
+        memcpy(&p->tcp_seq, th + 4, 4);
+        p->tcp_doff = doff;
         p->tcp_flags = th[13];
     } else if (p->proto == LB_PROTO_UDP) {
         if (p->l4len < 8)
@@ -59,8 +65,40 @@ int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p)
         const uint8_t *uh = buf + ihl;
         memcpy(&p->sport, uh, 2);
         memcpy(&p->dport, uh + 2, 2);
+    } else if (p->proto == LB_PROTO_ICMP) {
+        if (p->l4len < 8)
+            return LB_R_MALFORMED;
+        return LB_R_ICMP;
     } else {
         return LB_R_NOT_LB_PROTO;
     }
     return LB_R_FORWARDED;
+}
+
+int lb_parse_quoted(const uint8_t *quote, uint32_t len, struct lb_pkt *q)
+{
+    /* The quote is whatever the sender kept: an IP header and at least the
+     * first 8 transport bytes (RFC 792), possibly truncated. Only fields
+     * inside `len` are read; its total length need not match. */
+    if (len < 20 || (quote[0] >> 4) != 4)
+        return -1;
+    uint32_t ihl = (uint32_t)(quote[0] & 0x0f) * 4;
+    if (ihl < 20 || ihl + 8 > len)
+        return -1;
+    if (lb_get16(quote + 6) & 0x1fff) /* a later fragment has no ports */
+        return -1;
+    memset(q, 0, sizeof(*q));
+    q->data = quote;
+    q->len = len;
+    q->ihl = ihl;
+    q->proto = quote[9];
+    memcpy(&q->saddr, quote + 12, 4);
+    memcpy(&q->daddr, quote + 16, 4);
+    q->l4off = ihl;
+    q->l4len = len - ihl;
+    if (q->proto != LB_PROTO_TCP && q->proto != LB_PROTO_UDP)
+        return -1;
+    memcpy(&q->sport, quote + ihl, 2);
+    memcpy(&q->dport, quote + ihl + 2, 2);
+    return 0;
 }

@@ -80,7 +80,7 @@ static inline int tcp_event(uint8_t flags)
 
 void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags)
 {
-    int off = dir == LB_DIR_OUTPUT ? TCP_DIR_OUTPUT : TCP_DIR_INPUT;
+    int off = dir == LB_DIR_OUT ? TCP_DIR_OUTPUT : TCP_DIR_INPUT;
     if (c->flags & LB_CF_NOOUTPUT) {
         if (off == TCP_DIR_OUTPUT)
             c->flags &= (uint16_t)~LB_CF_NOOUTPUT;

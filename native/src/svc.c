@@ -117,6 +117,8 @@ static int check_svc_conf(const struct lb_svc_conf *conf, const struct lb_sched_
         return LB_EINVAL;
     if (conf->persist_timeout_s != 0)
         return LB_EOPNOTSUPP; /* persistence: not implemented yet */
+    if (conf->flags & ~(uint32_t)LB_SVC_F_TOA)
+        return LB_EINVAL;
     *sched = lb_sched_find(conf->sched);
     return *sched ? LB_OK : LB_ENOENT;
 }
@@ -183,6 +185,7 @@ int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
         memcpy(s->conf.sched, conf->sched, sizeof(s->conf.sched));
         s->conf.persist_timeout_s = conf->persist_timeout_s;
         s->conf.netmask = conf->netmask;
+        s->conf.flags = conf->flags;
     }
     pthread_mutex_unlock(&lb->lock);
     return err;
@@ -203,10 +206,21 @@ static void unlink_dest(lb_t *lb, struct lb_svc *s, uint32_t i)
     lb_dest_put(lb, d);
 }
 
+void lb_laddr_put(struct lb_laddr *la)
+{
+    if (--la->refcnt == 0)
+        free(la);
+}
+
 static void svc_destroy(lb_t *lb, struct lb_svc *s)
 {
     while (s->ndests)
         unlink_dest(lb, s, s->ndests - 1);
+    for (uint32_t i = 0; i < s->nladdrs; i++) {
+        s->laddrs[i]->deleted = 1;
+        lb_laddr_put(s->laddrs[i]); /* connections keep theirs until they expire */
+    }
+    free(s->laddrs);
     free(s->dests);
     free(s);
 }
@@ -254,8 +268,8 @@ static int check_dest_conf(const struct lb_dest_conf *conf)
         return LB_EINVAL;
     if (conf->weight < 0 || conf->weight > 65535)
         return LB_EINVAL;
-    if (conf->fwd != LB_FWD_ROUTE)
-        return LB_EOPNOTSUPP; /* tunnel, masq and fullnat: not implemented yet */
+    if (conf->fwd != LB_FWD_ROUTE && conf->fwd != LB_FWD_TUNNEL && conf->fwd != LB_FWD_FULLNAT)
+        return LB_EOPNOTSUPP; /* masq (NAT): not implemented */
     if (conf->l_threshold > conf->u_threshold)
         return LB_EINVAL; /* the kernel refuses a lower threshold above the upper (ERANGE) */
     return LB_OK;
@@ -454,6 +468,127 @@ int lb_dest_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct
             out[i].persist = d->persistconns;
             out[i].flags = d->flags | (d->fwd ? LB_DEST_F_FWD_VALID : 0);
             out[i].stats = d->stats;
+            out[i].syn_retrans = d->syn_retrans;
+            out[i].handshakes = d->handshakes;
+        }
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- FULLNAT local addresses */
+
+/* Local ports probed per local address before trying the next one. Bounds the
+ * work for one new connection when the pool is nearly exhausted. */
+#define LB_LPORT_PROBES 4096u
+
+int lb_fnat_alloc(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, uint8_t proto, uint64_t now_ms,
+                  struct lb_laddr **la_out, uint16_t *lport_n_out)
+{
+    uint32_t n = s->nladdrs;
+    uint32_t range = (uint32_t)lb->lport_max - lb->lport_min + 1;
+    uint32_t probes = range < LB_LPORT_PROBES ? range : LB_LPORT_PROBES;
+    for (uint32_t k = 0; k < n; k++) {
+        struct lb_laddr *la = s->laddrs[(s->laddr_rr + k) % n];
+        for (uint32_t t = 0; t < probes; t++) {
+            uint16_t port = la->next_port;
+            if (port < lb->lport_min || port > lb->lport_max)
+                port = lb->lport_min;
+            la->next_port = port == lb->lport_max ? lb->lport_min : (uint16_t)(port + 1);
+            uint16_t port_n = lb_htons(port);
+            /* Never reuse a live (proto, RIP, RPORT, LIP, LPORT) tuple. */
+            if (!lb_conn_lookup(lb, proto, d->addr_n, d->port_n, la->addr_n, port_n, now_ms, NULL)) {
+                s->laddr_rr = (s->laddr_rr + k + 1) % n;
+                *la_out = la;
+                *lport_n_out = port_n;
+                return 0;
+            }
+        }
+    }
+    return -1;
+}
+
+static int find_laddr_idx(const struct lb_svc *s, uint32_t addr)
+{
+    for (uint32_t i = 0; i < s->nladdrs; i++)
+        if (s->laddrs[i]->addr == addr)
+            return (int)i;
+    return -1;
+}
+
+int lb_laddr_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr)
+{
+    if (laddr == 0 || laddr == 0xffffffffu)
+        return LB_EINVAL;
+    int err = LB_OK;
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    if (!s) {
+        err = LB_ESRCH;
+        goto out;
+    }
+    if (find_laddr_idx(s, laddr) >= 0) {
+        err = LB_EEXIST;
+        goto out;
+    }
+    if (s->nladdrs == s->laddrs_cap) {
+        uint32_t cap = s->laddrs_cap ? s->laddrs_cap * 2 : 4;
+        struct lb_laddr **n = realloc(s->laddrs, cap * sizeof(*n));
+        if (!n) {
+            err = LB_ENOMEM;
+            goto out;
+        }
+        s->laddrs = n;
+        s->laddrs_cap = cap;
+    }
+    struct lb_laddr *la = calloc(1, sizeof(*la));
+    if (!la) {
+        err = LB_ENOMEM;
+        goto out;
+    }
+    la->addr = laddr;
+    la->addr_n = lb_htonl(laddr);
+    la->refcnt = 1;
+    la->next_port = lb->lport_min;
+    s->laddrs[s->nladdrs++] = la;
+out:
+    pthread_mutex_unlock(&lb->lock);
+    return err;
+}
+
+int lb_laddr_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr)
+{
+    int err = LB_OK;
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    int i = s ? find_laddr_idx(s, laddr) : -1;
+    if (!s) {
+        err = LB_ESRCH;
+    } else if (i < 0) {
+        err = LB_ENOENT;
+    } else {
+        struct lb_laddr *la = s->laddrs[i];
+        memmove(&s->laddrs[i], &s->laddrs[i + 1], (s->nladdrs - (uint32_t)i - 1) * sizeof(*s->laddrs));
+        s->nladdrs--;
+        if (s->nladdrs == 0 || s->laddr_rr >= s->nladdrs)
+            s->laddr_rr = 0;
+        la->deleted = 1;
+        lb_laddr_put(la); /* its connections keep it until they expire */
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return err;
+}
+
+int lb_laddr_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct lb_laddr_info *out, uint32_t cap)
+{
+    pthread_mutex_lock(&lb->lock);
+    const struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    int ret = LB_ESRCH;
+    if (s) {
+        ret = (int)s->nladdrs;
+        for (uint32_t i = 0; i < s->nladdrs && i < cap && out; i++) {
+            out[i].addr = s->laddrs[i]->addr;
+            out[i].conns = s->laddrs[i]->conns;
         }
     }
     pthread_mutex_unlock(&lb->lock);

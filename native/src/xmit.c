@@ -1,15 +1,20 @@
 /*
  * xmit.c - binds each packet of a connection to its destination's forwarding
- * method. One method per file: xmit_dr.c (and, later, xmit_tun.c, xmit_fnat.c).
+ * method: xmit_dr.c, xmit_tun.c, xmit_fnat.c.
  */
 #include "lb_xmit.h"
 
-int lb_xmit_in(const struct lb_pkt *p, const struct lb_conn *c, uint8_t *out, uint32_t out_cap,
-               struct lb_action *act)
+int lb_xmit(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, int dir, uint8_t *out, uint32_t out_cap,
+            struct lb_action *act)
 {
     switch (c->dest->conf.fwd) {
     case LB_FWD_ROUTE:
-        return lb_xmit_dr(p, c, out, out_cap, act);
+        return lb_xmit_dr(lb, p, c, out, out_cap, act);
+    case LB_FWD_TUNNEL:
+        return lb_xmit_tun(lb, p, c, out, out_cap, act);
+    case LB_FWD_FULLNAT:
+        return dir == LB_DIR_IN ? lb_xmit_fnat_in(lb, p, c, out, out_cap, act)
+                                : lb_xmit_fnat_out(lb, p, c, out, out_cap, act);
     default:
         /* Refused at configuration time (lb_dest_add); never reached. */
         act->verdict = LB_V_DROP;

@@ -1,0 +1,81 @@
+/*
+ * xmit_tun.c - IP-in-IP tunnelling (ipvsadm -i), as ip_vs_tunnel_xmit.
+ *
+ * The client's packet is carried unchanged inside an outer IPv4 header:
+ *   version 4, IHL 5, TOS = inner TOS, DF = inner DF, ID = 0 with DF else the
+ *   inner ID, TTL 64 (a fresh header the director originates), protocol 4,
+ *   source = the address the kernel's route to the real server selects
+ *   (installed by the control plane in the destination's forwarding state;
+ *   never the VIP, never a guess), destination = the real server.
+ * Without complete forwarding state the packet is dropped and counted (the
+ * ip_vs_dest_dst bug: an uninitialised source address must be impossible).
+ * Too big for the path MTU after encapsulation: with DF, ICMP fragmentation
+ * needed (next-hop MTU = path MTU - 20) goes back to the client; without DF
+ * the packet is dropped and counted as frag_needed (known gap: IPVS would
+ * fragment the outer packet; a raw socket with IP_HDRINCL will not).
+ */
+#include <string.h>
+
+#include "lb_xmit.h"
+
+uint32_t lb_tun_encap(const struct lb_dest *d, const uint8_t *inner, uint32_t len, uint8_t *out, uint32_t out_cap)
+{
+    const struct lb_dest_fwd *f = d->fwd;
+    uint32_t total = len + LB_IPIP_OVERHEAD;
+    if (!f || total > out_cap || total > 0xffff || len < 20)
+        return 0;
+    uint8_t *o = out;
+    int df = (inner[6] & 0x40) != 0;
+    o[0] = 0x45;
+    o[1] = inner[1];
+    lb_put16(o + 2, (uint16_t)total);
+    if (df) {
+        o[4] = 0;
+        o[5] = 0;
+    } else {
+        o[4] = inner[4];
+        o[5] = inner[5];
+    }
+    o[6] = df ? 0x40 : 0;
+    o[7] = 0;
+    o[8] = 64;
+    o[9] = 4; /* IPPROTO_IPIP */
+    o[10] = 0;
+    o[11] = 0;
+    uint32_t saddr_n = lb_htonl(f->conf.saddr);
+    memcpy(o + 12, &saddr_n, 4);
+    memcpy(o + 16, &d->addr_n, 4);
+    lb_put16(o + 10, lb_ip_csum(o, 20));
+    memcpy(o + 20, inner, len);
+    return total;
+}
+
+int lb_xmit_tun(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
+                struct lb_action *act)
+{
+    const struct lb_dest *d = c->dest;
+    const struct lb_dest_fwd *f = d->fwd;
+    if (LB_UNLIKELY(!f || f->conf.saddr == 0)) {
+        act->verdict = LB_V_DROP;
+        return LB_R_NO_L2;
+    }
+    uint32_t mtu = f->conf.mtu ? f->conf.mtu : 1500;
+    if (p->len + LB_IPIP_OVERHEAD > mtu) {
+        if (p->data[6] & 0x40) {
+            uint32_t n = lb_icmp_frag_needed(p, (uint16_t)(mtu - LB_IPIP_OVERHEAD), out, out_cap);
+            act->verdict = n ? LB_V_ANSWER : LB_V_DROP;
+            act->out_len = n;
+            return LB_R_FRAG_NEEDED;
+        }
+        /* Known gap: IPVS would fragment the outer packet; we drop and count. */
+        act->verdict = LB_V_DROP;
+        return LB_R_FRAG_NEEDED;
+    }
+    uint32_t n = lb_tun_encap(d, p->data, p->len, out, out_cap);
+    if (!n || lb_xmit_l2_to(d, act) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_NO_L2;
+    }
+    act->out_len = n;
+    return LB_R_FORWARDED;
+}
