@@ -1,0 +1,573 @@
+"""Text output exactly as ipvsadm 1.31 prints it, from lbd's `list`/`connections` results.
+
+Pure functions over the dicts of docs/control-protocol.md; no I/O except the
+optional reading of /etc/hosts and /etc/services for non-numeric output (never
+DNS). The printf formats, column widths, truncations (33 characters for a
+service label, 28 for a destination), number suffixes and sort order are those
+of ipvsadm 1.31 and libipvs, so scripts written against ipvsadm parse our
+output unchanged. Lines keep ipvsadm's trailing blanks (its last columns are
+left-aligned and padded).
+
+Optional result fields beyond the contract, all defaulting to "absent/zero":
+service `fwmark`, `ipv6`, `ops`, `pe`, `sched_flags` (list of names); stats
+`cps`, `inpps`, `outpps`, `inbps`, `outbps` (rates for --rate); dest `tun_type`
+("ipip"|"gue"|"gre"), `tun_port`, `tun_flags` ("nocsum"|"csum"|"remcsum");
+connection `pe_name`, `pe_data`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from lb.model import FORWARD_NAMES
+
+Json = Mapping[str, Any]
+T = TypeVar("T")
+
+HOSTS_PATH = "/etc/hosts"
+SERVICES_PATH = "/etc/services"
+
+ALL_ONES_NETMASK = "255.255.255.255"
+IPV6_FULL_PREFIX = 128
+
+# Kernel constants used by libipvs's sort order (AF_INET < AF_INET6; protocol numbers).
+_AF_INET = 2
+_AF_INET6 = 10
+_PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
+
+# ipvsadm's names: fwd_name() for listings, fwd_switch() for -S rules.
+_FORWARD_LABELS = {**FORWARD_NAMES, "local": "Local"}
+_FORWARD_SWITCHES = {"masq": "-m", "tunnel": "-i", "local": "-g", "route": "-g", "fullnat": "-b"}
+_SERVICE_OPTIONS = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
+_TUN_FLAG_LABELS = {"nocsum": "-c", "csum": "+c", "remcsum": "r+c"}
+_TUN_FLAG_OPTIONS = {"nocsum": "--tun-nocsum", "csum": "--tun-csum", "remcsum": "--tun-remcsum"}
+
+# Label widths in ipvsadm's listings.
+SERVICE_LABEL_WIDTH = 33
+DEST_LABEL_WIDTH = 28
+
+
+@dataclass(frozen=True)
+class ListFormat:
+    """ipvsadm's FMT_* flags. The first true one of stats, rate, thresholds,
+    persistent_conn, tun_info chooses the layout, in that order."""
+
+    numeric: bool = False
+    stats: bool = False
+    rate: bool = False
+    thresholds: bool = False
+    persistent_conn: bool = False
+    tun_info: bool = False
+    nosort: bool = False
+    exact: bool = False
+
+
+# --------------------------------------------------------------------------
+# Names: /etc/hosts and /etc/services only.
+
+
+class NameDB:
+    """Host and service names as glibc's `files` backend would give them.
+
+    ipvsadm calls gethostbyaddr/getservbyport; we deliberately never touch DNS
+    (a listing must not hang on a resolver), so only the two files are read.
+    """
+
+    def __init__(self, hosts_path: str = HOSTS_PATH, services_path: str = SERVICES_PATH) -> None:
+        self._hosts_path = hosts_path
+        self._services_path = services_path
+        self._hosts: list[tuple[str, list[str]]] | None = None
+        self._services: list[tuple[str, int, str, list[str]]] | None = None
+
+    def host_for_addr(self, addr: str) -> str | None:
+        wanted = _normalize_ip(addr)
+        if wanted is None:
+            return None
+        for entry_addr, names in self._host_entries():
+            if _normalize_ip(entry_addr) == wanted:
+                return names[0]
+        return None
+
+    def ipv4_for_host(self, name: str) -> str | None:
+        for entry_addr, names in self._host_entries():
+            if any(n.lower() == name.lower() for n in names) and _is_ipv4(entry_addr):
+                return str(ipaddress.IPv4Address(entry_addr))
+        return None
+
+    def service_for_port(self, port: int, proto: str) -> str | None:
+        for name, entry_port, entry_proto, _aliases in self._service_entries():
+            if entry_port == port and entry_proto == proto:
+                return name
+        return None
+
+    def port_for_service(self, service: str, proto: str) -> int | None:
+        for name, entry_port, entry_proto, aliases in self._service_entries():
+            if entry_proto == proto and (service == name or service in aliases):
+                return entry_port
+        return None
+
+    def _host_entries(self) -> list[tuple[str, list[str]]]:
+        if self._hosts is None:
+            self._hosts = []
+            for fields in _config_lines(self._hosts_path):
+                if len(fields) >= 2:
+                    self._hosts.append((fields[0], fields[1:]))
+        return self._hosts
+
+    def _service_entries(self) -> list[tuple[str, int, str, list[str]]]:
+        if self._services is None:
+            self._services = []
+            for fields in _config_lines(self._services_path):
+                parsed = _parse_service_line(fields)
+                if parsed is not None:
+                    self._services.append(parsed)
+        return self._services
+
+
+class NumericNames(NameDB):
+    """A NameDB that knows no names (for -n and for tests)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hosts = []
+        self._services = []
+
+
+def _config_lines(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return []
+    return [line.split("#", 1)[0].split() for line in text.splitlines()]
+
+
+def _parse_service_line(fields: list[str]) -> tuple[str, int, str, list[str]] | None:
+    if len(fields) < 2 or "/" not in fields[1]:
+        return None
+    port_text, proto = fields[1].split("/", 1)
+    if not port_text.isdigit():
+        return None
+    return fields[0], int(port_text), proto.lower(), fields[2:]
+
+
+def _normalize_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _is_ipv4(text: str) -> bool:
+    return isinstance(_normalize_ip(text), ipaddress.IPv4Address)
+
+
+def _is_ipv6_addr(text: str) -> bool:
+    return ":" in text
+
+
+def addrport_to_anyname(addr: str, port: int, proto: str, numeric: bool, names: NameDB) -> str:
+    """ipvsadm's addrport_to_anyname: "addr:port", IPv6 in brackets, names unless numeric."""
+    open_b, close_b = ("[", "]") if _is_ipv6_addr(addr) else ("", "")
+    if numeric:
+        return f"{open_b}{addr}{close_b}:{port}"
+    host = names.host_for_addr(addr) or addr
+    service = names.service_for_port(port, proto.lower()) or str(port)
+    return f"{open_b}{host}{close_b}:{service}"
+
+
+# --------------------------------------------------------------------------
+# Numbers.
+
+
+def largenum(value: int, exact: bool = False) -> str:
+    """ipvsadm's print_largenum: 9 columns, K/M/G/T suffixes from 10^8 on."""
+    if exact:
+        digits = str(value)
+        width = 9 if len(digits) <= 8 else len(digits) + 1
+        return digits.rjust(width)
+    if value < 100_000_000:
+        return f"{value:9d}"
+    if value < 1_000_000_000:
+        return f"{value // 1000:8d}K"
+    if value < 100_000_000_000:
+        return f"{value // 1_000_000:8d}M"
+    if value < 100_000_000_000_000:
+        return f"{value // 1_000_000_000:8d}G"
+    return f"{value // 1_000_000_000_000:8d}T"
+
+
+def _stat(stats: Json | None, name: str) -> int:
+    if not stats:
+        return 0
+    return int(stats.get(name) or 0)
+
+
+# --------------------------------------------------------------------------
+# Sort order of libipvs (ipvs_cmp_services / ipvs_cmp_dests under glibc qsort).
+
+
+def _int32(value: int) -> int:
+    """C's conversion of an unsigned 32-bit difference to int: libipvs compares
+    addresses by subtraction, so addresses more than 2^31 apart wrap."""
+    return ((value + 2**31) % 2**32) - 2**31
+
+
+def _addr_words(addr: str) -> tuple[int, list[int]]:
+    parsed = _normalize_ip(addr) if addr else None
+    if isinstance(parsed, ipaddress.IPv6Address):
+        packed = int(parsed)
+        return _AF_INET6, [(packed >> shift) & 0xFFFFFFFF for shift in (96, 64, 32, 0)]
+    return _AF_INET, [int(parsed) if parsed is not None else 0]
+
+
+def _cmp_addr(af: int, words_a: list[int], words_b: list[int]) -> int:
+    if af != _AF_INET6:
+        return _int32(words_a[0] - words_b[0])
+    for word_a, word_b in zip(words_a, words_b, strict=True):
+        result = _int32(word_a - word_b)
+        if result:
+            return result
+    return 0
+
+
+def _service_af(svc: Json) -> int:
+    if svc.get("ipv6"):
+        return _AF_INET6
+    return _addr_words(str(svc.get("addr") or ""))[0]
+
+
+def compare_services(svc_a: Json, svc_b: Json) -> int:
+    """libipvs ipvs_cmp_services: fwmark, family, protocol, address, port."""
+    result = _int32(int(svc_a.get("fwmark") or 0) - int(svc_b.get("fwmark") or 0))
+    if result:
+        return result
+    af_a, af_b = _service_af(svc_a), _service_af(svc_b)
+    if af_a != af_b:
+        return af_a - af_b
+    result = _proto_number(svc_a) - _proto_number(svc_b)
+    if result:
+        return result
+    result = _cmp_addr(af_a, _addr_words(_service_addr(svc_a))[1], _addr_words(_service_addr(svc_b))[1])
+    if result:
+        return result
+    return _service_port(svc_a) - _service_port(svc_b)
+
+
+def compare_dests(dest_a: Json, dest_b: Json) -> int:
+    """libipvs ipvs_cmp_dests: address (by the first one's family), then port."""
+    af_a, words_a = _addr_words(str(dest_a["addr"]))
+    _af_b, words_b = _addr_words(str(dest_b["addr"]))
+    if len(words_a) != len(words_b):
+        words_a, words_b = words_a[:1], words_b[:1]
+        af_a = _AF_INET
+    result = _cmp_addr(af_a, words_a, words_b)
+    if result:
+        return result
+    return int(dest_a["port"]) - int(dest_b["port"])
+
+
+def glibc_merge_sort(items: Sequence[T], cmp: Callable[[T, T], int]) -> list[T]:
+    """glibc qsort's merge sort (msort_with_tmp), step for step.
+
+    The libipvs comparators are not transitive across the 2^31 address wrap,
+    so only the same algorithm yields the same order as ipvsadm in every case.
+    """
+    if len(items) <= 1:
+        return list(items)
+    half = len(items) // 2
+    left = glibc_merge_sort(items[:half], cmp)
+    right = glibc_merge_sort(items[half:], cmp)
+    merged: list[T] = []
+    i = j = 0
+    while i < len(left) and j < len(right):
+        if cmp(left[i], right[j]) <= 0:
+            merged.append(left[i])
+            i += 1
+        else:
+            merged.append(right[j])
+            j += 1
+    merged.extend(left[i:])
+    merged.extend(right[j:])
+    return merged
+
+
+def _proto_number(svc: Json) -> int:
+    if svc.get("fwmark"):
+        return 0
+    return _PROTO_NUMBERS.get(str(svc.get("proto") or "").lower(), 0)
+
+
+def _service_addr(svc: Json) -> str:
+    return "" if svc.get("fwmark") else str(svc.get("addr") or "")
+
+
+def _service_port(svc: Json) -> int:
+    return 0 if svc.get("fwmark") else int(svc.get("port") or 0)
+
+
+# --------------------------------------------------------------------------
+# Services and destinations.
+
+
+def _protocol_label(proto: str) -> str:
+    return proto.upper() if proto.lower() in _PROTO_NUMBERS else "?"
+
+
+def service_label(svc: Json, numeric: bool, names: NameDB, rule: bool = False) -> str:
+    """ipvsadm's svc_name: "TCP  10.0.0.1:80", "FWM  1", or "-t 10.0.0.1:80" in rules."""
+    fwmark = int(svc.get("fwmark") or 0)
+    ipv6 = _service_af(svc) == _AF_INET6
+    if fwmark:
+        if rule:
+            return f"-f {fwmark} -6" if ipv6 else f"-f {fwmark}"
+        return f"FWM  {fwmark} IPv6" if ipv6 else f"FWM  {fwmark}"
+    proto = str(svc.get("proto") or "").lower()
+    vname = addrport_to_anyname(str(svc["addr"]), int(svc["port"]), proto, numeric, names)
+    if rule:
+        return f"{_SERVICE_OPTIONS.get(proto, '--xxx-service')} {vname}"
+    label = f"{_protocol_label(proto):<4} {vname}"
+    return label if ipv6 else label[:SERVICE_LABEL_WIDTH]
+
+
+def _persistence_suffix(svc: Json, persist_word: str, mask_word: str) -> str:
+    """' persistent 300 mask 255.255.255.0' in listings, ' -p 300 -M 255.255.255.0' in rules."""
+    text = f" {persist_word} {int(svc['persistent'])}"
+    netmask = svc.get("netmask")
+    if _service_af(svc) == _AF_INET6:
+        if netmask not in (None, IPV6_FULL_PREFIX, str(IPV6_FULL_PREFIX)):
+            text += f" {mask_word} {netmask}"
+    elif netmask not in (None, ALL_ONES_NETMASK):
+        text += f" {mask_word} {netmask}"
+    return text
+
+
+def _sched_flags(svc: Json) -> str:
+    return ",".join(str(flag) for flag in svc.get("sched_flags") or [])
+
+
+def _service_line(svc: Json, label: str, fmt: ListFormat) -> str:
+    if fmt.stats:
+        stats = svc.get("stats")
+        numbers = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+        return f"{label:<{SERVICE_LABEL_WIDTH}}" + "".join(largenum(_stat(stats, n), fmt.exact) for n in numbers)
+    if fmt.rate:
+        stats = svc.get("stats")
+        numbers = ("cps", "inpps", "outpps", "inbps", "outbps")
+        return f"{label:<{SERVICE_LABEL_WIDTH}}" + "".join(largenum(_stat(stats, n), fmt.exact) for n in numbers)
+    line = f"{label} {svc.get('sched', '')}"
+    flags = _sched_flags(svc)
+    if flags:
+        line += f" ({flags})"
+    if svc.get("persistent"):
+        line += _persistence_suffix(svc, "persistent", "mask")
+        if svc.get("pe"):
+            line += f" pe {svc['pe']}"
+    if svc.get("ops"):
+        line += " ops"
+    return line
+
+
+def _service_rule(svc: Json, label: str) -> str:
+    line = f"-A {label} -s {svc.get('sched', '')}"
+    if svc.get("persistent"):
+        line += _persistence_suffix(svc, "-p", "-M")
+    if svc.get("pe"):
+        line += f" --pe {svc['pe']}"
+    if svc.get("ops"):
+        line += " -o"
+    flags = _sched_flags(svc)
+    if flags:
+        # ipvsadm writes "-b"; in lbadm -b is DPVS's --fullnat, so the long form
+        # (which both tools accept) keeps the rule restorable by either.
+        line += f" --sched-flags {flags}"
+    return line
+
+
+def _tunnel_info(dest: Json) -> str | None:
+    if dest.get("fwd") != "tunnel":
+        return None
+    tun_type = str(dest.get("tun_type") or "ipip")
+    flag = _TUN_FLAG_LABELS.get(str(dest.get("tun_flags") or "nocsum"), "-c")
+    if tun_type == "gue":
+        return f"gue:{int(dest.get('tun_port') or 0)}:{flag}"
+    if tun_type == "gre":
+        return f"gre:{flag}"
+    return tun_type
+
+
+def _dest_rule(dest: Json, svc_label: str, dname: str) -> str:
+    fwd = str(dest.get("fwd") or "route")
+    weight = int(dest.get("weight", 1))
+    switch = _FORWARD_SWITCHES.get(fwd, "(null)")
+    line = f"-a {svc_label} -r {dname} {switch} -w {weight}"
+    if fwd != "tunnel":
+        return line
+    tun_type = str(dest.get("tun_type") or "ipip")
+    flag_option = _TUN_FLAG_OPTIONS.get(str(dest.get("tun_flags") or "nocsum"), "--tun-nocsum")
+    if tun_type == "gue":
+        return f"{line} --tun-type gue --tun-port {int(dest.get('tun_port') or 0)} {flag_option}"
+    if tun_type == "gre":
+        return f"{line} --tun-type gre {flag_option}"
+    return f"{line} --tun-type {tun_type}"
+
+
+def _dest_line(dest: Json, dname: str, fmt: ListFormat) -> str:
+    active = int(dest.get("active") or 0)
+    inactive = int(dest.get("inactive") or 0)
+    weight = int(dest.get("weight", 1))
+    stats = dest.get("stats")
+    if fmt.stats:
+        numbers = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+        return f"  -> {dname:<{DEST_LABEL_WIDTH}}" + "".join(largenum(_stat(stats, n), fmt.exact) for n in numbers)
+    if fmt.rate:
+        # ipvsadm prints the three per-second counts raw and only the byte rates as large numbers.
+        packets = " ".join(f"{_stat(stats, name):8d}" for name in ("cps", "inpps", "outpps"))
+        byte_rates = largenum(_stat(stats, "inbps"), fmt.exact) + largenum(_stat(stats, "outbps"), fmt.exact)
+        return f"  -> {dname:<{DEST_LABEL_WIDTH}} {packets}{byte_rates}"
+    if fmt.thresholds:
+        u_thr, l_thr = int(dest.get("u_threshold") or 0), int(dest.get("l_threshold") or 0)
+        return f"  -> {dname:<{DEST_LABEL_WIDTH}} {u_thr:<10d} {l_thr:<10d} {active:<10d} {inactive:<10d}"
+    if fmt.persistent_conn:
+        persist = int(dest.get("persist") or 0)
+        return f"  -> {dname:<{DEST_LABEL_WIDTH}} {weight:<9d} {persist:<11d} {active:<10d} {inactive:<10d}"
+    fwd = _FORWARD_LABELS.get(str(dest.get("fwd") or ""), "(null)")
+    if fmt.tun_info:
+        info = _tunnel_info(dest) or "n/a"
+        return f"  -> {dname:<{DEST_LABEL_WIDTH}} {fwd:<7} {info:<13} {weight:<6d} {active:<10d} {inactive:<10d}"
+    return f"  -> {dname:<{DEST_LABEL_WIDTH}} {fwd:<7} {weight:<6d} {active:<10d} {inactive:<10d}"
+
+
+def _sorted_dests(svc: Json, nosort: bool) -> list[Json]:
+    dests = list(svc.get("dests") or [])
+    return dests if nosort else glibc_merge_sort(dests, compare_dests)
+
+
+def format_service_entry(svc: Json, fmt: ListFormat, names: NameDB, rule: bool = False) -> str:
+    """One service and its destinations (ipvsadm's print_service_entry)."""
+    label = service_label(svc, fmt.numeric, names, rule)
+    lines = [_service_rule(svc, label) if rule else _service_line(svc, label, fmt)]
+    proto = str(svc.get("proto") or "tcp").lower()
+    for dest in _sorted_dests(svc, fmt.nosort):
+        dname = addrport_to_anyname(str(dest["addr"]), int(dest["port"]), proto, fmt.numeric, names)
+        if rule:
+            lines.append(_dest_rule(dest, label, dname))
+            continue
+        if not _is_ipv6_addr(str(dest["addr"])):
+            dname = dname[:DEST_LABEL_WIDTH]
+        lines.append(_dest_line(dest, dname, fmt))
+    return "".join(line + "\n" for line in lines)
+
+
+def format_title(fmt: ListFormat) -> str:
+    """The column header lines (ipvsadm's print_title)."""
+    remote = "  -> RemoteAddress:Port\n"
+    local = "Prot LocalAddress:Port"
+    if fmt.stats:
+        return f"{local:<33} {'Conns':>8} {'InPkts':>8} {'OutPkts':>8} {'InBytes':>8} {'OutBytes':>8}\n" + remote
+    if fmt.rate:
+        return f"{local:<33} {'CPS':>8} {'InPPS':>8} {'OutPPS':>8} {'InBPS':>8} {'OutBPS':>8}\n" + remote
+    if fmt.thresholds:
+        return f"{local:<33} {'Uthreshold':<10} {'Lthreshold':<10} {'ActiveConn':<10} {'InActConn':<10}\n" + remote
+    if fmt.persistent_conn:
+        return f"{local:<33} {'Weight':<9} {'PersistConn':<11} {'ActiveConn':<10} {'InActConn':<10}\n" + remote
+    if fmt.tun_info:
+        return (
+            "Prot LocalAddress:Port Scheduler Flags\n"
+            "  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn\n"
+        )
+    return (
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+    )
+
+
+def _sorted_services(result: Json, nosort: bool) -> list[Json]:
+    services = list(result.get("services") or [])
+    return services if nosort else glibc_merge_sort(services, compare_services)
+
+
+def format_list(result: Json, fmt: ListFormat, names: NameDB | None = None) -> str:
+    """`ipvsadm -L` (all services): version header, title, services."""
+    names = names or NameDB()
+    version, size = result.get("version", "1.2.1"), int(result.get("conn_tab_size", 0))
+    header = f"IP Virtual Server version {version} (size={size})\n"
+    body = "".join(format_service_entry(svc, fmt, names) for svc in _sorted_services(result, fmt.nosort))
+    return header + format_title(fmt) + body
+
+
+def format_one_service(result: Json, fmt: ListFormat, names: NameDB | None = None) -> str:
+    """`ipvsadm -L -t VIP:PORT`: title and that service, no version header."""
+    names = names or NameDB()
+    services = list(result.get("services") or [])
+    return format_title(fmt) + "".join(format_service_entry(svc, fmt, names) for svc in services)
+
+
+def format_save(result: Json, numeric: bool, nosort: bool = False, names: NameDB | None = None) -> str:
+    """`ipvsadm -S`: restorable rules, one command per line."""
+    names = names or NameDB()
+    fmt = ListFormat(numeric=numeric, nosort=nosort)
+    return "".join(format_service_entry(svc, fmt, names, rule=True) for svc in _sorted_services(result, nosort))
+
+
+# --------------------------------------------------------------------------
+# Connections, timeouts, sync daemons.
+
+
+def expire_mmss(expires_ms: int) -> str:
+    """Remaining lifetime as the kernel's whole seconds, printed "%02d:%02d"."""
+    seconds = max(0, int(expires_ms)) // 1000
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+def format_connections(result: Json, fmt: ListFormat, names: NameDB | None = None) -> str:
+    """`ipvsadm -Lc` (connection entries, in the order lbd reports them)."""
+    names = names or NameDB()
+    lines = ["IPVS connection entries"]
+    if fmt.persistent_conn:
+        columns = f"{'state':<11} {'source':<18} {'virtual':<18} {'destination':<18} {'pe name':<16} pe_data"
+        lines.append(f"pro expire {columns}")
+    else:
+        lines.append(f"pro expire {'state':<11} {'source':<18} {'virtual':<18} destination")
+    for conn in result.get("connections") or []:
+        lines.append(_connection_line(conn, fmt, names))
+    return "".join(line + "\n" for line in lines)
+
+
+def _connection_line(conn: Json, fmt: ListFormat, names: NameDB) -> str:
+    proto = str(conn.get("proto") or "").lower()
+    source = addrport_to_anyname(str(conn["caddr"]), int(conn["cport"]), proto, fmt.numeric, names)
+    virtual = addrport_to_anyname(str(conn["vaddr"]), int(conn["vport"]), proto, fmt.numeric, names)
+    dest = addrport_to_anyname(str(conn["daddr"]), int(conn["dport"]), proto, fmt.numeric, names)
+    head = f"{proto.upper():<3} {expire_mmss(int(conn.get('expires_ms') or 0)):<6} {conn.get('state', '')!s:<11}"
+    if fmt.persistent_conn and conn.get("pe_name") is not None and conn.get("pe_data") is not None:
+        return f"{head} {source:<18} {virtual:<18} {dest:<16} {conn['pe_name']:<18} {conn['pe_data']}"
+    return f"{head} {source:<18} {virtual:<18} {dest}"
+
+
+def format_timeout(result: Json) -> str:
+    """`ipvsadm -L --timeout`."""
+    return f"Timeout (tcp tcpfin udp): {int(result['tcp'])} {int(result['tcpfin'])} {int(result['udp'])}\n"
+
+
+def format_daemons(result: Json) -> str:
+    """`ipvsadm -L --daemon`: one line per running sync daemon."""
+    lines = []
+    for daemon in result.get("daemons") or []:
+        state = str(daemon.get("state", ""))
+        if state not in ("master", "backup"):
+            continue
+        line = f"{state} sync daemon (mcast={daemon.get('mcast_ifn', '')}, syncid={int(daemon.get('syncid', 0))}"
+        if daemon.get("sync_maxlen"):
+            line += f", maxlen={int(daemon['sync_maxlen'])}"
+        if daemon.get("mcast_group"):
+            line += f", group={daemon['mcast_group']}"
+        if daemon.get("mcast_port"):
+            line += f", port={int(daemon['mcast_port'])}"
+        if daemon.get("mcast_ttl"):
+            line += f", ttl={int(daemon['mcast_ttl'])}"
+        lines.append(line + ")")
+    return "".join(line + "\n" for line in lines)

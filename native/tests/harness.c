@@ -1,0 +1,298 @@
+/*
+ * harness.c - drives the packet core without Python.
+ *
+ * One standard configuration (a DR, an IPIP and a FULLNAT service with
+ * forwarding state) and three entry points:
+ *
+ *   harness replay FILE...        process each file's bytes as one packet (twice:
+ *                                  as first packet and again on a warm table), check
+ *                                  the action's invariants; exit 1 on a violation
+ *   harness bench N FILE...       process each packet N times (for callgrind:
+ *                                  instructions per packet = total / (N * files))
+ *   harness churn N               N rounds of config churn (add/edit/delete/re-add of
+ *                                  services, destinations, forwarding state, local
+ *                                  addresses) interleaved with IPIP/FULLNAT traffic;
+ *                                  asserts every IPIP outer source is the installed
+ *                                  route source (run with MALLOC_PERTURB_ / valgrind)
+ *
+ * Built with -DLB_FUZZ it is instead a libFuzzer target (LLVMFuzzerTestOneInput).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lb_internal.h"
+
+#define VIP 0x0a000064u      /* 10.0.0.100 */
+#define RS1 0x0a00000bu      /* 10.0.0.11 */
+#define RS2 0x0a00000cu      /* 10.0.0.12 */
+#define BRS1 0x0a01000bu     /* 10.1.0.11 */
+#define LIP 0x0a010001u      /* 10.1.0.1 */
+#define DIP 0x0a000002u      /* 10.0.0.2: the director's own address (tunnel source) */
+
+static int check(int cond, const char *what)
+{
+    if (!cond) {
+        fprintf(stderr, "harness: invariant violated: %s\n", what);
+        return 1;
+    }
+    return 0;
+}
+
+static void fwd_for(struct lb_fwd_conf *f, uint8_t last)
+{
+    memset(f, 0, sizeof(*f));
+    f->ifindex = 2;
+    memcpy(f->dst_mac, (uint8_t[]){0x02, 0, 0, 0, 0, last}, 6);
+    memcpy(f->src_mac, (uint8_t[]){0x02, 0, 0, 0, 0, 0xaa}, 6);
+    f->saddr = DIP;
+    f->mtu = 1500;
+}
+
+static int setup(lb_t *lb)
+{
+    struct lb_svc_conf s;
+    struct lb_dest_conf d;
+    struct lb_fwd_conf f;
+    int rc = 0;
+    uint16_t ports[3] = {80, 81, 82};
+    int32_t fwds[3] = {LB_FWD_ROUTE, LB_FWD_TUNNEL, LB_FWD_FULLNAT};
+    for (int i = 0; i < 3; i++) {
+        memset(&s, 0, sizeof(s));
+        s.proto = LB_PROTO_TCP;
+        s.addr = VIP;
+        s.port = ports[i];
+        strcpy(s.sched, i == 1 ? "wlc" : "rr");
+        s.flags = fwds[i] == LB_FWD_FULLNAT ? LB_SVC_F_TOA : 0;
+        rc |= lb_svc_add(lb, &s);
+        s.proto = LB_PROTO_UDP;
+        rc |= lb_svc_add(lb, &s);
+        for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0) {
+            for (int j = 0; j < 2; j++) {
+                memset(&d, 0, sizeof(d));
+                d.addr = fwds[i] == LB_FWD_FULLNAT ? BRS1 + (uint32_t)j : RS1 + (uint32_t)j;
+                d.port = 80;
+                d.fwd = fwds[i];
+                d.weight = 1 + j;
+                rc |= lb_dest_add(lb, proto, VIP, ports[i], &d);
+                fwd_for(&f, (uint8_t)(0x10 + j));
+                rc |= lb_dest_set_fwd(lb, proto, VIP, ports[i], d.addr, d.port, &f);
+            }
+            if (fwds[i] == LB_FWD_FULLNAT)
+                rc |= lb_laddr_add(lb, proto, VIP, ports[i], LIP);
+        }
+    }
+    return rc;
+}
+
+static uint8_t out_buf[LB_PKT_MAX];
+
+static int process_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now)
+{
+    struct lb_action act;
+    int bad = 0;
+    int rc = lb_process(lb, pkt, len, now, out_buf, sizeof(out_buf), &act);
+    bad |= check(rc == LB_OK, "lb_process returns LB_OK for any bytes");
+    bad |= check(act.verdict >= LB_V_ACCEPT && act.verdict <= LB_V_ANSWER, "verdict in range");
+    bad |= check(act.reason >= 0 && act.reason < LB_R_COUNT, "reason in range");
+    bad |= check(act.out_len <= sizeof(out_buf), "out_len within the buffer");
+    if (act.verdict == LB_V_ANSWER || act.verdict == LB_V_MANGLE)
+        bad |= check(act.out_len >= 20, "answers carry a whole IPv4 header");
+    if (act.verdict == LB_V_XMIT_L2)
+        bad |= check(act.ifindex > 0, "frames go out a real interface");
+    if (act.verdict == LB_V_XMIT_L2 && act.out_len >= 20 && out_buf[9] == 4) {
+        uint32_t src;
+        memcpy(&src, out_buf + 12, 4);
+        bad |= check(lb_ntohl(src) == DIP, "IPIP outer source is the installed route source");
+    }
+    return bad;
+}
+
+#ifdef LB_FUZZ
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static lb_t *lb;
+    static uint64_t now = 1000;
+    if (!lb) {
+        struct lb_config cfg = {.conn_max = 4096, .hash_buckets = 1024, .hash_seed = 7};
+        lb = lb_new(&cfg);
+        if (!lb || setup(lb) != 0)
+            abort();
+    }
+    if (size > LB_PKT_MAX)
+        return 0;
+    /* The first byte advances time, so entries also expire during a run. */
+    if (size > 0)
+        now += data[0] * 50u;
+    if (process_checked(lb, size > 1 ? data + 1 : data, size > 1 ? (uint32_t)size - 1 : (uint32_t)size, now))
+        abort();
+    lb_expire(lb, now, 64);
+    return 0;
+}
+#else
+
+static uint8_t *read_file(const char *path, uint32_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    uint8_t *buf = calloc(1, LB_PKT_MAX + 1);
+    size_t n = buf ? fread(buf, 1, LB_PKT_MAX + 1, f) : 0;
+    fclose(f);
+    if (!buf || n > LB_PKT_MAX) {
+        free(buf);
+        return NULL;
+    }
+    *len = (uint32_t)n;
+    return buf;
+}
+
+static lb_t *new_lb(void)
+{
+    struct lb_config cfg = {.conn_max = 65536, .hash_buckets = 4096, .hash_seed = 7};
+    lb_t *lb = lb_new(&cfg);
+    if (!lb || setup(lb) != 0) {
+        fprintf(stderr, "harness: setup failed\n");
+        exit(2);
+    }
+    return lb;
+}
+
+static int cmd_replay(int argc, char **argv)
+{
+    lb_t *lb = new_lb();
+    int bad = 0;
+    uint64_t now = 1000;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < argc; i++) {
+            uint32_t len = 0;
+            uint8_t *pkt = read_file(argv[i], &len);
+            if (!pkt) {
+                fprintf(stderr, "harness: cannot read %s\n", argv[i]);
+                lb_free(lb);
+                return 2;
+            }
+            if (process_checked(lb, pkt, len, now)) {
+                fprintf(stderr, "harness: in %s\n", argv[i]);
+                bad = 1;
+            }
+            free(pkt);
+            now += 7;
+        }
+        lb_expire(lb, now, 0);
+    }
+    lb_expire(lb, now + 3600 * 1000, 0);
+    bad |= check(lb_conn_count(lb) == 0, "every entry expires");
+    lb_free(lb);
+    printf("replayed %d packets twice: %s\n", argc, bad ? "FAILED" : "ok");
+    return bad;
+}
+
+static int cmd_bench(long n, int argc, char **argv)
+{
+    lb_t *lb = new_lb();
+    struct lb_action act;
+    for (int i = 0; i < argc; i++) {
+        uint32_t len = 0;
+        uint8_t *pkt = read_file(argv[i], &len);
+        if (!pkt)
+            return 2;
+        for (long k = 0; k < n; k++)
+            lb_process(lb, pkt, len, 1000, out_buf, sizeof(out_buf), &act);
+        free(pkt);
+    }
+    lb_free(lb);
+    return 0;
+}
+
+/* Build a TCP SYN (or UDP datagram) from src:sport to VIP:dport. */
+static uint32_t make_packet(uint8_t *b, uint8_t proto, uint32_t src, uint16_t sport, uint16_t dport, uint8_t flags)
+{
+    uint32_t l4 = proto == LB_PROTO_TCP ? 20 : 8;
+    uint32_t len = 20 + l4;
+    memset(b, 0, len);
+    b[0] = 0x45;
+    lb_put16(b + 2, (uint16_t)len);
+    b[6] = 0x40;
+    b[8] = 64;
+    b[9] = proto;
+    uint32_t s = lb_htonl(src), d = lb_htonl(VIP);
+    memcpy(b + 12, &s, 4);
+    memcpy(b + 16, &d, 4);
+    lb_put16(b + 10, lb_ip_csum(b, 20));
+    lb_put16(b + 20, sport);
+    lb_put16(b + 22, dport);
+    if (proto == LB_PROTO_TCP) {
+        b[32] = 0x50;
+        b[33] = flags;
+    } else {
+        lb_put16(b + 24, 8);
+    }
+    return len;
+}
+
+static int cmd_churn(long rounds)
+{
+    lb_t *lb = new_lb();
+    uint8_t pkt[64];
+    int bad = 0;
+    uint64_t now = 1000;
+    struct lb_fwd_conf f;
+    for (long r = 0; r < rounds; r++) {
+        uint32_t rs = RS1 + (uint32_t)(r % 2);
+        /* Churn: delete and re-add a tunnel destination, invalidate and reinstall state,
+         * edit weights, recreate the whole tunnel service every 7 rounds. */
+        struct lb_dest_conf d = {.addr = rs, .port = 80, .fwd = LB_FWD_TUNNEL, .weight = (int32_t)(r % 3)};
+        lb_dest_del(lb, LB_PROTO_TCP, VIP, 81, rs, 80);
+        lb_dest_add(lb, LB_PROTO_TCP, VIP, 81, &d);
+        if (r % 3 == 0)
+            lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 81, rs, 80, NULL);
+        else {
+            fwd_for(&f, (uint8_t)r);
+            lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 81, rs, 80, &f);
+        }
+        d.weight = 1;
+        lb_dest_edit(lb, LB_PROTO_TCP, VIP, 81, &d);
+        if (r % 7 == 0) {
+            struct lb_svc_conf s = {.proto = LB_PROTO_TCP, .addr = VIP, .port = 81};
+            strcpy(s.sched, "wlc");
+            lb_svc_del(lb, LB_PROTO_TCP, VIP, 81);
+            lb_svc_add(lb, &s);
+            for (uint32_t j = 0; j < 2; j++) {
+                struct lb_dest_conf dj = {.addr = RS1 + j, .port = 80, .fwd = LB_FWD_TUNNEL, .weight = 1};
+                lb_dest_add(lb, LB_PROTO_TCP, VIP, 81, &dj);
+                fwd_for(&f, (uint8_t)j);
+                lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 81, dj.addr, 80, &f);
+            }
+        }
+        if (r % 5 == 0) {
+            lb_laddr_del(lb, LB_PROTO_TCP, VIP, 82, LIP);
+            lb_laddr_add(lb, LB_PROTO_TCP, VIP, 82, LIP);
+        }
+        for (int k = 0; k < 8; k++) {
+            uint32_t len = make_packet(pkt, LB_PROTO_TCP, 0xc0000200u + (uint32_t)k, (uint16_t)(1000 + r % 50000),
+                                       (uint16_t)(81 + (k & 1)), 0x02);
+            bad |= process_checked(lb, pkt, len, now);
+        }
+        now += 37;
+        if (r % 100 == 0)
+            lb_expire(lb, now, 0);
+    }
+    lb_free(lb);
+    printf("churned %ld rounds: %s\n", rounds, bad ? "FAILED" : "ok");
+    return bad;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 3 && strcmp(argv[1], "replay") == 0)
+        return cmd_replay(argc - 2, argv + 2);
+    if (argc >= 4 && strcmp(argv[1], "bench") == 0)
+        return cmd_bench(strtol(argv[2], NULL, 10), argc - 3, argv + 3);
+    if (argc == 3 && strcmp(argv[1], "churn") == 0)
+        return cmd_churn(strtol(argv[2], NULL, 10));
+    fprintf(stderr, "usage: harness replay FILE... | bench N FILE... | churn ROUNDS\n");
+    return 2;
+}
+#endif
