@@ -178,6 +178,18 @@ class CEngine:
     def zero(self) -> None:
         _check(lib.lb_zero(self._lb), "zero")
 
+    def zero_service(self, key: ServiceKey) -> None:
+        _check(lib.lb_zero_svc(self._lb, *self._key(key)), f"zero service {key}")
+
+    def set_timeouts(self, tcp_s: int, tcpfin_s: int, udp_s: int) -> None:
+        """ipvsadm --set: ESTABLISHED, FIN_WAIT and UDP timeouts in seconds; 0 keeps a value."""
+        _check(lib.lb_set_timeouts(self._lb, tcp_s, tcpfin_s, udp_s), "set timeouts")
+
+    def get_timeouts(self) -> tuple[int, int, int]:
+        vals = ffi.new("uint32_t[3]")
+        lib.lb_get_timeouts(self._lb, vals, vals + 1, vals + 2)
+        return int(vals[0]), int(vals[1]), int(vals[2])
+
     def add_laddr(self, key: ServiceKey, addr: str) -> None:
         _check(lib.lb_laddr_add(self._lb, *self._key(key), _ip2int(addr)), f"add local address {addr} to {key}")
 

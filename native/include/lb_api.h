@@ -106,6 +106,7 @@ enum lb_conn_state {
 #define LB_CONN_F_INACTIVE 1
 #define LB_CONN_F_NOOUTPUT 2
 #define LB_CONN_F_TOA_DONE 4
+#define LB_CONN_F_TEMPLATE 8       /* a persistence template (client port 0, state NONE) */
 
 /* Service flags (struct lb_svc_conf.flags). */
 #define LB_SVC_F_TOA 1             /* FULLNAT: put the client address in TCP option 254 (TOA) */
@@ -142,8 +143,8 @@ struct lb_svc_conf {
     uint32_t addr;
     uint16_t port;
     char sched[16];                /* NUL-terminated scheduler name: "rr", "wlc" */
-    uint32_t persist_timeout_s;    /* 0 = not persistent (persistence: not yet supported) */
-    uint32_t netmask;
+    uint32_t persist_timeout_s;    /* 0 = not persistent; else the template timeout, seconds */
+    uint32_t netmask;              /* persistence granularity: client address mask (host order) */
     uint32_t flags;                /* LB_SVC_F_* */
 };
 
@@ -250,6 +251,10 @@ int lb_dest_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_
 int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t daddr, uint16_t dport,
                     const struct lb_fwd_conf *fwd);
 int lb_zero(lb_t *lb);                            /* zero every service's and destination's stats */
+int lb_zero_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port); /* one service's; LB_ESRCH */
+/* ipvsadm --set tcp tcpfin udp: ESTABLISHED, FIN_WAIT and UDP timeouts in seconds; 0 = unchanged. */
+int lb_set_timeouts(lb_t *lb, uint32_t tcp_s, uint32_t tcpfin_s, uint32_t udp_s);
+void lb_get_timeouts(lb_t *lb, uint32_t *tcp_s, uint32_t *tcpfin_s, uint32_t *udp_s);
 /* FULLNAT local address pool of a service (DPVS -P/-Q). */
 int lb_laddr_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr);
 int lb_laddr_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr);

@@ -25,6 +25,8 @@
 #define LB_CF_INACTIVE LB_CONN_F_INACTIVE
 #define LB_CF_NOOUTPUT LB_CONN_F_NOOUTPUT
 #define LB_CF_TOA_DONE LB_CONN_F_TOA_DONE
+#define LB_CF_TEMPLATE LB_CONN_F_TEMPLATE
+#define LB_CF_TMPL_DEAD 0x4000     /* template invalidated (its destination left): never matches */
 #define LB_CF_USED 0x8000          /* slot holds a live (possibly expired, not yet reaped) entry */
 
 /* Directions of a connection's two tuples. */
@@ -159,8 +161,14 @@ struct lb_conn {
     uint16_t flags;              /* LB_CF_* */
     uint16_t pad0;
     uint32_t hnext[2];           /* chain links of the IN / OUT tuples; free list: hnext[0] */
-    uint32_t timeout_ms;         /* current state's timeout */
-    uint32_t syn_seq;            /* sequence number of the client's first SYN (network order) */
+    union {
+        uint32_t ctl;            /* connection: slot of its persistence template (0 = none) */
+        uint32_t n_control;      /* template: connections it controls (it never expires while > 0) */
+    };
+    union {
+        uint32_t syn_seq;        /* connection: sequence number of the client's first SYN (network order) */
+        uint32_t tmpl_timeout_ms;/* template: the persistence timeout */
+    };
     uint64_t expires_ms;         /* dead when now_ms >= expires_ms */
     struct lb_dest *dest;        /* holds a reference (dest->refcnt) */
     struct lb_laddr *laddr;      /* FULLNAT: holds a reference (laddr->refcnt) */
@@ -180,6 +188,7 @@ struct lb {
     uint32_t sweep_pos;          /* incremental expiry cursor */
     uint64_t seed0, seed1;
     uint16_t lport_min, lport_max; /* FULLNAT local port range, host order */
+    uint32_t timeouts_ms[LB_S_COUNT]; /* per state (LB_S_UDP: UDP), ipvsadm --set */
     /* services */
     struct lb_svc *svc_hash[LB_SVC_HASH_BUCKETS];
     struct lb_svc **svcs;        /* insertion order, for listing */
@@ -205,12 +214,22 @@ void lb_conn_flush(lb_t *lb);
 
 /* proto_tcp.c / proto_udp */
 void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags);
-uint32_t lb_state_timeout_ms(uint8_t proto, uint8_t state);
+void lb_timeouts_init(uint32_t *timeouts_ms);
+/* The timeout an entry gets when touched: its state's (or a template's own). */
+static inline uint32_t lb_conn_timeout_ms(const lb_t *lb, const struct lb_conn *c);
+/* Persistence templates (conn.c). */
+struct lb_conn *lb_tmpl_lookup(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vaddr, uint16_t vport,
+                               uint64_t now_ms);
+struct lb_conn *lb_tmpl_new(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vaddr, uint16_t vport,
+                            struct lb_dest *dest, uint32_t timeout_ms, uint64_t now_ms);
+void lb_tmpl_invalidate(lb_t *lb, struct lb_conn *t);
 
 /* svc.c */
 struct lb_svc *lb_svc_find(const lb_t *lb, uint8_t proto, uint32_t addr_n, uint16_t port_n);
 void lb_dest_bind(struct lb_dest *d, struct lb_conn *c);
 void lb_dest_unbind(lb_t *lb, struct lb_dest *d, struct lb_conn *c);
+/* Undo only the active/inactive accounting of lb_dest_bind (the reference stays). */
+void lb_dest_unbind_counts(struct lb_dest *d, const struct lb_conn *c);
 void lb_dest_put(lb_t *lb, struct lb_dest *d);
 void lb_laddr_put(struct lb_laddr *la);
 /* FULLNAT: pick a local address and a free local port for a new connection to d. */
@@ -224,6 +243,13 @@ uint32_t lb_icmp_frag_needed(const struct lb_pkt *p, uint16_t mtu, uint8_t *out,
 /* icmp.c: an ICMP error about a known connection (p parsed as ICMP). */
 int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, uint32_t out_cap,
                struct lb_action *act);
+
+static inline uint32_t lb_conn_timeout_ms(const lb_t *lb, const struct lb_conn *c)
+{
+    if (c->flags & LB_CF_TEMPLATE)
+        return c->tmpl_timeout_ms;
+    return lb->timeouts_ms[c->proto == LB_PROTO_UDP ? LB_S_UDP : c->state];
+}
 
 static inline uint16_t lb_ntohs(uint16_t v) { return __builtin_bswap16(v); }
 static inline uint16_t lb_htons(uint16_t v) { return __builtin_bswap16(v); }

@@ -81,6 +81,7 @@ int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg)
     lb->sweep_pos = 1;
     lb->lport_min = pmin;
     lb->lport_max = pmax;
+    lb_timeouts_init(lb->timeouts_ms);
     uint64_t seeds[2] = {0, 0};
     if (cfg && cfg->hash_seed) {
         seeds[0] = cfg->hash_seed;
@@ -126,6 +127,8 @@ static void conn_release(lb_t *lb, uint32_t idx)
 {
     struct lb_conn *c = &lb->conns[idx];
     chain_remove(lb, idx, LB_DIR_IN);
+    if (!(c->flags & LB_CF_TEMPLATE) && c->ctl)
+        lb->conns[c->ctl].n_control--; /* templates outlive the connections they control */
     if (c->laddr)
         chain_remove(lb, idx, LB_DIR_OUT); /* needs c->dest: remove before unbinding */
     if (c->laddr) {
@@ -145,6 +148,20 @@ void lb_conn_expire_now(lb_t *lb, struct lb_conn *c)
     conn_release(lb, (uint32_t)(c - lb->conns));
 }
 
+/* An entry whose time is up: a template still controlling connections is
+ * re-armed (IPVS: "do not expire connection with controlled connections"),
+ * anything else is released. Returns 1 when released. */
+static int conn_reap(lb_t *lb, uint32_t idx, uint64_t now_ms)
+{
+    struct lb_conn *c = &lb->conns[idx];
+    if ((c->flags & LB_CF_TEMPLATE) && c->n_control) {
+        c->expires_ms = now_ms + c->tmpl_timeout_ms;
+        return 0;
+    }
+    conn_release(lb, idx);
+    return 1;
+}
+
 struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
                                uint32_t daddr, uint16_t dport, uint64_t now_ms, int *dir)
 {
@@ -154,7 +171,7 @@ struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t
         int d = LINK_DIR(link);
         struct lb_conn *c = &lb->conns[slot];
         uint32_t next = c->hnext[d];
-        if (c->proto == proto) {
+        if (c->proto == proto && !(c->flags & LB_CF_TEMPLATE)) {
             uint32_t sa, da;
             uint16_t sp, dp;
             conn_tuple(c, d, &sa, &sp, &da, &dp);
@@ -171,6 +188,54 @@ struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t
         link = next;
     }
     return NULL;
+}
+
+struct lb_conn *lb_tmpl_lookup(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vaddr, uint16_t vport,
+                               uint64_t now_ms)
+{
+    uint32_t link = lb->buckets[tuple_hash(lb, proto, snet, 0, vaddr, vport)];
+    while (link) {
+        uint32_t slot = LINK_SLOT(link);
+        struct lb_conn *c = &lb->conns[slot];
+        link = c->hnext[LINK_DIR(link)];
+        if ((c->flags & (LB_CF_TEMPLATE | LB_CF_TMPL_DEAD)) == LB_CF_TEMPLATE && c->proto == proto &&
+            c->caddr == snet && c->vaddr == vaddr && c->vport == vport && c->cport == 0) {
+            if (now_ms >= c->expires_ms && conn_reap(lb, slot, now_ms))
+                return NULL;
+            return c;
+        }
+    }
+    return NULL;
+}
+
+struct lb_conn *lb_tmpl_new(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vaddr, uint16_t vport,
+                            struct lb_dest *dest, uint32_t timeout_ms, uint64_t now_ms)
+{
+    struct lb_pkt p;
+    memset(&p, 0, sizeof(p));
+    p.proto = proto;
+    p.saddr = snet;
+    p.daddr = vaddr;
+    p.dport = vport;
+    struct lb_conn *t = lb_conn_new(lb, &p, dest, NULL, 0, now_ms);
+    if (!t)
+        return NULL;
+    /* Re-bind as a template: counted in persistconns instead of inactconns. */
+    lb_dest_unbind_counts(dest, t);
+    t->flags = LB_CF_USED | LB_CF_TEMPLATE;
+    t->state = LB_S_NONE;
+    t->n_control = 0;
+    t->tmpl_timeout_ms = timeout_ms;
+    dest->persistconns++;
+    t->expires_ms = now_ms + timeout_ms;
+    return t;
+}
+
+void lb_tmpl_invalidate(lb_t *lb, struct lb_conn *t)
+{
+    t->flags |= LB_CF_TMPL_DEAD;
+    if (!t->n_control)
+        conn_release(lb, (uint32_t)(t - lb->conns));
 }
 
 struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, struct lb_laddr *laddr,
@@ -197,8 +262,7 @@ struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *de
     c->flags = LB_CF_USED | LB_CF_INACTIVE;
     if (dest->conf.fwd != LB_FWD_MASQ && dest->conf.fwd != LB_FWD_FULLNAT)
         c->flags |= LB_CF_NOOUTPUT; /* the director sees only the client's side */
-    c->timeout_ms = lb_state_timeout_ms(c->proto, c->state);
-    c->expires_ms = now_ms + c->timeout_ms;
+    c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);
     lb_dest_bind(dest, c);
     chain_insert(lb, idx, LB_DIR_IN);
     if (laddr) {
@@ -231,10 +295,8 @@ static int sweep(lb_t *lb, uint64_t now_ms, uint32_t budget)
             lb->sweep_pos = 1;
         uint32_t i = lb->sweep_pos++;
         struct lb_conn *c = &lb->conns[i];
-        if ((c->flags & LB_CF_USED) && now_ms >= c->expires_ms) {
-            conn_release(lb, i);
-            freed++;
-        }
+        if ((c->flags & LB_CF_USED) && now_ms >= c->expires_ms)
+            freed += conn_reap(lb, i, now_ms);
     }
     return freed;
 }
@@ -273,7 +335,7 @@ int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t c
         memset(o, 0, sizeof(*o));
         o->proto = c->proto;
         o->state = c->state;
-        o->flags = c->flags & (LB_CONN_F_INACTIVE | LB_CONN_F_NOOUTPUT | LB_CONN_F_TOA_DONE);
+        o->flags = c->flags & (LB_CONN_F_INACTIVE | LB_CONN_F_NOOUTPUT | LB_CONN_F_TOA_DONE | LB_CONN_F_TEMPLATE);
         o->caddr = lb_ntohl(c->caddr);
         o->cport = lb_ntohs(c->cport);
         o->vaddr = lb_ntohl(c->vaddr);

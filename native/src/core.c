@@ -78,11 +78,49 @@ static int finish(lb_t *lb, struct lb_action *act, int reason)
     return reason;
 }
 
+/* Persistence (ip_vs_sched_persist): the template for the client's network
+ * (source address & netmask, client port 0) names the destination; without a
+ * usable one the scheduler picks and a template is created. The template's
+ * timer restarts with every connection it creates. */
+static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms,
+                                        struct lb_conn **tmpl, int *table_full)
+{
+    uint32_t snet = p->saddr & lb_htonl(s->conf.netmask);
+    struct lb_conn *t = lb_tmpl_lookup(lb, p->proto, snet, p->daddr, p->dport, now_ms);
+    if (t && !(t->dest->flags & LB_DEST_F_AVAILABLE)) {
+        lb_tmpl_invalidate(lb, t); /* its destination left: schedule afresh */
+        t = NULL;
+    }
+    struct lb_dest *d;
+    if (t) {
+        d = t->dest;
+    } else {
+        d = s->sched->schedule(s);
+        if (!d)
+            return NULL;
+        t = lb_tmpl_new(lb, p->proto, snet, p->daddr, p->dport, d, s->conf.persist_timeout_s * 1000, now_ms);
+        if (!t) {
+            *table_full = 1;
+            return NULL;
+        }
+    }
+    t->expires_ms = now_ms + t->tmpl_timeout_ms;
+    *tmpl = t;
+    return d;
+}
+
 /* Schedule a new connection for packet p on service s. */
 static int schedule_new(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
                         uint32_t out_cap, struct lb_action *act, struct lb_conn **cp)
 {
-    struct lb_dest *d = s->sched->schedule(s);
+    struct lb_conn *tmpl = NULL;
+    int table_full = 0;
+    struct lb_dest *d = s->conf.persist_timeout_s ? schedule_persist(lb, p, s, now_ms, &tmpl, &table_full)
+                                                  : s->sched->schedule(s);
+    if (table_full) {
+        act->verdict = LB_V_DROP;
+        return LB_R_TABLE_FULL;
+    }
     if (!d) {
         uint32_t n = lb_icmp_port_unreach(p, out, out_cap);
         act->verdict = n ? LB_V_ANSWER : LB_V_DROP;
@@ -99,6 +137,10 @@ static int schedule_new(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint
     if (!c) {
         act->verdict = LB_V_DROP;
         return LB_R_TABLE_FULL;
+    }
+    if (tmpl) {
+        c->ctl = (uint32_t)(tmpl - lb->conns);
+        tmpl->n_control++;
     }
     d->stats.conns++;
     s->stats.conns++;
@@ -149,7 +191,7 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
         /* A reply from a real server to a FULLNAT local address. */
         if (p.proto == LB_PROTO_TCP)
             lb_tcp_set_state(c, LB_DIR_OUT, p.tcp_flags);
-        c->expires_ms = now_ms + c->timeout_ms;
+        c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);
         stats_out(c->dest, p.len);
         finish(lb, act, lb_xmit(lb, &p, c, LB_DIR_OUT, out, out_cap, act));
         return LB_OK;
@@ -187,7 +229,7 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
         lb_tcp_set_state(c, LB_DIR_IN, p.tcp_flags);
         tcp_in_signals(c, &p, old_state);
     }
-    c->expires_ms = now_ms + c->timeout_ms;
+    c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);
     stats_in(c->dest, p.len);
     finish(lb, act, lb_xmit(lb, &p, c, LB_DIR_IN, out, out_cap, act));
     return LB_OK;

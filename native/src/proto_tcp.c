@@ -41,8 +41,8 @@ static const uint8_t tcp_states[12][TCP_STATES] = {
     /* rst */ {sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL},
 };
 
-/* Timeouts in milliseconds, indexed by enum lb_conn_state (IPVS defaults). */
-static const uint32_t state_timeout_ms[LB_S_COUNT] = {
+/* Default timeouts in milliseconds, indexed by enum lb_conn_state (IPVS defaults). */
+static const uint32_t default_timeout_ms[LB_S_COUNT] = {
     [LB_S_NONE] = 2 * 1000,
     [LB_S_ESTABLISHED] = 15 * 60 * 1000,
     [LB_S_SYN_SENT] = 2 * 60 * 1000,
@@ -57,11 +57,39 @@ static const uint32_t state_timeout_ms[LB_S_COUNT] = {
     [LB_S_UDP] = 5 * 60 * 1000,
 };
 
-uint32_t lb_state_timeout_ms(uint8_t proto, uint8_t state)
+void lb_timeouts_init(uint32_t *timeouts_ms)
 {
-    if (proto == LB_PROTO_UDP)
-        return state_timeout_ms[LB_S_UDP];
-    return state < LB_S_COUNT ? state_timeout_ms[state] : state_timeout_ms[LB_S_NONE];
+    for (int i = 0; i < LB_S_COUNT; i++)
+        timeouts_ms[i] = default_timeout_ms[i];
+}
+
+int lb_set_timeouts(lb_t *lb, uint32_t tcp_s, uint32_t tcpfin_s, uint32_t udp_s)
+{
+    /* ipvsadm accepts up to INT_MAX / HZ seconds; keep milliseconds in 32 bits. */
+    const uint32_t max_s = UINT32_MAX / 1000;
+    if (tcp_s > max_s || tcpfin_s > max_s || udp_s > max_s)
+        return LB_EINVAL;
+    pthread_mutex_lock(&lb->lock);
+    if (tcp_s)
+        lb->timeouts_ms[LB_S_ESTABLISHED] = tcp_s * 1000;
+    if (tcpfin_s)
+        lb->timeouts_ms[LB_S_FIN_WAIT] = tcpfin_s * 1000;
+    if (udp_s)
+        lb->timeouts_ms[LB_S_UDP] = udp_s * 1000;
+    pthread_mutex_unlock(&lb->lock);
+    return LB_OK;
+}
+
+void lb_get_timeouts(lb_t *lb, uint32_t *tcp_s, uint32_t *tcpfin_s, uint32_t *udp_s)
+{
+    pthread_mutex_lock(&lb->lock);
+    if (tcp_s)
+        *tcp_s = lb->timeouts_ms[LB_S_ESTABLISHED] / 1000;
+    if (tcpfin_s)
+        *tcpfin_s = lb->timeouts_ms[LB_S_FIN_WAIT] / 1000;
+    if (udp_s)
+        *udp_s = lb->timeouts_ms[LB_S_UDP] / 1000;
+    pthread_mutex_unlock(&lb->lock);
 }
 
 /* Event index as tcp_state_idx(): RST wins, then SYN, FIN, ACK; -1 = none. */
@@ -105,5 +133,4 @@ void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags)
         }
     }
     c->state = new_state;
-    c->timeout_ms = state_timeout_ms[new_state];
 }

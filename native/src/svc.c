@@ -55,7 +55,9 @@ void lb_dest_bind(struct lb_dest *d, struct lb_conn *c)
 {
     c->dest = d;
     d->refcnt++;
-    if (c->flags & LB_CF_INACTIVE)
+    if (c->flags & LB_CF_TEMPLATE)
+        d->persistconns++;
+    else if (c->flags & LB_CF_INACTIVE)
         d->inactconns++;
     else
         d->activeconns++;
@@ -77,12 +79,19 @@ static void update_overload_after_unbind(struct lb_dest *d)
     }
 }
 
-void lb_dest_unbind(lb_t *lb, struct lb_dest *d, struct lb_conn *c)
+void lb_dest_unbind_counts(struct lb_dest *d, const struct lb_conn *c)
 {
-    if (c->flags & LB_CF_INACTIVE)
+    if (c->flags & LB_CF_TEMPLATE)
+        d->persistconns--;
+    else if (c->flags & LB_CF_INACTIVE)
         d->inactconns--;
     else
         d->activeconns--;
+}
+
+void lb_dest_unbind(lb_t *lb, struct lb_dest *d, struct lb_conn *c)
+{
+    lb_dest_unbind_counts(d, c);
     update_overload_after_unbind(d);
     c->dest = NULL;
     lb_dest_put(lb, d);
@@ -115,8 +124,8 @@ static int check_svc_conf(const struct lb_svc_conf *conf, const struct lb_sched_
         return LB_EINVAL;
     if (memchr(conf->sched, 0, sizeof(conf->sched)) == NULL)
         return LB_EINVAL;
-    if (conf->persist_timeout_s != 0)
-        return LB_EOPNOTSUPP; /* persistence: not implemented yet */
+    if (conf->persist_timeout_s > UINT32_MAX / 1000)
+        return LB_EINVAL;
     if (conf->flags & ~(uint32_t)LB_SVC_F_TOA)
         return LB_EINVAL;
     *sched = lb_sched_find(conf->sched);
@@ -420,6 +429,19 @@ int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uin
     pthread_mutex_unlock(&lb->lock);
     free(nf);
     return err;
+}
+
+int lb_zero_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
+{
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = svc_find_host(lb, proto, addr, port);
+    if (s) {
+        memset(&s->stats, 0, sizeof(s->stats));
+        for (uint32_t j = 0; j < s->ndests; j++)
+            memset(&s->dests[j]->stats, 0, sizeof(s->dests[j]->stats));
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return s ? LB_OK : LB_ESRCH;
 }
 
 int lb_zero(lb_t *lb)
