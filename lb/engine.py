@@ -45,6 +45,10 @@ class Reason(enum.IntEnum):
     ICMP = lib.LB_R_ICMP
     TOA_NO_ROOM = lib.LB_R_TOA_NO_ROOM
     TTL_EXCEEDED = lib.LB_R_TTL_EXCEEDED
+    SP_COOKIE = lib.LB_R_SP_COOKIE
+    SP_BAD_COOKIE = lib.LB_R_SP_BAD_COOKIE
+    SP_HELD = lib.LB_R_SP_HELD
+    SP_HANDSHAKE = lib.LB_R_SP_HANDSHAKE
 
 
 class ConnState(enum.IntEnum):

@@ -31,6 +31,7 @@ from lb.model import (
     LaddrInfo,
     ServiceSpec,
     Stats,
+    SynproxyConf,
 )
 
 
@@ -113,7 +114,7 @@ class CEngine:
         conf.sched = spec.sched.encode()
         conf.persist_timeout_s = spec.persistent or 0
         conf.netmask = _ip2int(spec.netmask)
-        conf.flags = lib.LB_SVC_F_TOA if spec.toa else 0
+        conf.flags = (lib.LB_SVC_F_TOA if spec.toa else 0) | (lib.LB_SVC_F_SYNPROXY if spec.synproxy else 0)
         return conf
 
     @staticmethod
@@ -190,6 +191,44 @@ class CEngine:
         lib.lb_get_timeouts(self._lb, vals, vals + 1, vals + 2)
         return int(vals[0]), int(vals[1]), int(vals[2])
 
+    @staticmethod
+    def _sp_conf(conf: SynproxyConf) -> object:
+        c = ffi.new("struct lb_synproxy_conf *")
+        for name, value in conf.to_json().items():
+            setattr(c, name, int(value))  # type: ignore[call-overload]
+        return c
+
+    def set_synproxy(self, key: ServiceKey | None, conf: SynproxyConf | None) -> None:
+        """The global default (key None), or one service's own settings (conf None: the default)."""
+        if key is None:
+            if conf is None:
+                raise ValueError("the global SYN-proxy default needs settings")
+            _check(lib.lb_synproxy_set_default(self._lb, self._sp_conf(conf)), "set SYN-proxy defaults")
+        else:
+            c = ffi.NULL if conf is None else self._sp_conf(conf)
+            _check(lib.lb_synproxy_set_svc(self._lb, *self._key(key), c), f"set SYN-proxy settings of {key}")
+
+    def synproxy_stats(self) -> dict[str, int]:
+        st = ffi.new("struct lb_synproxy_stats *")
+        lib.lb_synproxy_get_stats(self._lb, st)
+        return {name: getattr(st, name) for name in dir(st)}
+
+    def timers(self, now_ms: int) -> list[Action]:
+        """Run due timers (single-threaded use: tests); the NFQUEUE thread does this itself."""
+        actions = []
+        while lib.lb_timer_next(self._lb, now_ms, self._out, lib.LB_PKT_MAX, self._act):
+            a = self._act
+            actions.append(
+                Action(
+                    verdict=Verdict(a.verdict),
+                    reason=Reason(a.reason),
+                    out=bytes(ffi.buffer(self._out, a.out_len)),
+                    ifindex=a.ifindex if a.verdict == lib.LB_V_XMIT_L2 else 0,
+                    l2hdr=bytes(a.l2hdr) if a.verdict == lib.LB_V_XMIT_L2 else b"",
+                )
+            )
+        return actions
+
     def add_laddr(self, key: ServiceKey, addr: str) -> None:
         _check(lib.lb_laddr_add(self._lb, *self._key(key), _ip2int(addr)), f"add local address {addr} to {key}")
 
@@ -217,6 +256,7 @@ class CEngine:
                 persistent=s.conf.persist_timeout_s or None,
                 netmask=_int2ip(s.conf.netmask) if s.conf.netmask else "255.255.255.255",
                 toa=bool(s.conf.flags & lib.LB_SVC_F_TOA),
+                synproxy=bool(s.conf.flags & lib.LB_SVC_F_SYNPROXY),
             )
             result.append(
                 ServiceInfo(spec=spec, dests=self._dests(key), stats=_stats(s.stats), laddrs=self._laddrs(key))

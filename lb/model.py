@@ -94,6 +94,7 @@ class ServiceSpec:
     persistent: int | None = None  # persistence timeout in seconds, None = off
     netmask: str = "255.255.255.255"
     toa: bool = False  # FULLNAT: client address to real servers in TCP option 254
+    synproxy: bool = False  # answer SYNs with cookies, open to the real server after the ACK
 
     def __post_init__(self) -> None:
         if self.sched not in SCHEDULERS:
@@ -109,6 +110,7 @@ class ServiceSpec:
             "persistent": self.persistent,
             "netmask": self.netmask,
             "toa": self.toa,
+            "synproxy": self.synproxy,
         }
 
     @classmethod
@@ -120,6 +122,7 @@ class ServiceSpec:
             persistent=None if persistent is None else int(persistent),  # type: ignore[call-overload]
             netmask=str(obj.get("netmask", "255.255.255.255")),
             toa=bool(obj.get("toa", False)),
+            synproxy=bool(obj.get("synproxy", False)),
         )
 
 
@@ -189,6 +192,37 @@ class DestInfo:
     stats: Stats = field(default_factory=Stats)
     syn_retrans: int = 0  # client SYNs repeated on connections already forwarded here
     handshakes: int = 0  # connections whose handshake completed (client ACK seen)
+
+
+@dataclass(frozen=True)
+class SynproxyConf:
+    """SYN-proxy settings (lb_api.h struct lb_synproxy_conf), global or per service."""
+
+    init_rto_ms: int = 200
+    max_rto_ms: int = 3000
+    max_retries: int = 3
+    mss: int = 1460
+    sack: bool = True
+    wscale: int = 0  # only 0 (no window scaling) is supported
+    timestamps: bool = False  # only off is supported
+    defer: bool = False
+    data_max_bytes: int = 1460
+    ack_storm_max: int = 10
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.init_rto_ms <= self.max_rto_ms <= 120000:
+            raise ConfigError("SYN-proxy timeouts need 1 <= init_rto_ms <= max_rto_ms <= 120000")
+        if not 0 <= self.max_retries <= 15:
+            raise ConfigError(f"SYN-proxy max_retries {self.max_retries} out of range 0..15")
+        if not 536 <= self.mss <= 9000:
+            raise ConfigError(f"SYN-proxy mss {self.mss} out of range 536..9000")
+        if self.wscale or self.timestamps:
+            raise ConfigError("SYN-proxy supports neither window scaling nor timestamps (documented subset)")
+        if not 0 <= self.data_max_bytes <= 1460:
+            raise ConfigError(f"SYN-proxy data_max_bytes {self.data_max_bytes} out of range 0..1460")
+
+    def to_json(self) -> dict[str, object]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)

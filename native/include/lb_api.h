@@ -69,7 +69,12 @@ enum lb_reason {
     LB_R_ICMP = 14,            /* ICMP error about a connection: translated / forwarded */
     LB_R_TOA_NO_ROOM = 15,     /* FULLNAT: no room for the TOA option: forwarded without it */
     LB_R_TTL_EXCEEDED = 16,    /* FULLNAT: TTL would reach 0 on the director: dropped */
-    LB_R_COUNT = 17
+    LB_R_SP_COOKIE = 17,       /* SYN-proxy: SYN answered with a cookie SYN-ACK, no state kept */
+    LB_R_SP_BAD_COOKIE = 18,   /* SYN-proxy: ACK with an invalid or expired cookie: dropped */
+    LB_R_SP_HELD = 19,         /* SYN-proxy: client segment held or dropped while the real server's
+                                  handshake is pending (bounded buffer; ACK-storm guard) */
+    LB_R_SP_HANDSHAKE = 20,    /* SYN-proxy: real server's SYN-ACK consumed, handshake completed */
+    LB_R_COUNT = 21
 };
 
 /* Forwarding methods (ipvsadm -g / -i / -m, DPVS -b). */
@@ -110,6 +115,7 @@ enum lb_conn_state {
 
 /* Service flags (struct lb_svc_conf.flags). */
 #define LB_SVC_F_TOA 1             /* FULLNAT: put the client address in TCP option 254 (TOA) */
+#define LB_SVC_F_SYNPROXY 2        /* answer SYNs with cookies; open to the real server after the ACK */
 
 /* Encapsulation overhead of IPIP, bytes. */
 #define LB_IPIP_OVERHEAD 20
@@ -210,6 +216,32 @@ struct lb_conn_info {
     int64_t expires_in_ms;         /* time left until expiry */
 };
 
+/* SYN-proxy settings (global default, or per service). Units in the names. */
+struct lb_synproxy_conf {
+    uint32_t init_rto_ms;          /* first retransmission of the SYN to the real server (default 200) */
+    uint32_t max_rto_ms;           /* cap of the doubling timeout (default 3000) */
+    uint32_t max_retries;          /* retransmissions before giving up with a RST to the client (default 3) */
+    uint16_t mss;                  /* MSS announced to clients in the cookie SYN-ACK (default 1460) */
+    uint8_t sack;                  /* offer SACK when the client does (default 1) */
+    uint8_t wscale;                /* 0: no window scaling (the supported subset); other values refused */
+    uint8_t timestamps;            /* 0: no timestamps (the supported subset); other values refused */
+    uint8_t defer;                 /* 1: open to the real server only when the client's first data arrives */
+    uint16_t data_max_bytes;       /* client data held per connection while the real server's handshake
+                                      is pending (default 1460, at most 1460) */
+    uint32_t ack_storm_max;        /* pure ACKs tolerated per pending connection before it is reset (default 10) */
+};
+
+struct lb_synproxy_stats {
+    uint64_t cookies_sent;         /* SYN-ACKs with a cookie */
+    uint64_t cookies_valid;        /* ACKs whose cookie validated */
+    uint64_t cookies_invalid;      /* ACKs whose cookie did not */
+    uint64_t syns_to_rs;           /* first SYNs sent to real servers */
+    uint64_t syn_retransmits;      /* SYNs retransmitted to real servers (generated; the adapter counts sends) */
+    uint64_t give_ups;             /* connections reset after max_retries */
+    uint64_t handshakes;           /* real-server handshakes completed */
+    uint64_t held_dropped;         /* client segments dropped while pending (buffer full, ACK storm) */
+};
+
 struct lb_laddr_info {
     uint32_t addr;
     uint32_t conns;                /* connections currently using this local address */
@@ -224,6 +256,8 @@ struct lb_nfq_stats {
     uint64_t answers;              /* packets sent on the raw socket */
     uint64_t answer_err;
     uint64_t recv_err;             /* recv errors other than EAGAIN (e.g. ENOBUFS) */
+    uint64_t timer_frames;         /* timer-generated frames (SYN-proxy SYN retransmissions) actually sent */
+    uint64_t timer_answers;        /* timer-generated IP packets (SYN-proxy give-up RSTs) actually sent */
 };
 
 /* ---- lifecycle ---- */
@@ -255,6 +289,15 @@ int lb_zero_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port); /* one s
 /* ipvsadm --set tcp tcpfin udp: ESTABLISHED, FIN_WAIT and UDP timeouts in seconds; 0 = unchanged. */
 int lb_set_timeouts(lb_t *lb, uint32_t tcp_s, uint32_t tcpfin_s, uint32_t udp_s);
 void lb_get_timeouts(lb_t *lb, uint32_t *tcp_s, uint32_t *tcpfin_s, uint32_t *udp_s);
+/* SYN-proxy: the global default settings, and one service's own (conf NULL: back to the default). */
+int lb_synproxy_set_default(lb_t *lb, const struct lb_synproxy_conf *conf);
+int lb_synproxy_set_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port, const struct lb_synproxy_conf *conf);
+void lb_synproxy_get_stats(lb_t *lb, struct lb_synproxy_stats *out);
+/* Timers (SYN retransmissions to real servers, give-ups): when the next one is due (UINT64_MAX: none),
+ * and produce the next due action (returns 1 with *act filled, 0 when nothing is due). Not locked,
+ * like lb_process. */
+uint64_t lb_timer_due(lb_t *lb);
+int lb_timer_next(lb_t *lb, uint64_t now_ms, uint8_t *out, uint32_t out_cap, struct lb_action *act);
 /* FULLNAT local address pool of a service (DPVS -P/-Q). */
 int lb_laddr_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr);
 int lb_laddr_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr);

@@ -26,6 +26,7 @@
 #define LB_CF_NOOUTPUT LB_CONN_F_NOOUTPUT
 #define LB_CF_TOA_DONE LB_CONN_F_TOA_DONE
 #define LB_CF_TEMPLATE LB_CONN_F_TEMPLATE
+#define LB_CF_SYNPROXY 0x0100       /* SYN-proxied: state in lb->sp[slot], sequence numbers translated */
 #define LB_CF_TMPL_DEAD 0x4000     /* template invalidated (its destination left): never matches */
 #define LB_CF_USED 0x8000          /* slot holds a live (possibly expired, not yet reaped) entry */
 
@@ -52,6 +53,9 @@ struct lb_pkt {
     uint32_t l4len;        /* transport header + payload bytes */
     uint32_t tcp_seq;      /* TCP sequence number, network order */
     uint32_t tcp_doff;     /* TCP header length in bytes */
+    uint32_t tcp_ack;      /* TCP acknowledgment number, network order */
+    uint16_t tcp_win;      /* TCP window, network order */
+    uint32_t payload_len;  /* TCP/UDP payload bytes */
 };
 
 #define LB_TCP_FIN 0x01
@@ -137,6 +141,8 @@ struct lb_svc {
     uint32_t dests_cap;
     struct lb_stats stats;
     struct lb_svc *hnext;        /* service hash chain */
+    struct lb_synproxy_conf sp_conf; /* SYN-proxy settings when sp_own, else lb->sp_default applies */
+    uint8_t sp_own;
     struct lb_laddr **laddrs;    /* FULLNAT local address pool */
     uint32_t nladdrs;
     uint32_t laddrs_cap;
@@ -189,6 +195,15 @@ struct lb {
     uint64_t seed0, seed1;
     uint16_t lport_min, lport_max; /* FULLNAT local port range, host order */
     uint32_t timeouts_ms[LB_S_COUNT]; /* per state (LB_S_UDP: UDP), ipvsadm --set */
+    /* SYN-proxy (synproxy.c): side table parallel to conns, allocated with the first
+     * SYN-proxy service; a min-heap of retransmission deadlines with lazy deletion. */
+    struct lb_sp *sp;
+    struct lb_sp_timer *sp_heap;
+    uint32_t sp_heap_len;
+    uint32_t sp_heap_cap;
+    uint64_t sp_key[2];          /* master key of the cookie secrets (per-epoch keys derive from it) */
+    struct lb_synproxy_conf sp_default;
+    struct lb_synproxy_stats sp_stats;
     /* services */
     struct lb_svc *svc_hash[LB_SVC_HASH_BUCKETS];
     struct lb_svc **svcs;        /* insertion order, for listing */
@@ -235,6 +250,49 @@ void lb_laddr_put(struct lb_laddr *la);
 /* FULLNAT: pick a local address and a free local port for a new connection to d. */
 int lb_fnat_alloc(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, uint8_t proto, uint64_t now_ms,
                   struct lb_laddr **la_out, uint16_t *lport_n_out);
+
+/* synproxy.c */
+struct lb_sp {                   /* per SYN-proxied connection; zero = unused */
+    uint32_t cookie_isn;         /* our ISN towards the client, host order */
+    uint32_t client_isn;         /* the client's ISN, host order */
+    uint32_t d_in;               /* rs_isn - cookie_isn: added to client ACK/SACK numbers */
+    uint32_t rto_ms;
+    uint64_t due_ms;             /* next retransmission; 0 = none pending */
+    uint8_t *held;               /* client data held while pending (malloc'ed, <= data_max_bytes) */
+    uint16_t held_len;
+    uint16_t mss;                /* the client's MSS (from the cookie) */
+    uint16_t client_win;         /* the client's window (host order, unscaled) */
+    uint8_t phase;               /* LB_SP_* */
+    uint8_t retries;
+    uint8_t sack;
+    uint8_t pad;
+    uint32_t pure_acks;
+};
+#define LB_SP_NONE 0
+#define LB_SP_WAIT_DATA 1        /* defer mode: cookie valid, waiting for the client's first data */
+#define LB_SP_SYN_SENT 2         /* SYN sent to the real server, waiting for its SYN-ACK */
+#define LB_SP_DONE 3             /* both handshakes complete: translating sequence numbers */
+struct lb_sp_timer {
+    uint64_t due_ms;
+    uint32_t slot;
+};
+int lb_sp_enable(lb_t *lb);      /* allocate the side tables; LB_ENOMEM */
+void lb_sp_free(lb_t *lb);
+void lb_sp_release(lb_t *lb, uint32_t slot);
+int lb_sp_check_conf(const struct lb_synproxy_conf *conf);
+const struct lb_synproxy_conf *lb_sp_conf(const lb_t *lb, const struct lb_svc *s);
+int lb_sp_miss(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
+               uint32_t out_cap, struct lb_action *act);
+int lb_sp_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_ms, uint8_t *out,
+             uint32_t out_cap, struct lb_action *act);
+int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_ms, uint8_t *out,
+              uint32_t out_cap, struct lb_action *act);
+/* Bind a connection entry to a destination chosen for p (scheduling, FULLNAT allocation). */
+int lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
+                     uint32_t out_cap, struct lb_action *act, struct lb_conn **cp);
+/* proto_tcp.c: move to a state with IPVS's active/inactive accounting. */
+void lb_conn_set_state(struct lb_conn *c, uint8_t new_state);
+uint64_t lb_siphash(const uint64_t key[2], const uint8_t *data, size_t len);
 
 /* icmp.c: ICMP errors the director originates (source = the packet's destination, i.e. the VIP),
  * quoting `p`; return bytes written or 0 if they do not fit. */

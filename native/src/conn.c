@@ -135,6 +135,8 @@ static void conn_release(lb_t *lb, uint32_t idx)
         c->laddr->conns--;
         lb_laddr_put(c->laddr);
     }
+    if (c->flags & LB_CF_SYNPROXY)
+        lb_sp_release(lb, idx);
     if (c->dest)
         lb_dest_unbind(lb, c->dest, c);
     memset(c, 0, sizeof(*c));

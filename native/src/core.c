@@ -33,6 +33,7 @@ void lb_free(lb_t *lb)
         return;
     lb_conn_flush(lb);
     lb_clear(lb);
+    lb_sp_free(lb);
     /* After the flush no connection references a destination: trash is empty. */
     free(lb->svcs);
     lb_conn_table_free(lb);
@@ -110,7 +111,7 @@ static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct
 }
 
 /* Schedule a new connection for packet p on service s. */
-static int schedule_new(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
+int lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
                         uint32_t out_cap, struct lb_action *act, struct lb_conn **cp)
 {
     struct lb_conn *tmpl = NULL;
@@ -187,6 +188,18 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
         c = NULL;
     }
 
+    if (c && (c->flags & LB_CF_SYNPROXY)) {
+        if (dir == LB_DIR_OUT)
+            r = lb_sp_out(lb, &p, c, now_ms, out, out_cap, act);
+        else if (!(c->dest->flags & LB_DEST_F_AVAILABLE)) {
+            act->verdict = LB_V_DROP;
+            r = LB_R_DEST_UNAVAILABLE;
+        } else
+            r = lb_sp_in(lb, &p, c, now_ms, out, out_cap, act);
+        finish(lb, act, r);
+        return LB_OK;
+    }
+
     if (c && dir == LB_DIR_OUT) {
         /* A reply from a real server to a FULLNAT local address. */
         if (p.proto == LB_PROTO_TCP)
@@ -212,12 +225,16 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
             finish(lb, act, LB_R_NO_SERVICE);
             return LB_OK;
         }
+        if (s->conf.flags & LB_SVC_F_SYNPROXY && p.proto == LB_PROTO_TCP) {
+            finish(lb, act, lb_sp_miss(lb, &p, s, now_ms, out, out_cap, act));
+            return LB_OK;
+        }
         if (p.proto == LB_PROTO_TCP && !(p.tcp_flags & LB_TCP_SYN)) {
             act->verdict = LB_V_ACCEPT;
             finish(lb, act, LB_R_NO_CONN);
             return LB_OK;
         }
-        r = schedule_new(lb, &p, s, now_ms, out, out_cap, act, &c);
+        r = lb_schedule_conn(lb, &p, s, now_ms, out, out_cap, act, &c);
         if (r != LB_R_FORWARDED) {
             finish(lb, act, r);
             return LB_OK;
@@ -280,6 +297,10 @@ const char *lb_reason_name(int reason)
         [LB_R_ICMP] = "icmp",
         [LB_R_TOA_NO_ROOM] = "toa_no_room",
         [LB_R_TTL_EXCEEDED] = "ttl_exceeded",
+        [LB_R_SP_COOKIE] = "sp_cookie",
+        [LB_R_SP_BAD_COOKIE] = "sp_bad_cookie",
+        [LB_R_SP_HELD] = "sp_held",
+        [LB_R_SP_HANDSHAKE] = "sp_handshake",
     };
     return reason >= 0 && reason < LB_R_COUNT ? names[reason] : "unknown";
 }

@@ -133,8 +133,9 @@ struct batch_item {
     int valid;
 };
 
-static void send_frames(struct lb_nfq *q, struct batch_item *items, int n)
+static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
 {
+    uint64_t sent = 0;
     /* Frame i = l2hdr + (rewritten bytes in out slot i, or the original packet). */
     struct mmsghdr msgs[NFQ_BATCH];
     struct iovec iov[NFQ_BATCH][2];
@@ -178,12 +179,15 @@ static void send_frames(struct lb_nfq *q, struct batch_item *items, int n)
             continue;
         }
         q->stats.xmit_l2 += (uint64_t)r;
+        sent += (uint64_t)r;
         done += r;
     }
+    return sent;
 }
 
-static void send_answers(struct lb_nfq *q, struct batch_item *items, int n, int base)
+static uint64_t send_answers(struct lb_nfq *q, struct batch_item *items, int n, int base)
 {
+    uint64_t sent = 0;
     for (int i = 0; i < n; i++) {
         struct batch_item *it = &items[i];
         if (!it->valid || it->act.verdict != LB_V_ANSWER)
@@ -193,11 +197,14 @@ static void send_answers(struct lb_nfq *q, struct batch_item *items, int n, int 
         memset(&dst, 0, sizeof(dst));
         dst.sin_family = AF_INET;
         memcpy(&dst.sin_addr, o + 16, 4);
-        if (sendto(q->raw_fd, o, it->act.out_len, 0, (struct sockaddr *)&dst, sizeof(dst)) < 0)
+        if (sendto(q->raw_fd, o, it->act.out_len, 0, (struct sockaddr *)&dst, sizeof(dst)) < 0) {
             q->stats.answer_err++;
-        else
+        } else {
             q->stats.answers++;
+            sent++;
+        }
     }
+    return sent;
 }
 
 static void send_verdicts(struct lb_nfq *q, struct batch_item *items, int n)
@@ -262,13 +269,52 @@ static void process_batch(struct lb_nfq *q, int nmsgs)
     send_verdicts(q, items, n);
 }
 
+/* Run due timers (SYN-proxy retransmissions and give-ups); each produced
+ * packet is a fresh copy sent here and counted only if the send succeeded. */
+static void process_timers(struct lb_nfq *q)
+{
+    struct batch_item items[NFQ_BATCH];
+    for (;;) {
+        int n = 0;
+        uint64_t t = now_ms();
+        pthread_mutex_lock(&q->lb->lock);
+        while (n < NFQ_BATCH) {
+            memset(&items[n], 0, sizeof(items[n]));
+            if (!lb_timer_next(q->lb, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX, &items[n].act))
+                break;
+            items[n].valid = 1;
+            n++;
+        }
+        pthread_mutex_unlock(&q->lb->lock);
+        if (n == 0)
+            return;
+        q->stats.timer_frames += send_frames(q, items, n);
+        q->stats.timer_answers += send_answers(q, items, n, 0);
+        if (n < NFQ_BATCH)
+            return;
+    }
+}
+
+static int poll_timeout_ms(struct lb_nfq *q)
+{
+    pthread_mutex_lock(&q->lb->lock);
+    uint64_t due = lb_timer_due(q->lb);
+    pthread_mutex_unlock(&q->lb->lock);
+    if (due == UINT64_MAX)
+        return NFQ_POLL_MS;
+    uint64_t t = now_ms();
+    if (due <= t)
+        return 0;
+    return due - t < NFQ_POLL_MS ? (int)(due - t) : NFQ_POLL_MS;
+}
+
 static void *nfq_thread(void *arg)
 {
     struct lb_nfq *q = arg;
     int fd = mnl_socket_get_fd(q->nl);
     struct pollfd pfd = {.fd = fd, .events = POLLIN};
     while (!__atomic_load_n(&q->stop, __ATOMIC_ACQUIRE)) {
-        int pr = poll(&pfd, 1, NFQ_POLL_MS);
+        int pr = poll(&pfd, 1, poll_timeout_ms(q));
         if (pr > 0 && (pfd.revents & POLLIN)) {
             for (int i = 0; i < NFQ_BATCH; i++) {
                 q->rx_iov[i].iov_base = q->rx + (size_t)i * NFQ_MSG_BUF;
@@ -283,6 +329,7 @@ static void *nfq_thread(void *arg)
             else if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 q->stats.recv_err++;
         }
+        process_timers(q);
         uint64_t t = now_ms();
         if (t - q->last_expire_ms >= NFQ_EXPIRE_EVERY_MS) {
             q->last_expire_ms = t;

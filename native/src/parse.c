@@ -43,6 +43,9 @@ int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p)
     p->l4len = tot_len - ihl;
     p->tcp_flags = 0;
     p->tcp_seq = 0;
+    p->tcp_ack = 0;
+    p->tcp_win = 0;
+    p->payload_len = 0;
     p->tcp_doff = 0;
     p->sport = 0;
     p->dport = 0;
@@ -57,7 +60,10 @@ int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p)
         memcpy(&p->sport, th, 2);
         memcpy(&p->dport, th + 2, 2);
         memcpy(&p->tcp_seq, th + 4, 4);
+        memcpy(&p->tcp_ack, th + 8, 4);
+        memcpy(&p->tcp_win, th + 14, 2);
         p->tcp_doff = doff;
+        p->payload_len = p->l4len - doff;
         p->tcp_flags = th[13];
     } else if (p->proto == LB_PROTO_UDP) {
         if (p->l4len < 8)
@@ -65,6 +71,7 @@ int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p)
         const uint8_t *uh = buf + ihl;
         memcpy(&p->sport, uh, 2);
         memcpy(&p->dport, uh + 2, 2);
+        p->payload_len = p->l4len - 8;
     } else if (p->proto == LB_PROTO_ICMP) {
         if (p->l4len < 8)
             return LB_R_MALFORMED;

@@ -119,7 +119,11 @@ void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags)
     int ev = tcp_event(tcp_flags);
     if (ev >= 0 && c->state < TCP_STATES)
         new_state = tcp_states[off + ev][c->state];
+    lb_conn_set_state(c, new_state);
+}
 
+void lb_conn_set_state(struct lb_conn *c, uint8_t new_state)
+{
     if (new_state != c->state && c->dest) {
         struct lb_dest *d = c->dest;
         if (!(c->flags & LB_CF_INACTIVE) && new_state != LB_S_ESTABLISHED) {

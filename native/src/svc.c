@@ -39,6 +39,14 @@ static struct lb_svc *svc_find_host(const lb_t *lb, uint8_t proto, uint32_t addr
     return lb_svc_find(lb, proto, lb_htonl(addr), lb_htons(port));
 }
 
+static int all_fullnat(const struct lb_svc *s)
+{
+    for (uint32_t i = 0; i < s->ndests; i++)
+        if (s->dests[i]->conf.fwd != LB_FWD_FULLNAT)
+            return 0;
+    return 1;
+}
+
 static int find_dest_idx(const struct lb_svc *s, uint32_t addr, uint16_t port)
 {
     for (uint32_t i = 0; i < s->ndests; i++)
@@ -126,8 +134,10 @@ static int check_svc_conf(const struct lb_svc_conf *conf, const struct lb_sched_
         return LB_EINVAL;
     if (conf->persist_timeout_s > UINT32_MAX / 1000)
         return LB_EINVAL;
-    if (conf->flags & ~(uint32_t)LB_SVC_F_TOA)
+    if (conf->flags & ~(uint32_t)(LB_SVC_F_TOA | LB_SVC_F_SYNPROXY))
         return LB_EINVAL;
+    if ((conf->flags & LB_SVC_F_SYNPROXY) && conf->proto != LB_PROTO_TCP)
+        return LB_EINVAL; /* SYN-proxy is a TCP feature */
     *sched = lb_sched_find(conf->sched);
     return *sched ? LB_OK : LB_ENOENT;
 }
@@ -153,6 +163,8 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
         lb->svcs = n;
         lb->svcs_cap = cap;
     }
+    if ((conf->flags & LB_SVC_F_SYNPROXY) && (err = lb_sp_enable(lb)) != LB_OK)
+        goto out;
     struct lb_svc *s = calloc(1, sizeof(*s));
     if (!s) {
         err = LB_ENOMEM;
@@ -184,6 +196,10 @@ int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
     struct lb_svc *s = svc_find_host(lb, conf->proto, conf->addr, conf->port);
     if (!s) {
         err = LB_ESRCH;
+    } else if ((conf->flags & LB_SVC_F_SYNPROXY) && !all_fullnat(s)) {
+        err = LB_EOPNOTSUPP; /* only FULLNAT destinations can be SYN-proxied */
+    } else if ((conf->flags & LB_SVC_F_SYNPROXY) && (err = lb_sp_enable(lb)) != LB_OK) {
+        /* err set */
     } else {
         if (s->sched != sched) {
             s->sched = sched;
@@ -314,6 +330,10 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         err = LB_EEXIST;
         goto out;
     }
+    if ((s->conf.flags & LB_SVC_F_SYNPROXY) && conf->fwd != LB_FWD_FULLNAT) {
+        err = LB_EOPNOTSUPP; /* DR and tunnel cannot be SYN-proxied (DPVS refuses it too) */
+        goto out;
+    }
     if (s->ndests == s->dests_cap) {
         uint32_t cap = s->dests_cap ? s->dests_cap * 2 : 8;
         struct lb_dest **n = realloc(s->dests, cap * sizeof(*n));
@@ -364,6 +384,8 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
         err = LB_ESRCH;
     } else if (i < 0) {
         err = LB_ENOENT;
+    } else if ((s->conf.flags & LB_SVC_F_SYNPROXY) && conf->fwd != LB_FWD_FULLNAT) {
+        err = LB_EOPNOTSUPP;
     } else {
         struct lb_dest *d = s->dests[i];
         if (d->conf.fwd != conf->fwd) {
@@ -615,4 +637,22 @@ int lb_laddr_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struc
     }
     pthread_mutex_unlock(&lb->lock);
     return ret;
+}
+
+int lb_synproxy_set_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port, const struct lb_synproxy_conf *conf)
+{
+    if (conf) {
+        int err = lb_sp_check_conf(conf);
+        if (err)
+            return err;
+    }
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = svc_find_host(lb, proto, addr, port);
+    if (s) {
+        if (conf)
+            s->sp_conf = *conf;
+        s->sp_own = conf != NULL;
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return s ? LB_OK : LB_ESRCH;
 }
