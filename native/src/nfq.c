@@ -35,6 +35,7 @@
 #define NFQ_BATCH 64                       /* packets per recvmmsg */
 #define NFQ_MSG_BUF (LB_PKT_MAX + 4096)    /* one packet message: payload + netlink/attribute headers */
 #define NFQ_RCVBUF_BYTES (32 * 1024 * 1024)
+#define NFQ_SNDBUF_BYTES (4 * 1024 * 1024)
 #define NFQ_POLL_MS 100
 #define NFQ_EXPIRE_EVERY_MS 100
 #define NFQ_EXPIRE_STEPS 10                /* the whole table is swept every 10 ticks (~1 s) */
@@ -169,7 +170,7 @@ static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
     }
     int done = 0;
     while (done < m) {
-        int r = sendmmsg(q->pkt_fd, msgs + done, (unsigned int)(m - done), 0);
+        int r = sendmmsg(q->pkt_fd, msgs + done, (unsigned int)(m - done), MSG_DONTWAIT);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -197,7 +198,10 @@ static uint64_t send_answers(struct lb_nfq *q, struct batch_item *items, int n, 
         memset(&dst, 0, sizeof(dst));
         dst.sin_family = AF_INET;
         memcpy(&dst.sin_addr, o + 16, 4);
-        if (sendto(q->raw_fd, o, it->act.out_len, 0, (struct sockaddr *)&dst, sizeof(dst)) < 0) {
+        /* Never block: answers to unresolvable (e.g. spoofed) clients wait in the
+         * kernel's neighbour queue holding send-buffer memory; a blocking send
+         * would stall the whole queue thread. A failed send is counted. */
+        if (sendto(q->raw_fd, o, it->act.out_len, MSG_DONTWAIT, (struct sockaddr *)&dst, sizeof(dst)) < 0) {
             q->stats.answer_err++;
         } else {
             q->stats.answers++;
@@ -395,6 +399,11 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, uint32_t flags, int *err)
         e = -errno;
         goto fail;
     }
+    int sndbuf = NFQ_SNDBUF_BYTES;
+    if (setsockopt(q->raw_fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
+        setsockopt(q->raw_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    if (setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
+        setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
     /* Marked so the director's raw OUTPUT table can leave our packets untracked. */
     uint32_t mark = LB_SOCKET_MARK_BASE | queue_num;
     if (setsockopt(q->raw_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {

@@ -593,7 +593,11 @@ int lb_laddr_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32
     la->addr = laddr;
     la->addr_n = lb_htonl(laddr);
     la->refcnt = 1;
-    la->next_port = lb->lport_min;
+    /* Start each address's port cursor at a seeded offset, so a restarted
+     * director does not reuse the tuples its predecessor left in TIME_WAIT on
+     * the real servers. */
+    uint32_t range = (uint32_t)lb->lport_max - lb->lport_min + 1;
+    la->next_port = (uint16_t)(lb->lport_min + (uint32_t)((laddr * 0x9E3779B1u + (uint32_t)lb->seed0) % range));
     s->laddrs[s->nladdrs++] = la;
 out:
     pthread_mutex_unlock(&lb->lock);

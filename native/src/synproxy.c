@@ -663,6 +663,19 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
             act->out_len = n;
             return LB_R_SP_HANDSHAKE;
         }
+        if (sp->phase == LB_SP_SYN_SENT && (fl & LB_TCP_ACK) && !(fl & LB_TCP_RST)) {
+            /* An ACK that does not answer our SYN (e.g. a TIME_WAIT's challenge ACK):
+             * as a client in SYN-SENT does (RFC 793), reset it with SEQ = its ACK; the
+             * next retransmission of the SYN then finds a clean slate. */
+            uint32_t n = build_tcp(out, out_cap, c->laddr_n, c->lport, c->dest->addr_n, c->dest->port_n,
+                                   lb_ntohl(p->tcp_ack), 0, LB_TCP_RST, 0, NULL, 0, NULL, 0);
+            if (n && lb_xmit_l2_to(c->dest, act) == 0) {
+                act->out_len = n;
+                return LB_R_SP_HELD;
+            }
+            act->verdict = LB_V_DROP;
+            return LB_R_SP_HELD;
+        }
         if (fl & LB_TCP_RST) {
             /* The server refused: reset the client and forget the connection. */
             uint32_t n = build_client_rst(c, sp, out, out_cap);

@@ -57,6 +57,23 @@ static int setup(lb_t *lb)
     int rc = 0;
     uint16_t ports[3] = {80, 81, 82};
     int32_t fwds[3] = {LB_FWD_ROUTE, LB_FWD_TUNNEL, LB_FWD_FULLNAT};
+    /* TCP VIP:83: FULLNAT with SYN-proxy (defaults: 200 ms doubling, 3 retries). */
+    memset(&s, 0, sizeof(s));
+    s.proto = LB_PROTO_TCP;
+    s.addr = VIP;
+    s.port = 83;
+    strcpy(s.sched, "rr");
+    s.flags = LB_SVC_F_SYNPROXY | LB_SVC_F_TOA;
+    rc |= lb_svc_add(lb, &s);
+    memset(&d, 0, sizeof(d));
+    d.addr = BRS1;
+    d.port = 80;
+    d.fwd = LB_FWD_FULLNAT;
+    d.weight = 1;
+    rc |= lb_dest_add(lb, LB_PROTO_TCP, VIP, 83, &d);
+    fwd_for(&f, 0x20);
+    rc |= lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 83, BRS1, 80, &f);
+    rc |= lb_laddr_add(lb, LB_PROTO_TCP, VIP, 83, LIP);
     for (int i = 0; i < 3; i++) {
         memset(&s, 0, sizeof(s));
         s.proto = LB_PROTO_TCP;
@@ -127,6 +144,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         now += data[0] * 50u;
     if (process_checked(lb, size > 1 ? data + 1 : data, size > 1 ? (uint32_t)size - 1 : (uint32_t)size, now))
         abort();
+    struct lb_action tact;
+    while (lb_timer_next(lb, now, out_buf, sizeof(out_buf), &tact))
+        ;
     lb_expire(lb, now, 64);
     return 0;
 }
@@ -180,6 +200,10 @@ static int cmd_replay(int argc, char **argv)
             free(pkt);
             now += 7;
         }
+        now += 10000; /* past every SYN-proxy retransmission and give-up */
+        struct lb_action tact;
+        while (lb_timer_next(lb, now, out_buf, sizeof(out_buf), &tact))
+            bad |= check(tact.verdict == LB_V_XMIT_L2 || tact.verdict == LB_V_ANSWER, "timer actions send");
         lb_expire(lb, now, 0);
     }
     lb_expire(lb, now + 3600 * 1000, 0);
