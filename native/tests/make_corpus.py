@@ -1,0 +1,66 @@
+"""Write the fuzz/replay seed corpus for native/tests/harness.c.
+
+Each file is one fuzzer input: byte 0 advances the harness clock (x 50 ms),
+the rest is an IPv4 packet aimed at the harness's standard configuration
+(VIP 10.0.0.100: TCP/UDP 80 DR, 81 IPIP, 82 FULLNAT with TOA, 83 FULLNAT
+with SYN-proxy; FULLNAT real servers 10.1.0.11-12:80, local address
+10.1.0.1). For `harness replay`, the same files are fed without byte 0
+stripped, which is harmless: the packet is then malformed and must be
+handled as such.
+
+    python native/tests/make_corpus.py native/tests/corpus
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from scapy.all import ICMP, IP, TCP, UDP, Raw, raw  # type: ignore[import-untyped]
+
+VIP = "10.0.0.100"
+CLIENT = "192.0.2.7"
+RS = "10.1.0.11"
+LIP = "10.1.0.1"
+
+
+def seeds() -> dict[str, bytes]:
+    s: dict[str, bytes] = {}
+    opts = [("MSS", 1460), ("SAckOK", b""), ("WScale", 7), ("Timestamp", (1, 0))]
+    for port in (80, 81, 82, 83):
+        s[f"tcp{port}_syn"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="S", options=opts))
+        s[f"tcp{port}_ack"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="A", seq=1, ack=1))
+        s[f"tcp{port}_data"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="PA") / Raw(b"GET / HTTP/1.1\r\n\r\n"))
+        s[f"tcp{port}_fin"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="FA"))
+        s[f"tcp{port}_rst"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="R"))
+        s[f"udp{port}"] = raw(IP(src=CLIENT, dst=VIP) / UDP(sport=5353, dport=port) / Raw(b"x" * 32))
+    s["fnat_reply_synack"] = raw(IP(src=RS, dst=LIP) / TCP(sport=80, dport=1024, flags="SA", options=[("MSS", 1460)]))
+    s["fnat_reply_data"] = raw(IP(src=RS, dst=LIP) / TCP(sport=80, dport=1024, flags="PA") / Raw(b"HTTP/1.1 200 OK\r\n"))
+    s["icmp_frag_needed_rs"] = raw(IP(src=RS, dst=LIP) / ICMP(type=3, code=4, nexthopmtu=1400)
+                                   / raw(IP(src=LIP, dst=RS) / TCP(sport=1024, dport=80))[:28])
+    s["icmp_unreach_client"] = raw(IP(src=CLIENT, dst=VIP) / ICMP(type=3, code=3)
+                                   / raw(IP(src=VIP, dst=CLIENT) / TCP(sport=80, dport=40000))[:28])
+    s["icmp_echo"] = raw(IP(src=CLIENT, dst=VIP) / ICMP())
+    s["ip_options"] = raw(IP(src=CLIENT, dst=VIP, options=b"\x94\x04\x00\x00") / TCP(sport=40001, dport=80, flags="S"))
+    s["fragment_first"] = raw(IP(src=CLIENT, dst=VIP, flags="MF") / TCP(sport=40002, dport=80, flags="S"))
+    s["fragment_later"] = raw(IP(src=CLIENT, dst=VIP, frag=100) / Raw(b"y" * 16))
+    s["ttl1"] = raw(IP(src=CLIENT, dst=VIP, ttl=1) / TCP(sport=40003, dport=82, flags="S"))
+    s["big_df"] = raw(IP(src=CLIENT, dst=VIP, flags="DF") / TCP(sport=40004, dport=81, flags="A") / Raw(b"z" * 1470))
+    s["syn_fin"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40005, dport=80, flags="SF"))
+    s["no_flags"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40006, dport=80, flags=0))
+    s["ipv6_header"] = bytes([0x60]) + bytes(39)
+    return s
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[1] if len(argv) > 1 else "native/tests/corpus")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, pkt in seeds().items():
+        # Byte 0: clock advance for the fuzz target (1 = 50 ms).
+        (out / name).write_bytes(b"\x01" + pkt)
+    print(f"wrote {len(seeds())} seeds to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
