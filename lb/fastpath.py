@@ -325,6 +325,33 @@ class CEngine:
             if n < chunk:
                 return result
 
+    def dump_connections_raw(self, now_ms: int) -> bytes:
+        """Every live entry as packed struct lb_conn_info records (a restart snapshot)."""
+        chunk = 4096
+        arr = ffi.new("struct lb_conn_info[]", chunk)
+        cursor = ffi.new("uint32_t *", 0)
+        parts = []
+        while True:
+            n = _check(lib.lb_conn_dump(self._lb, now_ms, arr, chunk, cursor), "connection dump")
+            parts.append(bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info"))))
+            if n < chunk:
+                return b"".join(parts)
+
+    def restore_connections_raw(self, blob: bytes, now_ms: int) -> dict[str, int]:
+        """Recreate entries from dump_connections_raw() output; returns outcome counts by errno name."""
+        size = ffi.sizeof("struct lb_conn_info")
+        if len(blob) % size:
+            raise EngineError("EINVAL", f"snapshot size {len(blob)} is not a multiple of {size}")
+        n = len(blob) // size
+        arr = ffi.new("struct lb_conn_info[]", max(n, 1))
+        ffi.memmove(arr, blob, len(blob))
+        outcome: dict[str, int] = {}
+        for i in range(n):
+            rc = lib.lb_conn_restore(self._lb, arr + i, now_ms)
+            name = "restored" if rc == 0 else ERRNO_NAMES.get(rc, str(rc))
+            outcome[name] = outcome.get(name, 0) + 1
+        return outcome
+
     def counters(self) -> dict[str, int]:
         n = lib.LB_R_COUNT
         arr = ffi.new("uint64_t[]", n)

@@ -112,6 +112,7 @@ enum lb_conn_state {
 #define LB_CONN_F_NOOUTPUT 2
 #define LB_CONN_F_TOA_DONE 4
 #define LB_CONN_F_TEMPLATE 8       /* a persistence template (client port 0, state NONE) */
+#define LB_CONN_F_SYNPROXY 16      /* SYN-proxied (sequence numbers translated) */
 
 /* Service flags (struct lb_svc_conf.flags). */
 #define LB_SVC_F_TOA 1             /* FULLNAT: put the client address in TCP option 254 (TOA) */
@@ -310,6 +311,11 @@ int lb_dest_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport,
                  struct lb_dest_info *out, uint32_t cap);                  /* returns total count or LB_ESRCH */
 /* Copy up to cap live entries starting at *cursor (0 to begin); updates *cursor; returns the number copied. */
 int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor);
+/* Recreate an entry from a dump (restart recovery; see lbd's state snapshots). Its service and
+ * destination (and FULLNAT local address) must exist: LB_ESRCH / LB_ENOENT otherwise; LB_EEXIST if
+ * the entry exists; LB_ENOSPC when the table is full; LB_EOPNOTSUPP for SYN-proxy entries (their
+ * sequence translation is not in the dump). Templates come back as templates. Locks. */
+int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms);
 uint32_t lb_conn_count(lb_t *lb);
 uint32_t lb_conn_max(lb_t *lb);
 uint32_t lb_hash_buckets(lb_t *lb);

@@ -26,7 +26,7 @@
 #define LB_CF_NOOUTPUT LB_CONN_F_NOOUTPUT
 #define LB_CF_TOA_DONE LB_CONN_F_TOA_DONE
 #define LB_CF_TEMPLATE LB_CONN_F_TEMPLATE
-#define LB_CF_SYNPROXY 0x0100       /* SYN-proxied: state in lb->sp[slot], sequence numbers translated */
+#define LB_CF_SYNPROXY LB_CONN_F_SYNPROXY /* state in lb->sp[slot], sequence numbers translated */
 #define LB_CF_TMPL_DEAD 0x4000     /* template invalidated (its destination left): never matches */
 #define LB_CF_USED 0x8000          /* slot holds a live (possibly expired, not yet reaped) entry */
 

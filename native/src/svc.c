@@ -660,3 +660,77 @@ int lb_synproxy_set_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port, c
     pthread_mutex_unlock(&lb->lock);
     return s ? LB_OK : LB_ESRCH;
 }
+
+/* ---------------------------------------------------------------- restart recovery */
+
+int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
+{
+    if (!ci || (ci->proto != LB_PROTO_TCP && ci->proto != LB_PROTO_UDP) || ci->state >= LB_S_COUNT)
+        return LB_EINVAL;
+    if (ci->flags & LB_CONN_F_SYNPROXY)
+        return LB_EOPNOTSUPP;
+    if (ci->expires_in_ms <= 0)
+        return LB_OK; /* already dead: nothing to restore */
+    int err = LB_OK;
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = svc_find_host(lb, ci->proto, ci->vaddr, ci->vport);
+    int di = s ? find_dest_idx(s, ci->daddr, ci->dport) : -1;
+    if (!s) {
+        err = LB_ESRCH;
+        goto out;
+    }
+    if (di < 0) {
+        err = LB_ENOENT;
+        goto out;
+    }
+    struct lb_dest *d = s->dests[di];
+    struct lb_pkt p;
+    memset(&p, 0, sizeof(p));
+    p.proto = ci->proto;
+    p.saddr = lb_htonl(ci->caddr);
+    p.sport = lb_htons(ci->cport);
+    p.daddr = lb_htonl(ci->vaddr);
+    p.dport = lb_htons(ci->vport);
+    if (ci->flags & LB_CONN_F_TEMPLATE) {
+        if (lb_tmpl_lookup(lb, p.proto, p.saddr, p.daddr, p.dport, now_ms)) {
+            err = LB_EEXIST;
+            goto out;
+        }
+        struct lb_conn *t = lb_tmpl_new(lb, p.proto, p.saddr, p.daddr, p.dport, d,
+                                        s->conf.persist_timeout_s ? s->conf.persist_timeout_s * 1000 : 300000, now_ms);
+        if (!t) {
+            err = LB_ENOSPC;
+            goto out;
+        }
+        t->expires_ms = now_ms + (uint64_t)ci->expires_in_ms;
+        goto out;
+    }
+    if (lb_conn_lookup(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms, NULL)) {
+        err = LB_EEXIST;
+        goto out;
+    }
+    struct lb_laddr *la = NULL;
+    if (d->conf.fwd == LB_FWD_FULLNAT) {
+        int li = find_laddr_idx(s, ci->laddr);
+        if (li < 0) {
+            err = LB_ENOENT;
+            goto out;
+        }
+        la = s->laddrs[li];
+        if (lb_conn_lookup(lb, p.proto, d->addr_n, d->port_n, la->addr_n, lb_htons(ci->lport), now_ms, NULL)) {
+            err = LB_EEXIST;
+            goto out;
+        }
+    }
+    struct lb_conn *c = lb_conn_new(lb, &p, d, la, lb_htons(ci->lport), now_ms);
+    if (!c) {
+        err = LB_ENOSPC;
+        goto out;
+    }
+    lb_conn_set_state(c, ci->state); /* with IPVS's active/inactive accounting */
+    c->flags |= (uint16_t)(ci->flags & LB_CONN_F_TOA_DONE);
+    c->expires_ms = now_ms + (uint64_t)ci->expires_in_ms;
+out:
+    pthread_mutex_unlock(&lb->lock);
+    return err;
+}
