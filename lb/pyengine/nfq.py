@@ -1,0 +1,206 @@
+"""NFQUEUE adapter for `lbd --engine python`: the only part of the Python engine that does I/O.
+
+One thread binds queue N with netfilterqueue, hands each packet to
+`engine.process(payload, now_ms)` (now_ms = time.monotonic() in milliseconds, the
+same clock as the C adapter's CLOCK_MONOTONIC) and applies the action:
+
+- ACCEPT   -> accept the packet unchanged
+- DROP     -> drop
+- MANGLE   -> set_payload(action.out) and accept
+- XMIT_L2  -> send l2hdr + (action.out if not empty, else the original packet) on an
+              AF_PACKET socket bound to action.ifindex (one socket per ifindex, opened on
+              first use); drop the original
+- ANSWER   -> send action.out (a complete IPv4 packet) through a raw IPPROTO_RAW socket
+              marked SOCKET_MARK_BASE | queue (so lbd's raw-table rules let it leave
+              untracked and never queue it again); drop the original
+
+A failed send still drops the original (it was consumed) and is counted. Every
+~1 s the thread calls engine.expire(now_ms). Verdicts are given in arrival order,
+inside the callback.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lb.engine import SOCKET_MARK_BASE, Action, Engine, Verdict
+
+log = logging.getLogger(__name__)
+
+EXPIRE_INTERVAL_MS = 1000  # how often dead entries are swept, milliseconds
+QUEUE_MAXLEN = 4096  # packets the kernel holds for us before dropping (or bypassing)
+SOCKET_RCVBUF = 8 * 1024 * 1024  # bytes; the kernel doubles it
+POLL_TIMEOUT_S = 0.2  # upper bound on how late stop() and expiry are noticed, seconds
+
+
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+@dataclass
+class NfqStats:
+    """Mirrors struct lb_nfq_stats."""
+
+    packets: int = 0
+    batches: int = 0
+    verdicts: int = 0
+    xmit_l2: int = 0
+    xmit_l2_err: int = 0
+    answers: int = 0
+    answer_err: int = 0
+    recv_err: int = 0
+
+
+class NfqAdapter:
+    def __init__(self, engine: Engine, clock_ms: Callable[[], int] = monotonic_ms) -> None:
+        self._engine = engine
+        self._clock_ms = clock_ms
+        self.stats = NfqStats()
+        self._l2_sockets: dict[int, socket.socket] = {}
+        self._raw_socket: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = -1, -1
+        self._queue: object | None = None
+        self._queue_num = 0
+        self._error: BaseException | None = None
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    def start(self, queue_num: int) -> None:
+        """Bind the queue (raises OSError if that fails, e.g. without CAP_NET_ADMIN) and start the thread."""
+        from netfilterqueue import NetfilterQueue
+
+        if self._thread is not None:
+            raise RuntimeError("adapter already started")
+        queue = NetfilterQueue()
+        try:
+            queue.bind(queue_num, self._on_packet, max_len=QUEUE_MAXLEN, sock_len=SOCKET_RCVBUF)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot bind NFQUEUE {queue_num}: {exc}") from exc
+        self._queue = queue
+        self._queue_num = queue_num
+        self._wake_r, self._wake_w = os.pipe()
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name=f"nfq-{queue_num}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread, unbind the queue, close the sockets. Idempotent."""
+        if self._thread is None:
+            return
+        self._stopping.set()
+        os.write(self._wake_w, b"x")
+        self._thread.join()
+        self._thread = None
+        queue, self._queue = self._queue, None
+        if queue is not None:
+            queue.unbind()  # type: ignore[attr-defined]
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self._wake_r = self._wake_w = -1
+        for sock in self._l2_sockets.values():
+            sock.close()
+        self._l2_sockets.clear()
+        if self._raw_socket is not None:
+            self._raw_socket.close()
+            self._raw_socket = None
+        if self._error is not None:
+            log.error("NFQUEUE thread had failed: %s", self._error)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---- the thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        fd = queue.get_fd()  # type: ignore[attr-defined]
+        next_expire = self._clock_ms() + EXPIRE_INTERVAL_MS
+        try:
+            while not self._stopping.is_set():
+                readable, _, _ = select.select([fd, self._wake_r], [], [], POLL_TIMEOUT_S)
+                if fd in readable:
+                    self.stats.batches += 1
+                    try:
+                        queue.run(block=False)  # type: ignore[attr-defined]
+                    except OSError as exc:
+                        self.stats.recv_err += 1
+                        if exc.errno not in (errno.ENOBUFS, errno.EINTR):
+                            log.warning("NFQUEUE recv failed: %s", exc)
+                now = self._clock_ms()
+                if now >= next_expire:
+                    self._engine.expire(now)
+                    next_expire = now + EXPIRE_INTERVAL_MS
+        except BaseException as exc:  # pragma: no cover - logged, surfaced by stop()
+            self._error = exc
+            log.exception("NFQUEUE thread died")
+
+    def _on_packet(self, packet: object) -> None:
+        self.stats.packets += 1
+        payload: bytes = packet.get_payload()  # type: ignore[attr-defined]
+        try:
+            action = self._engine.process(payload, self._clock_ms())
+        except Exception:  # the engine must never take the queue down: fail closed for this packet
+            log.exception("engine failed on a %d-byte packet", len(payload))
+            packet.drop()  # type: ignore[attr-defined]
+            self.stats.verdicts += 1
+            return
+        self._apply(packet, payload, action)
+        self.stats.verdicts += 1
+
+    def _apply(self, packet: object, payload: bytes, action: Action) -> None:
+        verdict = action.verdict
+        if verdict == Verdict.ACCEPT:
+            packet.accept()  # type: ignore[attr-defined]
+        elif verdict == Verdict.DROP:
+            packet.drop()  # type: ignore[attr-defined]
+        elif verdict == Verdict.MANGLE:
+            packet.set_payload(action.out)  # type: ignore[attr-defined]
+            packet.accept()  # type: ignore[attr-defined]
+        elif verdict == Verdict.XMIT_L2:
+            self._send_l2(action.ifindex, action.l2hdr + (action.out or payload))
+            packet.drop()  # type: ignore[attr-defined]
+        elif verdict == Verdict.ANSWER:
+            self._send_answer(action.out)
+            packet.drop()  # type: ignore[attr-defined]
+        else:  # pragma: no cover - Verdict is closed
+            raise ValueError(f"unknown verdict {verdict!r}")
+
+    # ---- output sockets ---------------------------------------------------------------
+
+    def _send_l2(self, ifindex: int, frame: bytes) -> None:
+        try:
+            sock = self._l2_sockets.get(ifindex)
+            if sock is None:
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # send-only: protocol 0
+                sock.bind((socket.if_indextoname(ifindex), 0))
+                self._l2_sockets[ifindex] = sock
+            sock.send(frame)
+            self.stats.xmit_l2 += 1
+        except OSError as exc:
+            self.stats.xmit_l2_err += 1
+            log.debug("AF_PACKET send on ifindex %d failed: %s", ifindex, exc)
+
+    def _send_answer(self, ip_packet: bytes) -> None:
+        try:
+            if self._raw_socket is None:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, SOCKET_MARK_BASE | self._queue_num)
+                self._raw_socket = sock
+            destination = socket.inet_ntoa(ip_packet[16:20])
+            self._raw_socket.sendto(ip_packet, (destination, 0))
+            self.stats.answers += 1
+        except OSError as exc:
+            self.stats.answer_err += 1
+            log.debug("raw IP send failed: %s", exc)

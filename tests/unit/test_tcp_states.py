@@ -1,0 +1,247 @@
+"""The IPVS TCP state tables, cell by cell, with the expected values read from docs/fastpath.md.
+
+- Every cell of INPUT, OUTPUT and INPUT-ONLY, and every timeout, of lb/pyengine's
+  tables equals the document's.
+- Through the engines (both): a DR director only ever applies INPUT-ONLY (it sees
+  the client's side alone), and from a new entry only SYN_RECV, ESTABLISHED,
+  FIN_WAIT, TIME_WAIT and CLOSE are reachable; every event on each of them (and
+  syn/rst on NONE, via the creating packet) is driven through process() and checked
+  for state, timer and active/inactive counts. The other INPUT-ONLY columns and the
+  INPUT/OUTPUT tables cannot be reached through the DR packet path and are covered
+  by the table comparison only.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import deque
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import packet_table as table  # noqa: E402
+from lb.model import DestSpec, ServiceKey, ServiceSpec  # noqa: E402
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "fastpath.md"
+FACTORIES = [
+    pytest.param(f, id=f.id, marks=[pytest.mark.skip(reason=f.unavailable)] if f.make is None else [])
+    for f in table.engine_factories()
+]
+EVENTS = ("syn", "fin", "ack", "rst")
+SHORT = {"sNO": "NONE", "sES": "ESTABLISHED", "sSS": "SYN_SENT", "sSR": "SYN_RECV", "sFW": "FIN_WAIT",
+         "sTW": "TIME_WAIT", "sCL": "CLOSE", "sCW": "CLOSE_WAIT", "sLA": "LAST_ACK", "sLI": "LISTEN",
+         "sSA": "SYNACK"}
+
+
+def doc_tables() -> dict[str, dict[tuple[str, str], str]]:
+    """{direction: {(event, state): next state}} parsed from the document's code block."""
+    text = DOC.read_text()
+    block = text[text.index("INPUT       sNO"):]
+    block = block[: block.index("```")]
+    columns: list[str] = []
+    tables: dict[str, dict[tuple[str, str], str]] = {}
+    direction = ""
+    for line in block.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if words[0] in ("INPUT", "OUTPUT", "INPUT-ONLY"):
+            direction = words[0]
+            tables[direction] = {}
+            if len(words) > 1:
+                columns = [SHORT[w] for w in words[1:]]
+            continue
+        event, cells = words[0], [SHORT[w] for w in words[1:]]
+        assert event in EVENTS and len(cells) == len(columns) == 11, line
+        for state, nxt in zip(columns, cells):
+            tables[direction][(event, state)] = nxt
+    assert set(tables) == {"INPUT", "OUTPUT", "INPUT-ONLY"}
+    return tables
+
+
+def doc_timeouts_ms() -> dict[str, int]:
+    text = DOC.read_text()
+    section = text[text.index("Timeouts (seconds):"):]
+    section = section[: section.index("\n\n")]
+    found = {name: int(sec) * 1000 for name, sec in re.findall(r"([A-Z_]+):? (\d+)", section)}
+    assert found.pop("UDP") == 300_000
+    assert len(found) == 11, found
+    return found
+
+
+DOC_TABLES = doc_tables()
+DOC_TIMEOUTS = doc_timeouts_ms()
+
+
+# ---- the Python transcription against the document ----------------------------------------------
+
+
+def test_pyengine_tables_match_document_cell_by_cell() -> None:
+    from lb.pyengine import proto_tcp
+
+    names = {"INPUT": proto_tcp.Direction.INPUT, "OUTPUT": proto_tcp.Direction.OUTPUT,
+             "INPUT-ONLY": proto_tcp.Direction.INPUT_ONLY}
+    for direction, cells in DOC_TABLES.items():
+        tbl = proto_tcp.STATE_TABLES[names[direction]]
+        for (event, state), expected in cells.items():
+            got = tbl[EVENTS.index(event)][proto_tcp.TCP_STATES.index(getattr(proto_tcp, "s" + _abbrev(state)))]
+            assert got.name == expected, f"{direction} {event} in {state}"
+
+
+def test_pyengine_timeouts_match_document() -> None:
+    from lb.pyengine import proto_tcp
+
+    assert {s.name: ms for s, ms in proto_tcp.TCP_TIMEOUTS_MS.items()} == DOC_TIMEOUTS
+    assert proto_tcp.UDP_TIMEOUT_MS == 300_000
+
+
+def test_event_priority() -> None:
+    """RST, else SYN, else FIN, else ACK, else no event."""
+    from lb.pyengine.proto_tcp import NO_EVENT, Event, tcp_event
+
+    f = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20}
+    for combo in range(64):
+        flags = {k for k, bit in f.items() if combo & bit}
+        expected = (Event.RST if "R" in flags else Event.SYN if "S" in flags else Event.FIN if "F" in flags
+                    else Event.ACK if "A" in flags else NO_EVENT)
+        assert tcp_event(combo) == expected, flags
+
+
+def _abbrev(state: str) -> str:
+    return {v: k for k, v in SHORT.items()}[state][1:]
+
+
+# ---- through the engines (INPUT-ONLY) ---------------------------------------------------------------
+
+# A packet per event that never triggers conn_reuse (SYN+ACK for syn) on an existing entry.
+EVENT_FLAGS = {"syn": "SA", "fin": "FA", "ack": "A", "rst": "RA"}
+CREATE = {"syn": "S", "rst": "SR"}  # creating packets: NONE + syn / NONE + rst
+KEY = ServiceKey(6, table.VIP, 80)
+ONLY = DOC_TABLES["INPUT-ONLY"]
+
+
+def reachable_paths() -> dict[str, list[str]]:
+    """Shortest event path (after the creating SYN) to every state reachable through INPUT-ONLY."""
+    start = ONLY[("syn", "NONE")]
+    paths = {start: []}
+    queue = deque([start])
+    while queue:
+        state = queue.popleft()
+        for event in EVENTS:
+            nxt = ONLY[(event, state)]
+            if nxt not in paths:
+                paths[nxt] = paths[state] + [event]
+                queue.append(nxt)
+    return paths
+
+
+PATHS = reachable_paths()
+CELLS = [(state, event) for state in PATHS for event in EVENTS]
+
+
+def new_engine(factory: table.EngineFactory):  # type: ignore[no-untyped-def]
+    engine = factory.make(0)  # type: ignore[operator]
+    engine.add_service(ServiceSpec(KEY, "rr"))
+    engine.add_dest(KEY, DestSpec(table.RS1, 80))
+    engine.set_fwd(KEY, table.RS1, 80, table.fwd_state(table.DestSetup(table.RS1)))
+    return engine
+
+
+def send(engine, flags: str, now: int, sport: int = 40000) -> None:  # type: ignore[no-untyped-def]
+    action = engine.process(table.tcp(sport=sport, flags=flags, seq=1000, ack=1 if "A" in flags else 0), now)
+    assert action.reason.name == "FORWARDED", (flags, action)
+
+
+def observe(engine, now: int) -> tuple[str, int, int, int]:  # type: ignore[no-untyped-def]
+    (conn,) = engine.connections(now)
+    (dest,) = engine.services()[0].dests
+    return conn.state, conn.expires_ms, dest.active, dest.inactive
+
+
+def expected_after(state: str) -> tuple[str, int, int, int]:
+    active = 1 if state == "ESTABLISHED" else 0
+    return state, DOC_TIMEOUTS[state], active, 1 - active
+
+
+def test_reachable_states_are_the_documented_closed_set() -> None:
+    assert set(PATHS) == {"SYN_RECV", "ESTABLISHED", "FIN_WAIT", "TIME_WAIT", "CLOSE"}
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+@pytest.mark.parametrize("event", sorted(CREATE))
+def test_none_column_via_creating_packet(factory: table.EngineFactory, event: str) -> None:
+    engine = new_engine(factory)
+    send(engine, CREATE[event], 0)
+    assert observe(engine, 0) == expected_after(ONLY[(event, "NONE")])
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+@pytest.mark.parametrize("state, event", CELLS, ids=[f"{s}-{e}" for s, e in CELLS])
+def test_input_only_cell(factory: table.EngineFactory, state: str, event: str) -> None:
+    engine = new_engine(factory)
+    now = 0
+    send(engine, "S", now)
+    for step in PATHS[state]:
+        now += 7
+        send(engine, EVENT_FLAGS[step], now)
+    assert observe(engine, now) == expected_after(state), f"driving to {state} via {PATHS[state]}"
+    now += 1000
+    send(engine, EVENT_FLAGS[event], now)
+    assert observe(engine, now) == expected_after(ONLY[(event, state)])
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+@pytest.mark.parametrize("state", sorted(PATHS))
+def test_no_event_keeps_state_and_restarts_timer(factory: table.EngineFactory, state: str) -> None:
+    engine = new_engine(factory)
+    send(engine, "S", 0)
+    for step in PATHS[state]:
+        send(engine, EVENT_FLAGS[step], 0)
+    send(engine, "P", 5000)  # PSH alone: no RST/SYN/FIN/ACK
+    assert observe(engine, 5000) == expected_after(state)
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+@pytest.mark.parametrize("state", sorted(PATHS))
+def test_plain_syn_reuses_only_time_wait_and_close(factory: table.EngineFactory, state: str) -> None:
+    """conn_reuse_mode=1: a SYN (no ACK/RST) on TIME_WAIT/CLOSE makes a new connection."""
+    engine = new_engine(factory)
+    send(engine, "S", 0)
+    for step in PATHS[state]:
+        send(engine, EVENT_FLAGS[step], 0)
+    send(engine, "S", 10)
+    conns_made = engine.services()[0].dests[0].stats.conns
+    assert observe(engine, 10) == expected_after(ONLY[("syn", state)])
+    assert conns_made == (2 if state in ("TIME_WAIT", "CLOSE") else 1)
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+@pytest.mark.parametrize("state", sorted(PATHS))
+def test_entry_lives_exactly_its_timeout(factory: table.EngineFactory, state: str) -> None:
+    engine = new_engine(factory)
+    send(engine, "S", 0)
+    for step in PATHS[state]:
+        send(engine, EVENT_FLAGS[step], 0)
+    timeout = DOC_TIMEOUTS[state]
+    assert [c.expires_ms for c in engine.connections(timeout - 1)] == [1]
+    assert engine.connections(timeout) == []
+    assert engine.expire(timeout) == 1
+    dest = engine.services()[0].dests[0]
+    assert (dest.active, dest.inactive) == (0, 0)
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_udp_entry(factory: table.EngineFactory) -> None:
+    engine = factory.make(0)  # type: ignore[operator]
+    key = ServiceKey(17, table.VIP, 53)
+    engine.add_service(ServiceSpec(key, "rr"))
+    engine.add_dest(key, DestSpec(table.RS1, 53))
+    engine.set_fwd(key, table.RS1, 53, table.fwd_state(table.DestSetup(table.RS1, 53)))
+    for now in (0, 1000, 250_000):
+        assert engine.process(table.udp(), now).reason.name == "FORWARDED"
+        (conn,) = engine.connections(now)
+        (dest,) = engine.services()[0].dests
+        assert (conn.state, conn.expires_ms, dest.active, dest.inactive) == ("UDP", 300_000, 0, 1)
