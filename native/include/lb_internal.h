@@ -111,6 +111,7 @@ struct lb_dest {
     uint8_t vproto;              /* service key, kept so a trashed dest can be revived */
     uint32_t vaddr;
     uint16_t vport;
+    uint32_t svc_id;             /* id of the service object it was last added to */
     struct lb_stats stats;
     uint64_t syn_retrans;        /* see lb_dest_info */
     uint64_t handshakes;
@@ -141,6 +142,7 @@ struct lb_svc {
     uint32_t dests_cap;
     struct lb_stats stats;
     struct lb_svc *hnext;        /* service hash chain */
+    uint32_t id;                 /* unique per creation: a re-created service is a new one */
     struct lb_synproxy_conf sp_conf; /* SYN-proxy settings when sp_own, else lb->sp_default applies */
     uint8_t sp_own;
     struct lb_laddr **laddrs;    /* FULLNAT local address pool */
@@ -191,8 +193,14 @@ struct lb {
     uint32_t conn_count;         /* live entries */
     uint32_t free_head;          /* free list (via hnext) of once-used slots */
     uint32_t hwm;                /* slots [1, hwm) have been used at least once */
-    uint32_t sweep_pos;          /* incremental expiry cursor */
+    /* Expiry: an indexed min-heap of (deadline, slot) over every live entry. Keys may lag
+     * behind an entry's expires_ms (packets only push expiry later); a popped key that is
+     * early is refreshed in place. heap_pos[slot] is the 1-based heap index, 0 = none. */
+    struct lb_exp *exp_heap;
+    uint32_t *exp_pos;
+    uint32_t exp_len;
     uint64_t seed0, seed1;
+    uint8_t seeded;              /* seeds came from lb_config.hash_seed (deterministic mode) */
     uint16_t lport_min, lport_max; /* FULLNAT local port range, host order */
     uint32_t timeouts_ms[LB_S_COUNT]; /* per state (LB_S_UDP: UDP), ipvsadm --set */
     /* SYN-proxy (synproxy.c): side table parallel to conns, allocated with the first
@@ -209,12 +217,30 @@ struct lb {
     struct lb_svc **svcs;        /* insertion order, for listing */
     uint32_t nsvcs;
     uint32_t svcs_cap;
+    uint32_t next_svc_id;
     struct lb_dest *trash;       /* deleted destinations still referenced by connections */
     /* counters */
     uint64_t counters[LB_R_COUNT];
 };
 
+struct lb_exp {
+    uint64_t due_ms;
+    uint32_t slot;
+    uint32_t tmpl;               /* 1 for templates: connections go first at equal times */
+};
+
 /* conn.c */
+/* Release every entry whose time has come (exact expiry, as kernel timers). */
+void lb_conn_tick(lb_t *lb, uint64_t now_ms);
+/* Set an entry's expiry; an earlier expiry than before also moves its heap key. */
+void lb_conn_expiry_earlier(lb_t *lb, struct lb_conn *c);
+static inline void lb_conn_set_expiry(lb_t *lb, struct lb_conn *c, uint64_t t)
+{
+    uint64_t old = c->expires_ms;
+    c->expires_ms = t;
+    if (LB_UNLIKELY(t < old))
+        lb_conn_expiry_earlier(lb, c);
+}
 /* Find the live entry whose IN or OUT tuple is (proto, saddr, sport, daddr, dport);
  * *dir receives which. Dead entries met on the way are reaped. */
 struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
@@ -307,6 +333,32 @@ static inline uint32_t lb_conn_timeout_ms(const lb_t *lb, const struct lb_conn *
     if (c->flags & LB_CF_TEMPLATE)
         return c->tmpl_timeout_ms;
     return lb->timeouts_ms[c->proto == LB_PROTO_UDP ? LB_S_UDP : c->state];
+}
+
+/* Packet statistics count only while the destination is AVAILABLE, as
+ * ip_vs_in_stats/ip_vs_out_stats (a deleted destination's traffic is not counted). */
+static inline void lb_stats_in(struct lb_dest *d, uint32_t bytes)
+{
+    if (LB_UNLIKELY(!(d->flags & LB_DEST_F_AVAILABLE)))
+        return;
+    d->stats.inpkts++;
+    d->stats.inbytes += bytes;
+    if (d->svc) {
+        d->svc->stats.inpkts++;
+        d->svc->stats.inbytes += bytes;
+    }
+}
+
+static inline void lb_stats_out(struct lb_dest *d, uint32_t bytes)
+{
+    if (LB_UNLIKELY(!(d->flags & LB_DEST_F_AVAILABLE)))
+        return;
+    d->stats.outpkts++;
+    d->stats.outbytes += bytes;
+    if (d->svc) {
+        d->svc->stats.outpkts++;
+        d->svc->stats.outbytes += bytes;
+    }
 }
 
 static inline uint16_t lb_ntohs(uint16_t v) { return __builtin_bswap16(v); }

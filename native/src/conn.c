@@ -7,10 +7,14 @@
  * FULLNAT, by its OUT tuple (real server -> local address); chain links carry
  * the direction in their low bit. No allocation happens on the packet path.
  *
- * Expiry is lazy plus an incremental sweep: an entry is dead once
- * now_ms >= expires_ms. A lookup that meets a dead entry reaps it on the spot,
- * and lb_expire() walks the pool in bounded steps so idle entries are reaped
- * (and leave their destination's counters) within one sweep period.
+ * Expiry is exact, as with kernel timers: every live entry has a key in an
+ * indexed min-heap, and lb_conn_tick() (run at the start of every lb_process
+ * and lb_expire) releases each entry whose time has come, in expiry order,
+ * connections before templates at equal times. Packets only push an entry's
+ * expiry later, so they just write expires_ms and leave the heap alone; a key
+ * found early when it reaches the top is refreshed in place. Only a state
+ * change that shortens the timeout moves a key earlier. So an established
+ * flow's packets never touch the heap.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -71,19 +75,21 @@ int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg)
     /* calloc: the whole pool starts zeroed; pages are only touched when used. */
     lb->conns = calloc((size_t)max + 1, sizeof(*lb->conns));
     lb->buckets = calloc(buckets, sizeof(*lb->buckets));
-    if (!lb->conns || !lb->buckets) {
+    lb->exp_heap = calloc((size_t)max + 1, sizeof(*lb->exp_heap));
+    lb->exp_pos = calloc((size_t)max + 1, sizeof(*lb->exp_pos));
+    if (!lb->conns || !lb->buckets || !lb->exp_heap || !lb->exp_pos) {
         lb_conn_table_free(lb);
         return LB_ENOMEM;
     }
     lb->conn_max = max;
     lb->hash_mask = buckets - 1;
     lb->hwm = 1;
-    lb->sweep_pos = 1;
     lb->lport_min = pmin;
     lb->lport_max = pmax;
     lb_timeouts_init(lb->timeouts_ms);
     uint64_t seeds[2] = {0, 0};
     if (cfg && cfg->hash_seed) {
+        lb->seeded = 1;
         seeds[0] = cfg->hash_seed;
         seeds[1] = cfg->hash_seed * 0xD6E8FEB86659FD93ull + 1;
     } else if (getrandom(seeds, sizeof(seeds), 0) != (ssize_t)sizeof(seeds)) {
@@ -99,8 +105,104 @@ void lb_conn_table_free(lb_t *lb)
 {
     free(lb->conns);
     free(lb->buckets);
+    free(lb->exp_heap);
+    free(lb->exp_pos);
     lb->conns = NULL;
     lb->buckets = NULL;
+    lb->exp_heap = NULL;
+    lb->exp_pos = NULL;
+}
+
+/* ---------------------------------------------------------------- expiry heap */
+
+static inline int exp_less(const struct lb_exp *a, const struct lb_exp *b)
+{
+    return a->due_ms < b->due_ms || (a->due_ms == b->due_ms && a->tmpl < b->tmpl);
+}
+
+static inline void exp_place(lb_t *lb, uint32_t i, struct lb_exp e)
+{
+    lb->exp_heap[i] = e;
+    lb->exp_pos[e.slot] = i + 1;
+}
+
+static void exp_sift_up(lb_t *lb, uint32_t i)
+{
+    struct lb_exp e = lb->exp_heap[i];
+    while (i > 0) {
+        uint32_t parent = (i - 1) / 2;
+        if (!exp_less(&e, &lb->exp_heap[parent]))
+            break;
+        exp_place(lb, i, lb->exp_heap[parent]);
+        i = parent;
+    }
+    exp_place(lb, i, e);
+}
+
+static void exp_sift_down(lb_t *lb, uint32_t i)
+{
+    struct lb_exp e = lb->exp_heap[i];
+    uint32_t n = lb->exp_len;
+    for (;;) {
+        uint32_t l = 2 * i + 1, r = l + 1, m = l;
+        if (l >= n)
+            break;
+        if (r < n && exp_less(&lb->exp_heap[r], &lb->exp_heap[l]))
+            m = r;
+        if (!exp_less(&lb->exp_heap[m], &e))
+            break;
+        exp_place(lb, i, lb->exp_heap[m]);
+        i = m;
+    }
+    exp_place(lb, i, e);
+}
+
+static void exp_push(lb_t *lb, uint32_t slot)
+{
+    const struct lb_conn *c = &lb->conns[slot];
+    struct lb_exp e = {c->expires_ms, slot, (c->flags & LB_CF_TEMPLATE) ? 1u : 0u};
+    exp_place(lb, lb->exp_len++, e);
+    exp_sift_up(lb, lb->exp_len - 1);
+}
+
+static void exp_remove(lb_t *lb, uint32_t slot)
+{
+    uint32_t pos = lb->exp_pos[slot];
+    if (!pos)
+        return;
+    uint32_t i = pos - 1;
+    lb->exp_pos[slot] = 0;
+    if (--lb->exp_len == i)
+        return;
+    /* Move the last element into the hole, then restore the order around it. */
+    uint32_t moved = lb->exp_heap[lb->exp_len].slot;
+    exp_place(lb, i, lb->exp_heap[lb->exp_len]);
+    exp_sift_up(lb, i);
+    exp_sift_down(lb, lb->exp_pos[moved] - 1);
+}
+
+/* Set slot's key to its entry's current expires_ms (later or earlier). */
+static void exp_rekey(lb_t *lb, uint32_t slot)
+{
+    uint32_t pos = lb->exp_pos[slot];
+    if (!pos)
+        return;
+    uint32_t i = pos - 1;
+    uint64_t old = lb->exp_heap[i].due_ms;
+    lb->exp_heap[i].due_ms = lb->conns[slot].expires_ms;
+    lb->exp_heap[i].tmpl = (lb->conns[slot].flags & LB_CF_TEMPLATE) ? 1u : 0u;
+    if (lb->exp_heap[i].due_ms < old)
+        exp_sift_up(lb, i);
+    else
+        exp_sift_down(lb, i);
+}
+
+void lb_conn_expiry_earlier(lb_t *lb, struct lb_conn *c)
+{
+    uint32_t slot = (uint32_t)(c - lb->conns);
+    uint32_t pos = lb->exp_pos[slot];
+    if (pos && c->expires_ms < lb->exp_heap[pos - 1].due_ms)
+        exp_rekey(lb, slot);
 }
 
 static void chain_insert(lb_t *lb, uint32_t slot, int dir)
@@ -126,6 +228,7 @@ static void chain_remove(lb_t *lb, uint32_t slot, int dir)
 static void conn_release(lb_t *lb, uint32_t idx)
 {
     struct lb_conn *c = &lb->conns[idx];
+    exp_remove(lb, idx);
     chain_remove(lb, idx, LB_DIR_IN);
     if (!(c->flags & LB_CF_TEMPLATE) && c->ctl)
         lb->conns[c->ctl].n_control--; /* templates outlive the connections they control */
@@ -150,18 +253,23 @@ void lb_conn_expire_now(lb_t *lb, struct lb_conn *c)
     conn_release(lb, (uint32_t)(c - lb->conns));
 }
 
-/* An entry whose time is up: a template still controlling connections is
- * re-armed (IPVS: "do not expire connection with controlled connections"),
- * anything else is released. Returns 1 when released. */
-static int conn_reap(lb_t *lb, uint32_t idx, uint64_t now_ms)
+void lb_conn_tick(lb_t *lb, uint64_t now_ms)
 {
-    struct lb_conn *c = &lb->conns[idx];
-    if ((c->flags & LB_CF_TEMPLATE) && c->n_control) {
-        c->expires_ms = now_ms + c->tmpl_timeout_ms;
-        return 0;
+    while (lb->exp_len && lb->exp_heap[0].due_ms <= now_ms) {
+        struct lb_exp top = lb->exp_heap[0];
+        struct lb_conn *c = &lb->conns[top.slot];
+        if (c->expires_ms > top.due_ms) {
+            exp_rekey(lb, top.slot); /* the key lagged: packets pushed the expiry later */
+            continue;
+        }
+        if ((c->flags & LB_CF_TEMPLATE) && c->n_control) {
+            /* IPVS: a template controlling connections does not expire; its timer restarts. */
+            c->expires_ms = top.due_ms + c->tmpl_timeout_ms;
+            exp_rekey(lb, top.slot);
+            continue;
+        }
+        conn_release(lb, top.slot);
     }
-    conn_release(lb, idx);
-    return 1;
 }
 
 struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
@@ -178,10 +286,8 @@ struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t
             uint16_t sp, dp;
             conn_tuple(c, d, &sa, &sp, &da, &dp);
             if (sa == saddr && da == daddr && sp == sport && dp == dport) {
-                if (LB_UNLIKELY(now_ms >= c->expires_ms)) {
-                    conn_release(lb, slot);
-                    return NULL;
-                }
+                if (LB_UNLIKELY(now_ms >= c->expires_ms))
+                    return NULL; /* dead; lb_conn_tick releases it */
                 if (dir)
                     *dir = d;
                 return c;
@@ -202,8 +308,8 @@ struct lb_conn *lb_tmpl_lookup(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t 
         link = c->hnext[LINK_DIR(link)];
         if ((c->flags & (LB_CF_TEMPLATE | LB_CF_TMPL_DEAD)) == LB_CF_TEMPLATE && c->proto == proto &&
             c->caddr == snet && c->vaddr == vaddr && c->vport == vport && c->cport == 0) {
-            if (now_ms >= c->expires_ms && conn_reap(lb, slot, now_ms))
-                return NULL;
+            if (now_ms >= c->expires_ms)
+                return NULL; /* dead; lb_conn_tick releases it */
             return c;
         }
     }
@@ -219,9 +325,12 @@ struct lb_conn *lb_tmpl_new(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vad
     p.saddr = snet;
     p.daddr = vaddr;
     p.dport = vport;
+    uint32_t was_overloaded = dest->flags & LB_DEST_F_OVERLOAD;
     struct lb_conn *t = lb_conn_new(lb, &p, dest, NULL, 0, now_ms);
     if (!t)
         return NULL;
+    if (!was_overloaded)
+        dest->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD; /* templates never count towards thresholds */
     /* Re-bind as a template: counted in persistconns instead of inactconns. */
     lb_dest_unbind_counts(dest, t);
     t->flags = LB_CF_USED | LB_CF_TEMPLATE;
@@ -230,6 +339,7 @@ struct lb_conn *lb_tmpl_new(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vad
     t->tmpl_timeout_ms = timeout_ms;
     dest->persistconns++;
     t->expires_ms = now_ms + timeout_ms;
+    exp_rekey(lb, (uint32_t)(t - lb->conns)); /* now a template: ordered after connections */
     return t;
 }
 
@@ -275,6 +385,7 @@ struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *de
         laddr->conns++;
         chain_insert(lb, idx, LB_DIR_OUT);
     }
+    exp_push(lb, idx);
     lb->conn_count++;
     return c;
 }
@@ -286,27 +397,12 @@ void lb_conn_flush(lb_t *lb)
             conn_release(lb, i);
 }
 
-static int sweep(lb_t *lb, uint64_t now_ms, uint32_t budget)
-{
-    int freed = 0;
-    uint32_t span = lb->hwm > 1 ? lb->hwm - 1 : 0;
-    if (budget == 0 || budget > span)
-        budget = span;
-    for (uint32_t n = 0; n < budget; n++) {
-        if (lb->sweep_pos >= lb->hwm || lb->sweep_pos == 0)
-            lb->sweep_pos = 1;
-        uint32_t i = lb->sweep_pos++;
-        struct lb_conn *c = &lb->conns[i];
-        if ((c->flags & LB_CF_USED) && now_ms >= c->expires_ms)
-            freed += conn_reap(lb, i, now_ms);
-    }
-    return freed;
-}
-
-int lb_expire(lb_t *lb, uint64_t now_ms, uint32_t budget)
+int lb_expire(lb_t *lb, uint64_t now_ms, uint32_t budget LB_UNUSED)
 {
     pthread_mutex_lock(&lb->lock);
-    int freed = sweep(lb, now_ms, budget);
+    uint32_t before = lb->conn_count;
+    lb_conn_tick(lb, now_ms);
+    int freed = (int)(before - lb->conn_count);
     pthread_mutex_unlock(&lb->lock);
     return freed;
 }

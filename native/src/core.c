@@ -41,26 +41,6 @@ void lb_free(lb_t *lb)
     free(lb);
 }
 
-static inline void stats_in(struct lb_dest *d, uint32_t bytes)
-{
-    d->stats.inpkts++;
-    d->stats.inbytes += bytes;
-    if (d->svc) {
-        d->svc->stats.inpkts++;
-        d->svc->stats.inbytes += bytes;
-    }
-}
-
-static inline void stats_out(struct lb_dest *d, uint32_t bytes)
-{
-    d->stats.outpkts++;
-    d->stats.outbytes += bytes;
-    if (d->svc) {
-        d->svc->stats.outpkts++;
-        d->svc->stats.outbytes += bytes;
-    }
-}
-
 static inline int is_tcp_new_conn(const struct lb_pkt *p)
 {
     /* SYN without ACK or RST (conn_reuse_mode: "is_new_conn"). */
@@ -105,7 +85,7 @@ static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct
             return NULL;
         }
     }
-    t->expires_ms = now_ms + t->tmpl_timeout_ms;
+    lb_conn_set_expiry(lb, t, now_ms + t->tmpl_timeout_ms);
     *tmpl = t;
     return d;
 }
@@ -168,6 +148,9 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
         return LB_EINVAL;
     memset(act, 0, sizeof(*act));
     act->verdict = LB_V_DROP;
+    /* Exact expiry: entries whose time has come leave before this packet is seen. */
+    if (LB_UNLIKELY(lb->exp_len && lb->exp_heap[0].due_ms <= now_ms))
+        lb_conn_tick(lb, now_ms);
 
     int r = lb_parse(pkt, len, &p);
     if (LB_UNLIKELY(r != LB_R_FORWARDED)) {
@@ -182,8 +165,8 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
 
     int dir = LB_DIR_IN;
     struct lb_conn *c = lb_conn_lookup(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms, &dir);
-    if (c && dir == LB_DIR_IN && p.proto == LB_PROTO_TCP && is_tcp_new_conn(&p) && reusable_state(c->state)) {
-        /* conn_reuse_mode=1: a new SYN on a closing entry starts a new connection. */
+    if (c && dir == LB_DIR_IN && p.proto == LB_PROTO_TCP && (p.tcp_flags & LB_TCP_SYN) && reusable_state(c->state)) {
+        /* conn_reuse_mode=1 (is_new_conn: any SYN): a SYN on a closing entry starts a new connection. */
         lb_conn_expire_now(lb, c);
         c = NULL;
     }
@@ -204,8 +187,8 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
         /* A reply from a real server to a FULLNAT local address. */
         if (p.proto == LB_PROTO_TCP)
             lb_tcp_set_state(c, LB_DIR_OUT, p.tcp_flags);
-        c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);
-        stats_out(c->dest, p.len);
+        lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
+        lb_stats_out(c->dest, p.len);
         finish(lb, act, lb_xmit(lb, &p, c, LB_DIR_OUT, out, out_cap, act));
         return LB_OK;
     }
@@ -229,7 +212,8 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
             finish(lb, act, lb_sp_miss(lb, &p, s, now_ms, out, out_cap, act));
             return LB_OK;
         }
-        if (p.proto == LB_PROTO_TCP && !(p.tcp_flags & LB_TCP_SYN)) {
+        if (p.proto == LB_PROTO_TCP && (p.tcp_flags & (LB_TCP_SYN | LB_TCP_RST)) != LB_TCP_SYN) {
+            /* tcp_conn_schedule: only a SYN without RST is scheduled. */
             act->verdict = LB_V_ACCEPT;
             finish(lb, act, LB_R_NO_CONN);
             return LB_OK;
@@ -246,8 +230,8 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
         lb_tcp_set_state(c, LB_DIR_IN, p.tcp_flags);
         tcp_in_signals(c, &p, old_state);
     }
-    c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);
-    stats_in(c->dest, p.len);
+    lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
+    lb_stats_in(c->dest, p.len);
     finish(lb, act, lb_xmit(lb, &p, c, LB_DIR_IN, out, out_cap, act));
     return LB_OK;
 }

@@ -104,10 +104,18 @@ int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, 
     if (!c)
         return LB_R_NOT_LB_PROTO;
     struct lb_dest *d = c->dest;
+    if (lb_csum_fold(lb_csum_partial(icmp, p->l4len, 0)) != 0) {
+        act->verdict = LB_V_DROP; /* ip_vs_in_icmp: "failed checksum" */
+        return LB_R_BAD_CSUM;
+    }
     if (p->len > out_cap) {
         act->verdict = LB_V_DROP;
         return LB_R_MALFORMED;
     }
+    if (dir == LB_DIR_IN)
+        lb_stats_in(d, p->len);
+    else
+        lb_stats_out(d, p->len);
     if (dir == LB_DIR_IN) {
         switch (d->conf.fwd) {
         case LB_FWD_ROUTE:

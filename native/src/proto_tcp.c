@@ -115,7 +115,8 @@ void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags)
         else
             off = TCP_DIR_INPUT_ONLY;
     }
-    uint8_t new_state = c->state;
+    /* As set_tcp_state: a segment with none of RST/SYN/FIN/ACK goes to CLOSE. */
+    uint8_t new_state = LB_S_CLOSE;
     int ev = tcp_event(tcp_flags);
     if (ev >= 0 && c->state < TCP_STATES)
         new_state = tcp_states[off + ev][c->state];

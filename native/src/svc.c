@@ -145,14 +145,17 @@ static int check_svc_conf(const struct lb_svc_conf *conf, const struct lb_sched_
 int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
 {
     const struct lb_sched_ops *sched = NULL;
-    int err = check_svc_conf(conf, &sched);
-    if (err)
-        return err;
+    if (!conf || (conf->proto != LB_PROTO_TCP && conf->proto != LB_PROTO_UDP))
+        return LB_EINVAL;
+    int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
+    /* Kernel order: "Service already exists" before argument errors. */
     if (svc_find_host(lb, conf->proto, conf->addr, conf->port)) {
         err = LB_EEXIST;
         goto out;
     }
+    if ((err = check_svc_conf(conf, &sched)) != LB_OK)
+        goto out;
     if (lb->nsvcs == lb->svcs_cap) {
         uint32_t cap = lb->svcs_cap ? lb->svcs_cap * 2 : 16;
         struct lb_svc **n = realloc(lb->svcs, cap * sizeof(*n));
@@ -175,6 +178,7 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
     s->port_n = lb_htons(conf->port);
     s->sched = sched;
     s->sched_pos = -1;
+    s->id = ++lb->next_svc_id;
     if (sched->init_svc)
         sched->init_svc(s);
     uint32_t h = svc_hash(conf->proto, s->addr_n, s->port_n);
@@ -189,13 +193,15 @@ out:
 int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
 {
     const struct lb_sched_ops *sched = NULL;
-    int err = check_svc_conf(conf, &sched);
-    if (err)
-        return err;
+    if (!conf || (conf->proto != LB_PROTO_TCP && conf->proto != LB_PROTO_UDP))
+        return LB_EINVAL;
+    int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
     struct lb_svc *s = svc_find_host(lb, conf->proto, conf->addr, conf->port);
     if (!s) {
         err = LB_ESRCH;
+    } else if ((err = check_svc_conf(conf, &sched)) != LB_OK) {
+        /* err set: argument errors come after "No such service" */
     } else if ((conf->flags & LB_SVC_F_SYNPROXY) && !all_fullnat(s)) {
         err = LB_EOPNOTSUPP; /* only FULLNAT destinations can be SYN-proxied */
     } else if ((conf->flags & LB_SVC_F_SYNPROXY) && (err = lb_sp_enable(lb)) != LB_OK) {
@@ -317,15 +323,15 @@ static struct lb_dest *trash_take(lb_t *lb, const struct lb_svc *s, uint32_t add
 
 int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const struct lb_dest_conf *conf)
 {
-    int err = check_dest_conf(conf);
-    if (err)
-        return err;
+    int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
     struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
     if (!s) {
-        err = LB_ESRCH;
+        err = LB_ESRCH; /* kernel order: "Service not defined" first */
         goto out;
     }
+    if ((err = check_dest_conf(conf)) != LB_OK)
+        goto out;
     if (find_dest_idx(s, conf->addr, conf->port) >= 0) {
         err = LB_EEXIST;
         goto out;
@@ -355,6 +361,13 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         d->vaddr = s->conf.addr;
         d->vport = s->conf.port;
     }
+    if (d->svc_id != s->id) {
+        /* Revived into a re-created service (or new): its statistics start afresh. */
+        memset(&d->stats, 0, sizeof(d->stats));
+        d->svc_id = s->id;
+    }
+    if (conf->u_threshold == 0 || conf->u_threshold > d->conf.u_threshold)
+        d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD; /* __ip_vs_update_dest */
     d->conf = *conf;
     d->addr_n = lb_htonl(conf->addr);
     d->port_n = lb_htons(conf->port);
@@ -374,14 +387,14 @@ out:
 
 int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const struct lb_dest_conf *conf)
 {
-    int err = check_dest_conf(conf);
-    if (err)
-        return err;
+    int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
     struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
-    int i = s ? find_dest_idx(s, conf->addr, conf->port) : -1;
+    int i = s && conf ? find_dest_idx(s, conf->addr, conf->port) : -1;
     if (!s) {
         err = LB_ESRCH;
+    } else if ((err = check_dest_conf(conf)) != LB_OK) {
+        /* err set */
     } else if (i < 0) {
         err = LB_ENOENT;
     } else if ((s->conf.flags & LB_SVC_F_SYNPROXY) && conf->fwd != LB_FWD_FULLNAT) {
@@ -393,9 +406,9 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
             free(d->fwd);
             d->fwd = NULL;
         }
+        if (conf->u_threshold == 0 || conf->u_threshold > d->conf.u_threshold)
+            d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD; /* __ip_vs_update_dest */
         d->conf = *conf;
-        if (!d->conf.u_threshold)
-            d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD;
     }
     pthread_mutex_unlock(&lb->lock);
     return err;
@@ -702,7 +715,7 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
             err = LB_ENOSPC;
             goto out;
         }
-        t->expires_ms = now_ms + (uint64_t)ci->expires_in_ms;
+        lb_conn_set_expiry(lb, t, now_ms + (uint64_t)ci->expires_in_ms);
         goto out;
     }
     if (lb_conn_lookup(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms, NULL)) {
@@ -729,7 +742,7 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
     }
     lb_conn_set_state(c, ci->state); /* with IPVS's active/inactive accounting */
     c->flags |= (uint16_t)(ci->flags & LB_CONN_F_TOA_DONE);
-    c->expires_ms = now_ms + (uint64_t)ci->expires_in_ms;
+    lb_conn_set_expiry(lb, c, now_ms + (uint64_t)ci->expires_in_ms);
 out:
     pthread_mutex_unlock(&lb->lock);
     return err;

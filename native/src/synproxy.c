@@ -141,7 +141,9 @@ int lb_sp_enable(lb_t *lb)
     lb->sp_heap_len = 0;
     if (lb->sp_default.init_rto_ms == 0)
         lb->sp_default = sp_builtin;
-    if (!lb->sp_key[0] && !lb->sp_key[1] && getrandom(lb->sp_key, sizeof(lb->sp_key), 0) != sizeof(lb->sp_key)) {
+    /* The cookie master key: derived from the hash seed when one was given (tests and
+     * differential runs need identical cookies), else random. */
+    if (lb->seeded || getrandom(lb->sp_key, sizeof(lb->sp_key), 0) != sizeof(lb->sp_key)) {
         lb->sp_key[0] = lb->seed0 ^ 0x5bd1e9955bd1e995ull;
         lb->sp_key[1] = lb->seed1 ^ 0x27d4eb2f165667c5ull;
     }
@@ -513,9 +515,8 @@ int lb_sp_miss(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_
     sp->sack = (uint8_t)((data >> 2) & 1);
     sp->client_win = lb_ntohs(p->tcp_win);
     lb_conn_set_state(c, LB_S_SYN_SENT);
-    c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);
-    c->dest->stats.inpkts++;
-    c->dest->stats.inbytes += p->len;
+    lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
+    lb_stats_in(c->dest, p->len);
     if (p->payload_len && p->payload_len <= conf->data_max_bytes) {
         sp->held = malloc(p->payload_len);
         if (sp->held) {
@@ -572,7 +573,7 @@ int lb_sp_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_m
     uint32_t slot = (uint32_t)(c - lb->conns);
     struct lb_sp *sp = &lb->sp[slot];
     const struct lb_synproxy_conf *conf = lb_sp_conf(lb, conn_svc(c));
-    c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);
+    lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
     if (sp->phase == LB_SP_WAIT_DATA || sp->phase == LB_SP_SYN_SENT) {
         act->verdict = LB_V_DROP;
         if (p->tcp_flags & (LB_TCP_RST | LB_TCP_FIN)) {
@@ -606,9 +607,8 @@ int lb_sp_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_m
     }
     /* Established: FULLNAT rewrite, then the client's ACK and SACK edges into the server's space. */
     lb_tcp_set_state(c, LB_DIR_IN, p->tcp_flags);
-    c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);
-    c->dest->stats.inpkts++;
-    c->dest->stats.inbytes += p->len;
+    lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
+    lb_stats_in(c->dest, p->len);
     int r = lb_xmit_fnat_in(lb, p, c, out, out_cap, act);
     if (act->verdict == LB_V_XMIT_L2 && act->out_len) {
         uint8_t *th = out + p->ihl;
@@ -625,7 +625,7 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
 {
     uint32_t slot = (uint32_t)(c - lb->conns);
     struct lb_sp *sp = &lb->sp[slot];
-    c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);
+    lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
     if (sp->phase != LB_SP_DONE) {
         uint8_t fl = p->tcp_flags & (LB_TCP_SYN | LB_TCP_ACK | LB_TCP_RST);
         if (sp->phase == LB_SP_SYN_SENT && fl == (LB_TCP_SYN | LB_TCP_ACK) &&
@@ -637,7 +637,7 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
             lb->sp_stats.handshakes++;
             lb_conn_set_state(c, LB_S_ESTABLISHED);
             c->dest->handshakes++;
-            c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);
+            lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
             /* Complete the server's handshake: ACK + held data (+ TOA). */
             uint8_t opts[8];
             uint32_t optlen = 0;
@@ -688,9 +688,8 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
         return LB_R_SP_HELD;
     }
     lb_tcp_set_state(c, LB_DIR_OUT, p->tcp_flags);
-    c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);
-    c->dest->stats.outpkts++;
-    c->dest->stats.outbytes += p->len;
+    lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
+    lb_stats_out(c->dest, p->len);
     int r = lb_xmit_fnat_out(lb, p, c, out, out_cap, act);
     if (act->verdict == LB_V_ANSWER && act->out_len) {
         uint8_t *th = out + p->ihl;
