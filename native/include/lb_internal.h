@@ -199,6 +199,7 @@ struct lb {
     struct lb_exp *exp_heap;
     uint32_t *exp_pos;
     uint32_t exp_len;
+    uint64_t exp_next_ms;        /* exp_heap[0].due_ms, or UINT64_MAX when empty: one compare per packet */
     uint64_t seed0, seed1;
     uint8_t seeded;              /* seeds came from lb_config.hash_seed (deterministic mode) */
     uint16_t lport_min, lport_max; /* FULLNAT local port range, host order */
@@ -254,7 +255,45 @@ void lb_conn_table_free(lb_t *lb);
 void lb_conn_flush(lb_t *lb);
 
 /* proto_tcp.c / proto_udp */
-void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags);
+#define LB_TCP_STATES 11           /* NONE..SYNACK */
+#define LB_TCP_DIR_INPUT 0         /* row offsets in lb_tcp_states: direction * 4 + event */
+#define LB_TCP_DIR_OUTPUT 4
+#define LB_TCP_DIR_INPUT_ONLY 8
+extern const uint8_t lb_tcp_states[12][LB_TCP_STATES];
+void lb_conn_set_state(struct lb_conn *c, uint8_t new_state);
+
+/* Event index as tcp_state_idx(): RST wins, then SYN, FIN, ACK; -1 = none. */
+static inline int lb_tcp_event(uint8_t flags)
+{
+    if (flags & LB_TCP_RST)
+        return 3;
+    if (flags & LB_TCP_SYN)
+        return 0;
+    if (flags & LB_TCP_FIN)
+        return 1;
+    if (flags & LB_TCP_ACK)
+        return 2;
+    return -1;
+}
+
+/* The IPVS TCP state machine (set_tcp_state). */
+static inline void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags)
+{
+    int off = dir == LB_DIR_OUT ? LB_TCP_DIR_OUTPUT : LB_TCP_DIR_INPUT;
+    if (c->flags & LB_CF_NOOUTPUT) {
+        if (off == LB_TCP_DIR_OUTPUT)
+            c->flags &= (uint16_t)~LB_CF_NOOUTPUT;
+        else
+            off = LB_TCP_DIR_INPUT_ONLY;
+    }
+    /* As set_tcp_state: a segment with none of RST/SYN/FIN/ACK goes to CLOSE. */
+    uint8_t new_state = LB_S_CLOSE;
+    int ev = lb_tcp_event(tcp_flags);
+    if (ev >= 0 && c->state < LB_TCP_STATES)
+        new_state = lb_tcp_states[off + ev][c->state];
+    if (new_state != c->state)
+        lb_conn_set_state(c, new_state);
+}
 void lb_timeouts_init(uint32_t *timeouts_ms);
 /* The timeout an entry gets when touched: its state's (or a template's own). */
 static inline uint32_t lb_conn_timeout_ms(const lb_t *lb, const struct lb_conn *c);
@@ -362,6 +401,70 @@ static inline void lb_stats_out(struct lb_dest *d, uint32_t bytes)
 }
 
 static inline uint16_t lb_ntohs(uint16_t v) { return __builtin_bswap16(v); }
+
+/* ---------------------------------------------------------------- hot lookup (inlined into lb_process) */
+
+/* Chain links encode (slot << 1 | direction); slot 0 is never used, so 0 means "none". */
+#define LINK(slot, dir) (((slot) << 1) | (uint32_t)(dir))
+#define LINK_SLOT(l) ((l) >> 1)
+#define LINK_DIR(l) ((int)((l) & 1u))
+
+static inline uint32_t tuple_hash(const lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
+                                  uint32_t daddr, uint16_t dport)
+{
+    /* Keyed multiply-xor over the 5-tuple; the high half of the product mixes every input bit.
+     * The random seeds keep remote senders from aiming at one chain. */
+    uint64_t a = ((uint64_t)saddr << 32) | ((uint32_t)sport << 16) | dport;
+    uint64_t b = ((uint64_t)daddr << 8) | proto;
+    uint64_t h = ((a ^ lb->seed0) * 0x9E3779B97F4A7C15ull) ^ ((b ^ lb->seed1) * 0xC2B2AE3D27D4EB4Full);
+    return (uint32_t)(h >> 32 ^ h >> 17) & lb->hash_mask;
+}
+
+/* The tuple of direction dir of c: (saddr, sport, daddr, dport), network order. */
+static inline void conn_tuple(const struct lb_conn *c, int dir, uint32_t *sa, uint16_t *sp, uint32_t *da,
+                              uint16_t *dp)
+{
+    if (dir == LB_DIR_IN) {
+        *sa = c->caddr;
+        *sp = c->cport;
+        *da = c->vaddr;
+        *dp = c->vport;
+    } else {
+        *sa = c->dest->addr_n;
+        *sp = c->dest->port_n;
+        *da = c->laddr_n;
+        *dp = c->lport;
+    }
+}
+
+static inline __attribute__((always_inline)) struct lb_conn *
+lb_conn_lookup_inline(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
+                      uint32_t daddr, uint16_t dport, uint64_t now_ms, int *dir)
+{
+    uint32_t link = lb->buckets[tuple_hash(lb, proto, saddr, sport, daddr, dport)];
+    while (link) {
+        uint32_t slot = LINK_SLOT(link);
+        int d = LINK_DIR(link);
+        struct lb_conn *c = &lb->conns[slot];
+        uint32_t next = c->hnext[d];
+        if (c->proto == proto && !(c->flags & LB_CF_TEMPLATE)) {
+            uint32_t sa, da;
+            uint16_t sp, dp;
+            conn_tuple(c, d, &sa, &sp, &da, &dp);
+            if (sa == saddr && da == daddr && sp == sport && dp == dport) {
+                if (LB_UNLIKELY(now_ms >= c->expires_ms))
+                    return NULL; /* dead; lb_conn_tick releases it */
+                if (dir)
+                    *dir = d;
+                return c;
+            }
+        }
+        link = next;
+    }
+    return NULL;
+}
+
+
 static inline uint16_t lb_htons(uint16_t v) { return __builtin_bswap16(v); }
 static inline uint32_t lb_ntohl(uint32_t v) { return __builtin_bswap32(v); }
 static inline uint32_t lb_htonl(uint32_t v) { return __builtin_bswap32(v); }

@@ -26,9 +26,6 @@ int lb_xmit_fnat_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t
 int lb_xmit_fnat_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
                      struct lb_action *act);
 
-/* Dispatch a packet of direction dir on the destination's forwarding method. */
-int lb_xmit(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, int dir, uint8_t *out, uint32_t out_cap,
-            struct lb_action *act);
 
 /* Encapsulate `len` bytes at `inner` (IPIP) for destination d into out; returns bytes or 0. */
 uint32_t lb_tun_encap(const struct lb_dest *d, const uint8_t *inner, uint32_t len, uint8_t *out, uint32_t out_cap);
@@ -43,6 +40,23 @@ static inline int lb_xmit_l2_to(const struct lb_dest *d, struct lb_action *act)
     act->ifindex = f->conf.ifindex;
     __builtin_memcpy(act->l2hdr, f->l2hdr, LB_L2HDR_LEN);
     return 0;
+}
+
+int lb_xmit_other(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, int dir, uint8_t *out, uint32_t out_cap,
+                  struct lb_action *act);
+
+/* Dispatch a packet of direction dir on the destination's forwarding method. */
+static inline int lb_xmit(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, int dir, uint8_t *out,
+                          uint32_t out_cap, struct lb_action *act)
+{
+    if (LB_LIKELY(c->dest->conf.fwd == LB_FWD_ROUTE)) {
+        if (LB_UNLIKELY(lb_xmit_l2_to(c->dest, act) < 0)) {
+            act->verdict = LB_V_DROP;
+            return LB_R_NO_L2;
+        }
+        return LB_R_FORWARDED;
+    }
+    return lb_xmit_other(lb, p, c, dir, out, out_cap, act);
 }
 
 #endif /* LB_XMIT_H */

@@ -22,39 +22,6 @@
 
 #include "lb_internal.h"
 
-#define LINK(slot, dir) (((slot) << 1) | (uint32_t)(dir))
-#define LINK_SLOT(l) ((l) >> 1)
-#define LINK_DIR(l) ((int)((l) & 1u))
-
-static inline uint32_t tuple_hash(const lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
-                                  uint32_t daddr, uint16_t dport)
-{
-    uint64_t a = ((uint64_t)saddr << 32) | ((uint32_t)sport << 16) | dport;
-    uint64_t b = ((uint64_t)daddr << 8) | proto;
-    uint64_t h = (a ^ lb->seed0) * 0x9E3779B97F4A7C15ull;
-    h ^= (b ^ lb->seed1) * 0xC2B2AE3D27D4EB4Full;
-    h ^= h >> 31;
-    h *= 0x94D049BB133111EBull;
-    h ^= h >> 29;
-    return (uint32_t)h & lb->hash_mask;
-}
-
-/* The tuple of direction dir of c: (saddr, sport, daddr, dport), network order. */
-static inline void conn_tuple(const struct lb_conn *c, int dir, uint32_t *sa, uint16_t *sp, uint32_t *da,
-                              uint16_t *dp)
-{
-    if (dir == LB_DIR_IN) {
-        *sa = c->caddr;
-        *sp = c->cport;
-        *da = c->vaddr;
-        *dp = c->vport;
-    } else {
-        *sa = c->dest->addr_n;
-        *sp = c->dest->port_n;
-        *da = c->laddr_n;
-        *dp = c->lport;
-    }
-}
 
 static inline uint32_t conn_bucket(const lb_t *lb, const struct lb_conn *c, int dir)
 {
@@ -84,6 +51,7 @@ int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg)
     lb->conn_max = max;
     lb->hash_mask = buckets - 1;
     lb->hwm = 1;
+    lb->exp_next_ms = UINT64_MAX;
     lb->lport_min = pmin;
     lb->lport_max = pmax;
     lb_timeouts_init(lb->timeouts_ms);
@@ -124,6 +92,8 @@ static inline void exp_place(lb_t *lb, uint32_t i, struct lb_exp e)
 {
     lb->exp_heap[i] = e;
     lb->exp_pos[e.slot] = i + 1;
+    if (i == 0)
+        lb->exp_next_ms = e.due_ms;
 }
 
 static void exp_sift_up(lb_t *lb, uint32_t i)
@@ -172,8 +142,11 @@ static void exp_remove(lb_t *lb, uint32_t slot)
         return;
     uint32_t i = pos - 1;
     lb->exp_pos[slot] = 0;
-    if (--lb->exp_len == i)
+    if (--lb->exp_len == i) {
+        if (i == 0)
+            lb->exp_next_ms = UINT64_MAX;
         return;
+    }
     /* Move the last element into the hole, then restore the order around it. */
     uint32_t moved = lb->exp_heap[lb->exp_len].slot;
     exp_place(lb, i, lb->exp_heap[lb->exp_len]);
@@ -275,27 +248,7 @@ void lb_conn_tick(lb_t *lb, uint64_t now_ms)
 struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
                                uint32_t daddr, uint16_t dport, uint64_t now_ms, int *dir)
 {
-    uint32_t link = lb->buckets[tuple_hash(lb, proto, saddr, sport, daddr, dport)];
-    while (link) {
-        uint32_t slot = LINK_SLOT(link);
-        int d = LINK_DIR(link);
-        struct lb_conn *c = &lb->conns[slot];
-        uint32_t next = c->hnext[d];
-        if (c->proto == proto && !(c->flags & LB_CF_TEMPLATE)) {
-            uint32_t sa, da;
-            uint16_t sp, dp;
-            conn_tuple(c, d, &sa, &sp, &da, &dp);
-            if (sa == saddr && da == daddr && sp == sport && dp == dport) {
-                if (LB_UNLIKELY(now_ms >= c->expires_ms))
-                    return NULL; /* dead; lb_conn_tick releases it */
-                if (dir)
-                    *dir = d;
-                return c;
-            }
-        }
-        link = next;
-    }
-    return NULL;
+    return lb_conn_lookup_inline(lb, proto, saddr, sport, daddr, dport, now_ms, dir);
 }
 
 struct lb_conn *lb_tmpl_lookup(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vaddr, uint16_t vport,

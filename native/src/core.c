@@ -134,9 +134,11 @@ int lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_
  * and completed handshakes, per destination. */
 static inline void tcp_in_signals(struct lb_conn *c, const struct lb_pkt *p, uint8_t old_state)
 {
-    if (is_tcp_new_conn(p) && old_state == LB_S_SYN_RECV && p->tcp_seq == c->syn_seq)
+    if (LB_LIKELY(old_state != LB_S_SYN_RECV))
+        return;
+    if (is_tcp_new_conn(p) && p->tcp_seq == c->syn_seq)
         c->dest->syn_retrans++;
-    else if (old_state == LB_S_SYN_RECV && c->state == LB_S_ESTABLISHED)
+    else if (c->state == LB_S_ESTABLISHED)
         c->dest->handshakes++;
 }
 
@@ -146,10 +148,9 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
     struct lb_pkt p;
     if (!lb || !act || (!pkt && len))
         return LB_EINVAL;
-    memset(act, 0, sizeof(*act));
-    act->verdict = LB_V_DROP;
+    *act = (struct lb_action){.verdict = LB_V_DROP};
     /* Exact expiry: entries whose time has come leave before this packet is seen. */
-    if (LB_UNLIKELY(lb->exp_len && lb->exp_heap[0].due_ms <= now_ms))
+    if (LB_UNLIKELY(lb->exp_next_ms <= now_ms))
         lb_conn_tick(lb, now_ms);
 
     int r = lb_parse(pkt, len, &p);
@@ -164,8 +165,9 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
     }
 
     int dir = LB_DIR_IN;
-    struct lb_conn *c = lb_conn_lookup(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms, &dir);
-    if (c && dir == LB_DIR_IN && p.proto == LB_PROTO_TCP && (p.tcp_flags & LB_TCP_SYN) && reusable_state(c->state)) {
+    struct lb_conn *c = lb_conn_lookup_inline(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms, &dir);
+    if (LB_UNLIKELY(p.tcp_flags & LB_TCP_SYN) && c && dir == LB_DIR_IN && p.proto == LB_PROTO_TCP &&
+        reusable_state(c->state)) {
         /* conn_reuse_mode=1 (is_new_conn: any SYN): a SYN on a closing entry starts a new connection. */
         lb_conn_expire_now(lb, c);
         c = NULL;

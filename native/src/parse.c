@@ -12,6 +12,27 @@
 
 static inline uint16_t rd16(const uint8_t *b) { return (uint16_t)((b[0] << 8) | b[1]); }
 
+/* Verify an IPv4 header checksum (ihl a multiple of 4, 20..60): the
+ * one's-complement sum of all its words is all ones in either byte order, so
+ * native 32-bit loads suffice. */
+static inline int ip_hdr_csum_ok(const uint8_t *b, uint32_t ihl)
+{
+    uint64_t acc = 0;
+    uint32_t w[15];
+    memcpy(w, b, 20);
+    acc = (uint64_t)w[0] + w[1] + w[2] + w[3] + w[4]; /* the common 20-byte header, unrolled */
+    for (uint32_t i = 20; i < ihl; i += 4) {
+        memcpy(&w[i / 4], b + i, 4);
+        acc += w[i / 4];
+    }
+    acc = (acc & 0xffffffffu) + (acc >> 32);
+    acc = (acc & 0xffffffffu) + (acc >> 32);
+    uint32_t s = (uint32_t)acc;
+    s = (s & 0xffffu) + (s >> 16);
+    s = (s & 0xffffu) + (s >> 16);
+    return s == 0xffffu;
+}
+
 int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p)
 {
     if (len < 1)
@@ -26,7 +47,7 @@ int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p)
     uint32_t tot_len = rd16(buf + 2);
     if (ihl < 20 || ihl > len || tot_len < ihl || tot_len > len)
         return LB_R_MALFORMED;
-    if (lb_ip_csum(buf, ihl) != 0)
+    if (!ip_hdr_csum_ok(buf, ihl))
         return LB_R_BAD_CSUM;
 
     uint16_t frag = rd16(buf + 6);
@@ -41,14 +62,6 @@ int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p)
     memcpy(&p->daddr, buf + 16, 4);
     p->l4off = ihl;
     p->l4len = tot_len - ihl;
-    p->tcp_flags = 0;
-    p->tcp_seq = 0;
-    p->tcp_ack = 0;
-    p->tcp_win = 0;
-    p->payload_len = 0;
-    p->tcp_doff = 0;
-    p->sport = 0;
-    p->dport = 0;
 
     if (p->proto == LB_PROTO_TCP) {
         if (p->l4len < 20)
@@ -65,7 +78,18 @@ int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p)
         p->tcp_doff = doff;
         p->payload_len = p->l4len - doff;
         p->tcp_flags = th[13];
-    } else if (p->proto == LB_PROTO_UDP) {
+        return LB_R_FORWARDED;
+    }
+    /* Not TCP: the TCP fields are defined as zero. */
+    p->tcp_flags = 0;
+    p->tcp_seq = 0;
+    p->tcp_ack = 0;
+    p->tcp_win = 0;
+    p->tcp_doff = 0;
+    p->sport = 0;
+    p->dport = 0;
+    p->payload_len = 0;
+    if (p->proto == LB_PROTO_UDP) {
         if (p->l4len < 8)
             return LB_R_MALFORMED;
         const uint8_t *uh = buf + ihl;

@@ -16,14 +16,9 @@
 #define sLI LB_S_LISTEN
 #define sSA LB_S_SYNACK
 
-#define TCP_STATES 11 /* NONE..SYNACK */
 
-/* Row offsets: direction * 4 + event. */
-#define TCP_DIR_INPUT 0
-#define TCP_DIR_OUTPUT 4
-#define TCP_DIR_INPUT_ONLY 8
 
-static const uint8_t tcp_states[12][TCP_STATES] = {
+const uint8_t lb_tcp_states[12][LB_TCP_STATES] = {
     /* INPUT        sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA */
     /* syn */ {sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR},
     /* fin */ {sCL, sCW, sSS, sTW, sTW, sTW, sCL, sCW, sLA, sLI, sTW},
@@ -90,37 +85,6 @@ void lb_get_timeouts(lb_t *lb, uint32_t *tcp_s, uint32_t *tcpfin_s, uint32_t *ud
     if (udp_s)
         *udp_s = lb->timeouts_ms[LB_S_UDP] / 1000;
     pthread_mutex_unlock(&lb->lock);
-}
-
-/* Event index as tcp_state_idx(): RST wins, then SYN, FIN, ACK; -1 = none. */
-static inline int tcp_event(uint8_t flags)
-{
-    if (flags & LB_TCP_RST)
-        return 3;
-    if (flags & LB_TCP_SYN)
-        return 0;
-    if (flags & LB_TCP_FIN)
-        return 1;
-    if (flags & LB_TCP_ACK)
-        return 2;
-    return -1;
-}
-
-void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags)
-{
-    int off = dir == LB_DIR_OUT ? TCP_DIR_OUTPUT : TCP_DIR_INPUT;
-    if (c->flags & LB_CF_NOOUTPUT) {
-        if (off == TCP_DIR_OUTPUT)
-            c->flags &= (uint16_t)~LB_CF_NOOUTPUT;
-        else
-            off = TCP_DIR_INPUT_ONLY;
-    }
-    /* As set_tcp_state: a segment with none of RST/SYN/FIN/ACK goes to CLOSE. */
-    uint8_t new_state = LB_S_CLOSE;
-    int ev = tcp_event(tcp_flags);
-    if (ev >= 0 && c->state < TCP_STATES)
-        new_state = tcp_states[off + ev][c->state];
-    lb_conn_set_state(c, new_state);
 }
 
 void lb_conn_set_state(struct lb_conn *c, uint8_t new_state)

@@ -4,12 +4,11 @@
  */
 #include "lb_xmit.h"
 
-int lb_xmit(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, int dir, uint8_t *out, uint32_t out_cap,
-            struct lb_action *act)
+/* lb_xmit() is inline in lb_xmit.h (the DR branch stays on the hot path). */
+int lb_xmit_other(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, int dir, uint8_t *out, uint32_t out_cap,
+                  struct lb_action *act)
 {
     switch (c->dest->conf.fwd) {
-    case LB_FWD_ROUTE:
-        return lb_xmit_dr(lb, p, c, out, out_cap, act);
     case LB_FWD_TUNNEL:
         return lb_xmit_tun(lb, p, c, out, out_cap, act);
     case LB_FWD_FULLNAT:
