@@ -1,20 +1,41 @@
-"""lbd's own iptables rules: raw-table NFQUEUE steering, and nothing else.
+"""lbd's own iptables rules: raw-table NFQUEUE steering and untracking, and nothing else.
 
-Layout (one lbd instance = one queue number):
+Layout (one lbd instance = one queue number N):
 
     raw PREROUTING:  -m comment --comment "lbd q<N>" -j LBD-Q<N>      (the jump, appended)
     raw LBD-Q<N>:    <match> -j CT --notrack                            \\ one pair per
                      <match> -j NFQUEUE --queue-num N --queue-bypass    / service or extra match
+    raw OUTPUT:      -m comment --comment "lbd q<N> out" -j LBD-Q<N>-OUT
+    raw LBD-Q<N>-OUT: -m mark --mark <SOCKET_MARK_BASE|N> -j CT --notrack
+
+Connection tracking (the IPVS `net.ipv4.vs.conntrack` analogue), off by default: the director's
+own conntrack never sees the flows lbd balances. Queued packets are untracked in raw PREROUTING,
+and what the fast path sends itself is either an AF_PACKET frame (DR, IPIP, FULLNAT towards real
+servers: no netfilter hook at all) or a packet on lbd's raw IPPROTO_RAW socket (FULLNAT replies to
+clients, ICMP answers), which carries SO_MARK = SOCKET_MARK_BASE | N and is untracked by
+LBD-Q<N>-OUT in raw OUTPUT. Every such packet that meets a later chain has conntrack state
+UNTRACKED: `-m state --state NEW` / `RELATED,ESTABLISHED` never match it, `--ctstate INVALID`
+never drops it, and no conntrack entry is created for it (no table pressure, no one-sided entries).
+
+`RuleManager(track=True)` is the opt-in: no `CT --notrack` rule is installed and LBD-Q<N>-OUT is
+not created. Its reach is narrower than IPVS's conntrack=1: the NFQUEUE rule sits in raw
+PREROUTING (priority -300), before conntrack (-200), so packets lbd forwards (verdict DROP after
+its own transmission) still never get an entry; what gets tracked is what lbd hands back to the
+kernel (fast-path ACCEPT: no connection entry, not TCP/UDP) and what it sends on its raw socket.
+Use it only when the director's own conntrack-based rules or accounting must see those packets;
+they then meet stateful rules as NEW/INVALID (see `lbadm doctor`).
 
 Why this shape:
 - A private chain per queue number lets two lbd's in one netns (different queues) coexist, and
   lets an instance find and remove exactly its own leftovers after a crash: everything in
-  LBD-Q<N> and every raw PREROUTING rule jumping to it is ours; nothing else ever is.
-- The jump is appended, not inserted: operators' earlier raw rules (typically drop lists, which
+  LBD-Q<N> and LBD-Q<N>-OUT and every raw rule jumping to them is ours; nothing else ever is.
+- The jumps are appended, not inserted: operators' earlier raw rules (typically drop lists, which
   live in raw because it is the earliest hook) keep applying before the director sees packets.
 - `CT --notrack` comes first in each pair: NFQUEUE is terminal, so a notrack after it would never
   run. The pair is therefore the unit of the diff: if either half is missing or out of order, both
-  are rewritten.
+  are rewritten. (With track=True the unit is the queue rule alone.)
+- The OUTPUT side matches lbd's socket mark, not addresses: only packets lbd itself sends are
+  untracked; the director's own traffic from the same addresses (health checks, ssh) stays tracked.
 - Every change is one `iptables-restore --noflush` transaction: the kernel sees the old rule set
   or the new one, never a half-applied diff. Unchanged rules are left in place (their counters
   survive), so a sync that changes one service does not disturb the others.
@@ -41,8 +62,15 @@ log = logging.getLogger(__name__)
 
 TABLE = "raw"
 HOOK_CHAIN = "PREROUTING"
+OUT_HOOK_CHAIN = "OUTPUT"
 CHAIN_PREFIX = "LBD-Q"
+OUT_CHAIN_SUFFIX = "-OUT"
 COMMENT_PREFIX = "lbd q"
+OUT_COMMENT_SUFFIX = " out"
+# SO_MARK of lbd's raw IPPROTO_RAW socket is SOCKET_MARK_BASE | queue number ("LB" in the high
+# half, the queue in the low 16 bits). To become lib.LB_SOCKET_MARK once lb_api.h defines it;
+# until then the C adapter and this constant must agree (0x4C420000).
+SOCKET_MARK_BASE = 0x4C420000
 PROTO_TCP = 6
 PROTO_UDP = 17
 _PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp"}
@@ -90,6 +118,32 @@ def jump_comment(queue_num: int) -> str:
 def jump_rule(queue_num: int) -> str:
     """The raw PREROUTING rule that sends packets into our chain, as `iptables -S` prints it."""
     return f'-A {HOOK_CHAIN} -m comment --comment "{jump_comment(queue_num)}" -j {chain_name(queue_num)}'
+
+
+def out_chain_name(queue_num: int) -> str:
+    return f"{chain_name(queue_num)}{OUT_CHAIN_SUFFIX}"
+
+
+def out_jump_comment(queue_num: int) -> str:
+    return f"{jump_comment(queue_num)}{OUT_COMMENT_SUFFIX}"
+
+
+def out_jump_rule(queue_num: int) -> str:
+    """The raw OUTPUT rule that sends locally generated packets into LBD-Q<N>-OUT."""
+    return (f'-A {OUT_HOOK_CHAIN} -m comment --comment "{out_jump_comment(queue_num)}" '
+            f"-j {out_chain_name(queue_num)}")
+
+
+def socket_mark(queue_num: int) -> int:
+    """SO_MARK the fast path puts on its raw socket for queue N (what LBD-Q<N>-OUT matches)."""
+    return SOCKET_MARK_BASE | _check_queue(queue_num)
+
+
+def out_rules(queue_num: int, track: bool = False) -> list[str]:
+    """LBD-Q<N>-OUT's content: untrack what lbd's raw socket sends (nothing with track=True)."""
+    if track:
+        return []
+    return [f"-A {out_chain_name(queue_num)} -m mark --mark {socket_mark(queue_num):#x} -j CT --notrack"]
 
 
 def _check_queue(num: int) -> int:
@@ -151,6 +205,11 @@ def reply_match(proto: int, rip: str, rport: int, lip: str) -> str:
     return l4_match(proto, saddr=rip, sport=rport, daddr=lip)
 
 
+def icmp_match(addr: str) -> str:
+    """ICMP to a VIP or LIP (errors about balanced flows, echo), for RuleManager.sync's `extra`."""
+    return f"-d {_host(addr)} -p icmp"
+
+
 def queue_target(queue_num: int, queue_balance: tuple[int, int] | None) -> str:
     if queue_balance is None:
         return f"-j NFQUEUE --queue-num {_check_queue(queue_num)} --queue-bypass"
@@ -178,18 +237,22 @@ def _check_match(match: str) -> str:
 
 @dataclass(frozen=True)
 class RulePair:
-    """The two rules one match becomes: notrack first, then queue."""
+    """The rules one match becomes: notrack first, then queue. `notrack` is None with track=True."""
 
     match: str
-    notrack: str
+    notrack: str | None
     queue: str
 
+    @property
+    def lines(self) -> list[str]:
+        return [self.notrack, self.queue] if self.notrack is not None else [self.queue]
 
-def rule_pair(chain: str, match: str, target: str) -> RulePair:
+
+def rule_pair(chain: str, match: str, target: str, *, track: bool = False) -> RulePair:
     match = _check_match(match)
     return RulePair(
         match=match,
-        notrack=f"-A {chain} {match} -j CT --notrack",
+        notrack=None if track else f"-A {chain} {match} -j CT --notrack",
         queue=f"-A {chain} {match} {target}",
     )
 
@@ -246,10 +309,11 @@ class Plan:
     add: list[str] = field(default_factory=list)
     deleted_rules: list[str] = field(default_factory=list)
     jump_added: bool = False
+    out_repaired: list[str] = field(default_factory=list)  # restore lines healing LBD-Q<N>-OUT
 
     @property
     def empty(self) -> bool:
-        return not self.delete and not self.add and not self.jump_added
+        return not self.delete and not self.add and not self.jump_added and not self.out_repaired
 
     def __str__(self) -> str:
         return f"{len(self.add)} to add, {len(self.delete)} to delete"
@@ -268,10 +332,18 @@ def plan_sync(existing: Sequence[str], desired: Sequence[RulePair]) -> Plan:
     add: list[str] = []
     seen_matches: set[tuple[str, ...]] = set()
     for pair in desired:
-        nt_key, q_key = rule_key(pair.notrack), rule_key(pair.queue)
+        nt_key = rule_key(pair.notrack) if pair.notrack is not None else ()
+        q_key = rule_key(pair.queue)
         if (nt_key, q_key) in seen_matches:
             continue  # the same match given twice is one pair of rules
         seen_matches.add((nt_key, q_key))
+        if pair.notrack is None:  # track=True: the queue rule alone is the unit
+            j = _first_unused(keys, q_key, used, start=0)
+            if j is not None:
+                used.add(j)
+            else:
+                add.append(pair.queue)
+            continue
         i = _first_unused(keys, nt_key, used, start=0)
         j = _first_unused(keys, q_key, used, start=i + 1) if i is not None else None
         if i is not None and j is not None:
@@ -303,26 +375,35 @@ def restore_script(lines: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class TableState:
-    """What `iptables -t raw -S` says about one queue's chain and its jumps."""
+    """What `iptables -t raw -S` says about one of our chains and the jumps to it."""
 
     chain_exists: bool
     rules: list[str]  # "-A LBD-Q<N> ..." lines, in order
-    jumps: list[str]  # "-A PREROUTING ... -j LBD-Q<N>" lines
+    jumps: list[str]  # "-A PREROUTING ... -j LBD-Q<N>" lines (any raw chain jumping to it)
 
 
 def parse_table(text: str, chain: str) -> TableState:
+    """Our `chain` in `iptables -S` text (or one table of iptables-save text) and every jump to it.
+
+    A jump from any chain of the table counts: a leftover jump from anywhere would keep the chain
+    from being deleted, so every rule jumping to a chain of ours is ours to remove.
+    """
     exists = False
     rules: list[str] = []
     jumps: list[str] = []
     for line in text.splitlines():
         line = line.strip()
-        if line == f"-N {chain}":
+        if line in (f"-N {chain}", f":{chain} - [0:0]") or (line.startswith(f":{chain} ") and " - " in line):
             exists = True
         elif line.startswith(f"-A {chain} "):
             rules.append(line)
-        elif line.startswith(f"-A {HOOK_CHAIN} ") and _jumps_to(line, chain):
+        elif line.startswith("-A ") and _jumps_to(line, chain):
             jumps.append(line)
     return TableState(exists, rules, jumps)
+
+
+def _has_jump_from(state: TableState, hook: str) -> bool:
+    return any(j.startswith(f"-A {hook} ") for j in state.jumps)
 
 
 def _jumps_to(line: str, chain: str) -> bool:
@@ -345,8 +426,12 @@ def _run(cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[s
 
 
 class RuleManager:
-    """Owns exactly one queue's chain in the raw table, and the jump to it.
+    """Owns exactly one queue's chains in the raw table (LBD-Q<N>, LBD-Q<N>-OUT) and the jumps to them.
 
+    `track`: the conntrack opt-in (IPVS `net.ipv4.vs.conntrack=1` analogue), off by default. With
+    track=True no `CT --notrack` rule is installed (LBD-Q<N> holds only NFQUEUE rules and
+    LBD-Q<N>-OUT is not created): packets lbd hands back and its raw-socket packets get conntrack
+    entries; forwarded packets still do not (the queue is before conntrack's hook; module doc).
     `netns` runs every command under `ip netns exec NAME` (tests; lbd itself already runs inside
     its namespace). `runner` replaces subprocess execution (unit tests).
     """
@@ -357,13 +442,17 @@ class RuleManager:
         queue_balance: tuple[int, int] | None = None,
         iptables: str = "iptables",
         *,
+        track: bool = False,
         netns: str | None = None,
         runner: Runner | None = None,
     ) -> None:
         self.queue_num = _check_queue(queue_num)
         self.queue_balance = queue_balance
+        self.track = bool(track)
         self.chain = chain_name(queue_num)
+        self.out_chain = out_chain_name(queue_num)
         self.target = queue_target(queue_num, queue_balance)  # validates queue_balance
+        self.mark = socket_mark(queue_num)
         self.iptables = iptables
         self.iptables_restore = f"{iptables}-restore"
         self.netns = netns
@@ -393,9 +482,22 @@ class RuleManager:
         log.debug("iptables-restore --noflush:\n%s", script)
         self._exec([self.iptables_restore, "-w", str(LOCK_WAIT_S), "--noflush"], script)
 
+    def _listing(self) -> str:
+        return self._exec([self.iptables, "-w", str(LOCK_WAIT_S), "-t", TABLE, "-S"])
+
     def _state(self) -> TableState:
-        text = self._exec([self.iptables, "-w", str(LOCK_WAIT_S), "-t", TABLE, "-S"])
-        return parse_table(text, self.chain)
+        return parse_table(self._listing(), self.chain)
+
+    def _states(self) -> tuple[TableState, TableState]:
+        """(LBD-Q<N>, LBD-Q<N>-OUT) from one listing."""
+        text = self._listing()
+        return parse_table(text, self.chain), parse_table(text, self.out_chain)
+
+    def _out_lines(self) -> list[str]:
+        """Restore lines creating LBD-Q<N>-OUT with its content and its jump (none with track)."""
+        if self.track:
+            return []
+        return [f":{self.out_chain} - [0:0]", *out_rules(self.queue_num), out_jump_rule(self.queue_num)]
 
     # ---- public API
 
@@ -406,66 +508,110 @@ class RuleManager:
     def jumps(self) -> list[str]:
         return self._state().jumps
 
-    def setup(self) -> None:
-        """Create the chain (empty) and the jump, removing any leftovers of this queue first.
+    def out_rules(self) -> list[str]:
+        """LBD-Q<N>-OUT's rules as `iptables -S` prints them (empty when absent)."""
+        return self._states()[1].rules
 
-        Idempotent. One transaction: delete every jump to our chain, declare the chain (which
-        creates it, or flushes it when a crashed instance left it behind), append the jump.
+    def out_jumps(self) -> list[str]:
+        return self._states()[1].jumps
+
+    def setup(self) -> None:
+        """Create the chains and the jumps, removing any leftovers of this queue first.
+
+        Idempotent. One transaction: delete every jump to our chains, declare LBD-Q<N> (which
+        creates it, or flushes it when a crashed instance left it behind), append its jump; then
+        the same for LBD-Q<N>-OUT with its notrack rule (with track=True a leftover OUT chain is
+        removed instead: an earlier instance may have run without the opt-in).
         """
-        state = self._state()
-        if state.rules or len(state.jumps) > 1:
-            log.warning(
-                "removing leftovers of a previous lbd on queue %d: %d rules, %d jumps",
-                self.queue_num, len(state.rules), len(state.jumps),
+        pre, out = self._states()
+        if pre.rules or len(pre.jumps) > 1 or out.jumps or out.chain_exists:
+            log.info(
+                "removing leftovers of a previous lbd on queue %d: %d+%d rules, %d+%d jumps",
+                self.queue_num, len(pre.rules), len(out.rules), len(pre.jumps), len(out.jumps),
             )
-        lines = [_delete_line(j) for j in state.jumps]
+        lines = [_delete_line(j) for j in pre.jumps + out.jumps]
         lines.append(f":{self.chain} - [0:0]")
         lines.append(jump_rule(self.queue_num))
+        if self.track:
+            if out.chain_exists:
+                lines += [f"-F {self.out_chain}", f"-X {self.out_chain}"]
+        else:
+            lines += self._out_lines()
         self._restore(lines)
-        log.info("raw table: chain %s ready, jumped to from %s", self.chain, HOOK_CHAIN)
+        log.info("raw table: chain %s ready, jumped to from %s; %s", self.chain, HOOK_CHAIN,
+                 "conntrack opt-in: balanced flows are tracked" if self.track else
+                 f"balanced flows untracked, also lbd's own packets (mark {self.mark:#x}) in {OUT_HOOK_CHAIN}")
 
     def sync(
         self,
         services: Iterable[tuple[int, str, int]],
         extra: Iterable[str] = (),
     ) -> Plan:
-        """Make the chain hold exactly these services' rule pairs (plus `extra` matches)."""
+        """Make the chain hold exactly these services' rule pairs plus one per `extra` match.
+
+        `extra` are match strings, e.g. `reply_match(...)` for FULLNAT replies and `icmp_match(addr)`
+        for ICMP to VIPs and local addresses.
+        """
         matches = [service_match(proto, vip, port) for proto, vip, port in services]
         return self.sync_matches(matches + list(extra))
 
     def sync_matches(self, matches: Iterable[str]) -> Plan:
-        """Make the chain hold exactly one notrack+queue pair per match, in one transaction."""
-        desired = [rule_pair(self.chain, m, self.target) for m in matches]
-        state = self._state()
-        if not state.chain_exists:
+        """Make the chain hold exactly one notrack+queue pair per match, in one transaction.
+
+        Also heals what an operator's flush may have removed: the jump from raw PREROUTING, and
+        LBD-Q<N>-OUT with its rule and jump (unless track=True).
+        """
+        desired = [rule_pair(self.chain, m, self.target, track=self.track) for m in matches]
+        pre, out = self._states()
+        if not pre.chain_exists:
             raise ChainMissingError(self._prefix() + [self.iptables, "-t", TABLE, "-S"], self.chain)
-        plan = plan_sync(state.rules, desired)
-        if not state.jumps:
+        plan = plan_sync(pre.rules, desired)
+        if not _has_jump_from(pre, HOOK_CHAIN):
             # Someone removed our jump (e.g. an operator's `iptables -t raw -F PREROUTING`):
             # without it nothing reaches the queue, so restore it in the same transaction.
             log.warning("raw %s: jump from %s was missing; restoring it", self.chain, HOOK_CHAIN)
             plan.jump_added = True
+        plan.out_repaired = self._plan_out(out)
         if plan.empty:
-            log.debug("raw %s already in sync (%d rules)", self.chain, len(state.rules))
+            log.debug("raw %s already in sync (%d rules)", self.chain, len(pre.rules))
             return plan
         lines = [f"-D {self.chain} {n}" for n in plan.delete] + plan.add
         if plan.jump_added:
             lines.append(jump_rule(self.queue_num))
+        lines += plan.out_repaired
         self._restore(lines)
         log.info("raw %s: %s", self.chain, plan)
         return plan
 
+    def _plan_out(self, out: TableState) -> list[str]:
+        if self.track:
+            return []
+        if not out.chain_exists:
+            log.warning("raw %s was missing; restoring it", self.out_chain)
+            return self._out_lines()
+        lines: list[str] = []
+        want = out_rules(self.queue_num)
+        if [rule_key(r) for r in out.rules] != [rule_key(r) for r in want]:
+            log.warning("raw %s did not hold exactly %s; rewriting it", self.out_chain, want)
+            lines += [f"-F {self.out_chain}", *want]
+        if not _has_jump_from(out, OUT_HOOK_CHAIN):
+            log.warning("raw %s: jump from %s was missing; restoring it", self.out_chain, OUT_HOOK_CHAIN)
+            lines.append(out_jump_rule(self.queue_num))
+        return lines
+
     def teardown(self) -> None:
-        """Remove the jump(s), flush and delete the chain. Idempotent; touches nothing else."""
-        state = self._state()
-        lines = [_delete_line(j) for j in state.jumps]
-        if state.chain_exists:
-            lines += [f"-F {self.chain}", f"-X {self.chain}"]
+        """Remove the jumps, flush and delete both chains. Idempotent; touches nothing else."""
+        pre, out = self._states()
+        lines = [_delete_line(j) for j in pre.jumps + out.jumps]
+        for state, chain in ((pre, self.chain), (out, self.out_chain)):
+            if state.chain_exists:
+                lines += [f"-F {chain}", f"-X {chain}"]
         if not lines:
             log.debug("raw %s: nothing to tear down", self.chain)
             return
         self._restore(lines)
-        log.info("raw %s: removed (%d rules, %d jumps)", self.chain, len(state.rules), len(state.jumps))
+        log.info("raw %s, %s: removed (%d rules, %d jumps)", self.chain, self.out_chain,
+                 len(pre.rules) + len(out.rules), len(pre.jumps) + len(out.jumps))
 
     def detect(self) -> str | None:
         return detect(self.iptables, netns=self.netns, runner=self._runner)
@@ -507,6 +653,7 @@ def detect(
         f":{probe} - [0:0]",
         f"-A {probe} -p udp -m udp --dport 9 -j CT --notrack",
         f"-A {probe} -p udp -m udp --dport 9 -j NFQUEUE --queue-num 0 --queue-bypass",
+        f"-A {probe} -m mark --mark {SOCKET_MARK_BASE:#x} -j CT --notrack",
         f"-F {probe}",
         f"-X {probe}",
     ])
@@ -514,7 +661,7 @@ def detect(
         ([iptables, "--version"], None, "iptables does not run"),
         ([iptables, "-w", str(LOCK_WAIT_S), "-t", TABLE, "-S"], None, "cannot read the raw table"),
         ([f"{iptables}-restore", "-w", str(LOCK_WAIT_S), "--noflush"], script,
-         "the kernel refuses CT --notrack or NFQUEUE in the raw table"),
+         "the kernel refuses CT --notrack, -m mark or NFQUEUE in the raw table"),
     ]
     for cmd, stdin, what in checks:
         try:

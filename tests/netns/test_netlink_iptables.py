@@ -35,6 +35,24 @@ from lb.netlink import (
 
 pytestmark = pytest.mark.netns
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _pyroute2_children_always_exit() -> Iterator[None]:
+    """pyroute2 opens netlink sockets in another namespace from a forked child ("fork" mode). If
+    that child gets a signal whose inherited Python handler raises (lb.testbed.topology turns
+    SIGTERM into KeyboardInterrupt for the whole pytest process once a session topology exists,
+    and pyroute2 stops slow children with SIGTERM), the exception escapes pyroute2's wrapper
+    before its os._exit(): the child carries on as a second copy of this pytest run, sharing our
+    namespace names. "mp" mode runs the same child under multiprocessing, which always _exits."""
+    import pyroute2.config
+
+    old = pyroute2.config.child_process_mode
+    pyroute2.config.child_process_mode = "mp"
+    try:
+        yield
+    finally:
+        pyroute2.config.child_process_mode = old
+
 RUN_PREFIX = f"lbD{os.getpid() % 100000}{uuid.uuid4().hex[:2]}"  # <= 10 chars; + suffixes <= 15
 CMD_TIMEOUT_S = 20
 
@@ -405,6 +423,9 @@ def test_setup_sync_teardown_lifecycle(fw: tuple[str, str, Namespaces]) -> None:
         m.setup()  # idempotent
         assert raw_S(d).count(ipt.jump_rule(7)) == 1
         assert m.rules() == []
+        # lbd's own packets: our generated OUT text is exactly what iptables prints
+        assert raw_S(d).count(ipt.out_jump_rule(7)) == 1
+        assert m.out_rules() == ipt.out_rules(7) == ["-A LBD-Q7-OUT -m mark --mark 0x4c420007 -j CT --notrack"]
 
         plan = m.sync(SERVICES)
         assert len(plan.add) == 4 and not plan.delete
@@ -419,6 +440,11 @@ def test_setup_sync_teardown_lifecycle(fw: tuple[str, str, Namespaces]) -> None:
         in_ns(d, "iptables", "-t", "raw", "-D", "PREROUTING", "-m", "comment", "--comment", "lbd q7", "-j", "LBD-Q7")
         assert m.sync([(6, VIP, 80), (6, VIP, 443)]).jump_added  # an operator's flush is healed
         assert raw_S(d).count(ipt.jump_rule(7)) == 1
+        in_ns(d, "iptables", "-t", "raw", "-F", "OUTPUT")
+        in_ns(d, "iptables", "-t", "raw", "-F", "LBD-Q7-OUT")
+        assert m.sync([(6, VIP, 80), (6, VIP, 443)]).out_repaired  # ...also on the OUTPUT side
+        assert raw_S(d).count(ipt.out_jump_rule(7)) == 1 and m.out_rules() == ipt.out_rules(7)
+        assert m.sync([(6, VIP, 80), (6, VIP, 443)]).empty
     finally:
         m.teardown()
     assert raw_S(d) == before  # the foreign rule survives, nothing of ours remains
@@ -440,11 +466,15 @@ def test_crash_leftovers_removed_and_other_instances_untouched(fw: tuple[str, st
         crashed.sync(SERVICES)
         # ...lbd on queue 8 dies without teardown; someone also added a bare jump by hand.
         in_ns(d, "iptables", "-t", "raw", "-A", "PREROUTING", "-j", "LBD-Q8")
+        in_ns(d, "iptables", "-t", "raw", "-A", "OUTPUT", "-j", "LBD-Q8-OUT")
         del crashed
         restarted = RuleManager(8, netns=d)
         restarted.setup()
         table = raw_S(d)
         assert table.count(ipt.jump_rule(8)) == 1
+        assert table.count(ipt.out_jump_rule(8)) == 1
+        assert "-A OUTPUT -j LBD-Q8-OUT" not in table
+        assert restarted.out_rules() == ipt.out_rules(8)
         assert not any(line.startswith("-A PREROUTING") and line.endswith("-j LBD-Q8") and line != ipt.jump_rule(8)
                        for line in table)
         assert restarted.rules() == []
@@ -508,3 +538,71 @@ def test_detect_in_namespace(fw: tuple[str, str, Namespaces]) -> None:
     before = raw_S(d)
     assert ipt.detect(netns=d) is None
     assert raw_S(d) == before  # the probe transaction leaves nothing behind
+
+
+@needs_netns
+def test_track_opt_in_installs_no_notrack(fw: tuple[str, str, Namespaces]) -> None:
+    d, _, _ = fw
+    before = raw_S(d)
+    untracked = RuleManager(12, netns=d)
+    try:
+        untracked.setup()
+        untracked.sync(SERVICES)  # then lbd "crashes" and restarts with the opt-in
+        m = RuleManager(12, track=True, netns=d)
+        m.setup()
+        assert not any("LBD-Q12-OUT" in line for line in raw_S(d))
+        m.sync(SERVICES)
+        assert m.rules() == [f"-A LBD-Q12 {ipt.service_match(p, a, n)} {m.target}" for p, a, n in SERVICES]
+        assert not any("notrack" in line for line in raw_S(d) if "LBD-Q12" in line)
+        assert m.sync(SERVICES).empty
+    finally:
+        RuleManager(12, netns=d).teardown()
+    assert raw_S(d) == before
+
+
+RAW_SEND = """
+import socket, struct, sys
+src, dst, mark = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IP_HDRINCL implied
+if mark:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+payload = b"lbd-test"
+udp = struct.pack("!HHHH", 4000, 9, 8 + len(payload), 0) + payload
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+s.sendto(ip + udp, (dst, 0))
+"""
+
+
+def filter_counters(ns: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in in_ns(ns, "iptables", "-t", "filter", "-S", "OUTPUT", "-v").splitlines():
+        m = re.match(r"-A OUTPUT (.*?)-c (\d+) \d+", line)
+        if m:
+            out[m.group(1).strip()] = int(m.group(2))
+    return out
+
+
+@needs_netns
+def test_marked_raw_socket_packets_are_untracked(fw: tuple[str, str, Namespaces]) -> None:
+    """What the fast path's IPPROTO_RAW socket sends with SO_MARK = base|queue leaves UNTRACKED."""
+    d, _, _ = fw
+    q = 13
+    m = RuleManager(q, netns=d)
+    untracked = "-d 10.231.40.2/32 -p udp -m conntrack --ctstate UNTRACKED"
+    new = "-d 10.231.40.2/32 -p udp -m conntrack --ctstate NEW"
+    try:
+        m.setup()
+        in_ns(d, "iptables", "-A", "OUTPUT", *untracked.split())
+        in_ns(d, "iptables", "-A", "OUTPUT", *new.split())
+        py = shutil.which("python3") or "python3"
+        in_ns(d, py, "-c", RAW_SEND, "10.231.40.1", "10.231.40.2", str(ipt.socket_mark(q)))
+        got = filter_counters(d)
+        assert got[untracked] == 1 and got[new] == 0, got
+        in_ns(d, py, "-c", RAW_SEND, "10.231.40.1", "10.231.40.2", "0")  # unmarked: tracked as usual
+        in_ns(d, py, "-c", RAW_SEND, "10.231.40.1", "10.231.40.2", str(ipt.socket_mark(q + 1)))  # other queue
+        got = filter_counters(d)
+        assert got[untracked] == 1 and got[new] == 2, got
+    finally:
+        in_ns(d, "iptables", "-F", "OUTPUT", check=False)
+        m.teardown()

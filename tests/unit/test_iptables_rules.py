@@ -30,8 +30,14 @@ def pair(match: str) -> ipt.RulePair:
 def lines(*pairs: ipt.RulePair) -> list[str]:
     out: list[str] = []
     for p in pairs:
-        out += [p.notrack, p.queue]
+        out += p.lines
     return out
+
+
+JUMP3 = '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3'
+OUT_JUMP3 = '-A OUTPUT -m comment --comment "lbd q3 out" -j LBD-Q3-OUT'
+OUT_RULE3 = "-A LBD-Q3-OUT -m mark --mark 0x4c420003 -j CT --notrack"
+OUT_OK = ["-N LBD-Q3-OUT", OUT_JUMP3, OUT_RULE3]  # a healthy LBD-Q3-OUT as `-S` prints it
 
 
 A = pair(ipt.service_match(TCP, "10.0.0.1", 80))
@@ -227,6 +233,9 @@ def test_setup_clears_leftovers_in_one_transaction() -> None:
         '-D PREROUTING -m comment --comment "lbd q3" -j LBD-Q3\n'
         ":LBD-Q3 - [0:0]\n"
         '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3\n'
+        ":LBD-Q3-OUT - [0:0]\n"
+        "-A LBD-Q3-OUT -m mark --mark 0x4c420003 -j CT --notrack\n"
+        '-A OUTPUT -m comment --comment "lbd q3 out" -j LBD-Q3-OUT\n'
         "COMMIT\n"
     ]
     restore_cmd = [c for c, _ in fake.calls if c[0].endswith("-restore")][0]
@@ -235,7 +244,7 @@ def test_setup_clears_leftovers_in_one_transaction() -> None:
 
 def test_sync_sends_numbered_deletes_then_appends() -> None:
     fake = FakeIptables("\n".join([
-        "-N LBD-Q3", '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3', *lines(A, B),
+        "-N LBD-Q3", '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3', *lines(A, B), *OUT_OK,
     ]))
     plan = RuleManager(3, runner=fake).sync([(TCP, "10.0.0.1", 80), (TCP, "10.0.0.2", 443)])
     assert str(plan) == "2 to add, 2 to delete"
@@ -243,13 +252,14 @@ def test_sync_sends_numbered_deletes_then_appends() -> None:
 
 
 def test_sync_in_sync_sends_nothing() -> None:
-    fake = FakeIptables("\n".join(["-N LBD-Q3", '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3', *lines(A)]))
+    fake = FakeIptables("\n".join(["-N LBD-Q3", '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3', *lines(A),
+                                    *OUT_OK]))
     assert RuleManager(3, runner=fake).sync([(TCP, "10.0.0.1", 80)]).empty
     assert fake.scripts() == []
 
 
 def test_sync_restores_a_missing_jump() -> None:
-    fake = FakeIptables("\n".join(["-N LBD-Q3", *lines(A)]))
+    fake = FakeIptables("\n".join(["-N LBD-Q3", *lines(A), *OUT_OK]))
     plan = RuleManager(3, runner=fake).sync([(TCP, "10.0.0.1", 80)])
     assert plan.jump_added
     assert fake.scripts() == ['*raw\n-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3\nCOMMIT\n']
@@ -315,3 +325,128 @@ def test_detect_reports_kernel_refusal() -> None:
 
     reason = ipt.detect("iptables", netns="lbDx", runner=runner)
     assert reason is not None and "NFQUEUE" in reason and "RULE_APPEND failed" in reason
+
+
+# ---------------------------------------------------------------- raw OUTPUT: lbd's own packets
+
+
+def test_out_chain_names_mark_and_rule_text() -> None:
+    assert ipt.SOCKET_MARK_BASE == 0x4C420000
+    assert ipt.socket_mark(3) == 0x4C420003 and ipt.socket_mark(65535) == 0x4C42FFFF
+    assert ipt.out_chain_name(3) == "LBD-Q3-OUT"
+    assert ipt.out_jump_rule(3) == OUT_JUMP3
+    assert ipt.out_rules(3) == [OUT_RULE3]
+    assert ipt.out_rules(3, track=True) == []
+    with pytest.raises(ValueError):
+        ipt.socket_mark(65536)
+
+
+def test_icmp_match_for_vips_and_lips() -> None:
+    assert ipt.icmp_match("10.0.0.1") == "-d 10.0.0.1/32 -p icmp"
+    p = rule_pair(CHAIN, ipt.icmp_match("10.0.0.1"), QUEUE)
+    assert p.notrack == "-A LBD-Q3 -d 10.0.0.1/32 -p icmp -j CT --notrack"
+    assert rule_key(p.queue) == rule_key("-A LBD-Q3 -p icmp -d 10.0.0.1 -j NFQUEUE --queue-num 3 --queue-bypass")
+    with pytest.raises(ValueError):
+        ipt.icmp_match("10.0.0.300")
+
+
+def test_parse_table_reads_iptables_save_and_jumps_from_any_chain() -> None:
+    text = "\n".join([
+        "*raw", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":LBD-Q3 - [0:0]", ":LBD-Q3-OUT - [0:0]",
+        JUMP3, OUT_JUMP3, OUT_RULE3, "COMMIT",
+    ])
+    out = parse_table(text, "LBD-Q3-OUT")
+    assert out.chain_exists and out.rules == [OUT_RULE3] and out.jumps == [OUT_JUMP3]
+    pre = parse_table(text, CHAIN)
+    assert pre.chain_exists and pre.rules == [] and pre.jumps == [JUMP3]
+
+
+def test_sync_extra_icmp_and_reply_matches_in_one_transaction() -> None:
+    fake = FakeIptables("\n".join(["-N LBD-Q3", JUMP3, *OUT_OK]))
+    extra = [ipt.reply_match(TCP, "10.1.1.1", 8080, "10.2.2.2"), ipt.icmp_match("10.0.0.1"), ipt.icmp_match("10.2.2.2")]
+    plan = RuleManager(3, runner=fake).sync([(TCP, "10.0.0.1", 80)], extra=extra)
+    assert len(plan.add) == 8 and not plan.out_repaired
+    (script,) = fake.scripts()
+    assert "-A LBD-Q3 -d 10.0.0.1/32 -p icmp -j CT --notrack\n-A LBD-Q3 -d 10.0.0.1/32 -p icmp -j NFQUEUE" in script
+    assert "-A LBD-Q3 -d 10.2.2.2/32 -p icmp -j CT --notrack" in script
+
+
+def test_setup_removes_leftovers_of_both_chains() -> None:
+    fake = FakeIptables("\n".join(["-N LBD-Q3", "-N LBD-Q3-OUT", JUMP3, OUT_JUMP3, OUT_JUMP3, *lines(A), OUT_RULE3]))
+    RuleManager(3, runner=fake).setup()
+    (script,) = fake.scripts()
+    body = script.splitlines()[1:-1]
+    assert body == [
+        "-D" + JUMP3[2:], "-D" + OUT_JUMP3[2:], "-D" + OUT_JUMP3[2:],
+        ":LBD-Q3 - [0:0]", JUMP3, ":LBD-Q3-OUT - [0:0]", OUT_RULE3, OUT_JUMP3,
+    ]
+
+
+@pytest.mark.parametrize(
+    "out_state, want",
+    [
+        (["-N LBD-Q3-OUT", OUT_JUMP3, OUT_RULE3], []),
+        ([], [":LBD-Q3-OUT - [0:0]", OUT_RULE3, OUT_JUMP3]),  # chain deleted by hand
+        (["-N LBD-Q3-OUT", OUT_RULE3], [OUT_JUMP3]),  # `iptables -t raw -F OUTPUT`
+        (["-N LBD-Q3-OUT", OUT_JUMP3], ["-F LBD-Q3-OUT", OUT_RULE3]),  # chain flushed
+        (["-N LBD-Q3-OUT", OUT_JUMP3, OUT_RULE3, "-A LBD-Q3-OUT -j ACCEPT"], ["-F LBD-Q3-OUT", OUT_RULE3]),
+        (["-N LBD-Q3-OUT", OUT_JUMP3, OUT_RULE3.replace("0x4c420003", "0x4c420004")], ["-F LBD-Q3-OUT", OUT_RULE3]),
+    ],
+)
+def test_sync_heals_the_out_chain(out_state: list[str], want: list[str]) -> None:
+    fake = FakeIptables("\n".join(["-N LBD-Q3", JUMP3, *lines(A), *out_state]))
+    plan = RuleManager(3, runner=fake).sync([(TCP, "10.0.0.1", 80)])
+    assert plan.out_repaired == want
+    assert plan.empty == (not want)
+    if want:
+        assert fake.scripts() == ["*raw\n" + "\n".join(want) + "\nCOMMIT\n"]
+    else:
+        assert fake.scripts() == []
+
+
+def test_track_opt_in_omits_every_notrack_rule() -> None:
+    fake = FakeIptables("\n".join(["-N LBD-Q3-OUT", OUT_JUMP3, OUT_RULE3]))  # left by an untracked run
+    m = RuleManager(3, track=True, runner=fake)
+    m.setup()
+    assert fake.scripts() == ["*raw\n" + "\n".join([
+        "-D" + OUT_JUMP3[2:], ":LBD-Q3 - [0:0]", JUMP3, "-F LBD-Q3-OUT", "-X LBD-Q3-OUT",
+    ]) + "\nCOMMIT\n"]
+    tracked = rule_pair(CHAIN, A.match, QUEUE, track=True)
+    assert tracked.notrack is None and tracked.lines == [A.queue]
+    fake2 = FakeIptables("\n".join(["-N LBD-Q3", JUMP3]))
+    plan = RuleManager(3, track=True, runner=fake2).sync([(TCP, "10.0.0.1", 80)])
+    assert plan.add == [A.queue] and not plan.out_repaired
+    assert "notrack" not in fake2.scripts()[0]
+
+
+def test_plan_sync_track_mode_and_switching_modes() -> None:
+    tracked_a = rule_pair(CHAIN, A.match, QUEUE, track=True)
+    assert plan_sync([A.queue], [tracked_a]).empty
+    # switching the opt-in on: the notrack rule goes, the queue rule stays (counters survive)
+    plan = plan_sync(lines(A), [tracked_a])
+    assert plan.delete == [1] and plan.add == []
+    # and off again: the pair is rewritten, notrack first
+    plan = plan_sync([A.queue], [A])
+    assert plan.delete == [1] and plan.add == lines(A)
+
+
+def test_teardown_removes_both_chains() -> None:
+    fake = FakeIptables("\n".join(["-N LBD-Q3", "-N LBD-Q3-OUT", "-N LBD-Q4-OUT", JUMP3, OUT_JUMP3,
+                                   '-A OUTPUT -m comment --comment "lbd q4 out" -j LBD-Q4-OUT',
+                                   *lines(A), OUT_RULE3]))
+    RuleManager(3, runner=fake).teardown()
+    assert fake.scripts() == ["*raw\n" + "\n".join([
+        "-D" + JUMP3[2:], "-D" + OUT_JUMP3[2:], "-F LBD-Q3", "-X LBD-Q3", "-F LBD-Q3-OUT", "-X LBD-Q3-OUT",
+    ]) + "\nCOMMIT\n"]
+
+
+def test_detect_probes_the_mark_match_too() -> None:
+    scripts: list[str] = []
+
+    def runner(cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+        if stdin:
+            scripts.append(stdin)
+        return subprocess.CompletedProcess(list(cmd), 0, "", "")
+
+    assert ipt.detect("iptables", netns="lbDx", runner=runner) is None
+    assert "-m mark --mark 0x4c420000 -j CT --notrack" in scripts[0]
