@@ -1,0 +1,311 @@
+"""Fixtures for real-packet tests in network namespaces.
+
+- `topo` (session): a DR topology (client, director, rs1..rs3 on one bridge, see
+  lb.testbed.topology.dr_spec) with an HTTP server in each real server that
+  answers with its name. Removed at the end, also on failure or Ctrl-C.
+- `engine`: "c" and "python" (`lbd --engine python`); the python variant is
+  skipped, with lbd's own words as the reason, if that engine does not start.
+- `lbd`: a fresh `lbd` in the director namespace for each test, configured only
+  through `lbd.lbadm(...)`. Its finalizer sends SIGTERM, expects exit 0 and
+  asserts that no iptables rule or chain is left in the director namespace.
+
+Everything runs inside namespaces named with this run's `lbB<token>` prefix;
+the only processes ended are the ones started here, by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from lb.testbed import client
+from lb.testbed.topology import Host, Topology, dr_spec, environment_problem
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+LBD = Path(os.environ.get("LBD", VENV_BIN / "lbd"))
+LBADM = Path(os.environ.get("LBADM", VENV_BIN / "lbadm"))
+
+N_REAL = 3
+HTTP_PORT = 80
+QUEUE_NUM = 0  # NFQUEUE numbers are per network namespace: 0 never collides
+READY_TIMEOUT_S = 20.0  # lbd start-up until the control socket answers ping
+STOP_TIMEOUT_S = 10.0  # SIGTERM until exit
+CTL_TIMEOUT_S = 10.0  # one control request
+LBADM_TIMEOUT_S = 20.0
+
+_HERE = Path(__file__).resolve().parent
+_ENV_PROBLEM = environment_problem()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE not in Path(str(item.fspath)).resolve().parents:
+            continue
+        item.add_marker(pytest.mark.netns)
+        if _ENV_PROBLEM is not None:
+            item.add_marker(pytest.mark.skip(reason=f"real-packet tests: {_ENV_PROBLEM}"))
+
+
+# --------------------------------------------------------------------------- topology
+
+
+@pytest.fixture(scope="session")
+def topo() -> Iterator[Topology]:
+    logdir = Path(tempfile.mkdtemp(prefix="lbB-httpd-"))
+    try:
+        yield from _topology_with_httpds(logdir)
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+def _topology_with_httpds(logdir: Path) -> Iterator[Topology]:
+    with Topology(dr_spec(N_REAL)) as t:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        for rs in t.reals:
+            log = open(logdir / f"{rs.name}.log", "w")
+            rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name,
+                      "--port", str(HTTP_PORT)], stdout=log, stderr=subprocess.STDOUT, env=env)
+            log.close()
+        # Each real server must answer on its own address before any test starts.
+        deadline = time.monotonic() + 15.0
+        for rs in t.reals:
+            while True:
+                reply = client.get_once(t.client.netns, rs.addr, HTTP_PORT, timeout=2.0)
+                if reply.ok and reply.server == rs.name:
+                    break
+                if time.monotonic() > deadline:
+                    tail = (logdir / f"{rs.name}.log").read_text()[-2000:]
+                    raise RuntimeError(f"httpd on {rs} not answering: {reply}; log:\n{tail}")
+                time.sleep(0.1)
+        yield t
+
+
+# --------------------------------------------------------------------------- lbd
+
+
+class LbdError(RuntimeError):
+    pass
+
+
+def ctl_request(sock_path: str, op: str, args: dict[str, Any] | None = None,
+                timeout: float = CTL_TIMEOUT_S) -> dict[str, Any]:
+    """One newline-delimited JSON request on lbd's control socket (docs/control-protocol.md)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(sock_path)
+        s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    if not buf:
+        raise LbdError(f"lbd closed the control connection without answering {op}")
+    return json.loads(buf.decode())
+
+
+def iptables_leftovers(host: Host) -> list[str]:
+    """Rules and user chains in `host`'s namespace. Our namespaces start empty, so any is lbd's."""
+    found = []
+    raw = host.exec(["iptables", "-t", "raw", "-S"]).stdout
+    for line in raw.splitlines():
+        if line.strip() and not line.startswith("-P "):
+            found.append(f"raw: {line}")
+    save = host.exec(["iptables-save"]).stdout
+    for line in save.splitlines():
+        if line.startswith("-A ") or (line.startswith(":") and line.split()[1:2] == ["-"]):
+            found.append(f"iptables-save: {line}")
+    return found
+
+
+class Lbd:
+    """One lbd process in the director namespace, started and ended by us (by PID)."""
+
+    def __init__(self, topo: Topology, engine: str) -> None:
+        self.topo = topo
+        self.engine = engine
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{topo.prefix}-lbd-"))
+        self.socket = str(self.dir / "lbd.sock")
+        self.proc: subprocess.Popen[Any] | None = None
+        self.log_path: Path | None = None
+        self.starts = 0
+        self.ping_result: dict[str, Any] | None = None
+
+    @property
+    def director(self) -> Host:
+        return self.topo.director
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
+        """Start lbd and wait until ping answers ok; returns the ping result."""
+        if not LBD.exists():
+            raise LbdError(f"{LBD} does not exist: run `make build` (pip install -e .) first")
+        self.starts += 1
+        self.log_path = self.dir / f"lbd-{self.starts}.log"
+        with open(self.log_path, "w") as log:
+            self.proc = self.director.popen(
+                [str(LBD), "--socket", self.socket, "--queue-num", str(QUEUE_NUM),
+                 "--engine", self.engine, "-v"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        last_err = "no answer yet"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LbdError(f"lbd exited with {self.proc.returncode} before ready:\n{self.log_tail()}")
+            if os.path.exists(self.socket):
+                try:
+                    resp = ctl_request(self.socket, "ping", timeout=2.0)
+                except (OSError, ValueError, LbdError) as exc:
+                    last_err = f"{type(exc).__name__}: {exc}"
+                else:
+                    if resp.get("ok"):
+                        self.ping_result = resp.get("result") or {}
+                        return self.ping_result
+                    last_err = f"ping answered {resp}"
+            time.sleep(0.05)
+        raise LbdError(f"lbd not ready after {timeout}s ({last_err}):\n{self.log_tail()}")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Signal our lbd (by PID) and wait; SIGKILL if it does not exit in time. Returns its status."""
+        if self.proc is None:
+            return None
+        return self.topo.stop_process(self.proc, sig, timeout=STOP_TIMEOUT_S)
+
+    def request(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        return ctl_request(self.socket, op, args)
+
+    def lbadm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `lbadm --socket S ARGS...` in the director namespace."""
+        argv = [str(LBADM), "--socket", self.socket, *args]
+        proc = self.director.exec(argv, check=False, timeout=LBADM_TIMEOUT_S)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"lbadm {' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}"
+                f"\nstderr: {proc.stderr}\nlbd log:\n{self.log_tail()}"
+            )
+        return proc
+
+    def iptables_leftovers(self) -> list[str]:
+        return iptables_leftovers(self.director)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _lbd_supports_engine_flag() -> str | None:
+    if not LBD.exists():
+        return f"{LBD} does not exist"
+    proc = subprocess.run([str(LBD), "--help"], capture_output=True, text=True, timeout=30)
+    text = proc.stdout + proc.stderr
+    if "--engine" not in text:
+        return "`lbd --help` does not offer --engine"
+    return None
+
+
+@pytest.fixture(scope="session")
+def python_engine_problem(topo: Topology) -> str | None:
+    """None if `lbd --engine python` starts and answers ping as engine "python", else why not."""
+    problem = _lbd_supports_engine_flag()
+    if problem:
+        return problem
+    probe = Lbd(topo, "python")
+    try:
+        result = probe.start()
+        if result.get("engine") != "python":
+            return f"`lbd --engine python` answers ping with engine={result.get('engine')!r}"
+        return None
+    except LbdError as exc:
+        return f"`lbd --engine python` does not start: {str(exc)[-600:]}"
+    finally:
+        probe.stop()
+        leftovers = iptables_leftovers(topo.director)
+        if leftovers:
+            _flush_director(topo)
+        probe.cleanup()
+
+
+@pytest.fixture(params=["c", "python"])
+def engine(request: pytest.FixtureRequest) -> str:
+    if request.param == "python":
+        problem = request.getfixturevalue("python_engine_problem")
+        if problem:
+            pytest.skip(f"python engine unavailable: {problem}")
+    return request.param
+
+
+def _flush_director(topo: Topology) -> None:
+    # Only after a failure was recorded: restore an empty ruleset in OUR director
+    # namespace so that one broken test does not cascade into the next.
+    for table in ("raw", "filter", "mangle", "nat"):
+        topo.director.exec(["iptables", "-t", table, "-F"], check=False)
+        topo.director.exec(["iptables", "-t", table, "-X"], check=False)
+
+
+@pytest.fixture
+def lbd(topo: Topology, engine: str) -> Iterator[Lbd]:
+    d = Lbd(topo, engine)
+    try:
+        result = d.start()
+        assert result.get("engine") == engine, f"asked for engine {engine}, ping says {result}"
+        yield d
+        was_running = d.running()
+        rc = d.stop(signal.SIGTERM)
+        problems = []
+        if was_running and rc != 0:
+            problems.append(f"lbd exited {rc} on SIGTERM (expected 0)")
+        leftovers = iptables_leftovers(topo.director)
+        if leftovers:
+            problems.append("iptables rules left behind after lbd exit:\n  " + "\n  ".join(leftovers))
+            _flush_director(topo)
+        assert not problems, "\n".join(problems) + f"\nlbd log:\n{d.log_tail()}"
+    finally:
+        if d.running():
+            d.stop(signal.SIGKILL)
+        if iptables_leftovers(topo.director):
+            _flush_director(topo)
+        d.cleanup()
+
+
+@pytest.fixture
+def http(topo: Topology) -> "HttpHelper":
+    return HttpHelper(topo)
+
+
+class HttpHelper:
+    """Client-side helpers bound to the topology's client namespace and VIP; closes what it opens."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self.netns = topo.client.netns
+        self.vip = topo.vip
+        self.port = HTTP_PORT
+
+    def gets(self, n: int, timeout: float = 5.0) -> list[client.Reply]:
+        return client.fresh_gets(self.netns, self.vip, self.port, n, timeout=timeout)
+
+    def keepalive(self) -> client.KeepAlive:
+        return client.KeepAlive(self.netns, self.vip, self.port)
+
+    def hold(self, seconds: int) -> client.Hold:
+        return client.Hold(self.netns, self.vip, self.port, seconds=seconds)
