@@ -1,138 +1,613 @@
-"""TOML configuration: parsing and validation into model objects.
+"""Configuration files: TOML (configs/reference.toml) or ipvsadm-save output, validated whole.
 
-The whole file is validated before anything is applied; an invalid file
-changes nothing and the error names the file, the line where it can be placed
-and the reason. Parsing uses the standard library's TOML parser (tomllib);
-since tomllib does not report value positions, lines of semantic errors are
-found by locating the offending table header in the text.
+`load_config(path)` returns a `Config` or raises `ConfigErrors` listing EVERY problem found,
+each as "FILE:LINE: reason". Nothing is applied from a file with any error (keepalived's
+approach: validate completely, then act).
+
+tomllib reports positions only for syntax errors, so `TomlLines` finds the lines of tables and
+keys itself: one pass over the text that tracks strings (including multi-line ones) and
+bracket depth, so that only real statements - `[table]`, `[[array.of.tables]]`, `key = ...` -
+are indexed, by the path tomllib gives the value (("service", 2, "dest", 0), "weight").
+
+ipvsadm-save files (`ipvsadm -S`, `lbadm -S`) are recognised by content: their first statement
+starts with "-" (or the word ipvsadm/lbadm), which no TOML statement can. They are parsed line
+by line with lbadm's own command-line parser, so they mean exactly what `lbadm -R` makes of them.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from lb.model import PROTO_BY_NAME, ConfigError, DestSpec, ServiceKey, ServiceSpec
+from lb.model import (
+    FORWARD_NAMES,
+    MAX_THRESHOLD,
+    MAX_WEIGHT,
+    PROTO_BY_NAME,
+    SCHEDULERS,
+    ConfigError,
+    DestSpec,
+    ServiceKey,
+    ServiceSpec,
+)
+from lb.reconcile import (
+    DEFAULT_TIMEOUTS,
+    MAX_TIMEOUT_S,
+    AddDest,
+    AddLaddr,
+    AddService,
+    ServiceState,
+    SetTimeout,
+    State,
+    StateError,
+    Timeouts,
+    parse_command,
+)
 
-SERVICE_KEYS = {"proto", "addr", "port", "sched", "persistent", "netmask", "dest"}
-DEST_KEYS = {"addr", "port", "fwd", "weight", "u_threshold", "l_threshold"}
+SERVICE_KEYS = ("proto", "addr", "port", "sched", "persistent", "netmask", "toa", "synproxy", "laddrs", "dest")
+DEST_KEYS = ("addr", "port", "fwd", "weight", "u_threshold", "l_threshold")
+TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
+TOP_KEYS = ("service", "timeouts")
+
+Path_ = tuple[Any, ...]  # a value's path in the parsed document: ("service", 0, "dest", 1)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+class ConfigErrors(ConfigError):
+    """Every problem of one configuration file, in line order."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = sorted(issues, key=lambda i: i.line)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+# ---------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class DestConfig:
+    spec: DestSpec
+    line: int
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     spec: ServiceSpec
-    dests: tuple[DestSpec, ...]
+    dests: tuple[DestConfig, ...] = ()
+    laddrs: tuple[str, ...] = ()
+    line: int = 0
+    laddrs_line: int = 0
 
 
 @dataclass(frozen=True)
 class Config:
     path: str
-    services: tuple[ServiceConfig, ...]
+    services: tuple[ServiceConfig, ...] = ()
+    timeouts: Timeouts | None = None  # None: the file does not manage timeouts
+    timeouts_line: int = 0
+    kind: str = "toml"  # "toml" | "ipvsadm-save"
+
+    def state(self) -> State:
+        """The desired state this file describes, with source lines for messages."""
+        state = State(timeouts=self.timeouts)
+        if self.timeouts is not None:
+            state.lines[("timeouts",)] = self.timeouts_line
+        for svc in self.services:
+            key = svc.spec.key
+            state.services[key] = ServiceState(
+                svc.spec, {(d.spec.addr, d.spec.port): d.spec for d in svc.dests}, dict.fromkeys(svc.laddrs)
+            )
+            state.lines[("svc", key)] = svc.line
+            for d in svc.dests:
+                state.lines[("dest", key, d.spec.addr, d.spec.port)] = d.line
+            for a in svc.laddrs:
+                state.lines[("laddr", key, a)] = svc.laddrs_line or svc.line
+        return state
+
+    def summary(self) -> str:
+        n_dests = sum(len(s.dests) for s in self.services)
+        n_laddrs = sum(len(s.laddrs) for s in self.services)
+        return f"{len(self.services)} services, {n_dests} destinations, {n_laddrs} local addresses"
 
 
-def _header_lines(text: str, header: str) -> list[int]:
-    pattern = re.compile(r"^\s*\[\[\s*" + re.escape(header) + r"\s*\]\]\s*(#.*)?$")
-    return [i + 1 for i, line in enumerate(text.splitlines()) if pattern.match(line)]
+# ---------------------------------------------------------------------------- TOML lines
 
 
-def _int(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
-    return value
+_HEADER = re.compile(r"^\s*(\[\[|\[)\s*(.*?)\s*(\]\]|\])\s*(#.*)?$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def _str(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{what} must be a string, got {value!r}")
-    return value
+def _split_dotted(text: str) -> list[str]:
+    """TOML dotted key -> parts (bare, "basic" or 'literal' parts)."""
+    parts, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c in " \t.":
+            i += 1
+            continue
+        if c in "\"'":
+            j = text.find(c, i + 1)
+            j = len(text) if j < 0 else j
+            parts.append(text[i + 1:j])
+            i = j + 1
+            continue
+        m = _BARE_KEY.match(text, i)
+        if not m:
+            break
+        parts.append(m.group(0))
+        i = m.end()
+    return parts
 
 
-def _service(raw: dict[str, Any]) -> ServiceConfig:
-    unknown = set(raw) - SERVICE_KEYS
-    if unknown:
-        raise ConfigError(f"unknown key(s) in [[service]]: {', '.join(sorted(unknown))}")
-    for required in ("proto", "addr", "port"):
-        if required not in raw:
-            raise ConfigError(f"[[service]] needs '{required}'")
-    proto = PROTO_BY_NAME.get(_str(raw["proto"], "proto").lower())
-    if proto is None:
-        raise ConfigError(f"proto must be 'tcp' or 'udp', got {raw['proto']!r}")
-    key = ServiceKey(proto, _str(raw["addr"], "addr"), _int(raw["port"], "port"))
-    persistent = raw.get("persistent")
-    spec = ServiceSpec(
-        key=key,
-        sched=_str(raw.get("sched", "wlc"), "sched"),
-        persistent=None if persistent is None else _int(persistent, "persistent"),
-        netmask=_str(raw.get("netmask", "255.255.255.255"), "netmask"),
-    )
-    dests = []
-    seen: set[tuple[str, int]] = set()
-    for d in raw.get("dest", []):
-        if not isinstance(d, dict):
-            raise ConfigError("[[service.dest]] entries must be tables")
-        unknown = set(d) - DEST_KEYS
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [[service.dest]]: {', '.join(sorted(unknown))}")
-        if "addr" not in d:
-            raise ConfigError("[[service.dest]] needs 'addr'")
-        dest = DestSpec(
-            addr=_str(d["addr"], "dest addr"),
-            port=_int(d.get("port", key.port), "dest port"),
-            fwd=_str(d.get("fwd", "route"), "fwd"),
-            weight=_int(d.get("weight", 1), "weight"),
-            u_threshold=_int(d.get("u_threshold", 0), "u_threshold"),
-            l_threshold=_int(d.get("l_threshold", 0), "l_threshold"),
-        )
-        if (dest.addr, dest.port) in seen:
-            raise ConfigError(f"destination {dest.addr}:{dest.port} listed twice in {key}")
-        seen.add((dest.addr, dest.port))
+def _statements(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line that starts a statement (not inside a string or array)."""
+    depth = 0
+    in_ml: str | None = None  # the closing delimiter of an open multi-line string
+    for number, line in enumerate(text.splitlines(), start=1):
+        if depth == 0 and in_ml is None:
+            yield number, line
+        i = 0
+        while i < len(line):
+            if in_ml is not None:
+                j = line.find(in_ml, i)
+                if j < 0:
+                    break
+                i, in_ml = j + 3, None
+                continue
+            c = line[i]
+            if c == "#":
+                break
+            if line.startswith('"""', i) or line.startswith("'''", i):
+                in_ml = line[i:i + 3]
+                i += 3
+            elif c == '"':
+                i += 1
+                while i < len(line) and line[i] != '"':
+                    i += 2 if line[i] == "\\" else 1
+                i += 1
+            elif c == "'":
+                j = line.find("'", i + 1)
+                i = len(line) if j < 0 else j + 1
+            elif c in "[{":
+                depth += 1
+                i += 1
+            elif c in "]}":
+                depth = max(0, depth - 1)
+                i += 1
+            else:
+                i += 1
+
+
+class TomlLines:
+    """Line numbers of the tables and keys of a TOML text, addressed like the parsed document."""
+
+    def __init__(self, text: str) -> None:
+        self.headers: dict[Path_, int] = {}
+        self.keys: dict[tuple[Path_, str], int] = {}
+        counts: dict[Path_, int] = {}  # array-of-tables path (with indexes) -> elements seen
+        current: Path_ = ()
+        for number, line in _statements(text):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            m = _HEADER.match(line)
+            if m and stripped.startswith("["):
+                names = _split_dotted(m.group(2))
+                current = self._resolve(names, counts, array=m.group(1) == "[[")
+                self.headers.setdefault(current, number)
+                continue
+            if "=" in stripped:
+                parts = _split_dotted(stripped.split("=", 1)[0])
+                if parts:
+                    self.keys.setdefault((current, parts[0]), number)
+
+    @staticmethod
+    def _resolve(names: list[str], counts: dict[Path_, int], array: bool) -> Path_:
+        path: Path_ = ()
+        for depth, name in enumerate(names):
+            path = (*path, name)
+            last = depth == len(names) - 1
+            if last and array:
+                index = counts.get(path, 0)
+                counts[path] = index + 1
+                # A new element starts fresh sub-arrays (its own [[x.dest]] count from 0).
+                for p in [p for p in counts if len(p) > len(path) and p[:len(path)] == path]:
+                    del counts[p]
+                return (*path, index)
+            if not last and path in counts:  # [[service]] ... [[service.dest]]: the latest element
+                path = (*path, counts[path] - 1)
+        return path
+
+    def line(self, path: Path_, key: str | None = None) -> int:
+        """Best line for `key` in the table at `path` (or the table itself): never 0 for a real path."""
+        if key is not None:
+            if (path, key) in self.keys:
+                return self.keys[(path, key)]
+            for table in ((*path, key), (*path, key, 0)):  # key names a [table] / [[array]]
+                if table in self.headers:
+                    return self.headers[table]
+        probe = path
+        while probe:
+            if probe in self.headers:
+                return self.headers[probe]
+            # An inline table/array element: the line of the key that holds it.
+            parent, last = probe[:-1], probe[-1]
+            if isinstance(last, int):
+                parent, last = parent[:-1], parent[-1] if parent else last
+            if isinstance(last, str) and (parent, last) in self.keys:
+                return self.keys[(parent, last)]
+            probe = probe[:-1]
+        return 1
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}.get(
+        type(value), type(value).__name__)
+
+
+class _Checker:
+    """Collects issues against one file; value getters report and return None when invalid."""
+
+    def __init__(self, path: str, lines: TomlLines) -> None:
+        self.path = path
+        self.lines = lines
+        self.issues: list[ConfigIssue] = []
+
+    def add(self, where: Path_, key: str | None, reason: str) -> None:
+        self.issues.append(ConfigIssue(self.path, self.lines.line(where, key), reason))
+
+    def unknown(self, where: Path_, table: dict[str, Any], known: tuple[str, ...], what: str) -> None:
+        for k in table:
+            if k not in known:
+                self.add(where, k, f"unknown key '{k}' in {what} (known: {', '.join(known)})")
+
+    def integer(self, where: Path_, table: dict[str, Any], key: str, low: int, high: int,
+                default: int | None = None) -> int | None:
+        if key not in table:
+            return default
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.add(where, key, f"'{key}' must be an integer, got {_type_name(value)} {value!r}")
+            return None
+        if not low <= value <= high:
+            self.add(where, key, f"'{key}' {value} out of range {low}..{high}")
+            return None
+        return value
+
+    def string(self, where: Path_, table: dict[str, Any], key: str, default: str | None = None) -> str | None:
+        if key not in table:
+            return default
+        value = table[key]
+        if not isinstance(value, str):
+            self.add(where, key, f"'{key}' must be a string, got {_type_name(value)} {value!r}")
+            return None
+        return value
+
+    def choice(self, where: Path_, table: dict[str, Any], key: str, choices: tuple[str, ...],
+               default: str) -> str | None:
+        value = self.string(where, table, key, default)
+        if value is not None and value not in choices:
+            self.add(where, key, f"'{key}' must be one of {', '.join(choices)}, got {value!r}")
+            return None
+        return value
+
+    def boolean(self, where: Path_, table: dict[str, Any], key: str) -> bool | None:
+        value = table.get(key, False)
+        if not isinstance(value, bool):
+            self.add(where, key, f"'{key}' must be a boolean (true/false), got {_type_name(value)} {value!r}")
+            return None
+        return value
+
+    def address(self, where: Path_, table: dict[str, Any], key: str, what: str) -> str | None:
+        value = self.string(where, table, key)
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.IPv4Address(value))
+        except ValueError:
+            self.add(where, key, f"bad {what} {value!r}: not an IPv4 address")
+            return None
+
+    def require(self, where: Path_, table: dict[str, Any], keys: tuple[str, ...], what: str) -> bool:
+        missing = [k for k in keys if k not in table]
+        for k in missing:
+            self.add(where, None, f"{what} needs '{k}'")
+        return not missing
+
+
+def _netmask_ok(text: str) -> bool:
+    try:
+        ipaddress.IPv4Network(f"0.0.0.0/{text}")
+    except ValueError:
+        return False
+    return True
+
+
+def _check_dest(c: _Checker, where: Path_, raw: Any, svc_port: int | None) -> DestConfig | None:
+    if not isinstance(raw, dict):
+        c.add(where, None, f"[[service.dest]] entries must be tables, got {_type_name(raw)}")
+        return None
+    c.unknown(where, raw, DEST_KEYS, "[[service.dest]]")
+    if not c.require(where, raw, ("addr",), "[[service.dest]]"):
+        return None
+    addr = c.address(where, raw, "addr", "destination address")
+    fwd = c.choice(where, raw, "fwd", tuple(FORWARD_NAMES), "route")
+    port = c.integer(where, raw, "port", 0, 65535, svc_port)
+    weight = c.integer(where, raw, "weight", 0, MAX_WEIGHT, 1)
+    u_thr = c.integer(where, raw, "u_threshold", 0, MAX_THRESHOLD, 0)
+    l_thr = c.integer(where, raw, "l_threshold", 0, MAX_THRESHOLD, 0)
+    if u_thr is not None and l_thr is not None and l_thr > u_thr:
+        c.add(where, "l_threshold", f"l_threshold {l_thr} is higher than u_threshold {u_thr}")
+        return None
+    if (fwd in ("route", "tunnel") and svc_port is not None and port is not None and "port" in raw
+            and port != svc_port):
+        c.add(where, "port", f"fwd = \"{fwd}\" cannot change the port: the real server receives the "
+                             f"service's port {svc_port}; omit 'port' or set it to {svc_port}")
+        return None
+    if None in (addr, fwd, port, weight, u_thr, l_thr):
+        return None
+    assert addr is not None and fwd is not None and port is not None and weight is not None
+    assert u_thr is not None and l_thr is not None
+    spec = DestSpec(addr=addr, port=port, fwd=fwd, weight=weight, u_threshold=u_thr, l_threshold=l_thr)
+    return DestConfig(spec, c.lines.line(where))
+
+
+def _check_service(c: _Checker, where: Path_, raw: Any) -> ServiceConfig | None:
+    if not isinstance(raw, dict):
+        c.add(where, None, f"[[service]] entries must be tables, got {_type_name(raw)}")
+        return None
+    c.unknown(where, raw, SERVICE_KEYS, "[[service]]")
+    complete = c.require(where, raw, ("proto", "addr", "port"), "[[service]]")
+    proto = c.choice(where, raw, "proto", tuple(PROTO_BY_NAME), "tcp") if "proto" in raw else None
+    addr = c.address(where, raw, "addr", "service address") if "addr" in raw else None
+    persistent = c.integer(where, raw, "persistent", 1, MAX_TIMEOUT_S)
+    port = c.integer(where, raw, "port", 0, 65535) if "port" in raw else None
+    if port == 0 and "persistent" not in raw:
+        c.add(where, "port", "port 0 (any port) is only allowed for a persistent service")
+        port = None
+    sched = c.choice(where, raw, "sched", SCHEDULERS, "wlc")
+    netmask = c.string(where, raw, "netmask", "255.255.255.255")
+    if netmask is not None and not _netmask_ok(netmask):
+        c.add(where, "netmask", f"bad netmask {netmask!r}: not a contiguous IPv4 netmask")
+        netmask = None
+    toa = c.boolean(where, raw, "toa")
+    synproxy = c.boolean(where, raw, "synproxy")
+    if synproxy and proto == "udp":
+        c.add(where, "synproxy", "'synproxy' only applies to TCP services")
+        synproxy = None
+    laddrs = _check_laddrs(c, where, raw)
+    label = f"{proto or '?'} {addr or '?'}:{port if port is not None else '?'}"
+
+    dests: list[DestConfig] = []
+    raw_dests = raw.get("dest", [])
+    if not isinstance(raw_dests, list):
+        c.add(where, "dest", f"'dest' must be an array of tables ([[service.dest]]), got {_type_name(raw_dests)}")
+        raw_dests = []
+    seen: dict[tuple[str, int], int] = {}
+    for j, raw_dest in enumerate(raw_dests):
+        dwhere = (*where, "dest", j)
+        dest = _check_dest(c, dwhere, raw_dest, port)
+        if dest is None:
+            continue
+        ident = (dest.spec.addr, dest.spec.port)
+        if ident in seen:
+            c.add(dwhere, None, f"duplicate destination {ident[0]}:{ident[1]} in {label} (first at line {seen[ident]})")
+            continue
+        seen[ident] = dest.line
         dests.append(dest)
-    return ServiceConfig(spec, tuple(dests))
+
+    fullnat = any(d.spec.fwd == "fullnat" for d in dests)
+    if fullnat and laddrs is not None and not laddrs:
+        first = next(d for d in dests if d.spec.fwd == "fullnat")
+        c.issues.append(ConfigIssue(c.path, first.line, f"fwd = \"fullnat\" needs local addresses: add "
+                                                         f"laddrs = [\"...\"] to service {label}"))
+    if synproxy:
+        for d in dests:
+            if d.spec.fwd != "fullnat":
+                c.issues.append(ConfigIssue(c.path, d.line, f"a SYN-proxy service only forwards with fwd = \"fullnat\", "
+                                                             f"not {d.spec.fwd!r}"))
+                synproxy = None
+    if dests and not fullnat:
+        if laddrs:
+            c.add(where, "laddrs", "'laddrs' only applies to FULLNAT: no destination of this service has fwd = \"fullnat\"")
+        if toa is True:
+            c.add(where, "toa", "'toa' only applies to FULLNAT: no destination of this service has fwd = \"fullnat\"")
+    if not complete or None in (proto, addr, port, sched, netmask, toa, synproxy, laddrs) or (
+            "persistent" in raw and persistent is None):
+        return None
+    assert proto is not None and addr is not None and port is not None and sched is not None and netmask is not None
+    key = ServiceKey(PROTO_BY_NAME[proto], addr, port)
+    extra = {"synproxy": True} if synproxy else {}  # only passed when set: older models lack the field
+    spec = ServiceSpec(key=key, sched=sched, persistent=persistent, netmask=netmask, toa=bool(toa), **extra)
+    return ServiceConfig(spec, tuple(dests), tuple(laddrs or ()), c.lines.line(where),
+                         c.lines.line(where, "laddrs") if "laddrs" in raw else 0)
 
 
-def parse_config(text: str, path: str = "<string>") -> Config:
+def _check_laddrs(c: _Checker, where: Path_, raw: dict[str, Any]) -> list[str] | None:
+    value = raw.get("laddrs", [])
+    if not isinstance(value, list):
+        c.add(where, "laddrs", f"'laddrs' must be an array of IPv4 addresses, got {_type_name(value)}")
+        return None
+    out: list[str] = []
+    ok = True
+    for item in value:
+        try:
+            if not isinstance(item, str):
+                raise ValueError
+            addr = str(ipaddress.IPv4Address(item))
+        except ValueError:
+            c.add(where, "laddrs", f"bad local address {item!r} in 'laddrs': not an IPv4 address")
+            ok = False
+            continue
+        if addr in ("0.0.0.0", "255.255.255.255"):
+            c.add(where, "laddrs", f"bad local address {addr} in 'laddrs': not a unicast address")
+            ok = False
+        elif addr in out:
+            c.add(where, "laddrs", f"local address {addr} listed twice in 'laddrs'")
+            ok = False
+        else:
+            out.append(addr)
+    return out if ok else None
+
+
+def _check_timeouts(c: _Checker, raw: Any) -> Timeouts | None:
+    where: Path_ = ("timeouts",)
+    if not isinstance(raw, dict):
+        c.add((), "timeouts", f"'timeouts' must be a table ([timeouts]), got {_type_name(raw)}")
+        return None
+    c.unknown(where, raw, TIMEOUT_KEYS, "[timeouts]")
+    values = [c.integer(where, raw, k, 1, MAX_TIMEOUT_S, getattr(DEFAULT_TIMEOUTS, k)) for k in TIMEOUT_KEYS]
+    if None in values:
+        return None
+    tcp, tcpfin, udp = values
+    assert tcp is not None and tcpfin is not None and udp is not None
+    return Timeouts(tcp, tcpfin, udp)
+
+
+def parse_toml(text: str, path: str = "<string>") -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        # tomllib's message already ends with "(at line N, column M)".
-        raise ConfigError(f"{path}: {exc}") from exc
-    unknown = set(data) - {"service"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s): {', '.join(sorted(unknown))}")
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        line = int(m.group(1)) if m else 1
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) + (f" (column {m.group(2)})" if m else "")
+        raise ConfigErrors([ConfigIssue(path, line, f"TOML syntax: {reason}")]) from exc
+    c = _Checker(path, TomlLines(text))
+    c.unknown((), data, TOP_KEYS, "the top level")
+    timeouts = _check_timeouts(c, data["timeouts"]) if "timeouts" in data else None
     raw_services = data.get("service", [])
     if not isinstance(raw_services, list):
-        raise ConfigError(f"{path}: 'service' must be an array of tables ([[service]])")
-    lines = _header_lines(text, "service")
+        c.add((), "service", f"'service' must be an array of tables ([[service]]), got {_type_name(raw_services)}")
+        raw_services = []
     services: list[ServiceConfig] = []
     seen: dict[ServiceKey, int] = {}
     for i, raw in enumerate(raw_services):
-        line = lines[i] if i < len(lines) else 0
-        where = f"{path}:{line}" if line else path
-        try:
-            svc = _service(raw)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
+        svc = _check_service(c, ("service", i), raw)
+        if svc is None:
+            continue
         if svc.spec.key in seen:
-            raise ConfigError(f"{where}: duplicate service {svc.spec.key} (first defined at line {seen[svc.spec.key]})")
-        seen[svc.spec.key] = line
+            c.add(("service", i), None, f"duplicate service {svc.spec.key} (first defined at line {seen[svc.spec.key]})")
+            continue
+        seen[svc.spec.key] = svc.line
         services.append(svc)
-    return Config(path, tuple(services))
+    if c.issues:
+        raise ConfigErrors(c.issues)
+    t_line = c.lines.line(("timeouts",)) if timeouts is not None else 0
+    return Config(path, tuple(services), timeouts, t_line, "toml")
+
+
+# ---------------------------------------------------------------------------- ipvsadm-save
+
+
+def is_ipvsadm_save(text: str) -> bool:
+    for line in text.splitlines():
+        stripped = line.split("#", 1)[0].strip()
+        if stripped:
+            return stripped.startswith("-") or stripped.split()[0] in ("ipvsadm", "lbadm")
+    return False
+
+
+def parse_ipvsadm_save(text: str, path: str = "<string>") -> Config:
+    """`ipvsadm -S` output as a configuration: -A, -a, -P (local address) and --set lines only."""
+    from lb.cli import PROG, Action, UsageError, parse_args
+    from lb.ipvsadm_fmt import NameDB
+
+    names = NameDB()
+    issues: list[ConfigIssue] = []
+    order: list[ServiceKey] = []
+    specs: dict[ServiceKey, tuple[ServiceSpec, int]] = {}
+    dests: dict[ServiceKey, dict[tuple[str, int], DestConfig]] = {}
+    laddrs: dict[ServiceKey, list[str]] = {}
+    timeouts: Timeouts | None = None
+    timeouts_line = 0
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        words = [w for w in raw_line.split("#", 1)[0].split() if w not in ("ipvsadm", PROG)]
+        if not words:
+            continue
+        try:
+            invocation = parse_args(words, env={}, names=names, reading_stdin=True)
+        except UsageError as exc:
+            issues.append(ConfigIssue(path, number, exc.message))
+            continue
+        request = invocation.request
+        if invocation.action is not Action.CHANGE or request is None:
+            issues.append(ConfigIssue(path, number, f"not a configuration command: {raw_line.strip()}"))
+            continue
+        try:
+            cmd = parse_command(request.op, request.args)
+        except StateError as exc:
+            issues.append(ConfigIssue(path, number, str(exc)))
+            continue
+        if isinstance(cmd, AddService):
+            key = cmd.spec.key
+            if key in specs:
+                issues.append(ConfigIssue(path, number, f"duplicate service {key} (first defined at line {specs[key][1]})"))
+                continue
+            specs[key] = (cmd.spec, number)
+            order.append(key)
+            dests[key], laddrs[key] = {}, []
+        elif isinstance(cmd, (AddDest, AddLaddr)):
+            if cmd.key not in specs:
+                issues.append(ConfigIssue(path, number, f"service {cmd.key} is not defined (by an -A line above)"))
+            elif isinstance(cmd, AddDest):
+                ident = (cmd.dest.addr, cmd.dest.port)
+                if ident in dests[cmd.key]:
+                    first = dests[cmd.key][ident].line
+                    issues.append(ConfigIssue(path, number, f"duplicate destination {ident[0]}:{ident[1]} in {cmd.key} (first at line {first})"))
+                elif cmd.dest.l_threshold > cmd.dest.u_threshold:
+                    issues.append(ConfigIssue(path, number, f"lower threshold {cmd.dest.l_threshold} is higher than upper threshold {cmd.dest.u_threshold}"))
+                else:
+                    dests[cmd.key][ident] = DestConfig(cmd.dest, number)
+            elif cmd.addr in laddrs[cmd.key]:
+                issues.append(ConfigIssue(path, number, f"local address {cmd.addr} listed twice for {cmd.key}"))
+            else:
+                laddrs[cmd.key].append(cmd.addr)
+        elif isinstance(cmd, SetTimeout):
+            timeouts = (timeouts or DEFAULT_TIMEOUTS).merged(cmd.timeouts)
+            timeouts_line = number
+        else:
+            issues.append(ConfigIssue(path, number, f"not a configuration command (only -A, -a, -P, --set): {raw_line.strip()}"))
+    if issues:
+        raise ConfigErrors(issues)
+    services = tuple(
+        ServiceConfig(specs[k][0], tuple(dests[k].values()), tuple(laddrs[k]), specs[k][1]) for k in order
+    )
+    return Config(path, services, timeouts, timeouts_line, "ipvsadm-save")
+
+
+# ---------------------------------------------------------------------------- entry points
+
+
+def parse_config(text: str, path: str = "<string>") -> Config:
+    if is_ipvsadm_save(text):
+        return parse_ipvsadm_save(text, path)
+    return parse_toml(text, path)
 
 
 def load_config(path: str) -> Config:
     try:
         text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc.reason})"
+        raise ConfigErrors([ConfigIssue(path, 0, f"cannot read: {reason}")]) from exc
     return parse_config(text, path)
 
-
-def apply_config(director: Any, config: Config) -> None:
-    """Install a validated configuration into an empty director."""
-    for svc in config.services:
-        director.handle("add_service", svc.spec.to_json())
-        for dest in svc.dests:
-            director.handle("add_dest", {"service": svc.spec.key.to_json(), "dest": dest.to_json()})

@@ -7,7 +7,14 @@ control socket that lbadm talks to (docs/control-protocol.md).
 
 Lifecycle: on start, leftovers of a crashed lbd on the same queue are removed
 (RuleManager.setup); on SIGTERM/SIGINT the rules are removed, the queue
-thread is stopped and the socket file is unlinked.
+thread is stopped and the socket file is unlinked. SIGHUP (or `lbadm --reload`)
+re-reads the --config file and applies the minimal plan (lb/reconcile.py); an
+invalid file is rejected whole and the running state stays.
+
+`lbd --check [--diff] [FILE]` validates a configuration file without starting
+(every error with file and line; exit 1 if any), including a dry run of the
+file against a scratch engine; with --diff it also prints the plan against the
+running lbd (read over the control socket) without applying it.
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from lb import __version__
-from lb.director import Director, Resolution
+from lb.director import BatchError, Director, Resolution
 from lb.engine import Engine, EngineError, FwdState
+from lb.estimator import ESTIMATOR_TICK_S
 from lb.model import ConfigError
 
 log = logging.getLogger("lbd")
@@ -48,7 +56,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Userspace LVS director: queues virtual-service packets from iptables (NFQUEUE) "
         "and forwards them to real servers. Configure it with lbadm (ipvsadm syntax).",
     )
-    p.add_argument("--config", metavar="FILE", help="TOML configuration to load at start")
+    p.add_argument("--config", metavar="FILE",
+                   help="configuration to load at start and on SIGHUP / lbadm --reload "
+                   "(TOML, see configs/reference.toml, or ipvsadm -S output)")
+    p.add_argument("--check", action="store_true",
+                   help="validate FILE (or --config) and exit: every error with file and line; exit 1 on errors")
+    p.add_argument("--diff", action="store_true",
+                   help="with --check: print the changes a reload with FILE would make to the running lbd")
+    p.add_argument("file", nargs="?", metavar="FILE", help="configuration file for --check")
     p.add_argument("--socket", metavar="PATH", help=f"control socket (default: $LBD_SOCKET or {DEFAULT_SOCKET})")
     p.add_argument("--queue-num", type=int, default=0, metavar="N", help="NFQUEUE number to bind (default 0)")
     p.add_argument("--engine", choices=("c", "python"), default="c",
@@ -63,6 +78,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 <= args.queue_num <= 65535:
         p.error(f"--queue-num {args.queue_num} out of range 0..65535")
+    if args.check:
+        if args.file and args.config and args.file != args.config:
+            p.error("give the file to check either as FILE or as --config, not both")
+        args.file = args.file or args.config
+        if not args.file:
+            p.error("--check needs a configuration FILE")
+    elif args.diff:
+        p.error("--diff only goes with --check")
+    elif args.file:
+        p.error(f"unexpected argument {args.file!r} (to load a configuration: --config FILE)")
     return args
 
 
@@ -190,6 +215,8 @@ class ControlServer:
         op = req["op"]
         try:
             return {"ok": True, "result": self.director.handle(op, args)}
+        except BatchError as exc:
+            return {"ok": False, "errno": exc.errno_name, "error": str(exc), "index": exc.index, "op": exc.op}
         except EngineError as exc:
             return {"ok": False, "errno": exc.errno_name, "error": str(exc)}
         except ConfigError as exc:
@@ -242,6 +269,34 @@ async def _resolve_loop(director: Director, stop: asyncio.Event) -> None:
             log.exception("forwarding-state refresh failed")
 
 
+async def _estimator_loop(director: Director, stop: asyncio.Event) -> None:
+    """IPVS's estimation timer: every 2 s, fold the counters into the rate averages."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=ESTIMATOR_TICK_S)
+        except asyncio.TimeoutError:
+            pass
+        if stop.is_set():
+            break
+        try:
+            director.estimate()
+        except Exception:  # keep the daemon up; the next tick retries
+            log.exception("rate estimation failed")
+
+
+def _reload_on_sighup(director: Director) -> None:
+    if director.config_path is None:
+        log.warning("SIGHUP: lbd was started without --config, nothing to reload")
+        return
+    log.info("SIGHUP: reloading %s", director.config_path)
+    try:
+        director.handle("reload", {})
+    except (EngineError, ConfigError) as exc:
+        log.error("reload failed: %s", exc)
+    except Exception:
+        log.exception("reload failed")
+
+
 def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Any:
     """Re-resolve every destination when routes, addresses, neighbours or links change."""
     from lb import netlink
@@ -292,13 +347,14 @@ async def run(args: argparse.Namespace) -> int:
             log.error("cannot manage iptables rules: %s", problem)
             return 1
     resolver, close_resolver = make_resolver()
-    director = Director(engine, rules, resolver)
+    # Absolute: a reload must read the same file whatever lbd's working directory is then.
+    director = Director(engine, rules, resolver, config_path=os.path.abspath(args.config) if args.config else None)
     server = ControlServer(director, path)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP: configuration reload is not implemented yet"))
+    loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, director)
 
     monitor = None
     engine_started = rules_set_up = False
@@ -311,13 +367,18 @@ async def run(args: argparse.Namespace) -> int:
             rules.setup()  # also removes leftovers of a crashed lbd on this queue
             rules_set_up = True
         if args.config:
-            from lb.config import apply_config, load_config
+            from lb.config import load_config
 
-            apply_config(director, load_config(args.config))
+            director.apply_config(load_config(args.config), "start")
         await server.start()
         monitor = _start_monitor(director, loop, stop)
         log.info("lbd %s ready: control socket %s, queue %d, engine %s", __version__, server.path, args.queue_num, engine.name)
-        await _resolve_loop(director, stop)
+        estimator = asyncio.ensure_future(_estimator_loop(director, stop))
+        try:
+            await _resolve_loop(director, stop)
+        finally:
+            stop.set()
+            await estimator
         log.info("shutting down")
         return 0
     except (ConfigError, EngineError, OSError, RuntimeError) as exc:
@@ -339,12 +400,74 @@ async def run(args: argparse.Namespace) -> int:
         close_resolver()
 
 
+def check(args: argparse.Namespace) -> int:
+    """lbd --check [--diff] FILE: validate (and dry-run) a configuration; print the plan with --diff."""
+    from lb.config import ConfigErrors, load_config
+
+    path = args.file
+    try:
+        config = load_config(path)
+    except ConfigErrors as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        print(f"{path}: {len(exc.issues)} error(s); nothing would be applied", file=sys.stderr)
+        return 1
+    problem = _dry_run(config, args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    print(f"{path}: OK ({config.kind}): {config.summary()}")
+    if args.diff:
+        return _print_diff(config, socket_path(args.socket))
+    return 0
+
+
+def _dry_run(config: Any, args: argparse.Namespace) -> str | None:
+    """Apply the file to a scratch engine (no queue, no rules): engine refusals with their line."""
+    try:
+        engine = make_engine(args.engine, 1024)
+    except Exception as exc:  # e.g. the C module is not built: static validation stands alone
+        print(f"{config.path}: warning: no dry run, cannot create a {args.engine} engine: {exc}", file=sys.stderr)
+        return None
+    director = Director(engine, rules=None, resolver=None)
+    try:
+        director.apply_config(config, "check")
+    except EngineError as exc:
+        return f"{exc} (refused by the {engine.name} engine)"
+    return None
+
+
+def _print_diff(config: Any, sock: str) -> int:
+    from lb.ctlclient import ControlClient, ControlClientError
+    from lb.reconcile import State, plan
+
+    try:
+        with ControlClient(sock) as client:
+            running = State.from_list_json(client.request("list"), client.request("get_timeout"))
+    except ControlClientError as exc:
+        print(f"lbd --check --diff: {exc}", file=sys.stderr)
+        return 1
+    steps = plan(running, config.state())
+    if not steps:
+        print("no changes")
+    for step in steps:
+        text = step.describe()
+        if step.line:
+            text += f", line {step.line}" if "#" in text else f"  # line {step.line}"
+        print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # INFO by default, -v: DEBUG for lbd's own modules; libraries stay at WARNING.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="lbd[%(process)d] %(levelname)s %(message)s")
     for name in ("lbd", "lb"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.check:
+        # The dry run's own "rejected" log line would repeat the error check() prints.
+        logging.getLogger("lbd").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
+        return check(args)
     try:
         import uvloop
 

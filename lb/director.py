@@ -4,10 +4,23 @@ It owns one packet engine, the iptables rules that feed it and the
 per-destination forwarding state, and executes control-protocol operations
 (docs/control-protocol.md). Every operation either completes entirely or
 leaves engine and rules as they were.
+
+Every table change - one lbadm command, a `batch` (lbadm -R), a reload - goes through
+`execute()`: the commands are first applied to a copy of the running state (lb/reconcile.py's
+model, which refuses exactly what the engines refuse), so an invalid request changes nothing;
+then they go to the engine one by one, and if the engine still refuses one, the ones already
+applied are undone in reverse order; the iptables rules are synced once at the end.
+
+Counters: `zero` (ipvsadm -Z, for all services or one) uses the engine's zero/zero_service
+and restarts the rate estimators (lb/estimator.py) from the zeroed counters. With an engine
+that cannot zero one service (the Python engine), lbd keeps a baseline per service and
+destination instead and `list` reports counters minus baseline, as the kernel does with
+ustats0 (ip_vs_zero_stats).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -15,11 +28,36 @@ from typing import Any, Callable, Protocol
 
 from lb import __version__
 from lb.engine import Engine, EngineError, FwdState
-from lb.model import ConfigError, DestSpec, ServiceKey, ServiceSpec, parse_ipv4
+from lb.estimator import Estimator
+from lb.model import ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats
+from lb.reconcile import (
+    COMMAND_TYPES,
+    DEFAULT_TIMEOUTS,
+    AddDest,
+    AddLaddr,
+    AddService,
+    Clear,
+    Command,
+    DelDest,
+    DelLaddr,
+    DelService,
+    EditDest,
+    EditService,
+    SetTimeout,
+    State,
+    StateError,
+    Timeouts,
+    Zero,
+    inverse,
+    parse_command,
+    parse_key,
+    plan,
+)
 
 log = logging.getLogger("lbd")
 
 UNRESOLVED_WARN_AFTER_S = 3.0
+LOG_EACH_MAX = 50  # a change of more commands is logged as one summary line (details at DEBUG)
 
 
 class Rules(Protocol):
@@ -54,40 +92,66 @@ def _mac(b: bytes) -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
+class BatchError(EngineError):
+    """A refused request inside a `batch`: `index` is its position (0-based), `op` its operation."""
+
+    def __init__(self, errno_name: str, message: str, index: int, op: str, reason: str = "") -> None:
+        super().__init__(errno_name, message)
+        self.index = index
+        self.op = op
+        self.reason = reason or message  # without the "request N (...)" prefix
+
+
+# Keys of the counter baselines and rate estimators.
+StatsKey = tuple[object, ...]  # ("svc", ServiceKey) | ("dest", ServiceKey, addr, port)
+_STAT_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+
+
+def _svc_stats_key(key: ServiceKey) -> StatsKey:
+    return ("svc", key)
+
+
+def _dest_stats_key(key: ServiceKey, addr: str, port: int) -> StatsKey:
+    return ("dest", key, addr, port)
+
+
 class Director:
-    def __init__(self, engine: Engine, rules: Rules | None, resolver: Resolver | None) -> None:
+    def __init__(self, engine: Engine, rules: Rules | None, resolver: Resolver | None,
+                 config_path: str | None = None) -> None:
         self.engine = engine
         self.rules = rules
         self.resolver = resolver
+        self.config_path = config_path  # what `reload` re-reads (lbd --config)
         self.fwd_status: dict[tuple[ServiceKey, str, int], FwdStatus] = {}
+        get_timeouts = getattr(engine, "get_timeouts", None)
+        self.timeouts: Timeouts = Timeouts(*get_timeouts()) if get_timeouts is not None else DEFAULT_TIMEOUTS
+        self.estimator = Estimator()
+        self._baselines: dict[StatsKey, Stats] = {}
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self._ping,
-            "add_service": self._add_service,
-            "edit_service": self._edit_service,
-            "del_service": self._del_service,
-            "add_dest": self._add_dest,
-            "edit_dest": self._edit_dest,
-            "del_dest": self._del_dest,
-            "clear": self._clear,
-            "zero": self._zero,
             "list": self._list,
             "connections": self._connections,
             "counters": self._counters,
-            "add_laddr": self._add_laddr,
-            "del_laddr": self._del_laddr,
+            "get_timeout": self._get_timeout,
+            "batch": self._batch,
+            "reload": self._reload,
         }
+        for op in COMMAND_TYPES:  # add_service ... set_timeout: one command each
+            self._ops[op] = functools.partial(self._single, op)
 
     # ------------------------------------------------------------ dispatch
     def handle(self, op: str, args: dict[str, Any]) -> Any:
         handler = self._ops.get(op)
         if handler is None:
-            raise EngineError("EINVAL", f"unknown operation {op!r}")
+            raise EngineError("EOPNOTSUPP", f"unknown operation {op!r}")
         try:
-            return handler(args)
+            return handler(args if args is not None else {})
+        except StateError as exc:
+            raise EngineError(exc.errno_name, f"{op}: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, (EngineError, ConfigError)):
                 raise
-            raise EngineError("EINVAL", f"{op}: bad arguments: {exc}") from exc
+            raise EngineError("EINVAL", f"{op}: bad arguments: {exc!r}") from exc
 
     # ------------------------------------------------------------ rules
     def _service_keys(self) -> list[tuple[int, str, int]]:
@@ -166,91 +230,260 @@ class Director:
         """Drop every destination's forwarding state (e.g. after a route change) and re-resolve."""
         self.refresh_all(only_unresolved=False)
 
+    def _resolve_safely(self, key: ServiceKey, dest: DestSpec) -> None:
+        """After a committed change: resolution problems leave the destination unresolved, never fail the change."""
+        try:
+            self.resolve_dest(key, dest)
+        except EngineError as exc:
+            log.debug("resolving %s:%d of %s skipped: %s", dest.addr, dest.port, key, exc)
+        except Exception:  # the refresh loop retries
+            log.exception("resolving %s:%d of %s failed", dest.addr, dest.port, key)
+
+    # ------------------------------------------------------------ state
+    def running_state(self) -> State:
+        """What the engine holds now, plus the timeouts, as a reconcile.State."""
+        return State.from_services(self.engine.services(), self.timeouts)
+
+    # ------------------------------------------------------------ changing the tables
+    def execute(self, cmds: list[Command], batch: bool = False, log_level: int = logging.INFO) -> None:
+        """Apply `cmds` all or nothing (see the module docstring). Raises EngineError (BatchError if `batch`).
+
+        Each applied command is logged at `log_level` (a reload has logged its plan already);
+        beyond LOG_EACH_MAX commands (a large restore) one summary line replaces them at INFO.
+        """
+        running = self.running_state()
+        model = running.copy()
+        for i, cmd in enumerate(cmds):
+            try:
+                model.apply(cmd)
+            except StateError as exc:
+                raise self._refusal(exc.errno_name, str(exc), i, cmd, batch) from exc
+        live = running  # follows the engine command by command: the inverses are computed from it
+        done: list[list[Command]] = []
+        for i, cmd in enumerate(cmds):
+            undo = inverse(live, cmd)
+            try:
+                self._engine_apply(cmd)
+            except EngineError as exc:
+                self._rollback(done)
+                raise self._refusal(exc.errno_name, str(exc), i, cmd, batch) from exc
+            except Exception as exc:  # a bug below us: still leave the tables as they were
+                log.exception("engine failed on %s", cmd.describe())
+                self._rollback(done)
+                raise self._refusal("EIO", f"engine failed: {exc!r}", i, cmd, batch) from exc
+            done.append(undo)
+            live.apply(cmd)
+        try:
+            self.sync_rules()
+        except Exception as exc:
+            self._rollback(done)
+            try:
+                self.sync_rules()
+            except Exception:
+                log.exception("restoring the iptables rules after a failed change failed")
+            raise EngineError("EIO", f"iptables rules could not be updated, nothing was changed: {exc}") from exc
+        self._committed(cmds, live, log_level if len(cmds) <= LOG_EACH_MAX else logging.DEBUG)
+        if len(cmds) > LOG_EACH_MAX:
+            n_svc, n_dest, n_laddr = live.counts()
+            log.info("applied %d commands: now %d services, %d destinations, %d local addresses",
+                     len(cmds), n_svc, n_dest, n_laddr)
+
+    @staticmethod
+    def _refusal(errno_name: str, message: str, index: int, cmd: Command, batch: bool) -> EngineError:
+        if batch:
+            return BatchError(errno_name, f"request {index + 1} ({cmd.describe()}): {message}", index, cmd.op, message)
+        return EngineError(errno_name, message)
+
+    def _engine_apply(self, cmd: Command) -> None:
+        e = self.engine
+        if isinstance(cmd, AddService):
+            e.add_service(cmd.spec)
+        elif isinstance(cmd, EditService):
+            e.edit_service(cmd.spec)
+        elif isinstance(cmd, DelService):
+            e.del_service(cmd.key)
+        elif isinstance(cmd, AddDest):
+            e.add_dest(cmd.key, cmd.dest)
+        elif isinstance(cmd, EditDest):
+            e.edit_dest(cmd.key, cmd.dest)
+        elif isinstance(cmd, DelDest):
+            e.del_dest(cmd.key, cmd.addr, cmd.port)
+        elif isinstance(cmd, (AddLaddr, DelLaddr)):
+            method = getattr(e, "add_laddr" if isinstance(cmd, AddLaddr) else "del_laddr", None)
+            if method is None:
+                raise EngineError("EOPNOTSUPP", f"engine {e.name} has no FULLNAT local addresses")
+            method(cmd.key, cmd.addr)
+        elif isinstance(cmd, Clear):
+            e.clear()
+        elif isinstance(cmd, SetTimeout):
+            new = self.timeouts.merged(cmd.timeouts)
+            # Engines with set_timeouts (C) apply them to their state table; others (Python)
+            # only have them stored and reported.
+            set_timeouts = getattr(e, "set_timeouts", None)
+            if set_timeouts is not None:
+                set_timeouts(new.tcp, new.tcpfin, new.udp)
+            self.timeouts = new
+        elif isinstance(cmd, Zero):
+            pass  # counters only: applied in _committed, after everything else succeeded
+        else:  # pragma: no cover
+            raise EngineError("EOPNOTSUPP", f"cannot apply {cmd!r}")
+
+    def _rollback(self, done: list[list[Command]]) -> None:
+        for undo in reversed(done):
+            for cmd in undo:
+                try:
+                    self._engine_apply(cmd)
+                except Exception as exc:  # keep undoing the rest; this one is reported
+                    log.error("rollback step %s failed: %s", cmd.describe(), exc)
+
+    def _committed(self, cmds: list[Command], final: State, log_level: int) -> None:
+        """Bookkeeping after a change went through: logs, counters, forwarding state."""
+        to_resolve: dict[tuple[ServiceKey, str, int], None] = {}
+        for cmd in cmds:
+            log.log(log_level, "applied: %s", cmd.describe())
+            if isinstance(cmd, Clear):
+                self.fwd_status.clear()
+                self._forget_stats(lambda k: True)
+                to_resolve.clear()
+            elif isinstance(cmd, DelService):
+                for ident in [i for i in self.fwd_status if i[0] == cmd.key]:
+                    del self.fwd_status[ident]
+                self._forget_stats(lambda k, key=cmd.key: k[1] == key)
+                to_resolve = {i: None for i in to_resolve if i[0] != cmd.key}
+            elif isinstance(cmd, DelDest):
+                ident = (cmd.key, cmd.addr, cmd.port)
+                self.fwd_status.pop(ident, None)
+                self._forget_stats(lambda k, d=_dest_stats_key(*ident): k == d)
+                to_resolve.pop(ident, None)
+            elif isinstance(cmd, (AddDest, EditDest)):
+                to_resolve[(cmd.key, cmd.dest.addr, cmd.dest.port)] = None
+            elif isinstance(cmd, Zero):
+                self._zero(cmd.key)
+        for key, addr, port in to_resolve:
+            svc = final.services.get(key)
+            dest = svc.dests.get((addr, port)) if svc is not None else None
+            if dest is not None:
+                self._resolve_safely(key, dest)
+
     # ------------------------------------------------------------ operations
     def _ping(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {"version": __version__, "engine": self.engine.name}
 
-    def _add_service(self, args: dict[str, Any]) -> None:
-        spec = ServiceSpec.from_json(args)
-        self.engine.add_service(spec)
+    def _single(self, op: str, args: dict[str, Any]) -> None:
+        self.execute([parse_command(op, args)])
+
+    def _batch(self, args: dict[str, Any]) -> dict[str, Any]:
+        requests = args.get("requests")
+        if not isinstance(requests, list):
+            raise EngineError("EINVAL", "batch: 'requests' must be a list of {\"op\", \"args\"} objects")
+        cmds: list[Command] = []
+        for i, req in enumerate(requests):
+            op = req.get("op") if isinstance(req, dict) else None
+            if not isinstance(op, str):
+                raise BatchError("EINVAL", f"request {i + 1}: not an object with a string 'op'", i, "")
+            if op not in COMMAND_TYPES:
+                known = op in self._ops
+                raise BatchError("EINVAL" if known else "EOPNOTSUPP",
+                                 f"request {i + 1}: {op!r} " + ("cannot be part of a batch" if known else "is not an operation"),
+                                 i, op)
+            try:
+                cmds.append(parse_command(op, req.get("args") or {}))
+            except StateError as exc:
+                raise BatchError(exc.errno_name, f"request {i + 1} ({op}): {exc}", i, op) from exc
+        self.execute(cmds, batch=True)
+        return {"applied": len(cmds)}
+
+    def _get_timeout(self, _args: dict[str, Any]) -> dict[str, int]:
+        return self.timeouts.to_json()
+
+    # ------------------------------------------------------------ configuration files
+    def apply_config(self, config: Any, what: str = "reload") -> dict[str, Any]:
+        """Make the running state what `config` (lb.config.Config) describes, by the minimal plan."""
+        steps = plan(self.running_state(), config.state())
+        if not steps:
+            log.info("%s of %s: no changes", what, config.path)
+            return {"path": config.path, "plan": [], "applied": 0}
+        log.info("%s of %s: %d change(s):", what, config.path, len(steps))
+        for step in steps:
+            log.info("  %s", step.describe())
         try:
-            self.sync_rules()
-        except Exception:
-            self.engine.del_service(spec.key)
-            raise
-        log.info("added service %s scheduler %s", spec.key, spec.sched)
+            self.execute(steps, batch=True, log_level=logging.DEBUG)
+        except BatchError as exc:
+            step = steps[exc.index]
+            where = f"{config.path}:{step.line}" if step.line else config.path
+            message = f"{where}: {step.describe()}: {exc.reason}"
+            log.error("%s of %s rejected, running state unchanged: %s", what, config.path, message)
+            raise EngineError(exc.errno_name, message) from exc
+        return {"path": config.path, "plan": [step.describe() for step in steps], "applied": len(steps)}
 
-    def _edit_service(self, args: dict[str, Any]) -> None:
-        spec = ServiceSpec.from_json(args)
-        self.engine.edit_service(spec)
-        log.info("edited service %s scheduler %s", spec.key, spec.sched)
+    def _reload(self, _args: dict[str, Any]) -> dict[str, Any]:
+        from lb.config import load_config
 
-    def _del_service(self, args: dict[str, Any]) -> None:
-        key = ServiceKey.from_json(args)
-        self.engine.del_service(key)
-        for ident in [i for i in self.fwd_status if i[0] == key]:
-            del self.fwd_status[ident]
-        self.sync_rules()
-        log.info("deleted service %s", key)
-
-    def _add_dest(self, args: dict[str, Any]) -> None:
-        key = ServiceKey.from_json(args["service"])
-        dest = DestSpec.from_json(args["dest"])
-        self.engine.add_dest(key, dest)
+        if self.config_path is None:
+            raise EngineError("EINVAL", "lbd was started without --config: there is no configuration file to reload")
         try:
-            self.sync_rules()
-        except Exception:
-            self.engine.del_dest(key, dest.addr, dest.port)
-            raise
-        self.resolve_dest(key, dest)
-        log.info("added destination %s:%d (%s, weight %d) to %s", dest.addr, dest.port, dest.fwd, dest.weight, key)
-
-    def _edit_dest(self, args: dict[str, Any]) -> None:
-        key = ServiceKey.from_json(args["service"])
-        dest = DestSpec.from_json(args["dest"])
-        self.engine.edit_dest(key, dest)
-        self.resolve_dest(key, dest)
-        log.info("edited destination %s:%d (%s, weight %d) of %s", dest.addr, dest.port, dest.fwd, dest.weight, key)
-
-    def _del_dest(self, args: dict[str, Any]) -> None:
-        key = ServiceKey.from_json(args["service"])
-        d = args["dest"]
-        addr, port = str(d["addr"]), int(d["port"])
-        probe = DestSpec(addr=addr, port=port)  # validates the address and port
-        self.engine.del_dest(key, probe.addr, probe.port)
-        self.fwd_status.pop((key, probe.addr, probe.port), None)
-        self.sync_rules()
-        log.info("deleted destination %s:%d of %s", probe.addr, probe.port, key)
-
-    def _clear(self, _args: dict[str, Any]) -> None:
-        self.engine.clear()
-        self.fwd_status.clear()
-        self.sync_rules()
-        log.info("cleared all services")
-
-    def _zero(self, _args: dict[str, Any]) -> None:
-        self.engine.zero()
-
-    def _add_laddr(self, args: dict[str, Any]) -> None:
-        key = ServiceKey.from_json(args["service"])
-        addr = parse_ipv4(str(args["addr"]))
-        self.engine.add_laddr(key, addr)
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload of %s rejected, running state unchanged:\n%s", self.config_path, exc)
+            raise EngineError("EINVAL", f"configuration rejected, running state unchanged:\n{exc}") from exc
         try:
-            self.sync_rules()
-        except Exception:
-            self.engine.del_laddr(key, addr)
-            raise
-        log.info("added local address %s to %s", addr, key)
+            return self.apply_config(config, "reload")
+        except EngineError as exc:
+            raise EngineError(exc.errno_name, f"configuration rejected, running state unchanged: {exc}") from exc
 
-    def _del_laddr(self, args: dict[str, Any]) -> None:
-        key = ServiceKey.from_json(args["service"])
-        addr = parse_ipv4(str(args["addr"]))
-        self.engine.del_laddr(key, addr)
-        self.sync_rules()
-        log.info("deleted local address %s of %s", addr, key)
+    # ------------------------------------------------------------ counters and rates
+    def _stats_samples(self, services: list[ServiceInfo]) -> dict[StatsKey, Stats]:
+        samples: dict[StatsKey, Stats] = {}
+        for s in services:
+            samples[_svc_stats_key(s.spec.key)] = s.stats
+            for d in s.dests:
+                samples[_dest_stats_key(s.spec.key, d.spec.addr, d.spec.port)] = d.stats
+        return samples
+
+    def estimate(self) -> None:
+        """One estimator tick (lbd runs it every ESTIMATOR_TICK_S)."""
+        self.estimator.tick(self._stats_samples(self.engine.services()))
+
+    def _zero(self, key: ServiceKey | None) -> None:
+        """ipvsadm -Z [service]: counters and rates of the service(s) and their destinations restart at 0.
+
+        Engines with zero_service (C) zero their own counters; the estimators restart from 0
+        (ip_vs_zero_estimator). Engines without it keep their counters and lbd keeps a
+        baseline per object that `list` subtracts (the kernel's ustats0).
+        """
+        zero_service = getattr(self.engine, "zero_service", None)
+        if zero_service is not None:
+            if key is None:
+                self.engine.zero()
+            else:
+                zero_service(key)
+            services = [s for s in self.engine.services() if key is None or s.spec.key == key]
+            for skey in self._stats_samples(services):
+                self._baselines.pop(skey, None)
+                self.estimator.zero(skey, Stats())
+            return
+        services = [s for s in self.engine.services() if key is None or s.spec.key == key]
+        for skey, raw in self._stats_samples(services).items():
+            self._baselines[skey] = Stats(**raw.to_json())
+            self.estimator.zero(skey, raw)
+
+    def _forget_stats(self, match: Callable[[StatsKey], bool]) -> None:
+        gone = [k for k in self._baselines if match(k)]
+        for k in gone:
+            del self._baselines[k]
+        self.estimator.forget([k for k in self.estimator.keys() if match(k)])
+
+    def _shown(self, skey: StatsKey, raw: Stats) -> dict[str, int]:
+        """Counters since the last zero, plus rates: a `stats` object of `list`."""
+        base = self._baselines.get(skey)
+        if base is not None and any(getattr(raw, f) < getattr(base, f) for f in _STAT_FIELDS):
+            del self._baselines[skey]  # the engine reset these counters itself (object re-created)
+            base = None
+        counters = raw.to_json() if base is None else {f: getattr(raw, f) - getattr(base, f) for f in _STAT_FIELDS}
+        return {**counters, **self.estimator.read(skey).to_json()}
 
     def _list(self, args: dict[str, Any]) -> dict[str, Any]:
-        only = ServiceKey.from_json(args["service"]) if args.get("service") else None
+        only = parse_key(args["service"]) if args.get("service") else None
         services = self.engine.services()
         if only is not None and all(s.spec.key != only for s in services):
             raise EngineError("ESRCH", f"no such service {only}")
@@ -267,13 +500,14 @@ class Director:
                     "active": d.active,
                     "inactive": d.inactive,
                     "persist": d.persist,
-                    "stats": d.stats.to_json(),
+                    "stats": self._shown(_dest_stats_key(s.spec.key, d.spec.addr, d.spec.port), d.stats),
                     "syn_retrans": d.syn_retrans,
                     "handshakes": d.handshakes,
                     "l2": {"state": st.state, "ifname": st.ifname, "mac": st.mac, "reason": st.reason},
                 })
             laddrs = [{"addr": la.addr, "conns": la.conns} for la in s.laddrs]
-            out.append({**s.spec.to_json(), "stats": s.stats.to_json(), "dests": dests, "laddrs": laddrs})
+            out.append({**s.spec.to_json(), "stats": self._shown(_svc_stats_key(s.spec.key), s.stats),
+                        "dests": dests, "laddrs": laddrs})
         return {"version": "1.2.1", "conn_tab_size": table_size, "services": out}
 
     def _connections(self, _args: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,619 @@
+"""Director state as data: the table model, the commands that change it, and the plan between two states.
+
+Three things live here, all pure (no I/O, no engine):
+
+- `State`: what a director holds - services by identity (proto, addr, port), each with its
+  destinations by (addr, port) and its FULLNAT local addresses - plus the connection timeouts.
+  Dicts compare without regard to order, so two states are equal when they hold the same
+  things, however they were built.
+- `Command`s: one typed value per table-changing control operation (docs/control-protocol.md),
+  with `State.apply` giving exactly the refusals the engines give (ESRCH, EEXIST, ENOENT,
+  EINVAL) and `inverse` giving the commands that undo one. lbd validates a whole batch against
+  a copy of the running state before the engine sees any of it, and rolls back with `inverse`.
+- `plan(running, desired)`: the minimal list of commands that turns one state into the other.
+  Invariant (the reason this module exists - see shared seed 003, where a wrong diff turned
+  "add VIP 3 to [1,2,4,5]" into deleting and re-adding 4 and 5): an object present in both
+  states is never deleted and re-created. A service whose scheduler, persistence, netmask or
+  TOA flag changes gets one edit_service; a destination whose forwarding method, weight or
+  thresholds change gets one edit_dest; an object identical in both is not mentioned at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Mapping, Union
+
+from lb.model import (
+    PROTO_BY_NAME,
+    SCHEDULERS,
+    ConfigError,
+    DestSpec,
+    ServiceInfo,
+    ServiceKey,
+    ServiceSpec,
+    parse_ipv4,
+)
+
+MAX_TIMEOUT_S = 86400 * 31  # ipvsadm's MAX_TIMEOUT (31 days), for --set and -p
+
+
+class StateError(Exception):
+    """A command is refused by the table model. `errno_name` is the IPVS errno for it."""
+
+    def __init__(self, errno_name: str, message: str) -> None:
+        super().__init__(message)
+        self.errno_name = errno_name
+
+
+# ---------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Connection timeouts in seconds, as `ipvsadm --set tcp tcpfin udp` / `-L --timeout`."""
+
+    tcp: int
+    tcpfin: int
+    udp: int
+
+    def __post_init__(self) -> None:
+        for name in ("tcp", "tcpfin", "udp"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIMEOUT_S:
+                raise ConfigError(f"{name} timeout {value!r} out of range 0..{MAX_TIMEOUT_S} seconds")
+
+    def merged(self, update: "Timeouts") -> "Timeouts":
+        """`update` over self; 0 in `update` keeps the current value (ipvsadm --set semantics)."""
+        return Timeouts(update.tcp or self.tcp, update.tcpfin or self.tcpfin, update.udp or self.udp)
+
+    def to_json(self) -> dict[str, int]:
+        return {"tcp": self.tcp, "tcpfin": self.tcpfin, "udp": self.udp}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "Timeouts":
+        return cls(_as_int(obj.get("tcp", 0), "tcp"), _as_int(obj.get("tcpfin", 0), "tcpfin"),
+                   _as_int(obj.get("udp", 0), "udp"))
+
+
+# IPVS's defaults (ip_vs_proto_tcp.c ESTABLISHED / FIN_WAIT, ip_vs_proto_udp.c NORMAL);
+# native/src/proto_tcp.c uses the same values.
+DEFAULT_TIMEOUTS = Timeouts(tcp=900, tcpfin=120, udp=300)
+
+DestId = tuple[str, int]  # (addr, port) inside one service
+
+
+@dataclass
+class ServiceState:
+    spec: ServiceSpec
+    # Kernel list order (most recently added first) is kept for display; equality ignores it.
+    dests: dict[DestId, DestSpec] = field(default_factory=dict)
+    laddrs: dict[str, None] = field(default_factory=dict)  # an ordered set
+
+    def copy(self) -> "ServiceState":
+        return ServiceState(self.spec, dict(self.dests), dict(self.laddrs))
+
+
+# Where an object came from (a configuration file line), for error messages.
+Origin = tuple[Any, ...]  # ("svc", key) | ("dest", key, addr, port) | ("laddr", key, addr) | ("timeouts",)
+
+
+@dataclass
+class State:
+    services: dict[ServiceKey, ServiceState] = field(default_factory=dict)
+    # None: not managed (a desired state without timeouts leaves the running ones alone).
+    timeouts: Timeouts | None = None
+    lines: dict[Origin, int] = field(default_factory=dict, compare=False)
+
+    def copy(self) -> "State":
+        return State({k: s.copy() for k, s in self.services.items()}, self.timeouts, dict(self.lines))
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_services(cls, infos: Iterable[ServiceInfo], timeouts: Timeouts | None = None) -> "State":
+        """The state an engine reports (`Engine.services()`)."""
+        services = {}
+        for info in infos:
+            services[info.spec.key] = ServiceState(
+                info.spec,
+                {(d.spec.addr, d.spec.port): d.spec for d in info.dests},
+                {la.addr: None for la in info.laddrs},
+            )
+        return cls(services, timeouts)
+
+    @classmethod
+    def from_list_json(cls, listing: Mapping[str, Any], timeouts: Mapping[str, Any] | None = None) -> "State":
+        """The state lbd reports over the control socket (`list`, `get_timeout` results)."""
+        services = {}
+        for svc in listing.get("services", []):
+            spec = ServiceSpec.from_json(svc)
+            dests = {}
+            for d in svc.get("dests", []):
+                dest = DestSpec.from_json(d)
+                dests[(dest.addr, dest.port)] = dest
+            laddrs = {str(la["addr"]): None for la in svc.get("laddrs", [])}
+            services[spec.key] = ServiceState(spec, dests, laddrs)
+        return cls(services, Timeouts.from_json(timeouts) if timeouts is not None else None)
+
+    # ------------------------------------------------------------ model of the engine
+    def service(self, key: ServiceKey) -> ServiceState:
+        svc = self.services.get(key)
+        if svc is None:
+            raise StateError("ESRCH", f"no service {key}")
+        return svc
+
+    def apply(self, cmd: "Command") -> None:
+        """Change this state as the engine would, or raise StateError as the engine would."""
+        if isinstance(cmd, AddService):
+            if cmd.spec.key in self.services:
+                raise StateError("EEXIST", f"service {cmd.spec.key} already exists")
+            self.services[cmd.spec.key] = ServiceState(cmd.spec)
+        elif isinstance(cmd, EditService):
+            self.service(cmd.spec.key).spec = cmd.spec
+        elif isinstance(cmd, DelService):
+            self.service(cmd.key)
+            del self.services[cmd.key]
+        elif isinstance(cmd, AddDest):
+            svc = self.service(cmd.key)
+            ident = (cmd.dest.addr, cmd.dest.port)
+            if ident in svc.dests:
+                raise StateError("EEXIST", f"destination {cmd.dest.addr}:{cmd.dest.port} already exists in {cmd.key}")
+            _check_thresholds(cmd.key, cmd.dest)
+            svc.dests = {ident: cmd.dest, **svc.dests}  # kernel: list_add at the head
+        elif isinstance(cmd, EditDest):
+            svc = self.service(cmd.key)
+            ident = (cmd.dest.addr, cmd.dest.port)
+            if ident not in svc.dests:
+                raise StateError("ENOENT", f"no destination {cmd.dest.addr}:{cmd.dest.port} in {cmd.key}")
+            _check_thresholds(cmd.key, cmd.dest)
+            svc.dests[ident] = cmd.dest
+        elif isinstance(cmd, DelDest):
+            svc = self.service(cmd.key)
+            if (cmd.addr, cmd.port) not in svc.dests:
+                raise StateError("ENOENT", f"no destination {cmd.addr}:{cmd.port} in {cmd.key}")
+            del svc.dests[(cmd.addr, cmd.port)]
+        elif isinstance(cmd, AddLaddr):
+            svc = self.service(cmd.key)
+            if cmd.addr in ("0.0.0.0", "255.255.255.255"):
+                raise StateError("EINVAL", f"local address {cmd.addr} is not a unicast address")
+            if cmd.addr in svc.laddrs:
+                raise StateError("EEXIST", f"local address {cmd.addr} already exists in {cmd.key}")
+            svc.laddrs[cmd.addr] = None
+        elif isinstance(cmd, DelLaddr):
+            svc = self.service(cmd.key)
+            if cmd.addr not in svc.laddrs:
+                raise StateError("ENOENT", f"no local address {cmd.addr} in {cmd.key}")
+            del svc.laddrs[cmd.addr]
+        elif isinstance(cmd, Clear):
+            self.services.clear()
+        elif isinstance(cmd, Zero):
+            if cmd.key is not None:
+                self.service(cmd.key)
+        elif isinstance(cmd, SetTimeout):
+            self.timeouts = (self.timeouts or DEFAULT_TIMEOUTS).merged(cmd.timeouts)
+        else:  # pragma: no cover - the union is closed
+            raise StateError("EOPNOTSUPP", f"unknown command {cmd!r}")
+
+    def apply_all(self, cmds: Iterable["Command"]) -> "State":
+        for cmd in cmds:
+            self.apply(cmd)
+        return self
+
+    def counts(self) -> tuple[int, int, int]:
+        """(services, destinations, local addresses)."""
+        svcs = self.services.values()
+        return len(self.services), sum(len(s.dests) for s in svcs), sum(len(s.laddrs) for s in svcs)
+
+
+def _check_thresholds(key: ServiceKey, dest: DestSpec) -> None:
+    # Kernel ip_vs_ctl.c refuses a lower threshold above the upper one, even when the upper is 0.
+    if dest.l_threshold > dest.u_threshold:
+        raise StateError("EINVAL", f"destination {dest.addr}:{dest.port} in {key}: lower threshold "
+                                   f"{dest.l_threshold} is higher than upper threshold {dest.u_threshold}")
+
+
+# ---------------------------------------------------------------------------- commands
+
+_PROTO_SWITCH = {"tcp": "-t", "udp": "-u"}
+SPEC_FIELDS = tuple(f for f in ("sched", "persistent", "netmask", "toa", "synproxy") if f in ServiceSpec.__dataclass_fields__)
+_FWD_SWITCH = {"route": "-g", "tunnel": "-i", "masq": "-m", "fullnat": "-b"}
+
+
+def _svc_words(key: ServiceKey) -> str:
+    return f"{_PROTO_SWITCH[key.proto_name.lower()]} {key.addr}:{key.port}"
+
+
+def _spec_words(spec: ServiceSpec) -> str:
+    words = f"{_svc_words(spec.key)} -s {spec.sched}"
+    if spec.persistent is not None:
+        words += f" -p {spec.persistent}"
+        if spec.netmask != "255.255.255.255":
+            words += f" -M {spec.netmask}"
+    if spec.toa:
+        words += " --toa"
+    if getattr(spec, "synproxy", False):
+        words += " --synproxy"
+    return words
+
+
+def _dest_words(dest: DestSpec) -> str:
+    words = f"-r {dest.addr}:{dest.port} {_FWD_SWITCH[dest.fwd]} -w {dest.weight}"
+    if dest.u_threshold:
+        words += f" -x {dest.u_threshold}"
+    if dest.l_threshold:
+        words += f" -y {dest.l_threshold}"
+    return words
+
+
+def _changes(old: object, new: object, names: Iterable[str]) -> str:
+    diffs = [f"{n} {getattr(old, n)!r} -> {getattr(new, n)!r}" for n in names if getattr(old, n) != getattr(new, n)]
+    return f"  # {', '.join(diffs)}" if diffs else ""
+
+
+@dataclass(frozen=True)
+class Command:
+    """Base of the table-changing commands. `line`: source line (configuration), for messages."""
+
+    op: ClassVar[str] = ""
+    line: int = field(default=0, compare=False, kw_only=True)
+
+    def args(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def request(self) -> dict[str, Any]:
+        return {"op": self.op, "args": self.args()}
+
+    def describe(self) -> str:
+        """The command as lbadm (ipvsadm) syntax, for plan output and logs."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class AddService(Command):
+    op: ClassVar[str] = "add_service"
+    spec: ServiceSpec
+
+    def args(self) -> dict[str, Any]:
+        return self.spec.to_json()
+
+    def describe(self) -> str:
+        return f"-A {_spec_words(self.spec)}"
+
+
+@dataclass(frozen=True)
+class EditService(Command):
+    op: ClassVar[str] = "edit_service"
+    spec: ServiceSpec
+    was: ServiceSpec | None = field(default=None, compare=False)
+
+    def args(self) -> dict[str, Any]:
+        return self.spec.to_json()
+
+    def describe(self) -> str:
+        note = _changes(self.was, self.spec, SPEC_FIELDS) if self.was else ""
+        return f"-E {_spec_words(self.spec)}{note}"
+
+
+@dataclass(frozen=True)
+class DelService(Command):
+    op: ClassVar[str] = "del_service"
+    key: ServiceKey
+
+    def args(self) -> dict[str, Any]:
+        return self.key.to_json()
+
+    def describe(self) -> str:
+        return f"-D {_svc_words(self.key)}"
+
+
+@dataclass(frozen=True)
+class AddDest(Command):
+    op: ClassVar[str] = "add_dest"
+    key: ServiceKey
+    dest: DestSpec
+
+    def args(self) -> dict[str, Any]:
+        return {"service": self.key.to_json(), "dest": self.dest.to_json()}
+
+    def describe(self) -> str:
+        return f"-a {_svc_words(self.key)} {_dest_words(self.dest)}"
+
+
+@dataclass(frozen=True)
+class EditDest(Command):
+    op: ClassVar[str] = "edit_dest"
+    key: ServiceKey
+    dest: DestSpec
+    was: DestSpec | None = field(default=None, compare=False)
+
+    def args(self) -> dict[str, Any]:
+        return {"service": self.key.to_json(), "dest": self.dest.to_json()}
+
+    def describe(self) -> str:
+        note = _changes(self.was, self.dest, ("fwd", "weight", "u_threshold", "l_threshold")) if self.was else ""
+        return f"-e {_svc_words(self.key)} {_dest_words(self.dest)}{note}"
+
+
+@dataclass(frozen=True)
+class DelDest(Command):
+    op: ClassVar[str] = "del_dest"
+    key: ServiceKey
+    addr: str
+    port: int
+
+    def args(self) -> dict[str, Any]:
+        return {"service": self.key.to_json(), "dest": {"addr": self.addr, "port": self.port}}
+
+    def describe(self) -> str:
+        return f"-d {_svc_words(self.key)} -r {self.addr}:{self.port}"
+
+
+@dataclass(frozen=True)
+class AddLaddr(Command):
+    op: ClassVar[str] = "add_laddr"
+    key: ServiceKey
+    addr: str
+
+    def args(self) -> dict[str, Any]:
+        return {"service": self.key.to_json(), "addr": self.addr}
+
+    def describe(self) -> str:
+        return f"-P {_svc_words(self.key)} -z {self.addr}"
+
+
+@dataclass(frozen=True)
+class DelLaddr(Command):
+    op: ClassVar[str] = "del_laddr"
+    key: ServiceKey
+    addr: str
+
+    def args(self) -> dict[str, Any]:
+        return {"service": self.key.to_json(), "addr": self.addr}
+
+    def describe(self) -> str:
+        return f"-Q {_svc_words(self.key)} -z {self.addr}"
+
+
+@dataclass(frozen=True)
+class Clear(Command):
+    op: ClassVar[str] = "clear"
+
+    def args(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> str:
+        return "-C"
+
+
+@dataclass(frozen=True)
+class Zero(Command):
+    op: ClassVar[str] = "zero"
+    key: ServiceKey | None = None
+
+    def args(self) -> dict[str, Any]:
+        return {"service": self.key.to_json()} if self.key is not None else {}
+
+    def describe(self) -> str:
+        return f"-Z {_svc_words(self.key)}" if self.key is not None else "-Z"
+
+
+@dataclass(frozen=True)
+class SetTimeout(Command):
+    op: ClassVar[str] = "set_timeout"
+    timeouts: Timeouts
+
+    def args(self) -> dict[str, Any]:
+        return self.timeouts.to_json()
+
+    def describe(self) -> str:
+        t = self.timeouts
+        return f"--set {t.tcp} {t.tcpfin} {t.udp}"
+
+
+AnyCommand = Union[AddService, EditService, DelService, AddDest, EditDest, DelDest,
+                   AddLaddr, DelLaddr, Clear, Zero, SetTimeout]
+COMMAND_TYPES: dict[str, type[Command]] = {
+    c.op: c for c in (AddService, EditService, DelService, AddDest, EditDest, DelDest,
+                      AddLaddr, DelLaddr, Clear, Zero, SetTimeout)
+}
+
+
+# ---------------------------------------------------------------------------- requests -> commands
+
+
+def _as_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StateError("EINVAL", f"{what} must be an integer, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise StateError("EINVAL", f"{what} must be an object, got {value!r}")
+    return value
+
+
+def _unsupported(args: Mapping[str, Any], names: Iterable[str], what: str) -> None:
+    for name in names:
+        if args.get(name):
+            raise StateError("EOPNOTSUPP", f"{what}: {name} is not supported by lbd")
+
+
+def parse_key(raw: Any) -> ServiceKey:
+    args = _mapping(raw, "service")
+    if args.get("fwmark"):
+        raise StateError("EOPNOTSUPP", "fwmark services are not supported by lbd")
+    if args.get("ipv6"):
+        raise StateError("EOPNOTSUPP", "IPv6 services are not supported by lbd")
+    proto = str(args.get("proto", "")).lower()
+    if proto not in PROTO_BY_NAME:
+        errno = "EOPNOTSUPP" if proto == "sctp" else "EINVAL"
+        raise StateError(errno, f"protocol {args.get('proto')!r} is not supported (tcp, udp)")
+    for name in ("addr", "port"):
+        if name not in args:
+            raise StateError("EINVAL", f"service needs '{name}'")
+    return _model(lambda: ServiceKey(PROTO_BY_NAME[proto], str(args["addr"]), _as_int(args["port"], "port")))
+
+
+def parse_spec(raw: Any) -> ServiceSpec:
+    args = _mapping(raw, "service")
+    key = parse_key(args)
+    _unsupported(args, ("ops", "pe", "sched_flags"), f"service {key}")
+    sched = args.get("sched") or "wlc"
+    if sched not in SCHEDULERS:
+        # Checked before building the spec: IPVS answers ENOENT ("Scheduler or persistence
+        # engine not found"), whereas ServiceSpec would only say ConfigError (EINVAL).
+        raise StateError("ENOENT", f"scheduler {sched!r} not found (known: {', '.join(SCHEDULERS)})")
+    persistent = args.get("persistent")
+    extra = {"synproxy": bool(args.get("synproxy", False))} if "synproxy" in SPEC_FIELDS else {}
+    return _model(lambda: ServiceSpec(
+        key=key,
+        sched=str(sched),
+        persistent=None if persistent is None else _as_int(persistent, "persistent"),
+        netmask=str(args.get("netmask") or "255.255.255.255"),
+        toa=bool(args.get("toa", False)),
+        **extra,
+    ))
+
+
+def parse_dest(raw: Any) -> DestSpec:
+    args = _mapping(raw, "dest")
+    if "addr" not in args or "port" not in args:
+        raise StateError("EINVAL", "dest needs 'addr' and 'port'")
+    tun_type = args.get("tun_type") or "ipip"
+    if tun_type != "ipip":
+        raise StateError("EOPNOTSUPP", f"tunnel type {tun_type!r} is not supported by lbd (ipip only)")
+    return _model(lambda: DestSpec(
+        addr=str(args["addr"]),
+        port=_as_int(args["port"], "port"),
+        fwd=str(args.get("fwd", "route")),
+        weight=_as_int(args.get("weight", 1), "weight"),
+        u_threshold=_as_int(args.get("u_threshold", 0), "u_threshold"),
+        l_threshold=_as_int(args.get("l_threshold", 0), "l_threshold"),
+    ))
+
+
+def _model(build: Any) -> Any:
+    try:
+        return build()
+    except ConfigError as exc:
+        raise StateError("EINVAL", str(exc)) from exc
+
+
+def parse_command(op: str, raw_args: Any) -> Command:
+    """A control-protocol request as a Command; StateError (EINVAL, ENOENT, EOPNOTSUPP) if malformed."""
+    args = _mapping(raw_args if raw_args is not None else {}, f"{op} args")
+    if op == "add_service":
+        return AddService(parse_spec(args))
+    if op == "edit_service":
+        return EditService(parse_spec(args))
+    if op == "del_service":
+        return DelService(parse_key(args))
+    if op in ("add_dest", "edit_dest"):
+        key, dest = parse_key(args.get("service")), parse_dest(args.get("dest"))
+        return AddDest(key, dest) if op == "add_dest" else EditDest(key, dest)
+    if op == "del_dest":
+        key = parse_key(args.get("service"))
+        d = _mapping(args.get("dest"), "dest")
+        if "addr" not in d or "port" not in d:
+            raise StateError("EINVAL", "dest needs 'addr' and 'port'")
+        probe = _model(lambda: DestSpec(addr=str(d["addr"]), port=_as_int(d["port"], "port")))
+        return DelDest(key, probe.addr, probe.port)
+    if op in ("add_laddr", "del_laddr"):
+        key = parse_key(args.get("service"))
+        addr = _model(lambda: parse_ipv4(str(args.get("addr"))))
+        return AddLaddr(key, addr) if op == "add_laddr" else DelLaddr(key, addr)
+    if op == "clear":
+        return Clear()
+    if op == "zero":
+        return Zero(parse_key(args["service"]) if args.get("service") else None)
+    if op == "set_timeout":
+        return SetTimeout(_model(lambda: Timeouts.from_json(args)))
+    raise StateError("EOPNOTSUPP", f"{op!r} is not a table-changing operation")
+
+
+# ---------------------------------------------------------------------------- undo
+
+
+def inverse(state: State, cmd: Command) -> list[Command]:
+    """Commands that undo `cmd` when applied after it, computed from the state BEFORE it.
+
+    Valid only if `cmd` applies to `state`. A deleted destination comes back at the head of
+    its list (where IPVS puts any added destination); its connections were never lost, since
+    the engines keep destinations with connections alive (IPVS's trash list) and revive them.
+    `zero` changes nothing in the table model: its undo is the caller's (counter baselines).
+    """
+    if isinstance(cmd, AddService):
+        return [DelService(cmd.spec.key)]
+    if isinstance(cmd, EditService):
+        return [EditService(state.service(cmd.spec.key).spec)]
+    if isinstance(cmd, DelService):
+        return _recreate(cmd.key, state.service(cmd.key))
+    if isinstance(cmd, AddDest):
+        return [DelDest(cmd.key, cmd.dest.addr, cmd.dest.port)]
+    if isinstance(cmd, EditDest):
+        return [EditDest(cmd.key, state.service(cmd.key).dests[(cmd.dest.addr, cmd.dest.port)])]
+    if isinstance(cmd, DelDest):
+        return [AddDest(cmd.key, state.service(cmd.key).dests[(cmd.addr, cmd.port)])]
+    if isinstance(cmd, AddLaddr):
+        return [DelLaddr(cmd.key, cmd.addr)]
+    if isinstance(cmd, DelLaddr):
+        return [AddLaddr(cmd.key, cmd.addr)]
+    if isinstance(cmd, Clear):
+        return [c for key, svc in state.services.items() for c in _recreate(key, svc)]
+    if isinstance(cmd, SetTimeout):
+        return [SetTimeout(state.timeouts or DEFAULT_TIMEOUTS)]
+    return []
+
+
+def _recreate(key: ServiceKey, svc: ServiceState) -> list[Command]:
+    cmds: list[Command] = [AddService(svc.spec)]
+    # Added tail first, so that the head-insertions rebuild the original list order.
+    cmds += [AddDest(key, d) for d in reversed(list(svc.dests.values()))]
+    cmds += [AddLaddr(key, a) for a in svc.laddrs]
+    return cmds
+
+
+# ---------------------------------------------------------------------------- plan
+
+
+def plan(running: State, desired: State) -> list[Command]:
+    """The minimal commands that turn `running` into `desired` (see the module docstring).
+
+    Order: new services (complete with destinations and local addresses) first, then the
+    changes inside services present in both - new local addresses and destinations before
+    edits and removals, so a service never passes through "no destination" - then removed
+    services, then timeouts. Each command carries the desired state's source line, if any.
+    """
+    lines = desired.lines
+    steps: list[Command] = []
+    for key, want in desired.services.items():
+        if key in running.services:
+            continue
+        steps.append(AddService(want.spec, line=lines.get(("svc", key), 0)))
+        steps += [AddDest(key, d, line=lines.get(("dest", key, d.addr, d.port), 0)) for d in want.dests.values()]
+        steps += [AddLaddr(key, a, line=lines.get(("laddr", key, a), 0)) for a in want.laddrs]
+    for key, want in desired.services.items():
+        have = running.services.get(key)
+        if have is None:
+            continue
+        if have.spec != want.spec:
+            steps.append(EditService(want.spec, was=have.spec, line=lines.get(("svc", key), 0)))
+        steps += [AddLaddr(key, a, line=lines.get(("laddr", key, a), 0)) for a in want.laddrs if a not in have.laddrs]
+        for ident, d in want.dests.items():
+            line = lines.get(("dest", key, d.addr, d.port), 0)
+            old = have.dests.get(ident)
+            if old is None:
+                steps.append(AddDest(key, d, line=line))
+            elif old != d:
+                steps.append(EditDest(key, d, was=old, line=line))
+        steps += [DelDest(key, addr, port) for (addr, port) in have.dests if (addr, port) not in want.dests]
+        steps += [DelLaddr(key, a) for a in have.laddrs if a not in want.laddrs]
+    steps += [DelService(key) for key in running.services if key not in desired.services]
+    if desired.timeouts is not None and desired.timeouts != (running.timeouts or DEFAULT_TIMEOUTS):
+        steps.append(SetTimeout(desired.timeouts, line=lines.get(("timeouts",), 0)))
+    return steps
+
+
+def describe_plan(steps: Iterable[Command]) -> list[str]:
+    return [step.describe() for step in steps]
+
