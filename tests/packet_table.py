@@ -7,11 +7,25 @@ the state expected afterwards (per-destination counts and stats in kernel list
 order, per-service stats, live connections). Per-reason packet counters are
 expected to equal the reasons of the row's packet steps.
 
+Every forwarding method has rows for each rewrite, in and out: DR, IPIP (outer
+header, MTU / fragmentation needed, no source address), FULLNAT (IN and OUT
+rewrites, local address and port allocation, TTL, UDP checksum 0, TOA, MSS
+lowering), ICMP errors (forwarded, encapsulated, translated both ways, bad
+checksum), SYN-proxy (cookie, ACK, real-server handshake, sequence and SACK
+translation, held data, defer, ACK storm, RSTs) and SYN-proxy timers (`TimerStep`:
+what engine.timers(now) must return).
+
 Inputs and expected outputs are built with scapy, independently of the engines:
-XMIT_L2 rows carry the full frame Ether(dst=real server, src=director)/packet,
-ANSWER rows the complete ICMP port-unreachable packet (format: lb/pyengine/icmp.py).
-Nothing here imports an engine, and rows are plain data (bytes, ints, strings), so
-the C microbenchmark can replay them; scapy is needed only to build the table.
+XMIT_L2 rows carry the full frame Ether(dst=real server, src=director)/(rewritten)
+packet, ANSWER rows the complete packet for the kernel (ICMP errors the director
+originates, FULLNAT replies, SYN-proxy segments). Rewritten packets are rebuilt by
+scapy with full checksums (the engines update them incrementally; RFC 1624 eqn. 3
+gives the same bytes); local ports and SYN cookies come from reference
+computations written here from docs/fastpath.md and native/src/synproxy.c's
+layout (`local_port`, `syn_cookie`, with its own SipHash-2-4). Engines under test
+are made with hash_seed HASH_SEED. Nothing here imports an engine, and rows are
+plain data (bytes, ints, strings), so the C microbenchmark can replay them; scapy
+is needed only to build the table.
 
 Addresses come from the documentation ranges (RFC 5737) and never leave the process.
 """
@@ -39,6 +53,11 @@ RS_MACS = {
     RS2: bytes.fromhex("020000000b02"),
     RS3: bytes.fromhex("020000000b03"),
 }
+LIP1 = "198.51.100.201"  # FULLNAT local addresses
+LIP2 = "198.51.100.202"
+TUN_SRC = "203.0.113.1"  # the director's address towards the real servers (tunnel outer source)
+HASH_SEED = 1  # every engine under test is made with this seed: local port cursors and SYN cookies follow
+LPORT_MIN, LPORT_MAX = 20000, 20999  # FULLNAT local ports in the table's setups
 
 # Timeouts from docs/fastpath.md, milliseconds (stated here, not read from an engine).
 T_NONE, T_ES, T_SR, T_FW, T_TW, T_CL, T_UDP = 2_000, 900_000, 60_000, 120_000, 120_000, 10_000, 300_000
@@ -59,6 +78,9 @@ class DestSetup:
     u_threshold: int = 0
     l_threshold: int = 0
     l2: bool = True  # install forwarding state (ifindex IFINDEX, RS_MACS[addr], DIRECTOR_MAC)
+    fwd: str = "route"  # route | tunnel | fullnat
+    saddr: str = "0.0.0.0"  # forwarding state: route source address (the tunnel's outer source)
+    mtu: int = 1500  # forwarding state: path MTU (0 = 1500)
 
     @property
     def mac(self) -> bytes:
@@ -72,6 +94,10 @@ class ServiceSetup:
     dests: tuple[DestSetup, ...] = ()  # in the order they are added: the kernel list is the reverse
     persistent: int | None = None  # persistence timeout, seconds
     netmask: str = "255.255.255.255"  # persistence granularity
+    toa: bool = False
+    synproxy: bool = False
+    laddrs: tuple[str, ...] = ()  # FULLNAT local addresses, in the order added
+    sp_conf: tuple[tuple[str, object], ...] | None = None  # the service's own SYN-proxy settings (SynproxyConf fields)
 
 
 @dataclass(frozen=True)
@@ -79,6 +105,8 @@ class Setup:
     services: tuple[ServiceSetup, ...]
     conn_max: int = 0  # 0 = the engine's default
     timeouts: tuple[int, int, int] | None = None  # set_timeouts(tcp, tcpfin, udp) seconds, None = defaults
+    lport_min: int = LPORT_MIN  # FULLNAT local port range (engines are made with hash_seed HASH_SEED)
+    lport_max: int = LPORT_MAX
 
 
 @dataclass(frozen=True)
@@ -90,7 +118,16 @@ class PacketStep:
     out: bytes = b""  # MANGLE/ANSWER bytes
     ifindex: int = 0  # XMIT_L2
     l2hdr: bytes = b""  # XMIT_L2
-    frame: bytes = b""  # XMIT_L2: the whole frame that must leave (l2hdr + packet)
+    frame: bytes = b""  # XMIT_L2: the whole frame that must leave (l2hdr + (out or packet))
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class TimerStep:
+    """engine.timers(now_ms) must return exactly these actions (verdict, reason, out, ifindex, l2hdr), in order."""
+
+    now_ms: int
+    actions: tuple[tuple[str, str, bytes, int, bytes], ...] = ()
     note: str = ""
 
 
@@ -102,7 +139,7 @@ class ConfigStep:
     now_ms: int = 0
 
 
-Step = Union[PacketStep, ConfigStep]
+Step = Union[PacketStep, ConfigStep, TimerStep]
 
 
 @dataclass(frozen=True)
@@ -118,6 +155,8 @@ class DestExpect:
     syn_retrans: int = 0  # client SYNs repeating the entry's first SYN while in SYN_RECV
     handshakes: int = 0  # SYN_RECV -> ESTABLISHED transitions
     persist: int = 0  # persistence templates naming this destination
+    outpkts: int = 0  # packets from the real server (FULLNAT replies, ICMP errors about OUT tuples)
+    outbytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,6 +165,8 @@ class ServiceExpect:
     conns: int = 0
     inpkts: int = 0
     inbytes: int = 0
+    outpkts: int = 0
+    outbytes: int = 0
 
 
 @dataclass(frozen=True, order=True)
@@ -139,6 +180,8 @@ class ConnExpect:
     dport: int
     state: str
     expires_ms: int
+    laddr: str = "0.0.0.0"  # FULLNAT local address and port
+    lport: int = 0
 
 
 @dataclass(frozen=True)
@@ -152,6 +195,8 @@ class Row:
     conns: tuple[ConnExpect, ...]  # live entries at check_ms (order irrelevant)
     check_ms: int = 0
     tags: tuple[str, ...] = field(default=())
+    laddrs: tuple[tuple[SvcRef, str, int], ...] | None = None  # (service, local address, conns); None: not checked
+    sp_stats: tuple[tuple[str, int], ...] | None = None  # non-zero SYN-proxy counters; None: not checked
 
     @property
     def packet_steps(self) -> tuple[PacketStep, ...]:
@@ -228,8 +273,8 @@ def answer(packet: bytes, now_ms: int, note: str = "ICMP port unreachable") -> P
 
 
 def conn(state: str, expires_ms: int, dest: str, *, cport: int = 40000, caddr: str = CLIENT1,
-         svc: SvcRef = TCP80, dport: int = 80) -> ConnExpect:
-    return ConnExpect(svc[0], caddr, cport, svc[1], svc[2], dest, dport, state, expires_ms)
+         svc: SvcRef = TCP80, dport: int = 80, laddr: str = "0.0.0.0", lport: int = 0) -> ConnExpect:
+    return ConnExpect(svc[0], caddr, cport, svc[1], svc[2], dest, dport, state, expires_ms, laddr, lport)
 
 
 # ---- setups ---------------------------------------------------------------------------
@@ -468,16 +513,20 @@ def _tcp_flag_rows() -> list[Row]:
 
     rows.append(single_conn("synack-creates", "a SYN+ACK without an entry has SYN: it is scheduled (syn event)",
                             (fwd(tcp(flags="SA", ack=1), 0, RS1),), "SYN_RECV", T_SR, 0))
-    rows.append(single_conn("synrst-creates", "a SYN+RST without an entry has SYN: scheduled, rst event NONE -> CLOSE",
-                            (fwd(tcp(flags="SR"), 0, RS1),), "CLOSE", T_CL, 0))
+    rows.append(untouched("synrst-no-conn", "a SYN+RST without an entry is never scheduled (tcp_conn_schedule): "
+                          "the local stack answers", tcp(flags="SR"), "ACCEPT", "NO_CONN", setup, tags=("tcp-state",)))
     rows.append(single_conn("synfin-creates", "a SYN+FIN without an entry: syn wins over fin -> SYN_RECV",
                             (fwd(tcp(flags="SF"), 0, RS1),), "SYN_RECV", T_SR, 0))
     ack = tcp(flags="A", seq=1001, ack=1)
     rows.append(single_conn("syn-on-established", "a SYN on an ESTABLISHED entry keeps it (no reuse), same server",
                             (fwd(syn, 0, RS1), fwd(ack, 1, RS1), fwd(syn, 2, RS1)), "ESTABLISHED", T_ES, 1))
-    rows.append(single_conn("noflags-keeps-state", "a TCP segment without SYN/FIN/ACK/RST changes no state but "
-                            "restarts the timer", (fwd(syn, 0, RS1), fwd(ack, 1, RS1),
-                                                   fwd(tcp(flags="", seq=1001), 5000, RS1)), "ESTABLISHED", T_ES, 1))
+    rows.append(Row("noflags-closes", "a TCP segment without SYN/FIN/ACK/RST moves the entry to CLOSE (the kernel's "
+                    "set_tcp_state starts from CLOSE) and restarts the timer with CLOSE's timeout", setup,
+                    (fwd(syn, 0, RS1), fwd(ack, 1, RS1), fwd(tcp(flags="", seq=1001), 5000, RS1)),
+                    (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=3, inbytes=3 * size, handshakes=1),
+                     DestExpect(UDP53, RS1, 53)),
+                    (ServiceExpect(TCP80, 1, 3, 3 * size), ServiceExpect(UDP53)),
+                    (conn("CLOSE", T_CL, RS1),), check_ms=5000, tags=("tcp-state",)))
     rows.append(single_conn("expiry-boundary-alive", "an entry is alive 1 ms before its expiry time",
                             (fwd(syn, 0, RS1), fwd(ack, T_SR - 1, RS1)), "ESTABLISHED", T_ES, 1, tags=("expiry",)))
     # At exactly its expiry time the SYN_RECV entry is dead: the ACK finds no entry.
@@ -507,11 +556,18 @@ def _tcp_flag_rows() -> list[Row]:
             check_ms=new_syn.now_ms, tags=("tcp-state", "reuse")))
     synack = tcp(flags="SA", ack=1)
     rows.append(Row(
-        "no-reuse-synack", "a SYN+ACK on a TIME_WAIT entry is not a new connection: syn event TIME_WAIT -> SYN_RECV",
-        setup2, (fwd(syn, 0, RS2), fwd(fin, 1, RS2), fwd(synack, 2, RS2)),
-        (DestExpect(TCP80, RS2, inactive=1, conns=1, inpkts=3, inbytes=3 * size), DestExpect(TCP80, RS1)),
-        (ServiceExpect(TCP80, 1, 3, 3 * size),), (conn("SYN_RECV", T_SR, RS2),), check_ms=2,
+        "reuse-synack", "a SYN+ACK on a TIME_WAIT entry is a new connection too (is_new_conn looks at SYN only): "
+        "the entry expires and the SYN+ACK is scheduled afresh",
+        setup2, (fwd(syn, 0, RS2), fwd(fin, 1, RS2), fwd(synack, 2, RS1)),
+        (DestExpect(TCP80, RS2, conns=1, inpkts=2, inbytes=2 * size),
+         DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=size)),
+        (ServiceExpect(TCP80, 2, 3, 3 * size),), (conn("SYN_RECV", T_SR, RS1),), check_ms=2,
         tags=("tcp-state", "reuse")))
+    rows.append(Row(
+        "reuse-synrst", "a SYN+RST on a CLOSE entry expires it; as a miss it is never scheduled (NO_CONN)",
+        setup2, (fwd(syn, 0, RS2), fwd(ack, 1, RS2), fwd(rst, 2, RS2), verdict(tcp(flags="SR"), 3, "ACCEPT", "NO_CONN")),
+        (DestExpect(TCP80, RS2, conns=1, inpkts=3, inbytes=3 * size, handshakes=1), DestExpect(TCP80, RS1)),
+        (ServiceExpect(TCP80, 1, 3, 3 * size),), (), check_ms=3, tags=("tcp-state", "reuse")))
     return rows
 
 
@@ -734,10 +790,11 @@ def _bad_input_rows() -> list[Row]:
     return rows
 
 
-def icmp_error(quote: bytes, icmp_type: int = 3, code: int = 4, *, src: str = CLIENT1, **icmp: object) -> bytes:
-    """An ICMP error from the client's side (src) to the VIP quoting `quote`."""
+def icmp_error(quote: bytes, icmp_type: int = 3, code: int = 4, *, src: str = CLIENT1, dst: str = VIP,
+               ttl: int = 61, **icmp: object) -> bytes:
+    """An ICMP error from the client's side (src) to the VIP (dst) quoting `quote`."""
     s = _scapy()
-    return bytes(ip_header(src=src) / s.ICMP(type=icmp_type, code=code, **icmp) / s.Raw(quote))
+    return bytes(ip_header(src=src, dst=dst, ttl=ttl) / s.ICMP(type=icmp_type, code=code, **icmp) / s.Raw(quote))
 
 
 def reply_quote(length: int = 28, *, proto: str = "tcp", sport: int = 80, dport: int = 40000, **ip: object) -> bytes:
@@ -826,11 +883,11 @@ def _icmp_rows() -> list[Row]:
     two = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1), DestSetup(RS2))),))
     error_frame = expected_frame(RS2, frag_needed)
     rows.append(Row("icmp-deleted-dest", "an ICMP error about an entry of a deleted destination still follows the "
-                    "entry (no availability check for ICMP)", two,
+                    "entry (no availability check for ICMP) but counts nowhere (ip_vs_in_stats: AVAILABLE only)", two,
                     (fwd(syn, 0, RS2), ConfigStep("del_dest", TCP80, DestSetup(RS2), 1),
                      PacketStep(frag_needed, 20, "XMIT_L2", "ICMP", ifindex=IFINDEX, l2hdr=error_frame[:14],
                                 frame=error_frame)),
-                    (DestExpect(TCP80, RS1),), (ServiceExpect(TCP80, 1, 2, size + ip_total_length(frag_needed)),),
+                    (DestExpect(TCP80, RS1),), (ServiceExpect(TCP80, 1, 1, size),),
                     (conn("SYN_RECV", T_SR - 20, RS2),), check_ms=20, tags=("icmp", "deleted")))
     for k in range(0, 8):
         packet = bytes(ip_header(proto=1) / _scapy().Raw(bytes(_scapy().ICMP(type=3, code=3))[:k]))
@@ -947,11 +1004,688 @@ def _timeout_rows() -> list[Row]:
          conn("UDP", 30_000 - 30, RS1, cport=50000, svc=UDP53, dport=53)), check_ms=50, tags=("timeouts",))]
 
 
+# ---- reference computations for the other forwarding methods (independent of the engines) -------------
+
+_M64 = (1 << 64) - 1
+
+
+def _siphash24(key: tuple[int, int], msg: bytes) -> int:
+    """SipHash-2-4 (Aumasson & Bernstein), written from the paper for the table: 64-bit result."""
+    v = [key[0] ^ 0x736F6D6570736575, key[1] ^ 0x646F72616E646F6D, key[0] ^ 0x6C7967656E657261,
+         key[1] ^ 0x7465646279746573]
+
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (64 - r))) & _M64
+
+    def sipround() -> None:
+        v[0] = (v[0] + v[1]) & _M64; v[1] = rotl(v[1], 13) ^ v[0]; v[0] = rotl(v[0], 32)  # noqa: E702
+        v[2] = (v[2] + v[3]) & _M64; v[3] = rotl(v[3], 16) ^ v[2]  # noqa: E702
+        v[0] = (v[0] + v[3]) & _M64; v[3] = rotl(v[3], 21) ^ v[0]  # noqa: E702
+        v[2] = (v[2] + v[1]) & _M64; v[1] = rotl(v[1], 17) ^ v[2]; v[2] = rotl(v[2], 32)  # noqa: E702
+
+    padded = msg + b"\0" * (7 - len(msg) % 8) + bytes([len(msg) & 0xFF])
+    for i in range(0, len(padded), 8):
+        m = int.from_bytes(padded[i:i + 8], "little")
+        v[3] ^= m
+        sipround()
+        sipround()
+        v[0] ^= m
+    v[2] ^= 0xFF
+    for _ in range(4):
+        sipround()
+    return v[0] ^ v[1] ^ v[2] ^ v[3]
+
+
+def sp_master_key(hash_seed: int = HASH_SEED) -> tuple[int, int]:
+    """The cookie master key an engine made with this hash seed uses (native/src/conn.c seeds)."""
+    seed0 = hash_seed & _M64
+    seed1 = (seed0 * 0xD6E8FEB86659FD93 + 1) & _M64
+    return seed0 ^ 0x5BD1E9955BD1E995, seed1 ^ 0x27D4EB2F165667C5
+
+
+def syn_cookie(src: str, dst: str, sport: int, dport: int, client_isn: int, now_ms: int, data: int,
+               hash_seed: int = HASH_SEED) -> int:
+    """The cookie of a SYN (native/src/synproxy.c layout): H1 + isn + (minute << 24) + ((H2 + data) & 0xffffff)."""
+    import socket
+    import struct
+
+    master = sp_master_key(hash_seed)
+    minute = now_ms // 60000
+
+    def h(which: int) -> int:
+        k0 = _siphash24(master, struct.pack("<II", minute // 64, which))
+        t = (socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
+             + struct.pack("<I", minute if which else 0))
+        return _siphash24((k0, master[1] ^ k0), t) & 0xFFFFFFFF
+
+    return (h(0) + client_isn + ((minute << 24) & 0xFFFFFFFF) + ((h(1) + data) & 0xFFFFFF)) & 0xFFFFFFFF
+
+
+def local_port(laddr: str, n: int = 0, lmin: int = LPORT_MIN, lmax: int = LPORT_MAX, hash_seed: int = HASH_SEED) -> int:
+    """The n-th port handed out from a fresh local address (no collisions): its cursor starts at
+    lmin + ((addr * 0x9E3779B1 + seed mod 2**32) mod 2**32) mod (lmax - lmin + 1) and walks up, wrapping."""
+    import ipaddress
+
+    span = lmax - lmin + 1
+    first = ((int(ipaddress.IPv4Address(laddr)) * 0x9E3779B1 + (hash_seed & 0xFFFFFFFF)) & 0xFFFFFFFF) % span
+    return lmin + (first + n) % span
+
+
+def nat(packet: bytes, src: str, sport: int, dst: str, dport: int, *, toa: tuple[int, str] | None = None,
+        mss: int | None = None, seq_delta: int = 0, ack_delta: int = 0, sack_delta: int = 0) -> bytes:
+    """`packet` as a FULLNAT director sends it on: TTL - 1, new addresses and ports, checksums recomputed
+    (a UDP checksum of 0 stays 0); optionally with the TOA option appended, the MSS option set, or
+    sequence numbers / SACK edges shifted (SYN-proxy)."""
+    s = _scapy()
+    p = s.IP(packet)
+    p.ttl -= 1
+    p.src, p.dst = src, dst
+    del p.chksum
+    l4 = p.payload
+    l4.sport, l4.dport = sport, dport
+    if isinstance(l4, s.TCP):
+        del l4.chksum
+        l4.seq = (l4.seq + seq_delta) & 0xFFFFFFFF
+        if l4.flags.A:
+            l4.ack = (l4.ack + ack_delta) & 0xFFFFFFFF
+        opts = []
+        for name, value in l4.options:
+            if name == "MSS" and mss is not None:
+                value = mss
+            if name == "SAck" and sack_delta:
+                value = tuple((e + sack_delta) & 0xFFFFFFFF for e in value)
+            opts.append((name, value))
+        if toa is not None:
+            import socket
+
+            opts.append((254, toa[0].to_bytes(2, "big") + socket.inet_aton(toa[1])))
+            del p.len
+            del l4.dataofs
+        l4.options = opts
+    elif l4.chksum:
+        del l4.chksum
+    return bytes(p)
+
+
+def ipip(inner: bytes, src: str = TUN_SRC, dst: str = RS1) -> bytes:
+    """The IPIP packet a tunnelling director sends: outer TOS = inner, ID = 0 with DF else the inner ID,
+    DF = inner DF, TTL 64, protocol 4."""
+    s = _scapy()
+    i = s.IP(inner)
+    df = bool(i.flags.DF)
+    outer = s.IP(src=src, dst=dst, tos=i.tos, id=0 if df else i.id, flags="DF" if df else 0, ttl=64, proto=4)
+    return bytes(outer / s.Raw(inner))
+
+
+def director_icmp(packet: bytes, code: int, mtu: int = 0) -> bytes:
+    """An ICMP 3/code the director originates about `packet` (VIP -> client, quoting header + 8 bytes)."""
+    s = _scapy()
+    original = s.IP(packet)
+    quote = packet[: original.ihl * 4 + 8]
+    answer = s.IP(src=original.dst, dst=original.src, tos=0, id=0, flags=0, frag=0, ttl=64, proto=1) / s.ICMP(
+        type=3, code=code, nexthopmtu=mtu) / s.Raw(quote)
+    return bytes(answer)
+
+
+def tcp_segment(src: str, sport: int, dst: str, dport: int, flags: str, seq: int, ack: int, window: int,
+                options: list | None = None, payload: bytes = b"") -> bytes:
+    """A segment the director builds itself (SYN-proxy): ID 0, DF, TTL 64."""
+    s = _scapy()
+    p = s.IP(src=src, dst=dst, id=0, flags="DF", ttl=64) / s.TCP(sport=sport, dport=dport, flags=flags, seq=seq,
+                                                                   ack=ack, window=window, options=options or [])
+    if payload:
+        p = p / s.Raw(payload)
+    return bytes(p)
+
+
+def xmit(packet: bytes, out: bytes, now_ms: int, dest: str, reason: str = "FORWARDED", note: str = "") -> PacketStep:
+    """XMIT_L2 with new bytes `out` framed for `dest`."""
+    frame = expected_frame(dest, out)
+    return PacketStep(packet, now_ms, "XMIT_L2", reason, out=out, ifindex=IFINDEX, l2hdr=frame[:14], frame=frame,
+                      note=note or f"sent to {dest}")
+
+
+def answered(packet: bytes, out: bytes, now_ms: int, reason: str = "FORWARDED", note: str = "") -> PacketStep:
+    return PacketStep(packet, now_ms, "ANSWER", reason, out=out, note=note)
+
+
+def timer_frame(out: bytes, dest: str) -> tuple[str, str, bytes, int, bytes]:
+    return ("XMIT_L2", "FORWARDED", out, IFINDEX, expected_frame(dest, out)[:14])
+
+
+def _with_ttl(packet: bytes, ttl: int) -> bytes:
+    s = _scapy()
+    p = s.IP(packet)
+    p.ttl = ttl
+    del p.chksum
+    return bytes(p)
+
+
+def _fix_icmp_checksum(packet: bytes, good: bool = True) -> bytes:
+    """Recompute (or deliberately break) the ICMP checksum of an ICMP packet."""
+    s = _scapy()
+    p = s.IP(packet)
+    del p[s.ICMP].chksum
+    out = bytes(p)
+    if not good:
+        ihl = (out[0] & 0x0F) * 4
+        out = out[: ihl + 2] + bytes([out[ihl + 2] ^ 0x01]) + out[ihl + 3:]
+    return out
+
+
+# ---- FULLNAT -------------------------------------------------------------------------------------------
+
+
+def _fnat_setup(*, toa: bool = False, laddrs: tuple[str, ...] = (LIP1,), l2: bool = True, mtu: int = 1500,
+                lport_min: int = LPORT_MIN, lport_max: int = LPORT_MAX, dests: tuple[str, ...] = (RS1,)) -> Setup:
+    return Setup((ServiceSetup(TCP80, "rr", tuple(DestSetup(d, fwd="fullnat", l2=l2, mtu=mtu) for d in dests),
+                               toa=toa, laddrs=laddrs),
+                  ServiceSetup(UDP53, "rr", (DestSetup(RS1, 53, fwd="fullnat"),), laddrs=laddrs)),
+                 lport_min=lport_min, lport_max=lport_max)
+
+
+def _fnat_rows() -> list[Row]:
+    rows: list[Row] = []
+    lp = local_port(LIP1)
+    syn = tcp(flags="S", tcp_options=[("MSS", 1460), ("SAckOK", b"")])
+    synack = tcp(sport=80, dport=lp, src=RS1, dst=LIP1, flags="SA", seq=5000, ack=1001,
+                 tcp_options=[("MSS", 1460), ("SAckOK", b"")])
+    ack = tcp(flags="A", seq=1001, ack=5001)
+    data = tcp(flags="PA", seq=1001, ack=5001, payload=b"GET / HTTP/1.0\r\n\r\n")
+    reply = tcp(sport=80, dport=lp, src=RS1, dst=LIP1, flags="PA", seq=5001, ack=1019, payload=b"HTTP/1.0 200 OK\r\n")
+    rs_fin = tcp(sport=80, dport=lp, src=RS1, dst=LIP1, flags="FA", seq=5018, ack=1019)
+    n = {k: ip_total_length(v) for k, v in (("syn", syn), ("synack", synack), ("ack", ack), ("data", data),
+                                            ("reply", reply), ("rs_fin", rs_fin))}
+    to_rs = {k: nat(v, LIP1, lp, RS1, 80) for k, v in (("syn", syn), ("ack", ack), ("data", data))}
+    to_client = {k: nat(v, VIP, 80, CLIENT1, 40000) for k, v in (("synack", synack), ("reply", reply),
+                                                                  ("rs_fin", rs_fin))}
+    setup = _fnat_setup()
+    udp_dest, udp_svc = DestExpect(UDP53, RS1, 53), ServiceExpect(UDP53)
+
+    def flow_row(row_id: str, description: str, steps: tuple[Step, ...], state: str, timeout: int, active: int,
+                 ins: tuple[str, ...], outs: tuple[str, ...], tags: tuple[str, ...] = ()) -> Row:
+        inb, outb = sum(n[k] for k in ins), sum(n[k] for k in outs)
+        last = steps[-1].now_ms
+        return Row(row_id, description, setup, steps,
+                   (DestExpect(TCP80, RS1, active=active, inactive=1 - active, conns=1, inpkts=len(ins), inbytes=inb,
+                               handshakes=int("ack" in ins), outpkts=len(outs), outbytes=outb), udp_dest),
+                   (ServiceExpect(TCP80, 1, len(ins), inb, len(outs), outb), udp_svc),
+                   (conn(state, timeout, RS1, laddr=LIP1, lport=lp),), check_ms=last, tags=("fnat",) + tags,
+                   laddrs=((TCP80, LIP1, 1), (UDP53, LIP1, 0)))
+
+    rows.append(flow_row(
+        "fnat-in-syn", "FULLNAT IN: the SYN leaves as LIP:lport -> RIP:rport (TTL - 1, checksums updated); the "
+        "entry uses the INPUT table (NONE -> SYN_RECV) and its local port comes from the address's seeded cursor",
+        (xmit(syn, to_rs["syn"], 0, RS1),), "SYN_RECV", T_SR, 0, ("syn",), ()))
+    rows.append(flow_row(
+        "fnat-out-synack", "FULLNAT OUT: the real server's SYN-ACK to LIP:lport goes back as VIP:vport -> CIP:cport "
+        "through the kernel (ANSWER); OUTPUT syn keeps SYN_RECV; out-stats count it",
+        (xmit(syn, to_rs["syn"], 0, RS1), answered(synack, to_client["synack"], 5)), "SYN_RECV", T_SR, 0,
+        ("syn",), ("synack",)))
+    rows.append(flow_row(
+        "fnat-flow", "FULLNAT both ways: ACK (ESTABLISHED), data in, data out; the real server's FIN moves "
+        "ESTABLISHED to FIN_WAIT (OUTPUT table)",
+        (xmit(syn, to_rs["syn"], 0, RS1), answered(synack, to_client["synack"], 5), xmit(ack, to_rs["ack"], 10, RS1),
+         xmit(data, to_rs["data"], 20, RS1), answered(reply, to_client["reply"], 30),
+         answered(rs_fin, to_client["rs_fin"], 40)), "FIN_WAIT", T_FW, 0,
+        ("syn", "ack", "data"), ("synack", "reply", "rs_fin")))
+
+    # TOA: the client's first ACK without SYN/RST carries option 254; the server's SYN MSS is lowered by 8.
+    toa_setup = _fnat_setup(toa=True)
+    ack2 = tcp(flags="A", seq=1019, ack=5018)
+    toa_ack = nat(ack, LIP1, lp, RS1, 80, toa=(40000, CLIENT1))
+    big_opts = tcp(flags="A", seq=1001, ack=5001, tcp_options=[("NOP", None)] * 40)  # data offset 15: no room
+    row_steps = (xmit(syn, to_rs["syn"], 0, RS1),
+                 answered(synack, nat(synack, VIP, 80, CLIENT1, 40000, mss=1452), 5, note="MSS 1460 -> 1452"),
+                 xmit(ack, toa_ack, 10, RS1, note="TOA appended"),
+                 xmit(data, to_rs["data"], 20, RS1, note="only once"))
+    size_toa = n["syn"] + n["ack"] + n["data"]
+    rows.append(Row(
+        "fnat-toa", "TOA: the client's first ACK (no SYN/RST) gets option 254 (client port and address) after its "
+        "options, data offset + 2, total length + 8; later segments go without; the server's SYN-ACK MSS is lowered "
+        "by 8", toa_setup, row_steps,
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=3, inbytes=size_toa, handshakes=1, outpkts=1,
+                    outbytes=n["synack"]), udp_dest),
+        (ServiceExpect(TCP80, 1, 3, size_toa, 1, n["synack"]), udp_svc),
+        (conn("ESTABLISHED", T_ES, RS1, laddr=LIP1, lport=lp),), check_ms=20, tags=("fnat", "toa")))
+    rows.append(Row(
+        "fnat-toa-no-room", "TOA: a segment whose TCP header is already 60 bytes goes without it (R_TOA_NO_ROOM); "
+        "the next ACK gets it", toa_setup,
+        (xmit(syn, to_rs["syn"], 0, RS1),
+         xmit(big_opts, nat(big_opts, LIP1, lp, RS1, 80), 10, RS1, "TOA_NO_ROOM"),
+         xmit(ack2, nat(ack2, LIP1, lp, RS1, 80, toa=(40000, CLIENT1)), 20, RS1)),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=3, inbytes=n["syn"] + ip_total_length(big_opts)
+                    + ip_total_length(ack2), handshakes=1), udp_dest),
+        (ServiceExpect(TCP80, 1, 3, n["syn"] + ip_total_length(big_opts) + ip_total_length(ack2)), udp_svc),
+        (conn("ESTABLISHED", T_ES, RS1, laddr=LIP1, lport=lp),), check_ms=20, tags=("fnat", "toa")))
+    mtu_setup = _fnat_setup(toa=True, mtu=100)
+    full = tcp(flags="PA", seq=1001, ack=5001, payload=b"x" * 60)  # 100 bytes: + 8 > MTU 100
+    rows.append(Row(
+        "fnat-toa-mtu", "TOA: a segment that would exceed the path MTU with the option goes without it "
+        "(R_TOA_NO_ROOM)", mtu_setup,
+        (xmit(syn, to_rs["syn"], 0, RS1), xmit(full, nat(full, LIP1, lp, RS1, 80), 10, RS1, "TOA_NO_ROOM")),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=n["syn"] + 100, handshakes=1), udp_dest),
+        (ServiceExpect(TCP80, 1, 2, n["syn"] + 100), udp_svc),
+        (conn("ESTABLISHED", T_ES, RS1, laddr=LIP1, lport=lp),), check_ms=10, tags=("fnat", "toa")))
+
+    # UDP: checksum updated, a zero checksum stays zero.
+    ulp = local_port(LIP1)
+    query = udp(sport=50000)
+    nocsum = bytes(_scapy().IP(query))
+    nocsum = nocsum[:26] + b"\0\0" + nocsum[28:]
+    answer_udp = udp(sport=53, dport=ulp, src=RS1, dst=LIP1, payload=b"answer-01")
+    qn, an = ip_total_length(query), ip_total_length(answer_udp)
+    rows.append(Row(
+        "fnat-udp", "FULLNAT UDP both ways (UDP entries: no states); a datagram without checksum (0) keeps 0",
+        setup, (xmit(query, nat(query, LIP1, ulp, RS1, 53), 0, RS1),
+                answered(answer_udp, nat(answer_udp, VIP, 53, CLIENT1, 50000), 5),
+                xmit(nocsum, nat(nocsum, LIP1, ulp, RS1, 53), 6, RS1, note="checksum 0 stays 0")),
+        (DestExpect(TCP80, RS1), DestExpect(UDP53, RS1, 53, inactive=1, conns=1, inpkts=2, inbytes=2 * qn, outpkts=1,
+                                            outbytes=an)),
+        (ServiceExpect(TCP80), ServiceExpect(UDP53, 1, 2, 2 * qn, 1, an)),
+        (conn("UDP", T_UDP, RS1, cport=50000, svc=UDP53, dport=53, laddr=LIP1, lport=ulp),), check_ms=6,
+        tags=("fnat", "udp"), laddrs=((TCP80, LIP1, 0), (UDP53, LIP1, 1))))
+
+    # TTL: the director routes FULLNAT packets, so a TTL of 1 cannot be forwarded.
+    syn_ttl1 = _with_ttl(syn, 1)
+    synack_ttl1 = _with_ttl(synack, 1)
+    rows.append(Row(
+        "fnat-ttl-exceeded", "FULLNAT: a TTL of 1 cannot be decremented: dropped both ways (R_TTL_EXCEEDED); the "
+        "entry is made and the packets counted before the rewrite", setup,
+        (verdict(syn_ttl1, 0, "DROP", "TTL_EXCEEDED"), verdict(synack_ttl1, 5, "DROP", "TTL_EXCEEDED")),
+        (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=n["syn"], outpkts=1, outbytes=n["synack"]),
+         udp_dest),
+        (ServiceExpect(TCP80, 1, 1, n["syn"], 1, n["synack"]), udp_svc),
+        (conn("SYN_RECV", T_SR, RS1, laddr=LIP1, lport=lp),), check_ms=5, tags=("fnat", "ttl")))
+
+    no_laddr = _fnat_setup(laddrs=())
+    dests, services = idle_expectations(no_laddr)
+    rows.append(Row("fnat-no-laddr", "FULLNAT without local addresses: no entry, DROP/R_NO_LADDR", no_laddr,
+                    (verdict(syn, 0, "DROP", "NO_LADDR"),), dests, services, (), tags=("fnat",),
+                    laddrs=()))
+    one_port = _fnat_setup(lport_min=20000, lport_max=20000)
+    syn_b = tcp(sport=40001)
+    rows.append(Row(
+        "fnat-ports-exhausted", "FULLNAT with one local port: the second connection to the same real server finds "
+        "no free OUT tuple (R_NO_LADDR)", one_port,
+        (xmit(syn, nat(syn, LIP1, 20000, RS1, 80), 0, RS1), verdict(syn_b, 1, "DROP", "NO_LADDR")),
+        (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=n["syn"]), udp_dest),
+        (ServiceExpect(TCP80, 1, 1, n["syn"]), udp_svc),
+        (conn("SYN_RECV", T_SR - 1, RS1, laddr=LIP1, lport=20000),), check_ms=1, tags=("fnat",),
+        laddrs=((TCP80, LIP1, 1), (UDP53, LIP1, 0))))
+    two = n["syn"] + ip_total_length(syn_b)
+    rows.append(Row(
+        "fnat-port-freed", "a local port is free again once its entry expired", one_port,
+        (xmit(syn, nat(syn, LIP1, 20000, RS1, 80), 0, RS1),
+         xmit(syn_b, nat(syn_b, LIP1, 20000, RS1, 80), T_SR, RS1)),
+        (DestExpect(TCP80, RS1, inactive=1, conns=2, inpkts=2, inbytes=two), udp_dest),
+        (ServiceExpect(TCP80, 2, 2, two), udp_svc),
+        (conn("SYN_RECV", T_SR, RS1, cport=40001, laddr=LIP1, lport=20000),), check_ms=T_SR, tags=("fnat", "expiry")))
+    ring = _fnat_setup(laddrs=(LIP1, LIP2))
+    syns = [tcp(sport=41000 + i) for i in range(3)]
+    used = [(LIP1, local_port(LIP1)), (LIP2, local_port(LIP2)), (LIP1, local_port(LIP1, 1))]
+    rows.append(Row(
+        "fnat-laddr-ring", "local addresses are used in turn (ring cursor), each with its own port cursor", ring,
+        tuple(xmit(p, nat(p, la, port, RS1, 80), i, RS1) for i, (p, (la, port)) in enumerate(zip(syns, used))),
+        (DestExpect(TCP80, RS1, inactive=3, conns=3, inpkts=3, inbytes=3 * ip_total_length(syns[0])), udp_dest),
+        (ServiceExpect(TCP80, 3, 3, 3 * ip_total_length(syns[0])), udp_svc),
+        tuple(conn("SYN_RECV", T_SR - (2 - i), RS1, cport=41000 + i, laddr=la, lport=port)
+              for i, (la, port) in enumerate(used)), check_ms=2, tags=("fnat",),
+        laddrs=((TCP80, LIP1, 2), (TCP80, LIP2, 1), (UDP53, LIP1, 0), (UDP53, LIP2, 0))))
+    no_l2 = _fnat_setup(l2=False)
+    rows.append(Row(
+        "fnat-no-l2", "FULLNAT without forwarding state: entry made and counted, packet dropped (R_NO_L2); a reply "
+        "still goes back (the kernel routes it)", no_l2,
+        (verdict(syn, 0, "DROP", "NO_L2"), answered(synack, to_client["synack"], 5)),
+        (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=n["syn"], outpkts=1, outbytes=n["synack"]),
+         udp_dest),
+        (ServiceExpect(TCP80, 1, 1, n["syn"], 1, n["synack"]), udp_svc),
+        (conn("SYN_RECV", T_SR, RS1, laddr=LIP1, lport=lp),), check_ms=5, tags=("fnat", "l2")))
+    rows.append(Row(
+        "fnat-deleted-dest-reply", "replies of a deleted destination's entry are still translated (no availability "
+        "check on OUT) but not counted (AVAILABLE only); its client's packets are dropped", setup,
+        (xmit(syn, to_rs["syn"], 0, RS1), ConfigStep("del_dest", TCP80, DestSetup(RS1, fwd="fullnat"), 1),
+         answered(synack, to_client["synack"], 5), verdict(ack, 6, "DROP", "DEST_UNAVAILABLE")),
+        (udp_dest,), (ServiceExpect(TCP80, 1, 1, n["syn"]), udp_svc),
+        (conn("SYN_RECV", T_SR - 1, RS1, laddr=LIP1, lport=lp),), check_ms=6, tags=("fnat", "deleted")))
+    return rows
+
+
+# ---- IPIP ------------------------------------------------------------------------------------------------
+
+
+def _tun_setup(*, saddr: str = TUN_SRC, mtu: int = 1500, l2: bool = True) -> Setup:
+    return Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1, fwd="tunnel", saddr=saddr, mtu=mtu, l2=l2),)),
+                  ServiceSetup(UDP53, "rr", (DestSetup(RS1, 53, fwd="tunnel", saddr=saddr),))))
+
+
+def _tun_rows() -> list[Row]:
+    rows: list[Row] = []
+    setup = _tun_setup()
+    udp_dest, udp_svc = DestExpect(UDP53, RS1, 53), ServiceExpect(UDP53)
+    syn = tcp(flags="S", tos=0x10)
+    syn_df = tcp(flags="S", flags_ip="DF")
+    ack = tcp(flags="A", seq=1001, ack=5001, flags_ip="DF")
+    big_df = tcp(flags="PA", seq=1001, ack=5001, payload=b"b" * 1441, flags_ip="DF")  # 1481 + 20 > 1500
+    big = tcp(flags="PA", seq=1001, ack=5001, payload=b"b" * 1441)
+    fits = tcp(flags="PA", seq=1001, ack=5001, payload=b"b" * 1440, flags_ip="DF")  # 1480 + 20 = 1500
+    sz = ip_total_length
+
+    def one(row_id: str, description: str, steps: tuple[Step, ...], state: str, timeout: int, active: int,
+            pkts: tuple[bytes, ...], row_setup: Setup = setup, tags: tuple[str, ...] = ()) -> Row:
+        inb = sum(sz(p) for p in pkts)
+        return Row(row_id, description, row_setup, steps,
+                   (DestExpect(TCP80, RS1, active=active, inactive=1 - active, conns=1, inpkts=len(pkts), inbytes=inb,
+                               handshakes=active), udp_dest),
+                   (ServiceExpect(TCP80, 1, len(pkts), inb), udp_svc),
+                   (conn(state, timeout, RS1),), check_ms=steps[-1].now_ms, tags=("tun",) + tags)
+
+    rows.append(one("tun-syn", "IPIP: outer header 0x45, TOS = inner TOS, ID = inner ID (no DF), TTL 64, proto 4, "
+                    "from the route source to the real server; the inner packet unchanged; INPUT-ONLY states",
+                    (xmit(syn, ipip(syn), 0, RS1),), "SYN_RECV", T_SR, 0, (syn,)))
+    rows.append(one("tun-df", "IPIP: an inner DF gives the outer header DF and ID 0",
+                    (xmit(syn_df, ipip(syn_df), 0, RS1), xmit(ack, ipip(ack), 1, RS1)), "ESTABLISHED", T_ES, 1,
+                    (syn_df, ack)))
+    rows.append(one("tun-mtu-fits", "IPIP: a packet of MTU - 20 bytes still fits",
+                    (xmit(syn_df, ipip(syn_df), 0, RS1), xmit(fits, ipip(fits), 1, RS1)), "ESTABLISHED", T_ES, 1,
+                    (syn_df, fits), tags=("mtu",)))
+    rows.append(one("tun-frag-needed", "IPIP: too big after encapsulation with DF: ICMP fragmentation needed "
+                    "(next-hop MTU = MTU - 20) to the client (ANSWER, R_FRAG_NEEDED); state and stats as forwarded",
+                    (xmit(syn_df, ipip(syn_df), 0, RS1), answered(big_df, director_icmp(big_df, 4, 1480), 1,
+                                                                 "FRAG_NEEDED")), "ESTABLISHED", T_ES, 1, (syn_df, big_df),
+                    tags=("mtu",)))
+    rows.append(one("tun-frag-no-df", "IPIP: too big without DF: dropped (known gap, R_FRAG_NEEDED)",
+                    (xmit(syn, ipip(syn), 0, RS1), verdict(big, 1, "DROP", "FRAG_NEEDED")), "ESTABLISHED", T_ES, 1,
+                    (syn, big), tags=("mtu",)))
+    small = _tun_setup(mtu=600)
+    mid = tcp(flags="PA", seq=1001, ack=5001, payload=b"m" * 541, flags_ip="DF")  # 581 + 20 > 600
+    rows.append(one("tun-path-mtu", "IPIP: the destination's path MTU (600) decides; next-hop MTU 580",
+                    (xmit(syn_df, ipip(syn_df), 0, RS1), answered(mid, director_icmp(mid, 4, 580), 1, "FRAG_NEEDED")),
+                    "ESTABLISHED", T_ES, 1, (syn_df, mid), row_setup=small, tags=("mtu",)))
+    rows.append(one("tun-no-source", "IPIP without a route source address: never an outer source 0.0.0.0: "
+                    "DROP/R_NO_L2", (verdict(syn, 0, "DROP", "NO_L2"),), "SYN_RECV", T_SR, 0, (syn,),
+                    row_setup=_tun_setup(saddr="0.0.0.0"), tags=("l2",)))
+    rows.append(one("tun-no-l2", "IPIP without forwarding state: DROP/R_NO_L2", (verdict(syn, 0, "DROP", "NO_L2"),),
+                    "SYN_RECV", T_SR, 0, (syn,), row_setup=_tun_setup(l2=False), tags=("l2",)))
+    query = udp(sport=50000)
+    qn = sz(query)
+    rows.append(Row("tun-udp", "IPIP carries UDP the same way", setup, (xmit(query, ipip(query), 0, RS1),),
+                    (DestExpect(TCP80, RS1), DestExpect(UDP53, RS1, 53, inactive=1, conns=1, inpkts=1, inbytes=qn)),
+                    (ServiceExpect(TCP80), ServiceExpect(UDP53, 1, 1, qn)),
+                    (conn("UDP", T_UDP, RS1, cport=50000, svc=UDP53, dport=53),), tags=("tun", "udp")))
+    error = icmp_error(reply_quote(), 3, 4, nexthopmtu=1400)
+    rows.append(Row("tun-icmp", "an ICMP error about a tunnelled connection is encapsulated to its real server "
+                    "(R_ICMP), in-stats counted", setup,
+                    (xmit(syn, ipip(syn), 0, RS1), xmit(error, ipip(error), 5, RS1, "ICMP")),
+                    (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=2, inbytes=sz(syn) + sz(error)), udp_dest),
+                    (ServiceExpect(TCP80, 1, 2, sz(syn) + sz(error)), udp_svc),
+                    (conn("SYN_RECV", T_SR - 5, RS1),), check_ms=5, tags=("tun", "icmp")))
+    no_src = _tun_setup(saddr="0.0.0.0")
+    rows.append(Row("tun-icmp-no-source", "an ICMP error about a tunnelled connection whose destination has no "
+                    "route source address is dropped (R_NO_L2), as the connection's own packets: never an outer "
+                    "source 0.0.0.0", no_src, (verdict(syn, 0, "DROP", "NO_L2"), verdict(error, 5, "DROP", "NO_L2")),
+                    (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=2, inbytes=sz(syn) + sz(error)), udp_dest),
+                    (ServiceExpect(TCP80, 1, 2, sz(syn) + sz(error)), udp_svc),
+                    (conn("SYN_RECV", T_SR - 5, RS1),), check_ms=5, tags=("tun", "icmp", "l2")))
+
+    # A connection keeps the method it was created with (the kernel binds cp->packet_xmit at creation).
+    dr = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1),)),))
+    as_tun = DestSetup(RS1, fwd="tunnel", saddr=TUN_SRC)
+    syn2 = tcp(sport=40001)
+    rows.append(Row(
+        "method-change-keeps-entries", "editing a destination's method (route -> tunnel) drops its forwarding "
+        "state; once new state is installed, existing entries keep their method (DR) and new ones use the new "
+        "one (IPIP)", dr,
+        (fwd(syn, 0, RS1), ConfigStep("edit_dest", TCP80, as_tun, 1), verdict(ack, 2, "DROP", "NO_L2"),
+         ConfigStep("set_fwd", TCP80, as_tun, 3), fwd(ack, 4, RS1), xmit(syn2, ipip(syn2), 5, RS1)),
+        (DestExpect(TCP80, RS1, active=1, inactive=1, conns=2, inpkts=4, inbytes=2 * sz(syn) + 2 * sz(ack),
+                    handshakes=1),),
+        (ServiceExpect(TCP80, 2, 4, 2 * sz(syn) + 2 * sz(ack)),),
+        (conn("ESTABLISHED", T_ES - 1, RS1), conn("SYN_RECV", T_SR, RS1, cport=40001)), check_ms=5,
+        tags=("tun", "dr", "method")))
+    return rows
+
+
+# ---- ICMP errors about FULLNAT connections, and the ICMP checksum -----------------------------------------
+
+
+def _icmp_translation_rows() -> list[Row]:
+    rows: list[Row] = []
+    lp = local_port(LIP1)
+    setup = _fnat_setup()
+    syn = tcp(flags="S")
+    to_rs = nat(syn, LIP1, lp, RS1, 80)
+    udp_dest, udp_svc = DestExpect(UDP53, RS1, 53), ServiceExpect(UDP53)
+    sz = ip_total_length
+    # From the client's side, about a reply VIP:80 -> CIP:40000.
+    from_client = icmp_error(reply_quote(), 3, 4, nexthopmtu=1400)
+    to_rs_error = icmp_error(reply_quote(src=RS1, dst=LIP1, sport=80, dport=lp), 3, 4, nexthopmtu=1400, src=LIP1,
+                             dst=RS1, ttl=60)
+    # From the real server's side, about LIP:lport -> RIP:80.
+    from_rs = icmp_error(reply_quote(src=LIP1, dst=RS1, sport=lp, dport=80), 3, 4, nexthopmtu=1400, src=RS1,
+                         dst=LIP1)
+    to_client_error = icmp_error(reply_quote(src=CLIENT1, dst=VIP, sport=40000, dport=80), 3, 4, nexthopmtu=1400,
+                                 src=VIP, dst=CLIENT1, ttl=60)
+
+    def row(row_id: str, description: str, step: PacketStep, ins: int, outs: int, tags: tuple[str, ...] = (),
+            row_setup: Setup = setup, first: PacketStep | None = None) -> Row:
+        first = first or xmit(syn, to_rs, 0, RS1)
+        inb = sz(syn) + (sz(step.packet) if ins else 0)
+        outb = sz(step.packet) if outs else 0
+        return Row(row_id, description, row_setup, (first, step),
+                   (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1 + ins, inbytes=inb, outpkts=outs,
+                               outbytes=outb), udp_dest),
+                   (ServiceExpect(TCP80, 1, 1 + ins, inb, outs, outb), udp_svc),
+                   (conn("SYN_RECV", T_SR - 5, RS1, laddr=LIP1, lport=lp),), check_ms=5, tags=("icmp", "fnat") + tags)
+
+    rows.append(row("icmp-fnat-in", "an ICMP error from the client's side about a FULLNAT reply is translated "
+                    "towards the real server: outer LIP -> RIP (TTL - 1), quoting RIP:rport -> LIP:lport; quoted IP "
+                    "and ICMP checksums recomputed; in-stats", xmit(from_client, to_rs_error, 5, RS1, "ICMP"), 1, 0))
+    rows.append(row("icmp-fnat-out", "an ICMP error from the real server's side about LIP:lport -> RIP:rport is "
+                    "translated to the client: outer VIP -> CIP, quoting CIP:cport -> VIP:vport (ANSWER); out-stats",
+                    answered(from_rs, to_client_error, 5, "ICMP"), 0, 1))
+    rows.append(row("icmp-fnat-ttl", "an ICMP error with TTL 1 cannot be translated (R_TTL_EXCEEDED); still counted",
+                    verdict(_with_ttl(from_rs, 1), 5, "DROP", "TTL_EXCEEDED"), 0, 1))
+    rows.append(row("icmp-fnat-no-l2", "an ICMP error towards a real server without forwarding state is dropped "
+                    "(R_NO_L2), counted", verdict(from_client, 5, "DROP", "NO_L2"), 1, 0,
+                    row_setup=_fnat_setup(l2=False), first=verdict(syn, 0, "DROP", "NO_L2")))
+    bad = _fix_icmp_checksum(from_rs, good=False)
+    rows.append(row("icmp-bad-csum-out", "an ICMP error about a connection with a wrong ICMP checksum is dropped "
+                    "(R_BAD_CSUM, ip_vs_in_icmp) and not counted", verdict(bad, 5, "DROP", "BAD_CSUM"), 0, 0,
+                    tags=("bad",)))
+    dr = one_dest()
+    dr_syn = tcp(flags="S")
+    dr_error = _fix_icmp_checksum(icmp_error(reply_quote(), 3, 4, nexthopmtu=1400), good=False)
+    rows.append(Row("icmp-bad-csum-dr", "a wrong ICMP checksum on an error about a DR connection: DROP/R_BAD_CSUM",
+                    dr, (fwd(dr_syn, 0, RS1), verdict(dr_error, 5, "DROP", "BAD_CSUM")),
+                    (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=sz(dr_syn)), udp_dest),
+                    (ServiceExpect(TCP80, 1, 1, sz(dr_syn)), udp_svc),
+                    (conn("SYN_RECV", T_SR - 5, RS1),), check_ms=5, tags=("icmp", "bad")))
+    unrelated = _fix_icmp_checksum(icmp_error(reply_quote(dport=40001)), good=False)
+    rows.append(Row("icmp-bad-csum-unrelated", "the ICMP checksum is only checked for errors about a connection: "
+                    "unrelated ones pass through", dr, (verdict(unrelated, 5, "ACCEPT", "NOT_LB_PROTO"),),
+                    *idle_expectations(dr), (), check_ms=5, tags=("icmp", "bad")))
+    return rows
+
+
+# ---- SYN-proxy ------------------------------------------------------------------------------------------
+
+SP_ISN = 1000  # the client's ISN in the SYN-proxy rows
+RS_ISN = 7000  # the real server's
+SYN_OPTS = [("MSS", 1460), ("SAckOK", b"")]
+SP_SYN_OPTS = [("MSS", 1460), ("NOP", None), ("NOP", None), ("SAckOK", b"")]  # as the director writes them
+
+
+def _sp_setup(*, toa: bool = False, conf: tuple[tuple[str, object], ...] | None = None, l2: bool = True) -> Setup:
+    return Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1, fwd="fullnat", l2=l2),), toa=toa, synproxy=True,
+                               laddrs=(LIP1,), sp_conf=conf),))
+
+
+def _sp_rows() -> list[Row]:
+    rows: list[Row] = []
+    lp = local_port(LIP1)
+    cookie = syn_cookie(CLIENT1, VIP, 40000, 80, SP_ISN, 0, 3 | 4)  # MSS 1460 (index 3), SACK
+    d_in = (RS_ISN - cookie) & 0xFFFFFFFF
+    syn = tcp(flags="S", seq=SP_ISN, tcp_options=SYN_OPTS)
+    synack_cookie = tcp_segment(VIP, 80, CLIENT1, 40000, "SA", cookie, SP_ISN + 1, 65535, SP_SYN_OPTS)
+    ack = tcp(flags="A", seq=SP_ISN + 1, ack=cookie + 1)
+    rs_syn = tcp_segment(LIP1, lp, RS1, 80, "S", SP_ISN, 0, 64240, SP_SYN_OPTS)
+    rs_synack = tcp(sport=80, dport=lp, src=RS1, dst=LIP1, flags="SA", seq=RS_ISN, ack=SP_ISN + 1,
+                    tcp_options=[("MSS", 1400)])
+    rs_ack = tcp_segment(LIP1, lp, RS1, 80, "A", SP_ISN + 1, RS_ISN + 1, 64240)
+    request = b"GET / HTTP/1.0\r\n\r\n"
+    data = tcp(flags="PA", seq=SP_ISN + 1, ack=cookie + 1, payload=request)
+    reply = tcp(sport=80, dport=lp, src=RS1, dst=LIP1, flags="PA", seq=RS_ISN + 1, ack=SP_ISN + 1 + len(request),
+                payload=b"HTTP/1.0 200 OK\r\n")
+    client_rst = tcp_segment(VIP, 80, CLIENT1, 40000, "RA", cookie + 1, SP_ISN + 1, 0)
+    sz = ip_total_length
+    setup = _sp_setup()
+    opened = (answered(syn, synack_cookie, 0, "SP_COOKIE"), xmit(ack, rs_syn, 10, RS1, note="SYN to the real server"))
+
+    def row(row_id: str, description: str, steps: tuple[Step, ...], *, state: str | None, timeout: int = 0,
+            active: int = 0, ins: tuple[bytes, ...] = (), outs: tuple[bytes, ...] = (), handshakes: int = 0,
+            conns: int = 1, stats: dict[str, int], row_setup: Setup = setup, tags: tuple[str, ...] = ()) -> Row:
+        inb, outb = sum(sz(p) for p in ins), sum(sz(p) for p in outs)
+        last = steps[-1].now_ms
+        live = () if state is None else (conn(state, timeout, RS1, laddr=LIP1, lport=lp),)
+        return Row(row_id, description, row_setup, steps,
+                   (DestExpect(TCP80, RS1, active=active, inactive=0 if state is None else 1 - active, conns=conns,
+                               inpkts=len(ins), inbytes=inb, handshakes=handshakes, outpkts=len(outs),
+                               outbytes=outb),),
+                   (ServiceExpect(TCP80, conns, len(ins), inb, len(outs), outb),),
+                   live, check_ms=last, tags=("synproxy",) + tags,
+                   laddrs=((TCP80, LIP1, 0 if state is None else 1),), sp_stats=tuple(sorted(stats.items())))
+
+    rows.append(row("sp-cookie", "SYN-proxy: a SYN is answered with a SYN-ACK carrying the cookie (MSS 1460, SACK "
+                    "permitted, window 65535, ID 0, DF, TTL 64); no entry", (opened[0],), state=None, conns=0,
+                    stats={"cookies_sent": 1}))
+    rows.append(row("sp-ack-opens", "SYN-proxy: the ACK with a valid cookie creates the entry (SYN_SENT), counts in "
+                    "the stats and sends the SYN to the real server (client's ISN, MSS and SACK from the cookie, "
+                    "client's window)", opened, state="SYN_SENT", timeout=120_000, ins=(ack,),
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1}))
+    rows.append(row("sp-bad-cookie", "SYN-proxy: an ACK whose cookie does not validate is dropped",
+                    (opened[0], verdict(tcp(flags="A", seq=SP_ISN + 1, ack=cookie + 2), 10, "DROP", "SP_BAD_COOKIE")),
+                    state=None, conns=0, stats={"cookies_sent": 1, "cookies_invalid": 1}))
+    late = tcp(flags="A", seq=SP_ISN + 1, ack=cookie + 1)
+    rows.append(row("sp-cookie-age", "SYN-proxy: a cookie is valid in its minute and the 2 after; in the third it "
+                    "is refused", (opened[0], verdict(late, 180_000, "DROP", "SP_BAD_COOKIE")), state=None, conns=0,
+                    stats={"cookies_sent": 1, "cookies_invalid": 1}))
+    rows.append(row("sp-cookie-2-minutes", "SYN-proxy: a cookie made at minute 0 still validates at minute 2",
+                    (opened[0], xmit(late, rs_syn, 179_999, RS1)), state="SYN_SENT", timeout=120_000, ins=(late,),
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1}))
+    rows.append(row("sp-not-syn-no-conn", "SYN-proxy: a segment that is neither SYN nor ACK without an entry passes "
+                    "through (NO_CONN)", (verdict(tcp(flags="FA", seq=5, ack=5), 0, "ACCEPT", "NO_CONN"),),
+                    state=None, conns=0, stats={}))
+    handshake = opened + (xmit(rs_synack, rs_ack, 20, RS1, "SP_HANDSHAKE"),)
+    rows.append(row("sp-handshake", "SYN-proxy: the real server's SYN-ACK is consumed and answered with the ACK "
+                    "that completes its handshake; the entry becomes ESTABLISHED", handshake, state="ESTABLISHED",
+                    timeout=T_ES, active=1, ins=(ack,), handshakes=1,
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
+    rows.append(row("sp-translate", "SYN-proxy: after both handshakes the client's ACK numbers move into the "
+                    "server's sequence space and the server's sequence numbers into the cookie's (FULLNAT rewrite "
+                    "too)", handshake + (
+                        xmit(data, nat(data, LIP1, lp, RS1, 80, ack_delta=d_in), 30, RS1),
+                        answered(reply, nat(reply, VIP, 80, CLIENT1, 40000, seq_delta=-d_in), 40)),
+                    state="ESTABLISHED", timeout=T_ES, active=1, ins=(ack, data), outs=(reply,), handshakes=1,
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
+    sack = tcp(flags="A", seq=SP_ISN + 1, ack=cookie + 1,
+               tcp_options=[("NOP", None), ("NOP", None), ("SAck", (cookie + 100, cookie + 200))])
+    rows.append(row("sp-sack", "SYN-proxy: SACK block edges from the client are translated like its ACK number",
+                    handshake + (xmit(sack, nat(sack, LIP1, lp, RS1, 80, ack_delta=d_in, sack_delta=d_in), 30, RS1),),
+                    state="ESTABLISHED", timeout=T_ES, active=1, ins=(ack, sack), handshakes=1,
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
+    ack_data = tcp(flags="PA", seq=SP_ISN + 1, ack=cookie + 1, payload=request)
+    rows.append(row("sp-held-data", "SYN-proxy: data on the cookie's ACK is held and delivered with the ACK that "
+                    "completes the real server's handshake (PSH)",
+                    (opened[0], xmit(ack_data, rs_syn, 10, RS1),
+                     xmit(rs_synack, tcp_segment(LIP1, lp, RS1, 80, "PA", SP_ISN + 1, RS_ISN + 1, 64240,
+                                                 payload=request), 20, RS1, "SP_HANDSHAKE")),
+                    state="ESTABLISHED", timeout=T_ES, active=1, ins=(ack_data,), handshakes=1,
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
+    rows.append(row("sp-held-later", "SYN-proxy: the client's first data while the real server is pending is held "
+                    "(DROP/R_SP_HELD) and delivered with the handshake ACK",
+                    opened + (verdict(data, 15, "DROP", "SP_HELD"),
+                              xmit(rs_synack, tcp_segment(LIP1, lp, RS1, 80, "PA", SP_ISN + 1, RS_ISN + 1, 64240,
+                                                          payload=request), 20, RS1, "SP_HANDSHAKE")),
+                    state="ESTABLISHED", timeout=T_ES, active=1, ins=(ack,), handshakes=1,
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
+    defer = _sp_setup(conf=(("defer", True),))
+    rows.append(row("sp-defer", "SYN-proxy defer mode: the real server is only contacted when the client's first "
+                    "data arrives", (opened[0], verdict(ack, 10, "DROP", "SP_HELD"), xmit(data, rs_syn, 15, RS1),
+                                     xmit(rs_synack, tcp_segment(LIP1, lp, RS1, 80, "PA", SP_ISN + 1, RS_ISN + 1,
+                                                                 64240, payload=request), 20, RS1, "SP_HANDSHAKE")),
+                    state="ESTABLISHED", timeout=T_ES, active=1, ins=(ack,), handshakes=1, row_setup=defer,
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
+    storm = _sp_setup(conf=(("ack_storm_max", 2),))
+    pure = tcp(flags="A", seq=SP_ISN + 1, ack=cookie + 1)
+    rows.append(row("sp-ack-storm", "SYN-proxy ACK-storm guard: more than ack_storm_max pure ACKs while pending "
+                    "reset the client and forget the entry",
+                    opened + (verdict(pure, 11, "DROP", "SP_HELD"), verdict(pure, 12, "DROP", "SP_HELD"),
+                              answered(pure, client_rst, 13, "SP_HELD")), state=None, ins=(ack,), row_setup=storm,
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "give_ups": 1,
+                           "held_dropped": 3}))
+    rows.append(row("sp-client-rst", "SYN-proxy: the client's RST while the real server is pending forgets the entry",
+                    opened + (verdict(tcp(flags="R", seq=SP_ISN + 1), 11, "DROP", "SP_HELD"),), state=None, ins=(ack,),
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1}))
+    rows.append(row("sp-rs-rst", "SYN-proxy: the real server's RST resets the client (ANSWER) and forgets the entry",
+                    opened + (answered(tcp(sport=80, dport=lp, src=RS1, dst=LIP1, flags="RA", seq=0, ack=SP_ISN + 1),
+                                       client_rst, 20),), state=None, ins=(ack,),
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1}))
+    stray = tcp(sport=80, dport=lp, src=RS1, dst=LIP1, flags="A", seq=31337, ack=123456)
+    rows.append(row("sp-rs-unexpected-ack", "SYN-proxy: an ACK from the real server that does not answer our SYN "
+                    "gets a RST with SEQ = its ACK (RFC 793 SYN-SENT)",
+                    opened + (xmit(stray, tcp_segment(LIP1, lp, RS1, 80, "R", 123456, 0, 0), 20, RS1, "SP_HELD"),),
+                    state="SYN_SENT", timeout=120_000, ins=(ack,),
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1}))
+    retransmit = timer_frame(rs_syn, RS1)
+    rows.append(row("sp-timers", "SYN-proxy: the SYN to the real server is retransmitted after 200, 400, 800 ms "
+                    "(doubling, capped at 3000), then the client gets a RST (give-up) and the entry goes",
+                    opened + (TimerStep(209), TimerStep(210, (retransmit,)), TimerStep(609),
+                              TimerStep(610, (retransmit,)), TimerStep(1410, (retransmit,)), TimerStep(3009),
+                              TimerStep(3010, (("ANSWER", "FORWARDED", client_rst, 0, b""),))),
+                    state=None, ins=(ack,),
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "syn_retransmits": 3,
+                           "give_ups": 1}, tags=("timers",)))
+    rows.append(row("sp-timers-answered", "SYN-proxy: once the real server answered, no retransmission is due",
+                    handshake + (TimerStep(10_000),), state="ESTABLISHED", timeout=T_ES - 9980, active=1, ins=(ack,),
+                    handshakes=1, stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1},
+                    tags=("timers",)))
+    toa = _sp_setup(toa=True)
+    toa_cookie = syn_cookie(CLIENT1, VIP, 40000, 80, SP_ISN, 0, 3 | 4)
+    toa_ack = tcp_segment(LIP1, lp, RS1, 80, "A", SP_ISN + 1, RS_ISN + 1, 64240,
+                          [(254, (40000).to_bytes(2, "big") + bytes(map(int, CLIENT1.split("."))))])
+    rows.append(row("sp-toa", "SYN-proxy with TOA: the cookie SYN-ACK announces MSS 1452; the handshake ACK to the "
+                    "real server carries the TOA option",
+                    (answered(syn, tcp_segment(VIP, 80, CLIENT1, 40000, "SA", toa_cookie, SP_ISN + 1, 65535,
+                                               [("MSS", 1452), ("NOP", None), ("NOP", None), ("SAckOK", b"")]), 0,
+                              "SP_COOKIE"),
+                     xmit(ack, rs_syn, 10, RS1), xmit(rs_synack, toa_ack, 20, RS1, "SP_HANDSHAKE")),
+                    state="ESTABLISHED", timeout=T_ES, active=1, ins=(ack,), handshakes=1, row_setup=toa,
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
+    small_syn = tcp(flags="S", seq=SP_ISN, tcp_options=[("MSS", 1300)])
+    small_cookie = syn_cookie(CLIENT1, VIP, 40000, 80, SP_ISN, 0, 1)
+    rows.append(row("sp-cookie-mss-index", "SYN-proxy: the client's MSS is kept as the largest table entry not above "
+                    "it (1300), without SACK; the real server's SYN announces that",
+                    (answered(small_syn, tcp_segment(VIP, 80, CLIENT1, 40000, "SA", small_cookie, SP_ISN + 1, 65535,
+                                                     [("MSS", 1460)]), 0, "SP_COOKIE"),
+                     xmit(tcp(flags="A", seq=SP_ISN + 1, ack=small_cookie + 1),
+                          tcp_segment(LIP1, lp, RS1, 80, "S", SP_ISN, 0, 64240, [("MSS", 1300)]), 10, RS1)),
+                    state="SYN_SENT", timeout=120_000, ins=(ack,),
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1}))
+    no_l2 = _sp_setup(l2=False)
+    rows.append(row("sp-no-l2", "SYN-proxy without forwarding state: the SYN cannot leave (R_NO_L2); the timer "
+                    "keeps trying without sending", (opened[0], verdict(ack, 10, "DROP", "NO_L2"), TimerStep(210)),
+                    state="SYN_SENT", timeout=120_000 - 200, ins=(ack,), row_setup=no_l2,
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1}, tags=("timers",)))
+    return rows
+
+
 @functools.cache
 def build_rows() -> tuple[Row, ...]:
     rows = (_dr_flow_rows() + _udp_rows() + _scheduling_rows() + _no_dest_rows() + _lookup_rows()
             + _tcp_flag_rows() + _l2_and_table_rows() + _deleted_dest_rows() + _bad_input_rows() + _icmp_rows()
-            + _syn_retrans_rows() + _persistence_rows() + _timeout_rows())
+            + _syn_retrans_rows() + _persistence_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
+            + _icmp_translation_rows() + _sp_rows())
     ids = [r.id for r in rows]
     duplicates = {i for i in ids if ids.count(i) > 1}
     assert not duplicates, f"duplicate row ids: {duplicates}"
@@ -974,24 +1708,37 @@ def service_key(ref: SvcRef):  # type: ignore[no-untyped-def]
 def dest_spec(dest: DestSetup):  # type: ignore[no-untyped-def]
     from lb.model import DestSpec
 
-    return DestSpec(dest.addr, dest.port, "route", dest.weight, dest.u_threshold, dest.l_threshold)
+    return DestSpec(dest.addr, dest.port, dest.fwd, dest.weight, dest.u_threshold, dest.l_threshold)
 
 
 def fwd_state(dest: DestSetup):  # type: ignore[no-untyped-def]
     from lb.engine import FwdState
 
-    return FwdState(ifindex=IFINDEX, dst_mac=dest.mac, src_mac=DIRECTOR_MAC) if dest.l2 else None
+    if not dest.l2:
+        return None
+    return FwdState(ifindex=IFINDEX, dst_mac=dest.mac, src_mac=DIRECTOR_MAC, saddr=dest.saddr, mtu=dest.mtu)
+
+
+def sp_conf(fields: tuple[tuple[str, object], ...]):  # type: ignore[no-untyped-def]
+    from lb.model import SynproxyConf
+
+    return SynproxyConf(**dict(fields))  # type: ignore[arg-type]
 
 
 def install_setup(engine: object, setup: Setup) -> None:
-    """Add the setup's services and destinations (in order) and their forwarding state."""
+    """Add the setup's services, local addresses and destinations (in order) and their forwarding state."""
     from lb.model import ServiceSpec
 
     if setup.timeouts is not None:
         engine.set_timeouts(*setup.timeouts)  # type: ignore[attr-defined]
     for svc in setup.services:
         key = service_key(svc.ref)
-        engine.add_service(ServiceSpec(key, svc.sched, svc.persistent, svc.netmask))  # type: ignore[attr-defined]
+        engine.add_service(ServiceSpec(key, svc.sched, svc.persistent, svc.netmask, svc.toa,  # type: ignore[attr-defined]
+                                       svc.synproxy))
+        if svc.sp_conf is not None:
+            engine.set_synproxy(key, sp_conf(svc.sp_conf))  # type: ignore[attr-defined]
+        for laddr in svc.laddrs:
+            engine.add_laddr(key, laddr)  # type: ignore[attr-defined]
         for dest in svc.dests:
             engine.add_dest(key, dest_spec(dest))  # type: ignore[attr-defined]
             engine.set_fwd(key, dest.addr, dest.port, fwd_state(dest))  # type: ignore[attr-defined]
@@ -1028,17 +1775,28 @@ class EngineFactory:
 
 
 def engine_factories() -> list[EngineFactory]:
-    """PyEngine always; CEngine when lb.fastpath imports (else a reason to skip)."""
+    """PyEngine always; CEngine when lb.fastpath imports (else a reason to skip). make(conn_max, **cfg) takes
+    the other lb_config fields (hash_buckets, hash_seed, lport_min, lport_max); hash_seed defaults to HASH_SEED."""
     from lb.pyengine import PyEngine
 
-    factories = [EngineFactory("py", lambda conn_max=0: PyEngine(conn_max=conn_max))]
+    def make_py(conn_max: int = 0, **cfg: int) -> object:
+        return PyEngine(conn_max=conn_max, **{"hash_seed": HASH_SEED, **cfg})
+
+    factories = [EngineFactory("py", make_py)]
     try:
         from lb.fastpath import CEngine
     except Exception as exc:  # ImportError, or a build that fails to load
         factories.append(EngineFactory("c", None, f"C fast path not built: {type(exc).__name__}: {exc}"))
     else:
-        factories.append(EngineFactory("c", lambda conn_max=0: CEngine(conn_max=conn_max, hash_seed=1)))
+        def make_c(conn_max: int = 0, **cfg: int) -> object:
+            return CEngine(conn_max=conn_max, **{"hash_seed": HASH_SEED, **cfg})
+
+        factories.append(EngineFactory("c", make_c))
     return factories
+
+
+def make_engine(factory: EngineFactory, setup: Setup) -> object:
+    return factory.make(setup.conn_max, lport_min=setup.lport_min, lport_max=setup.lport_max)  # type: ignore[operator]
 
 
 def reason_counts(counters: dict) -> dict[str, int]:  # type: ignore[type-arg]

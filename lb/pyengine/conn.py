@@ -1,23 +1,24 @@
-"""Destinations, connection entries (and persistence templates) and the connection table.
+"""Destinations, FULLNAT local addresses, connection entries (and persistence templates), the table.
 
 Invariants (docs/fastpath.md):
 - An entry is live while now_ms < expires_at_ms. At its expiry time it is dead: it
-  never matches and is released (unbound from its destination) before anything
-  else happens at that time, exactly as a kernel timer would fire. The engine
-  pops every due entry, in expiry-time order, at the start of each call, so
+  never matches and is released (unbound from its destination, its template and
+  its local address) before anything else happens at that time, exactly as a
+  kernel timer would fire. The engine pops every due entry, in expiry-time order
+  (connections before templates at equal times), at the start of each call, so
   destination counts and the table size always describe live entries only.
 - Every live connection is counted in exactly one of its destination's `active`
   (state ESTABLISHED) or `inactive` counts; every template in `persist`.
-- `now_ms` never decreases between calls (it is CLOCK_MONOTONIC). Entries that
-  share a timeout value sit in one FIFO in refresh order, which is then also
-  expiry order.
+- A connection keeps the forwarding method it was created with (the kernel binds
+  cp->packet_xmit at creation); only FULLNAT connections have an OUT tuple.
+- `now_ms` never decreases between calls (it is CLOCK_MONOTONIC).
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
-from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ from lb.engine import FwdState
 from lb.model import DestSpec
 
 if TYPE_CHECKING:
-    from lb.engine import Action
+    from lb.pyengine.synproxy import SynproxyState
 
 # (proto, client addr (4 bytes), client port, virtual addr (4 bytes), virtual port)
 ConnKey = tuple[int, bytes, int, bytes, int]
@@ -34,10 +35,13 @@ DestKey = tuple[int, bytes, int, bytes, int]
 # (proto, client network (4 bytes, address & netmask), virtual addr (4 bytes), virtual port)
 TemplateKey = tuple[int, bytes, bytes, int]
 
+DIR_IN = 0  # client -> VIP
+DIR_OUT = 1  # real server -> local address (FULLNAT replies)
+
 
 @dataclass(slots=True)
 class Counters:
-    """IPVS per-service / per-destination stats (DR sees no output packets)."""
+    """IPVS per-service / per-destination stats."""
 
     conns: int = 0
     inpkts: int = 0
@@ -50,6 +54,15 @@ class Counters:
 
 
 @dataclass(slots=True, eq=False)
+class LocalAddress:
+    """A FULLNAT local address of a service; connections using it keep it after its deletion."""
+
+    addr: bytes  # 4 bytes, network order
+    next_port: int  # allocation cursor
+    conns: int = 0  # connections currently using it
+
+
+@dataclass(slots=True, eq=False)
 class Destination:
     """A real server inside a service (or in the trash after deletion while still referenced).
 
@@ -59,7 +72,7 @@ class Destination:
 
     key: DestKey
     spec: DestSpec
-    owner: object  # the Service whose stats this destination's packets add to
+    owner: object  # the Service this destination belongs (or last belonged) to
     available: bool = True  # False once deleted (in the trash)
     overloaded: bool = False
     active: int = 0
@@ -68,8 +81,17 @@ class Destination:
     stats: Counters = field(default_factory=Counters)
     syn_retrans: int = 0  # client SYNs repeating an entry's first SYN while it waits in SYN_RECV
     handshakes: int = 0  # entries that went SYN_RECV -> ESTABLISHED
-    fwd: FwdState | None = None
-    xmit_action: Action | None = None  # cached XMIT_L2 action while `fwd` is valid
+    fwd: FwdState | None = None  # valid forwarding state (ifindex != 0), or None
+    l2hdr: bytes = b""  # next-hop MAC + director MAC + 0x0800, while `fwd` is valid
+    fwd_saddr: bytes = b"\0\0\0\0"  # tunnel: outer source (network order)
+
+    @property
+    def addr(self) -> bytes:
+        return self.key[3]
+
+    @property
+    def port(self) -> int:
+        return self.key[4]
 
     @property
     def weight(self) -> int:
@@ -90,10 +112,11 @@ class Destination:
         return self.active + self.inactive + self.persist > 0
 
     def bind(self, entry: Connection) -> None:
-        """An entry starts pointing here (ip_vs_bind_dest): count it, maybe set OVERLOAD."""
+        """An entry starts pointing here (ip_vs_bind_dest): count it; a connection may set OVERLOAD."""
         if entry.is_template:
-            self.persist += 1
-        elif entry.inactive:
+            self.persist += 1  # templates never count as connections, not even transiently
+            return
+        if entry.inactive:
             self.inactive += 1
         else:
             self.active += 1
@@ -128,104 +151,148 @@ class Destination:
         self.spec = spec
 
 
+_serials = itertools.count(1)
+
+
 @dataclass(slots=True, eq=False)
 class Connection:
     """A connection entry, or (is_template) a persistence template."""
 
-    key: Hashable  # ConnKey for connections; a unique ("template", serial) for templates
+    proto: int
+    caddr: bytes  # templates: the client network
+    cport: int  # templates: 0
+    vaddr: bytes
+    vport: int
     dest: Destination
+    method: str  # forwarding method at creation: route | tunnel | fullnat
     state: int  # lb.engine.ConnState value; NONE for templates
-    inactive: bool
-    timeout_ms: int
     expires_at_ms: int
+    inactive: bool = True
+    noout: bool = False  # NOOUTPUT: the director sees only the client's side (route, tunnel)
     syn_seq: int = 0  # sequence number of the TCP packet that created the entry
+    laddr: LocalAddress | None = None  # FULLNAT
+    lport: int = 0
+    toa_done: bool = False
     is_template: bool = False
-    template_key: TemplateKey | None = None  # what a template matches (None once invalidated)
-    client_network: bytes | None = None  # a template's client address & netmask
+    tmpl_timeout_ms: int = 0  # a template's own timeout
+    tmpl_dead: bool = False  # a template whose destination left: never matches again
     controller: Connection | None = None  # a connection's persistence template
     n_control: int = 0  # a template's live controlled connections
+    sp: SynproxyState | None = None  # SYN-proxied connection: sequence translation state
+    released: bool = False
+    serial: int = field(default_factory=lambda: next(_serials))
+    timer_seq: int = 0  # which heap item is current
+
+    @property
+    def in_key(self) -> ConnKey:
+        return (self.proto, self.caddr, self.cport, self.vaddr, self.vport)
+
+    @property
+    def out_key(self) -> ConnKey:
+        assert self.laddr is not None
+        return (self.proto, self.dest.addr, self.dest.port, self.laddr.addr, self.lport)
+
+    @property
+    def template_key(self) -> TemplateKey:
+        return (self.proto, self.caddr, self.vaddr, self.vport)
 
 
 class ConnectionTable:
-    """Entries by key, plus one FIFO per timeout value so expiry costs O(expired)."""
+    """Entries by tuple (IN tuples of connections, OUT tuples of FULLNAT connections, matching templates),
+    and an expiry heap so exact expiry costs O(log n) per timer restart."""
 
     def __init__(self, max_entries: int) -> None:
         if max_entries < 1:
             raise ValueError(f"connection table size must be >= 1, got {max_entries}")
         self.max_entries = max_entries
-        self._entries: dict[Hashable, Connection] = {}
-        self._queues: dict[int, OrderedDict[Hashable, Connection]] = {}
-        self._serials = itertools.count(1)
+        self._in: dict[ConnKey, Connection] = {}
+        self._out: dict[ConnKey, Connection] = {}
+        self._templates: dict[TemplateKey, Connection] = {}
+        self._all: dict[int, Connection] = {}  # by serial, in creation order
+        self._heap: list[tuple[int, bool, int, Connection]] = []
+        self._push_seq = itertools.count(1)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._all)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._all.values()))
 
     @property
     def full(self) -> bool:
-        return len(self._entries) >= self.max_entries
+        return len(self._all) >= self.max_entries
 
-    def template_key(self) -> tuple[str, int]:
-        """A fresh table key for a template (never equal to a connection's 5-tuple)."""
-        return ("template", next(self._serials))
+    # ---- lookups -------------------------------------------------------------------
 
-    def get(self, key: Hashable) -> Connection | None:
-        """The entry for `key`; only live entries exist once due entries were popped for the current time."""
-        return self._entries.get(key)
+    def lookup(self, key: ConnKey) -> tuple[Connection, int] | None:
+        """The connection whose IN tuple or (FULLNAT) OUT tuple is `key`, with the direction matched."""
+        conn = self._in.get(key)
+        if conn is not None:
+            return conn, DIR_IN
+        conn = self._out.get(key)
+        if conn is not None:
+            return conn, DIR_OUT
+        return None
+
+    def template(self, key: TemplateKey) -> Connection | None:
+        return self._templates.get(key)
+
+    # ---- changes -------------------------------------------------------------------
 
     def insert(self, conn: Connection) -> None:
-        if conn.key in self._entries:
-            raise KeyError(f"entry {conn.key} already in the table")
-        self._entries[conn.key] = conn
-        self._queue(conn.timeout_ms)[conn.key] = conn
-
-    def set_timer(self, conn: Connection, timeout_ms: int, now_ms: int) -> None:
-        """Restart the entry's timer: it dies at now_ms + timeout_ms."""
-        if timeout_ms != conn.timeout_ms:
-            del self._queues[conn.timeout_ms][conn.key]
-            conn.timeout_ms = timeout_ms
-            self._queue(timeout_ms)[conn.key] = conn
+        if conn.is_template:
+            self._templates[conn.template_key] = conn
         else:
-            self._queues[timeout_ms].move_to_end(conn.key)
-        conn.expires_at_ms = now_ms + timeout_ms
+            self._in[conn.in_key] = conn
+            if conn.laddr is not None:
+                self._out[conn.out_key] = conn
+        self._all[conn.serial] = conn
+        self._arm(conn)
+
+    def set_expiry(self, conn: Connection, expires_at_ms: int) -> None:
+        conn.expires_at_ms = expires_at_ms
+        self._arm(conn)
+
+    def unmatch_template(self, template: Connection) -> None:
+        """An invalidated template stops matching (it stays in the table while it controls connections)."""
+        if self._templates.get(template.template_key) is template:
+            del self._templates[template.template_key]
 
     def remove(self, conn: Connection) -> None:
-        del self._entries[conn.key]
-        del self._queues[conn.timeout_ms][conn.key]
+        """Take the entry out of every index (the caller releases its references)."""
+        if conn.is_template:
+            self.unmatch_template(conn)
+        else:
+            if self._in.get(conn.in_key) is conn:
+                del self._in[conn.in_key]
+            if conn.laddr is not None and self._out.get(conn.out_key) is conn:
+                del self._out[conn.out_key]
+        del self._all[conn.serial]
+        conn.released = True
+        conn.timer_seq = 0
 
     def pop_due(self, now_ms: int) -> Connection | None:
-        """Remove and return the entry that died first, if one is dead at now_ms.
-
-        Ties go to connections before templates, so a template whose connections
-        die at the same time as it does no longer controls anything.
-        """
-        best: Connection | None = None
-        best_queue: OrderedDict[Hashable, Connection] | None = None
-        for queue in self._queues.values():
-            if not queue:
+        """Remove from the heap and return the entry that died first, if one is dead at now_ms
+        (connections before templates at equal times). It stays indexed: the caller releases
+        it or re-arms it."""
+        heap = self._heap
+        while heap:
+            expires, _is_tmpl, seq, conn = heap[0]
+            if conn.timer_seq != seq:
+                heapq.heappop(heap)  # superseded by a later timer restart, or released
                 continue
-            conn = next(iter(queue.values()))
-            if conn.expires_at_ms > now_ms:
-                continue
-            if best is None or (conn.expires_at_ms, conn.is_template) < (best.expires_at_ms, best.is_template):
-                best, best_queue = conn, queue
-        if best is None or best_queue is None:
-            return None
-        best_queue.popitem(last=False)
-        del self._entries[best.key]
-        return best
+            if expires > now_ms:
+                return None
+            heapq.heappop(heap)
+            conn.timer_seq = 0
+            return conn
+        return None
 
-    def clear(self) -> list[Connection]:
-        removed = list(self._entries.values())
-        self._entries.clear()
-        self._queues.clear()
-        return removed
-
-    def __iter__(self) -> Iterator[Connection]:
-        return iter(self._entries.values())
-
-    def _queue(self, timeout_ms: int) -> OrderedDict[Hashable, Connection]:
-        queue = self._queues.get(timeout_ms)
-        if queue is None:
-            queue = self._queues[timeout_ms] = OrderedDict()
-        return queue
-
+    def _arm(self, conn: Connection) -> None:
+        seq = next(self._push_seq)
+        conn.timer_seq = seq
+        heapq.heappush(self._heap, (conn.expires_at_ms, conn.is_template, seq, conn))
+        if len(self._heap) > 4 * len(self._all) + 1024:
+            self._heap = [(c.expires_at_ms, c.is_template, c.timer_seq, c) for c in self._all.values()
+                          if c.timer_seq]
+            heapq.heapify(self._heap)

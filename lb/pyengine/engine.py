@@ -1,21 +1,29 @@
 """PyEngine: the pure-Python executable specification of docs/fastpath.md.
 
-The C core (lb.fastpath.CEngine) must agree with it packet for packet. Time is
-only ever the caller's `now_ms`; the engine never reads a clock.
+The C core (lb.fastpath.CEngine) must agree with it packet for packet; the public
+methods are CEngine's, one for one. Time is only ever the caller's `now_ms`; the
+engine never reads a clock.
 
-Scope: direct routing (`route`): the TCP/UDP packet path, persistence templates,
-ICMP errors about DR connections, the stalled-handshake counters, rr and wlc,
-per-instance timeouts. Destinations with the `tunnel`, `masq` or `fullnat`
-methods and SYN-proxy services are refused with EOPNOTSUPP; FULLNAT local
-addresses are only recorded and listed.
+Scope: direct routing, IPIP tunnelling and FULLNAT (local address pools, TOA,
+MSS lowering), ICMP errors about connections (forwarded or translated), the
+director's own ICMP answers, persistence templates, SYN-proxy (lb/pyengine/
+synproxy.py), rr and wlc, per-instance timeouts, the stalled-handshake counters.
+Masquerading (NAT) is refused with EOPNOTSUPP, as by the C core.
 
 Choices where docs/fastpath.md is silent (kernel IPVS behaviour unless noted):
 - Expiry is exact: an entry dies at expires_at_ms (now_ms >= expires_at_ms) and is
-  released before the packet at that time is looked at, as a kernel timer would
-  have fired; dead entries never count against the table size or in a
-  scheduler's active/inactive numbers. Due entries are released in expiry-time
-  order (connections before templates on ties); a template that still controls
-  connections at its expiry time is re-armed at that time + its timeout.
+  released before the packet (or timer run) at that time is looked at, as a kernel
+  timer would have fired; due entries go in expiry-time order, connections before
+  templates at equal times; a template that still controls connections at its
+  expiry time is re-armed at that time + its timeout.
+- A connection keeps the forwarding method it was created with (the kernel binds
+  cp->packet_xmit at creation); editing the destination's method affects new
+  connections only.
+- Packets count in the stats only while their destination is AVAILABLE (the
+  kernel's ip_vs_in_stats / ip_vs_out_stats): a deleted destination's entries
+  (ICMP errors, FULLNAT replies) count nowhere. A deleted destination belongs to
+  no service: its entries get no TOA / MSS lowering and the default SYN-proxy
+  settings, until it is revived.
 - Deleted destinations still referenced by entries go to a trash keyed by
   (proto, vaddr, vport, daddr, dport); adding that destination to a service with
   that key again revives the same object (connection counts and forwarding state
@@ -24,25 +32,28 @@ Choices where docs/fastpath.md is silent (kernel IPVS behaviour unless noted):
   (__ip_vs_update_dest). A deleted destination without entries is gone.
 - Add/edit of a destination clears OVERLOAD when the new upper threshold is 0 or
   higher than the old one (__ip_vs_update_dest); a lowered threshold applies at
-  the next bind. Binding a template checks the upper threshold against
-  active + inactive (which a template does not change), as ip_vs_bind_dest.
-- An ICMP error about a DR connection counts in the destination's and service's
-  in-stats (ip_vs_in_icmp calls ip_vs_in_stats), also when it is then dropped
-  for lack of forwarding state.
+  the next bind of a connection. Templates never set OVERLOAD.
 - zero() zeroes the stats of services and their listed destinations, not of
   trashed ones (ip_vs_zero_service), nor the stalled-handshake counters, nor the
-  per-reason packet counters.
+  per-reason packet counters, nor the SYN-proxy counters.
 - Errors: the service is looked up first (ESRCH before parameter errors, as
-  ip_vs_genl_set_cmd); l_threshold > u_threshold is EINVAL (the kernel's ERANGE).
+  ip_vs_genl_set_cmd), then the parameters, then the existence of the
+  destination / local address (EEXIST, ENOENT); adding an existing service is
+  EEXIST whatever its parameters (ip_vs_genl_set_cmd). l_threshold > u_threshold
+  is EINVAL (the kernel's ERANGE).
+- SYN-proxy packets count in the stats as any other (the ACK that validates a
+  cookie, and every packet after the real server's handshake; not the held ones).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import threading
 from typing import TYPE_CHECKING
 
-from lb.engine import Action, ConnState, EngineError, FwdState, Reason, Verdict
+from lb.engine import FWD_IDS, Action, ConnState, EngineError, FwdState, Reason, Verdict
 from lb.model import (
     PROTO_TCP,
     ConnInfo,
@@ -53,34 +64,60 @@ from lb.model import (
     ServiceKey,
     ServiceSpec,
     Stats,
-    parse_ipv4,
+    SynproxyConf,
 )
-from lb.pyengine.conn import Connection, ConnectionTable, ConnKey, Counters, DestKey, Destination, TemplateKey
-from lb.pyengine.icmp import port_unreachable, related_connection_key
-from lb.pyengine.parse import IPPROTO_ICMP, IPPROTO_TCP, TCP_SYN, ParsedPacket, Rejection, parse_packet
+from lb.pyengine import synproxy as sp
+from lb.pyengine.conn import (
+    DIR_IN,
+    DIR_OUT,
+    Connection,
+    ConnectionTable,
+    ConnKey,
+    Counters,
+    DestKey,
+    Destination,
+    LocalAddress,
+    TemplateKey,
+)
+from lb.pyengine.csum import internet_checksum
+from lb.pyengine.icmp import port_unreachable, related_connection_key, translate
+from lb.pyengine.parse import IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, Rejection, parse_packet
 from lb.pyengine.proto_tcp import (
     INPUT_ONLY_TABLE,
+    INPUT_TABLE,
+    OUTPUT_TABLE,
     REUSABLE_STATES,
     TCP_STATES,
     TCP_TIMEOUTS_MS,
     UDP_TIMEOUT_MS,
-    is_reuse_syn,
+    is_new_conn,
+    is_plain_syn,
     tcp_event,
 )
 from lb.pyengine.sched import Scheduler, new_scheduler
-from lb.pyengine.xmit_dr import dr_action, fwd_is_valid, transmit_dr
+from lb.pyengine.xmit_dr import NO_L2, fwd_is_valid, l2_header, transmit_dr, xmit_l2
+from lb.pyengine.xmit_fnat import TOA_LEN, allocate, fnat_in, fnat_out, initial_port_cursor, toa_option
+from lb.pyengine.xmit_tun import encapsulate, transmit_tun
 
 if TYPE_CHECKING:
     from lb.pyengine.nfq import NfqAdapter
 
 DEFAULT_CONN_MAX = 1048576  # entries; LB_DEFAULT_CONN_MAX in native/include/lb_api.h
-SUPPORTED_FWD = frozenset({"route"})
+DEFAULT_HASH_BUCKETS = 262144  # LB_DEFAULT_HASH_BUCKETS (reported by table_size(); Python uses dicts)
+SUPPORTED_FWD = frozenset({"route", "tunnel", "fullnat"})
 MAX_TIMEOUT_S = 0xFFFFFFFF // 1000  # timeouts are kept in 32-bit milliseconds (as the C core)
+M64 = (1 << 64) - 1
+SEED1_MUL = 0xD6E8FEB86659FD93  # seed1 = seed0 * SEED1_MUL + 1 (native/src/conn.c)
+
+DEST_F_AVAILABLE = 1  # LB_DEST_F_* (lb_api.h)
+DEST_F_OVERLOAD = 2
+DEST_F_FWD_VALID = 4
 
 # (proto, virtual addr (4 bytes), virtual port)
 SvcKey = tuple[int, bytes, int]
 
 _ESTABLISHED = int(ConnState.ESTABLISHED)
+_SYN_SENT = int(ConnState.SYN_SENT)
 _SYN_RECV = int(ConnState.SYN_RECV)
 _FIN_WAIT = int(ConnState.FIN_WAIT)
 _NONE = int(ConnState.NONE)
@@ -88,15 +125,19 @@ _UDP = int(ConnState.UDP)
 _NO_SERVICE = Action(Verdict.ACCEPT, Reason.NO_SERVICE)
 _NO_CONN = Action(Verdict.ACCEPT, Reason.NO_CONN)
 _TABLE_FULL = Action(Verdict.DROP, Reason.TABLE_FULL)
+_NO_LADDR = Action(Verdict.DROP, Reason.NO_LADDR)
 _DEST_UNAVAILABLE = Action(Verdict.DROP, Reason.DEST_UNAVAILABLE)
 _ICMP_UNRELATED = Action(Verdict.ACCEPT, Reason.NOT_LB_PROTO)
-_ICMP_NO_L2 = Action(Verdict.DROP, Reason.NO_L2)
+_ICMP_BAD_CSUM = Action(Verdict.DROP, Reason.BAD_CSUM)
+_TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
+_SP_HELD = Action(Verdict.DROP, Reason.SP_HELD)
+_SP_BAD_COOKIE = Action(Verdict.DROP, Reason.SP_BAD_COOKIE)
 
 
 class Service:
     """A virtual service: its destinations in kernel order (most recently added first)."""
 
-    __slots__ = ("key", "spec", "dests", "scheduler", "stats", "laddrs", "netmask")
+    __slots__ = ("key", "spec", "dests", "scheduler", "stats", "laddrs", "laddr_rr", "netmask", "sp_conf")
 
     def __init__(self, key: SvcKey, spec: ServiceSpec, scheduler: Scheduler) -> None:
         self.key = key
@@ -105,11 +146,19 @@ class Service:
         self.dests: list[Destination] = []
         self.scheduler = scheduler
         self.stats = Counters()
-        self.laddrs: list[str] = []  # FULLNAT local addresses, in the order added (unused by DR)
+        self.laddrs: list[LocalAddress] = []  # FULLNAT local address pool, in the order added
+        self.laddr_rr = 0  # pool index tried first
+        self.sp_conf: SynproxyConf | None = None  # own SYN-proxy settings (None: the engine's default)
 
     def find_dest(self, daddr: bytes, dport: int) -> int | None:
         for index, dest in enumerate(self.dests):
             if dest.key[3] == daddr and dest.key[4] == dport:
+                return index
+        return None
+
+    def find_laddr(self, addr: bytes) -> int | None:
+        for index, la in enumerate(self.laddrs):
+            if la.addr == addr:
                 return index
         return None
 
@@ -132,22 +181,58 @@ def _stats(counters: Counters) -> Stats:
     )
 
 
+def _service_of(dest: Destination) -> Service | None:
+    """The service a destination is in (None once deleted)."""
+    return dest.owner if dest.available else None  # type: ignore[return-value]
+
+
+def _toa(dest: Destination) -> bool:
+    service = _service_of(dest)
+    return service is not None and service.spec.toa
+
+
 class PyEngine:
     """Tables and packet path of one director, in Python (see the module docstring)."""
 
     name = "python"
 
-    def __init__(self, conn_max: int = DEFAULT_CONN_MAX) -> None:
-        if conn_max == 0:
-            conn_max = DEFAULT_CONN_MAX  # as struct lb_config: 0 = the default
-        self._lock = threading.Lock()
+    def __init__(
+        self,
+        conn_max: int = 0,
+        hash_buckets: int = 0,
+        hash_seed: int = 0,
+        lport_min: int = 0,
+        lport_max: int = 0,
+    ) -> None:
+        conn_max = conn_max or DEFAULT_CONN_MAX  # as struct lb_config: 0 = the default
+        hash_buckets = hash_buckets or DEFAULT_HASH_BUCKETS
+        lport_min = lport_min or 1024
+        lport_max = lport_max or 65535
+        if (conn_max >= 1 << 30 or hash_buckets & (hash_buckets - 1) or not 0 < lport_min <= lport_max <= 65535
+                or conn_max < 0):
+            raise EngineError("EINVAL", f"bad engine configuration (conn_max={conn_max}, hash_buckets={hash_buckets}, "
+                                        f"lport {lport_min}..{lport_max})")
+        if hash_seed:
+            seed0 = hash_seed & M64
+            seed1 = (seed0 * SEED1_MUL + 1) & M64
+            sp_key = sp.master_key(seed0, seed1)
+        else:
+            seed0, seed1 = (int.from_bytes(os.urandom(8), "little") for _ in range(2))
+            sp_key = (int.from_bytes(os.urandom(8), "little"), int.from_bytes(os.urandom(8), "little"))
+        self._seed0 = seed0
+        self._hash_buckets = hash_buckets
+        self._lport_min, self._lport_max = lport_min, lport_max
+        self._lock = threading.RLock()
         self._services: dict[SvcKey, Service] = {}  # insertion order = listing order
         self._trash: dict[DestKey, Destination] = {}
         self._conns = ConnectionTable(conn_max)
-        self._templates: dict[TemplateKey, Connection] = {}  # live, matching templates
         self._timeouts_ms: list[int] = [TCP_TIMEOUTS_MS[s] for s in TCP_STATES] + [UDP_TIMEOUT_MS]
         assert len(self._timeouts_ms) == _UDP + 1
         self._reason_counts = [0] * len(Reason)
+        self._cookies = sp.Cookies(sp_key)
+        self._sp_default = sp.BUILTIN_CONF
+        self._sp_stats = dict.fromkeys(sp.STAT_NAMES, 0)
+        self._sp_timers = sp.TimerHeap()
         self._nfq: NfqAdapter | None = None
 
     # ---- packet path -------------------------------------------------------------
@@ -168,140 +253,412 @@ class PyEngine:
         if proto == IPPROTO_ICMP:
             return self._icmp(packet, parsed)
         key: ConnKey = (proto, parsed.saddr, parsed.sport, parsed.daddr, parsed.dport)
-        conn = self._conns.get(key)
-        if (
-            conn is not None
-            and proto == IPPROTO_TCP
-            and conn.state in REUSABLE_STATES
-            and is_reuse_syn(flags)
-        ):
-            # conn_reuse_mode=1: a fresh SYN on a TIME_WAIT/CLOSE entry expires it now.
-            self._conns.remove(conn)
-            self._release(conn)
+        hit = self._conns.lookup(key)
+        conn, direction = hit if hit is not None else (None, DIR_IN)
+        if (conn is not None and direction == DIR_IN and proto == IPPROTO_TCP and conn.state in REUSABLE_STATES
+                and is_new_conn(flags)):
+            # conn_reuse_mode=1: a SYN on a TIME_WAIT/CLOSE entry expires it now; the packet is a miss.
+            self._release_now(conn)
             conn = None
 
+        if conn is not None and conn.sp is not None:
+            if direction == DIR_OUT:
+                return self._sp_out(conn, packet, parsed, now_ms)
+            if not conn.dest.available:
+                return _DEST_UNAVAILABLE
+            return self._sp_in(conn, packet, parsed, now_ms)
+
+        if conn is not None and direction == DIR_OUT:
+            # A reply from a real server to a FULLNAT local address: no availability check.
+            if proto == IPPROTO_TCP:
+                self._tcp_transition(conn, DIR_OUT, flags)
+            self._refresh(conn, now_ms)
+            self._count_out(conn.dest, parsed.total_length)
+            return fnat_out(conn, packet, parsed, _toa(conn.dest))
+
         if conn is not None:
-            dest = conn.dest
-            if not dest.available:
+            if not conn.dest.available:
                 return _DEST_UNAVAILABLE  # the timer is not restarted
         else:
             service = self._services.get((proto, parsed.daddr, parsed.dport))
             if service is None:
                 return _NO_SERVICE
-            if proto == IPPROTO_TCP and not flags & TCP_SYN:
-                return _NO_CONN
-            scheduled = self._schedule(service, parsed, packet, now_ms)
+            if service.spec.synproxy and proto == IPPROTO_TCP:
+                return self._sp_miss(service, packet, parsed, now_ms)
+            if proto == IPPROTO_TCP and (not flags & TCP_SYN or flags & TCP_RST):
+                return _NO_CONN  # tcp_conn_schedule never schedules those
+            scheduled = self._schedule_conn(service, packet, parsed, now_ms)
             if isinstance(scheduled, Action):
                 return scheduled
-            dest, template = scheduled
-            if self._conns.full:
-                return _TABLE_FULL
-            conn = self._new_connection(key, dest, now_ms)
-            conn.syn_seq = parsed.tcp_seq
-            if template is not None:
-                conn.controller = template
-                template.n_control += 1
+            conn = scheduled
 
-        self._count_in_packet(dest, parsed.total_length)
+        dest = conn.dest
         if proto == IPPROTO_TCP:
             old_state = conn.state
-            self._tcp_transition(conn, flags, now_ms)
+            self._tcp_transition(conn, DIR_IN, flags)
             if old_state == _SYN_RECV:
-                if is_reuse_syn(flags) and parsed.tcp_seq == conn.syn_seq:
+                if is_plain_syn(flags) and parsed.tcp_seq == conn.syn_seq:
                     dest.syn_retrans += 1  # the client is still waiting for the server's SYN+ACK
                 elif conn.state == _ESTABLISHED:
                     dest.handshakes += 1
-        else:
-            self._conns.set_timer(conn, self._timeouts_ms[_UDP], now_ms)
-        return transmit_dr(dest)
+        self._refresh(conn, now_ms)
+        self._count_in(dest, parsed.total_length)
+        return self._xmit_in(conn, packet, parsed)
 
-    def _schedule(
-        self, service: Service, parsed: ParsedPacket, packet: bytes, now_ms: int
-    ) -> tuple[Destination, Connection | None] | Action:
-        """Pick the destination for a new connection (through a persistence template when the
-        service is persistent), or the action that ends the packet here."""
+    def _xmit_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
+        if conn.method == "fullnat":
+            return fnat_in(conn, packet, parsed, _toa(conn.dest))
+        if conn.method == "tunnel":
+            return transmit_tun(conn.dest, packet, parsed)
+        return transmit_dr(conn.dest)
+
+    def _schedule_conn(self, service: Service, packet: bytes, parsed: ParsedPacket,
+                       now_ms: int) -> Connection | Action:
+        """Bind a new connection for `parsed` (scheduling, persistence, FULLNAT allocation), or the
+        action that ends the packet here."""
+        template: Connection | None = None
         if service.spec.persistent is None:
             dest = service.scheduler.schedule(service.dests)
-            return self._no_dest(packet, parsed) if dest is None else (dest, None)
-
-        template_key: TemplateKey = (parsed.proto, service.client_network(parsed.saddr), parsed.daddr, parsed.dport)
-        template = self._templates.get(template_key)
-        if template is not None and not template.dest.available:
-            self._invalidate_template(template)  # its destination left: schedule afresh
-            template = None
-        if template is None:
-            dest = service.scheduler.schedule(service.dests)
-            if dest is None:
-                return self._no_dest(packet, parsed)
-            if self._conns.full:
-                return _TABLE_FULL
-            template = self._new_template(template_key, dest, service.spec.persistent * 1000, now_ms)
-        self._conns.set_timer(template, template.timeout_ms, now_ms)
-        return template.dest, template
-
-    @staticmethod
-    def _no_dest(packet: bytes, parsed: ParsedPacket) -> Action:
-        answer = port_unreachable(packet, parsed.ip_header_len, parsed.total_length)
-        return Action(Verdict.ANSWER, Reason.NO_DEST, out=answer)
-
-    def _icmp(self, packet: bytes, parsed: ParsedPacket) -> Action:
-        """An ICMP error about one of our connections goes where the connection goes (ip_vs_in_icmp).
-
-        DR: the error leaves unchanged towards the entry's real server with reason ICMP.
-        The entry's state and timer are untouched; the destination's availability is not
-        checked; the packet counts in the in-stats as in the kernel (ip_vs_in_stats).
-        """
-        key = related_connection_key(packet, parsed.ip_header_len, parsed.total_length)
-        conn = None if key is None else self._conns.get(key)
-        if conn is None:
-            return _ICMP_UNRELATED
-        dest = conn.dest
-        self._count_in_packet(dest, parsed.total_length)
-        forward = dest.xmit_action
-        if forward is None:
-            return _ICMP_NO_L2
-        return Action(Verdict.XMIT_L2, Reason.ICMP, ifindex=forward.ifindex, l2hdr=forward.l2hdr)
-
-    def _new_connection(self, key: ConnKey, dest: Destination, now_ms: int) -> Connection:
-        state = _NONE if key[0] == IPPROTO_TCP else _UDP
-        timeout = self._timeouts_ms[state]
-        conn = Connection(key, dest, state, True, timeout, now_ms + timeout)
+        else:
+            tkey: TemplateKey = (parsed.proto, service.client_network(parsed.saddr), parsed.daddr, parsed.dport)
+            template = self._conns.template(tkey)
+            if template is not None and not template.dest.available:
+                self._invalidate_template(template)  # its destination left: schedule afresh
+                template = None
+            if template is None:
+                dest = service.scheduler.schedule(service.dests)
+                if dest is not None:
+                    if self._conns.full:
+                        return _TABLE_FULL
+                    template = self._new_template(tkey, dest, service.spec.persistent * 1000, now_ms)
+            else:
+                dest = template.dest
+            if template is not None:
+                self._conns.set_expiry(template, now_ms + template.tmpl_timeout_ms)
+        if dest is None:
+            return Action(Verdict.ANSWER, Reason.NO_DEST,
+                          out=port_unreachable(packet, parsed.ip_header_len, parsed.total_length))
+        laddr, lport = None, 0
+        method = dest.spec.fwd
+        if method == "fullnat":
+            got = allocate(service.laddrs, service.laddr_rr, self._lport_min, self._lport_max,
+                           lambda addr, port: self._conns.lookup((parsed.proto, dest.addr, dest.port, addr, port))
+                           is not None)
+            if got is None:
+                return _NO_LADDR
+            laddr, lport, service.laddr_rr = got
+        if self._conns.full:
+            return _TABLE_FULL
+        state = _NONE if parsed.proto == IPPROTO_TCP else _UDP
+        conn = Connection(parsed.proto, parsed.saddr, parsed.sport, parsed.daddr, parsed.dport, dest, method, state,
+                          now_ms + self._timeouts_ms[state], noout=method not in ("fullnat", "masq"),
+                          syn_seq=parsed.tcp_seq, laddr=laddr, lport=lport)
         self._conns.insert(conn)
         dest.bind(conn)
+        if laddr is not None:
+            laddr.conns += 1
+        if template is not None:
+            conn.controller = template
+            template.n_control += 1
         dest.stats.conns += 1
-        dest.owner.stats.conns += 1  # type: ignore[attr-defined]
+        service.stats.conns += 1
         return conn
 
     def _new_template(self, key: TemplateKey, dest: Destination, timeout_ms: int, now_ms: int) -> Connection:
-        template = Connection(self._conns.template_key(), dest, _NONE, False, timeout_ms, now_ms + timeout_ms,
-                              is_template=True, template_key=key, client_network=key[1])
+        proto, network, vaddr, vport = key
+        template = Connection(proto, network, 0, vaddr, vport, dest, dest.spec.fwd, _NONE, now_ms + timeout_ms,
+                              is_template=True, tmpl_timeout_ms=timeout_ms)
         self._conns.insert(template)
-        self._templates[key] = template
         dest.bind(template)
         return template
 
     def _invalidate_template(self, template: Connection) -> None:
         """Its destination left: it stops matching, and goes now unless it still controls connections."""
-        if template.template_key is not None and self._templates.get(template.template_key) is template:
-            del self._templates[template.template_key]
-        template.template_key = None
+        template.tmpl_dead = True
+        self._conns.unmatch_template(template)
         if template.n_control == 0:
-            self._conns.remove(template)
-            self._release(template)
+            self._release_now(template)
+
+    def _icmp(self, packet: bytes, parsed: ParsedPacket) -> Action:
+        """An ICMP error about one of our connections (docs/fastpath.md "ICMP"; ip_vs_in_icmp).
+
+        The entry's state and timer are untouched; the destination's availability is not checked.
+        """
+        key = related_connection_key(packet, parsed.ip_header_len, parsed.total_length)
+        hit = None if key is None else self._conns.lookup(key)
+        if hit is None:
+            return _ICMP_UNRELATED
+        if internet_checksum(packet[parsed.ip_header_len : parsed.total_length]) != 0:
+            return _ICMP_BAD_CSUM
+        conn, direction = hit
+        dest = conn.dest
+        ihl, total = parsed.ip_header_len, parsed.total_length
+        if direction == DIR_OUT:
+            self._count_out(dest, total)
+            out = translate(packet, ihl, total, conn.vaddr, conn.caddr, conn.caddr, conn.cport, conn.vaddr,
+                            conn.vport)
+            return _TTL_EXCEEDED if out is None else Action(Verdict.ANSWER, Reason.ICMP, out=out)
+        self._count_in(dest, total)
+        if conn.method == "fullnat":
+            assert conn.laddr is not None
+            out = translate(packet, ihl, total, conn.laddr.addr, dest.addr, dest.addr, dest.port, conn.laddr.addr,
+                            conn.lport)
+            if out is None:
+                return _TTL_EXCEEDED
+        elif conn.method == "tunnel":
+            if dest.fwd is None or dest.fwd_saddr == b"\0\0\0\0":
+                return NO_L2  # as for the connection's own packets: never an outer source 0.0.0.0
+            out = encapsulate(dest, packet[:total])
+            if out is None:
+                return NO_L2
+        else:
+            out = b""
+        action = xmit_l2(dest, Reason.ICMP, out)
+        return NO_L2 if action is None else action
+
+    # ---- SYN-proxy (lb/pyengine/synproxy.py describes the protocol) ------------------
+
+    def _sp_conf(self, service: Service | None) -> SynproxyConf:
+        if service is None or service.sp_conf is None:
+            return self._sp_default
+        return service.sp_conf
+
+    def _sp_miss(self, service: Service, packet: bytes, parsed: ParsedPacket, now_ms: int) -> Action:
+        conf = self._sp_conf(service)
+        fl = sp.first_flags(parsed.tcp_flags)
+        minute = (now_ms // 60000) & sp.M32
+        if fl == TCP_SYN:
+            cmss, csack = sp.parse_syn_options(packet, parsed.ip_header_len, parsed.tcp_doff)
+            idx = 0
+            for i, value in enumerate(sp.MSSTAB):
+                if value <= cmss:
+                    idx = i
+            sack = csack and conf.sack
+            cookie = self._cookies.make(parsed.saddr, parsed.daddr, parsed.sport, parsed.dport, parsed.tcp_seq, minute,
+                                        idx | (int(sack) << 2))
+            mss = conf.mss - TOA_LEN if service.spec.toa else conf.mss
+            out = sp.build_tcp(parsed.daddr, parsed.dport, parsed.saddr, parsed.sport, cookie, parsed.tcp_seq + 1,
+                               TCP_SYN | TCP_ACK, sp.SP_WINDOW, sp.syn_options(mss, sack))
+            self._sp_stats["cookies_sent"] += 1
+            if out is None:
+                return Action(Verdict.DROP, Reason.SP_COOKIE)
+            return Action(Verdict.ANSWER, Reason.SP_COOKIE, out=out)
+        if fl != TCP_ACK:
+            return _NO_CONN  # as IPVS for non-SYN without a connection
+        cookie = (parsed.tcp_ack - 1) & sp.M32
+        client_isn = (parsed.tcp_seq - 1) & sp.M32
+        data = self._cookies.check(parsed.saddr, parsed.daddr, parsed.sport, parsed.dport, cookie, client_isn, minute)
+        if data < 0:
+            self._sp_stats["cookies_invalid"] += 1
+            return _SP_BAD_COOKIE
+        self._sp_stats["cookies_valid"] += 1
+        scheduled = self._schedule_conn(service, packet, parsed, now_ms)
+        if isinstance(scheduled, Action):
+            return scheduled
+        conn = scheduled
+        state = sp.SynproxyState(cookie, client_isn, sp.MSSTAB[data & 3], bool(data >> 2 & 1), parsed.tcp_win)
+        conn.sp = state
+        conn.toa_done = True  # TOA rides on the director's own handshake ACK
+        self._set_state(conn, _SYN_SENT)
+        self._refresh(conn, now_ms)
+        self._count_in(conn.dest, parsed.total_length)
+        if parsed.payload_len and parsed.payload_len <= conf.data_max_bytes:
+            start = parsed.ip_header_len + parsed.tcp_doff
+            state.held = packet[start : start + parsed.payload_len]
+        if conf.defer and not state.held:
+            state.phase = sp.PHASE_WAIT_DATA
+            return _SP_HELD
+        return self._sp_first_syn(conn, conf, now_ms)
+
+    def _sp_first_syn(self, conn: Connection, conf: SynproxyConf, now_ms: int) -> Action:
+        state = conn.sp
+        assert state is not None
+        state.phase = sp.PHASE_SYN_SENT
+        state.rto_ms = conf.init_rto_ms
+        self._sp_arm(conn, now_ms + state.rto_ms)
+        self._sp_stats["syns_to_rs"] += 1
+        out = self._sp_rs_syn(conn)
+        action = None if out is None else xmit_l2(conn.dest, Reason.FORWARDED, out)
+        return NO_L2 if action is None else action  # the timer retries once forwarding state exists
+
+    def _sp_arm(self, conn: Connection, due_ms: int) -> None:
+        assert conn.sp is not None
+        conn.sp.due_ms = due_ms
+        self._sp_timers.push(due_ms, conn)
 
     @staticmethod
-    def _count_in_packet(dest: Destination, total_length: int) -> None:
-        stats = dest.stats
-        stats.inpkts += 1
-        stats.inbytes += total_length
-        stats = dest.owner.stats  # type: ignore[attr-defined]
-        stats.inpkts += 1
-        stats.inbytes += total_length
+    def _sp_rs_syn(conn: Connection) -> bytes | None:
+        state = conn.sp
+        assert state is not None and conn.laddr is not None
+        return sp.build_tcp(conn.laddr.addr, conn.lport, conn.dest.addr, conn.dest.port, state.client_isn, 0, TCP_SYN,
+                            state.client_win, sp.syn_options(state.mss, state.sack))
 
-    def _tcp_transition(self, conn: Connection, flags: int, now_ms: int) -> None:
-        """INPUT-ONLY table: a DR director never sees the server's side (NOOUTPUT)."""
-        event = tcp_event(flags)
-        new_state = conn.state if event < 0 else INPUT_ONLY_TABLE[event][conn.state]
+    @staticmethod
+    def _sp_client_rst(conn: Connection) -> bytes | None:
+        state = conn.sp
+        assert state is not None
+        return sp.build_tcp(conn.vaddr, conn.vport, conn.caddr, conn.cport, state.cookie_isn + 1, state.client_isn + 1,
+                            TCP_RST | TCP_ACK, 0)
+
+    def _sp_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket, now_ms: int) -> Action:
+        state = conn.sp
+        assert state is not None
+        conf = self._sp_conf(_service_of(conn.dest))
+        self._refresh(conn, now_ms)
+        if state.phase in (sp.PHASE_WAIT_DATA, sp.PHASE_SYN_SENT):
+            if parsed.tcp_flags & (TCP_RST | sp.TCP_FIN):
+                self._release_now(conn)  # the client gave up first
+                return _SP_HELD
+            if parsed.payload_len == 0:
+                action = _SP_HELD
+                state.pure_acks += 1
+                if state.pure_acks > conf.ack_storm_max:
+                    # ACK-storm guard: reset the client, forget the connection.
+                    rst = self._sp_client_rst(conn)
+                    self._sp_stats["give_ups"] += 1
+                    self._release_now(conn)
+                    if rst is not None:
+                        action = Action(Verdict.ANSWER, Reason.SP_HELD, out=rst)
+                self._sp_stats["held_dropped"] += 1
+                return action
+            if (not state.held and parsed.tcp_seq == (state.client_isn + 1) & sp.M32
+                    and parsed.payload_len <= conf.data_max_bytes):
+                start = parsed.ip_header_len + parsed.tcp_doff
+                state.held = packet[start : start + parsed.payload_len]
+            else:
+                self._sp_stats["held_dropped"] += 1  # the client retransmits it
+            if state.phase == sp.PHASE_WAIT_DATA and state.held:
+                return self._sp_first_syn(conn, conf, now_ms)
+            return _SP_HELD
+        # Established: FULLNAT rewrite, then the client's ACK and SACK edges into the server's space.
+        self._tcp_transition(conn, DIR_IN, parsed.tcp_flags)
+        self._refresh(conn, now_ms)
+        self._count_in(conn.dest, parsed.total_length)
+        action = fnat_in(conn, packet, parsed, _toa(conn.dest))
+        if action.verdict == Verdict.XMIT_L2 and action.out:
+            o = bytearray(action.out)
+            th = parsed.ip_header_len
+            if o[th + 13] & TCP_ACK:
+                sp.add32(o, th + 8, state.d_in, th + 16)
+            sp.sack_shift(o, th, (o[th + 12] >> 4) * 4, state.d_in)
+            action = Action(action.verdict, action.reason, bytes(o), action.ifindex, action.l2hdr)
+        return action
+
+    def _sp_out(self, conn: Connection, packet: bytes, parsed: ParsedPacket, now_ms: int) -> Action:
+        state = conn.sp
+        assert state is not None and conn.laddr is not None
+        self._refresh(conn, now_ms)
+        dest = conn.dest
+        if state.phase != sp.PHASE_DONE:
+            fl = parsed.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)
+            if (state.phase == sp.PHASE_SYN_SENT and fl == TCP_SYN | TCP_ACK
+                    and parsed.tcp_ack == (state.client_isn + 1) & sp.M32):
+                rs_isn = parsed.tcp_seq
+                state.d_in = (rs_isn - state.cookie_isn) & sp.M32
+                state.phase = sp.PHASE_DONE
+                state.due_ms = 0  # disarms the pending retransmission
+                self._sp_stats["handshakes"] += 1
+                self._set_state(conn, _ESTABLISHED)
+                dest.handshakes += 1
+                self._refresh(conn, now_ms)
+                opts = toa_option(conn.cport, conn.caddr) if _toa(dest) else b""
+                held, state.held = state.held, b""
+                out = sp.build_tcp(conn.laddr.addr, conn.lport, dest.addr, dest.port, state.client_isn + 1, rs_isn + 1,
+                                   TCP_ACK | (sp.TCP_PSH if held else 0), state.client_win, opts, held)
+                action = None if out is None else xmit_l2(dest, Reason.SP_HANDSHAKE, out)
+                return NO_L2 if action is None else action
+            if state.phase == sp.PHASE_SYN_SENT and fl & TCP_ACK and not fl & TCP_RST:
+                # An ACK that does not answer our SYN (e.g. a TIME_WAIT's challenge ACK): reset it
+                # with SEQ = its ACK (RFC 793, a client in SYN-SENT); the next SYN finds a clean slate.
+                out = sp.build_tcp(conn.laddr.addr, conn.lport, dest.addr, dest.port, parsed.tcp_ack, 0, TCP_RST, 0)
+                action = None if out is None else xmit_l2(dest, Reason.SP_HELD, out)
+                return _SP_HELD if action is None else action
+            if fl & TCP_RST:
+                # The server refused: reset the client and forget the connection.
+                rst = self._sp_client_rst(conn)
+                self._release_now(conn)
+                if rst is None:
+                    return Action(Verdict.DROP, Reason.FORWARDED)
+                return Action(Verdict.ANSWER, Reason.FORWARDED, out=rst)
+            return _SP_HELD
+        self._tcp_transition(conn, DIR_OUT, parsed.tcp_flags)
+        self._refresh(conn, now_ms)
+        self._count_out(dest, parsed.total_length)
+        action = fnat_out(conn, packet, parsed, _toa(dest))
+        if action.verdict == Verdict.ANSWER and action.out:
+            o = bytearray(action.out)
+            th = parsed.ip_header_len
+            sp.add32(o, th + 4, -state.d_in, th + 16)
+            action = Action(action.verdict, action.reason, bytes(o))
+        return action
+
+    def timers(self, now_ms: int) -> list[Action]:
+        """Run due SYN-proxy timers: SYN retransmissions to real servers (XMIT_L2) and give-ups
+        (ANSWER: a RST to the client). Dead entries are released first, as for packets."""
+        with self._lock:
+            self._expire(now_ms)
+            actions = []
+            timers = self._sp_timers
+            while (due := timers.due()) is not None and due <= now_ms:
+                conn: Connection = timers.pop()  # type: ignore[assignment]
+                state = conn.sp
+                assert state is not None
+                conf = self._sp_conf(_service_of(conn.dest))
+                if state.retries < conf.max_retries:
+                    # Exponential backoff: init, 2*init, 4*init, ... capped at max_rto.
+                    state.retries += 1
+                    state.rto_ms = min(state.rto_ms * 2, conf.max_rto_ms)
+                    self._sp_arm(conn, now_ms + state.rto_ms)
+                    out = self._sp_rs_syn(conn)
+                    action = None if out is None else xmit_l2(conn.dest, Reason.FORWARDED, out)
+                    if action is None:
+                        continue  # no forwarding state: nothing can leave; the next round retries
+                    self._sp_stats["syn_retransmits"] += 1
+                    actions.append(action)
+                    continue
+                rst = self._sp_client_rst(conn)
+                self._sp_stats["give_ups"] += 1
+                self._release_now(conn)
+                if rst is not None:
+                    actions.append(Action(Verdict.ANSWER, Reason.FORWARDED, out=rst))
+            return actions
+
+    def timer_due(self) -> int | None:
+        """When the next SYN-proxy timer is due (None: none pending); the NFQUEUE adapter polls by it."""
+        with self._lock:
+            return self._sp_timers.due()
+
+    def set_synproxy(self, key: ServiceKey | None, conf: SynproxyConf | None) -> None:
+        """The global default (key None), or one service's own settings (conf None: the default)."""
+        with self._lock:
+            if key is None:
+                if conf is None:
+                    raise ValueError("the global SYN-proxy default needs settings")
+                self._check_sp_conf(conf)
+                self._sp_default = conf
+                return
+            service = self._service(key)
+            if conf is not None:
+                self._check_sp_conf(conf)
+            service.sp_conf = conf
+
+    @staticmethod
+    def _check_sp_conf(conf: SynproxyConf) -> None:
+        """lb_sp_check_conf (SynproxyConf validates most of it already)."""
+        if conf.wscale or conf.timestamps:
+            raise EngineError("EOPNOTSUPP", "SYN-proxy supports neither window scaling nor timestamps")
+        if (conf.init_rto_ms < 1 or conf.max_rto_ms < conf.init_rto_ms or conf.max_rto_ms > 120000
+                or conf.max_retries > 15 or not 536 <= conf.mss <= 9000 or conf.data_max_bytes > 1460):
+            raise EngineError("EINVAL", f"SYN-proxy settings out of range: {conf}")
+
+    def synproxy_stats(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._sp_stats)
+
+    # ---- entries -------------------------------------------------------------------
+
+    def _set_state(self, conn: Connection, new_state: int) -> None:
+        """Move to a state with IPVS's active/inactive accounting (lb_conn_set_state)."""
         if new_state != conn.state:
             dest = conn.dest
             if not conn.inactive and new_state != _ESTABLISHED:
@@ -312,16 +669,53 @@ class PyEngine:
                 dest.inactive -= 1
                 dest.active += 1
                 conn.inactive = False
-            conn.state = new_state
-        self._conns.set_timer(conn, self._timeouts_ms[new_state], now_ms)
+        conn.state = new_state
+
+    def _tcp_transition(self, conn: Connection, direction: int, flags: int) -> None:
+        if direction == DIR_OUT:
+            table = OUTPUT_TABLE
+            conn.noout = False
+        else:
+            table = INPUT_ONLY_TABLE if conn.noout else INPUT_TABLE
+        event = tcp_event(flags)
+        # No RST/SYN/FIN/ACK: CLOSE (the kernel's set_tcp_state starts from CLOSE).
+        new_state = int(ConnState.CLOSE) if event < 0 else int(table[event][conn.state])
+        self._set_state(conn, new_state)
+
+    def _refresh(self, conn: Connection, now_ms: int) -> None:
+        """Restart the entry's timer: now + the timeout of its current state."""
+        timeout = self._timeouts_ms[_UDP if conn.proto != IPPROTO_TCP else conn.state]
+        self._conns.set_expiry(conn, now_ms + timeout)
+
+    @staticmethod
+    def _count_in(dest: Destination, total_length: int) -> None:
+        """ip_vs_in_stats: the destination's and its service's in-stats, while it is AVAILABLE."""
+        if not dest.available:
+            return
+        for stats in (dest.stats, dest.owner.stats):  # type: ignore[attr-defined]
+            stats.inpkts += 1
+            stats.inbytes += total_length
+
+    @staticmethod
+    def _count_out(dest: Destination, total_length: int) -> None:
+        """ip_vs_out_stats: the same for packets from the real server."""
+        if not dest.available:
+            return
+        for stats in (dest.stats, dest.owner.stats):  # type: ignore[attr-defined]
+            stats.outpkts += 1
+            stats.outbytes += total_length
+
+    def _release_now(self, entry: Connection) -> None:
+        self._conns.remove(entry)
+        self._release(entry)
 
     def _release(self, entry: Connection) -> None:
-        """The entry left the table: unbind it from its destination and its template."""
-        if entry.is_template:
-            if entry.template_key is not None and self._templates.get(entry.template_key) is entry:
-                del self._templates[entry.template_key]
-        elif entry.controller is not None:
+        """The entry left the table: unbind it from its destination, template and local address."""
+        if not entry.is_template and entry.controller is not None:
             entry.controller.n_control -= 1
+        if entry.laddr is not None:
+            entry.laddr.conns -= 1
+        entry.sp = None
         dest = entry.dest
         dest.unbind(entry)
         if not dest.available and not dest.referenced:
@@ -329,12 +723,13 @@ class PyEngine:
 
     def _expire(self, now_ms: int) -> int:
         released = 0
-        while (entry := self._conns.pop_due(now_ms)) is not None:
+        table = self._conns
+        while (entry := table.pop_due(now_ms)) is not None:
             if entry.is_template and entry.n_control:
-                # "do not expire a template with controlled connections": another period
-                entry.expires_at_ms += entry.timeout_ms
-                self._conns.insert(entry)
+                # "do not expire a template with controlled connections": another period from its expiry
+                table.set_expiry(entry, entry.expires_at_ms + entry.tmpl_timeout_ms)
                 continue
+            table.remove(entry)
             self._release(entry)
             released += 1
         return released
@@ -358,6 +753,8 @@ class PyEngine:
         with self._lock:
             service = self._service(spec.key)
             scheduler = self._checked_service_spec(spec)
+            if spec.synproxy and any(d.spec.fwd != "fullnat" for d in service.dests):
+                raise EngineError("EOPNOTSUPP", f"service {spec.key}: only FULLNAT destinations can be SYN-proxied")
             if spec.sched == service.spec.sched:
                 scheduler = service.scheduler  # unchanged: keeps its state (the rr cursor)
             service.spec = spec
@@ -400,7 +797,10 @@ class PyEngine:
             service = self._service(key)
             self._check_dest_spec(service, dest)
             index = self._dest_index(service, dest.addr, dest.port)
-            service.dests[index].update_spec(dest)
+            target = service.dests[index]
+            if target.spec.fwd != dest.fwd:
+                self._set_fwd_state(target, None)  # a new method needs new forwarding state
+            target.update_spec(dest)
 
     def del_dest(self, key: ServiceKey, addr: str, port: int) -> None:
         with self._lock:
@@ -413,35 +813,50 @@ class PyEngine:
             service = self._service(key)
             if fwd is not None and fwd.ifindex < 0:
                 raise EngineError("EINVAL", f"forwarding state for {addr}:{port} in {key}: ifindex {fwd.ifindex} < 0")
-            dest = service.dests[self._dest_index(service, addr, port)]
-            if not fwd_is_valid(fwd):
-                dest.fwd, dest.xmit_action = None, None
-                return
-            assert fwd is not None
-            try:
-                action = dr_action(fwd)
-            except ValueError as exc:
-                raise EngineError("EINVAL", f"forwarding state for {addr}:{port} in {key}: {exc}") from exc
-            dest.fwd, dest.xmit_action = fwd, action
+            l2hdr = b""
+            if fwd_is_valid(fwd):
+                assert fwd is not None
+                try:
+                    l2hdr = l2_header(fwd)
+                    socket.inet_aton(fwd.saddr)
+                except (ValueError, OSError) as exc:
+                    raise EngineError("EINVAL", f"forwarding state for {addr}:{port} in {key}: {exc}") from exc
+            target = service.dests[self._dest_index(service, addr, port)]
+            self._set_fwd_state(target, fwd if l2hdr else None, l2hdr)
+
+    @staticmethod
+    def _set_fwd_state(dest: Destination, fwd: FwdState | None, l2hdr: bytes = b"") -> None:
+        dest.fwd = fwd
+        dest.l2hdr = l2hdr
+        dest.fwd_saddr = socket.inet_aton(fwd.saddr) if fwd is not None else b"\0\0\0\0"
 
     def add_laddr(self, key: ServiceKey, addr: str) -> None:
-        """Record a FULLNAT local address (kept and listed; DR never uses it)."""
-        addr = parse_ipv4(addr)
         with self._lock:
             service = self._service(key)
-            if addr in ("0.0.0.0", "255.255.255.255"):
+            packed = self._laddr_bytes(key, addr)
+            if packed in (b"\0\0\0\0", b"\xff\xff\xff\xff"):
                 raise EngineError("EINVAL", f"local address {addr} for {key} is not a unicast address")
-            if addr in service.laddrs:
+            if service.find_laddr(packed) is not None:
                 raise EngineError("EEXIST", f"local address {addr} already exists in {key}")
-            service.laddrs.append(addr)
+            cursor = initial_port_cursor(packed, self._seed0, self._lport_min, self._lport_max)
+            service.laddrs.append(LocalAddress(packed, cursor))
 
     def del_laddr(self, key: ServiceKey, addr: str) -> None:
-        addr = parse_ipv4(addr)
         with self._lock:
             service = self._service(key)
-            if addr not in service.laddrs:
+            index = service.find_laddr(self._laddr_bytes(key, addr))
+            if index is None:
                 raise EngineError("ENOENT", f"no local address {addr} in {key}")
-            service.laddrs.remove(addr)
+            del service.laddrs[index]  # its connections keep it until they expire
+            if not service.laddrs or service.laddr_rr >= len(service.laddrs):
+                service.laddr_rr = 0
+
+    @staticmethod
+    def _laddr_bytes(key: ServiceKey, addr: str) -> bytes:
+        try:
+            return socket.inet_aton(addr)
+        except OSError:
+            raise EngineError("EINVAL", f"local address {addr!r} for {key} is not an IPv4 address") from None
 
     def zero(self) -> None:
         with self._lock:
@@ -475,15 +890,14 @@ class PyEngine:
             return t[_ESTABLISHED] // 1000, t[_FIN_WAIT] // 1000, t[_UDP] // 1000
 
     def _checked_service_spec(self, spec: ServiceSpec) -> Scheduler:
-        try:
-            scheduler = new_scheduler(spec.sched)
-        except KeyError as exc:
-            raise EngineError("ENOENT", f"service {spec.key}: {exc.args[0]}") from None
         if spec.persistent is not None and spec.persistent > MAX_TIMEOUT_S:
             raise EngineError("EINVAL", f"service {spec.key}: persistence timeout {spec.persistent} s > {MAX_TIMEOUT_S}")
-        if spec.synproxy:
-            raise EngineError("EOPNOTSUPP", f"service {spec.key}: SYN-proxy (FULLNAT only) is not in the Python engine")
-        return scheduler
+        if spec.synproxy and spec.key.proto != PROTO_TCP:
+            raise EngineError("EINVAL", f"service {spec.key}: SYN-proxy is a TCP feature")
+        try:
+            return new_scheduler(spec.sched)
+        except KeyError as exc:
+            raise EngineError("ENOENT", f"service {spec.key}: {exc.args[0]}") from None
 
     def _service(self, key: ServiceKey) -> Service:
         service = self._services.get(_svc_key(key))
@@ -500,18 +914,19 @@ class PyEngine:
 
     @staticmethod
     def _check_dest_spec(service: Service, dest: DestSpec) -> None:
-        if dest.l_threshold > dest.u_threshold:
-            raise EngineError(
-                "EINVAL",
-                f"destination {dest.addr}:{dest.port} in {service.spec.key}: lower threshold "
-                f"{dest.l_threshold} is higher than upper threshold {dest.u_threshold}",
-            )
+        where = f"destination {dest.addr}:{dest.port} in {service.spec.key}"
+        if not 0 <= dest.weight <= 65535:
+            raise EngineError("EINVAL", f"{where}: weight {dest.weight} out of range 0..65535")
         if dest.fwd not in SUPPORTED_FWD:
             raise EngineError(
                 "EOPNOTSUPP",
-                f"destination {dest.addr}:{dest.port} in {service.spec.key}: forwarding method "
-                f"{dest.fwd!r} is not in the Python engine (supported: {', '.join(sorted(SUPPORTED_FWD))})",
+                f"{where}: forwarding method {dest.fwd!r} is not implemented (supported: {', '.join(sorted(SUPPORTED_FWD))})",
             )
+        if dest.l_threshold > dest.u_threshold:
+            raise EngineError("EINVAL", f"{where}: lower threshold {dest.l_threshold} is higher than upper threshold "
+                                        f"{dest.u_threshold}")
+        if service.spec.synproxy and dest.fwd != "fullnat":
+            raise EngineError("EOPNOTSUPP", f"{where}: a SYN-proxy service takes FULLNAT destinations only")
 
     def _unlink_dest(self, service: Service, index: int) -> None:
         service.scheduler.dest_removed(service.dests, index)
@@ -522,7 +937,7 @@ class PyEngine:
 
     def _unlink_service(self, service: Service) -> None:
         while service.dests:
-            self._unlink_dest(service, 0)
+            self._unlink_dest(service, len(service.dests) - 1)
         del self._services[service.key]
 
     # ---- observation -------------------------------------------------------------
@@ -545,10 +960,20 @@ class PyEngine:
                         for dest in service.dests
                     ],
                     stats=_stats(service.stats),
-                    laddrs=[LaddrInfo(addr, 0) for addr in service.laddrs],
+                    laddrs=[LaddrInfo(socket.inet_ntoa(la.addr), la.conns) for la in service.laddrs],
                 )
                 for service in self._services.values()
             ]
+
+    def dest_flags(self, key: ServiceKey) -> dict[tuple[str, int], int]:
+        """LB_DEST_F_* flags per destination (availability, overload, forwarding state valid)."""
+        with self._lock:
+            service = self._service(key)
+            return {
+                (socket.inet_ntoa(d.addr), d.port): DEST_F_AVAILABLE | (DEST_F_OVERLOAD if d.overloaded else 0)
+                | (DEST_F_FWD_VALID if d.fwd is not None else 0)
+                for d in service.dests
+            }
 
     def connections(self, now_ms: int) -> list[ConnInfo]:
         """Live entries at now_ms, templates included (client port 0, state NONE), as ipvsadm -Lnc.
@@ -558,31 +983,23 @@ class PyEngine:
             for conn in self._conns:
                 if conn.expires_at_ms <= now_ms:
                     continue
-                if conn.is_template:
-                    proto, caddr, cport, vaddr, vport = self._template_tuple(conn)
-                else:
-                    proto, caddr, cport, vaddr, vport = conn.key  # type: ignore[misc]
-                dkey = conn.dest.key
+                dest = conn.dest
                 result.append(
                     ConnInfo(
-                        proto=proto,
-                        caddr=socket.inet_ntoa(caddr),
-                        cport=cport,
-                        vaddr=socket.inet_ntoa(vaddr),
-                        vport=vport,
-                        daddr=socket.inet_ntoa(dkey[3]),
-                        dport=dkey[4],
+                        proto=conn.proto,
+                        caddr=socket.inet_ntoa(conn.caddr),
+                        cport=conn.cport,
+                        vaddr=socket.inet_ntoa(conn.vaddr),
+                        vport=conn.vport,
+                        daddr=socket.inet_ntoa(dest.addr),
+                        dport=dest.port,
                         state=ConnState(conn.state).name,
                         expires_ms=conn.expires_at_ms - now_ms,
+                        laddr=socket.inet_ntoa(conn.laddr.addr) if conn.laddr is not None else "0.0.0.0",
+                        lport=conn.lport,
                     )
                 )
             return result
-
-    @staticmethod
-    def _template_tuple(template: Connection) -> ConnKey:
-        proto, vaddr, vport = template.dest.key[:3]
-        network = template.client_network if template.client_network is not None else b"\0\0\0\0"
-        return (proto, network, 0, vaddr, vport)
 
     def counters(self) -> dict[str, int]:
         """Packets per reason since the engine started, keyed by reason name in lower case."""
@@ -593,14 +1010,19 @@ class PyEngine:
         with self._lock:
             return len(self._conns)
 
+    def table_size(self) -> int:
+        return self._hash_buckets
+
     # ---- packet source -------------------------------------------------------------
 
-    def start(self, queue_num: int) -> None:
+    def start(self, queue_num: int, fail_open: bool = False) -> None:
         """Serve NFQUEUE `queue_num` from a thread (lbd --engine python)."""
         from lb.pyengine.nfq import NfqAdapter
 
         if self._nfq is not None:
-            raise RuntimeError("the NFQUEUE adapter is already running")
+            raise RuntimeError("NFQUEUE adapter already running")
+        if fail_open:
+            raise OSError(errno.EOPNOTSUPP, "the Python NFQUEUE adapter cannot set fail-open (netfilterqueue)")
         adapter = NfqAdapter(self)
         adapter.start(queue_num)
         self._nfq = adapter
@@ -610,5 +1032,11 @@ class PyEngine:
             self._nfq.stop()
             self._nfq = None
 
+    def nfq_stats(self) -> dict[str, int]:
+        if self._nfq is None:
+            return {}
+        return self._nfq.stats_dict()
+
 
 assert PROTO_TCP == IPPROTO_TCP
+assert set(FWD_IDS) >= SUPPORTED_FWD

@@ -9,7 +9,10 @@ up to the outer total length; its own total length and checksum are not checked.
 The quoted packet travelled VIP:vport -> CIP:cport (a reply), so the entry's key
 is its reverse: (proto, quoted daddr, quoted dport, quoted saddr, quoted sport).
 
-2. The port unreachable answer for R_NO_DEST (IPVS ip_vs_leave -> icmp_send).
+2. The errors the director originates: port unreachable for R_NO_DEST (IPVS
+ip_vs_leave -> icmp_send) and fragmentation needed for R_FRAG_NEEDED (tunnel).
+
+3. The translation of ICMP errors about FULLNAT connections (`translate`).
 
 Exact bytes (the C core builds the same, byte for byte):
 
@@ -19,8 +22,9 @@ Exact bytes (the C core builds the same, byte for byte):
     protocol 1 (ICMP), header checksum (RFC 1071 over these 20 bytes),
     source = the original packet's destination (the VIP),
     destination = the original packet's source (the client).
-  ICMP, 8 bytes: type 3 (destination unreachable), code 3 (port unreachable),
-    checksum (RFC 1071 over the ICMP header and quote), 4 unused bytes = 0.
+  ICMP, 8 bytes: type 3 (destination unreachable), code 3 (port unreachable)
+    or 4 (fragmentation needed), checksum (RFC 1071 over the ICMP header and
+    quote), 2 unused bytes = 0, 2 bytes next-hop MTU (code 4; 0 for code 3).
   quote: the original IP header exactly as received (IHL*4 bytes, options
     included) followed by the first 8 bytes of its IP payload (always present:
     the transport header was already parsed). Link padding is never quoted.
@@ -33,10 +37,12 @@ from __future__ import annotations
 
 import struct
 
-from lb.pyengine.parse import IPPROTO_ICMP, internet_checksum
+from lb.pyengine.csum import internet_checksum, ip_header_checksum, put16
+from lb.pyengine.parse import IPPROTO_ICMP
 
 ICMP_DEST_UNREACH = 3
 ICMP_PORT_UNREACH = 3
+ICMP_FRAG_NEEDED = 4
 ANSWER_TTL = 64
 QUOTED_PAYLOAD_LEN = 8  # bytes of the original IP payload quoted after its header (RFC 792)
 
@@ -48,13 +54,12 @@ _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _ICMP_HEADER = struct.Struct("!BBHI")
 
 
-def port_unreachable(packet: bytes, ip_header_len: int, total_length: int) -> bytes:
-    """The answer to `packet` (a parsed IPv4 packet whose header is `ip_header_len` bytes)."""
+def _unreachable(packet: bytes, ip_header_len: int, total_length: int, code: int, mtu: int) -> bytes:
     quote_len = ip_header_len + min(QUOTED_PAYLOAD_LEN, total_length - ip_header_len)
     quote = packet[:quote_len]
     client, vip = packet[12:16], packet[16:20]
 
-    icmp = _ICMP_HEADER.pack(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0, 0) + quote
+    icmp = _ICMP_HEADER.pack(ICMP_DEST_UNREACH, code, 0, mtu & 0xFFFF) + quote
     icmp = icmp[:2] + struct.pack("!H", internet_checksum(icmp)) + icmp[4:]
 
     total = _IPV4_HEADER.size + len(icmp)
@@ -63,9 +68,20 @@ def port_unreachable(packet: bytes, ip_header_len: int, total_length: int) -> by
     return header + icmp
 
 
+def port_unreachable(packet: bytes, ip_header_len: int, total_length: int) -> bytes:
+    """The answer to `packet` (a parsed IPv4 packet whose header is `ip_header_len` bytes)."""
+    return _unreachable(packet, ip_header_len, total_length, ICMP_PORT_UNREACH, 0)
+
+
+def frag_needed(packet: bytes, ip_header_len: int, total_length: int, mtu: int) -> bytes:
+    """ICMP fragmentation needed (next-hop MTU `mtu`) answering `packet`."""
+    return _unreachable(packet, ip_header_len, total_length, ICMP_FRAG_NEEDED, mtu)
+
+
 def related_connection_key(packet: bytes, ip_header_len: int, total_length: int) -> tuple[int, bytes, int, bytes, int] | None:
-    """The connection key (proto, caddr, cport, vaddr, vport) an ICMP error is about, or None
-    when the packet is not an ICMP error quoting a TCP/UDP packet we could know."""
+    """The connection tuple (proto, saddr, sport, daddr, dport) an ICMP error is about (the quoted
+    packet's reverse: an IN or a FULLNAT OUT tuple), or None when the packet is not an ICMP error
+    quoting a TCP/UDP packet we could know."""
     icmp_type = packet[ip_header_len]
     if icmp_type not in ICMP_ERROR_TYPES:
         return None
@@ -82,3 +98,28 @@ def related_connection_key(packet: bytes, ip_header_len: int, total_length: int)
         return None
     sport, dport = struct.unpack_from("!HH", quote, quoted_header_len)
     return (proto, quote[16:20], dport, quote[12:16], sport)
+
+
+def translate(packet: bytes, ip_header_len: int, total_length: int, outer_src: bytes, outer_dst: bytes,
+              q_src: bytes, q_sport: int, q_dst: bytes, q_dport: int) -> bytes | None:
+    """A copy of the ICMP error with outer TTL - 1, new outer addresses, new quoted addresses and
+    ports, the outer and quoted IP header checksums and the ICMP checksum recomputed (the quoted
+    transport checksum is left alone, as IPVS does). None when the TTL runs out."""
+    o = bytearray(packet[:total_length])
+    if o[8] <= 1:
+        return None
+    o[8] -= 1
+    o[12:16] = outer_src
+    o[16:20] = outer_dst
+    ip_header_checksum(o, ip_header_len)
+    icmp = ip_header_len
+    q = icmp + 8
+    q_ihl = (o[q] & 0x0F) * 4
+    o[q + 12 : q + 16] = q_src
+    o[q + 16 : q + 20] = q_dst
+    ip_header_checksum(o, q_ihl, q)
+    put16(o, q + q_ihl, q_sport)
+    put16(o, q + q_ihl + 2, q_dport)
+    o[icmp + 2] = o[icmp + 3] = 0
+    put16(o, icmp + 2, internet_checksum(bytes(o[icmp:total_length])))
+    return bytes(o)

@@ -7,16 +7,19 @@ same clock as the C adapter's CLOCK_MONOTONIC) and applies the action:
 - ACCEPT   -> accept the packet unchanged
 - DROP     -> drop
 - MANGLE   -> set_payload(action.out) and accept
-- XMIT_L2  -> send l2hdr + (action.out if not empty, else the original packet) on an
-              AF_PACKET socket bound to action.ifindex (one socket per ifindex, opened on
-              first use); drop the original
+- XMIT_L2  -> send l2hdr + (action.out if not empty, else the original packet) on one
+              AF_PACKET socket, addressed to action.ifindex (sockaddr_ll); drop the original
 - ANSWER   -> send action.out (a complete IPv4 packet) through a raw IPPROTO_RAW socket
               marked SOCKET_MARK_BASE | queue (so lbd's raw-table rules let it leave
               untracked and never queue it again); drop the original
 
-A failed send still drops the original (it was consumed) and is counted. Every
-~1 s the thread calls engine.expire(now_ms). Verdicts are given in arrival order,
-inside the callback.
+Sends never block (MSG_DONTWAIT: an answer to an unresolvable client waits in the
+kernel's neighbour queue, and a blocking send would stall the queue); a failed send
+still drops the original (it was consumed) and is counted. The thread also runs the
+engine's timers (SYN-proxy retransmissions and give-ups) when they are due, sending
+what they produce (counted in timer_frames / timer_answers when sent), and calls
+engine.expire(now_ms) every ~100 ms. Verdicts are given in arrival order, inside
+the callback.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ from lb.engine import SOCKET_MARK_BASE, Action, Engine, Verdict
 
 log = logging.getLogger(__name__)
 
-EXPIRE_INTERVAL_MS = 1000  # how often dead entries are swept, milliseconds
+EXPIRE_INTERVAL_MS = 100  # how often dead entries are released, milliseconds
 QUEUE_MAXLEN = 4096  # packets the kernel holds for us before dropping (or bypassing)
 SOCKET_RCVBUF = 8 * 1024 * 1024  # bytes; the kernel doubles it
-POLL_TIMEOUT_S = 0.2  # upper bound on how late stop() and expiry are noticed, seconds
+POLL_TIMEOUT_S = 0.1  # upper bound on how late stop() and expiry are noticed, seconds
+ETH_P_IP = 0x0800
 
 
 def monotonic_ms() -> int:
@@ -57,6 +61,8 @@ class NfqStats:
     answers: int = 0
     answer_err: int = 0
     recv_err: int = 0
+    timer_frames: int = 0  # timer-generated frames (SYN-proxy SYN retransmissions) actually sent
+    timer_answers: int = 0  # timer-generated IP packets (SYN-proxy give-up RSTs) actually sent
 
 
 class NfqAdapter:
@@ -64,7 +70,7 @@ class NfqAdapter:
         self._engine = engine
         self._clock_ms = clock_ms
         self.stats = NfqStats()
-        self._l2_sockets: dict[int, socket.socket] = {}
+        self._l2_socket: socket.socket | None = None
         self._raw_socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -107,14 +113,17 @@ class NfqAdapter:
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
         self._wake_r = self._wake_w = -1
-        for sock in self._l2_sockets.values():
-            sock.close()
-        self._l2_sockets.clear()
+        if self._l2_socket is not None:
+            self._l2_socket.close()
+            self._l2_socket = None
         if self._raw_socket is not None:
             self._raw_socket.close()
             self._raw_socket = None
         if self._error is not None:
             log.error("NFQUEUE thread had failed: %s", self._error)
+
+    def stats_dict(self) -> dict[str, int]:
+        return dict(self.stats.__dict__)
 
     @property
     def running(self) -> bool:
@@ -129,7 +138,7 @@ class NfqAdapter:
         next_expire = self._clock_ms() + EXPIRE_INTERVAL_MS
         try:
             while not self._stopping.is_set():
-                readable, _, _ = select.select([fd, self._wake_r], [], [], POLL_TIMEOUT_S)
+                readable, _, _ = select.select([fd, self._wake_r], [], [], self._poll_timeout_s())
                 if fd in readable:
                     self.stats.batches += 1
                     try:
@@ -138,6 +147,7 @@ class NfqAdapter:
                         self.stats.recv_err += 1
                         if exc.errno not in (errno.ENOBUFS, errno.EINTR):
                             log.warning("NFQUEUE recv failed: %s", exc)
+                self._run_timers()
                 now = self._clock_ms()
                 if now >= next_expire:
                     self._engine.expire(now)
@@ -145,6 +155,26 @@ class NfqAdapter:
         except BaseException as exc:  # pragma: no cover - logged, surfaced by stop()
             self._error = exc
             log.exception("NFQUEUE thread died")
+
+    def _poll_timeout_s(self) -> float:
+        """Until the next timer is due, at most POLL_TIMEOUT_S."""
+        timer_due = getattr(self._engine, "timer_due", None)
+        due = timer_due() if timer_due is not None else None
+        if due is None:
+            return POLL_TIMEOUT_S
+        return max(0.0, min(POLL_TIMEOUT_S, (due - self._clock_ms()) / 1000))
+
+    def _run_timers(self) -> None:
+        timers = getattr(self._engine, "timers", None)
+        if timers is None:
+            return
+        for action in timers(self._clock_ms()):
+            if action.verdict == Verdict.XMIT_L2:
+                if self._send_l2(action.ifindex, action.l2hdr, action.out):
+                    self.stats.timer_frames += 1
+            elif action.verdict == Verdict.ANSWER:
+                if self._send_answer(action.out):
+                    self.stats.timer_answers += 1
 
     def _on_packet(self, packet: object) -> None:
         self.stats.packets += 1
@@ -169,7 +199,7 @@ class NfqAdapter:
             packet.set_payload(action.out)  # type: ignore[attr-defined]
             packet.accept()  # type: ignore[attr-defined]
         elif verdict == Verdict.XMIT_L2:
-            self._send_l2(action.ifindex, action.l2hdr + (action.out or payload))
+            self._send_l2(action.ifindex, action.l2hdr, action.out or payload)
             packet.drop()  # type: ignore[attr-defined]
         elif verdict == Verdict.ANSWER:
             self._send_answer(action.out)
@@ -179,28 +209,33 @@ class NfqAdapter:
 
     # ---- output sockets ---------------------------------------------------------------
 
-    def _send_l2(self, ifindex: int, frame: bytes) -> None:
+    def _send_l2(self, ifindex: int, l2hdr: bytes, ip_packet: bytes) -> bool:
+        """Send one frame on ifindex without blocking; True when it was sent (failures are counted)."""
         try:
-            sock = self._l2_sockets.get(ifindex)
+            sock = self._l2_socket
             if sock is None:
-                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # send-only: protocol 0
-                sock.bind((socket.if_indextoname(ifindex), 0))
-                self._l2_sockets[ifindex] = sock
-            sock.send(frame)
-            self.stats.xmit_l2 += 1
+                sock = self._l2_socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # send-only
+            sock.sendto(l2hdr + ip_packet, socket.MSG_DONTWAIT, (socket.if_indextoname(ifindex), ETH_P_IP, 0, 0, l2hdr[:6]))
         except OSError as exc:
             self.stats.xmit_l2_err += 1
             log.debug("AF_PACKET send on ifindex %d failed: %s", ifindex, exc)
+            return False
+        self.stats.xmit_l2 += 1
+        return True
 
-    def _send_answer(self, ip_packet: bytes) -> None:
+    def _send_answer(self, ip_packet: bytes) -> bool:
+        """Send one IPv4 packet through the kernel's IP output without blocking; True when sent."""
         try:
             if self._raw_socket is None:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, SOCKET_MARK_BASE | self._queue_num)
                 self._raw_socket = sock
             destination = socket.inet_ntoa(ip_packet[16:20])
-            self._raw_socket.sendto(ip_packet, (destination, 0))
-            self.stats.answers += 1
+            self._raw_socket.sendto(ip_packet, socket.MSG_DONTWAIT, (destination, 0))
         except OSError as exc:
             self.stats.answer_err += 1
             log.debug("raw IP send failed: %s", exc)
+            return False
+        self.stats.answers += 1
+        return True
+

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from lb.engine import Action, Reason, Verdict
+from lb.pyengine.csum import internet_checksum
 
 IPV4_MIN_HEADER_LEN = 20  # bytes (IHL 5)
 TCP_MIN_HEADER_LEN = 20  # bytes (data offset 5)
@@ -33,12 +34,12 @@ TCP_ACK = 0x10
 
 _IPV4_FIXED = struct.Struct("!BBHHHBBH4s4s")
 _PORTS = struct.Struct("!HH")
-_TCP_SEQ = struct.Struct("!I")
+_TCP_FIXED = struct.Struct("!HHIIBBH")  # ports, seq, ack, data offset, flags, window
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedPacket:
-    """The fields of a well-formed, unfragmented IPv4 TCP or UDP packet."""
+    """The fields of a well-formed, unfragmented IPv4 TCP, UDP or ICMP packet."""
 
     proto: int  # IPPROTO_TCP, IPPROTO_UDP or IPPROTO_ICMP (>= 8 ICMP bytes present)
     saddr: bytes  # 4 bytes, network order
@@ -49,6 +50,10 @@ class ParsedPacket:
     tcp_seq: int  # TCP sequence number; 0 otherwise
     ip_header_len: int  # IHL * 4, bytes
     total_length: int  # IPv4 total length, bytes (what IPVS counts in inbytes)
+    tcp_ack: int = 0  # TCP acknowledgment number
+    tcp_win: int = 0  # TCP window (unscaled)
+    tcp_doff: int = 0  # TCP header length, bytes
+    payload_len: int = 0  # TCP/UDP payload bytes (up to the IP total length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,20 +72,6 @@ MALFORMED = _reject(Verdict.DROP, Reason.MALFORMED)
 BAD_CSUM = _reject(Verdict.DROP, Reason.BAD_CSUM)
 FRAGMENT = _reject(Verdict.DROP, Reason.FRAGMENT)
 NOT_LB_PROTO = _reject(Verdict.ACCEPT, Reason.NOT_LB_PROTO)
-
-
-def internet_checksum(data: bytes) -> int:
-    """RFC 1071 one's-complement checksum of `data` (odd length padded with a zero byte).
-
-    Computing it over a header whose checksum field is filled in yields 0 when
-    that field is correct.
-    """
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def parse_packet(packet: bytes) -> ParsedPacket | Rejection:
@@ -115,14 +106,15 @@ def parse_packet(packet: bytes) -> ParsedPacket | Rejection:
         data_offset = packet[header_len + 12] >> 4
         if data_offset < 5 or data_offset * 4 > payload_len:
             return MALFORMED
-        sport, dport = _PORTS.unpack_from(packet, header_len)
-        (seq,) = _TCP_SEQ.unpack_from(packet, header_len + 4)
-        return ParsedPacket(proto, saddr, daddr, sport, dport, packet[header_len + 13], seq, header_len, total_length)
+        sport, dport, seq, ack, _doff, flags, win = _TCP_FIXED.unpack_from(packet, header_len)
+        return ParsedPacket(proto, saddr, daddr, sport, dport, flags, seq, header_len, total_length, ack, win,
+                            data_offset * 4, payload_len - data_offset * 4)
     if proto == IPPROTO_UDP:
         if payload_len < UDP_HEADER_LEN:
             return MALFORMED
         sport, dport = _PORTS.unpack_from(packet, header_len)
-        return ParsedPacket(proto, saddr, daddr, sport, dport, 0, 0, header_len, total_length)
+        return ParsedPacket(proto, saddr, daddr, sport, dport, 0, 0, header_len, total_length,
+                            payload_len=payload_len - UDP_HEADER_LEN)
     if proto == IPPROTO_ICMP:
         if payload_len < ICMP_HEADER_LEN:
             return MALFORMED

@@ -27,7 +27,7 @@ class Event(enum.IntEnum):
     RST = 3
 
 
-NO_EVENT = -1  # no RST/SYN/FIN/ACK flag: the state does not change (docs/fastpath.md)
+NO_EVENT = -1  # no RST/SYN/FIN/ACK flag: the entry goes to CLOSE (set_tcp_state starts from CLOSE)
 
 # Column order of every table row: the IPVS state numbers 0..10.
 sNO = ConnState.NONE
@@ -110,7 +110,7 @@ def next_tcp_state(direction: Direction, state: int, flags: int) -> int:
     """The state after a packet with `flags` travelling in `direction` hits an entry in `state`."""
     event = tcp_event(flags)
     if event == NO_EVENT:
-        return state
+        return int(sCL)
     return STATE_TABLES[direction][event][state]
 
 
@@ -118,8 +118,14 @@ def tcp_timeout_ms(state: int) -> int:
     return _TIMEOUT_BY_STATE[state]
 
 
-def is_reuse_syn(flags: int) -> bool:
-    """A SYN without ACK and RST: with conn_reuse_mode=1 it restarts a TIME_WAIT/CLOSE entry."""
+def is_new_conn(flags: int) -> bool:
+    """Any SYN (other flags do not matter: the kernel's is_new_conn): with conn_reuse_mode=1 it
+    expires a TIME_WAIT/CLOSE entry and is treated as a miss."""
+    return bool(flags & TCP_SYN)
+
+
+def is_plain_syn(flags: int) -> bool:
+    """A SYN without ACK and RST: the one the stalled-handshake signal compares with the first SYN."""
     return flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
 
 

@@ -22,14 +22,21 @@ def fwd_is_valid(fwd: FwdState | None) -> bool:
     return fwd is not None and fwd.ifindex != 0
 
 
-def dr_action(fwd: FwdState) -> Action:
-    """The XMIT_L2 action for every packet sent to a destination with this forwarding state."""
+def l2_header(fwd: FwdState) -> bytes:
+    """next-hop MAC + director MAC + 0x0800 (ValueError for MACs that are not 6 bytes)."""
     if len(fwd.dst_mac) != MAC_LEN or len(fwd.src_mac) != MAC_LEN:
         raise ValueError(f"MAC addresses must be {MAC_LEN} bytes: dst {fwd.dst_mac!r} src {fwd.src_mac!r}")
-    l2hdr = bytes(fwd.dst_mac) + bytes(fwd.src_mac) + ETHERTYPE_IPV4
-    return Action(Verdict.XMIT_L2, Reason.FORWARDED, ifindex=fwd.ifindex, l2hdr=l2hdr)
+    return bytes(fwd.dst_mac) + bytes(fwd.src_mac) + ETHERTYPE_IPV4
+
+
+def xmit_l2(dest: Destination, reason: Reason, out: bytes = b"") -> Action | None:
+    """XMIT_L2 on the destination's L2 path, or None without valid forwarding state."""
+    fwd = dest.fwd
+    if fwd is None:
+        return None
+    return Action(Verdict.XMIT_L2, reason, out=out, ifindex=fwd.ifindex, l2hdr=dest.l2hdr)
 
 
 def transmit_dr(dest: Destination) -> Action:
-    action = dest.xmit_action
+    action = xmit_l2(dest, Reason.FORWARDED)
     return NO_L2 if action is None else action

@@ -21,19 +21,24 @@ FACTORIES = [
 
 
 def run_row(factory: table.EngineFactory, row: table.Row) -> object:
-    engine = factory.make(row.setup.conn_max)  # type: ignore[operator]
+    engine = table.make_engine(factory, row.setup)
     table.install_setup(engine, row.setup)
     for index, step in enumerate(row.steps):
         if isinstance(step, table.ConfigStep):
             table.apply_config_step(engine, step)
             continue
+        if isinstance(step, table.TimerStep):
+            got = [(a.verdict.name, a.reason.name, a.out, a.ifindex, a.l2hdr)
+                   for a in engine.timers(step.now_ms)]  # type: ignore[attr-defined]
+            assert got == list(step.actions), f"row {row.id} step {index}: timers at {step.now_ms}"
+            continue
         where = f"row {row.id} step {index} ({step.note or step.reason})"
-        action = engine.process(step.packet, step.now_ms)
+        action = engine.process(step.packet, step.now_ms)  # type: ignore[attr-defined]
         assert (action.verdict.name, action.reason.name) == (step.verdict, step.reason), where
         if step.verdict == "XMIT_L2":
             assert action.ifindex == step.ifindex, where
             assert action.l2hdr == step.l2hdr, where
-            assert action.l2hdr + step.packet == step.frame, where
+            assert action.l2hdr + (action.out or step.packet) == step.frame, where
         else:
             assert action.l2hdr == b"", where
         assert action.out == step.out, where
@@ -46,13 +51,14 @@ def test_row(factory: table.EngineFactory, row: table.Row) -> None:
     engine = run_row(factory, row)
 
     expected_counts = Counter(step.reason for step in row.packet_steps)
-    assert table.reason_counts(engine.counters()) == dict(expected_counts)
+    assert table.reason_counts(engine.counters()) == dict(expected_counts)  # type: ignore[attr-defined]
 
-    services = engine.services()
+    services = engine.services()  # type: ignore[attr-defined]
     got_dests = [
         table.DestExpect(
             (s.spec.key.proto, s.spec.key.addr, s.spec.key.port), d.spec.addr, d.spec.port,
             d.active, d.inactive, d.stats.conns, d.stats.inpkts, d.stats.inbytes, d.syn_retrans, d.handshakes, d.persist,
+            d.stats.outpkts, d.stats.outbytes,
         )
         for s in services
         for d in s.dests
@@ -60,32 +66,46 @@ def test_row(factory: table.EngineFactory, row: table.Row) -> None:
     assert got_dests == list(row.dests), "destinations (kernel order), counts and stats"
     got_services = [
         table.ServiceExpect((s.spec.key.proto, s.spec.key.addr, s.spec.key.port), s.stats.conns, s.stats.inpkts,
-                            s.stats.inbytes)
+                            s.stats.inbytes, s.stats.outpkts, s.stats.outbytes)
         for s in services
     ]
     assert got_services == list(row.services)
-    for s in services:  # DR never sees the server's side
-        assert (s.stats.outpkts, s.stats.outbytes) == (0, 0)
-        assert all((d.stats.outpkts, d.stats.outbytes) == (0, 0) for d in s.dests)
+    if row.laddrs is not None:
+        got_laddrs = [((s.spec.key.proto, s.spec.key.addr, s.spec.key.port), la.addr, la.conns)
+                      for s in services for la in s.laddrs]
+        assert got_laddrs == list(row.laddrs), "local addresses and their connection counts"
+    if row.sp_stats is not None:
+        got_sp = {k: v for k, v in engine.synproxy_stats().items() if v}  # type: ignore[attr-defined]
+        assert got_sp == dict(row.sp_stats), "SYN-proxy counters"
 
     conns = sorted(
-        table.ConnExpect(c.proto, c.caddr, c.cport, c.vaddr, c.vport, c.daddr, c.dport, c.state, c.expires_ms)
-        for c in engine.connections(row.check_ms)
+        table.ConnExpect(c.proto, c.caddr, c.cport, c.vaddr, c.vport, c.daddr, c.dport, c.state, c.expires_ms,
+                         c.laddr, c.lport)
+        for c in engine.connections(row.check_ms)  # type: ignore[attr-defined]
     )
     assert conns == sorted(row.conns)
 
 
-# Every reason direct routing can produce; tunnel, FULLNAT and SYN-proxy have their own.
-DR_REASONS = {"FORWARDED", "NOT_IPV4", "MALFORMED", "BAD_CSUM", "FRAGMENT", "NOT_LB_PROTO", "NO_SERVICE", "NO_CONN",
-              "NO_DEST", "TABLE_FULL", "DEST_UNAVAILABLE", "NO_L2", "ICMP"}
+# Reasons the table must produce somewhere.
+ALL_REASONS = set(Reason.__members__)
 
 
 def test_table_covers_every_reason_and_verdict() -> None:
     reasons = {step.reason for row in ROWS for step in row.packet_steps}
     verdicts = {step.verdict for row in ROWS for step in row.packet_steps}
-    assert DR_REASONS <= set(Reason.__members__)
-    assert reasons == DR_REASONS
-    assert verdicts == set(Verdict.__members__) - {"MANGLE"}  # DR never rewrites packets
+    assert reasons == ALL_REASONS
+    assert verdicts == set(Verdict.__members__) - {"MANGLE"}  # no method rewrites in place
+
+
+def test_table_covers_every_rewrite() -> None:
+    """One row (at least) per rewrite in and out per mode (the issue's list)."""
+    tags = {tag for row in ROWS for tag in row.tags}
+    ids = {row.id for row in ROWS}
+    assert {"dr", "tun", "fnat", "toa", "icmp", "synproxy", "timers"} <= tags
+    for needed in ("dr-syn", "tun-syn", "tun-frag-needed", "fnat-in-syn", "fnat-out-synack", "fnat-toa", "fnat-udp",
+                   "icmp-fnat-in", "icmp-fnat-out", "tun-icmp", "icmp-frag-needed-dr", "sp-cookie", "sp-ack-opens",
+                   "sp-handshake", "sp-translate", "sp-sack", "sp-timers"):
+        assert needed in ids, needed
 
 
 def test_rows_are_self_contained() -> None:
@@ -96,3 +116,10 @@ def test_rows_are_self_contained() -> None:
             assert step.verdict in Verdict.__members__ and step.reason in Reason.__members__
         times = [s.now_ms for s in row.steps]
         assert times == sorted(times), f"{row.id}: time must not go backwards"
+
+
+def test_reference_siphash() -> None:
+    """The table's own SipHash-2-4 against the paper's test vectors (key 00..0f)."""
+    key = (int.from_bytes(bytes(range(8)), "little"), int.from_bytes(bytes(range(8, 16)), "little"))
+    assert table._siphash24(key, b"") == 0x726FDB47DD0E0E31
+    assert table._siphash24(key, bytes(range(15))) == 0xA129CA6149BE45E5

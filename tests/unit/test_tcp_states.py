@@ -5,10 +5,15 @@
 - Through the engines (both): a DR director only ever applies INPUT-ONLY (it sees
   the client's side alone), and from a new entry only SYN_RECV, ESTABLISHED,
   FIN_WAIT, TIME_WAIT and CLOSE are reachable; every event on each of them (and
-  syn/rst on NONE, via the creating packet) is driven through process() and checked
-  for state, timer and active/inactive counts. The other INPUT-ONLY columns and the
-  INPUT/OUTPUT tables cannot be reached through the DR packet path and are covered
-  by the table comparison only.
+  syn on NONE, via the creating packet) is driven through process() and checked
+  for state, timer and active/inactive counts.
+- A FULLNAT director sees both sides: its entries use INPUT for the client's
+  packets and OUTPUT for the real server's; every (direction, event) on every state
+  reachable that way is driven through process() and checked the same way.
+- Kernel rules around the tables: a segment with none of SYN/FIN/ACK/RST moves the
+  entry to CLOSE; any SYN on a TIME_WAIT/CLOSE entry expires it (conn_reuse_mode=1,
+  is_new_conn looks at SYN only) and SYN+RST is never scheduled.
+The columns no packet path reaches are covered by the table comparison only.
 """
 
 from __future__ import annotations
@@ -116,9 +121,9 @@ def _abbrev(state: str) -> str:
 
 # ---- through the engines (INPUT-ONLY) ---------------------------------------------------------------
 
-# A packet per event that never triggers conn_reuse (SYN+ACK for syn) on an existing entry.
+# A packet per event (on TIME_WAIT/CLOSE the SYN+ACK also expires the entry: the new one ends in the same state).
 EVENT_FLAGS = {"syn": "SA", "fin": "FA", "ack": "A", "rst": "RA"}
-CREATE = {"syn": "S", "rst": "SR"}  # creating packets: NONE + syn / NONE + rst
+CREATE = {"syn": "S"}  # the creating packet: NONE + syn (SYN+RST is never scheduled)
 KEY = ServiceKey(6, table.VIP, 80)
 ONLY = DOC_TABLES["INPUT-ONLY"]
 
@@ -195,27 +200,52 @@ def test_input_only_cell(factory: table.EngineFactory, state: str, event: str) -
 
 @pytest.mark.parametrize("factory", FACTORIES)
 @pytest.mark.parametrize("state", sorted(PATHS))
-def test_no_event_keeps_state_and_restarts_timer(factory: table.EngineFactory, state: str) -> None:
+def test_no_event_closes_and_restarts_timer(factory: table.EngineFactory, state: str) -> None:
+    """A segment with none of RST/SYN/FIN/ACK: the kernel's set_tcp_state starts from CLOSE."""
     engine = new_engine(factory)
     send(engine, "S", 0)
     for step in PATHS[state]:
         send(engine, EVENT_FLAGS[step], 0)
     send(engine, "P", 5000)  # PSH alone: no RST/SYN/FIN/ACK
-    assert observe(engine, 5000) == expected_after(state)
+    assert observe(engine, 5000) == expected_after("CLOSE")
 
 
 @pytest.mark.parametrize("factory", FACTORIES)
+@pytest.mark.parametrize("flags", ["S", "SA", "SF", "SP"])
 @pytest.mark.parametrize("state", sorted(PATHS))
-def test_plain_syn_reuses_only_time_wait_and_close(factory: table.EngineFactory, state: str) -> None:
-    """conn_reuse_mode=1: a SYN (no ACK/RST) on TIME_WAIT/CLOSE makes a new connection."""
+def test_any_syn_reuses_only_time_wait_and_close(factory: table.EngineFactory, state: str, flags: str) -> None:
+    """conn_reuse_mode=1: a SYN (whatever else is set) on TIME_WAIT/CLOSE makes a new connection."""
     engine = new_engine(factory)
     send(engine, "S", 0)
     for step in PATHS[state]:
         send(engine, EVENT_FLAGS[step], 0)
-    send(engine, "S", 10)
+    send(engine, flags, 10)
     conns_made = engine.services()[0].dests[0].stats.conns
     assert observe(engine, 10) == expected_after(ONLY[("syn", state)])
     assert conns_made == (2 if state in ("TIME_WAIT", "CLOSE") else 1)
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+@pytest.mark.parametrize("state", sorted(PATHS))
+def test_syn_rst_expires_closing_entries_and_is_never_scheduled(factory: table.EngineFactory, state: str) -> None:
+    engine = new_engine(factory)
+    send(engine, "S", 0)
+    for step in PATHS[state]:
+        send(engine, EVENT_FLAGS[step], 0)
+    action = engine.process(table.tcp(flags="SR", seq=1000), 10)
+    if state in ("TIME_WAIT", "CLOSE"):
+        assert action.reason.name == "NO_CONN"
+        assert engine.connections(10) == []
+    else:  # the rst event on the live entry
+        assert action.reason.name == "FORWARDED"
+        assert observe(engine, 10) == expected_after(ONLY[("rst", state)])
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_syn_rst_creates_nothing(factory: table.EngineFactory) -> None:
+    engine = new_engine(factory)
+    assert engine.process(table.tcp(flags="SR"), 0).reason.name == "NO_CONN"
+    assert engine.connections(0) == []
 
 
 @pytest.mark.parametrize("factory", FACTORIES)
@@ -245,3 +275,71 @@ def test_udp_entry(factory: table.EngineFactory) -> None:
         (conn,) = engine.connections(now)
         (dest,) = engine.services()[0].dests
         assert (conn.state, conn.expires_ms, dest.active, dest.inactive) == ("UDP", 300_000, 0, 1)
+
+
+# ---- through the engines (FULLNAT: INPUT for the client's side, OUTPUT for the real server's) --------------
+
+FNAT_SETUP = table.Setup((table.ServiceSetup(table.TCP80, "rr", (table.DestSetup(table.RS1, fwd="fullnat"),),
+                                             laddrs=(table.LIP1,)),))
+MOVES = [(d, e) for d in ("in", "out") for e in EVENTS]
+OUT_FLAGS = {"syn": "SA", "fin": "FA", "ack": "A", "rst": "RA"}
+BOTH = {("in", e, s): DOC_TABLES["INPUT"][(e, s)] for e in EVENTS for s in SHORT.values()}
+BOTH.update({("out", e, s): DOC_TABLES["OUTPUT"][(e, s)] for e in EVENTS for s in SHORT.values()})
+
+
+def fnat_paths() -> dict[str, list[tuple[str, str]]]:
+    """Shortest (direction, event) path after the creating SYN to every state FULLNAT entries reach; an
+    inbound SYN on TIME_WAIT/CLOSE is left out (it makes a new entry, see the reuse tests)."""
+    start = DOC_TABLES["INPUT"][("syn", "NONE")]
+    paths: dict[str, list[tuple[str, str]]] = {start: []}
+    queue = deque([start])
+    while queue:
+        state = queue.popleft()
+        for move in MOVES:
+            if move == ("in", "syn") and state in ("TIME_WAIT", "CLOSE"):
+                continue
+            nxt = BOTH[(move[0], move[1], state)]
+            if nxt not in paths:
+                paths[nxt] = paths[state] + [move]
+                queue.append(nxt)
+    return paths
+
+
+FNAT_PATHS = fnat_paths()
+FNAT_CELLS = [(state, move) for state in FNAT_PATHS for move in MOVES
+              if not (move == ("in", "syn") and state in ("TIME_WAIT", "CLOSE"))]
+
+
+def fnat_send(engine, move: tuple[str, str], now: int) -> None:  # type: ignore[no-untyped-def]
+    direction, event = move
+    if direction == "in":
+        flags = "S" if event == "syn" else EVENT_FLAGS[event]
+        packet = table.tcp(flags=flags, seq=1000, ack=0 if event == "syn" else 1)
+    else:
+        (conn,) = engine.connections(now)
+        packet = table.tcp(sport=80, dport=conn.lport, src=table.RS1, dst=conn.laddr, flags=OUT_FLAGS[event],
+                           seq=5000, ack=1001)
+    action = engine.process(packet, now)
+    assert action.reason.name == "FORWARDED", (move, action)
+
+
+def test_fnat_reaches_both_tables() -> None:
+    """Through FULLNAT entries more states are reachable than through DR's INPUT-ONLY."""
+    assert set(PATHS) < set(FNAT_PATHS)
+    assert set(FNAT_PATHS) - set(PATHS) == {"SYN_SENT", "CLOSE_WAIT"}
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+@pytest.mark.parametrize("state, move", FNAT_CELLS, ids=[f"{s}-{d}-{e}" for s, (d, e) in FNAT_CELLS])
+def test_fnat_cell(factory: table.EngineFactory, state: str, move: tuple[str, str]) -> None:
+    engine = table.make_engine(factory, FNAT_SETUP)
+    table.install_setup(engine, FNAT_SETUP)
+    now = 0
+    fnat_send(engine, ("in", "syn"), now)
+    for step in FNAT_PATHS[state]:
+        now += 7
+        fnat_send(engine, step, now)
+    assert observe(engine, now) == expected_after(state), f"driving to {state} via {FNAT_PATHS[state]}"
+    now += 1000
+    fnat_send(engine, move, now)
+    assert observe(engine, now) == expected_after(BOTH[(move[0], move[1], state)])

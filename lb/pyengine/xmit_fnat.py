@@ -1,0 +1,181 @@
+"""FULLNAT (DPVS conventions): both addresses rewritten; local address/port allocation; TOA; MSS.
+
+  IN  (client -> VIP):  CIP:cport -> VIP:vport  becomes  LIP:lport -> RIP:rport, XMIT_L2.
+  OUT (server -> LIP):  RIP:rport -> LIP:lport  becomes  VIP:vport -> CIP:cport, ANSWER.
+
+The director routes these packets itself: TTL - 1, and a TTL <= 1 drops the packet
+(R_TTL_EXCEEDED). The IP and L4 checksums are updated incrementally (RFC 1624) in
+exactly native/src/xmit_fnat.c's steps (TTL word; source, destination address;
+source, destination port), so both engines emit identical bytes; a UDP checksum of
+0 (none) stays 0 and an updated one that comes out 0 is sent as 0xffff.
+
+TOA (service flag `toa`): TCP option 254, length 8 (client port, client address)
+appended after the TCP options of the first client segment with ACK and neither
+SYN nor RST of an entry without TOA yet (data offset + 2, total length + 8, IP and
+TCP checksums recomputed), if the TCP header stays <= 60 bytes and the packet fits
+the path MTU; otherwise R_TOA_NO_ROOM and the next such segment tries again. On the
+way out, a SYN's MSS option (2, 4) is lowered by 8 when it is > 544.
+
+Local addresses (docs/fastpath.md): the service's pool is a ring; starting at the
+ring cursor, each address tries up to 4096 ports from its own cursor (wrapping in
+lport_min..lport_max) and takes the first whose OUT tuple is not a live entry's
+tuple; the ring cursor then moves past the address used. An address's cursor
+starts at lport_min + ((addr * 0x9E3779B1 + (seed0 mod 2**32)) mod 2**32) mod range
+(native/src/svc.c lb_laddr_add), so restarts do not reuse the previous tuples.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lb.engine import Action, Reason, Verdict
+from lb.pyengine.conn import Connection, LocalAddress
+from lb.pyengine.csum import csum_replace2, csum_replace4, get16, ip_header_checksum, put16, tcp_checksum_full
+from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket
+from lb.pyengine.xmit_dr import NO_L2, xmit_l2
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+TOA_KIND = 254
+TOA_LEN = 8  # bytes
+MSS_FLOOR = 536  # an MSS is lowered only when it stays above this
+LPORT_PROBES = 4096  # ports tried per local address
+DEFAULT_MTU = 1500
+PKT_MAX = 65535
+
+_TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
+
+
+def initial_port_cursor(addr: bytes, seed0: int, lport_min: int, lport_max: int) -> int:
+    span = lport_max - lport_min + 1
+    host = int.from_bytes(addr, "big")
+    return lport_min + ((host * 0x9E3779B1 + (seed0 & 0xFFFFFFFF)) & 0xFFFFFFFF) % span
+
+
+def allocate(laddrs: list[LocalAddress], ring_cursor: int, lport_min: int, lport_max: int,
+             in_use: Callable[[bytes, int], bool]) -> tuple[LocalAddress, int, int] | None:
+    """(local address, port, new ring cursor), or None when no port is free. Cursors of the addresses
+    tried move on even when nothing is found (as the C core's)."""
+    n = len(laddrs)
+    span = lport_max - lport_min + 1
+    probes = min(span, LPORT_PROBES)
+    for k in range(n):
+        la = laddrs[(ring_cursor + k) % n]
+        for _ in range(probes):
+            port = la.next_port
+            if port < lport_min or port > lport_max:
+                port = lport_min
+            la.next_port = lport_min if port == lport_max else port + 1
+            if not in_use(la.addr, port):
+                return la, port, (ring_cursor + k + 1) % n
+    return None
+
+
+def rewrite(o: bytearray, parsed: ParsedPacket, saddr: bytes, sport: int, daddr: bytes, dport: int) -> bool:
+    """Rewrite the copy `o` in place (lb xmit_fnat.c rewrite()); False when the TTL runs out."""
+    if o[8] <= 1:
+        return False
+    old_word = get16(o, 8)
+    o[8] -= 1
+    csum_replace2(o, 10, old_word, get16(o, 8))
+    old_s, old_d = bytes(o[12:16]), bytes(o[16:20])
+    o[12:16] = saddr
+    o[16:20] = daddr
+    csum_replace4(o, 10, old_s, saddr)
+    csum_replace4(o, 10, old_d, daddr)
+    l4 = parsed.ip_header_len
+    csum: int | None = None
+    if parsed.proto == IPPROTO_TCP:
+        csum = l4 + 16
+    elif parsed.proto == IPPROTO_UDP and (o[l4 + 6] | o[l4 + 7]):
+        csum = l4 + 6
+    old_sp, old_dp = get16(o, l4), get16(o, l4 + 2)
+    put16(o, l4, sport)
+    put16(o, l4 + 2, dport)
+    if csum is not None:
+        csum_replace4(o, csum, old_s, saddr)
+        csum_replace4(o, csum, old_d, daddr)
+        csum_replace2(o, csum, old_sp, sport)
+        csum_replace2(o, csum, old_dp, dport)
+        if parsed.proto == IPPROTO_UDP and o[csum] == 0 and o[csum + 1] == 0:
+            o[csum] = o[csum + 1] = 0xFF  # 0 means "no checksum" in UDP
+    return True
+
+
+def toa_option(cport: int, caddr: bytes) -> bytes:
+    return bytes((TOA_KIND, TOA_LEN)) + cport.to_bytes(2, "big") + caddr
+
+
+def toa_insert(o: bytearray, parsed: ParsedPacket, conn: Connection, limit: int) -> bytearray | None:
+    """The packet with the TOA option after its TCP options, or None when there is no room."""
+    ihl, doff = parsed.ip_header_len, parsed.tcp_doff
+    new_len = len(o) + TOA_LEN
+    if doff + TOA_LEN > 60 or new_len > limit:
+        return None
+    opt_end = ihl + doff
+    n = o[:opt_end] + toa_option(conn.cport, conn.caddr) + o[opt_end:]
+    n[ihl + 12] = (((doff + TOA_LEN) // 4) << 4) | (n[ihl + 12] & 0x0F)
+    put16(n, 2, new_len)
+    ip_header_checksum(n, ihl)
+    tcp_checksum_full(n, ihl, new_len)
+    return n
+
+
+def mss_lower(o: bytearray, parsed: ParsedPacket, by: int) -> None:
+    """Lower the MSS option of the SYN in `o` by `by` when it stays above 536 (checksum updated)."""
+    th = parsed.ip_header_len
+    doff = parsed.tcp_doff
+    i = 20
+    while i < doff:
+        kind = o[th + i]
+        if kind == 0:
+            return
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= doff:
+            return
+        length = o[th + i + 1]
+        if length < 2 or i + length > doff:
+            return
+        if kind == 2 and length == 4:
+            mss = get16(o, th + i + 2)
+            if mss > by + MSS_FLOOR:
+                put16(o, th + i + 2, mss - by)
+                csum_replace2(o, th + 16, mss, mss - by)
+            return
+        i += length
+
+
+def fnat_in(conn: Connection, packet: bytes, parsed: ParsedPacket, toa: bool) -> Action:
+    dest = conn.dest
+    fwd = dest.fwd
+    if fwd is None:
+        return NO_L2
+    assert conn.laddr is not None
+    o = bytearray(packet[: parsed.total_length])
+    if not rewrite(o, parsed, conn.laddr.addr, conn.lport, dest.addr, dest.port):
+        return _TTL_EXCEEDED
+    reason = Reason.FORWARDED
+    if (toa and parsed.proto == IPPROTO_TCP and not conn.toa_done
+            and parsed.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK):
+        limit = min(fwd.mtu or DEFAULT_MTU, PKT_MAX)
+        with_toa = toa_insert(o, parsed, conn, limit)
+        if with_toa is not None:
+            o = with_toa
+            conn.toa_done = True
+        else:
+            reason = Reason.TOA_NO_ROOM
+    action = xmit_l2(dest, reason, bytes(o))
+    assert action is not None
+    return action
+
+
+def fnat_out(conn: Connection, packet: bytes, parsed: ParsedPacket, toa: bool) -> Action:
+    o = bytearray(packet[: parsed.total_length])
+    if toa and parsed.proto == IPPROTO_TCP and parsed.tcp_flags & TCP_SYN:
+        mss_lower(o, parsed, TOA_LEN)
+    if not rewrite(o, parsed, conn.vaddr, conn.vport, conn.caddr, conn.cport):
+        return _TTL_EXCEEDED
+    return Action(Verdict.ANSWER, Reason.FORWARDED, out=bytes(o))

@@ -1,0 +1,64 @@
+"""IP-in-IP tunnelling (ipvsadm -i), as native/src/xmit_tun.c and docs/fastpath.md "Transmit".
+
+The client's packet (up to its IP total length) is carried unchanged inside an
+outer IPv4 header: 0x45, TOS = inner TOS, total length, ID = 0 if the inner DF is
+set else the inner ID, flags DF = inner DF, TTL 64, protocol 4, source = the route
+source address of the destination's forwarding state, destination = the real
+server, header checksum. No forwarding state or source address 0: DROP/R_NO_L2.
+Too big for the path MTU (0 = 1500) after the 20 bytes: with DF an ICMP
+fragmentation needed (next-hop MTU = MTU - 20) is the ANSWER; without DF the
+packet is dropped (known gap), both R_FRAG_NEEDED.
+"""
+
+from __future__ import annotations
+
+from lb.engine import Action, Reason, Verdict
+from lb.pyengine.conn import Destination
+from lb.pyengine.csum import internet_checksum, put16
+from lb.pyengine.icmp import frag_needed
+from lb.pyengine.parse import ParsedPacket
+from lb.pyengine.xmit_dr import NO_L2, xmit_l2
+
+IPIP_OVERHEAD = 20  # bytes
+IPPROTO_IPIP = 4
+OUTER_TTL = 64
+DEFAULT_MTU = 1500
+PKT_MAX = 65535  # the largest IPv4 packet (and the C core's output buffer)
+
+_FRAG_DROP = Action(Verdict.DROP, Reason.FRAG_NEEDED)
+
+
+def encapsulate(dest: Destination, inner: bytes) -> bytes | None:
+    """Outer header + inner, or None when it cannot be built (no state, too big)."""
+    total = len(inner) + IPIP_OVERHEAD
+    if dest.fwd is None or total > PKT_MAX or len(inner) < 20:
+        return None
+    df = inner[6] & 0x40
+    outer = bytearray(20)
+    outer[0] = 0x45
+    outer[1] = inner[1]
+    put16(outer, 2, total)
+    if not df:
+        outer[4:6] = inner[4:6]
+    outer[6] = 0x40 if df else 0
+    outer[8] = OUTER_TTL
+    outer[9] = IPPROTO_IPIP
+    outer[12:16] = dest.fwd_saddr
+    outer[16:20] = dest.addr
+    put16(outer, 10, internet_checksum(bytes(outer)))
+    return bytes(outer) + inner
+
+
+def transmit_tun(dest: Destination, packet: bytes, parsed: ParsedPacket) -> Action:
+    fwd = dest.fwd
+    if fwd is None or dest.fwd_saddr == b"\0\0\0\0":
+        return NO_L2
+    mtu = fwd.mtu or DEFAULT_MTU
+    if parsed.total_length + IPIP_OVERHEAD > mtu:
+        if packet[6] & 0x40:
+            answer = frag_needed(packet, parsed.ip_header_len, parsed.total_length, (mtu - IPIP_OVERHEAD) & 0xFFFF)
+            return Action(Verdict.ANSWER, Reason.FRAG_NEEDED, out=answer)
+        return _FRAG_DROP
+    out = encapsulate(dest, packet[: parsed.total_length])
+    action = None if out is None else xmit_l2(dest, Reason.FORWARDED, out)
+    return NO_L2 if action is None else action
