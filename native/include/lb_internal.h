@@ -27,6 +27,12 @@
 #define LB_CF_TOA_DONE LB_CONN_F_TOA_DONE
 #define LB_CF_TEMPLATE LB_CONN_F_TEMPLATE
 #define LB_CF_SYNPROXY LB_CONN_F_SYNPROXY /* state in lb->sp[slot], sequence numbers translated */
+/* Bits 9-10: the forwarding method the connection was created with (enum lb_fwd). Like the
+ * kernel's cp->packet_xmit, it is fixed for the connection's life: editing a destination's
+ * method affects new connections only. */
+#define LB_CF_FWD_SHIFT 9
+#define LB_CF_FWD_MASK (3u << LB_CF_FWD_SHIFT)
+#define LB_CONN_FWD(c) ((int)(((c)->flags & LB_CF_FWD_MASK) >> LB_CF_FWD_SHIFT))
 #define LB_CF_TMPL_DEAD 0x4000     /* template invalidated (its destination left): never matches */
 #define LB_CF_USED 0x8000          /* slot holds a live (possibly expired, not yet reaped) entry */
 

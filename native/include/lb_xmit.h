@@ -49,7 +49,7 @@ int lb_xmit_other(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, int dir, 
 static inline int lb_xmit(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, int dir, uint8_t *out,
                           uint32_t out_cap, struct lb_action *act)
 {
-    if (LB_LIKELY(c->dest->conf.fwd == LB_FWD_ROUTE)) {
+    if (LB_LIKELY(LB_CONN_FWD(c) == LB_FWD_ROUTE)) {
         if (LB_UNLIKELY(lb_xmit_l2_to(c->dest, act) < 0)) {
             act->verdict = LB_V_DROP;
             return LB_R_NO_L2;

@@ -324,7 +324,7 @@ struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *de
     c->proto = p->proto;
     c->syn_seq = p->tcp_seq;
     c->state = p->proto == LB_PROTO_UDP ? LB_S_UDP : LB_S_NONE;
-    c->flags = LB_CF_USED | LB_CF_INACTIVE;
+    c->flags = (uint16_t)(LB_CF_USED | LB_CF_INACTIVE | (((uint32_t)dest->conf.fwd << LB_CF_FWD_SHIFT) & LB_CF_FWD_MASK));
     if (dest->conf.fwd != LB_FWD_MASQ && dest->conf.fwd != LB_FWD_FULLNAT)
         c->flags |= LB_CF_NOOUTPUT; /* the director sees only the client's side */
     c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);

@@ -117,12 +117,14 @@ int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, 
     else
         lb_stats_out(d, p->len);
     if (dir == LB_DIR_IN) {
-        switch (d->conf.fwd) {
+        switch (LB_CONN_FWD(c)) {
         case LB_FWD_ROUTE:
             if (lb_xmit_l2_to(d, act) < 0)
                 goto no_fwd;
             return LB_R_ICMP;
         case LB_FWD_TUNNEL: {
+            if (!d->fwd || d->fwd->conf.saddr == 0)
+                goto no_fwd; /* as xmit_tun: never an outer source we did not get from a route */
             uint32_t n = lb_tun_encap(d, p->data, p->len, out, out_cap);
             if (!n || lb_xmit_l2_to(d, act) < 0)
                 goto no_fwd;

@@ -332,12 +332,12 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
     }
     if ((err = check_dest_conf(conf)) != LB_OK)
         goto out;
-    if (find_dest_idx(s, conf->addr, conf->port) >= 0) {
-        err = LB_EEXIST;
-        goto out;
-    }
     if ((s->conf.flags & LB_SVC_F_SYNPROXY) && conf->fwd != LB_FWD_FULLNAT) {
         err = LB_EOPNOTSUPP; /* DR and tunnel cannot be SYN-proxied (DPVS refuses it too) */
+        goto out;
+    }
+    if (find_dest_idx(s, conf->addr, conf->port) >= 0) {
+        err = LB_EEXIST;
         goto out;
     }
     if (s->ndests == s->dests_cap) {
@@ -395,10 +395,10 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
         err = LB_ESRCH;
     } else if ((err = check_dest_conf(conf)) != LB_OK) {
         /* err set */
-    } else if (i < 0) {
-        err = LB_ENOENT;
     } else if ((s->conf.flags & LB_SVC_F_SYNPROXY) && conf->fwd != LB_FWD_FULLNAT) {
         err = LB_EOPNOTSUPP;
+    } else if (i < 0) {
+        err = LB_ENOENT;
     } else {
         struct lb_dest *d = s->dests[i];
         if (d->conf.fwd != conf->fwd) {
@@ -444,8 +444,6 @@ int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uin
         memcpy(nf->l2hdr + 6, fwd->src_mac, 6);
         nf->l2hdr[12] = 0x08;
         nf->l2hdr[13] = 0x00;
-    } else if (fwd && fwd->ifindex < 0) {
-        return LB_EINVAL;
     }
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
@@ -453,6 +451,8 @@ int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uin
     int i = s ? find_dest_idx(s, daddr, dport) : -1;
     if (!s) {
         err = LB_ESRCH;
+    } else if (fwd && fwd->ifindex < 0) {
+        err = LB_EINVAL;
     } else if (i < 0) {
         err = LB_ENOENT;
     } else {
@@ -575,13 +575,15 @@ static int find_laddr_idx(const struct lb_svc *s, uint32_t addr)
 
 int lb_laddr_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr)
 {
-    if (laddr == 0 || laddr == 0xffffffffu)
-        return LB_EINVAL;
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
     struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
     if (!s) {
         err = LB_ESRCH;
+        goto out;
+    }
+    if (laddr == 0 || laddr == 0xffffffffu) {
+        err = LB_EINVAL;
         goto out;
     }
     if (find_laddr_idx(s, laddr) >= 0) {
@@ -658,13 +660,13 @@ int lb_laddr_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struc
 
 int lb_synproxy_set_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port, const struct lb_synproxy_conf *conf)
 {
-    if (conf) {
-        int err = lb_sp_check_conf(conf);
-        if (err)
-            return err;
-    }
     pthread_mutex_lock(&lb->lock);
     struct lb_svc *s = svc_find_host(lb, proto, addr, port);
+    int err = s ? (conf ? lb_sp_check_conf(conf) : LB_OK) : LB_ESRCH;
+    if (err) {
+        pthread_mutex_unlock(&lb->lock);
+        return err;
+    }
     if (s) {
         if (conf)
             s->sp_conf = *conf;

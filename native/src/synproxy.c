@@ -421,6 +421,9 @@ int lb_timer_next(lb_t *lb, uint64_t now_ms, uint8_t *out, uint32_t out_cap, str
     memset(act, 0, sizeof(*act));
     if (!lb->sp)
         return 0;
+    /* Entries whose time has come leave first: a dead connection retransmits nothing. */
+    if (lb->exp_next_ms <= now_ms)
+        lb_conn_tick(lb, now_ms);
     while (lb_timer_due(lb) <= now_ms) {
         uint32_t slot = lb->sp_heap[0].slot;
         heap_pop(lb);

@@ -8,7 +8,7 @@
 int lb_xmit_other(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, int dir, uint8_t *out, uint32_t out_cap,
                   struct lb_action *act)
 {
-    switch (c->dest->conf.fwd) {
+    switch (LB_CONN_FWD(c)) {
     case LB_FWD_TUNNEL:
         return lb_xmit_tun(lb, p, c, out, out_cap, act);
     case LB_FWD_FULLNAT:
