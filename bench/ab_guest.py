@@ -1,0 +1,354 @@
+"""The guest side of bench/ab.py: runs INSIDE the virtme-ng guest (Debian's kernel, with ip_vs).
+
+    python -m bench.ab_guest --out DIR [--quick] [--functional-only]
+
+Everything here happens in the guest's own namespaces (lb.testbed.topology, per-run prefix).
+Both systems are configured from ONE ipvsadm rules file: `ipvsadm -R < rules` for kernel IPVS,
+`lbadm -R < rules` for lbd. Results go to DIR/ab_guest.json (DIR is the --rwdir shared with the
+host).
+
+One topology (ab_spec: bench/pps.py's, with rs1..rs3 on the back segment, VIP on their lo, each
+running bench/native/httpd.c on port 8080, which answers with its name) and one lbd for all:
+1. Functional agreement:
+   - rr, weights 1/1/1: 12 requests, each on a fresh connection: the sequence of real servers;
+   - wlc, weights 1/2/3: 12 connections opened one after another and held open (keep-alive):
+     the sequence of real servers the scheduler picked while the active counts grow.
+   IPVS and lbd must produce identical sequences.
+2. Throughput (bench/pps.py's topology, generator, search and counting): kernel IPVS and lbd
+   (C fast path) in DR and TUN (IPIP) mode, plus the plain router as the path's reference; est
+   traffic. Interleaved per repetition.
+3. HTTP: wrk maximum requests/s with keep-alive and connections/s (Connection: close) through
+   IPVS, through lbd, and to rs1 through the director as a plain router ("router").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterator
+
+from bench import common, pps
+from bench.common import Lbd, LbdError, log
+from lb.testbed import client
+from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
+
+HTTP_PORT = 8080  # functional + http; the pps traffic uses pps.PORT (80), counted and dropped at rs1
+MODULES = ["ip_vs", "ip_vs_rr", "ip_vs_wlc", "veth", "bridge", "nfnetlink_queue", "xt_NFQUEUE", "xt_CT",
+           "nf_tables", "nft_compat", "iptable_raw", "ipip"]
+FWD_FLAG = {"route": "-g", "tunnel": "-i", "masq": "-m"}
+
+
+def rules_text(vip: str, sched: str, reals: list[tuple[str, int]], fwd: str = "route", port: int = HTTP_PORT) -> str:
+    """An `ipvsadm -S -n` style rules file: what both `ipvsadm -R` and `lbadm -R` read."""
+    lines = [f"-A -t {vip}:{port} -s {sched}"]
+    for addr, weight in reals:
+        lines.append(f"-a -t {vip}:{port} -r {addr}:{port} {FWD_FLAG[fwd]} -w {weight}")
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def ipvs_system(director: Any, rules: str) -> Iterator[None]:
+    director.exec(["ipvsadm", "-C"])
+    director.exec(["ipvsadm", "-R"], input=rules)
+    try:
+        yield None
+    finally:
+        director.exec(["ipvsadm", "-C"], check=False)
+
+
+def start_lbd(director: Any, cpu: int | None = None, nice: int = 0) -> Lbd:
+    """One lbd per topology (it takes ~1 minute to start under TCG), started with
+    `--config FILE` (initially empty). Rule sets are then swapped by rewriting FILE and asking
+    lbd to reload it, or with `lbadm -R` (see lbd_system). While IPVS is measured, lbd holds no
+    service: no queue rule, it sees no packet."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{director.topo.prefix}-ab-cfg-"))
+    cfg = tmp / "rules"
+    cfg.write_text("")
+    lbd = Lbd(director, "c", cpu=cpu, nice=nice, conn_max=pps.CONN_MAX_C, extra=["--config", str(cfg)])
+    lbd.cfg_path = cfg  # type: ignore[attr-defined]
+    lbd.start(timeout=240)
+    return lbd
+
+
+def lbadm(lbd: Lbd, *args: str, rules: str | None = None) -> str:
+    r = lbd.host.exec([str(common.LBADM), "--socket", lbd.socket, *args], input=rules, check=False, timeout=120)
+    if r.returncode != 0:
+        raise LbdError(f"lbadm {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()} {r.stdout.strip()}")
+    return r.stdout
+
+
+def _reload(lbd: Lbd, rules: str) -> None:
+    lbd.cfg_path.write_text(rules)  # type: ignore[attr-defined]
+    lbd.request("reload", timeout=120)
+
+
+@contextlib.contextmanager
+def lbd_system(lbd: Lbd, rules: str, via_lbadm: bool = False) -> Iterator[Lbd]:
+    """The same rules file as `ipvsadm -R`: through `lbadm -R` (the operator's path; used for the
+    functional cases) or as lbd's --config file reloaded over the control socket (lbd's own
+    ipvsadm-save parser, the one lbadm -R uses; each lbadm start costs 10-30 s of Python
+    start-up under emulation, so the throughput runs use this)."""
+    _reload(lbd, "")
+    if via_lbadm:
+        lbd.request("clear")
+        lbadm(lbd, "-R", rules=rules)
+    else:
+        _reload(lbd, rules)
+    try:
+        lbd.wait_resolved(timeout=60)
+        yield lbd
+    finally:
+        lbd.request("clear")
+        _reload(lbd, "")
+
+
+def stop_lbd(lbd: Lbd) -> None:
+    lbd.stop()
+    common.flush_iptables(lbd.host)
+    lbd.cleanup()
+
+
+# --------------------------------------------------------------------------- functional + http
+
+
+def _wait_http(topo: Topology, addr: str) -> None:
+    deadline = time.monotonic() + 60
+    while not client.get_once(topo.client.netns, addr, HTTP_PORT, timeout=5).ok:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"httpd on {addr} does not answer")
+        time.sleep(0.2)
+
+
+def ab_spec() -> TopologySpec:
+    """bench/pps.py's topology with three real servers on the back segment: one topology (and one
+    lbd: it starts slowly under emulation) for the functional, HTTP and throughput runs. DR across
+    segments: the client's packets reach the VIP on the director's lan side, the real servers
+    (VIP on lo) answer through their default gateway, the director routing."""
+    return TopologySpec(
+        segments=(SegmentSpec("lan"), SegmentSpec("back")),
+        hosts=(
+            HostSpec("client", (LinkSpec("lan", 50),), role="client"),
+            HostSpec("director", (LinkSpec("lan", 2), LinkSpec("back", 1)), role="director", vips=(100,),
+                     forwarding=True),
+            *(HostSpec(f"rs{i}", (LinkSpec("back", 10 + i),), gateway=("back", 1)) for i in (1, 2, 3)),
+        ),
+    )
+
+
+def run_all(out: dict[str, Any], args: argparse.Namespace) -> None:
+    gen_cpu, dut_cpu = common.cpu_layout(None, None)
+    httpd = common.build_tool("httpd")
+    with tempfile.TemporaryDirectory(prefix="lbB-ab-") as tmpd, Topology(ab_spec()) as topo:
+        bed = pps.Bed(topo, gen_cpu, dut_cpu, steer=True)
+        bed.nice = -10
+        bed.dut_cpu = dut_cpu
+        reals = [topo.host(f"rs{i}") for i in (1, 2, 3)]
+        # The real servers' DR replies (source = the VIP) come back through the director, which
+        # owns the VIP: without accept_local it would drop them as martians.
+        back_if = topo.director.iface("back").ifname
+        topo.director.sysctl({"net.ipv4.conf.all.accept_local": 1, f"net.ipv4.conf.{back_if}.accept_local": 1})
+        topo.client.ip("route", "add", str(topo.subnets["back"]), "via", topo.director.iface("lan").addr)
+        for rs in reals:
+            if rs.name != "rs1":  # pps.Bed put the VIP on rs1's lo
+                rs.ip("addr", "add", f"{topo.vip}/32", "dev", "lo")
+            rs.popen([str(httpd), "--name", rs.name, "--port", str(HTTP_PORT), "--max-seconds", "1800"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        topo.client.sysctl({"net.ipv4.ip_local_port_range": "1024 65535", "net.ipv4.tcp_tw_reuse": 1})
+        for rs in reals:
+            _wait_http(topo, rs.addr)
+        lbd = start_lbd(topo.director, cpu=dut_cpu, nice=-10)
+        try:
+            for name, fn in (("functional", lambda: functional(out, args, topo, reals, lbd)),
+                             ("http", lambda: out.__setitem__("http", _http(topo, reals[0], lbd, args))),
+                             ("throughput", lambda: throughput(out, args, bed, lbd, Path(tmpd)))):
+                if args.functional_only and name != "functional":
+                    continue
+                t = time.monotonic()
+                try:
+                    fn()
+                except Exception as exc:  # noqa: BLE001
+                    out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+                    log(f"ab: {name} failed: {exc}")
+                out.setdefault("part_seconds", {})[name] = round(time.monotonic() - t, 1)
+                common.write_json(args.out / "ab_guest.json", out)
+        finally:
+            stop_lbd(lbd)
+
+
+def functional(out: dict[str, Any], args: argparse.Namespace, topo: Topology, reals: list[Any], lbd: Lbd) -> None:
+    """The scheduler agreement: the same rules and requests through IPVS and through lbd."""
+    res: dict[str, Any] = {}
+    addrs = [rs.addr for rs in reals]
+    cases = {
+        "rr": rules_text(topo.vip, "rr", [(a, 1) for a in addrs]),
+        "wlc": rules_text(topo.vip, "wlc", [(a, w) for a, w in zip(addrs, (1, 2, 3))]),
+    }
+    res["names"] = {rs.addr: rs.name for rs in reals}
+    for case, rules in cases.items():
+        res[case] = {"rules": rules}
+        for sysname in ("ipvs", "lbd"):
+            try:
+                ctx = (ipvs_system(topo.director, rules) if sysname == "ipvs"
+                       else lbd_system(lbd, rules, via_lbadm=True))
+                with ctx:
+                    seq = _sequence(topo, case)
+                    table = (topo.director.exec(["ipvsadm", "-Ln"]).stdout if sysname == "ipvs"
+                             else json.dumps(lbd.request("list")["services"]))
+                res[case][sysname] = {"sequence": seq, "table_after": table,
+                                      "counts": {x: seq.count(x) for x in sorted(set(seq))}}
+            except Exception as exc:  # noqa: BLE001 - recorded; the other system still runs
+                res[case][sysname] = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"ab: {case} {sysname}: {res[case][sysname].get('sequence') or res[case][sysname]}")
+            time.sleep(1.0)
+        x, y = res[case].get("ipvs", {}), res[case].get("lbd", {})
+        res[case]["agree"] = bool(x.get("sequence")) and x.get("sequence") == y.get("sequence")
+        out["functional"] = res  # written as we go: a timeout keeps what was measured
+        common.write_json(args.out / "ab_guest.json", out)
+
+
+def _sequence(topo: Topology, case: str, n: int = 12) -> list[str]:
+    if case == "rr":  # fresh connections, one after another
+        return [r.server if r.ok else f"error:{r.error}"
+                for r in client.fresh_gets(topo.client.netns, topo.vip, HTTP_PORT, n, timeout=10)]
+    held: list[client.KeepAlive] = []  # wlc: connections held open, so active counts grow
+    seq = []
+    try:
+        for _ in range(n):
+            ka = client.KeepAlive(topo.client.netns, topo.vip, HTTP_PORT, timeout=10)
+            held.append(ka)
+            r = ka.get()
+            seq.append(r.server if r.ok else f"error:{r.error}")
+            time.sleep(0.2)  # the entry reaches ESTABLISHED before the next SYN
+    finally:
+        for ka in held:
+            ka.close()
+    return seq
+
+
+def _http(topo: Topology, rs: Any, lbd: Lbd, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """wrk through IPVS, through lbd, and to rs1 through the director as a router ("router")."""
+    from bench import http as bhttp  # noqa: PLC0415
+
+    res: list[dict[str, Any]] = []
+    rules = rules_text(topo.vip, "rr", [(rs.addr, 1)])
+    for rep in range(args.repeats):
+        for sysname in ("router", "ipvs", "lbd"):
+            ctx: Any = (contextlib.nullcontext() if sysname == "router" else
+                        ipvs_system(topo.director, rules) if sysname == "ipvs" else lbd_system(lbd, rules))
+            target = rs.addr if sysname == "router" else topo.vip
+            try:
+                with ctx:
+                    for mode in ("ka", "close"):
+                        r = bhttp._wrk(topo, target, args.http_duration, 16, mode == "close", None, None, 0,
+                                       port=HTTP_PORT)
+                        res.append({"rep": rep, "system": sysname, "mode": mode, **r})
+                        log(f"ab: http rep {rep + 1} {sysname:6} {mode:5}: {r['rate_rps']:.0f}/s "
+                            f"p50 {r['lat_us']['p50']} us errors {r['errors_total']}")
+            except Exception as exc:  # noqa: BLE001
+                res.append({"rep": rep, "system": sysname, "error": str(exc)[:800]})
+    return res
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+def establish_ipvs(bed: pps.Bed, tmp: Path, flow_base: int) -> str | None:
+    warm = pps.make_traffic(bed, tmp, "warm", bed.vip, flow_base)
+    conns = 0
+    for _ in range(3):
+        pps.run_gen(bed, warm, 2000, pps.EST_FLOWS, 10.0)
+        time.sleep(0.5)
+        txt = bed.director.exec(["ipvsadm", "-Ln", "--stats"]).stdout
+        for line in txt.splitlines():
+            f = line.split()
+            if len(f) > 2 and f[0] == "TCP":
+                conns = int(f[2].rstrip("KM")) * (1000 if f[2].endswith("K") else 1)
+        if conns >= pps.EST_FLOWS:
+            return None
+    return f"IPVS holds {conns} of {pps.EST_FLOWS} flows"
+
+
+def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd: Lbd, tmp: Path) -> None:
+    """Zero-loss pps of the router, IPVS and lbd, DR and TUN, est traffic to rs1 (port 80)."""
+    res: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    out["pps"] = {"results": res, "skipped": skipped, "window_s": args.window, "steps": args.steps}
+    modes = ["route"] if args.quick else ["route", "tunnel"]
+    run_no = 0
+    for rep in range(args.repeats):
+        for mode in modes:
+            for sysname in ("kernel", "ipvs", "lbd"):
+                if sysname == "kernel" and mode != "route":
+                    continue
+                run_no += 1
+                flow_base = (run_no % 40) * pps.EST_FLOWS  # fresh flows for every run
+                rules = rules_text(bed.vip, "rr", [(bed.rs_addr, 1)], mode, port=pps.PORT)
+                dst = bed.rs_addr if sysname == "kernel" else bed.vip
+                try:
+                    ctx: Any = (contextlib.nullcontext() if sysname == "kernel" else
+                                ipvs_system(bed.director, rules) if sysname == "ipvs" else lbd_system(lbd, rules))
+                    with ctx:
+                        bed.lbd_pid = lbd.proc.pid if sysname == "lbd" and lbd.proc else None
+                        why = (establish_ipvs(bed, tmp, flow_base) if sysname == "ipvs" else
+                               pps.establish(bed, lbd, tmp, flow_base, rate=2000) if sysname == "lbd" else None)
+                        tr = pps.make_traffic(bed, tmp, "est", dst, flow_base)
+                        why = why or pps.functional_check(bed, tr, n=200, rate=500)
+                        if why:
+                            raise LbdError(why)
+                        r = pps.search(bed, tr, args.window, args.steps)
+                except Exception as exc:  # noqa: BLE001
+                    skipped.append({"system": sysname, "mode": mode, "rep": rep, "reason": str(exc)[:1000]})
+                    log(f"ab: pps {sysname} {mode} skipped: {exc}")
+                    continue
+                finally:
+                    bed.lbd_pid = None
+                r.update(system=sysname, mode=mode, rep=rep)
+                res.append(r)
+                common.write_json(args.out / "ab_guest.json", out)
+                log(f"ab: pps rep {rep + 1} {sysname:6} {mode:6}: zero-loss {r['zero_loss_pps']:.0f} pps"
+                    f"{' (generator-limited)' if r['generator_limited'] else ''}; DUT "
+                    f"{r.get('dut_us_per_pkt') or 0:.1f} us/packet")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--functional-only", action="store_true")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--window", type=float, default=1.0)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--http-duration", type=float, default=3.0)
+    args = ap.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 2
+    if args.steps is None:
+        args.steps = 4 if args.quick else 5
+    t0 = time.monotonic()
+    out: dict[str, Any] = {"kernel": os.uname().release, "cpus": os.cpu_count(), "started": time.ctime(),
+                           "args": vars(args) | {"out": str(args.out)}}
+    for m in MODULES:
+        subprocess.run(["modprobe", m], capture_output=True)
+    out["ipvsadm_version"] = subprocess.run(["ipvsadm", "--version"], capture_output=True, text=True).stdout.strip()
+    if args.quick:
+        args.functional_only = True  # a quick run is the functional agreement (boot + lbd start-up ~2 min)
+    try:
+        run_all(out, args)
+    except Exception as exc:  # noqa: BLE001
+        out.setdefault("errors", {})["setup"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        log(f"ab: failed: {exc}")
+    out["elapsed_s"] = round(time.monotonic() - t0, 1)
+    common.write_json(args.out / "ab_guest.json", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
