@@ -418,12 +418,17 @@ static inline uint16_t lb_ntohs(uint16_t v) { return __builtin_bswap16(v); }
 static inline uint32_t tuple_hash(const lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
                                   uint32_t daddr, uint16_t dport)
 {
-    /* Keyed multiply-xor over the 5-tuple; the high half of the product mixes every input bit.
-     * The random seeds keep remote senders from aiming at one chain. */
+    /* Keyed multiply-xor over the 5-tuple, then a full avalanche (MurmurHash3's fmix64):
+     * a multiply only carries bits upward, so without the finalizer the address bytes that
+     * sit high in the word (a /24's last octet) would never reach the bucket bits and one
+     * subnet would share a chain. The random seeds keep remote senders from aiming at one. */
     uint64_t a = ((uint64_t)saddr << 32) | ((uint32_t)sport << 16) | dport;
     uint64_t b = ((uint64_t)daddr << 8) | proto;
     uint64_t h = ((a ^ lb->seed0) * 0x9E3779B97F4A7C15ull) ^ ((b ^ lb->seed1) * 0xC2B2AE3D27D4EB4Full);
-    return (uint32_t)(h >> 32 ^ h >> 17) & lb->hash_mask;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return (uint32_t)h & lb->hash_mask;
 }
 
 /* The tuple of direction dir of c: (saddr, sport, daddr, dport), network order. */

@@ -146,9 +146,13 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
                struct lb_action *act)
 {
     struct lb_pkt p;
-    if (!lb || !act || (!pkt && len))
+    if (LB_UNLIKELY(!lb || !act || (!pkt && len)))
         return LB_EINVAL;
-    *act = (struct lb_action){.verdict = LB_V_DROP};
+    /* l2hdr is written only with LB_V_XMIT_L2, the only verdict that defines it. */
+    act->verdict = LB_V_DROP;
+    act->reason = 0;
+    act->ifindex = 0;
+    act->out_len = 0;
     /* Exact expiry: entries whose time has come leave before this packet is seen. */
     if (LB_UNLIKELY(lb->exp_next_ms <= now_ms))
         lb_conn_tick(lb, now_ms);

@@ -36,6 +36,7 @@
 #define NFQ_MSG_BUF (LB_PKT_MAX + 4096)    /* one packet message: payload + netlink/attribute headers */
 #define NFQ_RCVBUF_BYTES (32 * 1024 * 1024)
 #define NFQ_SNDBUF_BYTES (4 * 1024 * 1024)
+#define NFQ_TX_WAITS 20                    /* ~1 ms polls for room per batch before a frame is dropped */
 #define NFQ_POLL_MS 100
 #define NFQ_EXPIRE_EVERY_MS 100
 #define NFQ_EXPIRE_STEPS 10                /* the whole table is swept every 10 ticks (~1 s) */
@@ -168,14 +169,21 @@ static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
         msgs[m].msg_hdr.msg_iovlen = 2;
         m++;
     }
-    int done = 0;
+    int done = 0, waits = 0;
     while (done < m) {
         int r = sendmmsg(q->pkt_fd, msgs + done, (unsigned int)(m - done), MSG_DONTWAIT);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
-            /* Skip the failing frame, keep the rest of the batch. */
-            q->stats.xmit_l2_err++;
+            if ((errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) && waits < NFQ_TX_WAITS) {
+                /* The device queue is full: wait briefly for room and resend the same frame,
+                 * rather than losing a frame we already took responsibility for. */
+                struct pollfd pfd = {.fd = q->pkt_fd, .events = POLLOUT};
+                poll(&pfd, 1, 1);
+                waits++;
+                continue;
+            }
+            q->stats.xmit_l2_err++; /* give up on this frame only, keep the rest of the batch */
             done++;
             continue;
         }
@@ -211,30 +219,60 @@ static uint64_t send_answers(struct lb_nfq *q, struct batch_item *items, int n, 
     return sent;
 }
 
+/* Verdicts in arrival order, in one netlink datagram. A run of equal verdicts
+ * without new bytes becomes one NFQNL_MSG_VERDICT_BATCH (it applies to every
+ * queued packet with an id up to the run's last); MANGLE needs its own message. */
+static void put_verdict(struct mnl_nlmsg_batch *b, struct lb_nfq *q, int type, uint32_t id, int v,
+                        const uint8_t *pkt, uint32_t len)
+{
+    if (mnl_nlmsg_batch_size(b) + NFQ_VERDICT_MSG_MAX > q->tx_cap) {
+        if (mnl_socket_sendto(q->nl, mnl_nlmsg_batch_head(b), mnl_nlmsg_batch_size(b)) < 0)
+            q->stats.recv_err++;
+        mnl_nlmsg_batch_reset(b);
+    }
+    struct nlmsghdr *nlh = nfq_nlmsg_put(mnl_nlmsg_batch_current(b), type, q->queue_num);
+    nfq_nlmsg_verdict_put(nlh, (int)id, v);
+    if (pkt)
+        nfq_nlmsg_verdict_put_pkt(nlh, pkt, len);
+    mnl_nlmsg_batch_next(b);
+}
+
+static inline int nf_verdict(const struct lb_action *a)
+{
+    return (a->verdict == LB_V_ACCEPT || a->verdict == LB_V_MANGLE) ? NF_ACCEPT : NF_DROP;
+}
+
 static void send_verdicts(struct lb_nfq *q, struct batch_item *items, int n)
 {
     struct mnl_nlmsg_batch *b = mnl_nlmsg_batch_start(q->tx, q->tx_cap);
     if (!b)
         return;
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+    while (i < n) {
         struct batch_item *it = &items[i];
-        if (!it->valid)
+        if (!it->valid) {
+            i++;
             continue;
-        /* Reserve room for the biggest message; flush when it would not fit. */
-        if (mnl_nlmsg_batch_size(b) + NFQ_VERDICT_MSG_MAX > q->tx_cap) {
-            if (mnl_socket_sendto(q->nl, mnl_nlmsg_batch_head(b), mnl_nlmsg_batch_size(b)) < 0)
-                q->stats.recv_err++;
-            mnl_nlmsg_batch_reset(b);
         }
-        struct nlmsghdr *nlh = nfq_nlmsg_put(mnl_nlmsg_batch_current(b), NFQNL_MSG_VERDICT, q->queue_num);
-        int v = NF_DROP;
-        if (it->act.verdict == LB_V_ACCEPT || it->act.verdict == LB_V_MANGLE)
-            v = NF_ACCEPT;
-        nfq_nlmsg_verdict_put(nlh, (int)it->id, v);
-        if (it->act.verdict == LB_V_MANGLE)
-            nfq_nlmsg_verdict_put_pkt(nlh, q->out + (size_t)i * LB_PKT_MAX, it->act.out_len);
-        mnl_nlmsg_batch_next(b);
-        q->stats.verdicts++;
+        if (it->act.verdict == LB_V_MANGLE) {
+            put_verdict(b, q, NFQNL_MSG_VERDICT, it->id, NF_ACCEPT, q->out + (size_t)i * LB_PKT_MAX, it->act.out_len);
+            q->stats.verdicts++;
+            i++;
+            continue;
+        }
+        /* Extend the run while the verdict stays the same (invalid items have no id to cover). */
+        int v = nf_verdict(&it->act), j = i + 1;
+        uint32_t last = it->id;
+        while (j < n && items[j].valid && items[j].act.verdict != LB_V_MANGLE && nf_verdict(&items[j].act) == v) {
+            last = items[j].id;
+            j++;
+        }
+        if (j - i == 1)
+            put_verdict(b, q, NFQNL_MSG_VERDICT, last, v, NULL, 0);
+        else
+            put_verdict(b, q, NFQNL_MSG_VERDICT_BATCH, last, v, NULL, 0);
+        q->stats.verdicts += (uint64_t)(j - i);
+        i = j;
     }
     if (!mnl_nlmsg_batch_is_empty(b) &&
         mnl_socket_sendto(q->nl, mnl_nlmsg_batch_head(b), mnl_nlmsg_batch_size(b)) < 0)
@@ -404,6 +442,9 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, uint32_t flags, int *err)
         setsockopt(q->raw_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
     if (setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
         setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    /* Frames go straight to the driver: no qdisc on the packet path. */
+    int bypass = 1;
+    setsockopt(q->pkt_fd, SOL_PACKET, PACKET_QDISC_BYPASS, &bypass, sizeof(bypass));
     /* Marked so the director's raw OUTPUT table can leave our packets untracked. */
     uint32_t mark = LB_SOCKET_MARK_BASE | queue_num;
     if (setsockopt(q->raw_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
