@@ -1,0 +1,87 @@
+"""Hostile packets the packet table does not already cover (issue 8): zero windows, RST storms,
+TTL 1 on methods that do not route. Both engines, each outcome with its counter."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import pytest
+from scapy.all import IP, TCP, raw  # type: ignore[import-untyped]
+
+from lb.engine import FwdState, Verdict
+from lb.fastpath import CEngine
+from lb.model import DestSpec, ServiceKey, ServiceSpec
+
+VIP, CLIENT = "10.0.0.100", "198.51.100.9"
+DR, TUN = ServiceKey(6, VIP, 80), ServiceKey(6, VIP, 81)
+
+
+def _factories() -> list[Any]:
+    params: list[Any] = [pytest.param(lambda: CEngine(conn_max=64, hash_buckets=64, hash_seed=3), id="c")]
+    try:
+        from lb.pyengine import PyEngine
+
+        params.append(pytest.param(lambda: PyEngine(conn_max=64, hash_seed=3), id="python"))
+    except ImportError:
+        pass
+    return params
+
+
+def _engine(factory: Callable[[], Any]) -> Any:
+    e = factory()
+    fwd = FwdState(ifindex=4, dst_mac=b"\x02\0\0\0\0\x01", src_mac=b"\x02\0\0\0\0\xaa", saddr="10.0.0.2", mtu=1500)
+    for key, method in ((DR, "route"), (TUN, "tunnel")):
+        e.add_service(ServiceSpec(key, "rr"))
+        e.add_dest(key, DestSpec("10.0.0.11", key.port, fwd=method))
+        e.set_fwd(key, "10.0.0.11", key.port, fwd)
+    return e
+
+
+def _tcp(flags: str, dport: int = 80, **kw: Any) -> bytes:
+    ttl = kw.pop("ttl", 64)
+    return raw(IP(src=CLIENT, dst=VIP, ttl=ttl) / TCP(sport=40000, dport=dport, flags=flags, **kw))
+
+
+@pytest.mark.parametrize("factory", _factories())
+def test_zero_window_is_forwarded_unchanged(factory: Callable[[], Any]) -> None:
+    e = _engine(factory)
+    e.process(_tcp("S"), 1000)
+    e.process(_tcp("A", seq=1, ack=1), 1001)
+    pkt = _tcp("A", seq=1, ack=1, window=0)
+    a = e.process(pkt, 1002)
+    assert a.verdict == Verdict.XMIT_L2 and a.out in (b"", pkt)
+    assert [c.state for c in e.connections(1002)] == ["ESTABLISHED"]
+    assert e.counters()["forwarded"] == 3
+
+
+@pytest.mark.parametrize("factory", _factories())
+def test_rst_storm_closes_once_and_expires(factory: Callable[[], Any]) -> None:
+    e = _engine(factory)
+    e.process(_tcp("S"), 1000)
+    e.process(_tcp("A", seq=1, ack=1), 1001)
+    rng = random.Random(5)
+    for i in range(500):  # bounded storm of RSTs with arbitrary sequence numbers on the live flow
+        a = e.process(_tcp("R", seq=rng.getrandbits(32)), 1002 + i)
+        assert a.verdict == Verdict.XMIT_L2  # IPVS forwards them; the real server judges sequence numbers
+    assert [c.state for c in e.connections(1600)] == ["CLOSE"]
+    dest = e.services()[0].dests[0]
+    assert (dest.active, dest.inactive) == (0, 1)
+    # CLOSE lasts 10 s from the last packet; then nothing is left.
+    assert e.connections(1501 + 10_000 + 1) == []
+    # RSTs for connections nobody has are passed to the stack, never scheduled.
+    for port in range(41000, 41100):
+        a = e.process(raw(IP(src=CLIENT, dst=VIP) / TCP(sport=port, dport=80, flags="R")), 20_000)
+        assert a.verdict == Verdict.ACCEPT
+    assert e.counters()["no_conn"] == 100 and e.connections(20_000) == []
+
+
+@pytest.mark.parametrize("factory", _factories())
+@pytest.mark.parametrize("dport,method", [(80, "DR"), (81, "tunnel")])
+def test_ttl_1_is_not_decremented_by_non_routing_methods(factory: Callable[[], Any], dport: int, method: str) -> None:
+    e = _engine(factory)
+    pkt = _tcp("S", dport=dport, ttl=1)
+    a = e.process(pkt, 1000)
+    assert a.verdict == Verdict.XMIT_L2, method
+    inner = IP(a.out)[IP][1] if method == "tunnel" else IP(a.out or pkt)
+    assert inner.ttl == 1  # DR and IPIP carry the client's packet unchanged (IPVS does not decrement)
