@@ -14,7 +14,18 @@ option combinations, and turned into one JSON request for lbd
 
 Additions to ipvsadm: `--socket PATH` (else $LBD_SOCKET, else
 /run/lbd/lbd.sock), `-b/--fullnat` (DPVS; ipvsadm's own -b, scheduler flags,
-stays available as `--sched-flags`), `--json` for listings, `--reload`.
+stays available as `--sched-flags`), `--json` for listings, `--reload`,
+`lbadm doctor` (lb/doctor_cli.py).
+
+From DPVS's ipvsadm (iqiyi/dpvs tools/ipvsadm/ipvsadm.c), for what lbd's engines do:
+`-P/--add-laddr`, `-Q/--del-laddr` with `-z/--laddr LIP` (FULLNAT local addresses; DPVS's
+compulsory `-F/--ifname` is accepted and ignored: lbd sends from the director's own stack),
+`-G/--get-laddr [-t|-u VIP:PORT]` printing DPVS's table, and `-j/--synproxy enable|disable`
+on -A/-E (SYN-proxy; lbd refuses it on a service with non-FULLNAT destinations). lbd's own:
+`--toa` on -A/-E (FULLNAT passes the client address in TCP option 254). As ipvsadm's -E, an
+-E replaces the whole service: options not given (-p, -j, --toa) return to their defaults.
+`-S` writes `-j enable`, `--toa` and one `-P` line per local address, so `-S | -R` round-trips
+(DPVS's own -S loses them).
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from lb.ipvsadm_fmt import (
     NameDB,
     format_connections,
     format_daemons,
+    format_laddrs,
     format_list,
     format_one_service,
     format_save,
@@ -107,6 +119,9 @@ _OP_ERRORS: dict[str, dict[str, str]] = {
     "start_daemon": {"EEXIST": "Daemon has already run"},
     "stop_daemon": {"ESRCH": "No daemon is running"},
     "list": {"ESRCH": "No such service"},
+    # DPVS's libipvs
+    "add_laddr": {"ESRCH": "Service not defined", "EEXIST": "Local address already exists"},
+    "del_laddr": {"ESRCH": "Service not defined", "ENOENT": "No such Local address"},
 }
 _GENERIC_ERRORS = {
     "EPERM": "Permission denied (you must be root)",
@@ -224,6 +239,15 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     _spec("socket", arg=_REQ),
     _spec("json"),
     _spec("reload"),
+    # DPVS's
+    _spec("add-laddr", "P"),
+    _spec("del-laddr", "Q"),
+    _spec("get-laddr", "G"),
+    _spec("laddr", "z", _REQ),
+    _spec("synproxy", "j", _REQ),
+    _spec("ifname", "F", _REQ),
+    # lbd's FULLNAT TOA option
+    _spec("toa"),
 )
 _BY_LONG = {spec.long: spec for spec in OPTION_SPECS if spec.long}
 _BY_SHORT = {spec.short: spec for spec in OPTION_SPECS if spec.short}
@@ -351,6 +375,9 @@ class Command(enum.Enum):
     SAVE = "save"
     ZERO = "zero"
     RELOAD = "reload"
+    ADDLADDR = "add-laddr"
+    DELLADDR = "del-laddr"
+    GETLADDR = "get-laddr"
 
 
 _COMMAND_BY_KEY = {
@@ -367,6 +394,9 @@ _COMMAND_BY_KEY = {
     "save": Command.SAVE,
     "zero": Command.ZERO,
     "reload": Command.RELOAD,
+    "add-laddr": Command.ADDLADDR,
+    "del-laddr": Command.DELLADDR,
+    "get-laddr": Command.GETLADDR,
 }
 
 
@@ -408,6 +438,10 @@ class Opt(enum.IntEnum):
     TUN_CSUM = 32
     TUN_REMCSUM = 33
     JSON = 34  # lbadm's own
+    LADDR = 35  # DPVS's -z
+    SYNPROXY = 36  # DPVS's -j
+    TOA = 37  # lbd's --toa
+    IFNAME = 38  # DPVS's -F (accepted, ignored)
 
 
 OPTION_NAMES = (
@@ -417,29 +451,37 @@ OPTION_NAMES = (
     "persistent-conn", "nosort", "syncid", "exact", "ops", "pe", "sched-flags",
     "mcast-group", "mcast-port", "mcast-ttl", "sync-maxlen", "tun-info", "tun-type",
     "tun-port", "tun-nocsum", "tun-csum", "tun-remcsum", "json",
+    "local-address", "synproxy", "toa", "ifname",
 )  # fmt: skip
 
 # One character per option column: '+' compulsory, 'x' illegal, '1' at most
 # one of the '1's, ' ' optional. ipvsadm 1.31's table plus lbadm's json column.
-_ADD_ROW = "xx+   " + "x" * 15 + "   " + "x" * 10 + "x"
-_ADDDEST_ROW = "xx+xxx+    " + "x" * 18 + "     " + "x"
+# ipvsadm's 35 columns, then the DPVS/lbd ones: local-address, synproxy, toa, ifname.
+_NO_DPVS = "xxxx"
+_ADD_ROW = "xx+   " + "x" * 15 + "   " + "x" * 10 + "x" + "x  x"
+_ADDDEST_ROW = "xx+xxx+    " + "x" * 18 + "     " + "x" + _NO_DPVS
+_LADDR_ROW = "xx+" + "x" * 32 + "+xx "  # DPVS: -F compulsory; lbd needs no interface
 LEGAL_OPTIONS: dict[Command, str] = {
     Command.ADD: _ADD_ROW,
     Command.EDIT: _ADD_ROW,
-    Command.DEL: "xx+" + "x" * 32,
-    Command.FLUSH: "x" * 35,
-    Command.LIST: " 11" + "x" * 9 + "11" + " " * 7 + "x" * 7 + " " + "x" * 5 + " ",
+    Command.DEL: "xx+" + "x" * 32 + _NO_DPVS,
+    Command.FLUSH: "x" * 35 + _NO_DPVS,
+    Command.LIST: " 11" + "x" * 9 + "11" + " " * 7 + "x" * 7 + " " + "x" * 5 + " " + _NO_DPVS,
     Command.ADDDEST: _ADDDEST_ROW,
-    Command.DELDEST: "xx+xxx+" + "x" * 28,
+    Command.DELDEST: "xx+xxx+" + "x" * 28 + _NO_DPVS,
     Command.EDITDEST: _ADDDEST_ROW,
-    Command.TIMEOUT: "x" * 35,
-    Command.STARTDAEMON: "x" * 11 + " " + "x" * 7 + " " + "x" * 4 + "    " + "x" * 7,
-    Command.STOPDAEMON: "x" * 19 + " " + "x" * 15,
-    Command.RESTORE: "x" * 35,
-    Command.SAVE: " " + "x" * 34,
-    Command.ZERO: "xx " + "x" * 32,
-    Command.RELOAD: "x" * 35,
+    Command.TIMEOUT: "x" * 35 + _NO_DPVS,
+    Command.STARTDAEMON: "x" * 11 + " " + "x" * 7 + " " + "x" * 4 + "    " + "x" * 7 + _NO_DPVS,
+    Command.STOPDAEMON: "x" * 19 + " " + "x" * 15 + _NO_DPVS,
+    Command.RESTORE: "x" * 35 + _NO_DPVS,
+    Command.SAVE: " " + "x" * 34 + _NO_DPVS,
+    Command.ZERO: "xx " + "x" * 32 + _NO_DPVS,
+    Command.RELOAD: "x" * 35 + _NO_DPVS,
+    Command.ADDLADDR: _LADDR_ROW,
+    Command.DELLADDR: _LADDR_ROW,
+    Command.GETLADDR: "xx " + "x" * 31 + " " + _NO_DPVS,
 }
+assert all(len(row) == len(Opt) for row in LEGAL_OPTIONS.values())
 
 _TUNNEL_OPTS = (Opt.TUN_PORT, Opt.TUN_NOCSUM, Opt.TUN_CSUM, Opt.TUN_REMCSUM)
 # Per tunnel type, the same codes for (tun-port, tun-nocsum, tun-csum, tun-remcsum).
@@ -623,6 +665,7 @@ class Action(enum.Enum):
     LIST_CONNECTIONS = "list_connections"
     LIST_TIMEOUT = "list_timeout"
     LIST_DAEMON = "list_daemon"
+    LIST_LADDRS = "list_laddrs"  # DPVS -G
     SAVE = "save"
     RESTORE = "restore"
 
@@ -660,6 +703,10 @@ class _ServiceArgs:
     pe: str | None = None
     sched_flags_text: str | None = None
     sched_flags: list[str] = field(default_factory=list)
+    synproxy: bool = False  # DPVS -j enable
+    toa: bool = False  # lbd --toa
+    laddr: str | None = None  # DPVS -z (with -P/-Q)
+    ifname: str | None = None  # DPVS -F: accepted, not used
 
 
 @dataclass
@@ -891,6 +938,35 @@ class _CommandLine:
         self.set_option(Opt.SCHED_FLAGS)
         self.svc.sched_flags_text = text or ""
 
+    def _laddr(self, text: str | None) -> None:
+        """DPVS's -z: parsed as a service address (a port is accepted and ignored)."""
+        self.set_option(Opt.LADDR)
+        parsed = parse_service_address(text or "", None, self.names)
+        if parsed is None:
+            raise fail("illegal local address")
+        if parsed.af != AF_INET:
+            raise fail("illegal local address (lbd's local addresses are IPv4)")
+        self.svc.laddr = parsed.addr
+
+    def _synproxy(self, text: str | None) -> None:
+        """DPVS's -j: "enable" or "disable", compared as DPVS does (by prefix)."""
+        self.set_option(Opt.SYNPROXY)
+        text = text or ""
+        if text.startswith("enable"):
+            self.svc.synproxy = True
+        elif text.startswith("disable"):
+            self.svc.synproxy = False
+        else:
+            raise fail("synproxy switch must be enable or disable\n")
+
+    def _toa(self, _text: str | None) -> None:
+        self.set_option(Opt.TOA)
+        self.svc.toa = True
+
+    def _ifname(self, text: str | None) -> None:
+        self.set_option(Opt.IFNAME)
+        self.svc.ifname = (text or "")[:IFNAME_MAX]
+
     def _tun_type(self, text: str | None) -> None:
         self.set_option(Opt.TUN_TYPE)
         if text not in LEGAL_TUNNEL_OPTIONS:
@@ -918,6 +994,10 @@ class _CommandLine:
         "sched-flags": _sched_flags,
         "tun-type": _tun_type,
         "tun-port": _tun_port,
+        "laddr": _laddr,
+        "synproxy": _synproxy,
+        "toa": _toa,
+        "ifname": _ifname,
     }
 
     # -- after all options: leftovers and cross-option checks ---------------
@@ -996,6 +1076,10 @@ class _CommandLine:
             spec["pe"] = self.svc.pe
         if self.svc.sched_flags:
             spec["sched_flags"] = list(self.svc.sched_flags)
+        if self.svc.toa:
+            spec["toa"] = True
+        if self.svc.synproxy:
+            spec["synproxy"] = True
         return spec
 
     def dest_spec(self) -> dict[str, Any]:
@@ -1090,6 +1174,9 @@ def _change_request(line: _CommandLine) -> Request:
         return Request("stop_daemon", line.daemon_args())
     if command is Command.RELOAD:
         return Request("reload", {})
+    if command in (Command.ADDLADDR, Command.DELLADDR):
+        op = "add_laddr" if command is Command.ADDLADDR else "del_laddr"
+        return Request(op, {"service": line.service_key(), "addr": line.svc.laddr})
     return Request("clear", {})
 
 
@@ -1145,6 +1232,9 @@ def _invocation_for(line: _CommandLine, env: Mapping[str, str] | None, reading_s
         if reading_stdin:
             raise tryhelp()  # ipvsadm: no -R inside -R
         return _finish(line, Action.RESTORE, None, env)
+    if command is Command.GETLADDR:
+        args = {"service": line.service_key()} if Opt.SERVICE in line.options else {}
+        return _finish(line, Action.LIST_LADDRS, Request("list", args), env)
     return _finish(line, Action.CHANGE, _change_request(line), env)
 
 
@@ -1290,6 +1380,8 @@ def render(invocation: Invocation, result: Any, names: NameDB) -> str:
         return format_timeout(result)
     if action is Action.LIST_DAEMON:
         return format_daemons(result)
+    if action is Action.LIST_LADDRS:
+        return format_laddrs(result)
     return format_save(result, numeric=fmt.numeric, nosort=fmt.nosort, names=names)
 
 
@@ -1302,6 +1394,7 @@ def usage_text() -> str:
     return version_text() + f"""\
 Usage:
   {p} -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [--sched-flags flags]
+        [-j enable|disable] [--toa]
   {p} -D virtual-service
   {p} -C
   {p} -R
@@ -1310,10 +1403,13 @@ Usage:
   {p} -d virtual-service -r server-address
   {p} -L|l [virtual-service] [options]
   {p} -Z [virtual-service]
+  {p} -P|Q virtual-service -z local-address [-F ifname]
+  {p} -G [virtual-service]
   {p} --set tcp tcpfin udp
   {p} --start-daemon {{master|backup}} [daemon-options]
   {p} --stop-daemon {{master|backup}}
   {p} --reload
+  {p} doctor [--json] [--window SECONDS] [--queue-num N]
   {p} -h
 
 Commands (long or short form; the command comes first):
@@ -1328,10 +1424,16 @@ Commands (long or short form; the command comes first):
   --delete-server   -d        remove a real server
   --list            -L|-l     list the table
   --zero            -Z        zero the counters of one or all services
+  --add-laddr       -P        add a FULLNAT local address to a virtual service (DPVS)
+  --del-laddr       -Q        remove a FULLNAT local address (DPVS; its connections keep it)
+  --get-laddr       -G        list the local addresses of one or all services (DPVS)
   --set tcp tcpfin udp        set connection timeouts in seconds (0 leaves one unchanged)
   --start-daemon              start the connection sync daemon
   --stop-daemon               stop the connection sync daemon
   --reload                    make lbd reload its configuration file (like SIGHUP)
+  doctor                      diagnose the director: firewall rules meeting balanced traffic,
+                              rp_filter, ip_forward, VIPs, lbd's NFQUEUE rules and queue drops,
+                              tunnel MTU, stalled handshakes (read-only; docs/firewall.md)
   --help            -h        print this text
 
 virtual-service:
@@ -1373,6 +1475,13 @@ Options:
   --ops          -o                   one-packet scheduling (UDP)
   --numeric      -n                   numeric addresses and ports
   --sched-flags   flags               scheduler flags, comma-separated
+  --laddr        -z local-address     FULLNAT local address (IPv4), with -P/-Q (DPVS)
+  --ifname       -F ifname            accepted for DPVS scripts, not needed by lbd
+  --synproxy     -j enable|disable    SYN-proxy with -A/-E (DPVS): SYN cookies, then the real
+                                      server's handshake; TCP with FULLNAT destinations only
+  --toa                               with -A/-E: FULLNAT passes the client address to the real
+                                      servers in TCP option 254 (lbd's; the TOA kernel module reads it)
+                                      -E replaces the whole service: -p, -j, --toa not given are off
 
 Daemon Options:
   --syncid sid                        sync id (0..255)
@@ -1402,6 +1511,15 @@ def main(
 ) -> int:
     """Console entry point. The keyword arguments exist for tests."""
     args = sys.argv[1:] if argv is None else list(argv)
+    # `lbadm [--socket PATH] doctor ...` (issue 7): not an ipvsadm command line; "doctor" is no
+    # ipvsadm word, so nothing ipvsadm accepts is taken away.
+    if "doctor" in args:
+        from lb.doctor_cli import doctor_invocation, main_doctor
+
+        inv = doctor_invocation(args)
+        if inv:
+            sock, rest = inv
+            return main_doctor(rest, resolve_socket_path(sock, env))
     names = names or NameDB()
     streams = _Streams(sys.stdin, sys.stdout, sys.stderr)
     try:

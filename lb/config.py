@@ -33,6 +33,7 @@ from lb.model import (
     DestSpec,
     ServiceKey,
     ServiceSpec,
+    SynproxyConf,
 )
 from lb.reconcile import (
     DEFAULT_TIMEOUTS,
@@ -51,7 +52,21 @@ from lb.reconcile import (
 SERVICE_KEYS = ("proto", "addr", "port", "sched", "persistent", "netmask", "toa", "synproxy", "laddrs", "dest")
 DEST_KEYS = ("addr", "port", "fwd", "weight", "u_threshold", "l_threshold")
 TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
-TOP_KEYS = ("service", "timeouts")
+TOP_KEYS = ("service", "timeouts", "synproxy")
+# lb.model.SynproxyConf's fields, with their ranges (lb_api.h struct lb_synproxy_conf). wscale and
+# timestamps are the documented subset: only 0 / false.
+SYNPROXY_INTS = {
+    "init_rto_ms": (1, 120000),
+    "max_rto_ms": (1, 120000),
+    "max_retries": (0, 15),
+    "mss": (536, 9000),
+    "wscale": (0, 0),
+    "data_max_bytes": (0, 1460),
+    "ack_storm_max": (0, 2**32 - 1),
+}
+SYNPROXY_BOOLS = ("sack", "timestamps", "defer")
+SYNPROXY_KEYS = tuple(SynproxyConf.__dataclass_fields__)
+SERVICE_SYNPROXY_KEYS = ("enabled", *SYNPROXY_KEYS)
 
 Path_ = tuple[Any, ...]  # a value's path in the parsed document: ("service", 0, "dest", 1)
 
@@ -93,6 +108,8 @@ class ServiceConfig:
     laddrs: tuple[str, ...] = ()
     line: int = 0
     laddrs_line: int = 0
+    synproxy_conf: SynproxyConf | None = None  # [service.synproxy] settings; None: the global ones
+    synproxy_line: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,18 +119,25 @@ class Config:
     timeouts: Timeouts | None = None  # None: the file does not manage timeouts
     timeouts_line: int = 0
     kind: str = "toml"  # "toml" | "ipvsadm-save"
+    synproxy_default: SynproxyConf | None = None  # [synproxy]; None: not managed by the file
+    synproxy_line: int = 0
 
     def state(self) -> State:
         """The desired state this file describes, with source lines for messages."""
-        state = State(timeouts=self.timeouts)
+        state = State(timeouts=self.timeouts, synproxy_default=self.synproxy_default)
         if self.timeouts is not None:
             state.lines[("timeouts",)] = self.timeouts_line
+        if self.synproxy_default is not None:
+            state.lines[("synproxy",)] = self.synproxy_line
         for svc in self.services:
             key = svc.spec.key
             state.services[key] = ServiceState(
-                svc.spec, {(d.spec.addr, d.spec.port): d.spec for d in svc.dests}, dict.fromkeys(svc.laddrs)
+                svc.spec, {(d.spec.addr, d.spec.port): d.spec for d in svc.dests}, dict.fromkeys(svc.laddrs),
+                svc.synproxy_conf,
             )
             state.lines[("svc", key)] = svc.line
+            if svc.synproxy_conf is not None:
+                state.lines[("synproxy", key)] = svc.synproxy_line or svc.line
             for d in svc.dests:
                 state.lines[("dest", key, d.spec.addr, d.spec.port)] = d.line
             for a in svc.laddrs:
@@ -371,7 +395,55 @@ def _check_dest(c: _Checker, where: Path_, raw: Any, svc_port: int | None) -> De
     return DestConfig(spec, c.lines.line(where))
 
 
-def _check_service(c: _Checker, where: Path_, raw: Any) -> ServiceConfig | None:
+def _check_synproxy(c: _Checker, where: Path_, raw: Any, base: SynproxyConf, known: tuple[str, ...],
+                    what: str) -> tuple[SynproxyConf | None, bool]:
+    """A [synproxy] / [service.synproxy] table over `base`: (settings, ok). Settings None: no key given."""
+    if not isinstance(raw, dict):
+        c.add(where[:-1], where[-1], f"{what} must be a table, got {_type_name(raw)}")
+        return None, False
+    c.unknown(where, raw, known, what)
+    ok = all(k in known for k in raw)
+    values: dict[str, Any] = {}
+    for key, (low, high) in SYNPROXY_INTS.items():
+        if key not in raw:
+            continue
+        if (low, high) == (0, 0) and raw[key] != 0 and isinstance(raw[key], int) and not isinstance(raw[key], bool):
+            c.add(where, key, f"'{key}' must be 0: SYN-proxy supports no window scaling (the documented subset)")
+            ok = False
+            continue
+        value = c.integer(where, raw, key, low, high)
+        if value is None:
+            ok = False
+        else:
+            values[key] = value
+    for key in SYNPROXY_BOOLS:
+        if key not in raw:
+            continue
+        value = c.boolean(where, raw, key)
+        if value is None:
+            ok = False
+        elif key == "timestamps" and value:
+            c.add(where, key, "'timestamps' must be false: SYN-proxy supports no timestamps (the documented subset)")
+            ok = False
+        else:
+            values[key] = value
+    if not ok:
+        return None, False
+    if not values:
+        return None, True
+    merged = {**base.to_json(), **values}
+    if merged["init_rto_ms"] > merged["max_rto_ms"]:
+        key = "init_rto_ms" if "init_rto_ms" in values else "max_rto_ms"
+        c.add(where, key, f"init_rto_ms {merged['init_rto_ms']} is higher than max_rto_ms {merged['max_rto_ms']}")
+        return None, False
+    try:
+        return SynproxyConf(**merged), True  # type: ignore[arg-type]
+    except ConfigError as exc:
+        c.add(where, None, f"{what}: {exc}")
+        return None, False
+
+
+def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = SynproxyConf()) -> ServiceConfig | None:
     if not isinstance(raw, dict):
         c.add(where, None, f"[[service]] entries must be tables, got {_type_name(raw)}")
         return None
@@ -390,7 +462,18 @@ def _check_service(c: _Checker, where: Path_, raw: Any) -> ServiceConfig | None:
         c.add(where, "netmask", f"bad netmask {netmask!r}: not a contiguous IPv4 netmask")
         netmask = None
     toa = c.boolean(where, raw, "toa")
-    synproxy = c.boolean(where, raw, "synproxy")
+    sp_conf: SynproxyConf | None = None
+    sp_line = 0
+    if isinstance(raw.get("synproxy"), dict):
+        # [service.synproxy]: SYN-proxy on (unless enabled = false), with these settings over [synproxy]
+        table = raw["synproxy"]
+        sp_where = (*where, "synproxy")
+        enabled = c.boolean(sp_where, table, "enabled") if "enabled" in table else True
+        sp_conf, sp_ok = _check_synproxy(c, sp_where, table, sp_base, SERVICE_SYNPROXY_KEYS, "[service.synproxy]")
+        synproxy = enabled if sp_ok else None
+        sp_line = c.lines.line(sp_where)
+    else:
+        synproxy = c.boolean(where, raw, "synproxy")
     if synproxy and proto == "udp":
         c.add(where, "synproxy", "'synproxy' only applies to TCP services")
         synproxy = None
@@ -439,7 +522,7 @@ def _check_service(c: _Checker, where: Path_, raw: Any) -> ServiceConfig | None:
     extra = {"synproxy": True} if synproxy else {}  # only passed when set: older models lack the field
     spec = ServiceSpec(key=key, sched=sched, persistent=persistent, netmask=netmask, toa=bool(toa), **extra)
     return ServiceConfig(spec, tuple(dests), tuple(laddrs or ()), c.lines.line(where),
-                         c.lines.line(where, "laddrs") if "laddrs" in raw else 0)
+                         c.lines.line(where, "laddrs") if "laddrs" in raw else 0, sp_conf, sp_line)
 
 
 def _check_laddrs(c: _Checker, where: Path_, raw: dict[str, Any]) -> list[str] | None:
@@ -494,6 +577,11 @@ def parse_toml(text: str, path: str = "<string>") -> Config:
     c = _Checker(path, TomlLines(text))
     c.unknown((), data, TOP_KEYS, "the top level")
     timeouts = _check_timeouts(c, data["timeouts"]) if "timeouts" in data else None
+    sp_default: SynproxyConf | None = None
+    if "synproxy" in data:
+        sp_default, sp_ok = _check_synproxy(c, ("synproxy",), data["synproxy"], SynproxyConf(), SYNPROXY_KEYS, "[synproxy]")
+        if sp_ok and sp_default is None:
+            sp_default = SynproxyConf()  # an empty [synproxy] table: the built-in defaults, managed
     raw_services = data.get("service", [])
     if not isinstance(raw_services, list):
         c.add((), "service", f"'service' must be an array of tables ([[service]]), got {_type_name(raw_services)}")
@@ -501,7 +589,7 @@ def parse_toml(text: str, path: str = "<string>") -> Config:
     services: list[ServiceConfig] = []
     seen: dict[ServiceKey, int] = {}
     for i, raw in enumerate(raw_services):
-        svc = _check_service(c, ("service", i), raw)
+        svc = _check_service(c, ("service", i), raw, sp_default or SynproxyConf())
         if svc is None:
             continue
         if svc.spec.key in seen:
@@ -512,7 +600,8 @@ def parse_toml(text: str, path: str = "<string>") -> Config:
     if c.issues:
         raise ConfigErrors(c.issues)
     t_line = c.lines.line(("timeouts",)) if timeouts is not None else 0
-    return Config(path, tuple(services), timeouts, t_line, "toml")
+    sp_line = c.lines.line(("synproxy",)) if sp_default is not None else 0
+    return Config(path, tuple(services), timeouts, t_line, "toml", sp_default, sp_line)
 
 
 # ---------------------------------------------------------------------------- ipvsadm-save

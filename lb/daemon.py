@@ -5,11 +5,23 @@ fast path by default, the pure-Python engine with --engine python), the
 iptables rules that feed it, forwarding-state resolution (pyroute2) and the
 control socket that lbadm talks to (docs/control-protocol.md).
 
-Lifecycle: on start, leftovers of a crashed lbd on the same queue are removed
-(RuleManager.setup); on SIGTERM/SIGINT the rules are removed, the queue
-thread is stopped and the socket file is unlinked. SIGHUP (or `lbadm --reload`)
-re-reads the --config file and applies the minimal plan (lb/reconcile.py); an
-invalid file is rejected whole and the running state stays.
+Lifecycle (issue 8: restarts lose nothing). Start: the tables are filled first - from the
+state file when there is one and no --config (or with --restore), then from --config - and
+connections are restored into the engine; only then is the queue bound and are the rules
+installed (rules a previous lbd left are adopted and changed by the minimal diff, so restored
+flows never meet an empty chain). Running: the state file (--state-dir, lbd-q<N>.state:
+configuration as JSON, connection table as the engine's raw dump) is rewritten atomically every
+2 s. SIGTERM/SIGINT: the queue thread stops, the state is saved a last time, the socket file is
+unlinked; with --down-policy open (default) the rules are removed (packets to the VIPs reach the
+director's own stack: the IPVS behaviour without a director), with closed they stay without
+--queue-bypass (the kernel drops them; clients retransmit until lbd is back; `lbd --cleanup`
+removes them). SIGHUP (or `lbadm --reload`) re-reads the --config file and applies the minimal
+plan (lb/reconcile.py); an invalid file is rejected whole and the running state stays.
+
+--conntrack is the analogue of IPVS's net.ipv4.vs.conntrack sysctl (off by default): no CT
+--notrack rules, so the director's conntrack sees what lbd hands back and what it sends on its
+raw socket; narrower than IPVS's, since forwarded packets are queued before conntrack's hook
+(docs/firewall.md).
 
 `lbd --check [--diff] [FILE]` validates a configuration file without starting
 (every error with file and line; exit 1 if any), including a dry run of the
@@ -29,6 +41,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +85,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="when the queue overflows, let the kernel accept packets instead of dropping them")
     p.add_argument("--no-iptables", action="store_true",
                    help="do not manage iptables rules (the operator queues packets to --queue-num)")
+    p.add_argument("--conntrack", action="store_true",
+                   help="let the director's conntrack see what lbd hands back to the kernel and what it sends "
+                   "on its raw socket (no CT --notrack rules): the analogue of IPVS's net.ipv4.vs.conntrack "
+                   "sysctl, off by default. Narrower than IPVS's: packets lbd forwards are queued before "
+                   "conntrack's hook and never get an entry (docs/firewall.md)")
+    p.add_argument("--down-policy", choices=("open", "closed"), default="open",
+                   help="what packets to the VIPs do while no lbd runs. open (default): the NFQUEUE rules "
+                   "carry --queue-bypass and are removed on exit, so the director's own stack gets them "
+                   "(not balanced; established flows are reset). closed: rules without --queue-bypass that "
+                   "stay in place on exit, so the kernel drops the packets (clients retransmit) and a "
+                   "restarted lbd resumes the flows from its state file; `lbd --cleanup` removes them")
+    p.add_argument("--cleanup", action="store_true",
+                   help="remove the iptables rules of --queue-num (left by a --down-policy closed lbd) and exit")
+    p.add_argument("--state-dir", metavar="DIR", default=None,
+                   help="where lbd keeps its state file lbd-q<N>.state: the configuration and the connection "
+                   "table, saved every 2 s and on exit (atomically), re-applied at start when there is no "
+                   "--config (default: the control socket's directory, /run/lbd; '' disables it)")
+    p.add_argument("--restore", action="store_true",
+                   help="re-apply the state file even with --config (first the saved state and its connections, "
+                   "then the file's differences, as a reload)")
     p.add_argument("--conn-max", type=int, default=0, metavar="N", help="connection table size (C engine)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("--version", action="version", version=f"lbd {__version__}")
     args = p.parse_args(argv)
     if not 0 <= args.queue_num <= 65535:
         p.error(f"--queue-num {args.queue_num} out of range 0..65535")
+    if args.state_dir is None:
+        args.state_dir = os.path.dirname(socket_path(args.socket)) or "."
     if args.check:
         if args.file and args.config and args.file != args.config:
             p.error("give the file to check either as FILE or as --config, not both")
@@ -210,7 +245,7 @@ class ControlServer:
             args = req.get("args") or {}
             if not isinstance(args, dict):
                 raise ValueError("'args' must be an object")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             return {"ok": False, "errno": "EINVAL", "error": f"malformed request: {exc}"}
         op = req["op"]
         try:
@@ -331,6 +366,185 @@ def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: as
     return _Monitor()
 
 
+# ---------------------------------------------------------------------------- state snapshots
+
+STATE_MAGIC = b"LBDSTATE1\n"
+SNAPSHOT_EVERY_S = 2.0
+
+
+def state_path(state_dir: str, queue_num: int) -> Path:
+    return Path(state_dir) / f"lbd-q{queue_num}.state"
+
+
+def _conn_record_size() -> int:
+    from lb._ffi import ffi
+
+    return int(ffi.sizeof("struct lb_conn_info"))
+
+
+def write_state(path: Path, config: dict[str, Any], blob: bytes | None, engine: str) -> int:
+    """Write a snapshot atomically (temporary file, fsync, rename); returns its size in bytes.
+
+    Layout: STATE_MAGIC, one line of JSON (the configuration, Director.snapshot_config(), plus
+    when and what was saved), then the connection table as raw struct lb_conn_info records
+    (CEngine.dump_connections_raw; absent with an engine that cannot dump).
+    """
+    header = {
+        **config,
+        "saved_at": time.time(),
+        "engine": engine,
+        "conn_record_size": _conn_record_size() if blob is not None else None,
+        "connections": None if blob is None else len(blob) // _conn_record_size(),
+    }
+    data = STATE_MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n" + (blob or b"")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return len(data)
+
+
+def read_state(path: Path) -> tuple[dict[str, Any], bytes]:
+    """(header, connection blob) of a state file; ValueError if it is not one."""
+    data = path.read_bytes()
+    if not data.startswith(STATE_MAGIC):
+        raise ValueError(f"{path}: not an lbd state file")
+    end = data.find(b"\n", len(STATE_MAGIC))
+    if end < 0:
+        raise ValueError(f"{path}: truncated header")
+    header = json.loads(data[len(STATE_MAGIC):end])
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: header is not an object")
+    return header, data[end + 1:]
+
+
+def _age_connections(blob: bytes, elapsed_ms: int) -> tuple[bytes, int]:
+    """Records with `elapsed_ms` less time left (lbd was down that long); drops the expired ones.
+
+    The dump stores time left, so a restore counts from the new process's clock; taking the
+    downtime off keeps every entry's deadline where it was (wall clock, to the second).
+    """
+    from lb._ffi import ffi
+
+    size = _conn_record_size()
+    n = len(blob) // size
+    if n == 0 or elapsed_ms <= 0:
+        return blob, 0
+    arr = ffi.from_buffer("struct lb_conn_info[]", bytearray(blob))
+    kept = []
+    expired = 0
+    for i in range(n):
+        left = int(arr[i].expires_in_ms) - elapsed_ms
+        if left <= 0:
+            expired += 1
+            continue
+        arr[i].expires_in_ms = left
+        kept.append(bytes(ffi.buffer(arr + i, size)))
+    return b"".join(kept), expired
+
+
+def save_state(director: Director, path: Path) -> str:
+    """One snapshot of `director` to `path`; returns a summary for the log."""
+    engine = director.engine
+    dump = getattr(engine, "dump_connections_raw", None)
+    blob = dump(int(time.monotonic() * 1000)) if dump is not None else None
+    size = write_state(path, director.snapshot_config(), blob, engine.name)
+    conns = "not saved (engine %s cannot dump them)" % engine.name if blob is None else \
+        f"{len(blob) // _conn_record_size()} connections"
+    return f"{size} bytes, {conns}"
+
+
+def restore_state(director: Director, path: Path) -> dict[str, Any]:
+    """Re-apply a state file: configuration, then connections. Returns what happened."""
+    header, blob = read_state(path)
+    age_s = max(0.0, time.time() - float(header.get("saved_at") or time.time()))
+    applied = director.restore_config(header, f"restore from {path}")
+    result: dict[str, Any] = {"age_s": round(age_s, 3), "commands": applied}
+    restore = getattr(director.engine, "restore_connections_raw", None)
+    if header.get("connections") is None:
+        log.info("restore from %s: the snapshot holds no connection table (saved by engine %s)",
+                 path, header.get("engine"))
+    elif restore is None:
+        log.warning("restore from %s: %d connections not restored: engine %s cannot restore them",
+                    path, header["connections"], director.engine.name)
+    elif header.get("conn_record_size") != _conn_record_size() or len(blob) % _conn_record_size():
+        log.warning("restore from %s: connection records of %s bytes, this lbd's are %d: connections skipped",
+                    path, header.get("conn_record_size"), _conn_record_size())
+    else:
+        aged, expired = _age_connections(blob, int(age_s * 1000))
+        outcome = restore(aged, int(time.monotonic() * 1000))
+        if expired:
+            outcome["expired"] = expired
+        result["connections"] = outcome
+        log.info("restore from %s (saved %.1f s ago): connections %s", path, age_s,
+                 ", ".join(f"{k} {v}" for k, v in sorted(outcome.items())) or "none")
+    return result
+
+
+async def _snapshot_loop(director: Director, path: Path, stop: asyncio.Event) -> None:
+    """Every SNAPSHOT_EVERY_S: the state file (what a SIGKILLed lbd is restarted from)."""
+    last_error = ""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=SNAPSHOT_EVERY_S)
+        except asyncio.TimeoutError:
+            pass
+        if stop.is_set():
+            break
+        try:
+            summary = save_state(director, path)
+            log.debug("state saved to %s: %s", path, summary)
+            last_error = ""
+        except Exception as exc:  # keep serving; say it once per distinct problem
+            if str(exc) != last_error:
+                log.error("saving state to %s failed: %s", path, exc)
+            last_error = str(exc)
+
+
+def _install_rules(rules: Any, director: Director) -> None:
+    """Take over this queue's chains and make them hold exactly the running services' rules.
+
+    Rules left in place by a previous lbd (--down-policy closed, or a crash) are adopted and
+    changed by the minimal diff, in one transaction: packets of restored flows never meet an
+    empty chain (they would reach the director's own stack, which resets them). Anything else
+    (no chain, a conntrack opt-in, duplicate jumps) starts from a clean chain (RuleManager.setup).
+    """
+    from lb.iptables import HOOK_CHAIN
+
+    jumps = rules.jumps()
+    if not rules.track and len(jumps) == 1 and jumps[0].startswith(f"-A {HOOK_CHAIN} "):
+        log.info("adopting the rules a previous lbd left on queue %d (%d rules)", rules.queue_num, len(rules.rules()))
+    else:
+        rules.setup()
+    director.rules = rules
+    director.sync_rules()
+
+
+def cleanup(args: argparse.Namespace) -> int:
+    """lbd --cleanup: remove this queue's rules (after a --down-policy closed lbd), then exit."""
+    from lb.iptables import IptablesError, RuleManager
+
+    if args.no_iptables:
+        log.error("--cleanup removes lbd's iptables rules: it does not go with --no-iptables")
+        return 2
+    rules = RuleManager(args.queue_num)
+    try:
+        rules.teardown()
+    except IptablesError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("queue %d: rules removed; packets to the VIPs reach this host's own stack now "
+             "(the state file, if any, is kept: %s)", args.queue_num, state_path(args.state_dir, args.queue_num))
+    return 0
+
+
 async def run(args: argparse.Namespace) -> int:
     path = socket_path(args.socket)
     if _socket_alive(path):
@@ -341,14 +555,19 @@ async def run(args: argparse.Namespace) -> int:
     if not args.no_iptables:
         from lb.iptables import RuleManager
 
-        rules = RuleManager(args.queue_num)
+        rules = RuleManager(args.queue_num, track=args.conntrack, bypass=args.down_policy == "open")
         problem = rules.detect()
         if problem:
             log.error("cannot manage iptables rules: %s", problem)
             return 1
+    snapshot = state_path(args.state_dir, args.queue_num) if args.state_dir else None
+    restoring = snapshot is not None and (args.restore or (not args.config and snapshot.exists()))
     resolver, close_resolver = make_resolver()
     # Absolute: a reload must read the same file whatever lbd's working directory is then.
-    director = Director(engine, rules, resolver, config_path=os.path.abspath(args.config) if args.config else None)
+    # The rules are handed over once the tables are complete (_install_rules).
+    director = Director(engine, None, resolver, config_path=os.path.abspath(args.config) if args.config else None,
+                        queue_num=args.queue_num, conntrack=bool(args.conntrack and rules is not None),
+                        down_policy=args.down_policy)
     server = ControlServer(director, path)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -357,31 +576,45 @@ async def run(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, director)
 
     monitor = None
-    engine_started = rules_set_up = False
+    engine_started = rules_set_up = ready = False
     try:
-        # Bind the queue first: if another process owns it we fail before touching any rule.
+        # The tables first, connections included: once the queue is bound (and, with
+        # --down-policy closed, the previous lbd's rules still queue the VIPs' packets) every
+        # packet of a restored flow must find its entry.
+        if restoring:
+            assert snapshot is not None
+            if snapshot.exists():
+                restore_state(director, snapshot)
+            else:
+                log.warning("--restore: no state file %s; starting empty", snapshot)
+        if args.config:
+            from lb.config import load_config
+
+            director.apply_config(load_config(args.config), "reload after restore" if restoring else "start")
+        # Bind the queue before touching any rule: if another process owns it we fail here.
         engine.start(args.queue_num, **({"fail_open": True} if args.fail_open and args.engine == "c" else {}))
         engine_started = True
         log.info("engine %s bound to NFQUEUE %d", engine.name, args.queue_num)
         if rules is not None:
-            rules.setup()  # also removes leftovers of a crashed lbd on this queue
-            rules_set_up = True
-        if args.config:
-            from lb.config import load_config
-
-            director.apply_config(load_config(args.config), "start")
+            rules_set_up = True  # from here on the chains are ours to remove on exit (policy open)
+            _install_rules(rules, director)
         await server.start()
         monitor = _start_monitor(director, loop, stop)
-        log.info("lbd %s ready: control socket %s, queue %d, engine %s", __version__, server.path, args.queue_num, engine.name)
-        estimator = asyncio.ensure_future(_estimator_loop(director, stop))
+        ready = True
+        log.info("lbd %s ready: control socket %s, queue %d, engine %s, down-policy %s%s", __version__,
+                 server.path, args.queue_num, engine.name, args.down_policy,
+                 f", state {snapshot}" if snapshot else "")
+        tasks = [asyncio.ensure_future(_estimator_loop(director, stop))]
+        if snapshot is not None:
+            tasks.append(asyncio.ensure_future(_snapshot_loop(director, snapshot, stop)))
         try:
             await _resolve_loop(director, stop)
         finally:
             stop.set()
-            await estimator
+            await asyncio.gather(*tasks)
         log.info("shutting down")
         return 0
-    except (ConfigError, EngineError, OSError, RuntimeError) as exc:
+    except (ConfigError, EngineError, OSError, RuntimeError, ValueError) as exc:
         log.error("%s", exc)
         return 1
     finally:
@@ -390,13 +623,22 @@ async def run(args: argparse.Namespace) -> int:
             monitor.stop()
         await server.close()
         if rules is not None and rules_set_up:
-            try:
-                rules.teardown()
-                log.info("removed iptables rules of queue %d", args.queue_num)
-            except Exception:
-                log.exception("removing iptables rules failed")
+            if args.down_policy == "closed":
+                log.info("down-policy closed: the rules of queue %d stay; packets to the VIPs are dropped "
+                         "until lbd runs again (`lbd --cleanup` removes the rules)", args.queue_num)
+            else:
+                try:
+                    rules.teardown()
+                    log.info("removed iptables rules of queue %d", args.queue_num)
+                except Exception:
+                    log.exception("removing iptables rules failed")
         if engine_started:
-            engine.stop()
+            engine.stop()  # no packet changes the tables any more: the last snapshot is exact
+        if ready and snapshot is not None:
+            try:
+                log.info("state saved to %s: %s", snapshot, save_state(director, snapshot))
+            except Exception as exc:
+                log.error("saving state to %s failed: %s", snapshot, exc)
         close_resolver()
 
 
@@ -468,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         # The dry run's own "rejected" log line would repeat the error check() prints.
         logging.getLogger("lbd").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
         return check(args)
+    if args.cleanup:
+        return cleanup(args)
     try:
         import uvloop
 

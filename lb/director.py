@@ -28,8 +28,8 @@ from typing import Any, Callable, Protocol
 
 from lb import __version__
 from lb.engine import Engine, EngineError, FwdState
-from lb.estimator import Estimator
-from lb.model import ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats
+from lb.estimator import Estimator, HandshakeSample, StallEvent, StallWatch
+from lb.model import ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats, SynproxyConf
 from lb.reconcile import (
     COMMAND_TYPES,
     DEFAULT_TIMEOUTS,
@@ -43,6 +43,7 @@ from lb.reconcile import (
     DelService,
     EditDest,
     EditService,
+    SetSynproxy,
     SetTimeout,
     State,
     StateError,
@@ -52,6 +53,7 @@ from lb.reconcile import (
     parse_command,
     parse_key,
     plan,
+    synproxy_to_json,
 )
 
 log = logging.getLogger("lbd")
@@ -117,15 +119,24 @@ def _dest_stats_key(key: ServiceKey, addr: str, port: int) -> StatsKey:
 
 class Director:
     def __init__(self, engine: Engine, rules: Rules | None, resolver: Resolver | None,
-                 config_path: str | None = None) -> None:
+                 config_path: str | None = None, *, queue_num: int | None = None,
+                 conntrack: bool = False, down_policy: str = "open") -> None:
         self.engine = engine
         self.rules = rules
         self.resolver = resolver
         self.config_path = config_path  # what `reload` re-reads (lbd --config)
+        self.queue_num = queue_num  # reported by `ping` (lbadm doctor finds lbd's chains by it)
+        self.conntrack = conntrack  # lbd --conntrack: the IPVS conntrack sysctl analogue
+        self.down_policy = down_policy  # lbd --down-policy: what packets do while no lbd runs
         self.fwd_status: dict[tuple[ServiceKey, str, int], FwdStatus] = {}
         get_timeouts = getattr(engine, "get_timeouts", None)
         self.timeouts: Timeouts = Timeouts(*get_timeouts()) if get_timeouts is not None else DEFAULT_TIMEOUTS
         self.estimator = Estimator()
+        self.stalls = StallWatch()
+        # SYN-proxy settings as last applied (the engines cannot report them): the global default
+        # and the services that have their own.
+        self.synproxy_default = SynproxyConf()
+        self.synproxy_confs: dict[ServiceKey, SynproxyConf] = {}
         self._baselines: dict[StatsKey, Stats] = {}
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self._ping,
@@ -171,9 +182,22 @@ class Director:
                         matches.append(m)
         return matches
 
+    def _icmp_matches(self) -> list[str]:
+        """ICMP to every VIP and every local address: errors about balanced connections (e.g.
+        fragmentation needed, port unreachable from a real server) must reach the fast path,
+        which relates them to their connection entry as IPVS's ip_vs_in_icmp does."""
+        from lb.iptables import icmp_match
+
+        addrs: dict[str, None] = {}
+        for s in self.engine.services():
+            addrs[s.spec.key.addr] = None
+            for laddr in s.laddrs:
+                addrs[laddr.addr] = None
+        return [icmp_match(a) for a in addrs]
+
     def sync_rules(self) -> None:
         if self.rules is not None:
-            self.rules.sync(self._service_keys(), extra=self._reply_matches())
+            self.rules.sync(self._service_keys(), extra=self._reply_matches() + self._icmp_matches())
 
     # ------------------------------------------------------------ forwarding state
     def resolve_dest(self, key: ServiceKey, dest: DestSpec) -> None:
@@ -241,8 +265,13 @@ class Director:
 
     # ------------------------------------------------------------ state
     def running_state(self) -> State:
-        """What the engine holds now, plus the timeouts, as a reconcile.State."""
-        return State.from_services(self.engine.services(), self.timeouts)
+        """What the engine holds now, plus the timeouts and SYN-proxy settings, as a reconcile.State."""
+        state = State.from_services(self.engine.services(), self.timeouts)
+        state.synproxy_default = self.synproxy_default
+        for key, conf in self.synproxy_confs.items():
+            if key in state.services:
+                state.services[key].synproxy_conf = conf
+        return state
 
     # ------------------------------------------------------------ changing the tables
     def execute(self, cmds: list[Command], batch: bool = False, log_level: int = logging.INFO) -> None:
@@ -282,6 +311,8 @@ class Director:
             except Exception:
                 log.exception("restoring the iptables rules after a failed change failed")
             raise EngineError("EIO", f"iptables rules could not be updated, nothing was changed: {exc}") from exc
+        self.synproxy_default = live.synproxy_default or SynproxyConf()
+        self.synproxy_confs = {k: s.synproxy_conf for k, s in live.services.items() if s.synproxy_conf is not None}
         self._committed(cmds, live, log_level if len(cmds) <= LOG_EACH_MAX else logging.DEBUG)
         if len(cmds) > LOG_EACH_MAX:
             n_svc, n_dest, n_laddr = live.counts()
@@ -323,6 +354,11 @@ class Director:
             if set_timeouts is not None:
                 set_timeouts(new.tcp, new.tcpfin, new.udp)
             self.timeouts = new
+        elif isinstance(cmd, SetSynproxy):
+            set_synproxy = getattr(e, "set_synproxy", None)
+            if set_synproxy is None:
+                raise EngineError("EOPNOTSUPP", f"engine {e.name} has no SYN-proxy settings")
+            set_synproxy(cmd.key, cmd.conf if cmd.key is not None or cmd.conf is not None else SynproxyConf())
         elif isinstance(cmd, Zero):
             pass  # counters only: applied in _committed, after everything else succeeded
         else:  # pragma: no cover
@@ -367,7 +403,8 @@ class Director:
 
     # ------------------------------------------------------------ operations
     def _ping(self, _args: dict[str, Any]) -> dict[str, Any]:
-        return {"version": __version__, "engine": self.engine.name}
+        return {"version": __version__, "engine": self.engine.name, "queue_num": self.queue_num,
+                "conntrack": self.conntrack, "down_policy": self.down_policy}
 
     def _single(self, op: str, args: dict[str, Any]) -> None:
         self.execute([parse_command(op, args)])
@@ -431,6 +468,44 @@ class Director:
         except EngineError as exc:
             raise EngineError(exc.errno_name, f"configuration rejected, running state unchanged: {exc}") from exc
 
+    # ------------------------------------------------------------ restart snapshots
+    SNAPSHOT_FORMAT = 1
+
+    def snapshot_config(self) -> dict[str, Any]:
+        """The whole configuration as JSON (lbd's state file): what `restore_config` re-applies.
+
+        Services in lbd's order; each service's destinations in the order they must be added
+        to come back in the same list order (IPVS adds at the head: the reverse of `list`).
+        """
+        services = []
+        for s in self.engine.services():
+            own = self.synproxy_confs.get(s.spec.key)
+            services.append({
+                **s.spec.to_json(),
+                "dests": [d.spec.to_json() for d in reversed(s.dests)],
+                "laddrs": [{"addr": la.addr} for la in s.laddrs],
+                "synproxy_conf": synproxy_to_json(own) if own is not None else None,
+            })
+        return {"format": self.SNAPSHOT_FORMAT, "timeouts": self.timeouts.to_json(),
+                "synproxy_default": synproxy_to_json(self.synproxy_default), "services": services}
+
+    def restore_config(self, snapshot: dict[str, Any], what: str = "restore") -> int:
+        """Make the running state the snapshot's (the minimal plan, all or nothing); returns the
+        number of commands applied. EngineError if the snapshot is unusable or refused."""
+        if not isinstance(snapshot, dict) or snapshot.get("format") != self.SNAPSHOT_FORMAT:
+            raise EngineError("EINVAL", f"{what}: not a format-{self.SNAPSHOT_FORMAT} lbd state snapshot")
+        try:
+            desired = State.from_list_json(snapshot, snapshot.get("timeouts"))
+        except (StateError, ConfigError, KeyError, TypeError, ValueError) as exc:
+            raise EngineError("EINVAL", f"{what}: snapshot does not parse: {exc}") from exc
+        steps = plan(self.running_state(), desired)
+        if steps:
+            self.execute(steps, batch=True, log_level=logging.DEBUG)
+        n_svc, n_dest, n_laddr = desired.counts()
+        log.info("%s: %d services, %d destinations, %d local addresses (%d commands)",
+                 what, n_svc, n_dest, n_laddr, len(steps))
+        return len(steps)
+
     # ------------------------------------------------------------ counters and rates
     def _stats_samples(self, services: list[ServiceInfo]) -> dict[StatsKey, Stats]:
         samples: dict[StatsKey, Stats] = {}
@@ -440,9 +515,33 @@ class Director:
                 samples[_dest_stats_key(s.spec.key, d.spec.addr, d.spec.port)] = d.stats
         return samples
 
-    def estimate(self) -> None:
-        """One estimator tick (lbd runs it every ESTIMATOR_TICK_S)."""
-        self.estimator.tick(self._stats_samples(self.engine.services()))
+    def estimate(self, now: float | None = None) -> None:
+        """One estimator tick (lbd runs it every ESTIMATOR_TICK_S): rates, and stalled handshakes."""
+        services = self.engine.services()
+        self.estimator.tick(self._stats_samples(services))
+        samples = {
+            (s.spec.key, d.spec.addr, d.spec.port): HandshakeSample(d.syn_retrans, d.handshakes, d.stats.conns)
+            for s in services for d in s.dests
+        }
+        for event in self.stalls.tick(time.monotonic() if now is None else now, samples):
+            self._log_stall(event)
+
+    @staticmethod
+    def _log_stall(event: StallEvent) -> None:
+        """Once per episode: a WARNING with issue 7's diagnosis when it starts, an INFO when it ends."""
+        key, addr, port = event.key  # type: ignore[misc]
+        if event.started:
+            from lb.doctor import STALL_CAUSES
+
+            log.warning("destination %s:%d of %s: %d handshakes stalled in %g s; frames leave the director "
+                        "but no client ACK returns. Likely causes: %s (client SYN retransmissions +%d, "
+                        "completed handshakes +%d; `lbadm doctor` has the details)",
+                        addr, port, key, event.stalled, event.window_s, STALL_CAUSES,
+                        event.syn_retrans, event.handshakes)
+        else:
+            log.info("destination %s:%d of %s: handshakes no longer stalled (over the last %g s: "
+                     "client SYN retransmissions +%d, completed handshakes +%d)",
+                     addr, port, key, event.window_s, event.syn_retrans, event.handshakes)
 
     def _zero(self, key: ServiceKey | None) -> None:
         """ipvsadm -Z [service]: counters and rates of the service(s) and their destinations restart at 0.
@@ -503,12 +602,17 @@ class Director:
                     "stats": self._shown(_dest_stats_key(s.spec.key, d.spec.addr, d.spec.port), d.stats),
                     "syn_retrans": d.syn_retrans,
                     "handshakes": d.handshakes,
+                    "stalled": self.stalls.stalled((s.spec.key, d.spec.addr, d.spec.port)),
+                    "stalled_episodes": self.stalls.episodes((s.spec.key, d.spec.addr, d.spec.port)),
                     "l2": {"state": st.state, "ifname": st.ifname, "mac": st.mac, "reason": st.reason},
                 })
             laddrs = [{"addr": la.addr, "conns": la.conns} for la in s.laddrs]
+            own = self.synproxy_confs.get(s.spec.key)
             out.append({**s.spec.to_json(), "stats": self._shown(_svc_stats_key(s.spec.key), s.stats),
-                        "dests": dests, "laddrs": laddrs})
-        return {"version": "1.2.1", "conn_tab_size": table_size, "services": out}
+                        "dests": dests, "laddrs": laddrs,
+                        "synproxy_conf": synproxy_to_json(own) if own is not None else None})
+        return {"version": "1.2.1", "conn_tab_size": table_size, "services": out,
+                "synproxy_default": synproxy_to_json(self.synproxy_default)}
 
     def _connections(self, _args: dict[str, Any]) -> dict[str, Any]:
         now_ms = int(time.monotonic() * 1000)
@@ -519,4 +623,7 @@ class Director:
         nfq_stats = getattr(self.engine, "nfq_stats", None)
         if nfq_stats is not None:
             result["nfq"] = nfq_stats()
+        synproxy_stats = getattr(self.engine, "synproxy_stats", None)
+        if synproxy_stats is not None:
+            result["synproxy"] = synproxy_stats()
         return result

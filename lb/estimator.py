@@ -107,3 +107,91 @@ class Estimator:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# ---------------------------------------------------------------------------- stalled handshakes
+
+STALL_WINDOW_S = 10.0  # issue 7: "N handshakes stalled in 10 s"
+
+
+@dataclass(frozen=True)
+class HandshakeSample:
+    """A destination's cumulative handshake counters at one instant (lb.model.DestInfo)."""
+
+    syn_retrans: int  # client SYNs repeated (same sequence number) on connections forwarded here
+    handshakes: int  # connections whose handshake completed (client ACK seen)
+    conns: int = 0  # connections scheduled to it
+
+
+@dataclass(frozen=True)
+class StallEvent:
+    """An episode of stalled handshakes at one destination began (`started`) or ended."""
+
+    key: Hashable
+    started: bool
+    stalled: int  # handshakes stalled over the window (SYN retransmissions, bounded by new connections)
+    syn_retrans: int  # deltas over the window
+    handshakes: int
+    window_s: float
+
+
+class _History:
+    __slots__ = ("samples", "stalled", "episodes")
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, HandshakeSample]] = []
+        self.stalled = False
+        self.episodes = 0
+
+
+class StallWatch:
+    """Per destination: is a stalled-handshake episode going on? (lbadm doctor's check, live in lbd.)
+
+    In DR and IPIP the director sees only the client's side of a connection. A client that repeats
+    its SYN with the same sequence number on a connection already forwarded, while the destination
+    completes no handshake, means the forwarded frames never got an answer. Each tick (every
+    ESTIMATOR_TICK_S) compares a destination's counters with the oldest sample inside the last
+    `window_s` seconds: stalled = syn_retrans grew and handshakes did not. An episode starts on the
+    first stalled tick (one event, `episodes` + 1) and ends on the first tick that is not stalled
+    (one event); the caller logs them, so a long stall is reported once, not every 2 s.
+    """
+
+    def __init__(self, window_s: float = STALL_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._hist: dict[Hashable, _History] = {}
+
+    def tick(self, now: float, samples: Mapping[Hashable, HandshakeSample]) -> list[StallEvent]:
+        for key in [k for k in self._hist if k not in samples]:
+            del self._hist[key]  # destination gone: its history and its episode counter go too
+        events: list[StallEvent] = []
+        for key, sample in samples.items():
+            h = self._hist.get(key)
+            if h is None:
+                h = self._hist[key] = _History()
+            if h.samples and (sample.syn_retrans < h.samples[-1][1].syn_retrans
+                              or sample.handshakes < h.samples[-1][1].handshakes):
+                h.samples.clear()  # counters reset underneath (object re-created): start over
+            h.samples.append((now, sample))
+            # Baseline: the latest sample at least a window old, else the oldest one we have.
+            while len(h.samples) >= 2 and h.samples[1][0] <= now - self.window_s:
+                h.samples.pop(0)
+            base = h.samples[0][1]
+            d_retrans = sample.syn_retrans - base.syn_retrans
+            d_hs = sample.handshakes - base.handshakes
+            d_conns = sample.conns - base.conns
+            stalled = d_retrans > 0 and d_hs <= 0
+            if stalled != h.stalled:
+                h.stalled = stalled
+                if stalled:
+                    h.episodes += 1
+                count = min(d_retrans, d_conns) if d_conns > 0 else d_retrans
+                events.append(StallEvent(key, stalled, max(count, 0), d_retrans, d_hs, self.window_s))
+        return events
+
+    def episodes(self, key: Hashable) -> int:
+        h = self._hist.get(key)
+        return h.episodes if h is not None else 0
+
+    def stalled(self, key: Hashable) -> bool:
+        h = self._hist.get(key)
+        return h.stalled if h is not None else False

@@ -210,13 +210,16 @@ def icmp_match(addr: str) -> str:
     return f"-d {_host(addr)} -p icmp"
 
 
-def queue_target(queue_num: int, queue_balance: tuple[int, int] | None) -> str:
+def queue_target(queue_num: int, queue_balance: tuple[int, int] | None, bypass: bool = True) -> str:
+    """The NFQUEUE target; without `bypass` (lbd --down-policy closed) the kernel drops packets
+    while nobody listens on the queue, instead of accepting them."""
+    suffix = " --queue-bypass" if bypass else ""
     if queue_balance is None:
-        return f"-j NFQUEUE --queue-num {_check_queue(queue_num)} --queue-bypass"
+        return f"-j NFQUEUE --queue-num {_check_queue(queue_num)}{suffix}"
     low, high = (_check_queue(q) for q in queue_balance)
     if low > high:
         raise ValueError(f"queue balance range {low}:{high} is empty")
-    return f"-j NFQUEUE --queue-balance {low}:{high} --queue-bypass"
+    return f"-j NFQUEUE --queue-balance {low}:{high}{suffix}"
 
 
 def _check_match(match: str) -> str:
@@ -432,6 +435,8 @@ class RuleManager:
     track=True no `CT --notrack` rule is installed (LBD-Q<N> holds only NFQUEUE rules and
     LBD-Q<N>-OUT is not created): packets lbd hands back and its raw-socket packets get conntrack
     entries; forwarded packets still do not (the queue is before conntrack's hook; module doc).
+    `bypass`: `--queue-bypass` on the NFQUEUE rules (default). False is lbd's `--down-policy
+    closed`: while no lbd listens, the kernel drops queued packets instead of accepting them.
     `netns` runs every command under `ip netns exec NAME` (tests; lbd itself already runs inside
     its namespace). `runner` replaces subprocess execution (unit tests).
     """
@@ -443,15 +448,17 @@ class RuleManager:
         iptables: str = "iptables",
         *,
         track: bool = False,
+        bypass: bool = True,
         netns: str | None = None,
         runner: Runner | None = None,
     ) -> None:
         self.queue_num = _check_queue(queue_num)
         self.queue_balance = queue_balance
         self.track = bool(track)
+        self.bypass = bool(bypass)
         self.chain = chain_name(queue_num)
         self.out_chain = out_chain_name(queue_num)
-        self.target = queue_target(queue_num, queue_balance)  # validates queue_balance
+        self.target = queue_target(queue_num, queue_balance, self.bypass)  # validates queue_balance
         self.mark = socket_mark(queue_num)
         self.iptables = iptables
         self.iptables_restore = f"{iptables}-restore"

@@ -12,7 +12,13 @@ Optional result fields beyond the contract, all defaulting to "absent/zero":
 service `fwmark`, `ipv6`, `ops`, `pe`, `sched_flags` (list of names); stats
 `cps`, `inpps`, `outpps`, `inbps`, `outbps` (rates for --rate); dest `tun_type`
 ("ipip"|"gue"|"gre"), `tun_port`, `tun_flags` ("nocsum"|"csum"|"remcsum");
-connection `pe_name`, `pe_data`.
+connection `pe_name`, `pe_data`; service `synproxy`, `toa` (booleans), `laddrs`
+(list of {"addr", "conns"}).
+
+DPVS additions (iqiyi/dpvs tools/ipvsadm/ipvsadm.c): listings flag a SYN-proxy service with
+" synproxy" as DPVS does (and a TOA one with " toa", lbd's); `-S` writes `-j enable`, `--toa` and
+one `-P ... -z LIP` line per local address (DPVS's -S writes none of them, so its output does not
+restore a FULLNAT service); `format_laddrs` is DPVS's `-G` table.
 """
 
 from __future__ import annotations
@@ -368,6 +374,10 @@ def _service_line(svc: Json, label: str, fmt: ListFormat) -> str:
             line += f" pe {svc['pe']}"
     if svc.get("ops"):
         line += " ops"
+    if svc.get("synproxy"):
+        line += " synproxy"
+    if svc.get("toa"):
+        line += " toa"
     return line
 
 
@@ -384,6 +394,10 @@ def _service_rule(svc: Json, label: str) -> str:
         # ipvsadm writes "-b"; in lbadm -b is DPVS's --fullnat, so the long form
         # (which both tools accept) keeps the rule restorable by either.
         line += f" --sched-flags {flags}"
+    if svc.get("synproxy"):
+        line += " -j enable"
+    if svc.get("toa"):
+        line += " --toa"
     return line
 
 
@@ -450,6 +464,8 @@ def format_service_entry(svc: Json, fmt: ListFormat, names: NameDB, rule: bool =
     """One service and its destinations (ipvsadm's print_service_entry)."""
     label = service_label(svc, fmt.numeric, names, rule)
     lines = [_service_rule(svc, label) if rule else _service_line(svc, label, fmt)]
+    if rule:  # the local addresses right after their service, before traffic can need them
+        lines += [f"-P {label} -z {la['addr']}" for la in svc.get("laddrs") or []]
     proto = str(svc.get("proto") or "tcp").lower()
     for dest in _sorted_dests(svc, fmt.nosort):
         dname = addrport_to_anyname(str(dest["addr"]), int(dest["port"]), proto, fmt.numeric, names)
@@ -511,6 +527,31 @@ def format_save(result: Json, numeric: bool, nosort: bool = False, names: NameDB
     names = names or NameDB()
     fmt = ListFormat(numeric=numeric, nosort=nosort)
     return "".join(format_service_entry(svc, fmt, names, rule=True) for svc in _sorted_services(result, nosort))
+
+
+# --------------------------------------------------------------------------
+# DPVS -G: FULLNAT local addresses (list_laddrs_print_title / _service / _laddr)
+
+
+def format_laddrs(result: Json) -> str:
+    """DPVS's `ipvsadm -G [service]`: every service (or the one asked for) with its local addresses.
+
+    The title precedes the first service only and nothing is printed without services, as DPVS
+    does; addresses are always numeric. DPVS's CONFLICTS column (source ports found taken when
+    allocating) has no counterpart in lbd, whose port allocation never collides: it shows 0.
+    """
+    out: list[str] = []
+    for i, svc in enumerate(result.get("services") or []):
+        if i == 0:
+            out.append("%-20s %-8s %-20s %-10s %-10s\n" % ("VIP:VPORT", "TOTAL", "SNAT_IP", "CONFLICTS", "CONNS"))
+        laddrs = list(svc.get("laddrs") or [])
+        vname = f"{svc.get('addr')}:{_service_port(svc)}"
+        if _service_af(svc) == _AF_INET6:
+            vname = f"[{svc.get('addr')}]:{_service_port(svc)}"
+        out.append("%-20s %-8u \n" % (vname, len(laddrs)))
+        for la in laddrs:
+            out.append("%-20s %-8s %-20s %-10u %-10u\n" % ("", "", la.get("addr"), 0, int(la.get("conns") or 0)))
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------

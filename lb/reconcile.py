@@ -16,6 +16,11 @@ Three things live here, all pure (no I/O, no engine):
   states is never deleted and re-created. A service whose scheduler, persistence, netmask or
   TOA flag changes gets one edit_service; a destination whose forwarding method, weight or
   thresholds change gets one edit_dest; an object identical in both is not mentioned at all.
+
+SYN-proxy settings (lb.model.SynproxyConf) are part of the state too: a global default and, per
+service, an optional override (None: the service follows the default). The engines cannot report
+them, so lbd keeps the copy the model computes (Director). A SYN-proxy service (`-j enable`) only
+takes FULLNAT destinations: the model refuses the others with EOPNOTSUPP, as the engines do.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from lb.model import (
     ServiceInfo,
     ServiceKey,
     ServiceSpec,
+    SynproxyConf,
     parse_ipv4,
 )
 
@@ -88,9 +94,10 @@ class ServiceState:
     # Kernel list order (most recently added first) is kept for display; equality ignores it.
     dests: dict[DestId, DestSpec] = field(default_factory=dict)
     laddrs: dict[str, None] = field(default_factory=dict)  # an ordered set
+    synproxy_conf: SynproxyConf | None = None  # None: the global default applies
 
     def copy(self) -> "ServiceState":
-        return ServiceState(self.spec, dict(self.dests), dict(self.laddrs))
+        return ServiceState(self.spec, dict(self.dests), dict(self.laddrs), self.synproxy_conf)
 
 
 # Where an object came from (a configuration file line), for error messages.
@@ -103,9 +110,12 @@ class State:
     # None: not managed (a desired state without timeouts leaves the running ones alone).
     timeouts: Timeouts | None = None
     lines: dict[Origin, int] = field(default_factory=dict, compare=False)
+    # The global SYN-proxy default; None: not managed, as timeouts.
+    synproxy_default: SynproxyConf | None = None
 
     def copy(self) -> "State":
-        return State({k: s.copy() for k, s in self.services.items()}, self.timeouts, dict(self.lines))
+        return State({k: s.copy() for k, s in self.services.items()}, self.timeouts, dict(self.lines),
+                     self.synproxy_default)
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -131,8 +141,11 @@ class State:
                 dest = DestSpec.from_json(d)
                 dests[(dest.addr, dest.port)] = dest
             laddrs = {str(la["addr"]): None for la in svc.get("laddrs", [])}
-            services[spec.key] = ServiceState(spec, dests, laddrs)
-        return cls(services, Timeouts.from_json(timeouts) if timeouts is not None else None)
+            sp = svc.get("synproxy_conf")
+            services[spec.key] = ServiceState(spec, dests, laddrs, synproxy_from_json(sp) if sp else None)
+        default = listing.get("synproxy_default")
+        return cls(services, Timeouts.from_json(timeouts) if timeouts is not None else None,
+                   synproxy_default=synproxy_from_json(default) if default else None)
 
     # ------------------------------------------------------------ model of the engine
     def service(self, key: ServiceKey) -> ServiceState:
@@ -146,9 +159,12 @@ class State:
         if isinstance(cmd, AddService):
             if cmd.spec.key in self.services:
                 raise StateError("EEXIST", f"service {cmd.spec.key} already exists")
+            _check_synproxy_spec(cmd.spec, {})
             self.services[cmd.spec.key] = ServiceState(cmd.spec)
         elif isinstance(cmd, EditService):
-            self.service(cmd.spec.key).spec = cmd.spec
+            svc = self.service(cmd.spec.key)
+            _check_synproxy_spec(cmd.spec, svc.dests)
+            svc.spec = cmd.spec
         elif isinstance(cmd, DelService):
             self.service(cmd.key)
             del self.services[cmd.key]
@@ -158,6 +174,7 @@ class State:
             if ident in svc.dests:
                 raise StateError("EEXIST", f"destination {cmd.dest.addr}:{cmd.dest.port} already exists in {cmd.key}")
             _check_thresholds(cmd.key, cmd.dest)
+            _check_synproxy_dest(svc.spec, cmd.dest)
             svc.dests = {ident: cmd.dest, **svc.dests}  # kernel: list_add at the head
         elif isinstance(cmd, EditDest):
             svc = self.service(cmd.key)
@@ -165,6 +182,7 @@ class State:
             if ident not in svc.dests:
                 raise StateError("ENOENT", f"no destination {cmd.dest.addr}:{cmd.dest.port} in {cmd.key}")
             _check_thresholds(cmd.key, cmd.dest)
+            _check_synproxy_dest(svc.spec, cmd.dest)
             svc.dests[ident] = cmd.dest
         elif isinstance(cmd, DelDest):
             svc = self.service(cmd.key)
@@ -190,6 +208,11 @@ class State:
                 self.service(cmd.key)
         elif isinstance(cmd, SetTimeout):
             self.timeouts = (self.timeouts or DEFAULT_TIMEOUTS).merged(cmd.timeouts)
+        elif isinstance(cmd, SetSynproxy):
+            if cmd.key is None:
+                self.synproxy_default = cmd.conf or SynproxyConf()
+            else:
+                self.service(cmd.key).synproxy_conf = cmd.conf
         else:  # pragma: no cover - the union is closed
             raise StateError("EOPNOTSUPP", f"unknown command {cmd!r}")
 
@@ -202,6 +225,26 @@ class State:
         """(services, destinations, local addresses)."""
         svcs = self.services.values()
         return len(self.services), sum(len(s.dests) for s in svcs), sum(len(s.laddrs) for s in svcs)
+
+
+SYNPROXY_NEEDS_FULLNAT = "SYN-proxy needs FULLNAT destinations (-b): DR and tunnel traffic cannot be proxied"
+
+
+def _check_synproxy_spec(spec: ServiceSpec, dests: Mapping[DestId, DestSpec]) -> None:
+    if not spec.synproxy:
+        return
+    if spec.key.proto_name != "TCP":
+        raise StateError("EINVAL", f"service {spec.key}: SYN-proxy is for TCP services only")
+    for d in dests.values():
+        if d.fwd != "fullnat":
+            raise StateError("EOPNOTSUPP", f"{SYNPROXY_NEEDS_FULLNAT} (service {spec.key}: destination "
+                                           f"{d.addr}:{d.port} forwards with {_FWD_SWITCH[d.fwd]})")
+
+
+def _check_synproxy_dest(spec: ServiceSpec, dest: DestSpec) -> None:
+    if spec.synproxy and dest.fwd != "fullnat":
+        raise StateError("EOPNOTSUPP", f"{SYNPROXY_NEEDS_FULLNAT} (service {spec.key} has -j enable; "
+                                       f"destination {dest.addr}:{dest.port} would forward with {_FWD_SWITCH[dest.fwd]})")
 
 
 def _check_thresholds(key: ServiceKey, dest: DestSpec) -> None:
@@ -228,10 +271,10 @@ def _spec_words(spec: ServiceSpec) -> str:
         words += f" -p {spec.persistent}"
         if spec.netmask != "255.255.255.255":
             words += f" -M {spec.netmask}"
+    if getattr(spec, "synproxy", False):
+        words += " -j enable"
     if spec.toa:
         words += " --toa"
-    if getattr(spec, "synproxy", False):
-        words += " --synproxy"
     return words
 
 
@@ -409,11 +452,64 @@ class SetTimeout(Command):
         return f"--set {t.tcp} {t.tcpfin} {t.udp}"
 
 
+SYNPROXY_FIELDS = tuple(SynproxyConf.__dataclass_fields__)
+
+
+def synproxy_to_json(conf: SynproxyConf) -> dict[str, Any]:
+    return {name: getattr(conf, name) for name in SYNPROXY_FIELDS}
+
+
+def synproxy_from_json(obj: Any) -> SynproxyConf:
+    """A complete or partial settings object (missing fields take SynproxyConf's defaults)."""
+    args = _mapping(obj, "SYN-proxy settings")
+    unknown = [k for k in args if k not in SYNPROXY_FIELDS]
+    if unknown:
+        raise StateError("EINVAL", f"unknown SYN-proxy setting(s) {', '.join(map(repr, unknown))} "
+                                   f"(known: {', '.join(SYNPROXY_FIELDS)})")
+    values: dict[str, Any] = {}
+    for name, value in args.items():
+        if name in ("sack", "timestamps", "defer"):
+            if not isinstance(value, bool):
+                raise StateError("EINVAL", f"SYN-proxy {name} must be a boolean, got {value!r}")
+            values[name] = value
+        else:
+            values[name] = _as_int(value, f"SYN-proxy {name}")
+    return _model(lambda: SynproxyConf(**values))
+
+
+def _synproxy_words(conf: SynproxyConf | None) -> str:
+    if conf is None:
+        return "default"
+    base = SynproxyConf()
+    diffs = [f"{n}={getattr(conf, n)}" for n in SYNPROXY_FIELDS if getattr(conf, n) != getattr(base, n)]
+    return " ".join(diffs) if diffs else "(built-in defaults)"
+
+
+@dataclass(frozen=True)
+class SetSynproxy(Command):
+    """SYN-proxy settings: the global default (key None) or one service's override (conf None: back
+    to the default). No ipvsadm/DPVS syntax: TOML `[synproxy]` / `[service.synproxy]` tables."""
+
+    op: ClassVar[str] = "set_synproxy"
+    key: ServiceKey | None
+    conf: SynproxyConf | None
+
+    def args(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"conf": synproxy_to_json(self.conf) if self.conf is not None else None}
+        if self.key is not None:
+            out["service"] = self.key.to_json()
+        return out
+
+    def describe(self) -> str:
+        where = _svc_words(self.key) if self.key is not None else "default"
+        return f"# synproxy {where}: {_synproxy_words(self.conf)}"
+
+
 AnyCommand = Union[AddService, EditService, DelService, AddDest, EditDest, DelDest,
-                   AddLaddr, DelLaddr, Clear, Zero, SetTimeout]
+                   AddLaddr, DelLaddr, Clear, Zero, SetTimeout, SetSynproxy]
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.op: c for c in (AddService, EditService, DelService, AddDest, EditDest, DelDest,
-                      AddLaddr, DelLaddr, Clear, Zero, SetTimeout)
+                      AddLaddr, DelLaddr, Clear, Zero, SetTimeout, SetSynproxy)
 }
 
 
@@ -528,6 +624,12 @@ def parse_command(op: str, raw_args: Any) -> Command:
         return Zero(parse_key(args["service"]) if args.get("service") else None)
     if op == "set_timeout":
         return SetTimeout(_model(lambda: Timeouts.from_json(args)))
+    if op == "set_synproxy":
+        key = parse_key(args["service"]) if args.get("service") else None
+        conf = args.get("conf")
+        if key is None and conf is None:
+            raise StateError("EINVAL", "set_synproxy: the global default needs 'conf'")
+        return SetSynproxy(key, synproxy_from_json(conf) if conf is not None else None)
     raise StateError("EOPNOTSUPP", f"{op!r} is not a table-changing operation")
 
 
@@ -562,6 +664,10 @@ def inverse(state: State, cmd: Command) -> list[Command]:
         return [c for key, svc in state.services.items() for c in _recreate(key, svc)]
     if isinstance(cmd, SetTimeout):
         return [SetTimeout(state.timeouts or DEFAULT_TIMEOUTS)]
+    if isinstance(cmd, SetSynproxy):
+        if cmd.key is None:
+            return [SetSynproxy(None, state.synproxy_default or SynproxyConf())]
+        return [SetSynproxy(cmd.key, state.service(cmd.key).synproxy_conf)]
     return []
 
 
@@ -570,6 +676,8 @@ def _recreate(key: ServiceKey, svc: ServiceState) -> list[Command]:
     # Added tail first, so that the head-insertions rebuild the original list order.
     cmds += [AddDest(key, d) for d in reversed(list(svc.dests.values()))]
     cmds += [AddLaddr(key, a) for a in svc.laddrs]
+    if svc.synproxy_conf is not None:
+        cmds.append(SetSynproxy(key, svc.synproxy_conf))
     return cmds
 
 
@@ -586,19 +694,40 @@ def plan(running: State, desired: State) -> list[Command]:
     """
     lines = desired.lines
     steps: list[Command] = []
+    if desired.synproxy_default is not None and desired.synproxy_default != (running.synproxy_default or SynproxyConf()):
+        steps.append(SetSynproxy(None, desired.synproxy_default, line=lines.get(("synproxy",), 0)))
     for key, want in desired.services.items():
         if key in running.services:
             continue
         steps.append(AddService(want.spec, line=lines.get(("svc", key), 0)))
+        if want.synproxy_conf is not None:
+            steps.append(SetSynproxy(key, want.synproxy_conf, line=lines.get(("synproxy", key), 0)))
         steps += [AddDest(key, d, line=lines.get(("dest", key, d.addr, d.port), 0)) for d in want.dests.values()]
         steps += [AddLaddr(key, a, line=lines.get(("laddr", key, a), 0)) for a in want.laddrs]
     for key, want in desired.services.items():
         have = running.services.get(key)
         if have is None:
             continue
+        # A service that becomes SYN-proxied must lose its non-FULLNAT destinations first, and one
+        # that stops being proxied may take them only afterwards: the edit goes where it is valid.
+        enabling = want.spec.synproxy and not have.spec.synproxy
+        edit: list[Command] = []
         if have.spec != want.spec:
-            steps.append(EditService(want.spec, was=have.spec, line=lines.get(("svc", key), 0)))
+            edit.append(EditService(want.spec, was=have.spec, line=lines.get(("svc", key), 0)))
+        if have.synproxy_conf != want.synproxy_conf:
+            edit.append(SetSynproxy(key, want.synproxy_conf, line=lines.get(("synproxy", key), 0)))
+        if not enabling:
+            steps += edit
         steps += [AddLaddr(key, a, line=lines.get(("laddr", key, a), 0)) for a in want.laddrs if a not in have.laddrs]
+        if enabling:  # removals and FULLNAT edits first, then the edit, then the additions
+            steps += [DelDest(key, addr, port) for (addr, port) in have.dests if (addr, port) not in want.dests]
+            steps += [EditDest(key, d, was=have.dests[i], line=lines.get(("dest", key, d.addr, d.port), 0))
+                      for i, d in want.dests.items() if i in have.dests and have.dests[i] != d]
+            steps += edit
+            steps += [AddDest(key, d, line=lines.get(("dest", key, d.addr, d.port), 0))
+                      for i, d in want.dests.items() if i not in have.dests]
+            steps += [DelLaddr(key, a) for a in have.laddrs if a not in want.laddrs]
+            continue
         for ident, d in want.dests.items():
             line = lines.get(("dest", key, d.addr, d.port), 0)
             old = have.dests.get(ident)

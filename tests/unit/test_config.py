@@ -130,7 +130,7 @@ def test_every_error_is_reported_with_its_line() -> None:
         laddrs = ["10.0.0.1", "x"]    # 36
         """)
     assert found == [
-        "f.toml:1: unknown key 'bogus' in the top level (known: service, timeouts)",
+        "f.toml:1: unknown key 'bogus' in the top level (known: service, timeouts, synproxy)",
         "f.toml:3: 'tcp' must be an integer, got string '900'",
         "f.toml:6: bad service address '10.1.1.300': not an IPv4 address",
         "f.toml:8: 'sched' must be one of rr, wlc, got 'xx'",

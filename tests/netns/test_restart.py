@@ -1,0 +1,371 @@
+"""lbd restarted under load loses nothing it had saved (issue 8).
+
+DR topology of conftest (`topo`: client, director, rs1..rs3). The real servers run an echo
+server on ECHO_PORT (greeting "HELLO <name>", then every byte back); the director balances
+VIP:ECHO_PORT over the three (rr, DR). N long-lived connections each send a numbered line every
+LINE_EVERY_S and check its echo byte for byte, for as long as the test runs (bounded).
+
+(i)   SIGTERM, then start again, with --down-policy closed: lbd saves its state on exit and
+      leaves its NFQUEUE rules in place without --queue-bypass, so while it is down the kernel
+      drops the VIP's packets and clients retransmit; the new lbd restores configuration and
+      connection table from the state file before it binds the queue. Expected: all N survive.
+(ii)  SIGKILL, then start, --down-policy closed: nothing is saved at the kill; the state file is
+      the last periodic snapshot (every 2 s). Connections established before it survive (all
+      N_EARLY expected); LATE connections opened just after a snapshot and killed before the
+      next are not in it: their figure is reported (a segment without an entry is handed to the
+      director's own stack, which resets it).
+(iii) SIGTERM with --down-policy open (the default): lbd removes its rules, the director's own
+      stack answers the VIP while it is down and resets the flows; the configuration still comes
+      back. Expected: none of N survives; the rules are gone during the downtime.
+
+The figures are printed (pytest -s) as `RESTART-FIGURES ...` lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from lb.testbed.topology import Topology, enter_netns
+
+from conftest import LBD, QUEUE_NUM, READY_TIMEOUT_S, Lbd, LbdError, ctl_request, iptables_leftovers  # type: ignore[import-not-found]
+
+ECHO_PORT = 8201  # test_reload uses 8001..8005 and 9001..9004
+N = 20
+N_EARLY, N_LATE = 16, 4
+LINE_EVERY_S = 0.05
+STREAM_MAX_S = 180.0  # every stream stops by itself after this
+SOCK_TIMEOUT_S = 30.0  # a stream waiting this long for its echo has failed
+DOWN_S = 1.0  # lbd stays down this long
+RECOVER_TIMEOUT_S = 25.0  # after the restart, until every surviving stream has progressed
+
+ECHO_SERVER = r"""
+import socket, sys, threading
+name, port = sys.argv[1], int(sys.argv[2])
+def serve(conn):
+    with conn:
+        conn.sendall(("HELLO %s\n" % name).encode())
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            conn.sendall(data)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", port))
+s.listen(128)
+while True:
+    conn, _ = s.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def echo(topo: Topology) -> Iterator[int]:
+    procs = [rs.popen([sys.executable, "-c", ECHO_SERVER, rs.name, str(ECHO_PORT)],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for rs in topo.reals]
+    try:
+        deadline = time.monotonic() + 15.0
+        for rs in topo.reals:
+            while True:
+                try:
+                    with contextlib.closing(_connect(topo.client.netns, rs.addr, ECHO_PORT, 2.0)) as s:
+                        assert _read_line(s) == f"HELLO {rs.name}\n".encode()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        yield ECHO_PORT
+    finally:
+        for proc in procs:
+            topo.stop_process(proc)
+
+
+class RestartLbd(Lbd):
+    """conftest's Lbd with --down-policy and the state file in its own directory (the default:
+    the socket's directory), restarted in place."""
+
+    def __init__(self, topo: Topology, policy: str) -> None:
+        super().__init__(topo, "c")
+        self.policy = policy
+        self.state_file = self.dir / f"lbd-q{QUEUE_NUM}.state"
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
+        self.starts += 1
+        self.log_path = self.dir / f"lbd-{self.starts}.log"
+        with open(self.log_path, "w") as log:
+            self.proc = self.director.popen(
+                [str(LBD), "--socket", self.socket, "--queue-num", str(QUEUE_NUM), "--engine", "c",
+                 "--down-policy", self.policy, "-v"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LbdError(f"lbd exited with {self.proc.returncode} before ready:\n{self.log_tail()}")
+            if os.path.exists(self.socket):
+                with contextlib.suppress(OSError, ValueError, LbdError):
+                    resp = ctl_request(self.socket, "ping", timeout=2.0)
+                    if resp.get("ok"):
+                        return resp["result"]
+            time.sleep(0.02)
+        raise LbdError(f"lbd not ready after {timeout}s:\n{self.log_tail()}")
+
+    def all_logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.dir.glob("lbd-*.log")))
+
+
+@contextlib.contextmanager
+def restart_lbd(topo: Topology, policy: str) -> Iterator[RestartLbd]:
+    d = RestartLbd(topo, policy)
+    try:
+        yield d
+    finally:
+        if d.running():
+            d.stop(signal.SIGTERM)
+        # --down-policy closed leaves the rules on purpose: `lbd --cleanup` is how they go.
+        proc = topo.director.exec([str(LBD), "--cleanup", "--queue-num", str(QUEUE_NUM)], check=False)
+        leftovers = iptables_leftovers(topo.director)
+        if leftovers:
+            for table in ("raw", "filter", "mangle", "nat"):
+                topo.director.exec(["iptables", "-t", table, "-F"], check=False)
+                topo.director.exec(["iptables", "-t", table, "-X"], check=False)
+        d.cleanup()
+        assert proc.returncode == 0, f"lbd --cleanup: {proc.stderr}"
+        assert not leftovers, f"rules left after lbd --cleanup: {leftovers}"
+
+
+def configure(lbd: RestartLbd, topo: Topology) -> None:
+    svc = f"{topo.vip}:{ECHO_PORT}"
+    lbd.lbadm("-A", "-t", svc, "-s", "rr")
+    for rs in topo.reals:
+        lbd.lbadm("-a", "-t", svc, "-r", rs.addr, "-g")
+    lbd.wait_resolved()
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def _connect(netns: str, addr: str, port: int, timeout: float) -> socket.socket:
+    with enter_netns(netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.connect((addr, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _read_line(sock: socket.socket, limit: int = 4096) -> bytes:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            raise ConnectionError(f"closed after {buf!r}")
+        buf += chunk
+        if len(buf) > limit:
+            raise ConnectionError("line too long")
+    return buf
+
+
+class EchoStream:
+    """One long-lived connection: numbered lines out, the same lines back, checked byte for byte."""
+
+    def __init__(self, netns: str, vip: str, n: int) -> None:
+        self.n = n
+        self.sock = _connect(netns, vip, ECHO_PORT, timeout=SOCK_TIMEOUT_S)
+        greeting = _read_line(self.sock).decode()
+        assert greeting.startswith("HELLO "), greeting
+        self.server = greeting.split()[1]
+        self.echoed = 0
+        self.error: str | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"echo-{n}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        end = time.monotonic() + STREAM_MAX_S
+        try:
+            while not self.stop.is_set() and time.monotonic() < end:
+                line = f"{self.n} {self.echoed:09d} {'x' * 100}\n".encode()
+                self.sock.sendall(line)
+                got = b""
+                while len(got) < len(line):
+                    chunk = self.sock.recv(len(line) - len(got))
+                    if not chunk:
+                        raise ConnectionError(f"closed by the peer after {self.echoed} lines")
+                    got += chunk
+                if got != line:
+                    raise ValueError(f"line {self.echoed}: echoed {got[:30]!r}, sent {line[:30]!r}")
+                self.echoed += 1
+                self.stop.wait(LINE_EVERY_S)
+        except (OSError, ValueError) as exc:  # ConnectionResetError, timeouts
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def close(self) -> None:
+        self.stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=SOCK_TIMEOUT_S + 5)
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def streams(topo: Topology, count: int, first: int = 0) -> Iterator[list[EchoStream]]:
+    opened: list[EchoStream] = []
+    try:
+        for i in range(count):
+            opened.append(EchoStream(topo.client.netns, topo.vip, first + i))
+        yield opened
+    finally:
+        for s in opened:
+            s.close()
+
+
+def wait_all_progress(group: list[EchoStream], timeout: float = 10.0) -> None:
+    since = {s.n: s.echoed for s in group}
+    deadline = time.monotonic() + timeout
+    while not all(s.echoed > since[s.n] for s in group):
+        broken = [f"{s.n}: {s.error}" for s in group if s.error]
+        assert not broken, f"connections failed before the restart: {broken}"
+        assert time.monotonic() < deadline, "no progress before the restart"
+        time.sleep(0.02)
+
+
+def survivors(group: list[EchoStream], since: dict[int, int], timeout: float) -> tuple[list[EchoStream], float]:
+    """Streams that progressed past `since` without error; waits until every stream has either
+    progressed or failed, or `timeout`. Returns them and the seconds waited."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while time.monotonic() < deadline:
+        if all(s.error or s.echoed > since[s.n] + 2 for s in group):
+            break
+        time.sleep(0.05)
+    return [s for s in group if not s.error and s.echoed > since[s.n]], time.monotonic() - t0
+
+
+def restore_line(lbd: RestartLbd) -> str:
+    m = re.findall(r"restore from \S+ \(saved [^)]*\): connections [^\n]*", lbd.all_logs())
+    return m[-1] if m else "(no restore line)"
+
+
+def nfqueue_rules(topo: Topology) -> list[str]:
+    raw = topo.director.exec(["iptables", "-t", "raw", "-S"]).stdout
+    return [line for line in raw.splitlines() if "NFQUEUE" in line]
+
+
+def report(name: str, **figures: Any) -> None:
+    print(f"\nRESTART-FIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_sigterm_with_down_policy_closed_keeps_every_connection(topo: Topology, echo: int) -> None:
+    with restart_lbd(topo, "closed") as lbd:
+        lbd.start()
+        configure(lbd, topo)
+        with streams(topo, N) as group:
+            wait_all_progress(group)
+            servers = {s.n: s.server for s in group}
+            t_stop = time.monotonic()
+            rc = lbd.stop(signal.SIGTERM)
+            assert rc == 0, lbd.log_tail()
+            rules = nfqueue_rules(topo)
+            assert rules and all("--queue-bypass" not in r for r in rules), rules
+            assert lbd.state_file.exists()
+            since = {s.n: s.echoed for s in group}
+            time.sleep(DOWN_S)
+            lbd.start()
+            down_s = time.monotonic() - t_stop
+            alive, waited = survivors(group, since, RECOVER_TIMEOUT_S)
+            listed = lbd.ok("list")["services"]
+            assert [(s["port"], len(s["dests"])) for s in listed] == [(ECHO_PORT, len(topo.reals))]
+            errors = [f"{s.n}: {s.error}" for s in group if s.error]
+            report("sigterm-closed", connections=N, survived=len(alive), down_s=f"{down_s:.2f}",
+                   recovered_in_s=f"{waited:.2f}", restore=restore_line(lbd))
+            assert len(alive) == N, f"{len(alive)}/{N} survived; errors {errors}\n{lbd.log_tail()}"
+            assert all(servers[s.n] == s.server for s in alive)
+
+
+def test_sigkill_with_down_policy_closed_recovers_from_the_last_snapshot(topo: Topology, echo: int) -> None:
+    with restart_lbd(topo, "closed") as lbd:
+        lbd.start()
+        configure(lbd, topo)
+        with streams(topo, N_EARLY) as early:
+            wait_all_progress(early)
+            # Wait for a snapshot that holds the early connections, then for the next one: the
+            # late connections are opened right after it and the kill comes before the one after.
+            for _ in range(2):
+                mtime = lbd.state_file.stat().st_mtime_ns if lbd.state_file.exists() else 0
+                deadline = time.monotonic() + 10
+                while not lbd.state_file.exists() or lbd.state_file.stat().st_mtime_ns == mtime:
+                    assert time.monotonic() < deadline, "no periodic snapshot within 10 s"
+                    time.sleep(0.01)
+            t_saved = time.monotonic()
+            with streams(topo, N_LATE, first=N_EARLY) as late:
+                wait_all_progress(late, timeout=1.0)
+                t_kill = time.monotonic()
+                assert t_kill - t_saved < 1.8, "too slow to kill before the next snapshot"
+                rc = lbd.stop(signal.SIGKILL)
+                assert rc == -signal.SIGKILL
+                rules = nfqueue_rules(topo)
+                assert rules and all("--queue-bypass" not in r for r in rules), rules
+                since = {s.n: s.echoed for s in early + late}
+                time.sleep(DOWN_S)
+                lbd.start()
+                down_s = time.monotonic() - t_kill
+                alive_early, waited = survivors(early, since, RECOVER_TIMEOUT_S)
+                alive_late, _ = survivors(late, since, 5.0)
+                listed = lbd.ok("list")["services"]
+                assert [(s["port"], len(s["dests"])) for s in listed] == [(ECHO_PORT, len(topo.reals))]
+                assert any(f"--dport {ECHO_PORT}" in r for r in nfqueue_rules(topo))
+                report("sigkill-closed", early=N_EARLY, early_survived=len(alive_early), late=N_LATE,
+                       late_survived=len(alive_late), snapshot_to_kill_s=f"{t_kill - t_saved:.2f}",
+                       down_s=f"{down_s:.2f}", recovered_in_s=f"{waited:.2f}", restore=restore_line(lbd))
+                errors = [f"{s.n}: {s.error}" for s in early if s.error]
+                assert len(alive_early) == N_EARLY, f"{len(alive_early)}/{N_EARLY}; errors {errors}\n{lbd.log_tail()}"
+
+
+def test_sigterm_with_down_policy_open_restores_configuration_not_flows(topo: Topology, echo: int) -> None:
+    with restart_lbd(topo, "open") as lbd:
+        lbd.start()
+        configure(lbd, topo)
+        with streams(topo, N) as group:
+            wait_all_progress(group)
+            t_stop = time.monotonic()
+            assert lbd.stop(signal.SIGTERM) == 0, lbd.log_tail()
+            assert iptables_leftovers(topo.director) == []  # open: the rules go with lbd
+            since = {s.n: s.echoed for s in group}
+            time.sleep(DOWN_S)
+            lbd.start()
+            down_s = time.monotonic() - t_stop
+            alive, waited = survivors(group, since, 10.0)
+            listed = lbd.ok("list")["services"]
+            assert [(s["port"], len(s["dests"])) for s in listed] == [(ECHO_PORT, len(topo.reals))]
+            report("sigterm-open", connections=N, survived=len(alive), down_s=f"{down_s:.2f}",
+                   restore=restore_line(lbd))
+            # While lbd was down the director's own stack answered the VIP: every flow that sent
+            # data meanwhile was reset.
+            assert not alive, f"{len(alive)} connections survived a fail-open downtime"
+        # New connections are balanced again.
+        with streams(topo, 3, first=100) as fresh:
+            wait_all_progress(fresh)
