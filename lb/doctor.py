@@ -690,6 +690,7 @@ class Service:
     addr: str
     port: int
     dests: list[dict[str, Any]]
+    laddrs: list[str] = field(default_factory=list)  # FULLNAT local addresses
 
     @property
     def name(self) -> str:
@@ -729,7 +730,8 @@ class _Run:
         if self.first is not None and self.first.listing:
             for s in self.first.listing.get("services", []):
                 self.services.append(Service(str(s.get("proto", "tcp")), str(s.get("addr")), int(s.get("port", 0)),
-                                             list(s.get("dests", []))))
+                                             list(s.get("dests", [])),
+                                             [str(la.get("addr")) for la in s.get("laddrs", []) if isinstance(la, dict)]))
         self.queue_num, self.queue_source = self._find_queue()
         self.services_from_rules = False
         if not self.services and self.lbd_error is not None and self.queue_num is not None:
@@ -792,6 +794,9 @@ class _Run:
 
     def iface(self, name: str) -> dict[str, Any] | None:
         return next((i for i in self.ifaces if i.get("ifname") == name), None)
+
+    def laddrs(self) -> list[str]:
+        return sorted({la for s in self.services for la in s.laddrs}, key=_addr_key)
 
     def vips(self) -> list[str]:
         return sorted({s.addr for s in self.services}, key=_addr_key)
@@ -922,15 +927,28 @@ def check_nfqueue_rules(run: _Run) -> list[Finding]:
                            f"service {name}: no complete notrack+NFQUEUE pair in {chain}: its packets are not balanced",
                            evidence="expected:\n" + "\n".join(pair.lines) + "\nfound:\n" + ("\n".join(pre.rules) or "(empty chain)"),
                            fix="any lbadm change re-syncs the rules (e.g. re-add the service), or restart lbd"))
+    # FULLNAT replies and ICMP for VIPs / local addresses are lbd's own rules too: expected, not extra.
+    own_matches = [ipt.icmp_match(a) for a in dict.fromkeys(run.vips() + run.laddrs())]
+    for svc in run.services:
+        for d in svc.dests:
+            if d.get("fwd") == "fullnat":
+                own_matches += [ipt.reply_match(svc.proto_num, str(d.get("addr")), int(d.get("port", 0)), la)
+                                for la in svc.laddrs]
+    for match in dict.fromkeys(own_matches):
+        pair = ipt.rule_pair(chain, match, target, track=track)
+        q_idx = _find_rule(pre.rules, pair.match, "NFQUEUE")
+        nt_idx = _find_rule(pre.rules, pair.match, "CT") if pair.notrack is not None else -1
+        covered.update(i for i in (q_idx, nt_idx) if i is not None and i >= 0)
     extra = [r for i, r in enumerate(pre.rules) if i not in covered]
     if extra:
-        out.append(Finding("info", "nfqueue-rules", f"{chain} holds {_plural(len(extra), 'rule')} besides the services' pairs "
-                           "(FULLNAT replies, ICMP for VIPs/local addresses)", evidence="\n".join(extra)))
+        out.append(Finding("info", "nfqueue-rules", f"{chain} holds {_plural(len(extra), 'rule')} lbd did not ask for "
+                           "(added by hand?)", evidence="\n".join(extra)))
     no_bypass = [r for r in pre.rules if "NFQUEUE" in r and "--queue-bypass" not in r]
-    if no_bypass:
+    if no_bypass and run.ping.get("down_policy") != "closed":
         out.append(Finding("warning", "nfqueue-rules", "NFQUEUE rules without --queue-bypass: while lbd is not running, "
                            "packets for these services are dropped instead of reaching the local stack",
-                           evidence="\n".join(no_bypass), fix="let lbd manage its rules (it always adds --queue-bypass)"))
+                           evidence="\n".join(no_bypass),
+                           fix="intended only with lbd --down-policy closed; otherwise let lbd manage its rules"))
     wrong_q = [r for r in pre.rules if "NFQUEUE" in r and f"--queue-num {q} " not in r + " " and "--queue-balance" not in r]
     if wrong_q:
         out.append(Finding("error", "nfqueue-rules", f"NFQUEUE rules in {chain} target another queue than lbd's {q}",

@@ -354,10 +354,15 @@ def test_nfqueue_rule_health() -> None:
     assert any("chain LBD-Q0 is missing" in f.summary for f in by(fs, "nfqueue-rules", "error"))
     # no --queue-bypass; extra rules are only reported
     nob = RAW_OK.replace(" --queue-bypass", "") + "\n" + FILTER_EMPTY
-    nob = nob.replace("-A LBD-Q0-OUT", f"-A LBD-Q0 -d {VIP}/32 -p icmp -j CT --notrack\n-A LBD-Q0-OUT")
+    # lbd's own ICMP rule for the VIP is expected; a rule for an address lbd knows nothing of is not
+    nob = nob.replace("-A LBD-Q0-OUT", f"-A LBD-Q0 -d {VIP}/32 -p icmp -j CT --notrack\n"
+                      f"-A LBD-Q0 -d {VIP}/32 -p icmp -j NFQUEUE --queue-num 0\n"
+                      "-A LBD-Q0 -d 192.0.2.99/32 -p udp -j CT --notrack\n-A LBD-Q0-OUT")
     fs = run_checks(FakeContext(save=nob))
     assert any("without --queue-bypass" in f.summary for f in by(fs, "nfqueue-rules", "warning"))
-    assert any("1 rule besides" in f.summary for f in by(fs, "nfqueue-rules", "info"))
+    extra = [f for f in by(fs, "nfqueue-rules", "info") if "did not ask for" in f.summary]
+    assert len(extra) == 1 and extra[0].summary.startswith("LBD-Q0 holds 1 rule")
+    assert "192.0.2.99" in extra[0].evidence and "icmp" not in extra[0].evidence
 
 
 def test_out_chain_missing_and_track_opt_in() -> None:
