@@ -1,6 +1,8 @@
 # lvs-userspace: build, test and demo. Run as root on Debian 12 (or similar).
 #   make demo   - builds everything, runs the DR demo in its own network namespaces
-#   make test   - builds everything, runs tests/unit then tests/netns
+#   make test   - builds everything, runs tests/unit, the C core under ASan/UBSan
+#                 and valgrind (test-sanitize), then tests/netns
+#   make fuzz   - libFuzzer run of the packet core (FUZZ_SECONDS, default 60)
 # Every target is idempotent.
 
 SHELL := /bin/bash
@@ -15,12 +17,12 @@ STAMP   := $(VENV)/.lvs-userspace-installed
 # System packages: build (venv, headers, compiler, libnetfilter_queue, libmnl),
 # runtime (iptables, iproute2) and tools for tests/benchmarks.
 DEB_PKGS := python3-venv python3-dev gcc make iptables iproute2 \
-            libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind
+            libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang
 
 # Inputs of the editable install (the cffi extension is compiled from native/).
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c)
 
-.PHONY: all deps venv build test test-unit test-netns demo clean distclean
+.PHONY: all deps venv build test test-unit test-sanitize test-netns fuzz demo clean distclean
 
 all: build
 
@@ -65,6 +67,7 @@ endef
 
 test: build
 	$(call run_pytest,tests/unit)
+	@$(MAKE) --no-print-directory test-sanitize
 	$(call run_pytest,tests/netns)
 
 test-unit: build
@@ -72,6 +75,57 @@ test-unit: build
 
 test-netns: build
 	$(call run_pytest,tests/netns)
+
+# ---------------------------------------------------------------- C core without Python
+# native/tests/harness.c drives the packet core directly (replay, churn); nfq.c is the
+# NFQUEUE adapter (libnetfilter_queue), not part of the core.
+CORE_SRCS := $(filter-out native/src/nfq.c,$(wildcard native/src/*.c))
+HARNESS_DEPS := native/tests/harness.c $(CORE_SRCS) $(wildcard native/include/*.h native/src/*.h)
+SAN_DIR := build/sanitize
+SAN_BIN := $(SAN_DIR)/harness
+VG_BIN := $(SAN_DIR)/harness-valgrind
+FUZZ_BIN := $(SAN_DIR)/fuzz-harness
+FUZZ_SECONDS ?= 60
+CORPUS := native/tests/corpus
+# ASan replaces malloc, so MALLOC_PERTURB_ does not reach it: it fills new blocks with the same byte.
+ASAN_OPTS := abort_on_error=1:detect_leaks=1:malloc_fill_byte=165:max_malloc_fill_size=1048576
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+CFLAGS_CHECK := -std=gnu11 -O1 -g -Wall -Wextra -Werror -Inative/include
+
+$(SAN_BIN): $(HARNESS_DEPS)
+	@mkdir -p $(SAN_DIR)
+	gcc $(CFLAGS_CHECK) $(SAN_FLAGS) -o $@ native/tests/harness.c $(CORE_SRCS) -lpthread
+
+# valgrind cannot run ASan binaries: a plain build for memcheck.
+$(VG_BIN): $(HARNESS_DEPS)
+	@mkdir -p $(SAN_DIR)
+	gcc $(CFLAGS_CHECK) -o $@ native/tests/harness.c $(CORE_SRCS) -lpthread
+
+# ASan + UBSan (any report aborts), allocations poisoned by glibc (MALLOC_PERTURB_),
+# then valgrind memcheck for reads of uninitialised memory (the seed-000 bug class).
+test-sanitize: deps $(SAN_BIN) $(VG_BIN)
+	@echo "== sanitize: churn + replay under ASan/UBSan, MALLOC_PERTURB_=165"
+	ASAN_OPTIONS=$(ASAN_OPTS) UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  MALLOC_PERTURB_=165 $(SAN_BIN) churn 2000
+	ASAN_OPTIONS=$(ASAN_OPTS) UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(SAN_BIN) replay $(CORPUS)/*
+	@echo "== sanitize: churn under valgrind memcheck"
+	MALLOC_PERTURB_=165 valgrind -q --error-exitcode=9 --track-origins=yes --leak-check=full \
+	  --errors-for-leak-kinds=definite $(VG_BIN) churn 300
+	valgrind -q --error-exitcode=9 --track-origins=yes $(VG_BIN) replay $(CORPUS)/*
+
+# libFuzzer on a scratch copy of the corpus (the checked-in corpus stays as it is);
+# a crash, sanitizer report or invariant abort fails the target and leaves crash-* files.
+fuzz: deps $(HARNESS_DEPS)
+	@mkdir -p $(SAN_DIR)
+	clang -std=gnu11 -O1 -g -DLB_FUZZ -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -Inative/include -o $(FUZZ_BIN) native/tests/harness.c $(CORE_SRCS) -lpthread
+	rm -rf $(SAN_DIR)/fuzz-corpus $(SAN_DIR)/fuzz-artifacts
+	mkdir -p $(SAN_DIR)/fuzz-corpus $(SAN_DIR)/fuzz-artifacts
+	cp $(CORPUS)/* $(SAN_DIR)/fuzz-corpus/
+	$(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=1024 \
+	  -print_final_stats=1 -artifact_prefix=$(SAN_DIR)/fuzz-artifacts/ $(SAN_DIR)/fuzz-corpus
+	@echo "fuzz: no crash in $(FUZZ_SECONDS) s (new inputs kept in $(SAN_DIR)/fuzz-corpus)"
 
 demo: build
 	$(PY) -m lb.demo

@@ -1,14 +1,15 @@
 """`python -m lb.demo` (or `make demo`): lbd forwarding real HTTP requests in namespaces.
 
-For each mode section (today: DR) it builds its own topology of network
-namespaces (client, director, real servers; names start with `lbB<token>`),
-starts an HTTP server in every real server and `lbd` in the director,
-configures the virtual service with `lbadm` only, sends real HTTP requests from
-the client to the VIP, and shows who answered and what `lbadm -Ln` says. Then
-it stops lbd and removes everything, also on Ctrl-C or failure.
+Three sections, one per forwarding method: DR, IPIP (tunnel) and FULLNAT. Each
+builds its own topology of network namespaces (client, director, real servers;
+names start with `lbB<token>`), starts an HTTP server in every real server and
+`lbd` in the director, configures the virtual service with `lbadm` (and the
+control socket where lbadm has no option yet), sends real HTTP requests from the
+client to the VIP, and shows who answered and what `lbadm -Ln` says. Then it
+stops lbd and removes everything, also on Ctrl-C or failure.
 
-Another forwarding mode is one more `Section` in SECTIONS: a topology spec and
-the lbadm commands that configure it.
+Another forwarding mode is one more `Section` in SECTIONS: a topology spec, how
+to prepare the real servers, and the configuration steps.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Union
 
 from lb.testbed import client
-from lb.testbed.topology import Topology, TopologySpec, dr_spec, environment_problem
+from lb.testbed.ipip_decap import start_in as start_ipip_decap
+from lb.testbed.pcap import Capture
+from lb.testbed.topology import Host, Topology, TopologySpec, dr_spec, environment_problem, fullnat_spec
 
 HTTP_PORT = 80
 READY_TIMEOUT_S = 20.0
@@ -43,20 +46,91 @@ class DemoError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Ctl:
+    """A control-socket request (docs/control-protocol.md), for what lbadm has no option for.
+
+    `lbadm`: the lbadm command that would do it; tried first when set.
+    """
+
+    op: str
+    args: dict[str, Any]
+    why: str = ""
+    lbadm: list[str] | None = None
+
+
+Step = Union[list[str], Ctl]  # lbadm arguments, or a control request
+
+
+@dataclass(frozen=True)
 class Section:
     key: str
     title: str
     explain: str
     spec: Callable[[], TopologySpec]
-    commands: Callable[[Topology], list[list[str]]]  # lbadm argument lists, in order
+    steps: Callable[[Topology], list[Step]]
+    real_note: Callable[[Topology, Host], str]  # how each real server is set up, one line
+    prepare: Callable[[Topology, Path], None] | None = None  # extra set-up before lbd starts
+    path: str = "/"  # what the client GETs (/peer: the server also says whom it sees)
+    toa_host: str | None = None  # capture TCP option 254 on this real server
+    report: Callable[[Topology], str] | None = None  # one more line after the traffic
 
 
-def dr_commands(topo: Topology) -> list[list[str]]:
-    svc = f"{topo.vip}:{HTTP_PORT}"
-    cmds = [["-A", "-t", svc, "-s", "rr"]]
+def _svc(topo: Topology) -> str:
+    return f"{topo.vip}:{HTTP_PORT}"
+
+
+def dr_steps(topo: Topology) -> list[Step]:
+    cmds: list[Step] = [["-A", "-t", _svc(topo), "-s", "rr"]]
     for rs in topo.reals:
-        cmds.append(["-a", "-t", svc, "-r", f"{rs.addr}:{HTTP_PORT}", "-g", "-w", "1"])
+        cmds.append(["-a", "-t", _svc(topo), "-r", f"{rs.addr}:{HTTP_PORT}", "-g", "-w", "1"])
     return cmds
+
+
+def ipip_steps(topo: Topology) -> list[Step]:
+    cmds: list[Step] = [["-A", "-t", _svc(topo), "-s", "rr"]]
+    for rs in topo.reals:
+        cmds.append(["-a", "-t", _svc(topo), "-r", f"{rs.addr}:{HTTP_PORT}", "-i", "-w", "1"])
+    return cmds
+
+
+LIP2_INDEX = 5  # FULLNAT: the director's second local address on the back subnet
+
+
+def fullnat_lips(topo: Topology) -> list[str]:
+    return [topo.director.iface("back").addr, topo.addr("back", LIP2_INDEX)]
+
+
+def fullnat_steps(topo: Topology) -> list[Step]:
+    key = {"proto": "tcp", "addr": topo.vip, "port": HTTP_PORT}
+    cmds: list[Step] = [
+        ["-A", "-t", _svc(topo), "-s", "rr"],
+        Ctl("edit_service", {**key, "sched": "rr", "persistent": None, "netmask": "255.255.255.255",
+                             "toa": True, "synproxy": False}, "TOA on: lbadm has no option for it"),
+    ]
+    for lip in fullnat_lips(topo):
+        cmds.append(Ctl("add_laddr", {"service": key, "addr": lip}, "local address",
+                        lbadm=["-P", "-t", _svc(topo), "-z", lip]))
+    for rs in topo.reals:
+        cmds.append(["-a", "-t", _svc(topo), "-r", f"{rs.addr}:{HTTP_PORT}", "-b", "-w", "1"])
+    return cmds
+
+
+def _prepare_ipip(topo: Topology, workdir: Path) -> None:
+    for rs in topo.reals:
+        start_ipip_decap(rs, f"{topo.prefix}ipip", seconds=300.0)
+
+
+def _ipip_report(topo: Topology) -> str:
+    counts = []
+    for rs in topo.reals:
+        info = json.loads(rs.ip("-j", "-s", "link", "show", "dev", f"{topo.prefix}ipip").stdout)
+        counts.append(f"{rs.name}: {info[0]['stats64']['rx']['packets']}")
+    return "packets that arrived through the tunnel (decapsulated into TUN): " + ", ".join(counts)
+
+
+def _prepare_fullnat(topo: Topology, workdir: Path) -> None:
+    d = topo.director
+    d.ip("addr", "add", f"{topo.addr('back', LIP2_INDEX)}/24", "dev", d.iface("back").ifname)
 
 
 SECTIONS: list[Section] = [
@@ -69,7 +143,44 @@ SECTIONS: list[Section] = [
             "(arp_ignore=1, arp_announce=2) and answer the client directly."
         ),
         spec=lambda: dr_spec(3),
-        commands=dr_commands,
+        steps=dr_steps,
+        real_note=lambda t, rs: f"{rs.addr} (mac {rs.mac}), VIP on lo, httpd on :{HTTP_PORT}",
+    ),
+    Section(
+        key="ipip",
+        title="IPIP (tunnel, lbadm -i), round robin",
+        explain=(
+            "lbd wraps each client packet unchanged in an outer IPv4 header (protocol 4) from the\n"
+            "director's own address (the one its route to the real server selects) to the real\n"
+            "server. Real servers hold the VIP on lo and answer the client directly. On a real\n"
+            "host the kernel's ipip module (tunl0) strips the outer header; this kernel has none,\n"
+            "so each real server here runs lb.testbed.ipip_decap (raw socket for protocol 4 ->\n"
+            "TUN device), which does the same in userspace."
+        ),
+        spec=lambda: dr_spec(3),
+        steps=ipip_steps,
+        real_note=lambda t, rs: (f"{rs.addr}, VIP on lo, ipip_decap -> TUN {t.prefix}ipip, "
+                                 f"httpd on :{HTTP_PORT}"),
+        prepare=_prepare_ipip,
+        report=_ipip_report,
+    ),
+    Section(
+        key="fullnat",
+        title="FULLNAT (lbadm -b, DPVS conventions), round robin, TOA on",
+        explain=(
+            "Both addresses are rewritten: client:port -> VIP:80 becomes LIP:lport -> RIP:80, and\n"
+            "the real server's reply RIP -> LIP comes back through the director, where lbd turns\n"
+            "it into VIP -> client. Real servers need no VIP and sit on another subnet (their\n"
+            "default route is the director). They see a local address (LIP) as the client; with\n"
+            "TOA the handshake's last ACK carries the real client in TCP option 254."
+        ),
+        spec=lambda: fullnat_spec(3),
+        steps=fullnat_steps,
+        real_note=lambda t, rs: (f"{rs.addr} on the back subnet, default route via the director "
+                                 f"{t.director.iface('back').addr}, no VIP, httpd on :{HTTP_PORT}"),
+        prepare=_prepare_fullnat,
+        path="/peer",
+        toa_host="f1",
     ),
 ]
 
@@ -84,11 +195,12 @@ def _bin(name: str) -> str:
     return found
 
 
-def _ping(sock_path: str) -> dict:
+def _ctl(sock_path: str, op: str = "ping", args: dict | None = None, timeout: float = 5.0) -> dict:
+    """One request on lbd's control socket (newline-delimited JSON)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(2.0)
+        s.settimeout(timeout)
         s.connect(sock_path)
-        s.sendall(b'{"op": "ping", "args": {}}\n')
+        s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(4096)
@@ -123,7 +235,7 @@ class Demo:
                 if proc.poll() is not None:
                     raise DemoError(f"lbd exited with {proc.returncode}:\n{_tail(log_path)}")
                 with contextlib.suppress(OSError, ValueError):
-                    if os.path.exists(sock) and _ping(sock).get("ok"):
+                    if os.path.exists(sock) and _ctl(sock, "ping", timeout=2.0).get("ok"):
                         break
                 if time.monotonic() > deadline:
                     raise DemoError(f"lbd not ready after {READY_TIMEOUT_S}s:\n{_tail(log_path)}")
@@ -144,36 +256,71 @@ class Demo:
             raise DemoError(f"lbadm {shlex.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc.stdout
 
+    def ctl(self, sock: str, step: Ctl) -> Any:
+        resp = _ctl(sock, step.op, step.args)
+        if not resp.get("ok"):
+            raise DemoError(f"control op {step.op} {json.dumps(step.args)} failed: {resp.get('error')}")
+        return resp.get("result")
+
+    def apply(self, topo: Topology, sock: str, step: Step) -> None:
+        if not isinstance(step, Ctl):
+            self.lbadm(topo, sock, step)
+            return
+        if step.lbadm is not None:
+            proc = topo.director.exec([self.lbadm_bin, "--socket", sock, *step.lbadm], check=False)
+            if proc.returncode == 0:
+                self.say(f"  $ lbadm {shlex.join(step.lbadm)}")
+                return
+            self.say(f"  $ lbadm {shlex.join(step.lbadm)}    (DPVS syntax; this lbadm refuses it, so:)")
+        note = f"    ({step.why})" if step.why and step.lbadm is None else ""
+        self.say(f"  control socket: {json.dumps({'op': step.op, 'args': step.args})}{note}")
+        self.ctl(sock, step)
+
+    def _wait_resolved(self, sock: str, timeout: float = 5.0) -> None:
+        """Until lbd has forwarding state (route, MAC, source) for every destination."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            services = self.ctl(sock, Ctl("list", {}))["services"]
+            if all(d["l2"]["state"] == "resolved" for s in services for d in s["dests"]):
+                return
+            time.sleep(0.05)
+
     def run_section(self, section: Section) -> bool:
+        started = time.monotonic()
         self.say(f"=== {section.title} ===")
         self.say(section.explain)
         workdir = Path(tempfile.mkdtemp(prefix="lbB-demo-"))
         try:
             with Topology(section.spec()) as topo:
-                self._describe(topo)
+                self._describe(topo, section)
+                if section.prepare is not None:
+                    section.prepare(topo, workdir)
                 self._start_httpds(topo, workdir)
                 with self._lbd(topo, workdir) as (_proc, sock, log_path):
-                    self.say(f"\nlbd runs in {topo.director.netns}; configuring it with lbadm:")
-                    for args in section.commands(topo):
-                        self.lbadm(topo, sock, args)
-                    ok = self._traffic(topo)
+                    self.say(f"\nlbd runs in {topo.director.netns}; configuring it:")
+                    for step in section.steps(topo):
+                        self.apply(topo, sock, step)
+                    self._wait_resolved(sock)
+                    ok = self._traffic(topo, section)
                     self.say("\n  $ lbadm -Ln")
                     for line in self.lbadm(topo, sock, ["-Ln"], show=False).rstrip("\n").split("\n"):
                         self.say(f"  {line.rstrip()}")
                     if not ok:
                         self.say(f"\nlbd log (tail):\n{_tail(log_path)}")
-            self.say(f"namespaces {topo.prefix}-* removed.\n")
+            self.say(f"namespaces {topo.prefix}-* removed ({time.monotonic() - started:.1f} s).\n")
             return ok
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _describe(self, topo: Topology) -> None:
+    def _describe(self, topo: Topology, section: Section) -> None:
         c, d = topo.client, topo.director
-        self.say(f"\nnamespaces {topo.prefix}-*, one bridged segment {topo.subnets['lan']}:")
+        segs = ", ".join(f"{name} {net}" for name, net in topo.subnets.items())
+        self.say(f"\nnamespaces {topo.prefix}-*, bridged segments: {segs}")
         self.say(f"  client    {c.addr}")
-        self.say(f"  director  {d.addr}, VIP {topo.vip} (mac {d.mac})")
+        others = "".join(f", {i.addr} ({i.segment})" for i in d.ifaces[1:])
+        self.say(f"  director  {d.addr}{others}, VIP {topo.vip} (mac {d.mac})")
         for rs in topo.reals:
-            self.say(f"  {rs.name:<9} {rs.addr} (mac {rs.mac}), VIP on lo, httpd on :{HTTP_PORT}")
+            self.say(f"  {rs.name:<9} {section.real_note(topo, rs)}")
 
     def _start_httpds(self, topo: Topology, workdir: Path) -> None:
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -183,26 +330,63 @@ class Demo:
                           "--port", str(HTTP_PORT)], stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 15.0
         for rs in topo.reals:
-            while not client.get_once(topo.client.netns, rs.addr, HTTP_PORT, timeout=1.0).ok:
+            # From the director: it reaches the real servers in every topology (before lbd runs).
+            while not client.get_once(topo.director.netns, rs.addr, HTTP_PORT, timeout=1.0).ok:
                 if time.monotonic() > deadline:
                     raise DemoError(f"httpd in {rs.name} does not answer:\n{_tail(workdir / f'{rs.name}.log')}")
                 time.sleep(0.1)
 
-    def _traffic(self, topo: Topology) -> bool:
-        url = f"http://{topo.vip}/"
+    def _traffic(self, topo: Topology, section: Section) -> bool:
+        url = f"http://{topo.vip}{section.path}"
         self.say(f"\n{self.requests} HTTP GETs from the client to {url}, each on a new TCP connection:")
-        replies = client.fresh_gets(topo.client.netns, topo.vip, HTTP_PORT, self.requests, timeout=3.0)
+        cap = None
+        if section.toa_host is not None:
+            cap = Capture(topo.host(section.toa_host),
+                          f"tcp dst port {HTTP_PORT} and (tcp[tcpflags] & (tcp-syn|tcp-rst)) == 0",
+                          direction="in").start()
+        try:
+            replies = client.fresh_gets(topo.client.netns, topo.vip, HTTP_PORT, self.requests,
+                                        path=section.path, timeout=3.0)
+            packets = cap.stop() if cap is not None else []
+        finally:
+            if cap is not None:
+                cap.close()
+        per_row = 6 if section.path == "/" else 2
         row = []
         for i, r in enumerate(replies, 1):
-            row.append(f"#{i:<2} {r.server if r.ok else 'FAILED'}")
-            if len(row) == 6 or i == len(replies):
-                self.say("  " + "   ".join(row))
+            text = r.server if r.ok else "FAILED"
+            if r.ok and section.path == "/peer":
+                text = f"{r.server} (it saw {r.body.splitlines()[1].replace(' ', ':')})"
+            row.append(f"#{i:<2} {text:<32}" if per_row == 2 else f"#{i:<2} {text}")
+            if len(row) == per_row or i == len(replies):
+                self.say(("  " + "   ".join(row)).rstrip())
                 row = []
         counts = Counter(r.server for r in replies if r.ok)
         failed = [r for r in replies if not r.ok]
         summary = ", ".join(f"{rs.name}: {counts.get(rs.name, 0)}" for rs in topo.reals)
         self.say(f"answered by {summary}" + (f"; {len(failed)} FAILED ({failed[0].error})" if failed else ""))
+        if cap is not None:
+            self._show_toa(topo, section, replies, packets)
+        if section.report is not None:
+            self.say(section.report(topo))
         return not failed
+
+    def _show_toa(self, topo: Topology, section: Section, replies: list[client.Reply], packets: list) -> None:
+        shown = 0
+        for p in packets:
+            l4 = p.ip.l4
+            toa = [v for k, v in (l4.options if l4 else []) if k == 254 and len(v) == 6]
+            if not toa:
+                continue
+            port = int.from_bytes(toa[0][:2], "big")
+            addr = socket.inet_ntoa(toa[0][2:])
+            self.say(f"{section.toa_host} received the handshake ACK from {p.ip.src}:{l4.sport} with TCP option "
+                     f"254 (TOA, len 8): client {addr}:{port}")
+            shown += 1
+            if shown == 2:
+                break
+        if not shown:
+            self.say(f"no TOA option seen at {section.toa_host} (capture of {len(packets)} segments)")
 
 
 def _tail(path: Path, chars: int = 2000) -> str:

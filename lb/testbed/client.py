@@ -9,6 +9,9 @@ process can stay where it is. `netns=None` uses the caller's own namespace.
 - `KeepAlive`: one persistent HTTP/1.1 connection; `get()` as often as needed.
 - `Hold`: `GET /hold?seconds=S` read in a background thread: a long-lived
   connection that keeps receiving a byte per second.
+- `paced_gets(...)`: fresh-connection GETs for a bounded time at a bounded rate,
+  each with its wall-clock start time (CLI: `--seconds S --interval I --jsonl`,
+  one JSON object per request, for test-bed traffic generators).
 
 Everything is bounded: per-request timeouts, request counts <= 10000.
 """
@@ -34,12 +37,13 @@ DEFAULT_TIMEOUT_S = 5.0
 
 @dataclass
 class Reply:
-    """Outcome of one request: `server` (body's first line) or `error`."""
+    """Outcome of one request: `server` (body's first line) or `error`; `body` is all of it."""
 
     server: str | None
     status: int | None = None
     error: str | None = None
     local_port: int | None = None
+    body: str = ""
 
     @property
     def ok(self) -> bool:
@@ -84,7 +88,7 @@ def _request(conn: NetnsHTTPConnection, path: str, headers: dict[str, str]) -> R
         port = conn.local_port
         resp = conn.getresponse()
         body = resp.read().decode(errors="replace")
-        return Reply(server=body.split("\n", 1)[0] or None, status=resp.status, local_port=port)
+        return Reply(server=body.split("\n", 1)[0] or None, status=resp.status, local_port=port, body=body)
     except (OSError, http.client.HTTPException) as exc:
         return Reply(server=None, error=f"{type(exc).__name__}: {exc}", local_port=port)
 
@@ -105,6 +109,26 @@ def fresh_gets(netns: str | None, host: str, port: int = 80, n: int = 10, path: 
     if not 0 <= n <= MAX_REQUESTS:
         raise ValueError(f"n must be in 0..{MAX_REQUESTS}")
     return [get_once(netns, host, port, path, timeout) for _ in range(n)]
+
+
+def paced_gets(netns: str | None, host: str, port: int = 80, seconds: float = 10.0,
+               interval: float = 0.05, max_requests: int = MAX_REQUESTS, path: str = "/",
+               timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[tuple[float, float, Reply]]:
+    """Yield (wall-clock start, duration, Reply) for fresh-connection GETs, one every
+    `interval` seconds at most, until `seconds` have passed or `max_requests` were made."""
+    if not 0 <= max_requests <= MAX_REQUESTS:
+        raise ValueError(f"max_requests must be in 0..{MAX_REQUESTS}")
+    start = time.monotonic()
+    for i in range(max_requests):
+        now = time.monotonic()
+        if now - start >= seconds:
+            return
+        due = start + i * interval
+        if due > now:
+            time.sleep(due - now)
+        wall, t0 = time.time(), time.monotonic()
+        reply = get_once(netns, host, port, path, timeout)
+        yield wall, time.monotonic() - t0, reply
 
 
 def tally(replies: list[Reply]) -> dict[str, int]:
@@ -259,13 +283,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", "--count", type=int, default=10)
     ap.add_argument("--netns", help="network namespace to create the sockets in")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    ap.add_argument("--seconds", type=float, help="keep sending for S seconds (at most --count requests)")
+    ap.add_argument("--interval", type=float, default=0.05, help="with --seconds: at most one request per I s")
+    ap.add_argument("--jsonl", action="store_true", help="with --seconds: one JSON object per request")
     args = ap.parse_args(argv)
+    if args.seconds is not None:
+        return _paced_main(args)
     start = time.monotonic()
     replies = fresh_gets(args.netns, args.host, args.port, args.count, timeout=args.timeout)
     for i, r in enumerate(replies, 1):
         print(f"{i:4d}  {r.server if r.ok else 'ERROR ' + str(r.error or r.status)}")
     print(f"{tally(replies)} in {time.monotonic() - start:.2f}s")
     return 0 if all(r.ok for r in replies) else 1
+
+
+def _paced_main(args: argparse.Namespace) -> int:
+    import json
+
+    counts: collections.Counter[str] = collections.Counter()
+    for wall, dt, r in paced_gets(args.netns, args.host, args.port, args.seconds, args.interval,
+                                  min(args.count, MAX_REQUESTS), timeout=args.timeout):
+        counts[r.server if r.ok else "<error>"] += 1
+        if args.jsonl:
+            print(json.dumps({"t": round(wall, 6), "dt": round(dt, 6), "server": r.server if r.ok else None,
+                              "error": None if r.ok else (r.error or f"status {r.status}")}), flush=True)
+    if not args.jsonl:
+        print(dict(counts))
+    return 0
 
 
 if __name__ == "__main__":

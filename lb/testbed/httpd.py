@@ -4,6 +4,8 @@
 
 - Every GET answers 200 with body "<name>\\n" and header `X-Server: <name>`;
   keep-alive (HTTP/1.1) is supported, so one connection can carry many requests.
+- `GET /peer` answers "<name>\\n<peer address> <peer port>\\n": the client as this
+  server sees it (for FULLNAT: the director's local address, not the client).
 - `GET /hold?seconds=S` answers "<name>\\n" at once and then keeps the
   connection open, sending one "." per second for S seconds (S <= 600), then
   closes: a long-lived connection a test can watch.
@@ -50,12 +52,15 @@ def make_handler(name: str, verbose: bool) -> type[BaseHTTPRequestHandler]:
             if url.path == "/hold":
                 self._hold(url.query)
                 return
+            out = body
+            if url.path == "/peer":
+                out = body + f"{self.client_address[0]} {self.client_address[1]}\n".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(out)))
             self.send_header("X-Server", name)
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(out)
 
         def _hold(self, query: str) -> None:
             try:

@@ -21,6 +21,9 @@ delivers it to the VIP on `lo`. Replies leave directly to the client, as in DR.
 Usage (inside the real server's namespace, as root)::
 
     python -m lb.testbed.ipip_decap [--dev lbipip0] [--count N] [--seconds S]
+
+From Python, `start_in(host, dev)` starts it in a test-bed host and waits until
+it is ready; the topology ends it (by PID) with everything else.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ import struct
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lb.testbed.topology import Host
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -102,6 +109,34 @@ def run(dev: str, max_count: int, max_seconds: float) -> int:
         raw.close()
     print(f"ipip_decap: {forwarded} packets decapsulated", flush=True)
     return 0
+
+
+def start_in(host: "Host", dev: str, seconds: float = 3600.0,
+             ready_timeout: float = 10.0) -> "subprocess.Popen[bytes]":
+    """Start this helper inside test-bed host `host` (its namespace), creating TUN `dev`.
+
+    Returns once it printed "ready"; raises RuntimeError with its output otherwise.
+    The process belongs to the host's topology, which ends it by PID on close.
+    """
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=repo)
+    proc = host.popen([sys.executable, "-m", "lb.testbed.ipip_decap", "--dev", dev,
+                       "--seconds", str(seconds)],
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + ready_timeout
+    seen = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if ready:
+            line = proc.stdout.readline()
+            seen += line
+            if b"ready" in line:
+                return proc
+            if not line:  # EOF: it exited
+                break
+    host.topo.stop_process(proc)
+    raise RuntimeError(f"ipip_decap in {host.name} not ready: {seen.decode(errors='replace')}")
 
 
 def main(argv: list[str] | None = None) -> int:

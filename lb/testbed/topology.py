@@ -87,9 +87,10 @@ class HostSpec:
     """A host namespace.
 
     role: "client" | "director" | "real" | "router" | anything else (plain host).
-    vips: VIP host indexes (on the first link's segment). A "director" puts them
-      on its interface; a "real" server puts them on `lo` (/32) with
-      arp_ignore=1/arp_announce=2, the DR/TUN real-server configuration.
+    vips: VIP host indexes (on `vip_segment`, default the first link's segment).
+      A "director" puts them on its interface; a "real" server puts them on `lo`
+      (/32) with arp_ignore=1/arp_announce=2, the DR/TUN real-server configuration
+      (a TUN real server on another subnet names the director's segment here).
     gateway: (segment, host_index) of the default route, if any.
     forwarding: enable IPv4 forwarding (routers).
     """
@@ -100,6 +101,7 @@ class HostSpec:
     vips: tuple[int, ...] = ()
     gateway: tuple[str, int] | None = None
     forwarding: bool = False
+    vip_segment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ class TopologySpec:
                     raise ValueError(f"host {h.name}: unknown segment {link.segment!r}")
                 if not 1 <= link.host_index <= 254:
                     raise ValueError(f"host {h.name}: host_index {link.host_index} not in 1..254")
+            if h.vip_segment is not None and h.vip_segment not in seg_names:
+                raise ValueError(f"host {h.name}: unknown vip_segment {h.vip_segment!r}")
         used: dict[tuple[str, int], str] = {}
         for h in self.hosts:
             for link in h.links:
@@ -156,6 +160,26 @@ def dr_spec(n_real: int = 3) -> TopologySpec:
             HostSpec(f"rs{i}", (LinkSpec("lan", REAL_BASE_INDEX + i),), role="real", vips=(VIP_INDEX,))
         )
     return TopologySpec(segments=(SegmentSpec("lan"),), hosts=tuple(hosts))
+
+
+def fullnat_spec(n_real: int = 3) -> TopologySpec:
+    """FULLNAT: client and director on "lan" (VIP .100), real servers f1..fN on "back".
+
+    The director is .1 on "back" (its local address, and the real servers'
+    default route, so replies come back through it); f<i> is .1<i>. The real
+    servers have no VIP.
+    """
+    if not 1 <= n_real <= 20:
+        raise ValueError("n_real must be in 1..20")
+    hosts = [
+        HostSpec("client", (LinkSpec("lan", CLIENT_INDEX),), role="client"),
+        HostSpec("director", (LinkSpec("lan", DIRECTOR_INDEX), LinkSpec("back", 1)), role="director",
+                 vips=(VIP_INDEX,)),
+    ]
+    for i in range(1, n_real + 1):
+        hosts.append(HostSpec(f"f{i}", (LinkSpec("back", REAL_BASE_INDEX + i),), role="real",
+                              gateway=("back", 1)))
+    return TopologySpec(segments=(SegmentSpec("lan"), SegmentSpec("back")), hosts=tuple(hosts))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -382,6 +406,7 @@ class Topology:
         self.hosts: dict[str, Host] = {}
         self.subnets: dict[str, ipaddress.IPv4Network] = {}
         self._namespaces: list[str] = []  # in creation order
+        self._ports: dict[tuple[str, str], str] = {}  # (host, segment) -> bridge port in the switch
         self._procs: list[subprocess.Popen[Any]] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -398,6 +423,20 @@ class Topology:
 
     def switch_ns(self, segment: str) -> str:
         return f"{self.prefix}-sw-{segment}"
+
+    def switch_port(self, host: str, segment: str) -> str:
+        """The bridge port (in `switch_ns(segment)`) that `host`'s link on `segment` plugs into.
+
+        Frames a host sends arrive there as received ("in") frames: a capture on it sees
+        everything the host put on the wire, including frames sent with
+        PACKET_QDISC_BYPASS, which a capture inside the host cannot see.
+        """
+        return self._ports[(host, segment)]
+
+    def switch_host(self, segment: str) -> Host:
+        """The segment's switch namespace as a Host (for `exec`/`popen`, e.g. captures)."""
+        spec = HostSpec(f"sw{segment}", (LinkSpec(segment, 254),), role="switch")
+        return Host(self, spec, self.switch_ns(segment), [], [])
 
     def bridge_name(self, segment: str) -> str:
         return self._ifname(f"b{segment}")
@@ -554,6 +593,7 @@ class Topology:
             for lidx, link in enumerate(hspec.links):
                 sw = self.switch_ns(link.segment)
                 port = self._ifname(f"p{hidx}{link.segment}")[:IFNAMSIZ_MAX]
+                self._ports[(hspec.name, link.segment)] = port
                 inner = self._ifname(f"e{lidx}")
                 # Created inside the switch namespace, peer moved straight into the host
                 # namespace: no link ever exists in the caller's namespace.
@@ -567,8 +607,8 @@ class Topology:
                 _run(["ip", "-n", ns, "link", "set", inner, "up"])
                 mac = _read_mac(ns, inner)
                 ifaces.append(Interface(link.segment, inner, addr, net.prefixlen, mac))
-            first_seg = hspec.links[0].segment
-            vips = [self.addr(first_seg, v) for v in hspec.vips]
+            vip_seg = hspec.vip_segment or hspec.links[0].segment
+            vips = [self.addr(vip_seg, v) for v in hspec.vips]
             host = Host(self, hspec, ns, ifaces, vips)
             self.hosts[hspec.name] = host
             self._configure_host(host)

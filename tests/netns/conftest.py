@@ -8,6 +8,7 @@
 - `lbd`: a fresh `lbd` in the director namespace for each test, configured only
   through `lbd.lbadm(...)`. Its finalizer sends SIGTERM, expects exit 0 and
   asserts that no iptables rule or chain is left in the director namespace.
+  `running_lbd(topo, engine, env)` does the same for a module's own topology.
 
 Everything runs inside namespaces named with this run's `lbB<token>` prefix;
 the only processes ended are the ones started here, by PID.
@@ -15,8 +16,10 @@ the only processes ended are the ones started here, by PID.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -56,6 +60,67 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.netns)
         if _ENV_PROBLEM is not None:
             item.add_marker(pytest.mark.skip(reason=f"real-packet tests: {_ENV_PROBLEM}"))
+
+
+# --------------------------------------------------------------------------- -Ln parsing
+
+# ipvsadm 1.31 `-Ln` layout (ipvsadm.c print_title / print_service_entry).
+RE_TITLE = re.compile(r"^IP Virtual Server version (\d+)\.(\d+)\.(\d+) \(size=(\d+)\)$")
+TITLE2 = "Prot LocalAddress:Port Scheduler Flags"
+TITLE3 = "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"
+RE_SERVICE = re.compile(r"^(TCP|UDP)  (\d{1,3}(?:\.\d{1,3}){3}):(\d+) (\w+)(?: (.*))?$")
+RE_DEST = re.compile(
+    r"^  -> (\d{1,3}(?:\.\d{1,3}){3}):(\d+) +(Route|Tunnel|Masq|Local|FullNat) +(\d+) +(\d+) +(\d+) *$"
+)
+
+
+@dataclass
+class LnDest:
+    addr: str
+    port: int
+    forward: str
+    weight: int
+    active: int
+    inactive: int
+
+
+@dataclass
+class LnService:
+    proto: str
+    addr: str
+    port: int
+    sched: str
+    flags: str
+    dests: list[LnDest]
+
+
+def parse_ln(text: str) -> list[LnService]:
+    """Parse `lbadm -Ln` strictly: ipvsadm's header lines and exact column layout."""
+    lines = text.split("\n")
+    assert lines and lines[-1] == "", f"output must end with a newline: {text!r}"
+    lines = lines[:-1]
+    assert len(lines) >= 3, f"missing header lines: {text!r}"
+    assert RE_TITLE.match(lines[0]), f"title line: {lines[0]!r}"
+    assert lines[1] == TITLE2, f"second header line: {lines[1]!r}"
+    assert lines[2] == TITLE3, f"third header line: {lines[2]!r}"
+    services: list[LnService] = []
+    for line in lines[3:]:
+        m = RE_SERVICE.match(line)
+        if m:
+            proto, addr, port, sched, flags = m.groups()
+            assert line == f"{proto}  {addr}:{port} {sched}" + (f" {flags}" if flags else ""), line
+            services.append(LnService(proto, addr, int(port), sched, flags or "", []))
+            continue
+        m = RE_DEST.match(line)
+        assert m, f"line matches neither the service nor the destination layout: {line!r}"
+        assert services, f"destination line before any service: {line!r}"
+        addr, port, fwd, weight, active, inactive = m.groups()
+        # Exactly ipvsadm's printf("  -> %-28s %-7s %-6d %-10u %-10u\n"), trailing blanks included.
+        expected = "  -> %-28s %-7s %-6d %-10u %-10u" % (
+            f"{addr}:{port}", fwd, int(weight), int(active), int(inactive))
+        assert line == expected, f"column layout differs from ipvsadm:\n got {line!r}\nwant {expected!r}"
+        services[-1].dests.append(LnDest(addr, int(port), fwd, int(weight), int(active), int(inactive)))
+    return services
 
 
 # --------------------------------------------------------------------------- topology
@@ -134,9 +199,10 @@ def iptables_leftovers(host: Host) -> list[str]:
 class Lbd:
     """One lbd process in the director namespace, started and ended by us (by PID)."""
 
-    def __init__(self, topo: Topology, engine: str) -> None:
+    def __init__(self, topo: Topology, engine: str, env: dict[str, str] | None = None) -> None:
         self.topo = topo
         self.engine = engine
+        self.env = env  # extra environment for lbd (e.g. MALLOC_PERTURB_)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{topo.prefix}-lbd-"))
         self.socket = str(self.dir / "lbd.sock")
         self.proc: subprocess.Popen[Any] | None = None
@@ -159,6 +225,7 @@ class Lbd:
                 [str(LBD), "--socket", self.socket, "--queue-num", str(QUEUE_NUM),
                  "--engine", self.engine, "-v"],
                 stdout=log, stderr=subprocess.STDOUT,
+                env=dict(os.environ, **self.env) if self.env else None,
             )
         deadline = time.monotonic() + timeout
         last_err = "no answer yet"
@@ -189,6 +256,26 @@ class Lbd:
 
     def request(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         return ctl_request(self.socket, op, args)
+
+    def ok(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        """`request` that must succeed; returns its result."""
+        resp = self.request(op, args)
+        if not resp.get("ok"):
+            raise AssertionError(f"{op} {args}: {resp}\nlbd log:\n{self.log_tail()}")
+        return resp.get("result")
+
+    def wait_resolved(self, timeout: float = 10.0) -> None:
+        """Until every destination has forwarding state (`list`: l2 state resolved)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            services = self.ok("list")["services"]
+            pending = [(s["port"], d["addr"], d["l2"]) for s in services for d in s["dests"]
+                       if d["l2"]["state"] != "resolved"]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"destinations without forwarding state after {timeout}s: {pending}")
+            time.sleep(0.05)
 
     def lbadm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `lbadm --socket S ARGS...` in the director namespace."""
@@ -264,7 +351,17 @@ def _flush_director(topo: Topology) -> None:
 
 @pytest.fixture
 def lbd(topo: Topology, engine: str) -> Iterator[Lbd]:
-    d = Lbd(topo, engine)
+    with running_lbd(topo, engine) as d:
+        yield d
+
+
+@contextlib.contextmanager
+def running_lbd(topo: Topology, engine: str, env: dict[str, str] | None = None) -> Iterator[Lbd]:
+    """A fresh lbd in `topo`'s director; on exit: SIGTERM, exit status 0, no iptables leftovers.
+
+    For test modules with a topology of their own (FULLNAT, tunnel churn); `lbd` uses it too.
+    """
+    d = Lbd(topo, engine, env)
     try:
         result = d.start()
         assert result.get("engine") == engine, f"asked for engine {engine}, ping says {result}"
@@ -309,3 +406,57 @@ class HttpHelper:
 
     def hold(self, seconds: int) -> client.Hold:
         return client.Hold(self.netns, self.vip, self.port, seconds=seconds)
+
+
+# --------------------------------------------------------------------------- other services' churn
+
+
+def churn_other_services(lbd: Lbd, vip: str, rips: list[str], fwd: str, ports: tuple[int, ...],
+                         laddrs: tuple[str, ...] = (), between: Any = None) -> int:
+    """Add, edit and delete services and destinations on `vip`:`ports` (never the service
+    under test), through lbadm and the control socket; `between()` runs after every change.
+
+    `fwd` is the lbadm forwarding flag ("-g", "-i", "-b"); FULLNAT services get the local
+    addresses `laddrs` (control op `add_laddr`: lbadm has no DPVS `-P` yet). Every change
+    must succeed; returns how many were made. Bounded: a fixed list per port.
+    """
+    fwd_json = {"-g": "route", "-i": "tunnel", "-b": "fullnat"}[fwd]
+    done = 0
+
+    def step(*args: str) -> None:
+        nonlocal done
+        lbd.lbadm(*args)
+        done += 1
+        if between is not None:
+            between()
+
+    def ctl(op: str, args: dict[str, Any]) -> None:
+        nonlocal done
+        lbd.ok(op, args)
+        done += 1
+        if between is not None:
+            between()
+
+    for port in ports:
+        svc = f"{vip}:{port}"
+        key = {"proto": "tcp", "addr": vip, "port": port}
+        # ipvsadm: DR and tunnel destinations take the service's port (no port mapping).
+        rport = 80 if fwd == "-b" else port
+        step("-A", "-t", svc, "-s", "rr")
+        for la in laddrs:
+            ctl("add_laddr", {"service": key, "addr": la})
+        for i, rip in enumerate(rips):
+            step("-a", "-t", svc, "-r", f"{rip}:{rport}", fwd, "-w", str(i + 1))
+        step("-e", "-t", svc, "-r", f"{rips[0]}:{rport}", fwd, "-w", "5")
+        step("-E", "-t", svc, "-s", "wlc")
+        ctl("edit_dest", {"service": key, "dest": {"addr": rips[-1], "port": rport, "fwd": fwd_json,
+                                                   "weight": 0, "u_threshold": 0, "l_threshold": 0}})
+        step("-d", "-t", svc, "-r", f"{rips[0]}:{rport}")
+        step("-a", "-t", svc, "-r", f"{rips[0]}:{rport}", fwd, "-w", "1")
+        if laddrs:
+            ctl("del_laddr", {"service": key, "addr": laddrs[-1]})
+        step("-A", "-u", svc, "-s", "rr")
+        step("-a", "-u", svc, "-r", f"{rips[-1]}:{rport}", fwd)
+        step("-D", "-u", svc)
+        step("-D", "-t", svc)
+    return done

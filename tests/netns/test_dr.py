@@ -16,7 +16,6 @@ import re
 import signal
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
@@ -24,73 +23,14 @@ import pytest
 from lb.testbed import client
 from lb.testbed.topology import Topology, dr_spec, list_netns
 
-if TYPE_CHECKING:  # fixtures' types only; never import conftest at run time
+from conftest import LnDest, LnService, parse_ln  # type: ignore[import-not-found]
+
+if TYPE_CHECKING:  # fixtures' types only
     from conftest import HttpHelper, Lbd
 
 HTTP_PORT = 80  # the port the real servers' httpd listens on (conftest.HTTP_PORT)
 
 SETTLE_TIMEOUT_S = 10.0  # bound for waiting on connection-state changes seen in -Ln
-
-
-# --------------------------------------------------------------------------- -Ln parsing
-
-# ipvsadm 1.31 `-Ln` layout (ipvsadm.c print_title / print_service_entry).
-RE_TITLE = re.compile(r"^IP Virtual Server version (\d+)\.(\d+)\.(\d+) \(size=(\d+)\)$")
-TITLE2 = "Prot LocalAddress:Port Scheduler Flags"
-TITLE3 = "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"
-RE_SERVICE = re.compile(r"^(TCP|UDP)  (\d{1,3}(?:\.\d{1,3}){3}):(\d+) (\w+)(?: (.*))?$")
-RE_DEST = re.compile(
-    r"^  -> (\d{1,3}(?:\.\d{1,3}){3}):(\d+) +(Route|Tunnel|Masq|Local|FullNat) +(\d+) +(\d+) +(\d+) *$"
-)
-
-
-@dataclass
-class LnDest:
-    addr: str
-    port: int
-    forward: str
-    weight: int
-    active: int
-    inactive: int
-
-
-@dataclass
-class LnService:
-    proto: str
-    addr: str
-    port: int
-    sched: str
-    flags: str
-    dests: list[LnDest]
-
-
-def parse_ln(text: str) -> list[LnService]:
-    """Parse `lbadm -Ln` strictly: ipvsadm's header lines and exact column layout."""
-    lines = text.split("\n")
-    assert lines and lines[-1] == "", f"output must end with a newline: {text!r}"
-    lines = lines[:-1]
-    assert len(lines) >= 3, f"missing header lines: {text!r}"
-    assert RE_TITLE.match(lines[0]), f"title line: {lines[0]!r}"
-    assert lines[1] == TITLE2, f"second header line: {lines[1]!r}"
-    assert lines[2] == TITLE3, f"third header line: {lines[2]!r}"
-    services: list[LnService] = []
-    for line in lines[3:]:
-        m = RE_SERVICE.match(line)
-        if m:
-            proto, addr, port, sched, flags = m.groups()
-            assert line == f"{proto}  {addr}:{port} {sched}" + (f" {flags}" if flags else ""), line
-            services.append(LnService(proto, addr, int(port), sched, flags or "", []))
-            continue
-        m = RE_DEST.match(line)
-        assert m, f"line matches neither the service nor the destination layout: {line!r}"
-        assert services, f"destination line before any service: {line!r}"
-        addr, port, fwd, weight, active, inactive = m.groups()
-        # Exactly ipvsadm's printf("  -> %-28s %-7s %-6d %-10u %-10u\n"), trailing blanks included.
-        expected = "  -> %-28s %-7s %-6d %-10u %-10u" % (
-            f"{addr}:{port}", fwd, int(weight), int(active), int(inactive))
-        assert line == expected, f"column layout differs from ipvsadm:\n got {line!r}\nwant {expected!r}"
-        services[-1].dests.append(LnDest(addr, int(port), fwd, int(weight), int(active), int(inactive)))
-    return services
 
 
 def ln(lbd: Lbd) -> list[LnService]:
