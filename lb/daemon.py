@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--queue-num", type=int, default=0, metavar="N", help="NFQUEUE number to bind (default 0)")
     p.add_argument("--engine", choices=("c", "python"), default="c",
                    help="packet engine: the C fast path (default) or the pure-Python reference engine")
+    p.add_argument("--qdisc-bypass", action="store_true",
+                   help="send forwarded frames straight to the driver (PACKET_QDISC_BYPASS, C engine): faster, "
+                        "but tcpdump on the director's own interfaces no longer sees them")
     p.add_argument("--fail-open", action="store_true",
                    help="when the queue overflows, let the kernel accept packets instead of dropping them")
     p.add_argument("--no-iptables", action="store_true",
@@ -592,7 +595,8 @@ async def run(args: argparse.Namespace) -> int:
 
             director.apply_config(load_config(args.config), "reload after restore" if restoring else "start")
         # Bind the queue before touching any rule: if another process owns it we fail here.
-        engine.start(args.queue_num, **({"fail_open": True} if args.fail_open and args.engine == "c" else {}))
+        c_opts = {"fail_open": args.fail_open, "qdisc_bypass": args.qdisc_bypass} if args.engine == "c" else {}
+        engine.start(args.queue_num, **{k: v for k, v in c_opts.items() if v})
         engine_started = True
         log.info("engine %s bound to NFQUEUE %d", engine.name, args.queue_num)
         if rules is not None:

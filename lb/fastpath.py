@@ -365,11 +365,11 @@ class CEngine:
         return int(lib.lb_hash_buckets(self._lb))
 
     # ------------------------------------------------------------ NFQUEUE
-    def start(self, queue_num: int, fail_open: bool = False) -> None:
+    def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False) -> None:
         if self._nfq is not None:
             raise RuntimeError("NFQUEUE adapter already running")
         err = ffi.new("int *")
-        flags = lib.LB_NFQ_F_FAIL_OPEN if fail_open else 0
+        flags = (lib.LB_NFQ_F_FAIL_OPEN if fail_open else 0) | (lib.LB_NFQ_F_QDISC_BYPASS if qdisc_bypass else 0)
         q = lib.lb_nfq_start(self._lb, queue_num, flags, err)
         if q == ffi.NULL:
             code = -err[0]

@@ -323,6 +323,7 @@ void lb_counters(lb_t *lb, uint64_t *out, uint32_t n);                     /* pe
 
 /* ---- NFQUEUE adapter: one thread per queue, runs without the GIL ---- */
 #define LB_NFQ_F_FAIL_OPEN 1       /* kernel accepts instead of dropping when the queue is full */
+#define LB_NFQ_F_QDISC_BYPASS 2    /* frames skip the qdisc: faster, but invisible to tcpdump on the director */
 lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, uint32_t flags, int *err);
 int lb_nfq_stop(lb_nfq_t *q);                      /* joins the thread and frees q */
 void lb_nfq_get_stats(lb_nfq_t *q, struct lb_nfq_stats *out);

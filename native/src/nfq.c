@@ -442,9 +442,12 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, uint32_t flags, int *err)
         setsockopt(q->raw_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
     if (setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
         setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
-    /* Frames go straight to the driver: no qdisc on the packet path. */
-    int bypass = 1;
-    setsockopt(q->pkt_fd, SOL_PACKET, PACKET_QDISC_BYPASS, &bypass, sizeof(bypass));
+    /* Opt-in only: frames that bypass the qdisc are not seen by tcpdump on the director's own
+     * interface, and a capture there is how operators find forwarding bugs (field report 000). */
+    if (flags & LB_NFQ_F_QDISC_BYPASS) {
+        int bypass = 1;
+        setsockopt(q->pkt_fd, SOL_PACKET, PACKET_QDISC_BYPASS, &bypass, sizeof(bypass));
+    }
     /* Marked so the director's raw OUTPUT table can leave our packets untracked. */
     uint32_t mark = LB_SOCKET_MARK_BASE | queue_num;
     if (setsockopt(q->raw_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
