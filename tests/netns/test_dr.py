@@ -399,14 +399,19 @@ def test_sigterm_removes_iptables_rules(lbd: Lbd, topo: Topology, http: HttpHelp
     assert lbd.iptables_leftovers() == []
 
 
-def test_restart_after_crash_removes_stale_rules(lbd: Lbd, topo: Topology) -> None:
+def test_restart_after_crash_recovers_rules_without_duplicates(lbd: Lbd, topo: Topology) -> None:
+    """Issue 8: a SIGKILLed lbd cannot clean up; the next start recovers its configuration from
+    the state it saved (every ~2 s) and adopts its rules: one rule pair per service, nothing stale."""
     setup_service(lbd, topo, "rr")
+    time.sleep(2.6)  # past one state save
     rc = lbd.stop(signal.SIGKILL)
     assert rc == -signal.SIGKILL
     stale = [line for line in lbd.iptables_leftovers() if topo.vip in line]
     assert stale, "a SIGKILLed lbd cannot clean up; expected its rules for the VIP to remain"
     lbd.start()
-    # The new lbd has no services: no rule for the old service may survive its start.
-    left = [line for line in lbd.iptables_leftovers() if topo.vip in line]
-    assert not left, f"stale rules of the crashed lbd kept after restart: {left}\n{lbd.log_tail()}"
-    assert lbd.request("list")["result"]["services"] == []
+    services = lbd.request("list")["result"]["services"]
+    assert [(s["addr"], s["port"], s["sched"]) for s in services] == [(topo.vip, HTTP_PORT, "rr")], lbd.log_tail()
+    vip_rules = [line for line in lbd.iptables_leftovers()
+                 if line.startswith("raw: ") and f"{topo.vip}/32" in line and "-p tcp" in line]
+    assert len(vip_rules) == 2, f"expected one notrack+NFQUEUE pair for the VIP, got:\n" + "\n".join(vip_rules)
+    assert sorted(r.split(" -j ")[-1].split()[0] for r in vip_rules) == ["CT", "NFQUEUE"]
