@@ -68,7 +68,11 @@ endef
 test: build
 	$(call run_pytest,tests/unit)
 	@$(MAKE) --no-print-directory test-sanitize
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
 	$(call run_pytest,tests/netns)
+
+# A bounded fuzz session on every `make test` (issue 8: CI fuzzes for minutes).
+CI_FUZZ_SECONDS ?= 120
 
 test-unit: build
 	$(call run_pytest,tests/unit)

@@ -525,6 +525,29 @@ class Director:
         }
         for event in self.stalls.tick(time.monotonic() if now is None else now, samples):
             self._log_stall(event)
+        self._log_refusals()
+
+    # Drop reasons that mean "we refused new work": logged once per tick in which they grew.
+    REFUSAL_LOGS = {
+        "table_full": "connection table full ({entries} entries): {n} new connections refused in the last tick "
+                      "(raise lbd --conn-max, or shorten timeouts with lbadm --set)",
+        "no_laddr": "FULLNAT local addresses exhausted: {n} new connections refused in the last tick "
+                    "(add local addresses with lbadm -P, or more real-server ports)",
+    }
+
+    def _log_refusals(self) -> None:
+        """Counted refusals become log lines too (issue 3: exhausted pools; issue 8: full table)."""
+        read = getattr(self.engine, "counters", None)
+        if read is None:  # engines always count; test doubles may not
+            return
+        counters = read()
+        last = getattr(self, "_last_refusals", None) or {}
+        entries = getattr(self.engine, "conn_count", lambda: 0)()
+        for reason, text in self.REFUSAL_LOGS.items():
+            n = counters.get(reason, 0) - last.get(reason, counters.get(reason, 0))
+            if n > 0:
+                log.warning(text.format(n=n, entries=entries))
+        self._last_refusals = {r: counters.get(r, 0) for r in self.REFUSAL_LOGS}
 
     @staticmethod
     def _log_stall(event: StallEvent) -> None:

@@ -1015,7 +1015,7 @@ class PyEngine:
 
     # ---- packet source -------------------------------------------------------------
 
-    def start(self, queue_num: int, fail_open: bool = False) -> None:
+    def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False) -> None:
         """Serve NFQUEUE `queue_num` from a thread (lbd --engine python)."""
         from lb.pyengine.nfq import NfqAdapter
 
@@ -1023,7 +1023,7 @@ class PyEngine:
             raise RuntimeError("NFQUEUE adapter already running")
         if fail_open:
             raise OSError(errno.EOPNOTSUPP, "the Python NFQUEUE adapter cannot set fail-open (netfilterqueue)")
-        adapter = NfqAdapter(self)
+        adapter = NfqAdapter(self, qdisc_bypass=qdisc_bypass)
         adapter.start(queue_num)
         self._nfq = adapter
 

@@ -42,6 +42,8 @@ EXPIRE_INTERVAL_MS = 100  # how often dead entries are released, milliseconds
 QUEUE_MAXLEN = 4096  # packets the kernel holds for us before dropping (or bypassing)
 SOCKET_RCVBUF = 8 * 1024 * 1024  # bytes; the kernel doubles it
 POLL_TIMEOUT_S = 0.1  # upper bound on how late stop() and expiry are noticed, seconds
+SOL_PACKET = 263  # linux/socket.h
+PACKET_QDISC_BYPASS = 20  # linux/if_packet.h
 ETH_P_IP = 0x0800
 
 
@@ -66,9 +68,10 @@ class NfqStats:
 
 
 class NfqAdapter:
-    def __init__(self, engine: Engine, clock_ms: Callable[[], int] = monotonic_ms) -> None:
+    def __init__(self, engine: Engine, clock_ms: Callable[[], int] = monotonic_ms, qdisc_bypass: bool = False) -> None:
         self._engine = engine
         self._clock_ms = clock_ms
+        self._qdisc_bypass = qdisc_bypass  # off by default: tcpdump on the director then sees our frames
         self.stats = NfqStats()
         self._l2_socket: socket.socket | None = None
         self._raw_socket: socket.socket | None = None
@@ -215,6 +218,8 @@ class NfqAdapter:
             sock = self._l2_socket
             if sock is None:
                 sock = self._l2_socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # send-only
+                if self._qdisc_bypass:
+                    sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
             sock.sendto(l2hdr + ip_packet, socket.MSG_DONTWAIT, (socket.if_indextoname(ifindex), ETH_P_IP, 0, 0, l2hdr[:6]))
         except OSError as exc:
             self.stats.xmit_l2_err += 1
