@@ -74,6 +74,34 @@ struct lb_pkt {
  * up to the IP header: l4off/l4len describe the ICMP message), else the
  * reason to give up (see docs/fastpath.md). */
 int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p);
+/* Walk TCP options: th is the TCP header, doff its length. Call with *i = 20; each call moves
+ * to the next option and returns 1 with its kind, length and offset (*at), or 0 at the end of
+ * the list (EOL, or a malformed length: nothing past it is trusted). NOPs are skipped. */
+static inline int lb_tcp_opt_next(const uint8_t *th, uint32_t doff, uint32_t *i, uint8_t *kind, uint8_t *len,
+                                  uint32_t *at)
+{
+    while (*i < doff) {
+        uint8_t k = th[*i];
+        if (k == 0)
+            return 0;
+        if (k == 1) {
+            (*i)++;
+            continue;
+        }
+        if (*i + 1 >= doff)
+            return 0;
+        uint8_t l = th[*i + 1];
+        if (l < 2 || *i + l > doff)
+            return 0;
+        *kind = k;
+        *len = l;
+        *at = *i;
+        *i += l;
+        return 1;
+    }
+    return 0;
+}
+
 /* Parse the packet quoted by an ICMP error (IP header + at least 8 bytes):
  * fills q with addresses, ports (TCP/UDP) and protocol; q->len is the quoted
  * byte count. Returns 0, or -1 when the quote is unusable. */

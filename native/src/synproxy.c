@@ -294,27 +294,15 @@ static uint32_t build_tcp(uint8_t *out, uint32_t cap, uint32_t saddr, uint16_t s
 static void parse_syn_opts(const struct lb_pkt *p, uint16_t *mss, int *sack)
 {
     const uint8_t *th = p->data + p->l4off;
+    uint32_t i = 20, at;
+    uint8_t kind, len;
     *mss = 536;
     *sack = 0;
-    uint32_t i = 20;
-    while (i < p->tcp_doff) {
-        uint8_t kind = th[i];
-        if (kind == 0)
-            break;
-        if (kind == 1) {
-            i++;
-            continue;
-        }
-        if (i + 1 >= p->tcp_doff)
-            break;
-        uint8_t len = th[i + 1];
-        if (len < 2 || i + len > p->tcp_doff)
-            break;
+    while (lb_tcp_opt_next(th, p->tcp_doff, &i, &kind, &len, &at)) {
         if (kind == 2 && len == 4)
-            *mss = lb_get16(th + i + 2);
+            *mss = lb_get16(th + at + 2);
         else if (kind == 4 && len == 2)
             *sack = 1;
-        i += len;
     }
 }
 
@@ -548,25 +536,12 @@ static void add32(uint8_t *f, uint32_t delta, uint8_t *csum)
 /* Shift the SACK block edges in the TCP options of the segment at th by delta. */
 static void sack_shift(uint8_t *th, uint32_t doff, uint32_t delta)
 {
-    uint32_t i = 20;
-    while (i < doff) {
-        uint8_t kind = th[i];
-        if (kind == 0)
-            return;
-        if (kind == 1) {
-            i++;
-            continue;
-        }
-        if (i + 1 >= doff)
-            return;
-        uint8_t len = th[i + 1];
-        if (len < 2 || i + len > doff)
-            return;
+    uint32_t i = 20, at;
+    uint8_t kind, len;
+    while (lb_tcp_opt_next(th, doff, &i, &kind, &len, &at))
         if (kind == 5 && len >= 10 && (len - 2) % 8 == 0)
-            for (uint32_t e = i + 2; e + 4 <= i + len; e += 4)
+            for (uint32_t e = at + 2; e + 4 <= at + len; e += 4)
                 add32(th + e, delta, th + 16);
-        i += len;
-    }
 }
 
 /* Client -> real server on a SYN-proxied connection. */

@@ -101,30 +101,18 @@ static uint32_t toa_insert(uint8_t *o, const struct lb_pkt *p, const struct lb_c
 static void mss_lower(uint8_t *o, const struct lb_pkt *p, uint16_t by)
 {
     uint8_t *th = o + p->l4off;
-    uint32_t i = 20;
-    while (i < p->tcp_doff) {
-        uint8_t kind = th[i];
-        if (kind == 0)
-            return;
-        if (kind == 1) {
-            i++;
-            continue;
-        }
-        if (i + 1 >= p->tcp_doff)
-            return;
-        uint8_t len = th[i + 1];
-        if (len < 2 || i + len > p->tcp_doff)
-            return;
+    uint32_t i = 20, at;
+    uint8_t kind, len;
+    while (lb_tcp_opt_next(th, p->tcp_doff, &i, &kind, &len, &at)) {
         if (kind == 2 && len == 4) {
-            uint16_t mss = lb_get16(th + i + 2);
+            uint16_t mss = lb_get16(th + at + 2);
             if (mss > by + 536u) {
                 uint16_t nmss = (uint16_t)(mss - by);
-                lb_put16(th + i + 2, nmss);
+                lb_put16(th + at + 2, nmss);
                 lb_csum_replace2(th + 16, mss, nmss);
             }
             return;
         }
-        i += len;
     }
 }
 
