@@ -4,7 +4,7 @@ Three sections, one per forwarding method: DR, IPIP (tunnel) and FULLNAT. Each
 builds its own topology of network namespaces (client, director, real servers;
 names start with `lbB<token>`), starts an HTTP server in every real server and
 `lbd` in the director, configures the virtual service with `lbadm` (and the
-control socket where lbadm has no option yet), sends real HTTP requests from the
+control socket only where lbadm has no option), sends real HTTP requests from the
 client to the VIP, and shows who answered and what `lbadm -Ln` says. Then it
 stops lbd and removes everything, also on Ctrl-C or failure.
 
@@ -102,11 +102,7 @@ def fullnat_lips(topo: Topology) -> list[str]:
 
 def fullnat_steps(topo: Topology) -> list[Step]:
     key = {"proto": "tcp", "addr": topo.vip, "port": HTTP_PORT}
-    cmds: list[Step] = [
-        ["-A", "-t", _svc(topo), "-s", "rr"],
-        Ctl("edit_service", {**key, "sched": "rr", "persistent": None, "netmask": "255.255.255.255",
-                             "toa": True, "synproxy": False}, "TOA on: lbadm has no option for it"),
-    ]
+    cmds: list[Step] = [["-A", "-t", _svc(topo), "-s", "rr", "--toa"]]
     for lip in fullnat_lips(topo):
         cmds.append(Ctl("add_laddr", {"service": key, "addr": lip}, "local address",
                         lbadm=["-P", "-t", _svc(topo), "-z", lip]))
