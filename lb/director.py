@@ -393,6 +393,12 @@ class Director:
                 to_resolve.pop(ident, None)
             elif isinstance(cmd, (AddDest, EditDest)):
                 to_resolve[(cmd.key, cmd.dest.addr, cmd.dest.port)] = None
+            elif isinstance(cmd, EditService):
+                # A service edit invalidates its destinations' forwarding state too (issue 3, as
+                # IPVS resets its per-destination route cache): resolve each afresh.
+                svc = final.services.get(cmd.spec.key)
+                for addr, port in (svc.dests if svc is not None else {}):
+                    to_resolve[(cmd.spec.key, addr, port)] = None
             elif isinstance(cmd, Zero):
                 self._zero(cmd.key)
         for key, addr, port in to_resolve:
