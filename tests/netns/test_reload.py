@@ -24,18 +24,16 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from lb.testbed.topology import Topology, enter_netns
+from lb.testbed.echo import EchoStream, start_servers
+from lb.testbed.topology import Topology
 
 from conftest import LBD, QUEUE_NUM, READY_TIMEOUT_S, Lbd, LbdError, ctl_request  # type: ignore[import-not-found]
 
@@ -49,77 +47,15 @@ SETTLE_TIMEOUT_S = 15.0  # bound for a reload to show in `list` / connections to
 STREAM_MAX_S = 600.0  # the echo streams stop by themselves after this
 LINE_PAD = 200  # bytes of payload per line
 
-ECHO_SERVER = r"""
-import socket, sys, threading
-name, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
-def serve(conn):
-    with conn:
-        conn.sendall(("HELLO %s\n" % name).encode())
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                return
-            conn.sendall(data)
-def listen(port):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.listen(64)
-    while True:
-        conn, _ = s.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-for p in ports[1:]:
-    threading.Thread(target=listen, args=(p,), daemon=True).start()
-listen(ports[0])
-"""
-
-
 # --------------------------------------------------------------------------- fixtures
-
-
-def _connect(netns: str, addr: str, port: int, timeout: float) -> socket.socket:
-    with enter_netns(netns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.connect((addr, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _read_line(sock: socket.socket, limit: int = 4096) -> bytes:
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            raise ConnectionError(f"closed after {buf!r}")
-        buf += chunk
-        if len(buf) > limit:
-            raise ConnectionError("line too long")
-    return buf
 
 
 @pytest.fixture(scope="module")
 def echo(topo: Topology) -> Iterator[list[int]]:
     """Echo servers on every real server, on the kept and the pool ports."""
     ports = [PORT_BASE + n for n in KEPT] + list(POOL_PORTS)
-    procs = [rs.popen([sys.executable, "-c", ECHO_SERVER, rs.name, *map(str, ports)],
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for rs in topo.reals]
+    procs = start_servers(topo, ports)
     try:
-        deadline = time.monotonic() + 15.0
-        for rs in topo.reals:
-            while True:
-                try:
-                    with contextlib.closing(_connect(topo.client.netns, rs.addr, ports[0], 2.0)) as s:
-                        assert _read_line(s) == f"HELLO {rs.name}\n".encode()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
         yield ports
     finally:
         for proc in procs:
@@ -238,49 +174,8 @@ def wait_listed(lbd: Lbd, expected: dict[int, tuple[str, Dests]], what: str) -> 
 # --------------------------------------------------------------------------- the connections
 
 
-class EchoStream:
-    """One long-lived connection: numbered lines out, the same lines back, checked byte for byte."""
-
-    def __init__(self, netns: str, vip: str, port: int) -> None:
-        self.port = port
-        self.sock = _connect(netns, vip, port, timeout=5.0)
-        greeting = _read_line(self.sock).decode()
-        assert greeting.startswith("HELLO "), greeting
-        self.server = greeting.split()[1]
-        self.local_port = self.sock.getsockname()[1]
-        self.echoed = 0  # lines sent and received back intact
-        self.bytes = 0
-        self.error: str | None = None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"echo-{port}", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        end = time.monotonic() + STREAM_MAX_S
-        try:
-            while not self.stop.is_set() and time.monotonic() < end:
-                line = f"{self.port} {self.echoed:09d} {'x' * LINE_PAD}\n".encode()
-                self.sock.sendall(line)
-                got = b""
-                while len(got) < len(line):
-                    chunk = self.sock.recv(len(line) - len(got))
-                    if not chunk:
-                        raise ConnectionError(f"closed by the peer after {self.echoed} lines")
-                    got += chunk
-                if got != line:
-                    raise ValueError(f"line {self.echoed}: echoed {got[:40]!r}..., sent {line[:40]!r}...")
-                self.echoed += 1
-                self.bytes += len(line)
-                self.stop.wait(0.01)
-        except (OSError, ValueError) as exc:  # ConnectionResetError is an OSError
-            self.error = f"{type(exc).__name__}: {exc}"
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10.0)
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+def open_stream(netns: str, vip: str, port: int) -> EchoStream:
+    return EchoStream(netns, vip, port, port, timeout_s=5.0, every_s=0.01, max_s=STREAM_MAX_S, pad=LINE_PAD)
 
 
 DROP_REASONS = ("no_service", "no_dest", "dest_unavailable", "no_l2")
@@ -318,7 +213,7 @@ def test_connections_survive_50_reloads(topo: Topology, conf_lbd: ConfigLbd, eng
     assert result.get("engine") == engine
     wait_listed(conf_lbd, expected, "start")
 
-    streams = [EchoStream(topo.client.netns, vip, PORT_BASE + n) for n in KEPT]
+    streams = [open_stream(topo.client.netns, vip, PORT_BASE + n) for n in KEPT]
     try:
         since = {s.port: 0 for s in streams}
         wait_progress(streams, since, "before any reload")

@@ -27,17 +27,14 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from lb.testbed.topology import Topology, enter_netns
+from lb.testbed.echo import EchoStream, start_servers
+from lb.testbed.topology import Topology
 
 from conftest import LBD, QUEUE_NUM, READY_TIMEOUT_S, Lbd, LbdError, ctl_request, iptables_leftovers  # type: ignore[import-not-found]
 
@@ -50,46 +47,13 @@ SOCK_TIMEOUT_S = 30.0  # a stream waiting this long for its echo has failed
 DOWN_S = 1.0  # lbd stays down this long
 RECOVER_TIMEOUT_S = 25.0  # after the restart, until every surviving stream has progressed
 
-ECHO_SERVER = r"""
-import socket, sys, threading
-name, port = sys.argv[1], int(sys.argv[2])
-def serve(conn):
-    with conn:
-        conn.sendall(("HELLO %s\n" % name).encode())
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                return
-            conn.sendall(data)
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", port))
-s.listen(128)
-while True:
-    conn, _ = s.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-"""
-
-
 # --------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
 def echo(topo: Topology) -> Iterator[int]:
-    procs = [rs.popen([sys.executable, "-c", ECHO_SERVER, rs.name, str(ECHO_PORT)],
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for rs in topo.reals]
+    procs = start_servers(topo, [ECHO_PORT])
     try:
-        deadline = time.monotonic() + 15.0
-        for rs in topo.reals:
-            while True:
-                try:
-                    with contextlib.closing(_connect(topo.client.netns, rs.addr, ECHO_PORT, 2.0)) as s:
-                        assert _read_line(s) == f"HELLO {rs.name}\n".encode()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
         yield ECHO_PORT
     finally:
         for proc in procs:
@@ -161,71 +125,9 @@ def configure(lbd: RestartLbd, topo: Topology) -> None:
 # --------------------------------------------------------------------------- streams
 
 
-def _connect(netns: str, addr: str, port: int, timeout: float) -> socket.socket:
-    with enter_netns(netns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.connect((addr, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _read_line(sock: socket.socket, limit: int = 4096) -> bytes:
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            raise ConnectionError(f"closed after {buf!r}")
-        buf += chunk
-        if len(buf) > limit:
-            raise ConnectionError("line too long")
-    return buf
-
-
-class EchoStream:
-    """One long-lived connection: numbered lines out, the same lines back, checked byte for byte."""
-
-    def __init__(self, netns: str, vip: str, n: int) -> None:
-        self.n = n
-        self.sock = _connect(netns, vip, ECHO_PORT, timeout=SOCK_TIMEOUT_S)
-        greeting = _read_line(self.sock).decode()
-        assert greeting.startswith("HELLO "), greeting
-        self.server = greeting.split()[1]
-        self.echoed = 0
-        self.error: str | None = None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"echo-{n}", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        end = time.monotonic() + STREAM_MAX_S
-        try:
-            while not self.stop.is_set() and time.monotonic() < end:
-                line = f"{self.n} {self.echoed:09d} {'x' * 100}\n".encode()
-                self.sock.sendall(line)
-                got = b""
-                while len(got) < len(line):
-                    chunk = self.sock.recv(len(line) - len(got))
-                    if not chunk:
-                        raise ConnectionError(f"closed by the peer after {self.echoed} lines")
-                    got += chunk
-                if got != line:
-                    raise ValueError(f"line {self.echoed}: echoed {got[:30]!r}, sent {line[:30]!r}")
-                self.echoed += 1
-                self.stop.wait(LINE_EVERY_S)
-        except (OSError, ValueError) as exc:  # ConnectionResetError, timeouts
-            self.error = f"{type(exc).__name__}: {exc}"
-
-    def close(self) -> None:
-        self.stop.set()
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.thread.join(timeout=SOCK_TIMEOUT_S + 5)
-        self.sock.close()
+def open_stream(netns: str, vip: str, n: int) -> EchoStream:
+    return EchoStream(netns, vip, ECHO_PORT, n, timeout_s=SOCK_TIMEOUT_S, every_s=LINE_EVERY_S,
+                      max_s=STREAM_MAX_S, pad=100)
 
 
 @contextlib.contextmanager
@@ -233,7 +135,7 @@ def streams(topo: Topology, count: int, first: int = 0) -> Iterator[list[EchoStr
     opened: list[EchoStream] = []
     try:
         for i in range(count):
-            opened.append(EchoStream(topo.client.netns, topo.vip, first + i))
+            opened.append(open_stream(topo.client.netns, topo.vip, first + i))
         yield opened
     finally:
         for s in opened:
