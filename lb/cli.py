@@ -493,47 +493,38 @@ _SCHED_FLAG_OWNERS = {
 }  # fmt: skip
 
 
-def check_option_combination(command: Command, options: set[Opt]) -> None:
-    """ipvsadm's generic_opt_check: the first offending column decides the message."""
-    row = LEGAL_OPTIONS[command]
+def _check_legality(rules: list[tuple[Opt, str]], options: set[Opt], context: str) -> None:
+    """ipvsadm's legality tables: '+' required, 'x' illegal, '1' mutually exclusive; the first
+    offending column decides the message. `context` is e.g. "'add-service' command"."""
     first_exclusive: Opt | None = None
-    for opt in Opt:
-        rule = row[opt]
+    for opt, rule in rules:
         if opt not in options:
             if rule == "+":
-                raise fail(f"You need to supply the '{OPTION_NAMES[opt]}' option for the '{command.value}' command")
+                raise fail(f"You need to supply the '{OPTION_NAMES[opt]}' option for the {context}")
             continue
         if rule == "x":
-            raise fail(f"Illegal '{OPTION_NAMES[opt]}' option with the '{command.value}' command")
+            raise fail(f"Illegal '{OPTION_NAMES[opt]}' option with the {context}")
         if rule == "1":
             if first_exclusive is None:
                 first_exclusive = opt
                 continue
             raise fail(
                 f"The option '{OPTION_NAMES[opt]}' conflicts with the '{OPTION_NAMES[first_exclusive]}' "
-                f"option in the '{command.value}' command"
+                f"option in the {context}"
             )
+
+
+def check_option_combination(command: Command, options: set[Opt]) -> None:
+    """ipvsadm's generic_opt_check."""
+    row = LEGAL_OPTIONS[command]
+    _check_legality([(opt, row[opt]) for opt in Opt], options, f"'{command.value}' command")
 
 
 def check_tunnel_options(tun_type: str, options: set[Opt]) -> None:
     """ipvsadm's tunnel_opt_check."""
     row = LEGAL_TUNNEL_OPTIONS[tun_type]
-    first_exclusive: Opt | None = None
-    for rule, opt in zip(row, _TUNNEL_OPTS, strict=True):
-        if opt not in options:
-            if rule == "+":
-                raise fail(f"You need to supply the '{OPTION_NAMES[opt]}' option for the '{tun_type}' tunnel type")
-            continue
-        if rule == "x":
-            raise fail(f"Illegal '{OPTION_NAMES[opt]}' option with the '{tun_type}' tunnel type")
-        if rule == "1":
-            if first_exclusive is None:
-                first_exclusive = opt
-                continue
-            raise fail(
-                f"The option '{OPTION_NAMES[opt]}' conflicts with the '{OPTION_NAMES[first_exclusive]}' "
-                f"option in the '{tun_type}' tunnel type"
-            )
+    _check_legality([(opt, rule) for rule, opt in zip(row, _TUNNEL_OPTS, strict=True)], options,
+                    f"'{tun_type}' tunnel type")
 
 
 # --------------------------------------------------------------------------
