@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Iterator
 
 from lb.engine import Action, Reason, Verdict
 from lb.pyengine.csum import internet_checksum
@@ -120,3 +121,23 @@ def parse_packet(packet: bytes) -> ParsedPacket | Rejection:
             return MALFORMED
         return ParsedPacket(proto, saddr, daddr, 0, 0, 0, 0, header_len, total_length)
     return NOT_LB_PROTO
+
+
+def tcp_options(buf: bytes | bytearray, th: int, doff: int) -> Iterator[tuple[int, int, int]]:
+    """(kind, length, offset from th) of each TCP option of the header at buf[th:th+doff], as
+    the C core's lb_tcp_opt_next: NOPs skipped, stop at EOL or a malformed length."""
+    i = 20
+    while i < doff:
+        kind = buf[th + i]
+        if kind == 0:
+            return
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= doff:
+            return
+        length = buf[th + i + 1]
+        if length < 2 or i + length > doff:
+            return
+        yield kind, length, i
+        i += length

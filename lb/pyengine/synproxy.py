@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from lb.model import SynproxyConf
 from lb.pyengine.csum import csum_partial, csum_fold, csum_replace4, put16
-from lb.pyengine.parse import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from lb.pyengine.parse import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, tcp_options
 
 M64 = (1 << 64) - 1
 M32 = 0xFFFFFFFF
@@ -208,24 +208,11 @@ def parse_syn_options(packet: bytes, ihl: int, doff: int) -> tuple[int, bool]:
     """The client's MSS (536 without the option) and SACK-permitted from its SYN."""
     th = ihl
     mss, sack = 536, False
-    i = 20
-    while i < doff:
-        kind = packet[th + i]
-        if kind == 0:
-            break
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= doff:
-            break
-        length = packet[th + i + 1]
-        if length < 2 or i + length > doff:
-            break
+    for kind, length, i in tcp_options(packet, th, doff):
         if kind == 2 and length == 4:
             mss = (packet[th + i + 2] << 8) | packet[th + i + 3]
         elif kind == 4 and length == 2:
             sack = True
-        i += length
     return mss, sack
 
 
@@ -270,25 +257,10 @@ def add32(o: bytearray, off: int, delta: int, csum_off: int) -> None:
 
 def sack_shift(o: bytearray, th: int, doff: int, delta: int) -> None:
     """Shift the SACK block edges in the TCP options of the segment at o[th:] by delta."""
-    i = 20
-    while i < doff:
-        kind = o[th + i]
-        if kind == 0:
-            return
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= doff:
-            return
-        length = o[th + i + 1]
-        if length < 2 or i + length > doff:
-            return
+    for kind, length, i in tcp_options(o, th, doff):
         if kind == 5 and length >= 10 and (length - 2) % 8 == 0:
-            e = i + 2
-            while e + 4 <= i + length:
+            for e in range(i + 2, i + length - 3, 4):
                 add32(o, th + e, delta, th + 16)
-                e += 4
-        i += length
 
 
 def first_flags(flags: int) -> int:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from lb.engine import Action, Reason, Verdict
 from lb.pyengine.conn import Connection, LocalAddress
 from lb.pyengine.csum import csum_replace2, csum_replace4, get16, ip_header_checksum, put16, tcp_checksum_full
-from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket
+from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, tcp_options
 from lb.pyengine.xmit_dr import NO_L2, xmit_l2
 
 if TYPE_CHECKING:
@@ -126,26 +126,13 @@ def mss_lower(o: bytearray, parsed: ParsedPacket, by: int) -> None:
     """Lower the MSS option of the SYN in `o` by `by` when it stays above 536 (checksum updated)."""
     th = parsed.ip_header_len
     doff = parsed.tcp_doff
-    i = 20
-    while i < doff:
-        kind = o[th + i]
-        if kind == 0:
-            return
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= doff:
-            return
-        length = o[th + i + 1]
-        if length < 2 or i + length > doff:
-            return
+    for kind, length, i in tcp_options(o, th, doff):
         if kind == 2 and length == 4:
             mss = get16(o, th + i + 2)
             if mss > by + MSS_FLOOR:
                 put16(o, th + i + 2, mss - by)
                 csum_replace2(o, th + 16, mss, mss - by)
             return
-        i += length
 
 
 def fnat_in(conn: Connection, packet: bytes, parsed: ParsedPacket, toa: bool) -> Action:
