@@ -3,6 +3,7 @@
 #   make test   - builds everything, runs tests/unit, the C core under ASan/UBSan
 #                 and valgrind (test-sanitize), then tests/netns
 #   make fuzz   - libFuzzer run of the packet core (FUZZ_SECONDS, default 60)
+#   make bench  - the benchmark suite (bench/README.md; ~14 min), bench-quick a smoke run
 # Every target is idempotent.
 
 SHELL := /bin/bash
@@ -22,7 +23,7 @@ DEB_PKGS := python3-venv python3-dev gcc make iptables iproute2 \
 # Inputs of the editable install (the cffi extension is compiled from native/).
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c)
 
-.PHONY: all deps venv build test test-unit test-sanitize test-netns fuzz demo clean distclean
+.PHONY: all deps venv build test test-unit test-sanitize test-netns fuzz demo bench bench-quick clean distclean
 
 all: build
 
@@ -134,8 +135,21 @@ fuzz: deps $(HARNESS_DEPS)
 demo: build
 	$(PY) -m lb.demo
 
+# Benchmarks (bench/README.md): BENCH_ARGS is passed through, e.g. BENCH_ARGS="--out DIR".
+BENCH_STAMP := $(VENV)/.lvs-userspace-bench-extra
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PIP) install -e '.[test,bench]'
+	@touch $@
+
+bench: build $(BENCH_STAMP)
+	$(PY) -m bench all $(BENCH_ARGS)
+
+bench-quick: build $(BENCH_STAMP)
+	$(PY) -m bench all --quick $(BENCH_ARGS)
+
 clean:
-	rm -rf build *.egg-info .pytest_cache .hypothesis $(STAMP)
+	rm -rf build *.egg-info .pytest_cache .hypothesis $(STAMP) $(BENCH_STAMP)
 	rm -f lb/_fastpath*.so lb/_fastpath*.c lb/_fastpath*.o
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

@@ -4,7 +4,7 @@
 
 Reads RUN_DIR/{pps,http,cost,ab}.json (whichever exist), writes
 bench/results/<date>-<commit>.md with plots bench/results/<date>-<commit>-*.png, and refreshes
-the "Latest results" section of bench/README.md.
+the "Latest results" section of bench/README.md when the directory holds every part.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ MARK_BEGIN = "<!-- latest-results:begin -->"
 MARK_END = "<!-- latest-results:end -->"
 
 
+PART_NAMES = ("pps", "http", "cost", "ab")
+
+
 def _load(run_dir: Path) -> dict[str, Any]:
     parts = {}
-    for name in ("pps", "http", "cost", "ab"):
+    for name in PART_NAMES:
         p = run_dir / f"{name}.json"
         if p.exists():
             parts[name] = json.loads(p.read_text())
@@ -393,7 +396,9 @@ def write(run_dir: Path) -> Path:
     if analysis.exists():
         head += [analysis.read_text().rstrip(), ""]
     md.write_text("\n".join(head + body) + "\n")
-    if official:
+    # Only a complete run (every part, as `bench all` leaves it) may stand for "the latest results":
+    # one part run alone would otherwise replace the README's table with a fragment.
+    if official and set(PART_NAMES) <= set(parts):
         _update_readme(md, head, body, plots, stem)
     return md
 
