@@ -407,11 +407,12 @@ static int send_first_syn(lb_t *lb, struct lb_conn *c, uint64_t now_ms, uint8_t 
 int lb_timer_next(lb_t *lb, uint64_t now_ms, uint8_t *out, uint32_t out_cap, struct lb_action *act)
 {
     memset(act, 0, sizeof(*act));
-    if (!lb->sp)
-        return 0;
-    /* Entries whose time has come leave first: a dead connection retransmits nothing. */
+    /* Entries whose time has come leave first: a dead connection retransmits nothing. As the
+     * Python engine, also where no service has SYN-proxy state at all. */
     if (lb->exp_next_ms <= now_ms)
         lb_conn_tick(lb, now_ms);
+    if (!lb->sp)
+        return 0;
     while (lb_timer_due(lb) <= now_ms) {
         uint32_t slot = lb->sp_heap[0].slot;
         heap_pop(lb);

@@ -486,6 +486,10 @@ TARGETED = {
     "synproxy-entry-dies-before-retransmission": [
         *SP_SETUP, ("set_synproxy", 0, "slow"), syn(0), ("cookie_ack", 0, 0, 0, False), ("advance", 60_000),
         ("timers",), ("advance", 60_000), ("timers",), ("advance", 120_000), ("timers",)],
+    # Running the timers releases dead entries even where no service ever had SYN-proxy (found by
+    # hypothesis: C skipped the release when it had no SYN-proxy state at all).
+    "timers-release-dead-entries-without-synproxy": [
+        *SETUP_ONE, syn(0), ("advance", 60_000), ("timers",), syn(1)],
 }
 
 
