@@ -78,7 +78,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --check: print the changes a reload with FILE would make to the running lbd")
     p.add_argument("file", nargs="?", metavar="FILE", help="configuration file for --check")
     p.add_argument("--socket", metavar="PATH", help=f"control socket (default: $LBD_SOCKET or {DEFAULT_SOCKET})")
-    p.add_argument("--queue-num", type=int, default=0, metavar="N", help="NFQUEUE number to bind (default 0)")
+    p.add_argument("--queue-num", type=int, default=None, metavar="N", help="NFQUEUE number to bind (default 0)")
+    p.add_argument("--queue-balance", metavar="FIRST:LAST",
+                   help="bind every queue of the range, one fast-path thread each (C engine), and spread "
+                   "packets over them (iptables NFQUEUE --queue-balance: by a hash of the addresses). FIRST "
+                   "names the instance (chains, state file) as --queue-num does")
+    p.add_argument("--queue-cpus", metavar="LIST",
+                   help="CPU of each queue's thread, in queue order (e.g. 0,2-3). Default with --queue-balance: "
+                   "the CPUs lbd may run on, round robin; one queue: not pinned")
+    p.add_argument("--queue-cpu-fanout", action="store_true",
+                   help="with --queue-balance: the kernel picks the queue by the CPU handling the packet "
+                   "(FIRST + cpu %% count) and queue i's thread runs on CPU i, so a packet stays on the CPU "
+                   "(RSS/RPS) that received it")
+    p.add_argument("--gso", action="store_true",
+                   help="take GSO/GRO packets whole from the queue (NFQA_CFG_F_GSO: one message and one verdict "
+                   "per up to 64 KiB) and cut them into segments here (C engine; TCP only)")
+    p.add_argument("--gso-mtu", type=int, default=1500, metavar="BYTES",
+                   help="with --gso: largest IP packet a segment becomes (default 1500; the smallest MTU on the "
+                   "way to the real servers, e.g. 9000 on a jumbo-frame network)")
     p.add_argument("--engine", choices=("c", "python"), default="c",
                    help="packet engine: the C fast path (default) or the pure-Python reference engine")
     p.add_argument("--qdisc-bypass", action="store_true",
@@ -112,8 +129,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("--version", action="version", version=f"lbd {__version__}")
     args = p.parse_args(argv)
-    if not 0 <= args.queue_num <= 65535:
-        p.error(f"--queue-num {args.queue_num} out of range 0..65535")
+    _check_queue_options(p, args)
     if args.state_dir is None:
         args.state_dir = os.path.dirname(socket_path(args.socket)) or "."
     if args.check:
@@ -127,6 +143,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     elif args.file:
         p.error(f"unexpected argument {args.file!r} (to load a configuration: --config FILE)")
     return args
+
+
+def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Resolve --queue-num/--queue-balance/--queue-cpus/--gso into args.queues (a QueuePlan)."""
+    from lb.queues import QueueSpecError, plan
+
+    if args.queue_balance and args.queue_num is not None:
+        p.error("give either --queue-num or --queue-balance (its FIRST names the instance)")
+    if args.queue_num is None:
+        args.queue_num = 0
+    if not 0 <= args.queue_num <= 65535:
+        p.error(f"--queue-num {args.queue_num} out of range 0..65535")
+    if args.engine == "python":
+        for flag, used in (("--queue-balance", args.queue_balance), ("--queue-cpus", args.queue_cpus),
+                           ("--queue-cpu-fanout", args.queue_cpu_fanout), ("--gso", args.gso)):
+            if used:
+                p.error(f"{flag} needs the C engine (the Python engine serves one queue with one thread)")
+    if not 576 <= args.gso_mtu <= 65535:
+        p.error(f"--gso-mtu {args.gso_mtu} out of range 576..65535")
+    try:
+        args.queues = plan(args.queue_num, args.queue_balance, args.queue_cpus, args.queue_cpu_fanout)
+    except QueueSpecError as exc:
+        p.error(str(exc))
+    args.queue_num = args.queues.first
 
 
 def make_engine(kind: str, conn_max: int) -> Engine:
@@ -558,7 +598,8 @@ async def run(args: argparse.Namespace) -> int:
     if not args.no_iptables:
         from lb.iptables import RuleManager
 
-        rules = RuleManager(args.queue_num, track=args.conntrack, bypass=args.down_policy == "open")
+        rules = RuleManager(args.queue_num, args.queues.balance, track=args.conntrack,
+                            bypass=args.down_policy == "open", cpu_fanout=args.queues.cpu_fanout)
         problem = rules.detect()
         if problem:
             log.error("cannot manage iptables rules: %s", problem)
@@ -595,10 +636,14 @@ async def run(args: argparse.Namespace) -> int:
 
             director.apply_config(load_config(args.config), "reload after restore" if restoring else "start")
         # Bind the queue before touching any rule: if another process owns it we fail here.
-        c_opts = {"fail_open": args.fail_open, "qdisc_bypass": args.qdisc_bypass} if args.engine == "c" else {}
+        c_opts: dict[str, Any] = {}
+        if args.engine == "c":
+            c_opts = {"fail_open": args.fail_open, "qdisc_bypass": args.qdisc_bypass, "queues": args.queues.queues,
+                      "cpus": args.queues.cpus, "gso_mtu": args.gso_mtu if args.gso else None}
         engine.start(args.queue_num, **{k: v for k, v in c_opts.items() if v})
         engine_started = True
-        log.info("engine %s bound to NFQUEUE %d", engine.name, args.queue_num)
+        log.info("engine %s bound to %s%s", engine.name, args.queues.describe(),
+                 f", GSO packets cut to {args.gso_mtu} bytes" if args.gso else "")
         if rules is not None:
             rules_set_up = True  # from here on the chains are ours to remove on exit (policy open)
             _install_rules(rules, director)

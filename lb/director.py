@@ -652,6 +652,9 @@ class Director:
         nfq_stats = getattr(self.engine, "nfq_stats", None)
         if nfq_stats is not None:
             result["nfq"] = nfq_stats()
+        per_queue = getattr(self.engine, "nfq_queue_stats", None)
+        if per_queue is not None:
+            result["nfq_queues"] = per_queue()  # in queue order (lbd --queue-balance: one per thread)
         synproxy_stats = getattr(self.engine, "synproxy_stats", None)
         if synproxy_stats is not None:
             result["synproxy"] = synproxy_stats()

@@ -8,6 +8,7 @@ docs/fastpath.md; the differential tests hold them to identical actions.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -144,5 +145,7 @@ class Engine(Protocol):
     def connections(self, now_ms: int) -> list[ConnInfo]: ...
     def counters(self) -> dict[str, int]: ...
 
-    def start(self, queue_num: int) -> None: ...
+    def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False, *,
+              queues: Sequence[int] | None = None, cpus: Sequence[int | None] | None = None,
+              gso_mtu: int | None = None) -> None: ...
     def stop(self) -> None: ...

@@ -8,6 +8,7 @@ integers (lb_api.h convention).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 import os
 
 from lb._ffi import ffi, lib
@@ -60,6 +61,9 @@ def _stats(c: object) -> Stats:
     )
 
 
+# Fields of struct lb_nfq_stats (lb_api.h), in declaration order.
+NFQ_STAT_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_nfq_stats").fields)
+
 class NfqError(OSError):
     """The NFQUEUE adapter could not start."""
 
@@ -89,7 +93,7 @@ class CEngine:
         self._lb = ffi.gc(handle, lib.lb_free)
         self._out = ffi.new("uint8_t[]", lib.LB_PKT_MAX)
         self._act = ffi.new("struct lb_action *")
-        self._nfq: object | None = None
+        self._nfqs: list[object] = []  # one adapter (thread) per queue, in queue order
 
     # ------------------------------------------------------------ packet path
     def process(self, packet: bytes, now_ms: int) -> Action:
@@ -365,25 +369,54 @@ class CEngine:
         return int(lib.lb_hash_buckets(self._lb))
 
     # ------------------------------------------------------------ NFQUEUE
-    def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False) -> None:
-        if self._nfq is not None:
+    def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False, *,
+              queues: Sequence[int] | None = None, cpus: Sequence[int | None] | None = None,
+              gso_mtu: int | None = None) -> None:
+        """Bind NFQUEUE `queue_num`, or every queue of `queues` (lbd --queue-balance; queue_num is the
+        first, the one named in the answer socket's mark and the one that runs the timers): one
+        thread each, pinned to cpus[i] when that is not None. `gso_mtu` turns on NFQA_CFG_F_GSO,
+        GSO packets being cut into segments of at most that many bytes. All or nothing: a queue
+        that cannot be bound stops those already started."""
+        if self._nfqs:
             raise RuntimeError("NFQUEUE adapter already running")
-        err = ffi.new("int *")
+        queues = list(queues) if queues is not None else [queue_num]
+        cpus = list(cpus) if cpus is not None else [None] * len(queues)
+        if len(cpus) != len(queues):
+            raise ValueError(f"{len(cpus)} CPUs for {len(queues)} queues")
         flags = (lib.LB_NFQ_F_FAIL_OPEN if fail_open else 0) | (lib.LB_NFQ_F_QDISC_BYPASS if qdisc_bypass else 0)
-        q = lib.lb_nfq_start(self._lb, queue_num, flags, err)
-        if q == ffi.NULL:
-            code = -err[0]
-            raise NfqError(code, f"cannot bind NFQUEUE {queue_num}: {os.strerror(code)}")
-        self._nfq = q
+        if gso_mtu is not None:
+            flags |= lib.LB_NFQ_F_GSO
+        err = ffi.new("int *")
+        try:
+            for q_num, cpu in zip(queues, cpus, strict=True):
+                opts = ffi.new("struct lb_nfq_opts *")
+                opts.flags = flags | (lib.LB_NFQ_F_TIMERS if q_num == queue_num else 0)
+                opts.cpu = -1 if cpu is None else cpu
+                opts.mark_queue = queue_num
+                opts.gso_mtu = gso_mtu or 0
+                q = lib.lb_nfq_start(self._lb, q_num, opts, err)
+                if q == ffi.NULL:
+                    code = -err[0]
+                    where = f" on CPU {cpu}" if cpu is not None else ""
+                    raise NfqError(code, f"cannot bind NFQUEUE {q_num}{where}: {os.strerror(code)}")
+                self._nfqs.append(q)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        if self._nfq is not None:
-            lib.lb_nfq_stop(self._nfq)
-            self._nfq = None
+        while self._nfqs:
+            lib.lb_nfq_stop(self._nfqs.pop())
 
     def nfq_stats(self) -> dict[str, int]:
-        if self._nfq is None:
-            return {}
-        st = ffi.new("struct lb_nfq_stats *")
-        lib.lb_nfq_get_stats(self._nfq, st)
-        return {name: getattr(st, name) for name in dir(st)}
+        """The adapters' counters, summed over every queue."""
+        return {name: sum(q[name] for q in self.nfq_queue_stats()) for name in NFQ_STAT_NAMES} if self._nfqs else {}
+
+    def nfq_queue_stats(self) -> list[dict[str, int]]:
+        """The adapters' counters per queue, in queue order."""
+        out = []
+        for q in self._nfqs:
+            st = ffi.new("struct lb_nfq_stats *")
+            lib.lb_nfq_get_stats(q, st)
+            out.append({name: getattr(st, name) for name in NFQ_STAT_NAMES})
+        return out

@@ -210,16 +210,21 @@ def icmp_match(addr: str) -> str:
     return f"-d {_host(addr)} -p icmp"
 
 
-def queue_target(queue_num: int, queue_balance: tuple[int, int] | None, bypass: bool = True) -> str:
+def queue_target(queue_num: int, queue_balance: tuple[int, int] | None, bypass: bool = True,
+                 cpu_fanout: bool = False) -> str:
     """The NFQUEUE target; without `bypass` (lbd --down-policy closed) the kernel drops packets
-    while nobody listens on the queue, instead of accepting them."""
+    while nobody listens on the queue, instead of accepting them. With `queue_balance` the kernel
+    spreads packets over the range by a hash of the addresses, or with `cpu_fanout` by the CPU
+    that handles the packet (queue = first + cpu % count)."""
     suffix = " --queue-bypass" if bypass else ""
     if queue_balance is None:
+        if cpu_fanout:
+            raise ValueError("--queue-cpu-fanout needs a queue balance range")
         return f"-j NFQUEUE --queue-num {_check_queue(queue_num)}{suffix}"
     low, high = (_check_queue(q) for q in queue_balance)
     if low > high:
         raise ValueError(f"queue balance range {low}:{high} is empty")
-    return f"-j NFQUEUE --queue-balance {low}:{high}{suffix}"
+    return f"-j NFQUEUE --queue-balance {low}:{high}{suffix}{' --queue-cpu-fanout' if cpu_fanout else ''}"
 
 
 def _check_match(match: str) -> str:
@@ -437,6 +442,9 @@ class RuleManager:
     entries; forwarded packets still do not (the queue is before conntrack's hook; module doc).
     `bypass`: `--queue-bypass` on the NFQUEUE rules (default). False is lbd's `--down-policy
     closed`: while no lbd listens, the kernel drops queued packets instead of accepting them.
+    `queue_balance` (first, last): the rules spread packets over that range (lbd --queue-balance;
+    `queue_num` is then the first, naming the chains and the socket mark); `cpu_fanout` picks the
+    queue by CPU instead of by flow hash.
     `netns` runs every command under `ip netns exec NAME` (tests; lbd itself already runs inside
     its namespace). `runner` replaces subprocess execution (unit tests).
     """
@@ -449,6 +457,7 @@ class RuleManager:
         *,
         track: bool = False,
         bypass: bool = True,
+        cpu_fanout: bool = False,
         netns: str | None = None,
         runner: Runner | None = None,
     ) -> None:
@@ -458,7 +467,7 @@ class RuleManager:
         self.bypass = bool(bypass)
         self.chain = chain_name(queue_num)
         self.out_chain = out_chain_name(queue_num)
-        self.target = queue_target(queue_num, queue_balance, self.bypass)  # validates queue_balance
+        self.target = queue_target(queue_num, queue_balance, self.bypass, cpu_fanout)  # validates the range
         self.mark = socket_mark(queue_num)
         self.iptables = iptables
         self.iptables_restore = f"{iptables}-restore"

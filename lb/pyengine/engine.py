@@ -51,6 +51,7 @@ import errno
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lb.engine import FWD_IDS, Action, ConnState, EngineError, FwdState, Reason, Verdict
@@ -1015,14 +1016,22 @@ class PyEngine:
 
     # ---- packet source -------------------------------------------------------------
 
-    def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False) -> None:
-        """Serve NFQUEUE `queue_num` from a thread (lbd --engine python)."""
+    def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False, *,
+              queues: Sequence[int] | None = None, cpus: Sequence[int | None] | None = None,
+              gso_mtu: int | None = None) -> None:
+        """Serve NFQUEUE `queue_num` from a thread (lbd --engine python): one queue, no GSO."""
         from lb.pyengine.nfq import NfqAdapter
 
         if self._nfq is not None:
             raise RuntimeError("NFQUEUE adapter already running")
         if fail_open:
             raise OSError(errno.EOPNOTSUPP, "the Python NFQUEUE adapter cannot set fail-open (netfilterqueue)")
+        if queues is not None and list(queues) != [queue_num]:
+            raise OSError(errno.EOPNOTSUPP, "the Python NFQUEUE adapter serves one queue (no --queue-balance)")
+        if gso_mtu is not None:
+            raise OSError(errno.EOPNOTSUPP, "the Python NFQUEUE adapter cannot take GSO packets (no --gso)")
+        if cpus is not None and any(c is not None for c in cpus):
+            raise OSError(errno.EOPNOTSUPP, "the Python NFQUEUE adapter does not pin its thread (no --queue-cpus)")
         adapter = NfqAdapter(self, qdisc_bypass=qdisc_bypass)
         adapter.start(queue_num)
         self._nfq = adapter
@@ -1036,6 +1045,10 @@ class PyEngine:
         if self._nfq is None:
             return {}
         return self._nfq.stats_dict()
+
+    def nfq_queue_stats(self) -> list[dict[str, int]]:
+        """Per queue, as CEngine's: this adapter serves one queue."""
+        return [self._nfq.stats_dict()] if self._nfq is not None else []
 
 
 assert PROTO_TCP == IPPROTO_TCP

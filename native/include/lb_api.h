@@ -259,6 +259,10 @@ struct lb_nfq_stats {
     uint64_t recv_err;             /* recv errors other than EAGAIN (e.g. ENOBUFS) */
     uint64_t timer_frames;         /* timer-generated frames (SYN-proxy SYN retransmissions) actually sent */
     uint64_t timer_answers;        /* timer-generated IP packets (SYN-proxy give-up RSTs) actually sent */
+    uint64_t gso_packets;          /* GSO packets received (LB_NFQ_F_GSO) */
+    uint64_t gso_segments;         /* segments they were cut into, each then processed as a packet */
+    uint64_t gso_errors;           /* GSO packets that could not be segmented (not TCP, URG): dropped */
+    uint64_t csum_completed;       /* packets whose partial L4 checksum was completed here */
 };
 
 /* ---- lifecycle ---- */
@@ -321,9 +325,34 @@ uint32_t lb_conn_max(lb_t *lb);
 uint32_t lb_hash_buckets(lb_t *lb);
 void lb_counters(lb_t *lb, uint64_t *out, uint32_t n);                     /* per-reason packet counters */
 
+/* ---- GSO helpers (pure functions on bytes; the adapter uses them with LB_NFQ_F_GSO) ---- */
+/* Write the full TCP/UDP checksum of an IPv4 packet whose L4 checksum field holds only the
+ * pseudo-header sum (the kernel's CHECKSUM_PARTIAL, NFQA_SKB_CSUMNOTREADY). LB_OK, or
+ * LB_EINVAL when the packet is not a complete unfragmented IPv4 TCP/UDP packet. */
+int lb_csum_complete(uint8_t *pkt, uint32_t len);
+/* Split a TCP/IPv4 packet (a GSO super-packet) into segments whose IP packets are at most
+ * mtu bytes, as the kernel's TCP segmentation does: same headers and options, sequence
+ * numbers advanced, IP ID incremented per segment, CWR on the first only, FIN and PSH on
+ * the last only, every checksum computed in full. Segment i is written at
+ * out + i * slot_len and its length to seg_len[i]. Returns the number of segments (1 when
+ * the packet already fits), LB_EINVAL for anything but a complete TCP/IPv4 packet with a
+ * payload (or one carrying URG), LB_ENOSPC when max_segs or slot_len is too small. */
+int lb_tcp_segment(const uint8_t *pkt, uint32_t len, uint32_t mtu, uint8_t *out, uint32_t slot_len,
+                   uint32_t *seg_len, uint32_t max_segs);
+
 /* ---- NFQUEUE adapter: one thread per queue, runs without the GIL ---- */
 #define LB_NFQ_F_FAIL_OPEN 1       /* kernel accepts instead of dropping when the queue is full */
 #define LB_NFQ_F_QDISC_BYPASS 2    /* frames skip the qdisc: faster, but invisible to tcpdump on the director */
-lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, uint32_t flags, int *err);
+#define LB_NFQ_F_GSO 4             /* NFQA_CFG_F_GSO: one message per GSO packet, segmented here */
+#define LB_NFQ_F_TIMERS 8          /* this queue's thread runs the expiry sweep and SYN-proxy timers */
+struct lb_nfq_opts {
+    uint32_t flags;                /* LB_NFQ_F_* */
+    int32_t cpu;                   /* pin the thread to this CPU; -1: not pinned */
+    uint16_t mark_queue;           /* queue number in the answer socket's SO_MARK (an instance's first queue) */
+    uint16_t gso_mtu;              /* LB_NFQ_F_GSO: IP packet size segments are cut to; 0 = 1500 */
+};
+/* Several queues (--queue-balance) share one lb_t: one adapter each; exactly one of them
+ * should have LB_NFQ_F_TIMERS. opts NULL = flags 0 | LB_NFQ_F_TIMERS, unpinned, own mark. */
+lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *opts, int *err);
 int lb_nfq_stop(lb_nfq_t *q);                      /* joins the thread and frees q */
 void lb_nfq_get_stats(lb_nfq_t *q, struct lb_nfq_stats *out);

@@ -9,7 +9,20 @@
  * Every ~100 ms it also reaps expired connections in bounded steps.
  *
  * Sockets: NETLINK_NO_ENOBUFS (a full socket buffer must not wedge the loop)
- * and a large SO_RCVBUFFORCE. The queue copies whole packets: DR resends them.
+ * and a large SO_RCVBUFFORCE.
+ *
+ * Copy range: whole packets in every mode. Each forwarding method sends the packet
+ * itself again (DR and IPIP on the packet socket, FULLNAT rewritten), none lets the
+ * kernel continue with a verdict, so no mode can do with the headers alone.
+ *
+ * Several queues (--queue-balance): one adapter and thread per queue, optionally
+ * pinned to a CPU, all on one lb_t (its lock serialises the tables); the adapter
+ * with LB_NFQ_F_TIMERS also runs the expiry sweep and the SYN-proxy timers.
+ *
+ * LB_NFQ_F_GSO (NFQA_CFG_F_GSO): the kernel queues GSO super-packets whole and
+ * leaves partial checksums (NFQA_SKB_INFO says which); here partial checksums are
+ * completed and super-packets cut into segments of at most gso_mtu bytes (gso.c),
+ * each segment processed and sent like any packet; the original gets one verdict.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -23,6 +36,8 @@
 #include <libnetfilter_queue/libnetfilter_queue.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +47,10 @@
 
 #include "lb_internal.h"
 
-#define NFQ_BATCH 64                       /* packets per recvmmsg */
+#define NFQ_BATCH 64                       /* packet messages per recvmmsg */
+#define NFQ_ITEMS 192                      /* packets or segments processed per flush */
+#define NFQ_GSO_MTU_MIN 576
+#define NFQ_GSO_MTU_DEFAULT 1500
 #define NFQ_MSG_BUF (LB_PKT_MAX + 4096)    /* one packet message: payload + netlink/attribute headers */
 #define NFQ_RCVBUF_BYTES (32 * 1024 * 1024)
 #define NFQ_SNDBUF_BYTES (4 * 1024 * 1024)
@@ -47,6 +65,8 @@ struct lb_nfq {
     struct mnl_socket *nl;
     uint32_t portid;
     uint16_t queue_num;
+    uint32_t flags;                        /* LB_NFQ_F_* */
+    uint32_t gso_mtu;                      /* LB_NFQ_F_GSO: segment size (IP packet bytes) */
     int pkt_fd;                            /* AF_PACKET, send only (protocol 0) */
     int raw_fd;                            /* AF_INET raw IPPROTO_RAW, send only */
     pthread_t thread;
@@ -55,7 +75,8 @@ struct lb_nfq {
     struct lb_nfq_stats stats;
     /* batch buffers, allocated once (zeroed) */
     uint8_t *rx;                           /* NFQ_BATCH * NFQ_MSG_BUF */
-    uint8_t *out;                          /* NFQ_BATCH * LB_PKT_MAX: rewritten bytes per packet */
+    uint8_t *out;                          /* NFQ_ITEMS * LB_PKT_MAX: rewritten bytes per item */
+    uint8_t *seg;                          /* LB_NFQ_F_GSO: NFQ_ITEMS * gso_mtu, segment i for item i */
     uint8_t *tx;                           /* verdict datagram */
     size_t tx_cap;
     struct mmsghdr rx_msgs[NFQ_BATCH];
@@ -84,7 +105,7 @@ static int nfq_config(struct lb_nfq *q, uint8_t cmd, int set_params, uint32_t fl
         nfq_nlmsg_cfg_put_params(nlh, NFQNL_COPY_PACKET, LB_PKT_MAX);
         nfq_nlmsg_cfg_put_qmaxlen(nlh, 16384);
         mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
-        mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(NFQA_CFG_F_FAIL_OPEN));
+        mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO));
     }
     if (mnl_socket_sendto(q->nl, nlh, nlh->nlmsg_len) < 0)
         return -errno;
@@ -109,7 +130,9 @@ static int nfq_config(struct lb_nfq *q, uint8_t cmd, int set_params, uint32_t fl
 }
 
 /* Parse one packet message; returns 0 and fills id/payload, or -1. */
-static int parse_packet_msg(const struct nlmsghdr *nlh, uint32_t *id, const uint8_t **payload, uint32_t *plen)
+/* Parse one packet message; returns 0 and fills id/payload/skb info, or -1. */
+static int parse_packet_msg(const struct nlmsghdr *nlh, uint32_t *id, uint8_t **payload, uint32_t *plen,
+                            uint32_t *skbinfo)
 {
     struct nlattr *attr[NFQA_MAX + 1];
     memset(attr, 0, sizeof(attr));
@@ -124,11 +147,16 @@ static int parse_packet_msg(const struct nlmsghdr *nlh, uint32_t *id, const uint
         *payload = NULL;
         *plen = 0;
     }
+    *skbinfo = attr[NFQA_SKB_INFO] ? ntohl(mnl_attr_get_u32(attr[NFQA_SKB_INFO])) : 0;
     return 0;
 }
 
+/* One packet (or one segment of a GSO packet) and what to do with it. Items without
+ * an id are the second and later segments of a GSO packet: the verdict for the queued
+ * original rides on its first segment's item. */
 struct batch_item {
     uint32_t id;
+    int has_id;
     const uint8_t *pkt;
     uint32_t len;
     struct lb_action act;
@@ -139,9 +167,9 @@ static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
 {
     uint64_t sent = 0;
     /* Frame i = l2hdr + (rewritten bytes in out slot i, or the original packet). */
-    struct mmsghdr msgs[NFQ_BATCH];
-    struct iovec iov[NFQ_BATCH][2];
-    struct sockaddr_ll sll[NFQ_BATCH];
+    struct mmsghdr msgs[NFQ_ITEMS];
+    struct iovec iov[NFQ_ITEMS][2];
+    struct sockaddr_ll sll[NFQ_ITEMS];
     int m = 0;
     for (int i = 0; i < n; i++) {
         struct batch_item *it = &items[i];
@@ -194,14 +222,14 @@ static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
     return sent;
 }
 
-static uint64_t send_answers(struct lb_nfq *q, struct batch_item *items, int n, int base)
+static uint64_t send_answers(struct lb_nfq *q, struct batch_item *items, int n)
 {
     uint64_t sent = 0;
     for (int i = 0; i < n; i++) {
         struct batch_item *it = &items[i];
         if (!it->valid || it->act.verdict != LB_V_ANSWER)
             continue;
-        const uint8_t *o = q->out + (size_t)(base + i) * LB_PKT_MAX;
+        const uint8_t *o = q->out + (size_t)i * LB_PKT_MAX;
         struct sockaddr_in dst;
         memset(&dst, 0, sizeof(dst));
         dst.sin_family = AF_INET;
@@ -250,7 +278,7 @@ static void send_verdicts(struct lb_nfq *q, struct batch_item *items, int n)
     int i = 0;
     while (i < n) {
         struct batch_item *it = &items[i];
-        if (!it->valid) {
+        if (!it->has_id) {
             i++;
             continue;
         }
@@ -260,18 +288,19 @@ static void send_verdicts(struct lb_nfq *q, struct batch_item *items, int n)
             i++;
             continue;
         }
-        /* Extend the run while the verdict stays the same (invalid items have no id to cover). */
-        int v = nf_verdict(&it->act), j = i + 1;
+        /* Extend the run while the verdict stays the same; segments without an id do not end it. */
+        int v = nf_verdict(&it->act), j = i + 1, count = 1;
         uint32_t last = it->id;
-        while (j < n && items[j].valid && items[j].act.verdict != LB_V_MANGLE && nf_verdict(&items[j].act) == v) {
+        for (; j < n; j++) {
+            if (!items[j].has_id)
+                continue;
+            if (items[j].act.verdict == LB_V_MANGLE || nf_verdict(&items[j].act) != v)
+                break;
             last = items[j].id;
-            j++;
+            count++;
         }
-        if (j - i == 1)
-            put_verdict(b, q, NFQNL_MSG_VERDICT, last, v, NULL, 0);
-        else
-            put_verdict(b, q, NFQNL_MSG_VERDICT_BATCH, last, v, NULL, 0);
-        q->stats.verdicts += (uint64_t)(j - i);
+        put_verdict(b, q, count == 1 ? NFQNL_MSG_VERDICT : NFQNL_MSG_VERDICT_BATCH, last, v, NULL, 0);
+        q->stats.verdicts += (uint64_t)count;
         i = j;
     }
     if (!mnl_nlmsg_batch_is_empty(b) &&
@@ -280,35 +309,105 @@ static void send_verdicts(struct lb_nfq *q, struct batch_item *items, int n)
     mnl_nlmsg_batch_stop(b);
 }
 
+/* Frames first: the original is dropped by its verdict either way. */
+static void flush_items(struct lb_nfq *q, struct batch_item *items, int n)
+{
+    if (n == 0)
+        return;
+    send_frames(q, items, n);
+    send_answers(q, items, n);
+    send_verdicts(q, items, n);
+    q->stats.batches++;
+}
+
+/* A GSO packet: cut it into segments (items n..), process each; returns the items used.
+ * Called with the lock held; may release it to flush when the items run out. */
+static int process_gso(struct lb_nfq *q, struct batch_item *items, int n, uint32_t id, const uint8_t *pkt,
+                       uint32_t len, uint64_t t)
+{
+    uint32_t seg_len[NFQ_ITEMS];
+    q->stats.gso_packets++;
+    int k = lb_tcp_segment(pkt, len, q->gso_mtu, q->seg + (size_t)n * q->gso_mtu, q->gso_mtu, seg_len,
+                           (uint32_t)(NFQ_ITEMS - n));
+    if (k == LB_ENOSPC && n > 0) {
+        pthread_mutex_unlock(&q->lb->lock);
+        flush_items(q, items, n);
+        pthread_mutex_lock(&q->lb->lock);
+        n = 0;
+        k = lb_tcp_segment(pkt, len, q->gso_mtu, q->seg, q->gso_mtu, seg_len, NFQ_ITEMS);
+    }
+    if (k <= 0) {
+        /* Not TCP, or URG: the kernel could have segmented it, we cannot; dropped and counted. */
+        q->stats.gso_errors++;
+        struct batch_item *it = &items[n];
+        memset(it, 0, sizeof(*it));
+        it->id = id;
+        it->has_id = 1;
+        it->act.verdict = LB_V_DROP;
+        return n + 1;
+    }
+    q->stats.gso_segments += (uint64_t)k;
+    for (int s = 0; s < k; s++) {
+        struct batch_item *it = &items[n];
+        memset(it, 0, sizeof(*it));
+        it->id = id;
+        it->has_id = (s == 0);
+        it->pkt = q->seg + (size_t)n * q->gso_mtu;
+        it->len = seg_len[s];
+        it->valid = 1;
+        lb_process(q->lb, it->pkt, it->len, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX, &it->act);
+        n++;
+        /* Not ours (e.g. no connection): the kernel gets the original whole, as without GSO. */
+        if (s == 0 && it->act.verdict == LB_V_ACCEPT)
+            break;
+    }
+    return n;
+}
+
 static void process_batch(struct lb_nfq *q, int nmsgs)
 {
-    struct batch_item items[NFQ_BATCH];
+    struct batch_item items[NFQ_ITEMS];
     int n = 0;
     uint64_t t = now_ms();
     pthread_mutex_lock(&q->lb->lock);
     for (int i = 0; i < nmsgs; i++) {
-        const uint8_t *buf = q->rx + (size_t)i * NFQ_MSG_BUF;
+        uint8_t *buf = q->rx + (size_t)i * NFQ_MSG_BUF;
         int len = (int)q->rx_msgs[i].msg_len;
         const struct nlmsghdr *nlh = (const struct nlmsghdr *)buf;
         for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
-            if (NFNL_MSG_TYPE(nlh->nlmsg_type) != NFQNL_MSG_PACKET || n >= NFQ_BATCH)
+            if (NFNL_MSG_TYPE(nlh->nlmsg_type) != NFQNL_MSG_PACKET)
                 continue;
-            struct batch_item *it = &items[n];
-            memset(it, 0, sizeof(*it));
-            if (parse_packet_msg(nlh, &it->id, &it->pkt, &it->len) < 0)
+            uint32_t id, plen, info;
+            uint8_t *pkt;
+            if (parse_packet_msg(nlh, &id, &pkt, &plen, &info) < 0)
                 continue;
-            it->valid = 1;
-            lb_process(q->lb, it->pkt, it->len, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX, &it->act);
-            n++;
+            q->stats.packets++;
+            if ((info & NFQA_SKB_GSO) && q->seg) {
+                n = process_gso(q, items, n, id, pkt, plen, t);
+            } else {
+                /* Partial checksum (with NFQA_CFG_F_GSO only): complete it, as the kernel would have. */
+                if ((info & NFQA_SKB_CSUMNOTREADY) && pkt && lb_csum_complete(pkt, plen) == LB_OK)
+                    q->stats.csum_completed++;
+                struct batch_item *it = &items[n];
+                memset(it, 0, sizeof(*it));
+                it->id = id;
+                it->has_id = 1;
+                it->pkt = pkt;
+                it->len = plen;
+                it->valid = 1;
+                lb_process(q->lb, it->pkt, it->len, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX, &it->act);
+                n++;
+            }
+            if (n >= NFQ_ITEMS - 1) {
+                pthread_mutex_unlock(&q->lb->lock);
+                flush_items(q, items, n);
+                pthread_mutex_lock(&q->lb->lock);
+                n = 0;
+            }
         }
     }
     pthread_mutex_unlock(&q->lb->lock);
-    q->stats.packets += (uint64_t)n;
-    q->stats.batches++;
-    /* Frames first: the original is dropped by its verdict either way. */
-    send_frames(q, items, n);
-    send_answers(q, items, n, 0);
-    send_verdicts(q, items, n);
+    flush_items(q, items, n);
 }
 
 /* Run due timers (SYN-proxy retransmissions and give-ups); each produced
@@ -331,7 +430,7 @@ static void process_timers(struct lb_nfq *q)
         if (n == 0)
             return;
         q->stats.timer_frames += send_frames(q, items, n);
-        q->stats.timer_answers += send_answers(q, items, n, 0);
+        q->stats.timer_answers += send_answers(q, items, n);
         if (n < NFQ_BATCH)
             return;
     }
@@ -339,6 +438,8 @@ static void process_timers(struct lb_nfq *q)
 
 static int poll_timeout_ms(struct lb_nfq *q)
 {
+    if (!(q->flags & LB_NFQ_F_TIMERS))
+        return NFQ_POLL_MS;
     pthread_mutex_lock(&q->lb->lock);
     uint64_t due = lb_timer_due(q->lb);
     pthread_mutex_unlock(&q->lb->lock);
@@ -371,6 +472,8 @@ static void *nfq_thread(void *arg)
             else if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 q->stats.recv_err++;
         }
+        if (!(q->flags & LB_NFQ_F_TIMERS))
+            continue;
         process_timers(q);
         uint64_t t = now_ms();
         if (t - q->last_expire_ms >= NFQ_EXPIRE_EVERY_MS) {
@@ -394,12 +497,22 @@ static void nfq_free(struct lb_nfq *q)
         close(q->raw_fd);
     free(q->rx);
     free(q->out);
+    free(q->seg);
     free(q->tx);
     free(q);
 }
 
-lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, uint32_t flags, int *err)
+lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *opts, int *err)
 {
+    struct lb_nfq_opts dflt = {.flags = LB_NFQ_F_TIMERS, .cpu = -1, .mark_queue = queue_num, .gso_mtu = 0};
+    if (!opts)
+        opts = &dflt;
+    uint32_t gso_mtu = opts->gso_mtu ? opts->gso_mtu : NFQ_GSO_MTU_DEFAULT;
+    if (!lb || opts->cpu < -1 || opts->cpu >= CPU_SETSIZE || gso_mtu < NFQ_GSO_MTU_MIN) {
+        if (err)
+            *err = -EINVAL;
+        return NULL;
+    }
     int e = 0;
     struct lb_nfq *q = calloc(1, sizeof(*q));
     if (!q) {
@@ -409,13 +522,17 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, uint32_t flags, int *err)
     }
     q->lb = lb;
     q->queue_num = queue_num;
+    q->flags = opts->flags;
+    q->gso_mtu = gso_mtu;
     q->pkt_fd = -1;
     q->raw_fd = -1;
-    q->tx_cap = (size_t)NFQ_BATCH * 64 + 2 * NFQ_VERDICT_MSG_MAX;
+    q->tx_cap = (size_t)NFQ_ITEMS * 64 + 2 * NFQ_VERDICT_MSG_MAX;
     q->rx = calloc(NFQ_BATCH, NFQ_MSG_BUF);
-    q->out = calloc(NFQ_BATCH, LB_PKT_MAX);
+    q->out = calloc(NFQ_ITEMS, LB_PKT_MAX);
     q->tx = calloc(1, q->tx_cap);
-    if (!q->rx || !q->out || !q->tx) {
+    if (q->flags & LB_NFQ_F_GSO)
+        q->seg = calloc(NFQ_ITEMS, gso_mtu);
+    if (!q->rx || !q->out || !q->tx || ((q->flags & LB_NFQ_F_GSO) && !q->seg)) {
         e = -ENOMEM;
         goto fail;
     }
@@ -444,30 +561,40 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, uint32_t flags, int *err)
         setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
     /* Opt-in only: frames that bypass the qdisc are not seen by tcpdump on the director's own
      * interface, and a capture there is how operators find forwarding bugs (field report 000). */
-    if (flags & LB_NFQ_F_QDISC_BYPASS) {
+    if (q->flags & LB_NFQ_F_QDISC_BYPASS) {
         int bypass = 1;
         setsockopt(q->pkt_fd, SOL_PACKET, PACKET_QDISC_BYPASS, &bypass, sizeof(bypass));
     }
     /* Marked so the director's raw OUTPUT table can leave our packets untracked. */
-    uint32_t mark = LB_SOCKET_MARK_BASE | queue_num;
+    uint32_t mark = LB_SOCKET_MARK_BASE | opts->mark_queue;
     if (setsockopt(q->raw_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
         e = -errno;
         goto fail;
     }
     if ((e = nfq_config(q, NFQNL_CFG_CMD_BIND, 0, 0)) < 0)
         goto fail;
-    uint32_t cfg_flags = (flags & LB_NFQ_F_FAIL_OPEN) ? NFQA_CFG_F_FAIL_OPEN : 0;
+    uint32_t cfg_flags = ((q->flags & LB_NFQ_F_FAIL_OPEN) ? NFQA_CFG_F_FAIL_OPEN : 0) |
+                         ((q->flags & LB_NFQ_F_GSO) ? NFQA_CFG_F_GSO : 0);
     if ((e = nfq_config(q, NFQNL_CFG_CMD_NONE, 1, cfg_flags)) < 0)
         goto fail;
 
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    if (opts->cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(opts->cpu, &set);
+        pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
+    }
     /* The thread must not take signals meant for the Python main thread. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    int pe = pthread_create(&q->thread, NULL, nfq_thread, q);
+    int pe = pthread_create(&q->thread, &attr, nfq_thread, q);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
     if (pe != 0) {
-        e = -pe;
+        e = -pe; /* EINVAL also when the CPU is not one this process may run on */
         goto fail;
     }
     q->thread_started = 1;

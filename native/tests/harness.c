@@ -125,6 +125,31 @@ static int process_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t 
     return bad;
 }
 
+/* The GSO helpers on arbitrary bytes (a copy: both write): whatever they accept, the segments
+ * fit the MTU and carry exactly the original payload, and lb_process takes each of them. */
+static uint8_t gso_in[LB_PKT_MAX];
+static uint8_t gso_segs[128 * 1500];
+static int gso_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mtu, uint64_t now)
+{
+    int bad = 0;
+    memcpy(gso_in, pkt, len);
+    int rc = lb_csum_complete(gso_in, len);
+    bad |= check(rc == LB_OK || rc == LB_EINVAL, "lb_csum_complete returns OK or EINVAL");
+    uint32_t seg_len[128];
+    int k = lb_tcp_segment(pkt, len, mtu, gso_segs, mtu, seg_len, 128);
+    bad |= check(k > 0 || k == LB_EINVAL || k == LB_ENOSPC, "lb_tcp_segment returns a count or an error");
+    if (k <= 0)
+        return bad;
+    uint32_t ihl = (pkt[0] & 0x0fu) * 4u, thl = (uint32_t)(pkt[ihl + 12] >> 4) * 4u, payload = 0;
+    for (int i = 0; i < k; i++) {
+        bad |= check(seg_len[i] <= mtu && seg_len[i] > ihl + thl, "a segment fits the MTU and carries data");
+        payload += seg_len[i] - ihl - thl;
+        bad |= process_checked(lb, gso_segs + (size_t)i * mtu, seg_len[i], now);
+    }
+    bad |= check(payload == len - ihl - thl, "the segments carry the whole payload");
+    return bad;
+}
+
 #ifdef LB_FUZZ
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -143,6 +168,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size > 0)
         now += data[0] * 50u;
     if (process_checked(lb, size > 1 ? data + 1 : data, size > 1 ? (uint32_t)size - 1 : (uint32_t)size, now))
+        abort();
+    /* Byte 0 also picks the segment size: 576, 884, 1192 or 1500 bytes. */
+    if (size > 1 && gso_checked(lb, data + 1, (uint32_t)size - 1, 576 + (data[0] % 4u) * 308u, now))
         abort();
     struct lb_action tact;
     while (lb_timer_next(lb, now, out_buf, sizeof(out_buf), &tact))
@@ -193,7 +221,7 @@ static int cmd_replay(int argc, char **argv)
                 lb_free(lb);
                 return 2;
             }
-            if (process_checked(lb, pkt, len, now)) {
+            if (process_checked(lb, pkt, len, now) || gso_checked(lb, pkt + 1, len ? len - 1 : 0, 1500, now)) {
                 fprintf(stderr, "harness: in %s\n", argv[i]);
                 bad = 1;
             }

@@ -49,6 +49,11 @@ def seeds() -> dict[str, bytes]:
     s["syn_fin"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40005, dport=80, flags="SF"))
     s["no_flags"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40006, dport=80, flags=0))
     s["ipv6_header"] = bytes([0x60]) + bytes(39)
+    # GSO super-packets as NFQA_CFG_F_GSO hands them over (lbd --gso): cut by lb_tcp_segment.
+    ts = [("NOP", None), ("NOP", None), ("Timestamp", (7, 9))]
+    for port in (80, 82):
+        s[f"gso_tcp{port}"] = raw(IP(src=CLIENT, dst=VIP, flags="DF") / TCP(sport=40000, dport=port, flags="PAC",
+                                  seq=1, ack=1, options=ts) / Raw(bytes(range(256)) * 17))
     return s
 
 

@@ -199,10 +199,12 @@ def iptables_leftovers(host: Host) -> list[str]:
 class Lbd:
     """One lbd process in the director namespace, started and ended by us (by PID)."""
 
-    def __init__(self, topo: Topology, engine: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, topo: Topology, engine: str, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
         self.topo = topo
         self.engine = engine
         self.env = env  # extra environment for lbd (e.g. MALLOC_PERTURB_)
+        self.args = list(args or [])  # extra lbd options (e.g. --gso); --queue-balance replaces --queue-num
         self.dir = Path(tempfile.mkdtemp(prefix=f"{topo.prefix}-lbd-"))
         self.socket = str(self.dir / "lbd.sock")
         self.proc: subprocess.Popen[Any] | None = None
@@ -222,8 +224,9 @@ class Lbd:
         self.log_path = self.dir / f"lbd-{self.starts}.log"
         with open(self.log_path, "w") as log:
             self.proc = self.director.popen(
-                [str(LBD), "--socket", self.socket, "--queue-num", str(QUEUE_NUM),
-                 "--engine", self.engine, "-v"],
+                [str(LBD), "--socket", self.socket,
+                 *([] if "--queue-balance" in self.args else ["--queue-num", str(QUEUE_NUM)]),
+                 "--engine", self.engine, "-v", *self.args],
                 stdout=log, stderr=subprocess.STDOUT,
                 env=dict(os.environ, **self.env) if self.env else None,
             )
@@ -356,12 +359,13 @@ def lbd(topo: Topology, engine: str) -> Iterator[Lbd]:
 
 
 @contextlib.contextmanager
-def running_lbd(topo: Topology, engine: str, env: dict[str, str] | None = None) -> Iterator[Lbd]:
+def running_lbd(topo: Topology, engine: str, env: dict[str, str] | None = None,
+                args: list[str] | None = None) -> Iterator[Lbd]:
     """A fresh lbd in `topo`'s director; on exit: SIGTERM, exit status 0, no iptables leftovers.
 
     For test modules with a topology of their own (FULLNAT, tunnel churn); `lbd` uses it too.
     """
-    d = Lbd(topo, engine, env)
+    d = Lbd(topo, engine, env, args)
     try:
         result = d.start()
         assert result.get("engine") == engine, f"asked for engine {engine}, ping says {result}"
