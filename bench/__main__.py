@@ -3,6 +3,7 @@
     python -m bench all   [--quick] [--out DIR]      every part, then the report
     python -m bench pps   [--quick] [options]        zero-loss pps (bench/pps.py)
     python -m bench http  [--quick] [options]        connections/s and latency with wrk (bench/http.py)
+    python -m bench bulk  [--quick] [options]        bulk upload through DR, with and without --gso (bench/bulk.py)
     python -m bench cost  [--quick] [options]        instructions per packet with callgrind (bench/cost.py)
     python -m bench ab    [--quick] [options]        A/B against kernel IPVS in a guest (bench/ab.py)
     python -m bench report [--out DIR]               (re)write the markdown report and plots from DIR
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from bench import common
 
-PARTS = ("pps", "http", "cost", "ab")
+PARTS = ("pps", "http", "bulk", "cost", "ab")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "http":
             from bench import http
             http.add_args(p)
+        if name == "bulk":
+            from bench import bulk
+            bulk.add_args(p)
         if name == "cost":
             from bench import cost
             cost.add_args(p)
@@ -62,6 +66,10 @@ def _run_part(name: str, args: argparse.Namespace, out_dir: Path) -> bool:
             from bench import http
             http.finish_args(args)
             data = http.run(args)
+        elif name == "bulk":
+            from bench import bulk
+            bulk.finish_args(args)
+            data = bulk.run(args)
         elif name == "cost":
             from bench import cost
             cost.finish_args(args)

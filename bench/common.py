@@ -212,7 +212,8 @@ class Lbd:
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
         if not LBD.exists():
             raise LbdError(f"{LBD} does not exist: run `make build` first")
-        argv = [str(LBD), "--socket", self.socket, "--queue-num", str(self.queue), "--engine", self.engine]
+        queue = [] if "--queue-balance" in self.extra else ["--queue-num", str(self.queue)]
+        argv = [str(LBD), "--socket", self.socket, *queue, "--engine", self.engine]
         if self.conn_max and self.engine == "c":
             argv += ["--conn-max", str(self.conn_max)]
         argv += self.extra

@@ -104,6 +104,7 @@ class Path_:
     rs_addr: str
     gen_cpu: int | None = None
     nice: int = 0  # niceness of the generator (and of lbd): other load on the machine must not decide
+    lbd_args: tuple[str, ...] = ()  # extra options for the C engine's lbd (e.g. --queue-balance 0:3)
 
     def rx_count(self) -> int:  # packets counted at the receiver
         raise NotImplementedError
@@ -453,7 +454,8 @@ def system(bed: Bed, name: str, mode: str, dut_cpu: int | None) -> Iterator[Lbd 
     if name == "kernel":
         yield None
         return
-    lbd = Lbd(bed.director, name, cpu=dut_cpu, conn_max=CONN_MAX_C, nice=bed.nice)
+    lbd = Lbd(bed.director, name, cpu=dut_cpu, conn_max=CONN_MAX_C, nice=bed.nice,
+              extra=bed.lbd_args if name == "c" else ())
     try:
         lbd.start()
         svc = {"proto": "tcp", "addr": bed.vip, "port": PORT}
@@ -535,7 +537,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"systems": systems, "modes": modes, "traffic": traffic, "repeats": args.repeats,
                    "window_s": args.window, "steps": args.steps, "loss_max": LOSS_MAX, "gen_cpu": gen_cpu,
                    "dut_cpu": dut_cpu, "nice": args.nice, "est_flows": EST_FLOWS, "frame_bytes": 60,
-                   "command": "python -m bench pps " + " ".join(args.argv)},
+                   "command": "python -m bench pps " + " ".join(args.argv), "lbd_args": args.lbd_args or ""},
         "results": [], "sweep": [], "skipped": [], "path_limit": [],
     }
     common.build_tool("pktgen")
@@ -543,6 +545,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lbB-bench-pps-") as tmpd, Topology(pps_spec()) as topo:
         tmp = Path(tmpd)
         bed = Bed(topo, gen_cpu, dut_cpu, steer=args.steer)
+        bed.lbd_args = tuple(shlex.split(args.lbd_args or ""))
         bed.nice = args.nice
         bed.dut_cpu = dut_cpu
         out["config"]["rps"] = bed.rps
@@ -659,6 +662,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     help="niceness of the generator and of lbd (default -10: the machine is shared)")
     ap.add_argument("--gen-cpu", type=int, default=None, help="CPU for the generator (default 0)")
     ap.add_argument("--dut-cpu", type=int, default=None, help="CPU for lbd (default 1)")
+    ap.add_argument("--lbd-args", default="", help="extra options for the C engine's lbd, e.g. "
+                    "'--queue-balance 0:3 --queue-cpu-fanout' on a director with more cores (with --dut-cpu "
+                    "unset, or a CPU list lbd may use)")
     # Real NICs (see bench/README.md): no namespaces; one system, configured by the operator.
     ap.add_argument("--iface", help="real NIC mode: send on this interface")
     ap.add_argument("--dst-mac", help="real NIC mode: the director's MAC on --iface")

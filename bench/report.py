@@ -21,12 +21,13 @@ MARK_BEGIN = "<!-- latest-results:begin -->"
 MARK_END = "<!-- latest-results:end -->"
 
 
-PART_NAMES = ("pps", "http", "cost", "ab")
+PART_NAMES = ("pps", "http", "cost", "ab")  # what a complete run must hold (README refresh)
+OPTIONAL_PARTS = ("bulk",)
 
 
 def _load(run_dir: Path) -> dict[str, Any]:
     parts = {}
-    for name in PART_NAMES:
+    for name in (*PART_NAMES, *OPTIONAL_PARTS):
         p = run_dir / f"{name}.json"
         if p.exists():
             parts[name] = json.loads(p.read_text())
@@ -224,6 +225,31 @@ def _split(s: dict[str, Any]) -> str:
     return f" ({u['median']:.1f} + {k['median']:.1f} + {q['median']:.1f})"
 
 
+def _bulk(parts: dict[str, Any]) -> list[str]:
+    b = parts.get("bulk")
+    if not b:
+        return []
+    if "error" in b and not b.get("summary"):
+        return ["## Bulk upload (GSO)", "", f"Failed: `{b['error']}`", ""]
+    s, cfg = b["summary"], b["config"]
+    L = ["## Bulk upload through DR, with and without --gso (bench/bulk)", "",
+         f"Command: `{cfg.get('command')}`; {cfg['mib']} MiB per upload in {cfg['chunk'] // 1024} KiB writes, one "
+         f"connection, {cfg['repeats']} repetitions; `direct` is client -> rs1 without the director in the way.", "",
+         "| system | MB/s | queue messages / MiB | frames sent / MiB | lbd CPU ms / MiB |", "|---|---|---|---|---|"]
+    f1 = lambda v: f"{v:.1f}"  # noqa: E731
+    f0 = lambda v: f"{v:.0f}"  # noqa: E731
+    for name in ("direct", "c", "c-gso"):
+        if name in s:
+            e = s[name]
+            L.append(f"| {name} | {_mmm(e['mb_s'], f1)} | {_mmm(e.get('queue_msgs_per_mib'), f0)} | "
+                     f"{_mmm(e.get('frames_per_mib'), f0)} | {_mmm(e.get('lbd_cpu_ms_per_mib'), f1)} |")
+    if s.get("gso_speedup"):
+        L += ["", f"--gso: {s['gso_speedup']:.2f}x the throughput of lbd without it."]
+    for err in b.get("errors", []):
+        L.append(f"- error: {err}")
+    return L + [""]
+
+
 def _http(parts: dict[str, Any], plots: list[str], stem: Path) -> list[str]:
     h = parts.get("http")
     if not h:
@@ -381,6 +407,7 @@ def write(run_dir: Path) -> Path:
     body += _machine(parts)
     body += _pps(parts, targets, plots, stem)
     body += _http(parts, plots, stem)
+    body += _bulk(parts)
     body += _cost(parts, targets)
     body += _ab(parts, targets)
     analysis = run_dir / "analysis.md"  # hand-written notes for this run (why a target is missed, what closes it)
