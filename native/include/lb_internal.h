@@ -53,8 +53,18 @@ struct lb_pkt {
     uint32_t ihl;          /* IP header length in bytes (20..60) */
     uint8_t proto;
     uint8_t tcp_flags;     /* TCP only */
-    uint32_t saddr, daddr; /* network order */
-    uint16_t sport, dport; /* network order */
+    union {
+        struct {
+            uint32_t saddr, daddr; /* network order */
+        };
+        uint64_t addrs;    /* both, as lb_key_addrs(saddr, daddr): the lookup key */
+    };
+    union {
+        struct {
+            uint16_t sport, dport; /* network order */
+        };
+        uint32_t ports;    /* both, as lb_key_ports(sport, dport) */
+    };
     uint32_t l4off;        /* offset of the transport header */
     uint32_t l4len;        /* transport header + payload bytes */
     uint32_t tcp_seq;      /* TCP sequence number, network order */
@@ -74,6 +84,112 @@ struct lb_pkt {
  * up to the IP header: l4off/l4len describe the ICMP message), else the
  * reason to give up (see docs/fastpath.md). */
 int lb_parse(const uint8_t *buf, uint32_t len, struct lb_pkt *p);
+
+static inline void lb_put16(uint8_t *b, uint16_t v) { b[0] = (uint8_t)(v >> 8); b[1] = (uint8_t)v; }
+static inline uint16_t lb_get16(const uint8_t *b) { return (uint16_t)((b[0] << 8) | b[1]); }
+
+/* The sum of the five raw (native-order) 32-bit words of an option-less IPv4 header: see
+ * the checksum section for why raw words serve. */
+static inline uint64_t lb_sum20_raw(const uint8_t *b)
+{
+    uint32_t w0, w1, w2, w3, w4;
+    __builtin_memcpy(&w0, b, 4);
+    __builtin_memcpy(&w1, b + 4, 4);
+    __builtin_memcpy(&w2, b + 8, 4);
+    __builtin_memcpy(&w3, b + 12, 4);
+    __builtin_memcpy(&w4, b + 16, 4);
+    return (uint64_t)w0 + w1 + w2 + w3 + w4;
+}
+
+/* Verify an IPv4 header's checksum (ihl a multiple of 4, 20..60, version 4). The header is
+ * right when the one's-complement sum of its 16-bit words is all ones, i.e. when the plain
+ * sum is a non-zero multiple of 0xffff: 2^16 == 1 modulo 0xffff, so the end-around carries
+ * of one's-complement addition and the split into 16-bit words do not change the residue,
+ * and byte order only multiplies it by 2^8, which is invertible modulo 0xffff. So native
+ * 32-bit words summed into 64 bits and one remainder suffice; the version nibble (4) makes
+ * the sum non-zero. */
+static inline int lb_ip_hdr_csum_ok(const uint8_t *b, uint32_t ihl)
+{
+    uint64_t acc = lb_sum20_raw(b); /* the common 20-byte header, unrolled */
+    for (uint32_t i = 20; i < ihl; i += 4) {
+        uint32_t w;
+        __builtin_memcpy(&w, b + i, 4);
+        acc += w;
+    }
+    return acc % 0xffff == 0;
+}
+
+/* lb_parse, inlined into lb_process. Every read of packet bytes is preceded by a length
+ * check against the smaller of the buffer length and the IP total length. The order of the
+ * checks is part of the contract (docs/fastpath.md): both engines must give the same reason
+ * for the same bytes. */
+static inline __attribute__((always_inline)) int lb_parse_inline(const uint8_t *buf, uint32_t len,
+                                                                 struct lb_pkt *p)
+{
+    if (LB_UNLIKELY(len < 20 || (buf[0] >> 4) != 4)) {
+        /* In the contract's order: empty -> malformed, IPv6 -> not_ipv4, else malformed. */
+        if (len >= 1 && (buf[0] >> 4) == 6)
+            return LB_R_NOT_IPV4;
+        return LB_R_MALFORMED;
+    }
+    uint32_t ihl = (uint32_t)(buf[0] & 0x0f) * 4;
+    uint32_t tot_len = lb_get16(buf + 2);
+    /* ihl <= tot_len <= len also keeps the header inside the buffer. */
+    if (ihl < 20 || tot_len < ihl || tot_len > len)
+        return LB_R_MALFORMED;
+    if (!lb_ip_hdr_csum_ok(buf, ihl))
+        return LB_R_BAD_CSUM;
+    uint16_t frag_n;
+    __builtin_memcpy(&frag_n, buf + 6, 2);
+    if (frag_n & __builtin_bswap16(0x3fff)) /* MF flag or a non-zero fragment offset */
+        return LB_R_FRAGMENT;
+
+    p->data = buf;
+    p->len = tot_len; /* link-layer padding after the IP total length is ignored */
+    p->ihl = ihl;
+    p->proto = buf[9];
+    __builtin_memcpy(&p->addrs, buf + 12, 8); /* saddr, daddr: adjacent in both */
+    p->l4off = ihl;
+    p->l4len = tot_len - ihl;
+
+    if (LB_LIKELY(p->proto == LB_PROTO_TCP)) {
+        if (p->l4len < 20)
+            return LB_R_MALFORMED;
+        const uint8_t *th = buf + ihl;
+        uint32_t doff = (uint32_t)(th[12] >> 4) * 4;
+        if (doff < 20 || doff > p->l4len)
+            return LB_R_MALFORMED;
+        __builtin_memcpy(&p->ports, th, 4); /* sport, dport */
+        __builtin_memcpy(&p->tcp_seq, th + 4, 4);
+        __builtin_memcpy(&p->tcp_ack, th + 8, 4);
+        __builtin_memcpy(&p->tcp_win, th + 14, 2);
+        p->tcp_doff = doff;
+        p->payload_len = p->l4len - doff;
+        p->tcp_flags = th[13];
+        return LB_R_FORWARDED;
+    }
+    /* Not TCP: the TCP fields are defined as zero. */
+    p->tcp_flags = 0;
+    p->tcp_seq = 0;
+    p->tcp_ack = 0;
+    p->tcp_win = 0;
+    p->tcp_doff = 0;
+    p->ports = 0;
+    p->payload_len = 0;
+    if (p->proto == LB_PROTO_UDP) {
+        if (p->l4len < 8)
+            return LB_R_MALFORMED;
+        __builtin_memcpy(&p->ports, buf + ihl, 4); /* sport, dport */
+        p->payload_len = p->l4len - 8;
+        return LB_R_FORWARDED;
+    }
+    if (p->proto == LB_PROTO_ICMP) {
+        if (p->l4len < 8)
+            return LB_R_MALFORMED;
+        return LB_R_ICMP;
+    }
+    return LB_R_NOT_LB_PROTO;
+}
 /* Walk TCP options: th is the TCP header, doff its length. Call with *i = 20; each call moves
  * to the next option and returns 1 with its kind, length and offset (*at), or 0 at the end of
  * the list (EOL, or a malformed length: nothing past it is trusted). NOPs are skipped. */
@@ -109,14 +225,55 @@ int lb_parse_quoted(const uint8_t *quote, uint32_t len, struct lb_pkt *q);
 
 /* ---------------------------------------------------------------- checksums */
 uint16_t lb_csum_fold(uint32_t sum);
+/* Partial sum of buf in host order (as the sum of big-endian 16-bit words, modulo 0xffff and
+ * zero only for all-zero data): add host-order values to it, finish with lb_csum_fold. */
 uint32_t lb_csum_partial(const uint8_t *buf, uint32_t len, uint32_t sum);
 uint16_t lb_ip_csum(const uint8_t *hdr, uint32_t ihl); /* 0 when the header's checksum is right */
 /* RFC 1624 incremental update of a 16-bit checksum field (network order in
  * memory at `field`) for a 16-bit word changing from old to new (host order). */
 void lb_csum_replace2(uint8_t *field, uint16_t old_word, uint16_t new_word);
 void lb_csum_replace4(uint8_t *field, uint32_t old_n, uint32_t new_n); /* both network order */
-static inline void lb_put16(uint8_t *b, uint16_t v) { b[0] = (uint8_t)(v >> 8); b[1] = (uint8_t)v; }
-static inline uint16_t lb_get16(const uint8_t *b) { return (uint16_t)((b[0] << 8) | b[1]); }
+
+/* The same arithmetic in "raw" order: words summed as they sit in memory (native loads, no
+ * byte swaps) and the result stored the same way give the very bytes that big-endian
+ * arithmetic gives, because the one's-complement sum does not depend on byte order
+ * (RFC 1071 2.B). Raw 32- and 64-bit words may be added whole: 2^16 == 1 modulo 0xffff. */
+
+/* Fold a sum of raw words to 16 bits with end-around carries: congruent to s modulo 0xffff,
+ * in 1..0xffff unless s == 0 (exactly lb_csum_fold's result, in raw order). */
+static inline uint16_t lb_csum_fold_raw(uint64_t s)
+{
+    uint32_t lo = (uint32_t)s;
+    uint32_t t = lo + (uint32_t)(s >> 32);
+    t += t < lo; /* the carry out of bit 31 comes back in at bit 0 */
+    uint16_t a = (uint16_t)t;
+    uint16_t u = (uint16_t)(a + (uint16_t)(t >> 16));
+    u = (uint16_t)(u + (u < a));
+    return u;
+}
+
+/* The change of one raw 32-bit (or 16-bit) word from old to new, for lb_csum_apply_raw;
+ * deltas of several words add up (a handful of them stays far below 2^64). */
+static inline uint64_t lb_csum_delta32(uint32_t old_raw, uint32_t new_raw)
+{
+    return (uint64_t)(uint32_t)~old_raw + new_raw;
+}
+
+static inline uint64_t lb_csum_delta16(uint16_t old_raw, uint16_t new_raw)
+{
+    return (uint64_t)(uint16_t)~old_raw + new_raw;
+}
+
+/* RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), for all the changed words of a packet at once: the
+ * same result as one update per word, since each fold keeps the sum's residue and its
+ * being zero. */
+static inline void lb_csum_apply_raw(uint8_t *field, uint64_t delta)
+{
+    uint16_t hc;
+    __builtin_memcpy(&hc, field, 2);
+    hc = (uint16_t)~lb_csum_fold_raw(delta + (uint16_t)~hc);
+    __builtin_memcpy(field, &hc, 2);
+}
 
 /* ---------------------------------------------------------------- tables */
 
@@ -135,7 +292,7 @@ struct lb_dest {
     struct lb_dest_conf conf;    /* host order (API form) */
     uint32_t addr_n;             /* conf.addr, network order */
     uint16_t port_n;             /* conf.port, network order */
-    uint32_t flags;              /* LB_DEST_F_AVAILABLE | LB_DEST_F_OVERLOAD */
+    uint32_t flags;              /* LB_DEST_F_AVAILABLE (exactly while svc != NULL) | LB_DEST_F_OVERLOAD */
     uint32_t activeconns;
     uint32_t inactconns;
     uint32_t persistconns;
@@ -192,10 +349,20 @@ struct lb_svc {
  * where raddr/rport are its destination's. Chain links are encoded as
  * (slot << 1 | dir); slot 0 is never used, so link 0 means "none". */
 struct lb_conn {
-    uint32_t caddr;              /* network order: client address (IN key) */
-    uint32_t vaddr;              /* network order: virtual address (IN key) */
-    uint16_t cport;              /* network order (IN key) */
-    uint16_t vport;              /* network order (IN key) */
+    union {                      /* the IN key's addresses; `addrs` compares both at once */
+        struct {
+            uint32_t caddr;      /* network order: client address (IN key) */
+            uint32_t vaddr;      /* network order: virtual address (IN key) */
+        };
+        uint64_t addrs;          /* == lb_key_addrs(caddr, vaddr) */
+    };
+    union {                      /* the IN key's ports; `ports` compares both at once */
+        struct {
+            uint16_t cport;      /* network order (IN key) */
+            uint16_t vport;      /* network order (IN key) */
+        };
+        uint32_t ports;          /* == lb_key_ports(cport, vport) */
+    };
     uint32_t laddr_n;            /* FULLNAT: local address, network order (OUT key); 0 otherwise */
     uint16_t lport;              /* FULLNAT: local port, network order (OUT key) */
     uint8_t proto;               /* key */
@@ -289,43 +456,40 @@ void lb_conn_table_free(lb_t *lb);
 void lb_conn_flush(lb_t *lb);
 
 /* proto_tcp.c / proto_udp */
-#define LB_TCP_STATES 11           /* NONE..SYNACK */
-#define LB_TCP_DIR_INPUT 0         /* row offsets in lb_tcp_states: direction * 4 + event */
-#define LB_TCP_DIR_OUTPUT 4
-#define LB_TCP_DIR_INPUT_ONLY 8
-extern const uint8_t lb_tcp_states[12][LB_TCP_STATES];
+/* Events of the IPVS TCP state machine, as tcp_state_idx(): RST wins, then SYN, FIN, ACK; a
+ * segment with none of them is LB_TCP_EV_NONE (set_tcp_state sends it to CLOSE). */
+enum { LB_TCP_EV_SYN, LB_TCP_EV_FIN, LB_TCP_EV_ACK, LB_TCP_EV_RST, LB_TCP_EV_NONE, LB_TCP_EVENTS };
+/* The event of each combination of the FIN, SYN, RST, PSH and ACK bits (tcp_flags & 0x1f). */
+extern const uint8_t lb_tcp_event_of[32];
+/* The three tables of set_tcp_state: packets from the client, from the real server, and
+ * from the client when the director never sees the server's side (NOOUTPUT). */
+#define LB_TCP_DIR_INPUT 0
+#define LB_TCP_DIR_OUTPUT 1
+#define LB_TCP_DIR_INPUT_ONLY 2
+/* Next state by [table][event][state]. Every state has a column: LB_S_UDP (never a TCP
+ * entry's state) goes to CLOSE on every event; so does every state on LB_TCP_EV_NONE. */
+extern const uint8_t lb_tcp_states[3][LB_TCP_EVENTS][LB_S_COUNT];
 void lb_conn_set_state(struct lb_conn *c, uint8_t new_state);
 
-/* Event index as tcp_state_idx(): RST wins, then SYN, FIN, ACK; -1 = none. */
-static inline int lb_tcp_event(uint8_t flags)
-{
-    if (flags & LB_TCP_RST)
-        return 3;
-    if (flags & LB_TCP_SYN)
-        return 0;
-    if (flags & LB_TCP_FIN)
-        return 1;
-    if (flags & LB_TCP_ACK)
-        return 2;
-    return -1;
-}
+static inline int lb_tcp_event(uint8_t flags) { return lb_tcp_event_of[flags & 0x1f]; }
 
-/* The IPVS TCP state machine (set_tcp_state). */
+/* The IPVS TCP state machine (set_tcp_state). An entry's state is always < LB_S_COUNT (every
+ * writer takes it from these tables, from lb_conn_new, or checked from lb_conn_restore). */
 static inline void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags)
 {
-    int off = dir == LB_DIR_OUT ? LB_TCP_DIR_OUTPUT : LB_TCP_DIR_INPUT;
-    if (c->flags & LB_CF_NOOUTPUT) {
-        if (off == LB_TCP_DIR_OUTPUT)
+    const uint8_t(*next)[LB_S_COUNT];
+    if (dir == LB_DIR_OUT) {
+        next = lb_tcp_states[LB_TCP_DIR_OUTPUT];
+        if (c->flags & LB_CF_NOOUTPUT) /* the server's side shows after all */
             c->flags &= (uint16_t)~LB_CF_NOOUTPUT;
-        else
-            off = LB_TCP_DIR_INPUT_ONLY;
+    } else if (c->flags & LB_CF_NOOUTPUT) {
+        next = lb_tcp_states[LB_TCP_DIR_INPUT_ONLY];
+    } else {
+        next = lb_tcp_states[LB_TCP_DIR_INPUT];
     }
-    /* As set_tcp_state: a segment with none of RST/SYN/FIN/ACK goes to CLOSE. */
-    uint8_t new_state = LB_S_CLOSE;
-    int ev = lb_tcp_event(tcp_flags);
-    if (ev >= 0 && c->state < LB_TCP_STATES)
-        new_state = lb_tcp_states[off + ev][c->state];
-    if (new_state != c->state)
+    uint8_t state = c->state;
+    uint8_t new_state = LB_LIKELY(state < LB_S_COUNT) ? next[lb_tcp_event(tcp_flags)][state] : LB_S_CLOSE;
+    if (new_state != state)
         lb_conn_set_state(c, new_state);
 }
 void lb_timeouts_init(uint32_t *timeouts_ms);
@@ -422,6 +586,16 @@ static inline void lb_stats_in(struct lb_dest *d, uint32_t bytes)
     }
 }
 
+/* lb_stats_in for a destination known to be AVAILABLE, hence linked in a service (svc.c sets
+ * and clears LB_DEST_F_AVAILABLE together with d->svc). */
+static inline void lb_stats_in_available(struct lb_dest *d, uint32_t bytes)
+{
+    d->stats.inpkts++;
+    d->stats.inbytes += bytes;
+    d->svc->stats.inpkts++;
+    d->svc->stats.inbytes += bytes;
+}
+
 static inline void lb_stats_out(struct lb_dest *d, uint32_t bytes)
 {
     if (LB_UNLIKELY(!(d->flags & LB_DEST_F_AVAILABLE)))
@@ -443,64 +617,91 @@ static inline uint16_t lb_ntohs(uint16_t v) { return __builtin_bswap16(v); }
 #define LINK_SLOT(l) ((l) >> 1)
 #define LINK_DIR(l) ((int)((l) & 1u))
 
-static inline uint32_t tuple_hash(const lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
-                                  uint32_t daddr, uint16_t dport)
+/* A 5-tuple's two addresses (source first) and two ports as single words, in the layout of
+ * struct lb_pkt's and struct lb_conn's unions: a key compares, and feeds the hash, whole. */
+static inline uint64_t lb_key_addrs(uint32_t saddr, uint32_t daddr)
 {
-    /* Keyed multiply-xor over the 5-tuple, then a full avalanche (MurmurHash3's fmix64):
-     * a multiply only carries bits upward, so without the finalizer the address bytes that
-     * sit high in the word (a /24's last octet) would never reach the bucket bits and one
-     * subnet would share a chain. The random seeds keep remote senders from aiming at one. */
-    uint64_t a = ((uint64_t)saddr << 32) | ((uint32_t)sport << 16) | dport;
-    uint64_t b = ((uint64_t)daddr << 8) | proto;
-    uint64_t h = ((a ^ lb->seed0) * 0x9E3779B97F4A7C15ull) ^ ((b ^ lb->seed1) * 0xC2B2AE3D27D4EB4Full);
+    union {
+        struct {
+            uint32_t s, d;
+        };
+        uint64_t both;
+    } k;
+    k.s = saddr;
+    k.d = daddr;
+    return k.both;
+}
+
+static inline uint32_t lb_key_ports(uint16_t sport, uint16_t dport)
+{
+    union {
+        struct {
+            uint16_t s, d;
+        };
+        uint32_t both;
+    } k;
+    k.s = sport;
+    k.d = dport;
+    return k.both;
+}
+
+static inline uint32_t tuple_hash(const lb_t *lb, uint8_t proto, uint64_t addrs, uint32_t ports)
+{
+    /* Keyed multiply-xor over the 5-tuple (both addresses in one word; ports and protocol in
+     * the other), then a full avalanche (MurmurHash3's fmix64): a multiply only carries bits
+     * upward, so without the finalizer the address bytes that sit high in the word (a /24's
+     * last octet) would never reach the bucket bits and one subnet would share a chain. The
+     * random seeds keep remote senders from aiming at one. */
+    uint64_t b = ((uint64_t)proto << 32) | ports;
+    uint64_t h = ((addrs ^ lb->seed0) * 0x9E3779B97F4A7C15ull) ^ ((b ^ lb->seed1) * 0xC2B2AE3D27D4EB4Full);
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdull;
     h ^= h >> 33;
     return (uint32_t)h & lb->hash_mask;
 }
 
-/* The tuple of direction dir of c: (saddr, sport, daddr, dport), network order. */
-static inline void conn_tuple(const struct lb_conn *c, int dir, uint32_t *sa, uint16_t *sp, uint32_t *da,
-                              uint16_t *dp)
+/* The key of direction dir of c (its addresses and ports as lb_key_addrs/lb_key_ports). */
+static inline void conn_key(const struct lb_conn *c, int dir, uint64_t *addrs, uint32_t *ports)
 {
-    if (dir == LB_DIR_IN) {
-        *sa = c->caddr;
-        *sp = c->cport;
-        *da = c->vaddr;
-        *dp = c->vport;
+    if (LB_LIKELY(dir == LB_DIR_IN)) {
+        *addrs = c->addrs;
+        *ports = c->ports;
     } else {
-        *sa = c->dest->addr_n;
-        *sp = c->dest->port_n;
-        *da = c->laddr_n;
-        *dp = c->lport;
+        *addrs = lb_key_addrs(c->dest->addr_n, c->laddr_n);
+        *ports = lb_key_ports(c->dest->port_n, c->lport);
     }
 }
 
+/* Find the live entry whose IN or OUT key is (proto, addrs, ports); *dir (if not NULL)
+ * receives which. Templates never match; an expired entry is not returned. */
 static inline __attribute__((always_inline)) struct lb_conn *
-lb_conn_lookup_inline(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
-                      uint32_t daddr, uint16_t dport, uint64_t now_ms, int *dir)
+lb_conn_lookup_key(lb_t *lb, uint8_t proto, uint64_t addrs, uint32_t ports, uint64_t now_ms, int *dir)
 {
-    uint32_t link = lb->buckets[tuple_hash(lb, proto, saddr, sport, daddr, dport)];
+    uint32_t link = lb->buckets[tuple_hash(lb, proto, addrs, ports)];
     while (link) {
-        uint32_t slot = LINK_SLOT(link);
+        struct lb_conn *c = &lb->conns[LINK_SLOT(link)];
         int d = LINK_DIR(link);
-        struct lb_conn *c = &lb->conns[slot];
-        uint32_t next = c->hnext[d];
-        if (c->proto == proto && !(c->flags & LB_CF_TEMPLATE)) {
-            uint32_t sa, da;
-            uint16_t sp, dp;
-            conn_tuple(c, d, &sa, &sp, &da, &dp);
-            if (sa == saddr && da == daddr && sp == sport && dp == dport) {
-                if (LB_UNLIKELY(now_ms >= c->expires_ms))
-                    return NULL; /* dead; lb_conn_tick releases it */
-                if (dir)
-                    *dir = d;
-                return c;
-            }
+        link = c->hnext[d];
+        if (c->proto != proto || (c->flags & LB_CF_TEMPLATE))
+            continue;
+        uint64_t ca;
+        uint32_t cp;
+        conn_key(c, d, &ca, &cp);
+        if (ca == addrs && cp == ports) {
+            if (LB_UNLIKELY(now_ms >= c->expires_ms))
+                return NULL; /* dead; lb_conn_tick releases it */
+            if (dir)
+                *dir = d;
+            return c;
         }
-        link = next;
     }
     return NULL;
+}
+
+static inline struct lb_conn *lb_conn_lookup_inline(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
+                                                    uint32_t daddr, uint16_t dport, uint64_t now_ms, int *dir)
+{
+    return lb_conn_lookup_key(lb, proto, lb_key_addrs(saddr, daddr), lb_key_ports(sport, dport), now_ms, dir);
 }
 
 

@@ -30,15 +30,21 @@ int lb_xmit_fnat_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_
 /* Encapsulate `len` bytes at `inner` (IPIP) for destination d into out; returns bytes or 0. */
 uint32_t lb_tun_encap(const struct lb_dest *d, const uint8_t *inner, uint32_t len, uint8_t *out, uint32_t out_cap);
 
+/* Point act at the L2 path of forwarding state f. */
+static inline void lb_xmit_l2_fill(const struct lb_dest_fwd *f, struct lb_action *act)
+{
+    act->verdict = LB_V_XMIT_L2;
+    act->ifindex = f->conf.ifindex;
+    __builtin_memcpy(act->l2hdr, f->l2hdr, LB_L2HDR_LEN);
+}
+
 /* Shared by methods: point act at the destination's L2 path. Returns 0, or -1 without valid state. */
 static inline int lb_xmit_l2_to(const struct lb_dest *d, struct lb_action *act)
 {
     const struct lb_dest_fwd *f = d->fwd;
     if (LB_UNLIKELY(!f))
         return -1;
-    act->verdict = LB_V_XMIT_L2;
-    act->ifindex = f->conf.ifindex;
-    __builtin_memcpy(act->l2hdr, f->l2hdr, LB_L2HDR_LEN);
+    lb_xmit_l2_fill(f, act);
     return 0;
 }
 

@@ -25,10 +25,10 @@
 
 static inline uint32_t conn_bucket(const lb_t *lb, const struct lb_conn *c, int dir)
 {
-    uint32_t sa, da;
-    uint16_t sp, dp;
-    conn_tuple(c, dir, &sa, &sp, &da, &dp);
-    return tuple_hash(lb, c->proto, sa, sp, da, dp);
+    uint64_t addrs;
+    uint32_t ports;
+    conn_key(c, dir, &addrs, &ports);
+    return tuple_hash(lb, c->proto, addrs, ports);
 }
 
 int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg)
@@ -96,9 +96,9 @@ static inline void exp_place(lb_t *lb, uint32_t i, struct lb_exp e)
         lb->exp_next_ms = e.due_ms;
 }
 
-static void exp_sift_up(lb_t *lb, uint32_t i)
+/* Move e up from the hole at i (its slot's entry goes where the order puts it). */
+static void exp_sift_up_from(lb_t *lb, uint32_t i, struct lb_exp e)
 {
-    struct lb_exp e = lb->exp_heap[i];
     while (i > 0) {
         uint32_t parent = (i - 1) / 2;
         if (!exp_less(&e, &lb->exp_heap[parent]))
@@ -107,6 +107,11 @@ static void exp_sift_up(lb_t *lb, uint32_t i)
         i = parent;
     }
     exp_place(lb, i, e);
+}
+
+static void exp_sift_up(lb_t *lb, uint32_t i)
+{
+    exp_sift_up_from(lb, i, lb->exp_heap[i]);
 }
 
 static void exp_sift_down(lb_t *lb, uint32_t i)
@@ -131,8 +136,7 @@ static void exp_push(lb_t *lb, uint32_t slot)
 {
     const struct lb_conn *c = &lb->conns[slot];
     struct lb_exp e = {c->expires_ms, slot, (c->flags & LB_CF_TEMPLATE) ? 1u : 0u};
-    exp_place(lb, lb->exp_len++, e);
-    exp_sift_up(lb, lb->exp_len - 1);
+    exp_sift_up_from(lb, lb->exp_len++, e);
 }
 
 static void exp_remove(lb_t *lb, uint32_t slot)
@@ -254,7 +258,7 @@ struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t
 struct lb_conn *lb_tmpl_lookup(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vaddr, uint16_t vport,
                                uint64_t now_ms)
 {
-    uint32_t link = lb->buckets[tuple_hash(lb, proto, snet, 0, vaddr, vport)];
+    uint32_t link = lb->buckets[tuple_hash(lb, proto, lb_key_addrs(snet, vaddr), lb_key_ports(0, vport))];
     while (link) {
         uint32_t slot = LINK_SLOT(link);
         struct lb_conn *c = &lb->conns[slot];

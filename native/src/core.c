@@ -157,7 +157,7 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
     if (LB_UNLIKELY(lb->exp_next_ms <= now_ms))
         lb_conn_tick(lb, now_ms);
 
-    int r = lb_parse(pkt, len, &p);
+    int r = lb_parse_inline(pkt, len, &p);
     if (LB_UNLIKELY(r != LB_R_FORWARDED)) {
         if (r == LB_R_ICMP) {
             r = lb_icmp_in(lb, &p, now_ms, out, out_cap, act);
@@ -169,7 +169,7 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
     }
 
     int dir = LB_DIR_IN;
-    struct lb_conn *c = lb_conn_lookup_inline(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms, &dir);
+    struct lb_conn *c = lb_conn_lookup_key(lb, p.proto, p.addrs, p.ports, now_ms, &dir);
     if (LB_UNLIKELY(p.tcp_flags & LB_TCP_SYN) && c && dir == LB_DIR_IN && p.proto == LB_PROTO_TCP &&
         reusable_state(c->state)) {
         /* conn_reuse_mode=1 (is_new_conn: any SYN): a SYN on a closing entry starts a new connection. */
@@ -231,13 +231,20 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
         }
     }
 
-    if (p.proto == LB_PROTO_TCP) {
+    /* c is a connection, not a template (lookups skip templates; lb_schedule_conn makes
+     * connections), of protocol p.proto, and its destination is AVAILABLE (checked above, or
+     * just scheduled from the service's list). */
+    uint32_t timeout_ms;
+    if (LB_LIKELY(p.proto == LB_PROTO_TCP)) {
         uint8_t old_state = c->state;
         lb_tcp_set_state(c, LB_DIR_IN, p.tcp_flags);
         tcp_in_signals(c, &p, old_state);
+        timeout_ms = lb->timeouts_ms[c->state]; /* lb_conn_timeout_ms of a TCP connection */
+    } else {
+        timeout_ms = lb_conn_timeout_ms(lb, c);
     }
-    lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
-    lb_stats_in(c->dest, p.len);
+    lb_conn_set_expiry(lb, c, now_ms + timeout_ms);
+    lb_stats_in_available(c->dest, p.len);
     finish(lb, act, lb_xmit(lb, &p, c, LB_DIR_IN, out, out_cap, act));
     return LB_OK;
 }

@@ -16,24 +16,44 @@
 #define sLI LB_S_LISTEN
 #define sSA LB_S_SYNACK
 
+/* tcp_state_idx(): RST wins, then SYN, FIN, ACK (PSH is irrelevant). */
+#define EV(f)                                                                                                    \
+    ((f) & LB_TCP_RST   ? LB_TCP_EV_RST                                                                          \
+     : (f) & LB_TCP_SYN ? LB_TCP_EV_SYN                                                                          \
+     : (f) & LB_TCP_FIN ? LB_TCP_EV_FIN                                                                          \
+     : (f) & LB_TCP_ACK ? LB_TCP_EV_ACK                                                                          \
+                        : LB_TCP_EV_NONE)
+#define EV4(f) EV(f), EV((f) + 1), EV((f) + 2), EV((f) + 3)
+const uint8_t lb_tcp_event_of[32] = {EV4(0), EV4(4), EV4(8), EV4(12), EV4(16), EV4(20), EV4(24), EV4(28)};
+_Static_assert(LB_TCP_FIN == 0x01 && LB_TCP_SYN == 0x02 && LB_TCP_RST == 0x04 && LB_TCP_ACK == 0x10,
+               "lb_tcp_event_of is indexed by the low five flag bits");
 
-
-const uint8_t lb_tcp_states[12][LB_TCP_STATES] = {
-    /* INPUT        sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA */
-    /* syn */ {sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR},
-    /* fin */ {sCL, sCW, sSS, sTW, sTW, sTW, sCL, sCW, sLA, sLI, sTW},
-    /* ack */ {sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES},
-    /* rst */ {sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sSR},
-    /* OUTPUT */
-    /* syn */ {sSS, sES, sSS, sSR, sSS, sSS, sSS, sSS, sSS, sLI, sSR},
-    /* fin */ {sTW, sFW, sSS, sTW, sFW, sTW, sCL, sTW, sLA, sLI, sTW},
-    /* ack */ {sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sLA, sES, sES},
-    /* rst */ {sCL, sCL, sSS, sCL, sCL, sTW, sCL, sCL, sCL, sCL, sCL},
-    /* INPUT-ONLY */
-    /* syn */ {sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR},
-    /* fin */ {sCL, sFW, sSS, sTW, sFW, sTW, sCL, sCW, sLA, sLI, sTW},
-    /* ack */ {sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES},
-    /* rst */ {sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL},
+/* The kernel's tables; the last column (UDP, not a TCP state) and the `none` rows go to CLOSE. */
+const uint8_t lb_tcp_states[3][LB_TCP_EVENTS][LB_S_COUNT] = {
+    {
+        /* INPUT        sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA  UDP */
+        /* syn */  {sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sCL},
+        /* fin */  {sCL, sCW, sSS, sTW, sTW, sTW, sCL, sCW, sLA, sLI, sTW, sCL},
+        /* ack */  {sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES, sCL},
+        /* rst */  {sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sSR, sCL},
+        /* none */ {sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL},
+    },
+    {
+        /* OUTPUT */
+        /* syn */  {sSS, sES, sSS, sSR, sSS, sSS, sSS, sSS, sSS, sLI, sSR, sCL},
+        /* fin */  {sTW, sFW, sSS, sTW, sFW, sTW, sCL, sTW, sLA, sLI, sTW, sCL},
+        /* ack */  {sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sLA, sES, sES, sCL},
+        /* rst */  {sCL, sCL, sSS, sCL, sCL, sTW, sCL, sCL, sCL, sCL, sCL, sCL},
+        /* none */ {sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL},
+    },
+    {
+        /* INPUT-ONLY */
+        /* syn */  {sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sCL},
+        /* fin */  {sCL, sFW, sSS, sTW, sFW, sTW, sCL, sCW, sLA, sLI, sTW, sCL},
+        /* ack */  {sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES, sCL},
+        /* rst */  {sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL, sCL},
+        /* none */ {sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL},
+    },
 };
 
 /* Default timeouts in milliseconds, indexed by enum lb_conn_state (IPVS defaults). */

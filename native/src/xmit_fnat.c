@@ -22,24 +22,28 @@
 #include "lb_xmit.h"
 
 /* Rewrite addresses/ports in the packet at o (already a copy) and fix checksums.
- * new addresses/ports are network order. Returns -1 if the TTL runs out. */
+ * new addresses/ports are network order. Returns -1 if the TTL runs out. Each
+ * checksum gets one incremental update for all its changed words (the same
+ * result as one update per word, lb_csum_apply_raw). */
 static int rewrite(uint8_t *o, const struct lb_pkt *p, uint32_t saddr, uint16_t sport, uint32_t daddr,
                    uint16_t dport)
 {
     if (o[8] <= 1)
         return -1;
     /* TTL lives in the 16-bit word with the protocol. */
-    uint16_t old_word = lb_get16(o + 8);
+    uint16_t old_ttl_proto, new_ttl_proto;
+    memcpy(&old_ttl_proto, o + 8, 2);
     o[8]--;
-    lb_csum_replace2(o + 10, old_word, lb_get16(o + 8));
+    memcpy(&new_ttl_proto, o + 8, 2);
 
     uint32_t old_s, old_d;
     memcpy(&old_s, o + 12, 4);
     memcpy(&old_d, o + 16, 4);
     memcpy(o + 12, &saddr, 4);
     memcpy(o + 16, &daddr, 4);
-    lb_csum_replace4(o + 10, old_s, saddr);
-    lb_csum_replace4(o + 10, old_d, daddr);
+    /* The addresses are in the IP header and in the TCP/UDP pseudo-header. */
+    uint64_t addrs_delta = lb_csum_delta32(old_s, saddr) + lb_csum_delta32(old_d, daddr);
+    lb_csum_apply_raw(o + 10, addrs_delta + lb_csum_delta16(old_ttl_proto, new_ttl_proto));
 
     uint8_t *l4 = o + p->l4off;
     uint8_t *csum = NULL;
@@ -47,14 +51,11 @@ static int rewrite(uint8_t *o, const struct lb_pkt *p, uint32_t saddr, uint16_t 
         csum = l4 + 16;
     else if (p->proto == LB_PROTO_UDP && (l4[6] | l4[7]))
         csum = l4 + 6;
-    uint16_t old_sp = lb_get16(l4), old_dp = lb_get16(l4 + 2);
-    memcpy(l4, &sport, 2);
-    memcpy(l4 + 2, &dport, 2);
+    uint32_t old_ports, new_ports = lb_key_ports(sport, dport); /* source, destination port */
+    memcpy(&old_ports, l4, 4);
+    memcpy(l4, &new_ports, 4);
     if (csum) {
-        lb_csum_replace4(csum, old_s, saddr);
-        lb_csum_replace4(csum, old_d, daddr);
-        lb_csum_replace2(csum, old_sp, lb_get16(l4));
-        lb_csum_replace2(csum, old_dp, lb_get16(l4 + 2));
+        lb_csum_apply_raw(csum, addrs_delta + lb_csum_delta32(old_ports, new_ports));
         if (p->proto == LB_PROTO_UDP && csum[0] == 0 && csum[1] == 0)
             csum[0] = csum[1] = 0xff; /* 0 means "no checksum" in UDP: send 0xffff */
     }

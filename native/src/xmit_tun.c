@@ -18,11 +18,12 @@
 
 #include "lb_xmit.h"
 
-uint32_t lb_tun_encap(const struct lb_dest *d, const uint8_t *inner, uint32_t len, uint8_t *out, uint32_t out_cap)
+/* lb_tun_encap for a destination whose forwarding state is f (not NULL). */
+static inline uint32_t encap(const struct lb_dest *d, const struct lb_dest_fwd *f, const uint8_t *inner,
+                             uint32_t len, uint8_t *out, uint32_t out_cap)
 {
-    const struct lb_dest_fwd *f = d->fwd;
     uint32_t total = len + LB_IPIP_OVERHEAD;
-    if (!f || total > out_cap || total > 0xffff || len < 20)
+    if (total > out_cap || total > 0xffff || len < 20)
         return 0;
     uint8_t *o = out;
     int df = (inner[6] & 0x40) != 0;
@@ -45,9 +46,16 @@ uint32_t lb_tun_encap(const struct lb_dest *d, const uint8_t *inner, uint32_t le
     uint32_t saddr_n = lb_htonl(f->conf.saddr);
     memcpy(o + 12, &saddr_n, 4);
     memcpy(o + 16, &d->addr_n, 4);
-    lb_put16(o + 10, lb_ip_csum(o, 20));
+    uint16_t csum = (uint16_t)~lb_csum_fold_raw(lb_sum20_raw(o)); /* raw order, stored as is */
+    memcpy(o + 10, &csum, 2);
     memcpy(o + 20, inner, len);
     return total;
+}
+
+uint32_t lb_tun_encap(const struct lb_dest *d, const uint8_t *inner, uint32_t len, uint8_t *out, uint32_t out_cap)
+{
+    const struct lb_dest_fwd *f = d->fwd;
+    return f ? encap(d, f, inner, len, out, out_cap) : 0;
 }
 
 int lb_xmit_tun(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
@@ -71,11 +79,12 @@ int lb_xmit_tun(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, u
         act->verdict = LB_V_DROP;
         return LB_R_FRAG_NEEDED;
     }
-    uint32_t n = lb_tun_encap(d, p->data, p->len, out, out_cap);
-    if (!n || lb_xmit_l2_to(d, act) < 0) {
+    uint32_t n = encap(d, f, p->data, p->len, out, out_cap);
+    if (!n) {
         act->verdict = LB_V_DROP;
         return LB_R_NO_L2;
     }
+    lb_xmit_l2_fill(f, act);
     act->out_len = n;
     return LB_R_FORWARDED;
 }
