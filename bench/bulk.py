@@ -170,9 +170,7 @@ def summarize(out: dict[str, Any]) -> dict[str, Any]:
 def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--repeats", type=int, default=None, help="default 3; quick 1")
     ap.add_argument("--mib", type=int, default=None, help="MiB per upload (default 64; quick 16)")
-    ap.add_argument("--nice", type=int, default=-10)
-    ap.add_argument("--gen-cpu", type=int, default=None)
-    ap.add_argument("--dut-cpu", type=int, default=None)
+    common.add_cpu_args(ap)
 
 
 def finish_args(args: argparse.Namespace) -> None:

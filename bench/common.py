@@ -279,6 +279,13 @@ def flush_iptables(host: Any) -> None:
         host.exec(["iptables", "-t", table, "-X"], check=False)
 
 
+def add_cpu_args(ap: Any) -> None:
+    """--nice, --gen-cpu, --dut-cpu: the CPU layout options the namespace parts share (cpu_layout)."""
+    ap.add_argument("--nice", type=int, default=-10, help="niceness of the load and of lbd (default -10)")
+    ap.add_argument("--gen-cpu", type=int, default=None, help="CPU of the load generator (default 0)")
+    ap.add_argument("--dut-cpu", type=int, default=None, help="CPU of lbd (default 1)")
+
+
 def cpu_layout(gen_cpu: int | None, dut_cpu: int | None) -> tuple[int | None, int | None]:
     n = os.cpu_count() or 1
     if n < 2:

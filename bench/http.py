@@ -171,9 +171,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--duration", type=float, default=None, help="seconds per wrk run (default 3; quick 2)")
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--nice", type=int, default=-10)
-    ap.add_argument("--gen-cpu", type=int, default=None)
-    ap.add_argument("--dut-cpu", type=int, default=None)
+    common.add_cpu_args(ap)
 
 
 def finish_args(args: argparse.Namespace) -> None:
