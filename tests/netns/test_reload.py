@@ -19,23 +19,21 @@ services 1, 2, 4, 5 or their destinations.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from lb.testbed.echo import EchoStream, start_servers
 from lb.testbed.topology import Topology
 
-from conftest import LBD, QUEUE_NUM, READY_TIMEOUT_S, Lbd, LbdError, ctl_request  # type: ignore[import-not-found]
+from conftest import LBD, Lbd  # type: ignore[import-not-found]
 
 KEPT = (1, 2, 4, 5)  # services whose connections must survive
 PORT_BASE = 8000  # service n listens on VIP:8000+n
@@ -66,29 +64,8 @@ class ConfigLbd(Lbd):
     """conftest's Lbd, started with --config FILE (the file a reload re-reads)."""
 
     def __init__(self, topo: Topology, engine: str, config: Path) -> None:
-        super().__init__(topo, engine)
+        super().__init__(topo, engine, args=["--config", str(config)])
         self.config = config
-
-    def start(self, timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
-        self.starts += 1
-        self.log_path = self.dir / f"lbd-{self.starts}.log"
-        with open(self.log_path, "w") as log:
-            self.proc = self.director.popen(
-                [str(LBD), "--socket", self.socket, "--queue-num", str(QUEUE_NUM), "--engine", self.engine,
-                 "--config", str(self.config), "-v"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise LbdError(f"lbd exited with {self.proc.returncode} before ready:\n{self.log_tail()}")
-            if os.path.exists(self.socket):
-                with contextlib.suppress(OSError, ValueError, LbdError):
-                    resp = ctl_request(self.socket, "ping", timeout=2.0)
-                    if resp.get("ok"):
-                        return resp["result"]
-            time.sleep(0.05)
-        raise LbdError(f"lbd not ready after {timeout}s:\n{self.log_tail()}")
 
     def log_text(self) -> str:
         assert self.log_path is not None

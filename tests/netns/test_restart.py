@@ -24,10 +24,8 @@ The figures are printed (pytest -s) as `RESTART-FIGURES ...` lines.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
-import subprocess
 import time
 from typing import Any, Iterator
 
@@ -36,7 +34,7 @@ import pytest
 from lb.testbed.echo import EchoStream, start_servers
 from lb.testbed.topology import Topology
 
-from conftest import LBD, QUEUE_NUM, READY_TIMEOUT_S, Lbd, LbdError, ctl_request, iptables_leftovers  # type: ignore[import-not-found]
+from conftest import LBD, QUEUE_NUM, Lbd, iptables_leftovers  # type: ignore[import-not-found]
 
 ECHO_PORT = 8201  # test_reload uses 8001..8005 and 9001..9004
 N = 20
@@ -65,30 +63,9 @@ class RestartLbd(Lbd):
     the socket's directory), restarted in place."""
 
     def __init__(self, topo: Topology, policy: str) -> None:
-        super().__init__(topo, "c")
+        super().__init__(topo, "c", args=["--down-policy", policy])
         self.policy = policy
         self.state_file = self.dir / f"lbd-q{QUEUE_NUM}.state"
-
-    def start(self, timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
-        self.starts += 1
-        self.log_path = self.dir / f"lbd-{self.starts}.log"
-        with open(self.log_path, "w") as log:
-            self.proc = self.director.popen(
-                [str(LBD), "--socket", self.socket, "--queue-num", str(QUEUE_NUM), "--engine", "c",
-                 "--down-policy", self.policy, "-v"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise LbdError(f"lbd exited with {self.proc.returncode} before ready:\n{self.log_tail()}")
-            if os.path.exists(self.socket):
-                with contextlib.suppress(OSError, ValueError, LbdError):
-                    resp = ctl_request(self.socket, "ping", timeout=2.0)
-                    if resp.get("ok"):
-                        return resp["result"]
-            time.sleep(0.02)
-        raise LbdError(f"lbd not ready after {timeout}s:\n{self.log_tail()}")
 
     def all_logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.dir.glob("lbd-*.log")))
