@@ -33,6 +33,8 @@ from lb.doctor import LiveContext, run_checks
 from lb.testbed import client
 from lb.testbed.topology import Host, Topology, enter_netns
 
+from conftest import SEED_RULESET  # type: ignore[import-not-found]
+
 if TYPE_CHECKING:  # fixtures' types only
     from conftest import Lbd
 
@@ -44,20 +46,6 @@ STALL_CONNECT_TIMEOUT_S = 8.0  # the client sends its SYN at 0 s and retransmits
 STALL_WINDOW_S = 4.0
 STALL_CONNECTIONS = 6  # rr over 3 real servers: 2 stalled handshakes each
 
-SEED_RULESET = """*filter
-:INPUT ACCEPT [0:0]
-:FORWARD ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:RH-Firewall-1-INPUT - [0:0]
--A FORWARD -j RH-Firewall-1-INPUT
--A INPUT -j RH-Firewall-1-INPUT
--A RH-Firewall-1-INPUT -i lo -j ACCEPT
--A RH-Firewall-1-INPUT -p icmp -m icmp --icmp-type any -j ACCEPT
--A RH-Firewall-1-INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
--A RH-Firewall-1-INPUT -p tcp -m state -m tcp --dport 80 --state NEW -j ACCEPT
--A RH-Firewall-1-INPUT -j REJECT --reject-with icmp-host-prohibited
-COMMIT
-"""
 
 STRAY_ACK = r"""
 import sys

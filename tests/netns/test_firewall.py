@@ -34,6 +34,8 @@ import pytest
 from lb.testbed import client
 from lb.testbed.topology import Host, Topology
 
+from conftest import SEED_RULESET  # type: ignore[import-not-found]
+
 if TYPE_CHECKING:  # fixtures' types only
     from conftest import HttpHelper, Lbd
 
@@ -49,20 +51,6 @@ FWD_NAME = {"dr": "route", "tunnel": "tunnel", "fullnat": "fullnat"}  # as lbd's
 LIP_INDEX = 3  # the FULLNAT local address: .3 of the segment, on the director's interface
 TOKEN = secrets.token_hex(2)  # lbD<token> names for anything this file creates itself
 
-SEED_RULESET = """*filter
-:INPUT ACCEPT [0:0]
-:FORWARD ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:RH-Firewall-1-INPUT - [0:0]
--A FORWARD -j RH-Firewall-1-INPUT
--A INPUT -j RH-Firewall-1-INPUT
--A RH-Firewall-1-INPUT -i lo -j ACCEPT
--A RH-Firewall-1-INPUT -p icmp -m icmp --icmp-type any -j ACCEPT
--A RH-Firewall-1-INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
--A RH-Firewall-1-INPUT -p tcp -m state -m tcp --dport 80 --state NEW -j ACCEPT
--A RH-Firewall-1-INPUT -j REJECT --reject-with icmp-host-prohibited
-COMMIT
-"""
 
 
 @pytest.fixture
