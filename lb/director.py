@@ -650,11 +650,14 @@ class Director:
     def _counters(self, _args: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {"reasons": self.engine.counters()}
         nfq_stats = getattr(self.engine, "nfq_stats", None)
-        if nfq_stats is not None:
-            result["nfq"] = nfq_stats()
         per_queue = getattr(self.engine, "nfq_queue_stats", None)
         if per_queue is not None:
-            result["nfq_queues"] = per_queue()  # in queue order (lbd --queue-balance: one per thread)
+            # One snapshot: the totals are the sum of exactly the per-queue figures shown.
+            queues = per_queue()  # in queue order (lbd --queue-balance: one per thread)
+            result["nfq_queues"] = queues
+            result["nfq"] = {k: sum(q[k] for q in queues) for k in queues[0]} if queues else {}
+        elif nfq_stats is not None:
+            result["nfq"] = nfq_stats()
         synproxy_stats = getattr(self.engine, "synproxy_stats", None)
         if synproxy_stats is not None:
             result["synproxy"] = synproxy_stats()
