@@ -113,6 +113,7 @@ class EchoStream:
         self.bytes = 0
         self.error: str | None = None
         self.stop = threading.Event()
+        self._shut_by_us = False  # set by close() before it shuts the socket down
         self.thread = threading.Thread(target=self._run, name=f"echo-{tag}", daemon=True)
         self.thread.start()
 
@@ -133,11 +134,17 @@ class EchoStream:
                 self.echoed += 1
                 self.bytes += len(line)
                 self.stop.wait(self.every_s)
-        except (OSError, ValueError) as exc:  # ConnectionResetError and timeouts are OSErrors
+        except ValueError as exc:  # wrong bytes came back: always a failure
             self.error = f"{type(exc).__name__}: {exc}"
+        except OSError as exc:  # ConnectionResetError, EOF (ConnectionError) and timeouts
+            if not self._shut_by_us:
+                self.error = f"{type(exc).__name__}: {exc}"
+            # else: close() shut the socket down under a pending recv; the EOF or error that
+            # follows is ours, not the peer's, and must not be reported as the connection failing.
 
     def close(self) -> None:
         self.stop.set()
+        self._shut_by_us = True
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.thread.join(timeout=self.timeout_s + 5)
