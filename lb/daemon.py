@@ -92,7 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(RSS/RPS) that received it")
     p.add_argument("--gso", action="store_true",
                    help="take GSO/GRO packets whole from the queue (NFQA_CFG_F_GSO: one message and one verdict "
-                   "per up to 64 KiB) and cut them into segments here (C engine; TCP only)")
+                   "per up to 64 KiB); the packet core sees their segments, DR sends them on whole for the device "
+                   "to cut, IPIP and FULLNAT send the segments (C engine; TCP only)")
     p.add_argument("--gso-mtu", type=int, default=1500, metavar="BYTES",
                    help="with --gso: largest IP packet a segment becomes (default 1500; the smallest MTU on the "
                    "way to the real servers, e.g. 9000 on a jumbo-frame network)")
@@ -643,7 +644,7 @@ async def run(args: argparse.Namespace) -> int:
         engine.start(args.queue_num, **{k: v for k, v in c_opts.items() if v})
         engine_started = True
         log.info("engine %s bound to %s%s", engine.name, args.queues.describe(),
-                 f", GSO packets cut to {args.gso_mtu} bytes" if args.gso else "")
+                 f", GSO packets cut to {args.gso_mtu} bytes (DR: sent on whole)" if args.gso else "")
         if rules is not None:
             rules_set_up = True  # from here on the chains are ours to remove on exit (policy open)
             _install_rules(rules, director)

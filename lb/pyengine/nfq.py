@@ -67,6 +67,7 @@ class NfqStats:
     timer_answers: int = 0  # timer-generated IP packets (SYN-proxy give-up RSTs) actually sent
     gso_packets: int = 0  # GSO is a C-adapter option (lbd --gso): these stay 0 here
     gso_segments: int = 0
+    gso_whole: int = 0
     gso_errors: int = 0
     csum_completed: int = 0
 

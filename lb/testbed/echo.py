@@ -8,6 +8,8 @@ thread bounded in time. Run a server with `python -m lb.testbed.echo NAME PORT [
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import random
 import socket
 import subprocess
 import sys
@@ -94,6 +96,41 @@ def start_servers(topo: Topology, ports: list[int], ready_timeout_s: float = 15.
             topo.stop_process(proc)
         raise
     return procs
+
+
+def bulk_echo(netns: str, vip: str, port: int, nbytes: int, seed: int, *, timeout_s: float) -> tuple[str, str, int]:
+    """Send `nbytes` (seeded random) to an echo server through `vip` in 64 KiB writes, with Nagle
+    on so the stack builds large (GSO) packets, while reading the echo back; returns (sha256 sent,
+    sha256 received, bytes received). A failed read raises."""
+    data = random.Random(seed).randbytes(nbytes)
+    sock = connect_in(netns, vip, port, timeout=timeout_s)
+    received = hashlib.sha256()
+    got = 0
+    error: list[BaseException] = []
+
+    def reader() -> None:
+        nonlocal got
+        try:
+            read_line(sock)  # greeting
+            while got < nbytes:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionError(f"closed after {got} bytes")
+                received.update(chunk)
+                got += len(chunk)
+        except BaseException as exc:  # reported below, in the caller's thread
+            error.append(exc)
+
+    with contextlib.closing(sock):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        for off in range(0, nbytes, 65536):
+            sock.sendall(data[off:off + 65536])
+        t.join(timeout_s)
+    if error:
+        raise ConnectionError(f"bulk echo through {vip}:{port} failed after {got} of {nbytes} bytes") from error[0]
+    return hashlib.sha256(data).hexdigest(), received.hexdigest(), got
 
 
 class EchoStream:

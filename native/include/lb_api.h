@@ -261,6 +261,7 @@ struct lb_nfq_stats {
     uint64_t timer_answers;        /* timer-generated IP packets (SYN-proxy give-up RSTs) actually sent */
     uint64_t gso_packets;          /* GSO packets received (LB_NFQ_F_GSO) */
     uint64_t gso_segments;         /* segments they were cut into, each then processed as a packet */
+    uint64_t gso_whole;            /* of them, sent on whole (DR: every segment unchanged, one frame) */
     uint64_t gso_errors;           /* GSO packets that could not be segmented (not TCP, URG): dropped */
     uint64_t csum_completed;       /* packets whose partial L4 checksum was completed here */
 };
@@ -339,6 +340,25 @@ int lb_csum_complete(uint8_t *pkt, uint32_t len);
  * payload (or one carrying URG), LB_ENOSPC when max_segs or slot_len is too small. */
 int lb_tcp_segment(const uint8_t *pkt, uint32_t len, uint32_t mtu, uint8_t *out, uint32_t slot_len,
                    uint32_t *seg_len, uint32_t max_segs);
+/* Prepare a TCP/IPv4 super-packet longer than mtu to leave whole, for whoever sends it on
+ * (a device with TSO, or the kernel's software GSO) to segment into IP packets of at most mtu
+ * bytes: the TCP checksum field gets the pseudo-header sum (the CHECKSUM_PARTIAL form, whatever
+ * it held before: a partial sum, or a GRO'd packet's stale full sum); *out says where the
+ * checksum starts, the header length and the segment payload size. Bytes change only on LB_OK.
+ * LB_EINVAL for anything lb_tcp_segment refuses, or a packet that already fits. */
+struct lb_gso_whole {
+    uint16_t l4_off;               /* offset of the TCP header in the IP packet: the checksum starts there */
+    uint16_t hdr_len;              /* IP + TCP header bytes */
+    uint16_t mss;                  /* TCP payload bytes per segment */
+    uint8_t cwr;                   /* CWR set: the segmenter must keep it on the first segment only (ECN) */
+};
+int lb_tcp_gso_prepare(uint8_t *pkt, uint32_t len, uint32_t mtu, struct lb_gso_whole *out);
+
+/* The largest IP packet of pkt's connection that its forwarding method sends on without an ICMP
+ * 'fragmentation needed': the destination's path MTU, less the outer header for IPIP. 0 when pkt
+ * belongs to no connection (client side) or does not parse. Reads only: no state, counter or
+ * expiry changes (an adapter holding the lock picks the cut size of a GSO packet with it). */
+uint32_t lb_path_mtu(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms);
 
 /* ---- NFQUEUE adapter: one thread per queue, runs without the GIL ---- */
 #define LB_NFQ_F_FAIL_OPEN 1       /* kernel accepts instead of dropping when the queue is full */

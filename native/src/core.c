@@ -249,6 +249,21 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
     return LB_OK;
 }
 
+uint32_t lb_path_mtu(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms)
+{
+    struct lb_pkt p;
+    if (!lb || !pkt || lb_parse_inline(pkt, len, &p) != LB_R_FORWARDED)
+        return 0;
+    int dir = LB_DIR_IN;
+    const struct lb_conn *c = lb_conn_lookup_key(lb, p.proto, p.addrs, p.ports, now_ms, &dir);
+    if (!c || dir != LB_DIR_IN || !c->dest || !c->dest->fwd)
+        return 0;
+    uint32_t mtu = c->dest->fwd->conf.mtu ? c->dest->fwd->conf.mtu : 1500;
+    if (LB_CONN_FWD(c) == LB_FWD_TUNNEL)
+        return mtu > LB_IPIP_OVERHEAD ? mtu - LB_IPIP_OVERHEAD : 0; /* room for the outer header */
+    return mtu;
+}
+
 void lb_counters(lb_t *lb, uint64_t *out, uint32_t n)
 {
     if (!out)

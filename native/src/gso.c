@@ -124,3 +124,27 @@ int lb_tcp_segment(const uint8_t *pkt, uint32_t len, uint32_t mtu, uint8_t *out,
     }
     return (int)nsegs;
 }
+
+int lb_tcp_gso_prepare(uint8_t *pkt, uint32_t len, uint32_t mtu, struct lb_gso_whole *out)
+{
+    uint32_t ihl = ipv4_hlen(pkt, len);
+    if (!ihl || pkt[9] != IP_PROTO_TCP || len - ihl < 20)
+        return LB_EINVAL;
+    uint32_t thl = (uint32_t)(pkt[ihl + 12] >> 4) * 4;
+    if (thl < 20 || ihl + thl > len)
+        return LB_EINVAL;
+    uint32_t hlen = ihl + thl;
+    uint8_t flags = pkt[ihl + 13];
+    if (len <= mtu || mtu <= hlen || (flags & TCP_FLAG_URG))
+        return LB_EINVAL; /* fits already, nothing to cut, or cut differently (URG) */
+    /* CHECKSUM_PARTIAL form: the field holds the folded pseudo-header sum, not complemented;
+     * whoever segments the packet adds each segment's bytes and complements. */
+    uint32_t l4len = len - ihl;
+    uint32_t sum = lb_csum_partial(pkt + 12, 8, pkt[9] + l4len);
+    put16(pkt + ihl + 16, (uint16_t)~lb_csum_fold(sum));
+    out->l4_off = (uint16_t)ihl;
+    out->hdr_len = (uint16_t)hlen;
+    out->mss = (uint16_t)(mtu - hlen);
+    out->cwr = (flags & TCP_FLAG_CWR) ? 1 : 0;
+    return LB_OK;
+}

@@ -22,7 +22,11 @@
  * LB_NFQ_F_GSO (NFQA_CFG_F_GSO): the kernel queues GSO super-packets whole and
  * leaves partial checksums (NFQA_SKB_INFO says which); here partial checksums are
  * completed and super-packets cut into segments of at most gso_mtu bytes (gso.c),
- * each segment processed and sent like any packet; the original gets one verdict.
+ * each segment processed like any packet; the original gets one verdict. When every
+ * segment is to leave unchanged in the same frame (DR), the super-packet is sent
+ * whole instead, with a virtio-net header (PACKET_VNET_HDR) asking whoever transmits
+ * it to segment it at gso_mtu, as the kernel's IPVS DR sends GSO packets on; other
+ * methods send their segments.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -32,6 +36,7 @@
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_queue.h>
+#include <linux/virtio_net.h>
 #include <libmnl/libmnl.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
 #include <netinet/in.h>
@@ -42,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <endian.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -68,6 +74,7 @@ struct lb_nfq {
     uint32_t flags;                        /* LB_NFQ_F_* */
     uint32_t gso_mtu;                      /* LB_NFQ_F_GSO: segment size (IP packet bytes) */
     int pkt_fd;                            /* AF_PACKET, send only (protocol 0) */
+    int vnet;                              /* pkt_fd has PACKET_VNET_HDR: every frame starts with one */
     int raw_fd;                            /* AF_INET raw IPPROTO_RAW, send only */
     pthread_t thread;
     int thread_started;
@@ -161,15 +168,34 @@ struct batch_item {
     uint32_t len;
     struct lb_action act;
     int valid;
+    int whole;                             /* a GSO super-packet sent whole: gso says how to cut it */
+    struct lb_gso_whole gso;
 };
+
+/* The virtio-net header in front of a frame on a PACKET_VNET_HDR socket: none for a plain
+ * frame, else TCP segmentation at gso.mss with the checksum left to complete (the packet's
+ * checksum field holds the pseudo-header sum, see lb_tcp_gso_prepare). */
+static void vnet_header(struct virtio_net_hdr *vh, const struct batch_item *it)
+{
+    memset(vh, 0, sizeof(*vh));
+    if (!it->whole)
+        return;
+    vh->flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    vh->gso_type = VIRTIO_NET_HDR_GSO_TCPV4 | (it->gso.cwr ? VIRTIO_NET_HDR_GSO_ECN : 0);
+    vh->hdr_len = htole16((uint16_t)(LB_L2HDR_LEN + it->gso.hdr_len));
+    vh->gso_size = htole16(it->gso.mss);
+    vh->csum_start = htole16((uint16_t)(LB_L2HDR_LEN + it->gso.l4_off));
+    vh->csum_offset = htole16(16); /* offsetof(struct tcphdr, check) */
+}
 
 static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
 {
     uint64_t sent = 0;
     /* Frame i = l2hdr + (rewritten bytes in out slot i, or the original packet). */
     struct mmsghdr msgs[NFQ_ITEMS];
-    struct iovec iov[NFQ_ITEMS][2];
+    struct iovec iov[NFQ_ITEMS][3];
     struct sockaddr_ll sll[NFQ_ITEMS];
+    struct virtio_net_hdr vh[NFQ_ITEMS];
     int m = 0;
     for (int i = 0; i < n; i++) {
         struct batch_item *it = &items[i];
@@ -181,20 +207,27 @@ static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
         sll[m].sll_protocol = htons(ETH_P_IP);
         sll[m].sll_halen = 6;
         memcpy(sll[m].sll_addr, it->act.l2hdr, 6);
-        iov[m][0].iov_base = it->act.l2hdr;
-        iov[m][0].iov_len = LB_L2HDR_LEN;
+        struct iovec *v = iov[m];
+        if (q->vnet) {
+            vnet_header(&vh[m], it);
+            v->iov_base = &vh[m];
+            v->iov_len = sizeof(vh[m]);
+            v++;
+        }
+        v[0].iov_base = it->act.l2hdr;
+        v[0].iov_len = LB_L2HDR_LEN;
         if (it->act.out_len) {
-            iov[m][1].iov_base = q->out + (size_t)i * LB_PKT_MAX;
-            iov[m][1].iov_len = it->act.out_len;
+            v[1].iov_base = q->out + (size_t)i * LB_PKT_MAX;
+            v[1].iov_len = it->act.out_len;
         } else {
-            iov[m][1].iov_base = (void *)it->pkt;
-            iov[m][1].iov_len = it->len;
+            v[1].iov_base = (void *)it->pkt;
+            v[1].iov_len = it->len;
         }
         memset(&msgs[m], 0, sizeof(msgs[m]));
         msgs[m].msg_hdr.msg_name = &sll[m];
         msgs[m].msg_hdr.msg_namelen = sizeof(sll[m]);
         msgs[m].msg_hdr.msg_iov = iov[m];
-        msgs[m].msg_hdr.msg_iovlen = 2;
+        msgs[m].msg_hdr.msg_iovlen = q->vnet ? 3 : 2;
         m++;
     }
     int done = 0, waits = 0;
@@ -320,21 +353,52 @@ static void flush_items(struct lb_nfq *q, struct batch_item *items, int n)
     q->stats.batches++;
 }
 
+/* Segments items[first..n) of one super-packet were all processed. If each is to leave unchanged
+ * in the same frame (DR: the packet core decided per segment, so its states and counters saw
+ * every segment), they become one item: the super-packet, sent whole for the device to cut.
+ * Returns the items used. */
+static int send_whole(struct lb_nfq *q, struct batch_item *items, int first, int n, uint8_t *pkt, uint32_t len,
+                      uint32_t mtu)
+{
+    if (!q->vnet || n - first < 2)
+        return n;
+    const struct lb_action *a = &items[first].act;
+    for (int i = first; i < n; i++) {
+        const struct lb_action *b = &items[i].act;
+        if (b->verdict != LB_V_XMIT_L2 || b->out_len != 0 || b->ifindex != a->ifindex ||
+            memcmp(b->l2hdr, a->l2hdr, LB_L2HDR_LEN) != 0)
+            return n;
+    }
+    struct batch_item *it = &items[first];
+    if (lb_tcp_gso_prepare(pkt, len, mtu, &it->gso) != LB_OK)
+        return n;
+    it->pkt = pkt;
+    it->len = len;
+    it->whole = 1;
+    q->stats.gso_whole++;
+    return first + 1;
+}
+
 /* A GSO packet: cut it into segments (items n..), process each; returns the items used.
  * Called with the lock held; may release it to flush when the items run out. */
-static int process_gso(struct lb_nfq *q, struct batch_item *items, int n, uint32_t id, const uint8_t *pkt,
+static int process_gso(struct lb_nfq *q, struct batch_item *items, int n, uint32_t id, uint8_t *pkt,
                        uint32_t len, uint64_t t)
 {
     uint32_t seg_len[NFQ_ITEMS];
     q->stats.gso_packets++;
-    int k = lb_tcp_segment(pkt, len, q->gso_mtu, q->seg + (size_t)n * q->gso_mtu, q->gso_mtu, seg_len,
+    /* Segments as large as --gso-mtu allows and the connection's way on takes whole (e.g. 1480 bytes
+     * into a 1500-byte IPIP tunnel): the sender's own segment size is not in the message. */
+    uint32_t mtu = q->gso_mtu, path = lb_path_mtu(q->lb, pkt, len, t);
+    if (path && path < mtu)
+        mtu = path > NFQ_GSO_MTU_MIN ? path : NFQ_GSO_MTU_MIN;
+    int k = lb_tcp_segment(pkt, len, mtu, q->seg + (size_t)n * q->gso_mtu, q->gso_mtu, seg_len,
                            (uint32_t)(NFQ_ITEMS - n));
     if (k == LB_ENOSPC && n > 0) {
         pthread_mutex_unlock(&q->lb->lock);
         flush_items(q, items, n);
         pthread_mutex_lock(&q->lb->lock);
         n = 0;
-        k = lb_tcp_segment(pkt, len, q->gso_mtu, q->seg, q->gso_mtu, seg_len, NFQ_ITEMS);
+        k = lb_tcp_segment(pkt, len, mtu, q->seg, q->gso_mtu, seg_len, NFQ_ITEMS);
     }
     if (k <= 0) {
         /* Not TCP, or URG: the kernel could have segmented it, we cannot; dropped and counted. */
@@ -347,6 +411,7 @@ static int process_gso(struct lb_nfq *q, struct batch_item *items, int n, uint32
         return n + 1;
     }
     q->stats.gso_segments += (uint64_t)k;
+    int first = n;
     for (int s = 0; s < k; s++) {
         struct batch_item *it = &items[n];
         memset(it, 0, sizeof(*it));
@@ -359,9 +424,9 @@ static int process_gso(struct lb_nfq *q, struct batch_item *items, int n, uint32
         n++;
         /* Not ours (e.g. no connection): the kernel gets the original whole, as without GSO. */
         if (s == 0 && it->act.verdict == LB_V_ACCEPT)
-            break;
+            return n;
     }
-    return n;
+    return send_whole(q, items, first, n, pkt, len, mtu);
 }
 
 static void process_batch(struct lb_nfq *q, int nmsgs)
@@ -553,6 +618,15 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *o
     if (q->pkt_fd < 0 || q->raw_fd < 0) {
         e = -errno;
         goto fail;
+    }
+    /* With GSO, DR super-packets leave whole: every frame then carries a virtio-net header. */
+    if (q->flags & LB_NFQ_F_GSO) {
+        int vnet = 1;
+        if (setsockopt(q->pkt_fd, SOL_PACKET, PACKET_VNET_HDR, &vnet, sizeof(vnet)) < 0) {
+            e = -errno;
+            goto fail;
+        }
+        q->vnet = 1;
     }
     int sndbuf = NFQ_SNDBUF_BYTES;
     if (setsockopt(q->raw_fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)

@@ -128,6 +128,7 @@ static int process_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t 
 /* The GSO helpers on arbitrary bytes (a copy: both write): whatever they accept, the segments
  * fit the MTU and carry exactly the original payload, and lb_process takes each of them. */
 static uint8_t gso_in[LB_PKT_MAX];
+static uint8_t gso_whole[LB_PKT_MAX];
 static uint8_t gso_segs[128 * 1500];
 static int gso_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mtu, uint64_t now)
 {
@@ -135,6 +136,23 @@ static int gso_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mtu,
     memcpy(gso_in, pkt, len);
     int rc = lb_csum_complete(gso_in, len);
     bad |= check(rc == LB_OK || rc == LB_EINVAL, "lb_csum_complete returns OK or EINVAL");
+    /* Sent whole, then completed by the device: the same bytes as completing the original. */
+    struct lb_gso_whole gw;
+    memcpy(gso_whole, pkt, len);
+    int wr = lb_tcp_gso_prepare(gso_whole, len, mtu, &gw);
+    bad |= check(wr == LB_OK || wr == LB_EINVAL, "lb_tcp_gso_prepare returns OK or EINVAL");
+    if (wr == LB_OK) {
+        bad |= check(rc == LB_OK && len > mtu && gw.hdr_len < mtu && gw.mss == mtu - gw.hdr_len &&
+                         gw.l4_off >= 20 && gw.l4_off + 20u <= gw.hdr_len && gw.hdr_len <= len,
+                     "lb_tcp_gso_prepare: a checksummable packet over the MTU, headers inside it");
+        bad |= check(lb_csum_complete(gso_whole, len) == LB_OK && memcmp(gso_whole, gso_in, len) == 0,
+                     "a prepared super-packet completes to the original's full checksum");
+    } else {
+        bad |= check(memcmp(gso_whole, pkt, len) == 0, "lb_tcp_gso_prepare leaves refused bytes alone");
+    }
+    uint32_t path = lb_path_mtu(lb, pkt, len, now); /* read only, on any bytes */
+    bad |= check(path == 0 || path == 1500 || path == 1500 - LB_IPIP_OVERHEAD,
+                 "lb_path_mtu: 0, or the harness's path MTU 1500 (less the IPIP header for a tunnel)");
     uint32_t seg_len[128];
     int k = lb_tcp_segment(pkt, len, mtu, gso_segs, mtu, seg_len, 128);
     bad |= check(k > 0 || k == LB_EINVAL || k == LB_ENOSPC, "lb_tcp_segment returns a count or an error");

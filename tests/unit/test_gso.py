@@ -1,4 +1,4 @@
-"""lb_tcp_segment and lb_csum_complete (native/src/gso.c), checked with scapy.
+"""lb_tcp_segment, lb_tcp_gso_prepare and lb_csum_complete (native/src/gso.c), checked with scapy.
 
 What lbd --gso does with the super-packets NFQA_CFG_F_GSO hands over must be what the kernel's
 TCP segmentation would have produced: same headers, sequence numbers advanced, IP IDs
@@ -140,3 +140,97 @@ def test_csum_complete(name: str, pkt: bytes, field: int) -> None:
 def test_csum_complete_refuses(pkt: bytes) -> None:
     buf = ffi.new("uint8_t[]", pkt)
     assert lib.lb_csum_complete(buf, len(pkt)) == lib.LB_EINVAL
+
+
+def _super_packet(case: Case, check: int | None = None) -> bytes:
+    data = bytes((i * 5 + 1) & 0xFF for i in range(case.payload))
+    tcp = TCP(sport=40000, dport=80, seq=123456, ack=77, flags=case.flags, options=list(case.options))
+    if check is not None:
+        tcp.chksum = check
+    return raw(IP(src=CLIENT, dst=VIP, flags=case.ip_flags) / tcp / Raw(data))
+
+
+WHOLE_CASES = [c for c in CASES if c.name != "fits_already"]
+
+
+@pytest.mark.parametrize("stale", [None, 0x1234], ids=["full_checksum", "stale_gro_checksum"])
+@pytest.mark.parametrize("case", WHOLE_CASES, ids=[c.name for c in WHOLE_CASES])
+def test_gso_prepare_leaves_the_partial_checksum_and_the_cut(case: Case, stale: int | None) -> None:
+    """A super-packet sent whole (DR): its checksum field must be the CHECKSUM_PARTIAL form, whatever
+    it held (a GRO'd packet keeps its first segment's checksum), so the device's completion is right."""
+    pkt = _super_packet(case, stale)
+    buf = ffi.new("uint8_t[]", pkt)
+    info = ffi.new("struct lb_gso_whole *")
+    assert lib.lb_tcp_gso_prepare(buf, len(pkt), case.mtu, info) == lib.LB_OK
+    prepared = bytes(ffi.buffer(buf, len(pkt)))
+    assert prepared == _partial(_super_packet(case), 16)
+    hlen = len(pkt) - case.payload
+    assert (info.l4_off, info.hdr_len, info.mss) == (20, hlen, case.mtu - hlen)
+    assert info.cwr == ("C" in case.flags)
+    assert lib.lb_csum_complete(buf, len(pkt)) == lib.LB_OK  # what the device does with it
+    assert bytes(ffi.buffer(buf, len(pkt))) == _super_packet(case)
+
+
+@pytest.mark.parametrize(("name", "pkt", "mtu"), [
+    ("fits_already", raw(IP(src=CLIENT, dst=VIP) / TCP(flags="A") / Raw(b"x" * 1000)), 1500),
+    ("udp", raw(IP(src=CLIENT, dst=VIP) / UDP(sport=1, dport=80) / Raw(b"x" * 3000)), 1500),
+    ("urg", raw(IP(src=CLIENT, dst=VIP) / TCP(flags="UA", urgptr=5) / Raw(b"x" * 3000)), 1500),
+    ("truncated", raw(IP(src=CLIENT, dst=VIP) / TCP(flags="A") / Raw(b"x" * 3000))[:-1], 1500),
+    ("fragment", raw(IP(src=CLIENT, dst=VIP, flags="MF") / TCP(flags="A") / Raw(b"x" * 3000)), 1500),
+    ("mtu_below_headers", raw(IP(src=CLIENT, dst=VIP) / TCP(flags="A") / Raw(b"x" * 3000)), 40),
+    ("tcp_header_cut", raw(IP(src=CLIENT, dst=VIP) / TCP(flags="A"))[:30], 20),
+])
+def test_gso_prepare_refuses_and_leaves_the_bytes(name: str, pkt: bytes, mtu: int) -> None:
+    buf = ffi.new("uint8_t[]", pkt)
+    info = ffi.new("struct lb_gso_whole *")
+    assert lib.lb_tcp_gso_prepare(buf, len(pkt), mtu, info) == lib.LB_EINVAL
+    assert bytes(ffi.buffer(buf, len(pkt))) == pkt
+
+
+# ---- lb_path_mtu: the cut size the adapter takes for a GSO packet of a connection ----
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import packet_table as table  # noqa: E402
+
+
+def _c_engine(setup: table.Setup) -> object:
+    factory = next(f for f in table.engine_factories() if f.id == "c")
+    if factory.make is None:
+        pytest.skip(factory.unavailable)
+    engine = table.make_engine(factory, setup)
+    table.install_setup(engine, setup)
+    return engine
+
+
+def _dr_setup(mtu: int) -> table.Setup:
+    return table.Setup((table.ServiceSetup(table.TCP80, "rr", (table.DestSetup(table.RS1, mtu=mtu),)),))
+
+
+@pytest.mark.parametrize(("name", "setup", "expected"), [
+    ("dr", _dr_setup(1500), 1500),
+    ("dr_jumbo", _dr_setup(9000), 9000),
+    ("tunnel_leaves_room_for_the_outer_header", table._tun_setup(), 1480),
+    ("tunnel_small_path", table._tun_setup(mtu=600), 580),
+    ("fullnat", table._fnat_setup(mtu=1400), 1400),
+])
+def test_path_mtu_of_a_connection(name: str, setup: table.Setup, expected: int) -> None:
+    engine = _c_engine(setup)
+    data = table.tcp(flags="PA", seq=1001, ack=5001, payload=b"d" * 3000)
+    assert lib.lb_path_mtu(engine._lb, data, len(data), 0) == 0  # type: ignore[attr-defined]  # no connection yet
+    syn = table.tcp(flags="S")
+    assert engine.process(syn, 0).verdict.name == "XMIT_L2"  # type: ignore[attr-defined]
+    before = (engine.counters(), engine.connections(0))  # type: ignore[attr-defined]
+    assert lib.lb_path_mtu(engine._lb, data, len(data), 1) == expected  # type: ignore[attr-defined]
+    # Read only: no counter, state or timer moved.
+    assert (engine.counters(), engine.connections(0)) == before  # type: ignore[attr-defined]
+
+
+def test_path_mtu_knows_no_reply_or_unparsable_packet() -> None:
+    engine = _c_engine(_dr_setup(1500))
+    engine.process(table.tcp(flags="S"), 0)  # type: ignore[attr-defined]
+    reply = table.tcp(sport=80, dport=40000, flags="SA", src=table.VIP, dst=table.CLIENT1)
+    assert lib.lb_path_mtu(engine._lb, reply, len(reply), 1) == 0  # type: ignore[attr-defined]
+    assert lib.lb_path_mtu(engine._lb, b"\x45", 1, 1) == 0  # type: ignore[attr-defined]
