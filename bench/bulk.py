@@ -6,7 +6,8 @@ Topology: lb.testbed.topology.dr_spec(1), as `http`. rs1 runs a sink (reads to E
 the byte count); the client sends --mib MiB in 64 KiB writes over one TCP connection and stops
 the clock when the sink's count arrives. A veth passes the sender's TSO super-packets on whole,
 so without --gso the kernel segments each before queueing it (one queue message per segment);
-with --gso lbd gets it whole and segments it itself (one message per super-packet).
+with --gso lbd gets it whole (one message per super-packet), its packet core sees the segments, and
+DR sends the super-packet on whole with a virtio-net header for the device to cut (one frame).
 
 Systems, interleaved in every repetition: `direct` (client -> rs1's own address, the path without
 a director in the way: its limit), `c` (lbd), `c-gso` (lbd --gso). Figures: MB/s, queue
@@ -146,7 +147,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     lbd.cleanup()
                 out["trials"].append({"rep": rep, "system": name, **r})
                 log(f"bulk: rep {rep + 1} {name:6} {r['mb_s']:7.1f} MB/s, {r['queue_msgs_per_mib']:6.0f} queue "
-                    f"msgs/MiB, lbd {r['lbd_cpu_ms_per_mib']:5.1f} ms CPU/MiB, gso_packets {r['nfq']['gso_packets']}")
+                    f"msgs/MiB, {r['frames_per_mib']:6.0f} frames/MiB, lbd {r['lbd_cpu_ms_per_mib']:5.1f} ms CPU/MiB, "
+                    f"gso_packets {r['nfq']['gso_packets']}, sent whole {r['nfq'].get('gso_whole', 0)}")
     out["elapsed_s"] = round(time.monotonic() - t0, 1)
     out["summary"] = summarize(out)
     return out
