@@ -415,11 +415,12 @@ def write(run_dir: Path) -> Path:
             f"Run directory: `{run_dir.relative_to(common.REPO) if run_dir.is_relative_to(common.REPO) else run_dir}` "
             f"(raw JSON of every trial). Parts: {', '.join(parts) or 'none'}; "
             + ", ".join(f"{k} {v.get('elapsed_s', '?')} s" for k, v in parts.items()) + ".", "",
-            "Reproduce: `python -m bench all` (or one part: `python -m bench pps|http|cost|ab`, `--quick` for a "
-            "smoke run). Dependencies: see bench/README.md.", "",
-            "## Targets", "", "| target | figure | verdict |", "|---|---|---|"]
-    head += [f"| {t[0]} | {t[1]} | {t[2]} |" for t in targets]
-    head.append("")
+            "Reproduce: `python -m bench all` (or one part: `python -m bench pps|http|bulk|cost|ab`, `--quick` for a "
+            "smoke run). Dependencies: see bench/README.md.", ""]
+    if targets:  # a run of parts that measure none (e.g. bulk alone) has no targets section
+        head += ["## Targets", "", "| target | figure | verdict |", "|---|---|---|"]
+        head += [f"| {t[0]} | {t[1]} | {t[2]} |" for t in targets]
+        head.append("")
     if analysis.exists():
         head += [analysis.read_text().rstrip(), ""]
     md.write_text("\n".join(head + body) + "\n")
