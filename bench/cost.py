@@ -263,8 +263,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"part": "cost", "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                            "commit": common.git_commit(), "machine": common.machine_info(),
                            "config": {"n": args.n, "m_new": args.m_new, "target_dr_est": TARGET_DR_EST,
-                                      "build": f"gcc -O2 -g -Inative/include native/tests/harness.c "
-                                               f"native/src/*.c (minus nfq.c) -lpthread",
+                                      "build": "gcc -O2 -g -Inative/include native/tests/harness.c "
+                                               "native/src/*.c (minus nfq.c) -lpthread",
                                       "command": "python -m bench cost " + " ".join(args.argv)},
                "classes": {}}
     with tempfile.TemporaryDirectory(prefix="lbB-bench-cost-") as tmpd:

@@ -27,9 +27,7 @@ import argparse
 import json
 import os
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from bench import common

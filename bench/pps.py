@@ -47,7 +47,7 @@ import shlex
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -247,7 +247,7 @@ def _iface_mac(iface: str) -> str:
 
 def write_template(path: Path, p: Path_, dst: str, flags: str, src: str | None = None, sport: int = EST_SPORT) -> Path:
     """One 60-byte Ethernet/IPv4/TCP frame (64 on the wire with the FCS), built with scapy."""
-    from scapy.all import IP, TCP, Ether, Padding, raw  # noqa: PLC0415 (slow import, only here)
+    from scapy.all import IP, TCP, Ether, raw  # noqa: PLC0415 (slow import, only here)
 
     frame = (Ether(dst=p.dst_mac, src=p.src_mac) / IP(src=src or p.client_addr, dst=dst, ttl=64, flags="DF")
              / TCP(sport=sport, dport=PORT, flags=flags, seq=1000, ack=1 if "A" in flags else 0, window=512))

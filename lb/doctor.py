@@ -913,7 +913,6 @@ def check_nfqueue_rules(run: _Run) -> list[Finding]:
     expected = {}
     for svc in run.services:
         expected[svc.name] = ipt.rule_pair(chain, ipt.service_match(svc.proto_num, svc.addr, svc.port), target, track=track)
-    keys = [ipt.rule_key(r) for r in pre.rules]
     missing, covered = [], set()
     for name, pair in expected.items():
         # any NFQUEUE target of ours counts (--queue-balance setups): compare the match part

@@ -989,7 +989,7 @@ def _persistence_rows() -> list[Row]:
 
 def _timeout_rows() -> list[Row]:
     setup = Setup(one_dest().services, timeouts=(100, 7, 30))
-    syn, ack, fin = tcp(), tcp(flags="A", seq=1001, ack=1), tcp(flags="FA", seq=1001, ack=1)
+    syn, ack = tcp(), tcp(flags="A", seq=1001, ack=1)
     query = udp()
     size, qsize = ip_total_length(syn), ip_total_length(query)
     return [Row(

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from lb.testbed.topology import Topology, enter_netns
 
@@ -96,6 +96,17 @@ def start_servers(topo: Topology, ports: list[int], ready_timeout_s: float = 15.
             topo.stop_process(proc)
         raise
     return procs
+
+
+@contextlib.contextmanager
+def servers(topo: Topology, ports: list[int]) -> Iterator[list[int]]:
+    """start_servers for the length of a `with` block (a module fixture's life); yields the ports."""
+    procs = start_servers(topo, ports)
+    try:
+        yield ports
+    finally:
+        for proc in procs:
+            topo.stop_process(proc)
 
 
 def bulk_echo(netns: str, vip: str, port: int, nbytes: int, seed: int, *, timeout_s: float) -> tuple[str, str, int]:

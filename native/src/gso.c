@@ -79,16 +79,26 @@ int lb_csum_complete(uint8_t *pkt, uint32_t len)
     return LB_OK;
 }
 
+/* IP + TCP header length if pkt[0..len) is a complete, unfragmented TCP/IPv4 packet (*ihl: the
+ * IP header's), else 0. */
+static uint32_t tcp_hlen(const uint8_t *pkt, uint32_t len, uint32_t *ihl)
+{
+    *ihl = ipv4_hlen(pkt, len);
+    if (!*ihl || pkt[9] != IP_PROTO_TCP || len - *ihl < 20)
+        return 0;
+    uint32_t thl = (uint32_t)(pkt[*ihl + 12] >> 4) * 4;
+    if (thl < 20 || *ihl + thl > len)
+        return 0;
+    return *ihl + thl;
+}
+
 int lb_tcp_segment(const uint8_t *pkt, uint32_t len, uint32_t mtu, uint8_t *out, uint32_t slot_len,
                    uint32_t *seg_len, uint32_t max_segs)
 {
-    uint32_t ihl = ipv4_hlen(pkt, len);
-    if (!ihl || pkt[9] != IP_PROTO_TCP || len - ihl < 20)
+    uint32_t ihl, hlen = tcp_hlen(pkt, len, &ihl);
+    if (!hlen)
         return LB_EINVAL;
-    uint32_t thl = (uint32_t)(pkt[ihl + 12] >> 4) * 4;
-    if (thl < 20 || ihl + thl > len)
-        return LB_EINVAL;
-    uint32_t hlen = ihl + thl, payload = len - hlen;
+    uint32_t payload = len - hlen;
     uint8_t flags = pkt[ihl + 13];
     if (payload == 0 || (flags & TCP_FLAG_URG))
         return LB_EINVAL;
@@ -127,13 +137,9 @@ int lb_tcp_segment(const uint8_t *pkt, uint32_t len, uint32_t mtu, uint8_t *out,
 
 int lb_tcp_gso_prepare(uint8_t *pkt, uint32_t len, uint32_t mtu, struct lb_gso_whole *out)
 {
-    uint32_t ihl = ipv4_hlen(pkt, len);
-    if (!ihl || pkt[9] != IP_PROTO_TCP || len - ihl < 20)
+    uint32_t ihl, hlen = tcp_hlen(pkt, len, &ihl);
+    if (!hlen)
         return LB_EINVAL;
-    uint32_t thl = (uint32_t)(pkt[ihl + 12] >> 4) * 4;
-    if (thl < 20 || ihl + thl > len)
-        return LB_EINVAL;
-    uint32_t hlen = ihl + thl;
     uint8_t flags = pkt[ihl + 13];
     if (len <= mtu || mtu <= hlen || (flags & TCP_FLAG_URG))
         return LB_EINVAL; /* fits already, nothing to cut, or cut differently (URG) */

@@ -413,5 +413,5 @@ def test_restart_after_crash_recovers_rules_without_duplicates(lbd: Lbd, topo: T
     assert [(s["addr"], s["port"], s["sched"]) for s in services] == [(topo.vip, HTTP_PORT, "rr")], lbd.log_tail()
     vip_rules = [line for line in lbd.iptables_leftovers()
                  if line.startswith("raw: ") and f"{topo.vip}/32" in line and "-p tcp" in line]
-    assert len(vip_rules) == 2, f"expected one notrack+NFQUEUE pair for the VIP, got:\n" + "\n".join(vip_rules)
+    assert len(vip_rules) == 2, "expected one notrack+NFQUEUE pair for the VIP, got:\n" + "\n".join(vip_rules)
     assert sorted(r.split(" -j ")[-1].split()[0] for r in vip_rules) == ["CT", "NFQUEUE"]

@@ -25,12 +25,8 @@ IO_TIMEOUT_S = 20.0
 
 @pytest.fixture(scope="module")
 def echo_servers(topo: Topology) -> Iterator[None]:
-    procs = echo.start_servers(topo, [ECHO_PORT])
-    try:
+    with echo.servers(topo, [ECHO_PORT]):
         yield
-    finally:
-        for p in procs:
-            topo.stop_process(p)
 
 
 def _dr_echo_service(lbd: Lbd, topo: Topology) -> None:

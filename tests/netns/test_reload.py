@@ -30,7 +30,7 @@ from typing import Iterator
 
 import pytest
 
-from lb.testbed.echo import EchoStream, start_servers
+from lb.testbed.echo import EchoStream, servers
 from lb.testbed.topology import Topology
 
 from conftest import LBD, Lbd  # type: ignore[import-not-found]
@@ -51,13 +51,8 @@ LINE_PAD = 200  # bytes of payload per line
 @pytest.fixture(scope="module")
 def echo(topo: Topology) -> Iterator[list[int]]:
     """Echo servers on every real server, on the kept and the pool ports."""
-    ports = [PORT_BASE + n for n in KEPT] + list(POOL_PORTS)
-    procs = start_servers(topo, ports)
-    try:
+    with servers(topo, [PORT_BASE + n for n in KEPT] + list(POOL_PORTS)) as ports:
         yield ports
-    finally:
-        for proc in procs:
-            topo.stop_process(proc)
 
 
 class ConfigLbd(Lbd):

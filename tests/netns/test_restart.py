@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from lb.testbed.echo import EchoStream, start_servers
+from lb.testbed.echo import EchoStream, servers
 from lb.testbed.topology import Topology
 
 from conftest import LBD, QUEUE_NUM, Lbd, iptables_leftovers  # type: ignore[import-not-found]
@@ -50,12 +50,8 @@ RECOVER_TIMEOUT_S = 25.0  # after the restart, until every surviving stream has 
 
 @pytest.fixture(scope="module")
 def echo(topo: Topology) -> Iterator[int]:
-    procs = start_servers(topo, [ECHO_PORT])
-    try:
+    with servers(topo, [ECHO_PORT]):
         yield ECHO_PORT
-    finally:
-        for proc in procs:
-            topo.stop_process(proc)
 
 
 class RestartLbd(Lbd):

@@ -13,8 +13,6 @@ the client's first response byte right after the last one.
 from __future__ import annotations
 
 import os
-import random
-import socket
 import subprocess
 import sys
 import time

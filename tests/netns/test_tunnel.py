@@ -148,12 +148,8 @@ def test_tunnel_held_connections_survive_other_services(lbd: Lbd, topo: Topology
 
 @pytest.fixture(scope="module")
 def echo_servers(topo: Topology) -> Iterator[None]:
-    procs = echo.start_servers(topo, [ECHO_PORT])
-    try:
+    with echo.servers(topo, [ECHO_PORT]):
         yield
-    finally:
-        for p in procs:
-            topo.stop_process(p)
 
 
 def test_tunnel_with_gso_sends_segments_that_fit_the_tunnel(topo: Topology, decap: str, echo_servers: None) -> None:
