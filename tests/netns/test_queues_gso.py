@@ -68,10 +68,10 @@ def test_gso_packets_are_taken_whole_and_leave_whole_in_dr(topo: Topology, echo_
         assert nfq["gso_packets"] > 0, f"no GSO packet reached the queue: {nfq}"
         assert nfq["gso_segments"] >= 2 * nfq["gso_packets"], nfq
         assert nfq["packets"] < UPLOAD_BYTES // 1448, f"not fewer queue messages than segments: {nfq}"
-        # DR sends every segment unchanged: the super-packets leave whole (virtio-net header), so
-        # far fewer frames are sent than segments were seen, and the stream above is still intact.
+        # DR sends every segment unchanged: the super-packets leave whole (virtio-net header), one
+        # frame per queued packet however many segments the core saw; the stream above is intact.
         assert 0 < nfq["gso_whole"] <= nfq["gso_packets"], nfq
-        assert nfq["xmit_l2"] < nfq["gso_segments"] // 2, f"super-packets were sent as segments: {nfq}"
+        assert nfq["xmit_l2"] <= nfq["packets"], f"a queued packet left as several frames: {nfq}"
         assert "GSO packets cut to 1500 bytes" in lbd.log_tail(20000)
 
 
