@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from lb.ctlclient import ControlClient, ControlClientError, ControlError
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
@@ -169,23 +171,12 @@ class LbdError(RuntimeError):
 
 
 def ctl_request(sock_path: str, op: str, args: dict[str, Any] | None = None, timeout: float = 20.0) -> Any:
-    """One request on lbd's control socket (docs/control-protocol.md); returns `result` or raises."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(sock_path)
-        s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            buf += chunk
-    if not buf:
-        raise LbdError(f"lbd closed the control connection without answering {op}")
-    resp = json.loads(buf.decode())
-    if not resp.get("ok"):
-        raise LbdError(f"{op} {args}: {resp.get('errno')}: {resp.get('error')}")
-    return resp.get("result")
+    """One request on lbd's control socket (lb.ctlclient); returns `result`, raises LbdError."""
+    try:
+        with ControlClient(sock_path, timeout) as client:
+            return client.request(op, args)
+    except ControlError as exc:
+        raise LbdError(f"{op} {args}: {exc.errno_name}: {exc.message}") from exc
 
 
 class Lbd:
@@ -235,7 +226,7 @@ class Lbd:
                     if res.get("engine") != self.engine:
                         raise LbdError(f"asked for engine {self.engine}, ping says {res}")
                     return res
-                except (OSError, ValueError) as exc:
+                except ControlClientError as exc:  # not listening yet, or no answer
                     last = str(exc)
             time.sleep(0.05)
         raise LbdError(f"lbd not ready after {timeout}s ({last}): {self.log_tail(800)}")

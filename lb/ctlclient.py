@@ -101,6 +101,14 @@ class ControlClient:
 
     def request(self, op: str, args: Mapping[str, Any] | None = None) -> Any:
         """Send one request and return its `result`; raise ControlError on `ok: false`."""
+        response = self.exchange(op, args)
+        if response["ok"]:
+            return response.get("result")
+        return self._raise_refusal(op, response)
+
+    def exchange(self, op: str, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Send one request and return the whole answer, `ok` true or false (for callers that
+        show or check refusals themselves); ProtocolError when it is not a valid answer."""
         line = json.dumps({"op": op, "args": dict(args or {})}, separators=(",", ":")) + "\n"
         try:
             self._sock.sendall(line.encode())
@@ -109,7 +117,7 @@ class ControlClient:
             raise ProtocolError(self.path, f"{op}: {_describe_os_error(exc)}") from exc
         return self._decode(op, raw)
 
-    def _decode(self, op: str, raw: bytes) -> Any:
+    def _decode(self, op: str, raw: bytes) -> dict[str, Any]:
         if not raw:
             raise ProtocolError(self.path, f"{op}: connection closed without an answer")
         if not raw.endswith(b"\n"):
@@ -120,12 +128,17 @@ class ControlClient:
             raise ProtocolError(self.path, f"{op}: answer is not JSON ({exc})") from exc
         if not isinstance(response, dict) or not isinstance(response.get("ok"), bool):
             raise ProtocolError(self.path, f"{op}: answer has no boolean 'ok'")
-        if response["ok"]:
-            return response.get("result")
-        return self._raise_refusal(op, response)
+        return response
 
     @staticmethod
     def _raise_refusal(op: str, response: Mapping[str, Any]) -> Any:
         errno_name = str(response.get("errno") or "EINVAL")
         message = str(response.get("error") or errno_name)
         raise ControlError(op, errno_name, message, response)
+
+
+def request_once(path: str, op: str, args: Mapping[str, Any] | None = None, *,
+                 timeout_s: float | None = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """One request on a connection of its own; the whole answer, `ok` true or false."""
+    with ControlClient(path, timeout_s) as client:
+        return client.exchange(op, args)

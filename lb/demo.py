@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
+from lb.ctlclient import ControlClientError, request_once
 from lb.testbed import client
 from lb.testbed.ipip_decap import start_in as start_ipip_decap
 from lb.testbed.pcap import Capture
@@ -191,21 +192,6 @@ def _bin(name: str) -> str:
     return found
 
 
-def _ctl(sock_path: str, op: str = "ping", args: dict | None = None, timeout: float = 5.0) -> dict:
-    """One request on lbd's control socket (newline-delimited JSON)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(sock_path)
-        s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            buf += chunk
-    return json.loads(buf or b"{}")
-
-
 class Demo:
     def __init__(self, requests: int, engine: str, out=sys.stdout) -> None:
         self.requests = requests
@@ -230,8 +216,8 @@ class Demo:
             while True:
                 if proc.poll() is not None:
                     raise DemoError(f"lbd exited with {proc.returncode}:\n{_tail(log_path)}")
-                with contextlib.suppress(OSError, ValueError):
-                    if os.path.exists(sock) and _ctl(sock, "ping", timeout=2.0).get("ok"):
+                with contextlib.suppress(ControlClientError):  # not listening yet
+                    if os.path.exists(sock) and request_once(sock, "ping", timeout_s=2.0).get("ok"):
                         break
                 if time.monotonic() > deadline:
                     raise DemoError(f"lbd not ready after {READY_TIMEOUT_S}s:\n{_tail(log_path)}")
@@ -253,7 +239,7 @@ class Demo:
         return proc.stdout
 
     def ctl(self, sock: str, step: Ctl) -> Any:
-        resp = _ctl(sock, step.op, step.args)
+        resp = request_once(sock, step.op, step.args, timeout_s=5.0)
         if not resp.get("ok"):
             raise DemoError(f"control op {step.op} {json.dumps(step.args)} failed: {resp.get('error')}")
         return resp.get("result")

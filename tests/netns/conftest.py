@@ -17,12 +17,10 @@ the only processes ended are the ones started here, by PID.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from lb.ctlclient import ControlClientError, request_once
 from lb.testbed import client
 from lb.testbed.topology import Host, Topology, dr_spec, environment_problem
 
@@ -182,24 +181,6 @@ class LbdError(RuntimeError):
     pass
 
 
-def ctl_request(sock_path: str, op: str, args: dict[str, Any] | None = None,
-                timeout: float = CTL_TIMEOUT_S) -> dict[str, Any]:
-    """One newline-delimited JSON request on lbd's control socket (docs/control-protocol.md)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(sock_path)
-        s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    if not buf:
-        raise LbdError(f"lbd closed the control connection without answering {op}")
-    return json.loads(buf.decode())
-
-
 def iptables_leftovers(host: Host) -> list[str]:
     """Rules and user chains in `host`'s namespace. Our namespaces start empty, so any is lbd's."""
     found = []
@@ -255,8 +236,8 @@ class Lbd:
                 raise LbdError(f"lbd exited with {self.proc.returncode} before ready:\n{self.log_tail()}")
             if os.path.exists(self.socket):
                 try:
-                    resp = ctl_request(self.socket, "ping", timeout=2.0)
-                except (OSError, ValueError, LbdError) as exc:
+                    resp = request_once(self.socket, "ping", timeout_s=2.0)
+                except ControlClientError as exc:
                     last_err = f"{type(exc).__name__}: {exc}"
                 else:
                     if resp.get("ok"):
@@ -276,7 +257,7 @@ class Lbd:
         return self.topo.stop_process(self.proc, sig, timeout=STOP_TIMEOUT_S)
 
     def request(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        return ctl_request(self.socket, op, args)
+        return request_once(self.socket, op, args, timeout_s=CTL_TIMEOUT_S)
 
     def ok(self, op: str, args: dict[str, Any] | None = None) -> Any:
         """`request` that must succeed; returns its result."""
