@@ -8,13 +8,10 @@ socket, driven by lbadm's main(): what the engine does must be reachable with DP
 from __future__ import annotations
 
 import io
-import json
 import os
-import socketserver
 import sys
 import tempfile
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from lb.engine import EngineError
 from lb.ipvsadm_fmt import NumericNames, format_laddrs
 from lb.model import ServiceKey, SynproxyConf
 from lb.reconcile import SYNPROXY_NEEDS_FULLNAT, SetSynproxy, State, plan
+from line_server import director_socket  # tests/unit helper
 
 REPO = Path(__file__).resolve().parents[2]
 VIP = "10.0.0.1"
@@ -41,39 +39,12 @@ def c_engine() -> Any:
     return CEngine(conn_max=1024)
 
 
-class DirectorSocket:
-    """ControlServer._dispatch behind a Unix socket in a thread (no asyncio, no privileges)."""
-
-    def __init__(self, path: str, director: Director) -> None:
-        from lb.daemon import ControlServer
-
-        server = ControlServer(director, path)
-
-        class _Conn(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                for line in self.rfile:
-                    self.wfile.write((json.dumps(server._dispatch(line)) + "\n").encode())
-
-        self.server = socketserver.ThreadingUnixStreamServer(path, _Conn)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "DirectorSocket":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
 @pytest.fixture
 def served() -> Iterator[tuple[str, Director]]:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "s")
         d = Director(c_engine(), rules=None, resolver=None)
-        with DirectorSocket(path, d):
+        with director_socket(path, d):
             yield path, d
 
 

@@ -8,11 +8,8 @@ timeouts, and reload from a file (minimal plan; an invalid file changes nothing)
 
 from __future__ import annotations
 
-import json
 import os
-import socketserver
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import pytest
 from lb.director import BatchError, Director
 from lb.engine import EngineError
 from lb.model import Stats
+from line_server import director_socket  # tests/unit helper
 
 VIP = "10.0.0.1"
 SVC = {"proto": "tcp", "addr": VIP, "port": 80}
@@ -428,33 +426,6 @@ def test_reload_without_a_config_file_is_einval(director: Director) -> None:
 # ---------------------------------------------------------------------------- through the socket, with lbadm
 
 
-class _DirectorSocket:
-    """The daemon's request dispatch (ControlServer._dispatch) behind a Unix socket, in a thread."""
-
-    def __init__(self, path: str, director: Director) -> None:
-        from lb.daemon import ControlServer
-
-        server = ControlServer(director, path)
-
-        class _Conn(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                for line in self.rfile:
-                    self.wfile.write((json.dumps(server._dispatch(line)) + "\n").encode())
-
-        self.server = socketserver.ThreadingUnixStreamServer(path, _Conn)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "_DirectorSocket":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
 def run_lbadm(path: str, argv: list[str], stdin: str = "") -> tuple[int, str, str]:
     import io
     import sys
@@ -474,7 +445,7 @@ def run_lbadm(path: str, argv: list[str], stdin: str = "") -> tuple[int, str, st
 def test_lbadm_restore_is_atomic_against_a_real_director(conf_dir: Path) -> None:
     path = os.path.join(str(conf_dir), "s")
     d = Director(make_engine("c"), rules=None, resolver=None)
-    with _DirectorSocket(path, d):
+    with director_socket(path, d):
         good = "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 2\n"
         assert run_lbadm(path, ["-R"], good)[0] == 0
         bad = "-A -t 10.0.0.1:443 -s rr\n-a -t 10.0.0.1:8443 -r 10.0.0.2:80 -g\n"
@@ -495,7 +466,7 @@ def test_lbadm_reload_reports_every_error(conf_dir: Path) -> None:
     conf.write_text(toml_services([1]))
     path = os.path.join(str(conf_dir), "s")
     d = Director(make_engine("c"), rules=None, resolver=None, config_path=str(conf))
-    with _DirectorSocket(path, d):
+    with director_socket(path, d):
         assert run_lbadm(path, ["--reload"])[0] == 0
         conf.write_text('[[service]]\nproto = "tcp"\naddr = "10.0.0.1"\nport = 1\nsched = "x"\nweight = 2\n')
         rc, _, err = run_lbadm(path, ["--reload"])
@@ -517,7 +488,7 @@ def test_lbadm_rate_listing_shows_the_estimates(conf_dir: Path) -> None:
         engine.dest_stats[(80, "10.0.0.3")] = Stats(conns=100 * tick, inpkts=1000 * tick, outpkts=500 * tick,
                                                     inbytes=64000 * tick, outbytes=32000 * tick)
         d.estimate()
-    with _DirectorSocket(path, d):
+    with director_socket(path, d):
         rc, out, err = run_lbadm(path, ["-Ln", "--rate", "-t", "10.0.0.1:80"])
     assert (rc, err) == (0, "")
     lines = out.splitlines()  # -L -t: ipvsadm prints no version line, just the two column headers

@@ -11,13 +11,11 @@ import io
 import json
 import shutil
 import socket
-import socketserver
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
 
@@ -30,8 +28,9 @@ from lb.cli import (
     parse_args,
     restore_requests,
 )
-from lb.ctlclient import ControlClient, ControlError
+from lb.ctlclient import ControlClient, ControlError, ProtocolError, request_once
 from lb.ipvsadm_fmt import NameDB, NumericNames, format_save
+from line_server import LineServer  # noqa: E402  (tests/unit helper)
 
 TRYHELP = "Try `lbadm -h' or 'lbadm --help' for more information."
 VIP = {"proto": "tcp", "addr": "10.0.0.1", "port": 80}
@@ -324,35 +323,19 @@ def test_restore_accepts_ipvsadm_prefixed_lines_and_rejects_the_whole_input_on_o
 Handler = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
-class FakeLbd:
+class FakeLbd(LineServer):
     """Answers newline-delimited JSON requests with `handler(op, args)`; records every request."""
 
     def __init__(self, path: str, handler: Handler) -> None:
         self.path = path
         self.handler = handler
         self.requests: list[dict[str, Any]] = []
-        fake = self
+        super().__init__(path, self._answer)
 
-        class _Connection(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                for line in self.rfile:
-                    request = json.loads(line)
-                    fake.requests.append(request)
-                    answer = fake.handler(request["op"], request.get("args", {}))
-                    self.wfile.write((json.dumps(answer) + "\n").encode())
-
-        self.server = socketserver.ThreadingUnixStreamServer(path, _Connection)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+    def _answer(self, line: bytes) -> dict[str, Any]:
+        request = json.loads(line)
+        self.requests.append(request)
+        return self.handler(request["op"], request.get("args", {}))
 
 
 @pytest.fixture()
@@ -498,3 +481,15 @@ def test_malformed_list_result_is_reported_not_a_traceback(socket_dir: str, caps
         assert main(["-Ln"], env={"LBD_SOCKET": path}, names=NumericNames()) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"lbadm: bad response from lbd at {path}: list result lacks or mangles KeyError('addr')")
+
+
+def test_request_once_returns_the_whole_answer_refusals_included(socket_dir: str) -> None:
+    """What the netns tests, the demo and the bench use: one request, the answer as lbd sent it."""
+    path = f"{socket_dir}/lbd.sock"
+    with FakeLbd(path, lambda op, args: {"ok": True, "result": {"op": op}} if op == "ping"
+                 else {"ok": False, "errno": "ESRCH", "error": "No such service"}):
+        assert request_once(path, "ping") == {"ok": True, "result": {"op": "ping"}}
+        assert request_once(path, "del_service", {"port": 1}) == {"ok": False, "errno": "ESRCH",
+                                                                  "error": "No such service"}
+    with FakeLbd(path + "2", lambda op, args: {"no": "ok field"}), pytest.raises(ProtocolError):
+        request_once(path + "2", "ping")

@@ -1,0 +1,44 @@
+"""A Unix socket that answers each request line in a thread: lbd's control protocol without lbd.
+
+Used by unit tests that drive lbadm (or the control client) end to end against the daemon's own
+request dispatch, or against a scripted fake. No asyncio, no privileges.
+"""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import threading
+from typing import Any, Callable, Self
+
+Answer = Callable[[bytes], dict[str, Any]]
+
+
+class LineServer:
+    """Serves `path`: every line received is answered with json(answer(line)) + newline."""
+
+    def __init__(self, path: str, answer: Answer) -> None:
+        class _Connection(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                for line in self.rfile:
+                    self.wfile.write((json.dumps(answer(line)) + "\n").encode())
+
+        self.server = socketserver.ThreadingUnixStreamServer(path, _Connection)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def director_socket(path: str, director: Any) -> LineServer:
+    """The daemon's request dispatch (ControlServer._dispatch) for `director` behind `path`."""
+    from lb.daemon import ControlServer
+
+    return LineServer(path, ControlServer(director, path)._dispatch)
