@@ -38,7 +38,7 @@ from typing import Any, Iterator
 from bench import common, pps
 from bench.common import Lbd, LbdError, log
 from lb.testbed import client
-from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
+from lb.testbed.topology import Topology, TopologySpec
 
 HTTP_PORT = 8080  # functional + http; the pps traffic uses pps.PORT (80), counted and dropped at rs1
 MODULES = ["ip_vs", "ip_vs_rr", "ip_vs_wlc", "veth", "bridge", "nfnetlink_queue", "xt_NFQUEUE", "xt_CT",
@@ -132,15 +132,7 @@ def ab_spec() -> TopologySpec:
     lbd: it starts slowly under emulation) for the functional, HTTP and throughput runs. DR across
     segments: the client's packets reach the VIP on the director's lan side, the real servers
     (VIP on lo) answer through their default gateway, the director routing."""
-    return TopologySpec(
-        segments=(SegmentSpec("lan"), SegmentSpec("back")),
-        hosts=(
-            HostSpec("client", (LinkSpec("lan", 50),), role="client"),
-            HostSpec("director", (LinkSpec("lan", 2), LinkSpec("back", 1)), role="director", vips=(100,),
-                     forwarding=True),
-            *(HostSpec(f"rs{i}", (LinkSpec("back", 10 + i),), gateway=("back", 1)) for i in (1, 2, 3)),
-        ),
-    )
+    return pps.pps_spec(reals=3)
 
 
 def run_all(out: dict[str, Any], args: argparse.Namespace) -> None:

@@ -76,14 +76,15 @@ TRAFFIC = ("est", "syn")
 FWD = {"dr": "route", "tunnel": "tunnel", "fullnat": "fullnat"}
 
 
-def pps_spec() -> TopologySpec:
+def pps_spec(reals: int = 1) -> TopologySpec:
+    """client on lan; the director routes lan <-> back (VIP 100); rs1..rs<reals> on back, gateway the director."""
     return TopologySpec(
         segments=(SegmentSpec("lan"), SegmentSpec("back")),
         hosts=(
             HostSpec("client", (LinkSpec("lan", 50),), role="client"),
             HostSpec("director", (LinkSpec("lan", 2), LinkSpec("back", 1)), role="director", vips=(100,),
                      forwarding=True),
-            HostSpec("rs1", (LinkSpec("back", 11),), gateway=("back", 1)),
+            *(HostSpec(f"rs{i}", (LinkSpec("back", 10 + i),), gateway=("back", 1)) for i in range(1, reals + 1)),
         ),
     )
 
