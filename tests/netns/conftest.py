@@ -33,6 +33,7 @@ import pytest
 
 from lb.ctlclient import ControlClientError, request_once
 from lb.testbed import client
+from lb.testbed.seeds import FIELD_REPORT_001_FILTER
 from lb.testbed.topology import Host, Topology, dr_spec, environment_problem
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,22 +74,7 @@ RE_DEST = re.compile(
 )
 
 
-# Field report 001's RH-Firewall ruleset (stateful, REJECTs what is not NEW to :80 or ESTABLISHED),
-# loaded with iptables-restore on the director and the real servers by test_firewall/test_doctor.
-SEED_RULESET = """*filter
-:INPUT ACCEPT [0:0]
-:FORWARD ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:RH-Firewall-1-INPUT - [0:0]
--A FORWARD -j RH-Firewall-1-INPUT
--A INPUT -j RH-Firewall-1-INPUT
--A RH-Firewall-1-INPUT -i lo -j ACCEPT
--A RH-Firewall-1-INPUT -p icmp -m icmp --icmp-type any -j ACCEPT
--A RH-Firewall-1-INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
--A RH-Firewall-1-INPUT -p tcp -m state -m tcp --dport 80 --state NEW -j ACCEPT
--A RH-Firewall-1-INPUT -j REJECT --reject-with icmp-host-prohibited
-COMMIT
-"""
+SEED_RULESET = FIELD_REPORT_001_FILTER  # loaded by test_firewall/test_doctor (lb.testbed.seeds)
 
 
 @dataclass

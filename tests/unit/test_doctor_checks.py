@@ -13,6 +13,7 @@ import pytest
 from lb import doctor
 from lb import doctor_cli
 from lb import iptables as ipt
+from lb.testbed.seeds import FIELD_REPORT_001_FILTER
 from lb.doctor import (
     DoctorContext,
     Finding,
@@ -48,20 +49,7 @@ RAW_OK = "\n".join([
 ])
 FILTER_EMPTY = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT"
 
-# The field report's ruleset (seed 001), as /etc/sysconfig/iptables has it.
-SEED_FILTER = """*filter
-:FORWARD ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:RH-Firewall-1-INPUT - [0:0]
-:OUTPUT ACCEPT [0:0]
--A FORWARD -j RH-Firewall-1-INPUT
--A INPUT -j RH-Firewall-1-INPUT
--A RH-Firewall-1-INPUT -i lo -j ACCEPT
--A RH-Firewall-1-INPUT -p icmp -m icmp --icmp-type any -j ACCEPT
--A RH-Firewall-1-INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
--A RH-Firewall-1-INPUT -p tcp -m state -m tcp --dport 80 --state NEW -j ACCEPT
--A RH-Firewall-1-INPUT -j REJECT --reject-with icmp-host-prohibited
-COMMIT"""
+SEED_FILTER = FIELD_REPORT_001_FILTER.rstrip("\n")  # the field report's ruleset (seed 001)
 
 NFQ_LINE = "    0  31337     0 2 65531     0     0      120  1\n"
 
