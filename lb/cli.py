@@ -1250,22 +1250,30 @@ class RestoreError(Exception):
         self.error = error
 
 
-def restore_requests(text: str, names: NameDB | None = None) -> list[Request]:
-    """Parse every line of a restore stream into requests; nothing is sent if one is invalid.
-
-    Like ipvsadm, '#' starts a comment and a leading word "ipvsadm" (or "lbadm")
-    is ignored. Only commands that change the table are accepted.
-    """
-    names = names or NameDB()
-    requests = []
+def rule_lines(text: str, names: NameDB) -> Iterator[tuple[int, str, Invocation | UsageError]]:
+    """Each command line of an ipvsadm rules stream (`ipvsadm -S` output), parsed: (line number,
+    the line, its invocation or why it is not one). Like ipvsadm, '#' starts a comment and the
+    word "ipvsadm" (or "lbadm") is ignored; blank lines are skipped. Shared by -R and lbd's
+    ipvsadm-save configuration files."""
     for number, raw_line in enumerate(text.splitlines(), start=1):
         words = [w for w in raw_line.split("#", 1)[0].split() if w not in ("ipvsadm", PROG)]
         if not words:
             continue
         try:
-            invocation = parse_args(words, env={}, names=names, reading_stdin=True)
+            yield number, raw_line, parse_args(words, env={}, names=names, reading_stdin=True)
         except UsageError as exc:
-            raise RestoreError(number, exc) from exc
+            yield number, raw_line, exc
+
+
+def restore_requests(text: str, names: NameDB | None = None) -> list[Request]:
+    """Parse every line of a restore stream into requests; nothing is sent if one is invalid.
+
+    Only commands that change the table are accepted (see rule_lines for the line syntax).
+    """
+    requests = []
+    for number, raw_line, invocation in rule_lines(text, names or NameDB()):
+        if isinstance(invocation, UsageError):
+            raise RestoreError(number, invocation) from invocation
         if invocation.action is not Action.CHANGE or invocation.request is None:
             raise RestoreError(number, fail(f"only commands that change the table can be restored: {raw_line.strip()}"))
         requests.append(invocation.request)

@@ -617,7 +617,7 @@ def is_ipvsadm_save(text: str) -> bool:
 
 def parse_ipvsadm_save(text: str, path: str = "<string>") -> Config:
     """`ipvsadm -S` output as a configuration: -A, -a, -P (local address) and --set lines only."""
-    from lb.cli import PROG, Action, UsageError, parse_args
+    from lb.cli import Action, UsageError, rule_lines
     from lb.ipvsadm_fmt import NameDB
 
     names = NameDB()
@@ -628,14 +628,9 @@ def parse_ipvsadm_save(text: str, path: str = "<string>") -> Config:
     laddrs: dict[ServiceKey, list[str]] = {}
     timeouts: Timeouts | None = None
     timeouts_line = 0
-    for number, raw_line in enumerate(text.splitlines(), start=1):
-        words = [w for w in raw_line.split("#", 1)[0].split() if w not in ("ipvsadm", PROG)]
-        if not words:
-            continue
-        try:
-            invocation = parse_args(words, env={}, names=names, reading_stdin=True)
-        except UsageError as exc:
-            issues.append(ConfigIssue(path, number, exc.message))
+    for number, raw_line, invocation in rule_lines(text, names):
+        if isinstance(invocation, UsageError):
+            issues.append(ConfigIssue(path, number, invocation.message))
             continue
         request = invocation.request
         if invocation.action is not Action.CHANGE or request is None:
