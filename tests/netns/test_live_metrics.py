@@ -128,7 +128,8 @@ def test_live_metrics_pass_promtool_and_match_lbadm(metrics_lbd: Lbd, topo: Topo
     assert all(r.ok for r in replies), [r for r in replies if not r.ok]
     view, text = stable_sandwich(lbd)
 
-    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
+                           check=False)
     assert check.returncode == 0, f"promtool check metrics:\n{check.stdout}{check.stderr}"
     assert not (check.stdout + check.stderr).strip(), f"promtool lint:\n{check.stdout}{check.stderr}"
 
@@ -170,4 +171,4 @@ def test_live_metrics_pass_promtool_and_match_lbadm(metrics_lbd: Lbd, topo: Topo
         (("queue", "0"), ("socket", "packet")): queue_stats["xmit_l2"],
         (("queue", "0"), ("socket", "raw")): queue_stats["answers"]}
     [build] = families["lbd_build_info"].samples
-    assert build.labels["version"] == lbd.ping_result["version"]
+    assert build.labels["version"] == lbd.ok("ping")["version"]
