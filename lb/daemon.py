@@ -649,6 +649,10 @@ async def run(args: argparse.Namespace) -> int:
             from lb.config import load_config
 
             director.apply_config(load_config(args.config), "reload after restore" if restoring else "start")
+        if args.metrics is not None:  # a taken port stops lbd before it touches the queue or the rules
+            from lb.metrics import start_metrics
+
+            metrics = start_metrics(args.metrics, director, loop, args.queues.queues)
         # Bind the queue before touching any rule: if another process owns it we fail here.
         c_opts: dict[str, Any] = {}
         if args.engine == "c":
@@ -662,10 +666,6 @@ async def run(args: argparse.Namespace) -> int:
             rules_set_up = True  # from here on the chains are ours to remove on exit (policy open)
             _install_rules(rules, director)
         await server.start()
-        if args.metrics is not None:
-            from lb.metrics import start_metrics
-
-            metrics = start_metrics(args.metrics, director, loop, args.queues.queues)
         monitor = _start_monitor(director, loop, stop)
         ready = True
         log.info("lbd %s ready: control socket %s, queue %d, engine %s, down-policy %s%s", __version__,

@@ -401,7 +401,7 @@ class MetricsServer:
         try:
             self._httpd, self._thread = start_http_server(port, addr, registry=self.registry)
         except OSError as exc:
-            raise OSError(exc.errno, f"metrics: cannot listen on {addr}:{port}: {exc.strerror or exc}") from exc
+            raise OSError(f"metrics: cannot listen on {addr}:{port}: {exc.strerror or exc}") from exc
         bound = self._httpd.server_address
         return str(bound[0]), int(bound[1])
 
