@@ -320,20 +320,37 @@ def lbd_families(snap: Snapshot) -> Iterator[Metric]:
                             "took on lbd's event loop", value=snap.read_seconds)
 
 
+def _families(snap: Snapshot) -> Iterator[Metric]:
+    yield from ipvs_families(snap)
+    yield from service_families(snap)
+    yield from lbd_families(snap)
+
+
+def _one_of_everything() -> Snapshot:
+    """A snapshot in which every family has a sample: what `describe` shows the registry."""
+    zero = {f: 0 for f in STAT_FIELDS}
+    dest = {"addr": "0.0.0.0", "port": 0, "fwd": "", "weight": 0, "active": 0, "inactive": 0, "stats": zero}
+    svc = {"addr": "0.0.0.0", "port": 0, "proto": "tcp", "sched": "", "stats": zero, "dests": [dest],
+           "laddrs": [{"addr": "0.0.0.0", "conns": 0}]}
+    counters = {"reasons": {}, "nfq_queues": [dict.fromkeys(NFQ_FIELDS, 0)],
+                "synproxy": dict.fromkeys(SYNPROXY_FIELDS, 0)}
+    return Snapshot(info={}, listing={"services": [svc]}, counters=counters, totals=Stats(), queues=(0,),
+                    conn_entries=0, conn_limit=0, hash_buckets=0, read_seconds=0.0)
+
+
 class DirectorCollector(Collector):
     """All of lbd's metrics from one snapshot per scrape."""
 
     def __init__(self, read: Callable[[], Snapshot]) -> None:
         self.read = read
 
-    def describe(self) -> list[Metric]:
-        return []  # nothing to check at registration: the names are fixed, the series are the director's
+    def describe(self) -> Iterator[Metric]:
+        # The registry learns the names from this at registration (its ?name[]= filter needs them)
+        # without reading the director: the event loop that owns it may be the caller.
+        yield from _families(_one_of_everything())
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.read()
-        yield from ipvs_families(snap)
-        yield from service_families(snap)
-        yield from lbd_families(snap)
+        yield from _families(self.read())
 
 
 # ------------------------------------------------------------------ serving

@@ -363,6 +363,26 @@ def test_http_scrape_reads_the_director_on_the_event_loop(director: Director) ->
     assert "process_resident_memory_bytes" in body
 
 
+def test_name_filter_of_the_endpoint(director: Director) -> None:
+    """prometheus_client's ?name[]= filter: the registry knows every family name without a read."""
+    drive(director, 1)
+
+    async def main() -> tuple[int, str]:
+        server = MetricsServer(LoopReader(asyncio.get_running_loop(), lambda: take_snapshot(director, (7,))))
+        addr, port = server.start("127.0.0.1", 0)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, _get, f"http://{addr}:{port}/metrics?name[]=node_ipvs_connections_total"
+                "&name[]=lbd_fullnat_local_address_connections")
+        finally:
+            server.stop()
+
+    status, body = asyncio.run(main())
+    assert status == 200, body
+    families = {f.name for f in text_string_to_metric_families(body)}
+    assert families == {"node_ipvs_connections", "lbd_fullnat_local_address_connections"}
+
+
 def test_a_scrape_the_loop_cannot_serve_fails_instead_of_showing_stale_numbers() -> None:
     loop = asyncio.new_event_loop()  # never run: nothing answers the reader
     try:
