@@ -16,9 +16,11 @@ PYTEST  := $(PY) -m pytest
 STAMP   := $(VENV)/.lvs-userspace-installed
 
 # System packages: build (venv, headers, compiler, libnetfilter_queue, libmnl),
-# runtime (iptables, iproute2) and tools for tests/benchmarks.
+# runtime (iptables, iproute2) and tools for tests/benchmarks (prometheus: promtool checks
+# lbd --metrics' exposition; Debian's package also installs the Prometheus server, whose service
+# its postinst enables and starts where systemd runs).
 DEB_PKGS := python3-venv python3-dev gcc make iptables iproute2 \
-            libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang
+            libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang prometheus
 
 # Inputs of the editable install (the cffi extension is compiled from native/).
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c)

@@ -127,6 +127,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="re-apply the state file even with --config (first the saved state and its connections, "
                    "then the file's differences, as a reload)")
     p.add_argument("--conn-max", type=int, default=0, metavar="N", help="connection table size (C engine)")
+    p.add_argument("--metrics", metavar="ADDR:PORT", type=_metrics_listen,
+                   help="serve Prometheus metrics over HTTP on ADDR:PORT (e.g. 127.0.0.1:9170; :PORT for every "
+                   "IPv4 address): node_exporter's node_ipvs_* names, and lbd_* (docs/metrics.md)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("--version", action="version", version=f"lbd {__version__}")
     args = p.parse_args(argv)
@@ -144,6 +147,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     elif args.file:
         p.error(f"unexpected argument {args.file!r} (to load a configuration: --config FILE)")
     return args
+
+
+def _metrics_listen(text: str) -> tuple[str, int]:
+    from lb.metrics import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -621,6 +633,7 @@ async def run(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, director)
 
     monitor = None
+    metrics: Any = None  # lb.metrics.MetricsServer with --metrics
     engine_started = rules_set_up = ready = False
     try:
         # The tables first, connections included: once the queue is bound (and, with
@@ -636,6 +649,10 @@ async def run(args: argparse.Namespace) -> int:
             from lb.config import load_config
 
             director.apply_config(load_config(args.config), "reload after restore" if restoring else "start")
+        if args.metrics is not None:  # a taken port stops lbd before it touches the queue or the rules
+            from lb.metrics import start_metrics
+
+            metrics = start_metrics(args.metrics, director, loop, args.queues.queues)
         # Bind the queue before touching any rule: if another process owns it we fail here.
         c_opts: dict[str, Any] = {}
         if args.engine == "c":
@@ -669,6 +686,8 @@ async def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         stop.set()
+        if metrics is not None:
+            metrics.stop()
         if monitor is not None:
             monitor.stop()
         await server.close()

@@ -55,6 +55,7 @@ from lb.reconcile import (
     plan,
     synproxy_to_json,
 )
+from lb.totals import TotalStats
 
 log = logging.getLogger("lbd")
 
@@ -138,6 +139,7 @@ class Director:
         self.synproxy_default = SynproxyConf()
         self.synproxy_confs: dict[ServiceKey, SynproxyConf] = {}
         self._baselines: dict[StatsKey, Stats] = {}
+        self.totals = TotalStats()  # IPVS's tot_stats: every service's counters, deleted ones included
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self._ping,
             "list": self._list,
@@ -289,6 +291,8 @@ class Director:
                 raise self._refusal(exc.errno_name, str(exc), i, cmd, batch) from exc
         live = running  # follows the engine command by command: the inverses are computed from it
         done: list[list[Command]] = []
+        # Counters of services this change may delete: they stay in the totals (lb/totals.py).
+        removing = self._service_counters() if any(isinstance(c, (DelService, Clear)) for c in cmds) else {}
         for i, cmd in enumerate(cmds):
             undo = inverse(live, cmd)
             try:
@@ -302,6 +306,9 @@ class Director:
                 raise self._refusal("EIO", f"engine failed: {exc!r}", i, cmd, batch) from exc
             done.append(undo)
             live.apply(cmd)
+            if isinstance(cmd, (DelService, Clear)):
+                for key in [cmd.key] if isinstance(cmd, DelService) else list(removing):
+                    self.totals.retire(removing.pop(key, Stats()))
         try:
             self.sync_rules()
         except Exception as exc:
@@ -577,8 +584,13 @@ class Director:
 
         Engines with zero_service (C) zero their own counters; the estimators restart from 0
         (ip_vs_zero_estimator). Engines without it keep their counters and lbd keeps a
-        baseline per object that `list` subtracts (the kernel's ustats0).
+        baseline per object that `list` subtracts (the kernel's ustats0). The totals restart
+        at 0 with everything, and keep what one service had counted when it alone is zeroed.
         """
+        if key is None:
+            self.totals.zero()
+        else:
+            self.totals.retire(self._service_counters().get(key, Stats()))
         zero_service = getattr(self.engine, "zero_service", None)
         if zero_service is not None:
             if key is None:
@@ -609,6 +621,14 @@ class Director:
             base = None
         counters = raw.to_json() if base is None else {f: getattr(raw, f) - getattr(base, f) for f in _STAT_FIELDS}
         return {**counters, **self.estimator.read(skey).to_json()}
+
+    def _service_counters(self) -> dict[ServiceKey, Stats]:
+        """Each live service's counters since its last zero (`list`'s, without the rates)."""
+        result: dict[ServiceKey, Stats] = {}
+        for s in self.engine.services():
+            shown = self._shown(_svc_stats_key(s.spec.key), s.stats)
+            result[s.spec.key] = Stats(**{f: shown[f] for f in _STAT_FIELDS})
+        return result
 
     def _list(self, args: dict[str, Any]) -> dict[str, Any]:
         only = parse_key(args["service"]) if args.get("service") else None

@@ -365,6 +365,10 @@ class CEngine:
     def conn_count(self) -> int:
         return int(lib.lb_conn_count(self._lb))
 
+    def conn_max(self) -> int:
+        """Connection table size: entries beyond it are refused (reason table_full)."""
+        return int(lib.lb_conn_max(self._lb))
+
     def table_size(self) -> int:
         return int(lib.lb_hash_buckets(self._lb))
 

@@ -1011,6 +1011,10 @@ class PyEngine:
         with self._lock:
             return len(self._conns)
 
+    def conn_max(self) -> int:
+        """Connection table size: entries beyond it are refused (reason table_full)."""
+        return self._conns.max_entries
+
     def table_size(self) -> int:
         return self._hash_buckets
 
