@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from lb.testbed import client
 from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
 
 from conftest import Lbd, LbdError  # type: ignore[import-not-found]
@@ -51,11 +52,16 @@ def fnat_spec() -> TopologySpec:
 def ftopo() -> Iterator[Topology]:
     with Topology(fnat_spec()) as t:
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        for name in ("f1", "f2"):
-            t.host(name).popen(
-                [sys.executable, "-m", "lb.testbed.httpd", "--name", name, "--port", str(RS_PORT)],
+        reals = [t.host("f1"), t.host("f2")]
+        for rs in reals:
+            rs.popen(
+                [sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(RS_PORT)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
             )
+        # A real server that does not listen yet answers our SYN with a RST, which SYN-proxy
+        # rightly passes on to the client as a reset: wait until each one serves (asked from
+        # the director, which reaches them directly) before any test counts SYNs.
+        client.wait_serving(t.director.netns, {rs.addr: rs.name for rs in reals}, RS_PORT)
         yield t
 
 
