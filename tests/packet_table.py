@@ -1630,7 +1630,7 @@ def _sp_rows() -> list[Row]:
     rows.append(row("sp-rs-rst", "SYN-proxy: the real server's RST resets the client (ANSWER) and forgets the entry",
                     opened + (answered(tcp(sport=80, dport=lp, src=RS1, dst=LIP1, flags="RA", seq=0, ack=SP_ISN + 1),
                                        client_rst, 20),), state=None, ins=(ack,),
-                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1}))
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "rs_resets": 1}))
     stray = tcp(sport=80, dport=lp, src=RS1, dst=LIP1, flags="A", seq=31337, ack=123456)
     rows.append(row("sp-rs-unexpected-ack", "SYN-proxy: an ACK from the real server that does not answer our SYN "
                     "gets a RST with SEQ = its ACK (RFC 793 SYN-SENT)",

@@ -577,6 +577,7 @@ class PyEngine:
             if fl & TCP_RST:
                 # The server refused: reset the client and forget the connection.
                 rst = self._sp_client_rst(conn)
+                self._sp_stats["rs_resets"] += 1
                 self._release_now(conn)
                 if rst is None:
                     return Action(Verdict.DROP, Reason.FORWARDED)

@@ -241,6 +241,7 @@ struct lb_synproxy_stats {
     uint64_t give_ups;             /* connections reset after max_retries */
     uint64_t handshakes;           /* real-server handshakes completed */
     uint64_t held_dropped;         /* client segments dropped while pending (buffer full, ACK storm) */
+    uint64_t rs_resets;            /* real servers that answered our SYN with RST (nothing listening): client reset */
 };
 
 struct lb_laddr_info {

@@ -658,6 +658,7 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
         if (fl & LB_TCP_RST) {
             /* The server refused: reset the client and forget the connection. */
             uint32_t n = build_client_rst(c, sp, out, out_cap);
+            lb->sp_stats.rs_resets++;
             lb_conn_expire_now(lb, c);
             act->verdict = n ? LB_V_ANSWER : LB_V_DROP;
             act->out_len = n;
