@@ -118,6 +118,8 @@ SYNPROXY_FIELDS: dict[str, CounterField] = {
     "handshakes": CounterField("lbd_synproxy_backend_handshakes_total", "Handshakes with real servers completed"),
     "held_dropped": CounterField("lbd_synproxy_held_segments_dropped_total",
                                  "Client segments dropped while the real server's handshake was pending"),
+    "rs_resets": CounterField("lbd_synproxy_backend_resets_total",
+                              "Real servers that answered lbd's SYN with a RST (passed on to the client)"),
 }
 
 
