@@ -327,7 +327,7 @@ struct lb_svc {
     uint32_t addr_n;
     uint16_t port_n;
     const struct lb_sched_ops *sched;
-    int32_t sched_pos;           /* rr cursor: index of the last chosen dest, -1 = list head */
+    void *sched_data;            /* the scheduler's own per-service state (lb_sched.h) */
     struct lb_dest **dests;      /* kernel list order: most recently added first */
     uint32_t ndests;
     uint32_t dests_cap;

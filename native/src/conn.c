@@ -20,7 +20,7 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "lb_internal.h"
+#include "lb_sched.h"
 
 
 static inline uint32_t conn_bucket(const lb_t *lb, const struct lb_conn *c, int dir)
@@ -360,6 +360,7 @@ int lb_expire(lb_t *lb, uint64_t now_ms, uint32_t budget LB_UNUSED)
     uint32_t before = lb->conn_count;
     lb_conn_tick(lb, now_ms);
     int freed = (int)(before - lb->conn_count);
+    lb_sched_tick_all(lb, now_ms); /* schedulers' periodic work (lb_sched.h) */
     pthread_mutex_unlock(&lb->lock);
     return freed;
 }

@@ -76,7 +76,7 @@ static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct
     if (t) {
         d = t->dest;
     } else {
-        d = s->sched->schedule(s);
+        d = s->sched->schedule(s, p);
         if (!d)
             return NULL;
         t = lb_tmpl_new(lb, p->proto, snet, p->daddr, p->dport, d, s->conf.persist_timeout_s * 1000, now_ms);
@@ -97,7 +97,7 @@ int lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_
     struct lb_conn *tmpl = NULL;
     int table_full = 0;
     struct lb_dest *d = s->conf.persist_timeout_s ? schedule_persist(lb, p, s, now_ms, &tmpl, &table_full)
-                                                  : s->sched->schedule(s);
+                                                  : s->sched->schedule(s, p);
     if (table_full) {
         act->verdict = LB_V_DROP;
         return LB_R_TABLE_FULL;

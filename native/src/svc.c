@@ -176,11 +176,11 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
     s->conf = *conf;
     s->addr_n = lb_htonl(conf->addr);
     s->port_n = lb_htons(conf->port);
-    s->sched = sched;
-    s->sched_pos = -1;
+    if ((err = lb_sched_bind(s, sched)) != LB_OK) {
+        free(s);
+        goto out;
+    }
     s->id = ++lb->next_svc_id;
-    if (sched->init_svc)
-        sched->init_svc(s);
     uint32_t h = svc_hash(conf->proto, s->addr_n, s->port_n);
     s->hnext = lb->svc_hash[h];
     lb->svc_hash[h] = s;
@@ -206,13 +206,9 @@ int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
         err = LB_EOPNOTSUPP; /* only FULLNAT destinations can be SYN-proxied */
     } else if ((conf->flags & LB_SVC_F_SYNPROXY) && (err = lb_sp_enable(lb)) != LB_OK) {
         /* err set */
+    } else if (s->sched != sched && (err = lb_sched_switch(s, sched)) != LB_OK) {
+        /* err set: the new scheduler could not build its state; the service is unchanged */
     } else {
-        if (s->sched != sched) {
-            s->sched = sched;
-            s->sched_pos = -1;
-            if (sched->init_svc)
-                sched->init_svc(s);
-        }
         memcpy(s->conf.sched, conf->sched, sizeof(s->conf.sched));
         s->conf.persist_timeout_s = conf->persist_timeout_s;
         s->conf.netmask = conf->netmask;
@@ -222,14 +218,15 @@ int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
     return err;
 }
 
-/* Unlink dest i from s (it stays alive while connections reference it). */
+/* Unlink dest i from s (it stays alive while connections reference it); the scheduler hears of it
+ * unless the whole service goes (its scheduler is unbound first, as __ip_vs_del_service does). */
 static void unlink_dest(lb_t *lb, struct lb_svc *s, uint32_t i)
 {
     struct lb_dest *d = s->dests[i];
     memmove(&s->dests[i], &s->dests[i + 1], (s->ndests - i - 1) * sizeof(*s->dests));
     s->ndests--;
-    if (s->sched->del_dest)
-        s->sched->del_dest(s, i);
+    if (s->sched && s->sched->del_dest)
+        s->sched->del_dest(s, d, i);
     d->flags &= ~(uint32_t)LB_DEST_F_AVAILABLE;
     d->svc = NULL;
     d->trash_next = lb->trash;
@@ -245,6 +242,7 @@ void lb_laddr_put(struct lb_laddr *la)
 
 static void svc_destroy(lb_t *lb, struct lb_svc *s)
 {
+    lb_sched_unbind(s);
     while (s->ndests)
         unlink_dest(lb, s, s->ndests - 1);
     for (uint32_t i = 0; i < s->nladdrs; i++) {
@@ -351,6 +349,7 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         s->dests_cap = cap;
     }
     struct lb_dest *d = trash_take(lb, s, conf->addr, conf->port);
+    int revived = d != NULL;
     if (!d) {
         d = calloc(1, sizeof(*d));
         if (!d) {
@@ -361,6 +360,7 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         d->vaddr = s->conf.addr;
         d->vport = s->conf.port;
     }
+    const struct lb_dest prev = *d; /* to undo with, should the scheduler refuse it */
     if (d->svc_id != s->id) {
         /* Revived into a re-created service (or new): its statistics start afresh. */
         memset(&d->stats, 0, sizeof(d->stats));
@@ -378,8 +378,18 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
     memmove(&s->dests[1], &s->dests[0], s->ndests * sizeof(*s->dests));
     s->dests[0] = d;
     s->ndests++;
-    if (s->sched->add_dest)
-        s->sched->add_dest(s, 0);
+    if (s->sched->add_dest && (err = s->sched->add_dest(s, d, 0)) != LB_OK) {
+        /* The scheduler kept its state: take the destination out again, as it was. */
+        memmove(&s->dests[0], &s->dests[1], (s->ndests - 1) * sizeof(*s->dests));
+        s->ndests--;
+        *d = prev;
+        if (revived) {
+            d->trash_next = lb->trash; /* back to the trash, with its connections */
+            lb->trash = d;
+        } else {
+            free(d);
+        }
+    }
 out:
     pthread_mutex_unlock(&lb->lock);
     return err;
@@ -401,14 +411,18 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
         err = LB_ENOENT;
     } else {
         struct lb_dest *d = s->dests[i];
-        if (d->conf.fwd != conf->fwd) {
+        const struct lb_dest prev = *d;
+        if (conf->u_threshold == 0 || conf->u_threshold > d->conf.u_threshold)
+            d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD; /* __ip_vs_update_dest */
+        d->conf = *conf;
+        if (s->sched->upd_dest && (err = s->sched->upd_dest(s, d)) != LB_OK) {
+            d->conf = prev.conf; /* the scheduler kept its state: so does the destination */
+            d->flags = prev.flags;
+        } else if (prev.conf.fwd != conf->fwd) {
             /* A new method needs new forwarding state: drop the old one. */
             free(d->fwd);
             d->fwd = NULL;
         }
-        if (conf->u_threshold == 0 || conf->u_threshold > d->conf.u_threshold)
-            d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD; /* __ip_vs_update_dest */
-        d->conf = *conf;
     }
     pthread_mutex_unlock(&lb->lock);
     return err;
