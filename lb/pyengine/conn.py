@@ -112,11 +112,12 @@ class Destination:
         return self.active + self.inactive + self.persist > 0
 
     def bind(self, entry: Connection) -> None:
-        """An entry starts pointing here (ip_vs_bind_dest): count it; a connection may set OVERLOAD."""
+        """An entry starts pointing here (ip_vs_bind_dest): count it (a template in `persist`, never as a
+        connection); then OVERLOAD is set when the connections reach the upper threshold (for a
+        template too, as the kernel: a threshold lowered since the last bind takes effect)."""
         if entry.is_template:
-            self.persist += 1  # templates never count as connections, not even transiently
-            return
-        if entry.inactive:
+            self.persist += 1
+        elif entry.inactive:
             self.inactive += 1
         else:
             self.active += 1
