@@ -177,6 +177,7 @@ class Connection:
     is_template: bool = False
     tmpl_timeout_ms: int = 0  # a template's own timeout
     tmpl_dead: bool = False  # a template whose destination left: never matches again
+    assured: bool = False  # a template one of whose connections was established (TCP) or answered (UDP)
     controller: Connection | None = None  # a connection's persistence template
     n_control: int = 0  # a template's live controlled connections
     sp: SynproxyState | None = None  # SYN-proxied connection: sequence translation state

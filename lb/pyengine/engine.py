@@ -63,6 +63,7 @@ from lb.model import (
     LaddrInfo,
     ServiceInfo,
     ServiceKey,
+    TEMPLATE_ASSURED,
     ServiceSpec,
     Stats,
     SynproxyConf,
@@ -87,6 +88,7 @@ from lb.pyengine.proto_tcp import (
     INPUT_ONLY_TABLE,
     INPUT_TABLE,
     OUTPUT_TABLE,
+    ACTIVE_STATES,
     REUSABLE_STATES,
     TCP_STATES,
     TCP_TIMEOUTS_MS,
@@ -187,6 +189,12 @@ def _service_of(dest: Destination) -> Service | None:
     return dest.owner if dest.available else None  # type: ignore[return-value]
 
 
+def _assure_template(conn: Connection) -> None:
+    """ip_vs_control_assure_ct: the connection's persistence template, if any, becomes ASSURED."""
+    if conn.controller is not None:
+        conn.controller.assured = True
+
+
 def _toa(dest: Destination) -> bool:
     service = _service_of(dest)
     return service is not None and service.spec.toa
@@ -273,6 +281,8 @@ class PyEngine:
             # A reply from a real server to a FULLNAT local address: no availability check.
             if proto == IPPROTO_TCP:
                 self._tcp_transition(conn, DIR_OUT, flags)
+            else:
+                _assure_template(conn)  # UDP: a reply assures the template (udp_state_transition)
             self._refresh(conn, now_ms)
             self._count_out(conn.dest, parsed.total_length)
             return fnat_out(conn, packet, parsed, _toa(conn.dest))
@@ -658,18 +668,23 @@ class PyEngine:
 
     # ---- entries -------------------------------------------------------------------
 
-    def _set_state(self, conn: Connection, new_state: int) -> None:
-        """Move to a state with IPVS's active/inactive accounting (lb_conn_set_state)."""
+    @staticmethod
+    def _set_state(conn: Connection, new_state: int) -> None:
+        """Move to a state with IPVS's active/inactive accounting (set_tcp_state): active in
+        ACTIVE_STATES; reaching ESTABLISHED assures the connection's persistence template."""
         if new_state != conn.state:
             dest = conn.dest
-            if not conn.inactive and new_state != _ESTABLISHED:
+            active = new_state in ACTIVE_STATES
+            if not conn.inactive and not active:
                 dest.active -= 1
                 dest.inactive += 1
                 conn.inactive = True
-            elif conn.inactive and new_state == _ESTABLISHED:
+            elif conn.inactive and active:
                 dest.inactive -= 1
                 dest.active += 1
                 conn.inactive = False
+            if new_state == _ESTABLISHED:
+                _assure_template(conn)
         conn.state = new_state
 
     def _tcp_transition(self, conn: Connection, direction: int, flags: int) -> None:
@@ -977,8 +992,8 @@ class PyEngine:
             }
 
     def connections(self, now_ms: int) -> list[ConnInfo]:
-        """Live entries at now_ms, templates included (client port 0, state NONE), as ipvsadm -Lnc.
-        Nothing is released here: that is expire's job."""
+        """Live entries at now_ms, templates included (client port 0, state NONE or ASSURED), as
+        ipvsadm -Lnc. Nothing is released here: that is expire's job."""
         with self._lock:
             result = []
             for conn in self._conns:
@@ -994,7 +1009,7 @@ class PyEngine:
                         vport=conn.vport,
                         daddr=socket.inet_ntoa(dest.addr),
                         dport=dest.port,
-                        state=ConnState(conn.state).name,
+                        state=TEMPLATE_ASSURED if conn.assured else ConnState(conn.state).name,
                         expires_ms=conn.expires_at_ms - now_ms,
                         laddr=socket.inet_ntoa(conn.laddr.addr) if conn.laddr is not None else "0.0.0.0",
                         lport=conn.lport,

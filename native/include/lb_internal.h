@@ -27,6 +27,7 @@
 #define LB_CF_TOA_DONE LB_CONN_F_TOA_DONE
 #define LB_CF_TEMPLATE LB_CONN_F_TEMPLATE
 #define LB_CF_SYNPROXY LB_CONN_F_SYNPROXY /* state in lb->sp[slot], sequence numbers translated */
+#define LB_CF_ASSURED LB_CONN_F_ASSURED   /* templates only */
 #define LB_CF_TMPL_DEAD 0x4000     /* template invalidated (its destination left): never matches */
 #define LB_CF_USED 0x8000          /* slot holds a live (possibly expired, not yet reaped) entry */
 
@@ -461,13 +462,23 @@ extern const uint8_t lb_tcp_event_of[32];
 /* Next state by [table][event][state]. Every state has a column: LB_S_UDP (never a TCP
  * entry's state) goes to CLOSE on every event; so does every state on LB_TCP_EV_NONE. */
 extern const uint8_t lb_tcp_states[3][LB_TCP_EVENTS][LB_S_COUNT];
-void lb_conn_set_state(struct lb_conn *c, uint8_t new_state);
+/* Move c to a state with IPVS's active/inactive accounting (set_tcp_state's): a connection counts
+ * as active in SYN_SENT, SYN_RECV, ESTABLISHED and SYNACK (tcp_state_active), inactive in every
+ * other state and from its creation until its first change; reaching ESTABLISHED assures its
+ * persistence template. */
+void lb_conn_set_state(lb_t *lb, struct lb_conn *c, uint8_t new_state);
+/* Mark c's persistence template, if any, ASSURED (ip_vs_control_assure_ct). */
+static inline void lb_conn_assure_template(lb_t *lb, const struct lb_conn *c)
+{
+    if (LB_UNLIKELY(c->ctl))
+        lb->conns[c->ctl].flags |= LB_CF_ASSURED; /* ctl names a template (it outlives c) */
+}
 
 static inline int lb_tcp_event(uint8_t flags) { return lb_tcp_event_of[flags & 0x1f]; }
 
 /* The IPVS TCP state machine (set_tcp_state). An entry's state is always < LB_S_COUNT (every
  * writer takes it from these tables, from lb_conn_new, or checked from lb_conn_restore). */
-static inline void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags)
+static inline void lb_tcp_set_state(lb_t *lb, struct lb_conn *c, int dir, uint8_t tcp_flags)
 {
     const uint8_t(*next)[LB_S_COUNT];
     if (dir == LB_DIR_OUT) {
@@ -482,7 +493,7 @@ static inline void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flag
     uint8_t state = c->state;
     uint8_t new_state = LB_LIKELY(state < LB_S_COUNT) ? next[lb_tcp_event(tcp_flags)][state] : LB_S_CLOSE;
     if (new_state != state)
-        lb_conn_set_state(c, new_state);
+        lb_conn_set_state(lb, c, new_state);
 }
 void lb_timeouts_init(uint32_t *timeouts_ms);
 /* The timeout an entry gets when touched: its state's (or a template's own). */
@@ -544,8 +555,6 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
  * binds (FULLNAT: a local address and port). NULL with *reason (and act) saying why not. */
 struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
                                  uint32_t out_cap, struct lb_action *act, int *reason);
-/* proto_tcp.c: move to a state with IPVS's active/inactive accounting. */
-void lb_conn_set_state(struct lb_conn *c, uint8_t new_state);
 uint64_t lb_siphash(const uint64_t key[2], const uint8_t *data, size_t len);
 
 /* icmp.c: ICMP errors the director originates (source = the packet's destination, i.e. the VIP),

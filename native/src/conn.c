@@ -400,7 +400,7 @@ int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t c
         o->proto = c->proto;
         o->state = c->state;
         o->flags = c->flags & (LB_CONN_F_INACTIVE | LB_CONN_F_NOOUTPUT | LB_CONN_F_TOA_DONE | LB_CONN_F_TEMPLATE |
-                               LB_CONN_F_SYNPROXY);
+                               LB_CONN_F_SYNPROXY | LB_CONN_F_ASSURED);
         o->caddr = lb_ntohl(c->caddr);
         o->cport = lb_ntohs(c->cport);
         o->vaddr = lb_ntohl(c->vaddr);

@@ -202,7 +202,9 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
     if (c && dir == LB_DIR_OUT) {
         /* A reply from a real server, found by the reply tuple of its connection's method. */
         if (p.proto == LB_PROTO_TCP)
-            lb_tcp_set_state(c, LB_DIR_OUT, p.tcp_flags);
+            lb_tcp_set_state(lb, c, LB_DIR_OUT, p.tcp_flags);
+        else
+            lb_conn_assure_template(lb, c); /* UDP: a reply assures the template (udp_state_transition) */
         lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
         lb_stats_out(c->dest, p.len);
         finish(lb, act, lb_conn_xmit(c)->xmit_out(lb, &p, c, out, out_cap, act));
@@ -248,7 +250,7 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
     uint32_t timeout_ms;
     if (LB_LIKELY(p.proto == LB_PROTO_TCP)) {
         uint8_t old_state = c->state;
-        lb_tcp_set_state(c, LB_DIR_IN, p.tcp_flags);
+        lb_tcp_set_state(lb, c, LB_DIR_IN, p.tcp_flags);
         tcp_in_signals(c, &p, old_state);
         timeout_ms = lb->timeouts_ms[c->state]; /* lb_conn_timeout_ms of a TCP connection */
     } else {

@@ -607,6 +607,7 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
             err = LB_ENOSPC;
             goto out;
         }
+        t->flags |= (uint16_t)(ci->flags & LB_CONN_F_ASSURED);
         lb_conn_set_expiry(lb, t, now_ms + (uint64_t)ci->expires_in_ms);
         goto out;
     }
@@ -627,7 +628,7 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
         err = LB_ENOSPC;
         goto out;
     }
-    lb_conn_set_state(c, ci->state); /* with IPVS's active/inactive accounting */
+    lb_conn_set_state(lb, c, ci->state); /* with IPVS's active/inactive accounting */
     c->flags |= (uint16_t)(ci->flags & LB_CONN_F_TOA_DONE);
     lb_conn_set_expiry(lb, c, now_ms + (uint64_t)ci->expires_in_ms);
 out:

@@ -507,7 +507,7 @@ int lb_sp_miss(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_
     sp->mss = sp_msstab[data & 3];
     sp->sack = (uint8_t)((data >> 2) & 1);
     sp->client_win = lb_ntohs(p->tcp_win);
-    lb_conn_set_state(c, LB_S_SYN_SENT);
+    lb_conn_set_state(lb, c, LB_S_SYN_SENT);
     lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
     lb_stats_in(c->dest, p->len);
     if (p->payload_len && p->payload_len <= conf->data_max_bytes) {
@@ -586,7 +586,7 @@ int lb_sp_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_m
         return LB_R_SP_HELD;
     }
     /* Established: the method's rewrite (FULLNAT), then the client's ACK and SACK edges into the server's space. */
-    lb_tcp_set_state(c, LB_DIR_IN, p->tcp_flags);
+    lb_tcp_set_state(lb, c, LB_DIR_IN, p->tcp_flags);
     lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
     lb_stats_in(c->dest, p->len);
     int r = lb_conn_xmit(c)->xmit_in(lb, p, c, out, out_cap, act);
@@ -615,7 +615,7 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
             sp->phase = LB_SP_DONE;
             sp->due_ms = 0; /* disarms the pending retransmission */
             lb->sp_stats.handshakes++;
-            lb_conn_set_state(c, LB_S_ESTABLISHED);
+            lb_conn_set_state(lb, c, LB_S_ESTABLISHED);
             c->dest->handshakes++;
             lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
             /* Complete the server's handshake: ACK + held data (+ TOA). */
@@ -667,7 +667,7 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
         act->verdict = LB_V_DROP;
         return LB_R_SP_HELD;
     }
-    lb_tcp_set_state(c, LB_DIR_OUT, p->tcp_flags);
+    lb_tcp_set_state(lb, c, LB_DIR_OUT, p->tcp_flags);
     lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
     lb_stats_out(c->dest, p->len);
     int r = lb_conn_xmit(c)->xmit_out(lb, p, c, out, out_cap, act);
