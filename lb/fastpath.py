@@ -33,6 +33,7 @@ from lb.model import (
     ServiceSpec,
     Stats,
     SynproxyConf,
+    TEMPLATE_ASSURED,
 )
 
 
@@ -320,7 +321,7 @@ class CEngine:
                         vport=c.vport,
                         daddr=_int2ip(c.daddr),
                         dport=c.dport,
-                        state=ConnState(c.state).name,
+                        state=TEMPLATE_ASSURED if c.flags & lib.LB_CONN_F_ASSURED else ConnState(c.state).name,
                         expires_ms=c.expires_in_ms,
                         laddr=_int2ip(c.laddr),
                         lport=c.lport,
