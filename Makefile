@@ -15,10 +15,22 @@ PIP     := $(VENV)/bin/pip
 PYTEST  := $(PY) -m pytest
 STAMP   := $(VENV)/.lvs-userspace-installed
 
-# System packages: build (venv, headers, compiler, libnetfilter_queue, libmnl),
-# runtime (iptables, iproute2) and tools for tests/benchmarks.
+# System packages, each for a reason (a brand-new Debian 12 has none of them; `deps` installs the
+# missing ones, so `make test` and `make demo` need nothing installed by hand):
+#   build:    python3-venv python3-dev gcc make libnetfilter-queue-dev libmnl-dev
+#   runtime:  iptables iproute2
+#   tests:    tcpdump netsniff-ng ebtables wrk (netns tests, bench), valgrind (test-sanitize),
+#             clang + libclang-rt-14-dev (fuzz: libclang_rt.fuzzer/asan, only a recommendation
+#             of Debian's clang), systemd (systemd-analyze verify on the units),
+#             mandoc + man-db (man pages linted), bash (completion tested)
 DEB_PKGS := python3-venv python3-dev gcc make iptables iproute2 \
-            libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang
+            libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang \
+            libclang-rt-14-dev systemd mandoc man-db bash
+
+# Several builds may install at once (parallel CI jobs, an admin's apt run): wait for dpkg's
+# lock instead of failing on it. apt-get update has no such option for the lists lock: retried.
+APT_LOCK_WAIT_S ?= 600
+APT_GET := apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) -y -q
 
 # Inputs of the editable install (the cffi extension is compiled from native/).
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c)
@@ -42,9 +54,11 @@ deps:
 	for p in $$missing; do \
 	  apt-cache policy "$$p" 2>/dev/null | grep -q 'Candidate: [^(]' || need_update=1; \
 	done; \
-	if [ $$need_update = 1 ]; then apt-get update -q; fi; \
-	apt-get install -y -q --no-install-recommends $$missing || \
-	  { apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; }
+	apt_update() { for try in 1 2 3 4 5 6 7 8 9 10; do apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) update -q && return 0; \
+	  echo "deps: apt-get update failed (try $$try; another apt may hold the lists lock), retrying in 10 s" >&2; sleep 10; done; return 1; }; \
+	if [ $$need_update = 1 ]; then apt_update; fi; \
+	$(APT_GET) install --no-install-recommends $$missing || \
+	  { apt_update && $(APT_GET) install --no-install-recommends $$missing; }
 
 venv: $(PY)
 
