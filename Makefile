@@ -35,7 +35,7 @@ APT_GET := apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) -y -q
 # Inputs of the editable install (the cffi extension is compiled from native/).
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c)
 
-.PHONY: all deps venv build test test-unit test-sanitize test-netns fuzz demo bench bench-quick clean distclean
+.PHONY: all deps venv build test test-unit test-dist test-sanitize test-netns fuzz demo bench bench-quick clean distclean
 
 all: build
 
@@ -82,6 +82,7 @@ endef
 
 test: build
 	$(call run_pytest,tests/unit)
+	$(call run_pytest,tests/dist)
 	@$(MAKE) --no-print-directory test-sanitize
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
 	$(call run_pytest,tests/netns)
@@ -94,6 +95,10 @@ test-unit: build
 
 test-netns: build
 	$(call run_pytest,tests/netns)
+
+# The sdist, a wheel built from it, installed into a throwaway venv; `make install` into a DESTDIR.
+test-dist: build
+	$(call run_pytest,tests/dist)
 
 # ---------------------------------------------------------------- C core without Python
 # native/tests/harness.c drives the packet core directly (replay, churn); nfq.c is the
@@ -147,7 +152,7 @@ fuzz: deps $(HARNESS_DEPS)
 	@echo "fuzz: no crash in $(FUZZ_SECONDS) s (new inputs kept in $(SAN_DIR)/fuzz-corpus)"
 
 demo: build
-	$(PY) -m lb.demo
+	$(PY) -m lb.testbed.demo
 
 # Benchmarks (bench/README.md): BENCH_ARGS is passed through, e.g. BENCH_ARGS="--out DIR".
 BENCH_STAMP := $(VENV)/.lvs-userspace-bench-extra

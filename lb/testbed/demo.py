@@ -1,4 +1,4 @@
-"""`python -m lb.demo` (or `make demo`): lbd forwarding real HTTP requests in namespaces.
+"""`python -m lb.testbed.demo` (or `make demo`): lbd forwarding real HTTP requests in namespaces.
 
 Three sections, one per forwarding method: DR, IPIP (tunnel) and FULLNAT. Each
 builds its own topology of network namespaces (client, director, real servers;
@@ -379,7 +379,7 @@ def _tail(path: Path, chars: int = 2000) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lb.demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m lb.testbed.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=[s.key for s in SECTIONS], action="append",
                     help="run only this section (repeatable; default: all)")
     ap.add_argument("-n", "--requests", type=int, default=12, help="HTTP requests per section (default 12)")
