@@ -53,14 +53,16 @@ from lb.model import ConfigError
 
 log = logging.getLogger("lbd")
 
-DEFAULT_SOCKET = "/run/lbd/lbd.sock"
+DEFAULT_SOCKET = "/run/lbd/lbd.sock"  # in the initial network namespace; per namespace elsewhere (lb/paths.py)
 MAX_REQUEST_BYTES = 1 << 20
 RESOLVE_UNRESOLVED_EVERY_S = 1.0
 RESOLVE_ALL_EVERY_S = 15.0
 
 
 def socket_path(cli_value: str | None) -> str:
-    return cli_value or os.environ.get("LBD_SOCKET") or DEFAULT_SOCKET
+    from lb.ctlclient import resolve_socket_path  # the same rule as lbadm's, namespace included
+
+    return resolve_socket_path(cli_value)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,7 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--diff", action="store_true",
                    help="with --check: print the changes a reload with FILE would make to the running lbd")
     p.add_argument("file", nargs="?", metavar="FILE", help="configuration file for --check")
-    p.add_argument("--socket", metavar="PATH", help=f"control socket (default: $LBD_SOCKET or {DEFAULT_SOCKET})")
+    p.add_argument("--socket", metavar="PATH", help=f"control socket (default: $LBD_SOCKET, else per network namespace: {DEFAULT_SOCKET} "
+                   "in the initial one, /run/lbd/netns/NAME/lbd.sock in a named one)")
     p.add_argument("--queue-num", type=int, default=None, metavar="N", help="NFQUEUE number to bind (default 0)")
     p.add_argument("--queue-balance", metavar="FIRST:LAST",
                    help="bind every queue of the range, one fast-path thread each (C engine), and spread "
@@ -122,7 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--state-dir", metavar="DIR", default=None,
                    help="where lbd keeps its state file lbd-q<N>.state: the configuration and the connection "
                    "table, saved every 2 s and on exit (atomically), re-applied at start when there is no "
-                   "--config (default: the control socket's directory, /run/lbd; '' disables it)")
+                   "--config (default: the control socket's directory, /run/lbd or /run/lbd/netns/NAME; '' disables it)")
     p.add_argument("--restore", action="store_true",
                    help="re-apply the state file even with --config (first the saved state and its connections, "
                    "then the file's differences, as a reload)")
