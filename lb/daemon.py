@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lb import __version__
+from lb import __version__, logsetup, sdnotify
 from lb.director import BatchError, Director, Resolution
 from lb.engine import Engine, EngineError, FwdState
 from lb.estimator import ESTIMATOR_TICK_S
@@ -131,6 +131,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "then the file's differences, as a reload)")
     p.add_argument("--conn-max", type=int, default=0, metavar="N", help="connection table size (C engine)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    p.add_argument("--log-format", choices=logsetup.LOG_FORMATS, default="text",
+                   help="text (default): one line per event for people; json: one JSON object per line "
+                   "(time, level, logger, pid, message and the event's own fields) for log shippers")
     p.add_argument("--version", action="version", version=f"lbd {__version__}")
     args = p.parse_args(argv)
     _check_queue_options(p, args)
@@ -371,12 +374,17 @@ def _reload_on_sighup(director: Director) -> None:
         log.warning("SIGHUP: lbd was started without --config, nothing to reload")
         return
     log.info("SIGHUP: reloading %s", director.config_path)
+    sdnotify.reloading()
+    outcome = f"reloaded {director.config_path}"
     try:
         director.handle("reload", {})
     except (EngineError, ConfigError) as exc:
         log.error("reload failed: %s", exc)
-    except Exception:
+        outcome = f"reload of {director.config_path} failed, previous configuration kept: {exc}"
+    except Exception as exc:
         log.exception("reload failed")
+        outcome = f"reload of {director.config_path} failed, previous configuration kept: {exc}"
+    sdnotify.ready(outcome)
 
 
 def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Any:
@@ -657,6 +665,8 @@ async def run(args: argparse.Namespace) -> int:
         log.info("lbd %s ready: control socket %s, queue %d, engine %s, down-policy %s%s", __version__,
                  server.path, args.queue_num, engine.name, args.down_policy,
                  f", state {snapshot}" if snapshot else "")
+        # Only now, with the tables loaded and the rules in place, may systemd call lbd started.
+        sdnotify.ready(f"serving: queue {args.queue_num}, engine {engine.name}, control socket {server.path}")
         tasks = [asyncio.ensure_future(_estimator_loop(director, stop))]
         if snapshot is not None:
             tasks.append(asyncio.ensure_future(_snapshot_loop(director, snapshot, stop)))
@@ -672,6 +682,7 @@ async def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         stop.set()
+        sdnotify.stopping()
         if monitor is not None:
             monitor.stop()
         await server.close()
@@ -756,9 +767,7 @@ def _print_diff(config: Any, sock: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # INFO by default, -v: DEBUG for lbd's own modules; libraries stay at WARNING.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="lbd[%(process)d] %(levelname)s %(message)s")
-    for name in ("lbd", "lb"):
-        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logsetup.configure(args.log_format, args.verbose)
     if args.check:
         # The dry run's own "rejected" log line would repeat the error check() prints.
         logging.getLogger("lbd").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)

@@ -1,0 +1,103 @@
+"""lbd under systemd's Type=notify protocol (issue 12, item 4), with the notification socket owned here.
+
+systemd calls a Type=notify service started when READY=1 arrives, and orders everything that
+comes `After=` it on that. So READY=1 must mean "the tables are loaded and the iptables rules are
+in place": when it arrives, lbd is frozen (SIGSTOP, by PID) and its namespace's rules and services
+are read. RELOADING=1 ... READY=1 frame a SIGHUP reload (the new rule exists at the second
+READY=1); STOPPING=1 comes on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from conftest import LBADM, LBD, READY_TIMEOUT_S, STOP_TIMEOUT_S, iptables_leftovers
+
+from lb.testbed.topology import Topology
+
+PORT = 80
+PORT2 = 8080
+
+
+def _config(topo: Topology, ports: tuple[int, ...]) -> str:
+    text = ""
+    for port in ports:
+        text += (f'[[service]]\nproto = "tcp"\naddr = "{topo.vip}"\nport = {port}\nsched = "rr"\n'
+                 f'  [[service.dest]]\n  addr = "{topo.reals[0].addr}"\n  fwd = "route"\n  weight = 1\n')
+    return text
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    try:
+        yield sock, path
+    finally:
+        sock.close()
+
+
+def _next(sock: socket.socket, proc: subprocess.Popen[Any], log: Path, timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(0.2)
+        try:
+            data = sock.recv(4096).decode()
+        except TimeoutError:
+            assert proc.poll() is None or timeout == STOP_TIMEOUT_S, \
+                f"lbd exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+            continue
+        return dict(line.split("=", 1) for line in data.split("\n") if line)
+    raise AssertionError(f"no notification within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def _raw_rules(topo: Topology) -> str:
+    return topo.director.exec(["iptables-save", "-t", "raw"]).stdout
+
+
+def test_ready_only_once_rules_are_installed(topo: Topology, notify_socket: tuple[socket.socket, str],
+                                            tmp_path: Path) -> None:
+    sock, path = notify_socket
+    config, log, ctl = tmp_path / "lbd.toml", tmp_path / "lbd.log", str(tmp_path / "lbd.sock")
+    config.write_text(_config(topo, (PORT,)))
+    env_cmd = ["env", f"NOTIFY_SOCKET={path}"]
+    with open(log, "w") as out:
+        proc = topo.director.popen([*env_cmd, str(LBD), "--socket", ctl, "--config", str(config), "-v"],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        ready = _next(sock, proc, log, READY_TIMEOUT_S)
+        proc.send_signal(signal.SIGSTOP)  # freeze lbd where READY=1 left it
+        try:
+            rules = _raw_rules(topo)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert ready.get("READY") == "1", ready
+        assert f"queue 0" in ready.get("STATUS", "") and ctl in ready["STATUS"], ready
+        assert f"-d {topo.vip}/32 -p tcp -m tcp --dport {PORT} -j NFQUEUE" in rules, rules
+        listed = topo.director.exec([str(LBADM), "--socket", ctl, "-Ln"]).stdout
+        assert f"TCP  {topo.vip}:{PORT} rr" in listed and topo.reals[0].addr in listed, listed
+
+        # SIGHUP (the unit's ExecReload): RELOADING=1, then READY=1 once the new rule is in.
+        config.write_text(_config(topo, (PORT, PORT2)))
+        proc.send_signal(signal.SIGHUP)
+        reloading = _next(sock, proc, log, READY_TIMEOUT_S)
+        assert reloading.get("RELOADING") == "1" and int(reloading["MONOTONIC_USEC"]) > 0, reloading
+        again = _next(sock, proc, log, READY_TIMEOUT_S)
+        assert again.get("READY") == "1" and "reloaded" in again.get("STATUS", ""), again
+        assert f"--dport {PORT2} -j NFQUEUE" in _raw_rules(topo)
+
+        proc.send_signal(signal.SIGTERM)
+        assert _next(sock, proc, log, STOP_TIMEOUT_S).get("STOPPING") == "1"
+        assert topo.stop_process(proc, timeout=STOP_TIMEOUT_S) == 0, log.read_text()[-3000:]
+        assert not iptables_leftovers(topo.director)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            topo.stop_process(proc, timeout=STOP_TIMEOUT_S)
