@@ -72,7 +72,8 @@ def test_sdist_carries_what_a_build_and_the_operator_files_need(dist: dict[str, 
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     needed = ["native/build_ffi.py", "native/include/lb_api.h", "native/include/lb_internal.h",
               "native/src/core.c", "native/src/nfq.c", "setup.py", "pyproject.toml", "Makefile",
-              "configs/dr.toml", "configs/reference.toml",
+              "configs/dr.toml", "configs/reference.toml", "man/lbd.8", "man/lbadm.8",
+              "systemd/lbd.service", "systemd/lbd@.service", "completion/lbadm.bash", "completion/lbd.bash",
               "lb/testbed/topology.py", "tests/netns/conftest.py"]
     missing = [n for n in needed if n not in names]
     assert not missing, f"{dist['sdist'].name} (version {version}) lacks {missing}"

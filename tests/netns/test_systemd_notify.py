@@ -9,6 +9,7 @@ READY=1); STOPPING=1 comes on SIGTERM.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -100,4 +101,47 @@ def test_ready_only_once_rules_are_installed(topo: Topology, notify_socket: tupl
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)
+            topo.stop_process(proc, timeout=STOP_TIMEOUT_S)
+
+
+def _unit_capabilities() -> list[str]:
+    unit = Path(__file__).resolve().parents[2] / "systemd" / "lbd.service"
+    line = next(x for x in unit.read_text().splitlines() if x.startswith("CapabilityBoundingSet="))
+    return [c.lower().removeprefix("cap_") for c in line.split("=", 1)[1].split()]
+
+
+def test_lbd_serves_with_only_the_units_capabilities(topo: Topology, notify_socket: tuple[socket.socket, str],
+                                                    tmp_path: Path, http: Any) -> None:
+    """The unit's CapabilityBoundingSet= and NoNewPrivileges=, applied by setpriv as systemd would:
+    lbd binds its queue, installs its rules, resolves the real servers and balances real requests."""
+    caps = _unit_capabilities()
+    assert caps == ["net_admin", "net_raw"]
+    sock, path = notify_socket
+    config, log, ctl = tmp_path / "lbd.toml", tmp_path / "lbd.log", str(tmp_path / "lbd.sock")
+    config.write_text(f'[[service]]\nproto = "tcp"\naddr = "{topo.vip}"\nport = {PORT}\nsched = "rr"\n' + "".join(
+        f'  [[service.dest]]\n  addr = "{rs.addr}"\n  fwd = "route"\n  weight = 1\n' for rs in topo.reals))
+    bounded = ["setpriv", "--bounding-set", ",".join(["-all", *(f"+{c}" for c in caps)]),
+               "--inh-caps", "-all", "--no-new-privs"]
+    with open(log, "w") as out:
+        proc = topo.director.popen([*bounded, "env", f"NOTIFY_SOCKET={path}", str(LBD), "--socket", ctl,
+                                    "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        assert _next(sock, proc, log, READY_TIMEOUT_S).get("READY") == "1"
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        eff = int(re.search(r"^CapEff:\s+([0-9a-f]+)", status, re.MULTILINE).group(1), 16)  # type: ignore[union-attr]
+        assert eff == (1 << 12) | (1 << 13), f"CapEff {eff:#x}: expected CAP_NET_ADMIN|CAP_NET_RAW only"
+        deadline = time.monotonic() + 10.0
+        while True:
+            listed = topo.director.exec([str(LBADM), "--socket", ctl, "--json", "-Ln"]).stdout
+            if listed.count('"resolved"') >= len(topo.reals) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        replies = http.gets(len(topo.reals) * 2)
+        assert all(r.ok for r in replies), [r.error for r in replies if not r.ok]
+        assert {r.server for r in replies} == {rs.name for rs in topo.reals}
+        proc.send_signal(signal.SIGTERM)
+        assert topo.stop_process(proc, timeout=STOP_TIMEOUT_S) == 0, log.read_text()[-3000:]
+        assert not iptables_leftovers(topo.director)
+    finally:
+        if proc.poll() is None:
             topo.stop_process(proc, timeout=STOP_TIMEOUT_S)
