@@ -34,21 +34,11 @@ def _run(argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None 
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _index_unreachable(scratch: Path) -> str | None:
-    """None when pip can download from the configured index, else pip's own last words."""
-    proc = _run([sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(scratch), "setuptools>=77"],
-                cwd=scratch, timeout=PIP_TIMEOUT_S)
-    if proc.returncode == 0:
-        return None
-    lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-    return lines[-1] if lines else f"pip download exited {proc.returncode}"
-
-
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def dist(tmp_path_factory: pytest.TempPathFactory, index_problem: str | None) -> dict[str, Any]:
     pytest.importorskip("build", reason="the `build` package is not installed (it is in the test extra: make build)")
     work = tmp_path_factory.mktemp("dist")
-    offline = _index_unreachable(work)
+    offline = index_problem
     if offline:
         pytest.skip(f"the package index is unreachable, so no isolated build or install can run: {offline}")
     out = work / "out"
