@@ -14,8 +14,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest import LBADM, LBD, READY_TIMEOUT_S, STOP_TIMEOUT_S, iptables_leftovers
@@ -80,7 +81,7 @@ def test_ready_only_once_rules_are_installed(topo: Topology, notify_socket: tupl
         finally:
             proc.send_signal(signal.SIGCONT)
         assert ready.get("READY") == "1", ready
-        assert f"queue 0" in ready.get("STATUS", "") and ctl in ready["STATUS"], ready
+        assert "queue 0" in ready.get("STATUS", "") and ctl in ready["STATUS"], ready
         assert f"-d {topo.vip}/32 -p tcp -m tcp --dport {PORT} -j NFQUEUE" in rules, rules
         listed = topo.director.exec([str(LBADM), "--socket", ctl, "-Ln"]).stdout
         assert f"TCP  {topo.vip}:{PORT} rr" in listed and topo.reals[0].addr in listed, listed

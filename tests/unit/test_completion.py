@@ -33,7 +33,7 @@ def complete(script: str, words: list[str], func: str) -> list[str]:
                f"COMP_LINE={shlex.quote(' '.join(words))}\n"
                f"{func}\n"
                'printf "%s\\n" "${COMPREPLY[@]}"\n')
-    proc = subprocess.run([BASH, "--norc", "--noprofile", "-c", program], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([BASH, "--norc", "--noprofile", "-c", program], capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr
     return [line for line in proc.stdout.splitlines() if line]
 
@@ -81,7 +81,7 @@ def _long_options(help_text: str) -> set[str]:
 
 def test_every_lbadm_option_of_its_help_is_offered() -> None:
     helptext = subprocess.run([sys.executable, "-m", "lb.cli", "-h"], capture_output=True, text=True,
-                              cwd=REPO, timeout=60)
+                              cwd=REPO, timeout=60, check=False)
     documented = _long_options(helptext.stdout + helptext.stderr)
     assert "--add-service" in documented, helptext
     offered = set(complete("lbadm.bash", ["lbadm", "--"], "_lbadm"))
@@ -94,7 +94,7 @@ def test_lbd_values_and_every_option_of_its_help() -> None:
     assert complete("lbd.bash", ["lbd", "--log-format", "j"], "_lbd") == ["json"]
     assert complete("lbd.bash", ["lbd", "--down-policy", "c"], "_lbd") == ["closed"]
     helptext = subprocess.run([sys.executable, "-m", "lb.daemon", "--help"], capture_output=True, text=True,
-                              cwd=REPO, timeout=60).stdout
+                              cwd=REPO, timeout=60, check=False).stdout
     documented = _long_options(helptext)
     assert "--down-policy" in documented
     assert documented - set(complete("lbd.bash", ["lbd", "--"], "_lbd")) == set()
