@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--diff", action="store_true",
                    help="with --check: print the changes a reload with FILE would make to the running lbd")
     p.add_argument("file", nargs="?", metavar="FILE", help="configuration file for --check")
-    p.add_argument("--socket", metavar="PATH", help=f"control socket (default: $LBD_SOCKET, else per network namespace: {DEFAULT_SOCKET} "
+    p.add_argument("--socket", metavar="PATH",
+                   help=f"control socket (default: $LBD_SOCKET, else per network namespace: {DEFAULT_SOCKET} "
                    "in the initial one, /run/lbd/netns/NAME/lbd.sock in a named one)")
     p.add_argument("--queue-num", type=int, default=None, metavar="N", help="NFQUEUE number to bind (default 0)")
     p.add_argument("--queue-balance", metavar="FIRST:LAST",
@@ -125,7 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--state-dir", metavar="DIR", default=None,
                    help="where lbd keeps its state file lbd-q<N>.state: the configuration and the connection "
                    "table, saved every 2 s and on exit (atomically), re-applied at start when there is no "
-                   "--config (default: the control socket's directory, /run/lbd or /run/lbd/netns/NAME; '' disables it)")
+                   "--config (default: the control socket's directory, /run/lbd or /run/lbd/netns/NAME; "
+                   "'' disables it)")
     p.add_argument("--restore", action="store_true",
                    help="re-apply the state file even with --config (first the saved state and its connections, "
                    "then the file's differences, as a reload)")

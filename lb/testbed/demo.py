@@ -212,7 +212,8 @@ class Demo:
         sock = str(rundir / paths.SOCKET_NAME)
         log_path = workdir / "lbd.log"
         argv = [self.lbd_bin, "--queue-num", "0", "--engine", self.engine]
-        self.say(f"\nstarting lbd in the director's namespace:\n  $ {shlex.join(['ip', 'netns', 'exec', topo.director.netns, *argv])}")
+        command = shlex.join(["ip", "netns", "exec", topo.director.netns, *argv])
+        self.say(f"\nstarting lbd in the director's namespace:\n  $ {command}")
         with open(log_path, "w") as log:
             proc = topo.director.popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:

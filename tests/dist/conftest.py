@@ -16,7 +16,8 @@ def index_problem(tmp_path_factory: pytest.TempPathFactory) -> str | None:
     """None when pip can download from the configured index, else pip's own last words."""
     scratch: Path = tmp_path_factory.mktemp("index-probe")
     proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(scratch),
-                           "setuptools>=77"], cwd=scratch, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
+                           "setuptools>=77"], cwd=scratch, capture_output=True, text=True, timeout=PIP_TIMEOUT_S,
+                          check=False)
     if proc.returncode == 0:
         return None
     lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]

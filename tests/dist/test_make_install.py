@@ -68,7 +68,8 @@ def test_install_then_uninstall_in_a_destdir(tmp_path: Path, index_problem: str 
 
     # The staged venv runs where it is (a venv finds itself from its python's location).
     python = str(root / LIBDIR.lstrip("/") / "bin" / "python")
-    version = subprocess.run([python, "-m", "lb.daemon", "--version"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    version = subprocess.run([python, "-m", "lb.daemon", "--version"], cwd=tmp_path, capture_output=True, text=True,
+                             check=False)
     assert version.returncode == 0 and version.stdout.startswith("lbd "), version
     check = subprocess.run([python, "-m", "lb.daemon", "--check", str(REPO / "configs/fnat.toml")],
                            cwd=tmp_path, capture_output=True, text=True, check=False)

@@ -33,7 +33,8 @@ def complete(script: str, words: list[str], func: str) -> list[str]:
                f"COMP_LINE={shlex.quote(' '.join(words))}\n"
                f"{func}\n"
                'printf "%s\\n" "${COMPREPLY[@]}"\n')
-    proc = subprocess.run([BASH, "--norc", "--noprofile", "-c", program], capture_output=True, text=True, timeout=30, check=False)
+    proc = subprocess.run([BASH, "--norc", "--noprofile", "-c", program],
+                          capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 0, proc.stderr
     return [line for line in proc.stdout.splitlines() if line]
 
@@ -71,7 +72,8 @@ def test_lbadm_without_a_running_lbd_offers_nothing_quietly(tmp_path: Path) -> N
 
 
 def test_lbadm_doctor_options() -> None:
-    assert complete("lbadm.bash", ["lbadm", "doctor", "--"], "_lbadm") == ["--json", "--window", "--queue-num", "--help"]
+    offered = complete("lbadm.bash", ["lbadm", "doctor", "--"], "_lbadm")
+    assert offered == ["--json", "--window", "--queue-num", "--help"]
 
 
 def _long_options(help_text: str) -> set[str]:

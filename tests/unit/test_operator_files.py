@@ -34,9 +34,11 @@ def test_the_pages_and_units_exist() -> None:
 
 @pytest.mark.parametrize("page", MAN_PAGES, ids=lambda p: p.name)
 def test_man_page_lints_clean(page: Path) -> None:
-    mandoc = subprocess.run([_need("mandoc"), "-Tlint", "-W", "warning", str(page)], capture_output=True, text=True, check=False)
+    mandoc = subprocess.run([_need("mandoc"), "-Tlint", "-W", "warning", str(page)],
+                            capture_output=True, text=True, check=False)
     assert mandoc.returncode == 0 and not mandoc.stdout + mandoc.stderr, mandoc.stdout + mandoc.stderr
-    groff = subprocess.run([_need("groff"), "-ww", "-z", "-man", str(page)], capture_output=True, text=True, check=False)
+    groff = subprocess.run([_need("groff"), "-ww", "-z", "-man", str(page)],
+                           capture_output=True, text=True, check=False)
     assert groff.returncode == 0 and not groff.stderr, groff.stderr
     man = subprocess.run([_need("man"), "--warnings", "-l", str(page)], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "MANWIDTH": "80", "LANG": "C.UTF-8"}, check=False)
@@ -96,9 +98,10 @@ def test_systemd_verifies_the_unit(unit: Path, tmp_path: Path) -> None:
         targets.append(instance)
     for target in targets:
         # MANPATH: Documentation=man:lbd(8) must resolve to these pages.
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "MANPATH": str(_man_tree(tmp_path / target.stem)),
+               "SYSTEMD_LOG_COLOR": "0"}
         proc = subprocess.run([analyze, "verify", str(target)], capture_output=True, text=True, timeout=120,
-                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "MANPATH": str(_man_tree(tmp_path / target.stem)),
-                                   "SYSTEMD_LOG_COLOR": "0"}, check=False)
+                              env=env, check=False)
         assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), \
             f"systemd-analyze verify {target.name}:\n{proc.stdout}{proc.stderr}"
 

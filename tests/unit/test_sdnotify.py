@@ -35,7 +35,8 @@ def test_ready_carries_status(receiver: tuple[socket.socket, str]) -> None:
     assert _fields(sock) == {"READY": "1", "STATUS": "serving"}
 
 
-def test_reloading_carries_the_monotonic_clock(receiver: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reloading_carries_the_monotonic_clock(receiver: tuple[socket.socket, str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     sock, path = receiver
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     assert sdnotify.reloading()
