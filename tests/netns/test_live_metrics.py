@@ -10,7 +10,6 @@ scrape, lbadm again, accepted only when both lbadm reads agree (bounded retries)
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from lb.testbed import tools
 from lb.testbed.topology import Topology
 
 from conftest import HTTP_PORT, parse_ln, running_lbd  # type: ignore[import-not-found]
@@ -114,9 +114,10 @@ def backend_labels(vip: str, port: str, rip: str, rport: str) -> tuple[tuple[str
 
 
 def test_live_metrics_pass_promtool_and_match_lbadm(metrics_lbd: Lbd, topo: Topology, http: HttpHelper) -> None:
-    promtool = shutil.which("promtool")
+    promtool = tools.promtool()
     if promtool is None:
-        pytest.skip("promtool not installed: Debian package prometheus (in the Makefile's DEB_PKGS; run `make deps`)")
+        pytest.skip("promtool not found on PATH nor in build/tools "
+                    "(`make test-netns` unpacks it from Debian's prometheus package)")
     lbd = metrics_lbd
     vip = topo.vip
     lbd.lbadm("-A", "-t", f"{vip}:{HTTP_PORT}", "-s", "rr")

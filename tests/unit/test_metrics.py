@@ -12,7 +12,6 @@ prints.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import threading
 import urllib.error
@@ -25,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scapy.all import IP, TCP, raw  # type: ignore[import-untyped]
 
 from lb.director import BatchError, Director, Resolution
+from lb.testbed import tools
 from lb.engine import FwdState, Reason
 from lb.metrics import (
     IPVS_BACKEND_LABELS,
@@ -291,9 +291,10 @@ def test_adapter_counters_per_queue_with_labels() -> None:
 
 
 def test_promtool_accepts_the_exposition(director: Director) -> None:
-    promtool = shutil.which("promtool")
+    promtool = tools.promtool()
     if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus; `make deps` installs it)")
+        pytest.skip("promtool not found on PATH nor in build/tools "
+                    "(`make test-unit` unpacks it from Debian's prometheus package)")
     drive(director, 4)
     text, _ = scrape(director)
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
