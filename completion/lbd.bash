@@ -6,7 +6,7 @@ _lbd() {
     local options="--config --check --diff --socket --queue-num --queue-balance --queue-cpus
         --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --no-iptables
         --conntrack --down-policy --cleanup --state-dir --restore --conn-max --verbose -v
-        --log-format --version --help -h"
+        --log-format --metrics --version --help -h"
     COMPREPLY=()
     case $prev in
         --config|--socket) COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
@@ -14,7 +14,7 @@ _lbd() {
         --engine) COMPREPLY=($(compgen -W "c python" -- "$cur")); return 0 ;;
         --down-policy) COMPREPLY=($(compgen -W "open closed" -- "$cur")); return 0 ;;
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return 0 ;;
-        --queue-num|--queue-balance|--queue-cpus|--gso-mtu|--conn-max) return 0 ;;
+        --queue-num|--queue-balance|--queue-cpus|--gso-mtu|--conn-max|--metrics) return 0 ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "$options" -- "$cur"))
