@@ -1,0 +1,48 @@
+"""Every oracle scheduler by its ipvsadm name, and which hooks the kernel's version has."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .sched_base import Scheduler
+from .sched_failover import FoScheduler, OvfScheduler
+from .sched_leastconn import LcScheduler, NqScheduler, SedScheduler, WlcScheduler
+from .sched_rr import RrScheduler
+from .sched_twos import TwosScheduler
+from .sched_wrr import WrrScheduler
+
+SCHEDULERS: Final[dict[str, type[Scheduler]]] = {
+    cls.name: cls
+    for cls in (
+        RrScheduler,
+        WrrScheduler,
+        LcScheduler,
+        WlcScheduler,
+        SedScheduler,
+        NqScheduler,
+        FoScheduler,
+        OvfScheduler,
+        TwosScheduler,
+    )
+}
+
+# The struct ip_vs_scheduler hooks each kernel scheduler sets (the others are NULL). An
+# implementation with a hook the kernel lacks (e.g. dh reacting to a weight edit) differs.
+KERNEL_HOOKS: Final[dict[str, frozenset[str]]] = {
+    "rr": frozenset({"init_service", "del_dest"}),
+    "wrr": frozenset({"init_service", "done_service", "add_dest", "del_dest", "upd_dest"}),
+    "lc": frozenset(),
+    "wlc": frozenset(),
+    "sed": frozenset(),
+    "nq": frozenset(),
+    "fo": frozenset(),
+    "ovf": frozenset(),
+    "twos": frozenset(),
+}
+
+
+def make_scheduler(name: str) -> Scheduler:
+    try:
+        return SCHEDULERS[name]()
+    except KeyError:
+        raise ValueError(f"no oracle for scheduler {name!r}; known: {', '.join(sorted(SCHEDULERS))}") from None
