@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Final
 
 from .sched_base import Scheduler
+from .sched_dh import DhScheduler
 from .sched_failover import FoScheduler, OvfScheduler
 from .sched_leastconn import LcScheduler, NqScheduler, SedScheduler, WlcScheduler
+from .sched_mh import MhScheduler
 from .sched_rr import RrScheduler
+from .sched_sh import ShScheduler
 from .sched_twos import TwosScheduler
 from .sched_wrr import WrrScheduler
 
@@ -22,6 +25,9 @@ SCHEDULERS: Final[dict[str, type[Scheduler]]] = {
         NqScheduler,
         FoScheduler,
         OvfScheduler,
+        ShScheduler,
+        DhScheduler,
+        MhScheduler,
         TwosScheduler,
     )
 }
@@ -37,6 +43,9 @@ KERNEL_HOOKS: Final[dict[str, frozenset[str]]] = {
     "nq": frozenset(),
     "fo": frozenset(),
     "ovf": frozenset(),
+    "sh": frozenset({"init_service", "done_service", "add_dest", "del_dest", "upd_dest"}),
+    "dh": frozenset({"init_service", "done_service", "add_dest", "del_dest"}),
+    "mh": frozenset({"init_service", "done_service", "add_dest", "del_dest", "upd_dest"}),
     "twos": frozenset(),
 }
 
