@@ -7,6 +7,8 @@ from typing import Final
 from .sched_base import Scheduler
 from .sched_dh import DhScheduler
 from .sched_failover import FoScheduler, OvfScheduler
+from .sched_lblc import LblcScheduler
+from .sched_lblcr import LblcrScheduler
 from .sched_leastconn import LcScheduler, NqScheduler, SedScheduler, WlcScheduler
 from .sched_mh import MhScheduler
 from .sched_rr import RrScheduler
@@ -28,6 +30,8 @@ SCHEDULERS: Final[dict[str, type[Scheduler]]] = {
         ShScheduler,
         DhScheduler,
         MhScheduler,
+        LblcScheduler,
+        LblcrScheduler,
         TwosScheduler,
     )
 }
@@ -46,6 +50,8 @@ KERNEL_HOOKS: Final[dict[str, frozenset[str]]] = {
     "sh": frozenset({"init_service", "done_service", "add_dest", "del_dest", "upd_dest"}),
     "dh": frozenset({"init_service", "done_service", "add_dest", "del_dest"}),
     "mh": frozenset({"init_service", "done_service", "add_dest", "del_dest", "upd_dest"}),
+    "lblc": frozenset({"init_service", "done_service"}),
+    "lblcr": frozenset({"init_service", "done_service"}),
     "twos": frozenset(),
 }
 
