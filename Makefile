@@ -127,7 +127,7 @@ test-dist: build
 # compares kernel IPVS with lbd there (tests/kernel/README.md; ~4-5 minutes). kernel-deps
 # installs what the guest needs: Debian packages, virtme-ng (the `kernel` extra), and the
 # kernel package itself, unpacked into ~/.cache/lvs-userspace-guest (all idempotent).
-GUEST_DEB_PKGS := qemu-system-x86 busybox-static kmod udev ipvsadm
+GUEST_DEB_PKGS := qemu-system-x86 busybox-static kmod udev file ipvsadm
 KERNEL_STAMP := $(VENV)/.lvs-userspace-kernel-extra
 
 $(KERNEL_STAMP): $(STAMP) pyproject.toml

@@ -7,7 +7,8 @@ system (read-only) and runs one shell command in it. Used by tests/kernel/ and b
 
 What the guest needs (`make kernel-deps` installs all of it; `prepare_kernel()` is idempotent):
 - Debian packages DEB_PACKAGES: qemu-system-x86 (qemu itself), busybox-static (virtme-ng's
-  init), kmod (modprobe in the guest), udev (without it --exec's output is lost), ipvsadm;
+  init), kmod (modprobe in the guest), udev (without it --exec's output is lost), file
+  (virtme-ng reads the kernel's version with it), ipvsadm;
 - virtme-ng (`vng`) from PyPI in the project's venv (the `kernel` extra of pyproject.toml);
 - the kernel: `apt-get download linux-image-6.1.0-<N>-amd64` (the newest apt offers), `dpkg -x`
   into CACHE/k and `depmod -b` there. CACHE must be visible in the guest: virtme-ng puts
@@ -40,7 +41,7 @@ from pathlib import Path
 
 CACHE = Path(os.environ.get("LB_GUEST_CACHE") or Path.home() / ".cache" / "lvs-userspace-guest")
 KERNEL_DIR = CACHE / "k"
-DEB_PACKAGES = ("qemu-system-x86", "busybox-static", "kmod", "udev", "ipvsadm")
+DEB_PACKAGES = ("qemu-system-x86", "busybox-static", "kmod", "udev", "file", "ipvsadm")
 KERNEL_PACKAGE_RE = r"^linux-image-6\.1\.0-[0-9]+-amd64$"
 # Other helpers and CI steps may hold the dpkg lock: wait for it rather than fail.
 APT_LOCK_TIMEOUT = ("-o", "DPkg::Lock::Timeout=600")
@@ -173,6 +174,11 @@ class BootResult:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return "(no log)"
+
+    def launcher_crashed(self) -> bool:
+        """virtme-ng itself failed (a Python traceback) before qemu ran: a set-up bug (a
+        missing tool), not a host that cannot boot the guest."""
+        return not self.booted and "Traceback (most recent call last)" in self.log_tail(20000)
 
     def why_not_booted(self) -> str:
         """The last lines of the log that say why qemu/virtme-ng did not reach the command."""

@@ -68,6 +68,9 @@ def conformance(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if KEEP.exists():
         shutil.rmtree(KEEP)
     shutil.copytree(out, KEEP)
+    if res.launcher_crashed():
+        pytest.fail(f"virtme-ng failed before qemu ran ({res.command}, {res.rc}); a missing dependency of "
+                    f"`make kernel-deps`? {res.why_not_booted()}\n{res.log_tail(2500)}")
     if not res.booted:
         pytest.skip(f"qemu could not boot the guest ({res.command}, {res.rc}): {res.why_not_booted()}")
     result = out / "conformance.json"
