@@ -1,7 +1,8 @@
 # lvs-userspace: build, test and demo. Run as root on Debian 12 (or similar).
 #   make demo   - builds everything, runs the DR demo in its own network namespaces
 #   make test   - builds everything, runs tests/unit, the C core under ASan/UBSan
-#                 and valgrind (test-sanitize), then tests/netns
+#                 and valgrind (test-sanitize), then tests/netns, then tests/kernel
+#                 (test-kernel: kernel IPVS vs lbd in a qemu guest)
 #   make fuzz   - libFuzzer run of the packet core (FUZZ_SECONDS, default 60)
 #   make bench  - the benchmark suite (bench/README.md; ~14 min), bench-quick a smoke run
 # Every target is idempotent.
@@ -36,6 +37,7 @@ APT_GET := apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) -y -q
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c)
 
 .PHONY: all deps install-deps install uninstall venv build test test-unit test-dist test-sanitize test-netns fuzz demo bench bench-quick clean distclean
+.PHONY: test-kernel kernel-deps
 
 all: build
 
@@ -105,6 +107,7 @@ test: build $(PROMTOOL)
 	@$(MAKE) --no-print-directory test-sanitize
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
 	$(call run_pytest,tests/netns)
+	@$(MAKE) --no-print-directory test-kernel
 
 # A bounded fuzz session on every `make test` (issue 8: CI fuzzes for minutes).
 CI_FUZZ_SECONDS ?= 120
@@ -118,6 +121,25 @@ test-netns: build $(PROMTOOL)
 # The sdist, a wheel built from it, installed into a throwaway venv; `make install` into a DESTDIR.
 test-dist: build
 	$(call run_pytest,tests/dist)
+
+# ---------------------------------------------------------------- kernel IPVS conformance
+# tests/kernel boots Debian's 6.1 kernel under qemu (this host's kernel has no ip_vs) and
+# compares kernel IPVS with lbd there (tests/kernel/README.md; ~4-5 minutes). kernel-deps
+# installs what the guest needs: Debian packages, virtme-ng (the `kernel` extra), and the
+# kernel package itself, unpacked into ~/.cache/lvs-userspace-guest (all idempotent).
+GUEST_DEB_PKGS := qemu-system-x86 busybox-static kmod udev file ipvsadm
+KERNEL_STAMP := $(VENV)/.lvs-userspace-kernel-extra
+
+$(KERNEL_STAMP): $(STAMP) pyproject.toml
+	$(PIP) install -e '.[test,kernel]'
+	@touch $@
+
+kernel-deps: build $(KERNEL_STAMP)
+	$(call apt_install,$(GUEST_DEB_PKGS))
+	$(PY) -m lb.testbed.guest prepare-kernel
+
+test-kernel: kernel-deps
+	$(call run_pytest,tests/kernel)
 
 # ---------------------------------------------------------------- C core without Python
 # native/tests/harness.c drives the packet core directly (replay, churn); nfq.c is the
@@ -247,7 +269,7 @@ bench-quick: build $(BENCH_STAMP)
 	$(PY) -m bench all --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .hypothesis $(STAMP) $(BENCH_STAMP)
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis $(STAMP) $(BENCH_STAMP) $(KERNEL_STAMP)
 	rm -f lb/_fastpath*.so lb/_fastpath*.c lb/_fastpath*.o
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

@@ -1,0 +1,92 @@
+"""Normalising what the systems printed, and rendering a run as text lines to compare.
+
+Normalisation (the only places where the two records may legitimately differ):
+- connection listings (`-Lnc`, `-L -c`, `--connection`): only entries whose virtual address is
+  this scenario's VIP (the tables also hold entries of scenarios played before, which live on
+  until they expire), sorted (the kernel lists in hash-table order), expiry times ("01:59")
+  masked as "--:--": the same packets reach both systems seconds apart;
+- the tool's own name: "lbadm" reads "ipvsadm" in lbd's messages;
+- the connection table's size in the `-L` header ("IP Virtual Server version 1.2.1
+  (size=4096)"): the kernel's is 2^conn_tab_bits (a module parameter), lbd's its own table's;
+  both print their truth, so it reads "(size=N)";
+Everything else, every byte of every listing, message and exit status, must be identical.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+from typing import Any
+
+EXPIRY_RE = re.compile(r"^(\S+\s+)\d{2,}:\d{2}(\s)")
+TABLE_SIZE_RE = re.compile(r"^(IP Virtual Server version \S+ )\(size=\d+\)$", re.M)
+
+
+def is_connection_listing(cmd: str) -> bool:
+    words = shlex.split(cmd)
+    if any(w in ("--connection",) for w in words):
+        return True
+    return any(w.startswith("-") and not w.startswith("--") and "c" in w[1:] for w in words)
+
+
+def normalise_connections(text: str, vip: str) -> str:
+    """Keep the header and this VIP's entries, mask expiry times, sort the entries."""
+    head: list[str] = []
+    rows: list[str] = []
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) >= 6 and cols[0] in ("TCP", "UDP", "SCTP", "IP"):
+            if cols[4].rsplit(":", 1)[0] == vip:
+                rows.append(EXPIRY_RE.sub(r"\1--:--\2", line))
+        elif not rows:
+            head.append(line)
+        else:
+            rows.append(line)  # never expected; kept so that it shows in a diff
+    return "\n".join(head + sorted(rows)) + ("\n" if text.endswith("\n") else "")
+
+
+def normalise_listing(cmd: str, text: str, vip: str) -> str:
+    if is_connection_listing(cmd):
+        return normalise_connections(text, vip)
+    return TABLE_SIZE_RE.sub(r"\1(size=N)", text)
+
+
+def chosen_by_connection_table(text: str, client: str, port: int) -> str | None:
+    """The destination address of the entry whose source is client:port (not a template)."""
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) >= 6 and cols[3] == f"{client}:{port}":
+            return cols[5].rsplit(":", 1)[0]
+    return None
+
+
+def _tool_names(text: str, system: str) -> str:
+    return re.sub(r"\blbadm\b", "ipvsadm", text) if system == "lbd" else text
+
+
+def render(records: list[dict[str, Any]], system: str) -> list[str]:
+    """One system's records as lines; both systems' lines must be equal."""
+    lines: list[str] = []
+    for i, rec in enumerate(records, 1):
+        lines.append(f"[{i}] {rec['what']}")
+        if "flows" in rec:
+            for n, f in enumerate(rec["flows"], 1):
+                lines.append(f"    #{n:<3} {f['client']}:{f['port']} -> {f['outcome']}")
+            continue
+        lines.append(f"    exit status {rec['rc']}")
+        for stream in ("stdout", "stderr"):
+            text = _tool_names(rec[stream], system)
+            for ln in text.splitlines():
+                lines.append(f"    {stream} | {ln}")
+            if text and not text.endswith("\n"):
+                lines.append(f"    {stream} (no newline at the end)")
+    return lines
+
+
+def diff(kernel: list[str], lbd: list[str]) -> str:
+    return "\n".join(difflib.unified_diff(kernel, lbd, "kernel IPVS + ipvsadm", "lbd + lbadm", n=4, lineterm=""))
+
+
+def sequence(rec: dict[str, Any]) -> list[str]:
+    return [f["outcome"] for f in rec.get("flows", [])]

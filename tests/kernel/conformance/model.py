@@ -1,0 +1,153 @@
+"""What a conformance scenario is: data only (no I/O), read on the host and in the guest.
+
+A Scenario is an ipvsadm rules file plus a list of steps. The runner (runner.py) plays it on
+kernel IPVS (`ipvsadm ...` in one director namespace) and on lbd (`lbadm ...` in another
+director namespace with the same addresses), records what each system did, and the test
+asserts both records are identical.
+
+Text in `rules` and in admin commands is a template: {vip} is the scenario's own virtual
+address, {rs1}..{rs4} the real servers, {c1}..{c4} the client's addresses. The same rendered
+text goes to `ipvsadm` and to `lbadm`.
+
+Steps:
+- Admin("-e -t {vip}:80 -r {rs2}:80 -g -w 0"): one command of the admin tool; its exit status,
+  stdout and stderr are recorded. `stdin` feeds it (for -R), possibly the text another step
+  printed: Output("save", system="kernel") is what kernel IPVS's tool printed in the step named
+  "save" of this scenario (the scenario's `first` system must be that one).
+- Listing("-Ln"): a listing, read until two reads in a row agree (packets in flight have
+  landed), then normalised (compare.py: -Lnc keeps this scenario's VIP only, sorted, expiry
+  times masked).
+- Connect(n): n TCP connections one after another, each opened, answered and closed by the
+  client (client FIN first) before the next. Records the real server that answered each one.
+- Hold(n, group): n TCP connections opened one after another and kept open; Release(group)
+  closes them (client FIN first).
+- Udp(n): n datagrams, each from a new source port; records who answered.
+Traffic steps take `clients`: the client addresses to use, in turn ("c1".."c4"). Every
+connection and datagram has its own source port, chosen by the runner (the same in both
+systems). A connection a real server refuses (RST: see Scenario.refuse) is recorded as
+"refused:<server>", the server read from the director's connection table (`-Lnc`).
+`kernel_counts` on a traffic step states how often kernel IPVS is known to pick each server
+(from the kernel source): a check of the harness itself, asserted on kernel IPVS only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+System = Literal["kernel", "lbd"]
+SYSTEMS: tuple[System, ...] = ("kernel", "lbd")
+SERVICE_PORT = 80  # every real server answers TCP and UDP on this port of the scenario's VIP
+REAL_SERVERS = ("rs1", "rs2", "rs3", "rs4")
+CLIENTS = ("c1", "c2", "c3", "c4")
+
+
+@dataclass(frozen=True)
+class Output:
+    """The stdout of the step named `step` of `system` in the same scenario."""
+
+    step: str
+    system: System
+
+
+@dataclass(frozen=True)
+class Admin:
+    cmd: str
+    stdin: str | Output | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    cmd: str  # "-Ln", "-Lnc", "-Ln --stats", ...
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Connect:
+    n: int
+    clients: tuple[str, ...] = ("c1",)
+    kernel_counts: dict[str, int] | None = field(default=None, hash=False)
+
+
+@dataclass(frozen=True)
+class Hold:
+    n: int
+    group: str = "held"
+    clients: tuple[str, ...] = ("c1",)
+    kernel_counts: dict[str, int] | None = field(default=None, hash=False)
+
+
+@dataclass(frozen=True)
+class Release:
+    group: str = "held"
+
+
+@dataclass(frozen=True)
+class Udp:
+    n: int
+    clients: tuple[str, ...] = ("c1",)
+    kernel_counts: dict[str, int] | None = field(default=None, hash=False)
+
+
+Step = Union[Admin, Listing, Connect, Hold, Release, Udp]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One comparison. `name` is the pytest id; `why` says what it pins down."""
+
+    name: str
+    why: str
+    rules: str  # fed to `-R` after `-C`; may be "" (then only -C)
+    steps: tuple[Step, ...]
+    refuse: tuple[str, ...] = ()  # real servers that answer every SYN to this VIP with RST
+    first: System = "kernel"  # which system plays the scenario first
+
+    def __post_init__(self) -> None:
+        names: set[str] = set()
+        held: set[str] = set()
+        for step in self.steps:
+            if isinstance(step, (Admin, Listing)) and step.name:
+                names.add(step.name)
+            if isinstance(step, Admin) and isinstance(step.stdin, Output):
+                if step.stdin.step not in names:
+                    raise ValueError(f"{self.name}: stdin from step {step.stdin.step!r}, not named before")
+                if step.stdin.system != self.first:
+                    raise ValueError(f"{self.name}: stdin from {step.stdin.system}, which plays after "
+                                     f"{self.first}; set first={step.stdin.system!r}")
+            if isinstance(step, (Connect, Hold, Udp)):
+                if not 1 <= step.n <= 200:
+                    raise ValueError(f"{self.name}: {step} must have 1..200 connections")
+                bad = [c for c in step.clients if c not in CLIENTS]
+                if bad or not step.clients:
+                    raise ValueError(f"{self.name}: unknown clients {bad} (use {CLIENTS})")
+            if isinstance(step, Hold):
+                held.add(step.group)
+            if isinstance(step, Release) and step.group not in held:
+                raise ValueError(f"{self.name}: Release({step.group!r}) of no Hold")
+        bad_refuse = [r for r in self.refuse if r not in REAL_SERVERS]
+        if bad_refuse:
+            raise ValueError(f"{self.name}: refuse names unknown servers {bad_refuse}")
+
+
+def describe(step: Step) -> str:
+    """A one-line name of a step, the same for both systems (placeholders unexpanded)."""
+    if isinstance(step, Admin):
+        src = ""
+        if isinstance(step.stdin, Output):
+            src = f" < output of {step.stdin.system}'s {step.stdin.step!r}"
+        elif step.stdin is not None:
+            src = " < (text)"
+        return f"ADMIN {step.cmd}{src}"
+    if isinstance(step, Listing):
+        return f"ADMIN {step.cmd}"
+    if isinstance(step, Connect):
+        return f"CONNECT x{step.n} from {','.join(step.clients)} (open, answer, close)"
+    if isinstance(step, Hold):
+        return f"HOLD x{step.n} from {','.join(step.clients)} as {step.group!r}"
+    if isinstance(step, Release):
+        return f"RELEASE {step.group!r}"
+    if isinstance(step, Udp):
+        return f"UDP x{step.n} from {','.join(step.clients)} (one datagram per source port)"
+    raise TypeError(step)

@@ -1,0 +1,367 @@
+"""Plays every conformance scenario on kernel IPVS and on lbd; runs INSIDE the guest (or on any
+host whose kernel has ip_vs), as root:
+
+    cd tests/kernel && python -m conformance.runner --out DIR [--only NAME ...]
+
+writes DIR/conformance.json (rewritten after every scenario: a timeout keeps what was played).
+
+Topology: the same namespace topology twice, one instance per system, with identical
+addresses (one /24: director .2, client .50-.53, rs1..rs4 .11-.14, VIPs .100+i), built by
+lb.testbed.topology. Kernel IPVS lives in the first instance's director, lbd in the second's.
+Identical addresses make the rules text, the client flows (explicit source ports) and every
+listing byte-for-byte comparable; separate namespaces mean neither system ever sees the
+other's packets, connection entries or leftovers, and the client's TIME_WAIT sockets of one
+system never collide with the other's flows. Each scenario has its own VIP (.100+i), served by
+every real server (lo, arp_ignore), so entries that outlive a scenario (TCP 2 minutes, UDP 5,
+persistence templates 6) never show in a later scenario's listings or counters.
+
+Per scenario, for each system in turn (Scenario.first plays first): `-C`, `-R < rules`, then
+the steps (model.py). lbd is started once (it takes 1-2 minutes under emulation) while kernel
+IPVS plays the first scenario, and restarted if it dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from conformance import compare
+from conformance.model import (
+    CLIENTS,
+    REAL_SERVERS,
+    SERVICE_PORT,
+    Admin,
+    Connect,
+    Hold,
+    Listing,
+    Output,
+    Release,
+    Scenario,
+    Udp,
+    describe,
+)
+from conformance.systems import AdminResult, KernelIpvs, LbdSystem, System
+from conformance.traffic import Flow, RealServers, close_tcp, open_tcp, udp_exchange
+from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
+
+SUBNET = "10.251.7.0/24"  # inside our namespaces only; fixed so that both instances are identical
+DIRECTOR_INDEX = 2
+CLIENT_INDEXES = (50, 51, 52, 53)  # c1..c4
+REAL_INDEXES = (11, 12, 13, 14)  # rs1..rs4
+VIP_BASE_INDEX = 100  # scenario i has VIP .100+i
+PORT_BASE = 10000  # scenario i's client flows use source ports PORT_BASE + PORTS_PER_SCENARIO*i + k
+PORTS_PER_SCENARIO = 500
+LISTING_READS_MAX = 12  # a listing is read until two reads in a row agree, at most this often
+LISTING_PAUSE_S = 0.3
+MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wlc", "ip_vs_sh", "veth", "bridge", "nfnetlink_queue", "xt_NFQUEUE",
+           "xt_CT", "nf_tables", "nft_compat", "iptable_raw")
+
+
+def spec() -> TopologySpec:
+    """One segment; the director and the real servers hold the first VIP (the topology sets the
+    DR real-server sysctls for it), add_vips() the others."""
+    return TopologySpec(
+        segments=(SegmentSpec("lan", SUBNET),),
+        hosts=(HostSpec("client", (LinkSpec("lan", CLIENT_INDEXES[0]),), role="client"),
+               HostSpec("director", (LinkSpec("lan", DIRECTOR_INDEX),), role="director", vips=(VIP_BASE_INDEX,)),
+               *(HostSpec(name, (LinkSpec("lan", idx),), role="real", vips=(VIP_BASE_INDEX,))
+                 for name, idx in zip(REAL_SERVERS, REAL_INDEXES))),
+    )
+
+
+def build(n_scenarios: int) -> Topology:
+    """Builds spec() and adds the other VIPs and client addresses, one `ip -batch` per
+    namespace: every process start costs ~0.25 s under emulation."""
+    if not 1 <= n_scenarios <= 150:
+        raise ValueError("1..150 scenarios (one VIP each in the /24)")
+    topo = Topology(spec()).build()
+    try:
+        vips = [topo.addr("lan", VIP_BASE_INDEX + i) for i in range(1, n_scenarios)]
+        batches = {topo.director.netns: [f"addr add {v}/32 dev {topo.director.ifname}" for v in vips],
+                   topo.client.netns: [f"addr add {topo.addr('lan', i)}/24 dev {topo.client.ifname}"
+                                       for i in CLIENT_INDEXES[1:]]}
+        batches.update({topo.host(rs).netns: [f"addr add {v}/32 dev lo" for v in vips] for rs in REAL_SERVERS})
+        for netns, cmds in batches.items():
+            if cmds:
+                subprocess.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(cmds) + "\n",
+                               text=True, check=True, capture_output=True, timeout=60)
+    except BaseException:
+        topo.close()
+        raise
+    return topo
+
+
+def addresses(topo: Topology, index: int) -> dict[str, str]:
+    """Template values of scenario `index`: vip, rs1..rs4, c1..c4."""
+    vals = {"vip": topo.addr("lan", VIP_BASE_INDEX + index)}
+    vals.update({name: topo.addr("lan", idx) for name, idx in zip(REAL_SERVERS, REAL_INDEXES)})
+    vals.update({name: topo.addr("lan", idx) for name, idx in zip(CLIENTS, CLIENT_INDEXES)})
+    return vals
+
+
+class Player:
+    """Plays one scenario on one system; its records go to `out`."""
+
+    def __init__(self, scn: Scenario, index: int, system: System, topo: Topology,
+                 outputs: dict[tuple[str, str], str]) -> None:
+        self.scn, self.system, self.topo = scn, system, topo
+        self.vals = addresses(topo, index)
+        self.by_addr = {self.vals[n]: n for n in REAL_SERVERS}
+        self.next_port = PORT_BASE + PORTS_PER_SCENARIO * index
+        self.outputs = outputs  # (system, step name) -> stdout, shared by both systems' players
+        self.held: dict[str, list[Flow]] = {}
+        self.records: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+
+    def text(self, template: str) -> str:
+        return template.format(**self.vals)
+
+    def admin_record(self, what: str, r: AdminResult) -> dict[str, Any]:
+        rec = {"what": what, "rc": r.rc, "stdout": r.stdout, "stderr": r.stderr}
+        self.records.append(rec)
+        return rec
+
+    def play(self) -> None:
+        self.admin_record("ADMIN -C", self.system.admin(["-C"]))
+        if self.scn.rules:
+            self.admin_record("ADMIN -R < rules", self.system.admin(["-R"], stdin=self.text(self.scn.rules)))
+        try:
+            for step in self.scn.steps:
+                self.step(step)
+        finally:
+            for flows in self.held.values():
+                for f in flows:
+                    close_tcp(f)
+
+    def step(self, step: Any) -> None:
+        what = describe(step)
+        if isinstance(step, Admin):
+            stdin = None
+            if isinstance(step.stdin, Output):
+                stdin = self.outputs[(step.stdin.system, step.stdin.step)]
+            elif step.stdin is not None:
+                stdin = self.text(step.stdin)
+            r = self.system.admin(shlex.split(self.text(step.cmd)), stdin=stdin)
+            self.admin_record(what, r)
+            if step.name:
+                self.outputs[(self.system.name, step.name)] = r.stdout
+        elif isinstance(step, Listing):
+            r = self.listing(step.cmd)
+            self.admin_record(what, r)
+            if step.name:
+                self.outputs[(self.system.name, step.name)] = r.stdout
+        elif isinstance(step, (Connect, Hold, Udp)):
+            problem = self.system.before_traffic()
+            if problem:
+                self.notes.append(f"before {what}: {problem}")
+            flows = [self.flow(step, k) for k in range(step.n)]
+            self.records.append({"what": what, "flows": [
+                {"client": f.client, "port": f.port, "outcome": f.outcome} for f in flows]})
+            if isinstance(step, Hold):
+                self.held.setdefault(step.group, []).extend(f for f in flows if f.sock is not None)
+        elif isinstance(step, Release):
+            flows = self.held.pop(step.group, [])
+            for f in flows:
+                close_tcp(f)
+            self.records.append({"what": what, "flows": [
+                {"client": f.client, "port": f.port, "outcome": "closed"} for f in flows]})
+        else:
+            raise TypeError(f"unknown step {step!r}")
+
+    def listing(self, cmd: str) -> AdminResult:
+        """Read until two reads in a row agree after normalisation: packets in flight landed."""
+        argv = shlex.split(self.text(cmd))
+        last = self.system.admin(argv)
+        for _ in range(LISTING_READS_MAX - 1):
+            time.sleep(LISTING_PAUSE_S)
+            r = self.system.admin(argv)
+            same = (r.rc == last.rc and r.stderr == last.stderr and
+                    compare.normalise_listing(cmd, r.stdout, self.vals["vip"]) ==
+                    compare.normalise_listing(cmd, last.stdout, self.vals["vip"]))
+            last = r
+            if same:
+                break
+        else:
+            self.notes.append(f"{cmd}: still changing after {LISTING_READS_MAX} reads")
+        return AdminResult(last.rc, compare.normalise_listing(cmd, last.stdout, self.vals["vip"]), last.stderr)
+
+    def flow(self, step: Connect | Hold | Udp, k: int) -> Flow:
+        client = step.clients[k % len(step.clients)]
+        f = Flow(client=client, addr=self.vals[client], port=self.next_port)
+        self.next_port += 1
+        netns, vip = self.topo.client.netns, self.vals["vip"]
+        if isinstance(step, Udp):
+            udp_exchange(netns, f, vip, SERVICE_PORT)
+            return f
+        open_tcp(netns, f, vip, SERVICE_PORT)
+        if f.outcome == "refused":
+            table = self.system.admin(["-Lnc"]).stdout
+            dest = compare.chosen_by_connection_table(table, f.addr, f.port)
+            f.outcome = f"refused:{self.by_addr.get(dest or '', dest or '?')}"
+        if isinstance(step, Connect):
+            close_tcp(f)
+        return f
+
+
+def _load(only: list[str]) -> list[tuple[int, Scenario]]:
+    from scenarios import ALL
+
+    chosen = [(i, s) for i, s in enumerate(ALL) if not only or s.name in only]
+    unknown = set(only) - {s.name for s in ALL}
+    if unknown:
+        raise SystemExit(f"unknown scenarios: {sorted(unknown)}")
+    return chosen
+
+
+def _write(out_dir: Path, data: dict[str, Any]) -> None:
+    import json
+
+    tmp = out_dir / "conformance.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(out_dir / "conformance.json")
+
+
+class LbdStarter:
+    """Starts lbd in a thread that lives until stop(): lbd gets PR_SET_PDEATHSIG (Host.popen),
+    which fires when the THREAD that started it ends."""
+
+    def __init__(self, lbd: LbdSystem) -> None:
+        self.lbd = lbd
+        self.result: dict[str, Any] = {}
+        self.ready, self._finished = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lbd-start", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        t = time.monotonic()
+        try:
+            self.result["ping"] = self.lbd.start()
+        except Exception as exc:  # noqa: BLE001 - reported by every lbd play
+            self.result["error"] = f"{type(exc).__name__}: {exc}"
+        self.result["seconds"] = round(time.monotonic() - t, 1)
+        self.ready.set()
+        self._finished.wait()
+
+    def stop(self) -> None:
+        self.lbd.stop()
+        self._finished.set()
+
+
+def play_one(scn: Scenario, index: int, system: System, topo: Topology,
+             outputs: dict[tuple[str, str], str], before: Any = None) -> dict[str, Any]:
+    """One system's play of one scenario: its records and notes, or the error that ended it."""
+    t = time.monotonic()
+    entry: dict[str, Any] = {"records": [], "notes": []}
+    try:
+        if before is not None:
+            note = before()
+            if note:
+                entry["notes"].append(note)
+        player = Player(scn, index, system, topo, outputs)
+        try:
+            player.play()
+        finally:
+            entry["records"], entry["notes"] = player.records, entry["notes"] + player.notes
+    except Exception as exc:  # noqa: BLE001 - recorded; the other system still plays
+        entry["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    entry["seconds"] = round(time.monotonic() - t, 1)
+    first_error = entry["error"].splitlines()[0] if "error" in entry else ""
+    print(f"[{time.strftime('%H:%M:%S')}] {scn.name} {system.name}: {entry['seconds']} s {first_error}",
+          file=sys.stderr, flush=True)
+    return entry
+
+
+def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd")) -> dict[str, Any]:
+    t0 = time.monotonic()
+    data: dict[str, Any] = {"kernel": os.uname().release, "started": time.ctime(), "scenarios": {}, "errors": {}}
+    for m in MODULES:
+        subprocess.run(["modprobe", m], capture_output=True)
+    data["ipvsadm_version"] = subprocess.run(["ipvsadm", "--version"], capture_output=True, text=True).stdout.strip()
+    chosen = _load(only)
+    n_all = max(i for i, _ in chosen) + 1
+    servers = RealServers()
+    starter: LbdStarter | None = None
+    topos: list[Topology] = []
+    try:
+        # Both instances are built at once (the build waits on process starts), and lbd starts
+        # (a minute under emulation) as soon as its own instance stands.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            kfuture = pool.submit(build, n_all)
+            try:
+                ltopo = build(n_all)
+                topos.append(ltopo)
+                starter = LbdStarter(LbdSystem(ltopo.director))
+                if "lbd" in play:
+                    starter.start()
+            finally:
+                kerr = kfuture.exception()
+                if kerr is None:
+                    topos.append(kfuture.result())
+            if kerr is not None:
+                raise kerr
+        ktopo = topos[-1]
+        data["setup_s"] = round(time.monotonic() - t0, 1)
+        for topo in topos:
+            for i, scn in chosen:
+                vip = addresses(topo, i)["vip"]
+                for rs in REAL_SERVERS:
+                    servers.serve(topo.host(rs).netns, rs, vip, SERVICE_PORT, tcp=rs not in scn.refuse)
+        lbd = starter.lbd
+
+        def lbd_ready() -> str | None:
+            starter.ready.wait()  # type: ignore[union-attr]
+            data["lbd_start"] = starter.result  # type: ignore[union-attr]
+            if "error" in starter.result:  # type: ignore[union-attr]
+                raise RuntimeError(f"lbd did not start: {starter.result['error']}")  # type: ignore[union-attr]
+            return lbd.ensure_running()
+
+        plays: dict[str, tuple[System, Topology, Any]] = {
+            "kernel": (KernelIpvs(ktopo.director), ktopo, None), "lbd": (lbd, ltopo, lbd_ready)}
+        for i, scn in chosen:
+            res: dict[str, Any] = {"vip": addresses(ktopo, i)["vip"]}
+            data["scenarios"][scn.name] = res
+            outputs: dict[tuple[str, str], str] = {}  # both systems' named outputs
+            order = ("kernel", "lbd") if scn.first == "kernel" else ("lbd", "kernel")
+            for name in (n for n in order if n in play):
+                system, topo, before = plays[name]
+                res[name] = play_one(scn, i, system, topo, outputs, before)
+            _write(out_dir, data)
+        data["lbd_log_tail"] = lbd.lbd.log_tail(3000)
+    except Exception as exc:  # noqa: BLE001
+        data["errors"]["setup"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        print(f"runner: {data['errors']['setup']}", file=sys.stderr, flush=True)
+    finally:
+        if starter is not None:
+            starter.stop()
+        servers.close()
+        for topo in topos:
+            topo.close()
+        data["elapsed_s"] = round(time.monotonic() - t0, 1)
+        _write(out_dir, data)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m conformance.runner")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--only", nargs="*", default=[], help="scenario names (default: all)")
+    ap.add_argument("--systems", default="kernel,lbd",
+                    help="which systems play (default kernel,lbd; lbd alone: harness work on a host without ip_vs)")
+    args = ap.parse_args(argv)
+    run(args.out, args.only, tuple(args.systems.split(",")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The two systems under comparison, behind one interface: run an admin command, get ready
+for traffic.
+
+- KernelIpvs: Debian's `ipvsadm` binary in its director namespace, talking to the guest
+  kernel's IPVS.
+- LbdSystem: one `lbd` (C engine) in its director namespace, started once for the whole run
+  (1-2 minutes under emulation), driven by `lbadm` run in this process: `lb.cli.main(argv)`
+  is exactly the `lbadm` console script (pyproject's [project.scripts]), minus a Python
+  start-up of 5-30 s per command in the guest. The argv is the one given to ipvsadm; the
+  control socket comes from $LBD_SOCKET, as an operator's would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bench.common import Lbd, LbdError
+from lb import cli
+
+LBD_START_TIMEOUT_S = 400.0  # lbd's start-up under TCG: ~30 s idle, minutes on a busy host
+RESOLVE_TIMEOUT_S = 30.0
+ADMIN_TIMEOUT_S = 60.0
+
+
+@dataclass
+class AdminResult:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+class System(Protocol):
+    name: str
+    tool: str
+
+    def admin(self, argv: list[str], stdin: str | None = None) -> AdminResult: ...
+
+    def before_traffic(self) -> str | None:
+        """Wait until the system can forward (None) or say why it cannot."""
+        ...
+
+
+class KernelIpvs:
+    name = "kernel"
+    tool = "ipvsadm"
+
+    def __init__(self, director: Any) -> None:
+        self.director = director
+
+    def admin(self, argv: list[str], stdin: str | None = None) -> AdminResult:
+        r = self.director.exec(["ipvsadm", *argv], check=False, input=stdin, timeout=ADMIN_TIMEOUT_S)
+        return AdminResult(r.returncode, r.stdout, r.stderr)
+
+    def before_traffic(self) -> str | None:
+        return None  # the kernel resolves neighbours on the first packet
+
+
+class LbdSystem:
+    name = "lbd"
+    tool = "lbadm"
+
+    def __init__(self, director: Any) -> None:
+        self.director = director
+        self.lbd = Lbd(director, "c")
+        self.starts = 0
+
+    def start(self) -> dict[str, Any]:
+        self.starts += 1
+        return self.lbd.start(timeout=LBD_START_TIMEOUT_S)
+
+    def ensure_running(self) -> str | None:
+        """Restart lbd if it died (a crash must not hide every later scenario); says what happened."""
+        if self.lbd.running():
+            return None
+        rc = self.lbd.proc.returncode if self.lbd.proc else None
+        tail = self.lbd.log_tail(1500)
+        self.lbd.cleanup()
+        self.lbd = Lbd(self.director, "c")
+        self.start()
+        return f"lbd had exited (status {rc}); restarted. Its log ended with:\n{tail}"
+
+    def admin(self, argv: list[str], stdin: str | None = None) -> AdminResult:
+        out, err = io.StringIO(), io.StringIO()
+        old_in = sys.stdin
+        sys.stdin = io.StringIO(stdin or "")
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    rc = cli.main(argv, env={"LBD_SOCKET": self.lbd.socket})
+                except SystemExit as exc:
+                    rc = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            sys.stdin = old_in
+        return AdminResult(rc, out.getvalue(), err.getvalue())
+
+    def before_traffic(self) -> str | None:
+        """lbd forwards to a destination once it resolved its MAC (DR): wait for that."""
+        deadline = time.monotonic() + RESOLVE_TIMEOUT_S
+        states: list[str] = []
+        while time.monotonic() < deadline:
+            try:
+                services = self.lbd.request("list")["services"]
+            except LbdError as exc:
+                return f"lbd does not answer: {exc}"
+            states = [d["l2"]["state"] for s in services for d in s["dests"]]
+            if all(st in ("resolved", "n/a") for st in states):
+                return None
+            time.sleep(0.1)
+        return f"destinations not resolved after {RESOLVE_TIMEOUT_S:.0f} s: {states}"
+
+    def stop(self) -> None:
+        self.lbd.stop()
+        self.lbd.cleanup()

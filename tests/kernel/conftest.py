@@ -1,0 +1,83 @@
+"""One guest boot per pytest session plays every conformance scenario (tests/kernel/README.md).
+
+The `conformance` fixture boots Debian's 6.1 kernel under qemu (lb.testbed.guest), runs
+conformance.runner inside, and returns its JSON; the tests only read it. The run's files
+(conformance.json, runner.log, guest.log) are kept in build/kernel-conformance/ for reading
+after a failure.
+
+LB_KERNEL_SCENARIOS="name1 name2" plays only those scenarios (and deselects the tests of the
+others): for working on one scheduler without waiting for all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lb.testbed import guest
+
+KERNEL_TESTS = Path(__file__).resolve().parent
+REPO = KERNEL_TESTS.parents[1]
+KEEP = REPO / "build" / "kernel-conformance"
+# Boot ~30 s, lbd's start ~1 minute, the scenarios ~5 minutes on an idle machine; generous,
+# because the machine's two cores may be shared. A bound, never an expectation.
+GUEST_TIMEOUT_S = 40 * 60
+
+
+
+
+def selected() -> list[str]:
+    return os.environ.get("LB_KERNEL_SCENARIOS", "").split()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    only = selected()
+    if not only:
+        return
+    keep, drop = [], []
+    for item in items:
+        scn = getattr(item, "callspec", None) and item.callspec.params.get("scn")
+        (drop if scn is not None and scn.name not in only else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def guest_script(out: Path) -> str:
+    only = "".join(f" {shlex.quote(n)}" for n in selected())
+    return (f"{guest.booted_marker_command(out)} && cd {KERNEL_TESTS} && "
+            f"PYTHONDONTWRITEBYTECODE=1 PYTHONPATH={REPO}:{KERNEL_TESTS} "
+            f"{sys.executable} -m conformance.runner --out {out}{' --only' + only if only else ''} "
+            f"> {out}/runner.log 2>&1")
+
+
+@pytest.fixture(scope="session")
+def conformance(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    problem = guest.environment_problem()
+    if problem:
+        pytest.skip(f"kernel IPVS guest cannot boot here: {problem}")
+    out = tmp_path_factory.mktemp("conformance")
+    res = guest.boot(guest_script(out), out, GUEST_TIMEOUT_S)
+    if KEEP.exists():
+        shutil.rmtree(KEEP)
+    shutil.copytree(out, KEEP)
+    if res.launcher_crashed():
+        pytest.fail(f"virtme-ng failed before qemu ran ({res.command}, {res.rc}); a missing dependency of "
+                    f"`make kernel-deps`? {res.why_not_booted()}\n{res.log_tail(2500)}")
+    if not res.booted:
+        pytest.skip(f"qemu could not boot the guest ({res.command}, {res.rc}): {res.why_not_booted()}")
+    result = out / "conformance.json"
+    if not result.exists():
+        runner_log = (out / "runner.log").read_text(errors="replace")[-3000:] if (out / "runner.log").exists() else ""
+        pytest.fail(f"the guest booted but the runner wrote no results ({res.rc}, {res.seconds} s); "
+                    f"runner.log:\n{runner_log}\nguest.log:\n{res.log_tail(2000)}")
+    data: dict[str, Any] = json.loads(result.read_text())
+    data["boot"] = {"rc": res.rc, "seconds": res.seconds, "kept_in": str(KEEP)}
+    return data

@@ -1,0 +1,74 @@
+"""Kernel IPVS and lbd, same rules, same client flows: identical choices, listings and messages.
+
+Every scenario of tests/kernel/scenarios is played on kernel IPVS (Debian's 6.1 kernel and
+ipvsadm 1.31, in a qemu guest) and on lbd + lbadm, in one guest boot (conftest.py). Per scenario:
+- test_kernel_run_is_sound: kernel IPVS's run completed, every flow got an answer or a RST, and
+  where the scenario states the kernel's known counts, they hold. A failure here is a problem
+  of the harness or the guest, not of lbd.
+- test_lbd_matches_kernel: lbd's record (sequence of chosen real servers, every listing,
+  exit status and message) equals the kernel's, after compare.py's normalisation; the
+  failure message is a unified diff, kernel first.
+How to run, what it needs, how to add a scenario: tests/kernel/README.md.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from conformance import compare
+from conformance.model import Connect, Hold, Scenario, Udp
+from scenarios import ALL
+
+pytestmark = pytest.mark.kernel
+
+
+def _entry(data: dict[str, Any], scn: Scenario, system: str) -> dict[str, Any]:
+    scns = data["scenarios"]
+    assert scn.name in scns, f"the guest did not play {scn.name}: {data.get('errors')}"
+    entry = scns[scn.name].get(system)
+    assert entry is not None, f"{scn.name}: no {system} run ({data.get('lbd_start')})"
+    return entry
+
+
+def _context(entry: dict[str, Any]) -> str:
+    notes = "\n".join(entry.get("notes", []))
+    return f"\nnotes of this run:\n{notes}" if notes else ""
+
+
+def test_guest_has_kernel_ipvs(conformance: dict[str, Any]) -> None:
+    assert conformance["kernel"].startswith("6.1."), conformance["kernel"]
+    assert "ipvsadm v1.31" in conformance.get("ipvsadm_version", ""), conformance.get("ipvsadm_version")
+    assert not conformance["errors"], conformance["errors"]
+
+
+@pytest.mark.parametrize("scn", ALL, ids=[s.name for s in ALL])
+def test_kernel_run_is_sound(conformance: dict[str, Any], scn: Scenario) -> None:
+    entry = _entry(conformance, scn, "kernel")
+    assert "error" not in entry, entry["error"]
+    records = entry["records"]
+    expected_records = (2 if scn.rules else 1) + len(scn.steps)
+    assert len(records) == expected_records, f"{len(records)} records for {expected_records} steps"
+    steps = scn.steps
+    for step, rec in zip(steps, records[-len(steps):]):
+        if not isinstance(step, (Connect, Hold, Udp)):
+            continue
+        seq = compare.sequence(rec)
+        unanswered = [o for o in seq if o not in ("rs1", "rs2", "rs3", "rs4") and not o.startswith("refused:rs")]
+        assert not unanswered, f"{rec['what']}: kernel IPVS flows without an answer: {seq}"
+        if step.kernel_counts is not None:
+            assert dict(Counter(seq)) == step.kernel_counts, (
+                f"{rec['what']}: kernel IPVS chose {seq}; the scenario expects the counts {step.kernel_counts}")
+
+
+@pytest.mark.parametrize("scn", ALL, ids=[s.name for s in ALL])
+def test_lbd_matches_kernel(conformance: dict[str, Any], scn: Scenario) -> None:
+    kernel, lbd = _entry(conformance, scn, "kernel"), _entry(conformance, scn, "lbd")
+    assert "error" not in kernel, f"kernel IPVS run failed: {kernel['error']}"
+    assert "error" not in lbd, f"lbd run failed: {lbd['error']}{_context(lbd)}"
+    k, b = compare.render(kernel["records"], "kernel"), compare.render(lbd["records"], "lbd")
+    if k != b:
+        pytest.fail(f"{scn.name} ({scn.why}): lbd differs from kernel IPVS\n"
+                    f"{compare.diff(k, b)}{_context(lbd)}", pytrace=False)

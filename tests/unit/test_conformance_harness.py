@@ -1,0 +1,78 @@
+"""The pure parts of the kernel-IPVS conformance harness (tests/kernel/conformance): scenario
+validation and the normalisation that decides what "identical" means. The harness itself runs
+in tests/kernel; these need no guest."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernel"))
+
+from conformance import compare  # noqa: E402
+from conformance.model import Admin, Connect, Hold, Output, Release, Scenario  # noqa: E402
+from scenarios import ALL  # noqa: E402
+
+KERNEL_LNC = """\
+IPVS connection entries
+pro expire state       source             virtual            destination
+TCP 01:58  FIN_WAIT    10.251.7.50:10001  10.251.7.100:80    10.251.7.12:80
+TCP 05:59  ASSURED     10.251.7.50:0      10.251.7.100:80    10.251.7.12:80
+TCP 00:57  SYN_RECV    10.251.7.50:10000  10.251.7.100:80    10.251.7.11:80
+UDP 04:12  UDP         10.251.7.50:9000   10.251.7.199:80    10.251.7.11:80
+"""
+
+
+def test_connection_listing_keeps_the_vip_sorted_with_expiry_masked() -> None:
+    out = compare.normalise_connections(KERNEL_LNC, "10.251.7.100").splitlines()
+    assert out == [
+        "IPVS connection entries",
+        "pro expire state       source             virtual            destination",
+        "TCP --:--  ASSURED     10.251.7.50:0      10.251.7.100:80    10.251.7.12:80",
+        "TCP --:--  FIN_WAIT    10.251.7.50:10001  10.251.7.100:80    10.251.7.12:80",
+        "TCP --:--  SYN_RECV    10.251.7.50:10000  10.251.7.100:80    10.251.7.11:80",
+    ]
+
+
+@pytest.mark.parametrize("cmd,conns", [("-Lnc", True), ("-L -n -c", True), ("-Ln --connection", True),
+                                       ("-Ln", False), ("-Ln --stats", False), ("-S -n", False)])
+def test_which_listings_are_connection_tables(cmd: str, conns: bool) -> None:
+    assert compare.is_connection_listing(cmd) is conns
+
+
+def test_only_the_table_size_of_the_header_is_masked() -> None:
+    text = "IP Virtual Server version 1.2.1 (size=4096)\nTCP  10.0.0.1:80 rr\n"
+    assert compare.normalise_listing("-Ln", text, "10.0.0.1") == \
+        "IP Virtual Server version 1.2.1 (size=N)\nTCP  10.0.0.1:80 rr\n"
+
+
+def test_refused_connection_found_by_its_source() -> None:
+    assert compare.chosen_by_connection_table(KERNEL_LNC, "10.251.7.50", 10000) == "10.251.7.11"
+    assert compare.chosen_by_connection_table(KERNEL_LNC, "10.251.7.50", 4) is None
+
+
+def test_render_differs_on_exit_status_and_reads_lbadm_as_ipvsadm() -> None:
+    rec = {"what": "ADMIN -L --daemon", "rc": 1, "stdout": "", "stderr": "lbadm: no\n"}
+    lines = compare.render([rec], "lbd")
+    assert lines == ["[1] ADMIN -L --daemon", "    exit status 1", "    stderr | ipvsadm: no"]
+    assert compare.render([dict(rec, rc=0, stderr="")], "kernel") != lines
+
+
+def test_scenarios_are_valid_and_named_uniquely() -> None:
+    names = [s.name for s in ALL]
+    assert len(names) == len(set(names)) and len(names) <= 150
+    assert {"rr-fresh", "wlc-syn-refused", "lbadm-save-to-ipvsadm-sched-flags"} <= set(names)
+
+
+@pytest.mark.parametrize("steps,first,why", [
+    ((Admin("-R", stdin=Output("save", "kernel")),), "kernel", "not named before"),
+    ((Admin("-S -n", name="save"), Admin("-R", stdin=Output("save", "lbd"))), "kernel", "plays after"),
+    ((Connect(3, clients=("c9",)),), "kernel", "unknown clients"),
+    ((Release("x"),), "kernel", "of no Hold"),
+    ((Hold(0),), "kernel", "1..200"),
+])
+def test_bad_scenarios_are_refused(steps: tuple, first: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        Scenario(name="x", why="", rules="", steps=steps, first=first)  # type: ignore[arg-type]
