@@ -112,9 +112,9 @@ def _mirror_fullnat_tuple() -> tuple[str, int, str]:
     if rc != 0:
         raise RuntimeError("mirror of the harness setup failed")
     syn = _pkt(CLIENT, VIP, CPORT, 82, "S")
-    out = ffi.new("uint8_t[]", 65535)
+    out = ffi.new("uint8_t[]", lib.LB_PKT_MAX)
     act = ffi.new("struct lb_action *")
-    lib.lb_process(lb, syn, len(syn), 1000, out, 65535, act)
+    lib.lb_process(lb, syn, len(syn), 1000, out, lib.LB_PKT_MAX, act)
     if act.verdict != lib.LB_V_XMIT_L2 or act.out_len < 40:
         raise RuntimeError(f"mirror: FULLNAT SYN gave verdict {act.verdict} reason {act.reason}")
     b = bytes(ffi.buffer(out, act.out_len))

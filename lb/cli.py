@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TextIO
 
 from lb import __version__
+from lb import consts as C
 from lb.ctlclient import (
     ConnectError,
     ControlClient,
@@ -50,6 +51,7 @@ from lb.ctlclient import (
     ProtocolError,
     resolve_socket_path,
 )
+from lb.model import DEFAULT_SCHEDULER, SCHEDULERS
 from lb.ipvsadm_fmt import (
     ListFormat,
     NameDB,
@@ -72,11 +74,10 @@ EXIT_OP_FAILED = 255
 
 MAX_TIMEOUT_S = 86400 * 31  # ipvsadm's MAX_TIMEOUT: 31 days
 DEFAULT_PERSISTENT_TIMEOUT_S = 300  # IPVS_SVC_PERSISTENT_TIMEOUT
-DEFAULT_SCHEDULER = "wlc"
 DEFAULT_MCAST_IFN = "eth0"
 INT_MAX = 2**31 - 1
 UINT_MAX = 2**32 - 1
-SCHED_NAME_MAX = 15  # IP_VS_SCHEDNAME_MAXLEN - 1
+SCHED_NAME_MAX = C.LB_SCHED_NAME_MAX - 1  # as IP_VS_SCHEDNAME_MAXLEN - 1: the NUL
 PE_NAME_MAX = 32  # IP_VS_PENAME_MAXLEN
 IFNAME_MAX = 15  # IP_VS_IFNAME_MAXLEN - 1
 SYNC_MAXLEN_MAX = 65535 - 20 - 8  # largest UDP payload in an IPv4 packet
@@ -1443,7 +1444,7 @@ virtual-service:
 
 Options:
   --ipv6         -6                   the fwmark service is IPv6
-  --scheduler    -s scheduler         rr or wlc; default {DEFAULT_SCHEDULER}
+  --scheduler    -s scheduler         {", ".join(SCHEDULERS)}; default {DEFAULT_SCHEDULER}
   --pe            engine              persistence engine (none by default)
   --persistent   -p [timeout]         persistent service, timeout in seconds (default {DEFAULT_PERSISTENT_TIMEOUT_S})
   --netmask      -M netmask           persistence granularity mask

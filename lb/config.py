@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from lb import consts as C
 from lb.model import (
+    DEFAULT_SCHEDULER,
     FORWARD_NAMES,
     MAX_THRESHOLD,
     MAX_WEIGHT,
@@ -56,13 +58,13 @@ TOP_KEYS = ("service", "timeouts", "synproxy")
 # lb.model.SynproxyConf's fields, with their ranges (lb_api.h struct lb_synproxy_conf). wscale and
 # timestamps are the documented subset: only 0 / false.
 SYNPROXY_INTS = {
-    "init_rto_ms": (1, 120000),
-    "max_rto_ms": (1, 120000),
-    "max_retries": (0, 15),
-    "mss": (536, 9000),
+    "init_rto_ms": (1, C.LB_SP_RTO_MS_MAX),
+    "max_rto_ms": (1, C.LB_SP_RTO_MS_MAX),
+    "max_retries": (0, C.LB_SP_MAX_RETRIES_MAX),
+    "mss": (C.LB_SP_MSS_MIN, C.LB_SP_MSS_MAX),
     "wscale": (0, 0),
-    "data_max_bytes": (0, 1460),
-    "ack_storm_max": (0, 2**32 - 1),
+    "data_max_bytes": (0, C.LB_SP_DATA_MAX_BYTES_MAX),
+    "ack_storm_max": (0, 2**32 - 1),  # uint32_t
 }
 SYNPROXY_BOOLS = ("sack", "timestamps", "defer")
 SYNPROXY_KEYS = tuple(SynproxyConf.__dataclass_fields__)
@@ -456,7 +458,7 @@ def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = 
     if port == 0 and "persistent" not in raw:
         c.add(where, "port", "port 0 (any port) is only allowed for a persistent service")
         port = None
-    sched = c.choice(where, raw, "sched", SCHEDULERS, "wlc")
+    sched = c.choice(where, raw, "sched", SCHEDULERS, DEFAULT_SCHEDULER)
     netmask = c.string(where, raw, "netmask", "255.255.255.255")
     if netmask is not None and not _netmask_ok(netmask):
         c.add(where, "netmask", f"bad netmask {netmask!r}: not a contiguous IPv4 netmask")

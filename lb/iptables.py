@@ -58,6 +58,8 @@ import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from lb import consts as C
+
 log = logging.getLogger(__name__)
 
 TABLE = "raw"
@@ -68,9 +70,8 @@ OUT_CHAIN_SUFFIX = "-OUT"
 COMMENT_PREFIX = "lbd q"
 OUT_COMMENT_SUFFIX = " out"
 # SO_MARK of lbd's raw IPPROTO_RAW socket is SOCKET_MARK_BASE | queue number ("LB" in the high
-# half, the queue in the low 16 bits). To become lib.LB_SOCKET_MARK once lb_api.h defines it;
-# until then the C adapter and this constant must agree (0x4C420000).
-SOCKET_MARK_BASE = 0x4C420000
+# half, the queue in the low 16 bits): lb_api.h's LB_SOCKET_MARK_BASE, which the C adapter uses.
+SOCKET_MARK_BASE = C.LB_SOCKET_MARK_BASE
 PROTO_TCP = 6
 PROTO_UDP = 17
 _PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp"}

@@ -11,6 +11,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lb import consts as C
+
 PROTO_TCP = 6
 PROTO_UDP = 17
 PROTO_NAMES = {PROTO_TCP: "TCP", PROTO_UDP: "UDP"}
@@ -26,7 +28,9 @@ FORWARD_NAMES: dict[str, str] = {
     "fullnat": "FullNat",
 }
 
-SCHEDULERS = ("rr", "wlc")
+# The schedulers lbd has: the C registry's list (native/include/lb_sched_list.h), never retyped.
+SCHEDULERS: tuple[str, ...] = C.SCHEDULERS
+DEFAULT_SCHEDULER = "wlc"  # ipvsadm's DEF_SCHED, when -s / sched is not given
 
 # ipvsadm/IPVS limits.
 MAX_WEIGHT = 65535  # IP_VS_DEST_WEIGHT max accepted by ipvsadm
@@ -90,7 +94,7 @@ class ServiceKey:
 @dataclass(frozen=True)
 class ServiceSpec:
     key: ServiceKey
-    sched: str = "wlc"  # ipvsadm's default scheduler
+    sched: str = DEFAULT_SCHEDULER
     persistent: int | None = None  # persistence timeout in seconds, None = off
     netmask: str = "255.255.255.255"
     toa: bool = False  # FULLNAT: client address to real servers in TCP option 254
@@ -118,7 +122,7 @@ class ServiceSpec:
         persistent = obj.get("persistent")
         return cls(
             key=ServiceKey.from_json(obj),
-            sched=str(obj.get("sched", "wlc")),
+            sched=str(obj.get("sched", DEFAULT_SCHEDULER)),
             persistent=None if persistent is None else int(persistent),  # type: ignore[call-overload]
             netmask=str(obj.get("netmask", "255.255.255.255")),
             toa=bool(obj.get("toa", False)),
@@ -198,28 +202,29 @@ class DestInfo:
 class SynproxyConf:
     """SYN-proxy settings (lb_api.h struct lb_synproxy_conf), global or per service."""
 
-    init_rto_ms: int = 200
-    max_rto_ms: int = 3000
-    max_retries: int = 3
-    mss: int = 1460
-    sack: bool = True
+    init_rto_ms: int = C.LB_SP_INIT_RTO_MS_DEFAULT
+    max_rto_ms: int = C.LB_SP_MAX_RTO_MS_DEFAULT
+    max_retries: int = C.LB_SP_MAX_RETRIES_DEFAULT
+    mss: int = C.LB_SP_MSS_DEFAULT
+    sack: bool = bool(C.LB_SP_SACK_DEFAULT)
     wscale: int = 0  # only 0 (no window scaling) is supported
     timestamps: bool = False  # only off is supported
     defer: bool = False
-    data_max_bytes: int = 1460
-    ack_storm_max: int = 10
+    data_max_bytes: int = C.LB_SP_DATA_MAX_BYTES_DEFAULT
+    ack_storm_max: int = C.LB_SP_ACK_STORM_MAX_DEFAULT
 
     def __post_init__(self) -> None:
-        if not 1 <= self.init_rto_ms <= self.max_rto_ms <= 120000:
-            raise ConfigError("SYN-proxy timeouts need 1 <= init_rto_ms <= max_rto_ms <= 120000")
-        if not 0 <= self.max_retries <= 15:
-            raise ConfigError(f"SYN-proxy max_retries {self.max_retries} out of range 0..15")
-        if not 536 <= self.mss <= 9000:
-            raise ConfigError(f"SYN-proxy mss {self.mss} out of range 536..9000")
+        if not 1 <= self.init_rto_ms <= self.max_rto_ms <= C.LB_SP_RTO_MS_MAX:
+            raise ConfigError(f"SYN-proxy timeouts need 1 <= init_rto_ms <= max_rto_ms <= {C.LB_SP_RTO_MS_MAX}")
+        if not 0 <= self.max_retries <= C.LB_SP_MAX_RETRIES_MAX:
+            raise ConfigError(f"SYN-proxy max_retries {self.max_retries} out of range 0..{C.LB_SP_MAX_RETRIES_MAX}")
+        if not C.LB_SP_MSS_MIN <= self.mss <= C.LB_SP_MSS_MAX:
+            raise ConfigError(f"SYN-proxy mss {self.mss} out of range {C.LB_SP_MSS_MIN}..{C.LB_SP_MSS_MAX}")
         if self.wscale or self.timestamps:
             raise ConfigError("SYN-proxy supports neither window scaling nor timestamps (documented subset)")
-        if not 0 <= self.data_max_bytes <= 1460:
-            raise ConfigError(f"SYN-proxy data_max_bytes {self.data_max_bytes} out of range 0..1460")
+        if not 0 <= self.data_max_bytes <= C.LB_SP_DATA_MAX_BYTES_MAX:
+            raise ConfigError(f"SYN-proxy data_max_bytes {self.data_max_bytes} out of range "
+                              f"0..{C.LB_SP_DATA_MAX_BYTES_MAX}")
 
     def to_json(self) -> dict[str, object]:
         return dict(self.__dict__)

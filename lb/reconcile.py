@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Union
 
 from lb.model import (
     PROTO_BY_NAME,
+    DEFAULT_SCHEDULER,
     SCHEDULERS,
     ConfigError,
     DestSpec,
@@ -554,7 +555,7 @@ def parse_spec(raw: Any) -> ServiceSpec:
     args = _mapping(raw, "service")
     key = parse_key(args)
     _unsupported(args, ("ops", "pe", "sched_flags"), f"service {key}")
-    sched = args.get("sched") or "wlc"
+    sched = args.get("sched") or DEFAULT_SCHEDULER
     if sched not in SCHEDULERS:
         # Checked before building the spec: IPVS answers ENOENT ("Scheduler or persistence
         # engine not found"), whereas ServiceSpec would only say ConfigError (EINVAL).

@@ -54,6 +54,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from lb import consts as C
 from lb.engine import FWD_IDS, Action, ConnState, EngineError, FwdState, Reason, Verdict
 from lb.model import (
     PROTO_TCP,
@@ -103,16 +104,16 @@ from lb.pyengine.xmit_tun import encapsulate, transmit_tun
 if TYPE_CHECKING:
     from lb.pyengine.nfq import NfqAdapter
 
-DEFAULT_CONN_MAX = 1048576  # entries; LB_DEFAULT_CONN_MAX in native/include/lb_api.h
-DEFAULT_HASH_BUCKETS = 262144  # LB_DEFAULT_HASH_BUCKETS (reported by table_size(); Python uses dicts)
+DEFAULT_CONN_MAX = C.LB_DEFAULT_CONN_MAX  # entries
+DEFAULT_HASH_BUCKETS = C.LB_DEFAULT_HASH_BUCKETS  # reported by table_size(); Python uses dicts
 SUPPORTED_FWD = frozenset({"route", "tunnel", "fullnat"})
 MAX_TIMEOUT_S = 0xFFFFFFFF // 1000  # timeouts are kept in 32-bit milliseconds (as the C core)
 M64 = (1 << 64) - 1
 SEED1_MUL = 0xD6E8FEB86659FD93  # seed1 = seed0 * SEED1_MUL + 1 (native/src/conn.c)
 
-DEST_F_AVAILABLE = 1  # LB_DEST_F_* (lb_api.h)
-DEST_F_OVERLOAD = 2
-DEST_F_FWD_VALID = 4
+DEST_F_AVAILABLE = C.LB_DEST_F_AVAILABLE
+DEST_F_OVERLOAD = C.LB_DEST_F_OVERLOAD
+DEST_F_FWD_VALID = C.LB_DEST_F_FWD_VALID
 
 # (proto, virtual addr (4 bytes), virtual port)
 SvcKey = tuple[int, bytes, int]
@@ -207,10 +208,10 @@ class PyEngine:
     ) -> None:
         conn_max = conn_max or DEFAULT_CONN_MAX  # as struct lb_config: 0 = the default
         hash_buckets = hash_buckets or DEFAULT_HASH_BUCKETS
-        lport_min = lport_min or 1024
-        lport_max = lport_max or 65535
-        if (conn_max >= 1 << 30 or hash_buckets & (hash_buckets - 1) or not 0 < lport_min <= lport_max <= 65535
-                or conn_max < 0):
+        lport_min = lport_min or C.LB_DEFAULT_LPORT_MIN
+        lport_max = lport_max or C.LB_DEFAULT_LPORT_MAX
+        if (conn_max > C.LB_CONN_MAX_LIMIT or hash_buckets & (hash_buckets - 1)
+                or not 0 < lport_min <= lport_max <= 65535 or conn_max < 0):
             raise EngineError("EINVAL", f"bad engine configuration (conn_max={conn_max}, hash_buckets={hash_buckets}, "
                                         f"lport {lport_min}..{lport_max})")
         if hash_seed:
@@ -648,8 +649,9 @@ class PyEngine:
         """lb_sp_check_conf (SynproxyConf validates most of it already)."""
         if conf.wscale or conf.timestamps:
             raise EngineError("EOPNOTSUPP", "SYN-proxy supports neither window scaling nor timestamps")
-        if (conf.init_rto_ms < 1 or conf.max_rto_ms < conf.init_rto_ms or conf.max_rto_ms > 120000
-                or conf.max_retries > 15 or not 536 <= conf.mss <= 9000 or conf.data_max_bytes > 1460):
+        if (conf.init_rto_ms < 1 or conf.max_rto_ms < conf.init_rto_ms or conf.max_rto_ms > C.LB_SP_RTO_MS_MAX
+                or conf.max_retries > C.LB_SP_MAX_RETRIES_MAX or not C.LB_SP_MSS_MIN <= conf.mss <= C.LB_SP_MSS_MAX
+                or conf.data_max_bytes > C.LB_SP_DATA_MAX_BYTES_MAX):
             raise EngineError("EINVAL", f"SYN-proxy settings out of range: {conf}")
 
     def synproxy_stats(self) -> dict[str, int]:

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lb.engine import Action, Reason, Verdict
+from lb import consts as C
+from lb.engine import TOA_LEN, Action, Reason, Verdict
 from lb.pyengine.conn import Connection, LocalAddress
 from lb.pyengine.csum import csum_replace2, csum_replace4, get16, ip_header_checksum, put16, tcp_checksum_full
 from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, tcp_options
@@ -38,11 +39,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 TOA_KIND = 254
-TOA_LEN = 8  # bytes
 MSS_FLOOR = 536  # an MSS is lowered only when it stays above this
 LPORT_PROBES = 4096  # ports tried per local address
 DEFAULT_MTU = 1500
-PKT_MAX = 65535
+PKT_MAX = C.LB_PKT_MAX
 
 _TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
 

@@ -12,18 +12,18 @@ packet is dropped (known gap), both R_FRAG_NEEDED.
 
 from __future__ import annotations
 
-from lb.engine import Action, Reason, Verdict
+from lb import consts as C
+from lb.engine import IPIP_OVERHEAD, Action, Reason, Verdict
 from lb.pyengine.conn import Destination
 from lb.pyengine.csum import internet_checksum, put16
 from lb.pyengine.icmp import frag_needed
 from lb.pyengine.parse import ParsedPacket
 from lb.pyengine.xmit_dr import NO_L2, xmit_l2
 
-IPIP_OVERHEAD = 20  # bytes
 IPPROTO_IPIP = 4
 OUTER_TTL = 64
 DEFAULT_MTU = 1500
-PKT_MAX = 65535  # the largest IPv4 packet (and the C core's output buffer)
+PKT_MAX = C.LB_PKT_MAX  # the largest IPv4 packet (and the C core's output buffer)
 
 _FRAG_DROP = Action(Verdict.DROP, Reason.FRAG_NEEDED)
 

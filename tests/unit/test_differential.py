@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import packet_table as table  # noqa: E402
 from lb.engine import EngineError, FwdState  # noqa: E402
-from lb.model import DestSpec, ServiceKey, ServiceSpec, SynproxyConf  # noqa: E402
+from lb.model import SCHEDULERS, DestSpec, ServiceKey, ServiceSpec, SynproxyConf  # noqa: E402
 
 FACTORIES = {f.id: f for f in table.engine_factories()}
 C_FACTORY = FACTORIES["c"]
@@ -145,7 +145,7 @@ def fwd_for(dest: int, variant: str) -> FwdState | None:
 
 svc_idx = st.integers(0, len(SERVICES) - 1)
 dest_idx = st.integers(0, len(DESTS) - 1)
-sched = st.sampled_from(["rr", "wlc"])
+sched = st.sampled_from(SCHEDULERS)  # every scheduler of the C registry
 persistence = st.sampled_from([None, None, None, 60, 300])  # seconds
 netmask = st.sampled_from(["255.255.255.255", "255.255.255.0"])  # CLIENT1 and CLIENT2 share a /24
 service_conf = st.tuples(sched, persistence, netmask, st.sampled_from([False, False, True]),

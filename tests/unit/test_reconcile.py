@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lb.model import DestSpec, ServiceKey, ServiceSpec
+from lb.model import SCHEDULERS, DestSpec, ServiceKey, ServiceSpec
 from lb.reconcile import (
     DEFAULT_TIMEOUTS,
     AddDest,
@@ -56,7 +56,7 @@ keys = st.builds(ServiceKey, st.sampled_from([6, 17]), st.sampled_from(VIPS), st
 
 @st.composite
 def service_states(draw: Any, key: ServiceKey) -> ServiceState:
-    spec = ServiceSpec(key=key, sched=draw(st.sampled_from(["rr", "wlc"])),
+    spec = ServiceSpec(key=key, sched=draw(st.sampled_from(SCHEDULERS)),
                        persistent=draw(st.sampled_from([None, 300])), toa=draw(st.booleans()))
     dests = {}
     for addr in draw(st.lists(st.sampled_from(RIPS), unique=True, max_size=4)):
