@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lb import __version__
+from lb import __version__, statefile
 from lb.director import BatchError, Director, Resolution
 from lb.engine import Engine, EngineError, FwdState
 from lb.estimator import ESTIMATOR_TICK_S
@@ -174,7 +174,7 @@ def make_engine(kind: str, conn_max: int) -> Engine:
     if kind == "python":
         from lb.pyengine import PyEngine
 
-        return PyEngine(conn_max=conn_max or 1048576)  # type: ignore[return-value]
+        return PyEngine(conn_max=conn_max)
     from lb.fastpath import CEngine
 
     return CEngine(conn_max=conn_max)
@@ -412,124 +412,7 @@ def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: as
 
 # ---------------------------------------------------------------------------- state snapshots
 
-STATE_MAGIC = b"LBDSTATE1\n"
 SNAPSHOT_EVERY_S = 2.0
-
-
-def state_path(state_dir: str, queue_num: int) -> Path:
-    return Path(state_dir) / f"lbd-q{queue_num}.state"
-
-
-def _conn_record_size() -> int:
-    from lb._ffi import ffi
-
-    return int(ffi.sizeof("struct lb_conn_info"))
-
-
-def write_state(path: Path, config: dict[str, Any], blob: bytes | None, engine: str) -> int:
-    """Write a snapshot atomically (temporary file, fsync, rename); returns its size in bytes.
-
-    Layout: STATE_MAGIC, one line of JSON (the configuration, Director.snapshot_config(), plus
-    when and what was saved), then the connection table as raw struct lb_conn_info records
-    (CEngine.dump_connections_raw; absent with an engine that cannot dump).
-    """
-    header = {
-        **config,
-        "saved_at": time.time(),
-        "engine": engine,
-        "conn_record_size": _conn_record_size() if blob is not None else None,
-        "connections": None if blob is None else len(blob) // _conn_record_size(),
-    }
-    data = STATE_MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n" + (blob or b"")
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return len(data)
-
-
-def read_state(path: Path) -> tuple[dict[str, Any], bytes]:
-    """(header, connection blob) of a state file; ValueError if it is not one."""
-    data = path.read_bytes()
-    if not data.startswith(STATE_MAGIC):
-        raise ValueError(f"{path}: not an lbd state file")
-    end = data.find(b"\n", len(STATE_MAGIC))
-    if end < 0:
-        raise ValueError(f"{path}: truncated header")
-    header = json.loads(data[len(STATE_MAGIC):end])
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: header is not an object")
-    return header, data[end + 1:]
-
-
-def _age_connections(blob: bytes, elapsed_ms: int) -> tuple[bytes, int]:
-    """Records with `elapsed_ms` less time left (lbd was down that long); drops the expired ones.
-
-    The dump stores time left, so a restore counts from the new process's clock; taking the
-    downtime off keeps every entry's deadline where it was (wall clock, to the second).
-    """
-    from lb._ffi import ffi
-
-    size = _conn_record_size()
-    n = len(blob) // size
-    if n == 0 or elapsed_ms <= 0:
-        return blob, 0
-    arr = ffi.from_buffer("struct lb_conn_info[]", bytearray(blob))
-    kept = []
-    expired = 0
-    for i in range(n):
-        left = int(arr[i].expires_in_ms) - elapsed_ms
-        if left <= 0:
-            expired += 1
-            continue
-        arr[i].expires_in_ms = left
-        kept.append(bytes(ffi.buffer(arr + i, size)))
-    return b"".join(kept), expired
-
-
-def save_state(director: Director, path: Path) -> str:
-    """One snapshot of `director` to `path`; returns a summary for the log."""
-    engine = director.engine
-    dump = getattr(engine, "dump_connections_raw", None)
-    blob = dump(int(time.monotonic() * 1000)) if dump is not None else None
-    size = write_state(path, director.snapshot_config(), blob, engine.name)
-    conns = "not saved (engine %s cannot dump them)" % engine.name if blob is None else \
-        f"{len(blob) // _conn_record_size()} connections"
-    return f"{size} bytes, {conns}"
-
-
-def restore_state(director: Director, path: Path) -> dict[str, Any]:
-    """Re-apply a state file: configuration, then connections. Returns what happened."""
-    header, blob = read_state(path)
-    age_s = max(0.0, time.time() - float(header.get("saved_at") or time.time()))
-    applied = director.restore_config(header, f"restore from {path}")
-    result: dict[str, Any] = {"age_s": round(age_s, 3), "commands": applied}
-    restore = getattr(director.engine, "restore_connections_raw", None)
-    if header.get("connections") is None:
-        log.info("restore from %s: the snapshot holds no connection table (saved by engine %s)",
-                 path, header.get("engine"))
-    elif restore is None:
-        log.warning("restore from %s: %d connections not restored: engine %s cannot restore them",
-                    path, header["connections"], director.engine.name)
-    elif header.get("conn_record_size") != _conn_record_size() or len(blob) % _conn_record_size():
-        log.warning("restore from %s: connection records of %s bytes, this lbd's are %d: connections skipped",
-                    path, header.get("conn_record_size"), _conn_record_size())
-    else:
-        aged, expired = _age_connections(blob, int(age_s * 1000))
-        outcome = restore(aged, int(time.monotonic() * 1000))
-        if expired:
-            outcome["expired"] = expired
-        result["connections"] = outcome
-        log.info("restore from %s (saved %.1f s ago): connections %s", path, age_s,
-                 ", ".join(f"{k} {v}" for k, v in sorted(outcome.items())) or "none")
-    return result
 
 
 async def _snapshot_loop(director: Director, path: Path, stop: asyncio.Event) -> None:
@@ -543,7 +426,7 @@ async def _snapshot_loop(director: Director, path: Path, stop: asyncio.Event) ->
         if stop.is_set():
             break
         try:
-            summary = save_state(director, path)
+            summary = statefile.save_state(director, path)
             log.debug("state saved to %s: %s", path, summary)
             last_error = ""
         except Exception as exc:  # keep serving; say it once per distinct problem
@@ -585,7 +468,7 @@ def cleanup(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 1
     log.info("queue %d: rules removed; packets to the VIPs reach this host's own stack now "
-             "(the state file, if any, is kept: %s)", args.queue_num, state_path(args.state_dir, args.queue_num))
+             "(the state file, if any, is kept: %s)", args.queue_num, statefile.state_path(args.state_dir, args.queue_num))
     return 0
 
 
@@ -605,7 +488,7 @@ async def run(args: argparse.Namespace) -> int:
         if problem:
             log.error("cannot manage iptables rules: %s", problem)
             return 1
-    snapshot = state_path(args.state_dir, args.queue_num) if args.state_dir else None
+    snapshot = statefile.state_path(args.state_dir, args.queue_num) if args.state_dir else None
     restoring = snapshot is not None and (args.restore or (not args.config and snapshot.exists()))
     resolver, close_resolver = make_resolver()
     # Absolute: a reload must read the same file whatever lbd's working directory is then.
@@ -629,7 +512,7 @@ async def run(args: argparse.Namespace) -> int:
         if restoring:
             assert snapshot is not None
             if snapshot.exists():
-                restore_state(director, snapshot)
+                statefile.restore_state(director, snapshot)
             else:
                 log.warning("--restore: no state file %s; starting empty", snapshot)
         if args.config:
@@ -686,7 +569,7 @@ async def run(args: argparse.Namespace) -> int:
             engine.stop()  # no packet changes the tables any more: the last snapshot is exact
         if ready and snapshot is not None:
             try:
-                log.info("state saved to %s: %s", snapshot, save_state(director, snapshot))
+                log.info("state saved to %s: %s", snapshot, statefile.save_state(director, snapshot))
             except Exception as exc:
                 log.error("saving state to %s failed: %s", snapshot, exc)
         close_resolver()

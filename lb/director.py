@@ -12,10 +12,9 @@ then they go to the engine one by one, and if the engine still refuses one, the 
 applied are undone in reverse order; the iptables rules are synced once at the end.
 
 Counters: `zero` (ipvsadm -Z, for all services or one) uses the engine's zero/zero_service
-and restarts the rate estimators (lb/estimator.py) from the zeroed counters. With an engine
-that cannot zero one service (the Python engine), lbd keeps a baseline per service and
-destination instead and `list` reports counters minus baseline, as the kernel does with
-ustats0 (ip_vs_zero_stats).
+and restarts the rate estimators (lb/estimator.py) from the zeroed counters.
+
+The engine is used through lb.engine.Engine only: both engines implement all of it.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from lb.estimator import Estimator, HandshakeSample, StallEvent, StallWatch
 from lb.model import ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats, SynproxyConf
 from lb.reconcile import (
     COMMAND_TYPES,
-    DEFAULT_TIMEOUTS,
     AddDest,
     AddLaddr,
     AddService,
@@ -104,9 +102,8 @@ class BatchError(EngineError):
         self.reason = reason or message  # without the "request N (...)" prefix
 
 
-# Keys of the counter baselines and rate estimators.
+# Keys of the rate estimators.
 StatsKey = tuple[object, ...]  # ("svc", ServiceKey) | ("dest", ServiceKey, addr, port)
-_STAT_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
 
 
 def _svc_stats_key(key: ServiceKey) -> StatsKey:
@@ -129,15 +126,14 @@ class Director:
         self.conntrack = conntrack  # lbd --conntrack: the IPVS conntrack sysctl analogue
         self.down_policy = down_policy  # lbd --down-policy: what packets do while no lbd runs
         self.fwd_status: dict[tuple[ServiceKey, str, int], FwdStatus] = {}
-        get_timeouts = getattr(engine, "get_timeouts", None)
-        self.timeouts: Timeouts = Timeouts(*get_timeouts()) if get_timeouts is not None else DEFAULT_TIMEOUTS
+        self.timeouts: Timeouts = Timeouts(*engine.get_timeouts())
         self.estimator = Estimator()
         self.stalls = StallWatch()
         # SYN-proxy settings as last applied (the engines cannot report them): the global default
         # and the services that have their own.
         self.synproxy_default = SynproxyConf()
         self.synproxy_confs: dict[ServiceKey, SynproxyConf] = {}
-        self._baselines: dict[StatsKey, Stats] = {}
+        self._last_refusals: dict[str, int] = {}  # REFUSAL_LOGS counters at the previous tick
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self._ping,
             "list": self._list,
@@ -339,26 +335,18 @@ class Director:
             e.edit_dest(cmd.key, cmd.dest)
         elif isinstance(cmd, DelDest):
             e.del_dest(cmd.key, cmd.addr, cmd.port)
-        elif isinstance(cmd, (AddLaddr, DelLaddr)):
-            method = getattr(e, "add_laddr" if isinstance(cmd, AddLaddr) else "del_laddr", None)
-            if method is None:
-                raise EngineError("EOPNOTSUPP", f"engine {e.name} has no FULLNAT local addresses")
-            method(cmd.key, cmd.addr)
+        elif isinstance(cmd, AddLaddr):
+            e.add_laddr(cmd.key, cmd.addr)
+        elif isinstance(cmd, DelLaddr):
+            e.del_laddr(cmd.key, cmd.addr)
         elif isinstance(cmd, Clear):
             e.clear()
         elif isinstance(cmd, SetTimeout):
             new = self.timeouts.merged(cmd.timeouts)
-            # Engines with set_timeouts (C) apply them to their state table; others (Python)
-            # only have them stored and reported.
-            set_timeouts = getattr(e, "set_timeouts", None)
-            if set_timeouts is not None:
-                set_timeouts(new.tcp, new.tcpfin, new.udp)
+            e.set_timeouts(new.tcp, new.tcpfin, new.udp)
             self.timeouts = new
         elif isinstance(cmd, SetSynproxy):
-            set_synproxy = getattr(e, "set_synproxy", None)
-            if set_synproxy is None:
-                raise EngineError("EOPNOTSUPP", f"engine {e.name} has no SYN-proxy settings")
-            set_synproxy(cmd.key, cmd.conf if cmd.key is not None or cmd.conf is not None else SynproxyConf())
+            e.set_synproxy(cmd.key, cmd.conf if cmd.key is not None or cmd.conf is not None else SynproxyConf())
         elif isinstance(cmd, Zero):
             pass  # counters only: applied in _committed, after everything else succeeded
         else:  # pragma: no cover
@@ -543,12 +531,9 @@ class Director:
 
     def _log_refusals(self) -> None:
         """Counted refusals become log lines too (issue 3: exhausted pools; issue 8: full table)."""
-        read = getattr(self.engine, "counters", None)
-        if read is None:  # engines always count; test doubles may not
-            return
-        counters = read()
-        last = getattr(self, "_last_refusals", None) or {}
-        entries = getattr(self.engine, "conn_count", lambda: 0)()
+        counters = self.engine.counters()
+        last = self._last_refusals
+        entries = self.engine.conn_count()
         for reason, text in self.REFUSAL_LOGS.items():
             n = counters.get(reason, 0) - last.get(reason, counters.get(reason, 0))
             if n > 0:
@@ -573,49 +558,29 @@ class Director:
                      addr, port, key, event.window_s, event.syn_retrans, event.handshakes)
 
     def _zero(self, key: ServiceKey | None) -> None:
-        """ipvsadm -Z [service]: counters and rates of the service(s) and their destinations restart at 0.
-
-        Engines with zero_service (C) zero their own counters; the estimators restart from 0
-        (ip_vs_zero_estimator). Engines without it keep their counters and lbd keeps a
-        baseline per object that `list` subtracts (the kernel's ustats0).
-        """
-        zero_service = getattr(self.engine, "zero_service", None)
-        if zero_service is not None:
-            if key is None:
-                self.engine.zero()
-            else:
-                zero_service(key)
-            services = [s for s in self.engine.services() if key is None or s.spec.key == key]
-            for skey in self._stats_samples(services):
-                self._baselines.pop(skey, None)
-                self.estimator.zero(skey, Stats())
-            return
+        """ipvsadm -Z [service]: counters and rates of the service(s) and their destinations restart at 0:
+        the engine zeroes its counters, the estimators restart from 0 (ip_vs_zero_estimator)."""
+        if key is None:
+            self.engine.zero()
+        else:
+            self.engine.zero_service(key)
         services = [s for s in self.engine.services() if key is None or s.spec.key == key]
-        for skey, raw in self._stats_samples(services).items():
-            self._baselines[skey] = Stats(**raw.to_json())
-            self.estimator.zero(skey, raw)
+        for skey in self._stats_samples(services):
+            self.estimator.zero(skey, Stats())
 
     def _forget_stats(self, match: Callable[[StatsKey], bool]) -> None:
-        gone = [k for k in self._baselines if match(k)]
-        for k in gone:
-            del self._baselines[k]
         self.estimator.forget([k for k in self.estimator.keys() if match(k)])
 
     def _shown(self, skey: StatsKey, raw: Stats) -> dict[str, int]:
-        """Counters since the last zero, plus rates: a `stats` object of `list`."""
-        base = self._baselines.get(skey)
-        if base is not None and any(getattr(raw, f) < getattr(base, f) for f in _STAT_FIELDS):
-            del self._baselines[skey]  # the engine reset these counters itself (object re-created)
-            base = None
-        counters = raw.to_json() if base is None else {f: getattr(raw, f) - getattr(base, f) for f in _STAT_FIELDS}
-        return {**counters, **self.estimator.read(skey).to_json()}
+        """Counters since the object was created or last zeroed, plus rates: a `stats` object of `list`."""
+        return {**raw.to_json(), **self.estimator.read(skey).to_json()}
 
     def _list(self, args: dict[str, Any]) -> dict[str, Any]:
         only = parse_key(args["service"]) if args.get("service") else None
         services = self.engine.services()
         if only is not None and all(s.spec.key != only for s in services):
             raise EngineError("ESRCH", f"no such service {only}")
-        table_size = getattr(self.engine, "table_size", lambda: 4096)()
+        table_size = self.engine.table_size()
         out = []
         for s in services:
             if only is not None and s.spec.key != only:
@@ -649,16 +614,9 @@ class Director:
 
     def _counters(self, _args: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {"reasons": self.engine.counters()}
-        nfq_stats = getattr(self.engine, "nfq_stats", None)
-        per_queue = getattr(self.engine, "nfq_queue_stats", None)
-        if per_queue is not None:
-            # One snapshot: the totals are the sum of exactly the per-queue figures shown.
-            queues = per_queue()  # in queue order (lbd --queue-balance: one per thread)
-            result["nfq_queues"] = queues
-            result["nfq"] = {k: sum(q[k] for q in queues) for k in queues[0]} if queues else {}
-        elif nfq_stats is not None:
-            result["nfq"] = nfq_stats()
-        synproxy_stats = getattr(self.engine, "synproxy_stats", None)
-        if synproxy_stats is not None:
-            result["synproxy"] = synproxy_stats()
+        # One snapshot: the totals are the sum of exactly the per-queue figures shown.
+        queues = self.engine.nfq_queue_stats()  # in queue order (lbd --queue-balance: one per thread)
+        result["nfq_queues"] = queues
+        result["nfq"] = {k: sum(q[k] for q in queues) for k in queues[0]} if queues else {}
+        result["synproxy"] = self.engine.synproxy_stats()
         return result

@@ -61,6 +61,8 @@ def _stats(c: object) -> Stats:
     )
 
 
+_NO_TIMER = 2**64 - 1  # lb_timer_due(): UINT64_MAX when nothing is due
+
 # Fields of struct lb_nfq_stats (lb_api.h), in declaration order.
 NFQ_STAT_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_nfq_stats").fields)
 
@@ -216,6 +218,11 @@ class CEngine:
         st = ffi.new("struct lb_synproxy_stats *")
         lib.lb_synproxy_get_stats(self._lb, st)
         return {name: getattr(st, name) for name in dir(st)}
+
+    def timer_due(self) -> int | None:
+        """When the next timer is due (None: none pending); the NFQUEUE thread polls by it itself."""
+        due = int(lib.lb_timer_due(self._lb))
+        return None if due == _NO_TIMER else due
 
     def timers(self, now_ms: int) -> list[Action]:
         """Run due timers (single-threaded use: tests); the NFQUEUE thread does this itself."""

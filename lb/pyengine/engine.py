@@ -1004,6 +1004,14 @@ class PyEngine:
                 )
             return result
 
+    def dump_connections_raw(self, now_ms: int) -> bytes | None:
+        """None: the restart snapshot's records are the C core's struct lb_conn_info, which this
+        engine does not produce (lbd --engine python saves and restores the configuration only)."""
+        return None
+
+    def restore_connections_raw(self, blob: bytes, now_ms: int) -> dict[str, int]:
+        raise EngineError("EOPNOTSUPP", "the Python engine cannot restore a C connection dump")
+
     def counters(self) -> dict[str, int]:
         """Packets per reason since the engine started, keyed by reason name in lower case."""
         with self._lock:

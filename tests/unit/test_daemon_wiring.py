@@ -23,11 +23,14 @@ KEY = ServiceKey(6, VIP, 80)
 
 
 class FakeEngine:
-    """Only what Director's list/estimate/sync need; counters set by the test."""
+    """A real (Python) engine whose services() the test makes up, with counters it sets."""
 
     name = "fake"
 
     def __init__(self) -> None:
+        from lb.pyengine import PyEngine
+
+        self._inner = PyEngine(conn_max=16)
         self.dests = {
             "10.0.0.2": DestInfo(DestSpec("10.0.0.2", 80)),
             "10.0.0.3": DestInfo(DestSpec("10.0.0.3", 80)),
@@ -36,6 +39,9 @@ class FakeEngine:
 
     def services(self) -> list[ServiceInfo]:
         return [ServiceInfo(ServiceSpec(KEY, sched="rr"), list(self.dests.values()), Stats(), list(self.laddrs))]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
     def bump(self, addr: str, syn_retrans: int = 0, handshakes: int = 0, conns: int = 0) -> None:
         d = self.dests[addr]

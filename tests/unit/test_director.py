@@ -294,34 +294,6 @@ def test_zero_one_service_leaves_the_others(director: Director) -> None:
     assert (service_stats(d, 80)["conns"], service_stats(d, 443)["conns"]) == (0, 0)
 
 
-class NoZeroService:
-    """An engine without zero_service/zero: lbd must fall back to baselines."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.name = inner.name
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("zero_service", "zero"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-
-def test_zero_with_baselines_when_the_engine_cannot(director: Director) -> None:
-    d = Director(NoZeroService(director.engine), rules=None, resolver=None)
-    with_traffic(d)
-    d.handle("zero", {"service": SVC})
-    assert (service_stats(d, 80)["conns"], service_stats(d, 443)["conns"]) == (0, 2)
-    assert director.engine.services()[0].stats.conns == 3  # the engine's own counters untouched
-    d.engine.process(syn(41000, 80), 2000)
-    assert service_stats(d, 80)["conns"] == 1
-    d.handle("zero", {})
-    assert (service_stats(d, 80)["conns"], service_stats(d, 443)["conns"]) == (0, 0)
-    d.handle("del_service", SVC)  # re-created: starts from the engine's zeroed counters, no baseline
-    d.handle("add_service", {**SVC, "sched": "rr"})
-    assert service_stats(d, 80)["conns"] == 0
-
-
 def test_zero_restarts_rates(director: Director) -> None:
     engine = CountingEngine(director.engine)
     d = Director(engine, rules=None, resolver=None)
