@@ -15,7 +15,7 @@ option combinations, and turned into one JSON request for lbd
 Additions to ipvsadm: `--socket PATH` (else $LBD_SOCKET, else
 /run/lbd/lbd.sock), `-b/--fullnat` (DPVS; ipvsadm's own -b, scheduler flags,
 stays available as `--sched-flags`), `--json` for listings, `--reload`,
-`lbadm doctor` (lb/doctor_cli.py).
+`lbadm doctor` (lb/doctor/cli.py).
 
 From DPVS's ipvsadm (iqiyi/dpvs tools/ipvsadm/ipvsadm.c), for what lbd's engines do:
 `-P/--add-laddr`, `-Q/--del-laddr` with `-z/--laddr LIP` (FULLNAT local addresses; DPVS's
@@ -1514,12 +1514,12 @@ def main(
     # `lbadm [--socket PATH] doctor ...` (issue 7): not an ipvsadm command line; "doctor" is no
     # ipvsadm word, so nothing ipvsadm accepts is taken away.
     if "doctor" in args:
-        from lb.doctor_cli import doctor_invocation, main_doctor
+        from lb.doctor import cli as doctor_cli
 
-        inv = doctor_invocation(args)
+        inv = doctor_cli.doctor_invocation(args)
         if inv:
             sock, rest = inv
-            return main_doctor(rest, resolve_socket_path(sock, env))
+            return doctor_cli.main_doctor(rest, resolve_socket_path(sock, env))
     names = names or NameDB()
     streams = _Streams(sys.stdin, sys.stdout, sys.stderr)
     try:

@@ -34,19 +34,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import signal
-import socket
-import struct
 import sys
-import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from lb import __version__, statefile
-from lb.director import BatchError, Director, Resolution
+from lb.ctlserver import ControlServer, socket_alive
+from lb.director import Director, Resolution, Resolver
 from lb.engine import Engine, EngineError, FwdState
 from lb.estimator import ESTIMATOR_TICK_S
 from lb.model import ConfigError
@@ -54,7 +52,6 @@ from lb.model import ConfigError
 log = logging.getLogger("lbd")
 
 DEFAULT_SOCKET = "/run/lbd/lbd.sock"
-MAX_REQUEST_BYTES = 1 << 20
 RESOLVE_UNRESOLVED_EVERY_S = 1.0
 RESOLVE_ALL_EVERY_S = 15.0
 
@@ -180,152 +177,25 @@ def make_engine(kind: str, conn_max: int) -> Engine:
     return CEngine(conn_max=conn_max)
 
 
-RESOLVE_TIMEOUT_S = 5.0
+def make_resolver() -> tuple[Resolver, Callable[[], None]]:
+    """(resolver for the Director, closer), backed by lb.netlink.Resolver in this network namespace.
 
-
-def make_resolver() -> tuple[Any, Any]:
-    """Return (resolver callable, closer) backed by pyroute2 in this network namespace.
-
-    pyroute2 0.9's synchronous IPRoute drives an asyncio loop of its own, which
-    cannot run inside lbd's loop: one worker thread owns the IPRoute (with a
-    private loop) and the resolver waits for it. Each call is a few netlink
-    round trips (milliseconds); neighbour resolution itself is asynchronous in
-    the kernel (NTF_USE) and picked up by the next refresh.
+    pyroute2 0.9's synchronous IPRoute drives an asyncio loop of its own, which cannot run inside
+    lbd's loop: the Resolver's worker thread owns the IPRoute and the Director's (synchronous)
+    calls wait for it. Each call is a few netlink round trips (milliseconds); neighbour
+    resolution itself is asynchronous in the kernel (NTF_USE) and picked up by the next refresh.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from pyroute2 import IPRoute
-
     from lb import netlink
 
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lbd-netlink")
-    state: dict[str, Any] = {}
-
-    def in_worker(daddr: str) -> Any:
-        if "ipr" not in state:
-            state["loop"] = asyncio.SelectorEventLoop()
-            state["ipr"] = IPRoute(flags=0, groups=0, use_event_loop=state["loop"])
-        return netlink.resolve_fwd(state["ipr"], daddr)
+    worker = netlink.Resolver()
 
     def resolve(daddr: str) -> Resolution:
-        res = executor.submit(in_worker, daddr).result(timeout=RESOLVE_TIMEOUT_S)
+        res = worker.resolve_blocking(daddr)
         if res.fwd is None:
             return Resolution(None, ifname=res.ifname or "", reason=res.reason or "unresolved")
         return Resolution(FwdState(**dataclasses.asdict(res.fwd)), ifname=res.ifname or "")
 
-    def close_worker() -> None:
-        if "ipr" in state:
-            state["ipr"].close()
-            state["loop"].close()
-
-    def close() -> None:
-        try:
-            executor.submit(close_worker).result(timeout=RESOLVE_TIMEOUT_S)
-        finally:
-            executor.shutdown(wait=True)
-
-    return resolve, close
-
-
-class ControlServer:
-    """Newline-delimited JSON over a Unix socket; one Director behind it."""
-
-    def __init__(self, director: Director, path: str) -> None:
-        self.director = director
-        self.path = path
-        self.server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> None:
-        sock_path = Path(self.path)
-        sock_path.parent.mkdir(parents=True, exist_ok=True)
-        if sock_path.exists() or sock_path.is_socket():
-            if _socket_alive(self.path):
-                raise RuntimeError(f"another lbd is already listening on {self.path}")
-            sock_path.unlink()
-        old_umask = os.umask(0o177)  # the socket is created 0600: root's (or our user's) only
-        try:
-            self.server = await asyncio.start_unix_server(self._client, path=self.path, limit=MAX_REQUEST_BYTES)
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, 0o600)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if not _peer_allowed(sock):
-            writer.write(_encode({"ok": False, "errno": "EPERM", "error": "Permission denied (you must be root)"}))
-            await writer.drain()
-            writer.close()
-            return
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (asyncio.LimitOverrunError, ValueError):
-                    writer.write(_encode({"ok": False, "errno": "EINVAL", "error": "request too large"}))
-                    break
-                if not line:
-                    break
-                writer.write(_encode(self._dispatch(line)))
-                await writer.drain()
-        except (ConnectionResetError, BrokenPipeError):
-            pass
-        finally:
-            writer.close()
-
-    def _dispatch(self, line: bytes) -> dict[str, Any]:
-        try:
-            req = json.loads(line)
-            if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-                raise ValueError("request must be an object with a string 'op'")
-            args = req.get("args") or {}
-            if not isinstance(args, dict):
-                raise ValueError("'args' must be an object")
-        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
-            return {"ok": False, "errno": "EINVAL", "error": f"malformed request: {exc}"}
-        op = req["op"]
-        try:
-            return {"ok": True, "result": self.director.handle(op, args)}
-        except BatchError as exc:
-            return {"ok": False, "errno": exc.errno_name, "error": str(exc), "index": exc.index, "op": exc.op}
-        except EngineError as exc:
-            return {"ok": False, "errno": exc.errno_name, "error": str(exc)}
-        except ConfigError as exc:
-            return {"ok": False, "errno": "EINVAL", "error": str(exc)}
-        except Exception as exc:  # never let one request stop the daemon
-            log.exception("operation %s failed", op)
-            return {"ok": False, "errno": "EIO", "error": f"{op} failed: {exc}"}
-
-
-def _encode(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
-def _socket_alive(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        try:
-            s.connect(path)
-        except OSError:
-            return False
-        return True
-
-
-def _peer_allowed(sock: socket.socket | None) -> bool:
-    """Only root or lbd's own user may drive the director (SO_PEERCRED)."""
-    if sock is None:
-        return False
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid == 0 or uid == os.getuid()
+    return resolve, worker.close_blocking
 
 
 async def _resolve_loop(director: Director, stop: asyncio.Event) -> None:
@@ -378,7 +248,7 @@ def _reload_on_sighup(director: Director) -> None:
 
 def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Any:
     """Re-resolve every destination when routes, addresses, neighbours or links change."""
-    from lb import netlink
+    from lb import netmonitor
 
     pending: dict[str, asyncio.TimerHandle | None] = {"handle": None}
 
@@ -398,7 +268,7 @@ def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: as
 
     class _Monitor:
         def __init__(self) -> None:
-            self.inner = netlink.NetlinkMonitor(on_event)
+            self.inner = netmonitor.NetlinkMonitor(on_event)
             self.inner.start(loop)
 
         def stop(self) -> None:
@@ -474,7 +344,7 @@ def cleanup(args: argparse.Namespace) -> int:
 
 async def run(args: argparse.Namespace) -> int:
     path = socket_path(args.socket)
-    if _socket_alive(path):
+    if socket_alive(path):
         log.error("another lbd is already listening on %s", path)
         return 1
     engine = make_engine(args.engine, args.conn_max)

@@ -545,7 +545,7 @@ class Director:
         """Once per episode: a WARNING with issue 7's diagnosis when it starts, an INFO when it ends."""
         key, addr, port = event.key  # type: ignore[misc]
         if event.started:
-            from lb.doctor import STALL_CAUSES
+            from lb.doctor.checks_sampled import STALL_CAUSES
 
             log.warning("destination %s:%d of %s: %d handshakes stalled in %g s; frames leave the director "
                         "but no client ACK returns. Likely causes: %s (client SYN retransmissions +%d, "

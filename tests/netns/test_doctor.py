@@ -10,7 +10,7 @@
   anti-spoofing cause; with the filter removed the finding clears.
 
 Doctor runs as the operator runs it: its CLI inside the director's namespace (`lbadm doctor` once
-lbadm has the subcommand, else `python -m lb.doctor_cli`), or the library with a LiveContext bound
+lbadm has the subcommand, else `python -m lb.doctor.cli`), or the library with a LiveContext bound
 to that namespace. Extra objects (an ebtables chain lbD<token>-I-ipv4 in the switch namespace, a
 filter rule on the director) are removed by finalizers; processes are ended by PID.
 """
@@ -81,7 +81,7 @@ def dr_service(lbd: "Lbd", topo: Topology) -> None:
 
 
 def lbadm_has_doctor(lbd: "Lbd") -> bool:
-    """True once lbadm dispatches `doctor` to lb.doctor_cli (its --help then documents --window)."""
+    """True once lbadm dispatches `doctor` to lb.doctor.cli (its --help then documents --window)."""
     proc = lbd.lbadm("doctor", "--help", check=False)
     return proc.returncode == 0 and "--window" in proc.stdout
 
@@ -91,7 +91,7 @@ def run_doctor(lbd: "Lbd", *args: str) -> tuple[int, dict[str, Any], str]:
     if lbadm_has_doctor(lbd):
         proc = lbd.lbadm("doctor", "--json", *args, check=False)
     else:
-        argv = [sys.executable, "-m", "lb.doctor_cli", "--socket", lbd.socket, "--json", *args]
+        argv = [sys.executable, "-m", "lb.doctor.cli", "--socket", lbd.socket, "--json", *args]
         proc = lbd.director.exec(["env", f"PYTHONPATH={REPO}", *argv], check=False, timeout=DOCTOR_TIMEOUT_S)
     assert proc.returncode in (0, 1), f"doctor exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
     return proc.returncode, json.loads(proc.stdout), proc.stderr

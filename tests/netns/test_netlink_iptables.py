@@ -25,13 +25,13 @@ from lb import iptables as ipt
 from lb.iptables import RuleManager
 from lb.netlink import (
     FwdResult,
-    NetlinkMonitor,
     Resolver,
     interface_name,
     mac_bytes,
     nud_name,
     resolve_fwd,
 )
+from lb.netmonitor import NetlinkMonitor
 
 pytestmark = pytest.mark.netns
 

@@ -39,6 +39,6 @@ class LineServer:
 
 def director_socket(path: str, director: Any) -> LineServer:
     """The daemon's request dispatch (ControlServer._dispatch) for `director` behind `path`."""
-    from lb.daemon import ControlServer
+    from lb.ctlserver import ControlServer
 
     return LineServer(path, ControlServer(director, path)._dispatch)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from lb.daemon import MAX_REQUEST_BYTES, ControlServer, _peer_allowed
+from lb.ctlserver import MAX_REQUEST_BYTES, ControlServer, _peer_allowed
 from lb.director import Director
 
 VIP = "10.0.0.1"

@@ -215,10 +215,10 @@ def test_lbd_help_documents_conntrack(capsys: pytest.CaptureFixture[str]) -> Non
 def test_lbadm_doctor_is_dispatched_before_ipvsadm_parsing(
     monkeypatch: pytest.MonkeyPatch, argv: list[str], sock: str, rest: list[str]
 ) -> None:
-    import lb.doctor_cli
+    import lb.doctor.cli
 
     seen: list[tuple[list[str], str]] = []
-    monkeypatch.setattr(lb.doctor_cli, "main_doctor", lambda a, s: seen.append((list(a), s)) or 0)
+    monkeypatch.setattr(lb.doctor.cli, "main_doctor", lambda a, s: seen.append((list(a), s)) or 0)
     assert cli.main(argv, env={"LBD_SOCKET": "/env/lbd.sock"}) == 0
     assert seen == [(rest, sock)]
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from lb import doctor
-from lb import doctor_cli
+from lb.doctor import cli as doctor_cli
+from lb.doctor import runner as doctor_runner
 from lb import iptables as ipt
 from lb.testbed.seeds import FIELD_REPORT_001_FILTER
 from lb.doctor import (
@@ -546,7 +547,7 @@ def test_a_failing_check_does_not_hide_the_others(monkeypatch: pytest.MonkeyPatc
         raise KeyError("surprise")
 
     boom.__name__ = "check_mtu"
-    monkeypatch.setattr(doctor, "STATIC_CHECKS", (*doctor.STATIC_CHECKS[:-2], boom, doctor.STATIC_CHECKS[-1]))
+    monkeypatch.setattr(doctor_runner, "STATIC_CHECKS", (*doctor_runner.STATIC_CHECKS[:-2], boom, doctor_runner.STATIC_CHECKS[-1]))
     fs = run_checks(FakeContext())
     assert [f.summary for f in by(fs, "mtu")] == ["check failed: KeyError: 'surprise'"]
     assert by(fs, "vip")
