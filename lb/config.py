@@ -619,7 +619,7 @@ def is_ipvsadm_save(text: str) -> bool:
 
 def parse_ipvsadm_save(text: str, path: str = "<string>") -> Config:
     """`ipvsadm -S` output as a configuration: -A, -a, -P (local address) and --set lines only."""
-    from lb.cli import Action, UsageError, rule_lines
+    from lb.lbadm import Action, UsageError, rule_lines
     from lb.ipvsadm_fmt import NameDB
 
     names = NameDB()

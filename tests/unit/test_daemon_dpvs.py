@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from lb.cli import LEGAL_OPTIONS, Action, Opt, UsageError, parse_args
+from lb.lbadm import LEGAL_OPTIONS, Action, Opt, UsageError, parse_args
 from lb.config import SERVICE_SYNPROXY_KEYS, SYNPROXY_KEYS, ConfigErrors, TomlLines, parse_config
 from lb.director import Director
 from lb.engine import EngineError
@@ -49,7 +49,7 @@ def served() -> Iterator[tuple[str, Director]]:
 
 
 def lbadm(path: str, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-    from lb.cli import main
+    from lb.lbadm import main
 
     old = sys.stdin, sys.stdout, sys.stderr
     sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), io.StringIO(), io.StringIO()

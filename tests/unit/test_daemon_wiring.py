@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lb import cli, daemon
+from lb import daemon, lbadm
 from lb.director import Director
 from lb.estimator import HandshakeSample, StallWatch
 from lb.iptables import icmp_match
@@ -219,21 +219,21 @@ def test_lbadm_doctor_is_dispatched_before_ipvsadm_parsing(
 
     seen: list[tuple[list[str], str]] = []
     monkeypatch.setattr(lb.doctor.cli, "main_doctor", lambda a, s: seen.append((list(a), s)) or 0)
-    assert cli.main(argv, env={"LBD_SOCKET": "/env/lbd.sock"}) == 0
+    assert lbadm.main(argv, env={"LBD_SOCKET": "/env/lbd.sock"}) == 0
     assert seen == [(rest, sock)]
 
 
 def test_lbadm_doctor_bad_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["doctor", "--window", "-1"], env={}) == 2
+    assert lbadm.main(["doctor", "--window", "-1"], env={}) == 2
     assert "window" in capsys.readouterr().err
 
 
 def test_lbadm_help_mentions_doctor(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["-h"], env={}) == 0
+    assert lbadm.main(["-h"], env={}) == 0
     assert "doctor [--json] [--window SECONDS]" in capsys.readouterr().out
 
 
 def test_doctor_word_elsewhere_is_still_ipvsadm(capsys: pytest.CaptureFixture[str]) -> None:
     # "-A -t doctor:80": not a doctor invocation; ipvsadm's own error for an unknown host.
-    assert cli.main(["-A", "-t", "doctor:80"], env={}) == 2
+    assert lbadm.main(["-A", "-t", "doctor:80"], env={}) == 2
     assert "illegal virtual server address" in capsys.readouterr().err

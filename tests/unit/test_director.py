@@ -402,7 +402,7 @@ def run_lbadm(path: str, argv: list[str], stdin: str = "") -> tuple[int, str, st
     import io
     import sys
 
-    from lb.cli import main
+    from lb.lbadm import main
     from lb.ipvsadm_fmt import NumericNames
 
     old = sys.stdin, sys.stdout, sys.stderr

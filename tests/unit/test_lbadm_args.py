@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from lb.cli import (
+from lb.lbadm import (
     Action,
     RestoreError,
     UsageError,
@@ -318,7 +318,7 @@ def test_restore_accepts_ipvsadm_prefixed_lines_and_rejects_the_whole_input_on_o
 
 
 # --------------------------------------------------------------------------
-# End to end: lb.cli.main against a fake lbd on a temporary Unix socket
+# End to end: lb.lbadm.main against a fake lbd on a temporary Unix socket
 
 Handler = Callable[[str, dict[str, Any]], dict[str, Any]]
 
