@@ -638,6 +638,9 @@ def parse_ipvsadm_save(text: str, path: str = "<string>") -> Config:
         if invocation.action is not Action.CHANGE or request is None:
             issues.append(ConfigIssue(path, number, f"not a configuration command: {raw_line.strip()}"))
             continue
+        if invocation.refusal is not None:  # as lbadm -R refuses it (lb.unimplemented)
+            issues.append(ConfigIssue(path, number, invocation.refusal))
+            continue
         try:
             cmd = parse_command(request.op, request.args)
         except StateError as exc:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from lb import __version__
+from lb import __version__, unimplemented
 from lb.engine import Engine, EngineError, FwdState
 from lb.estimator import Estimator, HandshakeSample, StallEvent, StallWatch
 from lb.model import ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats, SynproxyConf
@@ -140,6 +140,9 @@ class Director:
             "connections": self._connections,
             "counters": self._counters,
             "get_timeout": self._get_timeout,
+            "get_daemon": self._get_daemon,
+            "start_daemon": self._start_daemon,
+            "stop_daemon": self._stop_daemon,
             "batch": self._batch,
             "reload": self._reload,
         }
@@ -426,6 +429,17 @@ class Director:
 
     def _get_timeout(self, _args: dict[str, Any]) -> dict[str, int]:
         return self.timeouts.to_json()
+
+    # The IPVS connection sync daemon (lb.unimplemented): none ever runs, as on a kernel director
+    # where none was started: `ipvsadm -L --daemon` lists nothing, --stop-daemon finds none.
+    def _get_daemon(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {"daemons": []}
+
+    def _start_daemon(self, _args: dict[str, Any]) -> None:
+        raise EngineError("EOPNOTSUPP", unimplemented.entry("start-daemon").message)
+
+    def _stop_daemon(self, _args: dict[str, Any]) -> None:
+        raise EngineError("ESRCH", "no connection sync daemon is running")
 
     # ------------------------------------------------------------ configuration files
     def apply_config(self, config: Any, what: str = "reload") -> dict[str, Any]:

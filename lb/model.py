@@ -32,6 +32,11 @@ FORWARD_NAMES: dict[str, str] = {
 SCHEDULERS: tuple[str, ...] = C.SCHEDULERS
 DEFAULT_SCHEDULER = "wlc"  # ipvsadm's DEF_SCHED, when -s / sched is not given
 
+
+def unknown_scheduler(name: str) -> str:
+    """The refusal of a scheduler lbd does not have (lbadm's and lbd's, with the registry's names)."""
+    return f"scheduler {name!r} is not implemented by lbd (lbd has: {', '.join(SCHEDULERS)})"
+
 # ipvsadm/IPVS limits.
 MAX_WEIGHT = 65535  # IP_VS_DEST_WEIGHT max accepted by ipvsadm
 MAX_THRESHOLD = 2**31 - 1
@@ -102,7 +107,7 @@ class ServiceSpec:
 
     def __post_init__(self) -> None:
         if self.sched not in SCHEDULERS:
-            raise ConfigError(f"unknown scheduler {self.sched!r} (known: {', '.join(SCHEDULERS)})")
+            raise ConfigError(unknown_scheduler(self.sched))
         if self.persistent is not None and not 1 <= self.persistent <= 2**31 - 1:
             raise ConfigError(f"persistence timeout {self.persistent} out of range")
         parse_ipv4(self.netmask)

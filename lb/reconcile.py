@@ -28,10 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Mapping, Union
 
+from lb import unimplemented
 from lb.model import (
     PROTO_BY_NAME,
     DEFAULT_SCHEDULER,
     SCHEDULERS,
+    unknown_scheduler,
     ConfigError,
     DestSpec,
     ServiceInfo,
@@ -529,37 +531,46 @@ def _mapping(value: Any, what: str) -> Mapping[str, Any]:
     return value
 
 
-def _unsupported(args: Mapping[str, Any], names: Iterable[str], what: str) -> None:
-    for name in names:
+def _unsupported(args: Mapping[str, Any], names: Mapping[str, str], what: str) -> None:
+    """EOPNOTSUPP for the first request field set whose option (names: field -> lbadm option) lbd
+    does not implement, with lb.unimplemented's message."""
+    for name, option in names.items():
         if args.get(name):
-            raise StateError("EOPNOTSUPP", f"{what}: {name} is not supported by lbd")
+            raise StateError("EOPNOTSUPP", f"{what}: {unimplemented.entry(option).message}")
+
+
+def _ipv4_only(addr: Any) -> None:
+    if ":" in str(addr):
+        raise StateError("EOPNOTSUPP", unimplemented.entry("ipv6").message)
 
 
 def parse_key(raw: Any) -> ServiceKey:
     args = _mapping(raw, "service")
     if args.get("fwmark"):
-        raise StateError("EOPNOTSUPP", "fwmark services are not supported by lbd")
+        raise StateError("EOPNOTSUPP", unimplemented.entry("fwmark-service").message)
     if args.get("ipv6"):
-        raise StateError("EOPNOTSUPP", "IPv6 services are not supported by lbd")
+        raise StateError("EOPNOTSUPP", unimplemented.entry("ipv6").message)
     proto = str(args.get("proto", "")).lower()
+    if proto == "sctp":
+        raise StateError("EOPNOTSUPP", unimplemented.entry("sctp-service").message)
     if proto not in PROTO_BY_NAME:
-        errno = "EOPNOTSUPP" if proto == "sctp" else "EINVAL"
-        raise StateError(errno, f"protocol {args.get('proto')!r} is not supported (tcp, udp)")
+        raise StateError("EINVAL", f"protocol {args.get('proto')!r} is not supported (tcp, udp)")
     for name in ("addr", "port"):
         if name not in args:
             raise StateError("EINVAL", f"service needs '{name}'")
+    _ipv4_only(args["addr"])
     return _model(lambda: ServiceKey(PROTO_BY_NAME[proto], str(args["addr"]), _as_int(args["port"], "port")))
 
 
 def parse_spec(raw: Any) -> ServiceSpec:
     args = _mapping(raw, "service")
     key = parse_key(args)
-    _unsupported(args, ("ops", "pe", "sched_flags"), f"service {key}")
+    _unsupported(args, {"ops": "ops", "pe": "pe", "sched_flags": "sched-flags"}, f"service {key}")
     sched = args.get("sched") or DEFAULT_SCHEDULER
     if sched not in SCHEDULERS:
         # Checked before building the spec: IPVS answers ENOENT ("Scheduler or persistence
         # engine not found"), whereas ServiceSpec would only say ConfigError (EINVAL).
-        raise StateError("ENOENT", f"scheduler {sched!r} not found (known: {', '.join(SCHEDULERS)})")
+        raise StateError("ENOENT", unknown_scheduler(str(sched)))
     persistent = args.get("persistent")
     extra = {"synproxy": bool(args.get("synproxy", False))} if "synproxy" in SPEC_FIELDS else {}
     return _model(lambda: ServiceSpec(
@@ -578,7 +589,8 @@ def parse_dest(raw: Any) -> DestSpec:
         raise StateError("EINVAL", "dest needs 'addr' and 'port'")
     tun_type = args.get("tun_type") or "ipip"
     if tun_type != "ipip":
-        raise StateError("EOPNOTSUPP", f"tunnel type {tun_type!r} is not supported by lbd (ipip only)")
+        raise StateError("EOPNOTSUPP", unimplemented.entry("tun-type").message)
+    _ipv4_only(args["addr"])
     return _model(lambda: DestSpec(
         addr=str(args["addr"]),
         port=_as_int(args["port"], "port"),
@@ -613,10 +625,12 @@ def parse_command(op: str, raw_args: Any) -> Command:
         d = _mapping(args.get("dest"), "dest")
         if "addr" not in d or "port" not in d:
             raise StateError("EINVAL", "dest needs 'addr' and 'port'")
+        _ipv4_only(d["addr"])
         probe = _model(lambda: DestSpec(addr=str(d["addr"]), port=_as_int(d["port"], "port")))
         return DelDest(key, probe.addr, probe.port)
     if op in ("add_laddr", "del_laddr"):
         key = parse_key(args.get("service"))
+        _ipv4_only(args.get("addr"))
         addr = _model(lambda: parse_ipv4(str(args.get("addr"))))
         return AddLaddr(key, addr) if op == "add_laddr" else DelLaddr(key, addr)
     if op == "clear":

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from lb import unimplemented
 from lb.ipvsadm_fmt import ListFormat, NameDB
 from lb.lbadm.errors import fail, tryhelp
 from lb.lbadm.legality import (
@@ -40,7 +41,7 @@ from lb.lbadm.values import (
     parse_timeout,
     string_to_number,
 )
-from lb.model import DEFAULT_SCHEDULER
+from lb.model import DEFAULT_SCHEDULER, SCHEDULERS, unknown_scheduler
 
 class Action(enum.Enum):
     HELP = "help"
@@ -72,6 +73,9 @@ class Invocation:
     fmt: ListFormat = field(default_factory=ListFormat)
     socket_path: str = ""
     json_output: bool = False
+    # Why lbd cannot do what the line asks (a feature it lacks, an unknown scheduler): lbadm then
+    # refuses it without asking lbd. Parsing itself stays ipvsadm's.
+    refusal: str | None = None
 
 
 @dataclass
@@ -151,6 +155,7 @@ class _CommandLine:
         self.daemon = _DaemonArgs()
         self.timeouts: tuple[int, int, int] | None = None
         self.socket_path: str | None = None
+        self.used: list[tuple[str, str | None]] = []  # (option key, value) in command-line order
 
     def set_option(self, opt: Opt) -> None:
         if opt in self.options:
@@ -174,6 +179,7 @@ class _CommandLine:
         if token.key == "version":
             return Action.VERSION
         if token.key in ("start-daemon", "stop-daemon"):
+            self.used.append((token.key, token.arg))
             self._set_daemon_command(token)
             return None
         command = _COMMAND_BY_KEY.get(token.key)
@@ -194,6 +200,7 @@ class _CommandLine:
 
     def apply(self, token: OptionToken) -> None:
         key = token.key
+        self.used.append((key, token.arg))
         if key in _POSITION_FREE_KEYS:
             self.apply_position_free(token)
         elif key in _PROTO_BY_KEY:
@@ -398,6 +405,19 @@ class _CommandLine:
             words = words[3:]
         if words:
             raise fail(f"unexpected argument {words[0]}")
+
+    def refusal(self) -> str | None:
+        """What of this (valid) command line lbd cannot do: the first option lb.unimplemented lists,
+        an IPv6 address, or a scheduler the C registry lacks."""
+        for key, value in self.used:
+            missing = unimplemented.refusal(key, value)
+            if missing is not None:
+                return missing.message
+        if AF_INET6 in (self.svc.af, self.dest.af):
+            return unimplemented.entry("ipv6").message
+        if self.command in (Command.ADD, Command.EDIT) and self.svc.sched not in SCHEDULERS:
+            return unknown_scheduler(self.svc.sched)
+        return None
 
     def check(self) -> None:
         assert self.command is not None

@@ -34,8 +34,8 @@ def tryhelp() -> UsageError:
 
 # libipvs ipvs_strerror(): the message depends on the operation.
 _OP_ERRORS: dict[str, dict[str, str]] = {
-    "add_service": {"EEXIST": "Service already exists", "ENOENT": "Scheduler or persistence engine not found"},
-    "edit_service": {"ESRCH": "No such service", "ENOENT": "Scheduler or persistence engine not found"},
+    "add_service": {"EEXIST": "Service already exists"},
+    "edit_service": {"ESRCH": "No such service"},
     "del_service": {"ESRCH": "No such service"},
     "zero": {"ESRCH": "No such service"},
     "add_dest": {"ESRCH": "Service not defined", "EEXIST": "Destination already exists"},
@@ -59,6 +59,9 @@ _GENERIC_ERRORS = {
 # module version, ...", "Operation not supported with IPv6"); lbd's own reason
 # says which argument or feature, so it is printed instead.
 _ERRNOS_EXPLAINED_BY_LBD = frozenset({"EINVAL", "EOPNOTSUPP", "ENOTSUP"})
+# libipvs says "Scheduler or persistence engine not found" for ENOENT after -A/-E, which a kernel
+# user reads as "module not loaded": lbd's reason names the schedulers it has instead.
+_OP_ERRNOS_EXPLAINED_BY_LBD = {"add_service": {"ENOENT"}, "edit_service": {"ENOENT"}}
 
 
 def ipvs_strerror(op: str, errno_name: str, lbd_message: str) -> str:
@@ -66,7 +69,7 @@ def ipvs_strerror(op: str, errno_name: str, lbd_message: str) -> str:
     specific = _OP_ERRORS.get(op, {}).get(errno_name)
     if specific is not None:
         return specific
-    if errno_name in _ERRNOS_EXPLAINED_BY_LBD:
+    if errno_name in _ERRNOS_EXPLAINED_BY_LBD or errno_name in _OP_ERRNOS_EXPLAINED_BY_LBD.get(op, ()):
         return lbd_message
     generic = _GENERIC_ERRORS.get(errno_name)
     if generic is not None:

@@ -122,6 +122,7 @@ def _finish(line: _CommandLine, action: Action, request: Request | None, env: Ma
         fmt=line.list_format(),
         socket_path=resolve_socket_path(line.socket_path, env),
         json_output=Opt.JSON in line.options,
+        refusal=line.refusal() if line.command is not None else None,
     )
 
 
@@ -151,16 +152,26 @@ def rule_lines(text: str, names: NameDB) -> Iterator[tuple[int, str, Invocation 
             yield number, raw_line, exc
 
 
-def restore_requests(text: str, names: NameDB | None = None) -> list[Request]:
-    """Parse every line of a restore stream into requests; nothing is sent if one is invalid.
-
-    Only commands that change the table are accepted (see rule_lines for the line syntax).
-    """
-    requests = []
+def restore_invocations(text: str, names: NameDB | None = None) -> list[tuple[int, Invocation]]:
+    """Every line of a restore stream, parsed: (line number, invocation); RestoreError names the
+    first line that is invalid or no command that changes the table (see rule_lines for the syntax)."""
+    parsed = []
     for number, raw_line, invocation in rule_lines(text, names or NameDB()):
         if isinstance(invocation, UsageError):
             raise RestoreError(number, invocation) from invocation
         if invocation.action is not Action.CHANGE or invocation.request is None:
             raise RestoreError(number, fail(f"only commands that change the table can be restored: {raw_line.strip()}"))
-        requests.append(invocation.request)
-    return requests
+        parsed.append((number, invocation))
+    return parsed
+
+
+def restore_requests(text: str, names: NameDB | None = None) -> list[Request]:
+    """Parse every line of a restore stream into requests; nothing is sent if one is invalid."""
+    return [invocation.request for _, invocation in restore_invocations(text, names) if invocation.request is not None]
+
+
+def refuse_unimplemented(parsed: list[tuple[int, Invocation]]) -> None:
+    """RestoreError for the first line asking for what lbd does not implement (lbadm -R sends nothing then)."""
+    for number, invocation in parsed:
+        if invocation.refusal is not None:
+            raise RestoreError(number, UsageError(invocation.refusal, EXIT_OP_FAILED))

@@ -22,7 +22,7 @@ from lb.ipvsadm_fmt import (
 )
 from lb.lbadm.cmdline import Action, Invocation, Request
 from lb.lbadm.errors import EXIT_LIST_FAILED, EXIT_NO_DAEMON, EXIT_OK, EXIT_OP_FAILED, PROG, UsageError, ipvs_strerror
-from lb.lbadm.invocation import RestoreError, parse_args, restore_requests
+from lb.lbadm.invocation import RestoreError, parse_args, refuse_unimplemented, restore_invocations
 from lb.lbadm.usage import usage_text, version_text
 
 ClientFactory = Callable[[str], ControlClient]
@@ -44,6 +44,9 @@ def run(invocation: Invocation, connect: ClientFactory, streams: _Streams, names
         return EXIT_OK
     if invocation.action is Action.RESTORE:
         return _run_restore(invocation, connect, streams, names)
+    if invocation.refusal is not None:  # what lbd does not implement: refused as the kernel refuses
+        streams.stderr.write(invocation.refusal + "\n")
+        return EXIT_OP_FAILED
     assert invocation.request is not None
     try:
         result = _send(invocation.socket_path, invocation.request, connect)
@@ -70,7 +73,9 @@ def _send(socket_path: str, request: Request, connect: ClientFactory) -> Any:
 
 def _run_restore(invocation: Invocation, connect: ClientFactory, streams: _Streams, names: NameDB) -> int:
     try:
-        requests = restore_requests(streams.stdin.read(), names)
+        parsed = restore_invocations(streams.stdin.read(), names)
+        refuse_unimplemented(parsed)
+        requests = [inv.request for _, inv in parsed if inv.request is not None]
     except RestoreError as exc:
         streams.stderr.write(exc.error.message + "\n")
         streams.stderr.write(f"{PROG}: restore: line {exc.line_number} is invalid; nothing was changed\n")

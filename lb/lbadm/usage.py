@@ -1,8 +1,11 @@
-"""lbadm -h and -v."""
+"""lbadm -h and -v. The help marks every option lb.unimplemented lists (data-driven: the table
+decides, not this text)."""
 
 from __future__ import annotations
 
-from lb import __version__
+import re
+
+from lb import __version__, unimplemented
 from lb.lbadm.errors import PROG
 from lb.lbadm.values import DEFAULT_PERSISTENT_TIMEOUT_S
 from lb.model import DEFAULT_SCHEDULER, SCHEDULERS
@@ -11,9 +14,28 @@ def version_text() -> str:
     return f"{PROG} v{__version__} (ipvsadm v1.31 command line and output, IPVS v1.2.1 semantics, served by lbd)\n"
 
 
+_OPTION_LINE = re.compile(r"^  (--[a-z0-9-]+)")
+
+
 def usage_text() -> str:
+    return _mark_unimplemented(version_text() + _text())
+
+
+def _mark_unimplemented(text: str) -> str:
+    """Append "[<mark>]" to the help line of each option lbd does not implement."""
+    marks = {f"--{m.option}": m.mark for m in unimplemented.NOT_IMPLEMENTED}
+    lines = []
+    for line in text.splitlines():
+        match = _OPTION_LINE.match(line)
+        if match and match.group(1) in marks:
+            line = f"{line}  [{marks[match.group(1)]}]"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _text() -> str:
     p = PROG
-    return version_text() + f"""\
+    return f"""\
 Usage:
   {p} -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [--sched-flags flags]
         [-j enable|disable] [--toa]
@@ -117,4 +139,6 @@ Daemon Options:
   --socket PATH                       lbd's control socket; else $LBD_SOCKET, else /run/lbd/lbd.sock
   --json                              listings as JSON, exactly as lbd reports them
   Names in addresses and ports come from /etc/hosts and /etc/services only, never DNS.
+  [not implemented by lbd] marks what lbd does not do (yet): {p} refuses it (exit status 255)
+  saying what lbd offers instead, as it refuses a scheduler lbd does not have.
 """

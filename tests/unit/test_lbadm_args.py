@@ -256,8 +256,10 @@ def test_help_prints_usage_with_lbadm_additions_and_sends_nothing(capsys: pytest
         ("add_service", "EEXIST", "Service already exists"),
         ("edit_dest", "ENOENT", "No such destination"),
         ("del_dest", "ENOENT", "No such destination"),
-        ("add_service", "ENOENT", "Scheduler or persistence engine not found"),
-        ("edit_service", "ENOENT", "Scheduler or persistence engine not found"),
+        # libipvs's "Scheduler or persistence engine not found" reads as "module not loaded":
+        # lbd's reason (the schedulers it has) is printed instead (issue 12 item 8).
+        ("add_service", "ENOENT", "lbd's reason"),
+        ("edit_service", "ENOENT", "lbd's reason"),
         ("zero", "ESRCH", "No such service"),
         ("clear", "EPERM", "Permission denied (you must be root)"),
         ("add_dest", "EINVAL", "lbd's reason"),
