@@ -1,7 +1,7 @@
 # lvs-userspace: build, test and demo. Run as root on Debian 12 (or similar).
 #   make demo   - builds everything, runs the DR demo in its own network namespaces
-#   make test   - builds everything, runs tests/unit, the C core under ASan/UBSan
-#                 and valgrind (test-sanitize), then tests/netns
+#   make test   - builds everything, runs the linters (lint: ruff, mypy), tests/unit, the C core
+#                 under ASan/UBSan and valgrind (test-sanitize), then tests/netns
 #   make fuzz   - libFuzzer run of the packet core (FUZZ_SECONDS, default 60)
 #   make bench  - the benchmark suite (bench/README.md; ~14 min), bench-quick a smoke run
 # Every target is idempotent.
@@ -23,7 +23,7 @@ DEB_PKGS := python3-venv python3-dev gcc make iptables iproute2 \
 # Inputs of the editable install (the cffi extension is compiled from native/).
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c)
 
-.PHONY: all deps venv build test test-unit test-sanitize test-netns fuzz demo bench bench-quick clean distclean
+.PHONY: all deps venv build lint test test-unit test-sanitize test-netns fuzz demo bench bench-quick clean distclean
 
 all: build
 
@@ -67,6 +67,7 @@ define run_pytest
 endef
 
 test: build
+	@$(MAKE) --no-print-directory lint
 	$(call run_pytest,tests/unit)
 	@$(MAKE) --no-print-directory test-sanitize
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
@@ -74,6 +75,11 @@ test: build
 
 # A bounded fuzz session on every `make test` (issue 8: CI fuzzes for minutes).
 CI_FUZZ_SECONDS ?= 120
+
+# Static checks of lb/, bench/ and tests/ (configured in pyproject.toml: [tool.ruff], [tool.mypy]).
+lint: build
+	$(PY) -m ruff check lb bench tests
+	$(PY) -m mypy
 
 test-unit: build
 	$(call run_pytest,tests/unit)
@@ -149,7 +155,7 @@ bench-quick: build $(BENCH_STAMP)
 	$(PY) -m bench all --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf build *.egg-info .pytest_cache .hypothesis $(STAMP) $(BENCH_STAMP)
+	rm -rf build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache $(STAMP) $(BENCH_STAMP)
 	rm -f lb/_fastpath*.so lb/_fastpath*.c lb/_fastpath*.o
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

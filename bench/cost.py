@@ -16,7 +16,8 @@ packet needs (e.g. the SYN before an established flow's ACK). Instructions per m
 The harness's own loop around lb_process (harness.c:main's self count in that difference, ~14
 per packet) is subtracted too and reported separately. The new-connection
 class (every SYN a new flow) cannot repeat one file: M and 2M distinct SYN files processed once
-each, counted only inside lb_process (--toggle-collect; see measure_new_conn). Where the instructions go: per-function self counts of the two 2N runs,
+each, counted only inside lb_process (--toggle-collect; see measure_new_conn). Where the instructions go:
+per-function self counts of the two 2N runs,
 subtracted, / 2N. (callgrind's inclusive counts are not used: with code inlined from headers
 they count some instructions twice.)
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lb import consts as C
 from lb.model import (
@@ -66,6 +67,7 @@ SYNPROXY_INTS = {
     "data_max_bytes": (0, C.LB_SP_DATA_MAX_BYTES_MAX),
     "ack_storm_max": (0, 2**32 - 1),  # uint32_t
 }
+_BUILTIN_SYNPROXY = SynproxyConf()  # the settings of a service without [service.synproxy] and no [synproxy]
 SYNPROXY_BOOLS = ("sack", "timestamps", "defer")
 SYNPROXY_KEYS = tuple(SynproxyConf.__dataclass_fields__)
 SERVICE_SYNPROXY_KEYS = ("enabled", *SYNPROXY_KEYS)
@@ -439,13 +441,13 @@ def _check_synproxy(c: _Checker, where: Path_, raw: Any, base: SynproxyConf, kno
         c.add(where, key, f"init_rto_ms {merged['init_rto_ms']} is higher than max_rto_ms {merged['max_rto_ms']}")
         return None, False
     try:
-        return SynproxyConf(**merged), True  # type: ignore[arg-type]
+        return SynproxyConf(**merged), True
     except ConfigError as exc:
         c.add(where, None, f"{what}: {exc}")
         return None, False
 
 
-def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = SynproxyConf()) -> ServiceConfig | None:
+def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = _BUILTIN_SYNPROXY) -> ServiceConfig | None:
     if not isinstance(raw, dict):
         c.add(where, None, f"[[service]] entries must be tables, got {_type_name(raw)}")
         return None
@@ -619,8 +621,8 @@ def is_ipvsadm_save(text: str) -> bool:
 
 def parse_ipvsadm_save(text: str, path: str = "<string>") -> Config:
     """`ipvsadm -S` output as a configuration: -A, -a, -P (local address) and --set lines only."""
-    from lb.lbadm import Action, UsageError, rule_lines
     from lb.ipvsadm_fmt import NameDB
+    from lb.lbadm import Action, UsageError, rule_lines
 
     names = NameDB()
     issues: list[ConfigIssue] = []
@@ -661,9 +663,11 @@ def parse_ipvsadm_save(text: str, path: str = "<string>") -> Config:
                 ident = (cmd.dest.addr, cmd.dest.port)
                 if ident in dests[cmd.key]:
                     first = dests[cmd.key][ident].line
-                    issues.append(ConfigIssue(path, number, f"duplicate destination {ident[0]}:{ident[1]} in {cmd.key} (first at line {first})"))
+                    issues.append(ConfigIssue(path, number, f"duplicate destination {ident[0]}:{ident[1]} in {cmd.key} "
+                                                            f"(first at line {first})"))
                 elif cmd.dest.l_threshold > cmd.dest.u_threshold:
-                    issues.append(ConfigIssue(path, number, f"lower threshold {cmd.dest.l_threshold} is higher than upper threshold {cmd.dest.u_threshold}"))
+                    issues.append(ConfigIssue(path, number, f"lower threshold {cmd.dest.l_threshold} is higher than "
+                                                            f"upper threshold {cmd.dest.u_threshold}"))
                 else:
                     dests[cmd.key][ident] = DestConfig(cmd.dest, number)
             elif cmd.addr in laddrs[cmd.key]:

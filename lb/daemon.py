@@ -38,8 +38,8 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lb import __version__, statefile
@@ -205,7 +205,7 @@ async def _resolve_loop(director: Director, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=RESOLVE_UNRESOLVED_EVERY_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if stop.is_set():
             break
@@ -223,7 +223,7 @@ async def _estimator_loop(director: Director, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=ESTIMATOR_TICK_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if stop.is_set():
             break
@@ -291,7 +291,7 @@ async def _snapshot_loop(director: Director, path: Path, stop: asyncio.Event) ->
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=SNAPSHOT_EVERY_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if stop.is_set():
             break
@@ -515,14 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         return check(args)
     if args.cleanup:
         return cleanup(args)
-    try:
-        import uvloop
+    import uvloop  # a declared dependency: lbd's event loop
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a declared dependency
-        runner = asyncio.run
     try:
-        return int(runner(run(args)))
+        return int(uvloop.run(run(args)))
     except KeyboardInterrupt:
         return 130
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from lb import __version__, unimplemented
 from lb.engine import Engine, EngineError, FwdState
@@ -104,6 +105,7 @@ class BatchError(EngineError):
 
 # Keys of the rate estimators.
 StatsKey = tuple[object, ...]  # ("svc", ServiceKey) | ("dest", ServiceKey, addr, port)
+DestKey = tuple[ServiceKey, str, int]  # a destination of a service: (service, address, port)
 
 
 def _svc_stats_key(key: ServiceKey) -> StatsKey:
@@ -112,6 +114,11 @@ def _svc_stats_key(key: ServiceKey) -> StatsKey:
 
 def _dest_stats_key(key: ServiceKey, addr: str, port: int) -> StatsKey:
     return ("dest", key, addr, port)
+
+
+def _of_service(key: ServiceKey, skey: StatsKey) -> bool:
+    """Whether estimator key `skey` is service `key`'s or one of its destinations'."""
+    return skey[1] == key
 
 
 class Director:
@@ -127,8 +134,8 @@ class Director:
         self.down_policy = down_policy  # lbd --down-policy: what packets do while no lbd runs
         self.fwd_status: dict[tuple[ServiceKey, str, int], FwdStatus] = {}
         self.timeouts: Timeouts = Timeouts(*engine.get_timeouts())
-        self.estimator = Estimator()
-        self.stalls = StallWatch()
+        self.estimator: Estimator[StatsKey] = Estimator()
+        self.stalls: StallWatch[DestKey] = StallWatch()
         # SYN-proxy settings as last applied (the engines cannot report them): the global default
         # and the services that have their own.
         self.synproxy_default = SynproxyConf()
@@ -375,12 +382,12 @@ class Director:
             elif isinstance(cmd, DelService):
                 for ident in [i for i in self.fwd_status if i[0] == cmd.key]:
                     del self.fwd_status[ident]
-                self._forget_stats(lambda k, key=cmd.key: k[1] == key)
+                self._forget_stats(functools.partial(_of_service, cmd.key))
                 to_resolve = {i: None for i in to_resolve if i[0] != cmd.key}
             elif isinstance(cmd, DelDest):
                 ident = (cmd.key, cmd.addr, cmd.port)
                 self.fwd_status.pop(ident, None)
-                self._forget_stats(lambda k, d=_dest_stats_key(*ident): k == d)
+                self._forget_stats(_dest_stats_key(*ident).__eq__)
                 to_resolve.pop(ident, None)
             elif isinstance(cmd, (AddDest, EditDest)):
                 to_resolve[(cmd.key, cmd.dest.addr, cmd.dest.port)] = None
@@ -555,9 +562,9 @@ class Director:
         self._last_refusals = {r: counters.get(r, 0) for r in self.REFUSAL_LOGS}
 
     @staticmethod
-    def _log_stall(event: StallEvent) -> None:
+    def _log_stall(event: StallEvent[DestKey]) -> None:
         """Once per episode: a WARNING with issue 7's diagnosis when it starts, an INFO when it ends."""
-        key, addr, port = event.key  # type: ignore[misc]
+        key, addr, port = event.key
         if event.started:
             from lb.doctor.checks_sampled import STALL_CAUSES
 

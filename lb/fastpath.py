@@ -8,8 +8,8 @@ integers (lb_api.h convention).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
 import os
+from collections.abc import Sequence
 
 from lb._ffi import ffi, lib
 from lb.engine import (
@@ -27,9 +27,9 @@ from lb.model import (
     ConnInfo,
     DestInfo,
     DestSpec,
+    LaddrInfo,
     ServiceInfo,
     ServiceKey,
-    LaddrInfo,
     ServiceSpec,
     Stats,
     SynproxyConf,

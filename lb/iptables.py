@@ -43,8 +43,8 @@ Why this shape:
   kernel instead of dropped; the service then degrades to "not balanced", not to "black-holed".
 
 Rule text is generated in the exact form `iptables -S` prints (iptables 1.8.x), and rules read
-back (lb.iptrules, the project's one iptables rule parser) are compared through a normalised key, so formatting differences between iptables versions
-cost at most a rewrite, never a wrong diff.
+back (lb.iptrules, the project's one iptables rule parser) are compared through a normalised key,
+so formatting differences between iptables versions cost at most a rewrite, never a wrong diff.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ from dataclasses import dataclass, field
 
 from lb import consts as C
 from lb.iptrules import TableState, parse_table, rule_key
-
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +299,7 @@ def plan_sync(existing: Sequence[str], desired: Sequence[RulePair]) -> Plan:
     keys = [rule_key(line) for line in existing]
     used: set[int] = set()
     add: list[str] = []
-    seen_matches: set[tuple[str, ...]] = set()
+    seen_matches: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
     for pair in desired:
         nt_key = rule_key(pair.notrack) if pair.notrack is not None else ()
         q_key = rule_key(pair.queue)

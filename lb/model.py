@@ -89,7 +89,7 @@ class ServiceKey:
         return {"proto": self.proto_name.lower(), "addr": self.addr, "port": self.port}
 
     @classmethod
-    def from_json(cls, obj: dict[str, object]) -> "ServiceKey":
+    def from_json(cls, obj: dict[str, object]) -> ServiceKey:
         proto = PROTO_BY_NAME.get(str(obj.get("proto", "")).lower())
         if proto is None:
             raise ConfigError(f"unknown protocol {obj.get('proto')!r}")
@@ -123,7 +123,7 @@ class ServiceSpec:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, object]) -> "ServiceSpec":
+    def from_json(cls, obj: dict[str, object]) -> ServiceSpec:
         persistent = obj.get("persistent")
         return cls(
             key=ServiceKey.from_json(obj),
@@ -167,7 +167,7 @@ class DestSpec:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, object]) -> "DestSpec":
+    def from_json(cls, obj: dict[str, object]) -> DestSpec:
         return cls(
             addr=str(obj["addr"]),
             port=int(obj["port"]),  # type: ignore[call-overload]

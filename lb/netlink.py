@@ -305,7 +305,7 @@ def resolve_fwd(ipr: IPRoute, daddr: str, *, trigger: bool = True, l2: bool = Tr
     link = _link(ipr, route.oif)
     if link is None:
         return FwdResult(daddr, reason=f"output interface {route.oif} for {daddr} vanished", nexthop=route.nexthop)
-    info = {"ifname": link.name, "nexthop": route.nexthop}
+    info: dict[str, Any] = {"ifname": link.name, "nexthop": route.nexthop}
     if not link.up:
         return FwdResult(daddr, reason=f"interface {link.name} (route to {daddr}) is down", **info)
     saddr = route.prefsrc or _fallback_source(ipr, route, link)
@@ -453,7 +453,7 @@ class Resolver:
             self._closed = True
             self._executor.shutdown(wait=True)
 
-    async def __aenter__(self) -> "Resolver":
+    async def __aenter__(self) -> Resolver:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

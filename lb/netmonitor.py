@@ -149,7 +149,7 @@ class NetlinkMonitor:
         self._sock.close()
         self._sock = None
 
-    def __enter__(self) -> "NetlinkMonitor":
+    def __enter__(self) -> NetlinkMonitor:
         self.open()
         return self
 

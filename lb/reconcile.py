@@ -25,15 +25,15 @@ takes FULLNAT destinations: the model refuses the others with EOPNOTSUPP, as the
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Mapping, Union
+from typing import Any, ClassVar
 
 from lb import unimplemented
 from lb.model import (
-    PROTO_BY_NAME,
     DEFAULT_SCHEDULER,
+    PROTO_BY_NAME,
     SCHEDULERS,
-    unknown_scheduler,
     ConfigError,
     DestSpec,
     ServiceInfo,
@@ -41,6 +41,7 @@ from lb.model import (
     ServiceSpec,
     SynproxyConf,
     parse_ipv4,
+    unknown_scheduler,
 )
 
 MAX_TIMEOUT_S = 86400 * 31  # ipvsadm's MAX_TIMEOUT (31 days), for --set and -p
@@ -71,7 +72,7 @@ class Timeouts:
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIMEOUT_S:
                 raise ConfigError(f"{name} timeout {value!r} out of range 0..{MAX_TIMEOUT_S} seconds")
 
-    def merged(self, update: "Timeouts") -> "Timeouts":
+    def merged(self, update: Timeouts) -> Timeouts:
         """`update` over self; 0 in `update` keeps the current value (ipvsadm --set semantics)."""
         return Timeouts(update.tcp or self.tcp, update.tcpfin or self.tcpfin, update.udp or self.udp)
 
@@ -79,7 +80,7 @@ class Timeouts:
         return {"tcp": self.tcp, "tcpfin": self.tcpfin, "udp": self.udp}
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> "Timeouts":
+    def from_json(cls, obj: Mapping[str, Any]) -> Timeouts:
         return cls(_as_int(obj.get("tcp", 0), "tcp"), _as_int(obj.get("tcpfin", 0), "tcpfin"),
                    _as_int(obj.get("udp", 0), "udp"))
 
@@ -99,7 +100,7 @@ class ServiceState:
     laddrs: dict[str, None] = field(default_factory=dict)  # an ordered set
     synproxy_conf: SynproxyConf | None = None  # None: the global default applies
 
-    def copy(self) -> "ServiceState":
+    def copy(self) -> ServiceState:
         return ServiceState(self.spec, dict(self.dests), dict(self.laddrs), self.synproxy_conf)
 
 
@@ -116,13 +117,13 @@ class State:
     # The global SYN-proxy default; None: not managed, as timeouts.
     synproxy_default: SynproxyConf | None = None
 
-    def copy(self) -> "State":
+    def copy(self) -> State:
         return State({k: s.copy() for k, s in self.services.items()}, self.timeouts, dict(self.lines),
                      self.synproxy_default)
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_services(cls, infos: Iterable[ServiceInfo], timeouts: Timeouts | None = None) -> "State":
+    def from_services(cls, infos: Iterable[ServiceInfo], timeouts: Timeouts | None = None) -> State:
         """The state an engine reports (`Engine.services()`)."""
         services = {}
         for info in infos:
@@ -134,7 +135,7 @@ class State:
         return cls(services, timeouts)
 
     @classmethod
-    def from_list_json(cls, listing: Mapping[str, Any], timeouts: Mapping[str, Any] | None = None) -> "State":
+    def from_list_json(cls, listing: Mapping[str, Any], timeouts: Mapping[str, Any] | None = None) -> State:
         """The state lbd reports over the control socket (`list`, `get_timeout` results)."""
         services = {}
         for svc in listing.get("services", []):
@@ -157,7 +158,7 @@ class State:
             raise StateError("ESRCH", f"no service {key}")
         return svc
 
-    def apply(self, cmd: "Command") -> None:
+    def apply(self, cmd: Command) -> None:
         """Change this state as the engine would, or raise StateError as the engine would."""
         if isinstance(cmd, AddService):
             if cmd.spec.key in self.services:
@@ -219,7 +220,7 @@ class State:
         else:  # pragma: no cover - the union is closed
             raise StateError("EOPNOTSUPP", f"unknown command {cmd!r}")
 
-    def apply_all(self, cmds: Iterable["Command"]) -> "State":
+    def apply_all(self, cmds: Iterable[Command]) -> State:
         for cmd in cmds:
             self.apply(cmd)
         return self
@@ -508,8 +509,8 @@ class SetSynproxy(Command):
         return f"# synproxy {where}: {_synproxy_words(self.conf)}"
 
 
-AnyCommand = Union[AddService, EditService, DelService, AddDest, EditDest, DelDest,
-                   AddLaddr, DelLaddr, Clear, Zero, SetTimeout, SetSynproxy]
+AnyCommand = (AddService | EditService | DelService | AddDest | EditDest | DelDest | AddLaddr | DelLaddr
+              | Clear | Zero | SetTimeout | SetSynproxy)
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.op: c for c in (AddService, EditService, DelService, AddDest, EditDest, DelDest,
                       AddLaddr, DelLaddr, Clear, Zero, SetTimeout, SetSynproxy)
@@ -640,11 +641,11 @@ def parse_command(op: str, raw_args: Any) -> Command:
     if op == "set_timeout":
         return SetTimeout(_model(lambda: Timeouts.from_json(args)))
     if op == "set_synproxy":
-        key = parse_key(args["service"]) if args.get("service") else None
+        sp_key = parse_key(args["service"]) if args.get("service") else None
         conf = args.get("conf")
-        if key is None and conf is None:
+        if sp_key is None and conf is None:
             raise StateError("EINVAL", "set_synproxy: the global default needs 'conf'")
-        return SetSynproxy(key, synproxy_from_json(conf) if conf is not None else None)
+        return SetSynproxy(sp_key, synproxy_from_json(conf) if conf is not None else None)
     raise StateError("EOPNOTSUPP", f"{op!r} is not a table-changing operation")
 
 

@@ -129,13 +129,13 @@ def check_firewall(run: Run) -> list[Finding]:
     # 4. FORWARD: lbd never routes; only real servers using the director as their gateway meet it.
     fwd_blocked: list[str] = []
     for svc in services:
-        for d in svc.dests:
-            probe = Probe(svc.proto, saddr=str(d.get("addr")), sport=int(d.get("port") or 0) or None,
-                          iif=(d.get("l2") or {}).get("ifname") or None, states=frozenset({"NEW", "INVALID"}),
+        for dest in svc.dests:
+            probe = Probe(svc.proto, saddr=str(dest.get("addr")), sport=int(dest.get("port") or 0) or None,
+                          iif=(dest.get("l2") or {}).get("ifname") or None, states=frozenset({"NEW", "INVALID"}),
                           tcp_flags=frozenset({"SYN", "ACK"}) if svc.proto == "tcp" else None)
             res = walk_path(run.tables, FORWARD_PATH, probe)
             if res.blocked and res.final is not None:
-                fwd_blocked.append(f"{d.get('addr')}:{d.get('port')} -> clients: {res.final.text}")
+                fwd_blocked.append(f"{dest.get('addr')}:{dest.get('port')} -> clients: {res.final.text}")
     if fwd_blocked and ip_forward == 1:
         out.append(Finding("warning", "firewall", "replies routed through this director (real servers using it as "
                            "their gateway) would be rejected in FORWARD: its conntrack sees only the server side "

@@ -57,7 +57,8 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
     expected = {}
     for svc in run.services:
         expected[svc.name] = ipt.rule_pair(chain, ipt.service_match(svc.proto_num, svc.addr, svc.port), target, track=track)
-    missing, covered = [], set()
+    missing: list[tuple[str, ipt.RulePair]] = []
+    covered: set[int] = set()
     for name, pair in expected.items():
         # any NFQUEUE target of ours counts (--queue-balance setups): compare the match part
         q_idx = _find_rule(pre.rules, pair.match, "NFQUEUE")
@@ -100,7 +101,8 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
         out.append(Finding("info", "conntrack", "conntrack opt-in is on: lbd installs no CT --notrack rules",
                            evidence="\n".join(pre.rules),
                            fix="nothing to fix if intended. Packets lbd forwards are still taken before conntrack's hook; "
-                               "packets it hands back and its raw-socket packets get conntrack entries and meet stateful rules as NEW/INVALID"))
+                               "packets it hands back and its raw-socket packets get conntrack entries and meet stateful "
+                               "rules as NEW/INVALID"))
     else:
         want = ipt.out_rules(q)
         fullnat = "fullnat" in run.fwds()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from lb.doctor.context import LbdRefused, LbdUnavailable
 from lb.doctor.findings import Finding
 from lb.doctor.inputs import Run, Sample
-from lb.doctor.context import LbdRefused, LbdUnavailable
 from lb.doctor.parsers import queue_line
 
 STALL_CAUSES = (

@@ -43,6 +43,7 @@ from lb.lbadm.values import (
 )
 from lb.model import DEFAULT_SCHEDULER, SCHEDULERS, unknown_scheduler
 
+
 class Action(enum.Enum):
     HELP = "help"
     VERSION = "version"

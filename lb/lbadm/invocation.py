@@ -12,6 +12,7 @@ from lb.lbadm.errors import EXIT_OP_FAILED, PROG, UsageError, fail, tryhelp
 from lb.lbadm.legality import Command, Opt
 from lb.lbadm.scanner import _POSITION_FREE_KEYS, OptionToken, PoptError, scan_options
 
+
 def _list_invocation(line: _CommandLine) -> tuple[Action, Request]:
     opts = line.options
     if Opt.CONNECTION in opts:

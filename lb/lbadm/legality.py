@@ -7,6 +7,7 @@ import enum
 
 from lb.lbadm.errors import fail
 
+
 class Command(enum.Enum):
     """Values are ipvsadm's command names as they appear in its messages."""
 

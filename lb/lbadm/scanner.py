@@ -8,6 +8,7 @@ import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+
 class ArgKind(enum.Enum):
     NONE = "none"
     REQUIRED = "required"

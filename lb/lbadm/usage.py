@@ -10,6 +10,7 @@ from lb.lbadm.errors import PROG
 from lb.lbadm.values import DEFAULT_PERSISTENT_TIMEOUT_S
 from lb.model import DEFAULT_SCHEDULER, SCHEDULERS
 
+
 def version_text() -> str:
     return f"{PROG} v{__version__} (ipvsadm v1.31 command line and output, IPVS v1.2.1 semantics, served by lbd)\n"
 

@@ -76,8 +76,8 @@ from lb.pyengine.conn import (
     ConnectionTable,
     ConnKey,
     Counters,
-    DestKey,
     Destination,
+    DestKey,
     LocalAddress,
     TemplateKey,
 )
@@ -166,7 +166,7 @@ class Service:
 
     def client_network(self, caddr: bytes) -> bytes:
         """The persistence granule of a client: its address & the service's netmask."""
-        return bytes(a & m for a, m in zip(caddr, self.netmask))
+        return bytes(a & m for a, m in zip(caddr, self.netmask, strict=True))
 
 
 def _svc_key(key: ServiceKey) -> SvcKey:

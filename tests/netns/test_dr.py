@@ -19,11 +19,10 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
+from conftest import LnDest, LnService, parse_ln  # type: ignore[import-not-found]
 
 from lb.testbed import client
 from lb.testbed.topology import Topology, dr_spec, list_netns
-
-from conftest import LnDest, LnService, parse_ln  # type: ignore[import-not-found]
 
 if TYPE_CHECKING:  # fixtures' types only
     from conftest import HttpHelper, Lbd

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import socketserver
 import threading
-from typing import Any, Callable, Self
+from collections.abc import Callable
+from typing import Any, Self
 
 Answer = Callable[[bytes], dict[str, Any]]
 

@@ -47,7 +47,7 @@ class Served:
         self.ready.set()
         self.loop.run_forever()
 
-    def __enter__(self) -> "Served":
+    def __enter__(self) -> Served:
         self.thread.start()
         assert self.ready.wait(10)
         return self

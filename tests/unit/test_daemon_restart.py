@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scapy.all import IP, TCP, raw  # type: ignore[import-untyped]
+from scapy.all import IP, TCP, raw
 
 from lb import daemon, statefile
 from lb.director import Director
@@ -155,7 +155,7 @@ def test_engine_without_dump_saves_configuration_only(tmp_path: Path) -> None:
         def dump_connections_raw(self, now_ms: int) -> bytes | None:
             return None  # the Engine protocol's "this engine cannot dump"
 
-    d = Director(NoDump(), rules=None, resolver=None)  # type: ignore[arg-type]
+    d = Director(NoDump(), rules=None, resolver=None)
     d.handle("add_service", {**DR, "sched": "rr"})
     path = tmp_path / "s"
     assert "not saved (engine nodump cannot dump them)" in statefile.save_state(d, path)
@@ -168,12 +168,12 @@ def test_engine_without_dump_saves_configuration_only(tmp_path: Path) -> None:
 def test_python_engine_round_trip_if_available(tmp_path: Path) -> None:
     from lb.pyengine import PyEngine
 
-    d = Director(PyEngine(conn_max=64), rules=None, resolver=None)  # type: ignore[arg-type]
+    d = Director(PyEngine(conn_max=64), rules=None, resolver=None)
     d.handle("add_service", {**DR, "sched": "rr"})
     d.handle("add_dest", {"service": DR, "dest": dest("10.0.0.11")})
     path = tmp_path / "s"
     statefile.save_state(d, path)
-    new = Director(PyEngine(conn_max=64), rules=None, resolver=None)  # type: ignore[arg-type]
+    new = Director(PyEngine(conn_max=64), rules=None, resolver=None)
     statefile.restore_state(new, path)
     assert listing(new) == listing(d)
 

@@ -254,10 +254,7 @@ def test_rates_in_list_follow_the_estimator(kind: str) -> None:
 
 
 def syn(sport: int, dport: int) -> bytes:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import packet_table  # type: ignore[import-not-found]
+    import packet_table
 
     return packet_table.tcp(sport=sport, dport=dport, src="192.0.2.10", dst=VIP, flags="S")
 
@@ -402,8 +399,8 @@ def run_lbadm(path: str, argv: list[str], stdin: str = "") -> tuple[int, str, st
     import io
     import sys
 
-    from lb.lbadm import main
     from lb.ipvsadm_fmt import NumericNames
+    from lb.lbadm import main
 
     old = sys.stdin, sys.stdout, sys.stderr
     sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), io.StringIO(), io.StringIO()

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from lb.ctlclient import ControlClient, ControlError, ProtocolError, request_once
+from lb.ipvsadm_fmt import NameDB, NumericNames, format_save
 from lb.lbadm import (
     Action,
     RestoreError,
@@ -28,8 +30,6 @@ from lb.lbadm import (
     parse_args,
     restore_requests,
 )
-from lb.ctlclient import ControlClient, ControlError, ProtocolError, request_once
-from lb.ipvsadm_fmt import NameDB, NumericNames, format_save
 from line_server import LineServer  # noqa: E402  (tests/unit helper)
 
 TRYHELP = "Try `lbadm -h' or 'lbadm --help' for more information."
@@ -81,11 +81,13 @@ def dest_spec(addr: str, port: int, fwd: str = "route", weight: int = 1, upper: 
         (["-A", "-f", "7", "-s", "rr"], {"op": "add_service", "args": svc_spec("rr", fwmark=7)}),
         (
             ["-A", "-t", "[2001:db8::1]:80"],
-            {"op": "add_service", "args": {"proto": "tcp", "addr": "2001:db8::1", "port": 80, "sched": "wlc", "persistent": None, "netmask": 128}},
+            {"op": "add_service",
+             "args": {"proto": "tcp", "addr": "2001:db8::1", "port": 80, "sched": "wlc", "persistent": None, "netmask": 128}},
         ),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2"], {"op": "add_dest", "args": {"service": VIP, "dest": dest_spec("10.0.0.2", 80)}}),
         # DR and tunneling force the service's port, as ipvsadm does.
-        (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2:8080", "-g"], {"op": "add_dest", "args": {"service": VIP, "dest": dest_spec("10.0.0.2", 80)}}),
+        (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2:8080", "-g"],
+         {"op": "add_dest", "args": {"service": VIP, "dest": dest_spec("10.0.0.2", 80)}}),
         (
             ["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2:8080", "-i", "-x", "100", "-y", "50"],
             {"op": "add_dest", "args": {"service": VIP, "dest": dest_spec("10.0.0.2", 80, "tunnel", 1, 100, 50)}},
@@ -107,8 +109,10 @@ def dest_spec(addr: str, port: int, fwd: str = "route", weight: int = 1, upper: 
             ["-a", "-f", "7", "-r", "10.0.0.2:8080", "-m"],
             {"op": "add_dest", "args": {"service": {"fwmark": 7}, "dest": dest_spec("10.0.0.2", 8080, "masq")}},
         ),
-        (["-e", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "3"], {"op": "edit_dest", "args": {"service": VIP, "dest": dest_spec("10.0.0.2", 80, weight=3)}}),
-        (["-d", "-t", "10.0.0.1:80", "-r", "10.0.0.2"], {"op": "del_dest", "args": {"service": VIP, "dest": {"addr": "10.0.0.2", "port": 80}}}),
+        (["-e", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "3"],
+         {"op": "edit_dest", "args": {"service": VIP, "dest": dest_spec("10.0.0.2", 80, weight=3)}}),
+        (["-d", "-t", "10.0.0.1:80", "-r", "10.0.0.2"],
+         {"op": "del_dest", "args": {"service": VIP, "dest": {"addr": "10.0.0.2", "port": 80}}}),
         (["-C"], {"op": "clear", "args": {}}),
         (["-Z"], {"op": "zero", "args": {}}),
         (["-Z", "-t", "10.0.0.1:80"], {"op": "zero", "args": {"service": VIP}}),
@@ -117,7 +121,8 @@ def dest_spec(addr: str, port: int, fwd: str = "route", weight: int = 1, upper: 
         (["--start-daemon", "master"], {"op": "start_daemon", "args": {"state": "master", "mcast_ifn": "eth0"}}),
         (
             ["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-i", "--tun-type", "gue", "--tun-port", "6080", "--tun-csum"],
-            {"op": "add_dest", "args": {"service": VIP, "dest": {**dest_spec("10.0.0.2", 80, "tunnel"), "tun_type": "gue", "tun_port": 6080, "tun_flags": "csum"}}},
+            {"op": "add_dest", "args": {"service": VIP, "dest": {**dest_spec("10.0.0.2", 80, "tunnel"), "tun_type": "gue",
+                                                                 "tun_port": 6080, "tun_flags": "csum"}}},
         ),
     ],
 )
@@ -214,7 +219,8 @@ def test_json_may_come_first_and_only_lists_accept_it(names: NameDB) -> None:
         (["-L", "--timeout", "--daemon"], 2, "The option 'daemon' conflicts with the 'timeout' option in the 'list' command"),
         (["-Lc", "-t", "10.0.0.1:80"], 2, "The option 'service-address' conflicts with the 'connection' option in the 'list' command"),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "--tun-type", "gre"], 2, "Tunnel options conflict with forward method"),
-        (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-i", "--tun-type", "gue"], 2, "You need to supply the 'tun-port' option for the 'gue' tunnel type"),
+        (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-i", "--tun-type", "gue"], 2,
+         "You need to supply the 'tun-port' option for the 'gue' tunnel type"),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-i", "--tun-type", "vxlan"], 2, "illegal tunnel type specified"),
         (["-a", "-t", "10.0.0.1:80", "-r", "[2001:db8::2]:80"], 2, "Different address family is allowed only for tunneling servers"),
         (["--start-daemon", "primary"], 2, "illegal start-daemon parameter specified"),

@@ -11,11 +11,13 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lb import unimplemented
 from lb.config import ConfigErrors, parse_config
+from lb.ctlclient import ControlClient
 from lb.director import Director
 from lb.engine import EngineError
 from lb.ipvsadm_fmt import NumericNames
@@ -37,7 +39,7 @@ def lbadm(argv: list[str], stdin: str = "", socket: str = "/nonexistent/lbd.sock
         sys.stdin, sys.stdout, sys.stderr = old
 
 
-def _no_lbd(path: str) -> object:
+def _no_lbd(path: str) -> ControlClient:
     raise AssertionError("lbadm must refuse this without asking lbd")
 
 
@@ -134,7 +136,7 @@ def test_ipvsadm_save_config_refuses_with_file_and_line() -> None:
 
 def test_lbd_refuses_other_clients_with_the_same_messages() -> None:
     d = Director(PyEngine(conn_max=16), rules=None, resolver=None)
-    cases = [
+    cases: list[tuple[str, dict[str, Any], str]] = [
         ("add_service", {"fwmark": 7, "sched": "rr"}, "fwmark-service"),
         ("add_service", {"proto": "sctp", "addr": VIP, "port": 80}, "sctp-service"),
         ("add_service", {"proto": "tcp", "addr": "2001:db8::1", "port": 80}, "ipv6"),

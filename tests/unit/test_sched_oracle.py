@@ -11,20 +11,16 @@ a new connection brings a destination to its upper threshold).
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import packet_table as table  # noqa: E402
-from lb.engine import FwdState, Verdict  # noqa: E402
-from lb.model import DestSpec, ServiceKey, ServiceSpec  # noqa: E402
+import packet_table as table
+from lb.engine import FwdState, Verdict
+from lb.model import DestSpec, ServiceKey, ServiceSpec
 
 FACTORIES = [
     pytest.param(f, id=f.id, marks=[pytest.mark.skip(reason=f.unavailable)] if f.make is None else [])
