@@ -61,6 +61,8 @@ def _stats(c: object) -> Stats:
     )
 
 
+# ServiceSpec.sched_flags bit i (flag-1, -2, -3) <-> struct lb_svc_conf.flags bit:
+_SCHED_FLAG_BITS = (lib.LB_SVC_F_SCHED1, lib.LB_SVC_F_SCHED2, lib.LB_SVC_F_SCHED3)
 _NO_TIMER = 2**64 - 1  # lb_timer_due(): UINT64_MAX when nothing is due
 
 # Fields of struct lb_nfq_stats (lb_api.h), in declaration order.
@@ -121,6 +123,9 @@ class CEngine:
         conf.persist_timeout_s = spec.persistent or 0
         conf.netmask = _ip2int(spec.netmask)
         conf.flags = (lib.LB_SVC_F_TOA if spec.toa else 0) | (lib.LB_SVC_F_SYNPROXY if spec.synproxy else 0)
+        for i, bit in enumerate(_SCHED_FLAG_BITS):
+            if spec.sched_flags & (1 << i):
+                conf.flags |= bit
         return conf
 
     @staticmethod
@@ -268,6 +273,7 @@ class CEngine:
                 netmask=_int2ip(s.conf.netmask) if s.conf.netmask else "255.255.255.255",
                 toa=bool(s.conf.flags & lib.LB_SVC_F_TOA),
                 synproxy=bool(s.conf.flags & lib.LB_SVC_F_SYNPROXY),
+                sched_flags=sum(1 << i for i, bit in enumerate(_SCHED_FLAG_BITS) if s.conf.flags & bit),
             )
             result.append(
                 ServiceInfo(spec=spec, dests=self._dests(key), stats=_stats(s.stats), laddrs=self._laddrs(key))

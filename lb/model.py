@@ -38,8 +38,36 @@ def unknown_scheduler(name: str) -> str:
     return f"scheduler {name!r} is not implemented by lbd (lbd has: {', '.join(SCHEDULERS)})"
 
 # ipvsadm/IPVS limits.
-MAX_WEIGHT = 65535  # IP_VS_DEST_WEIGHT max accepted by ipvsadm
-MAX_THRESHOLD = 2**31 - 1
+MAX_WEIGHT = C.LB_DEST_WEIGHT_MAX  # INT_MAX, as the kernel and ipvsadm 1.31 (Debian) accept
+MAX_THRESHOLD = 2**31 - 1  # ipvsadm's INT_MAX for -x/-y
+
+# Scheduler flags (ipvsadm -b/--sched-flags): the kernel's three IP_VS_SVC_F_SCHED bits, kept as
+# bits 1, 2, 4 (flag-1, -2, -3). sh and mh name the first two after what they mean to them.
+SCHED_FLAG_ALL = 7
+_FLAG_BIT = {"flag-1": 1, "flag-2": 2, "flag-3": 4, "sh-fallback": 1, "sh-port": 2, "mh-fallback": 1, "mh-port": 2}
+
+
+def _flag_names(sched: str) -> tuple[str, str, str]:
+    return (f"{sched}-fallback", f"{sched}-port", "flag-3") if sched in ("sh", "mh") else ("flag-1", "flag-2", "flag-3")
+
+
+def sched_flag_names(sched: str, bits: int) -> list[str]:
+    """The flags of `bits` as ipvsadm prints them for scheduler `sched` (print_sched_flags)."""
+    return [name for i, name in enumerate(_flag_names(sched)) if bits & (1 << i)]
+
+
+def sched_flag_bits(sched: str, names: object) -> int:
+    """The bits of a list of flag names; ConfigError for an unknown flag or one of another scheduler."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"scheduler flags must be a list of names, got {names!r}")
+    bits = 0
+    for name in names:
+        if name not in _FLAG_BIT:
+            raise ConfigError(f"invalid scheduler flag {name!r}")
+        if not name.startswith("flag-") and name.split("-")[0] != sched:
+            raise ConfigError(f"scheduler flag {name!r} does not go with scheduler {sched!r}")
+        bits |= _FLAG_BIT[name]
+    return bits
 
 
 class ConfigError(ValueError):
@@ -104,10 +132,13 @@ class ServiceSpec:
     netmask: str = "255.255.255.255"
     toa: bool = False  # FULLNAT: client address to real servers in TCP option 254
     synproxy: bool = False  # answer SYNs with cookies, open to the real server after the ACK
+    sched_flags: int = 0  # bits 1, 2, 4: ipvsadm's flag-1..3 (sched_flag_names)
 
     def __post_init__(self) -> None:
         if self.sched not in SCHEDULERS:
             raise ConfigError(unknown_scheduler(self.sched))
+        if not isinstance(self.sched_flags, int) or not 0 <= self.sched_flags <= SCHED_FLAG_ALL:
+            raise ConfigError(f"scheduler flags {self.sched_flags!r} out of range 0..{SCHED_FLAG_ALL}")
         if self.persistent is not None and not 1 <= self.persistent <= 2**31 - 1:
             raise ConfigError(f"persistence timeout {self.persistent} out of range")
         parse_ipv4(self.netmask)
@@ -120,6 +151,7 @@ class ServiceSpec:
             "netmask": self.netmask,
             "toa": self.toa,
             "synproxy": self.synproxy,
+            "sched_flags": sched_flag_names(self.sched, self.sched_flags),
         }
 
     @classmethod
@@ -132,6 +164,7 @@ class ServiceSpec:
             netmask=str(obj.get("netmask", "255.255.255.255")),
             toa=bool(obj.get("toa", False)),
             synproxy=bool(obj.get("synproxy", False)),
+            sched_flags=sched_flag_bits(str(obj.get("sched", DEFAULT_SCHEDULER)), obj.get("sched_flags") or []),
         )
 
 

@@ -41,6 +41,8 @@ from lb.model import (
     ServiceSpec,
     SynproxyConf,
     parse_ipv4,
+    sched_flag_bits,
+    sched_flag_names,
     unknown_scheduler,
 )
 
@@ -253,15 +255,16 @@ def _check_synproxy_dest(spec: ServiceSpec, dest: DestSpec) -> None:
 
 def _check_thresholds(key: ServiceKey, dest: DestSpec) -> None:
     # Kernel ip_vs_ctl.c refuses a lower threshold above the upper one, even when the upper is 0.
-    if dest.l_threshold > dest.u_threshold:
-        raise StateError("EINVAL", f"destination {dest.addr}:{dest.port} in {key}: lower threshold "
+    if dest.l_threshold > dest.u_threshold:  # ERANGE, as the kernel: "Numerical result out of range"
+        raise StateError("ERANGE", f"destination {dest.addr}:{dest.port} in {key}: lower threshold "
                                    f"{dest.l_threshold} is higher than upper threshold {dest.u_threshold}")
 
 
 # ---------------------------------------------------------------------------- commands
 
 _PROTO_SWITCH = {"tcp": "-t", "udp": "-u"}
-SPEC_FIELDS = tuple(f for f in ("sched", "persistent", "netmask", "toa", "synproxy") if f in ServiceSpec.__dataclass_fields__)
+SPEC_FIELDS = tuple(f for f in ("sched", "sched_flags", "persistent", "netmask", "toa", "synproxy")
+                    if f in ServiceSpec.__dataclass_fields__)
 _FWD_SWITCH = {"route": "-g", "tunnel": "-i", "masq": "-m", "fullnat": "-b"}
 
 
@@ -271,6 +274,8 @@ def _svc_words(key: ServiceKey) -> str:
 
 def _spec_words(spec: ServiceSpec) -> str:
     words = f"{_svc_words(spec.key)} -s {spec.sched}"
+    if spec.sched_flags:
+        words += f" -b {','.join(sched_flag_names(spec.sched, spec.sched_flags))}"
     if spec.persistent is not None:
         words += f" -p {spec.persistent}"
         if spec.netmask != "255.255.255.255":
@@ -566,17 +571,23 @@ def parse_key(raw: Any) -> ServiceKey:
 def parse_spec(raw: Any) -> ServiceSpec:
     args = _mapping(raw, "service")
     key = parse_key(args)
-    _unsupported(args, {"ops": "ops", "pe": "pe", "sched_flags": "sched-flags"}, f"service {key}")
+    _unsupported(args, {"ops": "ops", "pe": "pe"}, f"service {key}")
     sched = args.get("sched") or DEFAULT_SCHEDULER
     if sched not in SCHEDULERS:
         # Checked before building the spec: IPVS answers ENOENT ("Scheduler or persistence
         # engine not found"), whereas ServiceSpec would only say ConfigError (EINVAL).
         raise StateError("ENOENT", unknown_scheduler(str(sched)))
+    flags = args.get("sched_flags") or []
+    for name in flags if isinstance(flags, list) else []:
+        missing = unimplemented.refusal("sched-flags", str(name))
+        if missing is not None:
+            raise StateError("EOPNOTSUPP", f"service {key}: {missing.message}")
     persistent = args.get("persistent")
     extra = {"synproxy": bool(args.get("synproxy", False))} if "synproxy" in SPEC_FIELDS else {}
     return _model(lambda: ServiceSpec(
         key=key,
         sched=str(sched),
+        sched_flags=sched_flag_bits(str(sched), flags),
         persistent=None if persistent is None else _as_int(persistent, "persistent"),
         netmask=str(args.get("netmask") or "255.255.255.255"),
         toa=bool(args.get("toa", False)),

@@ -18,13 +18,13 @@ class Missing:
     instead: str = ""  # what lbd offers instead
     values: frozenset[str] = frozenset()  # only these values of the option are missing (empty: any use)
     mark: str = "not implemented by lbd"  # appended to the option's -h line, in brackets
-    text: str = ""  # the whole refusal, when "<what> is not implemented by lbd: <instead>" does not fit
+    text: str = ""  # the whole refusal, when "lbd does not implement <what>; <instead>" does not fit
 
     @property
     def message(self) -> str:
         if self.text:
             return self.text
-        return f"{self.what} is not implemented by lbd" + (f"; {self.instead}" if self.instead else "")
+        return f"lbd does not implement {self.what}" + (f"; {self.instead}" if self.instead else "")
 
     def refuses(self, option: str, value: str | None) -> bool:
         """Whether using `option` (with `value`; comma-separated lists count per item) is refused."""
@@ -35,8 +35,8 @@ class Missing:
         return any(item in self.values for item in (value or "").split(","))
 
 
-_FORWARDING = "lbd forwards with -g (direct routing), -i (IPIP tunnel) or -b (FULLNAT)"
-_SERVICES = "lbd balances TCP (-t) and UDP (-u) services"
+_FORWARDING = "it forwards with -g (direct routing), -i (IPIP tunnel) or -b (FULLNAT)"
+_SERVICES = "it balances TCP (-t) and UDP (-u) services"
 
 NOT_IMPLEMENTED: tuple[Missing, ...] = (
     Missing("masquerading", "masquerading (-m, NAT)", _FORWARDING),
@@ -44,16 +44,16 @@ NOT_IMPLEMENTED: tuple[Missing, ...] = (
     Missing("sctp-service", "SCTP services (--sctp-service)", _SERVICES),
     Missing("ipv6", "IPv6", text="IPv6 is not supported by lbd: virtual services, real servers and local "
                                  "addresses are IPv4"),
-    Missing("ops", "one-packet scheduling (-o)", "UDP datagrams of one client share a connection entry"),
-    Missing("pe", "persistence engines (--pe)", "persistence is by client address (-p, -M)"),
+    Missing("ops", "one-packet scheduling (-o)", "UDP datagrams of one client flow share a connection entry"),
+    Missing("pe", "persistence engines (--pe)", "its persistence is by client address (-p, -M)"),
     Missing("sched-flags", "scheduler flags sh-fallback, sh-port, mh-fallback and mh-port",
-            "flag-1, flag-2 and flag-3 are stored and listed; rr and wlc ignore them, as the kernel's do",
+            "flag-1, flag-2 and flag-3 are kept and listed; rr and wlc ignore them, as the kernel's do",
             values=frozenset({"sh-fallback", "sh-port", "mh-fallback", "mh-port"}),
             mark="lbd: sh/mh flags not implemented; rr, wlc ignore flags"),
-    Missing("tun-type", "tunnel types gue and gre (--tun-type)", "lbd's tunnels are IPIP (--tun-type ipip)",
+    Missing("tun-type", "tunnel types gue and gre (--tun-type)", "its tunnels are IPIP (--tun-type ipip)",
             values=frozenset({"gue", "gre"}), mark="lbd: ipip only"),
     Missing("start-daemon", "the connection sync daemon (--start-daemon)",
-            "lbd keeps its connections across restarts in its state file instead"),
+            "it keeps its connections across restarts in its state file instead"),
 )
 
 

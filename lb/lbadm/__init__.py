@@ -8,13 +8,14 @@ option combinations, and turned into one JSON request for lbd
 (docs/control-protocol.md). Errors use ipvsadm's wording and exit statuses:
 
     2    invalid command line (ipvsadm's fail(2, ...)); nothing is sent
-    255  usage errors popt reports, and operations lbd refused (ipvsadm returns -1)
+    255  usage errors popt reports, operations lbd refused (ipvsadm returns -1), and what lbd
+         does not implement (lb/unimplemented.py)
     1    a listing failed (ipvsadm's exit(1))
     2    lbd cannot be reached
 
 Additions to ipvsadm: `--socket PATH` (else $LBD_SOCKET, else
-/run/lbd/lbd.sock), `-b/--fullnat` (DPVS; ipvsadm's own -b, scheduler flags,
-stays available as `--sched-flags`), `--json` for listings, `--reload`,
+/run/lbd/lbd.sock), `-b/--fullnat` on -a/-e (DPVS; on -A/-E, `-b` is ipvsadm's
+`--sched-flags`, so `ipvsadm -S` output restores), `--json` for listings, `--reload`,
 `lbadm doctor` (lb/doctor/cli.py).
 
 From DPVS's ipvsadm (iqiyi/dpvs tools/ipvsadm/ipvsadm.c), for what lbd's engines do:

@@ -280,7 +280,7 @@ class _CommandLine:
         return value
 
     def _weight(self, text: str | None) -> None:
-        self.dest.weight = self._bounded(Opt.WEIGHT, text, 0, 65535, "weight")
+        self.dest.weight = self._bounded(Opt.WEIGHT, text, 0, INT_MAX, "weight")  # ipvsadm 1.31 (Debian), the kernel
 
     def _u_threshold(self, text: str | None) -> None:
         self.dest.u_threshold = self._bounded(Opt.UTHRESHOLD, text, 0, INT_MAX, "u_threshold")

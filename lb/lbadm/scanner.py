@@ -127,6 +127,19 @@ class PoptError:
     reason: str
 
 
+# `-b` has two meanings, told apart by the command (the first option): ipvsadm's --sched-flags
+# (with a value) on -A/-E, DPVS's --fullnat (without one) on -a/-e and elsewhere. So
+# `ipvsadm -S` output with scheduler flags restores, and DPVS's FULLNAT lines too.
+_SCHED_FLAGS_B = OptionSpec(key="sched-flags", long="sched-flags", short="b", arg=ArgKind.REQUIRED)
+_SERVICE_COMMANDS = frozenset({"add-service", "edit-service"})
+
+
+def _short_spec(char: str, command: str | None) -> OptionSpec | None:
+    if char == "b" and command in _SERVICE_COMMANDS:
+        return _SCHED_FLAGS_B
+    return _BY_SHORT.get(char)
+
+
 def scan_options(argv: Sequence[str], leftovers: list[str]) -> Iterator[OptionToken | PoptError]:
     """Yield options in order as popt returns them; stop after the first error.
 
@@ -134,6 +147,7 @@ def scan_options(argv: Sequence[str], leftovers: list[str]) -> Iterator[OptionTo
     """
     index = 0
     rest_are_leftovers = False
+    command: list[str] = []  # the first option's key, once seen (it decides what -b means)
     while index < len(argv):
         word = argv[index]
         index += 1
@@ -143,11 +157,12 @@ def scan_options(argv: Sequence[str], leftovers: list[str]) -> Iterator[OptionTo
             rest_are_leftovers = True
         elif word.startswith("--"):
             token, index = _scan_long(argv, index, word)
+            _note_command(token, command)
             yield token
             if isinstance(token, PoptError):
                 return
         else:
-            cluster, index = _scan_short_cluster(argv, index, word)
+            cluster, index = _scan_short_cluster(argv, index, word, command)
             yield from cluster
             if cluster and isinstance(cluster[-1], PoptError):
                 return
@@ -167,12 +182,21 @@ def _scan_long(argv: Sequence[str], index: int, word: str) -> tuple[OptionToken 
     return _take_next_word(argv, index, word, spec)
 
 
-def _scan_short_cluster(argv: Sequence[str], index: int, word: str) -> tuple[list[OptionToken | PoptError], int]:
+def _note_command(token: OptionToken | PoptError, command: list[str]) -> None:
+    if not command and isinstance(token, OptionToken) and token.key not in _POSITION_FREE_KEYS:
+        command.append(token.key)
+
+
+def _scan_short_cluster(
+    argv: Sequence[str], index: int, word: str, command: list[str]
+) -> tuple[list[OptionToken | PoptError], int]:
     """The options of one word ("-Ln", "-srr", "-w=3", "-t VIP") and where scanning goes on."""
     tokens: list[OptionToken | PoptError] = []
     chars = word[1:]
     for pos, char in enumerate(chars):
-        spec = _BY_SHORT.get(char)
+        if tokens:
+            _note_command(tokens[-1], command)
+        spec = _short_spec(char, command[0] if command else None)
         if spec is None:
             tokens.append(PoptError(word, POPT_UNKNOWN))
             break
@@ -189,6 +213,8 @@ def _scan_short_cluster(argv: Sequence[str], index: int, word: str) -> tuple[lis
             token, index = _take_next_word(argv, index, word, spec)
             tokens.append(token)
         break
+    if tokens:
+        _note_command(tokens[-1], command)
     return tokens, index
 
 

@@ -7,7 +7,7 @@ import re
 
 from lb import __version__, unimplemented
 from lb.lbadm.errors import PROG
-from lb.lbadm.values import DEFAULT_PERSISTENT_TIMEOUT_S
+from lb.lbadm.values import DEFAULT_PERSISTENT_TIMEOUT_S, INT_MAX
 from lb.model import DEFAULT_SCHEDULER, SCHEDULERS
 
 
@@ -38,7 +38,7 @@ def _text() -> str:
     p = PROG
     return f"""\
 Usage:
-  {p} -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [--sched-flags flags]
+  {p} -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [-b sched-flags]
         [-j enable|disable] [--toa]
   {p} -D virtual-service
   {p} -C
@@ -97,13 +97,13 @@ Options:
   --gatewaying   -g                   direct routing (the default)
   --ipip         -i                   IPIP tunneling
   --masquerading -m                   NAT
-  --fullnat      -b                   full NAT (DPVS extension; ipvsadm's -b is --sched-flags here)
+  --fullnat      -b                   full NAT, with -a/-e (DPVS; with -A/-E, -b is --sched-flags as in ipvsadm)
   --tun-type      type                ipip, gue or gre; default ipip
   --tun-port      port                tunnel destination port
   --tun-nocsum                        tunnel without checksum
   --tun-csum                          tunnel with checksum
   --tun-remcsum                       tunnel with remote checksum
-  --weight       -w weight            capacity of the real server, 0..65535 (default 1)
+  --weight       -w weight            capacity of the real server, 0..{INT_MAX} (default 1)
   --u-threshold  -x uthreshold        upper connection threshold
   --l-threshold  -y lthreshold        lower connection threshold
   --connection   -c                   list connection entries
@@ -119,7 +119,7 @@ Options:
   --sort                              no effect (kept for compatibility)
   --ops          -o                   one-packet scheduling (UDP)
   --numeric      -n                   numeric addresses and ports
-  --sched-flags   flags               scheduler flags, comma-separated
+  --sched-flags  -b flags             scheduler flags, with -A/-E: flag-1,flag-2,flag-3 (sh-, mh-fallback|port)
   --laddr        -z local-address     FULLNAT local address (IPv4), with -P/-Q (DPVS)
   --ifname       -F ifname            accepted for DPVS scripts, not needed by lbd
   --synproxy     -j enable|disable    SYN-proxy with -A/-E (DPVS): SYN cookies, then the real

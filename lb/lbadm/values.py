@@ -13,7 +13,7 @@ from lb.lbadm.errors import fail
 from lb.model import DEFAULT_SCHEDULER
 
 MAX_TIMEOUT_S = 86400 * 31  # ipvsadm's MAX_TIMEOUT: 31 days
-DEFAULT_PERSISTENT_TIMEOUT_S = 300  # IPVS_SVC_PERSISTENT_TIMEOUT
+DEFAULT_PERSISTENT_TIMEOUT_S = 360  # ipvsadm's IPVS_SVC_PERSISTENT_TIMEOUT (6 minutes), for -p without a value
 DEFAULT_MCAST_IFN = "eth0"
 INT_MAX = 2**31 - 1
 UINT_MAX = 2**32 - 1

@@ -918,8 +918,8 @@ class PyEngine:
     @staticmethod
     def _check_dest_spec(service: Service, dest: DestSpec) -> None:
         where = f"destination {dest.addr}:{dest.port} in {service.spec.key}"
-        if not 0 <= dest.weight <= 65535:
-            raise EngineError("EINVAL", f"{where}: weight {dest.weight} out of range 0..65535")
+        if not 0 <= dest.weight <= C.LB_DEST_WEIGHT_MAX:
+            raise EngineError("EINVAL", f"{where}: weight {dest.weight} out of range 0..{C.LB_DEST_WEIGHT_MAX}")
         if dest.fwd not in SUPPORTED_FWD:
             raise EngineError(
                 "EOPNOTSUPP",

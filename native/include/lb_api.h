@@ -21,6 +21,7 @@
 #define LB_L2HDR_LEN 14
 #define LB_SCHED_NAME_MAX 16
 #define LB_PKT_MAX 65535
+#define LB_DEST_WEIGHT_MAX 2147483647      /* INT_MAX: the kernel accepts any non-negative weight */
 #define LB_DEFAULT_CONN_MAX 1048576
 #define LB_CONN_MAX_LIMIT 1073741823       /* largest struct lb_config.conn_max, entries (2^30 - 1) */
 #define LB_DEFAULT_HASH_BUCKETS 262144
@@ -120,6 +121,11 @@ enum lb_conn_state {
 /* Service flags (struct lb_svc_conf.flags). */
 #define LB_SVC_F_TOA 1             /* FULLNAT: put the client address in TCP option 254 (TOA) */
 #define LB_SVC_F_SYNPROXY 2        /* answer SYNs with cookies; open to the real server after the ACK */
+/* Scheduler flags (ipvsadm -b / --sched-flags), the kernel's IP_VS_SVC_F_SCHED1..3 (same values):
+ * stored and reported; what they mean is the scheduler's (sh, mh: fallback, port); rr and wlc ignore them. */
+#define LB_SVC_F_SCHED1 8
+#define LB_SVC_F_SCHED2 16
+#define LB_SVC_F_SCHED3 32
 
 /* Encapsulation overhead of IPIP, bytes. */
 #define LB_IPIP_OVERHEAD 20
@@ -162,7 +168,7 @@ struct lb_dest_conf {
     uint32_t addr;
     uint16_t port;
     int32_t fwd;                   /* enum lb_fwd */
-    int32_t weight;                /* 0..65535 */
+    int32_t weight;                /* 0..LB_DEST_WEIGHT_MAX */
     uint32_t u_threshold;          /* 0 = none */
     uint32_t l_threshold;          /* 0 = none */
 };

@@ -64,7 +64,8 @@ def dest_spec(addr: str, port: int, fwd: str = "route", weight: int = 1, upper: 
     [
         (["-A", "-t", "10.0.0.1:80", "-s", "rr"], {"op": "add_service", "args": svc_spec("rr")}),
         (["-A", "-t", "10.0.0.1:80"], {"op": "add_service", "args": svc_spec("wlc")}),
-        (["-At", "10.0.0.1:80", "-srr", "-p"], {"op": "add_service", "args": svc_spec("rr", 300)}),
+        # -p without a value: ipvsadm's IPVS_SVC_PERSISTENT_TIMEOUT, 360 s
+        (["-At", "10.0.0.1:80", "-srr", "-p"], {"op": "add_service", "args": svc_spec("rr", 360)}),
         (
             ["--add-service", "--tcp-service=10.0.0.1:80", "--scheduler=rr", "--persistent=600", "--netmask", "255.255.255.0"],
             {"op": "add_service", "args": svc_spec("rr", 600, "255.255.255.0")},
@@ -189,7 +190,7 @@ def test_json_may_come_first_and_only_lists_accept_it(names: NameDB) -> None:
         (["-A", "-t", "10.0.0.1:nosuchport"], 2, "illegal virtual server address[:port] specified"),
         (["-A", "-t", "no.such.host:80"], 2, "illegal virtual server address[:port] specified"),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.x"], 2, "illegal real server address[:port] specified"),
-        (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "65536"], 2, "illegal weight specified"),
+        (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "2147483648"], 2, "illegal weight specified"),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "-1"], 2, "illegal weight specified"),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "1x"], 2, "illegal weight specified"),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-x", "many"], 2, "illegal u_threshold specified"),
@@ -315,7 +316,7 @@ def test_restore_accepts_ipvsadm_prefixed_lines_and_rejects_the_whole_input_on_o
     ok = restore_requests("ipvsadm -A -t 10.0.0.1:80 -s rr\n\n   \n", NumericNames())
     assert [r.op for r in ok] == ["add_service"]
     with pytest.raises(RestoreError) as bad:
-        restore_requests("-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80 -r 10.0.0.2 -w 70000\n", NumericNames())
+        restore_requests("-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80 -r 10.0.0.2 -w 2147483648\n", NumericNames())
     assert bad.value.line_number == 2
     assert bad.value.error.message == "illegal weight specified"
     with pytest.raises(RestoreError, match="only commands that change the table"):

@@ -91,18 +91,18 @@ def test_removing_an_entry_removes_its_mark(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["-a", "-t", f"{VIP}:80", "-r", "10.0.0.2:8080", "-m"],
-     "masquerading (-m, NAT) is not implemented by lbd; lbd forwards with -g (direct routing), -i (IPIP tunnel) "
+     "lbd does not implement masquerading (-m, NAT); it forwards with -g (direct routing), -i (IPIP tunnel) "
      "or -b (FULLNAT)"),
-    (["-A", "-f", "7", "-s", "rr"], "fwmark services (-f) is not implemented by lbd"),
-    (["-A", "-f", "7", "-6"], "fwmark services (-f) is not implemented by lbd"),
-    (["-A", "--sctp-service", f"{VIP}:80"], "SCTP services (--sctp-service) is not implemented by lbd"),
+    (["-A", "-f", "7", "-s", "rr"], "lbd does not implement fwmark services (-f)"),
+    (["-A", "-f", "7", "-6"], "lbd does not implement fwmark services (-f)"),
+    (["-A", "--sctp-service", f"{VIP}:80"], "lbd does not implement SCTP services (--sctp-service)"),
     (["-A", "-t", "[2001:db8::1]:80"], "IPv6 is not supported by lbd"),
     (["-a", "-t", f"{VIP}:80", "-r", "[2001:db8::2]:80", "-i"], "IPv6 is not supported by lbd"),
-    (["-A", "-u", f"{VIP}:53", "-o"], "one-packet scheduling (-o) is not implemented by lbd"),
-    (["-A", "-t", f"{VIP}:80", "--pe", "sip"], "persistence engines (--pe) is not implemented by lbd"),
+    (["-A", "-u", f"{VIP}:53", "-o"], "lbd does not implement one-packet scheduling (-o)"),
+    (["-A", "-t", f"{VIP}:80", "--pe", "sip"], "lbd does not implement persistence engines (--pe)"),
     (["-a", "-t", f"{VIP}:80", "-r", "10.0.0.2", "-i", "--tun-type", "gue", "--tun-port", "6080"],
-     "tunnel types gue and gre (--tun-type) is not implemented by lbd; lbd's tunnels are IPIP"),
-    (["--start-daemon", "master"], "the connection sync daemon (--start-daemon) is not implemented by lbd"),
+     "lbd does not implement tunnel types gue and gre (--tun-type); its tunnels are IPIP"),
+    (["--start-daemon", "master"], "lbd does not implement the connection sync daemon (--start-daemon)"),
     (["-A", "-t", f"{VIP}:80", "-s", "sh"], f"scheduler 'sh' is not implemented by lbd (lbd has: {', '.join(SCHEDULERS)})"),
 ])
 def test_lbadm_refuses_what_lbd_lacks_without_asking_it(argv: list[str], message: str) -> None:
