@@ -44,9 +44,10 @@ from typing import Any
 
 from lb import __version__, statefile
 from lb.ctlserver import ControlServer, socket_alive
-from lb.director import Director, Resolution, Resolver
+from lb.director import Director
 from lb.engine import Engine, EngineError, FwdState
 from lb.estimator import ESTIMATOR_TICK_S
+from lb.fwdstate import Resolution, Resolver
 from lb.model import ConfigError
 
 log = logging.getLogger("lbd")

@@ -23,12 +23,12 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lb import __version__, unimplemented
-from lb.engine import Engine, EngineError, FwdState
+from lb.engine import Engine, EngineError
 from lb.estimator import Estimator, HandshakeSample, StallEvent, StallWatch
+from lb.fwdstate import DestKey, ForwardingStates, FwdStatus, Resolver
 from lb.model import ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats, SynproxyConf
 from lb.reconcile import (
     COMMAND_TYPES,
@@ -57,40 +57,11 @@ from lb.reconcile import (
 
 log = logging.getLogger("lbd")
 
-UNRESOLVED_WARN_AFTER_S = 3.0
 LOG_EACH_MAX = 50  # a change of more commands is logged as one summary line (details at DEBUG)
 
 
 class Rules(Protocol):
     def sync(self, services: list[tuple[int, str, int]], extra: list[str] = ...) -> object: ...
-
-
-@dataclass
-class FwdStatus:
-    """What lbd knows about one destination's forwarding state."""
-
-    state: str  # "resolved", "unresolved" or "n/a"
-    ifname: str = ""
-    mac: str = ""
-    reason: str = ""
-    since: float = 0.0  # monotonic time the state was entered
-    warned: bool = False
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """Outcome of resolving a destination: a complete FwdState, or why not."""
-
-    fwd: FwdState | None
-    ifname: str = ""
-    reason: str = ""
-
-
-Resolver = Callable[[str], Resolution]
-
-
-def _mac(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in b)
 
 
 class BatchError(EngineError):
@@ -105,7 +76,7 @@ class BatchError(EngineError):
 
 # Keys of the rate estimators.
 StatsKey = tuple[object, ...]  # ("svc", ServiceKey) | ("dest", ServiceKey, addr, port)
-DestKey = tuple[ServiceKey, str, int]  # a destination of a service: (service, address, port)
+
 
 
 def _svc_stats_key(key: ServiceKey) -> StatsKey:
@@ -127,12 +98,11 @@ class Director:
                  conntrack: bool = False, down_policy: str = "open") -> None:
         self.engine = engine
         self.rules = rules
-        self.resolver = resolver
         self.config_path = config_path  # what `reload` re-reads (lbd --config)
         self.queue_num = queue_num  # reported by `ping` (lbadm doctor finds lbd's chains by it)
         self.conntrack = conntrack  # lbd --conntrack: the IPVS conntrack sysctl analogue
         self.down_policy = down_policy  # lbd --down-policy: what packets do while no lbd runs
-        self.fwd_status: dict[tuple[ServiceKey, str, int], FwdStatus] = {}
+        self.fwd = ForwardingStates(engine, resolver)
         self.timeouts: Timeouts = Timeouts(*engine.get_timeouts())
         self.estimator: Estimator[StatsKey] = Estimator()
         self.stalls: StallWatch[DestKey] = StallWatch()
@@ -205,69 +175,22 @@ class Director:
         if self.rules is not None:
             self.rules.sync(self._service_keys(), extra=self._reply_matches() + self._icmp_matches())
 
-    # ------------------------------------------------------------ forwarding state
+    # ------------------------------------------------------------ forwarding state (lb.fwdstate)
+    @property
+    def fwd_status(self) -> dict[DestKey, FwdStatus]:
+        return self.fwd.status
+
     def resolve_dest(self, key: ServiceKey, dest: DestSpec) -> None:
         """Resolve and install one destination's forwarding state, or invalidate it."""
-        ident = (key, dest.addr, dest.port)
-        if self.resolver is None:
-            self.fwd_status[ident] = FwdStatus("n/a", reason="no resolver (engine driven directly)")
-            return
-        res = self.resolver(dest.addr)
-        previous = self.fwd_status.get(ident)
-        now = time.monotonic()
-        if res.fwd is None:
-            self.engine.set_fwd(key, dest.addr, dest.port, None)
-            if previous is not None and previous.state == "unresolved":
-                status = FwdStatus("unresolved", ifname=res.ifname, reason=res.reason,
-                                   since=previous.since, warned=previous.warned)
-            else:
-                status = FwdStatus("unresolved", ifname=res.ifname, reason=res.reason, since=now)
-                log.info("destination %s:%d of %s: resolving forwarding state (%s)", dest.addr, dest.port, key, res.reason)
-            if not status.warned and now - status.since >= UNRESOLVED_WARN_AFTER_S:
-                status.warned = True
-                log.warning("destination %s:%d of %s: forwarding state unresolved for %.0f s: %s; "
-                            "its packets are dropped and counted as no_l2",
-                            dest.addr, dest.port, key, now - status.since, res.reason)
-        else:
-            self.engine.set_fwd(key, dest.addr, dest.port, res.fwd)
-            status = FwdStatus("resolved", ifname=res.ifname, mac=_mac(res.fwd.dst_mac), since=now)
-            if previous is None or previous.state != "resolved" or previous.mac != status.mac or previous.ifname != status.ifname:
-                log.info("destination %s:%d of %s: via %s, MAC %s, source %s, mtu %d",
-                         dest.addr, dest.port, key, res.ifname, status.mac, res.fwd.saddr, res.fwd.mtu)
-            else:
-                status.since = previous.since
-        self.fwd_status[ident] = status
+        self.fwd.resolve(key, dest)
 
     def refresh_all(self, only_unresolved: bool = False) -> int:
         """Re-resolve every destination (or only unresolved ones); returns how many remain unresolved."""
-        unresolved = 0
-        for svc in self.engine.services():
-            for d in svc.dests:
-                ident = (svc.spec.key, d.spec.addr, d.spec.port)
-                st = self.fwd_status.get(ident)
-                if only_unresolved and st is not None and st.state == "resolved":
-                    continue
-                try:
-                    self.resolve_dest(svc.spec.key, d.spec)
-                except EngineError as exc:  # destination deleted meanwhile
-                    log.debug("refresh of %s skipped: %s", ident, exc)
-                    continue
-                if self.fwd_status[ident].state == "unresolved":
-                    unresolved += 1
-        return unresolved
+        return self.fwd.refresh(only_unresolved)
 
     def invalidate_all(self) -> None:
         """Drop every destination's forwarding state (e.g. after a route change) and re-resolve."""
-        self.refresh_all(only_unresolved=False)
-
-    def _resolve_safely(self, key: ServiceKey, dest: DestSpec) -> None:
-        """After a committed change: resolution problems leave the destination unresolved, never fail the change."""
-        try:
-            self.resolve_dest(key, dest)
-        except EngineError as exc:
-            log.debug("resolving %s:%d of %s skipped: %s", dest.addr, dest.port, key, exc)
-        except Exception:  # the refresh loop retries
-            log.exception("resolving %s:%d of %s failed", dest.addr, dest.port, key)
+        self.fwd.refresh(only_unresolved=False)
 
     # ------------------------------------------------------------ state
     def running_state(self) -> State:
@@ -403,7 +326,7 @@ class Director:
             svc = final.services.get(key)
             dest = svc.dests.get((addr, port)) if svc is not None else None
             if dest is not None:
-                self._resolve_safely(key, dest)
+                self.fwd.resolve_safely(key, dest)
 
     # ------------------------------------------------------------ operations
     def _ping(self, _args: dict[str, Any]) -> dict[str, Any]:
