@@ -49,11 +49,10 @@ from lb.reconcile import (
     Timeouts,
     Zero,
     inverse,
-    parse_command,
-    parse_key,
     plan,
     synproxy_to_json,
 )
+from lb.requests import parse_command, parse_key
 
 log = logging.getLogger("lbd")
 

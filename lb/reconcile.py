@@ -29,21 +29,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from lb import unimplemented
 from lb.model import (
-    DEFAULT_SCHEDULER,
-    PROTO_BY_NAME,
-    SCHEDULERS,
     ConfigError,
     DestSpec,
     ServiceInfo,
     ServiceKey,
     ServiceSpec,
     SynproxyConf,
-    parse_ipv4,
-    sched_flag_bits,
     sched_flag_names,
-    unknown_scheduler,
 )
 
 MAX_TIMEOUT_S = 86400 * 31  # ipvsadm's MAX_TIMEOUT (31 days), for --set and -p
@@ -83,8 +76,8 @@ class Timeouts:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Timeouts:
-        return cls(_as_int(obj.get("tcp", 0), "tcp"), _as_int(obj.get("tcpfin", 0), "tcpfin"),
-                   _as_int(obj.get("udp", 0), "udp"))
+        return cls(as_int(obj.get("tcp", 0), "tcp"), as_int(obj.get("tcpfin", 0), "tcpfin"),
+                   as_int(obj.get("udp", 0), "udp"))
 
 
 # IPVS's defaults (ip_vs_proto_tcp.c ESTABLISHED / FIN_WAIT, ip_vs_proto_udp.c NORMAL);
@@ -470,7 +463,7 @@ def synproxy_to_json(conf: SynproxyConf) -> dict[str, Any]:
 
 def synproxy_from_json(obj: Any) -> SynproxyConf:
     """A complete or partial settings object (missing fields take SynproxyConf's defaults)."""
-    args = _mapping(obj, "SYN-proxy settings")
+    args = as_mapping(obj, "SYN-proxy settings")
     unknown = [k for k in args if k not in SYNPROXY_FIELDS]
     if unknown:
         raise StateError("EINVAL", f"unknown SYN-proxy setting(s) {', '.join(map(repr, unknown))} "
@@ -482,8 +475,8 @@ def synproxy_from_json(obj: Any) -> SynproxyConf:
                 raise StateError("EINVAL", f"SYN-proxy {name} must be a boolean, got {value!r}")
             values[name] = value
         else:
-            values[name] = _as_int(value, f"SYN-proxy {name}")
-    return _model(lambda: SynproxyConf(**values))
+            values[name] = as_int(value, f"SYN-proxy {name}")
+    return checked(lambda: SynproxyConf(**values))
 
 
 def _synproxy_words(conf: SynproxyConf | None) -> str:
@@ -522,142 +515,27 @@ COMMAND_TYPES: dict[str, type[Command]] = {
 }
 
 
-# ---------------------------------------------------------------------------- requests -> commands
+# ---------------------------------------------------------------------------- request values (lb.requests)
 
 
-def _as_int(value: Any, what: str) -> int:
+def as_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise StateError("EINVAL", f"{what} must be an integer, got {value!r}")
     return value
 
 
-def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+def as_mapping(value: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise StateError("EINVAL", f"{what} must be an object, got {value!r}")
     return value
 
 
-def _unsupported(args: Mapping[str, Any], names: Mapping[str, str], what: str) -> None:
-    """EOPNOTSUPP for the first request field set whose option (names: field -> lbadm option) lbd
-    does not implement, with lb.unimplemented's message."""
-    for name, option in names.items():
-        if args.get(name):
-            raise StateError("EOPNOTSUPP", f"{what}: {unimplemented.entry(option).message}")
-
-
-def _ipv4_only(addr: Any) -> None:
-    if ":" in str(addr):
-        raise StateError("EOPNOTSUPP", unimplemented.entry("ipv6").message)
-
-
-def parse_key(raw: Any) -> ServiceKey:
-    args = _mapping(raw, "service")
-    if args.get("fwmark"):
-        raise StateError("EOPNOTSUPP", unimplemented.entry("fwmark-service").message)
-    if args.get("ipv6"):
-        raise StateError("EOPNOTSUPP", unimplemented.entry("ipv6").message)
-    proto = str(args.get("proto", "")).lower()
-    if proto == "sctp":
-        raise StateError("EOPNOTSUPP", unimplemented.entry("sctp-service").message)
-    if proto not in PROTO_BY_NAME:
-        raise StateError("EINVAL", f"protocol {args.get('proto')!r} is not supported (tcp, udp)")
-    for name in ("addr", "port"):
-        if name not in args:
-            raise StateError("EINVAL", f"service needs '{name}'")
-    _ipv4_only(args["addr"])
-    return _model(lambda: ServiceKey(PROTO_BY_NAME[proto], str(args["addr"]), _as_int(args["port"], "port")))
-
-
-def parse_spec(raw: Any) -> ServiceSpec:
-    args = _mapping(raw, "service")
-    key = parse_key(args)
-    _unsupported(args, {"ops": "ops", "pe": "pe"}, f"service {key}")
-    sched = args.get("sched") or DEFAULT_SCHEDULER
-    if sched not in SCHEDULERS:
-        # Checked before building the spec: IPVS answers ENOENT ("Scheduler or persistence
-        # engine not found"), whereas ServiceSpec would only say ConfigError (EINVAL).
-        raise StateError("ENOENT", unknown_scheduler(str(sched)))
-    flags = args.get("sched_flags") or []
-    for name in flags if isinstance(flags, list) else []:
-        missing = unimplemented.refusal("sched-flags", str(name))
-        if missing is not None:
-            raise StateError("EOPNOTSUPP", f"service {key}: {missing.message}")
-    persistent = args.get("persistent")
-    extra = {"synproxy": bool(args.get("synproxy", False))} if "synproxy" in SPEC_FIELDS else {}
-    return _model(lambda: ServiceSpec(
-        key=key,
-        sched=str(sched),
-        sched_flags=sched_flag_bits(str(sched), flags),
-        persistent=None if persistent is None else _as_int(persistent, "persistent"),
-        netmask=str(args.get("netmask") or "255.255.255.255"),
-        toa=bool(args.get("toa", False)),
-        **extra,
-    ))
-
-
-def parse_dest(raw: Any) -> DestSpec:
-    args = _mapping(raw, "dest")
-    if "addr" not in args or "port" not in args:
-        raise StateError("EINVAL", "dest needs 'addr' and 'port'")
-    tun_type = args.get("tun_type") or "ipip"
-    if tun_type != "ipip":
-        raise StateError("EOPNOTSUPP", unimplemented.entry("tun-type").message)
-    _ipv4_only(args["addr"])
-    return _model(lambda: DestSpec(
-        addr=str(args["addr"]),
-        port=_as_int(args["port"], "port"),
-        fwd=str(args.get("fwd", "route")),
-        weight=_as_int(args.get("weight", 1), "weight"),
-        u_threshold=_as_int(args.get("u_threshold", 0), "u_threshold"),
-        l_threshold=_as_int(args.get("l_threshold", 0), "l_threshold"),
-    ))
-
-
-def _model(build: Any) -> Any:
+def checked(build: Any) -> Any:
+    """build(), with a model ConfigError as StateError EINVAL."""
     try:
         return build()
     except ConfigError as exc:
         raise StateError("EINVAL", str(exc)) from exc
-
-
-def parse_command(op: str, raw_args: Any) -> Command:
-    """A control-protocol request as a Command; StateError (EINVAL, ENOENT, EOPNOTSUPP) if malformed."""
-    args = _mapping(raw_args if raw_args is not None else {}, f"{op} args")
-    if op == "add_service":
-        return AddService(parse_spec(args))
-    if op == "edit_service":
-        return EditService(parse_spec(args))
-    if op == "del_service":
-        return DelService(parse_key(args))
-    if op in ("add_dest", "edit_dest"):
-        key, dest = parse_key(args.get("service")), parse_dest(args.get("dest"))
-        return AddDest(key, dest) if op == "add_dest" else EditDest(key, dest)
-    if op == "del_dest":
-        key = parse_key(args.get("service"))
-        d = _mapping(args.get("dest"), "dest")
-        if "addr" not in d or "port" not in d:
-            raise StateError("EINVAL", "dest needs 'addr' and 'port'")
-        _ipv4_only(d["addr"])
-        probe = _model(lambda: DestSpec(addr=str(d["addr"]), port=_as_int(d["port"], "port")))
-        return DelDest(key, probe.addr, probe.port)
-    if op in ("add_laddr", "del_laddr"):
-        key = parse_key(args.get("service"))
-        _ipv4_only(args.get("addr"))
-        addr = _model(lambda: parse_ipv4(str(args.get("addr"))))
-        return AddLaddr(key, addr) if op == "add_laddr" else DelLaddr(key, addr)
-    if op == "clear":
-        return Clear()
-    if op == "zero":
-        return Zero(parse_key(args["service"]) if args.get("service") else None)
-    if op == "set_timeout":
-        return SetTimeout(_model(lambda: Timeouts.from_json(args)))
-    if op == "set_synproxy":
-        sp_key = parse_key(args["service"]) if args.get("service") else None
-        conf = args.get("conf")
-        if sp_key is None and conf is None:
-            raise StateError("EINVAL", "set_synproxy: the global default needs 'conf'")
-        return SetSynproxy(sp_key, synproxy_from_json(conf) if conf is not None else None)
-    raise StateError("EOPNOTSUPP", f"{op!r} is not a table-changing operation")
 
 
 # ---------------------------------------------------------------------------- undo

@@ -42,9 +42,9 @@ from lb.reconcile import (
     Timeouts,
     Zero,
     inverse,
-    parse_command,
     plan,
 )
+from lb.requests import parse_command
 
 VIPS = ["10.1.0.1", "10.1.0.2", "10.1.0.3"]
 PORTS = [80, 443]
