@@ -15,23 +15,36 @@ PIP     := $(VENV)/bin/pip
 PYTEST  := $(PY) -m pytest
 STAMP   := $(VENV)/.lvs-userspace-installed
 
-# System packages: build (venv, headers, compiler, libnetfilter_queue, libmnl),
-# runtime (iptables, iproute2) and tools for tests/benchmarks.
+# System packages, each for a reason (a brand-new Debian 12 has none of them; `deps` installs the
+# missing ones, so `make test` and `make demo` need nothing installed by hand):
+#   build:    python3-venv python3-dev gcc make libnetfilter-queue-dev libmnl-dev
+#   runtime:  iptables iproute2
+#   tests:    tcpdump netsniff-ng ebtables wrk (netns tests, bench), valgrind (test-sanitize),
+#             clang + libclang-rt-14-dev (fuzz: libclang_rt.fuzzer/asan, only a recommendation
+#             of Debian's clang), systemd (systemd-analyze verify on the units),
+#             mandoc + man-db (man pages linted), bash (completion tested)
 DEB_PKGS := python3-venv python3-dev gcc make iptables iproute2 \
-            libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang
+            libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang \
+            libclang-rt-14-dev systemd mandoc man-db bash
+
+# Several builds may install at once (parallel CI jobs, an admin's apt run): wait for dpkg's
+# lock instead of failing on it. apt-get update has no such option for the lists lock: retried.
+APT_LOCK_WAIT_S ?= 600
+APT_GET := apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) -y -q
 
 # Inputs of the editable install (the cffi extension is compiled from native/).
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c)
 
-.PHONY: all deps venv build lint test test-unit test-sanitize test-netns fuzz demo bench bench-quick clean distclean
+.PHONY: all deps install-deps install uninstall venv build lint test test-unit test-dist test-sanitize test-netns fuzz demo bench bench-quick clean distclean
 
 all: build
 
 # Installs only what is missing; `apt-get update` only when a missing package
 # has no candidate in the local package lists (or the install fails on stale lists).
-deps:
+# $(call apt_install,PACKAGES)
+define apt_install
 	@missing=""; \
-	for p in $(DEB_PKGS); do \
+	for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -z "$$missing" ]; then echo "deps: all system packages present"; exit 0; fi; \
@@ -42,9 +55,29 @@ deps:
 	for p in $$missing; do \
 	  apt-cache policy "$$p" 2>/dev/null | grep -q 'Candidate: [^(]' || need_update=1; \
 	done; \
-	if [ $$need_update = 1 ]; then apt-get update -q; fi; \
-	apt-get install -y -q --no-install-recommends $$missing || \
-	  { apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; }
+	apt_update() { for try in 1 2 3 4 5 6; do apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) update -q && return 0; \
+	  echo "deps: apt-get update failed (try $$try; another apt may hold the lists lock), retrying in 10 s" >&2; sleep 10; done; return 1; }; \
+	if [ $$need_update = 1 ]; then apt_update; fi; \
+	$(APT_GET) install --no-install-recommends $$missing || \
+	  { apt_update && $(APT_GET) install --no-install-recommends $$missing; }
+endef
+
+deps:
+	$(call apt_install,$(DEB_PKGS))
+
+# promtool (tests check lbd --metrics' exposition with it) comes from Debian's prometheus package,
+# unpacked into build/tools: installing that package would also enable and start a Prometheus
+# server wherever systemd runs, which nobody asked `make test` for.
+PROMTOOL := build/tools/promtool
+
+$(PROMTOOL):
+	@mkdir -p build/tools/deb
+	cd build/tools/deb && rm -f prometheus_*.deb && \
+	  { apt-get download -q prometheus || { apt-get update -q && apt-get download -q prometheus; }; }
+	dpkg-deb -x build/tools/deb/prometheus_*.deb build/tools/deb/root
+	cp build/tools/deb/root/usr/bin/promtool $@
+	rm -rf build/tools/deb
+	$@ --version | head -1
 
 venv: $(PY)
 
@@ -66,9 +99,10 @@ define run_pytest
 	exit $$rc
 endef
 
-test: build
+test: build $(PROMTOOL)
 	@$(MAKE) --no-print-directory lint
 	$(call run_pytest,tests/unit)
+	$(call run_pytest,tests/dist)
 	@$(MAKE) --no-print-directory test-sanitize
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
 	$(call run_pytest,tests/netns)
@@ -81,11 +115,15 @@ lint: build
 	$(PY) -m ruff check lb bench tests
 	$(PY) -m mypy
 
-test-unit: build
+test-unit: build $(PROMTOOL)
 	$(call run_pytest,tests/unit)
 
-test-netns: build
+test-netns: build $(PROMTOOL)
 	$(call run_pytest,tests/netns)
+
+# The sdist, a wheel built from it, installed into a throwaway venv; `make install` into a DESTDIR.
+test-dist: build
+	$(call run_pytest,tests/dist)
 
 # ---------------------------------------------------------------- C core without Python
 # native/tests/harness.c drives the packet core directly (replay, churn); nfq.c is the
@@ -139,7 +177,67 @@ fuzz: deps $(HARNESS_DEPS)
 	@echo "fuzz: no crash in $(FUZZ_SECONDS) s (new inputs kept in $(SAN_DIR)/fuzz-corpus)"
 
 demo: build
-	$(PY) -m lb.demo
+	$(PY) -m lb.testbed.demo
+
+# ---------------------------------------------------------------- make install / uninstall
+# lbd and lbadm in a venv of their own (Debian's Python is externally managed, PEP 668), built
+# from this tree's wheel with Debian's /usr/bin/python3, linked into SBINDIR; man pages, bash
+# completion, the systemd units (ExecStart = SBINDIR/lbd) and the example configurations where a
+# Debian admin looks for them. DESTDIR stages everything (the venv's scripts are rewritten to run
+# from their final place). `make uninstall` (same PREFIX/DESTDIR) removes exactly these files.
+PREFIX      ?= /usr/local
+SBINDIR     ?= $(PREFIX)/sbin
+LIBDIR      ?= $(PREFIX)/lib/lvs-userspace
+MANDIR      ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+DOCDIR      ?= $(PREFIX)/share/doc/lvs-userspace
+INSTALL_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
+WHEEL_DIR   := build/wheel
+# What building the wheel and running lbd need (a subset of DEB_PKGS).
+INSTALL_DEB_PKGS := python3-venv python3-dev gcc libnetfilter-queue-dev libmnl-dev iptables iproute2
+INSTALLED_FILES := $(SBINDIR)/lbd $(SBINDIR)/lbadm $(MANDIR)/man8/lbd.8 $(MANDIR)/man8/lbadm.8 \
+                   $(BASHCOMPDIR)/lbd $(BASHCOMPDIR)/lbadm $(UNITDIR)/lbd.service $(UNITDIR)/lbd@.service
+
+install-deps:
+	$(call apt_install,$(INSTALL_DEB_PKGS))
+
+install: install-deps $(PY)
+	rm -rf $(WHEEL_DIR)
+	$(PIP) wheel --no-deps --wheel-dir $(WHEEL_DIR) .
+	$(INSTALL_PYTHON) -m venv --clear $(DESTDIR)$(LIBDIR)
+	$(DESTDIR)$(LIBDIR)/bin/python -m pip install --quiet --no-warn-script-location $(if $(DESTDIR),--no-compile) \
+	  $(WHEEL_DIR)/lvs_userspace-*.whl
+	@# Staged: scripts, activate files and pyvenv.cfg name the final place, bytecode its final paths.
+	@if [ -n "$(DESTDIR)" ]; then \
+	  grep -rlF "$(DESTDIR)$(LIBDIR)" $(DESTDIR)$(LIBDIR)/bin $(DESTDIR)$(LIBDIR)/pyvenv.cfg \
+	    | xargs -r sed -i "s|$(DESTDIR)$(LIBDIR)|$(LIBDIR)|g"; \
+	  $(DESTDIR)$(LIBDIR)/bin/python -m compileall -q -f -s $(DESTDIR) $(DESTDIR)$(LIBDIR)/lib >/dev/null; \
+	fi
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)$(DOCDIR)/examples
+	ln -sfn $(LIBDIR)/bin/lbd $(DESTDIR)$(SBINDIR)/lbd
+	ln -sfn $(LIBDIR)/bin/lbadm $(DESTDIR)$(SBINDIR)/lbadm
+	install -m 644 man/lbd.8 man/lbadm.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 644 completion/lbd.bash $(DESTDIR)$(BASHCOMPDIR)/lbd
+	install -m 644 completion/lbadm.bash $(DESTDIR)$(BASHCOMPDIR)/lbadm
+	for unit in lbd.service lbd@.service; do \
+	  sed 's|@SBINDIR@|$(SBINDIR)|g' systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit && chmod 644 $(DESTDIR)$(UNITDIR)/$$unit; \
+	done
+	install -m 644 configs/*.toml $(DESTDIR)$(DOCDIR)/examples/
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed: $(SBINDIR)/lbd, $(SBINDIR)/lbadm (venv $(LIBDIR)), man pages in $(MANDIR)/man8,"
+	@echo "  bash completion in $(BASHCOMPDIR), units lbd.service and lbd@.service in $(UNITDIR),"
+	@echo "  example configurations in $(DOCDIR)/examples (systemctl enable --now lbd; lbd(8))"
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED_FILES))
+	rm -rf $(DESTDIR)$(DOCDIR)
+	@# The venv only if it is ours: a venv holding lvs-userspace.
+	@if [ -f $(DESTDIR)$(LIBDIR)/pyvenv.cfg ] && ls -d $(DESTDIR)$(LIBDIR)/lib/python3*/site-packages/lvs_userspace-*.dist-info >/dev/null 2>&1; then \
+	  echo "rm -rf $(DESTDIR)$(LIBDIR)"; rm -rf $(DESTDIR)$(LIBDIR); \
+	elif [ -e $(DESTDIR)$(LIBDIR) ]; then echo "uninstall: $(DESTDIR)$(LIBDIR) is not lvs-userspace's venv; left alone" >&2; fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 # Benchmarks (bench/README.md): BENCH_ARGS is passed through, e.g. BENCH_ARGS="--out DIR".
 BENCH_STAMP := $(VENV)/.lvs-userspace-bench-extra
@@ -155,7 +253,7 @@ bench-quick: build $(BENCH_STAMP)
 	$(PY) -m bench all --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache $(STAMP) $(BENCH_STAMP)
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache $(STAMP) $(BENCH_STAMP)
 	rm -f lb/_fastpath*.so lb/_fastpath*.c lb/_fastpath*.o
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

@@ -14,6 +14,9 @@ import socket
 from collections.abc import Mapping
 from typing import Any, Self
 
+from lb import paths
+
+# In the initial network namespace; elsewhere the default is per namespace (lb/paths.py).
 DEFAULT_SOCKET_PATH = "/run/lbd/lbd.sock"
 SOCKET_ENV_VAR = "LBD_SOCKET"
 
@@ -64,11 +67,12 @@ class ControlError(ControlClientError):
 
 
 def resolve_socket_path(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str:
-    """--socket PATH wins, then $LBD_SOCKET, then the default path."""
+    """--socket PATH wins, then $LBD_SOCKET, then this network namespace's default (lb/paths.py:
+    /run/lbd/lbd.sock in the initial namespace, /run/lbd/netns/NAME/lbd.sock in a named one)."""
     if explicit:
         return explicit
     environ = os.environ if env is None else env
-    return environ.get(SOCKET_ENV_VAR) or DEFAULT_SOCKET_PATH
+    return environ.get(SOCKET_ENV_VAR) or paths.default_socket_path()
 
 
 def _describe_os_error(exc: OSError) -> str:

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lb import __version__, statefile
+from lb import __version__, logsetup, sdnotify, statefile
 from lb.ctlserver import ControlServer, socket_alive
 from lb.director import Director
 from lb.engine import Engine, EngineError, FwdState
@@ -52,13 +52,15 @@ from lb.model import ConfigError
 
 log = logging.getLogger("lbd")
 
-DEFAULT_SOCKET = "/run/lbd/lbd.sock"
+DEFAULT_SOCKET = "/run/lbd/lbd.sock"  # in the initial network namespace; per namespace elsewhere (lb/paths.py)
 RESOLVE_UNRESOLVED_EVERY_S = 1.0
 RESOLVE_ALL_EVERY_S = 15.0
 
 
 def socket_path(cli_value: str | None) -> str:
-    return cli_value or os.environ.get("LBD_SOCKET") or DEFAULT_SOCKET
+    from lb.ctlclient import resolve_socket_path  # the same rule as lbadm's, namespace included
+
+    return resolve_socket_path(cli_value)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -75,7 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--diff", action="store_true",
                    help="with --check: print the changes a reload with FILE would make to the running lbd")
     p.add_argument("file", nargs="?", metavar="FILE", help="configuration file for --check")
-    p.add_argument("--socket", metavar="PATH", help=f"control socket (default: $LBD_SOCKET or {DEFAULT_SOCKET})")
+    p.add_argument("--socket", metavar="PATH",
+                   help=f"control socket (default: $LBD_SOCKET, else per network namespace: {DEFAULT_SOCKET} "
+                   "in the initial one, /run/lbd/netns/NAME/lbd.sock in a named one)")
     p.add_argument("--queue-num", type=int, default=None, metavar="N", help="NFQUEUE number to bind (default 0)")
     p.add_argument("--queue-balance", metavar="FIRST:LAST",
                    help="bind every queue of the range, one fast-path thread each (C engine), and spread "
@@ -120,12 +124,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--state-dir", metavar="DIR", default=None,
                    help="where lbd keeps its state file lbd-q<N>.state: the configuration and the connection "
                    "table, saved every 2 s and on exit (atomically), re-applied at start when there is no "
-                   "--config (default: the control socket's directory, /run/lbd; '' disables it)")
+                   "--config (default: the control socket's directory, /run/lbd or /run/lbd/netns/NAME; "
+                   "'' disables it)")
     p.add_argument("--restore", action="store_true",
                    help="re-apply the state file even with --config (first the saved state and its connections, "
                    "then the file's differences, as a reload)")
     p.add_argument("--conn-max", type=int, default=0, metavar="N", help="connection table size (C engine)")
+    p.add_argument("--metrics", metavar="ADDR:PORT", type=_metrics_listen,
+                   help="serve Prometheus metrics over HTTP on ADDR:PORT (e.g. 127.0.0.1:9170; :PORT for every "
+                   "IPv4 address): node_exporter's node_ipvs_* names, and lbd_* (docs/metrics.md)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    p.add_argument("--log-format", choices=logsetup.LOG_FORMATS, default="text",
+                   help="text (default): one line per event for people; json: one JSON object per line "
+                   "(time, level, logger, pid, message and the event's own fields) for log shippers")
     p.add_argument("--version", action="version", version=f"lbd {__version__}")
     args = p.parse_args(argv)
     _check_queue_options(p, args)
@@ -142,6 +153,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     elif args.file:
         p.error(f"unexpected argument {args.file!r} (to load a configuration: --config FILE)")
     return args
+
+
+def _metrics_listen(text: str) -> tuple[str, int]:
+    from lb.metrics import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -239,12 +259,17 @@ def _reload_on_sighup(director: Director) -> None:
         log.warning("SIGHUP: lbd was started without --config, nothing to reload")
         return
     log.info("SIGHUP: reloading %s", director.config_path)
+    sdnotify.reloading()
+    outcome = f"reloaded {director.config_path}"
     try:
         director.handle("reload", {})
     except (EngineError, ConfigError) as exc:
         log.error("reload failed: %s", exc)
-    except Exception:
+        outcome = f"reload of {director.config_path} failed, previous configuration kept: {exc}"
+    except Exception as exc:
         log.exception("reload failed")
+        outcome = f"reload of {director.config_path} failed, previous configuration kept: {exc}"
+    sdnotify.ready(outcome)
 
 
 def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Any:
@@ -375,6 +400,7 @@ async def run(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, director)
 
     monitor = None
+    metrics: Any = None  # lb.metrics.MetricsServer with --metrics
     engine_started = rules_set_up = ready = False
     try:
         # The tables first, connections included: once the queue is bound (and, with
@@ -390,6 +416,10 @@ async def run(args: argparse.Namespace) -> int:
             from lb.config import load_config
 
             director.apply_config(load_config(args.config), "reload after restore" if restoring else "start")
+        if args.metrics is not None:  # a taken port stops lbd before it touches the queue or the rules
+            from lb.metrics import start_metrics
+
+            metrics = start_metrics(args.metrics, director, loop, args.queues.queues)
         # Bind the queue before touching any rule: if another process owns it we fail here.
         c_opts: dict[str, Any] = {}
         if args.engine == "c":
@@ -408,6 +438,8 @@ async def run(args: argparse.Namespace) -> int:
         log.info("lbd %s ready: control socket %s, queue %d, engine %s, down-policy %s%s", __version__,
                  server.path, args.queue_num, engine.name, args.down_policy,
                  f", state {snapshot}" if snapshot else "")
+        # Only now, with the tables loaded and the rules in place, may systemd call lbd started.
+        sdnotify.ready(f"serving: queue {args.queue_num}, engine {engine.name}, control socket {server.path}")
         tasks = [asyncio.ensure_future(_estimator_loop(director, stop))]
         if snapshot is not None:
             tasks.append(asyncio.ensure_future(_snapshot_loop(director, snapshot, stop)))
@@ -423,6 +455,9 @@ async def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         stop.set()
+        sdnotify.stopping()
+        if metrics is not None:
+            metrics.stop()
         if monitor is not None:
             monitor.stop()
         await server.close()
@@ -507,9 +542,7 @@ def _print_diff(config: Any, sock: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # INFO by default, -v: DEBUG for lbd's own modules; libraries stay at WARNING.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="lbd[%(process)d] %(levelname)s %(message)s")
-    for name in ("lbd", "lb"):
-        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logsetup.configure(args.log_format, args.verbose)
     if args.check:
         # The dry run's own "rejected" log line would repeat the error check() prints.
         logging.getLogger("lbd").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)

@@ -53,6 +53,7 @@ from lb.reconcile import (
     synproxy_to_json,
 )
 from lb.requests import parse_command, parse_key
+from lb.totals import TotalStats
 
 log = logging.getLogger("lbd")
 
@@ -110,6 +111,7 @@ class Director:
         self.synproxy_default = SynproxyConf()
         self.synproxy_confs: dict[ServiceKey, SynproxyConf] = {}
         self._last_refusals: dict[str, int] = {}  # REFUSAL_LOGS counters at the previous tick
+        self.totals = TotalStats()  # IPVS's tot_stats: every service's counters, deleted ones included
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self._ping,
             "list": self._list,
@@ -217,6 +219,8 @@ class Director:
                 raise self._refusal(exc.errno_name, str(exc), i, cmd, batch) from exc
         live = running  # follows the engine command by command: the inverses are computed from it
         done: list[list[Command]] = []
+        # Counters of services this change may delete: they stay in the totals (lb/totals.py).
+        removing = self._service_counters() if any(isinstance(c, (DelService, Clear)) for c in cmds) else {}
         for i, cmd in enumerate(cmds):
             undo = inverse(live, cmd)
             try:
@@ -230,6 +234,9 @@ class Director:
                 raise self._refusal("EIO", f"engine failed: {exc!r}", i, cmd, batch) from exc
             done.append(undo)
             live.apply(cmd)
+            if isinstance(cmd, (DelService, Clear)):
+                for key in [cmd.key] if isinstance(cmd, DelService) else list(removing):
+                    self.totals.retire(removing.pop(key, Stats()))
         try:
             self.sync_rules()
         except Exception as exc:
@@ -502,10 +509,13 @@ class Director:
 
     def _zero(self, key: ServiceKey | None) -> None:
         """ipvsadm -Z [service]: counters and rates of the service(s) and their destinations restart at 0:
-        the engine zeroes its counters, the estimators restart from 0 (ip_vs_zero_estimator)."""
+        the engine zeroes its counters, the estimators restart from 0 (ip_vs_zero_estimator). The totals
+        restart at 0 with everything, and keep what one service had counted when it alone is zeroed."""
         if key is None:
+            self.totals.zero()
             self.engine.zero()
         else:
+            self.totals.retire(self._service_counters().get(key, Stats()))
             self.engine.zero_service(key)
         services = [s for s in self.engine.services() if key is None or s.spec.key == key]
         for skey in self._stats_samples(services):
@@ -517,6 +527,10 @@ class Director:
     def _shown(self, skey: StatsKey, raw: Stats) -> dict[str, int]:
         """Counters since the object was created or last zeroed, plus rates: a `stats` object of `list`."""
         return {**raw.to_json(), **self.estimator.read(skey).to_json()}
+
+    def _service_counters(self) -> dict[ServiceKey, Stats]:
+        """Each live service's counters since its last zero (`list`'s, without the rates)."""
+        return {s.spec.key: s.stats for s in self.engine.services()}
 
     def _list(self, args: dict[str, Any]) -> dict[str, Any]:
         only = parse_key(args["service"]) if args.get("service") else None

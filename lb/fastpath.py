@@ -24,6 +24,7 @@ from lb.engine import (
     Verdict,
 )
 from lb.model import (
+    TEMPLATE_ASSURED,
     ConnInfo,
     DestInfo,
     DestSpec,
@@ -333,7 +334,7 @@ class CEngine:
                         vport=c.vport,
                         daddr=_int2ip(c.daddr),
                         dport=c.dport,
-                        state=ConnState(c.state).name,
+                        state=TEMPLATE_ASSURED if c.flags & lib.LB_CONN_F_ASSURED else ConnState(c.state).name,
                         expires_ms=c.expires_in_ms,
                         laddr=_int2ip(c.laddr),
                         lport=c.lport,
@@ -377,6 +378,10 @@ class CEngine:
 
     def conn_count(self) -> int:
         return int(lib.lb_conn_count(self._lb))
+
+    def conn_max(self) -> int:
+        """Connection table size: entries beyond it are refused (reason table_full)."""
+        return int(lib.lb_conn_max(self._lb))
 
     def table_size(self) -> int:
         return int(lib.lb_hash_buckets(self._lb))

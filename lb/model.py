@@ -284,6 +284,11 @@ class ServiceInfo:
     laddrs: list[LaddrInfo] = field(default_factory=list)
 
 
+# ipvsadm -Lnc's state of a persistence template once one of its connections was established (TCP) or
+# answered (UDP): the kernel's ip_vs_ctpl_state_name_table; before that a template shows NONE.
+TEMPLATE_ASSURED = "ASSURED"
+
+
 @dataclass(frozen=True)
 class ConnInfo:
     """One connection entry, as `ipvsadm -Lnc` shows it."""

@@ -61,6 +61,16 @@ LPORT_MIN, LPORT_MAX = 20000, 20999  # FULLNAT local ports in the table's setups
 # Timeouts from docs/fastpath.md, milliseconds (stated here, not read from an engine).
 T_NONE, T_ES, T_SR, T_FW, T_TW, T_CL, T_UDP = 2_000, 900_000, 60_000, 120_000, 120_000, 10_000, 300_000
 
+# The TCP states a connection counts as active in (ActiveConn; every other state, and UDP, counts in
+# InActConn), read from the kernel: tcp_state_active_table in net/netfilter/ipvs/ip_vs_proto_tcp.c
+# (Linux 6.1), used by set_tcp_state on every state change.
+ACTIVE_STATES = frozenset({"ESTABLISHED", "SYN_SENT", "SYN_RECV", "SYNACK"})
+
+
+def active_in(state: str) -> int:
+    """1 if a TCP connection in `state` counts as active, else 0."""
+    return int(state in ACTIVE_STATES)
+
 SvcRef = tuple[int, str, int]  # (proto, vaddr, vport)
 TCP80: SvcRef = (PROTO_TCP, VIP, 80)
 UDP53: SvcRef = (PROTO_UDP, VIP, 53)
@@ -335,30 +345,30 @@ def _dr_flow_rows() -> list[Row]:
     udp_svc = ServiceExpect(UDP53)
     udp_dest = DestExpect(UDP53, RS1, 53)
 
-    def row(row_id: str, description: str, steps: tuple[Step, ...], state: str, timeout: int, active: int,
+    def row(row_id: str, description: str, steps: tuple[Step, ...], state: str, timeout: int,
             names: tuple[str, ...]) -> Row:
         inbytes = sum(n[x] for x in names)
         last = steps[-1].now_ms
         return Row(
             row_id, description, setup, steps,
-            (DestExpect(TCP80, RS1, active=active, inactive=1 - active, conns=1, inpkts=len(names), inbytes=inbytes,
-                        handshakes=int("ack" in names)),
+            (DestExpect(TCP80, RS1, active=active_in(state), inactive=1 - active_in(state), conns=1,
+                        inpkts=len(names), inbytes=inbytes, handshakes=int("ack" in names)),
              udp_dest),
             (ServiceExpect(TCP80, 1, len(names), inbytes), udp_svc),
             (conn(state, timeout, RS1),), check_ms=last, tags=("dr",))
 
     return [
-        row("dr-syn", "SYN to the VIP creates an entry (SYN_RECV) and leaves unchanged with the real server's MAC",
-            (fwd(syn, 0, RS1),), "SYN_RECV", T_SR, 0, ("syn",)),
+        row("dr-syn", "SYN to the VIP creates an entry (SYN_RECV, active) and leaves unchanged with the real "
+            "server's MAC", (fwd(syn, 0, RS1),), "SYN_RECV", T_SR, ("syn",)),
         row("dr-ack", "the handshake's ACK makes the entry ESTABLISHED (active) and is forwarded unchanged",
-            (fwd(syn, 0, RS1), fwd(ack, 10, RS1)), "ESTABLISHED", T_ES, 1, ("syn", "ack")),
+            (fwd(syn, 0, RS1), fwd(ack, 10, RS1)), "ESTABLISHED", T_ES, ("syn", "ack")),
         row("dr-data", "data on an established flow is forwarded unchanged; inbytes counts IP total length",
-            (fwd(syn, 0, RS1), fwd(ack, 10, RS1), fwd(data, 20, RS1)), "ESTABLISHED", T_ES, 1, ("syn", "ack", "data")),
+            (fwd(syn, 0, RS1), fwd(ack, 10, RS1), fwd(data, 20, RS1)), "ESTABLISHED", T_ES, ("syn", "ack", "data")),
         row("dr-fin", "the client's FIN moves ESTABLISHED to FIN_WAIT (INPUT-ONLY) and makes it inactive",
-            (fwd(syn, 0, RS1), fwd(ack, 10, RS1), fwd(data, 20, RS1), fwd(fin, 30, RS1)), "FIN_WAIT", T_FW, 0,
+            (fwd(syn, 0, RS1), fwd(ack, 10, RS1), fwd(data, 20, RS1), fwd(fin, 30, RS1)), "FIN_WAIT", T_FW,
             ("syn", "ack", "data", "fin")),
         row("dr-rst", "the client's RST moves ESTABLISHED to CLOSE and is still forwarded",
-            (fwd(syn, 0, RS1), fwd(ack, 10, RS1), fwd(rst, 20, RS1)), "CLOSE", T_CL, 0, ("syn", "ack", "rst")),
+            (fwd(syn, 0, RS1), fwd(ack, 10, RS1), fwd(rst, 20, RS1)), "CLOSE", T_CL, ("syn", "ack", "rst")),
     ]
 
 
@@ -391,38 +401,41 @@ def _scheduling_rows() -> list[Row]:
     rows.append(Row(
         "rr-order", "rr starts at the most recently added destination and walks the list, wrapping around",
         setup, tuple(fwd(p, i, d) for i, (p, d) in enumerate(zip(syns, order, strict=True))),
-        (DestExpect(TCP80, RS3, inactive=2, conns=2, inpkts=2, inbytes=2 * size),
-         DestExpect(TCP80, RS2, inactive=1, conns=1, inpkts=1, inbytes=size),
-         DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=size)),
+        (DestExpect(TCP80, RS3, active=2, conns=2, inpkts=2, inbytes=2 * size),
+         DestExpect(TCP80, RS2, active=1, conns=1, inpkts=1, inbytes=size),
+         DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size)),
         (ServiceExpect(TCP80, 4, 4, 4 * size),),
         tuple(conn("SYN_RECV", T_SR - (3 - i), d, cport=41000 + i) for i, d in enumerate(order)), check_ms=3,
         tags=("sched",)))
 
-    # wlc with RS1 weight 1, RS2 weight 3 (list RS2, RS1): RS2, RS1, RS2, RS2, RS2, RS1.
+    # wlc with RS1 weight 1, RS2 weight 3 (list RS2, RS1): RS2, RS1, RS2, RS2, RS2, RS1 (every entry in
+    # SYN_RECV, active: overhead 256 per entry).
     setup = Setup((ServiceSetup(TCP80, "wlc", (DestSetup(RS1, weight=1), DestSetup(RS2, weight=3))),))
     syns = [tcp(sport=42000 + i) for i in range(6)]
     order = [RS2, RS1, RS2, RS2, RS2, RS1]
     rows.append(Row(
         "wlc-weights", "wlc: overhead/weight by cross-multiplication, ties keep the earlier destination",
         setup, tuple(fwd(p, 0, d) for p, d in zip(syns, order, strict=True)),
-        (DestExpect(TCP80, RS2, inactive=4, conns=4, inpkts=4, inbytes=4 * size),
-         DestExpect(TCP80, RS1, inactive=2, conns=2, inpkts=2, inbytes=2 * size)),
+        (DestExpect(TCP80, RS2, active=4, conns=4, inpkts=4, inbytes=4 * size),
+         DestExpect(TCP80, RS1, active=2, conns=2, inpkts=2, inbytes=2 * size)),
         (ServiceExpect(TCP80, 6, 6, 6 * size),),
         tuple(conn("SYN_RECV", T_SR, d, cport=42000 + i) for i, d in enumerate(order)), check_ms=0,
         tags=("sched",)))
 
-    # wlc: an active connection weighs 256 inactive ones.
+    # wlc: an active connection weighs 256 inactive ones. RS2 gets the first SYN and its ACK (ESTABLISHED,
+    # active); RS1 the second SYN (SYN_RECV: active too), whose FIN makes it TIME_WAIT (inactive); the third
+    # SYN then goes to RS1 (overhead 1 against RS2's 256).
     setup = Setup((ServiceSetup(TCP80, "wlc", (DestSetup(RS1), DestSetup(RS2))),))
     s1, a1 = tcp(sport=43000), tcp(sport=43000, flags="A", seq=1001, ack=1)
-    s2, s3 = tcp(sport=43001), tcp(sport=43002)
+    s2, f2, s3 = tcp(sport=43001), tcp(sport=43001, flags="FA", seq=1001, ack=1), tcp(sport=43002)
     rows.append(Row(
         "wlc-active-weighs-more", "wlc: RS2 with one active entry loses to RS1 with one inactive entry",
-        setup, (fwd(s1, 0, RS2), fwd(a1, 1, RS2), fwd(s2, 2, RS1), fwd(s3, 3, RS1)),
+        setup, (fwd(s1, 0, RS2), fwd(a1, 1, RS2), fwd(s2, 2, RS1), fwd(f2, 3, RS1), fwd(s3, 4, RS1)),
         (DestExpect(TCP80, RS2, active=1, conns=1, inpkts=2, inbytes=2 * size, handshakes=1),
-         DestExpect(TCP80, RS1, inactive=2, conns=2, inpkts=2, inbytes=2 * size)),
-        (ServiceExpect(TCP80, 3, 4, 4 * size),),
-        (conn("ESTABLISHED", T_ES - 2, RS2, cport=43000), conn("SYN_RECV", T_SR - 1, RS1, cport=43001),
-         conn("SYN_RECV", T_SR, RS1, cport=43002)), check_ms=3, tags=("sched",)))
+         DestExpect(TCP80, RS1, active=1, inactive=1, conns=2, inpkts=3, inbytes=3 * size)),
+        (ServiceExpect(TCP80, 3, 5, 5 * size),),
+        (conn("ESTABLISHED", T_ES - 3, RS2, cport=43000), conn("TIME_WAIT", T_TW - 1, RS1, cport=43001),
+         conn("SYN_RECV", T_SR, RS1, cport=43002)), check_ms=4, tags=("sched",)))
 
     # weight 0: never chosen; alone, it means no destination.
     setup = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1), DestSetup(RS2, weight=0))),))
@@ -430,7 +443,7 @@ def _scheduling_rows() -> list[Row]:
     rows.append(Row(
         "weight0-skipped", "rr never picks a weight-0 destination (RS2 is first in the list)",
         setup, tuple(fwd(p, i, RS1) for i, p in enumerate(syns)),
-        (DestExpect(TCP80, RS2), DestExpect(TCP80, RS1, inactive=3, conns=3, inpkts=3, inbytes=3 * size)),
+        (DestExpect(TCP80, RS2), DestExpect(TCP80, RS1, active=3, conns=3, inpkts=3, inbytes=3 * size)),
         (ServiceExpect(TCP80, 3, 3, 3 * size),),
         tuple(conn("SYN_RECV", T_SR - (2 - i), RS1, cport=44000 + i) for i in range(3)), check_ms=2,
         tags=("sched", "weight0")))
@@ -465,7 +478,7 @@ def _no_dest_rows() -> list[Row]:
         "no-dest-before-table-full", "with the table full, a packet for a service without destinations still gets "
         "the ICMP answer (no destination is decided before the table is consulted)",
         setup_full, (fwd(syn, 0, RS1), answer(query, 1)),
-        (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=size),),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size),),
         (ServiceExpect(TCP80, 1, 1, size), ServiceExpect(UDP53)),
         (conn("SYN_RECV", T_SR - 1, RS1, cport=45010),), check_ms=1, tags=("no-dest", "table-full")))
     return rows
@@ -500,25 +513,26 @@ def _tcp_flag_rows() -> list[Row]:
     size = ip_total_length(syn)
 
     def single_conn(row_id: str, description: str, steps: tuple[Step, ...], state: str, timeout: int,
-                    active: int, conns: int = 1, tags: tuple[str, ...] = ()) -> Row:
+                    handshakes: int, conns: int = 1, tags: tuple[str, ...] = ()) -> Row:
         pkts = [s for s in steps if isinstance(s, PacketStep)]
         inbytes = sum(ip_total_length(p.packet) for p in pkts)
         last = pkts[-1].now_ms
         return Row(row_id, description, setup, steps,
-                   (DestExpect(TCP80, RS1, active=active, inactive=1 - active, conns=conns, inpkts=len(pkts),
-                               inbytes=inbytes, handshakes=active), DestExpect(UDP53, RS1, 53)),
+                   (DestExpect(TCP80, RS1, active=active_in(state), inactive=1 - active_in(state), conns=conns,
+                               inpkts=len(pkts), inbytes=inbytes, handshakes=handshakes), DestExpect(UDP53, RS1, 53)),
                    (ServiceExpect(TCP80, conns, len(pkts), inbytes), ServiceExpect(UDP53)),
                    (conn(state, timeout, RS1),), check_ms=last, tags=("tcp-state",) + tags)
 
     rows.append(single_conn("synack-creates", "a SYN+ACK without an entry has SYN: it is scheduled (syn event)",
-                            (fwd(tcp(flags="SA", ack=1), 0, RS1),), "SYN_RECV", T_SR, 0))
+                            (fwd(tcp(flags="SA", ack=1), 0, RS1),), "SYN_RECV", T_SR, handshakes=0))
     rows.append(untouched("synrst-no-conn", "a SYN+RST without an entry is never scheduled (tcp_conn_schedule): "
                           "the local stack answers", tcp(flags="SR"), "ACCEPT", "NO_CONN", setup, tags=("tcp-state",)))
     rows.append(single_conn("synfin-creates", "a SYN+FIN without an entry: syn wins over fin -> SYN_RECV",
-                            (fwd(tcp(flags="SF"), 0, RS1),), "SYN_RECV", T_SR, 0))
+                            (fwd(tcp(flags="SF"), 0, RS1),), "SYN_RECV", T_SR, handshakes=0))
     ack = tcp(flags="A", seq=1001, ack=1)
     rows.append(single_conn("syn-on-established", "a SYN on an ESTABLISHED entry keeps it (no reuse), same server",
-                            (fwd(syn, 0, RS1), fwd(ack, 1, RS1), fwd(syn, 2, RS1)), "ESTABLISHED", T_ES, 1))
+                            (fwd(syn, 0, RS1), fwd(ack, 1, RS1), fwd(syn, 2, RS1)), "ESTABLISHED", T_ES,
+                            handshakes=1))
     rows.append(Row("noflags-closes", "a TCP segment without SYN/FIN/ACK/RST moves the entry to CLOSE (the kernel's "
                     "set_tcp_state starts from CLOSE) and restarts the timer with CLOSE's timeout", setup,
                     (fwd(syn, 0, RS1), fwd(ack, 1, RS1), fwd(tcp(flags="", seq=1001), 5000, RS1)),
@@ -527,7 +541,8 @@ def _tcp_flag_rows() -> list[Row]:
                     (ServiceExpect(TCP80, 1, 3, 3 * size), ServiceExpect(UDP53)),
                     (conn("CLOSE", T_CL, RS1),), check_ms=5000, tags=("tcp-state",)))
     rows.append(single_conn("expiry-boundary-alive", "an entry is alive 1 ms before its expiry time",
-                            (fwd(syn, 0, RS1), fwd(ack, T_SR - 1, RS1)), "ESTABLISHED", T_ES, 1, tags=("expiry",)))
+                            (fwd(syn, 0, RS1), fwd(ack, T_SR - 1, RS1)), "ESTABLISHED", T_ES, handshakes=1,
+                            tags=("expiry",)))
     # At exactly its expiry time the SYN_RECV entry is dead: the ACK finds no entry.
     dests = (DestExpect(TCP80, RS1, conns=1, inpkts=1, inbytes=size), DestExpect(UDP53, RS1, 53))
     rows.append(Row("expiry-boundary-dead", "an entry is dead at its expiry time (now >= expires): ACK -> NO_CONN",
@@ -550,7 +565,7 @@ def _tcp_flag_rows() -> list[Row]:
             row_id, f"a new SYN on a {state} entry expires it and schedules afresh (conn_reuse_mode=1)",
             setup2, closing + (new_syn,),
             (DestExpect(TCP80, RS2, conns=1, inpkts=old, inbytes=old * size, handshakes=handshakes),
-             DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=size)),
+             DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size)),
             (ServiceExpect(TCP80, 2, old + 1, (old + 1) * size),), (conn("SYN_RECV", T_SR, RS1),),
             check_ms=new_syn.now_ms, tags=("tcp-state", "reuse")))
     synack = tcp(flags="SA", ack=1)
@@ -559,7 +574,7 @@ def _tcp_flag_rows() -> list[Row]:
         "the entry expires and the SYN+ACK is scheduled afresh",
         setup2, (fwd(syn, 0, RS2), fwd(fin, 1, RS2), fwd(synack, 2, RS1)),
         (DestExpect(TCP80, RS2, conns=1, inpkts=2, inbytes=2 * size),
-         DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=size)),
+         DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size)),
         (ServiceExpect(TCP80, 2, 3, 3 * size),), (conn("SYN_RECV", T_SR, RS1),), check_ms=2,
         tags=("tcp-state", "reuse")))
     rows.append(Row(
@@ -578,7 +593,7 @@ def _l2_and_table_rows() -> list[Row]:
     rows.append(Row(
         "no-l2", "a destination without forwarding state: the entry is made and counted, the packet dropped",
         setup, (verdict(syn, 0, "DROP", "NO_L2"),),
-        (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=size),), (ServiceExpect(TCP80, 1, 1, size),),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size),), (ServiceExpect(TCP80, 1, 1, size),),
         (conn("SYN_RECV", T_SR, RS1),), tags=("l2",)))
     rows.append(Row(
         "no-l2-then-resolved", "once forwarding state is installed the same entry's packets are forwarded",
@@ -601,7 +616,7 @@ def _l2_and_table_rows() -> list[Row]:
     rows.append(Row(
         "table-full", "with conn_max=1 a second connection is dropped; after the first expires it gets in",
         full, (fwd(a, 0, RS1), verdict(b, 1000, "DROP", "TABLE_FULL"), fwd(b, T_SR + 1, RS1)),
-        (DestExpect(TCP80, RS1, inactive=1, conns=2, inpkts=2, inbytes=2 * size),), (ServiceExpect(TCP80, 2, 2, 2 * size),),
+        (DestExpect(TCP80, RS1, active=1, conns=2, inpkts=2, inbytes=2 * size),), (ServiceExpect(TCP80, 2, 2, 2 * size),),
         (conn("SYN_RECV", T_SR, RS1, cport=46001),), check_ms=T_SR + 1, tags=("table-full",)))
     rows.append(Row(
         "table-full-existing-flow", "a full table still forwards packets of existing entries",
@@ -615,7 +630,7 @@ def _l2_and_table_rows() -> list[Row]:
         "table-full-advances-rr", "scheduling happens before the table-full check, so a dropped SYN still moved "
         "the rr cursor (RS2, [RS1 dropped], RS2)",
         full_rr, (fwd(a, 0, RS2), verdict(b, 1, "DROP", "TABLE_FULL"), fwd(c, T_SR + 1, RS2)),
-        (DestExpect(TCP80, RS2, inactive=1, conns=2, inpkts=2, inbytes=2 * size), DestExpect(TCP80, RS1)),
+        (DestExpect(TCP80, RS2, active=1, conns=2, inpkts=2, inbytes=2 * size), DestExpect(TCP80, RS1)),
         (ServiceExpect(TCP80, 2, 2, 2 * size),), (conn("SYN_RECV", T_SR, RS2, cport=46002),), check_ms=T_SR + 1,
         tags=("table-full", "sched")))
     return rows
@@ -649,7 +664,7 @@ def _deleted_dest_rows() -> list[Row]:
     rows.append(Row(
         "deleted-dest-new-client", "new connections after a deletion go to the remaining destination",
         setup, established + (ConfigStep("del_dest", TCP80, DestSetup(RS2), 2), fwd(tcp(sport=40001), 3, RS1)),
-        (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=size),), (ServiceExpect(TCP80, 2, 3, 3 * size),),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size),), (ServiceExpect(TCP80, 2, 3, 3 * size),),
         (conn("ESTABLISHED", T_ES - 2, RS2), conn("SYN_RECV", T_SR, RS1, cport=40001)), check_ms=3,
         tags=("deleted",)))
     rst = tcp(flags="R", seq=1001)
@@ -657,7 +672,7 @@ def _deleted_dest_rows() -> list[Row]:
         "deleted-dest-reuse", "a new SYN on a CLOSE entry of a deleted destination expires it and is scheduled "
         "to a listed destination (reuse is checked before availability)",
         setup, established + (fwd(rst, 2, RS2), ConfigStep("del_dest", TCP80, DestSetup(RS2), 3), fwd(syn, 4, RS1)),
-        (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=size),), (ServiceExpect(TCP80, 2, 4, 4 * size),),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size),), (ServiceExpect(TCP80, 2, 4, 4 * size),),
         (conn("SYN_RECV", T_SR, RS1),), check_ms=4, tags=("deleted", "reuse")))
     rows.append(Row(
         "deleted-service", "after the service is deleted its entries' packets are dropped, new SYNs pass through",
@@ -772,7 +787,7 @@ def _bad_input_rows() -> list[Row]:
 
     def forwarded_row(row_id: str, description: str, packet: bytes, total: int) -> Row:
         return Row(row_id, description, setup, (fwd(packet, 0, RS1),),
-                   (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=total), DestExpect(UDP53, RS1, 53)),
+                   (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=total), DestExpect(UDP53, RS1, 53)),
                    (ServiceExpect(TCP80, 1, 1, total), ServiceExpect(UDP53)),
                    (conn("SYN_RECV", T_SR, RS1),), tags=("dr", "odd"))
 
@@ -876,7 +891,7 @@ def _icmp_rows() -> list[Row]:
     no_l2 = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1, l2=False),)),))
     rows.append(Row("icmp-no-l2", "an ICMP error about an entry whose destination has no forwarding state is dropped "
                     "(and counted)", no_l2, (verdict(syn, 0, "DROP", "NO_L2"), verdict(frag_needed, 20, "DROP", "NO_L2")),
-                    (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=2, inbytes=size + ip_total_length(frag_needed)),),
+                    (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=size + ip_total_length(frag_needed)),),
                     (ServiceExpect(TCP80, 1, 2, size + ip_total_length(frag_needed)),),
                     (conn("SYN_RECV", T_SR - 20, RS1),), check_ms=20, tags=("icmp", "l2")))
     two = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1), DestSetup(RS2))),))
@@ -923,7 +938,7 @@ def _persistence_rows() -> list[Row]:
         "persist-client-network", "a persistent service (/24) sends every client of the network to the destination "
         "its template names; the template's timer restarts with each new connection; rr does not move",
         net24, (fwd(a, 0, RS2), fwd(b, 1000, RS2), fwd(c, 2000, RS2)),
-        (DestExpect(TCP80, RS2, inactive=3, conns=3, inpkts=3, inbytes=3 * size, persist=1), DestExpect(TCP80, RS1)),
+        (DestExpect(TCP80, RS2, active=3, conns=3, inpkts=3, inbytes=3 * size, persist=1), DestExpect(TCP80, RS1)),
         (ServiceExpect(TCP80, 3, 3, 3 * size),),
         (conn("SYN_RECV", T_SR - 2000, RS2, cport=47000), conn("SYN_RECV", T_SR - 1000, RS2, cport=47001),
          conn("SYN_RECV", T_SR, RS2, cport=47002, caddr=CLIENT2), template24), check_ms=2000, tags=("persist",)))
@@ -932,8 +947,8 @@ def _persistence_rows() -> list[Row]:
     rows.append(Row(
         "persist-per-address", "with netmask /32 another client gets its own template (and rr moves on)",
         net32, (fwd(a, 0, RS2), fwd(b, 1, RS2), fwd(c, 2, RS1)),
-        (DestExpect(TCP80, RS2, inactive=2, conns=2, inpkts=2, inbytes=2 * size, persist=1),
-         DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=size, persist=1)),
+        (DestExpect(TCP80, RS2, active=2, conns=2, inpkts=2, inbytes=2 * size, persist=1),
+         DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size, persist=1)),
         (ServiceExpect(TCP80, 3, 3, 3 * size),),
         (conn("SYN_RECV", T_SR - 2, RS2, cport=47000), conn("SYN_RECV", T_SR - 1, RS2, cport=47001),
          conn("SYN_RECV", T_SR, RS1, cport=47002, caddr=CLIENT2),
@@ -945,7 +960,7 @@ def _persistence_rows() -> list[Row]:
         "persist-weight0-still-named", "a template keeps naming its destination after its weight drops to 0 "
         "(expire_quiescent_template=0)",
         weight0, (fwd(a, 0, RS2), ConfigStep("edit_dest", TCP80, DestSetup(RS2, weight=0), 1), fwd(b, 2, RS2)),
-        (DestExpect(TCP80, RS2, inactive=2, conns=2, inpkts=2, inbytes=2 * size, persist=1), DestExpect(TCP80, RS1)),
+        (DestExpect(TCP80, RS2, active=2, conns=2, inpkts=2, inbytes=2 * size, persist=1), DestExpect(TCP80, RS1)),
         (ServiceExpect(TCP80, 2, 2, 2 * size),),
         (conn("SYN_RECV", T_SR - 2, RS2, cport=47000), conn("SYN_RECV", T_SR, RS2, cport=47001),
          ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 80, RS2, 80, "NONE", 300_000)), check_ms=2, tags=("persist",)))
@@ -954,7 +969,7 @@ def _persistence_rows() -> list[Row]:
         "persist-dest-deleted", "a template whose destination was deleted stops matching (kept while it controls a "
         "connection, timer not restarted); the next connection is scheduled afresh with a new template",
         net32, (fwd(a, 0, RS2), ConfigStep("del_dest", TCP80, DestSetup(RS2), 1), fwd(b, 2, RS1)),
-        (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=size, persist=1),),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size, persist=1),),
         (ServiceExpect(TCP80, 2, 2, 2 * size),),
         (conn("SYN_RECV", T_SR - 2, RS2, cport=47000), conn("SYN_RECV", T_SR, RS1, cport=47001),
          ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 80, RS2, 80, "NONE", 300_000 - 2),
@@ -966,7 +981,7 @@ def _persistence_rows() -> list[Row]:
         "fill it; the next connection and a new template are refused",
         full, (fwd(a, 0, RS2), verdict(b, 1, "DROP", "TABLE_FULL", "template found, no slot for the connection"),
                verdict(c, 2, "DROP", "TABLE_FULL", "no slot for the template")),
-        (DestExpect(TCP80, RS2, inactive=1, conns=1, inpkts=1, inbytes=size, persist=1), DestExpect(TCP80, RS1)),
+        (DestExpect(TCP80, RS2, active=1, conns=1, inpkts=1, inbytes=size, persist=1), DestExpect(TCP80, RS1)),
         (ServiceExpect(TCP80, 1, 1, size),),
         (conn("SYN_RECV", T_SR - 2, RS2, cport=47000),
          ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 80, RS2, 80, "NONE", 300_000 - 1)), check_ms=2,
@@ -975,14 +990,58 @@ def _persistence_rows() -> list[Row]:
     short = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1),), persistent=10),))
     rows.append(Row(
         "persist-template-rearmed", "a template whose time is up while its connection lives is re-armed for another "
-        "period (at its expiry time), then released after the connection",
+        "period (at its expiry time), then released after the connection; its connection was established, so it "
+        "shows ASSURED",
         short, (fwd(a, 0, RS1), fwd(tcp(sport=47000, flags="A", seq=1001, ack=1), 0, RS1),
                 fwd(tcp(sport=47000, flags="R", seq=1001), 25_000, RS1)),
         (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=3, inbytes=3 * size, persist=1, handshakes=1),),
         (ServiceExpect(TCP80, 1, 3, 3 * size),),
         (conn("CLOSE", T_CL, RS1, cport=47000),
-         ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 80, RS1, 80, "NONE", 30_000 - 25_000)), check_ms=25_000,
+         ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 80, RS1, 80, "ASSURED", 30_000 - 25_000)), check_ms=25_000,
         tags=("persist", "expiry")))
+
+    # A template's state in ipvsadm -Lnc: NONE until one of its connections is established (TCP:
+    # set_tcp_state -> ip_vs_control_assure_ct on ESTABLISHED) or gets a reply (UDP: udp_state_transition
+    # in the OUTPUT direction), ASSURED from then on, whatever its connections do next.
+    fin = tcp(sport=47000, flags="FA", seq=1001, ack=1)
+    ack = tcp(sport=47000, flags="A", seq=1001, ack=1)
+    rows.append(Row(
+        "persist-template-none", "a template whose connection is still in its handshake shows NONE",
+        net32, (fwd(a, 0, RS2),),
+        (DestExpect(TCP80, RS2, active=1, conns=1, inpkts=1, inbytes=size, persist=1), DestExpect(TCP80, RS1)),
+        (ServiceExpect(TCP80, 1, 1, size),),
+        (conn("SYN_RECV", T_SR, RS2, cport=47000), ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 80, RS2, 80, "NONE", 300_000)),
+        tags=("persist", "template-state")))
+    rows.append(Row(
+        "persist-template-assured", "a template whose connection reached ESTABLISHED shows ASSURED, and stays so "
+        "after the connection closes",
+        net32, (fwd(a, 0, RS2), fwd(ack, 1, RS2), fwd(fin, 2, RS2)),
+        (DestExpect(TCP80, RS2, inactive=1, conns=1, inpkts=3, inbytes=3 * size, persist=1, handshakes=1),
+         DestExpect(TCP80, RS1)),
+        (ServiceExpect(TCP80, 1, 3, 3 * size),),
+        (conn("FIN_WAIT", T_FW, RS2, cport=47000),
+         ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 80, RS2, 80, "ASSURED", 300_000 - 2)), check_ms=2,
+        tags=("persist", "template-state")))
+    rows.append(Row(
+        "persist-template-closed-in-handshake", "a connection that closes before ESTABLISHED (SYN_RECV -> TIME_WAIT) "
+        "leaves its template NONE",
+        net32, (fwd(a, 0, RS2), fwd(fin, 1, RS2)),
+        (DestExpect(TCP80, RS2, inactive=1, conns=1, inpkts=2, inbytes=2 * size, persist=1), DestExpect(TCP80, RS1)),
+        (ServiceExpect(TCP80, 1, 2, 2 * size),),
+        (conn("TIME_WAIT", T_TW, RS2, cport=47000),
+         ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 80, RS2, 80, "NONE", 300_000 - 1)), check_ms=1,
+        tags=("persist", "template-state")))
+    udp_net32 = Setup((ServiceSetup(UDP53, "rr", (DestSetup(RS1, 53),), persistent=300),))
+    query = udp(sport=47100)
+    qsize = ip_total_length(query)
+    rows.append(Row(
+        "persist-template-udp-dr", "a DR director never sees the replies: a UDP service's template stays NONE",
+        udp_net32, (fwd(query, 0, RS1), fwd(query, 5, RS1)),
+        (DestExpect(UDP53, RS1, 53, inactive=1, conns=1, inpkts=2, inbytes=2 * qsize, persist=1),),
+        (ServiceExpect(UDP53, 1, 2, 2 * qsize),),
+        (conn("UDP", T_UDP, RS1, cport=47100, svc=UDP53, dport=53),
+         ConnExpect(PROTO_UDP, CLIENT1, 0, VIP, 53, RS1, 53, "NONE", 300_000 - 5)), check_ms=5,
+        tags=("persist", "template-state", "udp")))
     return rows
 
 
@@ -1201,10 +1260,11 @@ def _fnat_rows() -> list[Row]:
     setup = _fnat_setup()
     udp_dest, udp_svc = DestExpect(UDP53, RS1, 53), ServiceExpect(UDP53)
 
-    def flow_row(row_id: str, description: str, steps: tuple[Step, ...], state: str, timeout: int, active: int,
+    def flow_row(row_id: str, description: str, steps: tuple[Step, ...], state: str, timeout: int,
                  ins: tuple[str, ...], outs: tuple[str, ...], tags: tuple[str, ...] = ()) -> Row:
         inb, outb = sum(n[k] for k in ins), sum(n[k] for k in outs)
         last = steps[-1].now_ms
+        active = active_in(state)
         return Row(row_id, description, setup, steps,
                    (DestExpect(TCP80, RS1, active=active, inactive=1 - active, conns=1, inpkts=len(ins), inbytes=inb,
                                handshakes=int("ack" in ins), outpkts=len(outs), outbytes=outb), udp_dest),
@@ -1215,18 +1275,18 @@ def _fnat_rows() -> list[Row]:
     rows.append(flow_row(
         "fnat-in-syn", "FULLNAT IN: the SYN leaves as LIP:lport -> RIP:rport (TTL - 1, checksums updated); the "
         "entry uses the INPUT table (NONE -> SYN_RECV) and its local port comes from the address's seeded cursor",
-        (xmit(syn, to_rs["syn"], 0, RS1),), "SYN_RECV", T_SR, 0, ("syn",), ()))
+        (xmit(syn, to_rs["syn"], 0, RS1),), "SYN_RECV", T_SR, ("syn",), ()))
     rows.append(flow_row(
         "fnat-out-synack", "FULLNAT OUT: the real server's SYN-ACK to LIP:lport goes back as VIP:vport -> CIP:cport "
         "through the kernel (ANSWER); OUTPUT syn keeps SYN_RECV; out-stats count it",
-        (xmit(syn, to_rs["syn"], 0, RS1), answered(synack, to_client["synack"], 5)), "SYN_RECV", T_SR, 0,
+        (xmit(syn, to_rs["syn"], 0, RS1), answered(synack, to_client["synack"], 5)), "SYN_RECV", T_SR,
         ("syn",), ("synack",)))
     rows.append(flow_row(
         "fnat-flow", "FULLNAT both ways: ACK (ESTABLISHED), data in, data out; the real server's FIN moves "
         "ESTABLISHED to FIN_WAIT (OUTPUT table)",
         (xmit(syn, to_rs["syn"], 0, RS1), answered(synack, to_client["synack"], 5), xmit(ack, to_rs["ack"], 10, RS1),
          xmit(data, to_rs["data"], 20, RS1), answered(reply, to_client["reply"], 30),
-         answered(rs_fin, to_client["rs_fin"], 40)), "FIN_WAIT", T_FW, 0,
+         answered(rs_fin, to_client["rs_fin"], 40)), "FIN_WAIT", T_FW,
         ("syn", "ack", "data"), ("synack", "reply", "rs_fin")))
 
     # TOA: the client's first ACK without SYN/RST carries option 254; the server's SYN MSS is lowered by 8.
@@ -1285,6 +1345,21 @@ def _fnat_rows() -> list[Row]:
         (conn("UDP", T_UDP, RS1, cport=50000, svc=UDP53, dport=53, laddr=LIP1, lport=ulp),), check_ms=6,
         tags=("fnat", "udp"), laddrs=((TCP80, LIP1, 0), (UDP53, LIP1, 1))))
 
+    # A persistent UDP service whose director sees the replies (FULLNAT): the first reply assures the template
+    # (udp_state_transition in the OUTPUT direction -> ip_vs_control_assure_ct).
+    persist_udp = Setup((ServiceSetup(UDP53, "rr", (DestSetup(RS1, 53, fwd="fullnat"),), laddrs=(LIP1,),
+                                      persistent=300),), lport_min=LPORT_MIN, lport_max=LPORT_MAX)
+    rows.append(Row(
+        "fnat-udp-template-assured", "FULLNAT UDP on a persistent service: the real server's reply makes the "
+        "template ASSURED in the connection listing", persist_udp,
+        (xmit(query, nat(query, LIP1, ulp, RS1, 53), 0, RS1),
+         answered(answer_udp, nat(answer_udp, VIP, 53, CLIENT1, 50000), 5)),
+        (DestExpect(UDP53, RS1, 53, inactive=1, conns=1, inpkts=1, inbytes=qn, persist=1, outpkts=1, outbytes=an),),
+        (ServiceExpect(UDP53, 1, 1, qn, 1, an),),
+        (conn("UDP", T_UDP, RS1, cport=50000, svc=UDP53, dport=53, laddr=LIP1, lport=ulp),
+         ConnExpect(PROTO_UDP, CLIENT1, 0, VIP, 53, RS1, 53, "ASSURED", 300_000 - 5)), check_ms=5,
+        tags=("fnat", "udp", "persist", "template-state"), laddrs=((UDP53, LIP1, 1),)))
+
     # TTL: the director routes FULLNAT packets, so a TTL of 1 cannot be forwarded.
     syn_ttl1 = _with_ttl(syn, 1)
     synack_ttl1 = _with_ttl(synack, 1)
@@ -1292,7 +1367,7 @@ def _fnat_rows() -> list[Row]:
         "fnat-ttl-exceeded", "FULLNAT: a TTL of 1 cannot be decremented: dropped both ways (R_TTL_EXCEEDED); the "
         "entry is made and the packets counted before the rewrite", setup,
         (verdict(syn_ttl1, 0, "DROP", "TTL_EXCEEDED"), verdict(synack_ttl1, 5, "DROP", "TTL_EXCEEDED")),
-        (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=n["syn"], outpkts=1, outbytes=n["synack"]),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=n["syn"], outpkts=1, outbytes=n["synack"]),
          udp_dest),
         (ServiceExpect(TCP80, 1, 1, n["syn"], 1, n["synack"]), udp_svc),
         (conn("SYN_RECV", T_SR, RS1, laddr=LIP1, lport=lp),), check_ms=5, tags=("fnat", "ttl")))
@@ -1308,7 +1383,7 @@ def _fnat_rows() -> list[Row]:
         "fnat-ports-exhausted", "FULLNAT with one local port: the second connection to the same real server finds "
         "no free OUT tuple (R_NO_LADDR)", one_port,
         (xmit(syn, nat(syn, LIP1, 20000, RS1, 80), 0, RS1), verdict(syn_b, 1, "DROP", "NO_LADDR")),
-        (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=n["syn"]), udp_dest),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=n["syn"]), udp_dest),
         (ServiceExpect(TCP80, 1, 1, n["syn"]), udp_svc),
         (conn("SYN_RECV", T_SR - 1, RS1, laddr=LIP1, lport=20000),), check_ms=1, tags=("fnat",),
         laddrs=((TCP80, LIP1, 1), (UDP53, LIP1, 0))))
@@ -1317,7 +1392,7 @@ def _fnat_rows() -> list[Row]:
         "fnat-port-freed", "a local port is free again once its entry expired", one_port,
         (xmit(syn, nat(syn, LIP1, 20000, RS1, 80), 0, RS1),
          xmit(syn_b, nat(syn_b, LIP1, 20000, RS1, 80), T_SR, RS1)),
-        (DestExpect(TCP80, RS1, inactive=1, conns=2, inpkts=2, inbytes=two), udp_dest),
+        (DestExpect(TCP80, RS1, active=1, conns=2, inpkts=2, inbytes=two), udp_dest),
         (ServiceExpect(TCP80, 2, 2, two), udp_svc),
         (conn("SYN_RECV", T_SR, RS1, cport=40001, laddr=LIP1, lport=20000),), check_ms=T_SR, tags=("fnat", "expiry")))
     ring = _fnat_setup(laddrs=(LIP1, LIP2))
@@ -1326,7 +1401,7 @@ def _fnat_rows() -> list[Row]:
     rows.append(Row(
         "fnat-laddr-ring", "local addresses are used in turn (ring cursor), each with its own port cursor", ring,
         tuple(xmit(p, nat(p, la, port, RS1, 80), i, RS1) for i, (p, (la, port)) in enumerate(zip(syns, used, strict=True))),
-        (DestExpect(TCP80, RS1, inactive=3, conns=3, inpkts=3, inbytes=3 * ip_total_length(syns[0])), udp_dest),
+        (DestExpect(TCP80, RS1, active=3, conns=3, inpkts=3, inbytes=3 * ip_total_length(syns[0])), udp_dest),
         (ServiceExpect(TCP80, 3, 3, 3 * ip_total_length(syns[0])), udp_svc),
         tuple(conn("SYN_RECV", T_SR - (2 - i), RS1, cport=41000 + i, laddr=la, lport=port)
               for i, (la, port) in enumerate(used)), check_ms=2, tags=("fnat",),
@@ -1336,7 +1411,7 @@ def _fnat_rows() -> list[Row]:
         "fnat-no-l2", "FULLNAT without forwarding state: entry made and counted, packet dropped (R_NO_L2); a reply "
         "still goes back (the kernel routes it)", no_l2,
         (verdict(syn, 0, "DROP", "NO_L2"), answered(synack, to_client["synack"], 5)),
-        (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=n["syn"], outpkts=1, outbytes=n["synack"]),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=n["syn"], outpkts=1, outbytes=n["synack"]),
          udp_dest),
         (ServiceExpect(TCP80, 1, 1, n["syn"], 1, n["synack"]), udp_svc),
         (conn("SYN_RECV", T_SR, RS1, laddr=LIP1, lport=lp),), check_ms=5, tags=("fnat", "l2")))
@@ -1370,42 +1445,42 @@ def _tun_rows() -> list[Row]:
     fits = tcp(flags="PA", seq=1001, ack=5001, payload=b"b" * 1440, flags_ip="DF")  # 1480 + 20 = 1500
     sz = ip_total_length
 
-    def one(row_id: str, description: str, steps: tuple[Step, ...], state: str, timeout: int, active: int,
+    def one(row_id: str, description: str, steps: tuple[Step, ...], state: str, timeout: int,
             pkts: tuple[bytes, ...], row_setup: Setup = setup, tags: tuple[str, ...] = ()) -> Row:
         inb = sum(sz(p) for p in pkts)
         return Row(row_id, description, row_setup, steps,
-                   (DestExpect(TCP80, RS1, active=active, inactive=1 - active, conns=1, inpkts=len(pkts), inbytes=inb,
-                               handshakes=active), udp_dest),
+                   (DestExpect(TCP80, RS1, active=active_in(state), inactive=1 - active_in(state), conns=1,
+                               inpkts=len(pkts), inbytes=inb, handshakes=int(state == "ESTABLISHED")), udp_dest),
                    (ServiceExpect(TCP80, 1, len(pkts), inb), udp_svc),
                    (conn(state, timeout, RS1),), check_ms=steps[-1].now_ms, tags=("tun",) + tags)
 
     rows.append(one("tun-syn", "IPIP: outer header 0x45, TOS = inner TOS, ID = inner ID (no DF), TTL 64, proto 4, "
                     "from the route source to the real server; the inner packet unchanged; INPUT-ONLY states",
-                    (xmit(syn, ipip(syn), 0, RS1),), "SYN_RECV", T_SR, 0, (syn,)))
+                    (xmit(syn, ipip(syn), 0, RS1),), "SYN_RECV", T_SR, (syn,)))
     rows.append(one("tun-df", "IPIP: an inner DF gives the outer header DF and ID 0",
-                    (xmit(syn_df, ipip(syn_df), 0, RS1), xmit(ack, ipip(ack), 1, RS1)), "ESTABLISHED", T_ES, 1,
+                    (xmit(syn_df, ipip(syn_df), 0, RS1), xmit(ack, ipip(ack), 1, RS1)), "ESTABLISHED", T_ES,
                     (syn_df, ack)))
     rows.append(one("tun-mtu-fits", "IPIP: a packet of MTU - 20 bytes still fits",
-                    (xmit(syn_df, ipip(syn_df), 0, RS1), xmit(fits, ipip(fits), 1, RS1)), "ESTABLISHED", T_ES, 1,
+                    (xmit(syn_df, ipip(syn_df), 0, RS1), xmit(fits, ipip(fits), 1, RS1)), "ESTABLISHED", T_ES,
                     (syn_df, fits), tags=("mtu",)))
     rows.append(one("tun-frag-needed", "IPIP: too big after encapsulation with DF: ICMP fragmentation needed "
                     "(next-hop MTU = MTU - 20) to the client (ANSWER, R_FRAG_NEEDED); state and stats as forwarded",
                     (xmit(syn_df, ipip(syn_df), 0, RS1), answered(big_df, director_icmp(big_df, 4, 1480), 1,
-                                                                 "FRAG_NEEDED")), "ESTABLISHED", T_ES, 1, (syn_df, big_df),
+                                                                 "FRAG_NEEDED")), "ESTABLISHED", T_ES, (syn_df, big_df),
                     tags=("mtu",)))
     rows.append(one("tun-frag-no-df", "IPIP: too big without DF: dropped (known gap, R_FRAG_NEEDED)",
-                    (xmit(syn, ipip(syn), 0, RS1), verdict(big, 1, "DROP", "FRAG_NEEDED")), "ESTABLISHED", T_ES, 1,
+                    (xmit(syn, ipip(syn), 0, RS1), verdict(big, 1, "DROP", "FRAG_NEEDED")), "ESTABLISHED", T_ES,
                     (syn, big), tags=("mtu",)))
     small = _tun_setup(mtu=600)
     mid = tcp(flags="PA", seq=1001, ack=5001, payload=b"m" * 541, flags_ip="DF")  # 581 + 20 > 600
     rows.append(one("tun-path-mtu", "IPIP: the destination's path MTU (600) decides; next-hop MTU 580",
                     (xmit(syn_df, ipip(syn_df), 0, RS1), answered(mid, director_icmp(mid, 4, 580), 1, "FRAG_NEEDED")),
-                    "ESTABLISHED", T_ES, 1, (syn_df, mid), row_setup=small, tags=("mtu",)))
+                    "ESTABLISHED", T_ES, (syn_df, mid), row_setup=small, tags=("mtu",)))
     rows.append(one("tun-no-source", "IPIP without a route source address: never an outer source 0.0.0.0: "
-                    "DROP/R_NO_L2", (verdict(syn, 0, "DROP", "NO_L2"),), "SYN_RECV", T_SR, 0, (syn,),
+                    "DROP/R_NO_L2", (verdict(syn, 0, "DROP", "NO_L2"),), "SYN_RECV", T_SR, (syn,),
                     row_setup=_tun_setup(saddr="0.0.0.0"), tags=("l2",)))
     rows.append(one("tun-no-l2", "IPIP without forwarding state: DROP/R_NO_L2", (verdict(syn, 0, "DROP", "NO_L2"),),
-                    "SYN_RECV", T_SR, 0, (syn,), row_setup=_tun_setup(l2=False), tags=("l2",)))
+                    "SYN_RECV", T_SR, (syn,), row_setup=_tun_setup(l2=False), tags=("l2",)))
     query = udp(sport=50000)
     qn = sz(query)
     rows.append(Row("tun-udp", "IPIP carries UDP the same way", setup, (xmit(query, ipip(query), 0, RS1),),
@@ -1416,14 +1491,14 @@ def _tun_rows() -> list[Row]:
     rows.append(Row("tun-icmp", "an ICMP error about a tunnelled connection is encapsulated to its real server "
                     "(R_ICMP), in-stats counted", setup,
                     (xmit(syn, ipip(syn), 0, RS1), xmit(error, ipip(error), 5, RS1, "ICMP")),
-                    (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=2, inbytes=sz(syn) + sz(error)), udp_dest),
+                    (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=sz(syn) + sz(error)), udp_dest),
                     (ServiceExpect(TCP80, 1, 2, sz(syn) + sz(error)), udp_svc),
                     (conn("SYN_RECV", T_SR - 5, RS1),), check_ms=5, tags=("tun", "icmp")))
     no_src = _tun_setup(saddr="0.0.0.0")
     rows.append(Row("tun-icmp-no-source", "an ICMP error about a tunnelled connection whose destination has no "
                     "route source address is dropped (R_NO_L2), as the connection's own packets: never an outer "
                     "source 0.0.0.0", no_src, (verdict(syn, 0, "DROP", "NO_L2"), verdict(error, 5, "DROP", "NO_L2")),
-                    (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=2, inbytes=sz(syn) + sz(error)), udp_dest),
+                    (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=sz(syn) + sz(error)), udp_dest),
                     (ServiceExpect(TCP80, 1, 2, sz(syn) + sz(error)), udp_svc),
                     (conn("SYN_RECV", T_SR - 5, RS1),), check_ms=5, tags=("tun", "icmp", "l2")))
 
@@ -1437,7 +1512,7 @@ def _tun_rows() -> list[Row]:
         "one (IPIP)", dr,
         (fwd(syn, 0, RS1), ConfigStep("edit_dest", TCP80, as_tun, 1), verdict(ack, 2, "DROP", "NO_L2"),
          ConfigStep("set_fwd", TCP80, as_tun, 3), fwd(ack, 4, RS1), xmit(syn2, ipip(syn2), 5, RS1)),
-        (DestExpect(TCP80, RS1, active=1, inactive=1, conns=2, inpkts=4, inbytes=2 * sz(syn) + 2 * sz(ack),
+        (DestExpect(TCP80, RS1, active=2, conns=2, inpkts=4, inbytes=2 * sz(syn) + 2 * sz(ack),
                     handshakes=1),),
         (ServiceExpect(TCP80, 2, 4, 2 * sz(syn) + 2 * sz(ack)),),
         (conn("ESTABLISHED", T_ES - 1, RS1), conn("SYN_RECV", T_SR, RS1, cport=40001)), check_ms=5,
@@ -1472,7 +1547,7 @@ def _icmp_translation_rows() -> list[Row]:
         inb = sz(syn) + (sz(step.packet) if ins else 0)
         outb = sz(step.packet) if outs else 0
         return Row(row_id, description, row_setup, (first, step),
-                   (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1 + ins, inbytes=inb, outpkts=outs,
+                   (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1 + ins, inbytes=inb, outpkts=outs,
                                outbytes=outb), udp_dest),
                    (ServiceExpect(TCP80, 1, 1 + ins, inb, outs, outb), udp_svc),
                    (conn("SYN_RECV", T_SR - 5, RS1, laddr=LIP1, lport=lp),), check_ms=5, tags=("icmp", "fnat") + tags)
@@ -1497,7 +1572,7 @@ def _icmp_translation_rows() -> list[Row]:
     dr_error = _fix_icmp_checksum(icmp_error(reply_quote(), 3, 4, nexthopmtu=1400), good=False)
     rows.append(Row("icmp-bad-csum-dr", "a wrong ICMP checksum on an error about a DR connection: DROP/R_BAD_CSUM",
                     dr, (fwd(dr_syn, 0, RS1), verdict(dr_error, 5, "DROP", "BAD_CSUM")),
-                    (DestExpect(TCP80, RS1, inactive=1, conns=1, inpkts=1, inbytes=sz(dr_syn)), udp_dest),
+                    (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=sz(dr_syn)), udp_dest),
                     (ServiceExpect(TCP80, 1, 1, sz(dr_syn)), udp_svc),
                     (conn("SYN_RECV", T_SR - 5, RS1),), check_ms=5, tags=("icmp", "bad")))
     unrelated = _fix_icmp_checksum(icmp_error(reply_quote(dport=40001)), good=False)
@@ -1542,11 +1617,12 @@ def _sp_rows() -> list[Row]:
     opened = (answered(syn, synack_cookie, 0, "SP_COOKIE"), xmit(ack, rs_syn, 10, RS1, note="SYN to the real server"))
 
     def row(row_id: str, description: str, steps: tuple[Step, ...], *, state: str | None, timeout: int = 0,
-            active: int = 0, ins: tuple[bytes, ...] = (), outs: tuple[bytes, ...] = (), handshakes: int = 0,
+            ins: tuple[bytes, ...] = (), outs: tuple[bytes, ...] = (), handshakes: int = 0,
             conns: int = 1, stats: dict[str, int], row_setup: Setup = setup, tags: tuple[str, ...] = ()) -> Row:
         inb, outb = sum(sz(p) for p in ins), sum(sz(p) for p in outs)
         last = steps[-1].now_ms
         live = () if state is None else (conn(state, timeout, RS1, laddr=LIP1, lport=lp),)
+        active = 0 if state is None else active_in(state)
         return Row(row_id, description, row_setup, steps,
                    (DestExpect(TCP80, RS1, active=active, inactive=0 if state is None else 1 - active, conns=conns,
                                inpkts=len(ins), inbytes=inb, handshakes=handshakes, outpkts=len(outs),
@@ -1578,20 +1654,20 @@ def _sp_rows() -> list[Row]:
     handshake = opened + (xmit(rs_synack, rs_ack, 20, RS1, "SP_HANDSHAKE"),)
     rows.append(row("sp-handshake", "SYN-proxy: the real server's SYN-ACK is consumed and answered with the ACK "
                     "that completes its handshake; the entry becomes ESTABLISHED", handshake, state="ESTABLISHED",
-                    timeout=T_ES, active=1, ins=(ack,), handshakes=1,
+                    timeout=T_ES, ins=(ack,), handshakes=1,
                     stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
     rows.append(row("sp-translate", "SYN-proxy: after both handshakes the client's ACK numbers move into the "
                     "server's sequence space and the server's sequence numbers into the cookie's (FULLNAT rewrite "
                     "too)", handshake + (
                         xmit(data, nat(data, LIP1, lp, RS1, 80, ack_delta=d_in), 30, RS1),
                         answered(reply, nat(reply, VIP, 80, CLIENT1, 40000, seq_delta=-d_in), 40)),
-                    state="ESTABLISHED", timeout=T_ES, active=1, ins=(ack, data), outs=(reply,), handshakes=1,
+                    state="ESTABLISHED", timeout=T_ES, ins=(ack, data), outs=(reply,), handshakes=1,
                     stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
     sack = tcp(flags="A", seq=SP_ISN + 1, ack=cookie + 1,
                tcp_options=[("NOP", None), ("NOP", None), ("SAck", (cookie + 100, cookie + 200))])
     rows.append(row("sp-sack", "SYN-proxy: SACK block edges from the client are translated like its ACK number",
                     handshake + (xmit(sack, nat(sack, LIP1, lp, RS1, 80, ack_delta=d_in, sack_delta=d_in), 30, RS1),),
-                    state="ESTABLISHED", timeout=T_ES, active=1, ins=(ack, sack), handshakes=1,
+                    state="ESTABLISHED", timeout=T_ES, ins=(ack, sack), handshakes=1,
                     stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
     ack_data = tcp(flags="PA", seq=SP_ISN + 1, ack=cookie + 1, payload=request)
     rows.append(row("sp-held-data", "SYN-proxy: data on the cookie's ACK is held and delivered with the ACK that "
@@ -1599,21 +1675,21 @@ def _sp_rows() -> list[Row]:
                     (opened[0], xmit(ack_data, rs_syn, 10, RS1),
                      xmit(rs_synack, tcp_segment(LIP1, lp, RS1, 80, "PA", SP_ISN + 1, RS_ISN + 1, 64240,
                                                  payload=request), 20, RS1, "SP_HANDSHAKE")),
-                    state="ESTABLISHED", timeout=T_ES, active=1, ins=(ack_data,), handshakes=1,
+                    state="ESTABLISHED", timeout=T_ES, ins=(ack_data,), handshakes=1,
                     stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
     rows.append(row("sp-held-later", "SYN-proxy: the client's first data while the real server is pending is held "
                     "(DROP/R_SP_HELD) and delivered with the handshake ACK",
                     opened + (verdict(data, 15, "DROP", "SP_HELD"),
                               xmit(rs_synack, tcp_segment(LIP1, lp, RS1, 80, "PA", SP_ISN + 1, RS_ISN + 1, 64240,
                                                           payload=request), 20, RS1, "SP_HANDSHAKE")),
-                    state="ESTABLISHED", timeout=T_ES, active=1, ins=(ack,), handshakes=1,
+                    state="ESTABLISHED", timeout=T_ES, ins=(ack,), handshakes=1,
                     stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
     defer = _sp_setup(conf=(("defer", True),))
     rows.append(row("sp-defer", "SYN-proxy defer mode: the real server is only contacted when the client's first "
                     "data arrives", (opened[0], verdict(ack, 10, "DROP", "SP_HELD"), xmit(data, rs_syn, 15, RS1),
                                      xmit(rs_synack, tcp_segment(LIP1, lp, RS1, 80, "PA", SP_ISN + 1, RS_ISN + 1,
                                                                  64240, payload=request), 20, RS1, "SP_HANDSHAKE")),
-                    state="ESTABLISHED", timeout=T_ES, active=1, ins=(ack,), handshakes=1, row_setup=defer,
+                    state="ESTABLISHED", timeout=T_ES, ins=(ack,), handshakes=1, row_setup=defer,
                     stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
     storm = _sp_setup(conf=(("ack_storm_max", 2),))
     pure = tcp(flags="A", seq=SP_ISN + 1, ack=cookie + 1)
@@ -1629,7 +1705,7 @@ def _sp_rows() -> list[Row]:
     rows.append(row("sp-rs-rst", "SYN-proxy: the real server's RST resets the client (ANSWER) and forgets the entry",
                     opened + (answered(tcp(sport=80, dport=lp, src=RS1, dst=LIP1, flags="RA", seq=0, ack=SP_ISN + 1),
                                        client_rst, 20),), state=None, ins=(ack,),
-                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1}))
+                    stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "rs_resets": 1}))
     stray = tcp(sport=80, dport=lp, src=RS1, dst=LIP1, flags="A", seq=31337, ack=123456)
     rows.append(row("sp-rs-unexpected-ack", "SYN-proxy: an ACK from the real server that does not answer our SYN "
                     "gets a RST with SEQ = its ACK (RFC 793 SYN-SENT)",
@@ -1646,7 +1722,7 @@ def _sp_rows() -> list[Row]:
                     stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "syn_retransmits": 3,
                            "give_ups": 1}, tags=("timers",)))
     rows.append(row("sp-timers-answered", "SYN-proxy: once the real server answered, no retransmission is due",
-                    handshake + (TimerStep(10_000),), state="ESTABLISHED", timeout=T_ES - 9980, active=1, ins=(ack,),
+                    handshake + (TimerStep(10_000),), state="ESTABLISHED", timeout=T_ES - 9980, ins=(ack,),
                     handshakes=1, stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1},
                     tags=("timers",)))
     toa = _sp_setup(toa=True)
@@ -1659,7 +1735,7 @@ def _sp_rows() -> list[Row]:
                                                [("MSS", 1452), ("NOP", None), ("NOP", None), ("SAckOK", b"")]), 0,
                               "SP_COOKIE"),
                      xmit(ack, rs_syn, 10, RS1), xmit(rs_synack, toa_ack, 20, RS1, "SP_HANDSHAKE")),
-                    state="ESTABLISHED", timeout=T_ES, active=1, ins=(ack,), handshakes=1, row_setup=toa,
+                    state="ESTABLISHED", timeout=T_ES, ins=(ack,), handshakes=1, row_setup=toa,
                     stats={"cookies_sent": 1, "cookies_valid": 1, "syns_to_rs": 1, "handshakes": 1}))
     small_syn = tcp(flags="S", seq=SP_ISN, tcp_options=[("MSS", 1300)])
     small_cookie = syn_cookie(CLIENT1, VIP, 40000, 80, SP_ISN, 0, 1)

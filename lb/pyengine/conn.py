@@ -9,8 +9,12 @@ Invariants (docs/fastpath.md):
   destination counts and the table size always describe live entries only.
 - Every live connection is counted in exactly one of its destination's `active`
   (state ESTABLISHED) or `inactive` counts; every template in `persist`.
+- Every live TCP connection in SYN_SENT, SYN_RECV, ESTABLISHED or SYNACK counts as
+  active, in any other state (and every UDP connection) as inactive: the kernel's
+  tcp_state_active (lb/pyengine/proto_tcp.py ACTIVE_STATES).
 - A connection keeps the forwarding method it was created with (the kernel binds
-  cp->packet_xmit at creation); only FULLNAT connections have an OUT tuple.
+  cp->packet_xmit at creation); only those whose method sees replies have a reply (OUT)
+  tuple, (proto, RIP, RPORT, reply_addr, reply_port), chosen by the method (lb/pyengine/xmit.py).
 - `now_ms` never decreases between calls (it is CLOCK_MONOTONIC).
 """
 
@@ -20,13 +24,14 @@ import heapq
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lb.engine import FwdState
-from lb.model import DestSpec
+from lb.model import DestSpec, ServiceSpec
 
 if TYPE_CHECKING:
     from lb.pyengine.synproxy import SynproxyState
+    from lb.pyengine.xmit import XmitMethod
 
 # (proto, client addr (4 bytes), client port, virtual addr (4 bytes), virtual port)
 ConnKey = tuple[int, bytes, int, bytes, int]
@@ -36,7 +41,7 @@ DestKey = tuple[int, bytes, int, bytes, int]
 TemplateKey = tuple[int, bytes, bytes, int]
 
 DIR_IN = 0  # client -> VIP
-DIR_OUT = 1  # real server -> local address (FULLNAT replies)
+DIR_OUT = 1  # real server -> director: the reply tuple
 
 
 @dataclass(slots=True)
@@ -53,13 +58,11 @@ class Counters:
         self.conns = self.inpkts = self.inbytes = self.outpkts = self.outbytes = 0
 
 
-@dataclass(slots=True, eq=False)
-class LocalAddress:
-    """A FULLNAT local address of a service; connections using it keep it after its deletion."""
+class DestOwner(Protocol):
+    """What a destination sees of the service it is (or was last) in."""
 
-    addr: bytes  # 4 bytes, network order
-    next_port: int  # allocation cursor
-    conns: int = 0  # connections currently using it
+    spec: ServiceSpec
+    stats: Counters
 
 
 @dataclass(slots=True, eq=False)
@@ -72,7 +75,7 @@ class Destination:
 
     key: DestKey
     spec: DestSpec
-    owner: object  # the Service this destination belongs (or last belonged) to
+    owner: DestOwner  # the Service this destination belongs (or last belonged) to
     available: bool = True  # False once deleted (in the trash)
     overloaded: bool = False
     active: int = 0
@@ -112,11 +115,12 @@ class Destination:
         return self.active + self.inactive + self.persist > 0
 
     def bind(self, entry: Connection) -> None:
-        """An entry starts pointing here (ip_vs_bind_dest): count it; a connection may set OVERLOAD."""
+        """An entry starts pointing here (ip_vs_bind_dest): count it (a template in `persist`, never as a
+        connection); then OVERLOAD is set when the connections reach the upper threshold (for a
+        template too, as the kernel: a threshold lowered since the last bind takes effect)."""
         if entry.is_template:
-            self.persist += 1  # templates never count as connections, not even transiently
-            return
-        if entry.inactive:
+            self.persist += 1
+        elif entry.inactive:
             self.inactive += 1
         else:
             self.active += 1
@@ -164,18 +168,20 @@ class Connection:
     vaddr: bytes
     vport: int
     dest: Destination
-    method: str  # forwarding method at creation: route | tunnel | fullnat
+    xmit: XmitMethod  # forwarding method at creation (templates: their destination's; never used)
     state: int  # lb.engine.ConnState value; NONE for templates
     expires_at_ms: int
     inactive: bool = True
-    noout: bool = False  # NOOUTPUT: the director sees only the client's side (route, tunnel)
+    noout: bool = False  # NOOUTPUT: the director sees only the client's side (no reply tuple)
     syn_seq: int = 0  # sequence number of the TCP packet that created the entry
-    laddr: LocalAddress | None = None  # FULLNAT
-    lport: int = 0
+    reply_addr: bytes = b"\0\0\0\0"  # the reply tuple's director side, chosen by the method (FULLNAT: LIP)
+    reply_port: int = 0  # (FULLNAT: lport)
+    xmit_priv: Any = None  # the method's reference (FULLNAT: its LocalAddress), released with the entry
     toa_done: bool = False
     is_template: bool = False
     tmpl_timeout_ms: int = 0  # a template's own timeout
     tmpl_dead: bool = False  # a template whose destination left: never matches again
+    assured: bool = False  # a template one of whose connections was established (TCP) or answered (UDP)
     controller: Connection | None = None  # a connection's persistence template
     n_control: int = 0  # a template's live controlled connections
     sp: SynproxyState | None = None  # SYN-proxied connection: sequence translation state
@@ -188,9 +194,11 @@ class Connection:
         return (self.proto, self.caddr, self.cport, self.vaddr, self.vport)
 
     @property
-    def out_key(self) -> ConnKey:
-        assert self.laddr is not None
-        return (self.proto, self.dest.addr, self.dest.port, self.laddr.addr, self.lport)
+    def out_key(self) -> ConnKey | None:
+        """The reply tuple, when the connection's method sees replies (never for templates)."""
+        if self.is_template or not self.xmit.sees_replies:
+            return None
+        return (self.proto, self.dest.addr, self.dest.port, self.reply_addr, self.reply_port)
 
     @property
     def template_key(self) -> TemplateKey:
@@ -198,7 +206,7 @@ class Connection:
 
 
 class ConnectionTable:
-    """Entries by tuple (IN tuples of connections, OUT tuples of FULLNAT connections, matching templates),
+    """Entries by tuple (IN tuples of connections, reply tuples of those that have one, matching templates),
     and an expiry heap so exact expiry costs O(log n) per timer restart."""
 
     def __init__(self, max_entries: int) -> None:
@@ -225,7 +233,7 @@ class ConnectionTable:
     # ---- lookups -------------------------------------------------------------------
 
     def lookup(self, key: ConnKey) -> tuple[Connection, int] | None:
-        """The connection whose IN tuple or (FULLNAT) OUT tuple is `key`, with the direction matched."""
+        """The connection whose IN tuple or reply (OUT) tuple is `key`, with the direction matched."""
         conn = self._in.get(key)
         if conn is not None:
             return conn, DIR_IN
@@ -244,8 +252,9 @@ class ConnectionTable:
             self._templates[conn.template_key] = conn
         else:
             self._in[conn.in_key] = conn
-            if conn.laddr is not None:
-                self._out[conn.out_key] = conn
+            out_key = conn.out_key
+            if out_key is not None:
+                self._out[out_key] = conn
         self._all[conn.serial] = conn
         self._arm(conn)
 
@@ -265,8 +274,9 @@ class ConnectionTable:
         else:
             if self._in.get(conn.in_key) is conn:
                 del self._in[conn.in_key]
-            if conn.laddr is not None and self._out.get(conn.out_key) is conn:
-                del self._out[conn.out_key]
+            out_key = conn.out_key
+            if out_key is not None and self._out.get(out_key) is conn:
+                del self._out[out_key]
         del self._all[conn.serial]
         conn.released = True
         conn.timer_seq = 0

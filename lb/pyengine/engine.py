@@ -52,12 +52,13 @@ import os
 import socket
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lb import consts as C
 from lb.engine import FWD_IDS, Action, ConnState, EngineError, FwdState, Reason, Verdict
 from lb.model import (
     PROTO_TCP,
+    TEMPLATE_ASSURED,
     ConnInfo,
     DestInfo,
     DestSpec,
@@ -69,6 +70,7 @@ from lb.model import (
     SynproxyConf,
 )
 from lb.pyengine import synproxy as sp
+from lb.pyengine import xmit_fnat
 from lb.pyengine.conn import (
     DIR_IN,
     DIR_OUT,
@@ -78,13 +80,13 @@ from lb.pyengine.conn import (
     Counters,
     Destination,
     DestKey,
-    LocalAddress,
     TemplateKey,
 )
 from lb.pyengine.csum import internet_checksum
-from lb.pyengine.icmp import port_unreachable, related_connection_key, translate
+from lb.pyengine.icmp import port_unreachable, related_connection_key
 from lb.pyengine.parse import IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, Rejection, parse_packet
 from lb.pyengine.proto_tcp import (
+    ACTIVE_STATES,
     INPUT_ONLY_TABLE,
     INPUT_TABLE,
     OUTPUT_TABLE,
@@ -96,17 +98,15 @@ from lb.pyengine.proto_tcp import (
     is_plain_syn,
     tcp_event,
 )
-from lb.pyengine.sched import Scheduler, new_scheduler
-from lb.pyengine.xmit_dr import NO_L2, fwd_is_valid, l2_header, transmit_dr, xmit_l2
-from lb.pyengine.xmit_fnat import TOA_LEN, allocate, fnat_in, fnat_out, initial_port_cursor, toa_option
-from lb.pyengine.xmit_tun import encapsulate, transmit_tun
+from lb.pyengine.sched import Scheduler, find_scheduler
+from lb.pyengine.xmit import NO_L2, XmitMethod, find_method, fwd_is_valid, l2_header, methods, xmit_l2
+from lb.pyengine.xmit_fnat import TOA_LEN, toa_option
 
 if TYPE_CHECKING:
     from lb.pyengine.nfq import NfqAdapter
 
 DEFAULT_CONN_MAX = C.LB_DEFAULT_CONN_MAX  # entries
 DEFAULT_HASH_BUCKETS = C.LB_DEFAULT_HASH_BUCKETS  # reported by table_size(); Python uses dicts
-SUPPORTED_FWD = frozenset({"route", "tunnel", "fullnat"})
 MAX_TIMEOUT_S = 0xFFFFFFFF // 1000  # timeouts are kept in 32-bit milliseconds (as the C core)
 M64 = (1 << 64) - 1
 SEED1_MUL = 0xD6E8FEB86659FD93  # seed1 = seed0 * SEED1_MUL + 1 (native/src/conn.c)
@@ -137,9 +137,11 @@ _SP_BAD_COOKIE = Action(Verdict.DROP, Reason.SP_BAD_COOKIE)
 
 
 class Service:
-    """A virtual service: its destinations in kernel order (most recently added first)."""
+    """A virtual service: its destinations in kernel order (most recently added first), its scheduler
+    and that scheduler's state for it, and each forwarding method's state for it (FULLNAT: the local
+    address pool)."""
 
-    __slots__ = ("key", "spec", "dests", "scheduler", "stats", "laddrs", "laddr_rr", "netmask", "sp_conf")
+    __slots__ = ("key", "spec", "dests", "scheduler", "sched_data", "stats", "xmit_data", "netmask", "sp_conf")
 
     def __init__(self, key: SvcKey, spec: ServiceSpec, scheduler: Scheduler) -> None:
         self.key = key
@@ -147,20 +149,15 @@ class Service:
         self.netmask = socket.inet_aton(spec.netmask)
         self.dests: list[Destination] = []
         self.scheduler = scheduler
+        self.sched_data: Any = None  # the scheduler's own (lb/pyengine/sched.py)
         self.stats = Counters()
-        self.laddrs: list[LocalAddress] = []  # FULLNAT local address pool, in the order added
-        self.laddr_rr = 0  # pool index tried first
+        self.xmit_data: dict[str, Any] = {}  # by method name (lb/pyengine/xmit.py)
         self.sp_conf: SynproxyConf | None = None  # own SYN-proxy settings (None: the engine's default)
+        scheduler.init_service(self)
 
     def find_dest(self, daddr: bytes, dport: int) -> int | None:
         for index, dest in enumerate(self.dests):
             if dest.key[3] == daddr and dest.key[4] == dport:
-                return index
-        return None
-
-    def find_laddr(self, addr: bytes) -> int | None:
-        for index, la in enumerate(self.laddrs):
-            if la.addr == addr:
                 return index
         return None
 
@@ -185,12 +182,37 @@ def _stats(counters: Counters) -> Stats:
 
 def _service_of(dest: Destination) -> Service | None:
     """The service a destination is in (None once deleted)."""
-    return dest.owner if dest.available else None  # type: ignore[return-value]
+    owner = dest.owner
+    return owner if dest.available and isinstance(owner, Service) else None
+
+
+def _assure_template(conn: Connection) -> None:
+    """ip_vs_control_assure_ct: the connection's persistence template, if any, becomes ASSURED."""
+    if conn.controller is not None:
+        conn.controller.assured = True
 
 
 def _toa(dest: Destination) -> bool:
     service = _service_of(dest)
     return service is not None and service.spec.toa
+
+
+def _method(dest: Destination) -> XmitMethod:
+    """The method a destination's connections are bound to (its forwarding method was checked when set)."""
+    method = find_method(dest.spec.fwd)
+    assert method is not None, dest.spec.fwd
+    return method
+
+
+class _BindContext:
+    """What a method's conn_bind may ask the engine (xmit.BindContext)."""
+
+    def __init__(self, conns: ConnectionTable, lport_min: int, lport_max: int) -> None:
+        self._conns = conns
+        self.lport_min, self.lport_max = lport_min, lport_max
+
+    def reply_in_use(self, proto: int, dest: Destination, reply_addr: bytes, reply_port: int) -> bool:
+        return self._conns.lookup((proto, dest.addr, dest.port, reply_addr, reply_port)) is not None
 
 
 class PyEngine:
@@ -228,6 +250,7 @@ class PyEngine:
         self._services: dict[SvcKey, Service] = {}  # insertion order = listing order
         self._trash: dict[DestKey, Destination] = {}
         self._conns = ConnectionTable(conn_max)
+        self._bind_ctx = _BindContext(self._conns, lport_min, lport_max)
         self._timeouts_ms: list[int] = [TCP_TIMEOUTS_MS[s] for s in TCP_STATES] + [UDP_TIMEOUT_MS]
         assert len(self._timeouts_ms) == _UDP + 1
         self._reason_counts = [0] * len(Reason)
@@ -271,12 +294,14 @@ class PyEngine:
             return self._sp_in(conn, packet, parsed, now_ms)
 
         if conn is not None and direction == DIR_OUT:
-            # A reply from a real server to a FULLNAT local address: no availability check.
+            # A reply from a real server, found by its connection's reply tuple: no availability check.
             if proto == IPPROTO_TCP:
                 self._tcp_transition(conn, DIR_OUT, flags)
+            else:
+                _assure_template(conn)  # UDP: a reply assures the template (udp_state_transition)
             self._refresh(conn, now_ms)
             self._count_out(conn.dest, parsed.total_length)
-            return fnat_out(conn, packet, parsed, _toa(conn.dest))
+            return conn.xmit.xmit_out(conn, packet, parsed)
 
         if conn is not None:
             if not conn.dest.available:
@@ -305,22 +330,16 @@ class PyEngine:
                     dest.handshakes += 1
         self._refresh(conn, now_ms)
         self._count_in(dest, parsed.total_length)
-        return self._xmit_in(conn, packet, parsed)
+        return conn.xmit.xmit_in(conn, packet, parsed)
 
-    def _xmit_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
-        if conn.method == "fullnat":
-            return fnat_in(conn, packet, parsed, _toa(conn.dest))
-        if conn.method == "tunnel":
-            return transmit_tun(conn.dest, packet, parsed)
-        return transmit_dr(conn.dest)
 
     def _schedule_conn(self, service: Service, packet: bytes, parsed: ParsedPacket,
                        now_ms: int) -> Connection | Action:
-        """Bind a new connection for `parsed` (scheduling, persistence, FULLNAT allocation), or the
-        action that ends the packet here."""
+        """Bind a new connection for `parsed` (scheduling, persistence, what the destination's method
+        needs), or the action that ends the packet here."""
         template: Connection | None = None
         if service.spec.persistent is None:
-            dest = service.scheduler.schedule(service.dests)
+            dest = service.scheduler.schedule(service, parsed)
         else:
             tkey: TemplateKey = (parsed.proto, service.client_network(parsed.saddr), parsed.daddr, parsed.dport)
             template = self._conns.template(tkey)
@@ -328,7 +347,7 @@ class PyEngine:
                 self._invalidate_template(template)  # its destination left: schedule afresh
                 template = None
             if template is None:
-                dest = service.scheduler.schedule(service.dests)
+                dest = service.scheduler.schedule(service, parsed)
                 if dest is not None:
                     if self._conns.full:
                         return _TABLE_FULL
@@ -340,25 +359,19 @@ class PyEngine:
         if dest is None:
             return Action(Verdict.ANSWER, Reason.NO_DEST,
                           out=port_unreachable(packet, parsed.ip_header_len, parsed.total_length))
-        laddr, lport = None, 0
-        method = dest.spec.fwd
-        if method == "fullnat":
-            got = allocate(service.laddrs, service.laddr_rr, self._lport_min, self._lport_max,
-                           lambda addr, port: self._conns.lookup((parsed.proto, dest.addr, dest.port, addr, port))
-                           is not None)
-            if got is None:
-                return _NO_LADDR
-            laddr, lport, service.laddr_rr = got
+        method = _method(dest)
+        bound = method.conn_bind(self._bind_ctx, service, dest, parsed)
+        if isinstance(bound, Action):
+            return bound
         if self._conns.full:
+            method.release(bound.priv)
             return _TABLE_FULL
         state = _NONE if parsed.proto == IPPROTO_TCP else _UDP
         conn = Connection(parsed.proto, parsed.saddr, parsed.sport, parsed.daddr, parsed.dport, dest, method, state,
-                          now_ms + self._timeouts_ms[state], noout=method not in ("fullnat", "masq"),
-                          syn_seq=parsed.tcp_seq, laddr=laddr, lport=lport)
+                          now_ms + self._timeouts_ms[state], noout=not method.sees_replies, syn_seq=parsed.tcp_seq,
+                          reply_addr=bound.reply_addr, reply_port=bound.reply_port, xmit_priv=bound.priv)
         self._conns.insert(conn)
         dest.bind(conn)
-        if laddr is not None:
-            laddr.conns += 1
         if template is not None:
             conn.controller = template
             template.n_control += 1
@@ -368,7 +381,7 @@ class PyEngine:
 
     def _new_template(self, key: TemplateKey, dest: Destination, timeout_ms: int, now_ms: int) -> Connection:
         proto, network, vaddr, vport = key
-        template = Connection(proto, network, 0, vaddr, vport, dest, dest.spec.fwd, _NONE, now_ms + timeout_ms,
+        template = Connection(proto, network, 0, vaddr, vport, dest, _method(dest), _NONE, now_ms + timeout_ms,
                               is_template=True, tmpl_timeout_ms=timeout_ms)
         self._conns.insert(template)
         dest.bind(template)
@@ -382,9 +395,9 @@ class PyEngine:
             self._release_now(template)
 
     def _icmp(self, packet: bytes, parsed: ParsedPacket) -> Action:
-        """An ICMP error about one of our connections (docs/fastpath.md "ICMP"; ip_vs_in_icmp).
-
-        The entry's state and timer are untouched; the destination's availability is not checked.
+        """An ICMP error about one of our connections (docs/fastpath.md "ICMP"; ip_vs_in_icmp): the
+        connection's method passes it on. The entry's state and timer are untouched; the destination's
+        availability is not checked.
         """
         key = related_connection_key(packet, parsed.ip_header_len, parsed.total_length)
         hit = None if key is None else self._conns.lookup(key)
@@ -393,30 +406,11 @@ class PyEngine:
         if internet_checksum(packet[parsed.ip_header_len : parsed.total_length]) != 0:
             return _ICMP_BAD_CSUM
         conn, direction = hit
-        dest = conn.dest
-        ihl, total = parsed.ip_header_len, parsed.total_length
         if direction == DIR_OUT:
-            self._count_out(dest, total)
-            out = translate(packet, ihl, total, conn.vaddr, conn.caddr, conn.caddr, conn.cport, conn.vaddr,
-                            conn.vport)
-            return _TTL_EXCEEDED if out is None else Action(Verdict.ANSWER, Reason.ICMP, out=out)
-        self._count_in(dest, total)
-        if conn.method == "fullnat":
-            assert conn.laddr is not None
-            out = translate(packet, ihl, total, conn.laddr.addr, dest.addr, dest.addr, dest.port, conn.laddr.addr,
-                            conn.lport)
-            if out is None:
-                return _TTL_EXCEEDED
-        elif conn.method == "tunnel":
-            if dest.fwd is None or dest.fwd_saddr == b"\0\0\0\0":
-                return NO_L2  # as for the connection's own packets: never an outer source 0.0.0.0
-            out = encapsulate(dest, packet[:total])
-            if out is None:
-                return NO_L2
-        else:
-            out = b""
-        action = xmit_l2(dest, Reason.ICMP, out)
-        return NO_L2 if action is None else action
+            self._count_out(conn.dest, parsed.total_length)
+            return conn.xmit.icmp_out(conn, packet, parsed)
+        self._count_in(conn.dest, parsed.total_length)
+        return conn.xmit.icmp_in(conn, packet, parsed)
 
     # ---- SYN-proxy (lb/pyengine/synproxy.py describes the protocol) ------------------
 
@@ -490,10 +484,11 @@ class PyEngine:
 
     @staticmethod
     def _sp_rs_syn(conn: Connection) -> bytes | None:
+        """The SYN to the real server from the reply tuple's director side (FULLNAT: LIP:lport)."""
         state = conn.sp
-        assert state is not None and conn.laddr is not None
-        return sp.build_tcp(conn.laddr.addr, conn.lport, conn.dest.addr, conn.dest.port, state.client_isn, 0, TCP_SYN,
-                            state.client_win, sp.syn_options(state.mss, state.sack))
+        assert state is not None
+        return sp.build_tcp(conn.reply_addr, conn.reply_port, conn.dest.addr, conn.dest.port, state.client_isn, 0,
+                            TCP_SYN, state.client_win, sp.syn_options(state.mss, state.sack))
 
     @staticmethod
     def _sp_client_rst(conn: Connection) -> bytes | None:
@@ -536,7 +531,7 @@ class PyEngine:
         self._tcp_transition(conn, DIR_IN, parsed.tcp_flags)
         self._refresh(conn, now_ms)
         self._count_in(conn.dest, parsed.total_length)
-        action = fnat_in(conn, packet, parsed, _toa(conn.dest))
+        action = conn.xmit.xmit_in(conn, packet, parsed)
         if action.verdict == Verdict.XMIT_L2 and action.out:
             o = bytearray(action.out)
             th = parsed.ip_header_len
@@ -548,7 +543,7 @@ class PyEngine:
 
     def _sp_out(self, conn: Connection, packet: bytes, parsed: ParsedPacket, now_ms: int) -> Action:
         state = conn.sp
-        assert state is not None and conn.laddr is not None
+        assert state is not None
         self._refresh(conn, now_ms)
         dest = conn.dest
         if state.phase != sp.PHASE_DONE:
@@ -565,19 +560,20 @@ class PyEngine:
                 self._refresh(conn, now_ms)
                 opts = toa_option(conn.cport, conn.caddr) if _toa(dest) else b""
                 held, state.held = state.held, b""
-                out = sp.build_tcp(conn.laddr.addr, conn.lport, dest.addr, dest.port, state.client_isn + 1, rs_isn + 1,
-                                   TCP_ACK | (sp.TCP_PSH if held else 0), state.client_win, opts, held)
+                out = sp.build_tcp(conn.reply_addr, conn.reply_port, dest.addr, dest.port, state.client_isn + 1,
+                                   rs_isn + 1, TCP_ACK | (sp.TCP_PSH if held else 0), state.client_win, opts, held)
                 action = None if out is None else xmit_l2(dest, Reason.SP_HANDSHAKE, out)
                 return NO_L2 if action is None else action
             if state.phase == sp.PHASE_SYN_SENT and fl & TCP_ACK and not fl & TCP_RST:
                 # An ACK that does not answer our SYN (e.g. a TIME_WAIT's challenge ACK): reset it
                 # with SEQ = its ACK (RFC 793, a client in SYN-SENT); the next SYN finds a clean slate.
-                out = sp.build_tcp(conn.laddr.addr, conn.lport, dest.addr, dest.port, parsed.tcp_ack, 0, TCP_RST, 0)
+                out = sp.build_tcp(conn.reply_addr, conn.reply_port, dest.addr, dest.port, parsed.tcp_ack, 0, TCP_RST, 0)
                 action = None if out is None else xmit_l2(dest, Reason.SP_HELD, out)
                 return _SP_HELD if action is None else action
             if fl & TCP_RST:
                 # The server refused: reset the client and forget the connection.
                 rst = self._sp_client_rst(conn)
+                self._sp_stats["rs_resets"] += 1
                 self._release_now(conn)
                 if rst is None:
                     return Action(Verdict.DROP, Reason.FORWARDED)
@@ -586,7 +582,7 @@ class PyEngine:
         self._tcp_transition(conn, DIR_OUT, parsed.tcp_flags)
         self._refresh(conn, now_ms)
         self._count_out(dest, parsed.total_length)
-        action = fnat_out(conn, packet, parsed, _toa(dest))
+        action = conn.xmit.xmit_out(conn, packet, parsed)
         if action.verdict == Verdict.ANSWER and action.out:
             o = bytearray(action.out)
             th = parsed.ip_header_len
@@ -660,18 +656,23 @@ class PyEngine:
 
     # ---- entries -------------------------------------------------------------------
 
-    def _set_state(self, conn: Connection, new_state: int) -> None:
-        """Move to a state with IPVS's active/inactive accounting (lb_conn_set_state)."""
+    @staticmethod
+    def _set_state(conn: Connection, new_state: int) -> None:
+        """Move to a state with IPVS's active/inactive accounting (set_tcp_state): active in
+        ACTIVE_STATES; reaching ESTABLISHED assures the connection's persistence template."""
         if new_state != conn.state:
             dest = conn.dest
-            if not conn.inactive and new_state != _ESTABLISHED:
+            active = new_state in ACTIVE_STATES
+            if not conn.inactive and not active:
                 dest.active -= 1
                 dest.inactive += 1
                 conn.inactive = True
-            elif conn.inactive and new_state == _ESTABLISHED:
+            elif conn.inactive and active:
                 dest.inactive -= 1
                 dest.active += 1
                 conn.inactive = False
+            if new_state == _ESTABLISHED:
+                _assure_template(conn)
         conn.state = new_state
 
     def _tcp_transition(self, conn: Connection, direction: int, flags: int) -> None:
@@ -695,7 +696,7 @@ class PyEngine:
         """ip_vs_in_stats: the destination's and its service's in-stats, while it is AVAILABLE."""
         if not dest.available:
             return
-        for stats in (dest.stats, dest.owner.stats):  # type: ignore[attr-defined]
+        for stats in (dest.stats, dest.owner.stats):
             stats.inpkts += 1
             stats.inbytes += total_length
 
@@ -704,7 +705,7 @@ class PyEngine:
         """ip_vs_out_stats: the same for packets from the real server."""
         if not dest.available:
             return
-        for stats in (dest.stats, dest.owner.stats):  # type: ignore[attr-defined]
+        for stats in (dest.stats, dest.owner.stats):
             stats.outpkts += 1
             stats.outbytes += total_length
 
@@ -714,10 +715,10 @@ class PyEngine:
 
     def _release(self, entry: Connection) -> None:
         """The entry left the table: unbind it from its destination, template and local address."""
-        if not entry.is_template and entry.controller is not None:
-            entry.controller.n_control -= 1
-        if entry.laddr is not None:
-            entry.laddr.conns -= 1
+        if not entry.is_template:
+            if entry.controller is not None:
+                entry.controller.n_control -= 1
+            entry.xmit.release(entry.xmit_priv)
         entry.sp = None
         dest = entry.dest
         dest.unbind(entry)
@@ -738,9 +739,13 @@ class PyEngine:
         return released
 
     def expire(self, now_ms: int) -> int:
-        """Release every entry dead at now_ms; returns how many were released."""
+        """Release every entry dead at now_ms, then run the schedulers' periodic work (lb_expire);
+        returns how many entries were released."""
         with self._lock:
-            return self._expire(now_ms)
+            released = self._expire(now_ms)
+            for service in list(self._services.values()):
+                service.scheduler.tick(service, now_ms)
+            return released
 
     # ---- configuration -----------------------------------------------------------
 
@@ -756,13 +761,16 @@ class PyEngine:
         with self._lock:
             service = self._service(spec.key)
             scheduler = self._checked_service_spec(spec)
-            if spec.synproxy and any(d.spec.fwd != "fullnat" for d in service.dests):
+            if spec.synproxy and not all(_method(d).synproxy_ok for d in service.dests):
                 raise EngineError("EOPNOTSUPP", f"service {spec.key}: only FULLNAT destinations can be SYN-proxied")
-            if spec.sched == service.spec.sched:
-                scheduler = service.scheduler  # unchanged: keeps its state (the rr cursor)
+            if scheduler is not service.scheduler:
+                # The old scheduler's state goes, the new one's starts (rr: at the head); the same
+                # scheduler keeps its state.
+                service.scheduler.done_service(service)
+                scheduler.init_service(service)
+                service.scheduler = scheduler
             service.spec = spec
             service.netmask = socket.inet_aton(spec.netmask)
-            service.scheduler = scheduler  # a changed scheduler starts fresh (rr: at the head)
 
     def del_service(self, key: ServiceKey) -> None:
         with self._lock:
@@ -791,9 +799,11 @@ class PyEngine:
                 revived.update_spec(dest)
                 revived.available = True
                 revived.owner = service
-                service.dests.insert(0, revived)
+                added = revived
             else:
-                service.dests.insert(0, Destination(dest_key, dest, service))
+                added = Destination(dest_key, dest, service)
+            service.dests.insert(0, added)
+            service.scheduler.add_dest(service, added, 0)
 
     def edit_dest(self, key: ServiceKey, dest: DestSpec) -> None:
         with self._lock:
@@ -804,6 +814,7 @@ class PyEngine:
             if target.spec.fwd != dest.fwd:
                 self._set_fwd_state(target, None)  # a new method needs new forwarding state
             target.update_spec(dest)
+            service.scheduler.upd_dest(service, target)
 
     def del_dest(self, key: ServiceKey, addr: str, port: int) -> None:
         with self._lock:
@@ -839,20 +850,14 @@ class PyEngine:
             packed = self._laddr_bytes(key, addr)
             if packed in (b"\0\0\0\0", b"\xff\xff\xff\xff"):
                 raise EngineError("EINVAL", f"local address {addr} for {key} is not a unicast address")
-            if service.find_laddr(packed) is not None:
+            if not xmit_fnat.add_laddr(service, packed, self._seed0, self._lport_min, self._lport_max):
                 raise EngineError("EEXIST", f"local address {addr} already exists in {key}")
-            cursor = initial_port_cursor(packed, self._seed0, self._lport_min, self._lport_max)
-            service.laddrs.append(LocalAddress(packed, cursor))
 
     def del_laddr(self, key: ServiceKey, addr: str) -> None:
         with self._lock:
             service = self._service(key)
-            index = service.find_laddr(self._laddr_bytes(key, addr))
-            if index is None:
+            if not xmit_fnat.del_laddr(service, self._laddr_bytes(key, addr)):  # its connections keep it
                 raise EngineError("ENOENT", f"no local address {addr} in {key}")
-            del service.laddrs[index]  # its connections keep it until they expire
-            if not service.laddrs or service.laddr_rr >= len(service.laddrs):
-                service.laddr_rr = 0
 
     @staticmethod
     def _laddr_bytes(key: ServiceKey, addr: str) -> bytes:
@@ -898,7 +903,7 @@ class PyEngine:
         if spec.synproxy and spec.key.proto != PROTO_TCP:
             raise EngineError("EINVAL", f"service {spec.key}: SYN-proxy is a TCP feature")
         try:
-            return new_scheduler(spec.sched)
+            return find_scheduler(spec.sched)
         except KeyError as exc:
             raise EngineError("ENOENT", f"service {spec.key}: {exc.args[0]}") from None
 
@@ -920,27 +925,34 @@ class PyEngine:
         where = f"destination {dest.addr}:{dest.port} in {service.spec.key}"
         if not 0 <= dest.weight <= C.LB_DEST_WEIGHT_MAX:
             raise EngineError("EINVAL", f"{where}: weight {dest.weight} out of range 0..{C.LB_DEST_WEIGHT_MAX}")
-        if dest.fwd not in SUPPORTED_FWD:
+        method = find_method(dest.fwd)
+        if method is None:
             raise EngineError(
                 "EOPNOTSUPP",
-                f"{where}: forwarding method {dest.fwd!r} is not implemented (supported: {', '.join(sorted(SUPPORTED_FWD))})",
+                f"{where}: forwarding method {dest.fwd!r} is not implemented (supported: {', '.join(sorted(methods()))})",
             )
         if dest.l_threshold > dest.u_threshold:
             raise EngineError("EINVAL", f"{where}: lower threshold {dest.l_threshold} is higher than upper threshold "
                                         f"{dest.u_threshold}")
-        if service.spec.synproxy and dest.fwd != "fullnat":
+        if service.spec.synproxy and not method.synproxy_ok:
             raise EngineError("EOPNOTSUPP", f"{where}: a SYN-proxy service takes FULLNAT destinations only")
 
-    def _unlink_dest(self, service: Service, index: int) -> None:
-        service.scheduler.dest_removed(service.dests, index)
+    def _unlink_dest(self, service: Service, index: int, tell_scheduler: bool = True) -> None:
         dest = service.dests.pop(index)
+        if tell_scheduler:
+            service.scheduler.del_dest(service, dest, index)
         dest.available = False
         if dest.referenced:
             self._trash[dest.key] = dest  # its entries stay; their packets are dropped
 
     def _unlink_service(self, service: Service) -> None:
+        """As __ip_vs_del_service: the scheduler goes first, then the destinations (without del_dest),
+        then each method's per-service state (FULLNAT's pool; connections keep their addresses)."""
+        service.scheduler.done_service(service)
         while service.dests:
-            self._unlink_dest(service, len(service.dests) - 1)
+            self._unlink_dest(service, len(service.dests) - 1, tell_scheduler=False)
+        for method in methods().values():
+            method.svc_done(service)
         del self._services[service.key]
 
     # ---- observation -------------------------------------------------------------
@@ -963,7 +975,7 @@ class PyEngine:
                         for dest in service.dests
                     ],
                     stats=_stats(service.stats),
-                    laddrs=[LaddrInfo(socket.inet_ntoa(la.addr), la.conns) for la in service.laddrs],
+                    laddrs=[LaddrInfo(socket.inet_ntoa(la.addr), la.conns) for la in xmit_fnat.laddr_list(service)],
                 )
                 for service in self._services.values()
             ]
@@ -979,14 +991,15 @@ class PyEngine:
             }
 
     def connections(self, now_ms: int) -> list[ConnInfo]:
-        """Live entries at now_ms, templates included (client port 0, state NONE), as ipvsadm -Lnc.
-        Nothing is released here: that is expire's job."""
+        """Live entries at now_ms, templates included (client port 0, state NONE or ASSURED), as
+        ipvsadm -Lnc. Nothing is released here: that is expire's job."""
         with self._lock:
             result = []
             for conn in self._conns:
                 if conn.expires_at_ms <= now_ms:
                     continue
                 dest = conn.dest
+                laddr, lport = (b"\0\0\0\0", 0) if conn.is_template else conn.xmit.listing_laddr(conn)
                 result.append(
                     ConnInfo(
                         proto=conn.proto,
@@ -996,10 +1009,10 @@ class PyEngine:
                         vport=conn.vport,
                         daddr=socket.inet_ntoa(dest.addr),
                         dport=dest.port,
-                        state=ConnState(conn.state).name,
+                        state=TEMPLATE_ASSURED if conn.assured else ConnState(conn.state).name,
                         expires_ms=conn.expires_at_ms - now_ms,
-                        laddr=socket.inet_ntoa(conn.laddr.addr) if conn.laddr is not None else "0.0.0.0",
-                        lport=conn.lport,
+                        laddr=socket.inet_ntoa(laddr),
+                        lport=lport,
                     )
                 )
             return result
@@ -1020,6 +1033,10 @@ class PyEngine:
     def conn_count(self) -> int:
         with self._lock:
             return len(self._conns)
+
+    def conn_max(self) -> int:
+        """Connection table size: entries beyond it are refused (reason table_full)."""
+        return self._conns.max_entries
 
     def table_size(self) -> int:
         return self._hash_buckets
@@ -1062,4 +1079,4 @@ class PyEngine:
 
 
 assert PROTO_TCP == IPPROTO_TCP
-assert set(FWD_IDS) >= SUPPORTED_FWD
+assert set(FWD_IDS) >= set(methods())

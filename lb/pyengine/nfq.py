@@ -101,7 +101,13 @@ class NfqAdapter:
 
     def start(self, queue_num: int) -> None:
         """Bind the queue (raises OSError if that fails, e.g. without CAP_NET_ADMIN) and start the thread."""
-        from netfilterqueue import NetfilterQueue
+        try:
+            from netfilterqueue import NetfilterQueue
+        except ImportError as exc:  # an optional dependency: only this engine reads packets with it
+            raise RuntimeError(
+                "lbd --engine python needs the NetfilterQueue package, which is not installed "
+                f"({exc}): pip install 'lvs-userspace[python-engine]' (or use the default C engine)"
+            ) from exc
 
         if self._thread is not None:
             raise RuntimeError("adapter already started")

@@ -130,3 +130,9 @@ def is_plain_syn(flags: int) -> bool:
 
 
 REUSABLE_STATES = frozenset({int(sTW), int(sCL)})
+
+# The states a TCP connection counts as active in (its destination's ActiveConn), as the kernel's
+# tcp_state_active_table (ip_vs_proto_tcp.c, 6.1): the handshake states and ESTABLISHED. Every other
+# state counts as inactive, and so does a new connection until its first state change. UDP
+# connections never change state: always inactive.
+ACTIVE_STATES = frozenset({int(sES), int(sSS), int(sSR), int(sSA)})

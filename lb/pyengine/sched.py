@@ -1,44 +1,87 @@
-"""Scheduler interface and registry (one scheduler per file, registered in one place).
+"""Scheduler operations and their registry, as native/include/lb_sched.h (the kernel's struct ip_vs_scheduler).
 
-A scheduler sees its service's destination list in kernel order (most recently
-added first, which is the order IPVS walks `svc->destinations`) and returns the
-destination for a new connection, or None when no destination is eligible.
+A scheduler is a stateless object with hooks; what it remembers about one service lives in
+that service's `sched_data`, which its init_service sets and its done_service drops. The
+service knows nothing about any one scheduler. The destination list is in kernel order (most
+recently added first, as IPVS walks `svc->destinations`), and hooks see it already changed:
+add_dest after the destination was inserted at `index`, del_dest after it was removed from
+`index`, upd_dest after its parameters changed. A scheduler switch on edit_service runs the
+old one's done_service and the new one's init_service; deleting a service runs done_service
+first and then unlinks its destinations without del_dest (as __ip_vs_del_service). `tick` runs
+for every service at each engine.expire(now) (lblc/lblcr expiry), as lb_expire does in C.
+
+Registry: every module lb/pyengine/sched_<name>.py defines SCHEDULER, an instance whose
+`name` is <name>, exactly as each native/src/sched_<name>.c defines lb_sched_<name> listed in
+native/include/lb_sched_list.h; nothing else lists schedulers here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+import functools
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 from lb.pyengine.conn import Destination
+from lb.pyengine.parse import ParsedPacket
 
 
-class Scheduler(Protocol):
-    name: str
+class SchedService(Protocol):
+    """What a scheduler sees of a service."""
 
-    def schedule(self, dests: Sequence[Destination]) -> Destination | None:
-        """Pick a destination for a new connection (may update scheduler state)."""
-        ...
-
-    def dest_removed(self, dests: Sequence[Destination], index: int) -> None:
-        """`dests[index]` is about to leave the list (called while it is still in it)."""
-        ...
+    dests: list[Destination]
+    sched_data: Any
 
 
-def _registry() -> dict[str, type[Scheduler]]:
-    from lb.pyengine.sched_rr import RoundRobin
-    from lb.pyengine.sched_wlc import WeightedLeastConnection
+class Scheduler:
+    """Base class: every hook but schedule() is optional (does nothing)."""
 
-    return {cls.name: cls for cls in (RoundRobin, WeightedLeastConnection)}
+    name: ClassVar[str]
+
+    def init_service(self, service: SchedService) -> None:
+        """Set service.sched_data (a scheduler without per-service state leaves None)."""
+        service.sched_data = None
+
+    def done_service(self, service: SchedService) -> None:
+        service.sched_data = None
+
+    def add_dest(self, service: SchedService, dest: Destination, index: int) -> None:
+        """`dest` was just inserted at service.dests[index] (a new or revived destination)."""
+
+    def del_dest(self, service: SchedService, dest: Destination, index: int) -> None:
+        """`dest` was just removed from position `index`."""
+
+    def upd_dest(self, service: SchedService, dest: Destination) -> None:
+        """`dest`'s weight, thresholds or method were edited."""
+
+    def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
+        """The destination for a new connection of `parsed`, or None when none is eligible."""
+        raise NotImplementedError
+
+    def tick(self, service: SchedService, now_ms: int) -> None:
+        """Periodic work without packets (engine.expire)."""
 
 
-SCHEDULERS: dict[str, type[Scheduler]] = _registry()
+@functools.cache
+def schedulers() -> dict[str, Scheduler]:
+    """Every scheduler module's SCHEDULER, by name."""
+    found: dict[str, Scheduler] = {}
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if not info.name.startswith("sched_"):
+            continue
+        module = importlib.import_module(f"{__package__}.{info.name}")
+        scheduler = getattr(module, "SCHEDULER", None)
+        if not isinstance(scheduler, Scheduler) or scheduler.name != info.name.removeprefix("sched_"):
+            raise ImportError(f"{module.__name__} must define SCHEDULER, a Scheduler named "
+                              f"{info.name.removeprefix('sched_')!r}")
+        found[scheduler.name] = scheduler
+    return found
 
 
-def new_scheduler(name: str) -> Scheduler:
-    """A fresh scheduler instance; KeyError names the unknown scheduler."""
+def find_scheduler(name: str) -> Scheduler:
+    """The registered scheduler `name`; KeyError names the unknown scheduler."""
     try:
-        cls = SCHEDULERS[name]
+        return schedulers()[name]
     except KeyError:
-        raise KeyError(f"unknown scheduler {name!r} (known: {', '.join(sorted(SCHEDULERS))})") from None
-    return cls()
+        raise KeyError(f"unknown scheduler {name!r} (known: {', '.join(sorted(schedulers()))})") from None

@@ -1,45 +1,64 @@
-"""Round robin, exactly as kernel ip_vs_rr.c.
+"""Round robin, exactly as kernel ip_vs_rr.c (native/src/sched_rr.c).
 
-The cursor is the last chosen destination, or the list head (None) initially.
-A schedule walks the destinations after the cursor to the end, then (if the
-cursor is not the head) from the start up to and including the cursor, and takes
-the first one with weight > 0 and not OVERLOADED. Deleting the cursor moves it to
-its predecessor (the head if it was first), as ip_vs_rr_del_dest does.
+Per-service state: the cursor, the last chosen destination, or the list head (None)
+initially. A schedule walks the destinations after the cursor to the end, then (if the
+cursor is not the head) from the start up to and including the cursor, and takes the first
+one with weight > 0 and not OVERLOADED. Deleting the cursor moves it to its predecessor
+(the head if it was first), as ip_vs_rr_del_dest does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from lb.pyengine.conn import Destination
+from lb.pyengine.parse import ParsedPacket
+from lb.pyengine.sched import SchedService, Scheduler
 
 
-class RoundRobin:
+@dataclass(slots=True)
+class _Cursor:
+    last: Destination | None = None  # None = the list head
+
+
+class RoundRobin(Scheduler):
     name = "rr"
 
-    def __init__(self) -> None:
-        self._cursor: Destination | None = None  # None = the list head
+    def init_service(self, service: SchedService) -> None:
+        service.sched_data = _Cursor()
 
-    def schedule(self, dests: Sequence[Destination]) -> Destination | None:
-        cursor = self._cursor
-        if cursor is None:
-            order: Sequence[Destination] = dests
+    def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
+        cursor = _state(service)
+        dests = service.dests
+        if cursor.last is None:
+            order: list[Destination] = dests
         else:
-            start = _index_of(dests, cursor) + 1
+            start = _index_of(dests, cursor.last) + 1
             order = [*dests[start:], *dests[:start]]
         for dest in order:
             if dest.eligible():
-                self._cursor = dest
+                cursor.last = dest
                 return dest
         return None
 
-    def dest_removed(self, dests: Sequence[Destination], index: int) -> None:
-        if dests[index] is self._cursor:
-            self._cursor = dests[index - 1] if index > 0 else None
+    def del_dest(self, service: SchedService, dest: Destination, index: int) -> None:
+        cursor = _state(service)
+        if cursor.last is dest:
+            cursor.last = service.dests[index - 1] if index > 0 else None
 
 
-def _index_of(dests: Sequence[Destination], dest: Destination) -> int:
+def _state(service: SchedService) -> _Cursor:
+    data: Any = service.sched_data
+    assert isinstance(data, _Cursor)
+    return data
+
+
+def _index_of(dests: list[Destination], dest: Destination) -> int:
     for i, candidate in enumerate(dests):
         if candidate is dest:
             return i
     raise ValueError("round-robin cursor is not in the destination list")
+
+
+SCHEDULER = RoundRobin()

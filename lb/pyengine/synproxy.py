@@ -62,7 +62,7 @@ PHASE_DONE = 3  # both handshakes complete: translating sequence numbers
 
 BUILTIN_CONF = SynproxyConf()
 STAT_NAMES = ("cookies_sent", "cookies_valid", "cookies_invalid", "syns_to_rs", "syn_retransmits", "give_ups",
-              "handshakes", "held_dropped")
+              "handshakes", "held_dropped", "rs_resets")
 
 
 # ---------------------------------------------------------------- SipHash-2-4

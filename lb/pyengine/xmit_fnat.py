@@ -16,27 +16,29 @@ TCP checksums recomputed), if the TCP header stays <= 60 bytes and the packet fi
 the path MTU; otherwise R_TOA_NO_ROOM and the next such segment tries again. On the
 way out, a SYN's MSS option (2, 4) is lowered by 8 when it is > 544.
 
-Local addresses (docs/fastpath.md): the service's pool is a ring; starting at the
-ring cursor, each address tries up to 4096 ports from its own cursor (wrapping in
-lport_min..lport_max) and takes the first whose OUT tuple is not a live entry's
-tuple; the ring cursor then moves past the address used. An address's cursor
-starts at lport_min + ((addr * 0x9E3779B1 + (seed0 mod 2**32)) mod 2**32) mod range
-(native/src/svc.c lb_laddr_add), so restarts do not reuse the previous tuples.
+Local addresses (docs/fastpath.md): FULLNAT's per-service state is the service's pool
+(service.xmit_data["fullnat"], created with the first address). It is a ring; starting at
+the ring cursor, each address tries up to 4096 ports from its own cursor (wrapping in
+lport_min..lport_max) and takes the first whose reply tuple is not a live entry's tuple;
+the ring cursor then moves past the address used. An address's cursor starts at
+lport_min + ((addr * 0x9E3779B1 + (seed0 mod 2**32)) mod 2**32) mod range (native/src/
+xmit_fnat.c lb_laddr_add), so restarts do not reuse the previous tuples. A connection's
+reply tuple is RIP:rport -> LIP:lport; it holds its local address (xmit_priv), which lives
+on after its deletion until its last connection goes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 from lb import consts as C
 from lb.engine import TOA_LEN, Action, Reason, Verdict
-from lb.pyengine.conn import Connection, LocalAddress
+from lb.pyengine.conn import Connection, Destination
 from lb.pyengine.csum import csum_replace2, csum_replace4, get16, ip_header_checksum, put16, tcp_checksum_full
+from lb.pyengine.icmp import translate
 from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, tcp_options
-from lb.pyengine.xmit_dr import NO_L2, xmit_l2
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, xmit_l2
 
 TOA_KIND = 254
 MSS_FLOOR = 536  # an MSS is lowered only when it stays above this
@@ -45,6 +47,35 @@ DEFAULT_MTU = 1500
 PKT_MAX = C.LB_PKT_MAX
 
 _TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
+_NO_LADDR = Action(Verdict.DROP, Reason.NO_LADDR)
+
+
+@dataclass(slots=True, eq=False)
+class LocalAddress:
+    """A local address of a service; connections using it keep it after its deletion."""
+
+    addr: bytes  # 4 bytes, network order
+    next_port: int  # allocation cursor
+    conns: int = 0  # connections currently using it
+
+
+@dataclass(slots=True)
+class Pool:
+    """FULLNAT's per-service state: the local addresses, in the order added, and the ring cursor."""
+
+    laddrs: list[LocalAddress] = field(default_factory=list)
+    ring: int = 0  # pool index tried first
+
+    def find(self, addr: bytes) -> int | None:
+        for index, la in enumerate(self.laddrs):
+            if la.addr == addr:
+                return index
+        return None
+
+
+def pool_of(service: MethodService) -> Pool | None:
+    pool: Any = service.xmit_data.get(FullNat.name)
+    return pool if isinstance(pool, Pool) else None
 
 
 def initial_port_cursor(addr: bytes, seed0: int, lport_min: int, lport_max: int) -> int:
@@ -53,23 +84,37 @@ def initial_port_cursor(addr: bytes, seed0: int, lport_min: int, lport_max: int)
     return lport_min + ((host * 0x9E3779B1 + (seed0 & 0xFFFFFFFF)) & 0xFFFFFFFF) % span
 
 
-def allocate(laddrs: list[LocalAddress], ring_cursor: int, lport_min: int, lport_max: int,
-             in_use: Callable[[bytes, int], bool]) -> tuple[LocalAddress, int, int] | None:
-    """(local address, port, new ring cursor), or None when no port is free. Cursors of the addresses
-    tried move on even when nothing is found (as the C core's)."""
-    n = len(laddrs)
-    span = lport_max - lport_min + 1
-    probes = min(span, LPORT_PROBES)
-    for k in range(n):
-        la = laddrs[(ring_cursor + k) % n]
-        for _ in range(probes):
-            port = la.next_port
-            if port < lport_min or port > lport_max:
-                port = lport_min
-            la.next_port = lport_min if port == lport_max else port + 1
-            if not in_use(la.addr, port):
-                return la, port, (ring_cursor + k + 1) % n
-    return None
+def add_laddr(service: MethodService, addr: bytes, seed0: int, lport_min: int, lport_max: int) -> bool:
+    """Add a local address to the service's pool (lb_laddr_add); False when it is there already."""
+    pool = pool_of(service)
+    if pool is not None and pool.find(addr) is not None:
+        return False
+    if pool is None:
+        pool = service.xmit_data[FullNat.name] = Pool()  # kept until the service goes
+    pool.laddrs.append(LocalAddress(addr, initial_port_cursor(addr, seed0, lport_min, lport_max)))
+    return True
+
+
+def del_laddr(service: MethodService, addr: bytes) -> bool:
+    """Remove a local address from the pool (its connections keep it); False when it is not there."""
+    pool = pool_of(service)
+    index = None if pool is None else pool.find(addr)
+    if pool is None or index is None:
+        return False
+    del pool.laddrs[index]
+    if not pool.laddrs or pool.ring >= len(pool.laddrs):
+        pool.ring = 0
+    return True
+
+
+def laddr_list(service: MethodService) -> list[LocalAddress]:
+    pool = pool_of(service)
+    return [] if pool is None else list(pool.laddrs)
+
+
+def _toa(dest: Destination) -> bool:
+    """Does the destination's service put the client's address in TOA? (a deleted one: no)"""
+    return dest.available and dest.owner.spec.toa
 
 
 def rewrite(o: bytearray, parsed: ParsedPacket, saddr: bytes, sport: int, daddr: bytes, dport: int) -> bool:
@@ -135,17 +180,16 @@ def mss_lower(o: bytearray, parsed: ParsedPacket, by: int) -> None:
             return
 
 
-def fnat_in(conn: Connection, packet: bytes, parsed: ParsedPacket, toa: bool) -> Action:
+def fnat_in(conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
     dest = conn.dest
     fwd = dest.fwd
     if fwd is None:
         return NO_L2
-    assert conn.laddr is not None
     o = bytearray(packet[: parsed.total_length])
-    if not rewrite(o, parsed, conn.laddr.addr, conn.lport, dest.addr, dest.port):
+    if not rewrite(o, parsed, conn.reply_addr, conn.reply_port, dest.addr, dest.port):
         return _TTL_EXCEEDED
     reason = Reason.FORWARDED
-    if (toa and parsed.proto == IPPROTO_TCP and not conn.toa_done
+    if (_toa(dest) and parsed.proto == IPPROTO_TCP and not conn.toa_done
             and parsed.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK):
         limit = min(fwd.mtu or DEFAULT_MTU, PKT_MAX)
         with_toa = toa_insert(o, parsed, conn, limit)
@@ -159,10 +203,71 @@ def fnat_in(conn: Connection, packet: bytes, parsed: ParsedPacket, toa: bool) ->
     return action
 
 
-def fnat_out(conn: Connection, packet: bytes, parsed: ParsedPacket, toa: bool) -> Action:
+def fnat_out(conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
     o = bytearray(packet[: parsed.total_length])
-    if toa and parsed.proto == IPPROTO_TCP and parsed.tcp_flags & TCP_SYN:
+    if _toa(conn.dest) and parsed.proto == IPPROTO_TCP and parsed.tcp_flags & TCP_SYN:
         mss_lower(o, parsed, TOA_LEN)
     if not rewrite(o, parsed, conn.vaddr, conn.vport, conn.caddr, conn.cport):
         return _TTL_EXCEEDED
     return Action(Verdict.ANSWER, Reason.FORWARDED, out=bytes(o))
+
+
+class FullNat(XmitMethod):
+    name = "fullnat"
+    sees_replies = True
+    synproxy_ok = True
+
+    def xmit_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
+        return fnat_in(conn, packet, parsed)
+
+    def xmit_out(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
+        return fnat_out(conn, packet, parsed)
+
+    def icmp_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
+        """To the real server as LIP -> RIP, quoting RIP:rport -> LIP:lport."""
+        dest = conn.dest
+        out = translate(packet, parsed.ip_header_len, parsed.total_length, conn.reply_addr, dest.addr, dest.addr,
+                        dest.port, conn.reply_addr, conn.reply_port)
+        if out is None:
+            return _TTL_EXCEEDED
+        action = xmit_l2(dest, Reason.ICMP, out)
+        return NO_L2 if action is None else action
+
+    def icmp_out(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
+        """To the client as VIP -> CIP, quoting CIP:cport -> VIP:vport."""
+        out = translate(packet, parsed.ip_header_len, parsed.total_length, conn.vaddr, conn.caddr, conn.caddr,
+                        conn.cport, conn.vaddr, conn.vport)
+        return _TTL_EXCEEDED if out is None else Action(Verdict.ANSWER, Reason.ICMP, out=out)
+
+    def conn_bind(self, ctx: BindContext, service: MethodService, dest: Destination,
+                  parsed: ParsedPacket) -> Bind | Action:
+        """A local address and port whose reply tuple is free (the ring and cursors move on even when
+        nothing is found, as the C core's)."""
+        pool = pool_of(service)
+        laddrs = [] if pool is None else pool.laddrs
+        n = len(laddrs)
+        lport_min, lport_max = ctx.lport_min, ctx.lport_max
+        probes = min(lport_max - lport_min + 1, LPORT_PROBES)
+        for k in range(n):
+            assert pool is not None
+            la = laddrs[(pool.ring + k) % n]
+            for _ in range(probes):
+                port = la.next_port
+                if port < lport_min or port > lport_max:
+                    port = lport_min
+                la.next_port = lport_min if port == lport_max else port + 1
+                if not ctx.reply_in_use(parsed.proto, dest, la.addr, port):
+                    pool.ring = (pool.ring + k + 1) % n
+                    la.conns += 1
+                    return Bind(la.addr, port, la)
+        return _NO_LADDR
+
+    def release(self, priv: Any) -> None:
+        assert isinstance(priv, LocalAddress)
+        priv.conns -= 1
+
+    def listing_laddr(self, conn: Connection) -> tuple[bytes, int]:
+        return conn.reply_addr, conn.reply_port
+
+
+METHOD = FullNat()

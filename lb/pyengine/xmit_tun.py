@@ -7,18 +7,20 @@ source address of the destination's forwarding state, destination = the real
 server, header checksum. No forwarding state or source address 0: DROP/R_NO_L2.
 Too big for the path MTU (0 = 1500) after the 20 bytes: with DF an ICMP
 fragmentation needed (next-hop MTU = MTU - 20) is the ANSWER; without DF the
-packet is dropped (known gap), both R_FRAG_NEEDED.
+packet is dropped (known gap), both R_FRAG_NEEDED. ICMP errors from the client's side
+are encapsulated the same way (R_ICMP), without the MTU check. The director never sees the
+replies.
 """
 
 from __future__ import annotations
 
 from lb import consts as C
 from lb.engine import IPIP_OVERHEAD, Action, Reason, Verdict
-from lb.pyengine.conn import Destination
+from lb.pyengine.conn import Connection, Destination
 from lb.pyengine.csum import internet_checksum, put16
 from lb.pyengine.icmp import frag_needed
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.xmit_dr import NO_L2, xmit_l2
+from lb.pyengine.xmit import NO_L2, XmitMethod, xmit_l2
 
 IPPROTO_IPIP = 4
 OUTER_TTL = 64
@@ -49,16 +51,35 @@ def encapsulate(dest: Destination, inner: bytes) -> bytes | None:
     return bytes(outer) + inner
 
 
-def transmit_tun(dest: Destination, packet: bytes, parsed: ParsedPacket) -> Action:
-    fwd = dest.fwd
-    if fwd is None or dest.fwd_saddr == b"\0\0\0\0":
-        return NO_L2
-    mtu = fwd.mtu or DEFAULT_MTU
-    if parsed.total_length + IPIP_OVERHEAD > mtu:
-        if packet[6] & 0x40:
-            answer = frag_needed(packet, parsed.ip_header_len, parsed.total_length, (mtu - IPIP_OVERHEAD) & 0xFFFF)
-            return Action(Verdict.ANSWER, Reason.FRAG_NEEDED, out=answer)
-        return _FRAG_DROP
-    out = encapsulate(dest, packet[: parsed.total_length])
-    action = None if out is None else xmit_l2(dest, Reason.FORWARDED, out)
-    return NO_L2 if action is None else action
+class Tunnel(XmitMethod):
+    name = "tunnel"
+    mtu_overhead = IPIP_OVERHEAD
+
+    def xmit_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
+        dest = conn.dest
+        fwd = dest.fwd
+        if fwd is None or dest.fwd_saddr == b"\0\0\0\0":
+            return NO_L2
+        mtu = fwd.mtu or DEFAULT_MTU
+        if parsed.total_length + IPIP_OVERHEAD > mtu:
+            if packet[6] & 0x40:
+                answer = frag_needed(packet, parsed.ip_header_len, parsed.total_length,
+                                     (mtu - IPIP_OVERHEAD) & 0xFFFF)
+                return Action(Verdict.ANSWER, Reason.FRAG_NEEDED, out=answer)
+            return _FRAG_DROP
+        return self._encapsulated(dest, packet, parsed, Reason.FORWARDED)
+
+    def icmp_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
+        dest = conn.dest
+        if dest.fwd is None or dest.fwd_saddr == b"\0\0\0\0":
+            return NO_L2  # as for the connection's own packets: never an outer source 0.0.0.0
+        return self._encapsulated(dest, packet, parsed, Reason.ICMP)
+
+    @staticmethod
+    def _encapsulated(dest: Destination, packet: bytes, parsed: ParsedPacket, reason: Reason) -> Action:
+        out = encapsulate(dest, packet[: parsed.total_length])
+        action = None if out is None else xmit_l2(dest, reason, out)
+        return NO_L2 if action is None else action
+
+
+METHOD = Tunnel()

@@ -9,6 +9,8 @@ process can stay where it is. `netns=None` uses the caller's own namespace.
 - `KeepAlive`: one persistent HTTP/1.1 connection; `get()` as often as needed.
 - `Hold`: `GET /hold?seconds=S` read in a background thread: a long-lived
   connection that keeps receiving a byte per second.
+- `wait_serving(netns, {addr: name}, port)`: until each real server answers with
+  its name; a fixture calls it after starting httpds, before any test sends traffic.
 - `paced_gets(...)`: fresh-connection GETs for a bounded time at a bounded rate,
   each with its wall-clock start time (CLI: `--seconds S --interval I --jsonl`,
   one JSON object per request, for test-bed traffic generators).
@@ -26,7 +28,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from lb.testbed.topology import enter_netns
@@ -109,6 +111,24 @@ def fresh_gets(netns: str | None, host: str, port: int = 80, n: int = 10, path: 
     if not 0 <= n <= MAX_REQUESTS:
         raise ValueError(f"n must be in 0..{MAX_REQUESTS}")
     return [get_once(netns, host, port, path, timeout) for _ in range(n)]
+
+
+def wait_serving(netns: str | None, servers: Mapping[str, str], port: int = 80,
+                 timeout_s: float = 15.0, interval_s: float = 0.1) -> None:
+    """Until every `addr` of `servers` answers a GET on `port` with its `name` (the first line of
+    lb.testbed.httpd's body), asked from `netns`. A freshly started server resets connections
+    until it listens; tests must not take that for the behaviour under test.
+    Raises TimeoutError naming the server and its last reply after `timeout_s` in all."""
+    deadline = time.monotonic() + timeout_s
+    for addr, name in servers.items():
+        while True:
+            reply = get_once(netns, addr, port, timeout=min(1.0, timeout_s))
+            if reply.ok and reply.server == name:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"httpd {name} at {addr}:{port} not serving after {timeout_s:g} s "
+                                   f"(asked from {netns or 'our own namespace'}); last reply: {reply}")
+            time.sleep(interval_s)
 
 
 def paced_gets(netns: str | None, host: str, port: int = 80, seconds: float = 10.0,

@@ -12,6 +12,8 @@
 - Binds 0.0.0.0 by default, so it also answers requests addressed to a VIP that
   sits on `lo` (the DR / TUN real-server set-up).
 - Idle keep-alive connections are closed after 300 s; SIGTERM/SIGINT exit 0.
+- Start-up does no name resolution (see `_Server.server_bind`): the socket listens
+  as soon as the interpreter runs, whatever /etc/hosts and the resolver say.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import signal
 import socket
+import socketserver
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +35,21 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def server_bind(self) -> None:
+        """Bind, without the reverse lookup that http.server.HTTPServer adds.
+
+        HTTPServer.server_bind sets `server_name = socket.getfqdn(host)` after binding and before
+        listening; for 0.0.0.0 that resolves this machine's hostname. Where /etc/hosts does not
+        name the host (a fresh Debian root), the query goes to the resolver of /etc/resolv.conf:
+        from a test namespace a packet towards an address outside our namespaces, unanswered,
+        so the socket only listened after the resolver's timeouts (2 x 5 s on Debian) and real
+        servers answered SYNs with RSTs meanwhile. Nothing here uses server_name.
+        """
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
 
 
 def make_handler(name: str, verbose: bool) -> type[BaseHTTPRequestHandler]:

@@ -117,6 +117,9 @@ enum lb_conn_state {
 #define LB_CONN_F_TOA_DONE 4
 #define LB_CONN_F_TEMPLATE 8       /* a persistence template (client port 0, state NONE) */
 #define LB_CONN_F_SYNPROXY 16      /* SYN-proxied (sequence numbers translated) */
+#define LB_CONN_F_ASSURED 32       /* a template one of whose connections reached ESTABLISHED (TCP) or had a
+                                      reply (UDP): ipvsadm -Lnc shows it ASSURED, else NONE (the kernel's
+                                      IP_VS_CTPL_S_ASSURED, ip_vs_control_assure_ct) */
 
 /* Service flags (struct lb_svc_conf.flags). */
 #define LB_SVC_F_TOA 1             /* FULLNAT: put the client address in TCP option 254 (TOA) */
@@ -263,6 +266,7 @@ struct lb_synproxy_stats {
     uint64_t give_ups;             /* connections reset after max_retries */
     uint64_t handshakes;           /* real-server handshakes completed */
     uint64_t held_dropped;         /* client segments dropped while pending (buffer full, ACK storm) */
+    uint64_t rs_resets;            /* real servers that answered our SYN with RST (nothing listening): client reset */
 };
 
 struct lb_laddr_info {

@@ -27,18 +27,16 @@
 #define LB_CF_TOA_DONE LB_CONN_F_TOA_DONE
 #define LB_CF_TEMPLATE LB_CONN_F_TEMPLATE
 #define LB_CF_SYNPROXY LB_CONN_F_SYNPROXY /* state in lb->sp[slot], sequence numbers translated */
-/* Bits 9-10: the forwarding method the connection was created with (enum lb_fwd). Like the
- * kernel's cp->packet_xmit, it is fixed for the connection's life: editing a destination's
- * method affects new connections only. */
-#define LB_CF_FWD_SHIFT 9
-#define LB_CF_FWD_MASK (3u << LB_CF_FWD_SHIFT)
-#define LB_CONN_FWD(c) ((int)(((c)->flags & LB_CF_FWD_MASK) >> LB_CF_FWD_SHIFT))
+#define LB_CF_ASSURED LB_CONN_F_ASSURED   /* templates only */
 #define LB_CF_TMPL_DEAD 0x4000     /* template invalidated (its destination left): never matches */
 #define LB_CF_USED 0x8000          /* slot holds a live (possibly expired, not yet reaped) entry */
 
 /* Directions of a connection's two tuples. */
 #define LB_DIR_IN 0                /* client -> VIP */
-#define LB_DIR_OUT 1               /* real server -> director (FULLNAT replies) */
+#define LB_DIR_OUT 1               /* real server -> director: the reply tuple (lb_xmit.h) */
+
+/* Slots of the forwarding-method table (lb_xmit.h): one per enum lb_fwd value. */
+#define LB_XMIT_MAX 4
 
 /* Service hash: services are few; 256 chains keep lookups at one or two probes. */
 #define LB_SVC_HASH_BUCKETS 256u
@@ -309,17 +307,6 @@ struct lb_dest {
     struct lb_dest *trash_next;  /* on lb->trash while unlinked and still referenced */
 };
 
-/* A FULLNAT local address of a service. Referenced by the service's pool
- * and by every connection using it; freed at zero references. */
-struct lb_laddr {
-    uint32_t addr;               /* host order */
-    uint32_t addr_n;             /* network order */
-    uint32_t refcnt;             /* 1 while in the pool + 1 per connection */
-    uint32_t conns;
-    uint16_t next_port;          /* allocation cursor (host order) */
-    uint8_t deleted;
-};
-
 struct lb_sched_ops;
 
 struct lb_svc {
@@ -327,7 +314,7 @@ struct lb_svc {
     uint32_t addr_n;
     uint16_t port_n;
     const struct lb_sched_ops *sched;
-    int32_t sched_pos;           /* rr cursor: index of the last chosen dest, -1 = list head */
+    void *sched_data;            /* the scheduler's own per-service state (lb_sched.h) */
     struct lb_dest **dests;      /* kernel list order: most recently added first */
     uint32_t ndests;
     uint32_t dests_cap;
@@ -336,18 +323,17 @@ struct lb_svc {
     uint32_t id;                 /* unique per creation: a re-created service is a new one */
     struct lb_synproxy_conf sp_conf; /* SYN-proxy settings when sp_own, else lb->sp_default applies */
     uint8_t sp_own;
-    struct lb_laddr **laddrs;    /* FULLNAT local address pool */
-    uint32_t nladdrs;
-    uint32_t laddrs_cap;
-    uint32_t laddr_rr;           /* next pool index to try first */
+    void *xmit_data[LB_XMIT_MAX]; /* each forwarding method's own per-service state (lb_xmit.h; FULLNAT:
+                                    its local address pool), indexed by enum lb_fwd; NULL = none */
 };
 
 /* One connection entry: 64 bytes (one cache line).
  *
- * A connection is hashed by its IN tuple (proto, caddr, cport, vaddr, vport)
- * and, for FULLNAT, also by its OUT tuple (proto, raddr, rport, laddr, lport)
- * where raddr/rport are its destination's. Chain links are encoded as
- * (slot << 1 | dir); slot 0 is never used, so link 0 means "none". */
+ * A connection is hashed by its IN tuple (proto, caddr, cport, vaddr, vport) and, when its
+ * forwarding method sees replies, also by its reply (OUT) tuple (proto, raddr, rport, oaddr,
+ * oport), where raddr/rport are its destination's and oaddr/oport what the method chose
+ * (lb_xmit.h). Chain links are encoded as (slot << 1 | dir); slot 0 is never used, so link 0
+ * means "none". */
 struct lb_conn {
     union {                      /* the IN key's addresses; `addrs` compares both at once */
         struct {
@@ -363,12 +349,15 @@ struct lb_conn {
         };
         uint32_t ports;          /* == lb_key_ports(cport, vport) */
     };
-    uint32_t laddr_n;            /* FULLNAT: local address, network order (OUT key); 0 otherwise */
-    uint16_t lport;              /* FULLNAT: local port, network order (OUT key) */
+    uint32_t oaddr_n;            /* reply tuple's director side, network order (FULLNAT: the local address) */
+    uint16_t oport;              /* its port, network order (FULLNAT: the local port) */
     uint8_t proto;               /* key */
     uint8_t state;               /* enum lb_conn_state */
     uint16_t flags;              /* LB_CF_* */
-    uint16_t pad0;
+    uint8_t fwd;                 /* its forwarding method, bound at creation: lb_xmit_methods[fwd]. Like the
+                                    kernel's cp->packet_xmit it is fixed for the connection's life: editing
+                                    a destination's method affects new connections only */
+    uint8_t pad0;
     uint32_t hnext[2];           /* chain links of the IN / OUT tuples; free list: hnext[0] */
     union {
         uint32_t ctl;            /* connection: slot of its persistence template (0 = none) */
@@ -380,7 +369,8 @@ struct lb_conn {
     };
     uint64_t expires_ms;         /* dead when now_ms >= expires_ms */
     struct lb_dest *dest;        /* holds a reference (dest->refcnt) */
-    struct lb_laddr *laddr;      /* FULLNAT: holds a reference (laddr->refcnt) */
+    void *xmit_priv;             /* the method's per-connection reference (FULLNAT: its local address),
+                                    dropped by the method's release() */
 };
 _Static_assert(sizeof(struct lb_conn) == 64, "struct lb_conn must stay one cache line");
 
@@ -447,9 +437,12 @@ static inline void lb_conn_set_expiry(lb_t *lb, struct lb_conn *c, uint64_t t)
  * *dir receives which. Dead entries met on the way are reaped. */
 struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
                                uint32_t daddr, uint16_t dport, uint64_t now_ms, int *dir);
-/* Create an entry for packet p bound to dest; laddr/lport (network order) != 0 for FULLNAT. */
-struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, struct lb_laddr *laddr,
-                            uint16_t lport_n, uint64_t now_ms);
+struct lb_conn_bind;
+/* Create a connection for packet p bound to dest, with what its method chose (b: reply tuple,
+ * reference; see lb_xmit.h); the method is dest's. NULL when the table is full (the caller then
+ * drops the method's reference). */
+struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, const struct lb_conn_bind *b,
+                            uint64_t now_ms);
 void lb_conn_expire_now(lb_t *lb, struct lb_conn *c);
 int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg);
 void lb_conn_table_free(lb_t *lb);
@@ -469,13 +462,23 @@ extern const uint8_t lb_tcp_event_of[32];
 /* Next state by [table][event][state]. Every state has a column: LB_S_UDP (never a TCP
  * entry's state) goes to CLOSE on every event; so does every state on LB_TCP_EV_NONE. */
 extern const uint8_t lb_tcp_states[3][LB_TCP_EVENTS][LB_S_COUNT];
-void lb_conn_set_state(struct lb_conn *c, uint8_t new_state);
+/* Move c to a state with IPVS's active/inactive accounting (set_tcp_state's): a connection counts
+ * as active in SYN_SENT, SYN_RECV, ESTABLISHED and SYNACK (tcp_state_active), inactive in every
+ * other state and from its creation until its first change; reaching ESTABLISHED assures its
+ * persistence template. */
+void lb_conn_set_state(lb_t *lb, struct lb_conn *c, uint8_t new_state);
+/* Mark c's persistence template, if any, ASSURED (ip_vs_control_assure_ct). */
+static inline void lb_conn_assure_template(lb_t *lb, const struct lb_conn *c)
+{
+    if (LB_UNLIKELY(c->ctl))
+        lb->conns[c->ctl].flags |= LB_CF_ASSURED; /* ctl names a template (it outlives c) */
+}
 
 static inline int lb_tcp_event(uint8_t flags) { return lb_tcp_event_of[flags & 0x1f]; }
 
 /* The IPVS TCP state machine (set_tcp_state). An entry's state is always < LB_S_COUNT (every
  * writer takes it from these tables, from lb_conn_new, or checked from lb_conn_restore). */
-static inline void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flags)
+static inline void lb_tcp_set_state(lb_t *lb, struct lb_conn *c, int dir, uint8_t tcp_flags)
 {
     const uint8_t(*next)[LB_S_COUNT];
     if (dir == LB_DIR_OUT) {
@@ -490,7 +493,7 @@ static inline void lb_tcp_set_state(struct lb_conn *c, int dir, uint8_t tcp_flag
     uint8_t state = c->state;
     uint8_t new_state = LB_LIKELY(state < LB_S_COUNT) ? next[lb_tcp_event(tcp_flags)][state] : LB_S_CLOSE;
     if (new_state != state)
-        lb_conn_set_state(c, new_state);
+        lb_conn_set_state(lb, c, new_state);
 }
 void lb_timeouts_init(uint32_t *timeouts_ms);
 /* The timeout an entry gets when touched: its state's (or a template's own). */
@@ -504,15 +507,13 @@ void lb_tmpl_invalidate(lb_t *lb, struct lb_conn *t);
 
 /* svc.c */
 struct lb_svc *lb_svc_find(const lb_t *lb, uint8_t proto, uint32_t addr_n, uint16_t port_n);
+/* The same with the address and port in host order (the API's). */
+struct lb_svc *lb_svc_find_host(const lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port);
 void lb_dest_bind(struct lb_dest *d, struct lb_conn *c);
 void lb_dest_unbind(lb_t *lb, struct lb_dest *d, struct lb_conn *c);
 /* Undo only the active/inactive accounting of lb_dest_bind (the reference stays). */
 void lb_dest_unbind_counts(struct lb_dest *d, const struct lb_conn *c);
 void lb_dest_put(lb_t *lb, struct lb_dest *d);
-void lb_laddr_put(struct lb_laddr *la);
-/* FULLNAT: pick a local address and a free local port for a new connection to d. */
-int lb_fnat_alloc(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, uint8_t proto, uint64_t now_ms,
-                  struct lb_laddr **la_out, uint16_t *lport_n_out);
 
 /* synproxy.c */
 struct lb_sp {                   /* per SYN-proxied connection; zero = unused */
@@ -550,11 +551,10 @@ int lb_sp_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_m
              uint32_t out_cap, struct lb_action *act);
 int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_ms, uint8_t *out,
               uint32_t out_cap, struct lb_action *act);
-/* Bind a connection entry to a destination chosen for p (scheduling, FULLNAT allocation). */
-int lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
-                     uint32_t out_cap, struct lb_action *act, struct lb_conn **cp);
-/* proto_tcp.c: move to a state with IPVS's active/inactive accounting. */
-void lb_conn_set_state(struct lb_conn *c, uint8_t new_state);
+/* Create a connection for p on s: scheduling (and persistence), then what the destination's method
+ * binds (FULLNAT: a local address and port). NULL with *reason (and act) saying why not. */
+struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
+                                 uint32_t out_cap, struct lb_action *act, int *reason);
 uint64_t lb_siphash(const uint64_t key[2], const uint8_t *data, size_t len);
 
 /* icmp.c: ICMP errors the director originates (source = the packet's destination, i.e. the VIP),
@@ -660,15 +660,16 @@ static inline uint32_t tuple_hash(const lb_t *lb, uint8_t proto, uint64_t addrs,
     return (uint32_t)h & lb->hash_mask;
 }
 
-/* The key of direction dir of c (its addresses and ports as lb_key_addrs/lb_key_ports). */
+/* The key of direction dir of c (its addresses and ports as lb_key_addrs/lb_key_ports): the IN
+ * tuple, or the reply tuple its method chose (lb_xmit.h). */
 static inline void conn_key(const struct lb_conn *c, int dir, uint64_t *addrs, uint32_t *ports)
 {
     if (LB_LIKELY(dir == LB_DIR_IN)) {
         *addrs = c->addrs;
         *ports = c->ports;
     } else {
-        *addrs = lb_key_addrs(c->dest->addr_n, c->laddr_n);
-        *ports = lb_key_ports(c->dest->port_n, c->lport);
+        *addrs = lb_key_addrs(c->dest->addr_n, c->oaddr_n);
+        *ports = lb_key_ports(c->dest->port_n, c->oport);
     }
 }
 

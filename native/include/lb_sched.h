@@ -1,6 +1,21 @@
 /*
- * lb_sched.h - scheduler operations. One scheduler per file (sched_<name>.c),
- * registered in the single list in sched.c, as the kernel's ip_vs_<name>.c.
+ * lb_sched.h - scheduler operations, shaped as the kernel's struct ip_vs_scheduler.
+ *
+ * One scheduler per file (sched_<name>.c defines `const struct lb_sched_ops lb_sched_<name>`),
+ * one line per scheduler in lb_sched_list.h: that list is the registry.
+ *
+ * A scheduler owns its per-service state, svc->sched_data: init_service allocates it (zeroed:
+ * calloc) and done_service frees it; struct lb_svc knows nothing about any one scheduler.
+ * Every hook runs with the table lock held (configuration calls take it; the packet path runs
+ * under it in the adapter, or single-threaded in tests), so hooks need no locking of their own.
+ *
+ * svc->dests is the destination list in the kernel's order: the most recently added first
+ * (where the kernel's list_add_rcu puts it). Hooks see it already changed.
+ *
+ * Failure: init_service, add_dest and upd_dest may fail (LB_ENOMEM); a hook that fails leaves
+ * its state as it was, and the configuration call then undoes its own change and returns the
+ * error, so the service is unchanged. del_dest cannot fail: a scheduler that needs memory to
+ * rebuild after a deletion keeps it from add_dest (a list only shrinks on deletion).
  */
 #ifndef LB_SCHED_H
 #define LB_SCHED_H
@@ -8,19 +23,38 @@
 #include "lb_internal.h"
 
 struct lb_sched_ops {
-    const char *name;
-    /* Pick a destination for a new connection; NULL = none available.
-     * Called with the table lock held (or from the single packet thread). */
-    struct lb_dest *(*schedule)(struct lb_svc *svc);
-    /* Optional hooks when the destination list changes; `idx` is the position
-     * the destination had (del) or has (add) in svc->dests. */
-    void (*add_dest)(struct lb_svc *svc, uint32_t idx);
-    void (*del_dest)(struct lb_svc *svc, uint32_t idx);
-    /* Optional: reset per-service state when the service (re)binds to this scheduler. */
-    void (*init_svc)(struct lb_svc *svc);
+    const char *name;                  /* as ipvsadm -s names it; < LB_SCHED_NAME_MAX bytes */
+    /* Optional: allocate svc->sched_data (zeroed) from svc->dests. LB_OK or LB_ENOMEM. Called when
+     * a service is created with this scheduler and when an edit switches to it (after the old
+     * one's done_service, whose state is then already gone). */
+    int (*init_service)(struct lb_svc *svc);
+    /* Optional: free svc->sched_data (service deleted, or switched to another scheduler). */
+    void (*done_service)(struct lb_svc *svc);
+    /* Optional: d was just linked at svc->dests[idx] (a new or revived destination). */
+    int (*add_dest)(struct lb_svc *svc, struct lb_dest *d, uint32_t idx);
+    /* Optional: d was just unlinked from position idx (svc->dests no longer holds it). */
+    void (*del_dest)(struct lb_svc *svc, struct lb_dest *d, uint32_t idx);
+    /* Optional: d's parameters were edited (weight, thresholds, method: d->conf holds the new ones). */
+    int (*upd_dest)(struct lb_svc *svc, struct lb_dest *d);
+    /* Pick a destination for a new connection of packet p (addresses and ports in network order,
+     * for the hashing schedulers); NULL = none available. */
+    struct lb_dest *(*schedule)(struct lb_svc *svc, const struct lb_pkt *p);
+    /* Optional: periodic work without packets (lblc/lblcr expire their entries), run by lb_expire
+     * for every service of this scheduler: the adapter's sweep, and engine.expire(). The scheduler
+     * keeps its own next-due time in sched_data; now_ms never decreases. */
+    void (*tick)(struct lb_svc *svc, uint64_t now_ms);
 };
 
+/* The registered scheduler of that name (NUL-terminated, at most LB_SCHED_NAME_MAX bytes), or NULL. */
 const struct lb_sched_ops *lb_sched_find(const char *name);
+/* Bind s (not yet bound) to sched: init_service; on failure s->sched stays NULL. */
+int lb_sched_bind(struct lb_svc *s, const struct lb_sched_ops *sched);
+/* Switch s to sched: the new state is built first, so a failure leaves s as it was. */
+int lb_sched_switch(struct lb_svc *s, const struct lb_sched_ops *sched);
+/* done_service, for a service being destroyed. */
+void lb_sched_unbind(struct lb_svc *s);
+/* Every service's tick hook (lb_expire, under the lock). */
+void lb_sched_tick_all(lb_t *lb, uint64_t now_ms);
 
 /* A destination may receive new connections (kernel: weight > 0 and not OVERLOAD). */
 static inline int lb_dest_eligible(const struct lb_dest *d)
@@ -28,7 +62,8 @@ static inline int lb_dest_eligible(const struct lb_dest *d)
     return d->conf.weight > 0 && !(d->flags & LB_DEST_F_OVERLOAD);
 }
 
-extern const struct lb_sched_ops lb_sched_rr;
-extern const struct lb_sched_ops lb_sched_wlc;
+#define LB_SCHED(name) extern const struct lb_sched_ops lb_sched_##name;
+#include "lb_sched_list.h"
+#undef LB_SCHED
 
 #endif /* LB_SCHED_H */

@@ -1,8 +1,9 @@
 /*
- * lb_sched_list.h - the scheduler registry: exactly one LB_SCHED(name) line per scheduler
- * (an X-macro: the C registry defines LB_SCHED and includes this file), nothing else but
- * comments. lb/consts.py reads the names from this text (lbadm's help and checks, config
- * validation, the pure-Python engine's registry test), so adding a scheduler is one line here.
+ * lb_sched_list.h - every scheduler, one line each: LB_SCHED(x) names `lb_sched_x`, defined in
+ * native/src/sched_x.c. An X-macro list (no include guard: it is included once per use with
+ * LB_SCHED defined); sched.c builds the registry from it. Python reads the names from this
+ * text with the pattern ^LB_SCHED\((\w+)\) : keep one scheduler per line, nothing else but
+ * comments. Adding a scheduler: docs/extending.md.
  */
 LB_SCHED(rr)
 LB_SCHED(wlc)

@@ -1,34 +1,95 @@
 /*
- * lb_xmit.h - forwarding methods. One method per file (xmit_<method>.c),
- * selected per connection from its destination's forwarding method in xmit.c.
+ * lb_xmit.h - forwarding methods, bound once per connection (the kernel's cp->packet_xmit).
  *
- * Every method towards a real server ends in LB_V_XMIT_L2 on the interface
- * and next-hop MAC the control plane resolved for that destination (struct
- * lb_dest_fwd), so balanced traffic never crosses the director's
- * FORWARD/conntrack path. Replies to clients (FULLNAT) use LB_V_ANSWER.
+ * One method per file (xmit_<name>.c defines `const struct lb_xmit_ops lb_xmit_<name>`), one
+ * line per method in lb_xmit_list.h. A connection records its method when it is created
+ * (c->fwd, an index into lb_xmit_methods: editing a destination's method affects new
+ * connections only, as in the kernel); the packet path, the ICMP relation, the connection table,
+ * lb_path_mtu and SYN-proxy call through that method's ops and never look at which method it is.
+ *
+ * Every method towards a real server ends in LB_V_XMIT_L2 on the interface and next-hop MAC the
+ * control plane resolved for that destination (struct lb_dest_fwd), so balanced traffic never
+ * crosses the director's FORWARD/conntrack path. Replies to clients use LB_V_ANSWER.
+ *
+ * The reply tuple. A method that sees the real server's replies (xmit_out != NULL) gives each of
+ * its connections a second key, (proto, RIP, RPORT) -> (oaddr, oport): the real server's
+ * address and port (the destination's) towards the address and port the method makes it
+ * answer to, chosen by conn_bind (FULLNAT: a local address and port; NAT would choose the
+ * client's own, CIP:CPORT). The connection table hashes it; replies and ICMP errors from the
+ * real server's side find the connection by it (direction LB_DIR_OUT). A method without
+ * xmit_out has no reply tuple, and its connections carry LB_CF_NOOUTPUT (the state machine's
+ * INPUT-ONLY table).
  */
 #ifndef LB_XMIT_H
 #define LB_XMIT_H
 
 #include "lb_internal.h"
 
-/* Fill `act` for packet p of connection c; `out` may receive rewritten bytes.
- * Return the reason counted for the packet. */
+/* Fill `act` for packet p of connection c; `out` may receive rewritten bytes. Return the reason
+ * counted for the packet. */
 typedef int (*lb_xmit_fn)(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
                           struct lb_action *act);
 
-int lb_xmit_dr(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
-               struct lb_action *act);
-int lb_xmit_tun(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
-                struct lb_action *act);
-int lb_xmit_fnat_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
-                    struct lb_action *act);
-int lb_xmit_fnat_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
-                     struct lb_action *act);
+/* What a method binds to a new connection (conn_bind / conn_restore fill it; zero when nothing). */
+struct lb_conn_bind {
+    uint32_t oaddr_n;            /* the reply tuple's director side (network order) */
+    uint16_t oport_n;
+    void *priv;                  /* a reference the connection holds until the method's release() */
+};
 
+/* Method capabilities (lb_xmit_ops.flags). */
+#define LB_XMIT_F_SYNPROXY 1     /* may serve a SYN-proxy service: its connections reach the real server
+                                    from their reply tuple's director side (oaddr:oport), so synproxy.c
+                                    can open them itself, and xmit_in/xmit_out carry the rest */
 
-/* Encapsulate `len` bytes at `inner` (IPIP) for destination d into out; returns bytes or 0. */
-uint32_t lb_tun_encap(const struct lb_dest *d, const uint8_t *inner, uint32_t len, uint8_t *out, uint32_t out_cap);
+struct lb_xmit_ops {
+    const char *name;            /* as lbadm names it (route, tunnel, fullnat) */
+    uint32_t flags;              /* LB_XMIT_F_* */
+    uint32_t mtu_overhead;       /* bytes the method adds in front of the client's packet (IPIP: 20):
+                                    lb_path_mtu is the destination's path MTU less this */
+    /* Client -> real server (every method). */
+    lb_xmit_fn xmit_in;
+    /* Real server -> client, found by the reply tuple; NULL: the method never sees replies. */
+    lb_xmit_fn xmit_out;
+    /* An ICMP error about c from the client's side (p is the ICMP packet; its checksum is checked,
+     * the stats counted and p->len <= out_cap). Every method. Returns LB_R_ICMP when passed on. */
+    lb_xmit_fn icmp_in;
+    /* The same from the real server's side (found by the reply tuple): methods with xmit_out. */
+    lb_xmit_fn icmp_out;
+    /* Optional: choose what a new connection of p to d needs (FULLNAT: a local address and port),
+     * taking its references. LB_R_FORWARDED, or the reason to drop the packet (LB_R_NO_LADDR). */
+    int (*conn_bind)(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, const struct lb_pkt *p, uint64_t now_ms,
+                     struct lb_conn_bind *b);
+    /* Optional: the same for a connection recreated from a dump (lb_conn_restore): LB_OK or LB_E*. */
+    int (*conn_restore)(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, const struct lb_conn_info *ci,
+                        uint64_t now_ms, struct lb_conn_bind *b);
+    /* Optional: drop the reference conn_bind/conn_restore took (the connection's xmit_priv). */
+    void (*release)(lb_t *lb, void *priv);
+    /* Optional: the method's fields of a dump entry (FULLNAT: laddr, lport). */
+    void (*conn_dump)(const struct lb_conn *c, struct lb_conn_info *o);
+    /* Optional: free the method's per-service state, s->xmit_data[its enum lb_fwd value] (FULLNAT:
+     * the local address pool), when the service goes. The method creates it when first needed. */
+    void (*svc_done)(lb_t *lb, struct lb_svc *s);
+};
+
+#define LB_XMIT(fwd, name) extern const struct lb_xmit_ops lb_xmit_##name;
+#include "lb_xmit_list.h"
+#undef LB_XMIT
+
+/* The method table, indexed by enum lb_fwd; NULL where no method is registered. */
+extern const struct lb_xmit_ops *const lb_xmit_methods[LB_XMIT_MAX];
+
+/* The method of a destination's configured forwarding method, or NULL when none is registered. */
+static inline const struct lb_xmit_ops *lb_xmit_find(int32_t fwd)
+{
+    return fwd >= 0 && fwd < LB_XMIT_MAX ? lb_xmit_methods[fwd] : NULL;
+}
+
+/* The method a connection was created with (c->fwd is always a registered method's index). */
+static inline const struct lb_xmit_ops *lb_conn_xmit(const struct lb_conn *c)
+{
+    return lb_xmit_methods[c->fwd];
+}
 
 /* Point act at the L2 path of forwarding state f. */
 static inline void lb_xmit_l2_fill(const struct lb_dest_fwd *f, struct lb_action *act)
@@ -48,21 +109,43 @@ static inline int lb_xmit_l2_to(const struct lb_dest *d, struct lb_action *act)
     return 0;
 }
 
-int lb_xmit_other(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, int dir, uint8_t *out, uint32_t out_cap,
-                  struct lb_action *act);
+/* ---------------------------------------------------------------- the hot call */
 
-/* Dispatch a packet of direction dir on the destination's forwarding method. */
-static inline int lb_xmit(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, int dir, uint8_t *out,
-                          uint32_t out_cap, struct lb_action *act)
+/* Direct routing's xmit_in: the client's packet leaves unchanged on the destination's L2 path
+ * (xmit_dr.c describes the method and holds this function's one external definition and its
+ * ops). Its body is here, as a C99 inline definition, only so that lb_conn_xmit_in can inline
+ * it; being one, it can use no static function (it is lb_xmit_l2_to, spelled out). */
+inline int lb_xmit_dr_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p LB_UNUSED, struct lb_conn *c,
+                         uint8_t *out LB_UNUSED, uint32_t out_cap LB_UNUSED, struct lb_action *act)
 {
-    if (LB_LIKELY(LB_CONN_FWD(c) == LB_FWD_ROUTE)) {
-        if (LB_UNLIKELY(lb_xmit_l2_to(c->dest, act) < 0)) {
-            act->verdict = LB_V_DROP;
-            return LB_R_NO_L2;
-        }
-        return LB_R_FORWARDED;
+    const struct lb_dest_fwd *f = c->dest->fwd;
+    if (LB_UNLIKELY(!f)) {
+        act->verdict = LB_V_DROP;
+        return LB_R_NO_L2;
     }
-    return lb_xmit_other(lb, p, c, dir, out, out_cap, act);
+    act->verdict = LB_V_XMIT_L2;
+    act->ifindex = f->conf.ifindex;
+    __builtin_memcpy(act->l2hdr, f->l2hdr, LB_L2HDR_LEN);
+    return LB_R_FORWARDED;
 }
+
+/* The packet path's call of c's xmit_in. When c's method is direct routing, the likely case, its
+ * xmit_in is called directly and inlined: the kernel's INDIRECT_CALL_1
+ * (include/linux/indirect_call_wrapper.h) for the same reason. It is the method's own function
+ * either way (the compare is with its ops, not with an enum); the indirect call would cost about
+ * a dozen instructions of the ~230 an established DR packet takes (bench cost). */
+static inline int lb_conn_xmit_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
+                                  uint32_t out_cap, struct lb_action *act)
+{
+    const struct lb_xmit_ops *m = lb_conn_xmit(c);
+    if (LB_LIKELY(m == &lb_xmit_dr))
+        return lb_xmit_dr_in(lb, p, c, out, out_cap, act);
+    return m->xmit_in(lb, p, c, out, out_cap, act);
+}
+
+/* icmp.c: rewrite the copy at o of an ICMP error (outer packet p): outer addresses, quoted
+ * addresses and ports (network order), checksums; outer TTL decremented. -1 when the TTL runs out. */
+int lb_icmp_translate(uint8_t *o, const struct lb_pkt *p, uint32_t outer_s, uint32_t outer_d, uint32_t q_s,
+                      uint16_t q_sp, uint32_t q_d, uint16_t q_dp);
 
 #endif /* LB_XMIT_H */

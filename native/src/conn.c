@@ -3,9 +3,10 @@
  *
  * A preallocated, zeroed pool of 64-byte entries indexed by uint32 (slot 0 is
  * never used), chained into a power-of-two bucket array by a seeded hash of a
- * 5-tuple. Each entry is hashed by its IN tuple (client -> VIP) and, for
- * FULLNAT, by its OUT tuple (real server -> local address); chain links carry
- * the direction in their low bit. No allocation happens on the packet path.
+ * 5-tuple. Each entry is hashed by its IN tuple (client -> VIP) and, when its
+ * forwarding method sees replies, by its reply tuple (real server -> what the
+ * method chose: FULLNAT's local address); chain links carry the direction in
+ * their low bit. No allocation happens on the packet path.
  *
  * Expiry is exact, as with kernel timers: every live entry has a key in an
  * indexed min-heap, and lb_conn_tick() (run at the start of every lb_process
@@ -20,7 +21,8 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "lb_internal.h"
+#include "lb_sched.h"
+#include "lb_xmit.h"
 
 
 static inline uint32_t conn_bucket(const lb_t *lb, const struct lb_conn *c, int dir)
@@ -207,13 +209,14 @@ static void conn_release(lb_t *lb, uint32_t idx)
     struct lb_conn *c = &lb->conns[idx];
     exp_remove(lb, idx);
     chain_remove(lb, idx, LB_DIR_IN);
-    if (!(c->flags & LB_CF_TEMPLATE) && c->ctl)
-        lb->conns[c->ctl].n_control--; /* templates outlive the connections they control */
-    if (c->laddr)
-        chain_remove(lb, idx, LB_DIR_OUT); /* needs c->dest: remove before unbinding */
-    if (c->laddr) {
-        c->laddr->conns--;
-        lb_laddr_put(c->laddr);
+    if (!(c->flags & LB_CF_TEMPLATE)) {
+        const struct lb_xmit_ops *m = lb_conn_xmit(c);
+        if (c->ctl)
+            lb->conns[c->ctl].n_control--; /* templates outlive the connections they control */
+        if (m->xmit_out)
+            chain_remove(lb, idx, LB_DIR_OUT); /* needs c->dest: remove before unbinding */
+        if (m->release)
+            m->release(lb, c->xmit_priv);
     }
     if (c->flags & LB_CF_SYNPROXY)
         lb_sp_release(lb, idx);
@@ -273,42 +276,8 @@ struct lb_conn *lb_tmpl_lookup(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t 
     return NULL;
 }
 
-struct lb_conn *lb_tmpl_new(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vaddr, uint16_t vport,
-                            struct lb_dest *dest, uint32_t timeout_ms, uint64_t now_ms)
-{
-    struct lb_pkt p;
-    memset(&p, 0, sizeof(p));
-    p.proto = proto;
-    p.saddr = snet;
-    p.daddr = vaddr;
-    p.dport = vport;
-    uint32_t was_overloaded = dest->flags & LB_DEST_F_OVERLOAD;
-    struct lb_conn *t = lb_conn_new(lb, &p, dest, NULL, 0, now_ms);
-    if (!t)
-        return NULL;
-    if (!was_overloaded)
-        dest->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD; /* templates never count towards thresholds */
-    /* Re-bind as a template: counted in persistconns instead of inactconns. */
-    lb_dest_unbind_counts(dest, t);
-    t->flags = LB_CF_USED | LB_CF_TEMPLATE;
-    t->state = LB_S_NONE;
-    t->n_control = 0;
-    t->tmpl_timeout_ms = timeout_ms;
-    dest->persistconns++;
-    t->expires_ms = now_ms + timeout_ms;
-    exp_rekey(lb, (uint32_t)(t - lb->conns)); /* now a template: ordered after connections */
-    return t;
-}
-
-void lb_tmpl_invalidate(lb_t *lb, struct lb_conn *t)
-{
-    t->flags |= LB_CF_TMPL_DEAD;
-    if (!t->n_control)
-        conn_release(lb, (uint32_t)(t - lb->conns));
-}
-
-struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, struct lb_laddr *laddr,
-                            uint16_t lport_n, uint64_t now_ms)
+/* A zeroed slot from the free list or the never-used tail; NULL when the table is full. */
+static struct lb_conn *conn_alloc(lb_t *lb)
 {
     uint32_t idx;
     if (lb->free_head) {
@@ -321,6 +290,46 @@ struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *de
     }
     struct lb_conn *c = &lb->conns[idx];
     memset(c, 0, sizeof(*c));
+    return c;
+}
+
+struct lb_conn *lb_tmpl_new(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vaddr, uint16_t vport,
+                            struct lb_dest *dest, uint32_t timeout_ms, uint64_t now_ms)
+{
+    struct lb_conn *t = conn_alloc(lb);
+    if (!t)
+        return NULL;
+    uint32_t idx = (uint32_t)(t - lb->conns);
+    t->caddr = snet; /* client port 0 */
+    t->vaddr = vaddr;
+    t->vport = vport;
+    t->proto = proto;
+    t->state = LB_S_NONE;
+    t->flags = LB_CF_USED | LB_CF_TEMPLATE; /* no forwarding method: templates never carry packets */
+    t->tmpl_timeout_ms = timeout_ms;
+    t->expires_ms = now_ms + timeout_ms;
+    lb_dest_bind(dest, t); /* counted in persistconns (ip_vs_bind_dest) */
+    chain_insert(lb, idx, LB_DIR_IN);
+    exp_push(lb, idx);
+    lb->conn_count++;
+    return t;
+}
+
+void lb_tmpl_invalidate(lb_t *lb, struct lb_conn *t)
+{
+    t->flags |= LB_CF_TMPL_DEAD;
+    if (!t->n_control)
+        conn_release(lb, (uint32_t)(t - lb->conns));
+}
+
+struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, const struct lb_conn_bind *b,
+                            uint64_t now_ms)
+{
+    struct lb_conn *c = conn_alloc(lb);
+    if (!c)
+        return NULL;
+    uint32_t idx = (uint32_t)(c - lb->conns);
+    const struct lb_xmit_ops *m = lb_xmit_methods[dest->conf.fwd]; /* validated when dest was configured */
     c->caddr = p->saddr;
     c->vaddr = p->daddr;
     c->cport = p->sport;
@@ -328,20 +337,19 @@ struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *de
     c->proto = p->proto;
     c->syn_seq = p->tcp_seq;
     c->state = p->proto == LB_PROTO_UDP ? LB_S_UDP : LB_S_NONE;
-    c->flags = (uint16_t)(LB_CF_USED | LB_CF_INACTIVE | (((uint32_t)dest->conf.fwd << LB_CF_FWD_SHIFT) & LB_CF_FWD_MASK));
-    if (dest->conf.fwd != LB_FWD_MASQ && dest->conf.fwd != LB_FWD_FULLNAT)
+    c->fwd = (uint8_t)dest->conf.fwd;
+    /* Every new connection starts INACTIVE, as the kernel's dest->conn_flags has it. */
+    c->flags = (uint16_t)(LB_CF_USED | LB_CF_INACTIVE);
+    if (!m->xmit_out)
         c->flags |= LB_CF_NOOUTPUT; /* the director sees only the client's side */
+    c->oaddr_n = b->oaddr_n;
+    c->oport = b->oport_n;
+    c->xmit_priv = b->priv;
     c->expires_ms = now_ms + lb_conn_timeout_ms(lb, c);
     lb_dest_bind(dest, c);
     chain_insert(lb, idx, LB_DIR_IN);
-    if (laddr) {
-        c->laddr = laddr;
-        c->laddr_n = laddr->addr_n;
-        c->lport = lport_n;
-        laddr->refcnt++;
-        laddr->conns++;
+    if (m->xmit_out)
         chain_insert(lb, idx, LB_DIR_OUT);
-    }
     exp_push(lb, idx);
     lb->conn_count++;
     return c;
@@ -360,6 +368,7 @@ int lb_expire(lb_t *lb, uint64_t now_ms, uint32_t budget LB_UNUSED)
     uint32_t before = lb->conn_count;
     lb_conn_tick(lb, now_ms);
     int freed = (int)(before - lb->conn_count);
+    lb_sched_tick_all(lb, now_ms); /* schedulers' periodic work (lb_sched.h) */
     pthread_mutex_unlock(&lb->lock);
     return freed;
 }
@@ -391,15 +400,15 @@ int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t c
         o->proto = c->proto;
         o->state = c->state;
         o->flags = c->flags & (LB_CONN_F_INACTIVE | LB_CONN_F_NOOUTPUT | LB_CONN_F_TOA_DONE | LB_CONN_F_TEMPLATE |
-                               LB_CONN_F_SYNPROXY);
+                               LB_CONN_F_SYNPROXY | LB_CONN_F_ASSURED);
         o->caddr = lb_ntohl(c->caddr);
         o->cport = lb_ntohs(c->cport);
         o->vaddr = lb_ntohl(c->vaddr);
         o->vport = lb_ntohs(c->vport);
         o->daddr = c->dest ? c->dest->conf.addr : 0;
         o->dport = c->dest ? c->dest->conf.port : 0;
-        o->laddr = lb_ntohl(c->laddr_n);
-        o->lport = lb_ntohs(c->lport);
+        if (!(c->flags & LB_CF_TEMPLATE) && lb_conn_xmit(c)->conn_dump)
+            lb_conn_xmit(c)->conn_dump(c, o); /* the method's fields (FULLNAT: laddr, lport) */
         o->expires_in_ms = (int64_t)(c->expires_ms - now_ms);
     }
     *cursor = i;

@@ -55,7 +55,7 @@ static inline int reusable_state(uint8_t state)
 static int finish(lb_t *lb, struct lb_action *act, int reason)
 {
     act->reason = reason;
-    lb->counters[reason]++;
+    lb->counters[(uint32_t)reason]++; /* 0 <= reason < LB_R_COUNT; unsigned: no sign extension */
     return reason;
 }
 
@@ -76,7 +76,7 @@ static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct
     if (t) {
         d = t->dest;
     } else {
-        d = s->sched->schedule(s);
+        d = s->sched->schedule(s, p);
         if (!d)
             return NULL;
         t = lb_tmpl_new(lb, p->proto, snet, p->daddr, p->dport, d, s->conf.persist_timeout_s * 1000, now_ms);
@@ -91,33 +91,43 @@ static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct
 }
 
 /* Schedule a new connection for packet p on service s. */
-int lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
-                        uint32_t out_cap, struct lb_action *act, struct lb_conn **cp)
+struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
+                                 uint32_t out_cap, struct lb_action *act, int *reason)
 {
     struct lb_conn *tmpl = NULL;
     int table_full = 0;
     struct lb_dest *d = s->conf.persist_timeout_s ? schedule_persist(lb, p, s, now_ms, &tmpl, &table_full)
-                                                  : s->sched->schedule(s);
+                                                  : s->sched->schedule(s, p);
     if (table_full) {
         act->verdict = LB_V_DROP;
-        return LB_R_TABLE_FULL;
+        *reason = LB_R_TABLE_FULL;
+        return NULL;
     }
     if (!d) {
         uint32_t n = lb_icmp_port_unreach(p, out, out_cap);
         act->verdict = n ? LB_V_ANSWER : LB_V_DROP;
         act->out_len = n;
-        return LB_R_NO_DEST;
+        *reason = LB_R_NO_DEST;
+        return NULL;
     }
-    struct lb_laddr *la = NULL;
-    uint16_t lport_n = 0;
-    if (d->conf.fwd == LB_FWD_FULLNAT && lb_fnat_alloc(lb, s, d, p->proto, now_ms, &la, &lport_n) < 0) {
-        act->verdict = LB_V_DROP;
-        return LB_R_NO_LADDR;
+    /* The destination's method binds what the connection needs (FULLNAT: a local address and port). */
+    const struct lb_xmit_ops *m = lb_xmit_methods[d->conf.fwd];
+    struct lb_conn_bind b = {0, 0, NULL};
+    if (m->conn_bind) {
+        int r = m->conn_bind(lb, s, d, p, now_ms, &b);
+        if (r != LB_R_FORWARDED) {
+            act->verdict = LB_V_DROP;
+            *reason = r;
+            return NULL;
+        }
     }
-    struct lb_conn *c = lb_conn_new(lb, p, d, la, lport_n, now_ms);
+    struct lb_conn *c = lb_conn_new(lb, p, d, &b, now_ms);
     if (!c) {
+        if (m->release)
+            m->release(lb, b.priv);
         act->verdict = LB_V_DROP;
-        return LB_R_TABLE_FULL;
+        *reason = LB_R_TABLE_FULL;
+        return NULL;
     }
     if (tmpl) {
         c->ctl = (uint32_t)(tmpl - lb->conns);
@@ -125,8 +135,8 @@ int lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_
     }
     d->stats.conns++;
     s->stats.conns++;
-    *cp = c;
-    return LB_R_FORWARDED;
+    *reason = LB_R_FORWARDED;
+    return c;
 }
 
 /* TCP bookkeeping for a packet from the client: the stalled-handshake signal
@@ -190,12 +200,14 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
     }
 
     if (c && dir == LB_DIR_OUT) {
-        /* A reply from a real server to a FULLNAT local address. */
+        /* A reply from a real server, found by the reply tuple of its connection's method. */
         if (p.proto == LB_PROTO_TCP)
-            lb_tcp_set_state(c, LB_DIR_OUT, p.tcp_flags);
+            lb_tcp_set_state(lb, c, LB_DIR_OUT, p.tcp_flags);
+        else
+            lb_conn_assure_template(lb, c); /* UDP: a reply assures the template (udp_state_transition) */
         lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
         lb_stats_out(c->dest, p.len);
-        finish(lb, act, lb_xmit(lb, &p, c, LB_DIR_OUT, out, out_cap, act));
+        finish(lb, act, lb_conn_xmit(c)->xmit_out(lb, &p, c, out, out_cap, act));
         return LB_OK;
     }
 
@@ -224,9 +236,10 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
             finish(lb, act, LB_R_NO_CONN);
             return LB_OK;
         }
-        r = lb_schedule_conn(lb, &p, s, now_ms, out, out_cap, act, &c);
-        if (r != LB_R_FORWARDED) {
-            finish(lb, act, r);
+        int why;
+        c = lb_schedule_conn(lb, &p, s, now_ms, out, out_cap, act, &why);
+        if (!c) {
+            finish(lb, act, why);
             return LB_OK;
         }
     }
@@ -237,7 +250,7 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
     uint32_t timeout_ms;
     if (LB_LIKELY(p.proto == LB_PROTO_TCP)) {
         uint8_t old_state = c->state;
-        lb_tcp_set_state(c, LB_DIR_IN, p.tcp_flags);
+        lb_tcp_set_state(lb, c, LB_DIR_IN, p.tcp_flags);
         tcp_in_signals(c, &p, old_state);
         timeout_ms = lb->timeouts_ms[c->state]; /* lb_conn_timeout_ms of a TCP connection */
     } else {
@@ -245,7 +258,7 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
     }
     lb_conn_set_expiry(lb, c, now_ms + timeout_ms);
     lb_stats_in_available(c->dest, p.len);
-    finish(lb, act, lb_xmit(lb, &p, c, LB_DIR_IN, out, out_cap, act));
+    finish(lb, act, lb_conn_xmit_in(lb, &p, c, out, out_cap, act));
     return LB_OK;
 }
 
@@ -259,9 +272,8 @@ uint32_t lb_path_mtu(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms
     if (!c || dir != LB_DIR_IN || !c->dest || !c->dest->fwd)
         return 0;
     uint32_t mtu = c->dest->fwd->conf.mtu ? c->dest->fwd->conf.mtu : 1500;
-    if (LB_CONN_FWD(c) == LB_FWD_TUNNEL)
-        return mtu > LB_IPIP_OVERHEAD ? mtu - LB_IPIP_OVERHEAD : 0; /* room for the outer header */
-    return mtu;
+    uint32_t overhead = lb_conn_xmit(c)->mtu_overhead; /* room for the method's outer header (IPIP) */
+    return mtu > overhead ? mtu - overhead : 0;
 }
 
 void lb_counters(lb_t *lb, uint64_t *out, uint32_t n)

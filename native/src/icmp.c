@@ -64,10 +64,8 @@ static inline int is_icmp_error(uint8_t type)
     return type == 3 || type == 4 || type == 11 || type == 12;
 }
 
-/* Rewrite the copy at o of an ICMP error (outer packet p): outer addresses,
- * quoted addresses/ports, checksums; outer TTL decremented. */
-static int translate(uint8_t *o, const struct lb_pkt *p, uint32_t outer_s, uint32_t outer_d, uint32_t q_s,
-                     uint16_t q_sp, uint32_t q_d, uint16_t q_dp)
+int lb_icmp_translate(uint8_t *o, const struct lb_pkt *p, uint32_t outer_s, uint32_t outer_d, uint32_t q_s,
+                      uint16_t q_sp, uint32_t q_d, uint16_t q_dp)
 {
     if (o[8] <= 1)
         return -1;
@@ -103,7 +101,6 @@ int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, 
     struct lb_conn *c = lb_conn_lookup(lb, q.proto, q.daddr, q.dport, q.saddr, q.sport, now_ms, &dir);
     if (!c)
         return LB_R_NOT_LB_PROTO;
-    struct lb_dest *d = c->dest;
     if (lb_csum_fold(lb_csum_partial(icmp, p->l4len, 0)) != 0) {
         act->verdict = LB_V_DROP; /* ip_vs_in_icmp: "failed checksum" */
         return LB_R_BAD_CSUM;
@@ -112,50 +109,12 @@ int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, 
         act->verdict = LB_V_DROP;
         return LB_R_MALFORMED;
     }
-    if (dir == LB_DIR_IN)
-        lb_stats_in(d, p->len);
-    else
-        lb_stats_out(d, p->len);
+    /* The connection's method passes it on (only methods that see replies have an OUT tuple). */
+    const struct lb_xmit_ops *m = lb_conn_xmit(c);
     if (dir == LB_DIR_IN) {
-        switch (LB_CONN_FWD(c)) {
-        case LB_FWD_ROUTE:
-            if (lb_xmit_l2_to(d, act) < 0)
-                goto no_fwd;
-            return LB_R_ICMP;
-        case LB_FWD_TUNNEL: {
-            if (!d->fwd || d->fwd->conf.saddr == 0)
-                goto no_fwd; /* as xmit_tun: never an outer source we did not get from a route */
-            uint32_t n = lb_tun_encap(d, p->data, p->len, out, out_cap);
-            if (!n || lb_xmit_l2_to(d, act) < 0)
-                goto no_fwd;
-            act->out_len = n;
-            return LB_R_ICMP;
-        }
-        case LB_FWD_FULLNAT:
-            memcpy(out, p->data, p->len);
-            if (translate(out, p, c->laddr_n, d->addr_n, d->addr_n, d->port_n, c->laddr_n, c->lport) < 0) {
-                act->verdict = LB_V_DROP;
-                return LB_R_TTL_EXCEEDED;
-            }
-            if (lb_xmit_l2_to(d, act) < 0)
-                goto no_fwd;
-            act->out_len = p->len;
-            return LB_R_ICMP;
-        default:
-            return LB_R_NOT_LB_PROTO;
-        }
+        lb_stats_in(c->dest, p->len);
+        return m->icmp_in(lb, p, c, out, out_cap, act);
     }
-    /* dir == OUT: only FULLNAT entries have an OUT tuple. */
-    memcpy(out, p->data, p->len);
-    if (translate(out, p, c->vaddr, c->caddr, c->caddr, c->cport, c->vaddr, c->vport) < 0) {
-        act->verdict = LB_V_DROP;
-        return LB_R_TTL_EXCEEDED;
-    }
-    act->verdict = LB_V_ANSWER;
-    act->out_len = p->len;
-    return LB_R_ICMP;
-no_fwd:
-    act->verdict = LB_V_DROP;
-    act->out_len = 0;
-    return LB_R_NO_L2;
+    lb_stats_out(c->dest, p->len);
+    return m->icmp_out(lb, p, c, out, out_cap, act);
 }

@@ -107,19 +107,33 @@ void lb_get_timeouts(lb_t *lb, uint32_t *tcp_s, uint32_t *tcpfin_s, uint32_t *ud
     pthread_mutex_unlock(&lb->lock);
 }
 
-void lb_conn_set_state(struct lb_conn *c, uint8_t new_state)
+/* The states a TCP connection counts as active in: the kernel's tcp_state_active_table
+ * (ip_vs_proto_tcp.c, 6.1): the handshake states and ESTABLISHED. LB_S_UDP is not a TCP state
+ * (and UDP entries never change state: they stay inactive, as udp_state_transition leaves them). */
+static const uint8_t state_active[LB_S_COUNT] = {
+    [LB_S_ESTABLISHED] = 1,
+    [LB_S_SYN_SENT] = 1,
+    [LB_S_SYN_RECV] = 1,
+    [LB_S_SYNACK] = 1,
+};
+
+void lb_conn_set_state(lb_t *lb, struct lb_conn *c, uint8_t new_state)
 {
-    if (new_state != c->state && c->dest) {
+    if (new_state != c->state) {
         struct lb_dest *d = c->dest;
-        if (!(c->flags & LB_CF_INACTIVE) && new_state != LB_S_ESTABLISHED) {
-            d->activeconns--;
-            d->inactconns++;
-            c->flags |= LB_CF_INACTIVE;
-        } else if ((c->flags & LB_CF_INACTIVE) && new_state == LB_S_ESTABLISHED) {
-            d->activeconns++;
-            d->inactconns--;
-            c->flags &= (uint16_t)~LB_CF_INACTIVE;
+        if (d) {
+            if (!(c->flags & LB_CF_INACTIVE) && !state_active[new_state]) {
+                d->activeconns--;
+                d->inactconns++;
+                c->flags |= LB_CF_INACTIVE;
+            } else if ((c->flags & LB_CF_INACTIVE) && state_active[new_state]) {
+                d->activeconns++;
+                d->inactconns--;
+                c->flags &= (uint16_t)~LB_CF_INACTIVE;
+            }
         }
+        if (new_state == LB_S_ESTABLISHED)
+            lb_conn_assure_template(lb, c);
     }
     c->state = new_state;
 }

@@ -1,13 +1,15 @@
 /*
- * sched.c - the scheduler registry: the one list every scheduler is added to.
+ * sched.c - the scheduler registry (built from lb_sched_list.h) and the binding of a service to
+ * its scheduler (ip_vs_sched.c's ip_vs_bind_scheduler / ip_vs_unbind_scheduler).
  */
 #include <string.h>
 
 #include "lb_sched.h"
 
 static const struct lb_sched_ops *const schedulers[] = {
-    &lb_sched_rr,
-    &lb_sched_wlc,
+#define LB_SCHED(name) &lb_sched_##name,
+#include "lb_sched_list.h"
+#undef LB_SCHED
 };
 
 const struct lb_sched_ops *lb_sched_find(const char *name)
@@ -16,4 +18,54 @@ const struct lb_sched_ops *lb_sched_find(const char *name)
         if (strncmp(schedulers[i]->name, name, LB_SCHED_NAME_MAX) == 0)
             return schedulers[i];
     return NULL;
+}
+
+int lb_sched_bind(struct lb_svc *s, const struct lb_sched_ops *sched)
+{
+    s->sched_data = NULL;
+    if (sched->init_service) {
+        int err = sched->init_service(s);
+        if (err != LB_OK) {
+            s->sched_data = NULL;
+            return err;
+        }
+    }
+    s->sched = sched;
+    return LB_OK;
+}
+
+void lb_sched_unbind(struct lb_svc *s)
+{
+    if (s->sched && s->sched->done_service)
+        s->sched->done_service(s);
+    s->sched_data = NULL;
+    s->sched = NULL;
+}
+
+int lb_sched_switch(struct lb_svc *s, const struct lb_sched_ops *sched)
+{
+    /* The kernel unbinds the old scheduler first and may leave the service without one when the
+     * new one cannot allocate; here the new state is built aside first, so the service is
+     * either switched or unchanged. */
+    const struct lb_sched_ops *old = s->sched;
+    void *old_data = s->sched_data;
+    int err = lb_sched_bind(s, sched);
+    void *new_data = s->sched_data;
+    s->sched = old;
+    s->sched_data = old_data;
+    if (err != LB_OK)
+        return err;
+    lb_sched_unbind(s);
+    s->sched = sched;
+    s->sched_data = new_data;
+    return LB_OK;
+}
+
+void lb_sched_tick_all(lb_t *lb, uint64_t now_ms)
+{
+    for (uint32_t i = 0; i < lb->nsvcs; i++) {
+        struct lb_svc *s = lb->svcs[i];
+        if (s->sched->tick)
+            s->sched->tick(s, now_ms);
+    }
 }

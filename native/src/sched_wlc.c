@@ -5,7 +5,7 @@
  * (weight > 0, not overloaded) is the candidate; a later non-overloaded one
  * replaces it when cand_overhead * d_weight > d_overhead * cand_weight,
  * compared in 64 bits (cross-multiplication: no division, no rounding).
- * A weight-0 destination can never win that comparison.
+ * A weight-0 destination can never win that comparison. No per-service state.
  */
 #include "lb_sched.h"
 
@@ -14,7 +14,7 @@ static inline int64_t overhead(const struct lb_dest *d)
     return ((int64_t)d->activeconns << 8) + d->inactconns;
 }
 
-static struct lb_dest *wlc_schedule(struct lb_svc *svc)
+static struct lb_dest *wlc_schedule(struct lb_svc *svc, const struct lb_pkt *p LB_UNUSED)
 {
     uint32_t i = 0, n = svc->ndests;
     struct lb_dest *least = NULL;

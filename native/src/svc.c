@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "lb_sched.h"
+#include "lb_xmit.h"
 
 static inline uint32_t svc_hash(uint8_t proto, uint32_t addr_n, uint16_t port_n)
 {
@@ -34,15 +35,23 @@ struct lb_svc *lb_svc_find(const lb_t *lb, uint8_t proto, uint32_t addr_n, uint1
     return NULL;
 }
 
-static struct lb_svc *svc_find_host(const lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
+struct lb_svc *lb_svc_find_host(const lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
 {
     return lb_svc_find(lb, proto, lb_htonl(addr), lb_htons(port));
 }
 
-static int all_fullnat(const struct lb_svc *s)
+/* May a SYN-proxy service have a destination with this method? (FULLNAT only: DPVS refuses DR and
+ * tunnel too.) The method says so (LB_XMIT_F_SYNPROXY). */
+static int synproxy_capable(int32_t fwd)
+{
+    const struct lb_xmit_ops *m = lb_xmit_find(fwd);
+    return m && (m->flags & LB_XMIT_F_SYNPROXY);
+}
+
+static int all_synproxy_capable(const struct lb_svc *s)
 {
     for (uint32_t i = 0; i < s->ndests; i++)
-        if (s->dests[i]->conf.fwd != LB_FWD_FULLNAT)
+        if (!synproxy_capable(s->dests[i]->conf.fwd))
             return 0;
     return 1;
 }
@@ -150,7 +159,7 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
     /* Kernel order: "Service already exists" before argument errors. */
-    if (svc_find_host(lb, conf->proto, conf->addr, conf->port)) {
+    if (lb_svc_find_host(lb, conf->proto, conf->addr, conf->port)) {
         err = LB_EEXIST;
         goto out;
     }
@@ -176,11 +185,11 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
     s->conf = *conf;
     s->addr_n = lb_htonl(conf->addr);
     s->port_n = lb_htons(conf->port);
-    s->sched = sched;
-    s->sched_pos = -1;
+    if ((err = lb_sched_bind(s, sched)) != LB_OK) {
+        free(s);
+        goto out;
+    }
     s->id = ++lb->next_svc_id;
-    if (sched->init_svc)
-        sched->init_svc(s);
     uint32_t h = svc_hash(conf->proto, s->addr_n, s->port_n);
     s->hnext = lb->svc_hash[h];
     lb->svc_hash[h] = s;
@@ -197,22 +206,18 @@ int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
         return LB_EINVAL;
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
-    struct lb_svc *s = svc_find_host(lb, conf->proto, conf->addr, conf->port);
+    struct lb_svc *s = lb_svc_find_host(lb, conf->proto, conf->addr, conf->port);
     if (!s) {
         err = LB_ESRCH;
     } else if ((err = check_svc_conf(conf, &sched)) != LB_OK) {
         /* err set: argument errors come after "No such service" */
-    } else if ((conf->flags & LB_SVC_F_SYNPROXY) && !all_fullnat(s)) {
+    } else if ((conf->flags & LB_SVC_F_SYNPROXY) && !all_synproxy_capable(s)) {
         err = LB_EOPNOTSUPP; /* only FULLNAT destinations can be SYN-proxied */
     } else if ((conf->flags & LB_SVC_F_SYNPROXY) && (err = lb_sp_enable(lb)) != LB_OK) {
         /* err set */
+    } else if (s->sched != sched && (err = lb_sched_switch(s, sched)) != LB_OK) {
+        /* err set: the new scheduler could not build its state; the service is unchanged */
     } else {
-        if (s->sched != sched) {
-            s->sched = sched;
-            s->sched_pos = -1;
-            if (sched->init_svc)
-                sched->init_svc(s);
-        }
         memcpy(s->conf.sched, conf->sched, sizeof(s->conf.sched));
         s->conf.persist_timeout_s = conf->persist_timeout_s;
         s->conf.netmask = conf->netmask;
@@ -222,14 +227,15 @@ int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
     return err;
 }
 
-/* Unlink dest i from s (it stays alive while connections reference it). */
+/* Unlink dest i from s (it stays alive while connections reference it); the scheduler hears of it
+ * unless the whole service goes (its scheduler is unbound first, as __ip_vs_del_service does). */
 static void unlink_dest(lb_t *lb, struct lb_svc *s, uint32_t i)
 {
     struct lb_dest *d = s->dests[i];
     memmove(&s->dests[i], &s->dests[i + 1], (s->ndests - i - 1) * sizeof(*s->dests));
     s->ndests--;
-    if (s->sched->del_dest)
-        s->sched->del_dest(s, i);
+    if (s->sched && s->sched->del_dest)
+        s->sched->del_dest(s, d, i);
     d->flags &= ~(uint32_t)LB_DEST_F_AVAILABLE;
     d->svc = NULL;
     d->trash_next = lb->trash;
@@ -237,21 +243,14 @@ static void unlink_dest(lb_t *lb, struct lb_svc *s, uint32_t i)
     lb_dest_put(lb, d);
 }
 
-void lb_laddr_put(struct lb_laddr *la)
-{
-    if (--la->refcnt == 0)
-        free(la);
-}
-
 static void svc_destroy(lb_t *lb, struct lb_svc *s)
 {
+    lb_sched_unbind(s);
     while (s->ndests)
         unlink_dest(lb, s, s->ndests - 1);
-    for (uint32_t i = 0; i < s->nladdrs; i++) {
-        s->laddrs[i]->deleted = 1;
-        lb_laddr_put(s->laddrs[i]); /* connections keep theirs until they expire */
-    }
-    free(s->laddrs);
+    for (int i = 0; i < LB_XMIT_MAX; i++) /* the methods' own per-service state (FULLNAT's pool) */
+        if (lb_xmit_methods[i] && lb_xmit_methods[i]->svc_done)
+            lb_xmit_methods[i]->svc_done(lb, s);
     free(s->dests);
     free(s);
 }
@@ -259,7 +258,7 @@ static void svc_destroy(lb_t *lb, struct lb_svc *s)
 int lb_svc_del(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
 {
     pthread_mutex_lock(&lb->lock);
-    struct lb_svc *s = svc_find_host(lb, proto, addr, port);
+    struct lb_svc *s = lb_svc_find_host(lb, proto, addr, port);
     if (!s) {
         pthread_mutex_unlock(&lb->lock);
         return LB_ESRCH;
@@ -299,8 +298,8 @@ static int check_dest_conf(const struct lb_dest_conf *conf)
         return LB_EINVAL;
     if (conf->weight < 0) /* 0..LB_DEST_WEIGHT_MAX, the whole non-negative int32_t range, as the kernel */
         return LB_EINVAL;
-    if (conf->fwd != LB_FWD_ROUTE && conf->fwd != LB_FWD_TUNNEL && conf->fwd != LB_FWD_FULLNAT)
-        return LB_EOPNOTSUPP; /* masq (NAT): not implemented */
+    if (!lb_xmit_find(conf->fwd))
+        return LB_EOPNOTSUPP; /* no such method registered (masq: not implemented) */
     if (conf->l_threshold > conf->u_threshold)
         return LB_EINVAL; /* the kernel refuses a lower threshold above the upper (ERANGE) */
     return LB_OK;
@@ -325,14 +324,14 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
 {
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
-    struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    struct lb_svc *s = lb_svc_find_host(lb, proto, vaddr, vport);
     if (!s) {
         err = LB_ESRCH; /* kernel order: "Service not defined" first */
         goto out;
     }
     if ((err = check_dest_conf(conf)) != LB_OK)
         goto out;
-    if ((s->conf.flags & LB_SVC_F_SYNPROXY) && conf->fwd != LB_FWD_FULLNAT) {
+    if ((s->conf.flags & LB_SVC_F_SYNPROXY) && !synproxy_capable(conf->fwd)) {
         err = LB_EOPNOTSUPP; /* DR and tunnel cannot be SYN-proxied (DPVS refuses it too) */
         goto out;
     }
@@ -351,6 +350,7 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         s->dests_cap = cap;
     }
     struct lb_dest *d = trash_take(lb, s, conf->addr, conf->port);
+    int revived = d != NULL;
     if (!d) {
         d = calloc(1, sizeof(*d));
         if (!d) {
@@ -361,6 +361,7 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         d->vaddr = s->conf.addr;
         d->vport = s->conf.port;
     }
+    const struct lb_dest prev = *d; /* to undo with, should the scheduler refuse it */
     if (d->svc_id != s->id) {
         /* Revived into a re-created service (or new): its statistics start afresh. */
         memset(&d->stats, 0, sizeof(d->stats));
@@ -378,8 +379,18 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
     memmove(&s->dests[1], &s->dests[0], s->ndests * sizeof(*s->dests));
     s->dests[0] = d;
     s->ndests++;
-    if (s->sched->add_dest)
-        s->sched->add_dest(s, 0);
+    if (s->sched->add_dest && (err = s->sched->add_dest(s, d, 0)) != LB_OK) {
+        /* The scheduler kept its state: take the destination out again, as it was. */
+        memmove(&s->dests[0], &s->dests[1], (s->ndests - 1) * sizeof(*s->dests));
+        s->ndests--;
+        *d = prev;
+        if (revived) {
+            d->trash_next = lb->trash; /* back to the trash, with its connections */
+            lb->trash = d;
+        } else {
+            free(d);
+        }
+    }
 out:
     pthread_mutex_unlock(&lb->lock);
     return err;
@@ -389,26 +400,30 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
 {
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
-    struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    struct lb_svc *s = lb_svc_find_host(lb, proto, vaddr, vport);
     int i = s && conf ? find_dest_idx(s, conf->addr, conf->port) : -1;
     if (!s) {
         err = LB_ESRCH;
     } else if ((err = check_dest_conf(conf)) != LB_OK) {
         /* err set */
-    } else if ((s->conf.flags & LB_SVC_F_SYNPROXY) && conf->fwd != LB_FWD_FULLNAT) {
+    } else if ((s->conf.flags & LB_SVC_F_SYNPROXY) && !synproxy_capable(conf->fwd)) {
         err = LB_EOPNOTSUPP;
     } else if (i < 0) {
         err = LB_ENOENT;
     } else {
         struct lb_dest *d = s->dests[i];
-        if (d->conf.fwd != conf->fwd) {
+        const struct lb_dest prev = *d;
+        if (conf->u_threshold == 0 || conf->u_threshold > d->conf.u_threshold)
+            d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD; /* __ip_vs_update_dest */
+        d->conf = *conf;
+        if (s->sched->upd_dest && (err = s->sched->upd_dest(s, d)) != LB_OK) {
+            d->conf = prev.conf; /* the scheduler kept its state: so does the destination */
+            d->flags = prev.flags;
+        } else if (prev.conf.fwd != conf->fwd) {
             /* A new method needs new forwarding state: drop the old one. */
             free(d->fwd);
             d->fwd = NULL;
         }
-        if (conf->u_threshold == 0 || conf->u_threshold > d->conf.u_threshold)
-            d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD; /* __ip_vs_update_dest */
-        d->conf = *conf;
     }
     pthread_mutex_unlock(&lb->lock);
     return err;
@@ -418,7 +433,7 @@ int lb_dest_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_
 {
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
-    struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    struct lb_svc *s = lb_svc_find_host(lb, proto, vaddr, vport);
     int i = s ? find_dest_idx(s, daddr, dport) : -1;
     if (!s)
         err = LB_ESRCH;
@@ -447,7 +462,7 @@ int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uin
     }
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
-    struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    struct lb_svc *s = lb_svc_find_host(lb, proto, vaddr, vport);
     int i = s ? find_dest_idx(s, daddr, dport) : -1;
     if (!s) {
         err = LB_ESRCH;
@@ -469,7 +484,7 @@ int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uin
 int lb_zero_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
 {
     pthread_mutex_lock(&lb->lock);
-    struct lb_svc *s = svc_find_host(lb, proto, addr, port);
+    struct lb_svc *s = lb_svc_find_host(lb, proto, addr, port);
     if (s) {
         memset(&s->stats, 0, sizeof(s->stats));
         for (uint32_t j = 0; j < s->ndests; j++)
@@ -512,7 +527,7 @@ int lb_svc_list(lb_t *lb, struct lb_svc_info *out, uint32_t cap)
 int lb_dest_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct lb_dest_info *out, uint32_t cap)
 {
     pthread_mutex_lock(&lb->lock);
-    const struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
+    const struct lb_svc *s = lb_svc_find_host(lb, proto, vaddr, vport);
     int ret = LB_ESRCH;
     if (s) {
         ret = (int)s->ndests;
@@ -533,135 +548,10 @@ int lb_dest_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct
     return ret;
 }
 
-/* ---------------------------------------------------------------- FULLNAT local addresses */
-
-/* Local ports probed per local address before trying the next one. Bounds the
- * work for one new connection when the pool is nearly exhausted. */
-#define LB_LPORT_PROBES 4096u
-
-int lb_fnat_alloc(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, uint8_t proto, uint64_t now_ms,
-                  struct lb_laddr **la_out, uint16_t *lport_n_out)
-{
-    uint32_t n = s->nladdrs;
-    uint32_t range = (uint32_t)lb->lport_max - lb->lport_min + 1;
-    uint32_t probes = range < LB_LPORT_PROBES ? range : LB_LPORT_PROBES;
-    for (uint32_t k = 0; k < n; k++) {
-        struct lb_laddr *la = s->laddrs[(s->laddr_rr + k) % n];
-        for (uint32_t t = 0; t < probes; t++) {
-            uint16_t port = la->next_port;
-            if (port < lb->lport_min || port > lb->lport_max)
-                port = lb->lport_min;
-            la->next_port = port == lb->lport_max ? lb->lport_min : (uint16_t)(port + 1);
-            uint16_t port_n = lb_htons(port);
-            /* Never reuse a live (proto, RIP, RPORT, LIP, LPORT) tuple. */
-            if (!lb_conn_lookup(lb, proto, d->addr_n, d->port_n, la->addr_n, port_n, now_ms, NULL)) {
-                s->laddr_rr = (s->laddr_rr + k + 1) % n;
-                *la_out = la;
-                *lport_n_out = port_n;
-                return 0;
-            }
-        }
-    }
-    return -1;
-}
-
-static int find_laddr_idx(const struct lb_svc *s, uint32_t addr)
-{
-    for (uint32_t i = 0; i < s->nladdrs; i++)
-        if (s->laddrs[i]->addr == addr)
-            return (int)i;
-    return -1;
-}
-
-int lb_laddr_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr)
-{
-    int err = LB_OK;
-    pthread_mutex_lock(&lb->lock);
-    struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
-    if (!s) {
-        err = LB_ESRCH;
-        goto out;
-    }
-    if (laddr == 0 || laddr == 0xffffffffu) {
-        err = LB_EINVAL;
-        goto out;
-    }
-    if (find_laddr_idx(s, laddr) >= 0) {
-        err = LB_EEXIST;
-        goto out;
-    }
-    if (s->nladdrs == s->laddrs_cap) {
-        uint32_t cap = s->laddrs_cap ? s->laddrs_cap * 2 : 4;
-        struct lb_laddr **n = realloc(s->laddrs, cap * sizeof(*n));
-        if (!n) {
-            err = LB_ENOMEM;
-            goto out;
-        }
-        s->laddrs = n;
-        s->laddrs_cap = cap;
-    }
-    struct lb_laddr *la = calloc(1, sizeof(*la));
-    if (!la) {
-        err = LB_ENOMEM;
-        goto out;
-    }
-    la->addr = laddr;
-    la->addr_n = lb_htonl(laddr);
-    la->refcnt = 1;
-    /* Start each address's port cursor at a seeded offset, so a restarted
-     * director does not reuse the tuples its predecessor left in TIME_WAIT on
-     * the real servers. */
-    uint32_t range = (uint32_t)lb->lport_max - lb->lport_min + 1;
-    la->next_port = (uint16_t)(lb->lport_min + (uint32_t)((laddr * 0x9E3779B1u + (uint32_t)lb->seed0) % range));
-    s->laddrs[s->nladdrs++] = la;
-out:
-    pthread_mutex_unlock(&lb->lock);
-    return err;
-}
-
-int lb_laddr_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr)
-{
-    int err = LB_OK;
-    pthread_mutex_lock(&lb->lock);
-    struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
-    int i = s ? find_laddr_idx(s, laddr) : -1;
-    if (!s) {
-        err = LB_ESRCH;
-    } else if (i < 0) {
-        err = LB_ENOENT;
-    } else {
-        struct lb_laddr *la = s->laddrs[i];
-        memmove(&s->laddrs[i], &s->laddrs[i + 1], (s->nladdrs - (uint32_t)i - 1) * sizeof(*s->laddrs));
-        s->nladdrs--;
-        if (s->nladdrs == 0 || s->laddr_rr >= s->nladdrs)
-            s->laddr_rr = 0;
-        la->deleted = 1;
-        lb_laddr_put(la); /* its connections keep it until they expire */
-    }
-    pthread_mutex_unlock(&lb->lock);
-    return err;
-}
-
-int lb_laddr_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct lb_laddr_info *out, uint32_t cap)
-{
-    pthread_mutex_lock(&lb->lock);
-    const struct lb_svc *s = svc_find_host(lb, proto, vaddr, vport);
-    int ret = LB_ESRCH;
-    if (s) {
-        ret = (int)s->nladdrs;
-        for (uint32_t i = 0; i < s->nladdrs && i < cap && out; i++) {
-            out[i].addr = s->laddrs[i]->addr;
-            out[i].conns = s->laddrs[i]->conns;
-        }
-    }
-    pthread_mutex_unlock(&lb->lock);
-    return ret;
-}
-
 int lb_synproxy_set_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port, const struct lb_synproxy_conf *conf)
 {
     pthread_mutex_lock(&lb->lock);
-    struct lb_svc *s = svc_find_host(lb, proto, addr, port);
+    struct lb_svc *s = lb_svc_find_host(lb, proto, addr, port);
     int err = s ? (conf ? lb_sp_check_conf(conf) : LB_OK) : LB_ESRCH;
     if (err) {
         pthread_mutex_unlock(&lb->lock);
@@ -688,7 +578,7 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
         return LB_OK; /* already dead: nothing to restore */
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
-    struct lb_svc *s = svc_find_host(lb, ci->proto, ci->vaddr, ci->vport);
+    struct lb_svc *s = lb_svc_find_host(lb, ci->proto, ci->vaddr, ci->vport);
     int di = s ? find_dest_idx(s, ci->daddr, ci->dport) : -1;
     if (!s) {
         err = LB_ESRCH;
@@ -717,6 +607,7 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
             err = LB_ENOSPC;
             goto out;
         }
+        t->flags |= (uint16_t)(ci->flags & LB_CONN_F_ASSURED);
         lb_conn_set_expiry(lb, t, now_ms + (uint64_t)ci->expires_in_ms);
         goto out;
     }
@@ -724,25 +615,20 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
         err = LB_EEXIST;
         goto out;
     }
-    struct lb_laddr *la = NULL;
-    if (d->conf.fwd == LB_FWD_FULLNAT) {
-        int li = find_laddr_idx(s, ci->laddr);
-        if (li < 0) {
-            err = LB_ENOENT;
-            goto out;
-        }
-        la = s->laddrs[li];
-        if (lb_conn_lookup(lb, p.proto, d->addr_n, d->port_n, la->addr_n, lb_htons(ci->lport), now_ms, NULL)) {
-            err = LB_EEXIST;
-            goto out;
-        }
-    }
-    struct lb_conn *c = lb_conn_new(lb, &p, d, la, lb_htons(ci->lport), now_ms);
+    /* The method binds what it needs (FULLNAT: the dumped local address, which must exist, and
+     * port, whose reply tuple must be free). */
+    const struct lb_xmit_ops *m = lb_xmit_methods[d->conf.fwd];
+    struct lb_conn_bind b = {0, 0, NULL};
+    if (m->conn_restore && (err = m->conn_restore(lb, s, d, ci, now_ms, &b)) != LB_OK)
+        goto out;
+    struct lb_conn *c = lb_conn_new(lb, &p, d, &b, now_ms);
     if (!c) {
+        if (m->release)
+            m->release(lb, b.priv);
         err = LB_ENOSPC;
         goto out;
     }
-    lb_conn_set_state(c, ci->state); /* with IPVS's active/inactive accounting */
+    lb_conn_set_state(lb, c, ci->state); /* with IPVS's active/inactive accounting */
     c->flags |= (uint16_t)(ci->flags & LB_CONN_F_TOA_DONE);
     lb_conn_set_expiry(lb, c, now_ms + (uint64_t)ci->expires_in_ms);
 out:

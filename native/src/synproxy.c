@@ -310,12 +310,13 @@ static void parse_syn_opts(const struct lb_pkt *p, uint16_t *mss, int *sack)
 
 static const struct lb_svc *conn_svc(const struct lb_conn *c) { return c->dest ? c->dest->svc : NULL; }
 
-/* The SYN to the real server (first or retransmitted): LIP:lport -> RIP:rport. */
+/* The SYN to the real server (first or retransmitted): from the reply tuple's director side
+ * (FULLNAT: LIP:lport) to RIP:rport. Only methods with LB_XMIT_F_SYNPROXY get here. */
 static uint32_t build_rs_syn(const struct lb_conn *c, const struct lb_sp *sp, uint8_t *out, uint32_t cap)
 {
     uint8_t opts[8];
     uint32_t optlen = put_syn_opts(opts, sp->mss, sp->sack);
-    return build_tcp(out, cap, c->laddr_n, c->lport, c->dest->addr_n, c->dest->port_n, sp->client_isn, 0, LB_TCP_SYN,
+    return build_tcp(out, cap, c->oaddr_n, c->oport, c->dest->addr_n, c->dest->port_n, sp->client_isn, 0, LB_TCP_SYN,
                      sp->client_win, opts, optlen, NULL, 0);
 }
 
@@ -495,9 +496,9 @@ int lb_sp_miss(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_
         return LB_R_SP_BAD_COOKIE;
     }
     lb->sp_stats.cookies_valid++;
-    struct lb_conn *c = NULL;
-    int r = lb_schedule_conn(lb, p, s, now_ms, out, out_cap, act, &c);
-    if (r != LB_R_FORWARDED)
+    int r;
+    struct lb_conn *c = lb_schedule_conn(lb, p, s, now_ms, out, out_cap, act, &r);
+    if (!c)
         return r;
     uint32_t slot = (uint32_t)(c - lb->conns);
     struct lb_sp *sp = &lb->sp[slot];
@@ -508,7 +509,7 @@ int lb_sp_miss(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_
     sp->mss = sp_msstab[data & 3];
     sp->sack = (uint8_t)((data >> 2) & 1);
     sp->client_win = lb_ntohs(p->tcp_win);
-    lb_conn_set_state(c, LB_S_SYN_SENT);
+    lb_conn_set_state(lb, c, LB_S_SYN_SENT);
     lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
     lb_stats_in(c->dest, p->len);
     if (p->payload_len && p->payload_len <= conf->data_max_bytes) {
@@ -586,11 +587,11 @@ int lb_sp_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_m
             return send_first_syn(lb, c, now_ms, out, out_cap, act);
         return LB_R_SP_HELD;
     }
-    /* Established: FULLNAT rewrite, then the client's ACK and SACK edges into the server's space. */
-    lb_tcp_set_state(c, LB_DIR_IN, p->tcp_flags);
+    /* Established: the method's rewrite (FULLNAT), then the client's ACK and SACK edges into the server's space. */
+    lb_tcp_set_state(lb, c, LB_DIR_IN, p->tcp_flags);
     lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
     lb_stats_in(c->dest, p->len);
-    int r = lb_xmit_fnat_in(lb, p, c, out, out_cap, act);
+    int r = lb_conn_xmit(c)->xmit_in(lb, p, c, out, out_cap, act);
     if (act->verdict == LB_V_XMIT_L2 && act->out_len) {
         uint8_t *th = out + p->ihl;
         if (th[13] & LB_TCP_ACK)
@@ -616,7 +617,7 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
             sp->phase = LB_SP_DONE;
             sp->due_ms = 0; /* disarms the pending retransmission */
             lb->sp_stats.handshakes++;
-            lb_conn_set_state(c, LB_S_ESTABLISHED);
+            lb_conn_set_state(lb, c, LB_S_ESTABLISHED);
             c->dest->handshakes++;
             lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
             /* Complete the server's handshake: ACK + held data (+ TOA). */
@@ -630,7 +631,7 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
                 memcpy(opts + 4, &c->caddr, 4);
                 optlen = LB_TOA_LEN;
             }
-            uint32_t n = build_tcp(out, out_cap, c->laddr_n, c->lport, c->dest->addr_n, c->dest->port_n,
+            uint32_t n = build_tcp(out, out_cap, c->oaddr_n, c->oport, c->dest->addr_n, c->dest->port_n,
                                    sp->client_isn + 1, rs_isn + 1,
                                    (uint8_t)(LB_TCP_ACK | (sp->held_len ? 0x08 : 0)), sp->client_win, opts, optlen,
                                    sp->held, sp->held_len);
@@ -648,7 +649,7 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
             /* An ACK that does not answer our SYN (e.g. a TIME_WAIT's challenge ACK):
              * as a client in SYN-SENT does (RFC 793), reset it with SEQ = its ACK; the
              * next retransmission of the SYN then finds a clean slate. */
-            uint32_t n = build_tcp(out, out_cap, c->laddr_n, c->lport, c->dest->addr_n, c->dest->port_n,
+            uint32_t n = build_tcp(out, out_cap, c->oaddr_n, c->oport, c->dest->addr_n, c->dest->port_n,
                                    lb_ntohl(p->tcp_ack), 0, LB_TCP_RST, 0, NULL, 0, NULL, 0);
             if (n && lb_xmit_l2_to(c->dest, act) == 0) {
                 act->out_len = n;
@@ -660,6 +661,7 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
         if (fl & LB_TCP_RST) {
             /* The server refused: reset the client and forget the connection. */
             uint32_t n = build_client_rst(c, sp, out, out_cap);
+            lb->sp_stats.rs_resets++;
             lb_conn_expire_now(lb, c);
             act->verdict = n ? LB_V_ANSWER : LB_V_DROP;
             act->out_len = n;
@@ -668,10 +670,10 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
         act->verdict = LB_V_DROP;
         return LB_R_SP_HELD;
     }
-    lb_tcp_set_state(c, LB_DIR_OUT, p->tcp_flags);
+    lb_tcp_set_state(lb, c, LB_DIR_OUT, p->tcp_flags);
     lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
     lb_stats_out(c->dest, p->len);
-    int r = lb_xmit_fnat_out(lb, p, c, out, out_cap, act);
+    int r = lb_conn_xmit(c)->xmit_out(lb, p, c, out, out_cap, act);
     if (act->verdict == LB_V_ANSWER && act->out_len) {
         uint8_t *th = out + p->ihl;
         add32(th + 4, (uint32_t)0 - sp->d_in, th + 16);

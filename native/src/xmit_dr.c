@@ -1,17 +1,25 @@
 /*
- * xmit_dr.c - direct routing: the IP packet leaves unchanged (no TTL
- * decrement, as IPVS DR) in a frame addressed to the real server's MAC on the
- * interface the route to it uses. The adapter sends l2hdr + original bytes on
- * an AF_PACKET socket and drops the original.
+ * xmit_dr.c - direct routing (ipvsadm -g): the IP packet leaves unchanged (no TTL decrement, as
+ * IPVS DR) in a frame addressed to the real server's MAC on the interface the route to it uses.
+ * The adapter sends l2hdr + original bytes on an AF_PACKET socket and drops the original. ICMP
+ * errors about the connection from the client's side go to the real server the same way. The
+ * director never sees the replies (no reply tuple).
  */
 #include "lb_xmit.h"
 
-int lb_xmit_dr(lb_t *lb LB_UNUSED, const struct lb_pkt *p LB_UNUSED, struct lb_conn *c, uint8_t *out LB_UNUSED,
-               uint32_t out_cap LB_UNUSED, struct lb_action *act)
+/* The external definition of the inline one in lb_xmit.h (the packet path inlines it). */
+extern int lb_xmit_dr_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
+                         struct lb_action *act);
+
+static int dr_icmp_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
+                      struct lb_action *act)
 {
-    if (lb_xmit_l2_to(c->dest, act) < 0) {
-        act->verdict = LB_V_DROP;
-        return LB_R_NO_L2;
-    }
-    return LB_R_FORWARDED;
+    int r = lb_xmit_dr_in(lb, p, c, out, out_cap, act);
+    return r == LB_R_FORWARDED ? LB_R_ICMP : r;
 }
+
+const struct lb_xmit_ops lb_xmit_dr = {
+    .name = "route",
+    .xmit_in = lb_xmit_dr_in,
+    .icmp_in = dr_icmp_in,
+};

@@ -16,10 +16,53 @@
  * TOA module reads), or to the next packet if that one has no room (header
  * already 60 bytes, or the path MTU). To leave room in full-sized segments the
  * MSS the real server announces in its SYN-ACK is lowered by 8 on the way out.
+ *
+ * What is FULLNAT's own: the service's local address pool (per-service state in
+ * s->xmit_data[LB_FWD_FULLNAT], created with the first address, lb_laddr_add/del/list), the
+ * choice of a local address and port for each new connection (its reply tuple
+ * RIP:rport -> LIP:lport), the reference each connection holds on its local address (a deleted
+ * address lives on until its last connection goes), and the ICMP translation both ways.
+ *
+ * Local addresses: the pool is a ring; starting at the ring cursor, each address tries up to
+ * LB_LPORT_PROBES ports from its own cursor (wrapping in lport_min..lport_max) and takes the
+ * first whose reply tuple is not a live connection's; the ring cursor then moves past the
+ * address used. An address's cursor starts at a seeded offset, so a restarted director does
+ * not reuse the tuples its predecessor left in TIME_WAIT on the real servers.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "lb_xmit.h"
+
+/* Local ports probed per local address before trying the next one. Bounds the work for one new
+ * connection when the pool is nearly exhausted. */
+#define LB_LPORT_PROBES 4096u
+
+/* A local address of a service. Referenced by the service's pool and by every connection using
+ * it (their xmit_priv); freed at zero references. */
+struct lb_laddr {
+    uint32_t addr;               /* host order */
+    uint32_t addr_n;             /* network order */
+    uint32_t refcnt;             /* 1 while in the pool + 1 per connection */
+    uint32_t conns;
+    uint16_t next_port;          /* allocation cursor (host order) */
+};
+
+/* FULLNAT's per-service state: the local address pool. */
+struct fnat_svc {
+    struct lb_laddr **laddrs;    /* in the order added */
+    uint32_t n;
+    uint32_t cap;
+    uint32_t rr;                 /* next pool index to try first */
+};
+
+static inline struct fnat_svc *fnat_of(const struct lb_svc *s) { return s->xmit_data[LB_FWD_FULLNAT]; }
+
+static void laddr_put(struct lb_laddr *la)
+{
+    if (--la->refcnt == 0)
+        free(la);
+}
 
 /* Rewrite addresses/ports in the packet at o (already a copy) and fix checksums.
  * new addresses/ports are network order. Returns -1 if the TTL runs out. Each
@@ -117,8 +160,8 @@ static void mss_lower(uint8_t *o, const struct lb_pkt *p, uint16_t by)
     }
 }
 
-int lb_xmit_fnat_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
-                    struct lb_action *act)
+static int fnat_xmit_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
+                        uint32_t out_cap, struct lb_action *act)
 {
     const struct lb_dest *d = c->dest;
     if (LB_UNLIKELY(!d->fwd)) {
@@ -130,7 +173,7 @@ int lb_xmit_fnat_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *
         return LB_R_MALFORMED;
     }
     memcpy(out, p->data, p->len);
-    if (rewrite(out, p, c->laddr_n, c->lport, d->addr_n, d->port_n) < 0) {
+    if (rewrite(out, p, c->oaddr_n, c->oport, d->addr_n, d->port_n) < 0) {
         act->verdict = LB_V_DROP;
         return LB_R_TTL_EXCEEDED;
     }
@@ -154,8 +197,8 @@ int lb_xmit_fnat_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *
     return reason;
 }
 
-int lb_xmit_fnat_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
-                     struct lb_action *act)
+static int fnat_xmit_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
+                         uint32_t out_cap, struct lb_action *act)
 {
     if (p->len > out_cap) {
         act->verdict = LB_V_DROP;
@@ -172,4 +215,229 @@ int lb_xmit_fnat_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn 
     act->verdict = LB_V_ANSWER;
     act->out_len = p->len;
     return LB_R_FORWARDED;
+}
+
+/* ---------------------------------------------------------------- ICMP errors */
+
+/* From the client's side, quoting VIP:vport -> CIP:cport: to the real server as LIP -> RIP,
+ * quoting RIP:rport -> LIP:lport. */
+static int fnat_icmp_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
+                        uint32_t out_cap LB_UNUSED, struct lb_action *act)
+{
+    const struct lb_dest *d = c->dest;
+    memcpy(out, p->data, p->len);
+    if (lb_icmp_translate(out, p, c->oaddr_n, d->addr_n, d->addr_n, d->port_n, c->oaddr_n, c->oport) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_TTL_EXCEEDED;
+    }
+    if (lb_xmit_l2_to(d, act) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_NO_L2;
+    }
+    act->out_len = p->len;
+    return LB_R_ICMP;
+}
+
+/* From the real server's side, quoting LIP:lport -> RIP:rport: to the client as VIP -> CIP,
+ * quoting CIP:cport -> VIP:vport. */
+static int fnat_icmp_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
+                         uint32_t out_cap LB_UNUSED, struct lb_action *act)
+{
+    memcpy(out, p->data, p->len);
+    if (lb_icmp_translate(out, p, c->vaddr, c->caddr, c->caddr, c->cport, c->vaddr, c->vport) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_TTL_EXCEEDED;
+    }
+    act->verdict = LB_V_ANSWER;
+    act->out_len = p->len;
+    return LB_R_ICMP;
+}
+
+/* ---------------------------------------------------------------- connections */
+
+static int fnat_conn_bind(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, const struct lb_pkt *p,
+                          uint64_t now_ms, struct lb_conn_bind *b)
+{
+    struct fnat_svc *fs = fnat_of(s);
+    uint32_t n = fs ? fs->n : 0;
+    uint32_t range = (uint32_t)lb->lport_max - lb->lport_min + 1;
+    uint32_t probes = range < LB_LPORT_PROBES ? range : LB_LPORT_PROBES;
+    for (uint32_t k = 0; k < n; k++) {
+        struct lb_laddr *la = fs->laddrs[(fs->rr + k) % n];
+        for (uint32_t t = 0; t < probes; t++) {
+            uint16_t port = la->next_port;
+            if (port < lb->lport_min || port > lb->lport_max)
+                port = lb->lport_min;
+            la->next_port = port == lb->lport_max ? lb->lport_min : (uint16_t)(port + 1);
+            uint16_t port_n = lb_htons(port);
+            /* Never reuse a live (proto, RIP, RPORT, LIP, LPORT) tuple. */
+            if (!lb_conn_lookup(lb, p->proto, d->addr_n, d->port_n, la->addr_n, port_n, now_ms, NULL)) {
+                fs->rr = (fs->rr + k + 1) % n;
+                la->refcnt++;
+                la->conns++;
+                b->oaddr_n = la->addr_n;
+                b->oport_n = port_n;
+                b->priv = la;
+                return LB_R_FORWARDED;
+            }
+        }
+    }
+    return LB_R_NO_LADDR;
+}
+
+static int find_laddr_idx(const struct fnat_svc *fs, uint32_t addr)
+{
+    for (uint32_t i = 0; fs && i < fs->n; i++)
+        if (fs->laddrs[i]->addr == addr)
+            return (int)i;
+    return -1;
+}
+
+static int fnat_conn_restore(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, const struct lb_conn_info *ci,
+                             uint64_t now_ms, struct lb_conn_bind *b)
+{
+    struct fnat_svc *fs = fnat_of(s);
+    int i = find_laddr_idx(fs, ci->laddr);
+    if (i < 0)
+        return LB_ENOENT;
+    struct lb_laddr *la = fs->laddrs[i];
+    uint16_t port_n = lb_htons(ci->lport);
+    if (lb_conn_lookup(lb, ci->proto, d->addr_n, d->port_n, la->addr_n, port_n, now_ms, NULL))
+        return LB_EEXIST;
+    la->refcnt++;
+    la->conns++;
+    b->oaddr_n = la->addr_n;
+    b->oport_n = port_n;
+    b->priv = la;
+    return LB_OK;
+}
+
+static void fnat_release(lb_t *lb LB_UNUSED, void *priv)
+{
+    struct lb_laddr *la = priv;
+    la->conns--;
+    laddr_put(la);
+}
+
+static void fnat_conn_dump(const struct lb_conn *c, struct lb_conn_info *o)
+{
+    o->laddr = lb_ntohl(c->oaddr_n);
+    o->lport = lb_ntohs(c->oport);
+}
+
+static void fnat_svc_done(lb_t *lb LB_UNUSED, struct lb_svc *s)
+{
+    struct fnat_svc *fs = fnat_of(s);
+    if (!fs)
+        return;
+    for (uint32_t i = 0; i < fs->n; i++)
+        laddr_put(fs->laddrs[i]); /* connections keep theirs until they expire */
+    free(fs->laddrs);
+    free(fs);
+    s->xmit_data[LB_FWD_FULLNAT] = NULL;
+}
+
+const struct lb_xmit_ops lb_xmit_fnat = {
+    .name = "fullnat",
+    .flags = LB_XMIT_F_SYNPROXY,
+    .xmit_in = fnat_xmit_in,
+    .xmit_out = fnat_xmit_out,
+    .icmp_in = fnat_icmp_in,
+    .icmp_out = fnat_icmp_out,
+    .conn_bind = fnat_conn_bind,
+    .conn_restore = fnat_conn_restore,
+    .release = fnat_release,
+    .conn_dump = fnat_conn_dump,
+    .svc_done = fnat_svc_done,
+};
+
+/* ---------------------------------------------------------------- the local address pool (DPVS -P/-Q) */
+
+int lb_laddr_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr)
+{
+    int err = LB_OK;
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = lb_svc_find_host(lb, proto, vaddr, vport);
+    struct fnat_svc *fs = s ? fnat_of(s) : NULL;
+    if (!s) {
+        err = LB_ESRCH;
+        goto out;
+    }
+    if (laddr == 0 || laddr == 0xffffffffu) {
+        err = LB_EINVAL;
+        goto out;
+    }
+    if (find_laddr_idx(fs, laddr) >= 0) {
+        err = LB_EEXIST;
+        goto out;
+    }
+    if (!fs) {
+        fs = calloc(1, sizeof(*fs));
+        if (!fs) {
+            err = LB_ENOMEM;
+            goto out;
+        }
+        s->xmit_data[LB_FWD_FULLNAT] = fs; /* an empty pool is a valid state: kept until the service goes */
+    }
+    if (fs->n == fs->cap) {
+        uint32_t cap = fs->cap ? fs->cap * 2 : 4;
+        struct lb_laddr **n = realloc(fs->laddrs, cap * sizeof(*n));
+        if (!n) {
+            err = LB_ENOMEM;
+            goto out;
+        }
+        fs->laddrs = n;
+        fs->cap = cap;
+    }
+    struct lb_laddr *la = calloc(1, sizeof(*la));
+    if (!la) {
+        err = LB_ENOMEM;
+        goto out;
+    }
+    la->addr = laddr;
+    la->addr_n = lb_htonl(laddr);
+    la->refcnt = 1;
+    uint32_t range = (uint32_t)lb->lport_max - lb->lport_min + 1;
+    la->next_port = (uint16_t)(lb->lport_min + (uint32_t)((laddr * 0x9E3779B1u + (uint32_t)lb->seed0) % range));
+    fs->laddrs[fs->n++] = la;
+out:
+    pthread_mutex_unlock(&lb->lock);
+    return err;
+}
+
+int lb_laddr_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr)
+{
+    int err = LB_OK;
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = lb_svc_find_host(lb, proto, vaddr, vport);
+    struct fnat_svc *fs = s ? fnat_of(s) : NULL;
+    int i = find_laddr_idx(fs, laddr);
+    if (!s) {
+        err = LB_ESRCH;
+    } else if (i < 0) {
+        err = LB_ENOENT;
+    } else {
+        struct lb_laddr *la = fs->laddrs[i];
+        memmove(&fs->laddrs[i], &fs->laddrs[i + 1], (fs->n - (uint32_t)i - 1) * sizeof(*fs->laddrs));
+        fs->n--;
+        if (fs->n == 0 || fs->rr >= fs->n)
+            fs->rr = 0;
+        laddr_put(la); /* its connections keep it until they expire */
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return err;
+}
+
+int lb_laddr_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct lb_laddr_info *out, uint32_t cap)
+{
+    pthread_mutex_lock(&lb->lock);
+    const struct lb_svc *s = lb_svc_find_host(lb, proto, vaddr, vport);
+    const struct fnat_svc *fs = s ? fnat_of(s) : NULL;
+    int ret = s ? (int)(fs ? fs->n : 0) : LB_ESRCH;
+    for (uint32_t i = 0; fs && i < fs->n && i < cap && out; i++) {
+        out[i].addr = fs->laddrs[i]->addr;
+        out[i].conns = fs->laddrs[i]->conns;
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return ret;
 }

@@ -18,7 +18,7 @@
 
 #include "lb_xmit.h"
 
-/* lb_tun_encap for a destination whose forwarding state is f (not NULL). */
+/* Outer header + inner packet into out for destination d with forwarding state f; bytes or 0. */
 static inline uint32_t encap(const struct lb_dest *d, const struct lb_dest_fwd *f, const uint8_t *inner,
                              uint32_t len, uint8_t *out, uint32_t out_cap)
 {
@@ -52,14 +52,8 @@ static inline uint32_t encap(const struct lb_dest *d, const struct lb_dest_fwd *
     return total;
 }
 
-uint32_t lb_tun_encap(const struct lb_dest *d, const uint8_t *inner, uint32_t len, uint8_t *out, uint32_t out_cap)
-{
-    const struct lb_dest_fwd *f = d->fwd;
-    return f ? encap(d, f, inner, len, out, out_cap) : 0;
-}
-
-int lb_xmit_tun(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
-                struct lb_action *act)
+static int tun_xmit_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
+                       struct lb_action *act)
 {
     const struct lb_dest *d = c->dest;
     const struct lb_dest_fwd *f = d->fwd;
@@ -88,3 +82,27 @@ int lb_xmit_tun(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, u
     act->out_len = n;
     return LB_R_FORWARDED;
 }
+
+/* An ICMP error from the client's side: encapsulated to the real server like the connection's own
+ * packets (never with an outer source we did not get from a route), without the MTU check. */
+static int tun_icmp_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
+                       struct lb_action *act)
+{
+    const struct lb_dest *d = c->dest;
+    const struct lb_dest_fwd *f = d->fwd;
+    uint32_t n = f && f->conf.saddr ? encap(d, f, p->data, p->len, out, out_cap) : 0;
+    if (!n) {
+        act->verdict = LB_V_DROP;
+        return LB_R_NO_L2;
+    }
+    lb_xmit_l2_fill(f, act);
+    act->out_len = n;
+    return LB_R_ICMP;
+}
+
+const struct lb_xmit_ops lb_xmit_tun = {
+    .name = "tunnel",
+    .mtu_overhead = LB_IPIP_OVERHEAD,
+    .xmit_in = tun_xmit_in,
+    .icmp_in = tun_icmp_in,
+};

@@ -11,7 +11,8 @@
  *                                  instructions per packet = total / (N * files))
  *   harness churn N               N rounds of config churn (add/edit/delete/re-add of
  *                                  services, destinations, forwarding state, local
- *                                  addresses) interleaved with IPIP/FULLNAT traffic;
+ *                                  addresses, switches between every registered
+ *                                  scheduler) interleaved with IPIP/FULLNAT traffic;
  *                                  asserts every IPIP outer source is the installed
  *                                  route source (run with MALLOC_PERTURB_ / valgrind)
  *
@@ -302,6 +303,14 @@ static uint32_t make_packet(uint8_t *b, uint8_t proto, uint32_t src, uint16_t sp
     return len;
 }
 
+/* Every registered scheduler, so churn runs each one's hooks (init/done on a switch, add/del/upd). */
+static const char *const sched_names[] = {
+#define LB_SCHED(name) #name,
+#include "lb_sched_list.h"
+#undef LB_SCHED
+};
+#define N_SCHED (sizeof(sched_names) / sizeof(sched_names[0]))
+
 static int cmd_churn(long rounds)
 {
     lb_t *lb = new_lb();
@@ -335,6 +344,12 @@ static int cmd_churn(long rounds)
                 fwd_for(&f, (uint8_t)j);
                 lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 81, dj.addr, 80, &f);
             }
+        }
+        if (r % 3 == 1) {
+            /* Switch the tunnel service's scheduler (keeps its destinations and connections). */
+            struct lb_svc_conf s = {.proto = LB_PROTO_TCP, .addr = VIP, .port = 81};
+            strcpy(s.sched, sched_names[(size_t)(r / 3) % N_SCHED]);
+            bad |= check(lb_svc_edit(lb, &s) == LB_OK, "every registered scheduler can be switched to");
         }
         if (r % 5 == 0) {
             lb_laddr_del(lb, LB_PROTO_TCP, VIP, 82, LIP);

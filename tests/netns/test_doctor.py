@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import SEED_RULESET  # type: ignore[import-not-found]
+from conftest import SEED_RULESET
 
 from lb.doctor import LiveContext, run_checks
 from lb.testbed import client

@@ -19,7 +19,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import LnDest, LnService, parse_ln  # type: ignore[import-not-found]
+from conftest import LnDest, LnService, parse_ln
 
 from lb.testbed import client
 from lb.testbed.topology import Topology, dr_spec, list_netns

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import SEED_RULESET  # type: ignore[import-not-found]
+from conftest import SEED_RULESET
 
 from lb.testbed import client
 from lb.testbed.topology import Host, Topology

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Lbd, churn_other_services, parse_ln, running_lbd  # type: ignore[import-not-found]
+from conftest import Lbd, churn_other_services, parse_ln, running_lbd
 
 from lb.testbed import client
 from lb.testbed.pcap import Capture

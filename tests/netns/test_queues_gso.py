@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Lbd, iptables_leftovers, running_lbd  # type: ignore[import-not-found]
+from conftest import Lbd, iptables_leftovers, running_lbd
 
 from lb.testbed import echo
 from lb.testbed.topology import Topology

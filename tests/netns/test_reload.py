@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import LBD, Lbd  # type: ignore[import-not-found]
+from conftest import LBD, Lbd
 
 from lb.testbed.echo import EchoStream, servers
 from lb.testbed.topology import Topology

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import LBD, QUEUE_NUM, Lbd, iptables_leftovers  # type: ignore[import-not-found]
+from conftest import LBD, QUEUE_NUM, Lbd, iptables_leftovers
 
 from lb.testbed.echo import EchoStream, servers
 from lb.testbed.topology import Topology

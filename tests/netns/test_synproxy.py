@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Lbd, LbdError  # type: ignore[import-not-found]
+from conftest import Lbd, LbdError
 
+from lb.testbed import client
 from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,11 +52,16 @@ def fnat_spec() -> TopologySpec:
 def ftopo() -> Iterator[Topology]:
     with Topology(fnat_spec()) as t:
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        for name in ("f1", "f2"):
-            t.host(name).popen(
-                [sys.executable, "-m", "lb.testbed.httpd", "--name", name, "--port", str(RS_PORT)],
+        reals = [t.host("f1"), t.host("f2")]
+        for rs in reals:
+            rs.popen(
+                [sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(RS_PORT)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
             )
+        # A real server that does not listen yet answers our SYN with a RST, which SYN-proxy
+        # rightly passes on to the client as a reset: wait until each one serves (asked from
+        # the director, which reaches them directly) before any test counts SYNs.
+        client.wait_serving(t.director.netns, {rs.addr: rs.name for rs in reals}, RS_PORT)
         yield t
 
 
@@ -169,6 +175,35 @@ def test_syn_backoff_schedule(ftopo: Topology, splbd: Lbd, dropped: int, tmp_pat
     assert first_byte_s < SCHEDULE_S[dropped] + 1.0, f"first byte after {first_byte_s:.3f}s"
     # Every retransmission was counted where it left the director.
     assert after["timer_frames"] - before["timer_frames"] == dropped
+
+
+def test_refusal_by_real_server_resets_client(ftopo: Topology, splbd: Lbd) -> None:
+    """A real server with nothing listening answers our SYN with RST: the client is reset at
+    once (no retransmissions, no give-up timer) and the refusal is counted as such, so an
+    operator can tell "the real server refused" from "lbd reset the client"."""
+    closed_port = RS_PORT + 1  # nothing listens there in f2
+    svc = {"proto": "tcp", "addr": ftopo.vip, "port": PORT + 1}
+    _ok(splbd.request("add_service", {**svc, "sched": "rr", "synproxy": True}))
+    _ok(splbd.request("add_laddr", {"service": svc, "addr": ftopo.director.iface("back").addr}))
+    _ok(splbd.request("add_dest", {"service": svc, "dest": {"addr": ftopo.host("f2").addr, "port": closed_port,
+                                                            "fwd": "fullnat"}}))
+    _wait_resolved(splbd)
+    before = _ok(splbd.request("counters"))["synproxy"]
+    # Connect (the cookie SYN-ACK completes it) and wait for data without sending any: the
+    # handshake's ACK alone makes lbd contact the real server, whose RST must come back as ours.
+    code = (
+        "import socket\n"
+        "s=socket.socket(); s.settimeout(10.0)\n"
+        f"s.connect(('{ftopo.vip}',{PORT + 1}))\n"
+        "try:\n print('data', s.recv(1))\n"
+        "except ConnectionResetError:\n print('reset')\n"
+    )
+    out = ftopo.client.exec([sys.executable, "-c", code], timeout=20).stdout.strip()
+    after = _ok(splbd.request("counters"))["synproxy"]
+    delta = {k: after[k] - before[k] for k in after}
+    assert out == "reset", out
+    assert (delta["cookies_valid"], delta["syns_to_rs"], delta["rs_resets"]) == (1, 1, 1), delta
+    assert (delta["syn_retransmits"], delta["give_ups"], delta["handshakes"]) == (0, 0, 0), delta
 
 
 def test_syn_flood_creates_no_state(ftopo: Topology, splbd: Lbd) -> None:

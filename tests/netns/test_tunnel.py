@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import churn_other_services, parse_ln, running_lbd  # type: ignore[import-not-found]
+from conftest import churn_other_services, parse_ln, running_lbd
 
 from lb.testbed import client, echo
 from lb.testbed.ipip_decap import start_in

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Lbd, running_lbd  # type: ignore[import-not-found]
+from conftest import Lbd, running_lbd
 
 from lb.testbed import client
 from lb.testbed.ipip_decap import start_in

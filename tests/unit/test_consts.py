@@ -124,10 +124,10 @@ def test_python_offers_exactly_the_c_registry() -> None:
 
 
 def test_pure_python_engine_has_exactly_the_registry_schedulers() -> None:
-    from lb.pyengine.sched import SCHEDULERS as PY_SCHEDULERS
+    from lb.pyengine.sched import schedulers
 
-    assert sorted(PY_SCHEDULERS) == sorted(consts.SCHEDULERS)
-    assert all(cls.name == name for name, cls in PY_SCHEDULERS.items())
+    assert sorted(schedulers()) == sorted(consts.SCHEDULERS)
+    assert all(sched.name == name for name, sched in schedulers().items())
 
 
 def test_reference_config_documents_the_registry() -> None:

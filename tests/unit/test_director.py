@@ -307,8 +307,7 @@ def test_timeouts_are_stored_merged_and_reported(director: Director) -> None:
     assert director.handle("get_timeout", {}) == {"tcp": 900, "tcpfin": 120, "udp": 300}
     director.handle("set_timeout", {"tcp": 3600, "tcpfin": 0, "udp": 60})
     assert director.handle("get_timeout", {}) == {"tcp": 3600, "tcpfin": 120, "udp": 60}
-    if hasattr(director.engine, "get_timeouts"):
-        assert director.engine.get_timeouts() == (3600, 120, 60)
+    assert director.engine.get_timeouts() == (3600, 120, 60)
 
 
 # ---------------------------------------------------------------------------- reload

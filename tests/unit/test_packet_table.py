@@ -114,6 +114,28 @@ def test_rows_are_self_contained() -> None:
         assert times == sorted(times), f"{row.id}: time must not go backwards"
 
 
+def test_rows_count_connections_as_the_kernel() -> None:
+    """Every row's ActiveConn/InActConn expectations follow from its live connections' states by the kernel's
+    rule (table.ACTIVE_STATES, from tcp_state_active_table): TCP connections in an active state count as
+    active, every other connection (UDP included) as inactive, templates in neither. Checked where the row
+    looks at the table when its last packet left (no entry can be dead but not yet released)."""
+    checked = 0
+    for row in ROWS:
+        if not row.steps or row.check_ms != row.steps[-1].now_ms:
+            continue
+        counted: Counter[tuple[object, ...]] = Counter()
+        for c in row.conns:
+            if c.cport == 0 and c.state in ("NONE", "ASSURED"):
+                continue  # a persistence template
+            active = c.proto == table.PROTO_TCP and c.state in table.ACTIVE_STATES
+            counted[((c.proto, c.vaddr, c.vport), c.daddr, c.dport, active)] += 1
+        for d in row.dests:
+            key = (d.service, d.addr, d.port)
+            assert (d.active, d.inactive) == (counted[key + (True,)], counted[key + (False,)]), (row.id, d.addr)
+            checked += 1
+    assert checked > 100
+
+
 def test_reference_siphash() -> None:
     """The table's own SipHash-2-4 against the paper's test vectors (key 00..0f)."""
     key = (int.from_bytes(bytes(range(8)), "little"), int.from_bytes(bytes(range(8, 16)), "little"))

@@ -44,6 +44,11 @@ def test_snapshot_restores_flows_counts_and_templates() -> None:
     def counts(e: CEngine) -> list[tuple[str, int, int, int]]:
         return [(d.spec.addr, d.active, d.inactive, d.persist) for s in e.services() for d in s.dests]
     assert counts(new) == counts(old)
+    # Templates come back with their -Lnc state: every client's connection was established, so ASSURED.
+    def templates(e: CEngine, now: int) -> list[tuple[str, str, str]]:
+        return sorted((c.caddr, c.daddr, c.state) for c in e.connections(now) if c.cport == 0)
+    assert templates(new, 2000) == templates(old, 2000)
+    assert {state for _, _, state in templates(new, 2000)} == {"ASSURED"}
     # An established flow keeps its real server.
     a_new = new.process(_pkt("10.9.1.5", 1001, 80, "A"), 2100)
     a_old = old.process(_pkt("10.9.1.5", 1001, 80, "A"), 2100)

@@ -1,11 +1,17 @@
 """rr and wlc in both engines against small oracles written here (independent of lb/pyengine).
 
 Each example builds a random table of destinations with weights, upper thresholds
-and active/inactive connection counts by sending packets through the engine
-(SYN -> an inactive entry, SYN then ACK -> an active one), then sends new SYNs and
-checks each is scheduled where the oracle says, as the kernel's ip_vs_rr.c /
-ip_vs_wlc.c would (destination list most recently added first; OVERLOAD set when
-a new connection brings a destination to its upper threshold).
+and active/inactive connection counts by sending packets through the engine, then
+sends new SYNs and checks each is scheduled where the oracle says, as the kernel's
+ip_vs_rr.c / ip_vs_wlc.c would (destination list most recently added first; OVERLOAD
+set when a new connection brings a destination to its upper threshold).
+
+Which entries are active is the kernel's rule, read from ip_vs_proto_tcp.c (6.1):
+set_tcp_state moves a connection between ActiveConn and InActConn by
+tcp_state_active_table, which counts SYN_SENT, SYN_RECV, ESTABLISHED and SYNACK as
+active. So a SYN alone makes an active entry (SYN_RECV), SYN then ACK too
+(ESTABLISHED), and SYN then FIN an inactive one (TIME_WAIT, by the INPUT-ONLY table
+of a DR director); every probe SYN adds an active entry to the destination it picks.
 """
 
 from __future__ import annotations
@@ -90,6 +96,10 @@ def ack(client: tuple[str, int]) -> bytes:
     return table.tcp(sport=client[1], src=client[0], flags="A", seq=1001, ack=1)
 
 
+def fin(client: tuple[str, int]) -> bytes:
+    return table.tcp(sport=client[1], src=client[0], flags="FA", seq=1001, ack=1)
+
+
 def chosen_position(action: object, order: list[int]) -> int | None:
     if action.verdict == Verdict.ANSWER:  # type: ignore[attr-defined]
         return None
@@ -138,9 +148,10 @@ def test_next_syn_goes_where_the_oracle_says(factory: table.EngineFactory, sched
         client = clients.next()
         assert chosen_position(engine.process(syn(client), 0), order) == order.index(name)
         if active_wanted:
-            engine.process(ack(client), 0)
+            engine.process(ack(client), 0)  # SYN_RECV -> ESTABLISHED: still active
             made[name][0] += 1
         else:
+            engine.process(fin(client), 0)  # SYN_RECV -> TIME_WAIT: inactive
             made[name][1] += 1
         last_position = order.index(name)
     for d in oracle:
@@ -159,7 +170,7 @@ def test_next_syn_goes_where_the_oracle_says(factory: table.EngineFactory, sched
         assert got == expected, f"{sched}: table {[(d.name, d.weight, d.active, d.inactive, d.upper, d.overloaded) for d in oracle]}"
         if expected is not None:
             d = oracle[expected]
-            d.inactive += 1
+            d.active += 1  # the probe's entry is in SYN_RECV: active
             if d.upper and d.active + d.inactive >= d.upper:
                 d.overloaded = True
             last_position = expected

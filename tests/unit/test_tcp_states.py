@@ -6,7 +6,9 @@
   the client's side alone), and from a new entry only SYN_RECV, ESTABLISHED,
   FIN_WAIT, TIME_WAIT and CLOSE are reachable; every event on each of them (and
   syn on NONE, via the creating packet) is driven through process() and checked
-  for state, timer and active/inactive counts.
+  for state, timer and active/inactive counts. Active are the kernel's
+  tcp_state_active states (SYN_SENT, SYN_RECV, ESTABLISHED, SYNACK), every other
+  state inactive: tests/packet_table.py ACTIVE_STATES, read from ip_vs_proto_tcp.c.
 - A FULLNAT director sees both sides: its entries use INPUT for the client's
   packets and OUTPUT for the real server's; every (direction, event) on every state
   reachable that way is driven through process() and checked the same way.
@@ -164,7 +166,9 @@ def observe(engine, now: int) -> tuple[str, int, int, int]:  # type: ignore[no-u
 
 
 def expected_after(state: str) -> tuple[str, int, int, int]:
-    active = 1 if state == "ESTABLISHED" else 0
+    """(state, timeout, active, inactive) of the one entry: active in the kernel's active states
+    (table.ACTIVE_STATES: tcp_state_active_table of ip_vs_proto_tcp.c), inactive in the others."""
+    active = table.active_in(state)
     return state, DOC_TIMEOUTS[state], active, 1 - active
 
 

@@ -1,4 +1,4 @@
-"""`python -m lb.demo` (or `make demo`): lbd forwarding real HTTP requests in namespaces.
+"""`python -m lb.testbed.demo` (or `make demo`): lbd forwarding real HTTP requests in namespaces.
 
 Three sections, one per forwarding method: DR, IPIP (tunnel) and FULLNAT. Each
 builds its own topology of network namespaces (client, director, real servers;
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from lb import paths
 from lb.ctlclient import ControlClientError, request_once
 from lb.testbed import client
 from lb.testbed.ipip_decap import start_in as start_ipip_decap
@@ -206,12 +207,16 @@ class Demo:
 
     @contextlib.contextmanager
     def _lbd(self, topo: Topology, workdir: Path) -> Iterator[tuple[subprocess.Popen, str, Path]]:
-        sock = str(workdir / "lbd.sock")
+        # No --socket: lbd and lbadm find each other by the director's namespace, as an operator's
+        # do (/run/lbd/netns/NAME/lbd.sock, lb/paths.py); the demo removes that directory at the end.
+        rundir = paths.runtime_dir(paths.Netns("named", 0, name=topo.director.netns))
+        sock = str(rundir / paths.SOCKET_NAME)
         log_path = workdir / "lbd.log"
+        argv = [self.lbd_bin, "--queue-num", "0", "--engine", self.engine]
+        command = shlex.join(["ip", "netns", "exec", topo.director.netns, *argv])
+        self.say(f"\nstarting lbd in the director's namespace:\n  $ {command}")
         with open(log_path, "w") as log:
-            proc = topo.director.popen(
-                [self.lbd_bin, "--socket", sock, "--queue-num", "0", "--engine", self.engine],
-                stdout=log, stderr=subprocess.STDOUT)
+            proc = topo.director.popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
             while True:
@@ -229,12 +234,13 @@ class Demo:
             rules = topo.director.exec(["iptables", "-t", "raw", "-S"], check=False).stdout
             leftover = [r for r in rules.splitlines() if r and not r.startswith("-P ")]
             state = "its iptables rules are gone" if not leftover else f"LEFT RULES: {leftover}"
-            self.say(f"lbd stopped with SIGTERM (exit {rc}); {state}.")
+            shutil.rmtree(rundir, ignore_errors=True)  # its socket and state file: the namespace goes too
+            self.say(f"lbd stopped with SIGTERM (exit {rc}); {state}; {rundir} removed.")
 
     def lbadm(self, topo: Topology, sock: str, args: list[str], show: bool = True) -> str:
         if show:
             self.say(f"  $ lbadm {shlex.join(args)}")
-        proc = topo.director.exec([self.lbadm_bin, "--socket", sock, *args], check=False)
+        proc = topo.director.exec([self.lbadm_bin, *args], check=False)
         if proc.returncode != 0:
             raise DemoError(f"lbadm {shlex.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc.stdout
@@ -250,7 +256,7 @@ class Demo:
             self.lbadm(topo, sock, step)
             return
         if step.lbadm is not None:
-            proc = topo.director.exec([self.lbadm_bin, "--socket", sock, *step.lbadm], check=False)
+            proc = topo.director.exec([self.lbadm_bin, *step.lbadm], check=False)
             if proc.returncode == 0:
                 self.say(f"  $ lbadm {shlex.join(step.lbadm)}")
                 return
@@ -280,7 +286,8 @@ class Demo:
                     section.prepare(topo, workdir)
                 self._start_httpds(topo, workdir)
                 with self._lbd(topo, workdir) as (_proc, sock, log_path):
-                    self.say(f"\nlbd runs in {topo.director.netns}; configuring it:")
+                    self.say(f"lbd is ready; its control socket is {sock}. Configuring it with lbadm\n"
+                             f"(in the same namespace: ip netns exec {topo.director.netns} lbadm ...):")
                     for step in section.steps(topo):
                         self.apply(topo, sock, step)
                     self._wait_resolved(sock)
@@ -380,7 +387,7 @@ def _tail(path: Path, chars: int = 2000) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lb.demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m lb.testbed.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=[s.key for s in SECTIONS], action="append",
                     help="run only this section (repeatable; default: all)")
     ap.add_argument("-n", "--requests", type=int, default=12, help="HTTP requests per section (default 12)")
@@ -393,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {problem}", file=sys.stderr)
         return 2
     sections = [s for s in SECTIONS if not args.mode or s.key in args.mode]
+    # lbd and lbadm must meet at the director namespace's default socket, not at one a caller set.
+    os.environ.pop("LBD_SOCKET", None)
     try:
         demo = Demo(args.requests, args.engine)
         results = [demo.run_section(s) for s in sections]

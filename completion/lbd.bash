@@ -1,0 +1,28 @@
+# bash completion for lbd (lvs-userspace), installed as .../bash-completion/completions/lbd.
+# Needs only bash; works with or without the bash-completion package.
+
+_lbd() {
+    local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
+    local options="--config --check --diff --socket --queue-num --queue-balance --queue-cpus
+        --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --no-iptables
+        --conntrack --down-policy --cleanup --state-dir --restore --conn-max --verbose -v
+        --log-format --metrics --version --help -h"
+    COMPREPLY=()
+    case $prev in
+        --config|--socket) COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
+        --state-dir) COMPREPLY=($(compgen -d -- "$cur")); return 0 ;;
+        --engine) COMPREPLY=($(compgen -W "c python" -- "$cur")); return 0 ;;
+        --down-policy) COMPREPLY=($(compgen -W "open closed" -- "$cur")); return 0 ;;
+        --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return 0 ;;
+        --queue-num|--queue-balance|--queue-cpus|--gso-mtu|--conn-max|--metrics) return 0 ;;
+    esac
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "$options" -- "$cur"))
+    else
+        # --check FILE: configuration files
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+    return 0
+}
+
+complete -F _lbd lbd
