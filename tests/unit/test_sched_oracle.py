@@ -110,7 +110,8 @@ def chosen_position(action: object, order: list[int]) -> int | None:
 
 dest_rows = st.lists(
     st.tuples(
-        st.integers(0, 4),  # weight
+        # weight: small ones, and the kernel's range up to INT_MAX (ipvsadm 1.31 accepts it)
+        st.one_of(st.integers(0, 4), st.sampled_from([65535, 65536, 2**31 - 2, 2**31 - 1])),
         st.integers(0, 3),  # active connections to build
         st.integers(0, 3),  # inactive connections to build
         st.sampled_from([0, 0, 0, 1, 2, 3, 4, 6]),  # upper threshold applied after building
