@@ -49,7 +49,7 @@ NOT_IMPLEMENTED: tuple[Missing, ...] = (
     Missing("sched-flags", "scheduler flags sh-fallback, sh-port, mh-fallback and mh-port",
             "flag-1, flag-2 and flag-3 are kept and listed; rr and wlc ignore them, as the kernel's do",
             values=frozenset({"sh-fallback", "sh-port", "mh-fallback", "mh-port"}),
-            mark="lbd: sh/mh flags not implemented; rr, wlc ignore flags"),
+            mark="lbd: sh/mh flags not implemented; rr and wlc ignore flags"),
     Missing("tun-type", "tunnel types gue and gre (--tun-type)", "its tunnels are IPIP (--tun-type ipip)",
             values=frozenset({"gue", "gre"}), mark="lbd: ipip only"),
     Missing("start-daemon", "the connection sync daemon (--start-daemon)",

@@ -119,7 +119,7 @@ Options:
   --sort                              no effect (kept for compatibility)
   --ops          -o                   one-packet scheduling (UDP)
   --numeric      -n                   numeric addresses and ports
-  --sched-flags  -b flags             scheduler flags, with -A/-E: flag-1,flag-2,flag-3 (sh-, mh-fallback|port)
+  --sched-flags  -b flags             scheduler flags with -A/-E, comma-separated (flag-1, ...)
   --laddr        -z local-address     FULLNAT local address (IPv4), with -P/-Q (DPVS)
   --ifname       -F ifname            accepted for DPVS scripts, not needed by lbd
   --synproxy     -j enable|disable    SYN-proxy with -A/-E (DPVS): SYN cookies, then the real
