@@ -1,7 +1,7 @@
 # lvs-userspace: build, test and demo. Run as root on Debian 12 (or similar).
 #   make demo   - builds everything, runs the DR demo in its own network namespaces
-#   make test   - builds everything, runs tests/unit, the C core under ASan/UBSan
-#                 and valgrind (test-sanitize), then tests/netns, then tests/kernel
+#   make test   - builds everything, runs the linters (lint: ruff, mypy), tests/unit, the C core
+#                 under ASan/UBSan and valgrind (test-sanitize), then tests/netns, then tests/kernel
 #                 (test-kernel: kernel IPVS vs lbd in a qemu guest)
 #   make fuzz   - libFuzzer run of the packet core (FUZZ_SECONDS, default 60)
 #   make bench  - the benchmark suite (bench/README.md; ~14 min), bench-quick a smoke run
@@ -36,7 +36,7 @@ APT_GET := apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) -y -q
 # Inputs of the editable install (the cffi extension is compiled from native/).
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c)
 
-.PHONY: all deps install-deps install uninstall venv build test test-unit test-dist test-sanitize test-netns fuzz demo bench bench-quick clean distclean
+.PHONY: all deps install-deps install uninstall venv build lint test test-unit test-dist test-sanitize test-netns fuzz demo bench bench-quick clean distclean
 .PHONY: test-kernel kernel-deps
 
 all: build
@@ -102,6 +102,7 @@ define run_pytest
 endef
 
 test: build $(PROMTOOL)
+	@$(MAKE) --no-print-directory lint
 	$(call run_pytest,tests/unit)
 	$(call run_pytest,tests/dist)
 	@$(MAKE) --no-print-directory test-sanitize
@@ -111,6 +112,11 @@ test: build $(PROMTOOL)
 
 # A bounded fuzz session on every `make test` (issue 8: CI fuzzes for minutes).
 CI_FUZZ_SECONDS ?= 120
+
+# Static checks of lb/, bench/ and tests/ (configured in pyproject.toml: [tool.ruff], [tool.mypy]).
+lint: build
+	$(PY) -m ruff check lb bench tests
+	$(PY) -m mypy
 
 test-unit: build $(PROMTOOL)
 	$(call run_pytest,tests/unit)
@@ -269,7 +275,7 @@ bench-quick: build $(BENCH_STAMP)
 	$(PY) -m bench all --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .hypothesis $(STAMP) $(BENCH_STAMP) $(KERNEL_STAMP)
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache $(STAMP) $(BENCH_STAMP) $(KERNEL_STAMP)
 	rm -f lb/_fastpath*.so lb/_fastpath*.c lb/_fastpath*.o
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

@@ -79,7 +79,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             ratios[mode] = common.summarize(per_rep)
     s["ratio_lbd_over_ipvs"] = ratios
     h = g.get("http") or []
-    hs = {}
+    hs: dict[str, list[float]] = {}
     for r in h:
         if "rate_rps" in r:
             hs.setdefault(f"{r['system']}/{r['mode']}", []).append(r["rate_rps"])

@@ -32,8 +32,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bench import common, pps
 from bench.common import Lbd, LbdError, log
@@ -181,7 +182,7 @@ def functional(out: dict[str, Any], args: argparse.Namespace, topo: Topology, re
     addrs = [rs.addr for rs in reals]
     cases = {
         "rr": rules_text(topo.vip, "rr", [(a, 1) for a in addrs]),
-        "wlc": rules_text(topo.vip, "wlc", [(a, w) for a, w in zip(addrs, (1, 2, 3))]),
+        "wlc": rules_text(topo.vip, "wlc", [(a, w) for a, w in zip(addrs, (1, 2, 3), strict=False)]),
     }
     res["names"] = {rs.addr: rs.name for rs in reals}
     for case, rules in cases.items():
@@ -208,7 +209,7 @@ def functional(out: dict[str, Any], args: argparse.Namespace, topo: Topology, re
 
 def _sequence(topo: Topology, case: str, n: int = 12) -> list[str]:
     if case == "rr":  # fresh connections, one after another
-        return [r.server if r.ok else f"error:{r.error}"
+        return [r.server if r.ok and r.server is not None else f"error:{r.error}"
                 for r in client.fresh_gets(topo.client.netns, topo.vip, HTTP_PORT, n, timeout=10)]
     held: list[client.KeepAlive] = []  # wlc: connections held open, so active counts grow
     seq = []
@@ -217,7 +218,7 @@ def _sequence(topo: Topology, case: str, n: int = 12) -> list[str]:
             ka = client.KeepAlive(topo.client.netns, topo.vip, HTTP_PORT, timeout=10)
             held.append(ka)
             r = ka.get()
-            seq.append(r.server if r.ok else f"error:{r.error}")
+            seq.append(r.server if r.ok and r.server is not None else f"error:{r.error}")
             time.sleep(0.2)  # the entry reaches ESTABLISHED before the next SYN
     finally:
         for ka in held:

@@ -16,6 +16,7 @@ import os
 import struct
 import sys
 import time
+from typing import Any
 
 from lb.engine import FwdState, Reason, Verdict
 from lb.fastpath import CEngine
@@ -41,7 +42,7 @@ def syn(src: int, sport: int) -> bytes:
     return bytes(ip) + tcp
 
 
-def run(entries: int) -> dict[str, object]:
+def run(entries: int) -> dict[str, Any]:
     base = rss_bytes()
     engine = CEngine(conn_max=entries, hash_buckets=1 << (entries - 1).bit_length() >> 2 or 1)
     key = ServiceKey(6, "10.0.0.100", 80)

@@ -16,7 +16,8 @@ packet needs (e.g. the SYN before an established flow's ACK). Instructions per m
 The harness's own loop around lb_process (harness.c:main's self count in that difference, ~14
 per packet) is subtracted too and reported separately. The new-connection
 class (every SYN a new flow) cannot repeat one file: M and 2M distinct SYN files processed once
-each, counted only inside lb_process (--toggle-collect; see measure_new_conn). Where the instructions go: per-function self counts of the two 2N runs,
+each, counted only inside lb_process (--toggle-collect; see measure_new_conn). Where the instructions go:
+per-function self counts of the two 2N runs,
 subtracted, / 2N. (callgrind's inclusive counts are not used: with code inlined from headers
 they count some instructions twice.)
 
@@ -112,9 +113,9 @@ def _mirror_fullnat_tuple() -> tuple[str, int, str]:
     if rc != 0:
         raise RuntimeError("mirror of the harness setup failed")
     syn = _pkt(CLIENT, VIP, CPORT, 82, "S")
-    out = ffi.new("uint8_t[]", 65535)
+    out = ffi.new("uint8_t[]", lib.LB_PKT_MAX)
     act = ffi.new("struct lb_action *")
-    lib.lb_process(lb, syn, len(syn), 1000, out, 65535, act)
+    lib.lb_process(lb, syn, len(syn), 1000, out, lib.LB_PKT_MAX, act)
     if act.verdict != lib.LB_V_XMIT_L2 or act.out_len < 40:
         raise RuntimeError(f"mirror: FULLNAT SYN gave verdict {act.verdict} reason {act.reason}")
     b = bytes(ffi.buffer(out, act.out_len))

@@ -47,9 +47,10 @@ import shlex
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bench import common
 from bench.common import Lbd, LbdError, log
@@ -161,6 +162,8 @@ class Bed(Path_):
         for a in self.laddrs:
             d.ip("addr", "add", f"{a}/24", "dev", d.iface("back").ifname)
         self.rps = self._steer(gen_cpu, dut_cpu) if steer else {}
+        self.dut_cpu = dut_cpu
+        self.lbd_pid: int | None = None  # the running lbd's, while a trial measures it
         # Untouched by lbd: ARP entries both ways before the first trial.
         c.exec(["ping", "-c", "1", "-W", "2", d.iface("lan").addr], check=False)
         rs.exec(["ping", "-c", "1", "-W", "2", d.iface("back").addr], check=False)
@@ -333,7 +336,7 @@ def trial(p: Path_, tr: Traffic, rate: float, window: float) -> dict[str, Any]:
     rx = rx1 - rx0
     el = max(float(gen["elapsed_s"]), 1e-6)
     offered = tx / el
-    res = {
+    res: dict[str, Any] = {
         "rate": rate, "window_s": window, "sent": sent, "tx": tx, "rx": rx, "elapsed_s": round(el, 4),
         "offered_pps": offered, "rx_pps": rx / el, "loss": (1 - rx / tx) if tx > 0 else 1.0,
         "nfq": {k: nfq1.get(k, 0) - nfq0.get(k, 0) for k in nfq1 if k != "queued_now"},

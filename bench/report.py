@@ -53,7 +53,7 @@ def _mmm(s: dict[str, Any] | None, fmt: Any = _k) -> str:
 
 def _ratio_stats(a: list[float], b: list[float]) -> dict[str, Any]:
     """Per-repetition ratios a[i]/b[i] (same repetition = same conditions), summarized."""
-    vals = [x / y for x, y in zip(a, b) if y]
+    vals = [x / y for x, y in zip(a, b, strict=False) if y]
     return common.summarize(vals)
 
 
@@ -110,7 +110,7 @@ def _plots(parts: dict[str, Any], stem: Path) -> list[str]:
     lat = http.get("latency") or []
     if lat:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-        for ax, mode in zip(axes, ("ka", "close")):
+        for ax, mode in zip(axes, ("ka", "close"), strict=True):
             for r in lat:
                 if r["mode"] != mode or r["rep"] != 0:
                     continue
@@ -137,7 +137,7 @@ def _plots(parts: dict[str, Any], stem: Path) -> list[str]:
 
 
 def _machine(parts: dict[str, Any]) -> list[str]:
-    m = next((p.get("machine") for p in parts.values() if p.get("machine")), {}) or {}
+    m: dict[str, Any] = next((p.get("machine") for p in parts.values() if p.get("machine")), {}) or {}
     return [
         "## Machine",
         "",
@@ -172,7 +172,8 @@ def _pps(parts: dict[str, Any], targets: list[list[str]], plots: list[str], stem
               f"{_mmm(common.summarize([p['rx_pps'] for p in lims]))} pps received "
               f"(`{lims[0]['command']}`).", ""]
     L += ["| system | mode | traffic | zero-loss pps, median (min-max) | generator-limited | overload: offered -> received | "
-          "DUT CPU us/packet (split: packet thread user / sys / CPU softirq, overlapping) | projected pps per DUT core |", "|---|---|---|---|---|---|---|---|"]
+          "DUT CPU us/packet (split: packet thread user / sys / CPU softirq, overlapping) | projected pps per DUT core |",
+          "|---|---|---|---|---|---|---|---|"]
     for s in pps.get("summary", []):
         us = s.get("dut_us_per_pkt", {})
         proj = 1e6 / us["median"] if us and us.get("median") else None

@@ -1,7 +1,8 @@
-"""The one place that imports the compiled cffi module.
+"""The one place that imports the compiled cffi module (for lb.fastpath's CEngine).
 
-Every constant Python needs from C is read here from `lib` (never retyped), so
-native/include/lb_api.h stays the single source of truth.
+Values C defines are not taken from here: lb.consts reads them from native/include's text,
+so everything but the C engine works without the build (tests/unit/test_consts.py checks
+that both agree).
 """
 
 from __future__ import annotations

@@ -4,10 +4,8 @@
 each as "FILE:LINE: reason". Nothing is applied from a file with any error (keepalived's
 approach: validate completely, then act).
 
-tomllib reports positions only for syntax errors, so `TomlLines` finds the lines of tables and
-keys itself: one pass over the text that tracks strings (including multi-line ones) and
-bracket depth, so that only real statements - `[table]`, `[[array.of.tables]]`, `key = ...` -
-are indexed, by the path tomllib gives the value (("service", 2, "dest", 0), "weight").
+tomllib reports positions only for syntax errors: lb.tomllines finds the line of each table and
+key itself.
 
 ipvsadm-save files (`ipvsadm -S`, `lbadm -S`) are recognised by content: their first statement
 starts with "-" (or the word ipvsadm/lbadm), which no TOML statement can. They are parsed line
@@ -21,9 +19,11 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from lb import consts as C
 from lb.model import (
+    DEFAULT_SCHEDULER,
     FORWARD_NAMES,
     MAX_THRESHOLD,
     MAX_WEIGHT,
@@ -46,8 +46,9 @@ from lb.reconcile import (
     State,
     StateError,
     Timeouts,
-    parse_command,
 )
+from lb.requests import parse_command
+from lb.tomllines import Path_, TomlLines
 
 SERVICE_KEYS = ("proto", "addr", "port", "sched", "persistent", "netmask", "toa", "synproxy", "laddrs", "dest")
 DEST_KEYS = ("addr", "port", "fwd", "weight", "u_threshold", "l_threshold")
@@ -56,19 +57,19 @@ TOP_KEYS = ("service", "timeouts", "synproxy")
 # lb.model.SynproxyConf's fields, with their ranges (lb_api.h struct lb_synproxy_conf). wscale and
 # timestamps are the documented subset: only 0 / false.
 SYNPROXY_INTS = {
-    "init_rto_ms": (1, 120000),
-    "max_rto_ms": (1, 120000),
-    "max_retries": (0, 15),
-    "mss": (536, 9000),
+    "init_rto_ms": (1, C.LB_SP_RTO_MS_MAX),
+    "max_rto_ms": (1, C.LB_SP_RTO_MS_MAX),
+    "max_retries": (0, C.LB_SP_MAX_RETRIES_MAX),
+    "mss": (C.LB_SP_MSS_MIN, C.LB_SP_MSS_MAX),
     "wscale": (0, 0),
-    "data_max_bytes": (0, 1460),
-    "ack_storm_max": (0, 2**32 - 1),
+    "data_max_bytes": (0, C.LB_SP_DATA_MAX_BYTES_MAX),
+    "ack_storm_max": (0, 2**32 - 1),  # uint32_t
 }
+_BUILTIN_SYNPROXY = SynproxyConf()  # the settings of a service without [service.synproxy] and no [synproxy]
 SYNPROXY_BOOLS = ("sack", "timestamps", "defer")
 SYNPROXY_KEYS = tuple(SynproxyConf.__dataclass_fields__)
 SERVICE_SYNPROXY_KEYS = ("enabled", *SYNPROXY_KEYS)
 
-Path_ = tuple[Any, ...]  # a value's path in the parsed document: ("service", 0, "dest", 1)
 
 
 # ---------------------------------------------------------------------------- errors
@@ -148,136 +149,6 @@ class Config:
         n_dests = sum(len(s.dests) for s in self.services)
         n_laddrs = sum(len(s.laddrs) for s in self.services)
         return f"{len(self.services)} services, {n_dests} destinations, {n_laddrs} local addresses"
-
-
-# ---------------------------------------------------------------------------- TOML lines
-
-
-_HEADER = re.compile(r"^\s*(\[\[|\[)\s*(.*?)\s*(\]\]|\])\s*(#.*)?$")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _split_dotted(text: str) -> list[str]:
-    """TOML dotted key -> parts (bare, "basic" or 'literal' parts)."""
-    parts, i = [], 0
-    while i < len(text):
-        c = text[i]
-        if c in " \t.":
-            i += 1
-            continue
-        if c in "\"'":
-            j = text.find(c, i + 1)
-            j = len(text) if j < 0 else j
-            parts.append(text[i + 1:j])
-            i = j + 1
-            continue
-        m = _BARE_KEY.match(text, i)
-        if not m:
-            break
-        parts.append(m.group(0))
-        i = m.end()
-    return parts
-
-
-def _statements(text: str) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each line that starts a statement (not inside a string or array)."""
-    depth = 0
-    in_ml: str | None = None  # the closing delimiter of an open multi-line string
-    for number, line in enumerate(text.splitlines(), start=1):
-        if depth == 0 and in_ml is None:
-            yield number, line
-        i = 0
-        while i < len(line):
-            if in_ml is not None:
-                j = line.find(in_ml, i)
-                if j < 0:
-                    break
-                i, in_ml = j + 3, None
-                continue
-            c = line[i]
-            if c == "#":
-                break
-            if line.startswith('"""', i) or line.startswith("'''", i):
-                in_ml = line[i:i + 3]
-                i += 3
-            elif c == '"':
-                i += 1
-                while i < len(line) and line[i] != '"':
-                    i += 2 if line[i] == "\\" else 1
-                i += 1
-            elif c == "'":
-                j = line.find("'", i + 1)
-                i = len(line) if j < 0 else j + 1
-            elif c in "[{":
-                depth += 1
-                i += 1
-            elif c in "]}":
-                depth = max(0, depth - 1)
-                i += 1
-            else:
-                i += 1
-
-
-class TomlLines:
-    """Line numbers of the tables and keys of a TOML text, addressed like the parsed document."""
-
-    def __init__(self, text: str) -> None:
-        self.headers: dict[Path_, int] = {}
-        self.keys: dict[tuple[Path_, str], int] = {}
-        counts: dict[Path_, int] = {}  # array-of-tables path (with indexes) -> elements seen
-        current: Path_ = ()
-        for number, line in _statements(text):
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            m = _HEADER.match(line)
-            if m and stripped.startswith("["):
-                names = _split_dotted(m.group(2))
-                current = self._resolve(names, counts, array=m.group(1) == "[[")
-                self.headers.setdefault(current, number)
-                continue
-            if "=" in stripped:
-                parts = _split_dotted(stripped.split("=", 1)[0])
-                if parts:
-                    self.keys.setdefault((current, parts[0]), number)
-
-    @staticmethod
-    def _resolve(names: list[str], counts: dict[Path_, int], array: bool) -> Path_:
-        path: Path_ = ()
-        for depth, name in enumerate(names):
-            path = (*path, name)
-            last = depth == len(names) - 1
-            if last and array:
-                index = counts.get(path, 0)
-                counts[path] = index + 1
-                # A new element starts fresh sub-arrays (its own [[x.dest]] count from 0).
-                for p in [p for p in counts if len(p) > len(path) and p[:len(path)] == path]:
-                    del counts[p]
-                return (*path, index)
-            if not last and path in counts:  # [[service]] ... [[service.dest]]: the latest element
-                path = (*path, counts[path] - 1)
-        return path
-
-    def line(self, path: Path_, key: str | None = None) -> int:
-        """Best line for `key` in the table at `path` (or the table itself): never 0 for a real path."""
-        if key is not None:
-            if (path, key) in self.keys:
-                return self.keys[(path, key)]
-            for table in ((*path, key), (*path, key, 0)):  # key names a [table] / [[array]]
-                if table in self.headers:
-                    return self.headers[table]
-        probe = path
-        while probe:
-            if probe in self.headers:
-                return self.headers[probe]
-            # An inline table/array element: the line of the key that holds it.
-            parent, last = probe[:-1], probe[-1]
-            if isinstance(last, int):
-                parent, last = parent[:-1], parent[-1] if parent else last
-            if isinstance(last, str) and (parent, last) in self.keys:
-                return self.keys[(parent, last)]
-            probe = probe[:-1]
-        return 1
 
 
 # ---------------------------------------------------------------------------- validation
@@ -437,13 +308,13 @@ def _check_synproxy(c: _Checker, where: Path_, raw: Any, base: SynproxyConf, kno
         c.add(where, key, f"init_rto_ms {merged['init_rto_ms']} is higher than max_rto_ms {merged['max_rto_ms']}")
         return None, False
     try:
-        return SynproxyConf(**merged), True  # type: ignore[arg-type]
+        return SynproxyConf(**merged), True
     except ConfigError as exc:
         c.add(where, None, f"{what}: {exc}")
         return None, False
 
 
-def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = SynproxyConf()) -> ServiceConfig | None:
+def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = _BUILTIN_SYNPROXY) -> ServiceConfig | None:
     if not isinstance(raw, dict):
         c.add(where, None, f"[[service]] entries must be tables, got {_type_name(raw)}")
         return None
@@ -456,7 +327,7 @@ def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = 
     if port == 0 and "persistent" not in raw:
         c.add(where, "port", "port 0 (any port) is only allowed for a persistent service")
         port = None
-    sched = c.choice(where, raw, "sched", SCHEDULERS, "wlc")
+    sched = c.choice(where, raw, "sched", SCHEDULERS, DEFAULT_SCHEDULER)
     netmask = c.string(where, raw, "netmask", "255.255.255.255")
     if netmask is not None and not _netmask_ok(netmask):
         c.add(where, "netmask", f"bad netmask {netmask!r}: not a contiguous IPv4 netmask")
@@ -617,8 +488,8 @@ def is_ipvsadm_save(text: str) -> bool:
 
 def parse_ipvsadm_save(text: str, path: str = "<string>") -> Config:
     """`ipvsadm -S` output as a configuration: -A, -a, -P (local address) and --set lines only."""
-    from lb.cli import Action, UsageError, rule_lines
     from lb.ipvsadm_fmt import NameDB
+    from lb.lbadm import Action, UsageError, rule_lines
 
     names = NameDB()
     issues: list[ConfigIssue] = []
@@ -635,6 +506,9 @@ def parse_ipvsadm_save(text: str, path: str = "<string>") -> Config:
         request = invocation.request
         if invocation.action is not Action.CHANGE or request is None:
             issues.append(ConfigIssue(path, number, f"not a configuration command: {raw_line.strip()}"))
+            continue
+        if invocation.refusal is not None:  # as lbadm -R refuses it (lb.unimplemented)
+            issues.append(ConfigIssue(path, number, invocation.refusal))
             continue
         try:
             cmd = parse_command(request.op, request.args)
@@ -656,9 +530,11 @@ def parse_ipvsadm_save(text: str, path: str = "<string>") -> Config:
                 ident = (cmd.dest.addr, cmd.dest.port)
                 if ident in dests[cmd.key]:
                     first = dests[cmd.key][ident].line
-                    issues.append(ConfigIssue(path, number, f"duplicate destination {ident[0]}:{ident[1]} in {cmd.key} (first at line {first})"))
+                    issues.append(ConfigIssue(path, number, f"duplicate destination {ident[0]}:{ident[1]} in {cmd.key} "
+                                                            f"(first at line {first})"))
                 elif cmd.dest.l_threshold > cmd.dest.u_threshold:
-                    issues.append(ConfigIssue(path, number, f"lower threshold {cmd.dest.l_threshold} is higher than upper threshold {cmd.dest.u_threshold}"))
+                    issues.append(ConfigIssue(path, number, f"lower threshold {cmd.dest.l_threshold} is higher than "
+                                                            f"upper threshold {cmd.dest.u_threshold}"))
                 else:
                     dests[cmd.key][ident] = DestConfig(cmd.dest, number)
             elif cmd.addr in laddrs[cmd.key]:

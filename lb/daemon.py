@@ -34,27 +34,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import signal
-import socket
-import struct
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lb import __version__, logsetup, sdnotify
-from lb.director import BatchError, Director, Resolution
+from lb import __version__, logsetup, sdnotify, statefile
+from lb.ctlserver import ControlServer, socket_alive
+from lb.director import Director
 from lb.engine import Engine, EngineError, FwdState
 from lb.estimator import ESTIMATOR_TICK_S
+from lb.fwdstate import Resolution, Resolver
 from lb.model import ConfigError
 
 log = logging.getLogger("lbd")
 
 DEFAULT_SOCKET = "/run/lbd/lbd.sock"  # in the initial network namespace; per namespace elsewhere (lb/paths.py)
-MAX_REQUEST_BYTES = 1 << 20
 RESOLVE_UNRESOLVED_EVERY_S = 1.0
 RESOLVE_ALL_EVERY_S = 15.0
 
@@ -194,158 +192,31 @@ def make_engine(kind: str, conn_max: int) -> Engine:
     if kind == "python":
         from lb.pyengine import PyEngine
 
-        return PyEngine(conn_max=conn_max or 1048576)  # type: ignore[return-value]
+        return PyEngine(conn_max=conn_max)
     from lb.fastpath import CEngine
 
     return CEngine(conn_max=conn_max)
 
 
-RESOLVE_TIMEOUT_S = 5.0
+def make_resolver() -> tuple[Resolver, Callable[[], None]]:
+    """(resolver for the Director, closer), backed by lb.netlink.Resolver in this network namespace.
 
-
-def make_resolver() -> tuple[Any, Any]:
-    """Return (resolver callable, closer) backed by pyroute2 in this network namespace.
-
-    pyroute2 0.9's synchronous IPRoute drives an asyncio loop of its own, which
-    cannot run inside lbd's loop: one worker thread owns the IPRoute (with a
-    private loop) and the resolver waits for it. Each call is a few netlink
-    round trips (milliseconds); neighbour resolution itself is asynchronous in
-    the kernel (NTF_USE) and picked up by the next refresh.
+    pyroute2 0.9's synchronous IPRoute drives an asyncio loop of its own, which cannot run inside
+    lbd's loop: the Resolver's worker thread owns the IPRoute and the Director's (synchronous)
+    calls wait for it. Each call is a few netlink round trips (milliseconds); neighbour
+    resolution itself is asynchronous in the kernel (NTF_USE) and picked up by the next refresh.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from pyroute2 import IPRoute
-
     from lb import netlink
 
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lbd-netlink")
-    state: dict[str, Any] = {}
-
-    def in_worker(daddr: str) -> Any:
-        if "ipr" not in state:
-            state["loop"] = asyncio.SelectorEventLoop()
-            state["ipr"] = IPRoute(flags=0, groups=0, use_event_loop=state["loop"])
-        return netlink.resolve_fwd(state["ipr"], daddr)
+    worker = netlink.Resolver()
 
     def resolve(daddr: str) -> Resolution:
-        res = executor.submit(in_worker, daddr).result(timeout=RESOLVE_TIMEOUT_S)
+        res = worker.resolve_blocking(daddr)
         if res.fwd is None:
             return Resolution(None, ifname=res.ifname or "", reason=res.reason or "unresolved")
         return Resolution(FwdState(**dataclasses.asdict(res.fwd)), ifname=res.ifname or "")
 
-    def close_worker() -> None:
-        if "ipr" in state:
-            state["ipr"].close()
-            state["loop"].close()
-
-    def close() -> None:
-        try:
-            executor.submit(close_worker).result(timeout=RESOLVE_TIMEOUT_S)
-        finally:
-            executor.shutdown(wait=True)
-
-    return resolve, close
-
-
-class ControlServer:
-    """Newline-delimited JSON over a Unix socket; one Director behind it."""
-
-    def __init__(self, director: Director, path: str) -> None:
-        self.director = director
-        self.path = path
-        self.server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> None:
-        sock_path = Path(self.path)
-        sock_path.parent.mkdir(parents=True, exist_ok=True)
-        if sock_path.exists() or sock_path.is_socket():
-            if _socket_alive(self.path):
-                raise RuntimeError(f"another lbd is already listening on {self.path}")
-            sock_path.unlink()
-        old_umask = os.umask(0o177)  # the socket is created 0600: root's (or our user's) only
-        try:
-            self.server = await asyncio.start_unix_server(self._client, path=self.path, limit=MAX_REQUEST_BYTES)
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, 0o600)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if not _peer_allowed(sock):
-            writer.write(_encode({"ok": False, "errno": "EPERM", "error": "Permission denied (you must be root)"}))
-            await writer.drain()
-            writer.close()
-            return
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (asyncio.LimitOverrunError, ValueError):
-                    writer.write(_encode({"ok": False, "errno": "EINVAL", "error": "request too large"}))
-                    break
-                if not line:
-                    break
-                writer.write(_encode(self._dispatch(line)))
-                await writer.drain()
-        except (ConnectionResetError, BrokenPipeError):
-            pass
-        finally:
-            writer.close()
-
-    def _dispatch(self, line: bytes) -> dict[str, Any]:
-        try:
-            req = json.loads(line)
-            if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-                raise ValueError("request must be an object with a string 'op'")
-            args = req.get("args") or {}
-            if not isinstance(args, dict):
-                raise ValueError("'args' must be an object")
-        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
-            return {"ok": False, "errno": "EINVAL", "error": f"malformed request: {exc}"}
-        op = req["op"]
-        try:
-            return {"ok": True, "result": self.director.handle(op, args)}
-        except BatchError as exc:
-            return {"ok": False, "errno": exc.errno_name, "error": str(exc), "index": exc.index, "op": exc.op}
-        except EngineError as exc:
-            return {"ok": False, "errno": exc.errno_name, "error": str(exc)}
-        except ConfigError as exc:
-            return {"ok": False, "errno": "EINVAL", "error": str(exc)}
-        except Exception as exc:  # never let one request stop the daemon
-            log.exception("operation %s failed", op)
-            return {"ok": False, "errno": "EIO", "error": f"{op} failed: {exc}"}
-
-
-def _encode(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
-def _socket_alive(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        try:
-            s.connect(path)
-        except OSError:
-            return False
-        return True
-
-
-def _peer_allowed(sock: socket.socket | None) -> bool:
-    """Only root or lbd's own user may drive the director (SO_PEERCRED)."""
-    if sock is None:
-        return False
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid == 0 or uid == os.getuid()
+    return resolve, worker.close_blocking
 
 
 async def _resolve_loop(director: Director, stop: asyncio.Event) -> None:
@@ -355,7 +226,7 @@ async def _resolve_loop(director: Director, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=RESOLVE_UNRESOLVED_EVERY_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if stop.is_set():
             break
@@ -373,7 +244,7 @@ async def _estimator_loop(director: Director, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=ESTIMATOR_TICK_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if stop.is_set():
             break
@@ -403,7 +274,7 @@ def _reload_on_sighup(director: Director) -> None:
 
 def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Any:
     """Re-resolve every destination when routes, addresses, neighbours or links change."""
-    from lb import netlink
+    from lb import netmonitor
 
     pending: dict[str, asyncio.TimerHandle | None] = {"handle": None}
 
@@ -423,7 +294,7 @@ def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: as
 
     class _Monitor:
         def __init__(self) -> None:
-            self.inner = netlink.NetlinkMonitor(on_event)
+            self.inner = netmonitor.NetlinkMonitor(on_event)
             self.inner.start(loop)
 
         def stop(self) -> None:
@@ -437,124 +308,7 @@ def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: as
 
 # ---------------------------------------------------------------------------- state snapshots
 
-STATE_MAGIC = b"LBDSTATE1\n"
 SNAPSHOT_EVERY_S = 2.0
-
-
-def state_path(state_dir: str, queue_num: int) -> Path:
-    return Path(state_dir) / f"lbd-q{queue_num}.state"
-
-
-def _conn_record_size() -> int:
-    from lb._ffi import ffi
-
-    return int(ffi.sizeof("struct lb_conn_info"))
-
-
-def write_state(path: Path, config: dict[str, Any], blob: bytes | None, engine: str) -> int:
-    """Write a snapshot atomically (temporary file, fsync, rename); returns its size in bytes.
-
-    Layout: STATE_MAGIC, one line of JSON (the configuration, Director.snapshot_config(), plus
-    when and what was saved), then the connection table as raw struct lb_conn_info records
-    (CEngine.dump_connections_raw; absent with an engine that cannot dump).
-    """
-    header = {
-        **config,
-        "saved_at": time.time(),
-        "engine": engine,
-        "conn_record_size": _conn_record_size() if blob is not None else None,
-        "connections": None if blob is None else len(blob) // _conn_record_size(),
-    }
-    data = STATE_MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n" + (blob or b"")
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return len(data)
-
-
-def read_state(path: Path) -> tuple[dict[str, Any], bytes]:
-    """(header, connection blob) of a state file; ValueError if it is not one."""
-    data = path.read_bytes()
-    if not data.startswith(STATE_MAGIC):
-        raise ValueError(f"{path}: not an lbd state file")
-    end = data.find(b"\n", len(STATE_MAGIC))
-    if end < 0:
-        raise ValueError(f"{path}: truncated header")
-    header = json.loads(data[len(STATE_MAGIC):end])
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: header is not an object")
-    return header, data[end + 1:]
-
-
-def _age_connections(blob: bytes, elapsed_ms: int) -> tuple[bytes, int]:
-    """Records with `elapsed_ms` less time left (lbd was down that long); drops the expired ones.
-
-    The dump stores time left, so a restore counts from the new process's clock; taking the
-    downtime off keeps every entry's deadline where it was (wall clock, to the second).
-    """
-    from lb._ffi import ffi
-
-    size = _conn_record_size()
-    n = len(blob) // size
-    if n == 0 or elapsed_ms <= 0:
-        return blob, 0
-    arr = ffi.from_buffer("struct lb_conn_info[]", bytearray(blob))
-    kept = []
-    expired = 0
-    for i in range(n):
-        left = int(arr[i].expires_in_ms) - elapsed_ms
-        if left <= 0:
-            expired += 1
-            continue
-        arr[i].expires_in_ms = left
-        kept.append(bytes(ffi.buffer(arr + i, size)))
-    return b"".join(kept), expired
-
-
-def save_state(director: Director, path: Path) -> str:
-    """One snapshot of `director` to `path`; returns a summary for the log."""
-    engine = director.engine
-    dump = getattr(engine, "dump_connections_raw", None)
-    blob = dump(int(time.monotonic() * 1000)) if dump is not None else None
-    size = write_state(path, director.snapshot_config(), blob, engine.name)
-    conns = "not saved (engine %s cannot dump them)" % engine.name if blob is None else \
-        f"{len(blob) // _conn_record_size()} connections"
-    return f"{size} bytes, {conns}"
-
-
-def restore_state(director: Director, path: Path) -> dict[str, Any]:
-    """Re-apply a state file: configuration, then connections. Returns what happened."""
-    header, blob = read_state(path)
-    age_s = max(0.0, time.time() - float(header.get("saved_at") or time.time()))
-    applied = director.restore_config(header, f"restore from {path}")
-    result: dict[str, Any] = {"age_s": round(age_s, 3), "commands": applied}
-    restore = getattr(director.engine, "restore_connections_raw", None)
-    if header.get("connections") is None:
-        log.info("restore from %s: the snapshot holds no connection table (saved by engine %s)",
-                 path, header.get("engine"))
-    elif restore is None:
-        log.warning("restore from %s: %d connections not restored: engine %s cannot restore them",
-                    path, header["connections"], director.engine.name)
-    elif header.get("conn_record_size") != _conn_record_size() or len(blob) % _conn_record_size():
-        log.warning("restore from %s: connection records of %s bytes, this lbd's are %d: connections skipped",
-                    path, header.get("conn_record_size"), _conn_record_size())
-    else:
-        aged, expired = _age_connections(blob, int(age_s * 1000))
-        outcome = restore(aged, int(time.monotonic() * 1000))
-        if expired:
-            outcome["expired"] = expired
-        result["connections"] = outcome
-        log.info("restore from %s (saved %.1f s ago): connections %s", path, age_s,
-                 ", ".join(f"{k} {v}" for k, v in sorted(outcome.items())) or "none")
-    return result
 
 
 async def _snapshot_loop(director: Director, path: Path, stop: asyncio.Event) -> None:
@@ -563,12 +317,12 @@ async def _snapshot_loop(director: Director, path: Path, stop: asyncio.Event) ->
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=SNAPSHOT_EVERY_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if stop.is_set():
             break
         try:
-            summary = save_state(director, path)
+            summary = statefile.save_state(director, path)
             log.debug("state saved to %s: %s", path, summary)
             last_error = ""
         except Exception as exc:  # keep serving; say it once per distinct problem
@@ -610,13 +364,13 @@ def cleanup(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 1
     log.info("queue %d: rules removed; packets to the VIPs reach this host's own stack now "
-             "(the state file, if any, is kept: %s)", args.queue_num, state_path(args.state_dir, args.queue_num))
+             "(the state file, if any, is kept: %s)", args.queue_num, statefile.state_path(args.state_dir, args.queue_num))
     return 0
 
 
 async def run(args: argparse.Namespace) -> int:
     path = socket_path(args.socket)
-    if _socket_alive(path):
+    if socket_alive(path):
         log.error("another lbd is already listening on %s", path)
         return 1
     engine = make_engine(args.engine, args.conn_max)
@@ -630,7 +384,7 @@ async def run(args: argparse.Namespace) -> int:
         if problem:
             log.error("cannot manage iptables rules: %s", problem)
             return 1
-    snapshot = state_path(args.state_dir, args.queue_num) if args.state_dir else None
+    snapshot = statefile.state_path(args.state_dir, args.queue_num) if args.state_dir else None
     restoring = snapshot is not None and (args.restore or (not args.config and snapshot.exists()))
     resolver, close_resolver = make_resolver()
     # Absolute: a reload must read the same file whatever lbd's working directory is then.
@@ -655,7 +409,7 @@ async def run(args: argparse.Namespace) -> int:
         if restoring:
             assert snapshot is not None
             if snapshot.exists():
-                restore_state(director, snapshot)
+                statefile.restore_state(director, snapshot)
             else:
                 log.warning("--restore: no state file %s; starting empty", snapshot)
         if args.config:
@@ -721,7 +475,7 @@ async def run(args: argparse.Namespace) -> int:
             engine.stop()  # no packet changes the tables any more: the last snapshot is exact
         if ready and snapshot is not None:
             try:
-                log.info("state saved to %s: %s", snapshot, save_state(director, snapshot))
+                log.info("state saved to %s: %s", snapshot, statefile.save_state(director, snapshot))
             except Exception as exc:
                 log.error("saving state to %s failed: %s", snapshot, exc)
         close_resolver()
@@ -795,14 +549,10 @@ def main(argv: list[str] | None = None) -> int:
         return check(args)
     if args.cleanup:
         return cleanup(args)
-    try:
-        import uvloop
+    import uvloop  # a declared dependency: lbd's event loop
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a declared dependency
-        runner = asyncio.run
     try:
-        return int(runner(run(args)))
+        return int(uvloop.run(run(args)))
     except KeyboardInterrupt:
         return 130
 

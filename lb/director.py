@@ -12,10 +12,9 @@ then they go to the engine one by one, and if the engine still refuses one, the 
 applied are undone in reverse order; the iptables rules are synced once at the end.
 
 Counters: `zero` (ipvsadm -Z, for all services or one) uses the engine's zero/zero_service
-and restarts the rate estimators (lb/estimator.py) from the zeroed counters. With an engine
-that cannot zero one service (the Python engine), lbd keeps a baseline per service and
-destination instead and `list` reports counters minus baseline, as the kernel does with
-ustats0 (ip_vs_zero_stats).
+and restarts the rate estimators (lb/estimator.py) from the zeroed counters.
+
+The engine is used through lb.engine.Engine only: both engines implement all of it.
 """
 
 from __future__ import annotations
@@ -23,16 +22,16 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from lb import __version__
-from lb.engine import Engine, EngineError, FwdState
+from lb import __version__, unimplemented
+from lb.engine import Engine, EngineError
 from lb.estimator import Estimator, HandshakeSample, StallEvent, StallWatch
+from lb.fwdstate import DestKey, ForwardingStates, FwdStatus, Resolver
 from lb.model import ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats, SynproxyConf
 from lb.reconcile import (
     COMMAND_TYPES,
-    DEFAULT_TIMEOUTS,
     AddDest,
     AddLaddr,
     AddService,
@@ -50,49 +49,19 @@ from lb.reconcile import (
     Timeouts,
     Zero,
     inverse,
-    parse_command,
-    parse_key,
     plan,
     synproxy_to_json,
 )
+from lb.requests import parse_command, parse_key
 from lb.totals import TotalStats
 
 log = logging.getLogger("lbd")
 
-UNRESOLVED_WARN_AFTER_S = 3.0
 LOG_EACH_MAX = 50  # a change of more commands is logged as one summary line (details at DEBUG)
 
 
 class Rules(Protocol):
     def sync(self, services: list[tuple[int, str, int]], extra: list[str] = ...) -> object: ...
-
-
-@dataclass
-class FwdStatus:
-    """What lbd knows about one destination's forwarding state."""
-
-    state: str  # "resolved", "unresolved" or "n/a"
-    ifname: str = ""
-    mac: str = ""
-    reason: str = ""
-    since: float = 0.0  # monotonic time the state was entered
-    warned: bool = False
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """Outcome of resolving a destination: a complete FwdState, or why not."""
-
-    fwd: FwdState | None
-    ifname: str = ""
-    reason: str = ""
-
-
-Resolver = Callable[[str], Resolution]
-
-
-def _mac(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in b)
 
 
 class BatchError(EngineError):
@@ -105,9 +74,9 @@ class BatchError(EngineError):
         self.reason = reason or message  # without the "request N (...)" prefix
 
 
-# Keys of the counter baselines and rate estimators.
+# Keys of the rate estimators.
 StatsKey = tuple[object, ...]  # ("svc", ServiceKey) | ("dest", ServiceKey, addr, port)
-_STAT_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+
 
 
 def _svc_stats_key(key: ServiceKey) -> StatsKey:
@@ -118,27 +87,30 @@ def _dest_stats_key(key: ServiceKey, addr: str, port: int) -> StatsKey:
     return ("dest", key, addr, port)
 
 
+def _of_service(key: ServiceKey, skey: StatsKey) -> bool:
+    """Whether estimator key `skey` is service `key`'s or one of its destinations'."""
+    return skey[1] == key
+
+
 class Director:
     def __init__(self, engine: Engine, rules: Rules | None, resolver: Resolver | None,
                  config_path: str | None = None, *, queue_num: int | None = None,
                  conntrack: bool = False, down_policy: str = "open") -> None:
         self.engine = engine
         self.rules = rules
-        self.resolver = resolver
         self.config_path = config_path  # what `reload` re-reads (lbd --config)
         self.queue_num = queue_num  # reported by `ping` (lbadm doctor finds lbd's chains by it)
         self.conntrack = conntrack  # lbd --conntrack: the IPVS conntrack sysctl analogue
         self.down_policy = down_policy  # lbd --down-policy: what packets do while no lbd runs
-        self.fwd_status: dict[tuple[ServiceKey, str, int], FwdStatus] = {}
-        get_timeouts = getattr(engine, "get_timeouts", None)
-        self.timeouts: Timeouts = Timeouts(*get_timeouts()) if get_timeouts is not None else DEFAULT_TIMEOUTS
-        self.estimator = Estimator()
-        self.stalls = StallWatch()
+        self.fwd = ForwardingStates(engine, resolver)
+        self.timeouts: Timeouts = Timeouts(*engine.get_timeouts())
+        self.estimator: Estimator[StatsKey] = Estimator()
+        self.stalls: StallWatch[DestKey] = StallWatch()
         # SYN-proxy settings as last applied (the engines cannot report them): the global default
         # and the services that have their own.
         self.synproxy_default = SynproxyConf()
         self.synproxy_confs: dict[ServiceKey, SynproxyConf] = {}
-        self._baselines: dict[StatsKey, Stats] = {}
+        self._last_refusals: dict[str, int] = {}  # REFUSAL_LOGS counters at the previous tick
         self.totals = TotalStats()  # IPVS's tot_stats: every service's counters, deleted ones included
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self._ping,
@@ -146,6 +118,9 @@ class Director:
             "connections": self._connections,
             "counters": self._counters,
             "get_timeout": self._get_timeout,
+            "get_daemon": self._get_daemon,
+            "start_daemon": self._start_daemon,
+            "stop_daemon": self._stop_daemon,
             "batch": self._batch,
             "reload": self._reload,
         }
@@ -201,69 +176,22 @@ class Director:
         if self.rules is not None:
             self.rules.sync(self._service_keys(), extra=self._reply_matches() + self._icmp_matches())
 
-    # ------------------------------------------------------------ forwarding state
+    # ------------------------------------------------------------ forwarding state (lb.fwdstate)
+    @property
+    def fwd_status(self) -> dict[DestKey, FwdStatus]:
+        return self.fwd.status
+
     def resolve_dest(self, key: ServiceKey, dest: DestSpec) -> None:
         """Resolve and install one destination's forwarding state, or invalidate it."""
-        ident = (key, dest.addr, dest.port)
-        if self.resolver is None:
-            self.fwd_status[ident] = FwdStatus("n/a", reason="no resolver (engine driven directly)")
-            return
-        res = self.resolver(dest.addr)
-        previous = self.fwd_status.get(ident)
-        now = time.monotonic()
-        if res.fwd is None:
-            self.engine.set_fwd(key, dest.addr, dest.port, None)
-            if previous is not None and previous.state == "unresolved":
-                status = FwdStatus("unresolved", ifname=res.ifname, reason=res.reason,
-                                   since=previous.since, warned=previous.warned)
-            else:
-                status = FwdStatus("unresolved", ifname=res.ifname, reason=res.reason, since=now)
-                log.info("destination %s:%d of %s: resolving forwarding state (%s)", dest.addr, dest.port, key, res.reason)
-            if not status.warned and now - status.since >= UNRESOLVED_WARN_AFTER_S:
-                status.warned = True
-                log.warning("destination %s:%d of %s: forwarding state unresolved for %.0f s: %s; "
-                            "its packets are dropped and counted as no_l2",
-                            dest.addr, dest.port, key, now - status.since, res.reason)
-        else:
-            self.engine.set_fwd(key, dest.addr, dest.port, res.fwd)
-            status = FwdStatus("resolved", ifname=res.ifname, mac=_mac(res.fwd.dst_mac), since=now)
-            if previous is None or previous.state != "resolved" or previous.mac != status.mac or previous.ifname != status.ifname:
-                log.info("destination %s:%d of %s: via %s, MAC %s, source %s, mtu %d",
-                         dest.addr, dest.port, key, res.ifname, status.mac, res.fwd.saddr, res.fwd.mtu)
-            else:
-                status.since = previous.since
-        self.fwd_status[ident] = status
+        self.fwd.resolve(key, dest)
 
     def refresh_all(self, only_unresolved: bool = False) -> int:
         """Re-resolve every destination (or only unresolved ones); returns how many remain unresolved."""
-        unresolved = 0
-        for svc in self.engine.services():
-            for d in svc.dests:
-                ident = (svc.spec.key, d.spec.addr, d.spec.port)
-                st = self.fwd_status.get(ident)
-                if only_unresolved and st is not None and st.state == "resolved":
-                    continue
-                try:
-                    self.resolve_dest(svc.spec.key, d.spec)
-                except EngineError as exc:  # destination deleted meanwhile
-                    log.debug("refresh of %s skipped: %s", ident, exc)
-                    continue
-                if self.fwd_status[ident].state == "unresolved":
-                    unresolved += 1
-        return unresolved
+        return self.fwd.refresh(only_unresolved)
 
     def invalidate_all(self) -> None:
         """Drop every destination's forwarding state (e.g. after a route change) and re-resolve."""
-        self.refresh_all(only_unresolved=False)
-
-    def _resolve_safely(self, key: ServiceKey, dest: DestSpec) -> None:
-        """After a committed change: resolution problems leave the destination unresolved, never fail the change."""
-        try:
-            self.resolve_dest(key, dest)
-        except EngineError as exc:
-            log.debug("resolving %s:%d of %s skipped: %s", dest.addr, dest.port, key, exc)
-        except Exception:  # the refresh loop retries
-            log.exception("resolving %s:%d of %s failed", dest.addr, dest.port, key)
+        self.fwd.refresh(only_unresolved=False)
 
     # ------------------------------------------------------------ state
     def running_state(self) -> State:
@@ -346,26 +274,18 @@ class Director:
             e.edit_dest(cmd.key, cmd.dest)
         elif isinstance(cmd, DelDest):
             e.del_dest(cmd.key, cmd.addr, cmd.port)
-        elif isinstance(cmd, (AddLaddr, DelLaddr)):
-            method = getattr(e, "add_laddr" if isinstance(cmd, AddLaddr) else "del_laddr", None)
-            if method is None:
-                raise EngineError("EOPNOTSUPP", f"engine {e.name} has no FULLNAT local addresses")
-            method(cmd.key, cmd.addr)
+        elif isinstance(cmd, AddLaddr):
+            e.add_laddr(cmd.key, cmd.addr)
+        elif isinstance(cmd, DelLaddr):
+            e.del_laddr(cmd.key, cmd.addr)
         elif isinstance(cmd, Clear):
             e.clear()
         elif isinstance(cmd, SetTimeout):
             new = self.timeouts.merged(cmd.timeouts)
-            # Engines with set_timeouts (C) apply them to their state table; others (Python)
-            # only have them stored and reported.
-            set_timeouts = getattr(e, "set_timeouts", None)
-            if set_timeouts is not None:
-                set_timeouts(new.tcp, new.tcpfin, new.udp)
+            e.set_timeouts(new.tcp, new.tcpfin, new.udp)
             self.timeouts = new
         elif isinstance(cmd, SetSynproxy):
-            set_synproxy = getattr(e, "set_synproxy", None)
-            if set_synproxy is None:
-                raise EngineError("EOPNOTSUPP", f"engine {e.name} has no SYN-proxy settings")
-            set_synproxy(cmd.key, cmd.conf if cmd.key is not None or cmd.conf is not None else SynproxyConf())
+            e.set_synproxy(cmd.key, cmd.conf if cmd.key is not None or cmd.conf is not None else SynproxyConf())
         elif isinstance(cmd, Zero):
             pass  # counters only: applied in _committed, after everything else succeeded
         else:  # pragma: no cover
@@ -391,12 +311,12 @@ class Director:
             elif isinstance(cmd, DelService):
                 for ident in [i for i in self.fwd_status if i[0] == cmd.key]:
                     del self.fwd_status[ident]
-                self._forget_stats(lambda k, key=cmd.key: k[1] == key)
+                self._forget_stats(functools.partial(_of_service, cmd.key))
                 to_resolve = {i: None for i in to_resolve if i[0] != cmd.key}
             elif isinstance(cmd, DelDest):
                 ident = (cmd.key, cmd.addr, cmd.port)
                 self.fwd_status.pop(ident, None)
-                self._forget_stats(lambda k, d=_dest_stats_key(*ident): k == d)
+                self._forget_stats(_dest_stats_key(*ident).__eq__)
                 to_resolve.pop(ident, None)
             elif isinstance(cmd, (AddDest, EditDest)):
                 to_resolve[(cmd.key, cmd.dest.addr, cmd.dest.port)] = None
@@ -412,7 +332,7 @@ class Director:
             svc = final.services.get(key)
             dest = svc.dests.get((addr, port)) if svc is not None else None
             if dest is not None:
-                self._resolve_safely(key, dest)
+                self.fwd.resolve_safely(key, dest)
 
     # ------------------------------------------------------------ operations
     def _ping(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -445,6 +365,17 @@ class Director:
 
     def _get_timeout(self, _args: dict[str, Any]) -> dict[str, int]:
         return self.timeouts.to_json()
+
+    # The IPVS connection sync daemon (lb.unimplemented): none ever runs, as on a kernel director
+    # where none was started: `ipvsadm -L --daemon` lists nothing, --stop-daemon finds none.
+    def _get_daemon(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {"daemons": []}
+
+    def _start_daemon(self, _args: dict[str, Any]) -> None:
+        raise EngineError("EOPNOTSUPP", unimplemented.entry("start-daemon").message)
+
+    def _stop_daemon(self, _args: dict[str, Any]) -> None:
+        raise EngineError("ESRCH", "no connection sync daemon is running")
 
     # ------------------------------------------------------------ configuration files
     def apply_config(self, config: Any, what: str = "reload") -> dict[str, Any]:
@@ -550,12 +481,9 @@ class Director:
 
     def _log_refusals(self) -> None:
         """Counted refusals become log lines too (issue 3: exhausted pools; issue 8: full table)."""
-        read = getattr(self.engine, "counters", None)
-        if read is None:  # engines always count; test doubles may not
-            return
-        counters = read()
-        last = getattr(self, "_last_refusals", None) or {}
-        entries = getattr(self.engine, "conn_count", lambda: 0)()
+        counters = self.engine.counters()
+        last = self._last_refusals
+        entries = self.engine.conn_count()
         for reason, text in self.REFUSAL_LOGS.items():
             n = counters.get(reason, 0) - last.get(reason, counters.get(reason, 0))
             if n > 0:
@@ -563,11 +491,11 @@ class Director:
         self._last_refusals = {r: counters.get(r, 0) for r in self.REFUSAL_LOGS}
 
     @staticmethod
-    def _log_stall(event: StallEvent) -> None:
+    def _log_stall(event: StallEvent[DestKey]) -> None:
         """Once per episode: a WARNING with issue 7's diagnosis when it starts, an INFO when it ends."""
-        key, addr, port = event.key  # type: ignore[misc]
+        key, addr, port = event.key
         if event.started:
-            from lb.doctor import STALL_CAUSES
+            from lb.doctor.checks_sampled import STALL_CAUSES
 
             log.warning("destination %s:%d of %s: %d handshakes stalled in %g s; frames leave the director "
                         "but no client ACK returns. Likely causes: %s (client SYN retransmissions +%d, "
@@ -580,62 +508,36 @@ class Director:
                      addr, port, key, event.window_s, event.syn_retrans, event.handshakes)
 
     def _zero(self, key: ServiceKey | None) -> None:
-        """ipvsadm -Z [service]: counters and rates of the service(s) and their destinations restart at 0.
-
-        Engines with zero_service (C) zero their own counters; the estimators restart from 0
-        (ip_vs_zero_estimator). Engines without it keep their counters and lbd keeps a
-        baseline per object that `list` subtracts (the kernel's ustats0). The totals restart
-        at 0 with everything, and keep what one service had counted when it alone is zeroed.
-        """
+        """ipvsadm -Z [service]: counters and rates of the service(s) and their destinations restart at 0:
+        the engine zeroes its counters, the estimators restart from 0 (ip_vs_zero_estimator). The totals
+        restart at 0 with everything, and keep what one service had counted when it alone is zeroed."""
         if key is None:
             self.totals.zero()
+            self.engine.zero()
         else:
             self.totals.retire(self._service_counters().get(key, Stats()))
-        zero_service = getattr(self.engine, "zero_service", None)
-        if zero_service is not None:
-            if key is None:
-                self.engine.zero()
-            else:
-                zero_service(key)
-            services = [s for s in self.engine.services() if key is None or s.spec.key == key]
-            for skey in self._stats_samples(services):
-                self._baselines.pop(skey, None)
-                self.estimator.zero(skey, Stats())
-            return
+            self.engine.zero_service(key)
         services = [s for s in self.engine.services() if key is None or s.spec.key == key]
-        for skey, raw in self._stats_samples(services).items():
-            self._baselines[skey] = Stats(**raw.to_json())
-            self.estimator.zero(skey, raw)
+        for skey in self._stats_samples(services):
+            self.estimator.zero(skey, Stats())
 
     def _forget_stats(self, match: Callable[[StatsKey], bool]) -> None:
-        gone = [k for k in self._baselines if match(k)]
-        for k in gone:
-            del self._baselines[k]
         self.estimator.forget([k for k in self.estimator.keys() if match(k)])
 
     def _shown(self, skey: StatsKey, raw: Stats) -> dict[str, int]:
-        """Counters since the last zero, plus rates: a `stats` object of `list`."""
-        base = self._baselines.get(skey)
-        if base is not None and any(getattr(raw, f) < getattr(base, f) for f in _STAT_FIELDS):
-            del self._baselines[skey]  # the engine reset these counters itself (object re-created)
-            base = None
-        counters = raw.to_json() if base is None else {f: getattr(raw, f) - getattr(base, f) for f in _STAT_FIELDS}
-        return {**counters, **self.estimator.read(skey).to_json()}
+        """Counters since the object was created or last zeroed, plus rates: a `stats` object of `list`."""
+        return {**raw.to_json(), **self.estimator.read(skey).to_json()}
 
     def _service_counters(self) -> dict[ServiceKey, Stats]:
         """Each live service's counters since its last zero (`list`'s, without the rates)."""
-        result: dict[ServiceKey, Stats] = {}
-        for s in self.engine.services():
-            shown = self._shown(_svc_stats_key(s.spec.key), s.stats)
-            result[s.spec.key] = Stats(**{f: shown[f] for f in _STAT_FIELDS})
-        return result
+        return {s.spec.key: s.stats for s in self.engine.services()}
 
     def _list(self, args: dict[str, Any]) -> dict[str, Any]:
         only = parse_key(args["service"]) if args.get("service") else None
         services = self.engine.services()
         if only is not None and all(s.spec.key != only for s in services):
             raise EngineError("ESRCH", f"no such service {only}")
-        table_size = getattr(self.engine, "table_size", lambda: 4096)()
+        table_size = self.engine.table_size()
         out = []
         for s in services:
             if only is not None and s.spec.key != only:
@@ -669,16 +571,9 @@ class Director:
 
     def _counters(self, _args: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {"reasons": self.engine.counters()}
-        nfq_stats = getattr(self.engine, "nfq_stats", None)
-        per_queue = getattr(self.engine, "nfq_queue_stats", None)
-        if per_queue is not None:
-            # One snapshot: the totals are the sum of exactly the per-queue figures shown.
-            queues = per_queue()  # in queue order (lbd --queue-balance: one per thread)
-            result["nfq_queues"] = queues
-            result["nfq"] = {k: sum(q[k] for q in queues) for k in queues[0]} if queues else {}
-        elif nfq_stats is not None:
-            result["nfq"] = nfq_stats()
-        synproxy_stats = getattr(self.engine, "synproxy_stats", None)
-        if synproxy_stats is not None:
-            result["synproxy"] = synproxy_stats()
+        # One snapshot: the totals are the sum of exactly the per-queue figures shown.
+        queues = self.engine.nfq_queue_stats()  # in queue order (lbd --queue-balance: one per thread)
+        result["nfq_queues"] = queues
+        result["nfq"] = {k: sum(q[k] for q in queues) for k in queues[0]} if queues else {}
+        result["synproxy"] = self.engine.synproxy_stats()
         return result

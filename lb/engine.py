@@ -12,67 +12,66 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from lb._ffi import lib
-from lb.model import ConnInfo, DestSpec, ServiceInfo, ServiceKey, ServiceSpec
+from lb import consts as C
+from lb.model import ConnInfo, DestSpec, ServiceInfo, ServiceKey, ServiceSpec, SynproxyConf
 
-SOCKET_MARK_BASE = lib.LB_SOCKET_MARK_BASE
-TOA_LEN = lib.LB_TOA_LEN
-IPIP_OVERHEAD = lib.LB_IPIP_OVERHEAD
+SOCKET_MARK_BASE = C.LB_SOCKET_MARK_BASE
+TOA_LEN = C.LB_TOA_LEN  # bytes
+IPIP_OVERHEAD = C.LB_IPIP_OVERHEAD  # bytes
+
+# The enums' member names are Python's API; their values, and that every constant of the C
+# enum has a member, come from lb_api.h (tests/unit/test_consts.py).
 
 
 class Verdict(enum.IntEnum):
-    ACCEPT = lib.LB_V_ACCEPT
-    DROP = lib.LB_V_DROP
-    MANGLE = lib.LB_V_MANGLE
-    XMIT_L2 = lib.LB_V_XMIT_L2
-    ANSWER = lib.LB_V_ANSWER
+    ACCEPT = C.LB_V_ACCEPT
+    DROP = C.LB_V_DROP
+    MANGLE = C.LB_V_MANGLE
+    XMIT_L2 = C.LB_V_XMIT_L2
+    ANSWER = C.LB_V_ANSWER
 
 
 class Reason(enum.IntEnum):
-    FORWARDED = lib.LB_R_FORWARDED
-    NOT_IPV4 = lib.LB_R_NOT_IPV4
-    MALFORMED = lib.LB_R_MALFORMED
-    BAD_CSUM = lib.LB_R_BAD_CSUM
-    FRAGMENT = lib.LB_R_FRAGMENT
-    NOT_LB_PROTO = lib.LB_R_NOT_LB_PROTO
-    NO_SERVICE = lib.LB_R_NO_SERVICE
-    NO_CONN = lib.LB_R_NO_CONN
-    NO_DEST = lib.LB_R_NO_DEST
-    TABLE_FULL = lib.LB_R_TABLE_FULL
-    DEST_UNAVAILABLE = lib.LB_R_DEST_UNAVAILABLE
-    NO_L2 = lib.LB_R_NO_L2
-    FRAG_NEEDED = lib.LB_R_FRAG_NEEDED
-    NO_LADDR = lib.LB_R_NO_LADDR
-    ICMP = lib.LB_R_ICMP
-    TOA_NO_ROOM = lib.LB_R_TOA_NO_ROOM
-    TTL_EXCEEDED = lib.LB_R_TTL_EXCEEDED
-    SP_COOKIE = lib.LB_R_SP_COOKIE
-    SP_BAD_COOKIE = lib.LB_R_SP_BAD_COOKIE
-    SP_HELD = lib.LB_R_SP_HELD
-    SP_HANDSHAKE = lib.LB_R_SP_HANDSHAKE
+    FORWARDED = C.LB_R_FORWARDED
+    NOT_IPV4 = C.LB_R_NOT_IPV4
+    MALFORMED = C.LB_R_MALFORMED
+    BAD_CSUM = C.LB_R_BAD_CSUM
+    FRAGMENT = C.LB_R_FRAGMENT
+    NOT_LB_PROTO = C.LB_R_NOT_LB_PROTO
+    NO_SERVICE = C.LB_R_NO_SERVICE
+    NO_CONN = C.LB_R_NO_CONN
+    NO_DEST = C.LB_R_NO_DEST
+    TABLE_FULL = C.LB_R_TABLE_FULL
+    DEST_UNAVAILABLE = C.LB_R_DEST_UNAVAILABLE
+    NO_L2 = C.LB_R_NO_L2
+    FRAG_NEEDED = C.LB_R_FRAG_NEEDED
+    NO_LADDR = C.LB_R_NO_LADDR
+    ICMP = C.LB_R_ICMP
+    TOA_NO_ROOM = C.LB_R_TOA_NO_ROOM
+    TTL_EXCEEDED = C.LB_R_TTL_EXCEEDED
+    SP_COOKIE = C.LB_R_SP_COOKIE
+    SP_BAD_COOKIE = C.LB_R_SP_BAD_COOKIE
+    SP_HELD = C.LB_R_SP_HELD
+    SP_HANDSHAKE = C.LB_R_SP_HANDSHAKE
 
 
 class ConnState(enum.IntEnum):
-    NONE = lib.LB_S_NONE
-    ESTABLISHED = lib.LB_S_ESTABLISHED
-    SYN_SENT = lib.LB_S_SYN_SENT
-    SYN_RECV = lib.LB_S_SYN_RECV
-    FIN_WAIT = lib.LB_S_FIN_WAIT
-    TIME_WAIT = lib.LB_S_TIME_WAIT
-    CLOSE = lib.LB_S_CLOSE
-    CLOSE_WAIT = lib.LB_S_CLOSE_WAIT
-    LAST_ACK = lib.LB_S_LAST_ACK
-    LISTEN = lib.LB_S_LISTEN
-    SYNACK = lib.LB_S_SYNACK
-    UDP = lib.LB_S_UDP
+    NONE = C.LB_S_NONE
+    ESTABLISHED = C.LB_S_ESTABLISHED
+    SYN_SENT = C.LB_S_SYN_SENT
+    SYN_RECV = C.LB_S_SYN_RECV
+    FIN_WAIT = C.LB_S_FIN_WAIT
+    TIME_WAIT = C.LB_S_TIME_WAIT
+    CLOSE = C.LB_S_CLOSE
+    CLOSE_WAIT = C.LB_S_CLOSE_WAIT
+    LAST_ACK = C.LB_S_LAST_ACK
+    LISTEN = C.LB_S_LISTEN
+    SYNACK = C.LB_S_SYNACK
+    UDP = C.LB_S_UDP
 
 
-FWD_IDS = {
-    "route": lib.LB_FWD_ROUTE,
-    "tunnel": lib.LB_FWD_TUNNEL,
-    "masq": lib.LB_FWD_MASQ,
-    "fullnat": lib.LB_FWD_FULLNAT,
-}
+# Forwarding methods by name ("route", "tunnel", "masq", "fullnat"): enum lb_fwd, lower-cased.
+FWD_IDS: dict[str, int] = {name.lower(): value for name, value in C.enum_members("lb_fwd", "LB_FWD_").items()}
 FWD_NAMES = {v: k for k, v in FWD_IDS.items()}
 
 
@@ -84,18 +83,8 @@ class EngineError(Exception):
         self.errno_name = errno_name
 
 
-# Negative LB_E* codes -> symbolic errno names understood by lbadm.
-ERRNO_NAMES = {
-    lib.LB_ENOENT: "ENOENT",
-    lib.LB_ESRCH: "ESRCH",
-    lib.LB_EIO: "EIO",
-    lib.LB_ENOMEM: "ENOMEM",
-    lib.LB_EBUSY: "EBUSY",
-    lib.LB_EEXIST: "EEXIST",
-    lib.LB_EINVAL: "EINVAL",
-    lib.LB_ENOSPC: "ENOSPC",
-    lib.LB_EOPNOTSUPP: "EOPNOTSUPP",
-}
+# Negative LB_E* codes -> symbolic errno names understood by lbadm (enum lb_err without LB_OK).
+ERRNO_NAMES: dict[int, str] = {value: name for name, value in C.enum_members("lb_err", "LB_").items() if value != 0}
 
 
 @dataclass(frozen=True)
@@ -119,13 +108,23 @@ class Action:
 
 
 class Engine(Protocol):
-    """Tables and packet path of one director instance."""
+    """Tables and packet path of one director instance: everything lbd (lb.director, lb.daemon)
+    and the Python NFQUEUE adapter call. Both engines implement all of it; mypy checks that
+    (tests/unit/test_engine_protocol.py), so callers never probe for a method."""
 
     name: str
 
+    # ---- packet path (no I/O; the caller supplies the time)
     def process(self, packet: bytes, now_ms: int) -> Action: ...
     def expire(self, now_ms: int) -> int: ...
+    def timers(self, now_ms: int) -> list[Action]:
+        """Run the due timers (SYN-proxy retransmissions, give-ups); their actions to send."""
+        ...
+    def timer_due(self) -> int | None:
+        """When the next timer is due (now_ms clock), None when none is pending."""
+        ...
 
+    # ---- configuration (all or nothing per call; EngineError with IPVS's errno name)
     def add_service(self, spec: ServiceSpec) -> None: ...
     def edit_service(self, spec: ServiceSpec) -> None: ...
     def del_service(self, key: ServiceKey) -> None: ...
@@ -140,12 +139,38 @@ class Engine(Protocol):
     def zero_service(self, key: ServiceKey) -> None: ...
     def set_timeouts(self, tcp_s: int, tcpfin_s: int, udp_s: int) -> None: ...
     def get_timeouts(self) -> tuple[int, int, int]: ...
+    def set_synproxy(self, key: ServiceKey | None, conf: SynproxyConf | None) -> None:
+        """The global SYN-proxy default (key None), or one service's own (conf None: the default)."""
+        ...
 
+    # ---- observation
     def services(self) -> list[ServiceInfo]: ...
+    def dest_flags(self, key: ServiceKey) -> dict[tuple[str, int], int]: ...
     def connections(self, now_ms: int) -> list[ConnInfo]: ...
-    def counters(self) -> dict[str, int]: ...
+    def counters(self) -> dict[str, int]:
+        """Packets per reason (lower-case reason names) since the engine started."""
+        ...
+    def synproxy_stats(self) -> dict[str, int]: ...
+    def conn_count(self) -> int: ...
+    def conn_max(self) -> int: ...
+    def table_size(self) -> int: ...
 
+    # ---- restart snapshots (lbd's state file, lb/statefile.py)
+    def dump_connections_raw(self, now_ms: int) -> bytes | None:
+        """Every live entry as packed struct lb_conn_info records; None: this engine cannot dump."""
+        ...
+    def restore_connections_raw(self, blob: bytes, now_ms: int) -> dict[str, int]:
+        """Recreate entries from dump_connections_raw() output; outcome counts by errno name."""
+        ...
+
+    # ---- packet source (NFQUEUE)
     def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False, *,
               queues: Sequence[int] | None = None, cpus: Sequence[int | None] | None = None,
               gso_mtu: int | None = None) -> None: ...
     def stop(self) -> None: ...
+    def nfq_stats(self) -> dict[str, int]:
+        """The adapter's counters summed over its queues ({} when not started)."""
+        ...
+    def nfq_queue_stats(self) -> list[dict[str, int]]:
+        """The adapter's counters per queue, in queue order ([] when not started)."""
+        ...

@@ -20,10 +20,13 @@ contributes no rate for that interval instead of a huge unsigned delta.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Mapping
+from typing import Generic, TypeVar
 
 from lb.model import Stats
+
+K = TypeVar("K", bound=Hashable)  # what a counter set is keyed by (lbd: a service or a destination)
 
 ESTIMATOR_TICK_S = 2.0  # the kernel's estimation_timer period (2 * HZ)
 
@@ -74,13 +77,13 @@ class _Entry:
         return Rates(**{rate: (self.avg[rate] + rnd) >> out for _, rate, _, rnd, out in _SCALES})
 
 
-class Estimator:
+class Estimator(Generic[K]):
     """Rate estimators for any number of counter sets, keyed by the caller (service, destination)."""
 
     def __init__(self) -> None:
-        self._entries: dict[Hashable, _Entry] = {}
+        self._entries: dict[K, _Entry] = {}
 
-    def tick(self, samples: Mapping[Hashable, Stats]) -> None:
+    def tick(self, samples: Mapping[K, Stats]) -> None:
         """One 2-second step: update every key in `samples`; forget keys that are gone."""
         for key in [k for k in self._entries if k not in samples]:
             del self._entries[key]
@@ -90,18 +93,18 @@ class Estimator:
                 entry = self._entries[key] = _Entry(Stats())
             entry.tick(counters)
 
-    def read(self, key: Hashable) -> Rates:
+    def read(self, key: K) -> Rates:
         entry = self._entries.get(key)
         return entry.read() if entry is not None else Rates()
 
-    def zero(self, key: Hashable, counters: Stats) -> None:
+    def zero(self, key: K, counters: Stats) -> None:
         """ip_vs_zero_estimator: rates 0, the current counters are the new reference."""
         self._entries[key] = _Entry(counters)
 
-    def keys(self) -> list[Hashable]:
+    def keys(self) -> list[K]:
         return list(self._entries)
 
-    def forget(self, keys: Iterable[Hashable]) -> None:
+    def forget(self, keys: Iterable[K]) -> None:
         for key in keys:
             self._entries.pop(key, None)
 
@@ -124,10 +127,10 @@ class HandshakeSample:
 
 
 @dataclass(frozen=True)
-class StallEvent:
+class StallEvent(Generic[K]):
     """An episode of stalled handshakes at one destination began (`started`) or ended."""
 
-    key: Hashable
+    key: K
     started: bool
     stalled: int  # handshakes stalled over the window (SYN retransmissions, bounded by new connections)
     syn_retrans: int  # deltas over the window
@@ -144,7 +147,7 @@ class _History:
         self.episodes = 0
 
 
-class StallWatch:
+class StallWatch(Generic[K]):
     """Per destination: is a stalled-handshake episode going on? (lbadm doctor's check, live in lbd.)
 
     In DR and IPIP the director sees only the client's side of a connection. A client that repeats
@@ -158,9 +161,9 @@ class StallWatch:
 
     def __init__(self, window_s: float = STALL_WINDOW_S) -> None:
         self.window_s = window_s
-        self._hist: dict[Hashable, _History] = {}
+        self._hist: dict[K, _History] = {}
 
-    def tick(self, now: float, samples: Mapping[Hashable, HandshakeSample]) -> list[StallEvent]:
+    def tick(self, now: float, samples: Mapping[K, HandshakeSample]) -> list[StallEvent[K]]:
         for key in [k for k in self._hist if k not in samples]:
             del self._hist[key]  # destination gone: its history and its episode counter go too
         events: list[StallEvent] = []
@@ -188,10 +191,10 @@ class StallWatch:
                 events.append(StallEvent(key, stalled, max(count, 0), d_retrans, d_hs, self.window_s))
         return events
 
-    def episodes(self, key: Hashable) -> int:
+    def episodes(self, key: K) -> int:
         h = self._hist.get(key)
         return h.episodes if h is not None else 0
 
-    def stalled(self, key: Hashable) -> bool:
+    def stalled(self, key: K) -> bool:
         h = self._hist.get(key)
         return h.stalled if h is not None else False

@@ -8,8 +8,8 @@ integers (lb_api.h convention).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
 import os
+from collections.abc import Sequence
 
 from lb._ffi import ffi, lib
 from lb.engine import (
@@ -24,16 +24,16 @@ from lb.engine import (
     Verdict,
 )
 from lb.model import (
+    TEMPLATE_ASSURED,
     ConnInfo,
     DestInfo,
     DestSpec,
+    LaddrInfo,
     ServiceInfo,
     ServiceKey,
-    LaddrInfo,
     ServiceSpec,
     Stats,
     SynproxyConf,
-    TEMPLATE_ASSURED,
 )
 
 
@@ -61,6 +61,10 @@ def _stats(c: object) -> Stats:
         outbytes=c.outbytes,  # type: ignore[attr-defined]
     )
 
+
+# ServiceSpec.sched_flags bit i (flag-1, -2, -3) <-> struct lb_svc_conf.flags bit:
+_SCHED_FLAG_BITS = (lib.LB_SVC_F_SCHED1, lib.LB_SVC_F_SCHED2, lib.LB_SVC_F_SCHED3)
+_NO_TIMER = 2**64 - 1  # lb_timer_due(): UINT64_MAX when nothing is due
 
 # Fields of struct lb_nfq_stats (lb_api.h), in declaration order.
 NFQ_STAT_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_nfq_stats").fields)
@@ -120,6 +124,9 @@ class CEngine:
         conf.persist_timeout_s = spec.persistent or 0
         conf.netmask = _ip2int(spec.netmask)
         conf.flags = (lib.LB_SVC_F_TOA if spec.toa else 0) | (lib.LB_SVC_F_SYNPROXY if spec.synproxy else 0)
+        for i, bit in enumerate(_SCHED_FLAG_BITS):
+            if spec.sched_flags & (1 << i):
+                conf.flags |= bit
         return conf
 
     @staticmethod
@@ -218,6 +225,11 @@ class CEngine:
         lib.lb_synproxy_get_stats(self._lb, st)
         return {name: getattr(st, name) for name in dir(st)}
 
+    def timer_due(self) -> int | None:
+        """When the next timer is due (None: none pending); the NFQUEUE thread polls by it itself."""
+        due = int(lib.lb_timer_due(self._lb))
+        return None if due == _NO_TIMER else due
+
     def timers(self, now_ms: int) -> list[Action]:
         """Run due timers (single-threaded use: tests); the NFQUEUE thread does this itself."""
         actions = []
@@ -262,6 +274,7 @@ class CEngine:
                 netmask=_int2ip(s.conf.netmask) if s.conf.netmask else "255.255.255.255",
                 toa=bool(s.conf.flags & lib.LB_SVC_F_TOA),
                 synproxy=bool(s.conf.flags & lib.LB_SVC_F_SYNPROXY),
+                sched_flags=sum(1 << i for i, bit in enumerate(_SCHED_FLAG_BITS) if s.conf.flags & bit),
             )
             result.append(
                 ServiceInfo(spec=spec, dests=self._dests(key), stats=_stats(s.stats), laddrs=self._laddrs(key))

@@ -43,8 +43,8 @@ Why this shape:
   kernel instead of dropped; the service then degrades to "not balanced", not to "black-holed".
 
 Rule text is generated in the exact form `iptables -S` prints (iptables 1.8.x), and rules read
-back are compared through a normalised key, so formatting differences between iptables versions
-cost at most a rewrite, never a wrong diff.
+back (lb.iptrules, the project's one iptables rule parser) are compared through a normalised key,
+so formatting differences between iptables versions cost at most a rewrite, never a wrong diff.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from lb import consts as C
+from lb.iptrules import TableState, parse_table, rule_key
+
 log = logging.getLogger(__name__)
 
 TABLE = "raw"
@@ -68,9 +71,8 @@ OUT_CHAIN_SUFFIX = "-OUT"
 COMMENT_PREFIX = "lbd q"
 OUT_COMMENT_SUFFIX = " out"
 # SO_MARK of lbd's raw IPPROTO_RAW socket is SOCKET_MARK_BASE | queue number ("LB" in the high
-# half, the queue in the low 16 bits). To become lib.LB_SOCKET_MARK once lb_api.h defines it;
-# until then the C adapter and this constant must agree (0x4C420000).
-SOCKET_MARK_BASE = 0x4C420000
+# half, the queue in the low 16 bits): lb_api.h's LB_SOCKET_MARK_BASE, which the C adapter uses.
+SOCKET_MARK_BASE = C.LB_SOCKET_MARK_BASE
 PROTO_TCP = 6
 PROTO_UDP = 17
 _PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp"}
@@ -265,47 +267,6 @@ def rule_pair(chain: str, match: str, target: str, *, track: bool = False) -> Ru
     )
 
 
-def rule_key(line: str) -> tuple[str, ...]:
-    """Normalise one `-A CHAIN ...` line so that equivalent spellings compare equal.
-
-    Option groups (an option and its arguments) are sorted; host addresses get /32; the implicit
-    `-m tcp|udp` that iptables prints for --sport/--dport is made explicit. Good enough for the
-    simple address/port matches lbd writes; anything fancier still compares verbatim per group.
-    """
-    tokens = shlex.split(line)
-    groups: list[list[str]] = []
-    negate = False
-    for tok in tokens:
-        if tok == "!":
-            negate = True
-            continue
-        if tok.startswith("-") and not _is_number(tok):
-            groups.append(["!" + tok] if negate else [tok])
-            negate = False
-        elif groups:
-            groups[-1].append(tok)
-        else:
-            groups.append([tok])
-    proto = None
-    for g in groups:
-        if g[0] in ("-p", "--protocol") and len(g) == 2:
-            proto = g[1]
-        if g[0] in ("-s", "-d", "--source", "--destination") and len(g) == 2 and "/" not in g[1]:
-            g[1] += "/32"
-    has_ports = any(g[0] in ("--sport", "--dport", "--source-port", "--destination-port") for g in groups)
-    if proto and has_ports and ["-m", proto] not in groups:
-        groups.append(["-m", proto])
-    return tuple(sorted(" ".join(g) for g in groups))
-
-
-def _is_number(tok: str) -> bool:
-    try:
-        int(tok)
-    except ValueError:
-        return False
-    return True
-
-
 # --------------------------------------------------------------------------- diff
 
 
@@ -338,7 +299,7 @@ def plan_sync(existing: Sequence[str], desired: Sequence[RulePair]) -> Plan:
     keys = [rule_key(line) for line in existing]
     used: set[int] = set()
     add: list[str] = []
-    seen_matches: set[tuple[str, ...]] = set()
+    seen_matches: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
     for pair in desired:
         nt_key = rule_key(pair.notrack) if pair.notrack is not None else ()
         q_key = rule_key(pair.queue)
@@ -378,45 +339,8 @@ def restore_script(lines: Iterable[str]) -> str:
     return f"*{TABLE}\n{body}\nCOMMIT\n"
 
 
-# --------------------------------------------------------------------------- reading -S
-
-
-@dataclass(frozen=True)
-class TableState:
-    """What `iptables -t raw -S` says about one of our chains and the jumps to it."""
-
-    chain_exists: bool
-    rules: list[str]  # "-A LBD-Q<N> ..." lines, in order
-    jumps: list[str]  # "-A PREROUTING ... -j LBD-Q<N>" lines (any raw chain jumping to it)
-
-
-def parse_table(text: str, chain: str) -> TableState:
-    """Our `chain` in `iptables -S` text (or one table of iptables-save text) and every jump to it.
-
-    A jump from any chain of the table counts: a leftover jump from anywhere would keep the chain
-    from being deleted, so every rule jumping to a chain of ours is ours to remove.
-    """
-    exists = False
-    rules: list[str] = []
-    jumps: list[str] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line in (f"-N {chain}", f":{chain} - [0:0]") or (line.startswith(f":{chain} ") and " - " in line):
-            exists = True
-        elif line.startswith(f"-A {chain} "):
-            rules.append(line)
-        elif line.startswith("-A ") and _jumps_to(line, chain):
-            jumps.append(line)
-    return TableState(exists, rules, jumps)
-
-
 def _has_jump_from(state: TableState, hook: str) -> bool:
     return any(j.startswith(f"-A {hook} ") for j in state.jumps)
-
-
-def _jumps_to(line: str, chain: str) -> bool:
-    tokens = shlex.split(line)
-    return any(tok in ("-j", "--jump", "-g", "--goto") and nxt == chain for tok, nxt in zip(tokens, tokens[1:]))
 
 
 # --------------------------------------------------------------------------- running

@@ -391,9 +391,7 @@ def _service_rule(svc: Json, label: str) -> str:
         line += " -o"
     flags = _sched_flags(svc)
     if flags:
-        # ipvsadm writes "-b"; in lbadm -b is DPVS's --fullnat, so the long form
-        # (which both tools accept) keeps the rule restorable by either.
-        line += f" --sched-flags {flags}"
+        line += f" -b {flags}"  # as ipvsadm -S: on -A, lbadm reads -b as --sched-flags too
     if svc.get("synproxy"):
         line += " -j enable"
     if svc.get("toa"):

@@ -147,14 +147,9 @@ def take_snapshot(director: Director, queues: Sequence[int] = ()) -> Snapshot:
     live = (Stats(**{f: svc["stats"][f] for f in STAT_FIELDS}) for svc in listing["services"])
     totals = director.totals.total(live)
     engine = director.engine
-
-    def optional(name: str) -> int | None:
-        method = getattr(engine, name, None)
-        return int(method()) if method is not None else None
-
     return Snapshot(info=info, listing=listing, counters=counters, totals=totals, queues=tuple(queues),
-                    conn_entries=optional("conn_count"), conn_limit=optional("conn_max"),
-                    hash_buckets=optional("table_size"), read_seconds=time.perf_counter() - started)
+                    conn_entries=engine.conn_count(), conn_limit=engine.conn_max(),
+                    hash_buckets=engine.table_size(), read_seconds=time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------ metric families
@@ -301,7 +296,7 @@ def lbd_families(snap: Snapshot) -> Iterator[Metric]:
     per_queue = per_queue or []
     names = [str(q) for q in snap.queues] if len(snap.queues) == len(per_queue) else \
         [str(i) for i in range(len(per_queue))]
-    yield from _field_families(NFQ_FIELDS, "lbd_nfqueue", ("queue",), zip(([n] for n in names), per_queue))
+    yield from _field_families(NFQ_FIELDS, "lbd_nfqueue", ("queue",), zip(([n] for n in names), per_queue, strict=True))
     synproxy = snap.counters.get("synproxy")
     if synproxy is not None:
         yield from _field_families(SYNPROXY_FIELDS, "lbd_synproxy", (), [([], synproxy)])

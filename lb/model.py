@@ -11,6 +11,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lb import consts as C
+
 PROTO_TCP = 6
 PROTO_UDP = 17
 PROTO_NAMES = {PROTO_TCP: "TCP", PROTO_UDP: "UDP"}
@@ -26,11 +28,46 @@ FORWARD_NAMES: dict[str, str] = {
     "fullnat": "FullNat",
 }
 
-SCHEDULERS = ("rr", "wlc")
+# The schedulers lbd has: the C registry's list (native/include/lb_sched_list.h), never retyped.
+SCHEDULERS: tuple[str, ...] = C.SCHEDULERS
+DEFAULT_SCHEDULER = "wlc"  # ipvsadm's DEF_SCHED, when -s / sched is not given
+
+
+def unknown_scheduler(name: str) -> str:
+    """The refusal of a scheduler lbd does not have (lbadm's and lbd's, with the registry's names)."""
+    return f"scheduler {name!r} is not implemented by lbd (lbd has: {', '.join(SCHEDULERS)})"
 
 # ipvsadm/IPVS limits.
-MAX_WEIGHT = 65535  # IP_VS_DEST_WEIGHT max accepted by ipvsadm
-MAX_THRESHOLD = 2**31 - 1
+MAX_WEIGHT = C.LB_DEST_WEIGHT_MAX  # INT_MAX, as the kernel and ipvsadm 1.31 (Debian) accept
+MAX_THRESHOLD = 2**31 - 1  # ipvsadm's INT_MAX for -x/-y
+
+# Scheduler flags (ipvsadm -b/--sched-flags): the kernel's three IP_VS_SVC_F_SCHED bits, kept as
+# bits 1, 2, 4 (flag-1, -2, -3). sh and mh name the first two after what they mean to them.
+SCHED_FLAG_ALL = 7
+_FLAG_BIT = {"flag-1": 1, "flag-2": 2, "flag-3": 4, "sh-fallback": 1, "sh-port": 2, "mh-fallback": 1, "mh-port": 2}
+
+
+def _flag_names(sched: str) -> tuple[str, str, str]:
+    return (f"{sched}-fallback", f"{sched}-port", "flag-3") if sched in ("sh", "mh") else ("flag-1", "flag-2", "flag-3")
+
+
+def sched_flag_names(sched: str, bits: int) -> list[str]:
+    """The flags of `bits` as ipvsadm prints them for scheduler `sched` (print_sched_flags)."""
+    return [name for i, name in enumerate(_flag_names(sched)) if bits & (1 << i)]
+
+
+def sched_flag_bits(sched: str, names: object) -> int:
+    """The bits of a list of flag names; ConfigError for an unknown flag or one of another scheduler."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"scheduler flags must be a list of names, got {names!r}")
+    bits = 0
+    for name in names:
+        if name not in _FLAG_BIT:
+            raise ConfigError(f"invalid scheduler flag {name!r}")
+        if not name.startswith("flag-") and name.split("-")[0] != sched:
+            raise ConfigError(f"scheduler flag {name!r} does not go with scheduler {sched!r}")
+        bits |= _FLAG_BIT[name]
+    return bits
 
 
 class ConfigError(ValueError):
@@ -80,7 +117,7 @@ class ServiceKey:
         return {"proto": self.proto_name.lower(), "addr": self.addr, "port": self.port}
 
     @classmethod
-    def from_json(cls, obj: dict[str, object]) -> "ServiceKey":
+    def from_json(cls, obj: dict[str, object]) -> ServiceKey:
         proto = PROTO_BY_NAME.get(str(obj.get("proto", "")).lower())
         if proto is None:
             raise ConfigError(f"unknown protocol {obj.get('proto')!r}")
@@ -90,15 +127,18 @@ class ServiceKey:
 @dataclass(frozen=True)
 class ServiceSpec:
     key: ServiceKey
-    sched: str = "wlc"  # ipvsadm's default scheduler
+    sched: str = DEFAULT_SCHEDULER
     persistent: int | None = None  # persistence timeout in seconds, None = off
     netmask: str = "255.255.255.255"
     toa: bool = False  # FULLNAT: client address to real servers in TCP option 254
     synproxy: bool = False  # answer SYNs with cookies, open to the real server after the ACK
+    sched_flags: int = 0  # bits 1, 2, 4: ipvsadm's flag-1..3 (sched_flag_names)
 
     def __post_init__(self) -> None:
         if self.sched not in SCHEDULERS:
-            raise ConfigError(f"unknown scheduler {self.sched!r} (known: {', '.join(SCHEDULERS)})")
+            raise ConfigError(unknown_scheduler(self.sched))
+        if not isinstance(self.sched_flags, int) or not 0 <= self.sched_flags <= SCHED_FLAG_ALL:
+            raise ConfigError(f"scheduler flags {self.sched_flags!r} out of range 0..{SCHED_FLAG_ALL}")
         if self.persistent is not None and not 1 <= self.persistent <= 2**31 - 1:
             raise ConfigError(f"persistence timeout {self.persistent} out of range")
         parse_ipv4(self.netmask)
@@ -111,18 +151,20 @@ class ServiceSpec:
             "netmask": self.netmask,
             "toa": self.toa,
             "synproxy": self.synproxy,
+            "sched_flags": sched_flag_names(self.sched, self.sched_flags),
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, object]) -> "ServiceSpec":
+    def from_json(cls, obj: dict[str, object]) -> ServiceSpec:
         persistent = obj.get("persistent")
         return cls(
             key=ServiceKey.from_json(obj),
-            sched=str(obj.get("sched", "wlc")),
+            sched=str(obj.get("sched", DEFAULT_SCHEDULER)),
             persistent=None if persistent is None else int(persistent),  # type: ignore[call-overload]
             netmask=str(obj.get("netmask", "255.255.255.255")),
             toa=bool(obj.get("toa", False)),
             synproxy=bool(obj.get("synproxy", False)),
+            sched_flags=sched_flag_bits(str(obj.get("sched", DEFAULT_SCHEDULER)), obj.get("sched_flags") or []),
         )
 
 
@@ -158,7 +200,7 @@ class DestSpec:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, object]) -> "DestSpec":
+    def from_json(cls, obj: dict[str, object]) -> DestSpec:
         return cls(
             addr=str(obj["addr"]),
             port=int(obj["port"]),  # type: ignore[call-overload]
@@ -198,28 +240,29 @@ class DestInfo:
 class SynproxyConf:
     """SYN-proxy settings (lb_api.h struct lb_synproxy_conf), global or per service."""
 
-    init_rto_ms: int = 200
-    max_rto_ms: int = 3000
-    max_retries: int = 3
-    mss: int = 1460
-    sack: bool = True
+    init_rto_ms: int = C.LB_SP_INIT_RTO_MS_DEFAULT
+    max_rto_ms: int = C.LB_SP_MAX_RTO_MS_DEFAULT
+    max_retries: int = C.LB_SP_MAX_RETRIES_DEFAULT
+    mss: int = C.LB_SP_MSS_DEFAULT
+    sack: bool = bool(C.LB_SP_SACK_DEFAULT)
     wscale: int = 0  # only 0 (no window scaling) is supported
     timestamps: bool = False  # only off is supported
     defer: bool = False
-    data_max_bytes: int = 1460
-    ack_storm_max: int = 10
+    data_max_bytes: int = C.LB_SP_DATA_MAX_BYTES_DEFAULT
+    ack_storm_max: int = C.LB_SP_ACK_STORM_MAX_DEFAULT
 
     def __post_init__(self) -> None:
-        if not 1 <= self.init_rto_ms <= self.max_rto_ms <= 120000:
-            raise ConfigError("SYN-proxy timeouts need 1 <= init_rto_ms <= max_rto_ms <= 120000")
-        if not 0 <= self.max_retries <= 15:
-            raise ConfigError(f"SYN-proxy max_retries {self.max_retries} out of range 0..15")
-        if not 536 <= self.mss <= 9000:
-            raise ConfigError(f"SYN-proxy mss {self.mss} out of range 536..9000")
+        if not 1 <= self.init_rto_ms <= self.max_rto_ms <= C.LB_SP_RTO_MS_MAX:
+            raise ConfigError(f"SYN-proxy timeouts need 1 <= init_rto_ms <= max_rto_ms <= {C.LB_SP_RTO_MS_MAX}")
+        if not 0 <= self.max_retries <= C.LB_SP_MAX_RETRIES_MAX:
+            raise ConfigError(f"SYN-proxy max_retries {self.max_retries} out of range 0..{C.LB_SP_MAX_RETRIES_MAX}")
+        if not C.LB_SP_MSS_MIN <= self.mss <= C.LB_SP_MSS_MAX:
+            raise ConfigError(f"SYN-proxy mss {self.mss} out of range {C.LB_SP_MSS_MIN}..{C.LB_SP_MSS_MAX}")
         if self.wscale or self.timestamps:
             raise ConfigError("SYN-proxy supports neither window scaling nor timestamps (documented subset)")
-        if not 0 <= self.data_max_bytes <= 1460:
-            raise ConfigError(f"SYN-proxy data_max_bytes {self.data_max_bytes} out of range 0..1460")
+        if not 0 <= self.data_max_bytes <= C.LB_SP_DATA_MAX_BYTES_MAX:
+            raise ConfigError(f"SYN-proxy data_max_bytes {self.data_max_bytes} out of range "
+                              f"0..{C.LB_SP_DATA_MAX_BYTES_MAX}")
 
     def to_json(self) -> dict[str, object]:
         return dict(self.__dict__)

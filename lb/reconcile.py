@@ -25,19 +25,18 @@ takes FULLNAT destinations: the model refuses the others with EOPNOTSUPP, as the
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Mapping, Union
+from typing import Any, ClassVar
 
 from lb.model import (
-    PROTO_BY_NAME,
-    SCHEDULERS,
     ConfigError,
     DestSpec,
     ServiceInfo,
     ServiceKey,
     ServiceSpec,
     SynproxyConf,
-    parse_ipv4,
+    sched_flag_names,
 )
 
 MAX_TIMEOUT_S = 86400 * 31  # ipvsadm's MAX_TIMEOUT (31 days), for --set and -p
@@ -68,7 +67,7 @@ class Timeouts:
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIMEOUT_S:
                 raise ConfigError(f"{name} timeout {value!r} out of range 0..{MAX_TIMEOUT_S} seconds")
 
-    def merged(self, update: "Timeouts") -> "Timeouts":
+    def merged(self, update: Timeouts) -> Timeouts:
         """`update` over self; 0 in `update` keeps the current value (ipvsadm --set semantics)."""
         return Timeouts(update.tcp or self.tcp, update.tcpfin or self.tcpfin, update.udp or self.udp)
 
@@ -76,9 +75,9 @@ class Timeouts:
         return {"tcp": self.tcp, "tcpfin": self.tcpfin, "udp": self.udp}
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> "Timeouts":
-        return cls(_as_int(obj.get("tcp", 0), "tcp"), _as_int(obj.get("tcpfin", 0), "tcpfin"),
-                   _as_int(obj.get("udp", 0), "udp"))
+    def from_json(cls, obj: Mapping[str, Any]) -> Timeouts:
+        return cls(as_int(obj.get("tcp", 0), "tcp"), as_int(obj.get("tcpfin", 0), "tcpfin"),
+                   as_int(obj.get("udp", 0), "udp"))
 
 
 # IPVS's defaults (ip_vs_proto_tcp.c ESTABLISHED / FIN_WAIT, ip_vs_proto_udp.c NORMAL);
@@ -96,7 +95,7 @@ class ServiceState:
     laddrs: dict[str, None] = field(default_factory=dict)  # an ordered set
     synproxy_conf: SynproxyConf | None = None  # None: the global default applies
 
-    def copy(self) -> "ServiceState":
+    def copy(self) -> ServiceState:
         return ServiceState(self.spec, dict(self.dests), dict(self.laddrs), self.synproxy_conf)
 
 
@@ -113,13 +112,13 @@ class State:
     # The global SYN-proxy default; None: not managed, as timeouts.
     synproxy_default: SynproxyConf | None = None
 
-    def copy(self) -> "State":
+    def copy(self) -> State:
         return State({k: s.copy() for k, s in self.services.items()}, self.timeouts, dict(self.lines),
                      self.synproxy_default)
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_services(cls, infos: Iterable[ServiceInfo], timeouts: Timeouts | None = None) -> "State":
+    def from_services(cls, infos: Iterable[ServiceInfo], timeouts: Timeouts | None = None) -> State:
         """The state an engine reports (`Engine.services()`)."""
         services = {}
         for info in infos:
@@ -131,7 +130,7 @@ class State:
         return cls(services, timeouts)
 
     @classmethod
-    def from_list_json(cls, listing: Mapping[str, Any], timeouts: Mapping[str, Any] | None = None) -> "State":
+    def from_list_json(cls, listing: Mapping[str, Any], timeouts: Mapping[str, Any] | None = None) -> State:
         """The state lbd reports over the control socket (`list`, `get_timeout` results)."""
         services = {}
         for svc in listing.get("services", []):
@@ -154,7 +153,7 @@ class State:
             raise StateError("ESRCH", f"no service {key}")
         return svc
 
-    def apply(self, cmd: "Command") -> None:
+    def apply(self, cmd: Command) -> None:
         """Change this state as the engine would, or raise StateError as the engine would."""
         if isinstance(cmd, AddService):
             if cmd.spec.key in self.services:
@@ -216,7 +215,7 @@ class State:
         else:  # pragma: no cover - the union is closed
             raise StateError("EOPNOTSUPP", f"unknown command {cmd!r}")
 
-    def apply_all(self, cmds: Iterable["Command"]) -> "State":
+    def apply_all(self, cmds: Iterable[Command]) -> State:
         for cmd in cmds:
             self.apply(cmd)
         return self
@@ -249,15 +248,16 @@ def _check_synproxy_dest(spec: ServiceSpec, dest: DestSpec) -> None:
 
 def _check_thresholds(key: ServiceKey, dest: DestSpec) -> None:
     # Kernel ip_vs_ctl.c refuses a lower threshold above the upper one, even when the upper is 0.
-    if dest.l_threshold > dest.u_threshold:
-        raise StateError("EINVAL", f"destination {dest.addr}:{dest.port} in {key}: lower threshold "
+    if dest.l_threshold > dest.u_threshold:  # ERANGE, as the kernel: "Numerical result out of range"
+        raise StateError("ERANGE", f"destination {dest.addr}:{dest.port} in {key}: lower threshold "
                                    f"{dest.l_threshold} is higher than upper threshold {dest.u_threshold}")
 
 
 # ---------------------------------------------------------------------------- commands
 
 _PROTO_SWITCH = {"tcp": "-t", "udp": "-u"}
-SPEC_FIELDS = tuple(f for f in ("sched", "persistent", "netmask", "toa", "synproxy") if f in ServiceSpec.__dataclass_fields__)
+SPEC_FIELDS = tuple(f for f in ("sched", "sched_flags", "persistent", "netmask", "toa", "synproxy")
+                    if f in ServiceSpec.__dataclass_fields__)
 _FWD_SWITCH = {"route": "-g", "tunnel": "-i", "masq": "-m", "fullnat": "-b"}
 
 
@@ -267,6 +267,8 @@ def _svc_words(key: ServiceKey) -> str:
 
 def _spec_words(spec: ServiceSpec) -> str:
     words = f"{_svc_words(spec.key)} -s {spec.sched}"
+    if spec.sched_flags:
+        words += f" -b {','.join(sched_flag_names(spec.sched, spec.sched_flags))}"
     if spec.persistent is not None:
         words += f" -p {spec.persistent}"
         if spec.netmask != "255.255.255.255":
@@ -461,7 +463,7 @@ def synproxy_to_json(conf: SynproxyConf) -> dict[str, Any]:
 
 def synproxy_from_json(obj: Any) -> SynproxyConf:
     """A complete or partial settings object (missing fields take SynproxyConf's defaults)."""
-    args = _mapping(obj, "SYN-proxy settings")
+    args = as_mapping(obj, "SYN-proxy settings")
     unknown = [k for k in args if k not in SYNPROXY_FIELDS]
     if unknown:
         raise StateError("EINVAL", f"unknown SYN-proxy setting(s) {', '.join(map(repr, unknown))} "
@@ -473,8 +475,8 @@ def synproxy_from_json(obj: Any) -> SynproxyConf:
                 raise StateError("EINVAL", f"SYN-proxy {name} must be a boolean, got {value!r}")
             values[name] = value
         else:
-            values[name] = _as_int(value, f"SYN-proxy {name}")
-    return _model(lambda: SynproxyConf(**values))
+            values[name] = as_int(value, f"SYN-proxy {name}")
+    return checked(lambda: SynproxyConf(**values))
 
 
 def _synproxy_words(conf: SynproxyConf | None) -> str:
@@ -505,132 +507,35 @@ class SetSynproxy(Command):
         return f"# synproxy {where}: {_synproxy_words(self.conf)}"
 
 
-AnyCommand = Union[AddService, EditService, DelService, AddDest, EditDest, DelDest,
-                   AddLaddr, DelLaddr, Clear, Zero, SetTimeout, SetSynproxy]
+AnyCommand = (AddService | EditService | DelService | AddDest | EditDest | DelDest | AddLaddr | DelLaddr
+              | Clear | Zero | SetTimeout | SetSynproxy)
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.op: c for c in (AddService, EditService, DelService, AddDest, EditDest, DelDest,
                       AddLaddr, DelLaddr, Clear, Zero, SetTimeout, SetSynproxy)
 }
 
 
-# ---------------------------------------------------------------------------- requests -> commands
+# ---------------------------------------------------------------------------- request values (lb.requests)
 
 
-def _as_int(value: Any, what: str) -> int:
+def as_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise StateError("EINVAL", f"{what} must be an integer, got {value!r}")
     return value
 
 
-def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+def as_mapping(value: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise StateError("EINVAL", f"{what} must be an object, got {value!r}")
     return value
 
 
-def _unsupported(args: Mapping[str, Any], names: Iterable[str], what: str) -> None:
-    for name in names:
-        if args.get(name):
-            raise StateError("EOPNOTSUPP", f"{what}: {name} is not supported by lbd")
-
-
-def parse_key(raw: Any) -> ServiceKey:
-    args = _mapping(raw, "service")
-    if args.get("fwmark"):
-        raise StateError("EOPNOTSUPP", "fwmark services are not supported by lbd")
-    if args.get("ipv6"):
-        raise StateError("EOPNOTSUPP", "IPv6 services are not supported by lbd")
-    proto = str(args.get("proto", "")).lower()
-    if proto not in PROTO_BY_NAME:
-        errno = "EOPNOTSUPP" if proto == "sctp" else "EINVAL"
-        raise StateError(errno, f"protocol {args.get('proto')!r} is not supported (tcp, udp)")
-    for name in ("addr", "port"):
-        if name not in args:
-            raise StateError("EINVAL", f"service needs '{name}'")
-    return _model(lambda: ServiceKey(PROTO_BY_NAME[proto], str(args["addr"]), _as_int(args["port"], "port")))
-
-
-def parse_spec(raw: Any) -> ServiceSpec:
-    args = _mapping(raw, "service")
-    key = parse_key(args)
-    _unsupported(args, ("ops", "pe", "sched_flags"), f"service {key}")
-    sched = args.get("sched") or "wlc"
-    if sched not in SCHEDULERS:
-        # Checked before building the spec: IPVS answers ENOENT ("Scheduler or persistence
-        # engine not found"), whereas ServiceSpec would only say ConfigError (EINVAL).
-        raise StateError("ENOENT", f"scheduler {sched!r} not found (known: {', '.join(SCHEDULERS)})")
-    persistent = args.get("persistent")
-    extra = {"synproxy": bool(args.get("synproxy", False))} if "synproxy" in SPEC_FIELDS else {}
-    return _model(lambda: ServiceSpec(
-        key=key,
-        sched=str(sched),
-        persistent=None if persistent is None else _as_int(persistent, "persistent"),
-        netmask=str(args.get("netmask") or "255.255.255.255"),
-        toa=bool(args.get("toa", False)),
-        **extra,
-    ))
-
-
-def parse_dest(raw: Any) -> DestSpec:
-    args = _mapping(raw, "dest")
-    if "addr" not in args or "port" not in args:
-        raise StateError("EINVAL", "dest needs 'addr' and 'port'")
-    tun_type = args.get("tun_type") or "ipip"
-    if tun_type != "ipip":
-        raise StateError("EOPNOTSUPP", f"tunnel type {tun_type!r} is not supported by lbd (ipip only)")
-    return _model(lambda: DestSpec(
-        addr=str(args["addr"]),
-        port=_as_int(args["port"], "port"),
-        fwd=str(args.get("fwd", "route")),
-        weight=_as_int(args.get("weight", 1), "weight"),
-        u_threshold=_as_int(args.get("u_threshold", 0), "u_threshold"),
-        l_threshold=_as_int(args.get("l_threshold", 0), "l_threshold"),
-    ))
-
-
-def _model(build: Any) -> Any:
+def checked(build: Any) -> Any:
+    """build(), with a model ConfigError as StateError EINVAL."""
     try:
         return build()
     except ConfigError as exc:
         raise StateError("EINVAL", str(exc)) from exc
-
-
-def parse_command(op: str, raw_args: Any) -> Command:
-    """A control-protocol request as a Command; StateError (EINVAL, ENOENT, EOPNOTSUPP) if malformed."""
-    args = _mapping(raw_args if raw_args is not None else {}, f"{op} args")
-    if op == "add_service":
-        return AddService(parse_spec(args))
-    if op == "edit_service":
-        return EditService(parse_spec(args))
-    if op == "del_service":
-        return DelService(parse_key(args))
-    if op in ("add_dest", "edit_dest"):
-        key, dest = parse_key(args.get("service")), parse_dest(args.get("dest"))
-        return AddDest(key, dest) if op == "add_dest" else EditDest(key, dest)
-    if op == "del_dest":
-        key = parse_key(args.get("service"))
-        d = _mapping(args.get("dest"), "dest")
-        if "addr" not in d or "port" not in d:
-            raise StateError("EINVAL", "dest needs 'addr' and 'port'")
-        probe = _model(lambda: DestSpec(addr=str(d["addr"]), port=_as_int(d["port"], "port")))
-        return DelDest(key, probe.addr, probe.port)
-    if op in ("add_laddr", "del_laddr"):
-        key = parse_key(args.get("service"))
-        addr = _model(lambda: parse_ipv4(str(args.get("addr"))))
-        return AddLaddr(key, addr) if op == "add_laddr" else DelLaddr(key, addr)
-    if op == "clear":
-        return Clear()
-    if op == "zero":
-        return Zero(parse_key(args["service"]) if args.get("service") else None)
-    if op == "set_timeout":
-        return SetTimeout(_model(lambda: Timeouts.from_json(args)))
-    if op == "set_synproxy":
-        key = parse_key(args["service"]) if args.get("service") else None
-        conf = args.get("conf")
-        if key is None and conf is None:
-            raise StateError("EINVAL", "set_synproxy: the global default needs 'conf'")
-        return SetSynproxy(key, synproxy_from_json(conf) if conf is not None else None)
-    raise StateError("EOPNOTSUPP", f"{op!r} is not a table-changing operation")
 
 
 # ---------------------------------------------------------------------------- undo

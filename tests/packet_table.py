@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Union
 
 PROTO_TCP = 6
 PROTO_UDP = 17
@@ -149,7 +148,7 @@ class ConfigStep:
     now_ms: int = 0
 
 
-Step = Union[PacketStep, ConfigStep, TimerStep]
+Step = PacketStep | ConfigStep | TimerStep
 
 
 @dataclass(frozen=True)
@@ -216,13 +215,13 @@ class Row:
 # ---- packet builders (scapy) --------------------------------------------------------
 
 
-def _scapy():  # type: ignore[no-untyped-def]
+def _scapy():
     import scapy.all as scapy  # imported lazily: only table building needs it
 
     return scapy
 
 
-def ip_header(**kw: object):  # type: ignore[no-untyped-def]
+def ip_header(**kw: object):
     s = _scapy()
     fields = {"src": CLIENT1, "dst": VIP, "id": 4242, "ttl": 61}
     fields.update(kw)
@@ -401,7 +400,7 @@ def _scheduling_rows() -> list[Row]:
     size = ip_total_length(syns[0])
     rows.append(Row(
         "rr-order", "rr starts at the most recently added destination and walks the list, wrapping around",
-        setup, tuple(fwd(p, i, d) for i, (p, d) in enumerate(zip(syns, order))),
+        setup, tuple(fwd(p, i, d) for i, (p, d) in enumerate(zip(syns, order, strict=True))),
         (DestExpect(TCP80, RS3, active=2, conns=2, inpkts=2, inbytes=2 * size),
          DestExpect(TCP80, RS2, active=1, conns=1, inpkts=1, inbytes=size),
          DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size)),
@@ -416,7 +415,7 @@ def _scheduling_rows() -> list[Row]:
     order = [RS2, RS1, RS2, RS2, RS2, RS1]
     rows.append(Row(
         "wlc-weights", "wlc: overhead/weight by cross-multiplication, ties keep the earlier destination",
-        setup, tuple(fwd(p, 0, d) for p, d in zip(syns, order)),
+        setup, tuple(fwd(p, 0, d) for p, d in zip(syns, order, strict=True)),
         (DestExpect(TCP80, RS2, active=4, conns=4, inpkts=4, inbytes=4 * size),
          DestExpect(TCP80, RS1, active=2, conns=2, inpkts=2, inbytes=2 * size)),
         (ServiceExpect(TCP80, 6, 6, 6 * size),),
@@ -1401,7 +1400,7 @@ def _fnat_rows() -> list[Row]:
     used = [(LIP1, local_port(LIP1)), (LIP2, local_port(LIP2)), (LIP1, local_port(LIP1, 1))]
     rows.append(Row(
         "fnat-laddr-ring", "local addresses are used in turn (ring cursor), each with its own port cursor", ring,
-        tuple(xmit(p, nat(p, la, port, RS1, 80), i, RS1) for i, (p, (la, port)) in enumerate(zip(syns, used))),
+        tuple(xmit(p, nat(p, la, port, RS1, 80), i, RS1) for i, (p, (la, port)) in enumerate(zip(syns, used, strict=True))),
         (DestExpect(TCP80, RS1, active=3, conns=3, inpkts=3, inbytes=3 * ip_total_length(syns[0])), udp_dest),
         (ServiceExpect(TCP80, 3, 3, 3 * ip_total_length(syns[0])), udp_svc),
         tuple(conn("SYN_RECV", T_SR - (2 - i), RS1, cport=41000 + i, laddr=la, lport=port)
@@ -1775,19 +1774,19 @@ def rows_by_id() -> dict[str, Row]:
 # ---- applying a row to an engine (imports the control-plane types lazily) ----------------
 
 
-def service_key(ref: SvcRef):  # type: ignore[no-untyped-def]
+def service_key(ref: SvcRef):
     from lb.model import ServiceKey
 
     return ServiceKey(*ref)
 
 
-def dest_spec(dest: DestSetup):  # type: ignore[no-untyped-def]
+def dest_spec(dest: DestSetup):
     from lb.model import DestSpec
 
     return DestSpec(dest.addr, dest.port, dest.fwd, dest.weight, dest.u_threshold, dest.l_threshold)
 
 
-def fwd_state(dest: DestSetup):  # type: ignore[no-untyped-def]
+def fwd_state(dest: DestSetup):
     from lb.engine import FwdState
 
     if not dest.l2:
@@ -1795,7 +1794,7 @@ def fwd_state(dest: DestSetup):  # type: ignore[no-untyped-def]
     return FwdState(ifindex=IFINDEX, dst_mac=dest.mac, src_mac=DIRECTOR_MAC, saddr=dest.saddr, mtu=dest.mtu)
 
 
-def sp_conf(fields: tuple[tuple[str, object], ...]):  # type: ignore[no-untyped-def]
+def sp_conf(fields: tuple[tuple[str, object], ...]):
     from lb.model import SynproxyConf
 
     return SynproxyConf(**dict(fields))  # type: ignore[arg-type]
@@ -1875,7 +1874,7 @@ def make_engine(factory: EngineFactory, setup: Setup) -> object:
     return factory.make(setup.conn_max, lport_min=setup.lport_min, lport_max=setup.lport_max)  # type: ignore[operator]
 
 
-def reason_counts(counters: dict) -> dict[str, int]:  # type: ignore[type-arg]
+def reason_counts(counters: dict) -> dict[str, int]:
     """Normalise an engine's counters() to {REASON_NAME: n} for the non-zero per-reason counts."""
     from lb.engine import Reason
 

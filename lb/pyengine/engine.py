@@ -54,9 +54,11 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from lb import consts as C
 from lb.engine import FWD_IDS, Action, ConnState, EngineError, FwdState, Reason, Verdict
 from lb.model import (
     PROTO_TCP,
+    TEMPLATE_ASSURED,
     ConnInfo,
     DestInfo,
     DestSpec,
@@ -66,9 +68,9 @@ from lb.model import (
     ServiceSpec,
     Stats,
     SynproxyConf,
-    TEMPLATE_ASSURED,
 )
 from lb.pyengine import synproxy as sp
+from lb.pyengine import xmit_fnat
 from lb.pyengine.conn import (
     DIR_IN,
     DIR_OUT,
@@ -76,8 +78,8 @@ from lb.pyengine.conn import (
     ConnectionTable,
     ConnKey,
     Counters,
-    DestKey,
     Destination,
+    DestKey,
     TemplateKey,
 )
 from lb.pyengine.csum import internet_checksum
@@ -96,7 +98,6 @@ from lb.pyengine.proto_tcp import (
     is_plain_syn,
     tcp_event,
 )
-from lb.pyengine import xmit_fnat
 from lb.pyengine.sched import Scheduler, find_scheduler
 from lb.pyengine.xmit import NO_L2, XmitMethod, find_method, fwd_is_valid, l2_header, methods, xmit_l2
 from lb.pyengine.xmit_fnat import TOA_LEN, toa_option
@@ -104,15 +105,15 @@ from lb.pyengine.xmit_fnat import TOA_LEN, toa_option
 if TYPE_CHECKING:
     from lb.pyengine.nfq import NfqAdapter
 
-DEFAULT_CONN_MAX = 1048576  # entries; LB_DEFAULT_CONN_MAX in native/include/lb_api.h
-DEFAULT_HASH_BUCKETS = 262144  # LB_DEFAULT_HASH_BUCKETS (reported by table_size(); Python uses dicts)
+DEFAULT_CONN_MAX = C.LB_DEFAULT_CONN_MAX  # entries
+DEFAULT_HASH_BUCKETS = C.LB_DEFAULT_HASH_BUCKETS  # reported by table_size(); Python uses dicts
 MAX_TIMEOUT_S = 0xFFFFFFFF // 1000  # timeouts are kept in 32-bit milliseconds (as the C core)
 M64 = (1 << 64) - 1
 SEED1_MUL = 0xD6E8FEB86659FD93  # seed1 = seed0 * SEED1_MUL + 1 (native/src/conn.c)
 
-DEST_F_AVAILABLE = 1  # LB_DEST_F_* (lb_api.h)
-DEST_F_OVERLOAD = 2
-DEST_F_FWD_VALID = 4
+DEST_F_AVAILABLE = C.LB_DEST_F_AVAILABLE
+DEST_F_OVERLOAD = C.LB_DEST_F_OVERLOAD
+DEST_F_FWD_VALID = C.LB_DEST_F_FWD_VALID
 
 # (proto, virtual addr (4 bytes), virtual port)
 SvcKey = tuple[int, bytes, int]
@@ -162,7 +163,7 @@ class Service:
 
     def client_network(self, caddr: bytes) -> bytes:
         """The persistence granule of a client: its address & the service's netmask."""
-        return bytes(a & m for a, m in zip(caddr, self.netmask))
+        return bytes(a & m for a, m in zip(caddr, self.netmask, strict=True))
 
 
 def _svc_key(key: ServiceKey) -> SvcKey:
@@ -229,10 +230,10 @@ class PyEngine:
     ) -> None:
         conn_max = conn_max or DEFAULT_CONN_MAX  # as struct lb_config: 0 = the default
         hash_buckets = hash_buckets or DEFAULT_HASH_BUCKETS
-        lport_min = lport_min or 1024
-        lport_max = lport_max or 65535
-        if (conn_max >= 1 << 30 or hash_buckets & (hash_buckets - 1) or not 0 < lport_min <= lport_max <= 65535
-                or conn_max < 0):
+        lport_min = lport_min or C.LB_DEFAULT_LPORT_MIN
+        lport_max = lport_max or C.LB_DEFAULT_LPORT_MAX
+        if (conn_max > C.LB_CONN_MAX_LIMIT or hash_buckets & (hash_buckets - 1)
+                or not 0 < lport_min <= lport_max <= 65535 or conn_max < 0):
             raise EngineError("EINVAL", f"bad engine configuration (conn_max={conn_max}, hash_buckets={hash_buckets}, "
                                         f"lport {lport_min}..{lport_max})")
         if hash_seed:
@@ -644,8 +645,9 @@ class PyEngine:
         """lb_sp_check_conf (SynproxyConf validates most of it already)."""
         if conf.wscale or conf.timestamps:
             raise EngineError("EOPNOTSUPP", "SYN-proxy supports neither window scaling nor timestamps")
-        if (conf.init_rto_ms < 1 or conf.max_rto_ms < conf.init_rto_ms or conf.max_rto_ms > 120000
-                or conf.max_retries > 15 or not 536 <= conf.mss <= 9000 or conf.data_max_bytes > 1460):
+        if (conf.init_rto_ms < 1 or conf.max_rto_ms < conf.init_rto_ms or conf.max_rto_ms > C.LB_SP_RTO_MS_MAX
+                or conf.max_retries > C.LB_SP_MAX_RETRIES_MAX or not C.LB_SP_MSS_MIN <= conf.mss <= C.LB_SP_MSS_MAX
+                or conf.data_max_bytes > C.LB_SP_DATA_MAX_BYTES_MAX):
             raise EngineError("EINVAL", f"SYN-proxy settings out of range: {conf}")
 
     def synproxy_stats(self) -> dict[str, int]:
@@ -694,7 +696,7 @@ class PyEngine:
         """ip_vs_in_stats: the destination's and its service's in-stats, while it is AVAILABLE."""
         if not dest.available:
             return
-        for stats in (dest.stats, dest.owner.stats):  # type: ignore[attr-defined]
+        for stats in (dest.stats, dest.owner.stats):
             stats.inpkts += 1
             stats.inbytes += total_length
 
@@ -703,7 +705,7 @@ class PyEngine:
         """ip_vs_out_stats: the same for packets from the real server."""
         if not dest.available:
             return
-        for stats in (dest.stats, dest.owner.stats):  # type: ignore[attr-defined]
+        for stats in (dest.stats, dest.owner.stats):
             stats.outpkts += 1
             stats.outbytes += total_length
 
@@ -921,8 +923,8 @@ class PyEngine:
     @staticmethod
     def _check_dest_spec(service: Service, dest: DestSpec) -> None:
         where = f"destination {dest.addr}:{dest.port} in {service.spec.key}"
-        if not 0 <= dest.weight <= 65535:
-            raise EngineError("EINVAL", f"{where}: weight {dest.weight} out of range 0..65535")
+        if not 0 <= dest.weight <= C.LB_DEST_WEIGHT_MAX:
+            raise EngineError("EINVAL", f"{where}: weight {dest.weight} out of range 0..{C.LB_DEST_WEIGHT_MAX}")
         method = find_method(dest.fwd)
         if method is None:
             raise EngineError(
@@ -1014,6 +1016,14 @@ class PyEngine:
                     )
                 )
             return result
+
+    def dump_connections_raw(self, now_ms: int) -> bytes | None:
+        """None: the restart snapshot's records are the C core's struct lb_conn_info, which this
+        engine does not produce (lbd --engine python saves and restores the configuration only)."""
+        return None
+
+    def restore_connections_raw(self, blob: bytes, now_ms: int) -> dict[str, int]:
+        raise EngineError("EOPNOTSUPP", "the Python engine cannot restore a C connection dump")
 
     def counters(self) -> dict[str, int]:
         """Packets per reason since the engine started, keyed by reason name in lower case."""

@@ -33,8 +33,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from lb.engine import SOCKET_MARK_BASE, Action, Engine, Verdict
+from lb.engine import SOCKET_MARK_BASE, Action, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,17 @@ class NfqStats:
     csum_completed: int = 0
 
 
+class PacketPath(Protocol):
+    """The part of lb.engine.Engine the adapter drives."""
+
+    def process(self, packet: bytes, now_ms: int) -> Action: ...
+    def expire(self, now_ms: int) -> int: ...
+    def timers(self, now_ms: int) -> list[Action]: ...
+    def timer_due(self) -> int | None: ...
+
+
 class NfqAdapter:
-    def __init__(self, engine: Engine, clock_ms: Callable[[], int] = monotonic_ms, qdisc_bypass: bool = False) -> None:
+    def __init__(self, engine: PacketPath, clock_ms: Callable[[], int] = monotonic_ms, qdisc_bypass: bool = False) -> None:
         self._engine = engine
         self._clock_ms = clock_ms
         self._qdisc_bypass = qdisc_bypass  # off by default: tcpdump on the director then sees our frames
@@ -172,17 +182,13 @@ class NfqAdapter:
 
     def _poll_timeout_s(self) -> float:
         """Until the next timer is due, at most POLL_TIMEOUT_S."""
-        timer_due = getattr(self._engine, "timer_due", None)
-        due = timer_due() if timer_due is not None else None
+        due = self._engine.timer_due()
         if due is None:
             return POLL_TIMEOUT_S
         return max(0.0, min(POLL_TIMEOUT_S, (due - self._clock_ms()) / 1000))
 
     def _run_timers(self) -> None:
-        timers = getattr(self._engine, "timers", None)
-        if timers is None:
-            return
-        for action in timers(self._clock_ms()):
+        for action in self._engine.timers(self._clock_ms()):
             if action.verdict == Verdict.XMIT_L2:
                 if self._send_l2(action.ifindex, action.l2hdr, action.out):
                     self.stats.timer_frames += 1

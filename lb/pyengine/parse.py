@@ -10,8 +10,8 @@ total length (link padding) are ignored.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from lb.engine import Action, Reason, Verdict
 from lb.pyengine.csum import internet_checksum

@@ -43,7 +43,7 @@ import struct
 from dataclasses import dataclass
 
 from lb.model import SynproxyConf
-from lb.pyengine.csum import csum_partial, csum_fold, csum_replace4, put16
+from lb.pyengine.csum import csum_fold, csum_partial, csum_replace4, put16
 from lb.pyengine.parse import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, tcp_options
 
 M64 = (1 << 64) - 1

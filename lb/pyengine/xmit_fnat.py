@@ -32,7 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lb.engine import Action, Reason, Verdict
+from lb import consts as C
+from lb.engine import TOA_LEN, Action, Reason, Verdict
 from lb.pyengine.conn import Connection, Destination
 from lb.pyengine.csum import csum_replace2, csum_replace4, get16, ip_header_checksum, put16, tcp_checksum_full
 from lb.pyengine.icmp import translate
@@ -40,11 +41,10 @@ from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SY
 from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, xmit_l2
 
 TOA_KIND = 254
-TOA_LEN = 8  # bytes
 MSS_FLOOR = 536  # an MSS is lowered only when it stays above this
 LPORT_PROBES = 4096  # ports tried per local address
 DEFAULT_MTU = 1500
-PKT_MAX = 65535
+PKT_MAX = C.LB_PKT_MAX
 
 _TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
 _NO_LADDR = Action(Verdict.DROP, Reason.NO_LADDR)

@@ -14,6 +14,7 @@ replies.
 
 from __future__ import annotations
 
+from lb import consts as C
 from lb.engine import IPIP_OVERHEAD, Action, Reason, Verdict
 from lb.pyengine.conn import Connection, Destination
 from lb.pyengine.csum import internet_checksum, put16
@@ -24,7 +25,7 @@ from lb.pyengine.xmit import NO_L2, XmitMethod, xmit_l2
 IPPROTO_IPIP = 4
 OUTER_TTL = 64
 DEFAULT_MTU = 1500
-PKT_MAX = 65535  # the largest IPv4 packet (and the C core's output buffer)
+PKT_MAX = C.LB_PKT_MAX  # the largest IPv4 packet (and the C core's output buffer)
 
 _FRAG_DROP = Action(Verdict.DROP, Reason.FRAG_NEEDED)
 

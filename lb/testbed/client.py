@@ -153,7 +153,7 @@ def paced_gets(netns: str | None, host: str, port: int = 80, seconds: float = 10
 
 def tally(replies: list[Reply]) -> dict[str, int]:
     """server -> count; failures are counted under "<error>"."""
-    return dict(collections.Counter(r.server if r.ok else "<error>" for r in replies))
+    return dict(collections.Counter(r.server if r.ok and r.server is not None else "<error>" for r in replies))
 
 
 class KeepAlive:
@@ -185,7 +185,7 @@ class KeepAlive:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "KeepAlive":
+    def __enter__(self) -> KeepAlive:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -210,7 +210,7 @@ class Hold:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "Hold":
+    def start(self) -> Hold:
         sock = _socket_in(self.netns)
         self._sock = sock
         try:
@@ -269,7 +269,7 @@ class Hold:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
 
-    def __enter__(self) -> "Hold":
+    def __enter__(self) -> Hold:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -323,7 +323,7 @@ def _paced_main(args: argparse.Namespace) -> int:
     counts: collections.Counter[str] = collections.Counter()
     for wall, dt, r in paced_gets(args.netns, args.host, args.port, args.seconds, args.interval,
                                   min(args.count, MAX_REQUESTS), timeout=args.timeout):
-        counts[r.server if r.ok else "<error>"] += 1
+        counts[r.server if r.ok and r.server is not None else "<error>"] += 1
         if args.jsonl:
             print(json.dumps({"t": round(wall, 6), "dt": round(dt, 6), "server": r.server if r.ok else None,
                               "error": None if r.ok else (r.error or f"status {r.status}")}), flush=True)

@@ -27,9 +27,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, TextIO
 
 from lb import paths
 from lb.ctlclient import ControlClientError, request_once
@@ -60,7 +61,7 @@ class Ctl:
     lbadm: list[str] | None = None
 
 
-Step = Union[list[str], Ctl]  # lbadm arguments, or a control request
+Step = list[str] | Ctl  # lbadm arguments, or a control request
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def _bin(name: str) -> str:
 
 
 class Demo:
-    def __init__(self, requests: int, engine: str, out=sys.stdout) -> None:
+    def __init__(self, requests: int, engine: str, out: TextIO = sys.stdout) -> None:
         self.requests = requests
         self.engine = engine
         self.out = out

@@ -15,7 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from lb.testbed.topology import Topology, enter_netns
 

@@ -111,8 +111,8 @@ def run(dev: str, max_count: int, max_seconds: float) -> int:
     return 0
 
 
-def start_in(host: "Host", dev: str, seconds: float = 3600.0,
-             ready_timeout: float = 10.0) -> "subprocess.Popen[bytes]":
+def start_in(host: Host, dev: str, seconds: float = 3600.0,
+             ready_timeout: float = 10.0) -> subprocess.Popen[bytes]:
     """Start this helper inside test-bed host `host` (its namespace), creating TUN `dev`.
 
     Returns once it printed "ready"; raises RuntimeError with its output otherwise.

@@ -19,9 +19,10 @@ import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lb.testbed.topology import Host
@@ -46,7 +47,7 @@ class L4:
     options: list[tuple[int, bytes]] = field(default_factory=list)  # TCP options (kind, value)
     icmp_type: int = -1
     icmp_code: int = -1
-    quoted: "IPv4 | None" = None  # ICMP error: the quoted packet (header + 8 bytes)
+    quoted: IPv4 | None = None  # ICMP error: the quoted packet (header + 8 bytes)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class IPv4:
     ttl: int
     total_len: int
     l4: L4 | None = None
-    inner: "IPv4 | None" = None  # IPIP: the encapsulated packet
+    inner: IPv4 | None = None  # IPIP: the encapsulated packet
 
 
 @dataclass
@@ -149,7 +150,7 @@ class Capture:
     unless `snaplen` says otherwise. Ended by PID (SIGINT, so the file is complete).
     """
 
-    def __init__(self, host: "Host", bpf: str, *, iface: str | None = None, direction: str = "inout",
+    def __init__(self, host: Host, bpf: str, *, iface: str | None = None, direction: str = "inout",
                  snaplen: int = 128, buffer_kib: int = 2048, path: str | Path | None = None) -> None:
         self.host = host
         self.bpf = bpf
@@ -165,7 +166,7 @@ class Capture:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr = ""
 
-    def start(self, timeout: float = 10.0) -> "Capture":
+    def start(self, timeout: float = 10.0) -> Capture:
         self.proc = self.host.popen(
             ["timeout", "-s", "INT", str(int(MAX_CAPTURE_S)),
              "tcpdump", "-i", self.iface, "-Q", self.direction, "-n", "-s", str(self.snaplen),
@@ -221,7 +222,7 @@ class Capture:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -43,8 +43,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any
 
 PREFIX_BASE = "lbB"
 IFNAMSIZ_MAX = 15  # Linux interface names: at most 15 characters
@@ -323,7 +324,7 @@ class Interface:
 class Host:
     """One namespace. `addr` is the address on its first link."""
 
-    topo: "Topology" = field(repr=False)
+    topo: Topology = field(repr=False)
     spec: HostSpec
     netns: str
     ifaces: list[Interface]
@@ -492,7 +493,7 @@ class Topology:
 
     # ----------------------------------------------------------- lifecycle
 
-    def __enter__(self) -> "Topology":
+    def __enter__(self) -> Topology:
         self.build()
         return self
 
@@ -503,7 +504,7 @@ class Topology:
         if self.log is not None:
             print(msg, file=self.log, flush=True)
 
-    def build(self) -> "Topology":
+    def build(self) -> Topology:
         if self._built:
             raise TopologyError("topology already built")
         self._built = True

@@ -21,8 +21,12 @@
 #define LB_L2HDR_LEN 14
 #define LB_SCHED_NAME_MAX 16
 #define LB_PKT_MAX 65535
+#define LB_DEST_WEIGHT_MAX 2147483647      /* INT_MAX: the kernel accepts any non-negative weight */
 #define LB_DEFAULT_CONN_MAX 1048576
+#define LB_CONN_MAX_LIMIT 1073741823       /* largest struct lb_config.conn_max, entries (2^30 - 1) */
 #define LB_DEFAULT_HASH_BUCKETS 262144
+#define LB_DEFAULT_LPORT_MIN 1024          /* FULLNAT local ports when lb_config leaves them 0 */
+#define LB_DEFAULT_LPORT_MAX 65535
 
 /* ---- errors ---- */
 enum lb_err {
@@ -120,6 +124,11 @@ enum lb_conn_state {
 /* Service flags (struct lb_svc_conf.flags). */
 #define LB_SVC_F_TOA 1             /* FULLNAT: put the client address in TCP option 254 (TOA) */
 #define LB_SVC_F_SYNPROXY 2        /* answer SYNs with cookies; open to the real server after the ACK */
+/* Scheduler flags (ipvsadm -b / --sched-flags), the kernel's IP_VS_SVC_F_SCHED1..3 (same values):
+ * stored and reported; what they mean is the scheduler's (sh, mh: fallback, port); rr and wlc ignore them. */
+#define LB_SVC_F_SCHED1 8
+#define LB_SVC_F_SCHED2 16
+#define LB_SVC_F_SCHED3 32
 
 /* Encapsulation overhead of IPIP, bytes. */
 #define LB_IPIP_OVERHEAD 20
@@ -133,11 +142,11 @@ typedef struct lb lb_t;            /* one director instance: tables, counters, l
 typedef struct lb_nfq lb_nfq_t;    /* one NFQUEUE adapter thread */
 
 struct lb_config {
-    uint32_t conn_max;             /* maximum connection entries; 0 = LB_DEFAULT_CONN_MAX */
+    uint32_t conn_max;             /* maximum connection entries; 0 = LB_DEFAULT_CONN_MAX; at most LB_CONN_MAX_LIMIT */
     uint32_t hash_buckets;         /* power of two; 0 = LB_DEFAULT_HASH_BUCKETS */
     uint64_t hash_seed;            /* 0 = pick one at random */
-    uint16_t lport_min;            /* FULLNAT local ports: first (0 = 1024) */
-    uint16_t lport_max;            /* FULLNAT local ports: last (0 = 65535) */
+    uint16_t lport_min;            /* FULLNAT local ports: first (0 = LB_DEFAULT_LPORT_MIN) */
+    uint16_t lport_max;            /* FULLNAT local ports: last (0 = LB_DEFAULT_LPORT_MAX) */
 };
 
 struct lb_action {
@@ -162,7 +171,7 @@ struct lb_dest_conf {
     uint32_t addr;
     uint16_t port;
     int32_t fwd;                   /* enum lb_fwd */
-    int32_t weight;                /* 0..65535 */
+    int32_t weight;                /* 0..LB_DEST_WEIGHT_MAX */
     uint32_t u_threshold;          /* 0 = none */
     uint32_t l_threshold;          /* 0 = none */
 };
@@ -220,19 +229,32 @@ struct lb_conn_info {
     int64_t expires_in_ms;         /* time left until expiry */
 };
 
-/* SYN-proxy settings (global default, or per service). Units in the names. */
+/* SYN-proxy settings (global default, or per service). Units in the names. The built-in
+ * defaults and the accepted ranges (lb_synproxy_set_* refuse others with LB_EINVAL): */
+#define LB_SP_INIT_RTO_MS_DEFAULT 200
+#define LB_SP_MAX_RTO_MS_DEFAULT 3000
+#define LB_SP_RTO_MS_MAX 120000            /* largest max_rto_ms (and init_rto_ms <= max_rto_ms) */
+#define LB_SP_MAX_RETRIES_DEFAULT 3
+#define LB_SP_MAX_RETRIES_MAX 15
+#define LB_SP_MSS_DEFAULT 1460
+#define LB_SP_MSS_MIN 536
+#define LB_SP_MSS_MAX 9000
+#define LB_SP_SACK_DEFAULT 1
+#define LB_SP_DATA_MAX_BYTES_DEFAULT 1460
+#define LB_SP_DATA_MAX_BYTES_MAX 1460
+#define LB_SP_ACK_STORM_MAX_DEFAULT 10
 struct lb_synproxy_conf {
-    uint32_t init_rto_ms;          /* first retransmission of the SYN to the real server (default 200) */
-    uint32_t max_rto_ms;           /* cap of the doubling timeout (default 3000) */
-    uint32_t max_retries;          /* retransmissions before giving up with a RST to the client (default 3) */
-    uint16_t mss;                  /* MSS announced to clients in the cookie SYN-ACK (default 1460) */
-    uint8_t sack;                  /* offer SACK when the client does (default 1) */
+    uint32_t init_rto_ms;          /* first retransmission of the SYN to the real server (>= 1) */
+    uint32_t max_rto_ms;           /* cap of the doubling timeout */
+    uint32_t max_retries;          /* retransmissions before giving up with a RST to the client */
+    uint16_t mss;                  /* MSS announced to clients in the cookie SYN-ACK */
+    uint8_t sack;                  /* offer SACK when the client does (0 or 1) */
     uint8_t wscale;                /* 0: no window scaling (the supported subset); other values refused */
     uint8_t timestamps;            /* 0: no timestamps (the supported subset); other values refused */
     uint8_t defer;                 /* 1: open to the real server only when the client's first data arrives */
     uint16_t data_max_bytes;       /* client data held per connection while the real server's handshake
-                                      is pending (default 1460, at most 1460) */
-    uint32_t ack_storm_max;        /* pure ACKs tolerated per pending connection before it is reset (default 10) */
+                                      is pending */
+    uint32_t ack_storm_max;        /* pure ACKs tolerated per pending connection before it is reset */
 };
 
 struct lb_synproxy_stats {

@@ -37,9 +37,9 @@ int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg)
 {
     uint32_t max = cfg && cfg->conn_max ? cfg->conn_max : LB_DEFAULT_CONN_MAX;
     uint32_t buckets = cfg && cfg->hash_buckets ? cfg->hash_buckets : LB_DEFAULT_HASH_BUCKETS;
-    uint16_t pmin = cfg && cfg->lport_min ? cfg->lport_min : 1024;
-    uint16_t pmax = cfg && cfg->lport_max ? cfg->lport_max : 65535;
-    if (max >= (1u << 30) || buckets == 0 || (buckets & (buckets - 1)) != 0 || pmin > pmax)
+    uint16_t pmin = cfg && cfg->lport_min ? cfg->lport_min : LB_DEFAULT_LPORT_MIN;
+    uint16_t pmax = cfg && cfg->lport_max ? cfg->lport_max : LB_DEFAULT_LPORT_MAX;
+    if (max > LB_CONN_MAX_LIMIT || buckets == 0 || (buckets & (buckets - 1)) != 0 || pmin > pmax)
         return LB_EINVAL;
     /* calloc: the whole pool starts zeroed; pages are only touched when used. */
     lb->conns = calloc((size_t)max + 1, sizeof(*lb->conns));

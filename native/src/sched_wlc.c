@@ -3,8 +3,10 @@
  *
  * overhead = activeconns * 256 + inactconns. The first eligible destination
  * (weight > 0, not overloaded) is the candidate; a later non-overloaded one
- * replaces it when cand_overhead * d_weight > d_overhead * cand_weight,
- * compared in 64 bits (cross-multiplication: no division, no rounding).
+ * replaces it when cand_overhead * d_weight > d_overhead * cand_weight
+ * (cross-multiplication: no division, no rounding), in 128 bits: weights go up
+ * to LB_DEST_WEIGHT_MAX (2^31 - 1, as the kernel) and overheads past 2^32 with
+ * conn_max above 16M, so a 64-bit product could overflow.
  * A weight-0 destination can never win that comparison. No per-service state.
  */
 #include "lb_sched.h"
@@ -32,7 +34,7 @@ static struct lb_dest *wlc_schedule(struct lb_svc *svc, const struct lb_pkt *p L
         if (d->flags & LB_DEST_F_OVERLOAD)
             continue;
         int64_t doh = overhead(d);
-        if (loh * d->conf.weight > doh * least->conf.weight) {
+        if ((__int128)loh * d->conf.weight > (__int128)doh * least->conf.weight) {
             least = d;
             loh = doh;
         }

@@ -143,7 +143,7 @@ static int check_svc_conf(const struct lb_svc_conf *conf, const struct lb_sched_
         return LB_EINVAL;
     if (conf->persist_timeout_s > UINT32_MAX / 1000)
         return LB_EINVAL;
-    if (conf->flags & ~(uint32_t)(LB_SVC_F_TOA | LB_SVC_F_SYNPROXY))
+    if (conf->flags & ~(uint32_t)(LB_SVC_F_TOA | LB_SVC_F_SYNPROXY | LB_SVC_F_SCHED1 | LB_SVC_F_SCHED2 | LB_SVC_F_SCHED3))
         return LB_EINVAL;
     if ((conf->flags & LB_SVC_F_SYNPROXY) && conf->proto != LB_PROTO_TCP)
         return LB_EINVAL; /* SYN-proxy is a TCP feature */
@@ -296,7 +296,7 @@ static int check_dest_conf(const struct lb_dest_conf *conf)
 {
     if (!conf)
         return LB_EINVAL;
-    if (conf->weight < 0 || conf->weight > 65535)
+    if (conf->weight < 0) /* 0..LB_DEST_WEIGHT_MAX, the whole non-negative int32_t range, as the kernel */
         return LB_EINVAL;
     if (!lb_xmit_find(conf->fwd))
         return LB_EOPNOTSUPP; /* no such method registered (masq: not implemented) */

@@ -93,16 +93,16 @@ uint64_t lb_siphash(const uint64_t key[2], const uint8_t *data, size_t len)
 /* ---------------------------------------------------------------- configuration */
 
 static const struct lb_synproxy_conf sp_builtin = {
-    .init_rto_ms = 200,
-    .max_rto_ms = 3000,
-    .max_retries = 3,
-    .mss = 1460,
-    .sack = 1,
+    .init_rto_ms = LB_SP_INIT_RTO_MS_DEFAULT,
+    .max_rto_ms = LB_SP_MAX_RTO_MS_DEFAULT,
+    .max_retries = LB_SP_MAX_RETRIES_DEFAULT,
+    .mss = LB_SP_MSS_DEFAULT,
+    .sack = LB_SP_SACK_DEFAULT,
     .wscale = 0,
     .timestamps = 0,
     .defer = 0,
-    .data_max_bytes = 1460,
-    .ack_storm_max = 10,
+    .data_max_bytes = LB_SP_DATA_MAX_BYTES_DEFAULT,
+    .ack_storm_max = LB_SP_ACK_STORM_MAX_DEFAULT,
 };
 
 int lb_sp_check_conf(const struct lb_synproxy_conf *c)
@@ -111,9 +111,11 @@ int lb_sp_check_conf(const struct lb_synproxy_conf *c)
         return LB_EINVAL;
     if (c->wscale || c->timestamps)
         return LB_EOPNOTSUPP; /* outside the supported subset (see the file comment) */
-    if (c->init_rto_ms < 1 || c->max_rto_ms < c->init_rto_ms || c->max_rto_ms > 120000 || c->max_retries > 15)
+    if (c->init_rto_ms < 1 || c->max_rto_ms < c->init_rto_ms || c->max_rto_ms > LB_SP_RTO_MS_MAX ||
+        c->max_retries > LB_SP_MAX_RETRIES_MAX)
         return LB_EINVAL;
-    if (c->mss < 536 || c->mss > 9000 || c->data_max_bytes > 1460 || c->sack > 1 || c->defer > 1)
+    if (c->mss < LB_SP_MSS_MIN || c->mss > LB_SP_MSS_MAX || c->data_max_bytes > LB_SP_DATA_MAX_BYTES_MAX ||
+        c->sack > 1 || c->defer > 1)
         return LB_EINVAL;
     return LB_OK;
 }

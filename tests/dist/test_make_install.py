@@ -74,7 +74,7 @@ def test_install_then_uninstall_in_a_destdir(tmp_path: Path, index_problem: str 
     check = subprocess.run([python, "-m", "lb.daemon", "--check", str(REPO / "configs/fnat.toml")],
                            cwd=tmp_path, capture_output=True, text=True, check=False)
     assert check.returncode == 0 and ": OK" in check.stdout, check
-    helptext = subprocess.run([python, "-m", "lb.cli", "-h"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    helptext = subprocess.run([python, "-m", "lb.lbadm", "-h"], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert helptext.returncode == 0 and "--add-service" in helptext.stdout + helptext.stderr
 
     removed = _make("uninstall", root)

@@ -76,7 +76,10 @@ def test_wheel_holds_the_runtime_package_only(dist: dict[str, Any]) -> None:
         names = whl.namelist()
         metadata = next(whl.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
     assert any(re.fullmatch(r"lb/_fastpath.*\.so", n) for n in names), "the compiled fast path is missing"
-    assert "lb/daemon.py" in names and "lb/cli.py" in names and "lb/pyengine/engine.py" in names
+    assert "lb/daemon.py" in names and "lb/lbadm/__init__.py" in names and "lb/pyengine/engine.py" in names
+    assert "lb/doctor/__init__.py" in names
+    # lb.consts reads C's values from the headers' text: the wheel carries them as lb/include/ (setup.py).
+    assert "lb/include/lb_api.h" in names and "lb/include/lb_sched_list.h" in names
     assert not [n for n in names if n.startswith("lb/testbed/")], "the test bed ships in the runtime wheel"
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     plain = [r for r in requires if "extra ==" not in r]

@@ -25,6 +25,7 @@ from lb.testbed import guest
 
 KERNEL_TESTS = Path(__file__).resolve().parent
 REPO = KERNEL_TESTS.parents[1]
+TESTS = REPO / "tests"  # the harness: tests/conformance (scenarios in tests/conformance/scenarios)
 KEEP = REPO / "build" / "kernel-conformance"
 # Boot ~30 s, lbd's start ~1 minute, the scenarios ~5 minutes on an idle machine; generous,
 # because the machine's two cores may be shared. A bound, never an expectation.
@@ -41,9 +42,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     only = selected()
     if not only:
         return
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
-        scn = getattr(item, "callspec", None) and item.callspec.params.get("scn")
+        callspec = getattr(item, "callspec", None)
+        scn = callspec.params.get("scn") if callspec is not None else None
         (drop if scn is not None and scn.name not in only else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -52,8 +55,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def guest_script(out: Path) -> str:
     only = "".join(f" {shlex.quote(n)}" for n in selected())
-    return (f"{guest.booted_marker_command(out)} && cd {KERNEL_TESTS} && "
-            f"PYTHONDONTWRITEBYTECODE=1 PYTHONPATH={REPO}:{KERNEL_TESTS} "
+    return (f"{guest.booted_marker_command(out)} && cd {TESTS} && "
+            f"PYTHONDONTWRITEBYTECODE=1 PYTHONPATH={REPO}:{TESTS} "
             f"{sys.executable} -m conformance.runner --out {out}{' --only' + only if only else ''} "
             f"> {out}/runner.log 2>&1")
 

@@ -20,7 +20,7 @@ import pytest
 
 from conformance import compare
 from conformance.model import Connect, Hold, Scenario, Udp
-from scenarios import ALL
+from conformance.scenarios import ALL
 
 pytestmark = pytest.mark.kernel
 
@@ -52,7 +52,7 @@ def test_kernel_run_is_sound(conformance: dict[str, Any], scn: Scenario) -> None
     expected_records = (2 if scn.rules else 1) + len(scn.steps)
     assert len(records) == expected_records, f"{len(records)} records for {expected_records} steps"
     steps = scn.steps
-    for step, rec in zip(steps, records[-len(steps):]):
+    for step, rec in zip(steps, records[-len(steps):], strict=True):
         if not isinstance(step, (Connect, Hold, Udp)):
             continue
         seq = compare.sequence(rec)

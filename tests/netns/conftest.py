@@ -25,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -374,7 +375,7 @@ def running_lbd(topo: Topology, engine: str, env: dict[str, str] | None = None,
 
 
 @pytest.fixture
-def http(topo: Topology) -> "HttpHelper":
+def http(topo: Topology) -> HttpHelper:
     return HttpHelper(topo)
 
 

@@ -10,7 +10,7 @@
   anti-spoofing cause; with the filter removed the finding clears.
 
 Doctor runs as the operator runs it: its CLI inside the director's namespace (`lbadm doctor` once
-lbadm has the subcommand, else `python -m lb.doctor_cli`), or the library with a LiveContext bound
+lbadm has the subcommand, else `python -m lb.doctor.cli`), or the library with a LiveContext bound
 to that namespace. Extra objects (an ebtables chain lbD<token>-I-ipv4 in the switch namespace, a
 filter rule on the director) are removed by finalizers; processes are ended by PID.
 """
@@ -24,16 +24,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import SEED_RULESET
 
 from lb.doctor import LiveContext, run_checks
 from lb.testbed import client
 from lb.testbed.topology import Host, Topology, enter_netns
-
-from conftest import SEED_RULESET  # type: ignore[import-not-found]
 
 if TYPE_CHECKING:  # fixtures' types only
     from conftest import Lbd
@@ -74,24 +74,24 @@ def svc(topo: Topology) -> str:
     return f"{topo.vip}:{HTTP_PORT}"
 
 
-def dr_service(lbd: "Lbd", topo: Topology) -> None:
+def dr_service(lbd: Lbd, topo: Topology) -> None:
     lbd.lbadm("-A", "-t", svc(topo), "-s", "rr")
     for rs in topo.reals:
         lbd.lbadm("-a", "-t", svc(topo), "-r", f"{rs.addr}:{HTTP_PORT}", "-g")
 
 
-def lbadm_has_doctor(lbd: "Lbd") -> bool:
-    """True once lbadm dispatches `doctor` to lb.doctor_cli (its --help then documents --window)."""
+def lbadm_has_doctor(lbd: Lbd) -> bool:
+    """True once lbadm dispatches `doctor` to lb.doctor.cli (its --help then documents --window)."""
     proc = lbd.lbadm("doctor", "--help", check=False)
     return proc.returncode == 0 and "--window" in proc.stdout
 
 
-def run_doctor(lbd: "Lbd", *args: str) -> tuple[int, dict[str, Any], str]:
+def run_doctor(lbd: Lbd, *args: str) -> tuple[int, dict[str, Any], str]:
     """Doctor's CLI in the director's namespace, as an operator runs it; returns (status, JSON, stderr)."""
     if lbadm_has_doctor(lbd):
         proc = lbd.lbadm("doctor", "--json", *args, check=False)
     else:
-        argv = [sys.executable, "-m", "lb.doctor_cli", "--socket", lbd.socket, "--json", *args]
+        argv = [sys.executable, "-m", "lb.doctor.cli", "--socket", lbd.socket, "--json", *args]
         proc = lbd.director.exec(["env", f"PYTHONPATH={REPO}", *argv], check=False, timeout=DOCTOR_TIMEOUT_S)
     assert proc.returncode in (0, 1), f"doctor exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
     return proc.returncode, json.loads(proc.stdout), proc.stderr
@@ -106,7 +106,7 @@ def describe(doc: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-def director_firewall(topo: Topology, lbd: "Lbd") -> Iterator[Host]:
+def director_firewall(topo: Topology, lbd: Lbd) -> Iterator[Host]:
     """The report's ruleset on the director, removed before lbd's finalizer checks for leftovers."""
     d = topo.director
     d.exec(["iptables-restore", "--noflush"], input=SEED_RULESET)
@@ -127,7 +127,7 @@ def stray_ack(topo: Topology) -> str:
 # =========================================================================== firewall
 
 
-def test_doctor_explains_the_seed_firewall_and_its_fix(topo: Topology, lbd: "Lbd", director_firewall: Host) -> None:
+def test_doctor_explains_the_seed_firewall_and_its_fix(topo: Topology, lbd: Lbd, director_firewall: Host) -> None:
     dr_service(lbd, topo)
     got = client.fresh_gets(topo.client.netns, topo.vip, HTTP_PORT, 3)
     assert all(r.ok for r in got), got  # balanced traffic itself passes (untracked, sent on AF_PACKET)
@@ -153,7 +153,7 @@ def test_doctor_explains_the_seed_firewall_and_its_fix(topo: Topology, lbd: "Lbd
     assert status == 0 and not [f for f in findings(doc, "firewall", "warning")], describe(doc)
 
 
-def test_doctor_names_an_unresolved_destination(topo: Topology, lbd: "Lbd") -> None:
+def test_doctor_names_an_unresolved_destination(topo: Topology, lbd: Lbd) -> None:
     dr_service(lbd, topo)
     ghost = topo.addr(topo.director.ifaces[0].segment, 77)  # in the subnet, nobody there
     lbd.lbadm("-a", "-t", svc(topo), "-r", f"{ghost}:{HTTP_PORT}", "-g")
@@ -262,7 +262,7 @@ def stalled_connects(topo: Topology, n: int) -> tuple[list[threading.Thread], li
 
 
 def test_doctor_names_destinations_behind_an_anti_spoofing_filter(
-    topo: Topology, lbd: "Lbd", anti_spoofing: AntiSpoofing
+    topo: Topology, lbd: Lbd, anti_spoofing: AntiSpoofing
 ) -> None:
     dr_service(lbd, topo)
     dests = lbd.request("list")["result"]["services"][0]["dests"]

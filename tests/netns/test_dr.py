@@ -19,11 +19,11 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
+from conftest import LnDest, LnService, parse_ln
 
+from lb.model import SCHEDULERS
 from lb.testbed import client
 from lb.testbed.topology import Topology, dr_spec, list_netns
-
-from conftest import LnDest, LnService, parse_ln  # type: ignore[import-not-found]
 
 if TYPE_CHECKING:  # fixtures' types only
     from conftest import HttpHelper, Lbd
@@ -364,10 +364,11 @@ def test_invalid_lbadm_input_changes_nothing(lbd: Lbd, topo: Topology) -> None:
         (["-e", "-t", svc, "-r", f"{rs2.addr}:{HTTP_PORT}", "-g", "-w", "3"], "No such destination"),
         (["-d", "-t", svc, "-r", f"{rs2.addr}:{HTTP_PORT}"], "No such destination"),
         (["-D", "-t", other], "No such service"),
-        (["-A", "-t", other, "-s", "nosuchsched"], "Scheduler or persistence engine not found"),
+        # lbd names the schedulers it has (issue 12 item 8), not libipvs's "module not loaded" text
+        (["-A", "-t", other, "-s", "nosuchsched"], f"lbd has: {', '.join(SCHEDULERS)}"),
         (["-A", "-t", "10.0.0.300:80", "-s", "rr"], None),
         (["-A", "-t", f"{topo.vip}:99999", "-s", "rr"], None),
-        (["-a", "-t", svc, "-r", f"{rs2.addr}:{HTTP_PORT}", "-g", "-w", "70000"], None),
+        (["-a", "-t", svc, "-r", f"{rs2.addr}:{HTTP_PORT}", "-g", "-w", "2147483648"], None),  # > INT_MAX
         (["-a", "-t", svc, "-r", f"{rs2.addr}:{HTTP_PORT}", "-g", "-w", "-1"], None),
         (["-a", "-t", svc, "-r", f"{rs2.addr}:{HTTP_PORT}", "-g", "-m"], None),
         (["-a", "-t", svc], None),

@@ -26,15 +26,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import SEED_RULESET
 
 from lb.testbed import client
 from lb.testbed.topology import Host, Topology
-
-from conftest import SEED_RULESET  # type: ignore[import-not-found]
 
 if TYPE_CHECKING:  # fixtures' types only
     from conftest import HttpHelper, Lbd
@@ -78,7 +78,7 @@ def remove_seed_ruleset(host: Host) -> None:
 
 
 @pytest.fixture
-def seed_firewall(topo: Topology, lbd: "Lbd") -> Iterator[dict[str, Any]]:
+def seed_firewall(topo: Topology, lbd: Lbd) -> Iterator[dict[str, Any]]:
     """The ruleset on the director and every real server; removed before lbd's own finalizer
     (which checks that the director holds no rules) runs. Yields a dict tests may add
     per-host extra rules to via `reinstall(host, extra)`."""
@@ -112,7 +112,8 @@ class Capture:
 
     def start(self) -> None:
         with open(self.err, "w") as err:
-            self.proc = self.host.popen(["tcpdump", "-i", "any", "-nn", "-U", "--immediate-mode", "-s", "256", "-w", str(self.path), "icmp"],
+            self.proc = self.host.popen(["tcpdump", "-i", "any", "-nn", "-U", "--immediate-mode", "-s", "256",
+                                         "-w", str(self.path), "icmp"],
                                         stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + CAPTURE_START_TIMEOUT_S
         while "listening on" not in self.err.read_text():
@@ -218,7 +219,7 @@ while time.monotonic() < deadline:
 class Mode:
     """Configures one forwarding mode for the service VIP:80 and its real servers."""
 
-    def __init__(self, name: str, topo: Topology, lbd: "Lbd") -> None:
+    def __init__(self, name: str, topo: Topology, lbd: Lbd) -> None:
         self.name, self.topo, self.lbd = name, topo, lbd
         self.procs: list[subprocess.Popen[Any]] = []
         self.lip: str | None = None
@@ -273,7 +274,7 @@ class Mode:
 
 
 @pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest, topo: Topology, lbd: "Lbd") -> Iterator[Mode]:
+def mode(request: pytest.FixtureRequest, topo: Topology, lbd: Lbd) -> Iterator[Mode]:
     m = Mode(request.param, topo, lbd)
     try:
         m.configure()
@@ -286,8 +287,8 @@ def mode(request: pytest.FixtureRequest, topo: Topology, lbd: "Lbd") -> Iterator
 
 
 def test_seed_ruleset_everywhere_connections_close_cleanly(
-    topo: Topology, lbd: "Lbd", mode: Mode, seed_firewall: dict[str, Any], captures: dict[str, Capture],
-    http: "HttpHelper",
+    topo: Topology, lbd: Lbd, mode: Mode, seed_firewall: dict[str, Any], captures: dict[str, Capture],
+    http: HttpHelper,
 ) -> None:
     for host_name, extra in mode.firewall_extra.items():
         seed_firewall["reinstall"](topo.host(host_name), extra)
@@ -330,7 +331,7 @@ def test_seed_ruleset_everywhere_connections_close_cleanly(
     assert any(quoted_dport(p) == CONTROL_PORT for p in seen[rs1.name]), f"capture missed the control ICMP on {rs1.name}: {everything}"
 
 
-def test_lbd_rules_say_balanced_flows_are_untracked(topo: Topology, lbd: "Lbd", seed_firewall: dict[str, Any]) -> None:
+def test_lbd_rules_say_balanced_flows_are_untracked(topo: Topology, lbd: Lbd, seed_firewall: dict[str, Any]) -> None:
     """lbd's raw rules untrack the service (and its own raw-socket packets) by default."""
     lbd.lbadm("-A", "-t", f"{topo.vip}:{HTTP_PORT}", "-s", "rr")
     raw = topo.director.exec(["iptables", "-t", "raw", "-S"]).stdout

@@ -19,16 +19,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from conftest import Lbd, churn_other_services, parse_ln, running_lbd
 
 from lb.testbed import client
 from lb.testbed.pcap import Capture
 from lb.testbed.topology import Topology, enter_netns, fullnat_spec
-
-from conftest import Lbd, churn_other_services, parse_ln, running_lbd  # type: ignore[import-not-found]
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 80  # VIP port and real-server port
@@ -163,11 +163,12 @@ def test_fullnat_toa_on_handshake_ack(flbd: Lbd, ftopo: Topology) -> None:
             first = conn[0].ip.l4
             assert first is not None and first.flags == 0x10, f"first segment flags {first}"
             toa = [v for k, v in first.options if k == TOA_KIND]
+            assert r.local_port is not None
             want = r.local_port.to_bytes(2, "big") + socket.inet_aton(t.client.addr)
             assert toa == [want], (f"handshake ACK options {first.options}, want TOA "
                                    f"{r.local_port} {t.client.addr}:\n{cap.text()}")
             assert len(want) + 2 == TOA_LEN
-            later = [p for p in conn[1:] if any(k == TOA_KIND for k, _ in p.ip.l4.options)]
+            later = [p for p in conn[1:] if p.ip.l4 and any(k == TOA_KIND for k, _ in p.ip.l4.options)]
             assert not later, f"TOA repeated on later segments:\n{cap.text()}"
     finally:
         cap.close()
@@ -192,7 +193,7 @@ def test_fullnat_udp_icmp_port_unreachable_reaches_client(flbd: Lbd, ftopo: Topo
                 sock.send(b"hello?")
                 try:
                     sock.recv(2048)
-                except (ConnectionRefusedError, socket.timeout) as exc:
+                except (TimeoutError, ConnectionRefusedError) as exc:
                     err = exc
                     if isinstance(exc, ConnectionRefusedError):
                         break
@@ -208,6 +209,7 @@ def test_fullnat_udp_icmp_port_unreachable_reaches_client(flbd: Lbd, ftopo: Topo
         icmps = [p.ip for p in packets if p.ip.l4 and p.ip.l4.icmp_type == 3]
         assert icmps, cap.text()
         for ip in icmps:
+            assert ip.l4 is not None
             q = ip.l4.quoted
             assert (ip.src, ip.dst, ip.l4.icmp_code) == (t.vip, t.client.addr, 3), cap.text()
             assert q is not None and q.l4 is not None
@@ -225,7 +227,7 @@ def test_fullnat_held_connections_survive_other_services(flbd: Lbd, ftopo: Topol
     holds: list[client.Hold] = []
     try:
         assert all(ka.get().ok for ka in kas)
-        assert sorted(ka.server for ka in kas) == sorted(rs.name for rs in t.reals)
+        assert sorted(str(ka.server) for ka in kas) == sorted(rs.name for rs in t.reals)
         holds = [client.Hold(t.client.netns, t.vip, PORT, seconds=hold_s).start() for _ in range(2)]
         exchanges: Counter[str] = Counter()
         start = time.monotonic()
@@ -235,7 +237,7 @@ def test_fullnat_held_connections_survive_other_services(flbd: Lbd, ftopo: Topol
                 r = ka.get(timeout=3.0)
                 assert r.ok and r.server == ka.server, (
                     f"held connection to {ka.server} broke after {time.monotonic() - start:.1f}s: {r}")
-                exchanges[ka.server] += 1
+                exchanges[str(ka.server)] += 1
 
         rips = [rs.addr for rs in t.reals]
         changes = churn_other_services(flbd, t.vip, rips, "-b", OTHER_PORTS, laddrs=tuple(lips(t)),

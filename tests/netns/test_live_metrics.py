@@ -16,12 +16,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import HTTP_PORT, parse_ln, running_lbd
 from prometheus_client.parser import text_string_to_metric_families
 
 from lb.testbed import tools
 from lb.testbed.topology import Topology
-
-from conftest import HTTP_PORT, parse_ln, running_lbd  # type: ignore[import-not-found]
 
 if TYPE_CHECKING:
     from conftest import HttpHelper, Lbd

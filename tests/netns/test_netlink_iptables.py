@@ -25,13 +25,13 @@ from lb import iptables as ipt
 from lb.iptables import RuleManager
 from lb.netlink import (
     FwdResult,
-    NetlinkMonitor,
     Resolver,
     interface_name,
     mac_bytes,
     nud_name,
     resolve_fwd,
 )
+from lb.netmonitor import NetlinkMonitor
 
 pytestmark = pytest.mark.netns
 
@@ -127,7 +127,11 @@ def nsf(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Namespaces]]
         made.append(ns)
         return ns
 
-    request.addfinalizer(lambda: [n.cleanup() for n in made])
+    def cleanup_all() -> None:
+        for n in made:
+            n.cleanup()
+
+    request.addfinalizer(cleanup_all)
     yield factory
 
 
@@ -327,7 +331,11 @@ def test_monitor_reports_route_addr_link_changes(ntopo: Topo) -> None:
     async def scenario() -> list[str]:
         events: list[str] = []
         got = asyncio.Event()
-        mon = NetlinkMonitor(lambda kind: (events.append(kind), got.set()), netns=ntopo.d)
+        def on_event(kind: str) -> None:
+            events.append(kind)
+            got.set()
+
+        mon = NetlinkMonitor(on_event, netns=ntopo.d)
         mon.start()
         try:
             async def expect(kind: str, *cmd: str) -> None:
@@ -339,7 +347,7 @@ def test_monitor_reports_route_addr_link_changes(ntopo: Topo) -> None:
                     got.clear()
                     try:
                         await asyncio.wait_for(got.wait(), max(0.01, deadline - time.monotonic()))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                 assert kind in events, f"no {kind!r} event after {' '.join(cmd)}: {events}"
 
@@ -409,7 +417,7 @@ def expected_rules(queue: int, services: list[tuple[int, str, int]], target: str
     out: list[str] = []
     for proto, vip, port in services:
         p = ipt.rule_pair(ipt.chain_name(queue), ipt.service_match(proto, vip, port), target)
-        out += [p.notrack, p.queue]
+        out += p.lines  # notrack, queue
     return out
 
 

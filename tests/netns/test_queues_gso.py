@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from conftest import Lbd, iptables_leftovers, running_lbd
 
 from lb.testbed import echo
 from lb.testbed.topology import Topology
-
-from conftest import Lbd, iptables_leftovers, running_lbd  # type: ignore[import-not-found]
 
 ECHO_PORT = 9100
 UPLOAD_BYTES = 4 * 1024 * 1024
@@ -147,7 +147,7 @@ def test_queue_options_refused_with_reasons(topo: Topology) -> None:
             (["--engine", "python", "--gso"], "needs the C engine"),
             (["--gso-mtu", "100", "--gso"], "out of range 576..65535"),
         ):
-            from conftest import LBD  # type: ignore[import-not-found]
+            from conftest import LBD
 
             proc = topo.director.exec([str(LBD), "--socket", lbd_bin.socket, *argv], check=False)
             assert proc.returncode == 2 and why in proc.stderr, (argv, proc.returncode, proc.stderr)

@@ -25,15 +25,14 @@ import re
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from conftest import LBD, Lbd
 
 from lb.testbed.echo import EchoStream, servers
 from lb.testbed.topology import Topology
-
-from conftest import LBD, Lbd  # type: ignore[import-not-found]
 
 KEPT = (1, 2, 4, 5)  # services whose connections must survive
 PORT_BASE = 8000  # service n listens on VIP:8000+n

@@ -27,14 +27,14 @@ import contextlib
 import re
 import signal
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from conftest import LBD, QUEUE_NUM, Lbd, iptables_leftovers
 
 from lb.testbed.echo import EchoStream, servers
 from lb.testbed.topology import Topology
-
-from conftest import LBD, QUEUE_NUM, Lbd, iptables_leftovers  # type: ignore[import-not-found]
 
 ECHO_PORT = 8201  # test_reload uses 8001..8005 and 9001..9004
 N = 20

@@ -16,15 +16,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from conftest import Lbd, LbdError
 
 from lb.testbed import client
 from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
-
-from conftest import Lbd, LbdError  # type: ignore[import-not-found]
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 8080
@@ -169,7 +169,7 @@ def test_syn_backoff_schedule(ftopo: Topology, splbd: Lbd, dropped: int, tmp_pat
     assert connect_s < 0.5, f"connect took {connect_s:.3f}s"
     assert len(times) == dropped + 1, f"real server saw {len(times)} SYNs, expected {dropped + 1}:\n{cap.text()}"
     offsets = [t - times[0] for t in times]
-    for got, want in zip(offsets, SCHEDULE_S):
+    for got, want in zip(offsets, SCHEDULE_S, strict=False):
         assert want - EARLY_S <= got <= want + LATE_S, f"SYN offsets {offsets}, schedule {SCHEDULE_S}:\n{cap.text()}"
     # The client's wait follows the schedule, not multiples of 3 s.
     assert first_byte_s < SCHEDULE_S[dropped] + 1.0, f"first byte after {first_byte_s:.3f}s"

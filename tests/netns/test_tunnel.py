@@ -13,15 +13,15 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+from conftest import churn_other_services, parse_ln, running_lbd
 
 from lb.testbed import client, echo
 from lb.testbed.ipip_decap import start_in
 from lb.testbed.topology import Topology
-
-from conftest import churn_other_services, parse_ln, running_lbd  # type: ignore[import-not-found]
 
 if TYPE_CHECKING:  # fixtures' types only
     from conftest import HttpHelper, Lbd
@@ -114,7 +114,7 @@ def test_tunnel_held_connections_survive_other_services(lbd: Lbd, topo: Topology
         assert all(r.ok for r in first), first
         assert sorted(ka.server for ka in kas) == sorted(rs.name for rs in topo.reals)
         holds = [http.hold(hold_s).start() for _ in range(2)]
-        exchanges = Counter()
+        exchanges: Counter[str] = Counter()
         start = time.monotonic()
 
         def exchange() -> None:

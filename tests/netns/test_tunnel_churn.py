@@ -46,18 +46,18 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from conftest import Lbd, running_lbd
 
 from lb.testbed import client
 from lb.testbed.ipip_decap import start_in
 from lb.testbed.pcap import Capture
 from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
-
-from conftest import Lbd, running_lbd  # type: ignore[import-not-found]
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 80

@@ -3,6 +3,7 @@ from the kernel source and independent of lbd's engines. See README.md in this d
 
 from __future__ import annotations
 
+from .builders import build_service, dest_address
 from .conn import (
     IPPROTO_SCTP,
     IPPROTO_TCP,
@@ -26,7 +27,6 @@ from .flags import (
     format_sched_flags,
     parse_sched_flags,
 )
-from .builders import build_service, dest_address
 from .model import Clock, Dest, IpvsError, PacketInfo, Service
 from .registry import KERNEL_HOOKS, SCHEDULERS, make_scheduler
 from .sched_base import Scheduler

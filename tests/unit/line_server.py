@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import socketserver
 import threading
-from typing import Any, Callable, Self
+from collections.abc import Callable
+from typing import Any, Self
 
 Answer = Callable[[bytes], dict[str, Any]]
 
@@ -39,6 +40,6 @@ class LineServer:
 
 def director_socket(path: str, director: Any) -> LineServer:
     """The daemon's request dispatch (ControlServer._dispatch) for `director` behind `path`."""
-    from lb.daemon import ControlServer
+    from lb.ctlserver import ControlServer
 
     return LineServer(path, ControlServer(director, path)._dispatch)

@@ -82,7 +82,7 @@ def _long_options(help_text: str) -> set[str]:
 
 
 def test_every_lbadm_option_of_its_help_is_offered() -> None:
-    helptext = subprocess.run([sys.executable, "-m", "lb.cli", "-h"], capture_output=True, text=True,
+    helptext = subprocess.run([sys.executable, "-m", "lb.lbadm", "-h"], capture_output=True, text=True,
                               cwd=REPO, timeout=60, check=False)
     documented = _long_options(helptext.stdout + helptext.stderr)
     assert "--add-service" in documented, helptext

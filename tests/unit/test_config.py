@@ -103,7 +103,7 @@ def test_every_error_is_reported_with_its_line() -> None:
         weight = 2                    # 9
           [[service.dest]]            # 10
           addr = "10.1.1.11"          # 11
-          weight = 70000              # 12
+          weight = 2147483648         # 12
           [[service.dest]]            # 13
           addr = "10.1.1.12"          # 14
           port = 8080                 # 15
@@ -136,7 +136,7 @@ def test_every_error_is_reported_with_its_line() -> None:
         "f.toml:8: 'sched' must be one of rr, wlc, got 'xx'",
         "f.toml:9: unknown key 'weight' in [[service]] (known: proto, addr, port, sched, persistent, netmask, "
         "toa, synproxy, laddrs, dest)",
-        "f.toml:12: 'weight' 70000 out of range 0..65535",
+        "f.toml:12: 'weight' 2147483648 out of range 0..2147483647",
         "f.toml:15: fwd = \"route\" cannot change the port: the real server receives the service's port 80; "
         "omit 'port' or set it to 80",
         "f.toml:24: l_threshold 5 is higher than u_threshold 0",
@@ -230,7 +230,7 @@ def test_inline_tables_and_multiline_arrays_keep_lines_right() -> None:
         "f.toml:3: bad local address 'port = 3' in 'laddrs': not an IPv4 address",
         "f.toml:7: unknown key 'desc' in [[service]] (known: proto, addr, port, sched, persistent, netmask, "
         "toa, synproxy, laddrs, dest)",
-        "f.toml:13: 'weight' -1 out of range 0..65535",
+        "f.toml:13: 'weight' -1 out of range 0..2147483647",
     ]
 
 
@@ -295,7 +295,7 @@ def test_ipvsadm_save_and_toml_describe_the_same_state() -> None:
 
 def test_ipvsadm_save_errors_have_lines() -> None:
     with pytest.raises(ConfigErrors) as info:
-        parse_config("# saved\n" + SAVE + "-a -t 10.0.0.9:80 -r 10.0.0.2\n-a -t 10.0.0.1:80 -r 10.0.0.2 -w 99999\n"
+        parse_config("# saved\n" + SAVE + "-a -t 10.0.0.9:80 -r 10.0.0.2\n-a -t 10.0.0.1:80 -r 10.0.0.2 -w 2147483648\n"
                      "-A -t 10.0.0.1:80\n-D -t 10.0.0.1:80\n--set 10 20 30\n", "r.save")
     assert [str(i) for i in info.value.issues] == [
         "r.save:7: service TCP 10.0.0.9:80 is not defined (by an -A line above)",

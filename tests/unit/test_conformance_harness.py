@@ -4,16 +4,11 @@ in tests/kernel; these need no guest."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernel"))
-
-from conformance import compare  # noqa: E402
-from conformance.model import Admin, Connect, Hold, Output, Release, Scenario  # noqa: E402
-from scenarios import ALL  # noqa: E402
+from conformance import compare
+from conformance.model import Admin, Connect, Hold, Output, Release, Scenario
+from conformance.scenarios import ALL
 
 KERNEL_LNC = """\
 IPVS connection entries

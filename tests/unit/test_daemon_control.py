@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from lb.daemon import MAX_REQUEST_BYTES, ControlServer, _peer_allowed
+from lb.ctlserver import MAX_REQUEST_BYTES, ControlServer, _peer_allowed
 from lb.director import Director
 
 VIP = "10.0.0.1"
@@ -47,7 +47,7 @@ class Served:
         self.ready.set()
         self.loop.run_forever()
 
-    def __enter__(self) -> "Served":
+    def __enter__(self) -> Served:
         self.thread.start()
         assert self.ready.wait(10)
         return self

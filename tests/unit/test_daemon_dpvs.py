@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from lb.cli import LEGAL_OPTIONS, Action, Opt, UsageError, parse_args
 from lb.config import SERVICE_SYNPROXY_KEYS, SYNPROXY_KEYS, ConfigErrors, TomlLines, parse_config
 from lb.director import Director
 from lb.engine import EngineError
 from lb.ipvsadm_fmt import NumericNames, format_laddrs
+from lb.lbadm import LEGAL_OPTIONS, Action, Opt, UsageError, parse_args
 from lb.model import ServiceKey, SynproxyConf
 from lb.reconcile import SYNPROXY_NEEDS_FULLNAT, SetSynproxy, State, plan
 from line_server import director_socket  # tests/unit helper
@@ -49,7 +49,7 @@ def served() -> Iterator[tuple[str, Director]]:
 
 
 def lbadm(path: str, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-    from lb.cli import main
+    from lb.lbadm import main
 
     old = sys.stdin, sys.stdout, sys.stderr
     sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), io.StringIO(), io.StringIO()
@@ -276,7 +276,7 @@ def test_toml_synproxy_settings_are_applied_and_reloaded_minimally(tmp_path: Pat
     conf = tmp_path / "lbd.toml"
     conf.write_text(SP_TOML)
     eng = SpSpy()
-    d = Director(eng, rules=None, resolver=None, config_path=str(conf))  # type: ignore[arg-type]
+    d = Director(eng, rules=None, resolver=None, config_path=str(conf))
     d.handle("reload", {})
     default = SynproxyConf(init_rto_ms=100, max_retries=5)
     own = SynproxyConf(init_rto_ms=100, max_retries=5, max_rto_ms=800, sack=False)

@@ -1,6 +1,6 @@
 """lbd restart recovery (issue 8), without packets on the wire: state file, restore, rules, flags.
 
-- The state file (lb/daemon.py write_state/read_state): atomic, versioned, configuration as JSON
+- The state file (lb/statefile.py write_state/read_state): atomic, versioned, configuration as JSON
   plus the C engine's raw connection dump; restore re-applies the configuration (same services,
   destinations in the same list order, local addresses, SYN-proxy settings, timeouts) and then
   the connections, with the downtime taken off their timers.
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scapy.all import IP, TCP, raw  # type: ignore[import-untyped]
+from scapy.all import IP, TCP, raw
 
-from lb import daemon
+from lb import daemon, statefile
 from lb.director import Director
 from lb.engine import EngineError, FwdState, Verdict
 from lb.iptables import RuleManager, queue_target
@@ -84,30 +84,30 @@ def syn_ack(d: Director, src: str, sport: int, t: int) -> None:
 
 def test_state_file_round_trip_is_atomic(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "lbd-q3.state"
-    size = daemon.write_state(path, {"format": 1, "services": []}, b"\x01" * 3 * daemon._conn_record_size(), "c")
+    size = statefile.write_state(path, {"format": 1, "services": []}, b"\x01" * 3 * statefile.conn_record_size(), "c")
     assert path.stat().st_size == size and oct(path.stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in path.parent.iterdir()] == ["lbd-q3.state"]  # no temporary file left
-    header, blob = daemon.read_state(path)
+    header, blob = statefile.read_state(path)
     assert header["services"] == [] and header["connections"] == 3 and header["engine"] == "c"
-    assert abs(header["saved_at"] - time.time()) < 5 and len(blob) == 3 * daemon._conn_record_size()
+    assert abs(header["saved_at"] - time.time()) < 5 and len(blob) == 3 * statefile.conn_record_size()
     path.write_bytes(b"garbage\n")
     with pytest.raises(ValueError):
-        daemon.read_state(path)
-    assert daemon.state_path("/run/lbd", 7) == Path("/run/lbd/lbd-q7.state")
+        statefile.read_state(path)
+    assert statefile.state_path("/run/lbd", 7) == Path("/run/lbd/lbd-q7.state")
 
 
 def test_snapshot_restores_the_whole_configuration(tmp_path: Path) -> None:
     old = configured()
     path = tmp_path / "lbd-q0.state"
-    daemon.save_state(old, path)
+    statefile.save_state(old, path)
     new = Director(c_engine(), rules=None, resolver=None)
-    result = daemon.restore_state(new, path)
+    result = statefile.restore_state(new, path)
     assert result["commands"] > 0
     assert listing(new) == listing(old)  # same order of destinations, laddrs, SYN-proxy, timeouts
     assert new.synproxy_default == SynproxyConf(init_rto_ms=150)
     assert new.synproxy_confs == {ServiceKey(6, VIP, 82): SynproxyConf(max_retries=5)}
     # Restoring again changes nothing (minimal plan), even over a running state.
-    assert new.restore_config(daemon.read_state(path)[0]) == 0
+    assert new.restore_config(statefile.read_state(path)[0]) == 0
 
 
 def test_snapshot_restores_connections_with_the_downtime_taken_off(tmp_path: Path) -> None:
@@ -116,12 +116,12 @@ def test_snapshot_restores_connections_with_the_downtime_taken_off(tmp_path: Pat
     for sport in range(1000, 1010):
         syn_ack(old, f"10.9.0.{sport % 5}", sport, t)
     path = tmp_path / "lbd-q0.state"
-    assert daemon.save_state(old, path).endswith(", 15 connections")  # 10 flows, 5 persistence templates
-    header, blob = daemon.read_state(path)
+    assert statefile.save_state(old, path).endswith(", 15 connections")  # 10 flows, 5 persistence templates
+    header, blob = statefile.read_state(path)
     n = header["connections"]
     assert n == 15
     new = Director(c_engine(), rules=None, resolver=None)
-    result = daemon.restore_state(new, path)
+    result = statefile.restore_state(new, path)
     assert result["connections"] == {"restored": n}
     counts = lambda d: [(x.spec.addr, x.active, x.inactive, x.persist) for s in d.engine.services() for x in s.dests]  # noqa: E731
     assert counts(new) == counts(old)
@@ -131,15 +131,15 @@ def test_snapshot_restores_connections_with_the_downtime_taken_off(tmp_path: Pat
     a_old = old.engine.process(raw(IP(src="10.9.0.1", dst=VIP) / TCP(sport=1001, dport=80, flags="A")), now_ms())
     assert a_new.verdict == Verdict.XMIT_L2 and a_new.l2hdr == a_old.l2hdr
     # Saved "an hour ago": every entry (600 s ESTABLISHED, 60 s persistence) has expired meanwhile.
-    aged, expired = daemon._age_connections(blob, 3600 * 1000)
+    aged, expired = statefile.age_connections(blob, 3600 * 1000)
     assert (aged, expired) == (b"", n)
     header["saved_at"] -= 3600
-    path.write_bytes(daemon.STATE_MAGIC + json.dumps(header).encode() + b"\n" + blob)
+    path.write_bytes(statefile.STATE_MAGIC + json.dumps(header).encode() + b"\n" + blob)
     later = Director(c_engine(), rules=None, resolver=None)
-    assert daemon.restore_state(later, path)["connections"] == {"expired": n}
+    assert statefile.restore_state(later, path)["connections"] == {"expired": n}
     assert later.engine.conn_count() == 0
     # 10 s down: the same entries, 10 s less to live.
-    aged, expired = daemon._age_connections(blob, 10_000)
+    aged, expired = statefile.age_connections(blob, 10_000)
     assert expired == 0 and len(aged) == len(blob)
 
 
@@ -150,30 +150,31 @@ def test_engine_without_dump_saves_configuration_only(tmp_path: Path) -> None:
             self.name = "nodump"
 
         def __getattr__(self, name: str) -> Any:
-            if name in ("dump_connections_raw", "restore_connections_raw"):
-                raise AttributeError(name)
             return getattr(self.inner, name)
 
-    d = Director(NoDump(), rules=None, resolver=None)  # type: ignore[arg-type]
+        def dump_connections_raw(self, now_ms: int) -> bytes | None:
+            return None  # the Engine protocol's "this engine cannot dump"
+
+    d = Director(NoDump(), rules=None, resolver=None)
     d.handle("add_service", {**DR, "sched": "rr"})
     path = tmp_path / "s"
-    assert "not saved (engine nodump cannot dump them)" in daemon.save_state(d, path)
-    assert daemon.read_state(path)[0]["connections"] is None
+    assert "not saved (engine nodump cannot dump them)" in statefile.save_state(d, path)
+    assert statefile.read_state(path)[0]["connections"] is None
     new = Director(c_engine(), rules=None, resolver=None)
-    assert "connections" not in daemon.restore_state(new, path)
+    assert "connections" not in statefile.restore_state(new, path)
     assert [s.spec.key.port for s in new.engine.services()] == [80]
 
 
 def test_python_engine_round_trip_if_available(tmp_path: Path) -> None:
     from lb.pyengine import PyEngine
 
-    d = Director(PyEngine(conn_max=64), rules=None, resolver=None)  # type: ignore[arg-type]
+    d = Director(PyEngine(conn_max=64), rules=None, resolver=None)
     d.handle("add_service", {**DR, "sched": "rr"})
     d.handle("add_dest", {"service": DR, "dest": dest("10.0.0.11")})
     path = tmp_path / "s"
-    daemon.save_state(d, path)
-    new = Director(PyEngine(conn_max=64), rules=None, resolver=None)  # type: ignore[arg-type]
-    daemon.restore_state(new, path)
+    statefile.save_state(d, path)
+    new = Director(PyEngine(conn_max=64), rules=None, resolver=None)
+    statefile.restore_state(new, path)
     assert listing(new) == listing(d)
 
 
@@ -286,5 +287,5 @@ def test_no_temporary_files_after_many_saves(tmp_path: Path) -> None:
     d = configured()
     path = tmp_path / "lbd-q0.state"
     for _ in range(5):
-        daemon.save_state(d, path)
+        statefile.save_state(d, path)
     assert os.listdir(tmp_path) == ["lbd-q0.state"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lb import cli, daemon
+from lb import daemon, lbadm
 from lb.director import Director
 from lb.estimator import HandshakeSample, StallWatch
 from lb.iptables import icmp_match
@@ -23,11 +23,14 @@ KEY = ServiceKey(6, VIP, 80)
 
 
 class FakeEngine:
-    """Only what Director's list/estimate/sync need; counters set by the test."""
+    """A real (Python) engine whose services() the test makes up, with counters it sets."""
 
     name = "fake"
 
     def __init__(self) -> None:
+        from lb.pyengine import PyEngine
+
+        self._inner = PyEngine(conn_max=16)
         self.dests = {
             "10.0.0.2": DestInfo(DestSpec("10.0.0.2", 80)),
             "10.0.0.3": DestInfo(DestSpec("10.0.0.3", 80)),
@@ -36,6 +39,9 @@ class FakeEngine:
 
     def services(self) -> list[ServiceInfo]:
         return [ServiceInfo(ServiceSpec(KEY, sched="rr"), list(self.dests.values()), Stats(), list(self.laddrs))]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
     def bump(self, addr: str, syn_retrans: int = 0, handshakes: int = 0, conns: int = 0) -> None:
         d = self.dests[addr]
@@ -53,7 +59,7 @@ def dest_listing(director: Director, addr: str) -> dict[str, Any]:
 
 
 def test_stallwatch_one_event_per_episode_start_and_end() -> None:
-    w = StallWatch(window_s=10.0)
+    w: StallWatch[str] = StallWatch(window_s=10.0)
     s = HandshakeSample(0, 0, 0)
     assert w.tick(0.0, {"d": s}) == []
     events = []
@@ -77,7 +83,7 @@ def test_stallwatch_one_event_per_episode_start_and_end() -> None:
 
 
 def test_stallwatch_handshakes_completing_is_no_stall() -> None:
-    w = StallWatch()
+    w: StallWatch[str] = StallWatch()
     s = HandshakeSample(0, 0)
     w.tick(0.0, {"d": s})
     for i in range(1, 10):
@@ -87,14 +93,14 @@ def test_stallwatch_handshakes_completing_is_no_stall() -> None:
 
 
 def test_stallwatch_handshakes_resuming_ends_the_episode() -> None:
-    w = StallWatch()
+    w: StallWatch[str] = StallWatch()
     w.tick(0.0, {"d": HandshakeSample(0, 0)})
     assert [e.started for e in w.tick(2.0, {"d": HandshakeSample(3, 0)})] == [True]
     assert [e.started for e in w.tick(4.0, {"d": HandshakeSample(4, 1)})] == [False]
 
 
 def test_stallwatch_forgets_removed_destinations_and_counter_resets() -> None:
-    w = StallWatch()
+    w: StallWatch[str] = StallWatch()
     w.tick(0.0, {"d": HandshakeSample(0, 0)})
     w.tick(2.0, {"d": HandshakeSample(5, 0)})
     assert w.episodes("d") == 1
@@ -111,7 +117,7 @@ def test_stallwatch_forgets_removed_destinations_and_counter_resets() -> None:
 
 def test_director_logs_a_stall_once_and_exports_the_counter(caplog: pytest.LogCaptureFixture) -> None:
     eng = FakeEngine()
-    d = Director(eng, rules=None, resolver=None)  # type: ignore[arg-type]
+    d = Director(eng, rules=None, resolver=None)
     caplog.set_level(logging.INFO, logger="lbd")
     d.estimate(now=0.0)
     for i in range(1, 16):  # 30 s of stall at 10.0.0.2, 10.0.0.3 healthy
@@ -153,7 +159,7 @@ def test_sync_rules_queues_icmp_to_every_vip_and_local_address_once() -> None:
     eng = FakeEngine()
     eng.laddrs = [LaddrInfo("10.0.1.2"), LaddrInfo("10.0.1.3")]
     rules = RecordingRules()
-    d = Director(eng, rules, resolver=None)  # type: ignore[arg-type]
+    d = Director(eng, rules, resolver=None)
     d.sync_rules()
     services, extra = rules.calls[-1]
     assert services == [(6, VIP, 80)]
@@ -176,10 +182,10 @@ def test_sync_rules_with_a_real_engine_two_services_one_vip() -> None:
 
 
 def test_ping_reports_queue_and_conntrack() -> None:
-    d = Director(FakeEngine(), rules=None, resolver=None, queue_num=7, conntrack=True)  # type: ignore[arg-type]
+    d = Director(FakeEngine(), rules=None, resolver=None, queue_num=7, conntrack=True)
     result = d.handle("ping", {})
     assert result["queue_num"] == 7 and result["conntrack"] is True and result["engine"] == "fake"
-    assert Director(FakeEngine(), None, None).handle("ping", {})["conntrack"] is False  # type: ignore[arg-type]
+    assert Director(FakeEngine(), None, None).handle("ping", {})["conntrack"] is False
 
 
 def test_lbd_conntrack_flag_is_off_by_default() -> None:
@@ -209,25 +215,30 @@ def test_lbd_help_documents_conntrack(capsys: pytest.CaptureFixture[str]) -> Non
 def test_lbadm_doctor_is_dispatched_before_ipvsadm_parsing(
     monkeypatch: pytest.MonkeyPatch, argv: list[str], sock: str, rest: list[str]
 ) -> None:
-    import lb.doctor_cli
+    import lb.doctor.cli
 
     seen: list[tuple[list[str], str]] = []
-    monkeypatch.setattr(lb.doctor_cli, "main_doctor", lambda a, s: seen.append((list(a), s)) or 0)
-    assert cli.main(argv, env={"LBD_SOCKET": "/env/lbd.sock"}) == 0
+
+    def main_doctor(args: list[str], socket_path: str) -> int:
+        seen.append((list(args), socket_path))
+        return 0
+
+    monkeypatch.setattr(lb.doctor.cli, "main_doctor", main_doctor)
+    assert lbadm.main(argv, env={"LBD_SOCKET": "/env/lbd.sock"}) == 0
     assert seen == [(rest, sock)]
 
 
 def test_lbadm_doctor_bad_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["doctor", "--window", "-1"], env={}) == 2
+    assert lbadm.main(["doctor", "--window", "-1"], env={}) == 2
     assert "window" in capsys.readouterr().err
 
 
 def test_lbadm_help_mentions_doctor(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["-h"], env={}) == 0
+    assert lbadm.main(["-h"], env={}) == 0
     assert "doctor [--json] [--window SECONDS]" in capsys.readouterr().out
 
 
 def test_doctor_word_elsewhere_is_still_ipvsadm(capsys: pytest.CaptureFixture[str]) -> None:
     # "-A -t doctor:80": not a doctor invocation; ipvsadm's own error for an unknown host.
-    assert cli.main(["-A", "-t", "doctor:80"], env={}) == 2
+    assert lbadm.main(["-A", "-t", "doctor:80"], env={}) == 2
     assert "illegal virtual server address" in capsys.readouterr().err

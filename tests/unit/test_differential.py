@@ -23,19 +23,15 @@ Two modes:
 from __future__ import annotations
 
 import functools
-import sys
 from dataclasses import astuple, dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import packet_table as table  # noqa: E402
-from lb.engine import EngineError, FwdState  # noqa: E402
-from lb.model import DestSpec, ServiceKey, ServiceSpec, SynproxyConf  # noqa: E402
+import packet_table as table
+from lb.engine import EngineError, FwdState
+from lb.model import SCHEDULERS, DestSpec, ServiceKey, ServiceSpec, SynproxyConf
 
 FACTORIES = {f.id: f for f in table.engine_factories()}
 C_FACTORY = FACTORIES["c"]
@@ -145,7 +141,7 @@ def fwd_for(dest: int, variant: str) -> FwdState | None:
 
 svc_idx = st.integers(0, len(SERVICES) - 1)
 dest_idx = st.integers(0, len(DESTS) - 1)
-sched = st.sampled_from(["rr", "wlc"])
+sched = st.sampled_from(SCHEDULERS)  # every scheduler of the C registry
 persistence = st.sampled_from([None, None, None, 60, 300])  # seconds
 netmask = st.sampled_from(["255.255.255.255", "255.255.255.0"])  # CLIENT1 and CLIENT2 share a /24
 service_conf = st.tuples(sched, persistence, netmask, st.sampled_from([False, False, True]),
@@ -225,13 +221,13 @@ class Outcome:
     error: str | None
 
 
-def fnat_entries(engine: object, now: int) -> list[tuple]:  # type: ignore[type-arg]
+def fnat_entries(engine: object, now: int) -> list[tuple]:
     """Live FULLNAT connections (not templates), in a deterministic order."""
     return sorted(astuple(c) for c in engine.connections(now)  # type: ignore[attr-defined]
                   if c.laddr != "0.0.0.0" and c.cport != 0)
 
 
-def resolve(op: tuple, now: int, reference: object) -> tuple:  # type: ignore[type-arg]
+def resolve(op: tuple, now: int, reference: object) -> tuple:
     """Turn an op whose packet depends on the tables (a reply to the k-th live FULLNAT entry) into
     ("raw", packet), looking at `reference` before either engine sees the op; other ops unchanged."""
     name = op[0]
@@ -255,7 +251,7 @@ def resolve(op: tuple, now: int, reference: object) -> tuple:  # type: ignore[ty
     return op
 
 
-def apply(engine: object, op: tuple, now: int) -> Outcome:  # type: ignore[type-arg]
+def apply(engine: object, op: tuple, now: int) -> Outcome:
     """Apply a resolved op to engine."""
     e = engine
     try:
@@ -324,7 +320,7 @@ def make_pair(conn_max: int) -> tuple[object, object]:
     return FACTORIES["py"].make(conn_max, **cfg), C_FACTORY.make(conn_max, **cfg)  # type: ignore[operator]
 
 
-def run_both(ops: list[tuple], conn_max: int, swept: bool) -> None:  # type: ignore[type-arg]
+def run_both(ops: list[tuple], conn_max: int, swept: bool) -> None:
     py, c = make_pair(conn_max)
     now = 0
     history: list[str] = []
@@ -342,7 +338,7 @@ def run_both(ops: list[tuple], conn_max: int, swept: bool) -> None:  # type: ign
         trail = "\n  ".join(history[-25:])
         assert (got_py.result, got_py.error) == (got_c.result, got_c.error), f"step diverged at t={now}:\n  {trail}"
         snap_py, snap_c = snapshot(py, now), snapshot(c, now)
-        for what, a, b in zip(("services", "dest_flags", "connections", "counters", "synproxy_stats"), snap_py, snap_c):
+        for what, a, b in zip(("services", "dest_flags", "connections", "counters", "synproxy_stats"), snap_py, snap_c, strict=True):
             assert a == b, f"{what} differ after {op} at t={now}:\n  {trail}\npy: {a}\nc:  {b}"
 
 
@@ -352,14 +348,14 @@ common = settings(max_examples=300, deadline=None, suppress_health_check=[Health
 
 @common
 @given(scenarios)
-def test_differential_exact(scenario: tuple) -> None:  # type: ignore[type-arg]
+def test_differential_exact(scenario: tuple) -> None:
     pre, ops, conn_max = scenario
     run_both(pre + ops, conn_max, swept=False)
 
 
 @common
 @given(scenarios)
-def test_differential_swept(scenario: tuple) -> None:  # type: ignore[type-arg]
+def test_differential_swept(scenario: tuple) -> None:
     pre, ops, conn_max = scenario
     run_both(pre + ops, conn_max, swept=True)
 
@@ -371,19 +367,19 @@ WLC = ("wlc", None, "255.255.255.255", False, False)
 
 
 def svc(sched_name: str = "rr", persistent: int | None = None, mask: str = "255.255.255.255", toa: bool = False,
-        synproxy: bool = False) -> tuple:  # type: ignore[type-arg]
+        synproxy: bool = False) -> tuple:
     return (sched_name, persistent, mask, toa, synproxy)
 
 
-def dest(s: int, d: int, w: int = 1, th: tuple[int, int] = (0, 0), m: str = "route") -> tuple:  # type: ignore[type-arg]
+def dest(s: int, d: int, w: int = 1, th: tuple[int, int] = (0, 0), m: str = "route") -> tuple:
     return ("add_dest", s, d, w, th, m)
 
 
-def syn(client: int, service: int = 0) -> tuple:  # type: ignore[type-arg]
+def syn(client: int, service: int = 0) -> tuple:
     return ("packet", "syn", client, service, 61)
 
 
-def pkt(kind: str, client: int, service: int = 0) -> tuple:  # type: ignore[type-arg]
+def pkt(kind: str, client: int, service: int = 0) -> tuple:
     return ("packet", kind, client, service, 61)
 
 

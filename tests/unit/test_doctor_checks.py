@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 
 from lb import doctor
-from lb import doctor_cli
 from lb import iptables as ipt
-from lb.testbed.seeds import FIELD_REPORT_001_FILTER
 from lb.doctor import (
     DoctorContext,
     Finding,
@@ -28,6 +26,9 @@ from lb.doctor import (
     walk,
     walk_path,
 )
+from lb.doctor import cli as doctor_cli
+from lb.doctor import runner as doctor_runner
+from lb.testbed.seeds import FIELD_REPORT_001_FILTER
 
 VIP = "10.0.0.100"
 DIP = "10.0.0.2"
@@ -55,10 +56,10 @@ NFQ_LINE = "    0  31337     0 2 65531     0     0      120  1\n"
 
 
 def ifaces(vip_dev: str = "eth0", up: bool = True, mtu: int = 1500) -> list[dict[str, Any]]:
-    eth0 = {"ifname": "eth0", "mtu": mtu, "flags": ["BROADCAST", "UP", "LOWER_UP"] if up else ["BROADCAST"],
+    eth0: dict[str, Any] = {"ifname": "eth0", "mtu": mtu, "flags": ["BROADCAST", "UP", "LOWER_UP"] if up else ["BROADCAST"],
             "operstate": "UP" if up else "DOWN",
             "addr_info": [{"family": "inet", "local": DIP, "prefixlen": 24}]}
-    lo = {"ifname": "lo", "mtu": 65536, "flags": ["LOOPBACK", "UP"], "operstate": "UNKNOWN",
+    lo: dict[str, Any] = {"ifname": "lo", "mtu": 65536, "flags": ["LOOPBACK", "UP"], "operstate": "UNKNOWN",
           "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]}
     if vip_dev:
         (eth0 if vip_dev == "eth0" else lo)["addr_info"].append({"family": "inet", "local": VIP, "prefixlen": 32})
@@ -364,8 +365,8 @@ def test_out_chain_missing_and_track_opt_in() -> None:
     assert not by(fs, "nfqueue-rules", "warning")
     # with tracking, handed-back segments are NEW/INVALID: the seed's `--state NEW --dport 80` rule
     # may accept some, INVALID ones are still rejected
-    (w,) = by(fs, "firewall", "warning")
-    assert "are INVALID/NEW and hit REJECT" in w.summary and "rules accepting NEW may let some through" in w.evidence
+    (only_warning,) = by(fs, "firewall", "warning")
+    assert "are INVALID/NEW and hit REJECT" in only_warning.summary and "rules accepting NEW may let some through" in only_warning.evidence
     info = [f for f in by(fs, "firewall", "info") if "firewall rule" in f.summary][0]
     assert "--dport 80 --state NEW -j ACCEPT\n    matches some of lbd's handed-back packets" in info.evidence
 
@@ -417,9 +418,9 @@ def test_stalled_handshakes_one_destination_and_recovery() -> None:
             "dport": 80, "state": "SYN_RECV", "expires_ms": 50000}
     s1c = {**s1, "connections": {"connections": [conn, {**conn, "cport": 1001}, {**conn, "state": "ESTABLISHED"}]}}
     fs = run_checks(FakeContext(samples=[s0, s1c], window_s=3))
-    (e,) = by(fs, "handshakes", "error")
-    assert e.summary.startswith(f"destination {RIPS[0]}:80: 2 handshakes stalled in 3 s;")
-    assert "connections in SYN_RECV now 2" in e.evidence
+    (only_error,) = by(fs, "handshakes", "error")
+    assert only_error.summary.startswith(f"destination {RIPS[0]}:80: 2 handshakes stalled in 3 s;")
+    assert "connections in SYN_RECV now 2" in only_error.evidence
     # retransmissions while handshakes complete (loss, not a stall), or nothing at all: no finding
     fs = run_checks(FakeContext(samples=[s1, s1]))
     assert by(fs, "handshakes") == []
@@ -475,7 +476,7 @@ def test_vip_presence() -> None:
 
 def test_tunnel_mtu() -> None:
     s = {"list": listing([dest(RIPS[0], fwd="tunnel"), dest(RIPS[1], fwd="tunnel")]), "counters": counters(), "nfq": NFQ_LINE}
-    routes = {RIPS[0]: {"dst": RIPS[0], "dev": "eth0"},
+    routes: dict[str, dict[str, Any]] = {RIPS[0]: {"dst": RIPS[0], "dev": "eth0"},
               RIPS[1]: {"dst": RIPS[1], "dev": "eth0", "metrics": [{"mtu": 1400}]}}
     fs = run_checks(FakeContext(samples=[s, s], routes=routes))
     w = by(fs, "mtu", "warning")
@@ -546,7 +547,7 @@ def test_a_failing_check_does_not_hide_the_others(monkeypatch: pytest.MonkeyPatc
         raise KeyError("surprise")
 
     boom.__name__ = "check_mtu"
-    monkeypatch.setattr(doctor, "STATIC_CHECKS", (*doctor.STATIC_CHECKS[:-2], boom, doctor.STATIC_CHECKS[-1]))
+    monkeypatch.setattr(doctor_runner, "STATIC_CHECKS", (*doctor_runner.STATIC_CHECKS[:-2], boom, doctor_runner.STATIC_CHECKS[-1]))
     fs = run_checks(FakeContext())
     assert [f.summary for f in by(fs, "mtu")] == ["check failed: KeyError: 'surprise'"]
     assert by(fs, "vip")

@@ -21,7 +21,7 @@ def kernel_tick(avg: int, delta: int, shift: int) -> int:
 
 
 def test_first_ticks_by_hand() -> None:
-    est = Estimator()
+    est: Estimator[str] = Estimator()
     # 100 connections in the first 2 s interval: rate = 100 << 9 = 51200 (50 cps, scaled 2^10).
     # avg = 0 + (51200 - 0) >> 2 = 12800; read = (12800 + 0x1FF) >> 10 = 12 (13311 < 13 * 1024).
     est.tick({"s": counters(conns=100)})
@@ -31,13 +31,13 @@ def test_first_ticks_by_hand() -> None:
     assert est.read("s").cps == 22
     # Bytes are scaled 2^5: 6400 bytes in 2 s = 3200 B/s; rate = 6400 << 4 = 102400; avg = 25600;
     # read = (25600 + 0xF) >> 5 = 800.
-    est2 = Estimator()
+    est2: Estimator[str] = Estimator()
     est2.tick({"d": counters(inbytes=6400)})
     assert est2.read("d").inbps == 800
 
 
 def test_constant_rate_converges_to_the_true_rate() -> None:
-    est = Estimator()
+    est: Estimator[str] = Estimator()
     for tick in range(1, 61):  # 2 minutes at 37 conn/s, 1234 pkt/s in, 617 out, 1.5 MB/s in, 80 kB/s out
         est.tick({"s": counters(conns=74 * tick, inpkts=2468 * tick, outpkts=1234 * tick,
                                 inbytes=3_000_000 * tick, outbytes=160_000 * tick)})
@@ -45,7 +45,7 @@ def test_constant_rate_converges_to_the_true_rate() -> None:
 
 
 def test_rate_decays_after_traffic_stops() -> None:
-    est = Estimator()
+    est: Estimator[str] = Estimator()
     for tick in range(1, 31):
         est.tick({"s": counters(conns=200 * tick)})
     assert est.read("s").cps == 100
@@ -61,7 +61,7 @@ def test_rate_decays_after_traffic_stops() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 10**9), min_size=1, max_size=50))
 def test_matches_the_kernel_transcription(deltas: list[int]) -> None:
-    est = Estimator()
+    est: Estimator[str] = Estimator()
     total, avg_pps, avg_bps = 0, 0, 0
     for delta in deltas:
         total += delta
@@ -77,7 +77,7 @@ def test_negative_difference_shifts_arithmetically() -> None:
     # A falling rate makes (rate - avg) negative: s64 >> 2 rounds towards -infinity in the kernel
     # (arithmetic shift). 3 packets then nothing: avg = 384, then 384 + (-384 >> 2) = 288.
     assert kernel_tick(kernel_tick(0, 3, 9), 0, 9) == 288
-    est = Estimator()
+    est: Estimator[str] = Estimator()
     est.tick({"x": counters(inpkts=3)})
     est.tick({"x": counters(inpkts=3)})
     assert est.read("x").inpps == (288 + 0x1FF) >> 10 == 0
@@ -86,7 +86,7 @@ def test_negative_difference_shifts_arithmetically() -> None:
 
 
 def test_zero_restarts_from_the_current_counters() -> None:
-    est = Estimator()
+    est: Estimator[str] = Estimator()
     for tick in range(1, 11):
         est.tick({"s": counters(conns=1000 * tick)})
     assert est.read("s").cps > 0
@@ -97,7 +97,7 @@ def test_zero_restarts_from_the_current_counters() -> None:
 
 
 def test_counters_going_backwards_give_no_spike_and_gone_keys_are_forgotten() -> None:
-    est = Estimator()
+    est: Estimator[str] = Estimator()
     est.tick({"a": counters(conns=1000), "b": counters(conns=10)})
     est.tick({"a": counters(conns=5), "b": counters(conns=20)})  # a's engine reset its counters
     assert est.read("a").cps == (kernel_tick(kernel_tick(0, 1000, 9), 0, 9) + 0x1FF) >> 10
@@ -110,7 +110,7 @@ def test_counters_going_backwards_give_no_spike_and_gone_keys_are_forgotten() ->
 @pytest.mark.parametrize("field", ["cps", "inpps", "outpps", "inbps", "outbps"])
 def test_each_field_reads_its_own_counter(field: str) -> None:
     source = {"cps": "conns", "inpps": "inpkts", "outpps": "outpkts", "inbps": "inbytes", "outbps": "outbytes"}[field]
-    est = Estimator()
+    est: Estimator[str] = Estimator()
     for tick in range(1, 41):
         est.tick({"k": counters(**{source: 2000 * tick})})
     assert est.read("k").to_json() == {f: (1000 if f == field else 0) for f in Rates().to_json()}

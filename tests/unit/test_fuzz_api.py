@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings, strategies as st
-from scapy.all import IP, TCP, UDP, raw  # type: ignore[import-untyped]
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.all import IP, TCP, UDP, raw
 
 from lb.engine import FwdState
 from lb.fastpath import CEngine
@@ -25,13 +26,14 @@ SEEDS = [
 
 
 def _configure(e: Any) -> Any:
-    for port, method, extra in ((80, "route", {}), (81, "tunnel", {}), (82, "fullnat", {"toa": True}),
-                                (83, "fullnat", {"synproxy": True})):
+    modes: tuple[tuple[int, str, dict[str, bool]], ...] = (
+        (80, "route", {}), (81, "tunnel", {}), (82, "fullnat", {"toa": True}), (83, "fullnat", {"synproxy": True}))
+    for port, method, extra in modes:
         for proto in (6, 17):
             if proto == 17 and extra.get("synproxy"):
                 continue
             key = ServiceKey(proto, VIP, port)
-            e.add_service(ServiceSpec(key, "rr", **extra))
+            e.add_service(ServiceSpec(key, "rr", toa=extra.get("toa", False), synproxy=extra.get("synproxy", False)))
             if method == "fullnat":
                 e.add_laddr(key, "10.1.0.1")
             rs = "10.1.0.11" if method == "fullnat" else "10.0.0.11"

@@ -3,9 +3,10 @@ per-destination route cache on such changes, and the field report's bug lived in
 
 from __future__ import annotations
 
-from lb.director import Director, Resolution
+from lb.director import Director
 from lb.engine import FwdState
 from lb.fastpath import CEngine
+from lb.fwdstate import Resolution
 
 VIP = "10.0.0.100"
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from scapy.all import IP, TCP, UDP, Raw, raw  # type: ignore[import-untyped]
+from scapy.all import IP, TCP, UDP, Raw, raw
 
+import packet_table as table
 from lb._ffi import ffi, lib
 
 CLIENT, VIP = "192.0.2.7", "10.0.0.100"
@@ -188,12 +189,6 @@ def test_gso_prepare_refuses_and_leaves_the_bytes(name: str, pkt: bytes, mtu: in
 
 
 # ---- lb_path_mtu: the cut size the adapter takes for a GSO packet of a connection ----
-
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import packet_table as table  # noqa: E402
 
 
 def _c_engine(setup: table.Setup) -> object:

@@ -4,10 +4,11 @@ TTL 1 on methods that do not route. Both engines, each outcome with its counter.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from scapy.all import IP, TCP, raw  # type: ignore[import-untyped]
+from scapy.all import IP, TCP, raw
 
 from lb.engine import FwdState, Verdict
 from lb.fastpath import CEngine

@@ -124,8 +124,7 @@ def test_parse_table_finds_only_our_chain_and_jumps() -> None:
         '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3',
         '-A PREROUTING -m comment --comment "lbd q31" -j LBD-Q31',
         "-A PREROUTING -j LBD-Q3",
-        A.notrack,
-        A.queue,
+        *A.lines,
         "-A LBD-Q31 -d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j CT --notrack",
     ])
     state = parse_table(text, CHAIN)
@@ -169,18 +168,18 @@ def test_half_pair_is_rewritten() -> None:
 
 
 def test_wrong_order_within_pair_is_rewritten() -> None:
-    plan = plan_sync([A.queue, A.notrack], [A])
+    plan = plan_sync(A.lines[::-1], [A])
     assert plan.delete == [2, 1]
     assert plan.add == lines(A)
 
 
 def test_duplicates_deleted_by_number() -> None:
-    plan = plan_sync([A.notrack, A.queue, A.notrack, A.queue], [A])
+    plan = plan_sync(A.lines * 2, [A])
     assert plan.delete == [4, 3] and plan.add == []
 
 
 def test_foreign_rule_inside_our_chain_is_removed() -> None:
-    plan = plan_sync([A.notrack, "-A LBD-Q3 -j ACCEPT", A.queue], [A])
+    plan = plan_sync([A.lines[0], "-A LBD-Q3 -j ACCEPT", A.lines[1]], [A])
     assert plan.delete == [2] and plan.add == []
 
 

@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from lb.cli import (
+from lb.ctlclient import ControlClient, ControlError, ProtocolError, request_once
+from lb.ipvsadm_fmt import NameDB, NumericNames, format_save
+from lb.lbadm import (
     Action,
     RestoreError,
     UsageError,
@@ -28,8 +30,6 @@ from lb.cli import (
     parse_args,
     restore_requests,
 )
-from lb.ctlclient import ControlClient, ControlError, ProtocolError, request_once
-from lb.ipvsadm_fmt import NameDB, NumericNames, format_save
 from line_server import LineServer  # noqa: E402  (tests/unit helper)
 
 TRYHELP = "Try `lbadm -h' or 'lbadm --help' for more information."
@@ -64,7 +64,8 @@ def dest_spec(addr: str, port: int, fwd: str = "route", weight: int = 1, upper: 
     [
         (["-A", "-t", "10.0.0.1:80", "-s", "rr"], {"op": "add_service", "args": svc_spec("rr")}),
         (["-A", "-t", "10.0.0.1:80"], {"op": "add_service", "args": svc_spec("wlc")}),
-        (["-At", "10.0.0.1:80", "-srr", "-p"], {"op": "add_service", "args": svc_spec("rr", 300)}),
+        # -p without a value: ipvsadm's IPVS_SVC_PERSISTENT_TIMEOUT, 360 s
+        (["-At", "10.0.0.1:80", "-srr", "-p"], {"op": "add_service", "args": svc_spec("rr", 360)}),
         (
             ["--add-service", "--tcp-service=10.0.0.1:80", "--scheduler=rr", "--persistent=600", "--netmask", "255.255.255.0"],
             {"op": "add_service", "args": svc_spec("rr", 600, "255.255.255.0")},
@@ -81,11 +82,13 @@ def dest_spec(addr: str, port: int, fwd: str = "route", weight: int = 1, upper: 
         (["-A", "-f", "7", "-s", "rr"], {"op": "add_service", "args": svc_spec("rr", fwmark=7)}),
         (
             ["-A", "-t", "[2001:db8::1]:80"],
-            {"op": "add_service", "args": {"proto": "tcp", "addr": "2001:db8::1", "port": 80, "sched": "wlc", "persistent": None, "netmask": 128}},
+            {"op": "add_service",
+             "args": {"proto": "tcp", "addr": "2001:db8::1", "port": 80, "sched": "wlc", "persistent": None, "netmask": 128}},
         ),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2"], {"op": "add_dest", "args": {"service": VIP, "dest": dest_spec("10.0.0.2", 80)}}),
         # DR and tunneling force the service's port, as ipvsadm does.
-        (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2:8080", "-g"], {"op": "add_dest", "args": {"service": VIP, "dest": dest_spec("10.0.0.2", 80)}}),
+        (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2:8080", "-g"],
+         {"op": "add_dest", "args": {"service": VIP, "dest": dest_spec("10.0.0.2", 80)}}),
         (
             ["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2:8080", "-i", "-x", "100", "-y", "50"],
             {"op": "add_dest", "args": {"service": VIP, "dest": dest_spec("10.0.0.2", 80, "tunnel", 1, 100, 50)}},
@@ -107,8 +110,10 @@ def dest_spec(addr: str, port: int, fwd: str = "route", weight: int = 1, upper: 
             ["-a", "-f", "7", "-r", "10.0.0.2:8080", "-m"],
             {"op": "add_dest", "args": {"service": {"fwmark": 7}, "dest": dest_spec("10.0.0.2", 8080, "masq")}},
         ),
-        (["-e", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "3"], {"op": "edit_dest", "args": {"service": VIP, "dest": dest_spec("10.0.0.2", 80, weight=3)}}),
-        (["-d", "-t", "10.0.0.1:80", "-r", "10.0.0.2"], {"op": "del_dest", "args": {"service": VIP, "dest": {"addr": "10.0.0.2", "port": 80}}}),
+        (["-e", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "3"],
+         {"op": "edit_dest", "args": {"service": VIP, "dest": dest_spec("10.0.0.2", 80, weight=3)}}),
+        (["-d", "-t", "10.0.0.1:80", "-r", "10.0.0.2"],
+         {"op": "del_dest", "args": {"service": VIP, "dest": {"addr": "10.0.0.2", "port": 80}}}),
         (["-C"], {"op": "clear", "args": {}}),
         (["-Z"], {"op": "zero", "args": {}}),
         (["-Z", "-t", "10.0.0.1:80"], {"op": "zero", "args": {"service": VIP}}),
@@ -117,7 +122,8 @@ def dest_spec(addr: str, port: int, fwd: str = "route", weight: int = 1, upper: 
         (["--start-daemon", "master"], {"op": "start_daemon", "args": {"state": "master", "mcast_ifn": "eth0"}}),
         (
             ["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-i", "--tun-type", "gue", "--tun-port", "6080", "--tun-csum"],
-            {"op": "add_dest", "args": {"service": VIP, "dest": {**dest_spec("10.0.0.2", 80, "tunnel"), "tun_type": "gue", "tun_port": 6080, "tun_flags": "csum"}}},
+            {"op": "add_dest", "args": {"service": VIP, "dest": {**dest_spec("10.0.0.2", 80, "tunnel"), "tun_type": "gue",
+                                                                 "tun_port": 6080, "tun_flags": "csum"}}},
         ),
     ],
 )
@@ -184,7 +190,7 @@ def test_json_may_come_first_and_only_lists_accept_it(names: NameDB) -> None:
         (["-A", "-t", "10.0.0.1:nosuchport"], 2, "illegal virtual server address[:port] specified"),
         (["-A", "-t", "no.such.host:80"], 2, "illegal virtual server address[:port] specified"),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.x"], 2, "illegal real server address[:port] specified"),
-        (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "65536"], 2, "illegal weight specified"),
+        (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "2147483648"], 2, "illegal weight specified"),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "-1"], 2, "illegal weight specified"),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-w", "1x"], 2, "illegal weight specified"),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-x", "many"], 2, "illegal u_threshold specified"),
@@ -214,7 +220,8 @@ def test_json_may_come_first_and_only_lists_accept_it(names: NameDB) -> None:
         (["-L", "--timeout", "--daemon"], 2, "The option 'daemon' conflicts with the 'timeout' option in the 'list' command"),
         (["-Lc", "-t", "10.0.0.1:80"], 2, "The option 'service-address' conflicts with the 'connection' option in the 'list' command"),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "--tun-type", "gre"], 2, "Tunnel options conflict with forward method"),
-        (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-i", "--tun-type", "gue"], 2, "You need to supply the 'tun-port' option for the 'gue' tunnel type"),
+        (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-i", "--tun-type", "gue"], 2,
+         "You need to supply the 'tun-port' option for the 'gue' tunnel type"),
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-i", "--tun-type", "vxlan"], 2, "illegal tunnel type specified"),
         (["-a", "-t", "10.0.0.1:80", "-r", "[2001:db8::2]:80"], 2, "Different address family is allowed only for tunneling servers"),
         (["--start-daemon", "primary"], 2, "illegal start-daemon parameter specified"),
@@ -256,8 +263,10 @@ def test_help_prints_usage_with_lbadm_additions_and_sends_nothing(capsys: pytest
         ("add_service", "EEXIST", "Service already exists"),
         ("edit_dest", "ENOENT", "No such destination"),
         ("del_dest", "ENOENT", "No such destination"),
-        ("add_service", "ENOENT", "Scheduler or persistence engine not found"),
-        ("edit_service", "ENOENT", "Scheduler or persistence engine not found"),
+        # libipvs's "Scheduler or persistence engine not found" reads as "module not loaded":
+        # lbd's reason (the schedulers it has) is printed instead (issue 12 item 8).
+        ("add_service", "ENOENT", "lbd's reason"),
+        ("edit_service", "ENOENT", "lbd's reason"),
         ("zero", "ESRCH", "No such service"),
         ("clear", "EPERM", "Permission denied (you must be root)"),
         ("add_dest", "EINVAL", "lbd's reason"),
@@ -307,7 +316,7 @@ def test_restore_accepts_ipvsadm_prefixed_lines_and_rejects_the_whole_input_on_o
     ok = restore_requests("ipvsadm -A -t 10.0.0.1:80 -s rr\n\n   \n", NumericNames())
     assert [r.op for r in ok] == ["add_service"]
     with pytest.raises(RestoreError) as bad:
-        restore_requests("-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80 -r 10.0.0.2 -w 70000\n", NumericNames())
+        restore_requests("-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80 -r 10.0.0.2 -w 2147483648\n", NumericNames())
     assert bad.value.line_number == 2
     assert bad.value.error.message == "illegal weight specified"
     with pytest.raises(RestoreError, match="only commands that change the table"):
@@ -318,7 +327,7 @@ def test_restore_accepts_ipvsadm_prefixed_lines_and_rejects_the_whole_input_on_o
 
 
 # --------------------------------------------------------------------------
-# End to end: lb.cli.main against a fake lbd on a temporary Unix socket
+# End to end: lb.lbadm.main against a fake lbd on a temporary Unix socket
 
 Handler = Callable[[str, dict[str, Any]], dict[str, Any]]
 

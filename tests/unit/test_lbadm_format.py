@@ -253,7 +253,7 @@ def test_fwmark_and_service_extras() -> None:
         "  -> 10.0.0.9:0                   Route   1      0          0         \n"
     )
     assert format_save(result, numeric=True, names=NUMERIC) == (
-        "-A -u 10.0.0.1:0 -s rr -p 60 -o --sched-flags flag-1,flag-3\n"
+        "-A -u 10.0.0.1:0 -s rr -p 60 -o -b flag-1,flag-3\n"  # ipvsadm -S writes -b
         "-A -f 7 -s wlc -p 600 -M 255.255.0.0\n"
         "-a -f 7 -r 10.0.0.9:0 -g -w 1\n"
     )

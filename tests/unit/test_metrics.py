@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from scapy.all import IP, TCP, raw  # type: ignore[import-untyped]
+from scapy.all import IP, TCP, raw
 
-from lb.director import BatchError, Director, Resolution
-from lb.testbed import tools
+from lb.director import BatchError, Director
 from lb.engine import FwdState, Reason
+from lb.fwdstate import Resolution
 from lb.metrics import (
     IPVS_BACKEND_LABELS,
     NFQ_FIELDS,
@@ -37,6 +37,7 @@ from lb.metrics import (
     parse_listen,
     take_snapshot,
 )
+from lb.testbed import tools
 
 VIP = "10.0.0.100"
 LADDR = "10.0.1.2"

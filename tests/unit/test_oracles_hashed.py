@@ -210,7 +210,7 @@ def test_mh_table_is_the_same_for_the_same_list_and_depends_on_its_order() -> No
     for index, weight in enumerate([1, 2, 1]):
         reverse.add_dest(dest_address(index), 80, weight)
     assert isinstance(reverse.scheduler, MhScheduler)
-    differing = sum(1 for x, y in zip(one.scheduler.lookup, reverse.scheduler.lookup)
+    differing = sum(1 for x, y in zip(one.scheduler.lookup, reverse.scheduler.lookup, strict=True)
                     if x is not None and y is not None and x.addr != y.addr)
     assert 0 < differing < MH_SIZE // 10
 

@@ -146,7 +146,7 @@ def test_sh_fallback_takes_the_first_available_in_the_probe_order(
     assert isinstance(sched, ShScheduler)
     layout = expected_sh_tiling(weights)
     assert [dests.index(d) for d in sched.buckets if d is not None] == layout
-    for dest, off in zip(dests, unavailable):
+    for dest, off in zip(dests, unavailable, strict=False):
         if off:
             dest.flags |= 0x0002
     pkt = PacketInfo.of(".".join(str(client >> s & 255) for s in (24, 16, 8, 0)), "198.51.100.1", sport, 80)

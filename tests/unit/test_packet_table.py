@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import packet_table as table  # noqa: E402
-from lb.engine import Reason, Verdict  # noqa: E402
+import packet_table as table
+from lb.engine import Reason, Verdict
 
 ROWS = table.build_rows()
 FACTORIES = [

@@ -8,17 +8,13 @@ the next SYN-proxy timer.
 from __future__ import annotations
 
 import inspect
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import packet_table as table  # noqa: E402
-from lb.engine import EngineError  # noqa: E402
-from lb.model import DestSpec, ServiceKey, ServiceSpec, SynproxyConf  # noqa: E402
-from lb.pyengine import PyEngine  # noqa: E402
+import packet_table as table
+from lb.engine import EngineError
+from lb.model import DestSpec, ServiceKey, ServiceSpec, SynproxyConf
+from lb.pyengine import PyEngine
 
 C_ONLY = {"dump_connections_raw", "restore_connections_raw"}
 
@@ -67,7 +63,7 @@ def test_global_synproxy_default_needs_settings() -> None:
 def test_bad_configuration_is_refused() -> None:
     for kwargs in ({"hash_buckets": 3}, {"lport_min": 2000, "lport_max": 1000}, {"conn_max": 1 << 30}):
         with pytest.raises(EngineError):
-            PyEngine(**kwargs)  # type: ignore[arg-type]
+            PyEngine(**kwargs)
 
 
 def test_fail_open_is_not_available_in_python() -> None:

@@ -93,7 +93,7 @@ def fake_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def adapter(engine: FakeEngine, queue_num: int = 3) -> nfq.NfqAdapter:
-    a = nfq.NfqAdapter(engine, clock_ms=lambda: 12345)  # type: ignore[arg-type]
+    a = nfq.NfqAdapter(engine, clock_ms=lambda: 12345)
     a._queue_num = queue_num  # as start() would set it
     return a
 

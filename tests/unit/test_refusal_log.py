@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from scapy.all import IP, TCP, raw  # type: ignore[import-untyped]
+from scapy.all import IP, TCP, raw
 
 from lb.director import Director
 from lb.engine import FwdState, Reason

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scapy.all import IP, TCP, raw  # type: ignore[import-untyped]
+from scapy.all import IP, TCP, raw
 
 from lb.engine import FwdState, Verdict
 from lb.fastpath import CEngine

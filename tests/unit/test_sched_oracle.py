@@ -17,20 +17,16 @@ of a DR director); every probe SYN adds an active entry to the destination it pi
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import packet_table as table  # noqa: E402
-from lb.engine import FwdState, Verdict  # noqa: E402
-from lb.model import DestSpec, ServiceKey, ServiceSpec  # noqa: E402
+import packet_table as table
+from lb.engine import FwdState, Verdict
+from lb.model import DestSpec, ServiceKey, ServiceSpec
 
 FACTORIES = [
     pytest.param(f, id=f.id, marks=[pytest.mark.skip(reason=f.unavailable)] if f.make is None else [])
@@ -114,7 +110,8 @@ def chosen_position(action: object, order: list[int]) -> int | None:
 
 dest_rows = st.lists(
     st.tuples(
-        st.integers(0, 4),  # weight
+        # weight: small ones, and the kernel's range up to INT_MAX (ipvsadm 1.31 accepts it)
+        st.one_of(st.integers(0, 4), st.sampled_from([65535, 65536, 2**31 - 2, 2**31 - 1])),
         st.integers(0, 3),  # active connections to build
         st.integers(0, 3),  # inactive connections to build
         st.sampled_from([0, 0, 0, 1, 2, 3, 4, 6]),  # upper threshold applied after building

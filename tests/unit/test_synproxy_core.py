@@ -7,10 +7,11 @@ times are the engines' `now_ms` argument, so nothing here reads a clock.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from scapy.all import IP, TCP, Raw, raw  # type: ignore[import-untyped]
+from scapy.all import IP, TCP, Raw, raw
 
 from lb.engine import FwdState, Reason, Verdict
 from lb.fastpath import CEngine

@@ -21,16 +21,13 @@ The columns no packet path reaches are covered by the table comparison only.
 from __future__ import annotations
 
 import re
-import sys
 from collections import deque
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import packet_table as table  # noqa: E402
-from lb.model import DestSpec, ServiceKey, ServiceSpec  # noqa: E402
+import packet_table as table
+from lb.model import DestSpec, ServiceKey, ServiceSpec
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "fastpath.md"
 FACTORIES = [
@@ -63,7 +60,7 @@ def doc_tables() -> dict[str, dict[tuple[str, str], str]]:
             continue
         event, cells = words[0], [SHORT[w] for w in words[1:]]
         assert event in EVENTS and len(cells) == len(columns) == 11, line
-        for state, nxt in zip(columns, cells):
+        for state, nxt in zip(columns, cells, strict=True):
             tables[direction][(event, state)] = nxt
     assert set(tables) == {"INPUT", "OUTPUT", "INPUT-ONLY"}
     return tables
@@ -133,7 +130,7 @@ ONLY = DOC_TABLES["INPUT-ONLY"]
 def reachable_paths() -> dict[str, list[str]]:
     """Shortest event path (after the creating SYN) to every state reachable through INPUT-ONLY."""
     start = ONLY[("syn", "NONE")]
-    paths = {start: []}
+    paths: dict[str, list[str]] = {start: []}
     queue = deque([start])
     while queue:
         state = queue.popleft()

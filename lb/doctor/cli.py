@@ -1,4 +1,4 @@
-"""Command line of `lbadm doctor` (also runnable as `python -m lb.doctor_cli [--socket PATH] ...`).
+"""Command line of `lbadm doctor` (also runnable as `python -m lb.doctor.cli [--socket PATH] ...`).
 
     lbadm [--socket PATH] doctor [--json] [--window SECONDS] [--queue-num N]
 

@@ -1,7 +1,7 @@
 """Plays every conformance scenario on kernel IPVS and on lbd; runs INSIDE the guest (or on any
 host whose kernel has ip_vs), as root:
 
-    cd tests/kernel && python -m conformance.runner --out DIR [--only NAME ...]
+    cd tests && python -m conformance.runner --out DIR [--only NAME ...]
 
 writes DIR/conformance.json (rewritten after every scenario: a timeout keeps what was played).
 
@@ -74,7 +74,7 @@ def spec() -> TopologySpec:
         hosts=(HostSpec("client", (LinkSpec("lan", CLIENT_INDEXES[0]),), role="client"),
                HostSpec("director", (LinkSpec("lan", DIRECTOR_INDEX),), role="director", vips=(VIP_BASE_INDEX,)),
                *(HostSpec(name, (LinkSpec("lan", idx),), role="real", vips=(VIP_BASE_INDEX,))
-                 for name, idx in zip(REAL_SERVERS, REAL_INDEXES))),
+                 for name, idx in zip(REAL_SERVERS, REAL_INDEXES, strict=True))),
     )
 
 
@@ -103,8 +103,8 @@ def build(n_scenarios: int) -> Topology:
 def addresses(topo: Topology, index: int) -> dict[str, str]:
     """Template values of scenario `index`: vip, rs1..rs4, c1..c4."""
     vals = {"vip": topo.addr("lan", VIP_BASE_INDEX + index)}
-    vals.update({name: topo.addr("lan", idx) for name, idx in zip(REAL_SERVERS, REAL_INDEXES)})
-    vals.update({name: topo.addr("lan", idx) for name, idx in zip(CLIENTS, CLIENT_INDEXES)})
+    vals.update({name: topo.addr("lan", idx) for name, idx in zip(REAL_SERVERS, REAL_INDEXES, strict=True)})
+    vals.update({name: topo.addr("lan", idx) for name, idx in zip(CLIENTS, CLIENT_INDEXES, strict=True)})
     return vals
 
 
@@ -213,7 +213,7 @@ class Player:
 
 
 def _load(only: list[str]) -> list[tuple[int, Scenario]]:
-    from scenarios import ALL
+    from conformance.scenarios import ALL
 
     chosen = [(i, s) for i, s in enumerate(ALL) if not only or s.name in only]
     unknown = set(only) - {s.name for s in ALL}
@@ -320,10 +320,10 @@ def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd"
         lbd = starter.lbd
 
         def lbd_ready() -> str | None:
-            starter.ready.wait()  # type: ignore[union-attr]
-            data["lbd_start"] = starter.result  # type: ignore[union-attr]
-            if "error" in starter.result:  # type: ignore[union-attr]
-                raise RuntimeError(f"lbd did not start: {starter.result['error']}")  # type: ignore[union-attr]
+            starter.ready.wait()
+            data["lbd_start"] = starter.result
+            if "error" in starter.result:
+                raise RuntimeError(f"lbd did not start: {starter.result['error']}")
             return lbd.ensure_running()
 
         plays: dict[str, tuple[System, Topology, Any]] = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conformance.model import Admin, Connect, Hold, Listing, Release, Scenario
-from scenarios.rr import rules
+from conformance.scenarios.rr import rules
 
 SCENARIOS = (
     Scenario(

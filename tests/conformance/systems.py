@@ -4,7 +4,7 @@ for traffic.
 - KernelIpvs: Debian's `ipvsadm` binary in its director namespace, talking to the guest
   kernel's IPVS.
 - LbdSystem: one `lbd` (C engine) in its director namespace, started once for the whole run
-  (1-2 minutes under emulation), driven by `lbadm` run in this process: `lb.cli.main(argv)`
+  (1-2 minutes under emulation), driven by `lbadm` run in this process: `lb.lbadm.run.main(argv)`
   is exactly the `lbadm` console script (pyproject's [project.scripts]), minus a Python
   start-up of 5-30 s per command in the guest. The argv is the one given to ipvsadm; the
   control socket comes from $LBD_SOCKET, as an operator's would.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bench.common import Lbd, LbdError
-from lb import cli
+from lb.lbadm.run import main as lbadm_main
 
 LBD_START_TIMEOUT_S = 400.0  # lbd's start-up under TCG: ~30 s idle, minutes on a busy host
 RESOLVE_TIMEOUT_S = 30.0
@@ -91,7 +91,7 @@ class LbdSystem:
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 try:
-                    rc = cli.main(argv, env={"LBD_SOCKET": self.lbd.socket})
+                    rc = lbadm_main(argv, env={"LBD_SOCKET": self.lbd.socket})
                 except SystemExit as exc:
                     rc = exc.code if isinstance(exc.code, int) else 1
         finally:

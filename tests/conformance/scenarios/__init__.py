@@ -8,7 +8,7 @@ its VIP and its client source ports (the same in both systems).
 from __future__ import annotations
 
 from conformance.model import Scenario
-from scenarios import battery, persistence, roundtrip, rr, tooling, wlc
+from conformance.scenarios import battery, persistence, roundtrip, rr, tooling, wlc
 
 ALL: tuple[Scenario, ...] = (*rr.SCENARIOS, *wlc.SCENARIOS, *persistence.SCENARIOS, *tooling.SCENARIOS,
                              *roundtrip.SCENARIOS, *battery.SCENARIOS)

@@ -33,7 +33,7 @@ systems). A connection a real server refuses (RST: see Scenario.refuse) is recor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 System = Literal["kernel", "lbd"]
 SYSTEMS: tuple[System, ...] = ("kernel", "lbd")
@@ -90,7 +90,7 @@ class Udp:
     kernel_counts: dict[str, int] | None = field(default=None, hash=False)
 
 
-Step = Union[Admin, Listing, Connect, Hold, Release, Udp]
+Step = Admin | Listing | Connect | Hold | Release | Udp
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,162 @@
+"""One doctor run's inputs, read once and shared by the checks: lbd's answers, the firewall,
+the interfaces, and lbd's queue number."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lb import iptables as ipt
+from lb.doctor.context import DoctorContext, LbdRefused, LbdUnavailable
+from lb.doctor.parsers import QueueStats, parse_nfnetlink_queue
+from lb.iptrules import Tables, parse_iptables_save
+
+
+@dataclass
+class Service:
+    proto: str
+    addr: str
+    port: int
+    dests: list[dict[str, Any]]
+    laddrs: list[str] = field(default_factory=list)  # FULLNAT local addresses
+
+    @property
+    def name(self) -> str:
+        return f"{self.proto.upper()} {self.addr}:{self.port}"
+
+    @property
+    def proto_num(self) -> int:
+        return ipt.PROTO_TCP if self.proto == "tcp" else ipt.PROTO_UDP
+
+
+@dataclass
+class Sample:
+    t: float
+    listing: dict[str, Any] | None = None
+    counters: dict[str, Any] | None = None
+    queues: dict[int, QueueStats] | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+class Run:
+    """One doctor run: inputs read once and shared by the checks."""
+
+    def __init__(self, ctx: DoctorContext) -> None:
+        self.ctx = ctx
+        self.lbd_error: str | None = None
+        self.ping: dict[str, Any] = {}
+        try:
+            self.ping = ctx.lbd("ping") or {}
+        except (LbdUnavailable, LbdRefused) as exc:
+            self.lbd_error = str(exc)
+        self.save_text = ctx.iptables_save()
+        self.tables: Tables = parse_iptables_save(self.save_text) if self.save_text else {}
+        self.ifaces = ctx.interfaces()
+        self.first = self.sample() if self.lbd_error is None else None
+        self.second: Sample | None = None
+        self.services: list[Service] = []
+        if self.first is not None and self.first.listing:
+            for s in self.first.listing.get("services", []):
+                self.services.append(Service(str(s.get("proto", "tcp")), str(s.get("addr")), int(s.get("port", 0)),
+                                             list(s.get("dests", [])),
+                                             [str(la.get("addr")) for la in s.get("laddrs", []) if isinstance(la, dict)]))
+        self.queue_num, self.queue_source = self._find_queue()
+        self.services_from_rules = False
+        if not self.services and self.lbd_error is not None and self.queue_num is not None:
+            self.services = self._services_from_rules()
+            self.services_from_rules = bool(self.services)
+
+    # ---- lbd
+
+    def sample(self) -> Sample:
+        s = Sample(self.ctx.monotonic())
+        for op, attr in (("list", "listing"), ("counters", "counters")):
+            try:
+                setattr(s, attr, self.ctx.lbd(op))
+            except (LbdUnavailable, LbdRefused) as exc:
+                s.problems.append(f"{op}: {exc}")
+        text = self.ctx.read_file("/proc/net/netfilter/nfnetlink_queue")
+        s.queues = parse_nfnetlink_queue(text) if text is not None else None
+        return s
+
+    @property
+    def lbd_ok(self) -> bool:
+        return self.lbd_error is None
+
+    def _find_queue(self) -> tuple[int | None, str]:
+        if self.ctx.queue_num is not None:
+            return self.ctx.queue_num, "given"
+        for key in ("queue_num", "queue"):
+            if isinstance(self.ping.get(key), int):
+                return int(self.ping[key]), "lbd"
+        found = sorted({int(m.group(1)) for name in self.tables.get("raw", {})
+                        if (m := re.fullmatch(rf"{re.escape(ipt.CHAIN_PREFIX)}(\d+)", name))})
+        if len(found) == 1:
+            return found[0], "raw table"
+        return None, f"raw table has {len(found)} LBD-Q<N> chains" if found else "no LBD-Q<N> chain in the raw table"
+
+    def _services_from_rules(self) -> list[Service]:
+        """lbd is down: the services its (bypassed) queue rules still name."""
+        chain = self.tables.get("raw", {}).get(ipt.chain_name(self.queue_num or 0))
+        found: dict[tuple[str, str, int], Service] = {}
+        for r in chain.rules if chain else []:
+            if r.target != "NFQUEUE":
+                continue
+            opts = {o: a[0] for o, a, neg in r.opts if a and not neg}
+            proto, dst = opts.get("-p"), opts.get("-d", "").split("/")[0]
+            if proto in ("tcp", "udp") and dst and "-s" not in opts:
+                key = (proto, dst, int(opts.get("--dport", "0") or 0))
+                found.setdefault(key, Service(proto, dst, key[2], []))
+        return list(found.values())
+
+    # ---- host
+
+    def addrs(self) -> dict[str, list[str]]:
+        """IPv4 address -> interfaces carrying it."""
+        out: dict[str, list[str]] = {}
+        for iface in self.ifaces:
+            for a in iface.get("addr_info", []):
+                if a.get("family") == "inet" and a.get("local"):
+                    out.setdefault(a["local"], []).append(iface.get("ifname", "?"))
+        return out
+
+    def iface(self, name: str) -> dict[str, Any] | None:
+        return next((i for i in self.ifaces if i.get("ifname") == name), None)
+
+    def laddrs(self) -> list[str]:
+        return sorted({la for s in self.services for la in s.laddrs}, key=addr_key)
+
+    def vips(self) -> list[str]:
+        return sorted({s.addr for s in self.services}, key=addr_key)
+
+    def vip_iface(self, vip: str) -> str | None:
+        names = [n for n in self.addrs().get(vip, []) if n != "lo"]
+        return names[0] if names else None
+
+    def track_mode(self) -> bool:
+        """lbd's chain holds NFQUEUE rules but no CT --notrack: the conntrack opt-in."""
+        if self.queue_num is None:
+            return False
+        chain = self.tables.get("raw", {}).get(ipt.chain_name(self.queue_num))
+        if chain is None or not chain.rules:
+            return False
+        return not any(r.target == "CT" and "--notrack" in r.target_args for r in chain.rules)
+
+    def states(self) -> frozenset[str]:
+        # Without notrack, a segment of a flow conntrack has not seen is NEW (nf_conntrack_tcp_loose=1)
+        # or INVALID; with it, UNTRACKED.
+        return frozenset({"NEW", "INVALID"}) if self.track_mode() else frozenset({"UNTRACKED"})
+
+    def mark(self) -> int | None:
+        return ipt.socket_mark(self.queue_num) if self.queue_num is not None else None
+
+    def fwds(self) -> set[str]:
+        return {str(d.get("fwd")) for s in self.services for d in s.dests}
+
+
+def addr_key(a: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in a.split("."))
+    except ValueError:
+        return (999,)

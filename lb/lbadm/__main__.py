@@ -1,0 +1,7 @@
+"""python -m lb.lbadm: the same as the lbadm command."""
+
+import sys
+
+from lb.lbadm.run import main
+
+sys.exit(main())

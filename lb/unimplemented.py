@@ -1,0 +1,70 @@
+"""What lbd does not implement (yet), in one table.
+
+`lbadm -h` marks each of these options; lbadm refuses a command line that uses one (exit 255,
+as for an operation the kernel refuses, with the message below: what lbd does instead, never a
+kernel text that means something else), and lbd refuses the same requests from other clients.
+Implementing a feature removes its entry: one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Missing:
+    option: str  # lbadm's long option name (the -h line it marks; the command line token it refuses)
+    what: str  # the feature, as an operator names it
+    instead: str = ""  # what lbd offers instead
+    values: frozenset[str] = frozenset()  # only these values of the option are missing (empty: any use)
+    mark: str = "not implemented by lbd"  # appended to the option's -h line, in brackets
+    text: str = ""  # the whole refusal, when "lbd does not implement <what>; <instead>" does not fit
+
+    @property
+    def message(self) -> str:
+        if self.text:
+            return self.text
+        return f"lbd does not implement {self.what}" + (f"; {self.instead}" if self.instead else "")
+
+    def refuses(self, option: str, value: str | None) -> bool:
+        """Whether using `option` (with `value`; comma-separated lists count per item) is refused."""
+        if option != self.option:
+            return False
+        if not self.values:
+            return True
+        return any(item in self.values for item in (value or "").split(","))
+
+
+_FORWARDING = "it forwards with -g (direct routing), -i (IPIP tunnel) or -b (FULLNAT)"
+_SERVICES = "it balances TCP (-t) and UDP (-u) services"
+
+NOT_IMPLEMENTED: tuple[Missing, ...] = (
+    Missing("masquerading", "masquerading (-m, NAT)", _FORWARDING),
+    Missing("fwmark-service", "fwmark services (-f)", _SERVICES),
+    Missing("sctp-service", "SCTP services (--sctp-service)", _SERVICES),
+    Missing("ipv6", "IPv6", text="IPv6 is not supported by lbd: virtual services, real servers and local "
+                                 "addresses are IPv4"),
+    Missing("ops", "one-packet scheduling (-o)", "UDP datagrams of one client flow share a connection entry"),
+    Missing("pe", "persistence engines (--pe)", "its persistence is by client address (-p, -M)"),
+    Missing("sched-flags", "scheduler flags sh-fallback, sh-port, mh-fallback and mh-port",
+            "flag-1, flag-2 and flag-3 are kept and listed; rr and wlc ignore them, as the kernel's do",
+            values=frozenset({"sh-fallback", "sh-port", "mh-fallback", "mh-port"}),
+            mark="lbd: sh/mh flags not implemented; rr and wlc ignore flags"),
+    Missing("tun-type", "tunnel types gue and gre (--tun-type)", "its tunnels are IPIP (--tun-type ipip)",
+            values=frozenset({"gue", "gre"}), mark="lbd: ipip only"),
+    Missing("start-daemon", "the connection sync daemon (--start-daemon)",
+            "it keeps its connections across restarts in its state file instead"),
+)
+
+
+def refusal(option: str, value: str | None = None) -> Missing | None:
+    """The entry refusing this use of an option, if any."""
+    return next((m for m in NOT_IMPLEMENTED if m.refuses(option, value)), None)
+
+
+def entry(option: str) -> Missing:
+    """The entry of an option lbd does not implement (KeyError once it is implemented)."""
+    found = next((m for m in NOT_IMPLEMENTED if m.option == option), None)
+    if found is None:
+        raise KeyError(f"{option} is implemented (no entry in lb.unimplemented)")
+    return found
