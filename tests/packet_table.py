@@ -1794,12 +1794,38 @@ def _overload_rows() -> list[Row]:
     return rows
 
 
+def _list_sched_rows() -> list[Row]:
+    """The list-scanning schedulers (wrr, lc, sed, nq, fo, ovf): one row each, their order over
+    fresh SYNs (every entry stays in SYN_RECV: active). The thorough checks are the lockstep
+    tests against tests/oracles (tests/unit/test_sched_oracle.py, test_sched_list.py)."""
+    rows = []
+
+    def row(row_id: str, description: str, sched: str, dests: tuple[DestSetup, ...], order: list[str]) -> Row:
+        syns = [tcp(sport=47000 + i) for i in range(len(order))]
+        size = ip_total_length(syns[0])
+        counts = {d.addr: order.count(d.addr) for d in dests}
+        return Row(row_id, description, Setup((ServiceSetup(TCP80, sched, dests),)),
+                   tuple(fwd(p, 0, d) for p, d in zip(syns, order, strict=True)),
+                   tuple(DestExpect(TCP80, d.addr, active=counts[d.addr], conns=counts[d.addr],
+                                    inpkts=counts[d.addr], inbytes=counts[d.addr] * size) for d in reversed(dests)),
+                   (ServiceExpect(TCP80, len(order), len(order), len(order) * size),),
+                   tuple(conn("SYN_RECV", T_SR, d, cport=47000 + i) for i, d in enumerate(order)),
+                   tags=("sched", sched))
+
+    rows.append(row(
+        "wrr-432", "wrr over RS1 4, RS2 3, RS3 2 added last to first: each add leaves cw at 1, so the first round "
+        "takes all three, then cw restarts at 4", "wrr",
+        (DestSetup(RS3, weight=2), DestSetup(RS2, weight=3), DestSetup(RS1, weight=4)),
+        [RS1, RS2, RS3, RS1, RS1, RS2, RS1, RS2, RS3]))
+    return rows
+
+
 @functools.cache
 def build_rows() -> tuple[Row, ...]:
     rows = (_dr_flow_rows() + _udp_rows() + _scheduling_rows() + _no_dest_rows() + _lookup_rows()
             + _tcp_flag_rows() + _l2_and_table_rows() + _deleted_dest_rows() + _bad_input_rows() + _icmp_rows()
             + _syn_retrans_rows() + _persistence_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
-            + _icmp_translation_rows() + _sp_rows() + _overload_rows())
+            + _icmp_translation_rows() + _sp_rows() + _overload_rows() + _list_sched_rows())
     ids = [r.id for r in rows]
     duplicates = {i for i in ids if ids.count(i) > 1}
     assert not duplicates, f"duplicate row ids: {duplicates}"
