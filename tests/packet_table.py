@@ -1817,6 +1817,9 @@ def _list_sched_rows() -> list[Row]:
         "takes all three, then cw restarts at 4", "wrr",
         (DestSetup(RS3, weight=2), DestSetup(RS2, weight=3), DestSetup(RS1, weight=4)),
         [RS1, RS2, RS3, RS1, RS1, RS2, RS1, RS2, RS3]))
+    rows.append(row(
+        "lc-ignores-weights", "lc over RS1 1, RS2 5 (list RS2, RS1): the smaller overhead wins whatever the weights, "
+        "the list head on a tie", "lc", (DestSetup(RS1, weight=1), DestSetup(RS2, weight=5)), [RS2, RS1, RS2, RS1]))
     return rows
 
 

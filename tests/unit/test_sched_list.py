@@ -98,3 +98,28 @@ def test_wrr_heavy_overloaded_destination(factory: table.EngineFactory) -> None:
                                                          src_mac=table.DIRECTOR_MAC))
     chosen = [lock.syn() for _ in range(13)]
     assert chosen[0] == A and A not in chosen[1:] and chosen.count(C) == 9
+
+
+# ---- lc --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_lc_weights_only_quiesce(factory: table.EngineFactory) -> None:
+    """lc compares overheads alone: A(100) and B(1) take turns (the list head first on a tie);
+    weight 0 takes nothing."""
+    lock = lockstep(factory, "lc", (B, 1), (A, 100), (C, 0))
+    assert lock.syns(6) == [A, B, A, B, A, B]
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_lc_held_connections_weigh_257_times_released_ones(factory: table.EngineFactory) -> None:
+    """A holds 1 connection (active: 257), B two closed ones (TIME_WAIT, inactive: 2): B is the
+    lighter, and takes the next one (2 + 257 = 259), then A (257) is the lighter again."""
+    lock = lockstep(factory, "lc", (B, 1), (A, 1))
+    assert lock.syns(2) == [A, B]
+    lock._send(lock.flows[1], "fin")  # SYN_RECV -> TIME_WAIT: inactive
+    assert lock.syns(1) == [B]
+    lock._send(lock.flows[2], "fin")
+    lock.check()
+    assert [d.conn_overhead for d in lock.svc.destinations] == [257, 2]
+    assert lock.syns(2) == [B, A]
