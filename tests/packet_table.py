@@ -1820,6 +1820,9 @@ def _list_sched_rows() -> list[Row]:
     rows.append(row(
         "lc-ignores-weights", "lc over RS1 1, RS2 5 (list RS2, RS1): the smaller overhead wins whatever the weights, "
         "the list head on a tie", "lc", (DestSetup(RS1, weight=1), DestSetup(RS2, weight=5)), [RS2, RS1, RS2, RS1]))
+    rows.append(row(
+        "sed-active-plus-one", "sed over RS1 1, RS2 3 (list RS2, RS1): (active + 1) / weight, the earlier on a tie",
+        "sed", (DestSetup(RS1, weight=1), DestSetup(RS2, weight=3)), [RS2, RS2, RS2, RS1, RS2]))
     return rows
 
 

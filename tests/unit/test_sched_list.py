@@ -123,3 +123,26 @@ def test_lc_held_connections_weigh_257_times_released_ones(factory: table.Engine
     lock.check()
     assert [d.conn_overhead for d in lock.svc.destinations] == [257, 2]
     assert lock.syns(2) == [B, A]
+
+
+# ---- sed -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_sed_active_plus_one_over_weight(factory: table.EngineFactory) -> None:
+    """A(1), B(3), list B, A, every connection held (active): (active + 1) / weight gives B, B,
+    B (tie 3/3 vs 1/1: the earlier stays), A, then the same again: 3 to 1."""
+    lock = lockstep(factory, "sed", (A, 1), (B, 3))
+    assert lock.syns(8) == [B, B, B, A, B, B, B, A]
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_sed_inactive_connections_do_not_count(factory: table.EngineFactory) -> None:
+    """Closed connections (TIME_WAIT: inactive) weigh nothing for sed: after B's three are closed
+    the round starts as on an empty service."""
+    lock = lockstep(factory, "sed", (A, 1), (B, 3))
+    assert lock.syns(3) == [B, B, B]
+    for flow in list(lock.flows):
+        lock._send(flow, "fin")
+    lock.check()
+    assert lock.syns(4) == [B, B, B, A]

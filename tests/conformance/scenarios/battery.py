@@ -57,3 +57,4 @@ def battery(sched: str, flags: str = "", weights: tuple[int, int, int, int] = (1
 SCENARIOS = (*battery("rr"), *battery("wlc"))
 SCENARIOS += battery("wrr")
 SCENARIOS += battery("lc")
+SCENARIOS += battery("sed")
