@@ -1823,6 +1823,9 @@ def _list_sched_rows() -> list[Row]:
     rows.append(row(
         "sed-active-plus-one", "sed over RS1 1, RS2 3 (list RS2, RS1): (active + 1) / weight, the earlier on a tie",
         "sed", (DestSetup(RS1, weight=1), DestSetup(RS2, weight=3)), [RS2, RS2, RS2, RS1, RS2]))
+    rows.append(row(
+        "nq-idle-first", "nq over RS1 1, RS2 3 (list RS2, RS1): an idle server first whatever its weight, then "
+        "(active + 1) / weight", "nq", (DestSetup(RS1, weight=1), DestSetup(RS2, weight=3)), [RS2, RS1, RS2, RS2]))
     return rows
 
 

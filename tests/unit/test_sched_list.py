@@ -146,3 +146,26 @@ def test_sed_inactive_connections_do_not_count(factory: table.EngineFactory) -> 
         lock._send(flow, "fin")
     lock.check()
     assert lock.syns(4) == [B, B, B, A]
+
+
+# ---- nq --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_nq_idle_server_first(factory: table.EngineFactory) -> None:
+    """A(1), B(3), list B, A, connections held: B (idle), then A (idle, whatever its weight), then
+    as sed: B until (active + 1) / weight passes A's 2/1."""
+    lock = lockstep(factory, "nq", (A, 1), (B, 3))
+    assert lock.syns(8) == [B, A, B, B, B, B, B, A]
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_nq_a_server_going_idle_is_chosen_at_once(factory: table.EngineFactory) -> None:
+    """A server whose held connections are all closed (inactive) is idle again: the next
+    connection goes to it even against a far heavier server with room."""
+    lock = lockstep(factory, "nq", (A, 1), (B, 100))
+    assert lock.syns(3) == [B, A, B]
+    a_flow = next(f for f in lock.flows if str(f.conn.dest.addr) == dest_addr(A))
+    lock._send(a_flow, "fin")
+    lock.check()
+    assert lock.syns(2) == [A, B]
