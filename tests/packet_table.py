@@ -1826,6 +1826,9 @@ def _list_sched_rows() -> list[Row]:
     rows.append(row(
         "nq-idle-first", "nq over RS1 1, RS2 3 (list RS2, RS1): an idle server first whatever its weight, then "
         "(active + 1) / weight", "nq", (DestSetup(RS1, weight=1), DestSetup(RS2, weight=3)), [RS2, RS1, RS2, RS2]))
+    rows.append(row(
+        "fo-heaviest", "fo over RS1 2, RS2 5, RS3 3: everything to the heaviest, RS2", "fo",
+        (DestSetup(RS1, weight=2), DestSetup(RS2, weight=5), DestSetup(RS3, weight=3)), [RS2, RS2, RS2]))
     return rows
 
 

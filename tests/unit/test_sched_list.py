@@ -169,3 +169,35 @@ def test_nq_a_server_going_idle_is_chosen_at_once(factory: table.EngineFactory) 
     lock._send(a_flow, "fin")
     lock.check()
     assert lock.syns(2) == [A, B]
+
+
+# ---- fo --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_fo_all_to_the_heaviest_then_weight_edits(factory: table.EngineFactory) -> None:
+    """Everything to the heaviest (connection counts play no part); a weight edit moves the
+    traffic at once; on a tie the list head (the later added) wins; weight 0 everywhere: none."""
+    lock = lockstep(factory, "fo", (A, 2), (B, 5), (C, 3))
+    assert lock.syns(4) == [B] * 4
+    lock.edit(C, 9, 0, 0)
+    assert lock.syns(3) == [C] * 3
+    lock.edit(A, 9, 0, 0)  # list C, B, A: C first among the 9s
+    assert lock.syns(2) == [C, C]
+    lock.edit(C, 0, 0, 0)
+    assert lock.syns(2) == [A, A]
+    for i in (A, B):
+        lock.edit(i, 0, 0, 0)
+    assert lock.syns(1) == [None]
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_fo_fails_over_when_the_heaviest_is_overloaded(factory: table.EngineFactory) -> None:
+    """B (weight 5, -x 2) takes two connections, is flagged, and the next heaviest, C, takes
+    over; released below its lower threshold, B takes everything again."""
+    lock = lockstep(factory, "fo", (A, 2), (C, 3))
+    lock.add(B, 5, 2, 0)
+    assert lock.syns(4) == [B, B, C, C]
+    lock.release(B)
+    lock.check()
+    assert lock.syns(2) == [B, B]
