@@ -1829,6 +1829,9 @@ def _list_sched_rows() -> list[Row]:
     rows.append(row(
         "fo-heaviest", "fo over RS1 2, RS2 5, RS3 3: everything to the heaviest, RS2", "fo",
         (DestSetup(RS1, weight=2), DestSetup(RS2, weight=5), DestSetup(RS3, weight=3)), [RS2, RS2, RS2]))
+    rows.append(row(
+        "ovf-overflow", "ovf over RS1 1, RS2 2: RS2 until its active connections exceed its weight (3), then RS1",
+        "ovf", (DestSetup(RS1, weight=1), DestSetup(RS2, weight=2)), [RS2, RS2, RS2, RS1, RS1]))
     return rows
 
 

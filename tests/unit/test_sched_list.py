@@ -201,3 +201,27 @@ def test_fo_fails_over_when_the_heaviest_is_overloaded(factory: table.EngineFact
     lock.release(B)
     lock.check()
     assert lock.syns(2) == [B, B]
+
+
+# ---- ovf -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_ovf_fills_the_heaviest_beyond_its_weight_then_the_next(factory: table.EngineFactory) -> None:
+    """Held connections: B (3) takes 4 (eligible while active <= weight, so one more than its
+    weight), then A (2) takes 3, then C (1) 2, then nothing is left."""
+    lock = lockstep(factory, "ovf", (A, 2), (B, 3), (C, 1))
+    assert lock.syns(10) == [B] * 4 + [A] * 3 + [C] * 2 + [None]
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_ovf_counts_only_active_connections(factory: table.EngineFactory) -> None:
+    """Closed connections (inactive) free the heaviest again; a weight edit changes who is full."""
+    lock = lockstep(factory, "ovf", (A, 2), (B, 3))
+    assert lock.syns(5) == [B, B, B, B, A]
+    for flow in lock.flows[:2]:
+        lock._send(flow, "fin")  # two of B's: TIME_WAIT, inactive
+    lock.check()
+    assert lock.syns(3) == [B, B, A]
+    lock.edit(B, 6, 0, 0)
+    assert lock.syns(3) == [B, B, B]
