@@ -1755,12 +1755,92 @@ def _sp_rows() -> list[Row]:
     return rows
 
 
+def _overload_rows() -> list[Row]:
+    """OVERLOAD as Debian's 6.1.192 evaluates it (__ip_vs_update_dest only when a threshold changes,
+    ip_vs_bind_dest when totalconns reaches u, ip_vs_unbind_dest when it leaves l_threshold_val).
+    rr over RS1, RS2 (list RS2, RS1); every entry stays in SYN_RECV (active)."""
+    rows = []
+    syns = [tcp(sport=46000 + i) for i in range(5)]
+    size = ip_total_length(syns[0])
+
+    def row(row_id: str, description: str, setup: Setup, edit: DestSetup, order: list[str]) -> Row:
+        steps: tuple[Step, ...] = (*(fwd(p, 0, d) for p, d in zip(syns[:3], order[:3], strict=True)),
+                 ConfigStep("edit_dest", TCP80, edit, 0),
+                 *(fwd(p, 0, d) for p, d in zip(syns[3:], order[3:], strict=True)))
+        n2, n1 = order.count(RS2), order.count(RS1)
+        return Row(row_id, description, setup, steps,
+                   (DestExpect(TCP80, RS2, active=n2, conns=n2, inpkts=n2, inbytes=n2 * size),
+                    DestExpect(TCP80, RS1, active=n1, conns=n1, inpkts=n1, inbytes=n1 * size)),
+                   (ServiceExpect(TCP80, 5, 5, 5 * size),),
+                   tuple(conn("SYN_RECV", T_SR, d, cport=46000 + i) for i, d in enumerate(order)),
+                   tags=("sched", "overload"))
+
+    plain = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1), DestSetup(RS2))),))
+    rows.append(row(
+        "overload-threshold-lowered", "-e -x 2 on RS2 holding 2 connections flags it at once (the edit "
+        "re-evaluates OVERLOAD), so rr skips it from then on", plain, DestSetup(RS2, u_threshold=2),
+        [RS2, RS1, RS2, RS1, RS1]))
+    capped = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1), DestSetup(RS2, u_threshold=2))),))
+    rows.append(row(
+        "overload-raised-threshold-between", "RS2 -x 2 is flagged by its 2nd connection; raising it to -x 4 -y 2 "
+        "keeps the flag while it holds >= 2 (the lower threshold)", capped,
+        DestSetup(RS2, u_threshold=4, l_threshold=2), [RS2, RS1, RS2, RS1, RS1]))
+    rows.append(row(
+        "overload-raised-threshold-clears", "raising RS2's -x 2 to -x 4 (lower value 4 - 4/4 = 3) with 2 "
+        "connections clears the flag", capped, DestSetup(RS2, u_threshold=4), [RS2, RS1, RS2, RS1, RS2]))
+    rows.append(row(
+        "overload-weight-edit-keeps", "-e changing only RS2's weight does not re-evaluate OVERLOAD", capped,
+        DestSetup(RS2, weight=3, u_threshold=2), [RS2, RS1, RS2, RS1, RS1]))
+    return rows
+
+
+def _list_sched_rows() -> list[Row]:
+    """The list-scanning schedulers (wrr, lc, sed, nq, fo, ovf): one row each, their order over
+    fresh SYNs (every entry stays in SYN_RECV: active). The thorough checks are the lockstep
+    tests against tests/oracles (tests/unit/test_sched_oracle.py, test_sched_list.py)."""
+    rows = []
+
+    def row(row_id: str, description: str, sched: str, dests: tuple[DestSetup, ...], order: list[str]) -> Row:
+        syns = [tcp(sport=47000 + i) for i in range(len(order))]
+        size = ip_total_length(syns[0])
+        counts = {d.addr: order.count(d.addr) for d in dests}
+        return Row(row_id, description, Setup((ServiceSetup(TCP80, sched, dests),)),
+                   tuple(fwd(p, 0, d) for p, d in zip(syns, order, strict=True)),
+                   tuple(DestExpect(TCP80, d.addr, active=counts[d.addr], conns=counts[d.addr],
+                                    inpkts=counts[d.addr], inbytes=counts[d.addr] * size) for d in reversed(dests)),
+                   (ServiceExpect(TCP80, len(order), len(order), len(order) * size),),
+                   tuple(conn("SYN_RECV", T_SR, d, cport=47000 + i) for i, d in enumerate(order)),
+                   tags=("sched", sched))
+
+    rows.append(row(
+        "wrr-432", "wrr over RS1 4, RS2 3, RS3 2 added last to first: each add leaves cw at 1, so the first round "
+        "takes all three, then cw restarts at 4", "wrr",
+        (DestSetup(RS3, weight=2), DestSetup(RS2, weight=3), DestSetup(RS1, weight=4)),
+        [RS1, RS2, RS3, RS1, RS1, RS2, RS1, RS2, RS3]))
+    rows.append(row(
+        "lc-ignores-weights", "lc over RS1 1, RS2 5 (list RS2, RS1): the smaller overhead wins whatever the weights, "
+        "the list head on a tie", "lc", (DestSetup(RS1, weight=1), DestSetup(RS2, weight=5)), [RS2, RS1, RS2, RS1]))
+    rows.append(row(
+        "sed-active-plus-one", "sed over RS1 1, RS2 3 (list RS2, RS1): (active + 1) / weight, the earlier on a tie",
+        "sed", (DestSetup(RS1, weight=1), DestSetup(RS2, weight=3)), [RS2, RS2, RS2, RS1, RS2]))
+    rows.append(row(
+        "nq-idle-first", "nq over RS1 1, RS2 3 (list RS2, RS1): an idle server first whatever its weight, then "
+        "(active + 1) / weight", "nq", (DestSetup(RS1, weight=1), DestSetup(RS2, weight=3)), [RS2, RS1, RS2, RS2]))
+    rows.append(row(
+        "fo-heaviest", "fo over RS1 2, RS2 5, RS3 3: everything to the heaviest, RS2", "fo",
+        (DestSetup(RS1, weight=2), DestSetup(RS2, weight=5), DestSetup(RS3, weight=3)), [RS2, RS2, RS2]))
+    rows.append(row(
+        "ovf-overflow", "ovf over RS1 1, RS2 2: RS2 until its active connections exceed its weight (3), then RS1",
+        "ovf", (DestSetup(RS1, weight=1), DestSetup(RS2, weight=2)), [RS2, RS2, RS2, RS1, RS1]))
+    return rows
+
+
 @functools.cache
 def build_rows() -> tuple[Row, ...]:
     rows = (_dr_flow_rows() + _udp_rows() + _scheduling_rows() + _no_dest_rows() + _lookup_rows()
             + _tcp_flag_rows() + _l2_and_table_rows() + _deleted_dest_rows() + _bad_input_rows() + _icmp_rows()
             + _syn_retrans_rows() + _persistence_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
-            + _icmp_translation_rows() + _sp_rows())
+            + _icmp_translation_rows() + _sp_rows() + _overload_rows() + _list_sched_rows())
     ids = [r.id for r in rows]
     duplicates = {i for i in ids if ids.count(i) > 1}
     assert not duplicates, f"duplicate row ids: {duplicates}"

@@ -7,7 +7,8 @@ engine never reads a clock.
 Scope: direct routing, IPIP tunnelling and FULLNAT (local address pools, TOA,
 MSS lowering), ICMP errors about connections (forwarded or translated), the
 director's own ICMP answers, persistence templates, SYN-proxy (lb/pyengine/
-synproxy.py), rr and wlc, per-instance timeouts, the stalled-handshake counters.
+synproxy.py), the schedulers of lb/pyengine/sched_*.py, per-instance timeouts, the
+stalled-handshake counters.
 Masquerading (NAT) is refused with EOPNOTSUPP, as by the C core.
 
 Choices where docs/fastpath.md is silent (kernel IPVS behaviour unless noted):
@@ -30,9 +31,10 @@ Choices where docs/fastpath.md is silent (kernel IPVS behaviour unless noted):
   kept), inserted at the list head. Its stats are kept when it returns to the same
   service object and zeroed when that service was deleted and re-created meanwhile
   (__ip_vs_update_dest). A deleted destination without entries is gone.
-- Add/edit of a destination clears OVERLOAD when the new upper threshold is 0 or
-  higher than the old one (__ip_vs_update_dest); a lowered threshold applies at
-  the next bind of a connection. Templates never set OVERLOAD.
+- OVERLOAD follows Debian 6.1.192 (conn.Destination): re-evaluated when add/edit
+  changes a threshold, when a bind makes the connection total equal the upper
+  threshold, and when an unbind leaves the lower threshold value. Templates count
+  in `persist` only and never touch it.
 - zero() zeroes the stats of services and their listed destinations, not of
   trashed ones (ip_vs_zero_service), nor the stalled-handshake counters, nor the
   per-reason packet counters, nor the SYN-proxy counters.
@@ -664,11 +666,9 @@ class PyEngine:
             dest = conn.dest
             active = new_state in ACTIVE_STATES
             if not conn.inactive and not active:
-                dest.active -= 1
-                dest.inactive += 1
+                dest.active -= 1  # `total` counts it either way
                 conn.inactive = True
             elif conn.inactive and active:
-                dest.inactive -= 1
                 dest.active += 1
                 conn.inactive = False
             if new_state == _ESTABLISHED:
@@ -801,7 +801,7 @@ class PyEngine:
                 revived.owner = service
                 added = revived
             else:
-                added = Destination(dest_key, dest, service)
+                added = Destination.new(dest_key, dest, service)
             service.dests.insert(0, added)
             service.scheduler.add_dest(service, added, 0)
 

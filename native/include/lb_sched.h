@@ -62,6 +62,17 @@ static inline int lb_dest_eligible(const struct lb_dest *d)
     return d->conf.weight > 0 && !(d->flags & LB_DEST_F_OVERLOAD);
 }
 
+/* ip_vs_dest_conn_overhead() of Debian's 6.1.192 (6.1.187 backported "ipvs: add totalconns for
+ * dest"): (activeconns << 8) + totalconns, i.e. 257 per active and 1 per inactive connection, in
+ * the kernel's `int`: it wraps past INT_MAX (8M active connections) exactly as the kernel's does
+ * (two's complement, -fno-strict-overflow), written here without signed overflow. lc, wlc, lblc,
+ * lblcr and twos weigh destinations with it; sed and nq use activeconns + 1 instead. */
+static inline int32_t lb_dest_conn_overhead(const struct lb_dest *d)
+{
+    uint32_t oh = (d->activeconns << 8) + d->totalconns; /* unsigned: wraps modulo 2^32 */
+    return oh <= (uint32_t)INT32_MAX ? (int32_t)oh : (int32_t)(oh - 0x80000000u) + INT32_MIN;
+}
+
 #define LB_SCHED(name) extern const struct lb_sched_ops lb_sched_##name;
 #include "lb_sched_list.h"
 #undef LB_SCHED

@@ -7,3 +7,9 @@
  */
 LB_SCHED(rr)
 LB_SCHED(wlc)
+LB_SCHED(wrr)
+LB_SCHED(lc)
+LB_SCHED(sed)
+LB_SCHED(nq)
+LB_SCHED(fo)
+LB_SCHED(ovf)

@@ -303,6 +303,29 @@ static uint32_t make_packet(uint8_t *b, uint8_t proto, uint32_t src, uint16_t sp
     return len;
 }
 
+/* The accounting invariants of every listed destination (ip_vs_bind_dest / ip_vs_unbind_dest /
+ * __ip_vs_dest_update_overload): activeconns never above totalconns (no unsigned wrap), and
+ * OVERLOAD only with an upper threshold and at least the lower threshold value of connections
+ * (the unbind that crosses l_threshold_val clears it). With `idle`, no connection is left. */
+static int check_accounting(lb_t *lb, int idle)
+{
+    int bad = 0;
+    for (uint32_t i = 0; i < lb->nsvcs; i++) {
+        const struct lb_svc *s = lb->svcs[i];
+        for (uint32_t j = 0; j < s->ndests; j++) {
+            const struct lb_dest *d = s->dests[j];
+            bad |= check(d->activeconns <= d->totalconns, "activeconns <= totalconns");
+            if (d->flags & LB_DEST_F_OVERLOAD)
+                bad |= check(d->conf.u_threshold && d->totalconns >= d->l_threshold_val,
+                             "OVERLOAD only with an upper threshold and >= l_threshold_val connections");
+            if (idle)
+                bad |= check(!d->totalconns && !d->activeconns && !d->persistconns && !(d->flags & LB_DEST_F_OVERLOAD),
+                             "no connection, no template, no OVERLOAD once everything expired");
+        }
+    }
+    return bad;
+}
+
 /* Every registered scheduler, so churn runs each one's hooks (init/done on a switch, add/del/upd). */
 static const char *const sched_names[] = {
 #define LB_SCHED(name) #name,
@@ -322,7 +345,8 @@ static int cmd_churn(long rounds)
         uint32_t rs = RS1 + (uint32_t)(r % 2);
         /* Churn: delete and re-add a tunnel destination, invalidate and reinstall state,
          * edit weights, recreate the whole tunnel service every 7 rounds. */
-        struct lb_dest_conf d = {.addr = rs, .port = 80, .fwd = LB_FWD_TUNNEL, .weight = (int32_t)(r % 3)};
+        struct lb_dest_conf d = {.addr = rs, .port = 80, .fwd = LB_FWD_TUNNEL, .weight = (int32_t)(r % 3),
+                                 .u_threshold = (uint32_t)(r % 4), .l_threshold = r % 4 ? (uint32_t)(r % 2) : 0};
         lb_dest_del(lb, LB_PROTO_TCP, VIP, 81, rs, 80);
         lb_dest_add(lb, LB_PROTO_TCP, VIP, 81, &d);
         if (r % 3 == 0)
@@ -332,6 +356,8 @@ static int cmd_churn(long rounds)
             lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 81, rs, 80, &f);
         }
         d.weight = 1;
+        d.u_threshold = (uint32_t)((r / 4) % 5); /* thresholds changing under connections: OVERLOAD re-evaluated */
+        d.l_threshold = 0;
         lb_dest_edit(lb, LB_PROTO_TCP, VIP, 81, &d);
         if (r % 7 == 0) {
             struct lb_svc_conf s = {.proto = LB_PROTO_TCP, .addr = VIP, .port = 81};
@@ -363,7 +389,10 @@ static int cmd_churn(long rounds)
         now += 37;
         if (r % 100 == 0)
             lb_expire(lb, now, 0);
+        bad |= check_accounting(lb, 0);
     }
+    lb_expire(lb, now + 24 * 3600 * 1000ull, 0); /* every entry dies */
+    bad |= check_accounting(lb, 1);
     lb_free(lb);
     printf("churned %ld rounds: %s\n", rounds, bad ? "FAILED" : "ok");
     return bad;

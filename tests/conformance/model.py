@@ -22,6 +22,8 @@ Steps:
 - Hold(n, group): n TCP connections opened one after another and kept open; Release(group)
   closes them (client FIN first).
 - Udp(n): n datagrams, each from a new source port; records who answered.
+- Wait(seconds): time passes (at most 60 s), e.g. for entries to expire after `--set` shortened
+  their timeout: connection counts and OVERLOAD change only when entries expire.
 Traffic steps take `clients`: the client addresses to use, in turn ("c1".."c4"). Every
 connection and datagram has its own source port, chosen by the runner (the same in both
 systems). A connection a real server refuses (RST: see Scenario.refuse) is recorded as
@@ -90,7 +92,12 @@ class Udp:
     kernel_counts: dict[str, int] | None = field(default=None, hash=False)
 
 
-Step = Admin | Listing | Connect | Hold | Release | Udp
+@dataclass(frozen=True)
+class Wait:
+    seconds: float
+
+
+Step = Admin | Listing | Connect | Hold | Release | Udp | Wait
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,8 @@ class Scenario:
                 bad = [c for c in step.clients if c not in CLIENTS]
                 if bad or not step.clients:
                     raise ValueError(f"{self.name}: unknown clients {bad} (use {CLIENTS})")
+            if isinstance(step, Wait) and not 0 < step.seconds <= 60:
+                raise ValueError(f"{self.name}: {step} must wait 0..60 s")
             if isinstance(step, Hold):
                 held.add(step.group)
             if isinstance(step, Release) and step.group not in held:
@@ -150,4 +159,6 @@ def describe(step: Step) -> str:
         return f"RELEASE {step.group!r}"
     if isinstance(step, Udp):
         return f"UDP x{step.n} from {','.join(step.clients)} (one datagram per source port)"
+    if isinstance(step, Wait):
+        return f"WAIT {step.seconds:g} s"
     raise TypeError(step)
