@@ -1,5 +1,5 @@
-"""lblc in both engines against the kernel oracle (tests/oracles, from ip_vs_lblc.c of Debian's
-6.1.192), driven through tests/unit/locality_twin.py.
+"""lblc and lblcr in both engines against the kernel oracle (tests/oracles, from ip_vs_lblc.c and
+ip_vs_lblcr.c of Debian's 6.1.192), driven through tests/unit/locality_twin.py.
 
 The property tests generate operation scripts (destinations added, edited, deleted and re-added;
 flows through the engine's packet path, held or closed; scheduling probes for other destination
@@ -86,7 +86,7 @@ def run_script(twin: Twin, script: list[tuple]) -> int:
     return compared
 
 
-@pytest.mark.parametrize("sched", ["lblc"])
+@pytest.mark.parametrize("sched", ["lblc", "lblcr"])
 @pytest.mark.parametrize("factory", FACTORIES)
 @settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -96,7 +96,7 @@ def test_every_choice_is_the_kernels(factory: table.EngineFactory, sched: str, s
     run_script(twin, script)
 
 
-@pytest.mark.parametrize("sched", ["lblc"])
+@pytest.mark.parametrize("sched", ["lblc", "lblcr"])
 @pytest.mark.parametrize("factory", FACTORIES)
 @settings(max_examples=120, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -104,7 +104,7 @@ def test_every_choice_is_the_kernels(factory: table.EngineFactory, sched: str, s
                                                                                   max_size=40))
 def test_loaded_services_agree(factory: table.EngineFactory, sched: str, weights: list[int], holds: list[bool]) -> None:
     """Many held flows on small weights: the overload rule (active > weight while another server is under
-    half its weight) moves lblc's entry, again and again."""
+    half its weight) moves lblc's entry and grows lblcr's set, again and again."""
     twin = Twin(factory.make(0), sched)  # type: ignore[operator]
     for i, weight in enumerate(weights):
         twin.add(i, weight)
@@ -154,7 +154,7 @@ def test_lblc_hit_ignores_the_overload_flag(factory: table.EngineFactory) -> Non
     assert agreed(twin.probe(X)) == B  # a miss: wlc skips the flagged A
 
 
-@pytest.mark.parametrize("sched", ["lblc"])
+@pytest.mark.parametrize("sched", ["lblc", "lblcr"])
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_the_cache_is_keyed_by_the_packets_destination_address(factory: table.EngineFactory, sched: str) -> None:
     twin = two_servers(factory, sched)
@@ -165,7 +165,28 @@ def test_the_cache_is_keyed_by_the_packets_destination_address(factory: table.En
     assert agreed(twin.probe(Y, sport=2)) == A
 
 
-@pytest.mark.parametrize("sched", ["lblc"])
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_lblcr_set_grows_then_sheds_its_busiest_member_after_24h_unchanged(factory: table.EngineFactory) -> None:
+    twin = two_servers(factory, "lblcr")
+    # 1, 2: B. 3: B has 2 > 1 and A is idle: wlc -> A joins the set (lastmod 0). 4: the set's least
+    # loaded is A (257 against 514). 5: A and B tie at 514: A, the newest member, first; A has 2 > 1 but
+    # nobody is under half: A.
+    assert [agreed(twin.flow(hold=True)) for _ in range(5)] == [B, B, A, A, A]
+    twin.advance(12 * HOUR)  # every connection has expired; probes refresh the entry, not the set
+    assert agreed(twin.probe(table.VIP)) == A
+    twin.advance(12 * HOUR)
+    # At exactly lastmod + 24 h nothing happens yet (time_after is strict)...
+    assert agreed(twin.probe(table.VIP)) == A
+    twin.advance(4)
+    # ... one jiffy later the busiest member goes: A and B tie (idle), the first, A, goes; the choice
+    # (made before the cleanup) is still A, the very member that just left.
+    assert agreed(twin.probe(table.VIP)) == A
+    twin.advance(4)
+    assert agreed(twin.probe(table.VIP)) == B  # the set is {B} now
+    assert agreed(twin.flow(hold=True)) == B
+
+
+@pytest.mark.parametrize("sched", ["lblc", "lblcr"])
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_full_check_every_30_minutes_drops_entries_idle_for_24h(factory: table.EngineFactory, sched: str) -> None:
     # The timer runs 60 s after the scheduler is bound and every 60 s after; every 30th run (so at
@@ -186,7 +207,7 @@ def test_full_check_every_30_minutes_drops_entries_idle_for_24h(factory: table.E
     assert agreed(twin.probe(W)) == B  # ... and it dropped W
 
 
-@pytest.mark.parametrize("sched", ["lblc"])
+@pytest.mark.parametrize("sched", ["lblc", "lblcr"])
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_a_deleted_server_readded_makes_its_old_entries_valid_again(factory: table.EngineFactory, sched: str) -> None:
     # X's entry names A. A (no connection left) and B are deleted, then A re-added, then B: the list
@@ -234,7 +255,7 @@ def test_switching_scheduler_drops_the_cache(factory: table.EngineFactory) -> No
     assert agreed(twin.probe(X)) == A
 
 
-@pytest.mark.parametrize("sched", ["lblc"])
+@pytest.mark.parametrize("sched", ["lblc", "lblcr"])
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_cache_growth_is_bounded_and_collected(factory: table.EngineFactory, sched: str) -> None:
     """6.1.192: no entry beyond 24576 (3/2 of 16384); above 16384 entries the timer drops entries idle
