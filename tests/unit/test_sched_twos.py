@@ -3,7 +3,7 @@
 - Exactly the kernel oracle's choices (tests/oracles/sched_twos.py) when the oracle is fed the same
   random draws as the engine: the engines' generator (a per-service splitmix64 seeded from the
   engine's seed and the service key, drawing through the kernel's multiply-shift reduction) is
-  re-implemented here, independently of the engines, and handed to the oracle as its `rng`.
+  re-implemented in tests/twos_draws.py, independently of the engines, and handed to the oracle.
 - Its distribution, as the kernel's: with no load, the first eligible server gets (w + 1) / (W + 1)
   of the draws, every other w / (W + 1); with held connections, shares in proportion to weight.
   Bounds are binomial (5 sigma), checked for several seeds.
@@ -28,43 +28,17 @@ from lb.model import DestSpec, ServiceKey, ServiceSpec
 from lb.pyengine.csum import internet_checksum
 from oracles import PacketInfo, Service
 from oracles.sched_twos import TwosScheduler
+from twos_draws import Draws
 
 FACTORIES = [
     pytest.param(f, id=f.id, marks=[pytest.mark.skip(reason=f.unavailable)] if f.make is None else [])
     for f in table.engine_factories()
 ]
 KEY = ServiceKey(6, table.VIP, 80)
-M64 = (1 << 64) - 1
 
 
 def dest_addr(i: int) -> str:
     return f"203.0.113.{21 + i}"
-
-
-class Draws:
-    """splitmix64 (Steele, Lea, Flood 2014) and __get_random_u32_below of Linux 6.1, written from
-    their published definitions."""
-
-    def __init__(self, hash_seed: int, key: ServiceKey) -> None:
-        addr = int.from_bytes(socket.inet_aton(key.addr), "big")
-        self.state = (hash_seed ^ (key.proto << 48) ^ (key.port << 32) ^ addr) & M64
-
-    def u32(self) -> int:
-        self.state = (self.state + 0x9E3779B97F4A7C15) & M64
-        z = self.state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-        return (z ^ (z >> 31)) >> 32
-
-    def below(self, ceil: int) -> int:
-        product = ceil * self.u32()
-        low = product & 0xFFFFFFFF
-        if low < ceil:
-            threshold = (2**32 - ceil) % ceil
-            while low < threshold:
-                product = ceil * self.u32()
-                low = product & 0xFFFFFFFF
-        return product >> 32
 
 
 _TEMPLATE = table.tcp(sport=1, src=table.CLIENT1, flags="S")
@@ -122,7 +96,7 @@ operations = st.lists(st.one_of(
 @given(script=operations, hash_seed=st.sampled_from([1, 2, 0xDEADBEEF, 2**64 - 1]))
 def test_every_choice_is_the_oracles_with_the_same_draws(factory: table.EngineFactory, script, hash_seed: int) -> None:  # type: ignore[no-untyped-def]
     engine = engine_with(factory, [], hash_seed)
-    draws = Draws(hash_seed, KEY)
+    draws = Draws(hash_seed, KEY.proto, KEY.addr, KEY.port)
     oracle = Service(TwosScheduler(rng=draws.below))
     present: set[int] = set()
     n = 0
@@ -239,7 +213,7 @@ def test_weights_near_int_max_wrap_as_the_kernels_ints(factory: table.EngineFact
     # and w1 * overhead2 wrap too (INT_MAX * overhead is -overhead: the MORE loaded server wins).
     # Three: the bound is 2^31 - 2, below the first weight: the head of the list takes everything.
     engine = engine_with(factory, weights)
-    draws = Draws(table.HASH_SEED, KEY)
+    draws = Draws(table.HASH_SEED, KEY.proto, KEY.addr, KEY.port)
     seen: Counter[str | None] = Counter()
     for n in range(300):
         (service,) = engine.services()  # type: ignore[attr-defined]
