@@ -54,4 +54,4 @@ def battery(sched: str, flags: str = "", weights: tuple[int, int, int, int] = (1
     return tcp, udp
 
 
-SCENARIOS = (*battery("rr"), *battery("wlc"))
+SCENARIOS = (*battery("rr"), *battery("wlc"), *battery("lblc"), *battery("lblcr"))
