@@ -85,6 +85,7 @@ class Destination:
     total: int = 0
     persist: int = 0  # persistence templates naming this destination
     l_threshold_val: int = 0  # the lower threshold in force: l_threshold, or u - u/4
+    sched_refs: int = 0  # references its service's scheduler holds (lblc/lblcr cache entries; C: refcnt)
     stats: Counters = field(default_factory=Counters)
     syn_retrans: int = 0  # client SYNs repeating an entry's first SYN while it waits in SYN_RECV
     handshakes: int = 0  # entries that went SYN_RECV -> ESTABLISHED
@@ -130,8 +131,9 @@ class Destination:
 
     @property
     def referenced(self) -> bool:
-        """Does any entry (connection or template) still point here?"""
-        return self.total + self.persist > 0
+        """Does any entry (connection or template) or scheduler state still point here? (An
+        unreferenced deleted destination is gone: C frees it.)"""
+        return self.total + self.persist + self.sched_refs > 0
 
     def bind(self, entry: Connection) -> None:
         """An entry starts pointing here (ip_vs_bind_dest). A template counts in `persist` only; a

@@ -143,10 +143,13 @@ class Service:
     and that scheduler's state for it, and each forwarding method's state for it (FULLNAT: the local
     address pool)."""
 
-    __slots__ = ("key", "spec", "dests", "scheduler", "sched_data", "stats", "xmit_data", "netmask", "sp_conf")
+    __slots__ = ("key", "spec", "dests", "scheduler", "sched_data", "stats", "xmit_data", "netmask", "sp_conf",
+                 "seed0", "sched_now_ms")
 
-    def __init__(self, key: SvcKey, spec: ServiceSpec, scheduler: Scheduler) -> None:
+    def __init__(self, key: SvcKey, spec: ServiceSpec, scheduler: Scheduler, seed0: int) -> None:
         self.key = key
+        self.seed0 = seed0  # the engine's seed (lb/pyengine/sched.py SchedService)
+        self.sched_now_ms = 0  # the time of the schedule() call in progress
         self.spec = spec
         self.netmask = socket.inet_aton(spec.netmask)
         self.dests: list[Destination] = []
@@ -340,6 +343,7 @@ class PyEngine:
         """Bind a new connection for `parsed` (scheduling, persistence, what the destination's method
         needs), or the action that ends the packet here."""
         template: Connection | None = None
+        service.sched_now_ms = now_ms  # the schedulers' clock
         if service.spec.persistent is None:
             dest = service.scheduler.schedule(service, parsed)
         else:
@@ -738,6 +742,22 @@ class PyEngine:
             released += 1
         return released
 
+    def sched_probe(self, key: ServiceKey, packet: bytes, now_ms: int) -> tuple[str, int] | None:
+        """Tests and diagnostics (C: lb_sched_probe): the real server (address, port) the service's scheduler
+        picks for a new connection of `packet` at now_ms, None when none is available, without persistence
+        and without creating a connection. The packet's addresses need not be the service's (a fwmark
+        service's lookup, issue 14, gives one service many destination addresses: lblc/lblcr's keys); the
+        scheduler's state moves as for a real packet; entries due by now_ms expire first."""
+        with self._lock:
+            parsed = parse_packet(packet)
+            if not isinstance(parsed, ParsedPacket) or parsed.proto == IPPROTO_ICMP or parsed.proto != key.proto:
+                raise EngineError("EINVAL", f"sched_probe: not a complete IPv4 packet of protocol {key.proto}")
+            service = self._service(key)
+            self._expire(now_ms)
+            service.sched_now_ms = now_ms
+            dest = service.scheduler.schedule(service, parsed)
+            return None if dest is None else (dest.spec.addr, dest.spec.port)
+
     def expire(self, now_ms: int) -> int:
         """Release every entry dead at now_ms, then run the schedulers' periodic work (lb_expire);
         returns how many entries were released."""
@@ -755,7 +775,7 @@ class PyEngine:
             if key in self._services:
                 raise EngineError("EEXIST", f"service {spec.key} already exists")
             scheduler = self._checked_service_spec(spec)
-            self._services[key] = Service(key, spec, scheduler)
+            self._services[key] = Service(key, spec, scheduler, self._seed0)
 
     def edit_service(self, spec: ServiceSpec) -> None:
         with self._lock:
@@ -791,6 +811,8 @@ class PyEngine:
                 raise EngineError("EEXIST", f"destination {dest.addr}:{dest.port} already exists in {key}")
             dest_key: DestKey = (*service.key, daddr, dest.port)
             revived = self._trash.pop(dest_key, None)
+            if revived is not None and not revived.referenced:
+                revived = None  # its last reference went (a scheduler's): C has freed it
             if revived is not None:
                 if revived.owner is not service:
                     # The service was deleted and re-created meanwhile: the kernel rebinds the

@@ -30,8 +30,11 @@ from lb.pyengine.parse import ParsedPacket
 class SchedService(Protocol):
     """What a scheduler sees of a service."""
 
+    key: tuple[int, bytes, int]  # (proto, virtual address (4 bytes), virtual port)
     dests: list[Destination]
     sched_data: Any
+    seed0: int  # the engine's seed (C: lb->seed0): schedulers that draw random numbers seed from it
+    sched_now_ms: int  # the caller's now_ms of the schedule() call in progress (C: svc->sched_now_ms)
 
 
 class Scheduler:
@@ -56,7 +59,8 @@ class Scheduler:
         """`dest`'s weight, thresholds or method were edited."""
 
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        """The destination for a new connection of `parsed`, or None when none is eligible."""
+        """The destination for a new connection of `parsed`, or None when none is eligible; the time is
+        service.sched_now_ms (set by the engine before every call)."""
         raise NotImplementedError
 
     def tick(self, service: SchedService, now_ms: int) -> None:

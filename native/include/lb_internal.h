@@ -298,7 +298,8 @@ struct lb_dest {
     uint32_t totalconns;
     uint32_t persistconns;       /* persistence templates */
     uint32_t l_threshold_val;    /* the lower threshold in force: conf.l_threshold, or u - u/4 */
-    uint32_t refcnt;             /* 1 while linked in a service + 1 per bound connection */
+    uint32_t refcnt;             /* 1 while linked in a service + 1 per bound connection + 1 per scheduler
+                                    reference (lblc/lblcr cache entries: lb_dest_hold, lb_dest_put) */
     struct lb_dest_fwd *fwd;          /* NULL = no valid forwarding state */
     struct lb_svc *svc;          /* NULL once unlinked (deleted) */
     uint8_t vproto;              /* service key, kept so a trashed dest can be revived */
@@ -325,6 +326,9 @@ struct lb_svc {
     uint16_t port_n;
     const struct lb_sched_ops *sched;
     void *sched_data;            /* the scheduler's own per-service state (lb_sched.h) */
+    lb_t *lb;                    /* the instance it is in (schedulers put their destination references there) */
+    uint64_t sched_now_ms;       /* the caller's now_ms of the schedule() call in progress: the clock of
+                                    schedulers that keep time (lblc, lblcr), as the kernel's jiffies */
     struct lb_dest **dests;      /* kernel list order: most recently added first */
     uint32_t ndests;
     uint32_t dests_cap;

@@ -37,7 +37,8 @@ struct lb_sched_ops {
     /* Optional: d's parameters were edited (weight, thresholds, method: d->conf holds the new ones). */
     int (*upd_dest)(struct lb_svc *svc, struct lb_dest *d);
     /* Pick a destination for a new connection of packet p (addresses and ports in network order,
-     * for the hashing schedulers); NULL = none available. */
+     * for the hashing schedulers); NULL = none available. The time is svc->sched_now_ms (the core
+     * sets it before every call; it never decreases). */
     struct lb_dest *(*schedule)(struct lb_svc *svc, const struct lb_pkt *p);
     /* Optional: periodic work without packets (lblc/lblcr expire their entries), run by lb_expire
      * for every service of this scheduler: the adapter's sweep, and engine.expire(). The scheduler

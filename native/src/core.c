@@ -96,6 +96,7 @@ struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc
 {
     struct lb_conn *tmpl = NULL;
     int table_full = 0;
+    s->sched_now_ms = now_ms; /* the schedulers' clock (lb_sched.h) */
     struct lb_dest *d = s->conf.persist_timeout_s ? schedule_persist(lb, p, s, now_ms, &tmpl, &table_full)
                                                   : s->sched->schedule(s, p);
     if (table_full) {

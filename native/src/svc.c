@@ -199,6 +199,7 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
     s->conf = *conf;
     s->addr_n = lb_htonl(conf->addr);
     s->port_n = lb_htons(conf->port);
+    s->lb = lb;
     if ((err = lb_sched_bind(s, sched)) != LB_OK) {
         free(s);
         goto out;

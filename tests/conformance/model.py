@@ -30,6 +30,11 @@ systems). A connection a real server refuses (RST: see Scenario.refuse) is recor
 "refused:<server>", the server read from the director's connection table (`-Lnc`).
 `kernel_counts` on a traffic step states how often kernel IPVS is known to pick each server
 (from the kernel source): a check of the harness itself, asserted on kernel IPVS only.
+
+Scenario.kernel_lacks names what the guest's kernel does not have (a scheduler Debian does not
+build): there the kernel's refusal of the rules is checked, lbd is checked on its own (every flow
+answered; `lbd_counts` on traffic steps: inclusive bounds per server, for random schedulers), and
+the difference from the kernel is reported as a warning, not failed.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class Connect:
     n: int
     clients: tuple[str, ...] = ("c1",)
     kernel_counts: dict[str, int] | None = field(default=None, hash=False)
+    lbd_counts: dict[str, tuple[int, int]] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class Hold:
     group: str = "held"
     clients: tuple[str, ...] = ("c1",)
     kernel_counts: dict[str, int] | None = field(default=None, hash=False)
+    lbd_counts: dict[str, tuple[int, int]] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class Udp:
     n: int
     clients: tuple[str, ...] = ("c1",)
     kernel_counts: dict[str, int] | None = field(default=None, hash=False)
+    lbd_counts: dict[str, tuple[int, int]] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,7 @@ class Scenario:
     steps: tuple[Step, ...]
     refuse: tuple[str, ...] = ()  # real servers that answer every SYN to this VIP with RST
     first: System = "kernel"  # which system plays the scenario first
+    kernel_lacks: str = ""  # the guest's kernel cannot play this: what it lacks (see the module doc)
 
     def __post_init__(self) -> None:
         names: set[str] = set()
@@ -126,6 +135,9 @@ class Scenario:
             if isinstance(step, (Connect, Hold, Udp)):
                 if not 1 <= step.n <= 200:
                     raise ValueError(f"{self.name}: {step} must have 1..200 connections")
+                for server, (low, high) in (step.lbd_counts or {}).items():
+                    if server not in REAL_SERVERS or not 0 <= low <= high <= step.n:
+                        raise ValueError(f"{self.name}: lbd_counts {server}: ({low}, {high}) of {step.n}")
                 bad = [c for c in step.clients if c not in CLIENTS]
                 if bad or not step.clients:
                     raise ValueError(f"{self.name}: unknown clients {bad} (use {CLIENTS})")
@@ -135,6 +147,8 @@ class Scenario:
                 held.add(step.group)
             if isinstance(step, Release) and step.group not in held:
                 raise ValueError(f"{self.name}: Release({step.group!r}) of no Hold")
+        if self.kernel_lacks and not self.rules:
+            raise ValueError(f"{self.name}: kernel_lacks needs the rules the kernel refuses")
         bad_refuse = [r for r in self.refuse if r not in REAL_SERVERS]
         if bad_refuse:
             raise ValueError(f"{self.name}: refuse names unknown servers {bad_refuse}")

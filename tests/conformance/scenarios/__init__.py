@@ -8,11 +8,12 @@ its VIP and its client source ports (the same in both systems).
 from __future__ import annotations
 
 from conformance.model import Scenario
-from conformance.scenarios import battery, persistence, roundtrip, rr, sched_list, tooling, wlc
+from conformance.scenarios import battery, locality, persistence, roundtrip, rr, sched_list, tooling, twos, wlc
 
 ALL: tuple[Scenario, ...] = (*rr.SCENARIOS, *wlc.SCENARIOS, *persistence.SCENARIOS, *tooling.SCENARIOS,
                              *roundtrip.SCENARIOS, *battery.SCENARIOS)
 ALL += sched_list.SCENARIOS
+ALL += (*locality.SCENARIOS, *twos.SCENARIOS)
 
 _names = [s.name for s in ALL]
 if len(set(_names)) != len(_names):

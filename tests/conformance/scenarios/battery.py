@@ -63,3 +63,5 @@ SCENARIOS += battery("fo")
 # ovf refuses (ICMP) once every server holds weight + 1 active connections: 1/2/3/1 has no room
 # for the battery's 16 held ones; 4/5/1/3 leaves 2 and still overflows through all four servers.
 SCENARIOS += battery("ovf", weights=(4, 5, 1, 3))
+SCENARIOS += battery("lblc")
+SCENARIOS += battery("lblcr")
