@@ -351,8 +351,11 @@ class CEngine:
             if n < chunk:
                 return result
 
-    def dump_connections_raw(self, now_ms: int) -> bytes:
-        """Every live entry as packed struct lb_conn_info records (a restart snapshot)."""
+    def dump_connections_raw(self, now_ms: int, reset_changes: bool = False) -> bytes:
+        """Every live entry as packed struct lb_conn_info records (a restart snapshot). The table is
+        locked per chunk of 4096 entries, not for the whole pass: packets keep flowing."""
+        if reset_changes:
+            lib.lb_conn_changes_reset(self._lb)
         chunk = 4096
         arr = ffi.new("struct lb_conn_info[]", chunk)
         cursor = ffi.new("uint32_t *", 0)
@@ -361,6 +364,19 @@ class CEngine:
             n = _check(lib.lb_conn_dump(self._lb, now_ms, arr, chunk, cursor), "connection dump")
             parts.append(bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info"))))
             if n < chunk:
+                return b"".join(parts)
+
+    def dump_changes_raw(self, now_ms: int) -> bytes:
+        """The records of the slots changed since last reported (lb_conn_dump_changes), proto 0 for
+        a slot whose entry went."""
+        chunk = 4096
+        arr = ffi.new("struct lb_conn_info[]", chunk)
+        cursor = ffi.new("uint32_t *", 0)
+        parts = []
+        while True:
+            n = _check(lib.lb_conn_dump_changes(self._lb, now_ms, arr, chunk, cursor), "change dump")
+            parts.append(bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info"))))
+            if cursor[0] == 0:
                 return b"".join(parts)
 
     def restore_connections_raw(self, blob: bytes, now_ms: int) -> dict[str, int]:
@@ -393,6 +409,13 @@ class CEngine:
 
     def table_size(self) -> int:
         return int(lib.lb_hash_buckets(self._lb))
+
+    def conn_stats(self) -> dict[str, int]:
+        """The table's figures (lb_conn_stats): entries, max, buckets, droppable, early_drops."""
+        out = ffi.new("struct lb_conn_stats *")
+        lib.lb_conn_stats(self._lb, out)
+        return {"entries": out.entries, "max": out.max, "buckets": out.buckets, "droppable": out.droppable,
+                "early_drops": out.early_drops}
 
     # ------------------------------------------------------------ NFQUEUE
     def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False, *,

@@ -24,7 +24,8 @@
 #define LB_DEST_WEIGHT_MAX 2147483647      /* INT_MAX: the kernel accepts any non-negative weight */
 #define LB_DEFAULT_CONN_MAX 1048576
 #define LB_CONN_MAX_LIMIT 1073741823       /* largest struct lb_config.conn_max, entries (2^30 - 1) */
-#define LB_DEFAULT_HASH_BUCKETS 262144
+#define LB_HASH_BUCKETS_MIN 1024            /* hash buckets when lb_config leaves them 0: the next power of two
+                                              >= conn_max, at least this many (docs/fastpath.md) */
 #define LB_DEFAULT_LPORT_MIN 1024          /* FULLNAT local ports when lb_config leaves them 0 */
 #define LB_DEFAULT_LPORT_MAX 65535
 
@@ -143,7 +144,7 @@ typedef struct lb_nfq lb_nfq_t;    /* one NFQUEUE adapter thread */
 
 struct lb_config {
     uint32_t conn_max;             /* maximum connection entries; 0 = LB_DEFAULT_CONN_MAX; at most LB_CONN_MAX_LIMIT */
-    uint32_t hash_buckets;         /* power of two; 0 = LB_DEFAULT_HASH_BUCKETS */
+    uint32_t hash_buckets;         /* power of two; 0 = the next power of two >= conn_max (>= LB_HASH_BUCKETS_MIN) */
     uint64_t hash_seed;            /* 0 = pick one at random */
     uint16_t lport_min;            /* FULLNAT local ports: first (0 = LB_DEFAULT_LPORT_MIN) */
     uint16_t lport_max;            /* FULLNAT local ports: last (0 = LB_DEFAULT_LPORT_MAX) */
@@ -226,7 +227,17 @@ struct lb_conn_info {
     uint16_t dport;
     uint32_t laddr;                /* FULLNAT local address (0 otherwise) */
     uint16_t lport;
+    uint32_t slot;                 /* the entry's table slot: the key of incremental snapshots (lb_conn_dump_changes) */
     int64_t expires_in_ms;         /* time left until expiry */
+};
+
+/* The connection table's figures (lb_conn_stats). */
+struct lb_conn_stats {
+    uint32_t entries;              /* live entries (connections and templates) */
+    uint32_t max;                  /* conn_max */
+    uint32_t buckets;              /* hash buckets */
+    uint32_t droppable;            /* entries early drop may release (half-open or finished TCP connections) */
+    uint64_t early_drops;          /* entries released to make room for new ones while the table was full */
 };
 
 /* SYN-proxy settings (global default, or per service). Units in the names. The built-in
@@ -342,6 +353,16 @@ int lb_dest_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport,
                  struct lb_dest_info *out, uint32_t cap);                  /* returns total count or LB_ESRCH */
 /* Copy up to cap live entries starting at *cursor (0 to begin); updates *cursor; returns the number copied. */
 int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor);
+/* Incremental snapshots: copy up to cap (>= 64) records of the slots whose entry changed (created,
+ * released, new state or flags, expiry moved across a multiple of 8.2 s) since they were last
+ * reported, in slot order from *cursor (0 to begin); returns the number copied and sets *cursor
+ * where to go on, 0 once the pass is complete. A slot with no live entry any more gives a record
+ * with proto 0 (only .slot set). Each reported slot's mark is cleared. Locks (per call). */
+int lb_conn_dump_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor);
+/* Clear every change mark: call before the lb_conn_dump pass that starts a new full snapshot (what
+ * changes during that pass is marked again). Locks. */
+void lb_conn_changes_reset(lb_t *lb);
+void lb_conn_stats(lb_t *lb, struct lb_conn_stats *out);  /* locks */
 /* Recreate an entry from a dump (restart recovery; see lbd's state snapshots). Its service and
  * destination (and FULLNAT local address) must exist: LB_ESRCH / LB_ENOENT otherwise; LB_EEXIST if
  * the entry exists; LB_ENOSPC when the table is full; LB_EOPNOTSUPP for SYN-proxy entries (their

@@ -34,6 +34,9 @@ void lb_free(lb_t *lb)
     lb_conn_flush(lb);
     lb_clear(lb);
     lb_sp_free(lb);
+    for (int i = 0; i < LB_XMIT_MAX; i++)
+        if (lb_xmit_methods[i] && lb_xmit_methods[i]->done)
+            lb_xmit_methods[i]->done(lb);
     /* After the flush no connection references a destination: trash is empty. */
     free(lb->svcs);
     lb_conn_table_free(lb);
@@ -79,7 +82,7 @@ static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct
         d = s->sched->schedule(s, p);
         if (!d)
             return NULL;
-        t = lb_tmpl_new(lb, p->proto, snet, p->daddr, p->dport, d, s->conf.persist_timeout_s * 1000, now_ms);
+        t = lb_tmpl_new(lb, p->proto, snet, p->daddr, p->dport, d, s->conf.persist_timeout_s * 1000, now_ms, 1);
         if (!t) {
             *table_full = 1;
             return NULL;
@@ -122,10 +125,10 @@ struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc
             return NULL;
         }
     }
-    struct lb_conn *c = lb_conn_new(lb, p, d, &b, now_ms);
+    struct lb_conn *c = lb_conn_new(lb, p, d, &b, now_ms, 1);
     if (!c) {
         if (m->release)
-            m->release(lb, b.priv);
+            m->release(lb, p->proto, d, &b);
         act->verdict = LB_V_DROP;
         *reason = LB_R_TABLE_FULL;
         return NULL;
