@@ -39,7 +39,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from lb import __version__, logsetup, sdnotify, statefile
@@ -311,8 +310,10 @@ def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: as
 SNAPSHOT_EVERY_S = 2.0
 
 
-async def _snapshot_loop(director: Director, path: Path, stop: asyncio.Event) -> None:
-    """Every SNAPSHOT_EVERY_S: the state file (what a SIGKILLed lbd is restarted from)."""
+async def _snapshot_loop(saver: statefile.StateSaver, stop: asyncio.Event) -> None:
+    """Every SNAPSHOT_EVERY_S: what changed, to the state file's journal (what a SIGKILLed lbd is
+    restarted from); now and then a whole new snapshot (lb/statefile.py)."""
+    path = saver.path
     last_error = ""
     while not stop.is_set():
         try:
@@ -322,7 +323,7 @@ async def _snapshot_loop(director: Director, path: Path, stop: asyncio.Event) ->
         if stop.is_set():
             break
         try:
-            summary = statefile.save_state(director, path)
+            summary = saver.save()
             log.debug("state saved to %s: %s", path, summary)
             last_error = ""
         except Exception as exc:  # keep serving; say it once per distinct problem
@@ -400,6 +401,7 @@ async def run(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, director)
 
     monitor = None
+    saver: statefile.StateSaver | None = None  # the periodic saves' state, the last save at exit goes on with it
     metrics: Any = None  # lb.metrics.MetricsServer with --metrics
     engine_started = rules_set_up = ready = False
     try:
@@ -442,7 +444,8 @@ async def run(args: argparse.Namespace) -> int:
         sdnotify.ready(f"serving: queue {args.queue_num}, engine {engine.name}, control socket {server.path}")
         tasks = [asyncio.ensure_future(_estimator_loop(director, stop))]
         if snapshot is not None:
-            tasks.append(asyncio.ensure_future(_snapshot_loop(director, snapshot, stop)))
+            saver = statefile.StateSaver(director, snapshot)
+            tasks.append(asyncio.ensure_future(_snapshot_loop(saver, stop)))
         try:
             await _resolve_loop(director, stop)
         finally:
@@ -475,7 +478,9 @@ async def run(args: argparse.Namespace) -> int:
             engine.stop()  # no packet changes the tables any more: the last snapshot is exact
         if ready and snapshot is not None:
             try:
-                log.info("state saved to %s: %s", snapshot, statefile.save_state(director, snapshot))
+                if saver is None:
+                    saver = statefile.StateSaver(director, snapshot)
+                log.info("state saved to %s: %s", snapshot, saver.save())
             except Exception as exc:
                 log.error("saving state to %s failed: %s", snapshot, exc)
         close_resolver()
