@@ -105,6 +105,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "but tcpdump on the director's own interfaces no longer sees them")
     p.add_argument("--fail-open", action="store_true",
                    help="when the queue overflows, let the kernel accept packets instead of dropping them")
+    p.add_argument("--queue-maxlen", type=int, default=None, metavar="PACKETS",
+                   help="packets the kernel queues for lbd before it drops (default 1024, C engine: a short queue "
+                   "keeps an overloaded director from livelocking; longer absorbs longer bursts)")
     p.add_argument("--no-iptables", action="store_true",
                    help="do not manage iptables rules (the operator queues packets to --queue-num)")
     p.add_argument("--conntrack", action="store_true",
@@ -180,6 +183,8 @@ def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -
                 p.error(f"{flag} needs the C engine (the Python engine serves one queue with one thread)")
     if not 576 <= args.gso_mtu <= 65535:
         p.error(f"--gso-mtu {args.gso_mtu} out of range 576..65535")
+    if args.queue_maxlen is not None and not 1 <= args.queue_maxlen <= 1 << 20:
+        p.error(f"--queue-maxlen {args.queue_maxlen} out of range 1..1048576")
     try:
         args.queues = plan(args.queue_num, args.queue_balance, args.queue_cpus, args.queue_cpu_fanout)
     except QueueSpecError as exc:
@@ -426,7 +431,8 @@ async def run(args: argparse.Namespace) -> int:
         c_opts: dict[str, Any] = {}
         if args.engine == "c":
             c_opts = {"fail_open": args.fail_open, "qdisc_bypass": args.qdisc_bypass, "queues": args.queues.queues,
-                      "cpus": args.queues.cpus, "gso_mtu": args.gso_mtu if args.gso else None}
+                      "cpus": args.queues.cpus, "gso_mtu": args.gso_mtu if args.gso else None,
+                      "queue_maxlen": args.queue_maxlen}
         engine.start(args.queue_num, **{k: v for k, v in c_opts.items() if v})
         engine_started = True
         log.info("engine %s bound to %s%s", engine.name, args.queues.describe(),

@@ -420,12 +420,13 @@ class CEngine:
     # ------------------------------------------------------------ NFQUEUE
     def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False, *,
               queues: Sequence[int] | None = None, cpus: Sequence[int | None] | None = None,
-              gso_mtu: int | None = None) -> None:
+              gso_mtu: int | None = None, queue_maxlen: int | None = None) -> None:
         """Bind NFQUEUE `queue_num`, or every queue of `queues` (lbd --queue-balance; queue_num is the
         first, the one named in the answer socket's mark and the one that runs the timers): one
         thread each, pinned to cpus[i] when that is not None. `gso_mtu` turns on NFQA_CFG_F_GSO,
-        GSO packets being cut into segments of at most that many bytes. All or nothing: a queue
-        that cannot be bound stops those already started."""
+        GSO packets being cut into segments of at most that many bytes; `queue_maxlen` is the
+        kernel's queue length (None: LB_NFQ_MAXLEN_DEFAULT). All or nothing: a queue that cannot
+        be bound stops those already started."""
         if self._nfqs:
             raise RuntimeError("NFQUEUE adapter already running")
         queues = list(queues) if queues is not None else [queue_num]
@@ -443,6 +444,7 @@ class CEngine:
                 opts.cpu = -1 if cpu is None else cpu
                 opts.mark_queue = queue_num
                 opts.gso_mtu = gso_mtu or 0
+                opts.queue_maxlen = queue_maxlen or 0
                 q = lib.lb_nfq_start(self._lb, q_num, opts, err)
                 if q == ffi.NULL:
                     code = -err[0]

@@ -102,6 +102,12 @@ NFQ_FIELDS: dict[str, CounterField] = {
     "gso_errors": CounterField("lbd_nfqueue_gso_errors_total", "GSO packets that could not be cut: dropped"),
     "csum_completed": CounterField("lbd_nfqueue_checksums_completed_total",
                                    "Packets whose partial L4 checksum lbd completed"),
+    "kernel_queue_dropped": CounterField("lbd_nfqueue_kernel_dropped_total",
+                                         "Packets the kernel dropped for the queue before lbd saw them, by cause "
+                                         "(/proc/net/netfilter/nfnetlink_queue): queue_full = lbd --queue-maxlen "
+                                         "reached (overload), socket_full = lbd's socket buffer full",
+                                         (("cause", "queue_full"),)),
+    "kernel_user_dropped": CounterField("lbd_nfqueue_kernel_dropped_total", "", (("cause", "socket_full"),)),
 }
 
 # struct lb_synproxy_stats (lb_api.h).

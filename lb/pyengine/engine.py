@@ -1099,7 +1099,7 @@ class PyEngine:
 
     def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False, *,
               queues: Sequence[int] | None = None, cpus: Sequence[int | None] | None = None,
-              gso_mtu: int | None = None) -> None:
+              gso_mtu: int | None = None, queue_maxlen: int | None = None) -> None:
         """Serve NFQUEUE `queue_num` from a thread (lbd --engine python): one queue, no GSO."""
         from lb.pyengine.nfq import NfqAdapter
 
@@ -1113,7 +1113,7 @@ class PyEngine:
             raise OSError(errno.EOPNOTSUPP, "the Python NFQUEUE adapter cannot take GSO packets (no --gso)")
         if cpus is not None and any(c is not None for c in cpus):
             raise OSError(errno.EOPNOTSUPP, "the Python NFQUEUE adapter does not pin its thread (no --queue-cpus)")
-        adapter = NfqAdapter(self, qdisc_bypass=qdisc_bypass)
+        adapter = NfqAdapter(self, qdisc_bypass=qdisc_bypass, queue_maxlen=queue_maxlen)
         adapter.start(queue_num)
         self._nfq = adapter
 

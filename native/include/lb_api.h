@@ -301,6 +301,10 @@ struct lb_nfq_stats {
     uint64_t gso_whole;            /* of them, sent on whole (DR: every segment unchanged, one frame) */
     uint64_t gso_errors;           /* GSO packets that could not be segmented (not TCP, URG): dropped */
     uint64_t csum_completed;       /* packets whose partial L4 checksum was completed here */
+    /* The kernel's own counts for this queue (/proc/net/netfilter/nfnetlink_queue, read when the
+     * stats are asked for): packets it dropped before lbd could see them. */
+    uint64_t kernel_queue_dropped; /* the queue held queue_maxlen packets (and no fail-open) */
+    uint64_t kernel_user_dropped;  /* the packet could not be put in lbd's socket buffer */
 };
 
 /* ---- lifecycle ---- */
@@ -421,11 +425,14 @@ uint32_t lb_path_mtu(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms
 #define LB_NFQ_F_QDISC_BYPASS 2    /* frames skip the qdisc: faster, but invisible to tcpdump on the director */
 #define LB_NFQ_F_GSO 4             /* NFQA_CFG_F_GSO: one message per GSO packet, segmented here */
 #define LB_NFQ_F_TIMERS 8          /* this queue's thread runs the expiry sweep and SYN-proxy timers */
+#define LB_NFQ_MAXLEN_DEFAULT 1024 /* packets the kernel queues for lbd before it drops (docs/fastpath.md
+                                      "Overload": a long queue makes an overloaded director livelock) */
 struct lb_nfq_opts {
     uint32_t flags;                /* LB_NFQ_F_* */
     int32_t cpu;                   /* pin the thread to this CPU; -1: not pinned */
     uint16_t mark_queue;           /* queue number in the answer socket's SO_MARK (an instance's first queue) */
     uint16_t gso_mtu;              /* LB_NFQ_F_GSO: IP packet size segments are cut to; 0 = 1500 */
+    uint32_t queue_maxlen;         /* the kernel's queue length (NFQA_CFG_QUEUE_MAXLEN); 0 = LB_NFQ_MAXLEN_DEFAULT */
 };
 /* Several queues (--queue-balance) share one lb_t: one adapter each; exactly one of them
  * should have LB_NFQ_F_TIMERS. opts NULL = flags 0 | LB_NFQ_F_TIMERS, unpinned, own mark. */
