@@ -582,4 +582,5 @@ class Director:
         result["nfq_queues"] = queues
         result["nfq"] = {k: sum(q[k] for q in queues) for k in queues[0]} if queues else {}
         result["synproxy"] = self.engine.synproxy_stats()
+        result["table"] = self.engine.conn_stats()  # entries, max, buckets, droppable, early_drops
         return result
