@@ -183,7 +183,7 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
     }
 
     int dir = LB_DIR_IN;
-    struct lb_conn *c = lb_conn_lookup_key(lb, p.proto, p.addrs, p.ports, now_ms, &dir);
+    struct lb_conn *c = lb_conn_lookup_key(lb, p.proto, p.addrs, p.ports, now_ms, &dir, 1);
     if (LB_UNLIKELY(p.tcp_flags & LB_TCP_SYN) && c && dir == LB_DIR_IN && p.proto == LB_PROTO_TCP &&
         reusable_state(c->state)) {
         /* conn_reuse_mode=1 (is_new_conn: any SYN): a SYN on a closing entry starts a new connection. */
@@ -272,7 +272,7 @@ uint32_t lb_path_mtu(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms
     if (!lb || !pkt || lb_parse_inline(pkt, len, &p) != LB_R_FORWARDED)
         return 0;
     int dir = LB_DIR_IN;
-    const struct lb_conn *c = lb_conn_lookup_key(lb, p.proto, p.addrs, p.ports, now_ms, &dir);
+    const struct lb_conn *c = lb_conn_lookup_key(lb, p.proto, p.addrs, p.ports, now_ms, &dir, 0);
     if (!c || dir != LB_DIR_IN || !c->dest || !c->dest->fwd)
         return 0;
     uint32_t mtu = c->dest->fwd->conf.mtu ? c->dest->fwd->conf.mtu : 1500;
