@@ -84,10 +84,6 @@ def parse_spec(raw: Any) -> ServiceSpec:
         # engine not found"), whereas ServiceSpec would only say ConfigError (EINVAL).
         raise StateError("ENOENT", unknown_scheduler(str(sched)))
     flags = args.get("sched_flags") or []
-    for name in flags if isinstance(flags, list) else []:
-        missing = unimplemented.refusal("sched-flags", str(name))
-        if missing is not None:
-            raise StateError("EOPNOTSUPP", f"service {key}: {missing.message}")
     persistent = args.get("persistent")
     extra = {"synproxy": bool(args.get("synproxy", False))} if "synproxy" in SPEC_FIELDS else {}
     return checked(lambda: ServiceSpec(

@@ -765,9 +765,16 @@ class PyEngine:
                 raise EngineError("EOPNOTSUPP", f"service {spec.key}: only FULLNAT destinations can be SYN-proxied")
             if scheduler is not service.scheduler:
                 # The old scheduler's state goes, the new one's starts (rr: at the head); the same
-                # scheduler keeps its state.
+                # scheduler keeps its state. The new state is built first (lb_sched_switch), so a
+                # scheduler that refuses the list (mh: more destinations than table entries)
+                # leaves the service as it was.
+                old_data = service.sched_data
+                try:
+                    scheduler.init_service(service)
+                finally:
+                    new_data, service.sched_data = service.sched_data, old_data
                 service.scheduler.done_service(service)
-                scheduler.init_service(service)
+                service.sched_data = new_data
                 service.scheduler = scheduler
             service.spec = spec
             service.netmask = socket.inet_aton(spec.netmask)

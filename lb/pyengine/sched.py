@@ -23,15 +23,18 @@ import pkgutil
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from lb.model import ServiceSpec
 from lb.pyengine.conn import Destination
 from lb.pyengine.parse import ParsedPacket
 
 
 class SchedService(Protocol):
-    """What a scheduler sees of a service."""
+    """What a scheduler sees of a service: its destinations, its own state, and the service's
+    configuration (spec.sched_flags: sh and mh read flag-1 and flag-2)."""
 
     dests: list[Destination]
     sched_data: Any
+    spec: ServiceSpec
 
 
 class Scheduler:

@@ -7,3 +7,4 @@
  */
 LB_SCHED(rr)
 LB_SCHED(wlc)
+LB_SCHED(sh)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lb.config import ConfigErrors, TomlLines, load_config, parse_config
-from lb.model import DestSpec, ServiceKey
+from lb.model import SCHEDULERS, DestSpec, ServiceKey
 from lb.reconcile import DEFAULT_TIMEOUTS, State, Timeouts, plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def test_every_error_is_reported_with_its_line() -> None:
         "f.toml:1: unknown key 'bogus' in the top level (known: service, timeouts, synproxy)",
         "f.toml:3: 'tcp' must be an integer, got string '900'",
         "f.toml:6: bad service address '10.1.1.300': not an IPv4 address",
-        "f.toml:8: 'sched' must be one of rr, wlc, got 'xx'",
+        f"f.toml:8: 'sched' must be one of {', '.join(SCHEDULERS)}, got 'xx'",
         "f.toml:9: unknown key 'weight' in [[service]] (known: proto, addr, port, sched, persistent, netmask, "
         "toa, synproxy, laddrs, dest)",
         "f.toml:12: 'weight' 2147483648 out of range 0..2147483647",
@@ -325,7 +325,7 @@ def test_lbd_check_prints_every_error_and_exits_1(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
         f"{bad}:3: bad service address 'x': not an IPv4 address",
-        f"{bad}:5: 'sched' must be one of rr, wlc, got 'zz'",
+        f"{bad}:5: 'sched' must be one of {', '.join(SCHEDULERS)}, got 'zz'",
         f"{bad}: 2 error(s); nothing would be applied",
     ]
     assert proc.stdout == ""

@@ -439,7 +439,7 @@ def test_lbadm_reload_reports_every_error(conf_dir: Path) -> None:
         conf.write_text('[[service]]\nproto = "tcp"\naddr = "10.0.0.1"\nport = 1\nsched = "x"\nweight = 2\n')
         rc, _, err = run_lbadm(path, ["--reload"])
         assert rc == 255
-        assert f"{conf}:5: 'sched' must be one of rr, wlc, got 'x'" in err
+        assert f"{conf}:5: 'sched' must be one of {', '.join(SCHEDULERS)}, got 'x'" in err
         assert f"{conf}:6: unknown key 'weight' in [[service]]" in err
     assert table(d) == {(VIP, 1): {("10.0.0.2", 1): 1}}
 

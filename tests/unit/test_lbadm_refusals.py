@@ -71,9 +71,10 @@ def test_help_marks_every_unimplemented_option_from_the_table() -> None:
                  or line.startswith(f"  --{missing.option}|")]
         assert lines, f"no help line for --{missing.option}"
         assert all(line.endswith(f"[{missing.mark}]") for line in lines), lines
-    # The list: -m, -f, -6, -o, --pe, --sched-flags, --tun-type gue|gre, SCTP, --start-daemon.
+    # The list: -m, -f, -6, -o, --pe, --tun-type gue|gre, SCTP, --start-daemon (the scheduler
+    # flags are implemented).
     assert {m.option for m in unimplemented.NOT_IMPLEMENTED} >= {
-        "masquerading", "fwmark-service", "ipv6", "ops", "pe", "sched-flags", "tun-type", "sctp-service", "start-daemon"}
+        "masquerading", "fwmark-service", "ipv6", "ops", "pe", "tun-type", "sctp-service", "start-daemon"}
     assert "[not implemented by lbd] marks what lbd does not do" in text
 
 
@@ -103,7 +104,8 @@ def test_removing_an_entry_removes_its_mark(monkeypatch: pytest.MonkeyPatch) -> 
     (["-a", "-t", f"{VIP}:80", "-r", "10.0.0.2", "-i", "--tun-type", "gue", "--tun-port", "6080"],
      "lbd does not implement tunnel types gue and gre (--tun-type); its tunnels are IPIP"),
     (["--start-daemon", "master"], "lbd does not implement the connection sync daemon (--start-daemon)"),
-    (["-A", "-t", f"{VIP}:80", "-s", "sh"], f"scheduler 'sh' is not implemented by lbd (lbd has: {', '.join(SCHEDULERS)})"),
+    (["-A", "-t", f"{VIP}:80", "-s", "nosuch"],
+     f"scheduler 'nosuch' is not implemented by lbd (lbd has: {', '.join(SCHEDULERS)})"),
 ])
 def test_lbadm_refuses_what_lbd_lacks_without_asking_it(argv: list[str], message: str) -> None:
     rc, out, err = lbadm(argv)
@@ -150,7 +152,7 @@ def test_lbd_refuses_other_clients_with_the_same_messages() -> None:
         assert info.value.errno_name == "EOPNOTSUPP", op
         assert unimplemented.entry(option).message in str(info.value)
     with pytest.raises(EngineError) as unknown:
-        d.handle("add_service", {"proto": "tcp", "addr": VIP, "port": 80, "sched": "sh"})
+        d.handle("add_service", {"proto": "tcp", "addr": VIP, "port": 80, "sched": "nosuch"})
     assert unknown.value.errno_name == "ENOENT" and "lbd has: " + ", ".join(SCHEDULERS) in str(unknown.value)
 
 

@@ -1,0 +1,154 @@
+"""Packet-table rows (tests/packet_table.py's format) of the hashing schedulers sh, dh and mh, whose
+choice depends on the packet's addresses and ports, and of one-packet scheduling (-o).
+
+Which real server the kernel picks for a packet is read from tests/oracles (Debian 6.1.192's
+schedulers in plain Python, independent of both engines); the client addresses and ports of each
+row are the first of the documentation range that show what the row is about (two clients on
+different servers, one client's two ports on different servers with sh-port, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import packet_table as t
+from packet_table import (
+    T_SR,
+    T_UDP,
+    TCP80,
+    UDP53,
+    ConnExpect,
+    DestExpect,
+    DestSetup,
+    PacketStep,
+    Row,
+    ServiceExpect,
+    ServiceSetup,
+    Setup,
+    SvcRef,
+)
+
+# lb.model's flag bits (ServiceSpec.sched_flags) and the kernel's (tests/oracles)
+FALLBACK, PORT = 1, 2
+_KERNEL_BITS = {FALLBACK: 0x08, PORT: 0x10}
+
+
+def kernel_choice(svc: ServiceSetup, proto: int, src: str, sport: int, dst: str, dport: int) -> str | None:
+    """The real server the kernel's scheduler picks for this packet as the first of a new flow,
+    with svc's destinations added in order (the oracle's own model of the list and tables)."""
+    import oracles
+
+    flags = sum(bits for bit, bits in _KERNEL_BITS.items() if svc.sched_flags & bit)
+    model = oracles.Service(svc.sched, protocol=svc.ref[0], port=svc.ref[2], flags=flags)
+    for dest in svc.dests:
+        model.add_dest(dest.addr, dest.port, weight=dest.weight)
+    chosen = model.schedule(oracles.PacketInfo.of(src, dst, sport, dport, proto))
+    return None if chosen is None else str(chosen.addr)
+
+
+def clients(n: int = 250) -> list[str]:
+    return [f"192.0.2.{i}" for i in range(1, n + 1)]
+
+
+def first_client(svc: ServiceSetup, dest: str | None, *, sport: int, avoid: Sequence[str] = ()) -> str:
+    """The first documentation-range client (not in `avoid`) the kernel sends to `dest`."""
+    proto, vip, vport = svc.ref
+    for client in clients():
+        if client not in avoid and kernel_choice(svc, proto, client, sport, vip, vport) == dest:
+            return client
+    raise AssertionError(f"no client of 192.0.2.0/24 goes to {dest} in {svc}")
+
+
+def flows_row(row_id: str, description: str, setup: Setup, flows: Sequence[tuple[bytes, str | None]],
+              tags: tuple[str, ...]) -> Row:
+    """A row of new flows (one TCP SYN or UDP datagram each, one per millisecond) into setup's first
+    service, each forwarded to its real server or answered (None: no destination), and the counts
+    and entries they leave."""
+    svc = setup.services[0]
+    proto, vip, vport = svc.ref
+    steps: list[PacketStep] = []
+    per_dest: dict[str, list[int]] = {d.addr: [0, 0] for d in svc.dests}  # conns, inbytes
+    conns: list[ConnExpect] = []
+    last = len(flows) - 1
+    for i, (pkt, dest) in enumerate(flows):
+        if dest is None:
+            steps.append(t.answer(pkt, i))
+            continue
+        steps.append(t.fwd(pkt, i, dest))
+        per_dest[dest][0] += 1
+        per_dest[dest][1] += t.ip_total_length(pkt)
+        sport = int.from_bytes(pkt[20:22], "big")
+        caddr = ".".join(str(b) for b in pkt[12:16])
+        state, timeout = ("SYN_RECV", T_SR) if proto == t.PROTO_TCP else ("UDP", T_UDP)
+        conns.append(t.conn(state, timeout - (last - i), dest, cport=sport, caddr=caddr, svc=svc.ref, dport=vport))
+    counted = [(addr, n, b) for addr, (n, b) in per_dest.items()]
+    dests = tuple(DestExpect(svc.ref, addr, vport, active=n if proto == t.PROTO_TCP else 0,
+                             inactive=n if proto == t.PROTO_UDP else 0, conns=n, inpkts=n, inbytes=b)
+                  for addr, n, b in reversed(counted))  # listed newest first
+    total = sum(n for _, n, _ in counted), sum(b for _, _, b in counted)
+    return Row(row_id, description, setup, tuple(steps), dests,
+               (ServiceExpect(svc.ref, total[0], total[0], total[1]),), tuple(conns), check_ms=last,
+               tags=("sched", "hashing") + tags)
+
+
+def service(sched: str, ref: SvcRef = TCP80, weights: Sequence[int] = (1, 1, 1), flags: int = 0, **kw: Any) -> Setup:
+    port = ref[2]
+    dests = tuple(DestSetup(addr, port, weight=w) for addr, w in zip((t.RS1, t.RS2, t.RS3), weights, strict=False))
+    return Setup((ServiceSetup(ref, sched, dests, sched_flags=flags, **kw),))
+
+
+def packet_for(ref: SvcRef, src: str, sport: int) -> bytes:
+    if ref[0] == t.PROTO_TCP:
+        return t.tcp(sport=sport, src=src, dst=ref[1], dport=ref[2])
+    return t.udp(sport=sport, src=src, dst=ref[1], dport=ref[2])
+
+
+# ---- sh ---------------------------------------------------------------------------------------
+
+
+def _sh_rows() -> list[Row]:
+    rows = []
+    setup = service("sh")
+    svc = setup.services[0]
+    a = first_client(svc, t.RS1, sport=0)
+    b = first_client(svc, t.RS2, sport=0)
+    c = first_client(svc, t.RS3, sport=0)
+    rows.append(flows_row(
+        "sh-source-address", "sh: the client's address alone picks the real server (256 buckets); the same "
+        "client from another port goes to the same one",
+        setup, [(packet_for(TCP80, a, 41000), t.RS1), (packet_for(TCP80, b, 41001), t.RS2),
+                (packet_for(TCP80, a, 41002), t.RS1), (packet_for(TCP80, c, 41003), t.RS3)], ("sh",)))
+
+    setup = service("sh", UDP53, flags=PORT)
+    svc = setup.services[0]
+    ports = list(range(50000, 50100))
+    client = t.CLIENT1
+    by_port = {p: kernel_choice(svc, t.PROTO_UDP, client, p, t.VIP, 53) for p in ports}
+    p1 = ports[0]
+    p2 = next(p for p in ports if by_port[p] != by_port[p1])
+    rows.append(flows_row(
+        "sh-port", "sh-port: the client's source port is hashed too, so one client's flows spread over the "
+        "real servers", setup, [(packet_for(UDP53, client, p1), by_port[p1]),
+                                (packet_for(UDP53, client, p2), by_port[p2])], ("sh", "udp")))
+
+    # RS2 at weight 0 still holds one bucket per round of the table (++count >= weight), the very
+    # buckets it holds at weight 1: the client `a` above is one of its clients. They have no server
+    # without sh-fallback, and with it go on to the first available of the buckets (2h + k) & 255.
+    for flags, row_id in ((0, "sh-weight0-no-fallback"), (FALLBACK, "sh-fallback")):
+        setup = service("sh", weights=(1, 0, 1), flags=flags)
+        svc = setup.services[0]
+        home_rs2 = b
+        other = first_client(svc, t.RS3, sport=0)
+        fallback = kernel_choice(svc, t.PROTO_TCP, home_rs2, 0, t.VIP, 80)
+        assert (fallback is None) == (not flags) and fallback != t.RS2
+        rows.append(flows_row(
+            row_id, "sh, RS2 at weight 0: " + ("its clients get no server (ICMP answer)" if not flags else
+                                                 "its clients fall back to the next available bucket's server"),
+            setup, [(packet_for(TCP80, home_rs2, 42000), fallback), (packet_for(TCP80, other, 42001), t.RS3)],
+            ("sh", "weight0", "fallback" if flags else "no-dest")))
+    return rows
+
+
+def rows() -> list[Row]:
+    return _sh_rows()

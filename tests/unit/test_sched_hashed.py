@@ -1,0 +1,213 @@
+"""The hashing schedulers (sh, dh, mh) of both engines against tests/oracles, over random scripts.
+
+tests/oracles models Debian's 6.1.192 kernel (its README); the engines must pick the very real
+server the oracle picks for every packet, after any sequence of the control operations an
+operator can make: destinations added (the list is newest first), re-added from the trash, edited
+(weight), deleted, the scheduler flags changed (-E ... -b), connections expiring. Each destination
+has an upper threshold fixed for the whole example (thresholds never change, so OVERLOAD follows
+the same rule in the engines and in the oracle: set when a new connection brings the count to
+the threshold, cleared when connections expire below its lower value). Probes are new flows from
+random client addresses and ports; each one that is scheduled stays a connection (UDP: inactive,
+TCP: a SYN, active) in the engine and in the oracle, until an `expire` step.
+
+dh hashes the packet's destination address, which for an lbd service is its VIP: each dh example
+has several services on random VIPs, given the same operations.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import packet_table as table  # noqa: E402
+from lb.engine import FwdState, Verdict  # noqa: E402
+from lb.model import DestSpec, ServiceKey, ServiceSpec  # noqa: E402
+from oracles import IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2, IP_VS_SVC_F_SCHED3, PacketInfo  # noqa: E402
+from oracles import Service as OracleService  # noqa: E402
+
+FACTORIES = [
+    pytest.param(f, id=f.id, marks=[pytest.mark.skip(reason=f.unavailable)] if f.make is None else [])
+    for f in table.engine_factories()
+]
+MAX_DESTS = 8
+PORT = 53
+# Examples per (scheduler, engine): reported by the test ids' docstrings in the helper's report.
+EXAMPLES = {"sh": 150}
+KERNEL_FLAG_BITS = (IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2, IP_VS_SVC_F_SCHED3)  # lb.model flag-1..3 -> kernel
+
+
+def kernel_flags(bits: int) -> int:
+    return sum(bit for i, bit in enumerate(KERNEL_FLAG_BITS) if bits & (1 << i))
+
+
+def ip_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def packet(proto: int, src: str, dst: str, sport: int, dport: int) -> bytes:
+    """An IPv4 UDP datagram or TCP SYN (L4 checksum left 0: no engine reads it for these)."""
+    if proto == 17:
+        l4 = struct.pack("!HHHH", sport, dport, 8 + 4, 0) + b"ping"
+    else:
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, 1000, 0, 5 << 4, 0x02, 64240, 0, 0)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0,
+                         ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+    header = header[:10] + struct.pack("!H", ip_checksum(header)) + header[12:]
+    return header + l4
+
+
+@dataclass
+class Pair:
+    """One service in the engine and its model in the oracle."""
+
+    key: ServiceKey
+    oracle: OracleService
+    conns: list[Any] = field(default_factory=list)  # the oracle's open connections
+
+
+class Script:
+    """Plays one example on an engine and on the oracle, checking every choice."""
+
+    def __init__(self, engine: Any, sched: str, proto: int, vips: list[str], dest_addrs: list[str],
+                 uppers: list[int], flags: int, rng: random.Random) -> None:
+        self.engine, self.sched, self.proto, self.rng = engine, sched, proto, rng
+        self.dest_addrs, self.uppers = dest_addrs, uppers
+        self.flags = flags
+        self.present: set[int] = set()
+        self.weights: dict[int, int] = {}
+        self.now_ms = 0
+        self.next_port = 1024
+        self.pairs = []
+        for vip in vips:
+            key = ServiceKey(proto, vip, PORT)
+            engine.add_service(ServiceSpec(key, sched, sched_flags=flags))
+            self.pairs.append(Pair(key, OracleService(sched, protocol=proto, port=PORT, flags=kernel_flags(flags))))
+        self.by_mac = {bytes([2, 0, 0, 0, 0, i]): i for i in range(len(dest_addrs))}
+
+    def add(self, i: int, weight: int) -> None:
+        if i in self.present:
+            return
+        self.present.add(i)
+        for pair in self.pairs:
+            self.engine.add_dest(pair.key, DestSpec(self.dest_addrs[i], PORT, "route", weight, self.uppers[i], 0))
+            self.engine.set_fwd(pair.key, self.dest_addrs[i], PORT, FwdState(
+                ifindex=3, dst_mac=bytes([2, 0, 0, 0, 0, i]), src_mac=table.DIRECTOR_MAC))
+            pair.oracle.add_dest(self.dest_addrs[i], PORT, weight=weight, u_threshold=self.uppers[i])
+
+    def edit(self, i: int, weight: int) -> None:
+        if i not in self.present:
+            return
+        for pair in self.pairs:
+            self.engine.edit_dest(pair.key, DestSpec(self.dest_addrs[i], PORT, "route", weight, self.uppers[i], 0))
+            pair.oracle.edit_dest(self.dest_addrs[i], PORT, weight=weight, u_threshold=self.uppers[i])
+
+    def delete(self, i: int) -> None:
+        if i not in self.present:
+            return
+        self.present.discard(i)
+        for pair in self.pairs:
+            self.engine.del_dest(pair.key, self.dest_addrs[i], PORT)
+            pair.oracle.del_dest(self.dest_addrs[i], PORT)
+
+    def set_flags(self, flags: int) -> None:
+        self.flags = flags
+        for pair in self.pairs:
+            self.engine.edit_service(ServiceSpec(pair.key, self.sched, sched_flags=flags))
+            pair.oracle.edit_service(flags=kernel_flags(flags))
+
+    def expire(self) -> None:
+        """Every connection's time runs out (UDP 300 s, TCP SYN_RECV 60 s)."""
+        self.now_ms += 301_000
+        self.engine.expire(self.now_ms)
+        for pair in self.pairs:
+            for conn in pair.conns:
+                conn.expire()
+            pair.conns.clear()
+
+    def probe(self, n: int) -> None:
+        for _ in range(n):
+            src = str(ipaddress.IPv4Address(self.rng.getrandbits(32) & 0xFFFFFF00 | 0x80 | self.rng.getrandbits(7)))
+            sport = self.next_port
+            self.next_port += 1
+            for pair in self.pairs:
+                action = self.engine.process(packet(self.proto, src, pair.key.addr, sport, PORT), self.now_ms)
+                flow = pair.oracle.new_flow(PacketInfo.of(src, pair.key.addr, sport, PORT, self.proto))
+                expected = None if flow is None else self.dest_addrs.index(str(flow.dest.addr))
+                if action.verdict == Verdict.XMIT_L2:
+                    got = self.by_mac[action.l2hdr[:6]]
+                else:
+                    assert action.verdict == Verdict.ANSWER, action  # no destination: ICMP unreachable
+                    got = None
+                assert got == expected, (f"{self.sched} flags {self.flags} client {src}:{sport} -> {pair.key}: "
+                                         f"engine {got}, kernel {expected}; list (newest first) "
+                                         f"{[(str(d.addr), d.weight, d.overloaded) for d in pair.oracle.destinations]}")
+                if flow is not None:
+                    pair.conns.append(flow)
+
+
+weights = st.one_of(st.integers(0, 5), st.sampled_from([0, 1, 63, 64, 100, 65535, 2**31 - 1]))
+operations = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(0, MAX_DESTS - 1), weights),
+    st.tuples(st.just("add"), st.integers(0, MAX_DESTS - 1), weights),
+    st.tuples(st.just("edit"), st.integers(0, MAX_DESTS - 1), weights),
+    st.tuples(st.just("del"), st.integers(0, MAX_DESTS - 1)),
+    st.tuples(st.just("flags"), st.integers(0, 7)),
+    st.tuples(st.just("probe"), st.integers(1, 8)),
+    st.tuples(st.just("expire")),
+), min_size=1, max_size=24)
+addresses = st.lists(st.integers(0x0A000001, 0x0AFFFFFE), min_size=MAX_DESTS, max_size=MAX_DESTS, unique=True)
+
+
+def play(factory: table.EngineFactory, sched: str, data: st.DataObject) -> None:
+    engine = factory.make(0)  # type: ignore[operator]
+    proto = data.draw(st.sampled_from([6, 17]), label="proto")
+    n_vips = 3 if sched == "dh" else 1
+    vips = [str(ipaddress.IPv4Address(a)) for a in data.draw(
+        st.lists(st.integers(0xC6336401, 0xC63364FE), min_size=n_vips, max_size=n_vips, unique=True), label="vips")]
+    dest_addrs = [str(ipaddress.IPv4Address(a)) for a in data.draw(addresses, label="dests")]
+    uppers = data.draw(st.lists(st.sampled_from([0, 0, 0, 1, 2, 3]), min_size=MAX_DESTS, max_size=MAX_DESTS),
+                       label="upper thresholds")
+    flags = data.draw(st.integers(0, 7), label="flags")
+    script = Script(engine, sched, proto, vips, dest_addrs, uppers, flags,
+                    random.Random(data.draw(st.integers(0, 2**32), label="seed")))
+    for op in data.draw(operations, label="operations"):
+        if op[0] == "add":
+            script.add(op[1], op[2])
+        elif op[0] == "edit":
+            script.edit(op[1], op[2])
+        elif op[0] == "del":
+            script.delete(op[1])
+        elif op[0] == "flags":
+            script.set_flags(op[1])
+        elif op[0] == "expire":
+            script.expire()
+        else:
+            script.probe(op[1])
+    script.probe(8)
+
+
+def _settings(sched: str) -> Any:
+    return settings(max_examples=EXAMPLES[sched], deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                           HealthCheck.data_too_large])
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+@_settings("sh")
+@given(data=st.data())
+def test_sh_picks_what_the_kernel_picks(factory: table.EngineFactory, data: st.DataObject) -> None:
+    play(factory, "sh", data)
