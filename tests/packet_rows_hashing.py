@@ -62,34 +62,39 @@ def first_client(svc: ServiceSetup, dest: str | None, *, sport: int, avoid: Sequ
 
 def flows_row(row_id: str, description: str, setup: Setup, flows: Sequence[tuple[bytes, str | None]],
               tags: tuple[str, ...]) -> Row:
-    """A row of new flows (one TCP SYN or UDP datagram each, one per millisecond) into setup's first
-    service, each forwarded to its real server or answered (None: no destination), and the counts
-    and entries they leave."""
-    svc = setup.services[0]
-    proto, vip, vport = svc.ref
+    """A row of new flows (one TCP SYN or UDP datagram each, one per millisecond) into setup's
+    services (the one of each packet's destination address and port), each forwarded to its real
+    server or answered (None: no destination), and the counts and entries they leave."""
+    refs = {svc.ref: svc for svc in setup.services}
     steps: list[PacketStep] = []
-    per_dest: dict[str, list[int]] = {d.addr: [0, 0] for d in svc.dests}  # conns, inbytes
+    per_dest = {(svc.ref, d.addr): [0, 0] for svc in setup.services for d in svc.dests}  # conns, inbytes
     conns: list[ConnExpect] = []
     last = len(flows) - 1
     for i, (pkt, dest) in enumerate(flows):
         if dest is None:
             steps.append(t.answer(pkt, i))
             continue
+        ref = (pkt[9], ".".join(str(b) for b in pkt[16:20]), int.from_bytes(pkt[22:24], "big"))
+        assert ref in refs, f"{row_id}: no service {ref}"
         steps.append(t.fwd(pkt, i, dest))
-        per_dest[dest][0] += 1
-        per_dest[dest][1] += t.ip_total_length(pkt)
-        sport = int.from_bytes(pkt[20:22], "big")
-        caddr = ".".join(str(b) for b in pkt[12:16])
-        state, timeout = ("SYN_RECV", T_SR) if proto == t.PROTO_TCP else ("UDP", T_UDP)
-        conns.append(t.conn(state, timeout - (last - i), dest, cport=sport, caddr=caddr, svc=svc.ref, dport=vport))
-    counted = [(addr, n, b) for addr, (n, b) in per_dest.items()]
-    dests = tuple(DestExpect(svc.ref, addr, vport, active=n if proto == t.PROTO_TCP else 0,
-                             inactive=n if proto == t.PROTO_UDP else 0, conns=n, inpkts=n, inbytes=b)
-                  for addr, n, b in reversed(counted))  # listed newest first
-    total = sum(n for _, n, _ in counted), sum(b for _, _, b in counted)
-    return Row(row_id, description, setup, tuple(steps), dests,
-               (ServiceExpect(svc.ref, total[0], total[0], total[1]),), tuple(conns), check_ms=last,
-               tags=("sched", "hashing") + tags)
+        per_dest[(ref, dest)][0] += 1
+        per_dest[(ref, dest)][1] += t.ip_total_length(pkt)
+        state, timeout = ("SYN_RECV", T_SR) if ref[0] == t.PROTO_TCP else ("UDP", T_UDP)
+        conns.append(t.conn(state, timeout - (last - i), dest, cport=int.from_bytes(pkt[20:22], "big"),
+                            caddr=".".join(str(b) for b in pkt[12:16]), svc=ref, dport=ref[2]))
+    dests = []
+    services = []
+    for svc in setup.services:
+        tcp = svc.ref[0] == t.PROTO_TCP
+        counted: list[tuple[str, int, int]] = [
+            (d.addr, per_dest[(svc.ref, d.addr)][0], per_dest[(svc.ref, d.addr)][1])
+            for d in reversed(svc.dests)]  # listed newest first
+        dests += [DestExpect(svc.ref, addr, svc.ref[2], active=n if tcp else 0, inactive=0 if tcp else n, conns=n,
+                             inpkts=n, inbytes=b) for addr, n, b in counted]
+        n, b = sum(c[1] for c in counted), sum(c[2] for c in counted)
+        services.append(ServiceExpect(svc.ref, n, n, b))
+    return Row(row_id, description, setup, tuple(steps), tuple(dests), tuple(services), tuple(conns),
+               check_ms=last, tags=("sched", "hashing") + tags)
 
 
 def service(sched: str, ref: SvcRef = TCP80, weights: Sequence[int] = (1, 1, 1), flags: int = 0, **kw: Any) -> Setup:
@@ -150,5 +155,35 @@ def _sh_rows() -> list[Row]:
     return rows
 
 
+# ---- dh ---------------------------------------------------------------------------------------
+
+
+def _dh_rows() -> list[Row]:
+    rows = []
+    base = service("dh")
+    svc = base.services[0]
+    home = kernel_choice(svc, t.PROTO_TCP, t.CLIENT1, 0, t.VIP, 80)
+    # A second VIP whose hash lands on another real server: dh hashes the destination address.
+    vip2 = next(f"198.51.100.{i}" for i in range(2, 255)
+                if kernel_choice(svc, t.PROTO_TCP, t.CLIENT1, 0, f"198.51.100.{i}", 80) not in (home, None))
+    other = ServiceSetup((t.PROTO_TCP, vip2, 80), "dh", svc.dests)
+    setup = Setup((svc, other))
+    home2 = kernel_choice(other, t.PROTO_TCP, t.CLIENT1, 0, vip2, 80)
+    rows.append(flows_row(
+        "dh-destination-address", "dh: the destination address alone picks the real server, so every client "
+        "of one VIP goes to one server, whatever its address or port; another VIP, another server",
+        setup, [(t.tcp(sport=41000, src=t.CLIENT1), home), (t.tcp(sport=41001, src=t.CLIENT2), home),
+                (t.tcp(sport=41002, src="192.0.2.99", flags="S"), home),
+                (t.tcp(sport=41003, src=t.CLIENT1, dst=vip2), home2)], ("dh",)))
+
+    weights = tuple(0 if rs == home else 1 for rs in (t.RS1, t.RS2, t.RS3))
+    setup = service("dh", weights=weights, flags=FALLBACK)  # dh reads no flag: no fallback
+    rows.append(flows_row(
+        "dh-weight0", "dh: the VIP's server at weight 0 means no server for its clients (dh has no fallback, "
+        "and ignores the scheduler flags)", setup, [(t.tcp(sport=42000), None), (t.tcp(sport=42001, src=t.CLIENT2), None)],
+        ("dh", "weight0", "no-dest")))
+    return rows
+
+
 def rows() -> list[Row]:
-    return _sh_rows()
+    return _sh_rows() + _dh_rows()

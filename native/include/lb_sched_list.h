@@ -8,3 +8,4 @@
 LB_SCHED(rr)
 LB_SCHED(wlc)
 LB_SCHED(sh)
+LB_SCHED(dh)

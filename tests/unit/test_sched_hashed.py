@@ -43,7 +43,7 @@ FACTORIES = [
 MAX_DESTS = 8
 PORT = 53
 # Examples per (scheduler, engine): reported by the test ids' docstrings in the helper's report.
-EXAMPLES = {"sh": 150}
+EXAMPLES = {"sh": 150, "dh": 100}
 KERNEL_FLAG_BITS = (IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2, IP_VS_SVC_F_SCHED3)  # lb.model flag-1..3 -> kernel
 
 
@@ -211,3 +211,10 @@ def _settings(sched: str) -> Any:
 @given(data=st.data())
 def test_sh_picks_what_the_kernel_picks(factory: table.EngineFactory, data: st.DataObject) -> None:
     play(factory, "sh", data)
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+@_settings("dh")
+@given(data=st.data())
+def test_dh_picks_what_the_kernel_picks(factory: table.EngineFactory, data: st.DataObject) -> None:
+    play(factory, "dh", data)
