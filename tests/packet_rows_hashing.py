@@ -18,6 +18,7 @@ from packet_table import (
     T_UDP,
     TCP80,
     UDP53,
+    ConfigStep,
     ConnExpect,
     DestExpect,
     DestSetup,
@@ -34,15 +35,19 @@ FALLBACK, PORT = 1, 2
 _KERNEL_BITS = {FALLBACK: 0x08, PORT: 0x10}
 
 
-def kernel_choice(svc: ServiceSetup, proto: int, src: str, sport: int, dst: str, dport: int) -> str | None:
+def kernel_choice(svc: ServiceSetup, proto: int, src: str, sport: int, dst: str, dport: int,
+                  edits: Sequence[DestSetup] = ()) -> str | None:
     """The real server the kernel's scheduler picks for this packet as the first of a new flow,
-    with svc's destinations added in order (the oracle's own model of the list and tables)."""
+    with svc's destinations added in order, then `edits` applied (the oracle's own model of the
+    list and tables)."""
     import oracles
 
     flags = sum(bits for bit, bits in _KERNEL_BITS.items() if svc.sched_flags & bit)
     model = oracles.Service(svc.sched, protocol=svc.ref[0], port=svc.ref[2], flags=flags)
     for dest in svc.dests:
         model.add_dest(dest.addr, dest.port, weight=dest.weight)
+    for dest in edits:
+        model.edit_dest(dest.addr, dest.port, weight=dest.weight)
     chosen = model.schedule(oracles.PacketInfo.of(src, dst, sport, dport, proto))
     return None if chosen is None else str(chosen.addr)
 
@@ -61,12 +66,13 @@ def first_client(svc: ServiceSetup, dest: str | None, *, sport: int, avoid: Sequ
 
 
 def flows_row(row_id: str, description: str, setup: Setup, flows: Sequence[tuple[bytes, str | None]],
-              tags: tuple[str, ...]) -> Row:
+              tags: tuple[str, ...], edits: Sequence[DestSetup] = ()) -> Row:
     """A row of new flows (one TCP SYN or UDP datagram each, one per millisecond) into setup's
     services (the one of each packet's destination address and port), each forwarded to its real
-    server or answered (None: no destination), and the counts and entries they leave."""
+    server or answered (None: no destination), and the counts and entries they leave. `edits`
+    (ipvsadm -e of the first service's destinations) come first."""
     refs = {svc.ref: svc for svc in setup.services}
-    steps: list[PacketStep] = []
+    steps: list[PacketStep | ConfigStep] = [ConfigStep("edit_dest", setup.services[0].ref, d) for d in edits]
     per_dest = {(svc.ref, d.addr): [0, 0] for svc in setup.services for d in svc.dests}  # conns, inbytes
     conns: list[ConnExpect] = []
     last = len(flows) - 1
@@ -185,5 +191,60 @@ def _dh_rows() -> list[Row]:
     return rows
 
 
+# ---- mh ---------------------------------------------------------------------------------------
+
+
+def _mh_rows() -> list[Row]:
+    rows = []
+    setup = service("mh")
+    svc = setup.services[0]
+    a = first_client(svc, t.RS1, sport=0)
+    b = first_client(svc, t.RS2, sport=0)
+    c = first_client(svc, t.RS3, sport=0)
+    rows.append(flows_row(
+        "mh-source-address", "mh: the client's address picks the real server through the 4093-entry Maglev "
+        "table (fixed keys: the kernel's table); the same client from another port goes to the same one",
+        setup, [(packet_for(TCP80, a, 41000), t.RS1), (packet_for(TCP80, b, 41001), t.RS2),
+                (packet_for(TCP80, a, 41002), t.RS1), (packet_for(TCP80, c, 41003), t.RS3)], ("mh",)))
+
+    setup = service("mh", UDP53, flags=PORT)
+    svc = setup.services[0]
+    by_port = {p: kernel_choice(svc, t.PROTO_UDP, t.CLIENT1, p, t.VIP, 53) for p in range(50000, 50100)}
+    p2 = next(p for p in by_port if by_port[p] != by_port[50000])
+    rows.append(flows_row(
+        "mh-port", "mh-port: the client's source port is hashed too", setup,
+        [(packet_for(UDP53, t.CLIENT1, 50000), by_port[50000]), (packet_for(UDP53, t.CLIENT1, p2), by_port[p2])],
+        ("mh", "udp")))
+
+    # RS2 edited to weight 0 keeps its entries (mh builds from last_weight, the latest non-zero
+    # weight): its client b has no server without mh-fallback, a fallback with it; a and c stay.
+    quiesce = (DestSetup(t.RS2, 80, weight=0),)
+    for flags, row_id in ((0, "mh-quiesced-keeps-entries"), (FALLBACK, "mh-fallback")):
+        setup = service("mh", flags=flags)
+        svc = setup.services[0]
+        fallback = kernel_choice(svc, t.PROTO_TCP, b, 0, t.VIP, 80, quiesce)
+        assert (fallback is None) == (not flags) and fallback != t.RS2
+        assert kernel_choice(svc, t.PROTO_TCP, a, 0, t.VIP, 80, quiesce) == t.RS1
+        rows.append(flows_row(
+            row_id, "mh, RS2 edited to weight 0: " + (
+                "it keeps its table entries, so its clients get no server (ICMP answer), the others stay"
+                if not flags else "its clients fall back (a fresh hash per try), the others stay"),
+            setup, [(packet_for(TCP80, b, 42000), fallback), (packet_for(TCP80, a, 42001), t.RS1),
+                    (packet_for(TCP80, c, 42002), t.RS3)],
+            ("mh", "weight0", "fallback" if flags else "no-dest"), edits=quiesce))
+
+    # Added with weight 0, RS2 takes no entry at all: its would-be client b is someone else's.
+    setup = service("mh", weights=(1, 0, 1))
+    other = kernel_choice(setup.services[0], t.PROTO_TCP, b, 0, t.VIP, 80)
+    assert other in (t.RS1, t.RS3)
+    rows.append(flows_row(
+        "mh-added-weight0", "mh: a destination added with weight 0 takes no table entry (turns 0), so every "
+        "client has a server", setup, [(packet_for(TCP80, b, 43000), other),
+                                       (packet_for(TCP80, a, 43001), kernel_choice(setup.services[0], t.PROTO_TCP, a, 0,
+                                                                                    t.VIP, 80))],
+        ("mh", "weight0")))
+    return rows
+
+
 def rows() -> list[Row]:
-    return _sh_rows() + _dh_rows()
+    return _sh_rows() + _dh_rows() + _mh_rows()

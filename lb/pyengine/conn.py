@@ -87,6 +87,13 @@ class Destination:
     fwd: FwdState | None = None  # valid forwarding state (ifindex != 0), or None
     l2hdr: bytes = b""  # next-hop MAC + director MAC + 0x0800, while `fwd` is valid
     fwd_saddr: bytes = b"\0\0\0\0"  # tunnel: outer source (network order)
+    # The kernel's last_weight: the weight of the last add, or of the last edit to a non-zero weight
+    # (__ip_vs_update_dest); mh sizes a destination's share of its table by it.
+    last_weight: int = -1
+
+    def __post_init__(self) -> None:
+        if self.last_weight < 0:
+            self.last_weight = self.spec.weight
 
     @property
     def addr(self) -> bytes:
@@ -147,11 +154,14 @@ class Destination:
         else:
             self.overloaded = False
 
-    def update_spec(self, spec: DestSpec) -> None:
+    def update_spec(self, spec: DestSpec, adding: bool = False) -> None:
         """Apply add/edit parameters (__ip_vs_update_dest): OVERLOAD clears when the upper
-        threshold is removed or raised; lowering it takes effect at the next bind."""
+        threshold is removed or raised; lowering it takes effect at the next bind. last_weight
+        follows every add and every edit to a non-zero weight."""
         if spec.u_threshold == 0 or spec.u_threshold > self.spec.u_threshold:
             self.overloaded = False
+        if adding or spec.weight != 0:
+            self.last_weight = spec.weight
         self.spec = spec
 
 

@@ -803,7 +803,7 @@ class PyEngine:
                     # The service was deleted and re-created meanwhile: the kernel rebinds the
                     # destination to the new service object and zeroes its stats.
                     revived.stats.zero()
-                revived.update_spec(dest)
+                revived.update_spec(dest, adding=True)
                 revived.available = True
                 revived.owner = service
                 added = revived

@@ -370,6 +370,7 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
     if (conf->u_threshold == 0 || conf->u_threshold > d->conf.u_threshold)
         d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD; /* __ip_vs_update_dest */
     d->conf = *conf;
+    d->last_weight = conf->weight; /* set by every add, even to 0 */
     d->addr_n = lb_htonl(conf->addr);
     d->port_n = lb_htons(conf->port);
     d->flags |= LB_DEST_F_AVAILABLE;
@@ -416,9 +417,12 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
         if (conf->u_threshold == 0 || conf->u_threshold > d->conf.u_threshold)
             d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD; /* __ip_vs_update_dest */
         d->conf = *conf;
+        if (conf->weight != 0) /* an edit to weight 0 keeps the last non-zero weight */
+            d->last_weight = conf->weight;
         if (s->sched->upd_dest && (err = s->sched->upd_dest(s, d)) != LB_OK) {
             d->conf = prev.conf; /* the scheduler kept its state: so does the destination */
             d->flags = prev.flags;
+            d->last_weight = prev.last_weight;
         } else if (prev.conf.fwd != conf->fwd) {
             /* A new method needs new forwarding state: drop the old one. */
             free(d->fwd);

@@ -12,10 +12,14 @@ TCP: a SYN, active) in the engine and in the oracle, until an `expire` step.
 
 dh hashes the packet's destination address, which for an lbd service is its VIP: each dh example
 has several services on random VIPs, given the same operations.
+
+mh's lookup table is compared whole with the oracle's for random weight sets (the Python engine's
+table itself; for the C engine, one client of each of the 4093 entries is scheduled).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import struct
@@ -35,6 +39,9 @@ from lb.engine import FwdState, Verdict  # noqa: E402
 from lb.model import DestSpec, ServiceKey, ServiceSpec  # noqa: E402
 from oracles import IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2, IP_VS_SVC_F_SCHED3, PacketInfo  # noqa: E402
 from oracles import Service as OracleService  # noqa: E402
+from oracles.sched_mh import MH_HASH1 as ORACLE_MH_HASH1  # noqa: E402
+from oracles.sched_mh import MhScheduler  # noqa: E402
+from oracles.sched_mh import mh_hashkey as oracle_mh_hashkey  # noqa: E402
 
 FACTORIES = [
     pytest.param(f, id=f.id, marks=[pytest.mark.skip(reason=f.unavailable)] if f.make is None else [])
@@ -43,7 +50,7 @@ FACTORIES = [
 MAX_DESTS = 8
 PORT = 53
 # Examples per (scheduler, engine): reported by the test ids' docstrings in the helper's report.
-EXAMPLES = {"sh": 150, "dh": 100}
+EXAMPLES = {"sh": 200, "dh": 100, "mh": 100, "mh-table": 40}
 KERNEL_FLAG_BITS = (IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2, IP_VS_SVC_F_SCHED3)  # lb.model flag-1..3 -> kernel
 
 
@@ -159,17 +166,21 @@ class Script:
                     pair.conns.append(flow)
 
 
-weights = st.one_of(st.integers(0, 5), st.sampled_from([0, 1, 63, 64, 100, 65535, 2**31 - 1]))
+weights = st.one_of(st.integers(1, 5), st.just(0), st.sampled_from([1, 63, 64, 100, 65535, 2**31 - 1]))
+first_adds = st.lists(st.tuples(st.just("add"), st.integers(0, MAX_DESTS - 1), weights), min_size=1, max_size=6)
 operations = st.lists(st.one_of(
     st.tuples(st.just("add"), st.integers(0, MAX_DESTS - 1), weights),
-    st.tuples(st.just("add"), st.integers(0, MAX_DESTS - 1), weights),
     st.tuples(st.just("edit"), st.integers(0, MAX_DESTS - 1), weights),
+    st.tuples(st.just("edit"), st.integers(0, MAX_DESTS - 1), st.just(0)),  # quiesce: sh/mh keep its buckets
     st.tuples(st.just("del"), st.integers(0, MAX_DESTS - 1)),
     st.tuples(st.just("flags"), st.integers(0, 7)),
-    st.tuples(st.just("probe"), st.integers(1, 8)),
+    st.tuples(st.just("flags"), st.sampled_from([1, 3])),  # fallback
+    st.tuples(st.just("probe"), st.integers(1, 16)),
+    st.tuples(st.just("probe"), st.integers(1, 16)),
     st.tuples(st.just("expire")),
 ), min_size=1, max_size=24)
 addresses = st.lists(st.integers(0x0A000001, 0x0AFFFFFE), min_size=MAX_DESTS, max_size=MAX_DESTS, unique=True)
+mh_addresses = st.lists(st.integers(0x0A000001, 0x0AFFFFFE), min_size=12, max_size=12, unique=True)
 
 
 def play(factory: table.EngineFactory, sched: str, data: st.DataObject) -> None:
@@ -184,7 +195,7 @@ def play(factory: table.EngineFactory, sched: str, data: st.DataObject) -> None:
     flags = data.draw(st.integers(0, 7), label="flags")
     script = Script(engine, sched, proto, vips, dest_addrs, uppers, flags,
                     random.Random(data.draw(st.integers(0, 2**32), label="seed")))
-    for op in data.draw(operations, label="operations"):
+    for op in data.draw(first_adds, label="first adds") + data.draw(operations, label="operations"):
         if op[0] == "add":
             script.add(op[1], op[2])
         elif op[0] == "edit":
@@ -218,3 +229,65 @@ def test_sh_picks_what_the_kernel_picks(factory: table.EngineFactory, data: st.D
 @given(data=st.data())
 def test_dh_picks_what_the_kernel_picks(factory: table.EngineFactory, data: st.DataObject) -> None:
     play(factory, "dh", data)
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+@_settings("mh")
+@given(data=st.data())
+def test_mh_picks_what_the_kernel_picks(factory: table.EngineFactory, data: st.DataObject) -> None:
+    play(factory, "mh", data)
+
+
+@functools.cache
+def client_of_every_mh_entry() -> tuple[str, ...]:
+    """For each entry of the 4093 of mh's table, a client address whose lookup (no port) is that
+    entry, by the oracle's own hash (tests/oracles/hashing.py)."""
+    found: dict[int, str] = {}
+    value = 0xC0A80000  # 192.168.0.0 onwards
+    while len(found) < 4093:
+        addr = ipaddress.IPv4Address(value)
+        found.setdefault(oracle_mh_hashkey(4, addr, 0, ORACLE_MH_HASH1) % 4093, str(addr))
+        value += 1
+    return tuple(found[i] for i in range(4093))
+
+
+mh_weight_sets = st.lists(st.tuples(st.one_of(st.integers(0, 8), st.sampled_from([50, 64, 100, 257, 1000, 2**31 - 1])),
+                                    st.one_of(st.none(), st.just(0), st.integers(1, 6))),  # added with, edited to
+                          min_size=1, max_size=12)
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+@_settings("mh-table")
+@given(weights=mh_weight_sets, dest_addrs=mh_addresses)
+def test_mh_table_is_the_kernels(factory: table.EngineFactory, weights: list[tuple[int, int | None]],
+                                 dest_addrs: list[int]) -> None:
+    """Destinations added in order with their weights, some then edited (to 0 too: mh keeps their
+    entries by last_weight): the whole table is the oracle's."""
+    engine = factory.make(0)  # type: ignore[operator]
+    key = ServiceKey(6, table.VIP, 80)
+    engine.add_service(ServiceSpec(key, "mh"))
+    oracle = OracleService("mh", protocol=6, port=80)
+    addrs = [str(ipaddress.IPv4Address(a)) for a in dest_addrs]
+    for i, (weight, _) in enumerate(weights):
+        engine.add_dest(key, DestSpec(addrs[i], 80, "route", weight))
+        engine.set_fwd(key, addrs[i], 80, FwdState(ifindex=3, dst_mac=bytes([2, 0, 0, 0, 0, i]),
+                                                    src_mac=table.DIRECTOR_MAC))
+        oracle.add_dest(addrs[i], 80, weight=weight)
+    for i, (_, edited) in enumerate(weights):
+        if edited is not None:
+            engine.edit_dest(key, DestSpec(addrs[i], 80, "route", edited))
+            oracle.edit_dest(addrs[i], 80, weight=edited)
+    assert isinstance(oracle.scheduler, MhScheduler)
+    expected = [None if d is None else str(d.addr) for d in oracle.scheduler.lookup]
+    if factory.id == "py":
+        from lb.pyengine.sched_mh import table_of
+
+        service = engine._services[(6, ipaddress.IPv4Address(table.VIP).packed, 80)]  # noqa: SLF001
+        got_table = [None if d is None else str(ipaddress.IPv4Address(d.addr)) for d in table_of(service)]
+        assert got_table == expected
+    by_mac = {bytes([2, 0, 0, 0, 0, i]): addrs[i] for i in range(len(weights))}
+    for entry, client in enumerate(client_of_every_mh_entry()):
+        action = engine.process(packet(6, client, table.VIP, 40000, 80), 0)
+        got = by_mac[action.l2hdr[:6]] if action.verdict == Verdict.XMIT_L2 else None
+        chosen = oracle.schedule(PacketInfo.of(client, table.VIP, 40000, 80, 6))
+        assert got == (None if chosen is None else str(chosen.addr)), f"entry {entry} (client {client})"
