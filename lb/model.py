@@ -46,6 +46,7 @@ MAX_THRESHOLD = 2**31 - 1  # ipvsadm's INT_MAX for -x/-y
 # (fallback, port) and read them; every other scheduler ignores all three, as the kernel's do.
 SCHED_FLAG_ALL = 7
 _FLAG_BIT = {"flag-1": 1, "flag-2": 2, "flag-3": 4, "sh-fallback": 1, "sh-port": 2, "mh-fallback": 1, "mh-port": 2}
+SCHED_FLAG_WORDS = tuple(_FLAG_BIT)  # every name ipvsadm's -b accepts
 
 
 def _flag_names(sched: str) -> tuple[str, str, str]:
@@ -136,6 +137,7 @@ class ServiceSpec:
     toa: bool = False  # FULLNAT: client address to real servers in TCP option 254
     synproxy: bool = False  # answer SYNs with cookies, open to the real server after the ACK
     sched_flags: int = 0  # bits 1, 2, 4: ipvsadm's flag-1..3 (sched_flag_names)
+    ops: bool = False  # ipvsadm -o: one-packet scheduling (each UDP datagram scheduled afresh, no entry kept)
 
     def __post_init__(self) -> None:
         if self.sched not in SCHEDULERS:
@@ -155,6 +157,7 @@ class ServiceSpec:
             "toa": self.toa,
             "synproxy": self.synproxy,
             "sched_flags": sched_flag_names(self.sched, self.sched_flags),
+            "ops": self.ops,
         }
 
     @classmethod
@@ -168,6 +171,7 @@ class ServiceSpec:
             toa=bool(obj.get("toa", False)),
             synproxy=bool(obj.get("synproxy", False)),
             sched_flags=sched_flag_bits(str(obj.get("sched", DEFAULT_SCHEDULER)), obj.get("sched_flags") or []),
+            ops=bool(obj.get("ops", False)),
         )
 
 

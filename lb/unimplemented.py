@@ -44,7 +44,6 @@ NOT_IMPLEMENTED: tuple[Missing, ...] = (
     Missing("sctp-service", "SCTP services (--sctp-service)", _SERVICES),
     Missing("ipv6", "IPv6", text="IPv6 is not supported by lbd: virtual services, real servers and local "
                                  "addresses are IPv4"),
-    Missing("ops", "one-packet scheduling (-o)", "UDP datagrams of one client flow share a connection entry"),
     Missing("pe", "persistence engines (--pe)", "its persistence is by client address (-p, -M)"),
     Missing("tun-type", "tunnel types gue and gre (--tun-type)", "its tunnels are IPIP (--tun-type ipip)",
             values=frozenset({"gue", "gre"}), mark="lbd: ipip only"),

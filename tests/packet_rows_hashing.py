@@ -246,5 +246,56 @@ def _mh_rows() -> list[Row]:
     return rows
 
 
+# ---- -o: one-packet scheduling ---------------------------------------------------------------
+
+
+def _ops_rows() -> list[Row]:
+    rows = []
+    q1, q2, q3 = (t.udp(payload=b"query-%02d" % i) for i in range(3))  # one flow: the same ports
+    size = t.ip_total_length(q1)
+    setup = Setup((ServiceSetup(UDP53, "rr", (DestSetup(t.RS1, 53), DestSetup(t.RS2, 53)), ops=True),))
+    rows.append(Row(
+        "ops-each-datagram", "-o: every datagram of one UDP flow is scheduled afresh (rr: RS2, RS1, RS2) and no "
+        "connection entry stays; each counts as a connection (conns, inpkts), none as InActConn",
+        setup, (t.fwd(q1, 0, t.RS2), t.fwd(q2, 1, t.RS1), t.fwd(q3, 2, t.RS2)),
+        (DestExpect(UDP53, t.RS2, 53, conns=2, inpkts=2, inbytes=2 * size),
+         DestExpect(UDP53, t.RS1, 53, conns=1, inpkts=1, inbytes=size)),
+        (ServiceExpect(UDP53, 3, 3, 3 * size),), (), check_ms=2, tags=("ops", "udp")))
+
+    setup = Setup((ServiceSetup(UDP53, "rr", (DestSetup(t.RS1, 53, u_threshold=1),), ops=True),))
+    rows.append(Row(
+        "ops-threshold", "-o: the one-packet entry holds its destination only while its datagram is sent, so "
+        "an upper threshold of 1 never keeps the next datagram out",
+        setup, (t.fwd(q1, 0, t.RS1), t.fwd(q2, 1, t.RS1)),
+        (DestExpect(UDP53, t.RS1, 53, conns=2, inpkts=2, inbytes=2 * size),),
+        (ServiceExpect(UDP53, 2, 2, 2 * size),), (), check_ms=1, tags=("ops", "udp", "threshold")))
+
+    setup = Setup((ServiceSetup(UDP53, "rr", (DestSetup(t.RS1, 53), DestSetup(t.RS2, 53)), ops=True,
+                                persistent=60),))
+    other = t.udp(sport=50001, src=t.CLIENT2)
+    rows.append(Row(
+        "ops-persistent", "-o with -p: the client's template is made and refreshed as for any connection, so its "
+        "datagrams stay on one server; only the template is left in the table",
+        setup, (t.fwd(q1, 0, t.RS2), t.fwd(q2, 1000, t.RS2), t.fwd(other, 2000, t.RS1)),
+        (DestExpect(UDP53, t.RS2, 53, conns=2, inpkts=2, inbytes=2 * size, persist=1),
+         DestExpect(UDP53, t.RS1, 53, conns=1, inpkts=1, inbytes=t.ip_total_length(other), persist=1)),
+        (ServiceExpect(UDP53, 3, 3, 2 * size + t.ip_total_length(other)),),
+        (ConnExpect(t.PROTO_UDP, t.CLIENT1, 0, t.VIP, 53, t.RS2, 53, "NONE", 60_000 - 1000),
+         ConnExpect(t.PROTO_UDP, t.CLIENT2, 0, t.VIP, 53, t.RS1, 53, "NONE", 60_000)),
+        check_ms=2000, tags=("ops", "udp", "persist")))
+
+    setup = Setup((ServiceSetup(TCP80, "rr", (DestSetup(t.RS1), DestSetup(t.RS2)), ops=True),))
+    syn, ack = t.tcp(sport=46000), t.tcp(sport=46000, flags="A", seq=1001, ack=1)
+    rows.append(Row(
+        "ops-tcp-ignored", "-o on a TCP service is kept but changes nothing (the kernel applies it to UDP only): "
+        "the flow has its entry and stays on its server",
+        setup, (t.fwd(syn, 0, t.RS2), t.fwd(ack, 1, t.RS2)),
+        (DestExpect(TCP80, t.RS2, active=1, conns=1, inpkts=2, inbytes=t.ip_total_length(syn) + t.ip_total_length(ack),
+                    handshakes=1), DestExpect(TCP80, t.RS1)),
+        (ServiceExpect(TCP80, 1, 2, t.ip_total_length(syn) + t.ip_total_length(ack)),),
+        (t.conn("ESTABLISHED", t.T_ES, t.RS2, cport=46000),), check_ms=1, tags=("ops",)))
+    return rows
+
+
 def rows() -> list[Row]:
-    return _sh_rows() + _dh_rows() + _mh_rows()
+    return _sh_rows() + _dh_rows() + _mh_rows() + _ops_rows()

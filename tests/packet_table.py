@@ -108,6 +108,7 @@ class ServiceSetup:
     laddrs: tuple[str, ...] = ()  # FULLNAT local addresses, in the order added
     sp_conf: tuple[tuple[str, object], ...] | None = None  # the service's own SYN-proxy settings (SynproxyConf fields)
     sched_flags: int = 0  # lb.model's bits: 1 flag-1 (sh/mh fallback), 2 flag-2 (sh/mh port), 4 flag-3
+    ops: bool = False  # -o: one-packet scheduling
 
 
 @dataclass(frozen=True)
@@ -1816,7 +1817,7 @@ def install_setup(engine: object, setup: Setup) -> None:
     for svc in setup.services:
         key = service_key(svc.ref)
         engine.add_service(ServiceSpec(key, svc.sched, svc.persistent, svc.netmask, svc.toa,  # type: ignore[attr-defined]
-                                       svc.synproxy, sched_flags=svc.sched_flags))
+                                       svc.synproxy, sched_flags=svc.sched_flags, ops=svc.ops))
         if svc.sp_conf is not None:
             engine.set_synproxy(key, sp_conf(svc.sp_conf))  # type: ignore[attr-defined]
         for laddr in svc.laddrs:

@@ -8,7 +8,8 @@ has an upper threshold fixed for the whole example (thresholds never change, so 
 the same rule in the engines and in the oracle: set when a new connection brings the count to
 the threshold, cleared when connections expire below its lower value). Probes are new flows from
 random client addresses and ports; each one that is scheduled stays a connection (UDP: inactive,
-TCP: a SYN, active) in the engine and in the oracle, until an `expire` step.
+TCP: a SYN, active) in the engine and in the oracle, until an `expire` step, except on a UDP
+service with -o (one-packet scheduling, toggled by the script too), where it is released at once.
 
 dh hashes the packet's destination address, which for an lbd service is its VIP: each dh example
 has several services on random VIPs, given the same operations.
@@ -37,7 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import packet_table as table  # noqa: E402
 from lb.engine import FwdState, Verdict  # noqa: E402
 from lb.model import DestSpec, ServiceKey, ServiceSpec  # noqa: E402
-from oracles import IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2, IP_VS_SVC_F_SCHED3, PacketInfo  # noqa: E402
+from oracles import (  # noqa: E402
+    IP_VS_SVC_F_ONEPACKET,
+    IP_VS_SVC_F_SCHED1,
+    IP_VS_SVC_F_SCHED2,
+    IP_VS_SVC_F_SCHED3,
+    PacketInfo,
+)
 from oracles import Service as OracleService  # noqa: E402
 from oracles.sched_mh import MH_HASH1 as ORACLE_MH_HASH1  # noqa: E402
 from oracles.sched_mh import MhScheduler  # noqa: E402
@@ -54,8 +61,8 @@ EXAMPLES = {"sh": 200, "dh": 100, "mh": 100, "mh-table": 40}
 KERNEL_FLAG_BITS = (IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2, IP_VS_SVC_F_SCHED3)  # lb.model flag-1..3 -> kernel
 
 
-def kernel_flags(bits: int) -> int:
-    return sum(bit for i, bit in enumerate(KERNEL_FLAG_BITS) if bits & (1 << i))
+def kernel_flags(bits: int, ops: bool = False) -> int:
+    return sum(bit for i, bit in enumerate(KERNEL_FLAG_BITS) if bits & (1 << i)) | (IP_VS_SVC_F_ONEPACKET if ops else 0)
 
 
 def ip_checksum(header: bytes) -> int:
@@ -94,6 +101,7 @@ class Script:
         self.engine, self.sched, self.proto, self.rng = engine, sched, proto, rng
         self.dest_addrs, self.uppers = dest_addrs, uppers
         self.flags = flags
+        self.ops = False
         self.present: set[int] = set()
         self.weights: dict[int, int] = {}
         self.now_ms = 0
@@ -130,11 +138,13 @@ class Script:
             self.engine.del_dest(pair.key, self.dest_addrs[i], PORT)
             pair.oracle.del_dest(self.dest_addrs[i], PORT)
 
-    def set_flags(self, flags: int) -> None:
+    def set_flags(self, flags: int, ops: bool | None = None) -> None:
+        """-E with these scheduler flags, and -o (one-packet scheduling: UDP datagrams leave no entry)."""
         self.flags = flags
+        self.ops = self.ops if ops is None else ops
         for pair in self.pairs:
-            self.engine.edit_service(ServiceSpec(pair.key, self.sched, sched_flags=flags))
-            pair.oracle.edit_service(flags=kernel_flags(flags))
+            self.engine.edit_service(ServiceSpec(pair.key, self.sched, sched_flags=flags, ops=self.ops))
+            pair.oracle.edit_service(flags=kernel_flags(flags, self.ops))
 
     def expire(self) -> None:
         """Every connection's time runs out (UDP 300 s, TCP SYN_RECV 60 s)."""
@@ -175,6 +185,7 @@ operations = st.lists(st.one_of(
     st.tuples(st.just("del"), st.integers(0, MAX_DESTS - 1)),
     st.tuples(st.just("flags"), st.integers(0, 7)),
     st.tuples(st.just("flags"), st.sampled_from([1, 3])),  # fallback
+    st.tuples(st.just("ops"), st.booleans()),
     st.tuples(st.just("probe"), st.integers(1, 16)),
     st.tuples(st.just("probe"), st.integers(1, 16)),
     st.tuples(st.just("expire")),
@@ -204,6 +215,8 @@ def play(factory: table.EngineFactory, sched: str, data: st.DataObject) -> None:
             script.delete(op[1])
         elif op[0] == "flags":
             script.set_flags(op[1])
+        elif op[0] == "ops":
+            script.set_flags(script.flags, ops=op[1])
         elif op[0] == "expire":
             script.expire()
         else:
