@@ -8,10 +8,10 @@ its VIP and its client source ports (the same in both systems).
 from __future__ import annotations
 
 from conformance.model import Scenario
-from conformance.scenarios import battery, persistence, roundtrip, rr, tooling, wlc
+from conformance.scenarios import battery, hashing, persistence, roundtrip, rr, tooling, wlc
 
 ALL: tuple[Scenario, ...] = (*rr.SCENARIOS, *wlc.SCENARIOS, *persistence.SCENARIOS, *tooling.SCENARIOS,
-                             *roundtrip.SCENARIOS, *battery.SCENARIOS)
+                             *roundtrip.SCENARIOS, *battery.SCENARIOS, *hashing.SCENARIOS)
 
 _names = [s.name for s in ALL]
 if len(set(_names)) != len(_names):

@@ -54,4 +54,6 @@ def battery(sched: str, flags: str = "", weights: tuple[int, int, int, int] = (1
     return tcp, udp
 
 
-SCENARIOS = (*battery("rr"), *battery("wlc"))
+SCENARIOS = (*battery("rr"), *battery("wlc"),
+             *battery("sh"), *battery("sh", "sh-fallback,sh-port"), *battery("dh"),
+             *battery("mh"), *battery("mh", "mh-fallback,mh-port"))
