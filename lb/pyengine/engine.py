@@ -7,7 +7,8 @@ engine never reads a clock.
 Scope: direct routing, IPIP tunnelling and FULLNAT (local address pools, TOA,
 MSS lowering), ICMP errors about connections (forwarded or translated), the
 director's own ICMP answers, persistence templates, SYN-proxy (lb/pyengine/
-synproxy.py), rr and wlc, per-instance timeouts, the stalled-handshake counters.
+synproxy.py), every scheduler of the registry (lb/pyengine/sched_<name>.py), one-packet scheduling
+(-o), per-instance timeouts, the stalled-handshake counters.
 Masquerading (NAT) is refused with EOPNOTSUPP, as by the C core.
 
 Choices where docs/fastpath.md is silent (kernel IPVS behaviour unless noted):

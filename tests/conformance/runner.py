@@ -27,6 +27,7 @@ import argparse
 import concurrent.futures
 import ipaddress
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -66,6 +67,7 @@ PORT_BASE = 10000  # scenario i's client flows use source ports PORT_BASE + PORT
 PORTS_PER_SCENARIO = 500
 LISTING_READS_MAX = 12  # a listing is read until two reads in a row agree, at most this often
 LISTING_PAUSE_S = 0.3
+ESTIMATOR_PAUSE_S = 2.5  # > the kernel's 2 s estimation period, which publishes the counters
 MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh", "ip_vs_mh", "veth", "bridge", "nfnetlink_queue",
            "xt_NFQUEUE", "xt_CT", "nf_tables", "nft_compat", "iptable_raw")
 
@@ -213,17 +215,26 @@ class Player:
             raise TypeError(f"unknown step {step!r}")
 
     def listing(self, cmd: str) -> AdminResult:
-        """Read until two reads in a row agree after normalisation: packets in flight landed."""
+        """Read until two reads in a row agree after normalisation: packets in flight landed.
+
+        Counters (--stats, --rate) are what kernel IPVS last published: its estimation timer sums
+        the per-CPU counters every 2 s (ip_vs_est.c), so a read right after traffic may show the
+        old values twice. Those are read ESTIMATOR_PAUSE_S apart until three reads agree: at least
+        two estimation periods without a change."""
         argv = shlex.split(self.text(cmd))
+        counters = any(w in ("--stats", "--rate") for w in argv)
+        pause, agreeing_wanted = (ESTIMATOR_PAUSE_S, 2) if counters else (LISTING_PAUSE_S, 1)
         last = self.system.admin(argv)
+        agreeing = 0
         for _ in range(LISTING_READS_MAX - 1):
-            time.sleep(LISTING_PAUSE_S)
+            time.sleep(pause)
             r = self.system.admin(argv)
             same = (r.rc == last.rc and r.stderr == last.stderr and
                     compare.normalise_listing(cmd, r.stdout, self.vips) ==
                     compare.normalise_listing(cmd, last.stdout, self.vips))
             last = r
-            if same:
+            agreeing = agreeing + 1 if same else 0
+            if agreeing >= agreeing_wanted:
                 break
         else:
             self.notes.append(f"{cmd}: still changing after {LISTING_READS_MAX} reads")
@@ -250,6 +261,21 @@ class Player:
         if isinstance(step, Connect):
             close_tcp(f)
         return f
+
+
+FDS_WANTED = 16384  # each VIP of each topology has a TCP listener and a UDP socket per real server
+
+
+def raise_fd_limit(want: int = FDS_WANTED) -> None:
+    """The real servers' sockets outgrow the usual 1024 descriptors (76 VIPs x 4 servers x 2 sockets
+    x 2 topologies): raise the soft limit, and the hard one when it is lower (root may)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _load(only: list[str]) -> list[tuple[int, Scenario]]:
@@ -324,6 +350,7 @@ def play_one(scn: Scenario, index: int, system: System, topo: Topology,
 
 def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd")) -> dict[str, Any]:
     t0 = time.monotonic()
+    raise_fd_limit()
     data: dict[str, Any] = {"kernel": os.uname().release, "started": time.ctime(), "scenarios": {}, "errors": {}}
     for m in MODULES:
         subprocess.run(["modprobe", m], capture_output=True)
