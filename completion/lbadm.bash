@@ -57,7 +57,9 @@ _lbadm() {
         return 0
     fi
     case $prev in
-        -s|--scheduler) COMPREPLY=($(compgen -W "rr wlc sh dh mh" -- "$cur")); return 0 ;;
+        -s|--scheduler)
+            COMPREPLY=($(compgen -W "rr wlc wrr lc sed nq fo ovf lblc lblcr twos sh dh mh" -- "$cur"))
+            return 0 ;;
         --sched-flags)
             COMPREPLY=($(compgen -W "sh-fallback sh-port mh-fallback mh-port flag-1 flag-2 flag-3" -- "$cur"))
             return 0 ;;

@@ -113,6 +113,14 @@ class CEngine:
     def expire(self, now_ms: int) -> int:
         return _check(lib.lb_expire(self._lb, now_ms, 0), "lb_expire")
 
+    def sched_probe(self, key: ServiceKey, packet: bytes, now_ms: int) -> tuple[str, int] | None:
+        """Tests and diagnostics: the scheduler's pick for a new connection of `packet` (lb_sched_probe)."""
+        daddr = ffi.new("uint32_t *")
+        dport = ffi.new("uint16_t *")
+        found = _check(lib.lb_sched_probe(self._lb, key.proto, _ip2int(key.addr), key.port, packet, len(packet),
+                                          now_ms, daddr, dport), "lb_sched_probe")
+        return (_int2ip(daddr[0]), dport[0]) if found else None
+
     # ------------------------------------------------------------ configuration
     @staticmethod
     def _svc_conf(spec: ServiceSpec) -> object:

@@ -7,8 +7,9 @@ Invariants (docs/fastpath.md):
   kernel timer would fire. The engine pops every due entry, in expiry-time order
   (connections before templates at equal times), at the start of each call, so
   destination counts and the table size always describe live entries only.
-- Every live connection is counted in exactly one of its destination's `active`
-  (state ESTABLISHED) or `inactive` counts; every template in `persist`.
+- Every live connection is counted in its destination's `total`, and in `active` too
+  while its state is active (the kernel's totalconns/activeconns, Debian 6.1.187+);
+  `inactive` is total - active; every template is counted in `persist` only.
 - Every live TCP connection in SYN_SENT, SYN_RECV, ESTABLISHED or SYNACK counts as
   active, in any other state (and every UDP connection) as inactive: the kernel's
   tcp_state_active (lb/pyengine/proto_tcp.py ACTIVE_STATES).
@@ -23,7 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lb.engine import FwdState
@@ -78,9 +79,13 @@ class Destination:
     owner: DestOwner  # the Service this destination belongs (or last belonged) to
     available: bool = True  # False once deleted (in the trash)
     overloaded: bool = False
+    # Counts as the kernel keeps them since Debian's 6.1.187 (totalconns): every connection (not
+    # template) in `total`, the active ones also in `active`; `inactive` is derived.
     active: int = 0
-    inactive: int = 0
+    total: int = 0
     persist: int = 0  # persistence templates naming this destination
+    l_threshold_val: int = 0  # the lower threshold in force: l_threshold, or u - u/4
+    sched_refs: int = 0  # references its service's scheduler holds (lblc/lblcr cache entries; C: refcnt)
     stats: Counters = field(default_factory=Counters)
     syn_retrans: int = 0  # client SYNs repeating an entry's first SYN while it waits in SYN_RECV
     handshakes: int = 0  # entries that went SYN_RECV -> ESTABLISHED
@@ -94,6 +99,14 @@ class Destination:
     def __post_init__(self) -> None:
         if self.last_weight < 0:
             self.last_weight = self.spec.weight
+
+    @classmethod
+    def new(cls, key: DestKey, spec: DestSpec, owner: DestOwner) -> Destination:
+        """A new destination (ip_vs_new_dest): zeroed, then the add's parameters applied
+        (__ip_vs_update_dest), thresholds included."""
+        dest = cls(key, replace(spec, u_threshold=0, l_threshold=0), owner)
+        dest.update_spec(spec, adding=True)
+        return dest
 
     @property
     def addr(self) -> bytes:
@@ -112,57 +125,81 @@ class Destination:
         return self.spec.weight > 0 and not self.overloaded
 
     @property
-    def total_conns(self) -> int:
-        """What the thresholds compare with: active + inactive (templates excluded, as the kernel)."""
-        return self.active + self.inactive
+    def inactive(self) -> int:
+        """InActConn as ipvsadm shows it (ip_vs_dest_inactconns): max(total - active, 0)."""
+        return max(self.total - self.active, 0)
+
+    @property
+    def conn_overhead(self) -> int:
+        """ip_vs_dest_conn_overhead() of Debian's 6.1.192: (active << 8) + total, i.e. 257 per
+        active and 1 per inactive connection, wrapped to the kernel's `int` (lc, wlc, lblc,
+        lblcr and twos weigh destinations with it)."""
+        return s32((self.active << 8) + self.total)
 
     @property
     def referenced(self) -> bool:
-        """Does any entry (connection or template) still point here?"""
-        return self.active + self.inactive + self.persist > 0
+        """Does any entry (connection or template) or scheduler state still point here? (An
+        unreferenced deleted destination is gone: C frees it.)"""
+        return self.total + self.persist + self.sched_refs > 0
 
     def bind(self, entry: Connection) -> None:
-        """An entry starts pointing here (ip_vs_bind_dest): count it (a template in `persist`, never as a
-        connection); then OVERLOAD is set when the connections reach the upper threshold (for a
-        template too, as the kernel: a threshold lowered since the last bind takes effect)."""
+        """An entry starts pointing here (ip_vs_bind_dest). A template counts in `persist` only; a
+        connection in `total` (and `active` unless inactive, which a new one always is), and when
+        that makes total equal the upper threshold OVERLOAD is re-evaluated (mode +1)."""
         if entry.is_template:
             self.persist += 1
-        elif entry.inactive:
-            self.inactive += 1
-        else:
+            return
+        if not entry.inactive:
             self.active += 1
-        upper = self.spec.u_threshold
-        if upper and self.total_conns >= upper:
-            self.overloaded = True
+        self.total += 1
+        if self.total == self.spec.u_threshold:
+            self._update_overload(1)
 
     def unbind(self, entry: Connection) -> None:
-        """An entry pointing here is released (ip_vs_unbind_dest): uncount it, maybe clear OVERLOAD."""
+        """An entry pointing here is released (ip_vs_unbind_dest): uncount it; when the total was
+        the lower threshold value, OVERLOAD is re-evaluated (mode -1)."""
         if entry.is_template:
             self.persist -= 1
-        elif entry.inactive:
-            self.inactive -= 1
-        else:
+            return
+        if not entry.inactive:
             self.active -= 1
-        upper, lower = self.spec.u_threshold, self.spec.l_threshold
-        total = self.total_conns
-        if lower:
-            if total < lower:
-                self.overloaded = False
-        elif upper:
-            if total * 4 < upper * 3:
-                self.overloaded = False
-        else:
-            self.overloaded = False
+        total_before = self.total
+        self.total -= 1
+        if total_before == self.l_threshold_val:
+            self._update_overload(-1)
 
     def update_spec(self, spec: DestSpec, adding: bool = False) -> None:
-        """Apply add/edit parameters (__ip_vs_update_dest): OVERLOAD clears when the upper
-        threshold is removed or raised; lowering it takes effect at the next bind. last_weight
-        follows every add and every edit to a non-zero weight."""
-        if spec.u_threshold == 0 or spec.u_threshold > self.spec.u_threshold:
-            self.overloaded = False
+        """Apply add/edit parameters (__ip_vs_update_dest): only a change of either threshold sets
+        the lower value in force and re-evaluates OVERLOAD (mode 0); a weight edit leaves it.
+        last_weight follows every add and every edit to a non-zero weight (mh reads it)."""
         if adding or spec.weight != 0:
             self.last_weight = spec.weight
+        if (spec.u_threshold, spec.l_threshold) != (self.spec.u_threshold, self.spec.l_threshold):
+            upper = spec.u_threshold
+            self.l_threshold_val = spec.l_threshold or upper - (upper >> 2)
+            self.spec = spec
+            self._update_overload(0)
         self.spec = spec
+
+    def _update_overload(self, mode: int) -> None:
+        """__ip_vs_dest_update_overload: with an upper threshold u and the lower value l, set the
+        flag when total reaches u (mode 0, -1) or l (mode +1); between l and u keep it (mode 0,
+        -1); below l clear it. No upper threshold: clear it."""
+        upper = self.spec.u_threshold
+        if upper:
+            lower = self.l_threshold_val
+            if self.total >= (lower if mode > 0 else upper):
+                self.overloaded = True
+                return
+            if self.total >= (upper if mode < 0 else lower):
+                return
+        self.overloaded = False
+
+
+def s32(value: int) -> int:
+    """Wrap to a C `int`, as the kernel's arithmetic on ints does (-fno-strict-overflow)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
 
 
 _serials = itertools.count(1)

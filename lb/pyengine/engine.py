@@ -31,9 +31,10 @@ Choices where docs/fastpath.md is silent (kernel IPVS behaviour unless noted):
   kept), inserted at the list head. Its stats are kept when it returns to the same
   service object and zeroed when that service was deleted and re-created meanwhile
   (__ip_vs_update_dest). A deleted destination without entries is gone.
-- Add/edit of a destination clears OVERLOAD when the new upper threshold is 0 or
-  higher than the old one (__ip_vs_update_dest); a lowered threshold applies at
-  the next bind of a connection. Templates never set OVERLOAD.
+- OVERLOAD follows Debian 6.1.192 (conn.Destination): re-evaluated when add/edit
+  changes a threshold, when a bind makes the connection total equal the upper
+  threshold, and when an unbind leaves the lower threshold value. Templates count
+  in `persist` only and never touch it.
 - zero() zeroes the stats of services and their listed destinations, not of
   trashed ones (ip_vs_zero_service), nor the stalled-handshake counters, nor the
   per-reason packet counters, nor the SYN-proxy counters.
@@ -142,10 +143,13 @@ class Service:
     and that scheduler's state for it, and each forwarding method's state for it (FULLNAT: the local
     address pool)."""
 
-    __slots__ = ("key", "spec", "dests", "scheduler", "sched_data", "stats", "xmit_data", "netmask", "sp_conf")
+    __slots__ = ("key", "spec", "dests", "scheduler", "sched_data", "stats", "xmit_data", "netmask", "sp_conf",
+                 "seed0", "sched_now_ms")
 
-    def __init__(self, key: SvcKey, spec: ServiceSpec, scheduler: Scheduler) -> None:
+    def __init__(self, key: SvcKey, spec: ServiceSpec, scheduler: Scheduler, seed0: int) -> None:
         self.key = key
+        self.seed0 = seed0  # the engine's seed (lb/pyengine/sched.py SchedService)
+        self.sched_now_ms = 0  # the time of the schedule() call in progress
         self.spec = spec
         self.netmask = socket.inet_aton(spec.netmask)
         self.dests: list[Destination] = []
@@ -347,6 +351,7 @@ class PyEngine:
         """The destination for a new connection of `parsed` and its persistence template (ip_vs_schedule:
         persistence, else the scheduler), or the action that ends the packet here."""
         template: Connection | None = None
+        service.sched_now_ms = now_ms  # the schedulers' clock
         if service.spec.persistent is None:
             dest = service.scheduler.schedule(service, parsed)
         else:
@@ -703,11 +708,9 @@ class PyEngine:
             dest = conn.dest
             active = new_state in ACTIVE_STATES
             if not conn.inactive and not active:
-                dest.active -= 1
-                dest.inactive += 1
+                dest.active -= 1  # `total` counts it either way
                 conn.inactive = True
             elif conn.inactive and active:
-                dest.inactive -= 1
                 dest.active += 1
                 conn.inactive = False
             if new_state == _ESTABLISHED:
@@ -777,6 +780,22 @@ class PyEngine:
             released += 1
         return released
 
+    def sched_probe(self, key: ServiceKey, packet: bytes, now_ms: int) -> tuple[str, int] | None:
+        """Tests and diagnostics (C: lb_sched_probe): the real server (address, port) the service's scheduler
+        picks for a new connection of `packet` at now_ms, None when none is available, without persistence
+        and without creating a connection. The packet's addresses need not be the service's (a fwmark
+        service's lookup, issue 14, gives one service many destination addresses: lblc/lblcr's keys); the
+        scheduler's state moves as for a real packet; entries due by now_ms expire first."""
+        with self._lock:
+            parsed = parse_packet(packet)
+            if not isinstance(parsed, ParsedPacket) or parsed.proto == IPPROTO_ICMP or parsed.proto != key.proto:
+                raise EngineError("EINVAL", f"sched_probe: not a complete IPv4 packet of protocol {key.proto}")
+            service = self._service(key)
+            self._expire(now_ms)
+            service.sched_now_ms = now_ms
+            dest = service.scheduler.schedule(service, parsed)
+            return None if dest is None else (dest.spec.addr, dest.spec.port)
+
     def expire(self, now_ms: int) -> int:
         """Release every entry dead at now_ms, then run the schedulers' periodic work (lb_expire);
         returns how many entries were released."""
@@ -794,7 +813,7 @@ class PyEngine:
             if key in self._services:
                 raise EngineError("EEXIST", f"service {spec.key} already exists")
             scheduler = self._checked_service_spec(spec)
-            self._services[key] = Service(key, spec, scheduler)
+            self._services[key] = Service(key, spec, scheduler, self._seed0)
 
     def edit_service(self, spec: ServiceSpec) -> None:
         with self._lock:
@@ -840,6 +859,8 @@ class PyEngine:
                 raise EngineError("EEXIST", f"destination {dest.addr}:{dest.port} already exists in {key}")
             dest_key: DestKey = (*service.key, daddr, dest.port)
             revived = self._trash.pop(dest_key, None)
+            if revived is not None and not revived.referenced:
+                revived = None  # its last reference went (a scheduler's): C has freed it
             if revived is not None:
                 if revived.owner is not service:
                     # The service was deleted and re-created meanwhile: the kernel rebinds the
@@ -850,7 +871,7 @@ class PyEngine:
                 revived.owner = service
                 added = revived
             else:
-                added = Destination(dest_key, dest, service)
+                added = Destination.new(dest_key, dest, service)
             service.dests.insert(0, added)
             service.scheduler.add_dest(service, added, 0)
 

@@ -32,9 +32,12 @@ class SchedService(Protocol):
     """What a scheduler sees of a service: its destinations, its own state, and the service's
     configuration (spec.sched_flags: sh and mh read flag-1 and flag-2)."""
 
+    key: tuple[int, bytes, int]  # (proto, virtual address (4 bytes), virtual port)
     dests: list[Destination]
     sched_data: Any
     spec: ServiceSpec
+    seed0: int  # the engine's seed (C: lb->seed0): schedulers that draw random numbers seed from it
+    sched_now_ms: int  # the caller's now_ms of the schedule() call in progress (C: svc->sched_now_ms)
 
 
 class Scheduler:
@@ -59,7 +62,8 @@ class Scheduler:
         """`dest`'s weight, thresholds or method were edited."""
 
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        """The destination for a new connection of `parsed`, or None when none is eligible."""
+        """The destination for a new connection of `parsed`, or None when none is eligible; the time is
+        service.sched_now_ms (set by the engine before every call)."""
         raise NotImplementedError
 
     def tick(self, service: SchedService, now_ms: int) -> None:

@@ -363,6 +363,15 @@ int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t c
  * the entry exists; LB_ENOSPC when the table is full; LB_EOPNOTSUPP for SYN-proxy entries (their
  * sequence translation is not in the dump). Templates come back as templates. Locks. */
 int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms);
+/* Tests and diagnostics: the real server the service's scheduler picks for a new connection of pkt
+ * (a complete unfragmented IPv4 packet of the service's protocol), as lb_process does on a miss at
+ * now_ms, but without persistence and without creating a connection. The packet's addresses need
+ * not be the service's: the lookup a fwmark service makes (issue 14) gives a service packets for
+ * many destination addresses, on which lblc/lblcr key their caches. The scheduler's state moves
+ * as for a real packet (rr's cursor, lblc's cache); entries due by now_ms expire first. Returns 1
+ * with *daddr, *dport (host order), 0 when no destination is available, LB_ESRCH, LB_EINVAL. Locks. */
+int lb_sched_probe(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const uint8_t *pkt, uint32_t len,
+                   uint64_t now_ms, uint32_t *daddr, uint16_t *dport);
 uint32_t lb_conn_count(lb_t *lb);
 uint32_t lb_conn_max(lb_t *lb);
 uint32_t lb_hash_buckets(lb_t *lb);

@@ -293,10 +293,15 @@ struct lb_dest {
     uint32_t flags;              /* LB_DEST_F_AVAILABLE (exactly while svc != NULL) | LB_DEST_F_OVERLOAD */
     int32_t last_weight;         /* the kernel's last_weight: the weight of the last add, or of the last edit
                                     to a non-zero weight (__ip_vs_update_dest); mh sizes its share by it */
+    /* Connection counts as the kernel keeps them since Debian's 6.1.187 ("ipvs: add totalconns for
+     * dest"): every bound connection (not template) in totalconns, the active ones also in
+     * activeconns; InActConn is derived (lb_dest_inactconns). */
     uint32_t activeconns;
-    uint32_t inactconns;
-    uint32_t persistconns;
-    uint32_t refcnt;             /* 1 while linked in a service + 1 per bound connection */
+    uint32_t totalconns;
+    uint32_t persistconns;       /* persistence templates */
+    uint32_t l_threshold_val;    /* the lower threshold in force: conf.l_threshold, or u - u/4 */
+    uint32_t refcnt;             /* 1 while linked in a service + 1 per bound connection + 1 per scheduler
+                                    reference (lblc/lblcr cache entries: lb_dest_hold, lb_dest_put) */
     struct lb_dest_fwd *fwd;          /* NULL = no valid forwarding state */
     struct lb_svc *svc;          /* NULL once unlinked (deleted) */
     uint8_t vproto;              /* service key, kept so a trashed dest can be revived */
@@ -309,6 +314,12 @@ struct lb_dest {
     struct lb_dest *trash_next;  /* on lb->trash while unlinked and still referenced */
 };
 
+/* InActConn as ipvsadm shows it (ip_vs_dest_inactconns): max(totalconns - activeconns, 0). */
+static inline uint32_t lb_dest_inactconns(const struct lb_dest *d)
+{
+    return d->totalconns > d->activeconns ? d->totalconns - d->activeconns : 0;
+}
+
 struct lb_sched_ops;
 
 struct lb_svc {
@@ -317,6 +328,9 @@ struct lb_svc {
     uint16_t port_n;
     const struct lb_sched_ops *sched;
     void *sched_data;            /* the scheduler's own per-service state (lb_sched.h) */
+    lb_t *lb;                    /* the instance it is in (schedulers put their destination references there) */
+    uint64_t sched_now_ms;       /* the caller's now_ms of the schedule() call in progress: the clock of
+                                    schedulers that keep time (lblc, lblcr), as the kernel's jiffies */
     struct lb_dest **dests;      /* kernel list order: most recently added first */
     uint32_t ndests;
     uint32_t dests_cap;
@@ -511,10 +525,9 @@ void lb_tmpl_invalidate(lb_t *lb, struct lb_conn *t);
 struct lb_svc *lb_svc_find(const lb_t *lb, uint8_t proto, uint32_t addr_n, uint16_t port_n);
 /* The same with the address and port in host order (the API's). */
 struct lb_svc *lb_svc_find_host(const lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port);
+/* ip_vs_bind_dest / ip_vs_unbind_dest: reference and count an entry, with the OVERLOAD triggers. */
 void lb_dest_bind(struct lb_dest *d, struct lb_conn *c);
 void lb_dest_unbind(lb_t *lb, struct lb_dest *d, struct lb_conn *c);
-/* Undo only the active/inactive accounting of lb_dest_bind (the reference stays). */
-void lb_dest_unbind_counts(struct lb_dest *d, const struct lb_conn *c);
 void lb_dest_put(lb_t *lb, struct lb_dest *d);
 
 /* synproxy.c */

@@ -37,7 +37,8 @@ struct lb_sched_ops {
     /* Optional: d's parameters were edited (weight, thresholds, method: d->conf holds the new ones). */
     int (*upd_dest)(struct lb_svc *svc, struct lb_dest *d);
     /* Pick a destination for a new connection of packet p (addresses and ports in network order,
-     * for the hashing schedulers); NULL = none available. */
+     * for the hashing schedulers); NULL = none available. The time is svc->sched_now_ms (the core
+     * sets it before every call; it never decreases). */
     struct lb_dest *(*schedule)(struct lb_svc *svc, const struct lb_pkt *p);
     /* Optional: periodic work without packets (lblc/lblcr expire their entries), run by lb_expire
      * for every service of this scheduler: the adapter's sweep, and engine.expire(). The scheduler
@@ -60,6 +61,17 @@ void lb_sched_tick_all(lb_t *lb, uint64_t now_ms);
 static inline int lb_dest_eligible(const struct lb_dest *d)
 {
     return d->conf.weight > 0 && !(d->flags & LB_DEST_F_OVERLOAD);
+}
+
+/* ip_vs_dest_conn_overhead() of Debian's 6.1.192 (6.1.187 backported "ipvs: add totalconns for
+ * dest"): (activeconns << 8) + totalconns, i.e. 257 per active and 1 per inactive connection, in
+ * the kernel's `int`: it wraps past INT_MAX (8M active connections) exactly as the kernel's does
+ * (two's complement, -fno-strict-overflow), written here without signed overflow. lc, wlc, lblc,
+ * lblcr and twos weigh destinations with it; sed and nq use activeconns + 1 instead. */
+static inline int32_t lb_dest_conn_overhead(const struct lb_dest *d)
+{
+    uint32_t oh = (d->activeconns << 8) + d->totalconns; /* unsigned: wraps modulo 2^32 */
+    return oh <= (uint32_t)INT32_MAX ? (int32_t)oh : (int32_t)(oh - 0x80000000u) + INT32_MIN;
 }
 
 /* ---- shared by the hashing schedulers (sh, dh, mh) ---- */

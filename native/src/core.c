@@ -97,6 +97,7 @@ static struct lb_dest *schedule_dest(lb_t *lb, const struct lb_pkt *p, struct lb
                                      int *reason)
 {
     int table_full = 0;
+    s->sched_now_ms = now_ms; /* the schedulers' clock (lb_sched.h) */
     struct lb_dest *d = s->conf.persist_timeout_s ? schedule_persist(lb, p, s, now_ms, tmpl, &table_full)
                                                   : s->sched->schedule(s, p);
     if (table_full) {

@@ -123,12 +123,10 @@ void lb_conn_set_state(lb_t *lb, struct lb_conn *c, uint8_t new_state)
         struct lb_dest *d = c->dest;
         if (d) {
             if (!(c->flags & LB_CF_INACTIVE) && !state_active[new_state]) {
-                d->activeconns--;
-                d->inactconns++;
+                d->activeconns--; /* totalconns counts it either way */
                 c->flags |= LB_CF_INACTIVE;
             } else if ((c->flags & LB_CF_INACTIVE) && state_active[new_state]) {
                 d->activeconns++;
-                d->inactconns--;
                 c->flags &= (uint16_t)~LB_CF_INACTIVE;
             }
         }

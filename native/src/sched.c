@@ -69,3 +69,27 @@ void lb_sched_tick_all(lb_t *lb, uint64_t now_ms)
             s->sched->tick(s, now_ms);
     }
 }
+
+int lb_sched_probe(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const uint8_t *pkt, uint32_t len,
+                   uint64_t now_ms, uint32_t *daddr, uint16_t *dport)
+{
+    struct lb_pkt p;
+    if (!lb || !pkt || !daddr || !dport || lb_parse(pkt, len, &p) != LB_R_FORWARDED || p.proto != proto)
+        return LB_EINVAL;
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s = lb_svc_find_host(lb, proto, vaddr, vport);
+    int ret = LB_ESRCH;
+    if (s) {
+        if (lb->exp_next_ms <= now_ms)
+            lb_conn_tick(lb, now_ms); /* counts as lb_process would see them */
+        s->sched_now_ms = now_ms;
+        const struct lb_dest *d = s->sched->schedule(s, &p);
+        ret = d != NULL;
+        if (d) {
+            *daddr = d->conf.addr;
+            *dport = d->conf.port;
+        }
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return ret;
+}

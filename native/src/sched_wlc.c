@@ -1,20 +1,14 @@
 /*
- * sched_wlc.c - weighted least-connection, with ip_vs_wlc.c's semantics.
+ * sched_wlc.c - weighted least-connection, with ip_vs_wlc.c's semantics (Debian 6.1.192).
  *
- * overhead = activeconns * 256 + inactconns. The first eligible destination
- * (weight > 0, not overloaded) is the candidate; a later non-overloaded one
- * replaces it when cand_overhead * d_weight > d_overhead * cand_weight
- * (cross-multiplication: no division, no rounding), in 128 bits: weights go up
- * to LB_DEST_WEIGHT_MAX (2^31 - 1, as the kernel) and overheads past 2^32 with
- * conn_max above 16M, so a 64-bit product could overflow.
- * A weight-0 destination can never win that comparison. No per-service state.
+ * overhead = lb_dest_conn_overhead (257 per active, 1 per inactive connection, the kernel's int).
+ * The first eligible destination (weight > 0, not overloaded) is the candidate; a later
+ * non-overloaded one replaces it when cand_overhead * d_weight > d_overhead * cand_weight
+ * (cross-multiplication: no division, no rounding), as the kernel's 64-bit products: both
+ * factors are 32-bit ints, so the product cannot overflow. A weight-0 destination can never win
+ * that comparison. No per-service state.
  */
 #include "lb_sched.h"
-
-static inline int64_t overhead(const struct lb_dest *d)
-{
-    return ((int64_t)d->activeconns << 8) + d->inactconns;
-}
 
 static struct lb_dest *wlc_schedule(struct lb_svc *svc, const struct lb_pkt *p LB_UNUSED)
 {
@@ -28,13 +22,13 @@ static struct lb_dest *wlc_schedule(struct lb_svc *svc, const struct lb_pkt *p L
     }
     if (!least)
         return NULL;
-    int64_t loh = overhead(least);
+    int64_t loh = lb_dest_conn_overhead(least);
     for (i++; i < n; i++) {
         struct lb_dest *d = svc->dests[i];
         if (d->flags & LB_DEST_F_OVERLOAD)
             continue;
-        int64_t doh = overhead(d);
-        if ((__int128)loh * d->conf.weight > (__int128)doh * least->conf.weight) {
+        int64_t doh = lb_dest_conn_overhead(d);
+        if (loh * d->conf.weight > doh * least->conf.weight) {
             least = d;
             loh = doh;
         }

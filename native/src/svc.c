@@ -83,52 +83,66 @@ static int find_dest_idx(const struct lb_svc *s, uint32_t addr, uint16_t port)
 
 /* ---------------------------------------------------------------- binding */
 
-static inline uint32_t total_conns(const struct lb_dest *d) { return d->activeconns + d->inactconns; }
+/* __ip_vs_dest_update_overload (Debian 6.1.192): with an upper threshold u and the lower value l
+ * in force, set OVERLOAD when totalconns reaches u (mode 0, -1) or l (mode +1); between l and u
+ * keep it as it is (mode 0), or set it (+1) or keep it (-1); below l clear it. No upper
+ * threshold: clear it. It runs only where the kernel runs it: a threshold changed by add/edit
+ * (mode 0), a bind making totalconns == u (+1), an unbind from totalconns == l (-1). */
+static void dest_update_overload(struct lb_dest *d, int mode)
+{
+    uint32_t u = d->conf.u_threshold;
+    if (u) {
+        uint32_t l = d->l_threshold_val;
+        uint32_t conns = d->totalconns;
+        if (conns >= (mode > 0 ? l : u)) {
+            d->flags |= LB_DEST_F_OVERLOAD;
+            return;
+        }
+        if (conns >= (mode < 0 ? u : l))
+            return;
+    }
+    d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD;
+}
 
 void lb_dest_bind(struct lb_dest *d, struct lb_conn *c)
 {
     c->dest = d;
     d->refcnt++;
-    if (c->flags & LB_CF_TEMPLATE)
-        d->persistconns++;
-    else if (c->flags & LB_CF_INACTIVE)
-        d->inactconns++;
-    else
-        d->activeconns++;
-    if (d->conf.u_threshold && total_conns(d) >= d->conf.u_threshold)
-        d->flags |= LB_DEST_F_OVERLOAD;
-}
-
-static void update_overload_after_unbind(struct lb_dest *d)
-{
-    uint64_t total = total_conns(d);
-    if (d->conf.l_threshold) {
-        if (total < d->conf.l_threshold)
-            d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD;
-    } else if (d->conf.u_threshold) {
-        if (total * 4 < (uint64_t)d->conf.u_threshold * 3)
-            d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD;
-    } else {
-        d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD;
+    if (c->flags & LB_CF_TEMPLATE) {
+        d->persistconns++; /* templates count only there: no OVERLOAD trigger */
+        return;
     }
-}
-
-void lb_dest_unbind_counts(struct lb_dest *d, const struct lb_conn *c)
-{
-    if (c->flags & LB_CF_TEMPLATE)
-        d->persistconns--;
-    else if (c->flags & LB_CF_INACTIVE)
-        d->inactconns--;
-    else
-        d->activeconns--;
+    if (!(c->flags & LB_CF_INACTIVE))
+        d->activeconns++;
+    if (++d->totalconns == d->conf.u_threshold)
+        dest_update_overload(d, 1);
 }
 
 void lb_dest_unbind(lb_t *lb, struct lb_dest *d, struct lb_conn *c)
 {
-    lb_dest_unbind_counts(d, c);
-    update_overload_after_unbind(d);
+    if (c->flags & LB_CF_TEMPLATE) {
+        d->persistconns--;
+    } else {
+        if (!(c->flags & LB_CF_INACTIVE))
+            d->activeconns--;
+        if (d->totalconns-- == d->l_threshold_val)
+            dest_update_overload(d, -1);
+    }
     c->dest = NULL;
     lb_dest_put(lb, d);
+}
+
+/* The thresholds part of __ip_vs_update_dest, on add (new or revived) and edit: only a change
+ * of either threshold recomputes the lower value in force and re-evaluates OVERLOAD (a weight
+ * edit leaves the flag alone). */
+static void dest_set_thresholds(struct lb_dest *d, const struct lb_dest_conf *conf)
+{
+    if (d->conf.u_threshold == conf->u_threshold && d->conf.l_threshold == conf->l_threshold)
+        return;
+    d->conf.u_threshold = conf->u_threshold;
+    d->conf.l_threshold = conf->l_threshold;
+    d->l_threshold_val = conf->l_threshold ? conf->l_threshold : conf->u_threshold - (conf->u_threshold >> 2);
+    dest_update_overload(d, 0);
 }
 
 static void dest_free(struct lb_dest *d)
@@ -203,6 +217,7 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
     s->conf = *conf;
     s->addr_n = lb_htonl(conf->addr);
     s->port_n = lb_htons(conf->port);
+    s->lb = lb;
     if ((err = lb_sched_bind(s, sched)) != LB_OK) {
         free(s);
         goto out;
@@ -391,8 +406,7 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         memset(&d->stats, 0, sizeof(d->stats));
         d->svc_id = s->id;
     }
-    if (conf->u_threshold == 0 || conf->u_threshold > d->conf.u_threshold)
-        d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD; /* __ip_vs_update_dest */
+    dest_set_thresholds(d, conf); /* a new one has none yet (calloc); a revived one keeps its own */
     d->conf = *conf;
     d->last_weight = conf->weight; /* set by every add, even to 0 */
     d->addr_n = lb_htonl(conf->addr);
@@ -440,14 +454,14 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
     } else {
         struct lb_dest *d = s->dests[i];
         const struct lb_dest prev = *d;
-        if (conf->u_threshold == 0 || conf->u_threshold > d->conf.u_threshold)
-            d->flags &= ~(uint32_t)LB_DEST_F_OVERLOAD; /* __ip_vs_update_dest */
+        dest_set_thresholds(d, conf);
         d->conf = *conf;
         if (conf->weight != 0) /* an edit to weight 0 keeps the last non-zero weight */
             d->last_weight = conf->weight;
         if (s->sched->upd_dest && (err = s->sched->upd_dest(s, d)) != LB_OK) {
             d->conf = prev.conf; /* the scheduler kept its state: so does the destination */
             d->flags = prev.flags;
+            d->l_threshold_val = prev.l_threshold_val;
             d->last_weight = prev.last_weight;
         } else if (prev.conf.fwd != conf->fwd) {
             /* A new method needs new forwarding state: drop the old one. */
@@ -566,7 +580,7 @@ int lb_dest_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct
             memset(&out[i], 0, sizeof(out[i]));
             out[i].conf = d->conf;
             out[i].active = d->activeconns;
-            out[i].inactive = d->inactconns;
+            out[i].inactive = lb_dest_inactconns(d);
             out[i].persist = d->persistconns;
             out[i].flags = d->flags | (d->fwd ? LB_DEST_F_FWD_VALID : 0);
             out[i].stats = d->stats;

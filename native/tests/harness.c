@@ -12,9 +12,13 @@
  *   harness churn N               N rounds of config churn (add/edit/delete/re-add of
  *                                  services, destinations, forwarding state, local
  *                                  addresses, switches between every registered
- *                                  scheduler) interleaved with IPIP/FULLNAT traffic;
+ *                                  scheduler, with and without sh/mh flags) interleaved
+ *                                  with IPIP/FULLNAT traffic and one-packet datagrams to mh;
  *                                  asserts every IPIP outer source is the installed
- *                                  route source (run with MALLOC_PERTURB_ / valgrind)
+ *                                  route source (run with MALLOC_PERTURB_ / valgrind);
+ *                                  then 15 N scheduling probes for as many destination
+ *                                  addresses on lblc/lblcr/twos services (their caches
+ *                                  past their bounds, their timers through days)
  *
  * Built with -DLB_FUZZ it is instead a libFuzzer target (LLVMFuzzerTestOneInput).
  */
@@ -27,6 +31,7 @@
 #define VIP 0x0a000064u      /* 10.0.0.100 */
 #define RS1 0x0a00000bu      /* 10.0.0.11 */
 #define RS2 0x0a00000cu      /* 10.0.0.12 */
+#define RS3 0x0a00000du      /* 10.0.0.13: comes and goes in locality_churn */
 #define BRS1 0x0a01000bu     /* 10.1.0.11 */
 #define LIP 0x0a010001u      /* 10.1.0.1 */
 #define DIP 0x0a000002u      /* 10.0.0.2: the director's own address (tunnel source) */
@@ -48,6 +53,30 @@ static void fwd_for(struct lb_fwd_conf *f, uint8_t last)
     memcpy(f->src_mac, (uint8_t[]){0x02, 0, 0, 0, 0, 0xaa}, 6);
     f->saddr = DIP;
     f->mtu = 1500;
+}
+
+/* TCP and UDP VIP:90 lblc, :91 lblcr, :92 twos: RS1 weight 1, RS2 weight 2, direct routing. */
+#define LOC_PORT 90
+static const char *const loc_sched[3] = {"lblc", "lblcr", "twos"};
+
+static int locality_setup(lb_t *lb)
+{
+    int rc = 0;
+    struct lb_fwd_conf f;
+    for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0) {
+        for (int i = 0; i < 3; i++) {
+            struct lb_svc_conf s = {.proto = proto, .addr = VIP, .port = (uint16_t)(LOC_PORT + i)};
+            strcpy(s.sched, loc_sched[i]);
+            rc |= lb_svc_add(lb, &s);
+            for (uint32_t j = 0; j < 2; j++) {
+                struct lb_dest_conf d = {.addr = RS1 + j, .port = 80, .fwd = LB_FWD_ROUTE, .weight = (int32_t)(1 + j)};
+                rc |= lb_dest_add(lb, proto, VIP, s.port, &d);
+                fwd_for(&f, (uint8_t)(0x30 + j));
+                rc |= lb_dest_set_fwd(lb, proto, VIP, s.port, d.addr, 80, &f);
+            }
+        }
+    }
+    return rc;
 }
 
 static int setup(lb_t *lb)
@@ -121,10 +150,28 @@ static int setup(lb_t *lb)
             rc |= lb_dest_set_fwd(lb, proto, VIP, 84, d.addr, d.port, &f);
         }
     }
-    return rc;
+    return rc | locality_setup(lb);
 }
 
 static uint8_t out_buf[LB_PKT_MAX];
+
+/* lb_sched_probe on the schedulers that key on the packet's destination address (and twos), with
+ * any bytes: an answer names one of the service's destinations. */
+static int probe_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now)
+{
+    int bad = 0;
+    for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0) {
+        for (uint16_t port = LOC_PORT; port < LOC_PORT + 3; port++) {
+            uint32_t daddr = 0;
+            uint16_t dport = 0;
+            int rc = lb_sched_probe(lb, proto, VIP, port, pkt, len, now, &daddr, &dport);
+            bad |= check(rc == 0 || rc == 1 || rc == LB_EINVAL || rc == LB_ESRCH, "lb_sched_probe: 0, 1 or an error");
+            if (rc == 1)
+                bad |= check((daddr == RS1 || daddr == RS2 || daddr == RS3) && dport == 80, "a probe names a destination");
+        }
+    }
+    return bad;
+}
 
 static int process_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now)
 {
@@ -209,6 +256,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         now += data[0] * 50u;
     if (process_checked(lb, size > 1 ? data + 1 : data, size > 1 ? (uint32_t)size - 1 : (uint32_t)size, now))
         abort();
+    /* The same bytes as a new connection of the lblc/lblcr/twos services, whatever their addresses. */
+    if (size > 1 && probe_checked(lb, data + 1, (uint32_t)size - 1, now))
+        abort();
     /* Byte 0 also picks the segment size: 576, 884, 1192 or 1500 bytes. */
     if (size > 1 && gso_checked(lb, data + 1, (uint32_t)size - 1, 576 + (data[0] % 4u) * 308u, now))
         abort();
@@ -261,7 +311,8 @@ static int cmd_replay(int argc, char **argv)
                 lb_free(lb);
                 return 2;
             }
-            if (process_checked(lb, pkt, len, now) || gso_checked(lb, pkt + 1, len ? len - 1 : 0, 1500, now)) {
+            if (process_checked(lb, pkt, len, now) || gso_checked(lb, pkt + 1, len ? len - 1 : 0, 1500, now) ||
+                probe_checked(lb, pkt, len, now)) {
                 fprintf(stderr, "harness: in %s\n", argv[i]);
                 bad = 1;
             }
@@ -324,6 +375,119 @@ static uint32_t make_packet(uint8_t *b, uint8_t proto, uint32_t src, uint16_t sp
     return len;
 }
 
+/* The accounting invariants of every listed destination (ip_vs_bind_dest / ip_vs_unbind_dest /
+ * __ip_vs_dest_update_overload): activeconns never above totalconns (no unsigned wrap), and
+ * OVERLOAD only with an upper threshold and at least the lower threshold value of connections
+ * (the unbind that crosses l_threshold_val clears it). With `idle`, no connection is left. */
+static int check_accounting(lb_t *lb, int idle)
+{
+    int bad = 0;
+    for (uint32_t i = 0; i < lb->nsvcs; i++) {
+        const struct lb_svc *s = lb->svcs[i];
+        for (uint32_t j = 0; j < s->ndests; j++) {
+            const struct lb_dest *d = s->dests[j];
+            bad |= check(d->activeconns <= d->totalconns, "activeconns <= totalconns");
+            if (d->flags & LB_DEST_F_OVERLOAD)
+                bad |= check(d->conf.u_threshold && d->totalconns >= d->l_threshold_val,
+                             "OVERLOAD only with an upper threshold and >= l_threshold_val connections");
+            if (idle)
+                bad |= check(!d->totalconns && !d->activeconns && !d->persistconns && !(d->flags & LB_DEST_F_OVERLOAD),
+                             "no connection, no template, no OVERLOAD once everything expired");
+        }
+    }
+    return bad;
+}
+
+/* lblc, lblcr, twos: n probes, each for its own destination address (so the caches pass 16384 and
+ * 24576 entries when n is large), with connections held to the VIP, destinations deleted and
+ * re-added (a cache entry then holds the only reference), switches away and back, a service deleted
+ * under its cache, and time jumps past the collector's 6 min, the full check's 30 min and 24 h. */
+static int locality_churn(long n)
+{
+    lb_t *lb = new_lb();
+    uint8_t pkt[64];
+    int bad = 0;
+    uint64_t now = 1000;
+    struct lb_fwd_conf f;
+    lb_expire(lb, now, 0); /* arms the timers */
+    for (long k = 0; k < n; k++) {
+        uint16_t port = (uint16_t)(LOC_PORT + k % 3);
+        uint32_t len = make_packet(pkt, LB_PROTO_TCP, 0xc0000200u + (uint32_t)(k % 200), (uint16_t)(1000 + k % 60000),
+                                   port, 0x02);
+        uint32_t daddr_n = lb_htonl(0x0a400000u + (uint32_t)k); /* 10.64.0.0 + k: a new key each time */
+        memcpy(pkt + 16, &daddr_n, 4);
+        lb_put16(pkt + 10, 0);
+        lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+        bad |= probe_checked(lb, pkt, len, now);
+        if (k % 97 == 0 && (k % 1009 < 10 || k % 1009 > 400)) { /* a connection to the VIP (not to RS3) */
+            len = make_packet(pkt, LB_PROTO_TCP, 0xc0000300u + (uint32_t)(k % 50), (uint16_t)(1000 + k % 60000), port,
+                              0x02);
+            bad |= process_checked(lb, pkt, len, now);
+        }
+        if (k % 1009 == 10) { /* RS3, idle and heavy: new entries name it */
+            struct lb_dest_conf d = {.addr = RS3, .port = 80, .fwd = LB_FWD_ROUTE, .weight = 100};
+            lb_dest_add(lb, LB_PROTO_TCP, VIP, port, &d);
+        }
+        if (k % 1009 == 400) { /* ... until it goes: entries hold the only references left to it */
+            lb_dest_del(lb, LB_PROTO_TCP, VIP, port, RS3, 80);
+            for (long j = k - 60; j < k; j++) { /* their addresses again: RS3 is deleted, not freed */
+                uint32_t old_n = lb_htonl(0x0a400000u + (uint32_t)j);
+                memcpy(pkt + 16, &old_n, 4);
+                lb_put16(pkt + 10, 0);
+                lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+                bad |= probe_checked(lb, pkt, len, now);
+            }
+        }
+        if (k % 1009 == 0) { /* RS1 deleted, probes name RS2 meanwhile, RS1 back */
+            lb_dest_del(lb, LB_PROTO_TCP, VIP, port, RS1, 80);
+            bad |= probe_checked(lb, pkt, len, now);
+            struct lb_dest_conf d = {.addr = RS1, .port = 80, .fwd = LB_FWD_ROUTE, .weight = (int32_t)(k % 4)};
+            bad |= check(lb_dest_add(lb, LB_PROTO_TCP, VIP, port, &d) == LB_OK, "a deleted destination comes back");
+            fwd_for(&f, 0x30);
+            lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, port, RS1, 80, &f);
+        }
+        if (k % 5003 == 0) { /* the service goes with its cache and destinations, and comes back */
+            lb_svc_del(lb, LB_PROTO_UDP, VIP, port);
+            struct lb_svc_conf s = {.proto = LB_PROTO_UDP, .addr = VIP, .port = port};
+            strcpy(s.sched, loc_sched[k % 3]);
+            bad |= check(lb_svc_add(lb, &s) == LB_OK, "re-create a service");
+            for (uint32_t j = 0; j < 2; j++) {
+                struct lb_dest_conf d = {.addr = RS1 + j, .port = 80, .fwd = LB_FWD_ROUTE, .weight = 1};
+                lb_dest_add(lb, LB_PROTO_UDP, VIP, port, &d);
+            }
+        }
+        now += 1; /* 24576 probes in less than the collector's 6 min: the caches reach their bound */
+        if (k % 10000 == 9999) {
+            now += 60000;
+            lb_expire(lb, now, 0);
+        }
+    }
+    /* Then the collector (idle 6 min, above 16384 entries), a switch away to rr and back (the
+     * caches go with their references), a full check, a day: with some new entries between. */
+    static const uint64_t jumps[5] = {420000, 60000, 1800000, 86400000, 86400000};
+    for (int j = 0; j < 5; j++) {
+        now += jumps[j];
+        lb_expire(lb, now, 0);
+        for (int i = 0; j == 2 && i < 3; i++) {
+            struct lb_svc_conf s = {.proto = LB_PROTO_TCP, .addr = VIP, .port = (uint16_t)(LOC_PORT + i)};
+            strcpy(s.sched, "rr");
+            bad |= check(lb_svc_edit(lb, &s) == LB_OK, "switch to rr");
+            strcpy(s.sched, loc_sched[i]);
+            bad |= check(lb_svc_edit(lb, &s) == LB_OK, "switch back");
+        }
+        for (uint32_t k = 0; k < 300; k++) {
+            uint32_t len = make_packet(pkt, LB_PROTO_TCP, 0xc0000200u, (uint16_t)(1000 + k), LOC_PORT, 0x02);
+            uint32_t daddr_n = lb_htonl(0x0a500000u + k * 7 + (uint32_t)j);
+            memcpy(pkt + 16, &daddr_n, 4);
+            lb_put16(pkt + 10, 0);
+            lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+            bad |= probe_checked(lb, pkt, len, now);
+        }
+    }
+    lb_free(lb);
+    return bad;
+}
+
 /* Every registered scheduler, so churn runs each one's hooks (init/done on a switch, add/del/upd). */
 static const char *const sched_names[] = {
 #define LB_SCHED(name) #name,
@@ -343,7 +507,8 @@ static int cmd_churn(long rounds)
         uint32_t rs = RS1 + (uint32_t)(r % 2);
         /* Churn: delete and re-add a tunnel destination, invalidate and reinstall state,
          * edit weights, recreate the whole tunnel service every 7 rounds. */
-        struct lb_dest_conf d = {.addr = rs, .port = 80, .fwd = LB_FWD_TUNNEL, .weight = (int32_t)(r % 3)};
+        struct lb_dest_conf d = {.addr = rs, .port = 80, .fwd = LB_FWD_TUNNEL, .weight = (int32_t)(r % 3),
+                                 .u_threshold = (uint32_t)(r % 4), .l_threshold = r % 4 ? (uint32_t)(r % 2) : 0};
         lb_dest_del(lb, LB_PROTO_TCP, VIP, 81, rs, 80);
         lb_dest_add(lb, LB_PROTO_TCP, VIP, 81, &d);
         if (r % 3 == 0)
@@ -353,6 +518,8 @@ static int cmd_churn(long rounds)
             lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 81, rs, 80, &f);
         }
         d.weight = 1;
+        d.u_threshold = (uint32_t)((r / 4) % 5); /* thresholds changing under connections: OVERLOAD re-evaluated */
+        d.l_threshold = 0;
         lb_dest_edit(lb, LB_PROTO_TCP, VIP, 81, &d);
         if (r % 7 == 0) {
             struct lb_svc_conf s = {.proto = LB_PROTO_TCP, .addr = VIP, .port = 81};
@@ -397,8 +564,12 @@ static int cmd_churn(long rounds)
         now += 37;
         if (r % 100 == 0)
             lb_expire(lb, now, 0);
+        bad |= check_accounting(lb, 0);
     }
+    lb_expire(lb, now + 24 * 3600 * 1000ull, 0); /* every entry dies */
+    bad |= check_accounting(lb, 1);
     lb_free(lb);
+    bad |= locality_churn(rounds * 15);
     printf("churned %ld rounds: %s\n", rounds, bad ? "FAILED" : "ok");
     return bad;
 }

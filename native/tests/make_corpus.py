@@ -3,8 +3,11 @@
 Each file is one fuzzer input: byte 0 advances the harness clock (x 50 ms),
 the rest is an IPv4 packet aimed at the harness's standard configuration
 (VIP 10.0.0.100: TCP/UDP 80 DR, 81 IPIP, 82 FULLNAT with TOA, 83 FULLNAT
-with SYN-proxy, 84 DR with sh (TCP) and mh one-packet (UDP); FULLNAT real servers 10.1.0.11-12:80, local address
-10.1.0.1). For `harness replay`, the same files are fed without byte 0
+with SYN-proxy, 84 DR with sh (TCP) and mh one-packet (UDP), 90 lblc, 91 lblcr,
+92 twos; FULLNAT real servers 10.1.0.11-12:80, local address 10.1.0.1). The
+harness also schedules every input on the 90-92 services whatever its
+destination address (lblc/lblcr key their caches on it). For `harness replay`,
+the same files are fed without byte 0
 stripped, which is harmless: the packet is then malformed and must be
 handled as such.
 
@@ -34,6 +37,10 @@ def seeds() -> dict[str, bytes]:
         s[f"tcp{port}_fin"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="FA"))
         s[f"tcp{port}_rst"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="R"))
         s[f"udp{port}"] = raw(IP(src=CLIENT, dst=VIP) / UDP(sport=5353, dport=port) / Raw(b"x" * 32))
+    for port in (90, 91, 92):
+        s[f"tcp{port}_syn"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="S", options=opts))
+        s[f"udp{port}"] = raw(IP(src=CLIENT, dst=VIP) / UDP(sport=5353, dport=port) / Raw(b"x" * 32))
+    s["tcp90_syn_other_daddr"] = raw(IP(src=CLIENT, dst="10.64.0.9") / TCP(sport=40000, dport=90, flags="S"))
     s["fnat_reply_synack"] = raw(IP(src=RS, dst=LIP) / TCP(sport=80, dport=1024, flags="SA", options=[("MSS", 1460)]))
     s["fnat_reply_data"] = raw(IP(src=RS, dst=LIP) / TCP(sport=80, dport=1024, flags="PA") / Raw(b"HTTP/1.1 200 OK\r\n"))
     s["icmp_frag_needed_rs"] = raw(IP(src=RS, dst=LIP) / ICMP(type=3, code=4, nexthopmtu=1400)

@@ -25,6 +25,8 @@ Steps:
 - Udp(n): n datagrams, each from a new source port; records who answered ("refused:none": the
   director had no real server and said so with ICMP port unreachable). With same_port=True
   each client sends all of its datagrams of the step from one port: one flow (what -o changes).
+- Wait(seconds): time passes (at most 60 s), e.g. for entries to expire after `--set` shortened
+  their timeout: connection counts and OVERLOAD change only when entries expire.
 Traffic steps take `clients`: the client addresses to use, in turn ("c1".."c4" for most; up to
 "c44" where many sources matter, MANY_CLIENTS), and `vips`: the virtual addresses, in turn
 ("vip", and "vip2".. of a scenario with extra_vips). Every connection and datagram has its own
@@ -35,6 +37,11 @@ director refuses itself (no real server available: ICMP port unreachable, no ent
 "refused:none".
 `kernel_counts` on a traffic step states how often kernel IPVS is known to pick each server
 (from the kernel source): a check of the harness itself, asserted on kernel IPVS only.
+
+Scenario.kernel_lacks names what the guest's kernel does not have (a scheduler Debian does not
+build): there the kernel's refusal of the rules is checked, lbd is checked on its own (every flow
+answered; `lbd_counts` on traffic steps: inclusive bounds per server, for random schedulers), and
+the difference from the kernel is reported as a warning, not failed.
 """
 
 from __future__ import annotations
@@ -78,6 +85,7 @@ class Connect:
     clients: tuple[str, ...] = ("c1",)
     kernel_counts: dict[str, int] | None = field(default=None, hash=False)
     vips: tuple[str, ...] = ("vip",)
+    lbd_counts: dict[str, tuple[int, int]] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,7 @@ class Hold:
     clients: tuple[str, ...] = ("c1",)
     kernel_counts: dict[str, int] | None = field(default=None, hash=False)
     vips: tuple[str, ...] = ("vip",)
+    lbd_counts: dict[str, tuple[int, int]] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -101,9 +110,15 @@ class Udp:
     kernel_counts: dict[str, int] | None = field(default=None, hash=False)
     vips: tuple[str, ...] = ("vip",)
     same_port: bool = False  # each client's datagrams of this step share one source port
+    lbd_counts: dict[str, tuple[int, int]] | None = field(default=None, hash=False)
 
 
-Step = Admin | Listing | Connect | Hold | Release | Udp
+@dataclass(frozen=True)
+class Wait:
+    seconds: float
+
+
+Step = Admin | Listing | Connect | Hold | Release | Udp | Wait
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,7 @@ class Scenario:
     refuse: tuple[str, ...] = ()  # real servers that answer every SYN to this VIP with RST
     first: System = "kernel"  # which system plays the scenario first
     extra_vips: int = 0  # virtual addresses {vip2}..{vip<1+extra_vips>} besides {vip}
+    kernel_lacks: str = ""  # the guest's kernel cannot play this: what it lacks (see the module doc)
 
     @property
     def vip_names(self) -> tuple[str, ...]:
@@ -137,18 +153,25 @@ class Scenario:
             if isinstance(step, (Connect, Hold, Udp)):
                 if not 1 <= step.n <= 200:
                     raise ValueError(f"{self.name}: {step} must have 1..200 connections")
+                for server, (low, high) in (step.lbd_counts or {}).items():
+                    if server not in REAL_SERVERS or not 0 <= low <= high <= step.n:
+                        raise ValueError(f"{self.name}: lbd_counts {server}: ({low}, {high}) of {step.n}")
                 bad = [c for c in step.clients if c not in MANY_CLIENTS]
                 if bad or not step.clients:
                     raise ValueError(f"{self.name}: unknown clients {bad} (use c1..c{len(MANY_CLIENTS)})")
                 bad = [v for v in step.vips if v not in self.vip_names]
                 if bad or not step.vips:
                     raise ValueError(f"{self.name}: unknown vips {bad} (this scenario has {self.vip_names})")
+            if isinstance(step, Wait) and not 0 < step.seconds <= 60:
+                raise ValueError(f"{self.name}: {step} must wait 0..60 s")
             if isinstance(step, Hold):
                 held.add(step.group)
             if isinstance(step, Release) and step.group not in held:
                 raise ValueError(f"{self.name}: Release({step.group!r}) of no Hold")
         if not 0 <= self.extra_vips <= MAX_EXTRA_VIPS:
             raise ValueError(f"{self.name}: extra_vips must be 0..{MAX_EXTRA_VIPS}")
+        if self.kernel_lacks and not self.rules:
+            raise ValueError(f"{self.name}: kernel_lacks needs the rules the kernel refuses")
         bad_refuse = [r for r in self.refuse if r not in REAL_SERVERS]
         if bad_refuse:
             raise ValueError(f"{self.name}: refuse names unknown servers {bad_refuse}")
@@ -179,4 +202,6 @@ def describe(step: Step) -> str:
     if isinstance(step, Udp):
         how = "one source port per client" if step.same_port else "one datagram per source port"
         return f"UDP x{step.n} from {','.join(step.clients)}{to} ({how})"
+    if isinstance(step, Wait):
+        return f"WAIT {step.seconds:g} s"
     raise TypeError(step)

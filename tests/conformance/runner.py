@@ -51,6 +51,7 @@ from conformance.model import (
     Release,
     Scenario,
     Udp,
+    Wait,
     describe,
 )
 from conformance.systems import AdminResult, KernelIpvs, LbdSystem, System
@@ -68,8 +69,10 @@ PORTS_PER_SCENARIO = 500
 LISTING_READS_MAX = 12  # a listing is read until two reads in a row agree, at most this often
 LISTING_PAUSE_S = 0.3
 ESTIMATOR_PAUSE_S = 2.5  # > the kernel's 2 s estimation period, which publishes the counters
-MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh", "ip_vs_mh", "veth", "bridge", "nfnetlink_queue",
-           "xt_NFQUEUE", "xt_CT", "nf_tables", "nft_compat", "iptable_raw")
+MODULES: tuple[str, ...] = ("ip_vs", "ip_vs_rr", "ip_vs_wlc", "ip_vs_sh", "veth", "bridge", "nfnetlink_queue",
+                            "xt_NFQUEUE", "xt_CT", "nf_tables", "nft_compat", "iptable_raw")
+MODULES += ("ip_vs_wrr", "ip_vs_lc", "ip_vs_sed", "ip_vs_nq", "ip_vs_fo", "ip_vs_ovf")  # the list schedulers
+MODULES += ("ip_vs_dh", "ip_vs_mh")  # the hashing schedulers (sh above)
 
 
 def spec() -> TopologySpec:
@@ -211,6 +214,9 @@ class Player:
                 close_tcp(f)
             self.records.append({"what": what, "flows": [
                 {"client": f.client, "port": f.port, "outcome": "closed"} for f in flows]})
+        elif isinstance(step, Wait):
+            time.sleep(step.seconds)
+            self.records.append({"what": what, "flows": []})  # rendered as its line alone
         else:
             raise TypeError(f"unknown step {step!r}")
 

@@ -97,7 +97,8 @@ def servers(replies: list[client.Reply]) -> list[str]:
 
 
 def wlc_choice(dests: list[LnDest]) -> LnDest | None:
-    """Kernel ip_vs_wlc_schedule over the list in kernel order (no thresholds configured)."""
+    """Kernel ip_vs_wlc_schedule over the list in kernel order (no thresholds configured), with
+    Debian 6.1.192's overhead (active << 8) + totalconns = 257*active + inactive."""
     least = None
     rest: list[LnDest] = []
     for i, d in enumerate(dests):
@@ -106,9 +107,9 @@ def wlc_choice(dests: list[LnDest]) -> LnDest | None:
             break
     if least is None:
         return None
-    loh = least.active * 256 + least.inactive
+    loh = least.active * 257 + least.inactive
     for d in rest:
-        doh = d.active * 256 + d.inactive
+        doh = d.active * 257 + d.inactive
         if loh * d.weight > doh * least.weight:
             least, loh = d, doh
     return least
@@ -227,7 +228,7 @@ def test_rr_spreads_30_requests_evenly(lbd: Lbd, topo: Topology, http: HttpHelpe
 
 
 def test_wlc_avoids_server_with_held_connections(lbd: Lbd, topo: Topology, http: HttpHelper) -> None:
-    """3 connections held on rs1; new ones follow overhead = active*256 + inactive, least overhead/weight."""
+    """3 connections held on rs1; new ones follow overhead = active*257 + inactive, least overhead/weight."""
     rs1, rs2, rs3 = topo.reals[:3]
     by_addr = names(topo)
     svc = svc_arg(topo)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from conformance import compare
-from conformance.model import Admin, Connect, Hold, Output, Release, Scenario
+from conformance.model import Admin, Connect, Hold, Output, Release, Scenario, Wait
 from conformance.scenarios import ALL
 
 KERNEL_LNC = """\
@@ -68,6 +68,8 @@ def test_scenarios_are_valid_and_named_uniquely() -> None:
     ((Connect(3, vips=("vip2",)),), "kernel", "unknown vips"),
     ((Release("x"),), "kernel", "of no Hold"),
     ((Hold(0),), "kernel", "1..200"),
+    ((Wait(0),), "kernel", "0..60"),
+    ((Wait(61),), "kernel", "0..60"),
 ])
 def test_bad_scenarios_are_refused(steps: tuple, first: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):

@@ -130,13 +130,6 @@ def test_pure_python_engine_has_exactly_the_registry_schedulers() -> None:
     assert all(sched.name == name for name, sched in schedulers().items())
 
 
-def test_reference_config_documents_the_registry() -> None:
-    text = (REPO / "configs" / "reference.toml").read_text()
-    line = next(line for line in text.splitlines() if line.startswith("sched ="))
-    documented = re.findall(r'"(\w+)"', line.split("default", 1)[1].split(";", 1)[1])
-    assert tuple(documented) == consts.SCHEDULERS, line
-
-
 # ---------------------------------------------------------------------------- no compiled core needed
 
 _WITHOUT_FASTPATH = """

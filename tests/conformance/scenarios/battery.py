@@ -54,6 +54,19 @@ def battery(sched: str, flags: str = "", weights: tuple[int, int, int, int] = (1
     return tcp, udp
 
 
-SCENARIOS = (*battery("rr"), *battery("wlc"),
-             *battery("sh"), *battery("sh", "sh-fallback,sh-port"), *battery("dh"),
-             *battery("mh"), *battery("mh", "mh-fallback,mh-port"))
+SCENARIOS = (*battery("rr"), *battery("wlc"))
+SCENARIOS += battery("wrr")
+SCENARIOS += battery("lc")
+SCENARIOS += battery("sed")
+SCENARIOS += battery("nq")
+SCENARIOS += battery("fo")
+# ovf refuses (ICMP) once every server holds weight + 1 active connections: 1/2/3/1 has no room
+# for the battery's 16 held ones; 4/5/1/3 leaves 2 and still overflows through all four servers.
+SCENARIOS += battery("ovf", weights=(4, 5, 1, 3))
+SCENARIOS += battery("lblc")
+SCENARIOS += battery("lblcr")
+
+# The hashing schedulers' batteries (sh, dh, mh with and without their flags): ALL plays them after
+# every other scheduler's scenarios (a scenario's position fixes its VIP and client ports).
+HASHING = (*battery("sh"), *battery("sh", "sh-fallback,sh-port"), *battery("dh"),
+           *battery("mh"), *battery("mh", "mh-fallback,mh-port"))
