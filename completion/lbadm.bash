@@ -57,7 +57,12 @@ _lbadm() {
         return 0
     fi
     case $prev in
-        -s|--scheduler) COMPREPLY=($(compgen -W "rr wlc" -- "$cur")); return 0 ;;
+        -s|--scheduler)
+            COMPREPLY=($(compgen -W "rr wlc wrr lc sed nq fo ovf lblc lblcr twos sh dh mh" -- "$cur"))
+            return 0 ;;
+        --sched-flags)
+            COMPREPLY=($(compgen -W "sh-fallback sh-port mh-fallback mh-port flag-1 flag-2 flag-3" -- "$cur"))
+            return 0 ;;
         -j|--synproxy) COMPREPLY=($(compgen -W "enable disable" -- "$cur")); return 0 ;;
         --tun-type) COMPREPLY=($(compgen -W "ipip" -- "$cur")); return 0 ;;
         -t|--tcp-service) COMPREPLY=($(compgen -W "$(_lbadm_services -t)" -- "$cur")); return 0 ;;
@@ -74,7 +79,7 @@ _lbadm() {
             return 0 ;;
         --socket) COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
         -p|--persistent|-M|--netmask|-w|--weight|-x|--u-threshold|-y|--l-threshold|-z|--laddr| \
-        -F|--ifname|-f|--fwmark-service|--sctp-service|--pe|--sched-flags|--tun-port|--syncid| \
+        -F|--ifname|-f|--fwmark-service|--sctp-service|--pe|--tun-port|--syncid| \
         --sync-maxlen|--mcast-interface|--mcast-group|--mcast-port|--mcast-ttl)
             return 0 ;;
     esac

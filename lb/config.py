@@ -28,12 +28,14 @@ from lb.model import (
     MAX_THRESHOLD,
     MAX_WEIGHT,
     PROTO_BY_NAME,
+    SCHED_FLAG_WORDS,
     SCHEDULERS,
     ConfigError,
     DestSpec,
     ServiceKey,
     ServiceSpec,
     SynproxyConf,
+    sched_flag_bits,
 )
 from lb.reconcile import (
     DEFAULT_TIMEOUTS,
@@ -50,7 +52,8 @@ from lb.reconcile import (
 from lb.requests import parse_command
 from lb.tomllines import Path_, TomlLines
 
-SERVICE_KEYS = ("proto", "addr", "port", "sched", "persistent", "netmask", "toa", "synproxy", "laddrs", "dest")
+SERVICE_KEYS = ("proto", "addr", "port", "sched", "sched_flags", "ops", "persistent", "netmask", "toa", "synproxy",
+                "laddrs", "dest")
 DEST_KEYS = ("addr", "port", "fwd", "weight", "u_threshold", "l_threshold")
 TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
 TOP_KEYS = ("service", "timeouts", "synproxy")
@@ -229,6 +232,24 @@ class _Checker:
         return not missing
 
 
+def _check_sched_flags(c: _Checker, where: Path_, raw: dict[str, Any], sched: str | None) -> int | None:
+    """`sched_flags`: ipvsadm's -b names as an array (sh-fallback, sh-port, mh-fallback, mh-port for
+    their own scheduler; flag-1..3 for any), as lb.model reads them; the bits, or None (reported)."""
+    value = raw.get("sched_flags", [])
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        c.add(where, "sched_flags", "'sched_flags' must be an array of flag names (e.g. [\"sh-fallback\", "
+                                    f"\"sh-port\"]), got {_type_name(value)} {value!r}")
+        return None
+    if sched is None:
+        return None  # the scheduler itself is wrong: reported already
+    try:
+        return sched_flag_bits(sched, value)
+    except ConfigError as exc:
+        c.add(where, "sched_flags", f"{exc} (flags: {', '.join(SCHED_FLAG_WORDS)}; sh-* only with sched = \"sh\", "
+                                    "mh-* only with sched = \"mh\")")
+        return None
+
+
 def _netmask_ok(text: str) -> bool:
     try:
         ipaddress.IPv4Network(f"0.0.0.0/{text}")
@@ -328,6 +349,11 @@ def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = 
         c.add(where, "port", "port 0 (any port) is only allowed for a persistent service")
         port = None
     sched = c.choice(where, raw, "sched", SCHEDULERS, DEFAULT_SCHEDULER)
+    sched_flags = _check_sched_flags(c, where, raw, sched)
+    ops = c.boolean(where, raw, "ops")
+    if ops and proto == "tcp":
+        c.add(where, "ops", "'ops' (one-packet scheduling, ipvsadm -o) is only for UDP services")
+        ops = None
     netmask = c.string(where, raw, "netmask", "255.255.255.255")
     if netmask is not None and not _netmask_ok(netmask):
         c.add(where, "netmask", f"bad netmask {netmask!r}: not a contiguous IPv4 netmask")
@@ -374,6 +400,12 @@ def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = 
         first = next(d for d in dests if d.spec.fwd == "fullnat")
         c.issues.append(ConfigIssue(c.path, first.line, f"fwd = \"fullnat\" needs local addresses: add "
                                                          f"laddrs = [\"...\"] to service {label}"))
+    if ops:
+        for d in dests:
+            if d.spec.fwd == "fullnat":
+                c.issues.append(ConfigIssue(c.path, d.line, "a one-packet service (ops = true) keeps no connection "
+                                                             "entry, and fwd = \"fullnat\" needs one for the replies"))
+                ops = None
     if synproxy:
         for d in dests:
             if d.spec.fwd != "fullnat":
@@ -385,13 +417,15 @@ def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = 
             c.add(where, "laddrs", "'laddrs' only applies to FULLNAT: no destination of this service has fwd = \"fullnat\"")
         if toa is True:
             c.add(where, "toa", "'toa' only applies to FULLNAT: no destination of this service has fwd = \"fullnat\"")
-    if not complete or None in (proto, addr, port, sched, netmask, toa, synproxy, laddrs) or (
+    if not complete or None in (proto, addr, port, sched, sched_flags, ops, netmask, toa, synproxy, laddrs) or (
             "persistent" in raw and persistent is None):
         return None
     assert proto is not None and addr is not None and port is not None and sched is not None and netmask is not None
+    assert sched_flags is not None
     key = ServiceKey(PROTO_BY_NAME[proto], addr, port)
     extra = {"synproxy": True} if synproxy else {}  # only passed when set: older models lack the field
-    spec = ServiceSpec(key=key, sched=sched, persistent=persistent, netmask=netmask, toa=bool(toa), **extra)
+    spec = ServiceSpec(key=key, sched=sched, persistent=persistent, netmask=netmask, toa=bool(toa),
+                       sched_flags=sched_flags, ops=bool(ops), **extra)
     return ServiceConfig(spec, tuple(dests), tuple(laddrs or ()), c.lines.line(where),
                          c.lines.line(where, "laddrs") if "laddrs" in raw else 0, sp_conf, sp_line)
 

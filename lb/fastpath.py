@@ -131,7 +131,8 @@ class CEngine:
         conf.sched = spec.sched.encode()
         conf.persist_timeout_s = spec.persistent or 0
         conf.netmask = _ip2int(spec.netmask)
-        conf.flags = (lib.LB_SVC_F_TOA if spec.toa else 0) | (lib.LB_SVC_F_SYNPROXY if spec.synproxy else 0)
+        conf.flags = ((lib.LB_SVC_F_TOA if spec.toa else 0) | (lib.LB_SVC_F_SYNPROXY if spec.synproxy else 0)
+                      | (lib.LB_SVC_F_ONEPACKET if spec.ops else 0))
         for i, bit in enumerate(_SCHED_FLAG_BITS):
             if spec.sched_flags & (1 << i):
                 conf.flags |= bit
@@ -283,6 +284,7 @@ class CEngine:
                 toa=bool(s.conf.flags & lib.LB_SVC_F_TOA),
                 synproxy=bool(s.conf.flags & lib.LB_SVC_F_SYNPROXY),
                 sched_flags=sum(1 << i for i, bit in enumerate(_SCHED_FLAG_BITS) if s.conf.flags & bit),
+                ops=bool(s.conf.flags & lib.LB_SVC_F_ONEPACKET),
             )
             result.append(
                 ServiceInfo(spec=spec, dests=self._dests(key), stats=_stats(s.stats), laddrs=self._laddrs(key))

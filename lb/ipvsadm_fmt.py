@@ -352,7 +352,15 @@ def _persistence_suffix(svc: Json, persist_word: str, mask_word: str) -> str:
 
 
 def _sched_flags(svc: Json) -> str:
-    return ",".join(str(flag) for flag in svc.get("sched_flags") or [])
+    """ipvsadm 1.31's print_sched_flags(): sh and mh name their first two bits (sh-fallback, sh-port;
+    mh-fallback, mh-port) and print nothing for the third; every other scheduler prints flag-1..3.
+    So `-s sh -b flag-3` lists as `sh ()` and saves as `-b ` with nothing after it, as ipvsadm does
+    (read from Debian's ipvsadm 1:1.31-1 binary). `sched_flags` holds names that restore the bits
+    (lb.model.sched_flag_names: flag-3 for sh/mh)."""
+    names = [str(flag) for flag in svc.get("sched_flags") or []]
+    if svc.get("sched") in ("sh", "mh"):
+        names = [name for name in names if name != "flag-3"]
+    return ",".join(names)
 
 
 def _service_line(svc: Json, label: str, fmt: ListFormat) -> str:
@@ -365,9 +373,8 @@ def _service_line(svc: Json, label: str, fmt: ListFormat) -> str:
         numbers = ("cps", "inpps", "outpps", "inbps", "outbps")
         return f"{label:<{SERVICE_LABEL_WIDTH}}" + "".join(largenum(_stat(stats, n), fmt.exact) for n in numbers)
     line = f"{label} {svc.get('sched', '')}"
-    flags = _sched_flags(svc)
-    if flags:
-        line += f" ({flags})"
+    if svc.get("sched_flags"):  # any of the three bits, even one print_sched_flags prints nothing for
+        line += f" ({_sched_flags(svc)})"
     if svc.get("persistent"):
         line += _persistence_suffix(svc, "persistent", "mask")
         if svc.get("pe"):
@@ -389,9 +396,8 @@ def _service_rule(svc: Json, label: str) -> str:
         line += f" --pe {svc['pe']}"
     if svc.get("ops"):
         line += " -o"
-    flags = _sched_flags(svc)
-    if flags:
-        line += f" -b {flags}"  # as ipvsadm -S: on -A, lbadm reads -b as --sched-flags too
+    if svc.get("sched_flags"):
+        line += f" -b {_sched_flags(svc)}"  # as ipvsadm -S: on -A, lbadm reads -b as --sched-flags too
     if svc.get("synproxy"):
         line += " -j enable"
     if svc.get("toa"):

@@ -42,9 +42,11 @@ MAX_WEIGHT = C.LB_DEST_WEIGHT_MAX  # INT_MAX, as the kernel and ipvsadm 1.31 (De
 MAX_THRESHOLD = 2**31 - 1  # ipvsadm's INT_MAX for -x/-y
 
 # Scheduler flags (ipvsadm -b/--sched-flags): the kernel's three IP_VS_SVC_F_SCHED bits, kept as
-# bits 1, 2, 4 (flag-1, -2, -3). sh and mh name the first two after what they mean to them.
+# bits 1, 2, 4 (flag-1, -2, -3). sh and mh name the first two after what they mean to them
+# (fallback, port) and read them; every other scheduler ignores all three, as the kernel's do.
 SCHED_FLAG_ALL = 7
 _FLAG_BIT = {"flag-1": 1, "flag-2": 2, "flag-3": 4, "sh-fallback": 1, "sh-port": 2, "mh-fallback": 1, "mh-port": 2}
+SCHED_FLAG_WORDS = tuple(_FLAG_BIT)  # every name ipvsadm's -b accepts
 
 
 def _flag_names(sched: str) -> tuple[str, str, str]:
@@ -52,7 +54,9 @@ def _flag_names(sched: str) -> tuple[str, str, str]:
 
 
 def sched_flag_names(sched: str, bits: int) -> list[str]:
-    """The flags of `bits` as ipvsadm prints them for scheduler `sched` (print_sched_flags)."""
+    """The names of `bits` for scheduler `sched`, each one that ipvsadm's -b accepts with it: sh and
+    mh's own names for the first two, flag-N otherwise. (ipvsadm's listings print no name for the
+    third bit of sh and mh: lb.ipvsadm_fmt.)"""
     return [name for i, name in enumerate(_flag_names(sched)) if bits & (1 << i)]
 
 
@@ -133,6 +137,7 @@ class ServiceSpec:
     toa: bool = False  # FULLNAT: client address to real servers in TCP option 254
     synproxy: bool = False  # answer SYNs with cookies, open to the real server after the ACK
     sched_flags: int = 0  # bits 1, 2, 4: ipvsadm's flag-1..3 (sched_flag_names)
+    ops: bool = False  # ipvsadm -o: one-packet scheduling (each UDP datagram scheduled afresh, no entry kept)
 
     def __post_init__(self) -> None:
         if self.sched not in SCHEDULERS:
@@ -152,6 +157,7 @@ class ServiceSpec:
             "toa": self.toa,
             "synproxy": self.synproxy,
             "sched_flags": sched_flag_names(self.sched, self.sched_flags),
+            "ops": self.ops,
         }
 
     @classmethod
@@ -165,6 +171,7 @@ class ServiceSpec:
             toa=bool(obj.get("toa", False)),
             synproxy=bool(obj.get("synproxy", False)),
             sched_flags=sched_flag_bits(str(obj.get("sched", DEFAULT_SCHEDULER)), obj.get("sched_flags") or []),
+            ops=bool(obj.get("ops", False)),
         )
 
 

@@ -163,6 +163,7 @@ class State:
         elif isinstance(cmd, EditService):
             svc = self.service(cmd.spec.key)
             _check_synproxy_spec(cmd.spec, svc.dests)
+            _check_ops_spec(cmd.spec, svc.dests)
             svc.spec = cmd.spec
         elif isinstance(cmd, DelService):
             self.service(cmd.key)
@@ -174,6 +175,7 @@ class State:
                 raise StateError("EEXIST", f"destination {cmd.dest.addr}:{cmd.dest.port} already exists in {cmd.key}")
             _check_thresholds(cmd.key, cmd.dest)
             _check_synproxy_dest(svc.spec, cmd.dest)
+            _check_ops_dest(svc.spec, cmd.dest)
             svc.dests = {ident: cmd.dest, **svc.dests}  # kernel: list_add at the head
         elif isinstance(cmd, EditDest):
             svc = self.service(cmd.key)
@@ -182,6 +184,7 @@ class State:
                 raise StateError("ENOENT", f"no destination {cmd.dest.addr}:{cmd.dest.port} in {cmd.key}")
             _check_thresholds(cmd.key, cmd.dest)
             _check_synproxy_dest(svc.spec, cmd.dest)
+            _check_ops_dest(svc.spec, cmd.dest)
             svc.dests[ident] = cmd.dest
         elif isinstance(cmd, DelDest):
             svc = self.service(cmd.key)
@@ -246,6 +249,30 @@ def _check_synproxy_dest(spec: ServiceSpec, dest: DestSpec) -> None:
                                        f"destination {dest.addr}:{dest.port} would forward with {_FWD_SWITCH[dest.fwd]})")
 
 
+OPS_NEEDS_AN_ENTRY = ("one-packet scheduling (-o) keeps no connection entry, and FULLNAT (-b) needs one to "
+                      "translate the real server's replies")
+
+
+def _ops_applies(spec: ServiceSpec) -> bool:
+    """-o changes UDP services only (the kernel stores it on TCP ones and ignores it)."""
+    return spec.ops and spec.key.proto_name == "UDP"
+
+
+def _check_ops_spec(spec: ServiceSpec, dests: Mapping[DestId, DestSpec]) -> None:
+    if not _ops_applies(spec):
+        return
+    for d in dests.values():
+        if d.fwd == "fullnat":
+            raise StateError("EOPNOTSUPP", f"{OPS_NEEDS_AN_ENTRY} (service {spec.key}: destination "
+                                           f"{d.addr}:{d.port} forwards with -b)")
+
+
+def _check_ops_dest(spec: ServiceSpec, dest: DestSpec) -> None:
+    if _ops_applies(spec) and dest.fwd == "fullnat":
+        raise StateError("EOPNOTSUPP", f"{OPS_NEEDS_AN_ENTRY} (service {spec.key} has -o; destination "
+                                       f"{dest.addr}:{dest.port} would forward with -b)")
+
+
 def _check_thresholds(key: ServiceKey, dest: DestSpec) -> None:
     # Kernel ip_vs_ctl.c refuses a lower threshold above the upper one, even when the upper is 0.
     if dest.l_threshold > dest.u_threshold:  # ERANGE, as the kernel: "Numerical result out of range"
@@ -256,7 +283,7 @@ def _check_thresholds(key: ServiceKey, dest: DestSpec) -> None:
 # ---------------------------------------------------------------------------- commands
 
 _PROTO_SWITCH = {"tcp": "-t", "udp": "-u"}
-SPEC_FIELDS = tuple(f for f in ("sched", "sched_flags", "persistent", "netmask", "toa", "synproxy")
+SPEC_FIELDS = tuple(f for f in ("sched", "sched_flags", "persistent", "netmask", "toa", "synproxy", "ops")
                     if f in ServiceSpec.__dataclass_fields__)
 _FWD_SWITCH = {"route": "-g", "tunnel": "-i", "masq": "-m", "fullnat": "-b"}
 
@@ -273,6 +300,8 @@ def _spec_words(spec: ServiceSpec) -> str:
         words += f" -p {spec.persistent}"
         if spec.netmask != "255.255.255.255":
             words += f" -M {spec.netmask}"
+    if spec.ops:
+        words += " -o"
     if getattr(spec, "synproxy", False):
         words += " -j enable"
     if spec.toa:

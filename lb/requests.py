@@ -77,17 +77,13 @@ def parse_key(raw: Any) -> ServiceKey:
 def parse_spec(raw: Any) -> ServiceSpec:
     args = as_mapping(raw, "service")
     key = parse_key(args)
-    _unsupported(args, {"ops": "ops", "pe": "pe"}, f"service {key}")
+    _unsupported(args, {"pe": "pe"}, f"service {key}")
     sched = args.get("sched") or DEFAULT_SCHEDULER
     if sched not in SCHEDULERS:
         # Checked before building the spec: IPVS answers ENOENT ("Scheduler or persistence
         # engine not found"), whereas ServiceSpec would only say ConfigError (EINVAL).
         raise StateError("ENOENT", unknown_scheduler(str(sched)))
     flags = args.get("sched_flags") or []
-    for name in flags if isinstance(flags, list) else []:
-        missing = unimplemented.refusal("sched-flags", str(name))
-        if missing is not None:
-            raise StateError("EOPNOTSUPP", f"service {key}: {missing.message}")
     persistent = args.get("persistent")
     extra = {"synproxy": bool(args.get("synproxy", False))} if "synproxy" in SPEC_FIELDS else {}
     return checked(lambda: ServiceSpec(
@@ -97,6 +93,7 @@ def parse_spec(raw: Any) -> ServiceSpec:
         persistent=None if persistent is None else as_int(persistent, "persistent"),
         netmask=str(args.get("netmask") or "255.255.255.255"),
         toa=bool(args.get("toa", False)),
+        ops=bool(args.get("ops", False)),
         **extra,
     ))
 

@@ -44,13 +44,7 @@ NOT_IMPLEMENTED: tuple[Missing, ...] = (
     Missing("sctp-service", "SCTP services (--sctp-service)", _SERVICES),
     Missing("ipv6", "IPv6", text="IPv6 is not supported by lbd: virtual services, real servers and local "
                                  "addresses are IPv4"),
-    Missing("ops", "one-packet scheduling (-o)", "UDP datagrams of one client flow share a connection entry"),
     Missing("pe", "persistence engines (--pe)", "its persistence is by client address (-p, -M)"),
-    Missing("sched-flags", "scheduler flags sh-fallback, sh-port, mh-fallback and mh-port",
-            "flag-1, flag-2 and flag-3 are kept and listed; schedulers other than sh and mh ignore them, as "
-            "the kernel's do",
-            values=frozenset({"sh-fallback", "sh-port", "mh-fallback", "mh-port"}),
-            mark="lbd: sh/mh flags not implemented; other schedulers ignore flags"),
     Missing("tun-type", "tunnel types gue and gre (--tun-type)", "its tunnels are IPIP (--tun-type ipip)",
             values=frozenset({"gue", "gre"}), mark="lbd: ipip only"),
     Missing("start-daemon", "the connection sync daemon (--start-daemon)",

@@ -107,6 +107,8 @@ class ServiceSetup:
     synproxy: bool = False
     laddrs: tuple[str, ...] = ()  # FULLNAT local addresses, in the order added
     sp_conf: tuple[tuple[str, object], ...] | None = None  # the service's own SYN-proxy settings (SynproxyConf fields)
+    sched_flags: int = 0  # lb.model's bits: 1 flag-1 (sh/mh fallback), 2 flag-2 (sh/mh port), 4 flag-3
+    ops: bool = False  # -o: one-packet scheduling
 
 
 @dataclass(frozen=True)
@@ -1911,6 +1913,12 @@ def _list_sched_rows() -> list[Row]:
     return rows
 
 
+def _hashing_rows() -> list[Row]:
+    import packet_rows_hashing  # sh, dh, mh and -o: their own module (it builds on this one)
+
+    return packet_rows_hashing.rows()
+
+
 @functools.cache
 def _twos_expected(weights: tuple[int, ...], flows: int) -> list[str]:
     """twos' choices for `flows` held connections to TCP80 (RS1, RS2, ... of these weights, added in
@@ -1999,7 +2007,7 @@ def build_rows() -> tuple[Row, ...]:
             + _tcp_flag_rows() + _l2_and_table_rows() + _deleted_dest_rows() + _bad_input_rows() + _icmp_rows()
             + _syn_retrans_rows() + _persistence_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
             + _icmp_translation_rows() + _sp_rows() + _overload_rows() + _list_sched_rows()
-            + _locality_rows())
+            + _locality_rows() + _hashing_rows())
     ids = [r.id for r in rows]
     duplicates = {i for i in ids if ids.count(i) > 1}
     assert not duplicates, f"duplicate row ids: {duplicates}"
@@ -2048,7 +2056,7 @@ def install_setup(engine: object, setup: Setup) -> None:
     for svc in setup.services:
         key = service_key(svc.ref)
         engine.add_service(ServiceSpec(key, svc.sched, svc.persistent, svc.netmask, svc.toa,  # type: ignore[attr-defined]
-                                       svc.synproxy))
+                                       svc.synproxy, sched_flags=svc.sched_flags, ops=svc.ops))
         if svc.sp_conf is not None:
             engine.set_synproxy(key, sp_conf(svc.sp_conf))  # type: ignore[attr-defined]
         for laddr in svc.laddrs:

@@ -117,9 +117,10 @@ Options:
   --tun-info                          list tunnel details
   --nosort                            keep lbd's order instead of sorting
   --sort                              no effect (kept for compatibility)
-  --ops          -o                   one-packet scheduling (UDP)
+  --ops          -o                   one-packet scheduling (UDP): each datagram scheduled afresh
   --numeric      -n                   numeric addresses and ports
-  --sched-flags  -b flags             scheduler flags with -A/-E, comma-separated (flag-1, ...)
+  --sched-flags  -b flags             scheduler flags with -A/-E, comma-separated: sh-fallback,
+                                      sh-port (sh), mh-fallback, mh-port (mh), flag-1..flag-3
   --laddr        -z local-address     FULLNAT local address (IPv4), with -P/-Q (DPVS)
   --ifname       -F ifname            accepted for DPVS scripts, not needed by lbd
   --synproxy     -j enable|disable    SYN-proxy with -A/-E (DPVS): SYN cookies, then the real

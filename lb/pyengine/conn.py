@@ -92,13 +92,20 @@ class Destination:
     fwd: FwdState | None = None  # valid forwarding state (ifindex != 0), or None
     l2hdr: bytes = b""  # next-hop MAC + director MAC + 0x0800, while `fwd` is valid
     fwd_saddr: bytes = b"\0\0\0\0"  # tunnel: outer source (network order)
+    # The kernel's last_weight: the weight of the last add, or of the last edit to a non-zero weight
+    # (__ip_vs_update_dest); mh sizes a destination's share of its table by it.
+    last_weight: int = -1
+
+    def __post_init__(self) -> None:
+        if self.last_weight < 0:
+            self.last_weight = self.spec.weight
 
     @classmethod
     def new(cls, key: DestKey, spec: DestSpec, owner: DestOwner) -> Destination:
         """A new destination (ip_vs_new_dest): zeroed, then the add's parameters applied
         (__ip_vs_update_dest), thresholds included."""
         dest = cls(key, replace(spec, u_threshold=0, l_threshold=0), owner)
-        dest.update_spec(spec)
+        dest.update_spec(spec, adding=True)
         return dest
 
     @property
@@ -161,9 +168,12 @@ class Destination:
         if total_before == self.l_threshold_val:
             self._update_overload(-1)
 
-    def update_spec(self, spec: DestSpec) -> None:
+    def update_spec(self, spec: DestSpec, adding: bool = False) -> None:
         """Apply add/edit parameters (__ip_vs_update_dest): only a change of either threshold sets
-        the lower value in force and re-evaluates OVERLOAD (mode 0); a weight edit leaves it."""
+        the lower value in force and re-evaluates OVERLOAD (mode 0); a weight edit leaves it.
+        last_weight follows every add and every edit to a non-zero weight (mh reads it)."""
+        if adding or spec.weight != 0:
+            self.last_weight = spec.weight
         if (spec.u_threshold, spec.l_threshold) != (self.spec.u_threshold, self.spec.l_threshold):
             upper = spec.u_threshold
             self.l_threshold_val = spec.l_threshold or upper - (upper >> 2)

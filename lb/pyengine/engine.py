@@ -7,8 +7,8 @@ engine never reads a clock.
 Scope: direct routing, IPIP tunnelling and FULLNAT (local address pools, TOA,
 MSS lowering), ICMP errors about connections (forwarded or translated), the
 director's own ICMP answers, persistence templates, SYN-proxy (lb/pyengine/
-synproxy.py), the schedulers of lb/pyengine/sched_*.py, per-instance timeouts, the
-stalled-handshake counters.
+synproxy.py), every scheduler of the registry (lb/pyengine/sched_<name>.py), one-packet scheduling
+(-o), per-instance timeouts, the stalled-handshake counters.
 Masquerading (NAT) is refused with EOPNOTSUPP, as by the C core.
 
 Choices where docs/fastpath.md is silent (kernel IPVS behaviour unless noted):
@@ -86,7 +86,7 @@ from lb.pyengine.conn import (
 )
 from lb.pyengine.csum import internet_checksum
 from lb.pyengine.icmp import port_unreachable, related_connection_key
-from lb.pyengine.parse import IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, Rejection, parse_packet
+from lb.pyengine.parse import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, Rejection, parse_packet
 from lb.pyengine.proto_tcp import (
     ACTIVE_STATES,
     INPUT_ONLY_TABLE,
@@ -219,6 +219,12 @@ def _method(dest: Destination) -> XmitMethod:
     return method
 
 
+def _ops_refuses(spec: ServiceSpec, method: XmitMethod) -> bool:
+    """svc.c's ops_refuses: a method that must find the entry again for the replies (FULLNAT) cannot
+    serve a one-packet UDP service, which keeps none. (-o on TCP is stored and changes nothing.)"""
+    return spec.ops and spec.key.proto == IPPROTO_UDP and method.sees_replies
+
+
 class _BindContext:
     """What a method's conn_bind may ask the engine (xmit.BindContext)."""
 
@@ -327,6 +333,8 @@ class PyEngine:
                 return _NO_SERVICE
             if service.spec.synproxy and proto == IPPROTO_TCP:
                 return self._sp_miss(service, packet, parsed, now_ms)
+            if service.spec.ops and proto == IPPROTO_UDP:
+                return self._ops_datagram(service, packet, parsed, now_ms)
             if proto == IPPROTO_TCP and (not flags & TCP_SYN or flags & TCP_RST):
                 return _NO_CONN  # tcp_conn_schedule never schedules those
             scheduled = self._schedule_conn(service, packet, parsed, now_ms)
@@ -348,10 +356,10 @@ class PyEngine:
         return conn.xmit.xmit_in(conn, packet, parsed)
 
 
-    def _schedule_conn(self, service: Service, packet: bytes, parsed: ParsedPacket,
-                       now_ms: int) -> Connection | Action:
-        """Bind a new connection for `parsed` (scheduling, persistence, what the destination's method
-        needs), or the action that ends the packet here."""
+    def _schedule_dest(self, service: Service, packet: bytes, parsed: ParsedPacket,
+                       now_ms: int) -> tuple[Destination, Connection | None] | Action:
+        """The destination for a new connection of `parsed` and its persistence template (ip_vs_schedule:
+        persistence, else the scheduler), or the action that ends the packet here."""
         template: Connection | None = None
         service.sched_now_ms = now_ms  # the schedulers' clock
         if service.spec.persistent is None:
@@ -375,6 +383,16 @@ class PyEngine:
         if dest is None:
             return Action(Verdict.ANSWER, Reason.NO_DEST,
                           out=port_unreachable(packet, parsed.ip_header_len, parsed.total_length))
+        return dest, template
+
+    def _schedule_conn(self, service: Service, packet: bytes, parsed: ParsedPacket,
+                       now_ms: int) -> Connection | Action:
+        """Bind a new connection for `parsed` (scheduling, persistence, what the destination's method
+        needs), or the action that ends the packet here."""
+        scheduled = self._schedule_dest(service, packet, parsed, now_ms)
+        if isinstance(scheduled, Action):
+            return scheduled
+        dest, template = scheduled
         method = _method(dest)
         bound = method.conn_bind(self._bind_ctx, service, dest, parsed)
         if isinstance(bound, Action):
@@ -394,6 +412,26 @@ class PyEngine:
         dest.stats.conns += 1
         service.stats.conns += 1
         return conn
+
+    def _ops_datagram(self, service: Service, packet: bytes, parsed: ParsedPacket, now_ms: int) -> Action:
+        """One-packet scheduling (-o on a UDP service; core.c's ops_datagram): the datagram is scheduled
+        afresh, and its connection exists only while it is sent, as the kernel's IP_VS_CONN_F_ONE_PACKET
+        entries (never hashed, expired at once by ip_vs_conn_put): counted (conns, inpkts, inbytes; the
+        InActConn and OVERLOAD on the way), refreshing a persistence template, leaving no entry."""
+        scheduled = self._schedule_dest(service, packet, parsed, now_ms)
+        if isinstance(scheduled, Action):
+            return scheduled
+        dest, _ = scheduled
+        method = _method(dest)
+        conn = Connection(parsed.proto, parsed.saddr, parsed.sport, parsed.daddr, parsed.dport, dest, method, _UDP,
+                          now_ms, noout=True)
+        dest.bind(conn)
+        dest.stats.conns += 1
+        service.stats.conns += 1
+        self._count_in(dest, parsed.total_length)
+        action = method.xmit_in(conn, packet, parsed)
+        dest.unbind(conn)
+        return action
 
     def _new_template(self, key: TemplateKey, dest: Destination, timeout_ms: int, now_ms: int) -> Connection:
         proto, network, vaddr, vport = key
@@ -803,11 +841,21 @@ class PyEngine:
             scheduler = self._checked_service_spec(spec)
             if spec.synproxy and not all(_method(d).synproxy_ok for d in service.dests):
                 raise EngineError("EOPNOTSUPP", f"service {spec.key}: only FULLNAT destinations can be SYN-proxied")
+            if any(_ops_refuses(spec, _method(d)) for d in service.dests):
+                raise EngineError("EOPNOTSUPP", f"service {spec.key}: one-packet scheduling (-o) keeps no entry, "
+                                                "and its FULLNAT destinations need one")
             if scheduler is not service.scheduler:
                 # The old scheduler's state goes, the new one's starts (rr: at the head); the same
-                # scheduler keeps its state.
+                # scheduler keeps its state. The new state is built first (lb_sched_switch), so a
+                # scheduler that refuses the list (mh: more destinations than table entries)
+                # leaves the service as it was.
+                old_data = service.sched_data
+                try:
+                    scheduler.init_service(service)
+                finally:
+                    new_data, service.sched_data = service.sched_data, old_data
                 service.scheduler.done_service(service)
-                scheduler.init_service(service)
+                service.sched_data = new_data
                 service.scheduler = scheduler
             service.spec = spec
             service.netmask = socket.inet_aton(spec.netmask)
@@ -838,7 +886,7 @@ class PyEngine:
                     # The service was deleted and re-created meanwhile: the kernel rebinds the
                     # destination to the new service object and zeroes its stats.
                     revived.stats.zero()
-                revived.update_spec(dest)
+                revived.update_spec(dest, adding=True)
                 revived.available = True
                 revived.owner = service
                 added = revived
@@ -978,6 +1026,9 @@ class PyEngine:
                                         f"{dest.u_threshold}")
         if service.spec.synproxy and not method.synproxy_ok:
             raise EngineError("EOPNOTSUPP", f"{where}: a SYN-proxy service takes FULLNAT destinations only")
+        if _ops_refuses(service.spec, method):
+            raise EngineError("EOPNOTSUPP", f"{where}: a one-packet UDP service (-o) keeps no entry to translate "
+                                            "replies with")
 
     def _unlink_dest(self, service: Service, index: int, tell_scheduler: bool = True) -> None:
         dest = service.dests.pop(index)

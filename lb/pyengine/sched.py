@@ -23,16 +23,19 @@ import pkgutil
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from lb.model import ServiceSpec
 from lb.pyengine.conn import Destination
 from lb.pyengine.parse import ParsedPacket
 
 
 class SchedService(Protocol):
-    """What a scheduler sees of a service."""
+    """What a scheduler sees of a service: its destinations, its own state, and the service's
+    configuration (spec.sched_flags: sh and mh read flag-1 and flag-2)."""
 
     key: tuple[int, bytes, int]  # (proto, virtual address (4 bytes), virtual port)
     dests: list[Destination]
     sched_data: Any
+    spec: ServiceSpec
     seed0: int  # the engine's seed (C: lb->seed0): schedulers that draw random numbers seed from it
     sched_now_ms: int  # the caller's now_ms of the schedule() call in progress (C: svc->sched_now_ms)
 

@@ -125,11 +125,27 @@ enum lb_conn_state {
 /* Service flags (struct lb_svc_conf.flags). */
 #define LB_SVC_F_TOA 1             /* FULLNAT: put the client address in TCP option 254 (TOA) */
 #define LB_SVC_F_SYNPROXY 2        /* answer SYNs with cookies; open to the real server after the ACK */
+#define LB_SVC_F_ONEPACKET 4       /* ipvsadm -o (the kernel's IP_VS_SVC_F_ONEPACKET, same value): every UDP
+                                      datagram is scheduled afresh and leaves no connection entry; stored but
+                                      without effect on TCP, as in the kernel. Refused with destinations whose
+                                      method must see replies (FULLNAT): their translation needs the entry */
 /* Scheduler flags (ipvsadm -b / --sched-flags), the kernel's IP_VS_SVC_F_SCHED1..3 (same values):
- * stored and reported; what they mean is the scheduler's (sh, mh: fallback, port); rr and wlc ignore them. */
+ * stored and reported; what they mean is the scheduler's: sh and mh read SCHED1 as fallback (an
+ * unavailable server's clients go on to the next in the table) and SCHED2 as port (the client's
+ * source port is hashed too); every other scheduler ignores all three, as the kernel's do. */
 #define LB_SVC_F_SCHED1 8
 #define LB_SVC_F_SCHED2 16
 #define LB_SVC_F_SCHED3 32
+
+/* The hashing schedulers' tables, sized as Debian 12's 6.1 kernel builds them (its
+ * /boot/config-6.1.0-*-amd64; tests/oracles/kernel_config.py), so that lbd and kernel IPVS
+ * directors map every client to the same real server. */
+#define LB_SH_TAB_BITS 8           /* sh: 256 buckets (CONFIG_IP_VS_SH_TAB_BITS=8) */
+#define LB_DH_TAB_BITS 8           /* dh: 256 buckets (no Kconfig symbol: ip_vs_dh.c's default) */
+#define LB_MH_TAB_SIZE 4093        /* mh: lookup entries (CONFIG_IP_VS_MH_TAB_INDEX=12 -> the prime 4093) */
+#define LB_MH_TAB_BITS 6           /* mh: weights are scaled down to this many bits (MH_TAB_INDEX / 2) */
+#define LB_MH_HASH1_KEY 2654435761 /* mh: ip_vs_mh.c's fixed hsiphash keys, both words of each key */
+#define LB_MH_HASH2_KEY 2654446892
 
 /* Encapsulation overhead of IPIP, bytes. */
 #define LB_IPIP_OVERHEAD 20

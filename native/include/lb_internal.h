@@ -291,6 +291,8 @@ struct lb_dest {
     uint32_t addr_n;             /* conf.addr, network order */
     uint16_t port_n;             /* conf.port, network order */
     uint32_t flags;              /* LB_DEST_F_AVAILABLE (exactly while svc != NULL) | LB_DEST_F_OVERLOAD */
+    int32_t last_weight;         /* the kernel's last_weight: the weight of the last add, or of the last edit
+                                    to a non-zero weight (__ip_vs_update_dest); mh sizes its share by it */
     /* Connection counts as the kernel keeps them since Debian's 6.1.187 ("ipvs: add totalconns for
      * dest"): every bound connection (not template) in totalconns, the active ones also in
      * activeconns; InActConn is derived (lb_dest_inactconns). */

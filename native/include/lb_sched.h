@@ -74,6 +74,22 @@ static inline int32_t lb_dest_conn_overhead(const struct lb_dest *d)
     return oh <= (uint32_t)INT32_MAX ? (int32_t)oh : (int32_t)(oh - 0x80000000u) + INT32_MIN;
 }
 
+/* ---- shared by the hashing schedulers (sh, dh, mh) ---- */
+
+/* include/linux/hash.h's hash_32() (x86 has no arch-specific one): the top `bits` bits of the
+ * 32-bit product with GOLDEN_RATIO_32. 1 <= bits <= 32. */
+static inline uint32_t lb_hash_32(uint32_t val, unsigned bits)
+{
+    return (uint32_t)(val * 0x61C88647u) >> (32 - bits);
+}
+
+/* What sh and mh hash besides the address when their port flag is set (ip_vs_sh_get_port,
+ * ip_vs_mh_get_port): the client's source port in host order, for TCP, UDP (and SCTP), else 0. */
+static inline uint32_t lb_sched_client_port(const struct lb_pkt *p)
+{
+    return p->proto == LB_PROTO_TCP || p->proto == LB_PROTO_UDP ? lb_ntohs(p->sport) : 0;
+}
+
 #define LB_SCHED(name) extern const struct lb_sched_ops lb_sched_##name;
 #include "lb_sched_list.h"
 #undef LB_SCHED

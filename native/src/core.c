@@ -93,14 +93,15 @@ static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct
     return d;
 }
 
-/* Schedule a new connection for packet p on service s. */
-struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
-                                 uint32_t out_cap, struct lb_action *act, int *reason)
+/* The destination for a new connection of packet p on service s (ip_vs_schedule: persistence, else
+ * the scheduler), with its persistence template in *tmpl; NULL with *reason and act saying why not. */
+static struct lb_dest *schedule_dest(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms,
+                                     uint8_t *out, uint32_t out_cap, struct lb_action *act, struct lb_conn **tmpl,
+                                     int *reason)
 {
-    struct lb_conn *tmpl = NULL;
     int table_full = 0;
     s->sched_now_ms = now_ms; /* the schedulers' clock (lb_sched.h) */
-    struct lb_dest *d = s->conf.persist_timeout_s ? schedule_persist(lb, p, s, now_ms, &tmpl, &table_full)
+    struct lb_dest *d = s->conf.persist_timeout_s ? schedule_persist(lb, p, s, now_ms, tmpl, &table_full)
                                                   : s->sched->schedule(s, p);
     if (table_full) {
         act->verdict = LB_V_DROP;
@@ -112,8 +113,18 @@ struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc
         act->verdict = n ? LB_V_ANSWER : LB_V_DROP;
         act->out_len = n;
         *reason = LB_R_NO_DEST;
-        return NULL;
     }
+    return d;
+}
+
+/* Schedule a new connection for packet p on service s. */
+struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
+                                 uint32_t out_cap, struct lb_action *act, int *reason)
+{
+    struct lb_conn *tmpl = NULL;
+    struct lb_dest *d = schedule_dest(lb, p, s, now_ms, out, out_cap, act, &tmpl, reason);
+    if (!d)
+        return NULL;
     /* The destination's method binds what the connection needs (FULLNAT: a local address and port). */
     const struct lb_xmit_ops *m = lb_xmit_methods[d->conf.fwd];
     struct lb_conn_bind b = {0, 0, NULL};
@@ -141,6 +152,41 @@ struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc
     s->stats.conns++;
     *reason = LB_R_FORWARDED;
     return c;
+}
+
+/* One-packet scheduling (ipvsadm -o on a UDP service): the datagram is scheduled afresh and its
+ * connection lives only while it is sent, as the kernel's IP_VS_CONN_F_ONE_PACKET entries, which
+ * ip_vs_conn_new never hashes and ip_vs_conn_put expires at once. So it counts as the kernel
+ * counts it (conns, inpkts and inbytes; the InActConn it holds and any OVERLOAD it sets or clears
+ * on the way), it refreshes a persistence template like any connection, and it leaves no entry:
+ * nothing in -Lnc, the next datagram of the same flow is scheduled again. It lives on the stack:
+ * no table slot, so a full table does not refuse it. Only methods without a reply tuple get here
+ * (svc.c refuses FULLNAT destinations on such a service): the entry is never looked up. */
+static int ops_datagram(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
+                        uint32_t out_cap, struct lb_action *act)
+{
+    struct lb_conn *tmpl = NULL;
+    int reason = LB_R_FORWARDED;
+    struct lb_dest *d = schedule_dest(lb, p, s, now_ms, out, out_cap, act, &tmpl, &reason);
+    if (!d)
+        return reason;
+    struct lb_conn c;
+    memset(&c, 0, sizeof(c));
+    c.caddr = p->saddr;
+    c.vaddr = p->daddr;
+    c.cport = p->sport;
+    c.vport = p->dport;
+    c.proto = LB_PROTO_UDP;
+    c.state = LB_S_UDP;
+    c.fwd = (uint8_t)d->conf.fwd;
+    c.flags = (uint16_t)(LB_CF_USED | LB_CF_INACTIVE | LB_CF_NOOUTPUT);
+    lb_dest_bind(d, &c);
+    d->stats.conns++;
+    s->stats.conns++;
+    lb_stats_in_available(d, p->len);
+    reason = lb_conn_xmit_in(lb, p, &c, out, out_cap, act);
+    lb_dest_unbind(lb, d, &c); /* d stays linked in s: never its last reference */
+    return reason;
 }
 
 /* TCP bookkeeping for a packet from the client: the stalled-handshake signal
@@ -232,6 +278,10 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
         }
         if (s->conf.flags & LB_SVC_F_SYNPROXY && p.proto == LB_PROTO_TCP) {
             finish(lb, act, lb_sp_miss(lb, &p, s, now_ms, out, out_cap, act));
+            return LB_OK;
+        }
+        if (LB_UNLIKELY(s->conf.flags & LB_SVC_F_ONEPACKET) && p.proto == LB_PROTO_UDP) {
+            finish(lb, act, ops_datagram(lb, &p, s, now_ms, out, out_cap, act));
             return LB_OK;
         }
         if (p.proto == LB_PROTO_TCP && (p.tcp_flags & (LB_TCP_SYN | LB_TCP_RST)) != LB_TCP_SYN) {

@@ -48,6 +48,23 @@ static int synproxy_capable(int32_t fwd)
     return m && (m->flags & LB_XMIT_F_SYNPROXY);
 }
 
+/* One-packet scheduling keeps no connection entry, so a method that must find the entry again to
+ * translate the real server's replies (one with a reply tuple: FULLNAT) cannot serve an OPS UDP
+ * service. -o on a TCP service is stored and changes nothing, as in the kernel. */
+static int ops_refuses(uint8_t proto, uint32_t svc_flags, int32_t fwd)
+{
+    const struct lb_xmit_ops *m = lb_xmit_find(fwd);
+    return (svc_flags & LB_SVC_F_ONEPACKET) && proto == LB_PROTO_UDP && m && m->xmit_out;
+}
+
+static int any_ops_refused(const struct lb_svc *s, uint32_t svc_flags)
+{
+    for (uint32_t i = 0; i < s->ndests; i++)
+        if (ops_refuses(s->conf.proto, svc_flags, s->dests[i]->conf.fwd))
+            return 1;
+    return 0;
+}
+
 static int all_synproxy_capable(const struct lb_svc *s)
 {
     for (uint32_t i = 0; i < s->ndests; i++)
@@ -157,7 +174,8 @@ static int check_svc_conf(const struct lb_svc_conf *conf, const struct lb_sched_
         return LB_EINVAL;
     if (conf->persist_timeout_s > UINT32_MAX / 1000)
         return LB_EINVAL;
-    if (conf->flags & ~(uint32_t)(LB_SVC_F_TOA | LB_SVC_F_SYNPROXY | LB_SVC_F_SCHED1 | LB_SVC_F_SCHED2 | LB_SVC_F_SCHED3))
+    if (conf->flags & ~(uint32_t)(LB_SVC_F_TOA | LB_SVC_F_SYNPROXY | LB_SVC_F_ONEPACKET | LB_SVC_F_SCHED1 |
+                                  LB_SVC_F_SCHED2 | LB_SVC_F_SCHED3))
         return LB_EINVAL;
     if ((conf->flags & LB_SVC_F_SYNPROXY) && conf->proto != LB_PROTO_TCP)
         return LB_EINVAL; /* SYN-proxy is a TCP feature */
@@ -228,6 +246,8 @@ int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
         /* err set: argument errors come after "No such service" */
     } else if ((conf->flags & LB_SVC_F_SYNPROXY) && !all_synproxy_capable(s)) {
         err = LB_EOPNOTSUPP; /* only FULLNAT destinations can be SYN-proxied */
+    } else if (any_ops_refused(s, conf->flags)) {
+        err = LB_EOPNOTSUPP; /* -o on UDP with FULLNAT destinations */
     } else if ((conf->flags & LB_SVC_F_SYNPROXY) && (err = lb_sp_enable(lb)) != LB_OK) {
         /* err set */
     } else if (s->sched != sched && (err = lb_sched_switch(s, sched)) != LB_OK) {
@@ -350,6 +370,10 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         err = LB_EOPNOTSUPP; /* DR and tunnel cannot be SYN-proxied (DPVS refuses it too) */
         goto out;
     }
+    if (ops_refuses(s->conf.proto, s->conf.flags, conf->fwd)) {
+        err = LB_EOPNOTSUPP; /* FULLNAT on a one-packet UDP service */
+        goto out;
+    }
     if (find_dest_idx(s, conf->addr, conf->port) >= 0) {
         err = LB_EEXIST;
         goto out;
@@ -384,6 +408,7 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
     }
     dest_set_thresholds(d, conf); /* a new one has none yet (calloc); a revived one keeps its own */
     d->conf = *conf;
+    d->last_weight = conf->weight; /* set by every add, even to 0 */
     d->addr_n = lb_htonl(conf->addr);
     d->port_n = lb_htons(conf->port);
     d->flags |= LB_DEST_F_AVAILABLE;
@@ -422,6 +447,8 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
         /* err set */
     } else if ((s->conf.flags & LB_SVC_F_SYNPROXY) && !synproxy_capable(conf->fwd)) {
         err = LB_EOPNOTSUPP;
+    } else if (ops_refuses(s->conf.proto, s->conf.flags, conf->fwd)) {
+        err = LB_EOPNOTSUPP;
     } else if (i < 0) {
         err = LB_ENOENT;
     } else {
@@ -429,10 +456,13 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
         const struct lb_dest prev = *d;
         dest_set_thresholds(d, conf);
         d->conf = *conf;
+        if (conf->weight != 0) /* an edit to weight 0 keeps the last non-zero weight */
+            d->last_weight = conf->weight;
         if (s->sched->upd_dest && (err = s->sched->upd_dest(s, d)) != LB_OK) {
             d->conf = prev.conf; /* the scheduler kept its state: so does the destination */
             d->flags = prev.flags;
             d->l_threshold_val = prev.l_threshold_val;
+            d->last_weight = prev.last_weight;
         } else if (prev.conf.fwd != conf->fwd) {
             /* A new method needs new forwarding state: drop the old one. */
             free(d->fwd);

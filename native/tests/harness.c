@@ -12,7 +12,8 @@
  *   harness churn N               N rounds of config churn (add/edit/delete/re-add of
  *                                  services, destinations, forwarding state, local
  *                                  addresses, switches between every registered
- *                                  scheduler) interleaved with IPIP/FULLNAT traffic;
+ *                                  scheduler, with and without sh/mh flags) interleaved
+ *                                  with IPIP/FULLNAT traffic and one-packet datagrams to mh;
  *                                  asserts every IPIP outer source is the installed
  *                                  route source (run with MALLOC_PERTURB_ / valgrind);
  *                                  then 15 N scheduling probes for as many destination
@@ -128,6 +129,27 @@ static int setup(lb_t *lb)
             }
             if (fwds[i] == LB_FWD_FULLNAT)
                 rc |= lb_laddr_add(lb, proto, VIP, ports[i], LIP);
+        }
+    }
+    /* VIP:84, DR: TCP with sh, UDP with mh and one-packet scheduling, both hashing the source port
+     * and falling back past the weight-0 destination. */
+    for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0) {
+        memset(&s, 0, sizeof(s));
+        s.proto = proto;
+        s.addr = VIP;
+        s.port = 84;
+        strcpy(s.sched, proto == LB_PROTO_TCP ? "sh" : "mh");
+        s.flags = LB_SVC_F_SCHED1 | LB_SVC_F_SCHED2 | (proto == LB_PROTO_UDP ? LB_SVC_F_ONEPACKET : 0);
+        rc |= lb_svc_add(lb, &s);
+        for (int j = 0; j < 3; j++) {
+            memset(&d, 0, sizeof(d));
+            d.addr = RS1 + (uint32_t)j;
+            d.port = 84;
+            d.fwd = LB_FWD_ROUTE;
+            d.weight = j;
+            rc |= lb_dest_add(lb, proto, VIP, 84, &d);
+            fwd_for(&f, (uint8_t)(0x30 + j));
+            rc |= lb_dest_set_fwd(lb, proto, VIP, 84, d.addr, d.port, &f);
         }
     }
     return rc | locality_setup(lb);
@@ -569,6 +591,7 @@ static int cmd_churn(long rounds)
             /* Switch the tunnel service's scheduler (keeps its destinations and connections). */
             struct lb_svc_conf s = {.proto = LB_PROTO_TCP, .addr = VIP, .port = 81};
             strcpy(s.sched, sched_names[(size_t)(r / 3) % N_SCHED]);
+            s.flags = (r / 3) % 2 ? LB_SVC_F_SCHED1 | LB_SVC_F_SCHED2 : 0; /* sh/mh: fallback and port */
             bad |= check(lb_svc_edit(lb, &s) == LB_OK, "every registered scheduler can be switched to");
         }
         if (r % 5 == 0) {
@@ -580,6 +603,18 @@ static int cmd_churn(long rounds)
                                        (uint16_t)(81 + (k & 1)), 0x02);
             bad |= process_checked(lb, pkt, len, now);
         }
+        /* One-packet datagrams to mh (VIP:84) while its destinations' weights change: each is
+         * scheduled and leaves nothing behind. */
+        struct lb_dest_conf w = {.addr = RS1 + (uint32_t)(r % 3), .port = 84, .fwd = LB_FWD_ROUTE,
+                                 .weight = (int32_t)(r % 4)};
+        lb_dest_edit(lb, LB_PROTO_UDP, VIP, 84, &w);
+        uint32_t before = lb_conn_count(lb);
+        for (int k = 0; k < 4; k++) {
+            uint32_t len = make_packet(pkt, LB_PROTO_UDP, 0xc0000300u + (uint32_t)k, (uint16_t)(2000 + r % 50000),
+                                       84, 0);
+            bad |= process_checked(lb, pkt, len, now);
+        }
+        bad |= check(lb_conn_count(lb) <= before, "one-packet datagrams leave no connection entry");
         now += 37;
         if (r % 100 == 0)
             lb_expire(lb, now, 0);

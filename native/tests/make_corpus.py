@@ -3,10 +3,11 @@
 Each file is one fuzzer input: byte 0 advances the harness clock (x 50 ms),
 the rest is an IPv4 packet aimed at the harness's standard configuration
 (VIP 10.0.0.100: TCP/UDP 80 DR, 81 IPIP, 82 FULLNAT with TOA, 83 FULLNAT
-with SYN-proxy, 90 lblc, 91 lblcr, 92 twos; FULLNAT real servers
-10.1.0.11-12:80, local address 10.1.0.1). The harness also schedules every
-input on the 90-92 services whatever its destination address (lblc/lblcr key
-their caches on it). For `harness replay`, the same files are fed without byte 0
+with SYN-proxy, 84 DR with sh (TCP) and mh one-packet (UDP), 90 lblc, 91 lblcr,
+92 twos; FULLNAT real servers 10.1.0.11-12:80, local address 10.1.0.1). The
+harness also schedules every input on the 90-92 services whatever its
+destination address (lblc/lblcr key their caches on it). For `harness replay`,
+the same files are fed without byte 0
 stripped, which is harmless: the packet is then malformed and must be
 handled as such.
 
@@ -29,7 +30,7 @@ LIP = "10.1.0.1"
 def seeds() -> dict[str, bytes]:
     s: dict[str, bytes] = {}
     opts = [("MSS", 1460), ("SAckOK", b""), ("WScale", 7), ("Timestamp", (1, 0))]
-    for port in (80, 81, 82, 83):
+    for port in (80, 81, 82, 83, 84):
         s[f"tcp{port}_syn"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="S", options=opts))
         s[f"tcp{port}_ack"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="A", seq=1, ack=1))
         s[f"tcp{port}_data"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="PA") / Raw(b"GET / HTTP/1.1\r\n\r\n"))

@@ -2,7 +2,7 @@
 
 Normalisation (the only places where the two records may legitimately differ):
 - connection listings (`-Lnc`, `-L -c`, `--connection`): only entries whose virtual address is
-  this scenario's VIP (the tables also hold entries of scenarios played before, which live on
+  one of this scenario's VIPs (the tables also hold entries of scenarios played before, which live on
   until they expire), sorted (the kernel lists in hash-table order), expiry times ("01:59")
   masked as "--:--": the same packets reach both systems seconds apart;
 - the tool's own name: "lbadm" reads "ipvsadm" in lbd's messages;
@@ -30,14 +30,15 @@ def is_connection_listing(cmd: str) -> bool:
     return any(w.startswith("-") and not w.startswith("--") and "c" in w[1:] for w in words)
 
 
-def normalise_connections(text: str, vip: str) -> str:
-    """Keep the header and this VIP's entries, mask expiry times, sort the entries."""
+def normalise_connections(text: str, vip: str | tuple[str, ...]) -> str:
+    """Keep the header and these VIPs' entries, mask expiry times, sort the entries."""
+    vips = (vip,) if isinstance(vip, str) else vip
     head: list[str] = []
     rows: list[str] = []
     for line in text.splitlines():
         cols = line.split()
         if len(cols) >= 6 and cols[0] in ("TCP", "UDP", "SCTP", "IP"):
-            if cols[4].rsplit(":", 1)[0] == vip:
+            if cols[4].rsplit(":", 1)[0] in vips:
                 rows.append(EXPIRY_RE.sub(r"\1--:--\2", line))
         elif not rows:
             head.append(line)
@@ -46,7 +47,7 @@ def normalise_connections(text: str, vip: str) -> str:
     return "\n".join(head + sorted(rows)) + ("\n" if text.endswith("\n") else "")
 
 
-def normalise_listing(cmd: str, text: str, vip: str) -> str:
+def normalise_listing(cmd: str, text: str, vip: str | tuple[str, ...]) -> str:
     if is_connection_listing(cmd):
         return normalise_connections(text, vip)
     return TABLE_SIZE_RE.sub(r"\1(size=N)", text)

@@ -6,7 +6,8 @@ director namespace with the same addresses), records what each system did, and t
 asserts both records are identical.
 
 Text in `rules` and in admin commands is a template: {vip} is the scenario's own virtual
-address, {rs1}..{rs4} the real servers, {c1}..{c4} the client's addresses. The same rendered
+address, {vip2}..{vipN} its extra ones (Scenario.extra_vips, for what hashes the destination
+address), {rs1}..{rs4} the real servers, {c1}..{c44} the client's addresses. The same rendered
 text goes to `ipvsadm` and to `lbadm`.
 
 Steps:
@@ -21,13 +22,19 @@ Steps:
   client (client FIN first) before the next. Records the real server that answered each one.
 - Hold(n, group): n TCP connections opened one after another and kept open; Release(group)
   closes them (client FIN first).
-- Udp(n): n datagrams, each from a new source port; records who answered.
+- Udp(n): n datagrams, each from a new source port; records who answered ("refused:none": the
+  director had no real server and said so with ICMP port unreachable). With same_port=True
+  each client sends all of its datagrams of the step from one port: one flow (what -o changes).
 - Wait(seconds): time passes (at most 60 s), e.g. for entries to expire after `--set` shortened
   their timeout: connection counts and OVERLOAD change only when entries expire.
-Traffic steps take `clients`: the client addresses to use, in turn ("c1".."c4"). Every
-connection and datagram has its own source port, chosen by the runner (the same in both
-systems). A connection a real server refuses (RST: see Scenario.refuse) is recorded as
-"refused:<server>", the server read from the director's connection table (`-Lnc`).
+Traffic steps take `clients`: the client addresses to use, in turn ("c1".."c4" for most; up to
+"c44" where many sources matter, MANY_CLIENTS), and `vips`: the virtual addresses, in turn
+("vip", and "vip2".. of a scenario with extra_vips). Every connection and datagram has its own
+source port (but see same_port), chosen by the runner (the same in both systems). A
+connection a real server refuses (RST: see Scenario.refuse) is recorded as
+"refused:<server>", the server read from the director's connection table (`-Lnc`); one the
+director refuses itself (no real server available: ICMP port unreachable, no entry) as
+"refused:none".
 `kernel_counts` on a traffic step states how often kernel IPVS is known to pick each server
 (from the kernel source): a check of the harness itself, asserted on kernel IPVS only.
 
@@ -47,6 +54,8 @@ SYSTEMS: tuple[System, ...] = ("kernel", "lbd")
 SERVICE_PORT = 80  # every real server answers TCP and UDP on this port of the scenario's VIP
 REAL_SERVERS = ("rs1", "rs2", "rs3", "rs4")
 CLIENTS = ("c1", "c2", "c3", "c4")
+MANY_CLIENTS = tuple(f"c{i}" for i in range(1, 45))  # c1..c44: sources enough for the hashing schedulers
+MAX_EXTRA_VIPS = 200  # all scenarios' extra VIPs together (they share one /24)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class Connect:
     n: int
     clients: tuple[str, ...] = ("c1",)
     kernel_counts: dict[str, int] | None = field(default=None, hash=False)
+    vips: tuple[str, ...] = ("vip",)
     lbd_counts: dict[str, tuple[int, int]] | None = field(default=None, hash=False)
 
 
@@ -84,6 +94,7 @@ class Hold:
     group: str = "held"
     clients: tuple[str, ...] = ("c1",)
     kernel_counts: dict[str, int] | None = field(default=None, hash=False)
+    vips: tuple[str, ...] = ("vip",)
     lbd_counts: dict[str, tuple[int, int]] | None = field(default=None, hash=False)
 
 
@@ -97,6 +108,8 @@ class Udp:
     n: int
     clients: tuple[str, ...] = ("c1",)
     kernel_counts: dict[str, int] | None = field(default=None, hash=False)
+    vips: tuple[str, ...] = ("vip",)
+    same_port: bool = False  # each client's datagrams of this step share one source port
     lbd_counts: dict[str, tuple[int, int]] | None = field(default=None, hash=False)
 
 
@@ -118,7 +131,12 @@ class Scenario:
     steps: tuple[Step, ...]
     refuse: tuple[str, ...] = ()  # real servers that answer every SYN to this VIP with RST
     first: System = "kernel"  # which system plays the scenario first
+    extra_vips: int = 0  # virtual addresses {vip2}..{vip<1+extra_vips>} besides {vip}
     kernel_lacks: str = ""  # the guest's kernel cannot play this: what it lacks (see the module doc)
+
+    @property
+    def vip_names(self) -> tuple[str, ...]:
+        return ("vip", *(f"vip{k}" for k in range(2, 2 + self.extra_vips)))
 
     def __post_init__(self) -> None:
         names: set[str] = set()
@@ -138,20 +156,29 @@ class Scenario:
                 for server, (low, high) in (step.lbd_counts or {}).items():
                     if server not in REAL_SERVERS or not 0 <= low <= high <= step.n:
                         raise ValueError(f"{self.name}: lbd_counts {server}: ({low}, {high}) of {step.n}")
-                bad = [c for c in step.clients if c not in CLIENTS]
+                bad = [c for c in step.clients if c not in MANY_CLIENTS]
                 if bad or not step.clients:
-                    raise ValueError(f"{self.name}: unknown clients {bad} (use {CLIENTS})")
+                    raise ValueError(f"{self.name}: unknown clients {bad} (use c1..c{len(MANY_CLIENTS)})")
+                bad = [v for v in step.vips if v not in self.vip_names]
+                if bad or not step.vips:
+                    raise ValueError(f"{self.name}: unknown vips {bad} (this scenario has {self.vip_names})")
             if isinstance(step, Wait) and not 0 < step.seconds <= 60:
                 raise ValueError(f"{self.name}: {step} must wait 0..60 s")
             if isinstance(step, Hold):
                 held.add(step.group)
             if isinstance(step, Release) and step.group not in held:
                 raise ValueError(f"{self.name}: Release({step.group!r}) of no Hold")
+        if not 0 <= self.extra_vips <= MAX_EXTRA_VIPS:
+            raise ValueError(f"{self.name}: extra_vips must be 0..{MAX_EXTRA_VIPS}")
         if self.kernel_lacks and not self.rules:
             raise ValueError(f"{self.name}: kernel_lacks needs the rules the kernel refuses")
         bad_refuse = [r for r in self.refuse if r not in REAL_SERVERS]
         if bad_refuse:
             raise ValueError(f"{self.name}: refuse names unknown servers {bad_refuse}")
+
+
+def step_vips(step: Step) -> tuple[str, ...]:
+    return step.vips if isinstance(step, (Connect, Hold, Udp)) else ("vip",)
 
 
 def describe(step: Step) -> str:
@@ -165,14 +192,16 @@ def describe(step: Step) -> str:
         return f"ADMIN {step.cmd}{src}"
     if isinstance(step, Listing):
         return f"ADMIN {step.cmd}"
+    to = "" if step_vips(step) == ("vip",) else f" to {','.join(step_vips(step))}"
     if isinstance(step, Connect):
-        return f"CONNECT x{step.n} from {','.join(step.clients)} (open, answer, close)"
+        return f"CONNECT x{step.n} from {','.join(step.clients)}{to} (open, answer, close)"
     if isinstance(step, Hold):
-        return f"HOLD x{step.n} from {','.join(step.clients)} as {step.group!r}"
+        return f"HOLD x{step.n} from {','.join(step.clients)}{to} as {step.group!r}"
     if isinstance(step, Release):
         return f"RELEASE {step.group!r}"
     if isinstance(step, Udp):
-        return f"UDP x{step.n} from {','.join(step.clients)} (one datagram per source port)"
+        how = "one source port per client" if step.same_port else "one datagram per source port"
+        return f"UDP x{step.n} from {','.join(step.clients)}{to} ({how})"
     if isinstance(step, Wait):
         return f"WAIT {step.seconds:g} s"
     raise TypeError(step)

@@ -6,8 +6,9 @@ host whose kernel has ip_vs), as root:
 writes DIR/conformance.json (rewritten after every scenario: a timeout keeps what was played).
 
 Topology: the same namespace topology twice, one instance per system, with identical
-addresses (one /24: director .2, client .50-.53, rs1..rs4 .11-.14, VIPs .100+i), built by
-lb.testbed.topology. Kernel IPVS lives in the first instance's director, lbd in the second's.
+addresses (one /24: director .2, client .50-.93 (c1..c44), rs1..rs4 .11-.14, VIPs .100+i), built by
+lb.testbed.topology; scenarios' extra VIPs (Scenario.extra_vips) come from a second /24 that the
+client routes through the director. Kernel IPVS lives in the first instance's director, lbd in the second's.
 Identical addresses make the rules text, the client flows (explicit source ports) and every
 listing byte-for-byte comparable; separate namespaces mean neither system ever sees the
 other's packets, connection entries or leftovers, and the client's TIME_WAIT sockets of one
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import ipaddress
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -36,7 +39,8 @@ from typing import Any
 
 from conformance import compare
 from conformance.model import (
-    CLIENTS,
+    MANY_CLIENTS,
+    MAX_EXTRA_VIPS,
     REAL_SERVERS,
     SERVICE_PORT,
     Admin,
@@ -55,17 +59,20 @@ from conformance.traffic import Flow, RealServers, close_tcp, open_tcp, udp_exch
 from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
 
 SUBNET = "10.251.7.0/24"  # inside our namespaces only; fixed so that both instances are identical
+EXTRA_VIP_NET = ipaddress.IPv4Network("10.251.8.0/24")  # extra VIPs (Scenario.extra_vips), also ours only
 DIRECTOR_INDEX = 2
-CLIENT_INDEXES = (50, 51, 52, 53)  # c1..c4
+CLIENT_INDEXES = tuple(range(50, 50 + len(MANY_CLIENTS)))  # c1..c44: .50-.93
 REAL_INDEXES = (11, 12, 13, 14)  # rs1..rs4
 VIP_BASE_INDEX = 100  # scenario i has VIP .100+i
 PORT_BASE = 10000  # scenario i's client flows use source ports PORT_BASE + PORTS_PER_SCENARIO*i + k
 PORTS_PER_SCENARIO = 500
 LISTING_READS_MAX = 12  # a listing is read until two reads in a row agree, at most this often
 LISTING_PAUSE_S = 0.3
+ESTIMATOR_PAUSE_S = 2.5  # > the kernel's 2 s estimation period, which publishes the counters
 MODULES: tuple[str, ...] = ("ip_vs", "ip_vs_rr", "ip_vs_wlc", "ip_vs_sh", "veth", "bridge", "nfnetlink_queue",
                             "xt_NFQUEUE", "xt_CT", "nf_tables", "nft_compat", "iptable_raw")
 MODULES += ("ip_vs_wrr", "ip_vs_lc", "ip_vs_sed", "ip_vs_nq", "ip_vs_fo", "ip_vs_ovf")  # the list schedulers
+MODULES += ("ip_vs_dh", "ip_vs_mh")  # the hashing schedulers (sh above)
 
 
 def spec() -> TopologySpec:
@@ -80,7 +87,24 @@ def spec() -> TopologySpec:
     )
 
 
-def build(n_scenarios: int) -> Topology:
+def extra_vip_offsets() -> list[int]:
+    """Where each scenario's extra VIPs start in EXTRA_VIP_NET (by position in ALL)."""
+    from conformance.scenarios import ALL
+
+    offsets, total = [], 0
+    for scn in ALL:
+        offsets.append(total)
+        total += scn.extra_vips
+    if total > min(EXTRA_VIP_NET.num_addresses - 2, MAX_EXTRA_VIPS):
+        raise ValueError(f"{total} extra VIPs: more than {EXTRA_VIP_NET} holds")
+    return offsets + [total]
+
+
+def extra_vip(k: int) -> str:
+    return str(EXTRA_VIP_NET[1 + k])
+
+
+def build(n_scenarios: int, n_extra_vips: int = 0) -> Topology:
     """Builds spec() and adds the other VIPs and client addresses, one `ip -batch` per
     namespace: every process start costs ~0.25 s under emulation."""
     if not 1 <= n_scenarios <= 150:
@@ -88,9 +112,12 @@ def build(n_scenarios: int) -> Topology:
     topo = Topology(spec()).build()
     try:
         vips = [topo.addr("lan", VIP_BASE_INDEX + i) for i in range(1, n_scenarios)]
+        vips += [extra_vip(k) for k in range(n_extra_vips)]
+        director_addr = topo.addr("lan", DIRECTOR_INDEX)
         batches = {topo.director.netns: [f"addr add {v}/32 dev {topo.director.ifname}" for v in vips],
                    topo.client.netns: [f"addr add {topo.addr('lan', i)}/24 dev {topo.client.ifname}"
-                                       for i in CLIENT_INDEXES[1:]]}
+                                       for i in CLIENT_INDEXES[1:]]
+                   + ([f"route add {EXTRA_VIP_NET} via {director_addr}"] if n_extra_vips else [])}
         batches.update({topo.host(rs).netns: [f"addr add {v}/32 dev lo" for v in vips] for rs in REAL_SERVERS})
         for netns, cmds in batches.items():
             if cmds:
@@ -103,11 +130,19 @@ def build(n_scenarios: int) -> Topology:
 
 
 def addresses(topo: Topology, index: int) -> dict[str, str]:
-    """Template values of scenario `index`: vip, rs1..rs4, c1..c4."""
+    """Template values of scenario `index`: vip (and vip2.. when it has extra VIPs), rs1..rs4, c1..c44."""
+    from conformance.scenarios import ALL
+
     vals = {"vip": topo.addr("lan", VIP_BASE_INDEX + index)}
+    first = extra_vip_offsets()[index]
+    vals.update({f"vip{k}": extra_vip(first + k - 2) for k in range(2, 2 + ALL[index].extra_vips)})
     vals.update({name: topo.addr("lan", idx) for name, idx in zip(REAL_SERVERS, REAL_INDEXES, strict=True)})
-    vals.update({name: topo.addr("lan", idx) for name, idx in zip(CLIENTS, CLIENT_INDEXES, strict=True)})
+    vals.update({name: topo.addr("lan", idx) for name, idx in zip(MANY_CLIENTS, CLIENT_INDEXES, strict=True)})
     return vals
+
+
+def scenario_vips(scn: Scenario, vals: dict[str, str]) -> tuple[str, ...]:
+    return tuple(vals[name] for name in scn.vip_names)
 
 
 class Player:
@@ -117,8 +152,10 @@ class Player:
                  outputs: dict[tuple[str, str], str]) -> None:
         self.scn, self.system, self.topo = scn, system, topo
         self.vals = addresses(topo, index)
+        self.vips = scenario_vips(scn, self.vals)
         self.by_addr = {self.vals[n]: n for n in REAL_SERVERS}
         self.next_port = PORT_BASE + PORTS_PER_SCENARIO * index
+        self.step_ports: dict[str, int] = {}  # Udp(same_port=True): each client's port in this step
         self.outputs = outputs  # (system, step name) -> stdout, shared by both systems' players
         self.held: dict[str, list[Flow]] = {}
         self.records: list[dict[str, Any]] = []
@@ -165,6 +202,7 @@ class Player:
             problem = self.system.before_traffic()
             if problem:
                 self.notes.append(f"before {what}: {problem}")
+            self.step_ports = {}
             flows = [self.flow(step, k) for k in range(step.n)]
             self.records.append({"what": what, "flows": [
                 {"client": f.client, "port": f.port, "outcome": f.outcome} for f in flows]})
@@ -183,27 +221,40 @@ class Player:
             raise TypeError(f"unknown step {step!r}")
 
     def listing(self, cmd: str) -> AdminResult:
-        """Read until two reads in a row agree after normalisation: packets in flight landed."""
+        """Read until two reads in a row agree after normalisation: packets in flight landed.
+
+        Counters (--stats, --rate) are what kernel IPVS last published: its estimation timer sums
+        the per-CPU counters every 2 s (ip_vs_est.c), so a read right after traffic may show the
+        old values twice. Those are read ESTIMATOR_PAUSE_S apart until three reads agree: at least
+        two estimation periods without a change."""
         argv = shlex.split(self.text(cmd))
+        counters = any(w in ("--stats", "--rate") for w in argv)
+        pause, agreeing_wanted = (ESTIMATOR_PAUSE_S, 2) if counters else (LISTING_PAUSE_S, 1)
         last = self.system.admin(argv)
+        agreeing = 0
         for _ in range(LISTING_READS_MAX - 1):
-            time.sleep(LISTING_PAUSE_S)
+            time.sleep(pause)
             r = self.system.admin(argv)
             same = (r.rc == last.rc and r.stderr == last.stderr and
-                    compare.normalise_listing(cmd, r.stdout, self.vals["vip"]) ==
-                    compare.normalise_listing(cmd, last.stdout, self.vals["vip"]))
+                    compare.normalise_listing(cmd, r.stdout, self.vips) ==
+                    compare.normalise_listing(cmd, last.stdout, self.vips))
             last = r
-            if same:
+            agreeing = agreeing + 1 if same else 0
+            if agreeing >= agreeing_wanted:
                 break
         else:
             self.notes.append(f"{cmd}: still changing after {LISTING_READS_MAX} reads")
-        return AdminResult(last.rc, compare.normalise_listing(cmd, last.stdout, self.vals["vip"]), last.stderr)
+        return AdminResult(last.rc, compare.normalise_listing(cmd, last.stdout, self.vips), last.stderr)
 
     def flow(self, step: Connect | Hold | Udp, k: int) -> Flow:
         client = step.clients[k % len(step.clients)]
-        f = Flow(client=client, addr=self.vals[client], port=self.next_port)
-        self.next_port += 1
-        netns, vip = self.topo.client.netns, self.vals["vip"]
+        port = self.step_ports.get(client) if isinstance(step, Udp) and step.same_port else None
+        if port is None:
+            port = self.next_port
+            self.next_port += 1
+            self.step_ports[client] = port
+        f = Flow(client=client, addr=self.vals[client], port=port)
+        netns, vip = self.topo.client.netns, self.vals[step.vips[k % len(step.vips)]]
         if isinstance(step, Udp):
             udp_exchange(netns, f, vip, SERVICE_PORT)
             return f
@@ -211,10 +262,26 @@ class Player:
         if f.outcome == "refused":
             table = self.system.admin(["-Lnc"]).stdout
             dest = compare.chosen_by_connection_table(table, f.addr, f.port)
-            f.outcome = f"refused:{self.by_addr.get(dest or '', dest or '?')}"
+            # No entry: the director had no real server for it and answered ICMP port unreachable.
+            f.outcome = f"refused:{self.by_addr.get(dest, dest) if dest else 'none'}"
         if isinstance(step, Connect):
             close_tcp(f)
         return f
+
+
+FDS_WANTED = 16384  # each VIP of each topology has a TCP listener and a UDP socket per real server
+
+
+def raise_fd_limit(want: int = FDS_WANTED) -> None:
+    """The real servers' sockets outgrow the usual 1024 descriptors (76 VIPs x 4 servers x 2 sockets
+    x 2 topologies): raise the soft limit, and the hard one when it is lower (root may)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _load(only: list[str]) -> list[tuple[int, Scenario]]:
@@ -289,12 +356,14 @@ def play_one(scn: Scenario, index: int, system: System, topo: Topology,
 
 def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd")) -> dict[str, Any]:
     t0 = time.monotonic()
+    raise_fd_limit()
     data: dict[str, Any] = {"kernel": os.uname().release, "started": time.ctime(), "scenarios": {}, "errors": {}}
     for m in MODULES:
         subprocess.run(["modprobe", m], capture_output=True)
     data["ipvsadm_version"] = subprocess.run(["ipvsadm", "--version"], capture_output=True, text=True).stdout.strip()
     chosen = _load(only)
     n_all = max(i for i, _ in chosen) + 1
+    n_extra = extra_vip_offsets()[n_all]
     servers = RealServers()
     starter: LbdStarter | None = None
     topos: list[Topology] = []
@@ -302,9 +371,9 @@ def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd"
         # Both instances are built at once (the build waits on process starts), and lbd starts
         # (a minute under emulation) as soon as its own instance stands.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            kfuture = pool.submit(build, n_all)
+            kfuture = pool.submit(build, n_all, n_extra)
             try:
-                ltopo = build(n_all)
+                ltopo = build(n_all, n_extra)
                 topos.append(ltopo)
                 starter = LbdStarter(LbdSystem(ltopo.director))
                 if "lbd" in play:
@@ -319,9 +388,9 @@ def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd"
         data["setup_s"] = round(time.monotonic() - t0, 1)
         for topo in topos:
             for i, scn in chosen:
-                vip = addresses(topo, i)["vip"]
-                for rs in REAL_SERVERS:
-                    servers.serve(topo.host(rs).netns, rs, vip, SERVICE_PORT, tcp=rs not in scn.refuse)
+                for vip in scenario_vips(scn, addresses(topo, i)):
+                    for rs in REAL_SERVERS:
+                        servers.serve(topo.host(rs).netns, rs, vip, SERVICE_PORT, tcp=rs not in scn.refuse)
         lbd = starter.lbd
 
         def lbd_ready() -> str | None:

@@ -140,7 +140,7 @@ class Flow:
     client: str  # "c1".."c4"
     addr: str
     port: int
-    outcome: str = ""  # a server name, "refused", "timeout" or "error:<why>"
+    outcome: str = ""  # a server name, "refused" (TCP; the runner adds who), "refused:none", "timeout", "error:<why>"
     sock: socket.socket | None = field(default=None, repr=False)
 
 
@@ -178,11 +178,17 @@ def close_tcp(flow: Flow) -> None:
 
 
 def udp_exchange(netns: str, flow: Flow, vip: str, port: int) -> None:
+    """One datagram and its answer. The socket is connected, so the ICMP port unreachable a director
+    sends when it has no real server for the datagram ends the wait at once (ECONNREFUSED) rather
+    than after CONNECT_TIMEOUT_S."""
     s = _client_socket(netns, socket.SOCK_DGRAM, flow.addr, flow.port)
     try:
-        s.sendto(b"?\n", (vip, port))
+        s.connect((vip, port))
+        s.send(b"?\n")
         data = s.recv(NAME_MAX)
         flow.outcome = data.split(b"\n", 1)[0].decode(errors="replace")
+    except ConnectionRefusedError:
+        flow.outcome = "refused:none"  # ICMP port unreachable: the director has no real server for it
     except TimeoutError:
         flow.outcome = "timeout"
     except OSError as exc:

@@ -55,7 +55,11 @@ def test_lbadm_commands_first() -> None:
 
 
 def test_lbadm_schedulers_and_synproxy() -> None:
-    assert complete("lbadm.bash", ["lbadm", "-A", "-t", "10.0.0.1:80", "-s", ""], "_lbadm") == ["rr", "wlc"]
+    from lb import consts
+
+    assert complete("lbadm.bash", ["lbadm", "-A", "-t", "10.0.0.1:80", "-s", ""], "_lbadm") == list(consts.SCHEDULERS)
+    assert complete("lbadm.bash", ["lbadm", "-A", "-t", "10.0.0.1:80", "-s", "sh", "--sched-flags", "sh"],
+                    "_lbadm") == ["sh-fallback", "sh-port"]
     assert complete("lbadm.bash", ["lbadm", "-E", "-t", "10.0.0.1:80", "-j", "e"], "_lbadm") == ["enable"]
 
 

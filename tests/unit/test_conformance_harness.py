@@ -64,7 +64,8 @@ def test_scenarios_are_valid_and_named_uniquely() -> None:
 @pytest.mark.parametrize("steps,first,why", [
     ((Admin("-R", stdin=Output("save", "kernel")),), "kernel", "not named before"),
     ((Admin("-S -n", name="save"), Admin("-R", stdin=Output("save", "lbd"))), "kernel", "plays after"),
-    ((Connect(3, clients=("c9",)),), "kernel", "unknown clients"),
+    ((Connect(3, clients=("c45",)),), "kernel", "unknown clients"),
+    ((Connect(3, vips=("vip2",)),), "kernel", "unknown vips"),
     ((Release("x"),), "kernel", "of no Hold"),
     ((Hold(0),), "kernel", "1..200"),
     ((Wait(0),), "kernel", "0..60"),

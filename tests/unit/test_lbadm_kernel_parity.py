@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from lb import unimplemented
 from lb.director import Director
 from lb.engine import Engine
 from lb.ipvsadm_fmt import NumericNames
@@ -118,13 +117,21 @@ def test_ipvsadm_save_with_sched_flags_restores_and_saves_back(lbd: str) -> None
     assert lbadm(lbd, "-S", "-n")[1].splitlines()[0] == f"-A -t {VIP}:80 -s wlc"
 
 
-def test_flags_lbd_cannot_honour_are_refused() -> None:
-    """sh/mh flags change what those schedulers do: refused (lb.unimplemented) until they exist."""
-    rc, out, err = lbadm("/nonexistent/lbd.sock", "-A", "-t", f"{VIP}:80", "-s", "sh", "-b", "sh-port")
-    assert (rc, out) == (255, "")
-    assert err == unimplemented.entry("sched-flags").message + "\n"
+def test_sh_flags_are_honoured_and_listed_as_ipvsadm_does(lbd: str) -> None:
+    """sh-port / sh-fallback go to lbd; `-s sh -b flag-3` keeps the bit that ipvsadm 1.31 prints no
+    name for (its print_sched_flags, read from Debian's binary: `sh ()` in -L, `-b ` in -S)."""
+    assert lbadm(lbd, "-A", "-t", f"{VIP}:80", "-s", "sh", "-b", "sh-port,sh-fallback") == (0, "", "")
+    assert lbadm(lbd, "-A", "-t", f"{VIP}:81", "-s", "sh", "-b", "flag-2,flag-3") == (0, "", "")
+    assert lbadm(lbd, "-A", "-t", f"{VIP}:82", "-s", "sh", "-b", "flag-3") == (0, "", "")
+    listing = lbadm(lbd, "-L", "-n")[1]
+    assert f"TCP  {VIP}:80 sh (sh-fallback,sh-port)\n" in listing
+    assert f"TCP  {VIP}:81 sh (sh-port)\n" in listing
+    assert f"TCP  {VIP}:82 sh ()\n" in listing
+    assert lbadm(lbd, "-S", "-n")[1].splitlines() == [
+        f"-A -t {VIP}:80 -s sh -b sh-fallback,sh-port", f"-A -t {VIP}:81 -s sh -b sh-port",
+        f"-A -t {VIP}:82 -s sh -b "]
     # ipvsadm's own checks come first: a flag of another scheduler is a usage error.
-    assert lbadm("/nonexistent/lbd.sock", "-A", "-t", f"{VIP}:80", "-s", "rr", "-b", "sh-port") == \
+    assert lbadm(lbd, "-A", "-t", f"{VIP}:83", "-s", "rr", "-b", "sh-port") == \
         (2, "", "incompatible scheduler flag `sh-port'\n")
 
 

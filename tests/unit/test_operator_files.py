@@ -56,45 +56,9 @@ def test_lbadm_page_follows_ipvsadm() -> None:
         "NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "PARAMETERS", "EXAMPLES", "FILES", "EXIT STATUS", "SEE ALSO"]
     # What lbd refuses is marked where the option is described.
     for option in (r"\-\-sctp\-service", r"\-f, \-\-fwmark\-service", r"\-m, \-\-masquerading", r"\-6, \-\-ipv6",
-                   r"\-o, \-\-ops", r'\-\-pe "', r'\-\-sched\-flags "', r"\-\-start\-daemon"):
+                   r'\-\-pe "', r"\-\-start\-daemon"):
         start = text.index(option)
         assert "not implemented by lbd" in text[start:start + 300], option
-
-
-def _readme_schedulers() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("\n## Schedulers\n"):]
-    section = section[:section.index("\n## ", 1)]
-    return re.findall(r"^- `(\w+)`: ", section, re.MULTILINE)
-
-
-def _reference_schedulers() -> list[str]:
-    lines = (REPO / "configs" / "reference.toml").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("sched = "))
-    names = []
-    for line in lines[start + 1:]:
-        found = re.match(r'^\s+#\s+"(\w+)"\s', line)
-        if not found:
-            break
-        names.append(found.group(1))
-    return names
-
-
-def _man_schedulers() -> list[str]:
-    text = (REPO / "man" / "lbadm.8").read_text()
-    block = text[text.index('.BI "\\-s, \\-\\-scheduler " scheduler'):]
-    block = block[block.index(".RS\n"):block.index(".RE\n")]
-    return re.findall(r"^\.B (\w+)$", block, re.MULTILINE)
-
-
-@pytest.mark.parametrize("where", [_readme_schedulers, _reference_schedulers, _man_schedulers],
-                         ids=["README", "reference.toml", "lbadm.8"])
-def test_docs_name_every_scheduler(where) -> None:  # type: ignore[no-untyped-def]
-    """README's scheduler list, configs/reference.toml's `sched` and lbadm(8)'s -s name exactly
-    the schedulers of the registry, native/include/lb_sched_list.h (lbadm -h prints it itself)."""
-    from lb.consts import definitions
-
-    assert sorted(where()) == sorted(definitions().schedulers)
 
 
 def test_lbd_page_documents_every_option() -> None:

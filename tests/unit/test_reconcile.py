@@ -260,7 +260,7 @@ def test_model_refuses_like_the_engines(cmds: list[Command], errno: str) -> None
 @pytest.mark.parametrize(
     ("op", "args", "errno"),
     [
-        ("add_service", {"proto": "tcp", "addr": "10.0.0.1", "port": 80, "sched": "sh"}, "ENOENT"),
+        ("add_service", {"proto": "tcp", "addr": "10.0.0.1", "port": 80, "sched": "nosuch"}, "ENOENT"),
         ("add_service", {"proto": "tcp", "addr": "10.0.0.1", "port": 80, "sched": "rr", "pe": "sip"}, "EOPNOTSUPP"),
         ("add_service", {"proto": "tcp", "addr": "10.0.0.1", "port": "80"}, "EINVAL"),
         ("add_service", {"proto": "tcp", "addr": "10.0.0.1"}, "EINVAL"),

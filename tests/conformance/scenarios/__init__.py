@@ -1,19 +1,21 @@
 """Every conformance scenario, in the order they are played (tests/kernel/README.md).
 
-A new scheduler (issue 13 part 2): one line in battery.py's SCENARIOS, plus scenarios of
-its own where it has special rules (rr.py, wlc.py show how). A scenario's index in ALL fixes
-its VIP and its client source ports (the same in both systems).
+A new scheduler (issue 13 part 2): its battery (battery.py), plus scenarios of its own where it
+has special rules (rr.py, wlc.py show how), appended at the end of ALL. A scenario's index in
+ALL fixes its VIP and its client source ports (the same in both systems), so existing scenarios
+keep their places.
 """
 
 from __future__ import annotations
 
 from conformance.model import Scenario
-from conformance.scenarios import battery, locality, persistence, roundtrip, rr, sched_list, tooling, twos, wlc
+from conformance.scenarios import battery, hashing, locality, persistence, roundtrip, rr, sched_list, tooling, twos, wlc
 
 ALL: tuple[Scenario, ...] = (*rr.SCENARIOS, *wlc.SCENARIOS, *persistence.SCENARIOS, *tooling.SCENARIOS,
                              *roundtrip.SCENARIOS, *battery.SCENARIOS)
 ALL += sched_list.SCENARIOS
 ALL += (*locality.SCENARIOS, *twos.SCENARIOS)
+ALL += (*battery.HASHING, *hashing.SCENARIOS)
 
 _names = [s.name for s in ALL]
 if len(set(_names)) != len(_names):

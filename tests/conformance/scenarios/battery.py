@@ -65,3 +65,8 @@ SCENARIOS += battery("fo")
 SCENARIOS += battery("ovf", weights=(4, 5, 1, 3))
 SCENARIOS += battery("lblc")
 SCENARIOS += battery("lblcr")
+
+# The hashing schedulers' batteries (sh, dh, mh with and without their flags): ALL plays them after
+# every other scheduler's scenarios (a scenario's position fixes its VIP and client ports).
+HASHING = (*battery("sh"), *battery("sh", "sh-fallback,sh-port"), *battery("dh"),
+           *battery("mh"), *battery("mh", "mh-fallback,mh-port"))

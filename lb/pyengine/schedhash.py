@@ -1,0 +1,83 @@
+"""What the hashing schedulers (sh, dh, mh) share, as native/include/lb_sched.h and sched_mh.c
+compute it: the kernel's hash_32() and hsiphash(), the client's port, and the flag bits.
+
+Values and table sizes come from lb_api.h (lb.consts). Addresses are IPv4 (lbd's services):
+the kernel folds an IPv4 address to ntohl(addr), its big-endian value.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from lb import consts as C
+from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, ParsedPacket
+from lb.pyengine.sched import SchedService
+
+U32: Final = 0xFFFFFFFF
+U64: Final = 0xFFFFFFFFFFFFFFFF
+GOLDEN_RATIO_32: Final = 0x61C88647
+
+# ServiceSpec.sched_flags bits (flag-1, flag-2: lb.model), as sh and mh read them.
+FLAG_FALLBACK: Final = 1  # the kernel's IP_VS_SVC_F_SCHED1: sh-fallback / mh-fallback
+FLAG_PORT: Final = 2  # IP_VS_SVC_F_SCHED2: sh-port / mh-port
+
+MH_HASH1: Final = (C.LB_MH_HASH1_KEY, C.LB_MH_HASH1_KEY)
+MH_HASH2: Final = (C.LB_MH_HASH2_KEY, C.LB_MH_HASH2_KEY)
+
+
+def hash_32(value: int, bits: int) -> int:
+    """include/linux/hash.h's hash_32(): the top `bits` bits of the 32-bit product with GOLDEN_RATIO_32."""
+    return ((value & U32) * GOLDEN_RATIO_32 & U32) >> (32 - bits)
+
+
+def addr_value(addr: bytes) -> int:
+    """ntohl() of a 4-byte network-order address."""
+    return int.from_bytes(addr, "big")
+
+
+def flags_of(service: SchedService) -> int:
+    flags: int = service.spec.sched_flags
+    return flags
+
+
+def client_port(parsed: ParsedPacket, use_port: bool) -> int:
+    """ip_vs_{sh,mh}_get_port(): the source port (TCP/UDP) when the port flag is set, else 0."""
+    if use_port and parsed.proto in (IPPROTO_TCP, IPPROTO_UDP):
+        return parsed.sport
+    return 0
+
+
+def _rotl(x: int, n: int) -> int:
+    return ((x << n) | (x >> (64 - n))) & U64
+
+
+def hsiphash_u32(value: int, key: tuple[int, int]) -> int:
+    """The kernel's hsiphash(&v, 4, key) for a u32 v on x86_64: SipHash-1-3 (64-bit lanes; the
+    "half" variant is only used on 32-bit kernels) over v's four little-endian bytes, low 32 bits."""
+    k0, k1 = key
+    v0 = 0x736F6D6570736575 ^ k0
+    v1 = 0x646F72616E646F6D ^ k1
+    v2 = 0x6C7967656E657261 ^ k0
+    v3 = 0x7465646279746573 ^ k1
+    b = (4 << 56) | (value & U32)  # the 4-byte tail, message length in the top byte
+
+    def rounds(n: int) -> None:
+        nonlocal v0, v1, v2, v3
+        for _ in range(n):
+            v0 = (v0 + v1) & U64
+            v1 = _rotl(v1, 13) ^ v0
+            v0 = _rotl(v0, 32)
+            v2 = (v2 + v3) & U64
+            v3 = _rotl(v3, 16) ^ v2
+            v0 = (v0 + v3) & U64
+            v3 = _rotl(v3, 21) ^ v0
+            v2 = (v2 + v1) & U64
+            v1 = _rotl(v1, 17) ^ v2
+            v2 = _rotl(v2, 32)
+
+    v3 ^= b
+    rounds(1)
+    v0 ^= b
+    v2 ^= 0xFF
+    rounds(3)
+    return (v0 ^ v1 ^ v2 ^ v3) & U32
