@@ -8,7 +8,7 @@ docs/fastpath.md; the differential tests hold them to identical actions.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -162,6 +162,10 @@ class Engine(Protocol):
     def dump_connections_raw(self, now_ms: int, reset_changes: bool = False) -> bytes | None:
         """Every live entry as packed struct lb_conn_info records; None: this engine cannot dump.
         reset_changes: forget the change marks first (the dump starts a new full snapshot)."""
+        ...
+    def dump_connections_chunks(self, now_ms: int, reset_changes: bool = False) -> Iterator[bytes] | None:
+        """dump_connections_raw() in pieces, each made when asked for (a snapshot written as it is
+        dumped); None: this engine cannot dump."""
         ...
     def dump_changes_raw(self, now_ms: int) -> bytes | None:
         """The records of the slots changed since they were last reported (lb_conn_dump_changes: a gone

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from lb._ffi import ffi, lib
 from lb.engine import (
@@ -356,17 +356,23 @@ class CEngine:
     def dump_connections_raw(self, now_ms: int, reset_changes: bool = False) -> bytes:
         """Every live entry as packed struct lb_conn_info records (a restart snapshot). The table is
         locked per chunk of 4096 entries, not for the whole pass: packets keep flowing."""
+        return b"".join(self.dump_connections_chunks(now_ms, reset_changes))
+
+    def dump_connections_chunks(self, now_ms: int, reset_changes: bool = False) -> Iterator[bytes]:
+        """dump_connections_raw() in pieces of at most 4096 records, each made when it is asked
+        for: a snapshot written as it is dumped never holds the whole table in memory (at 4M
+        entries that would be 192 MB, twice, every time the journal is compacted)."""
         if reset_changes:
             lib.lb_conn_changes_reset(self._lb)
         chunk = 4096
         arr = ffi.new("struct lb_conn_info[]", chunk)
         cursor = ffi.new("uint32_t *", 0)
-        parts = []
         while True:
             n = _check(lib.lb_conn_dump(self._lb, now_ms, arr, chunk, cursor), "connection dump")
-            parts.append(bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info"))))
+            if n:
+                yield bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info")))
             if n < chunk:
-                return b"".join(parts)
+                return
 
     def dump_changes_raw(self, now_ms: int) -> bytes:
         """The records of the slots changed since last reported (lb_conn_dump_changes), proto 0 for

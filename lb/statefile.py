@@ -6,7 +6,9 @@ Two files per queue, in the state directory (issue 15: saving costs what changed
   Director.snapshot_config() gives it, plus when and by which engine it was saved, a random
   snapshot id, and the size and number of the connection records), then the connection table as
   raw struct lb_conn_info records (lb_api.h), as the C engine's dump_connections_raw() produces
-  them, in slot order. Written whole and atomically (temporary file, fsync, rename), mode 0600,
+  them, in slot order. Written atomically (temporary file, fsync, rename) as it is dumped, 4096
+  records at a time, so the table is never in memory at once (the header's count is filled in
+  last, in room left for it), mode 0600,
   when lbd starts saving and whenever the journal has grown past the snapshot's own size (so the
   whole table is written at most once per table's worth of changes).
 - the journal, `lbd-q<N>.journal`: JOURNAL_MAGIC, a line of JSON naming the snapshot it belongs to,
@@ -35,6 +37,7 @@ import secrets
 import struct
 import time
 from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,13 +83,26 @@ def _slot_offset() -> int:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    _atomic_write_parts(path, [data])
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _atomic_write_parts(path: Path, parts: Iterable[bytes], finish: Callable[[int], None] | None = None) -> None:
+    """Write `parts` as they come to a temporary file beside `path`, then `finish(fd)` (a last
+    touch before it is made durable), fsync, rename over `path`."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for data in parts:
+            _write_all(fd, data)
+        if finish is not None:
+            finish(fd)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -96,21 +112,54 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_state(path: Path, config: dict[str, Any], blob: bytes | None, engine: str,
+# Room left after the header's JSON for the connection count, which a streamed snapshot knows only
+# once its records are written: the header is written with count 0 and this many spaces before its
+# newline, then rewritten in place with the real count (JSON allows the trailing blanks).
+HEADER_SLACK = 16
+
+
+def write_state(path: Path, config: dict[str, Any], blob: bytes | Iterable[bytes] | None, engine: str,
                 snapshot_id: str | None = None) -> int:
     """Write a snapshot atomically; returns its size in bytes. `blob`: the raw connection records,
-    None when the engine cannot dump them."""
-    header = {
-        **config,
-        "saved_at": time.time(),
-        "engine": engine,
-        "snapshot": snapshot_id or secrets.token_hex(8),
-        "conn_record_size": conn_record_size() if blob is not None else None,
-        "connections": None if blob is None else len(blob) // conn_record_size(),
-    }
-    data = STATE_MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n" + (blob or b"")
-    _atomic_write(path, data)
-    return len(data)
+    whole or in pieces (written as they come, so that the table is never in memory at once), None
+    when the engine cannot dump them."""
+    return write_state_counted(path, config, blob, engine, snapshot_id)[0]
+
+
+def write_state_counted(path: Path, config: dict[str, Any], blob: bytes | Iterable[bytes] | None, engine: str,
+                        snapshot_id: str | None = None) -> tuple[int, int | None]:
+    """write_state(), returning (bytes written, connection records or None)."""
+    saved_at, sid = time.time(), snapshot_id or secrets.token_hex(8)
+    record = conn_record_size() if blob is not None else 1
+
+    def header(count: int | None) -> bytes:
+        return json.dumps({**config, "saved_at": saved_at, "engine": engine, "snapshot": sid,
+                           "conn_record_size": None if count is None else record, "connections": count},
+                          separators=(",", ":")).encode()
+
+    if blob is None or isinstance(blob, bytes):
+        count = None if blob is None else len(blob) // record
+        data = STATE_MAGIC + header(count) + b"\n" + (blob or b"")
+        _atomic_write(path, data)
+        return len(data), count
+    first = header(0)
+    width = len(first) + HEADER_SLACK
+    records = [0]  # bytes of records written so far
+
+    def parts() -> Iterator[bytes]:
+        yield STATE_MAGIC + first.ljust(width) + b"\n"
+        for chunk in blob:
+            records[0] += len(chunk)
+            yield chunk
+
+    def finish(fd: int) -> None:
+        final = header(records[0] // record)
+        if len(final) > width:  # cannot happen: a count has at most 10 digits more than "0"
+            raise ValueError(f"{path}: state header grew by {len(final) - len(first)} bytes")
+        os.pwrite(fd, final.ljust(width), len(STATE_MAGIC))
+
+    _atomic_write_parts(path, parts(), finish)
+    return len(STATE_MAGIC) + width + 1 + records[0], records[0] // record
 
 
 def read_state(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -314,10 +363,11 @@ class StateSaver:
 
     def _snapshot(self, config: dict[str, Any], config_json: str) -> str:
         engine = self.director.engine
-        blob = engine.dump_connections_raw(int(time.monotonic() * 1000), reset_changes=True)
+        # In pieces, written as they are dumped: the table is never in memory at once.
+        chunks = engine.dump_connections_chunks(int(time.monotonic() * 1000), reset_changes=True)
         snapshot_id = secrets.token_hex(8)
-        size = write_state(self.path, config, blob, engine.name, snapshot_id)
-        if blob is None:
+        size, count = write_state_counted(self.path, config, chunks, engine.name, snapshot_id)
+        if count is None:
             self.journal.unlink(missing_ok=True)
             self.snapshot_id = None
             self._config_json = config_json
@@ -329,7 +379,7 @@ class StateSaver:
         self.snapshot_bytes = size
         self.journal_bytes = 0
         self._config_json = config_json
-        return f"snapshot {size} bytes, {len(blob) // conn_record_size()} connections"
+        return f"snapshot {size} bytes, {count} connections"
 
     def _append(self, segment: bytes) -> None:
         fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND)
@@ -346,11 +396,10 @@ class StateSaver:
 def save_state(director: Director, path: Path) -> str:
     """One full snapshot of `director` to `path` (no journal); returns a summary for the log."""
     engine = director.engine
-    blob = engine.dump_connections_raw(int(time.monotonic() * 1000))
-    size = write_state(path, director.snapshot_config(), blob, engine.name)
+    chunks = engine.dump_connections_chunks(int(time.monotonic() * 1000))
+    size, count = write_state_counted(path, director.snapshot_config(), chunks, engine.name)
     journal_path(path).unlink(missing_ok=True)
-    conns = f"not saved (engine {engine.name} cannot dump them)" if blob is None else \
-        f"{len(blob) // conn_record_size()} connections"
+    conns = f"not saved (engine {engine.name} cannot dump them)" if count is None else f"{count} connections"
     return f"{size} bytes, {conns}"
 
 

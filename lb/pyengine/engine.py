@@ -53,7 +53,7 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lb import consts as C
@@ -1113,6 +1113,10 @@ class PyEngine:
     def dump_connections_raw(self, now_ms: int, reset_changes: bool = False) -> bytes | None:
         """None: the restart snapshot's records are the C core's struct lb_conn_info, which this
         engine does not produce (lbd --engine python saves and restores the configuration only)."""
+        return None
+
+    def dump_connections_chunks(self, now_ms: int, reset_changes: bool = False) -> Iterator[bytes] | None:
+        """None, as dump_connections_raw."""
         return None
 
     def dump_changes_raw(self, now_ms: int) -> bytes | None:

@@ -180,3 +180,32 @@ def _records(blob: bytes) -> list[Any]:
     n = len(blob) // statefile.conn_record_size()
     arr = ffi.from_buffer("struct lb_conn_info[]", bytearray(blob))
     return [arr[i] for i in range(n)]
+
+
+def test_a_snapshot_is_written_as_it_is_dumped(tmp_path: Path) -> None:
+    """The snapshot's records go to the file chunk by chunk (never the whole table in memory); the
+    header, written before the count is known, is rewritten in place with it and reads as before."""
+    from lb.fastpath import CEngine
+
+    d = Director(CEngine(conn_max=20_000), rules=None, resolver=None)
+    d.handle("add_service", {**DR, "sched": "rr"})
+    d.handle("add_dest", {"service": DR, "dest": {"addr": "10.0.0.11", "port": 80, "fwd": "route", "weight": 1,
+                                                  "u_threshold": 0, "l_threshold": 0}})
+    t = now_ms()
+    for i in range(9000):  # three dump chunks (4096 records each)
+        d.engine.process(raw(IP(src=f"10.8.{i // 250}.{i % 250 + 1}", dst=VIP) / TCP(sport=1000, dport=80, flags="S")),
+                         t)
+    pieces = d.engine.dump_connections_chunks(t)
+    assert pieces is not None
+    chunks = list(pieces)
+    assert [len(c) // statefile.conn_record_size() for c in chunks] == [4096, 4096, 808]
+    assert b"".join(chunks) == d.engine.dump_connections_raw(t)
+    path = tmp_path / "lbd-q0.state"
+    size, count = statefile.write_state_counted(path, d.snapshot_config(), iter(chunks), "c")
+    assert (size, count) == (path.stat().st_size, 9000)
+    header, blob = statefile.read_state(path)
+    assert header["connections"] == 9000 and header["conn_record_size"] == statefile.conn_record_size()
+    assert blob == b"".join(chunks)
+    new = Director(CEngine(conn_max=20_000), rules=None, resolver=None)
+    assert statefile.restore_state(new, path)["connections"] == {"restored": 9000}
+    assert conns(new) == conns(d)
