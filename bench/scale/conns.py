@@ -1,16 +1,17 @@
 """lbd with 1k .. 4M connections: zero-loss pps, DUT CPU per packet, memory per entry (issue 15 item 3).
 
 The pps topology (bench/pps.py: client -> director -> rs1, generator and lbd on their own CPUs, RPS)
-with a fresh C lbd per size, --conn-max the largest size (+4096) at every size: the same buckets,
-so the sizes differ only in what the table holds, and the largest fills the table, where memory
-per entry is judged (a table holding a fraction of its size has its whole bucket array resident).
-First the 1024 established flows of the `est` traffic (SYN, then ACK), then idle entries up to the
-size: one UDP datagram per entry from spoofed sources of the client's own subnet (a UDP service on
-the VIP, timeout 3600 s; rs1 counts and drops them), paced (100 kpps, halved for each round that
-leaves some missing) until lbd's table holds them. Then the zero-loss search of bench/pps.py on the
-est flows. Memory: lbd's resident growth from before the fill to after it, per entry. lbd saves
-its state as it does by default (every 2 s, lb/statefile.py); the control plane's CPU is measured
-over a 6 s idle window once the fill's changes are saved.
+with one C lbd for every size, --conn-max the largest size (+4096): the same buckets and the same
+established flows at every size, which differ only in what the table holds, and the largest fills
+the table, where memory per entry is judged (a table holding a fraction of its size has its whole
+bucket array resident). First the 1024 established flows of the `est` traffic (SYN, then ACK), then
+idle entries up to each size in turn (smallest first, each adding to the last): one UDP datagram
+per entry from spoofed sources of the client's own subnet (a UDP service on the VIP, timeout
+3600 s; rs1 counts and drops them), paced (100 kpps, halved for each round that leaves some
+missing) until lbd's table holds them. At each size the zero-loss search of bench/pps.py on the
+est flows. Memory: lbd's resident growth from before the first fill, per idle entry. lbd saves its
+state as it does by default (every 2 s, lb/statefile.py); the control plane's CPU is measured over
+a 6 s idle window once the fill's changes are saved.
 """
 
 from __future__ import annotations
@@ -129,17 +130,18 @@ def establish(bed: pps.Bed, lbd: Lbd, tmp: Path) -> None:
     pps.run_gen(bed, est, 4000, pps.EST_FLOWS, pps.EST_FLOWS / 4000 + 5.0)  # their ACKs: ESTABLISHED
 
 
-def fill(bed: pps.Bed, lbd: Lbd, tmp: Path, idle: int) -> tuple[float, list[float]]:
-    """Send the idle entries' datagrams until lbd's table holds them: paced, each round that leaves
-    some missing (dropped at a full queue) at half the rate, bounded in rounds; returns seconds and
-    the rates used."""
+def fill(bed: pps.Bed, lbd: Lbd, tmp: Path, first: int, idle: int) -> tuple[float, list[float]]:
+    """Add idle entries first .. idle-1 (the tuples of one datagram each) until lbd's table holds
+    them: paced, each round that leaves some missing (dropped at a full queue) at half the rate,
+    bounded in rounds; returns seconds and the rates used."""
     t0 = time.monotonic()
-    tr = pps.Traffic("idle", udp_template(tmp / "idle.bin", bed, bed.vip), idle, IDLE_PER_ADDR, IDLE_ADDRS)
+    count = idle - first
+    tr = pps.Traffic("idle", udp_template(tmp / "idle.bin", bed, bed.vip), count, IDLE_PER_ADDR, IDLE_ADDRS, first)
     want = idle + pps.EST_FLOWS
     rate, rates = FILL_PPS, []
     for _ in range(FILL_ROUNDS):
         rates.append(rate)
-        pps.run_gen(bed, tr, rate, idle, idle / rate * 1.5 + 10.0)
+        pps.run_gen(bed, tr, rate, count, count / rate * 1.5 + 10.0)
         time.sleep(0.5)
         if table(lbd)["entries"] >= want:
             break
@@ -162,36 +164,32 @@ def wait_saved(lbd: Lbd, timeout: float = 120.0) -> float:
     return -1.0
 
 
-def run_size(bed: pps.Bed, tmp: Path, n: int, args: argparse.Namespace, dut_cpu: int | None,
-             conn_max: int) -> dict[str, Any]:
-    with scale_lbd(bed, dut_cpu, conn_max) as lbd:
-        assert lbd.proc is not None
-        pid = lbd.proc.pid
-        establish(bed, lbd, tmp)
-        rss0 = rss_bytes(pid)
-        idle = max(0, n - pps.EST_FLOWS)
-        fill_s, fill_rates = fill(bed, lbd, tmp, idle) if idle else (0.0, [])
-        tab = table(lbd)
-        entries = tab["entries"]
-        saved_s = wait_saved(lbd)
-        rss1 = rss_bytes(pid)
-        ticks0 = thread_ticks(pid)
-        time.sleep(IDLE_WINDOW_S)
-        ticks1 = thread_ticks(pid)
-        idle_cpu = sum(ticks1.get(t, 0) - v for t, v in ticks0.items()) / pps.CLK_TCK / IDLE_WINDOW_S
-        tr = pps.make_traffic(bed, tmp, "est", bed.vip)
-        res = pps.search(bed, tr, args.conn_window, args.conn_steps)
-        after = table(lbd)
-    grown = rss1 - rss0
-    out = {"size": n, "entries": entries, "entries_after": after["entries"], "buckets": tab["buckets"],
-           "fill_s": round(fill_s, 1), "fill_rates": fill_rates, "saved_after_s": round(saved_s, 1), "rss_before_fill": rss0,
-           "rss_after_fill": rss1, "bytes_per_entry": grown / idle if idle >= 100_000 else None,
+def measure(bed: pps.Bed, lbd: Lbd, tmp: Path, n: int, filled: tuple[float, list[float]], rss0: int,
+            args: argparse.Namespace) -> dict[str, Any]:
+    """One size's figures, with the table holding n entries."""
+    assert lbd.proc is not None
+    pid = lbd.proc.pid
+    tab = table(lbd)
+    saved_s = wait_saved(lbd)
+    rss1 = rss_bytes(pid)
+    ticks0 = thread_ticks(pid)
+    time.sleep(IDLE_WINDOW_S)
+    ticks1 = thread_ticks(pid)
+    idle_cpu = sum(ticks1.get(t, 0) - v for t, v in ticks0.items()) / pps.CLK_TCK / IDLE_WINDOW_S
+    tr = pps.make_traffic(bed, tmp, "est", bed.vip)
+    res = pps.search(bed, tr, args.conn_window, args.conn_steps)
+    after = table(lbd)
+    idle = tab["entries"] - pps.EST_FLOWS
+    out = {"size": n, "entries": tab["entries"], "entries_after": after["entries"], "buckets": tab["buckets"],
+           "fill_s": round(filled[0], 1), "fill_rates": filled[1], "saved_after_s": round(saved_s, 1),
+           "rss_before_fill": rss0, "rss_after_fill": rss1,
+           "bytes_per_entry": (rss1 - rss0) / idle if idle >= 100_000 else None,
            "idle_cpu_share": idle_cpu, **{k: res.get(k) for k in ("zero_loss_pps", "generator_limited",
                                                                    "dut_us_per_pkt", "lbd_user_us_per_pkt",
                                                                    "lbd_sys_us_per_pkt", "softirq_us_per_pkt",
                                                                    "control_plane_us_per_pkt")},
            "overload": {k: res["overload"].get(k) for k in ("offered_pps", "rx_pps", "nfq")}, "trials": res["trials"]}
-    log(f"scale conns: {entries:>9,} entries: zero-loss {out['zero_loss_pps'] or 0:9.0f} pps, "
+    log(f"scale conns: {out['entries']:>9,} entries: zero-loss {out['zero_loss_pps'] or 0:9.0f} pps, "
         f"{out['dut_us_per_pkt'] or 0:.2f} us/pkt, {out['bytes_per_entry'] or 0:.0f} B/entry, "
         f"idle control plane {100 * idle_cpu:.2f} % of a core")
     return out
@@ -201,16 +199,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gen_cpu, dut_cpu = common.cpu_layout(args.gen_cpu, args.dut_cpu)
     common.build_tool("pktgen")
     points = []
+    sizes = sorted(int(s) for s in args.conn_sizes.split(","))
+    conn_max = max(sizes) + CONN_MARGIN
     with tempfile.TemporaryDirectory(prefix="lbB-scale-conns-") as tmpd, Topology(pps.pps_spec()) as topo:
         tmp = Path(tmpd)
         bed = pps.Bed(topo, gen_cpu, dut_cpu)
         bed.nice = args.nice
         bed.rs.exec(["iptables", "-w", "5", "-t", "raw", "-A", "PREROUTING", "-i", bed.rs.ifname, "-p", "udp",
                      "--dport", str(pps.PORT), "-j", "DROP"])
-        sizes = [int(s) for s in args.conn_sizes.split(",")]
-        conn_max = max(sizes) + CONN_MARGIN
-        for n in sizes:
-            points.append(run_size(bed, tmp, n, args, dut_cpu, conn_max))
+        # One lbd for every size, the same established flows measured at each: the table only
+        # grows between two measurements (the idle entries of the next size added to those held).
+        with scale_lbd(bed, dut_cpu, conn_max) as lbd:
+            assert lbd.proc is not None
+            establish(bed, lbd, tmp)
+            rss0 = rss_bytes(lbd.proc.pid)
+            held = 0
+            for n in sizes:
+                idle = max(0, n - pps.EST_FLOWS)
+                filled = fill(bed, lbd, tmp, held, idle) if idle > held else (0.0, [])
+                held = max(held, idle)
+                points.append(measure(bed, lbd, tmp, n, filled, rss0, args))
     return {"conn_max": conn_max, "points": points, "window_s": args.conn_window, "steps": args.conn_steps,
             "gen_cpu": gen_cpu, "dut_cpu": dut_cpu}
 
