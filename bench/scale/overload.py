@@ -114,6 +114,12 @@ def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
                          f"({t['offered_pps'] / zl:.2f}x) | {t['rx_pps']:,.0f} | {t['rx_pps'] / zl:.2f}x | "
                          f"{d['kernel_queue_dropped']:,} | {d['kernel_user_dropped']:,} | {d['lbd_refused']:,} | "
                          f"{d['elsewhere']:,} |")
+        u = p.get("unpaced") or {}
+        if u.get("offered_pps"):
+            q = (u.get("nfq") or {}).get("queue_dropped", 0)
+            lines.append(f"| {p['queue_maxlen']:,} | {p['zero_loss_pps']:,.0f} | {u['offered_pps']:,.0f} "
+                         f"({u['offered_pps'] / zl:.2f}x, unpaced: the generator's maximum) | {u['rx_pps']:,.0f} | "
+                         f"{u['rx_pps'] / zl:.2f}x | {q:,} | - | - | - |")
     lines.append("")
     judged = data["points"][0]
     if judged["zero_loss_pps"] and not judged["generator_limited"]:
