@@ -97,3 +97,12 @@ def test_skipped_and_failed_sections_say_so(tmp_path: Path, monkeypatch: pytest.
     assert "Skipped: needs root (network namespaces)." in text
     assert "Failed: `RuntimeError: no valgrind`" in text
     assert "## Targets" not in text  # nothing measured, nothing judged
+
+
+def test_sections_needing_namespaces_are_skipped_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scale.os, "geteuid", lambda: 1000)
+    args = _args("--sections", "conns,flood,overload")
+    args.argv = []
+    out = scale.run(args)
+    assert {name: data["skipped"] for name, data in out["sections"].items()} == dict.fromkeys(
+        ("conns", "flood", "overload"), "needs root (network namespaces)")
