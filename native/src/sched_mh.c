@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "lb_sched.h"
+#include "lb_siphash.h"
 
 #define MH_TAB_SIZE ((uint32_t)LB_MH_TAB_SIZE)
 #define MH_BITMAP_WORDS ((MH_TAB_SIZE + 63) / 64)
@@ -49,40 +50,14 @@ struct mh_data {
     uint32_t setup_cap;
 };
 
-#define ROTL64(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                                               \
-    do {                                                                                                       \
-        v0 += v1;                                                                                              \
-        v1 = ROTL64(v1, 13);                                                                                   \
-        v1 ^= v0;                                                                                              \
-        v0 = ROTL64(v0, 32);                                                                                   \
-        v2 += v3;                                                                                              \
-        v3 = ROTL64(v3, 16);                                                                                   \
-        v3 ^= v2;                                                                                              \
-        v0 += v3;                                                                                              \
-        v3 = ROTL64(v3, 21);                                                                                   \
-        v3 ^= v0;                                                                                              \
-        v2 += v1;                                                                                              \
-        v1 = ROTL64(v1, 17);                                                                                   \
-        v1 ^= v2;                                                                                              \
-        v2 = ROTL64(v2, 32);                                                                                   \
-    } while (0)
-
 /* hsiphash(&x, 4, {key, key}) on x86_64: SipHash-1-3, the 4-byte message being x's little-endian
  * bytes, i.e. the final word (4 << 56) | x whatever this machine's byte order. */
 static uint32_t mh_hsiphash_u32(uint32_t x, uint64_t key)
 {
-    uint64_t v0 = 0x736f6d6570736575ull ^ key, v1 = 0x646f72616e646f6dull ^ key;
-    uint64_t v2 = 0x6c7967656e657261ull ^ key, v3 = 0x7465646279746573ull ^ key;
-    uint64_t b = ((uint64_t)4 << 56) | x;
-    v3 ^= b;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return (uint32_t)(v0 ^ v1 ^ v2 ^ v3);
+    struct lb_sip s;
+    lb_sip_init(&s, key, key);
+    lb_sip_compress(&s, ((uint64_t)4 << 56) | x, 1);
+    return (uint32_t)lb_sip_final(&s, 3);
 }
 
 /* ip_vs_mh_hashkey() for an IPv4 service: addr = ntohl(address), port in host order; the sum is
