@@ -20,9 +20,8 @@ from typing import Any
 
 from lb.pyengine import locality
 from lb.pyengine.conn import Destination
-from lb.pyengine.locality import conn_overhead
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.sched import SchedService, Scheduler
+from lb.pyengine.sched import SchedService, Scheduler, conn_overhead
 
 
 class LblcrEntry(locality.Entry):
