@@ -14,12 +14,11 @@ buckets (offset + 2 * hash) & 255 for offset 0..255, stopping at an empty bucket
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from lb import consts as C
 from lb.pyengine.conn import Destination
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.sched import SchedService, Scheduler
+from lb.pyengine.sched import SchedService, Scheduler, state_of
 from lb.pyengine.schedhash import FLAG_FALLBACK, FLAG_PORT, U32, addr_value, client_port, flags_of, hash_32
 
 SH_TAB_BITS = C.LB_SH_TAB_BITS
@@ -55,7 +54,7 @@ class SourceHashing(Scheduler):
 
     @staticmethod
     def _reassign(service: SchedService) -> None:
-        buckets = _state(service).dests
+        buckets = state_of(service, _Buckets).dests
         dests = service.dests
         if not dests:
             buckets[:] = [None] * SH_TAB_SIZE
@@ -70,7 +69,7 @@ class SourceHashing(Scheduler):
                 count = 0
 
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        buckets = _state(service).dests
+        buckets = state_of(service, _Buckets).dests
         flags = flags_of(service)
         addr = addr_value(parsed.saddr)
         port = client_port(parsed, bool(flags & FLAG_PORT))
@@ -89,12 +88,6 @@ class SourceHashing(Scheduler):
             if dest.eligible():
                 return dest
         return None
-
-
-def _state(service: SchedService) -> _Buckets:
-    data: Any = service.sched_data
-    assert isinstance(data, _Buckets)
-    return data
 
 
 SCHEDULER = SourceHashing()
