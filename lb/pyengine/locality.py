@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
 from lb.pyengine.conn import Destination
-from lb.pyengine.sched import SchedService, conn_overhead, least_weighted
+from lb.pyengine.sched import SchedService, Scheduler, conn_overhead, least_weighted, state_of
 
 TAB_BITS: Final = 10  # the files' CONFIG_IP_VS_LBLC(R)_TAB_BITS default (no Kconfig symbol)
 TAB_SIZE: Final = 1 << TAB_BITS
@@ -150,3 +150,24 @@ class Table(Generic[E]):
             if goal is not None and goal <= 0:
                 break
         self.rover = j
+
+
+class LocalityScheduler(Scheduler, Generic[E]):
+    """The hooks lblc and lblcr share (native/src/locality.c's lb_loc_init, lb_loc_done and
+    lb_loc_tick): the per-service table, flushed when the scheduler lets go, and its timer; each
+    subclass brings its own schedule() and entries."""
+
+    def init_service(self, service: SchedService) -> None:
+        service.sched_data = Table[E]()
+
+    def done_service(self, service: SchedService) -> None:
+        self.table(service).flush()
+        service.sched_data = None
+
+    def tick(self, service: SchedService, now_ms: int) -> None:
+        self.table(service).tick(now_ms)
+
+    def table(self, service: SchedService) -> Table[E]:
+        """The service's table (set by init_service)."""
+        table: Table[E] = state_of(service, Table)
+        return table
