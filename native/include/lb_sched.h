@@ -131,6 +131,38 @@ static inline uint32_t lb_sched_client_port(const struct lb_pkt *p)
     return p->proto == LB_PROTO_TCP || p->proto == LB_PROTO_UDP ? lb_ntohs(p->sport) : 0;
 }
 
+/* Where a hashing scheduler looks for a client (addr, port: host order) at try `offset` (0: its
+ * own entry): an index into its table. */
+typedef uint32_t lb_hash_slot_fn(uint32_t addr, uint32_t port, uint32_t offset);
+
+/* The choice of sh and mh (ip_vs_sh_schedule + ip_vs_sh_get_fallback, ip_vs_mh_schedule +
+ * ip_vs_mh_get_fallback): the client's entry ihash = slot(addr, port, 0) of table[size] if its
+ * destination is available (weight > 0, not OVERLOAD); none if the entry is empty, or unavailable
+ * without `fallback`; with it, the first available destination of the entries
+ * slot(addr, port, (k + ihash) % size) for k = 0..size-1, stopping at an empty entry. Static
+ * inline with a constant `slot` at every call site: each scheduler's hash compiles inline, as
+ * before. */
+static inline struct lb_dest *lb_sched_hash_pick(struct lb_dest *const *table, uint32_t size, lb_hash_slot_fn *slot,
+                                                 uint32_t addr, uint32_t port, int fallback)
+{
+    uint32_t ihash = slot(addr, port, 0);
+    struct lb_dest *d = table[ihash];
+    if (!d)
+        return NULL;
+    if (lb_dest_eligible(d))
+        return d;
+    if (!fallback)
+        return NULL;
+    for (uint32_t offset = 0; offset < size; offset++) {
+        d = table[slot(addr, port, (offset + ihash) % size)];
+        if (!d)
+            break;
+        if (lb_dest_eligible(d))
+            return d;
+    }
+    return NULL;
+}
+
 #define LB_SCHED(name) extern const struct lb_sched_ops lb_sched_##name;
 #include "lb_sched_list.h"
 #undef LB_SCHED

@@ -209,29 +209,18 @@ static int mh_upd_dest(struct lb_svc *svc, struct lb_dest *d LB_UNUSED)
     return LB_OK;
 }
 
+/* A client's entry at try `offset` (lb_hash_slot_fn): hash1 of the offset sum, mod the table size. */
+static inline uint32_t mh_slot(uint32_t addr, uint32_t port, uint32_t offset)
+{
+    return mh_hashkey(addr, port, LB_MH_HASH1_KEY, offset) % MH_TAB_SIZE;
+}
+
 static struct lb_dest *mh_schedule(struct lb_svc *svc, const struct lb_pkt *p)
 {
     const struct mh_data *mh = svc->sched_data;
     uint32_t flags = svc->conf.flags;
-    uint32_t addr = lb_ntohl(p->saddr);
     uint32_t port = (flags & LB_SVC_F_SCHED2) ? lb_sched_client_port(p) : 0;
-    uint32_t ihash = mh_hashkey(addr, port, LB_MH_HASH1_KEY, 0) % MH_TAB_SIZE;
-    struct lb_dest *d = mh->lookup[ihash];
-    if (!d)
-        return NULL;
-    if (lb_dest_eligible(d))
-        return d;
-    if (!(flags & LB_SVC_F_SCHED1))
-        return NULL;
-    for (uint32_t offset = 0; offset < MH_TAB_SIZE; offset++) {
-        uint32_t roffset = (offset + ihash) % MH_TAB_SIZE;
-        d = mh->lookup[mh_hashkey(addr, port, LB_MH_HASH1_KEY, roffset) % MH_TAB_SIZE];
-        if (!d)
-            break;
-        if (lb_dest_eligible(d))
-            return d;
-    }
-    return NULL;
+    return lb_sched_hash_pick(mh->lookup, MH_TAB_SIZE, mh_slot, lb_ntohl(p->saddr), port, flags & LB_SVC_F_SCHED1);
 }
 
 const struct lb_sched_ops lb_sched_mh = {
