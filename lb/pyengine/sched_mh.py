@@ -38,6 +38,7 @@ from lb.pyengine.schedhash import (
     addr_value,
     client_port,
     flags_of,
+    hash_pick,
     hsiphash_u32,
 )
 
@@ -113,25 +114,12 @@ class MaglevHashing(Scheduler):
         _rebuild(service)
 
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        lookup = state_of(service, _Table).lookup
         flags = flags_of(service)
         addr = addr_value(parsed.saddr)
         port = client_port(parsed, bool(flags & FLAG_PORT))
-        ihash = mh_hashkey(addr, port, MH_HASH1) % MH_TAB_SIZE
-        dest = lookup[ihash]
-        if dest is None:
-            return None
-        if dest.eligible():
-            return dest
-        if not flags & FLAG_FALLBACK:
-            return None
-        for offset in range(MH_TAB_SIZE):
-            dest = lookup[mh_hashkey(addr, port, MH_HASH1, (offset + ihash) % MH_TAB_SIZE) % MH_TAB_SIZE]
-            if dest is None:
-                break
-            if dest.eligible():
-                return dest
-        return None
+        return hash_pick(state_of(service, _Table).lookup,
+                         lambda offset: mh_hashkey(addr, port, MH_HASH1, offset) % MH_TAB_SIZE,
+                         bool(flags & FLAG_FALLBACK))
 
 
 def table_of(service: SchedService) -> list[Destination | None]:

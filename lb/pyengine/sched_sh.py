@@ -19,7 +19,7 @@ from lb import consts as C
 from lb.pyengine.conn import Destination
 from lb.pyengine.parse import ParsedPacket
 from lb.pyengine.sched import SchedService, Scheduler, state_of
-from lb.pyengine.schedhash import FLAG_FALLBACK, FLAG_PORT, U32, addr_value, client_port, flags_of, hash_32
+from lb.pyengine.schedhash import FLAG_FALLBACK, FLAG_PORT, U32, addr_value, client_port, flags_of, hash_32, hash_pick
 
 SH_TAB_BITS = C.LB_SH_TAB_BITS
 SH_TAB_SIZE = 1 << SH_TAB_BITS
@@ -69,25 +69,11 @@ class SourceHashing(Scheduler):
                 count = 0
 
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        buckets = state_of(service, _Buckets).dests
         flags = flags_of(service)
         addr = addr_value(parsed.saddr)
         port = client_port(parsed, bool(flags & FLAG_PORT))
-        ihash = sh_hashkey(addr, port, 0)
-        dest = buckets[ihash]
-        if dest is None:
-            return None
-        if dest.eligible():
-            return dest
-        if not flags & FLAG_FALLBACK:
-            return None
-        for offset in range(SH_TAB_SIZE):
-            dest = buckets[sh_hashkey(addr, port, (offset + ihash) % SH_TAB_SIZE)]
-            if dest is None:
-                break
-            if dest.eligible():
-                return dest
-        return None
+        return hash_pick(state_of(service, _Buckets).dests, lambda offset: sh_hashkey(addr, port, offset),
+                         bool(flags & FLAG_FALLBACK))
 
 
 SCHEDULER = SourceHashing()

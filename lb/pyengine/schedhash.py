@@ -7,9 +7,11 @@ the kernel folds an IPv4 address to ntohl(addr), its big-endian value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from lb import consts as C
+from lb.pyengine.conn import Destination
 from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, ParsedPacket
 from lb.pyengine.sched import SchedService
 from lb.pyengine.siphash import siphash_words
@@ -45,6 +47,30 @@ def client_port(parsed: ParsedPacket, use_port: bool) -> int:
     if use_port and parsed.proto in (IPPROTO_TCP, IPPROTO_UDP):
         return parsed.sport
     return 0
+
+
+def hash_pick(table: list[Destination | None], slot: Callable[[int], int], fallback: bool) -> Destination | None:
+    """The choice of sh and mh (ip_vs_{sh,mh}_schedule + _get_fallback), as lb_sched_hash_pick in
+    native/include/lb_sched.h: the client's entry ihash = slot(0) if its destination is available;
+    none if the entry is empty, or unavailable without `fallback`; with it, the first available one
+    of the entries slot((k + ihash) % len(table)) for every k, stopping at an empty entry. slot(offset)
+    is the scheduler's hash of the client at that offset, an index into the table."""
+    ihash = slot(0)
+    dest = table[ihash]
+    if dest is None:
+        return None
+    if dest.eligible():
+        return dest
+    if not fallback:
+        return None
+    size = len(table)
+    for offset in range(size):
+        dest = table[slot((offset + ihash) % size)]
+        if dest is None:
+            break
+        if dest.eligible():
+            return dest
+    return None
 
 
 def hsiphash_u32(value: int, key: tuple[int, int]) -> int:
