@@ -97,7 +97,7 @@ def test_every_method_is_accepted(factory: table.EngineFactory) -> None:
     engine = factory.make(0)  # type: ignore[operator]
     engine.add_service(ServiceSpec(KEY, "rr"))
     for port, name in enumerate(sorted(FWD_IDS), start=8000):
-        engine.add_dest(KEY, DestSpec(table.RS1, port, name))  # type: ignore[arg-type]
+        engine.add_dest(KEY, DestSpec(table.RS1, port, name))
     assert sorted(d.spec.fwd for s in engine.services() for d in s.dests) == sorted(FWD_IDS)
 
 
