@@ -168,8 +168,9 @@ def test_nat_udp_port_unreachable_from_the_real_server_reaches_the_client(nlbd: 
         icmps = [p.ip for p in packets if p.ip.l4 and p.ip.l4.icmp_type == 3]
         assert icmps, cap.text()
         for ip in icmps:
-            assert ip.l4 is not None and ip.l4.quoted is not None and ip.l4.quoted.l4 is not None
+            assert ip.l4 is not None and ip.l4.quoted is not None
             q = ip.l4.quoted
+            assert q.l4 is not None, cap.text()
             assert (ip.src, ip.dst) == (t.vip, t.client.addr), cap.text()
             assert (q.src, q.l4.sport, q.dst, q.l4.dport) == (t.client.addr, cport, t.vip, DEAD_UDP_PORT), cap.text()
         assert translated >= 1
