@@ -25,7 +25,7 @@ def errors(text: str) -> list[str]:
 
 def test_every_shipped_config_is_valid() -> None:
     names = {p.name for p in CONFIGS}
-    assert {"dr.toml", "tun.toml", "fnat.toml", "synproxy.toml", "reference.toml"} <= names
+    assert {"dr.toml", "tun.toml", "nat.toml", "fnat.toml", "synproxy.toml", "reference.toml"} <= names
     for path in CONFIGS:
         config = load_config(str(path))
         assert config.services, path
