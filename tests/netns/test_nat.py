@@ -10,6 +10,7 @@ servers listen on 8080 (the service is VIP:80: port translation), their UDP resp
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import socket
 import subprocess
@@ -192,3 +193,31 @@ def test_nat_director_own_connections_to_a_real_server_stay_out_of_the_queue(nlb
     rules = t.director.exec(["iptables", "-t", "raw", "-S"]).stdout
     for rs in t.reals:
         assert f"-s {rs.addr}/32 -p tcp -m tcp --sport {RPORT} -m addrtype ! --dst-type LOCAL" in rules, rules
+
+
+def test_doctor_names_the_classic_mistake_a_real_server_not_routing_through_the_director(
+        nlbd: Lbd, ntopo: Topology) -> None:
+    """f1 loses its default route via the director (as a real server that kept its old gateway, whose
+    replies never pass the director): the client's requests to f1 fail, and `lbadm doctor` says that
+    f1's NAT destination gets packets and sends nothing back, naming the director's address to route
+    through; f2 (routed right) is not named."""
+    t = ntopo
+    f1, f2 = t.reals[0], t.reals[1]
+    gw = t.director.iface("back").addr
+    nlbd.lbadm("-A", "-t", f"{t.vip}:{VPORT}", "-s", "rr")
+    for rs in (f1, f2):
+        nlbd.lbadm("-a", "-t", f"{t.vip}:{VPORT}", "-r", f"{rs.addr}:{RPORT}", "-m", "-w", "1")
+    nlbd.wait_resolved()
+    f1.ip("route", "del", "default", "via", gw)
+    try:
+        replies = client.fresh_gets(t.client.netns, t.vip, VPORT, 4, timeout=2.0)
+        assert [r.ok for r in replies] == [True, False, True, False], replies  # rr: f2, f1, f2, f1
+        proc = nlbd.lbadm("doctor", "--json", "--window", "0", check=False)
+        assert proc.returncode == 1, (proc.stdout, proc.stderr)
+        found = [f for f in json.loads(proc.stdout)["findings"] if f["check"] == "nat" and f["severity"] == "error"]
+        assert len(found) == 1, found
+        assert found[0]["summary"].startswith(f"NAT destination {f1.addr}:{RPORT} of TCP {t.vip}:{VPORT}: "), found
+        assert "classic NAT mistake" in found[0]["summary"]
+        assert f"ip route replace default via {gw}" in found[0]["fix"], found[0]
+    finally:
+        f1.ip("route", "add", "default", "via", gw)
