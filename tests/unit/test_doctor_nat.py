@@ -40,6 +40,7 @@ def test_forwarding_off_with_nat_is_a_warning() -> None:
     (w,) = by(run_checks(FakeContext(samples=[s, s], routes=ROUTES)), "nat", "warning")
     assert "ip_forward = 0" in w.summary and f"{RIP}:8080" in w.evidence
     assert w.fix.startswith("sysctl -w net.ipv4.ip_forward=1")
+    assert not by(run_checks(FakeContext(samples=[s, s], routes=ROUTES)), "sysctl")  # no "fine" beside it
     fs = run_checks(FakeContext(samples=[s, s], routes=ROUTES, sysctls={"net/ipv4/ip_forward": "1"}))
     assert by(fs, "nat", "warning") == []
 
