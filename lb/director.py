@@ -159,6 +159,20 @@ class Director:
                         matches.append(m)
         return matches
 
+    def _nat_reply_matches(self) -> list[str]:
+        """NAT (masquerading): the real servers' replies and ICMP errors, identified by their source
+        (lb.iptables nat_reply_match: the one NAT-specific rule kind, kept apart for the steering)."""
+        from lb.iptables import nat_icmp_match, nat_reply_match
+
+        matches: dict[str, None] = {}
+        rips: dict[str, None] = {}
+        for s in self.engine.services():
+            for d in s.dests:
+                if d.spec.fwd == "masq":
+                    matches[nat_reply_match(s.spec.key.proto, d.spec.addr, d.spec.port)] = None
+                    rips[d.spec.addr] = None
+        return list(matches) + [nat_icmp_match(rip) for rip in rips]
+
     def _icmp_matches(self) -> list[str]:
         """ICMP to every VIP and every local address: errors about balanced connections (e.g.
         fragmentation needed, port unreachable from a real server) must reach the fast path,
@@ -174,7 +188,8 @@ class Director:
 
     def sync_rules(self) -> None:
         if self.rules is not None:
-            self.rules.sync(self._service_keys(), extra=self._reply_matches() + self._icmp_matches())
+            self.rules.sync(self._service_keys(),
+                            extra=self._reply_matches() + self._nat_reply_matches() + self._icmp_matches())
 
     # ------------------------------------------------------------ forwarding state (lb.fwdstate)
     @property

@@ -10,7 +10,8 @@ expected to equal the reasons of the row's packet steps.
 Every forwarding method has rows for each rewrite, in and out: DR, IPIP (outer
 header, MTU / fragmentation needed, no source address), FULLNAT (IN and OUT
 rewrites, local address and port allocation, TTL, UDP checksum 0, TOA, MSS
-lowering), ICMP errors (forwarded, encapsulated, translated both ways, bad
+lowering), NAT (tests/packet_rows_nat.py: both rewrites, port translation, the OUTPUT-table
+states, ICMP both ways), ICMP errors (forwarded, encapsulated, translated both ways, bad
 checksum), SYN-proxy (cookie, ACK, real-server handshake, sequence and SACK
 translation, held data, defer, ACK storm, RSTs) and SYN-proxy timers (`TimerStep`:
 what engine.timers(now) must return).
@@ -87,7 +88,7 @@ class DestSetup:
     u_threshold: int = 0
     l_threshold: int = 0
     l2: bool = True  # install forwarding state (ifindex IFINDEX, RS_MACS[addr], DIRECTOR_MAC)
-    fwd: str = "route"  # route | tunnel | fullnat
+    fwd: str = "route"  # route | tunnel | masq | fullnat
     saddr: str = "0.0.0.0"  # forwarding state: route source address (the tunnel's outer source)
     mtu: int = 1500  # forwarding state: path MTU (0 = 1500)
 
@@ -1919,6 +1920,12 @@ def _hashing_rows() -> list[Row]:
     return packet_rows_hashing.rows()
 
 
+def _nat_rows() -> list[Row]:
+    import packet_rows_nat  # NAT (masquerading): its own module (it builds on this one)
+
+    return packet_rows_nat.rows()
+
+
 @functools.cache
 def _twos_expected(weights: tuple[int, ...], flows: int) -> list[str]:
     """twos' choices for `flows` held connections to TCP80 (RS1, RS2, ... of these weights, added in
@@ -2007,7 +2014,7 @@ def build_rows() -> tuple[Row, ...]:
             + _tcp_flag_rows() + _l2_and_table_rows() + _deleted_dest_rows() + _bad_input_rows() + _icmp_rows()
             + _syn_retrans_rows() + _persistence_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
             + _icmp_translation_rows() + _sp_rows() + _overload_rows() + _list_sched_rows()
-            + _locality_rows() + _hashing_rows())
+            + _locality_rows() + _hashing_rows() + _nat_rows())
     ids = [r.id for r in rows]
     duplicates = {i for i in ids if ids.count(i) > 1}
     assert not duplicates, f"duplicate row ids: {duplicates}"

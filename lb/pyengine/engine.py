@@ -4,12 +4,11 @@ The C core (lb.fastpath.CEngine) must agree with it packet for packet; the publi
 methods are CEngine's, one for one. Time is only ever the caller's `now_ms`; the
 engine never reads a clock.
 
-Scope: direct routing, IPIP tunnelling and FULLNAT (local address pools, TOA,
-MSS lowering), ICMP errors about connections (forwarded or translated), the
+Scope: direct routing, IPIP tunnelling, NAT (masquerading) and FULLNAT (local address pools,
+TOA, MSS lowering), ICMP errors about connections (forwarded or translated), the
 director's own ICMP answers, persistence templates, SYN-proxy (lb/pyengine/
 synproxy.py), every scheduler of the registry (lb/pyengine/sched_<name>.py), one-packet scheduling
 (-o), per-instance timeouts, the stalled-handshake counters.
-Masquerading (NAT) is refused with EOPNOTSUPP, as by the C core.
 
 Choices where docs/fastpath.md is silent (kernel IPVS behaviour unless noted):
 - Expiry is exact: an entry dies at expires_at_ms (now_ms >= expires_at_ms) and is

@@ -14,8 +14,8 @@
  * The reply tuple. A method that sees the real server's replies (xmit_out != NULL) gives each of
  * its connections a second key, (proto, RIP, RPORT) -> (oaddr, oport): the real server's
  * address and port (the destination's) towards the address and port the method makes it
- * answer to, chosen by conn_bind (FULLNAT: a local address and port; NAT would choose the
- * client's own, CIP:CPORT). The connection table hashes it; replies and ICMP errors from the
+ * answer to, chosen by conn_bind (FULLNAT: a local address and port; NAT: the client's own,
+ * CIP:CPORT). The connection table hashes it; replies and ICMP errors from the
  * real server's side find the connection by it (direction LB_DIR_OUT). A method without
  * xmit_out has no reply tuple, and its connections carry LB_CF_NOOUTPUT (the state machine's
  * INPUT-ONLY table).

@@ -1,7 +1,7 @@
 /*
  * harness.c - drives the packet core without Python.
  *
- * One standard configuration (a DR, an IPIP and a FULLNAT service with
+ * One standard configuration (a DR, an IPIP, a FULLNAT and a NAT service with
  * forwarding state) and three entry points:
  *
  *   harness replay FILE...        process each file's bytes as one packet (twice:
@@ -13,7 +13,9 @@
  *                                  services, destinations, forwarding state, local
  *                                  addresses, switches between every registered
  *                                  scheduler, with and without sh/mh flags) interleaved
- *                                  with IPIP/FULLNAT traffic and one-packet datagrams to mh;
+ *                                  with IPIP/FULLNAT traffic and one-packet datagrams to mh,
+ *                                  NAT connections and replies while a NAT destination's
+ *                                  method switches between masq and route;
  *                                  asserts every IPIP outer source is the installed
  *                                  route source (run with MALLOC_PERTURB_ / valgrind);
  *                                  then 15 N scheduling probes for as many destination
@@ -37,6 +39,8 @@
 #define BRS1 0x0a01000bu     /* 10.1.0.11 */
 #define LIP 0x0a010001u      /* 10.1.0.1 */
 #define DIP 0x0a000002u      /* 10.0.0.2: the director's own address (tunnel source) */
+#define NAT_PORT 85          /* the NAT service's port (TCP and UDP) */
+#define NAT_RPORT 8080       /* its real servers' port */
 
 static int check(int cond, const char *what)
 {
@@ -150,6 +154,25 @@ static int setup(lb_t *lb)
             rc |= lb_dest_add(lb, proto, VIP, 84, &d);
             fwd_for(&f, (uint8_t)(0x30 + j));
             rc |= lb_dest_set_fwd(lb, proto, VIP, 84, d.addr, d.port, &f);
+        }
+    }
+    /* VIP:85, NAT (masquerading) with port translation: TCP and UDP to 10.1.0.11-12:8080. */
+    for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0) {
+        memset(&s, 0, sizeof(s));
+        s.proto = proto;
+        s.addr = VIP;
+        s.port = NAT_PORT;
+        strcpy(s.sched, "rr");
+        rc |= lb_svc_add(lb, &s);
+        for (int j = 0; j < 2; j++) {
+            memset(&d, 0, sizeof(d));
+            d.addr = BRS1 + (uint32_t)j;
+            d.port = NAT_RPORT;
+            d.fwd = LB_FWD_MASQ;
+            d.weight = 1;
+            rc |= lb_dest_add(lb, proto, VIP, NAT_PORT, &d);
+            fwd_for(&f, (uint8_t)(0x40 + j));
+            rc |= lb_dest_set_fwd(lb, proto, VIP, NAT_PORT, d.addr, d.port, &f);
         }
     }
     return rc | locality_setup(lb);
@@ -615,6 +638,24 @@ static int cmd_churn(long rounds)
             bad |= process_checked(lb, pkt, len, now);
         }
         bad |= check(lb_conn_count(lb) <= before, "one-packet datagrams leave no connection entry");
+        /* NAT: a destination's method switches between masq and route (new connections only: the
+         * existing ones keep their reply tuple until they go); SYNs in, the real servers' replies
+         * (source RIP:8080 towards the client) out. */
+        struct lb_dest_conf m = {.addr = BRS1 + (uint32_t)(r % 2), .port = NAT_RPORT,
+                                 .fwd = r % 4 == 3 ? LB_FWD_ROUTE : LB_FWD_MASQ, .weight = 1};
+        lb_dest_edit(lb, LB_PROTO_TCP, VIP, NAT_PORT, &m);
+        for (int k = 0; k < 4; k++) {
+            uint32_t client = 0xc0000400u + (uint32_t)k;
+            uint16_t cport = (uint16_t)(3000 + r % 50000);
+            uint32_t len = make_packet(pkt, LB_PROTO_TCP, client, cport, NAT_PORT, k == 3 ? 0x04 : 0x02);
+            bad |= process_checked(lb, pkt, len, now);
+            len = make_packet(pkt, LB_PROTO_TCP, BRS1 + (uint32_t)(k & 1), NAT_RPORT, cport, k & 2 ? 0x11 : 0x12);
+            uint32_t client_n = lb_htonl(client);
+            memcpy(pkt + 16, &client_n, 4); /* to the client: the reply tuple */
+            lb_put16(pkt + 10, 0);
+            lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+            bad |= process_checked(lb, pkt, len, now);
+        }
         now += 37;
         if (r % 100 == 0)
             lb_expire(lb, now, 0);

@@ -517,6 +517,7 @@ def test_targeted(name: str, swept: bool) -> None:
 MISSING = ServiceKey(6, "198.51.100.99", 80)
 KEY = ServiceKey(6, VIP, 80)
 SP_KEY = ServiceKey(6, VIP, 443)
+OPS_KEY = ServiceKey(17, VIP, 53)
 
 
 def _populated(engine: object) -> object:
@@ -526,6 +527,7 @@ def _populated(engine: object) -> object:
     e.add_laddr(KEY, table.LIP1)  # type: ignore[attr-defined]
     e.add_service(ServiceSpec(SP_KEY, "rr", synproxy=True))  # type: ignore[attr-defined]
     e.add_dest(SP_KEY, DestSpec(table.RS1, 443, "fullnat"))  # type: ignore[attr-defined]
+    e.add_service(ServiceSpec(OPS_KEY, "rr", ops=True))  # type: ignore[attr-defined]
     return e
 
 
@@ -538,7 +540,7 @@ PRECEDENCE = [
     ("edit_service SYN-proxy UDP, no service", "ESRCH",
      lambda e: e.edit_service(ServiceSpec(ServiceKey(17, "198.51.100.99", 53), "rr", synproxy=True))),
     ("add_dest bad thresholds, exists", "EINVAL", lambda e: e.add_dest(KEY, DestSpec(table.RS1, 80, "route", 1, 1, 2))),
-    ("add_dest masq, exists", "EOPNOTSUPP", lambda e: e.add_dest(KEY, DestSpec(table.RS1, 80, "masq"))),
+    ("add_dest masq on -o UDP, exists", "EOPNOTSUPP", lambda e: e.add_dest(OPS_KEY, DestSpec(table.RS1, 53, "masq"))),
     ("edit_dest bad thresholds, missing dest", "EINVAL",
      lambda e: e.edit_dest(KEY, DestSpec(table.RS2, 80, "route", 1, 1, 2))),
     ("add_service exists, persistence out of range", "EEXIST",
