@@ -494,16 +494,22 @@ class Director:
                     "(add local addresses with lbadm -P, or more real-server ports)",
     }
 
+    EARLY_DROP_LOG = ("connection table full ({entries} entries): {n} half-open or finished entries dropped "
+                      "to make room for new connections in the last tick (early drop; a SYN flood, or raise "
+                      "lbd --conn-max)")
+
     def _log_refusals(self) -> None:
-        """Counted refusals become log lines too (issue 3: exhausted pools; issue 8: full table)."""
-        counters = self.engine.counters()
+        """Counted refusals become log lines too (issue 3: exhausted pools; issue 8: full table), and so
+        do the entries early drop released to make room (issue 15), once per tick in which they grew."""
+        counters = dict(self.engine.counters())
+        counters["early_drop"] = self.engine.conn_stats()["early_drops"]
         last = self._last_refusals
         entries = self.engine.conn_count()
-        for reason, text in self.REFUSAL_LOGS.items():
+        for reason, text in {**self.REFUSAL_LOGS, "early_drop": self.EARLY_DROP_LOG}.items():
             n = counters.get(reason, 0) - last.get(reason, counters.get(reason, 0))
             if n > 0:
                 log.warning(text.format(n=n, entries=entries))
-        self._last_refusals = {r: counters.get(r, 0) for r in self.REFUSAL_LOGS}
+        self._last_refusals = {r: counters.get(r, 0) for r in (*self.REFUSAL_LOGS, "early_drop")}
 
     @staticmethod
     def _log_stall(event: StallEvent[DestKey]) -> None:
@@ -591,4 +597,5 @@ class Director:
         result["nfq_queues"] = queues
         result["nfq"] = {k: sum(q[k] for q in queues) for k in queues[0]} if queues else {}
         result["synproxy"] = self.engine.synproxy_stats()
+        result["table"] = self.engine.conn_stats()  # entries, max, buckets, droppable, early_drops
         return result

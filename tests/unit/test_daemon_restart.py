@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +153,14 @@ def test_engine_without_dump_saves_configuration_only(tmp_path: Path) -> None:
         def __getattr__(self, name: str) -> Any:
             return getattr(self.inner, name)
 
-        def dump_connections_raw(self, now_ms: int) -> bytes | None:
+        def dump_connections_raw(self, now_ms: int, reset_changes: bool = False) -> bytes | None:
             return None  # the Engine protocol's "this engine cannot dump"
+
+        def dump_connections_chunks(self, now_ms: int, reset_changes: bool = False) -> Iterator[bytes] | None:
+            return None
+
+        def dump_changes_raw(self, now_ms: int) -> bytes | None:
+            return None
 
     d = Director(NoDump(), rules=None, resolver=None)
     d.handle("add_service", {**DR, "sched": "rr"})
