@@ -29,6 +29,7 @@ from lb import __version__, unimplemented
 from lb.engine import Engine, EngineError
 from lb.estimator import Estimator, HandshakeSample, StallEvent, StallWatch
 from lb.fwdstate import DestKey, ForwardingStates, FwdStatus, Resolver
+from lb.ipsets import Steering
 from lb.model import ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats, SynproxyConf
 from lb.reconcile import (
     COMMAND_TYPES,
@@ -61,7 +62,7 @@ LOG_EACH_MAX = 50  # a change of more commands is logged as one summary line (de
 
 
 class Rules(Protocol):
-    def sync(self, services: list[tuple[int, str, int]], extra: list[str] = ...) -> object: ...
+    def sync(self, steering: Steering) -> object: ...
 
 
 class BatchError(EngineError):
@@ -145,36 +146,26 @@ class Director:
     def _service_keys(self) -> list[tuple[int, str, int]]:
         return [(s.spec.key.proto, s.spec.key.addr, s.spec.key.port) for s in self.engine.services()]
 
-    def _reply_matches(self) -> list[str]:
-        """FULLNAT: replies from each real server to each local address are queued too."""
-        from lb.iptables import reply_match
-
-        matches: list[str] = []
+    def steering(self) -> Steering:
+        """What the raw-table sets must hold: every service, and FULLNAT replies from each real
+        server to each local address. ICMP to every VIP and local address is queued too (the
+        address set): errors about balanced connections (e.g. fragmentation needed, port
+        unreachable from a real server) must reach the fast path, which relates them to their
+        connection entry as IPVS's ip_vs_in_icmp does."""
+        st = Steering()
         for s in self.engine.services():
+            key = s.spec.key
+            st.services.add((key.proto, key.addr, key.port))
             fullnat = [d for d in s.dests if d.spec.fwd == "fullnat"]
             for laddr in s.laddrs:
+                st.addrs.add(laddr.addr)
                 for d in fullnat:
-                    m = reply_match(s.spec.key.proto, d.spec.addr, d.spec.port, laddr.addr)
-                    if m not in matches:
-                        matches.append(m)
-        return matches
-
-    def _icmp_matches(self) -> list[str]:
-        """ICMP to every VIP and every local address: errors about balanced connections (e.g.
-        fragmentation needed, port unreachable from a real server) must reach the fast path,
-        which relates them to their connection entry as IPVS's ip_vs_in_icmp does."""
-        from lb.iptables import icmp_match
-
-        addrs: dict[str, None] = {}
-        for s in self.engine.services():
-            addrs[s.spec.key.addr] = None
-            for laddr in s.laddrs:
-                addrs[laddr.addr] = None
-        return [icmp_match(a) for a in addrs]
+                    st.fnat_replies.add((key.proto, d.spec.addr, d.spec.port, laddr.addr))
+        return st
 
     def sync_rules(self) -> None:
         if self.rules is not None:
-            self.rules.sync(self._service_keys(), extra=self._reply_matches() + self._icmp_matches())
+            self.rules.sync(self.steering())
 
     # ------------------------------------------------------------ forwarding state (lb.fwdstate)
     @property

@@ -18,6 +18,7 @@ import pytest
 
 from lb.director import BatchError, Director
 from lb.engine import EngineError
+from lb.ipsets import Steering
 from lb.model import SCHEDULERS, Stats
 from line_server import director_socket  # tests/unit helper
 
@@ -190,11 +191,11 @@ class FailingRules:
         self.fail = False
         self.synced: list[list[tuple[int, str, int]]] = []
 
-    def sync(self, services: list[tuple[int, str, int]], extra: list[str] = []) -> None:  # noqa: B006
+    def sync(self, steering: Steering) -> None:
         if self.fail:
             self.fail = False  # the restoring sync afterwards works
             raise RuntimeError("iptables-restore: boom")
-        self.synced.append(list(services))
+        self.synced.append(sorted(steering.services))
 
 
 def test_rules_sync_failure_rolls_the_engine_back() -> None:
