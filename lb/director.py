@@ -146,13 +146,22 @@ class Director:
     def _service_keys(self) -> list[tuple[int, str, int]]:
         return [(s.spec.key.proto, s.spec.key.addr, s.spec.key.port) for s in self.engine.services()]
 
-    def steering(self) -> Steering:
+    def steering(self, state: State | None = None) -> Steering:
         """What the raw-table sets must hold: every service, and FULLNAT replies from each real
         server to each local address. ICMP to every VIP and local address is queued too (the
         address set): errors about balanced connections (e.g. fragmentation needed, port
         unreachable from a real server) must reach the fast path, which relates them to their
-        connection entry as IPVS's ip_vs_in_icmp does."""
+        connection entry as IPVS's ip_vs_in_icmp does. From `state` (the model a change just
+        produced: plain Python, no engine call) or else from the engine."""
         st = Steering()
+        if state is not None:
+            for key, svc in state.services.items():
+                st.services.add((key.proto, key.addr, key.port))
+                st.addrs.update(svc.laddrs)
+                for spec in svc.dests.values():
+                    if spec.fwd == "fullnat":
+                        st.fnat_replies.update((key.proto, spec.addr, spec.port, la) for la in svc.laddrs)
+            return st
         for s in self.engine.services():
             key = s.spec.key
             st.services.add((key.proto, key.addr, key.port))
@@ -163,9 +172,9 @@ class Director:
                     st.fnat_replies.add((key.proto, d.spec.addr, d.spec.port, laddr.addr))
         return st
 
-    def sync_rules(self) -> None:
+    def sync_rules(self, state: State | None = None) -> None:
         if self.rules is not None:
-            self.rules.sync(self.steering())
+            self.rules.sync(self.steering(state))
 
     # ------------------------------------------------------------ forwarding state (lb.fwdstate)
     @property
@@ -229,7 +238,7 @@ class Director:
                 for key in [cmd.key] if isinstance(cmd, DelService) else list(removing):
                     self.totals.retire(removing.pop(key, Stats()))
         try:
-            self.sync_rules()
+            self.sync_rules(live)  # the model these commands produced: no second walk of the engine
         except Exception as exc:
             self._rollback(done)
             try:

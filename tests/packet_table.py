@@ -74,6 +74,8 @@ def active_in(state: str) -> int:
 SvcRef = tuple[int, str, int]  # (proto, vaddr, vport)
 TCP80: SvcRef = (PROTO_TCP, VIP, 80)
 UDP53: SvcRef = (PROTO_UDP, VIP, 53)
+TCP0: SvcRef = (PROTO_TCP, VIP, 0)  # port-zero ("all ports") services: persistent only (ipvsadm)
+UDP0: SvcRef = (PROTO_UDP, VIP, 0)
 
 
 # ---- row data types ------------------------------------------------------------------
@@ -927,6 +929,65 @@ def _syn_retrans_rows() -> list[Row]:
                  DestExpect(UDP53, RS1, 53)),
                 (ServiceExpect(TCP80, 1, 6, 6 * size), ServiceExpect(UDP53)),
                 (conn("ESTABLISHED", T_ES, RS1),), check_ms=6000, tags=("tcp-state", "signals"))]
+
+
+def _port_zero_rows() -> list[Row]:
+    """Port-zero services (ip_vs_service_find: the exact <protocol, VIP, port> first, then the
+    VIP's port 0; ip_vs_sched_persist: one template <protocol, client, 0, VIP, 0> for every port,
+    the connection goes to the real server on the client's port)."""
+    rows: list[Row] = []
+    p0 = (DestSetup(RS1, 0), DestSetup(RS2, 0))
+    a, b = tcp(sport=47000, dport=80), tcp(sport=47001, dport=443)
+    c = tcp(sport=47002, dport=8080, src=CLIENT2)
+    size = ip_total_length(a)
+    rows.append(Row(
+        "port0-tcp-every-port", "a persistent TCP port-0 service takes every port of the VIP; one template per "
+        "client covers all of them (80 and 443 of one client go to the same real server), another client gets "
+        "its own", Setup((ServiceSetup(TCP0, "rr", p0, persistent=300),)),
+        (fwd(a, 0, RS2), fwd(b, 1, RS2), fwd(c, 2, RS1)),
+        (DestExpect(TCP0, RS2, 0, active=2, conns=2, inpkts=2, inbytes=2 * size, persist=1),
+         DestExpect(TCP0, RS1, 0, active=1, conns=1, inpkts=1, inbytes=size, persist=1)),
+        (ServiceExpect(TCP0, 3, 3, 3 * size),),
+        (conn("SYN_RECV", T_SR - 2, RS2, cport=47000, svc=(PROTO_TCP, VIP, 80), dport=80),
+         conn("SYN_RECV", T_SR - 1, RS2, cport=47001, svc=(PROTO_TCP, VIP, 443), dport=443),
+         conn("SYN_RECV", T_SR, RS1, cport=47002, caddr=CLIENT2, svc=(PROTO_TCP, VIP, 8080), dport=8080),
+         ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 0, RS2, 0, "NONE", 300_000 - 1),
+         ConnExpect(PROTO_TCP, CLIENT2, 0, VIP, 0, RS1, 0, "NONE", 300_000)), check_ms=2, tags=("port0", "persist")))
+
+    exact = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1),)), ServiceSetup(TCP0, "rr", (DestSetup(RS2, 0),),
+                                                                               persistent=300)))
+    d = tcp(sport=47003, dport=22)
+    rows.append(Row(
+        "port0-exact-service-first", "the exact service VIP:80 wins over the VIP's port-0 service; port 22, which "
+        "has no exact service, goes to the port-0 service", exact, (fwd(a, 0, RS1), fwd(d, 1, RS2)),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size),
+         DestExpect(TCP0, RS2, 0, active=1, conns=1, inpkts=1, inbytes=size, persist=1)),
+        (ServiceExpect(TCP80, 1, 1, size), ServiceExpect(TCP0, 1, 1, size)),
+        (conn("SYN_RECV", T_SR - 1, RS1, cport=47000),
+         conn("SYN_RECV", T_SR, RS2, cport=47003, svc=(PROTO_TCP, VIP, 22), dport=22),
+         ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 0, RS2, 0, "NONE", 300_000)), check_ms=1, tags=("port0",)))
+
+    u1, u2 = udp(sport=50000, dport=53), udp(sport=50001, dport=5353)
+    usize = ip_total_length(u1)
+    rows.append(Row(
+        "port0-udp-every-port", "a persistent UDP port-0 service: datagrams to two ports of the VIP from one client "
+        "go to one real server (a TCP packet to the VIP finds no service)",
+        Setup((ServiceSetup(UDP0, "rr", p0, persistent=300),)),
+        (fwd(u1, 0, RS2), fwd(u2, 1, RS2), verdict(tcp(sport=47009), 2, "ACCEPT", "NO_SERVICE")),
+        (DestExpect(UDP0, RS2, 0, inactive=2, conns=2, inpkts=2, inbytes=2 * usize, persist=1),
+         DestExpect(UDP0, RS1, 0)),
+        (ServiceExpect(UDP0, 2, 2, 2 * usize),),
+        (conn("UDP", T_UDP - 2, RS2, cport=50000, svc=(PROTO_UDP, VIP, 53), dport=53),
+         conn("UDP", T_UDP - 1, RS2, cport=50001, svc=(PROTO_UDP, VIP, 5353), dport=5353),
+         ConnExpect(PROTO_UDP, CLIENT1, 0, VIP, 0, RS2, 0, "NONE", 300_000 - 1)), check_ms=2, tags=("port0",)))
+
+    rows.append(Row(
+        "port0-not-persistent-unreachable", "a port-0 service that is not persistent (ipvsadm refuses it; the API "
+        "does not) schedules nothing: ip_vs_schedule's \"port zero only supported in persistent services\", "
+        "answered with ICMP port unreachable as ip_vs_leave does",
+        Setup((ServiceSetup(TCP0, "rr", (DestSetup(RS1, 0),)),)), (answer(a, 0),),
+        (DestExpect(TCP0, RS1, 0),), (ServiceExpect(TCP0),), (), tags=("port0",)))
+    return rows
 
 
 def _persistence_rows() -> list[Row]:
@@ -1929,7 +1990,7 @@ def _locality_rows() -> list[Row]:
 def build_rows() -> tuple[Row, ...]:
     rows = (_dr_flow_rows() + _udp_rows() + _scheduling_rows() + _no_dest_rows() + _lookup_rows()
             + _tcp_flag_rows() + _l2_and_table_rows() + _deleted_dest_rows() + _bad_input_rows() + _icmp_rows()
-            + _syn_retrans_rows() + _persistence_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
+            + _syn_retrans_rows() + _persistence_rows() + _port_zero_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
             + _icmp_translation_rows() + _sp_rows() + _overload_rows() + _list_sched_rows()
             + _locality_rows() + _hashing_rows())
     ids = [r.id for r in rows]

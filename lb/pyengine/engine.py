@@ -318,7 +318,11 @@ class PyEngine:
             if not conn.dest.available:
                 return _DEST_UNAVAILABLE  # the timer is not restarted
         else:
+            # ip_vs_service_find's order: the exact <protocol, VIP, port>, then the VIP's port-zero
+            # ("all ports") service, which receives every port of the VIP without an exact service.
             service = self._services.get((proto, parsed.daddr, parsed.dport))
+            if service is None and parsed.dport:
+                service = self._services.get((proto, parsed.daddr, 0))
             if service is None:
                 return _NO_SERVICE
             if service.spec.synproxy and proto == IPPROTO_TCP:
@@ -353,9 +357,13 @@ class PyEngine:
         template: Connection | None = None
         service.sched_now_ms = now_ms  # the schedulers' clock
         if service.spec.persistent is None:
-            dest = service.scheduler.schedule(service, parsed)
+            # ip_vs_schedule: a non-persistent port-zero service schedules nothing (unreachable)
+            dest = service.scheduler.schedule(service, parsed) if parsed.dport == service.spec.key.port else None
         else:
-            tkey: TemplateKey = (parsed.proto, service.client_network(parsed.saddr), parsed.daddr, parsed.dport)
+            # The template's virtual port is the service's: 0 for a port-zero service, whose template
+            # covers every port of the VIP (ip_vs_sched_persist: <protocol, caddr, 0, vaddr, 0>).
+            tkey: TemplateKey = (parsed.proto, service.client_network(parsed.saddr), parsed.daddr,
+                                 service.spec.key.port)
             template = self._conns.template(tkey)
             if template is not None and not template.dest.available:
                 self._invalidate_template(template)  # its destination left: schedule afresh
@@ -1009,6 +1017,9 @@ class PyEngine:
         if _ops_refuses(service.spec, method):
             raise EngineError("EOPNOTSUPP", f"{where}: a one-packet UDP service (-o) keeps no entry to translate "
                                             "replies with")
+        if service.spec.key.port == 0 and method.sees_replies:
+            raise EngineError("EOPNOTSUPP", f"{where}: a port-zero service forwards to the client's port; FULLNAT "
+                                            "needs a fixed real-server port")
 
     def _unlink_dest(self, service: Service, index: int, tell_scheduler: bool = True) -> None:
         dest = service.dests.pop(index)
@@ -1081,7 +1092,9 @@ class PyEngine:
                         vaddr=socket.inet_ntoa(conn.vaddr),
                         vport=conn.vport,
                         daddr=socket.inet_ntoa(dest.addr),
-                        dport=dest.port,
+                        # a port-zero service: the real server's port is the client's; templates: 0
+                        dport=dest.port if dest.port and dest.owner.spec.key.port else
+                        (0 if conn.is_template else conn.vport),
                         state=TEMPLATE_ASSURED if conn.assured else ConnState(conn.state).name,
                         expires_ms=conn.expires_at_ms - now_ms,
                         laddr=socket.inet_ntoa(laddr),

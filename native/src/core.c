@@ -67,7 +67,11 @@ static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct
                                         struct lb_conn **tmpl, int *table_full)
 {
     uint32_t snet = p->saddr & lb_htonl(s->conf.netmask);
-    struct lb_conn *t = lb_tmpl_lookup(lb, p->proto, snet, p->daddr, p->dport, now_ms);
+    /* The template's virtual port is the service's: the packet's for a service found by its port,
+     * 0 for a port-zero service, whose template covers every port of the VIP (ip_vs_sched_persist:
+     * <protocol, caddr, 0, vaddr, 0>), so one client sticks to one real server across ports. */
+    uint16_t tport = lb_htons(s->conf.port);
+    struct lb_conn *t = lb_tmpl_lookup(lb, p->proto, snet, p->daddr, tport, now_ms);
     if (t && !(t->dest->flags & LB_DEST_F_AVAILABLE)) {
         lb_tmpl_invalidate(lb, t); /* its destination left: schedule afresh */
         t = NULL;
@@ -79,7 +83,7 @@ static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct
         d = s->sched->schedule(s, p);
         if (!d)
             return NULL;
-        t = lb_tmpl_new(lb, p->proto, snet, p->daddr, p->dport, d, s->conf.persist_timeout_s * 1000, now_ms);
+        t = lb_tmpl_new(lb, p->proto, snet, p->daddr, tport, d, s->conf.persist_timeout_s * 1000, now_ms);
         if (!t) {
             *table_full = 1;
             return NULL;
@@ -98,8 +102,13 @@ static struct lb_dest *schedule_dest(lb_t *lb, const struct lb_pkt *p, struct lb
 {
     int table_full = 0;
     s->sched_now_ms = now_ms; /* the schedulers' clock (lb_sched.h) */
-    struct lb_dest *d = s->conf.persist_timeout_s ? schedule_persist(lb, p, s, now_ms, tmpl, &table_full)
-                                                  : s->sched->schedule(s, p);
+    struct lb_dest *d;
+    if (s->conf.persist_timeout_s)
+        d = schedule_persist(lb, p, s, now_ms, tmpl, &table_full);
+    else if (LB_UNLIKELY(p->dport != lb_htons(s->conf.port)))
+        d = NULL; /* ip_vs_schedule: "port zero only supported in persistent services": unreachable */
+    else
+        d = s->sched->schedule(s, p);
     if (table_full) {
         act->verdict = LB_V_DROP;
         *reason = LB_R_TABLE_FULL;
@@ -267,7 +276,11 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
             return LB_OK;
         }
     } else {
+        /* ip_vs_service_find's order: the exact <protocol, VIP, port>, then the VIP's port-zero
+         * ("all ports") service, which receives every port of the VIP without an exact service. */
         struct lb_svc *s = lb_svc_find(lb, p.proto, p.daddr, p.dport);
+        if (!s && p.dport)
+            s = lb_svc_find(lb, p.proto, p.daddr, 0);
         if (!s) {
             act->verdict = LB_V_ACCEPT;
             finish(lb, act, LB_R_NO_SERVICE);

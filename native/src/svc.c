@@ -374,6 +374,12 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         err = LB_EOPNOTSUPP; /* FULLNAT on a one-packet UDP service */
         goto out;
     }
+    if (!s->conf.port && lb_xmit_find(conf->fwd) && lb_xmit_find(conf->fwd)->xmit_out) {
+        /* A port-zero service's connections go to the client's port; a method with a reply
+         * tuple (FULLNAT) needs the real server's port fixed. */
+        err = LB_EOPNOTSUPP;
+        goto out;
+    }
     if (find_dest_idx(s, conf->addr, conf->port) >= 0) {
         err = LB_EEXIST;
         goto out;
@@ -623,7 +629,11 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
     struct lb_svc *s = lb_svc_find_host(lb, ci->proto, ci->vaddr, ci->vport);
+    if (!s && ci->vport)
+        s = lb_svc_find_host(lb, ci->proto, ci->vaddr, 0); /* a connection of a port-zero service */
     int di = s ? find_dest_idx(s, ci->daddr, ci->dport) : -1;
+    if (s && di < 0 && !s->conf.port)
+        di = find_dest_idx(s, ci->daddr, 0); /* dumped with the client's port (lb_conn_dump) */
     if (!s) {
         err = LB_ESRCH;
         goto out;
