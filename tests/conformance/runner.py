@@ -255,10 +255,11 @@ class Player:
             self.step_ports[client] = port
         f = Flow(client=client, addr=self.vals[client], port=port)
         netns, vip = self.topo.client.netns, self.vals[step.vips[k % len(step.vips)]]
+        dport = getattr(step, "port", 0) or SERVICE_PORT
         if isinstance(step, Udp):
-            udp_exchange(netns, f, vip, SERVICE_PORT)
+            udp_exchange(netns, f, vip, dport)
             return f
-        open_tcp(netns, f, vip, SERVICE_PORT)
+        open_tcp(netns, f, vip, dport)
         if f.outcome == "refused":
             table = self.system.admin(["-Lnc"]).stdout
             dest = compare.chosen_by_connection_table(table, f.addr, f.port)
@@ -390,7 +391,8 @@ def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd"
             for i, scn in chosen:
                 for vip in scenario_vips(scn, addresses(topo, i)):
                     for rs in REAL_SERVERS:
-                        servers.serve(topo.host(rs).netns, rs, vip, SERVICE_PORT, tcp=rs not in scn.refuse)
+                        for port in (SERVICE_PORT, *scn.extra_ports):
+                            servers.serve(topo.host(rs).netns, rs, vip, port, tcp=rs not in scn.refuse)
         lbd = starter.lbd
 
         def lbd_ready() -> str | None:
