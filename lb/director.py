@@ -156,6 +156,9 @@ class Director:
         st = Steering()
         if state is not None:
             for key, svc in state.services.items():
+                if key.fwmark:
+                    st.fwmarks.add(key.fwmark)
+                    continue
                 st.services.add((key.proto, key.addr, key.port))
                 st.addrs.update(svc.laddrs)
                 for spec in svc.dests.values():
@@ -164,6 +167,9 @@ class Director:
             return st
         for s in self.engine.services():
             key = s.spec.key
+            if key.fwmark:
+                st.fwmarks.add(key.fwmark)
+                continue
             st.services.add((key.proto, key.addr, key.port))
             fullnat = [d for d in s.dests if d.spec.fwd == "fullnat"]
             for laddr in s.laddrs:

@@ -82,6 +82,7 @@ class Steering:
     services: set[tuple[int, str, int]] = field(default_factory=set)  # (proto, vip, port)
     fnat_replies: set[tuple[int, str, int, str]] = field(default_factory=set)  # (proto, rip, rport, lip)
     addrs: set[str] = field(default_factory=set)  # VIPs and local addresses (extra ones: ICMP)
+    fwmarks: set[int] = field(default_factory=set)  # fwmark services: queued from mangle (lb.iptables), not sets
 
     def elements(self) -> dict[SetKind, set[str]]:
         """Each set's content in the exact form `ipset save` prints it. O(N) in plain set operations

@@ -83,6 +83,9 @@ OUT_HOOK_CHAIN = "OUTPUT"
 CHAIN_PREFIX = "LBD-Q"
 OUT_CHAIN_SUFFIX = "-OUT"
 GO_CHAIN_SUFFIX = "-GO"
+MARK_TABLE = "mangle"
+MARK_CHAIN_SUFFIX = "-MARK"
+MARK_COMMENT_SUFFIX = " mark"
 COMMENT_PREFIX = "lbd q"
 OUT_COMMENT_SUFFIX = " out"
 # SO_MARK of lbd's raw IPPROTO_RAW socket is SOCKET_MARK_BASE | queue number ("LB" in the high
@@ -168,6 +171,22 @@ def _check_queue(num: int) -> int:
     return num
 
 
+def mark_chain_name(queue_num: int) -> str:
+    """mangle LBD-Q<N>-MARK: the fwmark services' marks, queued after the operator's MARK rules."""
+    return f"{chain_name(queue_num)}{MARK_CHAIN_SUFFIX}"
+
+
+def mark_jump_rule(queue_num: int) -> str:
+    return (f'-A {HOOK_CHAIN} -m comment --comment "{jump_comment(queue_num)}{MARK_COMMENT_SUFFIX}" '
+            f"-j {mark_chain_name(queue_num)}")
+
+
+def mark_rules(queue_num: int, marks: Iterable[int], target: str) -> list[str]:
+    """One rule per fwmark service, exact mark as the kernel's fwmark lookup (svc->fwmark == mark)."""
+    chain = mark_chain_name(queue_num)
+    return [f"-A {chain} -m mark --mark {m:#x} {target}" for m in sorted(marks)]
+
+
 def go_chain_name(queue_num: int) -> str:
     """The chain every steered packet ends in: untrack (unless track), then queue."""
     return f"{chain_name(queue_num)}{GO_CHAIN_SUFFIX}"
@@ -229,11 +248,12 @@ class Plan:
     rewritten: list[str] = field(default_factory=list)  # chains rewritten (healed or adopted)
     jump_added: bool = False
     out_repaired: list[str] = field(default_factory=list)  # restore lines healing LBD-Q<N>-OUT
+    marks_changed: bool = False  # mangle LBD-Q<N>-MARK rewritten (fwmark services changed)
 
     @property
     def empty(self) -> bool:
         return not self.added and not self.deleted and not self.rewritten and not self.jump_added \
-            and not self.out_repaired
+            and not self.out_repaired and not self.marks_changed
 
     def __str__(self) -> str:
         text = f"{self.added} set elements added, {self.deleted} deleted"
@@ -246,9 +266,9 @@ def same_rules(found: Sequence[str], want: Sequence[str]) -> bool:
     return [rule_key(r) for r in found] == [rule_key(r) for r in want]
 
 
-def restore_script(lines: Iterable[str]) -> str:
+def restore_script(lines: Iterable[str], table: str = TABLE) -> str:
     body = "\n".join(lines)
-    return f"*{TABLE}\n{body}\nCOMMIT\n"
+    return f"*{table}\n{body}\nCOMMIT\n"
 
 
 def _has_jump_from(state: TableState, hook: str) -> bool:
@@ -312,6 +332,8 @@ class RuleManager:
         self.netns = netns
         self._runner: Runner = runner or _run
         self.sets = ips.SetManager(self.queue_num, netns=netns, runner=self._runner)
+        self.mark_chain = mark_chain_name(queue_num)
+        self._marks: set[int] | None = None  # the marks LBD-Q<N>-MARK holds (None: unknown, read it)
 
     # ---- commands
 
@@ -330,10 +352,10 @@ class RuleManager:
             raise IptablesError(full, proc.returncode, proc.stderr or "", detail=_script_excerpt(stdin))
         return proc.stdout or ""
 
-    def _restore(self, lines: list[str]) -> None:
+    def _restore(self, lines: list[str], table: str = TABLE) -> None:
         if not lines:
             return
-        script = restore_script(lines)
+        script = restore_script(lines, table)
         log.debug("iptables-restore --noflush:\n%s", script)
         self._exec([self.iptables_restore, "-w", str(LOCK_WAIT_S), "--noflush"], script)
 
@@ -400,6 +422,7 @@ class RuleManager:
                 self.queue_num, len(pre.rules), len(go.rules), len(out.rules), len(pre.jumps), len(out.jumps),
             )
         self._restore(self._remove_lines([(pre, self.chain), (go, self.go_chain), (out, self.out_chain)]))
+        self._remove_marks()
         self.sets.create()
         self._restore([*self._chain_lines(), jump_rule(self.queue_num), *self._out_lines()])
         log.info("raw table: chain %s ready (set lookups in %s), jumped to from %s; %s", self.chain,
@@ -441,6 +464,7 @@ class RuleManager:
         plan.out_repaired = self._plan_out(out)
         lines += plan.out_repaired
         self._restore(lines)
+        plan.marks_changed = self._sync_marks(steering.fwmarks)
         if plan.empty:
             log.debug("raw %s already in sync", self.chain)
         else:
@@ -472,10 +496,51 @@ class RuleManager:
             self._restore(lines)
             log.info("raw %s, %s, %s: removed (%d rules, %d jumps)", self.chain, self.go_chain, self.out_chain,
                      len(pre.rules) + len(go.rules) + len(out.rules), len(pre.jumps) + len(out.jumps))
+        self._remove_marks()
         try:
             self.sets.destroy()
         except ips.IpsetError as exc:
             raise IptablesError(exc.cmd, exc.returncode, exc.stderr) from exc
+
+    # ---- fwmark services: mangle PREROUTING, after the operator's MARK rules
+
+    def _mark_state(self) -> TableState:
+        text = self._exec([self.iptables, "-w", str(LOCK_WAIT_S), "-t", MARK_TABLE, "-S"])
+        return parse_table(text, self.mark_chain, MARK_TABLE)
+
+    def _remove_marks(self) -> None:
+        """Remove LBD-Q<N>-MARK and the jumps to it (mangle), if any."""
+        state = self._mark_state()
+        self._restore(self._remove_lines([(state, self.mark_chain)]), MARK_TABLE)
+        self._marks = set()
+
+    def _sync_marks(self, marks: set[int]) -> bool:
+        """Make LBD-Q<N>-MARK queue exactly `marks` (one transaction), jumped to from mangle
+        PREROUTING. The raw table runs before mangle, where operators set marks, so a fwmark
+        service's packets are queued here: after every operator MARK rule that precedes lbd's
+        jump (appended when the first fwmark service appears), with the mark the operator set,
+        which lbd never changes. Conntrack (priority -200) has seen them by then: a packet lbd
+        forwards leaves an unconfirmed entry that dies with the packet; CT --notrack is not
+        possible after conntrack. Costs nothing while there is no fwmark service. Returns whether
+        anything changed."""
+        if self._marks is not None and marks == self._marks:
+            return False
+        state = self._mark_state()
+        want = mark_rules(self.queue_num, marks, self.target)
+        has_jump = any(j.startswith(f"-A {HOOK_CHAIN} ") for j in state.jumps)
+        if not marks and not state.chain_exists:
+            self._marks = set()
+            return False
+        if state.chain_exists and same_rules(state.rules, want) and (has_jump or not marks):
+            self._marks = set(marks)
+            return False
+        lines = [f":{self.mark_chain} - [0:0]", *want]  # declaring flushes it in this transaction
+        if not has_jump:
+            lines.append(mark_jump_rule(self.queue_num))
+        self._restore(lines, MARK_TABLE)
+        self._marks = set(marks)
+        log.info("mangle %s: queues fwmark(s) %s", self.mark_chain, ", ".join(str(m) for m in sorted(marks)) or "none")
+        return True
 
     def detect(self) -> str | None:
         return detect(self.iptables, netns=self.netns, runner=self._runner)

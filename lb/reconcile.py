@@ -269,7 +269,7 @@ def _check_ops_spec(spec: ServiceSpec, dests: Mapping[DestId, DestSpec]) -> None
                                            f"{d.addr}:{d.port} forwards with -b)")
 
 
-PORT0_NEEDS_A_PORTLESS_METHOD = ("a port-zero service forwards each connection to the port the client asked for, "
+PORT0_NEEDS_A_PORTLESS_METHOD = ("a port-zero or fwmark service forwards each connection to the port the client asked for, "
                                  "and FULLNAT (-b) needs a fixed real-server port for its replies: use -g or -i")
 
 
@@ -301,6 +301,8 @@ _FWD_SWITCH = {"route": "-g", "tunnel": "-i", "masq": "-m", "fullnat": "-b"}
 
 
 def _svc_words(key: ServiceKey) -> str:
+    if key.fwmark:
+        return f"-f {key.fwmark}"
     return f"{_PROTO_SWITCH[key.proto_name.lower()]} {key.addr}:{key.port}"
 
 

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 from lb import consts as C
 from lb.engine import FWD_IDS, Action, ConnState, EngineError, FwdState, Reason, Verdict
 from lb.model import (
+    FWMARK_PROTO,
     PROTO_TCP,
     TEMPLATE_ASSURED,
     ConnInfo,
@@ -273,13 +274,14 @@ class PyEngine:
 
     # ---- packet path -------------------------------------------------------------
 
-    def process(self, packet: bytes, now_ms: int) -> Action:
+    def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
+        """One packet; `mark` is its firewall mark (fwmark services are looked up by it first)."""
         with self._lock:
-            action = self._process(packet, now_ms)
+            action = self._process(packet, now_ms, mark)
             self._reason_counts[action.reason] += 1
             return action
 
-    def _process(self, packet: bytes, now_ms: int) -> Action:
+    def _process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
         self._expire(now_ms)
         parsed = parse_packet(packet)
         if isinstance(parsed, Rejection):
@@ -318,9 +320,12 @@ class PyEngine:
             if not conn.dest.available:
                 return _DEST_UNAVAILABLE  # the timer is not restarted
         else:
-            # ip_vs_service_find's order: the exact <protocol, VIP, port>, then the VIP's port-zero
-            # ("all ports") service, which receives every port of the VIP without an exact service.
-            service = self._services.get((proto, parsed.daddr, parsed.dport))
+            # ip_vs_service_find's order: the fwmark service of the packet's mark, the exact
+            # <protocol, VIP, port>, then the VIP's port-zero ("all ports") service, which receives
+            # every port of the VIP without an exact service.
+            service = self._services.get((FWMARK_PROTO, mark.to_bytes(4, "big"), 0)) if mark else None
+            if service is None:
+                service = self._services.get((proto, parsed.daddr, parsed.dport))
             if service is None and parsed.dport:
                 service = self._services.get((proto, parsed.daddr, 0))
             if service is None:
@@ -358,12 +363,16 @@ class PyEngine:
         service.sched_now_ms = now_ms  # the schedulers' clock
         if service.spec.persistent is None:
             # ip_vs_schedule: a non-persistent port-zero service schedules nothing (unreachable)
-            dest = service.scheduler.schedule(service, parsed) if parsed.dport == service.spec.key.port else None
+            dest = (service.scheduler.schedule(service, parsed)
+                    if parsed.dport == service.spec.key.port or service.spec.key.fwmark else None)
         else:
             # The template's virtual port is the service's: 0 for a port-zero service, whose template
             # covers every port of the VIP (ip_vs_sched_persist: <protocol, caddr, 0, vaddr, 0>).
-            tkey: TemplateKey = (parsed.proto, service.client_network(parsed.saddr), parsed.daddr,
-                                 service.spec.key.port)
+            # A fwmark service's template is <IPPROTO_IP, caddr, 0, fwmark, 0>: every protocol,
+            # address and port the mark gathers.
+            fwm = service.spec.key.fwmark
+            tkey: TemplateKey = (0 if fwm else parsed.proto, service.client_network(parsed.saddr),
+                                 fwm.to_bytes(4, "big") if fwm else parsed.daddr, service.spec.key.port)
             template = self._conns.template(tkey)
             if template is not None and not template.dest.available:
                 self._invalidate_template(template)  # its destination left: schedule afresh
@@ -1093,7 +1102,8 @@ class PyEngine:
                         vport=conn.vport,
                         daddr=socket.inet_ntoa(dest.addr),
                         # a port-zero service: the real server's port is the client's; templates: 0
-                        dport=dest.port if dest.port and dest.owner.spec.key.port else
+                        dport=dest.port if dest.port and (dest.owner.spec.key.port or
+                                                          dest.owner.spec.persistent is None) else
                         (0 if conn.is_template else conn.vport),
                         state=TEMPLATE_ASSURED if conn.assured else ConnState(conn.state).name,
                         expires_ms=conn.expires_at_ms - now_ms,

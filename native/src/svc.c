@@ -40,6 +40,16 @@ struct lb_svc *lb_svc_find_host(const lb_t *lb, uint8_t proto, uint32_t addr, ui
     return lb_svc_find(lb, proto, lb_htonl(addr), lb_htons(port));
 }
 
+/* A service is <TCP|UDP, address, port>, or a fwmark service (LB_PROTO_FWMARK, mark >= 1, 0). */
+static int svc_key_ok(const struct lb_svc_conf *conf)
+{
+    if (!conf)
+        return 0;
+    if (conf->proto == LB_PROTO_FWMARK)
+        return conf->addr != 0 && conf->port == 0;
+    return conf->proto == LB_PROTO_TCP || conf->proto == LB_PROTO_UDP;
+}
+
 /* May a SYN-proxy service have a destination with this method? (FULLNAT only: DPVS refuses DR and
  * tunnel too.) The method says so (LB_XMIT_F_SYNPROXY). */
 static int synproxy_capable(int32_t fwd)
@@ -168,7 +178,7 @@ void lb_dest_put(lb_t *lb, struct lb_dest *d)
 
 static int check_svc_conf(const struct lb_svc_conf *conf, const struct lb_sched_ops **sched)
 {
-    if (!conf || (conf->proto != LB_PROTO_TCP && conf->proto != LB_PROTO_UDP))
+    if (!svc_key_ok(conf))
         return LB_EINVAL;
     if (memchr(conf->sched, 0, sizeof(conf->sched)) == NULL)
         return LB_EINVAL;
@@ -186,7 +196,7 @@ static int check_svc_conf(const struct lb_svc_conf *conf, const struct lb_sched_
 int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
 {
     const struct lb_sched_ops *sched = NULL;
-    if (!conf || (conf->proto != LB_PROTO_TCP && conf->proto != LB_PROTO_UDP))
+    if (!svc_key_ok(conf))
         return LB_EINVAL;
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
@@ -235,7 +245,7 @@ out:
 int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
 {
     const struct lb_sched_ops *sched = NULL;
-    if (!conf || (conf->proto != LB_PROTO_TCP && conf->proto != LB_PROTO_UDP))
+    if (!svc_key_ok(conf))
         return LB_EINVAL;
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);

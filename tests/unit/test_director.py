@@ -97,7 +97,7 @@ def test_zero_of_a_missing_service_is_esrch(director: Director) -> None:
         ("del_service", SVC, "ESRCH"),
         ("del_dest", {"service": SVC, "dest": {"addr": "10.0.0.2", "port": 80}}, "ESRCH"),
         ("add_service", {**SVC, "proto": "sctp"}, "EOPNOTSUPP"),
-        ("add_service", {"fwmark": 1, "sched": "rr"}, "EOPNOTSUPP"),
+        ("add_service", {"fwmark": 1, "ipv6": True, "sched": "rr"}, "EOPNOTSUPP"),
         ("add_service", {**SVC, "addr": "10.0.0.300"}, "EINVAL"),
         ("list", {"service": SVC}, "ESRCH"),
         ("set_timeout", {"tcp": -1, "tcpfin": 0, "udp": 0}, "EINVAL"),
