@@ -136,6 +136,9 @@ class Scenario:
     extra_vips: int = 0  # virtual addresses {vip2}..{vip<1+extra_vips>} besides {vip}
     kernel_lacks: str = ""  # the guest's kernel cannot play this: what it lacks (see the module doc)
     extra_ports: tuple[int, ...] = ()  # the real servers also answer on these ports of every VIP (TCP and UDP)
+    # The operator's mangle PREROUTING rules on the director (fwmark services), e.g. "-d {vip}/32 -p tcp
+    # -j MARK --set-mark 1": inserted at the top before the scenario plays, deleted after it, on both systems.
+    marks: tuple[str, ...] = ()
 
     @property
     def vip_names(self) -> tuple[str, ...]:

@@ -170,16 +170,24 @@ class Player:
         return rec
 
     def play(self) -> None:
-        self.admin_record("ADMIN -C", self.system.admin(["-C"]))
-        if self.scn.rules:
-            self.admin_record("ADMIN -R < rules", self.system.admin(["-R"], stdin=self.text(self.scn.rules)))
+        director = self.system.director
+        marks = [shlex.split(self.text(m)) for m in self.scn.marks]
+        for words in reversed(marks):  # at the top, in the scenario's order: before any jump of lbd's
+            director.exec(["iptables", "-t", "mangle", "-I", "PREROUTING", "1", *words])
         try:
-            for step in self.scn.steps:
-                self.step(step)
+            self.admin_record("ADMIN -C", self.system.admin(["-C"]))
+            if self.scn.rules:
+                self.admin_record("ADMIN -R < rules", self.system.admin(["-R"], stdin=self.text(self.scn.rules)))
+            try:
+                for step in self.scn.steps:
+                    self.step(step)
+            finally:
+                for flows in self.held.values():
+                    for f in flows:
+                        close_tcp(f)
         finally:
-            for flows in self.held.values():
-                for f in flows:
-                    close_tcp(f)
+            for words in marks:
+                director.exec(["iptables", "-t", "mangle", "-D", "PREROUTING", *words], check=False)
 
     def step(self, step: Any) -> None:
         what = describe(step)
