@@ -94,6 +94,15 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
             out.append(Finding("error", "nfqueue-rules", "FULLNAT replies / ICMP for local addresses are not steered "
                                f"to lbd ({plural(len(missing_other), 'set element')} missing)",
                                evidence="\n".join(missing_other[:20]), fix=fix_restart))
+    if run.fwmarks:
+        mangle = chain_state(run.tables.get(ipt.MARK_TABLE, {}), ipt.mark_chain_name(q))
+        for mark in run.fwmarks:
+            if not any(f"-m mark --mark {mark:#x} " in r and "NFQUEUE" in r for r in mangle.rules) or not any(
+                    j.startswith(f"-A {ipt.HOOK_CHAIN} ") for j in mangle.jumps):
+                out.append(Finding("error", "nfqueue-rules", f"service FWM {mark}: mangle {ipt.mark_chain_name(q)} does "
+                                   "not queue its mark (or is not jumped to): its packets are not balanced",
+                                   evidence="\n".join(mangle.jumps + mangle.rules) or "(no chain)",
+                                   fix="re-add the service (lbd rewrites the chain), or restart lbd"))
     no_bypass = [r for r in go.rules if "NFQUEUE" in r and "--queue-bypass" not in r]
     if no_bypass and run.ping.get("down_policy") != "closed":
         out.append(Finding("warning", "nfqueue-rules", "NFQUEUE rules without --queue-bypass: while lbd is not running, "

@@ -59,8 +59,12 @@ class Run:
         self.first = self.sample() if self.lbd_error is None else None
         self.second: Sample | None = None
         self.services: list[Service] = []
+        self.fwmarks: list[int] = []  # fwmark services (steered from mangle, not by the raw sets)
         if self.first is not None and self.first.listing:
             for s in self.first.listing.get("services", []):
+                if s.get("fwmark"):
+                    self.fwmarks.append(int(s["fwmark"]))
+                    continue
                 self.services.append(Service(str(s.get("proto", "tcp")), str(s.get("addr")), int(s.get("port", 0)),
                                              list(s.get("dests", [])),
                                              [str(la.get("addr")) for la in s.get("laddrs", []) if isinstance(la, dict)]))

@@ -609,3 +609,18 @@ def test_doctor_invocation_for_lbadm() -> None:
     assert doctor_cli.doctor_invocation(["--socket=/s", "doctor", "--window", "2"]) == ("/s", ["--window", "2"])
     for other in (["-Ln"], ["--socket", "/s", "-Ln"], [], ["-A", "-t", "doctor:80"]):
         assert doctor_cli.doctor_invocation(other) is None
+
+
+def test_fwmark_service_needs_its_mangle_rule() -> None:
+    two = listing([dest(r) for r in RIPS])
+    two["services"].append({**two["services"][0], "fwmark": 7, "addr": "0.0.0.0", "port": 0})
+    s = {"list": two, "counters": counters(), "nfq": NFQ_LINE}
+    fs = run_checks(FakeContext(samples=[s, s]))
+    (e,) = [f for f in by(fs, "nfqueue-rules", "error") if "FWM 7" in f.summary]
+    assert "does not queue its mark" in e.summary
+    mangle = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:LBD-Q0-MARK - [0:0]\n"
+              '-A PREROUTING -m comment --comment "lbd q0 mark" -j LBD-Q0-MARK\n'
+              "-A LBD-Q0-MARK -m mark --mark 0x7 -j NFQUEUE --queue-num 0 --queue-bypass\nCOMMIT")
+    fs = run_checks(FakeContext(samples=[s, s], save=RAW_OK + "\n" + mangle + "\n" + FILTER_EMPTY))
+    assert not [f for f in by(fs, "nfqueue-rules", "error") if "FWM" in f.summary]
+    assert not problems([f for f in fs if f.check == "nfqueue-rules"])
