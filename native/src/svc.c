@@ -628,9 +628,31 @@ int lb_synproxy_set_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port, c
 
 /* ---------------------------------------------------------------- restart recovery */
 
+/* The fwmark service a restored connection of (daddr, dport) belonged to: the dump does not name
+ * it, so the first fwmark service holding that destination (or the address with port 0, the
+ * client's port) is taken. Only reached for entries of no <protocol, VIP, port> service. */
+static struct lb_svc *fwmark_svc_of(const lb_t *lb, uint32_t daddr, uint16_t dport, int *di)
+{
+    for (uint32_t i = 0; i < lb->nsvcs; i++) {
+        struct lb_svc *s = lb->svcs[i];
+        if (s->conf.proto != LB_PROTO_FWMARK)
+            continue;
+        int k = find_dest_idx(s, daddr, dport);
+        if (k < 0)
+            k = find_dest_idx(s, daddr, 0);
+        if (k >= 0) {
+            *di = k;
+            return s;
+        }
+    }
+    return NULL;
+}
+
 int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
 {
-    if (!ci || (ci->proto != LB_PROTO_TCP && ci->proto != LB_PROTO_UDP) || ci->state >= LB_S_COUNT)
+    /* protocol 0: a fwmark service's template (<IPPROTO_IP, client, 0, fwmark, 0>) */
+    int fwm_tmpl = ci && ci->proto == LB_PROTO_FWMARK && (ci->flags & LB_CONN_F_TEMPLATE);
+    if (!ci || (ci->proto != LB_PROTO_TCP && ci->proto != LB_PROTO_UDP && !fwm_tmpl) || ci->state >= LB_S_COUNT)
         return LB_EINVAL;
     if (ci->flags & LB_CONN_F_SYNPROXY)
         return LB_EOPNOTSUPP;
@@ -644,6 +666,8 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
     int di = s ? find_dest_idx(s, ci->daddr, ci->dport) : -1;
     if (s && di < 0 && !s->conf.port)
         di = find_dest_idx(s, ci->daddr, 0); /* dumped with the client's port (lb_conn_dump) */
+    if (!s && !(ci->flags & LB_CONN_F_TEMPLATE))
+        s = fwmark_svc_of(lb, ci->daddr, ci->dport, &di);
     if (!s) {
         err = LB_ESRCH;
         goto out;
