@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 
 from lb import consts as C
 from lb import ipsets as ips
-from lb.iptrules import TableState, parse_table, rule_key
+from lb.iptrules import TableState, parse_iptables_save, parse_table, rule_key
 
 log = logging.getLogger(__name__)
 
@@ -505,8 +505,13 @@ class RuleManager:
     # ---- fwmark services: mangle PREROUTING, after the operator's MARK rules
 
     def _mark_state(self) -> TableState:
+        return self._mark_listing()[0]
+
+    def _mark_listing(self) -> tuple[TableState, list[str]]:
+        """(LBD-Q<N>-MARK, the rules of mangle PREROUTING in order) from one listing."""
         text = self._exec([self.iptables, "-w", str(LOCK_WAIT_S), "-t", MARK_TABLE, "-S"])
-        return parse_table(text, self.mark_chain, MARK_TABLE)
+        hook = parse_iptables_save(text, default_table=MARK_TABLE).get(MARK_TABLE, {}).get(HOOK_CHAIN)
+        return parse_table(text, self.mark_chain, MARK_TABLE), [r.line for r in hook.rules] if hook else []
 
     def _remove_marks(self) -> None:
         """Remove LBD-Q<N>-MARK and the jumps to it (mangle), if any."""
@@ -525,18 +530,21 @@ class RuleManager:
         anything changed."""
         if self._marks is not None and marks == self._marks:
             return False
-        state = self._mark_state()
+        state, hook = self._mark_listing()
         want = mark_rules(self.queue_num, marks, self.target)
-        has_jump = any(j.startswith(f"-A {HOOK_CHAIN} ") for j in state.jumps)
+        jumps = [j for j in state.jumps if j.startswith(f"-A {HOOK_CHAIN} ")]
+        # The jump goes last: MARK rules an operator appended since the jump was made come before it
+        # again (only lbd's own rule moves; a change of fwmark services is the moment).
+        last = bool(hook) and hook[-1] in jumps and len(jumps) == 1
         if not marks and not state.chain_exists:
             self._marks = set()
             return False
-        if state.chain_exists and same_rules(state.rules, want) and (has_jump or not marks):
+        if state.chain_exists and same_rules(state.rules, want) and (last or not marks):
             self._marks = set(marks)
             return False
         lines = [f":{self.mark_chain} - [0:0]", *want]  # declaring flushes it in this transaction
-        if not has_jump:
-            lines.append(mark_jump_rule(self.queue_num))
+        if marks and not last:
+            lines = [_delete_line(j) for j in jumps] + lines + [mark_jump_rule(self.queue_num)]
         self._restore(lines, MARK_TABLE)
         self._marks = set(marks)
         log.info("mangle %s: queues fwmark(s) %s", self.mark_chain, ", ".join(str(m) for m in sorted(marks)) or "none")

@@ -116,7 +116,21 @@ def test_two_vips_one_persistent_fwmark_service(lbd: Lbd, topo: Topology, vip2: 
     raw_sets = topo.director.exec(["ipset", "save", "lbd-q0-svc"]).stdout
     assert "add " not in raw_sets, raw_sets  # nothing of the fwmark service in the raw table's sets
 
+    # A MARK rule the operator appends later lands after lbd's jump; the next change of fwmark
+    # services moves lbd's jump (its own rule only) back to the end.
+    late = ["-d", f"{topo.vip}/32", "-p", "tcp", "-m", "tcp", "--dport", "8403", "-j", "MARK", "--set-xmark",
+            "0x8/0xffffffff"]
+    topo.director.exec(["iptables", "-t", "mangle", "-A", "PREROUTING", *late])
+    try:
+        lbd.lbadm("-A", "-f", "8", "-s", "rr")
+        pre = [r for r in mangle(topo) if r.startswith("-A PREROUTING")]
+        assert "LBD-Q0-MARK" in pre[-1] and sum("LBD-Q0-MARK" in r for r in pre) == 1, pre
+        assert any("--mark 0x8 -j NFQUEUE" in r for r in mangle(topo))
+    finally:
+        topo.director.exec(["iptables", "-t", "mangle", "-D", "PREROUTING", *late], check=False)
+
     lbd.lbadm("-D", "-f", str(MARK))
+    lbd.lbadm("-D", "-f", "8")
     assert not any(r.startswith("-A LBD-Q0-MARK") for r in mangle(topo)), mangle(topo)
 
 
