@@ -1,7 +1,9 @@
 """Steering cost as the number of services grows: 1 .. 10,000 services (issue 15 item 1).
 
 A section of `python -m bench scale` (the interface of bench/scale/: TITLE, NEEDS_ROOT, add_args,
-finish_args, run(args) -> dict, report(data, targets) -> markdown lines); run alone with
+finish_args, run(args) -> dict, report(data, targets) -> markdown lines, target rows
+[target, measured, met|MISSED]; join it with `"services": "bench.steer_scale"` in
+bench/scale/__init__.py's SECTIONS); run alone with
 
     python -m bench.steer_scale [--quick] [--svc-sizes 1,1000,10000] [--out FILE.json]
 
@@ -220,8 +222,8 @@ def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
     lines.append("")
     for v in data.get("verdicts", []):
         ratio = "n/a" if v["ratio"] is None else f"{v['ratio']:.2f}x"
-        targets.append([f"steering, {v['services']:,} services: {v['what']}", f"<= {TARGET_RATIO:.2f}x", ratio,
-                        "PASS" if v["pass"] else "FAIL"])
+        targets.append([f"steering, {v['services']:,} services: {v['what']} <= {TARGET_RATIO:.2f}x", ratio,
+                        "met" if v["pass"] else "MISSED"])
     return lines
 
 
