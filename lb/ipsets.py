@@ -47,7 +47,7 @@ PROTO_NAMES = {6: "tcp", 17: "udp"}
 Runner = Callable[[Sequence[str], str | None], "subprocess.CompletedProcess[str]"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: the five KINDS are singletons, hashed often (cheaply)
 class SetKind:
     suffix: str
     type: str
@@ -88,15 +88,16 @@ class Steering:
         """Each set's content in the exact form `ipset save` prints it. O(N) in plain set operations
         (the element text of each tuple is computed once and cached): ~ms at 10,000 services."""
         out: dict[SetKind, set[str]] = {k: set() for k in KINDS}
+        addrs, fnat = out[ADDR], out[FNAT]
         for svc in self.services:
             kind, vip, element = _service_element(*svc)
-            out[ADDR].add(vip)
+            addrs.add(vip)
             out[kind].add(element)
         for reply in self.fnat_replies:
             element, lip = _reply_element(*reply)
-            out[FNAT].add(element)
-            out[ADDR].add(lip)
-        out[ADDR].update(_addr(a) for a in self.addrs)
+            fnat.add(element)
+            addrs.add(lip)
+        addrs.update(_addr(a) for a in self.addrs)
         return out
 
 
