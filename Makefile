@@ -19,12 +19,12 @@ STAMP   := $(VENV)/.lvs-userspace-installed
 # System packages, each for a reason (a brand-new Debian 12 has none of them; `deps` installs the
 # missing ones, so `make test` and `make demo` need nothing installed by hand):
 #   build:    python3-venv python3-dev gcc make libnetfilter-queue-dev libmnl-dev
-#   runtime:  iptables iproute2
+#   runtime:  iptables ipset iproute2
 #   tests:    tcpdump netsniff-ng ebtables wrk (netns tests, bench), valgrind (test-sanitize),
 #             clang + libclang-rt-14-dev (fuzz: libclang_rt.fuzzer/asan, only a recommendation
 #             of Debian's clang), systemd (systemd-analyze verify on the units),
 #             mandoc + man-db (man pages linted), bash (completion tested)
-DEB_PKGS := python3-venv python3-dev gcc make iptables iproute2 \
+DEB_PKGS := python3-venv python3-dev gcc make iptables ipset iproute2 \
             libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang \
             libclang-rt-14-dev systemd mandoc man-db bash
 
@@ -217,7 +217,7 @@ DOCDIR      ?= $(PREFIX)/share/doc/lvs-userspace
 INSTALL_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 WHEEL_DIR   := build/wheel
 # What building the wheel and running lbd need (a subset of DEB_PKGS).
-INSTALL_DEB_PKGS := python3-venv python3-dev gcc libnetfilter-queue-dev libmnl-dev iptables iproute2
+INSTALL_DEB_PKGS := python3-venv python3-dev gcc libnetfilter-queue-dev libmnl-dev iptables ipset iproute2
 INSTALLED_FILES := $(SBINDIR)/lbd $(SBINDIR)/lbadm $(MANDIR)/man8/lbd.8 $(MANDIR)/man8/lbadm.8 \
                    $(BASHCOMPDIR)/lbd $(BASHCOMPDIR)/lbadm $(UNITDIR)/lbd.service $(UNITDIR)/lbd@.service
 

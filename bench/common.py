@@ -265,10 +265,11 @@ class Lbd:
 
 
 def flush_iptables(host: Any) -> None:
-    """Empty every table of OUR namespace `host` (after an lbd that did not clean up)."""
+    """Empty every table and ip set of OUR namespace `host` (after an lbd that did not clean up)."""
     for table in ("raw", "filter", "mangle", "nat"):
         host.exec(["iptables", "-t", table, "-F"], check=False)
         host.exec(["iptables", "-t", table, "-X"], check=False)
+    host.exec(["ipset", "destroy"], check=False)  # lbd's sets (no rule refers to them any more)
 
 
 def add_cpu_args(ap: Any) -> None:

@@ -25,6 +25,7 @@ from lb import consts as C
 from lb.model import (
     DEFAULT_SCHEDULER,
     FORWARD_NAMES,
+    FWMARK_MAX,
     MAX_THRESHOLD,
     MAX_WEIGHT,
     PROTO_BY_NAME,
@@ -52,7 +53,7 @@ from lb.reconcile import (
 from lb.requests import parse_command
 from lb.tomllines import Path_, TomlLines
 
-SERVICE_KEYS = ("proto", "addr", "port", "sched", "sched_flags", "ops", "persistent", "netmask", "toa", "synproxy",
+SERVICE_KEYS = ("proto", "addr", "port", "fwmark", "sched", "sched_flags", "ops", "persistent", "netmask", "toa", "synproxy",
                 "laddrs", "dest")
 DEST_KEYS = ("addr", "port", "fwd", "weight", "u_threshold", "l_threshold")
 TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
@@ -340,18 +341,30 @@ def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = 
         c.add(where, None, f"[[service]] entries must be tables, got {_type_name(raw)}")
         return None
     c.unknown(where, raw, SERVICE_KEYS, "[[service]]")
-    complete = c.require(where, raw, ("proto", "addr", "port"), "[[service]]")
-    proto = c.choice(where, raw, "proto", tuple(PROTO_BY_NAME), "tcp") if "proto" in raw else None
-    addr = c.address(where, raw, "addr", "service address") if "addr" in raw else None
     persistent = c.integer(where, raw, "persistent", 1, MAX_TIMEOUT_S)
-    port = c.integer(where, raw, "port", 0, 65535) if "port" in raw else None
-    if port == 0 and "persistent" not in raw:
-        c.add(where, "port", "port 0 (any port) is only allowed for a persistent service")
-        port = None
+    fwmark: int | None = None
+    if "fwmark" in raw:  # ipvsadm -f MARK: the operator's MARK rules say which packets it takes
+        fwmark = c.integer(where, raw, "fwmark", 1, FWMARK_MAX)
+        clash = [k for k in ("proto", "addr", "port") if k in raw]
+        if clash:
+            c.add(where, clash[0], f"a fwmark service has no {', '.join(clash)}: its packets are those the "
+                                   "firewall marks with it")
+        complete = not clash and fwmark is not None
+        proto: str | None = "tcp"  # ipvsadm's placeholder; the key is the mark's
+        addr: str | None = "0.0.0.0"
+        port: int | None = 0
+    else:
+        complete = c.require(where, raw, ("proto", "addr", "port"), "[[service]]")
+        proto = c.choice(where, raw, "proto", tuple(PROTO_BY_NAME), "tcp") if "proto" in raw else None
+        addr = c.address(where, raw, "addr", "service address") if "addr" in raw else None
+        port = c.integer(where, raw, "port", 0, 65535) if "port" in raw else None
+        if port == 0 and "persistent" not in raw:
+            c.add(where, "port", "port 0 (any port) is only allowed for a persistent service")
+            port = None
     sched = c.choice(where, raw, "sched", SCHEDULERS, DEFAULT_SCHEDULER)
     sched_flags = _check_sched_flags(c, where, raw, sched)
     ops = c.boolean(where, raw, "ops")
-    if ops and proto == "tcp":
+    if ops and proto == "tcp" and fwmark is None:
         c.add(where, "ops", "'ops' (one-packet scheduling, ipvsadm -o) is only for UDP services")
         ops = None
     netmask = c.string(where, raw, "netmask", "255.255.255.255")
@@ -400,6 +413,12 @@ def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = 
         first = next(d for d in dests if d.spec.fwd == "fullnat")
         c.issues.append(ConfigIssue(c.path, first.line, f"fwd = \"fullnat\" needs local addresses: add "
                                                          f"laddrs = [\"...\"] to service {label}"))
+    if port == 0:
+        for d in dests:
+            if d.spec.fwd == "fullnat":
+                c.issues.append(ConfigIssue(c.path, d.line, "a port-zero or fwmark service forwards each connection to the "
+                                                             "port the client asked for: fwd = \"fullnat\" needs a "
+                                                             "fixed real-server port; use \"route\" or \"tunnel\""))
     if ops:
         for d in dests:
             if d.spec.fwd == "fullnat":
@@ -422,7 +441,7 @@ def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = 
         return None
     assert proto is not None and addr is not None and port is not None and sched is not None and netmask is not None
     assert sched_flags is not None
-    key = ServiceKey(PROTO_BY_NAME[proto], addr, port)
+    key = ServiceKey.for_fwmark(fwmark) if fwmark is not None else ServiceKey(PROTO_BY_NAME[proto], addr, port)
     extra = {"synproxy": True} if synproxy else {}  # only passed when set: older models lack the field
     spec = ServiceSpec(key=key, sched=sched, persistent=persistent, netmask=netmask, toa=bool(toa),
                        sched_flags=sched_flags, ops=bool(ops), **extra)

@@ -29,6 +29,7 @@ from lb import __version__, unimplemented
 from lb.engine import Engine, EngineError
 from lb.estimator import Estimator, HandshakeSample, StallEvent, StallWatch
 from lb.fwdstate import DestKey, ForwardingStates, FwdStatus, Resolver
+from lb.ipsets import Steering
 from lb.model import ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats, SynproxyConf
 from lb.reconcile import (
     COMMAND_TYPES,
@@ -61,7 +62,7 @@ LOG_EACH_MAX = 50  # a change of more commands is logged as one summary line (de
 
 
 class Rules(Protocol):
-    def sync(self, services: list[tuple[int, str, int]], extra: list[str] = ...) -> object: ...
+    def sync(self, steering: Steering) -> object: ...
 
 
 class BatchError(EngineError):
@@ -77,6 +78,12 @@ class BatchError(EngineError):
 # Keys of the rate estimators.
 StatsKey = tuple[object, ...]  # ("svc", ServiceKey) | ("dest", ServiceKey, addr, port)
 
+
+
+def _nat_protos(key: ServiceKey) -> tuple[int, ...]:
+    """The protocols a NAT real server of this service answers with: a fwmark service's mark may
+    gather TCP and UDP (its key has no protocol)."""
+    return (6, 17) if key.fwmark else (key.proto,)
 
 
 def _svc_stats_key(key: ServiceKey) -> StatsKey:
@@ -145,51 +152,45 @@ class Director:
     def _service_keys(self) -> list[tuple[int, str, int]]:
         return [(s.spec.key.proto, s.spec.key.addr, s.spec.key.port) for s in self.engine.services()]
 
-    def _reply_matches(self) -> list[str]:
-        """FULLNAT: replies from each real server to each local address are queued too."""
-        from lb.iptables import reply_match
-
-        matches: list[str] = []
+    def steering(self, state: State | None = None) -> Steering:
+        """What the raw-table sets must hold: every service, and FULLNAT replies from each real
+        server to each local address. ICMP to every VIP and local address is queued too (the
+        address set): errors about balanced connections (e.g. fragmentation needed, port
+        unreachable from a real server) must reach the fast path, which relates them to their
+        connection entry as IPVS's ip_vs_in_icmp does. From `state` (the model a change just
+        produced: plain Python, no engine call) or else from the engine."""
+        st = Steering()
+        if state is not None:
+            for key, svc in state.services.items():
+                st.nat_replies.update((proto, spec.addr, spec.port) for spec in svc.dests.values()
+                                      if spec.fwd == "masq" for proto in _nat_protos(key))
+                if key.fwmark:
+                    st.fwmarks.add(key.fwmark)
+                    continue
+                st.services.add((key.proto, key.addr, key.port))
+                st.addrs.update(svc.laddrs)
+                for spec in svc.dests.values():
+                    if spec.fwd == "fullnat":
+                        st.fnat_replies.update((key.proto, spec.addr, spec.port, la) for la in svc.laddrs)
+            return st
         for s in self.engine.services():
+            key = s.spec.key
+            st.nat_replies.update((proto, d.spec.addr, d.spec.port) for d in s.dests if d.spec.fwd == "masq"
+                                  for proto in _nat_protos(key))
+            if key.fwmark:
+                st.fwmarks.add(key.fwmark)
+                continue
+            st.services.add((key.proto, key.addr, key.port))
             fullnat = [d for d in s.dests if d.spec.fwd == "fullnat"]
             for laddr in s.laddrs:
+                st.addrs.add(laddr.addr)
                 for d in fullnat:
-                    m = reply_match(s.spec.key.proto, d.spec.addr, d.spec.port, laddr.addr)
-                    if m not in matches:
-                        matches.append(m)
-        return matches
+                    st.fnat_replies.add((key.proto, d.spec.addr, d.spec.port, laddr.addr))
+        return st
 
-    def _nat_reply_matches(self) -> list[str]:
-        """NAT (masquerading): the real servers' replies and ICMP errors, identified by their source
-        (lb.iptables nat_reply_match: the one NAT-specific rule kind, kept apart for the steering)."""
-        from lb.iptables import nat_icmp_match, nat_reply_match
-
-        matches: dict[str, None] = {}
-        rips: dict[str, None] = {}
-        for s in self.engine.services():
-            for d in s.dests:
-                if d.spec.fwd == "masq":
-                    matches[nat_reply_match(s.spec.key.proto, d.spec.addr, d.spec.port)] = None
-                    rips[d.spec.addr] = None
-        return list(matches) + [nat_icmp_match(rip) for rip in rips]
-
-    def _icmp_matches(self) -> list[str]:
-        """ICMP to every VIP and every local address: errors about balanced connections (e.g.
-        fragmentation needed, port unreachable from a real server) must reach the fast path,
-        which relates them to their connection entry as IPVS's ip_vs_in_icmp does."""
-        from lb.iptables import icmp_match
-
-        addrs: dict[str, None] = {}
-        for s in self.engine.services():
-            addrs[s.spec.key.addr] = None
-            for laddr in s.laddrs:
-                addrs[laddr.addr] = None
-        return [icmp_match(a) for a in addrs]
-
-    def sync_rules(self) -> None:
+    def sync_rules(self, state: State | None = None) -> None:
         if self.rules is not None:
-            self.rules.sync(self._service_keys(),
-                            extra=self._reply_matches() + self._nat_reply_matches() + self._icmp_matches())
+            self.rules.sync(self.steering(state))
 
     # ------------------------------------------------------------ forwarding state (lb.fwdstate)
     @property
@@ -253,7 +254,7 @@ class Director:
                 for key in [cmd.key] if isinstance(cmd, DelService) else list(removing):
                     self.totals.retire(removing.pop(key, Stats()))
         try:
-            self.sync_rules()
+            self.sync_rules(live)  # the model these commands produced: no second walk of the engine
         except Exception as exc:
             self._rollback(done)
             try:

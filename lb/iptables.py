@@ -1,12 +1,25 @@
 """lbd's own iptables rules: raw-table NFQUEUE steering and untracking, and nothing else.
 
-Layout (one lbd instance = one queue number N):
+Layout (one lbd instance = one queue number N; the sets are lb.ipsets'):
 
-    raw PREROUTING:  -m comment --comment "lbd q<N>" -j LBD-Q<N>      (the jump, appended)
-    raw LBD-Q<N>:    <match> -j CT --notrack                            \\ one pair per
-                     <match> -j NFQUEUE --queue-num N --queue-bypass    / service or extra match
-    raw OUTPUT:      -m comment --comment "lbd q<N> out" -j LBD-Q<N>-OUT
+    raw PREROUTING:   -m comment --comment "lbd q<N>" -j LBD-Q<N>          (the jump, appended)
+    raw LBD-Q<N>:     -m set ! --match-set lbd-q<N>-addr dst -j RETURN      (pre-filter: VIPs, LIPs)
+                      -m set --match-set lbd-q<N>-svc dst,dst -j LBD-Q<N>-GO      (VIP,proto:port)
+                      -p tcp -m set --match-set lbd-q<N>-tcp0 dst -j LBD-Q<N>-GO  (port-0 services)
+                      -p udp -m set --match-set lbd-q<N>-udp0 dst -j LBD-Q<N>-GO
+                      -p icmp -j LBD-Q<N>-GO                                 (ICMP to VIPs and LIPs)
+                      -m set --match-set lbd-q<N>-fnat src,src,dst -j LBD-Q<N>-GO (FULLNAT replies)
+    raw LBD-Q<N>-GO:  -j CT --notrack
+                      -j NFQUEUE --queue-num N --queue-bypass
+    raw OUTPUT:       -m comment --comment "lbd q<N> out" -j LBD-Q<N>-OUT
     raw LBD-Q<N>-OUT: -m mark --mark <SOCKET_MARK_BASE|N> -j CT --notrack
+
+Steering is O(1) in the number of services: the chains' content never changes with the
+configuration (a packet meets at most 8 rules and 5 hash lookups; a packet not addressed to a
+VIP or local address meets 2 rules and one lookup), and a service change is a set element added
+or deleted (lb.ipsets explains why ip sets rather than nftables sets). Earlier versions installed
+one rule pair per service (4N rules walked by every packet); a chain of that form left behind by
+a previous lbd is rewritten in one transaction, after the sets are filled, when lbd adopts it.
 
 Connection tracking (the IPVS `net.ipv4.vs.conntrack` analogue), off by default: the director's
 own conntrack never sees the flows lbd balances. Queued packets are untracked in raw PREROUTING,
@@ -26,21 +39,22 @@ Use it only when the director's own conntrack-based rules or accounting must see
 they then meet stateful rules as NEW/INVALID (see `lbadm doctor`).
 
 Why this shape:
-- A private chain per queue number lets two lbd's in one netns (different queues) coexist, and
-  lets an instance find and remove exactly its own leftovers after a crash: everything in
-  LBD-Q<N> and LBD-Q<N>-OUT and every raw rule jumping to them is ours; nothing else ever is.
+- Private chains and sets per queue number let two lbd's in one netns (different queues) coexist,
+  and let an instance find and remove exactly its own leftovers after a crash: everything in
+  LBD-Q<N>, LBD-Q<N>-GO and LBD-Q<N>-OUT, every raw rule jumping to them and the sets
+  lbd-q<N>-* are ours; nothing else ever is.
 - The jumps are appended, not inserted: operators' earlier raw rules (typically drop lists, which
   live in raw because it is the earliest hook) keep applying before the director sees packets.
-- `CT --notrack` comes first in each pair: NFQUEUE is terminal, so a notrack after it would never
-  run. The pair is therefore the unit of the diff: if either half is missing or out of order, both
-  are rewritten. (With track=True the unit is the queue rule alone.)
+- `CT --notrack` comes before NFQUEUE in LBD-Q<N>-GO: NFQUEUE is terminal.
 - The OUTPUT side matches lbd's socket mark, not addresses: only packets lbd itself sends are
   untracked; the director's own traffic from the same addresses (health checks, ssh) stays tracked.
-- Every change is one `iptables-restore --noflush` transaction: the kernel sees the old rule set
-  or the new one, never a half-applied diff. Unchanged rules are left in place (their counters
-  survive), so a sync that changes one service does not disturb the others.
+- Chain changes are one `iptables-restore --noflush` transaction; set changes are one
+  `ipset restore` of the difference, additions to the address pre-filter before the elements
+  that need it, deletions after.
 - `--queue-bypass`: when no lbd listens on the queue (crash, restart), packets are accepted by the
   kernel instead of dropped; the service then degrades to "not balanced", not to "black-holed".
+  With --down-policy closed it is absent and lbd leaves rules and sets in place on exit, so the
+  next lbd adopts them without a moment where the VIPs reach the director's own stack.
 
 Rule text is generated in the exact form `iptables -S` prints (iptables 1.8.x), and rules read
 back (lb.iptrules, the project's one iptables rule parser) are compared through a normalised key,
@@ -49,7 +63,6 @@ so formatting differences between iptables versions cost at most a rewrite, neve
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shlex
@@ -59,7 +72,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from lb import consts as C
-from lb.iptrules import TableState, parse_table, rule_key
+from lb import ipsets as ips
+from lb.iptrules import TableState, parse_iptables_save, parse_table, rule_key
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +82,10 @@ HOOK_CHAIN = "PREROUTING"
 OUT_HOOK_CHAIN = "OUTPUT"
 CHAIN_PREFIX = "LBD-Q"
 OUT_CHAIN_SUFFIX = "-OUT"
+GO_CHAIN_SUFFIX = "-GO"
+MARK_TABLE = "mangle"
+MARK_CHAIN_SUFFIX = "-MARK"
+MARK_COMMENT_SUFFIX = " mark"
 COMMENT_PREFIX = "lbd q"
 OUT_COMMENT_SUFFIX = " out"
 # SO_MARK of lbd's raw IPPROTO_RAW socket is SOCKET_MARK_BASE | queue number ("LB" in the high
@@ -75,7 +93,6 @@ OUT_COMMENT_SUFFIX = " out"
 SOCKET_MARK_BASE = C.LB_SOCKET_MARK_BASE
 PROTO_TCP = 6
 PROTO_UDP = 17
-_PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp"}
 MAX_QUEUE = 65535
 COMMAND_TIMEOUT_S = 30.0  # one iptables call; nft transactions take milliseconds
 LOCK_WAIT_S = 5  # `-w`: the legacy backend's xtables lock; accepted and ignored by nft
@@ -154,83 +171,55 @@ def _check_queue(num: int) -> int:
     return num
 
 
-def _host(addr: str) -> str:
-    try:
-        return f"{ipaddress.IPv4Address(addr)}/32"
-    except ValueError as exc:
-        raise ValueError(f"invalid IPv4 address {addr!r}") from exc
+def mark_chain_name(queue_num: int) -> str:
+    """mangle LBD-Q<N>-MARK: the fwmark services' marks, queued after the operator's MARK rules."""
+    return f"{chain_name(queue_num)}{MARK_CHAIN_SUFFIX}"
 
 
-def _port(port: int, *, allow_zero: bool) -> int:
-    low = 0 if allow_zero else 1
-    if not isinstance(port, int) or isinstance(port, bool) or not low <= port <= 65535:
-        raise ValueError(f"port {port!r} out of range {low}..65535")
-    return port
+def mark_jump_rule(queue_num: int) -> str:
+    return (f'-A {HOOK_CHAIN} -m comment --comment "{jump_comment(queue_num)}{MARK_COMMENT_SUFFIX}" '
+            f"-j {mark_chain_name(queue_num)}")
 
 
-def l4_match(
-    proto: int,
-    *,
-    daddr: str | None = None,
-    dport: int = 0,
-    saddr: str | None = None,
-    sport: int = 0,
-) -> str:
-    """A match in `iptables -S` order: -s, -d, -p, -m <proto>, --sport, --dport. Port 0 = any."""
-    name = _PROTO_NAMES.get(proto)
-    if name is None:
-        raise ValueError(f"unsupported protocol {proto!r} (tcp=6, udp=17)")
-    parts: list[str] = []
-    if saddr is not None:
-        parts += ["-s", _host(saddr)]
-    if daddr is not None:
-        parts += ["-d", _host(daddr)]
-    parts += ["-p", name]
-    sport = _port(sport, allow_zero=True)
-    dport = _port(dport, allow_zero=True)
-    if sport or dport:
-        parts += ["-m", name]
-    if sport:
-        parts += ["--sport", str(sport)]
-    if dport:
-        parts += ["--dport", str(dport)]
-    return " ".join(parts)
+def mark_rules(queue_num: int, marks: Iterable[int], target: str) -> list[str]:
+    """One rule per fwmark service, exact mark as the kernel's fwmark lookup (svc->fwmark == mark)."""
+    chain = mark_chain_name(queue_num)
+    return [f"-A {chain} -m mark --mark {m:#x} {target}" for m in sorted(marks)]
 
 
-def service_match(proto: int, vip: str, port: int) -> str:
-    """Packets for a virtual service. Port 0 is IPVS's "all ports" (persistent services)."""
-    return l4_match(proto, daddr=vip, dport=port)
+def go_chain_name(queue_num: int) -> str:
+    """The chain every steered packet ends in: untrack (unless track), then queue."""
+    return f"{chain_name(queue_num)}{GO_CHAIN_SUFFIX}"
 
 
-def reply_match(proto: int, rip: str, rport: int, lip: str) -> str:
-    """FULLNAT replies, real server -> local address (the `extra` hook of RuleManager.sync)."""
-    return l4_match(proto, saddr=rip, sport=rport, daddr=lip)
+def set_of(queue_num: int, kind: ips.SetKind) -> str:
+    return ips.set_name(_check_queue(queue_num), kind)
 
 
-# ---- NAT (masquerading) replies: one rule kind of its own (issue 14 item 1) ---------------------
-# A NAT real server answers the client's own address through the director, so its replies are
-# identified by their source (RIP:rport), not by an address of the director. `-m addrtype !
-# --dst-type LOCAL` keeps the director's own traffic with that real server (health checks, an
-# operator's curl from the director) out of the queue and tracked: only packets the director
-# forwards are NAT replies. ICMP errors from the real server about a NAT connection (port
-# unreachable, fragmentation needed) travel the same way. Kept apart from service_match /
-# reply_match so that a set-based steering can take them over as one more set of (proto, RIP,
-# RPORT) and one of RIP, with the same addrtype condition.
+def chain_rules(queue_num: int) -> list[str]:
+    """LBD-Q<N>'s fixed content, as `iptables -S` prints it: a constant number of set tests
+    whatever the number of services. Order is cost: the address pre-filter first, so a packet
+    not addressed to a VIP or local address costs one hash lookup and returns."""
+    chain, go = chain_name(queue_num), go_chain_name(queue_num)
+    s = {k: set_of(queue_num, k) for k in ips.KINDS}
+    return [
+        # NAT replies and ICMP errors from NAT real servers: addressed to clients, so before the
+        # pre-filter; never the director's own traffic with them (addrtype ! LOCAL)
+        f"-A {chain} -m set --match-set {s[ips.NAT]} src,src -m addrtype ! --dst-type LOCAL -j {go}",
+        f"-A {chain} -p icmp -m set --match-set {s[ips.NATRIP]} src -m addrtype ! --dst-type LOCAL -j {go}",
+        f"-A {chain} -m set ! --match-set {s[ips.ADDR]} dst -j RETURN",
+        f"-A {chain} -m set --match-set {s[ips.SVC]} dst,dst -j {go}",
+        f"-A {chain} -p tcp -m set --match-set {s[ips.TCP0]} dst -j {go}",
+        f"-A {chain} -p udp -m set --match-set {s[ips.UDP0]} dst -j {go}",
+        f"-A {chain} -p icmp -j {go}",
+        f"-A {chain} -m set --match-set {s[ips.FNAT]} src,src,dst -j {go}",
+    ]
 
 
-def nat_reply_match(proto: int, rip: str, rport: int) -> str:
-    """NAT replies: from a real server's RIP:rport to anything not local (RuleManager.sync's `extra`)."""
-    return f"{l4_match(proto, saddr=rip, sport=rport)} -m addrtype ! --dst-type LOCAL"
-
-
-def nat_icmp_match(rip: str) -> str:
-    """ICMP from a NAT real server to anything not local (errors about NAT connections)."""
-    return f"-s {_host(rip)} -p icmp -m addrtype ! --dst-type LOCAL"
-
-
-def icmp_match(addr: str) -> str:
-    """ICMP to a VIP or LIP (errors about balanced flows, echo), for RuleManager.sync's `extra`."""
-    return f"-d {_host(addr)} -p icmp"
+def go_rules(queue_num: int, target: str, track: bool = False) -> list[str]:
+    """LBD-Q<N>-GO: `CT --notrack` first (NFQUEUE is terminal), then the queue."""
+    go = go_chain_name(queue_num)
+    return ([] if track else [f"-A {go} -j CT --notrack"]) + [f"-A {go} {target}"]
 
 
 def queue_target(queue_num: int, queue_balance: tuple[int, int] | None, bypass: bool = True,
@@ -250,114 +239,39 @@ def queue_target(queue_num: int, queue_balance: tuple[int, int] | None, bypass: 
     return f"-j NFQUEUE --queue-balance {low}:{high}{suffix}{' --queue-cpu-fanout' if cpu_fanout else ''}"
 
 
-def _check_match(match: str) -> str:
-    """Refuse what could escape the rule: line breaks (restore syntax) and jumps/targets."""
-    if any(ch in match for ch in "\n\r\0"):
-        raise ValueError(f"match contains a line break: {match!r}")
-    try:
-        tokens = shlex.split(match)
-    except ValueError as exc:
-        raise ValueError(f"match {match!r} does not parse: {exc}") from exc
-    if not tokens:
-        raise ValueError("empty match")
-    bad = {"-j", "--jump", "-g", "--goto", "-A", "-D", "-I", "-R", "-N", "-X", "-F"} & set(tokens)
-    if bad:
-        raise ValueError(f"match {match!r} contains {', '.join(sorted(bad))}; give only match options")
-    return " ".join(tokens)
-
-
-@dataclass(frozen=True)
-class RulePair:
-    """The rules one match becomes: notrack first, then queue. `notrack` is None with track=True."""
-
-    match: str
-    notrack: str | None
-    queue: str
-
-    @property
-    def lines(self) -> list[str]:
-        return [self.notrack, self.queue] if self.notrack is not None else [self.queue]
-
-
-def rule_pair(chain: str, match: str, target: str, *, track: bool = False) -> RulePair:
-    match = _check_match(match)
-    return RulePair(
-        match=match,
-        notrack=None if track else f"-A {chain} {match} -j CT --notrack",
-        queue=f"-A {chain} {match} {target}",
-    )
-
-
 # --------------------------------------------------------------------------- diff
 
 
 @dataclass
 class Plan:
-    """What one sync changes. `delete` holds 1-based rule numbers, highest first."""
+    """What one sync changed: set elements added/deleted, and restore lines rewriting chains."""
 
-    delete: list[int] = field(default_factory=list)
-    add: list[str] = field(default_factory=list)
-    deleted_rules: list[str] = field(default_factory=list)
+    added: int = 0
+    deleted: int = 0
+    rewritten: list[str] = field(default_factory=list)  # chains rewritten (healed or adopted)
     jump_added: bool = False
     out_repaired: list[str] = field(default_factory=list)  # restore lines healing LBD-Q<N>-OUT
+    marks_changed: bool = False  # mangle LBD-Q<N>-MARK rewritten (fwmark services changed)
 
     @property
     def empty(self) -> bool:
-        return not self.delete and not self.add and not self.jump_added and not self.out_repaired
+        return not self.added and not self.deleted and not self.rewritten and not self.jump_added \
+            and not self.out_repaired and not self.marks_changed
 
     def __str__(self) -> str:
-        return f"{len(self.add)} to add, {len(self.delete)} to delete"
+        text = f"{self.added} set elements added, {self.deleted} deleted"
+        if self.rewritten:
+            text += f"; rewrote {', '.join(self.rewritten)}"
+        return text
 
 
-def plan_sync(existing: Sequence[str], desired: Sequence[RulePair]) -> Plan:
-    """Minimal change turning the chain `existing` (its -A lines, in order) into `desired`.
-
-    A pair is kept when both its rules exist and the notrack rule precedes the queue rule; each
-    existing rule is used by at most one pair, so duplicates are deleted. Everything not kept is
-    deleted by rule number (exact even with duplicates; descending so numbers stay valid within
-    the transaction); missing pairs are appended in the order given.
-    """
-    keys = [rule_key(line) for line in existing]
-    used: set[int] = set()
-    add: list[str] = []
-    seen_matches: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
-    for pair in desired:
-        nt_key = rule_key(pair.notrack) if pair.notrack is not None else ()
-        q_key = rule_key(pair.queue)
-        if (nt_key, q_key) in seen_matches:
-            continue  # the same match given twice is one pair of rules
-        seen_matches.add((nt_key, q_key))
-        if pair.notrack is None:  # track=True: the queue rule alone is the unit
-            j = _first_unused(keys, q_key, used, start=0)
-            if j is not None:
-                used.add(j)
-            else:
-                add.append(pair.queue)
-            continue
-        i = _first_unused(keys, nt_key, used, start=0)
-        j = _first_unused(keys, q_key, used, start=i + 1) if i is not None else None
-        if i is not None and j is not None:
-            used.update((i, j))
-        else:
-            add += [pair.notrack, pair.queue]
-    delete = sorted((n for n in range(len(existing)) if n not in used), reverse=True)
-    return Plan(
-        delete=[n + 1 for n in delete],
-        add=add,
-        deleted_rules=[existing[n] for n in sorted(delete)],
-    )
+def same_rules(found: Sequence[str], want: Sequence[str]) -> bool:
+    return [rule_key(r) for r in found] == [rule_key(r) for r in want]
 
 
-def _first_unused(keys: Sequence[tuple[str, ...]], key: tuple[str, ...], used: set[int], start: int) -> int | None:
-    for n in range(start, len(keys)):
-        if n not in used and keys[n] == key:
-            return n
-    return None
-
-
-def restore_script(lines: Iterable[str]) -> str:
+def restore_script(lines: Iterable[str], table: str = TABLE) -> str:
     body = "\n".join(lines)
-    return f"*{TABLE}\n{body}\nCOMMIT\n"
+    return f"*{table}\n{body}\nCOMMIT\n"
 
 
 def _has_jump_from(state: TableState, hook: str) -> bool:
@@ -379,17 +293,18 @@ def _run(cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[s
 
 
 class RuleManager:
-    """Owns exactly one queue's chains in the raw table (LBD-Q<N>, LBD-Q<N>-OUT) and the jumps to them.
+    """Owns exactly one queue's chains in the raw table (LBD-Q<N>, LBD-Q<N>-GO, LBD-Q<N>-OUT),
+    the jumps to them, and the queue's ip sets (lb.ipsets).
 
     `track`: the conntrack opt-in (IPVS `net.ipv4.vs.conntrack=1` analogue), off by default. With
-    track=True no `CT --notrack` rule is installed (LBD-Q<N> holds only NFQUEUE rules and
+    track=True no `CT --notrack` rule is installed (LBD-Q<N>-GO holds only the NFQUEUE rule and
     LBD-Q<N>-OUT is not created): packets lbd hands back and its raw-socket packets get conntrack
     entries; forwarded packets still do not (the queue is before conntrack's hook; module doc).
-    `bypass`: `--queue-bypass` on the NFQUEUE rules (default). False is lbd's `--down-policy
+    `bypass`: `--queue-bypass` on the NFQUEUE rule (default). False is lbd's `--down-policy
     closed`: while no lbd listens, the kernel drops queued packets instead of accepting them.
-    `queue_balance` (first, last): the rules spread packets over that range (lbd --queue-balance;
-    `queue_num` is then the first, naming the chains and the socket mark); `cpu_fanout` picks the
-    queue by CPU instead of by flow hash.
+    `queue_balance` (first, last): the rule spreads packets over that range (lbd --queue-balance;
+    `queue_num` is then the first, naming the chains, the sets and the socket mark); `cpu_fanout`
+    picks the queue by CPU instead of by flow hash.
     `netns` runs every command under `ip netns exec NAME` (tests; lbd itself already runs inside
     its namespace). `runner` replaces subprocess execution (unit tests).
     """
@@ -411,6 +326,7 @@ class RuleManager:
         self.track = bool(track)
         self.bypass = bool(bypass)
         self.chain = chain_name(queue_num)
+        self.go_chain = go_chain_name(queue_num)
         self.out_chain = out_chain_name(queue_num)
         self.target = queue_target(queue_num, queue_balance, self.bypass, cpu_fanout)  # validates the range
         self.mark = socket_mark(queue_num)
@@ -418,6 +334,9 @@ class RuleManager:
         self.iptables_restore = f"{iptables}-restore"
         self.netns = netns
         self._runner: Runner = runner or _run
+        self.sets = ips.SetManager(self.queue_num, netns=netns, runner=self._runner)
+        self.mark_chain = mark_chain_name(queue_num)
+        self._marks: set[int] | None = None  # the marks LBD-Q<N>-MARK holds (None: unknown, read it)
 
     # ---- commands
 
@@ -436,10 +355,10 @@ class RuleManager:
             raise IptablesError(full, proc.returncode, proc.stderr or "", detail=_script_excerpt(stdin))
         return proc.stdout or ""
 
-    def _restore(self, lines: list[str]) -> None:
+    def _restore(self, lines: list[str], table: str = TABLE) -> None:
         if not lines:
             return
-        script = restore_script(lines)
+        script = restore_script(lines, table)
         log.debug("iptables-restore --noflush:\n%s", script)
         self._exec([self.iptables_restore, "-w", str(LOCK_WAIT_S), "--noflush"], script)
 
@@ -449,10 +368,10 @@ class RuleManager:
     def _state(self) -> TableState:
         return parse_table(self._listing(), self.chain)
 
-    def _states(self) -> tuple[TableState, TableState]:
-        """(LBD-Q<N>, LBD-Q<N>-OUT) from one listing."""
+    def _states(self) -> tuple[TableState, TableState, TableState]:
+        """(LBD-Q<N>, LBD-Q<N>-GO, LBD-Q<N>-OUT) from one listing."""
         text = self._listing()
-        return parse_table(text, self.chain), parse_table(text, self.out_chain)
+        return parse_table(text, self.chain), parse_table(text, self.go_chain), parse_table(text, self.out_chain)
 
     def _out_lines(self) -> list[str]:
         """Restore lines creating LBD-Q<N>-OUT with its content and its jump (none with track)."""
@@ -460,88 +379,99 @@ class RuleManager:
             return []
         return [f":{self.out_chain} - [0:0]", *out_rules(self.queue_num), out_jump_rule(self.queue_num)]
 
+    def _chain_lines(self) -> list[str]:
+        """Restore lines (re)declaring LBD-Q<N>-GO and LBD-Q<N> with their fixed content (a
+        declaration flushes an existing chain in the same transaction)."""
+        return [f":{self.go_chain} - [0:0]", f":{self.chain} - [0:0]",
+                *go_rules(self.queue_num, self.target, self.track), *chain_rules(self.queue_num)]
+
     # ---- public API
 
     def rules(self) -> list[str]:
-        """Our chain's rules as `iptables -S` prints them (empty when the chain is absent)."""
+        """LBD-Q<N>'s rules as `iptables -S` prints them (empty when the chain is absent)."""
         return self._state().rules
+
+    def go_rules(self) -> list[str]:
+        return self._states()[1].rules
 
     def jumps(self) -> list[str]:
         return self._state().jumps
 
     def out_rules(self) -> list[str]:
         """LBD-Q<N>-OUT's rules as `iptables -S` prints them (empty when absent)."""
-        return self._states()[1].rules
+        return self._states()[2].rules
 
     def out_jumps(self) -> list[str]:
-        return self._states()[1].jumps
+        return self._states()[2].jumps
+
+    def _remove_lines(self, states: Sequence[tuple[TableState, str]]) -> list[str]:
+        lines = [_delete_line(j) for state, _ in states for j in state.jumps
+                 if not j.startswith(tuple(f"-A {c} " for _, c in states))]
+        lines += [f"-F {c}" for s, c in states if s.chain_exists]
+        lines += [f"-X {c}" for s, c in states if s.chain_exists]
+        return lines
 
     def setup(self) -> None:
-        """Create the chains and the jumps, removing any leftovers of this queue first.
+        """Create the sets (empty), the chains and the jumps, removing any leftovers of this queue first.
 
-        Idempotent. One transaction: delete every jump to our chains, declare LBD-Q<N> (which
-        creates it, or flushes it when a crashed instance left it behind), append its jump; then
-        the same for LBD-Q<N>-OUT with its notrack rule (with track=True a leftover OUT chain is
-        removed instead: an earlier instance may have run without the opt-in).
+        Idempotent. Leftover rules go first (a set cannot be destroyed while a rule refers to
+        it), then the sets are created afresh, then one transaction declares the chains with
+        their fixed rules and the jumps.
         """
-        pre, out = self._states()
-        if pre.rules or len(pre.jumps) > 1 or out.jumps or out.chain_exists:
+        pre, go, out = self._states()
+        if pre.rules or go.chain_exists or len(pre.jumps) > 1 or out.jumps or out.chain_exists:
             log.info(
-                "removing leftovers of a previous lbd on queue %d: %d+%d rules, %d+%d jumps",
-                self.queue_num, len(pre.rules), len(out.rules), len(pre.jumps), len(out.jumps),
+                "removing leftovers of a previous lbd on queue %d: %d+%d+%d rules, %d+%d jumps",
+                self.queue_num, len(pre.rules), len(go.rules), len(out.rules), len(pre.jumps), len(out.jumps),
             )
-        lines = [_delete_line(j) for j in pre.jumps + out.jumps]
-        lines.append(f":{self.chain} - [0:0]")
-        lines.append(jump_rule(self.queue_num))
-        if self.track:
-            if out.chain_exists:
-                lines += [f"-F {self.out_chain}", f"-X {self.out_chain}"]
-        else:
-            lines += self._out_lines()
-        self._restore(lines)
-        log.info("raw table: chain %s ready, jumped to from %s; %s", self.chain, HOOK_CHAIN,
+        self._restore(self._remove_lines([(pre, self.chain), (go, self.go_chain), (out, self.out_chain)]))
+        self._remove_marks()
+        self.sets.create()
+        self._restore([*self._chain_lines(), jump_rule(self.queue_num), *self._out_lines()])
+        log.info("raw table: chain %s ready (set lookups in %s), jumped to from %s; %s", self.chain,
+                 ", ".join(self.sets.names.values()), HOOK_CHAIN,
                  "conntrack opt-in: balanced flows are tracked" if self.track else
                  f"balanced flows untracked, also lbd's own packets (mark {self.mark:#x}) in {OUT_HOOK_CHAIN}")
 
-    def sync(
-        self,
-        services: Iterable[tuple[int, str, int]],
-        extra: Iterable[str] = (),
-    ) -> Plan:
-        """Make the chain hold exactly these services' rule pairs plus one per `extra` match.
+    def sync(self, steering: ips.Steering) -> Plan:
+        """Make the sets hold exactly `steering` (only the difference is sent), and heal the chains.
 
-        `extra` are match strings, e.g. `reply_match(...)` for FULLNAT replies and `icmp_match(addr)`
-        for ICMP to VIPs and local addresses.
+        The chains' content is fixed, so what a service change costs is its set elements; the
+        raw table is read (one `iptables -S`, whose size does not grow with services) to heal
+        what an operator's flush may have removed: the jump from raw PREROUTING, our chains'
+        content (also a previous version's per-service rules, adopted on restart), and
+        LBD-Q<N>-OUT with its rule and jump (unless track=True). Sets are filled before any
+        rule that refers to them is written, so an adopted chain never meets an empty set.
         """
-        matches = [service_match(proto, vip, port) for proto, vip, port in services]
-        return self.sync_matches(matches + list(extra))
-
-    def sync_matches(self, matches: Iterable[str]) -> Plan:
-        """Make the chain hold exactly one notrack+queue pair per match, in one transaction.
-
-        Also heals what an operator's flush may have removed: the jump from raw PREROUTING, and
-        LBD-Q<N>-OUT with its rule and jump (unless track=True).
-        """
-        desired = [rule_pair(self.chain, m, self.target, track=self.track) for m in matches]
-        pre, out = self._states()
+        pre, go, out = self._states()
         if not pre.chain_exists:
             raise ChainMissingError(self._prefix() + [self.iptables, "-t", TABLE, "-S"], self.chain)
-        plan = plan_sync(pre.rules, desired)
+        try:
+            added, deleted = self.sets.sync(steering)
+        except ips.IpsetError as exc:
+            raise IptablesError(exc.cmd, exc.returncode, exc.stderr) from exc
+        plan = Plan(added=added, deleted=deleted)
+        lines: list[str] = []
+        if not (go.chain_exists and same_rules(go.rules, go_rules(self.queue_num, self.target, self.track))
+                and same_rules(pre.rules, chain_rules(self.queue_num))):
+            log.warning("raw %s / %s did not hold lbd's set rules (%d rules found); rewriting them",
+                        self.chain, self.go_chain, len(pre.rules) + len(go.rules))
+            plan.rewritten = [self.chain, self.go_chain]
+            lines += self._chain_lines()
         if not _has_jump_from(pre, HOOK_CHAIN):
             # Someone removed our jump (e.g. an operator's `iptables -t raw -F PREROUTING`):
             # without it nothing reaches the queue, so restore it in the same transaction.
             log.warning("raw %s: jump from %s was missing; restoring it", self.chain, HOOK_CHAIN)
             plan.jump_added = True
-        plan.out_repaired = self._plan_out(out)
-        if plan.empty:
-            log.debug("raw %s already in sync (%d rules)", self.chain, len(pre.rules))
-            return plan
-        lines = [f"-D {self.chain} {n}" for n in plan.delete] + plan.add
-        if plan.jump_added:
             lines.append(jump_rule(self.queue_num))
+        plan.out_repaired = self._plan_out(out)
         lines += plan.out_repaired
         self._restore(lines)
-        log.info("raw %s: %s", self.chain, plan)
+        plan.marks_changed = self._sync_marks(steering.fwmarks)
+        if plan.empty:
+            log.debug("raw %s already in sync", self.chain)
+        else:
+            log.info("raw %s: %s", self.chain, plan)
         return plan
 
     def _plan_out(self, out: TableState) -> list[str]:
@@ -552,7 +482,7 @@ class RuleManager:
             return self._out_lines()
         lines: list[str] = []
         want = out_rules(self.queue_num)
-        if [rule_key(r) for r in out.rules] != [rule_key(r) for r in want]:
+        if not same_rules(out.rules, want):
             log.warning("raw %s did not hold exactly %s; rewriting it", self.out_chain, want)
             lines += [f"-F {self.out_chain}", *want]
         if not _has_jump_from(out, OUT_HOOK_CHAIN):
@@ -561,18 +491,67 @@ class RuleManager:
         return lines
 
     def teardown(self) -> None:
-        """Remove the jumps, flush and delete both chains. Idempotent; touches nothing else."""
-        pre, out = self._states()
-        lines = [_delete_line(j) for j in pre.jumps + out.jumps]
-        for state, chain in ((pre, self.chain), (out, self.out_chain)):
-            if state.chain_exists:
-                lines += [f"-F {chain}", f"-X {chain}"]
-        if not lines:
-            log.debug("raw %s: nothing to tear down", self.chain)
-            return
-        self._restore(lines)
-        log.info("raw %s, %s: removed (%d rules, %d jumps)", self.chain, self.out_chain,
-                 len(pre.rules) + len(out.rules), len(pre.jumps) + len(out.jumps))
+        """Remove the jumps, flush and delete the chains, then destroy the sets. Idempotent;
+        touches nothing else."""
+        pre, go, out = self._states()
+        lines = self._remove_lines([(pre, self.chain), (go, self.go_chain), (out, self.out_chain)])
+        if lines:
+            self._restore(lines)
+            log.info("raw %s, %s, %s: removed (%d rules, %d jumps)", self.chain, self.go_chain, self.out_chain,
+                     len(pre.rules) + len(go.rules) + len(out.rules), len(pre.jumps) + len(out.jumps))
+        self._remove_marks()
+        try:
+            self.sets.destroy()
+        except ips.IpsetError as exc:
+            raise IptablesError(exc.cmd, exc.returncode, exc.stderr) from exc
+
+    # ---- fwmark services: mangle PREROUTING, after the operator's MARK rules
+
+    def _mark_state(self) -> TableState:
+        return self._mark_listing()[0]
+
+    def _mark_listing(self) -> tuple[TableState, list[str]]:
+        """(LBD-Q<N>-MARK, the rules of mangle PREROUTING in order) from one listing."""
+        text = self._exec([self.iptables, "-w", str(LOCK_WAIT_S), "-t", MARK_TABLE, "-S"])
+        hook = parse_iptables_save(text, default_table=MARK_TABLE).get(MARK_TABLE, {}).get(HOOK_CHAIN)
+        return parse_table(text, self.mark_chain, MARK_TABLE), [r.line for r in hook.rules] if hook else []
+
+    def _remove_marks(self) -> None:
+        """Remove LBD-Q<N>-MARK and the jumps to it (mangle), if any."""
+        state = self._mark_state()
+        self._restore(self._remove_lines([(state, self.mark_chain)]), MARK_TABLE)
+        self._marks = set()
+
+    def _sync_marks(self, marks: set[int]) -> bool:
+        """Make LBD-Q<N>-MARK queue exactly `marks` (one transaction), jumped to from mangle
+        PREROUTING. The raw table runs before mangle, where operators set marks, so a fwmark
+        service's packets are queued here: after every operator MARK rule that precedes lbd's
+        jump (appended when the first fwmark service appears), with the mark the operator set,
+        which lbd never changes. Conntrack (priority -200) has seen them by then: a packet lbd
+        forwards leaves an unconfirmed entry that dies with the packet; CT --notrack is not
+        possible after conntrack. Costs nothing while there is no fwmark service. Returns whether
+        anything changed."""
+        if self._marks is not None and marks == self._marks:
+            return False
+        state, hook = self._mark_listing()
+        want = mark_rules(self.queue_num, marks, self.target)
+        jumps = [j for j in state.jumps if j.startswith(f"-A {HOOK_CHAIN} ")]
+        # The jump goes last: MARK rules an operator appended since the jump was made come before it
+        # again (only lbd's own rule moves; a change of fwmark services is the moment).
+        last = bool(hook) and hook[-1] in jumps and len(jumps) == 1
+        if not marks and not state.chain_exists:
+            self._marks = set()
+            return False
+        if state.chain_exists and same_rules(state.rules, want) and (last or not marks):
+            self._marks = set(marks)
+            return False
+        lines = [f":{self.mark_chain} - [0:0]", *want]  # declaring flushes it in this transaction
+        if marks and not last:
+            lines = [_delete_line(j) for j in jumps] + lines + [mark_jump_rule(self.queue_num)]
+        self._restore(lines, MARK_TABLE)
+        self._marks = set(marks)
+        log.info("mangle %s: queues fwmark(s) %s", self.mark_chain, ", ".join(str(m) for m in sorted(marks)) or "none")
+        return True
 
     def detect(self) -> str | None:
         return detect(self.iptables, netns=self.netns, runner=self._runner)
@@ -590,7 +569,6 @@ def _script_excerpt(stdin: str | None, limit: int = 40) -> str:
     shown = lines[:limit] + ([f"... ({len(lines) - limit} more lines)"] if len(lines) > limit else [])
     return "input was:\n" + "\n".join(f"  {n + 1:3}: {text}" for n, text in enumerate(shown))
 
-
 def detect(
     iptables: str = "iptables",
     *,
@@ -602,27 +580,33 @@ def detect(
     The check is a real, side-effect-free transaction: create a private chain holding one
     `CT --notrack` and one `NFQUEUE` rule, then flush and delete it, all in one commit. The
     kernel validates each target when the rule is added (nft-compat loads xt_CT/xt_NFQUEUE),
-    so a missing module fails the whole batch and nothing is ever committed.
+    so a missing module fails the whole batch and nothing is ever committed. The rule testing an
+    ip set needs a set: a private one is created before and destroyed after (ip_set, xt_set).
     """
     run = runner or _run
     prefix = ["ip", "netns", "exec", netns] if netns else []
-    for binary in (iptables, f"{iptables}-restore"):
+    for binary, package in ((iptables, "iptables"), (f"{iptables}-restore", "iptables"), ("ipset", "ipset")):
         if not prefix and shutil.which(binary) is None:
-            return f"{binary} not found in PATH (install the iptables package)"
+            return f"{binary} not found in PATH (install the {package} package)"
     probe = f"LBD-PROBE-{os.getpid() % 100000}"
+    probe_set = f"lbd-probe-{os.getpid() % 100000}"
     script = restore_script([
         f":{probe} - [0:0]",
         f"-A {probe} -p udp -m udp --dport 9 -j CT --notrack",
         f"-A {probe} -p udp -m udp --dport 9 -j NFQUEUE --queue-num 0 --queue-bypass",
         f"-A {probe} -m mark --mark {SOCKET_MARK_BASE:#x} -j CT --notrack",
+        f"-A {probe} -m set --match-set {probe_set} dst,dst -j RETURN",
         f"-F {probe}",
         f"-X {probe}",
     ])
     checks: list[tuple[list[str], str | None, str]] = [
         ([iptables, "--version"], None, "iptables does not run"),
         ([iptables, "-w", str(LOCK_WAIT_S), "-t", TABLE, "-S"], None, "cannot read the raw table"),
+        (["ipset", "restore", "-exist"], f"create {probe_set} hash:ip,port family inet\n",
+         "cannot create an ip set (kernel ip_set / ip_set_hash_ipport)"),
         ([f"{iptables}-restore", "-w", str(LOCK_WAIT_S), "--noflush"], script,
-         "the kernel refuses CT --notrack, -m mark or NFQUEUE in the raw table"),
+         "the kernel refuses CT --notrack, -m mark, -m set or NFQUEUE in the raw table"),
+        (["ipset", "destroy", probe_set], None, "cannot destroy the probe ip set"),
     ]
     for cmd, stdin, what in checks:
         try:
@@ -631,5 +615,10 @@ def detect(
             return f"{what}: {shlex.join(prefix + cmd)}: {exc}"
         if proc.returncode != 0:
             err = (proc.stderr or "").strip().splitlines()
+            if cmd[0] != "ipset" or cmd[1] != "restore":  # the probe set may exist: leave nothing behind
+                try:
+                    run(prefix + ["ipset", "destroy", probe_set], None)
+                except (OSError, subprocess.SubprocessError):
+                    pass
             return f"{what}: {shlex.join(prefix + cmd)} exit {proc.returncode}: {' / '.join(err[-3:])}"
     return None

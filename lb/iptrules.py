@@ -11,6 +11,7 @@ reads the whole firewall with it. Both formats are accepted:
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -161,6 +162,7 @@ def parse_table(text: str, chain: str, table: str = "raw") -> TableState:
 # --------------------------------------------------------------------------- comparing rules
 
 
+@functools.lru_cache(maxsize=4096)
 def rule_key(line: str) -> tuple[str, ...]:
     """Normalise one `-A CHAIN ...` line so that equivalent spellings compare equal.
 

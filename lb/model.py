@@ -17,6 +17,11 @@ PROTO_TCP = 6
 PROTO_UDP = 17
 PROTO_NAMES = {PROTO_TCP: "TCP", PROTO_UDP: "UDP"}
 PROTO_BY_NAME = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
+# ServiceKey.proto of a fwmark service (ipvsadm -f MARK): `addr` holds the mark (as an IPv4
+# address's 32 bits), `port` is 0. The C core keys it the same way (lb_api.h LB_PROTO_FWMARK), so
+# every engine call naming a service works unchanged for it.
+FWMARK_PROTO = C.LB_PROTO_FWMARK
+FWMARK_MAX = 0xFFFFFFFF
 
 # Forwarding methods, named as in ipvsadm's -Ln output ("Route", "Tunnel",
 # "Masq") plus DPVS's FULLNAT ("FullNat").
@@ -105,23 +110,46 @@ class ServiceKey:
     port: int
 
     def __post_init__(self) -> None:
+        if self.proto == FWMARK_PROTO:
+            object.__setattr__(self, "addr", parse_ipv4(self.addr))
+            if self.port != 0 or self.addr == "0.0.0.0":
+                raise ConfigError("a fwmark service has a mark of 1 or more and no port")
+            return
         if self.proto not in PROTO_NAMES:
             raise ConfigError(f"unsupported protocol {self.proto}")
         object.__setattr__(self, "addr", parse_ipv4(self.addr))
         check_port(self.port, allow_zero=True)
 
+    @classmethod
+    def for_fwmark(cls, mark: int) -> ServiceKey:
+        if isinstance(mark, bool) or not isinstance(mark, int) or not 1 <= mark <= FWMARK_MAX:
+            raise ConfigError(f"fwmark {mark!r} out of range 1..{FWMARK_MAX}")
+        return cls(FWMARK_PROTO, str(ipaddress.IPv4Address(mark)), 0)
+
+    @property
+    def fwmark(self) -> int:
+        """The mark of a fwmark service, 0 for a <protocol, address, port> one."""
+        return int(ipaddress.IPv4Address(self.addr)) if self.proto == FWMARK_PROTO else 0
+
     @property
     def proto_name(self) -> str:
-        return PROTO_NAMES[self.proto]
+        return "FWM" if self.proto == FWMARK_PROTO else PROTO_NAMES[self.proto]
 
     def __str__(self) -> str:
+        if self.proto == FWMARK_PROTO:
+            return f"FWM {self.fwmark}"
         return f"{self.proto_name} {self.addr}:{self.port}"
 
     def to_json(self) -> dict[str, object]:
+        if self.proto == FWMARK_PROTO:
+            # as the kernel reports one (ipvsadm sets protocol TCP, unused; no address, no port)
+            return {"fwmark": self.fwmark, "proto": "tcp", "addr": "0.0.0.0", "port": 0}
         return {"proto": self.proto_name.lower(), "addr": self.addr, "port": self.port}
 
     @classmethod
     def from_json(cls, obj: dict[str, object]) -> ServiceKey:
+        if obj.get("fwmark"):
+            return cls.for_fwmark(int(obj["fwmark"]))  # type: ignore[call-overload]
         proto = PROTO_BY_NAME.get(str(obj.get("proto", "")).lower())
         if proto is None:
             raise ConfigError(f"unknown protocol {obj.get('proto')!r}")
@@ -314,7 +342,7 @@ class ConnInfo:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "proto": PROTO_NAMES[self.proto].lower(),
+            "proto": PROTO_NAMES[self.proto].lower() if self.proto in PROTO_NAMES else "ip",  # fwmark templates: IP
             "caddr": self.caddr,
             "cport": self.cport,
             "vaddr": self.vaddr,

@@ -176,6 +176,7 @@ class State:
             _check_thresholds(cmd.key, cmd.dest)
             _check_synproxy_dest(svc.spec, cmd.dest)
             _check_ops_dest(svc.spec, cmd.dest)
+            _check_port0_dest(svc.spec, cmd.dest)
             svc.dests = {ident: cmd.dest, **svc.dests}  # kernel: list_add at the head
         elif isinstance(cmd, EditDest):
             svc = self.service(cmd.key)
@@ -185,6 +186,7 @@ class State:
             _check_thresholds(cmd.key, cmd.dest)
             _check_synproxy_dest(svc.spec, cmd.dest)
             _check_ops_dest(svc.spec, cmd.dest)
+            _check_port0_dest(svc.spec, cmd.dest)
             svc.dests[ident] = cmd.dest
         elif isinstance(cmd, DelDest):
             svc = self.service(cmd.key)
@@ -267,6 +269,16 @@ def _check_ops_spec(spec: ServiceSpec, dests: Mapping[DestId, DestSpec]) -> None
                                            f"{d.addr}:{d.port} forwards with -b)")
 
 
+PORT0_NEEDS_A_PORTLESS_METHOD = ("a port-zero or fwmark service forwards each connection to the port the client asked for, "
+                                 "and FULLNAT (-b) needs a fixed real-server port for its replies: use -g or -i")
+
+
+def _check_port0_dest(spec: ServiceSpec, dest: DestSpec) -> None:
+    if spec.key.port == 0 and dest.fwd == "fullnat":
+        raise StateError("EOPNOTSUPP", f"{PORT0_NEEDS_A_PORTLESS_METHOD} (service {spec.key}; destination "
+                                       f"{dest.addr}:{dest.port})")
+
+
 def _check_ops_dest(spec: ServiceSpec, dest: DestSpec) -> None:
     if _ops_applies(spec) and dest.fwd == "fullnat":
         raise StateError("EOPNOTSUPP", f"{OPS_NEEDS_AN_ENTRY} (service {spec.key} has -o; destination "
@@ -289,6 +301,8 @@ _FWD_SWITCH = {"route": "-g", "tunnel": "-i", "masq": "-m", "fullnat": "-b"}
 
 
 def _svc_words(key: ServiceKey) -> str:
+    if key.fwmark:
+        return f"-f {key.fwmark}"
     return f"{_PROTO_SWITCH[key.proto_name.lower()]} {key.addr}:{key.port}"
 
 

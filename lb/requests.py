@@ -58,10 +58,10 @@ def _ipv4_only(addr: Any) -> None:
 
 def parse_key(raw: Any) -> ServiceKey:
     args = as_mapping(raw, "service")
-    if args.get("fwmark"):
-        raise StateError("EOPNOTSUPP", unimplemented.entry("fwmark-service").message)
     if args.get("ipv6"):
         raise StateError("EOPNOTSUPP", unimplemented.entry("ipv6").message)
+    if args.get("fwmark"):
+        return checked(lambda: ServiceKey.for_fwmark(as_int(args["fwmark"], "fwmark")))
     proto = str(args.get("proto", "")).lower()
     if proto == "sctp":
         raise StateError("EOPNOTSUPP", unimplemented.entry("sctp-service").message)

@@ -75,6 +75,9 @@ def active_in(state: str) -> int:
 SvcRef = tuple[int, str, int]  # (proto, vaddr, vport)
 TCP80: SvcRef = (PROTO_TCP, VIP, 80)
 UDP53: SvcRef = (PROTO_UDP, VIP, 53)
+TCP0: SvcRef = (PROTO_TCP, VIP, 0)  # port-zero ("all ports") services: persistent only (ipvsadm)
+UDP0: SvcRef = (PROTO_UDP, VIP, 0)
+FWM1: SvcRef = (0, "0.0.0.1", 0)  # ipvsadm -f 1: protocol LB_PROTO_FWMARK, the mark as the address, no port
 
 
 # ---- row data types ------------------------------------------------------------------
@@ -132,6 +135,7 @@ class PacketStep:
     l2hdr: bytes = b""  # XMIT_L2
     frame: bytes = b""  # XMIT_L2: the whole frame that must leave (l2hdr + (out or packet))
     note: str = ""
+    mark: int = 0  # the packet's firewall mark (NFQUEUE's NFQA_MARK): fwmark services are found by it
 
 
 @dataclass(frozen=True)
@@ -990,6 +994,110 @@ def _syn_retrans_rows() -> list[Row]:
                  DestExpect(UDP53, RS1, 53)),
                 (ServiceExpect(TCP80, 1, 6, 6 * size), ServiceExpect(UDP53)),
                 (conn("ESTABLISHED", T_ES, RS1),), check_ms=6000, tags=("tcp-state", "signals"))]
+
+
+def _port_zero_rows() -> list[Row]:
+    """Port-zero services (ip_vs_service_find: the exact <protocol, VIP, port> first, then the
+    VIP's port 0; ip_vs_sched_persist: one template <protocol, client, 0, VIP, 0> for every port,
+    the connection goes to the real server on the client's port)."""
+    rows: list[Row] = []
+    p0 = (DestSetup(RS1, 0), DestSetup(RS2, 0))
+    a, b = tcp(sport=47000, dport=80), tcp(sport=47001, dport=443)
+    c = tcp(sport=47002, dport=8080, src=CLIENT2)
+    size = ip_total_length(a)
+    rows.append(Row(
+        "port0-tcp-every-port", "a persistent TCP port-0 service takes every port of the VIP; one template per "
+        "client covers all of them (80 and 443 of one client go to the same real server), another client gets "
+        "its own", Setup((ServiceSetup(TCP0, "rr", p0, persistent=300),)),
+        (fwd(a, 0, RS2), fwd(b, 1, RS2), fwd(c, 2, RS1)),
+        (DestExpect(TCP0, RS2, 0, active=2, conns=2, inpkts=2, inbytes=2 * size, persist=1),
+         DestExpect(TCP0, RS1, 0, active=1, conns=1, inpkts=1, inbytes=size, persist=1)),
+        (ServiceExpect(TCP0, 3, 3, 3 * size),),
+        (conn("SYN_RECV", T_SR - 2, RS2, cport=47000, svc=(PROTO_TCP, VIP, 80), dport=80),
+         conn("SYN_RECV", T_SR - 1, RS2, cport=47001, svc=(PROTO_TCP, VIP, 443), dport=443),
+         conn("SYN_RECV", T_SR, RS1, cport=47002, caddr=CLIENT2, svc=(PROTO_TCP, VIP, 8080), dport=8080),
+         ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 0, RS2, 0, "NONE", 300_000 - 1),
+         ConnExpect(PROTO_TCP, CLIENT2, 0, VIP, 0, RS1, 0, "NONE", 300_000)), check_ms=2, tags=("port0", "persist")))
+
+    exact = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1),)), ServiceSetup(TCP0, "rr", (DestSetup(RS2, 0),),
+                                                                               persistent=300)))
+    d = tcp(sport=47003, dport=22)
+    rows.append(Row(
+        "port0-exact-service-first", "the exact service VIP:80 wins over the VIP's port-0 service; port 22, which "
+        "has no exact service, goes to the port-0 service", exact, (fwd(a, 0, RS1), fwd(d, 1, RS2)),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size),
+         DestExpect(TCP0, RS2, 0, active=1, conns=1, inpkts=1, inbytes=size, persist=1)),
+        (ServiceExpect(TCP80, 1, 1, size), ServiceExpect(TCP0, 1, 1, size)),
+        (conn("SYN_RECV", T_SR - 1, RS1, cport=47000),
+         conn("SYN_RECV", T_SR, RS2, cport=47003, svc=(PROTO_TCP, VIP, 22), dport=22),
+         ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 0, RS2, 0, "NONE", 300_000)), check_ms=1, tags=("port0",)))
+
+    u1, u2 = udp(sport=50000, dport=53), udp(sport=50001, dport=5353)
+    usize = ip_total_length(u1)
+    rows.append(Row(
+        "port0-udp-every-port", "a persistent UDP port-0 service: datagrams to two ports of the VIP from one client "
+        "go to one real server (a TCP packet to the VIP finds no service)",
+        Setup((ServiceSetup(UDP0, "rr", p0, persistent=300),)),
+        (fwd(u1, 0, RS2), fwd(u2, 1, RS2), verdict(tcp(sport=47009), 2, "ACCEPT", "NO_SERVICE")),
+        (DestExpect(UDP0, RS2, 0, inactive=2, conns=2, inpkts=2, inbytes=2 * usize, persist=1),
+         DestExpect(UDP0, RS1, 0)),
+        (ServiceExpect(UDP0, 2, 2, 2 * usize),),
+        (conn("UDP", T_UDP - 2, RS2, cport=50000, svc=(PROTO_UDP, VIP, 53), dport=53),
+         conn("UDP", T_UDP - 1, RS2, cport=50001, svc=(PROTO_UDP, VIP, 5353), dport=5353),
+         ConnExpect(PROTO_UDP, CLIENT1, 0, VIP, 0, RS2, 0, "NONE", 300_000 - 1)), check_ms=2, tags=("port0",)))
+
+    rows.append(Row(
+        "port0-not-persistent-unreachable", "a port-0 service that is not persistent (ipvsadm refuses it; the API "
+        "does not) schedules nothing: ip_vs_schedule's \"port zero only supported in persistent services\", "
+        "answered with ICMP port unreachable as ip_vs_leave does",
+        Setup((ServiceSetup(TCP0, "rr", (DestSetup(RS1, 0),)),)), (answer(a, 0),),
+        (DestExpect(TCP0, RS1, 0),), (ServiceExpect(TCP0),), (), tags=("port0",)))
+    return rows
+
+
+def _marked(step: PacketStep, mark: int) -> PacketStep:
+    return PacketStep(step.packet, step.now_ms, step.verdict, step.reason, step.out, step.ifindex, step.l2hdr,
+                      step.frame, step.note, mark)
+
+
+def _fwmark_rows() -> list[Row]:
+    """fwmark services (ip_vs_service_find: the packet's mark first, then <protocol, VIP, port>, then
+    port 0; ip_vs_sched_persist: one template <IPPROTO_IP, client, 0, fwmark, 0> for every protocol,
+    address and port the mark gathers; the real server is reached on the client's port)."""
+    rows: list[Row] = []
+    a = tcp(sport=47000, dport=80)
+    b = tcp(sport=47001, dport=443, dst=VIP2)
+    c = tcp(sport=47002, dport=443, dst=VIP2, src=CLIENT2)
+    size = ip_total_length(a)
+    rows.append(Row(
+        "fwm-two-vips-one-service", "a persistent fwmark service gathers two VIPs and ports (the operator's MARK "
+        "rules): one template per client covers them all, the connection goes to the port asked for",
+        Setup((ServiceSetup(FWM1, "rr", (DestSetup(RS1, 0), DestSetup(RS2, 0)), persistent=300),)),
+        (_marked(fwd(a, 0, RS2), 1), _marked(fwd(b, 1, RS2), 1), _marked(fwd(c, 2, RS1), 1)),
+        (DestExpect(FWM1, RS2, 0, active=2, conns=2, inpkts=2, inbytes=2 * size, persist=1),
+         DestExpect(FWM1, RS1, 0, active=1, conns=1, inpkts=1, inbytes=size, persist=1)),
+        (ServiceExpect(FWM1, 3, 3, 3 * size),),
+        (conn("SYN_RECV", T_SR - 2, RS2, cport=47000, svc=(PROTO_TCP, VIP, 80), dport=80),
+         conn("SYN_RECV", T_SR - 1, RS2, cport=47001, svc=(PROTO_TCP, VIP2, 443), dport=443),
+         conn("SYN_RECV", T_SR, RS1, cport=47002, caddr=CLIENT2, svc=(PROTO_TCP, VIP2, 443), dport=443),
+         ConnExpect(0, CLIENT1, 0, "0.0.0.1", 0, RS2, 0, "NONE", 300_000 - 1),
+         ConnExpect(0, CLIENT2, 0, "0.0.0.1", 0, RS1, 0, "NONE", 300_000)), check_ms=2, tags=("fwmark", "persist")))
+
+    both = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1),)), ServiceSetup(FWM1, "rr", (DestSetup(RS2),))))
+    d, e = tcp(sport=47003, dport=80), tcp(sport=47004, dport=80)
+    u = udp(sport=50000, dport=53)
+    rows.append(Row(
+        "fwm-mark-first", "the fwmark service of the packet's mark is looked up before VIP:80; an unmarked packet "
+        "and one with a mark no service has go to VIP:80; a marked UDP datagram goes to the fwmark service too "
+        "(any protocol); the real server's own port is used (non-persistent)",
+        both, (_marked(fwd(a, 0, RS2), 1), fwd(d, 1, RS1), _marked(fwd(e, 2, RS1), 2), _marked(fwd(u, 3, RS2), 1)),
+        (DestExpect(TCP80, RS1, active=2, conns=2, inpkts=2, inbytes=2 * size),
+         DestExpect(FWM1, RS2, 80, active=1, inactive=1, conns=2, inpkts=2, inbytes=size + ip_total_length(u))),
+        (ServiceExpect(TCP80, 2, 2, 2 * size), ServiceExpect(FWM1, 2, 2, size + ip_total_length(u))),
+        (conn("SYN_RECV", T_SR - 3, RS2, cport=47000), conn("SYN_RECV", T_SR - 2, RS1, cport=47003),
+         conn("SYN_RECV", T_SR - 1, RS1, cport=47004),
+         conn("UDP", T_UDP, RS2, cport=50000, svc=(PROTO_UDP, VIP, 53), dport=80)), check_ms=3, tags=("fwmark",)))
+    return rows
 
 
 def _persistence_rows() -> list[Row]:
@@ -2012,7 +2120,7 @@ def _locality_rows() -> list[Row]:
 def build_rows() -> tuple[Row, ...]:
     rows = (_dr_flow_rows() + _udp_rows() + _scheduling_rows() + _no_dest_rows() + _lookup_rows()
             + _tcp_flag_rows() + _l2_and_table_rows() + _deleted_dest_rows() + _bad_input_rows() + _icmp_rows()
-            + _syn_retrans_rows() + _persistence_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
+            + _syn_retrans_rows() + _persistence_rows() + _port_zero_rows() + _fwmark_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
             + _icmp_translation_rows() + _sp_rows() + _overload_rows() + _list_sched_rows()
             + _locality_rows() + _hashing_rows() + _nat_rows())
     ids = [r.id for r in rows]

@@ -40,7 +40,7 @@ def check_firewall(run: Run) -> list[Finding]:
     ip_forward = sysctl_int(run.ctx.sysctl("net/ipv4/ip_forward"))
 
     # 1. steering: raw PREROUTING must hand VIP packets to our queue, nothing earlier may decide.
-    ours = ipt.chain_name(run.queue_num) if run.queue_num is not None else None
+    our_chains = {ipt.chain_name(run.queue_num), ipt.go_chain_name(run.queue_num)} if run.queue_num is not None else set()
     for svc in services:
         probe = Probe(svc.proto, daddr=svc.addr, dport=svc.port or None, iif=run.vip_iface(svc.addr),
                       states=frozenset({"INVALID"}),  # no conntrack entry is attached before conntrack's hook
@@ -48,8 +48,8 @@ def check_firewall(run: Run) -> list[Finding]:
         decisions, _ = walk(run.tables, "raw", "PREROUTING", probe)
         idx = next((i for i, d in enumerate(decisions) if d.certain), len(decisions))
         first_sure = decisions[idx] if idx < len(decisions) else None
-        earlier = [d for d in decisions[:idx] if d.chain != ours]
-        if first_sure is not None and first_sure.rule is not None and first_sure.chain != ours:
+        earlier = [d for d in decisions[:idx] if d.chain not in our_chains]
+        if first_sure is not None and first_sure.rule is not None and first_sure.chain not in our_chains:
             what = ("dropped before lbd sees them" if first_sure.blocks else
                     f"decided ({first_sure.verdict}) in raw before lbd's jump: they bypass lbd "
                     "(not balanced; tracked; delivered to the local stack)")
@@ -184,7 +184,7 @@ def _explain_rules(run: Run) -> list[str]:
     states = run.states()
     track = run.track_mode()
     notes: list[str] = []
-    ours = re.compile(rf"^{re.escape(ipt.CHAIN_PREFIX)}\d+({re.escape(ipt.OUT_CHAIN_SUFFIX)})?$")
+    ours = re.compile(rf"^{re.escape(ipt.CHAIN_PREFIX)}\d+({re.escape(ipt.OUT_CHAIN_SUFFIX)}|{re.escape(ipt.GO_CHAIN_SUFFIX)})?$")
     for tname in ("raw", "mangle", "filter"):
         reach = reachable_from(run.tables, tname)
         for chain in run.tables.get(tname, {}).values():

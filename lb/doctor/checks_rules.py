@@ -3,11 +3,10 @@ what it asked for, is something listening on its queue."""
 
 from __future__ import annotations
 
-import shlex
-
+from lb import ipsets as ips
 from lb import iptables as ipt
 from lb.doctor.findings import Finding, plural
-from lb.doctor.inputs import Run
+from lb.doctor.inputs import Run, Service
 from lb.doctor.parsers import queue_line
 from lb.iptrules import IptChain, chain_state
 
@@ -53,57 +52,72 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
         out.append(Finding("error", "nfqueue-rules", f"raw {ipt.HOOK_CHAIN} does not jump to {chain}: no packet reaches lbd",
                            evidence=_raw_listing(raw), fix=f"{fix_restart} (lbd restores the jump on its next rule change)"))
     track = run.track_mode()
-    target = ipt.queue_target(q, None)
-    expected = {}
-    for svc in run.services:
-        expected[svc.name] = ipt.rule_pair(chain, ipt.service_match(svc.proto_num, svc.addr, svc.port), target, track=track)
-    missing: list[tuple[str, ipt.RulePair]] = []
-    covered: set[int] = set()
-    for name, pair in expected.items():
-        # any NFQUEUE target of ours counts (--queue-balance setups): compare the match part
-        q_idx = _find_rule(pre.rules, pair.match, "NFQUEUE")
-        nt_idx = _find_rule(pre.rules, pair.match, "CT") if pair.notrack is not None else -1
-        if q_idx is None or (pair.notrack is not None and (nt_idx is None or nt_idx > q_idx)):
-            missing.append((name, pair))
-        covered.update(i for i in (q_idx, nt_idx) if i is not None and i >= 0)
-    for name, pair in missing:
-        out.append(Finding("error", "nfqueue-rules",
-                           f"service {name}: no complete notrack+NFQUEUE pair in {chain}: its packets are not balanced",
-                           evidence="expected:\n" + "\n".join(pair.lines) + "\nfound:\n" + ("\n".join(pre.rules) or "(empty chain)"),
-                           fix="any lbadm change re-syncs the rules (e.g. re-add the service), or restart lbd"))
-    # FULLNAT and NAT replies and ICMP for VIPs / local addresses / NAT real servers are lbd's own rules
-    # too: expected, not extra.
-    own_matches = [ipt.icmp_match(a) for a in dict.fromkeys(run.vips() + run.laddrs())]
-    for svc in run.services:
-        for d in svc.dests:
-            if d.get("fwd") == "fullnat":
-                own_matches += [ipt.reply_match(svc.proto_num, str(d.get("addr")), int(d.get("port", 0)), la)
-                                for la in svc.laddrs]
-            elif d.get("fwd") == "masq":  # NAT: the real server's replies and ICMP errors
-                own_matches += [ipt.nat_reply_match(svc.proto_num, str(d.get("addr")), int(d.get("port", 0))),
-                                ipt.nat_icmp_match(str(d.get("addr")))]
-    for match in dict.fromkeys(own_matches):
-        pair = ipt.rule_pair(chain, match, target, track=track)
-        q_idx = _find_rule(pre.rules, pair.match, "NFQUEUE")
-        nt_idx = _find_rule(pre.rules, pair.match, "CT") if pair.notrack is not None else -1
-        covered.update(i for i in (q_idx, nt_idx) if i is not None and i >= 0)
-    extra = [r for i, r in enumerate(pre.rules) if i not in covered]
-    if extra:
-        out.append(Finding("info", "nfqueue-rules", f"{chain} holds {plural(len(extra), 'rule')} lbd did not ask for "
-                           "(added by hand?)", evidence="\n".join(extra)))
-    no_bypass = [r for r in pre.rules if "NFQUEUE" in r and "--queue-bypass" not in r]
+    go = chain_state(raw, ipt.go_chain_name(q))
+    want = ipt.chain_rules(q)
+    if not ipt.same_rules(pre.rules, want):
+        out.append(Finding("error", "nfqueue-rules", f"{chain} does not hold lbd's set lookups: packets for the "
+                           "services may not reach the queue",
+                           evidence="expected:\n" + "\n".join(want) + "\nfound:\n" + ("\n".join(pre.rules) or "(empty chain)"),
+                           fix="any lbadm change rewrites the chain (e.g. re-add a service), or restart lbd"))
+    if not any("-j NFQUEUE" in r for r in go.rules) or \
+            (not track and not any(r.endswith("-j CT --notrack") for r in go.rules)):
+        out.append(Finding("error", "nfqueue-rules", f"{ipt.go_chain_name(q)} lacks its CT --notrack / NFQUEUE rules: "
+                           "steered packets are not queued to lbd",
+                           evidence="\n".join(go.rules) or "(no chain)", fix=fix_restart))
+    if run.ipsets is None:
+        out.append(Finding("warning", "nfqueue-rules", "cannot read the ip sets (ipset save failed): which services "
+                           "are steered was not checked", fix="install ipset; run as root"))
+    else:
+        expected = ips.Steering()
+        for svc in run.services:
+            expected.services.add((svc.proto_num, svc.addr, svc.port))
+            expected.addrs.update(svc.laddrs)
+            for d in svc.dests:
+                if d.get("fwd") == "fullnat":
+                    expected.fnat_replies.update((svc.proto_num, str(d.get("addr")), int(d.get("port", 0)), la)
+                                                 for la in svc.laddrs)
+                elif d.get("fwd") == "masq":
+                    expected.nat_replies.add((svc.proto_num, str(d.get("addr")), int(d.get("port", 0))))
+        want_el = expected.elements()
+        missing_svc = [svc.name for svc in run.services
+                       if not expected_in(service_elements(svc), run)]
+        for name in missing_svc:
+            out.append(Finding("error", "nfqueue-rules", f"service {name}: not in lbd's ip sets: its packets are not balanced",
+                               evidence="\n".join(f"ipset {ips.set_name(q, k)}: {len(run.set_members(k))} elements"
+                                                   for k in ips.KINDS),
+                               fix="any lbadm change re-syncs the sets (e.g. re-add the service), or restart lbd"))
+        extra = [f"{ips.set_name(q, k)} {e}" for k in ips.KINDS for e in sorted(run.set_members(k) - want_el[k])]
+        if extra and not run.services_from_rules:
+            out.append(Finding("info", "nfqueue-rules", f"lbd's ip sets hold {plural(len(extra), 'element')} lbd did not "
+                               "ask for (added by hand?)", evidence="\n".join(extra[:20])))
+        missing_other = [f"{ips.set_name(q, k)} {e}" for k in ips.KINDS for e in sorted(want_el[k] - run.set_members(k))
+                         if k in (ips.FNAT, ips.NAT, ips.NATRIP, ips.ADDR)]
+        if missing_other:
+            out.append(Finding("error", "nfqueue-rules", "FULLNAT or NAT replies / ICMP for local addresses are not steered "
+                               f"to lbd ({plural(len(missing_other), 'set element')} missing)",
+                               evidence="\n".join(missing_other[:20]), fix=fix_restart))
+    if run.fwmarks:
+        mangle = chain_state(run.tables.get(ipt.MARK_TABLE, {}), ipt.mark_chain_name(q))
+        for mark in run.fwmarks:
+            if not any(f"-m mark --mark {mark:#x} " in r and "NFQUEUE" in r for r in mangle.rules) or not any(
+                    j.startswith(f"-A {ipt.HOOK_CHAIN} ") for j in mangle.jumps):
+                out.append(Finding("error", "nfqueue-rules", f"service FWM {mark}: mangle {ipt.mark_chain_name(q)} does "
+                                   "not queue its mark (or is not jumped to): its packets are not balanced",
+                                   evidence="\n".join(mangle.jumps + mangle.rules) or "(no chain)",
+                                   fix="re-add the service (lbd rewrites the chain), or restart lbd"))
+    no_bypass = [r for r in go.rules if "NFQUEUE" in r and "--queue-bypass" not in r]
     if no_bypass and run.ping.get("down_policy") != "closed":
         out.append(Finding("warning", "nfqueue-rules", "NFQUEUE rules without --queue-bypass: while lbd is not running, "
                            "packets for these services are dropped instead of reaching the local stack",
                            evidence="\n".join(no_bypass),
                            fix="intended only with lbd --down-policy closed; otherwise let lbd manage its rules"))
-    wrong_q = [r for r in pre.rules if "NFQUEUE" in r and f"--queue-num {q} " not in r + " " and "--queue-balance" not in r]
+    wrong_q = [r for r in go.rules if "NFQUEUE" in r and f"--queue-num {q} " not in r + " " and "--queue-balance" not in r]
     if wrong_q:
         out.append(Finding("error", "nfqueue-rules", f"NFQUEUE rules in {chain} target another queue than lbd's {q}",
                            evidence="\n".join(wrong_q), fix=fix_restart))
     if track:
         out.append(Finding("info", "conntrack", "conntrack opt-in is on: lbd installs no CT --notrack rules",
-                           evidence="\n".join(pre.rules),
+                           evidence="\n".join(go.rules),
                            fix="nothing to fix if intended. Packets lbd forwards are still taken before conntrack's hook; "
                                "packets it hands back and its raw-socket packets get conntrack entries and meet stateful "
                                "rules as NEW/INVALID"))
@@ -121,23 +135,18 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
                                fix=fix_restart))
     if not out:
         n = len(run.services)
-        out.append(Finding("info", "nfqueue-rules", f"{chain}: one notrack+NFQUEUE pair per service ({n}), "
-                           f"jumped to from raw {ipt.HOOK_CHAIN}; {out_chain} untracks lbd's own packets",
-                           evidence="\n".join(pre.jumps + pre.rules + post.jumps + post.rules)))
+        out.append(Finding("info", "nfqueue-rules", f"{chain}: set lookups steer every service ({n}) to "
+                           f"{ipt.go_chain_name(q)}, jumped to from raw {ipt.HOOK_CHAIN}; {out_chain} untracks lbd's own packets",
+                           evidence="\n".join(pre.jumps + pre.rules + go.rules + post.jumps + post.rules)))
     return out
 
 
-def _find_rule(rules: list[str], match: str, target: str) -> int | None:
-    want = set(ipt.rule_key(f"-A X {match}")) - {"-A X"}
-    for i, r in enumerate(rules):
-        tokens = shlex.split(r)
-        if "-j" not in tokens or tokens[tokens.index("-j") + 1] != target:
-            continue
-        head = " ".join(tokens[: tokens.index("-j")])
-        got = set(ipt.rule_key(head)) - {f"-A {tokens[1]}"}
-        if got == want:
-            return i
-    return None
+def service_elements(svc: Service) -> dict[ips.SetKind, set[str]]:
+    return ips.Steering(services={(svc.proto_num, svc.addr, svc.port)}).elements()
+
+
+def expected_in(elements: dict[ips.SetKind, set[str]], run: Run) -> bool:
+    return all(e in run.set_members(k) for k, es in elements.items() for e in es)
 
 
 def _raw_listing(raw: dict[str, IptChain]) -> str:

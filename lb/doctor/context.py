@@ -42,6 +42,10 @@ class DoctorContext:
         """`iptables --version`, e.g. "iptables v1.8.9 (nf_tables)"."""
         return ""
 
+    def ipset_save(self) -> str | None:
+        """`ipset save` output (every ip set and its elements), or None."""
+        return None
+
     def nft_ruleset(self) -> str | None:
         """`nft list ruleset`, or None when nft is absent."""
         return None
@@ -116,6 +120,12 @@ class LiveContext(DoctorContext):
 
     def iptables_version(self) -> str:
         return (self._run([self.iptables, "--version"], "iptables version") or "").strip()
+
+    def ipset_save(self) -> str | None:
+        if not self._have("ipset"):
+            self.problems.append("ipset not found in PATH")
+            return None
+        return self._run(["ipset", "save"], "ip sets")
 
     def nft_ruleset(self) -> str | None:
         if not self._have("nft"):

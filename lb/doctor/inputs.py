@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from lb import ipsets as ips
 from lb import iptables as ipt
 from lb.doctor.context import DoctorContext, LbdRefused, LbdUnavailable
 from lb.doctor.parsers import QueueStats, parse_nfnetlink_queue
@@ -52,12 +53,18 @@ class Run:
             self.lbd_error = str(exc)
         self.save_text = ctx.iptables_save()
         self.tables: Tables = parse_iptables_save(self.save_text) if self.save_text else {}
+        self.ipset_text = ctx.ipset_save()
+        self.ipsets: dict[str, set[str]] | None = ips.parse_save(self.ipset_text)[1] if self.ipset_text is not None else None
         self.ifaces = ctx.interfaces()
         self.first = self.sample() if self.lbd_error is None else None
         self.second: Sample | None = None
         self.services: list[Service] = []
+        self.fwmarks: list[int] = []  # fwmark services (steered from mangle, not by the raw sets)
         if self.first is not None and self.first.listing:
             for s in self.first.listing.get("services", []):
+                if s.get("fwmark"):
+                    self.fwmarks.append(int(s["fwmark"]))
+                    continue
                 self.services.append(Service(str(s.get("proto", "tcp")), str(s.get("addr")), int(s.get("port", 0)),
                                              list(s.get("dests", [])),
                                              [str(la.get("addr")) for la in s.get("laddrs", []) if isinstance(la, dict)]))
@@ -96,18 +103,23 @@ class Run:
             return found[0], "raw table"
         return None, f"raw table has {len(found)} LBD-Q<N> chains" if found else "no LBD-Q<N> chain in the raw table"
 
+    def set_members(self, kind: ips.SetKind) -> set[str]:
+        """Elements of lbd's set of this kind (empty when unknown)."""
+        if self.ipsets is None or self.queue_num is None:
+            return set()
+        return self.ipsets.get(ips.set_name(self.queue_num, kind), set())
+
     def _services_from_rules(self) -> list[Service]:
-        """lbd is down: the services its (bypassed) queue rules still name."""
-        chain = self.tables.get("raw", {}).get(ipt.chain_name(self.queue_num or 0))
+        """lbd is down: the services its (bypassed) queue rules still steer, read from its sets."""
         found: dict[tuple[str, str, int], Service] = {}
-        for r in chain.rules if chain else []:
-            if r.target != "NFQUEUE":
-                continue
-            opts = {o: a[0] for o, a, neg in r.opts if a and not neg}
-            proto, dst = opts.get("-p"), opts.get("-d", "").split("/")[0]
-            if proto in ("tcp", "udp") and dst and "-s" not in opts:
-                key = (proto, dst, int(opts.get("--dport", "0") or 0))
-                found.setdefault(key, Service(proto, dst, key[2], []))
+        for e in sorted(self.set_members(ips.SVC)):
+            addr, _, pp = e.partition(",")
+            proto, _, port = pp.partition(":")
+            if proto in ("tcp", "udp") and port.isdigit():
+                found.setdefault((proto, addr, int(port)), Service(proto, addr, int(port), []))
+        for kind, proto in ((ips.TCP0, "tcp"), (ips.UDP0, "udp")):
+            for addr in sorted(self.set_members(kind)):
+                found.setdefault((proto, addr, 0), Service(proto, addr, 0, []))
         return list(found.values())
 
     # ---- host
@@ -135,10 +147,10 @@ class Run:
         return names[0] if names else None
 
     def track_mode(self) -> bool:
-        """lbd's chain holds NFQUEUE rules but no CT --notrack: the conntrack opt-in."""
+        """lbd's LBD-Q<N>-GO holds its NFQUEUE rule but no CT --notrack: the conntrack opt-in."""
         if self.queue_num is None:
             return False
-        chain = self.tables.get("raw", {}).get(ipt.chain_name(self.queue_num))
+        chain = self.tables.get("raw", {}).get(ipt.go_chain_name(self.queue_num))
         if chain is None or not chain.rules:
             return False
         return not any(r.target == "CT" and "--notrack" in r.target_args for r in chain.rules)

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from lb import consts as C
 from lb.engine import FWD_IDS, Action, ConnState, EngineError, FwdState, Reason, Verdict
 from lb.model import (
+    FWMARK_PROTO,
     PROTO_TCP,
     TEMPLATE_ASSURED,
     ConnInfo,
@@ -282,13 +283,14 @@ class PyEngine:
 
     # ---- packet path -------------------------------------------------------------
 
-    def process(self, packet: bytes, now_ms: int) -> Action:
+    def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
+        """One packet; `mark` is its firewall mark (fwmark services are looked up by it first)."""
         with self._lock:
-            action = self._process(packet, now_ms)
+            action = self._process(packet, now_ms, mark)
             self._reason_counts[action.reason] += 1
             return action
 
-    def _process(self, packet: bytes, now_ms: int) -> Action:
+    def _process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
         self._expire(now_ms)
         parsed = parse_packet(packet)
         if isinstance(parsed, Rejection):
@@ -327,7 +329,14 @@ class PyEngine:
             if not conn.dest.available:
                 return _DEST_UNAVAILABLE  # the timer is not restarted
         else:
-            service = self._services.get((proto, parsed.daddr, parsed.dport))
+            # ip_vs_service_find's order: the fwmark service of the packet's mark, the exact
+            # <protocol, VIP, port>, then the VIP's port-zero ("all ports") service, which receives
+            # every port of the VIP without an exact service.
+            service = self._services.get((FWMARK_PROTO, mark.to_bytes(4, "big"), 0)) if mark else None
+            if service is None:
+                service = self._services.get((proto, parsed.daddr, parsed.dport))
+            if service is None and parsed.dport:
+                service = self._services.get((proto, parsed.daddr, 0))
             if service is None:
                 return _NO_SERVICE
             if service.spec.synproxy and proto == IPPROTO_TCP:
@@ -362,9 +371,17 @@ class PyEngine:
         template: Connection | None = None
         service.sched_now_ms = now_ms  # the schedulers' clock
         if service.spec.persistent is None:
-            dest = service.scheduler.schedule(service, parsed)
+            # ip_vs_schedule: a non-persistent port-zero service schedules nothing (unreachable)
+            dest = (service.scheduler.schedule(service, parsed)
+                    if parsed.dport == service.spec.key.port or service.spec.key.fwmark else None)
         else:
-            tkey: TemplateKey = (parsed.proto, service.client_network(parsed.saddr), parsed.daddr, parsed.dport)
+            # The template's virtual port is the service's: 0 for a port-zero service, whose template
+            # covers every port of the VIP (ip_vs_sched_persist: <protocol, caddr, 0, vaddr, 0>).
+            # A fwmark service's template is <IPPROTO_IP, caddr, 0, fwmark, 0>: every protocol,
+            # address and port the mark gathers.
+            fwm = service.spec.key.fwmark
+            tkey: TemplateKey = (0 if fwm else parsed.proto, service.client_network(parsed.saddr),
+                                 fwm.to_bytes(4, "big") if fwm else parsed.daddr, service.spec.key.port)
             template = self._conns.template(tkey)
             if template is not None and not template.dest.available:
                 self._invalidate_template(template)  # its destination left: schedule afresh
@@ -1028,6 +1045,9 @@ class PyEngine:
         if _ops_refuses(service.spec, method):
             raise EngineError("EOPNOTSUPP", f"{where}: a one-packet UDP service (-o) keeps no entry to translate "
                                             "replies with")
+        if service.spec.key.port == 0 and method.sees_replies:
+            raise EngineError("EOPNOTSUPP", f"{where}: a port-zero service forwards to the client's port; FULLNAT "
+                                            "needs a fixed real-server port")
 
     def _unlink_dest(self, service: Service, index: int, tell_scheduler: bool = True) -> None:
         dest = service.dests.pop(index)
@@ -1100,7 +1120,10 @@ class PyEngine:
                         vaddr=socket.inet_ntoa(conn.vaddr),
                         vport=conn.vport,
                         daddr=socket.inet_ntoa(dest.addr),
-                        dport=dest.port,
+                        # a port-zero service: the real server's port is the client's; templates: 0
+                        dport=dest.port if dest.port and (dest.owner.spec.key.port or
+                                                          dest.owner.spec.persistent is None) else
+                        (0 if conn.is_template else conn.vport),
                         state=TEMPLATE_ASSURED if conn.assured else ConnState(conn.state).name,
                         expires_ms=conn.expires_at_ms - now_ms,
                         laddr=socket.inet_ntoa(laddr),

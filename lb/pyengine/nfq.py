@@ -92,7 +92,7 @@ def kernel_queue_drops(queue_num: int) -> tuple[int, int]:
 class PacketPath(Protocol):
     """The part of lb.engine.Engine the adapter drives."""
 
-    def process(self, packet: bytes, now_ms: int) -> Action: ...
+    def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action: ...
     def expire(self, now_ms: int) -> int: ...
     def timers(self, now_ms: int) -> list[Action]: ...
     def timer_due(self) -> int | None: ...
@@ -220,7 +220,7 @@ class NfqAdapter:
         self.stats.packets += 1
         payload: bytes = packet.get_payload()  # type: ignore[attr-defined]
         try:
-            action = self._engine.process(payload, self._clock_ms())
+            action = self._engine.process(payload, self._clock_ms(), packet.get_mark())  # type: ignore[attr-defined]
         except Exception:  # the engine must never take the queue down: fail closed for this packet
             log.exception("engine failed on a %d-byte packet", len(payload))
             packet.drop()  # type: ignore[attr-defined]

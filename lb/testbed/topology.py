@@ -732,6 +732,8 @@ def environment_problem() -> str | None:
         return f"`ip netns list` failed: {proc.stderr.strip()}"
     if shutil.which("iptables") is None:
         return "`iptables` not found in PATH"
+    if shutil.which("ipset") is None:
+        return "`ipset` not found in PATH (lbd's steering rules look services up in ip sets)"
     return None
 
 

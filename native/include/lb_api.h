@@ -174,8 +174,14 @@ struct lb_action {
     uint8_t l2hdr[14];             /* LB_V_XMIT_L2: dst MAC, src MAC, ethertype */
 };
 
+/* A fwmark service (ipvsadm -f MARK) is keyed (LB_PROTO_FWMARK, MARK, 0): lb_svc_conf.proto
+ * LB_PROTO_FWMARK, .addr the mark, .port 0; every call naming a service takes it so. Packets find
+ * it by the mark lb_process_mark() is given (the skb mark NFQUEUE reports), before any
+ * <protocol, address, port> service, whatever their protocol (TCP or UDP). */
+#define LB_PROTO_FWMARK 0
+
 struct lb_svc_conf {
-    uint8_t proto;                 /* 6 = TCP, 17 = UDP */
+    uint8_t proto;                 /* 6 = TCP, 17 = UDP, LB_PROTO_FWMARK */
     uint32_t addr;
     uint16_t port;
     char sched[16];                /* NUL-terminated scheduler name: "rr", "wlc" */
@@ -333,6 +339,11 @@ const char *lb_state_name(int state);
 /* ---- the packet path (no I/O; not locked: single caller, or an adapter holding the lock) ---- */
 int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms,
                uint8_t *out, uint32_t out_cap, struct lb_action *act);
+/* lb_process for a packet that carries a firewall mark (0: none; the NFQUEUE adapter passes
+ * NFQA_MARK): a new connection looks up the fwmark service of that mark first, as
+ * ip_vs_service_find does. lb_process(...) is lb_process_mark(..., 0, ...). */
+int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint64_t now_ms,
+                    uint8_t *out, uint32_t out_cap, struct lb_action *act);
 /* Expire up to `budget` table slots' worth of dead entries (0 = whole table); returns entries freed. Locks. */
 int lb_expire(lb_t *lb, uint64_t now_ms, uint32_t budget);
 

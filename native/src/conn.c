@@ -513,6 +513,11 @@ static void conn_info(const lb_t *lb, uint32_t i, uint64_t now_ms, struct lb_con
     o->vport = lb_ntohs(c->vport);
     o->daddr = c->dest ? c->dest->conf.addr : 0;
     o->dport = c->dest ? c->dest->conf.port : 0;
+    if (c->dest && (!o->dport || (c->dest->svc && !c->dest->svc->conf.port && c->dest->svc->conf.persist_timeout_s)))
+        /* a persistent port-zero or fwmark service: the real server's port is the client's
+         * (ip_vs_sched_persist), its templates cover every port (0); a destination without a
+         * port takes the client's too (ip_vs_schedule) */
+        o->dport = (c->flags & LB_CF_TEMPLATE) ? 0 : o->vport;
     if (!(c->flags & LB_CF_TEMPLATE) && lb_conn_xmit(c)->conn_dump)
         lb_conn_xmit(c)->conn_dump(c, o); /* the method's fields (FULLNAT: laddr, lport) */
     o->expires_in_ms = (int64_t)(c->expires_ms - now_ms);

@@ -70,7 +70,16 @@ static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct
                                         struct lb_conn **tmpl, int *table_full)
 {
     uint32_t snet = p->saddr & lb_htonl(s->conf.netmask);
-    struct lb_conn *t = lb_tmpl_lookup(lb, p->proto, snet, p->daddr, p->dport, now_ms);
+    /* The template's virtual port is the service's: the packet's for a service found by its port,
+     * 0 for a port-zero service, whose template covers every port of the VIP (ip_vs_sched_persist:
+     * <protocol, caddr, 0, vaddr, 0>), so one client sticks to one real server across ports. A
+     * fwmark service's template is <IPPROTO_IP, caddr, 0, fwmark, 0>: every protocol, address
+     * and port the mark gathers. */
+    int fwm = s->conf.proto == LB_PROTO_FWMARK;
+    uint8_t tproto = fwm ? 0 : p->proto;
+    uint32_t taddr = fwm ? lb_htonl(s->conf.addr) : p->daddr;
+    uint16_t tport = lb_htons(s->conf.port);
+    struct lb_conn *t = lb_tmpl_lookup(lb, tproto, snet, taddr, tport, now_ms);
     if (t && !(t->dest->flags & LB_DEST_F_AVAILABLE)) {
         lb_tmpl_invalidate(lb, t); /* its destination left: schedule afresh */
         t = NULL;
@@ -82,7 +91,7 @@ static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct
         d = s->sched->schedule(s, p);
         if (!d)
             return NULL;
-        t = lb_tmpl_new(lb, p->proto, snet, p->daddr, p->dport, d, s->conf.persist_timeout_s * 1000, now_ms, 1);
+        t = lb_tmpl_new(lb, tproto, snet, taddr, tport, d, s->conf.persist_timeout_s * 1000, now_ms, 1);
         if (!t) {
             *table_full = 1;
             return NULL;
@@ -101,8 +110,13 @@ static struct lb_dest *schedule_dest(lb_t *lb, const struct lb_pkt *p, struct lb
 {
     int table_full = 0;
     s->sched_now_ms = now_ms; /* the schedulers' clock (lb_sched.h) */
-    struct lb_dest *d = s->conf.persist_timeout_s ? schedule_persist(lb, p, s, now_ms, tmpl, &table_full)
-                                                  : s->sched->schedule(s, p);
+    struct lb_dest *d;
+    if (s->conf.persist_timeout_s)
+        d = schedule_persist(lb, p, s, now_ms, tmpl, &table_full);
+    else if (LB_UNLIKELY(p->dport != lb_htons(s->conf.port) && s->conf.proto != LB_PROTO_FWMARK))
+        d = NULL; /* ip_vs_schedule: "port zero only supported in persistent services": unreachable */
+    else
+        d = s->sched->schedule(s, p);
     if (table_full) {
         act->verdict = LB_V_DROP;
         *reason = LB_R_TABLE_FULL;
@@ -205,6 +219,27 @@ static inline void tcp_in_signals(struct lb_conn *c, const struct lb_pkt *p, uin
 int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint8_t *out, uint32_t out_cap,
                struct lb_action *act)
 {
+    return lb_process_mark(lb, pkt, len, 0, now_ms, out, out_cap, act);
+}
+
+/* ip_vs_service_find's order: the fwmark service of the packet's mark, the exact <protocol, VIP,
+ * port>, then the VIP's port-zero ("all ports") service, which receives every port of the VIP
+ * without an exact service. */
+static inline struct lb_svc *find_service(const lb_t *lb, const struct lb_pkt *p, uint32_t mark)
+{
+    struct lb_svc *s = NULL;
+    if (mark)
+        s = lb_svc_find(lb, LB_PROTO_FWMARK, lb_htonl(mark), 0);
+    if (!s)
+        s = lb_svc_find(lb, p->proto, p->daddr, p->dport);
+    if (!s && p->dport)
+        s = lb_svc_find(lb, p->proto, p->daddr, 0);
+    return s;
+}
+
+int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint64_t now_ms, uint8_t *out,
+                    uint32_t out_cap, struct lb_action *act)
+{
     struct lb_pkt p;
     if (LB_UNLIKELY(!lb || !act || (!pkt && len)))
         return LB_EINVAL;
@@ -270,7 +305,7 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
             return LB_OK;
         }
     } else {
-        struct lb_svc *s = lb_svc_find(lb, p.proto, p.daddr, p.dport);
+        struct lb_svc *s = find_service(lb, &p, mark);
         if (!s) {
             act->verdict = LB_V_ACCEPT;
             finish(lb, act, LB_R_NO_SERVICE);

@@ -40,6 +40,16 @@ struct lb_svc *lb_svc_find_host(const lb_t *lb, uint8_t proto, uint32_t addr, ui
     return lb_svc_find(lb, proto, lb_htonl(addr), lb_htons(port));
 }
 
+/* A service is <TCP|UDP, address, port>, or a fwmark service (LB_PROTO_FWMARK, mark >= 1, 0). */
+static int svc_key_ok(const struct lb_svc_conf *conf)
+{
+    if (!conf)
+        return 0;
+    if (conf->proto == LB_PROTO_FWMARK)
+        return conf->addr != 0 && conf->port == 0;
+    return conf->proto == LB_PROTO_TCP || conf->proto == LB_PROTO_UDP;
+}
+
 /* May a SYN-proxy service have a destination with this method? (FULLNAT only: DPVS refuses DR and
  * tunnel too.) The method says so (LB_XMIT_F_SYNPROXY). */
 static int synproxy_capable(int32_t fwd)
@@ -168,7 +178,7 @@ void lb_dest_put(lb_t *lb, struct lb_dest *d)
 
 static int check_svc_conf(const struct lb_svc_conf *conf, const struct lb_sched_ops **sched)
 {
-    if (!conf || (conf->proto != LB_PROTO_TCP && conf->proto != LB_PROTO_UDP))
+    if (!svc_key_ok(conf))
         return LB_EINVAL;
     if (memchr(conf->sched, 0, sizeof(conf->sched)) == NULL)
         return LB_EINVAL;
@@ -186,7 +196,7 @@ static int check_svc_conf(const struct lb_svc_conf *conf, const struct lb_sched_
 int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
 {
     const struct lb_sched_ops *sched = NULL;
-    if (!conf || (conf->proto != LB_PROTO_TCP && conf->proto != LB_PROTO_UDP))
+    if (!svc_key_ok(conf))
         return LB_EINVAL;
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
@@ -235,7 +245,7 @@ out:
 int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
 {
     const struct lb_sched_ops *sched = NULL;
-    if (!conf || (conf->proto != LB_PROTO_TCP && conf->proto != LB_PROTO_UDP))
+    if (!svc_key_ok(conf))
         return LB_EINVAL;
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
@@ -372,6 +382,12 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
     }
     if (ops_refuses(s->conf.proto, s->conf.flags, conf->fwd)) {
         err = LB_EOPNOTSUPP; /* FULLNAT on a one-packet UDP service */
+        goto out;
+    }
+    if (!s->conf.port && lb_xmit_find(conf->fwd) && lb_xmit_find(conf->fwd)->xmit_out) {
+        /* A port-zero service's connections go to the client's port; a method with a reply
+         * tuple (FULLNAT) needs the real server's port fixed. */
+        err = LB_EOPNOTSUPP;
         goto out;
     }
     if (find_dest_idx(s, conf->addr, conf->port) >= 0) {
@@ -612,9 +628,31 @@ int lb_synproxy_set_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port, c
 
 /* ---------------------------------------------------------------- restart recovery */
 
+/* The fwmark service a restored connection of (daddr, dport) belonged to: the dump does not name
+ * it, so the first fwmark service holding that destination (or the address with port 0, the
+ * client's port) is taken. Only reached for entries of no <protocol, VIP, port> service. */
+static struct lb_svc *fwmark_svc_of(const lb_t *lb, uint32_t daddr, uint16_t dport, int *di)
+{
+    for (uint32_t i = 0; i < lb->nsvcs; i++) {
+        struct lb_svc *s = lb->svcs[i];
+        if (s->conf.proto != LB_PROTO_FWMARK)
+            continue;
+        int k = find_dest_idx(s, daddr, dport);
+        if (k < 0)
+            k = find_dest_idx(s, daddr, 0);
+        if (k >= 0) {
+            *di = k;
+            return s;
+        }
+    }
+    return NULL;
+}
+
 int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
 {
-    if (!ci || (ci->proto != LB_PROTO_TCP && ci->proto != LB_PROTO_UDP) || ci->state >= LB_S_COUNT)
+    /* protocol 0: a fwmark service's template (<IPPROTO_IP, client, 0, fwmark, 0>) */
+    int fwm_tmpl = ci && ci->proto == LB_PROTO_FWMARK && (ci->flags & LB_CONN_F_TEMPLATE);
+    if (!ci || (ci->proto != LB_PROTO_TCP && ci->proto != LB_PROTO_UDP && !fwm_tmpl) || ci->state >= LB_S_COUNT)
         return LB_EINVAL;
     if (ci->flags & LB_CONN_F_SYNPROXY)
         return LB_EOPNOTSUPP;
@@ -623,7 +661,13 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
     int err = LB_OK;
     pthread_mutex_lock(&lb->lock);
     struct lb_svc *s = lb_svc_find_host(lb, ci->proto, ci->vaddr, ci->vport);
+    if (!s && ci->vport)
+        s = lb_svc_find_host(lb, ci->proto, ci->vaddr, 0); /* a connection of a port-zero service */
     int di = s ? find_dest_idx(s, ci->daddr, ci->dport) : -1;
+    if (s && di < 0 && !s->conf.port)
+        di = find_dest_idx(s, ci->daddr, 0); /* dumped with the client's port (lb_conn_dump) */
+    if (!s && !(ci->flags & LB_CONN_F_TEMPLATE))
+        s = fwmark_svc_of(lb, ci->daddr, ci->dport, &di);
     if (!s) {
         err = LB_ESRCH;
         goto out;

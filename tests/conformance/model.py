@@ -88,6 +88,7 @@ class Connect:
     kernel_counts: dict[str, int] | None = field(default=None, hash=False)
     vips: tuple[str, ...] = ("vip",)
     lbd_counts: dict[str, tuple[int, int]] | None = field(default=None, hash=False)
+    port: int = 0  # the VIP's port connected to; 0: SERVICE_PORT (others must be in Scenario.extra_ports)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Udp:
     vips: tuple[str, ...] = ("vip",)
     same_port: bool = False  # each client's datagrams of this step share one source port
     lbd_counts: dict[str, tuple[int, int]] | None = field(default=None, hash=False)
+    port: int = 0  # the VIP's port datagrams go to; 0: SERVICE_PORT (others must be in Scenario.extra_ports)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,10 @@ class Scenario:
     first: System = "kernel"  # which system plays the scenario first
     extra_vips: int = 0  # virtual addresses {vip2}..{vip<1+extra_vips>} besides {vip}
     kernel_lacks: str = ""  # the guest's kernel cannot play this: what it lacks (see the module doc)
+    extra_ports: tuple[int, ...] = ()  # the real servers also answer on these ports of every VIP (TCP and UDP)
+    # The operator's mangle PREROUTING rules on the director (fwmark services), e.g. "-d {vip}/32 -p tcp
+    # -j MARK --set-mark 1": inserted at the top before the scenario plays, deleted after it, on both systems.
+    marks: tuple[str, ...] = ()
 
     @property
     def vip_names(self) -> tuple[str, ...]:
@@ -158,6 +164,9 @@ class Scenario:
                 for server, (low, high) in (step.lbd_counts or {}).items():
                     if server not in REAL_SERVERS or not 0 <= low <= high <= step.n:
                         raise ValueError(f"{self.name}: lbd_counts {server}: ({low}, {high}) of {step.n}")
+                port = getattr(step, "port", 0)
+                if port and port not in self.extra_ports:
+                    raise ValueError(f"{self.name}: {step} connects to port {port}, not in extra_ports")
                 bad = [c for c in step.clients if c not in MANY_CLIENTS]
                 if bad or not step.clients:
                     raise ValueError(f"{self.name}: unknown clients {bad} (use c1..c{len(MANY_CLIENTS)})")

@@ -188,16 +188,24 @@ class Player:
         return rec
 
     def play(self) -> None:
-        self.admin_record("ADMIN -C", self.system.admin(["-C"]))
-        if self.scn.rules:
-            self.admin_record("ADMIN -R < rules", self.system.admin(["-R"], stdin=self.text(self.scn.rules)))
+        director = self.system.director
+        marks = [shlex.split(self.text(m)) for m in self.scn.marks]
+        for words in reversed(marks):  # at the top, in the scenario's order: before any jump of lbd's
+            director.exec(["iptables", "-t", "mangle", "-I", "PREROUTING", "1", *words])
         try:
-            for step in self.scn.steps:
-                self.step(step)
+            self.admin_record("ADMIN -C", self.system.admin(["-C"]))
+            if self.scn.rules:
+                self.admin_record("ADMIN -R < rules", self.system.admin(["-R"], stdin=self.text(self.scn.rules)))
+            try:
+                for step in self.scn.steps:
+                    self.step(step)
+            finally:
+                for flows in self.held.values():
+                    for f in flows:
+                        close_tcp(f)
         finally:
-            for flows in self.held.values():
-                for f in flows:
-                    close_tcp(f)
+            for words in marks:
+                director.exec(["iptables", "-t", "mangle", "-D", "PREROUTING", *words], check=False)
 
     def step(self, step: Any) -> None:
         what = describe(step)
@@ -273,10 +281,11 @@ class Player:
             self.step_ports[client] = port
         f = Flow(client=client, addr=self.vals[client], port=port)
         netns, vip = self.topo.client.netns, self.vals[step.vips[k % len(step.vips)]]
+        dport = getattr(step, "port", 0) or SERVICE_PORT
         if isinstance(step, Udp):
-            udp_exchange(netns, f, vip, SERVICE_PORT)
+            udp_exchange(netns, f, vip, dport)
             return f
-        open_tcp(netns, f, vip, SERVICE_PORT)
+        open_tcp(netns, f, vip, dport)
         if f.outcome == "refused":
             table = self.system.admin(["-Lnc"]).stdout
             dest = compare.chosen_by_connection_table(table, f.addr, f.port)
@@ -408,7 +417,8 @@ def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd"
             for i, scn in chosen:
                 for vip in scenario_vips(scn, addresses(topo, i)):
                     for rs in REAL_SERVERS:
-                        servers.serve(topo.host(rs).netns, rs, vip, SERVICE_PORT, tcp=rs not in scn.refuse)
+                        for port in (SERVICE_PORT, *scn.extra_ports):
+                            servers.serve(topo.host(rs).netns, rs, vip, port, tcp=rs not in scn.refuse)
             for rs, idx in zip(REAL_SERVERS, REAL_INDEXES, strict=True):
                 for port in NAT_PORTS:
                     servers.serve(topo.host(rs).netns, rs, topo.addr("nat", idx), port)

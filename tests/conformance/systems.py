@@ -37,6 +37,7 @@ class AdminResult:
 class System(Protocol):
     name: str
     tool: str
+    director: Any  # the director host (lb.testbed.topology.Host) it runs on
 
     def admin(self, argv: list[str], stdin: str | None = None) -> AdminResult: ...
 

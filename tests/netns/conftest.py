@@ -169,7 +169,7 @@ class LbdError(RuntimeError):
 
 
 def iptables_leftovers(host: Host) -> list[str]:
-    """Rules and user chains in `host`'s namespace. Our namespaces start empty, so any is lbd's."""
+    """Rules, user chains and ip sets in `host`'s namespace. Our namespaces start empty, so any is lbd's."""
     found = []
     raw = host.exec(["iptables", "-t", "raw", "-S"]).stdout
     for line in raw.splitlines():
@@ -179,6 +179,8 @@ def iptables_leftovers(host: Host) -> list[str]:
     for line in save.splitlines():
         if line.startswith("-A ") or (line.startswith(":") and line.split()[1:2] == ["-"]):
             found.append(f"iptables-save: {line}")
+    sets = host.exec(["ipset", "save"]).stdout
+    found += [f"ipset: {line}" for line in sets.splitlines() if line.strip()]
     return found
 
 

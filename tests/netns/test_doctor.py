@@ -139,7 +139,7 @@ def test_doctor_explains_the_seed_firewall_and_its_fix(topo: Topology, lbd: Lbd,
     assert "UNTRACKED and hit REJECT in filter RH-Firewall-1-INPUT" in warn[0]["summary"]
     assert "icmp-host-prohibited (ICMP type 3 code 10)" in warn[0]["summary"]
     assert "-A RH-Firewall-1-INPUT -j REJECT --reject-with icmp-host-prohibited" in warn[0]["evidence"]
-    assert any("one notrack+NFQUEUE pair per service (1)" in f["summary"] for f in findings(doc, "nfqueue-rules"))
+    assert any("set lookups steer every service (1)" in f["summary"] for f in findings(doc, "nfqueue-rules"))
     assert any("lbd listening" in f["summary"] for f in findings(doc, "nfqueue"))
 
     # What the warning claims, for real: a segment lbd has no connection for gets ICMP 3/10 ...

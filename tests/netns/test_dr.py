@@ -403,7 +403,7 @@ def test_sigterm_removes_iptables_rules(lbd: Lbd, topo: Topology, http: HttpHelp
 
 def test_restart_after_crash_recovers_rules_without_duplicates(lbd: Lbd, topo: Topology) -> None:
     """Issue 8: a SIGKILLed lbd cannot clean up; the next start recovers its configuration from
-    the state it saved (every ~2 s) and adopts its rules: one rule pair per service, nothing stale."""
+    the state it saved (every ~2 s) and adopts its rules and sets: one element per service, nothing stale."""
     setup_service(lbd, topo, "rr")
     time.sleep(2.6)  # past one state save
     rc = lbd.stop(signal.SIGKILL)
@@ -413,7 +413,9 @@ def test_restart_after_crash_recovers_rules_without_duplicates(lbd: Lbd, topo: T
     lbd.start()
     services = lbd.request("list")["result"]["services"]
     assert [(s["addr"], s["port"], s["sched"]) for s in services] == [(topo.vip, HTTP_PORT, "rr")], lbd.log_tail()
-    vip_rules = [line for line in lbd.iptables_leftovers()
-                 if line.startswith("raw: ") and f"{topo.vip}/32" in line and "-p tcp" in line]
-    assert len(vip_rules) == 2, "expected one notrack+NFQUEUE pair for the VIP, got:\n" + "\n".join(vip_rules)
-    assert sorted(r.split(" -j ")[-1].split()[0] for r in vip_rules) == ["CT", "NFQUEUE"]
+    left = lbd.iptables_leftovers()
+    vip_elements = [line for line in left if line.startswith("ipset: add ") and topo.vip in line]
+    assert vip_elements == [f"ipset: add lbd-q0-addr {topo.vip}", f"ipset: add lbd-q0-svc {topo.vip},tcp:{HTTP_PORT}"], \
+        "expected one element for the VIP and one for the service, got:\n" + "\n".join(left)
+    queue_rules = [line for line in left if line.startswith("raw: ") and "NFQUEUE" in line]
+    assert len(queue_rules) == 1, "\n".join(left)

@@ -335,6 +335,8 @@ def test_lbd_rules_say_balanced_flows_are_untracked(topo: Topology, lbd: Lbd, se
     """lbd's raw rules untrack the service (and its own raw-socket packets) by default."""
     lbd.lbadm("-A", "-t", f"{topo.vip}:{HTTP_PORT}", "-s", "rr")
     raw = topo.director.exec(["iptables", "-t", "raw", "-S"]).stdout
-    assert f"-A LBD-Q0 -d {topo.vip}/32 -p tcp -m tcp --dport {HTTP_PORT} -j CT --notrack" in raw, raw
+    assert "-A LBD-Q0-GO -j CT --notrack" in raw and "-A LBD-Q0 -m set --match-set lbd-q0-svc dst,dst -j LBD-Q0-GO" in raw, raw
+    sets = topo.director.exec(["ipset", "save", "lbd-q0-svc"]).stdout
+    assert f"add lbd-q0-svc {topo.vip},tcp:{HTTP_PORT}" in sets, sets
     assert '-A OUTPUT -m comment --comment "lbd q0 out" -j LBD-Q0-OUT' in raw, raw
     assert "-A LBD-Q0-OUT -m mark --mark 0x4c420000 -j CT --notrack" in raw, raw

@@ -180,7 +180,7 @@ def test_nat_udp_port_unreachable_from_the_real_server_reaches_the_client(nlbd: 
 
 
 def test_nat_director_own_connections_to_a_real_server_stay_out_of_the_queue(nlbd: Lbd, ntopo: Topology) -> None:
-    """The NAT reply rules match only packets the director forwards (addrtype ! LOCAL): its own HTTP to
+    """The NAT reply set's rule matches only packets the director forwards (addrtype ! LOCAL): its own HTTP to
     RIP:8080 (a health check) still works while the service is balanced, and lbd never sees it."""
     t = ntopo
     nat_service(nlbd, t)
@@ -191,8 +191,10 @@ def test_nat_director_own_connections_to_a_real_server_stay_out_of_the_queue(nlb
     after = nlbd.ok("counters")["reasons"]
     assert after.get("no_service", 0) == before.get("no_service", 0), (before, after)
     rules = t.director.exec(["iptables", "-t", "raw", "-S"]).stdout
+    assert "-m set --match-set lbd-q0-nat src,src -m addrtype ! --dst-type LOCAL" in rules, rules
+    steered = t.director.exec(["ipset", "save", "lbd-q0-nat"]).stdout
     for rs in t.reals:
-        assert f"-s {rs.addr}/32 -p tcp -m tcp --sport {RPORT} -m addrtype ! --dst-type LOCAL" in rules, rules
+        assert f"add lbd-q0-nat {rs.addr},tcp:{RPORT}" in steered, steered
 
 
 def test_doctor_names_the_classic_mistake_a_real_server_not_routing_through_the_director(

@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from pyroute2 import IPRoute
 
+from lb import ipsets as ips
 from lb import iptables as ipt
+from lb.ipsets import Steering
 from lb.iptables import RuleManager
 from lb.netlink import (
     FwdResult,
@@ -412,66 +414,108 @@ def fw(nsf: Callable[[str], Namespaces]) -> tuple[str, str, Namespaces]:
 SERVICES = [(6, VIP, 80), (17, VIP, 53)]
 
 
-def expected_rules(queue: int, services: list[tuple[int, str, int]], target: str | None = None) -> list[str]:
-    target = target or ipt.queue_target(queue, None)
-    out: list[str] = []
-    for proto, vip, port in services:
-        p = ipt.rule_pair(ipt.chain_name(queue), ipt.service_match(proto, vip, port), target)
-        out += p.lines  # notrack, queue
-    return out
+def steer(services: list[tuple[int, str, int]], fnat: tuple[tuple[int, str, int, str], ...] = ()) -> Steering:
+    return Steering(services=set(services), fnat_replies=set(fnat))
+
+
+def ipset_save(ns: str) -> list[str]:
+    return in_ns(ns, "ipset", "save").splitlines()
+
+
+def members(ns: str, queue: int, kind: ips.SetKind) -> set[str]:
+    name = ips.set_name(queue, kind)
+    return {line.split()[2] for line in ipset_save(ns) if line.startswith(f"add {name} ")}
+
+
+def ours(ns: str, queue: int) -> list[str]:
+    """Everything of queue `queue` in the namespace: raw rules and chains, ip sets."""
+    tag = f"LBD-Q{queue}"
+    return [line for line in raw_S(ns) if re.search(rf"{tag}\b", line) or f"lbd q{queue}" in line] + \
+        [line for line in ipset_save(ns) if ips.set_name(queue, ips.ADDR).rsplit("-", 1)[0] + "-" in line]
 
 
 @needs_netns
 def test_setup_sync_teardown_lifecycle(fw: tuple[str, str, Namespaces]) -> None:
     d, _, _ = fw
-    before = raw_S(d)
+    before, sets_before = raw_S(d), ipset_save(d)
     m = RuleManager(7, netns=d)
     try:
         m.setup()
         m.setup()  # idempotent
         assert raw_S(d).count(ipt.jump_rule(7)) == 1
-        assert m.rules() == []
-        # lbd's own packets: our generated OUT text is exactly what iptables prints
+        # Our generated text is exactly what iptables prints: the diff compares like with like.
+        assert m.rules() == ipt.chain_rules(7)
+        assert m.go_rules() == ["-A LBD-Q7-GO -j CT --notrack", "-A LBD-Q7-GO -j NFQUEUE --queue-num 7 --queue-bypass"]
         assert raw_S(d).count(ipt.out_jump_rule(7)) == 1
         assert m.out_rules() == ipt.out_rules(7) == ["-A LBD-Q7-OUT -m mark --mark 0x4c420007 -j CT --notrack"]
 
-        plan = m.sync(SERVICES)
-        assert len(plan.add) == 4 and not plan.delete
-        # Our generated text is exactly what iptables prints: the diff compares like with like.
-        assert m.rules() == expected_rules(7, SERVICES)
-        assert m.sync(SERVICES).empty  # nothing to do -> no transaction
+        plan = m.sync(steer(SERVICES))
+        assert (plan.added, plan.deleted, plan.rewritten) == (3, 0, [])  # VIP + two services
+        assert members(d, 7, ips.SVC) == {f"{VIP},tcp:80", f"{VIP},udp:53"} and members(d, 7, ips.ADDR) == {VIP}
+        assert m.sync(steer(SERVICES)).empty  # nothing to do -> no set change, no transaction
 
-        plan = m.sync([(6, VIP, 80), (6, VIP, 443)])
-        assert len(plan.delete) == 2 and len(plan.add) == 2  # minimal: tcp/80 untouched
-        assert m.rules() == expected_rules(7, [(6, VIP, 80), (6, VIP, 443)])
+        plan = m.sync(steer([(6, VIP, 80), (6, VIP, 443)]))
+        assert (plan.added, plan.deleted) == (1, 1)  # minimal: tcp/80 untouched
+        assert m.rules() == ipt.chain_rules(7)  # the rules never change with the services
+        assert members(d, 7, ips.SVC) == {f"{VIP},tcp:80", f"{VIP},tcp:443"}
+        plan = m.sync(steer([(6, VIP, 80), (6, VIP, 443), (17, VIP, 0)], fnat=((6, "10.231.60.2", 8080, "10.231.40.1"),)))
+        assert plan.added == 3  # the UDP all-ports VIP, the reply triple and the local address
+        assert members(d, 7, ips.UDP0) == {VIP} and members(d, 7, ips.FNAT) == {"10.231.60.2,tcp:8080,10.231.40.1"}
+        assert members(d, 7, ips.ADDR) == {VIP, "10.231.40.1"}
+        wanted = steer([(6, VIP, 80), (6, VIP, 443)])
 
         in_ns(d, "iptables", "-t", "raw", "-D", "PREROUTING", "-m", "comment", "--comment", "lbd q7", "-j", "LBD-Q7")
-        assert m.sync([(6, VIP, 80), (6, VIP, 443)]).jump_added  # an operator's flush is healed
+        assert m.sync(wanted).jump_added  # an operator's flush is healed
         assert raw_S(d).count(ipt.jump_rule(7)) == 1
         in_ns(d, "iptables", "-t", "raw", "-F", "OUTPUT")
         in_ns(d, "iptables", "-t", "raw", "-F", "LBD-Q7-OUT")
-        assert m.sync([(6, VIP, 80), (6, VIP, 443)]).out_repaired  # ...also on the OUTPUT side
+        assert m.sync(wanted).out_repaired  # ...also on the OUTPUT side
         assert raw_S(d).count(ipt.out_jump_rule(7)) == 1 and m.out_rules() == ipt.out_rules(7)
-        assert m.sync([(6, VIP, 80), (6, VIP, 443)]).empty
+        in_ns(d, "ipset", "flush", ips.set_name(7, ips.SVC))
+        assert m.sync(wanted).added == 2  # ...and a flushed set (its element count gives it away)
+        in_ns(d, "iptables", "-t", "raw", "-F", "LBD-Q7")
+        assert m.sync(wanted).rewritten and m.rules() == ipt.chain_rules(7)
+        assert m.sync(wanted).empty
     finally:
         m.teardown()
     assert raw_S(d) == before  # the foreign rule survives, nothing of ours remains
     assert FOREIGN in raw_S(d)
+    assert ipset_save(d) == sets_before  # the sets are gone too
     m.teardown()  # idempotent
     assert raw_S(d) == before
 
 
 @needs_netns
+def test_previous_per_service_layout_is_adopted(fw: tuple[str, str, Namespaces]) -> None:
+    """A chain of the earlier per-service layout (left by an older lbd) is rewritten by a sync,
+    after the sets are filled: the restart keeps steering the VIP."""
+    d, _, _ = fw
+    m = RuleManager(14, netns=d)
+    try:
+        in_ns(d, "iptables", "-t", "raw", "-N", "LBD-Q14")
+        in_ns(d, "iptables", "-t", "raw", "-A", "PREROUTING", "-m", "comment", "--comment", "lbd q14", "-j", "LBD-Q14")
+        for target in (["CT", "--notrack"], ["NFQUEUE", "--queue-num", "14", "--queue-bypass"]):
+            in_ns(d, "iptables", "-t", "raw", "-A", "LBD-Q14", "-d", f"{VIP}/32", "-p", "tcp", "-m", "tcp",
+                  "--dport", "80", "-j", *target)
+        plan = m.sync(steer(SERVICES))
+        assert plan.rewritten and plan.added == 3
+        assert m.rules() == ipt.chain_rules(14) and raw_S(d).count(ipt.jump_rule(14)) == 1
+    finally:
+        m.teardown()
+    assert ours(d, 14) == []
+
+
+@needs_netns
 def test_crash_leftovers_removed_and_other_instances_untouched(fw: tuple[str, str, Namespaces]) -> None:
     d, _, _ = fw
-    before = raw_S(d)
+    before, sets_before = raw_S(d), ipset_save(d)
     other = RuleManager(9, netns=d)
     crashed = RuleManager(8, netns=d)
     try:
         other.setup()
-        other.sync([(6, VIP, 8080)])
+        other.sync(steer([(6, VIP, 8080)]))
         crashed.setup()
-        crashed.sync(SERVICES)
+        crashed.sync(steer(SERVICES))
         # ...lbd on queue 8 dies without teardown; someone also added a bare jump by hand.
         in_ns(d, "iptables", "-t", "raw", "-A", "PREROUTING", "-j", "LBD-Q8")
         in_ns(d, "iptables", "-t", "raw", "-A", "OUTPUT", "-j", "LBD-Q8-OUT")
@@ -485,16 +529,18 @@ def test_crash_leftovers_removed_and_other_instances_untouched(fw: tuple[str, st
         assert restarted.out_rules() == ipt.out_rules(8)
         assert not any(line.startswith("-A PREROUTING") and line.endswith("-j LBD-Q8") and line != ipt.jump_rule(8)
                        for line in table)
-        assert restarted.rules() == []
-        assert other.rules() == expected_rules(9, [(6, VIP, 8080)])
+        assert restarted.rules() == ipt.chain_rules(8)
+        assert members(d, 8, ips.SVC) == set()  # setup starts from empty sets
+        assert members(d, 9, ips.SVC) == {f"{VIP},tcp:8080"} and other.rules() == ipt.chain_rules(9)
         assert FOREIGN in table
         restarted.teardown()
-        assert other.rules() == expected_rules(9, [(6, VIP, 8080)])
+        assert members(d, 9, ips.SVC) == {f"{VIP},tcp:8080"} and other.rules() == ipt.chain_rules(9)
         assert ipt.jump_rule(9) in raw_S(d)
+        assert ours(d, 8) == []
     finally:
         RuleManager(8, netns=d).teardown()
         other.teardown()
-    assert raw_S(d) == before
+    assert raw_S(d) == before and ipset_save(d) == sets_before
 
 
 @needs_netns
@@ -503,39 +549,46 @@ def test_queue_balance_rules_accepted(fw: tuple[str, str, Namespaces]) -> None:
     m = RuleManager(10, queue_balance=(10, 11), netns=d)
     try:
         m.setup()
-        m.sync([(17, VIP, 53)])
-        target = "-j NFQUEUE --queue-balance 10:11 --queue-bypass"
-        assert m.rules() == expected_rules(10, [(17, VIP, 53)], target)
-        assert m.sync([(17, VIP, 53)]).empty
+        m.sync(steer([(17, VIP, 53)]))
+        assert m.go_rules() == ipt.go_rules(10, "-j NFQUEUE --queue-balance 10:11 --queue-bypass")
+        assert m.sync(steer([(17, VIP, 53)])).empty
     finally:
         m.teardown()
 
 
 @needs_netns
 def test_rules_match_real_packets(fw: tuple[str, str, Namespaces]) -> None:
-    """Datagrams from the client reach our queue rule (bypassed: no listener), others do not."""
+    """Datagrams from the client reach our queue rule (bypassed: no listener), others do not;
+    a datagram to another address leaves the chain at the address pre-filter."""
     d, c, _ = fw
     m = RuleManager(11, netns=d)
     try:
         m.setup()
-        m.sync(SERVICES)
+        m.sync(steer(SERVICES))
         send = (
             "import socket\n"
             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
             f"for _ in range(3): s.sendto(b'lbd-test', ('{VIP}', 53))\n"
             f"s.sendto(b'lbd-test', ('{VIP}', 54))\n"
+            "s.sendto(b'lbd-test', ('10.231.40.1', 53))\n"
         )
         in_ns(c, shutil.which("python3") or "python3", "-c", send)
-        rules = expected_rules(11, SERVICES)
-        udp_notrack, udp_queue = rules[2], rules[3]
+        rules = ipt.chain_rules(11)
+        notrack, queue = ipt.go_rules(11, m.target)
 
         def queued() -> bool:
-            return counters(d, "LBD-Q11").get(udp_queue, 0) >= 3
+            return counters(d, "LBD-Q11-GO").get(queue, 0) >= 3
 
-        assert wait_for(queued, 5.0), counters(d, "LBD-Q11")  # first datagram waits for ARP
-        got = counters(d, "LBD-Q11")
-        assert got[udp_notrack] == 3 and got[udp_queue] == 3  # port 54 matched nothing
-        assert got[rules[0]] == 0 and got[rules[1]] == 0  # no TCP sent
+        assert wait_for(queued, 5.0), counters(d, "LBD-Q11-GO")  # first datagram waits for ARP
+        got, chain = counters(d, "LBD-Q11-GO"), counters(d, "LBD-Q11")
+        assert got[notrack] == 3 and got[queue] == 3  # port 54 matched nothing
+        rule = {name: next(r for r in rules if needle in r) for name, needle in (
+            ("nat", "-nat "), ("natrip", "-natrip "), ("prefilter", "-addr "), ("svc", "-svc "), ("tcp0", "-tcp0 "),
+            ("icmp", "-p icmp -j"))}
+        assert chain[rule["svc"]] == 3  # the service set
+        assert chain[rule["prefilter"]] == 1  # 10.231.40.1 is not ours: out after one lookup
+        assert chain[rule["tcp0"]] == 0 and chain[rule["icmp"]] == 0  # no TCP, no ICMP sent
+        assert chain[rule["nat"]] == 0 and chain[rule["natrip"]] == 0  # no NAT real server configured
     finally:
         m.teardown()
 
@@ -543,9 +596,9 @@ def test_rules_match_real_packets(fw: tuple[str, str, Namespaces]) -> None:
 @needs_netns
 def test_detect_in_namespace(fw: tuple[str, str, Namespaces]) -> None:
     d, _, _ = fw
-    before = raw_S(d)
+    before, sets_before = raw_S(d), ipset_save(d)
     assert ipt.detect(netns=d) is None
-    assert raw_S(d) == before  # the probe transaction leaves nothing behind
+    assert raw_S(d) == before and ipset_save(d) == sets_before  # the probe leaves nothing behind
 
 
 @needs_netns
@@ -555,17 +608,35 @@ def test_track_opt_in_installs_no_notrack(fw: tuple[str, str, Namespaces]) -> No
     untracked = RuleManager(12, netns=d)
     try:
         untracked.setup()
-        untracked.sync(SERVICES)  # then lbd "crashes" and restarts with the opt-in
+        untracked.sync(steer(SERVICES))  # then lbd "crashes" and restarts with the opt-in
         m = RuleManager(12, track=True, netns=d)
         m.setup()
         assert not any("LBD-Q12-OUT" in line for line in raw_S(d))
-        m.sync(SERVICES)
-        assert m.rules() == [f"-A LBD-Q12 {ipt.service_match(p, a, n)} {m.target}" for p, a, n in SERVICES]
+        m.sync(steer(SERVICES))
+        assert m.go_rules() == [f"-A LBD-Q12-GO {m.target}"]
         assert not any("notrack" in line for line in raw_S(d) if "LBD-Q12" in line)
-        assert m.sync(SERVICES).empty
+        assert m.sync(steer(SERVICES)).empty
     finally:
         RuleManager(12, netns=d).teardown()
     assert raw_S(d) == before
+
+
+@needs_netns
+def test_rules_do_not_grow_with_services(fw: tuple[str, str, Namespaces]) -> None:
+    """2,000 services: the same chain, one set element each; one more service is one element."""
+    d, _, _ = fw
+    m = RuleManager(15, netns=d)
+    many = [(6, f"10.232.{n // 250}.{n % 250 + 1}", 80 + n % 7) for n in range(2000)]
+    try:
+        m.setup()
+        assert m.sync(steer(many)).added == 2000 + len({a for _, a, _ in many})
+        assert m.rules() == ipt.chain_rules(15)
+        plan = m.sync(steer([*many, (17, VIP, 53)]))
+        assert (plan.added, plan.deleted) == (2, 0)  # the service and its VIP
+        assert len(members(d, 15, ips.SVC)) == 2001
+    finally:
+        m.teardown()
+    assert ours(d, 15) == []
 
 
 RAW_SEND = """

@@ -77,7 +77,8 @@ class DefaultLbd:
         return proc.stdout
 
     def rules(self) -> str:
-        return self.host.exec(["iptables-save", "-t", "raw"]).stdout
+        """lbd's raw rules and the ip sets they look services up in."""
+        return self.host.exec(["iptables-save", "-t", "raw"]).stdout + self.host.exec(["ipset", "save"]).stdout
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else "(no log)"

@@ -153,6 +153,12 @@ def saved_marker(lbd: RestartLbd) -> tuple[int, ...]:
     return tuple(x for f in (lbd.state_file, journal) if f.exists() for x in (f.stat().st_mtime_ns, f.stat().st_size))
 
 
+def steered(topo: Topology) -> list[str]:
+    """The service elements of lbd's set (what its raw rules look up)."""
+    text = topo.director.exec(["ipset", "save", "lbd-q0-svc"], check=False).stdout
+    return [line.split()[2] for line in text.splitlines() if line.startswith("add ")]
+
+
 def report(name: str, **figures: Any) -> None:
     print(f"\nRESTART-FIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
 
@@ -172,6 +178,7 @@ def test_sigterm_with_down_policy_closed_keeps_every_connection(topo: Topology, 
             assert rc == 0, lbd.log_tail()
             rules = nfqueue_rules(topo)
             assert rules and all("--queue-bypass" not in r for r in rules), rules
+            assert steered(topo) == [f"{topo.vip},tcp:{ECHO_PORT}"]  # the sets stay with the rules
             assert lbd.state_file.exists()
             since = {s.n: s.echoed for s in group}
             time.sleep(DOWN_S)
@@ -221,7 +228,7 @@ def test_sigkill_with_down_policy_closed_recovers_from_the_last_snapshot(topo: T
                 alive_late, _ = survivors(late, since, 5.0)
                 listed = lbd.ok("list")["services"]
                 assert [(s["port"], len(s["dests"])) for s in listed] == [(ECHO_PORT, len(topo.reals))]
-                assert any(f"--dport {ECHO_PORT}" in r for r in nfqueue_rules(topo))
+                assert steered(topo) == [f"{topo.vip},tcp:{ECHO_PORT}"]
                 report("sigkill-closed", early=N_EARLY, early_survived=len(alive_early), late=N_LATE,
                        late_survived=len(alive_late), snapshot_to_kill_s=f"{t_kill - t_saved:.2f}",
                        down_s=f"{down_s:.2f}", recovered_in_s=f"{waited:.2f}", restore=restore_line(lbd))

@@ -61,7 +61,8 @@ def _next(sock: socket.socket, proc: subprocess.Popen[Any], log: Path, timeout: 
 
 
 def _raw_rules(topo: Topology) -> str:
-    return topo.director.exec(["iptables-save", "-t", "raw"]).stdout
+    """lbd's raw rules and the ip sets they look services up in."""
+    return topo.director.exec(["iptables-save", "-t", "raw"]).stdout + topo.director.exec(["ipset", "save"]).stdout
 
 
 def test_ready_only_once_rules_are_installed(topo: Topology, notify_socket: tuple[socket.socket, str],
@@ -82,7 +83,7 @@ def test_ready_only_once_rules_are_installed(topo: Topology, notify_socket: tupl
             proc.send_signal(signal.SIGCONT)
         assert ready.get("READY") == "1", ready
         assert "queue 0" in ready.get("STATUS", "") and ctl in ready["STATUS"], ready
-        assert f"-d {topo.vip}/32 -p tcp -m tcp --dport {PORT} -j NFQUEUE" in rules, rules
+        assert f"add lbd-q0-svc {topo.vip},tcp:{PORT}" in rules and "-j NFQUEUE" in rules, rules
         listed = topo.director.exec([str(LBADM), "--socket", ctl, "-Ln"]).stdout
         assert f"TCP  {topo.vip}:{PORT} rr" in listed and topo.reals[0].addr in listed, listed
 
@@ -93,7 +94,7 @@ def test_ready_only_once_rules_are_installed(topo: Topology, notify_socket: tupl
         assert reloading.get("RELOADING") == "1" and int(reloading["MONOTONIC_USEC"]) > 0, reloading
         again = _next(sock, proc, log, READY_TIMEOUT_S)
         assert again.get("READY") == "1" and "reloaded" in again.get("STATUS", ""), again
-        assert f"--dport {PORT2} -j NFQUEUE" in _raw_rules(topo)
+        assert f"add lbd-q0-svc {topo.vip},tcp:{PORT2}" in _raw_rules(topo)
 
         proc.send_signal(signal.SIGTERM)
         assert _next(sock, proc, log, STOP_TIMEOUT_S).get("STOPPING") == "1"

@@ -46,7 +46,9 @@ def test_reference_documents_every_key() -> None:
     text = (REPO / "configs" / "reference.toml").read_text()
     lines = TomlLines(text)
     for key in SERVICE_KEYS:
-        if key != "dest":
+        if key == "fwmark":  # a service of its own (no proto/addr/port then)
+            assert any(t[0] == "service" and len(t) == 2 and k == key for t, k in lines.keys), "reference.toml lacks fwmark"
+        elif key != "dest":
             assert (("service", 0), key) in lines.keys, f"reference.toml lacks service key {key}"
     for key in DEST_KEYS:
         assert (("service", 0, "dest", 0), key) in lines.keys, f"reference.toml lacks dest key {key}"
@@ -134,7 +136,7 @@ def test_every_error_is_reported_with_its_line() -> None:
         "f.toml:3: 'tcp' must be an integer, got string '900'",
         "f.toml:6: bad service address '10.1.1.300': not an IPv4 address",
         f"f.toml:8: 'sched' must be one of {', '.join(SCHEDULERS)}, got 'xx'",
-        "f.toml:9: unknown key 'weight' in [[service]] (known: proto, addr, port, sched, sched_flags, ops, "
+        "f.toml:9: unknown key 'weight' in [[service]] (known: proto, addr, port, fwmark, sched, sched_flags, ops, "
         "persistent, netmask, toa, synproxy, laddrs, dest)",
         "f.toml:12: 'weight' 2147483648 out of range 0..2147483647",
         "f.toml:15: fwd = \"route\" cannot change the port: the real server receives the service's port 80; "
@@ -228,7 +230,7 @@ def test_inline_tables_and_multiline_arrays_keep_lines_right() -> None:
         ''')
     assert found == [
         "f.toml:3: bad local address 'port = 3' in 'laddrs': not an IPv4 address",
-        "f.toml:7: unknown key 'desc' in [[service]] (known: proto, addr, port, sched, sched_flags, ops, "
+        "f.toml:7: unknown key 'desc' in [[service]] (known: proto, addr, port, fwmark, sched, sched_flags, ops, "
         "persistent, netmask, toa, synproxy, laddrs, dest)",
         "f.toml:13: 'weight' -1 out of range 0..2147483647",
     ]

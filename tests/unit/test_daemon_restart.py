@@ -23,6 +23,7 @@ from scapy.all import IP, TCP, raw
 from lb import daemon, statefile
 from lb.director import Director
 from lb.engine import EngineError, FwdState, Verdict
+from lb.ipsets import Steering
 from lb.iptables import RuleManager, queue_target
 from lb.model import ServiceKey, SynproxyConf
 
@@ -226,9 +227,9 @@ def test_closed_policy_rules_have_no_queue_bypass() -> None:
     assert queue_target(0, (2, 3), bypass=False) == "-j NFQUEUE --queue-balance 2:3"
     runner = FakeRunner("-P PREROUTING ACCEPT\n-N LBD-Q0\n-A PREROUTING -m comment --comment \"lbd q0\" -j LBD-Q0\n")
     rules = RuleManager(0, bypass=False, runner=runner)
-    rules.sync([(6, VIP, 80)])
+    rules.sync(Steering(services={(6, VIP, 80)}))
     script = runner.scripts[-1]
-    assert "-A LBD-Q0 -d 10.0.0.100/32 -p tcp -m tcp --dport 80 -j NFQUEUE --queue-num 0\n" in script
+    assert "-A LBD-Q0-GO -j NFQUEUE --queue-num 0\n" in script
     assert "--queue-bypass" not in script
     assert RuleManager(0, runner=runner).bypass is True
 
@@ -249,7 +250,7 @@ class RecordingRules:
     def setup(self) -> None:
         self.calls.append("setup")
 
-    def sync(self, services: Any, extra: Any = ()) -> None:
+    def sync(self, steering: Any) -> None:
         self.calls.append("sync")
 
 

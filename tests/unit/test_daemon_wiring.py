@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from lb import daemon, lbadm
+from lb import ipsets as ips
 from lb.director import Director
 from lb.estimator import HandshakeSample, StallWatch
-from lb.iptables import icmp_match
+from lb.ipsets import Steering
 from lb.model import DestInfo, DestSpec, LaddrInfo, ServiceInfo, ServiceKey, ServiceSpec, Stats
 
 VIP = "10.0.0.1"
@@ -149,22 +150,22 @@ def test_director_logs_a_stall_once_and_exports_the_counter(caplog: pytest.LogCa
 
 class RecordingRules:
     def __init__(self) -> None:
-        self.calls: list[tuple[list[tuple[int, str, int]], list[str]]] = []
+        self.calls: list[Steering] = []
 
-    def sync(self, services: list[tuple[int, str, int]], extra: list[str] = []) -> None:  # noqa: B006
-        self.calls.append((list(services), list(extra)))
+    def sync(self, steering: Steering) -> None:
+        self.calls.append(steering)
 
 
-def test_sync_rules_queues_icmp_to_every_vip_and_local_address_once() -> None:
+def test_sync_rules_queues_icmp_to_every_vip_and_local_address() -> None:
+    """The address set (ICMP, and the pre-filter) holds every VIP and every local address."""
     eng = FakeEngine()
     eng.laddrs = [LaddrInfo("10.0.1.2"), LaddrInfo("10.0.1.3")]
     rules = RecordingRules()
     d = Director(eng, rules, resolver=None)
     d.sync_rules()
-    services, extra = rules.calls[-1]
-    assert services == [(6, VIP, 80)]
-    icmp = [m for m in extra if "icmp" in m]
-    assert icmp == [icmp_match(VIP), icmp_match("10.0.1.2"), icmp_match("10.0.1.3")]
+    st = rules.calls[-1]
+    assert st.services == {(6, VIP, 80)}
+    assert st.elements()[ips.ADDR] == {VIP, "10.0.1.2", "10.0.1.3"}
 
 
 def test_sync_rules_with_a_real_engine_two_services_one_vip() -> None:
@@ -177,8 +178,9 @@ def test_sync_rules_with_a_real_engine_two_services_one_vip() -> None:
     d.handle("add_service", {"proto": "udp", "addr": VIP, "port": 53, "sched": "rr"})
     d.handle("add_laddr", {"service": {"proto": "tcp", "addr": VIP, "port": 443}, "addr": "10.0.1.2"})
     d.handle("add_laddr", {"service": {"proto": "udp", "addr": VIP, "port": 53}, "addr": "10.0.1.2"})
-    _, extra = rules.calls[-1]
-    assert [m for m in extra if "icmp" in m] == [icmp_match(VIP), icmp_match("10.0.1.2")]
+    el = rules.calls[-1].elements()
+    assert el[ips.ADDR] == {VIP, "10.0.1.2"}
+    assert el[ips.SVC] == {f"{VIP},tcp:80", f"{VIP},tcp:443", f"{VIP},udp:53"}
 
 
 def test_ping_reports_queue_and_conntrack() -> None:

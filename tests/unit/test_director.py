@@ -18,6 +18,7 @@ import pytest
 
 from lb.director import BatchError, Director
 from lb.engine import EngineError
+from lb.ipsets import Steering
 from lb.model import SCHEDULERS, Stats
 from line_server import director_socket  # tests/unit helper
 
@@ -96,7 +97,7 @@ def test_zero_of_a_missing_service_is_esrch(director: Director) -> None:
         ("del_service", SVC, "ESRCH"),
         ("del_dest", {"service": SVC, "dest": {"addr": "10.0.0.2", "port": 80}}, "ESRCH"),
         ("add_service", {**SVC, "proto": "sctp"}, "EOPNOTSUPP"),
-        ("add_service", {"fwmark": 1, "sched": "rr"}, "EOPNOTSUPP"),
+        ("add_service", {"fwmark": 1, "ipv6": True, "sched": "rr"}, "EOPNOTSUPP"),
         ("add_service", {**SVC, "addr": "10.0.0.300"}, "EINVAL"),
         ("list", {"service": SVC}, "ESRCH"),
         ("set_timeout", {"tcp": -1, "tcpfin": 0, "udp": 0}, "EINVAL"),
@@ -193,11 +194,11 @@ class FailingRules:
         self.fail = False
         self.synced: list[list[tuple[int, str, int]]] = []
 
-    def sync(self, services: list[tuple[int, str, int]], extra: list[str] = []) -> None:  # noqa: B006
+    def sync(self, steering: Steering) -> None:
         if self.fail:
             self.fail = False  # the restoring sync afterwards works
             raise RuntimeError("iptables-restore: boom")
-        self.synced.append(list(services))
+        self.synced.append(sorted(steering.services))
 
 
 def test_rules_sync_failure_rolls_the_engine_back() -> None:

@@ -40,13 +40,24 @@ RAW_OK = "\n".join([
     ":PREROUTING ACCEPT [0:0]",
     ":OUTPUT ACCEPT [0:0]",
     ":LBD-Q0 - [0:0]",
+    ":LBD-Q0-GO - [0:0]",
     ":LBD-Q0-OUT - [0:0]",
     '-A PREROUTING -m comment --comment "lbd q0" -j LBD-Q0',
     '-A OUTPUT -m comment --comment "lbd q0 out" -j LBD-Q0-OUT',
-    f"-A LBD-Q0 -d {VIP}/32 -p tcp -m tcp --dport 80 -j CT --notrack",
-    f"-A LBD-Q0 -d {VIP}/32 -p tcp -m tcp --dport 80 -j NFQUEUE --queue-num 0 --queue-bypass",
+    *ipt.chain_rules(0),
+    "-A LBD-Q0-GO -j CT --notrack",
+    "-A LBD-Q0-GO -j NFQUEUE --queue-num 0 --queue-bypass",
     f"-A LBD-Q0-OUT -m mark --mark {MARK0:#x} -j CT --notrack",
     "COMMIT",
+])
+SETS_OK = "\n".join([
+    "create lbd-q0-addr hash:ip family inet hashsize 1024 maxelem 1048576",
+    f"add lbd-q0-addr {VIP}",
+    "create lbd-q0-svc hash:ip,port family inet hashsize 1024 maxelem 1048576",
+    f"add lbd-q0-svc {VIP},tcp:80",
+    "create lbd-q0-tcp0 hash:ip family inet hashsize 1024 maxelem 1048576",
+    "create lbd-q0-udp0 hash:ip family inet hashsize 1024 maxelem 1048576",
+    "create lbd-q0-fnat hash:ip,port,ip family inet hashsize 1024 maxelem 1048576",
 ])
 FILTER_EMPTY = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT"
 
@@ -99,8 +110,10 @@ class FakeContext(DoctorContext):
                  interfaces: list[dict[str, Any]] | None = None, routes: dict[str, dict[str, Any]] | None = None,
                  samples: list[dict[str, Any]] | None = None, ping: dict[str, Any] | None = None,
                  lbd_down: bool = False, window_s: float = 10.0, queue_num: int | None = None,
-                 nft: str | None = None, version: str = "iptables v1.8.9 (nf_tables)") -> None:
+                 nft: str | None = None, version: str = "iptables v1.8.9 (nf_tables)",
+                 sets: str | None = SETS_OK) -> None:
         self.save = save
+        self.sets = sets
         self.sysctls = {"net/ipv4/ip_forward": "0", "net/ipv4/conf/all/rp_filter": "0",
                         "net/ipv4/conf/default/rp_filter": "0", "net/ipv4/conf/eth0/rp_filter": "0",
                         **(sysctls or {})}
@@ -125,6 +138,9 @@ class FakeContext(DoctorContext):
 
     def iptables_version(self) -> str:
         return self.version
+
+    def ipset_save(self) -> str | None:
+        return self.sets
 
     def nft_ruleset(self) -> str | None:
         return self.nft
@@ -260,7 +276,7 @@ def test_healthy_director_has_no_problems_and_samples_over_the_window() -> None:
     assert problems(fs) == [], format_text(fs)
     assert ctx.slept == [2.5]
     assert ctx.requests == ["ping", "list", "counters", "list", "counters"]
-    assert any("one notrack+NFQUEUE pair per service (1)" in f.summary for f in by(fs, "nfqueue-rules"))
+    assert any("set lookups steer every service (1)" in f.summary for f in by(fs, "nfqueue-rules"))
     assert any("no drops" in f.summary for f in by(fs, "nfqueue"))
     assert any("net.ipv4.ip_forward = 0" in f.summary for f in by(fs, "sysctl"))
     assert by(fs, "vip")[0].summary == f"VIP {VIP} is configured on eth0"
@@ -328,30 +344,38 @@ def test_raw_rule_before_lbd_jump() -> None:
 
 
 def test_nfqueue_rule_health() -> None:
-    # a second service lbd reports but the chain lacks
+    # a second service lbd reports but the sets lack
     two = listing([dest(r) for r in RIPS])
     two["services"].append({**two["services"][0], "port": 443})
     s = {"list": two, "counters": counters(), "nfq": NFQ_LINE}
     fs = run_checks(FakeContext(samples=[s, s]))
     e = by(fs, "nfqueue-rules", "error")
-    assert len(e) == 1 and e[0].summary.startswith(f"service TCP {VIP}:443: no complete notrack+NFQUEUE pair")
+    assert len(e) == 1 and e[0].summary.startswith(f"service TCP {VIP}:443: not in lbd's ip sets")
     # jump missing
     fs = run_checks(FakeContext(save=RAW_OK.replace('-A PREROUTING -m comment --comment "lbd q0" -j LBD-Q0\n', "") + "\n" + FILTER_EMPTY))
     assert any("does not jump to LBD-Q0" in f.summary for f in by(fs, "nfqueue-rules", "error"))
     # chain missing altogether
     fs = run_checks(FakeContext(save=FILTER_EMPTY, queue_num=0))
     assert any("chain LBD-Q0 is missing" in f.summary for f in by(fs, "nfqueue-rules", "error"))
-    # no --queue-bypass; extra rules are only reported
+    # the chain flushed by hand: the set lookups are gone
+    flushed = "\n".join(line for line in RAW_OK.splitlines() if not line.startswith("-A LBD-Q0 "))
+    fs = run_checks(FakeContext(save=flushed + "\n" + FILTER_EMPTY))
+    assert any("does not hold lbd's set lookups" in f.summary for f in by(fs, "nfqueue-rules", "error"))
+    # no --queue-bypass; elements lbd did not ask for are only reported
     nob = RAW_OK.replace(" --queue-bypass", "") + "\n" + FILTER_EMPTY
-    # lbd's own ICMP rule for the VIP is expected; a rule for an address lbd knows nothing of is not
-    nob = nob.replace("-A LBD-Q0-OUT", f"-A LBD-Q0 -d {VIP}/32 -p icmp -j CT --notrack\n"
-                      f"-A LBD-Q0 -d {VIP}/32 -p icmp -j NFQUEUE --queue-num 0\n"
-                      "-A LBD-Q0 -d 192.0.2.99/32 -p udp -j CT --notrack\n-A LBD-Q0-OUT")
-    fs = run_checks(FakeContext(save=nob))
+    fs = run_checks(FakeContext(save=nob, sets=SETS_OK + "\nadd lbd-q0-svc 192.0.2.99,udp:53"))
     assert any("without --queue-bypass" in f.summary for f in by(fs, "nfqueue-rules", "warning"))
     extra = [f for f in by(fs, "nfqueue-rules", "info") if "did not ask for" in f.summary]
-    assert len(extra) == 1 and extra[0].summary.startswith("LBD-Q0 holds 1 rule")
-    assert "192.0.2.99" in extra[0].evidence and "icmp" not in extra[0].evidence
+    assert len(extra) == 1 and extra[0].evidence == "lbd-q0-svc 192.0.2.99,udp:53"
+    # ip sets unreadable: said, not guessed
+    fs = run_checks(FakeContext(sets=None))
+    assert any("cannot read the ip sets" in f.summary for f in by(fs, "nfqueue-rules", "warning"))
+
+
+def test_services_named_by_the_sets_when_lbd_is_down() -> None:
+    fs = run_checks(FakeContext(lbd_down=True, sets=SETS_OK + "\ncreate x hash:ip\nadd lbd-q0-udp0 10.0.0.101"))
+    (e,) = by(fs, "lbd", "error")
+    assert f"TCP {VIP}:80" in e.evidence and "UDP 10.0.0.101:0" in e.evidence
 
 
 def test_out_chain_missing_and_track_opt_in() -> None:
@@ -585,3 +609,18 @@ def test_doctor_invocation_for_lbadm() -> None:
     assert doctor_cli.doctor_invocation(["--socket=/s", "doctor", "--window", "2"]) == ("/s", ["--window", "2"])
     for other in (["-Ln"], ["--socket", "/s", "-Ln"], [], ["-A", "-t", "doctor:80"]):
         assert doctor_cli.doctor_invocation(other) is None
+
+
+def test_fwmark_service_needs_its_mangle_rule() -> None:
+    two = listing([dest(r) for r in RIPS])
+    two["services"].append({**two["services"][0], "fwmark": 7, "addr": "0.0.0.0", "port": 0})
+    s = {"list": two, "counters": counters(), "nfq": NFQ_LINE}
+    fs = run_checks(FakeContext(samples=[s, s]))
+    (e,) = [f for f in by(fs, "nfqueue-rules", "error") if "FWM 7" in f.summary]
+    assert "does not queue its mark" in e.summary
+    mangle = ("*mangle\n:PREROUTING ACCEPT [0:0]\n:LBD-Q0-MARK - [0:0]\n"
+              '-A PREROUTING -m comment --comment "lbd q0 mark" -j LBD-Q0-MARK\n'
+              "-A LBD-Q0-MARK -m mark --mark 0x7 -j NFQUEUE --queue-num 0 --queue-bypass\nCOMMIT")
+    fs = run_checks(FakeContext(samples=[s, s], save=RAW_OK + "\n" + mangle + "\n" + FILTER_EMPTY))
+    assert not [f for f in by(fs, "nfqueue-rules", "error") if "FWM" in f.summary]
+    assert not problems([f for f in fs if f.check == "nfqueue-rules"])

@@ -1,4 +1,5 @@
-"""lb.iptables without privileges: rule text, normalisation, the diff, and the transactions sent."""
+"""lb.iptables and lb.ipsets without privileges: rule text, set elements, the incremental set
+diff, and the transactions sent (iptables and ipset faked)."""
 
 from __future__ import annotations
 
@@ -7,67 +8,65 @@ from collections.abc import Sequence
 
 import pytest
 
+from lb import ipsets as ips
 from lb import iptables as ipt
-from lb.iptables import (
-    ChainMissingError,
-    IptablesError,
-    RuleManager,
-    parse_table,
-    plan_sync,
-    rule_key,
-    rule_pair,
-)
+from lb.ipsets import Steering
+from lb.iptables import ChainMissingError, IptablesError, RuleManager, parse_table, rule_key
 
 TCP, UDP = 6, 17
 CHAIN = "LBD-Q3"
 QUEUE = "-j NFQUEUE --queue-num 3 --queue-bypass"
-
-
-def pair(match: str) -> ipt.RulePair:
-    return rule_pair(CHAIN, match, QUEUE)
-
-
-def lines(*pairs: ipt.RulePair) -> list[str]:
-    out: list[str] = []
-    for p in pairs:
-        out += p.lines
-    return out
-
-
 JUMP3 = '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3'
 OUT_JUMP3 = '-A OUTPUT -m comment --comment "lbd q3 out" -j LBD-Q3-OUT'
 OUT_RULE3 = "-A LBD-Q3-OUT -m mark --mark 0x4c420003 -j CT --notrack"
 OUT_OK = ["-N LBD-Q3-OUT", OUT_JUMP3, OUT_RULE3]  # a healthy LBD-Q3-OUT as `-S` prints it
+GO3 = ["-A LBD-Q3-GO -j CT --notrack", f"-A LBD-Q3-GO {QUEUE}"]
+HEALTHY = ["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *ipt.chain_rules(3), *GO3, *OUT_OK]
 
 
-A = pair(ipt.service_match(TCP, "10.0.0.1", 80))
-B = pair(ipt.service_match(UDP, "10.0.0.1", 53))
-C = pair(ipt.service_match(TCP, "10.0.0.2", 443))
+# ---------------------------------------------------------------- rule text and set elements
 
 
-# ---------------------------------------------------------------- rule text
+def test_names_jump_and_fixed_rules() -> None:
+    assert ipt.chain_name(3) == "LBD-Q3" and ipt.go_chain_name(3) == "LBD-Q3-GO"
+    assert ipt.jump_rule(3) == JUMP3
+    assert ipt.chain_rules(3) == [
+        "-A LBD-Q3 -m set --match-set lbd-q3-nat src,src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
+        "-A LBD-Q3 -p icmp -m set --match-set lbd-q3-natrip src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
+        "-A LBD-Q3 -m set ! --match-set lbd-q3-addr dst -j RETURN",
+        "-A LBD-Q3 -m set --match-set lbd-q3-svc dst,dst -j LBD-Q3-GO",
+        "-A LBD-Q3 -p tcp -m set --match-set lbd-q3-tcp0 dst -j LBD-Q3-GO",
+        "-A LBD-Q3 -p udp -m set --match-set lbd-q3-udp0 dst -j LBD-Q3-GO",
+        "-A LBD-Q3 -p icmp -j LBD-Q3-GO",
+        "-A LBD-Q3 -m set --match-set lbd-q3-fnat src,src,dst -j LBD-Q3-GO",
+    ]
+    assert ipt.go_rules(3, QUEUE) == GO3
+    assert ipt.go_rules(3, QUEUE, track=True) == [GO3[1]]
 
 
-def test_names_and_jump_rule() -> None:
-    assert ipt.chain_name(3) == "LBD-Q3"
-    assert ipt.jump_rule(3) == '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3'
+def test_steering_elements_in_ipset_save_form() -> None:
+    st = Steering(services={(TCP, "10.0.0.1", 80), (UDP, "10.0.0.1", 53), (TCP, "10.0.0.2", 0), (UDP, "10.0.0.3", 0)},
+                  fnat_replies={(TCP, "10.1.1.1", 8080, "10.2.2.2")}, addrs={"10.2.2.3"})
+    el = st.elements()
+    assert el[ips.SVC] == {"10.0.0.1,tcp:80", "10.0.0.1,udp:53"}
+    assert el[ips.TCP0] == {"10.0.0.2"} and el[ips.UDP0] == {"10.0.0.3"}
+    assert el[ips.FNAT] == {"10.1.1.1,tcp:8080,10.2.2.2"}
+    assert el[ips.ADDR] == {"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.2.2.2", "10.2.2.3"}
 
 
-def test_service_rules_in_iptables_S_form() -> None:
-    p = rule_pair(CHAIN, ipt.service_match(TCP, "10.0.0.1", 80), ipt.queue_target(3, None))
-    assert p.notrack == "-A LBD-Q3 -d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j CT --notrack"
-    assert p.queue == "-A LBD-Q3 -d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j NFQUEUE --queue-num 3 --queue-bypass"
-
-
-def test_udp_and_port_zero_means_all_ports() -> None:
-    assert ipt.service_match(UDP, "10.0.0.1", 53) == "-d 10.0.0.1/32 -p udp -m udp --dport 53"
-    assert ipt.service_match(TCP, "10.0.0.1", 0) == "-d 10.0.0.1/32 -p tcp"
-
-
-def test_reply_match_for_fullnat() -> None:
-    assert ipt.reply_match(TCP, "10.1.1.1", 8080, "10.2.2.2") == (
-        "-s 10.1.1.1/32 -d 10.2.2.2/32 -p tcp -m tcp --sport 8080"
-    )
+@pytest.mark.parametrize(
+    "st",
+    [
+        Steering(services={(1, "10.0.0.1", 80)}),
+        Steering(services={(TCP, "10.0.0.256", 80)}),
+        Steering(services={(TCP, "::1", 80)}),
+        Steering(services={(TCP, "10.0.0.1", 65536)}),
+        Steering(fnat_replies={(TCP, "10.0.0.1", -1, "10.0.0.2")}),
+    ],
+)
+def test_invalid_elements_rejected(st: Steering) -> None:
+    with pytest.raises(ValueError):
+        st.elements()
 
 
 def test_queue_balance_target() -> None:
@@ -78,33 +77,11 @@ def test_queue_balance_target() -> None:
 
 @pytest.mark.parametrize(
     "call",
-    [
-        lambda: ipt.service_match(1, "10.0.0.1", 80),
-        lambda: ipt.service_match(TCP, "10.0.0.256", 80),
-        lambda: ipt.service_match(TCP, "::1", 80),
-        lambda: ipt.service_match(TCP, "10.0.0.1", 65536),
-        lambda: ipt.service_match(TCP, "10.0.0.1", -1),
-        lambda: ipt.chain_name(65536),
-        lambda: ipt.chain_name(-1),
-        lambda: RuleManager(70000),
-        lambda: RuleManager(0, (5, 1)),
-    ],
+    [lambda: ipt.chain_name(65536), lambda: ipt.chain_name(-1), lambda: RuleManager(70000), lambda: RuleManager(0, (5, 1))],
 )
 def test_invalid_values_rejected(call) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError):
         call()
-
-
-@pytest.mark.parametrize(
-    "match",
-    ["-p tcp\n-A PREROUTING -j DROP", "-p tcp -j ACCEPT", "-p tcp --goto X", "", "-p 'tcp"],
-)
-def test_match_cannot_escape_the_rule(match: str) -> None:
-    with pytest.raises(ValueError):
-        rule_pair(CHAIN, match, QUEUE)
-
-
-# ---------------------------------------------------------------- normalisation
 
 
 def test_rule_key_equates_spellings() -> None:
@@ -112,195 +89,186 @@ def test_rule_key_equates_spellings() -> None:
     assert rule_key(canonical) == rule_key("-A LBD-Q3 -p tcp -d 10.0.0.1 --dport 80 -j CT --notrack")
     assert rule_key(canonical) != rule_key(canonical.replace("80", "81"))
     assert rule_key(canonical) != rule_key(canonical.replace("-d 10.0.0.1/32", "! -d 10.0.0.1/32"))
+    prefilter = next(r for r in ipt.chain_rules(3) if "-addr" in r)
+    assert rule_key(prefilter) != rule_key(prefilter.replace("! --match-set", "--match-set"))
 
 
 def test_parse_table_finds_only_our_chain_and_jumps() -> None:
     text = "\n".join([
-        "-P PREROUTING ACCEPT",
-        "-P OUTPUT ACCEPT",
-        "-N LBD-Q3",
-        "-N LBD-Q31",
+        "-P PREROUTING ACCEPT", "-N LBD-Q3", "-N LBD-Q31",
         '-A PREROUTING -s 10.9.9.9/32 -m comment --comment "foreign" -j CT --notrack',
-        '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3',
-        '-A PREROUTING -m comment --comment "lbd q31" -j LBD-Q31',
-        "-A PREROUTING -j LBD-Q3",
-        *A.lines,
-        "-A LBD-Q31 -d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j CT --notrack",
+        JUMP3, '-A PREROUTING -m comment --comment "lbd q31" -j LBD-Q31', "-A PREROUTING -j LBD-Q3",
+        *ipt.chain_rules(3), "-A LBD-Q31 -d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j CT --notrack",
     ])
     state = parse_table(text, CHAIN)
-    assert state.chain_exists
-    assert state.rules == [A.notrack, A.queue]
-    assert state.jumps == ['-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3', "-A PREROUTING -j LBD-Q3"]
+    assert state.chain_exists and state.rules == ipt.chain_rules(3)
+    assert state.jumps == [JUMP3, "-A PREROUTING -j LBD-Q3"]
     assert not parse_table("-P PREROUTING ACCEPT\n", CHAIN).chain_exists
 
 
-# ---------------------------------------------------------------- diff
+def test_parse_ipset_save_and_headers() -> None:
+    types, members = ips.parse_save("create lbd-q3-svc hash:ip,port family inet hashsize 1024 maxelem 1048576\n"
+                                    "add lbd-q3-svc 10.0.0.1,tcp:80\n")
+    assert types == {"lbd-q3-svc": "hash:ip,port"} and members == {"lbd-q3-svc": {"10.0.0.1,tcp:80"}}
+    assert ips.parse_headers("Name: a\nType: hash:ip\nNumber of entries: 2\nName: b\nNumber of entries: 0\n") == {
+        "a": 2, "b": 0}
 
 
-def test_empty_chain_gets_pairs_in_order() -> None:
-    plan = plan_sync([], [A, B])
-    assert plan.delete == []
-    assert plan.add == lines(A, B)
+# ---------------------------------------------------------------- transactions (fake iptables, fake ipset)
 
 
-def test_in_sync_is_empty_plan() -> None:
-    assert plan_sync(lines(A, B), [A, B]).empty
-    assert plan_sync(lines(A, B), [B, A]).empty  # order between services does not matter
-
-
-def test_minimal_add_and_delete_leave_others_in_place() -> None:
-    plan = plan_sync(lines(A, B, C), [A, C, pair(ipt.service_match(UDP, "10.0.0.3", 5000))])
-    assert plan.delete == [4, 3]  # B's two rules, highest number first
-    assert plan.deleted_rules == [B.notrack, B.queue]
-    assert plan.add == lines(pair(ipt.service_match(UDP, "10.0.0.3", 5000)))
-
-
-def test_everything_removed() -> None:
-    plan = plan_sync(lines(A, B), [])
-    assert plan.delete == [4, 3, 2, 1] and plan.add == []
-
-
-def test_half_pair_is_rewritten() -> None:
-    # queue rule present but its notrack missing: appending notrack after it would never run
-    plan = plan_sync([A.queue, *lines(B)], [A, B])
-    assert plan.delete == [1]
-    assert plan.add == lines(A)
-
-
-def test_wrong_order_within_pair_is_rewritten() -> None:
-    plan = plan_sync(A.lines[::-1], [A])
-    assert plan.delete == [2, 1]
-    assert plan.add == lines(A)
-
-
-def test_duplicates_deleted_by_number() -> None:
-    plan = plan_sync(A.lines * 2, [A])
-    assert plan.delete == [4, 3] and plan.add == []
-
-
-def test_foreign_rule_inside_our_chain_is_removed() -> None:
-    plan = plan_sync([A.lines[0], "-A LBD-Q3 -j ACCEPT", A.lines[1]], [A])
-    assert plan.delete == [2] and plan.add == []
-
-
-def test_same_match_twice_is_one_pair() -> None:
-    assert plan_sync([], [A, A]).add == lines(A)
-
-
-def test_queue_target_change_rewrites_queue_rules() -> None:
-    other = rule_pair(CHAIN, A.match, "-j NFQUEUE --queue-balance 0:1 --queue-bypass")
-    plan = plan_sync(lines(A), [other])
-    assert plan.delete == [2, 1] and plan.add == lines(other)
-
-
-# ---------------------------------------------------------------- transactions (fake iptables)
-
-
-class FakeIptables:
-    """Records commands; serves a canned `-S` listing; applies nothing."""
+class Fake:
+    """Records commands; serves a canned `iptables -S` listing; keeps ip sets like the kernel."""
 
     def __init__(self, listing: str = "-P PREROUTING ACCEPT\n-P OUTPUT ACCEPT\n", fail_restore: str = "") -> None:
         self.listing = listing
         self.fail_restore = fail_restore
         self.calls: list[tuple[list[str], str | None]] = []
+        self.sets: dict[str, tuple[str, set[str]]] = {}
 
     def __call__(self, cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
         cmd = list(cmd)
         self.calls.append((cmd, stdin))
+        if "ipset" in cmd:
+            return self._ipset(cmd[cmd.index("ipset") + 1:], stdin)
         if "-S" in cmd:
             return subprocess.CompletedProcess(cmd, 0, self.listing, "")
         if _is_restore(cmd) and self.fail_restore:
             return subprocess.CompletedProcess(cmd, 1, "", self.fail_restore)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
+    def _ipset(self, args: list[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+        out = ""
+        if args[:2] == ["list", "-t"]:
+            out = "".join(f"Name: {n}\nType: {t}\nNumber of entries: {len(m)}\n" for n, (t, m) in self.sets.items())
+        elif args[0] == "save":
+            t, m = self.sets[args[1]]
+            out = f"create {args[1]} {t} family inet\n" + "".join(f"add {args[1]} {e}\n" for e in sorted(m))
+        elif args[0] == "restore":
+            for line in (stdin or "").splitlines():
+                w = line.split()
+                if w[0] == "create":
+                    self.sets.setdefault(w[1], (w[2], set()))
+                elif w[0] == "destroy":
+                    self.sets.pop(w[1], None)
+                elif w[0] == "add":
+                    self.sets[w[1]][1].add(w[2])
+                elif w[0] == "del":
+                    self.sets[w[1]][1].discard(w[2])
+        elif args[0] == "destroy":
+            self.sets.pop(args[1], None)
+        return subprocess.CompletedProcess(args, 0, out, "")
+
     def scripts(self) -> list[str]:
-        return [stdin for cmd, stdin in self.calls if _is_restore(cmd) and stdin]
+        return [stdin for cmd, stdin in self.calls if _is_restore(cmd) and "ipset" not in cmd and stdin]
+
+    def set_scripts(self) -> list[str]:
+        return [stdin for cmd, stdin in self.calls if "ipset" in cmd and "restore" in cmd and stdin]
 
 
 def _is_restore(cmd: Sequence[str]) -> bool:
     return any(part.endswith("-restore") for part in cmd)
 
 
-def test_setup_clears_leftovers_in_one_transaction() -> None:
-    fake = FakeIptables("\n".join([
-        "-P PREROUTING ACCEPT", "-N LBD-Q3",
-        '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3', *lines(A),
-    ]))
+def test_setup_clears_leftovers_creates_sets_then_rules() -> None:
+    fake = Fake("\n".join(["-P PREROUTING ACCEPT", "-N LBD-Q3", JUMP3,
+                           "-A LBD-Q3 -d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j CT --notrack"]))
     RuleManager(3, runner=fake).setup()
-    assert fake.scripts() == [
-        "*raw\n"
-        '-D PREROUTING -m comment --comment "lbd q3" -j LBD-Q3\n'
-        ":LBD-Q3 - [0:0]\n"
-        '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3\n'
-        ":LBD-Q3-OUT - [0:0]\n"
-        "-A LBD-Q3-OUT -m mark --mark 0x4c420003 -j CT --notrack\n"
-        '-A OUTPUT -m comment --comment "lbd q3 out" -j LBD-Q3-OUT\n'
-        "COMMIT\n"
+    removal, creation = fake.scripts()
+    assert removal == f"*raw\n-D{JUMP3[2:]}\n-F LBD-Q3\n-X LBD-Q3\nCOMMIT\n"
+    assert creation.splitlines()[1:-1] == [
+        ":LBD-Q3-GO - [0:0]", ":LBD-Q3 - [0:0]", *GO3, *ipt.chain_rules(3), JUMP3,
+        ":LBD-Q3-OUT - [0:0]", OUT_RULE3, OUT_JUMP3,
     ]
-    restore_cmd = [c for c, _ in fake.calls if c[0].endswith("-restore")][0]
-    assert restore_cmd == ["iptables-restore", "-w", "5", "--noflush"]
+    assert sorted(fake.sets) == sorted(ips.set_name(3, k) for k in ips.KINDS)
+    # the sets exist before the rules referring to them are written
+    order = [("ipset" in c and "restore" in c, _is_restore(c) and "ipset" not in c and s is not None and ":LBD-Q3-GO" in s)
+             for c, s in fake.calls]
+    assert order.index((True, False)) < order.index((False, True))
 
 
-def test_sync_sends_numbered_deletes_then_appends() -> None:
-    fake = FakeIptables("\n".join([
-        "-N LBD-Q3", '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3', *lines(A, B), *OUT_OK,
-    ]))
-    plan = RuleManager(3, runner=fake).sync([(TCP, "10.0.0.1", 80), (TCP, "10.0.0.2", 443)])
-    assert str(plan) == "2 to add, 2 to delete"
-    assert fake.scripts() == ["*raw\n-D LBD-Q3 4\n-D LBD-Q3 3\n" + "\n".join(lines(C)) + "\nCOMMIT\n"]
+def test_sync_sends_only_the_difference() -> None:
+    fake = Fake("\n".join(HEALTHY))
+    m = RuleManager(3, runner=fake)
+    plan = m.sync(Steering(services={(TCP, "10.0.0.1", 80), (UDP, "10.0.0.1", 53)}))
+    assert (plan.added, plan.deleted) == (3, 0) and not plan.rewritten
+    assert fake.set_scripts()[-1] == ("add lbd-q3-addr 10.0.0.1\n"
+                                      "add lbd-q3-svc 10.0.0.1,tcp:80\nadd lbd-q3-svc 10.0.0.1,udp:53\n")
+    plan = m.sync(Steering(services={(TCP, "10.0.0.1", 80), (TCP, "10.0.0.2", 443)}))
+    assert (plan.added, plan.deleted) == (2, 1)
+    # additions to the pre-filter first; deletions last
+    assert fake.set_scripts()[-1] == ("add lbd-q3-addr 10.0.0.2\nadd lbd-q3-svc 10.0.0.2,tcp:443\n"
+                                      "del lbd-q3-svc 10.0.0.1,udp:53\n")
+    n = len(fake.calls)
+    assert m.sync(Steering(services={(TCP, "10.0.0.1", 80), (TCP, "10.0.0.2", 443)})).empty
+    assert fake.scripts() == [] and not [c for c, s in fake.calls[n:] if "save" in c]  # no re-read, no restore
 
 
-def test_sync_in_sync_sends_nothing() -> None:
-    fake = FakeIptables("\n".join(["-N LBD-Q3", '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3', *lines(A),
-                                    *OUT_OK]))
-    assert RuleManager(3, runner=fake).sync([(TCP, "10.0.0.1", 80)]).empty
-    assert fake.scripts() == []
+def test_a_flushed_set_is_reread_and_refilled() -> None:
+    fake = Fake("\n".join(HEALTHY))
+    m = RuleManager(3, runner=fake)
+    st = Steering(services={(TCP, "10.0.0.1", 80)})
+    m.sync(st)
+    fake.sets["lbd-q3-svc"][1].clear()
+    assert m.sync(st).added == 1
+    assert fake.sets["lbd-q3-svc"][1] == {"10.0.0.1,tcp:80"}
 
 
-def test_sync_restores_a_missing_jump() -> None:
-    fake = FakeIptables("\n".join(["-N LBD-Q3", *lines(A), *OUT_OK]))
-    plan = RuleManager(3, runner=fake).sync([(TCP, "10.0.0.1", 80)])
-    assert plan.jump_added
-    assert fake.scripts() == ['*raw\n-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3\nCOMMIT\n']
+def test_adopting_a_previous_lbds_sets_reads_them_once() -> None:
+    fake = Fake("\n".join(HEALTHY))
+    RuleManager(3, runner=fake).sync(Steering(services={(TCP, "10.0.0.1", 80)}))
+    restarted = RuleManager(3, runner=fake)
+    plan = restarted.sync(Steering(services={(TCP, "10.0.0.1", 80), (TCP, "10.0.0.1", 81)}))
+    assert (plan.added, plan.deleted) == (1, 0)
 
 
-def test_sync_extra_matches_for_fullnat_replies() -> None:
-    fake = FakeIptables("-N LBD-Q3\n" '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3\n')
-    RuleManager(3, runner=fake).sync([], extra=[ipt.reply_match(TCP, "10.1.1.1", 8080, "10.2.2.2")])
-    assert "-A LBD-Q3 -s 10.1.1.1/32 -d 10.2.2.2/32 -p tcp -m tcp --sport 8080 -j CT --notrack" in fake.scripts()[0]
+def test_sync_restores_a_missing_jump_and_rewrites_a_foreign_chain() -> None:
+    fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", *ipt.chain_rules(3), *GO3, *OUT_OK]))
+    plan = RuleManager(3, runner=fake).sync(Steering())
+    assert plan.jump_added and not plan.rewritten
+    assert fake.scripts() == [f"*raw\n{JUMP3}\nCOMMIT\n"]
+    old = "-A LBD-Q3 -d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j NFQUEUE --queue-num 3 --queue-bypass"
+    fake = Fake("\n".join(["-N LBD-Q3", JUMP3, old, *OUT_OK]))  # the per-service layout of older lbd's
+    plan = RuleManager(3, runner=fake).sync(Steering(services={(TCP, "10.0.0.1", 80)}))
+    assert plan.rewritten == ["LBD-Q3", "LBD-Q3-GO"] and plan.added == 2
+    (script,) = fake.scripts()
+    assert script.splitlines()[1:3] == [":LBD-Q3-GO - [0:0]", ":LBD-Q3 - [0:0]"]  # declaring flushes: one transaction
 
 
 def test_sync_without_chain_raises() -> None:
     with pytest.raises(ChainMissingError, match="call setup"):
-        RuleManager(3, runner=FakeIptables()).sync([(TCP, "10.0.0.1", 80)])
+        RuleManager(3, runner=Fake()).sync(Steering())
 
 
 def test_teardown_removes_only_ours_and_is_idempotent() -> None:
-    fake = FakeIptables("\n".join([
-        "-N LBD-Q3", "-N LBD-Q4",
-        '-A PREROUTING -s 10.9.9.9/32 -j CT --notrack',
-        '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3',
-        '-A PREROUTING -m comment --comment "lbd q4" -j LBD-Q4',
-        *lines(A),
+    fake = Fake("\n".join([
+        "-N LBD-Q3", "-N LBD-Q3-GO", "-N LBD-Q4", "-N LBD-Q3-OUT", "-N LBD-Q4-OUT",
+        "-A PREROUTING -s 10.9.9.9/32 -j CT --notrack", JUMP3,
+        '-A PREROUTING -m comment --comment "lbd q4" -j LBD-Q4', OUT_JUMP3,
+        '-A OUTPUT -m comment --comment "lbd q4 out" -j LBD-Q4-OUT', *ipt.chain_rules(3), *GO3, OUT_RULE3,
     ]))
+    fake.sets = {"lbd-q3-svc": ("hash:ip,port", {"10.0.0.1,tcp:80"}), "lbd-q4-svc": ("hash:ip,port", set()),
+                 "lbd-q3-addr": ("hash:ip", set())}
     RuleManager(3, runner=fake).teardown()
-    assert fake.scripts() == [
-        '*raw\n-D PREROUTING -m comment --comment "lbd q3" -j LBD-Q3\n-F LBD-Q3\n-X LBD-Q3\nCOMMIT\n'
-    ]
-    empty = FakeIptables()
+    assert fake.scripts() == ["*raw\n" + "\n".join([
+        "-D" + JUMP3[2:], "-D" + OUT_JUMP3[2:], "-F LBD-Q3", "-F LBD-Q3-GO", "-F LBD-Q3-OUT",
+        "-X LBD-Q3", "-X LBD-Q3-GO", "-X LBD-Q3-OUT",
+    ]) + "\nCOMMIT\n"]
+    assert list(fake.sets) == ["lbd-q4-svc"]
+    empty = Fake()
     RuleManager(3, runner=empty).teardown()
-    assert empty.scripts() == []
+    assert empty.scripts() == [] and empty.set_scripts() == []
 
 
 def test_errors_carry_command_status_and_stderr() -> None:
-    fake = FakeIptables("-N LBD-Q3\n", fail_restore="iptables-restore: line 2 failed")
+    fake = Fake("\n".join(["-N LBD-Q3", JUMP3]), fail_restore="iptables-restore: line 2 failed")
     with pytest.raises(IptablesError) as info:
-        RuleManager(3, runner=fake, netns="lbDx").sync([(TCP, "10.0.0.1", 80)])
+        RuleManager(3, runner=fake, netns="lbDx").sync(Steering())
     err = info.value
     assert err.returncode == 1
     assert err.cmd[:5] == ["ip", "netns", "exec", "lbDx", "iptables-restore"]
     assert "line 2 failed" in str(err) and "exit status 1" in str(err)
-    assert "-A LBD-Q3 -d 10.0.0.1/32" in str(err)  # the failed script is quoted for context
+    assert "-A LBD-Q3 -m set" in str(err)  # the failed script is quoted for context
 
 
 def test_missing_binary_is_an_iptables_error() -> None:
@@ -316,14 +284,31 @@ def test_detect_reports_missing_binary() -> None:
     assert reason is not None and "not found" in reason
 
 
-def test_detect_reports_kernel_refusal() -> None:
+def test_detect_reports_kernel_refusal_and_removes_its_probe_set() -> None:
+    calls: list[list[str]] = []
+
     def runner(cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
-        if stdin:
+        calls.append(list(cmd))
+        if stdin and "*raw" in stdin:
             return subprocess.CompletedProcess(list(cmd), 4, "", "RULE_APPEND failed (No such file or directory)")
         return subprocess.CompletedProcess(list(cmd), 0, "", "")
 
     reason = ipt.detect("iptables", netns="lbDx", runner=runner)
     assert reason is not None and "NFQUEUE" in reason and "RULE_APPEND failed" in reason
+    assert calls[-1][-2] == "destroy" and calls[-1][-1].startswith("lbd-probe-")
+
+
+def test_detect_probes_the_mark_and_set_matches_too() -> None:
+    scripts: list[str] = []
+
+    def runner(cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+        if stdin:
+            scripts.append(stdin)
+        return subprocess.CompletedProcess(list(cmd), 0, "", "")
+
+    assert ipt.detect("iptables", netns="lbDx", runner=runner) is None
+    assert "-m mark --mark 0x4c420000 -j CT --notrack" in scripts[1]
+    assert "-m set --match-set lbd-probe-" in scripts[1]
 
 
 # ---------------------------------------------------------------- raw OUTPUT: lbd's own packets
@@ -340,47 +325,6 @@ def test_out_chain_names_mark_and_rule_text() -> None:
         ipt.socket_mark(65536)
 
 
-def test_icmp_match_for_vips_and_lips() -> None:
-    assert ipt.icmp_match("10.0.0.1") == "-d 10.0.0.1/32 -p icmp"
-    p = rule_pair(CHAIN, ipt.icmp_match("10.0.0.1"), QUEUE)
-    assert p.notrack == "-A LBD-Q3 -d 10.0.0.1/32 -p icmp -j CT --notrack"
-    assert rule_key(p.queue) == rule_key("-A LBD-Q3 -p icmp -d 10.0.0.1 -j NFQUEUE --queue-num 3 --queue-bypass")
-    with pytest.raises(ValueError):
-        ipt.icmp_match("10.0.0.300")
-
-
-def test_parse_table_reads_iptables_save_and_jumps_from_any_chain() -> None:
-    text = "\n".join([
-        "*raw", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":LBD-Q3 - [0:0]", ":LBD-Q3-OUT - [0:0]",
-        JUMP3, OUT_JUMP3, OUT_RULE3, "COMMIT",
-    ])
-    out = parse_table(text, "LBD-Q3-OUT")
-    assert out.chain_exists and out.rules == [OUT_RULE3] and out.jumps == [OUT_JUMP3]
-    pre = parse_table(text, CHAIN)
-    assert pre.chain_exists and pre.rules == [] and pre.jumps == [JUMP3]
-
-
-def test_sync_extra_icmp_and_reply_matches_in_one_transaction() -> None:
-    fake = FakeIptables("\n".join(["-N LBD-Q3", JUMP3, *OUT_OK]))
-    extra = [ipt.reply_match(TCP, "10.1.1.1", 8080, "10.2.2.2"), ipt.icmp_match("10.0.0.1"), ipt.icmp_match("10.2.2.2")]
-    plan = RuleManager(3, runner=fake).sync([(TCP, "10.0.0.1", 80)], extra=extra)
-    assert len(plan.add) == 8 and not plan.out_repaired
-    (script,) = fake.scripts()
-    assert "-A LBD-Q3 -d 10.0.0.1/32 -p icmp -j CT --notrack\n-A LBD-Q3 -d 10.0.0.1/32 -p icmp -j NFQUEUE" in script
-    assert "-A LBD-Q3 -d 10.2.2.2/32 -p icmp -j CT --notrack" in script
-
-
-def test_setup_removes_leftovers_of_both_chains() -> None:
-    fake = FakeIptables("\n".join(["-N LBD-Q3", "-N LBD-Q3-OUT", JUMP3, OUT_JUMP3, OUT_JUMP3, *lines(A), OUT_RULE3]))
-    RuleManager(3, runner=fake).setup()
-    (script,) = fake.scripts()
-    body = script.splitlines()[1:-1]
-    assert body == [
-        "-D" + JUMP3[2:], "-D" + OUT_JUMP3[2:], "-D" + OUT_JUMP3[2:],
-        ":LBD-Q3 - [0:0]", JUMP3, ":LBD-Q3-OUT - [0:0]", OUT_RULE3, OUT_JUMP3,
-    ]
-
-
 @pytest.mark.parametrize(
     "out_state, want",
     [
@@ -393,59 +337,21 @@ def test_setup_removes_leftovers_of_both_chains() -> None:
     ],
 )
 def test_sync_heals_the_out_chain(out_state: list[str], want: list[str]) -> None:
-    fake = FakeIptables("\n".join(["-N LBD-Q3", JUMP3, *lines(A), *out_state]))
-    plan = RuleManager(3, runner=fake).sync([(TCP, "10.0.0.1", 80)])
+    fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *ipt.chain_rules(3), *GO3, *out_state]))
+    plan = RuleManager(3, runner=fake).sync(Steering())
     assert plan.out_repaired == want
     assert plan.empty == (not want)
-    if want:
-        assert fake.scripts() == ["*raw\n" + "\n".join(want) + "\nCOMMIT\n"]
-    else:
-        assert fake.scripts() == []
+    assert fake.scripts() == (["*raw\n" + "\n".join(want) + "\nCOMMIT\n"] if want else [])
 
 
 def test_track_opt_in_omits_every_notrack_rule() -> None:
-    fake = FakeIptables("\n".join(["-N LBD-Q3-OUT", OUT_JUMP3, OUT_RULE3]))  # left by an untracked run
+    fake = Fake("\n".join(["-N LBD-Q3-OUT", OUT_JUMP3, OUT_RULE3]))  # left by an untracked run
     m = RuleManager(3, track=True, runner=fake)
     m.setup()
-    assert fake.scripts() == ["*raw\n" + "\n".join([
-        "-D" + OUT_JUMP3[2:], ":LBD-Q3 - [0:0]", JUMP3, "-F LBD-Q3-OUT", "-X LBD-Q3-OUT",
-    ]) + "\nCOMMIT\n"]
-    tracked = rule_pair(CHAIN, A.match, QUEUE, track=True)
-    assert tracked.notrack is None and tracked.lines == [A.queue]
-    fake2 = FakeIptables("\n".join(["-N LBD-Q3", JUMP3]))
-    plan = RuleManager(3, track=True, runner=fake2).sync([(TCP, "10.0.0.1", 80)])
-    assert plan.add == [A.queue] and not plan.out_repaired
+    removal, creation = fake.scripts()
+    assert removal == "*raw\n" + "\n".join(["-D" + OUT_JUMP3[2:], "-F LBD-Q3-OUT", "-X LBD-Q3-OUT"]) + "\nCOMMIT\n"
+    assert "notrack" not in creation and "LBD-Q3-OUT" not in creation
+    fake2 = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *ipt.chain_rules(3), *GO3]))
+    plan = RuleManager(3, track=True, runner=fake2).sync(Steering())
+    assert plan.rewritten and not plan.out_repaired  # switching the opt-in on rewrites LBD-Q3-GO
     assert "notrack" not in fake2.scripts()[0]
-
-
-def test_plan_sync_track_mode_and_switching_modes() -> None:
-    tracked_a = rule_pair(CHAIN, A.match, QUEUE, track=True)
-    assert plan_sync([A.queue], [tracked_a]).empty
-    # switching the opt-in on: the notrack rule goes, the queue rule stays (counters survive)
-    plan = plan_sync(lines(A), [tracked_a])
-    assert plan.delete == [1] and plan.add == []
-    # and off again: the pair is rewritten, notrack first
-    plan = plan_sync([A.queue], [A])
-    assert plan.delete == [1] and plan.add == lines(A)
-
-
-def test_teardown_removes_both_chains() -> None:
-    fake = FakeIptables("\n".join(["-N LBD-Q3", "-N LBD-Q3-OUT", "-N LBD-Q4-OUT", JUMP3, OUT_JUMP3,
-                                   '-A OUTPUT -m comment --comment "lbd q4 out" -j LBD-Q4-OUT',
-                                   *lines(A), OUT_RULE3]))
-    RuleManager(3, runner=fake).teardown()
-    assert fake.scripts() == ["*raw\n" + "\n".join([
-        "-D" + JUMP3[2:], "-D" + OUT_JUMP3[2:], "-F LBD-Q3", "-X LBD-Q3", "-F LBD-Q3-OUT", "-X LBD-Q3-OUT",
-    ]) + "\nCOMMIT\n"]
-
-
-def test_detect_probes_the_mark_match_too() -> None:
-    scripts: list[str] = []
-
-    def runner(cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
-        if stdin:
-            scripts.append(stdin)
-        return subprocess.CompletedProcess(list(cmd), 0, "", "")
-
-    assert ipt.detect("iptables", netns="lbDx", runner=runner) is None
-    assert "-m mark --mark 0x4c420000 -j CT --notrack" in scripts[0]

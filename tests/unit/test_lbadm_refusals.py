@@ -71,10 +71,12 @@ def test_help_marks_every_unimplemented_option_from_the_table() -> None:
                  or line.startswith(f"  --{missing.option}|")]
         assert lines, f"no help line for --{missing.option}"
         assert all(line.endswith(f"[{missing.mark}]") for line in lines), lines
-    # The list: -m, -f, -6, --pe, --tun-type gue|gre, SCTP, --start-daemon (-o and the scheduler
+    # The list: -m, -6, --pe, --tun-type gue|gre, SCTP, --start-daemon (-o, -f and the scheduler
     # flags are implemented).
     assert {m.option for m in unimplemented.NOT_IMPLEMENTED} >= {
-        "fwmark-service", "ipv6", "pe", "tun-type", "sctp-service", "start-daemon"}
+        "ipv6", "pe", "tun-type", "sctp-service", "start-daemon"}
+    assert "fwmark-service" not in {m.option for m in unimplemented.NOT_IMPLEMENTED}
+    assert "masquerading" not in {m.option for m in unimplemented.NOT_IMPLEMENTED}
     assert "[not implemented by lbd] marks what lbd does not do" in text
 
 
@@ -91,8 +93,7 @@ def test_removing_an_entry_removes_its_mark(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["-A", "-f", "7", "-s", "rr"], "lbd does not implement fwmark services (-f)"),
-    (["-A", "-f", "7", "-6"], "lbd does not implement fwmark services (-f)"),
+    (["-A", "-f", "7", "-6"], "IPv6 is not supported by lbd"),
     (["-A", "--sctp-service", f"{VIP}:80"], "lbd does not implement SCTP services (--sctp-service)"),
     (["-A", "-t", "[2001:db8::1]:80"], "IPv6 is not supported by lbd"),
     (["-a", "-t", f"{VIP}:80", "-r", "[2001:db8::2]:80", "-i"], "IPv6 is not supported by lbd"),
@@ -135,7 +136,7 @@ def test_ipvsadm_save_config_refuses_with_file_and_line() -> None:
 def test_lbd_refuses_other_clients_with_the_same_messages() -> None:
     d = Director(PyEngine(conn_max=16), rules=None, resolver=None)
     cases: list[tuple[str, dict[str, Any], str]] = [
-        ("add_service", {"fwmark": 7, "sched": "rr"}, "fwmark-service"),
+        ("add_service", {"fwmark": 7, "ipv6": True, "sched": "rr"}, "ipv6"),
         ("add_service", {"proto": "sctp", "addr": VIP, "port": 80}, "sctp-service"),
         ("add_service", {"proto": "tcp", "addr": "2001:db8::1", "port": 80}, "ipv6"),
         ("add_service", {"proto": "tcp", "addr": VIP, "port": 80, "pe": "sip"}, "pe"),

@@ -1,36 +1,35 @@
-"""NAT (masquerading) steering without privileges: the rule kind of the real servers' replies
-(lb.iptables nat_reply_match / nat_icmp_match) and what the director asks for."""
+"""NAT (masquerading) steering without privileges: the real servers' replies and ICMP errors are
+two ip sets of their own (lb.ipsets NAT, NATRIP), tested before the address pre-filter, and the
+director asks for exactly its NAT destinations."""
 
 from __future__ import annotations
 
+from lb import ipsets as ips
 from lb import iptables as ipt
 from lb.director import Director
-from lb.iptables import plan_sync, rule_key, rule_pair
 from lb.pyengine import PyEngine
 
 TCP, UDP = 6, 17
-QUEUE = "-j NFQUEUE --queue-num 3 --queue-bypass"
 
 
-def test_nat_reply_match_is_the_real_servers_source_towards_non_local_addresses() -> None:
-    assert ipt.nat_reply_match(TCP, "10.1.0.11", 8080) == (
-        "-s 10.1.0.11/32 -p tcp -m tcp --sport 8080 -m addrtype ! --dst-type LOCAL")
-    assert ipt.nat_reply_match(UDP, "10.1.0.11", 53) == (
-        "-s 10.1.0.11/32 -p udp -m udp --sport 53 -m addrtype ! --dst-type LOCAL")
-    assert ipt.nat_icmp_match("10.1.0.11") == "-s 10.1.0.11/32 -p icmp -m addrtype ! --dst-type LOCAL"
+def test_nat_reply_elements_are_the_real_servers_source_and_icmp_per_real_server() -> None:
+    st = ips.Steering(nat_replies={(TCP, "10.1.0.11", 8080), (UDP, "10.1.0.11", 53), (TCP, "10.1.0.12", 0)})
+    el = st.elements()
+    assert el[ips.NAT] == {"10.1.0.11,tcp:8080", "10.1.0.11,udp:53"}  # a port-less destination has no reply port
+    assert el[ips.NATRIP] == {"10.1.0.11", "10.1.0.12"}
+    assert not el[ips.ADDR]  # replies are addressed to clients: nothing joins the pre-filter
 
 
-def test_nat_reply_rules_as_iptables_prints_them_are_in_sync() -> None:
-    """iptables -S prints the negation and the address mask its own way: the diff must keep the pair."""
-    match = ipt.nat_reply_match(TCP, "10.1.0.11", 8080)
-    pair = rule_pair("LBD-Q3", match, QUEUE)
-    printed = ["-A LBD-Q3 -s 10.1.0.11/32 -p tcp -m tcp --sport 8080 -m addrtype ! --dst-type LOCAL -j CT --notrack",
-               "-A LBD-Q3 -s 10.1.0.11/32 -p tcp -m tcp --sport 8080 -m addrtype ! --dst-type LOCAL " + QUEUE]
-    assert [rule_key(line) for line in pair.lines] == [rule_key(line) for line in printed]
-    assert plan_sync(printed, [pair]).empty
+def test_nat_rules_come_before_the_address_prefilter_and_skip_local_traffic() -> None:
+    rules = ipt.chain_rules(3)
+    prefilter = next(i for i, r in enumerate(rules) if "lbd-q3-addr" in r)
+    nat = [i for i, r in enumerate(rules) if "lbd-q3-nat " in r or "lbd-q3-natrip " in r]
+    assert len(nat) == 2 and max(nat) < prefilter, rules
+    assert all("-m addrtype ! --dst-type LOCAL" in rules[i] for i in nat)
+    assert "-p icmp -m set --match-set lbd-q3-natrip src " in rules[nat[1]]
 
 
-def test_director_steers_nat_replies_per_real_server_port_and_icmp_per_real_server() -> None:
+def test_director_steers_nat_replies_per_real_server_port() -> None:
     d = Director(PyEngine(conn_max=16), rules=None, resolver=None)
     web = {"proto": "tcp", "addr": "10.0.0.100", "port": 80}
     dns = {"proto": "udp", "addr": "10.0.0.100", "port": 53}
@@ -41,6 +40,4 @@ def test_director_steers_nat_replies_per_real_server_port_and_icmp_per_real_serv
                                                         "u_threshold": 0, "l_threshold": 0}})
     d.handle("add_dest", {"service": web, "dest": {"addr": "10.1.0.13", "port": 80, "fwd": "route", "weight": 1,
                                                     "u_threshold": 0, "l_threshold": 0}})
-    assert sorted(d._nat_reply_matches()) == sorted([
-        ipt.nat_reply_match(TCP, "10.1.0.11", 8080), ipt.nat_reply_match(TCP, "10.1.0.12", 8080),
-        ipt.nat_reply_match(UDP, "10.1.0.11", 53), ipt.nat_icmp_match("10.1.0.11"), ipt.nat_icmp_match("10.1.0.12")])
+    assert d.steering().nat_replies == {(TCP, "10.1.0.11", 8080), (TCP, "10.1.0.12", 8080), (UDP, "10.1.0.11", 53)}

@@ -52,6 +52,9 @@ class FakePacket:
     def get_payload(self) -> bytes:
         return self.payload
 
+    def get_mark(self) -> int:
+        return 0
+
     def accept(self) -> None:
         self.verdicts.append("accept")
 
@@ -68,7 +71,7 @@ class FakeEngine:
         self.timer_actions = timer_actions or []
         self.seen: list[tuple[bytes, int]] = []
 
-    def process(self, packet: bytes, now_ms: int) -> Action:
+    def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
         self.seen.append((packet, now_ms))
         assert self.action is not None
         return self.action
@@ -177,7 +180,7 @@ def test_stats_keys_mirror_the_c_adapter() -> None:
 
 def test_engine_failure_fails_closed() -> None:
     class Broken(FakeEngine):
-        def process(self, packet: bytes, now_ms: int) -> Action:
+        def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
             raise RuntimeError("boom")
 
     a = adapter(Broken())

@@ -88,3 +88,29 @@ def test_nat_entries_come_back_with_their_reply_tuple() -> None:
     assert r.verdict == Verdict.ANSWER
     assert (IP(r.out).src, IP(r.out)[TCP].sport, IP(r.out).dst, IP(r.out)[TCP].dport) == (VIP, 85, "10.9.0.7", 4000)
     assert [(d.active, d.stats.outpkts) for s in new.services() for d in s.dests] == [(1, 1)]
+
+
+def test_fwmark_and_port_zero_entries_come_back() -> None:
+    """Connections and templates of a persistent fwmark service (template <IP, client, 0, mark, 0>)
+    and of a port-0 service (template VIP:0, connections on the client's port)."""
+    fwm, p0 = ServiceKey.for_fwmark(9), ServiceKey(6, "10.0.0.101", 0)
+
+    def director() -> CEngine:
+        e = CEngine(conn_max=1000, hash_buckets=256)
+        for key, rs in ((fwm, "10.0.0.21"), (p0, "10.0.0.22")):
+            e.add_service(ServiceSpec(key, "rr", persistent=60))
+            e.add_dest(key, DestSpec(rs, 0))
+            e.set_fwd(key, rs, 0, FwdState(ifindex=5, dst_mac=b"\x02\0\0\0\0\x09", src_mac=b"\x02" * 6))
+        return e
+
+    old = director()
+    assert old.process(_pkt("10.9.0.5", 3000, 443, "S"), 1000, 9).verdict == Verdict.XMIT_L2
+    assert old.process(raw(IP(src="10.9.0.5", dst="10.0.0.101") / TCP(sport=3001, dport=8080, flags="S")),
+                       1000).verdict == Verdict.XMIT_L2
+    new = director()
+    assert new.restore_connections_raw(old.dump_connections_raw(2000), 2000) == {"restored": 4}
+
+    def listing(e: CEngine) -> list[tuple[int, str, int, str, int]]:
+        return sorted((c.proto, c.vaddr, c.vport, c.daddr, c.dport) for c in e.connections(2000))
+    assert listing(new) == listing(old)
+    assert (0, "0.0.0.9", 0, "10.0.0.21", 0) in listing(new) and (6, "10.0.0.101", 8080, "10.0.0.22", 8080) in listing(new)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from conformance.model import Scenario
 from conformance.scenarios import (
+    allports,
     battery,
     hashing,
     locality,
@@ -29,6 +30,7 @@ ALL += sched_list.SCENARIOS
 ALL += (*locality.SCENARIOS, *twos.SCENARIOS)
 ALL += (*battery.HASHING, *hashing.SCENARIOS)
 ALL += nat.SCENARIOS  # NAT (issue 14): the real servers' NAT addresses, runner.spec()
+ALL += allports.SCENARIOS
 
 _names = [s.name for s in ALL]
 if len(set(_names)) != len(_names):

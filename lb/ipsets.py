@@ -1,0 +1,300 @@
+"""lbd's ip sets: what its raw-table rules look up, so that steering costs O(1) in services.
+
+lbd's raw chain (lb/iptables.py) holds a fixed handful of rules whatever the configuration; what
+changes with the configuration is the content of these sets, one family per queue number N:
+
+    lbd-q<N>-addr   hash:ip          every VIP and FULLNAT local address: the pre-filter. A packet
+                                     to any other address leaves lbd's chain after ONE hash lookup
+                                     (routed traffic through the director costs one set test).
+    lbd-q<N>-svc    hash:ip,port     VIP,proto:port of every service with a port  (dst,dst)
+    lbd-q<N>-tcp0   hash:ip          VIPs of TCP port-0 ("all ports") services   (dst, -p tcp)
+    lbd-q<N>-udp0   hash:ip          VIPs of UDP port-0 services                  (dst, -p udp)
+    lbd-q<N>-fnat   hash:ip,port,ip  RIP,proto:rport,LIP of FULLNAT replies       (src,src,dst)
+    lbd-q<N>-nat    hash:ip,port     RIP,proto:rport of NAT real servers: replies (src,src, to a
+                                     destination that is not local)
+    lbd-q<N>-natrip hash:ip          RIPs of NAT real servers: their ICMP errors   (src, -p icmp,
+                                     to a destination that is not local)
+
+Why ipset rather than nftables sets: this kernel has no nft `queue` statement, so the NFQUEUE
+verdict must stay an xtables target, and only xtables rules can test ip sets (`-m set`); nft sets
+are not visible to xtables rules. With ipset the rules stay iptables rules in the raw table
+(priority -300, before conntrack), `CT --notrack` and `NFQUEUE --queue-bypass` keep their exact
+semantics, and each set is changed element by element (`ipset add/del`, batched through one
+`ipset restore`), which costs what changed, never what exists.
+
+The sets are created and destroyed by lbd only: every set named `lbd-q<N>-*` of these names
+belongs to the lbd of queue N, nothing else does. A set cannot be destroyed while a rule refers to
+it, so teardown removes the rules first (lb/iptables.py does that order).
+
+NAT (`-m`) replies are addressed to clients, not to the director, so their two rules come before
+the address pre-filter; `-m addrtype ! --dst-type LOCAL` keeps the director's own traffic with a
+NAT real server (health checks, an operator's curl) out of the queue and tracked.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+SET_PREFIX = "lbd-q"
+MAXELEM = 1 << 20  # elements per set: 1,048,576 services (or FULLNAT reply triples)
+HASHSIZE = 1024  # initial buckets; the kernel grows hash:* sets as they fill
+COMMAND_TIMEOUT_S = 30.0
+PROTO_NAMES = {6: "tcp", 17: "udp"}
+
+Runner = Callable[[Sequence[str], str | None], "subprocess.CompletedProcess[str]"]
+
+
+@dataclass(frozen=True, eq=False)  # identity: the five KINDS are singletons, hashed often (cheaply)
+class SetKind:
+    suffix: str
+    type: str
+    what: str
+
+
+ADDR = SetKind("addr", "hash:ip", "VIPs and local addresses")
+SVC = SetKind("svc", "hash:ip,port", "services VIP,proto:port")
+TCP0 = SetKind("tcp0", "hash:ip", "VIPs of TCP port-0 services")
+UDP0 = SetKind("udp0", "hash:ip", "VIPs of UDP port-0 services")
+FNAT = SetKind("fnat", "hash:ip,port,ip", "FULLNAT replies RIP,proto:rport,LIP")
+NAT = SetKind("nat", "hash:ip,port", "NAT replies RIP,proto:rport")
+NATRIP = SetKind("natrip", "hash:ip", "NAT real servers (their ICMP errors)")
+KINDS: tuple[SetKind, ...] = (ADDR, SVC, TCP0, UDP0, FNAT, NAT, NATRIP)
+
+
+def set_name(queue_num: int, kind: SetKind) -> str:
+    return f"{SET_PREFIX}{queue_num}-{kind.suffix}"
+
+
+class IpsetError(RuntimeError):
+    def __init__(self, cmd: Sequence[str], returncode: int | None, stderr: str) -> None:
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        status = "timed out" if returncode is None else f"exit status {returncode}"
+        super().__init__(f"{' '.join(self.cmd)}: {status}" + (f": {self.stderr}" if self.stderr else ""))
+
+
+@dataclass
+class Steering:
+    """What lbd wants queued, as set elements (the rules themselves never change)."""
+
+    services: set[tuple[int, str, int]] = field(default_factory=set)  # (proto, vip, port)
+    fnat_replies: set[tuple[int, str, int, str]] = field(default_factory=set)  # (proto, rip, rport, lip)
+    nat_replies: set[tuple[int, str, int]] = field(default_factory=set)  # (proto, rip, rport) of NAT dests
+    addrs: set[str] = field(default_factory=set)  # VIPs and local addresses (extra ones: ICMP)
+    fwmarks: set[int] = field(default_factory=set)  # fwmark services: queued from mangle (lb.iptables), not sets
+
+    def elements(self) -> dict[SetKind, set[str]]:
+        """Each set's content in the exact form `ipset save` prints it. O(N) in plain set operations
+        (the element text of each tuple is computed once and cached): ~ms at 10,000 services."""
+        out: dict[SetKind, set[str]] = {k: set() for k in KINDS}
+        addrs, fnat = out[ADDR], out[FNAT]
+        for svc in self.services:
+            kind, vip, element = _service_element(*svc)
+            addrs.add(vip)
+            out[kind].add(element)
+        for reply in self.fnat_replies:
+            element, lip = _reply_element(*reply)
+            fnat.add(element)
+            addrs.add(lip)
+        addrs.update(_addr(a) for a in self.addrs)
+        for proto, rip, rport in self.nat_replies:
+            kind, rip_text, element = _service_element(proto, rip, rport)
+            if kind is SVC:  # a port-less NAT destination (port-0/fwmark service) has no reply port to match
+                out[NAT].add(element)
+            out[NATRIP].add(rip_text)
+        return out
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _service_element(proto: int, vip: str, port: int) -> tuple[SetKind, str, str]:
+    vip = _addr(vip)
+    if port == 0:
+        return (TCP0 if _proto(proto) == "tcp" else UDP0), vip, vip
+    return SVC, vip, f"{vip},{_proto(proto)}:{_port(port)}"
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _reply_element(proto: int, rip: str, rport: int, lip: str) -> tuple[str, str]:
+    return f"{_addr(rip)},{_proto(proto)}:{_port(rport)},{_addr(lip)}", _addr(lip)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _addr(a: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(a))
+    except ValueError as exc:
+        raise ValueError(f"invalid IPv4 address {a!r}") from exc
+
+
+def _proto(p: int) -> str:
+    name = PROTO_NAMES.get(p)
+    if name is None:
+        raise ValueError(f"unsupported protocol {p!r} (tcp=6, udp=17)")
+    return name
+
+
+def _port(p: int) -> int:
+    if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= 65535:
+        raise ValueError(f"port {p!r} out of range 0..65535")
+    return p
+
+
+def parse_save(text: str) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """`ipset save` text -> (set name -> type, set name -> elements)."""
+    types: dict[str, str] = {}
+    members: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == "create":
+            types[words[1]] = words[2]
+            members.setdefault(words[1], set())
+        elif len(words) >= 3 and words[0] == "add":
+            members.setdefault(words[1], set()).add(words[2])
+    return types, members
+
+
+def parse_headers(text: str) -> dict[str, int]:
+    """`ipset list -t` text -> set name -> number of entries."""
+    out: dict[str, int] = {}
+    name = None
+    for line in text.splitlines():
+        if line.startswith("Name: "):
+            name = line[6:].strip()
+        elif line.startswith("Number of entries: ") and name is not None:
+            out[name] = int(line.split(":", 1)[1])
+    return out
+
+
+def _run(cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), input=stdin, capture_output=True, text=True,
+                          timeout=COMMAND_TIMEOUT_S, check=False)
+
+
+class SetManager:
+    """Owns queue N's sets: creates, fills incrementally, heals and destroys them.
+
+    `installed` caches what the kernel holds (set kind -> elements); a sync computes the
+    difference against it and sends only that, in one `ipset restore`. The cache is (re)read from
+    the kernel when it is unknown (start, adoption of a previous lbd's sets) or when a set's
+    element count (`ipset list -t`, O(1) per set) disagrees with it (someone flushed a set).
+    """
+
+    def __init__(self, queue_num: int, *, netns: str | None = None, runner: Runner | None = None,
+                 ipset: str = "ipset") -> None:
+        self.queue_num = queue_num
+        self.names = {k: set_name(queue_num, k) for k in KINDS}
+        self.netns = netns
+        self.ipset = ipset
+        self._runner: Runner = runner or _run
+        self.installed: dict[SetKind, set[str]] | None = None
+
+    def _exec(self, args: list[str], stdin: str | None = None, ok_codes: Iterable[int] = (0,)) -> str:
+        full = (["ip", "netns", "exec", self.netns] if self.netns else []) + [self.ipset, *args]
+        try:
+            proc = self._runner(full, stdin)
+        except FileNotFoundError as exc:
+            raise IpsetError(full, 127, f"{exc.filename or self.ipset}: not found (install the ipset package)") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise IpsetError(full, None, f"no answer within {COMMAND_TIMEOUT_S:g} s") from exc
+        if proc.returncode not in tuple(ok_codes):
+            raise IpsetError(full, proc.returncode, proc.stderr or "")
+        return proc.stdout or ""
+
+    def _create_line(self, kind: SetKind) -> str:
+        return f"create {self.names[kind]} {kind.type} family inet hashsize {HASHSIZE} maxelem {MAXELEM}"
+
+    def _restore(self, lines: list[str]) -> None:
+        if lines:
+            self._exec(["restore", "-exist"], "\n".join(lines) + "\n")
+
+    def existing(self) -> tuple[dict[str, str], dict[str, set[str]]]:
+        """Our sets as the kernel holds them now (one `ipset save` per existing set)."""
+        types: dict[str, str] = {}
+        members: dict[str, set[str]] = {}
+        present = parse_headers(self._exec(["list", "-t"]))
+        for name in self.names.values():
+            if name in present:
+                t, m = parse_save(self._exec(["save", name]))
+                types.update(t)
+                members.update(m)
+        return types, members
+
+    def create(self) -> None:
+        """Create our sets empty (destroying leftovers first: the caller removed the rules)."""
+        self.destroy()
+        self._restore([self._create_line(k) for k in KINDS])
+        self.installed = {k: set() for k in KINDS}
+
+    def destroy(self) -> None:
+        """Destroy our sets (those that exist). Rules referring to them must be gone first."""
+        present = parse_headers(self._exec(["list", "-t"]))
+        names = [n for n in self.names.values() if n in present]
+        if names:
+            self._restore([f"destroy {n}" for n in names])
+            log.info("ip sets destroyed: %s", ", ".join(names))
+        self.installed = None
+
+    def load(self) -> None:
+        """Adopt what exists: create missing sets, re-create sets of a wrong type only if unused
+        (a rule still referring to one makes that fail loudly), and cache the content."""
+        types, members = self.existing()
+        lines: list[str] = []
+        installed: dict[SetKind, set[str]] = {}
+        for kind, name in self.names.items():
+            if types.get(name) == kind.type:
+                installed[kind] = members.get(name, set())
+                continue
+            if name in types:
+                log.warning("ip set %s has type %s, not %s: re-creating it", name, types[name], kind.type)
+                lines.append(f"destroy {name}")
+            lines.append(self._create_line(kind))
+            installed[kind] = set()
+        self._restore(lines)
+        self.installed = installed
+
+    def check(self) -> None:
+        """Drop the cache of any set whose element count differs from the kernel's (or that is gone)."""
+        if self.installed is None:
+            return
+        present = parse_headers(self._exec(["list", "-t"]))
+        for kind, name in self.names.items():
+            if present.get(name) != len(self.installed.get(kind, ())):
+                log.warning("ip set %s: kernel holds %s entries, lbd expected %d; re-reading it",
+                            name, present.get(name, "no set and no"), len(self.installed.get(kind, ())))
+                self.installed = None
+                return
+
+    def sync(self, steering: Steering) -> tuple[int, int]:
+        """Make the sets hold exactly `steering`: only the difference is sent. Returns (added, deleted)."""
+        self.check()
+        if self.installed is None:
+            self.load()
+        assert self.installed is not None
+        want = steering.elements()
+        lines: list[str] = []
+        added = deleted = 0
+        for kind in KINDS:
+            have = self.installed[kind]
+            new = want[kind]
+            # deletions of addresses after the other sets' deletions, additions before: the
+            # pre-filter never hides an element that is still wanted
+            for e in sorted(new - have):
+                lines.append(f"add {self.names[kind]} {e}")
+                added += 1
+        for kind in reversed(KINDS):
+            for e in sorted(self.installed[kind] - want[kind]):
+                lines.append(f"del {self.names[kind]} {e}")
+                deleted += 1
+        if lines:
+            self._restore(lines)
+            log.debug("ip sets of queue %d: %d added, %d deleted", self.queue_num, added, deleted)
+        self.installed = want
+        return added, deleted

@@ -1,0 +1,93 @@
+"""fwmark and port-0 services through lbadm and lbd's control plane (both engines): -R of ipvsadm
+rules, -L and -S as ipvsadm prints them, the TOML form, the refusals."""
+
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lb.config import ConfigErrors, parse_config
+from lb.director import Director
+from lb.ipvsadm_fmt import NumericNames
+from lb.lbadm import main
+from lb.model import ServiceKey
+from lb.pyengine import PyEngine
+from line_server import director_socket
+
+VIP = "10.0.0.100"
+
+
+@pytest.fixture(params=["c", "python"])
+def lbd(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "python":
+        engine: object = PyEngine(conn_max=64)
+    else:
+        engine = pytest.importorskip("lb.fastpath", reason="the C extension lb._fastpath is not built").CEngine(conn_max=64)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "lbd.sock")
+        with director_socket(path, Director(engine, rules=None, resolver=None)):  # type: ignore[arg-type]
+            yield path
+
+
+def lbadm(path: str, *argv: str, stdin: str = "") -> tuple[int, str, str]:
+    old = sys.stdin, sys.stdout, sys.stderr
+    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), io.StringIO(), io.StringIO()
+    try:
+        rc = main(["--socket", path, *argv], env={}, names=NumericNames())
+        return rc, sys.stdout.getvalue(), sys.stderr.getvalue()
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = old
+
+
+# ipvsadm -S order (libipvs ipvs_cmp_services: fwmark first... then protocol, address, port).
+RULES = (f"-A -t {VIP}:0 -s rr -p 300\n"
+         f"-a -t {VIP}:0 -r 10.0.0.2:0 -g -w 1\n"
+         "-A -f 7 -s wlc -p 300\n"
+         "-a -f 7 -r 10.0.0.3:0 -g -w 1\n")
+
+
+def test_save_restore_round_trip_and_listing(lbd: str) -> None:
+    assert lbadm(lbd, "-R", stdin=RULES) == (0, "", "")
+    saved = lbadm(lbd, "-S", "-n")[1]
+    assert sorted(saved.splitlines()) == sorted(RULES.splitlines())
+    listing = lbadm(lbd, "-L", "-n")[1]
+    assert "FWM  7 wlc persistent 300\n" in listing and f"TCP  {VIP}:0 rr persistent 300\n" in listing
+    assert "  -> 10.0.0.3:0" in listing
+    assert lbadm(lbd, "-C")[0] == 0
+    assert lbadm(lbd, "-R", stdin=saved) == (0, "", "")
+    assert lbadm(lbd, "-S", "-n")[1] == saved
+    assert lbadm(lbd, "-D", "-f", "7")[0] == 0
+    assert "FWM" not in lbadm(lbd, "-L", "-n")[1]
+
+
+def test_refusals(lbd: str) -> None:
+    assert lbadm(lbd, "-A", "-f", "7", "-6")[0] == 255  # IPv6
+    assert lbadm(lbd, "-A", "-f", "0")[0] == 2  # ipvsadm: a fwmark is greater than zero
+    assert lbadm(lbd, "-A", "-t", f"{VIP}:0", "-s", "rr")[::2] == (2, "Zero port specified for non-persistent service\n")
+    assert lbadm(lbd, "-A", "-f", "7", "-s", "rr")[0] == 0
+    rc, _, err = lbadm(lbd, "-a", "-f", "7", "-r", "10.0.0.3:80", "-b")
+    assert rc != 0 and "fwmark service" in err, err
+
+
+def test_toml_fwmark_service() -> None:
+    config = parse_config('[[service]]\nfwmark = 7\nsched = "rr"\npersistent = 300\n\n'
+                          '[[service.dest]]\naddr = "10.0.0.3"\n', "f.toml")
+    (svc,) = config.services
+    assert svc.spec.key == ServiceKey.for_fwmark(7) and str(svc.spec.key) == "FWM 7"
+    assert svc.dests[0].spec.port == 0
+    with pytest.raises(ConfigErrors) as info:
+        parse_config('[[service]]\nfwmark = 7\nproto = "tcp"\nsched = "rr"\n', "f.toml")
+    assert "f.toml:3: a fwmark service has no proto" in str(info.value)
+    with pytest.raises(ConfigErrors):
+        parse_config('[[service]]\nfwmark = 0\nsched = "rr"\n', "f.toml")
+
+
+def test_service_key_json_round_trip() -> None:
+    key = ServiceKey.for_fwmark(0xFFFFFFFF)
+    assert key.to_json() == {"fwmark": 0xFFFFFFFF, "proto": "tcp", "addr": "0.0.0.0", "port": 0}
+    assert ServiceKey.from_json(key.to_json()) == key
