@@ -42,7 +42,7 @@ SYNC_RESOLVE_MAX = 8  # distinct addresses a change resolves before it returns; 
 RETRY_FIRST_S = 1.0  # an unresolved address is retried after this, then twice as long each time ...
 RETRY_MAX_S = 30.0  # ... up to this
 REFRESH_EVERY_S = 15.0  # resolved addresses are re-checked this often ...
-REFRESH_MAX_PER_S = 2.0  # ... but at most this many lookups a second (a full round takes longer)
+REFRESH_MAX_PER_S = 1.0  # ... but at most this many lookups a second (a full round takes longer)
 RETRY_MAX_PER_S = 20.0  # retries of unresolved addresses, all of them together
 LOG_EACH_MAX = 20  # per resolution round, more destination lines than this become one summary
 
