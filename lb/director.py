@@ -353,8 +353,10 @@ class Director:
         """Bookkeeping after a change went through: logs, counters, forwarding state. O(change):
         what a deleted service had is forgotten through its own index, not by scanning everything."""
         to_resolve: dict[tuple[ServiceKey, str, int], None] = {}
+        describe = log.isEnabledFor(log_level)  # describe() is not free: 30,000 of them at DEBUG
         for cmd in cmds:
-            log.log(log_level, "applied: %s", cmd.describe())
+            if describe:
+                log.log(log_level, "applied: %s", cmd.describe())
             if isinstance(cmd, Clear):
                 self.fwd.clear()
                 self.estimator.forget(self.estimator.keys())

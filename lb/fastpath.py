@@ -41,8 +41,12 @@ from lb.model import (
 
 @functools.lru_cache(maxsize=1 << 16)
 def _ip2int(addr: str) -> int:
-    # Cached: listing 10,000 services converts every address on every call (issue 15).
-    return int(ipaddress.IPv4Address(addr))
+    # Cached, and inet_aton (~10x cheaper than ipaddress): restoring 10,000 services converts
+    # 30,000 addresses, listing them as many (issue 15). Addresses reach here canonical (lb.model).
+    try:
+        return int.from_bytes(socket.inet_aton(addr), "big")
+    except OSError:
+        return int(ipaddress.IPv4Address(addr))  # ipaddress's own error for what is not an address
 
 
 def _int2ip(value: int) -> str:

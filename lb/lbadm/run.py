@@ -179,6 +179,10 @@ def main(
             return doctor_cli.main_doctor(rest, resolve_socket_path(sock, env))
     names = names or NameDB()
     streams = _Streams(sys.stdin, sys.stdout, sys.stderr)
+    if argv is None:  # the console command (not a test): a -R of 30,000 lines, a listing of 10,000
+        import gc  # services, at CPython's default GC thresholds spend much of their time collecting
+
+        gc.set_threshold(100_000, 50, 100)
     try:
         invocation = parse_args(args, env=env, names=names)
     except UsageError as exc:
