@@ -114,6 +114,33 @@ def _median_cmd(bed: Bed, sock: str, argvs: list[list[str]]) -> dict[str, Any]:
     return {"median_s": round(statistics.median(times), 4), "max_s": round(max(times), 4), "n": len(times)}
 
 
+def _server_side(lbd: Lbd, vips: list[str]) -> dict[str, Any]:
+    """The same operations as control requests from this process: lbd's own time (plus a local
+    socket round trip), without lbadm's interpreter start-up."""
+    def key(v: str) -> dict[str, Any]:
+        return {"proto": "tcp", "addr": v, "port": 80}
+
+    dest = {"addr": rip(1), "port": 80, "fwd": "route", "weight": 1}
+    ops: list[tuple[str, Any]] = [
+        ("add_service", lambda v: {**key(v), "sched": "rr"}),
+        ("add_dest", lambda v: {"service": key(v), "dest": dest}),
+        ("edit_dest", lambda v: {"service": key(v), "dest": {**dest, "weight": 3}}),
+        ("edit_service", lambda v: {**key(v), "sched": "wlc"}),
+        ("del_dest", lambda v: {"service": key(v), "dest": {"addr": rip(1), "port": 80}}),
+        ("del_service", key),
+        ("list", lambda v: {"service": key(vip(0))}),
+    ]
+    out: dict[str, Any] = {}
+    for op, args in ops:
+        times = []
+        for v in vips:
+            t0 = time.perf_counter()
+            lbd.request(op, args(v), timeout=120)
+            times.append(time.perf_counter() - t0)
+        out[op] = {"median_s": round(statistics.median(times), 5), "max_s": round(max(times), 5)}
+    return out
+
+
 def _wait_resolved(lbd: Lbd, want: int) -> float | None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < RESOLVE_TIMEOUT_S:
@@ -162,6 +189,7 @@ def measure_size(bed: Bed, n: int, iptables: bool) -> dict[str, Any]:
         conf.write_text(rules_text(n, extra=1))
         cmds["reload (+1 service)"] = _median_cmd(bed, sock, [["--reload"]])
         out["commands"] = cmds
+        out["server"] = _server_side(lbd, [vip(n + 2000 + r) for r in range(REPEATS)])
         _, saved = bed.lbadm(sock, "-S", "-n")
         dt, proc = bed.lbadm(sock, "-C")
         out["clear_s"] = round(dt, 3)
@@ -226,6 +254,13 @@ def report(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for r in data.get("results", []):
         if "error" in r:
             lines.append(f"\n{r['services']} services ({'iptables' if r['iptables'] else 'no iptables'}): failed: {r['error']}")
+    if results and results[0].get("server"):
+        ops = list(results[0]["server"])
+        lines += ["", "lbd's side of the same commands (a control request from the bench process, median, ms):", "",
+                  "| services | rules | " + " | ".join(ops) + " |", "|---" * (2 + len(ops)) + "|"]
+        for r in results:
+            lines.append(f"| {r['services']} | {'iptables' if r['iptables'] else 'none'} | "
+                         + " | ".join(f"{r['server'][o]['median_s'] * 1000:.1f}" for o in ops) + " |")
     lines.append("")
     targets: list[list[str]] = []
     for r in results:
@@ -237,6 +272,11 @@ def report(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         w = r["commands"][worst]["median_s"]
         targets.append([f"one lbadm command < {TARGET_COMMAND_S} s at {TARGET_SIZE} services, {where}",
                         f"worst {worst} {w:.3f} s", _verdict(w < TARGET_COMMAND_S, f"{w / TARGET_COMMAND_S:.1f}x")])
+        if r.get("server"):
+            op = max(r["server"], key=lambda o: r["server"][o]["median_s"])
+            sv = r["server"][op]["median_s"]
+            targets.append([f"lbd's side of one command < {TARGET_COMMAND_S} s at {TARGET_SIZE} services, {where}",
+                            f"worst {op} {sv * 1000:.1f} ms", _verdict(sv < TARGET_COMMAND_S, f"{sv / TARGET_COMMAND_S:.1f}x")])
         noop = r["commands"]["reload (no-op)"]["median_s"]
         targets.append([f"no-op reload < {TARGET_NOOP_RELOAD_S} s at {TARGET_SIZE} services, {where}", f"{noop:.3f} s",
                         _verdict(noop < TARGET_NOOP_RELOAD_S, f"{noop / TARGET_NOOP_RELOAD_S:.1f}x")])
