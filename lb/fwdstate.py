@@ -109,6 +109,7 @@ class ForwardingStates:
         self._retry_credit = 0.0
         self._last_tick: float | None = None
         self._logged = 0  # destination lines logged in the current round
+        self._suppressed_warnings = 0  # of them, warnings turned into DEBUG lines
 
     # ------------------------------------------------------------ bookkeeping of destinations
     def _register(self, key: ServiceKey, dest: DestSpec) -> _Address:
@@ -273,9 +274,12 @@ class ForwardingStates:
         self.status[ident] = status
 
     def _log(self, level: int, msg: str, *args: object) -> None:
-        """Per-destination lines, at most LOG_EACH_MAX per round at INFO (the rest at DEBUG)."""
+        """Per-destination lines: at most LOG_EACH_MAX per round, the rest at DEBUG and counted in
+        one summary line (20,000 unresolved real servers must not be 20,000 warnings a round)."""
         self._logged += 1
-        if level < logging.WARNING and self._logged > LOG_EACH_MAX:
+        if self._logged > LOG_EACH_MAX:
+            if level >= logging.WARNING:
+                self._suppressed_warnings += 1
             level = logging.DEBUG
         log.log(level, msg, *args)
 
@@ -296,9 +300,13 @@ class ForwardingStates:
     def _end_round(self) -> None:
         if self._logged > LOG_EACH_MAX:
             resolved = sum(1 for st in self.status.values() if st.state == "resolved")
-            log.info("forwarding state: %d of %d destinations resolved (%d addresses; %d lines at DEBUG)",
-                     resolved, len(self.status), len(self._addrs), self._logged - LOG_EACH_MAX)
+            log.log(logging.WARNING if self._suppressed_warnings else logging.INFO,
+                    "forwarding state: %d of %d destinations resolved (%d addresses, %d unresolved); %d more "
+                    "lines at DEBUG, %d of them warnings of destinations unresolved for %.0f s or more",
+                    resolved, len(self.status), len(self._addrs), len(self._unresolved),
+                    self._logged - LOG_EACH_MAX, self._suppressed_warnings, UNRESOLVED_WARN_AFTER_S)
         self._logged = 0
+        self._suppressed_warnings = 0
 
     def tick(self) -> None:
         """Once a second from lbd's resolve loop: retries of unresolved addresses that are due, and a
