@@ -27,6 +27,7 @@ Nothing here scans every destination on a timer.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -104,6 +105,7 @@ class ForwardingStates:
         self._by_nexthop: dict[str, dict[str, None]] = {}
         self.pending: dict[str, None] = {}  # addresses waiting for the background (an ordered set)
         self._unresolved: dict[str, None] = {}  # addresses whose last lookup failed
+        self._retry_queue: list[tuple[float, str]] = []  # their retries, a heap by time
         self._refresh_order: list[str] = []  # the current periodic round, consumed from the end
         self._refresh_credit = 0.0
         self._retry_credit = 0.0
@@ -150,6 +152,7 @@ class ForwardingStates:
         self._by_nexthop.clear()
         self.pending.clear()
         self._unresolved.clear()
+        self._retry_queue.clear()
         self._refresh_order.clear()
 
     def _forget_address(self, addr: str) -> None:
@@ -229,6 +232,7 @@ class ForwardingStates:
             entry.retry_at = now + entry.backoff
             entry.backoff = min(entry.backoff * 2, RETRY_MAX_S)
             self._unresolved[addr] = None
+            heapq.heappush(self._retry_queue, (entry.retry_at, addr))
         else:
             entry.backoff = RETRY_FIRST_S
             self._unresolved.pop(addr, None)
@@ -317,12 +321,14 @@ class ForwardingStates:
         # Due retries, the longest-waiting first, at most RETRY_MAX_PER_S a second (each asks the
         # kernel to resolve the neighbour; thousands of dead real servers must not cost a core).
         self._retry_credit = min(self._retry_credit + RETRY_MAX_PER_S * elapsed, RETRY_MAX_PER_S)
-        if self._unresolved and self._retry_credit >= 1.0:
-            due = sorted((self._addrs[a].retry_at, a) for a in self._unresolved
-                         if self._addrs[a].retry_at <= now and a not in self.pending)
-            for _, addr in due[:int(self._retry_credit)]:
-                self._retry_credit -= 1.0
-                self._lookup_safely(addr)
+        queue = self._retry_queue  # (retry_at, address), a heap: O(retries) a tick, not O(unresolved)
+        while queue and queue[0][0] <= now and self._retry_credit >= 1.0:
+            retry_at, addr = heapq.heappop(queue)
+            entry = self._addrs.get(addr)
+            if entry is None or addr not in self._unresolved or entry.retry_at != retry_at or addr in self.pending:
+                continue  # stale: gone, resolved, rescheduled, or already waiting for the background
+            self._retry_credit -= 1.0
+            self._lookup_safely(addr)
         n = len(self._addrs)
         if n == 0:
             return
