@@ -211,6 +211,9 @@ def measure_size(bed: Bed, n: int, iptables: bool) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from lb.testbed.topology import Topology, dr_spec
 
+    global REPEATS
+    REPEATS = max(1, int(getattr(args, "repeats", REPEATS)))
+
     sizes = [int(x) for x in str(args.sizes).split(",")] if args.sizes else list(SIZES)
     data: dict[str, Any] = {"machine": common.machine_info(), "config": {
         "sizes": sizes, "dests_per_service": DESTS_PER_SERVICE, "repeats": REPEATS, "idle_window_s": IDLE_WINDOW_S,
@@ -293,6 +296,7 @@ def report(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sizes", default=None, help=f"comma-separated numbers of services (default {','.join(map(str, SIZES))})")
+    ap.add_argument("--repeats", type=int, default=REPEATS, help=f"samples per command (default {REPEATS})")
     ap.add_argument("--no-iptables-split", action="store_true",
                     help="measure lbd --no-iptables only (not also with its iptables rules)")
 
