@@ -193,6 +193,8 @@ def measure_size(bed: Bed, n: int, iptables: bool) -> dict[str, Any]:
         _, saved = bed.lbadm(sock, "-S", "-n")
         dt, proc = bed.lbadm(sock, "-C")
         out["clear_s"] = round(dt, 3)
+        out["clear"] = {"s": round(dt, 3), "rc": proc.returncode, "stderr": proc.stderr.strip()[:300],
+                        "emptied": not lbd.request("list", timeout=120)["services"]}
         dt, proc = bed.lbadm(sock, "-R", stdin=saved.stdout)
         listing = lbd.request("list", timeout=120)["services"]
         complete = len(listing) == n + 1 and sum(len(s["dests"]) for s in listing) == (n + 1) * DESTS_PER_SERVICE
@@ -252,7 +254,11 @@ def report(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             cells = [str(r["services"]), "iptables" if r["iptables"] else "none", f"{r['start_s']:.2f}",
                      str(r["resolve_all_s"]), f"{r['idle_cpu_pct']:.2f}"]
             cells += [f"{r['commands'][c]['median_s']:.3f}" for c in cmd_names]
-            cells += [f"{r['clear_s']:.2f}", f"{r['restore']['s']:.2f} ({'yes' if r['restore']['complete'] else 'NO'})"]
+            clear = r.get("clear", {"rc": 0})
+            rs = r["restore"]
+            whole = "yes" if rs["complete"] and rs["rc"] == 0 else f"NO, rc {rs['rc']}"
+            cells += [f"{r['clear_s']:.2f}" + ("" if clear["rc"] == 0 else f" (rc {clear['rc']})"),
+                      f"{rs['s']:.2f} ({whole})"]
             lines.append("| " + " | ".join(cells) + " |")
     for r in data.get("results", []):
         if "error" in r:
