@@ -121,6 +121,7 @@ class Director:
         self.state = State.from_services(engine.services(), self.timeouts)
         self.state.synproxy_default = SynproxyConf()
         self.config_generation = 0  # + 1 per committed change
+        self._resync_model_after_undo = False  # a rollback step failed: re-read the model from the engine
         self._snapshot_cache: tuple[int, dict[str, Any]] | None = None
         self.estimator: Estimator[StatsKey] = Estimator()
         self.stalls: StallWatch[DestKey] = StallWatch()
@@ -290,6 +291,9 @@ class Director:
             for cmd in undo:
                 self.state.apply(cmd)
         undos.clear()
+        if self._resync_model_after_undo:
+            self._resync_model_after_undo = False
+            self._resync_model()
 
     def _removed_counters(self, cmds: list[Command]) -> dict[ServiceKey, Stats]:
         """Counters of the live services `cmds` delete (read before the engine forgets them)."""
@@ -342,12 +346,28 @@ class Director:
             raise EngineError("EOPNOTSUPP", f"cannot apply {cmd!r}")
 
     def _rollback(self, done: list[list[Command]]) -> None:
+        failed = False
         for undo in reversed(done):
             for cmd in undo:
                 try:
                     self._engine_apply(cmd)
                 except Exception as exc:  # keep undoing the rest; this one is reported
+                    failed = True
                     log.error("rollback step %s failed: %s", cmd.describe(), exc)
+        if failed:
+            self._resync_model_after_undo = True
+
+    def _resync_model(self) -> None:
+        """The engine did not take back everything: the model is re-read from it (the one place
+        that lists the engine), keeping the SYN-proxy settings the engines cannot report."""
+        fresh = State.from_services(self.engine.services(), self.timeouts)
+        fresh.synproxy_default = self.state.synproxy_default
+        for key, svc in fresh.services.items():
+            old = self.state.services.get(key)
+            svc.synproxy_conf = old.synproxy_conf if old is not None else None
+        self.state = fresh
+        self.config_generation += 1
+        log.warning("the model of the running state was re-read from the engine after a failed rollback")
 
     def _committed(self, cmds: list[Command], final: State, log_level: int) -> None:
         """Bookkeeping after a change went through: logs, counters, forwarding state. O(change):

@@ -216,3 +216,34 @@ def test_restore_chunks_stay_under_the_request_limit() -> None:
     for chunk, _ in chunks:
         line = json.dumps({"op": "batch", "args": {"requests": chunk, "more": True}}, separators=(",", ":"))
         assert len(line) < RESTORE_CHUNK_BYTES + 100 < MAX_REQUEST_BYTES
+
+
+# ---------------------------------------------------------------------------- the model follows the engine
+
+
+def test_a_failed_rollback_step_leaves_the_model_equal_to_the_engine(caplog: pytest.LogCaptureFixture) -> None:
+    from lb.fastpath import CEngine
+    from lb.model import ServiceSpec
+
+    class NoReAdd(CEngine):
+        """Refuses to re-create a service once it was deleted (a rollback step that fails)."""
+
+        deleted: set[Any] = set()
+
+        def del_service(self, key: Any) -> None:
+            super().del_service(key)
+            self.deleted.add(key)
+
+        def add_service(self, spec: ServiceSpec) -> None:
+            if spec.key in self.deleted:
+                raise EngineError("ENOMEM", "no room")
+            super().add_service(spec)
+
+    d = Director(NoReAdd(conn_max=64), rules=None, resolver=None)
+    d.handle("batch", {"requests": [add_service(0), add_dest(0), add_service(1)]})
+    masq = {"op": "add_dest", "args": {"service": key(1), "dest": {"addr": "172.30.0.2", "port": 80, "fwd": "masq"}}}
+    with pytest.raises(BatchError):
+        d.handle("batch", {"requests": [{"op": "del_service", "args": key(0)}, masq]})
+    assert "rollback step" in caplog.text
+    assert d.state.services == State.from_services(d.engine.services()).services
+    assert [k.addr for k in d.state.services] == [vip(1)]  # service 0 could not come back
