@@ -6,11 +6,14 @@
     python -m bench bulk  [--quick] [options]        bulk upload through DR, with and without --gso (bench/bulk.py)
     python -m bench cost  [--quick] [options]        instructions per packet with callgrind (bench/cost.py)
     python -m bench ab    [--quick] [options]        A/B against kernel IPVS in a guest (bench/ab.py)
+    python -m bench scale [--quick] [--sections ...]  cost as the tables grow: connections, state saves,
+                                                     SYN flood on a full table, overload (bench/scale/)
     python -m bench report [--out DIR]               (re)write the markdown report and plots from DIR
 
 Each part writes DIR/<part>.json (DIR defaults to bench/results/runs/<date>-<commit>/) and then
 rewrites the report bench/results/<date>-<commit>.md from every part found in DIR, so a part run
-alone still yields a report. Needs root (namespaces) except `cost` and `report`.
+alone still yields a report. Needs root (namespaces) except `cost` and `report`; `scale` without
+root runs only its sections that need none (table, fnat, statesave).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from pathlib import Path
 
 from bench import common
 
-PARTS = ("pps", "http", "bulk", "cost", "ab")
+PARTS = ("pps", "http", "bulk", "cost", "ab", "scale")
+NO_ROOT_PARTS = ("cost", "scale")  # run without root (scale: its sections that need none)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "ab":
             from bench import ab
             ab.add_args(p)
+        if name == "scale":
+            from bench import scale
+            scale.add_args(p)
     return ap
 
 
@@ -78,6 +85,10 @@ def _run_part(name: str, args: argparse.Namespace, out_dir: Path) -> bool:
             from bench import ab
             ab.finish_args(args)
             data = ab.run(args, out_dir)
+        elif name == "scale":
+            from bench import scale
+            scale.finish_args(args)
+            data = scale.run(args)
         else:
             raise ValueError(name)
     except KeyboardInterrupt:
@@ -103,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or common.default_run_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.part in PARTS or args.part == "all":
-        if os.geteuid() != 0 and args.part != "cost":
+        if os.geteuid() != 0 and args.part not in NO_ROOT_PARTS:
             print("bench: needs root (network namespaces, iptables inside them)", file=sys.stderr)
             return 2
     ok = True

@@ -2,7 +2,7 @@
 
     python -m bench report [--out RUN_DIR]
 
-Reads RUN_DIR/{pps,http,cost,ab}.json (whichever exist), writes
+Reads RUN_DIR/{pps,http,bulk,cost,ab,scale}.json (whichever exist), writes
 bench/results/<date>-<commit>.md with plots bench/results/<date>-<commit>-*.png, and refreshes
 the "Latest results" section of bench/README.md when the directory holds every part.
 """
@@ -22,7 +22,7 @@ MARK_END = "<!-- latest-results:end -->"
 
 
 PART_NAMES = ("pps", "http", "cost", "ab")  # what a complete run must hold (README refresh)
-OPTIONAL_PARTS = ("bulk",)
+OPTIONAL_PARTS = ("bulk", "scale")
 
 
 def _load(run_dir: Path) -> dict[str, Any]:
@@ -387,6 +387,16 @@ def _ab(parts: dict[str, Any], targets: list[list[str]]) -> list[str]:
     return L
 
 
+def _scale(parts: dict[str, Any], targets: list[list[str]], stem: Path) -> list[str]:
+    if "scale" not in parts:
+        return []
+    from bench import scale  # noqa: PLC0415
+    from bench.scale import plots as scale_plots  # noqa: PLC0415
+
+    scale_plots.STEM = stem
+    return scale.report(parts["scale"], targets)
+
+
 def write(run_dir: Path) -> Path:
     from bench import pps as bpps  # noqa: PLC0415
 
@@ -411,12 +421,13 @@ def write(run_dir: Path) -> Path:
     body += _bulk(parts)
     body += _cost(parts, targets)
     body += _ab(parts, targets)
+    body += _scale(parts, targets, stem)
     analysis = run_dir / "analysis.md"  # hand-written notes for this run (why a target is missed, what closes it)
     head = [f"# Benchmark report {name}", "",
             f"Run directory: `{run_dir.relative_to(common.REPO) if run_dir.is_relative_to(common.REPO) else run_dir}` "
             f"(raw JSON of every trial). Parts: {', '.join(parts) or 'none'}; "
             + ", ".join(f"{k} {v.get('elapsed_s', '?')} s" for k, v in parts.items()) + ".", "",
-            "Reproduce: `python -m bench all` (or one part: `python -m bench pps|http|bulk|cost|ab`, `--quick` for a "
+            "Reproduce: `python -m bench all` (or one part: `python -m bench pps|http|bulk|cost|ab|scale`, `--quick` for a "
             "smoke run). Dependencies: see bench/README.md.", ""]
     if targets:  # a run of parts that measure none (e.g. bulk alone) has no targets section
         head += ["## Targets", "", "| target | figure | verdict |", "|---|---|---|"]

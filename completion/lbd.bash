@@ -4,7 +4,7 @@
 _lbd() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
     local options="--config --check --diff --socket --queue-num --queue-balance --queue-cpus
-        --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --no-iptables
+        --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --queue-maxlen --no-iptables
         --conntrack --down-policy --cleanup --state-dir --restore --conn-max --verbose -v
         --log-format --metrics --version --help -h"
     COMPREPLY=()
@@ -14,7 +14,7 @@ _lbd() {
         --engine) COMPREPLY=($(compgen -W "c python" -- "$cur")); return 0 ;;
         --down-policy) COMPREPLY=($(compgen -W "open closed" -- "$cur")); return 0 ;;
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return 0 ;;
-        --queue-num|--queue-balance|--queue-cpus|--gso-mtu|--conn-max|--metrics) return 0 ;;
+        --queue-num|--queue-balance|--queue-cpus|--gso-mtu|--queue-maxlen|--conn-max|--metrics) return 0 ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "$options" -- "$cur"))

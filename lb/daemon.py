@@ -39,7 +39,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from lb import __version__, logsetup, sdnotify, statefile
@@ -106,6 +105,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "but tcpdump on the director's own interfaces no longer sees them")
     p.add_argument("--fail-open", action="store_true",
                    help="when the queue overflows, let the kernel accept packets instead of dropping them")
+    p.add_argument("--queue-maxlen", type=int, default=None, metavar="PACKETS",
+                   help="packets the kernel queues for lbd before it drops (default 1024, C engine: a short queue "
+                   "keeps an overloaded director from livelocking; longer absorbs longer bursts)")
     p.add_argument("--no-iptables", action="store_true",
                    help="do not manage iptables rules (the operator queues packets to --queue-num)")
     p.add_argument("--conntrack", action="store_true",
@@ -181,6 +183,8 @@ def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -
                 p.error(f"{flag} needs the C engine (the Python engine serves one queue with one thread)")
     if not 576 <= args.gso_mtu <= 65535:
         p.error(f"--gso-mtu {args.gso_mtu} out of range 576..65535")
+    if args.queue_maxlen is not None and not 1 <= args.queue_maxlen <= 1 << 20:
+        p.error(f"--queue-maxlen {args.queue_maxlen} out of range 1..1048576")
     try:
         args.queues = plan(args.queue_num, args.queue_balance, args.queue_cpus, args.queue_cpu_fanout)
     except QueueSpecError as exc:
@@ -324,8 +328,10 @@ def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: as
 SNAPSHOT_EVERY_S = 2.0
 
 
-async def _snapshot_loop(director: Director, path: Path, stop: asyncio.Event) -> None:
-    """Every SNAPSHOT_EVERY_S: the state file (what a SIGKILLed lbd is restarted from)."""
+async def _snapshot_loop(saver: statefile.StateSaver, stop: asyncio.Event) -> None:
+    """Every SNAPSHOT_EVERY_S: what changed, to the state file's journal (what a SIGKILLed lbd is
+    restarted from); now and then a whole new snapshot (lb/statefile.py)."""
+    path = saver.path
     last_error = ""
     while not stop.is_set():
         try:
@@ -335,7 +341,7 @@ async def _snapshot_loop(director: Director, path: Path, stop: asyncio.Event) ->
         if stop.is_set():
             break
         try:
-            summary = statefile.save_state(director, path)
+            summary = saver.save()
             log.debug("state saved to %s: %s", path, summary)
             last_error = ""
         except Exception as exc:  # keep serving; say it once per distinct problem
@@ -413,6 +419,7 @@ async def run(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, director)
 
     monitor = None
+    saver: statefile.StateSaver | None = None  # the periodic saves' state, the last save at exit goes on with it
     metrics: Any = None  # lb.metrics.MetricsServer with --metrics
     engine_started = rules_set_up = ready = False
     try:
@@ -437,7 +444,8 @@ async def run(args: argparse.Namespace) -> int:
         c_opts: dict[str, Any] = {}
         if args.engine == "c":
             c_opts = {"fail_open": args.fail_open, "qdisc_bypass": args.qdisc_bypass, "queues": args.queues.queues,
-                      "cpus": args.queues.cpus, "gso_mtu": args.gso_mtu if args.gso else None}
+                      "cpus": args.queues.cpus, "gso_mtu": args.gso_mtu if args.gso else None,
+                      "queue_maxlen": args.queue_maxlen}
         engine.start(args.queue_num, **{k: v for k, v in c_opts.items() if v})
         engine_started = True
         log.info("engine %s bound to %s%s", engine.name, args.queues.describe(),
@@ -455,7 +463,8 @@ async def run(args: argparse.Namespace) -> int:
         sdnotify.ready(f"serving: queue {args.queue_num}, engine {engine.name}, control socket {server.path}")
         tasks = [asyncio.ensure_future(_estimator_loop(director, stop))]
         if snapshot is not None:
-            tasks.append(asyncio.ensure_future(_snapshot_loop(director, snapshot, stop)))
+            saver = statefile.StateSaver(director, snapshot)
+            tasks.append(asyncio.ensure_future(_snapshot_loop(saver, stop)))
         try:
             await _resolve_loop(director, stop)
         finally:
@@ -488,7 +497,9 @@ async def run(args: argparse.Namespace) -> int:
             engine.stop()  # no packet changes the tables any more: the last snapshot is exact
         if ready and snapshot is not None:
             try:
-                log.info("state saved to %s: %s", snapshot, statefile.save_state(director, snapshot))
+                if saver is None:
+                    saver = statefile.StateSaver(director, snapshot)
+                log.info("state saved to %s: %s", snapshot, saver.save())
             except Exception as exc:
                 log.error("saving state to %s failed: %s", snapshot, exc)
         close_resolver()

@@ -184,6 +184,20 @@ class Director:
                     matches[reply_match(key.proto, d.addr, d.port, laddr)] = None
         return list(matches)
 
+    def _nat_reply_matches(self) -> list[str]:
+        """NAT (masquerading): the real servers' replies and ICMP errors, identified by their source
+        (lb.iptables nat_reply_match: the one NAT-specific rule kind, kept apart for the steering)."""
+        from lb.iptables import nat_icmp_match, nat_reply_match
+
+        matches: dict[str, None] = {}
+        rips: dict[str, None] = {}
+        for key, s in self.state.services.items():  # the model, in the engine's list order
+            for d in s.dests.values():
+                if d.fwd == "masq":
+                    matches[nat_reply_match(key.proto, d.addr, d.port)] = None
+                    rips[d.addr] = None
+        return list(matches) + [nat_icmp_match(rip) for rip in rips]
+
     def _icmp_matches(self) -> list[str]:
         """ICMP to every VIP and every local address: errors about balanced connections (e.g.
         fragmentation needed, port unreachable from a real server) must reach the fast path,
@@ -199,7 +213,8 @@ class Director:
 
     def sync_rules(self) -> None:
         if self.rules is not None:
-            self.rules.sync(self._service_keys(), extra=self._reply_matches() + self._icmp_matches())
+            self.rules.sync(self._service_keys(),
+                            extra=self._reply_matches() + self._nat_reply_matches() + self._icmp_matches())
 
     # ------------------------------------------------------------ forwarding state (lb.fwdstate)
     @property
@@ -607,15 +622,22 @@ class Director:
                     "(add local addresses with lbadm -P, or more real-server ports)",
     }
 
+    EARLY_DROP_LOG = ("connection table full ({entries} entries): {n} half-open or finished entries dropped "
+                      "to make room for new connections in the last tick (early drop; a SYN flood, or raise "
+                      "lbd --conn-max)")
+
     def _log_refusals(self, counters: dict[str, int]) -> None:
-        """Counted refusals become log lines too (issue 3: exhausted pools; issue 8: full table)."""
+        """Counted refusals become log lines too (issue 3: exhausted pools; issue 8: full table), and so
+        do the entries early drop released to make room (issue 15), once per tick in which they grew."""
+        counters = dict(counters)
+        counters["early_drop"] = self.engine.conn_stats()["early_drops"]
         last = self._last_refusals
         entries = self.engine.conn_count()
-        for reason, text in self.REFUSAL_LOGS.items():
+        for reason, text in {**self.REFUSAL_LOGS, "early_drop": self.EARLY_DROP_LOG}.items():
             n = counters.get(reason, 0) - last.get(reason, counters.get(reason, 0))
             if n > 0:
                 log.warning(text.format(n=n, entries=entries))
-        self._last_refusals = {r: counters.get(r, 0) for r in self.REFUSAL_LOGS}
+        self._last_refusals = {r: counters.get(r, 0) for r in (*self.REFUSAL_LOGS, "early_drop")}
 
     @staticmethod
     def _log_stall(event: StallEvent[DestKey]) -> None:
@@ -696,4 +718,5 @@ class Director:
         result["nfq_queues"] = queues
         result["nfq"] = {k: sum(q[k] for q in queues) for k in queues[0]} if queues else {}
         result["synproxy"] = self.engine.synproxy_stats()
+        result["table"] = self.engine.conn_stats()  # entries, max, buckets, droppable, early_drops
         return result

@@ -8,7 +8,7 @@ docs/fastpath.md; the differential tests hold them to identical actions.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -157,10 +157,22 @@ class Engine(Protocol):
     def conn_count(self) -> int: ...
     def conn_max(self) -> int: ...
     def table_size(self) -> int: ...
+    def conn_stats(self) -> dict[str, int]:
+        """entries, max, buckets, droppable (what early drop may release), early_drops (released so far)."""
+        ...
 
     # ---- restart snapshots (lbd's state file, lb/statefile.py)
-    def dump_connections_raw(self, now_ms: int) -> bytes | None:
-        """Every live entry as packed struct lb_conn_info records; None: this engine cannot dump."""
+    def dump_connections_raw(self, now_ms: int, reset_changes: bool = False) -> bytes | None:
+        """Every live entry as packed struct lb_conn_info records; None: this engine cannot dump.
+        reset_changes: forget the change marks first (the dump starts a new full snapshot)."""
+        ...
+    def dump_connections_chunks(self, now_ms: int, reset_changes: bool = False) -> Iterator[bytes] | None:
+        """dump_connections_raw() in pieces, each made when asked for (a snapshot written as it is
+        dumped); None: this engine cannot dump."""
+        ...
+    def dump_changes_raw(self, now_ms: int) -> bytes | None:
+        """The records of the slots changed since they were last reported (lb_conn_dump_changes: a gone
+        entry is a record with proto 0); None: this engine cannot dump."""
         ...
     def restore_connections_raw(self, blob: bytes, now_ms: int) -> dict[str, int]:
         """Recreate entries from dump_connections_raw() output; outcome counts by errno name."""
@@ -169,7 +181,7 @@ class Engine(Protocol):
     # ---- packet source (NFQUEUE)
     def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False, *,
               queues: Sequence[int] | None = None, cpus: Sequence[int | None] | None = None,
-              gso_mtu: int | None = None) -> None: ...
+              gso_mtu: int | None = None, queue_maxlen: int | None = None) -> None: ...
     def stop(self) -> None: ...
     def nfq_stats(self) -> dict[str, int]:
         """The adapter's counters summed over its queues ({} when not started)."""

@@ -11,7 +11,7 @@ import functools
 import ipaddress
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from lb._ffi import ffi, lib
 from lb.engine import (
@@ -367,16 +367,38 @@ class CEngine:
             if n < chunk:
                 return result
 
-    def dump_connections_raw(self, now_ms: int) -> bytes:
-        """Every live entry as packed struct lb_conn_info records (a restart snapshot)."""
+    def dump_connections_raw(self, now_ms: int, reset_changes: bool = False) -> bytes:
+        """Every live entry as packed struct lb_conn_info records (a restart snapshot). The table is
+        locked per chunk of 4096 entries, not for the whole pass: packets keep flowing."""
+        return b"".join(self.dump_connections_chunks(now_ms, reset_changes))
+
+    def dump_connections_chunks(self, now_ms: int, reset_changes: bool = False) -> Iterator[bytes]:
+        """dump_connections_raw() in pieces of at most 4096 records, each made when it is asked
+        for: a snapshot written as it is dumped never holds the whole table in memory (at 4M
+        entries that would be 192 MB, twice, every time the journal is compacted)."""
+        if reset_changes:
+            lib.lb_conn_changes_reset(self._lb)
+        chunk = 4096
+        arr = ffi.new("struct lb_conn_info[]", chunk)
+        cursor = ffi.new("uint32_t *", 0)
+        while True:
+            n = _check(lib.lb_conn_dump(self._lb, now_ms, arr, chunk, cursor), "connection dump")
+            if n:
+                yield bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info")))
+            if n < chunk:
+                return
+
+    def dump_changes_raw(self, now_ms: int) -> bytes:
+        """The records of the slots changed since last reported (lb_conn_dump_changes), proto 0 for
+        a slot whose entry went."""
         chunk = 4096
         arr = ffi.new("struct lb_conn_info[]", chunk)
         cursor = ffi.new("uint32_t *", 0)
         parts = []
         while True:
-            n = _check(lib.lb_conn_dump(self._lb, now_ms, arr, chunk, cursor), "connection dump")
+            n = _check(lib.lb_conn_dump_changes(self._lb, now_ms, arr, chunk, cursor), "change dump")
             parts.append(bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info"))))
-            if n < chunk:
+            if cursor[0] == 0:
                 return b"".join(parts)
 
     def restore_connections_raw(self, blob: bytes, now_ms: int) -> dict[str, int]:
@@ -410,15 +432,23 @@ class CEngine:
     def table_size(self) -> int:
         return int(lib.lb_hash_buckets(self._lb))
 
+    def conn_stats(self) -> dict[str, int]:
+        """The table's figures (lb_conn_stats): entries, max, buckets, droppable, early_drops."""
+        out = ffi.new("struct lb_conn_stats *")
+        lib.lb_conn_stats(self._lb, out)
+        return {"entries": out.entries, "max": out.max, "buckets": out.buckets, "droppable": out.droppable,
+                "early_drops": out.early_drops}
+
     # ------------------------------------------------------------ NFQUEUE
     def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False, *,
               queues: Sequence[int] | None = None, cpus: Sequence[int | None] | None = None,
-              gso_mtu: int | None = None) -> None:
+              gso_mtu: int | None = None, queue_maxlen: int | None = None) -> None:
         """Bind NFQUEUE `queue_num`, or every queue of `queues` (lbd --queue-balance; queue_num is the
         first, the one named in the answer socket's mark and the one that runs the timers): one
         thread each, pinned to cpus[i] when that is not None. `gso_mtu` turns on NFQA_CFG_F_GSO,
-        GSO packets being cut into segments of at most that many bytes. All or nothing: a queue
-        that cannot be bound stops those already started."""
+        GSO packets being cut into segments of at most that many bytes; `queue_maxlen` is the
+        kernel's queue length (None: LB_NFQ_MAXLEN_DEFAULT). All or nothing: a queue that cannot
+        be bound stops those already started."""
         if self._nfqs:
             raise RuntimeError("NFQUEUE adapter already running")
         queues = list(queues) if queues is not None else [queue_num]
@@ -436,6 +466,7 @@ class CEngine:
                 opts.cpu = -1 if cpu is None else cpu
                 opts.mark_queue = queue_num
                 opts.gso_mtu = gso_mtu or 0
+                opts.queue_maxlen = queue_maxlen or 0
                 q = lib.lb_nfq_start(self._lb, q_num, opts, err)
                 if q == ffi.NULL:
                     code = -err[0]

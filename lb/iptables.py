@@ -207,6 +207,27 @@ def reply_match(proto: int, rip: str, rport: int, lip: str) -> str:
     return l4_match(proto, saddr=rip, sport=rport, daddr=lip)
 
 
+# ---- NAT (masquerading) replies: one rule kind of its own (issue 14 item 1) ---------------------
+# A NAT real server answers the client's own address through the director, so its replies are
+# identified by their source (RIP:rport), not by an address of the director. `-m addrtype !
+# --dst-type LOCAL` keeps the director's own traffic with that real server (health checks, an
+# operator's curl from the director) out of the queue and tracked: only packets the director
+# forwards are NAT replies. ICMP errors from the real server about a NAT connection (port
+# unreachable, fragmentation needed) travel the same way. Kept apart from service_match /
+# reply_match so that a set-based steering can take them over as one more set of (proto, RIP,
+# RPORT) and one of RIP, with the same addrtype condition.
+
+
+def nat_reply_match(proto: int, rip: str, rport: int) -> str:
+    """NAT replies: from a real server's RIP:rport to anything not local (RuleManager.sync's `extra`)."""
+    return f"{l4_match(proto, saddr=rip, sport=rport)} -m addrtype ! --dst-type LOCAL"
+
+
+def nat_icmp_match(rip: str) -> str:
+    """ICMP from a NAT real server to anything not local (errors about NAT connections)."""
+    return f"-s {_host(rip)} -p icmp -m addrtype ! --dst-type LOCAL"
+
+
 def icmp_match(addr: str) -> str:
     """ICMP to a VIP or LIP (errors about balanced flows, echo), for RuleManager.sync's `extra`."""
     return f"-d {_host(addr)} -p icmp"

@@ -102,6 +102,12 @@ NFQ_FIELDS: dict[str, CounterField] = {
     "gso_errors": CounterField("lbd_nfqueue_gso_errors_total", "GSO packets that could not be cut: dropped"),
     "csum_completed": CounterField("lbd_nfqueue_checksums_completed_total",
                                    "Packets whose partial L4 checksum lbd completed"),
+    "kernel_queue_dropped": CounterField("lbd_nfqueue_kernel_dropped_total",
+                                         "Packets the kernel dropped for the queue before lbd saw them, by cause "
+                                         "(/proc/net/netfilter/nfnetlink_queue): queue_full = lbd --queue-maxlen "
+                                         "reached (overload), socket_full = lbd's socket buffer full",
+                                         (("cause", "queue_full"),)),
+    "kernel_user_dropped": CounterField("lbd_nfqueue_kernel_dropped_total", "", (("cause", "socket_full"),)),
 }
 
 # struct lb_synproxy_stats (lb_api.h).
@@ -313,6 +319,10 @@ def lbd_families(snap: Snapshot) -> Iterator[Metric]:
     for name, (help_text, value) in table.items():
         if value is not None:
             yield GaugeMetricFamily(name, help_text, value=value)
+    early_drops = (snap.counters.get("table") or {}).get("early_drops")
+    if early_drops is not None:
+        yield CounterMetricFamily("lbd_connection_table_early_drops", "Half-open or finished TCP entries released "
+                                  "to make room in a full table (early drop, docs/fastpath.md)", value=early_drops)
     yield GaugeMetricFamily("lbd_metrics_read_duration_seconds", "Time this scrape's read of the director "
                             "took on lbd's event loop", value=snap.read_seconds)
 
@@ -330,7 +340,7 @@ def _one_of_everything() -> Snapshot:
     svc = {"addr": "0.0.0.0", "port": 0, "proto": "tcp", "sched": "", "stats": zero, "dests": [dest],
            "laddrs": [{"addr": "0.0.0.0", "conns": 0}]}
     counters = {"reasons": {}, "nfq_queues": [dict.fromkeys(NFQ_FIELDS, 0)],
-                "synproxy": dict.fromkeys(SYNPROXY_FIELDS, 0)}
+                "synproxy": dict.fromkeys(SYNPROXY_FIELDS, 0), "table": {"early_drops": 0}}
     return Snapshot(info={}, listing={"services": [svc]}, counters=counters, totals=Stats(), queues=(0,),
                     conn_entries=0, conn_limit=0, hash_buckets=0, read_seconds=0.0)
 

@@ -35,11 +35,9 @@ class Missing:
         return any(item in self.values for item in (value or "").split(","))
 
 
-_FORWARDING = "it forwards with -g (direct routing), -i (IPIP tunnel) or -b (FULLNAT)"
 _SERVICES = "it balances TCP (-t) and UDP (-u) services"
 
 NOT_IMPLEMENTED: tuple[Missing, ...] = (
-    Missing("masquerading", "masquerading (-m, NAT)", _FORWARDING),
     Missing("fwmark-service", "fwmark services (-f)", _SERVICES),
     Missing("sctp-service", "SCTP services (--sctp-service)", _SERVICES),
     Missing("ipv6", "IPv6", text="IPv6 is not supported by lbd: virtual services, real servers and local "

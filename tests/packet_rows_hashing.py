@@ -115,33 +115,37 @@ def packet_for(ref: SvcRef, src: str, sport: int) -> bytes:
     return t.udp(sport=sport, src=src, dst=ref[1], dport=ref[2])
 
 
+def _client_rows(sched: str, address_text: str, port_text: str) -> tuple[list[Row], tuple[str, str, str]]:
+    """The two rows sh and mh share (`sched`-source-address, `sched`-port): a client's address picks its
+    real server, its port too with the port flag; and the first clients the kernel sends to RS1, RS2
+    and RS3 (source port 0), which the weight-0 rows reuse."""
+    setup = service(sched)
+    svc = setup.services[0]
+    a, b, c = (first_client(svc, rs, sport=0) for rs in (t.RS1, t.RS2, t.RS3))
+    rows = [flows_row(
+        f"{sched}-source-address", f"{sched}: {address_text}",
+        setup, [(packet_for(TCP80, a, 41000), t.RS1), (packet_for(TCP80, b, 41001), t.RS2),
+                (packet_for(TCP80, a, 41002), t.RS1), (packet_for(TCP80, c, 41003), t.RS3)], (sched,))]
+
+    setup = service(sched, UDP53, flags=PORT)
+    svc = setup.services[0]
+    by_port = {p: kernel_choice(svc, t.PROTO_UDP, t.CLIENT1, p, t.VIP, 53) for p in range(50000, 50100)}
+    p2 = next(p for p in by_port if by_port[p] != by_port[50000])
+    rows.append(flows_row(
+        f"{sched}-port", f"{sched}-port: {port_text}", setup,
+        [(packet_for(UDP53, t.CLIENT1, 50000), by_port[50000]), (packet_for(UDP53, t.CLIENT1, p2), by_port[p2])],
+        (sched, "udp")))
+    return rows, (a, b, c)
+
+
 # ---- sh ---------------------------------------------------------------------------------------
 
 
 def _sh_rows() -> list[Row]:
-    rows = []
-    setup = service("sh")
-    svc = setup.services[0]
-    a = first_client(svc, t.RS1, sport=0)
-    b = first_client(svc, t.RS2, sport=0)
-    c = first_client(svc, t.RS3, sport=0)
-    rows.append(flows_row(
-        "sh-source-address", "sh: the client's address alone picks the real server (256 buckets); the same "
-        "client from another port goes to the same one",
-        setup, [(packet_for(TCP80, a, 41000), t.RS1), (packet_for(TCP80, b, 41001), t.RS2),
-                (packet_for(TCP80, a, 41002), t.RS1), (packet_for(TCP80, c, 41003), t.RS3)], ("sh",)))
-
-    setup = service("sh", UDP53, flags=PORT)
-    svc = setup.services[0]
-    ports = list(range(50000, 50100))
-    client = t.CLIENT1
-    by_port = {p: kernel_choice(svc, t.PROTO_UDP, client, p, t.VIP, 53) for p in ports}
-    p1 = ports[0]
-    p2 = next(p for p in ports if by_port[p] != by_port[p1])
-    rows.append(flows_row(
-        "sh-port", "sh-port: the client's source port is hashed too, so one client's flows spread over the "
-        "real servers", setup, [(packet_for(UDP53, client, p1), by_port[p1]),
-                                (packet_for(UDP53, client, p2), by_port[p2])], ("sh", "udp")))
+    rows, (_, b, _) = _client_rows(
+        "sh", "the client's address alone picks the real server (256 buckets); the same client from another "
+        "port goes to the same one", "the client's source port is hashed too, so one client's flows spread "
+        "over the real servers")
 
     # RS2 at weight 0 still holds one bucket per round of the table (++count >= weight), the very
     # buckets it holds at weight 1: the client `a` above is one of its clients. They have no server
@@ -195,26 +199,10 @@ def _dh_rows() -> list[Row]:
 
 
 def _mh_rows() -> list[Row]:
-    rows = []
-    setup = service("mh")
-    svc = setup.services[0]
-    a = first_client(svc, t.RS1, sport=0)
-    b = first_client(svc, t.RS2, sport=0)
-    c = first_client(svc, t.RS3, sport=0)
-    rows.append(flows_row(
-        "mh-source-address", "mh: the client's address picks the real server through the 4093-entry Maglev "
-        "table (fixed keys: the kernel's table); the same client from another port goes to the same one",
-        setup, [(packet_for(TCP80, a, 41000), t.RS1), (packet_for(TCP80, b, 41001), t.RS2),
-                (packet_for(TCP80, a, 41002), t.RS1), (packet_for(TCP80, c, 41003), t.RS3)], ("mh",)))
-
-    setup = service("mh", UDP53, flags=PORT)
-    svc = setup.services[0]
-    by_port = {p: kernel_choice(svc, t.PROTO_UDP, t.CLIENT1, p, t.VIP, 53) for p in range(50000, 50100)}
-    p2 = next(p for p in by_port if by_port[p] != by_port[50000])
-    rows.append(flows_row(
-        "mh-port", "mh-port: the client's source port is hashed too", setup,
-        [(packet_for(UDP53, t.CLIENT1, 50000), by_port[50000]), (packet_for(UDP53, t.CLIENT1, p2), by_port[p2])],
-        ("mh", "udp")))
+    rows, (a, b, c) = _client_rows(
+        "mh", "the client's address picks the real server through the 4093-entry Maglev table (fixed keys: the "
+        "kernel's table); the same client from another port goes to the same one",
+        "the client's source port is hashed too")
 
     # RS2 edited to weight 0 keeps its entries (mh builds from last_weight, the latest non-zero
     # weight): its client b has no server without mh-fallback, a fallback with it; a and c stay.

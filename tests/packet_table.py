@@ -10,7 +10,8 @@ expected to equal the reasons of the row's packet steps.
 Every forwarding method has rows for each rewrite, in and out: DR, IPIP (outer
 header, MTU / fragmentation needed, no source address), FULLNAT (IN and OUT
 rewrites, local address and port allocation, TTL, UDP checksum 0, TOA, MSS
-lowering), ICMP errors (forwarded, encapsulated, translated both ways, bad
+lowering), NAT (tests/packet_rows_nat.py: both rewrites, port translation, the OUTPUT-table
+states, ICMP both ways), ICMP errors (forwarded, encapsulated, translated both ways, bad
 checksum), SYN-proxy (cookie, ACK, real-server handshake, sequence and SACK
 translation, held data, defer, ACK storm, RSTs) and SYN-proxy timers (`TimerStep`:
 what engine.timers(now) must return).
@@ -87,7 +88,7 @@ class DestSetup:
     u_threshold: int = 0
     l_threshold: int = 0
     l2: bool = True  # install forwarding state (ifindex IFINDEX, RS_MACS[addr], DIRECTOR_MAC)
-    fwd: str = "route"  # route | tunnel | fullnat
+    fwd: str = "route"  # route | tunnel | masq | fullnat
     saddr: str = "0.0.0.0"  # forwarding state: route source address (the tunnel's outer source)
     mtu: int = 1500  # forwarding state: path MTU (0 = 1500)
 
@@ -613,28 +614,90 @@ def _l2_and_table_rows() -> list[Row]:
         (ServiceExpect(TCP80, 1, 2, 2 * size),),
         (conn("ESTABLISHED", T_ES, RS1),), check_ms=2, tags=("l2",)))
 
+    # When the table is full, early drop releases the droppable entry (half-open or finished TCP)
+    # that expires first, the older at equal times; without one the new connection is refused.
     full = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1),)),), conn_max=1)
     a, b = tcp(sport=46000), tcp(sport=46001)
+    a_ack = tcp(sport=46000, flags="A", seq=1001, ack=1)
     rows.append(Row(
-        "table-full", "with conn_max=1 a second connection is dropped; after the first expires it gets in",
-        full, (fwd(a, 0, RS1), verdict(b, 1000, "DROP", "TABLE_FULL"), fwd(b, T_SR + 1, RS1)),
-        (DestExpect(TCP80, RS1, active=1, conns=2, inpkts=2, inbytes=2 * size),), (ServiceExpect(TCP80, 2, 2, 2 * size),),
-        (conn("SYN_RECV", T_SR, RS1, cport=46001),), check_ms=T_SR + 1, tags=("table-full",)))
+        "table-full", "with conn_max=1 and an ESTABLISHED entry (not droppable) a second connection is dropped; "
+        "after the first expires it gets in",
+        full, (fwd(a, 0, RS1), fwd(a_ack, 1, RS1), verdict(b, 1000, "DROP", "TABLE_FULL"), fwd(b, T_ES + 1, RS1)),
+        (DestExpect(TCP80, RS1, active=1, conns=2, inpkts=3, inbytes=3 * size, handshakes=1),),
+        (ServiceExpect(TCP80, 2, 3, 3 * size),),
+        (conn("SYN_RECV", T_SR, RS1, cport=46001),), check_ms=T_ES + 1, tags=("table-full",)))
     rows.append(Row(
         "table-full-existing-flow", "a full table still forwards packets of existing entries",
-        full, (fwd(a, 0, RS1), verdict(b, 1, "DROP", "TABLE_FULL"), fwd(tcp(sport=46000, flags="A", seq=1001, ack=1), 2, RS1)),
-        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=2 * size, handshakes=1),),
-        (ServiceExpect(TCP80, 1, 2, 2 * size),),
-        (conn("ESTABLISHED", T_ES, RS1, cport=46000),), check_ms=2, tags=("table-full",)))
+        full, (fwd(a, 0, RS1), fwd(a_ack, 1, RS1), verdict(b, 2, "DROP", "TABLE_FULL"),
+               fwd(tcp(sport=46000, flags="PA", seq=1001, ack=1), 3, RS1)),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=3, inbytes=3 * size, handshakes=1),),
+        (ServiceExpect(TCP80, 1, 3, 3 * size),),
+        (conn("ESTABLISHED", T_ES, RS1, cport=46000),), check_ms=3, tags=("table-full",)))
+    rows.append(Row(
+        "table-full-early-drop", "a half-open (SYN_RECV) entry makes room for a new connection (early drop, as "
+        "kernel IPVS's drop_entry and conntrack's early_drop): the new SYN is forwarded, the dropped entry's "
+        "next segment finds no connection",
+        full, (fwd(a, 0, RS1), fwd(b, 1000, RS1), verdict(a_ack, 1001, "ACCEPT", "NO_CONN")),
+        (DestExpect(TCP80, RS1, active=1, conns=2, inpkts=2, inbytes=2 * size),),
+        (ServiceExpect(TCP80, 2, 2, 2 * size),),
+        (conn("SYN_RECV", T_SR - 1, RS1, cport=46001),), check_ms=1001, tags=("table-full", "early-drop")))
     full_rr = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1), DestSetup(RS2))),), conn_max=1)
     c = tcp(sport=46002)
     rows.append(Row(
         "table-full-advances-rr", "scheduling happens before the table-full check, so a dropped SYN still moved "
         "the rr cursor (RS2, [RS1 dropped], RS2)",
-        full_rr, (fwd(a, 0, RS2), verdict(b, 1, "DROP", "TABLE_FULL"), fwd(c, T_SR + 1, RS2)),
-        (DestExpect(TCP80, RS2, active=1, conns=2, inpkts=2, inbytes=2 * size), DestExpect(TCP80, RS1)),
-        (ServiceExpect(TCP80, 2, 2, 2 * size),), (conn("SYN_RECV", T_SR, RS2, cport=46002),), check_ms=T_SR + 1,
-        tags=("table-full", "sched")))
+        full_rr, (fwd(a, 0, RS2), fwd(a_ack, 1, RS2), verdict(b, 2, "DROP", "TABLE_FULL"), fwd(c, T_ES + 2, RS2)),
+        (DestExpect(TCP80, RS2, active=1, conns=2, inpkts=3, inbytes=3 * size, handshakes=1), DestExpect(TCP80, RS1)),
+        (ServiceExpect(TCP80, 2, 3, 3 * size),), (conn("SYN_RECV", T_SR, RS2, cport=46002),),
+        check_ms=T_ES + 2, tags=("table-full", "sched")))
+    two = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1),)),), conn_max=2)
+    c_ack = tcp(sport=46002, flags="A", seq=1001, ack=1)
+    b_ack = tcp(sport=46001, flags="A", seq=1001, ack=1)
+    rows.append(Row(
+        "early-drop-first-to-expire", "early drop takes the droppable entry that expires first: of two SYN_RECV "
+        "entries the older goes, the newer completes its handshake",
+        two, (fwd(a, 0, RS1), fwd(b, 10, RS1), fwd(c, 20, RS1), verdict(a_ack, 21, "ACCEPT", "NO_CONN"),
+              fwd(b_ack, 22, RS1)),
+        (DestExpect(TCP80, RS1, active=2, conns=3, inpkts=4, inbytes=4 * size, handshakes=1),),
+        (ServiceExpect(TCP80, 3, 4, 4 * size),),
+        (conn("ESTABLISHED", T_ES, RS1, cport=46001), conn("SYN_RECV", T_SR - 2, RS1, cport=46002)),
+        check_ms=22, tags=("table-full", "early-drop")))
+    rows.append(Row(
+        "early-drop-ties-older-first", "at equal expiry times early drop takes the entry created first",
+        two, (fwd(a, 5, RS1), fwd(b, 5, RS1), fwd(c, 5, RS1), verdict(a_ack, 6, "ACCEPT", "NO_CONN"),
+              fwd(b_ack, 7, RS1)),
+        (DestExpect(TCP80, RS1, active=2, conns=3, inpkts=4, inbytes=4 * size, handshakes=1),),
+        (ServiceExpect(TCP80, 3, 4, 4 * size),),
+        (conn("ESTABLISHED", T_ES, RS1, cport=46001), conn("SYN_RECV", T_SR - 2, RS1, cport=46002)),
+        check_ms=7, tags=("table-full", "early-drop")))
+    rows.append(Row(
+        "early-drop-spares-established", "an ESTABLISHED entry is never dropped, even when it expires first: the "
+        "half-open one goes",
+        two, (fwd(a, 0, RS1), fwd(a_ack, 1, RS1), fwd(b, 2, RS1), fwd(c, 3, RS1), verdict(b_ack, 4, "ACCEPT", "NO_CONN"),
+              fwd(c_ack, 5, RS1)),
+        (DestExpect(TCP80, RS1, active=2, conns=3, inpkts=5, inbytes=5 * size, handshakes=2),),
+        (ServiceExpect(TCP80, 3, 5, 5 * size),),
+        (conn("ESTABLISHED", T_ES - 4, RS1, cport=46000), conn("ESTABLISHED", T_ES, RS1, cport=46002)),
+        check_ms=5, tags=("table-full", "early-drop")))
+    a_rst = tcp(sport=46000, flags="R", seq=1001)
+    rows.append(Row(
+        "early-drop-closed-entry", "a finished entry (CLOSE after a RST) is droppable too, and it expires before a "
+        "SYN_RECV one: it goes first",
+        two, (fwd(a, 0, RS1), fwd(a_ack, 1, RS1), fwd(a_rst, 2, RS1), fwd(b, 3, RS1), fwd(c, 4, RS1),
+              fwd(b_ack, 5, RS1)),
+        (DestExpect(TCP80, RS1, active=2, conns=3, inpkts=6, inbytes=6 * size, handshakes=2),),
+        (ServiceExpect(TCP80, 3, 6, 6 * size),),
+        (conn("ESTABLISHED", T_ES, RS1, cport=46001), conn("SYN_RECV", T_SR - 1, RS1, cport=46002)),
+        check_ms=5, tags=("table-full", "early-drop")))
+    udp_full = Setup((ServiceSetup(UDP53, "rr", (DestSetup(RS1, port=53),)),), conn_max=1)
+    q1, q2 = udp(sport=46000), udp(sport=46001)
+    usize = ip_total_length(q1)
+    rows.append(Row(
+        "early-drop-not-udp", "UDP entries are never early-dropped (the director cannot tell a spoofed one)",
+        udp_full, (fwd(q1, 0, RS1), verdict(q2, 1, "DROP", "TABLE_FULL")),
+        (DestExpect(UDP53, RS1, port=53, inactive=1, conns=1, inpkts=1, inbytes=usize),),
+        (ServiceExpect(UDP53, 1, 1, usize),),
+        (conn("UDP", T_UDP - 1, RS1, cport=46000, svc=UDP53, dport=53),), check_ms=1, tags=("table-full", "early-drop")))
     return rows
 
 
@@ -978,16 +1041,30 @@ def _persistence_rows() -> list[Row]:
          ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 80, RS1, 80, "NONE", 300_000)), check_ms=2, tags=("persist", "deleted")))
 
     full = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1), DestSetup(RS2)), persistent=300),), conn_max=2)
+    a_ack = tcp(sport=47000, flags="A", seq=1001, ack=1, src=CLIENT1)
     rows.append(Row(
-        "persist-table-full", "templates take table slots: with conn_max 2 the template and the first connection "
-        "fill it; the next connection and a new template are refused",
-        full, (fwd(a, 0, RS2), verdict(b, 1, "DROP", "TABLE_FULL", "template found, no slot for the connection"),
-               verdict(c, 2, "DROP", "TABLE_FULL", "no slot for the template")),
-        (DestExpect(TCP80, RS2, active=1, conns=1, inpkts=1, inbytes=size, persist=1), DestExpect(TCP80, RS1)),
-        (ServiceExpect(TCP80, 1, 1, size),),
-        (conn("SYN_RECV", T_SR - 2, RS2, cport=47000),
-         ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 80, RS2, 80, "NONE", 300_000 - 1)), check_ms=2,
+        "persist-table-full", "templates take table slots: with conn_max 2 the template and the first (established) "
+        "connection fill it; the next connection and a new template are refused",
+        full, (fwd(a, 0, RS2), fwd(a_ack, 1, RS2),
+               verdict(b, 2, "DROP", "TABLE_FULL", "template found, no slot for the connection"),
+               verdict(c, 3, "DROP", "TABLE_FULL", "no slot for the template")),
+        (DestExpect(TCP80, RS2, active=1, conns=1, inpkts=2, inbytes=2 * size, persist=1, handshakes=1),
+         DestExpect(TCP80, RS1)),
+        (ServiceExpect(TCP80, 1, 2, 2 * size),),
+        (conn("ESTABLISHED", T_ES - 2, RS2, cport=47000),
+         ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 80, RS2, 80, "ASSURED", 300_000 - 1)), check_ms=3,
         tags=("persist", "table-full")))
+    rows.append(Row(
+        "persist-early-drop", "templates are never early-dropped, their half-open connections are: b (template "
+        "found) takes a's slot; c needs a template, which takes b's slot, and then finds no room for itself",
+        full, (fwd(a, 0, RS2), fwd(b, 1, RS2),
+               verdict(c, 2, "DROP", "TABLE_FULL", "the new template evicted b; no droppable entry is left")),
+        (DestExpect(TCP80, RS2, active=0, conns=2, inpkts=2, inbytes=2 * size, persist=1),
+         DestExpect(TCP80, RS1, persist=1)),
+        (ServiceExpect(TCP80, 2, 2, 2 * size),),
+        (ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 80, RS2, 80, "NONE", 300_000 - 1),
+         ConnExpect(PROTO_TCP, CLIENT2, 0, VIP, 80, RS1, 80, "NONE", 300_000)), check_ms=2,
+        tags=("persist", "table-full", "early-drop")))
 
     short = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1),), persistent=10),))
     rows.append(Row(
@@ -1843,6 +1920,12 @@ def _hashing_rows() -> list[Row]:
     return packet_rows_hashing.rows()
 
 
+def _nat_rows() -> list[Row]:
+    import packet_rows_nat  # NAT (masquerading): its own module (it builds on this one)
+
+    return packet_rows_nat.rows()
+
+
 @functools.cache
 def _twos_expected(weights: tuple[int, ...], flows: int) -> list[str]:
     """twos' choices for `flows` held connections to TCP80 (RS1, RS2, ... of these weights, added in
@@ -1931,7 +2014,7 @@ def build_rows() -> tuple[Row, ...]:
             + _tcp_flag_rows() + _l2_and_table_rows() + _deleted_dest_rows() + _bad_input_rows() + _icmp_rows()
             + _syn_retrans_rows() + _persistence_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
             + _icmp_translation_rows() + _sp_rows() + _overload_rows() + _list_sched_rows()
-            + _locality_rows() + _hashing_rows())
+            + _locality_rows() + _hashing_rows() + _nat_rows())
     ids = [r.id for r in rows]
     duplicates = {i for i in ids if ids.count(i) > 1}
     assert not duplicates, f"duplicate row ids: {duplicates}"

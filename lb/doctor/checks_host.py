@@ -19,6 +19,8 @@ def check_forwarding(run: Run) -> list[Finding]:
     if v is None:
         return []
     if v == 0:
+        if "masq" in run.fwds():
+            return []  # NAT's own finding (checks_nat.check_nat_forwarding) says what it means there
         return [Finding("info", "sysctl", "net.ipv4.ip_forward = 0: fine, lbd transmits balanced packets itself "
                         "(AF_PACKET), nothing is routed through the director's FORWARD path")]
     return [Finding("info", "sysctl", "net.ipv4.ip_forward = 1: lbd does not need it; FORWARD rules only concern "

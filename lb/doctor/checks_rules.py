@@ -71,13 +71,17 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
                            f"service {name}: no complete notrack+NFQUEUE pair in {chain}: its packets are not balanced",
                            evidence="expected:\n" + "\n".join(pair.lines) + "\nfound:\n" + ("\n".join(pre.rules) or "(empty chain)"),
                            fix="any lbadm change re-syncs the rules (e.g. re-add the service), or restart lbd"))
-    # FULLNAT replies and ICMP for VIPs / local addresses are lbd's own rules too: expected, not extra.
+    # FULLNAT and NAT replies and ICMP for VIPs / local addresses / NAT real servers are lbd's own rules
+    # too: expected, not extra.
     own_matches = [ipt.icmp_match(a) for a in dict.fromkeys(run.vips() + run.laddrs())]
     for svc in run.services:
         for d in svc.dests:
             if d.get("fwd") == "fullnat":
                 own_matches += [ipt.reply_match(svc.proto_num, str(d.get("addr")), int(d.get("port", 0)), la)
                                 for la in svc.laddrs]
+            elif d.get("fwd") == "masq":  # NAT: the real server's replies and ICMP errors
+                own_matches += [ipt.nat_reply_match(svc.proto_num, str(d.get("addr")), int(d.get("port", 0))),
+                                ipt.nat_icmp_match(str(d.get("addr")))]
     for match in dict.fromkeys(own_matches):
         pair = ipt.rule_pair(chain, match, target, track=track)
         q_idx = _find_rule(pre.rules, pair.match, "NFQUEUE")

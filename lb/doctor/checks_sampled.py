@@ -89,6 +89,11 @@ def check_stalled_handshakes(run: Run) -> list[Finding]:
             fix = ("On the real server: IPIP decapsulation (tunl0 up / ipip module), rp_filter 0 or 2 on the tunnel "
                    f"interface and `all`, VIP on lo ({vip}/32), firewall accepting {vip}:{vport}. Capture on the real "
                    f"server (tcpdump -ni any proto 4 or host {vip}) to see whether the encapsulated SYNs arrive")
+        elif fwd == "masq":
+            fix = ("NAT: the real server must send its replies through the director (default route via the director's "
+                   "address on its segment); otherwise its SYN-ACKs go straight to the client, which drops them "
+                   f"and repeats its SYN. Capture on the real server (tcpdump -ni any port {rport}) to see where "
+                   "its SYN-ACKs go")
         else:
             fix = (f"Capture on the real server (tcpdump -ni any port {rport}) and on the director to see where the "
                    "SYNs or the answers are lost")

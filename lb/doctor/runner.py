@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from lb.doctor.checks_firewall import check_firewall, check_nft
 from lb.doctor.checks_host import check_destinations, check_forwarding, check_mtu, check_rp_filter, check_vip
+from lb.doctor.checks_nat import check_nat_forwarding, check_nat_replies, check_nat_routes
 from lb.doctor.checks_rules import check_lbd, check_nfqueue_rules, check_queue_listener
 from lb.doctor.checks_sampled import check_counters, check_queue_drops, check_stalled_handshakes
 from lb.doctor.context import MAX_WINDOW_S, DoctorContext
@@ -48,5 +49,6 @@ def _safely(check: Check, run: Run) -> list[Finding]:
 STATIC_CHECKS: tuple[Check, ...] = (
     check_lbd, check_nfqueue_rules, check_queue_listener, check_firewall, check_nft, check_forwarding,
     check_rp_filter, check_vip, check_mtu, check_destinations,
+    check_nat_forwarding, check_nat_routes,
 )
-SAMPLED_CHECKS: tuple[Check, ...] = (check_stalled_handshakes, check_counters, check_queue_drops)
+SAMPLED_CHECKS: tuple[Check, ...] = (check_stalled_handshakes, check_counters, check_queue_drops, check_nat_replies)

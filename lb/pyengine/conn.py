@@ -252,6 +252,17 @@ class Connection:
         return (self.proto, self.caddr, self.vaddr, self.vport)
 
 
+# Early drop (C: lb_conn_droppable, LB_DROPPABLE_STATES): TCP connections, neither templates nor
+# SYN-proxied, in a half-open state or a finished one. Values of lb.engine.ConnState.
+DROPPABLE_STATES = frozenset((0, 2, 3, 10, 5, 6))  # NONE, SYN_SENT, SYN_RECV, SYNACK, TIME_WAIT, CLOSE
+
+
+def droppable(conn: Connection) -> bool:
+    """May early drop release this entry to make room for a new one?"""
+    return (conn.proto == 6 and not conn.is_template and conn.sp is None and not conn.released
+            and conn.state in DROPPABLE_STATES)
+
+
 class ConnectionTable:
     """Entries by tuple (IN tuples of connections, reply tuples of those that have one, matching templates),
     and an expiry heap so exact expiry costs O(log n) per timer restart."""
@@ -266,6 +277,7 @@ class ConnectionTable:
         self._all: dict[int, Connection] = {}  # by serial, in creation order
         self._heap: list[tuple[int, bool, int, Connection]] = []
         self._push_seq = itertools.count(1)
+        self.early_drops = 0  # entries released to make room (C: lb_conn_stats.early_drops)
 
     def __len__(self) -> int:
         return len(self._all)
@@ -291,6 +303,15 @@ class ConnectionTable:
 
     def template(self, key: TemplateKey) -> Connection | None:
         return self._templates.get(key)
+
+    def early_drop_victim(self) -> Connection | None:
+        """The droppable entry that expires first, the one created first at equal times (the C core
+        keeps these in their own expiry heap; the specification scans)."""
+        candidates = [c for c in self._all.values() if droppable(c)]
+        return min(candidates, key=lambda c: (c.expires_at_ms, c.serial)) if candidates else None
+
+    def droppable_count(self) -> int:
+        return sum(1 for c in self._all.values() if droppable(c))
 
     # ---- changes -------------------------------------------------------------------
 

@@ -4,12 +4,11 @@ The C core (lb.fastpath.CEngine) must agree with it packet for packet; the publi
 methods are CEngine's, one for one. Time is only ever the caller's `now_ms`; the
 engine never reads a clock.
 
-Scope: direct routing, IPIP tunnelling and FULLNAT (local address pools, TOA,
-MSS lowering), ICMP errors about connections (forwarded or translated), the
+Scope: direct routing, IPIP tunnelling, NAT (masquerading) and FULLNAT (local address pools,
+TOA, MSS lowering), ICMP errors about connections (forwarded or translated), the
 director's own ICMP answers, persistence templates, SYN-proxy (lb/pyengine/
 synproxy.py), every scheduler of the registry (lb/pyengine/sched_<name>.py), one-packet scheduling
 (-o), per-instance timeouts, the stalled-handshake counters.
-Masquerading (NAT) is refused with EOPNOTSUPP, as by the C core.
 
 Choices where docs/fastpath.md is silent (kernel IPVS behaviour unless noted):
 - Expiry is exact: an entry dies at expires_at_ms (now_ms >= expires_at_ms) and is
@@ -53,7 +52,7 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lb import consts as C
@@ -108,9 +107,19 @@ if TYPE_CHECKING:
     from lb.pyengine.nfq import NfqAdapter
 
 DEFAULT_CONN_MAX = C.LB_DEFAULT_CONN_MAX  # entries
-DEFAULT_HASH_BUCKETS = C.LB_DEFAULT_HASH_BUCKETS  # reported by table_size(); Python uses dicts
+HASH_BUCKETS_MIN = C.LB_HASH_BUCKETS_MIN  # table_size() reports the C core's bucket count; Python uses dicts
 MAX_TIMEOUT_S = 0xFFFFFFFF // 1000  # timeouts are kept in 32-bit milliseconds (as the C core)
 M64 = (1 << 64) - 1
+
+
+def default_hash_buckets(conn_max: int) -> int:
+    """The C core's bucket count when lb_config leaves it 0: the next power of two >= conn_max, at
+    least LB_HASH_BUCKETS_MIN (native/src/conn.c)."""
+    buckets = HASH_BUCKETS_MIN
+    while buckets < conn_max:
+        buckets <<= 1
+    return buckets
+
 SEED1_MUL = 0xD6E8FEB86659FD93  # seed1 = seed0 * SEED1_MUL + 1 (native/src/conn.c)
 
 DEST_F_AVAILABLE = C.LB_DEST_F_AVAILABLE
@@ -240,7 +249,7 @@ class PyEngine:
         lport_max: int = 0,
     ) -> None:
         conn_max = conn_max or DEFAULT_CONN_MAX  # as struct lb_config: 0 = the default
-        hash_buckets = hash_buckets or DEFAULT_HASH_BUCKETS
+        hash_buckets = hash_buckets or default_hash_buckets(conn_max)
         lport_min = lport_min or C.LB_DEFAULT_LPORT_MIN
         lport_max = lport_max or C.LB_DEFAULT_LPORT_MAX
         if (conn_max > C.LB_CONN_MAX_LIMIT or hash_buckets & (hash_buckets - 1)
@@ -363,7 +372,7 @@ class PyEngine:
             if template is None:
                 dest = service.scheduler.schedule(service, parsed)
                 if dest is not None:
-                    if self._conns.full:
+                    if self._conns.full and not self._early_drop():
                         return _TABLE_FULL
                     template = self._new_template(tkey, dest, service.spec.persistent * 1000, now_ms)
             else:
@@ -387,7 +396,7 @@ class PyEngine:
         bound = method.conn_bind(self._bind_ctx, service, dest, parsed)
         if isinstance(bound, Action):
             return bound
-        if self._conns.full:
+        if self._conns.full and not self._early_drop():
             method.release(bound.priv)
             return _TABLE_FULL
         state = _NONE if parsed.proto == IPPROTO_TCP else _UDP
@@ -751,6 +760,16 @@ class PyEngine:
             stats.outpkts += 1
             stats.outbytes += total_length
 
+    def _early_drop(self) -> bool:
+        """The table is full and a packet needs an entry: release the droppable entry that expires
+        first, the older at equal times (docs/fastpath.md "When the table is full"). False: none."""
+        victim = self._conns.early_drop_victim()
+        if victim is None:
+            return False
+        self._release_now(victim)
+        self._conns.early_drops += 1
+        return True
+
     def _release_now(self, entry: Connection) -> None:
         self._conns.remove(entry)
         self._release(entry)
@@ -1076,9 +1095,17 @@ class PyEngine:
                 )
             return result
 
-    def dump_connections_raw(self, now_ms: int) -> bytes | None:
+    def dump_connections_raw(self, now_ms: int, reset_changes: bool = False) -> bytes | None:
         """None: the restart snapshot's records are the C core's struct lb_conn_info, which this
         engine does not produce (lbd --engine python saves and restores the configuration only)."""
+        return None
+
+    def dump_connections_chunks(self, now_ms: int, reset_changes: bool = False) -> Iterator[bytes] | None:
+        """None, as dump_connections_raw."""
+        return None
+
+    def dump_changes_raw(self, now_ms: int) -> bytes | None:
+        """None, as dump_connections_raw."""
         return None
 
     def restore_connections_raw(self, blob: bytes, now_ms: int) -> dict[str, int]:
@@ -1094,8 +1121,16 @@ class PyEngine:
             return len(self._conns)
 
     def conn_max(self) -> int:
-        """Connection table size: entries beyond it are refused (reason table_full)."""
+        """Connection table size: entries beyond it are refused (reason table_full) unless early drop
+        makes room."""
         return self._conns.max_entries
+
+    def conn_stats(self) -> dict[str, int]:
+        """The table's figures, as C's lb_conn_stats: entries, max, buckets, droppable, early_drops."""
+        with self._lock:
+            table = self._conns
+            return {"entries": len(table), "max": table.max_entries, "buckets": self._hash_buckets,
+                    "droppable": table.droppable_count(), "early_drops": table.early_drops}
 
     def table_size(self) -> int:
         return self._hash_buckets
@@ -1104,7 +1139,7 @@ class PyEngine:
 
     def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False, *,
               queues: Sequence[int] | None = None, cpus: Sequence[int | None] | None = None,
-              gso_mtu: int | None = None) -> None:
+              gso_mtu: int | None = None, queue_maxlen: int | None = None) -> None:
         """Serve NFQUEUE `queue_num` from a thread (lbd --engine python): one queue, no GSO."""
         from lb.pyengine.nfq import NfqAdapter
 
@@ -1118,7 +1153,7 @@ class PyEngine:
             raise OSError(errno.EOPNOTSUPP, "the Python NFQUEUE adapter cannot take GSO packets (no --gso)")
         if cpus is not None and any(c is not None for c in cpus):
             raise OSError(errno.EOPNOTSUPP, "the Python NFQUEUE adapter does not pin its thread (no --queue-cpus)")
-        adapter = NfqAdapter(self, qdisc_bypass=qdisc_bypass)
+        adapter = NfqAdapter(self, qdisc_bypass=qdisc_bypass, queue_maxlen=queue_maxlen)
         adapter.start(queue_num)
         self._nfq = adapter
 

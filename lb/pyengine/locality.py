@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
 from lb.pyengine.conn import Destination
-from lb.pyengine.sched import SchedService
+from lb.pyengine.sched import SchedService, Scheduler, conn_overhead, least_weighted, state_of
 
 TAB_BITS: Final = 10  # the files' CONFIG_IP_VS_LBLC(R)_TAB_BITS default (no Kconfig symbol)
 TAB_SIZE: Final = 1 << TAB_BITS
@@ -38,11 +38,6 @@ def hashkey(addr: bytes) -> int:
     return ((int.from_bytes(addr, "big") * GOLDEN_RATIO_32) & U32) >> (32 - TAB_BITS)
 
 
-def conn_overhead(dest: Destination) -> int:
-    """ip_vs_dest_conn_overhead() (one definition: Destination.conn_overhead)."""
-    return dest.conn_overhead
-
-
 def is_overloaded(dest: Destination, service: SchedService) -> bool:
     """is_overloaded() of both files (not the OVERLOAD flag): more active connections than its weight,
     while some destination of the service has fewer than half its weight active (strictly)."""
@@ -52,21 +47,9 @@ def is_overloaded(dest: Destination, service: SchedService) -> bool:
 
 
 def least_loaded(service: SchedService) -> Destination | None:
-    """__ip_vs_lblc_schedule (wlc's loop): the first destination neither OVERLOAD-flagged nor of weight
-    <= 0 seeds; each later one not flagged replaces it when strictly less loaded."""
-    least: Destination | None = None
-    loh = 0
-    for dest in service.dests:
-        if least is None:
-            if not dest.overloaded and dest.weight > 0:
-                least, loh = dest, conn_overhead(dest)
-            continue
-        if dest.overloaded:
-            continue
-        doh = conn_overhead(dest)
-        if loh * dest.weight > doh * least.weight:
-            least, loh = dest, doh
-    return least
+    """__ip_vs_lblc_schedule / __ip_vs_lblcr_schedule: wlc's loop (sched.least_weighted with
+    conn_overhead)."""
+    return least_weighted(service.dests, conn_overhead)
 
 
 class Entry:
@@ -167,3 +150,24 @@ class Table(Generic[E]):
             if goal is not None and goal <= 0:
                 break
         self.rover = j
+
+
+class LocalityScheduler(Scheduler, Generic[E]):
+    """The hooks lblc and lblcr share (native/src/locality.c's lb_loc_init, lb_loc_done and
+    lb_loc_tick): the per-service table, flushed when the scheduler lets go, and its timer; each
+    subclass brings its own schedule() and entries."""
+
+    def init_service(self, service: SchedService) -> None:
+        service.sched_data = Table[E]()
+
+    def done_service(self, service: SchedService) -> None:
+        self.table(service).flush()
+        service.sched_data = None
+
+    def tick(self, service: SchedService, now_ms: int) -> None:
+        self.table(service).tick(now_ms)
+
+    def table(self, service: SchedService) -> Table[E]:
+        """The service's table (set by init_service)."""
+        table: Table[E] = state_of(service, Table)
+        return table

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from lb.engine import SOCKET_MARK_BASE, Action, Verdict
@@ -71,6 +72,21 @@ class NfqStats:
     gso_whole: int = 0
     gso_errors: int = 0
     csum_completed: int = 0
+    kernel_queue_dropped: int = 0  # the kernel's counts for the queue (/proc/net/netfilter/nfnetlink_queue)
+    kernel_user_dropped: int = 0
+
+
+def kernel_queue_drops(queue_num: int) -> tuple[int, int]:
+    """(queue_dropped, user_dropped) of a queue in this network namespace, as the C adapter reads them."""
+    try:
+        text = Path("/proc/net/netfilter/nfnetlink_queue").read_text()
+    except OSError:
+        return 0, 0
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 8 and f[0].isdigit() and int(f[0]) == queue_num:
+            return int(f[5]), int(f[6])
+    return 0, 0
 
 
 class PacketPath(Protocol):
@@ -83,8 +99,10 @@ class PacketPath(Protocol):
 
 
 class NfqAdapter:
-    def __init__(self, engine: PacketPath, clock_ms: Callable[[], int] = monotonic_ms, qdisc_bypass: bool = False) -> None:
+    def __init__(self, engine: PacketPath, clock_ms: Callable[[], int] = monotonic_ms, qdisc_bypass: bool = False,
+                 queue_maxlen: int | None = None) -> None:
         self._engine = engine
+        self._queue_maxlen = queue_maxlen or QUEUE_MAXLEN
         self._clock_ms = clock_ms
         self._qdisc_bypass = qdisc_bypass  # off by default: tcpdump on the director then sees our frames
         self.stats = NfqStats()
@@ -113,7 +131,7 @@ class NfqAdapter:
             raise RuntimeError("adapter already started")
         queue = NetfilterQueue()
         try:
-            queue.bind(queue_num, self._on_packet, max_len=QUEUE_MAXLEN, sock_len=SOCKET_RCVBUF)
+            queue.bind(queue_num, self._on_packet, max_len=self._queue_maxlen, sock_len=SOCKET_RCVBUF)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot bind NFQUEUE {queue_num}: {exc}") from exc
         self._queue = queue
@@ -147,6 +165,8 @@ class NfqAdapter:
             log.error("NFQUEUE thread had failed: %s", self._error)
 
     def stats_dict(self) -> dict[str, int]:
+        if self._thread is not None:
+            self.stats.kernel_queue_dropped, self.stats.kernel_user_dropped = kernel_queue_drops(self._queue_num)
         return dict(self.stats.__dict__)
 
     @property

@@ -20,8 +20,9 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from lb.model import ServiceSpec
 from lb.pyengine.conn import Destination
@@ -68,6 +69,50 @@ class Scheduler:
 
     def tick(self, service: SchedService, now_ms: int) -> None:
         """Periodic work without packets (engine.expire)."""
+
+
+State = TypeVar("State")
+
+
+def state_of(service: SchedService, kind: type[State]) -> State:
+    """service.sched_data, which the scheduler's init_service set to a `kind`."""
+    data: Any = service.sched_data
+    assert isinstance(data, kind), f"sched_data is a {type(data).__name__}, not a {kind.__name__}"
+    return data
+
+
+def index_of(dests: list[Destination], dest: Destination) -> int:
+    """The position of `dest` itself (identity, not equality) in the destination list."""
+    for i, candidate in enumerate(dests):
+        if candidate is dest:
+            return i
+    raise ValueError("the scheduler's cursor is not in the destination list")
+
+
+def conn_overhead(dest: Destination) -> int:
+    """ip_vs_dest_conn_overhead() (one definition: Destination.conn_overhead), as a function."""
+    return dest.conn_overhead
+
+
+def least_weighted(dests: list[Destination], overhead: Callable[[Destination], int]) -> Destination | None:
+    """The weighted least-overhead choice of ip_vs_wlc.c and ip_vs_sed.c (lblc and lblcr fall back to
+    it too), as native/include/lb_sched.h's lb_sched_least_weighted: the first destination neither
+    OVERLOADED nor of weight <= 0 is the candidate; every later one not OVERLOADED replaces it when
+    cand_overhead * d.weight > d_overhead * cand.weight (the kernel's 64-bit cross-multiplication:
+    a later weight-0 destination never wins). None: no eligible destination."""
+    least: Destination | None = None
+    least_overhead = 0
+    for dest in dests:
+        if least is None:
+            if dest.eligible():
+                least, least_overhead = dest, overhead(dest)
+            continue
+        if dest.overloaded:
+            continue
+        dest_overhead = overhead(dest)
+        if least_overhead * dest.weight > dest_overhead * least.weight:
+            least, least_overhead = dest, dest_overhead
+    return least
 
 
 @functools.cache

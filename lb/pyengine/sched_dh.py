@@ -12,12 +12,11 @@ fallback.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from lb import consts as C
 from lb.pyengine.conn import Destination
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.sched import SchedService, Scheduler
+from lb.pyengine.sched import SchedService, Scheduler, state_of
 from lb.pyengine.schedhash import addr_value, hash_32
 
 DH_TAB_BITS = C.LB_DH_TAB_BITS
@@ -45,17 +44,11 @@ class DestinationHashing(Scheduler):
     @staticmethod
     def _reassign(service: SchedService) -> None:
         dests = service.dests
-        _state(service).dests[:] = [dests[b % len(dests)] if dests else None for b in range(DH_TAB_SIZE)]
+        state_of(service, _Buckets).dests[:] = [dests[b % len(dests)] if dests else None for b in range(DH_TAB_SIZE)]
 
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        dest = _state(service).dests[hash_32(addr_value(parsed.daddr), DH_TAB_BITS)]
+        dest = state_of(service, _Buckets).dests[hash_32(addr_value(parsed.daddr), DH_TAB_BITS)]
         return dest if dest is not None and dest.eligible() else None
-
-
-def _state(service: SchedService) -> _Buckets:
-    data: Any = service.sched_data
-    assert isinstance(data, _Buckets)
-    return data
 
 
 SCHEDULER = DestinationHashing()

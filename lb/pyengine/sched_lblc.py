@@ -12,12 +12,10 @@ add/del/upd hooks, as the kernel.
 
 from __future__ import annotations
 
-from typing import Any
-
 from lb.pyengine import locality
 from lb.pyengine.conn import Destination
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.sched import SchedService, Scheduler
+from lb.pyengine.sched import SchedService
 
 
 class LblcEntry(locality.Entry):
@@ -32,18 +30,11 @@ class LblcEntry(locality.Entry):
         self.dest.sched_refs -= 1
 
 
-class LocalityLeastConnection(Scheduler):
+class LocalityLeastConnection(locality.LocalityScheduler[LblcEntry]):
     name = "lblc"
 
-    def init_service(self, service: SchedService) -> None:
-        service.sched_data = locality.Table[LblcEntry]()
-
-    def done_service(self, service: SchedService) -> None:
-        _table(service).flush()
-        service.sched_data = None
-
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        table = _table(service)
+        table = self.table(service)
         now = table.now(service)
         entry = table.get(parsed.daddr)
         if entry is not None:
@@ -62,15 +53,6 @@ class LocalityLeastConnection(Scheduler):
         if not table.full:
             table.link(LblcEntry(parsed.daddr, now, chosen))
         return chosen
-
-    def tick(self, service: SchedService, now_ms: int) -> None:
-        _table(service).tick(now_ms)
-
-
-def _table(service: SchedService) -> locality.Table[LblcEntry]:
-    data: Any = service.sched_data
-    assert isinstance(data, locality.Table)
-    return data
 
 
 SCHEDULER = LocalityLeastConnection()

@@ -16,13 +16,10 @@ On a miss: the wlc choice, and a new entry whose set holds it, unless the table 
 
 from __future__ import annotations
 
-from typing import Any
-
 from lb.pyengine import locality
 from lb.pyengine.conn import Destination
-from lb.pyengine.locality import conn_overhead
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.sched import SchedService, Scheduler
+from lb.pyengine.sched import SchedService, conn_overhead
 
 
 class LblcrEntry(locality.Entry):
@@ -86,18 +83,11 @@ class LblcrEntry(locality.Entry):
         self.members.clear()
 
 
-class LocalityLeastConnectionReplicated(Scheduler):
+class LocalityLeastConnectionReplicated(locality.LocalityScheduler[LblcrEntry]):
     name = "lblcr"
 
-    def init_service(self, service: SchedService) -> None:
-        service.sched_data = locality.Table[LblcrEntry]()
-
-    def done_service(self, service: SchedService) -> None:
-        _table(service).flush()
-        service.sched_data = None
-
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        table = _table(service)
+        table = self.table(service)
         now = table.now(service)
         entry = table.get(parsed.daddr)
         if entry is not None:
@@ -122,15 +112,6 @@ class LocalityLeastConnectionReplicated(Scheduler):
             entry.insert(chosen, now, check=False)
             table.link(entry)
         return chosen
-
-    def tick(self, service: SchedService, now_ms: int) -> None:
-        _table(service).tick(now_ms)
-
-
-def _table(service: SchedService) -> locality.Table[LblcrEntry]:
-    data: Any = service.sched_data
-    assert isinstance(data, locality.Table)
-    return data
 
 
 SCHEDULER = LocalityLeastConnectionReplicated()

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from lb import consts as C
 from lb.engine import EngineError
 from lb.pyengine.conn import Destination
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.sched import SchedService, Scheduler
+from lb.pyengine.sched import SchedService, Scheduler, state_of
 from lb.pyengine.schedhash import (
     FLAG_FALLBACK,
     FLAG_PORT,
@@ -39,6 +38,7 @@ from lb.pyengine.schedhash import (
     addr_value,
     client_port,
     flags_of,
+    hash_pick,
     hsiphash_u32,
 )
 
@@ -61,7 +61,7 @@ def _rebuild(service: SchedService) -> bool:
     dests = service.dests
     if len(dests) > MH_TAB_SIZE:
         return False
-    lookup = _state(service).lookup
+    lookup = state_of(service, _Table).lookup
     positive = [d.last_weight for d in dests if d.last_weight > 0]
     if not positive:
         lookup[:] = [None] * MH_TAB_SIZE
@@ -107,43 +107,24 @@ class MaglevHashing(Scheduler):
     def del_dest(self, service: SchedService, dest: Destination, index: int) -> None:
         if not _rebuild(service):
             # The old table stays, but must not name the deleted destination (sched_mh.c).
-            lookup = _state(service).lookup
+            lookup = state_of(service, _Table).lookup
             lookup[:] = [None if entry is dest else entry for entry in lookup]
 
     def upd_dest(self, service: SchedService, dest: Destination) -> None:
         _rebuild(service)
 
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        lookup = _state(service).lookup
         flags = flags_of(service)
         addr = addr_value(parsed.saddr)
         port = client_port(parsed, bool(flags & FLAG_PORT))
-        ihash = mh_hashkey(addr, port, MH_HASH1) % MH_TAB_SIZE
-        dest = lookup[ihash]
-        if dest is None:
-            return None
-        if dest.eligible():
-            return dest
-        if not flags & FLAG_FALLBACK:
-            return None
-        for offset in range(MH_TAB_SIZE):
-            dest = lookup[mh_hashkey(addr, port, MH_HASH1, (offset + ihash) % MH_TAB_SIZE) % MH_TAB_SIZE]
-            if dest is None:
-                break
-            if dest.eligible():
-                return dest
-        return None
+        return hash_pick(state_of(service, _Table).lookup,
+                         lambda offset: mh_hashkey(addr, port, MH_HASH1, offset) % MH_TAB_SIZE,
+                         bool(flags & FLAG_FALLBACK))
 
 
 def table_of(service: SchedService) -> list[Destination | None]:
     """The lookup table (tests compare it with tests/oracles')."""
-    return list(_state(service).lookup)
-
-
-def _state(service: SchedService) -> _Table:
-    data: Any = service.sched_data
-    assert isinstance(data, _Table)
-    return data
+    return list(state_of(service, _Table).lookup)
 
 
 SCHEDULER = MaglevHashing()

@@ -10,11 +10,10 @@ one with weight > 0 and not OVERLOADED. Deleting the cursor moves it to its pred
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from lb.pyengine.conn import Destination
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.sched import SchedService, Scheduler
+from lb.pyengine.sched import SchedService, Scheduler, index_of, state_of
 
 
 @dataclass(slots=True)
@@ -29,12 +28,12 @@ class RoundRobin(Scheduler):
         service.sched_data = _Cursor()
 
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        cursor = _state(service)
+        cursor = state_of(service, _Cursor)
         dests = service.dests
         if cursor.last is None:
             order: list[Destination] = dests
         else:
-            start = _index_of(dests, cursor.last) + 1
+            start = index_of(dests, cursor.last) + 1
             order = [*dests[start:], *dests[:start]]
         for dest in order:
             if dest.eligible():
@@ -43,22 +42,9 @@ class RoundRobin(Scheduler):
         return None
 
     def del_dest(self, service: SchedService, dest: Destination, index: int) -> None:
-        cursor = _state(service)
+        cursor = state_of(service, _Cursor)
         if cursor.last is dest:
             cursor.last = service.dests[index - 1] if index > 0 else None
-
-
-def _state(service: SchedService) -> _Cursor:
-    data: Any = service.sched_data
-    assert isinstance(data, _Cursor)
-    return data
-
-
-def _index_of(dests: list[Destination], dest: Destination) -> int:
-    for i, candidate in enumerate(dests):
-        if candidate is dest:
-            return i
-    raise ValueError("round-robin cursor is not in the destination list")
 
 
 SCHEDULER = RoundRobin()

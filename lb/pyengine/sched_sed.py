@@ -10,26 +10,19 @@ from __future__ import annotations
 
 from lb.pyengine.conn import Destination
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.sched import SchedService, Scheduler
+from lb.pyengine.sched import SchedService, Scheduler, least_weighted
+
+
+def _sed_overhead(dest: Destination) -> int:
+    """ip_vs_sed_dest_overhead(): active connections + 1."""
+    return dest.active + 1
 
 
 class ShortestExpectedDelay(Scheduler):
     name = "sed"
 
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        least: Destination | None = None
-        least_overhead = 0
-        for dest in service.dests:
-            if least is None:
-                if dest.eligible():
-                    least, least_overhead = dest, dest.active + 1
-                continue
-            if dest.overloaded:
-                continue
-            overhead = dest.active + 1
-            if least_overhead * dest.weight > overhead * least.weight:
-                least, least_overhead = dest, overhead
-        return least
+        return least_weighted(service.dests, _sed_overhead)
 
 
 SCHEDULER = ShortestExpectedDelay()

@@ -14,13 +14,12 @@ buckets (offset + 2 * hash) & 255 for offset 0..255, stopping at an empty bucket
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from lb import consts as C
 from lb.pyengine.conn import Destination
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.sched import SchedService, Scheduler
-from lb.pyengine.schedhash import FLAG_FALLBACK, FLAG_PORT, U32, addr_value, client_port, flags_of, hash_32
+from lb.pyengine.sched import SchedService, Scheduler, state_of
+from lb.pyengine.schedhash import FLAG_FALLBACK, FLAG_PORT, U32, addr_value, client_port, flags_of, hash_32, hash_pick
 
 SH_TAB_BITS = C.LB_SH_TAB_BITS
 SH_TAB_SIZE = 1 << SH_TAB_BITS
@@ -55,7 +54,7 @@ class SourceHashing(Scheduler):
 
     @staticmethod
     def _reassign(service: SchedService) -> None:
-        buckets = _state(service).dests
+        buckets = state_of(service, _Buckets).dests
         dests = service.dests
         if not dests:
             buckets[:] = [None] * SH_TAB_SIZE
@@ -70,31 +69,11 @@ class SourceHashing(Scheduler):
                 count = 0
 
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        buckets = _state(service).dests
         flags = flags_of(service)
         addr = addr_value(parsed.saddr)
         port = client_port(parsed, bool(flags & FLAG_PORT))
-        ihash = sh_hashkey(addr, port, 0)
-        dest = buckets[ihash]
-        if dest is None:
-            return None
-        if dest.eligible():
-            return dest
-        if not flags & FLAG_FALLBACK:
-            return None
-        for offset in range(SH_TAB_SIZE):
-            dest = buckets[sh_hashkey(addr, port, (offset + ihash) % SH_TAB_SIZE)]
-            if dest is None:
-                break
-            if dest.eligible():
-                return dest
-        return None
-
-
-def _state(service: SchedService) -> _Buckets:
-    data: Any = service.sched_data
-    assert isinstance(data, _Buckets)
-    return data
+        return hash_pick(state_of(service, _Buckets).dests, lambda offset: sh_hashkey(addr, port, offset),
+                         bool(flags & FLAG_FALLBACK))
 
 
 SCHEDULER = SourceHashing()

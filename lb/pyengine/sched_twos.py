@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from lb.pyengine.conn import Destination, s32
-from lb.pyengine.locality import conn_overhead
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.sched import SchedService, Scheduler
+from lb.pyengine.sched import SchedService, Scheduler, conn_overhead
 
 M64: Final = (1 << 64) - 1
 U32: Final = 0xFFFFFFFF

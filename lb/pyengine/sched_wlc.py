@@ -12,26 +12,14 @@ from __future__ import annotations
 
 from lb.pyengine.conn import Destination
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.sched import SchedService, Scheduler
+from lb.pyengine.sched import SchedService, Scheduler, conn_overhead, least_weighted
 
 
 class WeightedLeastConnection(Scheduler):
     name = "wlc"
 
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        least: Destination | None = None
-        least_overhead = 0
-        for dest in service.dests:
-            if least is None:
-                if dest.eligible():
-                    least, least_overhead = dest, dest.conn_overhead
-                continue
-            if dest.overloaded:
-                continue
-            overhead = dest.conn_overhead
-            if least_overhead * dest.weight > overhead * least.weight:
-                least, least_overhead = dest, overhead
-        return least
+        return least_weighted(service.dests, conn_overhead)
 
 
 SCHEDULER = WeightedLeastConnection()

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from lb.pyengine.conn import Destination
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.sched import SchedService, Scheduler
+from lb.pyengine.sched import SchedService, Scheduler, index_of, state_of
 
 
 @dataclass(slots=True)
@@ -69,7 +68,7 @@ class WeightedRoundRobin(Scheduler):
 
     @staticmethod
     def _dest_changed(service: SchedService) -> None:
-        mark = _state(service)
+        mark = state_of(service, _Mark)
         mark.cl = None
         mark.di, mark.mw = _weights(service.dests)
         if mark.cw > mark.mw or not mark.cw:
@@ -78,13 +77,13 @@ class WeightedRoundRobin(Scheduler):
             mark.cw = (mark.cw // mark.di) * mark.di + 1  # cw > 0 here: // truncates as C's /
 
     def schedule(self, service: SchedService, parsed: ParsedPacket) -> Destination | None:
-        mark = _state(service)
+        mark = state_of(service, _Mark)
         dests = service.dests
         if mark.mw == 0:
             return None
         reach = max((d.weight for d in dests if not d.overloaded), default=0)
         last = mark.cl
-        start = 0 if last is None else _index_of(dests, last) + 1
+        start = 0 if last is None else index_of(dests, last) + 1
         stop: Destination | None = None
         last_pass = restarted = False
         while True:
@@ -109,19 +108,6 @@ class WeightedRoundRobin(Scheduler):
             last_pass = mark.cw <= mark.di
             if last_pass and restarted and last is not None:
                 stop = last
-
-
-def _state(service: SchedService) -> _Mark:
-    data: Any = service.sched_data
-    assert isinstance(data, _Mark)
-    return data
-
-
-def _index_of(dests: list[Destination], dest: Destination) -> int:
-    for i, candidate in enumerate(dests):
-        if candidate is dest:
-            return i
-    raise ValueError("wrr cursor is not in the destination list")
 
 
 SCHEDULER = WeightedRoundRobin()

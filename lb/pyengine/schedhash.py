@@ -7,14 +7,16 @@ the kernel folds an IPv4 address to ntohl(addr), its big-endian value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from lb import consts as C
+from lb.pyengine.conn import Destination
 from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, ParsedPacket
 from lb.pyengine.sched import SchedService
+from lb.pyengine.siphash import siphash_words
 
 U32: Final = 0xFFFFFFFF
-U64: Final = 0xFFFFFFFFFFFFFFFF
 GOLDEN_RATIO_32: Final = 0x61C88647
 
 # ServiceSpec.sched_flags bits (flag-1, flag-2: lb.model), as sh and mh read them.
@@ -47,37 +49,32 @@ def client_port(parsed: ParsedPacket, use_port: bool) -> int:
     return 0
 
 
-def _rotl(x: int, n: int) -> int:
-    return ((x << n) | (x >> (64 - n))) & U64
+def hash_pick(table: list[Destination | None], slot: Callable[[int], int], fallback: bool) -> Destination | None:
+    """The choice of sh and mh (ip_vs_{sh,mh}_schedule + _get_fallback), as lb_sched_hash_pick in
+    native/include/lb_sched.h: the client's entry ihash = slot(0) if its destination is available;
+    none if the entry is empty, or unavailable without `fallback`; with it, the first available one
+    of the entries slot((k + ihash) % len(table)) for every k, stopping at an empty entry. slot(offset)
+    is the scheduler's hash of the client at that offset, an index into the table."""
+    ihash = slot(0)
+    dest = table[ihash]
+    if dest is None:
+        return None
+    if dest.eligible():
+        return dest
+    if not fallback:
+        return None
+    size = len(table)
+    for offset in range(size):
+        dest = table[slot((offset + ihash) % size)]
+        if dest is None:
+            break
+        if dest.eligible():
+            return dest
+    return None
 
 
 def hsiphash_u32(value: int, key: tuple[int, int]) -> int:
     """The kernel's hsiphash(&v, 4, key) for a u32 v on x86_64: SipHash-1-3 (64-bit lanes; the
-    "half" variant is only used on 32-bit kernels) over v's four little-endian bytes, low 32 bits."""
-    k0, k1 = key
-    v0 = 0x736F6D6570736575 ^ k0
-    v1 = 0x646F72616E646F6D ^ k1
-    v2 = 0x6C7967656E657261 ^ k0
-    v3 = 0x7465646279746573 ^ k1
-    b = (4 << 56) | (value & U32)  # the 4-byte tail, message length in the top byte
-
-    def rounds(n: int) -> None:
-        nonlocal v0, v1, v2, v3
-        for _ in range(n):
-            v0 = (v0 + v1) & U64
-            v1 = _rotl(v1, 13) ^ v0
-            v0 = _rotl(v0, 32)
-            v2 = (v2 + v3) & U64
-            v3 = _rotl(v3, 16) ^ v2
-            v0 = (v0 + v3) & U64
-            v3 = _rotl(v3, 21) ^ v0
-            v2 = (v2 + v1) & U64
-            v1 = _rotl(v1, 17) ^ v2
-            v2 = _rotl(v2, 32)
-
-    v3 ^= b
-    rounds(1)
-    v0 ^= b
-    v2 ^= 0xFF
-    rounds(3)
-    return (v0 ^ v1 ^ v2 ^ v3) & U32
+    "half" variant is only used on 32-bit kernels) over v's four little-endian bytes, low 32 bits:
+    one message word, the length 4 in its top byte."""
+    return siphash_words(key[0], key[1], ((4 << 56) | (value & U32),), 1, 3) & U32

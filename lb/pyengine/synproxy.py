@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from lb.model import SynproxyConf
 from lb.pyengine.csum import csum_fold, csum_partial, csum_replace4, put16
 from lb.pyengine.parse import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, tcp_options
+from lb.pyengine.siphash import siphash24
 
-M64 = (1 << 64) - 1
 M32 = 0xFFFFFFFF
 COOKIE_MAX_AGE_MIN = 2
 EPOCH_MIN = 64
@@ -63,49 +63,6 @@ PHASE_DONE = 3  # both handshakes complete: translating sequence numbers
 BUILTIN_CONF = SynproxyConf()
 STAT_NAMES = ("cookies_sent", "cookies_valid", "cookies_invalid", "syns_to_rs", "syn_retransmits", "give_ups",
               "handshakes", "held_dropped", "rs_resets")
-
-
-# ---------------------------------------------------------------- SipHash-2-4
-
-
-def _rotl(x: int, b: int) -> int:
-    return ((x << b) | (x >> (64 - b))) & M64
-
-
-def siphash24(k0: int, k1: int, data: bytes) -> int:
-    v0 = 0x736F6D6570736575 ^ k0
-    v1 = 0x646F72616E646F6D ^ k1
-    v2 = 0x6C7967656E657261 ^ k0
-    v3 = 0x7465646279746573 ^ k1
-
-    def rounds(n: int) -> None:
-        nonlocal v0, v1, v2, v3
-        for _ in range(n):
-            v0 = (v0 + v1) & M64
-            v1 = _rotl(v1, 13) ^ v0
-            v0 = _rotl(v0, 32)
-            v2 = (v2 + v3) & M64
-            v3 = _rotl(v3, 16) ^ v2
-            v0 = (v0 + v3) & M64
-            v3 = _rotl(v3, 21) ^ v0
-            v2 = (v2 + v1) & M64
-            v1 = _rotl(v1, 17) ^ v2
-            v2 = _rotl(v2, 32)
-
-    n = len(data)
-    end = n - n % 8
-    for i in range(0, end, 8):
-        m = int.from_bytes(data[i : i + 8], "little")
-        v3 ^= m
-        rounds(2)
-        v0 ^= m
-    b = ((n & 0xFF) << 56) | int.from_bytes(data[end:], "little")
-    v3 ^= b
-    rounds(2)
-    v0 ^= b
-    v2 ^= 0xFF
-    rounds(4)
-    return v0 ^ v1 ^ v2 ^ v3
 
 
 def master_key(seed0: int, seed1: int) -> tuple[int, int]:

@@ -7,7 +7,7 @@ method it is. Each method owns what is specific to it:
 
 - its reply tuple: a method that sees the real server's replies (`sees_replies`) gives each
   connection a second key (proto, RIP, RPORT, reply_addr, reply_port), whose director side
-  conn_bind chooses (FULLNAT: a local address and port; NAT would choose the client's own);
+  conn_bind chooses (FULLNAT: a local address and port; NAT: the client's own);
   the table indexes it and replies and ICMP errors from the real server find the connection
   by it. The others have none, and their connections are NOOUTPUT (INPUT-ONLY state table).
 - a reference per connection (Connection.xmit_priv, FULLNAT: its local address), dropped by
@@ -17,9 +17,9 @@ method it is. Each method owns what is specific to it:
   (`mtu_overhead`), its ICMP handling both ways, its fields in the connection listing.
 
 Registry: every module lb/pyengine/xmit_<x>.py defines METHOD, an instance whose `name` is a
-forwarding method's name as lb.engine.FWD_IDS spells it (route, tunnel, fullnat), as each
+forwarding method's name as lb.engine.FWD_IDS spells it (route, tunnel, masq, fullnat), as each
 native/src/xmit_<x>.c defines lb_xmit_<x> listed in native/include/lb_xmit_list.h. A name
-without a module (masq) is refused with EOPNOTSUPP.
+without a module is refused with EOPNOTSUPP.
 """
 
 from __future__ import annotations
@@ -146,5 +146,5 @@ def methods() -> dict[str, XmitMethod]:
 
 
 def find_method(name: str) -> XmitMethod | None:
-    """The registered method of that name, or None (not implemented: masq)."""
+    """The registered method of that name, or None (not implemented)."""
     return methods().get(name)

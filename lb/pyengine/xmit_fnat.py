@@ -42,7 +42,6 @@ from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod
 
 TOA_KIND = 254
 MSS_FLOOR = 536  # an MSS is lowered only when it stays above this
-LPORT_PROBES = 4096  # ports tried per local address
 DEFAULT_MTU = 1500
 PKT_MAX = C.LB_PKT_MAX
 
@@ -241,13 +240,14 @@ class FullNat(XmitMethod):
 
     def conn_bind(self, ctx: BindContext, service: MethodService, dest: Destination,
                   parsed: ParsedPacket) -> Bind | Action:
-        """A local address and port whose reply tuple is free (the ring and cursors move on even when
-        nothing is found, as the C core's)."""
+        """A local address and port whose reply tuple is free: from the ring cursor, each address's
+        first free port at or after its own cursor (wrapping in the range); an address with none is
+        passed over, its cursor unchanged (C: a bitmap per tuple answers in O(1); this scans)."""
         pool = pool_of(service)
         laddrs = [] if pool is None else pool.laddrs
         n = len(laddrs)
         lport_min, lport_max = ctx.lport_min, ctx.lport_max
-        probes = min(lport_max - lport_min + 1, LPORT_PROBES)
+        probes = lport_max - lport_min + 1
         for k in range(n):
             assert pool is not None
             la = laddrs[(pool.ring + k) % n]

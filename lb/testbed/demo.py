@@ -1,6 +1,6 @@
 """`python -m lb.testbed.demo` (or `make demo`): lbd forwarding real HTTP requests in namespaces.
 
-Three sections, one per forwarding method: DR, IPIP (tunnel) and FULLNAT. Each
+Four sections, one per forwarding method: DR, IPIP (tunnel), NAT and FULLNAT. Each
 builds its own topology of network namespaces (client, director, real servers;
 names start with `lbB<token>`), starts an HTTP server in every real server and
 `lbd` in the director, configures the virtual service with `lbadm` (and the
@@ -76,6 +76,7 @@ class Section:
     path: str = "/"  # what the client GETs (/peer: the server also says whom it sees)
     toa_host: str | None = None  # capture TCP option 254 on this real server
     report: Callable[[Topology], str] | None = None  # one more line after the traffic
+    rs_port: int = HTTP_PORT  # the real servers' HTTP port (NAT and FULLNAT may translate the VIP's)
 
 
 def _svc(topo: Topology) -> str:
@@ -93,6 +94,16 @@ def ipip_steps(topo: Topology) -> list[Step]:
     cmds: list[Step] = [["-A", "-t", _svc(topo), "-s", "rr"]]
     for rs in topo.reals:
         cmds.append(["-a", "-t", _svc(topo), "-r", f"{rs.addr}:{HTTP_PORT}", "-i", "-w", "1"])
+    return cmds
+
+
+NAT_RS_PORT = 8080  # NAT: the real servers' port behind VIP:80 (port translation)
+
+
+def nat_steps(topo: Topology) -> list[Step]:
+    cmds: list[Step] = [["-A", "-t", _svc(topo), "-s", "rr"]]
+    for rs in topo.reals:
+        cmds.append(["-a", "-t", _svc(topo), "-r", f"{rs.addr}:{NAT_RS_PORT}", "-m", "-w", "1"])
     return cmds
 
 
@@ -162,6 +173,23 @@ SECTIONS: list[Section] = [
                                  f"httpd on :{HTTP_PORT}"),
         prepare=_prepare_ipip,
         report=_ipip_report,
+    ),
+    Section(
+        key="nat",
+        title="NAT (masquerading, lbadm -m), round robin, VIP:80 -> real servers' :8080",
+        explain=(
+            "The destination is rewritten: client:port -> VIP:80 becomes client:port -> RIP:8080. The\n"
+            "real servers see the client's own address and sit on another subnet whose default\n"
+            "route is the director, so their replies RIP:8080 -> client pass it: lbd takes them\n"
+            "from NFQUEUE too and sends them on as VIP:80 -> client. Both directions drive the\n"
+            "connection's TCP state, as in kernel IPVS's NAT."
+        ),
+        spec=lambda: fullnat_spec(3),
+        steps=nat_steps,
+        real_note=lambda t, rs: (f"{rs.addr} on the back subnet, default route via the director "
+                                 f"{t.director.iface('back').addr}, no VIP, httpd on :{NAT_RS_PORT}"),
+        path="/peer",
+        rs_port=NAT_RS_PORT,
     ),
     Section(
         key="fullnat",
@@ -284,7 +312,7 @@ class Demo:
                 self._describe(topo, section)
                 if section.prepare is not None:
                     section.prepare(topo, workdir)
-                self._start_httpds(topo, workdir)
+                self._start_httpds(topo, workdir, section.rs_port)
                 with self._lbd(topo, workdir) as (_proc, sock, log_path):
                     self.say(f"lbd is ready; its control socket is {sock}. Configuring it with lbadm\n"
                              f"(in the same namespace: ip netns exec {topo.director.netns} lbadm ...):")
@@ -312,16 +340,16 @@ class Demo:
         for rs in topo.reals:
             self.say(f"  {rs.name:<9} {section.real_note(topo, rs)}")
 
-    def _start_httpds(self, topo: Topology, workdir: Path) -> None:
+    def _start_httpds(self, topo: Topology, workdir: Path, port: int = HTTP_PORT) -> None:
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
         for rs in topo.reals:
             with open(workdir / f"{rs.name}.log", "w") as log:
                 rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name,
-                          "--port", str(HTTP_PORT)], stdout=log, stderr=subprocess.STDOUT, env=env)
+                          "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 15.0
         for rs in topo.reals:
             # From the director: it reaches the real servers in every topology (before lbd runs).
-            while not client.get_once(topo.director.netns, rs.addr, HTTP_PORT, timeout=1.0).ok:
+            while not client.get_once(topo.director.netns, rs.addr, port, timeout=1.0).ok:
                 if time.monotonic() > deadline:
                     raise DemoError(f"httpd in {rs.name} does not answer:\n{_tail(workdir / f'{rs.name}.log')}")
                 time.sleep(0.1)

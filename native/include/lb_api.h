@@ -24,7 +24,8 @@
 #define LB_DEST_WEIGHT_MAX 2147483647      /* INT_MAX: the kernel accepts any non-negative weight */
 #define LB_DEFAULT_CONN_MAX 1048576
 #define LB_CONN_MAX_LIMIT 1073741823       /* largest struct lb_config.conn_max, entries (2^30 - 1) */
-#define LB_DEFAULT_HASH_BUCKETS 262144
+#define LB_HASH_BUCKETS_MIN 1024            /* hash buckets when lb_config leaves them 0: the next power of two
+                                              >= conn_max, at least this many (docs/fastpath.md) */
 #define LB_DEFAULT_LPORT_MIN 1024          /* FULLNAT local ports when lb_config leaves them 0 */
 #define LB_DEFAULT_LPORT_MAX 65535
 
@@ -159,7 +160,7 @@ typedef struct lb_nfq lb_nfq_t;    /* one NFQUEUE adapter thread */
 
 struct lb_config {
     uint32_t conn_max;             /* maximum connection entries; 0 = LB_DEFAULT_CONN_MAX; at most LB_CONN_MAX_LIMIT */
-    uint32_t hash_buckets;         /* power of two; 0 = LB_DEFAULT_HASH_BUCKETS */
+    uint32_t hash_buckets;         /* power of two; 0 = the next power of two >= conn_max (>= LB_HASH_BUCKETS_MIN) */
     uint64_t hash_seed;            /* 0 = pick one at random */
     uint16_t lport_min;            /* FULLNAT local ports: first (0 = LB_DEFAULT_LPORT_MIN) */
     uint16_t lport_max;            /* FULLNAT local ports: last (0 = LB_DEFAULT_LPORT_MAX) */
@@ -242,7 +243,17 @@ struct lb_conn_info {
     uint16_t dport;
     uint32_t laddr;                /* FULLNAT local address (0 otherwise) */
     uint16_t lport;
+    uint32_t slot;                 /* the entry's table slot: the key of incremental snapshots (lb_conn_dump_changes) */
     int64_t expires_in_ms;         /* time left until expiry */
+};
+
+/* The connection table's figures (lb_conn_stats). */
+struct lb_conn_stats {
+    uint32_t entries;              /* live entries (connections and templates) */
+    uint32_t max;                  /* conn_max */
+    uint32_t buckets;              /* hash buckets */
+    uint32_t droppable;            /* entries early drop may release (half-open or finished TCP connections) */
+    uint64_t early_drops;          /* entries released to make room for new ones while the table was full */
 };
 
 /* SYN-proxy settings (global default, or per service). Units in the names. The built-in
@@ -306,6 +317,10 @@ struct lb_nfq_stats {
     uint64_t gso_whole;            /* of them, sent on whole (DR: every segment unchanged, one frame) */
     uint64_t gso_errors;           /* GSO packets that could not be segmented (not TCP, URG): dropped */
     uint64_t csum_completed;       /* packets whose partial L4 checksum was completed here */
+    /* The kernel's own counts for this queue (/proc/net/netfilter/nfnetlink_queue, read when the
+     * stats are asked for): packets it dropped before lbd could see them. */
+    uint64_t kernel_queue_dropped; /* the queue held queue_maxlen packets (and no fail-open) */
+    uint64_t kernel_user_dropped;  /* the packet could not be put in lbd's socket buffer */
 };
 
 /* ---- lifecycle ---- */
@@ -361,6 +376,16 @@ int lb_dest_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport,
                  struct lb_dest_info *out, uint32_t cap);                  /* returns total count or LB_ESRCH */
 /* Copy up to cap live entries starting at *cursor (0 to begin); updates *cursor; returns the number copied. */
 int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor);
+/* Incremental snapshots: copy up to cap (>= 64) records of the slots whose entry changed (created,
+ * released, new state or flags, expiry moved across a multiple of 8.2 s) since they were last
+ * reported, in slot order from *cursor (0 to begin); returns the number copied and sets *cursor
+ * where to go on, 0 once the pass is complete. A slot with no live entry any more gives a record
+ * with proto 0 (only .slot set). Each reported slot's mark is cleared. Locks (per call). */
+int lb_conn_dump_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor);
+/* Clear every change mark: call before the lb_conn_dump pass that starts a new full snapshot (what
+ * changes during that pass is marked again). Locks. */
+void lb_conn_changes_reset(lb_t *lb);
+void lb_conn_stats(lb_t *lb, struct lb_conn_stats *out);  /* locks */
 /* Recreate an entry from a dump (restart recovery; see lbd's state snapshots). Its service and
  * destination (and FULLNAT local address) must exist: LB_ESRCH / LB_ENOENT otherwise; LB_EEXIST if
  * the entry exists; LB_ENOSPC when the table is full; LB_EOPNOTSUPP for SYN-proxy entries (their
@@ -419,11 +444,14 @@ uint32_t lb_path_mtu(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms
 #define LB_NFQ_F_QDISC_BYPASS 2    /* frames skip the qdisc: faster, but invisible to tcpdump on the director */
 #define LB_NFQ_F_GSO 4             /* NFQA_CFG_F_GSO: one message per GSO packet, segmented here */
 #define LB_NFQ_F_TIMERS 8          /* this queue's thread runs the expiry sweep and SYN-proxy timers */
+#define LB_NFQ_MAXLEN_DEFAULT 1024 /* packets the kernel queues for lbd before it drops (docs/fastpath.md
+                                      "Overload": a long queue makes an overloaded director livelock) */
 struct lb_nfq_opts {
     uint32_t flags;                /* LB_NFQ_F_* */
     int32_t cpu;                   /* pin the thread to this CPU; -1: not pinned */
     uint16_t mark_queue;           /* queue number in the answer socket's SO_MARK (an instance's first queue) */
     uint16_t gso_mtu;              /* LB_NFQ_F_GSO: IP packet size segments are cut to; 0 = 1500 */
+    uint32_t queue_maxlen;         /* the kernel's queue length (NFQA_CFG_QUEUE_MAXLEN); 0 = LB_NFQ_MAXLEN_DEFAULT */
 };
 /* Several queues (--queue-balance) share one lb_t: one adapter each; exactly one of them
  * should have LB_NFQ_F_TIMERS. opts NULL = flags 0 | LB_NFQ_F_TIMERS, unpinned, own mark. */

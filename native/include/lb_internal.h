@@ -400,13 +400,23 @@ struct lb {
     uint32_t conn_count;         /* live entries */
     uint32_t free_head;          /* free list (via hnext) of once-used slots */
     uint32_t hwm;                /* slots [1, hwm) have been used at least once */
-    /* Expiry: an indexed min-heap of (deadline, slot) over every live entry. Keys may lag
-     * behind an entry's expires_ms (packets only push expiry later); a popped key that is
-     * early is refreshed in place. heap_pos[slot] is the 1-based heap index, 0 = none. */
+    /* Expiry: two indexed min-heaps of (deadline, creation order, slot) sharing one array of
+     * conn_max elements: heap LB_EXP_KEEP grows from the front, heap LB_EXP_DROP (the entries
+     * early drop may take: lb_conn_droppable) from the back, so together they never need more
+     * than one element per slot. Keys may lag behind an entry's expires_ms (packets only push
+     * expiry later); a key found early when it reaches a top is refreshed in place.
+     * exp_pos[slot] is (heap << 31) | (1-based index), 0 = none. */
     struct lb_exp *exp_heap;
     uint32_t *exp_pos;
-    uint32_t exp_len;
-    uint64_t exp_next_ms;        /* exp_heap[0].due_ms, or UINT64_MAX when empty: one compare per packet */
+    uint32_t exp_len[2];
+    uint32_t exp_cap;            /* elements in exp_heap (conn_max) */
+    uint64_t exp_next_ms;        /* the earlier of the two tops, or UINT64_MAX: one compare per packet */
+    uint32_t conn_serial;        /* creation counter: the order of entries with equal deadlines */
+    uint64_t early_drops;        /* entries released to make room for a new one (lb_conn_stats) */
+    /* Change marks for incremental snapshots (lb_conn_dump_changes): one bit per slot, and one
+     * bit per word of those in dirty_sum, so a pass costs what changed, not the table. */
+    uint64_t *dirty;
+    uint64_t *dirty_sum;
     uint64_t seed0, seed1;
     uint8_t seeded;              /* seeds came from lb_config.hash_seed (deterministic mode) */
     uint16_t lport_min, lport_max; /* FULLNAT local port range, host order */
@@ -427,6 +437,9 @@ struct lb {
     uint32_t svcs_cap;
     uint32_t next_svc_id;
     struct lb_dest *trash;       /* deleted destinations still referenced by connections */
+    void *xmit_state[LB_XMIT_MAX]; /* each forwarding method's own instance-wide state (FULLNAT: which
+                                    local ports each real server sees taken), indexed by enum lb_fwd,
+                                    freed by its ops' done() */
     /* counters */
     uint64_t counters[LB_R_COUNT];
 };
@@ -434,8 +447,37 @@ struct lb {
 struct lb_exp {
     uint64_t due_ms;
     uint32_t slot;
-    uint32_t tmpl;               /* 1 for templates: connections go first at equal times */
+    uint32_t ord;                /* LB_EXP_TMPL for templates (connections go first at equal times) |
+                                    the entry's creation serial (31 bits): older first */
 };
+#define LB_EXP_TMPL 0x80000000u
+#define LB_EXP_KEEP 0
+#define LB_EXP_DROP 1
+
+/* Early drop (docs/fastpath.md "When the table is full"): TCP connections in these states, neither
+ * templates nor SYN-proxied, may be released to make room for a new entry: the half-open ones (the
+ * states a spoofed SYN leaves, kernel ip_vs_random_dropentry's SYN_RECV and SYNACK) and the
+ * finished ones (TIME_WAIT, CLOSE: kept only for late segments). */
+#define LB_DROPPABLE_STATES ((1u << LB_S_NONE) | (1u << LB_S_SYN_SENT) | (1u << LB_S_SYN_RECV) | \
+                             (1u << LB_S_SYNACK) | (1u << LB_S_TIME_WAIT) | (1u << LB_S_CLOSE))
+static inline int lb_conn_droppable(const struct lb_conn *c)
+{
+    return c->proto == LB_PROTO_TCP && !(c->flags & (LB_CF_TEMPLATE | LB_CF_SYNPROXY)) &&
+           ((LB_DROPPABLE_STATES >> c->state) & 1u);
+}
+
+/* An entry's expiry moving later by packets marks it changed only when it crosses a multiple of
+ * 2^LB_DIRTY_EXP_SHIFT ms (8.2 s): an incremental snapshot then holds every entry's expiry to within
+ * that (a restored entry may leave up to 8.2 s early), without rewriting every active flow every
+ * time. Anything else that a snapshot record shows marks it at once. */
+#define LB_DIRTY_EXP_SHIFT 13
+
+static inline void lb_conn_dirty(lb_t *lb, uint32_t slot)
+{
+    uint32_t w = slot >> 6;
+    lb->dirty[w] |= 1ull << (slot & 63);
+    lb->dirty_sum[w >> 6] |= 1ull << (w & 63);
+}
 
 /* conn.c */
 /* Release every entry whose time has come (exact expiry, as kernel timers). */
@@ -448,17 +490,23 @@ static inline void lb_conn_set_expiry(lb_t *lb, struct lb_conn *c, uint64_t t)
     c->expires_ms = t;
     if (LB_UNLIKELY(t < old))
         lb_conn_expiry_earlier(lb, c);
+    else if (LB_UNLIKELY((old ^ t) >> LB_DIRTY_EXP_SHIFT))
+        lb_conn_dirty(lb, (uint32_t)(c - lb->conns));
 }
+/* c's state or flags changed: mark it for the next incremental snapshot and move it to the
+ * expiry heap its class now belongs to (lb_conn_droppable). */
+void lb_conn_changed(lb_t *lb, struct lb_conn *c);
 /* Find the live entry whose IN or OUT tuple is (proto, saddr, sport, daddr, dport);
  * *dir receives which. Dead entries met on the way are reaped. */
 struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
                                uint32_t daddr, uint16_t dport, uint64_t now_ms, int *dir);
 struct lb_conn_bind;
 /* Create a connection for packet p bound to dest, with what its method chose (b: reply tuple,
- * reference; see lb_xmit.h); the method is dest's. NULL when the table is full (the caller then
- * drops the method's reference). */
+ * reference; see lb_xmit.h); the method is dest's. A full table makes room by early drop when
+ * may_evict (the packet path; not a restore). NULL when the table is full (the caller then drops
+ * the method's reference). */
 struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, const struct lb_conn_bind *b,
-                            uint64_t now_ms);
+                            uint64_t now_ms, int may_evict);
 void lb_conn_expire_now(lb_t *lb, struct lb_conn *c);
 int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg);
 void lb_conn_table_free(lb_t *lb);
@@ -486,8 +534,10 @@ void lb_conn_set_state(lb_t *lb, struct lb_conn *c, uint8_t new_state);
 /* Mark c's persistence template, if any, ASSURED (ip_vs_control_assure_ct). */
 static inline void lb_conn_assure_template(lb_t *lb, const struct lb_conn *c)
 {
-    if (LB_UNLIKELY(c->ctl))
+    if (LB_UNLIKELY(c->ctl) && !(lb->conns[c->ctl].flags & LB_CF_ASSURED)) {
         lb->conns[c->ctl].flags |= LB_CF_ASSURED; /* ctl names a template (it outlives c) */
+        lb_conn_dirty(lb, c->ctl);
+    }
 }
 
 static inline int lb_tcp_event(uint8_t flags) { return lb_tcp_event_of[flags & 0x1f]; }
@@ -499,8 +549,10 @@ static inline void lb_tcp_set_state(lb_t *lb, struct lb_conn *c, int dir, uint8_
     const uint8_t(*next)[LB_S_COUNT];
     if (dir == LB_DIR_OUT) {
         next = lb_tcp_states[LB_TCP_DIR_OUTPUT];
-        if (c->flags & LB_CF_NOOUTPUT) /* the server's side shows after all */
+        if (c->flags & LB_CF_NOOUTPUT) { /* the server's side shows after all */
             c->flags &= (uint16_t)~LB_CF_NOOUTPUT;
+            lb_conn_dirty(lb, (uint32_t)(c - lb->conns));
+        }
     } else if (c->flags & LB_CF_NOOUTPUT) {
         next = lb_tcp_states[LB_TCP_DIR_INPUT_ONLY];
     } else {
@@ -518,7 +570,7 @@ static inline uint32_t lb_conn_timeout_ms(const lb_t *lb, const struct lb_conn *
 struct lb_conn *lb_tmpl_lookup(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vaddr, uint16_t vport,
                                uint64_t now_ms);
 struct lb_conn *lb_tmpl_new(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vaddr, uint16_t vport,
-                            struct lb_dest *dest, uint32_t timeout_ms, uint64_t now_ms);
+                            struct lb_dest *dest, uint32_t timeout_ms, uint64_t now_ms, int may_evict);
 void lb_tmpl_invalidate(lb_t *lb, struct lb_conn *t);
 
 /* svc.c */
@@ -689,27 +741,39 @@ static inline void conn_key(const struct lb_conn *c, int dir, uint64_t *addrs, u
 }
 
 /* Find the live entry whose IN or OUT key is (proto, addrs, ports); *dir (if not NULL)
- * receives which. Templates never match; an expired entry is not returned. */
+ * receives which. Templates never match; an expired entry is not returned. With to_front (the
+ * packet path), a live entry found behind others moves to the head of its chain: a flow that
+ * carries packets is then found with the first entry read, whatever idle entries share its
+ * bucket (a table full of idle entries costs an active flow one lookup's worth of misses, once). */
 static inline __attribute__((always_inline)) struct lb_conn *
-lb_conn_lookup_key(lb_t *lb, uint8_t proto, uint64_t addrs, uint32_t ports, uint64_t now_ms, int *dir)
+lb_conn_lookup_key(lb_t *lb, uint8_t proto, uint64_t addrs, uint32_t ports, uint64_t now_ms, int *dir, int to_front)
 {
-    uint32_t link = lb->buckets[tuple_hash(lb, proto, addrs, ports)];
+    uint32_t *head = &lb->buckets[tuple_hash(lb, proto, addrs, ports)];
+    uint32_t *prev = head;
+    uint32_t link = *head;
     while (link) {
         struct lb_conn *c = &lb->conns[LINK_SLOT(link)];
         int d = LINK_DIR(link);
-        link = c->hnext[d];
-        if (c->proto != proto || (c->flags & LB_CF_TEMPLATE))
-            continue;
-        uint64_t ca;
-        uint32_t cp;
-        conn_key(c, d, &ca, &cp);
-        if (ca == addrs && cp == ports) {
-            if (LB_UNLIKELY(now_ms >= c->expires_ms))
-                return NULL; /* dead; lb_conn_tick releases it */
-            if (dir)
-                *dir = d;
-            return c;
+        uint32_t next = c->hnext[d];
+        if (c->proto == proto && !(c->flags & LB_CF_TEMPLATE)) {
+            uint64_t ca;
+            uint32_t cp;
+            conn_key(c, d, &ca, &cp);
+            if (ca == addrs && cp == ports) {
+                if (LB_UNLIKELY(now_ms >= c->expires_ms))
+                    return NULL; /* dead; lb_conn_tick releases it */
+                if (to_front && prev != head) {
+                    *prev = next;
+                    c->hnext[d] = *head;
+                    *head = link;
+                }
+                if (dir)
+                    *dir = d;
+                return c;
+            }
         }
+        prev = &c->hnext[d];
+        link = next;
     }
     return NULL;
 }
@@ -717,7 +781,7 @@ lb_conn_lookup_key(lb_t *lb, uint8_t proto, uint64_t addrs, uint32_t ports, uint
 static inline struct lb_conn *lb_conn_lookup_inline(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
                                                     uint32_t daddr, uint16_t dport, uint64_t now_ms, int *dir)
 {
-    return lb_conn_lookup_key(lb, proto, lb_key_addrs(saddr, daddr), lb_key_ports(sport, dport), now_ms, dir);
+    return lb_conn_lookup_key(lb, proto, lb_key_addrs(saddr, daddr), lb_key_ports(sport, dport), now_ms, dir, 0);
 }
 
 

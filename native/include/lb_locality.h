@@ -80,9 +80,8 @@ static inline int lb_loc_full(const struct lb_loc_table *t) { return t->entries 
  * weight and some destination of the service (any: flagged, weight 0, d itself) has fewer than
  * half its weight active (activeconns * 2 < weight, strictly). */
 int lb_loc_is_overloaded(const struct lb_dest *d, const struct lb_svc *svc);
-/* __ip_vs_lblc_schedule / __ip_vs_lblcr_schedule (wlc's loop): the first destination neither
- * OVERLOAD-flagged nor of weight <= 0 seeds; each later one not flagged replaces it when strictly
- * less loaded (loh * w_d > doh * w_least, 64-bit products of int overheads). NULL: none. */
+/* __ip_vs_lblc_schedule / __ip_vs_lblcr_schedule: wlc's loop (lb_sched_least_weighted with
+ * lb_dest_conn_overhead). NULL: none. */
 struct lb_dest *lb_loc_least(const struct lb_svc *svc);
 
 /* A reference held by a cache entry (ip_vs_dest_hold): keeps a deleted destination in the trash,

@@ -74,6 +74,47 @@ static inline int32_t lb_dest_conn_overhead(const struct lb_dest *d)
     return oh <= (uint32_t)INT32_MAX ? (int32_t)oh : (int32_t)(oh - 0x80000000u) + INT32_MIN;
 }
 
+/* lb_dest_conn_overhead widened, as an lb_overhead_fn. */
+static inline int64_t lb_dest_conn_overhead64(const struct lb_dest *d)
+{
+    return lb_dest_conn_overhead(d);
+}
+
+/* A scheduler's load measure of a destination (wlc: lb_dest_conn_overhead, sed: activeconns + 1). */
+typedef int64_t lb_overhead_fn(const struct lb_dest *d);
+
+/* The weighted least-overhead choice of ip_vs_wlc.c and ip_vs_sed.c (lblc and lblcr fall back to
+ * the same loop, lb_loc_least): the first destination neither OVERLOAD-flagged nor of weight <= 0
+ * is the candidate; every later one not flagged replaces it when oh_cand * w_d > oh_d * w_cand
+ * (64-bit products of 32-bit values: no overflow, no division; a later weight-0 destination never
+ * wins, its side being 0). NULL: none eligible. Static inline with a constant `overhead` at every
+ * call site, so each scheduler's loop compiles with its measure inlined, as before. */
+static inline struct lb_dest *lb_sched_least_weighted(const struct lb_svc *svc, lb_overhead_fn *overhead)
+{
+    uint32_t i = 0, n = svc->ndests;
+    struct lb_dest *least = NULL;
+    for (; i < n; i++) {
+        if (lb_dest_eligible(svc->dests[i])) {
+            least = svc->dests[i];
+            break;
+        }
+    }
+    if (!least)
+        return NULL;
+    int64_t loh = overhead(least);
+    for (i++; i < n; i++) {
+        struct lb_dest *d = svc->dests[i];
+        if (d->flags & LB_DEST_F_OVERLOAD)
+            continue;
+        int64_t doh = overhead(d);
+        if (loh * d->conf.weight > doh * least->conf.weight) {
+            least = d;
+            loh = doh;
+        }
+    }
+    return least;
+}
+
 /* ---- shared by the hashing schedulers (sh, dh, mh) ---- */
 
 /* include/linux/hash.h's hash_32() (x86 has no arch-specific one): the top `bits` bits of the
@@ -88,6 +129,38 @@ static inline uint32_t lb_hash_32(uint32_t val, unsigned bits)
 static inline uint32_t lb_sched_client_port(const struct lb_pkt *p)
 {
     return p->proto == LB_PROTO_TCP || p->proto == LB_PROTO_UDP ? lb_ntohs(p->sport) : 0;
+}
+
+/* Where a hashing scheduler looks for a client (addr, port: host order) at try `offset` (0: its
+ * own entry): an index into its table. */
+typedef uint32_t lb_hash_slot_fn(uint32_t addr, uint32_t port, uint32_t offset);
+
+/* The choice of sh and mh (ip_vs_sh_schedule + ip_vs_sh_get_fallback, ip_vs_mh_schedule +
+ * ip_vs_mh_get_fallback): the client's entry ihash = slot(addr, port, 0) of table[size] if its
+ * destination is available (weight > 0, not OVERLOAD); none if the entry is empty, or unavailable
+ * without `fallback`; with it, the first available destination of the entries
+ * slot(addr, port, (k + ihash) % size) for k = 0..size-1, stopping at an empty entry. Static
+ * inline with a constant `slot` at every call site: each scheduler's hash compiles inline, as
+ * before. */
+static inline struct lb_dest *lb_sched_hash_pick(struct lb_dest *const *table, uint32_t size, lb_hash_slot_fn *slot,
+                                                 uint32_t addr, uint32_t port, int fallback)
+{
+    uint32_t ihash = slot(addr, port, 0);
+    struct lb_dest *d = table[ihash];
+    if (!d)
+        return NULL;
+    if (lb_dest_eligible(d))
+        return d;
+    if (!fallback)
+        return NULL;
+    for (uint32_t offset = 0; offset < size; offset++) {
+        d = table[slot(addr, port, (offset + ihash) % size)];
+        if (!d)
+            break;
+        if (lb_dest_eligible(d))
+            return d;
+    }
+    return NULL;
 }
 
 #define LB_SCHED(name) extern const struct lb_sched_ops lb_sched_##name;

@@ -14,8 +14,8 @@
  * The reply tuple. A method that sees the real server's replies (xmit_out != NULL) gives each of
  * its connections a second key, (proto, RIP, RPORT) -> (oaddr, oport): the real server's
  * address and port (the destination's) towards the address and port the method makes it
- * answer to, chosen by conn_bind (FULLNAT: a local address and port; NAT would choose the
- * client's own, CIP:CPORT). The connection table hashes it; replies and ICMP errors from the
+ * answer to, chosen by conn_bind (FULLNAT: a local address and port; NAT: the client's own,
+ * CIP:CPORT). The connection table hashes it; replies and ICMP errors from the
  * real server's side find the connection by it (direction LB_DIR_OUT). A method without
  * xmit_out has no reply tuple, and its connections carry LB_CF_NOOUTPUT (the state machine's
  * INPUT-ONLY table).
@@ -63,13 +63,18 @@ struct lb_xmit_ops {
     /* Optional: the same for a connection recreated from a dump (lb_conn_restore): LB_OK or LB_E*. */
     int (*conn_restore)(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, const struct lb_conn_info *ci,
                         uint64_t now_ms, struct lb_conn_bind *b);
-    /* Optional: drop the reference conn_bind/conn_restore took (the connection's xmit_priv). */
-    void (*release)(lb_t *lb, void *priv);
+    /* Optional: drop what conn_bind/conn_restore took (b: what it filled, or the connection's
+     * reply tuple and xmit_priv; proto and d: the connection's), when the connection goes or was
+     * never created. */
+    void (*release)(lb_t *lb, uint8_t proto, const struct lb_dest *d, const struct lb_conn_bind *b);
     /* Optional: the method's fields of a dump entry (FULLNAT: laddr, lport). */
     void (*conn_dump)(const struct lb_conn *c, struct lb_conn_info *o);
     /* Optional: free the method's per-service state, s->xmit_data[its enum lb_fwd value] (FULLNAT:
      * the local address pool), when the service goes. The method creates it when first needed. */
     void (*svc_done)(lb_t *lb, struct lb_svc *s);
+    /* Optional: free the method's instance-wide state, lb->xmit_state[its enum lb_fwd value], when
+     * the instance goes (after every connection and service). */
+    void (*done)(lb_t *lb);
 };
 
 #define LB_XMIT(fwd, name) extern const struct lb_xmit_ops lb_xmit_##name;

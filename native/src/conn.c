@@ -8,14 +8,31 @@
  * method chose: FULLNAT's local address); chain links carry the direction in
  * their low bit. No allocation happens on the packet path.
  *
- * Expiry is exact, as with kernel timers: every live entry has a key in an
- * indexed min-heap, and lb_conn_tick() (run at the start of every lb_process
- * and lb_expire) releases each entry whose time has come, in expiry order,
- * connections before templates at equal times. Packets only push an entry's
- * expiry later, so they just write expires_ms and leave the heap alone; a key
- * found early when it reaches the top is refreshed in place. Only a state
+ * Buckets: unless lb_config names a count, the next power of two >= conn_max
+ * (at least LB_HASH_BUCKETS_MIN): a full table has at most one IN link per
+ * bucket on average (two with reply tuples), so a lookup reads the bucket and
+ * about one entry whatever the table's size, for 4 to 8 bytes per entry.
+ *
+ * Expiry is exact, as with kernel timers: every live entry has a key in one of
+ * two indexed min-heaps, and lb_conn_tick() (run at the start of every
+ * lb_process and lb_expire) releases each entry whose time has come, in expiry
+ * order, connections before templates at equal times. Packets only push an
+ * entry's expiry later, so they just write expires_ms and leave the heap alone;
+ * a key found early when it reaches the top is refreshed in place. Only a state
  * change that shortens the timeout moves a key earlier. So an established
- * flow's packets never touch the heap.
+ * flow's packets never touch a heap.
+ *
+ * The two heaps split the entries by what early drop may take: LB_EXP_DROP holds
+ * the half-open and finished TCP connections (lb_conn_droppable), LB_EXP_KEEP the
+ * rest. When the table is full and a packet needs a new entry, the droppable
+ * entry that expires first (the older at equal times) is released to make room,
+ * in O(log n): a SYN flood replaces its own oldest entries instead of locking
+ * real clients out (kernel IPVS's drop_entry defence and conntrack's early_drop,
+ * docs/fastpath.md). Both heaps live in one array of conn_max elements, one
+ * growing from each end.
+ *
+ * Change marks (dirty, dirty_sum) record which slots a snapshot must rewrite:
+ * lbd saves what changed every 2 s and the whole table only rarely.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -36,21 +53,30 @@ static inline uint32_t conn_bucket(const lb_t *lb, const struct lb_conn *c, int 
 int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg)
 {
     uint32_t max = cfg && cfg->conn_max ? cfg->conn_max : LB_DEFAULT_CONN_MAX;
-    uint32_t buckets = cfg && cfg->hash_buckets ? cfg->hash_buckets : LB_DEFAULT_HASH_BUCKETS;
     uint16_t pmin = cfg && cfg->lport_min ? cfg->lport_min : LB_DEFAULT_LPORT_MIN;
     uint16_t pmax = cfg && cfg->lport_max ? cfg->lport_max : LB_DEFAULT_LPORT_MAX;
-    if (max > LB_CONN_MAX_LIMIT || buckets == 0 || (buckets & (buckets - 1)) != 0 || pmin > pmax)
+    if (max > LB_CONN_MAX_LIMIT || pmin > pmax)
         return LB_EINVAL;
+    uint32_t buckets = cfg && cfg->hash_buckets ? cfg->hash_buckets : LB_HASH_BUCKETS_MIN;
+    if (!(cfg && cfg->hash_buckets))
+        while (buckets < max)
+            buckets <<= 1; /* max <= 2^30 - 1: no overflow */
+    if (buckets == 0 || (buckets & (buckets - 1)) != 0)
+        return LB_EINVAL;
+    size_t words = ((size_t)max + 1 + 63) / 64;
     /* calloc: the whole pool starts zeroed; pages are only touched when used. */
     lb->conns = calloc((size_t)max + 1, sizeof(*lb->conns));
     lb->buckets = calloc(buckets, sizeof(*lb->buckets));
-    lb->exp_heap = calloc((size_t)max + 1, sizeof(*lb->exp_heap));
+    lb->exp_heap = calloc(max, sizeof(*lb->exp_heap));
     lb->exp_pos = calloc((size_t)max + 1, sizeof(*lb->exp_pos));
-    if (!lb->conns || !lb->buckets || !lb->exp_heap || !lb->exp_pos) {
+    lb->dirty = calloc(words, sizeof(*lb->dirty));
+    lb->dirty_sum = calloc((words + 63) / 64, sizeof(*lb->dirty_sum));
+    if (!lb->conns || !lb->buckets || !lb->exp_heap || !lb->exp_pos || !lb->dirty || !lb->dirty_sum) {
         lb_conn_table_free(lb);
         return LB_ENOMEM;
     }
     lb->conn_max = max;
+    lb->exp_cap = max;
     lb->hash_mask = buckets - 1;
     lb->hwm = 1;
     lb->exp_next_ms = UINT64_MAX;
@@ -77,87 +103,119 @@ void lb_conn_table_free(lb_t *lb)
     free(lb->buckets);
     free(lb->exp_heap);
     free(lb->exp_pos);
+    free(lb->dirty);
+    free(lb->dirty_sum);
     lb->conns = NULL;
     lb->buckets = NULL;
     lb->exp_heap = NULL;
     lb->exp_pos = NULL;
+    lb->dirty = NULL;
+    lb->dirty_sum = NULL;
 }
 
-/* ---------------------------------------------------------------- expiry heap */
+/* ---------------------------------------------------------------- expiry heaps */
 
+#define EXP_POS_HEAP 0x80000000u
+
+/* Element i of heap h: LB_EXP_KEEP counts from the front of the shared array, LB_EXP_DROP from the
+ * back. exp_len[0] + exp_len[1] <= exp_cap (one element per live entry) keeps them apart. */
+static inline struct lb_exp *exp_at(lb_t *lb, int h, uint32_t i)
+{
+    return h ? &lb->exp_heap[lb->exp_cap - 1 - i] : &lb->exp_heap[i];
+}
+
+/* Order: deadline, then connections before templates, then creation (31-bit serials compared
+ * modulo 2^31, so the order survives the counter's wrap for entries created within 2^30 of each
+ * other). */
 static inline int exp_less(const struct lb_exp *a, const struct lb_exp *b)
 {
-    return a->due_ms < b->due_ms || (a->due_ms == b->due_ms && a->tmpl < b->tmpl);
+    if (a->due_ms != b->due_ms)
+        return a->due_ms < b->due_ms;
+    if ((a->ord ^ b->ord) & LB_EXP_TMPL)
+        return !(a->ord & LB_EXP_TMPL);
+    return (int32_t)((a->ord - b->ord) << 1) < 0;
 }
 
-static inline void exp_place(lb_t *lb, uint32_t i, struct lb_exp e)
+static inline void exp_update_next(lb_t *lb)
 {
-    lb->exp_heap[i] = e;
-    lb->exp_pos[e.slot] = i + 1;
-    if (i == 0)
-        lb->exp_next_ms = e.due_ms;
+    uint64_t a = lb->exp_len[0] ? exp_at(lb, 0, 0)->due_ms : UINT64_MAX;
+    uint64_t b = lb->exp_len[1] ? exp_at(lb, 1, 0)->due_ms : UINT64_MAX;
+    lb->exp_next_ms = a < b ? a : b;
+}
+
+static inline void exp_place(lb_t *lb, int h, uint32_t i, struct lb_exp e)
+{
+    *exp_at(lb, h, i) = e;
+    lb->exp_pos[e.slot] = (h ? EXP_POS_HEAP : 0) | (i + 1);
 }
 
 /* Move e up from the hole at i (its slot's entry goes where the order puts it). */
-static void exp_sift_up_from(lb_t *lb, uint32_t i, struct lb_exp e)
+static void exp_sift_up_from(lb_t *lb, int h, uint32_t i, struct lb_exp e)
 {
     while (i > 0) {
         uint32_t parent = (i - 1) / 2;
-        if (!exp_less(&e, &lb->exp_heap[parent]))
+        const struct lb_exp *pe = exp_at(lb, h, parent);
+        if (!exp_less(&e, pe))
             break;
-        exp_place(lb, i, lb->exp_heap[parent]);
+        exp_place(lb, h, i, *pe);
         i = parent;
     }
-    exp_place(lb, i, e);
+    exp_place(lb, h, i, e);
 }
 
-static void exp_sift_up(lb_t *lb, uint32_t i)
+static void exp_sift_down(lb_t *lb, int h, uint32_t i)
 {
-    exp_sift_up_from(lb, i, lb->exp_heap[i]);
-}
-
-static void exp_sift_down(lb_t *lb, uint32_t i)
-{
-    struct lb_exp e = lb->exp_heap[i];
-    uint32_t n = lb->exp_len;
+    struct lb_exp e = *exp_at(lb, h, i);
+    uint32_t n = lb->exp_len[h];
     for (;;) {
         uint32_t l = 2 * i + 1, r = l + 1, m = l;
         if (l >= n)
             break;
-        if (r < n && exp_less(&lb->exp_heap[r], &lb->exp_heap[l]))
+        if (r < n && exp_less(exp_at(lb, h, r), exp_at(lb, h, l)))
             m = r;
-        if (!exp_less(&lb->exp_heap[m], &e))
+        if (!exp_less(exp_at(lb, h, m), &e))
             break;
-        exp_place(lb, i, lb->exp_heap[m]);
+        exp_place(lb, h, i, *exp_at(lb, h, m));
         i = m;
     }
-    exp_place(lb, i, e);
+    exp_place(lb, h, i, e);
+}
+
+static void exp_push_elem(lb_t *lb, int h, struct lb_exp e)
+{
+    exp_sift_up_from(lb, h, lb->exp_len[h]++, e);
+    exp_update_next(lb);
 }
 
 static void exp_push(lb_t *lb, uint32_t slot)
 {
     const struct lb_conn *c = &lb->conns[slot];
-    struct lb_exp e = {c->expires_ms, slot, (c->flags & LB_CF_TEMPLATE) ? 1u : 0u};
-    exp_sift_up_from(lb, lb->exp_len++, e);
+    uint32_t ord = ((c->flags & LB_CF_TEMPLATE) ? LB_EXP_TMPL : 0) | (lb->conn_serial++ & ~LB_EXP_TMPL);
+    struct lb_exp e = {c->expires_ms, slot, ord};
+    exp_push_elem(lb, lb_conn_droppable(c) ? LB_EXP_DROP : LB_EXP_KEEP, e);
 }
 
-static void exp_remove(lb_t *lb, uint32_t slot)
+/* Take slot's element out of its heap; returns it (slot 0 when it had none). */
+static struct lb_exp exp_remove(lb_t *lb, uint32_t slot)
 {
+    struct lb_exp gone = {0, 0, 0};
     uint32_t pos = lb->exp_pos[slot];
     if (!pos)
-        return;
-    uint32_t i = pos - 1;
+        return gone;
+    int h = (pos & EXP_POS_HEAP) ? 1 : 0;
+    uint32_t i = (pos & ~EXP_POS_HEAP) - 1;
+    gone = *exp_at(lb, h, i);
     lb->exp_pos[slot] = 0;
-    if (--lb->exp_len == i) {
-        if (i == 0)
-            lb->exp_next_ms = UINT64_MAX;
-        return;
+    uint32_t last = --lb->exp_len[h];
+    if (last != i) {
+        /* Move the last element into the hole, then restore the order around it. */
+        struct lb_exp moved = *exp_at(lb, h, last);
+        exp_sift_up_from(lb, h, i, moved);
+        uint32_t mp = lb->exp_pos[moved.slot];
+        exp_sift_down(lb, h, (mp & ~EXP_POS_HEAP) - 1);
     }
-    /* Move the last element into the hole, then restore the order around it. */
-    uint32_t moved = lb->exp_heap[lb->exp_len].slot;
-    exp_place(lb, i, lb->exp_heap[lb->exp_len]);
-    exp_sift_up(lb, i);
-    exp_sift_down(lb, lb->exp_pos[moved] - 1);
+    exp_update_next(lb);
+    return gone;
 }
 
 /* Set slot's key to its entry's current expires_ms (later or earlier). */
@@ -166,22 +224,39 @@ static void exp_rekey(lb_t *lb, uint32_t slot)
     uint32_t pos = lb->exp_pos[slot];
     if (!pos)
         return;
-    uint32_t i = pos - 1;
-    uint64_t old = lb->exp_heap[i].due_ms;
-    lb->exp_heap[i].due_ms = lb->conns[slot].expires_ms;
-    lb->exp_heap[i].tmpl = (lb->conns[slot].flags & LB_CF_TEMPLATE) ? 1u : 0u;
-    if (lb->exp_heap[i].due_ms < old)
-        exp_sift_up(lb, i);
+    int h = (pos & EXP_POS_HEAP) ? 1 : 0;
+    uint32_t i = (pos & ~EXP_POS_HEAP) - 1;
+    struct lb_exp *e = exp_at(lb, h, i);
+    uint64_t old = e->due_ms;
+    e->due_ms = lb->conns[slot].expires_ms;
+    if (e->due_ms < old)
+        exp_sift_up_from(lb, h, i, *e);
     else
-        exp_sift_down(lb, i);
+        exp_sift_down(lb, h, i);
+    exp_update_next(lb);
 }
 
 void lb_conn_expiry_earlier(lb_t *lb, struct lb_conn *c)
 {
     uint32_t slot = (uint32_t)(c - lb->conns);
     uint32_t pos = lb->exp_pos[slot];
-    if (pos && c->expires_ms < lb->exp_heap[pos - 1].due_ms)
+    lb_conn_dirty(lb, slot);
+    if (pos && c->expires_ms < exp_at(lb, (pos & EXP_POS_HEAP) ? 1 : 0, (pos & ~EXP_POS_HEAP) - 1)->due_ms)
         exp_rekey(lb, slot);
+}
+
+void lb_conn_changed(lb_t *lb, struct lb_conn *c)
+{
+    uint32_t slot = (uint32_t)(c - lb->conns);
+    uint32_t pos = lb->exp_pos[slot];
+    lb_conn_dirty(lb, slot);
+    if (!pos)
+        return;
+    int want = lb_conn_droppable(c) ? LB_EXP_DROP : LB_EXP_KEEP;
+    if (((pos & EXP_POS_HEAP) ? 1 : 0) == want)
+        return;
+    struct lb_exp e = exp_remove(lb, slot); /* keeps its key and creation order */
+    exp_push_elem(lb, want, e);
 }
 
 static void chain_insert(lb_t *lb, uint32_t slot, int dir)
@@ -215,8 +290,10 @@ static void conn_release(lb_t *lb, uint32_t idx)
             lb->conns[c->ctl].n_control--; /* templates outlive the connections they control */
         if (m->xmit_out)
             chain_remove(lb, idx, LB_DIR_OUT); /* needs c->dest: remove before unbinding */
-        if (m->release)
-            m->release(lb, c->xmit_priv);
+        if (m->release) {
+            struct lb_conn_bind b = {c->oaddr_n, c->oport, c->xmit_priv};
+            m->release(lb, c->proto, c->dest, &b);
+        }
     }
     if (c->flags & LB_CF_SYNPROXY)
         lb_sp_release(lb, idx);
@@ -226,6 +303,7 @@ static void conn_release(lb_t *lb, uint32_t idx)
     c->hnext[0] = lb->free_head;
     lb->free_head = idx;
     lb->conn_count--;
+    lb_conn_dirty(lb, idx);
 }
 
 void lb_conn_expire_now(lb_t *lb, struct lb_conn *c)
@@ -233,10 +311,21 @@ void lb_conn_expire_now(lb_t *lb, struct lb_conn *c)
     conn_release(lb, (uint32_t)(c - lb->conns));
 }
 
+/* The heap whose top comes first (-1: both empty). */
+static int exp_first_heap(lb_t *lb)
+{
+    if (!lb->exp_len[LB_EXP_DROP])
+        return lb->exp_len[LB_EXP_KEEP] ? LB_EXP_KEEP : -1;
+    if (!lb->exp_len[LB_EXP_KEEP])
+        return LB_EXP_DROP;
+    return exp_less(exp_at(lb, LB_EXP_DROP, 0), exp_at(lb, LB_EXP_KEEP, 0)) ? LB_EXP_DROP : LB_EXP_KEEP;
+}
+
 void lb_conn_tick(lb_t *lb, uint64_t now_ms)
 {
-    while (lb->exp_len && lb->exp_heap[0].due_ms <= now_ms) {
-        struct lb_exp top = lb->exp_heap[0];
+    while (lb->exp_next_ms <= now_ms) {
+        int h = exp_first_heap(lb);
+        struct lb_exp top = *exp_at(lb, h, 0);
         struct lb_conn *c = &lb->conns[top.slot];
         if (c->expires_ms > top.due_ms) {
             exp_rekey(lb, top.slot); /* the key lagged: packets pushed the expiry later */
@@ -246,10 +335,29 @@ void lb_conn_tick(lb_t *lb, uint64_t now_ms)
             /* IPVS: a template controlling connections does not expire; its timer restarts. */
             c->expires_ms = top.due_ms + c->tmpl_timeout_ms;
             exp_rekey(lb, top.slot);
+            lb_conn_dirty(lb, top.slot);
             continue;
         }
         conn_release(lb, top.slot);
     }
+}
+
+/* Early drop: release the droppable entry that expires first (the older at equal times). Its key
+ * may lag (packets pushed its expiry later): refreshed until the top's key is its expiry, the top is
+ * the true first (every other key is at most its entry's expiry). Returns 1 if one went. */
+static int conn_early_drop(lb_t *lb)
+{
+    while (lb->exp_len[LB_EXP_DROP]) {
+        struct lb_exp top = *exp_at(lb, LB_EXP_DROP, 0);
+        if (lb->conns[top.slot].expires_ms > top.due_ms) {
+            exp_rekey(lb, top.slot);
+            continue;
+        }
+        conn_release(lb, top.slot);
+        lb->early_drops++;
+        return 1;
+    }
+    return 0;
 }
 
 struct lb_conn *lb_conn_lookup(lb_t *lb, uint8_t proto, uint32_t saddr, uint16_t sport,
@@ -276,10 +384,13 @@ struct lb_conn *lb_tmpl_lookup(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t 
     return NULL;
 }
 
-/* A zeroed slot from the free list or the never-used tail; NULL when the table is full. */
-static struct lb_conn *conn_alloc(lb_t *lb)
+/* A zeroed slot from the free list or the never-used tail; when the table is full and the caller
+ * is a packet (may_evict), the slot early drop frees; NULL when there is none. */
+static struct lb_conn *conn_alloc(lb_t *lb, int may_evict)
 {
     uint32_t idx;
+    if (lb->conn_count >= lb->conn_max && !(may_evict && conn_early_drop(lb)))
+        return NULL;
     if (lb->free_head) {
         idx = lb->free_head;
         lb->free_head = lb->conns[idx].hnext[0];
@@ -294,9 +405,9 @@ static struct lb_conn *conn_alloc(lb_t *lb)
 }
 
 struct lb_conn *lb_tmpl_new(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vaddr, uint16_t vport,
-                            struct lb_dest *dest, uint32_t timeout_ms, uint64_t now_ms)
+                            struct lb_dest *dest, uint32_t timeout_ms, uint64_t now_ms, int may_evict)
 {
-    struct lb_conn *t = conn_alloc(lb);
+    struct lb_conn *t = conn_alloc(lb, may_evict);
     if (!t)
         return NULL;
     uint32_t idx = (uint32_t)(t - lb->conns);
@@ -312,6 +423,7 @@ struct lb_conn *lb_tmpl_new(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vad
     chain_insert(lb, idx, LB_DIR_IN);
     exp_push(lb, idx);
     lb->conn_count++;
+    lb_conn_dirty(lb, idx);
     return t;
 }
 
@@ -323,9 +435,9 @@ void lb_tmpl_invalidate(lb_t *lb, struct lb_conn *t)
 }
 
 struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *dest, const struct lb_conn_bind *b,
-                            uint64_t now_ms)
+                            uint64_t now_ms, int may_evict)
 {
-    struct lb_conn *c = conn_alloc(lb);
+    struct lb_conn *c = conn_alloc(lb, may_evict);
     if (!c)
         return NULL;
     uint32_t idx = (uint32_t)(c - lb->conns);
@@ -352,6 +464,7 @@ struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *de
         chain_insert(lb, idx, LB_DIR_OUT);
     exp_push(lb, idx);
     lb->conn_count++;
+    lb_conn_dirty(lb, idx);
     return c;
 }
 
@@ -384,6 +497,33 @@ uint32_t lb_conn_count(lb_t *lb)
 uint32_t lb_conn_max(lb_t *lb) { return lb->conn_max; }
 uint32_t lb_hash_buckets(lb_t *lb) { return lb->hash_mask + 1; }
 
+/* Fill o from the live entry in slot i. */
+static void conn_info(const lb_t *lb, uint32_t i, uint64_t now_ms, struct lb_conn_info *o)
+{
+    const struct lb_conn *c = &lb->conns[i];
+    memset(o, 0, sizeof(*o));
+    o->slot = i;
+    o->proto = c->proto;
+    o->state = c->state;
+    o->flags = c->flags & (LB_CONN_F_INACTIVE | LB_CONN_F_NOOUTPUT | LB_CONN_F_TOA_DONE | LB_CONN_F_TEMPLATE |
+                           LB_CONN_F_SYNPROXY | LB_CONN_F_ASSURED);
+    o->caddr = lb_ntohl(c->caddr);
+    o->cport = lb_ntohs(c->cport);
+    o->vaddr = lb_ntohl(c->vaddr);
+    o->vport = lb_ntohs(c->vport);
+    o->daddr = c->dest ? c->dest->conf.addr : 0;
+    o->dport = c->dest ? c->dest->conf.port : 0;
+    if (!(c->flags & LB_CF_TEMPLATE) && lb_conn_xmit(c)->conn_dump)
+        lb_conn_xmit(c)->conn_dump(c, o); /* the method's fields (FULLNAT: laddr, lport) */
+    o->expires_in_ms = (int64_t)(c->expires_ms - now_ms);
+}
+
+static inline int conn_live(const lb_t *lb, uint32_t i, uint64_t now_ms)
+{
+    const struct lb_conn *c = &lb->conns[i];
+    return (c->flags & LB_CF_USED) && now_ms < c->expires_ms;
+}
+
 int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor)
 {
     if (!out || !cursor)
@@ -391,27 +531,72 @@ int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t c
     pthread_mutex_lock(&lb->lock);
     uint32_t n = 0;
     uint32_t i = *cursor ? *cursor : 1;
-    for (; i < lb->hwm && n < cap; i++) {
-        const struct lb_conn *c = &lb->conns[i];
-        if (!(c->flags & LB_CF_USED) || now_ms >= c->expires_ms)
-            continue;
-        struct lb_conn_info *o = &out[n++];
-        memset(o, 0, sizeof(*o));
-        o->proto = c->proto;
-        o->state = c->state;
-        o->flags = c->flags & (LB_CONN_F_INACTIVE | LB_CONN_F_NOOUTPUT | LB_CONN_F_TOA_DONE | LB_CONN_F_TEMPLATE |
-                               LB_CONN_F_SYNPROXY | LB_CONN_F_ASSURED);
-        o->caddr = lb_ntohl(c->caddr);
-        o->cport = lb_ntohs(c->cport);
-        o->vaddr = lb_ntohl(c->vaddr);
-        o->vport = lb_ntohs(c->vport);
-        o->daddr = c->dest ? c->dest->conf.addr : 0;
-        o->dport = c->dest ? c->dest->conf.port : 0;
-        if (!(c->flags & LB_CF_TEMPLATE) && lb_conn_xmit(c)->conn_dump)
-            lb_conn_xmit(c)->conn_dump(c, o); /* the method's fields (FULLNAT: laddr, lport) */
-        o->expires_in_ms = (int64_t)(c->expires_ms - now_ms);
-    }
+    for (; i < lb->hwm && n < cap; i++)
+        if (conn_live(lb, i, now_ms))
+            conn_info(lb, i, now_ms, &out[n++]);
     *cursor = i;
     pthread_mutex_unlock(&lb->lock);
     return (int)n;
+}
+
+int lb_conn_dump_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor)
+{
+    if (!out || !cursor || cap < 64)
+        return LB_EINVAL; /* room for one word's slots at least: a word is reported whole */
+    pthread_mutex_lock(&lb->lock);
+    uint32_t n = 0;
+    uint32_t words = (lb->conn_max + 1 + 63) / 64;
+    uint32_t w = *cursor / 64; /* the cursor is always a word boundary (a word is reported whole) */
+    while (w < words && n + 64 <= cap) {
+        uint64_t sum = lb->dirty_sum[w / 64] >> (w % 64);
+        if (!sum) {
+            w = (w / 64 + 1) * 64; /* nothing marked in the rest of this group of 64 words */
+            continue;
+        }
+        w += (uint32_t)__builtin_ctzll(sum);
+        if (w >= words)
+            break;
+        uint64_t bits = lb->dirty[w];
+        lb->dirty[w] = 0;
+        lb->dirty_sum[w / 64] &= ~(1ull << (w % 64));
+        while (bits) {
+            uint32_t slot = w * 64 + (uint32_t)__builtin_ctzll(bits);
+            bits &= bits - 1;
+            if (slot == 0)
+                continue;
+            if (conn_live(lb, slot, now_ms)) {
+                conn_info(lb, slot, now_ms, &out[n++]);
+            } else {
+                memset(&out[n], 0, sizeof(out[n])); /* gone (or dead, soon reaped): proto 0 */
+                out[n++].slot = slot;
+            }
+        }
+        w++;
+    }
+    *cursor = w < words ? w * 64 : 0; /* 0: the pass is complete */
+    pthread_mutex_unlock(&lb->lock);
+    return (int)n;
+}
+
+void lb_conn_changes_reset(lb_t *lb)
+{
+    pthread_mutex_lock(&lb->lock);
+    uint32_t words = (lb->conn_max + 1 + 63) / 64;
+    memset(lb->dirty, 0, (size_t)words * sizeof(*lb->dirty));
+    memset(lb->dirty_sum, 0, (size_t)((words + 63) / 64) * sizeof(*lb->dirty_sum));
+    pthread_mutex_unlock(&lb->lock);
+}
+
+void lb_conn_stats(lb_t *lb, struct lb_conn_stats *out)
+{
+    if (!out)
+        return;
+    pthread_mutex_lock(&lb->lock);
+    memset(out, 0, sizeof(*out));
+    out->entries = lb->conn_count;
+    out->max = lb->conn_max;
+    out->buckets = lb->hash_mask + 1;
+    out->droppable = lb->exp_len[LB_EXP_DROP];
+    out->early_drops = lb->early_drops;
+    pthread_mutex_unlock(&lb->lock);
 }

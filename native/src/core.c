@@ -34,6 +34,9 @@ void lb_free(lb_t *lb)
     lb_conn_flush(lb);
     lb_clear(lb);
     lb_sp_free(lb);
+    for (int i = 0; i < LB_XMIT_MAX; i++)
+        if (lb_xmit_methods[i] && lb_xmit_methods[i]->done)
+            lb_xmit_methods[i]->done(lb);
     /* After the flush no connection references a destination: trash is empty. */
     free(lb->svcs);
     lb_conn_table_free(lb);
@@ -79,7 +82,7 @@ static struct lb_dest *schedule_persist(lb_t *lb, const struct lb_pkt *p, struct
         d = s->sched->schedule(s, p);
         if (!d)
             return NULL;
-        t = lb_tmpl_new(lb, p->proto, snet, p->daddr, p->dport, d, s->conf.persist_timeout_s * 1000, now_ms);
+        t = lb_tmpl_new(lb, p->proto, snet, p->daddr, p->dport, d, s->conf.persist_timeout_s * 1000, now_ms, 1);
         if (!t) {
             *table_full = 1;
             return NULL;
@@ -133,10 +136,10 @@ struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc
             return NULL;
         }
     }
-    struct lb_conn *c = lb_conn_new(lb, p, d, &b, now_ms);
+    struct lb_conn *c = lb_conn_new(lb, p, d, &b, now_ms, 1);
     if (!c) {
         if (m->release)
-            m->release(lb, b.priv);
+            m->release(lb, p->proto, d, &b);
         act->verdict = LB_V_DROP;
         *reason = LB_R_TABLE_FULL;
         return NULL;
@@ -226,7 +229,7 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint
     }
 
     int dir = LB_DIR_IN;
-    struct lb_conn *c = lb_conn_lookup_key(lb, p.proto, p.addrs, p.ports, now_ms, &dir);
+    struct lb_conn *c = lb_conn_lookup_key(lb, p.proto, p.addrs, p.ports, now_ms, &dir, 1);
     if (LB_UNLIKELY(p.tcp_flags & LB_TCP_SYN) && c && dir == LB_DIR_IN && p.proto == LB_PROTO_TCP &&
         reusable_state(c->state)) {
         /* conn_reuse_mode=1 (is_new_conn: any SYN): a SYN on a closing entry starts a new connection. */
@@ -319,7 +322,7 @@ uint32_t lb_path_mtu(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms
     if (!lb || !pkt || lb_parse_inline(pkt, len, &p) != LB_R_FORWARDED)
         return 0;
     int dir = LB_DIR_IN;
-    const struct lb_conn *c = lb_conn_lookup_key(lb, p.proto, p.addrs, p.ports, now_ms, &dir);
+    const struct lb_conn *c = lb_conn_lookup_key(lb, p.proto, p.addrs, p.ports, now_ms, &dir, 0);
     if (!c || dir != LB_DIR_IN || !c->dest || !c->dest->fwd)
         return 0;
     uint32_t mtu = c->dest->fwd->conf.mtu ? c->dest->fwd->conf.mtu : 1500;

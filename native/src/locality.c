@@ -153,27 +153,5 @@ int lb_loc_is_overloaded(const struct lb_dest *d, const struct lb_svc *svc)
 
 struct lb_dest *lb_loc_least(const struct lb_svc *svc)
 {
-    uint32_t i = 0, n = svc->ndests;
-    struct lb_dest *least = NULL;
-    for (; i < n; i++) {
-        struct lb_dest *d = svc->dests[i];
-        if (!(d->flags & LB_DEST_F_OVERLOAD) && d->conf.weight > 0) {
-            least = d;
-            break;
-        }
-    }
-    if (!least)
-        return NULL;
-    int32_t loh = lb_dest_conn_overhead(least);
-    for (i++; i < n; i++) {
-        struct lb_dest *d = svc->dests[i];
-        if (d->flags & LB_DEST_F_OVERLOAD)
-            continue;
-        int32_t doh = lb_dest_conn_overhead(d);
-        if ((int64_t)loh * d->conf.weight > (int64_t)doh * least->conf.weight) {
-            least = d;
-            loh = doh;
-        }
-    }
-    return least;
+    return lb_sched_least_weighted(svc, lb_dest_conn_overhead64);
 }

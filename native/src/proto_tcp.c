@@ -132,6 +132,7 @@ void lb_conn_set_state(lb_t *lb, struct lb_conn *c, uint8_t new_state)
         }
         if (new_state == LB_S_ESTABLISHED)
             lb_conn_assure_template(lb, c);
+        c->state = new_state;
+        lb_conn_changed(lb, c); /* a snapshot shows the state; early drop may take it, or no longer */
     }
-    c->state = new_state;
 }

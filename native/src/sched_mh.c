@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "lb_sched.h"
+#include "lb_siphash.h"
 
 #define MH_TAB_SIZE ((uint32_t)LB_MH_TAB_SIZE)
 #define MH_BITMAP_WORDS ((MH_TAB_SIZE + 63) / 64)
@@ -49,40 +50,14 @@ struct mh_data {
     uint32_t setup_cap;
 };
 
-#define ROTL64(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                                               \
-    do {                                                                                                       \
-        v0 += v1;                                                                                              \
-        v1 = ROTL64(v1, 13);                                                                                   \
-        v1 ^= v0;                                                                                              \
-        v0 = ROTL64(v0, 32);                                                                                   \
-        v2 += v3;                                                                                              \
-        v3 = ROTL64(v3, 16);                                                                                   \
-        v3 ^= v2;                                                                                              \
-        v0 += v3;                                                                                              \
-        v3 = ROTL64(v3, 21);                                                                                   \
-        v3 ^= v0;                                                                                              \
-        v2 += v1;                                                                                              \
-        v1 = ROTL64(v1, 17);                                                                                   \
-        v1 ^= v2;                                                                                              \
-        v2 = ROTL64(v2, 32);                                                                                   \
-    } while (0)
-
 /* hsiphash(&x, 4, {key, key}) on x86_64: SipHash-1-3, the 4-byte message being x's little-endian
  * bytes, i.e. the final word (4 << 56) | x whatever this machine's byte order. */
 static uint32_t mh_hsiphash_u32(uint32_t x, uint64_t key)
 {
-    uint64_t v0 = 0x736f6d6570736575ull ^ key, v1 = 0x646f72616e646f6dull ^ key;
-    uint64_t v2 = 0x6c7967656e657261ull ^ key, v3 = 0x7465646279746573ull ^ key;
-    uint64_t b = ((uint64_t)4 << 56) | x;
-    v3 ^= b;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return (uint32_t)(v0 ^ v1 ^ v2 ^ v3);
+    struct lb_sip s;
+    lb_sip_init(&s, key, key);
+    lb_sip_compress(&s, ((uint64_t)4 << 56) | x, 1);
+    return (uint32_t)lb_sip_final(&s, 3);
 }
 
 /* ip_vs_mh_hashkey() for an IPv4 service: addr = ntohl(address), port in host order; the sum is
@@ -234,29 +209,18 @@ static int mh_upd_dest(struct lb_svc *svc, struct lb_dest *d LB_UNUSED)
     return LB_OK;
 }
 
+/* A client's entry at try `offset` (lb_hash_slot_fn): hash1 of the offset sum, mod the table size. */
+static inline uint32_t mh_slot(uint32_t addr, uint32_t port, uint32_t offset)
+{
+    return mh_hashkey(addr, port, LB_MH_HASH1_KEY, offset) % MH_TAB_SIZE;
+}
+
 static struct lb_dest *mh_schedule(struct lb_svc *svc, const struct lb_pkt *p)
 {
     const struct mh_data *mh = svc->sched_data;
     uint32_t flags = svc->conf.flags;
-    uint32_t addr = lb_ntohl(p->saddr);
     uint32_t port = (flags & LB_SVC_F_SCHED2) ? lb_sched_client_port(p) : 0;
-    uint32_t ihash = mh_hashkey(addr, port, LB_MH_HASH1_KEY, 0) % MH_TAB_SIZE;
-    struct lb_dest *d = mh->lookup[ihash];
-    if (!d)
-        return NULL;
-    if (lb_dest_eligible(d))
-        return d;
-    if (!(flags & LB_SVC_F_SCHED1))
-        return NULL;
-    for (uint32_t offset = 0; offset < MH_TAB_SIZE; offset++) {
-        uint32_t roffset = (offset + ihash) % MH_TAB_SIZE;
-        d = mh->lookup[mh_hashkey(addr, port, LB_MH_HASH1_KEY, roffset) % MH_TAB_SIZE];
-        if (!d)
-            break;
-        if (lb_dest_eligible(d))
-            return d;
-    }
-    return NULL;
+    return lb_sched_hash_pick(mh->lookup, MH_TAB_SIZE, mh_slot, lb_ntohl(p->saddr), port, flags & LB_SVC_F_SCHED1);
 }
 
 const struct lb_sched_ops lb_sched_mh = {

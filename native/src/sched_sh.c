@@ -87,25 +87,9 @@ static struct lb_dest *sh_schedule(struct lb_svc *svc, const struct lb_pkt *p)
 {
     const struct sh_data *sh = svc->sched_data;
     uint32_t flags = svc->conf.flags;
-    uint32_t addr = lb_ntohl(p->saddr);
     uint32_t port = (flags & LB_SVC_F_SCHED2) ? lb_sched_client_port(p) : 0;
-    uint32_t ihash = sh_hashkey(addr, port, 0);
-    struct lb_dest *d = sh->buckets[ihash];
-    if (!d)
-        return NULL;
-    if (lb_dest_eligible(d))
-        return d;
-    if (!(flags & LB_SVC_F_SCHED1))
-        return NULL;
-    for (uint32_t offset = 0; offset < SH_TAB_SIZE; offset++) {
-        uint32_t roffset = (offset + ihash) % SH_TAB_SIZE;
-        d = sh->buckets[sh_hashkey(addr, port, roffset)];
-        if (!d)
-            break;
-        if (lb_dest_eligible(d))
-            return d;
-    }
-    return NULL;
+    return lb_sched_hash_pick(sh->buckets, SH_TAB_SIZE, sh_hashkey, lb_ntohl(p->saddr), port,
+                              flags & LB_SVC_F_SCHED1);
 }
 
 const struct lb_sched_ops lb_sched_sh = {

@@ -12,28 +12,7 @@
 
 static struct lb_dest *wlc_schedule(struct lb_svc *svc, const struct lb_pkt *p LB_UNUSED)
 {
-    uint32_t i = 0, n = svc->ndests;
-    struct lb_dest *least = NULL;
-    for (; i < n; i++) {
-        if (lb_dest_eligible(svc->dests[i])) {
-            least = svc->dests[i];
-            break;
-        }
-    }
-    if (!least)
-        return NULL;
-    int64_t loh = lb_dest_conn_overhead(least);
-    for (i++; i < n; i++) {
-        struct lb_dest *d = svc->dests[i];
-        if (d->flags & LB_DEST_F_OVERLOAD)
-            continue;
-        int64_t doh = lb_dest_conn_overhead(d);
-        if (loh * d->conf.weight > doh * least->conf.weight) {
-            least = d;
-            loh = doh;
-        }
-    }
-    return least;
+    return lb_sched_least_weighted(svc, lb_dest_conn_overhead64);
 }
 
 const struct lb_sched_ops lb_sched_wlc = {

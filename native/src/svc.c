@@ -664,7 +664,7 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
             goto out;
         }
         struct lb_conn *t = lb_tmpl_new(lb, p.proto, p.saddr, p.daddr, p.dport, d,
-                                        s->conf.persist_timeout_s ? s->conf.persist_timeout_s * 1000 : 300000, now_ms);
+                                        s->conf.persist_timeout_s ? s->conf.persist_timeout_s * 1000 : 300000, now_ms, 0);
         if (!t) {
             err = LB_ENOSPC;
             goto out;
@@ -683,10 +683,10 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
     struct lb_conn_bind b = {0, 0, NULL};
     if (m->conn_restore && (err = m->conn_restore(lb, s, d, ci, now_ms, &b)) != LB_OK)
         goto out;
-    struct lb_conn *c = lb_conn_new(lb, &p, d, &b, now_ms);
+    struct lb_conn *c = lb_conn_new(lb, &p, d, &b, now_ms, 0);
     if (!c) {
         if (m->release)
-            m->release(lb, b.priv);
+            m->release(lb, p.proto, d, &b);
         err = LB_ENOSPC;
         goto out;
     }

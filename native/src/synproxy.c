@@ -32,6 +32,7 @@
 #include <sys/random.h>
 
 #include "lb_sched.h"
+#include "lb_siphash.h"
 #include "lb_xmit.h"
 
 #define SP_COOKIE_MAX_AGE_MIN 2u
@@ -42,52 +43,22 @@ static const uint16_t sp_msstab[4] = {536, 1300, 1440, 1460};
 
 /* ---------------------------------------------------------------- SipHash-2-4 */
 
-static inline uint64_t rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
-
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1;                                                                                  \
-        v1 = rotl(v1, 13);                                                                         \
-        v1 ^= v0;                                                                                  \
-        v0 = rotl(v0, 32);                                                                         \
-        v2 += v3;                                                                                  \
-        v3 = rotl(v3, 16);                                                                         \
-        v3 ^= v2;                                                                                  \
-        v0 += v3;                                                                                  \
-        v3 = rotl(v3, 21);                                                                         \
-        v3 ^= v0;                                                                                  \
-        v2 += v1;                                                                                  \
-        v1 = rotl(v1, 17);                                                                         \
-        v1 ^= v2;                                                                                  \
-        v2 = rotl(v2, 32);                                                                         \
-    } while (0)
-
+/* SipHash-2-4 of len bytes (lb_siphash.h: the rounds shared with sched_mh.c's hsiphash). */
 uint64_t lb_siphash(const uint64_t key[2], const uint8_t *data, size_t len)
 {
-    uint64_t v0 = 0x736f6d6570736575ull ^ key[0], v1 = 0x646f72616e646f6dull ^ key[1];
-    uint64_t v2 = 0x6c7967656e657261ull ^ key[0], v3 = 0x7465646279746573ull ^ key[1];
+    struct lb_sip s;
+    lb_sip_init(&s, key[0], key[1]);
     size_t i = 0;
     for (; i + 8 <= len; i += 8) {
         uint64_t m;
         memcpy(&m, data + i, 8);
-        v3 ^= m;
-        SIPROUND;
-        SIPROUND;
-        v0 ^= m;
+        lb_sip_compress(&s, m, 2);
     }
     uint64_t b = (uint64_t)len << 56;
     for (size_t j = 0; i + j < len; j++)
         b |= (uint64_t)data[i + j] << (8 * j);
-    v3 ^= b;
-    SIPROUND;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
+    lb_sip_compress(&s, b, 2);
+    return lb_sip_final(&s, 4);
 }
 
 /* ---------------------------------------------------------------- configuration */

@@ -23,20 +23,202 @@
  * RIP:rport -> LIP:lport), the reference each connection holds on its local address (a deleted
  * address lives on until its last connection goes), and the ICMP translation both ways.
  *
- * Local addresses: the pool is a ring; starting at the ring cursor, each address tries up to
- * LB_LPORT_PROBES ports from its own cursor (wrapping in lport_min..lport_max) and takes the
- * first whose reply tuple is not a live connection's; the ring cursor then moves past the
- * address used. An address's cursor starts at a seeded offset, so a restarted director does
- * not reuse the tuples its predecessor left in TIME_WAIT on the real servers.
+ * Local addresses: the pool is a ring; starting at the ring cursor, each address takes the first
+ * port at or after its own cursor (wrapping in lport_min..lport_max) whose reply tuple is not a
+ * live connection's, and its cursor moves past it; the ring cursor then moves past the address
+ * used. An address without a free port is passed over (its cursor stays). An address's cursor
+ * starts at a seeded offset, so a restarted director does not reuse the tuples its predecessor
+ * left in TIME_WAIT on the real servers.
+ *
+ * Which ports are taken is kept per (protocol, real server address and port, local address) in
+ * a two-level bitmap (struct lport_map: a bit per port, a bit per full word), created with the
+ * first connection of that tuple and freed with the last, in one hash per instance. So finding a
+ * free port, or finding there is none, costs a hash lookup and at most a few dozen word reads per
+ * local address, whatever the range and however full: a refused SYN costs about what an accepted
+ * one does (bench cost), exactly when an attacker exhausts the pool.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "lb_xmit.h"
 
-/* Local ports probed per local address before trying the next one. Bounds the work for one new
- * connection when the pool is nearly exhausted. */
-#define LB_LPORT_PROBES 4096u
+/* ---------------------------------------------------------------- taken ports */
+
+#define LPORT_WORDS 1024u        /* 65536 ports / 64 */
+#define LPORT_GROUPS 16u         /* LPORT_WORDS / 64 */
+
+/* The ports taken towards one real server from one local address. */
+struct lport_map {
+    struct lport_map *next;      /* hash chain */
+    uint32_t raddr_n, laddr_n;
+    uint16_t rport_n;
+    uint8_t proto;
+    uint32_t used;               /* bits set in `bits`; the map is freed at 0 */
+    uint64_t full[LPORT_GROUPS]; /* bit w: bits[w] is all ones */
+    uint64_t bits[LPORT_WORDS];  /* bit p: port p (host order) taken */
+};
+
+/* Every map of an instance (lb->xmit_state[LB_FWD_FULLNAT]), chained by a hash that doubles its
+ * buckets when the maps outnumber them. */
+struct lport_maps {
+    struct lport_map **buckets;
+    uint32_t mask;
+    uint32_t count;
+};
+
+static inline uint32_t lport_hash(uint8_t proto, uint32_t raddr_n, uint16_t rport_n, uint32_t laddr_n)
+{
+    uint64_t h = ((uint64_t)raddr_n << 32 | laddr_n) * 0x9E3779B97F4A7C15ull ^
+                 ((uint64_t)rport_n << 8 | proto) * 0xC2B2AE3D27D4EB4Full;
+    return (uint32_t)(h ^ (h >> 29) ^ (h >> 41));
+}
+
+static struct lport_map **lport_slot(struct lport_maps *ms, uint8_t proto, uint32_t raddr_n, uint16_t rport_n,
+                                     uint32_t laddr_n)
+{
+    struct lport_map **pp = &ms->buckets[lport_hash(proto, raddr_n, rport_n, laddr_n) & ms->mask];
+    while (*pp && !((*pp)->raddr_n == raddr_n && (*pp)->laddr_n == laddr_n && (*pp)->rport_n == rport_n &&
+                    (*pp)->proto == proto))
+        pp = &(*pp)->next;
+    return pp;
+}
+
+static struct lport_map *lport_find(lb_t *lb, uint8_t proto, const struct lb_dest *d, uint32_t laddr_n)
+{
+    struct lport_maps *ms = lb->xmit_state[LB_FWD_FULLNAT];
+    return ms ? *lport_slot(ms, proto, d->addr_n, d->port_n, laddr_n) : NULL;
+}
+
+static int lport_maps_grow(struct lport_maps *ms)
+{
+    uint32_t n = ms->buckets ? (ms->mask + 1) * 2 : 64;
+    struct lport_map **b = calloc(n, sizeof(*b));
+    if (!b)
+        return -1;
+    for (uint32_t i = 0; ms->buckets && i <= ms->mask; i++) {
+        struct lport_map *m = ms->buckets[i];
+        while (m) {
+            struct lport_map *next = m->next;
+            uint32_t h = lport_hash(m->proto, m->raddr_n, m->rport_n, m->laddr_n) & (n - 1);
+            m->next = b[h];
+            b[h] = m;
+            m = next;
+        }
+    }
+    free(ms->buckets);
+    ms->buckets = b;
+    ms->mask = n - 1;
+    return 0;
+}
+
+/* The map of the tuple, created empty if needed; NULL when memory runs out. */
+static struct lport_map *lport_get(lb_t *lb, uint8_t proto, const struct lb_dest *d, uint32_t laddr_n)
+{
+    struct lport_maps *ms = lb->xmit_state[LB_FWD_FULLNAT];
+    if (!ms) {
+        ms = calloc(1, sizeof(*ms));
+        if (!ms || lport_maps_grow(ms) < 0) {
+            free(ms);
+            return NULL;
+        }
+        lb->xmit_state[LB_FWD_FULLNAT] = ms;
+    }
+    struct lport_map **pp = lport_slot(ms, proto, d->addr_n, d->port_n, laddr_n);
+    if (*pp)
+        return *pp;
+    if (ms->count >= ms->mask + 1) {
+        if (lport_maps_grow(ms) < 0)
+            return NULL;
+        pp = lport_slot(ms, proto, d->addr_n, d->port_n, laddr_n);
+    }
+    struct lport_map *m = calloc(1, sizeof(*m));
+    if (!m)
+        return NULL;
+    m->raddr_n = d->addr_n;
+    m->rport_n = d->port_n;
+    m->laddr_n = laddr_n;
+    m->proto = proto;
+    *pp = m;
+    ms->count++;
+    return m;
+}
+
+static inline int lport_taken(const struct lport_map *m, uint32_t port)
+{
+    return m && ((m->bits[port >> 6] >> (port & 63)) & 1u);
+}
+
+static void lport_set(struct lport_map *m, uint32_t port)
+{
+    uint32_t w = port >> 6;
+    m->bits[w] |= 1ull << (port & 63);
+    if (m->bits[w] == ~0ull)
+        m->full[w >> 6] |= 1ull << (w & 63);
+    m->used++;
+}
+
+static void lport_clear(lb_t *lb, uint8_t proto, const struct lb_dest *d, uint32_t laddr_n, uint32_t port)
+{
+    struct lport_maps *ms = lb->xmit_state[LB_FWD_FULLNAT];
+    struct lport_map **pp = ms ? lport_slot(ms, proto, d->addr_n, d->port_n, laddr_n) : NULL;
+    struct lport_map *m = pp ? *pp : NULL;
+    if (!m || !lport_taken(m, port))
+        return;
+    uint32_t w = port >> 6;
+    m->bits[w] &= ~(1ull << (port & 63));
+    m->full[w >> 6] &= ~(1ull << (w & 63));
+    if (--m->used == 0) {
+        *pp = m->next;
+        ms->count--;
+        free(m);
+    }
+}
+
+/* The first port in from..to (host order, from <= to) not taken in m; -1 when every one is. At most
+ * LPORT_GROUPS summary words and two port words are read. */
+static int32_t lport_first_free(const struct lport_map *m, uint32_t from, uint32_t to)
+{
+    if (!m)
+        return (int32_t)from;
+    uint32_t w = from >> 6, last = to >> 6;
+    uint64_t free_bits = ~m->bits[w] & (~0ull << (from & 63));
+    while (!free_bits) {
+        if (++w > last)
+            return -1;
+        /* The next word that is not full, from the summary. */
+        uint32_t g = w >> 6;
+        uint64_t open = ~m->full[g] & (~0ull << (w & 63));
+        while (!open) {
+            if (++g >= LPORT_GROUPS || g * 64 > last)
+                return -1;
+            open = ~m->full[g];
+        }
+        w = g * 64 + (uint32_t)__builtin_ctzll(open);
+        if (w > last)
+            return -1;
+        free_bits = ~m->bits[w];
+    }
+    uint32_t port = w * 64 + (uint32_t)__builtin_ctzll(free_bits);
+    return port <= to ? (int32_t)port : -1;
+}
+
+static void fnat_done(lb_t *lb)
+{
+    struct lport_maps *ms = lb->xmit_state[LB_FWD_FULLNAT];
+    if (!ms)
+        return;
+    for (uint32_t i = 0; i <= ms->mask; i++) {
+        struct lport_map *m = ms->buckets[i];
+        while (m) {
+            struct lport_map *next = m->next;
+            free(m);
+            m = next;
+        }
+    }
+    free(ms->buckets);
+    free(ms);
+    lb->xmit_state[LB_FWD_FULLNAT] = NULL;
+}
 
 /* A local address of a service. Referenced by the service's pool and by every connection using
  * it (their xmit_priv); freed at zero references. */
@@ -160,7 +342,7 @@ static void mss_lower(uint8_t *o, const struct lb_pkt *p, uint16_t by)
     }
 }
 
-static int fnat_xmit_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
+static int fnat_xmit_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
                         uint32_t out_cap, struct lb_action *act)
 {
     const struct lb_dest *d = c->dest;
@@ -188,6 +370,7 @@ static int fnat_xmit_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_co
         if (n) {
             len = n;
             c->flags |= LB_CF_TOA_DONE;
+            lb_conn_dirty(lb, (uint32_t)(c - lb->conns));
         } else {
             reason = LB_R_TOA_NO_ROOM;
         }
@@ -256,31 +439,34 @@ static int fnat_icmp_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_c
 /* ---------------------------------------------------------------- connections */
 
 static int fnat_conn_bind(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, const struct lb_pkt *p,
-                          uint64_t now_ms, struct lb_conn_bind *b)
+                          uint64_t now_ms LB_UNUSED, struct lb_conn_bind *b)
 {
     struct fnat_svc *fs = fnat_of(s);
     uint32_t n = fs ? fs->n : 0;
-    uint32_t range = (uint32_t)lb->lport_max - lb->lport_min + 1;
-    uint32_t probes = range < LB_LPORT_PROBES ? range : LB_LPORT_PROBES;
     for (uint32_t k = 0; k < n; k++) {
         struct lb_laddr *la = fs->laddrs[(fs->rr + k) % n];
-        for (uint32_t t = 0; t < probes; t++) {
-            uint16_t port = la->next_port;
-            if (port < lb->lport_min || port > lb->lport_max)
-                port = lb->lport_min;
-            la->next_port = port == lb->lport_max ? lb->lport_min : (uint16_t)(port + 1);
-            uint16_t port_n = lb_htons(port);
-            /* Never reuse a live (proto, RIP, RPORT, LIP, LPORT) tuple. */
-            if (!lb_conn_lookup(lb, p->proto, d->addr_n, d->port_n, la->addr_n, port_n, now_ms, NULL)) {
-                fs->rr = (fs->rr + k + 1) % n;
-                la->refcnt++;
-                la->conns++;
-                b->oaddr_n = la->addr_n;
-                b->oport_n = port_n;
-                b->priv = la;
-                return LB_R_FORWARDED;
-            }
-        }
+        uint32_t start = la->next_port;
+        if (start < lb->lport_min || start > lb->lport_max)
+            start = lb->lport_min;
+        /* Never reuse a live (proto, RIP, RPORT, LIP, LPORT) tuple. */
+        const struct lport_map *taken = lport_find(lb, p->proto, d, la->addr_n);
+        int32_t port = lport_first_free(taken, start, lb->lport_max);
+        if (port < 0 && start > lb->lport_min)
+            port = lport_first_free(taken, lb->lport_min, start - 1);
+        if (port < 0)
+            continue; /* every port of this address is taken towards d */
+        struct lport_map *m = lport_get(lb, p->proto, d, la->addr_n);
+        if (!m)
+            return LB_R_NO_LADDR; /* out of memory: as good as exhausted */
+        lport_set(m, (uint32_t)port);
+        la->next_port = (uint16_t)(port == lb->lport_max ? lb->lport_min : port + 1);
+        fs->rr = (fs->rr + k + 1) % n;
+        la->refcnt++;
+        la->conns++;
+        b->oaddr_n = la->addr_n;
+        b->oport_n = lb_htons((uint16_t)port);
+        b->priv = la;
+        return LB_R_FORWARDED;
     }
     return LB_R_NO_LADDR;
 }
@@ -294,7 +480,7 @@ static int find_laddr_idx(const struct fnat_svc *fs, uint32_t addr)
 }
 
 static int fnat_conn_restore(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, const struct lb_conn_info *ci,
-                             uint64_t now_ms, struct lb_conn_bind *b)
+                             uint64_t now_ms LB_UNUSED, struct lb_conn_bind *b)
 {
     struct fnat_svc *fs = fnat_of(s);
     int i = find_laddr_idx(fs, ci->laddr);
@@ -302,8 +488,12 @@ static int fnat_conn_restore(lb_t *lb, struct lb_svc *s, const struct lb_dest *d
         return LB_ENOENT;
     struct lb_laddr *la = fs->laddrs[i];
     uint16_t port_n = lb_htons(ci->lport);
-    if (lb_conn_lookup(lb, ci->proto, d->addr_n, d->port_n, la->addr_n, port_n, now_ms, NULL))
+    if (lport_taken(lport_find(lb, ci->proto, d, la->addr_n), ci->lport))
         return LB_EEXIST;
+    struct lport_map *m = lport_get(lb, ci->proto, d, la->addr_n);
+    if (!m)
+        return LB_ENOMEM;
+    lport_set(m, ci->lport);
     la->refcnt++;
     la->conns++;
     b->oaddr_n = la->addr_n;
@@ -312,9 +502,10 @@ static int fnat_conn_restore(lb_t *lb, struct lb_svc *s, const struct lb_dest *d
     return LB_OK;
 }
 
-static void fnat_release(lb_t *lb LB_UNUSED, void *priv)
+static void fnat_release(lb_t *lb, uint8_t proto, const struct lb_dest *d, const struct lb_conn_bind *b)
 {
-    struct lb_laddr *la = priv;
+    struct lb_laddr *la = b->priv;
+    lport_clear(lb, proto, d, b->oaddr_n, lb_ntohs(b->oport_n));
     la->conns--;
     laddr_put(la);
 }
@@ -349,6 +540,7 @@ const struct lb_xmit_ops lb_xmit_fnat = {
     .release = fnat_release,
     .conn_dump = fnat_conn_dump,
     .svc_done = fnat_svc_done,
+    .done = fnat_done,
 };
 
 /* ---------------------------------------------------------------- the local address pool (DPVS -P/-Q) */

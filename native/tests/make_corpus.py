@@ -3,8 +3,9 @@
 Each file is one fuzzer input: byte 0 advances the harness clock (x 50 ms),
 the rest is an IPv4 packet aimed at the harness's standard configuration
 (VIP 10.0.0.100: TCP/UDP 80 DR, 81 IPIP, 82 FULLNAT with TOA, 83 FULLNAT
-with SYN-proxy, 84 DR with sh (TCP) and mh one-packet (UDP), 90 lblc, 91 lblcr,
-92 twos; FULLNAT real servers 10.1.0.11-12:80, local address 10.1.0.1). The
+with SYN-proxy, 84 DR with sh (TCP) and mh one-packet (UDP), 85 NAT to
+10.1.0.11-12:8080, 90 lblc, 91 lblcr, 92 twos; FULLNAT real servers
+10.1.0.11-12:80, local address 10.1.0.1). The
 harness also schedules every input on the 90-92 services whatever its
 destination address (lblc/lblcr key their caches on it). For `harness replay`,
 the same files are fed without byte 0
@@ -47,6 +48,24 @@ def seeds() -> dict[str, bytes]:
                                    / raw(IP(src=LIP, dst=RS) / TCP(sport=1024, dport=80))[:28])
     s["icmp_unreach_client"] = raw(IP(src=CLIENT, dst=VIP) / ICMP(type=3, code=3)
                                    / raw(IP(src=VIP, dst=CLIENT) / TCP(sport=80, dport=40000))[:28])
+    # NAT (VIP:85 -> RS:8080): the client's packets, the real server's replies to the client's own
+    # address (the reply tuple), ICMP errors both ways.
+    s["nat_syn"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=85, flags="S", options=opts))
+    s["nat_ack"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=85, flags="A", seq=1, ack=1))
+    s["nat_reply_synack"] = raw(IP(src=RS, dst=CLIENT) / TCP(sport=8080, dport=40000, flags="SA",
+                                                              options=[("MSS", 1460)]))
+    s["nat_reply_data"] = raw(IP(src=RS, dst=CLIENT) / TCP(sport=8080, dport=40000, flags="PA")
+                              / Raw(b"HTTP/1.1 200 OK\r\n"))
+    s["nat_reply_fin"] = raw(IP(src=RS, dst=CLIENT) / TCP(sport=8080, dport=40000, flags="FA"))
+    s["nat_reply_rst"] = raw(IP(src=RS, dst=CLIENT) / TCP(sport=8080, dport=40000, flags="R"))
+    s["nat_udp"] = raw(IP(src=CLIENT, dst=VIP) / UDP(sport=5353, dport=85) / Raw(b"x" * 32))
+    s["nat_udp_reply"] = raw(IP(src=RS, dst=CLIENT) / UDP(sport=8080, dport=5353) / Raw(b"y" * 32))
+    s["nat_udp_reply_nocsum"] = raw(IP(src=RS, dst=CLIENT) / UDP(sport=8080, dport=5353, chksum=0) / Raw(b"y" * 8))
+    s["nat_icmp_from_rs"] = raw(IP(src=RS, dst=CLIENT) / ICMP(type=3, code=3)
+                                / raw(IP(src=CLIENT, dst=RS) / UDP(sport=5353, dport=8080))[:28])
+    s["nat_icmp_from_client"] = raw(IP(src=CLIENT, dst=VIP) / ICMP(type=3, code=4, nexthopmtu=1400)
+                                    / raw(IP(src=VIP, dst=CLIENT) / TCP(sport=85, dport=40000))[:28])
+    s["nat_reply_ttl1"] = raw(IP(src=RS, dst=CLIENT, ttl=1) / TCP(sport=8080, dport=40000, flags="A"))
     s["icmp_echo"] = raw(IP(src=CLIENT, dst=VIP) / ICMP())
     s["ip_options"] = raw(IP(src=CLIENT, dst=VIP, options=b"\x94\x04\x00\x00") / TCP(sport=40001, dport=80, flags="S"))
     s["fragment_first"] = raw(IP(src=CLIENT, dst=VIP, flags="MF") / TCP(sport=40002, dport=80, flags="S"))

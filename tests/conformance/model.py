@@ -7,7 +7,9 @@ asserts both records are identical.
 
 Text in `rules` and in admin commands is a template: {vip} is the scenario's own virtual
 address, {vip2}..{vipN} its extra ones (Scenario.extra_vips, for what hashes the destination
-address), {rs1}..{rs4} the real servers, {c1}..{c44} the client's addresses. The same rendered
+address), {rs1}..{rs4} the real servers, {nrs1}..{nrs4} the same real servers' NAT addresses
+(they answer TCP and UDP on ports 80 and 8080 there and route their replies through the
+director: runner.spec()), {c1}..{c44} the client's addresses. The same rendered
 text goes to `ipvsadm` and to `lbadm`.
 
 Steps:

@@ -6,7 +6,8 @@ host whose kernel has ip_vs), as root:
 writes DIR/conformance.json (rewritten after every scenario: a timeout keeps what was played).
 
 Topology: the same namespace topology twice, one instance per system, with identical
-addresses (one /24: director .2, client .50-.93 (c1..c44), rs1..rs4 .11-.14, VIPs .100+i), built by
+addresses (one /24: director .2, client .50-.93 (c1..c44), rs1..rs4 .11-.14, VIPs .100+i; and a
+second segment for NAT, spec()), built by
 lb.testbed.topology; scenarios' extra VIPs (Scenario.extra_vips) come from a second /24 that the
 client routes through the director. Kernel IPVS lives in the first instance's director, lbd in the second's.
 Identical addresses make the rules text, the client flows (explicit source ports) and every
@@ -59,6 +60,9 @@ from conformance.traffic import Flow, RealServers, close_tcp, open_tcp, udp_exch
 from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
 
 SUBNET = "10.251.7.0/24"  # inside our namespaces only; fixed so that both instances are identical
+NAT_SUBNET = "10.251.9.0/24"  # the real servers' NAT addresses ({nrs1}..{nrs4}), same host indexes
+NAT_TABLE = 100  # the real servers' routing table for replies from their NAT addresses
+NAT_PORTS = (SERVICE_PORT, 8080)  # the real servers answer TCP and UDP on these ports of their NAT address
 EXTRA_VIP_NET = ipaddress.IPv4Network("10.251.8.0/24")  # extra VIPs (Scenario.extra_vips), also ours only
 DIRECTOR_INDEX = 2
 CLIENT_INDEXES = tuple(range(50, 50 + len(MANY_CLIENTS)))  # c1..c44: .50-.93
@@ -76,13 +80,20 @@ MODULES += ("ip_vs_dh", "ip_vs_mh")  # the hashing schedulers (sh above)
 
 
 def spec() -> TopologySpec:
-    """One segment; the director and the real servers hold the first VIP (the topology sets the
-    DR real-server sysctls for it), add_vips() the others."""
+    """Segment "lan" for everything DR and IPIP; the director and the real servers hold the first VIP
+    (the topology sets the DR real-server sysctls for it), add_vips() the others.
+
+    Segment "nat" for NAT (masquerading): the director and every real server have a second address
+    there ({nrs1}..{nrs4} for the real servers), and each real server routes what it sends from that
+    address through the director (policy routing, build()): a NAT real server whose default route is
+    the director, while its DR side (the VIPs on lo, answering the clients directly on "lan") is left
+    as it is. The director forwards (ip_forward=1), as kernel IPVS needs for NAT replies."""
     return TopologySpec(
-        segments=(SegmentSpec("lan", SUBNET),),
+        segments=(SegmentSpec("lan", SUBNET), SegmentSpec("nat", NAT_SUBNET)),
         hosts=(HostSpec("client", (LinkSpec("lan", CLIENT_INDEXES[0]),), role="client"),
-               HostSpec("director", (LinkSpec("lan", DIRECTOR_INDEX),), role="director", vips=(VIP_BASE_INDEX,)),
-               *(HostSpec(name, (LinkSpec("lan", idx),), role="real", vips=(VIP_BASE_INDEX,))
+               HostSpec("director", (LinkSpec("lan", DIRECTOR_INDEX), LinkSpec("nat", DIRECTOR_INDEX)),
+                        role="director", vips=(VIP_BASE_INDEX,), forwarding=True),
+               *(HostSpec(name, (LinkSpec("lan", idx), LinkSpec("nat", idx)), role="real", vips=(VIP_BASE_INDEX,))
                  for name, idx in zip(REAL_SERVERS, REAL_INDEXES, strict=True))),
     )
 
@@ -119,6 +130,11 @@ def build(n_scenarios: int, n_extra_vips: int = 0) -> Topology:
                                        for i in CLIENT_INDEXES[1:]]
                    + ([f"route add {EXTRA_VIP_NET} via {director_addr}"] if n_extra_vips else [])}
         batches.update({topo.host(rs).netns: [f"addr add {v}/32 dev lo" for v in vips] for rs in REAL_SERVERS})
+        nat_gw = topo.addr("nat", DIRECTOR_INDEX)
+        for rs in REAL_SERVERS:  # NAT: what a real server sends from its NAT address goes via the director
+            batches[topo.host(rs).netns] += [f"rule add from {NAT_SUBNET} lookup {NAT_TABLE}",
+                                             f"route add default via {nat_gw} dev {topo.host(rs).iface('nat').ifname} "
+                                             f"table {NAT_TABLE}"]
         for netns, cmds in batches.items():
             if cmds:
                 subprocess.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(cmds) + "\n",
@@ -137,6 +153,7 @@ def addresses(topo: Topology, index: int) -> dict[str, str]:
     first = extra_vip_offsets()[index]
     vals.update({f"vip{k}": extra_vip(first + k - 2) for k in range(2, 2 + ALL[index].extra_vips)})
     vals.update({name: topo.addr("lan", idx) for name, idx in zip(REAL_SERVERS, REAL_INDEXES, strict=True)})
+    vals.update({f"n{name}": topo.addr("nat", idx) for name, idx in zip(REAL_SERVERS, REAL_INDEXES, strict=True)})
     vals.update({name: topo.addr("lan", idx) for name, idx in zip(MANY_CLIENTS, CLIENT_INDEXES, strict=True)})
     return vals
 
@@ -154,6 +171,7 @@ class Player:
         self.vals = addresses(topo, index)
         self.vips = scenario_vips(scn, self.vals)
         self.by_addr = {self.vals[n]: n for n in REAL_SERVERS}
+        self.by_addr.update({self.vals[f"n{n}"]: n for n in REAL_SERVERS})  # NAT addresses
         self.next_port = PORT_BASE + PORTS_PER_SCENARIO * index
         self.step_ports: dict[str, int] = {}  # Udp(same_port=True): each client's port in this step
         self.outputs = outputs  # (system, step name) -> stdout, shared by both systems' players
@@ -391,6 +409,9 @@ def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd"
                 for vip in scenario_vips(scn, addresses(topo, i)):
                     for rs in REAL_SERVERS:
                         servers.serve(topo.host(rs).netns, rs, vip, SERVICE_PORT, tcp=rs not in scn.refuse)
+            for rs, idx in zip(REAL_SERVERS, REAL_INDEXES, strict=True):
+                for port in NAT_PORTS:
+                    servers.serve(topo.host(rs).netns, rs, topo.addr("nat", idx), port)
         lbd = starter.lbd
 
         def lbd_ready() -> str | None:

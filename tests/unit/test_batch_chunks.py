@@ -51,6 +51,14 @@ def add_dest(i: int, rs: str = "172.30.0.1") -> dict[str, Any]:
     return {"op": "add_dest", "args": {"service": key(i), "dest": {"addr": rs, "port": 80, "fwd": "route", "weight": 1}}}
 
 
+# What the model accepts and the engines refuse: NAT on a one-packet UDP service (no entry to
+# translate the replies with).
+OPS_SVC = {"proto": "udp", "addr": "10.200.0.53", "port": 53}
+ENGINE_REFUSES = [{"op": "add_service", "args": {**OPS_SVC, "sched": "rr", "ops": True}},
+                  {"op": "add_dest", "args": {"service": OPS_SVC, "dest": {"addr": "172.30.0.2", "port": 53,
+                                                                          "fwd": "masq"}}}]
+
+
 def services(d: Director) -> list[str]:
     return [s["addr"] for s in d.handle("list", {})["services"]]
 
@@ -105,10 +113,9 @@ def test_an_engine_refusal_at_the_last_chunk_undoes_the_earlier_chunks() -> None
     session = BatchSession()
     d.handle("batch", {"requests": [add_service(0), add_dest(0), {"op": "del_service", "args": key(9)}],
                        "more": True}, session)
-    masq = {"op": "add_dest", "args": {"service": key(0), "dest": {"addr": "172.30.0.2", "port": 80, "fwd": "masq"}}}
-    with pytest.raises(BatchError) as exc:  # the model accepts masq, the engines refuse it
-        d.handle("batch", {"requests": [masq]}, session)
-    assert exc.value.index == 3
+    with pytest.raises(BatchError) as exc:  # the model accepts it, the engines refuse it
+        d.handle("batch", {"requests": ENGINE_REFUSES}, session)
+    assert exc.value.index == 4
     assert d.handle("list", {})["services"] == before["services"]
     assert d.state.services == State.from_services(d.engine.services()).services  # the model followed
 
@@ -241,9 +248,8 @@ def test_a_failed_rollback_step_leaves_the_model_equal_to_the_engine(caplog: pyt
 
     d = Director(NoReAdd(conn_max=64), rules=None, resolver=None)
     d.handle("batch", {"requests": [add_service(0), add_dest(0), add_service(1)]})
-    masq = {"op": "add_dest", "args": {"service": key(1), "dest": {"addr": "172.30.0.2", "port": 80, "fwd": "masq"}}}
     with pytest.raises(BatchError):
-        d.handle("batch", {"requests": [{"op": "del_service", "args": key(0)}, masq]})
+        d.handle("batch", {"requests": [{"op": "del_service", "args": key(0)}, *ENGINE_REFUSES]})
     assert "rollback step" in caplog.text
     assert d.state.services == State.from_services(d.engine.services()).services
     assert [k.addr for k in d.state.services] == [vip(1)]  # service 0 could not come back

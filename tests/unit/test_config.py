@@ -25,7 +25,7 @@ def errors(text: str) -> list[str]:
 
 def test_every_shipped_config_is_valid() -> None:
     names = {p.name for p in CONFIGS}
-    assert {"dr.toml", "tun.toml", "fnat.toml", "synproxy.toml", "reference.toml"} <= names
+    assert {"dr.toml", "tun.toml", "nat.toml", "fnat.toml", "synproxy.toml", "reference.toml"} <= names
     for path in CONFIGS:
         config = load_config(str(path))
         assert config.services, path
@@ -335,12 +335,12 @@ def test_lbd_check_accepts_a_valid_file_and_reports_engine_refusals(tmp_path: Pa
     proc = lbd("--check", str(REPO / "configs" / "fnat.toml"))
     assert (proc.returncode, proc.stdout) == (
         0, f"{REPO / 'configs' / 'fnat.toml'}: OK (toml): 2 services, 4 destinations, 3 local addresses\n")
-    masq = tmp_path / "masq.toml"
-    masq.write_text('[[service]]\nproto = "tcp"\naddr = "10.0.0.1"\nport = 80\n'
+    masq = tmp_path / "masq.toml"  # NAT on a one-packet UDP service: the engine refuses it, not the model
+    masq.write_text('[[service]]\nproto = "udp"\naddr = "10.0.0.1"\nport = 53\nops = true\n'
                     '  [[service.dest]]\n  addr = "10.0.0.2"\n  fwd = "masq"\n')
     proc = lbd("--check", str(masq))
     assert proc.returncode == 1
-    assert proc.stderr.startswith(f"{masq}:5: -a -t 10.0.0.1:80 -r 10.0.0.2:80 -m -w 1: ")
+    assert proc.stderr.startswith(f"{masq}:6: -a -u 10.0.0.1:53 -r 10.0.0.2:53 -m -w 1: ")
     assert "(refused by the c engine)" in proc.stderr
 
 

@@ -212,7 +212,8 @@ preamble = st.tuples(
 ).map(lambda sdl: [*[("add_service", i, conf) for i, conf in enumerate(sdl[0])], *sdl[2],
                    *[("add_dest", i, *d) for i, dests in enumerate(sdl[1]) for d in dests],
                    *[("set_fwd", s, d, "ok") for s in range(3) for d in range(3)]])
-scenarios = st.tuples(preamble, st.lists(operation, min_size=10, max_size=60), st.sampled_from([0, 0, 3, 6]))
+# Small tables put early drop (docs/fastpath.md "When the table is full") under pressure.
+scenarios = st.tuples(preamble, st.lists(operation, min_size=10, max_size=60), st.sampled_from([0, 0, 1, 2, 3, 6]))
 
 
 @dataclass
@@ -312,6 +313,7 @@ def snapshot(engine: object, now: int) -> tuple[object, ...]:
         sorted(astuple(c) for c in e.connections(now)),  # type: ignore[attr-defined]
         e.counters(),  # type: ignore[attr-defined]
         e.synproxy_stats(),  # type: ignore[attr-defined]
+        e.conn_stats(),  # type: ignore[attr-defined]
     )
 
 
@@ -338,7 +340,8 @@ def run_both(ops: list[tuple], conn_max: int, swept: bool) -> None:
         trail = "\n  ".join(history[-25:])
         assert (got_py.result, got_py.error) == (got_c.result, got_c.error), f"step diverged at t={now}:\n  {trail}"
         snap_py, snap_c = snapshot(py, now), snapshot(c, now)
-        for what, a, b in zip(("services", "dest_flags", "connections", "counters", "synproxy_stats"), snap_py, snap_c, strict=True):
+        for what, a, b in zip(("services", "dest_flags", "connections", "counters", "synproxy_stats", "conn_stats"),
+                              snap_py, snap_c, strict=True):
             assert a == b, f"{what} differ after {op} at t={now}:\n  {trail}\npy: {a}\nc:  {b}"
 
 
@@ -443,6 +446,16 @@ TARGETED = {
     # Table full while creating the template (conn_max 4: 2 templates + 2 connections fill it).
     "persistence-table-full": [
         ("add_service", 0, svc("rr", 300)), dest(0, 0), ("set_fwd", 0, 0, "ok"), syn(0), syn(2), syn(1), syn(3)],
+    # Early drop with FULLNAT (conn_max 2): the third SYN evicts the first half-open entry, whose local
+    # port becomes free again; an established one is spared; replies of the evicted one find nothing.
+    "early-drop-fullnat": [
+        ("add_service", 0, RR), ("add_laddr", 0, 0), dest(0, 0, m="fullnat"), ("set_fwd", 0, 0, "ok"),
+        syn(0), ("advance", 5), syn(1), pkt("ack", 1), ("advance", 5), syn(2),
+        *[("guess", "synack", 0, 0, 0, port) for port in range(LPORT_MIN, LPORT_MAX + 1)], syn(3), pkt("ack", 2), syn(0)],
+    # Early drop never takes a SYN-proxied entry (its client proved itself with a cookie) (conn_max 2).
+    "early-drop-spares-synproxy": [
+        *SP_SETUP, ("cookie_ack", 0, 0, 0, False), ("advance", 10), syn(1), syn(2), syn(3), ("advance", 10),
+        ("cookie_ack", 1, 0, 0, False)],
     # FULLNAT: three local ports, four clients to one real server: the fourth finds none; replies flow.
     "fnat-ports-exhausted": [
         ("add_service", 0, RR), ("add_laddr", 0, 0), dest(0, 0, m="fullnat"), ("set_fwd", 0, 0, "ok"),
@@ -492,7 +505,9 @@ TARGETED = {
 @pytest.mark.parametrize("swept", [False, True], ids=["exact", "swept"])
 @pytest.mark.parametrize("name", list(TARGETED))
 def test_targeted(name: str, swept: bool) -> None:
-    run_both(TARGETED[name], 4 if name in ("dead-entries-free-the-table", "persistence-table-full") else 0, swept)
+    sizes = {"dead-entries-free-the-table": 4, "persistence-table-full": 4, "early-drop-fullnat": 2,
+             "early-drop-spares-synproxy": 2}
+    run_both(TARGETED[name], sizes.get(name, 0), swept)
 
 
 # ---- error precedence when several errors apply at once -------------------------------------------
@@ -502,6 +517,7 @@ def test_targeted(name: str, swept: bool) -> None:
 MISSING = ServiceKey(6, "198.51.100.99", 80)
 KEY = ServiceKey(6, VIP, 80)
 SP_KEY = ServiceKey(6, VIP, 443)
+OPS_KEY = ServiceKey(17, VIP, 53)
 
 
 def _populated(engine: object) -> object:
@@ -511,6 +527,7 @@ def _populated(engine: object) -> object:
     e.add_laddr(KEY, table.LIP1)  # type: ignore[attr-defined]
     e.add_service(ServiceSpec(SP_KEY, "rr", synproxy=True))  # type: ignore[attr-defined]
     e.add_dest(SP_KEY, DestSpec(table.RS1, 443, "fullnat"))  # type: ignore[attr-defined]
+    e.add_service(ServiceSpec(OPS_KEY, "rr", ops=True))  # type: ignore[attr-defined]
     return e
 
 
@@ -523,7 +540,7 @@ PRECEDENCE = [
     ("edit_service SYN-proxy UDP, no service", "ESRCH",
      lambda e: e.edit_service(ServiceSpec(ServiceKey(17, "198.51.100.99", 53), "rr", synproxy=True))),
     ("add_dest bad thresholds, exists", "EINVAL", lambda e: e.add_dest(KEY, DestSpec(table.RS1, 80, "route", 1, 1, 2))),
-    ("add_dest masq, exists", "EOPNOTSUPP", lambda e: e.add_dest(KEY, DestSpec(table.RS1, 80, "masq"))),
+    ("add_dest masq on -o UDP, exists", "EOPNOTSUPP", lambda e: e.add_dest(OPS_KEY, DestSpec(table.RS1, 53, "masq"))),
     ("edit_dest bad thresholds, missing dest", "EINVAL",
      lambda e: e.edit_dest(KEY, DestSpec(table.RS2, 80, "route", 1, 1, 2))),
     ("add_service exists, persistence out of range", "EEXIST",

@@ -148,17 +148,20 @@ def test_batch_refused_by_the_engine_midway_is_rolled_back(director: Director) -
     director.handle("add_service", {**SVC2, "sched": "rr"})
     director.handle("add_dest", {"service": SVC2, "dest": dest("10.0.0.9", 443)})
     before = table(director)
-    # The model cannot know engine limits: masq is not implemented by either engine, so the engine
-    # refuses request 5 after 0..3 (including an edit and a delete) went through; all are undone.
+    # The model does not know every engine limit: NAT on a one-packet UDP service (no entry to translate
+    # the replies with) is refused by the engine, request 6 after 0..5 (including an edit and a delete)
+    # went through; all are undone.
+    ops_svc = {"proto": "udp", "addr": VIP, "port": 53}
     requests = [
         *restore_requests()[:3],
         {"op": "edit_service", "args": {**SVC2, "sched": "wlc"}},
         {"op": "del_dest", "args": {"service": SVC2, "dest": {"addr": "10.0.0.9", "port": 443}}},
-        {"op": "add_dest", "args": {"service": SVC, "dest": dest("10.0.0.4", fwd="masq")}},
+        {"op": "add_service", "args": {**ops_svc, "sched": "rr", "ops": True}},
+        {"op": "add_dest", "args": {"service": ops_svc, "dest": dest("10.0.0.4", 53, fwd="masq")}},
     ]
     with pytest.raises(BatchError) as info:
         director.handle("batch", {"requests": requests})
-    assert info.value.index == 5
+    assert info.value.index == 6
     assert info.value.errno_name == "EOPNOTSUPP"
     assert table(director) == before
     services = director.handle("list", {})["services"]
@@ -379,7 +382,9 @@ def test_reload_refused_by_the_engine_is_rolled_back(conf_dir: Path) -> None:
     d = Director(make_engine("c"), rules=None, resolver=None, config_path=str(path))
     d.handle("reload", {})
     before = table(d)
-    bad = toml_services([1, 3]) + '\n  [[service.dest]]\n  addr = "10.0.0.7"\n  fwd = "masq"\n'
+    # NAT on a one-packet UDP service: valid for the model, refused by the engine
+    bad = toml_services([1, 3]) + (f'\n[[service]]\nproto = "udp"\naddr = "{VIP}"\nport = 53\nops = true\n'
+                                   '  [[service.dest]]\n  addr = "10.0.0.7"\n  fwd = "masq"\n')
     path.write_text(bad)
     err = refused(d, "reload", {})
     assert err.errno_name == "EOPNOTSUPP"

@@ -4,8 +4,8 @@
   native/src/sched_<name>.c and lb/pyengine/sched_<name>.py, both engines accept it, and the
   Python registry (found from the modules) holds exactly those names.
 - native/include/lb_xmit_list.h (`LB_XMIT(LB_FWD_X, name)`) likewise for forwarding methods:
-  xmit_<name>.c, a Python method module whose name lb.engine.FWD_IDS maps to that enum value,
-  and a value without a line (masq) refused with EOPNOTSUPP by both engines.
+  xmit_<name>.c, a Python method module whose name lb.engine.FWD_IDS maps to that enum value;
+  every enum value has its line (masq was the last).
 - Scheduler state belongs to the scheduler: a switch starts the new one afresh (rr at the list
   head) and a switch back does too; PyEngine.expire runs the schedulers' tick hook.
 """
@@ -86,14 +86,19 @@ def test_every_method_has_its_files_and_python_twin() -> None:
     assert sorted(pyxmit.methods()) == sorted(by_value[getattr(lib, e)] for e, _ in lines)
 
 
+def test_every_forwarding_method_is_registered() -> None:
+    """Every enum lb_fwd value has its method (masq, issue 14, was the last one missing)."""
+    assert sorted(pyxmit.methods()) == sorted(FWD_IDS)
+    assert sorted(enum for enum, _ in xmit_lines()) == sorted(f"LB_FWD_{name.upper()}" for name in FWD_IDS)
+
+
 @pytest.mark.parametrize("factory", FACTORIES)
-def test_unregistered_method_is_refused(factory: table.EngineFactory) -> None:
-    assert "masq" in FWD_IDS and pyxmit.find_method("masq") is None
+def test_every_method_is_accepted(factory: table.EngineFactory) -> None:
     engine = factory.make(0)  # type: ignore[operator]
     engine.add_service(ServiceSpec(KEY, "rr"))
-    with pytest.raises(EngineError) as exc:
-        engine.add_dest(KEY, DestSpec(table.RS1, 80, "masq"))
-    assert exc.value.errno_name == "EOPNOTSUPP"
+    for port, name in enumerate(sorted(FWD_IDS), start=8000):
+        engine.add_dest(KEY, DestSpec(table.RS1, port, name))
+    assert sorted(d.spec.fwd for s in engine.services() for d in s.dests) == sorted(FWD_IDS)
 
 
 def _picks(engine: object, sports: range) -> list[str]:

@@ -74,16 +74,16 @@ def test_help_marks_every_unimplemented_option_from_the_table() -> None:
     # The issue's list: -m, -f, -6, --pe, --tun-type gue|gre, SCTP, --start-daemon (-o and the scheduler
     # flags are implemented).
     assert {m.option for m in unimplemented.NOT_IMPLEMENTED} >= {
-        "masquerading", "fwmark-service", "ipv6", "pe", "tun-type", "sctp-service", "start-daemon"}
+        "fwmark-service", "ipv6", "pe", "tun-type", "sctp-service", "start-daemon"}
     assert "[not implemented by lbd] marks what lbd does not do" in text
 
 
 def test_removing_an_entry_removes_its_mark(monkeypatch: pytest.MonkeyPatch) -> None:
-    kept = tuple(m for m in unimplemented.NOT_IMPLEMENTED if m.option != "masquerading")
+    kept = tuple(m for m in unimplemented.NOT_IMPLEMENTED if m.option != "pe")
     monkeypatch.setattr(unimplemented, "NOT_IMPLEMENTED", kept)
-    masq = next(line for line in usage.usage_text().splitlines() if line.startswith("  --masquerading"))
-    assert "[" not in masq
-    assert parse_args(["-a", "-t", f"{VIP}:80", "-r", "10.0.0.2", "-m"], env={}, names=NumericNames()).refusal is None
+    pe = next(line for line in usage.usage_text().splitlines() if line.startswith("  --pe"))
+    assert "[" not in pe
+    assert parse_args(["-A", "-t", f"{VIP}:80", "--pe", "sip"], env={}, names=NumericNames()).refusal is None
     assert parse_args(["-a", "-t", f"{VIP}:80", "-r", "10.0.0.2", "-i"], env={}, names=NumericNames()).refusal is None
 
 
@@ -91,9 +91,6 @@ def test_removing_an_entry_removes_its_mark(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["-a", "-t", f"{VIP}:80", "-r", "10.0.0.2:8080", "-m"],
-     "lbd does not implement masquerading (-m, NAT); it forwards with -g (direct routing), -i (IPIP tunnel) "
-     "or -b (FULLNAT)"),
     (["-A", "-f", "7", "-s", "rr"], "lbd does not implement fwmark services (-f)"),
     (["-A", "-f", "7", "-6"], "lbd does not implement fwmark services (-f)"),
     (["-A", "--sctp-service", f"{VIP}:80"], "lbd does not implement SCTP services (--sctp-service)"),
@@ -119,17 +116,17 @@ def test_ipvsadm_syntax_errors_still_win() -> None:
 
 
 def test_restore_refuses_the_whole_stream_with_the_line() -> None:
-    rules = "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -m -w 1\n"
+    rules = "-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.1:81 -s rr --pe sip\n"
     rc, _, err = lbadm(["-R"], stdin=rules)
     assert rc == 255
-    assert err.splitlines() == [unimplemented.entry("masquerading").message,
+    assert err.splitlines() == [unimplemented.entry("pe").message,
                                 "lbadm: restore: line 2 is invalid; nothing was changed"]
 
 
 def test_ipvsadm_save_config_refuses_with_file_and_line() -> None:
     with pytest.raises(ConfigErrors) as info:
-        parse_config("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -m -w 1\n", "rules.conf")
-    assert [str(issue) for issue in info.value.issues] == [f"rules.conf:2: {unimplemented.entry('masquerading').message}"]
+        parse_config("-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.1:81 -s rr --pe sip\n", "rules.conf")
+    assert [str(issue) for issue in info.value.issues] == [f"rules.conf:2: {unimplemented.entry('pe').message}"]
 
 
 # ---------------------------------------------------------------------------- lbd refuses, and the sync daemon

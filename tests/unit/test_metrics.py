@@ -190,10 +190,13 @@ def test_totals_survive_deleting_and_zeroing_one_service_and_restart_on_zero_all
 def test_a_batch_rolled_back_after_a_delete_changes_no_total(director: Director) -> None:
     drive(director, 2)
     before = node_totals(director)
-    # The engine (not the model) refuses the second request (masq: neither engine has it), after
-    # the delete went through: the rollback re-creates the service with fresh counters.
+    # The engine (not the model) refuses the third request (NAT on a one-packet UDP service: no entry
+    # to translate the replies with), after the delete went through: the rollback re-creates the
+    # service with fresh counters.
+    ops_svc = {"proto": "udp", "addr": VIP, "port": 53}
     bad = [{"op": "del_service", "args": DR_SVC},
-           {"op": "add_dest", "args": {"service": FNAT_SVC, "dest": dest(RS[1], 80, "masq", 1)}}]
+           {"op": "add_service", "args": {**ops_svc, "sched": "rr", "ops": True}},
+           {"op": "add_dest", "args": {"service": ops_svc, "dest": dest(RS[1], 53, "masq", 1)}}]
     with pytest.raises(BatchError):
         director.handle("batch", {"requests": bad})
     assert sorted(s["port"] for s in director.handle("list", {})["services"]) == [80, 8080]

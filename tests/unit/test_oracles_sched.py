@@ -203,13 +203,19 @@ def binomial_within(count: int, trials: int, p: float, sigmas: float = 5.0) -> b
     return abs(count - trials * p) <= sigmas * math.sqrt(trials * p * (1 - p))
 
 
+def twos_service_123(seed: int) -> Service:
+    """A twos service whose list is 10.0.0.1-3 with weights 1, 2, 3 in this order (added last first)."""
+    svc = Service(TwosScheduler(seed=seed))
+    for index, weight in reversed(list(enumerate([1, 2, 3]))):
+        svc.add_dest(f"10.0.0.{index + 1}", 80, weight)
+    return svc
+
+
 def test_twos_draw_favours_the_first_eligible_destination_by_one() -> None:
     # Draws are uniform over [0, total weight]: the first eligible destination wins r <= w1,
     # i.e. w1 + 1 of the total + 1 values. With no connections the second choice never
     # replaces the first (0 > 0 is false), so schedule() shows the draw itself.
-    svc = Service(TwosScheduler(seed=1))
-    for index, weight in reversed(list(enumerate([1, 2, 3]))):
-        svc.add_dest(f"10.0.0.{index + 1}", 80, weight)
+    svc = twos_service_123(seed=1)
     dests = svc.destinations
     trials = 14000
     seen = Counter(dests.index(d) for d in (svc.schedule(PKT) for _ in range(trials)) if d is not None)
@@ -220,9 +226,7 @@ def test_twos_draw_favours_the_first_eligible_destination_by_one() -> None:
 def test_twos_with_live_connections_spreads_in_proportion_to_weight() -> None:
     # Each new flow keeps its connection, so the overhead/weight comparison of the two choices
     # balances load per unit of weight; the shares end up close to 1/6, 2/6, 3/6.
-    svc = Service(TwosScheduler(seed=7))
-    for index, weight in reversed(list(enumerate([1, 2, 3]))):
-        svc.add_dest(f"10.0.0.{index + 1}", 80, weight)
+    svc = twos_service_123(seed=7)
     dests = svc.destinations
     flows = 6000
     chosen: Counter[int] = Counter()

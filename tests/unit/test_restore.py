@@ -65,3 +65,26 @@ def test_restore_skips_what_no_longer_exists() -> None:
     outcome = new.restore_connections_raw(old.dump_connections_raw(1001), 1001)
     # The service is gone: the entry and its template are refused with ESRCH, nothing is created.
     assert outcome == {"ESRCH": 2} and new.conn_count() == 0
+
+
+def test_nat_entries_come_back_with_their_reply_tuple() -> None:
+    """A restarted director still translates the replies of NAT connections it restored: the reply tuple
+    (RIP:rport -> CIP:cport) is rebuilt from the dumped client address and port."""
+    nat = ServiceKey(6, VIP, 85)
+
+    def director() -> CEngine:
+        e = CEngine(conn_max=100, hash_buckets=256)
+        e.add_service(ServiceSpec(nat, "rr"))
+        e.add_dest(nat, DestSpec("10.1.0.12", 8080, fwd="masq"))
+        e.set_fwd(nat, "10.1.0.12", 8080, FwdState(ifindex=6, dst_mac=b"\x02\0\0\0\1\2", src_mac=b"\x02" * 6))
+        return e
+
+    old = director()
+    old.process(_pkt("10.9.0.7", 4000, 85, "S"), 1000)
+    new = director()
+    assert new.restore_connections_raw(old.dump_connections_raw(1001), 1001) == {"restored": 1}
+    synack = raw(IP(src="10.1.0.12", dst="10.9.0.7") / TCP(sport=8080, dport=4000, flags="SA"))
+    r = new.process(synack, 1100)
+    assert r.verdict == Verdict.ANSWER
+    assert (IP(r.out).src, IP(r.out)[TCP].sport, IP(r.out).dst, IP(r.out)[TCP].dport) == (VIP, 85, "10.9.0.7", 4000)
+    assert [(d.active, d.stats.outpkts) for s in new.services() for d in s.dests] == [(1, 1)]

@@ -9,13 +9,26 @@ keep their places.
 from __future__ import annotations
 
 from conformance.model import Scenario
-from conformance.scenarios import battery, hashing, locality, persistence, roundtrip, rr, sched_list, tooling, twos, wlc
+from conformance.scenarios import (
+    battery,
+    hashing,
+    locality,
+    nat,
+    persistence,
+    roundtrip,
+    rr,
+    sched_list,
+    tooling,
+    twos,
+    wlc,
+)
 
 ALL: tuple[Scenario, ...] = (*rr.SCENARIOS, *wlc.SCENARIOS, *persistence.SCENARIOS, *tooling.SCENARIOS,
                              *roundtrip.SCENARIOS, *battery.SCENARIOS)
 ALL += sched_list.SCENARIOS
 ALL += (*locality.SCENARIOS, *twos.SCENARIOS)
 ALL += (*battery.HASHING, *hashing.SCENARIOS)
+ALL += nat.SCENARIOS  # NAT (issue 14): the real servers' NAT addresses, runner.spec()
 
 _names = [s.name for s in ALL]
 if len(set(_names)) != len(_names):

@@ -1,0 +1,173 @@
+/*
+ * xmit_nat.c - NAT (masquerading, ipvsadm -m): the destination address and port are rewritten on
+ * the way in, the source address and port on the way back, as kernel IPVS's NAT.
+ *
+ *   IN  (client -> VIP):  CIP:cport -> VIP:vport  becomes  CIP:cport -> RIP:rport,
+ *                         sent on the destination's L2 path (LB_V_XMIT_L2).
+ *   OUT (server -> CIP):  RIP:rport -> CIP:cport  becomes  VIP:vport -> CIP:cport,
+ *                         sent through the kernel's IP output (LB_V_ANSWER).
+ *
+ * The real server sees the client's own address, so its replies must be routed back through the
+ * director (its default route, or a route to the clients, via the director): that is what makes
+ * the director see both directions. The reply tuple is therefore (proto, RIP, RPORT) ->
+ * (CIP, CPORT): the client's own address and port, chosen by conn_bind. Two connections of
+ * different services to the same RIP:rport from the same CIP:cport would share it; the kernel's
+ * ip_vs_conn_out_get has the same ambiguity and takes one of them, as the table does (the newest).
+ *
+ * Port translation (-r RIP:8080 under VIP:80) is the same rewrite: the destination's port is the
+ * one written in and the service's port the one written back.
+ *
+ * The director routes these packets itself, so it decrements the TTL both ways (a packet whose TTL
+ * would reach 0 is dropped, LB_R_TTL_EXCEEDED), as the kernel's NAT transmitter does on the way in
+ * and IP forwarding does for the replies. Checksums are updated incrementally (RFC 1624) for the
+ * words that change; a UDP checksum of 0 (none) stays 0, an updated one that comes out 0 is sent
+ * as 0xffff.
+ *
+ * ICMP errors: from the client's side (quoting VIP:vport -> CIP:cport) they go to the real server
+ * as <sender> -> RIP quoting RIP:rport -> CIP:cport; from the real server's side (quoting
+ * CIP:cport -> RIP:rport) to the client as VIP -> CIP quoting CIP:cport -> VIP:vport, the
+ * rewrites the kernel's ip_vs_nat_icmp makes. The sender of an error from the client's side keeps
+ * its address (a router on the way may have sent it).
+ *
+ * No per-service state and no reference per connection. FTP's NAT helper (ip_vs_ftp, which
+ * rewrites PORT/PASV addresses in the control connection) is not implemented.
+ */
+#include <string.h>
+
+#include "lb_xmit.h"
+
+/* Rewrite one side of the copy at o: the source (src != 0) or the destination address and port,
+ * decrementing the TTL. addr and port are network order. Returns -1 when the TTL runs out. */
+static int nat_rewrite(uint8_t *o, const struct lb_pkt *p, int src, uint32_t addr, uint16_t port)
+{
+    if (o[8] <= 1)
+        return -1;
+    uint16_t old_ttl_proto, new_ttl_proto;
+    memcpy(&old_ttl_proto, o + 8, 2); /* the TTL shares its 16-bit word with the protocol */
+    o[8]--;
+    memcpy(&new_ttl_proto, o + 8, 2);
+
+    uint8_t *a = o + (src ? 12 : 16);
+    uint32_t old_addr;
+    memcpy(&old_addr, a, 4);
+    memcpy(a, &addr, 4);
+    uint64_t addr_delta = lb_csum_delta32(old_addr, addr); /* in the IP header and the pseudo-header */
+    lb_csum_apply_raw(o + 10, addr_delta + lb_csum_delta16(old_ttl_proto, new_ttl_proto));
+
+    uint8_t *l4 = o + p->l4off;
+    uint8_t *csum = NULL;
+    if (p->proto == LB_PROTO_TCP)
+        csum = l4 + 16;
+    else if (p->proto == LB_PROTO_UDP && (l4[6] | l4[7]))
+        csum = l4 + 6;
+    uint8_t *pt = l4 + (src ? 0 : 2);
+    uint16_t old_port;
+    memcpy(&old_port, pt, 2);
+    memcpy(pt, &port, 2);
+    if (csum) {
+        lb_csum_apply_raw(csum, addr_delta + lb_csum_delta16(old_port, port));
+        if (p->proto == LB_PROTO_UDP && csum[0] == 0 && csum[1] == 0)
+            csum[0] = csum[1] = 0xff; /* 0 means "no checksum" in UDP */
+    }
+    return 0;
+}
+
+static int nat_xmit_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
+                       uint32_t out_cap, struct lb_action *act)
+{
+    const struct lb_dest *d = c->dest;
+    if (LB_UNLIKELY(!d->fwd)) {
+        act->verdict = LB_V_DROP;
+        return LB_R_NO_L2;
+    }
+    if (p->len > out_cap) {
+        act->verdict = LB_V_DROP;
+        return LB_R_MALFORMED;
+    }
+    memcpy(out, p->data, p->len);
+    if (nat_rewrite(out, p, 0, d->addr_n, d->port_n) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_TTL_EXCEEDED;
+    }
+    lb_xmit_l2_to(d, act);
+    act->out_len = p->len;
+    return LB_R_FORWARDED;
+}
+
+static int nat_xmit_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
+                        uint32_t out_cap, struct lb_action *act)
+{
+    if (p->len > out_cap) {
+        act->verdict = LB_V_DROP;
+        return LB_R_MALFORMED;
+    }
+    memcpy(out, p->data, p->len);
+    if (nat_rewrite(out, p, 1, c->vaddr, c->vport) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_TTL_EXCEEDED;
+    }
+    act->verdict = LB_V_ANSWER;
+    act->out_len = p->len;
+    return LB_R_FORWARDED;
+}
+
+/* From the client's side, quoting VIP:vport -> CIP:cport: to the real server (the sender keeps its
+ * address), quoting RIP:rport -> CIP:cport. */
+static int nat_icmp_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
+                       uint32_t out_cap LB_UNUSED, struct lb_action *act)
+{
+    const struct lb_dest *d = c->dest;
+    memcpy(out, p->data, p->len);
+    if (lb_icmp_translate(out, p, p->saddr, d->addr_n, d->addr_n, d->port_n, c->caddr, c->cport) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_TTL_EXCEEDED;
+    }
+    if (lb_xmit_l2_to(d, act) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_NO_L2;
+    }
+    act->out_len = p->len;
+    return LB_R_ICMP;
+}
+
+/* From the real server's side, quoting CIP:cport -> RIP:rport: to the client as VIP -> CIP,
+ * quoting CIP:cport -> VIP:vport. */
+static int nat_icmp_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
+                        uint32_t out_cap LB_UNUSED, struct lb_action *act)
+{
+    memcpy(out, p->data, p->len);
+    if (lb_icmp_translate(out, p, c->vaddr, c->caddr, c->caddr, c->cport, c->vaddr, c->vport) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_TTL_EXCEEDED;
+    }
+    act->verdict = LB_V_ANSWER;
+    act->out_len = p->len;
+    return LB_R_ICMP;
+}
+
+/* The reply tuple's director side is the client's own address and port. */
+static int nat_conn_bind(lb_t *lb LB_UNUSED, struct lb_svc *s LB_UNUSED, const struct lb_dest *d LB_UNUSED,
+                         const struct lb_pkt *p, uint64_t now_ms LB_UNUSED, struct lb_conn_bind *b)
+{
+    b->oaddr_n = p->saddr;
+    b->oport_n = p->sport;
+    return LB_R_FORWARDED;
+}
+
+static int nat_conn_restore(lb_t *lb LB_UNUSED, struct lb_svc *s LB_UNUSED, const struct lb_dest *d LB_UNUSED,
+                            const struct lb_conn_info *ci, uint64_t now_ms LB_UNUSED, struct lb_conn_bind *b)
+{
+    b->oaddr_n = lb_htonl(ci->caddr);
+    b->oport_n = lb_htons(ci->cport);
+    return LB_OK;
+}
+
+const struct lb_xmit_ops lb_xmit_nat = {
+    .name = "masq",
+    .xmit_in = nat_xmit_in,
+    .xmit_out = nat_xmit_out,
+    .icmp_in = nat_icmp_in,
+    .icmp_out = nat_icmp_out,
+    .conn_bind = nat_conn_bind,
+    .conn_restore = nat_conn_restore,
+};

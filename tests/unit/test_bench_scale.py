@@ -1,0 +1,108 @@
+"""bench scale (bench/scale/): its options, and the report's tables and target verdicts from a scale.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import common, report, scale
+from bench.__main__ import _parser
+
+
+def _args(*argv: str) -> Any:
+    args = _parser().parse_args(["scale", *argv])
+    scale.finish_args(args)
+    return args
+
+
+def test_quick_defaults_and_sections() -> None:
+    quick = _args("--quick")
+    assert quick.section_list == list(scale.SECTIONS)
+    assert quick.table_sizes == "1000,100000,1000000"
+    assert quick.conn_sizes == "1000,200000"
+    assert quick.overload_maxlens == "1024"
+    full = _args("--sections", "table,flood")
+    assert full.section_list == ["table", "flood"]
+    assert full.table_sizes.endswith("4000000") and full.overload_maxlens == "1024,16384"
+
+
+def test_unknown_section_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(SystemExit, match="unknown section.*nope.*known: table"):
+        _args("--sections", "table,nope")
+
+
+def _trial(offered: float, rx: float, queue_full: int = 0) -> dict[str, Any]:
+    return {"offered_pps": offered, "rx_pps": rx, "tx": int(offered), "rx": int(rx),
+            "drops": {"kernel_queue_dropped": queue_full, "kernel_user_dropped": 0, "lbd_refused": 0,
+                      "elsewhere": 0, "recv_err": 0, "xmit_l2_err": 0}}
+
+
+def _scale_json() -> dict[str, Any]:
+    table = [{"size": n, "entries": n, "buckets": b, "ns_per_pkt": ns, "bytes_per_entry": bpe}
+             for n, b, ns, bpe in ((1000, 2048, 15.0, 364.0), (4_000_000, 4_194_304, 21.0, 88.4))]
+    conns = [{"size": n, "entries": n, "buckets": 4_194_304, "zero_loss_pps": zl, "dut_us_per_pkt": us,
+              "bytes_per_entry": bpe, "idle_cpu_share": 0.001, "fill_s": 1.0, "saved_after_s": 5.0}
+             for n, zl, us, bpe in ((1024, 200_000.0, 5.0, None), (4_000_000, 150_000.0, 7.0, 120.0))]
+    state = {"entries": 1_000_000, "full": {"cpu_s": 0.5, "bytes": 48_000_000},
+             "incremental": {"cpu_s": 0.002, "bytes": 49_000}, "unchanged": {"cpu_s": 0.0001, "bytes": 0}}
+    flood = {"flood_sent": 24000, "flood_pps": 3000, "table_full_before_clients": True, "during": 30,
+             "during_ok": 27, "after": 10, "after_ok": 9, "early_drops": 12000, "table_entries": 5000,
+             "table_max": 5000, "table_full_refused": 0}
+    over = {"queue_maxlen": 1024, "zero_loss_pps": 100_000.0, "generator_limited": False,
+            "search_trials": [_trial(100_000, 100_000)],
+            "overload_trials": [_trial(200_000, 104_000, 90_000), _trial(199_000, 97_000, 95_000),
+                                _trial(201_000, 101_000, 92_000)]}
+    return {"part": "scale", "config": {"command": "python -m bench scale"}, "sections": {
+        "table": {"active": 1024, "passes": 1000, "points": table, "command": "harness table"},
+        "fnat": {"syns": 1000, "accepted_instr": 1200.0, "refused_instr": 700.0, "ratio": 700 / 1200,
+                 "command": "callgrind"},
+        "statesave": {"points": [state], "save_every_s": 2.0},
+        "conns": {"conn_max": 4_194_304, "points": conns, "window_s": 0.5, "steps": 4},
+        "flood": {"conn_max": 5000, "flood_seconds": 8.0, "figures": flood, "errors": ["timed out"]},
+        "overload": {"points": [over], "window_s": 0.6},
+    }}
+
+
+def test_report_tables_and_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "scale.json").write_text(json.dumps(_scale_json()))
+    text = report.write(run).read_text()
+    lines = text.splitlines()
+    assert any("table alone: per-packet cost" in line and "1.40x" in line and "MISSED" in line for line in lines)
+    assert any("88.4 B" in line and "met" in line for line in lines)
+    assert any("0.58x (700 vs 1200 instructions)" in line and "met" in line for line in lines)
+    assert any("lbd: per-packet cost" in line and "1.40x" in line and "MISSED" in line for line in lines)
+    assert any("lbd: resident memory" in line and "120 B" in line and "MISSED" in line for line in lines)
+    assert any("state saves at 1,000,000" in line and "met" in line for line in lines)
+    assert any("27/30 (90 %)" in line and "met" in line for line in lines)
+    assert any("9/10" in line and "MISSED" in line for line in lines)
+    assert any("overload" in line and "1.01x (median of 3: 0.97, 1.01, 1.04" in line and "| met" in line
+               for line in lines), text
+    assert "`timed out`" in text  # failed requests are shown
+
+
+def test_skipped_and_failed_sections_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    run = tmp_path / "run"
+    run.mkdir()
+    part = {"part": "scale", "config": {}, "sections": {"conns": {"skipped": "needs root (network namespaces)"},
+                                                        "fnat": {"error": "RuntimeError: no valgrind"}}}
+    (run / "scale.json").write_text(json.dumps(part))
+    text = report.write(run).read_text()
+    assert "Skipped: needs root (network namespaces)." in text
+    assert "Failed: `RuntimeError: no valgrind`" in text
+    assert "## Targets" not in text  # nothing measured, nothing judged
+
+
+def test_sections_needing_namespaces_are_skipped_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scale.os, "geteuid", lambda: 1000)
+    args = _args("--sections", "conns,flood,overload")
+    args.argv = []
+    out = scale.run(args)
+    assert {name: data["skipped"] for name, data in out["sections"].items()} == dict.fromkeys(
+        ("conns", "flood", "overload"), "needs root (network namespaces)")
