@@ -240,9 +240,10 @@ def _verdict(ok: bool, value: str) -> str:
 
 def report(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Markdown lines and [target, figure, verdict] rows (the report's Targets table)."""
+    repeats = data.get("config", {}).get("repeats", REPEATS)
     lines = ["## Control plane against the number of services (issue 15, item 2)", "",
              f"DR services with {DESTS_PER_SERVICE} real servers each; wall clock of one `lbadm` process "
-             f"(median of {REPEATS}); idle: lbd's CPU over {IDLE_WINDOW_S:.0f} s after every address resolved. "
+             f"(median of {repeats}); idle: lbd's CPU over {IDLE_WINDOW_S:.0f} s after every address resolved. "
              "`iptables` rows include lbd's per-service rule sync (issue 15 item 1's part).", ""]
     results = [r for r in data.get("results", []) if "error" not in r]
     if results:
