@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from lb.director import BatchError, Director
+from lb.director import BatchError, BatchSession, Director
 from lb.engine import EngineError
 from lb.model import ConfigError
 
@@ -59,6 +59,7 @@ class ControlServer:
             await writer.drain()
             writer.close()
             return
+        session = BatchSession()  # a chunked batch lives as long as its connection (docs/control-protocol.md)
         try:
             while True:
                 try:
@@ -68,14 +69,14 @@ class ControlServer:
                     break
                 if not line:
                     break
-                writer.write(_encode(self._dispatch(line)))
+                writer.write(_encode(self._dispatch(line, session)))
                 await writer.drain()
         except (ConnectionResetError, BrokenPipeError):
             pass
         finally:
             writer.close()
 
-    def _dispatch(self, line: bytes) -> dict[str, Any]:
+    def _dispatch(self, line: bytes, session: BatchSession | None = None) -> dict[str, Any]:
         try:
             req = json.loads(line)
             if not isinstance(req, dict) or not isinstance(req.get("op"), str):
@@ -87,7 +88,7 @@ class ControlServer:
             return {"ok": False, "errno": "EINVAL", "error": f"malformed request: {exc}"}
         op = req["op"]
         try:
-            return {"ok": True, "result": self.director.handle(op, args)}
+            return {"ok": True, "result": self.director.handle(op, args, session)}
         except BatchError as exc:
             return {"ok": False, "errno": exc.errno_name, "error": str(exc), "index": exc.index, "op": exc.op}
         except EngineError as exc:

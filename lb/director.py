@@ -6,10 +6,17 @@ per-destination forwarding state, and executes control-protocol operations
 leaves engine and rules as they were.
 
 Every table change - one lbadm command, a `batch` (lbadm -R), a reload - goes through
-`execute()`: the commands are first applied to a copy of the running state (lb/reconcile.py's
-model, which refuses exactly what the engines refuse), so an invalid request changes nothing;
-then they go to the engine one by one, and if the engine still refuses one, the ones already
-applied are undone in reverse order; the iptables rules are synced once at the end.
+`execute()`: the commands are first applied to the director's model of the running state
+(lb/reconcile.py's State, which refuses exactly what the engines refuse), each with its inverse
+noted, so an invalid request is undone in the model and changes nothing; then they go to the
+engine one by one, and if the engine still refuses one, the ones already applied are undone in
+reverse order (engine and model); the iptables rules are synced once at the end.
+
+Cost (issue 15): the model (`self.state`) is kept in step with the engine change by change, so a
+command costs what it changes, not what exists: nothing lists the engine's services to execute
+one command, and the per-destination bookkeeping (forwarding state, rate estimators) is indexed
+by service. `config_generation` counts committed changes: a saver or cache compares it instead
+of the whole configuration.
 
 Counters: `zero` (ipvsadm -Z, for all services or one) uses the engine's zero/zero_service
 and restarts the rate estimators (lb/estimator.py) from the zeroed counters.
@@ -65,6 +72,17 @@ class Rules(Protocol):
     def sync(self, steering: Steering) -> object: ...
 
 
+MAX_BATCH_REQUESTS = 1_000_000  # one batch, all its chunks together (memory bound per connection)
+
+
+class BatchSession:
+    """A chunked `batch` in progress on one control connection: the commands of the chunks sent
+    with "more": true, applied (all or nothing) with the last chunk, dropped with the connection."""
+
+    def __init__(self) -> None:
+        self.pending: list[Command] = []
+
+
 class BatchError(EngineError):
     """A refused request inside a `batch`: `index` is its position (0-based), `op` its operation."""
 
@@ -94,11 +112,6 @@ def _dest_stats_key(key: ServiceKey, addr: str, port: int) -> StatsKey:
     return ("dest", key, addr, port)
 
 
-def _of_service(key: ServiceKey, skey: StatsKey) -> bool:
-    """Whether estimator key `skey` is service `key`'s or one of its destinations'."""
-    return skey[1] == key
-
-
 class Director:
     def __init__(self, engine: Engine, rules: Rules | None, resolver: Resolver | None,
                  config_path: str | None = None, *, queue_num: int | None = None,
@@ -111,6 +124,12 @@ class Director:
         self.down_policy = down_policy  # lbd --down-policy: what packets do while no lbd runs
         self.fwd = ForwardingStates(engine, resolver)
         self.timeouts: Timeouts = Timeouts(*engine.get_timeouts())
+        # The model of what the engine holds, kept in step with it by execute() (never re-listed).
+        self.state = State.from_services(engine.services(), self.timeouts)
+        self.state.synproxy_default = SynproxyConf()
+        self.config_generation = 0  # + 1 per committed change
+        self._resync_model_after_undo = False  # a rollback step failed: re-read the model from the engine
+        self._snapshot_cache: tuple[int, dict[str, Any]] | None = None
         self.estimator: Estimator[StatsKey] = Estimator()
         self.stalls: StallWatch[DestKey] = StallWatch()
         # SYN-proxy settings as last applied (the engines cannot report them): the global default
@@ -118,6 +137,7 @@ class Director:
         self.synproxy_default = SynproxyConf()
         self.synproxy_confs: dict[ServiceKey, SynproxyConf] = {}
         self._last_refusals: dict[str, int] = {}  # REFUSAL_LOGS counters at the previous tick
+        self._estimated_at: tuple[int, int] | None = None  # (packets counted, config_generation) at the last full tick
         self.totals = TotalStats()  # IPVS's tot_stats: every service's counters, deleted ones included
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self._ping,
@@ -128,18 +148,22 @@ class Director:
             "get_daemon": self._get_daemon,
             "start_daemon": self._start_daemon,
             "stop_daemon": self._stop_daemon,
-            "batch": self._batch,
+            "batch": self._batch,  # handle() passes the connection's BatchSession
             "reload": self._reload,
         }
         for op in COMMAND_TYPES:  # add_service ... set_timeout: one command each
             self._ops[op] = functools.partial(self._single, op)
 
     # ------------------------------------------------------------ dispatch
-    def handle(self, op: str, args: dict[str, Any]) -> Any:
+    def handle(self, op: str, args: dict[str, Any], session: BatchSession | None = None) -> Any:
+        """Execute one request. `session`: the connection's chunked batch in progress, if any
+        (only `batch` uses it; without one a batch must come in one piece)."""
         handler = self._ops.get(op)
         if handler is None:
             raise EngineError("EOPNOTSUPP", f"unknown operation {op!r}")
         try:
+            if op == "batch":
+                return self._batch(args if args is not None else {}, session)
             return handler(args if args is not None else {})
         except StateError as exc:
             raise EngineError(exc.errno_name, f"{op}: {exc}") from exc
@@ -149,43 +173,27 @@ class Director:
             raise EngineError("EINVAL", f"{op}: bad arguments: {exc!r}") from exc
 
     # ------------------------------------------------------------ rules
-    def _service_keys(self) -> list[tuple[int, str, int]]:
-        return [(s.spec.key.proto, s.spec.key.addr, s.spec.key.port) for s in self.engine.services()]
-
+    # The rules' inputs come from the model (self.state), never from listing the engine.
     def steering(self, state: State | None = None) -> Steering:
-        """What the raw-table sets must hold: every service, and FULLNAT replies from each real
-        server to each local address. ICMP to every VIP and local address is queued too (the
-        address set): errors about balanced connections (e.g. fragmentation needed, port
-        unreachable from a real server) must reach the fast path, which relates them to their
-        connection entry as IPVS's ip_vs_in_icmp does. From `state` (the model a change just
-        produced: plain Python, no engine call) or else from the engine."""
+        """What the raw-table sets must hold: every service, FULLNAT replies from each real server
+        to each local address, NAT replies from each NAT real server. ICMP to every VIP and local
+        address is queued too (the address set): errors about balanced connections (e.g.
+        fragmentation needed, port unreachable from a real server) must reach the fast path, which
+        relates them to their connection entry as IPVS's ip_vs_in_icmp does. From the model
+        (`state`, or self.state): plain Python, never a listing of the engine."""
         st = Steering()
-        if state is not None:
-            for key, svc in state.services.items():
-                st.nat_replies.update((proto, spec.addr, spec.port) for spec in svc.dests.values()
-                                      if spec.fwd == "masq" for proto in _nat_protos(key))
-                if key.fwmark:
-                    st.fwmarks.add(key.fwmark)
-                    continue
-                st.services.add((key.proto, key.addr, key.port))
-                st.addrs.update(svc.laddrs)
-                for spec in svc.dests.values():
-                    if spec.fwd == "fullnat":
-                        st.fnat_replies.update((key.proto, spec.addr, spec.port, la) for la in svc.laddrs)
-            return st
-        for s in self.engine.services():
-            key = s.spec.key
-            st.nat_replies.update((proto, d.spec.addr, d.spec.port) for d in s.dests if d.spec.fwd == "masq"
-                                  for proto in _nat_protos(key))
+        model = self.state if state is None else state
+        for key, svc in model.services.items():
+            st.nat_replies.update((proto, spec.addr, spec.port) for spec in svc.dests.values()
+                                  if spec.fwd == "masq" for proto in _nat_protos(key))
             if key.fwmark:
                 st.fwmarks.add(key.fwmark)
                 continue
             st.services.add((key.proto, key.addr, key.port))
-            fullnat = [d for d in s.dests if d.spec.fwd == "fullnat"]
-            for laddr in s.laddrs:
-                st.addrs.add(laddr.addr)
-                for d in fullnat:
-                    st.fnat_replies.add((key.proto, d.spec.addr, d.spec.port, laddr.addr))
+            st.addrs.update(svc.laddrs)
+            for spec in svc.dests.values():
+                if spec.fwd == "fullnat":
+                    st.fnat_replies.update((key.proto, spec.addr, spec.port, la) for la in svc.laddrs)
         return st
 
     def sync_rules(self, state: State | None = None) -> None:
@@ -202,22 +210,19 @@ class Director:
         self.fwd.resolve(key, dest)
 
     def refresh_all(self, only_unresolved: bool = False) -> int:
-        """Re-resolve every destination (or only unresolved ones); returns how many remain unresolved."""
+        """Re-resolve every destination's address now (or only the unresolved ones whose retry is
+        due); returns how many destinations remain unresolved."""
         return self.fwd.refresh(only_unresolved)
 
     def invalidate_all(self) -> None:
-        """Drop every destination's forwarding state (e.g. after a route change) and re-resolve."""
-        self.fwd.refresh(only_unresolved=False)
+        """Something in the routing tables changed: every address is re-resolved, in the background
+        (resolve_pending), a budget at a time."""
+        self.fwd.invalidate()
 
     # ------------------------------------------------------------ state
     def running_state(self) -> State:
-        """What the engine holds now, plus the timeouts and SYN-proxy settings, as a reconcile.State."""
-        state = State.from_services(self.engine.services(), self.timeouts)
-        state.synproxy_default = self.synproxy_default
-        for key, conf in self.synproxy_confs.items():
-            if key in state.services:
-                state.services[key].synproxy_conf = conf
-        return state
+        """A copy of the model of what the engine holds (timeouts and SYN-proxy settings included)."""
+        return self.state.copy()
 
     # ------------------------------------------------------------ changing the tables
     def execute(self, cmds: list[Command], batch: bool = False, log_level: int = logging.INFO) -> None:
@@ -226,49 +231,81 @@ class Director:
         Each applied command is logged at `log_level` (a reload has logged its plan already);
         beyond LOG_EACH_MAX commands (a large restore) one summary line replaces them at INFO.
         """
-        running = self.running_state()
-        model = running.copy()
+        state = self.state
+        undos: list[list[Command]] = []  # undos[i] reverts cmds[i], computed from the state before it
         for i, cmd in enumerate(cmds):
             try:
-                model.apply(cmd)
+                undo = inverse(state, cmd)
+            except (StateError, KeyError):
+                undo = []  # the command does not apply: state.apply says why
+            try:
+                state.apply(cmd)
             except StateError as exc:
+                self._undo_model(undos)
                 raise self._refusal(exc.errno_name, str(exc), i, cmd, batch) from exc
-        live = running  # follows the engine command by command: the inverses are computed from it
-        done: list[list[Command]] = []
+            undos.append(undo)
         # Counters of services this change may delete: they stay in the totals (lb/totals.py).
-        removing = self._service_counters() if any(isinstance(c, (DelService, Clear)) for c in cmds) else {}
+        removing = self._removed_counters(cmds)
         for i, cmd in enumerate(cmds):
-            undo = inverse(live, cmd)
             try:
                 self._engine_apply(cmd)
             except EngineError as exc:
-                self._rollback(done)
+                self._rollback(undos[:i])
+                self._undo_model(undos)
                 raise self._refusal(exc.errno_name, str(exc), i, cmd, batch) from exc
             except Exception as exc:  # a bug below us: still leave the tables as they were
                 log.exception("engine failed on %s", cmd.describe())
-                self._rollback(done)
+                self._rollback(undos[:i])
+                self._undo_model(undos)
                 raise self._refusal("EIO", f"engine failed: {exc!r}", i, cmd, batch) from exc
-            done.append(undo)
-            live.apply(cmd)
-            if isinstance(cmd, (DelService, Clear)):
-                for key in [cmd.key] if isinstance(cmd, DelService) else list(removing):
-                    self.totals.retire(removing.pop(key, Stats()))
+            # What a deleted service counted stays in the totals, even if the change is rolled
+            # back later (the re-created service starts from 0, as the kernel's would).
+            if isinstance(cmd, DelService):
+                self.totals.retire(removing.pop(cmd.key, Stats()))
+            elif isinstance(cmd, Clear):
+                for stats in removing.values():
+                    self.totals.retire(stats)
+                removing.clear()
         try:
-            self.sync_rules(live)  # the model these commands produced: no second walk of the engine
+            self.sync_rules()  # from the model these commands produced: no walk of the engine
         except Exception as exc:
-            self._rollback(done)
+            self._rollback(undos)
+            self._undo_model(undos)
             try:
                 self.sync_rules()
             except Exception:
                 log.exception("restoring the iptables rules after a failed change failed")
             raise EngineError("EIO", f"iptables rules could not be updated, nothing was changed: {exc}") from exc
-        self.synproxy_default = live.synproxy_default or SynproxyConf()
-        self.synproxy_confs = {k: s.synproxy_conf for k, s in live.services.items() if s.synproxy_conf is not None}
-        self._committed(cmds, live, log_level if len(cmds) <= LOG_EACH_MAX else logging.DEBUG)
+        self.config_generation += 1
+        self.synproxy_default = state.synproxy_default or SynproxyConf()
+        self._committed(cmds, state, log_level if len(cmds) <= LOG_EACH_MAX else logging.DEBUG)
         if len(cmds) > LOG_EACH_MAX:
-            n_svc, n_dest, n_laddr = live.counts()
+            n_svc, n_dest, n_laddr = state.counts()
             log.info("applied %d commands: now %d services, %d destinations, %d local addresses",
                      len(cmds), n_svc, n_dest, n_laddr)
+
+    def _undo_model(self, undos: list[list[Command]]) -> None:
+        """Revert the model by the inverses of the commands it took (the engine is the caller's)."""
+        for undo in reversed(undos):
+            for cmd in undo:
+                self.state.apply(cmd)
+        undos.clear()
+        if self._resync_model_after_undo:
+            self._resync_model_after_undo = False
+            self._resync_model()
+
+    def _removed_counters(self, cmds: list[Command]) -> dict[ServiceKey, Stats]:
+        """Counters of the live services `cmds` delete (read before the engine forgets them)."""
+        if any(isinstance(c, Clear) for c in cmds):
+            return {s.spec.key: s.stats for s in self.engine.services()}
+        out: dict[ServiceKey, Stats] = {}
+        for c in cmds:
+            if isinstance(c, DelService) and c.key not in out:
+                try:
+                    out[c.key] = self.engine.service(c.key).stats
+                except EngineError:
+                    pass  # created by this very batch: nothing counted yet
+        return out
 
     @staticmethod
     def _refusal(errno_name: str, message: str, index: int, cmd: Command, batch: bool) -> EngineError:
@@ -308,31 +345,55 @@ class Director:
             raise EngineError("EOPNOTSUPP", f"cannot apply {cmd!r}")
 
     def _rollback(self, done: list[list[Command]]) -> None:
+        failed = False
         for undo in reversed(done):
             for cmd in undo:
                 try:
                     self._engine_apply(cmd)
                 except Exception as exc:  # keep undoing the rest; this one is reported
+                    failed = True
                     log.error("rollback step %s failed: %s", cmd.describe(), exc)
+        if failed:
+            self._resync_model_after_undo = True
+
+    def _resync_model(self) -> None:
+        """The engine did not take back everything: the model is re-read from it (the one place
+        that lists the engine), keeping the SYN-proxy settings the engines cannot report."""
+        fresh = State.from_services(self.engine.services(), self.timeouts)
+        fresh.synproxy_default = self.state.synproxy_default
+        for key, svc in fresh.services.items():
+            old = self.state.services.get(key)
+            svc.synproxy_conf = old.synproxy_conf if old is not None else None
+        self.state = fresh
+        self.config_generation += 1
+        log.warning("the model of the running state was re-read from the engine after a failed rollback")
 
     def _committed(self, cmds: list[Command], final: State, log_level: int) -> None:
-        """Bookkeeping after a change went through: logs, counters, forwarding state."""
+        """Bookkeeping after a change went through: logs, counters, forwarding state. O(change):
+        what a deleted service had is forgotten through its own index, not by scanning everything."""
         to_resolve: dict[tuple[ServiceKey, str, int], None] = {}
+        describe = log.isEnabledFor(log_level)  # describe() is not free: 30,000 of them at DEBUG
         for cmd in cmds:
-            log.log(log_level, "applied: %s", cmd.describe())
+            if describe:
+                log.log(log_level, "applied: %s", cmd.describe())
             if isinstance(cmd, Clear):
-                self.fwd_status.clear()
-                self._forget_stats(lambda k: True)
+                self.fwd.clear()
+                self.estimator.forget(self.estimator.keys())
+                self.stalls.forget(self.stalls.keys())
+                self.synproxy_confs.clear()
                 to_resolve.clear()
             elif isinstance(cmd, DelService):
-                for ident in [i for i in self.fwd_status if i[0] == cmd.key]:
-                    del self.fwd_status[ident]
-                self._forget_stats(functools.partial(_of_service, cmd.key))
-                to_resolve = {i: None for i in to_resolve if i[0] != cmd.key}
+                gone = self.fwd.remove_service(cmd.key)
+                self.estimator.forget([_svc_stats_key(cmd.key)] + [_dest_stats_key(cmd.key, a, p) for a, p in gone])
+                self.stalls.forget([(cmd.key, a, p) for a, p in gone])
+                self.synproxy_confs.pop(cmd.key, None)
+                for addr, port in gone:
+                    to_resolve.pop((cmd.key, addr, port), None)
             elif isinstance(cmd, DelDest):
                 ident = (cmd.key, cmd.addr, cmd.port)
-                self.fwd_status.pop(ident, None)
-                self._forget_stats(_dest_stats_key(*ident).__eq__)
+                self.fwd.remove(*ident)
+                self.estimator.forget([_dest_stats_key(*ident)])
+                self.stalls.forget([ident])
                 to_resolve.pop(ident, None)
             elif isinstance(cmd, (AddDest, EditDest)):
                 to_resolve[(cmd.key, cmd.dest.addr, cmd.dest.port)] = None
@@ -342,13 +403,20 @@ class Director:
                 svc = final.services.get(cmd.spec.key)
                 for addr, port in (svc.dests if svc is not None else {}):
                     to_resolve[(cmd.spec.key, addr, port)] = None
+            elif isinstance(cmd, SetSynproxy) and cmd.key is not None:
+                if cmd.conf is None:
+                    self.synproxy_confs.pop(cmd.key, None)
+                else:
+                    self.synproxy_confs[cmd.key] = cmd.conf
             elif isinstance(cmd, Zero):
                 self._zero(cmd.key)
+        todo = []
         for key, addr, port in to_resolve:
             svc = final.services.get(key)
             dest = svc.dests.get((addr, port)) if svc is not None else None
             if dest is not None:
-                self.fwd.resolve_safely(key, dest)
+                todo.append((key, dest))
+        self.fwd.resolve_changed(todo)
 
     # ------------------------------------------------------------ operations
     def _ping(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -358,12 +426,37 @@ class Director:
     def _single(self, op: str, args: dict[str, Any]) -> None:
         self.execute([parse_command(op, args)])
 
-    def _batch(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _batch(self, args: dict[str, Any], session: BatchSession | None = None) -> dict[str, Any]:
+        """One batch, or one chunk of a chunked one (docs/control-protocol.md: "more": true queues
+        the chunk's requests on the connection; the chunk without it applies them all at once)."""
         requests = args.get("requests")
         if not isinstance(requests, list):
+            if session is not None:
+                session.pending = []
             raise EngineError("EINVAL", "batch: 'requests' must be a list of {\"op\", \"args\"} objects")
+        more = args.get("more", False)
+        if not isinstance(more, bool):
+            raise EngineError("EINVAL", "batch: 'more' must be a boolean")
+        if more and session is None:
+            raise EngineError("EINVAL", "batch: a chunked batch ('more': true) needs a control connection")
+        queued = session.pending if session is not None else []
+        if session is not None:
+            session.pending = []  # a refused chunk drops the whole batch; a complete one is applied below
+        if len(queued) + len(requests) > MAX_BATCH_REQUESTS:
+            raise EngineError("EINVAL", f"batch: more than {MAX_BATCH_REQUESTS} requests; nothing was changed")
+        cmds = queued + self._parse_batch(requests, len(queued))
+        if more:
+            assert session is not None
+            session.pending = cmds
+            return {"queued": len(cmds)}
+        self.execute(cmds, batch=True)
+        return {"applied": len(cmds)}
+
+    def _parse_batch(self, requests: list[Any], base: int) -> list[Command]:
+        """The requests of a batch (or of one chunk, whose first is request `base` of the batch)."""
         cmds: list[Command] = []
-        for i, req in enumerate(requests):
+        for n, req in enumerate(requests):
+            i = base + n
             op = req.get("op") if isinstance(req, dict) else None
             if not isinstance(op, str):
                 raise BatchError("EINVAL", f"request {i + 1}: not an object with a string 'op'", i, "")
@@ -376,8 +469,7 @@ class Director:
                 cmds.append(parse_command(op, req.get("args") or {}))
             except StateError as exc:
                 raise BatchError(exc.errno_name, f"request {i + 1} ({op}): {exc}", i, op) from exc
-        self.execute(cmds, batch=True)
-        return {"applied": len(cmds)}
+        return cmds
 
     def _get_timeout(self, _args: dict[str, Any]) -> dict[str, int]:
         return self.timeouts.to_json()
@@ -436,18 +528,25 @@ class Director:
 
         Services in lbd's order; each service's destinations in the order they must be added
         to come back in the same list order (IPVS adds at the head: the reverse of `list`).
+        Built from the model, and only once per `config_generation` (the state saver asks every
+        2 s; the same object comes back while nothing changed: callers must not modify it).
         """
+        cached = self._snapshot_cache
+        if cached is not None and cached[0] == self.config_generation:
+            return cached[1]
         services = []
-        for s in self.engine.services():
-            own = self.synproxy_confs.get(s.spec.key)
+        for key, s in self.state.services.items():
+            own = self.synproxy_confs.get(key)
             services.append({
                 **s.spec.to_json(),
-                "dests": [d.spec.to_json() for d in reversed(s.dests)],
-                "laddrs": [{"addr": la.addr} for la in s.laddrs],
+                "dests": [d.to_json() for d in reversed(s.dests.values())],
+                "laddrs": [{"addr": la} for la in s.laddrs],
                 "synproxy_conf": synproxy_to_json(own) if own is not None else None,
             })
-        return {"format": self.SNAPSHOT_FORMAT, "timeouts": self.timeouts.to_json(),
-                "synproxy_default": synproxy_to_json(self.synproxy_default), "services": services}
+        snapshot = {"format": self.SNAPSHOT_FORMAT, "timeouts": self.timeouts.to_json(),
+                    "synproxy_default": synproxy_to_json(self.synproxy_default), "services": services}
+        self._snapshot_cache = (self.config_generation, snapshot)
+        return snapshot
 
     def restore_config(self, snapshot: dict[str, Any], what: str = "restore") -> int:
         """Make the running state the snapshot's (the minimal plan, all or nothing); returns the
@@ -476,7 +575,19 @@ class Director:
         return samples
 
     def estimate(self, now: float | None = None) -> None:
-        """One estimator tick (lbd runs it every ESTIMATOR_TICK_S): rates, and stalled handshakes."""
+        """One estimator tick (lbd runs it every ESTIMATOR_TICK_S): rates, and stalled handshakes.
+
+        O(1) while the director is idle (issue 15): when no packet was counted since the last tick
+        (every packet is counted under exactly one reason), the configuration did not change, every
+        rate has decayed to 0 and no stall episode is going on, a tick would change nothing (the
+        same arithmetic on zero deltas), so the services are not listed at all.
+        """
+        counters = self.engine.counters()
+        mark = (sum(counters.values()), self.config_generation)
+        if mark == self._estimated_at and self.estimator.settled() and not self.stalls.any_stalled():
+            self._log_refusals(counters)
+            return
+        self._estimated_at = mark
         services = self.engine.services()
         self.estimator.tick(self._stats_samples(services))
         samples = {
@@ -485,7 +596,7 @@ class Director:
         }
         for event in self.stalls.tick(time.monotonic() if now is None else now, samples):
             self._log_stall(event)
-        self._log_refusals()
+        self._log_refusals(counters)
 
     # Drop reasons that mean "we refused new work": logged once per tick in which they grew.
     REFUSAL_LOGS = {
@@ -499,10 +610,10 @@ class Director:
                       "to make room for new connections in the last tick (early drop; a SYN flood, or raise "
                       "lbd --conn-max)")
 
-    def _log_refusals(self) -> None:
+    def _log_refusals(self, counters: dict[str, int]) -> None:
         """Counted refusals become log lines too (issue 3: exhausted pools; issue 8: full table), and so
         do the entries early drop released to make room (issue 15), once per tick in which they grew."""
-        counters = dict(self.engine.counters())
+        counters = dict(counters)
         counters["early_drop"] = self.engine.conn_stats()["early_drops"]
         last = self._last_refusals
         entries = self.engine.conn_count()
@@ -537,28 +648,21 @@ class Director:
             self.totals.zero()
             self.engine.zero()
         else:
-            self.totals.retire(self._service_counters().get(key, Stats()))
+            self.totals.retire(self.engine.service(key).stats)
             self.engine.zero_service(key)
-        services = [s for s in self.engine.services() if key is None or s.spec.key == key]
+        services = self.engine.services() if key is None else [self.engine.service(key)]
         for skey in self._stats_samples(services):
             self.estimator.zero(skey, Stats())
-
-    def _forget_stats(self, match: Callable[[StatsKey], bool]) -> None:
-        self.estimator.forget([k for k in self.estimator.keys() if match(k)])
 
     def _shown(self, skey: StatsKey, raw: Stats) -> dict[str, int]:
         """Counters since the object was created or last zeroed, plus rates: a `stats` object of `list`."""
         return {**raw.to_json(), **self.estimator.read(skey).to_json()}
 
-    def _service_counters(self) -> dict[ServiceKey, Stats]:
-        """Each live service's counters since its last zero (`list`'s, without the rates)."""
-        return {s.spec.key: s.stats for s in self.engine.services()}
-
     def _list(self, args: dict[str, Any]) -> dict[str, Any]:
         only = parse_key(args["service"]) if args.get("service") else None
-        services = self.engine.services()
-        if only is not None and all(s.spec.key != only for s in services):
+        if only is not None and only not in self.state.services:
             raise EngineError("ESRCH", f"no such service {only}")
+        services = self.engine.services() if only is None else [self.engine.service(only)]
         table_size = self.engine.table_size()
         out = []
         for s in services:

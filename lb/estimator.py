@@ -82,16 +82,25 @@ class Estimator(Generic[K]):
 
     def __init__(self) -> None:
         self._entries: dict[K, _Entry] = {}
+        self._moving = 0  # entries whose averages were not all 0 after the last tick
 
     def tick(self, samples: Mapping[K, Stats]) -> None:
         """One 2-second step: update every key in `samples`; forget keys that are gone."""
         for key in [k for k in self._entries if k not in samples]:
             del self._entries[key]
+        moving = 0
         for key, counters in samples.items():
             entry = self._entries.get(key)
             if entry is None:
                 entry = self._entries[key] = _Entry(Stats())
             entry.tick(counters)
+            if any(entry.avg.values()):
+                moving += 1
+        self._moving = moving
+
+    def settled(self) -> bool:
+        """Every rate was 0 after the last tick: ticks on unchanged counters would change nothing."""
+        return self._moving == 0
 
     def read(self, key: K) -> Rates:
         entry = self._entries.get(key)
@@ -162,6 +171,18 @@ class StallWatch(Generic[K]):
     def __init__(self, window_s: float = STALL_WINDOW_S) -> None:
         self.window_s = window_s
         self._hist: dict[K, _History] = {}
+
+    def any_stalled(self) -> bool:
+        """Whether an episode is going on somewhere (its end must be seen by a tick)."""
+        return any(h.stalled for h in self._hist.values())
+
+    def keys(self) -> list[K]:
+        return list(self._hist)
+
+    def forget(self, keys: Iterable[K]) -> None:
+        """Destinations that are gone: their history and episode counters go too."""
+        for key in keys:
+            self._hist.pop(key, None)
 
     def tick(self, now: float, samples: Mapping[K, HandshakeSample]) -> list[StallEvent[K]]:
         for key in [k for k in self._hist if k not in samples]:

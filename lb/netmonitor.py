@@ -72,8 +72,13 @@ class NetlinkMonitor:
         *,
         netns: str | None = None,
         groups: int = MONITOR_GROUPS,
+        on_neighbour: Callable[[str, bytes | None], None] | None = None,
     ) -> None:
         self.callback = callback
+        # With on_neighbour, IPv4 neighbour messages are not a "neigh" kind but one call each:
+        # (address, its link-layer address while the entry is valid, else None); issue 15.
+        self.on_neighbour = on_neighbour
+        self._neighbours: dict[str, bytes | None] = {}
         self.netns = netns
         self.groups = groups
         self._sock: IPRSocket | None = None
@@ -118,7 +123,7 @@ class NetlinkMonitor:
                 raise
             if not data:
                 break
-            for kind in _kinds(data):
+            for kind in _kinds(data, self._neighbours if self.on_neighbour is not None else None):
                 _add(kinds, kind)
         return kinds
 
@@ -128,6 +133,13 @@ class NetlinkMonitor:
         except OSError:
             log.exception("netlink monitor read failed")
             return
+        neighbours, self._neighbours = self._neighbours, {}
+        if self.on_neighbour is not None:
+            for ip, mac in neighbours.items():  # the last message per address of this burst
+                try:
+                    self.on_neighbour(ip, mac)
+                except Exception:
+                    log.exception("netlink monitor neighbour callback failed for %s", ip)
         for kind in kinds:
             try:
                 self.callback(kind)
@@ -169,8 +181,9 @@ def _add(kinds: list[str], kind: str) -> None:
         kinds.append(kind)
 
 
-def _kinds(data: bytes) -> list[str]:
-    """Event kinds of the netlink messages in one datagram (walks nlmsghdr only; cheap, total)."""
+def _kinds(data: bytes, neighbours: dict[str, bytes | None] | None = None) -> list[str]:
+    """Event kinds of the netlink messages in one datagram (walks nlmsghdr only; cheap, total).
+    With `neighbours`, IPv4 neighbour messages go there (address -> MAC or None) instead."""
     kinds: list[str] = []
     offset = 0
     while offset + 16 <= len(data):
@@ -178,7 +191,46 @@ def _kinds(data: bytes) -> list[str]:
         if length < 16:
             break
         kind = EVENT_KINDS.get(mtype)
-        if kind:
+        if kind == "neigh" and neighbours is not None:
+            parsed = _neighbour(data[offset + 16:offset + min(length, len(data) - offset)], mtype)
+            if parsed is not None:
+                neighbours[parsed[0]] = parsed[1]
+            elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH) and len(data) - offset >= 28 and data[offset + 16] == socket.AF_INET:
+                _add(kinds, kind)  # an IPv4 message we could not read: treat it as a general change
+        elif kind:
             _add(kinds, kind)
         offset += (length + 3) & ~3
     return kinds
+
+
+_NDMSG = struct.Struct("=BBHiHBB")  # family, pad, pad, ifindex, state, flags, type
+_RTATTR = struct.Struct("=HH")
+NDA_DST, NDA_LLADDR = 1, 2
+_NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT (lb.netlink)
+
+
+def _neighbour(body: bytes, mtype: int) -> tuple[str, bytes | None] | None:
+    """(IPv4 address, MAC while valid else None) of one neighbour message body; None if it is not
+    an IPv4 neighbour or is malformed (bounds-checked: the kernel's data, but still data)."""
+    if len(body) < _NDMSG.size:
+        return None
+    family, _, _, _ifindex, state, _, _ = _NDMSG.unpack_from(body, 0)
+    if family != socket.AF_INET:
+        return None
+    dst: str | None = None
+    lladdr: bytes | None = None
+    pos = _NDMSG.size
+    while pos + 4 <= len(body):
+        alen, atype = _RTATTR.unpack_from(body, pos)
+        if alen < 4 or pos + alen > len(body):
+            return None
+        value = body[pos + 4:pos + alen]
+        if atype == NDA_DST and len(value) == 4:
+            dst = socket.inet_ntoa(value)
+        elif atype == NDA_LLADDR and len(value) == 6:
+            lladdr = value
+        pos += (alen + 3) & ~3
+    if dst is None:
+        return None
+    valid = mtype == RTM_NEWNEIGH and bool(state & _NUD_VALID)
+    return dst, (lladdr if valid else None)

@@ -338,12 +338,18 @@ class StateSaver:
         self.snapshot_bytes = 0
         self.journal_bytes = 0
         self._config_json = ""
+        self._json_cache: tuple[int, str] | None = None  # (director.config_generation, its JSON)
 
     def save(self) -> str:
         """One save; returns a summary for the log."""
         engine = self.director.engine
-        config = self.director.snapshot_config()
-        config_json = json.dumps(config, sort_keys=True, separators=(",", ":"))
+        config = self.director.snapshot_config()  # cached by the director per config_generation
+        # Encoded once per configuration change, not every save: 10,000 services are megabytes of
+        # JSON, and an idle lbd saves every 2 s (issue 15: idle below 1 % of a core).
+        generation = self.director.config_generation
+        if self._json_cache is None or self._json_cache[0] != generation:
+            self._json_cache = (generation, json.dumps(config, sort_keys=True, separators=(",", ":")))
+        config_json = self._json_cache[1]
         changed_config = config_json != self._config_json
         if self.snapshot_id is None:
             return self._snapshot(config, config_json)

@@ -49,9 +49,17 @@ NOT_IMPLEMENTED: tuple[Missing, ...] = (
 )
 
 
+_by_option: tuple[tuple[Missing, ...], dict[str, Missing]] = ((), {})
+
+
 def refusal(option: str, value: str | None = None) -> Missing | None:
-    """The entry refusing this use of an option, if any."""
-    return next((m for m in NOT_IMPLEMENTED if m.refuses(option, value)), None)
+    """The entry refusing this use of an option, if any (a dict lookup: lbadm -R asks for every
+    option of every line; the index follows NOT_IMPLEMENTED if it is replaced)."""
+    global _by_option
+    if _by_option[0] is not NOT_IMPLEMENTED:
+        _by_option = (NOT_IMPLEMENTED, {m.option: m for m in NOT_IMPLEMENTED})
+    m = _by_option[1].get(option)
+    return m if m is not None and m.refuses(option, value) else None
 
 
 def entry(option: str) -> Missing:

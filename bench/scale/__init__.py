@@ -1,6 +1,6 @@
 """python -m bench scale: what lbd costs as what it holds grows (issue 15).
 
-    python -m bench scale [--quick] [--sections table,fnat,statesave,conns,flood,overload] [...]
+    python -m bench scale [--quick] [--sections table,fnat,statesave,conns,flood,overload,ctl] [...]
 
 Each section is a module of this package with the same small interface (SECTIONS below):
 `add_args(ap)` for its options, `finish_args(args)` for its --quick defaults, `run(args) -> dict`
@@ -22,6 +22,13 @@ Sections of the connection-table work (issue 15 items 3-5):
 - flood     a spoofed-SYN flood (3 kpps) on a full table (--conn-max 5000): real clients served
             during and right after it.
 - overload  offered twice the zero-loss rate: what lbd still delivers, where the rest was dropped.
+
+And of the control plane (issue 15 item 2):
+- ctl       lbadm commands, reloads, -R and lbd's idle CPU at 1, 1,000, 10,000 services (bench/ctl_scale.py).
+
+And of the steering (issue 15 item 1):
+- services  traffic to the last of 1 .. 10,000 services and traffic routed through the director
+            (not for a service), against a director without lbd (bench/steer_scale.py).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ SECTIONS: dict[str, str] = {
     "conns": "bench.scale.conns",
     "flood": "bench.scale.flood",
     "overload": "bench.scale.overload",
+    "ctl": "bench.scale.ctl",
+    "services": "bench.steer_scale",
 }
 
 

@@ -73,7 +73,7 @@ def parse_args(
         if leftovers:
             raise tryhelp()
         # No command at all: ipvsadm lists the table (non-numeric).
-        return _finish(line, Action.LIST_ALL, Request("list", {}), env)
+        return _finish(line, Action.LIST_ALL, Request("list", {}), env, reading_stdin)
     if isinstance(first, PoptError):
         raise tryhelp()
     early = line.set_command(first)
@@ -103,25 +103,28 @@ def _invocation_for(line: _CommandLine, env: Mapping[str, str] | None, reading_s
     command = line.command
     if command is Command.LIST:
         action, request = _list_invocation(line)
-        return _finish(line, action, request, env)
+        return _finish(line, action, request, env, reading_stdin)
     if command is Command.SAVE:
-        return _finish(line, Action.SAVE, Request("list", {}), env)
+        return _finish(line, Action.SAVE, Request("list", {}), env, reading_stdin)
     if command is Command.RESTORE:
         if reading_stdin:
             raise tryhelp()  # ipvsadm: no -R inside -R
-        return _finish(line, Action.RESTORE, None, env)
+        return _finish(line, Action.RESTORE, None, env, reading_stdin)
     if command is Command.GETLADDR:
         args = {"service": line.service_key()} if Opt.SERVICE in line.options else {}
-        return _finish(line, Action.LIST_LADDRS, Request("list", args), env)
-    return _finish(line, Action.CHANGE, _change_request(line), env)
+        return _finish(line, Action.LIST_LADDRS, Request("list", args), env, reading_stdin)
+    return _finish(line, Action.CHANGE, _change_request(line), env, reading_stdin)
 
 
-def _finish(line: _CommandLine, action: Action, request: Request | None, env: Mapping[str, str] | None) -> Invocation:
+def _finish(line: _CommandLine, action: Action, request: Request | None, env: Mapping[str, str] | None,
+            reading_stdin: bool = False) -> Invocation:
+    # A line of a -R stream goes to the socket of the -R command itself: finding the default socket
+    # (which namespace are we in?) for each of 30,000 lines cost more than parsing them (issue 15).
     return Invocation(
         action=action,
         request=request,
         fmt=line.list_format(),
-        socket_path=resolve_socket_path(line.socket_path, env),
+        socket_path="" if reading_stdin else resolve_socket_path(line.socket_path, env),
         json_output=Opt.JSON in line.options,
         refusal=line.refusal() if line.command is not None else None,
     )

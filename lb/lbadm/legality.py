@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 
 from lb.lbadm.errors import fail
 
@@ -163,8 +164,13 @@ def _check_legality(rules: list[tuple[Opt, str]], options: set[Opt], context: st
 
 def check_option_combination(command: Command, options: set[Opt]) -> None:
     """ipvsadm's generic_opt_check."""
+    _check_legality(_legality_rules(command), options, f"'{command.value}' command")
+
+
+@functools.cache
+def _legality_rules(command: Command) -> list[tuple[Opt, str]]:
     row = LEGAL_OPTIONS[command]
-    _check_legality([(opt, row[opt]) for opt in Opt], options, f"'{command.value}' command")
+    return [(opt, row[opt]) for opt in Opt]
 
 
 def check_tunnel_options(tun_type: str, options: set[Opt]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -82,9 +82,13 @@ def _run_restore(invocation: Invocation, connect: ClientFactory, streams: _Strea
         return exc.error.status
     if not requests:
         return EXIT_OK
-    batch = Request("batch", {"requests": [request.to_json() for request in requests]})
     try:
-        _send(invocation.socket_path, batch, connect)
+        with connect(invocation.socket_path) as client:
+            for chunk, more in _chunks([r.to_json() for r in requests]):
+                args: dict[str, Any] = {"requests": chunk}
+                if more:
+                    args["more"] = True
+                client.request("batch", args)
     except ControlError as exc:
         failed_op = _failed_batch_op(exc, requests)
         streams.stderr.write(ipvs_strerror(failed_op, exc.errno_name, exc.message) + "\n")
@@ -94,6 +98,26 @@ def _run_restore(invocation: Invocation, connect: ClientFactory, streams: _Strea
         streams.stderr.write(f"{PROG}: {exc}\n")
         return EXIT_NO_DAEMON
     return EXIT_OK
+
+
+# lbd refuses request lines over 1 MiB (lb/ctlserver.py): a large restore goes in chunks of about this
+# many bytes, applied by lbd all at once with the last one (docs/control-protocol.md, batch).
+RESTORE_CHUNK_BYTES = 256 * 1024
+
+
+def _chunks(requests: list[dict[str, Any]]) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+    """(requests, more) chunks, each about RESTORE_CHUNK_BYTES of JSON at most (one request alone
+    is far below lbd's limit: a command line's worth)."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for request in requests:
+        length = len(json.dumps(request, separators=(",", ":"))) + 1
+        if chunk and size + length > RESTORE_CHUNK_BYTES:
+            yield chunk, True
+            chunk, size = [], 0
+        chunk.append(request)
+        size += length
+    yield chunk, False
 
 
 def _failed_batch_op(exc: ControlError, requests: list[Request]) -> str:
@@ -155,6 +179,10 @@ def main(
             return doctor_cli.main_doctor(rest, resolve_socket_path(sock, env))
     names = names or NameDB()
     streams = _Streams(sys.stdin, sys.stdout, sys.stderr)
+    if argv is None:  # the console command (not a test): a -R of 30,000 lines, a listing of 10,000
+        import gc  # services, at CPython's default GC thresholds spend much of their time collecting
+
+        gc.set_threshold(100_000, 50, 100)
     try:
         invocation = parse_args(args, env=env, names=names)
     except UsageError as exc:

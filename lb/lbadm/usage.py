@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import re
 
-from lb import __version__, unimplemented
+import lb
+from lb import unimplemented
 from lb.lbadm.errors import PROG
 from lb.lbadm.values import DEFAULT_PERSISTENT_TIMEOUT_S, INT_MAX
 from lb.model import DEFAULT_SCHEDULER, SCHEDULERS
 
 
 def version_text() -> str:
-    return f"{PROG} v{__version__} (ipvsadm v1.31 command line and output, IPVS v1.2.1 semantics, served by lbd)\n"
+    return f"{PROG} v{lb.__version__} (ipvsadm v1.31 command line and output, IPVS v1.2.1 semantics, served by lbd)\n"
 
 
 _OPTION_LINE = re.compile(r"^  (--[a-z0-9-]+)")

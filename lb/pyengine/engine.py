@@ -1071,26 +1071,12 @@ class PyEngine:
 
     def services(self) -> list[ServiceInfo]:
         with self._lock:
-            return [
-                ServiceInfo(
-                    spec=service.spec,
-                    dests=[
-                        DestInfo(
-                            spec=dest.spec,
-                            active=dest.active,
-                            inactive=dest.inactive,
-                            persist=dest.persist,
-                            stats=_stats(dest.stats),
-                            syn_retrans=dest.syn_retrans,
-                            handshakes=dest.handshakes,
-                        )
-                        for dest in service.dests
-                    ],
-                    stats=_stats(service.stats),
-                    laddrs=[LaddrInfo(socket.inet_ntoa(la.addr), la.conns) for la in xmit_fnat.laddr_list(service)],
-                )
-                for service in self._services.values()
-            ]
+            return [_service_info(service) for service in self._services.values()]
+
+    def service(self, key: ServiceKey) -> ServiceInfo:
+        """One service (O(1)); EngineError ESRCH when there is none."""
+        with self._lock:
+            return _service_info(self._service(key))
 
     def dest_flags(self, key: ServiceKey) -> dict[tuple[str, int], int]:
         """LB_DEST_F_* flags per destination (availability, overload, forwarding state valid)."""
@@ -1211,3 +1197,23 @@ class PyEngine:
 
 assert PROTO_TCP == IPPROTO_TCP
 assert set(FWD_IDS) >= set(methods())
+
+
+def _service_info(service: Any) -> ServiceInfo:
+    return ServiceInfo(
+        spec=service.spec,
+        dests=[
+            DestInfo(
+                spec=dest.spec,
+                active=dest.active,
+                inactive=dest.inactive,
+                persist=dest.persist,
+                stats=_stats(dest.stats),
+                syn_retrans=dest.syn_retrans,
+                handshakes=dest.handshakes,
+            )
+            for dest in service.dests
+        ],
+        stats=_stats(service.stats),
+        laddrs=[LaddrInfo(socket.inet_ntoa(la.addr), la.conns) for la in xmit_fnat.laddr_list(service)],
+    )

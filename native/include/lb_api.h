@@ -380,6 +380,9 @@ int lb_laddr_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport,
 
 /* ---- observation (lock; copy out) ---- */
 int lb_svc_list(lb_t *lb, struct lb_svc_info *out, uint32_t cap);          /* returns total count */
+/* One service's conf and counters (O(1): the control plane must not list every service to read
+ * one); returns 0, or LB_ESRCH when there is no such service. */
+int lb_svc_get(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct lb_svc_info *out);
 int lb_dest_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport,
                  struct lb_dest_info *out, uint32_t cap);                  /* returns total count or LB_ESRCH */
 /* Copy up to cap live entries starting at *cursor (0 to begin); updates *cursor; returns the number copied. */

@@ -584,6 +584,24 @@ int lb_svc_list(lb_t *lb, struct lb_svc_info *out, uint32_t cap)
     return (int)n;
 }
 
+int lb_svc_get(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct lb_svc_info *out)
+{
+    if (!out)
+        return LB_EINVAL;
+    pthread_mutex_lock(&lb->lock);
+    const struct lb_svc *s = lb_svc_find_host(lb, proto, vaddr, vport);
+    int ret = LB_ESRCH;
+    if (s) {
+        memset(out, 0, sizeof(*out));
+        out->conf = s->conf;
+        out->num_dests = s->ndests;
+        out->stats = s->stats;
+        ret = 0;
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return ret;
+}
+
 int lb_dest_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct lb_dest_info *out, uint32_t cap)
 {
     pthread_mutex_lock(&lb->lock);

@@ -6,6 +6,7 @@ request dispatch, or against a scripted fake. No asyncio, no privileges.
 
 from __future__ import annotations
 
+import functools
 import json
 import socketserver
 import threading
@@ -16,13 +17,23 @@ Answer = Callable[[bytes], dict[str, Any]]
 
 
 class LineServer:
-    """Serves `path`: every line received is answered with json(answer(line)) + newline."""
+    """Serves `path`: every line received is answered with json(answer(line)) + newline.
+    `per_connection` (instead of `answer`): called once per connection for that connection's
+    answer function (lbd's dispatch keeps a chunked batch per connection)."""
 
-    def __init__(self, path: str, answer: Answer) -> None:
+    def __init__(self, path: str, answer: Answer | None = None, *,
+                 per_connection: Callable[[], Answer] | None = None) -> None:
+        def answerer() -> Answer:
+            if per_connection is not None:
+                return per_connection()
+            assert answer is not None
+            return answer
+
         class _Connection(socketserver.StreamRequestHandler):
             def handle(self) -> None:
+                reply = answerer()
                 for line in self.rfile:
-                    self.wfile.write((json.dumps(answer(line)) + "\n").encode())
+                    self.wfile.write((json.dumps(reply(line)) + "\n").encode())
 
         self.server = socketserver.ThreadingUnixStreamServer(path, _Connection)
         self.server.daemon_threads = True
@@ -41,5 +52,7 @@ class LineServer:
 def director_socket(path: str, director: Any) -> LineServer:
     """The daemon's request dispatch (ControlServer._dispatch) for `director` behind `path`."""
     from lb.ctlserver import ControlServer
+    from lb.director import BatchSession
 
-    return LineServer(path, ControlServer(director, path)._dispatch)
+    server = ControlServer(director, path)
+    return LineServer(path, per_connection=lambda: functools.partial(server._dispatch, session=BatchSession()))
