@@ -1,5 +1,5 @@
 # lvs-userspace: build, test and demo. Run as root on Debian 12 (or similar).
-#   make demo   - builds everything, runs the DR demo in its own network namespaces
+#   make demo   - builds everything, sends real traffic through DR, IPIP, NAT and FULLNAT in its own namespaces
 #   make test   - builds everything, runs the linters (lint: ruff, mypy), tests/unit, the C core
 #                 under ASan/UBSan and valgrind (test-sanitize), then tests/netns, then tests/kernel
 #                 (test-kernel: kernel IPVS vs lbd in a qemu guest)
