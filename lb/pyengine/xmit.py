@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Protocol
 
 from lb.engine import FWD_IDS, Action, FwdState, Reason, Verdict
 from lb.pyengine.conn import Connection, Destination
+from lb.pyengine.icmp import translate
 from lb.pyengine.parse import ParsedPacket
 
 NO_L2 = Action(Verdict.DROP, Reason.NO_L2)
@@ -148,3 +149,26 @@ def methods() -> dict[str, XmitMethod]:
 def find_method(name: str) -> XmitMethod | None:
     """The registered method of that name, or None (not implemented)."""
     return methods().get(name)
+
+
+_ICMP_TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
+
+
+def icmp_to_dest(conn: Connection, packet: bytes, parsed: ParsedPacket, outer_src: bytes, quoted_dst: bytes,
+                 quoted_dport: int) -> Action:
+    """An ICMP error from the client's side, for methods that rewrite addresses (NAT, FULLNAT): to
+    the connection's real server as outer_src -> RIP, quoting RIP:rport -> quoted_dst:quoted_dport."""
+    dest = conn.dest
+    out = translate(packet, parsed.ip_header_len, parsed.total_length, outer_src, dest.addr, dest.addr,
+                    dest.port, quoted_dst, quoted_dport)
+    if out is None:
+        return _ICMP_TTL_EXCEEDED
+    action = xmit_l2(dest, Reason.ICMP, out)
+    return NO_L2 if action is None else action
+
+
+def icmp_to_client(conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
+    """An ICMP error from the real server's side: to the client as VIP -> CIP, quoting CIP:cport -> VIP:vport."""
+    out = translate(packet, parsed.ip_header_len, parsed.total_length, conn.vaddr, conn.caddr, conn.caddr,
+                    conn.cport, conn.vaddr, conn.vport)
+    return _ICMP_TTL_EXCEEDED if out is None else Action(Verdict.ANSWER, Reason.ICMP, out=out)

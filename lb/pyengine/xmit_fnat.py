@@ -36,9 +36,8 @@ from lb import consts as C
 from lb.engine import TOA_LEN, Action, Reason, Verdict
 from lb.pyengine.conn import Connection, Destination
 from lb.pyengine.csum import csum_replace2, csum_replace4, get16, ip_header_checksum, put16, tcp_checksum_full
-from lb.pyengine.icmp import translate
 from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, tcp_options
-from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, xmit_l2
+from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, icmp_to_client, icmp_to_dest, xmit_l2
 
 TOA_KIND = 254
 MSS_FLOOR = 536  # an MSS is lowered only when it stays above this
@@ -224,19 +223,11 @@ class FullNat(XmitMethod):
 
     def icmp_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
         """To the real server as LIP -> RIP, quoting RIP:rport -> LIP:lport."""
-        dest = conn.dest
-        out = translate(packet, parsed.ip_header_len, parsed.total_length, conn.reply_addr, dest.addr, dest.addr,
-                        dest.port, conn.reply_addr, conn.reply_port)
-        if out is None:
-            return _TTL_EXCEEDED
-        action = xmit_l2(dest, Reason.ICMP, out)
-        return NO_L2 if action is None else action
+        return icmp_to_dest(conn, packet, parsed, conn.reply_addr, conn.reply_addr, conn.reply_port)
 
     def icmp_out(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
         """To the client as VIP -> CIP, quoting CIP:cport -> VIP:vport."""
-        out = translate(packet, parsed.ip_header_len, parsed.total_length, conn.vaddr, conn.caddr, conn.caddr,
-                        conn.cport, conn.vaddr, conn.vport)
-        return _TTL_EXCEEDED if out is None else Action(Verdict.ANSWER, Reason.ICMP, out=out)
+        return icmp_to_client(conn, packet, parsed)
 
     def conn_bind(self, ctx: BindContext, service: MethodService, dest: Destination,
                   parsed: ParsedPacket) -> Bind | Action:

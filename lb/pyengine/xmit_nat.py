@@ -23,9 +23,8 @@ from __future__ import annotations
 from lb.engine import Action, Reason, Verdict
 from lb.pyengine.conn import Connection, Destination
 from lb.pyengine.csum import csum_replace2, csum_replace4, get16, put16
-from lb.pyengine.icmp import translate
 from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, ParsedPacket
-from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, xmit_l2
+from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, icmp_to_client, icmp_to_dest, xmit_l2
 
 _TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
 
@@ -82,19 +81,11 @@ class Masquerading(XmitMethod):
 
     def icmp_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
         """To the real server (the sender keeps its address), quoting RIP:rport -> CIP:cport."""
-        dest = conn.dest
-        out = translate(packet, parsed.ip_header_len, parsed.total_length, parsed.saddr, dest.addr, dest.addr,
-                        dest.port, conn.caddr, conn.cport)
-        if out is None:
-            return _TTL_EXCEEDED
-        action = xmit_l2(dest, Reason.ICMP, out)
-        return NO_L2 if action is None else action
+        return icmp_to_dest(conn, packet, parsed, parsed.saddr, conn.caddr, conn.cport)
 
     def icmp_out(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
         """To the client as VIP -> CIP, quoting CIP:cport -> VIP:vport."""
-        out = translate(packet, parsed.ip_header_len, parsed.total_length, conn.vaddr, conn.caddr, conn.caddr,
-                        conn.cport, conn.vaddr, conn.vport)
-        return _TTL_EXCEEDED if out is None else Action(Verdict.ANSWER, Reason.ICMP, out=out)
+        return icmp_to_client(conn, packet, parsed)
 
     def conn_bind(self, ctx: BindContext, service: MethodService, dest: Destination,
                   parsed: ParsedPacket) -> Bind:

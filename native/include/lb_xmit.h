@@ -153,4 +153,12 @@ static inline int lb_conn_xmit_in(lb_t *lb, const struct lb_pkt *p, struct lb_co
 int lb_icmp_translate(uint8_t *o, const struct lb_pkt *p, uint32_t outer_s, uint32_t outer_d, uint32_t q_s,
                       uint16_t q_sp, uint32_t q_d, uint16_t q_dp);
 
+/* icmp.c, the ICMP ops of methods that rewrite addresses (NAT, FULLNAT): an error from the client's
+ * side goes to c's real server as outer_s -> RIP, quoting RIP:rport -> q_d:q_dp (LB_V_XMIT_L2); one
+ * from the real server's side goes to the client as VIP -> CIP, quoting CIP:cport -> VIP:vport
+ * (LB_V_ANSWER). Both return the reason (LB_R_ICMP, or why the error was dropped). */
+int lb_icmp_to_dest(const struct lb_pkt *p, const struct lb_conn *c, uint8_t *out, struct lb_action *act,
+                    uint32_t outer_s, uint32_t q_d, uint16_t q_dp);
+int lb_icmp_to_client(const struct lb_pkt *p, const struct lb_conn *c, uint8_t *out, struct lb_action *act);
+
 #endif /* LB_XMIT_H */

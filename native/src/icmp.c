@@ -118,3 +118,32 @@ int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, 
     lb_stats_out(c->dest, p->len);
     return m->icmp_out(lb, p, c, out, out_cap, act);
 }
+
+int lb_icmp_to_dest(const struct lb_pkt *p, const struct lb_conn *c, uint8_t *out, struct lb_action *act,
+                    uint32_t outer_s, uint32_t q_d, uint16_t q_dp)
+{
+    const struct lb_dest *d = c->dest;
+    memcpy(out, p->data, p->len);
+    if (lb_icmp_translate(out, p, outer_s, d->addr_n, d->addr_n, d->port_n, q_d, q_dp) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_TTL_EXCEEDED;
+    }
+    if (lb_xmit_l2_to(d, act) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_NO_L2;
+    }
+    act->out_len = p->len;
+    return LB_R_ICMP;
+}
+
+int lb_icmp_to_client(const struct lb_pkt *p, const struct lb_conn *c, uint8_t *out, struct lb_action *act)
+{
+    memcpy(out, p->data, p->len);
+    if (lb_icmp_translate(out, p, c->vaddr, c->caddr, c->caddr, c->cport, c->vaddr, c->vport) < 0) {
+        act->verdict = LB_V_DROP;
+        return LB_R_TTL_EXCEEDED;
+    }
+    act->verdict = LB_V_ANSWER;
+    act->out_len = p->len;
+    return LB_R_ICMP;
+}

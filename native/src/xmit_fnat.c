@@ -407,18 +407,7 @@ static int fnat_xmit_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_c
 static int fnat_icmp_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
                         uint32_t out_cap LB_UNUSED, struct lb_action *act)
 {
-    const struct lb_dest *d = c->dest;
-    memcpy(out, p->data, p->len);
-    if (lb_icmp_translate(out, p, c->oaddr_n, d->addr_n, d->addr_n, d->port_n, c->oaddr_n, c->oport) < 0) {
-        act->verdict = LB_V_DROP;
-        return LB_R_TTL_EXCEEDED;
-    }
-    if (lb_xmit_l2_to(d, act) < 0) {
-        act->verdict = LB_V_DROP;
-        return LB_R_NO_L2;
-    }
-    act->out_len = p->len;
-    return LB_R_ICMP;
+    return lb_icmp_to_dest(p, c, out, act, c->oaddr_n, c->oaddr_n, c->oport);
 }
 
 /* From the real server's side, quoting LIP:lport -> RIP:rport: to the client as VIP -> CIP,
@@ -426,14 +415,7 @@ static int fnat_icmp_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_co
 static int fnat_icmp_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
                          uint32_t out_cap LB_UNUSED, struct lb_action *act)
 {
-    memcpy(out, p->data, p->len);
-    if (lb_icmp_translate(out, p, c->vaddr, c->caddr, c->caddr, c->cport, c->vaddr, c->vport) < 0) {
-        act->verdict = LB_V_DROP;
-        return LB_R_TTL_EXCEEDED;
-    }
-    act->verdict = LB_V_ANSWER;
-    act->out_len = p->len;
-    return LB_R_ICMP;
+    return lb_icmp_to_client(p, c, out, act);
 }
 
 /* ---------------------------------------------------------------- connections */

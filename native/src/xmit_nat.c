@@ -116,18 +116,7 @@ static int nat_xmit_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_co
 static int nat_icmp_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
                        uint32_t out_cap LB_UNUSED, struct lb_action *act)
 {
-    const struct lb_dest *d = c->dest;
-    memcpy(out, p->data, p->len);
-    if (lb_icmp_translate(out, p, p->saddr, d->addr_n, d->addr_n, d->port_n, c->caddr, c->cport) < 0) {
-        act->verdict = LB_V_DROP;
-        return LB_R_TTL_EXCEEDED;
-    }
-    if (lb_xmit_l2_to(d, act) < 0) {
-        act->verdict = LB_V_DROP;
-        return LB_R_NO_L2;
-    }
-    act->out_len = p->len;
-    return LB_R_ICMP;
+    return lb_icmp_to_dest(p, c, out, act, p->saddr, c->caddr, c->cport);
 }
 
 /* From the real server's side, quoting CIP:cport -> RIP:rport: to the client as VIP -> CIP,
@@ -135,14 +124,7 @@ static int nat_icmp_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_con
 static int nat_icmp_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
                         uint32_t out_cap LB_UNUSED, struct lb_action *act)
 {
-    memcpy(out, p->data, p->len);
-    if (lb_icmp_translate(out, p, c->vaddr, c->caddr, c->caddr, c->cport, c->vaddr, c->vport) < 0) {
-        act->verdict = LB_V_DROP;
-        return LB_R_TTL_EXCEEDED;
-    }
-    act->verdict = LB_V_ANSWER;
-    act->out_len = p->len;
-    return LB_R_ICMP;
+    return lb_icmp_to_client(p, c, out, act);
 }
 
 /* The reply tuple's director side is the client's own address and port. */
