@@ -258,3 +258,25 @@ def test_header_constants_match_the_spec() -> None:
     longest = packet_rows_proxy.proxy_header("v1", "255.255.255.255", 65535, "255.255.255.255", 65535)
     assert (C.LB_PROXY_V1_MAX_LEN, C.LB_PROXY_V2_LEN) == (len(longest), len(packet_rows_proxy.proxy_header("v2")))
     assert socket.inet_aton("1.2.3.4") in packet_rows_proxy.proxy_header("v2", "1.2.3.4")
+
+
+def test_restart_does_not_restore_proxy_entries() -> None:
+    """Their sequence translation is not in a dump (as SYN-proxy's): lb_conn_restore refuses them."""
+    try:
+        from lb.fastpath import CEngine
+    except ImportError:  # pragma: no cover
+        pytest.skip("C fast path not built")
+    scapy = t._scapy()
+    syn = bytes(scapy.IP(src="192.0.2.9", dst=VIP, ttl=64) / scapy.TCP(sport=4000, dport=80, flags="S", seq=7))
+    engines_made = []
+    for _ in range(2):
+        e = CEngine(conn_max=64, hash_seed=1)
+        e.add_service(ServiceSpec(KEY, proxy_protocol="v1"))
+        e.add_laddr(KEY, "10.9.0.1")
+        e.add_dest(KEY, DestSpec("10.9.0.2", 80, "fullnat"))
+        e.set_fwd(KEY, "10.9.0.2", 80, FwdState(ifindex=3, dst_mac=b"\x02" * 6, src_mac=b"\x04" * 6,
+                                                  saddr="0.0.0.0", mtu=1500))
+        engines_made.append(e)
+    assert engines_made[0].process(syn, 0).verdict == Verdict.XMIT_L2
+    blob = engines_made[0].dump_connections_raw(1)
+    assert engines_made[1].restore_connections_raw(blob, 1) == {"EOPNOTSUPP": 1}
