@@ -266,8 +266,10 @@ static int gso_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mtu,
         bad |= check(memcmp(gso_whole, pkt, len) == 0, "lb_tcp_gso_prepare leaves refused bytes alone");
     }
     uint32_t path = lb_path_mtu(lb, pkt, len, now); /* read only, on any bytes */
-    bad |= check(path == 0 || path == 1500 || path == 1500 - LB_IPIP_OVERHEAD,
-                 "lb_path_mtu: 0, or the harness's path MTU 1500 (less the IPIP header for a tunnel)");
+    bad |= check(path == 0 || path == 1500 || path == 1500 - LB_IPIP_OVERHEAD ||
+                     (path >= 1500 - LB_PROXY_V1_MAX_LEN && path <= 1500 - 32) || path == 1500 - LB_PROXY_V2_LEN,
+                 "lb_path_mtu: 0, or the harness's path MTU 1500 (less the IPIP header for a tunnel, less a "
+                 "PROXY header of 32..56 (v1) or 28 (v2) bytes not acknowledged yet)");
     uint32_t seg_len[128];
     int k = lb_tcp_segment(pkt, len, mtu, gso_segs, mtu, seg_len, 128);
     bad |= check(k > 0 || k == LB_EINVAL || k == LB_ENOSPC, "lb_tcp_segment returns a count or an error");

@@ -47,8 +47,10 @@ defaults
 frontend fe
     bind :{port} accept-proxy
     option http-buffer-request
-    http-request return status 200 content-type text/plain lf-string "%[src]:%[src_port] %[dst]:%[dst_port] %[req.body_len] %[req.body,crc32]\\n"
+    http-request return status 200 content-type text/plain lf-string "{answer}\\n"
 """
+# What haproxy parsed from the PROXY header (src, dst) and the body it received (length, CRC32).
+HAPROXY_ANSWER = "%[src]:%[src_port] %[dst]:%[dst_port] %[req.body_len] %[req.body,crc32]"
 
 
 def haproxy_problem() -> str | None:
@@ -80,7 +82,7 @@ def ptopo() -> Iterator[Topology]:
         pytest.skip(problem)
     with Topology(spec()) as t, tempfile.TemporaryDirectory(prefix="lbPXhap") as tmp:
         cfg = Path(tmp) / "haproxy.cfg"
-        cfg.write_text(HAPROXY_CFG.format(port=PORT))
+        cfg.write_text(HAPROXY_CFG.format(port=PORT, answer=HAPROXY_ANSWER))
         rs = t.host("f1")
         log = open(Path(tmp) / "haproxy.log", "w")  # noqa: SIM115 - closed below, after haproxy
         proc = rs.popen([str(HAPROXY), "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
