@@ -179,6 +179,11 @@ def _flow_rows(version: str) -> list[Row]:
         "(the real server's next byte is still ISN + 1); IPVS keeps SYN_RECV on a client RST",
         setup, (t.xmit(syn, to_rs(syn, lp), 0, RS1), t.xmit(rst, to_rs(rst, lp), 10, RS1)),
         state="SYN_RECV", timeout=t.T_SR, ins=(syn, rst), outs=(), handshakes=0, lport=lp))
+    rows.append(_row(
+        "proxy-rst-after-header", "PROXY: once the header went (on the handshake ACK), a client RST at ISN + 1 "
+        "moves on by the header like every other segment: it lands on the real server's next byte",
+        setup, opened[:1] + opened[2:] + (t.xmit(rst, to_rs(rst, lp, seq_delta=h), 20, RS1),),
+        state="CLOSE", timeout=t.T_CL, ins=(syn, ack, rst), outs=(), handshakes=1, lport=lp))
     return rows
 
 
