@@ -280,3 +280,24 @@ def test_restart_does_not_restore_proxy_entries() -> None:
     assert engines_made[0].process(syn, 0).verdict == Verdict.XMIT_L2
     blob = engines_made[0].dump_connections_raw(1)
     assert engines_made[1].restore_connections_raw(blob, 1) == {"EOPNOTSUPP": 1}
+
+
+def test_gso_cut_size_leaves_room_until_the_header_is_acknowledged() -> None:
+    """lb_path_mtu (the NFQUEUE adapter's GSO cut size) is the path MTU less the header while the
+    header may still have to be inserted, the whole MTU once the real server acknowledged it."""
+    try:
+        from lb._ffi import lib
+    except ImportError:  # pragma: no cover
+        pytest.skip("C fast path not built")
+    factory = next(f for f in t.engine_factories() if f.id == "c")
+    setup = packet_rows_proxy._setup("v1")
+    engine: Any = t.make_engine(factory, setup)
+    t.install_setup(engine, setup)
+    lp = t.local_port(t.LIP1)
+    hdr = packet_rows_proxy.proxy_header("v1")
+    data = t.tcp(flags="PA", seq=1001, ack=5001, payload=b"d" * 3000)
+    assert engine.process(t.tcp(flags="S", seq=1000), 0).verdict == Verdict.XMIT_L2
+    assert lib.lb_path_mtu(engine._lb, data, len(data), 1) == 1500 - len(hdr)
+    acked = t.tcp(sport=80, dport=lp, src=t.RS1, dst=t.LIP1, flags="A", seq=5001, ack=1001 + len(hdr))
+    assert engine.process(acked, 2).verdict == Verdict.ANSWER
+    assert lib.lb_path_mtu(engine._lb, data, len(data), 3) == 1500
