@@ -23,10 +23,11 @@ STAMP   := $(VENV)/.lvs-userspace-installed
 #   tests:    tcpdump netsniff-ng ebtables wrk (netns tests, bench), valgrind (test-sanitize),
 #             clang + libclang-rt-14-dev (fuzz: libclang_rt.fuzzer/asan, only a recommendation
 #             of Debian's clang), systemd (systemd-analyze verify on the units),
-#             mandoc + man-db (man pages linted), bash (completion tested)
+#             mandoc + man-db (man pages linted), bash (completion tested), liblua5.3-0 +
+#             libopentracing-c-wrapper0 (haproxy's libraries: build/tools/haproxy, PROXY protocol tests)
 DEB_PKGS := python3-venv python3-dev gcc make iptables ipset iproute2 \
             libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang \
-            libclang-rt-14-dev systemd mandoc man-db bash
+            libclang-rt-14-dev systemd mandoc man-db bash liblua5.3-0 libopentracing-c-wrapper0
 
 # Several builds may install at once (parallel CI jobs, an admin's apt run): wait for dpkg's
 # lock instead of failing on it. apt-get update has no such option for the lists lock: retried.
@@ -81,6 +82,22 @@ $(PROMTOOL):
 	rm -rf build/tools/deb
 	$@ --version | head -1
 
+# haproxy (the PROXY protocol netns tests read the client address it parsed) likewise from Debian's
+# package, unpacked into build/tools: `apt-get install haproxy` would enable and start a host-wide
+# service. Two of its shared libraries are not on a clean Debian 12 (liblua5.3-0,
+# libopentracing-c-wrapper0): DEB_PKGS installs them; the tests skip, naming what is missing, if not.
+HAPROXY := build/tools/haproxy
+TOOLS := $(PROMTOOL) $(HAPROXY)
+
+$(HAPROXY):
+	@mkdir -p build/tools/hdeb
+	cd build/tools/hdeb && rm -f haproxy_*.deb && \
+	  { apt-get download -q haproxy || { apt-get update -q && apt-get download -q haproxy; }; }
+	dpkg-deb -x build/tools/hdeb/haproxy_*.deb build/tools/hdeb/root
+	cp build/tools/hdeb/root/usr/sbin/haproxy $@
+	rm -rf build/tools/hdeb
+	$@ -v | head -1
+
 venv: $(PY)
 
 $(PY):
@@ -101,7 +118,7 @@ define run_pytest
 	exit $$rc
 endef
 
-test: build $(PROMTOOL)
+test: build $(TOOLS)
 	@$(MAKE) --no-print-directory lint
 	$(call run_pytest,tests/unit)
 	$(call run_pytest,tests/dist)
@@ -118,10 +135,10 @@ lint: build
 	$(PY) -m ruff check lb bench tests
 	$(PY) -m mypy
 
-test-unit: build $(PROMTOOL)
+test-unit: build $(TOOLS)
 	$(call run_pytest,tests/unit)
 
-test-netns: build $(PROMTOOL)
+test-netns: build $(TOOLS)
 	$(call run_pytest,tests/netns)
 
 # The sdist, a wheel built from it, installed into a throwaway venv; `make install` into a DESTDIR.

@@ -31,7 +31,7 @@ _lbadm() {
         --netmask --real-server --gatewaying --ipip --masquerading --fullnat --weight
         --u-threshold --l-threshold --connection --timeout --daemon --stats --rate --exact
         --thresholds --persistent-conn --tun-info --nosort --sort --numeric --ops --laddr
-        --ifname --synproxy --toa --pe --sched-flags --tun-type --tun-port --tun-nocsum
+        --ifname --synproxy --toa --proxy-protocol --pe --sched-flags --tun-type --tun-port --tun-nocsum
         --tun-csum --tun-remcsum --syncid --sync-maxlen --mcast-interface --mcast-group
         --mcast-port --mcast-ttl --socket --json --ipv6"
     COMPREPLY=()
@@ -64,6 +64,7 @@ _lbadm() {
             COMPREPLY=($(compgen -W "sh-fallback sh-port mh-fallback mh-port flag-1 flag-2 flag-3" -- "$cur"))
             return 0 ;;
         -j|--synproxy) COMPREPLY=($(compgen -W "enable disable" -- "$cur")); return 0 ;;
+        --proxy-protocol) COMPREPLY=($(compgen -W "v1 v2 disable" -- "$cur")); return 0 ;;
         --tun-type) COMPREPLY=($(compgen -W "ipip" -- "$cur")); return 0 ;;
         -t|--tcp-service) COMPREPLY=($(compgen -W "$(_lbadm_services -t)" -- "$cur")); return 0 ;;
         -u|--udp-service) COMPREPLY=($(compgen -W "$(_lbadm_services -u)" -- "$cur")); return 0 ;;

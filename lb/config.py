@@ -56,7 +56,8 @@ from lb.requests import parse_command
 from lb.tomllines import Path_, TomlLines
 
 SERVICE_KEYS = ("proto", "addr", "port", "fwmark", "sched", "sched_flags", "ops", "persistent", "netmask", "toa", "synproxy",
-                "laddrs", "dest")
+                "proxy_protocol", "laddrs", "dest")
+PROXY_PROTOCOL_CHOICES = ("off", "v1", "v2")  # [[service]] proxy_protocol: "off" is ServiceSpec's None
 DEST_KEYS = ("addr", "port", "fwd", "weight", "u_threshold", "l_threshold")
 TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
 TOP_KEYS = ("service", "timeouts", "synproxy")
@@ -374,6 +375,14 @@ def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = 
         c.add(where, "netmask", f"bad netmask {netmask!r}: not a contiguous IPv4 netmask")
         netmask = None
     toa = c.boolean(where, raw, "toa")
+    proxy = c.choice(where, raw, "proxy_protocol", PROXY_PROTOCOL_CHOICES, "off")
+    if proxy not in (None, "off") and (proto != "tcp" or fwmark is not None):
+        c.add(where, "proxy_protocol", "'proxy_protocol' only applies to TCP services (FULLNAT)")
+        proxy = None
+    elif proxy not in (None, "off") and toa:
+        c.add(where, "proxy_protocol", "'proxy_protocol' and 'toa' both pass the client's address to the real "
+                                       "servers: choose one")
+        proxy = None
     sp_conf: SynproxyConf | None = None
     sp_line = 0
     if isinstance(raw.get("synproxy"), dict):
@@ -433,20 +442,27 @@ def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = 
                 c.issues.append(ConfigIssue(c.path, d.line, f"a SYN-proxy service only forwards with fwd = \"fullnat\", "
                                                              f"not {d.spec.fwd!r}"))
                 synproxy = None
+    if proxy not in (None, "off"):
+        for d in dests:
+            if d.spec.fwd != "fullnat":
+                c.issues.append(ConfigIssue(c.path, d.line, f"a PROXY protocol service (proxy_protocol = {proxy!r}) "
+                                                             f"only forwards with fwd = \"fullnat\", not {d.spec.fwd!r}"))
+                proxy = None
     if dests and not fullnat:
         if laddrs:
             c.add(where, "laddrs", "'laddrs' only applies to FULLNAT: no destination of this service has fwd = \"fullnat\"")
         if toa is True:
             c.add(where, "toa", "'toa' only applies to FULLNAT: no destination of this service has fwd = \"fullnat\"")
-    if not complete or None in (proto, addr, port, sched, sched_flags, ops, netmask, toa, synproxy, laddrs) or (
+    if not complete or None in (proto, addr, port, sched, sched_flags, ops, netmask, toa, synproxy, proxy, laddrs) or (
             "persistent" in raw and persistent is None):
         return None
     assert proto is not None and addr is not None and port is not None and sched is not None and netmask is not None
     assert sched_flags is not None
     key = ServiceKey.for_fwmark(fwmark) if fwmark is not None else ServiceKey(PROTO_BY_NAME[proto], addr, port)
-    extra = {"synproxy": True} if synproxy else {}  # only passed when set: older models lack the field
+    extra: dict[str, Any] = {"synproxy": True} if synproxy else {}  # only passed when set: older models lack the field
     spec = ServiceSpec(key=key, sched=sched, persistent=persistent, netmask=netmask, toa=bool(toa),
-                       sched_flags=sched_flags, ops=bool(ops), **extra)
+                       sched_flags=sched_flags, ops=bool(ops), proxy_protocol=None if proxy == "off" else proxy,
+                       **extra)
     return ServiceConfig(spec, tuple(dests), tuple(laddrs or ()), c.lines.line(where),
                          c.lines.line(where, "laddrs") if "laddrs" in raw else 0, sp_conf, sp_line)
 

@@ -53,6 +53,7 @@ class Reason(enum.IntEnum):
     SP_BAD_COOKIE = C.LB_R_SP_BAD_COOKIE
     SP_HELD = C.LB_R_SP_HELD
     SP_HANDSHAKE = C.LB_R_SP_HANDSHAKE
+    PROXY_CUT = C.LB_R_PROXY_CUT
 
 
 class ConnState(enum.IntEnum):

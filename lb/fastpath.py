@@ -73,6 +73,8 @@ def _stats(c: object) -> Stats:
 
 # ServiceSpec.sched_flags bit i (flag-1, -2, -3) <-> struct lb_svc_conf.flags bit:
 _SCHED_FLAG_BITS = (lib.LB_SVC_F_SCHED1, lib.LB_SVC_F_SCHED2, lib.LB_SVC_F_SCHED3)
+# ServiceSpec.proxy_protocol <-> struct lb_svc_conf.flags bit:
+_PROXY_BITS: dict[str | None, int] = {"v1": lib.LB_SVC_F_PROXY_V1, "v2": lib.LB_SVC_F_PROXY_V2}
 _NO_TIMER = 2**64 - 1  # lb_timer_due(): UINT64_MAX when nothing is due
 
 # Fields of struct lb_nfq_stats (lb_api.h), in declaration order.
@@ -143,7 +145,7 @@ class CEngine:
         conf.persist_timeout_s = spec.persistent or 0
         conf.netmask = _ip2int(spec.netmask)
         conf.flags = ((lib.LB_SVC_F_TOA if spec.toa else 0) | (lib.LB_SVC_F_SYNPROXY if spec.synproxy else 0)
-                      | (lib.LB_SVC_F_ONEPACKET if spec.ops else 0))
+                      | (lib.LB_SVC_F_ONEPACKET if spec.ops else 0) | _PROXY_BITS.get(spec.proxy_protocol, 0))
         for i, bit in enumerate(_SCHED_FLAG_BITS):
             if spec.sched_flags & (1 << i):
                 conf.flags |= bit
@@ -303,6 +305,7 @@ class CEngine:
             synproxy=bool(conf.flags & lib.LB_SVC_F_SYNPROXY),
             sched_flags=sum(1 << i for i, bit in enumerate(_SCHED_FLAG_BITS) if conf.flags & bit),
             ops=bool(conf.flags & lib.LB_SVC_F_ONEPACKET),
+            proxy_protocol=next((v for v, bit in _PROXY_BITS.items() if conf.flags & bit), None),
         )
         return ServiceInfo(spec=spec, dests=self._dests(key), stats=_stats(s.stats),  # type: ignore[attr-defined]
                            laddrs=self._laddrs(key))

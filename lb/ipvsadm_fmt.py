@@ -385,6 +385,8 @@ def _service_line(svc: Json, label: str, fmt: ListFormat) -> str:
         line += " synproxy"
     if svc.get("toa"):
         line += " toa"
+    if svc.get("proxy_protocol"):
+        line += f" proxy-protocol {svc['proxy_protocol']}"
     return line
 
 
@@ -402,6 +404,8 @@ def _service_rule(svc: Json, label: str) -> str:
         line += " -j enable"
     if svc.get("toa"):
         line += " --toa"
+    if svc.get("proxy_protocol"):
+        line += f" --proxy-protocol {svc['proxy_protocol']}"
     return line
 
 

@@ -159,6 +159,13 @@ class ServiceKey:
         return cls(proto, str(obj["addr"]), int(obj["port"]))  # type: ignore[call-overload]
 
 
+PROXY_PROTOCOL_VERSIONS = (None, "v1", "v2")  # ServiceSpec.proxy_protocol: off, text, binary
+
+
+def _proxy_protocol(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     key: ServiceKey
@@ -169,8 +176,11 @@ class ServiceSpec:
     synproxy: bool = False  # answer SYNs with cookies, open to the real server after the ACK
     sched_flags: int = 0  # bits 1, 2, 4: ipvsadm's flag-1..3 (sched_flag_names)
     ops: bool = False  # ipvsadm -o: one-packet scheduling (each UDP datagram scheduled afresh, no entry kept)
+    proxy_protocol: str | None = None  # FULLNAT TCP: "v1" or "v2": a PROXY header before the client's data
 
     def __post_init__(self) -> None:
+        if self.proxy_protocol not in PROXY_PROTOCOL_VERSIONS:
+            raise ConfigError(f"PROXY protocol version {self.proxy_protocol!r} is not one of v1, v2")
         if self.sched not in SCHEDULERS:
             raise ConfigError(unknown_scheduler(self.sched))
         if not isinstance(self.sched_flags, int) or not 0 <= self.sched_flags <= SCHED_FLAG_ALL:
@@ -189,6 +199,7 @@ class ServiceSpec:
             "synproxy": self.synproxy,
             "sched_flags": sched_flag_names(self.sched, self.sched_flags),
             "ops": self.ops,
+            "proxy_protocol": self.proxy_protocol,
         }
 
     @classmethod
@@ -203,6 +214,7 @@ class ServiceSpec:
             synproxy=bool(obj.get("synproxy", False)),
             sched_flags=sched_flag_bits(str(obj.get("sched", DEFAULT_SCHEDULER)), obj.get("sched_flags") or []),
             ops=bool(obj.get("ops", False)),
+            proxy_protocol=_proxy_protocol(obj.get("proxy_protocol")),
         )
 
 

@@ -159,10 +159,12 @@ class State:
             if cmd.spec.key in self.services:
                 raise StateError("EEXIST", f"service {cmd.spec.key} already exists")
             _check_synproxy_spec(cmd.spec, {})
+            _check_proxy_spec(cmd.spec, {})
             self.services[cmd.spec.key] = ServiceState(cmd.spec)
         elif isinstance(cmd, EditService):
             svc = self.service(cmd.spec.key)
             _check_synproxy_spec(cmd.spec, svc.dests)
+            _check_proxy_spec(cmd.spec, svc.dests)
             _check_ops_spec(cmd.spec, svc.dests)
             svc.spec = cmd.spec
         elif isinstance(cmd, DelService):
@@ -175,6 +177,7 @@ class State:
                 raise StateError("EEXIST", f"destination {cmd.dest.addr}:{cmd.dest.port} already exists in {cmd.key}")
             _check_thresholds(cmd.key, cmd.dest)
             _check_synproxy_dest(svc.spec, cmd.dest)
+            _check_proxy_dest(svc.spec, cmd.dest)
             _check_ops_dest(svc.spec, cmd.dest)
             _check_port0_dest(svc.spec, cmd.dest)
             svc.dests = {ident: cmd.dest, **svc.dests}  # kernel: list_add at the head
@@ -185,6 +188,7 @@ class State:
                 raise StateError("ENOENT", f"no destination {cmd.dest.addr}:{cmd.dest.port} in {cmd.key}")
             _check_thresholds(cmd.key, cmd.dest)
             _check_synproxy_dest(svc.spec, cmd.dest)
+            _check_proxy_dest(svc.spec, cmd.dest)
             _check_ops_dest(svc.spec, cmd.dest)
             _check_port0_dest(svc.spec, cmd.dest)
             svc.dests[ident] = cmd.dest
@@ -251,6 +255,31 @@ def _check_synproxy_dest(spec: ServiceSpec, dest: DestSpec) -> None:
                                        f"destination {dest.addr}:{dest.port} would forward with {_FWD_SWITCH[dest.fwd]})")
 
 
+PROXY_NEEDS_FULLNAT = ("the PROXY protocol needs FULLNAT destinations (-b): with DR, tunnel or NAT the real "
+                       "server sees the client's own address")
+
+
+def _check_proxy_spec(spec: ServiceSpec, dests: Mapping[DestId, DestSpec]) -> None:
+    if spec.proxy_protocol is None:
+        return
+    if spec.key.proto_name != "TCP" or spec.key.fwmark:
+        raise StateError("EINVAL", f"service {spec.key}: the PROXY protocol is for TCP services only")
+    if spec.toa:
+        raise StateError("EINVAL", f"service {spec.key}: --toa and --proxy-protocol both pass the client's address "
+                                   "to the real servers: choose one")
+    for d in dests.values():
+        if d.fwd != "fullnat":
+            raise StateError("EOPNOTSUPP", f"{PROXY_NEEDS_FULLNAT} (service {spec.key}: destination "
+                                           f"{d.addr}:{d.port} forwards with {_FWD_SWITCH[d.fwd]})")
+
+
+def _check_proxy_dest(spec: ServiceSpec, dest: DestSpec) -> None:
+    if spec.proxy_protocol is not None and dest.fwd != "fullnat":
+        raise StateError("EOPNOTSUPP", f"{PROXY_NEEDS_FULLNAT} (service {spec.key} has --proxy-protocol "
+                                       f"{spec.proxy_protocol}; destination {dest.addr}:{dest.port} would forward "
+                                       f"with {_FWD_SWITCH[dest.fwd]})")
+
+
 OPS_NEEDS_AN_ENTRY = ("one-packet scheduling (-o) keeps no connection entry, and FULLNAT (-b) needs one to "
                       "translate the real server's replies")
 
@@ -295,7 +324,8 @@ def _check_thresholds(key: ServiceKey, dest: DestSpec) -> None:
 # ---------------------------------------------------------------------------- commands
 
 _PROTO_SWITCH = {"tcp": "-t", "udp": "-u"}
-SPEC_FIELDS = tuple(f for f in ("sched", "sched_flags", "persistent", "netmask", "toa", "synproxy", "ops")
+SPEC_FIELDS = tuple(f for f in ("sched", "sched_flags", "persistent", "netmask", "toa", "synproxy", "ops",
+                                 "proxy_protocol")
                     if f in ServiceSpec.__dataclass_fields__)
 _FWD_SWITCH = {"route": "-g", "tunnel": "-i", "masq": "-m", "fullnat": "-b"}
 
@@ -320,6 +350,8 @@ def _spec_words(spec: ServiceSpec) -> str:
         words += " -j enable"
     if spec.toa:
         words += " --toa"
+    if spec.proxy_protocol:
+        words += f" --proxy-protocol {spec.proxy_protocol}"
     return words
 
 

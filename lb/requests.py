@@ -85,7 +85,8 @@ def parse_spec(raw: Any) -> ServiceSpec:
         raise StateError("ENOENT", unknown_scheduler(str(sched)))
     flags = args.get("sched_flags") or []
     persistent = args.get("persistent")
-    extra = {"synproxy": bool(args.get("synproxy", False))} if "synproxy" in SPEC_FIELDS else {}
+    extra: dict[str, Any] = {"synproxy": bool(args.get("synproxy", False))} if "synproxy" in SPEC_FIELDS else {}
+    proxy = args.get("proxy_protocol")
     return checked(lambda: ServiceSpec(
         key=key,
         sched=str(sched),
@@ -94,6 +95,7 @@ def parse_spec(raw: Any) -> ServiceSpec:
         netmask=str(args.get("netmask") or "255.255.255.255"),
         toa=bool(args.get("toa", False)),
         ops=bool(args.get("ops", False)),
+        proxy_protocol=None if proxy is None else str(proxy),
         **extra,
     ))
 

@@ -11,7 +11,8 @@ Every forwarding method has rows for each rewrite, in and out: DR, IPIP (outer
 header, MTU / fragmentation needed, no source address), FULLNAT (IN and OUT
 rewrites, local address and port allocation, TTL, UDP checksum 0, TOA, MSS
 lowering), NAT (tests/packet_rows_nat.py: both rewrites, port translation, the OUTPUT-table
-states, ICMP both ways), ICMP errors (forwarded, encapsulated, translated both ways, bad
+states, ICMP both ways), the PROXY protocol (tests/packet_rows_proxy.py: v1 and v2 headers, sequence
+translation, retransmissions, SACK, cuts, with SYN-proxy), ICMP errors (forwarded, encapsulated, translated both ways, bad
 checksum), SYN-proxy (cookie, ACK, real-server handshake, sequence and SACK
 translation, held data, defer, ACK storm, RSTs) and SYN-proxy timers (`TimerStep`:
 what engine.timers(now) must return).
@@ -113,6 +114,7 @@ class ServiceSetup:
     sp_conf: tuple[tuple[str, object], ...] | None = None  # the service's own SYN-proxy settings (SynproxyConf fields)
     sched_flags: int = 0  # lb.model's bits: 1 flag-1 (sh/mh fallback), 2 flag-2 (sh/mh port), 4 flag-3
     ops: bool = False  # -o: one-packet scheduling
+    proxy_protocol: str | None = None  # FULLNAT TCP: "v1" / "v2" PROXY header (tests/packet_rows_proxy.py)
 
 
 @dataclass(frozen=True)
@@ -2034,6 +2036,12 @@ def _nat_rows() -> list[Row]:
     return packet_rows_nat.rows()
 
 
+def _proxy_rows() -> list[Row]:
+    import packet_rows_proxy  # the PROXY protocol on FULLNAT: its own module (it builds on this one)
+
+    return packet_rows_proxy.rows()
+
+
 @functools.cache
 def _twos_expected(weights: tuple[int, ...], flows: int) -> list[str]:
     """twos' choices for `flows` held connections to TCP80 (RS1, RS2, ... of these weights, added in
@@ -2122,7 +2130,7 @@ def build_rows() -> tuple[Row, ...]:
             + _tcp_flag_rows() + _l2_and_table_rows() + _deleted_dest_rows() + _bad_input_rows() + _icmp_rows()
             + _syn_retrans_rows() + _persistence_rows() + _port_zero_rows() + _fwmark_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
             + _icmp_translation_rows() + _sp_rows() + _overload_rows() + _list_sched_rows()
-            + _locality_rows() + _hashing_rows() + _nat_rows())
+            + _locality_rows() + _hashing_rows() + _nat_rows() + _proxy_rows())
     ids = [r.id for r in rows]
     duplicates = {i for i in ids if ids.count(i) > 1}
     assert not duplicates, f"duplicate row ids: {duplicates}"
@@ -2171,7 +2179,8 @@ def install_setup(engine: object, setup: Setup) -> None:
     for svc in setup.services:
         key = service_key(svc.ref)
         engine.add_service(ServiceSpec(key, svc.sched, svc.persistent, svc.netmask, svc.toa,  # type: ignore[attr-defined]
-                                       svc.synproxy, sched_flags=svc.sched_flags, ops=svc.ops))
+                                       svc.synproxy, sched_flags=svc.sched_flags, ops=svc.ops,
+                                       proxy_protocol=svc.proxy_protocol))
         if svc.sp_conf is not None:
             engine.set_synproxy(key, sp_conf(svc.sp_conf))  # type: ignore[attr-defined]
         for laddr in svc.laddrs:

@@ -23,9 +23,11 @@ From DPVS's ipvsadm (iqiyi/dpvs tools/ipvsadm/ipvsadm.c), for what lbd's engines
 compulsory `-F/--ifname` is accepted and ignored: lbd sends from the director's own stack),
 `-G/--get-laddr [-t|-u VIP:PORT]` printing DPVS's table, and `-j/--synproxy enable|disable`
 on -A/-E (SYN-proxy; lbd refuses it on a service with non-FULLNAT destinations). lbd's own:
-`--toa` on -A/-E (FULLNAT passes the client address in TCP option 254). As ipvsadm's -E, an
--E replaces the whole service: options not given (-p, -j, --toa) return to their defaults.
-`-S` writes `-j enable`, `--toa` and one `-P` line per local address, so `-S | -R` round-trips
+`--toa` on -A/-E (FULLNAT passes the client address in TCP option 254), and `--proxy-protocol
+v1|v2|disable` (FULLNAT sends a PROXY protocol header before the client's data). As ipvsadm's -E,
+an -E replaces the whole service: options not given (-p, -j, --toa, --proxy-protocol) return to
+their defaults.
+`-S` writes `-j enable`, `--toa`, `--proxy-protocol V` and one `-P` line per local address, so `-S | -R` round-trips
 (DPVS's own -S loses them).
 
 Modules: scanner (popt-compatible option scanning), legality (ipvsadm's command/option table),

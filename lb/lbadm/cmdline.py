@@ -96,6 +96,7 @@ class _ServiceArgs:
     sched_flags: list[str] = field(default_factory=list)
     synproxy: bool = False  # DPVS -j enable
     toa: bool = False  # lbd --toa
+    proxy_protocol: str | None = None  # lbd --proxy-protocol v1|v2
     laddr: str | None = None  # DPVS -z (with -P/-Q)
     ifname: str | None = None  # DPVS -F: accepted, not used
 
@@ -357,6 +358,17 @@ class _CommandLine:
         self.set_option(Opt.TOA)
         self.svc.toa = True
 
+    def _proxy_protocol(self, text: str | None) -> None:
+        """lbd's --proxy-protocol: v1 or v2 (a PROXY header before the client's data), or disable."""
+        self.set_option(Opt.PROXY_PROTOCOL)
+        text = (text or "").lower()
+        if text in ("v1", "v2"):
+            self.svc.proxy_protocol = text
+        elif text in ("disable", "off"):
+            self.svc.proxy_protocol = None
+        else:
+            raise fail("proxy-protocol must be v1, v2 or disable\n")
+
     def _ifname(self, text: str | None) -> None:
         self.set_option(Opt.IFNAME)
         self.svc.ifname = (text or "")[:IFNAME_MAX]
@@ -391,6 +403,7 @@ class _CommandLine:
         "laddr": _laddr,
         "synproxy": _synproxy,
         "toa": _toa,
+        "proxy-protocol": _proxy_protocol,
         "ifname": _ifname,
     }
 
@@ -487,6 +500,8 @@ class _CommandLine:
             spec["toa"] = True
         if self.svc.synproxy:
             spec["synproxy"] = True
+        if self.svc.proxy_protocol:
+            spec["proxy_protocol"] = self.svc.proxy_protocol
         return spec
 
     def dest_spec(self) -> dict[str, Any]:

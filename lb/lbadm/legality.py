@@ -94,6 +94,7 @@ class Opt(enum.IntEnum):
     SYNPROXY = 36  # DPVS's -j
     TOA = 37  # lbd's --toa
     IFNAME = 38  # DPVS's -F (accepted, ignored)
+    PROXY_PROTOCOL = 39  # lbd's --proxy-protocol
 
 
 OPTION_NAMES = (
@@ -103,16 +104,16 @@ OPTION_NAMES = (
     "persistent-conn", "nosort", "syncid", "exact", "ops", "pe", "sched-flags",
     "mcast-group", "mcast-port", "mcast-ttl", "sync-maxlen", "tun-info", "tun-type",
     "tun-port", "tun-nocsum", "tun-csum", "tun-remcsum", "json",
-    "local-address", "synproxy", "toa", "ifname",
+    "local-address", "synproxy", "toa", "ifname", "proxy-protocol",
 )  # fmt: skip
 
 # One character per option column: '+' compulsory, 'x' illegal, '1' at most
 # one of the '1's, ' ' optional. ipvsadm 1.31's table plus lbadm's json column.
-# ipvsadm's 35 columns, then the DPVS/lbd ones: local-address, synproxy, toa, ifname.
-_NO_DPVS = "xxxx"
-_ADD_ROW = "xx+   " + "x" * 15 + "   " + "x" * 10 + "x" + "x  x"
+# ipvsadm's 35 columns, then the DPVS/lbd ones: local-address, synproxy, toa, ifname, proxy-protocol.
+_NO_DPVS = "xxxxx"
+_ADD_ROW = "xx+   " + "x" * 15 + "   " + "x" * 10 + "x" + "x  x "
 _ADDDEST_ROW = "xx+xxx+    " + "x" * 18 + "     " + "x" + _NO_DPVS
-_LADDR_ROW = "xx+" + "x" * 32 + "+xx "  # DPVS: -F compulsory; lbd needs no interface
+_LADDR_ROW = "xx+" + "x" * 32 + "+xx x"  # DPVS: -F compulsory; lbd needs no interface
 LEGAL_OPTIONS: dict[Command, str] = {
     Command.ADD: _ADD_ROW,
     Command.EDIT: _ADD_ROW,

@@ -99,8 +99,9 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     _spec("laddr", "z", _REQ),
     _spec("synproxy", "j", _REQ),
     _spec("ifname", "F", _REQ),
-    # lbd's FULLNAT TOA option
+    # lbd's FULLNAT TOA and PROXY protocol options
     _spec("toa"),
+    _spec("proxy-protocol", arg=_REQ),
 )
 _BY_LONG = {spec.long: spec for spec in OPTION_SPECS if spec.long}
 _BY_SHORT = {spec.short: spec for spec in OPTION_SPECS if spec.short}

@@ -40,7 +40,7 @@ def _text() -> str:
     return f"""\
 Usage:
   {p} -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [-b sched-flags]
-        [-j enable|disable] [--toa]
+        [-j enable|disable] [--toa] [--proxy-protocol v1|v2|disable]
   {p} -D virtual-service
   {p} -C
   {p} -R
@@ -128,7 +128,11 @@ Options:
                                       server's handshake; TCP with FULLNAT destinations only
   --toa                               with -A/-E: FULLNAT passes the client address to the real
                                       servers in TCP option 254 (lbd's; the TOA kernel module reads it)
-                                      -E replaces the whole service: -p, -j, --toa not given are off
+  --proxy-protocol v1|v2|disable      with -A/-E: FULLNAT sends a PROXY protocol header (client and
+                                      virtual address and port) before the client's data (haproxy
+                                      accept-proxy, nginx proxy_protocol read it); not with --toa
+                                      -E replaces the whole service: -p, -j, --toa, --proxy-protocol
+                                      not given are off
 
 Daemon Options:
   --syncid sid                        sync id (0..255)

@@ -31,6 +31,7 @@ from lb.engine import FwdState
 from lb.model import DestSpec, ServiceSpec
 
 if TYPE_CHECKING:
+    from lb.pyengine.proxyproto import ProxyState
     from lb.pyengine.synproxy import SynproxyState
     from lb.pyengine.xmit import XmitMethod
 
@@ -232,6 +233,7 @@ class Connection:
     controller: Connection | None = None  # a connection's persistence template
     n_control: int = 0  # a template's live controlled connections
     sp: SynproxyState | None = None  # SYN-proxied connection: sequence translation state
+    px: ProxyState | None = None  # PROXY protocol: the header's state (its sequence translation)
     released: bool = False
     serial: int = field(default_factory=lambda: next(_serials))
     timer_seq: int = 0  # which heap item is current

@@ -71,6 +71,7 @@ from lb.model import (
     Stats,
     SynproxyConf,
 )
+from lb.pyengine import proxyproto as px
 from lb.pyengine import synproxy as sp
 from lb.pyengine import xmit_fnat
 from lb.pyengine.conn import (
@@ -102,7 +103,7 @@ from lb.pyengine.proto_tcp import (
 )
 from lb.pyengine.sched import Scheduler, find_scheduler
 from lb.pyengine.xmit import NO_L2, XmitMethod, find_method, fwd_is_valid, l2_header, methods, xmit_l2
-from lb.pyengine.xmit_fnat import TOA_LEN, toa_option
+from lb.pyengine.xmit_fnat import toa_option
 
 if TYPE_CHECKING:
     from lb.pyengine.nfq import NfqAdapter
@@ -323,7 +324,10 @@ class PyEngine:
                 _assure_template(conn)  # UDP: a reply assures the template (udp_state_transition)
             self._refresh(conn, now_ms)
             self._count_out(conn.dest, parsed.total_length)
-            return conn.xmit.xmit_out(conn, packet, parsed)
+            action = conn.xmit.xmit_out(conn, packet, parsed)
+            if conn.px is not None:
+                action = px.translate_out(conn.px, action, parsed)  # acknowledgments back before the header
+            return action
 
         if conn is not None:
             if not conn.dest.available:
@@ -349,6 +353,9 @@ class PyEngine:
             if isinstance(scheduled, Action):
                 return scheduled
             conn = scheduled
+            if service.spec.proxy_protocol is not None and proto == IPPROTO_TCP:
+                conn.px = px.new_state(service.spec.proxy_protocol, conn.caddr, conn.cport, conn.vaddr, conn.vport,
+                                       parsed.tcp_seq)
 
         dest = conn.dest
         if proto == IPPROTO_TCP:
@@ -361,7 +368,19 @@ class PyEngine:
                     dest.handshakes += 1
         self._refresh(conn, now_ms)
         self._count_in(dest, parsed.total_length)
-        return conn.xmit.xmit_in(conn, packet, parsed)
+        action = conn.xmit.xmit_in(conn, packet, parsed)
+        if conn.px is not None:
+            action = self._px_in(conn, conn.px, action, parsed)  # the PROXY header, or the shift past it
+        return action
+
+    @staticmethod
+    def _px_header(conn: Connection, state: px.ProxyState) -> bytes:
+        return px.header(state.version, conn.caddr, conn.cport, conn.vaddr, conn.vport)
+
+    def _px_in(self, conn: Connection, state: px.ProxyState, action: Action, parsed: ParsedPacket) -> Action:
+        fwd = conn.dest.fwd
+        mtu = fwd.mtu if fwd is not None else 0
+        return px.translate_in(state, self._px_header(conn, state), action, parsed, mtu, conn.sp is not None)
 
 
     def _schedule_dest(self, service: Service, packet: bytes, parsed: ParsedPacket,
@@ -502,7 +521,7 @@ class PyEngine:
             sack = csack and conf.sack
             cookie = self._cookies.make(parsed.saddr, parsed.daddr, parsed.sport, parsed.dport, parsed.tcp_seq, minute,
                                         idx | (int(sack) << 2))
-            mss = conf.mss - TOA_LEN if service.spec.toa else conf.mss
+            mss = conf.mss - px.room(service.spec.toa, service.spec.proxy_protocol)
             out = sp.build_tcp(parsed.daddr, parsed.dport, parsed.saddr, parsed.sport, cookie, parsed.tcp_seq + 1,
                                TCP_SYN | TCP_ACK, sp.SP_WINDOW, sp.syn_options(mss, sack))
             self._sp_stats["cookies_sent"] += 1
@@ -525,6 +544,9 @@ class PyEngine:
         state = sp.SynproxyState(cookie, client_isn, sp.MSSTAB[data & 3], bool(data >> 2 & 1), parsed.tcp_win)
         conn.sp = state
         conn.toa_done = True  # TOA rides on the director's own handshake ACK
+        if service.spec.proxy_protocol is not None:  # and so does the PROXY header
+            conn.px = px.new_state(service.spec.proxy_protocol, conn.caddr, conn.cport, conn.vaddr, conn.vport,
+                                   client_isn)
         self._set_state(conn, _SYN_SENT)
         self._refresh(conn, now_ms)
         self._count_in(conn.dest, parsed.total_length)
@@ -609,6 +631,8 @@ class PyEngine:
                 sp.add32(o, th + 8, state.d_in, th + 16)
             sp.sack_shift(o, th, (o[th + 12] >> 4) * 4, state.d_in)
             action = Action(action.verdict, action.reason, bytes(o), action.ifindex, action.l2hdr)
+        if conn.px is not None:
+            action = self._px_in(conn, conn.px, action, parsed)  # the client's own numbers past the header
         return action
 
     def _sp_out(self, conn: Connection, packet: bytes, parsed: ParsedPacket, now_ms: int) -> Action:
@@ -630,6 +654,9 @@ class PyEngine:
                 self._refresh(conn, now_ms)
                 opts = toa_option(conn.cport, conn.caddr) if _toa(dest) else b""
                 held, state.held = state.held, b""
+                if conn.px is not None:  # the PROXY header first, then what of the held data fits
+                    mtu = dest.fwd.mtu if dest.fwd is not None else 0
+                    held = px.first_payload(conn.px, self._px_header(conn, conn.px), held, mtu)
                 out = sp.build_tcp(conn.reply_addr, conn.reply_port, dest.addr, dest.port, state.client_isn + 1,
                                    rs_isn + 1, TCP_ACK | (sp.TCP_PSH if held else 0), state.client_win, opts, held)
                 action = None if out is None else xmit_l2(dest, Reason.SP_HANDSHAKE, out)
@@ -658,6 +685,8 @@ class PyEngine:
             th = parsed.ip_header_len
             sp.add32(o, th + 4, -state.d_in, th + 16)
             action = Action(action.verdict, action.reason, bytes(o))
+        if conn.px is not None:
+            action = px.translate_out(conn.px, action, parsed)  # its ACK and SACK edges back before the header
         return action
 
     def timers(self, now_ms: int) -> list[Action]:
@@ -857,6 +886,8 @@ class PyEngine:
             scheduler = self._checked_service_spec(spec)
             if spec.synproxy and not all(_method(d).synproxy_ok for d in service.dests):
                 raise EngineError("EOPNOTSUPP", f"service {spec.key}: only FULLNAT destinations can be SYN-proxied")
+            if spec.proxy_protocol is not None and not all(_method(d).synproxy_ok for d in service.dests):
+                raise EngineError("EOPNOTSUPP", f"service {spec.key}: only FULLNAT destinations get a PROXY header")
             if any(_ops_refuses(spec, _method(d)) for d in service.dests):
                 raise EngineError("EOPNOTSUPP", f"service {spec.key}: one-packet scheduling (-o) keeps no entry, "
                                                 "and its FULLNAT destinations need one")
@@ -1008,6 +1039,11 @@ class PyEngine:
             raise EngineError("EINVAL", f"service {spec.key}: persistence timeout {spec.persistent} s > {MAX_TIMEOUT_S}")
         if spec.synproxy and spec.key.proto != PROTO_TCP:
             raise EngineError("EINVAL", f"service {spec.key}: SYN-proxy is a TCP feature")
+        if spec.proxy_protocol is not None and spec.key.proto != PROTO_TCP:
+            raise EngineError("EINVAL", f"service {spec.key}: the PROXY protocol is for TCP services only")
+        if spec.proxy_protocol is not None and spec.toa:
+            raise EngineError("EINVAL", f"service {spec.key}: TOA and the PROXY protocol both carry the client's "
+                                        "address: choose one")
         try:
             return find_scheduler(spec.sched)
         except KeyError as exc:
@@ -1042,6 +1078,8 @@ class PyEngine:
                                         f"{dest.u_threshold}")
         if service.spec.synproxy and not method.synproxy_ok:
             raise EngineError("EOPNOTSUPP", f"{where}: a SYN-proxy service takes FULLNAT destinations only")
+        if service.spec.proxy_protocol is not None and not method.synproxy_ok:
+            raise EngineError("EOPNOTSUPP", f"{where}: a PROXY protocol service takes FULLNAT destinations only")
         if _ops_refuses(service.spec, method):
             raise EngineError("EOPNOTSUPP", f"{where}: a one-packet UDP service (-o) keeps no entry to translate "
                                             "replies with")

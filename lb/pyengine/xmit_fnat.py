@@ -14,7 +14,8 @@ appended after the TCP options of the first client segment with ACK and neither
 SYN nor RST of an entry without TOA yet (data offset + 2, total length + 8, IP and
 TCP checksums recomputed), if the TCP header stays <= 60 bytes and the packet fits
 the path MTU; otherwise R_TOA_NO_ROOM and the next such segment tries again. On the
-way out, a SYN's MSS option (2, 4) is lowered by 8 when it is > 544.
+way out, a SYN's MSS option (2, 4) is lowered by 8 when it is > 544 (by the longest PROXY
+header, 56 for v1 and 28 for v2, on a PROXY protocol service: lb/pyengine/proxyproto.py).
 
 Local addresses (docs/fastpath.md): FULLNAT's per-service state is the service's pool
 (service.xmit_data["fullnat"], created with the first address). It is a ring; starting at
@@ -34,6 +35,7 @@ from typing import Any
 
 from lb import consts as C
 from lb.engine import TOA_LEN, Action, Reason, Verdict
+from lb.pyengine import proxyproto
 from lb.pyengine.conn import Connection, Destination
 from lb.pyengine.csum import csum_replace2, csum_replace4, get16, ip_header_checksum, put16, tcp_checksum_full
 from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, tcp_options
@@ -201,10 +203,19 @@ def fnat_in(conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
     return action
 
 
+def _room(dest: Destination) -> int:
+    """Bytes the client's segments must leave free for what the service adds (TOA, PROXY header)."""
+    if not dest.available:
+        return 0
+    spec = dest.owner.spec
+    return proxyproto.room(spec.toa, spec.proxy_protocol)
+
+
 def fnat_out(conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
     o = bytearray(packet[: parsed.total_length])
-    if _toa(conn.dest) and parsed.proto == IPPROTO_TCP and parsed.tcp_flags & TCP_SYN:
-        mss_lower(o, parsed, TOA_LEN)
+    room = _room(conn.dest)
+    if room and parsed.proto == IPPROTO_TCP and parsed.tcp_flags & TCP_SYN:
+        mss_lower(o, parsed, room)
     if not rewrite(o, parsed, conn.vaddr, conn.vport, conn.caddr, conn.cport):
         return _TTL_EXCEEDED
     return Action(Verdict.ANSWER, Reason.FORWARDED, out=bytes(o))

@@ -79,7 +79,10 @@ enum lb_reason {
     LB_R_SP_HELD = 19,         /* SYN-proxy: client segment held or dropped while the real server's
                                   handshake is pending (bounded buffer; ACK-storm guard) */
     LB_R_SP_HANDSHAKE = 20,    /* SYN-proxy: real server's SYN-ACK consumed, handshake completed */
-    LB_R_COUNT = 21
+    LB_R_PROXY_CUT = 21,       /* FULLNAT PROXY protocol: the client's first segment and the header did not
+                                  fit the path MTU together: sent cut short (the client resends the
+                                  rest), or dropped when not even the header fits */
+    LB_R_COUNT = 22
 };
 
 /* Forwarding methods (ipvsadm -g / -i / -m, DPVS -b). */
@@ -121,6 +124,8 @@ enum lb_conn_state {
 #define LB_CONN_F_ASSURED 32       /* a template one of whose connections reached ESTABLISHED (TCP) or had a
                                       reply (UDP): ipvsadm -Lnc shows it ASSURED, else NONE (the kernel's
                                       IP_VS_CTPL_S_ASSURED, ip_vs_control_assure_ct) */
+#define LB_CONN_F_PROXY 64         /* PROXY protocol header inserted before the client's data (sequence
+                                      numbers translated; not restorable from a dump, as SYNPROXY) */
 
 /* Service flags (struct lb_svc_conf.flags). */
 #define LB_SVC_F_TOA 1             /* FULLNAT: put the client address in TCP option 254 (TOA) */
@@ -136,6 +141,13 @@ enum lb_conn_state {
 #define LB_SVC_F_SCHED1 8
 #define LB_SVC_F_SCHED2 16
 #define LB_SVC_F_SCHED3 32
+/* PROXY protocol (haproxy's proxy-protocol.txt) on FULLNAT TCP services: the header, version 1 (text)
+ * or 2 (binary), goes to the real server before the client's first byte; sequence and
+ * acknowledgment numbers are translated for the inserted bytes for the connection's life. At most
+ * one of the two; refused with LB_SVC_F_TOA (one carrier of the client's address per service), on
+ * UDP and fwmark services (LB_EINVAL), and with destinations of other methods (LB_EOPNOTSUPP). */
+#define LB_SVC_F_PROXY_V1 64
+#define LB_SVC_F_PROXY_V2 128
 
 /* The hashing schedulers' tables, sized as Debian 12's 6.1 kernel builds them (its
  * /boot/config-6.1.0-*-amd64; tests/oracles/kernel_config.py), so that lbd and kernel IPVS
@@ -151,6 +163,11 @@ enum lb_conn_state {
 #define LB_IPIP_OVERHEAD 20
 /* Size of the TOA option (kind 254, length 8: port, IPv4 address), bytes. */
 #define LB_TOA_LEN 8
+/* PROXY protocol header sizes, bytes: v1's longest over IPv4 ("PROXY TCP4 " + two dotted quads of
+ * 15 + two ports of 5 + three spaces + CRLF), v2's for TCP over IPv4 (16-byte fixed part + 12
+ * bytes of addresses and ports). The MSS announced to the client is lowered by these. */
+#define LB_PROXY_V1_MAX_LEN 56
+#define LB_PROXY_V2_LEN 28
 /* SO_MARK of the raw socket the adapter sends LB_V_ANSWER packets on (| queue number),
  * so the director's raw OUTPUT table can leave them untracked. */
 #define LB_SOCKET_MARK_BASE 0x4C420000

@@ -28,6 +28,7 @@
 #define LB_CF_TEMPLATE LB_CONN_F_TEMPLATE
 #define LB_CF_SYNPROXY LB_CONN_F_SYNPROXY /* state in lb->sp[slot], sequence numbers translated */
 #define LB_CF_ASSURED LB_CONN_F_ASSURED   /* templates only */
+#define LB_CF_PROXY LB_CONN_F_PROXY       /* PROXY protocol: state in lb->sp[slot] (proxyproto.c) */
 #define LB_CF_TMPL_DEAD 0x4000     /* template invalidated (its destination left): never matches */
 #define LB_CF_USED 0x8000          /* slot holds a live (possibly expired, not yet reaped) entry */
 
@@ -596,9 +597,16 @@ struct lb_sp {                   /* per SYN-proxied connection; zero = unused */
     uint8_t phase;               /* LB_SP_* */
     uint8_t retries;
     uint8_t sack;
-    uint8_t pad;
+    uint8_t px_flags;            /* PROXY protocol (LB_CF_PROXY entries): LB_PX_* */
+    uint16_t px_len;             /* PROXY protocol: header bytes in front of the client's first byte; the
+                                    client's sequence numbers past its ISN are shifted by this much */
     uint32_t pure_acks;
 };
+/* The side table also serves PROXY protocol entries (with or without SYN-proxy): client_isn is
+ * the client's ISN (its latest SYN's), px_len and px_flags the header's state. */
+#define LB_PX_SENT 1             /* the header has gone to the real server at least once */
+#define LB_PX_ACKED 2            /* the real server acknowledged every header byte */
+#define LB_PX_V2 4               /* the entry's header is version 2 (fixed when it is created) */
 #define LB_SP_NONE 0
 #define LB_SP_WAIT_DATA 1        /* defer mode: cookie valid, waiting for the client's first data */
 #define LB_SP_SYN_SENT 2         /* SYN sent to the real server, waiting for its SYN-ACK */
@@ -623,6 +631,42 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
 struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
                                  uint32_t out_cap, struct lb_action *act, int *reason);
 uint64_t lb_siphash(const uint64_t key[2], const uint8_t *data, size_t len);
+/* Add delta to the 32-bit TCP field at f (network order: a sequence, acknowledgment or SACK edge),
+ * fixing the TCP checksum at csum incrementally: SYN-proxy's and the PROXY protocol's translation. */
+void lb_tcp_add32(uint8_t *f, uint32_t delta, uint8_t *csum);
+
+/* proxyproto.c: the PROXY protocol (docs/fastpath.md "PROXY protocol"). */
+/* The header of c for the service flags (LB_SVC_F_PROXY_V1 / _V2) into buf (>= LB_PROXY_V1_MAX_LEN
+ * bytes); returns its length, 0 when the flags ask for none. */
+uint32_t lb_proxy_header(const struct lb_conn *c, uint32_t svc_flags, uint8_t *buf);
+/* Bytes a service's segments must leave free for what FULLNAT adds (TOA or the PROXY header): the
+ * MSS announced to clients is lowered by this. */
+static inline uint16_t lb_svc_room(uint32_t svc_flags)
+{
+    if (svc_flags & LB_SVC_F_TOA)
+        return LB_TOA_LEN;
+    if (svc_flags & LB_SVC_F_PROXY_V1)
+        return LB_PROXY_V1_MAX_LEN;
+    if (svc_flags & LB_SVC_F_PROXY_V2)
+        return LB_PROXY_V2_LEN;
+    return 0;
+}
+/* A new connection c of a PROXY service (p: the client's SYN, or the cookie ACK under SYN-proxy with
+ * isn its ISN): marks it LB_CF_PROXY and sets up its side-table state. */
+void lb_proxy_conn_init(lb_t *lb, struct lb_conn *c, uint32_t svc_flags, uint32_t isn);
+/* After c's method rewrote a client segment into out (act, reason: what it returned): insert the
+ * header, or shift the sequence number past it. Returns the reason to count. */
+int lb_proxy_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, uint32_t out_cap,
+                struct lb_action *act, int reason);
+/* After c's method rewrote a real server's segment into out: the acknowledgment number and SACK
+ * edges back into the client's sequence space. */
+void lb_proxy_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out, const struct lb_action *act);
+/* The first segment under SYN-proxy: the director's own handshake ACK carries the header before the
+ * held data; writes header + held into buf (cap bytes), returns the length (0: does not fit). */
+uint32_t lb_proxy_first_payload(lb_t *lb, const struct lb_conn *c, const uint8_t *held, uint32_t held_len,
+                                uint8_t *buf, uint32_t cap);
+/* The path MTU less the header while it may still have to be inserted (lb_path_mtu). */
+uint32_t lb_proxy_mtu(const lb_t *lb, const struct lb_conn *c, uint32_t mtu);
 
 /* icmp.c: ICMP errors the director originates (source = the packet's destination, i.e. the VIP),
  * quoting `p`; return bytes written or 0 if they do not fit. */

@@ -295,7 +295,7 @@ static void conn_release(lb_t *lb, uint32_t idx)
             m->release(lb, c->proto, c->dest, &b);
         }
     }
-    if (c->flags & LB_CF_SYNPROXY)
+    if (c->flags & (LB_CF_SYNPROXY | LB_CF_PROXY))
         lb_sp_release(lb, idx);
     if (c->dest)
         lb_dest_unbind(lb, c->dest, c);
@@ -506,7 +506,7 @@ static void conn_info(const lb_t *lb, uint32_t i, uint64_t now_ms, struct lb_con
     o->proto = c->proto;
     o->state = c->state;
     o->flags = c->flags & (LB_CONN_F_INACTIVE | LB_CONN_F_NOOUTPUT | LB_CONN_F_TOA_DONE | LB_CONN_F_TEMPLATE |
-                           LB_CONN_F_SYNPROXY | LB_CONN_F_ASSURED);
+                           LB_CONN_F_SYNPROXY | LB_CONN_F_ASSURED | LB_CONN_F_PROXY);
     o->caddr = lb_ntohl(c->caddr);
     o->cport = lb_ntohs(c->cport);
     o->vaddr = lb_ntohl(c->vaddr);

@@ -292,7 +292,10 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
             lb_conn_assure_template(lb, c); /* UDP: a reply assures the template (udp_state_transition) */
         lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
         lb_stats_out(c->dest, p.len);
-        finish(lb, act, lb_conn_xmit(c)->xmit_out(lb, &p, c, out, out_cap, act));
+        r = lb_conn_xmit(c)->xmit_out(lb, &p, c, out, out_cap, act);
+        if (LB_UNLIKELY(c->flags & LB_CF_PROXY))
+            lb_proxy_out(lb, &p, c, out, act); /* acknowledgments back before the PROXY header */
+        finish(lb, act, r);
         return LB_OK;
     }
 
@@ -331,6 +334,8 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
             finish(lb, act, why);
             return LB_OK;
         }
+        if (LB_UNLIKELY(s->conf.flags & (LB_SVC_F_PROXY_V1 | LB_SVC_F_PROXY_V2)) && p.proto == LB_PROTO_TCP)
+            lb_proxy_conn_init(lb, c, s->conf.flags, lb_ntohl(p.tcp_seq));
     }
 
     /* c is a connection, not a template (lookups skip templates; lb_schedule_conn makes
@@ -347,7 +352,10 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
     }
     lb_conn_set_expiry(lb, c, now_ms + timeout_ms);
     lb_stats_in_available(c->dest, p.len);
-    finish(lb, act, lb_conn_xmit_in(lb, &p, c, out, out_cap, act));
+    r = lb_conn_xmit_in(lb, &p, c, out, out_cap, act);
+    if (LB_UNLIKELY(c->flags & LB_CF_PROXY))
+        r = lb_proxy_in(lb, &p, c, out, out_cap, act, r); /* the PROXY header, or the shift past it */
+    finish(lb, act, r);
     return LB_OK;
 }
 
@@ -362,6 +370,7 @@ uint32_t lb_path_mtu(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms
         return 0;
     uint32_t mtu = c->dest->fwd->conf.mtu ? c->dest->fwd->conf.mtu : 1500;
     uint32_t overhead = lb_conn_xmit(c)->mtu_overhead; /* room for the method's outer header (IPIP) */
+    mtu = lb_proxy_mtu(lb, c, mtu);                   /* and for a PROXY header still to be inserted */
     return mtu > overhead ? mtu - overhead : 0;
 }
 
@@ -414,6 +423,7 @@ const char *lb_reason_name(int reason)
         [LB_R_SP_BAD_COOKIE] = "sp_bad_cookie",
         [LB_R_SP_HELD] = "sp_held",
         [LB_R_SP_HANDSHAKE] = "sp_handshake",
+        [LB_R_PROXY_CUT] = "proxy_cut",
     };
     return reason >= 0 && reason < LB_R_COUNT ? names[reason] : "unknown";
 }

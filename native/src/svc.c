@@ -75,6 +75,11 @@ static int any_ops_refused(const struct lb_svc *s, uint32_t svc_flags)
     return 0;
 }
 
+/* The PROXY protocol translates sequence numbers both ways, as SYN-proxy does, and needs the same
+ * capability (FULLNAT only; the kernel has neither). */
+#define LB_SVC_F_PROXY (LB_SVC_F_PROXY_V1 | LB_SVC_F_PROXY_V2)
+#define LB_SVC_F_SEQ (LB_SVC_F_SYNPROXY | LB_SVC_F_PROXY) /* the flags that need synproxy_capable() */
+
 static int all_synproxy_capable(const struct lb_svc *s)
 {
     for (uint32_t i = 0; i < s->ndests; i++)
@@ -185,10 +190,12 @@ static int check_svc_conf(const struct lb_svc_conf *conf, const struct lb_sched_
     if (conf->persist_timeout_s > UINT32_MAX / 1000)
         return LB_EINVAL;
     if (conf->flags & ~(uint32_t)(LB_SVC_F_TOA | LB_SVC_F_SYNPROXY | LB_SVC_F_ONEPACKET | LB_SVC_F_SCHED1 |
-                                  LB_SVC_F_SCHED2 | LB_SVC_F_SCHED3))
+                                  LB_SVC_F_SCHED2 | LB_SVC_F_SCHED3 | LB_SVC_F_PROXY))
         return LB_EINVAL;
-    if ((conf->flags & LB_SVC_F_SYNPROXY) && conf->proto != LB_PROTO_TCP)
-        return LB_EINVAL; /* SYN-proxy is a TCP feature */
+    if ((conf->flags & LB_SVC_F_SEQ) && conf->proto != LB_PROTO_TCP)
+        return LB_EINVAL; /* SYN-proxy and the PROXY protocol are TCP features */
+    if ((conf->flags & LB_SVC_F_PROXY) == LB_SVC_F_PROXY || ((conf->flags & LB_SVC_F_PROXY) && (conf->flags & LB_SVC_F_TOA)))
+        return LB_EINVAL; /* one version, and one carrier of the client's address per service */
     *sched = lb_sched_find(conf->sched);
     return *sched ? LB_OK : LB_ENOENT;
 }
@@ -217,8 +224,8 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
         lb->svcs = n;
         lb->svcs_cap = cap;
     }
-    if ((conf->flags & LB_SVC_F_SYNPROXY) && (err = lb_sp_enable(lb)) != LB_OK)
-        goto out;
+    if ((conf->flags & LB_SVC_F_SEQ) && (err = lb_sp_enable(lb)) != LB_OK)
+        goto out; /* the side table holds both SYN-proxy's and the PROXY protocol's state */
     struct lb_svc *s = calloc(1, sizeof(*s));
     if (!s) {
         err = LB_ENOMEM;
@@ -254,11 +261,11 @@ int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
         err = LB_ESRCH;
     } else if ((err = check_svc_conf(conf, &sched)) != LB_OK) {
         /* err set: argument errors come after "No such service" */
-    } else if ((conf->flags & LB_SVC_F_SYNPROXY) && !all_synproxy_capable(s)) {
-        err = LB_EOPNOTSUPP; /* only FULLNAT destinations can be SYN-proxied */
+    } else if ((conf->flags & LB_SVC_F_SEQ) && !all_synproxy_capable(s)) {
+        err = LB_EOPNOTSUPP; /* only FULLNAT destinations can be SYN-proxied or get a PROXY header */
     } else if (any_ops_refused(s, conf->flags)) {
         err = LB_EOPNOTSUPP; /* -o on UDP with FULLNAT destinations */
-    } else if ((conf->flags & LB_SVC_F_SYNPROXY) && (err = lb_sp_enable(lb)) != LB_OK) {
+    } else if ((conf->flags & LB_SVC_F_SEQ) && (err = lb_sp_enable(lb)) != LB_OK) {
         /* err set */
     } else if (s->sched != sched && (err = lb_sched_switch(s, sched)) != LB_OK) {
         /* err set: the new scheduler could not build its state; the service is unchanged */
@@ -376,8 +383,8 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
     }
     if ((err = check_dest_conf(conf)) != LB_OK)
         goto out;
-    if ((s->conf.flags & LB_SVC_F_SYNPROXY) && !synproxy_capable(conf->fwd)) {
-        err = LB_EOPNOTSUPP; /* DR and tunnel cannot be SYN-proxied (DPVS refuses it too) */
+    if ((s->conf.flags & LB_SVC_F_SEQ) && !synproxy_capable(conf->fwd)) {
+        err = LB_EOPNOTSUPP; /* DR and tunnel cannot be SYN-proxied (DPVS refuses it too) nor get a PROXY header */
         goto out;
     }
     if (ops_refuses(s->conf.proto, s->conf.flags, conf->fwd)) {
@@ -461,7 +468,7 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
         err = LB_ESRCH;
     } else if ((err = check_dest_conf(conf)) != LB_OK) {
         /* err set */
-    } else if ((s->conf.flags & LB_SVC_F_SYNPROXY) && !synproxy_capable(conf->fwd)) {
+    } else if ((s->conf.flags & LB_SVC_F_SEQ) && !synproxy_capable(conf->fwd)) {
         err = LB_EOPNOTSUPP;
     } else if (ops_refuses(s->conf.proto, s->conf.flags, conf->fwd)) {
         err = LB_EOPNOTSUPP;
@@ -672,8 +679,8 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
     int fwm_tmpl = ci && ci->proto == LB_PROTO_FWMARK && (ci->flags & LB_CONN_F_TEMPLATE);
     if (!ci || (ci->proto != LB_PROTO_TCP && ci->proto != LB_PROTO_UDP && !fwm_tmpl) || ci->state >= LB_S_COUNT)
         return LB_EINVAL;
-    if (ci->flags & LB_CONN_F_SYNPROXY)
-        return LB_EOPNOTSUPP;
+    if (ci->flags & (LB_CONN_F_SYNPROXY | LB_CONN_F_PROXY))
+        return LB_EOPNOTSUPP; /* their sequence translation is not in the dump */
     if (ci->expires_in_ms <= 0)
         return LB_OK; /* already dead: nothing to restore */
     int err = LB_OK;

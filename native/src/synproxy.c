@@ -13,7 +13,8 @@
  *     (The field report this answers: a fixed 3 s timer gave clients 3, 6 and
  *     9 s stalls, and retransmissions "sent" but never seen on the wire.)
  *  4. Real server's SYN-ACK: consumed; an ACK (carrying the client data held
- *     meanwhile, and TOA if the service uses it) completes its handshake. From
+ *     meanwhile, and TOA or the PROXY protocol header if the service uses one:
+ *     proxyproto.c) completes its handshake. From
  *     then on sequence numbers are translated: the client lives in the cookie
  *     ISN's space, the real server in its own (d_in = rs_isn - cookie_isn is
  *     added to the client's ACK numbers and SACK edges, and subtracted from
@@ -443,9 +444,8 @@ int lb_sp_miss(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_
         uint32_t client_isn = lb_ntohl(p->tcp_seq);
         uint32_t cookie = cookie_make(lb, p, client_isn, minute, idx | ((uint32_t)sack << 2));
         uint8_t opts[8];
-        uint16_t mss = conf->mss;
-        if (s->conf.flags & LB_SVC_F_TOA)
-            mss = (uint16_t)(mss - LB_TOA_LEN); /* room for the TOA option in the client's segments */
+        /* Room for what FULLNAT adds to the client's segments: the TOA option or the PROXY header. */
+        uint16_t mss = (uint16_t)(conf->mss - lb_svc_room(s->conf.flags));
         uint32_t optlen = put_syn_opts(opts, mss, sack);
         uint32_t n = build_tcp(out, out_cap, p->daddr, p->dport, p->saddr, p->sport, cookie, client_isn + 1,
                                LB_TCP_SYN | LB_TCP_ACK, SP_WINDOW, opts, optlen, NULL, 0);
@@ -480,6 +480,8 @@ int lb_sp_miss(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_
     sp->mss = sp_msstab[data & 3];
     sp->sack = (uint8_t)((data >> 2) & 1);
     sp->client_win = lb_ntohs(p->tcp_win);
+    if (s->conf.flags & (LB_SVC_F_PROXY_V1 | LB_SVC_F_PROXY_V2))
+        lb_proxy_conn_init(lb, c, s->conf.flags, client_isn); /* the header rides on our handshake ACK */
     lb_conn_set_state(lb, c, LB_S_SYN_SENT);
     lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
     lb_stats_in(c->dest, p->len);
@@ -498,8 +500,7 @@ int lb_sp_miss(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_
     return send_first_syn(lb, c, now_ms, out, out_cap, act);
 }
 
-/* Add `delta` to the 32-bit field at f (network order), fixing the TCP checksum at csum. */
-static void add32(uint8_t *f, uint32_t delta, uint8_t *csum)
+void lb_tcp_add32(uint8_t *f, uint32_t delta, uint8_t *csum)
 {
     uint32_t old_n, new_n;
     memcpy(&old_n, f, 4);
@@ -516,7 +517,7 @@ static void sack_shift(uint8_t *th, uint32_t doff, uint32_t delta)
     while (lb_tcp_opt_next(th, doff, &i, &kind, &len, &at))
         if (kind == 5 && len >= 10 && (len - 2) % 8 == 0)
             for (uint32_t e = at + 2; e + 4 <= at + len; e += 4)
-                add32(th + e, delta, th + 16);
+                lb_tcp_add32(th + e, delta, th + 16);
 }
 
 /* Client -> real server on a SYN-proxied connection. */
@@ -566,9 +567,11 @@ int lb_sp_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_m
     if (act->verdict == LB_V_XMIT_L2 && act->out_len) {
         uint8_t *th = out + p->ihl;
         if (th[13] & LB_TCP_ACK)
-            add32(th + 8, sp->d_in, th + 16);
+            lb_tcp_add32(th + 8, sp->d_in, th + 16);
         sack_shift(th, (uint32_t)(th[12] >> 4) * 4, sp->d_in);
     }
+    if (c->flags & LB_CF_PROXY)
+        r = lb_proxy_in(lb, p, c, out, out_cap, act, r); /* the client's own numbers past the header */
     return r;
 }
 
@@ -602,10 +605,22 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
                 memcpy(opts + 4, &c->caddr, 4);
                 optlen = LB_TOA_LEN;
             }
+            /* With the PROXY protocol the header goes first, then as much held data as the path MTU
+             * leaves room for (the client resends what is cut: it was never acknowledged). */
+            uint8_t first[LB_PROXY_V1_MAX_LEN + LB_SP_DATA_MAX_BYTES_MAX];
+            const uint8_t *data = sp->held;
+            uint32_t data_len = sp->held_len;
+            if (c->flags & LB_CF_PROXY) {
+                uint32_t mtu = c->dest->fwd && c->dest->fwd->conf.mtu ? c->dest->fwd->conf.mtu : 1500;
+                uint32_t room = mtu > 40 + optlen ? mtu - 40 - optlen : 0;
+                data = first;
+                data_len = lb_proxy_first_payload(lb, c, sp->held, sp->held_len, first,
+                                                  room < sizeof(first) ? room : (uint32_t)sizeof(first));
+            }
             uint32_t n = build_tcp(out, out_cap, c->oaddr_n, c->oport, c->dest->addr_n, c->dest->port_n,
                                    sp->client_isn + 1, rs_isn + 1,
-                                   (uint8_t)(LB_TCP_ACK | (sp->held_len ? 0x08 : 0)), sp->client_win, opts, optlen,
-                                   sp->held, sp->held_len);
+                                   (uint8_t)(LB_TCP_ACK | (data_len ? 0x08 : 0)), sp->client_win, opts, optlen,
+                                   data, data_len);
             free(sp->held);
             sp->held = NULL;
             sp->held_len = 0;
@@ -647,7 +662,9 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
     int r = lb_conn_xmit(c)->xmit_out(lb, p, c, out, out_cap, act);
     if (act->verdict == LB_V_ANSWER && act->out_len) {
         uint8_t *th = out + p->ihl;
-        add32(th + 4, (uint32_t)0 - sp->d_in, th + 16);
+        lb_tcp_add32(th + 4, (uint32_t)0 - sp->d_in, th + 16);
     }
+    if (c->flags & LB_CF_PROXY)
+        lb_proxy_out(lb, p, c, out, act); /* its ACK and SACK edges back before the header */
     return r;
 }

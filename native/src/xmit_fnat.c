@@ -15,7 +15,8 @@
  * without SYN (the one that completes the handshake, which the real server's
  * TOA module reads), or to the next packet if that one has no room (header
  * already 60 bytes, or the path MTU). To leave room in full-sized segments the
- * MSS the real server announces in its SYN-ACK is lowered by 8 on the way out.
+ * MSS the real server announces in its SYN-ACK is lowered by 8 on the way out (by the
+ * longest header for the PROXY protocol, which proxyproto.c inserts after this rewrite).
  *
  * What is FULLNAT's own: the service's local address pool (per-service state in
  * s->xmit_data[LB_FWD_FULLNAT], created with the first address, lb_laddr_add/del/list), the
@@ -389,8 +390,9 @@ static int fnat_xmit_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_c
     }
     memcpy(out, p->data, p->len);
     const struct lb_svc *s = c->dest->svc;
-    if (p->proto == LB_PROTO_TCP && s && (s->conf.flags & LB_SVC_F_TOA) && (p->tcp_flags & LB_TCP_SYN))
-        mss_lower(out, p, LB_TOA_LEN);
+    /* Room in the client's segments for what this service adds (TOA, or the PROXY header). */
+    if (p->proto == LB_PROTO_TCP && s && lb_svc_room(s->conf.flags) && (p->tcp_flags & LB_TCP_SYN))
+        mss_lower(out, p, lb_svc_room(s->conf.flags));
     if (rewrite(out, p, c->vaddr, c->vport, c->caddr, c->cport) < 0) {
         act->verdict = LB_V_DROP;
         return LB_R_TTL_EXCEEDED;

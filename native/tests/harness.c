@@ -175,6 +175,27 @@ static int setup(lb_t *lb)
             rc |= lb_dest_set_fwd(lb, proto, VIP, NAT_PORT, d.addr, d.port, &f);
         }
     }
+    /* VIP:86 FULLNAT with the PROXY protocol v1, VIP:87 FULLNAT with SYN-proxy and PROXY v2. */
+    for (uint16_t port = 86; port <= 87; port++) {
+        memset(&s, 0, sizeof(s));
+        s.proto = LB_PROTO_TCP;
+        s.addr = VIP;
+        s.port = port;
+        strcpy(s.sched, "rr");
+        s.flags = port == 86 ? LB_SVC_F_PROXY_V1 : (LB_SVC_F_PROXY_V2 | LB_SVC_F_SYNPROXY);
+        rc |= lb_svc_add(lb, &s);
+        for (int j = 0; j < 2; j++) {
+            memset(&d, 0, sizeof(d));
+            d.addr = BRS1 + (uint32_t)j;
+            d.port = 80;
+            d.fwd = LB_FWD_FULLNAT;
+            d.weight = 1;
+            rc |= lb_dest_add(lb, LB_PROTO_TCP, VIP, port, &d);
+            fwd_for(&f, (uint8_t)(0x50 + j));
+            rc |= lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, port, d.addr, d.port, &f);
+        }
+        rc |= lb_laddr_add(lb, LB_PROTO_TCP, VIP, port, LIP);
+    }
     return rc | locality_setup(lb);
 }
 
@@ -245,8 +266,10 @@ static int gso_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mtu,
         bad |= check(memcmp(gso_whole, pkt, len) == 0, "lb_tcp_gso_prepare leaves refused bytes alone");
     }
     uint32_t path = lb_path_mtu(lb, pkt, len, now); /* read only, on any bytes */
-    bad |= check(path == 0 || path == 1500 || path == 1500 - LB_IPIP_OVERHEAD,
-                 "lb_path_mtu: 0, or the harness's path MTU 1500 (less the IPIP header for a tunnel)");
+    bad |= check(path == 0 || path == 1500 || path == 1500 - LB_IPIP_OVERHEAD ||
+                     (path >= 1500 - LB_PROXY_V1_MAX_LEN && path <= 1500 - 32) || path == 1500 - LB_PROXY_V2_LEN,
+                 "lb_path_mtu: 0, or the harness's path MTU 1500 (less the IPIP header for a tunnel, less a "
+                 "PROXY header of 32..56 (v1) or 28 (v2) bytes not acknowledged yet)");
     uint32_t seg_len[128];
     int k = lb_tcp_segment(pkt, len, mtu, gso_segs, mtu, seg_len, 128);
     bad |= check(k > 0 || k == LB_EINVAL || k == LB_ENOSPC, "lb_tcp_segment returns a count or an error");
@@ -523,7 +546,8 @@ static const char *const sched_names[] = {
 
 /* A table that is always full and a FULLNAT pool that is always exhausted (issue 15): 48 entries,
  * 4 local ports, clients opening, completing, closing and resetting connections on DR (:80),
- * FULLNAT+TOA (:82) and FULLNAT+SYN-proxy (:83) while time moves, with the change marks read
+ * FULLNAT+TOA (:82), FULLNAT+SYN-proxy (:83) and FULLNAT with the PROXY protocol (:86, :87 with
+ * SYN-proxy) while time moves, with the change marks read
  * (lb_conn_dump_changes) and the table dumped as lbd's saves do. Checks: never more entries than
  * conn_max, early drops happen, each change record names a slot below the high-water mark, the
  * accounting invariants hold; ASan/valgrind watch the expiry heaps, port maps and marks. */
@@ -537,11 +561,11 @@ static int pressure_churn(long n)
     int bad = 0;
     uint64_t now = 1000;
     static const uint8_t flags[] = {0x02, 0x02, 0x02, 0x10, 0x10, 0x18, 0x11, 0x04};
-    static const uint16_t ports[] = {80, 80, 82, 83};
+    static const uint16_t ports[] = {80, 80, 82, 83, 80, 80, 86, 87}; /* DR half the time: a full table */
     struct lb_conn_info info[128];
     for (long k = 0; k < n; k++) {
         uint32_t x = (uint32_t)k * 2654435761u;
-        uint16_t port = ports[(x >> 8) % 4];
+        uint16_t port = ports[(x >> 8) % 8];
         uint32_t len = make_packet(pkt, (x >> 20) % 7 ? LB_PROTO_TCP : LB_PROTO_UDP, 0xc0000400u + (x >> 24) % 40,
                                    (uint16_t)(3000 + (x >> 12) % 16), port, flags[(x >> 4) % 8]);
         bad |= process_checked(lb, pkt, len, now);

@@ -4,7 +4,8 @@ Each file is one fuzzer input: byte 0 advances the harness clock (x 50 ms),
 the rest is an IPv4 packet aimed at the harness's standard configuration
 (VIP 10.0.0.100: TCP/UDP 80 DR, 81 IPIP, 82 FULLNAT with TOA, 83 FULLNAT
 with SYN-proxy, 84 DR with sh (TCP) and mh one-packet (UDP), 85 NAT to
-10.1.0.11-12:8080, 90 lblc, 91 lblcr, 92 twos; FULLNAT real servers
+10.1.0.11-12:8080, 86 FULLNAT with PROXY v1, 87 FULLNAT with SYN-proxy and
+PROXY v2, 90 lblc, 91 lblcr, 92 twos; FULLNAT real servers
 10.1.0.11-12:80, local address 10.1.0.1). The
 harness also schedules every input on the 90-92 services whatever its
 destination address (lblc/lblcr key their caches on it). For `harness replay`,
@@ -31,7 +32,7 @@ LIP = "10.1.0.1"
 def seeds() -> dict[str, bytes]:
     s: dict[str, bytes] = {}
     opts = [("MSS", 1460), ("SAckOK", b""), ("WScale", 7), ("Timestamp", (1, 0))]
-    for port in (80, 81, 82, 83, 84):
+    for port in (80, 81, 82, 83, 84, 86, 87):
         s[f"tcp{port}_syn"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="S", options=opts))
         s[f"tcp{port}_ack"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="A", seq=1, ack=1))
         s[f"tcp{port}_data"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=port, flags="PA") / Raw(b"GET / HTTP/1.1\r\n\r\n"))
@@ -66,6 +67,17 @@ def seeds() -> dict[str, bytes]:
     s["nat_icmp_from_client"] = raw(IP(src=CLIENT, dst=VIP) / ICMP(type=3, code=4, nexthopmtu=1400)
                                     / raw(IP(src=VIP, dst=CLIENT) / TCP(sport=85, dport=40000))[:28])
     s["nat_reply_ttl1"] = raw(IP(src=RS, dst=CLIENT, ttl=1) / TCP(sport=8080, dport=40000, flags="A"))
+    # PROXY protocol (VIP:86 v1, VIP:87 SYN-proxy + v2): the first data at ISN + 1 gets the header, a
+    # full-sized one is cut; the real server's ACKs and SACK edges move back before it.
+    s["px_data_isn1"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=86, flags="PA", seq=1001, ack=1)
+                            / Raw(b"GET / HTTP/1.1\r\n\r\n"))
+    s["px_data_full"] = raw(IP(src=CLIENT, dst=VIP, flags="DF") / TCP(sport=40000, dport=86, flags="FPA", seq=1001,
+                                                                     ack=1) / Raw(b"q" * 1460))
+    s["px_reply_sack"] = raw(IP(src=RS, dst=LIP) / TCP(sport=80, dport=1024, flags="A", seq=1, ack=1030,
+                                                       options=[("NOP", None), ("NOP", None),
+                                                                ("SAck", (1100, 1200, 1300, 1400))]))
+    s["px_reply_synack"] = raw(IP(src=RS, dst=LIP) / TCP(sport=80, dport=1024, flags="SA", seq=5000, ack=1001,
+                                                         options=[("MSS", 1460), ("SAckOK", b"")]))
     s["icmp_echo"] = raw(IP(src=CLIENT, dst=VIP) / ICMP())
     s["ip_options"] = raw(IP(src=CLIENT, dst=VIP, options=b"\x94\x04\x00\x00") / TCP(sport=40001, dport=80, flags="S"))
     s["fragment_first"] = raw(IP(src=CLIENT, dst=VIP, flags="MF") / TCP(sport=40002, dport=80, flags="S"))

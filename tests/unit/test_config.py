@@ -137,7 +137,7 @@ def test_every_error_is_reported_with_its_line() -> None:
         "f.toml:6: bad service address '10.1.1.300': not an IPv4 address",
         f"f.toml:8: 'sched' must be one of {', '.join(SCHEDULERS)}, got 'xx'",
         "f.toml:9: unknown key 'weight' in [[service]] (known: proto, addr, port, fwmark, sched, sched_flags, ops, "
-        "persistent, netmask, toa, synproxy, laddrs, dest)",
+        "persistent, netmask, toa, synproxy, proxy_protocol, laddrs, dest)",
         "f.toml:12: 'weight' 2147483648 out of range 0..2147483647",
         "f.toml:15: fwd = \"route\" cannot change the port: the real server receives the service's port 80; "
         "omit 'port' or set it to 80",
@@ -231,7 +231,7 @@ def test_inline_tables_and_multiline_arrays_keep_lines_right() -> None:
     assert found == [
         "f.toml:3: bad local address 'port = 3' in 'laddrs': not an IPv4 address",
         "f.toml:7: unknown key 'desc' in [[service]] (known: proto, addr, port, fwmark, sched, sched_flags, ops, "
-        "persistent, netmask, toa, synproxy, laddrs, dest)",
+        "persistent, netmask, toa, synproxy, proxy_protocol, laddrs, dest)",
         "f.toml:13: 'weight' -1 out of range 0..2147483647",
     ]
 
