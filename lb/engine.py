@@ -53,6 +53,7 @@ class Reason(enum.IntEnum):
     SP_BAD_COOKIE = C.LB_R_SP_BAD_COOKIE
     SP_HELD = C.LB_R_SP_HELD
     SP_HANDSHAKE = C.LB_R_SP_HANDSHAKE
+    XMIT_FAILED = C.LB_R_XMIT_FAILED
 
 
 class ConnState(enum.IntEnum):
@@ -105,6 +106,7 @@ class Action:
     out: bytes = b""
     ifindex: int = 0
     l2hdr: bytes = b""
+    frag_mtu: int = 0  # XMIT_L2: the packet (DF clear) exceeds the path MTU: send it as fragments of this size
 
 
 class Engine(Protocol):

@@ -108,6 +108,9 @@ NFQ_FIELDS: dict[str, CounterField] = {
                                          "reached (overload), socket_full = lbd's socket buffer full",
                                          (("cause", "queue_full"),)),
     "kernel_user_dropped": CounterField("lbd_nfqueue_kernel_dropped_total", "", (("cause", "socket_full"),)),
+    "frag_packets": CounterField("lbd_nfqueue_fragmented_packets_total",
+                                 "Packets larger than their path MTU that lbd sent as IP fragments"),
+    "frag_out": CounterField("lbd_nfqueue_fragments_sent_total", "IP fragments those packets were cut into"),
 }
 
 # struct lb_synproxy_stats (lb_api.h).

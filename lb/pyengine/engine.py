@@ -85,6 +85,7 @@ from lb.pyengine.conn import (
     TemplateKey,
 )
 from lb.pyengine.csum import internet_checksum
+from lb.pyengine.frag import fit_path_mtu
 from lb.pyengine.icmp import port_unreachable, related_connection_key
 from lb.pyengine.parse import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, Rejection, parse_packet
 from lb.pyengine.proto_tcp import (
@@ -141,6 +142,7 @@ _NO_CONN = Action(Verdict.ACCEPT, Reason.NO_CONN)
 _TABLE_FULL = Action(Verdict.DROP, Reason.TABLE_FULL)
 _NO_LADDR = Action(Verdict.DROP, Reason.NO_LADDR)
 _DEST_UNAVAILABLE = Action(Verdict.DROP, Reason.DEST_UNAVAILABLE)
+
 _ICMP_UNRELATED = Action(Verdict.ACCEPT, Reason.NOT_LB_PROTO)
 _ICMP_BAD_CSUM = Action(Verdict.DROP, Reason.BAD_CSUM)
 _TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
@@ -361,7 +363,7 @@ class PyEngine:
                     dest.handshakes += 1
         self._refresh(conn, now_ms)
         self._count_in(dest, parsed.total_length)
-        return conn.xmit.xmit_in(conn, packet, parsed)
+        return fit_path_mtu(conn.xmit.xmit_in(conn, packet, parsed), dest, packet, parsed)
 
 
     def _schedule_dest(self, service: Service, packet: bytes, parsed: ParsedPacket,
@@ -445,7 +447,7 @@ class PyEngine:
         dest.stats.conns += 1
         service.stats.conns += 1
         self._count_in(dest, parsed.total_length)
-        action = method.xmit_in(conn, packet, parsed)
+        action = fit_path_mtu(method.xmit_in(conn, packet, parsed), dest, packet, parsed)
         dest.unbind(conn)
         return action
 
