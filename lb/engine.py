@@ -125,6 +125,10 @@ class Engine(Protocol):
     def timer_due(self) -> int | None:
         """When the next timer is due (now_ms clock), None when none is pending."""
         ...
+    def count_xmit_failed(self, reason: Reason) -> None:
+        """The adapter could not send what process() decided for a packet counted under `reason`: the
+        packet moves to the xmit_failed counter (never left counted as forwarded)."""
+        ...
 
     # ---- configuration (all or nothing per call; EngineError with IPVS's errno name)
     def add_service(self, spec: ServiceSpec) -> None: ...

@@ -420,6 +420,9 @@ class CEngine:
             outcome[name] = outcome.get(name, 0) + 1
         return outcome
 
+    def count_xmit_failed(self, reason: Reason) -> None:
+        lib.lb_count_xmit_failed(self._lb, int(reason))
+
     def counters(self) -> dict[str, int]:
         n = lib.LB_R_COUNT
         arr = ffi.new("uint64_t[]", n)

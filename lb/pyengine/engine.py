@@ -1136,6 +1136,13 @@ class PyEngine:
     def restore_connections_raw(self, blob: bytes, now_ms: int) -> dict[str, int]:
         raise EngineError("EOPNOTSUPP", "the Python engine cannot restore a C connection dump")
 
+    def count_xmit_failed(self, reason: Reason) -> None:
+        """lb_count_xmit_failed: the packet counted under `reason` could not be sent."""
+        with self._lock:
+            if self._reason_counts[reason]:
+                self._reason_counts[reason] -= 1
+            self._reason_counts[Reason.XMIT_FAILED] += 1
+
     def counters(self) -> dict[str, int]:
         """Packets per reason since the engine started, keyed by reason name in lower case."""
         with self._lock:
