@@ -56,6 +56,7 @@ POLL_TIMEOUT_S = 0.1  # upper bound on how late stop() and expiry are noticed, s
 SOL_PACKET = 263  # linux/socket.h
 PACKET_QDISC_BYPASS = 20  # linux/if_packet.h
 ETH_P_IP = 0x0800
+NFQ_COPY_MAX = 4096 - 80  # bytes of a packet NetfilterQueue 1.1 copies (its BufferSize - MetadataSize)
 IP_RECVERR = 11  # linux/in.h
 SO_EE_ORIGIN_LOCAL = 1  # linux/errqueue.h
 _SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")  # ee_errno, ee_origin, ee_type, ee_code, ee_pad, ee_info, ee_data
@@ -129,6 +130,7 @@ class NfqAdapter:
         self._queue: object | None = None
         self._queue_num = 0
         self._error: BaseException | None = None
+        self._warned_truncated = False  # said once that NetfilterQueue cut a long packet
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -234,6 +236,13 @@ class NfqAdapter:
     def _on_packet(self, packet: object) -> None:
         self.stats.packets += 1
         payload: bytes = packet.get_payload()  # type: ignore[attr-defined]
+        if len(payload) >= 4 and int.from_bytes(payload[2:4], "big") > len(payload) and not self._warned_truncated:
+            # NetfilterQueue copies at most NFQ_COPY_MAX bytes of a packet: a longer (reassembled)
+            # datagram arrives cut, and the engine drops it as malformed. The C engine has no such limit.
+            self._warned_truncated = True
+            log.warning("a %d-byte packet arrived cut to %d bytes (NetfilterQueue copies at most %d): "
+                        "--engine python drops packets that long as malformed; the C engine takes up to 65,535",
+                        int.from_bytes(payload[2:4], "big"), len(payload), NFQ_COPY_MAX)
         try:
             action = self._engine.process(payload, self._clock_ms(), packet.get_mark())  # type: ignore[attr-defined]
         except Exception:  # the engine must never take the queue down: fail closed for this packet
