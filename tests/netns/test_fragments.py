@@ -20,6 +20,7 @@ fragments are cut smaller than the client's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -179,10 +180,11 @@ def dlbd(dtopo: Topology, engine: str) -> Iterator[Lbd]:
         yield d
 
 
-def udp_service(lbd: Lbd, t: Topology, method: str, port: int = UDP_PORT) -> None:
-    lbd.lbadm("-A", "-u", f"{t.vip}:{port}", "-s", "rr")
+def udp_service(lbd: Lbd, t: Topology, method: str, port: int = UDP_PORT, vip: str | None = None) -> None:
+    vip = vip or t.vip
+    lbd.lbadm("-A", "-u", f"{vip}:{port}", "-s", "rr")
     for rs in t.reals:
-        lbd.lbadm("-a", "-u", f"{t.vip}:{port}", "-r", f"{rs.addr}:{port}", method, "-w", "1")
+        lbd.lbadm("-a", "-u", f"{vip}:{port}", "-r", f"{rs.addr}:{port}", method, "-w", "1")
     lbd.wait_resolved()
 
 
@@ -199,6 +201,21 @@ def test_tunnel_udp_datagrams_arrive_whole(dlbd: Lbd, dtopo: Topology, dr_udp: N
     udp_service(dlbd, dtopo, "-i")
     assert_intact(dtopo, dlbd)
     assert_fragment_counts(counters(dlbd), 3)
+
+
+_df_vips = itertools.count(150)  # host indexes of the DF tests' own VIPs
+
+
+@contextlib.contextmanager
+def fresh_vip(t: Topology) -> Iterator[str]:
+    """A VIP of its own on the director for one test: the client's kernel keeps the path MTU it learnt
+    for an address (a route exception, ten minutes), so each DF test needs an address it never used."""
+    addr, dev = t.addr("lan", next(_df_vips)), t.director.iface("lan").ifname
+    t.director.ip("addr", "add", f"{addr}/32", "dev", dev)
+    try:
+        yield addr
+    finally:
+        t.director.ip("addr", "del", f"{addr}/32", "dev", dev, check=False)
 
 
 def _learnt_mtu(netns: str, vip: str, port: int, size: int) -> int:
@@ -226,8 +243,9 @@ def test_tunnel_df_too_big_gets_fragmentation_needed(dlbd: Lbd, dtopo: Topology,
                                                      decap: None) -> None:
     """IPIP, DF set: 1,488 bytes fit the client's segment but not the tunnel (1,500 - 20): the client
     gets ICMP fragmentation needed with next-hop MTU 1,480 and its kernel learns it."""
-    udp_service(dlbd, dtopo, "-i")
-    assert _learnt_mtu(dtopo.client.netns, dtopo.vip, UDP_PORT, 1460) == 1480
+    with fresh_vip(dtopo) as vip:
+        udp_service(dlbd, dtopo, "-i", vip=vip)
+        assert _learnt_mtu(dtopo.client.netns, vip, UDP_PORT, 1460) == 1480
     assert counters(dlbd)["reasons"]["frag_needed"] >= 1
 
 
@@ -334,8 +352,10 @@ def test_nat_udp_datagrams_and_answers_arrive_whole(nlbd: Lbd, ntopo: Topology, 
 
 def test_nat_df_too_big_for_the_back_segment_gets_fragmentation_needed(nlbd: Lbd, ntopo: Topology,
                                                                          nat_udp: None) -> None:
-    udp_service(nlbd, ntopo, "-m")
-    assert _learnt_mtu(ntopo.client.netns, ntopo.vip, UDP_PORT, 1450) == BACK_MTU
+    with fresh_vip(ntopo) as vip:
+        udp_service(nlbd, ntopo, "-m", vip=vip)
+        assert _learnt_mtu(ntopo.client.netns, vip, UDP_PORT, 1450) == BACK_MTU
+    assert counters(nlbd)["reasons"]["frag_needed"] >= 1
 
 
 def test_fullnat_udp_datagrams_and_answers_arrive_whole(nlbd: Lbd, ntopo: Topology, nat_udp: None) -> None:
