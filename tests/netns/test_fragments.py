@@ -131,7 +131,15 @@ def assert_intact(t: Topology, lbd: Lbd, port: int = UDP_PORT) -> list[str]:
 
 
 def counters(lbd: Lbd) -> dict[str, Any]:
-    return lbd.ok("counters")
+    """lbd's counters once its adapter is done with every packet it took (a verdict for each: its
+    frames were sent and counted before), which the answer that reached the client does not say."""
+    deadline = time.monotonic() + EXCHANGE_TIMEOUT_S
+    while True:
+        c: dict[str, Any] = lbd.ok("counters")
+        nfq = c["nfq"]
+        if nfq["verdicts"] >= nfq["packets"] or time.monotonic() > deadline:
+            return c
+        time.sleep(0.05)
 
 
 def assert_fragment_counts(c: dict[str, Any], fragmented_min: int) -> None:
