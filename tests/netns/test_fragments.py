@@ -32,8 +32,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Lbd, running_lbd
+from conftest import QUEUE_NUM, Lbd, running_lbd
 
+from lb import iptables as ipt
 from lb.testbed import echo
 from lb.testbed.ipip_decap import start_in
 from lb.testbed.topology import Topology, dr_spec, enter_netns, fullnat_spec
@@ -201,6 +202,10 @@ def test_dr_udp_datagrams_arrive_whole(dlbd: Lbd, dtopo: Topology, dr_udp: None)
     servers = assert_intact(dtopo, dlbd)
     assert sorted(set(servers)) == sorted(rs.name for rs in dtopo.reals), servers  # balanced (rr)
     assert_fragment_counts(counters(dlbd), 3)
+    # The rule that turns reassembly on sits after the terminal NFQUEUE rule: never evaluated, no cost.
+    listing = dtopo.director.exec(["iptables", "-t", "raw", "-L", ipt.go_chain_name(QUEUE_NUM), "-v", "-x", "-n"]).stdout
+    queue_line, socket_line = (next(line for line in listing.splitlines() if word in line) for word in ("NFQUEUE", "socket"))
+    assert int(queue_line.split()[0]) > 0 and int(socket_line.split()[0]) == 0, listing
 
 
 def test_tunnel_udp_datagrams_arrive_whole(dlbd: Lbd, dtopo: Topology, dr_udp: None, decap: None) -> None:
