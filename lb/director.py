@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from lb import __version__, unimplemented
+from lb import __version__, reassembly, unimplemented
 from lb.engine import Engine, EngineError
 from lb.estimator import Estimator, HandshakeSample, StallEvent, StallWatch
 from lb.fwdstate import DestKey, ForwardingStates, FwdStatus, Resolver
@@ -604,6 +604,9 @@ class Director:
                       "(raise lbd --conn-max, or shorten timeouts with lbadm --set)",
         "no_laddr": "FULLNAT local addresses exhausted: {n} new connections refused in the last tick "
                     "(add local addresses with lbadm -P, or more real-server ports)",
+        "xmit_failed": "{n} packets could not be sent in the last tick (socket errors: counted as xmit_failed, "
+                       "not forwarded; the nfq counters xmit_l2_err / answer_err say which socket, "
+                       "`lbadm doctor` what to check)",
     }
 
     EARLY_DROP_LOG = ("connection table full ({entries} entries): {n} half-open or finished entries dropped "
@@ -703,4 +706,5 @@ class Director:
         result["nfq"] = {k: sum(q[k] for q in queues) for k in queues[0]} if queues else {}
         result["synproxy"] = self.engine.synproxy_stats()
         result["table"] = self.engine.conn_stats()  # entries, max, buckets, droppable, early_drops
+        result["reassembly"] = reassembly.read()  # the kernel's, before the queue (lb/reassembly.py)
         return result

@@ -54,6 +54,7 @@ class Reason(enum.IntEnum):
     SP_HELD = C.LB_R_SP_HELD
     SP_HANDSHAKE = C.LB_R_SP_HANDSHAKE
     PROXY_CUT = C.LB_R_PROXY_CUT
+    XMIT_FAILED = C.LB_R_XMIT_FAILED
 
 
 class ConnState(enum.IntEnum):
@@ -106,6 +107,7 @@ class Action:
     out: bytes = b""
     ifindex: int = 0
     l2hdr: bytes = b""
+    frag_mtu: int = 0  # XMIT_L2: the packet (DF clear) exceeds the path MTU: send it as fragments of this size
 
 
 class Engine(Protocol):
@@ -123,6 +125,10 @@ class Engine(Protocol):
         ...
     def timer_due(self) -> int | None:
         """When the next timer is due (now_ms clock), None when none is pending."""
+        ...
+    def count_xmit_failed(self, reason: Reason) -> None:
+        """The adapter could not send what process() decided for a packet counted under `reason`: the
+        packet moves to the xmit_failed counter (never left counted as forwarded)."""
         ...
 
     # ---- configuration (all or nothing per call; EngineError with IPVS's errno name)

@@ -120,8 +120,10 @@ class CEngine:
         verdict = Verdict(act.verdict)
         out = bytes(ffi.buffer(self._out, act.out_len)) if verdict != Verdict.DROP and act.out_len else b""
         l2hdr = bytes(act.l2hdr) if verdict == Verdict.XMIT_L2 else b""
-        ifindex = act.ifindex if verdict == Verdict.XMIT_L2 else 0
-        return Action(verdict=verdict, reason=Reason(act.reason), out=out, ifindex=ifindex, l2hdr=l2hdr)
+        if verdict == Verdict.XMIT_L2:
+            return Action(verdict=verdict, reason=Reason(act.reason), out=out, ifindex=act.ifindex, l2hdr=l2hdr,
+                          frag_mtu=act.frag_mtu)
+        return Action(verdict=verdict, reason=Reason(act.reason), out=out)
 
     def expire(self, now_ms: int) -> int:
         return _check(lib.lb_expire(self._lb, now_ms, 0), "lb_expire")
@@ -420,6 +422,9 @@ class CEngine:
             name = "restored" if rc == 0 else ERRNO_NAMES.get(rc, str(rc))
             outcome[name] = outcome.get(name, 0) + 1
         return outcome
+
+    def count_xmit_failed(self, reason: Reason) -> None:
+        lib.lb_count_xmit_failed(self._lb, int(reason))
 
     def counters(self) -> dict[str, int]:
         n = lib.LB_R_COUNT

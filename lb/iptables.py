@@ -11,6 +11,8 @@ Layout (one lbd instance = one queue number N; the sets are lb.ipsets'):
                       -m set --match-set lbd-q<N>-fnat src,src,dst -j LBD-Q<N>-GO (FULLNAT replies)
     raw LBD-Q<N>-GO:  -j CT --notrack
                       -j NFQUEUE --queue-num N --queue-bypass
+                      -m socket --transparent -m comment --comment "lbd q<N> defrag" -j RETURN
+                                                                         (never reached: see Fragments)
     raw OUTPUT:       -m comment --comment "lbd q<N> out" -j LBD-Q<N>-OUT
     raw LBD-Q<N>-OUT: -m mark --mark <SOCKET_MARK_BASE|N> -j CT --notrack
 
@@ -55,6 +57,21 @@ Why this shape:
   kernel instead of dropped; the service then degrades to "not balanced", not to "black-holed".
   With --down-policy closed it is absent and lbd leaves rules and sets in place on exit, so the
   next lbd adopts them without a moment where the VIPs reach the director's own stack.
+
+Fragments: the kernel's reassembly (nf_defrag_ipv4, at PREROUTING priority -400, before the raw
+table) runs in a network namespace only while something there asks for it; `CT --notrack` does not
+(xt_CT's NOTRACK never takes a conntrack reference), so without help a fragmented datagram reaches
+LBD-Q<N> as fragments: only the first carries ports and matches the service set, lbd drops it, the
+others pass to the director's own stack (measured on this kernel with real packets: raw PREROUTING
+sees 3 x 1,500 + 2 x 68-byte pieces of three 3,028-byte datagrams). The last rule of LBD-Q<N>-GO
+asks for it: xt_socket's `--transparent` revision turns on nf_defrag_ipv4 for the namespace when
+the rule is added and off when it is deleted, and the rule sits after NFQUEUE, which is terminal,
+so it is never evaluated (no socket lookup per packet). Every fragmented datagram arriving in the
+namespace is then reassembled first, as kernel IPVS's ip_vs_gather_frags / a conntrack director
+would (the kernel's limits apply: net.ipv4.ipfrag_high_thresh, ipfrag_time, overlapping fragments
+dropped, counted in /proc/net/snmp and /proc/net/netstat), and the queue carries whole datagrams;
+the fast path fragments again on the way out (docs/fastpath.md "Fragments"). It costs a packet
+that is not a fragment one hook call and one test (ip_is_fragment). Conntrack itself stays off.
 
 Rule text is generated in the exact form `iptables -S` prints (iptables 1.8.x), and rules read
 back (lb.iptrules, the project's one iptables rule parser) are compared through a normalised key,
@@ -216,10 +233,18 @@ def chain_rules(queue_num: int) -> list[str]:
     ]
 
 
+def defrag_rule(queue_num: int) -> str:
+    """The rule that turns on the kernel's reassembly before the raw table (module doc, Fragments):
+    never evaluated, it sits after the terminal NFQUEUE rule."""
+    return (f'-A {go_chain_name(queue_num)} -m socket --transparent -m comment --comment '
+            f'"{jump_comment(queue_num)} defrag" -j RETURN')
+
+
 def go_rules(queue_num: int, target: str, track: bool = False) -> list[str]:
-    """LBD-Q<N>-GO: `CT --notrack` first (NFQUEUE is terminal), then the queue."""
+    """LBD-Q<N>-GO: `CT --notrack` first (NFQUEUE is terminal), then the queue, then the rule that
+    turns on reassembly (never reached)."""
     go = go_chain_name(queue_num)
-    return ([] if track else [f"-A {go} -j CT --notrack"]) + [f"-A {go} {target}"]
+    return ([] if track else [f"-A {go} -j CT --notrack"]) + [f"-A {go} {target}", defrag_rule(queue_num)]
 
 
 def queue_target(queue_num: int, queue_balance: tuple[int, int] | None, bypass: bool = True,
@@ -596,6 +621,7 @@ def detect(
         f"-A {probe} -p udp -m udp --dport 9 -j NFQUEUE --queue-num 0 --queue-bypass",
         f"-A {probe} -m mark --mark {SOCKET_MARK_BASE:#x} -j CT --notrack",
         f"-A {probe} -m set --match-set {probe_set} dst,dst -j RETURN",
+        f"-A {probe} -m socket --transparent -j RETURN",
         f"-F {probe}",
         f"-X {probe}",
     ])
@@ -605,7 +631,8 @@ def detect(
         (["ipset", "restore", "-exist"], f"create {probe_set} hash:ip,port family inet\n",
          "cannot create an ip set (kernel ip_set / ip_set_hash_ipport)"),
         ([f"{iptables}-restore", "-w", str(LOCK_WAIT_S), "--noflush"], script,
-         "the kernel refuses CT --notrack, -m mark, -m set or NFQUEUE in the raw table"),
+         "the kernel refuses CT --notrack, -m mark, -m set, -m socket (xt_socket: reassembly before the "
+         "queue) or NFQUEUE in the raw table"),
         (["ipset", "destroy", probe_set], None, "cannot destroy the probe ip set"),
     ]
     for cmd, stdin, what in checks:

@@ -108,6 +108,9 @@ NFQ_FIELDS: dict[str, CounterField] = {
                                          "reached (overload), socket_full = lbd's socket buffer full",
                                          (("cause", "queue_full"),)),
     "kernel_user_dropped": CounterField("lbd_nfqueue_kernel_dropped_total", "", (("cause", "socket_full"),)),
+    "frag_packets": CounterField("lbd_nfqueue_fragmented_packets_total",
+                                 "Packets larger than their path MTU that lbd sent as IP fragments"),
+    "frag_out": CounterField("lbd_nfqueue_fragments_sent_total", "IP fragments those packets were cut into"),
 }
 
 # struct lb_synproxy_stats (lb_api.h).
@@ -126,6 +129,25 @@ SYNPROXY_FIELDS: dict[str, CounterField] = {
                                  "Client segments dropped while the real server's handshake was pending"),
     "rs_resets": CounterField("lbd_synproxy_backend_resets_total",
                               "Real servers that answered lbd's SYN with a RST (passed on to the client)"),
+}
+
+
+# The kernel's reassembly before the queue (lb/reassembly.py): counters, then gauges.
+REASSEMBLY_FIELDS: dict[str, CounterField] = {
+    "reasm_reqds": CounterField("lbd_ip_reassembly_fragments_total",
+                                "Fragments the kernel reassembled before the queue (lbd's namespace)"),
+    "reasm_oks": CounterField("lbd_ip_reassembly_datagrams_total", "Datagrams reassembled, or not, by result",
+                              (("result", "ok"),)),
+    "reasm_fails": CounterField("lbd_ip_reassembly_datagrams_total", "", (("result", "failed"),)),
+    "reasm_timeouts": CounterField("lbd_ip_reassembly_failures_total", "Of the failures: incomplete after "
+                                   "ipfrag_time, or overlapping fragments (dropped whole)", (("cause", "timeout"),)),
+    "reasm_overlaps": CounterField("lbd_ip_reassembly_failures_total", "", (("cause", "overlap"),)),
+}
+REASSEMBLY_GAUGES: dict[str, tuple[str, str]] = {
+    "pending": ("lbd_ip_reassembly_pending", "Datagrams being reassembled now"),
+    "memory_bytes": ("lbd_ip_reassembly_memory_bytes", "Memory the pending fragments hold"),
+    "high_thresh_bytes": ("lbd_ip_reassembly_memory_limit_bytes",
+                          "net.ipv4.ipfrag_high_thresh: fragments beyond it are dropped"),
 }
 
 
@@ -319,6 +341,12 @@ def lbd_families(snap: Snapshot) -> Iterator[Metric]:
     for name, (help_text, value) in table.items():
         if value is not None:
             yield GaugeMetricFamily(name, help_text, value=value)
+    reasm = snap.counters.get("reassembly")
+    if reasm is not None:
+        yield from _field_families(REASSEMBLY_FIELDS, "lbd_ip_reassembly", (),
+                                   [([], {k: v for k, v in reasm.items() if k in REASSEMBLY_FIELDS})])
+        for key, (name, help_text) in REASSEMBLY_GAUGES.items():
+            yield GaugeMetricFamily(name, help_text, value=reasm.get(key, 0))
     early_drops = (snap.counters.get("table") or {}).get("early_drops")
     if early_drops is not None:
         yield CounterMetricFamily("lbd_connection_table_early_drops", "Half-open or finished TCP entries released "
@@ -340,7 +368,8 @@ def _one_of_everything() -> Snapshot:
     svc = {"addr": "0.0.0.0", "port": 0, "proto": "tcp", "sched": "", "stats": zero, "dests": [dest],
            "laddrs": [{"addr": "0.0.0.0", "conns": 0}]}
     counters = {"reasons": {}, "nfq_queues": [dict.fromkeys(NFQ_FIELDS, 0)],
-                "synproxy": dict.fromkeys(SYNPROXY_FIELDS, 0), "table": {"early_drops": 0}}
+                "synproxy": dict.fromkeys(SYNPROXY_FIELDS, 0), "table": {"early_drops": 0},
+                "reassembly": dict.fromkeys([*REASSEMBLY_FIELDS, *REASSEMBLY_GAUGES], 0)}
     return Snapshot(info={}, listing={"services": [svc]}, counters=counters, totals=Stats(), queues=(0,),
                     conn_entries=0, conn_limit=0, hash_buckets=0, read_seconds=0.0)
 

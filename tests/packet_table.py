@@ -138,6 +138,7 @@ class PacketStep:
     frame: bytes = b""  # XMIT_L2: the whole frame that must leave (l2hdr + (out or packet))
     note: str = ""
     mark: int = 0  # the packet's firewall mark (NFQUEUE's NFQA_MARK): fwmark services are found by it
+    frag_mtu: int = 0  # XMIT_L2: the packet leaves as IP fragments of at most this many bytes (0: whole)
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,13 @@ def fwd(packet: bytes, now_ms: int, dest: str, note: str = "") -> PacketStep:
     frame = expected_frame(dest, packet)
     return PacketStep(packet, now_ms, "XMIT_L2", "FORWARDED", ifindex=IFINDEX, l2hdr=frame[:14],
                       frame=frame, note=note or f"forwarded to {dest}")
+
+
+def fwd_frag(packet: bytes, now_ms: int, dest: str, frag_mtu: int) -> PacketStep:
+    """DR: the unchanged packet, too big for the path, leaves as fragments of frag_mtu bytes."""
+    frame = expected_frame(dest, packet)
+    return PacketStep(packet, now_ms, "XMIT_L2", "FORWARDED", ifindex=IFINDEX, l2hdr=frame[:14], frame=frame,
+                      note=f"forwarded to {dest} as fragments of {frag_mtu} bytes", frag_mtu=frag_mtu)
 
 
 def verdict(packet: bytes, now_ms: int, verdict_name: str, reason: str, note: str = "") -> PacketStep:
@@ -1385,11 +1393,12 @@ def tcp_segment(src: str, sport: int, dst: str, dport: int, flags: str, seq: int
     return bytes(p)
 
 
-def xmit(packet: bytes, out: bytes, now_ms: int, dest: str, reason: str = "FORWARDED", note: str = "") -> PacketStep:
-    """XMIT_L2 with new bytes `out` framed for `dest`."""
+def xmit(packet: bytes, out: bytes, now_ms: int, dest: str, reason: str = "FORWARDED", note: str = "",
+         frag_mtu: int = 0) -> PacketStep:
+    """XMIT_L2 with new bytes `out` framed for `dest` (as fragments of frag_mtu bytes when not 0)."""
     frame = expected_frame(dest, out)
     return PacketStep(packet, now_ms, "XMIT_L2", reason, out=out, ifindex=IFINDEX, l2hdr=frame[:14], frame=frame,
-                      note=note or f"sent to {dest}")
+                      note=note or f"sent to {dest}", frag_mtu=frag_mtu)
 
 
 def answered(packet: bytes, out: bytes, now_ms: int, reason: str = "FORWARDED", note: str = "") -> PacketStep:
@@ -1657,9 +1666,10 @@ def _tun_rows() -> list[Row]:
                     (xmit(syn_df, ipip(syn_df), 0, RS1), answered(big_df, director_icmp(big_df, 4, 1480), 1,
                                                                  "FRAG_NEEDED")), "ESTABLISHED", T_ES, (syn_df, big_df),
                     tags=("mtu",)))
-    rows.append(one("tun-frag-no-df", "IPIP: too big without DF: dropped (known gap, R_FRAG_NEEDED)",
-                    (xmit(syn, ipip(syn), 0, RS1), verdict(big, 1, "DROP", "FRAG_NEEDED")), "ESTABLISHED", T_ES,
-                    (syn, big), tags=("mtu",)))
+    rows.append(one("tun-frag-no-df", "IPIP: too big without DF: the outer packet (DF clear) leaves as fragments "
+                    "of the path MTU (frag_mtu 1500), as ip_vs_tunnel_xmit's output fragments it",
+                    (xmit(syn, ipip(syn), 0, RS1), xmit(big, ipip(big), 1, RS1, frag_mtu=1500)), "ESTABLISHED", T_ES,
+                    (syn, big), tags=("mtu", "frag")))
     small = _tun_setup(mtu=600)
     mid = tcp(flags="PA", seq=1001, ack=5001, payload=b"m" * 541, flags_ip="DF")  # 581 + 20 > 600
     rows.append(one("tun-path-mtu", "IPIP: the destination's path MTU (600) decides; next-hop MTU 580",
@@ -2030,6 +2040,12 @@ def _hashing_rows() -> list[Row]:
     return packet_rows_hashing.rows()
 
 
+def _frag_rows() -> list[Row]:
+    import packet_rows_frag  # datagrams larger than the path MTU: their own module (it builds on this one)
+
+    return packet_rows_frag.rows()
+
+
 def _nat_rows() -> list[Row]:
     import packet_rows_nat  # NAT (masquerading): its own module (it builds on this one)
 
@@ -2130,7 +2146,7 @@ def build_rows() -> tuple[Row, ...]:
             + _tcp_flag_rows() + _l2_and_table_rows() + _deleted_dest_rows() + _bad_input_rows() + _icmp_rows()
             + _syn_retrans_rows() + _persistence_rows() + _port_zero_rows() + _fwmark_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
             + _icmp_translation_rows() + _sp_rows() + _overload_rows() + _list_sched_rows()
-            + _locality_rows() + _hashing_rows() + _nat_rows() + _proxy_rows())
+            + _locality_rows() + _hashing_rows() + _nat_rows() + _proxy_rows() + _frag_rows())
     ids = [r.id for r in rows]
     duplicates = {i for i in ids if ids.count(i) > 1}
     assert not duplicates, f"duplicate row ids: {duplicates}"

@@ -131,7 +131,11 @@ _COUNTER_FINDINGS = {
                 "add destinations or give them weight > 0"),
     "malformed": ("info", "malformed packets dropped", ""),
     "bad_csum": ("info", "packets with a bad IPv4 header checksum dropped", ""),
-    "fragment": ("info", "IP fragments reached the fast path (defragmentation should happen before raw)", ""),
+    "fragment": ("warning", "IP fragments reached the fast path: they were not reassembled before the raw table",
+                 "lbd's LBD-Q<N>-GO chain ends with an xt_socket rule that turns the kernel's reassembly on "
+                 "(docs/fastpath.md \"Fragments\"): check it is there, and which other rule queues fragments"),
+    "xmit_failed": ("error", "packets lbd decided to send could not be sent (counted as xmit_failed, not forwarded)",
+                    "see the nfq send errors and lbd's log"),
 }
 _NFQ_FINDINGS = {
     "recv_err": ("warning", "errors receiving from the queue (ENOBUFS: the kernel dropped packets lbd could not take)",

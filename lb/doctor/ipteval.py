@@ -137,7 +137,7 @@ def match_opt(opt: str, args: list[str], p: Probe) -> str:
             return MAYBE
         return YES if (p.mark & m) == v else NO
     if opt in ("-f", "--fragment"):
-        return NO  # lbd's packets are never fragments here (defrag runs before raw)
+        return NO  # lbd's packets are never fragments here (its rules turn on reassembly before raw)
     if opt == "--dst-type" and a0 == "LOCAL" and p.dst_local is not None:
         return YES if p.dst_local else NO
     return MAYBE  # a match we do not model: it may or may not apply

@@ -86,6 +86,7 @@ from lb.pyengine.conn import (
     TemplateKey,
 )
 from lb.pyengine.csum import internet_checksum
+from lb.pyengine.frag import fit_path_mtu
 from lb.pyengine.icmp import port_unreachable, related_connection_key
 from lb.pyengine.parse import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, Rejection, parse_packet
 from lb.pyengine.proto_tcp import (
@@ -142,6 +143,7 @@ _NO_CONN = Action(Verdict.ACCEPT, Reason.NO_CONN)
 _TABLE_FULL = Action(Verdict.DROP, Reason.TABLE_FULL)
 _NO_LADDR = Action(Verdict.DROP, Reason.NO_LADDR)
 _DEST_UNAVAILABLE = Action(Verdict.DROP, Reason.DEST_UNAVAILABLE)
+
 _ICMP_UNRELATED = Action(Verdict.ACCEPT, Reason.NOT_LB_PROTO)
 _ICMP_BAD_CSUM = Action(Verdict.DROP, Reason.BAD_CSUM)
 _TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
@@ -371,7 +373,7 @@ class PyEngine:
         action = conn.xmit.xmit_in(conn, packet, parsed)
         if conn.px is not None:
             action = self._px_in(conn, conn.px, action, parsed)  # the PROXY header, or the shift past it
-        return action
+        return fit_path_mtu(action, dest, packet, parsed)
 
     @staticmethod
     def _px_header(conn: Connection, state: px.ProxyState) -> bytes:
@@ -464,7 +466,7 @@ class PyEngine:
         dest.stats.conns += 1
         service.stats.conns += 1
         self._count_in(dest, parsed.total_length)
-        action = method.xmit_in(conn, packet, parsed)
+        action = fit_path_mtu(method.xmit_in(conn, packet, parsed), dest, packet, parsed)
         dest.unbind(conn)
         return action
 
@@ -1171,6 +1173,13 @@ class PyEngine:
 
     def restore_connections_raw(self, blob: bytes, now_ms: int) -> dict[str, int]:
         raise EngineError("EOPNOTSUPP", "the Python engine cannot restore a C connection dump")
+
+    def count_xmit_failed(self, reason: Reason) -> None:
+        """lb_count_xmit_failed: the packet counted under `reason` could not be sent."""
+        with self._lock:
+            if self._reason_counts[reason]:
+                self._reason_counts[reason] -= 1
+            self._reason_counts[Reason.XMIT_FAILED] += 1
 
     def counters(self) -> dict[str, int]:
         """Packets per reason since the engine started, keyed by reason name in lower case."""

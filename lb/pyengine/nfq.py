@@ -8,10 +8,17 @@ same clock as the C adapter's CLOCK_MONOTONIC) and applies the action:
 - DROP     -> drop
 - MANGLE   -> set_payload(action.out) and accept
 - XMIT_L2  -> send l2hdr + (action.out if not empty, else the original packet) on one
-              AF_PACKET socket, addressed to action.ifindex (sockaddr_ll); drop the original
+              AF_PACKET socket, addressed to action.ifindex (sockaddr_ll); drop the original.
+              With action.frag_mtu, a packet larger than it leaves as fragments
+              (lb.pyengine.frag, as the C adapter's lb_ip_fragment)
 - ANSWER   -> send action.out (a complete IPv4 packet) through a raw IPPROTO_RAW socket
               marked SOCKET_MARK_BASE | queue (so lbd's raw-table rules let it leave
-              untracked and never queue it again); drop the original
+              untracked and never queue it again); drop the original. The kernel refuses
+              a packet larger than the device MTU there (EMSGSIZE, the MTU on the socket's
+              error queue, IP_RECVERR): with DF clear it is sent again as fragments
+
+A send that fails is counted (xmit_l2_err / answer_err) and moves the packet from its
+reason to xmit_failed (engine.count_xmit_failed): never counted as forwarded.
 
 Sends never block (MSG_DONTWAIT: an answer to an unresolvable client waits in the
 kernel's neighbour queue, and a blocking send would stall the queue); a failed send
@@ -29,6 +36,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from lb.engine import SOCKET_MARK_BASE, Action, Verdict
+from lb.engine import SOCKET_MARK_BASE, Action, Reason, Verdict
+from lb.pyengine.frag import fragment
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,10 @@ POLL_TIMEOUT_S = 0.1  # upper bound on how late stop() and expiry are noticed, s
 SOL_PACKET = 263  # linux/socket.h
 PACKET_QDISC_BYPASS = 20  # linux/if_packet.h
 ETH_P_IP = 0x0800
+NFQ_COPY_MAX = 4096 - 80  # bytes of a packet NetfilterQueue 1.1 copies (its BufferSize - MetadataSize)
+IP_RECVERR = 11  # linux/in.h
+SO_EE_ORIGIN_LOCAL = 1  # linux/errqueue.h
+_SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")  # ee_errno, ee_origin, ee_type, ee_code, ee_pad, ee_info, ee_data
 
 
 def monotonic_ms() -> int:
@@ -74,6 +87,8 @@ class NfqStats:
     csum_completed: int = 0
     kernel_queue_dropped: int = 0  # the kernel's counts for the queue (/proc/net/netfilter/nfnetlink_queue)
     kernel_user_dropped: int = 0
+    frag_packets: int = 0  # packets larger than their path MTU sent as fragments
+    frag_out: int = 0  # the fragments they were cut into
 
 
 def kernel_queue_drops(queue_num: int) -> tuple[int, int]:
@@ -96,6 +111,7 @@ class PacketPath(Protocol):
     def expire(self, now_ms: int) -> int: ...
     def timers(self, now_ms: int) -> list[Action]: ...
     def timer_due(self) -> int | None: ...
+    def count_xmit_failed(self, reason: Reason) -> None: ...
 
 
 class NfqAdapter:
@@ -114,6 +130,7 @@ class NfqAdapter:
         self._queue: object | None = None
         self._queue_num = 0
         self._error: BaseException | None = None
+        self._warned_truncated = False  # said once that NetfilterQueue cut a long packet
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -219,6 +236,13 @@ class NfqAdapter:
     def _on_packet(self, packet: object) -> None:
         self.stats.packets += 1
         payload: bytes = packet.get_payload()  # type: ignore[attr-defined]
+        if len(payload) >= 4 and int.from_bytes(payload[2:4], "big") > len(payload) and not self._warned_truncated:
+            # NetfilterQueue copies at most NFQ_COPY_MAX bytes of a packet: a longer (reassembled)
+            # datagram arrives cut, and the engine drops it as malformed. The C engine has no such limit.
+            self._warned_truncated = True
+            log.warning("a %d-byte packet arrived cut to %d bytes (NetfilterQueue copies at most %d): "
+                        "--engine python drops packets that long as malformed; the C engine takes up to 65,535",
+                        int.from_bytes(payload[2:4], "big"), len(payload), NFQ_COPY_MAX)
         try:
             action = self._engine.process(payload, self._clock_ms(), packet.get_mark())  # type: ignore[attr-defined]
         except Exception:  # the engine must never take the queue down: fail closed for this packet
@@ -239,11 +263,19 @@ class NfqAdapter:
             packet.set_payload(action.out)  # type: ignore[attr-defined]
             packet.accept()  # type: ignore[attr-defined]
         elif verdict == Verdict.XMIT_L2:
-            self._send_l2(action.ifindex, action.l2hdr, action.out or payload)
+            ip_packet = action.out or payload
+            if action.frag_mtu and len(ip_packet) > action.frag_mtu:
+                sent = self._send_l2_fragments(action.ifindex, action.l2hdr, ip_packet, action.frag_mtu)
+            else:
+                sent = self._send_l2(action.ifindex, action.l2hdr, ip_packet)
             packet.drop()  # type: ignore[attr-defined]
+            if not sent:
+                self._engine.count_xmit_failed(action.reason)
         elif verdict == Verdict.ANSWER:
-            self._send_answer(action.out)
+            sent = self._send_answer(action.out)
             packet.drop()  # type: ignore[attr-defined]
+            if not sent:
+                self._engine.count_xmit_failed(action.reason)
         else:  # pragma: no cover - Verdict is closed
             raise ValueError(f"unknown verdict {verdict!r}")
 
@@ -265,19 +297,63 @@ class NfqAdapter:
         self.stats.xmit_l2 += 1
         return True
 
+    def _send_l2_fragments(self, ifindex: int, l2hdr: bytes, ip_packet: bytes, mtu: int) -> bool:
+        """A packet too big for its path: its fragments, each in its own frame; True when all were sent."""
+        pieces = fragment(ip_packet, mtu)
+        if pieces is None:
+            self.stats.xmit_l2_err += 1
+            return False
+        for piece in pieces:
+            if not self._send_l2(ifindex, l2hdr, piece):
+                return False
+            self.stats.xmit_l2 -= 1  # one packet, counted once below
+        self.stats.xmit_l2 += 1
+        self.stats.frag_packets += 1
+        self.stats.frag_out += len(pieces)
+        return True
+
     def _send_answer(self, ip_packet: bytes) -> bool:
         """Send one IPv4 packet through the kernel's IP output without blocking; True when sent."""
         try:
             if self._raw_socket is None:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, SOCKET_MARK_BASE | self._queue_num)
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
                 self._raw_socket = sock
             destination = socket.inet_ntoa(ip_packet[16:20])
-            self._raw_socket.sendto(ip_packet, socket.MSG_DONTWAIT, (destination, 0))
+            try:
+                self._raw_socket.sendto(ip_packet, socket.MSG_DONTWAIT, (destination, 0))
+            except OSError as exc:
+                if exc.errno != errno.EMSGSIZE:
+                    raise
+                pieces = fragment(ip_packet, self._refused_mtu())
+                if pieces is None or len(pieces) < 2:
+                    raise
+                for piece in pieces:
+                    self._raw_socket.sendto(piece, socket.MSG_DONTWAIT, (destination, 0))
+                self.stats.frag_packets += 1
+                self.stats.frag_out += len(pieces)
         except OSError as exc:
             self.stats.answer_err += 1
             log.debug("raw IP send failed: %s", exc)
             return False
         self.stats.answers += 1
         return True
+
+    def _refused_mtu(self) -> int:
+        """The device MTU the kernel named when it refused a raw-socket packet as too big (the error
+        queue's SO_EE_ORIGIN_LOCAL EMSGSIZE); 0 when there is none. Drains the error queue."""
+        mtu = 0
+        sock = self._raw_socket
+        for _ in range(8):
+            try:
+                _, ancdata, _, _ = sock.recvmsg(64, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)  # type: ignore[union-attr]
+            except OSError:
+                break
+            for level, kind, data in ancdata:
+                if level == socket.IPPROTO_IP and kind == IP_RECVERR and len(data) >= _SOCK_EXTENDED_ERR.size:
+                    ee_errno, origin, _, _, _, info, _ = _SOCK_EXTENDED_ERR.unpack_from(data)
+                    if origin == SO_EE_ORIGIN_LOCAL and ee_errno == errno.EMSGSIZE:
+                        mtu = info
+        return mtu
 

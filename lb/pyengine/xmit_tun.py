@@ -66,7 +66,10 @@ class Tunnel(XmitMethod):
                 answer = frag_needed(packet, parsed.ip_header_len, parsed.total_length,
                                      (mtu - IPIP_OVERHEAD) & 0xFFFF)
                 return Action(Verdict.ANSWER, Reason.FRAG_NEEDED, out=answer)
-            return _FRAG_DROP
+            if parsed.total_length + IPIP_OVERHEAD > PKT_MAX:
+                return _FRAG_DROP
+            # DF clear: the outer packet (DF clear too) leaves as fragments of the path MTU, as
+            # ip_vs_tunnel_xmit's ip_local_out cuts it; the engine's path-MTU check says so.
         return self._encapsulated(dest, packet, parsed, Reason.FORWARDED)
 
     def icmp_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:

@@ -61,7 +61,9 @@ enum lb_reason {
     LB_R_NOT_IPV4 = 1,         /* IPv6: passed through */
     LB_R_MALFORMED = 2,        /* truncated / inconsistent headers: dropped */
     LB_R_BAD_CSUM = 3,         /* bad IPv4 header checksum: dropped */
-    LB_R_FRAGMENT = 4,         /* IP fragment: dropped (defrag happens before the queue) */
+    LB_R_FRAGMENT = 4,         /* IP fragment: dropped. lbd's rules turn on the kernel's reassembly
+                                  (nf_defrag_ipv4) in its netns, so the queue carries whole datagrams;
+                                  a fragment here was steered by someone else's rule (docs/fastpath.md) */
     LB_R_NOT_LB_PROTO = 5,     /* not TCP/UDP: passed through */
     LB_R_NO_SERVICE = 6,       /* no virtual service for the destination: passed through */
     LB_R_NO_CONN = 7,          /* TCP non-SYN without a connection entry: passed through */
@@ -82,7 +84,9 @@ enum lb_reason {
     LB_R_PROXY_CUT = 21,       /* FULLNAT PROXY protocol: the client's first segment and the header did not
                                   fit the path MTU together: sent cut short (the client resends the
                                   rest), or dropped when not even the header fits */
-    LB_R_COUNT = 22
+    LB_R_XMIT_FAILED = 22,     /* the adapter could not send what the core decided (socket error): never
+                                  also counted as forwarded (lb_count_xmit_failed moves the count here) */
+    LB_R_COUNT = 23
 };
 
 /* Forwarding methods (ipvsadm -g / -i / -m, DPVS -b). */
@@ -189,6 +193,9 @@ struct lb_action {
     int32_t ifindex;               /* LB_V_XMIT_L2: output interface */
     uint32_t out_len;              /* LB_V_MANGLE / LB_V_ANSWER: bytes written to out */
     uint8_t l2hdr[14];             /* LB_V_XMIT_L2: dst MAC, src MAC, ethertype */
+    uint32_t frag_mtu;             /* LB_V_XMIT_L2: 0, or the packet (DF clear) is larger than the destination's
+                                      path MTU and leaves as fragments of at most frag_mtu bytes (lb_ip_fragment),
+                                      as the kernel's ip_fragment cuts what IPVS sends on */
 };
 
 /* A fwmark service (ipvsadm -f MARK) is keyed (LB_PROTO_FWMARK, MARK, 0): lb_svc_conf.proto
@@ -344,6 +351,8 @@ struct lb_nfq_stats {
      * stats are asked for): packets it dropped before lbd could see them. */
     uint64_t kernel_queue_dropped; /* the queue held queue_maxlen packets (and no fail-open) */
     uint64_t kernel_user_dropped;  /* the packet could not be put in lbd's socket buffer */
+    uint64_t frag_packets;         /* packets larger than their path MTU sent as fragments (lb_ip_fragment) */
+    uint64_t frag_out;             /* the fragments they were cut into */
 };
 
 /* ---- lifecycle ---- */
@@ -460,6 +469,23 @@ struct lb_gso_whole {
     uint8_t cwr;                   /* CWR set: the segmenter must keep it on the first segment only (ECN) */
 };
 int lb_tcp_gso_prepare(uint8_t *pkt, uint32_t len, uint32_t mtu, struct lb_gso_whole *out);
+
+/* ---- fragmentation (pure functions on bytes) ---- */
+/* Cut an IPv4 packet into fragments of at most mtu bytes, as the kernel's ip_fragment: the first
+ * keeps the whole header, later ones keep only the options whose copied flag is set (the others
+ * become NOPs, ip_options_fragment), offsets in 8-byte units, MF on all but the last (and on the
+ * last too when the packet was itself a non-last fragment), header checksums computed in full,
+ * the identification and everything else unchanged. The fragments are written back to back into
+ * out, fragment i's length in frag_len[i]. Returns the number of fragments (1: the packet
+ * already fits, copied unchanged), LB_EINVAL for anything but a complete IPv4 packet, a packet
+ * with DF set that does not fit, or an mtu leaving no room for 8 payload bytes after the header;
+ * LB_ENOSPC when out_cap or max_frags is too small. */
+int lb_ip_fragment(const uint8_t *pkt, uint32_t len, uint32_t mtu, uint8_t *out, uint32_t out_cap,
+                   uint32_t *frag_len, uint32_t max_frags);
+/* An adapter could not send what lb_process decided for a packet counted under `reason` (an
+ * lb_action.reason): the packet moves from that reason's counter to LB_R_XMIT_FAILED, so that
+ * what failed is never counted as forwarded. Locks. */
+void lb_count_xmit_failed(lb_t *lb, int reason);
 
 /* The largest IP packet of pkt's connection that its forwarding method sends on without an ICMP
  * 'fragmentation needed': the destination's path MTU, less the outer header for IPIP. 0 when pkt

@@ -38,6 +38,14 @@
  * whole instead, with a virtio-net header (PACKET_VNET_HDR) asking whoever transmits
  * it to segment it at gso_mtu, as the kernel's IPVS DR sends GSO packets on; other
  * methods send their segments.
+ *
+ * Fragments (docs/fastpath.md "Fragments"): the kernel reassembles before the queue; a
+ * packet the core marks with lb_action.frag_mtu is cut with lb_ip_fragment and its fragments
+ * sent one by one. Answers on the raw socket are checked by the kernel against the device MTU
+ * (raw_send_hdrinc: EMSGSIZE, never fragmented): the socket has IP_RECVERR, the error queue
+ * names the MTU, and a packet with DF clear is sent again as fragments of it. Whatever cannot
+ * be sent is counted (xmit_l2_err / answer_err) and moved from its reason to xmit_failed
+ * (lb_count_xmit_failed), never left counted as forwarded.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -47,6 +55,7 @@
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_queue.h>
+#include <linux/errqueue.h>
 #include <linux/virtio_net.h>
 #include <libmnl/libmnl.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
@@ -68,6 +77,8 @@
 #define NFQ_BATCH 64                       /* packet messages per recvmmsg */
 #define NFQ_ITEMS 192                      /* packets or segments processed per flush */
 #define NFQ_GSO_MTU_MIN 576
+#define NFQ_FRAG_MAX 128                   /* fragments per packet: 65,535 bytes at MTU 576 need 119 */
+#define NFQ_FRAG_BUF (LB_PKT_MAX + NFQ_FRAG_MAX * 60) /* the packet plus a header of up to 60 bytes each */
 #define NFQ_GSO_MTU_DEFAULT 1500
 #define NFQ_MSG_BUF (LB_PKT_MAX + 4096)    /* one packet message: payload + netlink/attribute headers */
 #define NFQ_RCVBUF_BYTES (32 * 1024 * 1024)
@@ -98,6 +109,8 @@ struct lb_nfq {
     uint8_t *out;                          /* NFQ_ITEMS * LB_PKT_MAX: rewritten bytes per item */
     uint8_t *seg;                          /* LB_NFQ_F_GSO: NFQ_ITEMS * gso_mtu, segment i for item i */
     uint8_t *tx;                           /* verdict datagram */
+    uint8_t *frag;                         /* NFQ_FRAG_BUF: one packet's fragments, back to back */
+    uint32_t frag_len[NFQ_FRAG_MAX];
     size_t tx_cap;
     struct mmsghdr rx_msgs[NFQ_BATCH];
     struct iovec rx_iov[NFQ_BATCH];
@@ -185,6 +198,7 @@ struct batch_item {
     struct lb_action act;
     int valid;
     int whole;                             /* a GSO super-packet sent whole: gso says how to cut it */
+    int failed;                            /* could not be sent: counted as xmit_failed after the flush */
     struct lb_gso_whole gso;
 };
 
@@ -204,6 +218,62 @@ static void vnet_header(struct virtio_net_hdr *vh, const struct batch_item *it)
     vh->csum_offset = htole16(16); /* offsetof(struct tcphdr, check) */
 }
 
+/* Cut ip (len bytes) into fragments of at most mtu bytes into q->frag; their number, or 0. */
+static int fragment(struct lb_nfq *q, const uint8_t *ip, uint32_t len, uint32_t mtu)
+{
+    int k = lb_ip_fragment(ip, len, mtu, q->frag, NFQ_FRAG_BUF, q->frag_len, NFQ_FRAG_MAX);
+    return k > 0 ? k : 0;
+}
+
+/* One frame too big for its path (act.frag_mtu): its fragments, each in its own frame. Returns 1
+ * when every fragment was sent. */
+static int send_fragmented(struct lb_nfq *q, const struct batch_item *it, const uint8_t *ip, uint32_t len,
+                           struct sockaddr_ll *sll)
+{
+    int k = fragment(q, ip, len, it->act.frag_mtu);
+    if (k == 0)
+        return 0;
+    struct virtio_net_hdr vh;
+    memset(&vh, 0, sizeof(vh));
+    const uint8_t *f = q->frag;
+    int ok = 1;
+    for (int j = 0; j < k; j++) {
+        struct iovec v[3];
+        int nv = 0;
+        if (q->vnet) {
+            v[nv].iov_base = &vh;
+            v[nv++].iov_len = sizeof(vh);
+        }
+        v[nv].iov_base = (void *)it->act.l2hdr;
+        v[nv++].iov_len = LB_L2HDR_LEN;
+        v[nv].iov_base = (void *)f;
+        v[nv++].iov_len = q->frag_len[j];
+        struct msghdr mh;
+        memset(&mh, 0, sizeof(mh));
+        mh.msg_name = sll;
+        mh.msg_namelen = sizeof(*sll);
+        mh.msg_iov = v;
+        mh.msg_iovlen = (size_t)nv;
+        ssize_t r;
+        int waits = 0;
+        while ((r = sendmsg(q->pkt_fd, &mh, MSG_DONTWAIT)) < 0 &&
+               (errno == EINTR || ((errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) &&
+                                   waits++ < NFQ_TX_WAITS))) {
+            struct pollfd pfd = {.fd = q->pkt_fd, .events = POLLOUT};
+            if (errno != EINTR)
+                poll(&pfd, 1, 1);
+        }
+        if (r < 0)
+            ok = 0;
+        f += q->frag_len[j];
+    }
+    if (ok) {
+        q->stats.frag_packets++;
+        q->stats.frag_out += (uint64_t)k;
+    }
+    return ok;
+}
+
 static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
 {
     uint64_t sent = 0;
@@ -212,11 +282,13 @@ static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
     struct iovec iov[NFQ_ITEMS][3];
     struct sockaddr_ll sll[NFQ_ITEMS];
     struct virtio_net_hdr vh[NFQ_ITEMS];
+    int idx[NFQ_ITEMS];                    /* the item of message m */
     int m = 0;
     for (int i = 0; i < n; i++) {
         struct batch_item *it = &items[i];
         if (!it->valid || it->act.verdict != LB_V_XMIT_L2)
             continue;
+        idx[m] = i;
         memset(&sll[m], 0, sizeof(sll[m]));
         sll[m].sll_family = AF_PACKET;
         sll[m].sll_ifindex = it->act.ifindex;
@@ -238,6 +310,16 @@ static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
         } else {
             v[1].iov_base = (void *)it->pkt;
             v[1].iov_len = it->len;
+        }
+        if (LB_UNLIKELY(it->act.frag_mtu && v[1].iov_len > it->act.frag_mtu)) {
+            if (send_fragmented(q, it, v[1].iov_base, (uint32_t)v[1].iov_len, &sll[m])) {
+                q->stats.xmit_l2++;
+                sent++;
+            } else {
+                q->stats.xmit_l2_err++;
+                it->failed = 1;
+            }
+            continue;
         }
         memset(&msgs[m], 0, sizeof(msgs[m]));
         msgs[m].msg_hdr.msg_name = &sll[m];
@@ -261,6 +343,7 @@ static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
                 continue;
             }
             q->stats.xmit_l2_err++; /* give up on this frame only, keep the rest of the batch */
+            items[idx[done]].failed = 1;
             done++;
             continue;
         }
@@ -271,6 +354,66 @@ static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
     return sent;
 }
 
+/* The MTU the kernel refused a raw-socket packet for, from the socket's error queue (IP_RECVERR:
+ * ip_local_error's SO_EE_ORIGIN_LOCAL EMSGSIZE with the device MTU); 0 when none is there. The
+ * queue is drained. */
+static uint32_t refused_mtu(struct lb_nfq *q)
+{
+    uint32_t mtu = 0;
+    for (int tries = 0; tries < 8; tries++) {
+        uint8_t data[64];
+        union {
+            uint8_t buf[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in))];
+            struct cmsghdr align;
+        } ctl;
+        struct iovec v = {.iov_base = data, .iov_len = sizeof(data)};
+        struct msghdr mh;
+        memset(&mh, 0, sizeof(mh));
+        mh.msg_iov = &v;
+        mh.msg_iovlen = 1;
+        mh.msg_control = ctl.buf;
+        mh.msg_controllen = sizeof(ctl.buf);
+        if (recvmsg(q->raw_fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+            break;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+            if (cm->cmsg_level != IPPROTO_IP || cm->cmsg_type != IP_RECVERR)
+                continue;
+            struct sock_extended_err ee;
+            memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
+            if (ee.ee_origin == SO_EE_ORIGIN_LOCAL && ee.ee_errno == EMSGSIZE)
+                mtu = ee.ee_info;
+        }
+    }
+    return mtu;
+}
+
+static int send_raw(struct lb_nfq *q, const uint8_t *o, uint32_t len)
+{
+    struct sockaddr_in dst;
+    memset(&dst, 0, sizeof(dst));
+    dst.sin_family = AF_INET;
+    memcpy(&dst.sin_addr, o + 16, 4);
+    return sendto(q->raw_fd, o, len, MSG_DONTWAIT, (struct sockaddr *)&dst, sizeof(dst)) < 0 ? -errno : 0;
+}
+
+/* An answer the kernel refused as too big for the device (DF clear): its fragments. 1 when all left. */
+static int send_raw_fragmented(struct lb_nfq *q, const uint8_t *o, uint32_t len)
+{
+    uint32_t mtu = refused_mtu(q);
+    int k = mtu ? fragment(q, o, len, mtu) : 0;
+    if (k < 2)
+        return 0;
+    const uint8_t *f = q->frag;
+    for (int j = 0; j < k; j++) {
+        if (send_raw(q, f, q->frag_len[j]) < 0)
+            return 0;
+        f += q->frag_len[j];
+    }
+    q->stats.frag_packets++;
+    q->stats.frag_out += (uint64_t)k;
+    return 1;
+}
+
 static uint64_t send_answers(struct lb_nfq *q, struct batch_item *items, int n)
 {
     uint64_t sent = 0;
@@ -279,15 +422,15 @@ static uint64_t send_answers(struct lb_nfq *q, struct batch_item *items, int n)
         if (!it->valid || it->act.verdict != LB_V_ANSWER)
             continue;
         const uint8_t *o = q->out + (size_t)i * LB_PKT_MAX;
-        struct sockaddr_in dst;
-        memset(&dst, 0, sizeof(dst));
-        dst.sin_family = AF_INET;
-        memcpy(&dst.sin_addr, o + 16, 4);
         /* Never block: answers to unresolvable (e.g. spoofed) clients wait in the
          * kernel's neighbour queue holding send-buffer memory; a blocking send
          * would stall the whole queue thread. A failed send is counted. */
-        if (sendto(q->raw_fd, o, it->act.out_len, MSG_DONTWAIT, (struct sockaddr *)&dst, sizeof(dst)) < 0) {
+        int r = send_raw(q, o, it->act.out_len);
+        if (r == -EMSGSIZE && send_raw_fragmented(q, o, it->act.out_len))
+            r = 0;
+        if (r < 0) {
             q->stats.answer_err++;
+            it->failed = 1;
         } else {
             q->stats.answers++;
             sent++;
@@ -358,7 +501,8 @@ static void send_verdicts(struct lb_nfq *q, struct batch_item *items, int n)
     mnl_nlmsg_batch_stop(b);
 }
 
-/* Frames first: the original is dropped by its verdict either way. */
+/* Frames first: the original is dropped by its verdict either way. What could not be sent
+ * leaves its reason's counter for xmit_failed. */
 static void flush_items(struct lb_nfq *q, struct batch_item *items, int n)
 {
     if (n == 0)
@@ -367,6 +511,9 @@ static void flush_items(struct lb_nfq *q, struct batch_item *items, int n)
     send_answers(q, items, n);
     send_verdicts(q, items, n);
     q->stats.batches++;
+    for (int i = 0; i < n; i++)
+        if (LB_UNLIKELY(items[i].failed) && items[i].has_id)
+            lb_count_xmit_failed(q->lb, items[i].act.reason);
 }
 
 /* Segments items[first..n) of one super-packet were all processed. If each is to leave unchanged
@@ -581,6 +728,7 @@ static void nfq_free(struct lb_nfq *q)
     free(q->out);
     free(q->seg);
     free(q->tx);
+    free(q->frag);
     free(q);
 }
 
@@ -614,9 +762,10 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *o
     q->rx = calloc(NFQ_BATCH, NFQ_MSG_BUF);
     q->out = calloc(NFQ_ITEMS, LB_PKT_MAX);
     q->tx = calloc(1, q->tx_cap);
+    q->frag = calloc(1, NFQ_FRAG_BUF);
     if (q->flags & LB_NFQ_F_GSO)
         q->seg = calloc(NFQ_ITEMS, gso_mtu);
-    if (!q->rx || !q->out || !q->tx || ((q->flags & LB_NFQ_F_GSO) && !q->seg)) {
+    if (!q->rx || !q->out || !q->tx || !q->frag || ((q->flags & LB_NFQ_F_GSO) && !q->seg)) {
         e = -ENOMEM;
         goto fail;
     }
@@ -658,6 +807,9 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *o
         int bypass = 1;
         setsockopt(q->pkt_fd, SOL_PACKET, PACKET_QDISC_BYPASS, &bypass, sizeof(bypass));
     }
+    /* The device MTU of a refused (too big) answer comes back on the error queue. */
+    int recverr = 1;
+    setsockopt(q->raw_fd, IPPROTO_IP, IP_RECVERR, &recverr, sizeof(recverr));
     /* Marked so the director's raw OUTPUT table can leave our packets untracked. */
     uint32_t mark = LB_SOCKET_MARK_BASE | opts->mark_queue;
     if (setsockopt(q->raw_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {

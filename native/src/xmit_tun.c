@@ -11,8 +11,11 @@
  * ip_vs_dest_dst bug: an uninitialised source address must be impossible).
  * Too big for the path MTU after encapsulation: with DF, ICMP fragmentation
  * needed (next-hop MTU = path MTU - 20) goes back to the client; without DF
- * the packet is dropped and counted as frag_needed (known gap: IPVS would
- * fragment the outer packet; a raw socket with IP_HDRINCL will not).
+ * the outer packet (DF clear too) leaves as fragments of the path MTU, as
+ * ip_vs_tunnel_xmit's ip_local_out fragments it (lb_action.frag_mtu, set by
+ * the core's path-MTU check); the real server reassembles, then decapsulates.
+ * An inner packet with no room for the outer header (> 65515 bytes) is dropped
+ * and counted as frag_needed.
  */
 #include <string.h>
 
@@ -69,9 +72,10 @@ static int tun_xmit_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_con
             act->out_len = n;
             return LB_R_FRAG_NEEDED;
         }
-        /* Known gap: IPVS would fragment the outer packet; we drop and count. */
-        act->verdict = LB_V_DROP;
-        return LB_R_FRAG_NEEDED;
+        if (p->len + LB_IPIP_OVERHEAD > 0xffff) {
+            act->verdict = LB_V_DROP;
+            return LB_R_FRAG_NEEDED;
+        }
     }
     uint32_t n = encap(d, f, p->data, p->len, out, out_cap);
     if (!n) {

@@ -219,6 +219,45 @@ static int probe_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t no
     return bad;
 }
 
+/* lb_ip_fragment on any bytes: an error, or fragments that each fit the MTU with a valid header
+ * checksum, offsets that follow one another, MF on all but the last, and exactly the original
+ * payload between them. must_cut: the core asked for it (frag_mtu), so it has to succeed. */
+#define FRAG_MAX 8192
+static uint8_t frag_buf[LB_PKT_MAX + FRAG_MAX * 60];
+static uint32_t frag_len[FRAG_MAX];
+static int frag_ok(const uint8_t *pkt, uint32_t len, uint32_t mtu, int must_cut)
+{
+    int bad = 0;
+    int k = lb_ip_fragment(pkt, len, mtu, frag_buf, sizeof(frag_buf), frag_len, FRAG_MAX);
+    bad |= check(k > 0 || k == LB_EINVAL || k == LB_ENOSPC, "lb_ip_fragment returns a count or an error");
+    if (must_cut)
+        bad |= check(k > 1, "a packet the core marked frag_mtu can be cut");
+    if (k <= 1)
+        return bad;
+    uint32_t ihl = (pkt[0] & 0x0fu) * 4u, tot = lb_get16(pkt + 2), at = 0, data = 0;
+    uint32_t base = (lb_get16(pkt + 6) & 0x1fffu) * 8u;
+    for (int i = 0; i < k; i++) {
+        const uint8_t *f = frag_buf + at;
+        uint32_t fl = frag_len[i], word = lb_get16(f + 6);
+        bad |= check(fl <= mtu && fl > ihl && lb_get16(f + 2) == fl, "a fragment fits the MTU, its length right");
+        bad |= check(lb_ip_csum(f, ihl) == 0, "a fragment's header checksum is right");
+        bad |= check((word & 0x1fffu) * 8u == base + data, "fragment offsets follow one another");
+        bad |= check(i == k - 1 || (word & 0x2000u), "MF on every fragment but the last");
+        bad |= check(memcmp(f + ihl, pkt + ihl + data, fl - ihl) == 0, "fragments carry the payload in order");
+        data += fl - ihl;
+        at += fl;
+    }
+    bad |= check(data == tot - ihl, "the fragments carry the whole payload");
+    return bad;
+}
+
+/* A packet through the core (a new connection's or a reply's fate), then cut at mtu whatever it is. */
+static int process_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now);
+static int frag_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mtu, uint64_t now)
+{
+    return process_checked(lb, pkt, len, now) | frag_ok(pkt, len, mtu, 0);
+}
+
 static int process_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now)
 {
     struct lb_action act;
@@ -232,6 +271,12 @@ static int process_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t 
         bad |= check(act.out_len >= 20, "answers carry a whole IPv4 header");
     if (act.verdict == LB_V_XMIT_L2)
         bad |= check(act.ifindex > 0, "frames go out a real interface");
+    if (act.frag_mtu) {
+        uint32_t frame = act.out_len ? act.out_len : len;
+        bad |= check(act.verdict == LB_V_XMIT_L2 && act.frag_mtu >= 68 && frame > act.frag_mtu,
+                     "frag_mtu only on frames larger than it");
+        bad |= frag_ok(act.out_len ? out_buf : pkt, frame, act.frag_mtu, 1);
+    }
     if (act.verdict == LB_V_XMIT_L2 && act.out_len >= 20 && out_buf[9] == 4) {
         uint32_t src;
         memcpy(&src, out_buf + 12, 4);
@@ -307,6 +352,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The same bytes as a new connection of the lblc/lblcr/twos services, whatever their addresses. */
     if (size > 1 && probe_checked(lb, data + 1, (uint32_t)size - 1, now))
         abort();
+    /* Byte 0 also picks the fragment size: 68 to 1,088 bytes. */
+    if (size > 1 && frag_checked(lb, data + 1, (uint32_t)size - 1, 68 + (data[0] % 64u) * 16u, now))
+        abort();
     /* Byte 0 also picks the segment size: 576, 884, 1192 or 1500 bytes. */
     if (size > 1 && gso_checked(lb, data + 1, (uint32_t)size - 1, 576 + (data[0] % 4u) * 308u, now))
         abort();
@@ -360,7 +408,7 @@ static int cmd_replay(int argc, char **argv)
                 return 2;
             }
             if (process_checked(lb, pkt, len, now) || gso_checked(lb, pkt + 1, len ? len - 1 : 0, 1500, now) ||
-                probe_checked(lb, pkt, len, now)) {
+                probe_checked(lb, pkt, len, now) || frag_checked(lb, pkt + 1, len ? len - 1 : 0, 576, now)) {
                 fprintf(stderr, "harness: in %s\n", argv[i]);
                 bad = 1;
             }

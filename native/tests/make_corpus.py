@@ -87,6 +87,17 @@ def seeds() -> dict[str, bytes]:
     s["syn_fin"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40005, dport=80, flags="SF"))
     s["no_flags"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40006, dport=80, flags=0))
     s["ipv6_header"] = bytes([0x60]) + bytes(39)
+    # Datagrams the kernel reassembled before the queue, larger than the 1,500-byte path MTU: DF clear
+    # leaves as fragments (frag_mtu), DF set earns ICMP fragmentation needed; replies through NAT.
+    big = bytes(range(256)) * 12
+    for port in (80, 81, 82, 85):
+        s[f"big_udp{port}"] = raw(IP(src=CLIENT, dst=VIP) / UDP(sport=5354, dport=port) / Raw(big))
+        s[f"big_udp{port}_df"] = raw(IP(src=CLIENT, dst=VIP, flags="DF") / UDP(sport=5355, dport=port) / Raw(big))
+    s["big_tcp80"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=80, flags="PA", seq=1, ack=1) / Raw(big))
+    s["nat_big_udp_reply"] = raw(IP(src=RS, dst=CLIENT) / UDP(sport=8080, dport=5354) / Raw(big))
+    s["big_udp_options"] = raw(IP(src=CLIENT, dst=VIP, options=b"\x07\x07\x04" + bytes(5) + b"\x82\x0b" + bytes(10))
+                               / UDP(sport=5356, dport=80) / Raw(big))
+    s["big_fragment_mf"] = raw(IP(src=CLIENT, dst=VIP, flags="MF", frag=64) / Raw(big))
     # GSO super-packets as NFQA_CFG_F_GSO hands them over (lbd --gso): cut by lb_tcp_segment.
     ts = [("NOP", None), ("NOP", None), ("Timestamp", (7, 9))]
     for port in (80, 82):

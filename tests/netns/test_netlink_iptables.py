@@ -445,7 +445,8 @@ def test_setup_sync_teardown_lifecycle(fw: tuple[str, str, Namespaces]) -> None:
         assert raw_S(d).count(ipt.jump_rule(7)) == 1
         # Our generated text is exactly what iptables prints: the diff compares like with like.
         assert m.rules() == ipt.chain_rules(7)
-        assert m.go_rules() == ["-A LBD-Q7-GO -j CT --notrack", "-A LBD-Q7-GO -j NFQUEUE --queue-num 7 --queue-bypass"]
+        assert m.go_rules() == ["-A LBD-Q7-GO -j CT --notrack", "-A LBD-Q7-GO -j NFQUEUE --queue-num 7 --queue-bypass",
+                                ipt.defrag_rule(7)]
         assert raw_S(d).count(ipt.out_jump_rule(7)) == 1
         assert m.out_rules() == ipt.out_rules(7) == ["-A LBD-Q7-OUT -m mark --mark 0x4c420007 -j CT --notrack"]
 
@@ -574,7 +575,7 @@ def test_rules_match_real_packets(fw: tuple[str, str, Namespaces]) -> None:
         )
         in_ns(c, shutil.which("python3") or "python3", "-c", send)
         rules = ipt.chain_rules(11)
-        notrack, queue = ipt.go_rules(11, m.target)
+        notrack, queue, _defrag = ipt.go_rules(11, m.target)
 
         def queued() -> bool:
             return counters(d, "LBD-Q11-GO").get(queue, 0) >= 3
@@ -613,7 +614,7 @@ def test_track_opt_in_installs_no_notrack(fw: tuple[str, str, Namespaces]) -> No
         m.setup()
         assert not any("LBD-Q12-OUT" in line for line in raw_S(d))
         m.sync(steer(SERVICES))
-        assert m.go_rules() == [f"-A LBD-Q12-GO {m.target}"]
+        assert m.go_rules() == [f"-A LBD-Q12-GO {m.target}", ipt.defrag_rule(12)]
         assert not any("notrack" in line for line in raw_S(d) if "LBD-Q12" in line)
         assert m.sync(steer(SERVICES)).empty
     finally:

@@ -20,7 +20,8 @@ JUMP3 = '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3'
 OUT_JUMP3 = '-A OUTPUT -m comment --comment "lbd q3 out" -j LBD-Q3-OUT'
 OUT_RULE3 = "-A LBD-Q3-OUT -m mark --mark 0x4c420003 -j CT --notrack"
 OUT_OK = ["-N LBD-Q3-OUT", OUT_JUMP3, OUT_RULE3]  # a healthy LBD-Q3-OUT as `-S` prints it
-GO3 = ["-A LBD-Q3-GO -j CT --notrack", f"-A LBD-Q3-GO {QUEUE}"]
+DEFRAG3 = '-A LBD-Q3-GO -m socket --transparent -m comment --comment "lbd q3 defrag" -j RETURN'
+GO3 = ["-A LBD-Q3-GO -j CT --notrack", f"-A LBD-Q3-GO {QUEUE}", DEFRAG3]
 HEALTHY = ["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *ipt.chain_rules(3), *GO3, *OUT_OK]
 
 
@@ -41,7 +42,9 @@ def test_names_jump_and_fixed_rules() -> None:
         "-A LBD-Q3 -m set --match-set lbd-q3-fnat src,src,dst -j LBD-Q3-GO",
     ]
     assert ipt.go_rules(3, QUEUE) == GO3
-    assert ipt.go_rules(3, QUEUE, track=True) == [GO3[1]]
+    assert ipt.go_rules(3, QUEUE, track=True) == [GO3[1], DEFRAG3]
+    # the reassembly rule is never reached: it comes after the terminal NFQUEUE rule
+    assert ipt.go_rules(3, QUEUE)[-1] == ipt.defrag_rule(3)
 
 
 def test_steering_elements_in_ipset_save_form() -> None:

@@ -9,9 +9,12 @@ frames and answers actually sent.
 
 from __future__ import annotations
 
+import errno
 import socket
+import struct
 
 import pytest
+from scapy.all import IP, UDP, Raw, defragment, raw
 
 from lb.engine import SOCKET_MARK_BASE, Action, Reason, Verdict
 from lb.pyengine import nfq
@@ -23,11 +26,22 @@ L2HDR = bytes.fromhex("020000000b01020000000001") + b"\x08\x00"
 class FakeSocket:
     instances: list[FakeSocket] = []
     fail: type[OSError] | None = None
+    device_mtu = 0  # raw socket: packets longer than this are refused with EMSGSIZE, the MTU queued
+
+    def recvmsg(self, bufsize: int, ancbufsize: int, flags: int) -> tuple[bytes, list[tuple[int, int, bytes]], int, object]:
+        """The error queue after a refusal: one SO_EE_ORIGIN_LOCAL EMSGSIZE naming the device MTU."""
+        assert flags & socket.MSG_ERRQUEUE
+        if not self.queued:
+            raise BlockingIOError(11, "empty")
+        self.queued -= 1
+        ee = struct.pack("=IBBBBII", errno.EMSGSIZE, 1, 0, 0, 0, FakeSocket.device_mtu, 0)
+        return b"", [(socket.IPPROTO_IP, nfq.IP_RECVERR, ee + bytes(16))], 0, None
 
     def __init__(self, family: int, kind: int, proto: int) -> None:
         self.family, self.kind, self.proto = family, kind, proto
         self.sent: list[tuple[bytes, int, object]] = []
         self.options: dict[tuple[int, int], int] = {}
+        self.queued = 1  # errors on the error queue (recvmsg)
         FakeSocket.instances.append(self)
 
     def setsockopt(self, level: int, name: int, value: int) -> None:
@@ -36,6 +50,8 @@ class FakeSocket:
     def sendto(self, data: bytes, flags: int, address: object) -> int:
         if FakeSocket.fail is not None:
             raise FakeSocket.fail(11, "would block")
+        if FakeSocket.device_mtu and len(data) > FakeSocket.device_mtu and self.family == socket.AF_INET:
+            raise OSError(errno.EMSGSIZE, "Message too long")  # raw_send_hdrinc
         self.sent.append((data, flags, address))
         return len(data)
 
@@ -70,6 +86,7 @@ class FakeEngine:
         self.action = action
         self.timer_actions = timer_actions or []
         self.seen: list[tuple[bytes, int]] = []
+        self.failed: list[Reason] = []  # count_xmit_failed calls
 
     def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
         self.seen.append((packet, now_ms))
@@ -86,11 +103,15 @@ class FakeEngine:
     def expire(self, now_ms: int) -> int:
         return 0
 
+    def count_xmit_failed(self, reason: Reason) -> None:
+        self.failed.append(reason)
+
 
 @pytest.fixture(autouse=True)
 def fake_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeSocket.instances = []
     FakeSocket.fail = None
+    FakeSocket.device_mtu = 0
     monkeypatch.setattr(nfq.socket, "socket", FakeSocket)
     monkeypatch.setattr(nfq.socket, "if_indextoname", lambda index: f"eth{index}")
 
@@ -154,6 +175,34 @@ def test_failed_sends_are_counted_and_the_original_still_dropped() -> None:
         assert packet.verdicts == ["drop"]
         assert a.stats.xmit_l2_err + a.stats.answer_err == 1
         assert a.stats.xmit_l2 + a.stats.answers == 0
+        assert a._engine.failed == [action.reason]  # type: ignore[attr-defined]  # never left as forwarded
+
+
+BIG = raw(IP(src="192.0.2.10", dst="198.51.100.1", id=9) / UDP(sport=5, dport=53) / Raw(bytes(3000)))
+
+
+def test_frag_mtu_sends_the_fragments() -> None:
+    a = adapter(FakeEngine(Action(Verdict.XMIT_L2, Reason.FORWARDED, ifindex=7, l2hdr=L2HDR, frag_mtu=1400)))
+    packet = FakePacket(BIG)
+    a._on_packet(packet)
+    (sock,) = FakeSocket.instances
+    frames = [data for data, _, _ in sock.sent]
+    assert len(frames) == 3 and all(f[:14] == L2HDR and len(f) - 14 <= 1400 for f in frames)
+    assert raw(defragment([IP(f[14:]) for f in frames])[0]) == BIG
+    assert (a.stats.xmit_l2, a.stats.frag_packets, a.stats.frag_out, a.stats.xmit_l2_err) == (1, 1, 3, 0)
+
+
+def test_an_answer_the_kernel_refuses_as_too_big_leaves_as_fragments() -> None:
+    FakeSocket.device_mtu = 1500
+    a = adapter(FakeEngine(Action(Verdict.ANSWER, Reason.FORWARDED, out=BIG)))
+    a._on_packet(FakePacket(PACKET))
+    (sock,) = FakeSocket.instances
+    assert sock.options[(socket.IPPROTO_IP, nfq.IP_RECVERR)] == 1
+    pieces = [data for data, _, _ in sock.sent]
+    assert len(pieces) == 3 and all(len(p) <= 1500 for p in pieces)
+    assert raw(defragment([IP(p) for p in pieces])[0]) == BIG
+    assert (a.stats.answers, a.stats.frag_packets, a.stats.answer_err) == (1, 1, 0)
+    assert a._engine.failed == []  # type: ignore[attr-defined]
 
 
 def test_timers_run_and_only_sent_packets_count() -> None:
