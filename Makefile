@@ -34,7 +34,7 @@ APT_LOCK_WAIT_S ?= 600
 APT_GET := apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) -y -q
 
 # Inputs of the editable install (the cffi extension is compiled from native/).
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c)
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c native/preload/*.[ch])
 
 .PHONY: all deps install-deps install uninstall venv build lint test test-unit test-dist test-sanitize test-netns fuzz demo bench bench-quick clean distclean
 .PHONY: test-kernel kernel-deps
@@ -91,6 +91,7 @@ build: deps $(STAMP)
 $(STAMP): $(PY) $(BUILD_INPUTS)
 	$(PIP) install -e '.[test]'
 	@ls lb/_fastpath*.so >/dev/null 2>&1 || { echo "build: lb/_fastpath*.so missing after install" >&2; exit 1; }
+	@ls lb/_ipvs_preload*.so >/dev/null 2>&1 || { echo "build: lb/_ipvs_preload*.so missing after install" >&2; exit 1; }
 	@touch $@
 
 # pytest exit status 5 means "no tests collected": not a failure here.
