@@ -90,6 +90,13 @@ def _fail(code: int, note: str = "") -> Answer:
     return Answer(errno=code, note=note)
 
 
+def _reason(exc: EngineError) -> str:
+    """lbd's text without the "op: " prefix Director.handle adds (lbadm prints it so too)."""
+    text = str(exc)
+    head, sep, rest = text.partition(": ")
+    return rest if sep and head.isidentifier() and "_" in head else text
+
+
 def _errno_of(exc: EngineError) -> int:
     return int(getattr(errno, exc.errno_name, errno.EINVAL))
 
@@ -133,8 +140,12 @@ class Sockopt:
         except EngineError as exc:
             code = _errno_of(exc)
             # lbd's refusals of what it does not implement: ipvsadm would print a kernel text
-            # ("Operation not supported with IPv6") that means something else; lbd's own says what.
-            return _fail(code, str(exc) if code == errno.EOPNOTSUPP else "")
+            # ("Operation not supported with IPv6") that means something else, and for an unknown
+            # scheduler one that names no scheduler; lbd's own text (lbadm's) says what and which.
+            # (lbadm's rule, lb/lbadm/errors.py: EINVAL and EOPNOTSUPP, ENOENT after -A/-E.)
+            own_words = code in (errno.EINVAL, errno.EOPNOTSUPP) or (
+                code == errno.ENOENT and cmd in (SO_SET["ADD"], SO_SET["EDIT"]))
+            return _fail(code, _reason(exc) if own_words else "")
 
     def _set(self, cmd: int, data: bytes) -> Answer:
         if cmd in (SO_SET["STARTDAEMON"], SO_SET["STOPDAEMON"]):
