@@ -70,3 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lbd-exec: cannot run {args.command[0]}: {exc.strerror}", file=sys.stderr)
         return 127
     return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
