@@ -27,7 +27,7 @@ class BuildPyWithHeaders(build_py):
 IPVS_PRELOAD = Extension(
     "lb._ipvs_preload",
     sources=["native/preload/lbipvs.c", "native/preload/lbipvs_wire.c"],
-    extra_compile_args=["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fvisibility=default"],
+    extra_compile_args=["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"],
     libraries=["dl", "pthread"],
 )
 

@@ -38,6 +38,9 @@
 #define IO_TIMEOUT_S 60
 /* A connection table dump of a busy director is large; a line beyond this is refused. */
 #define MAX_REPLY_BYTES (1024u * 1024u * 1024u)
+/* Built with -fvisibility=hidden: only the interposed calls are exported into the tool. */
+#define INTERPOSE __attribute__((visibility("default")))
+
 /* libnl's NLE_OBJ_NOTFOUND: what genl_ctrl_resolve returns for a family the kernel lacks. */
 #define NLE_OBJ_NOTFOUND 12
 
@@ -253,7 +256,7 @@ static int is_ipvs_set(int level, int optname)
 	return level == IPPROTO_IP && optname >= IP_VS_BASE_CTL && optname <= IP_VS_SO_SET_MAX;
 }
 
-int getsockopt(int fd, int level, int optname, void *optval, socklen_t *optlen)
+INTERPOSE int getsockopt(int fd, int level, int optname, void *optval, socklen_t *optlen)
 {
 	static int (*real)(int, int, int, void *, socklen_t *);
 	if (!is_ipvs_get(level, optname)) {
@@ -300,7 +303,7 @@ int getsockopt(int fd, int level, int optname, void *optval, socklen_t *optlen)
 	return rc;
 }
 
-int setsockopt(int fd, int level, int optname, const void *optval, socklen_t optlen)
+INTERPOSE int setsockopt(int fd, int level, int optname, const void *optval, socklen_t optlen)
 {
 	static int (*real)(int, int, int, const void *, socklen_t);
 	if (!is_ipvs_set(level, optname)) {
@@ -342,7 +345,7 @@ int setsockopt(int fd, int level, int optname, const void *optval, socklen_t opt
 
 /* libnl-genl: the tools resolve the "IPVS" family first; failing it sends them to the sockopts. */
 struct nl_sock;
-int genl_ctrl_resolve(struct nl_sock *sk, const char *name)
+INTERPOSE int genl_ctrl_resolve(struct nl_sock *sk, const char *name)
 {
 	static int (*real)(struct nl_sock *, const char *);
 	if (name && strcmp(name, IPVS_GENL_NAME) == 0)
@@ -430,7 +433,7 @@ static mode_t mode_arg(int flags, va_list ap)
 }
 
 #define OPEN_WRAPPER(fn)                                                                         \
-	int fn(const char *path, int flags, ...)                                                 \
+	INTERPOSE int fn(const char *path, int flags, ...)                                       \
 	{                                                                                        \
 		static int (*real)(const char *, int, ...);                                      \
 		va_list ap;                                                                      \
@@ -449,7 +452,7 @@ static mode_t mode_arg(int flags, va_list ap)
 	}
 
 #define OPENAT_WRAPPER(fn)                                                                       \
-	int fn(int dirfd, const char *path, int flags, ...)                                      \
+	INTERPOSE int fn(int dirfd, const char *path, int flags, ...)                            \
 	{                                                                                        \
 		static int (*real)(int, const char *, int, ...);                                 \
 		va_list ap;                                                                      \
@@ -468,7 +471,7 @@ static mode_t mode_arg(int flags, va_list ap)
 	}
 
 #define FOPEN_WRAPPER(fn)                                                                        \
-	FILE *fn(const char *path, const char *mode)                                             \
+	INTERPOSE FILE *fn(const char *path, const char *mode)                                   \
 	{                                                                                        \
 		static FILE *(*real)(const char *, const char *);                                \
 		if (mode && mode[0] == 'r' && !strchr(mode, '+') && proc_name(path)) {           \

@@ -203,3 +203,20 @@ def test_proc_texts_have_the_kernels_formats(director: Director) -> None:
     assert conn.splitlines()[1] == "TCP 0A000201 9C40 0A000001 0050 0A000102 0050 ESTABLISHED     899"
     stats = bytes.fromhex(ipvs_proc(director, {"name": "ip_vs_stats"})["data"]).decode()
     assert stats.splitlines()[2] == f"{0:8X} {0:8X} {0:8X} {0:16X} {0:16X}"
+
+
+def test_fullnat_real_servers_are_not_shown_and_the_tool_is_told(director: Director) -> None:
+    key = {"proto": "tcp", "addr": "10.0.0.1", "port": 80}
+    director.handle("add_service", {**key, "sched": "rr"})
+    director.handle("add_dest", {"service": key, "dest": {"addr": "10.0.1.2", "port": 80, "fwd": "route"}})
+    director.handle("add_dest", {"service": key, "dest": {"addr": "10.0.1.3", "port": 8080, "fwd": "fullnat"}})
+    so = Sockopt(lambda op, a: director.handle(op, a))
+    head = GET_SERVICES.pack(num_services=1)
+    entry = SERVICE_ENTRY.unpack(so.get(SO_GET["SERVICES"], head, GET_SERVICES.size + SERVICE_ENTRY.size).data,
+                                 GET_SERVICES.size)
+    assert entry["num_dests"] == 1  # what GET_DESTS will carry, so ipvsadm's length check holds
+    get = GET_DESTS.pack(protocol=socket.IPPROTO_TCP, addr=socket.inet_aton("10.0.0.1"), port=(80).to_bytes(2, "big"),
+                         num_dests=1)
+    dests = so.get(SO_GET["DESTS"], get, GET_DESTS.size + DEST_ENTRY.size)
+    assert socket.inet_ntoa(DEST_ENTRY.unpack(dests.data, GET_DESTS.size)["addr"]) == "10.0.1.2"
+    assert "1 FULLNAT real server(s)" in dests.note and "lbadm -L" in dests.note
