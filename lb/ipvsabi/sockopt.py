@@ -54,7 +54,7 @@ from lb.ipvsabi.structs import (
     TIMEOUT_USER,
     cstring,
 )
-from lb.model import sched_flag_bits, sched_flag_names
+from lb.model import ConfigError, sched_flag_bits, sched_flag_names
 
 Request = Callable[[str, dict[str, Any]], Any]  # Director.handle without a batch session
 
@@ -137,6 +137,8 @@ class Sockopt:
             return _fail(errno.EINVAL)
         try:
             return self._set(cmd, data)
+        except ConfigError as exc:  # a value lbd refuses (Director.handle passes these through)
+            return _fail(errno.EINVAL, str(exc))
         except EngineError as exc:
             code = _errno_of(exc)
             # lbd's refusals of what it does not implement: ipvsadm would print a kernel text
@@ -169,6 +171,8 @@ class Sockopt:
         if svc["protocol"] not in _PROTOCOLS:
             return _fail(errno.EFAULT)  # ip_vs_ctl.c: "set_ctl: invalid protocol" is EFAULT
         key = _key_args(svc)
+        if cmd in (SO_SET["ADD"], SO_SET["EDIT"]) and not cstring(svc["sched_name"]):
+            return _fail(errno.ENOENT)  # ip_vs_scheduler_get("") finds no scheduler (lbd would pick wlc)
         if cmd == SO_SET["ADD"]:
             self.request("add_service", self._spec(key, svc))
             return Answer()
@@ -228,6 +232,8 @@ class Sockopt:
             return _fail(errno.EINVAL)
         try:
             return self._get(cmd, data[:copylen], length)
+        except ConfigError as exc:
+            return _fail(errno.EINVAL, str(exc))
         except EngineError as exc:
             return _fail(_errno_of(exc))
 

@@ -108,6 +108,7 @@ def test_set_lengths_are_the_kernels(director: Director) -> None:
     assert so.set(SO_SET["ADDDEST"], _svc()).errno == errno.EINVAL
     assert so.set(structs.IP_VS_SO_SET_MAX + 1, b"").errno == errno.EINVAL
     assert so.set(SO_SET["ADD"], _svc(proto=1)).errno == errno.EFAULT  # "set_ctl: invalid protocol"
+    assert so.set(SO_SET["ADD"], _svc(sched="")).errno == errno.ENOENT  # no scheduler of that name
     assert director.handle("list", {})["services"] == []
 
 
@@ -220,3 +221,13 @@ def test_fullnat_real_servers_are_not_shown_and_the_tool_is_told(director: Direc
     dests = so.get(SO_GET["DESTS"], get, GET_DESTS.size + DEST_ENTRY.size)
     assert socket.inet_ntoa(DEST_ENTRY.unpack(dests.data, GET_DESTS.size)["addr"]) == "10.0.1.2"
     assert "1 FULLNAT real server(s)" in dests.note and "lbadm -L" in dests.note
+
+
+def test_values_lbd_refuses_are_einval_with_lbds_reason(director: Director) -> None:
+    so = Sockopt(lambda op, a: director.handle(op, a))
+    assert so.set(SO_SET["ADD"], _svc()).errno == 0
+    thresholds = DEST_USER.pack(addr=socket.inet_aton("10.0.1.2"), port=(80).to_bytes(2, "big"),
+                                conn_flags=structs.IP_VS_CONN_F_DROUTE, weight=1, u_threshold=5, l_threshold=9)
+    refused = so.set(SO_SET["ADDDEST"], _svc() + thresholds)
+    assert refused.errno == errno.ERANGE and refused.note == ""  # ip_vs_add_dest: l_threshold above u_threshold
+    assert director.handle("list", {})["services"][0]["dests"] == []
