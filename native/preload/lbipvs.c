@@ -50,6 +50,23 @@ static pid_t ctl_pid;      /* the process that opened ctl_fd: a forked child ope
 static int waited_out;     /* the bounded wait for lbd's socket ran out once: later calls try once */
 static int told_unreachable;
 
+/* A fork while another thread is inside an exchange must not leave the child a held lock:
+ * fork waits for the exchange, and both sides release the lock after it. */
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&ctl_lock);
+}
+
+static void fork_release(void)
+{
+	pthread_mutex_unlock(&ctl_lock);
+}
+
+__attribute__((constructor)) static void lbipvs_init(void)
+{
+	pthread_atfork(fork_prepare, fork_release, fork_release);
+}
+
 static void say(const char *text, size_t n)
 {
 	ssize_t ignored = write(STDERR_FILENO, text, n);
