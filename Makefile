@@ -3,7 +3,8 @@
 #   make test   - builds everything, runs the linters (lint: ruff, mypy), tests/unit, the C core
 #                 under ASan/UBSan and valgrind (test-sanitize), then tests/netns, then tests/kernel
 #                 (test-kernel: kernel IPVS vs lbd in a qemu guest)
-#   make fuzz   - libFuzzer run of the packet core (FUZZ_SECONDS, default 60)
+#   make fuzz   - libFuzzer run of the packet core, then of the preload library's wire code
+#                 (FUZZ_SECONDS each, default 60)
 #   make bench  - the benchmark suite (bench/README.md; ~14 min), bench-quick a smoke run
 # Every target is idempotent.
 
@@ -24,10 +25,13 @@ STAMP   := $(VENV)/.lvs-userspace-installed
 #             clang + libclang-rt-14-dev (fuzz: libclang_rt.fuzzer/asan, only a recommendation
 #             of Debian's clang), systemd (systemd-analyze verify on the units),
 #             mandoc + man-db (man pages linted), bash (completion tested), liblua5.3-0 +
-#             libopentracing-c-wrapper0 (haproxy's libraries: build/tools/haproxy, PROXY protocol tests)
+#             libopentracing-c-wrapper0 (haproxy's libraries: build/tools/haproxy, PROXY protocol tests),
+#             ipvsadm (Debian's unmodified tool driving lbd through lbd-exec), linux-libc-dev
+#             (linux/ip_vs.h: the preload library's constants, the ABI layout tests)
 DEB_PKGS := python3-venv python3-dev gcc make iptables ipset iproute2 \
             libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang \
-            libclang-rt-14-dev systemd mandoc man-db bash liblua5.3-0 libopentracing-c-wrapper0
+            libclang-rt-14-dev systemd mandoc man-db bash liblua5.3-0 libopentracing-c-wrapper0 \
+            ipvsadm linux-libc-dev
 
 # Several builds may install at once (parallel CI jobs, an admin's apt run): wait for dpkg's
 # lock instead of failing on it. apt-get update has no such option for the lists lock: retried.
@@ -35,7 +39,7 @@ APT_LOCK_WAIT_S ?= 600
 APT_GET := apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) -y -q
 
 # Inputs of the editable install (the cffi extension is compiled from native/).
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c)
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c native/preload/*.[ch])
 
 .PHONY: all deps install-deps install uninstall venv build lint test test-unit test-dist test-sanitize test-netns fuzz demo bench bench-quick clean distclean
 .PHONY: test-kernel kernel-deps
@@ -108,6 +112,7 @@ build: deps $(STAMP)
 $(STAMP): $(PY) $(BUILD_INPUTS)
 	$(PIP) install -e '.[test]'
 	@ls lb/_fastpath*.so >/dev/null 2>&1 || { echo "build: lb/_fastpath*.so missing after install" >&2; exit 1; }
+	@ls lb/_ipvs_preload*.so >/dev/null 2>&1 || { echo "build: lb/_ipvs_preload*.so missing after install" >&2; exit 1; }
 	@touch $@
 
 # pytest exit status 5 means "no tests collected": not a failure here.
@@ -189,9 +194,35 @@ $(VG_BIN): $(HARNESS_DEPS)
 	@mkdir -p $(SAN_DIR)
 	gcc $(CFLAGS_CHECK) -o $@ native/tests/harness.c $(CORE_SRCS) -lpthread
 
+# The preload library's wire code (native/preload/lbipvs_wire.c: lbd's answers, the tool's
+# arguments): native/tests/preload_harness.c checks fixed cases and replays its corpus.
+PRELOAD_WIRE := native/preload/lbipvs_wire.c
+PRELOAD_DEPS := native/tests/preload_harness.c $(PRELOAD_WIRE) native/preload/lbipvs_wire.h
+PRELOAD_SAN_BIN := $(SAN_DIR)/preload-harness
+PRELOAD_VG_BIN := $(SAN_DIR)/preload-harness-valgrind
+PRELOAD_FUZZ_BIN := $(SAN_DIR)/fuzz-preload
+PRELOAD_CORPUS := native/tests/corpus_preload
+PRELOAD_FUZZ_SECONDS ?= $(FUZZ_SECONDS)
+
+$(PRELOAD_SAN_BIN): $(PRELOAD_DEPS)
+	@mkdir -p $(SAN_DIR)
+	gcc $(CFLAGS_CHECK) $(SAN_FLAGS) -o $@ native/tests/preload_harness.c $(PRELOAD_WIRE)
+
+$(PRELOAD_VG_BIN): $(PRELOAD_DEPS)
+	@mkdir -p $(SAN_DIR)
+	gcc $(CFLAGS_CHECK) -o $@ native/tests/preload_harness.c $(PRELOAD_WIRE)
+
 # ASan + UBSan (any report aborts), allocations poisoned by glibc (MALLOC_PERTURB_),
 # then valgrind memcheck for reads of uninitialised memory (the seed-000 bug class).
-test-sanitize: deps $(SAN_BIN) $(VG_BIN)
+test-sanitize: deps $(SAN_BIN) $(VG_BIN) $(PRELOAD_SAN_BIN) $(PRELOAD_VG_BIN)
+	@echo "== sanitize: preload library wire code under ASan/UBSan, then valgrind"
+	ASAN_OPTIONS=$(ASAN_OPTS) UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 MALLOC_PERTURB_=165 \
+	  $(PRELOAD_SAN_BIN) check
+	ASAN_OPTIONS=$(ASAN_OPTS) UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(PRELOAD_SAN_BIN) replay $(PRELOAD_CORPUS)/*
+	MALLOC_PERTURB_=165 valgrind -q --error-exitcode=9 --track-origins=yes --leak-check=full \
+	  --errors-for-leak-kinds=definite $(PRELOAD_VG_BIN) check
+	valgrind -q --error-exitcode=9 --track-origins=yes $(PRELOAD_VG_BIN) replay $(PRELOAD_CORPUS)/*
 	@echo "== sanitize: churn + replay under ASan/UBSan, MALLOC_PERTURB_=165"
 	ASAN_OPTIONS=$(ASAN_OPTS) UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  MALLOC_PERTURB_=165 $(SAN_BIN) churn 2000
@@ -204,7 +235,7 @@ test-sanitize: deps $(SAN_BIN) $(VG_BIN)
 
 # libFuzzer on a scratch copy of the corpus (the checked-in corpus stays as it is);
 # a crash, sanitizer report or invariant abort fails the target and leaves crash-* files.
-fuzz: deps $(HARNESS_DEPS)
+fuzz: deps $(HARNESS_DEPS) $(PRELOAD_DEPS)
 	@mkdir -p $(SAN_DIR)
 	clang -std=gnu11 -O1 -g -DLB_FUZZ -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	  -Inative/include -o $(FUZZ_BIN) native/tests/harness.c $(CORE_SRCS) -lpthread
@@ -214,6 +245,14 @@ fuzz: deps $(HARNESS_DEPS)
 	$(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=1024 \
 	  -print_final_stats=1 -artifact_prefix=$(SAN_DIR)/fuzz-artifacts/ $(SAN_DIR)/fuzz-corpus
 	@echo "fuzz: no crash in $(FUZZ_SECONDS) s (new inputs kept in $(SAN_DIR)/fuzz-corpus)"
+	@echo "== fuzz: the preload library's wire code (lbd's answers, the tool's arguments)"
+	clang -std=gnu11 -O1 -g -DLB_FUZZ -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -Wall -Wextra -Werror -o $(PRELOAD_FUZZ_BIN) native/tests/preload_harness.c $(PRELOAD_WIRE)
+	rm -rf $(SAN_DIR)/fuzz-preload-corpus && mkdir -p $(SAN_DIR)/fuzz-preload-corpus
+	cp $(PRELOAD_CORPUS)/* $(SAN_DIR)/fuzz-preload-corpus/
+	$(PRELOAD_FUZZ_BIN) -max_total_time=$(PRELOAD_FUZZ_SECONDS) -timeout=10 -rss_limit_mb=1024 \
+	  -print_final_stats=1 -artifact_prefix=$(SAN_DIR)/fuzz-artifacts/ $(SAN_DIR)/fuzz-preload-corpus
+	@echo "fuzz: preload wire code, no crash in $(PRELOAD_FUZZ_SECONDS) s"
 
 demo: build
 	$(PY) -m lb.testbed.demo
@@ -234,8 +273,8 @@ DOCDIR      ?= $(PREFIX)/share/doc/lvs-userspace
 INSTALL_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 WHEEL_DIR   := build/wheel
 # What building the wheel and running lbd need (a subset of DEB_PKGS).
-INSTALL_DEB_PKGS := python3-venv python3-dev gcc libnetfilter-queue-dev libmnl-dev iptables ipset iproute2
-INSTALLED_FILES := $(SBINDIR)/lbd $(SBINDIR)/lbadm $(MANDIR)/man8/lbd.8 $(MANDIR)/man8/lbadm.8 \
+INSTALL_DEB_PKGS := python3-venv python3-dev gcc libnetfilter-queue-dev libmnl-dev iptables ipset iproute2 linux-libc-dev
+INSTALLED_FILES := $(SBINDIR)/lbd $(SBINDIR)/lbadm $(SBINDIR)/lbd-exec $(MANDIR)/man8/lbd.8 $(MANDIR)/man8/lbadm.8 \
                    $(BASHCOMPDIR)/lbd $(BASHCOMPDIR)/lbadm $(UNITDIR)/lbd.service $(UNITDIR)/lbd@.service
 
 install-deps:
@@ -257,6 +296,7 @@ install: install-deps $(PY)
 	  $(DESTDIR)$(DOCDIR)/examples
 	ln -sfn $(LIBDIR)/bin/lbd $(DESTDIR)$(SBINDIR)/lbd
 	ln -sfn $(LIBDIR)/bin/lbadm $(DESTDIR)$(SBINDIR)/lbadm
+	ln -sfn $(LIBDIR)/bin/lbd-exec $(DESTDIR)$(SBINDIR)/lbd-exec
 	install -m 644 man/lbd.8 man/lbadm.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 644 completion/lbd.bash $(DESTDIR)$(BASHCOMPDIR)/lbd
 	install -m 644 completion/lbadm.bash $(DESTDIR)$(BASHCOMPDIR)/lbadm
@@ -265,7 +305,7 @@ install: install-deps $(PY)
 	done
 	install -m 644 configs/*.toml $(DESTDIR)$(DOCDIR)/examples/
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-	@echo "installed: $(SBINDIR)/lbd, $(SBINDIR)/lbadm (venv $(LIBDIR)), man pages in $(MANDIR)/man8,"
+	@echo "installed: $(SBINDIR)/lbd, $(SBINDIR)/lbadm, $(SBINDIR)/lbd-exec (venv $(LIBDIR), with the IPVS preload library), man pages in $(MANDIR)/man8,"
 	@echo "  bash completion in $(BASHCOMPDIR), units lbd.service and lbd@.service in $(UNITDIR),"
 	@echo "  example configurations in $(DOCDIR)/examples (systemctl enable --now lbd; lbd(8))"
 

@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 
@@ -21,4 +21,15 @@ class BuildPyWithHeaders(build_py):
             shutil.copyfile(header, target / header.name)
 
 
-setup(cffi_modules=["native/build_ffi.py:ffibuilder"], cmdclass={"build_py": BuildPyWithHeaders})
+# The IPVS-ABI preload library for unmodified ipvsadm/keepalived (native/preload/, `lbd-exec`): a
+# plain shared object, never imported; built as an extension only so that every install (editable,
+# wheel, `make install`) puts it inside the package, where lb.ipvsabi.launcher finds it.
+IPVS_PRELOAD = Extension(
+    "lb._ipvs_preload",
+    sources=["native/preload/lbipvs.c", "native/preload/lbipvs_wire.c"],
+    extra_compile_args=["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"],
+    libraries=["dl", "pthread"],
+)
+
+setup(cffi_modules=["native/build_ffi.py:ffibuilder"], ext_modules=[IPVS_PRELOAD],
+      cmdclass={"build_py": BuildPyWithHeaders})

@@ -37,6 +37,7 @@ from lb.engine import Engine, EngineError
 from lb.estimator import Estimator, HandshakeSample, StallEvent, StallWatch
 from lb.fwdstate import DestKey, ForwardingStates, FwdStatus, Resolver
 from lb.ipsets import Steering
+from lb.ipvsabi.handlers import operations as ipvs_abi_operations
 from lb.model import ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats, SynproxyConf
 from lb.reconcile import (
     COMMAND_TYPES,
@@ -153,6 +154,9 @@ class Director:
         }
         for op in COMMAND_TYPES:  # add_service ... set_timeout: one command each
             self._ops[op] = functools.partial(self._single, op)
+        # The kernel's IPVS sockopt ABI and /proc/net/ip_vs* for unmodified ipvsadm/keepalived
+        # (lb/ipvsabi, through the preload library that lbd-exec starts them with).
+        self._ops.update(ipvs_abi_operations(self))
 
     # ------------------------------------------------------------ dispatch
     def handle(self, op: str, args: dict[str, Any], session: BatchSession | None = None) -> Any:

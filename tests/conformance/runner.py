@@ -55,7 +55,7 @@ from conformance.model import (
     Wait,
     describe,
 )
-from conformance.systems import AdminResult, KernelIpvs, LbdSystem, System
+from conformance.systems import LBD_TOOLS, AdminResult, KernelIpvs, LbdSystem, System
 from conformance.traffic import Flow, RealServers, close_tcp, open_tcp, udp_exchange
 from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
 
@@ -381,10 +381,11 @@ def play_one(scn: Scenario, index: int, system: System, topo: Topology,
     return entry
 
 
-def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd")) -> dict[str, Any]:
+def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd"), lbd_tool: str = "lbadm") -> dict[str, Any]:
     t0 = time.monotonic()
     raise_fd_limit()
-    data: dict[str, Any] = {"kernel": os.uname().release, "started": time.ctime(), "scenarios": {}, "errors": {}}
+    data: dict[str, Any] = {"kernel": os.uname().release, "started": time.ctime(), "scenarios": {}, "errors": {},
+                            "lbd_tool": lbd_tool}
     for m in MODULES:
         subprocess.run(["modprobe", m], capture_output=True)
     data["ipvsadm_version"] = subprocess.run(["ipvsadm", "--version"], capture_output=True, text=True).stdout.strip()
@@ -402,7 +403,7 @@ def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd"
             try:
                 ltopo = build(n_all, n_extra)
                 topos.append(ltopo)
-                starter = LbdStarter(LbdSystem(ltopo.director))
+                starter = LbdStarter(LbdSystem(ltopo.director, lbd_tool))
                 if "lbd" in play:
                     starter.start()
             finally:
@@ -463,8 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=[], help="scenario names (default: all)")
     ap.add_argument("--systems", default="kernel,lbd",
                     help="which systems play (default kernel,lbd; lbd alone: harness work on a host without ip_vs)")
+    ap.add_argument("--lbd-tool", choices=LBD_TOOLS, default="lbadm",
+                    help="what configures lbd: lbadm (default) or the kernel's own ipvsadm through lbd-exec")
     args = ap.parse_args(argv)
-    run(args.out, args.only, tuple(args.systems.split(",")))
+    run(args.out, args.only, tuple(args.systems.split(",")), args.lbd_tool)
     return 0
 
 

@@ -7,7 +7,9 @@ for traffic.
   (1-2 minutes under emulation), driven by `lbadm` run in this process: `lb.lbadm.run.main(argv)`
   is exactly the `lbadm` console script (pyproject's [project.scripts]), minus a Python
   start-up of 5-30 s per command in the guest. The argv is the one given to ipvsadm; the
-  control socket comes from $LBD_SOCKET, as an operator's would.
+  control socket comes from $LBD_SOCKET, as an operator's would. With tool "ipvsadm" (runner
+  --lbd-tool ipvsadm) lbd is driven by the very ipvsadm binary that drives the kernel, through
+  `lbd-exec` (the IPVS preload library, docs/ipvsadm.md): one rules file, one tool, both systems.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import io
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from bench.common import Lbd, LbdError
@@ -25,6 +28,8 @@ from lb.lbadm.run import main as lbadm_main
 LBD_START_TIMEOUT_S = 400.0  # lbd's start-up under TCG: ~30 s idle, minutes on a busy host
 RESOLVE_TIMEOUT_S = 30.0
 ADMIN_TIMEOUT_S = 60.0
+LBD_TOOLS = ("lbadm", "ipvsadm")
+LBD_EXEC = Path(sys.executable).parent / "lbd-exec"  # the venv's launcher, beside its python
 
 
 @dataclass
@@ -63,10 +68,12 @@ class KernelIpvs:
 
 class LbdSystem:
     name = "lbd"
-    tool = "lbadm"
 
-    def __init__(self, director: Any) -> None:
+    def __init__(self, director: Any, tool: str = "lbadm") -> None:
+        if tool not in LBD_TOOLS:
+            raise ValueError(f"lbd's tool must be one of {', '.join(LBD_TOOLS)}, not {tool!r}")
         self.director = director
+        self.tool = tool
         self.lbd = Lbd(director, "c")
         self.starts = 0
 
@@ -86,6 +93,10 @@ class LbdSystem:
         return f"lbd had exited (status {rc}); restarted. Its log ended with:\n{tail}"
 
     def admin(self, argv: list[str], stdin: str | None = None) -> AdminResult:
+        if self.tool == "ipvsadm":
+            r = self.director.exec([str(LBD_EXEC), "--socket", self.lbd.socket, "ipvsadm", *argv], check=False,
+                                   input=stdin, timeout=ADMIN_TIMEOUT_S)
+            return AdminResult(r.returncode, r.stdout, r.stderr)
         out, err = io.StringIO(), io.StringIO()
         old_in = sys.stdin
         sys.stdin = io.StringIO(stdin or "")

@@ -19,6 +19,7 @@ MAKE_TIMEOUT_S = 900
 EXPECTED = {  # outside the venv and the examples: file -> symlink target (None: a regular file)
     f"{PREFIX}/sbin/lbd": f"{LIBDIR}/bin/lbd",
     f"{PREFIX}/sbin/lbadm": f"{LIBDIR}/bin/lbadm",
+    f"{PREFIX}/sbin/lbd-exec": f"{LIBDIR}/bin/lbd-exec",
     f"{PREFIX}/share/man/man8/lbd.8": None,
     f"{PREFIX}/share/man/man8/lbadm.8": None,
     f"{PREFIX}/share/bash-completion/completions/lbd": None,
@@ -76,6 +77,12 @@ def test_install_then_uninstall_in_a_destdir(tmp_path: Path, index_problem: str 
     assert check.returncode == 0 and ": OK" in check.stdout, check
     helptext = subprocess.run([python, "-m", "lb.lbadm", "-h"], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert helptext.returncode == 0 and "--add-service" in helptext.stdout + helptext.stderr
+
+    # lbd-exec finds the IPVS preload library inside the installed package
+    library = subprocess.run([python, "-m", "lb.ipvsabi.launcher", "--print-library"], cwd=tmp_path,
+                             capture_output=True, text=True, check=False)
+    assert library.returncode == 0 and library.stdout.strip().startswith(str(root / LIBDIR.lstrip("/"))), library
+    assert Path(library.stdout.strip()).is_file()
 
     removed = _make("uninstall", root)
     assert removed.returncode == 0, removed.stdout + removed.stderr

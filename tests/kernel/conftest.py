@@ -53,12 +53,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+def lbd_tool() -> str:
+    """What configures lbd in the guest: lbadm, or (LB_KERNEL_LBD_TOOL=ipvsadm) the same ipvsadm
+    binary that configures the kernel, through lbd-exec (docs/ipvsadm.md)."""
+    return os.environ.get("LB_KERNEL_LBD_TOOL", "lbadm")
+
+
 def guest_script(out: Path) -> str:
     only = "".join(f" {shlex.quote(n)}" for n in selected())
     return (f"{guest.booted_marker_command(out)} && cd {TESTS} && "
             f"PYTHONDONTWRITEBYTECODE=1 PYTHONPATH={REPO}:{TESTS} "
             f"{sys.executable} -m conformance.runner --out {out}{' --only' + only if only else ''} "
-            f"> {out}/runner.log 2>&1")
+            f"--lbd-tool {shlex.quote(lbd_tool())} > {out}/runner.log 2>&1")
 
 
 @pytest.fixture(scope="session")
