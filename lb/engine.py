@@ -53,6 +53,8 @@ class Reason(enum.IntEnum):
     SP_BAD_COOKIE = C.LB_R_SP_BAD_COOKIE
     SP_HELD = C.LB_R_SP_HELD
     SP_HANDSHAKE = C.LB_R_SP_HANDSHAKE
+    MARTIAN_SRC = C.LB_R_MARTIAN_SRC
+    LOCAL_SRC = C.LB_R_LOCAL_SRC
 
 
 class ConnState(enum.IntEnum):
@@ -139,6 +141,10 @@ class Engine(Protocol):
     def zero_service(self, key: ServiceKey) -> None: ...
     def set_timeouts(self, tcp_s: int, tcpfin_s: int, udp_s: int) -> None: ...
     def get_timeouts(self) -> tuple[int, int, int]: ...
+    def set_local_addrs(self, addrs: Sequence[str]) -> None:
+        """The director's own IPv4 addresses (interface and broadcast addresses): a new connection
+        from one of them, or from any service's virtual address, is dropped (LOCAL_SRC)."""
+        ...
     def set_synproxy(self, key: ServiceKey | None, conf: SynproxyConf | None) -> None:
         """The global SYN-proxy default (key None), or one service's own (conf None: the default)."""
         ...

@@ -218,6 +218,12 @@ class CEngine:
         """ipvsadm --set: ESTABLISHED, FIN_WAIT and UDP timeouts in seconds; 0 keeps a value."""
         _check(lib.lb_set_timeouts(self._lb, tcp_s, tcpfin_s, udp_s), "set timeouts")
 
+    def set_local_addrs(self, addrs: Sequence[str]) -> None:
+        """The director's own addresses: a new connection from one is a martian (LOCAL_SRC)."""
+        packed = [int.from_bytes(socket.inet_aton(a), "big") for a in addrs]
+        arr = ffi.new("uint32_t[]", packed or [0])
+        _check(lib.lb_local_addrs_set(self._lb, arr, len(packed)), "set local addresses")
+
     def get_timeouts(self) -> tuple[int, int, int]:
         vals = ffi.new("uint32_t[3]")
         lib.lb_get_timeouts(self._lb, vals, vals + 1, vals + 2)

@@ -122,6 +122,7 @@ class Setup:
     timeouts: tuple[int, int, int] | None = None  # set_timeouts(tcp, tcpfin, udp) seconds, None = defaults
     lport_min: int = LPORT_MIN  # FULLNAT local port range (engines are made with hash_seed HASH_SEED)
     lport_max: int = LPORT_MAX
+    local_addrs: tuple[str, ...] = ()  # the director's own addresses (engine.set_local_addrs)
 
 
 @dataclass(frozen=True)
@@ -2028,6 +2029,12 @@ def _hashing_rows() -> list[Row]:
     return packet_rows_hashing.rows()
 
 
+def _fault_rows() -> list[Row]:
+    import packet_rows_faults  # hostile and unlucky packets (issue 16): their own module
+
+    return packet_rows_faults.rows()
+
+
 def _nat_rows() -> list[Row]:
     import packet_rows_nat  # NAT (masquerading): its own module (it builds on this one)
 
@@ -2122,7 +2129,7 @@ def build_rows() -> tuple[Row, ...]:
             + _tcp_flag_rows() + _l2_and_table_rows() + _deleted_dest_rows() + _bad_input_rows() + _icmp_rows()
             + _syn_retrans_rows() + _persistence_rows() + _port_zero_rows() + _fwmark_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
             + _icmp_translation_rows() + _sp_rows() + _overload_rows() + _list_sched_rows()
-            + _locality_rows() + _hashing_rows() + _nat_rows())
+            + _locality_rows() + _hashing_rows() + _nat_rows() + _fault_rows())
     ids = [r.id for r in rows]
     duplicates = {i for i in ids if ids.count(i) > 1}
     assert not duplicates, f"duplicate row ids: {duplicates}"
@@ -2168,6 +2175,8 @@ def install_setup(engine: object, setup: Setup) -> None:
 
     if setup.timeouts is not None:
         engine.set_timeouts(*setup.timeouts)  # type: ignore[attr-defined]
+    if setup.local_addrs:
+        engine.set_local_addrs(setup.local_addrs)  # type: ignore[attr-defined]
     for svc in setup.services:
         key = service_key(svc.ref)
         engine.add_service(ServiceSpec(key, svc.sched, svc.persistent, svc.netmask, svc.toa,  # type: ignore[attr-defined]

@@ -132,6 +132,10 @@ _COUNTER_FINDINGS = {
     "malformed": ("info", "malformed packets dropped", ""),
     "bad_csum": ("info", "packets with a bad IPv4 header checksum dropped", ""),
     "fragment": ("info", "IP fragments reached the fast path (defragmentation should happen before raw)", ""),
+    "martian_src": ("info", "packets from martian sources (0/8, 127/8, multicast, 255.255.255.255) dropped, as the "
+                    "kernel's routing drops them", ""),
+    "local_src": ("warning", "new connections whose source is the director's own address (a VIP or an interface "
+                  "address) dropped: spoofed, or looped back", "look for spoofing, or a routing loop"),
 }
 _NFQ_FINDINGS = {
     "recv_err": ("warning", "errors receiving from the queue (ENOBUFS: the kernel dropped packets lbd could not take)",

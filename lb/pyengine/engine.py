@@ -48,6 +48,7 @@ Choices where docs/fastpath.md is silent (kernel IPVS behaviour unless noted):
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import socket
@@ -146,6 +147,15 @@ _ICMP_BAD_CSUM = Action(Verdict.DROP, Reason.BAD_CSUM)
 _TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
 _SP_HELD = Action(Verdict.DROP, Reason.SP_HELD)
 _SP_BAD_COOKIE = Action(Verdict.DROP, Reason.SP_BAD_COOKIE)
+_MARTIAN_SRC = Action(Verdict.DROP, Reason.MARTIAN_SRC)
+_LOCAL_SRC = Action(Verdict.DROP, Reason.LOCAL_SRC)
+
+
+def is_martian_source(saddr: bytes) -> bool:
+    """A source the kernel's routing drops whatever its tables say (ip_route_input_slow): 0.0.0.0/8,
+    127.0.0.0/8, multicast 224.0.0.0/4, the limited broadcast 255.255.255.255 (class E is routed)."""
+    first = saddr[0]
+    return first in (0, 127) or 224 <= first < 240 or saddr == b"\xff\xff\xff\xff"
 
 
 class Service:
@@ -269,6 +279,10 @@ class PyEngine:
         self._lport_min, self._lport_max = lport_min, lport_max
         self._lock = threading.RLock()
         self._services: dict[SvcKey, Service] = {}  # insertion order = listing order
+        # The director's own addresses (native/src/local.c): the control plane's set, and the
+        # services' virtual addresses, counted per service (fwmark services have none).
+        self._host_addrs: frozenset[bytes] = frozenset()
+        self._vips: collections.Counter[bytes] = collections.Counter()
         self._trash: dict[DestKey, Destination] = {}
         self._conns = ConnectionTable(conn_max)
         self._bind_ctx = _BindContext(self._conns, lport_min, lport_max)
@@ -295,6 +309,8 @@ class PyEngine:
         parsed = parse_packet(packet)
         if isinstance(parsed, Rejection):
             return parsed.action
+        if is_martian_source(parsed.saddr):
+            return _MARTIAN_SRC  # the kernel's routing drops it before IPVS (ip_route_input_slow)
 
         proto, flags = parsed.proto, parsed.tcp_flags
         if proto == IPPROTO_ICMP:
@@ -339,6 +355,8 @@ class PyEngine:
                 service = self._services.get((proto, parsed.daddr, 0))
             if service is None:
                 return _NO_SERVICE
+            if parsed.saddr in self._host_addrs or self._vips[parsed.saddr]:
+                return _LOCAL_SRC  # a source that is the director's own (fib_validate_source)
             if service.spec.synproxy and proto == IPPROTO_TCP:
                 return self._sp_miss(service, packet, parsed, now_ms)
             if service.spec.ops and proto == IPPROTO_UDP:
@@ -850,6 +868,8 @@ class PyEngine:
                 raise EngineError("EEXIST", f"service {spec.key} already exists")
             scheduler = self._checked_service_spec(spec)
             self._services[key] = Service(key, spec, scheduler, self._seed0)
+            if key[0] != FWMARK_PROTO:
+                self._vips[key[1]] += 1
 
     def edit_service(self, spec: ServiceSpec) -> None:
         with self._lock:
@@ -998,6 +1018,12 @@ class PyEngine:
                 if value:
                     self._timeouts_ms[state] = value * 1000
 
+    def set_local_addrs(self, addrs: Sequence[str]) -> None:
+        """The director's own addresses: a new connection from one is a martian (LOCAL_SRC)."""
+        packed = frozenset(socket.inet_aton(a) for a in addrs)
+        with self._lock:
+            self._host_addrs = packed
+
     def get_timeouts(self) -> tuple[int, int, int]:
         with self._lock:
             t = self._timeouts_ms
@@ -1066,6 +1092,10 @@ class PyEngine:
         for method in methods().values():
             method.svc_done(service)
         del self._services[service.key]
+        if service.key[0] != FWMARK_PROTO:
+            self._vips[service.key[1]] -= 1
+            if not self._vips[service.key[1]]:
+                del self._vips[service.key[1]]
 
     # ---- observation -------------------------------------------------------------
 

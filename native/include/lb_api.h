@@ -79,7 +79,11 @@ enum lb_reason {
     LB_R_SP_HELD = 19,         /* SYN-proxy: client segment held or dropped while the real server's
                                   handshake is pending (bounded buffer; ACK-storm guard) */
     LB_R_SP_HANDSHAKE = 20,    /* SYN-proxy: real server's SYN-ACK consumed, handshake completed */
-    LB_R_COUNT = 21
+    LB_R_MARTIAN_SRC = 21,     /* source address the kernel's routing refuses (ip_route_input_slow): 0.0.0.0/8,
+                                  127.0.0.0/8, multicast 224.0.0.0/4, 255.255.255.255: dropped */
+    LB_R_LOCAL_SRC = 22,       /* new connection from one of the director's own addresses (a VIP, or one
+                                  lb_local_addrs_set installed: fib_validate_source's martian): dropped */
+    LB_R_COUNT = 23
 };
 
 /* Forwarding methods (ipvsadm -g / -i / -m, DPVS -b). */
@@ -377,6 +381,13 @@ int lb_laddr_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32
 int lb_laddr_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr);
 int lb_laddr_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport,
                   struct lb_laddr_info *out, uint32_t cap);                 /* returns total count or LB_ESRCH */
+
+/* The director's own addresses (host order): its interfaces' local and broadcast addresses, as the
+ * control plane reads them. A new connection whose source is one of them, or the virtual address of
+ * any service (always local, whatever this set says), is dropped with LB_R_LOCAL_SRC: the kernel's
+ * fib_validate_source refuses a local source on input. Replaces the whole set; LB_ENOMEM changes
+ * nothing. Locks. */
+int lb_local_addrs_set(lb_t *lb, const uint32_t *addrs, uint32_t n);
 
 /* ---- observation (lock; copy out) ---- */
 int lb_svc_list(lb_t *lb, struct lb_svc_info *out, uint32_t cap);          /* returns total count */

@@ -38,6 +38,9 @@
 /* Slots of the forwarding-method table (lb_xmit.h): one per enum lb_fwd value. */
 #define LB_XMIT_MAX 4
 
+/* Local-address hash (local.c): a director has a few dozen addresses and VIPs. */
+#define LB_LOCAL_HASH_BUCKETS 256u
+
 /* Service hash: services are few; 256 chains keep lookups at one or two probes. */
 #define LB_SVC_HASH_BUCKETS 256u
 
@@ -440,9 +443,49 @@ struct lb {
     void *xmit_state[LB_XMIT_MAX]; /* each forwarding method's own instance-wide state (FULLNAT: which
                                     local ports each real server sees taken), indexed by enum lb_fwd,
                                     freed by its ops' done() */
+    /* The director's own addresses (local.c): a new connection from one is a martian source. */
+    struct lb_local *local_hash[LB_LOCAL_HASH_BUCKETS];
     /* counters */
     uint64_t counters[LB_R_COUNT];
 };
+
+/* One of the director's own addresses (local.c). A node is live while vip_refs or host is set. */
+struct lb_local {
+    uint32_t addr_n;             /* network order */
+    uint32_t vip_refs;           /* services whose virtual address it is */
+    uint8_t host;                /* in the control plane's set (lb_local_addrs_set) */
+    struct lb_local *next;
+};
+
+static inline uint32_t lb_local_hash(uint32_t addr_n)
+{
+    return (addr_n * 0x9e3779b1u) >> 24; /* LB_LOCAL_HASH_BUCKETS == 256 */
+}
+
+/* Is addr_n (network order) one of the director's own addresses? O(1): one short chain. */
+static inline int lb_is_local(const lb_t *lb, uint32_t addr_n)
+{
+    for (const struct lb_local *l = lb->local_hash[lb_local_hash(addr_n)]; l; l = l->next)
+        if (l->addr_n == addr_n)
+            return l->vip_refs || l->host;
+    return 0;
+}
+
+/* A source address the kernel's routing drops as martian whatever its tables say
+ * (ip_route_input_slow): 0.0.0.0/8, 127.0.0.0/8 (route_localnet off), multicast 224.0.0.0/4 and
+ * the limited broadcast 255.255.255.255. Class E (240.0.0.0/4) is not among them: the kernel
+ * routes it like any unicast address. addr_n in network order: its first octet is the first byte. */
+static inline int lb_martian_src(uint32_t addr_n)
+{
+    uint8_t a;
+    __builtin_memcpy(&a, &addr_n, 1);
+    return a == 0 || a == 127 || (a >= 224 && a < 240) || addr_n == 0xffffffffu;
+}
+
+/* local.c: a service's virtual address is local while the service exists. */
+int lb_local_vip_hold(lb_t *lb, uint32_t addr_n);
+void lb_local_vip_put(lb_t *lb, uint32_t addr_n);
+void lb_local_free(lb_t *lb);
 
 struct lb_exp {
     uint64_t due_ms;

@@ -34,6 +34,7 @@ void lb_free(lb_t *lb)
     lb_conn_flush(lb);
     lb_clear(lb);
     lb_sp_free(lb);
+    lb_local_free(lb);
     for (int i = 0; i < LB_XMIT_MAX; i++)
         if (lb_xmit_methods[i] && lb_xmit_methods[i]->done)
             lb_xmit_methods[i]->done(lb);
@@ -253,6 +254,12 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
         lb_conn_tick(lb, now_ms);
 
     int r = lb_parse_inline(pkt, len, &p);
+    if (LB_UNLIKELY((r == LB_R_FORWARDED || r == LB_R_ICMP) && lb_martian_src(p.saddr))) {
+        /* The kernel's routing would drop it before IPVS saw it (ip_route_input_slow). */
+        act->verdict = LB_V_DROP;
+        finish(lb, act, LB_R_MARTIAN_SRC);
+        return LB_OK;
+    }
     if (LB_UNLIKELY(r != LB_R_FORWARDED)) {
         if (r == LB_R_ICMP) {
             r = lb_icmp_in(lb, &p, now_ms, out, out_cap, act);
@@ -309,6 +316,12 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
         if (!s) {
             act->verdict = LB_V_ACCEPT;
             finish(lb, act, LB_R_NO_SERVICE);
+            return LB_OK;
+        }
+        if (LB_UNLIKELY(lb_is_local(lb, p.saddr))) {
+            /* A source that is the director's own (fib_validate_source): spoofed, or looped back. */
+            act->verdict = LB_V_DROP;
+            finish(lb, act, LB_R_LOCAL_SRC);
             return LB_OK;
         }
         if (s->conf.flags & LB_SVC_F_SYNPROXY && p.proto == LB_PROTO_TCP) {
@@ -414,6 +427,8 @@ const char *lb_reason_name(int reason)
         [LB_R_SP_BAD_COOKIE] = "sp_bad_cookie",
         [LB_R_SP_HELD] = "sp_held",
         [LB_R_SP_HANDSHAKE] = "sp_handshake",
+        [LB_R_MARTIAN_SRC] = "martian_src",
+        [LB_R_LOCAL_SRC] = "local_src",
     };
     return reason >= 0 && reason < LB_R_COUNT ? names[reason] : "unknown";
 }

@@ -1,0 +1,78 @@
+"""Packet-table rows (tests/packet_table.py's format) of hostile and unlucky packets (issue 16):
+what the kernel drops before or inside IPVS and lbd must drop too.
+
+- Martian sources: the kernel's routing (ip_route_input_slow) drops packets from 0.0.0.0/8,
+  127.0.0.0/8, multicast 224.0.0.0/4 and 255.255.255.255 before IPVS sees them; class E
+  (240.0.0.0/4) is routed like unicast. fib_validate_source drops a source that is one of the
+  host's own addresses: a VIP, or an address the control plane installed (Setup.local_addrs).
+"""
+
+from __future__ import annotations
+
+import packet_table as t
+from packet_table import (
+    RS1,
+    T_SR,
+    TCP80,
+    UDP53,
+    VIP,
+    VIP2,
+    DestExpect,
+    Row,
+    ServiceExpect,
+    Setup,
+)
+
+DIRECTOR_ADDR = "192.0.2.250"  # one of the director's own interface addresses (Setup.local_addrs)
+
+
+def _martian_rows() -> list[Row]:
+    rows: list[Row] = []
+    setup = t.one_dest()
+    for src, what in (("0.0.0.0", "the unspecified address"), ("0.1.2.3", "0.0.0.0/8"),
+                      ("127.0.0.1", "loopback"), ("127.9.9.9", "127.0.0.0/8"),
+                      ("224.0.0.1", "all-hosts multicast"), ("239.255.255.250", "multicast"),
+                      ("255.255.255.255", "the limited broadcast")):
+        rows.append(t.untouched(f"martian-syn-{src}", f"a SYN from {what} ({src}) is a martian source: dropped before "
+                                "anything is scheduled", t.tcp(flags="S", src=src), "DROP", "MARTIAN_SRC", setup,
+                                tags=("martian", "bad")))
+    rows.append(t.untouched("martian-udp", "a UDP datagram from a multicast source is a martian: no entry",
+                            t.udp(src="224.0.0.1"), "DROP", "MARTIAN_SRC", setup, tags=("martian", "bad")))
+    rows.append(t.untouched("martian-no-service", "a martian to an address without a service is dropped too (the "
+                            "kernel's routing would)", t.tcp(flags="S", src="127.0.0.1", dst=VIP2), "DROP",
+                            "MARTIAN_SRC", setup, tags=("martian", "bad")))
+    quote = t.reply_quote()
+    rows.append(t.untouched("martian-icmp", "an ICMP error from a loopback source is a martian", t.icmp_error(
+        quote, src="127.0.0.1"), "DROP", "MARTIAN_SRC", setup, tags=("martian", "bad")))
+    rows.append(t.untouched("martian-ack", "a segment of an established-looking flow from 0.0.0.0 is dropped, not "
+                            "passed as no_conn", t.tcp(flags="A", src="0.0.0.0", seq=1001, ack=1), "DROP",
+                            "MARTIAN_SRC", setup, tags=("martian", "bad")))
+    rows.append(t.untouched("local-src-vip", "a SYN whose source is the VIP itself (a LAND attack) is a martian: the "
+                            "VIP is the director's own address", t.tcp(flags="S", src=VIP), "DROP", "LOCAL_SRC",
+                            setup, tags=("martian", "bad")))
+    rows.append(t.untouched("local-src-udp-vip", "a UDP datagram from a VIP of another service is a martian too",
+                            t.udp(src=VIP), "DROP", "LOCAL_SRC", setup, tags=("martian", "bad")))
+    local = Setup(setup.services, local_addrs=(DIRECTOR_ADDR,))
+    rows.append(t.untouched("local-src-host", "a SYN from one of the director's interface addresses (installed by "
+                            "the control plane) is a martian", t.tcp(flags="S", src=DIRECTOR_ADDR), "DROP",
+                            "LOCAL_SRC", local, tags=("martian", "bad")))
+    syn = t.tcp(flags="S", src="240.0.0.1")
+    total = t.ip_total_length(syn)
+    rows.append(Row("class-e-src", "a source in class E (240.0.0.0/4) is routed by the kernel like unicast: "
+                    "forwarded", setup, (t.fwd(syn, 0, RS1),),
+                    (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=total), DestExpect(UDP53, RS1, 53)),
+                    (ServiceExpect(TCP80, 1, 1, total), ServiceExpect(UDP53)),
+                    (t.conn("SYN_RECV", T_SR, RS1, caddr="240.0.0.1"),), tags=("martian", "dr")))
+    sp = t._sp_setup()
+    rows.append(t.untouched("martian-sp-syn", "SYN-proxy answers no SYN from a multicast source (its SYN-ACK would "
+                            "go to a group)", t.tcp(flags="S", src="224.0.0.1", seq=t.SP_ISN,
+                                                   tcp_options=t.SYN_OPTS), "DROP", "MARTIAN_SRC", sp,
+                            tags=("martian", "synproxy", "bad")))
+    rows.append(t.untouched("local-sp-syn", "SYN-proxy answers no SYN from the VIP itself", t.tcp(
+        flags="S", src=VIP, seq=t.SP_ISN, tcp_options=t.SYN_OPTS), "DROP", "LOCAL_SRC", sp,
+        tags=("martian", "synproxy", "bad")))
+    return rows
+
+
+def rows() -> list[Row]:
+    return _martian_rows()
