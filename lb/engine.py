@@ -55,6 +55,7 @@ class Reason(enum.IntEnum):
     SP_HANDSHAKE = C.LB_R_SP_HANDSHAKE
     MARTIAN_SRC = C.LB_R_MARTIAN_SRC
     LOCAL_SRC = C.LB_R_LOCAL_SRC
+    BAD_L4_CSUM = C.LB_R_BAD_L4_CSUM
 
 
 class ConnState(enum.IntEnum):

@@ -5,12 +5,18 @@ what the kernel drops before or inside IPVS and lbd must drop too.
   127.0.0.0/8, multicast 224.0.0.0/4 and 255.255.255.255 before IPVS sees them; class E
   (240.0.0.0/4) is routed like unicast. fib_validate_source drops a source that is one of the
   host's own addresses: a VIP, or an address the control plane installed (Setup.local_addrs).
+- Malformed transport headers: a UDP length below 8 or beyond the IP payload is malformed (the
+  real server's udp_rcv drops it; no entry is made for it). TCP checksums are not verified on
+  the forwarding path, as the kernel's IPVS does not (tcp_dnat_handler checks them only for an
+  application helper, which lbd does not have; incremental updates keep a bad checksum bad), but
+  SYN-proxy terminates the handshake and verifies the SYN and the cookie ACK as the kernel's TCP.
 """
 
 from __future__ import annotations
 
 import packet_table as t
 from packet_table import (
+    CLIENT1,
     RS1,
     T_SR,
     TCP80,
@@ -74,5 +80,55 @@ def _martian_rows() -> list[Row]:
     return rows
 
 
+def _set_udp_length(packet: bytes, length: int) -> bytes:
+    return packet[:24] + length.to_bytes(2, "big") + packet[26:]
+
+
+def _bad_tcp_csum(packet: bytes) -> bytes:
+    """Flip a bit of the TCP checksum (IP header 20 bytes): wrong afterwards."""
+    return packet[:37] + bytes([packet[37] ^ 0x01]) + packet[38:]
+
+
+def _transport_rows() -> list[Row]:
+    rows: list[Row] = []
+    setup = t.one_dest()
+    query = t.udp()  # 8 bytes of payload: IP payload 16
+    for length, what in ((0, "0"), (1, "1"), (7, "7 (shorter than its header)"),
+                         (17, "17 (one byte beyond the IP payload)"), (0xFFFF, "65535")):
+        rows.append(t.untouched(f"udp-len-{length}", f"a UDP datagram whose length field is {what} is malformed: "
+                                "dropped, no entry", _set_udp_length(query, length), "DROP", "MALFORMED", setup,
+                                tags=("bad", "udp")))
+    short = _set_udp_length(query, 12)
+    total = t.ip_total_length(short)
+    rows.append(Row("udp-len-short", "a UDP length shorter than the IP payload (trailing bytes) is valid: forwarded "
+                    "unchanged (the receiver trims)", setup, (t.fwd(short, 0, RS1),),
+                    (DestExpect(TCP80, RS1), DestExpect(UDP53, RS1, 53, inactive=1, conns=1, inpkts=1, inbytes=total)),
+                    (ServiceExpect(TCP80), ServiceExpect(UDP53, 1, 1, total)),
+                    (t.conn("UDP", t.T_UDP, RS1, cport=50000, svc=UDP53, dport=53),), tags=("udp",)))
+    syn = _bad_tcp_csum(t.tcp(flags="S"))
+    total = t.ip_total_length(syn)
+    rows.append(Row("dr-bad-tcp-csum", "DR forwards a SYN with a wrong TCP checksum unchanged, as IPVS (it verifies "
+                    "TCP checksums only for an application helper): the real server drops it", setup,
+                    (t.fwd(syn, 0, RS1),),
+                    (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=total), DestExpect(UDP53, RS1, 53)),
+                    (ServiceExpect(TCP80, 1, 1, total), ServiceExpect(UDP53)),
+                    (t.conn("SYN_RECV", T_SR, RS1),), tags=("dr",)))
+    sp = t._sp_setup()
+    sp_syn = t.tcp(flags="S", seq=t.SP_ISN, tcp_options=t.SYN_OPTS)
+    rows.append(t.untouched("sp-syn-bad-csum", "SYN-proxy answers no SYN whose TCP checksum is wrong (no SYN-ACK "
+                            "for a corrupted or forged segment)", _bad_tcp_csum(sp_syn), "DROP", "BAD_L4_CSUM", sp,
+                            tags=("synproxy", "bad")))
+    cookie = t.syn_cookie(CLIENT1, VIP, 40000, 80, t.SP_ISN, 0, 3 | 4)
+    ack = t.tcp(flags="A", seq=t.SP_ISN + 1, ack=cookie + 1)
+    synack = t.tcp_segment(VIP, 80, CLIENT1, 40000, "SA", cookie, t.SP_ISN + 1, 65535, t.SP_SYN_OPTS)
+    dests, services = t.idle_expectations(sp)
+    rows.append(Row("sp-ack-bad-csum", "SYN-proxy opens nothing for a cookie ACK whose TCP checksum is wrong, even "
+                    "with a valid cookie", sp,
+                    (t.answered(sp_syn, synack, 0, "SP_COOKIE"),
+                     t.verdict(_bad_tcp_csum(ack), 10, "DROP", "BAD_L4_CSUM")),
+                    dests, services, (), check_ms=10, tags=("synproxy", "bad")))
+    return rows
+
+
 def rows() -> list[Row]:
-    return _martian_rows()
+    return _martian_rows() + _transport_rows()

@@ -149,6 +149,7 @@ _SP_HELD = Action(Verdict.DROP, Reason.SP_HELD)
 _SP_BAD_COOKIE = Action(Verdict.DROP, Reason.SP_BAD_COOKIE)
 _MARTIAN_SRC = Action(Verdict.DROP, Reason.MARTIAN_SRC)
 _LOCAL_SRC = Action(Verdict.DROP, Reason.LOCAL_SRC)
+_BAD_L4_CSUM = Action(Verdict.DROP, Reason.BAD_L4_CSUM)
 
 
 def is_martian_source(saddr: bytes) -> bool:
@@ -309,11 +310,11 @@ class PyEngine:
         parsed = parse_packet(packet)
         if isinstance(parsed, Rejection):
             return parsed.action
-        if is_martian_source(parsed.saddr):
-            return _MARTIAN_SRC  # the kernel's routing drops it before IPVS (ip_route_input_slow)
 
         proto, flags = parsed.proto, parsed.tcp_flags
         if proto == IPPROTO_ICMP:
+            if is_martian_source(parsed.saddr):
+                return _MARTIAN_SRC  # the kernel's routing drops it before IPVS (ip_route_input_slow)
             return self._icmp(packet, parsed)
         key: ConnKey = (proto, parsed.saddr, parsed.sport, parsed.daddr, parsed.dport)
         hit = self._conns.lookup(key)
@@ -345,6 +346,10 @@ class PyEngine:
             if not conn.dest.available:
                 return _DEST_UNAVAILABLE  # the timer is not restarted
         else:
+            if is_martian_source(parsed.saddr):
+                # The kernel's routing drops it before IPVS (ip_route_input_slow). On a miss only: no
+                # entry can have such a source.
+                return _MARTIAN_SRC
             # ip_vs_service_find's order: the fwmark service of the packet's mark, the exact
             # <protocol, VIP, port>, then the VIP's port-zero ("all ports") service, which receives
             # every port of the VIP without an exact service.
@@ -511,6 +516,8 @@ class PyEngine:
         conf = self._sp_conf(service)
         fl = sp.first_flags(parsed.tcp_flags)
         minute = (now_ms // 60000) & sp.M32
+        if fl in (TCP_SYN, TCP_ACK) and not sp.tcp_checksum_ok(packet, parsed):
+            return _BAD_L4_CSUM  # the handshake is ours: a corrupted segment is neither answered nor opened
         if fl == TCP_SYN:
             cmss, csack = sp.parse_syn_options(packet, parsed.ip_header_len, parsed.tcp_doff)
             idx = 0

@@ -59,7 +59,8 @@ enum lb_verdict {
 enum lb_reason {
     LB_R_FORWARDED = 0,        /* handed to a forwarding method */
     LB_R_NOT_IPV4 = 1,         /* IPv6: passed through */
-    LB_R_MALFORMED = 2,        /* truncated / inconsistent headers: dropped */
+    LB_R_MALFORMED = 2,        /* truncated / inconsistent headers (UDP: a length field < 8 or beyond the
+                                  IP payload): dropped */
     LB_R_BAD_CSUM = 3,         /* bad IPv4 header checksum: dropped */
     LB_R_FRAGMENT = 4,         /* IP fragment: dropped (defrag happens before the queue) */
     LB_R_NOT_LB_PROTO = 5,     /* not TCP/UDP: passed through */
@@ -83,7 +84,9 @@ enum lb_reason {
                                   127.0.0.0/8, multicast 224.0.0.0/4, 255.255.255.255: dropped */
     LB_R_LOCAL_SRC = 22,       /* new connection from one of the director's own addresses (a VIP, or one
                                   lb_local_addrs_set installed: fib_validate_source's martian): dropped */
-    LB_R_COUNT = 23
+    LB_R_BAD_L4_CSUM = 23,     /* TCP checksum wrong on a segment lbd answers itself (SYN-proxy's SYN and
+                                  cookie ACK): dropped, as the kernel's TCP would */
+    LB_R_COUNT = 24
 };
 
 /* Forwarding methods (ipvsadm -g / -i / -m, DPVS -b). */

@@ -180,6 +180,12 @@ static inline __attribute__((always_inline)) int lb_parse_inline(const uint8_t *
     if (p->proto == LB_PROTO_UDP) {
         if (p->l4len < 8)
             return LB_R_MALFORMED;
+        /* RFC 768's length covers header and data: below 8 or beyond the IP payload the datagram
+         * is malformed, and the real server's udp_rcv would drop it (short_packet). A shorter
+         * length with trailing bytes is valid (the receiver trims). */
+        uint32_t ulen = lb_get16(buf + ihl + 4);
+        if (ulen - 8u > p->l4len - 8u) /* ulen < 8 wraps around: one unsigned compare for both bounds */
+            return LB_R_MALFORMED;
         __builtin_memcpy(&p->ports, buf + ihl, 4); /* sport, dport */
         p->payload_len = p->l4len - 8;
         return LB_R_FORWARDED;

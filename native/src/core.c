@@ -254,14 +254,11 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
         lb_conn_tick(lb, now_ms);
 
     int r = lb_parse_inline(pkt, len, &p);
-    if (LB_UNLIKELY((r == LB_R_FORWARDED || r == LB_R_ICMP) && lb_martian_src(p.saddr))) {
-        /* The kernel's routing would drop it before IPVS saw it (ip_route_input_slow). */
-        act->verdict = LB_V_DROP;
-        finish(lb, act, LB_R_MARTIAN_SRC);
-        return LB_OK;
-    }
     if (LB_UNLIKELY(r != LB_R_FORWARDED)) {
-        if (r == LB_R_ICMP) {
+        if (r == LB_R_ICMP && lb_martian_src(p.saddr)) {
+            act->verdict = LB_V_DROP; /* the kernel's routing drops it (ip_route_input_slow) */
+            r = LB_R_MARTIAN_SRC;
+        } else if (r == LB_R_ICMP) {
             r = lb_icmp_in(lb, &p, now_ms, out, out_cap, act);
         } else {
             act->verdict = (r == LB_R_NOT_IPV4 || r == LB_R_NOT_LB_PROTO) ? LB_V_ACCEPT : LB_V_DROP;
@@ -312,6 +309,14 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
             return LB_OK;
         }
     } else {
+        /* A martian source is refused by the kernel's routing before IPVS would see it
+         * (ip_route_input_slow). Checked on a miss only: no entry can have such a source, so the
+         * packets of established flows pay nothing for it. */
+        if (LB_UNLIKELY(lb_martian_src(p.saddr))) {
+            act->verdict = LB_V_DROP;
+            finish(lb, act, LB_R_MARTIAN_SRC);
+            return LB_OK;
+        }
         struct lb_svc *s = find_service(lb, &p, mark);
         if (!s) {
             act->verdict = LB_V_ACCEPT;
@@ -429,6 +434,7 @@ const char *lb_reason_name(int reason)
         [LB_R_SP_HANDSHAKE] = "sp_handshake",
         [LB_R_MARTIAN_SRC] = "martian_src",
         [LB_R_LOCAL_SRC] = "local_src",
+        [LB_R_BAD_L4_CSUM] = "bad_l4_csum",
     };
     return reason >= 0 && reason < LB_R_COUNT ? names[reason] : "unknown";
 }

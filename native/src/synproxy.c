@@ -425,12 +425,26 @@ int lb_timer_next(lb_t *lb, uint64_t now_ms, uint8_t *out, uint32_t out_cap, str
 /* ---------------------------------------------------------------- packet path */
 
 /* A connection-less packet for a SYN-proxy service. */
+/* The TCP checksum of p (pseudo-header, header and data up to the IP total length) is right.
+ * SYN-proxy terminates the client's handshake: like the kernel's TCP (tcp_v4_rcv ->
+ * tcp_checksum_complete) it must not answer, or open a connection for, a corrupted segment. The
+ * adapter hands over complete checksums (nfq.c completes partial ones). */
+static int tcp_csum_ok(const struct lb_pkt *p)
+{
+    uint32_t sum = lb_csum_partial(p->data + 12, 8, 0) + LB_PROTO_TCP + p->l4len;
+    return lb_csum_fold(lb_csum_partial(p->data + p->l4off, p->l4len, sum)) == 0;
+}
+
 int lb_sp_miss(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out, uint32_t out_cap,
                struct lb_action *act)
 {
     const struct lb_synproxy_conf *conf = lb_sp_conf(lb, s);
     uint8_t fl = p->tcp_flags & (LB_TCP_SYN | LB_TCP_ACK | LB_TCP_RST | LB_TCP_FIN);
     uint32_t minute = (uint32_t)(now_ms / 60000u);
+    if ((fl == LB_TCP_SYN || fl == LB_TCP_ACK) && !tcp_csum_ok(p)) {
+        act->verdict = LB_V_DROP;
+        return LB_R_BAD_L4_CSUM;
+    }
     if (fl == LB_TCP_SYN) {
         uint16_t cmss;
         int csack;

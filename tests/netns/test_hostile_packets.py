@@ -15,7 +15,9 @@ import time
 from typing import Any
 
 from conftest import HTTP_PORT, Lbd
-from scapy.all import IP, TCP, raw
+from scapy.all import IP, TCP, UDP, Raw, raw
+from test_synproxy import PORT as SP_PORT
+from test_synproxy import ftopo, splbd  # noqa: F401 (fixtures: the SYN-proxy FULLNAT topology and lbd)
 
 from lb.testbed.topology import Topology
 
@@ -59,3 +61,46 @@ def test_martian_sources_are_dropped_and_counted(topo: Topology, lbd: Lbd) -> No
     assert reasons.get("local_src") == 1, reasons
     assert reasons.get("forwarded", 0) == 0, reasons
     assert lbd.ok("connections")["connections"] == [], "a martian created a connection entry"
+
+
+def _udp_with_length(topo: Topology, sport: int, length: int) -> bytes:
+    packet = bytearray(raw(IP(src=topo.client.addr, dst=topo.vip) / UDP(sport=sport, dport=HTTP_PORT)
+                           / Raw(b"q" * 8)))
+    packet[24:26] = length.to_bytes(2, "big")
+    return bytes(packet)
+
+
+def test_udp_with_a_bad_length_is_dropped_and_makes_no_entry(topo: Topology, lbd: Lbd) -> None:
+    _dr_service(topo, lbd, "-u")
+    lengths = [0, 1, 7, 17, 400]  # the IP payload is 16 bytes
+    _send(topo, [_udp_with_length(topo, 42000 + i, n) for i, n in enumerate(lengths)])
+    reasons = _wait_counts(lbd, {"malformed": len(lengths)})
+    assert reasons.get("malformed") == len(lengths), reasons
+    assert reasons.get("forwarded", 0) == 0, reasons
+    assert lbd.ok("connections")["connections"] == [], "a malformed datagram created a connection entry"
+    # The positive control: a well-formed datagram of the same flow is scheduled.
+    _send(topo, [_udp_with_length(topo, 42100, 16)])
+    reasons = _wait_counts(lbd, {"forwarded": 1})
+    assert reasons.get("forwarded") == 1, reasons
+
+
+def test_synproxy_answers_no_corrupted_or_martian_syn(ftopo: Topology, splbd: Lbd) -> None:  # noqa: F811
+    """No SYN-ACK for a SYN whose TCP checksum is wrong, nor for one from a multicast source (its SYN-ACK
+    would be put on the wire towards a group); a good SYN is answered (the control)."""
+    def syn(sport: int, src: str | None = None) -> bytes:
+        return raw(IP(src=src or ftopo.client.addr, dst=ftopo.vip) / TCP(sport=sport, dport=SP_PORT, flags="S",
+                                                                       seq=1000 + sport))
+
+    corrupted = []
+    for sport in range(43000, 43005):
+        packet = bytearray(syn(sport))
+        packet[37] ^= 0x01  # the TCP checksum's low byte
+        corrupted.append(bytes(packet))
+    _send(ftopo, [*corrupted, syn(43010, "224.0.0.1"), syn(43011, "127.0.0.1")])
+    reasons = _wait_counts(splbd, {"bad_l4_csum": 5, "martian_src": 2})
+    assert reasons.get("bad_l4_csum") == 5, reasons
+    assert reasons.get("martian_src") == 2, reasons
+    assert reasons.get("sp_cookie", 0) == 0, reasons
+    _send(ftopo, [syn(43020)])
+    reasons = _wait_counts(splbd, {"sp_cookie": 1})
+    assert reasons.get("sp_cookie") == 1, reasons
