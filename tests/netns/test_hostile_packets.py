@@ -16,8 +16,8 @@ from typing import Any
 
 from conftest import HTTP_PORT, Lbd
 from scapy.all import IP, TCP, UDP, Raw, raw
-from test_synproxy import PORT as SP_PORT
-from test_synproxy import ftopo, splbd  # noqa: F401 (fixtures: the SYN-proxy FULLNAT topology and lbd)
+from test_synproxy import PORT as SP_PORT  # type: ignore[import-not-found]
+from test_synproxy import ftopo, splbd  # noqa: F401 (fixtures: the SYN-proxy FULLNAT topology and its lbd)
 
 from lb.testbed.topology import Topology
 
