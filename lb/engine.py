@@ -56,6 +56,7 @@ class Reason(enum.IntEnum):
     MARTIAN_SRC = C.LB_R_MARTIAN_SRC
     LOCAL_SRC = C.LB_R_LOCAL_SRC
     BAD_L4_CSUM = C.LB_R_BAD_L4_CSUM
+    L2_QUEUED = C.LB_R_L2_QUEUED
 
 
 class ConnState(enum.IntEnum):

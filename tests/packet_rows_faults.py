@@ -10,6 +10,10 @@ what the kernel drops before or inside IPVS and lbd must drop too.
   the forwarding path, as the kernel's IPVS does not (tcp_dnat_handler checks them only for an
   application helper, which lbd does not have; incremental updates keep a bad checksum bad), but
   SYN-proxy terminates the handshake and verifies the SYN and the cookie ACK as the kernel's TCP.
+- Packets of a destination whose MAC is not resolved yet are held (L2_QUEUED), as the kernel's
+  neighbour queue holds them, and leave from the timers, in order and through the connection's
+  method, once the forwarding state is installed; after LB_L2Q_TIMEOUT_MS (3 s) without it, or
+  beyond LB_L2Q_BYTES_MAX (64 KiB) per destination, they are dropped (NO_L2).
 """
 
 from __future__ import annotations
@@ -130,5 +134,73 @@ def _transport_rows() -> list[Row]:
     return rows
 
 
+L2Q_TIMEOUT_MS = 3000  # LB_L2Q_TIMEOUT_MS, stated here (docs/fastpath.md), not read from an engine
+L2Q_BYTES_MAX = 65536  # LB_L2Q_BYTES_MAX
+
+
+def _held_rows() -> list[Row]:
+    rows: list[Row] = []
+    cold = Setup((t.ServiceSetup(UDP53, "rr", (t.DestSetup(RS1, 53, l2=False),)),))
+    resolved = t.DestSetup(RS1, 53)
+    queries = [t.udp(payload=f"query-{i:02d}".encode()) for i in range(4)]
+    size = t.ip_total_length(queries[0])
+    frame = t.expected_frame(RS1, queries[0])[:14]
+
+    def udp_row(row_id: str, description: str, steps: tuple[t.Step, ...], n: int, *,
+                live: bool = True, timer_counts: tuple[tuple[str, int], ...] = (), check_ms: int = 0,
+                dests: tuple[DestExpect, ...] | None = None) -> Row:
+        check = check_ms or steps[-1].now_ms
+        expires = max(s.now_ms for s in steps if isinstance(s, t.PacketStep)) + t.T_UDP - check
+        return Row(row_id, description, cold, steps,
+                   dests if dests is not None else
+                   (DestExpect(UDP53, RS1, 53, inactive=int(live), conns=1, inpkts=n, inbytes=n * size),),
+                   (ServiceExpect(UDP53, 1, n, n * size),),
+                   (t.conn("UDP", expires, RS1, cport=50000, svc=UDP53, dport=53),) if live else (),
+                   check_ms=check, tags=("l2", "held"), timer_counts=timer_counts)
+
+    rows.append(udp_row(
+        "held-sent-in-order", "datagrams to a real server whose MAC is being resolved are held, and leave from the "
+        "timers in their order once the state is installed; later ones go straight out",
+        (t.verdict(queries[0], 0, "DROP", "L2_QUEUED"), t.verdict(queries[1], 5, "DROP", "L2_QUEUED"),
+         t.verdict(queries[2], 9, "DROP", "L2_QUEUED"), t.TimerStep(20), t.ConfigStep("set_fwd", UDP53, resolved, 30),
+         t.TimerStep(30, tuple(("XMIT_L2", "FORWARDED", q, t.IFINDEX, frame) for q in queries[:3])),
+         t.TimerStep(31), t.fwd(queries[3], 40, RS1)), 4))
+    rows.append(udp_row(
+        "held-timeout", "held datagrams whose destination is not resolved within 3 s are dropped, counted no_l2 "
+        "(the kernel's ARP gives up after 3 probes 1 s apart)",
+        (t.verdict(queries[0], 0, "DROP", "L2_QUEUED"), t.verdict(queries[1], 2000, "DROP", "L2_QUEUED"),
+         t.TimerStep(L2Q_TIMEOUT_MS - 1), t.TimerStep(L2Q_TIMEOUT_MS),
+         t.ConfigStep("set_fwd", UDP53, resolved, L2Q_TIMEOUT_MS + 1), t.TimerStep(L2Q_TIMEOUT_MS + 1)), 2,
+        timer_counts=(("NO_L2", 2),)))
+    rows.append(udp_row(
+        "held-dest-deleted", "held datagrams of a destination deleted before it was resolved are dropped, counted "
+        "no_l2", (t.verdict(queries[0], 0, "DROP", "L2_QUEUED"), t.ConfigStep("del_dest", UDP53, resolved, 1),
+                  t.TimerStep(2)), 1, live=True, timer_counts=(("NO_L2", 1),), dests=()))
+    big = [t.udp(sport=50000, payload=bytes([i]) * 1400) for i in range(50)]
+    fits = L2Q_BYTES_MAX // t.ip_total_length(big[0])  # 45 datagrams of 1428 bytes
+    steps: list[t.Step] = [t.verdict(b, i, "DROP", "L2_QUEUED") for i, b in enumerate(big[:fits])]
+    steps.append(t.verdict(big[fits], fits, "DROP", "NO_L2", note="beyond 64 KiB held: dropped"))
+    n = fits + 1
+    bsize = t.ip_total_length(big[0])
+    rows.append(Row("held-bounded", "at most 64 KiB are held per destination; what does not fit is dropped (no_l2)",
+                    cold, tuple(steps), (DestExpect(UDP53, RS1, 53, inactive=1, conns=1, inpkts=n, inbytes=n * bsize),),
+                    (ServiceExpect(UDP53, 1, n, n * bsize),),
+                    (t.conn("UDP", t.T_UDP, RS1, cport=50000, svc=UDP53, dport=53),), check_ms=fits,
+                    tags=("l2", "held")))
+    tun = t._tun_setup(l2=False)
+    syn = t.tcp(flags="S")
+    tun_resolved = t.DestSetup(RS1, fwd="tunnel", saddr=t.TUN_SRC)
+    outer = t.ipip(syn)
+    rows.append(Row("held-tunnel", "a held SYN leaves through its connection's method: encapsulated (IPIP) once the "
+                    "tunnel's forwarding state is installed", tun,
+                    (t.verdict(syn, 0, "DROP", "L2_QUEUED"), t.ConfigStep("set_fwd", TCP80, tun_resolved, 100),
+                     t.TimerStep(100, (("XMIT_L2", "FORWARDED", outer, t.IFINDEX, t.expected_frame(RS1, outer)[:14]),))),
+                    (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=t.ip_total_length(syn)),
+                     DestExpect(UDP53, RS1, 53)),
+                    (ServiceExpect(TCP80, 1, 1, t.ip_total_length(syn)), ServiceExpect(UDP53)),
+                    (t.conn("SYN_RECV", T_SR, RS1),), check_ms=0, tags=("l2", "held", "tun")))
+    return rows
+
+
 def rows() -> list[Row]:
-    return _martian_rows() + _transport_rows()
+    return _martian_rows() + _transport_rows() + _held_rows()

@@ -174,7 +174,7 @@ def rows() -> list[Row]:
     out.append(Row(
         "nat-no-l2", "NAT without forwarding state: entry made and counted, packet dropped (R_NO_L2); a reply still "
         "goes back (the kernel routes it)", no_l2,
-        (t.verdict(syn, 0, "DROP", "NO_L2"), xout(synack, 5)),
+        (t.verdict(syn, 0, "DROP", "L2_QUEUED"), xout(synack, 5)),
         (DestExpect(TCP80, RS1, RPORT, active=1, conns=1, inpkts=1, inbytes=sz(syn), outpkts=1,
                     outbytes=sz(synack)), udp_dest),
         (ServiceExpect(TCP80, 1, 1, sz(syn), 1, sz(synack)), udp_svc),

@@ -214,6 +214,7 @@ class Row:
     tags: tuple[str, ...] = field(default=())
     laddrs: tuple[tuple[SvcRef, str, int], ...] | None = None  # (service, local address, conns); None: not checked
     sp_stats: tuple[tuple[str, int], ...] | None = None  # non-zero SYN-proxy counters; None: not checked
+    timer_counts: tuple[tuple[str, int], ...] = ()  # per-reason counts the timers add (held packets dropped)
 
     @property
     def packet_steps(self) -> tuple[PacketStep, ...]:
@@ -599,22 +600,26 @@ def _l2_and_table_rows() -> list[Row]:
     syn = tcp()
     size = ip_total_length(syn)
     rows.append(Row(
-        "no-l2", "a destination without forwarding state: the entry is made and counted, the packet dropped",
-        setup, (verdict(syn, 0, "DROP", "NO_L2"),),
+        "no-l2", "a destination without forwarding state: the entry is made and counted, the packet held until "
+        "the state is installed (L2_QUEUED; tests/packet_rows_faults.py has what becomes of it)",
+        setup, (verdict(syn, 0, "DROP", "L2_QUEUED"),),
         (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size),), (ServiceExpect(TCP80, 1, 1, size),),
         (conn("SYN_RECV", T_SR, RS1),), tags=("l2",)))
     rows.append(Row(
-        "no-l2-then-resolved", "once forwarding state is installed the same entry's packets are forwarded",
-        setup, (verdict(syn, 0, "DROP", "NO_L2"), ConfigStep("set_fwd", TCP80, DestSetup(RS1), 1),
+        "no-l2-then-resolved", "once forwarding state is installed the held SYN leaves from the timers and the "
+        "same entry's packets are forwarded",
+        setup, (verdict(syn, 0, "DROP", "L2_QUEUED"), ConfigStep("set_fwd", TCP80, DestSetup(RS1), 1),
+                TimerStep(1, (("XMIT_L2", "FORWARDED", syn, IFINDEX, expected_frame(RS1, syn)[:14]),)),
                 fwd(tcp(flags="A", seq=1001, ack=1), 2, RS1)),
         (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=2 * size, handshakes=1),),
         (ServiceExpect(TCP80, 1, 2, 2 * size),),
         (conn("ESTABLISHED", T_ES, RS1),), check_ms=2, tags=("l2",)))
     rows.append(Row(
-        "l2-invalidated", "invalidating a destination's forwarding state drops its packets with NO_L2",
+        "l2-invalidated", "invalidating a destination's forwarding state holds its packets until it is resolved "
+        "again (L2_QUEUED)",
         Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1),)),)),
         (fwd(syn, 0, RS1), ConfigStep("set_fwd", TCP80, DestSetup(RS1, l2=False), 1),
-         verdict(tcp(flags="A", seq=1001, ack=1), 2, "DROP", "NO_L2")),
+         verdict(tcp(flags="A", seq=1001, ack=1), 2, "DROP", "L2_QUEUED")),
         (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=2 * size, handshakes=1),),
         (ServiceExpect(TCP80, 1, 2, 2 * size),),
         (conn("ESTABLISHED", T_ES, RS1),), check_ms=2, tags=("l2",)))
@@ -960,7 +965,7 @@ def _icmp_rows() -> list[Row]:
 
     no_l2 = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1, l2=False),)),))
     rows.append(Row("icmp-no-l2", "an ICMP error about an entry whose destination has no forwarding state is dropped "
-                    "(and counted)", no_l2, (verdict(syn, 0, "DROP", "NO_L2"), verdict(frag_needed, 20, "DROP", "NO_L2")),
+                    "(and counted)", no_l2, (verdict(syn, 0, "DROP", "L2_QUEUED"), verdict(frag_needed, 20, "DROP", "NO_L2")),
                     (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=size + ip_total_length(frag_needed)),),
                     (ServiceExpect(TCP80, 1, 2, size + ip_total_length(frag_needed)),),
                     (conn("SYN_RECV", T_SR - 20, RS1),), check_ms=20, tags=("icmp", "l2")))
@@ -1598,7 +1603,7 @@ def _fnat_rows() -> list[Row]:
     rows.append(Row(
         "fnat-no-l2", "FULLNAT without forwarding state: entry made and counted, packet dropped (R_NO_L2); a reply "
         "still goes back (the kernel routes it)", no_l2,
-        (verdict(syn, 0, "DROP", "NO_L2"), answered(synack, to_client["synack"], 5)),
+        (verdict(syn, 0, "DROP", "L2_QUEUED"), answered(synack, to_client["synack"], 5)),
         (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=n["syn"], outpkts=1, outbytes=n["synack"]),
          udp_dest),
         (ServiceExpect(TCP80, 1, 1, n["syn"], 1, n["synack"]), udp_svc),
@@ -1667,7 +1672,7 @@ def _tun_rows() -> list[Row]:
     rows.append(one("tun-no-source", "IPIP without a route source address: never an outer source 0.0.0.0: "
                     "DROP/R_NO_L2", (verdict(syn, 0, "DROP", "NO_L2"),), "SYN_RECV", T_SR, (syn,),
                     row_setup=_tun_setup(saddr="0.0.0.0"), tags=("l2",)))
-    rows.append(one("tun-no-l2", "IPIP without forwarding state: DROP/R_NO_L2", (verdict(syn, 0, "DROP", "NO_L2"),),
+    rows.append(one("tun-no-l2", "IPIP without forwarding state: held (R_L2_QUEUED)", (verdict(syn, 0, "DROP", "L2_QUEUED"),),
                     "SYN_RECV", T_SR, (syn,), row_setup=_tun_setup(l2=False), tags=("l2",)))
     query = udp(sport=50000)
     qn = sz(query)
@@ -1698,7 +1703,7 @@ def _tun_rows() -> list[Row]:
         "method-change-keeps-entries", "editing a destination's method (route -> tunnel) drops its forwarding "
         "state; once new state is installed, existing entries keep their method (DR) and new ones use the new "
         "one (IPIP)", dr,
-        (fwd(syn, 0, RS1), ConfigStep("edit_dest", TCP80, as_tun, 1), verdict(ack, 2, "DROP", "NO_L2"),
+        (fwd(syn, 0, RS1), ConfigStep("edit_dest", TCP80, as_tun, 1), verdict(ack, 2, "DROP", "L2_QUEUED"),
          ConfigStep("set_fwd", TCP80, as_tun, 3), fwd(ack, 4, RS1), xmit(syn2, ipip(syn2), 5, RS1)),
         (DestExpect(TCP80, RS1, active=2, conns=2, inpkts=4, inbytes=2 * sz(syn) + 2 * sz(ack),
                     handshakes=1),),
@@ -1750,7 +1755,7 @@ def _icmp_translation_rows() -> list[Row]:
                     verdict(_with_ttl(from_rs, 1), 5, "DROP", "TTL_EXCEEDED"), 0, 1))
     rows.append(row("icmp-fnat-no-l2", "an ICMP error towards a real server without forwarding state is dropped "
                     "(R_NO_L2), counted", verdict(from_client, 5, "DROP", "NO_L2"), 1, 0,
-                    row_setup=_fnat_setup(l2=False), first=verdict(syn, 0, "DROP", "NO_L2")))
+                    row_setup=_fnat_setup(l2=False), first=verdict(syn, 0, "DROP", "L2_QUEUED")))
     bad = _fix_icmp_checksum(from_rs, good=False)
     rows.append(row("icmp-bad-csum-out", "an ICMP error about a connection with a wrong ICMP checksum is dropped "
                     "(R_BAD_CSUM, ip_vs_in_icmp) and not counted", verdict(bad, 5, "DROP", "BAD_CSUM"), 0, 0,

@@ -134,6 +134,8 @@ _COUNTER_FINDINGS = {
     "fragment": ("info", "IP fragments reached the fast path (defragmentation should happen before raw)", ""),
     "martian_src": ("info", "packets from martian sources (0/8, 127/8, multicast, 255.255.255.255) dropped, as the "
                     "kernel's routing drops them", ""),
+    "l2_queued": ("info", "packets held while a real server's MAC was resolved (sent once it was, or counted no_l2 "
+                  "after 3 s)", ""),
     "bad_l4_csum": ("info", "SYN-proxy: SYNs or cookie ACKs with a wrong TCP checksum dropped unanswered", ""),
     "local_src": ("warning", "new connections whose source is the director's own address (a VIP or an interface "
                   "address) dropped: spoofed, or looped back", "look for spoofing, or a routing loop"),

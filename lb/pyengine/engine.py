@@ -87,6 +87,7 @@ from lb.pyengine.conn import (
 )
 from lb.pyengine.csum import internet_checksum
 from lb.pyengine.icmp import port_unreachable, related_connection_key
+from lb.pyengine.l2q import HeldPackets
 from lb.pyengine.parse import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, Rejection, parse_packet
 from lb.pyengine.proto_tcp import (
     ACTIVE_STATES,
@@ -150,6 +151,7 @@ _SP_BAD_COOKIE = Action(Verdict.DROP, Reason.SP_BAD_COOKIE)
 _MARTIAN_SRC = Action(Verdict.DROP, Reason.MARTIAN_SRC)
 _LOCAL_SRC = Action(Verdict.DROP, Reason.LOCAL_SRC)
 _BAD_L4_CSUM = Action(Verdict.DROP, Reason.BAD_L4_CSUM)
+_L2_QUEUED = Action(Verdict.DROP, Reason.L2_QUEUED)
 
 
 def is_martian_source(saddr: bytes) -> bool:
@@ -294,6 +296,7 @@ class PyEngine:
         self._sp_default = sp.BUILTIN_CONF
         self._sp_stats = dict.fromkeys(sp.STAT_NAMES, 0)
         self._sp_timers = sp.TimerHeap()
+        self._held = HeldPackets()  # packets waiting for their destination's forwarding state
         self._nfq: NfqAdapter | None = None
 
     # ---- packet path -------------------------------------------------------------
@@ -384,7 +387,28 @@ class PyEngine:
                     dest.handshakes += 1
         self._refresh(conn, now_ms)
         self._count_in(dest, parsed.total_length)
-        return conn.xmit.xmit_in(conn, packet, parsed)
+        action = conn.xmit.xmit_in(conn, packet, parsed)
+        if action.reason == Reason.NO_L2 and dest.fwd is None and self._held.hold(dest, packet[:parsed.total_length], now_ms):
+            return _L2_QUEUED  # sent by the timers once the destination is resolved (lb/pyengine/l2q.py)
+        return action
+
+    def _send_held(self, dest: Destination, packet: bytes) -> Action | None:
+        """A held packet leaves through its connection's method (native/src/l2q.c send_one), or None."""
+        parsed = parse_packet(packet)
+        if isinstance(parsed, Rejection):
+            return None
+        hit = self._conns.lookup((parsed.proto, parsed.saddr, parsed.sport, parsed.daddr, parsed.dport))
+        if hit is None or hit[1] != DIR_IN or hit[0].dest is not dest or hit[0].sp is not None:
+            return None
+        action = hit[0].xmit.xmit_in(hit[0], packet, parsed)
+        if action.verdict == Verdict.DROP:
+            return None
+        if not action.out:  # sent unchanged (DR): a timer action has no original, so it carries the bytes
+            return Action(action.verdict, action.reason, packet, action.ifindex, action.l2hdr)
+        return action
+
+    def _count_held_drop(self) -> None:
+        self._reason_counts[Reason.NO_L2] += 1
 
 
     def _schedule_dest(self, service: Service, packet: bytes, parsed: ParsedPacket,
@@ -690,7 +714,7 @@ class PyEngine:
         (ANSWER: a RST to the client). Dead entries are released first, as for packets."""
         with self._lock:
             self._expire(now_ms)
-            actions = []
+            actions = self._held.drain(now_ms, self._send_held, self._count_held_drop)
             timers = self._sp_timers
             while (due := timers.due()) is not None and due <= now_ms:
                 conn: Connection = timers.pop()  # type: ignore[assignment]
@@ -719,7 +743,8 @@ class PyEngine:
     def timer_due(self) -> int | None:
         """When the next SYN-proxy timer is due (None: none pending); the NFQUEUE adapter polls by it."""
         with self._lock:
-            return self._sp_timers.due()
+            dues = [d for d in (self._sp_timers.due(), self._held.due()) if d is not None]
+            return min(dues) if dues else None
 
     def set_synproxy(self, key: ServiceKey | None, conf: SynproxyConf | None) -> None:
         """The global default (key None), or one service's own settings (conf None: the default)."""

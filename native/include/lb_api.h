@@ -86,7 +86,10 @@ enum lb_reason {
                                   lb_local_addrs_set installed: fib_validate_source's martian): dropped */
     LB_R_BAD_L4_CSUM = 23,     /* TCP checksum wrong on a segment lbd answers itself (SYN-proxy's SYN and
                                   cookie ACK): dropped, as the kernel's TCP would */
-    LB_R_COUNT = 24
+    LB_R_L2_QUEUED = 24,       /* destination's MAC not resolved yet: the packet is held (a copy, bounded per
+                                  destination) and sent by the timers once the forwarding state is installed;
+                                  not resolved within LB_L2Q_TIMEOUT_MS: dropped and counted again as no_l2 */
+    LB_R_COUNT = 25
 };
 
 /* Forwarding methods (ipvsadm -g / -i / -m, DPVS -b). */
@@ -153,6 +156,12 @@ enum lb_conn_state {
 #define LB_MH_TAB_BITS 6           /* mh: weights are scaled down to this many bits (MH_TAB_INDEX / 2) */
 #define LB_MH_HASH1_KEY 2654435761 /* mh: ip_vs_mh.c's fixed hsiphash keys, both words of each key */
 #define LB_MH_HASH2_KEY 2654446892
+
+/* Packets held while a destination's forwarding state is being resolved (the kernel queues them in
+ * the neighbour entry: unres_qlen_bytes, then drops them when resolution fails after mcast_solicit
+ * probes retrans_time apart). Per destination: */
+#define LB_L2Q_BYTES_MAX 65536     /* bytes of IP packets held; beyond that a packet is dropped (no_l2) */
+#define LB_L2Q_TIMEOUT_MS 3000     /* from the first held packet: 3 probes 1 s apart, as the kernel's ARP */
 
 /* Encapsulation overhead of IPIP, bytes. */
 #define LB_IPIP_OVERHEAD 20

@@ -321,6 +321,7 @@ struct lb_dest {
     uint64_t syn_retrans;        /* see lb_dest_info */
     uint64_t handshakes;
     struct lb_dest *trash_next;  /* on lb->trash while unlinked and still referenced */
+    struct lb_l2q *l2q;          /* packets held until the forwarding state is installed (l2q.c), or NULL */
 };
 
 /* InActConn as ipvsadm shows it (ip_vs_dest_inactconns): max(totalconns - activeconns, 0). */
@@ -449,6 +450,8 @@ struct lb {
     void *xmit_state[LB_XMIT_MAX]; /* each forwarding method's own instance-wide state (FULLNAT: which
                                     local ports each real server sees taken), indexed by enum lb_fwd,
                                     freed by its ops' done() */
+    /* Destinations with packets held for their forwarding state (l2q.c). */
+    struct lb_l2q *l2q_list;
     /* The director's own addresses (local.c): a new connection from one is a martian source. */
     struct lb_local *local_hash[LB_LOCAL_HASH_BUCKETS];
     /* counters */
@@ -487,6 +490,18 @@ static inline int lb_martian_src(uint32_t addr_n)
     __builtin_memcpy(&a, &addr_n, 1);
     return a == 0 || a == 127 || (a >= 224 && a < 240) || addr_n == 0xffffffffu;
 }
+
+/* l2q.c: hold packets of connections whose destination has no forwarding state yet. */
+struct lb_l2q;
+/* Hold a copy of p (a packet of connection c, counted and its state moved already) until c's
+ * destination gets forwarding state: 0 when held, -1 when not (queue full, no memory). */
+int lb_l2q_hold(lb_t *lb, struct lb_conn *c, const struct lb_pkt *p, uint64_t now_ms);
+/* The earliest time a held packet needs the timers (now for a resolved destination), or UINT64_MAX. */
+uint64_t lb_l2q_due(const lb_t *lb);
+/* Produce the next held packet that can leave (1, *act filled); drops those whose destination was not
+ * resolved in time (counted no_l2). 0 when nothing is due. */
+int lb_l2q_next(lb_t *lb, uint64_t now_ms, uint8_t *out, uint32_t out_cap, struct lb_action *act);
+void lb_l2q_free_all(lb_t *lb);
 
 /* local.c: a service's virtual address is local while the service exists. */
 int lb_local_vip_hold(lb_t *lb, uint32_t addr_n);

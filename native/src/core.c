@@ -31,6 +31,7 @@ void lb_free(lb_t *lb)
 {
     if (!lb)
         return;
+    lb_l2q_free_all(lb); /* held packets hold their destinations */
     lb_conn_flush(lb);
     lb_clear(lb);
     lb_sp_free(lb);
@@ -365,7 +366,10 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
     }
     lb_conn_set_expiry(lb, c, now_ms + timeout_ms);
     lb_stats_in_available(c->dest, p.len);
-    finish(lb, act, lb_conn_xmit_in(lb, &p, c, out, out_cap, act));
+    r = lb_conn_xmit_in(lb, &p, c, out, out_cap, act);
+    if (LB_UNLIKELY(r == LB_R_NO_L2) && !c->dest->fwd && lb_l2q_hold(lb, c, &p, now_ms) == 0)
+        r = LB_R_L2_QUEUED; /* sent by the timers once the destination is resolved (l2q.c) */
+    finish(lb, act, r);
     return LB_OK;
 }
 
@@ -435,6 +439,7 @@ const char *lb_reason_name(int reason)
         [LB_R_MARTIAN_SRC] = "martian_src",
         [LB_R_LOCAL_SRC] = "local_src",
         [LB_R_BAD_L4_CSUM] = "bad_l4_csum",
+        [LB_R_L2_QUEUED] = "l2_queued",
     };
     return reason >= 0 && reason < LB_R_COUNT ? names[reason] : "unknown";
 }

@@ -345,11 +345,20 @@ static int heap_entry_live(const lb_t *lb, const struct lb_sp_timer *t)
     return sp->phase == LB_SP_SYN_SENT && sp->due_ms == t->due_ms && (lb->conns[t->slot].flags & LB_CF_USED);
 }
 
-uint64_t lb_timer_due(lb_t *lb)
+/* The next SYN-proxy timer. */
+static uint64_t sp_due(lb_t *lb)
 {
     while (lb->sp_heap_len && !heap_entry_live(lb, &lb->sp_heap[0]))
         heap_pop(lb);
     return lb->sp_heap_len ? lb->sp_heap[0].due_ms : UINT64_MAX;
+}
+
+/* Timers: SYN-proxy's, and the packets held for unresolved destinations (l2q.c). */
+uint64_t lb_timer_due(lb_t *lb)
+{
+    uint64_t due = sp_due(lb);
+    uint64_t l2 = lb->l2q_list ? lb_l2q_due(lb) : UINT64_MAX;
+    return l2 < due ? l2 : due;
 }
 
 static void arm(lb_t *lb, uint32_t slot, uint64_t due)
@@ -385,9 +394,11 @@ int lb_timer_next(lb_t *lb, uint64_t now_ms, uint8_t *out, uint32_t out_cap, str
      * Python engine, also where no service has SYN-proxy state at all. */
     if (lb->exp_next_ms <= now_ms)
         lb_conn_tick(lb, now_ms);
+    if (lb->l2q_list && lb_l2q_next(lb, now_ms, out, out_cap, act))
+        return 1;
     if (!lb->sp)
         return 0;
-    while (lb_timer_due(lb) <= now_ms) {
+    while (sp_due(lb) <= now_ms) {
         uint32_t slot = lb->sp_heap[0].slot;
         heap_pop(lb);
         struct lb_conn *c = &lb->conns[slot];

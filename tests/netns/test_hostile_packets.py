@@ -1,4 +1,7 @@
-"""Hostile packets on the wire (issue 16 items 3 and 4): what the kernel would drop, lbd drops.
+"""Hostile and unlucky packets on the wire (issue 16 items 3, 4 and 7).
+
+What the kernel would drop, lbd drops; what the kernel would hold while a real server's MAC is
+resolved, lbd holds.
 
 lbd sits before the director's routing, so it sees packets the kernel's routing and protocol
 handlers would refuse. Each test sends hand-made packets from the client namespace (a raw socket:
@@ -12,13 +15,16 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from conftest import HTTP_PORT, Lbd
 from scapy.all import IP, TCP, UDP, Raw, raw
 from test_synproxy import PORT as SP_PORT  # type: ignore[import-not-found]
 from test_synproxy import ftopo, splbd  # noqa: F401 (fixtures: the SYN-proxy FULLNAT topology and its lbd)
 
+from conformance.traffic import Flow, RealServers, udp_exchange
 from lb.testbed.topology import Topology
 
 COUNT_TIMEOUT_S = 10.0
@@ -104,3 +110,40 @@ def test_synproxy_answers_no_corrupted_or_martian_syn(ftopo: Topology, splbd: Lb
     _send(ftopo, [syn(43020)])
     reasons = _wait_counts(splbd, {"sp_cookie": 1})
     assert reasons.get("sp_cookie") == 1, reasons
+
+
+UDP_PORT = 53
+
+
+@pytest.fixture(scope="module")
+def udp_servers(topo: Topology) -> Iterator[None]:
+    """A UDP responder on VIP:53 in each real server, answering with its name (DR: the VIP is local there)."""
+    servers = RealServers()
+    try:
+        for rs in topo.reals:
+            servers.serve(rs.netns, rs.name, topo.vip, UDP_PORT, tcp=False)
+        yield
+    finally:
+        servers.close()
+
+
+def test_first_datagram_to_a_just_added_real_server_is_not_lost(topo: Topology, lbd: Lbd, udp_servers: None) -> None:
+    """Right after `-a` with a cold neighbour cache the real server's MAC is still being resolved: the
+    kernel would queue the first packets in its neighbour entry and send them once the real server
+    answers; lbd holds them the same way (l2_queued) and sends them from its timers. Each round
+    empties the director's neighbour cache, adds the service and real server, and sends one datagram
+    at once: every one must be answered by that real server."""
+    svc = f"{topo.vip}:{UDP_PORT}"
+    rs = topo.reals[0]
+    answers = []
+    for round_ in range(5):
+        topo.director.exec(["ip", "neigh", "flush", "all"], check=False)
+        lbd.lbadm("-A", "-u", svc, "-s", "rr")
+        lbd.lbadm("-a", "-u", svc, "-r", f"{rs.addr}:{UDP_PORT}", "-g")
+        flow = Flow(client="client", addr=topo.client.addr, port=44000 + round_)
+        udp_exchange(topo.client.netns, flow, topo.vip, UDP_PORT)
+        answers.append(flow.outcome)
+        lbd.lbadm("-D", "-u", svc)
+    reasons = lbd.ok("counters")["reasons"]
+    assert answers == [rs.name] * 5, f"answers {answers}; counters {reasons}"
+    assert reasons.get("no_l2", 0) == 0, reasons
