@@ -14,6 +14,10 @@ what the kernel drops before or inside IPVS and lbd must drop too.
   neighbour queue holds them, and leave from the timers, in order and through the connection's
   method, once the forwarding state is installed; after LB_L2Q_TIMEOUT_MS (3 s) without it, or
   beyond LB_L2Q_BYTES_MAX (64 KiB) per destination, they are dropped (NO_L2).
+- TTL: every method decrements it, DR and the inner header of IPIP included (the kernel's
+  __ip_vs_get_out_rt -> decrement_ttl); at TTL <= 1 the sender gets ICMP time exceeded (from the
+  VIP; a real server's NAT reply from the director's route source address, a FULLNAT reply from
+  the local address) and the packet is dropped; an ICMP error is dropped without an answer.
 """
 
 from __future__ import annotations
@@ -163,7 +167,7 @@ def _held_rows() -> list[Row]:
         "timers in their order once the state is installed; later ones go straight out",
         (t.verdict(queries[0], 0, "DROP", "L2_QUEUED"), t.verdict(queries[1], 5, "DROP", "L2_QUEUED"),
          t.verdict(queries[2], 9, "DROP", "L2_QUEUED"), t.TimerStep(20), t.ConfigStep("set_fwd", UDP53, resolved, 30),
-         t.TimerStep(30, tuple(("XMIT_L2", "FORWARDED", q, t.IFINDEX, frame) for q in queries[:3])),
+         t.TimerStep(30, tuple(("XMIT_L2", "FORWARDED", t.ttl_dec(q), t.IFINDEX, frame) for q in queries[:3])),
          t.TimerStep(31), t.fwd(queries[3], 40, RS1)), 4))
     rows.append(udp_row(
         "held-timeout", "held datagrams whose destination is not resolved within 3 s are dropped, counted no_l2 "
@@ -202,5 +206,52 @@ def _held_rows() -> list[Row]:
     return rows
 
 
+def _ttl_rows() -> list[Row]:
+    rows: list[Row] = []
+    setup = t.one_dest()
+    udp_dest, udp_svc = DestExpect(UDP53, RS1, 53), ServiceExpect(UDP53)
+    syn2, syn1 = t._with_ttl(t.tcp(flags="S"), 2), t._with_ttl(t.tcp(flags="S", sport=40001), 1)
+    n = t.ip_total_length(syn2)
+
+    def two(row_id: str, description: str, row_setup: Setup, steps: tuple[t.Step, ...], conns: tuple[t.ConnExpect, ...],
+            tags: tuple[str, ...]) -> Row:
+        return Row(row_id, description, row_setup, steps,
+                   (DestExpect(TCP80, RS1, active=2, conns=2, inpkts=2, inbytes=2 * n), udp_dest),
+                   (ServiceExpect(TCP80, 2, 2, 2 * n), udp_svc), conns, tags=("ttl",) + tags)
+
+    conns = (t.conn("SYN_RECV", T_SR, RS1), t.conn("SYN_RECV", T_SR, RS1, cport=40001))
+    rows.append(two("dr-ttl", "DR decrements the TTL like the kernel's decrement_ttl: TTL 2 leaves as 1; at TTL 1 the "
+                    "client gets ICMP time exceeded from the VIP (the entry is made and counted first)", setup,
+                    (t.fwd(syn2, 0, RS1),
+                     t.PacketStep(syn1, 0, "ANSWER", "TTL_EXCEEDED", out=t.time_exceeded(syn1, VIP))), conns, ("dr",)))
+    tun = t._tun_setup()
+    rows.append(two("tun-ttl", "IPIP decrements the inner TTL before encapsulating (outer TTL 64); at TTL 1: ICMP time "
+                    "exceeded from the VIP", tun,
+                    (t.xmit(syn2, t.ipip(syn2), 0, RS1),
+                     t.PacketStep(syn1, 0, "ANSWER", "TTL_EXCEEDED", out=t.time_exceeded(syn1, VIP))), conns, ("tun",)))
+    syn = t.tcp(flags="S")
+    size = t.ip_total_length(syn)
+    error = t._with_ttl(t.icmp_error(t.reply_quote(), 3, 4, nexthopmtu=1400), 1)
+    rows.append(Row("dr-icmp-ttl", "an ICMP error with TTL 1 about a DR connection is dropped (R_TTL_EXCEEDED): no "
+                    "ICMP error about an ICMP error; still counted", setup,
+                    (t.fwd(syn, 0, RS1), t.verdict(error, 5, "DROP", "TTL_EXCEEDED")),
+                    (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=size + t.ip_total_length(error)),
+                     udp_dest),
+                    (ServiceExpect(TCP80, 1, 2, size + t.ip_total_length(error)), udp_svc),
+                    (t.conn("SYN_RECV", T_SR - 5, RS1),), check_ms=5, tags=("ttl", "icmp", "dr")))
+    route_src = "203.0.113.2"  # the director's address on the route to the real server
+    nat = Setup((t.ServiceSetup(TCP80, "rr", (t.DestSetup(RS1, 8080, fwd="masq", saddr=route_src),)),))
+    synack = t._with_ttl(t.tcp(sport=8080, dport=40000, src=RS1, dst=CLIENT1, flags="SA", seq=5000, ack=1001), 1)
+    rows.append(Row("nat-out-ttl", "a NAT reply with TTL 1 is routed by the director (ip_forward): the real server gets "
+                    "ICMP time exceeded from the director's route source address towards it", nat,
+                    (t.xmit(syn, t.nat(syn, CLIENT1, 40000, RS1, 8080), 0, RS1),
+                     t.PacketStep(synack, 5, "ANSWER", "TTL_EXCEEDED", out=t.time_exceeded(synack, route_src))),
+                    (DestExpect(TCP80, RS1, 8080, active=1, conns=1, inpkts=1, inbytes=size, outpkts=1,
+                                outbytes=t.ip_total_length(synack)),),
+                    (ServiceExpect(TCP80, 1, 1, size, 1, t.ip_total_length(synack)),),
+                    (t.conn("SYN_RECV", T_SR, RS1, dport=8080),), check_ms=5, tags=("ttl", "nat")))
+    return rows
+
+
 def rows() -> list[Row]:
-    return _martian_rows() + _transport_rows() + _held_rows()
+    return _martian_rows() + _transport_rows() + _held_rows() + _ttl_rows()

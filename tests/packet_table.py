@@ -276,10 +276,34 @@ def expected_port_unreachable(packet: bytes) -> bytes:
     return bytes(answer)
 
 
-def fwd(packet: bytes, now_ms: int, dest: str, note: str = "") -> PacketStep:
-    frame = expected_frame(dest, packet)
-    return PacketStep(packet, now_ms, "XMIT_L2", "FORWARDED", ifindex=IFINDEX, l2hdr=frame[:14],
+def ttl_dec(packet: bytes) -> bytes:
+    """What every method sends on: the packet up to its total length, TTL - 1, header checksum recomputed
+    (the kernel's __ip_vs_get_out_rt -> decrement_ttl, DR included)."""
+    s = _scapy()
+    p = s.IP(packet)
+    p.ttl -= 1
+    del p.chksum
+    ihl = p.ihl * 4
+    header = bytes(p)[:ihl]
+    return header + packet[ihl:p.len]
+
+
+def fwd(packet: bytes, now_ms: int, dest: str, note: str = "", reason: str = "FORWARDED") -> PacketStep:
+    """DR: XMIT_L2 of the packet with its TTL decremented."""
+    out = ttl_dec(packet)
+    frame = expected_frame(dest, out)
+    return PacketStep(packet, now_ms, "XMIT_L2", reason, out=out, ifindex=IFINDEX, l2hdr=frame[:14],
                       frame=frame, note=note or f"forwarded to {dest}")
+
+
+def time_exceeded(packet: bytes, src: str) -> bytes:
+    """ICMP time exceeded in transit (11/0) from `src` to the packet's source (TOS 0, id 0, DF clear,
+    TTL 64), quoting its header and first 8 payload bytes: the kernel's decrement_ttl at TTL <= 1."""
+    s = _scapy()
+    original = s.IP(packet)
+    quote = packet[: original.ihl * 4 + 8]
+    return bytes(s.IP(src=src, dst=original.src, tos=0, id=0, flags=0, frag=0, ttl=64, proto=1)
+                 / s.ICMP(type=11, code=0) / s.Raw(quote))
 
 
 def verdict(packet: bytes, now_ms: int, verdict_name: str, reason: str, note: str = "") -> PacketStep:
@@ -609,7 +633,7 @@ def _l2_and_table_rows() -> list[Row]:
         "no-l2-then-resolved", "once forwarding state is installed the held SYN leaves from the timers and the "
         "same entry's packets are forwarded",
         setup, (verdict(syn, 0, "DROP", "L2_QUEUED"), ConfigStep("set_fwd", TCP80, DestSetup(RS1), 1),
-                TimerStep(1, (("XMIT_L2", "FORWARDED", syn, IFINDEX, expected_frame(RS1, syn)[:14]),)),
+                TimerStep(1, (("XMIT_L2", "FORWARDED", ttl_dec(syn), IFINDEX, expected_frame(RS1, syn)[:14]),)),
                 fwd(tcp(flags="A", seq=1001, ack=1), 2, RS1)),
         (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=2 * size, handshakes=1),),
         (ServiceExpect(TCP80, 1, 2, 2 * size),),
@@ -912,9 +936,7 @@ def _icmp_rows() -> list[Row]:
                    (conn("ESTABLISHED", T_ES - 10, RS1),), check_ms=20, tags=("icmp",))
 
     def icmp_fwd(packet: bytes) -> PacketStep:
-        frame = expected_frame(RS1, packet)
-        return PacketStep(packet, 20, "XMIT_L2", "ICMP", ifindex=IFINDEX, l2hdr=frame[:14], frame=frame,
-                          note="ICMP error forwarded unchanged to the entry's real server")
+        return fwd(packet, 20, RS1, "ICMP error forwarded to the entry's real server, TTL - 1", reason="ICMP")
 
     frag_needed = icmp_error(reply_quote(), 3, 4, nexthopmtu=1400)
     rows.append(about_flow("icmp-frag-needed-dr", "an ICMP fragmentation-needed about a DR connection's reply goes "
@@ -953,11 +975,9 @@ def _icmp_rows() -> list[Row]:
     udp_setup = one_dest()
     query = udp(sport=50000)
     udp_error = icmp_error(reply_quote(28, proto="udp", sport=53, dport=50000), 3, 3)
-    frame = expected_frame(RS1, udp_error)
     qsize, esize = ip_total_length(query), ip_total_length(udp_error)
     rows.append(Row("icmp-udp-flow", "an ICMP port unreachable about a UDP flow's reply goes to its real server",
-                    udp_setup, (fwd(query, 0, RS1), PacketStep(udp_error, 5, "XMIT_L2", "ICMP", ifindex=IFINDEX,
-                                                                 l2hdr=frame[:14], frame=frame)),
+                    udp_setup, (fwd(query, 0, RS1), fwd(udp_error, 5, RS1, reason="ICMP")),
                     (DestExpect(TCP80, RS1), DestExpect(UDP53, RS1, 53, inactive=1, conns=1, inpkts=2,
                                                         inbytes=qsize + esize)),
                     (ServiceExpect(TCP80), ServiceExpect(UDP53, 1, 2, qsize + esize)),
@@ -970,12 +990,10 @@ def _icmp_rows() -> list[Row]:
                     (ServiceExpect(TCP80, 1, 2, size + ip_total_length(frag_needed)),),
                     (conn("SYN_RECV", T_SR - 20, RS1),), check_ms=20, tags=("icmp", "l2")))
     two = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1), DestSetup(RS2))),))
-    error_frame = expected_frame(RS2, frag_needed)
     rows.append(Row("icmp-deleted-dest", "an ICMP error about an entry of a deleted destination still follows the "
                     "entry (no availability check for ICMP) but counts nowhere (ip_vs_in_stats: AVAILABLE only)", two,
                     (fwd(syn, 0, RS2), ConfigStep("del_dest", TCP80, DestSetup(RS2), 1),
-                     PacketStep(frag_needed, 20, "XMIT_L2", "ICMP", ifindex=IFINDEX, l2hdr=error_frame[:14],
-                                frame=error_frame)),
+                     fwd(frag_needed, 20, RS2, reason="ICMP")),
                     (DestExpect(TCP80, RS1),), (ServiceExpect(TCP80, 1, 1, size),),
                     (conn("SYN_RECV", T_SR - 20, RS2),), check_ms=20, tags=("icmp", "deleted")))
     for k in range(0, 8):
@@ -1365,7 +1383,7 @@ def ipip(inner: bytes, src: str = TUN_SRC, dst: str = RS1) -> bytes:
     i = s.IP(inner)
     df = bool(i.flags.DF)
     outer = s.IP(src=src, dst=dst, tos=i.tos, id=0 if df else i.id, flags="DF" if df else 0, ttl=64, proto=4)
-    return bytes(outer / s.Raw(inner))
+    return bytes(outer / s.Raw(ttl_dec(inner)))  # the inner TTL decremented before encapsulation
 
 
 def director_icmp(packet: bytes, code: int, mtu: int = 0) -> bytes:
@@ -1557,9 +1575,11 @@ def _fnat_rows() -> list[Row]:
     syn_ttl1 = _with_ttl(syn, 1)
     synack_ttl1 = _with_ttl(synack, 1)
     rows.append(Row(
-        "fnat-ttl-exceeded", "FULLNAT: a TTL of 1 cannot be decremented: dropped both ways (R_TTL_EXCEEDED); the "
-        "entry is made and the packets counted before the rewrite", setup,
-        (verdict(syn_ttl1, 0, "DROP", "TTL_EXCEEDED"), verdict(synack_ttl1, 5, "DROP", "TTL_EXCEEDED")),
+        "fnat-ttl-exceeded", "FULLNAT: a TTL of 1 cannot be decremented: ICMP time exceeded both ways "
+        "(R_TTL_EXCEEDED), to the client from the VIP, to the real server from the local address; the entry is "
+        "made and the packets counted before the rewrite", setup,
+        (PacketStep(syn_ttl1, 0, "ANSWER", "TTL_EXCEEDED", out=time_exceeded(syn_ttl1, VIP)),
+         PacketStep(synack_ttl1, 5, "ANSWER", "TTL_EXCEEDED", out=time_exceeded(synack_ttl1, LIP1))),
         (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=n["syn"], outpkts=1, outbytes=n["synack"]),
          udp_dest),
         (ServiceExpect(TCP80, 1, 1, n["syn"], 1, n["synack"]), udp_svc),

@@ -692,6 +692,8 @@ uint64_t lb_siphash(const uint64_t key[2], const uint8_t *data, size_t len);
  * quoting `p`; return bytes written or 0 if they do not fit. */
 uint32_t lb_icmp_port_unreach(const struct lb_pkt *p, uint8_t *out, uint32_t out_cap);
 uint32_t lb_icmp_frag_needed(const struct lb_pkt *p, uint16_t mtu, uint8_t *out, uint32_t out_cap);
+/* ICMP time exceeded (type 11, code 0) quoting p, from saddr_n (network order) to p's source. */
+uint32_t lb_icmp_time_exceeded(const struct lb_pkt *p, uint32_t saddr_n, uint8_t *out, uint32_t out_cap);
 /* icmp.c: an ICMP error about a known connection (p parsed as ICMP). */
 int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, uint32_t out_cap,
                struct lb_action *act);

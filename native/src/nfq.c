@@ -63,7 +63,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "lb_internal.h"
+#include "lb_xmit.h"
 
 #define NFQ_BATCH 64                       /* packet messages per recvmmsg */
 #define NFQ_ITEMS 192                      /* packets or segments processed per flush */
@@ -370,26 +370,49 @@ static void flush_items(struct lb_nfq *q, struct batch_item *items, int n)
 }
 
 /* Segments items[first..n) of one super-packet were all processed. If each is to leave unchanged
- * in the same frame (DR: the packet core decided per segment, so its states and counters saw
- * every segment), they become one item: the super-packet, sent whole for the device to cut.
+ * but for its TTL (DR: decremented, the header checksum updated) in the same frame (the packet core
+ * decided per segment, so its states and counters saw every segment), they become one item: the
+ * super-packet, its TTL decremented the same way, sent whole for the device to cut.
  * Returns the items used. */
+/* A DR segment leaves with only its TTL decremented and its header checksum updated: out differs from
+ * the segment in bytes 8, 10 and 11 alone (and the TTL by one). */
+static int ttl_only(const uint8_t *seg, uint32_t seg_len, const uint8_t *out, uint32_t out_len)
+{
+    return seg && out_len == seg_len && seg_len >= 20 && memcmp(seg, out, 8) == 0 && out[8] + 1 == seg[8] &&
+           out[9] == seg[9] && memcmp(seg + 12, out + 12, seg_len - 12) == 0;
+}
+
 static int send_whole(struct lb_nfq *q, struct batch_item *items, int first, int n, uint8_t *pkt, uint32_t len,
                       uint32_t mtu)
 {
     if (!q->vnet || n - first < 2)
         return n;
     const struct lb_action *a = &items[first].act;
+    int ttl_dec = items[first].act.out_len != 0;
     for (int i = first; i < n; i++) {
         const struct lb_action *b = &items[i].act;
-        if (b->verdict != LB_V_XMIT_L2 || b->out_len != 0 || b->ifindex != a->ifindex ||
+        if (b->verdict != LB_V_XMIT_L2 || b->ifindex != a->ifindex ||
             memcmp(b->l2hdr, a->l2hdr, LB_L2HDR_LEN) != 0)
+            return n;
+        if (ttl_dec ? !ttl_only(items[i].pkt, items[i].len, q->out + (size_t)i * LB_PKT_MAX, b->out_len)
+                    : b->out_len != 0)
             return n;
     }
     struct batch_item *it = &items[first];
-    if (lb_tcp_gso_prepare(pkt, len, mtu, &it->gso) != LB_OK)
+    if (ttl_dec && pkt[8] <= 1)
         return n;
+    uint8_t ttl = pkt[8], csum_hi = pkt[10], csum_lo = pkt[11];
+    if (ttl_dec)
+        LB_IP_TTL_DEC(pkt); /* as every segment's: the device copies the header into each */
+    if (lb_tcp_gso_prepare(pkt, len, mtu, &it->gso) != LB_OK) {
+        pkt[8] = ttl; /* the segments are sent instead: the original stays as it came */
+        pkt[10] = csum_hi;
+        pkt[11] = csum_lo;
+        return n;
+    }
     it->pkt = pkt;
     it->len = len;
+    it->act.out_len = 0; /* the super-packet itself, from pkt */
     it->whole = 1;
     q->stats.gso_whole++;
     return first + 1;
