@@ -1,4 +1,4 @@
-"""Hostile and unlucky packets on the wire (issue 16 items 3, 4 and 7).
+"""Hostile and unlucky packets on the wire (issue 16 items 3, 4, 7 and 9).
 
 What the kernel would drop, lbd drops; what the kernel would hold while a real server's MAC is
 resolved, lbd holds.
@@ -147,3 +147,21 @@ def test_first_datagram_to_a_just_added_real_server_is_not_lost(topo: Topology, 
     reasons = lbd.ok("counters")["reasons"]
     assert answers == [rs.name] * 5, f"answers {answers}; counters {reasons}"
     assert reasons.get("no_l2", 0) == 0, reasons
+
+
+def test_dr_decrements_the_ttl_and_answers_an_expired_one(topo: Topology, lbd: Lbd, udp_servers: None) -> None:
+    """As kernel IPVS (decrement_ttl): a datagram sent with TTL 5 reaches the real server with TTL 4 (the
+    responder reports what it saw, IP_RECVTTL); one sent with TTL 1 is answered with ICMP time exceeded
+    from the VIP (read on the client with IP_RECVERR)."""
+    svc = f"{topo.vip}:{UDP_PORT}"
+    rs = topo.reals[0]
+    lbd.lbadm("-A", "-u", svc, "-s", "rr")
+    lbd.lbadm("-a", "-u", svc, "-r", f"{rs.addr}:{UDP_PORT}", "-g")
+    lbd.wait_resolved()
+    five = Flow(client="client", addr=topo.client.addr, port=45000)
+    udp_exchange(topo.client.netns, five, topo.vip, UDP_PORT, ttl=5)
+    assert (five.outcome, five.ttl) == (rs.name, 4)
+    one = Flow(client="client", addr=topo.client.addr, port=45001)
+    udp_exchange(topo.client.netns, one, topo.vip, UDP_PORT, ttl=1)
+    assert one.outcome == f"icmp:11/0 from {topo.vip}"
+    assert lbd.ok("counters")["reasons"].get("ttl_exceeded") == 1
