@@ -119,7 +119,10 @@ class Engine(Protocol):
     name: str
 
     # ---- packet path (no I/O; the caller supplies the time)
-    def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action: ...
+    def process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
+        """`loopback`: the packet came in on lo (the director's own traffic to a VIP, looped back): it
+        never met input routing, so the martian-source checks do not apply (LB_PKT_F_LOOPBACK)."""
+        ...
     def expire(self, now_ms: int) -> int: ...
     def timers(self, now_ms: int) -> list[Action]:
         """Run the due timers (SYN-proxy retransmissions, give-ups); their actions to send."""

@@ -301,14 +301,15 @@ class PyEngine:
 
     # ---- packet path -------------------------------------------------------------
 
-    def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
-        """One packet; `mark` is its firewall mark (fwmark services are looked up by it first)."""
+    def process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
+        """One packet; `mark` is its firewall mark (fwmark services are looked up by it first); `loopback`:
+        it came in on lo (the director's own: exempt from the martian-source checks)."""
         with self._lock:
-            action = self._process(packet, now_ms, mark)
+            action = self._process(packet, now_ms, mark, loopback)
             self._reason_counts[action.reason] += 1
             return action
 
-    def _process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
+    def _process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
         self._expire(now_ms)
         parsed = parse_packet(packet)
         if isinstance(parsed, Rejection):
@@ -316,7 +317,7 @@ class PyEngine:
 
         proto, flags = parsed.proto, parsed.tcp_flags
         if proto == IPPROTO_ICMP:
-            if is_martian_source(parsed.saddr):
+            if not loopback and is_martian_source(parsed.saddr):
                 return _MARTIAN_SRC  # the kernel's routing drops it before IPVS (ip_route_input_slow)
             return self._icmp(packet, parsed)
         key: ConnKey = (proto, parsed.saddr, parsed.sport, parsed.daddr, parsed.dport)
@@ -349,9 +350,9 @@ class PyEngine:
             if not conn.dest.available:
                 return _DEST_UNAVAILABLE  # the timer is not restarted
         else:
-            if is_martian_source(parsed.saddr):
+            if not loopback and is_martian_source(parsed.saddr):
                 # The kernel's routing drops it before IPVS (ip_route_input_slow). On a miss only: no
-                # entry can have such a source.
+                # entry can have such a source. A looped-back packet never met input routing.
                 return _MARTIAN_SRC
             # ip_vs_service_find's order: the fwmark service of the packet's mark, the exact
             # <protocol, VIP, port>, then the VIP's port-zero ("all ports") service, which receives
@@ -363,7 +364,7 @@ class PyEngine:
                 service = self._services.get((proto, parsed.daddr, 0))
             if service is None:
                 return _NO_SERVICE
-            if parsed.saddr in self._host_addrs or self._vips[parsed.saddr]:
+            if not loopback and (parsed.saddr in self._host_addrs or self._vips[parsed.saddr]):
                 return _LOCAL_SRC  # a source that is the director's own (fib_validate_source)
             if service.spec.synproxy and proto == IPPROTO_TCP:
                 return self._sp_miss(service, packet, parsed, now_ms)

@@ -360,6 +360,13 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms,
  * ip_vs_service_find does. lb_process(...) is lb_process_mark(..., 0, ...). */
 int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint64_t now_ms,
                     uint8_t *out, uint32_t out_cap, struct lb_action *act);
+/* lb_process_mark for a packet with flags: LB_PKT_F_LOOPBACK says it came in on the loopback device
+ * (the director's own traffic to a VIP, looped back: the adapter passes NFQA_IFINDEX_INDEV == 1). Such a
+ * packet never met input routing, so the martian-source checks (LB_R_MARTIAN_SRC, LB_R_LOCAL_SRC) do
+ * not apply to it. lb_process_mark(...) is lb_process_pkt(..., flags 0, ...). */
+#define LB_PKT_F_LOOPBACK 1
+int lb_process_pkt(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint32_t flags, uint64_t now_ms,
+                   uint8_t *out, uint32_t out_cap, struct lb_action *act);
 /* Expire up to `budget` table slots' worth of dead entries (0 = whole table); returns entries freed. Locks. */
 int lb_expire(lb_t *lb, uint64_t now_ms, uint32_t budget);
 

@@ -242,6 +242,12 @@ static inline struct lb_svc *find_service(const lb_t *lb, const struct lb_pkt *p
 int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint64_t now_ms, uint8_t *out,
                     uint32_t out_cap, struct lb_action *act)
 {
+    return lb_process_pkt(lb, pkt, len, mark, 0, now_ms, out, out_cap, act);
+}
+
+int lb_process_pkt(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint32_t flags, uint64_t now_ms,
+                   uint8_t *out, uint32_t out_cap, struct lb_action *act)
+{
     struct lb_pkt p;
     if (LB_UNLIKELY(!lb || !act || (!pkt && len)))
         return LB_EINVAL;
@@ -256,7 +262,7 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
 
     int r = lb_parse_inline(pkt, len, &p);
     if (LB_UNLIKELY(r != LB_R_FORWARDED)) {
-        if (r == LB_R_ICMP && lb_martian_src(p.saddr)) {
+        if (r == LB_R_ICMP && !(flags & LB_PKT_F_LOOPBACK) && lb_martian_src(p.saddr)) {
             act->verdict = LB_V_DROP; /* the kernel's routing drops it (ip_route_input_slow) */
             r = LB_R_MARTIAN_SRC;
         } else if (r == LB_R_ICMP) {
@@ -312,8 +318,9 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
     } else {
         /* A martian source is refused by the kernel's routing before IPVS would see it
          * (ip_route_input_slow). Checked on a miss only: no entry can have such a source, so the
-         * packets of established flows pay nothing for it. */
-        if (LB_UNLIKELY(lb_martian_src(p.saddr))) {
+         * packets of established flows pay nothing for it. A looped-back packet (the director's
+         * own) never met input routing: exempt. */
+        if (LB_UNLIKELY(lb_martian_src(p.saddr)) && !(flags & LB_PKT_F_LOOPBACK)) {
             act->verdict = LB_V_DROP;
             finish(lb, act, LB_R_MARTIAN_SRC);
             return LB_OK;
@@ -324,7 +331,7 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
             finish(lb, act, LB_R_NO_SERVICE);
             return LB_OK;
         }
-        if (LB_UNLIKELY(lb_is_local(lb, p.saddr))) {
+        if (LB_UNLIKELY(lb_is_local(lb, p.saddr)) && !(flags & LB_PKT_F_LOOPBACK)) {
             /* A source that is the director's own (fib_validate_source): spoofed, or looped back. */
             act->verdict = LB_V_DROP;
             finish(lb, act, LB_R_LOCAL_SRC);

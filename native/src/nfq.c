@@ -74,6 +74,7 @@
 #define NFQ_SNDBUF_BYTES (4 * 1024 * 1024)
 #define NFQ_TX_WAITS 20                    /* ~1 ms polls for room per batch before a frame is dropped */
 #define NFQ_POLL_MS 100
+#define NFQ_LOOPBACK_IFINDEX 1             /* the kernel's LOOPBACK_IFINDEX: lo in every namespace */
 #define NFQ_EXPIRE_EVERY_MS 100
 #define NFQ_EXPIRE_STEPS 10                /* the whole table is swept every 10 ticks (~1 s) */
 #define NFQ_VERDICT_MSG_MAX (LB_PKT_MAX + 512)
@@ -152,7 +153,7 @@ static int nfq_config(struct lb_nfq *q, uint8_t cmd, int set_params, uint32_t fl
 /* Parse one packet message; returns 0 and fills id/payload, or -1. */
 /* Parse one packet message; returns 0 and fills id/payload/skb info, or -1. */
 static int parse_packet_msg(const struct nlmsghdr *nlh, uint32_t *id, uint8_t **payload, uint32_t *plen,
-                            uint32_t *skbinfo, uint32_t *mark)
+                            uint32_t *skbinfo, uint32_t *mark, uint32_t *flags)
 {
     struct nlattr *attr[NFQA_MAX + 1];
     memset(attr, 0, sizeof(attr));
@@ -171,6 +172,11 @@ static int parse_packet_msg(const struct nlmsghdr *nlh, uint32_t *id, uint8_t **
     /* The skb mark (fwmark services; an operator's MARK rule set it before lbd's mangle rule queued
      * the packet). Absent when 0. */
     *mark = attr[NFQA_MARK] ? ntohl(mnl_attr_get_u32(attr[NFQA_MARK])) : 0;
+    /* In on the loopback device (the director's own traffic to a VIP): not subject to the martian
+     * checks of input routing, which it never met. LOOPBACK_IFINDEX is 1 in every namespace. */
+    *flags = attr[NFQA_IFINDEX_INDEV] && ntohl(mnl_attr_get_u32(attr[NFQA_IFINDEX_INDEV])) == NFQ_LOOPBACK_IFINDEX
+                 ? LB_PKT_F_LOOPBACK
+                 : 0;
     return 0;
 }
 
@@ -421,7 +427,7 @@ static int send_whole(struct lb_nfq *q, struct batch_item *items, int first, int
 /* A GSO packet: cut it into segments (items n..), process each; returns the items used.
  * Called with the lock held; may release it to flush when the items run out. */
 static int process_gso(struct lb_nfq *q, struct batch_item *items, int n, uint32_t id, uint8_t *pkt,
-                       uint32_t len, uint32_t mark, uint64_t t)
+                       uint32_t len, uint32_t mark, uint32_t pflags, uint64_t t)
 {
     uint32_t seg_len[NFQ_ITEMS];
     q->stats.gso_packets++;
@@ -459,7 +465,8 @@ static int process_gso(struct lb_nfq *q, struct batch_item *items, int n, uint32
         it->pkt = q->seg + (size_t)n * q->gso_mtu;
         it->len = seg_len[s];
         it->valid = 1;
-        lb_process_mark(q->lb, it->pkt, it->len, mark, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX, &it->act);
+        lb_process_pkt(q->lb, it->pkt, it->len, mark, pflags, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX,
+                       &it->act);
         n++;
         /* Not ours (e.g. no connection): the kernel gets the original whole, as without GSO. */
         if (s == 0 && it->act.verdict == LB_V_ACCEPT)
@@ -481,13 +488,13 @@ static void process_batch(struct lb_nfq *q, int nmsgs)
         for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
             if (NFNL_MSG_TYPE(nlh->nlmsg_type) != NFQNL_MSG_PACKET)
                 continue;
-            uint32_t id, plen, info, mark;
+            uint32_t id, plen, info, mark, pflags;
             uint8_t *pkt;
-            if (parse_packet_msg(nlh, &id, &pkt, &plen, &info, &mark) < 0)
+            if (parse_packet_msg(nlh, &id, &pkt, &plen, &info, &mark, &pflags) < 0)
                 continue;
             q->stats.packets++;
             if ((info & NFQA_SKB_GSO) && q->seg) {
-                n = process_gso(q, items, n, id, pkt, plen, mark, t);
+                n = process_gso(q, items, n, id, pkt, plen, mark, pflags, t);
             } else {
                 /* Partial checksum (with NFQA_CFG_F_GSO only): complete it, as the kernel would have. */
                 if ((info & NFQA_SKB_CSUMNOTREADY) && pkt && lb_csum_complete(pkt, plen) == LB_OK)
@@ -499,7 +506,7 @@ static void process_batch(struct lb_nfq *q, int nmsgs)
                 it->pkt = pkt;
                 it->len = plen;
                 it->valid = 1;
-                lb_process_mark(q->lb, it->pkt, it->len, mark, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX,
+                lb_process_pkt(q->lb, it->pkt, it->len, mark, pflags, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX,
                                 &it->act);
                 n++;
             }

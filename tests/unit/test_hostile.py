@@ -98,3 +98,17 @@ def test_ttl_runs_out_on_the_director_as_in_the_kernel(factory: Callable[[], Any
     answer = IP(a.out)
     assert (answer.src, answer.dst, answer[ICMP].type, answer[ICMP].code) == (VIP, CLIENT, 11, 0)
     assert raw(answer[ICMP].payload)[:28] == last[:28]
+
+
+@pytest.mark.parametrize("factory", _factories())
+def test_looped_back_packets_are_not_martians(factory: Callable[[], Any]) -> None:
+    """The director's own connection to a VIP comes back in on lo with a local source (the VIP, an
+    interface address): the kernel never routes it on input (no martian check), and neither does lbd
+    when the adapter says it came in on lo (LB_PKT_F_LOOPBACK); from anywhere else it is a martian."""
+    e = _engine(factory)
+    e.set_local_addrs(["10.0.0.2"])
+    for src, port in ((VIP, 41000), ("10.0.0.2", 41001), ("127.0.0.1", 41002)):
+        pkt = raw(IP(src=src, dst=VIP) / TCP(sport=port, dport=80, flags="S"))
+        assert e.process(pkt, 1000).verdict == Verdict.DROP, src
+        assert e.process(pkt, 1000, loopback=True).verdict == Verdict.XMIT_L2, src
+    assert (e.counters()["local_src"], e.counters()["martian_src"], e.counters()["forwarded"]) == (2, 1, 3)

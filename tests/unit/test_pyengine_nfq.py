@@ -44,6 +44,8 @@ class FakeSocket:
 
 
 class FakePacket:
+    indev = 2  # not lo
+
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
         self.verdicts: list[str] = []
@@ -71,7 +73,7 @@ class FakeEngine:
         self.timer_actions = timer_actions or []
         self.seen: list[tuple[bytes, int]] = []
 
-    def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
+    def process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
         self.seen.append((packet, now_ms))
         assert self.action is not None
         return self.action
@@ -180,7 +182,7 @@ def test_stats_keys_mirror_the_c_adapter() -> None:
 
 def test_engine_failure_fails_closed() -> None:
     class Broken(FakeEngine):
-        def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
+        def process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
             raise RuntimeError("boom")
 
     a = adapter(Broken())
