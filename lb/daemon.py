@@ -284,16 +284,35 @@ def _reload_on_sighup(director: Director) -> None:
     sdnotify.ready(outcome)
 
 
+def sync_local_addrs(director: Director) -> None:
+    """Tell the engine the director's own addresses (a new connection from one is a martian source,
+    as fib_validate_source has it); a failure keeps the previous set and is logged."""
+    from lb import netlink
+
+    try:
+        addrs = netlink.local_addresses()
+        director.engine.set_local_addrs(addrs)
+    except Exception as exc:
+        log.warning("could not read the director's own addresses (martian-source check keeps the previous "
+                    "set): %s", exc)
+        return
+    log.debug("director's own addresses: %s", ", ".join(addrs) or "none")
+
+
 def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Any:
     """Re-resolve every destination when routes, addresses, neighbours or links change."""
     from lb import netmonitor
 
     pending: dict[str, asyncio.TimerHandle | None] = {"handle": None}
+    addrs_changed = {"yes": False}
 
     def run_refresh() -> None:
         pending["handle"] = None
         if stop.is_set():
             return
+        if addrs_changed["yes"]:
+            addrs_changed["yes"] = False
+            sync_local_addrs(director)
         try:
             director.invalidate_all()
         except Exception:
@@ -301,6 +320,8 @@ def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: as
 
     def on_event(kind: str) -> None:
         log.debug("netlink %s change: re-resolving destinations", kind)
+        if kind in ("addr", netmonitor.EVENT_OVERRUN):
+            addrs_changed["yes"] = True
         if pending["handle"] is None and not stop.is_set():
             pending["handle"] = loop.call_later(0.05, run_refresh)  # coalesce bursts
 
@@ -454,6 +475,7 @@ async def run(args: argparse.Namespace) -> int:
             rules_set_up = True  # from here on the chains are ours to remove on exit (policy open)
             _install_rules(rules, director)
         await server.start()
+        sync_local_addrs(director)
         monitor = _start_monitor(director, loop, stop)
         ready = True
         log.info("lbd %s ready: control socket %s, queue %d, engine %s, down-policy %s%s", __version__,

@@ -55,6 +55,10 @@ class Reason(enum.IntEnum):
     SP_HANDSHAKE = C.LB_R_SP_HANDSHAKE
     PROXY_CUT = C.LB_R_PROXY_CUT
     XMIT_FAILED = C.LB_R_XMIT_FAILED
+    MARTIAN_SRC = C.LB_R_MARTIAN_SRC
+    LOCAL_SRC = C.LB_R_LOCAL_SRC
+    BAD_L4_CSUM = C.LB_R_BAD_L4_CSUM
+    L2_QUEUED = C.LB_R_L2_QUEUED
 
 
 class ConnState(enum.IntEnum):
@@ -118,7 +122,10 @@ class Engine(Protocol):
     name: str
 
     # ---- packet path (no I/O; the caller supplies the time)
-    def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action: ...
+    def process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
+        """`loopback`: the packet came in on lo (the director's own traffic to a VIP, looped back): it
+        never met input routing, so the martian-source checks do not apply (LB_PKT_F_LOOPBACK)."""
+        ...
     def expire(self, now_ms: int) -> int: ...
     def timers(self, now_ms: int) -> list[Action]:
         """Run the due timers (SYN-proxy retransmissions, give-ups); their actions to send."""
@@ -146,6 +153,10 @@ class Engine(Protocol):
     def zero_service(self, key: ServiceKey) -> None: ...
     def set_timeouts(self, tcp_s: int, tcpfin_s: int, udp_s: int) -> None: ...
     def get_timeouts(self) -> tuple[int, int, int]: ...
+    def set_local_addrs(self, addrs: Sequence[str]) -> None:
+        """The director's own IPv4 addresses (interface and broadcast addresses): a new connection
+        from one of them, or from any service's virtual address, is dropped (LOCAL_SRC)."""
+        ...
     def set_synproxy(self, key: ServiceKey | None, conf: SynproxyConf | None) -> None:
         """The global SYN-proxy default (key None), or one service's own (conf None: the default)."""
         ...

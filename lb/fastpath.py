@@ -112,11 +112,13 @@ class CEngine:
         self._nfqs: list[object] = []  # one adapter (thread) per queue, in queue order
 
     # ------------------------------------------------------------ packet path
-    def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
-        """One packet; `mark` is its firewall mark (fwmark services are looked up by it first)."""
+    def process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
+        """One packet; `mark` is its firewall mark (fwmark services are looked up by it first); `loopback`:
+        it came in on lo (the director's own, exempt from the martian-source checks)."""
         act = self._act
-        _check(lib.lb_process_mark(self._lb, packet, len(packet), mark, now_ms, self._out, lib.LB_PKT_MAX, act),
-               "lb_process")
+        flags = lib.LB_PKT_F_LOOPBACK if loopback else 0
+        _check(lib.lb_process_pkt(self._lb, packet, len(packet), mark, flags, now_ms, self._out, lib.LB_PKT_MAX,
+                                  act), "lb_process")
         verdict = Verdict(act.verdict)
         out = bytes(ffi.buffer(self._out, act.out_len)) if verdict != Verdict.DROP and act.out_len else b""
         l2hdr = bytes(act.l2hdr) if verdict == Verdict.XMIT_L2 else b""
@@ -221,6 +223,12 @@ class CEngine:
     def set_timeouts(self, tcp_s: int, tcpfin_s: int, udp_s: int) -> None:
         """ipvsadm --set: ESTABLISHED, FIN_WAIT and UDP timeouts in seconds; 0 keeps a value."""
         _check(lib.lb_set_timeouts(self._lb, tcp_s, tcpfin_s, udp_s), "set timeouts")
+
+    def set_local_addrs(self, addrs: Sequence[str]) -> None:
+        """The director's own addresses: a new connection from one is a martian (LOCAL_SRC)."""
+        packed = [int.from_bytes(socket.inet_aton(a), "big") for a in addrs]
+        arr = ffi.new("uint32_t[]", packed or [0])
+        _check(lib.lb_local_addrs_set(self._lb, arr, len(packed)), "set local addresses")
 
     def get_timeouts(self) -> tuple[int, int, int]:
         vals = ffi.new("uint32_t[3]")

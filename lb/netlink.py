@@ -81,6 +81,30 @@ ETH_ALEN = 6
 BLOCKING_TIMEOUT_S = 5.0  # Resolver.resolve_blocking: a few netlink round trips take milliseconds
 
 
+RT_TABLE_LOCAL = 255
+RTN_LOCAL = 2
+RTN_BROADCAST = 3
+
+
+def local_addresses(ipr: IPRoute | None = None) -> list[str]:
+    """The host's own IPv4 addresses as fib_validate_source sees them: every /32 of the kernel's local
+    routing table whose type is local or broadcast (interface addresses, subnet broadcasts). A packet
+    arriving from one of them is a martian source."""
+    own = ipr is None
+    ipr = ipr or IPRoute()
+    try:
+        found: set[str] = set()
+        for msg in ipr.get_routes(family=socket.AF_INET, table=RT_TABLE_LOCAL):
+            if msg["type"] in (RTN_LOCAL, RTN_BROADCAST) and msg["dst_len"] == 32:
+                dst = msg.get_attr("RTA_DST")
+                if dst:
+                    found.add(dst)
+        return sorted(found, key=lambda a: socket.inet_aton(a))
+    finally:
+        if own:
+            ipr.close()
+
+
 class NetlinkResolveError(RuntimeError):
     """The kernel refused a query for a reason that is not a fact about the destination."""
 

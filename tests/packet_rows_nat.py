@@ -162,9 +162,12 @@ def rows() -> list[Row]:
 
     syn_ttl1, synack_ttl1 = t._with_ttl(syn, 1), t._with_ttl(synack, 1)
     out.append(Row(
-        "nat-ttl-exceeded", "NAT: the director routes both ways, so a TTL of 1 is dropped both ways "
-        "(R_TTL_EXCEEDED); the entry is made and the packets counted before the rewrite", nat_setup,
-        (t.verdict(syn_ttl1, 0, "DROP", "TTL_EXCEEDED"), t.verdict(synack_ttl1, 5, "DROP", "TTL_EXCEEDED")),
+        "nat-ttl-exceeded", "NAT: the director routes both ways, so a TTL of 1 runs out both ways (R_TTL_EXCEEDED): "
+        "the client gets ICMP time exceeded from the VIP; the real server's reply is dropped, its destination "
+        "having no route source address to answer from; the entry is made and the packets counted before the "
+        "rewrite", nat_setup,
+        (PacketStep(syn_ttl1, 0, "ANSWER", "TTL_EXCEEDED", out=t.time_exceeded(syn_ttl1, VIP)),
+         t.verdict(synack_ttl1, 5, "DROP", "TTL_EXCEEDED")),
         (DestExpect(TCP80, RS1, RPORT, active=1, conns=1, inpkts=1, inbytes=sz(syn), outpkts=1,
                     outbytes=sz(synack)), udp_dest),
         (ServiceExpect(TCP80, 1, 1, sz(syn), 1, sz(synack)), udp_svc),
@@ -174,7 +177,7 @@ def rows() -> list[Row]:
     out.append(Row(
         "nat-no-l2", "NAT without forwarding state: entry made and counted, packet dropped (R_NO_L2); a reply still "
         "goes back (the kernel routes it)", no_l2,
-        (t.verdict(syn, 0, "DROP", "NO_L2"), xout(synack, 5)),
+        (t.verdict(syn, 0, "DROP", "L2_QUEUED"), xout(synack, 5)),
         (DestExpect(TCP80, RS1, RPORT, active=1, conns=1, inpkts=1, inbytes=sz(syn), outpkts=1,
                     outbytes=sz(synack)), udp_dest),
         (ServiceExpect(TCP80, 1, 1, sz(syn), 1, sz(synack)), udp_svc),

@@ -124,6 +124,7 @@ class Setup:
     timeouts: tuple[int, int, int] | None = None  # set_timeouts(tcp, tcpfin, udp) seconds, None = defaults
     lport_min: int = LPORT_MIN  # FULLNAT local port range (engines are made with hash_seed HASH_SEED)
     lport_max: int = LPORT_MAX
+    local_addrs: tuple[str, ...] = ()  # the director's own addresses (engine.set_local_addrs)
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ class Row:
     tags: tuple[str, ...] = field(default=())
     laddrs: tuple[tuple[SvcRef, str, int], ...] | None = None  # (service, local address, conns); None: not checked
     sp_stats: tuple[tuple[str, int], ...] | None = None  # non-zero SYN-proxy counters; None: not checked
+    timer_counts: tuple[tuple[str, int], ...] = ()  # per-reason counts the timers add (held packets dropped)
 
     @property
     def packet_steps(self) -> tuple[PacketStep, ...]:
@@ -277,17 +279,42 @@ def expected_port_unreachable(packet: bytes) -> bytes:
     return bytes(answer)
 
 
-def fwd(packet: bytes, now_ms: int, dest: str, note: str = "") -> PacketStep:
-    frame = expected_frame(dest, packet)
-    return PacketStep(packet, now_ms, "XMIT_L2", "FORWARDED", ifindex=IFINDEX, l2hdr=frame[:14],
+def ttl_dec(packet: bytes) -> bytes:
+    """What every method sends on: the packet up to its total length, TTL - 1, header checksum recomputed
+    (the kernel's __ip_vs_get_out_rt -> decrement_ttl, DR included)."""
+    s = _scapy()
+    p = s.IP(packet)
+    p.ttl -= 1
+    del p.chksum
+    ihl = p.ihl * 4
+    header = bytes(p)[:ihl]
+    return header + packet[ihl:p.len]
+
+
+def fwd(packet: bytes, now_ms: int, dest: str, note: str = "", reason: str = "FORWARDED") -> PacketStep:
+    """DR: XMIT_L2 of the packet with its TTL decremented."""
+    out = ttl_dec(packet)
+    frame = expected_frame(dest, out)
+    return PacketStep(packet, now_ms, "XMIT_L2", reason, out=out, ifindex=IFINDEX, l2hdr=frame[:14],
                       frame=frame, note=note or f"forwarded to {dest}")
 
 
 def fwd_frag(packet: bytes, now_ms: int, dest: str, frag_mtu: int) -> PacketStep:
-    """DR: the unchanged packet, too big for the path, leaves as fragments of frag_mtu bytes."""
-    frame = expected_frame(dest, packet)
-    return PacketStep(packet, now_ms, "XMIT_L2", "FORWARDED", ifindex=IFINDEX, l2hdr=frame[:14], frame=frame,
+    """DR: the packet (TTL decremented), too big for the path, leaves as fragments of frag_mtu bytes."""
+    out = ttl_dec(packet)
+    frame = expected_frame(dest, out)
+    return PacketStep(packet, now_ms, "XMIT_L2", "FORWARDED", out=out, ifindex=IFINDEX, l2hdr=frame[:14], frame=frame,
                       note=f"forwarded to {dest} as fragments of {frag_mtu} bytes", frag_mtu=frag_mtu)
+
+
+def time_exceeded(packet: bytes, src: str) -> bytes:
+    """ICMP time exceeded in transit (11/0) from `src` to the packet's source (TOS 0, id 0, DF clear,
+    TTL 64), quoting its header and first 8 payload bytes: the kernel's decrement_ttl at TTL <= 1."""
+    s = _scapy()
+    original = s.IP(packet)
+    quote = packet[: original.ihl * 4 + 8]
+    return bytes(s.IP(src=src, dst=original.src, tos=0, id=0, flags=0, frag=0, ttl=64, proto=1)
+                 / s.ICMP(type=11, code=0) / s.Raw(quote))
 
 
 def verdict(packet: bytes, now_ms: int, verdict_name: str, reason: str, note: str = "") -> PacketStep:
@@ -608,22 +635,26 @@ def _l2_and_table_rows() -> list[Row]:
     syn = tcp()
     size = ip_total_length(syn)
     rows.append(Row(
-        "no-l2", "a destination without forwarding state: the entry is made and counted, the packet dropped",
-        setup, (verdict(syn, 0, "DROP", "NO_L2"),),
+        "no-l2", "a destination without forwarding state: the entry is made and counted, the packet held until "
+        "the state is installed (L2_QUEUED; tests/packet_rows_faults.py has what becomes of it)",
+        setup, (verdict(syn, 0, "DROP", "L2_QUEUED"),),
         (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=size),), (ServiceExpect(TCP80, 1, 1, size),),
         (conn("SYN_RECV", T_SR, RS1),), tags=("l2",)))
     rows.append(Row(
-        "no-l2-then-resolved", "once forwarding state is installed the same entry's packets are forwarded",
-        setup, (verdict(syn, 0, "DROP", "NO_L2"), ConfigStep("set_fwd", TCP80, DestSetup(RS1), 1),
+        "no-l2-then-resolved", "once forwarding state is installed the held SYN leaves from the timers and the "
+        "same entry's packets are forwarded",
+        setup, (verdict(syn, 0, "DROP", "L2_QUEUED"), ConfigStep("set_fwd", TCP80, DestSetup(RS1), 1),
+                TimerStep(1, (("XMIT_L2", "FORWARDED", ttl_dec(syn), IFINDEX, expected_frame(RS1, syn)[:14]),)),
                 fwd(tcp(flags="A", seq=1001, ack=1), 2, RS1)),
         (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=2 * size, handshakes=1),),
         (ServiceExpect(TCP80, 1, 2, 2 * size),),
         (conn("ESTABLISHED", T_ES, RS1),), check_ms=2, tags=("l2",)))
     rows.append(Row(
-        "l2-invalidated", "invalidating a destination's forwarding state drops its packets with NO_L2",
+        "l2-invalidated", "invalidating a destination's forwarding state holds its packets until it is resolved "
+        "again (L2_QUEUED)",
         Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1),)),)),
         (fwd(syn, 0, RS1), ConfigStep("set_fwd", TCP80, DestSetup(RS1, l2=False), 1),
-         verdict(tcp(flags="A", seq=1001, ack=1), 2, "DROP", "NO_L2")),
+         verdict(tcp(flags="A", seq=1001, ack=1), 2, "DROP", "L2_QUEUED")),
         (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=2 * size, handshakes=1),),
         (ServiceExpect(TCP80, 1, 2, 2 * size),),
         (conn("ESTABLISHED", T_ES, RS1),), check_ms=2, tags=("l2",)))
@@ -916,9 +947,7 @@ def _icmp_rows() -> list[Row]:
                    (conn("ESTABLISHED", T_ES - 10, RS1),), check_ms=20, tags=("icmp",))
 
     def icmp_fwd(packet: bytes) -> PacketStep:
-        frame = expected_frame(RS1, packet)
-        return PacketStep(packet, 20, "XMIT_L2", "ICMP", ifindex=IFINDEX, l2hdr=frame[:14], frame=frame,
-                          note="ICMP error forwarded unchanged to the entry's real server")
+        return fwd(packet, 20, RS1, "ICMP error forwarded to the entry's real server, TTL - 1", reason="ICMP")
 
     frag_needed = icmp_error(reply_quote(), 3, 4, nexthopmtu=1400)
     rows.append(about_flow("icmp-frag-needed-dr", "an ICMP fragmentation-needed about a DR connection's reply goes "
@@ -957,11 +986,9 @@ def _icmp_rows() -> list[Row]:
     udp_setup = one_dest()
     query = udp(sport=50000)
     udp_error = icmp_error(reply_quote(28, proto="udp", sport=53, dport=50000), 3, 3)
-    frame = expected_frame(RS1, udp_error)
     qsize, esize = ip_total_length(query), ip_total_length(udp_error)
     rows.append(Row("icmp-udp-flow", "an ICMP port unreachable about a UDP flow's reply goes to its real server",
-                    udp_setup, (fwd(query, 0, RS1), PacketStep(udp_error, 5, "XMIT_L2", "ICMP", ifindex=IFINDEX,
-                                                                 l2hdr=frame[:14], frame=frame)),
+                    udp_setup, (fwd(query, 0, RS1), fwd(udp_error, 5, RS1, reason="ICMP")),
                     (DestExpect(TCP80, RS1), DestExpect(UDP53, RS1, 53, inactive=1, conns=1, inpkts=2,
                                                         inbytes=qsize + esize)),
                     (ServiceExpect(TCP80), ServiceExpect(UDP53, 1, 2, qsize + esize)),
@@ -969,17 +996,15 @@ def _icmp_rows() -> list[Row]:
 
     no_l2 = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1, l2=False),)),))
     rows.append(Row("icmp-no-l2", "an ICMP error about an entry whose destination has no forwarding state is dropped "
-                    "(and counted)", no_l2, (verdict(syn, 0, "DROP", "NO_L2"), verdict(frag_needed, 20, "DROP", "NO_L2")),
+                    "(and counted)", no_l2, (verdict(syn, 0, "DROP", "L2_QUEUED"), verdict(frag_needed, 20, "DROP", "NO_L2")),
                     (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=2, inbytes=size + ip_total_length(frag_needed)),),
                     (ServiceExpect(TCP80, 1, 2, size + ip_total_length(frag_needed)),),
                     (conn("SYN_RECV", T_SR - 20, RS1),), check_ms=20, tags=("icmp", "l2")))
     two = Setup((ServiceSetup(TCP80, "rr", (DestSetup(RS1), DestSetup(RS2))),))
-    error_frame = expected_frame(RS2, frag_needed)
     rows.append(Row("icmp-deleted-dest", "an ICMP error about an entry of a deleted destination still follows the "
                     "entry (no availability check for ICMP) but counts nowhere (ip_vs_in_stats: AVAILABLE only)", two,
                     (fwd(syn, 0, RS2), ConfigStep("del_dest", TCP80, DestSetup(RS2), 1),
-                     PacketStep(frag_needed, 20, "XMIT_L2", "ICMP", ifindex=IFINDEX, l2hdr=error_frame[:14],
-                                frame=error_frame)),
+                     fwd(frag_needed, 20, RS2, reason="ICMP")),
                     (DestExpect(TCP80, RS1),), (ServiceExpect(TCP80, 1, 1, size),),
                     (conn("SYN_RECV", T_SR - 20, RS2),), check_ms=20, tags=("icmp", "deleted")))
     for k in range(0, 8):
@@ -1369,7 +1394,7 @@ def ipip(inner: bytes, src: str = TUN_SRC, dst: str = RS1) -> bytes:
     i = s.IP(inner)
     df = bool(i.flags.DF)
     outer = s.IP(src=src, dst=dst, tos=i.tos, id=0 if df else i.id, flags="DF" if df else 0, ttl=64, proto=4)
-    return bytes(outer / s.Raw(inner))
+    return bytes(outer / s.Raw(ttl_dec(inner)))  # the inner TTL decremented before encapsulation
 
 
 def director_icmp(packet: bytes, code: int, mtu: int = 0) -> bytes:
@@ -1562,9 +1587,11 @@ def _fnat_rows() -> list[Row]:
     syn_ttl1 = _with_ttl(syn, 1)
     synack_ttl1 = _with_ttl(synack, 1)
     rows.append(Row(
-        "fnat-ttl-exceeded", "FULLNAT: a TTL of 1 cannot be decremented: dropped both ways (R_TTL_EXCEEDED); the "
-        "entry is made and the packets counted before the rewrite", setup,
-        (verdict(syn_ttl1, 0, "DROP", "TTL_EXCEEDED"), verdict(synack_ttl1, 5, "DROP", "TTL_EXCEEDED")),
+        "fnat-ttl-exceeded", "FULLNAT: a TTL of 1 cannot be decremented: ICMP time exceeded both ways "
+        "(R_TTL_EXCEEDED), to the client from the VIP, to the real server from the local address; the entry is "
+        "made and the packets counted before the rewrite", setup,
+        (PacketStep(syn_ttl1, 0, "ANSWER", "TTL_EXCEEDED", out=time_exceeded(syn_ttl1, VIP)),
+         PacketStep(synack_ttl1, 5, "ANSWER", "TTL_EXCEEDED", out=time_exceeded(synack_ttl1, LIP1))),
         (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=n["syn"], outpkts=1, outbytes=n["synack"]),
          udp_dest),
         (ServiceExpect(TCP80, 1, 1, n["syn"], 1, n["synack"]), udp_svc),
@@ -1608,7 +1635,7 @@ def _fnat_rows() -> list[Row]:
     rows.append(Row(
         "fnat-no-l2", "FULLNAT without forwarding state: entry made and counted, packet dropped (R_NO_L2); a reply "
         "still goes back (the kernel routes it)", no_l2,
-        (verdict(syn, 0, "DROP", "NO_L2"), answered(synack, to_client["synack"], 5)),
+        (verdict(syn, 0, "DROP", "L2_QUEUED"), answered(synack, to_client["synack"], 5)),
         (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=1, inbytes=n["syn"], outpkts=1, outbytes=n["synack"]),
          udp_dest),
         (ServiceExpect(TCP80, 1, 1, n["syn"], 1, n["synack"]), udp_svc),
@@ -1678,7 +1705,7 @@ def _tun_rows() -> list[Row]:
     rows.append(one("tun-no-source", "IPIP without a route source address: never an outer source 0.0.0.0: "
                     "DROP/R_NO_L2", (verdict(syn, 0, "DROP", "NO_L2"),), "SYN_RECV", T_SR, (syn,),
                     row_setup=_tun_setup(saddr="0.0.0.0"), tags=("l2",)))
-    rows.append(one("tun-no-l2", "IPIP without forwarding state: DROP/R_NO_L2", (verdict(syn, 0, "DROP", "NO_L2"),),
+    rows.append(one("tun-no-l2", "IPIP without forwarding state: held (R_L2_QUEUED)", (verdict(syn, 0, "DROP", "L2_QUEUED"),),
                     "SYN_RECV", T_SR, (syn,), row_setup=_tun_setup(l2=False), tags=("l2",)))
     query = udp(sport=50000)
     qn = sz(query)
@@ -1709,7 +1736,7 @@ def _tun_rows() -> list[Row]:
         "method-change-keeps-entries", "editing a destination's method (route -> tunnel) drops its forwarding "
         "state; once new state is installed, existing entries keep their method (DR) and new ones use the new "
         "one (IPIP)", dr,
-        (fwd(syn, 0, RS1), ConfigStep("edit_dest", TCP80, as_tun, 1), verdict(ack, 2, "DROP", "NO_L2"),
+        (fwd(syn, 0, RS1), ConfigStep("edit_dest", TCP80, as_tun, 1), verdict(ack, 2, "DROP", "L2_QUEUED"),
          ConfigStep("set_fwd", TCP80, as_tun, 3), fwd(ack, 4, RS1), xmit(syn2, ipip(syn2), 5, RS1)),
         (DestExpect(TCP80, RS1, active=2, conns=2, inpkts=4, inbytes=2 * sz(syn) + 2 * sz(ack),
                     handshakes=1),),
@@ -1761,7 +1788,7 @@ def _icmp_translation_rows() -> list[Row]:
                     verdict(_with_ttl(from_rs, 1), 5, "DROP", "TTL_EXCEEDED"), 0, 1))
     rows.append(row("icmp-fnat-no-l2", "an ICMP error towards a real server without forwarding state is dropped "
                     "(R_NO_L2), counted", verdict(from_client, 5, "DROP", "NO_L2"), 1, 0,
-                    row_setup=_fnat_setup(l2=False), first=verdict(syn, 0, "DROP", "NO_L2")))
+                    row_setup=_fnat_setup(l2=False), first=verdict(syn, 0, "DROP", "L2_QUEUED")))
     bad = _fix_icmp_checksum(from_rs, good=False)
     rows.append(row("icmp-bad-csum-out", "an ICMP error about a connection with a wrong ICMP checksum is dropped "
                     "(R_BAD_CSUM, ip_vs_in_icmp) and not counted", verdict(bad, 5, "DROP", "BAD_CSUM"), 0, 0,
@@ -2046,6 +2073,12 @@ def _frag_rows() -> list[Row]:
     return packet_rows_frag.rows()
 
 
+def _fault_rows() -> list[Row]:
+    import packet_rows_faults  # hostile and unlucky packets (issue 16): their own module
+
+    return packet_rows_faults.rows()
+
+
 def _nat_rows() -> list[Row]:
     import packet_rows_nat  # NAT (masquerading): its own module (it builds on this one)
 
@@ -2146,7 +2179,7 @@ def build_rows() -> tuple[Row, ...]:
             + _tcp_flag_rows() + _l2_and_table_rows() + _deleted_dest_rows() + _bad_input_rows() + _icmp_rows()
             + _syn_retrans_rows() + _persistence_rows() + _port_zero_rows() + _fwmark_rows() + _timeout_rows() + _fnat_rows() + _tun_rows()
             + _icmp_translation_rows() + _sp_rows() + _overload_rows() + _list_sched_rows()
-            + _locality_rows() + _hashing_rows() + _nat_rows() + _proxy_rows() + _frag_rows())
+            + _locality_rows() + _hashing_rows() + _nat_rows() + _proxy_rows() + _frag_rows() + _fault_rows())
     ids = [r.id for r in rows]
     duplicates = {i for i in ids if ids.count(i) > 1}
     assert not duplicates, f"duplicate row ids: {duplicates}"
@@ -2192,6 +2225,8 @@ def install_setup(engine: object, setup: Setup) -> None:
 
     if setup.timeouts is not None:
         engine.set_timeouts(*setup.timeouts)  # type: ignore[attr-defined]
+    if setup.local_addrs:
+        engine.set_local_addrs(setup.local_addrs)  # type: ignore[attr-defined]
     for svc in setup.services:
         key = service_key(svc.ref)
         engine.add_service(ServiceSpec(key, svc.sched, svc.persistent, svc.netmask, svc.toa,  # type: ignore[attr-defined]

@@ -136,6 +136,13 @@ _COUNTER_FINDINGS = {
                  "(docs/fastpath.md \"Fragments\"): check it is there, and which other rule queues fragments"),
     "xmit_failed": ("error", "packets lbd decided to send could not be sent (counted as xmit_failed, not forwarded)",
                     "see the nfq send errors and lbd's log"),
+    "martian_src": ("info", "packets from martian sources (0/8, 127/8, multicast, 255.255.255.255) dropped, as the "
+                    "kernel's routing drops them", ""),
+    "l2_queued": ("info", "packets held while a real server's MAC was resolved (sent once it was, or counted no_l2 "
+                  "after 3 s)", ""),
+    "bad_l4_csum": ("info", "SYN-proxy: SYNs or cookie ACKs with a wrong TCP checksum dropped unanswered", ""),
+    "local_src": ("warning", "new connections whose source is the director's own address (a VIP or an interface "
+                  "address) dropped: spoofed, or looped back", "look for spoofing, or a routing loop"),
 }
 _NFQ_FINDINGS = {
     "recv_err": ("warning", "errors receiving from the queue (ENOBUFS: the kernel dropped packets lbd could not take)",

@@ -48,6 +48,7 @@ Choices where docs/fastpath.md is silent (kernel IPVS behaviour unless noted):
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import socket
@@ -88,6 +89,7 @@ from lb.pyengine.conn import (
 from lb.pyengine.csum import internet_checksum
 from lb.pyengine.frag import fit_path_mtu
 from lb.pyengine.icmp import port_unreachable, related_connection_key
+from lb.pyengine.l2q import HeldPackets
 from lb.pyengine.parse import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, Rejection, parse_packet
 from lb.pyengine.proto_tcp import (
     ACTIVE_STATES,
@@ -149,6 +151,17 @@ _ICMP_BAD_CSUM = Action(Verdict.DROP, Reason.BAD_CSUM)
 _TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
 _SP_HELD = Action(Verdict.DROP, Reason.SP_HELD)
 _SP_BAD_COOKIE = Action(Verdict.DROP, Reason.SP_BAD_COOKIE)
+_MARTIAN_SRC = Action(Verdict.DROP, Reason.MARTIAN_SRC)
+_LOCAL_SRC = Action(Verdict.DROP, Reason.LOCAL_SRC)
+_BAD_L4_CSUM = Action(Verdict.DROP, Reason.BAD_L4_CSUM)
+_L2_QUEUED = Action(Verdict.DROP, Reason.L2_QUEUED)
+
+
+def is_martian_source(saddr: bytes) -> bool:
+    """A source the kernel's routing drops whatever its tables say (ip_route_input_slow): 0.0.0.0/8,
+    127.0.0.0/8, multicast 224.0.0.0/4, the limited broadcast 255.255.255.255 (class E is routed)."""
+    first = saddr[0]
+    return first in (0, 127) or 224 <= first < 240 or saddr == b"\xff\xff\xff\xff"
 
 
 class Service:
@@ -272,6 +285,10 @@ class PyEngine:
         self._lport_min, self._lport_max = lport_min, lport_max
         self._lock = threading.RLock()
         self._services: dict[SvcKey, Service] = {}  # insertion order = listing order
+        # The director's own addresses (native/src/local.c): the control plane's set, and the
+        # services' virtual addresses, counted per service (fwmark services have none).
+        self._host_addrs: frozenset[bytes] = frozenset()
+        self._vips: collections.Counter[bytes] = collections.Counter()
         self._trash: dict[DestKey, Destination] = {}
         self._conns = ConnectionTable(conn_max)
         self._bind_ctx = _BindContext(self._conns, lport_min, lport_max)
@@ -282,18 +299,20 @@ class PyEngine:
         self._sp_default = sp.BUILTIN_CONF
         self._sp_stats = dict.fromkeys(sp.STAT_NAMES, 0)
         self._sp_timers = sp.TimerHeap()
+        self._held = HeldPackets()  # packets waiting for their destination's forwarding state
         self._nfq: NfqAdapter | None = None
 
     # ---- packet path -------------------------------------------------------------
 
-    def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
-        """One packet; `mark` is its firewall mark (fwmark services are looked up by it first)."""
+    def process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
+        """One packet; `mark` is its firewall mark (fwmark services are looked up by it first); `loopback`:
+        it came in on lo (the director's own: exempt from the martian-source checks)."""
         with self._lock:
-            action = self._process(packet, now_ms, mark)
+            action = self._process(packet, now_ms, mark, loopback)
             self._reason_counts[action.reason] += 1
             return action
 
-    def _process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
+    def _process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
         self._expire(now_ms)
         parsed = parse_packet(packet)
         if isinstance(parsed, Rejection):
@@ -301,6 +320,8 @@ class PyEngine:
 
         proto, flags = parsed.proto, parsed.tcp_flags
         if proto == IPPROTO_ICMP:
+            if not loopback and is_martian_source(parsed.saddr):
+                return _MARTIAN_SRC  # the kernel's routing drops it before IPVS (ip_route_input_slow)
             return self._icmp(packet, parsed)
         key: ConnKey = (proto, parsed.saddr, parsed.sport, parsed.daddr, parsed.dport)
         hit = self._conns.lookup(key)
@@ -335,6 +356,10 @@ class PyEngine:
             if not conn.dest.available:
                 return _DEST_UNAVAILABLE  # the timer is not restarted
         else:
+            if not loopback and is_martian_source(parsed.saddr):
+                # The kernel's routing drops it before IPVS (ip_route_input_slow). On a miss only: no
+                # entry can have such a source. A looped-back packet never met input routing.
+                return _MARTIAN_SRC
             # ip_vs_service_find's order: the fwmark service of the packet's mark, the exact
             # <protocol, VIP, port>, then the VIP's port-zero ("all ports") service, which receives
             # every port of the VIP without an exact service.
@@ -345,6 +370,8 @@ class PyEngine:
                 service = self._services.get((proto, parsed.daddr, 0))
             if service is None:
                 return _NO_SERVICE
+            if not loopback and (parsed.saddr in self._host_addrs or self._vips[parsed.saddr]):
+                return _LOCAL_SRC  # a source that is the director's own (fib_validate_source)
             if service.spec.synproxy and proto == IPPROTO_TCP:
                 return self._sp_miss(service, packet, parsed, now_ms)
             if service.spec.ops and proto == IPPROTO_UDP:
@@ -371,6 +398,8 @@ class PyEngine:
         self._refresh(conn, now_ms)
         self._count_in(dest, parsed.total_length)
         action = conn.xmit.xmit_in(conn, packet, parsed)
+        if action.reason == Reason.NO_L2 and dest.fwd is None and self._held.hold(dest, packet[:parsed.total_length], now_ms):
+            return _L2_QUEUED  # sent by the timers once the destination is resolved (lb/pyengine/l2q.py)
         if conn.px is not None:
             action = self._px_in(conn, conn.px, action, parsed)  # the PROXY header, or the shift past it
         return fit_path_mtu(action, dest, packet, parsed)
@@ -383,6 +412,24 @@ class PyEngine:
         fwd = conn.dest.fwd
         mtu = fwd.mtu if fwd is not None else 0
         return px.translate_in(state, self._px_header(conn, state), action, parsed, mtu, conn.sp is not None)
+
+    def _send_held(self, dest: Destination, packet: bytes) -> Action | None:
+        """A held packet leaves through its connection's method (native/src/l2q.c send_one), or None."""
+        parsed = parse_packet(packet)
+        if isinstance(parsed, Rejection):
+            return None
+        hit = self._conns.lookup((parsed.proto, parsed.saddr, parsed.sport, parsed.daddr, parsed.dport))
+        if hit is None or hit[1] != DIR_IN or hit[0].dest is not dest or hit[0].sp is not None:
+            return None
+        action = hit[0].xmit.xmit_in(hit[0], packet, parsed)
+        if action.verdict == Verdict.DROP:
+            return None
+        if not action.out:  # sent unchanged (DR): a timer action has no original, so it carries the bytes
+            return Action(action.verdict, action.reason, packet, action.ifindex, action.l2hdr)
+        return action
+
+    def _count_held_drop(self) -> None:
+        self._reason_counts[Reason.NO_L2] += 1
 
 
     def _schedule_dest(self, service: Service, packet: bytes, parsed: ParsedPacket,
@@ -514,6 +561,8 @@ class PyEngine:
         conf = self._sp_conf(service)
         fl = sp.first_flags(parsed.tcp_flags)
         minute = (now_ms // 60000) & sp.M32
+        if fl in (TCP_SYN, TCP_ACK) and not sp.tcp_checksum_ok(packet, parsed):
+            return _BAD_L4_CSUM  # the handshake is ours: a corrupted segment is neither answered nor opened
         if fl == TCP_SYN:
             cmss, csack = sp.parse_syn_options(packet, parsed.ip_header_len, parsed.tcp_doff)
             idx = 0
@@ -696,7 +745,7 @@ class PyEngine:
         (ANSWER: a RST to the client). Dead entries are released first, as for packets."""
         with self._lock:
             self._expire(now_ms)
-            actions = []
+            actions = self._held.drain(now_ms, self._send_held, self._count_held_drop)
             timers = self._sp_timers
             while (due := timers.due()) is not None and due <= now_ms:
                 conn: Connection = timers.pop()  # type: ignore[assignment]
@@ -725,7 +774,8 @@ class PyEngine:
     def timer_due(self) -> int | None:
         """When the next SYN-proxy timer is due (None: none pending); the NFQUEUE adapter polls by it."""
         with self._lock:
-            return self._sp_timers.due()
+            dues = [d for d in (self._sp_timers.due(), self._held.due()) if d is not None]
+            return min(dues) if dues else None
 
     def set_synproxy(self, key: ServiceKey | None, conf: SynproxyConf | None) -> None:
         """The global default (key None), or one service's own settings (conf None: the default)."""
@@ -881,6 +931,8 @@ class PyEngine:
                 raise EngineError("EEXIST", f"service {spec.key} already exists")
             scheduler = self._checked_service_spec(spec)
             self._services[key] = Service(key, spec, scheduler, self._seed0)
+            if key[0] != FWMARK_PROTO:
+                self._vips[key[1]] += 1
 
     def edit_service(self, spec: ServiceSpec) -> None:
         with self._lock:
@@ -1031,6 +1083,12 @@ class PyEngine:
                 if value:
                     self._timeouts_ms[state] = value * 1000
 
+    def set_local_addrs(self, addrs: Sequence[str]) -> None:
+        """The director's own addresses: a new connection from one is a martian (LOCAL_SRC)."""
+        packed = frozenset(socket.inet_aton(a) for a in addrs)
+        with self._lock:
+            self._host_addrs = packed
+
     def get_timeouts(self) -> tuple[int, int, int]:
         with self._lock:
             t = self._timeouts_ms
@@ -1106,6 +1164,10 @@ class PyEngine:
         for method in methods().values():
             method.svc_done(service)
         del self._services[service.key]
+        if service.key[0] != FWMARK_PROTO:
+            self._vips[service.key[1]] -= 1
+            if not self._vips[service.key[1]]:
+                del self._vips[service.key[1]]
 
     # ---- observation -------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from lb.pyengine.parse import IPPROTO_ICMP
 ICMP_DEST_UNREACH = 3
 ICMP_PORT_UNREACH = 3
 ICMP_FRAG_NEEDED = 4
+ICMP_TIME_EXCEEDED = 11
 ANSWER_TTL = 64
 QUOTED_PAYLOAD_LEN = 8  # bytes of the original IP payload quoted after its header (RFC 792)
 
@@ -55,11 +56,16 @@ _ICMP_HEADER = struct.Struct("!BBHI")
 
 
 def _unreachable(packet: bytes, ip_header_len: int, total_length: int, code: int, mtu: int) -> bytes:
+    return _error(packet, ip_header_len, total_length, ICMP_DEST_UNREACH, code, mtu, packet[16:20])
+
+
+def _error(packet: bytes, ip_header_len: int, total_length: int, icmp_type: int, code: int, mtu: int,
+           source: bytes) -> bytes:
     quote_len = ip_header_len + min(QUOTED_PAYLOAD_LEN, total_length - ip_header_len)
     quote = packet[:quote_len]
-    client, vip = packet[12:16], packet[16:20]
+    client, vip = packet[12:16], source
 
-    icmp = _ICMP_HEADER.pack(ICMP_DEST_UNREACH, code, 0, mtu & 0xFFFF) + quote
+    icmp = _ICMP_HEADER.pack(icmp_type, code, 0, mtu & 0xFFFF) + quote
     icmp = icmp[:2] + struct.pack("!H", internet_checksum(icmp)) + icmp[4:]
 
     total = _IPV4_HEADER.size + len(icmp)
@@ -76,6 +82,12 @@ def port_unreachable(packet: bytes, ip_header_len: int, total_length: int) -> by
 def frag_needed(packet: bytes, ip_header_len: int, total_length: int, mtu: int) -> bytes:
     """ICMP fragmentation needed (next-hop MTU `mtu`) answering `packet`."""
     return _unreachable(packet, ip_header_len, total_length, ICMP_FRAG_NEEDED, mtu)
+
+
+def time_exceeded(packet: bytes, ip_header_len: int, total_length: int, source: bytes) -> bytes:
+    """ICMP time exceeded in transit (type 11, code 0) answering `packet`, from `source` (4 bytes): what
+    the kernel's decrement_ttl sends when a packet's TTL runs out on the director."""
+    return _error(packet, ip_header_len, total_length, ICMP_TIME_EXCEEDED, 0, 0, source)
 
 
 def related_connection_key(packet: bytes, ip_header_len: int, total_length: int) -> tuple[int, bytes, int, bytes, int] | None:

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 EXPIRE_INTERVAL_MS = 100  # how often dead entries are released, milliseconds
 QUEUE_MAXLEN = 4096  # packets the kernel holds for us before dropping (or bypassing)
 SOCKET_RCVBUF = 8 * 1024 * 1024  # bytes; the kernel doubles it
+LOOPBACK_IFINDEX = 1  # the kernel's: lo in every namespace (looped-back packets skip the martian checks)
 POLL_TIMEOUT_S = 0.1  # upper bound on how late stop() and expiry are noticed, seconds
 SOL_PACKET = 263  # linux/socket.h
 PACKET_QDISC_BYPASS = 20  # linux/if_packet.h
@@ -107,7 +108,7 @@ def kernel_queue_drops(queue_num: int) -> tuple[int, int]:
 class PacketPath(Protocol):
     """The part of lb.engine.Engine the adapter drives."""
 
-    def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action: ...
+    def process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action: ...
     def expire(self, now_ms: int) -> int: ...
     def timers(self, now_ms: int) -> list[Action]: ...
     def timer_due(self) -> int | None: ...
@@ -244,7 +245,8 @@ class NfqAdapter:
                         "--engine python drops packets that long as malformed; the C engine takes up to 65,535",
                         int.from_bytes(payload[2:4], "big"), len(payload), NFQ_COPY_MAX)
         try:
-            action = self._engine.process(payload, self._clock_ms(), packet.get_mark())  # type: ignore[attr-defined]
+            action = self._engine.process(payload, self._clock_ms(), packet.get_mark(),  # type: ignore[attr-defined]
+                                          packet.indev == LOOPBACK_IFINDEX)  # type: ignore[attr-defined]
         except Exception:  # the engine must never take the queue down: fail closed for this packet
             log.exception("engine failed on a %d-byte packet", len(payload))
             packet.drop()  # type: ignore[attr-defined]

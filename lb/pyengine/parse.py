@@ -113,6 +113,9 @@ def parse_packet(packet: bytes) -> ParsedPacket | Rejection:
     if proto == IPPROTO_UDP:
         if payload_len < UDP_HEADER_LEN:
             return MALFORMED
+        udp_length = int.from_bytes(packet[header_len + 4:header_len + 6], "big")
+        if udp_length < UDP_HEADER_LEN or udp_length > payload_len:
+            return MALFORMED  # RFC 768: the length covers header and data (the receiver drops it: short_packet)
         sport, dport = _PORTS.unpack_from(packet, header_len)
         return ParsedPacket(proto, saddr, daddr, sport, dport, 0, 0, header_len, total_length,
                             payload_len=payload_len - UDP_HEADER_LEN)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from lb.model import SynproxyConf
 from lb.pyengine.csum import csum_fold, csum_partial, csum_replace4, put16
-from lb.pyengine.parse import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, tcp_options
+from lb.pyengine.parse import IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ParsedPacket, tcp_options
 from lb.pyengine.siphash import siphash24
 
 M32 = 0xFFFFFFFF
@@ -222,3 +222,12 @@ def sack_shift(o: bytearray, th: int, doff: int, delta: int) -> None:
 
 def first_flags(flags: int) -> int:
     return flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)
+
+
+def tcp_checksum_ok(packet: bytes, parsed: ParsedPacket) -> bool:
+    """The TCP checksum of the segment (pseudo-header, header and data up to the IP total length) is
+    right: SYN-proxy terminates the client's handshake, and like the kernel's TCP it neither answers
+    nor opens a connection for a corrupted segment (synproxy.c tcp_csum_ok)."""
+    ihl, total = parsed.ip_header_len, parsed.total_length
+    pseudo = csum_partial(packet[12:20], IPPROTO_TCP + total - ihl)
+    return csum_fold(csum_partial(packet[ihl:total], pseudo)) == 0

@@ -33,10 +33,31 @@ from typing import Any, ClassVar, Protocol
 
 from lb.engine import FWD_IDS, Action, FwdState, Reason, Verdict
 from lb.pyengine.conn import Connection, Destination
-from lb.pyengine.icmp import translate
+from lb.pyengine.csum import csum_replace2, get16
+from lb.pyengine.icmp import time_exceeded, translate
 from lb.pyengine.parse import ParsedPacket
 
 NO_L2 = Action(Verdict.DROP, Reason.NO_L2)
+_TTL_DROP = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
+
+
+def ttl_exceeded(packet: bytes, parsed: ParsedPacket, source: bytes | None) -> Action:
+    """A packet whose TTL runs out on the director (decrement_ttl): ICMP time exceeded back to its
+    source from `source` (None: no address to send it from: dropped), reason TTL_EXCEEDED."""
+    if source is None or source == b"\0\0\0\0":
+        return _TTL_DROP
+    out = time_exceeded(packet, parsed.ip_header_len, parsed.total_length, source)
+    return Action(Verdict.ANSWER, Reason.TTL_EXCEEDED, out=out)
+
+
+def ttl_decremented(packet: bytes, total_length: int) -> bytearray:
+    """A copy of the packet (up to its total length) with TTL - 1 and its header checksum updated
+    (the kernel's ip_decrease_ttl; the caller checked TTL > 1)."""
+    o = bytearray(packet[:total_length])
+    old_word = get16(o, 8)
+    o[8] -= 1
+    csum_replace2(o, 10, old_word, get16(o, 8))
+    return o
 ETHERTYPE_IPV4 = b"\x08\x00"
 MAC_LEN = 6  # bytes
 

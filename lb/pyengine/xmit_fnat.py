@@ -39,7 +39,7 @@ from lb.pyengine import proxyproto
 from lb.pyengine.conn import Connection, Destination
 from lb.pyengine.csum import csum_replace2, csum_replace4, get16, ip_header_checksum, put16, tcp_checksum_full
 from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, tcp_options
-from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, icmp_to_client, icmp_to_dest, xmit_l2
+from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, icmp_to_client, icmp_to_dest, ttl_exceeded, xmit_l2
 
 TOA_KIND = 254
 MSS_FLOOR = 536  # an MSS is lowered only when it stays above this
@@ -187,7 +187,7 @@ def fnat_in(conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
         return NO_L2
     o = bytearray(packet[: parsed.total_length])
     if not rewrite(o, parsed, conn.reply_addr, conn.reply_port, dest.addr, dest.port):
-        return _TTL_EXCEEDED
+        return ttl_exceeded(packet, parsed, parsed.daddr)  # from the VIP
     reason = Reason.FORWARDED
     if (_toa(dest) and parsed.proto == IPPROTO_TCP and not conn.toa_done
             and parsed.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK):
@@ -217,7 +217,7 @@ def fnat_out(conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
     if room and parsed.proto == IPPROTO_TCP and parsed.tcp_flags & TCP_SYN:
         mss_lower(o, parsed, room)
     if not rewrite(o, parsed, conn.vaddr, conn.vport, conn.caddr, conn.cport):
-        return _TTL_EXCEEDED
+        return ttl_exceeded(packet, parsed, parsed.daddr)  # to the real server, from the LIP
     return Action(Verdict.ANSWER, Reason.FORWARDED, out=bytes(o))
 
 

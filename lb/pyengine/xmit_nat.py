@@ -24,7 +24,7 @@ from lb.engine import Action, Reason, Verdict
 from lb.pyengine.conn import Connection, Destination
 from lb.pyengine.csum import csum_replace2, csum_replace4, get16, put16
 from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, ParsedPacket
-from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, icmp_to_client, icmp_to_dest, xmit_l2
+from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, icmp_to_client, icmp_to_dest, ttl_exceeded, xmit_l2
 
 _TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
 
@@ -68,7 +68,7 @@ class Masquerading(XmitMethod):
             return NO_L2
         o = bytearray(packet[: parsed.total_length])
         if not nat_rewrite(o, parsed, False, dest.addr, dest.port):
-            return _TTL_EXCEEDED
+            return ttl_exceeded(packet, parsed, parsed.daddr)  # from the VIP, as decrement_ttl
         action = xmit_l2(dest, Reason.FORWARDED, bytes(o))
         assert action is not None
         return action
@@ -76,7 +76,9 @@ class Masquerading(XmitMethod):
     def xmit_out(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
         o = bytearray(packet[: parsed.total_length])
         if not nat_rewrite(o, parsed, True, conn.vaddr, conn.vport):
-            return _TTL_EXCEEDED
+            # Routed by the director (ip_forward): to the real server from the director's address on
+            # the route to it; without one, dropped.
+            return ttl_exceeded(packet, parsed, conn.dest.fwd_saddr if conn.dest.fwd is not None else None)
         return Action(Verdict.ANSWER, Reason.FORWARDED, out=bytes(o))
 
     def icmp_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:

@@ -20,7 +20,7 @@ from lb.pyengine.conn import Connection, Destination
 from lb.pyengine.csum import internet_checksum, put16
 from lb.pyengine.icmp import frag_needed
 from lb.pyengine.parse import ParsedPacket
-from lb.pyengine.xmit import NO_L2, XmitMethod, xmit_l2
+from lb.pyengine.xmit import NO_L2, XmitMethod, ttl_decremented, ttl_exceeded, xmit_l2
 
 IPPROTO_IPIP = 4
 OUTER_TTL = 64
@@ -51,6 +51,9 @@ def encapsulate(dest: Destination, inner: bytes) -> bytes | None:
     return bytes(outer) + inner
 
 
+_ICMP_TTL_DROP = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
+
+
 class Tunnel(XmitMethod):
     name = "tunnel"
     mtu_overhead = IPIP_OVERHEAD
@@ -60,6 +63,8 @@ class Tunnel(XmitMethod):
         fwd = dest.fwd
         if fwd is None or dest.fwd_saddr == b"\0\0\0\0":
             return NO_L2
+        if packet[8] <= 1:
+            return ttl_exceeded(packet, parsed, parsed.daddr)  # decrement_ttl comes before the MTU check
         mtu = fwd.mtu or DEFAULT_MTU
         if parsed.total_length + IPIP_OVERHEAD > mtu:
             if packet[6] & 0x40:
@@ -76,11 +81,13 @@ class Tunnel(XmitMethod):
         dest = conn.dest
         if dest.fwd is None or dest.fwd_saddr == b"\0\0\0\0":
             return NO_L2  # as for the connection's own packets: never an outer source 0.0.0.0
+        if packet[8] <= 1:
+            return _ICMP_TTL_DROP  # no ICMP error about an ICMP error
         return self._encapsulated(dest, packet, parsed, Reason.ICMP)
 
     @staticmethod
     def _encapsulated(dest: Destination, packet: bytes, parsed: ParsedPacket, reason: Reason) -> Action:
-        out = encapsulate(dest, packet[: parsed.total_length])
+        out = encapsulate(dest, bytes(ttl_decremented(packet, parsed.total_length)))
         action = None if out is None else xmit_l2(dest, reason, out)
         return NO_L2 if action is None else action
 

@@ -59,7 +59,8 @@ enum lb_verdict {
 enum lb_reason {
     LB_R_FORWARDED = 0,        /* handed to a forwarding method */
     LB_R_NOT_IPV4 = 1,         /* IPv6: passed through */
-    LB_R_MALFORMED = 2,        /* truncated / inconsistent headers: dropped */
+    LB_R_MALFORMED = 2,        /* truncated / inconsistent headers (UDP: a length field < 8 or beyond the
+                                  IP payload): dropped */
     LB_R_BAD_CSUM = 3,         /* bad IPv4 header checksum: dropped */
     LB_R_FRAGMENT = 4,         /* IP fragment: dropped. lbd's rules turn on the kernel's reassembly
                                   (nf_defrag_ipv4) in its netns, so the queue carries whole datagrams;
@@ -86,7 +87,16 @@ enum lb_reason {
                                   rest), or dropped when not even the header fits */
     LB_R_XMIT_FAILED = 22,     /* the adapter could not send what the core decided (socket error): never
                                   also counted as forwarded (lb_count_xmit_failed moves the count here) */
-    LB_R_COUNT = 23
+    LB_R_MARTIAN_SRC = 23,     /* source address the kernel's routing refuses (ip_route_input_slow): 0.0.0.0/8,
+                                  127.0.0.0/8, multicast 224.0.0.0/4, 255.255.255.255: dropped */
+    LB_R_LOCAL_SRC = 24,       /* new connection from one of the director's own addresses (a VIP, or one
+                                  lb_local_addrs_set installed: fib_validate_source's martian): dropped */
+    LB_R_BAD_L4_CSUM = 25,     /* TCP checksum wrong on a segment lbd answers itself (SYN-proxy's SYN and
+                                  cookie ACK): dropped, as the kernel's TCP would */
+    LB_R_L2_QUEUED = 26,       /* destination's MAC not resolved yet: the packet is held (a copy, bounded per
+                                  destination) and sent by the timers once the forwarding state is installed;
+                                  not resolved within LB_L2Q_TIMEOUT_MS: dropped and counted again as no_l2 */
+    LB_R_COUNT = 27
 };
 
 /* Forwarding methods (ipvsadm -g / -i / -m, DPVS -b). */
@@ -162,6 +172,12 @@ enum lb_conn_state {
 #define LB_MH_TAB_BITS 6           /* mh: weights are scaled down to this many bits (MH_TAB_INDEX / 2) */
 #define LB_MH_HASH1_KEY 2654435761 /* mh: ip_vs_mh.c's fixed hsiphash keys, both words of each key */
 #define LB_MH_HASH2_KEY 2654446892
+
+/* Packets held while a destination's forwarding state is being resolved (the kernel queues them in
+ * the neighbour entry: unres_qlen_bytes, then drops them when resolution fails after mcast_solicit
+ * probes retrans_time apart). Per destination: */
+#define LB_L2Q_BYTES_MAX 65536     /* bytes of IP packets held; beyond that a packet is dropped (no_l2) */
+#define LB_L2Q_TIMEOUT_MS 3000     /* from the first held packet: 3 probes 1 s apart, as the kernel's ARP */
 
 /* Encapsulation overhead of IPIP, bytes. */
 #define LB_IPIP_OVERHEAD 20
@@ -370,6 +386,13 @@ int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms,
  * ip_vs_service_find does. lb_process(...) is lb_process_mark(..., 0, ...). */
 int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint64_t now_ms,
                     uint8_t *out, uint32_t out_cap, struct lb_action *act);
+/* lb_process_mark for a packet with flags: LB_PKT_F_LOOPBACK says it came in on the loopback device
+ * (the director's own traffic to a VIP, looped back: the adapter passes NFQA_IFINDEX_INDEV == 1). Such a
+ * packet never met input routing, so the martian-source checks (LB_R_MARTIAN_SRC, LB_R_LOCAL_SRC) do
+ * not apply to it. lb_process_mark(...) is lb_process_pkt(..., flags 0, ...). */
+#define LB_PKT_F_LOOPBACK 1
+int lb_process_pkt(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint32_t flags, uint64_t now_ms,
+                   uint8_t *out, uint32_t out_cap, struct lb_action *act);
 /* Expire up to `budget` table slots' worth of dead entries (0 = whole table); returns entries freed. Locks. */
 int lb_expire(lb_t *lb, uint64_t now_ms, uint32_t budget);
 
@@ -403,6 +426,13 @@ int lb_laddr_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32
 int lb_laddr_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t laddr);
 int lb_laddr_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport,
                   struct lb_laddr_info *out, uint32_t cap);                 /* returns total count or LB_ESRCH */
+
+/* The director's own addresses (host order): its interfaces' local and broadcast addresses, as the
+ * control plane reads them. A new connection whose source is one of them, or the virtual address of
+ * any service (always local, whatever this set says), is dropped with LB_R_LOCAL_SRC: the kernel's
+ * fib_validate_source refuses a local source on input. Replaces the whole set; LB_ENOMEM changes
+ * nothing. Locks. */
+int lb_local_addrs_set(lb_t *lb, const uint32_t *addrs, uint32_t n);
 
 /* ---- observation (lock; copy out) ---- */
 int lb_svc_list(lb_t *lb, struct lb_svc_info *out, uint32_t cap);          /* returns total count */

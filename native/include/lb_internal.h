@@ -39,6 +39,9 @@
 /* Slots of the forwarding-method table (lb_xmit.h): one per enum lb_fwd value. */
 #define LB_XMIT_MAX 4
 
+/* Local-address hash (local.c): a director has a few dozen addresses and VIPs. */
+#define LB_LOCAL_HASH_BUCKETS 256u
+
 /* Service hash: services are few; 256 chains keep lookups at one or two probes. */
 #define LB_SVC_HASH_BUCKETS 256u
 
@@ -178,6 +181,12 @@ static inline __attribute__((always_inline)) int lb_parse_inline(const uint8_t *
     if (p->proto == LB_PROTO_UDP) {
         if (p->l4len < 8)
             return LB_R_MALFORMED;
+        /* RFC 768's length covers header and data: below 8 or beyond the IP payload the datagram
+         * is malformed, and the real server's udp_rcv would drop it (short_packet). A shorter
+         * length with trailing bytes is valid (the receiver trims). */
+        uint32_t ulen = lb_get16(buf + ihl + 4);
+        if (ulen - 8u > p->l4len - 8u) /* ulen < 8 wraps around: one unsigned compare for both bounds */
+            return LB_R_MALFORMED;
         __builtin_memcpy(&p->ports, buf + ihl, 4); /* sport, dport */
         p->payload_len = p->l4len - 8;
         return LB_R_FORWARDED;
@@ -313,6 +322,7 @@ struct lb_dest {
     uint64_t syn_retrans;        /* see lb_dest_info */
     uint64_t handshakes;
     struct lb_dest *trash_next;  /* on lb->trash while unlinked and still referenced */
+    struct lb_l2q *l2q;          /* packets held until the forwarding state is installed (l2q.c), or NULL */
 };
 
 /* InActConn as ipvsadm shows it (ip_vs_dest_inactconns): max(totalconns - activeconns, 0). */
@@ -441,9 +451,63 @@ struct lb {
     void *xmit_state[LB_XMIT_MAX]; /* each forwarding method's own instance-wide state (FULLNAT: which
                                     local ports each real server sees taken), indexed by enum lb_fwd,
                                     freed by its ops' done() */
+    /* Destinations with packets held for their forwarding state (l2q.c). */
+    struct lb_l2q *l2q_list;
+    /* The director's own addresses (local.c): a new connection from one is a martian source. */
+    struct lb_local *local_hash[LB_LOCAL_HASH_BUCKETS];
     /* counters */
     uint64_t counters[LB_R_COUNT];
 };
+
+/* One of the director's own addresses (local.c). A node is live while vip_refs or host is set. */
+struct lb_local {
+    uint32_t addr_n;             /* network order */
+    uint32_t vip_refs;           /* services whose virtual address it is */
+    uint8_t host;                /* in the control plane's set (lb_local_addrs_set) */
+    struct lb_local *next;
+};
+
+static inline uint32_t lb_local_hash(uint32_t addr_n)
+{
+    return (addr_n * 0x9e3779b1u) >> 24; /* LB_LOCAL_HASH_BUCKETS == 256 */
+}
+
+/* Is addr_n (network order) one of the director's own addresses? O(1): one short chain. */
+static inline int lb_is_local(const lb_t *lb, uint32_t addr_n)
+{
+    for (const struct lb_local *l = lb->local_hash[lb_local_hash(addr_n)]; l; l = l->next)
+        if (l->addr_n == addr_n)
+            return l->vip_refs || l->host;
+    return 0;
+}
+
+/* A source address the kernel's routing drops as martian whatever its tables say
+ * (ip_route_input_slow): 0.0.0.0/8, 127.0.0.0/8 (route_localnet off), multicast 224.0.0.0/4 and
+ * the limited broadcast 255.255.255.255. Class E (240.0.0.0/4) is not among them: the kernel
+ * routes it like any unicast address. addr_n in network order: its first octet is the first byte. */
+static inline int lb_martian_src(uint32_t addr_n)
+{
+    uint8_t a;
+    __builtin_memcpy(&a, &addr_n, 1);
+    return a == 0 || a == 127 || (a >= 224 && a < 240) || addr_n == 0xffffffffu;
+}
+
+/* l2q.c: hold packets of connections whose destination has no forwarding state yet. */
+struct lb_l2q;
+/* Hold a copy of p (a packet of connection c, counted and its state moved already) until c's
+ * destination gets forwarding state: 0 when held, -1 when not (queue full, no memory). */
+int lb_l2q_hold(lb_t *lb, struct lb_conn *c, const struct lb_pkt *p, uint64_t now_ms);
+/* The earliest time a held packet needs the timers (now for a resolved destination), or UINT64_MAX. */
+uint64_t lb_l2q_due(const lb_t *lb);
+/* Produce the next held packet that can leave (1, *act filled); drops those whose destination was not
+ * resolved in time (counted no_l2). 0 when nothing is due. */
+int lb_l2q_next(lb_t *lb, uint64_t now_ms, uint8_t *out, uint32_t out_cap, struct lb_action *act);
+void lb_l2q_free_all(lb_t *lb);
+
+/* local.c: a service's virtual address is local while the service exists. */
+int lb_local_vip_hold(lb_t *lb, uint32_t addr_n);
+void lb_local_vip_put(lb_t *lb, uint32_t addr_n);
+void lb_local_free(lb_t *lb);
 
 struct lb_exp {
     uint64_t due_ms;
@@ -672,6 +736,8 @@ uint32_t lb_proxy_mtu(const lb_t *lb, const struct lb_conn *c, uint32_t mtu);
  * quoting `p`; return bytes written or 0 if they do not fit. */
 uint32_t lb_icmp_port_unreach(const struct lb_pkt *p, uint8_t *out, uint32_t out_cap);
 uint32_t lb_icmp_frag_needed(const struct lb_pkt *p, uint16_t mtu, uint8_t *out, uint32_t out_cap);
+/* ICMP time exceeded (type 11, code 0) quoting p, from saddr_n (network order) to p's source. */
+uint32_t lb_icmp_time_exceeded(const struct lb_pkt *p, uint32_t saddr_n, uint8_t *out, uint32_t out_cap);
 /* icmp.c: an ICMP error about a known connection (p parsed as ICMP). */
 int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, uint32_t out_cap,
                struct lb_action *act);

@@ -114,22 +114,64 @@ static inline int lb_xmit_l2_to(const struct lb_dest *d, struct lb_action *act)
     return 0;
 }
 
+/* Decrement the TTL of the IPv4 header at ip (TTL > 1) and update its checksum: RFC 1624 eqn. 3 on
+ * the TTL/protocol word, in big-endian arithmetic on the bytes, so that it needs no other function
+ * (lb_xmit_dr_in, a C99 inline definition, may call no static one). As the kernel's
+ * ip_decrease_ttl, for every method that sends a client's packet on (decrement_ttl). */
+#define LB_IP_TTL_DEC(ip)                                                                            \
+    do {                                                                                            \
+        uint8_t *ip_ = (ip);                                                                        \
+        uint32_t m_ = ((uint32_t)ip_[8] << 8) | ip_[9];                                             \
+        uint32_t s_ = (~(((uint32_t)ip_[10] << 8) | ip_[11]) & 0xffffu) + (~m_ & 0xffffu) + m_ - 0x100u; \
+        s_ = (s_ & 0xffffu) + (s_ >> 16);                                                           \
+        s_ = (s_ & 0xffffu) + (s_ >> 16);                                                           \
+        ip_[8] = (uint8_t)(ip_[8] - 1);                                                             \
+        ip_[10] = (uint8_t)(~s_ >> 8);                                                              \
+        ip_[11] = (uint8_t)~s_;                                                                     \
+    } while (0)
+
+/* A client's packet whose TTL runs out on the director (decrement_ttl: TTL <= 1): ICMP time
+ * exceeded back to its source from saddr_n, or dropped when it does not fit. */
+static inline int lb_xmit_ttl_exceeded(const struct lb_pkt *p, uint32_t saddr_n, uint8_t *out, uint32_t out_cap,
+                                       struct lb_action *act)
+{
+    uint32_t n = lb_icmp_time_exceeded(p, saddr_n, out, out_cap);
+    act->verdict = n ? LB_V_ANSWER : LB_V_DROP;
+    act->out_len = n;
+    return LB_R_TTL_EXCEEDED;
+}
+
 /* ---------------------------------------------------------------- the hot call */
 
-/* Direct routing's xmit_in: the client's packet leaves unchanged on the destination's L2 path
- * (xmit_dr.c describes the method and holds this function's one external definition and its
- * ops). Its body is here, as a C99 inline definition, only so that lb_conn_xmit_in can inline
- * it; being one, it can use no static function (it is lb_xmit_l2_to, spelled out). */
-inline int lb_xmit_dr_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p LB_UNUSED, struct lb_conn *c,
-                         uint8_t *out LB_UNUSED, uint32_t out_cap LB_UNUSED, struct lb_action *act)
+/* Direct routing's xmit_in: the client's packet leaves with its TTL decremented (the kernel's
+ * __ip_vs_get_out_rt -> decrement_ttl, for every method) on the destination's L2 path; at TTL <= 1
+ * the client gets ICMP time exceeded from the VIP instead. xmit_dr.c describes the method and holds
+ * this function's one external definition and its ops. Its body is here, as a C99 inline
+ * definition, only so that lb_conn_xmit_in can inline it; being one, it can use no static function
+ * (lb_xmit_l2_to and lb_xmit_ttl_exceeded, spelled out). */
+inline int lb_xmit_dr_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
+                         uint32_t out_cap, struct lb_action *act)
 {
     const struct lb_dest_fwd *f = c->dest->fwd;
     if (LB_UNLIKELY(!f)) {
         act->verdict = LB_V_DROP;
         return LB_R_NO_L2;
     }
+    if (LB_UNLIKELY(p->data[8] <= 1)) {
+        uint32_t n = lb_icmp_time_exceeded(p, p->daddr, out, out_cap);
+        act->verdict = n ? LB_V_ANSWER : LB_V_DROP;
+        act->out_len = n;
+        return LB_R_TTL_EXCEEDED;
+    }
+    if (LB_UNLIKELY(p->len > out_cap)) {
+        act->verdict = LB_V_DROP;
+        return LB_R_MALFORMED;
+    }
+    __builtin_memcpy(out, p->data, p->len);
+    LB_IP_TTL_DEC(out);
     act->verdict = LB_V_XMIT_L2;
     act->ifindex = f->conf.ifindex;
+    act->out_len = p->len;
     __builtin_memcpy(act->l2hdr, f->l2hdr, LB_L2HDR_LEN);
     return LB_R_FORWARDED;
 }

@@ -31,9 +31,11 @@ void lb_free(lb_t *lb)
 {
     if (!lb)
         return;
+    lb_l2q_free_all(lb); /* held packets hold their destinations */
     lb_conn_flush(lb);
     lb_clear(lb);
     lb_sp_free(lb);
+    lb_local_free(lb);
     for (int i = 0; i < LB_XMIT_MAX; i++)
         if (lb_xmit_methods[i] && lb_xmit_methods[i]->done)
             lb_xmit_methods[i]->done(lb);
@@ -268,6 +270,12 @@ static inline struct lb_svc *find_service(const lb_t *lb, const struct lb_pkt *p
 int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint64_t now_ms, uint8_t *out,
                     uint32_t out_cap, struct lb_action *act)
 {
+    return lb_process_pkt(lb, pkt, len, mark, 0, now_ms, out, out_cap, act);
+}
+
+int lb_process_pkt(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint32_t flags, uint64_t now_ms,
+                   uint8_t *out, uint32_t out_cap, struct lb_action *act)
+{
     struct lb_pkt p;
     if (LB_UNLIKELY(!lb || !act || (!pkt && len)))
         return LB_EINVAL;
@@ -283,7 +291,10 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
 
     int r = lb_parse_inline(pkt, len, &p);
     if (LB_UNLIKELY(r != LB_R_FORWARDED)) {
-        if (r == LB_R_ICMP) {
+        if (r == LB_R_ICMP && !(flags & LB_PKT_F_LOOPBACK) && lb_martian_src(p.saddr)) {
+            act->verdict = LB_V_DROP; /* the kernel's routing drops it (ip_route_input_slow) */
+            r = LB_R_MARTIAN_SRC;
+        } else if (r == LB_R_ICMP) {
             r = lb_icmp_in(lb, &p, now_ms, out, out_cap, act);
         } else {
             act->verdict = (r == LB_R_NOT_IPV4 || r == LB_R_NOT_LB_PROTO) ? LB_V_ACCEPT : LB_V_DROP;
@@ -337,10 +348,25 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
             return LB_OK;
         }
     } else {
+        /* A martian source is refused by the kernel's routing before IPVS would see it
+         * (ip_route_input_slow). Checked on a miss only: no entry can have such a source, so the
+         * packets of established flows pay nothing for it. A looped-back packet (the director's
+         * own) never met input routing: exempt. */
+        if (LB_UNLIKELY(lb_martian_src(p.saddr)) && !(flags & LB_PKT_F_LOOPBACK)) {
+            act->verdict = LB_V_DROP;
+            finish(lb, act, LB_R_MARTIAN_SRC);
+            return LB_OK;
+        }
         struct lb_svc *s = find_service(lb, &p, mark);
         if (!s) {
             act->verdict = LB_V_ACCEPT;
             finish(lb, act, LB_R_NO_SERVICE);
+            return LB_OK;
+        }
+        if (LB_UNLIKELY(lb_is_local(lb, p.saddr)) && !(flags & LB_PKT_F_LOOPBACK)) {
+            /* A source that is the director's own (fib_validate_source): spoofed, or looped back. */
+            act->verdict = LB_V_DROP;
+            finish(lb, act, LB_R_LOCAL_SRC);
             return LB_OK;
         }
         if (s->conf.flags & LB_SVC_F_SYNPROXY && p.proto == LB_PROTO_TCP) {
@@ -382,7 +408,9 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
     lb_conn_set_expiry(lb, c, now_ms + timeout_ms);
     lb_stats_in_available(c->dest, p.len);
     r = lb_conn_xmit_in(lb, &p, c, out, out_cap, act);
-    if (LB_UNLIKELY(c->flags & LB_CF_PROXY))
+    if (LB_UNLIKELY(r == LB_R_NO_L2) && !c->dest->fwd && lb_l2q_hold(lb, c, &p, now_ms) == 0)
+        r = LB_R_L2_QUEUED; /* sent by the timers once the destination is resolved (l2q.c) */
+    else if (LB_UNLIKELY(c->flags & LB_CF_PROXY))
         r = lb_proxy_in(lb, &p, c, out, out_cap, act, r); /* the PROXY header, or the shift past it */
     finish(lb, act, fit_path_mtu(&p, c, out, out_cap, act, r));
     return LB_OK;
@@ -465,6 +493,10 @@ const char *lb_reason_name(int reason)
         [LB_R_SP_HANDSHAKE] = "sp_handshake",
         [LB_R_PROXY_CUT] = "proxy_cut",
         [LB_R_XMIT_FAILED] = "xmit_failed",
+        [LB_R_MARTIAN_SRC] = "martian_src",
+        [LB_R_LOCAL_SRC] = "local_src",
+        [LB_R_BAD_L4_CSUM] = "bad_l4_csum",
+        [LB_R_L2_QUEUED] = "l2_queued",
     };
     return reason >= 0 && reason < LB_R_COUNT ? names[reason] : "unknown";
 }

@@ -4,9 +4,11 @@
  *
  * Originated errors (port unreachable when no destination is available, as
  * ip_vs_leave; fragmentation needed when a tunnelled packet would exceed the
- * path MTU): an IPv4 packet from the original destination (the VIP) to the
- * original source: version 4, IHL 5, TOS 0, ID 0, no DF, TTL 64, protocol
- * ICMP; ICMP type 3, code 3 or 4, 2 unused bytes, 2 bytes "next-hop MTU"
+ * path MTU; time exceeded when a packet's TTL runs out on the director, as
+ * decrement_ttl): an IPv4 packet from the original destination (the VIP; for
+ * time exceeded, the address the method gives) to the original source:
+ * version 4, IHL 5, TOS 0, ID 0, no DF, TTL 64, protocol ICMP; ICMP type 3
+ * code 3 or 4, or type 11 code 0, 2 unused bytes, 2 bytes "next-hop MTU"
  * (code 4) or 0, then the original IP header plus the first 8 bytes of its
  * payload (less if the packet is shorter).
  *
@@ -24,7 +26,8 @@
 
 #include "lb_xmit.h"
 
-static uint32_t icmp_unreach(const struct lb_pkt *p, uint8_t code, uint16_t mtu, uint8_t *out, uint32_t out_cap)
+static uint32_t icmp_error(const struct lb_pkt *p, uint8_t type, uint8_t code, uint16_t mtu, uint32_t saddr_n,
+                           uint8_t *out, uint32_t out_cap)
 {
     uint32_t quote = p->ihl + 8;
     if (quote > p->len)
@@ -37,11 +40,11 @@ static uint32_t icmp_unreach(const struct lb_pkt *p, uint8_t code, uint16_t mtu,
     lb_put16(out + 2, (uint16_t)total);
     out[8] = 64;
     out[9] = LB_PROTO_ICMP;
-    memcpy(out + 12, &p->daddr, 4);
+    memcpy(out + 12, &saddr_n, 4);
     memcpy(out + 16, &p->saddr, 4);
     lb_put16(out + 10, lb_ip_csum(out, 20));
     uint8_t *icmp = out + 20;
-    icmp[0] = 3; /* destination unreachable */
+    icmp[0] = type;
     icmp[1] = code;
     lb_put16(icmp + 6, mtu);
     memcpy(icmp + 8, p->data, quote);
@@ -51,12 +54,17 @@ static uint32_t icmp_unreach(const struct lb_pkt *p, uint8_t code, uint16_t mtu,
 
 uint32_t lb_icmp_port_unreach(const struct lb_pkt *p, uint8_t *out, uint32_t out_cap)
 {
-    return icmp_unreach(p, 3, 0, out, out_cap);
+    return icmp_error(p, 3, 3, 0, p->daddr, out, out_cap);
 }
 
 uint32_t lb_icmp_frag_needed(const struct lb_pkt *p, uint16_t mtu, uint8_t *out, uint32_t out_cap)
 {
-    return icmp_unreach(p, 4, mtu, out, out_cap);
+    return icmp_error(p, 3, 4, mtu, p->daddr, out, out_cap);
+}
+
+uint32_t lb_icmp_time_exceeded(const struct lb_pkt *p, uint32_t saddr_n, uint8_t *out, uint32_t out_cap)
+{
+    return icmp_error(p, 11, 0, 0, saddr_n, out, out_cap); /* time exceeded in transit */
 }
 
 static inline int is_icmp_error(uint8_t type)

@@ -72,7 +72,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "lb_internal.h"
+#include "lb_xmit.h"
 
 #define NFQ_BATCH 64                       /* packet messages per recvmmsg */
 #define NFQ_ITEMS 192                      /* packets or segments processed per flush */
@@ -85,6 +85,7 @@
 #define NFQ_SNDBUF_BYTES (4 * 1024 * 1024)
 #define NFQ_TX_WAITS 20                    /* ~1 ms polls for room per batch before a frame is dropped */
 #define NFQ_POLL_MS 100
+#define NFQ_LOOPBACK_IFINDEX 1             /* the kernel's LOOPBACK_IFINDEX: lo in every namespace */
 #define NFQ_EXPIRE_EVERY_MS 100
 #define NFQ_EXPIRE_STEPS 10                /* the whole table is swept every 10 ticks (~1 s) */
 #define NFQ_VERDICT_MSG_MAX (LB_PKT_MAX + 512)
@@ -165,7 +166,7 @@ static int nfq_config(struct lb_nfq *q, uint8_t cmd, int set_params, uint32_t fl
 /* Parse one packet message; returns 0 and fills id/payload, or -1. */
 /* Parse one packet message; returns 0 and fills id/payload/skb info, or -1. */
 static int parse_packet_msg(const struct nlmsghdr *nlh, uint32_t *id, uint8_t **payload, uint32_t *plen,
-                            uint32_t *skbinfo, uint32_t *mark)
+                            uint32_t *skbinfo, uint32_t *mark, uint32_t *flags)
 {
     struct nlattr *attr[NFQA_MAX + 1];
     memset(attr, 0, sizeof(attr));
@@ -184,6 +185,11 @@ static int parse_packet_msg(const struct nlmsghdr *nlh, uint32_t *id, uint8_t **
     /* The skb mark (fwmark services; an operator's MARK rule set it before lbd's mangle rule queued
      * the packet). Absent when 0. */
     *mark = attr[NFQA_MARK] ? ntohl(mnl_attr_get_u32(attr[NFQA_MARK])) : 0;
+    /* In on the loopback device (the director's own traffic to a VIP): not subject to the martian
+     * checks of input routing, which it never met. LOOPBACK_IFINDEX is 1 in every namespace. */
+    *flags = attr[NFQA_IFINDEX_INDEV] && ntohl(mnl_attr_get_u32(attr[NFQA_IFINDEX_INDEV])) == NFQ_LOOPBACK_IFINDEX
+                 ? LB_PKT_F_LOOPBACK
+                 : 0;
     return 0;
 }
 
@@ -517,26 +523,49 @@ static void flush_items(struct lb_nfq *q, struct batch_item *items, int n)
 }
 
 /* Segments items[first..n) of one super-packet were all processed. If each is to leave unchanged
- * in the same frame (DR: the packet core decided per segment, so its states and counters saw
- * every segment), they become one item: the super-packet, sent whole for the device to cut.
+ * but for its TTL (DR: decremented, the header checksum updated) in the same frame (the packet core
+ * decided per segment, so its states and counters saw every segment), they become one item: the
+ * super-packet, its TTL decremented the same way, sent whole for the device to cut.
  * Returns the items used. */
+/* A DR segment leaves with only its TTL decremented and its header checksum updated: out differs from
+ * the segment in bytes 8, 10 and 11 alone (and the TTL by one). */
+static int ttl_only(const uint8_t *seg, uint32_t seg_len, const uint8_t *out, uint32_t out_len)
+{
+    return seg && out_len == seg_len && seg_len >= 20 && memcmp(seg, out, 8) == 0 && out[8] + 1 == seg[8] &&
+           out[9] == seg[9] && memcmp(seg + 12, out + 12, seg_len - 12) == 0;
+}
+
 static int send_whole(struct lb_nfq *q, struct batch_item *items, int first, int n, uint8_t *pkt, uint32_t len,
                       uint32_t mtu)
 {
     if (!q->vnet || n - first < 2)
         return n;
     const struct lb_action *a = &items[first].act;
+    int ttl_dec = items[first].act.out_len != 0;
     for (int i = first; i < n; i++) {
         const struct lb_action *b = &items[i].act;
-        if (b->verdict != LB_V_XMIT_L2 || b->out_len != 0 || b->ifindex != a->ifindex ||
+        if (b->verdict != LB_V_XMIT_L2 || b->ifindex != a->ifindex ||
             memcmp(b->l2hdr, a->l2hdr, LB_L2HDR_LEN) != 0)
+            return n;
+        if (ttl_dec ? !ttl_only(items[i].pkt, items[i].len, q->out + (size_t)i * LB_PKT_MAX, b->out_len)
+                    : b->out_len != 0)
             return n;
     }
     struct batch_item *it = &items[first];
-    if (lb_tcp_gso_prepare(pkt, len, mtu, &it->gso) != LB_OK)
+    if (ttl_dec && pkt[8] <= 1)
         return n;
+    uint8_t ttl = pkt[8], csum_hi = pkt[10], csum_lo = pkt[11];
+    if (ttl_dec)
+        LB_IP_TTL_DEC(pkt); /* as every segment's: the device copies the header into each */
+    if (lb_tcp_gso_prepare(pkt, len, mtu, &it->gso) != LB_OK) {
+        pkt[8] = ttl; /* the segments are sent instead: the original stays as it came */
+        pkt[10] = csum_hi;
+        pkt[11] = csum_lo;
+        return n;
+    }
     it->pkt = pkt;
     it->len = len;
+    it->act.out_len = 0; /* the super-packet itself, from pkt */
     it->whole = 1;
     q->stats.gso_whole++;
     return first + 1;
@@ -545,7 +574,7 @@ static int send_whole(struct lb_nfq *q, struct batch_item *items, int first, int
 /* A GSO packet: cut it into segments (items n..), process each; returns the items used.
  * Called with the lock held; may release it to flush when the items run out. */
 static int process_gso(struct lb_nfq *q, struct batch_item *items, int n, uint32_t id, uint8_t *pkt,
-                       uint32_t len, uint32_t mark, uint64_t t)
+                       uint32_t len, uint32_t mark, uint32_t pflags, uint64_t t)
 {
     uint32_t seg_len[NFQ_ITEMS];
     q->stats.gso_packets++;
@@ -583,7 +612,8 @@ static int process_gso(struct lb_nfq *q, struct batch_item *items, int n, uint32
         it->pkt = q->seg + (size_t)n * q->gso_mtu;
         it->len = seg_len[s];
         it->valid = 1;
-        lb_process_mark(q->lb, it->pkt, it->len, mark, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX, &it->act);
+        lb_process_pkt(q->lb, it->pkt, it->len, mark, pflags, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX,
+                       &it->act);
         n++;
         /* Not ours (e.g. no connection): the kernel gets the original whole, as without GSO. */
         if (s == 0 && it->act.verdict == LB_V_ACCEPT)
@@ -605,13 +635,13 @@ static void process_batch(struct lb_nfq *q, int nmsgs)
         for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
             if (NFNL_MSG_TYPE(nlh->nlmsg_type) != NFQNL_MSG_PACKET)
                 continue;
-            uint32_t id, plen, info, mark;
+            uint32_t id, plen, info, mark, pflags;
             uint8_t *pkt;
-            if (parse_packet_msg(nlh, &id, &pkt, &plen, &info, &mark) < 0)
+            if (parse_packet_msg(nlh, &id, &pkt, &plen, &info, &mark, &pflags) < 0)
                 continue;
             q->stats.packets++;
             if ((info & NFQA_SKB_GSO) && q->seg) {
-                n = process_gso(q, items, n, id, pkt, plen, mark, t);
+                n = process_gso(q, items, n, id, pkt, plen, mark, pflags, t);
             } else {
                 /* Partial checksum (with NFQA_CFG_F_GSO only): complete it, as the kernel would have. */
                 if ((info & NFQA_SKB_CSUMNOTREADY) && pkt && lb_csum_complete(pkt, plen) == LB_OK)
@@ -623,7 +653,7 @@ static void process_batch(struct lb_nfq *q, int nmsgs)
                 it->pkt = pkt;
                 it->len = plen;
                 it->valid = 1;
-                lb_process_mark(q->lb, it->pkt, it->len, mark, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX,
+                lb_process_pkt(q->lb, it->pkt, it->len, mark, pflags, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX,
                                 &it->act);
                 n++;
             }

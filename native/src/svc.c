@@ -226,8 +226,14 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
     }
     if ((conf->flags & LB_SVC_F_SEQ) && (err = lb_sp_enable(lb)) != LB_OK)
         goto out; /* the side table holds both SYN-proxy's and the PROXY protocol's state */
+    /* A virtual address is one of the director's own (a new connection from it is a martian). */
+    int vip = conf->proto != LB_PROTO_FWMARK;
+    if (vip && (err = lb_local_vip_hold(lb, lb_htonl(conf->addr))) != LB_OK)
+        goto out;
     struct lb_svc *s = calloc(1, sizeof(*s));
     if (!s) {
+        if (vip)
+            lb_local_vip_put(lb, lb_htonl(conf->addr));
         err = LB_ENOMEM;
         goto out;
     }
@@ -236,6 +242,8 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
     s->port_n = lb_htons(conf->port);
     s->lb = lb;
     if ((err = lb_sched_bind(s, sched)) != LB_OK) {
+        if (vip)
+            lb_local_vip_put(lb, s->addr_n);
         free(s);
         goto out;
     }
@@ -297,6 +305,8 @@ static void unlink_dest(lb_t *lb, struct lb_svc *s, uint32_t i)
 
 static void svc_destroy(lb_t *lb, struct lb_svc *s)
 {
+    if (s->conf.proto != LB_PROTO_FWMARK)
+        lb_local_vip_put(lb, s->addr_n);
     lb_sched_unbind(s);
     while (s->ndests)
         unlink_dest(lb, s, s->ndests - 1);

@@ -346,11 +346,20 @@ static int heap_entry_live(const lb_t *lb, const struct lb_sp_timer *t)
     return sp->phase == LB_SP_SYN_SENT && sp->due_ms == t->due_ms && (lb->conns[t->slot].flags & LB_CF_USED);
 }
 
-uint64_t lb_timer_due(lb_t *lb)
+/* The next SYN-proxy timer. */
+static uint64_t sp_due(lb_t *lb)
 {
     while (lb->sp_heap_len && !heap_entry_live(lb, &lb->sp_heap[0]))
         heap_pop(lb);
     return lb->sp_heap_len ? lb->sp_heap[0].due_ms : UINT64_MAX;
+}
+
+/* Timers: SYN-proxy's, and the packets held for unresolved destinations (l2q.c). */
+uint64_t lb_timer_due(lb_t *lb)
+{
+    uint64_t due = sp_due(lb);
+    uint64_t l2 = lb->l2q_list ? lb_l2q_due(lb) : UINT64_MAX;
+    return l2 < due ? l2 : due;
 }
 
 static void arm(lb_t *lb, uint32_t slot, uint64_t due)
@@ -386,9 +395,11 @@ int lb_timer_next(lb_t *lb, uint64_t now_ms, uint8_t *out, uint32_t out_cap, str
      * Python engine, also where no service has SYN-proxy state at all. */
     if (lb->exp_next_ms <= now_ms)
         lb_conn_tick(lb, now_ms);
+    if (lb->l2q_list && lb_l2q_next(lb, now_ms, out, out_cap, act))
+        return 1;
     if (!lb->sp)
         return 0;
-    while (lb_timer_due(lb) <= now_ms) {
+    while (sp_due(lb) <= now_ms) {
         uint32_t slot = lb->sp_heap[0].slot;
         heap_pop(lb);
         struct lb_conn *c = &lb->conns[slot];
@@ -426,12 +437,26 @@ int lb_timer_next(lb_t *lb, uint64_t now_ms, uint8_t *out, uint32_t out_cap, str
 /* ---------------------------------------------------------------- packet path */
 
 /* A connection-less packet for a SYN-proxy service. */
+/* The TCP checksum of p (pseudo-header, header and data up to the IP total length) is right.
+ * SYN-proxy terminates the client's handshake: like the kernel's TCP (tcp_v4_rcv ->
+ * tcp_checksum_complete) it must not answer, or open a connection for, a corrupted segment. The
+ * adapter hands over complete checksums (nfq.c completes partial ones). */
+static int tcp_csum_ok(const struct lb_pkt *p)
+{
+    uint32_t sum = lb_csum_partial(p->data + 12, 8, 0) + LB_PROTO_TCP + p->l4len;
+    return lb_csum_fold(lb_csum_partial(p->data + p->l4off, p->l4len, sum)) == 0;
+}
+
 int lb_sp_miss(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out, uint32_t out_cap,
                struct lb_action *act)
 {
     const struct lb_synproxy_conf *conf = lb_sp_conf(lb, s);
     uint8_t fl = p->tcp_flags & (LB_TCP_SYN | LB_TCP_ACK | LB_TCP_RST | LB_TCP_FIN);
     uint32_t minute = (uint32_t)(now_ms / 60000u);
+    if ((fl == LB_TCP_SYN || fl == LB_TCP_ACK) && !tcp_csum_ok(p)) {
+        act->verdict = LB_V_DROP;
+        return LB_R_BAD_L4_CSUM;
+    }
     if (fl == LB_TCP_SYN) {
         uint16_t cmss;
         int csack;

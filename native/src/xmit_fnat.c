@@ -356,10 +356,8 @@ static int fnat_xmit_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uin
         return LB_R_MALFORMED;
     }
     memcpy(out, p->data, p->len);
-    if (rewrite(out, p, c->oaddr_n, c->oport, d->addr_n, d->port_n) < 0) {
-        act->verdict = LB_V_DROP;
-        return LB_R_TTL_EXCEEDED;
-    }
+    if (rewrite(out, p, c->oaddr_n, c->oport, d->addr_n, d->port_n) < 0)
+        return lb_xmit_ttl_exceeded(p, p->daddr, out, out_cap, act); /* from the VIP */
     uint32_t len = p->len;
     int reason = LB_R_FORWARDED;
     const struct lb_svc *s = d->svc;
@@ -393,10 +391,8 @@ static int fnat_xmit_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_c
     /* Room in the client's segments for what this service adds (TOA, or the PROXY header). */
     if (p->proto == LB_PROTO_TCP && s && lb_svc_room(s->conf.flags) && (p->tcp_flags & LB_TCP_SYN))
         mss_lower(out, p, lb_svc_room(s->conf.flags));
-    if (rewrite(out, p, c->vaddr, c->vport, c->caddr, c->cport) < 0) {
-        act->verdict = LB_V_DROP;
-        return LB_R_TTL_EXCEEDED;
-    }
+    if (rewrite(out, p, c->vaddr, c->vport, c->caddr, c->cport) < 0)
+        return lb_xmit_ttl_exceeded(p, p->daddr, out, out_cap, act); /* to the real server, from the LIP */
     act->verdict = LB_V_ANSWER;
     act->out_len = p->len;
     return LB_R_FORWARDED;

@@ -85,10 +85,8 @@ static int nat_xmit_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_con
         return LB_R_MALFORMED;
     }
     memcpy(out, p->data, p->len);
-    if (nat_rewrite(out, p, 0, d->addr_n, d->port_n) < 0) {
-        act->verdict = LB_V_DROP;
-        return LB_R_TTL_EXCEEDED;
-    }
+    if (nat_rewrite(out, p, 0, d->addr_n, d->port_n) < 0)
+        return lb_xmit_ttl_exceeded(p, p->daddr, out, out_cap, act); /* from the VIP, as decrement_ttl */
     lb_xmit_l2_to(d, act);
     act->out_len = p->len;
     return LB_R_FORWARDED;
@@ -103,7 +101,13 @@ static int nat_xmit_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_co
     }
     memcpy(out, p->data, p->len);
     if (nat_rewrite(out, p, 1, c->vaddr, c->vport) < 0) {
+        /* The reply is routed by the director (ip_forward): time exceeded goes back to the real server
+         * from the director's address on the route to it; without one, dropped. */
+        const struct lb_dest_fwd *f = c->dest->fwd;
+        if (f && f->conf.saddr)
+            return lb_xmit_ttl_exceeded(p, lb_htonl(f->conf.saddr), out, out_cap, act);
         act->verdict = LB_V_DROP;
+        act->out_len = 0;
         return LB_R_TTL_EXCEEDED;
     }
     act->verdict = LB_V_ANSWER;

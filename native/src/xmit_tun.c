@@ -1,7 +1,8 @@
 /*
  * xmit_tun.c - IP-in-IP tunnelling (ipvsadm -i), as ip_vs_tunnel_xmit.
  *
- * The client's packet is carried unchanged inside an outer IPv4 header:
+ * The client's packet, its TTL decremented (decrement_ttl; TTL <= 1: ICMP time exceeded to the
+ * client, before the MTU check, as __ip_vs_get_out_rt), is carried inside an outer IPv4 header:
  *   version 4, IHL 5, TOS = inner TOS, DF = inner DF, ID = 0 with DF else the
  *   inner ID, TTL 64 (a fresh header the director originates), protocol 4,
  *   source = the address the kernel's route to the real server selects
@@ -52,6 +53,7 @@ static inline uint32_t encap(const struct lb_dest *d, const struct lb_dest_fwd *
     uint16_t csum = (uint16_t)~lb_csum_fold_raw(lb_sum20_raw(o)); /* raw order, stored as is */
     memcpy(o + 10, &csum, 2);
     memcpy(o + 20, inner, len);
+    LB_IP_TTL_DEC(o + 20); /* the inner header, as decrement_ttl before ip_vs_tunnel_xmit encapsulates */
     return total;
 }
 
@@ -64,6 +66,8 @@ static int tun_xmit_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_con
         act->verdict = LB_V_DROP;
         return LB_R_NO_L2;
     }
+    if (LB_UNLIKELY(p->data[8] <= 1))
+        return lb_xmit_ttl_exceeded(p, p->daddr, out, out_cap, act);
     uint32_t mtu = f->conf.mtu ? f->conf.mtu : 1500;
     if (p->len + LB_IPIP_OVERHEAD > mtu) {
         if (p->data[6] & 0x40) {
@@ -94,6 +98,10 @@ static int tun_icmp_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_con
 {
     const struct lb_dest *d = c->dest;
     const struct lb_dest_fwd *f = d->fwd;
+    if (f && f->conf.saddr && p->data[8] <= 1) {
+        act->verdict = LB_V_DROP; /* no ICMP error about an ICMP error */
+        return LB_R_TTL_EXCEEDED;
+    }
     uint32_t n = f && f->conf.saddr ? encap(d, f, p->data, p->len, out, out_cap) : 0;
     if (!n) {
         act->verdict = LB_V_DROP;

@@ -698,6 +698,15 @@ static int cmd_churn(long rounds)
                                        (uint16_t)(81 + (k & 1)), 0x02);
             bad |= process_checked(lb, pkt, len, now);
         }
+        /* Packets held while the tunnel destination had no forwarding state leave from the timers
+         * once it has (or are dropped 3 s on): a timer frame always carries its bytes. */
+        struct lb_action tact;
+        while (lb_timer_next(lb, now, out_buf, sizeof(out_buf), &tact)) {
+            bad |= check(tact.verdict != LB_V_XMIT_L2 || (tact.out_len > 0 && tact.ifindex != 0),
+                         "a timer frame has its bytes and an interface");
+            bad |= check(tact.out_len <= sizeof(out_buf), "a timer action fits its buffer");
+        }
+        now += r % 11 == 0 ? LB_L2Q_TIMEOUT_MS : 1;
         /* One-packet datagrams to mh (VIP:84) while its destinations' weights change: each is
          * scheduled and leaves nothing behind. */
         struct lb_dest_conf w = {.addr = RS1 + (uint32_t)(r % 3), .port = 84, .fwd = LB_FWD_ROUTE,
@@ -735,6 +744,9 @@ static int cmd_churn(long rounds)
     }
     lb_expire(lb, now + 24 * 3600 * 1000ull, 0); /* every entry dies */
     bad |= check_accounting(lb, 1);
+    uint64_t counts[LB_R_COUNT];
+    lb_counters(lb, counts, LB_R_COUNT);
+    bad |= check(rounds < 10 || counts[LB_R_L2_QUEUED] > 0, "churn holds packets for unresolved destinations");
     lb_free(lb);
     bad |= locality_churn(rounds * 15);
     bad |= pressure_churn(rounds * 4);

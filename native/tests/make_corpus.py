@@ -98,6 +98,22 @@ def seeds() -> dict[str, bytes]:
     s["big_udp_options"] = raw(IP(src=CLIENT, dst=VIP, options=b"\x07\x07\x04" + bytes(5) + b"\x82\x0b" + bytes(10))
                                / UDP(sport=5356, dport=80) / Raw(big))
     s["big_fragment_mf"] = raw(IP(src=CLIENT, dst=VIP, flags="MF", frag=64) / Raw(big))
+    # Hostile input (issue 16): martian and local sources, bad UDP lengths, bad TCP checksums on the
+    # SYN-proxy service.
+    for name, src in (("zeronet", "0.0.0.0"), ("loopback", "127.0.0.1"), ("multicast", "224.0.0.1"),
+                      ("bcast", "255.255.255.255"), ("vip", VIP), ("class_e", "240.0.0.1")):
+        s[f"martian_{name}_syn"] = raw(IP(src=src, dst=VIP) / TCP(sport=40007, dport=80, flags="S"))
+    s["martian_sp_syn"] = raw(IP(src="224.0.0.1", dst=VIP) / TCP(sport=40008, dport=83, flags="S", options=opts))
+    s["martian_icmp"] = raw(IP(src="127.0.0.1", dst=VIP) / ICMP(type=3, code=3)
+                            / raw(IP(src=VIP, dst=CLIENT) / TCP(sport=80, dport=40000))[:28])
+    for length in (0, 1, 7, 41, 0xFFFF):
+        udp = bytearray(raw(IP(src=CLIENT, dst=VIP) / UDP(sport=5354, dport=80) / Raw(b"x" * 32)))
+        udp[24:26] = length.to_bytes(2, "big")
+        s[f"udp_len_{length}"] = bytes(udp)
+    for port, flags in ((83, "S"), (83, "A"), (80, "S")):
+        seg = bytearray(raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40009, dport=port, flags=flags, seq=1, ack=1)))
+        seg[37] ^= 0x01
+        s[f"bad_tcp_csum_{port}_{flags}"] = bytes(seg)
     # GSO super-packets as NFQA_CFG_F_GSO hands them over (lbd --gso): cut by lb_tcp_segment.
     ts = [("NOP", None), ("NOP", None), ("Timestamp", (7, 9))]
     for port in (80, 82):

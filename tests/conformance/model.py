@@ -115,6 +115,8 @@ class Udp:
     same_port: bool = False  # each client's datagrams of this step share one source port
     lbd_counts: dict[str, tuple[int, int]] | None = field(default=None, hash=False)
     port: int = 0  # the VIP's port datagrams go to; 0: SERVICE_PORT (others must be in Scenario.extra_ports)
+    ttl: int = 0  # the datagrams' IP TTL; 0: the client's default. Outcomes then carry the TTL the real
+                  # server saw ("rs1 ttl=4"): how many routers (the director) decremented it
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,8 @@ def describe(step: Step) -> str:
         return f"RELEASE {step.group!r}"
     if isinstance(step, Udp):
         how = "one source port per client" if step.same_port else "one datagram per source port"
-        return f"UDP x{step.n} from {','.join(step.clients)}{to} ({how})"
+        ttl = f" with TTL {step.ttl}" if step.ttl else ""
+        return f"UDP x{step.n} from {','.join(step.clients)}{to}{ttl} ({how})"
     if isinstance(step, Wait):
         return f"WAIT {step.seconds:g} s"
     raise TypeError(step)

@@ -283,7 +283,9 @@ class Player:
         netns, vip = self.topo.client.netns, self.vals[step.vips[k % len(step.vips)]]
         dport = getattr(step, "port", 0) or SERVICE_PORT
         if isinstance(step, Udp):
-            udp_exchange(netns, f, vip, dport)
+            udp_exchange(netns, f, vip, dport, ttl=step.ttl)
+            if step.ttl and f.ttl is not None:
+                f.outcome = f"{f.outcome} ttl={f.ttl}"  # what the director did to the TTL
             return f
         open_tcp(netns, f, vip, dport)
         if f.outcome == "refused":

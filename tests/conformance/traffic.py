@@ -5,7 +5,8 @@ Sockets are created inside the namespaces of our topologies (lb.testbed.topology
 per thread) and served by one selector thread:
 - a TCP listener per (real server, VIP) sends the server's name and a newline as soon as it
   accepts, then closes its side when the client has closed its own (client FIN first, always);
-- a UDP socket per (real server, VIP) answers every datagram with the server's name.
+- a UDP socket per (real server, VIP) answers every datagram with the server's name, and on a
+  second line the TTL the datagram arrived with (`ttl=N`).
 A real server that must refuse (Scenario.refuse) simply has no TCP listener on that VIP: its
 kernel answers the SYN with a RST.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import struct
 import threading
 from dataclasses import dataclass, field
 
@@ -25,6 +27,8 @@ from lb.testbed.topology import enter_netns
 
 CONNECT_TIMEOUT_S = 8.0  # one connection or datagram under emulation, generously
 NAME_MAX = 64
+IP_RECVTTL = 12  # Linux <linux/in.h>: not in every Python's socket module
+IP_RECVERR = 11
 
 
 class RealServers:
@@ -48,6 +52,7 @@ class RealServers:
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM) if tcp else None
         udp.bind((addr, port))
+        udp.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
         udp.setblocking(False)
         socks = [(udp, ("udp", name))]
         if lst is not None:
@@ -75,8 +80,12 @@ class RealServers:
                             self._owned.add(s)
                             self._sel.register(s, selectors.EVENT_READ, data)
                     elif kind == "udp":
-                        _, peer = sock.recvfrom(2048)
-                        sock.sendto(f"{name}\n".encode(), peer)
+                        # The answer's second line is the TTL the datagram arrived with (IP_RECVTTL):
+                        # what the director did to it. Readers of the name take the first line only.
+                        _, ancillary, _, peer = sock.recvmsg(2048, socket.CMSG_SPACE(4))
+                        ttl = next((int.from_bytes(d[:4], "little") for level, kind_, d in ancillary
+                                    if level == socket.IPPROTO_IP and kind_ == socket.IP_TTL), -1)
+                        sock.sendto(f"{name}\nttl={ttl}\n".encode(), peer)
                     elif kind == "listen":
                         conn, _ = sock.accept()
                         conn.setblocking(False)
@@ -141,6 +150,7 @@ class Flow:
     addr: str
     port: int
     outcome: str = ""  # a server name, "refused" (TCP; the runner adds who), "refused:none", "timeout", "error:<why>"
+    ttl: int | None = None  # UDP: the TTL the real server saw the datagram with (its answer's second line)
     sock: socket.socket | None = field(default=None, repr=False)
 
 
@@ -177,16 +187,50 @@ def close_tcp(flow: Flow) -> None:
         s.close()
 
 
-def udp_exchange(netns: str, flow: Flow, vip: str, port: int) -> None:
+_SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")  # ee_errno, ee_origin, ee_type, ee_code, ee_pad, ee_info, ee_data
+SO_EE_ORIGIN_ICMP = 2
+
+
+def _icmp_error(sock: socket.socket) -> str | None:
+    """The ICMP error queued on a socket with IP_RECVERR, as "icmp:TYPE/CODE from ADDR", or None."""
+    try:
+        _, ancillary, _, _ = sock.recvmsg(NAME_MAX, 512, socket.MSG_ERRQUEUE)
+    except OSError:
+        return None
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_RECVERR and len(data) >= _SOCK_EXTENDED_ERR.size + 8:
+            _, origin, icmp_type, code, _, _, _ = _SOCK_EXTENDED_ERR.unpack_from(data)
+            offender = socket.inet_ntoa(data[_SOCK_EXTENDED_ERR.size + 4:_SOCK_EXTENDED_ERR.size + 8])
+            if origin == SO_EE_ORIGIN_ICMP:
+                return f"icmp:{icmp_type}/{code} from {offender}"
+    return None
+
+
+def udp_exchange(netns: str, flow: Flow, vip: str, port: int, ttl: int = 0) -> None:
     """One datagram and its answer. The socket is connected, so the ICMP port unreachable a director
     sends when it has no real server for the datagram ends the wait at once (ECONNREFUSED) rather
-    than after CONNECT_TIMEOUT_S."""
+    than after CONNECT_TIMEOUT_S. With `ttl`, the datagram leaves with that TTL, flow.ttl gets the
+    TTL the real server saw, and an ICMP error about it (time exceeded) is the outcome
+    ("icmp:11/0 from ADDR", read with IP_RECVERR)."""
     s = _client_socket(netns, socket.SOCK_DGRAM, flow.addr, flow.port)
     try:
+        if ttl:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
         s.connect((vip, port))
         s.send(b"?\n")
-        data = s.recv(NAME_MAX)
-        flow.outcome = data.split(b"\n", 1)[0].decode(errors="replace")
+        try:
+            data = s.recv(NAME_MAX)
+        except OSError:
+            error = _icmp_error(s) if ttl else None
+            if error is None:
+                raise
+            flow.outcome = error
+            return
+        lines = data.decode(errors="replace").split("\n")
+        flow.outcome = lines[0]
+        if len(lines) > 1 and lines[1].startswith("ttl="):
+            flow.ttl = int(lines[1][4:])
     except ConnectionRefusedError:
         flow.outcome = "refused:none"  # ICMP port unreachable: the director has no real server for it
     except TimeoutError:

@@ -1,5 +1,5 @@
 """Hostile packets the packet table does not already cover (issue 8): zero windows, RST storms,
-TTL 1 on methods that do not route. Both engines, each outcome with its counter."""
+TTL 1 on DR and IPIP (issue 16: they decrement it, as the kernel). Both engines, each outcome with its counter."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from scapy.all import IP, TCP, raw
+from scapy.all import ICMP, IP, TCP, raw
+from scapy.utils import checksum
 
 from lb.engine import FwdState, Verdict
 from lb.fastpath import CEngine
@@ -41,17 +42,19 @@ def _engine(factory: Callable[[], Any]) -> Any:
 
 def _tcp(flags: str, dport: int = 80, **kw: Any) -> bytes:
     ttl = kw.pop("ttl", 64)
-    return raw(IP(src=CLIENT, dst=VIP, ttl=ttl) / TCP(sport=40000, dport=dport, flags=flags, **kw))
+    sport = kw.pop("sport", 40000)
+    return raw(IP(src=CLIENT, dst=VIP, ttl=ttl) / TCP(sport=sport, dport=dport, flags=flags, **kw))
 
 
 @pytest.mark.parametrize("factory", _factories())
-def test_zero_window_is_forwarded_unchanged(factory: Callable[[], Any]) -> None:
+def test_zero_window_is_forwarded(factory: Callable[[], Any]) -> None:
     e = _engine(factory)
     e.process(_tcp("S"), 1000)
     e.process(_tcp("A", seq=1, ack=1), 1001)
     pkt = _tcp("A", seq=1, ack=1, window=0)
     a = e.process(pkt, 1002)
-    assert a.verdict == Verdict.XMIT_L2 and a.out in (b"", pkt)
+    assert a.verdict == Verdict.XMIT_L2
+    assert IP(a.out)[TCP].window == 0 and a.out[20:] == pkt[20:]  # forwarded as it is (TTL - 1)
     assert [c.state for c in e.connections(1002)] == ["ESTABLISHED"]
     assert e.counters()["forwarded"] == 3
 
@@ -79,10 +82,33 @@ def test_rst_storm_closes_once_and_expires(factory: Callable[[], Any]) -> None:
 
 @pytest.mark.parametrize("factory", _factories())
 @pytest.mark.parametrize("dport,method", [(80, "DR"), (81, "tunnel")])
-def test_ttl_1_is_not_decremented_by_non_routing_methods(factory: Callable[[], Any], dport: int, method: str) -> None:
+def test_ttl_runs_out_on_the_director_as_in_the_kernel(factory: Callable[[], Any], dport: int, method: str) -> None:
+    """Every method decrements the TTL (the kernel's __ip_vs_get_out_rt -> decrement_ttl, DR and the inner
+    header of IPIP included); at TTL 1 the client gets ICMP time exceeded from the VIP."""
     e = _engine(factory)
-    pkt = _tcp("S", dport=dport, ttl=1)
+    pkt = _tcp("S", dport=dport, ttl=2)
     a = e.process(pkt, 1000)
     assert a.verdict == Verdict.XMIT_L2, method
-    inner = IP(a.out)[IP][1] if method == "tunnel" else IP(a.out or pkt)
-    assert inner.ttl == 1  # DR and IPIP carry the client's packet unchanged (IPVS does not decrement)
+    inner = IP(a.out)[IP][1] if method == "tunnel" else IP(a.out)
+    assert inner.ttl == 1
+    assert checksum(raw(inner)[:20]) == 0  # the header checksum follows the new TTL
+    last = _tcp("S", dport=dport, ttl=1, sport=40001)
+    a = e.process(last, 1001)
+    assert (a.verdict, a.reason.name) == (Verdict.ANSWER, "TTL_EXCEEDED"), method
+    answer = IP(a.out)
+    assert (answer.src, answer.dst, answer[ICMP].type, answer[ICMP].code) == (VIP, CLIENT, 11, 0)
+    assert raw(answer[ICMP].payload)[:28] == last[:28]
+
+
+@pytest.mark.parametrize("factory", _factories())
+def test_looped_back_packets_are_not_martians(factory: Callable[[], Any]) -> None:
+    """The director's own connection to a VIP comes back in on lo with a local source (the VIP, an
+    interface address): the kernel never routes it on input (no martian check), and neither does lbd
+    when the adapter says it came in on lo (LB_PKT_F_LOOPBACK); from anywhere else it is a martian."""
+    e = _engine(factory)
+    e.set_local_addrs(["10.0.0.2"])
+    for src, port in ((VIP, 41000), ("10.0.0.2", 41001), ("127.0.0.1", 41002)):
+        pkt = raw(IP(src=src, dst=VIP) / TCP(sport=port, dport=80, flags="S"))
+        assert e.process(pkt, 1000).verdict == Verdict.DROP, src
+        assert e.process(pkt, 1000, loopback=True).verdict == Verdict.XMIT_L2, src
+    assert (e.counters()["local_src"], e.counters()["martian_src"], e.counters()["forwarded"]) == (2, 1, 3)

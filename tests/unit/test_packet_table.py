@@ -49,6 +49,7 @@ def test_row(factory: table.EngineFactory, row: table.Row) -> None:
     engine = run_row(factory, row)
 
     expected_counts = Counter(step.reason for step in row.packet_steps)
+    expected_counts.update(dict(row.timer_counts))
     assert table.reason_counts(engine.counters()) == dict(expected_counts)  # type: ignore[attr-defined]
 
     services = engine.services()  # type: ignore[attr-defined]

@@ -60,6 +60,8 @@ class FakeSocket:
 
 
 class FakePacket:
+    indev = 2  # not lo
+
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
         self.verdicts: list[str] = []
@@ -88,7 +90,7 @@ class FakeEngine:
         self.seen: list[tuple[bytes, int]] = []
         self.failed: list[Reason] = []  # count_xmit_failed calls
 
-    def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
+    def process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
         self.seen.append((packet, now_ms))
         assert self.action is not None
         return self.action
@@ -229,7 +231,7 @@ def test_stats_keys_mirror_the_c_adapter() -> None:
 
 def test_engine_failure_fails_closed() -> None:
     class Broken(FakeEngine):
-        def process(self, packet: bytes, now_ms: int, mark: int = 0) -> Action:
+        def process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
             raise RuntimeError("boom")
 
     a = adapter(Broken())

@@ -100,6 +100,7 @@ class Script:
                  uppers: list[int], flags: int, rng: random.Random) -> None:
         self.engine, self.sched, self.proto, self.rng = engine, sched, proto, rng
         self.dest_addrs, self.uppers = dest_addrs, uppers
+        self.vips = vips
         self.flags = flags
         self.ops = False
         self.present: set[int] = set()
@@ -155,9 +156,18 @@ class Script:
                 conn.expire()
             pair.conns.clear()
 
+    def client_addr(self) -> str:
+        """A random unicast client address: neither a martian source (0/8, 127/8, multicast, class E and
+        broadcast, which the kernel's routing and lbd drop before scheduling) nor a VIP."""
+        while True:
+            value = self.rng.getrandbits(32) & 0xFFFFFF00 | 0x80 | self.rng.getrandbits(7)
+            src = str(ipaddress.IPv4Address(value))
+            if value >> 24 not in (0, 127) and value >> 24 < 224 and src not in self.vips:
+                return src
+
     def probe(self, n: int) -> None:
         for _ in range(n):
-            src = str(ipaddress.IPv4Address(self.rng.getrandbits(32) & 0xFFFFFF00 | 0x80 | self.rng.getrandbits(7)))
+            src = self.client_addr()
             sport = self.next_port
             self.next_port += 1
             for pair in self.pairs:

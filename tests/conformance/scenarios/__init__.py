@@ -20,6 +20,7 @@ from conformance.scenarios import (
     rr,
     sched_list,
     tooling,
+    ttl,
     twos,
     wlc,
 )
@@ -31,6 +32,7 @@ ALL += (*locality.SCENARIOS, *twos.SCENARIOS)
 ALL += (*battery.HASHING, *hashing.SCENARIOS)
 ALL += nat.SCENARIOS  # NAT (issue 14): the real servers' NAT addresses, runner.spec()
 ALL += allports.SCENARIOS
+ALL += ttl.SCENARIOS  # TTL decremented by every method (issue 16 item 9)
 
 _names = [s.name for s in ALL]
 if len(set(_names)) != len(_names):
