@@ -446,7 +446,9 @@ async def run(args: argparse.Namespace) -> int:
         if restoring:
             assert snapshot is not None
             if snapshot.exists():
-                statefile.restore_state(director, snapshot)
+                from lb.staterecover import restore_or_set_aside
+
+                restore_or_set_aside(director, snapshot)  # a damaged file is set aside, never fatal
             else:
                 log.warning("--restore: no state file %s; starting empty", snapshot)
         if args.config:

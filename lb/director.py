@@ -555,7 +555,7 @@ class Director:
             raise EngineError("EINVAL", f"{what}: not a format-{self.SNAPSHOT_FORMAT} lbd state snapshot")
         try:
             desired = State.from_list_json(snapshot, snapshot.get("timeouts"))
-        except (StateError, ConfigError, KeyError, TypeError, ValueError) as exc:
+        except (StateError, ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:  # a null where an object belongs
             raise EngineError("EINVAL", f"{what}: snapshot does not parse: {exc}") from exc
         steps = plan(self.running_state(), desired)
         if steps:
