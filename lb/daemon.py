@@ -485,9 +485,10 @@ async def run(args: argparse.Namespace) -> int:
             saver = statefile.StateSaver(director, snapshot)
             tasks.append(asyncio.ensure_future(_snapshot_loop(saver, stop)))
         if rules is not None:
-            from lb.steerwatch import SteeringWatch, generation_source
+            from lb.steerwatch import SteeringWatch, generation_source, set_counts_source
 
-            watch = SteeringWatch(rules, director.steering, generation_source(rules))
+            watch = SteeringWatch(rules, director.steering, generation_source(rules),
+                                  set_counts=set_counts_source(rules))
             tasks.append(asyncio.ensure_future(_steering_watch_loop(watch, stop)))
         try:
             await _resolve_loop(director, stop)

@@ -493,7 +493,7 @@ class RuleManager:
 
     # ---- noticing and repairing damage (lb.steerwatch calls these every tick)
 
-    def damage(self) -> list[str]:
+    def damage(self, set_counts: dict[str, int] | None = None) -> list[str]:
         """What is missing from or altered in this queue's steering, one phrase each; empty when
         intact. Costs one `iptables -S` of the raw table, one `ipset list -t` (headers: element
         counts, O(1) per set) and, with fwmark services, one listing of mangle: nothing that
@@ -512,12 +512,13 @@ class RuleManager:
             found += _chain_damage(MARK_TABLE, self.mark_chain, state, mark_rules(self.queue_num, self._marks, self.target))
             if state.chain_exists and not _has_jump_from(state, HOOK_CHAIN):
                 found.append(f"jump {MARK_TABLE} {HOOK_CHAIN} -> {self.mark_chain} gone")
-        return found + self.set_damage()
+        return found + self.set_damage(set_counts)
 
-    def set_damage(self) -> list[str]:
+    def set_damage(self, set_counts: dict[str, int] | None = None) -> list[str]:
         """The sets' part of damage(): a set gone, or holding another number of elements than lbd put
-        in it (flushed, elements deleted). One `ipset list -t`."""
-        present = ips.parse_headers(self._exec([self.sets.ipset, "list", "-t"]))
+        in it (flushed, elements deleted). `set_counts`: set name -> elements, as the caller read
+        them (lb.steerwatch over netlink); None: one `ipset list -t`."""
+        present = set_counts if set_counts is not None else ips.parse_headers(self._exec([self.sets.ipset, "list", "-t"]))
         found = []
         for kind, name in self.sets.names.items():
             if name not in present:

@@ -90,11 +90,11 @@ class FakeRules:
         self.calls: list[str] = []
         self.fail = ""
 
-    def damage(self) -> list[str]:
+    def damage(self, _counts: object = None) -> list[str]:
         self.calls.append("damage")
         return list(self.broken)
 
-    def set_damage(self) -> list[str]:
+    def set_damage(self, _counts: object = None) -> list[str]:
         self.calls.append("set_damage")
         return [b for b in self.broken if b.startswith("ip set")]
 
@@ -167,3 +167,40 @@ def test_generation_reply_parsing_is_bounds_checked() -> None:
 
 def test_chain_damage_wording() -> None:
     assert ipt._chain_damage("raw", "X", ipt.TableState(False, [], []), ["-A X -j RETURN"]) == ["raw chain X gone"]
+
+
+def test_set_damage_uses_the_counts_it_is_given_without_running_ipset() -> None:
+    fake, rules = _healthy()
+    counts = {name: len(members) for name, (_t, members) in fake.sets.items()}
+    fake.calls.clear()
+    assert rules.set_damage(counts) == []
+    counts["lbd-q3-svc"] = 0
+    assert rules.set_damage(counts) == ["ip set lbd-q3-svc holds 0 of its 2 elements"]
+    assert fake.calls == []  # nothing forked: the watch reads the counts over netlink
+
+
+def test_a_tick_passes_the_netlink_counts_on() -> None:
+    seen: list[object] = []
+
+    class Recording(FakeRules):
+        def set_damage(self, counts: object = None) -> list[str]:
+            seen.append(counts)
+            return []
+
+    watch = sw.SteeringWatch(Recording(), Steering, lambda: 1, set_counts=lambda: {"lbd-q0-svc": 3})
+    watch.tick()
+    watch.tick()
+    assert seen == [{"lbd-q0-svc": 3}]
+
+
+def _nla(atype: int, payload: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(payload), atype) + payload
+    return raw + bytes(-len(raw) % 4)
+
+
+def test_set_header_parsing_reads_name_and_count_and_is_bounds_checked() -> None:
+    inner = _nla(sw.IPSET_ATTR_ELEMENTS | 0x4000, struct.pack(">I", 10000))
+    body = _nla(sw.IPSET_ATTR_SETNAME, b"lbd-q0-svc\0") + _nla(sw.IPSET_ATTR_DATA | 0x8000, inner)
+    assert sw._set_header(body, 0, len(body)) == ("lbd-q0-svc", 10000)
+    assert sw._set_header(body[:-3], 0, len(body) - 3) == ("lbd-q0-svc", None)  # cut short: no count
+    assert sw._set_header(b"\x02\x00", 0, 2) == (None, None)
