@@ -610,6 +610,7 @@ def parse_ipvsadm_save(text: str, path: str = "<string>") -> Config:
     specs: dict[ServiceKey, tuple[ServiceSpec, int]] = {}
     dests: dict[ServiceKey, dict[tuple[str, int], DestConfig]] = {}
     laddrs: dict[ServiceKey, list[str]] = {}
+    laddr_lines: dict[ServiceKey, int] = {}  # the first -P line of each service
     timeouts: Timeouts | None = None
     timeouts_line = 0
     for number, raw_line, invocation, parsed in _rule_lines(text):
@@ -653,17 +654,60 @@ def parse_ipvsadm_save(text: str, path: str = "<string>") -> Config:
                 issues.append(ConfigIssue(path, number, f"local address {cmd.addr} listed twice for {cmd.key}"))
             else:
                 laddrs[cmd.key].append(cmd.addr)
+                laddr_lines.setdefault(cmd.key, number)
         elif isinstance(cmd, SetTimeout):
             timeouts = (timeouts or DEFAULT_TIMEOUTS).merged(cmd.timeouts)
             timeouts_line = number
         else:
             issues.append(ConfigIssue(path, number, f"not a configuration command (only -A, -a, -P, --set): {raw_line.strip()}"))
+    for key in order:
+        issues += _save_service_issues(path, specs[key], list(dests[key].values()), laddrs[key], laddr_lines.get(key, 0))
     if issues:
-        raise ConfigErrors(issues)
+        raise ConfigErrors(sorted(issues, key=lambda i: i.line))
     services = tuple(
         ServiceConfig(specs[k][0], tuple(dests[k].values()), tuple(laddrs[k]), specs[k][1]) for k in order
     )
     return Config(path, services, timeouts, timeouts_line, "ipvsadm-save")
+
+
+def _save_service_issues(path: str, spec_line: tuple[ServiceSpec, int], dests: list[DestConfig],
+                         laddrs: list[str], laddr_line: int) -> list[ConfigIssue]:
+    """The rules that join a service's lines, as the TOML form checks them (_check_service): a
+    file is rejected the same way whichever form it has (issue 16 item 5: before, a FULLNAT
+    destination without a local address passed `lbd --check` and then dropped every connection)."""
+    spec, line = spec_line
+    label = str(spec.key)
+    issues: list[ConfigIssue] = []
+    fullnat = [d for d in dests if d.spec.fwd == "fullnat"]
+    if fullnat and not laddrs:
+        issues.append(ConfigIssue(path, fullnat[0].line, f"-b (fullnat) needs local addresses: add a line "
+                                                          f"-P {_save_label(spec.key)} -z LOCAL-ADDRESS for {label}"))
+    for d in fullnat:
+        if spec.key.port == 0:
+            issues.append(ConfigIssue(path, d.line, "a port-zero or fwmark service forwards each connection to the "
+                                                    "port the client asked for: -b (fullnat) needs a fixed real-server "
+                                                    "port; use -g or -i"))
+        if spec.ops:
+            issues.append(ConfigIssue(path, d.line, "a one-packet service (-o) keeps no connection entry, and "
+                                                    "-b (fullnat) needs one for the replies"))
+    if getattr(spec, "synproxy", False):
+        issues += [ConfigIssue(path, d.line, f"a SYN-proxy service (-j enable) only forwards with -b (fullnat), not "
+                                             f"{d.spec.fwd!r}") for d in dests if d.spec.fwd != "fullnat"]
+    if dests and not fullnat:
+        if laddrs:
+            issues.append(ConfigIssue(path, laddr_line, f"local addresses (-P) only apply to FULLNAT: no destination "
+                                                        f"of {label} has -b (fullnat)"))
+        if spec.toa:
+            issues.append(ConfigIssue(path, line, f"--toa only applies to FULLNAT: no destination of {label} has "
+                                                  "-b (fullnat)"))
+    return issues
+
+
+def _save_label(key: ServiceKey) -> str:
+    """A service as an ipvsadm option (-t/-u VIP:PORT, -f MARK)."""
+    if key.fwmark:
+        return f"-f {key.fwmark}"
+    return f"{'-u' if key.proto == 17 else '-t'} {key.addr}:{key.port}"
 
 
 # ---------------------------------------------------------------------------- entry points

@@ -1,5 +1,16 @@
 """lbd's control socket: newline-delimited JSON over a Unix socket (docs/control-protocol.md),
-one Director behind it. Only root or lbd's own user may connect (SO_PEERCRED)."""
+one Director behind it. Only root or lbd's own user may connect (SO_PEERCRED).
+
+Limits (issue 16 item 6: ~1,000 idle root connections under the usual 1,024-fd limit made lbadm
+and the state snapshot fail with EMFILE):
+- at most MAX_CLIENTS connections at once, so control connections can never take the file
+  descriptors that lbd's own work (state files, netlink, iptables) needs;
+- a connection idle for IDLE_TIMEOUT_S (no request) is closed; clients reconnect (lbadm and
+  lbadm doctor open one connection per run anyway);
+- the operator always gets in: a new connection at the cap closes the connection that has been
+  idle longest (never one whose request is being served); only when every one of them is busy
+  is the new one refused, with EBUSY. Said in the log at most once a minute, with a count.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +20,7 @@ import logging
 import os
 import socket
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +31,35 @@ from lb.model import ConfigError
 log = logging.getLogger("lbd")
 
 MAX_REQUEST_BYTES = 1 << 20
+MAX_CLIENTS = 64  # concurrent control connections (lbd's fd limit is usually 1,024)
+IDLE_TIMEOUT_S = 60.0  # a connection without a request this long is closed
+REPORT_EVERY_S = 60.0  # evictions and refusals are logged at most this often
+
+
+@dataclass
+class _Client:
+    writer: asyncio.StreamWriter
+    last_active: float  # loop time of the connection's start or its last answer
+    busy: bool = False  # a request is being served: never evicted
 
 
 class ControlServer:
     """Newline-delimited JSON over a Unix socket; one Director behind it."""
 
-    def __init__(self, director: Director, path: str) -> None:
+    def __init__(self, director: Director, path: str, max_clients: int = MAX_CLIENTS,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+        if max_clients < 1:
+            raise ValueError(f"max_clients {max_clients} must be at least 1")
         self.director = director
         self.path = path
         self.server: asyncio.AbstractServer | None = None
+        self.max_clients = max_clients
+        self.idle_timeout_s = idle_timeout_s
+        self.clients: dict[asyncio.StreamWriter, _Client] = {}  # in the order they connected
+        self.evicted = 0  # idle connections closed to let a new one in (since start)
+        self.refused = 0  # new connections refused: every connection was busy
+        self.timed_out = 0
+        self._reported: tuple[float, int, int] = (float("-inf"), 0, 0)  # (when, evicted, refused) last logged
 
     async def start(self) -> None:
         sock_path = Path(self.path)
@@ -52,28 +84,67 @@ class ControlServer:
         except FileNotFoundError:
             pass
 
+    def _admit(self, now: float) -> bool:
+        """Room for one more connection: at the cap, close the one idle longest. False: all busy."""
+        if len(self.clients) < self.max_clients:
+            return True
+        idle = [c for c in self.clients.values() if not c.busy]
+        if not idle:
+            self.refused += 1
+            self._report(now)
+            return False
+        victim = min(idle, key=lambda c: c.last_active)
+        del self.clients[victim.writer]
+        victim.writer.close()  # its reader sees end of file; its handler ends
+        self.evicted += 1
+        self._report(now)
+        return True
+
+    def _report(self, now: float) -> None:
+        when, evicted, refused = self._reported
+        if now - when < REPORT_EVERY_S:
+            return
+        log.warning("control socket at its cap of %d connections: %d idle connections closed to let new ones in, "
+                    "%d new ones refused (all busy) since %s", self.max_clients, self.evicted - evicted,
+                    self.refused - refused, "start" if when == float("-inf") else "the last report")
+        self._reported = (now, self.evicted, self.refused)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         if not _peer_allowed(sock):
             writer.write(_encode({"ok": False, "errno": "EPERM", "error": "Permission denied (you must be root)"}))
-            await writer.drain()
-            writer.close()
+            await _close(writer)
             return
+        loop = asyncio.get_running_loop()
+        if not self._admit(loop.time()):
+            writer.write(_encode({"ok": False, "errno": "EBUSY",
+                                  "error": f"lbd is serving {self.max_clients} control connections; try again"}))
+            await _close(writer)
+            return
+        client = self.clients[writer] = _Client(writer, loop.time())
         session = BatchSession()  # a chunked batch lives as long as its connection (docs/control-protocol.md)
         try:
             while True:
                 try:
-                    line = await reader.readline()
+                    line = await asyncio.wait_for(reader.readline(), timeout=self.idle_timeout_s)
+                except TimeoutError:
+                    self.timed_out += 1
+                    log.debug("control connection idle for %g s: closed", self.idle_timeout_s)
+                    break
                 except (asyncio.LimitOverrunError, ValueError):
                     writer.write(_encode({"ok": False, "errno": "EINVAL", "error": "request too large"}))
                     break
                 if not line:
                     break
+                client.busy = True
                 writer.write(_encode(self._dispatch(line, session)))
                 await writer.drain()
+                client.busy, client.last_active = False, loop.time()
         except (ConnectionResetError, BrokenPipeError):
             pass
         finally:
+            if self.clients.get(writer) is client:
+                del self.clients[writer]
             writer.close()
 
     def _dispatch(self, line: bytes, session: BatchSession | None = None) -> dict[str, Any]:
@@ -98,6 +169,14 @@ class ControlServer:
         except Exception as exc:  # never let one request stop the daemon
             log.exception("operation %s failed", op)
             return {"ok": False, "errno": "EIO", "error": f"{op} failed: {exc}"}
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    try:
+        await writer.drain()
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    writer.close()
 
 
 def _encode(obj: dict[str, Any]) -> bytes:

@@ -371,6 +371,23 @@ async def _snapshot_loop(saver: statefile.StateSaver, stop: asyncio.Event) -> No
             last_error = str(exc)
 
 
+async def _steering_watch_loop(watch: Any, stop: asyncio.Event) -> None:
+    """Every WATCH_TICK_S: lbd's own rules and sets still there? Put back what is not (lb.steerwatch)."""
+    from lb.steerwatch import WATCH_TICK_S
+
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=WATCH_TICK_S)
+        except TimeoutError:
+            pass
+        if stop.is_set():
+            break
+        try:
+            watch.tick()
+        except Exception:  # keep serving; the next tick retries
+            log.exception("checking lbd's steering rules failed")
+
+
 def _install_rules(rules: Any, director: Director) -> None:
     """Take over this queue's chains and make them hold exactly the running services' rules.
 
@@ -450,7 +467,9 @@ async def run(args: argparse.Namespace) -> int:
         if restoring:
             assert snapshot is not None
             if snapshot.exists():
-                statefile.restore_state(director, snapshot)
+                from lb.staterecover import restore_or_set_aside
+
+                restore_or_set_aside(director, snapshot)  # a damaged file is set aside, never fatal
             else:
                 log.warning("--restore: no state file %s; starting empty", snapshot)
         if args.config:
@@ -487,6 +506,12 @@ async def run(args: argparse.Namespace) -> int:
         if snapshot is not None:
             saver = statefile.StateSaver(director, snapshot)
             tasks.append(asyncio.ensure_future(_snapshot_loop(saver, stop)))
+        if rules is not None:
+            from lb.steerwatch import SteeringWatch, generation_source, set_counts_source
+
+            watch = SteeringWatch(rules, director.steering, generation_source(rules),
+                                  set_counts=set_counts_source(rules))
+            tasks.append(asyncio.ensure_future(_steering_watch_loop(watch, stop)))
         try:
             await _resolve_loop(director, stop)
         finally:

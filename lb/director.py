@@ -62,6 +62,7 @@ from lb.reconcile import (
     synproxy_to_json,
 )
 from lb.requests import parse_command, parse_key
+from lb.stallhistory import StallHistory
 from lb.totals import TotalStats
 
 log = logging.getLogger("lbd")
@@ -133,6 +134,7 @@ class Director:
         self._snapshot_cache: tuple[int, dict[str, Any]] | None = None
         self.estimator: Estimator[StatsKey] = Estimator()
         self.stalls: StallWatch[DestKey] = StallWatch()
+        self.stall_history = StallHistory()  # recent episodes, for lbadm doctor (op stall_history)
         # SYN-proxy settings as last applied (the engines cannot report them): the global default
         # and the services that have their own.
         self.synproxy_default = SynproxyConf()
@@ -151,6 +153,7 @@ class Director:
             "stop_daemon": self._stop_daemon,
             "batch": self._batch,  # handle() passes the connection's BatchSession
             "reload": self._reload,
+            "stall_history": lambda _args: self.stall_history.to_json(),
         }
         for op in COMMAND_TYPES:  # add_service ... set_timeout: one command each
             self._ops[op] = functools.partial(self._single, op)
@@ -559,7 +562,7 @@ class Director:
             raise EngineError("EINVAL", f"{what}: not a format-{self.SNAPSHOT_FORMAT} lbd state snapshot")
         try:
             desired = State.from_list_json(snapshot, snapshot.get("timeouts"))
-        except (StateError, ConfigError, KeyError, TypeError, ValueError) as exc:
+        except (StateError, ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:  # a null where an object belongs
             raise EngineError("EINVAL", f"{what}: snapshot does not parse: {exc}") from exc
         steps = plan(self.running_state(), desired)
         if steps:
@@ -598,9 +601,26 @@ class Director:
             (s.spec.key, d.spec.addr, d.spec.port): HandshakeSample(d.syn_retrans, d.handshakes, d.stats.conns)
             for s in services for d in s.dests
         }
-        for event in self.stalls.tick(time.monotonic() if now is None else now, samples):
+        now_mono = time.monotonic() if now is None else now
+        events = self.stalls.tick(now_mono, samples)
+        for event in events:
             self._log_stall(event)
+        self._remember_stalls(events, services, now_mono)
         self._log_refusals(counters)
+
+    def _remember_stalls(self, events: list[StallEvent[DestKey]], services: list[ServiceInfo], now: float) -> None:
+        """Keep the episodes for `lbadm doctor` (lb.stallhistory): O(destinations) only while one goes on."""
+        history = self.stall_history
+        if not events and not history.ongoing():
+            return
+        history.forget_missing([(s.spec.key, d.spec.addr, d.spec.port) for s in services for d in s.dests], now)
+        stalled = {s.spec.key: [self.stalls.stalled((s.spec.key, d.spec.addr, d.spec.port)) for d in s.dests]
+                   for s in services}
+        whole = {key for key, flags in stalled.items() if len(flags) > 1 and all(flags)}
+        fwd = {(s.spec.key, d.spec.addr, d.spec.port): d.spec.fwd for s in services for d in s.dests}
+        for event in events:
+            history.record(event, fwd.get(event.key, "route"), event.key[0] in whole, now)
+        history.still_stalled([k for k in fwd if self.stalls.stalled(k)], whole)
 
     # Drop reasons that mean "we refused new work": logged once per tick in which they grew.
     REFUSAL_LOGS = {

@@ -458,7 +458,7 @@ class RuleManager:
                  "conntrack opt-in: balanced flows are tracked" if self.track else
                  f"balanced flows untracked, also lbd's own packets (mark {self.mark:#x}) in {OUT_HOOK_CHAIN}")
 
-    def sync(self, steering: ips.Steering) -> Plan:
+    def sync(self, steering: ips.Steering, heal_level: int = logging.WARNING) -> Plan:
         """Make the sets hold exactly `steering` (only the difference is sent), and heal the chains.
 
         The chains' content is fixed, so what a service change costs is its set elements; the
@@ -467,6 +467,7 @@ class RuleManager:
         content (also a previous version's per-service rules, adopted on restart), and
         LBD-Q<N>-OUT with its rule and jump (unless track=True). Sets are filled before any
         rule that refers to them is written, so an adopted chain never meets an empty set.
+        `heal_level`: how loudly each healed part is logged (repair() has said it in one line).
         """
         pre, go, out = self._states()
         if not pre.chain_exists:
@@ -479,41 +480,93 @@ class RuleManager:
         lines: list[str] = []
         if not (go.chain_exists and same_rules(go.rules, go_rules(self.queue_num, self.target, self.track))
                 and same_rules(pre.rules, chain_rules(self.queue_num))):
-            log.warning("raw %s / %s did not hold lbd's set rules (%d rules found); rewriting them",
-                        self.chain, self.go_chain, len(pre.rules) + len(go.rules))
+            log.log(heal_level, "raw %s / %s did not hold lbd's set rules (%d rules found); rewriting them",
+                    self.chain, self.go_chain, len(pre.rules) + len(go.rules))
             plan.rewritten = [self.chain, self.go_chain]
             lines += self._chain_lines()
         if not _has_jump_from(pre, HOOK_CHAIN):
             # Someone removed our jump (e.g. an operator's `iptables -t raw -F PREROUTING`):
             # without it nothing reaches the queue, so restore it in the same transaction.
-            log.warning("raw %s: jump from %s was missing; restoring it", self.chain, HOOK_CHAIN)
+            log.log(heal_level, "raw %s: jump from %s was missing; restoring it", self.chain, HOOK_CHAIN)
             plan.jump_added = True
             lines.append(jump_rule(self.queue_num))
-        plan.out_repaired = self._plan_out(out)
+        plan.out_repaired = self._plan_out(out, heal_level)
         lines += plan.out_repaired
         self._restore(lines)
         plan.marks_changed = self._sync_marks(steering.fwmarks)
         if plan.empty:
             log.debug("raw %s already in sync", self.chain)
         else:
-            log.info("raw %s: %s", self.chain, plan)
+            log.log(min(heal_level, logging.INFO), "raw %s: %s", self.chain, plan)
         return plan
 
-    def _plan_out(self, out: TableState) -> list[str]:
+    def _plan_out(self, out: TableState, heal_level: int = logging.WARNING) -> list[str]:
         if self.track:
             return []
         if not out.chain_exists:
-            log.warning("raw %s was missing; restoring it", self.out_chain)
+            log.log(heal_level, "raw %s was missing; restoring it", self.out_chain)
             return self._out_lines()
         lines: list[str] = []
         want = out_rules(self.queue_num)
         if not same_rules(out.rules, want):
-            log.warning("raw %s did not hold exactly %s; rewriting it", self.out_chain, want)
+            log.log(heal_level, "raw %s did not hold exactly %s; rewriting it", self.out_chain, want)
             lines += [f"-F {self.out_chain}", *want]
         if not _has_jump_from(out, OUT_HOOK_CHAIN):
-            log.warning("raw %s: jump from %s was missing; restoring it", self.out_chain, OUT_HOOK_CHAIN)
+            log.log(heal_level, "raw %s: jump from %s was missing; restoring it", self.out_chain, OUT_HOOK_CHAIN)
             lines.append(out_jump_rule(self.queue_num))
         return lines
+
+    # ---- noticing and repairing damage (lb.steerwatch calls these every tick)
+
+    def damage(self, set_counts: dict[str, int] | None = None) -> list[str]:
+        """What is missing from or altered in this queue's steering, one phrase each; empty when
+        intact. Costs one `iptables -S` of the raw table, one `ipset list -t` (headers: element
+        counts, O(1) per set) and, with fwmark services, one listing of mangle: nothing that
+        grows with the number of services."""
+        pre, go, out = self._states()
+        found = [*_chain_damage(TABLE, self.chain, pre, chain_rules(self.queue_num)),
+                 *_chain_damage(TABLE, self.go_chain, go, go_rules(self.queue_num, self.target, self.track))]
+        if pre.chain_exists and not _has_jump_from(pre, HOOK_CHAIN):
+            found.append(f"jump {TABLE} {HOOK_CHAIN} -> {self.chain} gone")
+        if not self.track:
+            found += _chain_damage(TABLE, self.out_chain, out, out_rules(self.queue_num))
+            if out.chain_exists and not _has_jump_from(out, OUT_HOOK_CHAIN):
+                found.append(f"jump {TABLE} {OUT_HOOK_CHAIN} -> {self.out_chain} gone")
+        if self._marks:
+            state, _hook = self._mark_listing()
+            found += _chain_damage(MARK_TABLE, self.mark_chain, state, mark_rules(self.queue_num, self._marks, self.target))
+            if state.chain_exists and not _has_jump_from(state, HOOK_CHAIN):
+                found.append(f"jump {MARK_TABLE} {HOOK_CHAIN} -> {self.mark_chain} gone")
+        return found + self.set_damage(set_counts)
+
+    def set_damage(self, set_counts: dict[str, int] | None = None) -> list[str]:
+        """The sets' part of damage(): a set gone, or holding another number of elements than lbd put
+        in it (flushed, elements deleted). `set_counts`: set name -> elements, as the caller read
+        them (lb.steerwatch over netlink); None: one `ipset list -t`."""
+        present = set_counts if set_counts is not None else ips.parse_headers(self._exec([self.sets.ipset, "list", "-t"]))
+        found = []
+        for kind, name in self.sets.names.items():
+            if name not in present:
+                found.append(f"ip set {name} gone")
+            elif self.sets.installed is not None and present[name] != len(self.sets.installed.get(kind, ())):
+                found.append(f"ip set {name} holds {present[name]} of its {len(self.sets.installed.get(kind, ()))} elements")
+        return found
+
+    def repair(self, steering: ips.Steering) -> Plan:
+        """Put back whatever damage() found: missing sets re-created and refilled from `steering`
+        (what the kernel holds is re-read), then the chains and jumps rewritten, in sync()'s order
+        (sets before the rules that refer to them). The caller logs what was found, once; the
+        parts healed here are logged at debug level only."""
+        self.sets.installed = None  # re-read what the kernel holds: no trust in the cache
+        self._marks = None
+        pre = self._state()
+        if not pre.chain_exists:  # the whole chain went (e.g. `iptables -t raw -F; -X`)
+            try:
+                self.sets.sync(steering)
+            except ips.IpsetError as exc:
+                raise IptablesError(exc.cmd, exc.returncode, exc.stderr) from exc
+            self._restore(self._chain_lines())
+        return self.sync(steering, heal_level=logging.DEBUG)
 
     def teardown(self) -> None:
         """Remove the jumps, flush and delete the chains, then destroy the sets. Idempotent;
@@ -580,6 +633,14 @@ class RuleManager:
 
     def detect(self) -> str | None:
         return detect(self.iptables, netns=self.netns, runner=self._runner)
+
+
+def _chain_damage(table: str, chain: str, state: TableState, want: Sequence[str]) -> list[str]:
+    if not state.chain_exists:
+        return [f"{table} chain {chain} gone"]
+    if not same_rules(state.rules, want):
+        return [f"{table} {chain} holds {len(state.rules)} rules, not lbd's {len(want)}"]
+    return []
 
 
 def _delete_line(rule: str) -> str:

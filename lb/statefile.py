@@ -23,6 +23,14 @@ of another snapshot (the snapshot was rewritten, then lbd died before the journa
 the snapshot holds everything it did. A segment cut short (lbd killed while appending) keeps its
 complete records; the rest of that journal is ignored, with a warning naming the file.
 
+A damaged snapshot (issue 16 item 2) never stops lbd: the state file is an optimisation.
+restore_or_set_aside() renames it (and its journal) to `<name>.damaged-<UTC time>`, kept for
+inspection, says so in one log line naming the file and the reason, and lbd starts from its
+configuration with an empty table. Everything is validated before anything is applied; the
+configuration part is applied all or nothing (Director.restore_config). A snapshot whose records
+are cut short keeps its complete records. Restored expiry times are clamped to the longest timeout
+that can apply (clamp_expiry()): a bit flip must not make an entry immortal.
+
 An engine that cannot dump (the Python engine) saves the configuration only ("connections": null),
 as a snapshot, whenever it changed. Files of format 1 (LBDSTATE1: a snapshot only, no slots) are
 still read.
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import struct
@@ -104,12 +113,14 @@ def _atomic_write_parts(path: Path, parts: Iterable[bytes], finish: Callable[[in
         if finish is not None:
             finish(fd)
         os.fsync(fd)
-    except BaseException:
         os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:  # a failed save leaves no temporary file behind (issue 16 item 2)
+        if fd >= 0:
+            os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-    os.close(fd)
-    os.replace(tmp, path)
 
 
 # Room left after the header's JSON for the connection count, which a streamed snapshot knows only
@@ -162,18 +173,54 @@ def write_state_counted(path: Path, config: dict[str, Any], blob: bytes | Iterab
     return len(STATE_MAGIC) + width + 1 + records[0], records[0] // record
 
 
+class DamagedState(ValueError):
+    """A state file that cannot be used as it is; `reason` says why, for one log line."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}")
+
+
 def read_state(path: Path) -> tuple[dict[str, Any], bytes]:
-    """(header, connection blob) of a snapshot; ValueError if it is not one."""
+    """(header, connection blob) of a snapshot; DamagedState (a ValueError) if it is not a usable one.
+    The header's own fields are checked here; the configuration in it by Director.restore_config."""
     data = path.read_bytes()
+    if not data:
+        raise DamagedState(path, "empty file")
     if not (data.startswith(STATE_MAGIC) or data.startswith(STATE_MAGIC_V1)):
-        raise ValueError(f"{path}: not an lbd state file")
+        raise DamagedState(path, "not an lbd state file (no LBDSTATE magic)")
     end = data.find(b"\n", len(STATE_MAGIC))
     if end < 0:
-        raise ValueError(f"{path}: truncated header")
-    header = json.loads(data[len(STATE_MAGIC):end])
+        raise DamagedState(path, "truncated header (no end of line after it)")
+    try:
+        header = json.loads(data[len(STATE_MAGIC):end])
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise DamagedState(path, f"header is not JSON: {exc}") from exc
     if not isinstance(header, dict):
-        raise ValueError(f"{path}: header is not an object")
+        raise DamagedState(path, f"header is a JSON {type(header).__name__}, not an object")
+    problem = _header_problem(header)
+    if problem:
+        raise DamagedState(path, problem)
     return header, data[end + 1:]
+
+
+def _header_problem(header: dict[str, Any]) -> str:
+    """What is wrong with the fields write_state() puts in every header ("" when nothing)."""
+    saved_at = header.get("saved_at")
+    if not isinstance(saved_at, int | float) or isinstance(saved_at, bool) or not math.isfinite(saved_at) \
+            or saved_at < 0:
+        return f"saved_at is {saved_at!r}, not a time"
+    for name in ("connections", "conn_record_size"):
+        value = header.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            return f"{name} is {value!r}, not a count"
+    if header.get("connections") is not None and header.get("conn_record_size") is None:
+        return "connections without conn_record_size"
+    if not isinstance(header.get("services"), list):
+        return f"services is {header.get('services')!r}, not a list"
+    if not isinstance(header.get("snapshot", ""), str) or not isinstance(header.get("engine", ""), str):
+        return "snapshot or engine is not a string"
+    return ""
 
 
 # ---------------------------------------------------------------------------- the journal
@@ -221,7 +268,10 @@ def read_journal(path: Path) -> Journal:
     end = data.find(b"\n", pos)
     if end < 0:
         raise ValueError(f"{path}: truncated header")
-    head = json.loads(data[pos:end])
+    try:
+        head = json.loads(data[pos:end])
+    except RecursionError as exc:
+        raise ValueError(f"{path}: header nested too deeply") from exc
     if not isinstance(head, dict) or not isinstance(head.get("snapshot"), str):
         raise ValueError(f"{path}: header names no snapshot")
     journal = Journal(head["snapshot"])
@@ -236,9 +286,9 @@ def read_journal(path: Path) -> Journal:
             count = int(meta["records"])
             saved_at = float(meta["saved_at"])
             config = meta.get("config")
-            if count < 0 or (config is not None and not isinstance(config, dict)):
+            if count < 0 or not math.isfinite(saved_at) or (config is not None and not isinstance(config, dict)):
                 raise ValueError("segment header out of range")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             journal.problem = f"damaged segment at byte {pos}: {exc}"
             break
         body = data[end + 1:end + 1 + count * size]
@@ -323,6 +373,14 @@ def age_connections(blob: bytes, elapsed_ms: int) -> tuple[bytes, int]:
 # ---------------------------------------------------------------------------- saving
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files a killed lbd left beside the state file (one lbd per queue: none is live)."""
+    for name in (path.name, journal_path(path).name):
+        for tmp in path.parent.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            log.info("removed %s, left by an lbd stopped while saving", tmp)
+
+
 class StateSaver:
     """lbd's periodic saves: a full snapshot first, then journal segments of what changed, and a
     new snapshot when the journal has outgrown the last one (COMPACT_RATIO)."""
@@ -339,6 +397,7 @@ class StateSaver:
         self.journal_bytes = 0
         self._config_json = ""
         self._json_cache: tuple[int, str] | None = None  # (director.config_generation, its JSON)
+        _remove_stale_temporaries(path)
 
     def save(self) -> str:
         """One save; returns a summary for the log."""
@@ -416,13 +475,17 @@ def restore_state(director: Director, path: Path) -> dict[str, Any]:
     """Re-apply a snapshot and its journal: configuration, then connections. Returns what happened."""
     header, blob = read_state(path)
     now = time.time()
-    age_s = max(0.0, now - float(header.get("saved_at") or now))
+    age_s = max(0.0, now - float(header["saved_at"]))
     segments = _journal_segments(header, journal_path(path))
     config = header
     for seg in segments:
         if seg.config is not None:
             config = {**header, **seg.config}
-    applied = director.restore_config(config, f"restore from {path}")
+    try:
+        applied = director.restore_config(config, f"restore from {path}")
+    except EngineError as exc:  # all or nothing: nothing was applied
+        detail = str(exc).replace(f"restore from {path}: ", "")
+        raise DamagedState(path, f"its configuration cannot be applied: {detail}") from exc
     result: dict[str, Any] = {"age_s": round(age_s, 3), "commands": applied}
     if segments:
         result["journal_segments"] = len(segments)
@@ -462,11 +525,54 @@ def _journal_segments(header: dict[str, Any], path: Path) -> list[Segment]:
 def _restore_connections(director: Director, header: dict[str, Any], blob: bytes, age_s: float,
                          segments: list[Segment], now: float) -> dict[str, int]:
     size = conn_record_size()
-    if header.get("conn_record_size") != size or len(blob) % size:
+    if header.get("conn_record_size") != size:
         raise EngineError("EINVAL", f"records of {header.get('conn_record_size')} bytes, this lbd's are {size}")
+    complete = len(blob) // size
+    if len(blob) % size or complete != header.get("connections"):
+        # lbd (or the disk) stopped while writing: every complete record is still good
+        log.warning("restore: snapshot cut short: %d complete records of %s (%d bytes left over); keeping them",
+                    complete, header.get("connections"), len(blob) % size)
+        blob = blob[:complete * size]
     aged, expired = merge_records(blob, int(age_s * 1000),
                                   [(s.records, int(max(0.0, now - s.saved_at) * 1000)) for s in segments])
+    aged, clamped = clamp_expiry(aged, expiry_limits_ms(director))
     outcome = director.engine.restore_connections_raw(aged, int(time.monotonic() * 1000))
     if expired:
         outcome["expired"] = expired
+    if clamped:
+        outcome["clamped"] = clamped
+        log.warning("restore: %d connection records had more time left than any timeout allows; "
+                    "clamped to the timeouts", clamped)
     return outcome
+
+
+def expiry_limits_ms(director: Director) -> tuple[int, int]:
+    """(connections, persistence templates): the most time an entry can have left. A connection's
+    timeout is one of its protocol state's; tcp/tcpfin/udp are the configurable ones and the fixed
+    per-state timeouts of the core (2 min at most) are shorter than their defaults; a template
+    lives as long as its service's persistence timeout."""
+    t = director.timeouts
+    conn_s = max(t.tcp, t.tcpfin, t.udp)
+    persist_s = max((s.spec.persistent or 0 for s in director.state.services.values()), default=0)
+    return conn_s * 1000, max(persist_s, conn_s) * 1000
+
+
+def clamp_expiry(blob: bytes, limits_ms: tuple[int, int]) -> tuple[bytes, int]:
+    """Records with expires_in_ms cut to `limits_ms` (connections, templates); returns (records,
+    how many were cut)."""
+    from lb import consts as C
+    from lb._ffi import ffi
+
+    size = conn_record_size()
+    n = len(blob) // size
+    if n == 0:
+        return blob, 0
+    buf = bytearray(blob)
+    arr = ffi.from_buffer("struct lb_conn_info[]", buf)
+    clamped = 0
+    for i in range(n):
+        limit = limits_ms[1] if arr[i].flags & C.LB_CONN_F_TEMPLATE else limits_ms[0]
+        if arr[i].expires_in_ms > limit:
+            arr[i].expires_in_ms = limit
+            clamped += 1
+    return (bytes(buf), clamped) if clamped else (blob, 0)

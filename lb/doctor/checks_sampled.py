@@ -3,6 +3,7 @@ handshakes, refusal counters, NFQUEUE drops."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from lb.doctor.context import LbdRefused, LbdUnavailable
@@ -104,6 +105,56 @@ def check_stalled_handshakes(run: Run) -> list[Finding]:
             evidence="\n".join(ev), fix=fix,
         ))
     return out
+
+
+def check_stall_history(run: Run) -> list[Finding]:
+    """Episodes lbd remembers (op stall_history, the last 15 minutes): the stalls that happened
+    before this run's window, which the sampled check above cannot see (issue 16 item 8). An
+    episode still going on is the sampled check's when there was a window to sample."""
+    if not run.lbd_ok:
+        return []
+    try:
+        history = run.ctx.lbd("stall_history") or {}
+    except LbdRefused:  # an lbd from before the operation existed
+        return [Finding("info", "stall-history", "lbd does not remember stalled-handshake episodes: only stalls "
+                        "during this run's window can be seen", fix="upgrade lbd")]
+    except LbdUnavailable:
+        return []
+    out: list[Finding] = []
+    for ep in history.get("episodes", []):
+        if ep.get("ongoing") and run.second is not None:
+            continue  # the sampled check reports it, with this window's counts
+        svc = ep.get("service") or {}
+        label = (f"FWM {svc['fwmark']}" if svc.get("fwmark")
+                 else f"{str(svc.get('proto', '')).upper()} {svc.get('addr')}:{svc.get('port')}")
+        started = _clock(ep.get("started"))
+        when = (f"since {started} ({_duration(ep.get('lasted_s'))}, still going on)" if ep.get("ongoing") else
+                f"from {started} to {_clock(ep.get('ended'))} ({_duration(ep.get('lasted_s'))}; ended "
+                f"{_duration(ep.get('ago_s'))} ago: {ep.get('end_reason') or 'no stall seen since'})")
+        out.append(Finding(
+            "error" if ep.get("ongoing") else "warning", "stall-history",
+            f"destination {ep.get('addr')}:{ep.get('port')} of {label}: handshakes stalled {when}. "
+            f"Likely cause: {ep.get('likely_cause') or STALL_CAUSES}",
+            evidence=(f"lbd saw it start with {ep.get('stalled')} handshakes stalled in {ep.get('window_s')} s "
+                      f"(client SYN retransmissions +{ep.get('syn_retrans')}, completed handshakes "
+                      f"+{ep.get('handshakes')}), forwarding {ep.get('fwd')}; lbd keeps the episodes of the last "
+                      f"{_duration(history.get('history_s'))}"),
+            fix=("if it happens again, run `lbadm doctor` while it does (its window samples the counters) and "
+                 "capture on the real server (tcpdump -ni any host VIP) to see whether the SYNs arrive"),
+        ))
+    return out
+
+
+def _clock(wall: Any) -> str:
+    if not isinstance(wall, int | float):
+        return "?"
+    return time.strftime("%H:%M:%S", time.localtime(wall))
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _syn_recv_counts(run: Run) -> dict[tuple[str, str, int, str, int], int]:

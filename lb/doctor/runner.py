@@ -8,7 +8,7 @@ from lb.doctor.checks_firewall import check_firewall, check_nft
 from lb.doctor.checks_host import check_destinations, check_forwarding, check_mtu, check_rp_filter, check_vip
 from lb.doctor.checks_nat import check_nat_forwarding, check_nat_replies, check_nat_routes
 from lb.doctor.checks_rules import check_lbd, check_nfqueue_rules, check_queue_listener
-from lb.doctor.checks_sampled import check_counters, check_queue_drops, check_stalled_handshakes
+from lb.doctor.checks_sampled import check_counters, check_queue_drops, check_stall_history, check_stalled_handshakes
 from lb.doctor.context import MAX_WINDOW_S, DoctorContext
 from lb.doctor.findings import Finding, sort_findings
 from lb.doctor.inputs import Run
@@ -51,4 +51,5 @@ STATIC_CHECKS: tuple[Check, ...] = (
     check_rp_filter, check_vip, check_mtu, check_destinations,
     check_nat_forwarding, check_nat_routes,
 )
-SAMPLED_CHECKS: tuple[Check, ...] = (check_stalled_handshakes, check_counters, check_queue_drops, check_nat_replies)
+SAMPLED_CHECKS: tuple[Check, ...] = (check_stalled_handshakes, check_stall_history, check_counters, check_queue_drops,
+                                     check_nat_replies)

@@ -309,3 +309,20 @@ def test_doctor_names_destinations_behind_an_anti_spoofing_filter(
     status, doc, _ = result["run"]
     assert findings(doc, "handshakes") == [], describe(doc)
     assert status == 0, describe(doc)
+
+    # Later, nothing stalls any more: lbd remembers the episodes and doctor reports them with their
+    # destination, start, end and likely cause (issue 16 item 8; before, it reported nothing).
+    deadline = time.monotonic() + 30.0
+    while True:
+        episodes = lbd.ok("stall_history")["episodes"]
+        if len(episodes) >= len(topo.reals) and not any(e["ongoing"] for e in episodes):
+            break
+        assert time.monotonic() < deadline, f"episodes not ended: {episodes}"
+        time.sleep(0.5)
+    status, doc, _ = run_doctor(lbd, "--window", "0")
+    assert status == 0, describe(doc)
+    past = findings(doc, "stall-history", "warning")
+    assert sorted(f["summary"].split(" ")[1] for f in past) == sorted(f"{rs.addr}:{HTTP_PORT}" for rs in topo.reals)
+    for f in past:
+        assert " handshakes stalled from " in f["summary"] and "every destination of the service stalled at once: " \
+            "the director's side" in f["summary"], f["summary"]

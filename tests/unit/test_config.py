@@ -349,3 +349,53 @@ def test_lbd_check_accepts_a_valid_file_and_reports_engine_refusals(tmp_path: Pa
 def test_lbd_check_usage_errors() -> None:
     assert lbd("--check").returncode == 2
     assert lbd("--diff", "x.toml").returncode == 2
+
+
+# ---------------------------------------------------------------------------- both forms, one set of rules
+# issue 16 item 5: an ipvsadm-save file with a FULLNAT destination and no local address passed
+# `lbd --check` and then dropped every connection; the TOML form of the same mistake was refused.
+
+SAVE_HOLES = [
+    # (what, ipvsadm-save text, line and reason expected, the TOML form of the same mistake)
+    ("fullnat without local address",
+     "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.2:8080 -b -w 1\n",
+     "2: -b (fullnat) needs local addresses: add a line -P -t 10.0.0.1:80 -z LOCAL-ADDRESS for TCP 10.0.0.1:80",
+     'port = 80\n  [[service.dest]]\n  addr = "10.0.0.2"\n  port = 8080\n  fwd = "fullnat"\n'),
+    ("local addresses without fullnat",
+     "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1\n-P -t 10.0.0.1:80 -z 10.0.0.5\n",
+     "3: local addresses (-P) only apply to FULLNAT: no destination of TCP 10.0.0.1:80 has -b (fullnat)",
+     'port = 80\nladdrs = ["10.0.0.5"]\n  [[service.dest]]\n  addr = "10.0.0.2"\n'),
+    ("toa without fullnat",
+     "-A -t 10.0.0.1:80 -s rr --toa\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1\n",
+     "1: --toa only applies to FULLNAT: no destination of TCP 10.0.0.1:80 has -b (fullnat)",
+     'port = 80\ntoa = true\n  [[service.dest]]\n  addr = "10.0.0.2"\n'),
+    ("fullnat on a port-zero service",
+     "-A -t 10.0.0.1:0 -s rr -p 60\n-P -t 10.0.0.1:0 -z 10.0.0.5\n-a -t 10.0.0.1:0 -r 10.0.0.2:0 -b -w 1\n",
+     "3: a port-zero or fwmark service forwards each connection to the port the client asked for: -b (fullnat) "
+     "needs a fixed real-server port; use -g or -i",
+     'port = 0\npersistent = 60\nladdrs = ["10.0.0.5"]\n  [[service.dest]]\n  addr = "10.0.0.2"\n  fwd = "fullnat"\n'),
+]
+
+
+@pytest.mark.parametrize("what, save, expected, toml_tail", SAVE_HOLES, ids=[h[0] for h in SAVE_HOLES])
+def test_ipvsadm_save_is_refused_where_toml_is(what: str, save: str, expected: str, toml_tail: str) -> None:
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(save, "r.save")
+    assert [str(i) for i in info.value.issues] == [f"r.save:{expected}"]
+    toml = f'[[service]]\nproto = "tcp"\naddr = "10.0.0.1"\n{toml_tail}'
+    with pytest.raises(ConfigErrors):  # the same mistake in TOML: refused too
+        parse_config(toml, "f.toml")
+
+
+def test_ipvsadm_save_with_fullnat_and_local_address_is_accepted() -> None:
+    config = parse_config("-A -t 10.0.0.1:80 -s rr\n-P -t 10.0.0.1:80 -z 10.0.0.5\n"
+                          "-a -t 10.0.0.1:80 -r 10.0.0.2:8080 -b -w 1\n", "r.save")
+    assert config.services[0].laddrs == ("10.0.0.5",)
+
+
+def test_lbd_check_refuses_fullnat_without_local_address_in_ipvsadm_save(tmp_path: Path) -> None:
+    save = tmp_path / "rules.save"
+    save.write_text(SAVE_HOLES[0][1])
+    proc = lbd("--check", str(save))
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stderr.splitlines() == [f"{save}:{SAVE_HOLES[0][2]}", f"{save}: 1 error(s); nothing would be applied"]

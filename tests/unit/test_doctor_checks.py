@@ -275,7 +275,7 @@ def test_healthy_director_has_no_problems_and_samples_over_the_window() -> None:
     fs = run_checks(ctx)
     assert problems(fs) == [], format_text(fs)
     assert ctx.slept == [2.5]
-    assert ctx.requests == ["ping", "list", "counters", "list", "counters"]
+    assert ctx.requests == ["ping", "list", "counters", "list", "counters", "stall_history"]
     assert any("set lookups steer every service (1)" in f.summary for f in by(fs, "nfqueue-rules"))
     assert any("no drops" in f.summary for f in by(fs, "nfqueue"))
     assert any("net.ipv4.ip_forward = 0" in f.summary for f in by(fs, "sysctl"))

@@ -1,0 +1,79 @@
+"""lbd notices when its own rules or sets vanish, restores them and says so (issue 16 item 1).
+
+A firewall reload, `iptables -t raw -F LBD-Q0` or `ipset flush` took lbd's steering away
+silently: new connections to the VIP reached the director's own stack (refused) until the next
+configuration change. Each case here damages the steering of a running lbd while a client keeps
+asking, and expects service back by itself and one log line naming what was missing; lbd's exit
+then removes exactly its own rules (running_lbd checks that nothing is left behind).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from conftest import HTTP_PORT, QUEUE_NUM, Lbd, running_lbd
+
+from lb.testbed import client
+from lb.testbed.topology import Host, Topology
+
+pytestmark = pytest.mark.netns
+
+RECOVERY_BOUND_S = 15.0  # a bound on waiting, not a performance threshold (repair takes ~1 tick)
+
+CHAIN = f"LBD-Q{QUEUE_NUM}"
+JUMP = ["-t", "raw", "-D", "PREROUTING", "-m", "comment", "--comment", f"lbd q{QUEUE_NUM}", "-j", CHAIN]
+
+
+def _run_in(*argv: str) -> Callable[[Host], None]:
+    def run(h: Host) -> None:
+        h.exec(list(argv))
+    return run
+
+
+def _firewall_reload(h: Host) -> None:
+    """What `iptables-restore` of a file without lbd's rules does to the raw table (then sets go)."""
+    h.exec(["iptables", "-t", "raw", "-F"])
+    h.exec(["iptables", "-t", "raw", "-X"])
+    h.exec(["ipset", "destroy", f"lbd-q{QUEUE_NUM}-svc"])
+
+
+DAMAGE = {
+    # name: (what is done, what the log line must name)
+    "chain flushed": (_run_in("iptables", "-t", "raw", "-F", CHAIN), f"raw {CHAIN} holds 0 rules"),
+    "jump deleted": (_run_in("iptables", *JUMP), f"jump raw PREROUTING -> {CHAIN} gone"),
+    "set flushed": (_run_in("ipset", "flush", f"lbd-q{QUEUE_NUM}-svc"), f"ip set lbd-q{QUEUE_NUM}-svc holds 0 of its 1 elements"),
+    "raw table reloaded": (_firewall_reload, f"raw chain {CHAIN} gone"),
+}
+
+
+def _served(topo: Topology) -> bool:
+    reply = client.get_once(topo.client.netns, topo.vip, HTTP_PORT, timeout=1.0)
+    return reply.ok
+
+
+def _warnings(d: Lbd) -> list[str]:
+    return [line for line in d.log_tail(200_000).splitlines() if "steering had been removed" in line]
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_lbd_restores_its_steering_and_says_what_was_missing(topo: Topology, case: str) -> None:
+    damage, named = DAMAGE[case]
+    with running_lbd(topo, "c") as d:
+        d.lbadm("-A", "-t", f"{topo.vip}:{HTTP_PORT}", "-s", "rr")
+        d.lbadm("-a", "-t", f"{topo.vip}:{HTTP_PORT}", "-r", f"{topo.reals[0].addr}:{HTTP_PORT}", "-g")
+        d.wait_resolved()
+        assert _served(topo), f"not served before the damage:\n{d.log_tail()}"
+        assert _warnings(d) == []
+        damage(topo.director)
+        deadline = time.monotonic() + RECOVERY_BOUND_S
+        while not _served(topo):
+            assert time.monotonic() < deadline, (
+                f"{case}: the VIP was not served again within {RECOVERY_BOUND_S} s\n{d.log_tail()}")
+            time.sleep(0.2)
+        replies = client.fresh_gets(topo.client.netns, topo.vip, HTTP_PORT, 5, timeout=2.0)
+        assert all(r.ok for r in replies), replies
+        warnings = _warnings(d)
+        assert len(warnings) == 1, f"expected one line for the episode, got {warnings}"
+        assert named in warnings[0], warnings[0]
