@@ -9,12 +9,17 @@ times the checkers' delay_loop of 1 s.
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from conftest import Lbd, running_lbd
-from kahelp import PORT, Keepalived, RealServers, keepalived_problem, listing, served_by, wait_for
+from conftest import Lbd, parse_ln, running_lbd
+from kahelp import (EVENT_TIMEOUT_S, PORT, Keepalived, RealServers, keepalived_problem, listing, served_by,
+                    wait_for)
 
+from lb.testbed.ipip_decap import start_in
 from lb.testbed.topology import Topology
 
 pytestmark = pytest.mark.netns
@@ -38,6 +43,7 @@ def _real(addr: str, check: str, weight: int = 1) -> str:
 
 
 TCP_CHECK = "TCP_CHECK { connect_timeout 1 retry 1 delay_before_retry 1 }"
+LBD_LATE_S = 3  # lbd starts this long after keepalived (the library's wait is 60 s)
 HTTP_GET = ("HTTP_GET { url { path / status_code 200 } connect_timeout 1 retry 1 "
             "delay_before_retry 1 }")
 
@@ -129,3 +135,102 @@ def test_checker_takes_a_dead_real_server_out_and_back(topo: Topology, ka_lbd: L
 
     assert ka.stop() == 0, ka.log()
     assert listing(ka_lbd.lbadm) == {}, "keepalived's shutdown leaves its virtual server behind"
+
+
+def test_misc_check_with_inhibit_on_failure_sets_weight_zero_under_wlc(
+        topo: Topology, ka_lbd: Lbd, reals: RealServers, keepalived: list[Keepalived]) -> None:
+    # MISC_CHECK runs a script per real server: it connects with bash's /dev/tcp.
+    probe = Keepalived(topo, topo.director, ka_lbd.socket, "", name="probe")
+    keepalived.append(probe)
+    script = probe.dir / "probe.sh"
+    script.write_text(f"#!/bin/bash\nexec 3<>/dev/tcp/$1/{PORT}\n")
+    script.chmod(0o700)
+    rs = topo.reals
+    misc = (lambda addr: f'MISC_CHECK {{ misc_path "{script} {addr}" misc_timeout 2 }}')
+    conf = GLOBAL + _virtual_server(topo.vip, "".join(_real(r.addr, misc(r.addr), weight=2) for r in rs),
+                                    algo="wlc", extra="    inhibit_on_failure\n")
+    ka = _start(topo, ka_lbd, conf, keepalived)
+    _weights_become(ka_lbd, ka, topo.vip, {r.addr: 2 for r in rs})
+    assert ka_lbd.lbadm("-Ln").stdout.splitlines()[3] == f"TCP  {topo.vip}:{PORT} wlc"
+    _traffic_becomes(topo, ka_lbd, ka, {r.name for r in rs})
+
+    reals.kill(rs[1].name)
+    # inhibit_on_failure: the dead server stays listed, at weight 0, and gets no new connection.
+    _weights_become(ka_lbd, ka, topo.vip, {rs[0].addr: 2, rs[1].addr: 0, rs[2].addr: 2})
+    _traffic_becomes(topo, ka_lbd, ka, {rs[0].name, rs[2].name})
+
+    reals.start(rs[1].name)
+    _weights_become(ka_lbd, ka, topo.vip, {r.addr: 2 for r in rs})
+    _traffic_becomes(topo, ka_lbd, ka, {r.name for r in rs})
+    assert ka.stop() == 0, ka.log()
+    assert listing(ka_lbd.lbadm) == {}
+
+
+def test_quorum_lost_hands_the_service_to_the_sorry_server(
+        topo: Topology, ka_lbd: Lbd, reals: RealServers, keepalived: list[Keepalived]) -> None:
+    # Two real servers of weight 1, quorum 2: one down loses quorum. keepalived then, as with the
+    # kernel, removes the remaining live server and adds the sorry server; regaining quorum undoes it.
+    rs1, rs2, sorry = topo.reals[:3]
+    extra = f"    quorum 2\n    sorry_server {sorry.addr} {PORT}\n"
+    conf = GLOBAL + _virtual_server(topo.vip, _real(rs1.addr, TCP_CHECK) + _real(rs2.addr, TCP_CHECK), extra=extra)
+    ka = _start(topo, ka_lbd, conf, keepalived)
+    _weights_become(ka_lbd, ka, topo.vip, {rs1.addr: 1, rs2.addr: 1})
+    _traffic_becomes(topo, ka_lbd, ka, {rs1.name, rs2.name})
+
+    reals.kill(rs1.name)
+    _weights_become(ka_lbd, ka, topo.vip, {sorry.addr: 1})
+    _traffic_becomes(topo, ka_lbd, ka, {sorry.name})
+    assert "Lost quorum" in ka.log(100_000)
+
+    reals.start(rs1.name)
+    _weights_become(ka_lbd, ka, topo.vip, {rs1.addr: 1, rs2.addr: 1})
+    _traffic_becomes(topo, ka_lbd, ka, {rs1.name, rs2.name})
+    assert ka.stop() == 0, ka.log()
+    assert listing(ka_lbd.lbadm) == {}
+
+
+def test_keepalived_started_before_lbd_configures_it_once_lbd_is_up(
+        topo: Topology, ka_problem: None, reals: RealServers, keepalived: list[Keepalived]) -> None:
+    # keepalived gives up on IPVS for its whole life if its first call fails: the preload library
+    # waits for lbd's socket (lbd-exec --wait) instead. lbd comes up a few seconds later here.
+    lbd = Lbd(topo, "c")
+    try:
+        conf = GLOBAL + _virtual_server(topo.vip, "".join(_real(r.addr, TCP_CHECK) for r in topo.reals))
+        ka = _start(topo, lbd, conf, keepalived, wait_s=60)
+        time.sleep(LBD_LATE_S)
+        assert ka.running(), ka.log()
+        assert not Path(lbd.socket).exists()
+        lbd.start()
+        _weights_become(lbd, ka, topo.vip, {r.addr: 1 for r in topo.reals})
+        _traffic_becomes(topo, lbd, ka, {r.name for r in topo.reals})
+        assert "Can't initialize ipvs" not in ka.log(100_000)
+        assert ka.stop() == 0, ka.log()
+        assert listing(lbd.lbadm) == {}
+        assert lbd.stop() == 0, lbd.log_tail()
+        assert lbd.iptables_leftovers() == []
+    finally:
+        if lbd.running():
+            lbd.stop(signal.SIGKILL)
+        lbd.cleanup()
+
+
+def test_lb_kind_tun_sends_through_ipip_and_follows_a_dead_server(
+        topo: Topology, ka_lbd: Lbd, reals: RealServers, keepalived: list[Keepalived]) -> None:
+    dev = f"{topo.prefix}kaip"
+    decaps = [start_in(rs, dev, seconds=EVENT_TIMEOUT_S * 10) for rs in topo.reals]
+    try:
+        rs = topo.reals
+        conf = GLOBAL + _virtual_server(topo.vip, "".join(_real(r.addr, TCP_CHECK) for r in rs),
+                                        algo="wlc", kind="TUN")
+        ka = _start(topo, ka_lbd, conf, keepalived)
+        _weights_become(ka_lbd, ka, topo.vip, {r.addr: 1 for r in rs})
+        assert {d.forward for s in parse_ln(ka_lbd.lbadm("-Ln").stdout) for d in s.dests} == {"Tunnel"}
+        _traffic_becomes(topo, ka_lbd, ka, {r.name for r in rs})
+        reals.kill(rs[2].name)
+        _weights_become(ka_lbd, ka, topo.vip, {r.addr: 1 for r in rs[:2]})
+        _traffic_becomes(topo, ka_lbd, ka, {r.name for r in rs[:2]})
+        assert ka.stop() == 0, ka.log()
+        assert listing(ka_lbd.lbadm) == {}
+    finally:
+        for p in decaps:
+            topo.stop_process(p)
