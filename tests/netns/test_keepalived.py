@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Lbd, parse_ln, running_lbd
-from kahelp import (EVENT_TIMEOUT_S, PORT, Keepalived, RealServers, keepalived_problem, listing, served_by,
-                    wait_for)
 
 from lb.testbed.ipip_decap import start_in
+from lb.testbed.keepalived import EVENT_TIMEOUT_S, PORT, Keepalived, RealServers, keepalived_problem, listing, served_by, wait_for
 from lb.testbed.topology import Topology
 
 pytestmark = pytest.mark.netns
@@ -90,13 +89,13 @@ def keepalived(topo: Topology) -> Iterator[list[Keepalived]]:
         ka.cleanup()
 
 
-def _start(topo: Topology, lbd: Lbd, config: str, started: list[Keepalived], **kw: object) -> Keepalived:
-    ka = Keepalived(topo, topo.director, lbd.socket, config, **kw)  # type: ignore[arg-type]
+def _start(topo: Topology, lbd: Lbd, config: str, started: list[Keepalived], wait_s: int | None = None) -> Keepalived:
+    ka = Keepalived(topo, topo.director, lbd.socket, config, wait_s=wait_s)
     started.append(ka)
     return ka.start()
 
 
-def _diag(lbd: Lbd, ka: Keepalived):
+def _diag(lbd: Lbd, ka: Keepalived) -> Callable[[], str]:
     return lambda: f"lbadm -Ln:\n{lbd.lbadm('-Ln').stdout}\nkeepalived log:\n{ka.log()}\nlbd log:\n{lbd.log_tail()}"
 
 
@@ -138,16 +137,15 @@ def test_checker_takes_a_dead_real_server_out_and_back(topo: Topology, ka_lbd: L
 
 
 def test_misc_check_with_inhibit_on_failure_sets_weight_zero_under_wlc(
-        topo: Topology, ka_lbd: Lbd, reals: RealServers, keepalived: list[Keepalived]) -> None:
-    # MISC_CHECK runs a script per real server: it connects with bash's /dev/tcp.
-    probe = Keepalived(topo, topo.director, ka_lbd.socket, "", name="probe")
-    keepalived.append(probe)
-    script = probe.dir / "probe.sh"
+        topo: Topology, ka_lbd: Lbd, reals: RealServers, keepalived: list[Keepalived], tmp_path: Path) -> None:
+    # MISC_CHECK runs a script per real server: it connects with bash's /dev/tcp. keepalived's
+    # enable_script_security accepts it: root's, in directories only root can write to.
+    script = tmp_path / "probe.sh"
     script.write_text(f"#!/bin/bash\nexec 3<>/dev/tcp/$1/{PORT}\n")
     script.chmod(0o700)
     rs = topo.reals
-    misc = (lambda addr: f'MISC_CHECK {{ misc_path "{script} {addr}" misc_timeout 2 }}')
-    conf = GLOBAL + _virtual_server(topo.vip, "".join(_real(r.addr, misc(r.addr), weight=2) for r in rs),
+    checks = [f'MISC_CHECK {{ misc_path "{script} {r.addr}" misc_timeout 2 }}' for r in rs]
+    conf = GLOBAL + _virtual_server(topo.vip, "".join(_real(r.addr, c, weight=2) for r, c in zip(rs, checks, strict=True)),
                                     algo="wlc", extra="    inhibit_on_failure\n")
     ka = _start(topo, ka_lbd, conf, keepalived)
     _weights_become(ka_lbd, ka, topo.vip, {r.addr: 2 for r in rs})

@@ -1,4 +1,4 @@
-"""Helpers for the keepalived netns tests: Debian's unmodified keepalived run through lbd-exec.
+"""Test-bed helpers for Debian's unmodified keepalived run through lbd-exec (tests/netns).
 
 keepalived runs in a namespace of the test's topology with its own configuration, pid files and
 console log under a temporary directory, and is ended by PID. Real servers get their own httpd
@@ -8,6 +8,7 @@ console log under a temporary directory, and is ended by PID. Real servers get t
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,11 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from conftest import REPO, VENV_BIN, parse_ln
-
 from lb.testbed import client
 from lb.testbed.topology import Host, Topology
 
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
 KEEPALIVED = REPO / "build" / "tools" / "keepalived"
 LBD_EXEC = VENV_BIN / "lbd-exec"
 PORT = 8080  # the real servers' own httpd (the session topology's httpd keeps port 80)
@@ -111,7 +112,8 @@ class RealServers:
         self.procs[name] = rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", name,
                                      "--port", str(PORT)], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, env=env)
-        client.wait_serving(self.topo.client.netns, {rs.addr: name}, PORT)
+        # Asked from the director, which reaches the real servers in every topology (NAT's too).
+        client.wait_serving(self.topo.director.netns, {rs.addr: name}, PORT)
 
     def kill(self, name: str) -> None:
         self.topo.stop_process(self.procs.pop(name), signal.SIGKILL)
@@ -139,9 +141,21 @@ def wait_for(what: str, probe: Callable[[], T | None], diagnose: Callable[[], st
         time.sleep(POLL_S)
 
 
+_SERVICE = re.compile(r"^(?:TCP|UDP|SCTP)  ([0-9.]+):(\d+) ")
+_DEST = re.compile(r"^  -> ([0-9.]+):\d+\s+\S+\s+(\d+)\s")
+
+
 def listing(lbadm: Callable[..., subprocess.CompletedProcess[str]]) -> dict[tuple[str, int], dict[str, int]]:
-    """`lbadm -Ln` as {(vip, port): {real server address: weight}}."""
-    return {(s.addr, s.port): {d.addr: d.weight for d in s.dests} for s in parse_ln(lbadm("-Ln").stdout)}
+    """`lbadm -Ln` as {(vip, port): {real server address: weight}} (tests/netns/conftest.parse_ln
+    checks the layout itself)."""
+    table: dict[tuple[str, int], dict[str, int]] = {}
+    current: dict[str, int] | None = None
+    for line in lbadm("-Ln").stdout.splitlines():
+        if m := _SERVICE.match(line):
+            current = table.setdefault((m.group(1), int(m.group(2))), {})
+        elif (d := _DEST.match(line)) and current is not None:
+            current[d.group(1)] = int(d.group(2))
+    return table
 
 
 def served_by(topo: Topology, vip: str, n: int) -> dict[str, int]:
