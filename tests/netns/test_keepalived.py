@@ -232,3 +232,21 @@ def test_lb_kind_tun_sends_through_ipip_and_follows_a_dead_server(
     finally:
         for p in decaps:
             topo.stop_process(p)
+
+
+def test_without_lbd_keepalived_stops_saying_why_and_loads_no_kernel_module(
+        topo: Topology, ka_problem: None, keepalived: list[Keepalived]) -> None:
+    # No lbd within the wait (1 s): keepalived's checker tries `modprobe ip_vs`, which the library
+    # refuses (its IPVS is lbd), then gives up on IPVS and keepalived exits with an error rather
+    # than run health checks that configure nothing.
+    missing = str(topo.director.exec(["mktemp", "-u", f"/tmp/{topo.prefix}-nolbd-XXXXXX"]).stdout.strip())
+    conf = GLOBAL + _virtual_server(topo.vip, _real(topo.reals[0].addr, TCP_CHECK))
+    ka = Keepalived(topo, topo.director, missing, conf, wait_s=1)
+    keepalived.append(ka.start())
+    assert ka.proc is not None
+    rc = ka.proc.wait(timeout=EVENT_TIMEOUT_S)
+    log = ka.log(100_000)
+    assert rc != 0, log
+    assert f"lbd: cannot reach lbd at {missing}" in log
+    assert "lbd: not loading the kernel's ip_vs module" in log
+    assert "IPVS: Can't initialize ipvs" in log
