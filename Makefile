@@ -317,7 +317,7 @@ install: install-deps $(PY)
 	for unit in lbd.service lbd@.service; do \
 	  sed 's|@SBINDIR@|$(SBINDIR)|g' systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit && chmod 644 $(DESTDIR)$(UNITDIR)/$$unit; \
 	done
-	install -m 644 configs/*.toml $(DESTDIR)$(DOCDIR)/examples/
+	install -m 644 configs/*.toml configs/keepalived.conf $(DESTDIR)$(DOCDIR)/examples/
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed: $(SBINDIR)/lbd, $(SBINDIR)/lbadm, $(SBINDIR)/lbd-exec (venv $(LIBDIR), with the IPVS preload library), man pages in $(MANDIR)/man8,"
 	@echo "  bash completion in $(BASHCOMPDIR), units lbd.service and lbd@.service in $(UNITDIR),"
