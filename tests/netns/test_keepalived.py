@@ -250,3 +250,52 @@ def test_without_lbd_keepalived_stops_saying_why_and_loads_no_kernel_module(
     assert f"lbd: cannot reach lbd at {missing}" in log
     assert "lbd: not loading the kernel's ip_vs module" in log
     assert "IPVS: Can't initialize ipvs" in log
+
+
+def test_reload_applies_the_changed_configuration(topo: Topology, ka_lbd: Lbd, reals: RealServers,
+                                                   keepalived: list[Keepalived]) -> None:
+    # SIGHUP (systemctl reload keepalived): keepalived compares the new configuration with the old
+    # and changes only the difference: here the scheduler, a new real server and a removed one.
+    rs1, rs2, rs3 = topo.reals[:3]
+    conf = GLOBAL + _virtual_server(topo.vip, _real(rs1.addr, TCP_CHECK) + _real(rs2.addr, TCP_CHECK))
+    ka = _start(topo, ka_lbd, conf, keepalived)
+    _weights_become(ka_lbd, ka, topo.vip, {rs1.addr: 1, rs2.addr: 1})
+    ka.conf.write_text(GLOBAL + _virtual_server(
+        topo.vip, _real(rs2.addr, TCP_CHECK, weight=3) + _real(rs3.addr, TCP_CHECK), algo="wlc"))
+    assert ka.proc is not None
+    ka.proc.send_signal(signal.SIGHUP)
+    _weights_become(ka_lbd, ka, topo.vip, {rs2.addr: 3, rs3.addr: 1})
+    assert ka_lbd.lbadm("-Ln").stdout.splitlines()[3] == f"TCP  {topo.vip}:{PORT} wlc"
+    _traffic_becomes(topo, ka_lbd, ka, {rs2.name, rs3.name})
+    assert ka.stop() == 0, ka.log()
+    assert listing(ka_lbd.lbadm) == {}
+
+
+def test_lbd_restarted_under_keepalived_keeps_taking_its_orders(topo: Topology, ka_problem: None,
+                                                               reals: RealServers,
+                                                               keepalived: list[Keepalived]) -> None:
+    # lbd restores its table from its state file (next to its socket); the preload library opens a
+    # new connection on keepalived's next call, so the checker's next change reaches the new lbd.
+    lbd = Lbd(topo, "c")
+    try:
+        lbd.start()
+        rs = topo.reals
+        conf = GLOBAL + _virtual_server(topo.vip, "".join(_real(r.addr, TCP_CHECK) for r in rs))
+        ka = _start(topo, lbd, conf, keepalived)
+        _weights_become(lbd, ka, topo.vip, {r.addr: 1 for r in rs})
+        assert lbd.stop() == 0, lbd.log_tail()
+        lbd.start()
+        _weights_become(lbd, ka, topo.vip, {r.addr: 1 for r in rs})
+        reals.kill(rs[0].name)
+        _weights_become(lbd, ka, topo.vip, {r.addr: 1 for r in rs[1:]})
+        _traffic_becomes(topo, lbd, ka, {r.name for r in rs[1:]})
+        reals.start(rs[0].name)
+        _weights_become(lbd, ka, topo.vip, {r.addr: 1 for r in rs})
+        assert ka.stop() == 0, ka.log()
+        assert listing(lbd.lbadm) == {}
+        assert lbd.stop() == 0, lbd.log_tail()
+        assert lbd.iptables_leftovers() == []
+    finally:
+        if lbd.running():
+            lbd.stop(signal.SIGKILL)
+        lbd.cleanup()
