@@ -4,7 +4,8 @@
   gateway): `lb_kind NAT` real servers are listed as Masq and a dead one is taken out.
 - VRRP: two directors d1 and d2 on one segment, each with its own lbd and its own keepalived
   (vrrp_instance holding the VIP, the same virtual_server). Killing the master's keepalived (by
-  PID) moves the VIP to d2, and new connections from the client are forwarded by d2's lbd.
+  PID) moves the VIP to d2, and new connections from the client are forwarded by d2's lbd; so does
+  the master's link going down, and the VIP comes back (preemption) when the link returns.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 import signal
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 from conftest import Lbd, parse_ln, running_lbd
@@ -164,51 +166,98 @@ def _conns(lbd: Lbd, vip: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def test_vrrp_moves_the_vip_to_the_backup_director_and_connections_follow(
-        vtopo: Topology, keepalived: list[Keepalived]) -> None:
+@dataclass
+class Pair:
+    """Two directors, each with its own lbd and keepalived, d1 (priority 150) the VRRP master."""
+
+    topo: Topology
+    vip: str
+    lbds: dict[str, Lbd]
+    kas: dict[str, Keepalived]
+
+    def host(self, name: str) -> Host:
+        return self.topo.host(name)
+
+    def holds(self, name: str) -> Callable[[], bool | None]:
+        return lambda: True if _holds_vip(self.host(name), self.vip) else None
+
+    def released(self, name: str) -> Callable[[], bool | None]:
+        return lambda: True if not _holds_vip(self.host(name), self.vip) else None
+
+    def conns(self, name: str) -> int:
+        return _conns(self.lbds[name], self.vip)
+
+    def diag(self) -> str:
+        return "\n".join(f"{n}: holds VIP {_holds_vip(self.host(n), self.vip)}\nlbadm -Ln --stats:\n"
+                         f"{lbd.lbadm('-Ln', '--stats').stdout}\nkeepalived:\n{self.kas[n].log(3000)}"
+                         for n, lbd in self.lbds.items())
+
+    def traffic_reaches_every_real_server(self) -> None:
+        _traffic_becomes(self.topo, self.vip, {r.name for r in self.topo.reals}, self.diag)
+
+
+@pytest.fixture
+def pair(vtopo: Topology, keepalived: list[Keepalived]) -> Iterator[Pair]:
     t = vtopo
-    d1, d2 = t.host("d1"), t.host("d2")
     vip = t.addr("lan", VIP_INDEX)
     servers = RealServers(t, t.reals)
-    lbds = {h.name: DirectorLbd(t, h) for h in (d1, d2)}
+    lbds: dict[str, Lbd] = {name: DirectorLbd(t, t.host(name)) for name in DIRECTORS}
     try:
         servers.start_all()
         for lbd in lbds.values():
             lbd.start()
         kas = {}
-        for host, prio in ((d1, 150), (d2, 100)):
-            ka = Keepalived(t, host, lbds[host.name].socket, _vrrp_config(host, vip, t.reals, prio), name=host.name)
+        for name, prio in (("d1", 150), ("d2", 100)):
+            host = t.host(name)
+            ka = Keepalived(t, host, lbds[name].socket, _vrrp_config(host, vip, t.reals, prio), name=name)
             keepalived.append(ka.start())
-            kas[host.name] = ka
-
-        def diag() -> str:
-            return "\n".join(f"{n}: holds VIP {_holds_vip(t.host(n), vip)}\nlbadm -Ln --stats:\n"
-                             f"{lbds[n].lbadm('-Ln', '--stats').stdout}\nkeepalived:\n{kas[n].log(3000)}"
-                             for n in lbds)
-
+            kas[name] = ka
+        p = Pair(t, vip, lbds, kas)
         everyone = {r.addr: 1 for r in t.reals}
         for lbd in lbds.values():  # both directors' checkers configure their own lbd
-            wait_for(f"{lbd.director.name} lists {everyone}", _lists(lbd, vip, everyone), diag)
-        wait_for("d1 (priority 150) holds the VIP", lambda: True if _holds_vip(d1, vip) else None, diag)
-        assert not _holds_vip(d2, vip)
-        _traffic_becomes(t, vip, {r.name for r in t.reals}, diag)
-        assert _conns(lbds["d1"], vip) > 0 and _conns(lbds["d2"], vip) == 0, diag()
-
-        # SIGKILL to d1's keepalived parent: its children get SIGTERM (PR_SET_PDEATHSIG) and leave
-        # as on a stop: VRRP releases the VIP (priority 0), the checker removes its virtual server.
-        assert kas["d1"].stop(signal.SIGKILL) == -signal.SIGKILL
-        wait_for("d2 holds the VIP", lambda: True if _holds_vip(d2, vip) else None, diag)
-        wait_for("d1 released the VIP", lambda: True if not _holds_vip(d1, vip) else None, diag)
-        wait_for("d1's checker removed its virtual server from d1's lbd",
-                 lambda: True if listing(lbds["d1"].lbadm) == {} else None, diag)
-        before = _conns(lbds["d2"], vip)
-        _traffic_becomes(t, vip, {r.name for r in t.reals}, diag)
-        assert _conns(lbds["d2"], vip) > before, diag()
-        assert kas["d2"].stop() == 0, kas["d2"].log()
-        assert listing(lbds["d2"].lbadm) == {}
+            wait_for(f"{lbd.director.name} lists {everyone}", _lists(lbd, vip, everyone), p.diag)
+        wait_for("d1 (priority 150) holds the VIP", p.holds("d1"), p.diag)
+        assert not _holds_vip(t.host("d2"), vip)
+        p.traffic_reaches_every_real_server()
+        assert p.conns("d1") > 0 and p.conns("d2") == 0, p.diag()
+        yield p
     finally:
         servers.stop_all()
         for lbd in lbds.values():
             if lbd.running():
                 lbd.stop()
             lbd.cleanup()
+
+
+def test_vrrp_moves_the_vip_to_the_backup_director_and_connections_follow(pair: Pair) -> None:
+    # SIGKILL to d1's keepalived parent: its children get SIGTERM (PR_SET_PDEATHSIG) and leave
+    # as on a stop: VRRP releases the VIP (priority 0), the checker removes its virtual server.
+    assert pair.kas["d1"].stop(signal.SIGKILL) == -signal.SIGKILL
+    wait_for("d2 holds the VIP", pair.holds("d2"), pair.diag)
+    wait_for("d1 released the VIP", pair.released("d1"), pair.diag)
+    wait_for("d1's checker removed its virtual server from d1's lbd",
+             lambda: True if listing(pair.lbds["d1"].lbadm) == {} else None, pair.diag)
+    before = pair.conns("d2")
+    pair.traffic_reaches_every_real_server()
+    assert pair.conns("d2") > before, pair.diag()
+    assert pair.kas["d2"].stop() == 0, pair.kas["d2"].log()
+    assert listing(pair.lbds["d2"].lbadm) == {}
+
+
+def test_vrrp_director_link_failure_fails_over_and_back(pair: Pair) -> None:
+    # d1 loses its link (no adverts, no goodbye): after VRRP's master-down interval d2 takes the VIP
+    # and new connections go through d2's lbd. When the link returns, d1 (higher priority, preempt)
+    # takes the VIP back and new connections go through d1's lbd again.
+    d1 = pair.host("d1")
+    d1.ip("link", "set", "dev", d1.ifname, "down")
+    wait_for("d2 holds the VIP", pair.holds("d2"), pair.diag)
+    before = pair.conns("d2")
+    pair.traffic_reaches_every_real_server()
+    assert pair.conns("d2") > before, pair.diag()
+
+    d1.ip("link", "set", "dev", d1.ifname, "up")
+    wait_for("d1 holds the VIP again", pair.holds("d1"), pair.diag)
+    wait_for("d2 released the VIP", pair.released("d2"), pair.diag)
+    before = pair.conns("d1")
+    pair.traffic_reaches_every_real_server()
+    assert pair.conns("d1") > before, pair.diag()
