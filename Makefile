@@ -27,11 +27,13 @@ STAMP   := $(VENV)/.lvs-userspace-installed
 #             mandoc + man-db (man pages linted), bash (completion tested), liblua5.3-0 +
 #             libopentracing-c-wrapper0 (haproxy's libraries: build/tools/haproxy, PROXY protocol tests),
 #             ipvsadm (Debian's unmodified tool driving lbd through lbd-exec), linux-libc-dev
-#             (linux/ip_vs.h: the preload library's constants, the ABI layout tests)
+#             (linux/ip_vs.h: the preload library's constants, the ABI layout tests),
+#             libnl-3-200 libnl-genl-3-200 libnftnl11 libsnmp40 libglib2.0-0 (keepalived's shared
+#             libraries that a clean Debian 12 lacks: build/tools/keepalived, keepalived netns tests)
 DEB_PKGS := python3-venv python3-dev gcc make iptables ipset iproute2 \
             libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang \
             libclang-rt-14-dev systemd mandoc man-db bash liblua5.3-0 libopentracing-c-wrapper0 \
-            ipvsadm linux-libc-dev
+            ipvsadm linux-libc-dev libnl-3-200 libnl-genl-3-200 libnftnl11 libsnmp40 libglib2.0-0
 
 # Several builds may install at once (parallel CI jobs, an admin's apt run): wait for dpkg's
 # lock instead of failing on it. apt-get update has no such option for the lists lock: retried.
@@ -91,7 +93,10 @@ $(PROMTOOL):
 # service. Two of its shared libraries are not on a clean Debian 12 (liblua5.3-0,
 # libopentracing-c-wrapper0): DEB_PKGS installs them; the tests skip, naming what is missing, if not.
 HAPROXY := build/tools/haproxy
-TOOLS := $(PROMTOOL) $(HAPROXY)
+# keepalived (Debian's unmodified binary driving lbd through lbd-exec: tests/netns/test_keepalived.py)
+# likewise: `apt-get install keepalived` would enable and start a host-wide VRRP/checker service.
+KEEPALIVED := build/tools/keepalived
+TOOLS := $(PROMTOOL) $(HAPROXY) $(KEEPALIVED)
 
 $(HAPROXY):
 	@mkdir -p build/tools/hdeb
@@ -101,6 +106,15 @@ $(HAPROXY):
 	cp build/tools/hdeb/root/usr/sbin/haproxy $@
 	rm -rf build/tools/hdeb
 	$@ -v | head -1
+
+$(KEEPALIVED):
+	@mkdir -p build/tools/kdeb
+	cd build/tools/kdeb && rm -f keepalived_*.deb && \
+	  { apt-get download -q keepalived || { apt-get update -q && apt-get download -q keepalived; }; }
+	dpkg-deb -x build/tools/kdeb/keepalived_*.deb build/tools/kdeb/root
+	cp build/tools/kdeb/root/usr/sbin/keepalived $@
+	rm -rf build/tools/kdeb
+	$@ --version 2>&1 | head -1
 
 venv: $(PY)
 
@@ -303,7 +317,7 @@ install: install-deps $(PY)
 	for unit in lbd.service lbd@.service; do \
 	  sed 's|@SBINDIR@|$(SBINDIR)|g' systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit && chmod 644 $(DESTDIR)$(UNITDIR)/$$unit; \
 	done
-	install -m 644 configs/*.toml $(DESTDIR)$(DOCDIR)/examples/
+	install -m 644 configs/*.toml configs/keepalived.conf $(DESTDIR)$(DOCDIR)/examples/
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed: $(SBINDIR)/lbd, $(SBINDIR)/lbadm, $(SBINDIR)/lbd-exec (venv $(LIBDIR), with the IPVS preload library), man pages in $(MANDIR)/man8,"
 	@echo "  bash completion in $(BASHCOMPDIR), units lbd.service and lbd@.service in $(UNITDIR),"

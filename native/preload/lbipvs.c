@@ -7,7 +7,9 @@
  *     moves bytes, never writes more into the tool's buffer than its optlen;
  *   - read-only opens of /proc/net/ip_vs, ip_vs_conn, ip_vs_stats: a memfd with lbd's text;
  *   - genl_ctrl_resolve("IPVS") fails, so that the tools use the sockopt path even on a host whose
- *     kernel has ip_vs (they would otherwise configure the kernel's IPVS, not lbd).
+ *     kernel has ip_vs (they would otherwise configure the kernel's IPVS, not lbd);
+ *   - execv/execve of "modprobe ip_vs" (the tools' retry when IPVS is missing) fails: their IPVS
+ *     is lbd, the kernel's module must not be loaded for them.
  * keepalived gives up on IPVS for good when its first call fails, so a missing lbd socket is
  * waited for ($LBD_IPVS_WAIT_S seconds, default 5) once per process before calls fail with
  * ENOPROTOOPT, what the kernel says without ip_vs. */
@@ -370,6 +372,51 @@ INTERPOSE int genl_ctrl_resolve(struct nl_sock *sk, const char *name)
 	if (!real)
 		real = (int (*)(struct nl_sock *, const char *))next_symbol("genl_ctrl_resolve");
 	return real ? real(sk, name) : -NLE_OBJ_NOTFOUND;
+}
+
+/* ------------------------------------------------------------------ modprobe ip_vs */
+
+/* When their first IPVS call fails, keepalived and ipvsadm fork and execv "/sbin/modprobe ip_vs"
+ * (keepalived: the path in /proc/sys/kernel/modprobe) and try once more. Under this library
+ * their IPVS is lbd: loading the kernel's module would not help them, and on a host that has one
+ * it would start kernel IPVS beside lbd. So that exec fails (the child exits non-zero, as when
+ * modprobe finds no module) and says why; every other exec passes through. */
+static int refuse_ipvs_modprobe(const char *path, char *const argv[])
+{
+	if (!lbipvs_is_ipvs_modprobe(path, argv))
+		return 0;
+	sayf("lbd: not loading the kernel's ip_vs module (%s): this program's IPVS is lbd, at %s\n", path,
+	     socket_path());
+	errno = EPERM;
+	return 1;
+}
+
+INTERPOSE int execv(const char *path, char *const argv[])
+{
+	static int (*real)(const char *, char *const[]);
+	if (refuse_ipvs_modprobe(path, argv))
+		return -1;
+	if (!real)
+		real = (int (*)(const char *, char *const[]))next_symbol("execv");
+	if (!real) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return real(path, argv);
+}
+
+INTERPOSE int execve(const char *path, char *const argv[], char *const envp[])
+{
+	static int (*real)(const char *, char *const[], char *const[]);
+	if (refuse_ipvs_modprobe(path, argv))
+		return -1;
+	if (!real)
+		real = (int (*)(const char *, char *const[], char *const[]))next_symbol("execve");
+	if (!real) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return real(path, argv, envp);
 }
 
 /* ------------------------------------------------------------------ /proc/net/ip_vs* */

@@ -319,3 +319,33 @@ ssize_t lbipvs_proc_request(char *out, size_t cap, const char *name)
 	int n = snprintf(out, cap, "{\"op\":\"ipvs_proc\",\"args\":{\"name\":\"%s\"}}\n", name);
 	return n < 0 || (size_t)n >= cap ? -1 : n;
 }
+
+static int is_ipvs_module(const char *name)
+{
+	return strcmp(name, "ip_vs") == 0 || strncmp(name, "ip_vs_", 6) == 0;
+}
+
+int lbipvs_is_ipvs_modprobe(const char *path, char *const argv[])
+{
+	if (!path || !argv || !argv[0])
+		return 0;
+	const char *base = strrchr(path, '/');
+	base = base ? base + 1 : path;
+	if (strcmp(base, "modprobe") != 0)
+		return 0;
+	int modules = 0, options_end = 0;
+	for (size_t i = 1; argv[i]; i++) {
+		const char *arg = argv[i];
+		if (!options_end && strcmp(arg, "--") == 0) {
+			options_end = 1;
+		} else if (!options_end && arg[0] == '-') {
+			if (strcmp(arg, "-r") == 0 || strcmp(arg, "--remove") == 0)
+				return 0;
+		} else if (is_ipvs_module(arg)) {
+			modules++;
+		} else {
+			return 0; /* another module (or a module's parameter): not ours to refuse */
+		}
+	}
+	return modules > 0;
+}

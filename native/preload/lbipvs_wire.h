@@ -43,6 +43,11 @@ ssize_t lbipvs_sockopt_request(char *out, size_t cap, const char *dir, int cmd, 
 /* The request line for one /proc/net file ("ip_vs", "ip_vs_conn", "ip_vs_stats"). */
 ssize_t lbipvs_proc_request(char *out, size_t cap, const char *name);
 
+/* 1 when `path` and `argv` (NULL-terminated) run modprobe to load the kernel's IPVS: the program
+ * is named "modprobe" and every module it names is ip_vs or ip_vs_*; 0 for anything else (other
+ * programs, other modules, removals with -r/--remove, a NULL argv). */
+int lbipvs_is_ipvs_modprobe(const char *path, char *const argv[]);
+
 /* Room for any sockopt request line. */
 #define LBIPVS_REQUEST_MAX (2u * LBIPVS_MAX_ARG + 256u)
 

@@ -55,6 +55,25 @@ static void one_input(const uint8_t *data, size_t size)
 	(void)lbipvs_errno_by_name(copy, size < 16 ? size : 16);
 	free(copy);
 
+	/* an exec's path and argv: the input split at NUL bytes, each piece its own allocation */
+	enum { MAX_ARGS = 8 };
+	char *argv[MAX_ARGS + 1] = {0};
+	size_t nargs = 0, start = 0;
+	for (size_t i = 0; i <= size && nargs < MAX_ARGS; i++) {
+		if (i == size || data[i] == 0) {
+			argv[nargs] = calloc(1, i - start + 1);
+			CHECK(argv[nargs]);
+			if (i > start)
+				memcpy(argv[nargs], data + start, i - start);
+			nargs++;
+			start = i + 1;
+		}
+	}
+	int verdict = lbipvs_is_ipvs_modprobe(argv[0], argv);
+	CHECK(verdict == 0 || verdict == 1);
+	for (size_t i = 0; i < nargs; i++)
+		free(argv[i]);
+
 	/* what the tool passes: the first 4 bytes pick cmd and optlen, the rest is the argument */
 	if (size >= 4) {
 		int cmd = 1152 + (data[0] & 0x1f);
@@ -126,6 +145,25 @@ static int check(void)
 				   "\"data\":\"0102ab\"}}\n") == 0);
 	CHECK(lbipvs_sockopt_request(req, 40, "get", 1153, 12, arg, sizeof(arg)) < 0);
 	CHECK(lbipvs_proc_request(req, sizeof(req), "ip_vs_conn") > 0);
+	char *keepalived_argv[] = {"/sbin/modprobe", "-s", "--", "ip_vs", NULL};
+	char *ipvsadm_argv[] = {"/sbin/modprobe", "--", "ip_vs", NULL};
+	char *retry_argv[] = {"modprobe", "ip_vs", "ip_vs_rr", NULL};
+	char *set_argv[] = {"/sbin/modprobe", "-s", "--", "xt_set", NULL};
+	char *mixed_argv[] = {"/sbin/modprobe", "-a", "ip_vs", "xt_set", NULL};
+	char *remove_argv[] = {"/sbin/modprobe", "-r", "ip_vs", NULL};
+	char *bare_argv[] = {"/sbin/modprobe", "-s", NULL};
+	char *dashdash_argv[] = {"/sbin/modprobe", "--", "--", "ip_vs", NULL};
+	CHECK(lbipvs_is_ipvs_modprobe("/sbin/modprobe", keepalived_argv) == 1);
+	CHECK(lbipvs_is_ipvs_modprobe("/usr/sbin/modprobe", ipvsadm_argv) == 1);
+	CHECK(lbipvs_is_ipvs_modprobe("modprobe", retry_argv) == 1);
+	CHECK(lbipvs_is_ipvs_modprobe("/sbin/modprobe", set_argv) == 0);
+	CHECK(lbipvs_is_ipvs_modprobe("/sbin/modprobe", mixed_argv) == 0);
+	CHECK(lbipvs_is_ipvs_modprobe("/sbin/modprobe", remove_argv) == 0);
+	CHECK(lbipvs_is_ipvs_modprobe("/sbin/modprobe", bare_argv) == 0);
+	CHECK(lbipvs_is_ipvs_modprobe("/sbin/modprobe", dashdash_argv) == 0);
+	CHECK(lbipvs_is_ipvs_modprobe("/bin/insmod", ipvsadm_argv) == 0);
+	CHECK(lbipvs_is_ipvs_modprobe("/sbin/modprobe", NULL) == 0);
+	CHECK(lbipvs_is_ipvs_modprobe(NULL, ipvsadm_argv) == 0);
 	printf("preload harness: all checks passed\n");
 	return 0;
 }

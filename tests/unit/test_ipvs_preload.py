@@ -185,3 +185,30 @@ def test_without_lbd_calls_fail_as_without_ip_vs(library: Path, tmp_path: Path) 
     assert len(lines) == 2 and all(line.startswith("info -1 92 ") for line in lines), lines  # ENOPROTOOPT
     assert err.count(f"lbd: cannot reach lbd at {tmp_path / 'none.sock'}") == 1  # said once
     assert "FileNotFoundError" in err  # the /proc file does not exist, as without ip_vs
+
+
+FAKE_MODPROBE = '#!/bin/sh\necho "$@" >> "{marker}"\n'
+
+
+@pytest.mark.parametrize("how", ["execv", "execve"])
+def test_modprobe_ip_vs_is_refused_other_modules_pass(library: Path, tmp_path: Path, how: str) -> None:
+    # keepalived and ipvsadm execv "modprobe ip_vs" when their first IPVS call fails; under the
+    # library their IPVS is lbd, so the kernel's module is not loaded. A fake modprobe records runs.
+    marker = tmp_path / "ran"
+    fake = tmp_path / "modprobe"
+    fake.write_text(FAKE_MODPROBE.format(marker=marker))
+    fake.chmod(0o755)
+    env = child_environment(dict(os.environ), library, str(tmp_path / "no-lbd.sock"), 0)
+    # execv: Python's os.execv calls libc's execv; execve: sh execs through libc's execve.
+    def run(*modules: str) -> subprocess.CompletedProcess[str]:
+        argv = ([sys.executable, "-c", "import os, sys; os.execv(sys.argv[1], sys.argv[1:])", str(fake), "-s", "--",
+                 *modules] if how == "execv" else ["sh", "-c", 'exec "$0" -s -- "$@"', str(fake), *modules])
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
+
+    refused = run("ip_vs")
+    assert refused.returncode != 0, refused
+    assert f"lbd: not loading the kernel's ip_vs module ({fake})" in refused.stderr
+    assert not marker.exists()
+    passed = run("xt_set")
+    assert passed.returncode == 0, passed
+    assert marker.read_text() == "-s -- xt_set\n"
