@@ -237,6 +237,12 @@ class CountingEngine:
                 d.stats = self.dest_stats.get((s.spec.key.port, d.spec.addr), d.stats)
         return infos
 
+    def service(self, key: Any) -> Any:
+        return next(s for s in self.services() if s.spec.key == key)
+
+    def changed_services(self) -> list[Any]:  # a superset is allowed: every service
+        return [s.spec.key for s in self.services()]
+
 
 def service_stats(d: Director, port: int) -> dict[str, int]:
     return next(s["stats"] for s in d.handle("list", {})["services"] if s["port"] == port)
