@@ -37,7 +37,7 @@ from lb.engine import Engine, EngineError
 from lb.estimator import ESTIMATOR_TICK_S, Estimator, HandshakeSample, StallEvent, StallWatch
 from lb.fwdstate import DestKey, ForwardingStates, FwdStatus, Resolver
 from lb.ipsets import Steering
-from lb.model import ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats, SynproxyConf
+from lb.model import FWMARK_PROTO, ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats, SynproxyConf
 from lb.reconcile import (
     COMMAND_TYPES,
     AddDest,
@@ -184,17 +184,22 @@ class Director:
         (`state`, or self.state): plain Python, never a listing of the engine."""
         st = Steering()
         model = self.state if state is None else state
+        services_add, addrs, fnat, nat = st.services.add, st.addrs, st.fnat_replies, st.nat_replies
+        # One plain pass (this runs on every change: ~3 ms at 10,000 services); what most
+        # services lack (local addresses, NAT or FULLNAT destinations) costs one test.
         for key, svc in model.services.items():
-            st.nat_replies.update((proto, spec.addr, spec.port) for spec in svc.dests.values()
-                                  if spec.fwd == "masq" for proto in _nat_protos(key))
-            if key.fwmark:
+            fwmark = key.proto == FWMARK_PROTO
+            if fwmark:
                 st.fwmarks.add(key.fwmark)
-                continue
-            st.services.add((key.proto, key.addr, key.port))
-            st.addrs.update(svc.laddrs)
+            else:
+                services_add((key.proto, key.addr, key.port))
+                if svc.laddrs:
+                    addrs.update(svc.laddrs)
             for spec in svc.dests.values():
-                if spec.fwd == "fullnat":
-                    st.fnat_replies.update((key.proto, spec.addr, spec.port, la) for la in svc.laddrs)
+                if spec.fwd == "masq":
+                    nat.update((proto, spec.addr, spec.port) for proto in _nat_protos(key))
+                elif spec.fwd == "fullnat" and not fwmark:
+                    fnat.update((key.proto, spec.addr, spec.port, la) for la in svc.laddrs)
         return st
 
     def sync_rules(self, state: State | None = None) -> None:
