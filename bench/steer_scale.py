@@ -39,6 +39,7 @@ from typing import Any
 
 from bench import common, pps
 from bench.common import Lbd, LbdError, log
+from bench.scale import plots
 from lb.testbed.topology import Topology
 
 TITLE = "Steering with 1 .. 10,000 services (namespaces)"
@@ -220,11 +221,39 @@ def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
                      f"{r.get('raw_rules')} | {r.get('lbd_idle_cpu_pct')} | "
                      f"{r.get('add_service_ms')} / {r.get('del_service_ms')} |")
     lines.append("")
+    lines += _plot(data)
     for v in data.get("verdicts", []):
         ratio = "n/a" if v["ratio"] is None else f"{v['ratio']:.2f}x"
         targets.append([f"steering, {v['services']:,} services: {v['what']} <= {TARGET_RATIO:.2f}x", ratio,
                         "met" if v["pass"] else "MISSED"])
     return lines
+
+
+def _plot(data: dict[str, Any]) -> list[str]:
+    """The curves against the number of services, each relative to its reference (1 service for
+    `svc`, the director without lbd for `routed`): flat at 1.0 is O(1) steering."""
+    rows = [r for r in data.get("sizes", []) if "svc" in r]
+    base = data.get("baseline", {})
+    if not rows:
+        return []
+    first = rows[0]
+
+    def rel(get: Any, ref: float | None) -> list[tuple[float, float]]:
+        return [(r["services"], get(r) / ref) for r in rows if ref and get(r)]
+
+    series = {
+        "svc: zero-loss pps / 1 service": rel(lambda r: r["svc"].get("zero_loss_pps"), first["svc"].get("zero_loss_pps")),
+        "svc: DUT us per packet / 1 service": rel(lambda r: r["svc"].get("dut_us_per_pkt"),
+                                                  first["svc"].get("dut_us_per_pkt")),
+        "routed: zero-loss pps / no lbd": rel(lambda r: r["routed"].get("zero_loss_pps"), base.get("zero_loss_pps")),
+        "routed, rules only: zero-loss pps / no lbd": rel(lambda r: (r.get("routed_rules_only") or {}).get("zero_loss_pps"),
+                                                         base.get("zero_loss_pps")),
+    }
+    png = plots.line_plot("services", "Steering: traffic to the last service and routed traffic vs services",
+                          "services configured (log)", "relative to the reference",
+                          {k: v for k, v in series.items() if v}, logx=True,
+                          hline=(TARGET_RATIO, f"{TARGET_RATIO:.2f}x (target for cost ratios)"))
+    return plots.image(png, "steering vs services")
 
 
 def main(argv: list[str] | None = None) -> int:
