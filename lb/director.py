@@ -69,7 +69,7 @@ LOG_EACH_MAX = 50  # a change of more commands is logged as one summary line (de
 
 
 class Rules(Protocol):
-    def sync(self, steering: Steering) -> object: ...
+    def sync(self, steering: Steering, verify_sets: bool = False) -> object: ...
 
 
 MAX_BATCH_REQUESTS = 1_000_000  # one batch, all its chunks together (memory bound per connection)
@@ -202,9 +202,11 @@ class Director:
                     fnat.update((key.proto, spec.addr, spec.port, la) for la in svc.laddrs)
         return st
 
-    def sync_rules(self, state: State | None = None) -> None:
+    def sync_rules(self, state: State | None = None, verify: bool = False) -> None:
+        """Make lbd's rules and sets steer `state` (or the model). A change trusts lbd's cache of
+        its own ip sets; verify=True also finds sets someone else changed (a periodic check)."""
         if self.rules is not None:
-            self.rules.sync(self.steering(state))
+            self.rules.sync(self.steering(state), verify_sets=verify)
 
     # ------------------------------------------------------------ forwarding state (lb.fwdstate)
     @property

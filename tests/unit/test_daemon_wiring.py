@@ -163,7 +163,7 @@ class RecordingRules:
     def __init__(self) -> None:
         self.calls: list[Steering] = []
 
-    def sync(self, steering: Steering) -> None:
+    def sync(self, steering: Steering, verify_sets: bool = False) -> None:
         self.calls.append(steering)
 
 

@@ -194,7 +194,7 @@ class FailingRules:
         self.fail = False
         self.synced: list[list[tuple[int, str, int]]] = []
 
-    def sync(self, steering: Steering) -> None:
+    def sync(self, steering: Steering, verify_sets: bool = False) -> None:
         if self.fail:
             self.fail = False  # the restoring sync afterwards works
             raise RuntimeError("iptables-restore: boom")
