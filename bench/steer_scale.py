@@ -39,6 +39,7 @@ from typing import Any
 
 from bench import common, pps
 from bench.common import Lbd, LbdError, log
+from bench.scale import plots
 from lb.testbed.topology import Topology
 
 TITLE = "Steering with 1 .. 10,000 services (namespaces)"
@@ -52,6 +53,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     "quick 1,10000)")
     ap.add_argument("--svc-window", type=float, default=None, help="seconds per trial (default 0.8; quick 0.5)")
     ap.add_argument("--svc-steps", type=int, default=None, help="bisection steps (default 5; quick 4)")
+    ap.add_argument("--svc-repeats", type=int, default=1,
+                    help="zero-loss searches per figure, the best kept (default 1): other load on a shared "
+                         "machine only ever lowers a zero-loss rate, so the best of a few is the director's")
 
 
 def finish_args(args: argparse.Namespace) -> None:
@@ -128,20 +132,25 @@ def idle_cpu(pid: int | None, window_s: float = 3.0) -> float | None:
 
 
 def measure(bed: pps.Bed, tmp: Path, dst: str, args: argparse.Namespace, tag: str, flow_base: int = 0) -> dict[str, Any]:
-    """Zero-loss search of est traffic to `dst` (for a service: the flows `flow_base` established)."""
+    """Zero-loss search of est traffic to `dst` (for a service: the flows `flow_base` established);
+    --svc-repeats searches, the best kept (`searches`: every one's zero-loss rate)."""
     tr = pps.make_traffic(bed, tmp, "est", dst, flow_base=flow_base)
     why = pps.functional_check(bed, tr)
     if why:
         raise LbdError(f"{tag}: {why}")
-    res = pps.search(bed, tr, args.svc_window, args.svc_steps)
-    return {k: res.get(k) for k in ("zero_loss_pps", "generator_limited", "dut_us_per_pkt", "lbd_user_us_per_pkt",
-                                    "softirq_us_per_pkt")}
+    found = [pps.search(bed, tr, args.svc_window, args.svc_steps) for _ in range(max(1, getattr(args, "svc_repeats", 1)))]
+    res = max(found, key=lambda r: r.get("zero_loss_pps") or 0)
+    out = {k: res.get(k) for k in ("zero_loss_pps", "generator_limited", "dut_us_per_pkt", "lbd_user_us_per_pkt",
+                                   "softirq_us_per_pkt")}
+    out["searches"] = [round(r.get("zero_loss_pps") or 0) for r in found]
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     gen_cpu, dut_cpu = common.cpu_layout(getattr(args, "gen_cpu", None), getattr(args, "dut_cpu", None))
     sizes = [int(x) for x in str(args.svc_sizes).split(",") if x]
     out: dict[str, Any] = {"config": {"sizes": sizes, "window_s": args.svc_window, "steps": args.svc_steps,
+                                      "repeats": getattr(args, "svc_repeats", 1),
                                       "gen_cpu": gen_cpu, "dut_cpu": dut_cpu},
                            "baseline": {}, "sizes": []}
     common.build_tool("pktgen")
@@ -220,11 +229,43 @@ def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
                      f"{r.get('raw_rules')} | {r.get('lbd_idle_cpu_pct')} | "
                      f"{r.get('add_service_ms')} / {r.get('del_service_ms')} |")
     lines.append("")
+    if (data.get("config") or {}).get("repeats", 1) > 1:
+        lines += ["Zero-loss searches per figure (the best is shown): " + "; ".join(
+            f"{r['services']:,} services: svc {r['svc'].get('searches')}, routed {r['routed'].get('searches')}"
+            for r in data.get("sizes", []) if "svc" in r) + f"; no lbd: {base.get('searches')}.", ""]
+    lines += _plot(data)
     for v in data.get("verdicts", []):
         ratio = "n/a" if v["ratio"] is None else f"{v['ratio']:.2f}x"
         targets.append([f"steering, {v['services']:,} services: {v['what']} <= {TARGET_RATIO:.2f}x", ratio,
                         "met" if v["pass"] else "MISSED"])
     return lines
+
+
+def _plot(data: dict[str, Any]) -> list[str]:
+    """The curves against the number of services, each relative to its reference (1 service for
+    `svc`, the director without lbd for `routed`): flat at 1.0 is O(1) steering."""
+    rows = [r for r in data.get("sizes", []) if "svc" in r]
+    base = data.get("baseline", {})
+    if not rows:
+        return []
+    first = rows[0]
+
+    def rel(get: Any, ref: float | None) -> list[tuple[float, float]]:
+        return [(r["services"], get(r) / ref) for r in rows if ref and get(r)]
+
+    series = {
+        "svc: zero-loss pps / 1 service": rel(lambda r: r["svc"].get("zero_loss_pps"), first["svc"].get("zero_loss_pps")),
+        "svc: DUT us per packet / 1 service": rel(lambda r: r["svc"].get("dut_us_per_pkt"),
+                                                  first["svc"].get("dut_us_per_pkt")),
+        "routed: zero-loss pps / no lbd": rel(lambda r: r["routed"].get("zero_loss_pps"), base.get("zero_loss_pps")),
+        "routed, rules only: zero-loss pps / no lbd": rel(lambda r: (r.get("routed_rules_only") or {}).get("zero_loss_pps"),
+                                                         base.get("zero_loss_pps")),
+    }
+    png = plots.line_plot("services", "Steering: traffic to the last service and routed traffic vs services",
+                          "services configured (log)", "relative to the reference",
+                          {k: v for k, v in series.items() if v}, logx=True,
+                          hline=(TARGET_RATIO, f"{TARGET_RATIO:.2f}x (target for cost ratios)"))
+    return plots.image(png, "steering vs services")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,25 +82,34 @@ class Estimator(Generic[K]):
 
     def __init__(self) -> None:
         self._entries: dict[K, _Entry] = {}
-        self._moving = 0  # entries whose averages were not all 0 after the last tick
+        self._moving: set[K] = set()  # keys whose averages were not all 0 after their last tick
 
     def tick(self, samples: Mapping[K, Stats]) -> None:
         """One 2-second step: update every key in `samples`; forget keys that are gone."""
-        for key in [k for k in self._entries if k not in samples]:
-            del self._entries[key]
-        moving = 0
+        self.forget([k for k in self._entries if k not in samples])
+        self.update(samples)
+
+    def update(self, samples: Mapping[K, Stats]) -> None:
+        """One 2-second step of the keys in `samples` only. A key left out keeps its values, which
+        is exactly what a tick would give it when its counters did not move and its averages are
+        all 0 (not in `moving()`): the caller may leave those out (lbd ticks what moved)."""
         for key, counters in samples.items():
             entry = self._entries.get(key)
             if entry is None:
                 entry = self._entries[key] = _Entry(Stats())
             entry.tick(counters)
             if any(entry.avg.values()):
-                moving += 1
-        self._moving = moving
+                self._moving.add(key)
+            else:
+                self._moving.discard(key)
 
     def settled(self) -> bool:
         """Every rate was 0 after the last tick: ticks on unchanged counters would change nothing."""
-        return self._moving == 0
+        return not self._moving
+
+    def moving(self) -> list[K]:
+        """The keys whose rates are not all 0 yet: they must be ticked even when their counters stand still."""
+        return list(self._moving)
 
     def read(self, key: K) -> Rates:
         entry = self._entries.get(key)
@@ -109,6 +118,7 @@ class Estimator(Generic[K]):
     def zero(self, key: K, counters: Stats) -> None:
         """ip_vs_zero_estimator: rates 0, the current counters are the new reference."""
         self._entries[key] = _Entry(counters)
+        self._moving.discard(key)
 
     def keys(self) -> list[K]:
         return list(self._entries)
@@ -116,6 +126,7 @@ class Estimator(Generic[K]):
     def forget(self, keys: Iterable[K]) -> None:
         for key in keys:
             self._entries.pop(key, None)
+            self._moving.discard(key)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -184,9 +195,20 @@ class StallWatch(Generic[K]):
         for key in keys:
             self._hist.pop(key, None)
 
+    def stalled_keys(self) -> list[K]:
+        return [k for k, h in self._hist.items() if h.stalled]
+
     def tick(self, now: float, samples: Mapping[K, HandshakeSample]) -> list[StallEvent[K]]:
-        for key in [k for k in self._hist if k not in samples]:
-            del self._hist[key]  # destination gone: its history and its episode counter go too
+        """One step of every destination: those not in `samples` are gone (their history and
+        episode counter go too)."""
+        self.forget([k for k in self._hist if k not in samples])
+        return self.update(now, samples)
+
+    def update(self, now: float, samples: Mapping[K, HandshakeSample]) -> list[StallEvent[K]]:
+        """One step of the destinations in `samples` only. One left out must not be stalled and
+        must have had the same counters for longer than the window: a step would then find it
+        not stalled again and change nothing that matters (its baseline, when it moves again, is
+        the same sample either way)."""
         events: list[StallEvent] = []
         for key, sample in samples.items():
             h = self._hist.get(key)

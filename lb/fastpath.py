@@ -76,6 +76,7 @@ _SCHED_FLAG_BITS = (lib.LB_SVC_F_SCHED1, lib.LB_SVC_F_SCHED2, lib.LB_SVC_F_SCHED
 # ServiceSpec.proxy_protocol <-> struct lb_svc_conf.flags bit:
 _PROXY_BITS: dict[str | None, int] = {"v1": lib.LB_SVC_F_PROXY_V1, "v2": lib.LB_SVC_F_PROXY_V2}
 _NO_TIMER = 2**64 - 1  # lb_timer_due(): UINT64_MAX when nothing is due
+CHANGED_CHUNK = 1024  # services per lb_svc_list_changed call
 
 # Fields of struct lb_nfq_stats (lb_api.h), in declaration order.
 NFQ_STAT_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_nfq_stats").fields)
@@ -296,6 +297,20 @@ class CEngine:
         arr = ffi.new("struct lb_svc_info[]", max(total, 1))
         count = min(lib.lb_svc_list(self._lb, arr, total), total)
         return [self._service_info(arr[i]) for i in range(count)]
+
+    def changed_services(self) -> list[ServiceKey]:
+        """The services whose counters moved since the last call (lb_svc_list_changed), each once."""
+        out: list[ServiceKey] = []
+        arr = ffi.new("struct lb_svc_info[]", CHANGED_CHUNK)
+        # each call reports services not reported before (or moved again since): bounded passes
+        for _ in range(max(1, lib.lb_svc_list(self._lb, ffi.NULL, 0) // CHANGED_CHUNK + 2)):
+            count = lib.lb_svc_list_changed(self._lb, arr, CHANGED_CHUNK)
+            for i in range(count):
+                conf = arr[i].conf
+                out.append(ServiceKey(conf.proto, _int2ip(conf.addr), conf.port))
+            if count < CHANGED_CHUNK:
+                break
+        return out
 
     def service(self, key: ServiceKey) -> ServiceInfo:
         """One service (O(1)); EngineError ESRCH when there is none."""

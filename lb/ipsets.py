@@ -182,9 +182,13 @@ class SetManager:
     """Owns queue N's sets: creates, fills incrementally, heals and destroys them.
 
     `installed` caches what the kernel holds (set kind -> elements); a sync computes the
-    difference against it and sends only that, in one `ipset restore`. The cache is (re)read from
-    the kernel when it is unknown (start, adoption of a previous lbd's sets) or when a set's
-    element count (`ipset list -t`, O(1) per set) disagrees with it (someone flushed a set).
+    difference against it and sends only that, in one `ipset restore` (no command at all when
+    nothing differs). The cache is (re)read from the kernel when it is unknown: at start, on
+    adoption of a previous lbd's sets, and after a failed restore (which may have applied a
+    part: the next sync, e.g. a rollback's, converges from what the kernel really holds). Only
+    lbd changes its sets; what someone else does to them (a flushed set) is found by `check()`
+    (`ipset list -t`: element counts, O(1) per set), which a sync does first with verify=True:
+    the periodic or repairing sync, not every configuration change (a subprocess, 2-20 ms).
     """
 
     def __init__(self, queue_num: int, *, netns: str | None = None, runner: Runner | None = None,
@@ -272,9 +276,11 @@ class SetManager:
                 self.installed = None
                 return
 
-    def sync(self, steering: Steering) -> tuple[int, int]:
-        """Make the sets hold exactly `steering`: only the difference is sent. Returns (added, deleted)."""
-        self.check()
+    def sync(self, steering: Steering, verify: bool = False) -> tuple[int, int]:
+        """Make the sets hold exactly `steering`: only the difference is sent. Returns (added, deleted).
+        verify: first check the kernel's element counts against the cache (check())."""
+        if verify:
+            self.check()
         if self.installed is None:
             self.load()
         assert self.installed is not None
@@ -294,7 +300,11 @@ class SetManager:
                 lines.append(f"del {self.names[kind]} {e}")
                 deleted += 1
         if lines:
-            self._restore(lines)
+            try:
+                self._restore(lines)
+            except IpsetError:
+                self.installed = None  # a part may be applied: re-read the kernel's sets next time
+                raise
             log.debug("ip sets of queue %d: %d added, %d deleted", self.queue_num, added, deleted)
         self.installed = want
         return added, deleted

@@ -458,8 +458,10 @@ class RuleManager:
                  "conntrack opt-in: balanced flows are tracked" if self.track else
                  f"balanced flows untracked, also lbd's own packets (mark {self.mark:#x}) in {OUT_HOOK_CHAIN}")
 
-    def sync(self, steering: ips.Steering, heal_level: int = logging.WARNING) -> Plan:
+    def sync(self, steering: ips.Steering, verify_sets: bool = False, heal_level: int = logging.WARNING) -> Plan:
         """Make the sets hold exactly `steering` (only the difference is sent), and heal the chains.
+        verify_sets: also find sets someone else changed (lb.ipsets SetManager.check; a periodic
+        check's job, not every configuration change's).
 
         The chains' content is fixed, so what a service change costs is its set elements; the
         raw table is read (one `iptables -S`, whose size does not grow with services) to heal
@@ -473,7 +475,7 @@ class RuleManager:
         if not pre.chain_exists:
             raise ChainMissingError(self._prefix() + [self.iptables, "-t", TABLE, "-S"], self.chain)
         try:
-            added, deleted = self.sets.sync(steering)
+            added, deleted = self.sets.sync(steering, verify=verify_sets)
         except ips.IpsetError as exc:
             raise IptablesError(exc.cmd, exc.returncode, exc.stderr) from exc
         plan = Plan(added=added, deleted=deleted)

@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from bench import ctl_scale
+from bench.scale import plots
 
 TITLE = "Control plane against the number of services (bench/ctl_scale.py)"
 NEEDS_ROOT = True
@@ -33,7 +34,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                             no_iptables_split=args.ctl_no_iptables_split))
 
 
+SINGLES = ("-A", "-a", "-e", "-E", "-d", "-D", "-L -t")  # one-service commands (the < 0.1 s target)
+
+
 def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
     lines, rows = ctl_scale.report(data)
     targets.extend(rows)
-    return ["### " + TITLE, *lines[1:]]
+    return ["### " + TITLE, *lines[1:], *_plots(data)]
+
+
+def _plots(data: dict[str, Any]) -> list[str]:
+    """Curves against the number of services, per mode (lbd --no-iptables, with its rules)."""
+    results = [r for r in data.get("results", []) if "error" not in r]
+    if len({r["services"] for r in results}) < 2:
+        return []
+    commands: dict[str, list[tuple[float, float]]] = {}
+    bulk: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        mode = "with rules" if r["iptables"] else "no iptables"
+        n = r["services"]
+        worst = max(r["commands"][c]["median_s"] for c in SINGLES if c in r["commands"])
+        commands.setdefault(f"one lbadm command (worst), {mode}", []).append((n, worst * 1e3))
+        if r.get("server"):
+            side = max(v["median_s"] for v in r["server"].values())
+            commands.setdefault(f"lbd's side of it (worst), {mode}", []).append((n, side * 1e3))
+        bulk.setdefault(f"no-op reload, {mode}", []).append((n, r["commands"]["reload (no-op)"]["median_s"]))
+        bulk.setdefault(f"lbadm -R of everything, {mode}", []).append((n, r["restore"]["s"]))
+    out = plots.image(plots.line_plot(
+        "ctl-commands", "One lbadm command vs services (median wall clock)", "services (log)", "ms", commands,
+        logx=True, hline=(ctl_scale.TARGET_COMMAND_S * 1e3, f"target {ctl_scale.TARGET_COMMAND_S * 1e3:.0f} ms")),
+        "lbadm commands vs services")
+    out += plots.image(plots.line_plot(
+        "ctl-bulk", "Reload and restore vs services", "services (log)", "s", bulk, logx=True,
+        hline=(ctl_scale.TARGET_NOOP_RELOAD_S, f"no-op reload target {ctl_scale.TARGET_NOOP_RELOAD_S:g} s")),
+        "reload and restore vs services")
+    return out

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 # Set by bench.report before the sections render: where a report's plots go (the stem of its files).
 STEM: Path | None = None
 
 
-def line_plot(name: str, title: str, xlabel: str, ylabel: str, series: dict[str, Sequence[tuple[float, float]]],
+def line_plot(name: str, title: str, xlabel: str, ylabel: str, series: Mapping[str, Sequence[tuple[float, float]]],
               logx: bool = False, hline: tuple[float, str] | None = None) -> str | None:
     """One PNG with a line per series; returns its file name (relative to the report), or None."""
     if STEM is None:

@@ -170,7 +170,7 @@ class Service:
     address pool)."""
 
     __slots__ = ("key", "spec", "dests", "scheduler", "sched_data", "stats", "xmit_data", "netmask", "sp_conf",
-                 "seed0", "sched_now_ms")
+                 "seed0", "sched_now_ms", "stats_seen")
 
     def __init__(self, key: SvcKey, spec: ServiceSpec, scheduler: Scheduler, seed0: int) -> None:
         self.key = key
@@ -182,6 +182,7 @@ class Service:
         self.scheduler = scheduler
         self.sched_data: Any = None  # the scheduler's own (lb/pyengine/sched.py)
         self.stats = Counters()
+        self.stats_seen = Stats()  # stats as changed_services() last reported them
         self.xmit_data: dict[str, Any] = {}  # by method name (lb/pyengine/xmit.py)
         self.sp_conf: SynproxyConf | None = None  # own SYN-proxy settings (None: the engine's default)
         scheduler.init_service(self)
@@ -1174,6 +1175,17 @@ class PyEngine:
     def services(self) -> list[ServiceInfo]:
         with self._lock:
             return [_service_info(service) for service in self._services.values()]
+
+    def changed_services(self) -> list[ServiceKey]:
+        """The services whose counters moved since the last call, each once (lb_svc_list_changed)."""
+        with self._lock:
+            out = []
+            for service in self._services.values():
+                now = _stats(service.stats)
+                if now != service.stats_seen:
+                    service.stats_seen = now
+                    out.append(service.spec.key)
+            return out
 
     def service(self, key: ServiceKey) -> ServiceInfo:
         """One service (O(1)); EngineError ESRCH when there is none."""

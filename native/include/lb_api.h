@@ -436,6 +436,12 @@ int lb_local_addrs_set(lb_t *lb, const uint32_t *addrs, uint32_t n);
 
 /* ---- observation (lock; copy out) ---- */
 int lb_svc_list(lb_t *lb, struct lb_svc_info *out, uint32_t cap);          /* returns total count */
+/* The services whose counters moved since this function last reported them (a packet or a connection
+ * counted, a zeroing), up to cap of them, in list order; each one reported is marked as seen, so
+ * calling again until it returns less than cap reports every moved service once. Returns the number
+ * copied. What lbd's rate estimator reads every 2 s: it touches only the services with traffic,
+ * not all of them (O(services) in C, O(moved) for the caller). */
+int lb_svc_list_changed(lb_t *lb, struct lb_svc_info *out, uint32_t cap);
 /* One service's conf and counters (O(1): the control plane must not list every service to read
  * one); returns 0, or LB_ESRCH when there is no such service. */
 int lb_svc_get(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct lb_svc_info *out);

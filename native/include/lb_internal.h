@@ -346,6 +346,7 @@ struct lb_svc {
     uint32_t ndests;
     uint32_t dests_cap;
     struct lb_stats stats;
+    struct lb_stats stats_seen;  /* stats as lb_svc_list_changed last reported them */
     struct lb_svc *hnext;        /* service hash chain */
     uint32_t id;                 /* unique per creation: a re-created service is a new one */
     struct lb_synproxy_conf sp_conf; /* SYN-proxy settings when sp_own, else lb->sp_default applies */

@@ -601,6 +601,27 @@ int lb_svc_list(lb_t *lb, struct lb_svc_info *out, uint32_t cap)
     return (int)n;
 }
 
+int lb_svc_list_changed(lb_t *lb, struct lb_svc_info *out, uint32_t cap)
+{
+    if (!out)
+        return 0;
+    uint32_t n = 0;
+    pthread_mutex_lock(&lb->lock);
+    for (uint32_t i = 0; i < lb->nsvcs && n < cap; i++) {
+        struct lb_svc *s = lb->svcs[i];
+        if (!memcmp(&s->stats, &s->stats_seen, sizeof(s->stats)))
+            continue;
+        s->stats_seen = s->stats;
+        memset(&out[n], 0, sizeof(out[n]));
+        out[n].conf = s->conf;
+        out[n].num_dests = s->ndests;
+        out[n].stats = s->stats;
+        n++;
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return (int)n;
+}
+
 int lb_svc_get(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct lb_svc_info *out)
 {
     if (!out)

@@ -741,6 +741,13 @@ static int cmd_churn(long rounds)
         if (r % 100 == 0)
             lb_expire(lb, now, 0);
         bad |= check_accounting(lb, 0);
+        /* The estimator's read of what moved: small pieces drain it, then nothing is left. */
+        struct lb_svc_info moved[2];
+        int got, passes = 0;
+        while ((got = lb_svc_list_changed(lb, moved, 2)) == 2 && ++passes < 64)
+            bad |= check(moved[0].conf.proto != 0 && moved[1].conf.proto != 0, "moved services are reported");
+        bad |= check(got >= 0 && got < 2, "lb_svc_list_changed drains in pieces of cap");
+        bad |= check(lb_svc_list_changed(lb, moved, 2) == 0, "each moved service is reported once");
     }
     lb_expire(lb, now + 24 * 3600 * 1000ull, 0); /* every entry dies */
     bad |= check_accounting(lb, 1);

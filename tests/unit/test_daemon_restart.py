@@ -250,7 +250,7 @@ class RecordingRules:
     def setup(self) -> None:
         self.calls.append("setup")
 
-    def sync(self, steering: Any) -> None:
+    def sync(self, steering: Any, verify_sets: bool = False) -> None:
         self.calls.append("sync")
 
 

@@ -42,6 +42,12 @@ class FakeEngine:
     def services(self) -> list[ServiceInfo]:
         return [ServiceInfo(ServiceSpec(KEY, sched="rr"), list(self.dests.values()), Stats(), list(self.laddrs))]
 
+    def service(self, key: Any) -> ServiceInfo:
+        return self.services()[0]
+
+    def changed_services(self) -> list[Any]:  # a superset is allowed: every service
+        return [KEY]
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
@@ -157,7 +163,7 @@ class RecordingRules:
     def __init__(self) -> None:
         self.calls: list[Steering] = []
 
-    def sync(self, steering: Steering) -> None:
+    def sync(self, steering: Steering, verify_sets: bool = False) -> None:
         self.calls.append(steering)
 
 

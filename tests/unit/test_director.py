@@ -194,7 +194,7 @@ class FailingRules:
         self.fail = False
         self.synced: list[list[tuple[int, str, int]]] = []
 
-    def sync(self, steering: Steering) -> None:
+    def sync(self, steering: Steering, verify_sets: bool = False) -> None:
         if self.fail:
             self.fail = False  # the restoring sync afterwards works
             raise RuntimeError("iptables-restore: boom")
@@ -236,6 +236,12 @@ class CountingEngine:
             for d in s.dests:
                 d.stats = self.dest_stats.get((s.spec.key.port, d.spec.addr), d.stats)
         return infos
+
+    def service(self, key: Any) -> Any:
+        return next(s for s in self.services() if s.spec.key == key)
+
+    def changed_services(self) -> list[Any]:  # a superset is allowed: every service
+        return [s.spec.key for s in self.services()]
 
 
 def service_stats(d: Director, port: int) -> dict[str, int]:

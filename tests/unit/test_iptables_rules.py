@@ -207,14 +207,43 @@ def test_sync_sends_only_the_difference() -> None:
     assert fake.scripts() == [] and not [c for c, s in fake.calls[n:] if "save" in c]  # no re-read, no restore
 
 
-def test_a_flushed_set_is_reread_and_refilled() -> None:
+def test_a_flushed_set_is_reread_and_refilled_by_a_verifying_sync() -> None:
     fake = Fake("\n".join(HEALTHY))
     m = RuleManager(3, runner=fake)
     st = Steering(services={(TCP, "10.0.0.1", 80)})
     m.sync(st)
     fake.sets["lbd-q3-svc"][1].clear()
-    assert m.sync(st).added == 1
+    n = len(fake.calls)
+    assert m.sync(st).empty  # a configuration change trusts the cache: no `ipset list`, nothing sent
+    assert not [c for c, _ in fake.calls[n:] if "ipset" in c]
+    assert m.sync(st, verify_sets=True).added == 1
     assert fake.sets["lbd-q3-svc"][1] == {"10.0.0.1,tcp:80"}
+
+
+def test_a_change_costs_one_ipset_command_and_a_failed_one_rereads_the_kernel() -> None:
+    fake = Fake("\n".join(HEALTHY))
+    m = RuleManager(3, runner=fake)
+    m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
+    n = len(fake.calls)
+    m.sync(Steering(services={(TCP, "10.0.0.1", 80), (TCP, "10.0.0.1", 81)}))
+    assert [c[c.index("ipset") + 1] for c, _ in fake.calls[n:] if "ipset" in c] == ["restore"]
+    # a restore that fails (maybe half applied): the cache is dropped, the next sync re-reads the sets
+    fake.sets.pop("lbd-q3-svc")  # restore into a set that is gone fails
+    real = fake._ipset
+
+    def failing(args: list[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+        text = stdin or ""
+        if args[0] == "restore" and "add lbd-q3-svc" in text and "create lbd-q3-svc" not in text \
+                and "lbd-q3-svc" not in fake.sets:
+            return subprocess.CompletedProcess(args, 1, "", "The set with the given name does not exist")
+        return real(args, stdin)
+
+    fake._ipset = failing  # type: ignore[method-assign]
+    with pytest.raises(ipt.IptablesError):
+        m.sync(Steering(services={(TCP, "10.0.0.1", 80), (TCP, "10.0.0.1", 82)}))
+    assert m.sets.installed is None
+    plan = m.sync(Steering(services={(TCP, "10.0.0.1", 80), (TCP, "10.0.0.1", 81)}))
+    assert plan.added == 2 and fake.sets["lbd-q3-svc"][1] == {"10.0.0.1,tcp:80", "10.0.0.1,tcp:81"}
 
 
 def test_adopting_a_previous_lbds_sets_reads_them_once() -> None:
