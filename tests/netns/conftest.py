@@ -406,6 +406,24 @@ class HttpHelper:
         return client.Hold(self.netns, self.vip, self.port, seconds=seconds)
 
 
+# --------------------------------------------------------------------------- UDP responders
+
+
+@contextlib.contextmanager
+def udp_responders(topo: Topology, port: int) -> Iterator[None]:
+    """A UDP responder on VIP:`port` in each real server of a DR topology (the VIP is local there),
+    answering with the server's name; closed on exit."""
+    from conformance.traffic import RealServers
+
+    servers = RealServers()
+    try:
+        for rs in topo.reals:
+            servers.serve(rs.netns, rs.name, topo.vip, port, tcp=False)
+        yield
+    finally:
+        servers.close()
+
+
 # --------------------------------------------------------------------------- other services' churn
 
 
