@@ -7,6 +7,7 @@ Director on a fresh socket, `lbadm` runs lbadm in this process against it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import io
@@ -101,3 +102,44 @@ def lbadm(path: str, *argv: str, stdin: str = "", **main_kwargs: Any) -> tuple[i
         return rc, sys.stdout.getvalue(), sys.stderr.getvalue()
     finally:
         sys.stdin, sys.stdout, sys.stderr = old
+
+
+class ServedControl:
+    """lbd's own ControlServer (asyncio) in a thread of its own, over a Director with the C engine and
+    one service (TCP 10.0.0.1:80, rr): `with ServedControl(path)`, or start() ... stop()."""
+
+    def __init__(self, path: str) -> None:
+        from lb.ctlserver import ControlServer
+        from lb.director import Director
+        from lb.fastpath import CEngine
+
+        self.path = path
+        self.director = Director(CEngine(conn_max=64), rules=None, resolver=None)
+        self.director.handle("add_service", {"proto": "tcp", "addr": "10.0.0.1", "port": 80, "sched": "rr"})
+        self.loop = asyncio.new_event_loop()
+        self.server = ControlServer(self.director, path)
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.start())
+        self.ready.set()
+        self.loop.run_forever()
+
+    def start(self) -> Self:
+        self.thread.start()
+        assert self.ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
