@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-from lb import __version__, reassembly, unimplemented
+from lb import __version__, unimplemented
+from lb.director_configs import DirectorConfigs
+from lb.director_rates import StatsKey, dest_stats_key, svc_stats_key
+from lb.director_views import DirectorViews
 from lb.engine import Engine, EngineError
-from lb.estimator import ESTIMATOR_TICK_S, Estimator, HandshakeSample, StallEvent, StallWatch
+from lb.estimator import Estimator, StallWatch
 from lb.fwdstate import DestKey, ForwardingStates, FwdStatus, Resolver
 from lb.ipsets import Steering
 from lb.ipvsabi.handlers import operations as ipvs_abi_operations
-from lb.model import FWMARK_PROTO, ConfigError, DestSpec, ServiceInfo, ServiceKey, Stats, SynproxyConf
+from lb.model import FWMARK_PROTO, ConfigError, DestSpec, ServiceKey, Stats, SynproxyConf
 from lb.reconcile import (
     COMMAND_TYPES,
     AddDest,
@@ -58,10 +60,8 @@ from lb.reconcile import (
     Timeouts,
     Zero,
     inverse,
-    plan,
-    synproxy_to_json,
 )
-from lb.requests import parse_command, parse_key
+from lb.requests import BatchError, parse_command
 from lb.stallhistory import StallHistory
 from lb.totals import TotalStats
 
@@ -85,36 +85,17 @@ class BatchSession:
         self.pending: list[Command] = []
 
 
-class BatchError(EngineError):
-    """A refused request inside a `batch`: `index` is its position (0-based), `op` its operation."""
-
-    def __init__(self, errno_name: str, message: str, index: int, op: str, reason: str = "") -> None:
-        super().__init__(errno_name, message)
-        self.index = index
-        self.op = op
-        self.reason = reason or message  # without the "request N (...)" prefix
-
-
-# Keys of the rate estimators.
-StatsKey = tuple[object, ...]  # ("svc", ServiceKey) | ("dest", ServiceKey, addr, port)
-
-
-
 def _nat_protos(key: ServiceKey) -> tuple[int, ...]:
     """The protocols a NAT real server of this service answers with: a fwmark service's mark may
     gather TCP and UDP (its key has no protocol)."""
     return (6, 17) if key.fwmark else (key.proto,)
 
 
-def _svc_stats_key(key: ServiceKey) -> StatsKey:
-    return ("svc", key)
+class Director(DirectorViews, DirectorConfigs):
+    """The control logic (see the module docstring); the whole-configuration operations are
+    DirectorConfigs' (lb/director_configs.py), counters and rates DirectorRates'
+    (lb/director_rates.py), the listings DirectorViews' (lb/director_views.py)."""
 
-
-def _dest_stats_key(key: ServiceKey, addr: str, port: int) -> StatsKey:
-    return ("dest", key, addr, port)
-
-
-class Director:
     def __init__(self, engine: Engine, rules: Rules | None, resolver: Resolver | None,
                  config_path: str | None = None, *, queue_num: int | None = None,
                  conntrack: bool = False, down_policy: str = "open") -> None:
@@ -399,7 +380,7 @@ class Director:
                 to_resolve.clear()
             elif isinstance(cmd, DelService):
                 gone = self.fwd.remove_service(cmd.key)
-                self.estimator.forget([_svc_stats_key(cmd.key)] + [_dest_stats_key(cmd.key, a, p) for a, p in gone])
+                self.estimator.forget([svc_stats_key(cmd.key)] + [dest_stats_key(cmd.key, a, p) for a, p in gone])
                 self.stalls.forget([(cmd.key, a, p) for a, p in gone])
                 self.synproxy_confs.pop(cmd.key, None)
                 for addr, port in gone:
@@ -407,7 +388,7 @@ class Director:
             elif isinstance(cmd, DelDest):
                 ident = (cmd.key, cmd.addr, cmd.port)
                 self.fwd.remove(*ident)
-                self.estimator.forget([_dest_stats_key(*ident)])
+                self.estimator.forget([dest_stats_key(*ident)])
                 self.stalls.forget([ident])
                 to_resolve.pop(ident, None)
             elif isinstance(cmd, (AddDest, EditDest)):
@@ -499,272 +480,3 @@ class Director:
 
     def _stop_daemon(self, _args: dict[str, Any]) -> None:
         raise EngineError("ESRCH", "no connection sync daemon is running")
-
-    # ------------------------------------------------------------ configuration files
-    def apply_config(self, config: Any, what: str = "reload") -> dict[str, Any]:
-        """Make the running state what `config` (lb.config.Config) describes, by the minimal plan."""
-        steps = plan(self.running_state(), config.state())
-        if not steps:
-            log.info("%s of %s: no changes", what, config.path)
-            return {"path": config.path, "plan": [], "applied": 0}
-        log.info("%s of %s: %d change(s):", what, config.path, len(steps))
-        for step in steps:
-            log.info("  %s", step.describe())
-        try:
-            self.execute(steps, batch=True, log_level=logging.DEBUG)
-        except BatchError as exc:
-            step = steps[exc.index]
-            where = f"{config.path}:{step.line}" if step.line else config.path
-            message = f"{where}: {step.describe()}: {exc.reason}"
-            log.error("%s of %s rejected, running state unchanged: %s", what, config.path, message)
-            raise EngineError(exc.errno_name, message) from exc
-        return {"path": config.path, "plan": [step.describe() for step in steps], "applied": len(steps)}
-
-    def _reload(self, _args: dict[str, Any]) -> dict[str, Any]:
-        from lb.config import load_config
-
-        if self.config_path is None:
-            raise EngineError("EINVAL", "lbd was started without --config: there is no configuration file to reload")
-        try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            log.error("reload of %s rejected, running state unchanged:\n%s", self.config_path, exc)
-            raise EngineError("EINVAL", f"configuration rejected, running state unchanged:\n{exc}") from exc
-        try:
-            return self.apply_config(config, "reload")
-        except EngineError as exc:
-            raise EngineError(exc.errno_name, f"configuration rejected, running state unchanged: {exc}") from exc
-
-    # ------------------------------------------------------------ restart snapshots
-    SNAPSHOT_FORMAT = 1
-
-    def snapshot_config(self) -> dict[str, Any]:
-        """The whole configuration as JSON (lbd's state file): what `restore_config` re-applies.
-
-        Services in lbd's order; each service's destinations in the order they must be added
-        to come back in the same list order (IPVS adds at the head: the reverse of `list`).
-        Built from the model, and only once per `config_generation` (the state saver asks every
-        2 s; the same object comes back while nothing changed: callers must not modify it).
-        """
-        cached = self._snapshot_cache
-        if cached is not None and cached[0] == self.config_generation:
-            return cached[1]
-        services = []
-        for key, s in self.state.services.items():
-            own = self.synproxy_confs.get(key)
-            services.append({
-                **s.spec.to_json(),
-                "dests": [d.to_json() for d in reversed(s.dests.values())],
-                "laddrs": [{"addr": la} for la in s.laddrs],
-                "synproxy_conf": synproxy_to_json(own) if own is not None else None,
-            })
-        snapshot = {"format": self.SNAPSHOT_FORMAT, "timeouts": self.timeouts.to_json(),
-                    "synproxy_default": synproxy_to_json(self.synproxy_default), "services": services}
-        self._snapshot_cache = (self.config_generation, snapshot)
-        return snapshot
-
-    def restore_config(self, snapshot: dict[str, Any], what: str = "restore") -> int:
-        """Make the running state the snapshot's (the minimal plan, all or nothing); returns the
-        number of commands applied. EngineError if the snapshot is unusable or refused."""
-        if not isinstance(snapshot, dict) or snapshot.get("format") != self.SNAPSHOT_FORMAT:
-            raise EngineError("EINVAL", f"{what}: not a format-{self.SNAPSHOT_FORMAT} lbd state snapshot")
-        try:
-            desired = State.from_list_json(snapshot, snapshot.get("timeouts"))
-        except (StateError, ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:  # a null where an object belongs
-            raise EngineError("EINVAL", f"{what}: snapshot does not parse: {exc}") from exc
-        steps = plan(self.running_state(), desired)
-        if steps:
-            self.execute(steps, batch=True, log_level=logging.DEBUG)
-        n_svc, n_dest, n_laddr = desired.counts()
-        log.info("%s: %d services, %d destinations, %d local addresses (%d commands)",
-                 what, n_svc, n_dest, n_laddr, len(steps))
-        return len(steps)
-
-    # ------------------------------------------------------------ counters and rates
-    def _stats_samples(self, services: list[ServiceInfo]) -> dict[StatsKey, Stats]:
-        samples: dict[StatsKey, Stats] = {}
-        for s in services:
-            samples[_svc_stats_key(s.spec.key)] = s.stats
-            for d in s.dests:
-                samples[_dest_stats_key(s.spec.key, d.spec.addr, d.spec.port)] = d.stats
-        return samples
-
-    def estimate(self, now: float | None = None) -> None:
-        """One estimator tick (lbd runs it every ESTIMATOR_TICK_S): rates, and stalled handshakes.
-
-        O(1) while the director is idle (issue 15): when no packet was counted since the last tick
-        (every packet is counted under exactly one reason), the configuration did not change, every
-        rate has decayed to 0 and no stall episode is going on, a tick would change nothing (the
-        same arithmetic on zero deltas), so the services are not listed at all. With traffic,
-        O(services with traffic): only the services the engine reports as moved (and those still
-        moving, _estimated_services) are read and stepped; at 10,000 services a full listing
-        every 2 s took ~175 ms of the director's CPU, in one burst that overflowed the queue.
-        """
-        now = time.monotonic() if now is None else now
-        counters = self.engine.counters()
-        mark = (sum(counters.values()), self.config_generation)
-        if mark == self._estimated_at and self.estimator.settled() and not self.stalls.any_stalled():
-            self._log_refusals(counters)
-            return
-        self._estimated_at = mark
-        services = [s for s in map(self._service_or_none, self._estimated_services(now)) if s is not None]
-        self.estimator.update(self._stats_samples(services))
-        samples = {
-            (s.spec.key, d.spec.addr, d.spec.port): HandshakeSample(d.syn_retrans, d.handshakes, d.stats.conns)
-            for s in services for d in s.dests
-        }
-        events = self.stalls.update(now, samples)
-        for event in events:
-            self._log_stall(event)
-        self._remember_stalls(events, services, now)
-        self._log_refusals(counters)
-
-    def _remember_stalls(self, events: list[StallEvent[DestKey]], services: list[ServiceInfo], now: float) -> None:
-        """Keep the episodes for `lbadm doctor` (lb.stallhistory): O(destinations) only while one goes on."""
-        history = self.stall_history
-        if not events and not history.ongoing():
-            return
-        history.forget_missing([(s.spec.key, d.spec.addr, d.spec.port) for s in services for d in s.dests], now)
-        stalled = {s.spec.key: [self.stalls.stalled((s.spec.key, d.spec.addr, d.spec.port)) for d in s.dests]
-                   for s in services}
-        whole = {key for key, flags in stalled.items() if len(flags) > 1 and all(flags)}
-        fwd = {(s.spec.key, d.spec.addr, d.spec.port): d.spec.fwd for s in services for d in s.dests}
-        for event in events:
-            history.record(event, fwd.get(event.key, "route"), event.key[0] in whole, now)
-        history.still_stalled([k for k in fwd if self.stalls.stalled(k)], whole)
-
-    def _estimated_services(self, now: float) -> set[ServiceKey]:
-        """The services a tick must step: O(services with traffic), not O(services) (issue 15).
-
-        Those whose counters moved within the stall window (their destinations' handshake history
-        still moves), those whose rates are still decaying, and those with a stall episode going
-        on. Every other service stood still for longer than the window with all rates at 0: a
-        step would give it the same values (Estimator.update, StallWatch.update). Counters of a
-        destination move only with its service's (every packet and connection is counted in both)."""
-        for key in self.engine.changed_services():
-            self._moved_at[key] = now
-        horizon = now - self.stalls.window_s - ESTIMATOR_TICK_S
-        for key in [k for k, t in self._moved_at.items() if t < horizon]:
-            del self._moved_at[key]
-        keys = set(self._moved_at)
-        keys.update(cast(ServiceKey, skey[1]) for skey in self.estimator.moving())
-        keys.update(dkey[0] for dkey in self.stalls.stalled_keys())
-        return keys
-
-    def _service_or_none(self, key: ServiceKey) -> ServiceInfo | None:
-        try:
-            return self.engine.service(key)
-        except EngineError:  # deleted since it moved
-            self._moved_at.pop(key, None)
-            return None
-
-    # Drop reasons that mean "we refused new work": logged once per tick in which they grew.
-    REFUSAL_LOGS = {
-        "table_full": "connection table full ({entries} entries): {n} new connections refused in the last tick "
-                      "(raise lbd --conn-max, or shorten timeouts with lbadm --set)",
-        "no_laddr": "FULLNAT local addresses exhausted: {n} new connections refused in the last tick "
-                    "(add local addresses with lbadm -P, or more real-server ports)",
-        "xmit_failed": "{n} packets could not be sent in the last tick (socket errors: counted as xmit_failed, "
-                       "not forwarded; the nfq counters xmit_l2_err / answer_err say which socket, "
-                       "`lbadm doctor` what to check)",
-    }
-
-    EARLY_DROP_LOG = ("connection table full ({entries} entries): {n} half-open or finished entries dropped "
-                      "to make room for new connections in the last tick (early drop; a SYN flood, or raise "
-                      "lbd --conn-max)")
-
-    def _log_refusals(self, counters: dict[str, int]) -> None:
-        """Counted refusals become log lines too (issue 3: exhausted pools; issue 8: full table), and so
-        do the entries early drop released to make room (issue 15), once per tick in which they grew."""
-        counters = dict(counters)
-        counters["early_drop"] = self.engine.conn_stats()["early_drops"]
-        last = self._last_refusals
-        entries = self.engine.conn_count()
-        for reason, text in {**self.REFUSAL_LOGS, "early_drop": self.EARLY_DROP_LOG}.items():
-            n = counters.get(reason, 0) - last.get(reason, counters.get(reason, 0))
-            if n > 0:
-                log.warning(text.format(n=n, entries=entries))
-        self._last_refusals = {r: counters.get(r, 0) for r in (*self.REFUSAL_LOGS, "early_drop")}
-
-    @staticmethod
-    def _log_stall(event: StallEvent[DestKey]) -> None:
-        """Once per episode: a WARNING with issue 7's diagnosis when it starts, an INFO when it ends."""
-        key, addr, port = event.key
-        if event.started:
-            from lb.doctor.checks_sampled import STALL_CAUSES
-
-            log.warning("destination %s:%d of %s: %d handshakes stalled in %g s; frames leave the director "
-                        "but no client ACK returns. Likely causes: %s (client SYN retransmissions +%d, "
-                        "completed handshakes +%d; `lbadm doctor` has the details)",
-                        addr, port, key, event.stalled, event.window_s, STALL_CAUSES,
-                        event.syn_retrans, event.handshakes)
-        else:
-            log.info("destination %s:%d of %s: handshakes no longer stalled (over the last %g s: "
-                     "client SYN retransmissions +%d, completed handshakes +%d)",
-                     addr, port, key, event.window_s, event.syn_retrans, event.handshakes)
-
-    def _zero(self, key: ServiceKey | None) -> None:
-        """ipvsadm -Z [service]: counters and rates of the service(s) and their destinations restart at 0:
-        the engine zeroes its counters, the estimators restart from 0 (ip_vs_zero_estimator). The totals
-        restart at 0 with everything, and keep what one service had counted when it alone is zeroed."""
-        if key is None:
-            self.totals.zero()
-            self.engine.zero()
-        else:
-            self.totals.retire(self.engine.service(key).stats)
-            self.engine.zero_service(key)
-        services = self.engine.services() if key is None else [self.engine.service(key)]
-        for skey in self._stats_samples(services):
-            self.estimator.zero(skey, Stats())
-
-    def _shown(self, skey: StatsKey, raw: Stats) -> dict[str, int]:
-        """Counters since the object was created or last zeroed, plus rates: a `stats` object of `list`."""
-        return {**raw.to_json(), **self.estimator.read(skey).to_json()}
-
-    def _list(self, args: dict[str, Any]) -> dict[str, Any]:
-        only = parse_key(args["service"]) if args.get("service") else None
-        if only is not None and only not in self.state.services:
-            raise EngineError("ESRCH", f"no such service {only}")
-        services = self.engine.services() if only is None else [self.engine.service(only)]
-        table_size = self.engine.table_size()
-        out = []
-        for s in services:
-            if only is not None and s.spec.key != only:
-                continue
-            dests = []
-            for d in s.dests:
-                st = self.fwd_status.get((s.spec.key, d.spec.addr, d.spec.port), FwdStatus("unresolved", reason="not resolved yet"))
-                dests.append({
-                    **d.spec.to_json(),
-                    "active": d.active,
-                    "inactive": d.inactive,
-                    "persist": d.persist,
-                    "stats": self._shown(_dest_stats_key(s.spec.key, d.spec.addr, d.spec.port), d.stats),
-                    "syn_retrans": d.syn_retrans,
-                    "handshakes": d.handshakes,
-                    "stalled": self.stalls.stalled((s.spec.key, d.spec.addr, d.spec.port)),
-                    "stalled_episodes": self.stalls.episodes((s.spec.key, d.spec.addr, d.spec.port)),
-                    "l2": {"state": st.state, "ifname": st.ifname, "mac": st.mac, "reason": st.reason},
-                })
-            laddrs = [{"addr": la.addr, "conns": la.conns} for la in s.laddrs]
-            own = self.synproxy_confs.get(s.spec.key)
-            out.append({**s.spec.to_json(), "stats": self._shown(_svc_stats_key(s.spec.key), s.stats),
-                        "dests": dests, "laddrs": laddrs,
-                        "synproxy_conf": synproxy_to_json(own) if own is not None else None})
-        return {"version": "1.2.1", "conn_tab_size": table_size, "services": out,
-                "synproxy_default": synproxy_to_json(self.synproxy_default)}
-
-    def _connections(self, _args: dict[str, Any]) -> dict[str, Any]:
-        now_ms = int(time.monotonic() * 1000)
-        return {"connections": [c.to_json() for c in self.engine.connections(now_ms)]}
-
-    def _counters(self, _args: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = {"reasons": self.engine.counters()}
-        # One snapshot: the totals are the sum of exactly the per-queue figures shown.
-        queues = self.engine.nfq_queue_stats()  # in queue order (lbd --queue-balance: one per thread)
-        result["nfq_queues"] = queues
-        result["nfq"] = {k: sum(q[k] for q in queues) for k in queues[0]} if queues else {}
-        result["synproxy"] = self.engine.synproxy_stats()
-        result["table"] = self.engine.conn_stats()  # entries, max, buckets, droppable, early_drops
-        result["reassembly"] = reassembly.read()  # the kernel's, before the queue (lb/reassembly.py)
-        return result

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lb import unimplemented
+from lb.engine import EngineError
 from lb.model import (
     DEFAULT_SCHEDULER,
     PROTO_BY_NAME,
@@ -156,3 +157,13 @@ def parse_command(op: str, raw_args: Any) -> Command:
             raise StateError("EINVAL", "set_synproxy: the global default needs 'conf'")
         return SetSynproxy(sp_key, synproxy_from_json(conf) if conf is not None else None)
     raise StateError("EOPNOTSUPP", f"{op!r} is not a table-changing operation")
+
+
+class BatchError(EngineError):
+    """A refused request inside a `batch`: `index` is its position (0-based), `op` its operation."""
+
+    def __init__(self, errno_name: str, message: str, index: int, op: str, reason: str = "") -> None:
+        super().__init__(errno_name, message)
+        self.index = index
+        self.op = op
+        self.reason = reason or message  # without the "request N (...)" prefix

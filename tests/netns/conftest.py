@@ -9,6 +9,9 @@
   through `lbd.lbadm(...)`. Its finalizer sends SIGTERM, expects exit 0 and
   asserts that no iptables rule or chain is left in the director namespace.
   `running_lbd(topo, engine, env)` does the same for a module's own topology.
+- Shared test bodies: `churn_other_services` (changes on other ports of the VIP),
+  `exchange_through_churn` (held connections exchanging while that goes on),
+  `udp_until_refused` (a client's datagrams until ICMP port unreachable reaches its socket).
 
 Everything runs inside namespaces named with this run's `lbB<token>` prefix;
 the only processes ended are the ones started here, by PID.
@@ -21,11 +24,13 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +39,9 @@ import pytest
 
 from lb.ctlclient import ControlClientError, request_once
 from lb.testbed import client
+from lb.testbed.pcap import Capture, IPv4
 from lb.testbed.seeds import FIELD_REPORT_001_FILTER
-from lb.testbed.topology import Host, Topology, dr_spec, environment_problem
+from lb.testbed.topology import Host, Topology, dr_spec, enter_netns, environment_problem
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -400,6 +406,24 @@ class HttpHelper:
         return client.Hold(self.netns, self.vip, self.port, seconds=seconds)
 
 
+# --------------------------------------------------------------------------- UDP responders
+
+
+@contextlib.contextmanager
+def udp_responders(topo: Topology, port: int) -> Iterator[None]:
+    """A UDP responder on VIP:`port` in each real server of a DR topology (the VIP is local there),
+    answering with the server's name; closed on exit."""
+    from conformance.traffic import RealServers
+
+    servers = RealServers()
+    try:
+        for rs in topo.reals:
+            servers.serve(rs.netns, rs.name, topo.vip, port, tcp=False)
+        yield
+    finally:
+        servers.close()
+
+
 # --------------------------------------------------------------------------- other services' churn
 
 
@@ -452,3 +476,72 @@ def churn_other_services(lbd: Lbd, vip: str, rips: list[str], fwd: str, ports: t
         step("-D", "-u", svc)
         step("-D", "-t", svc)
     return done
+
+
+def exchange_through_churn(kas: list[client.KeepAlive], holds: list[client.Hold], hold_s: int,
+                           churn: Callable[[Callable[[], None]], int]) -> tuple[int, float, Counter[str]]:
+    """While `churn(between)` changes other services (calling between() after each change), every
+    keep-alive connection of `kas` answers a request after each change, from the same real server,
+    and the started `holds` receive their `hold_s` seconds unbroken. Returns (changes made, seconds
+    taken, requests exchanged per server)."""
+    exchanges: Counter[str] = Counter()
+    start = time.monotonic()
+
+    def exchange() -> None:
+        for ka in kas:
+            r = ka.get(timeout=3.0)
+            assert r.ok and r.server == ka.server, (
+                f"held connection to {ka.server} broke after {time.monotonic() - start:.1f}s: {r}")
+            exchanges[str(ka.server)] += 1
+
+    changes = churn(exchange)
+    for h in holds:
+        assert h.join(hold_s + 10.0), "hold did not finish"
+        assert h.error is None and h.received == hold_s, (h.server, h.received, h.error)
+    exchange()
+    return changes, time.monotonic() - start, exchanges
+
+
+# --------------------------------------------------------------------------- ICMP errors back to the client
+
+
+@dataclass
+class UdpRefusal:
+    """What the client saw sending datagrams to a UDP port that its real server does not serve."""
+
+    error: BaseException | None  # ConnectionRefusedError: the ICMP error reached the client's socket
+    cport: int  # the client's source port
+    icmps: list[IPv4]  # the ICMP destination-unreachable packets the client received
+    capture: str  # the client's capture as text, for assertion messages
+    translated: int  # ICMP errors lbd counted meanwhile (reason "icmp")
+
+
+def udp_until_refused(lbd: Lbd, t: Topology, port: int) -> UdpRefusal:
+    """From the client's own connected socket, up to 3 datagrams to VIP:`port` (bounded; the first
+    error normally suffices), until the socket reports the port unreachable."""
+    before = lbd.ok("counters")["reasons"].get("icmp", 0)
+    cap = Capture(t.client, "icmp", direction="in").start()
+    try:
+        with enter_netns(t.client.netns):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        err: BaseException | None = None
+        try:
+            sock.settimeout(2.0)
+            sock.connect((t.vip, port))
+            cport = sock.getsockname()[1]
+            for _ in range(3):
+                sock.send(b"hello?")
+                try:
+                    sock.recv(2048)
+                except (TimeoutError, ConnectionRefusedError) as exc:
+                    err = exc
+                    if isinstance(exc, ConnectionRefusedError):
+                        break
+        finally:
+            sock.close()
+        packets = cap.stop()
+        translated = lbd.ok("counters")["reasons"].get("icmp", 0) - before
+        icmps = [p.ip for p in packets if p.ip.l4 and p.ip.l4.icmp_type == 3]
+        return UdpRefusal(err, cport, icmps, cap.text(), translated)
+    finally:
+        cap.close()

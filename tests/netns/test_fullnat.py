@@ -19,16 +19,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Lbd, churn_other_services, parse_ln, running_lbd
+from conftest import Lbd, churn_other_services, exchange_through_churn, parse_ln, running_lbd, udp_until_refused
 
 from lb.testbed import client
 from lb.testbed.pcap import Capture
-from lb.testbed.topology import Topology, enter_netns, fullnat_spec
+from lb.testbed.topology import Topology, fullnat_spec
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 80  # VIP port and real-server port
@@ -179,44 +179,20 @@ def test_fullnat_udp_icmp_port_unreachable_reaches_client(flbd: Lbd, ftopo: Topo
     to VIP -> client quoting client -> VIP, so the client's own socket gets the error."""
     t = ftopo
     fullnat_service(flbd, t, port=UDP_PORT, proto="udp", reals=["f1"])
-    before = flbd.ok("counters")["reasons"].get("icmp", 0)
-    cap = Capture(t.client, "icmp", direction="in").start()
-    try:
-        with enter_netns(t.client.netns):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        err: BaseException | None = None
-        try:
-            sock.settimeout(2.0)
-            sock.connect((t.vip, UDP_PORT))
-            cport = sock.getsockname()[1]
-            for _ in range(3):  # bounded; the first error normally suffices
-                sock.send(b"hello?")
-                try:
-                    sock.recv(2048)
-                except (TimeoutError, ConnectionRefusedError) as exc:
-                    err = exc
-                    if isinstance(exc, ConnectionRefusedError):
-                        break
-        finally:
-            sock.close()
-        packets = cap.stop()
-        translated = flbd.ok("counters")["reasons"].get("icmp", 0) - before
-        assert isinstance(err, ConnectionRefusedError), (
-            f"client got {err!r}, not port unreachable; lbd translated {translated} ICMP errors "
-            f"(0: the error from the real server to the local address never reached lbd's queue)\n"
-            f"client capture:\n{cap.text()}\niptables -t raw -S in the director:\n"
-            + t.director.exec(["iptables", "-t", "raw", "-S"]).stdout)
-        icmps = [p.ip for p in packets if p.ip.l4 and p.ip.l4.icmp_type == 3]
-        assert icmps, cap.text()
-        for ip in icmps:
-            assert ip.l4 is not None
-            q = ip.l4.quoted
-            assert (ip.src, ip.dst, ip.l4.icmp_code) == (t.vip, t.client.addr, 3), cap.text()
-            assert q is not None and q.l4 is not None
-            assert (q.src, q.l4.sport, q.dst, q.l4.dport) == (t.client.addr, cport, t.vip, UDP_PORT), cap.text()
-        assert translated >= 1
-    finally:
-        cap.close()
+    got = udp_until_refused(flbd, t, UDP_PORT)
+    assert isinstance(got.error, ConnectionRefusedError), (
+        f"client got {got.error!r}, not port unreachable; lbd translated {got.translated} ICMP errors "
+        f"(0: the error from the real server to the local address never reached lbd's queue)\n"
+        f"client capture:\n{got.capture}\niptables -t raw -S in the director:\n"
+        + t.director.exec(["iptables", "-t", "raw", "-S"]).stdout)
+    assert got.icmps, got.capture
+    for ip in got.icmps:
+        assert ip.l4 is not None
+        q = ip.l4.quoted
+        assert (ip.src, ip.dst, ip.l4.icmp_code) == (t.vip, t.client.addr, 3), got.capture
+        assert q is not None and q.l4 is not None
+        assert (q.src, q.l4.sport, q.dst, q.l4.dport) == (t.client.addr, got.cport, t.vip, UDP_PORT), got.capture
+    assert got.translated >= 1
 
 
 def test_fullnat_held_connections_survive_other_services(flbd: Lbd, ftopo: Topology) -> None:
@@ -229,25 +205,15 @@ def test_fullnat_held_connections_survive_other_services(flbd: Lbd, ftopo: Topol
         assert all(ka.get().ok for ka in kas)
         assert sorted(str(ka.server) for ka in kas) == sorted(rs.name for rs in t.reals)
         holds = [client.Hold(t.client.netns, t.vip, PORT, seconds=hold_s).start() for _ in range(2)]
-        exchanges: Counter[str] = Counter()
-        start = time.monotonic()
-
-        def exchange() -> None:
-            for ka in kas:
-                r = ka.get(timeout=3.0)
-                assert r.ok and r.server == ka.server, (
-                    f"held connection to {ka.server} broke after {time.monotonic() - start:.1f}s: {r}")
-                exchanges[str(ka.server)] += 1
-
         rips = [rs.addr for rs in t.reals]
-        changes = churn_other_services(flbd, t.vip, rips, "-b", OTHER_PORTS, laddrs=tuple(lips(t)),
-                                       between=exchange)
-        changes += churn_other_services(flbd, t.vip, rips[:2], "-i", (OTHER_PORTS[-1] + 1,), between=exchange)
-        for h in holds:
-            assert h.join(hold_s + 10.0), "hold did not finish"
-            assert h.error is None and h.received == hold_s, (h.server, h.received, h.error)
-        exchange()
-        print(f"\n{changes} changes to other services in {time.monotonic() - start:.1f}s; "
+
+        def churn(between: Callable[[], None]) -> int:
+            changes = churn_other_services(flbd, t.vip, rips, "-b", OTHER_PORTS, laddrs=tuple(lips(t)),
+                                           between=between)
+            return changes + churn_other_services(flbd, t.vip, rips[:2], "-i", (OTHER_PORTS[-1] + 1,), between=between)
+
+        changes, took, exchanges = exchange_through_churn(kas, holds, hold_s, churn)
+        print(f"\n{changes} changes to other services in {took:.1f}s; "
               f"held FULLNAT connections exchanged {dict(exchanges)} requests meanwhile")
         assert changes >= 35
     finally:

@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import HTTP_PORT, Lbd
+from conftest import HTTP_PORT, Lbd, udp_responders
 from scapy.all import IP, TCP, UDP, Raw, raw
 from test_synproxy import PORT as SP_PORT  # type: ignore[import-not-found]
 from test_synproxy import ftopo, splbd  # noqa: F401 (fixtures: the SYN-proxy FULLNAT topology and its lbd)
 
-from conformance.traffic import Flow, RealServers, udp_exchange
+from conformance.traffic import Flow, udp_exchange
 from lb.testbed.topology import Topology
 
 COUNT_TIMEOUT_S = 10.0
@@ -118,13 +118,8 @@ UDP_PORT = 53
 @pytest.fixture(scope="module")
 def udp_servers(topo: Topology) -> Iterator[None]:
     """A UDP responder on VIP:53 in each real server, answering with its name (DR: the VIP is local there)."""
-    servers = RealServers()
-    try:
-        for rs in topo.reals:
-            servers.serve(rs.netns, rs.name, topo.vip, UDP_PORT, tcp=False)
+    with udp_responders(topo, UDP_PORT):
         yield
-    finally:
-        servers.close()
 
 
 def test_first_datagram_to_a_just_added_real_server_is_not_lost(topo: Topology, lbd: Lbd, udp_servers: None) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,12 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lbd, parse_ln, running_lbd
+from conftest import Lbd, parse_ln, running_lbd, udp_until_refused
 
 from conformance.traffic import Flow, RealServers, udp_exchange
 from lb.testbed import client
-from lb.testbed.pcap import Capture
-from lb.testbed.topology import Topology, enter_netns, fullnat_spec
+from lb.testbed.topology import Topology, fullnat_spec
 
 REPO = Path(__file__).resolve().parents[2]
 VPORT, RPORT = 80, 8080  # the service's port and the real servers' (port translation)
@@ -141,42 +139,18 @@ def test_nat_udp_port_unreachable_from_the_real_server_reaches_the_client(nlbd: 
     lbd.lbadm("-A", "-u", f"{t.vip}:{DEAD_UDP_PORT}", "-s", "rr")
     lbd.lbadm("-a", "-u", f"{t.vip}:{DEAD_UDP_PORT}", "-r", f"{t.reals[0].addr}:{DEAD_UDP_PORT}", "-m")
     lbd.wait_resolved()
-    before = lbd.ok("counters")["reasons"].get("icmp", 0)
-    cap = Capture(t.client, "icmp", direction="in").start()
-    try:
-        with enter_netns(t.client.netns):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        err: BaseException | None = None
-        try:
-            sock.settimeout(2.0)
-            sock.connect((t.vip, DEAD_UDP_PORT))
-            cport = sock.getsockname()[1]
-            for _ in range(3):  # bounded; the first error normally suffices
-                sock.send(b"hello?")
-                try:
-                    sock.recv(2048)
-                except (TimeoutError, ConnectionRefusedError) as exc:
-                    err = exc
-                    if isinstance(exc, ConnectionRefusedError):
-                        break
-        finally:
-            sock.close()
-        packets = cap.stop()
-        translated = lbd.ok("counters")["reasons"].get("icmp", 0) - before
-        assert isinstance(err, ConnectionRefusedError), (
-            f"client got {err!r}; lbd translated {translated} ICMP errors\n{cap.text()}\n"
-            + t.director.exec(["iptables", "-t", "raw", "-S"]).stdout)
-        icmps = [p.ip for p in packets if p.ip.l4 and p.ip.l4.icmp_type == 3]
-        assert icmps, cap.text()
-        for ip in icmps:
-            assert ip.l4 is not None and ip.l4.quoted is not None
-            q = ip.l4.quoted
-            assert q.l4 is not None, cap.text()
-            assert (ip.src, ip.dst) == (t.vip, t.client.addr), cap.text()
-            assert (q.src, q.l4.sport, q.dst, q.l4.dport) == (t.client.addr, cport, t.vip, DEAD_UDP_PORT), cap.text()
-        assert translated >= 1
-    finally:
-        cap.close()
+    got = udp_until_refused(lbd, t, DEAD_UDP_PORT)
+    assert isinstance(got.error, ConnectionRefusedError), (
+        f"client got {got.error!r}; lbd translated {got.translated} ICMP errors\n{got.capture}\n"
+        + t.director.exec(["iptables", "-t", "raw", "-S"]).stdout)
+    assert got.icmps, got.capture
+    for ip in got.icmps:
+        assert ip.l4 is not None and ip.l4.quoted is not None
+        q = ip.l4.quoted
+        assert q.l4 is not None, got.capture
+        assert (ip.src, ip.dst) == (t.vip, t.client.addr), got.capture
+        assert (q.src, q.l4.sport, q.dst, q.l4.dport) == (t.client.addr, got.cport, t.vip, DEAD_UDP_PORT), got.capture
+    assert got.translated >= 1
 
 
 def test_nat_director_own_connections_to_a_real_server_stay_out_of_the_queue(nlbd: Lbd, ntopo: Topology) -> None:

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from conftest import udp_responders
 
 import oracles
-from conformance.traffic import Flow, RealServers, udp_exchange
+from conformance.traffic import Flow, udp_exchange
 from lb.testbed.topology import Topology
 
 if TYPE_CHECKING:  # fixtures' types only
@@ -28,13 +29,8 @@ FLAGS = {"sh-fallback": oracles.IP_VS_SVC_F_SCHED_SH_FALLBACK, "sh-port": oracle
 
 @pytest.fixture(scope="module")
 def udp_servers(topo: Topology) -> Iterator[None]:
-    servers = RealServers()
-    try:
-        for rs in topo.reals:
-            servers.serve(rs.netns, rs.name, topo.vip, UDP_PORT, tcp=False)
+    with udp_responders(topo, UDP_PORT):
         yield
-    finally:
-        servers.close()
 
 
 def kernel_model(topo: Topology, sched: str, flags: str, proto: int, port: int,

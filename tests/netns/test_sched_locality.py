@@ -21,7 +21,9 @@ from lb.testbed.topology import Topology
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conformance.traffic import Flow, RealServers, udp_exchange  # noqa: E402
+from conftest import udp_responders  # noqa: E402
+
+from conformance.traffic import Flow, udp_exchange  # noqa: E402
 from oracles import PacketInfo, Service  # noqa: E402
 
 if TYPE_CHECKING:
@@ -35,13 +37,8 @@ DATAGRAMS = 8
 
 @pytest.fixture(scope="module")
 def udp_servers(topo: Topology) -> Iterator[None]:
-    servers = RealServers()
-    try:
-        for rs in topo.reals:
-            servers.serve(rs.netns, rs.name, topo.vip, UDP_PORT, tcp=False)
+    with udp_responders(topo, UDP_PORT):
         yield
-    finally:
-        servers.close()
 
 
 def add_service(lbd: Lbd, topo: Topology, flag: str, port: int, sched: str, weights: dict[str, int]) -> None:

@@ -11,13 +11,12 @@ Replies leave the real servers directly to the client, as in DR.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import churn_other_services, parse_ln, running_lbd
+from conftest import churn_other_services, exchange_through_churn, parse_ln, running_lbd
 
 from lb.testbed import client, echo
 from lb.testbed.ipip_decap import start_in
@@ -114,24 +113,14 @@ def test_tunnel_held_connections_survive_other_services(lbd: Lbd, topo: Topology
         assert all(r.ok for r in first), first
         assert sorted(ka.server for ka in kas) == sorted(rs.name for rs in topo.reals)
         holds = [http.hold(hold_s).start() for _ in range(2)]
-        exchanges: Counter[str] = Counter()
-        start = time.monotonic()
-
-        def exchange() -> None:
-            for ka in kas:
-                r = ka.get(timeout=3.0)
-                assert r.ok and r.server == ka.server, (
-                    f"held connection to {ka.server} broke after {time.monotonic() - start:.1f}s: {r}")
-                exchanges[ka.server] += 1
-
         rips = [rs.addr for rs in topo.reals]
-        changes = churn_other_services(lbd, topo.vip, rips, "-i", OTHER_PORTS[:2], between=exchange)
-        changes += churn_other_services(lbd, topo.vip, rips[:2], "-g", OTHER_PORTS[2:], between=exchange)
-        for h in holds:
-            assert h.join(hold_s + 10.0), "hold did not finish"
-            assert h.error is None and h.received == hold_s, (h.server, h.received, h.error)
-        exchange()
-        print(f"\n{changes} changes to other services in {time.monotonic() - start:.1f}s; "
+
+        def churn(between: Callable[[], None]) -> int:
+            changes = churn_other_services(lbd, topo.vip, rips, "-i", OTHER_PORTS[:2], between=between)
+            return changes + churn_other_services(lbd, topo.vip, rips[:2], "-g", OTHER_PORTS[2:], between=between)
+
+        changes, took, exchanges = exchange_through_churn(kas, holds, hold_s, churn)
+        print(f"\n{changes} changes to other services in {took:.1f}s; "
               f"held connections exchanged {dict(exchanges)} requests meanwhile")
         assert changes >= 35
     finally:

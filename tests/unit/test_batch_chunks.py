@@ -9,10 +9,8 @@ socket (one BatchSession per connection, as lbd), driven by the control client a
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -23,10 +21,9 @@ from lb.ctlclient import ControlClient, ControlError
 from lb.ctlserver import MAX_REQUEST_BYTES
 from lb.director import BatchError, BatchSession, Director
 from lb.engine import EngineError
-from lb.ipvsadm_fmt import NumericNames
 from lb.lbadm.run import RESTORE_CHUNK_BYTES, _chunks
 from lb.reconcile import State
-from line_server import director_socket  # tests/unit helper
+from line_server import director_socket, lbadm  # tests/unit helpers
 
 
 def c_engine() -> Any:
@@ -157,18 +154,6 @@ def test_chunks_of_two_connections_do_not_mix(served: tuple[str, Director]) -> N
 
 
 # ---------------------------------------------------------------------------- lbadm -R
-
-
-def lbadm(path: str, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-    from lb.lbadm import main
-
-    old = sys.stdin, sys.stdout, sys.stderr
-    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), io.StringIO(), io.StringIO()
-    try:
-        rc = main(["--socket", path, *argv], env={}, names=NumericNames())
-        return rc, sys.stdout.getvalue(), sys.stderr.getvalue()
-    finally:
-        sys.stdin, sys.stdout, sys.stderr = old
 
 
 def rules(n: int) -> str:

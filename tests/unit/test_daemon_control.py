@@ -8,55 +8,20 @@ over a Director with the C engine. After every bad request a fresh connection mu
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lb.ctlserver import MAX_REQUEST_BYTES, ControlServer, _peer_allowed
-from lb.director import Director
-
-VIP = "10.0.0.1"
-SVC = {"proto": "tcp", "addr": VIP, "port": 80}
-
-
-class Served:
-    def __init__(self, path: str) -> None:
-        from lb.fastpath import CEngine
-
-        self.path = path
-        self.director = Director(CEngine(conn_max=64), rules=None, resolver=None)
-        self.director.handle("add_service", {**SVC, "sched": "rr"})
-        self.loop = asyncio.new_event_loop()
-        self.server = ControlServer(self.director, path)
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.server.start())
-        self.ready.set()
-        self.loop.run_forever()
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        assert self.ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+from lb.ctlserver import MAX_REQUEST_BYTES, _peer_allowed
+from line_server import ServedControl as Served
 
 
 @pytest.fixture

@@ -7,10 +7,6 @@ socket, driven by lbadm's main(): what the engine does must be reachable with DP
 
 from __future__ import annotations
 
-import io
-import os
-import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +17,11 @@ import pytest
 from lb.config import SERVICE_SYNPROXY_KEYS, SYNPROXY_KEYS, ConfigErrors, TomlLines, parse_config
 from lb.director import Director
 from lb.engine import EngineError
-from lb.ipvsadm_fmt import NumericNames, format_laddrs
+from lb.ipvsadm_fmt import format_laddrs
 from lb.lbadm import LEGAL_OPTIONS, Action, Opt, UsageError, parse_args
 from lb.model import ServiceKey, SynproxyConf
 from lb.reconcile import SYNPROXY_NEEDS_FULLNAT, SetSynproxy, State, plan
-from line_server import director_socket  # tests/unit helper
+from line_server import lbadm, served_director  # tests/unit helpers
 
 REPO = Path(__file__).resolve().parents[2]
 VIP = "10.0.0.1"
@@ -41,23 +37,8 @@ def c_engine() -> Any:
 
 @pytest.fixture
 def served() -> Iterator[tuple[str, Director]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "s")
-        d = Director(c_engine(), rules=None, resolver=None)
-        with director_socket(path, d):
-            yield path, d
-
-
-def lbadm(path: str, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-    from lb.lbadm import main
-
-    old = sys.stdin, sys.stdout, sys.stderr
-    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), io.StringIO(), io.StringIO()
-    try:
-        rc = main(["--socket", path, *argv], env={}, names=NumericNames())
-        return rc, sys.stdout.getvalue(), sys.stderr.getvalue()
-    finally:
-        sys.stdin, sys.stdout, sys.stderr = old
+    with served_director(c_engine()) as (path, d):
+        yield path, d
 
 
 def ok(path: str, *argv: str, stdin: str = "") -> str:

@@ -20,7 +20,7 @@ from lb.director import BatchError, Director
 from lb.engine import EngineError
 from lb.ipsets import Steering
 from lb.model import SCHEDULERS, Stats
-from line_server import director_socket  # tests/unit helper
+from line_server import director_socket, lbadm  # tests/unit helpers
 
 VIP = "10.0.0.1"
 SVC = {"proto": "tcp", "addr": VIP, "port": 80}
@@ -407,19 +407,7 @@ def test_reload_without_a_config_file_is_einval(director: Director) -> None:
 
 
 def run_lbadm(path: str, argv: list[str], stdin: str = "") -> tuple[int, str, str]:
-    import io
-    import sys
-
-    from lb.ipvsadm_fmt import NumericNames
-    from lb.lbadm import main
-
-    old = sys.stdin, sys.stdout, sys.stderr
-    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), io.StringIO(), io.StringIO()
-    try:
-        rc = main(["--socket", path, *argv], env={}, names=NumericNames())
-        return rc, sys.stdout.getvalue(), sys.stderr.getvalue()
-    finally:
-        sys.stdin, sys.stdout, sys.stderr = old
+    return lbadm(path, *argv, stdin=stdin)
 
 
 def test_lbadm_restore_is_atomic_against_a_real_director(conf_dir: Path) -> None:

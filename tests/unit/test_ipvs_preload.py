@@ -8,21 +8,18 @@ connection."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lb.ctlserver import ControlServer
-from lb.director import Director
 from lb.ipvsabi.launcher import child_environment, library_path
+from line_server import ServedControl as Served
 
 CHILD_TIMEOUT_S = 60
 
@@ -71,38 +68,6 @@ CHILD = textwrap.dedent("""
             rc, err, data, n = get(1153, 12)
             print("fork", os.waitstatus_to_exitcode(status), rc, flush=True)
 """)
-
-
-class Served:
-    """lbd's ControlServer in a thread of its own, over a Director with the C engine."""
-
-    def __init__(self, path: str) -> None:
-        from lb.fastpath import CEngine
-
-        self.path = path
-        self.director = Director(CEngine(conn_max=64), rules=None, resolver=None)
-        self.director.handle("add_service", {"proto": "tcp", "addr": "10.0.0.1", "port": 80, "sched": "rr"})
-        self.loop = asyncio.new_event_loop()
-        self.server = ControlServer(self.director, path)
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.server.start())
-        self.ready.set()
-        self.loop.run_forever()
-
-    def start(self) -> Served:
-        self.thread.start()
-        assert self.ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture

@@ -11,49 +11,23 @@ lbd's real request dispatch (both engines):
 
 from __future__ import annotations
 
-import io
-import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from lb.director import Director
 from lb.engine import Engine
 from lb.ipvsadm_fmt import NumericNames
-from lb.lbadm import main, parse_args
+from lb.lbadm import parse_args
 from lb.model import ServiceKey, ServiceSpec
-from lb.pyengine import PyEngine
-from line_server import director_socket
+from line_server import engine_of_kind, lbadm, served_director
 
 VIP = "10.0.0.1"
 
 
-def make_engine(kind: str) -> Engine:
-    if kind == "python":
-        return PyEngine(conn_max=64)
-    fastpath = pytest.importorskip("lb.fastpath", reason="the C extension lb._fastpath is not built")
-    return fastpath.CEngine(conn_max=64)
-
-
 @pytest.fixture(params=["c", "python"])
 def lbd(request: pytest.FixtureRequest) -> Iterator[str]:
-    engine = make_engine(request.param)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "lbd.sock")
-        with director_socket(path, Director(engine, rules=None, resolver=None)):
-            yield path
-
-
-def lbadm(path: str, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-    old = sys.stdin, sys.stdout, sys.stderr
-    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), io.StringIO(), io.StringIO()
-    try:
-        rc = main(["--socket", path, *argv], env={}, names=NumericNames())
-        return rc, sys.stdout.getvalue(), sys.stderr.getvalue()
-    finally:
-        sys.stdin, sys.stdout, sys.stderr = old
+    with served_director(engine_of_kind(request.param)) as (path, _):
+        yield path
 
 
 def test_persistent_without_a_value_is_ipvsadms_360_seconds(lbd: str) -> None:
@@ -137,7 +111,7 @@ def test_sh_flags_are_honoured_and_listed_as_ipvsadm_does(lbd: str) -> None:
 
 @pytest.mark.parametrize("kind", ["c", "python"])
 def test_both_engines_keep_the_flag_bits(kind: str) -> None:
-    engine = make_engine(kind)
+    engine: Engine = engine_of_kind(kind)
     key = ServiceKey(6, VIP, 80)
     engine.add_service(ServiceSpec(key, "rr", sched_flags=5))
     assert engine.services()[0].spec.sched_flags == 5

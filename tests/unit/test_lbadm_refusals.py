@@ -25,18 +25,13 @@ from lb.lbadm import main, parse_args, usage
 from lb.model import SCHEDULERS
 from lb.pyengine import PyEngine
 from line_server import director_socket
+from line_server import lbadm as run_lbadm
 
 VIP = "10.0.0.1"
 
 
 def lbadm(argv: list[str], stdin: str = "", socket: str = "/nonexistent/lbd.sock") -> tuple[int, str, str]:
-    old = sys.stdin, sys.stdout, sys.stderr
-    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), io.StringIO(), io.StringIO()
-    try:
-        rc = main(["--socket", socket, *argv], env={}, names=NumericNames(), connect=_no_lbd)
-        return rc, sys.stdout.getvalue(), sys.stderr.getvalue()
-    finally:
-        sys.stdin, sys.stdout, sys.stderr = old
+    return run_lbadm(socket, *argv, stdin=stdin, connect=_no_lbd)
 
 
 def _no_lbd(path: str) -> ControlClient:

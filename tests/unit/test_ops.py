@@ -10,11 +10,7 @@ translate the real server's replies (the packet behaviour is in tests/packet_row
 
 from __future__ import annotations
 
-import io
-import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,11 +18,9 @@ import packet_table as table
 from lb.config import ConfigErrors, parse_config
 from lb.director import Director
 from lb.engine import EngineError
-from lb.ipvsadm_fmt import NumericNames
-from lb.lbadm import main
 from lb.model import DestSpec, ServiceKey, ServiceSpec
 from lb.pyengine import PyEngine
-from line_server import director_socket
+from line_server import engine_of_kind, lbadm, served_director
 
 FACTORIES = [
     pytest.param(f, id=f.id, marks=[pytest.mark.skip(reason=f.unavailable)] if f.make is None else [])
@@ -65,24 +59,8 @@ def test_engines_refuse_fullnat_on_a_one_packet_udp_service(factory: table.Engin
 
 @pytest.fixture(params=["c", "python"])
 def lbd(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "python":
-        engine: object = PyEngine(conn_max=64)
-    else:
-        engine = pytest.importorskip("lb.fastpath", reason="the C extension lb._fastpath is not built").CEngine(conn_max=64)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "lbd.sock")
-        with director_socket(path, Director(engine, rules=None, resolver=None)):  # type: ignore[arg-type]
-            yield path
-
-
-def lbadm(path: str, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-    old = sys.stdin, sys.stdout, sys.stderr
-    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), io.StringIO(), io.StringIO()
-    try:
-        rc = main(["--socket", path, *argv], env={}, names=NumericNames())
-        return rc, sys.stdout.getvalue(), sys.stderr.getvalue()
-    finally:
-        sys.stdin, sys.stdout, sys.stderr = old
+    with served_director(engine_of_kind(request.param)) as (path, _):
+        yield path
 
 
 # What ipvsadm 1.31 prints for these services (print_service_entry: flags in brackets after the

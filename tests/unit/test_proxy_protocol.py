@@ -7,9 +7,7 @@ addresses of every length against the spec.
 
 from __future__ import annotations
 
-import os
 import socket
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from typing import Any
@@ -21,11 +19,10 @@ import packet_table as t
 from lb.config import ConfigErrors, parse_config
 from lb.director import Director
 from lb.engine import EngineError, FwdState, Verdict
-from lb.ipvsadm_fmt import NumericNames
 from lb.lbadm import UsageError, parse_args
 from lb.model import ConfigError, DestSpec, ServiceKey, ServiceSpec
 from lb.reconcile import PROXY_NEEDS_FULLNAT, AddDest, AddService, EditService, State, StateError
-from line_server import director_socket
+from line_server import lbadm, served_director
 
 VIP = "10.0.0.1"
 KEY = ServiceKey(6, VIP, 80)
@@ -148,26 +145,8 @@ def test_lbadm_option_parses_and_refuses() -> None:
 def served() -> Iterator[tuple[str, Director]]:
     from lb.fastpath import CEngine
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "s")
-        d = Director(CEngine(conn_max=1024), rules=None, resolver=None)
-        with director_socket(path, d):
-            yield path, d
-
-
-def _lbadm(path: str, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-    import io
-    import sys
-
-    from lb.lbadm import main
-
-    old = sys.stdin, sys.stdout, sys.stderr
-    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), io.StringIO(), io.StringIO()
-    try:
-        rc = main(["--socket", path, *argv], env={}, names=NumericNames())
-        return rc, sys.stdout.getvalue(), sys.stderr.getvalue()
-    finally:
-        sys.stdin, sys.stdout, sys.stderr = old
+    with served_director(CEngine(conn_max=1024)) as (path, d):
+        yield path, d
 
 
 RULES = (f"-A -t {VIP}:80 -s rr --proxy-protocol v1\n"
@@ -180,19 +159,19 @@ RULES = (f"-A -t {VIP}:80 -s rr --proxy-protocol v1\n"
 
 def test_save_restore_and_listing(served: tuple[str, Director]) -> None:
     path, d = served
-    assert _lbadm(path, "-R", stdin=RULES)[0] == 0
-    rc, saved, err = _lbadm(path, "-S", "-n")
+    assert lbadm(path, "-R", stdin=RULES)[0] == 0
+    rc, saved, err = lbadm(path, "-S", "-n")
     assert (rc, err) == (0, "")
     assert saved == RULES
-    listing = _lbadm(path, "-Ln")[1]
+    listing = lbadm(path, "-Ln")[1]
     assert f"TCP  {VIP}:80 rr proxy-protocol v1\n" in listing
     assert f"TCP  {VIP}:443 wlc synproxy proxy-protocol v2\n" in listing
-    assert _lbadm(path, "-C")[0] == 0
-    assert _lbadm(path, "-R", stdin=saved)[0] == 0
-    assert _lbadm(path, "-S", "-n")[1] == saved
-    rc, _, err = _lbadm(path, "-a", "-t", f"{VIP}:80", "-r", "10.0.2.12", "-g")
+    assert lbadm(path, "-C")[0] == 0
+    assert lbadm(path, "-R", stdin=saved)[0] == 0
+    assert lbadm(path, "-S", "-n")[1] == saved
+    rc, _, err = lbadm(path, "-a", "-t", f"{VIP}:80", "-r", "10.0.2.12", "-g")
     assert rc != 0 and "PROXY protocol needs FULLNAT" in err
-    rc, _, err = _lbadm(path, "-E", "-t", f"{VIP}:80", "-s", "rr", "--toa", "--proxy-protocol", "v1")
+    rc, _, err = lbadm(path, "-E", "-t", f"{VIP}:80", "-s", "rr", "--toa", "--proxy-protocol", "v1")
     assert rc != 0 and "choose one" in err
     spec = next(s.spec for s in d.engine.services() if s.spec.key.port == 443)
     assert (spec.synproxy, spec.proxy_protocol) == (True, "v2")

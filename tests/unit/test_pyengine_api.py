@@ -20,7 +20,8 @@ C_ONLY = {"dump_connections_raw", "dump_connections_chunks", "dump_changes_raw",
 
 
 def public(cls: type) -> dict[str, inspect.Signature]:
-    return {name: inspect.signature(member) for name, member in vars(cls).items()
+    """The public methods of `cls`, inherited ones included (PyEngine is assembled from mixins)."""
+    return {name: inspect.signature(member) for name, member in inspect.getmembers(cls)
             if callable(member) and not name.startswith("_")}
 
 

@@ -1,0 +1,79 @@
+"""The director's read-only control operations: `list`, `connections`, `counters` (lb/director.py's
+Director uses it; docs/control-protocol.md).
+
+One job: what lbadm -L, -Lc and --counters show, from the engine's listings, the rate estimators,
+the stalled-handshake watch and the forwarding state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from lb import reassembly
+from lb.director_rates import DirectorRates, dest_stats_key, svc_stats_key
+from lb.engine import EngineError
+from lb.fwdstate import DestKey, FwdStatus
+from lb.model import ServiceKey, SynproxyConf
+from lb.reconcile import State, synproxy_to_json
+from lb.requests import parse_key
+
+
+class DirectorViews(DirectorRates):
+    """Director's listing operations (see the module docstring)."""
+
+    state: State
+    synproxy_default: SynproxyConf
+    synproxy_confs: dict[ServiceKey, SynproxyConf]
+
+    if TYPE_CHECKING:  # Director's own
+        @property
+        def fwd_status(self) -> dict[DestKey, FwdStatus]: ...
+
+    def _list(self, args: dict[str, Any]) -> dict[str, Any]:
+        only = parse_key(args["service"]) if args.get("service") else None
+        if only is not None and only not in self.state.services:
+            raise EngineError("ESRCH", f"no such service {only}")
+        services = self.engine.services() if only is None else [self.engine.service(only)]
+        table_size = self.engine.table_size()
+        out = []
+        for s in services:
+            if only is not None and s.spec.key != only:
+                continue
+            dests = []
+            for d in s.dests:
+                st = self.fwd_status.get((s.spec.key, d.spec.addr, d.spec.port), FwdStatus("unresolved", reason="not resolved yet"))
+                dests.append({
+                    **d.spec.to_json(),
+                    "active": d.active,
+                    "inactive": d.inactive,
+                    "persist": d.persist,
+                    "stats": self._shown(dest_stats_key(s.spec.key, d.spec.addr, d.spec.port), d.stats),
+                    "syn_retrans": d.syn_retrans,
+                    "handshakes": d.handshakes,
+                    "stalled": self.stalls.stalled((s.spec.key, d.spec.addr, d.spec.port)),
+                    "stalled_episodes": self.stalls.episodes((s.spec.key, d.spec.addr, d.spec.port)),
+                    "l2": {"state": st.state, "ifname": st.ifname, "mac": st.mac, "reason": st.reason},
+                })
+            laddrs = [{"addr": la.addr, "conns": la.conns} for la in s.laddrs]
+            own = self.synproxy_confs.get(s.spec.key)
+            out.append({**s.spec.to_json(), "stats": self._shown(svc_stats_key(s.spec.key), s.stats),
+                        "dests": dests, "laddrs": laddrs,
+                        "synproxy_conf": synproxy_to_json(own) if own is not None else None})
+        return {"version": "1.2.1", "conn_tab_size": table_size, "services": out,
+                "synproxy_default": synproxy_to_json(self.synproxy_default)}
+
+    def _connections(self, _args: dict[str, Any]) -> dict[str, Any]:
+        now_ms = int(time.monotonic() * 1000)
+        return {"connections": [c.to_json() for c in self.engine.connections(now_ms)]}
+
+    def _counters(self, _args: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = {"reasons": self.engine.counters()}
+        # One snapshot: the totals are the sum of exactly the per-queue figures shown.
+        queues = self.engine.nfq_queue_stats()  # in queue order (lbd --queue-balance: one per thread)
+        result["nfq_queues"] = queues
+        result["nfq"] = {k: sum(q[k] for q in queues) for k in queues[0]} if queues else {}
+        result["synproxy"] = self.engine.synproxy_stats()
+        result["table"] = self.engine.conn_stats()  # entries, max, buckets, droppable, early_drops
+        result["reassembly"] = reassembly.read()  # the kernel's, before the queue (lb/reassembly.py)
+        return result
