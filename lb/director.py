@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from lb import __version__, reassembly, unimplemented
+from lb import __version__, reassembly
 from lb.engine import Engine, EngineError
 from lb.estimator import Estimator, HandshakeSample, StallEvent, StallWatch
 from lb.fwdstate import DestKey, ForwardingStates, FwdStatus, Resolver
@@ -63,6 +63,7 @@ from lb.reconcile import (
 )
 from lb.requests import parse_command, parse_key
 from lb.stallhistory import StallHistory
+from lb.sync.manager import SyncDaemons
 from lb.totals import TotalStats
 
 log = logging.getLogger("lbd")
@@ -142,6 +143,7 @@ class Director:
         self._last_refusals: dict[str, int] = {}  # REFUSAL_LOGS counters at the previous tick
         self._estimated_at: tuple[int, int] | None = None  # (packets counted, config_generation) at the last full tick
         self.totals = TotalStats()  # IPVS's tot_stats: every service's counters, deleted ones included
+        self.sync = SyncDaemons(self)  # connection sync daemons (lb/sync), none running at first
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self._ping,
             "list": self._list,
@@ -481,16 +483,15 @@ class Director:
     def _get_timeout(self, _args: dict[str, Any]) -> dict[str, int]:
         return self.timeouts.to_json()
 
-    # The IPVS connection sync daemon (lb.unimplemented): none ever runs, as on a kernel director
-    # where none was started: `ipvsadm -L --daemon` lists nothing, --stop-daemon finds none.
-    def _get_daemon(self, _args: dict[str, Any]) -> dict[str, Any]:
-        return {"daemons": []}
+    # The IPVS connection sync daemons (ipvsadm --start-daemon): lb/sync/manager.py.
+    def _get_daemon(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.sync.get(args)
 
-    def _start_daemon(self, _args: dict[str, Any]) -> None:
-        raise EngineError("EOPNOTSUPP", unimplemented.entry("start-daemon").message)
+    def _start_daemon(self, args: dict[str, Any]) -> None:
+        self.sync.start(args)
 
-    def _stop_daemon(self, _args: dict[str, Any]) -> None:
-        raise EngineError("ESRCH", "no connection sync daemon is running")
+    def _stop_daemon(self, args: dict[str, Any]) -> None:
+        self.sync.stop(args)
 
     # ------------------------------------------------------------ configuration files
     def apply_config(self, config: Any, what: str = "reload") -> dict[str, Any]:

@@ -314,8 +314,8 @@ _INSTALL_OUTCOMES = {"restored": "conns_installed", "EEXIST": "conns_existing", 
 
 
 def _default_timeout_s(director: Director, proto: int, state: int) -> int:
-    from lb.pyengine.proto_tcp import TCP_TIMEOUTS_MS
     from lb.engine import ConnState
+    from lb.pyengine.proto_tcp import TCP_TIMEOUTS_MS
 
     t = director.timeouts
     if proto == codec.IPPROTO_UDP:
