@@ -308,7 +308,7 @@ def receive(director: Director, conf: DaemonConf, counters: Counters, data: byte
 
 
 # Outcomes of lb_conn_restore for a received record, as counter names.
-_INSTALL_OUTCOMES = {"restored": "conns_installed", "EEXIST": "conns_existing", "ESRCH": "dropped_no_service",
+_INSTALL_OUTCOMES = {"restored": "conns_installed", "updated": "conns_updated", "EEXIST": "conns_other_dest", "ESRCH": "dropped_no_service",
                      "ENOENT": "dropped_no_dest", "ENOSPC": "dropped_table_full", "EINVAL": "dropped_invalid",
                      "EOPNOTSUPP": "dropped_unsupported"}
 

@@ -135,11 +135,15 @@ def to_engine(conn: SyncConn, default_timeout_s: Callable[[int, int], int]) -> b
     ci.vport = conn.vport
     ci.daddr = int(ipaddress.IPv4Address(conn.daddr))
     ci.dport = conn.dport
+    # LB_CONN_F_UPDATE: an entry the backup has already takes the master's state and expiry (the
+    # kernel's ip_vs_proc_conn updates an existing connection the same way).
     if conn.template:
-        ci.flags = C.LB_CONN_F_TEMPLATE | (C.LB_CONN_F_ASSURED if conn.state == CTPL_S_ASSURED else 0)
+        ci.flags = (C.LB_CONN_F_TEMPLATE | C.LB_CONN_F_UPDATE
+                    | (C.LB_CONN_F_ASSURED if conn.state == CTPL_S_ASSURED else 0))
         ci.state = C.LB_S_NONE
         timeout = conn.timeout_s or TEMPLATE_DEFAULT_TIMEOUT_S
     else:
+        ci.flags = C.LB_CONN_F_UPDATE
         ci.state = C.LB_S_UDP if conn.protocol == IPPROTO_UDP else conn.state
         timeout = conn.timeout_s or default_timeout_s(conn.protocol, int(ci.state))
     ci.expires_in_ms = timeout * 1000

@@ -87,12 +87,13 @@ def traffic(topo: Topology, vip: str, base: int) -> dict[str, Any]:
     return {"tcp": tcp, "udp": udp}
 
 
-def wait_listing(backup: System, want: int, vip: str) -> tuple[float, dict[str, Any]]:
-    """The backup's -Lnc until it lists `want` entries of the VIP (or the bound passed)."""
+def wait_listing(backup: System, want: int, vip: str, ports: set[str]) -> tuple[float, dict[str, Any]]:
+    """The backup's -Lnc until it lists `want` entries of the VIP from these client ports (or the
+    bound passed)."""
     t0 = time.monotonic()
     while True:
         rec = admin(backup, "-Lnc")
-        n = sum(1 for line in rec["stdout"].splitlines() if f" {vip}:" in line)
+        n = sum(1 for line in rec["stdout"].splitlines() if f" {vip}:" in line and any(p in line for p in ports))
         if n >= want or time.monotonic() - t0 > SYNC_WAIT_S:
             return round(time.monotonic() - t0, 1), rec
         time.sleep(1.0)
@@ -108,9 +109,11 @@ def direction(name: str, master: System, backup: System, master_if: str, backup_
     flows = traffic(topo, vip, PORT_BASE[name])
     res["flows"] = {kind: [{"port": f.port, "outcome": f.outcome} for f in fl] for kind, fl in flows.items()}
     res["master_lnc"] = admin(master, "-Lnc")
+    ports = {f":{f.port} " for fl in flows.values() for f in fl}
     want = sum(1 for line in res["master_lnc"]["stdout"].splitlines()
-               if f" {vip}:" in line and (line.startswith("UDP") or " ESTABLISHED " in line))
-    res["waited_s"], res["backup_lnc"] = wait_listing(backup, want, vip)
+               if f" {vip}:" in line and (line.startswith("UDP") or " ESTABLISHED " in line)
+               and any(p in line for p in ports))
+    res["waited_s"], res["backup_lnc"] = wait_listing(backup, want, vip, ports)
     res["master_lnc_after"] = admin(master, "-Lnc")
     for f in flows["tcp"]:
         close_tcp(f)

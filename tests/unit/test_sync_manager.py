@@ -61,9 +61,19 @@ def test_master_sends_established_not_half_open_and_backup_installs_them() -> No
     # Listed with the master's timeout, and counted active on the backup's destinations.
     assert all(abs(c.expires_ms - 900_000) <= 1000 for c in backup.engine.connections(5000))
     assert sum(d.active for s in backup.engine.services() for d in s.dests) == 2
-    # A repeated record changes nothing.
-    manager.receive(backup, conf, counters, codec.encode(sent, 0, 1472)[0], 5001)
-    assert counters.values["conns_existing"] == 2 and len(_conns(backup)) == 2
+    # A record of an entry the backup has updates it (the kernel's ip_vs_proc_conn): the master's
+    # state and expiry, and the active/inactive counts move with the state.
+    closing = [codec.SyncConn(**{**c.__dict__, "state": C.LB_S_CLOSE_WAIT, "flags": c.flags | codec.F_INACTIVE,
+                                 "timeout_s": 60}) for c in sent]
+    manager.receive(backup, conf, counters, codec.encode(closing, 0, 1472)[0], 6000)
+    assert counters.values["conns_updated"] == 2 and len(_conns(backup)) == 2
+    assert {c.state for c in backup.engine.connections(6000)} == {"CLOSE_WAIT"}
+    assert all(abs(c.expires_ms - 60_000) <= 1000 for c in backup.engine.connections(6000))
+    assert sum(d.active for s in backup.engine.services() for d in s.dests) == 0
+    # A record naming another real server than the backup's entry leaves the entry alone.
+    moved = codec.SyncConn(**{**sent[0].__dict__, "daddr": "10.0.0.12" if sent[0].daddr != "10.0.0.12" else "10.0.0.11"})
+    manager.receive(backup, conf, counters, codec.encode([moved], 0, 1472)[0], 6001)
+    assert counters.values["conns_other_dest"] == 1
 
 
 def test_state_changes_and_templates_are_sent() -> None:
