@@ -23,6 +23,7 @@ from typing import TypeVar
 import pytest
 from conftest import HTTP_PORT, REPO, Lbd
 
+from lb.sync import codec
 from lb.testbed import client
 from lb.testbed.topology import (
     CLIENT_INDEX,
@@ -177,3 +178,33 @@ def test_backup_learns_connections_and_takes_over_dr(pair: tuple[Topology, LbdOn
         assert survived >= N_CONNS - 1, f"{survived} of {N_CONNS} connections survived the failover"
         # ... through B: it forwarded their packets (at least one per surviving request)
         assert b.ok("counters")["reasons"]["forwarded"] - before >= survived
+
+
+def test_forged_and_malformed_datagrams_are_counted(pair: tuple[Topology, LbdOn, LbdOn]) -> None:
+    """Item 6 in part: datagrams sent to the group by another host of the segment (the client):
+    garbage, another syncid, a record of a service the backup does not have. Nothing is installed
+    from them, the backup keeps running, its counters say why each was dropped."""
+    topo, _a, b = pair
+    if not b.ok("get_daemon")["daemons"]:
+        b.lbadm("--start-daemon", "backup", "--mcast-interface", b.director.ifname, "--syncid", str(SYNCID))
+    before = b.ok("get_daemon")["daemons"][0]["counters"]
+    alien = codec.SyncConn(6, codec.F_DROUTE, 1, topo.client.addr, 4242, "10.99.0.1", 80, topo.reals[0].addr, 80, 0, 900)
+    datagrams = [b"\x00garbage", codec.encode([alien], SYNCID + 1, 1472)[0], codec.encode([alien], SYNCID, 1472)[0],
+                 bytes(codec.encode([alien], SYNCID, 1472)[0][:20])]
+    script = ("import socket,sys\n"
+              "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+              "s.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_IF,socket.inet_aton(sys.argv[1]))\n"
+              "for h in sys.argv[2:]:\n    s.sendto(bytes.fromhex(h),('224.0.0.81',8848))\n")
+    topo.client.exec([sys.executable, "-c", script, topo.client.addr, *(d.hex() for d in datagrams)])
+
+    def counted() -> dict[str, int] | None:
+        now = b.ok("get_daemon")["daemons"][0]["counters"]
+        return now if now.get("datagrams_received", 0) - before.get("datagrams_received", 0) >= 4 else None
+
+    after = _wait(counted, SYNC_WAIT_S, "the four datagrams received")
+    grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    # garbage and the cut datagram: their size field is not their length (checked first, as the kernel)
+    assert grew == {"datagrams_received": 4, "dropped_bad_size": 2, "dropped_syncid_mismatch": 1,
+                    "dropped_no_service": 1}, grew
+    assert (topo.client.addr, 4242) not in _conns(b)
+    assert b.running()

@@ -149,3 +149,29 @@ def test_start_list_stop_in_the_event_loop() -> None:
         assert d.handle("get_daemon", {}) == {"daemons": []}
 
     asyncio.run(run())
+
+
+def test_fuzzed_datagrams_install_nothing_bogus() -> None:
+    """Random and mutated datagrams through the whole backup path (decode + lb_conn_restore): no
+    exception, and every entry that appears is of the backup's own service and real servers."""
+    import random
+
+    backup = _director()
+    counters = Counters()
+    conf = DaemonConf("backup", "lo", sync_maxlen=1472)
+    rng = random.Random(1818)
+    valid = codec.encode([codec.SyncConn(6, codec.F_DROUTE, 1, "10.9.0.5", 1000 + i, VIP, 80, f"10.0.0.1{1 + i % 3}", 80,
+                                         0, 900) for i in range(8)], 0, 1472)[0]
+    for n in range(5000):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(8, len(data))] = rng.randrange(256)
+        if n % 3 == 0:
+            data = bytearray(rng.randbytes(rng.randrange(200)))
+        manager.receive(backup, conf, counters, bytes(data), 1000 + n)
+    dests = {"10.0.0.11", "10.0.0.12", "10.0.0.13"}
+    for c in backup.engine.connections(6000):
+        assert (c.vaddr, c.vport) == (VIP, 80) or c.state in ("NONE", "ASSURED"), c
+        assert c.daddr in dests, c
+    assert counters.values["datagrams_received"] == 5000
+    assert sum(v for k, v in counters.values.items() if k.startswith("dropped_")) > 0
