@@ -398,7 +398,7 @@ class SyncDaemons:
         if states is None:
             raise EngineError("EINVAL", f"stop_daemon: state must be master or backup, not {state!r}")
         if not any(s in self.running for s in states):
-            raise EngineError("ESRCH", f"no {state or ''} sync daemon is running".replace("  ", " "))
+            raise EngineError("ESRCH", f"no {state} sync daemon is running" if state else "no sync daemon is running")
         for s in states:
             daemon = self.running.pop(s, None)
             if daemon is not None:
