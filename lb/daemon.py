@@ -530,6 +530,7 @@ async def run(args: argparse.Namespace) -> int:
         if monitor is not None:
             monitor.stop()
         await server.close()
+        director.sync.stop_all()  # the sync daemons' sockets (lb/sync)
         if rules is not None and rules_set_up:
             if args.down_policy == "closed":
                 log.info("down-policy closed: the rules of queue %d stay; packets to the VIPs are dropped "

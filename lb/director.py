@@ -31,7 +31,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from lb import __version__, unimplemented
+from lb import __version__
 from lb.director_configs import DirectorConfigs
 from lb.director_rates import StatsKey, dest_stats_key, svc_stats_key
 from lb.director_views import DirectorViews
@@ -63,6 +63,7 @@ from lb.reconcile import (
 )
 from lb.requests import BatchError, parse_command
 from lb.stallhistory import StallHistory
+from lb.sync.manager import SyncDaemons
 from lb.totals import TotalStats
 
 log = logging.getLogger("lbd")
@@ -124,6 +125,7 @@ class Director(DirectorViews, DirectorConfigs):
         self._moved_at: dict[ServiceKey, float] = {}  # services whose counters moved lately -> when (estimate)
         self._estimated_at: tuple[int, int] | None = None  # (packets counted, config_generation) at the last full tick
         self.totals = TotalStats()  # IPVS's tot_stats: every service's counters, deleted ones included
+        self.sync = SyncDaemons(self)  # connection sync daemons (lb/sync), none running at first
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self._ping,
             "list": self._list,
@@ -470,13 +472,12 @@ class Director(DirectorViews, DirectorConfigs):
     def _get_timeout(self, _args: dict[str, Any]) -> dict[str, int]:
         return self.timeouts.to_json()
 
-    # The IPVS connection sync daemon (lb.unimplemented): none ever runs, as on a kernel director
-    # where none was started: `ipvsadm -L --daemon` lists nothing, --stop-daemon finds none.
-    def _get_daemon(self, _args: dict[str, Any]) -> dict[str, Any]:
-        return {"daemons": []}
+    # The IPVS connection sync daemons (ipvsadm --start-daemon): lb/sync/manager.py.
+    def _get_daemon(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.sync.get(args)
 
-    def _start_daemon(self, _args: dict[str, Any]) -> None:
-        raise EngineError("EOPNOTSUPP", unimplemented.entry("start-daemon").message)
+    def _start_daemon(self, args: dict[str, Any]) -> None:
+        self.sync.start(args)
 
-    def _stop_daemon(self, _args: dict[str, Any]) -> None:
-        raise EngineError("ESRCH", "no connection sync daemon is running")
+    def _stop_daemon(self, args: dict[str, Any]) -> None:
+        self.sync.stop(args)

@@ -442,7 +442,8 @@ class CEngine:
         outcome: dict[str, int] = {}
         for i in range(n):
             rc = lib.lb_conn_restore(self._lb, arr + i, now_ms)
-            name = "restored" if rc == 0 else ERRNO_NAMES.get(rc, str(rc))
+            name = ("restored" if rc == 0 else "updated" if rc == lib.LB_RESTORE_UPDATED  # LB_CONN_F_UPDATE
+                    else ERRNO_NAMES.get(rc, str(rc)))
             outcome[name] = outcome.get(name, 0) + 1
         return outcome
 

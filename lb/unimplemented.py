@@ -44,8 +44,6 @@ NOT_IMPLEMENTED: tuple[Missing, ...] = (
     Missing("pe", "persistence engines (--pe)", "its persistence is by client address (-p, -M)"),
     Missing("tun-type", "tunnel types gue and gre (--tun-type)", "its tunnels are IPIP (--tun-type ipip)",
             values=frozenset({"gue", "gre"}), mark="lbd: ipip only"),
-    Missing("start-daemon", "the connection sync daemon (--start-daemon)",
-            "it keeps its connections across restarts in its state file instead"),
 )
 
 

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lb import unimplemented
 from lb.engine import EngineError
 from lb.ipvsabi.structs import (
     DAEMON_USER,
@@ -55,6 +54,9 @@ from lb.ipvsabi.structs import (
     cstring,
 )
 from lb.model import ConfigError, sched_flag_bits, sched_flag_names
+
+IP_VS_STATE_MASTER = 1  # linux/ip_vs.h: the sync daemon states
+IP_VS_STATE_BACKUP = 2
 
 Request = Callable[[str, dict[str, Any]], Any]  # Director.handle without a batch session
 
@@ -215,13 +217,20 @@ class Sockopt:
                 "ops": bool(flags & IP_VS_SVC_F_ONEPACKET),
                 "sched_flags": sched_flag_names(sched, (flags >> SCHED_FLAG_SHIFT) & 0x7)}
 
-    def _daemon(self, cmd: int, _daemon: Mapping[str, Any]) -> Answer:
+    def _daemon(self, cmd: int, daemon: Mapping[str, Any]) -> Answer:
+        """IP_VS_SO_SET_STARTDAEMON / STOPDAEMON (do_ip_vs_set_ctl): the state names which daemon; the
+        sockopt ABI carries only the interface and syncid, the rest takes the kernel's defaults."""
+        state = {IP_VS_STATE_MASTER: "master", IP_VS_STATE_BACKUP: "backup"}.get(int(daemon["state"]))
+        if state is None:
+            return _fail(errno.EINVAL)
         if cmd == SO_SET["STOPDAEMON"]:
-            self.request("stop_daemon", {})  # ESRCH: no daemon is running, as the kernel's stop_sync_thread
+            self.request("stop_daemon", {"state": state})  # ESRCH: no such daemon is running
             return Answer()
-        # No sync daemon in lbd. ENOSYS makes ipvsadm print "Function not implemented" (EOPNOTSUPP
-        # would read "Operation not supported with IPv6"); the note says what lbd offers instead.
-        return _fail(errno.ENOSYS, unimplemented.entry("start-daemon").message)
+        ifn = cstring(daemon["mcast_ifn"])
+        if not ifn:
+            return _fail(errno.EINVAL)  # strscpy of an empty name: the kernel's EINVAL
+        self.request("start_daemon", {"state": state, "mcast_ifn": ifn, "syncid": int(daemon["syncid"]) & 0xFF})
+        return Answer()
 
     # ------------------------------------------------------------------ get
     def get(self, cmd: int, data: bytes, length: int) -> Answer:
@@ -239,8 +248,15 @@ class Sockopt:
 
     def _get(self, cmd: int, arg: bytes, length: int) -> Answer:
         if cmd == SO_GET["DAEMON"]:
-            # no sync daemon: two zeroed ip_vs_daemon_user, exactly (never the tool's length)
-            return Answer(data=bytes(2 * DAEMON_USER.size))
+            # two ip_vs_daemon_user, master then backup, zeroed where none runs - exactly that
+            # length, never the tool's
+            running = {d["state"]: d for d in self.request("get_daemon", {})["daemons"]}
+            parts = []
+            for state, value in (("master", IP_VS_STATE_MASTER), ("backup", IP_VS_STATE_BACKUP)):
+                d = running.get(state)
+                parts.append(DAEMON_USER.pack(state=value, mcast_ifn=str(d["mcast_ifn"]).encode(),
+                                              syncid=int(d["syncid"])) if d else bytes(DAEMON_USER.size))
+            return Answer(data=b"".join(parts))
         if cmd == SO_GET["VERSION"]:
             listing = self.request("list", {})
             text = f"IP Virtual Server version 1.2.1 (size={int(listing['conn_tab_size'])})".encode() + b"\0"

@@ -140,6 +140,10 @@ enum lb_conn_state {
                                       IP_VS_CTPL_S_ASSURED, ip_vs_control_assure_ct) */
 #define LB_CONN_F_PROXY 64         /* PROXY protocol header inserted before the client's data (sequence
                                       numbers translated; not restorable from a dump, as SYNPROXY) */
+#define LB_CONN_F_UPDATE 128       /* lb_conn_restore only (a sync backup's record): an existing entry of the same
+                                      destination takes the record's state and expiry (templates: expiry and
+                                      ASSURED) and LB_RESTORE_UPDATED is returned, instead of LB_EEXIST */
+#define LB_RESTORE_UPDATED 1       /* lb_conn_restore with LB_CONN_F_UPDATE: an existing entry was updated */
 
 /* Service flags (struct lb_svc_conf.flags). */
 #define LB_SVC_F_TOA 1             /* FULLNAT: put the client address in TCP option 254 (TOA) */
@@ -462,7 +466,9 @@ void lb_conn_stats(lb_t *lb, struct lb_conn_stats *out);  /* locks */
 /* Recreate an entry from a dump (restart recovery; see lbd's state snapshots). Its service and
  * destination (and FULLNAT local address) must exist: LB_ESRCH / LB_ENOENT otherwise; LB_EEXIST if
  * the entry exists; LB_ENOSPC when the table is full; LB_EOPNOTSUPP for SYN-proxy entries (their
- * sequence translation is not in the dump). Templates come back as templates. Locks. */
+ * sequence translation is not in the dump). Templates come back as templates. With LB_CONN_F_UPDATE
+ * in ci->flags, an existing entry bound to the same destination is updated (LB_RESTORE_UPDATED);
+ * one bound elsewhere is left alone (LB_EEXIST). Locks. */
 int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms);
 /* Tests and diagnostics: the real server the service's scheduler picks for a new connection of pkt
  * (a complete unfragmented IPv4 packet of the service's protocol), as lb_process does on a miss at

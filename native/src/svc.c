@@ -741,11 +741,21 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
     p.daddr = lb_htonl(ci->vaddr);
     p.dport = lb_htons(ci->vport);
     if (ci->flags & LB_CONN_F_TEMPLATE) {
-        if (lb_tmpl_lookup(lb, p.proto, p.saddr, p.daddr, p.dport, now_ms)) {
+        struct lb_conn *t = lb_tmpl_lookup(lb, p.proto, p.saddr, p.daddr, p.dport, now_ms);
+        if (t) {
             err = LB_EEXIST;
+            if ((ci->flags & LB_CONN_F_UPDATE) && t->dest == d) {
+                uint16_t assured = (uint16_t)(ci->flags & LB_CONN_F_ASSURED);
+                if ((t->flags & LB_CONN_F_ASSURED) != assured) {
+                    t->flags = (uint16_t)((t->flags & ~LB_CONN_F_ASSURED) | assured);
+                    lb_conn_changed(lb, t);
+                }
+                lb_conn_set_expiry(lb, t, now_ms + (uint64_t)ci->expires_in_ms);
+                err = LB_RESTORE_UPDATED;
+            }
             goto out;
         }
-        struct lb_conn *t = lb_tmpl_new(lb, p.proto, p.saddr, p.daddr, p.dport, d,
+        t = lb_tmpl_new(lb, p.proto, p.saddr, p.daddr, p.dport, d,
                                         s->conf.persist_timeout_s ? s->conf.persist_timeout_s * 1000 : 300000, now_ms, 0);
         if (!t) {
             err = LB_ENOSPC;
@@ -755,8 +765,14 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
         lb_conn_set_expiry(lb, t, now_ms + (uint64_t)ci->expires_in_ms);
         goto out;
     }
-    if (lb_conn_lookup(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms, NULL)) {
+    struct lb_conn *old = lb_conn_lookup(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms, NULL);
+    if (old) {
         err = LB_EEXIST;
+        if ((ci->flags & LB_CONN_F_UPDATE) && old->dest == d) {
+            lb_conn_set_state(lb, old, ci->state); /* with IPVS's active/inactive accounting */
+            lb_conn_set_expiry(lb, old, now_ms + (uint64_t)ci->expires_in_ms);
+            err = LB_RESTORE_UPDATED;
+        }
         goto out;
     }
     /* The method binds what it needs (FULLNAT: the dumped local address, which must exist, and

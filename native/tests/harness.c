@@ -628,8 +628,22 @@ static int pressure_churn(long n)
                     bad |= check(info[i].slot >= 1 && info[i].slot <= 48, "a change names a slot of the table");
             } while (cursor != 0);
             cursor = 0;
-            while (lb_conn_dump(lb, now, info, 128, &cursor) == 128)
+            int got;
+            while ((got = lb_conn_dump(lb, now, info, 128, &cursor)) == 128)
                 ;
+            /* A sync backup's updates (LB_CONN_F_UPDATE) of the entries just dumped: another TCP
+             * state and expiry, through the active/inactive accounting checked below. */
+            for (int i = 0; i < got; i++) {
+                struct lb_conn_info u = info[i];
+                u.flags |= LB_CONN_F_UPDATE;
+                if (u.proto == LB_PROTO_TCP && !(u.flags & LB_CONN_F_TEMPLATE))
+                    u.state = (uint8_t)((x >> 3) % LB_S_UDP);
+                u.expires_in_ms = 1 + (int64_t)((x >> 5) % 120000);
+                int rc = lb_conn_restore(lb, &u, now);
+                bad |= check(rc == LB_RESTORE_UPDATED || rc == LB_EOPNOTSUPP || rc == LB_ESRCH || rc == LB_ENOENT ||
+                             rc == LB_EEXIST || rc == LB_OK || rc == LB_EINVAL || rc == LB_ENOSPC,
+                             "lb_conn_restore with LB_CONN_F_UPDATE answers a known code");
+            }
             struct lb_action tact;
             while (lb_timer_next(lb, now, out_buf, sizeof(out_buf), &tact))
                 ;

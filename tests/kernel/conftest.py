@@ -38,6 +38,15 @@ def selected() -> list[str]:
     return os.environ.get("LB_KERNEL_SCENARIOS", "").split()
 
 
+def selected_scenarios() -> list[str]:
+    """The conformance scenarios LB_KERNEL_SCENARIOS names (it may name other guest runs too, such
+    as test_sync_interop.py's "sync-interop")."""
+    from conformance.scenarios import ALL
+
+    names = {s.name for s in ALL}
+    return [n for n in selected() if n in names]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     only = selected()
     if not only:
@@ -60,7 +69,7 @@ def lbd_tool() -> str:
 
 
 def guest_script(out: Path) -> str:
-    only = "".join(f" {shlex.quote(n)}" for n in selected())
+    only = "".join(f" {shlex.quote(n)}" for n in selected_scenarios())
     return (f"{guest.booted_marker_command(out)} && cd {TESTS} && "
             f"PYTHONDONTWRITEBYTECODE=1 PYTHONPATH={REPO}:{TESTS} "
             f"{sys.executable} -m conformance.runner --out {out}{' --only' + only if only else ''} "
@@ -69,6 +78,8 @@ def guest_script(out: Path) -> str:
 
 @pytest.fixture(scope="session")
 def conformance(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if selected() and not selected_scenarios():
+        pytest.skip("LB_KERNEL_SCENARIOS names no conformance scenario")
     problem = guest.environment_problem()
     if problem:
         pytest.skip(f"kernel IPVS guest cannot boot here: {problem}")

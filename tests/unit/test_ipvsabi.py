@@ -4,6 +4,7 @@ answers of do_ip_vs_get_ctl, over a Director with the C engine (no privileges ne
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import shutil
 import socket
@@ -134,8 +135,6 @@ def test_add_edit_delete_and_their_errnos(director: Director) -> None:
 
 def test_daemons_timeouts_zero_flush(director: Director) -> None:
     so = Sockopt(lambda op, a: director.handle(op, a))
-    started = so.set(SO_SET["STARTDAEMON"], DAEMON_USER.pack(state=1, mcast_ifn=b"eth0"))
-    assert started.errno == errno.ENOSYS and "sync daemon" in started.note
     assert so.set(SO_SET["STOPDAEMON"], DAEMON_USER.pack(state=1)).errno == errno.ESRCH
     assert so.set(SO_SET["TIMEOUT"], TIMEOUT_USER.pack(tcp_timeout=100, tcp_fin_timeout=0, udp_timeout=7)).errno == 0
     answer = Sockopt(lambda op, a: director.handle(op, a)).get(SO_GET["TIMEOUT"], bytes(12), 12)
@@ -177,6 +176,27 @@ def test_get_answers_and_length_checks(director: Director) -> None:
     assert daemon.data == bytes(2 * DAEMON_USER.size) and daemon.length is None
     assert so.get(SO_GET["DAEMON"], bytes(47), 47).errno == errno.EINVAL
     assert so.get(SO_GET["DEST"], b"", 0).errno == errno.EINVAL
+
+
+def test_sync_daemons_start_list_stop(director: Director) -> None:
+    """IP_VS_SO_SET_STARTDAEMON/STOPDAEMON and GET_DAEMON answer from lbd's sync daemons (lb/sync)."""
+    so = Sockopt(lambda op, a: director.handle(op, a))
+
+    async def run() -> None:
+        assert so.set(SO_SET["STARTDAEMON"], DAEMON_USER.pack(state=2, mcast_ifn=b"nosuchif0")).errno == errno.ENODEV
+        assert so.set(SO_SET["STARTDAEMON"], DAEMON_USER.pack(state=1, mcast_ifn=b"")).errno == errno.EINVAL
+        assert so.set(SO_SET["STARTDAEMON"], DAEMON_USER.pack(state=1, mcast_ifn=b"lo", syncid=4)).errno == 0
+        assert so.set(SO_SET["STARTDAEMON"], DAEMON_USER.pack(state=1, mcast_ifn=b"lo")).errno == errno.EEXIST
+        answer = so.get(SO_GET["DAEMON"], bytes(104), 104)
+        assert len(answer.data) == 2 * DAEMON_USER.size and answer.length is None
+        master = DAEMON_USER.unpack(answer.data)
+        assert (master["state"], master["mcast_ifn"].rstrip(b"\0"), master["syncid"]) == (1, b"lo", 4)
+        assert answer.data[DAEMON_USER.size:] == bytes(DAEMON_USER.size)  # no backup
+        assert so.set(SO_SET["STOPDAEMON"], DAEMON_USER.pack(state=2)).errno == errno.ESRCH
+        assert so.set(SO_SET["STOPDAEMON"], DAEMON_USER.pack(state=1)).errno == 0
+        assert so.get(SO_GET["DAEMON"], bytes(104), 104).data == bytes(2 * DAEMON_USER.size)
+
+    asyncio.run(run())
 
 
 def test_handlers_check_their_arguments(director: Director) -> None:

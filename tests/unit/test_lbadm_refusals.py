@@ -66,10 +66,11 @@ def test_help_marks_every_unimplemented_option_from_the_table() -> None:
                  or line.startswith(f"  --{missing.option}|")]
         assert lines, f"no help line for --{missing.option}"
         assert all(line.endswith(f"[{missing.mark}]") for line in lines), lines
-    # The issue's list: -m, -6, --pe, --tun-type gue|gre, SCTP, --start-daemon (-o, -f and the scheduler
-    # flags are implemented).
+    # The issue's list: -m, -6, --pe, --tun-type gue|gre, SCTP (-o, -f, the scheduler flags and the
+    # sync daemon, issue 18, are implemented).
     assert {m.option for m in unimplemented.NOT_IMPLEMENTED} >= {
-        "ipv6", "pe", "tun-type", "sctp-service", "start-daemon"}
+        "ipv6", "pe", "tun-type", "sctp-service"}
+    assert "start-daemon" not in {m.option for m in unimplemented.NOT_IMPLEMENTED}
     assert "fwmark-service" not in {m.option for m in unimplemented.NOT_IMPLEMENTED}
     assert "masquerading" not in {m.option for m in unimplemented.NOT_IMPLEMENTED}
     assert "[not implemented by lbd] marks what lbd does not do" in text
@@ -95,7 +96,6 @@ def test_removing_an_entry_removes_its_mark(monkeypatch: pytest.MonkeyPatch) -> 
     (["-A", "-t", f"{VIP}:80", "--pe", "sip"], "lbd does not implement persistence engines (--pe)"),
     (["-a", "-t", f"{VIP}:80", "-r", "10.0.0.2", "-i", "--tun-type", "gue", "--tun-port", "6080"],
      "lbd does not implement tunnel types gue and gre (--tun-type); its tunnels are IPIP"),
-    (["--start-daemon", "master"], "lbd does not implement the connection sync daemon (--start-daemon)"),
     (["-A", "-t", f"{VIP}:80", "-s", "nosuch"],
      f"scheduler 'nosuch' is not implemented by lbd (lbd has: {', '.join(SCHEDULERS)})"),
 ])
@@ -135,7 +135,6 @@ def test_lbd_refuses_other_clients_with_the_same_messages() -> None:
         ("add_service", {"proto": "sctp", "addr": VIP, "port": 80}, "sctp-service"),
         ("add_service", {"proto": "tcp", "addr": "2001:db8::1", "port": 80}, "ipv6"),
         ("add_service", {"proto": "tcp", "addr": VIP, "port": 80, "pe": "sip"}, "pe"),
-        ("start_daemon", {"state": "master", "mcast_ifn": "eth0"}, "start-daemon"),
     ]
     for op, args, option in cases:
         with pytest.raises(EngineError) as info:

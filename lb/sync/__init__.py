@@ -1,0 +1,1 @@
+"""Connection synchronisation between directors: the kernel IPVS sync protocol (issue 18)."""

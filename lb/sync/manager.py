@@ -1,0 +1,411 @@
+"""lbd's connection sync daemons (ipvsadm --start-daemon master|backup): the kernel's sync protocol
+version 1 over UDP multicast (lb/sync/codec.py), in lbd's event loop.
+
+- master: every SYNC_TICK_S the live entries are compared with what was last sent, and what the
+  kernel's ip_vs_sync_conn would send goes out in datagrams of at most sync_maxlen bytes: an entry
+  new to the sync, a TCP state change into ESTABLISHED, FIN_WAIT, CLOSE, CLOSE_WAIT or TIME_WAIT,
+  templates, UDP entries, and a refresh once an entry's expiry has moved by half its timeout
+  (at least 10 s: the kernel's min_diff of sync_refresh_period) so a busy connection never expires
+  on the backup. FULLNAT and SYN-proxied entries are not sent (the kernel protocol cannot carry
+  them; issue 18 item 3): they are counted.
+- backup: joins the group on the interface, reads datagrams (robust decoding, every drop counted by
+  reason) and installs each record through the restore path of lbd's state file
+  (Engine.restore_connections_raw -> lb_conn_restore), bound to the backup's own services and
+  destinations. A record of no configured service or destination is dropped and counted (the
+  kernel keeps it unbound until one appears; lbd has no unbound entries).
+
+Options and defaults are the kernel's (ip_vs_ctl.c/ip_vs_sync.c start_sync_thread): group
+224.0.0.81, port 8848, TTL 1, maximum message length the interface MTU less 28 bytes (1500 - 28 for
+a master), syncid 0 (a backup with syncid 0 takes every syncid). One master and one backup may run
+at once; starting a running one is EEXIST, stopping a stopped one ESRCH, an unknown interface ENODEV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lb import consts as C
+from lb.engine import EngineError
+from lb.sync import codec, records
+
+if TYPE_CHECKING:
+    from lb.director import Director
+
+log = logging.getLogger("lbd")
+
+SYNC_TICK_S = 1.0          # the master's send period (the kernel flushes a buffer within 2 s)
+DEFAULT_TTL = 1
+IP_UDP_HLEN = 20 + 8       # sizeof(struct iphdr) + sizeof(struct udphdr)
+MAXLEN_MAX = 65535 - IP_UDP_HLEN
+MASTER_MTU = 1500          # the kernel sizes a master's messages for 1500 whatever the MTU
+REFRESH_MIN_MS = 10_000    # the kernel's min_diff: max(timeout / 2, 10 s)
+RECV_BUF = 65535
+STATES = {"master": 1, "backup": 2}  # IP_VS_STATE_MASTER / BACKUP
+
+
+@dataclass
+class DaemonConf:
+    state: str
+    mcast_ifn: str
+    syncid: int = 0
+    sync_maxlen: int = 0
+    mcast_group: str = codec.SYNC_GROUP
+    mcast_port: int = codec.SYNC_PORT
+    mcast_ttl: int = DEFAULT_TTL
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "mcast_ifn": self.mcast_ifn, "syncid": self.syncid,
+                "sync_maxlen": self.sync_maxlen, "mcast_group": self.mcast_group,
+                "mcast_port": self.mcast_port, "mcast_ttl": self.mcast_ttl}
+
+
+def _conf_from_args(args: dict[str, Any]) -> DaemonConf:
+    state = args.get("state")
+    if state not in STATES:
+        raise EngineError("EINVAL", f"start_daemon: state must be master or backup, not {state!r}")
+    ifn = args.get("mcast_ifn")
+    if not isinstance(ifn, str) or not ifn or len(ifn) >= 16:
+        raise EngineError("EINVAL", "start_daemon: mcast_ifn must name an interface (at most 15 characters)")
+    conf = DaemonConf(state=state, mcast_ifn=ifn)
+    for name, low, high in (("syncid", 0, 255), ("mcast_port", 1, 65535), ("mcast_ttl", 1, 255),
+                            ("sync_maxlen", 1, 65535)):
+        value = args.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise EngineError("EINVAL", f"start_daemon: {name} must be an integer in {low}..{high}")
+        setattr(conf, name, value)
+    group = args.get("mcast_group")
+    if group is not None:
+        try:
+            addr = ipaddress.ip_address(group)
+        except ValueError as exc:
+            raise EngineError("EINVAL", f"start_daemon: mcast_group {group!r}: {exc}") from exc
+        if addr.version != 4 or not addr.is_multicast:
+            raise EngineError("EINVAL", f"start_daemon: mcast_group {group} is not an IPv4 multicast address "
+                              "(lbd syncs over IPv4 only)")
+        conf.mcast_group = str(addr)
+    return conf
+
+
+def _ifindex(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError as exc:
+        raise EngineError("ENODEV", f"start_daemon: no interface {name!r}") from exc
+
+
+def _mtu(name: str) -> int:
+    try:
+        with open(f"/sys/class/net/{name}/mtu", encoding="ascii") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return MASTER_MTU
+
+
+def _mreqn(group: str, ifindex: int) -> bytes:
+    return socket.inet_aton(group) + socket.inet_aton("0.0.0.0") + struct.pack("=i", ifindex)
+
+
+@dataclass
+class Counters:
+    values: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.values[name] = self.values.get(name, 0) + n
+
+
+class Selector:
+    """The master's choice of what to send (no I/O): see the module docstring."""
+
+    def __init__(self, director: Director, counters: Counters) -> None:
+        self.director = director
+        self.counters = counters
+        self._sent: dict[tuple[int, str, int, str, int, bool], tuple[int, str, int, int, int]] = {}
+
+    def _lookup(self, proto: int, vaddr: str, vport: int, daddr: str, dport: int) -> tuple[str, int] | None:
+        return lookup_dest(self.director, proto, vaddr, vport, daddr, dport)
+
+    def pending(self, now_ms: int) -> list[codec.SyncConn]:
+        """What to send now (and remember as sent): see the module docstring."""
+        engine = self.director.engine
+        chunks = engine.dump_connections_chunks(now_ms)
+        if chunks is None:
+            return []
+        out: list[codec.SyncConn] = []
+        seen: set[tuple[int, str, int, str, int, bool]] = set()
+        for chunk in chunks:
+            for entry in records.entries(chunk):
+                key = entry.key
+                seen.add(key)
+                if not records.wanted(entry):
+                    continue
+                why = records.not_sendable(entry)
+                if why:
+                    if key not in self._sent:
+                        self.counters.add(f"not_sent_{why}")
+                        self._sent[key] = (-1, "", 0, 0, 0)
+                    continue
+                deadline = now_ms + entry.expires_in_ms
+                last = self._sent.get(key)
+                if last is not None and last[0] == -1:
+                    continue
+                if last is not None and last[:4] == (entry.state, entry.daddr, entry.dport, entry.flags):
+                    if abs(deadline - last[4]) < max(entry.expires_in_ms // 2, REFRESH_MIN_MS):
+                        continue
+                conn = records.to_sync(entry, self._lookup)
+                if conn is None:
+                    self.counters.add("not_sent_no_service")
+                    continue
+                out.append(conn)
+                self._sent[key] = (entry.state, entry.daddr, entry.dport, entry.flags, deadline)
+        for key in [k for k in self._sent if k not in seen]:
+            del self._sent[key]
+        return out
+
+
+class Master:
+    def __init__(self, director: Director, conf: DaemonConf) -> None:
+        self.director = director
+        self.conf = conf
+        self.counters = Counters()
+        self.selector = Selector(director, self.counters)
+        ifindex = _ifindex(conf.mcast_ifn)
+        if not conf.sync_maxlen:
+            conf.sync_maxlen = MASTER_MTU - IP_UDP_HLEN
+        conf.sync_maxlen = min(max(conf.sync_maxlen, 1), MAXLEN_MAX)
+        if director.engine.dump_connections_chunks(0) is None:  # lazy: nothing is dumped yet
+            raise EngineError("EOPNOTSUPP", f"start_daemon: the {director.engine.name} engine cannot list its "
+                              "connections for a sync master")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _mreqn("0.0.0.0", ifindex))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, conf.mcast_ttl)
+            sock.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT: may fragment
+            sock.setblocking(False)
+            sock.connect((conf.mcast_group, conf.mcast_port))
+        except OSError as exc:
+            sock.close()
+            raise EngineError(errno.errorcode.get(exc.errno or 0, "EIO"),
+                              f"start_daemon: master on {conf.mcast_ifn}: {exc.strerror}") from exc
+        self.sock = sock
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:  # never let one bad tick stop the daemon
+                log.exception("sync master: tick failed")
+            await asyncio.sleep(SYNC_TICK_S)
+
+    def tick(self, now_ms: int | None = None) -> int:
+        now = int(time.monotonic() * 1000) if now_ms is None else now_ms
+        conns = self.selector.pending(now)
+        sent = 0
+        for datagram in codec.encode(conns, self.conf.syncid, self.conf.sync_maxlen):
+            try:
+                self.sock.send(datagram)
+                sent += 1
+            except OSError as exc:  # the kernel drops what it cannot queue, too
+                self.counters.add("send_errors")
+                log.debug("sync master: send failed: %s", exc)
+        if sent:
+            self.counters.add("datagrams_sent", sent)
+            self.counters.add("conns_sent", len(conns))
+        return len(conns)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.sock.close()
+
+
+class Backup:
+    def __init__(self, director: Director, conf: DaemonConf) -> None:
+        self.director = director
+        self.conf = conf
+        self.counters = Counters()
+        ifindex = _ifindex(conf.mcast_ifn)
+        mtu = min(max(_mtu(conf.mcast_ifn), 1500), 65535)
+        if conf.sync_maxlen:
+            conf.sync_maxlen = min(max(conf.sync_maxlen, 1024), MAXLEN_MAX)
+        else:
+            conf.sync_maxlen = mtu - IP_UDP_HLEN
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, conf.mcast_ifn.encode())
+            sock.bind((conf.mcast_group, conf.mcast_port))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(conf.mcast_group, ifindex))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise EngineError(errno.errorcode.get(exc.errno or 0, "EIO"),
+                              f"start_daemon: backup on {conf.mcast_ifn}: {exc.strerror}") from exc
+        self.sock = sock
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        for _ in range(64):  # a budget per wake-up: the loop has other work
+            try:
+                data = self.sock.recv(RECV_BUF)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.counters.add("recv_errors")
+                log.debug("sync backup: recv failed: %s", exc)
+                return
+            try:
+                self.receive(data)
+            except Exception:
+                log.exception("sync backup: a datagram could not be processed")
+                self.counters.add("internal_errors")
+
+    def receive(self, data: bytes, now_ms: int | None = None) -> dict[str, int]:
+        return receive(self.director, self.conf, self.counters, data, now_ms)
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+def receive(director: Director, conf: DaemonConf, counters: Counters, data: bytes,
+            now_ms: int | None = None) -> dict[str, int]:
+    """The backup's handling of one datagram (no I/O): decode, count what is dropped, install the
+    rest; returns the outcome of its records by counter name."""
+    counters.add("datagrams_received")
+    if len(data) > conf.sync_maxlen:
+        counters.add("dropped_too_long")
+        return {}
+    decoded = codec.decode(data, conf.syncid)
+    for reason, n in decoded.dropped.items():
+        counters.add(f"dropped_{reason}", n)
+    now = int(time.monotonic() * 1000) if now_ms is None else now_ms
+    outcome: dict[str, int] = {}
+    for conn in decoded.conns:
+        name = install(director, conn, now)
+        outcome[name] = outcome.get(name, 0) + 1
+        counters.add(name)
+    return outcome
+
+
+# Outcomes of lb_conn_restore for a received record, as counter names.
+_INSTALL_OUTCOMES = {"restored": "conns_installed", "updated": "conns_updated", "EEXIST": "conns_other_dest", "ESRCH": "dropped_no_service",
+                     "ENOENT": "dropped_no_dest", "ENOSPC": "dropped_table_full", "EINVAL": "dropped_invalid",
+                     "EOPNOTSUPP": "dropped_unsupported"}
+
+
+def _default_timeout_s(director: Director, proto: int, state: int) -> int:
+    from lb.engine import ConnState
+    from lb.pyengine.proto_tcp import TCP_TIMEOUTS_MS
+
+    t = director.timeouts
+    if proto == codec.IPPROTO_UDP:
+        return t.udp
+    if state == C.LB_S_ESTABLISHED:
+        return t.tcp
+    if state == C.LB_S_FIN_WAIT:
+        return t.tcpfin
+    return TCP_TIMEOUTS_MS.get(ConnState(state), 60_000) // 1000
+
+
+def install(director: Director, conn: codec.SyncConn, now_ms: int) -> str:
+    """One received record into the engine, bound to this director's own service and destination;
+    returns the counter name of the outcome."""
+    if conn.flags & codec.F_FWD_MASK not in records.FWD_BY_FLAG and not conn.template:
+        return "dropped_unsupported_method"  # localnode / bypass: nothing lbd forwards
+    blob = records.to_engine(conn, lambda proto, state: _default_timeout_s(director, proto, state))
+    outcome = director.engine.restore_connections_raw(blob, now_ms)
+    (name,) = outcome.keys()
+    return _INSTALL_OUTCOMES.get(name, f"dropped_{name.lower()}")
+
+
+def lookup_dest(director: Director, proto: int, vaddr: str, vport: int, daddr: str, dport: int) -> tuple[str, int] | None:
+    """(forwarding method, fwmark) of the destination an entry is bound to, from the model: the
+    <proto, VIP, port> service, the port-0 one, or a fwmark service holding the destination."""
+    from lb.model import ConfigError, ServiceKey
+
+    services = director.state.services
+    if proto == 0:  # a fwmark service's template: <IPPROTO_IP, client, 0, the mark as an address, 0>
+        try:
+            svc = services.get(ServiceKey(proto=0, addr=vaddr, port=0))
+        except ConfigError:
+            return None
+        spec = svc.dests.get((daddr, dport)) or svc.dests.get((daddr, 0)) if svc is not None else None
+        return (spec.fwd, int(ipaddress.IPv4Address(vaddr))) if spec is not None else None
+    for key in (ServiceKey(proto=proto, addr=vaddr, port=vport), ServiceKey(proto=proto, addr=vaddr, port=0)):
+        svc = services.get(key)
+        if svc is None:
+            continue
+        spec = svc.dests.get((daddr, dport)) or svc.dests.get((daddr, 0))
+        return (spec.fwd, 0) if spec is not None else None
+    for key, svc in services.items():
+        if not key.fwmark:
+            continue
+        spec = svc.dests.get((daddr, dport)) or svc.dests.get((daddr, 0))
+        if spec is not None:
+            return spec.fwd, key.fwmark
+    return None
+
+
+class SyncDaemons:
+    """The director's sync daemons: what get_daemon / start_daemon / stop_daemon operate on."""
+
+    def __init__(self, director: Director) -> None:
+        self.director = director
+        self.running: dict[str, Master | Backup] = {}
+
+    def get(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {"daemons": [{**d.conf.to_json(), "counters": dict(d.counters.values)}
+                            for state in ("master", "backup") if (d := self.running.get(state)) is not None]}
+
+    def start(self, args: dict[str, Any]) -> None:
+        conf = _conf_from_args(args)
+        if conf.state in self.running:
+            raise EngineError("EEXIST", f"a {conf.state} sync daemon is running already")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError as exc:
+            raise EngineError("EOPNOTSUPP", "start_daemon: sync daemons run in lbd's event loop only") from exc
+        daemon: Master | Backup = Master(self.director, conf) if conf.state == "master" else Backup(self.director, conf)
+        daemon.start()
+        self.running[conf.state] = daemon
+        log.info("sync daemon started: state = %s, mcast_ifn = %s, syncid = %d, maxlen = %d, group = %s, "
+                 "port = %d, ttl = %d", conf.state.upper(), conf.mcast_ifn, conf.syncid, conf.sync_maxlen,
+                 conf.mcast_group, conf.mcast_port, conf.mcast_ttl)
+
+    def stop(self, args: dict[str, Any]) -> None:
+        state = args.get("state")
+        states = [state] if state in STATES else list(self.running) if state is None else None
+        if states is None:
+            raise EngineError("EINVAL", f"stop_daemon: state must be master or backup, not {state!r}")
+        if not any(s in self.running for s in states):
+            raise EngineError("ESRCH", f"no {state} sync daemon is running" if state else "no sync daemon is running")
+        for s in states:
+            daemon = self.running.pop(s, None)
+            if daemon is not None:
+                daemon.stop()
+                log.info("sync daemon stopped: state = %s, mcast_ifn = %s, syncid = %d", s.upper(),
+                         daemon.conf.mcast_ifn, daemon.conf.syncid)
+
+    def stop_all(self) -> None:
+        for state in list(self.running):
+            self.running.pop(state).stop()

@@ -1,0 +1,210 @@
+"""Connection sync between two lbd directors (issue 18 items 1 and 5, DR): director A runs a sync
+master, director B a backup on the same segment; connections through A appear in B's `lbadm -Lnc`
+with the same real servers. Then A is killed, the VIP moved to B by hand, and the established
+connections keep exchanging data through B with their original real servers.
+
+Own topology (two directors): client .50, da .2 (holds the VIP first), db .3, real servers .11/.12
+running the test httpd, all on one segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from conftest import HTTP_PORT, REPO, Lbd
+
+from lb.sync import codec
+from lb.testbed import client
+from lb.testbed.topology import (
+    CLIENT_INDEX,
+    DIRECTOR_INDEX,
+    REAL_BASE_INDEX,
+    VIP_INDEX,
+    Host,
+    HostSpec,
+    LinkSpec,
+    SegmentSpec,
+    Topology,
+    TopologySpec,
+)
+
+pytestmark = pytest.mark.netns
+
+T = TypeVar("T")
+
+N_CONNS = 20
+SYNC_WAIT_S = 15.0  # master tick 1 s; generous for a loaded machine (a bound, not a threshold)
+SYNCID = 18
+
+
+def _spec() -> TopologySpec:
+    hosts = [
+        HostSpec("client", (LinkSpec("lan", CLIENT_INDEX),), role="client"),
+        HostSpec("da", (LinkSpec("lan", DIRECTOR_INDEX),), role="director", vips=(VIP_INDEX,)),
+        HostSpec("db", (LinkSpec("lan", DIRECTOR_INDEX + 1),), role="host"),
+        HostSpec("rs1", (LinkSpec("lan", REAL_BASE_INDEX + 1),), role="real", vips=(VIP_INDEX,)),
+        HostSpec("rs2", (LinkSpec("lan", REAL_BASE_INDEX + 2),), role="real", vips=(VIP_INDEX,)),
+    ]
+    return TopologySpec(segments=(SegmentSpec("lan"),), hosts=tuple(hosts))
+
+
+class LbdOn(Lbd):
+    """An lbd in a given host of the topology (conftest's Lbd runs in the topology's director)."""
+
+    def __init__(self, topo: Topology, host: Host) -> None:
+        super().__init__(topo, "c")
+        self._host = host
+
+    @property
+    def director(self) -> Host:
+        return self._host
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn]]:
+    logdir = Path(tempfile.mkdtemp(prefix="lbB-sync-"))
+    with Topology(_spec()) as topo:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        for rs in topo.reals:
+            with open(logdir / f"{rs.name}.log", "w") as log:
+                rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(HTTP_PORT)],
+                         stdout=log, stderr=subprocess.STDOUT, env=env)
+        client.wait_serving(topo.client.netns, {rs.addr: rs.name for rs in topo.reals}, HTTP_PORT)
+        a, b = LbdOn(topo, topo.host("da")), LbdOn(topo, topo.host("db"))
+        try:
+            for d in (a, b):
+                d.start()
+                d.lbadm("-A", "-t", f"{topo.vip}:{HTTP_PORT}", "-s", "rr")
+                for rs in topo.reals:
+                    d.lbadm("-a", "-t", f"{topo.vip}:{HTTP_PORT}", "-r", f"{rs.addr}:{HTTP_PORT}", "-g")
+                d.wait_resolved()
+            yield topo, a, b
+        finally:
+            for d in (a, b):
+                if d.running():
+                    d.stop(signal.SIGKILL)
+                for table in ("raw", "filter", "mangle", "nat"):
+                    d.director.exec(["iptables", "-t", table, "-F"], check=False)
+                    d.director.exec(["iptables", "-t", table, "-X"], check=False)
+                d.cleanup()
+
+
+def _conns(d: Lbd) -> dict[tuple[str, int], tuple[str, str]]:
+    """(client, port) -> (real server, state) of d's TCP entries, from `lbadm -Lnc`."""
+    out = {}
+    for line in d.lbadm("-Lnc").stdout.splitlines()[2:]:
+        proto, _expire, state, source, _virtual, dest = line.split()
+        if proto == "TCP":
+            caddr, cport = source.rsplit(":", 1)
+            out[(caddr, int(cport))] = (dest.rsplit(":", 1)[0], state)
+    return out
+
+
+def _wait(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout} s")
+        time.sleep(0.2)
+
+
+def test_list_daemon_and_refusals(pair: tuple[Topology, LbdOn, LbdOn]) -> None:
+    topo, a, _b = pair
+    ifname = a.director.ifname
+    a.lbadm("--start-daemon", "master", "--mcast-interface", ifname, "--syncid", "7", "--mcast-ttl", "2")
+    try:
+        listed = a.lbadm("-L", "--daemon").stdout
+        assert listed == (f"master sync daemon (mcast={ifname}, syncid=7, maxlen=1472, group=224.0.0.81, "
+                          "port=8848, ttl=2)\n")
+        again = a.lbadm("--start-daemon", "master", "--mcast-interface", ifname, check=False)
+        assert (again.returncode, again.stderr) == (255, "Daemon has already run\n")
+    finally:
+        a.lbadm("--stop-daemon", "master")
+    assert a.lbadm("-L", "--daemon").stdout == ""
+    stopped = a.lbadm("--stop-daemon", "master", check=False)
+    assert (stopped.returncode, stopped.stderr) == (255, "No daemon is running\n")
+    missing = a.lbadm("--start-daemon", "backup", "--mcast-interface", "nosuchif0", check=False)
+    assert missing.returncode == 255 and missing.stderr
+
+
+def test_backup_learns_connections_and_takes_over_dr(pair: tuple[Topology, LbdOn, LbdOn]) -> None:
+    topo, a, b = pair
+    b.lbadm("--start-daemon", "backup", "--mcast-interface", b.director.ifname, "--syncid", str(SYNCID))
+    a.lbadm("--start-daemon", "master", "--mcast-interface", a.director.ifname, "--syncid", str(SYNCID))
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(client.KeepAlive(topo.client.netns, topo.vip, HTTP_PORT)) for _ in range(N_CONNS)]
+        for ka in conns:
+            assert ka.get().ok
+        served: dict[tuple[str, int], str | None] = {(topo.client.addr, int(ka.local_port or 0)): ka.server
+                                                     for ka in conns}
+        names = {rs.addr: rs.name for rs in topo.reals}
+        on_a = _conns(a)
+        assert {k: names[v[0]] for k, v in on_a.items() if k in served} == served
+
+        # The backup lists the same connections with the same real servers, ESTABLISHED.
+        def synced() -> dict[tuple[str, int], tuple[str, str]] | None:
+            on_b = _conns(b)
+            return on_b if all(k in on_b for k in served) else None
+
+        on_b = _wait(synced, SYNC_WAIT_S, "every connection on the backup")
+        assert {k: (names[on_b[k][0]], on_b[k][1]) for k in served} == {k: (v, "ESTABLISHED") for k, v in served.items()}
+        daemons = b.ok("get_daemon")["daemons"]
+        assert daemons[0]["state"] == "backup" and daemons[0]["counters"]["conns_installed"] >= N_CONNS
+
+        # Failover by hand: A dies, the VIP moves to B, the client learns B's MAC.
+        a.stop(signal.SIGKILL)
+        vip_cidr = f"{topo.vip}/32"
+        a.director.ip("addr", "del", vip_cidr, "dev", a.director.ifname)
+        b.director.ip("addr", "add", vip_cidr, "dev", b.director.ifname)
+        topo.client.ip("neigh", "flush", "to", topo.vip)
+        before = b.ok("counters")["reasons"]["forwarded"]
+        survived = 0
+        for ka in conns:
+            reply = ka.get(timeout=5.0)
+            survived += reply.ok and reply.server == ka.server
+        assert survived >= N_CONNS - 1, f"{survived} of {N_CONNS} connections survived the failover"
+        # ... through B: it forwarded their packets (at least one per surviving request)
+        assert b.ok("counters")["reasons"]["forwarded"] - before >= survived
+
+
+def test_forged_and_malformed_datagrams_are_counted(pair: tuple[Topology, LbdOn, LbdOn]) -> None:
+    """Item 6 in part: datagrams sent to the group by another host of the segment (the client):
+    garbage, another syncid, a record of a service the backup does not have. Nothing is installed
+    from them, the backup keeps running, its counters say why each was dropped."""
+    topo, _a, b = pair
+    if not b.ok("get_daemon")["daemons"]:
+        b.lbadm("--start-daemon", "backup", "--mcast-interface", b.director.ifname, "--syncid", str(SYNCID))
+    before = b.ok("get_daemon")["daemons"][0]["counters"]
+    alien = codec.SyncConn(6, codec.F_DROUTE, 1, topo.client.addr, 4242, "10.99.0.1", 80, topo.reals[0].addr, 80, 0, 900)
+    datagrams = [b"\x00garbage", codec.encode([alien], SYNCID + 1, 1472)[0], codec.encode([alien], SYNCID, 1472)[0],
+                 bytes(codec.encode([alien], SYNCID, 1472)[0][:20])]
+    script = ("import socket,sys\n"
+              "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+              "s.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_IF,socket.inet_aton(sys.argv[1]))\n"
+              "for h in sys.argv[2:]:\n    s.sendto(bytes.fromhex(h),('224.0.0.81',8848))\n")
+    topo.client.exec([sys.executable, "-c", script, topo.client.addr, *(d.hex() for d in datagrams)])
+
+    def counted() -> dict[str, int] | None:
+        now = b.ok("get_daemon")["daemons"][0]["counters"]
+        return now if now.get("datagrams_received", 0) - before.get("datagrams_received", 0) >= 4 else None
+
+    after = _wait(counted, SYNC_WAIT_S, "the four datagrams received")
+    grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    # garbage and the cut datagram: their size field is not their length (checked first, as the kernel)
+    assert grew == {"datagrams_received": 4, "dropped_bad_size": 2, "dropped_syncid_mismatch": 1,
+                    "dropped_no_service": 1}, grew
+    assert (topo.client.addr, 4242) not in _conns(b)
+    assert b.running()

@@ -1,0 +1,177 @@
+"""The sync daemons' logic without sockets (lb/sync/manager.py, lb/sync/records.py): what a master
+sends, what a backup installs, through the C engine's dump and restore paths."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from scapy.all import IP, TCP, raw
+
+from lb import consts as C
+from lb.director import Director
+from lb.engine import EngineError, FwdState
+from lb.fastpath import CEngine
+from lb.sync import codec, manager
+from lb.sync.manager import Counters, DaemonConf, Selector
+
+VIP = "10.0.0.100"
+SVC = {"proto": "tcp", "addr": VIP, "port": 80}
+
+
+def _director(persistent: int | None = None) -> Director:
+    d = Director(CEngine(conn_max=256), rules=None, resolver=None)
+    d.handle("add_service", {**SVC, "sched": "rr", **({"persistent": persistent} if persistent else {})})
+    for i, fwd in ((1, "route"), (2, "tunnel"), (3, "masq")):
+        d.handle("add_dest", {"service": SVC, "dest": {"addr": f"10.0.0.1{i}", "port": 80, "fwd": fwd, "weight": 1}})
+        d.engine.set_fwd(d.state.services[next(iter(d.state.services))].spec.key, f"10.0.0.1{i}", 80,
+                         FwdState(ifindex=5, dst_mac=bytes([2, 0, 0, 0, 0, i]), src_mac=b"\x02" * 6))
+    return d
+
+
+def _pkt(src: str, sport: int, flags: str) -> bytes:
+    return raw(IP(src=src, dst=VIP) / TCP(sport=sport, dport=80, flags=flags))
+
+
+def _conns(d: Director) -> list[tuple[Any, ...]]:
+    return sorted((c.caddr, c.cport, c.daddr, c.state) for c in d.engine.connections(10_000))
+
+
+def test_master_sends_established_not_half_open_and_backup_installs_them() -> None:
+    master, backup = _director(), _director()
+    for sport in (1000, 1001, 1002):
+        master.engine.process(_pkt("10.9.0.5", sport, "S"), 1000)
+    selector = Selector(master, Counters())
+    assert selector.pending(1000) == []  # SYN_RECV: the kernel does not sync it
+    for sport in (1000, 1001):
+        master.engine.process(_pkt("10.9.0.5", sport, "A"), 1001)
+    sent = selector.pending(1001)
+    assert sorted(c.cport for c in sent) == [1000, 1001]
+    assert {c.flags & codec.F_FWD_MASK for c in sent} <= {codec.F_DROUTE, codec.F_TUNNEL, codec.F_MASQ}
+    assert all(c.state == C.LB_S_ESTABLISHED and c.timeout_s == 900 for c in sent)
+    assert selector.pending(1002) == []  # nothing changed: nothing resent
+    counters = Counters()
+    conf = DaemonConf("backup", "lo", sync_maxlen=1472)
+    for datagram in codec.encode(sent, 0, 1472):
+        manager.receive(backup, conf, counters, datagram, 5000)
+    assert counters.values == {"datagrams_received": 1, "conns_installed": 2}
+    expected = [(c[0], c[1], c[2], "ESTABLISHED") for c in _conns(master) if c[3] == "ESTABLISHED"]
+    assert _conns(backup) == expected
+    # Listed with the master's timeout, and counted active on the backup's destinations.
+    assert all(abs(c.expires_ms - 900_000) <= 1000 for c in backup.engine.connections(5000))
+    assert sum(d.active for s in backup.engine.services() for d in s.dests) == 2
+    # A record of an entry the backup has updates it (the kernel's ip_vs_proc_conn): the master's
+    # state and expiry, and the active/inactive counts move with the state.
+    closing = [codec.SyncConn(**{**c.__dict__, "state": C.LB_S_CLOSE_WAIT, "flags": c.flags | codec.F_INACTIVE,
+                                 "timeout_s": 60}) for c in sent]
+    manager.receive(backup, conf, counters, codec.encode(closing, 0, 1472)[0], 6000)
+    assert counters.values["conns_updated"] == 2 and len(_conns(backup)) == 2
+    assert {c.state for c in backup.engine.connections(6000)} == {"CLOSE_WAIT"}
+    assert all(abs(c.expires_ms - 60_000) <= 1000 for c in backup.engine.connections(6000))
+    assert sum(d.active for s in backup.engine.services() for d in s.dests) == 0
+    # A record naming another real server than the backup's entry leaves the entry alone.
+    moved = codec.SyncConn(**{**sent[0].__dict__, "daddr": "10.0.0.12" if sent[0].daddr != "10.0.0.12" else "10.0.0.11"})
+    manager.receive(backup, conf, counters, codec.encode([moved], 0, 1472)[0], 6001)
+    assert counters.values["conns_other_dest"] == 1
+
+
+def test_state_changes_and_templates_are_sent() -> None:
+    master = _director(persistent=300)
+    master.engine.process(_pkt("10.9.0.7", 2000, "S"), 1000)
+    master.engine.process(_pkt("10.9.0.7", 2000, "A"), 1001)
+    selector = Selector(master, Counters())
+    first = selector.pending(1001)
+    assert sorted(c.template for c in first) == [False, True]
+    template = next(c for c in first if c.template)
+    assert template.cport == 0 and template.flags & codec.F_TEMPLATE and template.state == 1  # ASSURED
+    master.engine.process(_pkt("10.9.0.7", 2000, "FA"), 1002)
+    (fin,) = selector.pending(1002)
+    assert fin.state == C.LB_S_CLOSE_WAIT and fin.flags & codec.F_INACTIVE  # IPVS: ES + client FIN
+
+    backup = _director(persistent=300)
+    counters = Counters()
+    for datagram in codec.encode(first, 3, 1472):
+        manager.receive(backup, DaemonConf("backup", "lo", syncid=3, sync_maxlen=1472), counters, datagram, 1)
+    assert counters.values["conns_installed"] == 2
+    assert sorted(c.state for c in backup.engine.connections(1)) == ["ASSURED", "ESTABLISHED"]
+
+
+def test_backup_drops_records_of_unknown_services_and_forged_datagrams() -> None:
+    backup = _director()
+    counters = Counters()
+    conf = DaemonConf("backup", "lo", syncid=5, sync_maxlen=1472)
+    other = codec.SyncConn(6, codec.F_DROUTE, 1, "10.9.0.9", 5, "10.0.0.200", 80, "10.0.0.11", 80, 0, 60)
+    no_dest = codec.SyncConn(6, codec.F_DROUTE, 1, "10.9.0.9", 6, VIP, 80, "10.0.0.99", 80, 0, 60)
+    manager.receive(backup, conf, counters, codec.encode([other, no_dest], 5, 1472)[0], 1)
+    manager.receive(backup, conf, counters, codec.encode([other], 6, 1472)[0], 1)  # another syncid
+    manager.receive(backup, conf, counters, b"\0" * 2000, 1)                       # longer than maxlen
+    manager.receive(backup, conf, counters, b"garbage", 1)
+    assert counters.values == {"datagrams_received": 4, "dropped_no_service": 1, "dropped_no_dest": 1,
+                               "dropped_syncid_mismatch": 1, "dropped_too_long": 1, "dropped_bad_version": 1}
+    assert _conns(backup) == []
+
+
+def test_daemon_operations_outside_the_event_loop_and_bad_arguments() -> None:
+    d = _director()
+    assert d.handle("get_daemon", {}) == {"daemons": []}
+    with pytest.raises(EngineError) as info:
+        d.handle("stop_daemon", {"state": "master"})
+    assert info.value.errno_name == "ESRCH"
+    for bad in ({"state": "primary", "mcast_ifn": "lo"}, {"state": "master", "mcast_ifn": ""},
+                {"state": "master", "mcast_ifn": "lo", "syncid": 256},
+                {"state": "master", "mcast_ifn": "lo", "mcast_group": "10.0.0.1"}):
+        with pytest.raises(EngineError) as info:
+            d.handle("start_daemon", bad)
+        assert info.value.errno_name == "EINVAL", bad
+    with pytest.raises(EngineError) as info:
+        d.handle("start_daemon", {"state": "master", "mcast_ifn": "lo"})
+    assert info.value.errno_name == "EOPNOTSUPP"
+
+
+def test_start_list_stop_in_the_event_loop() -> None:
+    d = _director()
+
+    async def run() -> None:
+        with pytest.raises(EngineError) as info:
+            d.handle("start_daemon", {"state": "backup", "mcast_ifn": "nosuchif0"})
+        assert info.value.errno_name == "ENODEV"
+        d.handle("start_daemon", {"state": "master", "mcast_ifn": "lo", "syncid": 9})
+        with pytest.raises(EngineError) as again:
+            d.handle("start_daemon", {"state": "master", "mcast_ifn": "lo"})
+        assert again.value.errno_name == "EEXIST"
+        (daemon,) = d.handle("get_daemon", {})["daemons"]
+        assert {k: daemon[k] for k in ("state", "mcast_ifn", "syncid", "sync_maxlen", "mcast_group",
+                                       "mcast_port", "mcast_ttl")} == {
+            "state": "master", "mcast_ifn": "lo", "syncid": 9, "sync_maxlen": 1472, "mcast_group": "224.0.0.81",
+            "mcast_port": 8848, "mcast_ttl": 1}
+        d.handle("stop_daemon", {"state": "master"})
+        assert d.handle("get_daemon", {}) == {"daemons": []}
+
+    asyncio.run(run())
+
+
+def test_fuzzed_datagrams_install_nothing_bogus() -> None:
+    """Random and mutated datagrams through the whole backup path (decode + lb_conn_restore): no
+    exception, and every entry that appears is of the backup's own service and real servers."""
+    import random
+
+    backup = _director()
+    counters = Counters()
+    conf = DaemonConf("backup", "lo", sync_maxlen=1472)
+    rng = random.Random(1818)
+    valid = codec.encode([codec.SyncConn(6, codec.F_DROUTE, 1, "10.9.0.5", 1000 + i, VIP, 80, f"10.0.0.1{1 + i % 3}", 80,
+                                         0, 900) for i in range(8)], 0, 1472)[0]
+    for n in range(5000):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(8, len(data))] = rng.randrange(256)
+        if n % 3 == 0:
+            data = bytearray(rng.randbytes(rng.randrange(200)))
+        manager.receive(backup, conf, counters, bytes(data), 1000 + n)
+    dests = {"10.0.0.11", "10.0.0.12", "10.0.0.13"}
+    for c in backup.engine.connections(6000):
+        assert (c.vaddr, c.vport) == (VIP, 80) or c.state in ("NONE", "ASSURED"), c
+        assert c.daddr in dests, c
+    assert counters.values["datagrams_received"] == 5000
+    assert sum(v for k, v in counters.values.items() if k.startswith("dropped_")) > 0
