@@ -90,7 +90,7 @@ from dataclasses import dataclass, field
 
 from lb import consts as C
 from lb import ipsets as ips
-from lb.iptrules import TableState, parse_iptables_save, parse_table, rule_key
+from lb.iptrules import TableState, chain_state, parse_iptables_save, parse_table, rule_key
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,8 @@ class RuleManager:
     def _states(self) -> tuple[TableState, TableState, TableState]:
         """(LBD-Q<N>, LBD-Q<N>-GO, LBD-Q<N>-OUT) from one listing."""
         text = self._listing()
-        return parse_table(text, self.chain), parse_table(text, self.go_chain), parse_table(text, self.out_chain)
+        table = parse_iptables_save(text, default_table=TABLE).get(TABLE, {})  # parsed once, not per chain
+        return chain_state(table, self.chain), chain_state(table, self.go_chain), chain_state(table, self.out_chain)
 
     def _out_lines(self) -> list[str]:
         """Restore lines creating LBD-Q<N>-OUT with its content and its jump (none with track)."""
