@@ -216,6 +216,8 @@ class Director:
         its own ip sets; verify=True also finds sets someone else changed (a periodic check)."""
         if self.rules is not None:
             self.rules.sync(self.steering(state), verify_sets=verify)
+            if state is None:  # the next change starts from here, not from a rebuild (lb/steeringcache.py)
+                self.steering_cache.rebuild(self.state)
 
     # ------------------------------------------------------------ forwarding state (lb.fwdstate)
     @property
