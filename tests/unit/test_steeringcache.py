@@ -180,3 +180,35 @@ def test_shared_addresses_are_counted() -> None:
     delta = cache.update(state, [DelService(key1)])
     assert delta is not None
     assert delta.removed[ADDR] == {LIPS[0]}  # the VIP stays: key2 (UDP) has it
+
+
+def test_the_raw_table_is_read_only_when_the_nftables_generation_moved() -> None:
+    d, fake, rules = _director()
+    generation = [7]
+    rules._generation = lambda: generation[0]  # what lb.steerwatch.nft_generation says in lbd's own netns
+
+    def listings() -> int:
+        return sum(1 for cmd, _ in fake.calls if "-S" in cmd)
+
+    svc = {"proto": "tcp", "addr": VIPS[0], "port": 80}
+    d.handle("add_service", {**svc, "sched": "rr"})  # first change: the chains are checked once
+    fake.calls.clear()
+    d.handle("add_dest", {"service": svc, "dest": {"addr": RIPS[0], "port": 80}})
+    d.handle("del_dest", {"service": svc, "dest": {"addr": RIPS[0], "port": 80}})
+    assert listings() == 0  # nothing changed in nftables: no `iptables -S`
+    generation[0] += 1  # someone changed a rule somewhere: the next change checks lbd's chains
+    d.handle("add_dest", {"service": svc, "dest": {"addr": RIPS[1], "port": 80}})
+    assert listings() == 1
+    # a flushed chain found that way is put back, not refused
+    fake.listing = "\n".join(line for line in HEALTHY if not line.startswith("-A LBD-Q3 "))
+    generation[0] += 1
+    fake.calls.clear()
+    d.handle("del_dest", {"service": svc, "dest": {"addr": RIPS[1], "port": 80}})
+    assert any(":LBD-Q3 - [0:0]" in script for script in fake.scripts())
+    # the whole chain gone (`iptables -t raw -F; -X`): recreated with its jump by the change
+    fake.listing = "\n".join(line for line in HEALTHY if "LBD-Q3" not in line or "LBD-Q3-" in line.split(" -j ")[0])
+    generation[0] += 1
+    fake.calls.clear()
+    d.handle("add_dest", {"service": svc, "dest": {"addr": RIPS[2], "port": 80}})
+    script = fake.scripts()[-1]
+    assert ":LBD-Q3 - [0:0]" in script and '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3' in script
