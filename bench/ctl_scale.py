@@ -9,7 +9,8 @@ in the director's namespace with static neighbour entries: no packet is sent), t
 - background resolution of the 2N addresses (time until `list` shows them all resolved);
 - idle CPU of lbd over IDLE_WINDOW_S (utime + stime from /proc, % of one core);
 - one `lbadm` command of each kind (-A, -a, -e, -E, -d, -D, -L -t one service, -L -n all, -S),
-  wall clock of the lbadm process, median of REPEATS;
+  wall clock of the lbadm process, median of REPEATS (lb's bytecode compiled first, as an
+  installation has it);
 - `lbadm --reload` with the file unchanged (no-op) and with one service added (SIGHUP runs the
   same code: Director.handle("reload"));
 - `lbadm -C`, then `lbadm -R` of the whole -S output (N services + 2N destinations), checked complete.
@@ -217,6 +218,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     REPEATS = max(1, int(getattr(args, "repeats", REPEATS)))
 
     sizes = [int(x) for x in str(args.sizes).split(",")] if args.sizes else list(SIZES)
+    # Measure what an installed lbadm costs: pip (and `make install`) compile lb's bytecode at
+    # install time. A source tree run with PYTHONDONTWRITEBYTECODE=1 (as CI and agents often set)
+    # has none, and every lbadm process would compile every lb module it imports: ~30 ms of CPU
+    # per command, counted in each figure. compileall writes it whatever that variable says.
+    subprocess.run([common.PY, "-m", "compileall", "-q", str(common.REPO / "lb")], check=False,
+                   stdout=subprocess.DEVNULL, timeout=300)
     data: dict[str, Any] = {"machine": common.machine_info(), "config": {
         "sizes": sizes, "dests_per_service": DESTS_PER_SERVICE, "repeats": REPEATS, "idle_window_s": IDLE_WINDOW_S,
         "command": "python -m bench.ctl_scale " + " ".join(sys.argv[1:])}, "results": []}

@@ -38,7 +38,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lb import __version__, logsetup, sdnotify, statefile
@@ -54,6 +54,7 @@ log = logging.getLogger("lbd")
 DEFAULT_SOCKET = "/run/lbd/lbd.sock"  # in the initial network namespace; per namespace elsewhere (lb/paths.py)
 RESOLVE_TICK_S = 1.0  # retries and the periodic re-check (lb/fwdstate.py rates them)
 RESOLVE_SLICE_S = 0.02  # background resolution: this much at a time, then the loop serves requests
+RESOLVE_BATCH = 50  # background resolution on lbd's loop: lookups awaited one by one, then the tick's turn
 
 
 def socket_path(cli_value: str | None) -> str:
@@ -202,8 +203,9 @@ def make_engine(kind: str, conn_max: int) -> Engine:
     return CEngine(conn_max=conn_max)
 
 
-def make_resolver() -> tuple[Resolver, Callable[[], None]]:
-    """(resolver for the Director, closer), backed by lb.netlink.Resolver in this network namespace.
+def make_resolver() -> tuple[Resolver, Callable[[str], Awaitable[Resolution]], Callable[[], None]]:
+    """(resolver for the Director, the same awaitable for lbd's loop, closer), backed by
+    lb.netlink.Resolver in this network namespace.
 
     pyroute2 0.9's synchronous IPRoute drives an asyncio loop of its own, which cannot run inside
     lbd's loop: the Resolver's worker thread owns the IPRoute and the Director's (synchronous)
@@ -214,16 +216,22 @@ def make_resolver() -> tuple[Resolver, Callable[[], None]]:
 
     worker = netlink.Resolver()
 
-    def resolve(daddr: str) -> Resolution:
-        res = worker.resolve_blocking(daddr)
+    def resolution(res: Any) -> Resolution:
         if res.fwd is None:
             return Resolution(None, ifname=res.ifname or "", reason=res.reason or "unresolved", nexthop=res.nexthop or "")
         return Resolution(FwdState(**dataclasses.asdict(res.fwd)), ifname=res.ifname or "", nexthop=res.nexthop or "")
 
-    return resolve, worker.close_blocking
+    def resolve(daddr: str) -> Resolution:
+        return resolution(worker.resolve_blocking(daddr))
+
+    async def resolve_async(daddr: str) -> Resolution:
+        return resolution(await worker.resolve_once(daddr))
+
+    return resolve, resolve_async, worker.close_blocking
 
 
-async def _resolve_loop(director: Director, stop: asyncio.Event) -> None:
+async def _resolve_loop(director: Director, stop: asyncio.Event,
+                        resolve_async: Callable[[str], Awaitable[Resolution]] | None = None) -> None:
     """Keep forwarding state fresh (lb/fwdstate.py): pending addresses (a large change, a route
     change) RESOLVE_SLICE_S at a time so that requests are served in between; every second the
     due retries and a slice of the periodic re-check. Costs nothing per destination while idle."""
@@ -240,7 +248,10 @@ async def _resolve_loop(director: Director, stop: asyncio.Event) -> None:
             break
         try:
             if fwd.pending:
-                left = fwd.resolve_pending(RESOLVE_SLICE_S)
+                if resolve_async is not None:  # requests are served during each lookup
+                    left = await fwd.resolve_pending_async(resolve_async, RESOLVE_BATCH)
+                else:
+                    left = fwd.resolve_pending(RESOLVE_SLICE_S)
                 if not left:
                     log.info("forwarding state: background resolution done (%d addresses, %d unresolved)",
                              fwd.addresses(), fwd.unresolved_addresses())
@@ -443,7 +454,7 @@ async def run(args: argparse.Namespace) -> int:
             return 1
     snapshot = statefile.state_path(args.state_dir, args.queue_num) if args.state_dir else None
     restoring = snapshot is not None and (args.restore or (not args.config and snapshot.exists()))
-    resolver, close_resolver = make_resolver()
+    resolver, resolve_async, close_resolver = make_resolver()
     # Absolute: a reload must read the same file whatever lbd's working directory is then.
     # The rules are handed over once the tables are complete (_install_rules).
     director = Director(engine, None, resolver, config_path=os.path.abspath(args.config) if args.config else None,
@@ -513,7 +524,7 @@ async def run(args: argparse.Namespace) -> int:
                                   set_counts=set_counts_source(rules))
             tasks.append(asyncio.ensure_future(_steering_watch_loop(watch, stop)))
         try:
-            await _resolve_loop(director, stop)
+            await _resolve_loop(director, stop, resolve_async)
         finally:
             stop.set()
             await asyncio.gather(*tasks)

@@ -63,6 +63,7 @@ from lb.reconcile import (
 )
 from lb.requests import BatchError, parse_command
 from lb.stallhistory import StallHistory
+from lb.steeringcache import SteeringCache, sync_change
 from lb.sync.manager import SyncDaemons
 from lb.totals import TotalStats
 
@@ -112,6 +113,7 @@ class Director(DirectorViews, DirectorConfigs):
         self.state = State.from_services(engine.services(), self.timeouts)
         self.state.synproxy_default = SynproxyConf()
         self.config_generation = 0  # + 1 per committed change
+        self.steering_cache = SteeringCache()  # the sets' content kept change by change (lb/steeringcache.py)
         self._resync_model_after_undo = False  # a rollback step failed: re-read the model from the engine
         self._snapshot_cache: tuple[int, dict[str, Any]] | None = None
         self.estimator: Estimator[StatsKey] = Estimator()
@@ -197,6 +199,8 @@ class Director(DirectorViews, DirectorConfigs):
         its own ip sets; verify=True also finds sets someone else changed (a periodic check)."""
         if self.rules is not None:
             self.rules.sync(self.steering(state), verify_sets=verify)
+            if state is None:  # the next change starts from here, not from a rebuild (lb/steeringcache.py)
+                self.steering_cache.rebuild(self.state)
 
     # ------------------------------------------------------------ forwarding state (lb.fwdstate)
     @property
@@ -264,8 +268,9 @@ class Director(DirectorViews, DirectorConfigs):
                 for stats in removing.values():
                     self.totals.retire(stats)
                 removing.clear()
-        try:
-            self.sync_rules()  # from the model these commands produced: no walk of the engine
+        try:  # only what these commands changed in the sets: no walk of the model or the engine
+            if self.rules is not None:
+                sync_change(self.rules, self.steering_cache, state, cmds, self.steering)
         except Exception as exc:
             self._rollback(undos)
             self._undo_model(undos)

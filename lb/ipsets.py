@@ -68,6 +68,18 @@ NATRIP = SetKind("natrip", "hash:ip", "NAT real servers (their ICMP errors)")
 KINDS: tuple[SetKind, ...] = (ADDR, SVC, TCP0, UDP0, FNAT, NAT, NATRIP)
 
 
+@dataclass
+class SetDelta:
+    """What a change does to the sets (lb.steeringcache): elements to add and to delete, per kind."""
+
+    added: dict[SetKind, set[str]] = field(default_factory=lambda: {k: set() for k in KINDS})
+    removed: dict[SetKind, set[str]] = field(default_factory=lambda: {k: set() for k in KINDS})
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.added.values()) and not any(self.removed.values())
+
+
 def set_name(queue_num: int, kind: SetKind) -> str:
     return f"{SET_PREFIX}{queue_num}-{kind.suffix}"
 
@@ -281,10 +293,13 @@ class SetManager:
         verify: first check the kernel's element counts against the cache (check())."""
         if verify:
             self.check()
+        return self.sync_elements(steering.elements())
+
+    def sync_elements(self, want: dict[SetKind, set[str]]) -> tuple[int, int]:
+        """sync() of an element listing (Steering.elements()'s form; the sets are kept, not copied)."""
         if self.installed is None:
             self.load()
         assert self.installed is not None
-        want = steering.elements()
         lines: list[str] = []
         added = deleted = 0
         for kind in KINDS:
@@ -308,3 +323,30 @@ class SetManager:
             log.debug("ip sets of queue %d: %d added, %d deleted", self.queue_num, added, deleted)
         self.installed = want
         return added, deleted
+
+    def apply(self, added: dict[SetKind, set[str]], removed: dict[SetKind, set[str]]) -> tuple[int, int]:
+        """Add and delete just these elements (a change's delta, lb.steeringcache), in one
+        `ipset restore`: no set is listed or diffed, so it costs what changed. Needs the cache
+        of what the kernel holds (`installed`); an element already there is not added again, one
+        not there is not deleted. Same order as sync(): additions (the address pre-filter first)
+        before deletions (the pre-filter last). Returns (added, deleted)."""
+        if self.installed is None:
+            raise RuntimeError("SetManager.apply before the sets were loaded: sync first")
+        installed = self.installed
+        adds = {k: added.get(k, set()) - installed[k] for k in KINDS}
+        dels = {k: removed.get(k, set()) & installed[k] for k in KINDS}
+        lines = [f"add {self.names[k]} {e}" for k in KINDS for e in sorted(adds[k])]
+        lines += [f"del {self.names[k]} {e}" for k in reversed(KINDS) for e in sorted(dels[k])]
+        if not lines:
+            return 0, 0
+        try:
+            self._restore(lines)
+        except IpsetError:
+            self.installed = None  # a part may be applied: re-read the kernel's sets next time
+            raise
+        for k in KINDS:
+            installed[k] |= adds[k]
+            installed[k] -= dels[k]
+        n_add, n_del = sum(map(len, adds.values())), sum(map(len, dels.values()))
+        log.debug("ip sets of queue %d: %d added, %d deleted (a change)", self.queue_num, n_add, n_del)
+        return n_add, n_del

@@ -90,7 +90,7 @@ from dataclasses import dataclass, field
 
 from lb import consts as C
 from lb import ipsets as ips
-from lb.iptrules import TableState, parse_iptables_save, parse_table, rule_key
+from lb.iptrules import TableState, chain_state, parse_iptables_save, parse_table, rule_key
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +362,11 @@ class RuleManager:
         self.sets = ips.SetManager(self.queue_num, netns=netns, runner=self._runner)
         self.mark_chain = mark_chain_name(queue_num)
         self._marks: set[int] | None = None  # the marks LBD-Q<N>-MARK holds (None: unknown, read it)
+        # apply(): the nftables generation source (False: not decided yet) and the generation at
+        # which the chains were last found intact
+        # (None with a `runner`: what a fake runner shows is not the kernel's generation)
+        self._generation: Callable[[], int | None] | None | bool = False if runner is None else None
+        self._intact_gen: int | None = None
 
     # ---- commands
 
@@ -396,7 +401,8 @@ class RuleManager:
     def _states(self) -> tuple[TableState, TableState, TableState]:
         """(LBD-Q<N>, LBD-Q<N>-GO, LBD-Q<N>-OUT) from one listing."""
         text = self._listing()
-        return parse_table(text, self.chain), parse_table(text, self.go_chain), parse_table(text, self.out_chain)
+        table = parse_iptables_save(text, default_table=TABLE).get(TABLE, {})  # parsed once, not per chain
+        return chain_state(table, self.chain), chain_state(table, self.go_chain), chain_state(table, self.out_chain)
 
     def _out_lines(self) -> list[str]:
         """Restore lines creating LBD-Q<N>-OUT with its content and its jump (none with track)."""
@@ -479,6 +485,65 @@ class RuleManager:
         except ips.IpsetError as exc:
             raise IptablesError(exc.cmd, exc.returncode, exc.stderr) from exc
         plan = Plan(added=added, deleted=deleted)
+        self._restore(self._heal_lines(pre, go, out, plan, heal_level))
+        plan.marks_changed = self._sync_marks(steering.fwmarks)
+        if plan.empty:
+            log.debug("raw %s already in sync", self.chain)
+        else:
+            log.log(min(heal_level, logging.INFO), "raw %s: %s", self.chain, plan)
+        return plan
+
+    def apply(self, delta: ips.SetDelta | None, elements: Callable[[], dict[ips.SetKind, set[str]]],
+              fwmarks: set[int]) -> Plan:
+        """One configuration change (lb.steeringcache.sync_change): `delta` (elements added and
+        removed by the change) goes to the sets in one `ipset restore`; None, or sets whose
+        content lbd does not know, make it a sync of the sets to `elements()` (the whole content).
+
+        The raw table is not read on this path (the `iptables -S` of sync() cost a subprocess
+        per command): with the nf_tables backend one netlink request says whether any rule
+        changed since lbd last found its chains intact, and only then is the table read and
+        healed as sync() does (a missing chain is recreated here, not refused); without a
+        generation (legacy iptables, another netns) the table is read every time, as before.
+        lb.steerwatch checks and repairs the whole steering every 0.5 s anyway."""
+        try:
+            if delta is None or self.sets.installed is None:
+                added, deleted = self.sets.sync_elements(elements())
+            else:
+                added, deleted = self.sets.apply(delta.added, delta.removed)
+        except ips.IpsetError as exc:
+            raise IptablesError(exc.cmd, exc.returncode, exc.stderr) from exc
+        plan = Plan(added=added, deleted=deleted)
+        gen = self._generation_now()
+        if gen is None or gen != self._intact_gen:
+            pre, go, out = self._states()
+            lines: list[str] = []
+            if not pre.chain_exists:
+                log.warning("raw %s was missing; restoring it", self.chain)
+                plan.rewritten = [self.chain, self.go_chain]
+                lines = self._chain_lines()
+                pre = TableState(chain_exists=True, rules=chain_rules(self.queue_num), jumps=[])
+                go = TableState(chain_exists=True, rules=go_rules(self.queue_num, self.target, self.track), jumps=[])
+            lines += self._heal_lines(pre, go, out, plan, logging.WARNING)
+            self._restore(lines)
+            self._intact_gen = None if lines else gen  # our own rewrite moves the generation
+        plan.marks_changed = self._sync_marks(fwmarks)
+        log.log(logging.INFO if plan.rewritten or plan.jump_added or plan.out_repaired else logging.DEBUG,
+                "raw %s: %s", self.chain, plan)
+        return plan
+
+    def _generation_now(self) -> int | None:
+        """The nftables generation of lbd's netns when lbd's rules live in nf_tables there
+        (lb.steerwatch.generation_source, decided once), else None."""
+        if self._generation is False:
+            from lb.steerwatch import generation_source
+
+            self._generation = generation_source(self)
+        source = self._generation
+        return source() if callable(source) else None
+
+    def _heal_lines(self, pre: TableState, go: TableState, out: TableState, plan: Plan, heal_level: int) -> list[str]:
+        """Restore lines putting back what an operator's flush may have removed from the raw table
+        (our chains' content, the jumps, LBD-Q<N>-OUT); `plan` notes each part."""
         lines: list[str] = []
         if not (go.chain_exists and same_rules(go.rules, go_rules(self.queue_num, self.target, self.track))
                 and same_rules(pre.rules, chain_rules(self.queue_num))):
@@ -494,13 +559,7 @@ class RuleManager:
             lines.append(jump_rule(self.queue_num))
         plan.out_repaired = self._plan_out(out, heal_level)
         lines += plan.out_repaired
-        self._restore(lines)
-        plan.marks_changed = self._sync_marks(steering.fwmarks)
-        if plan.empty:
-            log.debug("raw %s already in sync", self.chain)
-        else:
-            log.log(min(heal_level, logging.INFO), "raw %s: %s", self.chain, plan)
-        return plan
+        return lines
 
     def _plan_out(self, out: TableState, heal_level: int = logging.WARNING) -> list[str]:
         if self.track:

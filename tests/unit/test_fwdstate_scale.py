@@ -145,3 +145,36 @@ def test_the_periodic_recheck_is_rate_limited_and_deleted_services_are_forgotten
     for i in range(n):
         d.handle("del_service", key(i))
     assert d.fwd.addresses() == 0 and not d.fwd.status and not d.estimator.keys()
+
+
+def test_background_resolution_awaited_on_the_loop_serves_requests_between_lookups() -> None:
+    """resolve_pending_async (lbd's loop): each lookup is awaited, a request served meanwhile
+    (here: a service deleted while its address is being looked up) is seen, and what was deleted
+    is not installed."""
+    import asyncio
+
+    net = FakeNet()
+    n = SYNC_RESOLVE_MAX * 4
+    net.up = {f"172.16.5.{i}" for i in range(n)}
+    d = director(net)
+    d.handle("batch", {"requests": batch(n, lambda i: f"172.16.5.{i}")})
+    assert net.calls == []
+    served: list[int] = []
+
+    async def lookup(addr: str) -> Resolution:
+        await asyncio.sleep(0)  # the worker thread's turn: the loop serves a request meanwhile
+        if addr == "172.16.5.3":
+            d.handle("del_service", key(3))
+            served.append(3)
+        return net.resolve(addr)
+
+    async def main() -> int:
+        left = await d.fwd.resolve_pending_async(lookup, 5)
+        assert left == n - 5
+        while left:
+            left = await d.fwd.resolve_pending_async(lookup, 50)
+        return left
+
+    assert asyncio.run(main()) == 0
+    assert served == [3] and len(net.calls) == n
+    assert l2_states(d) == ["resolved"] * (n - 1) and d.fwd.addresses() == n - 1
