@@ -34,7 +34,7 @@ LBD = Path(os.environ.get("LBD", VENV_BIN / "lbd"))
 LBADM = Path(os.environ.get("LBADM", VENV_BIN / "lbadm"))
 
 CC = os.environ.get("CC", "gcc")
-CFLAGS = ["-O2", "-g", "-Wall", "-Wextra"]
+CFLAGS = ["-O2", "-g", "-Wall", "-Wextra", "-Werror"]  # as the Makefile's bench-tools
 
 
 def log(msg: str) -> None:
