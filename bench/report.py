@@ -326,8 +326,12 @@ def _ab(parts: dict[str, Any], targets: list[list[str]]) -> list[str]:
     if boot:
         L += [f"Guest: `{boot.get('command')}`, kernel `{Path(boot.get('kernel_image', '')).name}`, "
               f"{boot.get('seconds')} s in total (boot ~30 s), exit {boot.get('rc')}. Emulated (TCG): **figures "
-              "from the guest are ratios between systems measured in the same guest run, not absolutes.** Both "
-              "systems are configured from one rules file (`ipvsadm -R` / `lbadm -R`).", ""]
+              "from the guest are ratios between systems measured in the same guest run, not absolutes.**", ""]
+    cb = a.get("configured_by") or ((a.get("guest") or {}).get("configured_by"))
+    if cb:
+        L += [f"Both systems configured from one rules file. Kernel IPVS: {cb['ipvs']}. lbd: {cb['lbd']}.", ""]
+    elif boot:  # runs from before the tool was recorded
+        L += ["Both systems configured from one rules file (`ipvsadm -R` / `lbadm -R`).", ""]
     if a.get("error") and not a.get("guest"):
         L += [f"Not run: {a['error']}", ""]
         return L
