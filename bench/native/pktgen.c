@@ -295,8 +295,8 @@ int main(int argc, char **argv)
         else if (!strcmp(k, "--dry-run")) dry = v;
         else return usage();
     }
-    if ((!iface && !dry) || !tpath || !count || batch < 1 || batch > MAX_BATCH || !g.flows_per_addr || !g.addrs || max_s <= 0 ||
-        max_s > 600 || rate < 0 || (dry && count > MAX_DRY_RUN))
+    if ((!iface && !dry) || !tpath || !count || batch < 1 || batch > MAX_BATCH || !g.flows_per_addr || !g.addrs ||
+        !(max_s > 0 && max_s <= 600) || !(rate >= 0 && rate <= 1e9) || (dry && count > MAX_DRY_RUN))
         return usage();
 
     FILE *tf = fopen(tpath, "rb");
