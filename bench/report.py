@@ -160,7 +160,7 @@ def _pps(parts: dict[str, Any], targets: list[list[str]], plots: list[str], stem
     res = pps["results"]
     L = ["## Zero-loss throughput (bench/pps)", "",
          f"Command: `{cfg.get('command')}`  ",
-         f"Topology client -[bridge]- director -[bridge]- rs1 (namespaces), 60-byte frames (64 with FCS), "
+         f"Topology client -[{_link(cfg)}]- director -[{_link(cfg)}]- rs1 (namespaces), 60-byte frames (64 with FCS), "
          f"trial window {cfg['window_s']} s, loss < {cfg['loss_max'] * 100:.1f} %, {cfg['steps']} bisection steps "
          f"after an unpaced probe, {cfg['repeats']} repetitions (systems interleaved in each). Generator on CPU "
          f"{cfg.get('gen_cpu')}, lbd on CPU {cfg.get('dut_cpu')}, RPS: {cfg.get('rps')}, nice {cfg.get('nice')}.",
@@ -315,6 +315,11 @@ def _cost(parts: dict[str, Any], targets: list[list[str]]) -> list[str]:
                   ", ".join(f"{r[0]} {r[1]}: {r[3]}" for r in dr)]
     L.append("")
     return L
+
+
+def _link(cfg: dict[str, Any]) -> str:
+    """How pps cabled the hosts: runs from before --wire existed used the testbed's bridges."""
+    return "veth" if cfg.get("wire") == "direct" else "bridge"
 
 
 def _ab(parts: dict[str, Any], targets: list[list[str]]) -> list[str]:
