@@ -123,7 +123,8 @@ def test_unusable_templates_are_refused(pktgen: Path, tmp_path: Path, why: str, 
 
 
 @pytest.mark.parametrize("extra", [["--batch", "0"], ["--batch", "1025"], ["--addrs", "0"], ["--max-seconds", "0"],
-                                   ["--rate", "-1"], ["--rate", "1e30"], ["--rate", "nan"], ["--max-seconds", "nan"], ["--count"], ["--bogus", "1"]])
+                                   ["--rate", "-1"], ["--rate", "1e30"], ["--rate", "nan"], ["--max-seconds", "nan"],
+                                   ["--count"], ["--bogus", "1"]])
 def test_bad_arguments_print_usage(pktgen: Path, tmp_path: Path, extra: list[str]) -> None:
     tmpl = _template(tmp_path, _tcp())
     proc = subprocess.run([str(pktgen), "--template", str(tmpl), "--dry-run", str(tmp_path / "o.bin"),
