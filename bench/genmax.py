@@ -1,7 +1,8 @@
 """How fast can the generator offer load? Unpaced bench/native/pktgen.c into a sink namespace.
 
     flock /tmp/lvs-bench.lock python -m bench.genmax [--wires direct,bridge] [--batches 32,256]
-                                                     [--seconds 1] [--repeats 3] [--other PKTGEN]
+                                                     [--rates 200000,500000] [--seconds 1] [--repeats 3]
+                                                     [--other PKTGEN]
 
 Topology (lb.testbed.topology, per-run `lbB<token>` prefix, removed on exit): client -- sink, once
 per wiring: `bridge` (the testbed's segment, a bridge in a switch namespace) and `direct` (one
@@ -11,9 +12,9 @@ raw PREROUTING rule and drops them. CPU layout as in bench/pps.py: the generator
 Receive Packet Steering moves the sink's receive path to CPU 1, so the generator's CPU carries
 the send (and, with a bridge, the bridge: a veth delivers on the sending CPU). Per configuration:
 the offered rate (the client interface's tx counter + its tx_dropped, / the generator's elapsed
-time) and the received rate. `--other PKTGEN` measures another build of the generator beside it
-(e.g. the previous version, with batch 32). Figures on a shared 2-core VM are noisy: compare
-within one run.
+time) and the received rate; `--rates R1,R2` adds paced trials (offered vs asked). `--other
+PKTGEN` measures another build of the generator beside it (e.g. the previous version, with batch
+32). Figures on a shared 2-core VM are noisy: compare within one run.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ def _sink_rx(sink: Any) -> int:
 
 
 def one(topo: Topology, binary: str, template: Path, batch: int, seconds: float, gen_cpu: int,
-        nice: int) -> dict[str, Any]:
+        nice: int, rate: float = 0) -> dict[str, Any]:
     c, sink = topo.client, topo.host("sink")
     argv = ["nice", "-n", str(nice), "taskset", "-c", str(gen_cpu), binary, "--iface", c.ifname,
-            "--template", str(template), "--rate", "0", "--count", str(int(pps.GEN_MAX_PPS * 2 * seconds)),
+            "--template", str(template), "--rate", f"{rate:.1f}",
+            "--count", str(int(rate * seconds) if rate else int(pps.GEN_MAX_PPS * 2 * seconds)),
             "--max-seconds", f"{seconds:.3f}", "--batch", str(batch), "--flows", str(pps.EST_FLOWS)]
     rx0, tx0, drop0 = _sink_rx(sink), _counter(c, "tx_packets"), _counter(c, "tx_dropped")
     proc = c.exec(argv, check=False, timeout=seconds + 20)
@@ -62,7 +64,7 @@ def one(topo: Topology, binary: str, template: Path, batch: int, seconds: float,
     time.sleep(0.3)
     rx, txc, dropped = _sink_rx(sink) - rx0, _counter(c, "tx_packets") - tx0, _counter(c, "tx_dropped") - drop0
     el = max(float(gen["elapsed_s"]), 1e-6)
-    return {"binary": binary, "batch": batch, "gen": gen, "tx_packets": txc,
+    return {"binary": binary, "batch": batch, "rate": rate, "gen": gen, "tx_packets": txc,
             "tx_dropped": dropped, "rx": rx, "offered_pps": (txc + dropped) / el, "rx_pps": rx / el,
             "generator_sent_pps": int(gen["sent"]) / el}
 
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     new = str(common.build_tool("pktgen"))
     configs: list[tuple[str, int]] = [(args.other, 32)] if args.other else []
     configs += [(new, int(b)) for b in args.batches.split(",")]
-    out: dict[str, Any] = {"machine": common.machine_info(), "commit": common.git_commit(), "results": [],
+    out: dict[str, Any] = {"machine": common.machine_info(), "commit": common.git_commit(), "results": [], "paced": [],
                            "config": {"seconds": args.seconds, "repeats": args.repeats, "gen_cpu": gen_cpu,
                                       "sink_rps_cpu": dut_cpu, "nice": args.nice}}
     for wiring in args.wires.split(","):
@@ -99,9 +101,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     common.log(f"genmax: {wiring} rep {rep + 1} {binary} batch={batch}: offered "
                                f"{r['offered_pps'] / 1e3:.0f} kpps, received {r['rx_pps'] / 1e3:.0f} kpps, "
                                f"refused {r['gen'].get('errors', 0)}")
+                for rate in (float(x) for x in args.rates.split(",") if x):
+                    r = one(topo, new, template, 32, args.seconds, gen_cpu, args.nice, rate)
+                    r.update(rep=rep, wire=wiring)
+                    out["paced"].append(r)
+                    common.log(f"genmax: {wiring} rep {rep + 1} paced at {rate / 1e3:.0f} kpps: offered "
+                               f"{r['offered_pps'] / 1e3:.0f} kpps, received {r['rx_pps'] / 1e3:.0f} kpps")
     rows: dict[str, list[float]] = {}
     for r in out["results"]:
         rows.setdefault(f"{r['wire']}: {r['binary']} batch={r['batch']}", []).append(r["offered_pps"])
+    for r in out["paced"]:
+        rows.setdefault(f"{r['wire']}: paced at {r['rate'] / 1e3:.0f} kpps", []).append(r["offered_pps"])
     out["summary"] = {k: common.summarize(v) for k, v in rows.items()}
     return out
 
@@ -110,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.genmax", description=__doc__.split("\n\n")[0])
     ap.add_argument("--wires", default="direct,bridge", help="client-sink wirings (default direct,bridge)")
     ap.add_argument("--batches", default="32,256", help="batch sizes (default 32,256)")
+    ap.add_argument("--rates", default="", help="also paced trials of this pktgen at these pps (batch 32), "
+                    "e.g. 200000,500000,1000000: how close the offered rate comes to the one asked for")
     ap.add_argument("--seconds", type=float, default=1.0, help="per trial (default 1)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--nice", type=int, default=-10)
