@@ -17,12 +17,15 @@
  * from the start; per packet only the source address, the source port and
  * the two checksums are rewritten, the checksums from precomputed partial
  * sums. Measured here (bench/genmax.py, unpaced, 60-byte frames, a veth
- * straight into a sink namespace whose receive runs on the other CPU): this
- * offers ~1.2 Mpps where the previous version (template copied and both
- * checksums summed per packet) offered ~0.9 Mpps. A PACKET_TX_RING variant
- * was tried and dropped: its frames reach the stack as paged skbs that the
- * receiver must pull, slower than sendmmsg on veth (41 kpps vs 1.2 Mpps
- * direct; 168 vs 303 kpps through a bridge).
+ * straight into a sink namespace whose receive runs on the other CPU):
+ * ~1.1-1.2 Mpps on a moderately loaded machine, ~0.5 Mpps when it is busy;
+ * the kernel's AF_PACKET + veth path dominates, so the previous version
+ * (template copied, both checksums summed per packet) is within the noise of
+ * this one (bench/README.md). What limited the bench was the wiring: through
+ * a bridge the sender's CPU also runs the bridge (bench/wire.py). A
+ * PACKET_TX_RING variant was tried and dropped: its frames reach the stack as
+ * paged skbs that the receiver must pull, slower than sendmmsg on veth
+ * (41 kpps vs 1.2 Mpps direct; 168 vs 303 kpps through a bridge).
  *
  * Frames: one Ethernet+IPv4+TCP/UDP template (read from --template FILE, built
  * by bench/pps.py with scapy). Each packet i varies the flow:
