@@ -339,11 +339,22 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PIP) install -e '.[test,bench]'
 	@touch $@
 
-bench: build $(BENCH_STAMP)
+bench: build $(BENCH_STAMP) bench-tools
 	$(PY) -m bench all $(BENCH_ARGS)
 
-bench-quick: build $(BENCH_STAMP)
+bench-quick: build $(BENCH_STAMP) bench-tools
 	$(PY) -m bench all --quick $(BENCH_ARGS)
+
+# --- bench helpers: bench/native/*.c (the packet generator, the HTTP real server) ---
+# The project's warning flags; bench/common.py's build_tool() builds the same way on first use,
+# tests/unit/test_bench_pktgen.py builds pktgen under ASan/UBSan.
+.PHONY: bench-tools
+BENCH_TOOLS := bench/.build/pktgen bench/.build/httpd
+bench-tools: $(BENCH_TOOLS)
+bench/.build/%: bench/native/%.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -Werror -o $@ $<
+# --- end of bench helpers ---
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache $(STAMP) $(BENCH_STAMP) $(KERNEL_STAMP)

@@ -1,6 +1,10 @@
 """A/B against kernel IPVS, in a guest booting Debian's distribution kernel (this host has no ip_vs).
 
     python -m bench ab [--quick] [--functional-only] [--timeout 900] [--kernel-dir DIR]
+                       [--lbd-tool ipvsadm|lbadm]
+
+Both systems are configured from one rules file by one tool (bench/ab_tools.py): by default
+Debian's ipvsadm, for lbd through lbd-exec (issue 17 item 4); `--lbd-tool lbadm` uses lbadm for lbd.
 
 Where the running kernel has ip_vs, the same guest script (bench/ab_guest.py) can run natively
 in namespaces: `python -m bench.ab_guest --out DIR`.
@@ -20,12 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import common
+from bench import ab_tools, common
 from lb.testbed import guest
 
 
 def run_guest(out_dir: Path, quick: bool, functional_only: bool, timeout: float,
-              kdir: Path | None = None) -> dict[str, Any]:
+              kdir: Path | None = None, lbd_tool: str = ab_tools.DEFAULT_LBD_TOOL) -> dict[str, Any]:
     """Prepare, boot, run bench/ab_guest.py inside; returns its results (or why not)."""
     problem = guest.environment_problem(kdir)
     if problem and guest.kernel_image(kdir) is None:
@@ -39,7 +43,8 @@ def run_guest(out_dir: Path, quick: bool, functional_only: bool, timeout: float,
     common.build_tool("httpd")
     work = Path(tempfile.mkdtemp(prefix="lbB-ab-out-"))
     try:
-        flags = (" --quick" if quick else "") + (" --functional-only" if functional_only else "")
+        flags = ((" --quick" if quick else "") + (" --functional-only" if functional_only else "")
+                 + f" --lbd-tool {lbd_tool}")
         script = (f"{guest.booted_marker_command(work)} && cd {common.REPO} && PYTHONDONTWRITEBYTECODE=1 "
                   f"PYTHONPATH={common.REPO} {common.PY} -m bench.ab_guest --out {work}{flags}")
         boot = guest.boot(script, work, timeout, kimg)
@@ -90,10 +95,11 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     data = run_guest(out_dir, args.quick, args.functional_only, args.timeout,
-                     Path(args.kernel_dir) if args.kernel_dir else None)
+                     Path(args.kernel_dir) if args.kernel_dir else None, args.lbd_tool)
     data.update(part="ab", commit=common.git_commit(), machine=common.machine_info(),
                 config={"quick": args.quick, "functional_only": args.functional_only, "timeout_s": args.timeout,
-                        "command": "python -m bench ab " + " ".join(args.argv)})
+                        "lbd_tool": args.lbd_tool, "command": "python -m bench ab " + " ".join(args.argv)})
+    data["configured_by"] = (data.get("guest") or {}).get("configured_by") or ab_tools.configured_by(args.lbd_tool)
     data["summary"] = summarize(data)
     data["elapsed_s"] = round(time.monotonic() - t0, 1)
     return data
@@ -103,6 +109,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--functional-only", action="store_true")
     ap.add_argument("--timeout", type=float, default=None, help="bound for the whole guest run (default 660 s; quick 360)")
     ap.add_argument("--kernel-dir", default=None, help=f"unpacked Debian kernel (default {guest.KERNEL_DIR})")
+    ap.add_argument("--lbd-tool", choices=ab_tools.LBD_TOOLS, default=ab_tools.DEFAULT_LBD_TOOL,
+                    help="what configures lbd: ipvsadm (default; the same Debian binary that configures kernel "
+                    "IPVS, through lbd-exec) or lbadm")
 
 
 def finish_args(args: argparse.Namespace) -> None:

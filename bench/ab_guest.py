@@ -3,9 +3,11 @@
     python -m bench.ab_guest --out DIR [--quick] [--functional-only]
 
 Everything here happens in the guest's own namespaces (lb.testbed.topology, per-run prefix).
-Both systems are configured from ONE ipvsadm rules file: `ipvsadm -R < rules` for kernel IPVS,
-`lbadm -R < rules` for lbd. Results go to DIR/ab_guest.json (DIR is the --rwdir shared with the
-host).
+Both systems are configured from ONE ipvsadm rules file with ONE tool (bench/ab_tools.py): by
+default Debian's ipvsadm, `ipvsadm -C; ipvsadm -R < rules` for kernel IPVS and the same binary
+through `lbd-exec` for lbd; `--lbd-tool lbadm` configures lbd with lbadm instead. Which tool
+configured each side is recorded (`configured_by`). Results go to DIR/ab_guest.json (DIR is the
+--rwdir shared with the host).
 
 One topology (ab_spec: bench/pps.py's, with rs1..rs3 on the back segment, VIP on their lo, each
 running bench/native/httpd.c on port 8080, which answers with its name) and one lbd for all:
@@ -36,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import common, pps
+from bench import ab_tools, common, pps
 from bench.common import Lbd, LbdError, log
 from lb.testbed import client
 from lb.testbed.topology import Topology, TopologySpec
@@ -57,18 +59,18 @@ def rules_text(vip: str, sched: str, reals: list[tuple[str, int]], fwd: str = "r
 
 @contextlib.contextmanager
 def ipvs_system(director: Any, rules: str) -> Iterator[None]:
-    director.exec(["ipvsadm", "-C"])
-    director.exec(["ipvsadm", "-R"], input=rules)
+    director.exec(ab_tools.ipvs_command(["-C"]))
+    director.exec(ab_tools.ipvs_command(["-R"]), input=rules)
     try:
         yield None
     finally:
-        director.exec(["ipvsadm", "-C"], check=False)
+        director.exec(ab_tools.ipvs_command(["-C"]), check=False)
 
 
 def start_lbd(director: Any, cpu: int | None = None, nice: int = 0) -> Lbd:
     """One lbd per topology (it takes ~1 minute to start under TCG), started with
-    `--config FILE` (initially empty). Rule sets are then swapped by rewriting FILE and asking
-    lbd to reload it, or with `lbadm -R` (see lbd_system). While IPVS is measured, lbd holds no
+    `--config FILE` (initially empty). Rule sets are then swapped with the tool (see lbd_system):
+    `lbd-exec ipvsadm -R`, or `lbadm -R` / rewriting FILE and asking lbd to reload it. While IPVS is measured, lbd holds no
     service: no queue rule, it sees no packet."""
     tmp = Path(tempfile.mkdtemp(prefix=f"{director.topo.prefix}-ab-cfg-"))
     cfg = tmp / "rules"
@@ -79,10 +81,12 @@ def start_lbd(director: Any, cpu: int | None = None, nice: int = 0) -> Lbd:
     return lbd
 
 
-def lbadm(lbd: Lbd, *args: str, rules: str | None = None) -> str:
-    r = lbd.host.exec([str(common.LBADM), "--socket", lbd.socket, *args], input=rules, check=False, timeout=120)
+def admin(lbd: Lbd, tool: str, *args: str, rules: str | None = None) -> str:
+    """ipvsadm ARGS against lbd with `tool` (lbd-exec ipvsadm, or lbadm); LbdError if it fails."""
+    argv = ab_tools.lbd_command(tool, lbd.socket, args)
+    r = lbd.host.exec(argv, input=rules, check=False, timeout=120)
     if r.returncode != 0:
-        raise LbdError(f"lbadm {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()} {r.stdout.strip()}")
+        raise LbdError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()} {r.stdout.strip()}")
     return r.stdout
 
 
@@ -92,23 +96,34 @@ def _reload(lbd: Lbd, rules: str) -> None:
 
 
 @contextlib.contextmanager
-def lbd_system(lbd: Lbd, rules: str, via_lbadm: bool = False) -> Iterator[Lbd]:
-    """The same rules file as `ipvsadm -R`: through `lbadm -R` (the operator's path; used for the
-    functional cases) or as lbd's --config file reloaded over the control socket (lbd's own
-    ipvsadm-save parser, the one lbadm -R uses; each lbadm start costs 10-30 s of Python
-    start-up under emulation, so the throughput runs use this)."""
-    _reload(lbd, "")
-    if via_lbadm:
+def lbd_system(lbd: Lbd, rules: str, tool: str = ab_tools.DEFAULT_LBD_TOOL, via_lbadm: bool = False) -> Iterator[Lbd]:
+    """The same rules file as for IPVS. tool "ipvsadm": `lbd-exec ipvsadm -C`, then `lbd-exec
+    ipvsadm -R < rules` (the very commands IPVS gets), cleared the same way after. tool "lbadm":
+    through `lbadm -R` when `via_lbadm` (the functional cases) or as lbd's --config file reloaded
+    over the control socket (lbd's own ipvsadm-save parser, the one lbadm -R uses; each lbadm
+    start costs 10-30 s of Python start-up under emulation, so its throughput runs use this)."""
+    _reload(lbd, "")  # lbd's --config file stays empty: a reload never brings rules back
+    if tool == "ipvsadm":
+        admin(lbd, tool, "-C")
+        admin(lbd, tool, "-R", rules=rules)
+    elif via_lbadm:
         lbd.request("clear")
-        lbadm(lbd, "-R", rules=rules)
+        admin(lbd, tool, "-R", rules=rules)
     else:
         _reload(lbd, rules)
     try:
         lbd.wait_resolved(timeout=60)
         yield lbd
     finally:
-        lbd.request("clear")
-        _reload(lbd, "")
+        if tool == "ipvsadm":
+            try:
+                admin(lbd, tool, "-C")
+            except LbdError as exc:  # the next case must still start from an empty table
+                log(f"ab: {exc}; clearing over the control socket")
+                lbd.request("clear")
+        else:
+            lbd.request("clear")
+            _reload(lbd, "")
 
 
 def stop_lbd(lbd: Lbd) -> None:
@@ -190,7 +205,7 @@ def functional(out: dict[str, Any], args: argparse.Namespace, topo: Topology, re
         for sysname in ("ipvs", "lbd"):
             try:
                 ctx = (ipvs_system(topo.director, rules) if sysname == "ipvs"
-                       else lbd_system(lbd, rules, via_lbadm=True))
+                       else lbd_system(lbd, rules, args.lbd_tool, via_lbadm=True))
                 with ctx:
                     seq = _sequence(topo, case)
                     table = (topo.director.exec(["ipvsadm", "-Ln"]).stdout if sysname == "ipvs"
@@ -235,7 +250,8 @@ def _http(topo: Topology, rs: Any, lbd: Lbd, args: argparse.Namespace) -> list[d
     for rep in range(args.repeats):
         for sysname in ("router", "ipvs", "lbd"):
             ctx: Any = (contextlib.nullcontext() if sysname == "router" else
-                        ipvs_system(topo.director, rules) if sysname == "ipvs" else lbd_system(lbd, rules))
+                        ipvs_system(topo.director, rules) if sysname == "ipvs" else
+                        lbd_system(lbd, rules, args.lbd_tool))
             target = rs.addr if sysname == "router" else topo.vip
             try:
                 with ctx:
@@ -287,7 +303,8 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
                 dst = bed.rs_addr if sysname == "kernel" else bed.vip
                 try:
                     ctx: Any = (contextlib.nullcontext() if sysname == "kernel" else
-                                ipvs_system(bed.director, rules) if sysname == "ipvs" else lbd_system(lbd, rules))
+                                ipvs_system(bed.director, rules) if sysname == "ipvs" else
+                                lbd_system(lbd, rules, args.lbd_tool))
                     with ctx:
                         bed.lbd_pid = lbd.proc.pid if sysname == "lbd" and lbd.proc else None
                         why = (establish_ipvs(bed, tmp, flow_base) if sysname == "ipvs" else
@@ -320,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=1.0)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--http-duration", type=float, default=3.0)
+    ap.add_argument("--lbd-tool", choices=ab_tools.LBD_TOOLS, default=ab_tools.DEFAULT_LBD_TOOL,
+                    help="what configures lbd: ipvsadm (default: the same binary as for IPVS, through "
+                    "lbd-exec) or lbadm")
     args = ap.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 2
@@ -331,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     for m in MODULES:
         subprocess.run(["modprobe", m], capture_output=True)
     out["ipvsadm_version"] = subprocess.run(["ipvsadm", "--version"], capture_output=True, text=True).stdout.strip()
+    out["configured_by"] = ab_tools.configured_by(args.lbd_tool)
+    log(f"ab: IPVS configured by {out['configured_by']['ipvs']}; lbd by {out['configured_by']['lbd']}")
     if args.quick:
         args.functional_only = True  # a quick run is the functional agreement (boot + lbd start-up ~2 min)
     try:

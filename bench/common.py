@@ -32,9 +32,10 @@ VENV_BIN = REPO / ".venv" / "bin"
 PY = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 LBD = Path(os.environ.get("LBD", VENV_BIN / "lbd"))
 LBADM = Path(os.environ.get("LBADM", VENV_BIN / "lbadm"))
+LBD_EXEC = Path(os.environ.get("LBD_EXEC", VENV_BIN / "lbd-exec"))  # docs/ipvsadm.md
 
 CC = os.environ.get("CC", "gcc")
-CFLAGS = ["-O2", "-g", "-Wall", "-Wextra"]
+CFLAGS = ["-O2", "-g", "-Wall", "-Wextra", "-Werror"]  # as the Makefile's bench-tools
 
 
 def log(msg: str) -> None:

@@ -31,9 +31,13 @@ throughput O), then a bisection over (0, G] whose first probe is O; the result i
 *measured* offered rate of a passing trial. If the unpaced trial itself passes, the result is
 G and is flagged generator-limited.
 
-Generator: bench/native/pktgen.c (paced by the clock, sendmmsg batches of <= 16 frames on an
-AF_PACKET socket). trafgen (netsniff-ng) measures the unpaced path limit; it cannot pace on this
-machine (see bench/README.md). Every loop is bounded in count and time.
+Generator: bench/native/pktgen.c (paced by the clock, sendmmsg batches of <= 32 frames on an
+AF_PACKET socket; ~1.1-1.2 Mpps unpaced here, bench/genmax.py). `--wire direct` (default) cables
+the client and rs1 to the director with plain veth pairs (bench/wire.py): through the testbed's
+bridge (`--wire bridge`) the generator's CPU also runs the bridge and offers ~0.3 Mpps at most.
+Offered counts the frames the wire's far end refused (the client veth's tx_dropped). trafgen
+(netsniff-ng) measures the unpaced path limit; it cannot pace on this machine (see
+bench/README.md). Every loop is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import common
+from bench import common, wire
 from bench.common import Lbd, LbdError, log
 from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
 
@@ -114,6 +118,9 @@ class Path_:
     def tx_count(self) -> int | None:  # packets that left the generator's interface
         return None
 
+    def tx_dropped(self) -> int | None:  # packets the generator's interface dropped on the way out
+        return None
+
     def nfq_stats(self) -> dict[str, int]:
         return {}
 
@@ -143,9 +150,19 @@ class Path_:
 class Bed(Path_):
     """The benchmark topology in namespaces."""
 
-    def __init__(self, topo: Topology, gen_cpu: int | None, dut_cpu: int | None = None, steer: bool = True) -> None:
+    def __init__(self, topo: Topology, gen_cpu: int | None, dut_cpu: int | None = None, steer: bool = True,
+                 wiring: str = "bridge") -> None:
         self.topo = topo
         c, d, rs = topo.client, topo.director, topo.host("rs1")
+        # "direct": the client and rs1 cabled to the director by plain veth pairs (bench/wire.py);
+        # "bridge": the testbed's bridged segments (the generator's CPU carries the lan bridge).
+        if wiring not in wire.WIRES:
+            raise ValueError(f"wiring {wiring!r} is not one of {', '.join(wire.WIRES)}")
+        self.wiring = wiring
+        if wiring == "direct":
+            for seg in ("lan", "back"):
+                if len(wire.segment_hosts(topo, seg)) == 2:
+                    wire.direct_wire(topo, seg)
         self.client, self.director, self.rs = c, d, rs
         super().__init__(
             gen_exec=lambda argv, timeout: c.exec(argv, timeout=timeout, check=False),
@@ -182,11 +199,15 @@ class Bed(Path_):
         if gen_cpu is None or dut_cpu is None:
             return {}
         d = self.director
-        spec_names = [h.name for h in self.topo.spec.hosts]
-        back_port = self.topo._ifname(f"p{spec_names.index('director')}back")[:15]
+        if self.wiring == "direct" and len(wire.segment_hosts(self.topo, "back")) == 2:
+            # No bridge: what the director transmits is received by rs1 itself.
+            back_ns, back_dev = self.rs.netns, self.rs.iface("back").ifname
+        else:
+            spec_names = [h.name for h in self.topo.spec.hosts]
+            back_ns = self.topo.switch_ns("back")
+            back_dev = self.topo._ifname(f"p{spec_names.index('director')}back")[:15]
         done = {}
-        for ns, dev, cpu in ((d.netns, d.iface("lan").ifname, dut_cpu),
-                             (self.topo.switch_ns("back"), back_port, gen_cpu)):
+        for ns, dev, cpu in ((d.netns, d.iface("lan").ifname, dut_cpu), (back_ns, back_dev, gen_cpu)):
             path = f"/sys/class/net/{dev}/queues/rx-0/rps_cpus"
             r = subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", f"echo {1 << cpu:x} > {path}"],
                                capture_output=True, text=True)
@@ -204,6 +225,13 @@ class Bed(Path_):
 
     def tx_count(self) -> int | None:
         out = self.client.exec(["cat", f"/sys/class/net/{self.client.ifname}/statistics/tx_packets"]).stdout
+        return int(out.strip())
+
+    def tx_dropped(self) -> int | None:
+        """Frames the client's veth could not hand to its peer (the receiving CPU's backlog was
+        full): offered, and lost at the receiver's door. With a direct wire that door is the
+        director's; with a bridge it is the bridge's (only with RPS on the bridge port)."""
+        out = self.client.exec(["cat", f"/sys/class/net/{self.client.ifname}/statistics/tx_dropped"]).stdout
         return int(out.strip())
 
     def nfq_stats(self) -> dict[str, int]:
@@ -326,18 +354,22 @@ def settle(p: Path_, start: int) -> int:
 
 def trial(p: Path_, tr: Traffic, rate: float, window: float) -> dict[str, Any]:
     """Offer `rate` pps (0 = as fast as the generator goes) for `window` s; count what arrived."""
-    rx0, tx0, nfq0, cpu0 = p.rx_count(), p.tx_count(), p.nfq_stats(), p.cpu_ticks()
+    rx0, tx0, drop0, nfq0, cpu0 = p.rx_count(), p.tx_count(), p.tx_dropped(), p.nfq_stats(), p.cpu_ticks()
     count = int(rate * window) if rate > 0 else int(GEN_MAX_PPS * window)
     gen = run_gen(p, tr, rate, max(count, 1), window * 1.5 + 0.5 if rate > 0 else window)
     rx1 = settle(p, rx0)
-    tx1, nfq1, cpu1 = p.tx_count(), p.nfq_stats(), p.cpu_ticks()
+    tx1, drop1, nfq1, cpu1 = p.tx_count(), p.tx_dropped(), p.nfq_stats(), p.cpu_ticks()
     sent = int(gen["sent"])
-    tx = (tx1 - tx0) if (tx0 is not None and tx1 is not None) else sent
+    # Offered = what the generator put on its wire: the interface's tx counter plus the frames the
+    # wire's far end refused (a full backlog: the receiver's loss, which must count as offered).
+    dropped = (drop1 - drop0) if (drop0 is not None and drop1 is not None) else 0
+    tx = ((tx1 - tx0) if (tx0 is not None and tx1 is not None) else sent) + dropped
     rx = rx1 - rx0
     el = max(float(gen["elapsed_s"]), 1e-6)
     offered = tx / el
     res: dict[str, Any] = {
-        "rate": rate, "window_s": window, "sent": sent, "tx": tx, "rx": rx, "elapsed_s": round(el, 4),
+        "rate": rate, "window_s": window, "sent": sent, "tx": tx, "tx_dropped": dropped,
+        "gen_refused": int(gen.get("errors", 0)), "rx": rx, "elapsed_s": round(el, 4),
         "offered_pps": offered, "rx_pps": rx / el, "loss": (1 - rx / tx) if tx > 0 else 1.0,
         "nfq": {k: nfq1.get(k, 0) - nfq0.get(k, 0) for k in nfq1 if k != "queued_now"},
     }
@@ -541,6 +573,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"systems": systems, "modes": modes, "traffic": traffic, "repeats": args.repeats,
                    "window_s": args.window, "steps": args.steps, "loss_max": LOSS_MAX, "gen_cpu": gen_cpu,
                    "dut_cpu": dut_cpu, "nice": args.nice, "est_flows": EST_FLOWS, "frame_bytes": 60,
+                   "wire": args.wire,
                    "command": "python -m bench pps " + " ".join(args.argv), "lbd_args": args.lbd_args or ""},
         "results": [], "sweep": [], "skipped": [], "path_limit": [],
     }
@@ -548,7 +581,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lbB-bench-pps-") as tmpd, Topology(pps_spec()) as topo:
         tmp = Path(tmpd)
-        bed = Bed(topo, gen_cpu, dut_cpu, steer=args.steer)
+        bed = Bed(topo, gen_cpu, dut_cpu, steer=args.steer, wiring=args.wire)
         bed.lbd_args = tuple(shlex.split(args.lbd_args or ""))
         bed.nice = args.nice
         bed.dut_cpu = dut_cpu
@@ -660,6 +693,10 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--window", type=float, default=None, help="seconds per trial (default 0.8; quick 0.5)")
     ap.add_argument("--steps", type=int, default=None, help="bisection steps after the probe (default 5; quick 4)")
     ap.add_argument("--no-sweep", dest="sweep", action="store_false")
+    ap.add_argument("--wire", choices=wire.WIRES, default="direct",
+                    help="direct (default): client and rs1 cabled to the director by plain veth pairs, so the "
+                    "generator's CPU does not also run a bridge (bench/wire.py); bridge: the testbed's bridged "
+                    "segments (the figures before this option existed)")
     ap.add_argument("--no-steer", dest="steer", action="store_false",
                     help="no RPS: the generator's CPU also runs the director's receive path")
     ap.add_argument("--nice", type=int, default=-10,

@@ -160,7 +160,7 @@ def _pps(parts: dict[str, Any], targets: list[list[str]], plots: list[str], stem
     res = pps["results"]
     L = ["## Zero-loss throughput (bench/pps)", "",
          f"Command: `{cfg.get('command')}`  ",
-         f"Topology client -[bridge]- director -[bridge]- rs1 (namespaces), 60-byte frames (64 with FCS), "
+         f"Topology client -[{_link(cfg)}]- director -[{_link(cfg)}]- rs1 (namespaces), 60-byte frames (64 with FCS), "
          f"trial window {cfg['window_s']} s, loss < {cfg['loss_max'] * 100:.1f} %, {cfg['steps']} bisection steps "
          f"after an unpaced probe, {cfg['repeats']} repetitions (systems interleaved in each). Generator on CPU "
          f"{cfg.get('gen_cpu')}, lbd on CPU {cfg.get('dut_cpu')}, RPS: {cfg.get('rps')}, nice {cfg.get('nice')}.",
@@ -317,6 +317,11 @@ def _cost(parts: dict[str, Any], targets: list[list[str]]) -> list[str]:
     return L
 
 
+def _link(cfg: dict[str, Any]) -> str:
+    """How pps cabled the hosts: runs from before --wire existed used the testbed's bridges."""
+    return "veth" if cfg.get("wire") == "direct" else "bridge"
+
+
 def _ab(parts: dict[str, Any], targets: list[list[str]]) -> list[str]:
     a = parts.get("ab")
     if not a:
@@ -326,8 +331,12 @@ def _ab(parts: dict[str, Any], targets: list[list[str]]) -> list[str]:
     if boot:
         L += [f"Guest: `{boot.get('command')}`, kernel `{Path(boot.get('kernel_image', '')).name}`, "
               f"{boot.get('seconds')} s in total (boot ~30 s), exit {boot.get('rc')}. Emulated (TCG): **figures "
-              "from the guest are ratios between systems measured in the same guest run, not absolutes.** Both "
-              "systems are configured from one rules file (`ipvsadm -R` / `lbadm -R`).", ""]
+              "from the guest are ratios between systems measured in the same guest run, not absolutes.**", ""]
+    cb = a.get("configured_by") or ((a.get("guest") or {}).get("configured_by"))
+    if cb:
+        L += [f"Both systems configured from one rules file. Kernel IPVS: {cb['ipvs']}. lbd: {cb['lbd']}.", ""]
+    elif boot:  # runs from before the tool was recorded
+        L += ["Both systems configured from one rules file (`ipvsadm -R` / `lbadm -R`).", ""]
     if a.get("error") and not a.get("guest"):
         L += [f"Not run: {a['error']}", ""]
         return L
