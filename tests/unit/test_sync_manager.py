@@ -254,3 +254,24 @@ def test_reordered_records_leave_the_backup_with_a_real_entry() -> None:
         manager.receive(backup, conf, counters, codec.encode([conn], 0, 1472)[0], 1)
     assert counters.values == {"datagrams_received": 2, "conns_installed": 1, "conns_updated": 1}
     assert _conns(backup) == [("10.9.0.9", 7, "10.0.0.11", "ESTABLISHED")]
+
+
+def test_sync_counters_are_in_the_metrics() -> None:
+    """Item 6: what a backup dropped and why is on the metrics endpoint (docs/metrics.md)."""
+    from dataclasses import replace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from lb import metrics
+
+    backup = _director()
+    counters = Counters()
+    manager.receive(backup, DaemonConf("backup", "lo", syncid=5, sync_maxlen=1472), counters, b"garbage", 1)
+    daemon = {**DaemonConf("backup", "eth1", syncid=5).to_json(), "counters": dict(counters.values)}
+    snap = replace(metrics.take_snapshot(backup), daemons=[daemon])
+    registry = CollectorRegistry()
+    registry.register(metrics.DirectorCollector(lambda: snap))
+    text = generate_latest(registry).decode()
+    assert 'lbd_sync_daemon_info{mcast_ifn="eth1",state="backup",syncid="5"} 1.0' in text
+    assert 'lbd_sync_events_total{counter="dropped_bad_version",state="backup"} 1.0' in text
+    assert 'lbd_sync_events_total{counter="datagrams_received",state="backup"} 1.0' in text
