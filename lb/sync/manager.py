@@ -1,13 +1,16 @@
 """lbd's connection sync daemons (ipvsadm --start-daemon master|backup): the kernel's sync protocol
 version 1 over UDP multicast (lb/sync/codec.py), in lbd's event loop.
 
-- master: every SYNC_TICK_S the live entries are compared with what was last sent, and what the
-  kernel's ip_vs_sync_conn would send goes out in datagrams of at most sync_maxlen bytes: an entry
-  new to the sync, a TCP state change into ESTABLISHED, FIN_WAIT, CLOSE, CLOSE_WAIT or TIME_WAIT,
-  templates, UDP entries, and a refresh once an entry's expiry has moved by half its timeout
-  (at least 10 s: the kernel's min_diff of sync_refresh_period) so a busy connection never expires
-  on the backup. FULLNAT and SYN-proxied entries are not sent (the kernel protocol cannot carry
-  them; issue 18 item 3): they are counted.
+- master: every SYNC_TICK_S the entries the core marked changed (its sync change marks,
+  lb_conn_dump_sync_changes: the cost is what changed, not the table) are compared with what was
+  last sent, and what the kernel's ip_vs_sync_conn would send goes out in datagrams of at most
+  sync_maxlen bytes: an entry new to the sync, a TCP state change into ESTABLISHED, FIN_WAIT,
+  CLOSE, CLOSE_WAIT or TIME_WAIT, templates, UDP entries, and a refresh once an entry's expiry has
+  moved by half its timeout (at least 10 s: the kernel's min_diff of sync_refresh_period) so a busy
+  connection never expires on the backup. Bulk passes (Selector) send the whole table at start and
+  every BULK_PERIOD_S, at most BULK_RATE entries a tick, so a (re)joining backup gets everything
+  (issue 18 item 4; the protocol has no request message). FULLNAT and SYN-proxied entries are not
+  sent (the kernel protocol cannot carry them; issue 18 item 3): they are counted.
 - backup: joins the group on the interface, reads datagrams (robust decoding, every drop counted by
   reason) and installs each record through the restore path of lbd's state file
   (Engine.restore_connections_raw -> lb_conn_restore), bound to the backup's own services and
