@@ -32,8 +32,8 @@ def run() -> dict[str, Any]:
         env = dict(os.environ, LB_SYNC_FIGURES=str(figures_path))
         proc = subprocess.run([common.PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", TEST], cwd=common.REPO,
                               env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-        data: dict[str, Any] = {"part": "failover", "commit": common.git_commit(), "test": TEST,
-                                "test_exit": proc.returncode}
+        data: dict[str, Any] = {"part": "failover", "commit": common.git_commit(), "machine": common.machine_info(),
+                                "test": TEST, "test_exit": proc.returncode}
         if figures_path.exists():
             data["figures"] = common.read_json(figures_path)
         else:
@@ -52,7 +52,7 @@ def report(data: dict[str, Any]) -> list[str]:
               "B backup); A killed by PID, the VIP moved to B by hand; then A restarted without its state file, "
               "as a backup first (B's bulk pass gives it the table), the VIP moved back. One request per "
               f"connection after each move (test exit {data.get('test_exit')}).", "",
-              "| step | method | connections answered by their real server | first reply after the VIP move |",
+              "| step | method | connections answered by their real server | first reply after the VIP move (any method) |",
               "|---|---|---|---|"]
     for step, title in (("to_b", "A -> B"), ("back_to_a", "B -> A")):
         s = fig.get(step) or {}
