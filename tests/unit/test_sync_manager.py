@@ -120,7 +120,9 @@ def test_daemon_operations_outside_the_event_loop_and_bad_arguments() -> None:
     assert info.value.errno_name == "ESRCH"
     for bad in ({"state": "primary", "mcast_ifn": "lo"}, {"state": "master", "mcast_ifn": ""},
                 {"state": "master", "mcast_ifn": "lo", "syncid": 256},
-                {"state": "master", "mcast_ifn": "lo", "mcast_group": "10.0.0.1"}):
+                {"state": "master", "mcast_ifn": "lo", "mcast_group": "10.0.0.1"},
+                {"state": "master", "mcast_ifn": "lo", "bulk_period": -1},
+                {"state": "master", "mcast_ifn": "lo", "bulk_rate": 0}):
         with pytest.raises(EngineError) as info:
             d.handle("start_daemon", bad)
         assert info.value.errno_name == "EINVAL", bad
@@ -145,6 +147,11 @@ def test_start_list_stop_in_the_event_loop() -> None:
                                        "mcast_port", "mcast_ttl")} == {
             "state": "master", "mcast_ifn": "lo", "syncid": 9, "sync_maxlen": 1472, "mcast_group": "224.0.0.81",
             "mcast_port": 8848, "mcast_ttl": 1}
+        assert (daemon["bulk_period"], daemon["bulk_rate"]) == (manager.BULK_PERIOD_S, manager.BULK_RATE)
+        d.handle("stop_daemon", {"state": "master"})
+        d.handle("start_daemon", {"state": "master", "mcast_ifn": "lo", "bulk_period": 0, "bulk_rate": 500})
+        (daemon,) = d.handle("get_daemon", {})["daemons"]
+        assert (daemon["bulk_period"], daemon["bulk_rate"]) == (0, 500)
         d.handle("stop_daemon", {"state": "master"})
         assert d.handle("get_daemon", {}) == {"daemons": []}
 
