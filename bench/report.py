@@ -22,7 +22,7 @@ MARK_END = "<!-- latest-results:end -->"
 
 
 PART_NAMES = ("pps", "http", "cost", "ab")  # what a complete run must hold (README refresh)
-OPTIONAL_PARTS = ("bulk", "scale")
+OPTIONAL_PARTS = ("bulk", "scale", "failover")
 
 
 def _load(run_dir: Path) -> dict[str, Any]:
@@ -431,6 +431,10 @@ def write(run_dir: Path) -> Path:
     body += _cost(parts, targets)
     body += _ab(parts, targets)
     body += _scale(parts, targets, stem)
+    if "failover" in parts:
+        from bench import failover  # noqa: PLC0415
+
+        body += failover.report(parts["failover"])
     analysis = run_dir / "analysis.md"  # hand-written notes for this run (why a target is missed, what closes it)
     head = [f"# Benchmark report {name}", "",
             f"Run directory: `{run_dir.relative_to(common.REPO) if run_dir.is_relative_to(common.REPO) else run_dir}` "

@@ -200,6 +200,19 @@ class Engine(Protocol):
         """Recreate entries from dump_connections_raw() output; outcome counts by errno name."""
         ...
 
+    # ---- the sync master's view of the table (lb/sync/manager.py)
+    def dump_sync_changes_raw(self, now_ms: int) -> bytes | None:
+        """As dump_changes_raw, over the sync master's own change marks (lb_conn_dump_sync_changes);
+        None: this engine cannot dump."""
+        ...
+    def sync_changes_reset(self) -> None:
+        """Forget the sync master's change marks (lb_conn_sync_changes_reset)."""
+        ...
+    def dump_connections_page(self, now_ms: int, cursor: int, cap: int) -> tuple[bytes, int] | None:
+        """Up to `cap` live entries from table position `cursor` (0: the start) and the cursor to go on
+        from, 0 once the table is done (lb_conn_dump); None: this engine cannot dump."""
+        ...
+
     # ---- packet source (NFQUEUE)
     def start(self, queue_num: int, fail_open: bool = False, qdisc_bypass: bool = False, *,
               queues: Sequence[int] | None = None, cpus: Sequence[int | None] | None = None,

@@ -431,6 +431,31 @@ class CEngine:
             if cursor[0] == 0:
                 return b"".join(parts)
 
+    def dump_sync_changes_raw(self, now_ms: int) -> bytes:
+        """As dump_changes_raw, over the sync master's own change marks (lb_conn_dump_sync_changes)."""
+        chunk = 4096
+        arr = ffi.new("struct lb_conn_info[]", chunk)
+        cursor = ffi.new("uint32_t *", 0)
+        parts = []
+        while True:
+            n = _check(lib.lb_conn_dump_sync_changes(self._lb, now_ms, arr, chunk, cursor), "sync change dump")
+            parts.append(bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info"))))
+            if cursor[0] == 0:
+                return b"".join(parts)
+
+    def sync_changes_reset(self) -> None:
+        lib.lb_conn_sync_changes_reset(self._lb)
+
+    def dump_connections_page(self, now_ms: int, cursor: int, cap: int) -> tuple[bytes, int]:
+        """Up to `cap` live entries from table position `cursor` (lb_conn_dump); the next cursor, 0
+        once the table is done."""
+        cap = max(cap, 1)
+        arr = ffi.new("struct lb_conn_info[]", cap)
+        pos = ffi.new("uint32_t *", cursor)
+        n = _check(lib.lb_conn_dump(self._lb, now_ms, arr, cap, pos), "connection dump")
+        blob = bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info")))
+        return blob, (int(pos[0]) if n == cap else 0)
+
     def restore_connections_raw(self, blob: bytes, now_ms: int) -> dict[str, int]:
         """Recreate entries from dump_connections_raw() output; returns outcome counts by errno name."""
         size = ffi.sizeof("struct lb_conn_info")

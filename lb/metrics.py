@@ -164,6 +164,7 @@ class Snapshot:
     conn_limit: int | None
     hash_buckets: int | None
     read_seconds: float
+    daemons: Sequence[Mapping[str, Any]] = ()  # the `get_daemon` answer's daemons (lb/sync, docs/sync.md)
 
 
 def take_snapshot(director: Director, queues: Sequence[int] = ()) -> Snapshot:
@@ -177,7 +178,8 @@ def take_snapshot(director: Director, queues: Sequence[int] = ()) -> Snapshot:
     engine = director.engine
     return Snapshot(info=info, listing=listing, counters=counters, totals=totals, queues=tuple(queues),
                     conn_entries=engine.conn_count(), conn_limit=engine.conn_max(),
-                    hash_buckets=engine.table_size(), read_seconds=time.perf_counter() - started)
+                    hash_buckets=engine.table_size(), read_seconds=time.perf_counter() - started,
+                    daemons=director.handle("get_daemon", {})["daemons"])
 
 
 # ------------------------------------------------------------------ metric families
@@ -355,10 +357,28 @@ def lbd_families(snap: Snapshot) -> Iterator[Metric]:
                             "took on lbd's event loop", value=snap.read_seconds)
 
 
+def sync_families(snap: Snapshot) -> Iterator[Metric]:
+    """The connection sync daemons (docs/sync.md): which run, and their counters by name (what was
+    sent, installed, and dropped by reason)."""
+    info = GaugeMetricFamily("lbd_sync_daemon_info", "A running sync daemon (lbadm --start-daemon); value 1",
+                             labels=("state", "mcast_ifn", "syncid"))
+    events = CounterMetricFamily("lbd_sync_events", "Sync daemon counters by name: datagrams and records sent "
+                                 "and received, records installed or updated, dropped_<reason> (docs/sync.md)",
+                                 labels=("state", "counter"))
+    for daemon in snap.daemons:
+        state = str(daemon.get("state"))
+        info.add_metric([state, str(daemon.get("mcast_ifn")), str(daemon.get("syncid"))], 1)
+        for name, value in sorted((daemon.get("counters") or {}).items()):
+            events.add_metric([state, str(name)], value)
+    yield info
+    yield events
+
+
 def _families(snap: Snapshot) -> Iterator[Metric]:
     yield from ipvs_families(snap)
     yield from service_families(snap)
     yield from lbd_families(snap)
+    yield from sync_families(snap)
 
 
 def _one_of_everything() -> Snapshot:
@@ -371,7 +391,8 @@ def _one_of_everything() -> Snapshot:
                 "synproxy": dict.fromkeys(SYNPROXY_FIELDS, 0), "table": {"early_drops": 0},
                 "reassembly": dict.fromkeys([*REASSEMBLY_FIELDS, *REASSEMBLY_GAUGES], 0)}
     return Snapshot(info={}, listing={"services": [svc]}, counters=counters, totals=Stats(), queues=(0,),
-                    conn_entries=0, conn_limit=0, hash_buckets=0, read_seconds=0.0)
+                    conn_entries=0, conn_limit=0, hash_buckets=0, read_seconds=0.0,
+                    daemons=[{"state": "backup", "mcast_ifn": "", "syncid": 0, "counters": {"datagrams_received": 0}}])
 
 
 class DirectorCollector(Collector):

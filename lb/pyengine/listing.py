@@ -130,6 +130,17 @@ class Listing(SynproxyPath):
         """None, as dump_connections_raw."""
         return None
 
+    def dump_sync_changes_raw(self, now_ms: int) -> bytes | None:
+        """None, as dump_connections_raw."""
+        return None
+
+    def sync_changes_reset(self) -> None:
+        """Nothing to forget: this engine keeps no change marks."""
+
+    def dump_connections_page(self, now_ms: int, cursor: int, cap: int) -> tuple[bytes, int] | None:
+        """None, as dump_connections_raw."""
+        return None
+
     def restore_connections_raw(self, blob: bytes, now_ms: int) -> dict[str, int]:
         raise EngineError("EOPNOTSUPP", "the Python engine cannot restore a C connection dump")
 

@@ -1,13 +1,16 @@
 """lbd's connection sync daemons (ipvsadm --start-daemon master|backup): the kernel's sync protocol
 version 1 over UDP multicast (lb/sync/codec.py), in lbd's event loop.
 
-- master: every SYNC_TICK_S the live entries are compared with what was last sent, and what the
-  kernel's ip_vs_sync_conn would send goes out in datagrams of at most sync_maxlen bytes: an entry
-  new to the sync, a TCP state change into ESTABLISHED, FIN_WAIT, CLOSE, CLOSE_WAIT or TIME_WAIT,
-  templates, UDP entries, and a refresh once an entry's expiry has moved by half its timeout
-  (at least 10 s: the kernel's min_diff of sync_refresh_period) so a busy connection never expires
-  on the backup. FULLNAT and SYN-proxied entries are not sent (the kernel protocol cannot carry
-  them; issue 18 item 3): they are counted.
+- master: every SYNC_TICK_S the entries the core marked changed (its sync change marks,
+  lb_conn_dump_sync_changes: the cost is what changed, not the table) are compared with what was
+  last sent, and what the kernel's ip_vs_sync_conn would send goes out in datagrams of at most
+  sync_maxlen bytes: an entry new to the sync, a TCP state change into ESTABLISHED, FIN_WAIT,
+  CLOSE, CLOSE_WAIT or TIME_WAIT, templates, UDP entries, and a refresh once an entry's expiry has
+  moved by half its timeout (at least 10 s: the kernel's min_diff of sync_refresh_period) so a busy
+  connection never expires on the backup. Bulk passes (Selector) send the whole table at start and
+  every BULK_PERIOD_S, at most BULK_RATE entries a tick, so a (re)joining backup gets everything
+  (issue 18 item 4; the protocol has no request message). FULLNAT and SYN-proxied entries are not
+  sent (the kernel protocol cannot carry them; issue 18 item 3): they are counted.
 - backup: joins the group on the interface, reads datagrams (robust decoding, every drop counted by
   reason) and installs each record through the restore path of lbd's state file
   (Engine.restore_connections_raw -> lb_conn_restore), bound to the backup's own services and
@@ -47,6 +50,8 @@ IP_UDP_HLEN = 20 + 8       # sizeof(struct iphdr) + sizeof(struct udphdr)
 MAXLEN_MAX = 65535 - IP_UDP_HLEN
 MASTER_MTU = 1500          # the kernel sizes a master's messages for 1500 whatever the MTU
 REFRESH_MIN_MS = 10_000    # the kernel's min_diff: max(timeout / 2, 10 s)
+BULK_PERIOD_S = 30         # a bulk pass (the whole table) starts this often at most (0: at start only)
+BULK_RATE = 2000           # entries per tick of a bulk pass at most (about 50 datagrams of 1472 bytes)
 RECV_BUF = 65535
 STATES = {"master": 1, "backup": 2}  # IP_VS_STATE_MASTER / BACKUP
 
@@ -60,11 +65,14 @@ class DaemonConf:
     mcast_group: str = codec.SYNC_GROUP
     mcast_port: int = codec.SYNC_PORT
     mcast_ttl: int = DEFAULT_TTL
+    bulk_period: int = BULK_PERIOD_S  # lbd's own (control protocol only): see Selector
+    bulk_rate: int = BULK_RATE
 
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "mcast_ifn": self.mcast_ifn, "syncid": self.syncid,
                 "sync_maxlen": self.sync_maxlen, "mcast_group": self.mcast_group,
-                "mcast_port": self.mcast_port, "mcast_ttl": self.mcast_ttl}
+                "mcast_port": self.mcast_port, "mcast_ttl": self.mcast_ttl,
+                "bulk_period": self.bulk_period, "bulk_rate": self.bulk_rate}
 
 
 def _conf_from_args(args: dict[str, Any]) -> DaemonConf:
@@ -76,7 +84,7 @@ def _conf_from_args(args: dict[str, Any]) -> DaemonConf:
         raise EngineError("EINVAL", "start_daemon: mcast_ifn must name an interface (at most 15 characters)")
     conf = DaemonConf(state=state, mcast_ifn=ifn)
     for name, low, high in (("syncid", 0, 255), ("mcast_port", 1, 65535), ("mcast_ttl", 1, 255),
-                            ("sync_maxlen", 1, 65535)):
+                            ("sync_maxlen", 1, 65535), ("bulk_period", 0, 86400), ("bulk_rate", 1, 1_000_000)):
         value = args.get(name)
         if value is None:
             continue
@@ -123,52 +131,104 @@ class Counters:
         self.values[name] = self.values.get(name, 0) + n
 
 
-class Selector:
-    """The master's choice of what to send (no I/O): see the module docstring."""
+@dataclass(frozen=True)
+class _Sent:
+    """What was last sent of the entry in a slot (state -1: an entry the protocol cannot carry)."""
 
-    def __init__(self, director: Director, counters: Counters) -> None:
+    key: tuple[int, str, int, str, int, bool]
+    state: int
+    daddr: str = ""
+    dport: int = 0
+    flags: int = 0
+    deadline_ms: int = 0
+
+
+class Selector:
+    """The master's choice of what to send (no I/O): see the module docstring.
+
+    Changes come from the core's sync change marks (lb_conn_dump_sync_changes): a tick costs what
+    changed, not the table. The bulk transfer walks the table in pages of at most `bulk_rate`
+    entries per tick, a pass starting when the master starts and then every `bulk_period_ms`
+    (once the previous pass is done), and sends every entry it finds: a backup that (re)joins has
+    the whole table after one pass."""
+
+    def __init__(self, director: Director, counters: Counters, bulk_period_ms: int = BULK_PERIOD_S * 1000,
+                 bulk_rate: int = BULK_RATE) -> None:
         self.director = director
         self.counters = counters
-        self._sent: dict[tuple[int, str, int, str, int, bool], tuple[int, str, int, int, int]] = {}
+        self.bulk_period_ms = bulk_period_ms
+        self.bulk_rate = max(bulk_rate, 1)
+        self._sent: dict[int, _Sent] = {}
+        self._bulk_cursor: int | None = None  # None: no pass under way
+        self._bulk_started_ms: int | None = None
 
     def _lookup(self, proto: int, vaddr: str, vport: int, daddr: str, dport: int) -> tuple[str, int] | None:
         return lookup_dest(self.director, proto, vaddr, vport, daddr, dport)
 
+    def start(self) -> None:
+        """Forget the change marks: the first bulk pass (at the first tick) sends everything."""
+        self.director.engine.sync_changes_reset()
+        self._sent.clear()
+
+    def _consider(self, entry: records.Entry, now_ms: int, force: bool) -> codec.SyncConn | None:
+        """The record to send for `entry` now, or None; `force`: a bulk pass sends it anyway."""
+        if not records.wanted(entry):
+            return None
+        key = entry.key
+        last = self._sent.get(entry.slot)
+        if last is not None and last.key != key:
+            last = None  # the slot holds another entry now
+        why = records.not_sendable(entry)
+        if why:
+            if last is None:
+                self.counters.add(f"not_sent_{why}")
+                self._sent[entry.slot] = _Sent(key, -1)
+            return None
+        deadline = now_ms + entry.expires_in_ms
+        if (not force and last is not None
+                and (last.state, last.daddr, last.dport, last.flags) == (entry.state, entry.daddr, entry.dport, entry.flags)
+                and abs(deadline - last.deadline_ms) < max(entry.expires_in_ms // 2, REFRESH_MIN_MS)):
+            return None
+        conn = records.to_sync(entry, self._lookup)
+        if conn is None:
+            self.counters.add("not_sent_no_service")
+            return None
+        self._sent[entry.slot] = _Sent(key, entry.state, entry.daddr, entry.dport, entry.flags, deadline)
+        return conn
+
     def pending(self, now_ms: int) -> list[codec.SyncConn]:
-        """What to send now (and remember as sent): see the module docstring."""
+        """What to send now (and remember as sent): the changes, then the next page of a bulk pass."""
         engine = self.director.engine
-        chunks = engine.dump_connections_chunks(now_ms)
-        if chunks is None:
+        changes = engine.dump_sync_changes_raw(now_ms)
+        if changes is None:
             return []
         out: list[codec.SyncConn] = []
-        seen: set[tuple[int, str, int, str, int, bool]] = set()
-        for chunk in chunks:
-            for entry in records.entries(chunk):
-                key = entry.key
-                seen.add(key)
-                if not records.wanted(entry):
-                    continue
-                why = records.not_sendable(entry)
-                if why:
-                    if key not in self._sent:
-                        self.counters.add(f"not_sent_{why}")
-                        self._sent[key] = (-1, "", 0, 0, 0)
-                    continue
-                deadline = now_ms + entry.expires_in_ms
-                last = self._sent.get(key)
-                if last is not None and last[0] == -1:
-                    continue
-                if last is not None and last[:4] == (entry.state, entry.daddr, entry.dport, entry.flags):
-                    if abs(deadline - last[4]) < max(entry.expires_in_ms // 2, REFRESH_MIN_MS):
-                        continue
-                conn = records.to_sync(entry, self._lookup)
-                if conn is None:
-                    self.counters.add("not_sent_no_service")
-                    continue
+        done: set[int] = set()
+        for slot in records.gone_slots(changes):
+            self._sent.pop(slot, None)
+        for entry in records.entries(changes):
+            conn = self._consider(entry, now_ms, force=False)
+            if conn is not None:
                 out.append(conn)
-                self._sent[key] = (entry.state, entry.daddr, entry.dport, entry.flags, deadline)
-        for key in [k for k in self._sent if k not in seen]:
-            del self._sent[key]
+                done.add(entry.slot)
+        if self._bulk_cursor is None and (self._bulk_started_ms is None
+                                          or self.bulk_period_ms and now_ms - self._bulk_started_ms >= self.bulk_period_ms):
+            self._bulk_cursor, self._bulk_started_ms = 0, now_ms
+            self.counters.add("bulk_passes")
+        if self._bulk_cursor is not None:
+            page = engine.dump_connections_page(now_ms, self._bulk_cursor, self.bulk_rate)
+            blob, cursor = page if page is not None else (b"", 0)
+            bulk = 0
+            for entry in records.entries(blob):
+                if entry.slot in done:
+                    continue
+                conn = self._consider(entry, now_ms, force=True)
+                if conn is not None:
+                    out.append(conn)
+                    bulk += 1
+            if bulk:
+                self.counters.add("bulk_conns_sent", bulk)
+            self._bulk_cursor = cursor or None
         return out
 
 
@@ -177,7 +237,7 @@ class Master:
         self.director = director
         self.conf = conf
         self.counters = Counters()
-        self.selector = Selector(director, self.counters)
+        self.selector = Selector(director, self.counters, conf.bulk_period * 1000, conf.bulk_rate)
         ifindex = _ifindex(conf.mcast_ifn)
         if not conf.sync_maxlen:
             conf.sync_maxlen = MASTER_MTU - IP_UDP_HLEN
@@ -201,6 +261,7 @@ class Master:
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        self.selector.start()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:

@@ -52,6 +52,7 @@ class Entry:
     dport: int
     laddr: str
     expires_in_ms: int
+    slot: int = 0  # the entry's table slot (the key of change dumps)
 
     @property
     def key(self) -> tuple[int, str, int, str, int, bool]:
@@ -76,7 +77,22 @@ def entries(blob: bytes) -> Iterator[Entry]:
         if not c.proto and not c.flags & C.LB_CONN_F_TEMPLATE:
             continue  # a change record of a gone slot
         yield Entry(c.proto, c.state, c.flags, _ip(c.caddr), c.cport, _ip(c.vaddr), c.vport, _ip(c.daddr), c.dport,
-                    _ip(c.laddr), int(c.expires_in_ms))
+                    _ip(c.laddr), int(c.expires_in_ms), int(c.slot))
+
+
+def gone_slots(blob: bytes) -> Iterator[int]:
+    """The slots a change dump reports as gone (records with proto 0 that are no template)."""
+    from lb._ffi import ffi
+
+    size = int(ffi.sizeof("struct lb_conn_info"))
+    n = len(blob) // size
+    if not n:
+        return
+    arr = ffi.from_buffer("struct lb_conn_info[]", blob[: n * size])
+    for i in range(n):
+        c = arr[i]
+        if not c.proto and not c.flags & C.LB_CONN_F_TEMPLATE:
+            yield int(c.slot)
 
 
 def not_sendable(entry: Entry) -> str:

@@ -554,3 +554,10 @@ struct lb_nfq_opts {
 lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *opts, int *err);
 int lb_nfq_stop(lb_nfq_t *q);                      /* joins the thread and frees q */
 void lb_nfq_get_stats(lb_nfq_t *q, struct lb_nfq_stats *out);
+
+/* The sync master's own change marks (lb/sync/manager.py), set whenever the incremental
+ * snapshots' are and cleared only by these calls: lb_conn_dump_sync_changes is
+ * lb_conn_dump_changes over them (same records, cursor and cap rules), lb_conn_sync_changes_reset
+ * clears them all (before the full pass that starts a sync master). Locks (per call). */
+int lb_conn_dump_sync_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor);
+void lb_conn_sync_changes_reset(lb_t *lb);

@@ -429,6 +429,10 @@ struct lb {
      * bit per word of those in dirty_sum, so a pass costs what changed, not the table. */
     uint64_t *dirty;
     uint64_t *dirty_sum;
+    /* The sync master's own change marks (lb_conn_dump_sync_changes), set with the above, cleared
+     * by their own consumer: the journal's passes and the sync's never take each other's marks. */
+    uint64_t *sync_dirty;
+    uint64_t *sync_dirty_sum;
     uint64_t seed0, seed1;
     uint8_t seeded;              /* seeds came from lb_config.hash_seed (deterministic mode) */
     uint16_t lport_min, lport_max; /* FULLNAT local port range, host order */
@@ -543,6 +547,8 @@ static inline void lb_conn_dirty(lb_t *lb, uint32_t slot)
     uint32_t w = slot >> 6;
     lb->dirty[w] |= 1ull << (slot & 63);
     lb->dirty_sum[w >> 6] |= 1ull << (w & 63);
+    lb->sync_dirty[w] |= 1ull << (slot & 63);
+    lb->sync_dirty_sum[w >> 6] |= 1ull << (w & 63);
 }
 
 /* conn.c */

@@ -32,7 +32,9 @@
  * growing from each end.
  *
  * Change marks (dirty, dirty_sum) record which slots a snapshot must rewrite:
- * lbd saves what changed every 2 s and the whole table only rarely.
+ * lbd saves what changed every 2 s and the whole table only rarely. A second set
+ * (sync_dirty, sync_dirty_sum) serves the sync master (lb/sync): it finds what
+ * changed in O(changed), not by walking the table, whatever the journal took.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -71,7 +73,10 @@ int lb_conn_table_init(lb_t *lb, const struct lb_config *cfg)
     lb->exp_pos = calloc((size_t)max + 1, sizeof(*lb->exp_pos));
     lb->dirty = calloc(words, sizeof(*lb->dirty));
     lb->dirty_sum = calloc((words + 63) / 64, sizeof(*lb->dirty_sum));
-    if (!lb->conns || !lb->buckets || !lb->exp_heap || !lb->exp_pos || !lb->dirty || !lb->dirty_sum) {
+    lb->sync_dirty = calloc(words, sizeof(*lb->sync_dirty));
+    lb->sync_dirty_sum = calloc((words + 63) / 64, sizeof(*lb->sync_dirty_sum));
+    if (!lb->conns || !lb->buckets || !lb->exp_heap || !lb->exp_pos || !lb->dirty || !lb->dirty_sum
+        || !lb->sync_dirty || !lb->sync_dirty_sum) {
         lb_conn_table_free(lb);
         return LB_ENOMEM;
     }
@@ -105,12 +110,16 @@ void lb_conn_table_free(lb_t *lb)
     free(lb->exp_pos);
     free(lb->dirty);
     free(lb->dirty_sum);
+    free(lb->sync_dirty);
+    free(lb->sync_dirty_sum);
     lb->conns = NULL;
     lb->buckets = NULL;
     lb->exp_heap = NULL;
     lb->exp_pos = NULL;
     lb->dirty = NULL;
     lb->dirty_sum = NULL;
+    lb->sync_dirty = NULL;
+    lb->sync_dirty_sum = NULL;
 }
 
 /* ---------------------------------------------------------------- expiry heaps */
@@ -544,7 +553,9 @@ int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t c
     return (int)n;
 }
 
-int lb_conn_dump_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor)
+/* One step of a pass over a set of change marks (the journal's or the sync's): see lb_api.h. */
+static int dump_marked(lb_t *lb, uint64_t *dirty, uint64_t *dirty_sum, uint64_t now_ms,
+                       struct lb_conn_info *out, uint32_t cap, uint32_t *cursor)
 {
     if (!out || !cursor || cap < 64)
         return LB_EINVAL; /* room for one word's slots at least: a word is reported whole */
@@ -553,7 +564,7 @@ int lb_conn_dump_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, ui
     uint32_t words = (lb->conn_max + 1 + 63) / 64;
     uint32_t w = *cursor / 64; /* the cursor is always a word boundary (a word is reported whole) */
     while (w < words && n + 64 <= cap) {
-        uint64_t sum = lb->dirty_sum[w / 64] >> (w % 64);
+        uint64_t sum = dirty_sum[w / 64] >> (w % 64);
         if (!sum) {
             w = (w / 64 + 1) * 64; /* nothing marked in the rest of this group of 64 words */
             continue;
@@ -561,9 +572,9 @@ int lb_conn_dump_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, ui
         w += (uint32_t)__builtin_ctzll(sum);
         if (w >= words)
             break;
-        uint64_t bits = lb->dirty[w];
-        lb->dirty[w] = 0;
-        lb->dirty_sum[w / 64] &= ~(1ull << (w % 64));
+        uint64_t bits = dirty[w];
+        dirty[w] = 0;
+        dirty_sum[w / 64] &= ~(1ull << (w % 64));
         while (bits) {
             uint32_t slot = w * 64 + (uint32_t)__builtin_ctzll(bits);
             bits &= bits - 1;
@@ -583,12 +594,31 @@ int lb_conn_dump_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, ui
     return (int)n;
 }
 
+int lb_conn_dump_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor)
+{
+    return dump_marked(lb, lb->dirty, lb->dirty_sum, now_ms, out, cap, cursor);
+}
+
+int lb_conn_dump_sync_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor)
+{
+    return dump_marked(lb, lb->sync_dirty, lb->sync_dirty_sum, now_ms, out, cap, cursor);
+}
+
 void lb_conn_changes_reset(lb_t *lb)
 {
     pthread_mutex_lock(&lb->lock);
     uint32_t words = (lb->conn_max + 1 + 63) / 64;
     memset(lb->dirty, 0, (size_t)words * sizeof(*lb->dirty));
     memset(lb->dirty_sum, 0, (size_t)((words + 63) / 64) * sizeof(*lb->dirty_sum));
+    pthread_mutex_unlock(&lb->lock);
+}
+
+void lb_conn_sync_changes_reset(lb_t *lb)
+{
+    pthread_mutex_lock(&lb->lock);
+    uint32_t words = (lb->conn_max + 1 + 63) / 64;
+    memset(lb->sync_dirty, 0, (size_t)words * sizeof(*lb->sync_dirty));
+    memset(lb->sync_dirty_sum, 0, (size_t)((words + 63) / 64) * sizeof(*lb->sync_dirty_sum));
     pthread_mutex_unlock(&lb->lock);
 }
 

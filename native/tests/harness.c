@@ -596,7 +596,7 @@ static const char *const sched_names[] = {
  * 4 local ports, clients opening, completing, closing and resetting connections on DR (:80),
  * FULLNAT+TOA (:82), FULLNAT+SYN-proxy (:83) and FULLNAT with the PROXY protocol (:86, :87 with
  * SYN-proxy) while time moves, with the change marks read
- * (lb_conn_dump_changes) and the table dumped as lbd's saves do. Checks: never more entries than
+ * (lb_conn_dump_changes, lb_conn_dump_sync_changes) and the table dumped as lbd's saves do. Checks: never more entries than
  * conn_max, early drops happen, each change record names a slot below the high-water mark, the
  * accounting invariants hold; ASan/valgrind watch the expiry heaps, port maps and marks. */
 static int pressure_churn(long n)
@@ -627,6 +627,17 @@ static int pressure_churn(long n)
                 for (int i = 0; i < got; i++)
                     bad |= check(info[i].slot >= 1 && info[i].slot <= 48, "a change names a slot of the table");
             } while (cursor != 0);
+            /* The sync master's own marks (read every other time: each set keeps its own) */
+            if (k % 128 == 0) {
+                do {
+                    int got = lb_conn_dump_sync_changes(lb, now, info, 128, &cursor);
+                    bad |= check(got >= 0, "lb_conn_dump_sync_changes succeeds");
+                    for (int i = 0; i < got; i++)
+                        bad |= check(info[i].slot >= 1 && info[i].slot <= 48, "a sync change names a slot of the table");
+                } while (cursor != 0);
+            }
+            if (k % 4096 == 0)
+                lb_conn_sync_changes_reset(lb);
             cursor = 0;
             int got;
             while ((got = lb_conn_dump(lb, now, info, 128, &cursor)) == 128)

@@ -208,3 +208,62 @@ def test_forged_and_malformed_datagrams_are_counted(pair: tuple[Topology, LbdOn,
                     "dropped_no_service": 1}, grew
     assert (topo.client.addr, 4242) not in _conns(b)
     assert b.running()
+
+
+def _with_option(datagram: bytes, ptype: int, plen: int) -> bytes:
+    """`datagram` (one record carrying sequence data) with that option's type and length bytes replaced."""
+    pos = codec.HEADER.size + codec.V4.size
+    return datagram[:pos] + bytes((ptype, plen)) + datagram[pos + 2:]
+
+
+def test_malformed_records_forged_from_the_master_address_install_nothing(pair: tuple[Topology, LbdOn, LbdOn]) -> None:
+    """Item 6: datagrams crafted with scapy, sent to the group from the client with the master's
+    address and port forged, each wrong in one way: an impossible state, an unknown protocol, an
+    unknown mandatory option, an option of length 0, a real server the backup does not have, a
+    record count beyond the datagram. The backup counts each under its reason, installs none of
+    them and keeps running."""
+    topo, a, b = pair
+    if not b.ok("get_daemon")["daemons"]:
+        b.lbadm("--start-daemon", "backup", "--mcast-interface", b.director.ifname, "--syncid", str(SYNCID))
+    before = b.ok("get_daemon")["daemons"][0]["counters"]
+    rs = topo.reals[0].addr
+
+    def conn(**kw: object) -> codec.SyncConn:
+        base = {"protocol": 6, "flags": codec.F_DROUTE, "state": 1, "caddr": topo.client.addr, "cport": 4300,
+                "vaddr": topo.vip, "vport": HTTP_PORT, "daddr": rs, "dport": HTTP_PORT, "timeout_s": 900}
+        return codec.SyncConn(**{**base, **kw})
+
+    def one(c: codec.SyncConn) -> bytes:
+        return codec.encode([c], SYNCID, 1472)[0]
+
+    with_seq = one(conn(cport=4303, seq=(1, 2, 3, 4, 5, 6)))
+    unknown_service = one(conn(cport=4306, vaddr="10.99.0.1"))
+    truncated = unknown_service[:4] + bytes([2]) + unknown_service[5:]  # nr_conns 2, one record
+    datagrams = {
+        "bad_state": one(conn(cport=4301, state=99)),
+        "bad_protocol": one(conn(cport=4302, protocol=1)),
+        "unknown_option": _with_option(with_seq, 9, 24),
+        "bad_option": _with_option(with_seq, 1, 0),
+        "no_dest": one(conn(cport=4305, daddr="10.99.0.2")),
+        "truncated": truncated,
+    }
+    script = ("import sys\n"
+              "from scapy.all import IP, UDP, Raw, send\n"
+              "iface, src = sys.argv[1], sys.argv[2]\n"
+              "for h in sys.argv[3:]:\n"
+              "    send(IP(src=src, dst='224.0.0.81', ttl=1)/UDP(sport=8848, dport=8848)/Raw(bytes.fromhex(h)),"
+              " iface=iface, verbose=False)\n")
+    topo.client.exec([sys.executable, "-c", script, topo.client.ifname, a.director.addr,
+                      *(d.hex() for d in datagrams.values())])
+
+    def counted() -> dict[str, int] | None:
+        now = b.ok("get_daemon")["daemons"][0]["counters"]
+        return now if now.get("datagrams_received", 0) - before.get("datagrams_received", 0) >= len(datagrams) else None
+
+    after = _wait(counted, SYNC_WAIT_S, "the forged datagrams received")
+    grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert grew == {"datagrams_received": 6, "dropped_bad_state": 1, "dropped_bad_protocol": 1,
+                    "dropped_unknown_option": 1, "dropped_bad_option": 1, "dropped_no_dest": 1,
+                    "dropped_no_service": 1, "dropped_truncated": 1}, grew
+    assert not [k for k in _conns(b) if k[0] == topo.client.addr and 4300 <= k[1] < 4310]
+    assert b.running()

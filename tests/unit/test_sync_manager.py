@@ -120,7 +120,9 @@ def test_daemon_operations_outside_the_event_loop_and_bad_arguments() -> None:
     assert info.value.errno_name == "ESRCH"
     for bad in ({"state": "primary", "mcast_ifn": "lo"}, {"state": "master", "mcast_ifn": ""},
                 {"state": "master", "mcast_ifn": "lo", "syncid": 256},
-                {"state": "master", "mcast_ifn": "lo", "mcast_group": "10.0.0.1"}):
+                {"state": "master", "mcast_ifn": "lo", "mcast_group": "10.0.0.1"},
+                {"state": "master", "mcast_ifn": "lo", "bulk_period": -1},
+                {"state": "master", "mcast_ifn": "lo", "bulk_rate": 0}):
         with pytest.raises(EngineError) as info:
             d.handle("start_daemon", bad)
         assert info.value.errno_name == "EINVAL", bad
@@ -145,6 +147,11 @@ def test_start_list_stop_in_the_event_loop() -> None:
                                        "mcast_port", "mcast_ttl")} == {
             "state": "master", "mcast_ifn": "lo", "syncid": 9, "sync_maxlen": 1472, "mcast_group": "224.0.0.81",
             "mcast_port": 8848, "mcast_ttl": 1}
+        assert (daemon["bulk_period"], daemon["bulk_rate"]) == (manager.BULK_PERIOD_S, manager.BULK_RATE)
+        d.handle("stop_daemon", {"state": "master"})
+        d.handle("start_daemon", {"state": "master", "mcast_ifn": "lo", "bulk_period": 0, "bulk_rate": 500})
+        (daemon,) = d.handle("get_daemon", {})["daemons"]
+        assert (daemon["bulk_period"], daemon["bulk_rate"]) == (0, 500)
         d.handle("stop_daemon", {"state": "master"})
         assert d.handle("get_daemon", {}) == {"daemons": []}
 
@@ -175,3 +182,103 @@ def test_fuzzed_datagrams_install_nothing_bogus() -> None:
         assert c.daddr in dests, c
     assert counters.values["datagrams_received"] == 5000
     assert sum(v for k, v in counters.values.items() if k.startswith("dropped_")) > 0
+
+
+def _established(d: Director, n: int, now: int) -> None:
+    for sport in range(3000, 3000 + n):
+        d.engine.process(_pkt("10.9.0.8", sport, "S"), now)
+        d.engine.process(_pkt("10.9.0.8", sport, "A"), now)
+
+
+def test_bulk_pass_sends_the_whole_table_paced_and_again_each_period() -> None:
+    """Issue 18 item 4: a backup that joins late gets every entry from the next bulk pass, which
+    walks the table `bulk_rate` entries per tick; between passes only changes are sent."""
+    master = _director()
+    _established(master, 7, 1000)
+    selector = Selector(master, Counters(), bulk_period_ms=30_000, bulk_rate=3)
+    selector.start()  # forgets the change marks: the bulk pass alone sends the table
+    pages = [selector.pending(1000 + i) for i in range(3)]
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert sorted(c.cport for p in pages for c in p) == list(range(3000, 3007))
+    assert selector.pending(1010) == []          # pass done, nothing changed
+    assert selector.pending(30_999) == []        # the next pass starts 30 s after this one started
+    late_joiner = _director()
+    counters = Counters()
+    conf = DaemonConf("backup", "lo", sync_maxlen=1472)
+    for now in range(31_000, 31_003):
+        for datagram in codec.encode(selector.pending(now), 0, 1472):
+            manager.receive(late_joiner, conf, counters, datagram, now)
+    assert counters.values["conns_installed"] == 7
+    assert _conns(late_joiner) == _conns(master)
+    assert selector.counters.values["bulk_passes"] == 2 and selector.counters.values["bulk_conns_sent"] == 14
+
+
+def test_a_lost_datagram_is_repaired_by_the_next_bulk_pass() -> None:
+    """Item 6: the protocol has no retransmission (neither has the kernel's); what a lost datagram
+    carried reaches the backup with the next bulk pass."""
+    master, backup = _director(), _director()
+    selector = Selector(master, Counters(), bulk_period_ms=10_000)
+    selector.start()
+    assert selector.pending(1000) == []
+    _established(master, 2, 1001)
+    lost = selector.pending(1001)                # the change: this datagram never arrives
+    assert len(lost) == 2
+    assert selector.pending(1002) == []
+    counters = Counters()
+    for datagram in codec.encode(selector.pending(11_000), 0, 1472):
+        manager.receive(backup, DaemonConf("backup", "lo", sync_maxlen=1472), counters, datagram, 11_000)
+    assert counters.values["conns_installed"] == 2 and _conns(backup) == _conns(master)
+
+
+def test_sync_change_marks_are_not_taken_by_the_journal() -> None:
+    """The sync's change marks are its own (lb_conn_dump_sync_changes): the state file's journal
+    reading its marks leaves the sync's set, and each tick reads only what changed."""
+    master = _director()
+    selector = Selector(master, Counters(), bulk_period_ms=0)  # a bulk pass at start only
+    selector.start()
+    assert selector.pending(1000) == []
+    _established(master, 3, 1001)
+    master.engine.dump_changes_raw(1001)          # the journal's pass
+    assert sorted(c.cport for c in selector.pending(1002)) == [3000, 3001, 3002]
+    assert master.engine.dump_sync_changes_raw(1003) == b""  # nothing changed since
+    master.engine.process(_pkt("10.9.0.8", 3001, "FA"), 1004)
+    (fin,) = selector.pending(1005)
+    assert fin.cport == 3001 and fin.state != C.LB_S_ESTABLISHED and fin.flags & codec.F_INACTIVE
+    assert selector.pending(100_000) == []        # bulk_period 0: no further pass
+
+
+def test_reordered_records_leave_the_backup_with_a_real_entry() -> None:
+    """Item 6: datagrams carry no sequence number (the kernel's neither): an older record arriving
+    after a newer one sets the older state, bound to the same real server; the next change or bulk
+    pass corrects it. Nothing is created for another destination."""
+    backup = _director()
+    counters = Counters()
+    conf = DaemonConf("backup", "lo", sync_maxlen=1472)
+    est = codec.SyncConn(6, codec.F_DROUTE, C.LB_S_ESTABLISHED, "10.9.0.9", 7, VIP, 80, "10.0.0.11", 80, 0, 900)
+    closing = codec.SyncConn(**{**est.__dict__, "state": C.LB_S_CLOSE_WAIT, "flags": est.flags | codec.F_INACTIVE,
+                                "timeout_s": 60})
+    for conn in (closing, est):  # reordered: the CLOSE_WAIT record overtook the ESTABLISHED one
+        manager.receive(backup, conf, counters, codec.encode([conn], 0, 1472)[0], 1)
+    assert counters.values == {"datagrams_received": 2, "conns_installed": 1, "conns_updated": 1}
+    assert _conns(backup) == [("10.9.0.9", 7, "10.0.0.11", "ESTABLISHED")]
+
+
+def test_sync_counters_are_in_the_metrics() -> None:
+    """Item 6: what a backup dropped and why is on the metrics endpoint (docs/metrics.md)."""
+    from dataclasses import replace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from lb import metrics
+
+    backup = _director()
+    counters = Counters()
+    manager.receive(backup, DaemonConf("backup", "lo", syncid=5, sync_maxlen=1472), counters, b"garbage", 1)
+    daemon = {**DaemonConf("backup", "eth1", syncid=5).to_json(), "counters": dict(counters.values)}
+    snap = replace(metrics.take_snapshot(backup), daemons=[daemon])
+    registry = CollectorRegistry()
+    registry.register(metrics.DirectorCollector(lambda: snap))
+    text = generate_latest(registry).decode()
+    assert 'lbd_sync_daemon_info{mcast_ifn="eth1",state="backup",syncid="5"} 1.0' in text
+    assert 'lbd_sync_events_total{counter="dropped_bad_version",state="backup"} 1.0' in text
+    assert 'lbd_sync_events_total{counter="datagrams_received",state="backup"} 1.0' in text
