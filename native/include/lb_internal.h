@@ -51,6 +51,9 @@
  * they sit in the packet, so the hot path never byte-swaps. */
 struct lb_pkt {
     const uint8_t *data;   /* start of the IPv4 header */
+    uint8_t *wdata;        /* data, writable: the caller of lb_process_inplace lends its bytes, so a method that
+                              changes only the TTL and header checksum (DR) does so here instead of copying the
+                              packet to out; NULL otherwise (every parser sets it so) */
     uint32_t len;          /* bytes from data up to the IP total length */
     uint32_t ihl;          /* IP header length in bytes (20..60) */
     uint8_t proto;
@@ -147,6 +150,7 @@ static inline __attribute__((always_inline)) int lb_parse_inline(const uint8_t *
         return LB_R_FRAGMENT;
 
     p->data = buf;
+    p->wdata = NULL;
     p->len = tot_len; /* link-layer padding after the IP total length is ignored */
     p->ihl = ihl;
     p->proto = buf[9];
