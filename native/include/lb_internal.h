@@ -339,6 +339,7 @@ struct lb_sched_ops;
 
 struct lb_svc {
     struct lb_svc_conf conf;     /* host order */
+    uint32_t list_idx;           /* its slot in lb->svcs */
     uint32_t addr_n;
     uint16_t port_n;
     const struct lb_sched_ops *sched;
@@ -448,8 +449,12 @@ struct lb {
     struct lb_synproxy_stats sp_stats;
     /* services */
     struct lb_svc *svc_hash[LB_SVC_HASH_BUCKETS];
-    struct lb_svc **svcs;        /* insertion order, for listing */
+    struct lb_svc **svcs;        /* insertion order, for listing: slots [0, nsvcs), a deleted service's slot
+                                    NULL (svcs_holes of them) until lb_svc_del compacts the array, once
+                                    holes are half of it: deleting stays O(1) amortized, not a search
+                                    and a shift of every later service. Walk it with LB_FOR_EACH_SVC. */
     uint32_t nsvcs;
+    uint32_t svcs_holes;
     uint32_t svcs_cap;
     uint32_t next_svc_id;
     struct lb_dest *trash;       /* deleted destinations still referenced by connections */
@@ -463,6 +468,11 @@ struct lb {
     /* counters */
     uint64_t counters[LB_R_COUNT];
 };
+
+/* Every live service s of lb, in insertion order (lb->svcs skipping deleted slots). */
+#define LB_FOR_EACH_SVC(lb, s)                                                                    \
+    for (uint32_t svc_i_ = 0; svc_i_ < (lb)->nsvcs; svc_i_++)                                     \
+        if (((s) = (lb)->svcs[svc_i_]) != NULL)
 
 /* One of the director's own addresses (local.c). A node is live while vip_refs or host is set. */
 struct lb_local {

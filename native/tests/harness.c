@@ -522,8 +522,8 @@ static uint32_t make_packet(uint8_t *b, uint8_t proto, uint32_t src, uint16_t sp
 static int check_accounting(lb_t *lb, int idle)
 {
     int bad = 0;
-    for (uint32_t i = 0; i < lb->nsvcs; i++) {
-        const struct lb_svc *s = lb->svcs[i];
+    const struct lb_svc *s;
+    LB_FOR_EACH_SVC(lb, s) {
         for (uint32_t j = 0; j < s->ndests; j++) {
             const struct lb_dest *d = s->dests[j];
             bad |= check(d->activeconns <= d->totalconns, "activeconns <= totalconns");
