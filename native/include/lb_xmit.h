@@ -192,7 +192,7 @@ inline __attribute__((always_inline)) int lb_xmit_dr_in(lb_t *lb LB_UNUSED, cons
  * xmit_in is called directly and inlined: the kernel's INDIRECT_CALL_1
  * (include/linux/indirect_call_wrapper.h) for the same reason. It is the method's own function
  * either way (the compare is with its ops, not with an enum); the indirect call would cost about
- * a dozen instructions of the ~230 an established DR packet takes (bench cost). */
+ * a dozen instructions of the ~285 an established DR packet takes (bench cost). */
 static inline __attribute__((always_inline)) int lb_conn_xmit_in(lb_t *lb, const struct lb_pkt *p,
                                                                   struct lb_conn *c, uint8_t *out,
                                                                   uint32_t out_cap, struct lb_action *act)
