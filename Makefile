@@ -74,47 +74,39 @@ endef
 deps:
 	$(call apt_install,$(DEB_PKGS))
 
-# promtool (tests check lbd --metrics' exposition with it) comes from Debian's prometheus package,
-# unpacked into build/tools: installing that package would also enable and start a Prometheus
-# server wherever systemd runs, which nobody asked `make test` for.
+# $(call deb_tool,PACKAGE,FILE,VERSION-ARGS): the recipe of a tool taken out of Debian's PACKAGE into
+# build/tools without installing it (installing would enable and start a host-wide service): the .deb
+# downloaded (the lists updated once if apt does not know it yet), FILE (its path in the package)
+# copied to the target, the rest removed, and the tool run once with VERSION-ARGS to show it works.
+# Each package unpacks in its own directory, so that make -j fetches several at once.
+define deb_tool
+	@mkdir -p build/tools/$(1).deb.d
+	cd build/tools/$(1).deb.d && rm -f $(1)_*.deb && \
+	  { apt-get download -q $(1) || { apt-get update -q && apt-get download -q $(1); }; }
+	dpkg-deb -x build/tools/$(1).deb.d/$(1)_*.deb build/tools/$(1).deb.d/root
+	cp build/tools/$(1).deb.d/root/$(2) $@
+	rm -rf build/tools/$(1).deb.d
+	$@ $(3) 2>&1 | head -1
+endef
+
+# promtool (tests check lbd --metrics' exposition with it) comes from Debian's prometheus package.
 PROMTOOL := build/tools/promtool
-
-$(PROMTOOL):
-	@mkdir -p build/tools/deb
-	cd build/tools/deb && rm -f prometheus_*.deb && \
-	  { apt-get download -q prometheus || { apt-get update -q && apt-get download -q prometheus; }; }
-	dpkg-deb -x build/tools/deb/prometheus_*.deb build/tools/deb/root
-	cp build/tools/deb/root/usr/bin/promtool $@
-	rm -rf build/tools/deb
-	$@ --version | head -1
-
-# haproxy (the PROXY protocol netns tests read the client address it parsed) likewise from Debian's
-# package, unpacked into build/tools: `apt-get install haproxy` would enable and start a host-wide
-# service. Two of its shared libraries are not on a clean Debian 12 (liblua5.3-0,
-# libopentracing-c-wrapper0): DEB_PKGS installs them; the tests skip, naming what is missing, if not.
+# haproxy (the PROXY protocol netns tests read the client address it parsed). Two of its shared
+# libraries are not on a clean Debian 12 (liblua5.3-0, libopentracing-c-wrapper0): DEB_PKGS installs
+# them; the tests skip, naming what is missing, if not.
 HAPROXY := build/tools/haproxy
-# keepalived (Debian's unmodified binary driving lbd through lbd-exec: tests/netns/test_keepalived.py)
-# likewise: `apt-get install keepalived` would enable and start a host-wide VRRP/checker service.
+# keepalived (Debian's unmodified binary driving lbd through lbd-exec: tests/netns/test_keepalived.py).
 KEEPALIVED := build/tools/keepalived
 TOOLS := $(PROMTOOL) $(HAPROXY) $(KEEPALIVED)
 
+$(PROMTOOL):
+	$(call deb_tool,prometheus,usr/bin/promtool,--version)
+
 $(HAPROXY):
-	@mkdir -p build/tools/hdeb
-	cd build/tools/hdeb && rm -f haproxy_*.deb && \
-	  { apt-get download -q haproxy || { apt-get update -q && apt-get download -q haproxy; }; }
-	dpkg-deb -x build/tools/hdeb/haproxy_*.deb build/tools/hdeb/root
-	cp build/tools/hdeb/root/usr/sbin/haproxy $@
-	rm -rf build/tools/hdeb
-	$@ -v | head -1
+	$(call deb_tool,haproxy,usr/sbin/haproxy,-v)
 
 $(KEEPALIVED):
-	@mkdir -p build/tools/kdeb
-	cd build/tools/kdeb && rm -f keepalived_*.deb && \
-	  { apt-get download -q keepalived || { apt-get update -q && apt-get download -q keepalived; }; }
-	dpkg-deb -x build/tools/kdeb/keepalived_*.deb build/tools/kdeb/root
-	cp build/tools/kdeb/root/usr/sbin/keepalived $@
-	rm -rf build/tools/kdeb
-	$@ --version 2>&1 | head -1
+	$(call deb_tool,keepalived,usr/sbin/keepalived,--version)
 
 venv: $(PY)
 

@@ -120,6 +120,11 @@ class CEngine:
         flags = lib.LB_PKT_F_LOOPBACK if loopback else 0
         _check(lib.lb_process_pkt(self._lb, packet, len(packet), mark, flags, now_ms, self._out, lib.LB_PKT_MAX,
                                   act), "lb_process")
+        return self._action()
+
+    def _action(self) -> Action:
+        """The Action of the last packet processed (its struct lb_action and out bytes)."""
+        act = self._act
         verdict = Verdict(act.verdict)
         out = bytes(ffi.buffer(self._out, act.out_len)) if verdict != Verdict.DROP and act.out_len else b""
         l2hdr = bytes(act.l2hdr) if verdict == Verdict.XMIT_L2 else b""

@@ -2292,7 +2292,34 @@ def engine_factories() -> list[EngineFactory]:
             return CEngine(conn_max=conn_max, **{"hash_seed": HASH_SEED, **cfg})
 
         factories.append(EngineFactory("c", make_c))
+        factories.append(EngineFactory("c-inplace", make_c_inplace))
     return factories
+
+
+def make_c_inplace(conn_max: int = 0, **cfg: int) -> object:
+    """CEngine whose packets go through lb_process_inplace, as the NFQUEUE adapter sends them: on a
+    writable copy, the lent bytes read back as the action's out when they changed (DR: TTL and checksum
+    in place, out_len 0), so every row must give the same actions as through lb_process."""
+    import dataclasses
+
+    from lb._ffi import ffi, lib
+    from lb.engine import Action
+    from lb.fastpath import CEngine
+
+    class InplaceCEngine(CEngine):
+        def process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
+            lent = ffi.new("uint8_t[]", packet or b"\0")
+            flags = lib.LB_PKT_F_LOOPBACK if loopback else 0
+            act = self._act
+            rc = lib.lb_process_inplace(self._lb, lent, len(packet), mark, flags, now_ms, self._out, lib.LB_PKT_MAX, act)
+            assert rc == 0, rc
+            changed = bytes(ffi.buffer(lent, len(packet)))
+            if changed == packet:
+                return self._action()
+            assert act.verdict == lib.LB_V_XMIT_L2 and act.out_len == 0, "lent bytes change only to be sent"
+            return dataclasses.replace(self._action(), out=changed)
+
+    return InplaceCEngine(conn_max=conn_max, **{"hash_seed": HASH_SEED, **cfg})
 
 
 def make_engine(factory: EngineFactory, setup: Setup) -> object:

@@ -561,3 +561,14 @@ void lb_nfq_get_stats(lb_nfq_t *q, struct lb_nfq_stats *out);
  * clears them all (before the full pass that starts a sync master). Locks (per call). */
 int lb_conn_dump_sync_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor);
 void lb_conn_sync_changes_reset(lb_t *lb);
+
+/* ---- the packet path, in place ---- */
+/* lb_process_pkt for a caller that owns pkt's bytes and lends them (an adapter's receive buffer): a
+ * packet that leaves with only its TTL decremented and its IPv4 header checksum updated (DR, when it
+ * fits the destination's path MTU and len is its IP total length: no link padding) is changed in pkt itself, RFC 1624 incrementally as the kernel's
+ * ip_decrease_ttl, and the action says LB_V_XMIT_L2 with out_len 0: send l2hdr + pkt[0..len). Only
+ * bytes 8 (TTL), 10 and 11 (header checksum) of pkt are ever written, and only with that action;
+ * everything else (IPIP, FULLNAT, NAT, PROXY, answers: the packet grows or is rewritten) is written
+ * to out exactly as lb_process_pkt writes it. */
+int lb_process_inplace(lb_t *lb, uint8_t *pkt, uint32_t len, uint32_t mark, uint32_t flags, uint64_t now_ms,
+                       uint8_t *out, uint32_t out_cap, struct lb_action *act);

@@ -51,6 +51,9 @@
  * they sit in the packet, so the hot path never byte-swaps. */
 struct lb_pkt {
     const uint8_t *data;   /* start of the IPv4 header */
+    uint8_t *wdata;        /* data, writable: the caller of lb_process_inplace lends its bytes, so a method that
+                              changes only the TTL and header checksum (DR) does so here instead of copying the
+                              packet to out; NULL otherwise (every parser sets it so) */
     uint32_t len;          /* bytes from data up to the IP total length */
     uint32_t ihl;          /* IP header length in bytes (20..60) */
     uint8_t proto;
@@ -147,6 +150,7 @@ static inline __attribute__((always_inline)) int lb_parse_inline(const uint8_t *
         return LB_R_FRAGMENT;
 
     p->data = buf;
+    p->wdata = NULL;
     p->len = tot_len; /* link-layer padding after the IP total length is ignored */
     p->ihl = ihl;
     p->proto = buf[9];
@@ -335,6 +339,7 @@ struct lb_sched_ops;
 
 struct lb_svc {
     struct lb_svc_conf conf;     /* host order */
+    uint32_t list_idx;           /* its slot in lb->svcs */
     uint32_t addr_n;
     uint16_t port_n;
     const struct lb_sched_ops *sched;
@@ -448,8 +453,12 @@ struct lb {
     struct lb_synproxy_stats sp_stats;
     /* services */
     struct lb_svc *svc_hash[LB_SVC_HASH_BUCKETS];
-    struct lb_svc **svcs;        /* insertion order, for listing */
+    struct lb_svc **svcs;        /* insertion order, for listing: slots [0, nsvcs), a deleted service's slot
+                                    NULL (svcs_holes of them) until lb_svc_del compacts the array, once
+                                    holes are half of it: deleting stays O(1) amortized, not a search
+                                    and a shift of every later service. Walk it with LB_FOR_EACH_SVC. */
     uint32_t nsvcs;
+    uint32_t svcs_holes;
     uint32_t svcs_cap;
     uint32_t next_svc_id;
     struct lb_dest *trash;       /* deleted destinations still referenced by connections */
@@ -463,6 +472,11 @@ struct lb {
     /* counters */
     uint64_t counters[LB_R_COUNT];
 };
+
+/* Every live service s of lb, in insertion order (lb->svcs skipping deleted slots). */
+#define LB_FOR_EACH_SVC(lb, s)                                                                    \
+    for (uint32_t svc_i_ = 0; svc_i_ < (lb)->nsvcs; svc_i_++)                                     \
+        if (((s) = (lb)->svcs[svc_i_]) != NULL)
 
 /* One of the director's own addresses (local.c). A node is live while vip_refs or host is set. */
 struct lb_local {

@@ -275,6 +275,24 @@ static int is_ipvs_set(int level, int optname)
 	return level == IPPROTO_IP && optname >= IP_VS_BASE_CTL && optname <= IP_VS_SO_SET_MAX;
 }
 
+/* One sockopt asked of lbd: the request ("get" or "set", the option, the tool's length len and the
+ * first n bytes of arg), lbd's answer in *r (its text in *raw, for the caller to free) and the note
+ * shown. 0, or -1 with errno set when no answer came (the request did not fit: EINVAL). */
+static int ask(const char *dir, int optname, socklen_t len, const void *arg, size_t n, char **raw,
+	       struct lbipvs_reply *r)
+{
+	char req[LBIPVS_REQUEST_MAX];
+	ssize_t req_len = lbipvs_sockopt_request(req, sizeof(req), dir, optname, len, arg, n);
+	if (req_len < 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (exchange(req, (size_t)req_len, raw, r) < 0)
+		return -1;
+	show_note(r);
+	return 0;
+}
+
 INTERPOSE int getsockopt(int fd, int level, int optname, void *optval, socklen_t *optlen)
 {
 	static int (*real)(int, int, int, void *, socklen_t *);
@@ -293,17 +311,10 @@ INTERPOSE int getsockopt(int fd, int level, int optname, void *optval, socklen_t
 	}
 	socklen_t cap = *optlen;
 	size_t n = cap < LBIPVS_MAX_ARG ? cap : LBIPVS_MAX_ARG;
-	char req[LBIPVS_REQUEST_MAX];
-	ssize_t req_len = lbipvs_sockopt_request(req, sizeof(req), "get", optname, cap, optval, n);
-	if (req_len < 0) {
-		errno = EINVAL;
-		return -1;
-	}
 	char *raw;
 	struct lbipvs_reply r;
-	if (exchange(req, (size_t)req_len, &raw, &r) < 0)
+	if (ask("get", optname, cap, optval, n, &raw, &r) < 0)
 		return -1;
-	show_note(&r);
 	int rc = -1;
 	if (!r.ok) {
 		errno = r.err ? r.err : EINVAL;
@@ -342,17 +353,10 @@ INTERPOSE int setsockopt(int fd, int level, int optname, const void *optval, soc
 		errno = EFAULT;
 		return -1;
 	}
-	char req[LBIPVS_REQUEST_MAX];
-	ssize_t req_len = lbipvs_sockopt_request(req, sizeof(req), "set", optname, optlen, optval, optlen);
-	if (req_len < 0) {
-		errno = EINVAL;
-		return -1;
-	}
 	char *raw;
 	struct lbipvs_reply r;
-	if (exchange(req, (size_t)req_len, &raw, &r) < 0)
+	if (ask("set", optname, optlen, optval, optlen, &raw, &r) < 0)
 		return -1;
-	show_note(&r);
 	int rc = 0;
 	if (!r.ok || r.err) {
 		errno = r.err ? r.err : EINVAL;

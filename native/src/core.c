@@ -273,8 +273,19 @@ int lb_process_mark(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, u
     return lb_process_pkt(lb, pkt, len, mark, 0, now_ms, out, out_cap, act);
 }
 
-int lb_process_pkt(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint32_t flags, uint64_t now_ms,
-                   uint8_t *out, uint32_t out_cap, struct lb_action *act)
+/* The bytes a method may change in place (p.wdata): the caller's, lent (wpkt), unless link-layer
+ * padding follows the IP packet: a packet sent as it is would carry it, a copy (p->len bytes) not. */
+static inline uint8_t *lent_bytes(const struct lb_pkt *p, uint8_t *wpkt, uint32_t len)
+{
+    return wpkt && LB_LIKELY(p->len == len) ? wpkt : NULL;
+}
+
+/* The packet path of lb_process_pkt and lb_process_inplace: wpkt is pkt when the caller lends its
+ * bytes (DR then rewrites the TTL and checksum there, lb_xmit_dr_in), else NULL. Inlined into both, so
+ * that neither pays a call or a test it does not need. */
+static inline __attribute__((always_inline)) int process(lb_t *lb, const uint8_t *pkt, uint8_t *wpkt, uint32_t len,
+                                                         uint32_t mark, uint32_t flags, uint64_t now_ms,
+                                                         uint8_t *out, uint32_t out_cap, struct lb_action *act)
 {
     struct lb_pkt p;
     if (LB_UNLIKELY(!lb || !act || (!pkt && len)))
@@ -295,6 +306,7 @@ int lb_process_pkt(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, ui
             act->verdict = LB_V_DROP; /* the kernel's routing drops it (ip_route_input_slow) */
             r = LB_R_MARTIAN_SRC;
         } else if (r == LB_R_ICMP) {
+            p.wdata = lent_bytes(&p, wpkt, len); /* DR's icmp_in sends the error on like its packets */
             r = lb_icmp_in(lb, &p, now_ms, out, out_cap, act);
         } else {
             act->verdict = (r == LB_R_NOT_IPV4 || r == LB_R_NOT_LB_PROTO) ? LB_V_ACCEPT : LB_V_DROP;
@@ -303,6 +315,7 @@ int lb_process_pkt(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, ui
         return LB_OK;
     }
 
+    p.wdata = lent_bytes(&p, wpkt, len);
     int dir = LB_DIR_IN;
     struct lb_conn *c = lb_conn_lookup_key(lb, p.proto, p.addrs, p.ports, now_ms, &dir, 1);
     if (LB_UNLIKELY(p.tcp_flags & LB_TCP_SYN) && c && dir == LB_DIR_IN && p.proto == LB_PROTO_TCP &&
@@ -414,6 +427,18 @@ int lb_process_pkt(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, ui
         r = lb_proxy_in(lb, &p, c, out, out_cap, act, r); /* the PROXY header, or the shift past it */
     finish(lb, act, fit_path_mtu(&p, c, out, out_cap, act, r));
     return LB_OK;
+}
+
+int lb_process_pkt(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint32_t flags, uint64_t now_ms,
+                   uint8_t *out, uint32_t out_cap, struct lb_action *act)
+{
+    return process(lb, pkt, NULL, len, mark, flags, now_ms, out, out_cap, act);
+}
+
+int lb_process_inplace(lb_t *lb, uint8_t *pkt, uint32_t len, uint32_t mark, uint32_t flags, uint64_t now_ms,
+                       uint8_t *out, uint32_t out_cap, struct lb_action *act)
+{
+    return process(lb, pkt, pkt, len, mark, flags, now_ms, out, out_cap, act);
 }
 
 void lb_count_xmit_failed(lb_t *lb, int reason)

@@ -118,7 +118,8 @@ static int send_one(lb_t *lb, struct lb_dest *d, const struct lb_l2q_pkt *k, uin
     if (act->verdict == LB_V_DROP)
         return -1;
     if (!act->out_len) {
-        /* The method sends the packet unchanged (DR): a timer action has no original, so it goes in out. */
+        /* The method sent the packet as it came (none does today: DR copies it here, its p lends no bytes):
+         * a timer action has no original, so it goes in out. */
         if (k->len > out_cap)
             return -1;
         memcpy(out, k->data, k->len);

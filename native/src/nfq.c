@@ -653,8 +653,10 @@ static void process_batch(struct lb_nfq *q, int nmsgs)
                 it->pkt = pkt;
                 it->len = plen;
                 it->valid = 1;
-                lb_process_pkt(q->lb, it->pkt, it->len, mark, pflags, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX,
-                                &it->act);
+                /* pkt is this adapter's receive buffer, read again only to send it (out_len 0): lent to
+                 * the core, which decrements a DR packet's TTL there instead of copying it to out. */
+                lb_process_inplace(q->lb, pkt, it->len, mark, pflags, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX,
+                                   &it->act);
                 n++;
             }
             if (n >= NFQ_ITEMS - 1) {

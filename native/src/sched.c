@@ -63,8 +63,8 @@ int lb_sched_switch(struct lb_svc *s, const struct lb_sched_ops *sched)
 
 void lb_sched_tick_all(lb_t *lb, uint64_t now_ms)
 {
-    for (uint32_t i = 0; i < lb->nsvcs; i++) {
-        struct lb_svc *s = lb->svcs[i];
+    struct lb_svc *s;
+    LB_FOR_EACH_SVC(lb, s) {
         if (s->sched->tick)
             s->sched->tick(s, now_ms);
     }

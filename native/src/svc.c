@@ -251,6 +251,7 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
     uint32_t h = svc_hash(conf->proto, s->addr_n, s->port_n);
     s->hnext = lb->svc_hash[h];
     lb->svc_hash[h] = s;
+    s->list_idx = lb->nsvcs;
     lb->svcs[lb->nsvcs++] = s;
 out:
     pthread_mutex_unlock(&lb->lock);
@@ -317,6 +318,21 @@ static void svc_destroy(lb_t *lb, struct lb_svc *s)
     free(s);
 }
 
+/* Close the holes deleted services left in lb->svcs, keeping the order. */
+static void compact_svcs(lb_t *lb)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < lb->nsvcs; i++) {
+        struct lb_svc *s = lb->svcs[i];
+        if (!s)
+            continue;
+        s->list_idx = n;
+        lb->svcs[n++] = s;
+    }
+    lb->nsvcs = n;
+    lb->svcs_holes = 0;
+}
+
 int lb_svc_del(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
 {
     pthread_mutex_lock(&lb->lock);
@@ -329,13 +345,10 @@ int lb_svc_del(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
     while (*link != s)
         link = &(*link)->hnext;
     *link = s->hnext;
-    for (uint32_t i = 0; i < lb->nsvcs; i++) {
-        if (lb->svcs[i] == s) {
-            memmove(&lb->svcs[i], &lb->svcs[i + 1], (lb->nsvcs - i - 1) * sizeof(*lb->svcs));
-            lb->nsvcs--;
-            break;
-        }
-    }
+    lb->svcs[s->list_idx] = NULL;
+    lb->svcs_holes++;
+    if (lb->svcs_holes > 64 && lb->svcs_holes * 2 > lb->nsvcs)
+        compact_svcs(lb);
     svc_destroy(lb, s);
     pthread_mutex_unlock(&lb->lock);
     return LB_OK;
@@ -344,9 +357,11 @@ int lb_svc_del(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
 int lb_clear(lb_t *lb)
 {
     pthread_mutex_lock(&lb->lock);
-    for (uint32_t i = 0; i < lb->nsvcs; i++)
-        svc_destroy(lb, lb->svcs[i]);
+    struct lb_svc *s;
+    LB_FOR_EACH_SVC(lb, s)
+        svc_destroy(lb, s);
     lb->nsvcs = 0;
+    lb->svcs_holes = 0;
     memset(lb->svc_hash, 0, sizeof(lb->svc_hash));
     pthread_mutex_unlock(&lb->lock);
     return LB_OK;
@@ -574,8 +589,8 @@ int lb_zero_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
 int lb_zero(lb_t *lb)
 {
     pthread_mutex_lock(&lb->lock);
-    for (uint32_t i = 0; i < lb->nsvcs; i++) {
-        struct lb_svc *s = lb->svcs[i];
+    struct lb_svc *s;
+    LB_FOR_EACH_SVC(lb, s) {
         memset(&s->stats, 0, sizeof(s->stats));
         for (uint32_t j = 0; j < s->ndests; j++)
             memset(&s->dests[j]->stats, 0, sizeof(s->dests[j]->stats));
@@ -589,13 +604,16 @@ int lb_zero(lb_t *lb)
 int lb_svc_list(lb_t *lb, struct lb_svc_info *out, uint32_t cap)
 {
     pthread_mutex_lock(&lb->lock);
-    uint32_t n = lb->nsvcs;
-    for (uint32_t i = 0; i < n && i < cap && out; i++) {
-        const struct lb_svc *s = lb->svcs[i];
-        memset(&out[i], 0, sizeof(out[i]));
-        out[i].conf = s->conf;
-        out[i].num_dests = s->ndests;
-        out[i].stats = s->stats;
+    uint32_t n = 0;
+    const struct lb_svc *s;
+    LB_FOR_EACH_SVC(lb, s) {
+        if (n < cap && out) {
+            memset(&out[n], 0, sizeof(out[n]));
+            out[n].conf = s->conf;
+            out[n].num_dests = s->ndests;
+            out[n].stats = s->stats;
+        }
+        n++;
     }
     pthread_mutex_unlock(&lb->lock);
     return (int)n;
@@ -609,7 +627,7 @@ int lb_svc_list_changed(lb_t *lb, struct lb_svc_info *out, uint32_t cap)
     pthread_mutex_lock(&lb->lock);
     for (uint32_t i = 0; i < lb->nsvcs && n < cap; i++) {
         struct lb_svc *s = lb->svcs[i];
-        if (!memcmp(&s->stats, &s->stats_seen, sizeof(s->stats)))
+        if (!s || !memcmp(&s->stats, &s->stats_seen, sizeof(s->stats)))
             continue;
         s->stats_seen = s->stats;
         memset(&out[n], 0, sizeof(out[n]));
@@ -691,7 +709,7 @@ static struct lb_svc *fwmark_svc_of(const lb_t *lb, uint32_t daddr, uint16_t dpo
 {
     for (uint32_t i = 0; i < lb->nsvcs; i++) {
         struct lb_svc *s = lb->svcs[i];
-        if (s->conf.proto != LB_PROTO_FWMARK)
+        if (!s || s->conf.proto != LB_PROTO_FWMARK)
             continue;
         int k = find_dest_idx(s, daddr, dport);
         if (k < 0)

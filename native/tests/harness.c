@@ -8,7 +8,9 @@
  *                                  as first packet and again on a warm table), check
  *                                  the action's invariants; exit 1 on a violation
  *   harness bench N FILE...       process each packet N times (for callgrind:
- *                                  instructions per packet = total / (N * files))
+ *                                  instructions per packet = total / (N * files)),
+ *                                  in place as the NFQUEUE adapter does (cmd_bench)
+ *   harness bench-copy N FILE...  the same through lb_process (the copying path)
  *   harness churn N               N rounds of config churn (add/edit/delete/re-add of
  *                                  services, destinations, forwarding state, local
  *                                  addresses, switches between every registered
@@ -258,11 +260,40 @@ static int frag_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mtu
     return process_checked(lb, pkt, len, now) | frag_ok(pkt, len, mtu, 0);
 }
 
+/* Every other packet goes through lb_process_inplace on a copy (what the NFQUEUE adapter calls),
+ * the others through lb_process: both paths see every kind of packet (replay: cold and warm). */
+static uint8_t inplace_buf[LB_PKT_MAX];
+static unsigned inplace_turn;
+
+/* lb_process_inplace's contract: only TTL and header checksum written, and only for an XMIT_L2
+ * of the lent bytes (out_len 0), the TTL one lower and the header checksum still right. */
+static int inplace_ok(const uint8_t *orig, const uint8_t *lent, uint32_t len, const struct lb_action *act)
+{
+    if (memcmp(orig, lent, len) == 0)
+        return 0;
+    int bad = check(act->verdict == LB_V_XMIT_L2 && act->out_len == 0, "lent bytes change only to be sent as they are");
+    bad |= check(len >= 20 && lent[8] + 1 == orig[8], "in place: the TTL one lower");
+    for (uint32_t i = 0; i < len && !bad; i++)
+        if (i != 8 && i != 10 && i != 11)
+            bad |= check(lent[i] == orig[i], "in place: nothing but TTL and header checksum written");
+    if (!bad)
+        bad |= check(lb_ip_csum(lent, (uint32_t)(lent[0] & 15) * 4) == 0, "in place: the header checksum right");
+    return bad;
+}
+
 static int process_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now)
 {
     struct lb_action act;
     int bad = 0;
-    int rc = lb_process(lb, pkt, len, now, out_buf, sizeof(out_buf), &act);
+    int rc;
+    if (inplace_turn++ & 1) {
+        memcpy(inplace_buf, pkt, len);
+        rc = lb_process_inplace(lb, inplace_buf, len, 0, 0, now, out_buf, sizeof(out_buf), &act);
+        bad |= inplace_ok(pkt, inplace_buf, len, &act);
+        pkt = inplace_buf; /* what is sent when out_len is 0 */
+    } else {
+        rc = lb_process(lb, pkt, len, now, out_buf, sizeof(out_buf), &act);
+    }
     bad |= check(rc == LB_OK, "lb_process returns LB_OK for any bytes");
     bad |= check(act.verdict >= LB_V_ACCEPT && act.verdict <= LB_V_ANSWER, "verdict in range");
     bad |= check(act.reason >= 0 && act.reason < LB_R_COUNT, "reason in range");
@@ -428,7 +459,10 @@ static int cmd_replay(int argc, char **argv)
     return bad;
 }
 
-static int cmd_bench(long n, int argc, char **argv)
+/* bench: lb_process_inplace, as the NFQUEUE adapter calls it; the bytes it may write (TTL, header
+ * checksum: its contract) are put back after each call, so every round sees the same packet.
+ * bench-copy: lb_process, the copying path (every other caller). */
+static int cmd_bench(long n, int argc, char **argv, int copy)
 {
     lb_t *lb = new_lb();
     struct lb_action act;
@@ -437,8 +471,18 @@ static int cmd_bench(long n, int argc, char **argv)
         uint8_t *pkt = read_file(argv[i], &len);
         if (!pkt)
             return 2;
-        for (long k = 0; k < n; k++)
-            lb_process(lb, pkt, len, 1000, out_buf, sizeof(out_buf), &act);
+        if (copy || len < 12) {
+            for (long k = 0; k < n; k++)
+                lb_process(lb, pkt, len, 1000, out_buf, sizeof(out_buf), &act);
+        } else {
+            uint8_t ttl = pkt[8], c0 = pkt[10], c1 = pkt[11];
+            for (long k = 0; k < n; k++) {
+                lb_process_inplace(lb, pkt, len, 0, 0, 1000, out_buf, sizeof(out_buf), &act);
+                pkt[8] = ttl;
+                pkt[10] = c0;
+                pkt[11] = c1;
+            }
+        }
         free(pkt);
     }
     lb_free(lb);
@@ -478,8 +522,8 @@ static uint32_t make_packet(uint8_t *b, uint8_t proto, uint32_t src, uint16_t sp
 static int check_accounting(lb_t *lb, int idle)
 {
     int bad = 0;
-    for (uint32_t i = 0; i < lb->nsvcs; i++) {
-        const struct lb_svc *s = lb->svcs[i];
+    const struct lb_svc *s;
+    LB_FOR_EACH_SVC(lb, s) {
         for (uint32_t j = 0; j < s->ndests; j++) {
             const struct lb_dest *d = s->dests[j];
             bad |= check(d->activeconns <= d->totalconns, "activeconns <= totalconns");
@@ -923,14 +967,16 @@ int main(int argc, char **argv)
     if (argc >= 3 && strcmp(argv[1], "replay") == 0)
         return cmd_replay(argc - 2, argv + 2);
     if (argc >= 4 && strcmp(argv[1], "bench") == 0)
-        return cmd_bench(strtol(argv[2], NULL, 10), argc - 3, argv + 3);
+        return cmd_bench(strtol(argv[2], NULL, 10), argc - 3, argv + 3, 0);
+    if (argc >= 4 && strcmp(argv[1], "bench-copy") == 0)
+        return cmd_bench(strtol(argv[2], NULL, 10), argc - 3, argv + 3, 1);
     if (argc == 3 && strcmp(argv[1], "churn") == 0)
         return cmd_churn(strtol(argv[2], NULL, 10));
     if (argc == 4 && strcmp(argv[1], "fnatcost") == 0)
         return cmd_fnatcost(argv[2], strtol(argv[3], NULL, 10));
     if (argc == 5 && strcmp(argv[1], "table") == 0)
         return cmd_table(strtol(argv[2], NULL, 10), strtol(argv[3], NULL, 10), strtol(argv[4], NULL, 10));
-    fprintf(stderr, "usage: harness replay FILE... | bench N FILE... | churn ROUNDS | table IDLE ACTIVE PASSES | fnatcost accept|refuse M\n");
+    fprintf(stderr, "usage: harness replay FILE... | bench N FILE... | bench-copy N FILE... | churn ROUNDS | table IDLE ACTIVE PASSES | fnatcost accept|refuse M\n");
     return 2;
 }
 #endif
