@@ -6,8 +6,9 @@ version 1 over UDP multicast (lb/sync/codec.py), in lbd's event loop.
   new to the sync, a TCP state change into ESTABLISHED, FIN_WAIT, CLOSE, CLOSE_WAIT or TIME_WAIT,
   templates, UDP entries, and a refresh once an entry's expiry has moved by half its timeout
   (at least 10 s: the kernel's min_diff of sync_refresh_period) so a busy connection never expires
-  on the backup. FULLNAT and SYN-proxied entries are not sent (the kernel protocol cannot carry
-  them; issue 18 item 3): they are counted.
+  on the backup. FULLNAT, SYN-proxied and PROXY-protocol entries, which the kernel protocol
+  cannot carry, go in lbd's extension on its own port (lb/sync/ext_daemon.py; issue 18 item 3),
+  or are counted as not sent when the extension is off (sync_ext_port 0).
 - backup: joins the group on the interface, reads datagrams (robust decoding, every drop counted by
   reason) and installs each record through the restore path of lbd's state file
   (Engine.restore_connections_raw -> lb_conn_restore), bound to the backup's own services and
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from lb import consts as C
 from lb.engine import EngineError
-from lb.sync import codec, records
+from lb.sync import codec, ext_daemon, records
 
 if TYPE_CHECKING:
     from lb.director import Director
@@ -60,11 +61,13 @@ class DaemonConf:
     mcast_group: str = codec.SYNC_GROUP
     mcast_port: int = codec.SYNC_PORT
     mcast_ttl: int = DEFAULT_TTL
+    sync_ext_port: int = codec.SYNC_PORT + 1  # lbd's extension (ext_daemon); 0 = off
 
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "mcast_ifn": self.mcast_ifn, "syncid": self.syncid,
                 "sync_maxlen": self.sync_maxlen, "mcast_group": self.mcast_group,
-                "mcast_port": self.mcast_port, "mcast_ttl": self.mcast_ttl}
+                "mcast_port": self.mcast_port, "mcast_ttl": self.mcast_ttl,
+                "sync_ext_port": self.sync_ext_port}
 
 
 def _conf_from_args(args: dict[str, Any]) -> DaemonConf:
@@ -93,6 +96,17 @@ def _conf_from_args(args: dict[str, Any]) -> DaemonConf:
             raise EngineError("EINVAL", f"start_daemon: mcast_group {group} is not an IPv4 multicast address "
                               "(lbd syncs over IPv4 only)")
         conf.mcast_group = str(addr)
+    # lbd's extension (FULLNAT, SYN-proxy): on by default, on the sync port + 1.
+    ext_port = args.get("sync_ext_port")
+    if ext_port is None:
+        conf.sync_ext_port = ext_daemon.default_port(conf.mcast_port)
+    elif not isinstance(ext_port, int) or isinstance(ext_port, bool) or not 0 <= ext_port <= 65535:
+        raise EngineError("EINVAL", "start_daemon: sync_ext_port must be an integer in 0..65535 (0: off)")
+    elif ext_port == conf.mcast_port:
+        raise EngineError("EINVAL", f"start_daemon: sync_ext_port {ext_port} is the sync port: the extension needs "
+                          "a port of its own, where kernel backups do not listen")
+    else:
+        conf.sync_ext_port = ext_port
     return conf
 
 
@@ -126,10 +140,13 @@ class Counters:
 class Selector:
     """The master's choice of what to send (no I/O): see the module docstring."""
 
-    def __init__(self, director: Director, counters: Counters) -> None:
+    def __init__(self, director: Director, counters: Counters, extension: bool = False) -> None:
         self.director = director
         self.counters = counters
         self._sent: dict[tuple[int, str, int, str, int, bool], tuple[int, str, int, int, int]] = {}
+        # The sync extension: entries the kernel protocol cannot carry, chosen by pending() too.
+        self.extension = extension
+        self.ext_pending: list[ext_daemon.extension.ExtConn] = []
 
     def _lookup(self, proto: int, vaddr: str, vport: int, daddr: str, dport: int) -> tuple[str, int] | None:
         return lookup_dest(self.director, proto, vaddr, vport, daddr, dport)
@@ -141,6 +158,7 @@ class Selector:
         if chunks is None:
             return []
         out: list[codec.SyncConn] = []
+        self.ext_pending = []
         seen: set[tuple[int, str, int, str, int, bool]] = set()
         for chunk in chunks:
             for entry in records.entries(chunk):
@@ -149,7 +167,7 @@ class Selector:
                 if not records.wanted(entry):
                     continue
                 why = records.not_sendable(entry)
-                if why:
+                if why and not self.extension:
                     if key not in self._sent:
                         self.counters.add(f"not_sent_{why}")
                         self._sent[key] = (-1, "", 0, 0, 0)
@@ -161,6 +179,16 @@ class Selector:
                 if last is not None and last[:4] == (entry.state, entry.daddr, entry.dport, entry.flags):
                     if abs(deadline - last[4]) < max(entry.expires_in_ms // 2, REFRESH_MIN_MS):
                         continue
+                if why:  # ---- the sync extension (ext_daemon)
+                    ext = ext_daemon.convert(entry, self._lookup, engine, now_ms)
+                    if ext == ext_daemon.PENDING:
+                        continue  # not remembered as sent: tried again next tick
+                    if isinstance(ext, str):
+                        self.counters.add(f"ext_not_sent_{ext}")
+                        continue
+                    self.ext_pending.append(ext)
+                    self._sent[key] = (entry.state, entry.daddr, entry.dport, entry.flags, deadline)
+                    continue
                 conn = records.to_sync(entry, self._lookup)
                 if conn is None:
                     self.counters.add("not_sent_no_service")
@@ -177,7 +205,7 @@ class Master:
         self.director = director
         self.conf = conf
         self.counters = Counters()
-        self.selector = Selector(director, self.counters)
+        self.selector = Selector(director, self.counters, extension=bool(conf.sync_ext_port))
         ifindex = _ifindex(conf.mcast_ifn)
         if not conf.sync_maxlen:
             conf.sync_maxlen = MASTER_MTU - IP_UDP_HLEN
@@ -199,6 +227,11 @@ class Master:
                               f"start_daemon: master on {conf.mcast_ifn}: {exc.strerror}") from exc
         self.sock = sock
         self.task: asyncio.Task[None] | None = None
+        try:
+            self.ext = ext_daemon.ExtMaster(conf, ifindex, self.counters) if conf.sync_ext_port else None
+        except EngineError:
+            sock.close()
+            raise
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -225,12 +258,16 @@ class Master:
         if sent:
             self.counters.add("datagrams_sent", sent)
             self.counters.add("conns_sent", len(conns))
-        return len(conns)
+        if self.ext is not None:
+            self.ext.send(self.selector.ext_pending)
+        return len(conns) + len(self.selector.ext_pending)
 
     def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
         self.sock.close()
+        if self.ext is not None:
+            self.ext.close()
 
 
 class Backup:
@@ -257,10 +294,19 @@ class Backup:
                               f"start_daemon: backup on {conf.mcast_ifn}: {exc.strerror}") from exc
         self.sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
+        try:
+            self.ext = (ext_daemon.ExtBackup(director, conf, ifindex, self.counters,
+                                             lambda proto, state: _default_timeout_s(director, proto, state))
+                        if conf.sync_ext_port else None)
+        except EngineError:
+            sock.close()
+            raise
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.fileno(), self._readable)
+        if self.ext is not None:
+            self.ext.start()
 
     def _readable(self) -> None:
         for _ in range(64):  # a budget per wake-up: the loop has other work
@@ -285,6 +331,8 @@ class Backup:
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
+        if self.ext is not None:
+            self.ext.stop()
 
 
 def receive(director: Director, conf: DaemonConf, counters: Counters, data: bytes,
@@ -389,8 +437,8 @@ class SyncDaemons:
         daemon.start()
         self.running[conf.state] = daemon
         log.info("sync daemon started: state = %s, mcast_ifn = %s, syncid = %d, maxlen = %d, group = %s, "
-                 "port = %d, ttl = %d", conf.state.upper(), conf.mcast_ifn, conf.syncid, conf.sync_maxlen,
-                 conf.mcast_group, conf.mcast_port, conf.mcast_ttl)
+                 "port = %d, ttl = %d, ext_port = %d", conf.state.upper(), conf.mcast_ifn, conf.syncid,
+                 conf.sync_maxlen, conf.mcast_group, conf.mcast_port, conf.mcast_ttl, conf.sync_ext_port)
 
     def stop(self, args: dict[str, Any]) -> None:
         state = args.get("state")

@@ -52,6 +52,7 @@ class Entry:
     dport: int
     laddr: str
     expires_in_ms: int
+    lport: int = 0  # FULLNAT's local port (the sync extension carries it)
 
     @property
     def key(self) -> tuple[int, str, int, str, int, bool]:
@@ -76,7 +77,7 @@ def entries(blob: bytes) -> Iterator[Entry]:
         if not c.proto and not c.flags & C.LB_CONN_F_TEMPLATE:
             continue  # a change record of a gone slot
         yield Entry(c.proto, c.state, c.flags, _ip(c.caddr), c.cport, _ip(c.vaddr), c.vport, _ip(c.daddr), c.dport,
-                    _ip(c.laddr), int(c.expires_in_ms))
+                    _ip(c.laddr), int(c.expires_in_ms), c.lport)
 
 
 def not_sendable(entry: Entry) -> str:
