@@ -330,6 +330,7 @@ static int gso_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mtu,
     return bad;
 }
 
+#ifdef LB_FUZZ
 /* A sync backup's install of a FULLNAT / SYN-proxy / PROXY record (lb_conn_restore_seq, issue 18
  * item 3) made of fuzzed bytes: the struct lb_conn_info and struct lb_conn_seq as they come, but
  * aimed at the harness's VIP half of the time (so services exist), then segments of that
@@ -406,7 +407,6 @@ static int restore_seq_checked(lb_t *lb, const uint8_t *data, uint32_t len, uint
     return bad;
 }
 
-#ifdef LB_FUZZ
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -689,6 +689,7 @@ static int pressure_churn(long n)
     static const uint8_t flags[] = {0x02, 0x02, 0x02, 0x10, 0x10, 0x18, 0x11, 0x04};
     static const uint16_t ports[] = {80, 80, 82, 83, 80, 80, 86, 87}; /* DR half the time: a full table */
     struct lb_conn_info info[128];
+    long seq_installed = 0;
     for (long k = 0; k < n; k++) {
         uint32_t x = (uint32_t)k * 2654435761u;
         uint16_t port = ports[(x >> 8) % 8];
@@ -722,6 +723,25 @@ static int pressure_churn(long n)
                              rc == LB_EEXIST || rc == LB_OK || rc == LB_EINVAL || rc == LB_ENOSPC,
                              "lb_conn_restore with LB_CONN_F_UPDATE answers a known code");
             }
+            /* A sync backup's installs of SYN-proxied FULLNAT connections (lb_conn_restore_seq,
+             * issue 18 item 3) into the same full table, with a local port that may be taken. */
+            struct lb_conn_info ni = {.proto = LB_PROTO_TCP, .state = LB_S_ESTABLISHED,
+                                      .flags = LB_CONN_F_SYNPROXY | LB_CONN_F_UPDATE,
+                                      .caddr = 0xc6336400u + (x >> 24) % 40, .cport = (uint16_t)(5000 + k % 256),
+                                      .vaddr = VIP, .vport = 83, .daddr = BRS1, .dport = 80, .laddr = LIP,
+                                      .lport = (uint16_t)(2000 + (x >> 9) % 6), .expires_in_ms = 30000};
+            struct lb_conn_seq sq = {.flags = LB_CONN_F_SYNPROXY, .cookie_isn = x, .client_isn = x >> 3, .d_in = x * 7u};
+            int rs = lb_conn_restore_seq(lb, &ni, &sq, now);
+            seq_installed += rs == LB_OK;
+            bad |= check(rs == LB_OK || rs == LB_RESTORE_UPDATED || rs == LB_EEXIST || rs == LB_ENOSPC,
+                         "lb_conn_restore_seq of a SYN-proxied FULLNAT connection answers a known code");
+            struct lb_conn_seq sg;
+            if (rs == LB_OK)
+                bad |= check(lb_conn_seq_get(lb, LB_PROTO_TCP, ni.caddr, ni.cport, VIP, 83, now, &sg) == LB_OK &&
+                                 sg.d_in == sq.d_in && sg.flags == LB_CONN_F_SYNPROXY,
+                             "an installed SYN-proxied connection reports its offset");
+            sq.px_len = 3; /* no PROXY header is 3 bytes, and there is no PROXY flag */
+            bad |= check(lb_conn_restore_seq(lb, &ni, &sq, now) == LB_EINVAL, "inconsistent sequence state is refused");
             struct lb_action tact;
             while (lb_timer_next(lb, now, out_buf, sizeof(out_buf), &tact))
                 ;
@@ -731,6 +751,7 @@ static int pressure_churn(long n)
     struct lb_conn_stats st;
     lb_conn_stats(lb, &st);
     bad |= check(st.early_drops > 0, "a full table of half-open entries early-drops");
+    bad |= check(seq_installed > 0, "sync installs of SYN-proxied FULLNAT connections happened");
     lb_expire(lb, now + 24 * 3600 * 1000ull, 0);
     bad |= check_accounting(lb, 1);
     lb_free(lb);

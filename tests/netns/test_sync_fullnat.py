@@ -97,9 +97,7 @@ def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn, str]]:
             with open(logdir / f"{rs.name}.log", "w") as log:
                 rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(HTTP_PORT)],
                          stdout=log, stderr=subprocess.STDOUT, env=env)
-        for rs in topo.reals:
-            _wait(lambda rs=rs: client.get_once(a_host.netns, rs.addr, HTTP_PORT, timeout=1.0).ok, 15.0,
-                  f"httpd in {rs.name}")
+        client.wait_serving(a_host.netns, {rs.addr: rs.name for rs in topo.reals}, HTTP_PORT)
         a, b = LbdOn(topo, a_host), LbdOn(topo, b_host)
         try:
             for d in (a, b):
