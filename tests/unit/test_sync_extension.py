@@ -136,9 +136,10 @@ def test_fuzzed_datagrams_never_raise() -> None:
 # ---- through the C engines: master -> datagram -> backup
 
 
-def _director(synproxy: bool = False) -> Director:
+def _director(synproxy: bool = False, proxy: str | None = None) -> Director:
     d = Director(CEngine(conn_max=256, hash_seed=7), rules=None, resolver=None)
-    d.handle("add_service", {**FNAT, "sched": "rr", **({"synproxy": True} if synproxy else {})})
+    d.handle("add_service", {**FNAT, "sched": "rr", **({"synproxy": True} if synproxy else {}),
+                             **({"proxy_protocol": proxy} if proxy else {})})
     d.handle("add_laddr", {"service": FNAT, "addr": LIP})
     d.handle("add_dest", {"service": FNAT, "dest": {"addr": RS, "port": 8080, "fwd": "fullnat", "weight": 1}})
     d.engine.set_fwd(KEY, RS, 8080, FwdState(ifindex=3, dst_mac=b"\x02\0\0\0\0\x11", src_mac=b"\x02" * 6,
@@ -211,6 +212,27 @@ def test_synproxy_connection_keeps_its_sequence_translation_on_the_backup() -> N
     on_master, on_backup = master.engine.process(data, T0 + 6), backup.engine.process(data, T0 + 6)
     assert on_backup.verdict == Verdict.XMIT_L2 and IP(on_backup.out)[TCP].ack == 777_004
     assert IP(on_backup.out)[TCP].sport == lport
+
+
+def test_proxy_protocol_connection_keeps_its_header_state_on_the_backup() -> None:
+    master, backup = _director(proxy="v2"), _director(proxy="v2")
+    a = master.engine.process(_client("S", 40000, seq=1000), T0)
+    lport = IP(a.out)[TCP].sport
+    master.engine.process(raw(IP(src=RS, dst=LIP) / TCP(sport=8080, dport=lport, flags="SA", seq=5, ack=1001)), T0)
+    a = master.engine.process(_client("PA", 40000, seq=1001, ack=6, payload=b"GET /\r\n"), T0 + 1)
+    assert len(IP(a.out)[TCP].payload) == 28 + 7  # the v2 header went first
+    master.engine.process(raw(IP(src=RS, dst=LIP) / TCP(sport=8080, dport=lport, flags="A", seq=6, ack=1001 + 35)), T0 + 2)
+    selector = Selector(master, Counters(), extension=True)
+    _, got = _to_backup(master, backup, T0 + 3, selector)
+    assert got.values == {"ext_datagrams_received": 1, "ext_conns_installed": 1}
+    (ext,) = selector.ext_pending
+    assert ext.seq == extension.SeqState(extension.SEQ_PROXY, 28, extension.PX_V2 | extension.PX_SENT | extension.PX_ACKED,
+                                         0, 1000, 0)
+    # The client's next bytes and the server's acknowledgments move by the header on the backup as on the master.
+    for pkt in (_client("PA", 40000, seq=1008, ack=6, payload=b"more"),
+                raw(IP(src=RS, dst=LIP) / TCP(sport=8080, dport=lport, flags="A", seq=6, ack=1001 + 35 + 4))):
+        on_master, on_backup = master.engine.process(pkt, T0 + 4), backup.engine.process(pkt, T0 + 4)
+        assert on_backup.verdict == on_master.verdict and on_backup.out == on_master.out
 
 
 def test_with_the_extension_off_they_are_counted_as_not_sent() -> None:
