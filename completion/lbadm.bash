@@ -33,7 +33,7 @@ _lbadm() {
         --thresholds --persistent-conn --tun-info --nosort --sort --numeric --ops --laddr
         --ifname --synproxy --toa --proxy-protocol --pe --sched-flags --tun-type --tun-port --tun-nocsum
         --tun-csum --tun-remcsum --syncid --sync-maxlen --mcast-interface --mcast-group
-        --mcast-port --mcast-ttl --socket --json --ipv6"
+        --mcast-port --mcast-ttl --sync-ext-port --socket --json --ipv6"
     COMPREPLY=()
 
     # lbadm as the user typed it, with the same --socket, for asking lbd about its services.
@@ -81,7 +81,7 @@ _lbadm() {
         --socket) COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
         -p|--persistent|-M|--netmask|-w|--weight|-x|--u-threshold|-y|--l-threshold|-z|--laddr| \
         -F|--ifname|-f|--fwmark-service|--sctp-service|--pe|--tun-port|--syncid| \
-        --sync-maxlen|--mcast-interface|--mcast-group|--mcast-port|--mcast-ttl)
+        --sync-maxlen|--mcast-interface|--mcast-group|--mcast-port|--mcast-ttl|--sync-ext-port)
             return 0 ;;
     esac
     COMPREPLY=($(compgen -W "$options" -- "$cur"))

@@ -477,6 +477,27 @@ class CEngine:
             outcome[name] = outcome.get(name, 0) + 1
         return outcome
 
+    def conn_seq(self, proto: int, caddr: int, cport: int, vaddr: int, vport: int, now_ms: int) -> bytes | None:
+        """The packed struct lb_conn_seq of a SYN-proxied / PROXY-protocol connection (the sync
+        extension's payload, lb_conn_seq_get), None when it has none yet (no such connection, no
+        translation, or a SYN-proxy handshake still open)."""
+        out = ffi.new("struct lb_conn_seq *")
+        if lib.lb_conn_seq_get(self._lb, proto, caddr, cport, vaddr, vport, now_ms, out) != 0:
+            return None
+        return bytes(ffi.buffer(out))
+
+    def restore_connection_seq(self, record: bytes, seq: bytes, now_ms: int) -> str:
+        """lb_conn_restore_seq of one struct lb_conn_info record with its struct lb_conn_seq: the
+        outcome's name as in restore_connections_raw."""
+        if len(record) != ffi.sizeof("struct lb_conn_info") or len(seq) != ffi.sizeof("struct lb_conn_seq"):
+            raise EngineError("EINVAL", "restore_connection_seq: record sizes do not match the C structs")
+        ci = ffi.new("struct lb_conn_info *")
+        ffi.memmove(ci, record, len(record))
+        cs = ffi.new("struct lb_conn_seq *")
+        ffi.memmove(cs, seq, len(seq))
+        rc = lib.lb_conn_restore_seq(self._lb, ci, cs, now_ms)
+        return "restored" if rc == 0 else "updated" if rc == lib.LB_RESTORE_UPDATED else ERRNO_NAMES.get(rc, str(rc))
+
     def count_xmit_failed(self, reason: Reason) -> None:
         lib.lb_count_xmit_failed(self._lb, int(reason))
 

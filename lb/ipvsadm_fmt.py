@@ -618,5 +618,7 @@ def format_daemons(result: Json) -> str:
             line += f", port={int(daemon['mcast_port'])}"
         if daemon.get("mcast_ttl"):
             line += f", ttl={int(daemon['mcast_ttl'])}"
+        if daemon.get("sync_ext_port"):  # lbd's extension (docs/sync.md): not in ipvsadm's line
+            line += f", ext-port={int(daemon['sync_ext_port'])}"
         lines.append(line + ")")
     return "".join(line + "\n" for line in lines)

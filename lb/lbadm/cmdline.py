@@ -124,6 +124,7 @@ class _DaemonArgs:
     mcast_port: int | None = None
     mcast_ttl: int | None = None
     sync_maxlen: int | None = None
+    sync_ext_port: int | None = None
 
 
 _FORWARD_BY_KEY = {"gatewaying": "route", "ipip": "tunnel", "masquerading": "masq", "fullnat": "fullnat"}
@@ -301,6 +302,9 @@ class _CommandLine:
     def _sync_maxlen(self, text: str | None) -> None:
         self.daemon.sync_maxlen = self._bounded(Opt.SYNC_MAXLEN, text, 1, SYNC_MAXLEN_MAX, "sync-maxlen")
 
+    def _sync_ext_port(self, text: str | None) -> None:
+        self.daemon.sync_ext_port = self._bounded(Opt.SYNC_EXT_PORT, text, 0, 65535, "sync-ext-port")
+
     def _tun_port(self, text: str | None) -> None:
         self.dest.tun_port = self._bounded(Opt.TUN_PORT, text, 1, 65535, "tunnel port")
 
@@ -394,6 +398,7 @@ class _CommandLine:
         "mcast-port": _mcast_port,
         "mcast-ttl": _mcast_ttl,
         "sync-maxlen": _sync_maxlen,
+        "sync-ext-port": _sync_ext_port,
         "ipv6": _ipv6,
         "ops": _ops,
         "pe": _pe,
@@ -531,6 +536,7 @@ class _CommandLine:
             "mcast_port": self.daemon.mcast_port,
             "mcast_ttl": self.daemon.mcast_ttl,
             "sync_maxlen": self.daemon.sync_maxlen,
+            "sync_ext_port": self.daemon.sync_ext_port,
         }
         args.update({name: value for name, value in optional.items() if value is not None})
         return args

@@ -95,6 +95,7 @@ class Opt(enum.IntEnum):
     TOA = 37  # lbd's --toa
     IFNAME = 38  # DPVS's -F (accepted, ignored)
     PROXY_PROTOCOL = 39  # lbd's --proxy-protocol
+    SYNC_EXT_PORT = 40  # lbd's --sync-ext-port (the sync extension, docs/sync.md)
 
 
 OPTION_NAMES = (
@@ -104,7 +105,7 @@ OPTION_NAMES = (
     "persistent-conn", "nosort", "syncid", "exact", "ops", "pe", "sched-flags",
     "mcast-group", "mcast-port", "mcast-ttl", "sync-maxlen", "tun-info", "tun-type",
     "tun-port", "tun-nocsum", "tun-csum", "tun-remcsum", "json",
-    "local-address", "synproxy", "toa", "ifname", "proxy-protocol",
+    "local-address", "synproxy", "toa", "ifname", "proxy-protocol", "sync-ext-port",
 )  # fmt: skip
 
 # One character per option column: '+' compulsory, 'x' illegal, '1' at most
@@ -134,6 +135,8 @@ LEGAL_OPTIONS: dict[Command, str] = {
     Command.DELLADDR: _LADDR_ROW,
     Command.GETLADDR: "xx " + "x" * 31 + " " + _NO_DPVS,
 }
+# lbd's --sync-ext-port: with --start-daemon only.
+LEGAL_OPTIONS = {cmd: row + (" " if cmd is Command.STARTDAEMON else "x") for cmd, row in LEGAL_OPTIONS.items()}
 assert all(len(row) == len(Opt) for row in LEGAL_OPTIONS.values())
 
 _TUNNEL_OPTS = (Opt.TUN_PORT, Opt.TUN_NOCSUM, Opt.TUN_CSUM, Opt.TUN_REMCSUM)

@@ -82,6 +82,7 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     _spec("mcast-port", arg=_REQ),
     _spec("mcast-ttl", arg=_REQ),
     _spec("sync-maxlen", arg=_REQ),
+    _spec("sync-ext-port", arg=_REQ),
     _spec("tun-info"),
     _spec("tun-type", arg=_REQ),
     _spec("tun-port", arg=_REQ),

@@ -141,6 +141,8 @@ Daemon Options:
   --mcast-group address               IPv4/IPv6 multicast group
   --mcast-port port                   UDP port
   --mcast-ttl ttl                     multicast TTL
+  --sync-ext-port port                lbd's extension for FULLNAT and SYN-proxy connections:
+                                      UDP port (default the mcast-port + 1, 8849; 0: off)
 
 {p} additions:
   --socket PATH                       lbd's control socket; else $LBD_SOCKET, else /run/lbd/lbd.sock

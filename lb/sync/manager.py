@@ -9,8 +9,10 @@ version 1 over UDP multicast (lb/sync/codec.py), in lbd's event loop.
   moved by half its timeout (at least 10 s: the kernel's min_diff of sync_refresh_period) so a busy
   connection never expires on the backup. Bulk passes (Selector) send the whole table at start and
   every BULK_PERIOD_S, at most BULK_RATE entries a tick, so a (re)joining backup gets everything
-  (issue 18 item 4; the protocol has no request message). FULLNAT and SYN-proxied entries are not
-  sent (the kernel protocol cannot carry them; issue 18 item 3): they are counted.
+  (issue 18 item 4; the protocol has no request message). FULLNAT, SYN-proxied and
+  PROXY-protocol entries, which the kernel protocol cannot carry, go in lbd's extension on its own
+  port (lb/sync/ext_daemon.py; issue 18 item 3), or are counted as not sent when the extension is
+  off (sync_ext_port 0).
 - backup: joins the group on the interface, reads datagrams (robust decoding, every drop counted by
   reason) and installs each record through the restore path of lbd's state file
   (Engine.restore_connections_raw -> lb_conn_restore), bound to the backup's own services and
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from lb import consts as C
 from lb.engine import EngineError
-from lb.sync import codec, records
+from lb.sync import codec, ext_daemon, records
 
 if TYPE_CHECKING:
     from lb.director import Director
@@ -67,12 +69,14 @@ class DaemonConf:
     mcast_ttl: int = DEFAULT_TTL
     bulk_period: int = BULK_PERIOD_S  # lbd's own (control protocol only): see Selector
     bulk_rate: int = BULK_RATE
+    sync_ext_port: int = codec.SYNC_PORT + 1  # lbd's extension (ext_daemon); 0 = off
 
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "mcast_ifn": self.mcast_ifn, "syncid": self.syncid,
                 "sync_maxlen": self.sync_maxlen, "mcast_group": self.mcast_group,
                 "mcast_port": self.mcast_port, "mcast_ttl": self.mcast_ttl,
-                "bulk_period": self.bulk_period, "bulk_rate": self.bulk_rate}
+                "bulk_period": self.bulk_period, "bulk_rate": self.bulk_rate,
+                "sync_ext_port": self.sync_ext_port}
 
 
 def _conf_from_args(args: dict[str, Any]) -> DaemonConf:
@@ -101,6 +105,17 @@ def _conf_from_args(args: dict[str, Any]) -> DaemonConf:
             raise EngineError("EINVAL", f"start_daemon: mcast_group {group} is not an IPv4 multicast address "
                               "(lbd syncs over IPv4 only)")
         conf.mcast_group = str(addr)
+    # lbd's extension (FULLNAT, SYN-proxy): on by default, on the sync port + 1.
+    ext_port = args.get("sync_ext_port")
+    if ext_port is None:
+        conf.sync_ext_port = ext_daemon.default_port(conf.mcast_port)
+    elif not isinstance(ext_port, int) or isinstance(ext_port, bool) or not 0 <= ext_port <= 65535:
+        raise EngineError("EINVAL", "start_daemon: sync_ext_port must be an integer in 0..65535 (0: off)")
+    elif ext_port == conf.mcast_port:
+        raise EngineError("EINVAL", f"start_daemon: sync_ext_port {ext_port} is the sync port: the extension needs "
+                          "a port of its own, where kernel backups do not listen")
+    else:
+        conf.sync_ext_port = ext_port
     return conf
 
 
@@ -153,7 +168,7 @@ class Selector:
     the whole table after one pass."""
 
     def __init__(self, director: Director, counters: Counters, bulk_period_ms: int = BULK_PERIOD_S * 1000,
-                 bulk_rate: int = BULK_RATE) -> None:
+                 bulk_rate: int = BULK_RATE, extension: bool = False) -> None:
         self.director = director
         self.counters = counters
         self.bulk_period_ms = bulk_period_ms
@@ -161,6 +176,9 @@ class Selector:
         self._sent: dict[int, _Sent] = {}
         self._bulk_cursor: int | None = None  # None: no pass under way
         self._bulk_started_ms: int | None = None
+        # The sync extension: entries the kernel protocol cannot carry, chosen by pending() too.
+        self.extension = extension
+        self.ext_pending: list[ext_daemon.extension.ExtConn] = []
 
     def _lookup(self, proto: int, vaddr: str, vport: int, daddr: str, dport: int) -> tuple[str, int] | None:
         return lookup_dest(self.director, proto, vaddr, vport, daddr, dport)
@@ -171,7 +189,8 @@ class Selector:
         self._sent.clear()
 
     def _consider(self, entry: records.Entry, now_ms: int, force: bool) -> codec.SyncConn | None:
-        """The record to send for `entry` now, or None; `force`: a bulk pass sends it anyway."""
+        """The record to send for `entry` now, or None; `force`: a bulk pass sends it anyway. An entry
+        the kernel protocol cannot carry goes to ext_pending instead (the extension) when it is on."""
         if not records.wanted(entry):
             return None
         key = entry.key
@@ -179,7 +198,7 @@ class Selector:
         if last is not None and last.key != key:
             last = None  # the slot holds another entry now
         why = records.not_sendable(entry)
-        if why:
+        if why and not self.extension:
             if last is None:
                 self.counters.add(f"not_sent_{why}")
                 self._sent[entry.slot] = _Sent(key, -1)
@@ -188,6 +207,16 @@ class Selector:
         if (not force and last is not None
                 and (last.state, last.daddr, last.dport, last.flags) == (entry.state, entry.daddr, entry.dport, entry.flags)
                 and abs(deadline - last.deadline_ms) < max(entry.expires_in_ms // 2, REFRESH_MIN_MS)):
+            return None
+        if why:  # ---- the sync extension (ext_daemon)
+            ext = ext_daemon.convert(entry, self._lookup, self.director.engine, now_ms)
+            if ext == ext_daemon.PENDING:
+                return None  # not remembered as sent: tried again at its next change or bulk pass
+            if isinstance(ext, str):
+                self.counters.add(f"ext_not_sent_{ext}")
+                return None
+            self.ext_pending.append(ext)
+            self._sent[entry.slot] = _Sent(key, entry.state, entry.daddr, entry.dport, entry.flags, deadline)
             return None
         conn = records.to_sync(entry, self._lookup)
         if conn is None:
@@ -203,13 +232,16 @@ class Selector:
         if changes is None:
             return []
         out: list[codec.SyncConn] = []
+        self.ext_pending = []
         done: set[int] = set()
         for slot in records.gone_slots(changes):
             self._sent.pop(slot, None)
         for entry in records.entries(changes):
+            queued = len(self.ext_pending)
             conn = self._consider(entry, now_ms, force=False)
             if conn is not None:
                 out.append(conn)
+            if conn is not None or len(self.ext_pending) > queued:
                 done.add(entry.slot)
         if self._bulk_cursor is None and (self._bulk_started_ms is None
                                           or self.bulk_period_ms and now_ms - self._bulk_started_ms >= self.bulk_period_ms):
@@ -237,7 +269,8 @@ class Master:
         self.director = director
         self.conf = conf
         self.counters = Counters()
-        self.selector = Selector(director, self.counters, conf.bulk_period * 1000, conf.bulk_rate)
+        self.selector = Selector(director, self.counters, conf.bulk_period * 1000, conf.bulk_rate,
+                                 extension=bool(conf.sync_ext_port))
         ifindex = _ifindex(conf.mcast_ifn)
         if not conf.sync_maxlen:
             conf.sync_maxlen = MASTER_MTU - IP_UDP_HLEN
@@ -259,6 +292,11 @@ class Master:
                               f"start_daemon: master on {conf.mcast_ifn}: {exc.strerror}") from exc
         self.sock = sock
         self.task: asyncio.Task[None] | None = None
+        try:
+            self.ext = ext_daemon.ExtMaster(conf, ifindex, self.counters) if conf.sync_ext_port else None
+        except EngineError:
+            sock.close()
+            raise
 
     def start(self) -> None:
         self.selector.start()
@@ -286,12 +324,16 @@ class Master:
         if sent:
             self.counters.add("datagrams_sent", sent)
             self.counters.add("conns_sent", len(conns))
-        return len(conns)
+        if self.ext is not None:
+            self.ext.send(self.selector.ext_pending)
+        return len(conns) + len(self.selector.ext_pending)
 
     def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
         self.sock.close()
+        if self.ext is not None:
+            self.ext.close()
 
 
 class Backup:
@@ -318,10 +360,19 @@ class Backup:
                               f"start_daemon: backup on {conf.mcast_ifn}: {exc.strerror}") from exc
         self.sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
+        try:
+            self.ext = (ext_daemon.ExtBackup(director, conf, ifindex, self.counters,
+                                             lambda proto, state: _default_timeout_s(director, proto, state))
+                        if conf.sync_ext_port else None)
+        except EngineError:
+            sock.close()
+            raise
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.fileno(), self._readable)
+        if self.ext is not None:
+            self.ext.start()
 
     def _readable(self) -> None:
         for _ in range(64):  # a budget per wake-up: the loop has other work
@@ -346,6 +397,8 @@ class Backup:
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
+        if self.ext is not None:
+            self.ext.stop()
 
 
 def receive(director: Director, conf: DaemonConf, counters: Counters, data: bytes,
@@ -450,8 +503,8 @@ class SyncDaemons:
         daemon.start()
         self.running[conf.state] = daemon
         log.info("sync daemon started: state = %s, mcast_ifn = %s, syncid = %d, maxlen = %d, group = %s, "
-                 "port = %d, ttl = %d", conf.state.upper(), conf.mcast_ifn, conf.syncid, conf.sync_maxlen,
-                 conf.mcast_group, conf.mcast_port, conf.mcast_ttl)
+                 "port = %d, ttl = %d, ext_port = %d", conf.state.upper(), conf.mcast_ifn, conf.syncid,
+                 conf.sync_maxlen, conf.mcast_group, conf.mcast_port, conf.mcast_ttl, conf.sync_ext_port)
 
     def stop(self, args: dict[str, Any]) -> None:
         state = args.get("state")

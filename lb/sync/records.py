@@ -53,6 +53,7 @@ class Entry:
     laddr: str
     expires_in_ms: int
     slot: int = 0  # the entry's table slot (the key of change dumps)
+    lport: int = 0  # FULLNAT's local port (the sync extension carries it)
 
     @property
     def key(self) -> tuple[int, str, int, str, int, bool]:
@@ -77,7 +78,7 @@ def entries(blob: bytes) -> Iterator[Entry]:
         if not c.proto and not c.flags & C.LB_CONN_F_TEMPLATE:
             continue  # a change record of a gone slot
         yield Entry(c.proto, c.state, c.flags, _ip(c.caddr), c.cport, _ip(c.vaddr), c.vport, _ip(c.daddr), c.dport,
-                    _ip(c.laddr), int(c.expires_in_ms), int(c.slot))
+                    _ip(c.laddr), int(c.expires_in_ms), int(c.slot), int(c.lport))
 
 
 def gone_slots(blob: bytes) -> Iterator[int]:

@@ -572,3 +572,31 @@ void lb_conn_sync_changes_reset(lb_t *lb);
  * to out exactly as lb_process_pkt writes it. */
 int lb_process_inplace(lb_t *lb, uint8_t *pkt, uint32_t len, uint32_t mark, uint32_t flags, uint64_t now_ms,
                        uint8_t *out, uint32_t out_cap, struct lb_action *act);
+
+/* ---- connection sync extension (issue 18 item 3; docs/sync.md "The extension") ---- */
+/* What the kernel's sync protocol cannot carry of a SYN-proxied or PROXY-protocol connection: its
+ * sequence translation (SYN-proxy's side table). Host order. */
+#define LB_CONN_SEQ_PX_SENT 1      /* the PROXY header has gone to the real server at least once */
+#define LB_CONN_SEQ_PX_ACKED 2     /* the real server acknowledged every header byte */
+#define LB_CONN_SEQ_PX_V2 4        /* the header is version 2 (LB_PROXY_V2_LEN bytes) */
+struct lb_conn_seq {
+    uint16_t flags;                /* LB_CONN_F_SYNPROXY | LB_CONN_F_PROXY: which translations apply */
+    uint16_t px_len;               /* PROXY: header bytes before the client's first (0 without PROXY) */
+    uint8_t px_flags;              /* PROXY: LB_CONN_SEQ_PX_* */
+    uint8_t pad[3];
+    uint32_t cookie_isn;           /* SYN-proxy: the director's ISN towards the client */
+    uint32_t client_isn;           /* the client's ISN */
+    uint32_t d_in;                 /* SYN-proxy: real server's ISN - cookie_isn, added to client ACK numbers */
+};
+/* The sequence state of the TCP connection <caddr:cport -> vaddr:vport> (host order). LB_OK;
+ * LB_ESRCH: no such connection; LB_ENOENT: it translates no sequence numbers; LB_EBUSY: SYN-proxied
+ * but the real server's handshake is not complete (no offset yet). Locks. */
+int lb_conn_seq_get(lb_t *lb, uint8_t proto, uint32_t caddr, uint16_t cport, uint32_t vaddr, uint16_t vport,
+                    uint64_t now_ms, struct lb_conn_seq *out);
+/* lb_conn_restore for a SYN-proxied / PROXY-protocol connection (a sync backup's record): ci as for
+ * lb_conn_restore with LB_CONN_F_SYNPROXY / LB_CONN_F_PROXY in ci->flags, seq its translation (flags
+ * equal to ci's, PROXY header length 32..56 for v1, LB_PROXY_V2_LEN for v2, 0 without PROXY; TCP
+ * connections only): LB_EINVAL otherwise. With FULLNAT, ci->laddr / ci->lport bind the entry to that
+ * local address and port (reserved in the local port allocator). An existing entry is updated only
+ * when it has the same translations (PROXY: the header's SENT/ACKED marks accumulate). Locks. */
+int lb_conn_restore_seq(lb_t *lb, const struct lb_conn_info *ci, const struct lb_conn_seq *seq, uint64_t now_ms);

@@ -722,13 +722,98 @@ static struct lb_svc *fwmark_svc_of(const lb_t *lb, uint32_t daddr, uint16_t dpo
     return NULL;
 }
 
+_Static_assert(LB_CONN_SEQ_PX_SENT == LB_PX_SENT && LB_CONN_SEQ_PX_ACKED == LB_PX_ACKED && LB_CONN_SEQ_PX_V2 == LB_PX_V2,
+               "lb_conn_seq's PROXY flags are the side table's");
+
+/* The sequence state a sync record brings is consistent: SYN-proxy and PROXY only on TCP
+ * connections (not templates), flags matching the entry's, a PROXY header length one of the
+ * service flags could have produced, no unknown bits. */
+static int seq_valid(const struct lb_conn_info *ci, const struct lb_conn_seq *seq)
+{
+    uint16_t want = (uint16_t)(ci->flags & (LB_CONN_F_SYNPROXY | LB_CONN_F_PROXY));
+    if (!want || ci->proto != LB_PROTO_TCP || (ci->flags & LB_CONN_F_TEMPLATE) || seq->flags != want)
+        return 0;
+    if (seq->px_flags & ~(uint8_t)(LB_CONN_SEQ_PX_SENT | LB_CONN_SEQ_PX_ACKED | LB_CONN_SEQ_PX_V2))
+        return 0;
+    if (!(want & LB_CONN_F_PROXY))
+        return seq->px_len == 0 && seq->px_flags == 0;
+    if (seq->px_flags & LB_CONN_SEQ_PX_V2)
+        return seq->px_len == LB_PROXY_V2_LEN;
+    return seq->px_len >= 32 && seq->px_len <= LB_PROXY_V1_MAX_LEN; /* v1: 32..56 bytes */
+}
+
+static int conn_restore(lb_t *lb, const struct lb_conn_info *ci, const struct lb_conn_seq *seq, uint64_t now_ms);
+
 int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
+{
+    return conn_restore(lb, ci, NULL, now_ms);
+}
+
+int lb_conn_restore_seq(lb_t *lb, const struct lb_conn_info *ci, const struct lb_conn_seq *seq, uint64_t now_ms)
+{
+    if (!ci || !seq || !seq_valid(ci, seq))
+        return LB_EINVAL;
+    return conn_restore(lb, ci, seq, now_ms);
+}
+
+int lb_conn_seq_get(lb_t *lb, uint8_t proto, uint32_t caddr, uint16_t cport, uint32_t vaddr, uint16_t vport,
+                    uint64_t now_ms, struct lb_conn_seq *out)
+{
+    if (!out || proto != LB_PROTO_TCP)
+        return LB_EINVAL;
+    memset(out, 0, sizeof(*out));
+    int err = LB_ESRCH;
+    pthread_mutex_lock(&lb->lock);
+    struct lb_conn *c = lb_conn_lookup(lb, proto, lb_htonl(caddr), lb_htons(cport), lb_htonl(vaddr),
+                                       lb_htons(vport), now_ms, NULL);
+    if (c) {
+        uint16_t fl = (uint16_t)(c->flags & (LB_CF_SYNPROXY | LB_CF_PROXY));
+        const struct lb_sp *sp = lb->sp ? &lb->sp[c - lb->conns] : NULL;
+        if (!fl || !sp)
+            err = LB_ENOENT;
+        else if ((fl & LB_CF_SYNPROXY) && sp->phase != LB_SP_DONE)
+            err = LB_EBUSY; /* the real server's handshake is not complete: no offset yet */
+        else {
+            out->flags = fl;
+            out->px_flags = sp->px_flags;
+            out->px_len = sp->px_len;
+            out->cookie_isn = sp->cookie_isn;
+            out->client_isn = sp->client_isn;
+            out->d_in = sp->d_in;
+            err = LB_OK;
+        }
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return err;
+}
+
+/* A restored entry's sequence state into the side table (allocated if no service needed it yet). */
+static int seq_install(lb_t *lb, struct lb_conn *c, const struct lb_conn_seq *seq)
+{
+    int err = lb_sp_enable(lb);
+    if (err != LB_OK)
+        return err;
+    struct lb_sp *sp = &lb->sp[c - lb->conns];
+    memset(sp, 0, sizeof(*sp));
+    sp->cookie_isn = seq->cookie_isn;
+    sp->client_isn = seq->client_isn;
+    sp->d_in = seq->d_in;
+    sp->px_len = seq->px_len;
+    sp->px_flags = seq->px_flags;
+    if (seq->flags & LB_CONN_F_SYNPROXY)
+        sp->phase = LB_SP_DONE;
+    c->flags |= (uint16_t)(seq->flags & (LB_CF_SYNPROXY | LB_CF_PROXY));
+    lb_conn_dirty(lb, (uint32_t)(c - lb->conns));
+    return LB_OK;
+}
+
+static int conn_restore(lb_t *lb, const struct lb_conn_info *ci, const struct lb_conn_seq *seq, uint64_t now_ms)
 {
     /* protocol 0: a fwmark service's template (<IPPROTO_IP, client, 0, fwmark, 0>) */
     int fwm_tmpl = ci && ci->proto == LB_PROTO_FWMARK && (ci->flags & LB_CONN_F_TEMPLATE);
     if (!ci || (ci->proto != LB_PROTO_TCP && ci->proto != LB_PROTO_UDP && !fwm_tmpl) || ci->state >= LB_S_COUNT)
         return LB_EINVAL;
-    if (ci->flags & (LB_CONN_F_SYNPROXY | LB_CONN_F_PROXY))
+    if ((ci->flags & (LB_CONN_F_SYNPROXY | LB_CONN_F_PROXY)) && !seq)
         return LB_EOPNOTSUPP; /* their sequence translation is not in the dump */
     if (ci->expires_in_ms <= 0)
         return LB_OK; /* already dead: nothing to restore */
@@ -786,7 +871,10 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
     struct lb_conn *old = lb_conn_lookup(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms, NULL);
     if (old) {
         err = LB_EEXIST;
-        if ((ci->flags & LB_CONN_F_UPDATE) && old->dest == d) {
+        if ((ci->flags & LB_CONN_F_UPDATE) && old->dest == d &&
+            (old->flags & (LB_CF_SYNPROXY | LB_CF_PROXY)) == (ci->flags & (LB_CONN_F_SYNPROXY | LB_CONN_F_PROXY))) {
+            if (seq && lb->sp && (seq->flags & LB_CONN_F_PROXY))
+                lb->sp[old - lb->conns].px_flags |= (uint8_t)(seq->px_flags & (LB_PX_SENT | LB_PX_ACKED));
             lb_conn_set_state(lb, old, ci->state); /* with IPVS's active/inactive accounting */
             lb_conn_set_expiry(lb, old, now_ms + (uint64_t)ci->expires_in_ms);
             err = LB_RESTORE_UPDATED;
@@ -804,6 +892,10 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
         if (m->release)
             m->release(lb, p.proto, d, &b);
         err = LB_ENOSPC;
+        goto out;
+    }
+    if (seq && (err = seq_install(lb, c, seq)) != LB_OK) {
+        lb_conn_expire_now(lb, c);
         goto out;
     }
     lb_conn_set_state(lb, c, ci->state); /* with IPVS's active/inactive accounting */

@@ -362,6 +362,82 @@ static int gso_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mtu,
 }
 
 #ifdef LB_FUZZ
+/* A sync backup's install of a FULLNAT / SYN-proxy / PROXY record (lb_conn_restore_seq, issue 18
+ * item 3) made of fuzzed bytes: the struct lb_conn_info and struct lb_conn_seq as they come, but
+ * aimed at the harness's VIP half of the time (so services exist), then segments of that
+ * connection from both sides with fuzzed sequence and acknowledgment numbers, through the packet
+ * core's translation. Every answer is a known code; the packets are checked as any other. */
+static int restore_seq_checked(lb_t *lb, const uint8_t *data, uint32_t len, uint64_t now)
+{
+    struct lb_conn_info ci;
+    struct lb_conn_seq seq;
+    if (len < sizeof(ci) + sizeof(seq) + 8)
+        return 0;
+    memcpy(&ci, data, sizeof(ci));
+    memcpy(&seq, data + sizeof(ci), sizeof(seq));
+    const uint8_t *tail = data + sizeof(ci) + sizeof(seq);
+    if (tail[0] & 1) {
+        ci.vaddr = VIP;
+        ci.vport = (uint16_t)(80 + tail[0] % 5);
+        ci.daddr = BRS1 + (tail[0] >> 7);
+        ci.dport = 80;
+        ci.laddr = LIP;
+        ci.proto = LB_PROTO_TCP;
+        ci.state = LB_S_ESTABLISHED;
+        ci.expires_in_ms = 1 + tail[1] * 1000;
+    }
+    int rc = lb_conn_restore_seq(lb, &ci, &seq, now);
+    int bad = check(rc == LB_OK || rc == LB_RESTORE_UPDATED || rc == LB_EINVAL || rc == LB_ESRCH || rc == LB_ENOENT ||
+                        rc == LB_EEXIST || rc == LB_ENOSPC || rc == LB_ENOMEM || rc == LB_EOPNOTSUPP,
+                    "lb_conn_restore_seq answers a known code");
+    struct lb_conn_seq got;
+    int g = lb_conn_seq_get(lb, ci.proto, ci.caddr, ci.cport, ci.vaddr, ci.vport, now, &got);
+    bad |= check(g == LB_OK || g == LB_ESRCH || g == LB_ENOENT || g == LB_EBUSY || g == LB_EINVAL,
+                 "lb_conn_seq_get answers a known code");
+    if (rc == LB_OK)
+        bad |= check(g == LB_OK && got.flags == seq.flags && got.d_in == seq.d_in && got.px_len == seq.px_len,
+                     "an installed connection reports the sequence state it was given");
+    uint8_t pkt[60];
+    for (int dir = 0; dir < 2; dir++) {
+        memset(pkt, 0, 40);
+        pkt[0] = 0x45;
+        pkt[3] = 40 + 4;
+        pkt[8] = 64;
+        pkt[9] = LB_PROTO_TCP;
+        uint32_t sa = dir ? ci.daddr : ci.caddr, da = dir ? ci.laddr : ci.vaddr;
+        uint16_t sp = dir ? ci.dport : ci.cport, dp = dir ? ci.lport : ci.vport;
+        for (int i = 0; i < 4; i++) {
+            pkt[12 + i] = (uint8_t)(sa >> (24 - 8 * i));
+            pkt[16 + i] = (uint8_t)(da >> (24 - 8 * i));
+        }
+        pkt[20] = (uint8_t)(sp >> 8);
+        pkt[21] = (uint8_t)sp;
+        pkt[22] = (uint8_t)(dp >> 8);
+        pkt[23] = (uint8_t)dp;
+        memcpy(pkt + 24, tail + 2, 6); /* sequence number and most of the acknowledgment number */
+        pkt[32] = 0x50;
+        pkt[33] = (uint8_t)(0x10 | (tail[1] & 0x09)); /* ACK, maybe PSH/FIN */
+        pkt[34] = 0xff;
+        memcpy(pkt + 40, "data", 4);
+        uint32_t sum = 0;
+        for (int i = 0; i < 20; i += 2)
+            sum += (uint32_t)(pkt[i] << 8 | pkt[i + 1]);
+        while (sum >> 16)
+            sum = (sum & 0xffff) + (sum >> 16);
+        pkt[10] = (uint8_t)(~sum >> 8);
+        pkt[11] = (uint8_t)~sum;
+        sum = LB_PROTO_TCP + 24; /* pseudo-header: protocol, TCP length, then the addresses */
+        for (int i = 12; i < 44; i += 2)
+            sum += (uint32_t)(pkt[i] << 8 | pkt[i + 1]);
+        while (sum >> 16)
+            sum = (sum & 0xffff) + (sum >> 16);
+        pkt[36] = (uint8_t)(~sum >> 8);
+        pkt[37] = (uint8_t)~sum;
+        bad |= process_checked(lb, pkt, 44, now);
+    }
+    return bad;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -388,6 +464,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     /* Byte 0 also picks the segment size: 576, 884, 1192 or 1500 bytes. */
     if (size > 1 && gso_checked(lb, data + 1, (uint32_t)size - 1, 576 + (data[0] % 4u) * 308u, now))
+        abort();
+    if (size > 1 && restore_seq_checked(lb, data + 1, (uint32_t)size - 1, now))
         abort();
     struct lb_action tact;
     while (lb_timer_next(lb, now, out_buf, sizeof(out_buf), &tact))
@@ -655,6 +733,7 @@ static int pressure_churn(long n)
     static const uint8_t flags[] = {0x02, 0x02, 0x02, 0x10, 0x10, 0x18, 0x11, 0x04};
     static const uint16_t ports[] = {80, 80, 82, 83, 80, 80, 86, 87}; /* DR half the time: a full table */
     struct lb_conn_info info[128];
+    long seq_installed = 0;
     for (long k = 0; k < n; k++) {
         uint32_t x = (uint32_t)k * 2654435761u;
         uint16_t port = ports[(x >> 8) % 8];
@@ -699,6 +778,25 @@ static int pressure_churn(long n)
                              rc == LB_EEXIST || rc == LB_OK || rc == LB_EINVAL || rc == LB_ENOSPC,
                              "lb_conn_restore with LB_CONN_F_UPDATE answers a known code");
             }
+            /* A sync backup's installs of SYN-proxied FULLNAT connections (lb_conn_restore_seq,
+             * issue 18 item 3) into the same full table, with a local port that may be taken. */
+            struct lb_conn_info ni = {.proto = LB_PROTO_TCP, .state = LB_S_ESTABLISHED,
+                                      .flags = LB_CONN_F_SYNPROXY | LB_CONN_F_UPDATE,
+                                      .caddr = 0xc6336400u + (x >> 24) % 40, .cport = (uint16_t)(5000 + k % 256),
+                                      .vaddr = VIP, .vport = 83, .daddr = BRS1, .dport = 80, .laddr = LIP,
+                                      .lport = (uint16_t)(2000 + (x >> 9) % 6), .expires_in_ms = 30000};
+            struct lb_conn_seq sq = {.flags = LB_CONN_F_SYNPROXY, .cookie_isn = x, .client_isn = x >> 3, .d_in = x * 7u};
+            int rs = lb_conn_restore_seq(lb, &ni, &sq, now);
+            seq_installed += rs == LB_OK;
+            bad |= check(rs == LB_OK || rs == LB_RESTORE_UPDATED || rs == LB_EEXIST || rs == LB_ENOSPC,
+                         "lb_conn_restore_seq of a SYN-proxied FULLNAT connection answers a known code");
+            struct lb_conn_seq sg;
+            if (rs == LB_OK)
+                bad |= check(lb_conn_seq_get(lb, LB_PROTO_TCP, ni.caddr, ni.cport, VIP, 83, now, &sg) == LB_OK &&
+                                 sg.d_in == sq.d_in && sg.flags == LB_CONN_F_SYNPROXY,
+                             "an installed SYN-proxied connection reports its offset");
+            sq.px_len = 3; /* no PROXY header is 3 bytes, and there is no PROXY flag */
+            bad |= check(lb_conn_restore_seq(lb, &ni, &sq, now) == LB_EINVAL, "inconsistent sequence state is refused");
             struct lb_action tact;
             while (lb_timer_next(lb, now, out_buf, sizeof(out_buf), &tact))
                 ;
@@ -708,6 +806,7 @@ static int pressure_churn(long n)
     struct lb_conn_stats st;
     lb_conn_stats(lb, &st);
     bad |= check(st.early_drops > 0, "a full table of half-open entries early-drops");
+    bad |= check(seq_installed > 0, "sync installs of SYN-proxied FULLNAT connections happened");
     lb_expire(lb, now + 24 * 3600 * 1000ull, 0);
     bad |= check_accounting(lb, 1);
     lb_free(lb);

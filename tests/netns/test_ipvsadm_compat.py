@@ -161,7 +161,7 @@ def test_sync_daemon_start_list_stop(compat_lbd: Lbd) -> None:
     try:
         assert _ipvsadm(compat_lbd, ["-L", "--daemon"]).stdout == f"backup sync daemon (mcast={ifname}, syncid=5)\n"
         assert _lbadm(compat_lbd, ["-L", "--daemon"]).stdout == (
-            f"backup sync daemon (mcast={ifname}, syncid=5, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n")
+            f"backup sync daemon (mcast={ifname}, syncid=5, maxlen=1472, group=224.0.0.81, port=8848, ttl=1, ext-port=8849)\n")
         again = _ipvsadm(compat_lbd, ["--start-daemon", "backup", "--mcast-interface", ifname])
         assert (again.returncode, again.stderr) == (255, "Daemon has already run\n")
     finally:

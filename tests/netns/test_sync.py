@@ -128,7 +128,7 @@ def test_list_daemon_and_refusals(pair: tuple[Topology, LbdOn, LbdOn]) -> None:
     try:
         listed = a.lbadm("-L", "--daemon").stdout
         assert listed == (f"master sync daemon (mcast={ifname}, syncid=7, maxlen=1472, group=224.0.0.81, "
-                          "port=8848, ttl=2)\n")
+                          "port=8848, ttl=2, ext-port=8849)\n")
         again = a.lbadm("--start-daemon", "master", "--mcast-interface", ifname, check=False)
         assert (again.returncode, again.stderr) == (255, "Daemon has already run\n")
     finally:

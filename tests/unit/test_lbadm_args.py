@@ -120,6 +120,8 @@ def dest_spec(addr: str, port: int, fwd: str = "route", weight: int = 1, upper: 
         (["--set", "900", "120", "300"], {"op": "set_timeout", "args": {"tcp": 900, "tcpfin": 120, "udp": 300}}),
         (["--reload"], {"op": "reload", "args": {}}),
         (["--start-daemon", "master"], {"op": "start_daemon", "args": {"state": "master", "mcast_ifn": "eth0"}}),
+        (["--start-daemon", "backup", "--sync-ext-port", "0"],
+         {"op": "start_daemon", "args": {"state": "backup", "mcast_ifn": "eth0", "sync_ext_port": 0}}),
         (
             ["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-i", "--tun-type", "gue", "--tun-port", "6080", "--tun-csum"],
             {"op": "add_dest", "args": {"service": VIP, "dest": {**dest_spec("10.0.0.2", 80, "tunnel"), "tun_type": "gue",
@@ -225,6 +227,8 @@ def test_json_may_come_first_and_only_lists_accept_it(names: NameDB) -> None:
         (["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.2", "-i", "--tun-type", "vxlan"], 2, "illegal tunnel type specified"),
         (["-a", "-t", "10.0.0.1:80", "-r", "[2001:db8::2]:80"], 2, "Different address family is allowed only for tunneling servers"),
         (["--start-daemon", "primary"], 2, "illegal start-daemon parameter specified"),
+        (["--start-daemon", "master", "--sync-ext-port", "65536"], 2, "illegal sync-ext-port specified"),
+        (["-L", "--sync-ext-port", "8849"], 2, "Illegal 'sync-ext-port' option with the 'list' command"),
         (["-S", "--json"], 2, "Illegal 'json' option with the 'save' command"),
     ],
 )

@@ -16,7 +16,9 @@ from lb.engine import EngineError
 from lb.model import DestSpec, ServiceKey, ServiceSpec, SynproxyConf
 from lb.pyengine import PyEngine
 
-C_ONLY = {"dump_connections_raw", "dump_connections_chunks", "dump_changes_raw", "restore_connections_raw"}
+C_ONLY = {"dump_connections_raw", "dump_connections_chunks", "dump_changes_raw", "restore_connections_raw",
+          # the sync extension's C records (lb/sync/ext_daemon.py checks for them: SeqEngine)
+          "conn_seq", "restore_connection_seq"}
 
 
 def public(cls: type) -> dict[str, inspect.Signature]:

@@ -1,0 +1,243 @@
+"""The sync extension's side of the daemons (lb/sync/extension.py is its wire format).
+
+- master: the entries the kernel protocol cannot carry (records.not_sendable: FULLNAT, SYN-proxy,
+  PROXY protocol) become extension records (`ExtMaster.convert`), chosen by the same Selector as
+  the standard ones (same states, same refresh), and go to the group on `sync_ext_port`.
+- backup: a second socket on that port; each record is installed through lb_conn_restore (FULLNAT:
+  the same local address and port, reserved in the local port allocator) or lb_conn_restore_seq
+  (with the sequence translation), bound to the backup's own service and destination.
+
+Counters carry an `ext_` prefix (ext_datagrams_sent, ext_conns_installed, ext_dropped_<reason>, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from lb import consts as C
+from lb.engine import EngineError
+from lb.sync import codec, extension, records
+
+if TYPE_CHECKING:
+    from lb.director import Director
+    from lb.sync.manager import Counters, DaemonConf
+
+log = logging.getLogger("lbd")
+
+RECV_BUF = 65535
+FWD_FLAGS = {**records.FWD_FLAGS, "fullnat": extension.F_FULLNAT}
+PENDING = "pending"  # a SYN-proxy handshake still open: no offset yet, sent once it completes
+
+
+@runtime_checkable
+class SeqEngine(Protocol):
+    """What the extension needs of an engine beyond the standard sync (the C engine has it)."""
+
+    def conn_seq(self, proto: int, caddr: int, cport: int, vaddr: int, vport: int, now_ms: int) -> bytes | None: ...
+    def restore_connection_seq(self, record: bytes, seq: bytes, now_ms: int) -> str: ...
+
+
+def default_port(mcast_port: int) -> int:
+    """The extension's port when none is given: the sync port + 1 (8849 by default)."""
+    return mcast_port + 1 if mcast_port < 65535 else mcast_port - 1
+
+
+def _seq_from_c(blob: bytes) -> extension.SeqState:
+    from lb._ffi import ffi
+
+    s = ffi.from_buffer("struct lb_conn_seq *", blob)
+    translations = ((extension.SEQ_SYNPROXY if s.flags & C.LB_CONN_F_SYNPROXY else 0)
+                    | (extension.SEQ_PROXY if s.flags & C.LB_CONN_F_PROXY else 0))
+    return extension.SeqState(translations, int(s.px_len), int(s.px_flags), int(s.cookie_isn), int(s.client_isn),
+                              int(s.d_in))
+
+
+def _seq_to_c(seq: extension.SeqState) -> bytes:
+    from lb._ffi import ffi
+
+    s = ffi.new("struct lb_conn_seq *")
+    s.flags = ((C.LB_CONN_F_SYNPROXY if seq.translations & extension.SEQ_SYNPROXY else 0)
+               | (C.LB_CONN_F_PROXY if seq.translations & extension.SEQ_PROXY else 0))
+    s.px_len = seq.px_len
+    s.px_flags = seq.px_flags
+    s.cookie_isn = seq.cookie_isn
+    s.client_isn = seq.client_isn
+    s.d_in = seq.d_in
+    return bytes(ffi.buffer(s))
+
+
+def convert(entry: records.Entry, lookup: records.Lookup, engine: object, now_ms: int) -> extension.ExtConn | str:
+    """The extension record of an entry, or why there is none: "no_service" (its service or
+    destination went), "unsupported_engine", PENDING (a SYN-proxy handshake still open)."""
+    found = lookup(entry.proto, entry.vaddr, entry.vport, entry.daddr, entry.dport)
+    if found is None or found[0] not in FWD_FLAGS:
+        return "no_service"
+    fwd, fwmark = found
+    conn = records.to_sync(entry, lambda *_: ("route", fwmark))  # states, flags, timeout as the kernel's
+    if conn is None:
+        return "no_service"
+    conn = dataclasses.replace(conn, flags=(conn.flags & ~codec.F_FWD_MASK) | FWD_FLAGS[fwd])
+    seq: extension.SeqState | None = None
+    if entry.flags & (C.LB_CONN_F_SYNPROXY | C.LB_CONN_F_PROXY):
+        if not isinstance(engine, SeqEngine):
+            return "unsupported_engine"
+        blob = engine.conn_seq(entry.proto, int(ipaddress.IPv4Address(entry.caddr)), entry.cport,
+                               int(ipaddress.IPv4Address(entry.vaddr)), entry.vport, now_ms)
+        if blob is None:
+            return PENDING
+        seq = _seq_from_c(blob)
+    laddr = entry.laddr if entry.laddr != "0.0.0.0" else None
+    return extension.ExtConn(conn, laddr, entry.lport if laddr else 0, seq)
+
+
+# Outcomes of the engine's restore, as counter names (after the "ext_" prefix).
+_OUTCOMES = {"restored": "conns_installed", "updated": "conns_updated", "EEXIST": "conns_other_dest",
+             "ESRCH": "dropped_no_service", "ENOENT": "dropped_no_dest", "ENOSPC": "dropped_table_full",
+             "EINVAL": "dropped_invalid", "EOPNOTSUPP": "dropped_unsupported", "ENOMEM": "dropped_no_memory"}
+
+
+def install(director: Director, ext: extension.ExtConn, now_ms: int,
+            default_timeout_s: Callable[[int, int], int]) -> str:
+    """One received extension record into the engine; the counter name of the outcome (without
+    the ext_ prefix). ENOENT: the backup has no such destination or FULLNAT local address."""
+    from lb._ffi import ffi
+
+    blob = records.to_engine(ext.conn, default_timeout_s)
+    ci = ffi.new("struct lb_conn_info *")
+    ffi.memmove(ci, blob, len(blob))
+    if ext.laddr is not None:
+        ci.laddr = int(ipaddress.IPv4Address(ext.laddr))
+        ci.lport = ext.lport
+    engine = director.engine
+    if ext.seq is None:
+        name = next(iter(engine.restore_connections_raw(bytes(ffi.buffer(ci)), now_ms)))
+    elif not isinstance(engine, SeqEngine):
+        name = "EOPNOTSUPP"
+    else:
+        ci.flags |= ((C.LB_CONN_F_SYNPROXY if ext.seq.translations & extension.SEQ_SYNPROXY else 0)
+                     | (C.LB_CONN_F_PROXY if ext.seq.translations & extension.SEQ_PROXY else 0))
+        name = engine.restore_connection_seq(bytes(ffi.buffer(ci)), _seq_to_c(ext.seq), now_ms)
+    return _OUTCOMES.get(name, f"dropped_{name.lower()}")
+
+
+def receive(director: Director, conf: DaemonConf, counters: Counters, data: bytes,
+            default_timeout_s: Callable[[int, int], int], now_ms: int | None = None) -> dict[str, int]:
+    """The backup's handling of one extension datagram (no I/O); outcomes by counter name."""
+    counters.add("ext_datagrams_received")
+    if len(data) > conf.sync_maxlen:
+        counters.add("ext_dropped_too_long")
+        return {}
+    decoded = extension.decode(data, conf.syncid)
+    for reason, n in decoded.dropped.items():
+        counters.add(f"ext_dropped_{reason}", n)
+    now = int(time.monotonic() * 1000) if now_ms is None else now_ms
+    outcome: dict[str, int] = {}
+    for ext in decoded.conns:
+        name = "ext_" + install(director, ext, now, default_timeout_s)
+        outcome[name] = outcome.get(name, 0) + 1
+        counters.add(name)
+    return outcome
+
+
+def _mreqn(group: str, ifindex: int) -> bytes:
+    import struct
+
+    return socket.inet_aton(group) + socket.inet_aton("0.0.0.0") + struct.pack("=i", ifindex)
+
+
+def _error(exc: OSError, what: str) -> EngineError:
+    return EngineError(errno.errorcode.get(exc.errno or 0, "EIO"), f"start_daemon: {what}: {exc.strerror}")
+
+
+class ExtMaster:
+    """The master's extension socket: sends what the Selector converted."""
+
+    def __init__(self, conf: DaemonConf, ifindex: int, counters: Counters) -> None:
+        self.conf = conf
+        self.counters = counters
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _mreqn("0.0.0.0", ifindex))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, conf.mcast_ttl)
+            sock.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT
+            sock.setblocking(False)
+            sock.connect((conf.mcast_group, conf.sync_ext_port))
+        except OSError as exc:
+            sock.close()
+            raise _error(exc, f"extension master on {conf.mcast_ifn} port {conf.sync_ext_port}") from exc
+        self.sock = sock
+
+    def send(self, conns: list[extension.ExtConn]) -> None:
+        if not conns:
+            return
+        sent = 0
+        for datagram in extension.encode(conns, self.conf.syncid, self.conf.sync_maxlen):
+            try:
+                self.sock.send(datagram)
+                sent += 1
+            except OSError as exc:
+                self.counters.add("ext_send_errors")
+                log.debug("sync master: extension send failed: %s", exc)
+        if sent:
+            self.counters.add("ext_datagrams_sent", sent)
+            self.counters.add("ext_conns_sent", len(conns))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ExtBackup:
+    """The backup's extension socket, read in the event loop."""
+
+    def __init__(self, director: Director, conf: DaemonConf, ifindex: int, counters: Counters,
+                 default_timeout_s: Callable[[int, int], int]) -> None:
+        self.director = director
+        self.conf = conf
+        self.counters = counters
+        self.default_timeout_s = default_timeout_s
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, conf.mcast_ifn.encode())
+            sock.bind((conf.mcast_group, conf.sync_ext_port))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(conf.mcast_group, ifindex))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise _error(exc, f"extension backup on {conf.mcast_ifn} port {conf.sync_ext_port}") from exc
+        self.sock = sock
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        for _ in range(64):
+            try:
+                data = self.sock.recv(RECV_BUF)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.counters.add("ext_recv_errors")
+                log.debug("sync backup: extension recv failed: %s", exc)
+                return
+            try:
+                receive(self.director, self.conf, self.counters, data, self.default_timeout_s)
+            except Exception:
+                log.exception("sync backup: an extension datagram could not be processed")
+                self.counters.add("ext_internal_errors")
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
