@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HTTP_PORT, HttpHelper, Lbd, LbdError, running_lbd
+from test_fullnat import PORT, ftopo, fullnat_service, lips  # noqa: F401 (ftopo: a fixture)
 
 from lb.testbed import client
 from lb.testbed.topology import Topology
@@ -165,3 +166,40 @@ def test_afxdp_kill9_leaves_no_program(topo: Topology) -> None:
         if d.running():
             d.stop(signal.SIGKILL)
         d.cleanup()
+
+
+# --------------------------------------------------------------------------- FULLNAT (two interfaces)
+
+
+@pytest.fixture
+def flbd_source(ftopo: Topology, source: str) -> Iterator[Lbd]:  # noqa: F811 (test_fullnat's fixture)
+    """lbd on the FULLNAT topology: with AF_XDP, the program on the client side (lan) and on the real
+    servers' side (back), whose replies to the local addresses lbd turns back into VIP -> client."""
+    if source == "afxdp" and shutil.which("ethtool") is None:
+        pytest.skip("ethtool is not installed (the veths' checksum offload must be turned off: see full_checksums)")
+    d = ftopo.director
+    args = [] if source == "nfqueue" else ["--packet-source", "afxdp", "--xdp-interface", d.iface("lan").ifname,
+                                           "--xdp-interface", d.iface("back").ifname]
+    checksums = full_checksums(ftopo) if source == "afxdp" else contextlib.nullcontext()
+    with checksums:
+        try:
+            with running_lbd(ftopo, "c", args=args) as lbd:
+                yield lbd
+        except LbdError as exc:
+            if source == "afxdp" and ("XDP" in str(exc) or "AF_XDP" in str(exc)):
+                pytest.skip(f"the AF_XDP packet source does not start here: {str(exc)[-400:]}")
+            raise
+
+
+def test_fullnat_rr_through_local_addresses(flbd_source: Lbd, ftopo: Topology) -> None:  # noqa: F811
+    t = ftopo
+    fullnat_service(flbd_source, t)
+    replies = client.fresh_gets(t.client.netns, t.vip, PORT, 12, timeout=5.0)
+    assert all(r.ok for r in replies), ([r.error for r in replies if not r.ok], flbd_source.log_tail())
+    assert [r.server for r in replies] == [rs.name for rs in reversed(t.reals)] * 4
+    seen = set()
+    for _ in range(4):
+        r = client.get_once(t.client.netns, t.vip, PORT, "/peer")
+        assert r.ok, r
+        seen.add(r.body.split("\n")[1].split()[0])
+    assert seen == set(lips(t)), f"peers seen by the real servers: {seen}, LIPs {lips(t)}"
