@@ -1,7 +1,10 @@
-"""lbd --packet-source afxdp (issue 19, first slice): DR through the AF_XDP source, next to NFQUEUE.
+"""lbd --packet-source afxdp (issue 19, first slice): DR, IPIP and FULLNAT through the AF_XDP
+source, next to NFQUEUE.
 
-The same DR checks run against both packet sources (`source`): real TCP connections from the
-client to the VIP, balanced over the real servers and kept (keep-alive) across many requests.
+The same checks run against both packet sources (`source`): real TCP connections from the
+client to the VIP, balanced over the real servers and kept (keep-alive) across many requests;
+IPIP proven by the real servers' decapsulation counters, FULLNAT with the program on both the
+client's and the real servers' side.
 The AF_XDP variant attaches the XDP program to the director's LAN interface (a veth inside the
 test's own namespace) and must leave nothing behind when lbd exits, also after kill -9: the
 program is held by a bpf_link that only lbd's file descriptor keeps alive.
@@ -24,6 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import HTTP_PORT, HttpHelper, Lbd, LbdError, running_lbd
 from test_fullnat import PORT, ftopo, fullnat_service, lips  # noqa: F401 (ftopo: a fixture)
+from test_tunnel import decap, setup_tunnel, tun_rx  # noqa: F401 (decap: a fixture)
 
 from lb.testbed import client
 from lb.testbed.topology import Topology
@@ -203,3 +207,18 @@ def test_fullnat_rr_through_local_addresses(flbd_source: Lbd, ftopo: Topology) -
         assert r.ok, r
         seen.add(r.body.split("\n")[1].split()[0])
     assert seen == set(lips(t)), f"peers seen by the real servers: {seen}, LIPs {lips(t)}"
+
+
+# --------------------------------------------------------------------------- IPIP
+
+
+def test_ipip_rr_through_the_tunnel(slbd: Lbd, topo: Topology, http: HttpHelper, decap: str) -> None:  # noqa: F811
+    setup_tunnel(slbd, topo)
+    slbd.wait_resolved()
+    before = tun_rx(topo, decap)
+    replies = http.gets(9)
+    assert all(r.ok for r in replies), ([r.error for r in replies if not r.ok], slbd.log_tail())
+    assert [r.server for r in replies] == [rs.name for rs in reversed(topo.reals)] * 3
+    after = tun_rx(topo, decap)
+    for rs in topo.reals:  # >= 3 packets from the client per request, each through the tunnel
+        assert after[rs.name] - before[rs.name] >= 3 * 3, (rs.name, before, after)
