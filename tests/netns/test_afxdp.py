@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pytest
 from conftest import HTTP_PORT, HttpHelper, Lbd, LbdError, running_lbd
-from test_fullnat import PORT, ftopo, fullnat_service, lips  # noqa: F401 (ftopo: a fixture)
-from test_tunnel import decap, setup_tunnel, tun_rx  # noqa: F401 (decap: a fixture)
+# ftopo and decap are those modules' fixtures, used here with the AF_XDP source too.
+from test_fullnat import PORT, ftopo, fullnat_service, lips  # type: ignore[import-not-found]  # noqa: F401
+from test_tunnel import decap, setup_tunnel, tun_rx  # type: ignore[import-not-found]  # noqa: F401
 
 from lb.testbed import client
 from lb.testbed.topology import Topology
