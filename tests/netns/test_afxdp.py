@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HTTP_PORT, HttpHelper, Lbd, LbdError, running_lbd
+
 # ftopo and decap are those modules' fixtures, used here with the AF_XDP source too.
 from test_fullnat import PORT, ftopo, fullnat_service, lips  # type: ignore[import-not-found]  # noqa: F401
 from test_tunnel import decap, setup_tunnel, tun_rx  # type: ignore[import-not-found]  # noqa: F401
