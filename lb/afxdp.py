@@ -196,6 +196,11 @@ class AfxdpSource:
                 out.append({name: getattr(st, name) for name in XSK_STAT_NAMES})
         return out
 
+    def afxdp_counters(self) -> dict[str, Any]:
+        """The `counters` control operation's "afxdp": the programs' counters summed, each socket's."""
+        sockets = self.socket_stats()  # first: what they counted was redirected before the program's read
+        return {"program": self.program_stats(), "sockets": sockets}
+
     def program_stats(self) -> dict[str, int]:
         total = dict.fromkeys(XDP_STAT_NAMES, 0)
         for att in self._attached:

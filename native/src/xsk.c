@@ -331,8 +331,9 @@ static int act_on(struct lb_xsk *q, const struct lb_action *a, uint8_t *frame, u
     int r;
     switch (a->verdict) {
     case LB_V_XMIT_L2:
+        /* The frame's room: from its data (addr, after the headroom) to the end of its chunk. */
         if ((uint32_t)a->ifindex == q->xdp->ifindex && !a->frag_mtu &&
-            LB_L2HDR_LEN + res_len <= XSK_FRAME_SIZE - XDP_PACKET_HEADROOM) {
+            LB_L2HDR_LEN + res_len <= XSK_FRAME_SIZE - (uint32_t)(addr & (XSK_FRAME_SIZE - 1))) {
             if (a->out_len)
                 memmove(frame + LB_L2HDR_LEN, out, a->out_len);
             memcpy(frame, a->l2hdr, LB_L2HDR_LEN);

@@ -118,6 +118,14 @@ def test_dr_rr_balances_fresh_connections(slbd: Lbd, topo: Topology, http: HttpH
     assert stats["conns"] == 30, stats
     if source == "afxdp":
         assert xdp_attached(topo) is not None, "no XDP program on the director's interface while lbd runs"
+        # Every client packet came through the program and its socket, and left on the TX ring.
+        afxdp = slbd.ok("counters")["afxdp"]
+        sockets = afxdp["sockets"]
+        assert afxdp["program"]["redirected"] >= 3 * 30, afxdp
+        # (the client's last ACKs may still be on their way: at most what the program redirected)
+        assert 3 * 30 <= sum(s["packets"] for s in sockets) <= afxdp["program"]["redirected"], afxdp
+        assert sum(s["xmit_xsk"] for s in sockets) >= 3 * 30, afxdp
+        assert sum(s["xmit_l2_err"] + s["fill_lost"] + s["bad_frames"] for s in sockets) == 0, afxdp
 
 
 def test_dr_keepalive_connection_stays_on_its_server(slbd: Lbd, topo: Topology, http: HttpHelper) -> None:
