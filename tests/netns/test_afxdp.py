@@ -25,10 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HTTP_PORT, HttpHelper, Lbd, LbdError, running_lbd
+from conftest import HTTP_PORT, HttpHelper, Lbd, LbdError, running_lbd, udp_until_refused
 
 # ftopo and decap are those modules' fixtures, used here with the AF_XDP source too.
-from test_fullnat import PORT, ftopo, fullnat_service, lips  # type: ignore[import-not-found]  # noqa: F401
+from test_fullnat import PORT, UDP_PORT, ftopo, fullnat_service, lips  # type: ignore[import-not-found]  # noqa: F401
 from test_tunnel import decap, setup_tunnel, tun_rx  # type: ignore[import-not-found]  # noqa: F401
 
 from lb.testbed import client
@@ -232,3 +232,14 @@ def test_ipip_rr_through_the_tunnel(slbd: Lbd, topo: Topology, http: HttpHelper,
     after = tun_rx(topo, decap)
     for rs in topo.reals:  # >= 3 packets from the client per request, each through the tunnel
         assert after[rs.name] - before[rs.name] >= 3 * 3, (rs.name, before, after)
+
+
+def test_fullnat_icmp_error_from_real_server_reaches_client(flbd_source: Lbd, ftopo: Topology) -> None:  # noqa: F811
+    """The real server's ICMP port unreachable to the local address is one the program must redirect
+    (it quotes LIP:lport -> RIP:port, a FULLNAT reply key reversed); lbd turns it into VIP -> client."""
+    t = ftopo
+    fullnat_service(flbd_source, t, port=UDP_PORT, proto="udp", reals=["f1"])
+    got = udp_until_refused(flbd_source, t, UDP_PORT)
+    assert isinstance(got.error, ConnectionRefusedError), (got.error, got.translated, got.capture)
+    assert got.translated >= 1
+    assert {(ip.src, ip.dst) for ip in got.icmps} == {(t.vip, t.client.addr)}, got.capture
