@@ -39,6 +39,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lb import __version__, logsetup, sdnotify, statefile
@@ -347,14 +348,23 @@ def _reload_on_sighup(director: Director) -> None:
     sdnotify.ready(outcome)
 
 
+LOCAL_ADDRS_TIMEOUT_S = 10.0  # one netlink dump of the local routing table
+
+
 def sync_local_addrs(director: Director) -> None:
     """Tell the engine the director's own addresses (a new connection from one is a martian source,
     as fib_validate_source has it); a failure keeps the previous set and is logged."""
     from lb import netlink
 
     try:
-        addrs = netlink.local_addresses()
+        # In a thread of its own: pyroute2's synchronous IPRoute cannot run inside lbd's running event
+        # loop ("this event loop is already running"), which left the set empty from the start.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lb-local-addrs") as pool:
+            addrs = pool.submit(netlink.local_addresses).result(timeout=LOCAL_ADDRS_TIMEOUT_S)
         director.engine.set_local_addrs(addrs)
+        set_xdp_local = getattr(director.rules, "set_local_addrs", None)  # --packet-source afxdp
+        if set_xdp_local is not None:
+            set_xdp_local(addrs)
     except Exception as exc:
         log.warning("could not read the director's own addresses (martian-source check keeps the previous "
                     "set): %s", exc)
