@@ -93,6 +93,7 @@ class AfxdpSource:
         self.bpf_object = bpf_object
         self._attached: list[_Attached] = []
         self._keys: set[Key] = set()
+        self._local: set[int] = set()  # the director's own addresses (lb_local)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -127,6 +128,8 @@ class AfxdpSource:
                         ifname, os.strerror(-native_err[0]) if native_err[0] else "no reason given")
         for key in self._keys:
             self._set_key(att, key, True)
+        for addr in self._local:
+            self._set_local(att, addr, True)
         for queue_id in range(rx_queue_count(ifname)):
             opts = ffi.new("struct lb_xsk_opts *")
             first = len(self._attached) == 1 and queue_id == 0
@@ -177,6 +180,23 @@ class AfxdpSource:
             for key in removed:
                 self._set_key(att, key, False)
         self._keys = want
+
+    def set_local_addrs(self, addrs: Sequence[str]) -> None:
+        """The director's own addresses (lbd's sync_local_addrs): NAT reply keys do not redirect
+        packets to them, as the NFQUEUE rules' `-m addrtype ! --dst-type LOCAL`."""
+        want = {_ip(a) for a in addrs if ":" not in a}
+        for att in self._attached:
+            for addr in want - self._local:
+                self._set_local(att, addr, True)
+            for addr in self._local - want:
+                self._set_local(att, addr, False)
+        self._local = want
+
+    def _set_local(self, att: _Attached, addr: int, present: bool) -> None:
+        r = lib.lb_xdp_local_set(att.handle, addr, 1 if present else 0)
+        if r < 0:
+            raise AfxdpError(-r, f"{att.ifname}: cannot {'add' if present else 'remove'} local address "
+                             f"{ipaddress.IPv4Address(addr)}: {os.strerror(-r)}")
 
     def _set_key(self, att: _Attached, key: Key, present: bool) -> None:
         k = ffi.new("struct lb_xdp_key *")

@@ -8,7 +8,7 @@
  * struct lb_xdp_key, network byte order, zero where a field does not take part:
  *   service           {0,   vip, 0,     vport, proto}   (vport 0: a port-0 service, any port)
  *   FULLNAT reply     {rip, lip, rport, 0,     proto}
- *   NAT reply         {rip, 0,   rport, 0,     proto}
+ *   NAT reply         {rip, 0,   rport, 0,     proto}   (not to one of the director's own addresses, lb_local)
  * An ICMP error (unreachable, time exceeded, parameter problem) is redirected when the packet it
  * quotes, as sent or reversed, matches a key. Fragments (offset or MF) are passed: XDP sees them
  * before any reassembly, and lbd's core drops fragments (docs/afxdp.md).
@@ -49,6 +49,17 @@ struct {
     __type(value, __u8);
 } lb_keys SEC(".maps");
 
+/* The director's own addresses (lbd keeps them as it gives them to the packet core): a NAT reply key
+ * does not take a packet to one of them. The director's own connections to a NAT real server
+ * (health checks, ssh) have the same RIP:RPORT source as replies to clients; the NFQUEUE source's rule
+ * excludes them the same way (-m addrtype ! --dst-type LOCAL). */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u32);
+    __type(value, __u8);
+} lb_local SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_XSKMAP);
     __uint(max_entries, 256);
@@ -75,7 +86,8 @@ static __always_inline void count(__u32 what)
         (*v)++;
 }
 
-static __always_inline int has(__u32 s, __u32 d, __u16 sp, __u16 dp, __u8 proto)
+/* outer_d: the destination of the packet (of an ICMP error: the outer packet's). */
+static __always_inline int has(__u32 s, __u32 d, __u16 sp, __u16 dp, __u8 proto, __u32 outer_d)
 {
     struct lb_xdp_key k;
     __builtin_memset(&k, 0, sizeof(k));
@@ -91,6 +103,8 @@ static __always_inline int has(__u32 s, __u32 d, __u16 sp, __u16 dp, __u8 proto)
     k.sport = sp;
     if (bpf_map_lookup_elem(&lb_keys, &k))
         return 1;                                       /* FULLNAT reply */
+    if (bpf_map_lookup_elem(&lb_local, &outer_d))
+        return 0;                                       /* to the director itself: not a NAT reply */
     k.daddr = 0;
     return bpf_map_lookup_elem(&lb_keys, &k) != 0;      /* NAT reply */
 }
@@ -121,7 +135,8 @@ static __always_inline int icmp_about_ours(struct iphdr *ip, void *end)
     __u16 sp, dp;
     if (!ports((void *)in + in->ihl * 4, end, &sp, &dp))
         return 0;
-    return has(in->saddr, in->daddr, sp, dp, in->protocol) || has(in->daddr, in->saddr, dp, sp, in->protocol);
+    return has(in->saddr, in->daddr, sp, dp, in->protocol, ip->daddr) ||
+           has(in->daddr, in->saddr, dp, sp, in->protocol, ip->daddr);
 }
 
 SEC("xdp")
@@ -143,7 +158,7 @@ int lb_xdp(struct xdp_md *ctx)
     if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
         __u16 sp, dp;
         if (ports((void *)ip + ip->ihl * 4, end, &sp, &dp))
-            ours = has(ip->saddr, ip->daddr, sp, dp, ip->protocol);
+            ours = has(ip->saddr, ip->daddr, sp, dp, ip->protocol, ip->daddr);
     } else if (ip->protocol == IPPROTO_ICMP) {
         ours = icmp_about_ours(ip, end);
     }

@@ -585,6 +585,9 @@ lb_xdp_t *lb_xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, i
                         int *err);
 void lb_xdp_detach(lb_xdp_t *x);  /* stop every lb_xsk of x first */
 int lb_xdp_key_set(lb_xdp_t *x, const struct lb_xdp_key *k, int present);  /* add (1) or remove (0) */
+/* One of the director's own addresses (host order), added (1) or removed (0): a NAT reply key does not
+ * redirect packets to it (the director's own connections to a NAT real server stay the kernel's). */
+int lb_xdp_local_set(lb_xdp_t *x, uint32_t addr, int present);
 void lb_xdp_get_stats(lb_xdp_t *x, struct lb_xdp_stats *out);
 
 #define LB_XSK_F_TIMERS 8          /* this socket's thread runs the expiry sweep and the timers */

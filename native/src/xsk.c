@@ -77,6 +77,7 @@ struct lb_xdp {
     int keys_fd;
     int xsks_fd;
     int stats_fd;
+    int local_fd;
     uint32_t ifindex;
     int mode;                              /* LB_XDP_MODE_NATIVE / _GENERIC */
 };
@@ -147,7 +148,8 @@ lb_xdp_t *lb_xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, i
     x->keys_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_keys");
     x->xsks_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_xsks");
     x->stats_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_stats");
-    if (!prog || x->keys_fd < 0 || x->xsks_fd < 0 || x->stats_fd < 0) {
+    x->local_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_local");
+    if (!prog || x->keys_fd < 0 || x->xsks_fd < 0 || x->stats_fd < 0 || x->local_fd < 0) {
         e = -ENOENT;
         goto fail;
     }
@@ -204,6 +206,18 @@ int lb_xdp_key_set(lb_xdp_t *x, const struct lb_xdp_key *k, int present)
     w.proto = k->proto;
     uint8_t one = 1;
     int r = present ? bpf_map_update_elem(x->keys_fd, &w, &one, BPF_ANY) : bpf_map_delete_elem(x->keys_fd, &w);
+    if (r < 0 && !(r == -ENOENT && !present))
+        return r;
+    return LB_OK;
+}
+
+int lb_xdp_local_set(lb_xdp_t *x, uint32_t addr, int present)
+{
+    if (!x)
+        return LB_EINVAL;
+    uint32_t a = htonl(addr);
+    uint8_t one = 1;
+    int r = present ? bpf_map_update_elem(x->local_fd, &a, &one, BPF_ANY) : bpf_map_delete_elem(x->local_fd, &a);
     if (r < 0 && !(r == -ENOENT && !present))
         return r;
     return LB_OK;
