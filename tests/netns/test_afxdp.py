@@ -19,6 +19,7 @@ import contextlib
 import re
 import shutil
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,12 +27,14 @@ from pathlib import Path
 
 import pytest
 from conftest import HTTP_PORT, HttpHelper, Lbd, LbdError, running_lbd, udp_until_refused
+from scapy.all import IP, TCP, raw
 
 # ftopo and decap are those modules' fixtures, used here with the AF_XDP source too.
 from test_fullnat import PORT, UDP_PORT, ftopo, fullnat_service, lips  # type: ignore[import-not-found]  # noqa: F401
 from test_tunnel import decap, setup_tunnel, tun_rx  # type: ignore[import-not-found]  # noqa: F401
 
 from lb.testbed import client
+from lb.testbed.pcap import Capture
 from lb.testbed.topology import Topology
 
 BPF_OBJECT = Path(__file__).resolve().parents[2] / "lb" / "lb_xdp.bpf.o"
@@ -256,3 +259,29 @@ def test_fullnat_icmp_error_from_real_server_reaches_client(flbd_source: Lbd, ft
     assert isinstance(got.error, ConnectionRefusedError), (got.error, got.translated, got.capture)
     assert got.translated >= 1
     assert {(ip.src, ip.dst) for ip in got.icmps} == {(t.vip, t.client.addr)}, got.capture
+
+
+def test_segment_without_connection_gets_the_directors_reset(slbd: Lbd, topo: Topology, source: str) -> None:
+    """A TCP segment to VIP:port that belongs to no connection is passed by the core (no_conn). With
+    NFQUEUE the kernel continues with it; with AF_XDP lbd re-injects it through its raw socket. Either
+    way the director's own TCP answers it with a RST, as without lbd."""
+    setup_dr(slbd, topo)
+    before = slbd.ok("counters")["reasons"].get("no_conn", 0)
+    ack = raw(IP(src=topo.client.addr, dst=topo.vip) / TCP(sport=40123, dport=HTTP_PORT, flags="A", seq=1, ack=1))
+    cap = Capture(topo.client, f"tcp and src host {topo.vip} and dst port 40123", direction="in").start()
+    try:
+        out = topo.client.exec([sys.executable, "-m", "lb.testbed.rawsend", ack.hex()])
+        assert out.stdout.strip() == "1", out
+        deadline = time.monotonic() + DETACH_TIMEOUT_S
+        while slbd.ok("counters")["reasons"].get("no_conn", 0) == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        packets = cap.stop()
+        text = cap.text()
+    finally:
+        cap.close()
+    assert slbd.ok("counters")["reasons"].get("no_conn", 0) == before + 1
+    rsts = [p.ip for p in packets if p.ip.l4 is not None and p.ip.l4.flags & 0x04]
+    assert rsts, f"no RST from the director:\n{text}"
+    if source == "afxdp":
+        sockets = slbd.ok("counters")["afxdp"]["sockets"]
+        assert sum(s["passed"] for s in sockets) >= 1 and sum(s["pass_err"] for s in sockets) == 0, sockets
