@@ -30,10 +30,14 @@ STAMP   := $(VENV)/.lvs-userspace-installed
 #             (linux/ip_vs.h: the preload library's constants, the ABI layout tests),
 #             libnl-3-200 libnl-genl-3-200 libnftnl11 libsnmp40 libglib2.0-0 (keepalived's shared
 #             libraries that a clean Debian 12 lacks: build/tools/keepalived, keepalived netns tests)
+#   afxdp:    libbpf-dev libxdp-dev (the AF_XDP packet source: native/src/xsk.c links libbpf and libxdp's
+#             xsk API; clang -target bpf, above, builds native/bpf/lb_xdp.bpf.c into $(BPF_OBJ)),
+#             ethtool (its netns tests turn the veths' checksum offload off: docs/afxdp.md "veth")
 DEB_PKGS := python3-venv python3-dev gcc make iptables ipset iproute2 \
             libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang \
             libclang-rt-14-dev systemd mandoc man-db bash liblua5.3-0 libopentracing-c-wrapper0 \
-            ipvsadm linux-libc-dev libnl-3-200 libnl-genl-3-200 libnftnl11 libsnmp40 libglib2.0-0
+            ipvsadm linux-libc-dev libnl-3-200 libnl-genl-3-200 libnftnl11 libsnmp40 libglib2.0-0 \
+            libbpf-dev libxdp-dev ethtool
 
 # Several builds may install at once (parallel CI jobs, an admin's apt run): wait for dpkg's
 # lock instead of failing on it. apt-get update has no such option for the lists lock: retried.
@@ -113,7 +117,13 @@ venv: $(PY)
 $(PY):
 	python3 -m venv $(VENV)
 
-build: deps $(STAMP)
+# The XDP program of lbd --packet-source afxdp, next to the package (lb/afxdp.py finds it there).
+BPF_OBJ := lb/lb_xdp.bpf.o
+
+build: deps $(STAMP) $(BPF_OBJ)
+
+$(BPF_OBJ): native/bpf/lb_xdp.bpf.c
+	clang -O2 -g -target bpf -Wall -Werror -I/usr/include/$$(gcc -dumpmachine) -c $< -o $@
 
 $(STAMP): $(PY) $(BUILD_INPUTS)
 	$(PIP) install -e '.[test]'
@@ -178,7 +188,7 @@ test-kernel: kernel-deps
 # ---------------------------------------------------------------- C core without Python
 # native/tests/harness.c drives the packet core directly (replay, churn); nfq.c is the
 # NFQUEUE adapter (libnetfilter_queue), not part of the core.
-CORE_SRCS := $(filter-out native/src/nfq.c,$(wildcard native/src/*.c))
+CORE_SRCS := $(filter-out native/src/nfq.c native/src/xsk.c,$(wildcard native/src/*.c))
 HARNESS_DEPS := native/tests/harness.c $(CORE_SRCS) $(wildcard native/include/*.h native/src/*.h)
 SAN_DIR := build/sanitize
 SAN_BIN := $(SAN_DIR)/harness
@@ -350,7 +360,7 @@ bench/.build/%: bench/native/%.c
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache $(STAMP) $(BENCH_STAMP) $(KERNEL_STAMP)
-	rm -f lb/_fastpath*.so lb/_fastpath*.c lb/_fastpath*.o
+	rm -f lb/_fastpath*.so lb/_fastpath*.c lb/_fastpath*.o $(BPF_OBJ)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

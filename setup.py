@@ -1,6 +1,7 @@
 # setup.py exists only to carry cffi_modules and to ship the C contract headers: all metadata
 # lives in pyproject.toml.
 import shutil
+import subprocess
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -19,6 +20,20 @@ class BuildPyWithHeaders(build_py):
         target.mkdir(parents=True, exist_ok=True)
         for header in sorted(Path(__file__).resolve().parent.joinpath("native", "include").glob("*.h")):
             shutil.copyfile(header, target / header.name)
+        build_xdp_program(Path(self.build_lib) / "lb" / "lb_xdp.bpf.o")
+
+
+def build_xdp_program(out: Path) -> None:
+    """The XDP program of lbd --packet-source afxdp (the Makefile builds it for the checkout). Without
+    clang the package is built without it: lbd then refuses --packet-source afxdp, naming the file."""
+    clang = shutil.which("clang")
+    if clang is None:
+        print("warning: clang not found: lb/lb_xdp.bpf.o not built (lbd --packet-source afxdp unavailable)")
+        return
+    machine = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True, check=False).stdout.strip()
+    src = Path(__file__).resolve().parent / "native" / "bpf" / "lb_xdp.bpf.c"
+    subprocess.run([clang, "-O2", "-g", "-target", "bpf", "-Wall", "-Werror", f"-I/usr/include/{machine}",
+                    "-c", str(src), "-o", str(out)], check=True)
 
 
 # The IPVS-ABI preload library for unmodified ipvsadm/keepalived (native/preload/, `lbd-exec`): a

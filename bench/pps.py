@@ -582,7 +582,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lbB-bench-pps-") as tmpd, Topology(pps_spec()) as topo:
         tmp = Path(tmpd)
         bed = Bed(topo, gen_cpu, dut_cpu, steer=args.steer, wiring=args.wire)
-        bed.lbd_args = tuple(shlex.split(args.lbd_args or ""))
+        # {lan}: the director's client-side interface, named per run (--xdp-interface {lan}).
+        bed.lbd_args = tuple(a.replace("{lan}", bed.director.iface("lan").ifname) for a in shlex.split(args.lbd_args or ""))
         bed.nice = args.nice
         bed.dut_cpu = dut_cpu
         out["config"]["rps"] = bed.rps
@@ -705,7 +706,8 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--dut-cpu", type=int, default=None, help="CPU for lbd (default 1)")
     ap.add_argument("--lbd-args", default="", help="extra options for the C engine's lbd, e.g. "
                     "'--queue-balance 0:3 --queue-cpu-fanout' on a director with more cores (with --dut-cpu "
-                    "unset, or a CPU list lbd may use)")
+                    "unset, or a CPU list lbd may use), or '--packet-source afxdp --xdp-interface {lan}' "
+                    "({lan}: the director's client-side interface)")
     # Real NICs (see bench/README.md): no namespaces; one system, configured by the operator.
     ap.add_argument("--iface", help="real NIC mode: send on this interface")
     ap.add_argument("--dst-mac", help="real NIC mode: the director's MAC on --iface")

@@ -6,13 +6,16 @@ _lbd() {
     local options="--config --check --diff --socket --queue-num --queue-balance --queue-cpus
         --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --queue-maxlen --no-iptables
         --conntrack --down-policy --cleanup --state-dir --restore --conn-max --verbose -v
-        --log-format --metrics --version --help -h"
+        --log-format --metrics --packet-source --xdp-interface --xdp-mode --xdp-copy --version --help -h"
     COMPREPLY=()
     case $prev in
         --config|--socket) COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
         --state-dir) COMPREPLY=($(compgen -d -- "$cur")); return 0 ;;
         --engine) COMPREPLY=($(compgen -W "c python" -- "$cur")); return 0 ;;
         --down-policy) COMPREPLY=($(compgen -W "open closed" -- "$cur")); return 0 ;;
+        --packet-source) COMPREPLY=($(compgen -W "nfqueue afxdp" -- "$cur")); return 0 ;;
+        --xdp-mode) COMPREPLY=($(compgen -W "auto native generic" -- "$cur")); return 0 ;;
+        --xdp-interface) COMPREPLY=($(compgen -W "$(ls /sys/class/net 2>/dev/null)" -- "$cur")); return 0 ;;
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return 0 ;;
         --queue-num|--queue-balance|--queue-cpus|--gso-mtu|--queue-maxlen|--conn-max|--metrics) return 0 ;;
     esac

@@ -39,6 +39,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lb import __version__, logsetup, sdnotify, statefile
@@ -99,6 +100,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gso-mtu", type=int, default=1500, metavar="BYTES",
                    help="with --gso: largest IP packet a segment becomes (default 1500; the smallest MTU on the "
                    "way to the real servers, e.g. 9000 on a jumbo-frame network)")
+    p.add_argument("--packet-source", choices=("nfqueue", "afxdp"), default="nfqueue",
+                   help="where packets come from. nfqueue (default): iptables rules queue the services' "
+                   "packets (NFQUEUE). afxdp: an XDP program on each --xdp-interface redirects them to "
+                   "AF_XDP sockets, one per receive queue, no iptables rules (C engine; docs/afxdp.md "
+                   "lists what it does not do)")
+    p.add_argument("--xdp-interface", action="append", default=[], metavar="IFACE",
+                   help="with --packet-source afxdp: an interface whose received packets lbd serves "
+                   "(repeat for several)")
+    p.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto",
+                   help="with --packet-source afxdp: XDP in the driver (native), in the kernel's generic "
+                   "path (generic, slower, any interface), or native where the driver has it (auto, default)")
+    p.add_argument("--xdp-copy", action="store_true",
+                   help="with --packet-source afxdp: AF_XDP copy mode even where the driver offers zero-copy")
     p.add_argument("--engine", choices=("c", "python"), default="c",
                    help="packet engine: the C fast path (default) or the pure-Python reference engine")
     p.add_argument("--qdisc-bypass", action="store_true",
@@ -143,6 +157,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--version", action="version", version=f"lbd {__version__}")
     args = p.parse_args(argv)
     _check_queue_options(p, args)
+    _check_packet_source(p, args)
     if args.state_dir is None:
         args.state_dir = os.path.dirname(socket_path(args.socket)) or "."
     if args.check:
@@ -165,6 +180,44 @@ def _metrics_listen(text: str) -> tuple[str, int]:
         return parse_listen(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# What the AF_XDP source cannot do, refused at start (docs/afxdp.md says why for each).
+AFXDP_REFUSED = (
+    ("--queue-balance", "balance", "AF_XDP uses one socket per receive queue of the interface (RSS spreads the packets)"),
+    ("--queue-cpus", "queue_cpus", "CPU pinning of AF_XDP threads is not implemented yet"),
+    ("--queue-cpu-fanout", "queue_cpu_fanout", "AF_XDP sockets follow the receive queues already"),
+    ("--gso", "gso", "XDP frames are never GSO packets"),
+    ("--fail-open", "fail_open", "it is an NFQUEUE option"),
+    ("--queue-maxlen", "queue_maxlen", "it is an NFQUEUE option (the AF_XDP rings are fixed)"),
+    ("--qdisc-bypass", "qdisc_bypass", "frames to the receiving interface leave on the AF_XDP ring"),
+    ("--conntrack", "conntrack", "packets redirected by XDP never reach conntrack"),
+    ("--no-iptables", "no_iptables", "the AF_XDP source installs no iptables rules"),
+    ("--cleanup", "cleanup", "the XDP program leaves with lbd: there is nothing to clean up"),
+)
+
+
+def _check_packet_source(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.packet_source != "afxdp":
+        for flag, value in (("--xdp-interface", args.xdp_interface), ("--xdp-copy", args.xdp_copy),
+                            ("--xdp-mode", args.xdp_mode != "auto")):
+            if value:
+                p.error(f"{flag} goes with --packet-source afxdp")
+        return
+    if args.check:
+        return
+    if args.engine != "c":
+        p.error("--packet-source afxdp needs the C engine")
+    if not args.xdp_interface:
+        p.error("--packet-source afxdp needs at least one --xdp-interface")
+    values = vars(args)
+    for flag, name, why in AFXDP_REFUSED:
+        value = args.queues.balance if name == "balance" else values.get(name)
+        if value:
+            p.error(f"{flag} does not go with --packet-source afxdp: {why}")
+    if args.down_policy == "closed":
+        p.error("--down-policy closed does not go with --packet-source afxdp: the XDP program leaves with lbd, "
+                "so the VIPs' packets reach the director's own stack while no lbd runs (policy open)")
 
 
 def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -295,14 +348,23 @@ def _reload_on_sighup(director: Director) -> None:
     sdnotify.ready(outcome)
 
 
+LOCAL_ADDRS_TIMEOUT_S = 10.0  # one netlink dump of the local routing table
+
+
 def sync_local_addrs(director: Director) -> None:
     """Tell the engine the director's own addresses (a new connection from one is a martian source,
     as fib_validate_source has it); a failure keeps the previous set and is logged."""
     from lb import netlink
 
     try:
-        addrs = netlink.local_addresses()
+        # In a thread of its own: pyroute2's synchronous IPRoute cannot run inside lbd's running event
+        # loop ("this event loop is already running"), which left the set empty from the start.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lb-local-addrs") as pool:
+            addrs = pool.submit(netlink.local_addresses).result(timeout=LOCAL_ADDRS_TIMEOUT_S)
         director.engine.set_local_addrs(addrs)
+        set_xdp_local = getattr(director.rules, "set_local_addrs", None)  # --packet-source afxdp
+        if set_xdp_local is not None:
+            set_xdp_local(addrs)
     except Exception as exc:
         log.warning("could not read the director's own addresses (martian-source check keeps the previous "
                     "set): %s", exc)
@@ -443,7 +505,8 @@ async def run(args: argparse.Namespace) -> int:
         return 1
     engine = make_engine(args.engine, args.conn_max)
     rules = None
-    if not args.no_iptables:
+    afxdp = args.packet_source == "afxdp"
+    if not args.no_iptables and not afxdp:
         from lb.iptables import RuleManager
 
         rules = RuleManager(args.queue_num, args.queues.balance, track=args.conntrack,
@@ -471,6 +534,7 @@ async def run(args: argparse.Namespace) -> int:
     saver: statefile.StateSaver | None = None  # the periodic saves' state, the last save at exit goes on with it
     metrics: Any = None  # lb.metrics.MetricsServer with --metrics
     engine_started = rules_set_up = ready = False
+    xdp: Any = None  # lb.afxdp.AfxdpSource with --packet-source afxdp
     try:
         # The tables first, connections included: once the queue is bound (and, with
         # --down-policy closed, the previous lbd's rules still queue the VIPs' packets) every
@@ -497,10 +561,23 @@ async def run(args: argparse.Namespace) -> int:
             c_opts = {"fail_open": args.fail_open, "qdisc_bypass": args.qdisc_bypass, "queues": args.queues.queues,
                       "cpus": args.queues.cpus, "gso_mtu": args.gso_mtu if args.gso else None,
                       "queue_maxlen": args.queue_maxlen}
-        engine.start(args.queue_num, **{k: v for k, v in c_opts.items() if v})
-        engine_started = True
-        log.info("engine %s bound to %s%s", engine.name, args.queues.describe(),
-                 f", GSO packets cut to {args.gso_mtu} bytes (DR: sent on whole)" if args.gso else "")
+        if afxdp:
+            from lb.afxdp import AfxdpSource
+            from lb.fastpath import CEngine
+
+            assert isinstance(engine, CEngine)  # parse_args: --packet-source afxdp needs --engine c
+            xdp = AfxdpSource(engine.handle, args.xdp_interface, args.xdp_mode, args.xdp_copy,
+                              mark_queue=args.queue_num)
+            director.rules = xdp
+            director.sync_rules()  # the keys first: the program redirects nothing lbd has no entry for
+            engine_started = True  # from here on stopped on exit, also after a partial start
+            xdp.start()
+            log.info("engine %s fed by AF_XDP: %s", engine.name, xdp.describe())
+        else:
+            engine.start(args.queue_num, **{k: v for k, v in c_opts.items() if v})
+            engine_started = True
+            log.info("engine %s bound to %s%s", engine.name, args.queues.describe(),
+                     f", GSO packets cut to {args.gso_mtu} bytes (DR: sent on whole)" if args.gso else "")
         if rules is not None:
             rules_set_up = True  # from here on the chains are ours to remove on exit (policy open)
             _install_rules(rules, director)
@@ -553,6 +630,8 @@ async def run(args: argparse.Namespace) -> int:
                 except Exception:
                     log.exception("removing iptables rules failed")
         if engine_started:
+            if xdp is not None:
+                xdp.stop()  # the sockets' threads, then the programs: the interfaces are the kernel's again
             engine.stop()  # no packet changes the tables any more: the last snapshot is exact
         if ready and snapshot is not None:
             try:

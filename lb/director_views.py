@@ -76,4 +76,7 @@ class DirectorViews(DirectorRates):
         result["synproxy"] = self.engine.synproxy_stats()
         result["table"] = self.engine.conn_stats()  # entries, max, buckets, droppable, early_drops
         result["reassembly"] = reassembly.read()  # the kernel's, before the queue (lb/reassembly.py)
+        afxdp = getattr(getattr(self, "rules", None), "afxdp_counters", None)  # lbd --packet-source afxdp
+        if afxdp is not None:
+            result["afxdp"] = afxdp()
         return result

@@ -112,6 +112,11 @@ class CEngine:
         self._act = ffi.new("struct lb_action *")
         self._nfqs: list[object] = []  # one adapter (thread) per queue, in queue order
 
+    @property
+    def handle(self) -> object:
+        """The lb_t * (cdata) for another adapter on the same tables (lb/afxdp.py)."""
+        return self._lb
+
     # ------------------------------------------------------------ packet path
     def process(self, packet: bytes, now_ms: int, mark: int = 0, loopback: bool = False) -> Action:
         """One packet; `mark` is its firewall mark (fwmark services are looked up by it first); `loopback`:

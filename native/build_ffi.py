@@ -29,7 +29,7 @@ ffibuilder.set_source(
     '#include "lb_internal.h"\n',
     sources=SOURCES,
     include_dirs=[str(NATIVE / "include")],
-    libraries=["netfilter_queue", "mnl", "pthread"],
+    libraries=["netfilter_queue", "mnl", "xdp", "bpf", "pthread"],
     extra_compile_args=CFLAGS,
     extra_link_args=["-pthread", "-flto", "-O2"] + (["-fsanitize=address,undefined"] if os.environ.get("LB_SANITIZE") else []),
 )

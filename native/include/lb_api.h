@@ -600,3 +600,69 @@ int lb_conn_seq_get(lb_t *lb, uint8_t proto, uint32_t caddr, uint16_t cport, uin
  * local address and port (reserved in the local port allocator). An existing entry is updated only
  * when it has the same translations (PROXY: the header's SENT/ACKED marks accumulate). Locks. */
 int lb_conn_restore_seq(lb_t *lb, const struct lb_conn_info *ci, const struct lb_conn_seq *seq, uint64_t now_ms);
+
+/* ---- AF_XDP packet source (lbd --packet-source afxdp; native/src/xsk.c, docs/afxdp.md) ---- */
+/* The XDP program (lb_xdp.bpf.o) on one interface, attached through a bpf_link: it leaves the
+ * interface when lbd exits or dies (the link's descriptor is its only reference). */
+typedef struct lb_xdp lb_xdp_t;
+typedef struct lb_xsk lb_xsk_t;    /* one AF_XDP socket and its thread (one receive queue) */
+#define LB_XDP_MODE_AUTO 0         /* mode_pref: native (driver) mode, else generic (skb) mode */
+#define LB_XDP_MODE_NATIVE 1
+#define LB_XDP_MODE_GENERIC 2
+/* What the program redirects to lbd (host order; fields that do not take part are 0):
+ * a service {0, vip, 0, vport (0: port-0 service), proto}; a FULLNAT reply {rip, lip, rport, 0, proto};
+ * a NAT reply {rip, 0, rport, 0, proto}. ICMP errors quoting a packet of any of them follow. */
+struct lb_xdp_key {
+    uint32_t saddr;
+    uint32_t daddr;
+    uint16_t sport;
+    uint16_t dport;
+    uint8_t proto;
+};
+struct lb_xdp_stats {              /* the program's counters, summed over the CPUs */
+    uint64_t redirected;           /* packets handed to lbd's sockets */
+    uint64_t passed;               /* packets left to the kernel (not lbd's) */
+    uint64_t fragments_passed;     /* IPv4 fragments left to the kernel (XDP sees them before reassembly) */
+    uint64_t no_socket;            /* lbd's, but no socket on their receive queue: left to the kernel */
+};
+/* Load obj_path and attach its program to ifindex: *mode gets the mode used, *native_err the
+ * (negative) error of the native attempt when generic mode was used instead. NULL and *err on failure. */
+lb_xdp_t *lb_xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, int *mode, int *native_err,
+                        int *err);
+void lb_xdp_detach(lb_xdp_t *x);  /* stop every lb_xsk of x first */
+int lb_xdp_key_set(lb_xdp_t *x, const struct lb_xdp_key *k, int present);  /* add (1) or remove (0) */
+/* One of the director's own addresses (host order), added (1) or removed (0): a NAT reply key does not
+ * redirect packets to it (the director's own connections to a NAT real server stay the kernel's). */
+int lb_xdp_local_set(lb_xdp_t *x, uint32_t addr, int present);
+void lb_xdp_get_stats(lb_xdp_t *x, struct lb_xdp_stats *out);
+
+#define LB_XSK_F_TIMERS 8          /* this socket's thread runs the expiry sweep and the timers */
+#define LB_XSK_F_COPY 16           /* copy mode even where the driver offers zero-copy */
+struct lb_xsk_opts {
+    uint32_t flags;                /* LB_XSK_F_* */
+    int32_t cpu;                   /* pin the thread to this CPU; -1: not pinned */
+    uint32_t queue_id;             /* the interface's receive queue */
+    uint16_t mark_queue;           /* the instance number in the raw socket's SO_MARK (as lb_nfq_opts) */
+};
+struct lb_xsk_stats {
+    uint64_t packets;              /* frames received */
+    uint64_t batches;
+    uint64_t xmit_xsk;             /* frames sent back out of the umem on the AF_XDP TX ring */
+    uint64_t xmit_l2;              /* frames sent on the AF_PACKET socket (another interface; timers) */
+    uint64_t xmit_l2_err;
+    uint64_t answers;              /* LB_V_ANSWER packets sent on the raw socket */
+    uint64_t answer_err;
+    uint64_t passed;               /* LB_V_ACCEPT / LB_V_MANGLE packets re-injected on the raw socket */
+    uint64_t pass_err;
+    uint64_t timer_frames;
+    uint64_t bad_frames;           /* not an untagged IPv4 frame: dropped */
+    uint64_t fill_lost;            /* frames that could not go back to the fill ring (never expected) */
+    uint64_t zerocopy_err;         /* errno of the refused zero-copy bind (0: zero-copy, or not tried) */
+    uint64_t kernel_rx_dropped;    /* XDP_STATISTICS */
+    uint64_t kernel_rx_ring_full;
+    uint64_t kernel_fill_empty;
+};
+lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, int *err);
+int lb_xsk_stop(lb_xsk_t *q);     /* joins the thread, closes the socket, frees q */
+int lb_xsk_zerocopy(lb_xsk_t *q); /* 1 when bound in zero-copy mode */
+void lb_xsk_get_stats(lb_xsk_t *q, struct lb_xsk_stats *out);

@@ -1,0 +1,231 @@
+"""lbd's AF_XDP packet source (lbd --packet-source afxdp, docs/afxdp.md).
+
+An XDP program (native/bpf/lb_xdp.bpf.c, built into lb/lb_xdp.bpf.o) on each given interface
+redirects the packets lbd owns to AF_XDP sockets, one per receive queue, each served by a C thread
+around the same packet core as the NFQUEUE adapter (native/src/xsk.c). Everything else goes to the
+kernel untouched. What lbd owns is a BPF hash map of keys this module keeps equal to the director's
+steering (the same input as the iptables rules and ip sets of the NFQUEUE source): AfxdpSource is
+the Director's `rules` object, so every change of the service table updates the map before the
+change is acknowledged.
+
+The program is attached through a bpf_link held only by lbd's file descriptor: when lbd exits or
+is killed (kill -9 included) the kernel removes it from the interface, and the interface's packets
+reach the kernel's own stack again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lb._ffi import ffi, lib
+from lb.ipsets import Steering
+
+log = logging.getLogger("lbd.afxdp")
+
+BPF_OBJECT = Path(__file__).resolve().parent / "lb_xdp.bpf.o"
+MODES = {"auto": lib.LB_XDP_MODE_AUTO, "native": lib.LB_XDP_MODE_NATIVE, "generic": lib.LB_XDP_MODE_GENERIC}
+MODE_NAMES = {lib.LB_XDP_MODE_NATIVE: "native", lib.LB_XDP_MODE_GENERIC: "generic"}
+XSK_STAT_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_xsk_stats").fields)
+XDP_STAT_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_xdp_stats").fields)
+
+# (saddr, daddr, sport, dport, proto), host order: struct lb_xdp_key.
+Key = tuple[int, int, int, int, int]
+
+
+class AfxdpError(OSError):
+    """The AF_XDP packet source could not start (or a steering key could not be set)."""
+
+
+def steering_keys(steering: Steering) -> set[Key]:
+    """The program's keys for `steering` (lb_api.h struct lb_xdp_key). fwmark services cannot be
+    steered by XDP (no firewall mark exists before the kernel's stack): refused."""
+    if steering.fwmarks:
+        raise AfxdpError(0, "fwmark services need the NFQUEUE packet source: XDP runs before any firewall "
+                         f"rule could mark a packet (marks {sorted(steering.fwmarks)})")
+    ip = _ip
+    keys: set[Key] = {(0, ip(vip), 0, port, proto) for proto, vip, port in steering.services}
+    keys.update((ip(rip), ip(lip), rport, 0, proto) for proto, rip, rport, lip in steering.fnat_replies)
+    keys.update((ip(rip), 0, rport, 0, proto) for proto, rip, rport in steering.nat_replies)
+    return keys
+
+
+def _ip(text: str) -> int:
+    return int(ipaddress.IPv4Address(text))
+
+
+def rx_queue_count(ifname: str) -> int:
+    """The interface's receive queues (ethtool -l's combined + rx, as sysfs lists them)."""
+    try:
+        n = sum(1 for e in os.listdir(f"/sys/class/net/{ifname}/queues") if e.startswith("rx-"))
+    except OSError as exc:
+        raise AfxdpError(exc.errno or 0, f"{ifname}: cannot list its receive queues: {exc}") from exc
+    return max(n, 1)
+
+
+@dataclass
+class _Attached:
+    ifname: str
+    handle: Any  # lb_xdp_t *
+    mode: str
+    sockets: list[Any]  # lb_xsk_t *, one per receive queue
+
+
+class AfxdpSource:
+    """The XDP program on `interfaces` and their AF_XDP sockets, on the engine's lb_t."""
+
+    def __init__(self, lb_handle: Any, interfaces: Sequence[str], mode: str = "auto", copy: bool = False,
+                 cpus: Sequence[int] | None = None, mark_queue: int = 0, bpf_object: Path = BPF_OBJECT) -> None:
+        if mode not in MODES:
+            raise ValueError(f"XDP mode {mode!r}: one of {', '.join(MODES)}")
+        self._lb = lb_handle
+        self.interfaces = list(interfaces)
+        self.mode = mode
+        self.copy = copy
+        self.cpus = list(cpus or [])
+        self.mark_queue = mark_queue
+        self.bpf_object = bpf_object
+        self._attached: list[_Attached] = []
+        self._keys: set[Key] = set()
+        self._local: set[int] = set()  # the director's own addresses (lb_local)
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Attach and bind every interface, all or nothing."""
+        if not self.bpf_object.exists():
+            raise AfxdpError(2, f"the XDP program {self.bpf_object} is missing (`make build` compiles it)")
+        try:
+            for ifname in self.interfaces:
+                self._attach(ifname)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _attach(self, ifname: str) -> None:
+        try:
+            ifindex = socket.if_nametoindex(ifname)
+        except OSError as exc:
+            raise AfxdpError(exc.errno or 0, f"--xdp-interface {ifname}: no such interface") from exc
+        mode, native_err, err = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
+        handle = lib.lb_xdp_attach(os.fsencode(self.bpf_object), ifindex, MODES[self.mode], mode, native_err, err)
+        if handle == ffi.NULL:
+            code = -err[0]
+            raise AfxdpError(code, f"{ifname}: cannot attach the XDP program ({self.mode} mode): {os.strerror(code)}")
+        att = _Attached(ifname, handle, MODE_NAMES.get(mode[0], "?"), [])
+        self._attached.append(att)
+        if att.mode == "native":
+            log.info("%s: XDP program attached in native (driver) mode", ifname)
+        elif self.mode == "generic":
+            log.info("%s: XDP program attached in generic (skb) mode, as asked", ifname)
+        else:
+            log.warning("%s: XDP program attached in generic (skb) mode: the driver refused native mode (%s)",
+                        ifname, os.strerror(-native_err[0]) if native_err[0] else "no reason given")
+        for key in self._keys:
+            self._set_key(att, key, True)
+        for addr in self._local:
+            self._set_local(att, addr, True)
+        for queue_id in range(rx_queue_count(ifname)):
+            opts = ffi.new("struct lb_xsk_opts *")
+            first = len(self._attached) == 1 and queue_id == 0
+            opts.flags = (lib.LB_XSK_F_TIMERS if first else 0) | (lib.LB_XSK_F_COPY if self.copy else 0)
+            n = sum(len(a.sockets) for a in self._attached)
+            opts.cpu = self.cpus[n] if n < len(self.cpus) else -1
+            opts.queue_id = queue_id
+            opts.mark_queue = self.mark_queue
+            q = lib.lb_xsk_start(self._lb, handle, opts, err)
+            if q == ffi.NULL:
+                code = -err[0]
+                raise AfxdpError(code, f"{ifname} queue {queue_id}: cannot bind an AF_XDP socket: {os.strerror(code)}")
+            att.sockets.append(q)
+            if lib.lb_xsk_zerocopy(q):
+                log.info("%s queue %d: AF_XDP socket in zero-copy mode", ifname, queue_id)
+            else:
+                st = ffi.new("struct lb_xsk_stats *")
+                lib.lb_xsk_get_stats(q, st)
+                why = ("--xdp-copy" if self.copy else
+                       f"the driver refused zero-copy: {os.strerror(st.zerocopy_err)}" if st.zerocopy_err else "")
+                log.info("%s queue %d: AF_XDP socket in copy mode%s", ifname, queue_id, f" ({why})" if why else "")
+
+    def stop(self) -> None:
+        """Sockets first (their threads stop), then the programs: the interfaces are the kernel's again."""
+        if self._attached:
+            nonzero = [{k: v for k, v in st.items() if v} for st in self.socket_stats()]
+            log.info("AF_XDP totals: program %s; sockets %s", self.program_stats(), nonzero)
+        while self._attached:
+            att = self._attached.pop()
+            while att.sockets:
+                lib.lb_xsk_stop(att.sockets.pop())
+            lib.lb_xdp_detach(att.handle)
+            log.info("%s: XDP program detached", att.ifname)
+
+    def describe(self) -> str:
+        return ", ".join(f"{a.ifname} ({a.mode} XDP, {len(a.sockets)} AF_XDP socket{'s' if len(a.sockets) != 1 else ''})"
+                         for a in self._attached)
+
+    # ------------------------------------------------------------ steering (Director's `rules`)
+    def sync(self, steering: Steering, verify_sets: bool = False) -> None:
+        """Make every program redirect exactly what `steering` names (a Director change calls this
+        before it is acknowledged; a failure here rolls the change back)."""
+        want = steering_keys(steering)
+        added, removed = want - self._keys, self._keys - want
+        for att in self._attached:
+            for key in added:
+                self._set_key(att, key, True)
+            for key in removed:
+                self._set_key(att, key, False)
+        self._keys = want
+
+    def set_local_addrs(self, addrs: Sequence[str]) -> None:
+        """The director's own addresses (lbd's sync_local_addrs): NAT reply keys do not redirect
+        packets to them, as the NFQUEUE rules' `-m addrtype ! --dst-type LOCAL`."""
+        want = {_ip(a) for a in addrs if ":" not in a}
+        for att in self._attached:
+            for addr in want - self._local:
+                self._set_local(att, addr, True)
+            for addr in self._local - want:
+                self._set_local(att, addr, False)
+        self._local = want
+
+    def _set_local(self, att: _Attached, addr: int, present: bool) -> None:
+        r = lib.lb_xdp_local_set(att.handle, addr, 1 if present else 0)
+        if r < 0:
+            raise AfxdpError(-r, f"{att.ifname}: cannot {'add' if present else 'remove'} local address "
+                             f"{ipaddress.IPv4Address(addr)}: {os.strerror(-r)}")
+
+    def _set_key(self, att: _Attached, key: Key, present: bool) -> None:
+        k = ffi.new("struct lb_xdp_key *")
+        k.saddr, k.daddr, k.sport, k.dport, k.proto = key
+        r = lib.lb_xdp_key_set(att.handle, k, 1 if present else 0)
+        if r < 0:
+            raise AfxdpError(-r, f"{att.ifname}: cannot {'add' if present else 'remove'} XDP steering key {key}: "
+                             f"{os.strerror(-r)}")
+
+    # ------------------------------------------------------------ counters
+    def socket_stats(self) -> list[dict[str, int]]:
+        out = []
+        for att in self._attached:
+            for q in att.sockets:
+                st = ffi.new("struct lb_xsk_stats *")
+                lib.lb_xsk_get_stats(q, st)
+                out.append({name: getattr(st, name) for name in XSK_STAT_NAMES})
+        return out
+
+    def afxdp_counters(self) -> dict[str, Any]:
+        """The `counters` control operation's "afxdp": the programs' counters summed, each socket's."""
+        sockets = self.socket_stats()  # first: what they counted was redirected before the program's read
+        return {"program": self.program_stats(), "sockets": sockets}
+
+    def program_stats(self) -> dict[str, int]:
+        total = dict.fromkeys(XDP_STAT_NAMES, 0)
+        for att in self._attached:
+            st = ffi.new("struct lb_xdp_stats *")
+            lib.lb_xdp_get_stats(att.handle, st)
+            for name in XDP_STAT_NAMES:
+                total[name] += getattr(st, name)
+        return total

@@ -1,0 +1,664 @@
+/*
+ * xsk.c - the AF_XDP packet source (lbd --packet-source afxdp): the XDP program and its maps
+ * (lb_xdp_*), and one receive/transmit thread per receive queue (lb_xsk_*) around the same
+ * lb_process_pkt() as the NFQUEUE adapter (nfq.c).
+ *
+ * The program (native/bpf/lb_xdp.bpf.c) redirects to this queue's socket only what lbd owns (the
+ * keys in lb_keys, set by the control plane with lb_xdp_key_set) and passes the rest to the
+ * kernel. It is attached through a bpf_link: the link lives as long as its file descriptor, so the
+ * program goes away with lbd however lbd ends (kill -9 included); nothing is pinned.
+ *
+ * One umem per socket, XSK_FRAMES frames of XSK_FRAME_SIZE bytes, and a fill ring as large as the
+ * umem: every frame is either owned by the kernel (fill, rx, tx, completion rings) or by this
+ * thread for the length of one batch, so giving a frame back to the fill ring never fails.
+ *
+ * A batch: peek up to XSK_BATCH received frames, run lb_process_pkt() on each (the IPv4 packet
+ * after the Ethernet header) under the table lock, then act on each verdict:
+ *   LB_V_XMIT_L2 on this socket's interface: the frame is rewritten in place (l2hdr + out) and
+ *     put on the TX ring, no copy out of the umem (the frame comes back on the completion ring);
+ *     on another interface, or when the TX ring stays full: sent on an AF_PACKET socket.
+ *   LB_V_ANSWER: the IP packet on a raw IPPROTO_RAW socket (the kernel's IP output), as nfq.c.
+ *   LB_V_ACCEPT / LB_V_MANGLE: XDP cannot accept a redirected frame, so the IP packet (original or
+ *     mangled) is re-injected through the same raw socket: the kernel routes it, delivering
+ *     it locally (e.g. a stray segment to a VIP, which the host's TCP answers) or forwarding it.
+ *   LB_V_DROP: the frame goes back to the fill ring.
+ * Timers (SYN-proxy, held packets) and the expiry sweep run on the thread with LB_XSK_F_TIMERS,
+ * their frames on the AF_PACKET socket.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/if_ether.h>
+#include <linux/if_link.h>
+#include <linux/if_packet.h>
+#include <linux/if_xdp.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <xdp/xsk.h>
+
+#include "lb_internal.h"
+
+#define XSK_FRAMES 4096
+#define XSK_FRAME_SIZE 4096                /* XSK_UMEM__DEFAULT_FRAME_SIZE: one page per frame */
+#define XSK_RING 2048                      /* rx and tx descriptors */
+#define XSK_BATCH 64
+#define XSK_POLL_MS 100
+#define XSK_TX_TRIES 8                     /* kicks and completion reaps before a frame goes to AF_PACKET */
+#define XSK_EXPIRE_EVERY_MS 100
+#define XSK_EXPIRE_STEPS 10
+#define XSK_SNDBUF_BYTES (4 * 1024 * 1024)
+
+struct lb_xdp_key_wire {                   /* struct lb_xdp_key of lb_xdp.bpf.c: network order */
+    uint32_t saddr;
+    uint32_t daddr;
+    uint16_t sport;
+    uint16_t dport;
+    uint8_t proto;
+    uint8_t pad[3];
+};
+
+struct lb_xdp {
+    struct bpf_object *obj;
+    int link_fd;
+    int keys_fd;
+    int xsks_fd;
+    int stats_fd;
+    int local_fd;
+    uint32_t ifindex;
+    int mode;                              /* LB_XDP_MODE_NATIVE / _GENERIC */
+};
+
+struct lb_xsk {
+    lb_t *lb;
+    struct lb_xdp *xdp;
+    uint32_t queue_id;
+    uint32_t flags;
+    uint8_t *umem_area;                    /* XSK_FRAMES * XSK_FRAME_SIZE, page aligned */
+    struct xsk_umem *umem;
+    struct xsk_socket *xsk;
+    struct xsk_ring_prod fq, tx;
+    struct xsk_ring_cons cq, rx;
+    int zerocopy;
+    int pkt_fd;                            /* AF_PACKET, send only */
+    int raw_fd;                            /* AF_INET raw IPPROTO_RAW, send only */
+    uint8_t *out;                          /* XSK_BATCH * LB_PKT_MAX */
+    uint32_t tx_pending;                   /* frames on the TX ring not yet completed */
+    pthread_t thread;
+    int thread_started;
+    int stop;
+    uint64_t last_expire_ms;
+    struct lb_xsk_stats stats;
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ------------------------------------------------------------------ the XDP program */
+
+static int libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+    if (level == LIBBPF_WARN)
+        return vfprintf(stderr, fmt, ap);
+    return 0;
+}
+
+lb_xdp_t *lb_xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, int *mode, int *native_err, int *err)
+{
+    int e = 0;
+    *mode = 0;
+    *native_err = 0;
+    if (!obj_path || ifindex == 0 || mode_pref < 0 || mode_pref > LB_XDP_MODE_GENERIC) {
+        *err = -EINVAL;
+        return NULL;
+    }
+    libbpf_set_print(libbpf_quiet);
+    struct lb_xdp *x = calloc(1, sizeof(*x));
+    if (!x) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    x->link_fd = -1;
+    x->ifindex = ifindex;
+    x->obj = bpf_object__open_file(obj_path, NULL);
+    if (!x->obj) {
+        e = -errno;
+        goto fail;
+    }
+    if ((e = bpf_object__load(x->obj)) < 0)
+        goto fail;
+    struct bpf_program *prog = bpf_object__find_program_by_name(x->obj, "lb_xdp");
+    x->keys_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_keys");
+    x->xsks_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_xsks");
+    x->stats_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_stats");
+    x->local_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_local");
+    if (!prog || x->keys_fd < 0 || x->xsks_fd < 0 || x->stats_fd < 0 || x->local_fd < 0) {
+        e = -ENOENT;
+        goto fail;
+    }
+    int prog_fd = bpf_program__fd(prog);
+    /* Native (driver) mode first unless generic was asked for; its refusal is reported. */
+    if (mode_pref != LB_XDP_MODE_GENERIC) {
+        LIBBPF_OPTS(bpf_link_create_opts, lo, .flags = XDP_FLAGS_DRV_MODE);
+        x->link_fd = bpf_link_create(prog_fd, (int)ifindex, BPF_XDP, &lo);
+        if (x->link_fd >= 0)
+            x->mode = LB_XDP_MODE_NATIVE;
+        else
+            *native_err = x->link_fd;
+    }
+    if (x->link_fd < 0 && mode_pref != LB_XDP_MODE_NATIVE) {
+        LIBBPF_OPTS(bpf_link_create_opts, lo, .flags = XDP_FLAGS_SKB_MODE);
+        x->link_fd = bpf_link_create(prog_fd, (int)ifindex, BPF_XDP, &lo);
+        if (x->link_fd >= 0)
+            x->mode = LB_XDP_MODE_GENERIC;
+    }
+    if (x->link_fd < 0) {
+        e = x->link_fd;
+        goto fail;
+    }
+    *mode = x->mode;
+    *err = 0;
+    return x;
+fail:
+    *err = e ? e : -EIO;
+    lb_xdp_detach(x);
+    return NULL;
+}
+
+void lb_xdp_detach(lb_xdp_t *x)
+{
+    if (!x)
+        return;
+    if (x->link_fd >= 0)
+        close(x->link_fd); /* the last reference to the link: the program leaves the interface */
+    if (x->obj)
+        bpf_object__close(x->obj);
+    free(x);
+}
+
+int lb_xdp_key_set(lb_xdp_t *x, const struct lb_xdp_key *k, int present)
+{
+    if (!x || !k)
+        return LB_EINVAL;
+    struct lb_xdp_key_wire w;
+    memset(&w, 0, sizeof(w));
+    w.saddr = htonl(k->saddr);
+    w.daddr = htonl(k->daddr);
+    w.sport = htons(k->sport);
+    w.dport = htons(k->dport);
+    w.proto = k->proto;
+    uint8_t one = 1;
+    int r = present ? bpf_map_update_elem(x->keys_fd, &w, &one, BPF_ANY) : bpf_map_delete_elem(x->keys_fd, &w);
+    if (r < 0 && !(r == -ENOENT && !present))
+        return r;
+    return LB_OK;
+}
+
+int lb_xdp_local_set(lb_xdp_t *x, uint32_t addr, int present)
+{
+    if (!x)
+        return LB_EINVAL;
+    uint32_t a = htonl(addr);
+    uint8_t one = 1;
+    int r = present ? bpf_map_update_elem(x->local_fd, &a, &one, BPF_ANY) : bpf_map_delete_elem(x->local_fd, &a);
+    if (r < 0 && !(r == -ENOENT && !present))
+        return r;
+    return LB_OK;
+}
+
+void lb_xdp_get_stats(lb_xdp_t *x, struct lb_xdp_stats *out)
+{
+    if (!x || !out)
+        return;
+    memset(out, 0, sizeof(*out));
+    int ncpu = libbpf_num_possible_cpus();
+    if (ncpu <= 0)
+        return;
+    uint64_t *v = calloc((size_t)ncpu, sizeof(uint64_t));
+    if (!v)
+        return;
+    uint64_t *dst[4] = {&out->redirected, &out->passed, &out->fragments_passed, &out->no_socket};
+    for (uint32_t key = 0; key < 4; key++) {
+        if (bpf_map_lookup_elem(x->stats_fd, &key, v) < 0)
+            continue;
+        for (int c = 0; c < ncpu; c++)
+            *dst[key] += v[c];
+    }
+    free(v);
+}
+
+/* ------------------------------------------------------------------ the socket and its thread */
+
+static void fill_frames(struct lb_xsk *q, const uint64_t *addrs, uint32_t n)
+{
+    uint32_t idx;
+    /* The fill ring holds the whole umem: there is always room (see the header comment). */
+    if (n == 0 || xsk_ring_prod__reserve(&q->fq, n, &idx) != n) {
+        if (n)
+            q->stats.fill_lost += n;
+        return;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        *xsk_ring_prod__fill_addr(&q->fq, idx + i) = addrs[i];
+    xsk_ring_prod__submit(&q->fq, n);
+}
+
+/* Frames the kernel finished sending go back to the fill ring. */
+static void reap_completions(struct lb_xsk *q)
+{
+    uint64_t addrs[XSK_BATCH];
+    for (;;) {
+        uint32_t idx, n = xsk_ring_cons__peek(&q->cq, XSK_BATCH, &idx);
+        if (n == 0)
+            return;
+        for (uint32_t i = 0; i < n; i++)
+            addrs[i] = *xsk_ring_cons__comp_addr(&q->cq, idx + i);
+        xsk_ring_cons__release(&q->cq, n);
+        q->tx_pending -= n <= q->tx_pending ? n : q->tx_pending;
+        fill_frames(q, addrs, n);
+    }
+}
+
+static void kick_tx(struct lb_xsk *q)
+{
+    if (!q->tx_pending)
+        return;
+    /* Copy mode always needs the syscall to transmit; zero-copy only when the driver asks. */
+    if (!q->zerocopy || xsk_ring_prod__needs_wakeup(&q->tx))
+        sendto(xsk_socket__fd(q->xsk), NULL, 0, MSG_DONTWAIT, NULL, 0);
+}
+
+/* Put frame addr (len bytes) on the TX ring; 0 when the ring stays full. */
+static int tx_frame(struct lb_xsk *q, uint64_t addr, uint32_t len)
+{
+    uint32_t idx;
+    for (int tries = 0; tries < XSK_TX_TRIES; tries++) {
+        if (xsk_ring_prod__reserve(&q->tx, 1, &idx) == 1) {
+            struct xdp_desc *d = xsk_ring_prod__tx_desc(&q->tx, idx);
+            d->addr = addr;
+            d->len = len;
+            xsk_ring_prod__submit(&q->tx, 1);
+            q->tx_pending++;
+            return 1;
+        }
+        kick_tx(q);
+        reap_completions(q);
+    }
+    return 0;
+}
+
+static int send_l2(struct lb_xsk *q, const struct lb_action *a, const uint8_t *ip, uint32_t len)
+{
+    struct sockaddr_ll sll;
+    memset(&sll, 0, sizeof(sll));
+    sll.sll_family = AF_PACKET;
+    sll.sll_ifindex = a->ifindex;
+    sll.sll_protocol = htons(ETH_P_IP);
+    sll.sll_halen = 6;
+    memcpy(sll.sll_addr, a->l2hdr, 6);
+    struct iovec v[2] = {{.iov_base = (void *)a->l2hdr, .iov_len = LB_L2HDR_LEN},
+                         {.iov_base = (void *)ip, .iov_len = len}};
+    struct msghdr mh;
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_name = &sll;
+    mh.msg_namelen = sizeof(sll);
+    mh.msg_iov = v;
+    mh.msg_iovlen = 2;
+    return sendmsg(q->pkt_fd, &mh, MSG_DONTWAIT) < 0 ? -errno : 0;
+}
+
+static int send_raw(struct lb_xsk *q, const uint8_t *ip, uint32_t len)
+{
+    if (len < 20)
+        return -EINVAL;
+    struct sockaddr_in dst;
+    memset(&dst, 0, sizeof(dst));
+    dst.sin_family = AF_INET;
+    memcpy(&dst.sin_addr, ip + 16, 4);
+    return sendto(q->raw_fd, ip, len, MSG_DONTWAIT, (struct sockaddr *)&dst, sizeof(dst)) < 0 ? -errno : 0;
+}
+
+/* What lb_process decided for the packet ip[0..len) of frame addr (whose bytes start at frame).
+ * Returns 1 when the frame went on the TX ring (the completion ring gives it back), else 0. */
+static int act_on(struct lb_xsk *q, const struct lb_action *a, uint8_t *frame, uint64_t addr, const uint8_t *ip,
+                  uint32_t len, const uint8_t *out)
+{
+    const uint8_t *res = a->out_len ? out : ip;
+    uint32_t res_len = a->out_len ? a->out_len : len;
+    int r;
+    switch (a->verdict) {
+    case LB_V_XMIT_L2:
+        /* The frame's room: from its data (addr, after the headroom) to the end of its chunk. */
+        if ((uint32_t)a->ifindex == q->xdp->ifindex && !a->frag_mtu &&
+            LB_L2HDR_LEN + res_len <= XSK_FRAME_SIZE - (uint32_t)(addr & (XSK_FRAME_SIZE - 1))) {
+            if (a->out_len)
+                memmove(frame + LB_L2HDR_LEN, out, a->out_len);
+            memcpy(frame, a->l2hdr, LB_L2HDR_LEN);
+            if (tx_frame(q, addr, LB_L2HDR_LEN + res_len)) {
+                q->stats.xmit_xsk++;
+                return 1;
+            }
+        }
+        if (a->frag_mtu && res_len > a->frag_mtu) {
+            q->stats.xmit_l2_err++; /* fragmenting stays with the NFQUEUE source (docs/afxdp.md) */
+            lb_count_xmit_failed(q->lb, a->reason);
+            return 0;
+        }
+        r = send_l2(q, a, res, res_len);
+        if (r < 0) {
+            q->stats.xmit_l2_err++;
+            lb_count_xmit_failed(q->lb, a->reason);
+        } else {
+            q->stats.xmit_l2++;
+        }
+        return 0;
+    case LB_V_ANSWER:
+        if (send_raw(q, out, a->out_len) < 0) {
+            q->stats.answer_err++;
+            lb_count_xmit_failed(q->lb, a->reason);
+        } else {
+            q->stats.answers++;
+        }
+        return 0;
+    case LB_V_ACCEPT:
+    case LB_V_MANGLE:
+        if (send_raw(q, res, res_len) < 0)
+            q->stats.pass_err++;
+        else
+            q->stats.passed++;
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static void process_rx(struct lb_xsk *q)
+{
+    uint32_t idx;
+    uint32_t n = xsk_ring_cons__peek(&q->rx, XSK_BATCH, &idx);
+    if (n == 0)
+        return;
+    uint64_t addrs[XSK_BATCH], back[XSK_BATCH];
+    uint32_t lens[XSK_BATCH];
+    struct lb_action acts[XSK_BATCH];
+    for (uint32_t i = 0; i < n; i++) {
+        const struct xdp_desc *d = xsk_ring_cons__rx_desc(&q->rx, idx + i);
+        addrs[i] = d->addr;
+        lens[i] = d->len;
+    }
+    xsk_ring_cons__release(&q->rx, n);
+    q->stats.packets += n;
+    q->stats.batches++;
+    uint64_t t = now_ms();
+    pthread_mutex_lock(&q->lb->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        memset(&acts[i], 0, sizeof(acts[i]));
+        uint8_t *f = xsk_umem__get_data(q->umem_area, addrs[i]);
+        /* The XDP program only redirects untagged IPv4 frames; check anyway. */
+        if (lens[i] <= LB_L2HDR_LEN || lens[i] > XSK_FRAME_SIZE || f[12] != 0x08 || f[13] != 0x00) {
+            acts[i].verdict = LB_V_DROP;
+            q->stats.bad_frames++;
+            continue;
+        }
+        lb_process_pkt(q->lb, f + LB_L2HDR_LEN, lens[i] - LB_L2HDR_LEN, 0, 0, t, q->out + (size_t)i * LB_PKT_MAX,
+                       LB_PKT_MAX, &acts[i]);
+    }
+    pthread_mutex_unlock(&q->lb->lock);
+    uint32_t nback = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *f = xsk_umem__get_data(q->umem_area, addrs[i]);
+        /* Malformed frames were given LB_V_DROP above: only frames of more than a header get here. */
+        int on_tx = acts[i].verdict == LB_V_DROP
+                        ? 0
+                        : act_on(q, &acts[i], f, addrs[i], f + LB_L2HDR_LEN, lens[i] - LB_L2HDR_LEN,
+                                 q->out + (size_t)i * LB_PKT_MAX);
+        if (!on_tx)
+            back[nback++] = addrs[i];
+    }
+    kick_tx(q);
+    fill_frames(q, back, nback);
+}
+
+static void process_timers(struct lb_xsk *q)
+{
+    for (int rounds = 0; rounds < 64; rounds++) {
+        struct lb_action a;
+        memset(&a, 0, sizeof(a));
+        pthread_mutex_lock(&q->lb->lock);
+        int got = lb_timer_next(q->lb, now_ms(), q->out, LB_PKT_MAX, &a);
+        pthread_mutex_unlock(&q->lb->lock);
+        if (!got)
+            return;
+        int r = -EINVAL;
+        if (a.verdict == LB_V_XMIT_L2 && a.out_len)
+            r = send_l2(q, &a, q->out, a.out_len);
+        else if (a.verdict == LB_V_ANSWER)
+            r = send_raw(q, q->out, a.out_len);
+        if (r == 0)
+            q->stats.timer_frames++;
+        else if (a.verdict == LB_V_XMIT_L2 || a.verdict == LB_V_ANSWER)
+            q->stats.xmit_l2_err++;
+    }
+}
+
+static int poll_timeout_ms(struct lb_xsk *q)
+{
+    if (q->tx_pending)
+        return 1; /* completions to reap */
+    if (!(q->flags & LB_XSK_F_TIMERS))
+        return XSK_POLL_MS;
+    pthread_mutex_lock(&q->lb->lock);
+    uint64_t due = lb_timer_due(q->lb);
+    pthread_mutex_unlock(&q->lb->lock);
+    if (due == UINT64_MAX)
+        return XSK_POLL_MS;
+    uint64_t t = now_ms();
+    if (due <= t)
+        return 0;
+    return due - t < XSK_POLL_MS ? (int)(due - t) : XSK_POLL_MS;
+}
+
+static void *xsk_thread(void *arg)
+{
+    struct lb_xsk *q = arg;
+    struct pollfd pfd = {.fd = xsk_socket__fd(q->xsk), .events = POLLIN};
+    while (!__atomic_load_n(&q->stop, __ATOMIC_ACQUIRE)) {
+        int pr = poll(&pfd, 1, poll_timeout_ms(q));
+        if (pr > 0 && (pfd.revents & POLLIN))
+            process_rx(q);
+        reap_completions(q);
+        if (!(q->flags & LB_XSK_F_TIMERS))
+            continue;
+        process_timers(q);
+        uint64_t t = now_ms();
+        if (t - q->last_expire_ms >= XSK_EXPIRE_EVERY_MS) {
+            q->last_expire_ms = t;
+            uint32_t hwm = q->lb->hwm; /* read without the lock: only a step size */
+            lb_expire(q->lb, t, hwm / XSK_EXPIRE_STEPS + 1);
+        }
+    }
+    return NULL;
+}
+
+static void xsk_free(struct lb_xsk *q)
+{
+    if (!q)
+        return;
+    if (q->xsk) {
+        uint32_t key = q->queue_id;
+        bpf_map_delete_elem(q->xdp->xsks_fd, &key);
+        xsk_socket__delete(q->xsk);
+    }
+    if (q->umem)
+        xsk_umem__delete(q->umem);
+    if (q->umem_area)
+        munmap(q->umem_area, (size_t)XSK_FRAMES * XSK_FRAME_SIZE);
+    if (q->pkt_fd >= 0)
+        close(q->pkt_fd);
+    if (q->raw_fd >= 0)
+        close(q->raw_fd);
+    free(q->out);
+    free(q);
+}
+
+static int xsk_open(struct lb_xsk *q, const char *ifname, int zerocopy)
+{
+    struct xsk_socket_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.rx_size = XSK_RING;
+    cfg.tx_size = XSK_RING;
+    cfg.libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD; /* our program, attached by lb_xdp_attach */
+    cfg.bind_flags = (uint16_t)((zerocopy ? XDP_ZEROCOPY : XDP_COPY) | XDP_USE_NEED_WAKEUP);
+    return xsk_socket__create(&q->xsk, ifname, q->queue_id, q->umem, &q->rx, &q->tx, &cfg);
+}
+
+lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, int *err)
+{
+    int e = 0;
+    char ifname[IF_NAMESIZE];
+    if (!lb || !xdp || !opts || opts->cpu < -1 || opts->cpu >= CPU_SETSIZE || !if_indextoname(xdp->ifindex, ifname)) {
+        *err = -EINVAL;
+        return NULL;
+    }
+    struct lb_xsk *q = calloc(1, sizeof(*q));
+    if (!q) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    q->lb = lb;
+    q->xdp = xdp;
+    q->queue_id = opts->queue_id;
+    q->flags = opts->flags;
+    q->pkt_fd = -1;
+    q->raw_fd = -1;
+    q->out = calloc(XSK_BATCH, LB_PKT_MAX);
+    q->umem_area = mmap(NULL, (size_t)XSK_FRAMES * XSK_FRAME_SIZE, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (q->umem_area == MAP_FAILED) {
+        q->umem_area = NULL;
+        e = -errno;
+        goto fail;
+    }
+    if (!q->out) {
+        e = -ENOMEM;
+        goto fail;
+    }
+    struct xsk_umem_config ucfg = {.fill_size = XSK_FRAMES, .comp_size = XSK_FRAMES, .frame_size = XSK_FRAME_SIZE,
+                                   .frame_headroom = 0, .flags = 0};
+    if ((e = xsk_umem__create(&q->umem, q->umem_area, (uint64_t)XSK_FRAMES * XSK_FRAME_SIZE, &q->fq, &q->cq,
+                              &ucfg)) < 0)
+        goto fail;
+    /* Zero-copy when the driver offers it (and it was not refused by the caller), copy otherwise. */
+    e = -EOPNOTSUPP;
+    if (!(opts->flags & LB_XSK_F_COPY))
+        e = xsk_open(q, ifname, 1);
+    if (e == 0) {
+        q->zerocopy = 1;
+    } else {
+        q->stats.zerocopy_err = (uint64_t)-e;
+        if ((e = xsk_open(q, ifname, 0)) < 0)
+            goto fail;
+    }
+    uint64_t addrs[XSK_BATCH];
+    for (uint32_t f = 0; f < XSK_FRAMES; f += XSK_BATCH) {
+        for (uint32_t i = 0; i < XSK_BATCH; i++)
+            addrs[i] = (uint64_t)(f + i) * XSK_FRAME_SIZE;
+        fill_frames(q, addrs, XSK_BATCH);
+    }
+    q->pkt_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    q->raw_fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+    if (q->pkt_fd < 0 || q->raw_fd < 0) {
+        e = -errno;
+        goto fail;
+    }
+    int sndbuf = XSK_SNDBUF_BYTES;
+    if (setsockopt(q->raw_fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
+        setsockopt(q->raw_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    if (setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
+        setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    uint32_t mark = LB_SOCKET_MARK_BASE | opts->mark_queue;
+    if (setsockopt(q->raw_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
+        e = -errno;
+        goto fail;
+    }
+    /* Only now may the program redirect this queue's packets here. */
+    uint32_t key = q->queue_id;
+    int fd = xsk_socket__fd(q->xsk);
+    if (bpf_map_update_elem(xdp->xsks_fd, &key, &fd, BPF_ANY) < 0) {
+        e = -errno;
+        goto fail;
+    }
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    if (opts->cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(opts->cpu, &set);
+        pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int pe = pthread_create(&q->thread, &attr, xsk_thread, q);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (pe != 0) {
+        e = -pe;
+        goto fail;
+    }
+    q->thread_started = 1;
+    *err = 0;
+    return q;
+fail:
+    *err = e ? e : -EIO;
+    xsk_free(q);
+    return NULL;
+}
+
+int lb_xsk_stop(lb_xsk_t *q)
+{
+    if (!q)
+        return LB_EINVAL;
+    __atomic_store_n(&q->stop, 1, __ATOMIC_RELEASE);
+    if (q->thread_started)
+        pthread_join(q->thread, NULL);
+    xsk_free(q);
+    return LB_OK;
+}
+
+int lb_xsk_zerocopy(lb_xsk_t *q)
+{
+    return q ? q->zerocopy : 0;
+}
+
+void lb_xsk_get_stats(lb_xsk_t *q, struct lb_xsk_stats *out)
+{
+    if (!q || !out)
+        return;
+    *out = q->stats; /* monotonic counters; a torn snapshot is harmless */
+    struct xdp_statistics xs;
+    socklen_t len = sizeof(xs);
+    memset(&xs, 0, sizeof(xs));
+    if (getsockopt(xsk_socket__fd(q->xsk), SOL_XDP, XDP_STATISTICS, &xs, &len) == 0) {
+        out->kernel_rx_dropped = xs.rx_dropped;
+        out->kernel_rx_ring_full = xs.rx_ring_full;
+        out->kernel_fill_empty = xs.rx_fill_ring_empty_descs;
+    }
+}
