@@ -423,7 +423,8 @@ def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = 
             if d.spec.fwd == "fullnat":
                 c.issues.append(ConfigIssue(c.path, d.line, "a port-zero or fwmark service forwards each connection to the "
                                                              "port the client asked for: fwd = \"fullnat\" needs a "
-                                                             "fixed real-server port; use \"route\" or \"tunnel\""))
+                                                             "fixed real-server port; use \"route\", \"tunnel\" or "
+                                                             "\"masq\""))
     if ops:
         for d in dests:
             if d.spec.fwd == "fullnat":

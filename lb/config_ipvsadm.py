@@ -146,7 +146,7 @@ def _save_service_issues(path: str, spec_line: tuple[ServiceSpec, int], dests: l
         if spec.key.port == 0:
             issues.append(ConfigIssue(path, d.line, "a port-zero or fwmark service forwards each connection to the "
                                                     "port the client asked for: -b (fullnat) needs a fixed real-server "
-                                                    "port; use -g or -i"))
+                                                    "port; use -g, -i or -m"))
         if spec.ops:
             issues.append(ConfigIssue(path, d.line, "a one-packet service (-o) keeps no connection entry, and "
                                                     "-b (fullnat) needs one for the replies"))

@@ -280,8 +280,9 @@ def _check_proxy_dest(spec: ServiceSpec, dest: DestSpec) -> None:
                                        f"with {_FWD_SWITCH[dest.fwd]})")
 
 
-OPS_NEEDS_AN_ENTRY = ("one-packet scheduling (-o) keeps no connection entry, and FULLNAT (-b) needs one to "
-                      "translate the real server's replies")
+OPS_NEEDS_AN_ENTRY = ("one-packet scheduling (-o) keeps no connection entry, and FULLNAT (-b) needs one: its "
+                      "real servers reply to the director's local address (NAT's replies pass untranslated, as "
+                      "the kernel's)")
 
 
 def _ops_applies(spec: ServiceSpec) -> bool:
@@ -299,7 +300,7 @@ def _check_ops_spec(spec: ServiceSpec, dests: Mapping[DestId, DestSpec]) -> None
 
 
 PORT0_NEEDS_A_PORTLESS_METHOD = ("a port-zero or fwmark service forwards each connection to the port the client asked for, "
-                                 "and FULLNAT (-b) needs a fixed real-server port for its replies: use -g or -i")
+                                 "and FULLNAT (-b) allocates its local ports per fixed real-server port: use -g, -i or -m")
 
 
 def _check_port0_dest(spec: ServiceSpec, dest: DestSpec) -> None:

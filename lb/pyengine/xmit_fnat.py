@@ -225,6 +225,8 @@ class FullNat(XmitMethod):
     name = "fullnat"
     sees_replies = True
     synproxy_ok = True
+    needs_entry = True
+    fixed_rport = True
 
     def xmit_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
         return fnat_in(conn, packet, parsed)

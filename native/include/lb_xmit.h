@@ -41,6 +41,12 @@ struct lb_conn_bind {
 #define LB_XMIT_F_SYNPROXY 1     /* may serve a SYN-proxy service: its connections reach the real server
                                     from their reply tuple's director side (oaddr:oport), so synproxy.c
                                     can open them itself, and xmit_in/xmit_out carry the rest */
+#define LB_XMIT_F_NEEDS_ENTRY 2  /* its replies are addressed to the director itself (FULLNAT: LIP:lport):
+                                    without a connection entry they reach no one, so a one-packet (-o)
+                                    UDP service, which keeps none, cannot use it */
+#define LB_XMIT_F_FIXED_RPORT 4  /* needs the destination's port fixed (FULLNAT: its local ports are
+                                    allocated per real server address and port): refused on port-zero
+                                    and fwmark services, whose connections go to the client's port */
 
 struct lb_xmit_ops {
     const char *name;            /* as lbadm names it (route, tunnel, fullnat) */

@@ -58,13 +58,22 @@ static int synproxy_capable(int32_t fwd)
     return m && (m->flags & LB_XMIT_F_SYNPROXY);
 }
 
-/* One-packet scheduling keeps no connection entry, so a method that must find the entry again to
- * translate the real server's replies (one with a reply tuple: FULLNAT) cannot serve an OPS UDP
- * service. -o on a TCP service is stored and changes nothing, as in the kernel. */
+/* One-packet scheduling keeps no connection entry, so a method whose replies are addressed to the
+ * director itself (FULLNAT, LB_XMIT_F_NEEDS_ENTRY) cannot serve an OPS UDP service. NAT can: as in
+ * the kernel, its replies find no entry and pass untranslated. -o on a TCP service is stored and
+ * changes nothing, as in the kernel. */
 static int ops_refuses(uint8_t proto, uint32_t svc_flags, int32_t fwd)
 {
     const struct lb_xmit_ops *m = lb_xmit_find(fwd);
-    return (svc_flags & LB_SVC_F_ONEPACKET) && proto == LB_PROTO_UDP && m && m->xmit_out;
+    return (svc_flags & LB_SVC_F_ONEPACKET) && proto == LB_PROTO_UDP && m && (m->flags & LB_XMIT_F_NEEDS_ENTRY);
+}
+
+/* A port-zero or fwmark service's connections may go to the client's port (lb_dest_rport_is_client);
+ * a method that needs the real server's port fixed (LB_XMIT_F_FIXED_RPORT: FULLNAT) cannot serve it. */
+static int portless_refuses(const struct lb_svc *s, int32_t fwd)
+{
+    const struct lb_xmit_ops *m = lb_xmit_find(fwd);
+    return !s->conf.port && m && (m->flags & LB_XMIT_F_FIXED_RPORT);
 }
 
 static int any_ops_refused(const struct lb_svc *s, uint32_t svc_flags)
@@ -401,10 +410,8 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         err = LB_EOPNOTSUPP; /* FULLNAT on a one-packet UDP service */
         goto out;
     }
-    if (!s->conf.port && lb_xmit_find(conf->fwd) && lb_xmit_find(conf->fwd)->xmit_out) {
-        /* A port-zero service's connections go to the client's port; a method with a reply
-         * tuple (FULLNAT) needs the real server's port fixed. */
-        err = LB_EOPNOTSUPP;
+    if (portless_refuses(s, conf->fwd)) {
+        err = LB_EOPNOTSUPP; /* FULLNAT on a port-zero or fwmark service */
         goto out;
     }
     if (find_dest_idx(s, conf->addr, conf->port) >= 0) {
@@ -480,7 +487,7 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
         /* err set */
     } else if ((s->conf.flags & LB_SVC_F_SEQ) && !synproxy_capable(conf->fwd)) {
         err = LB_EOPNOTSUPP;
-    } else if (ops_refuses(s->conf.proto, s->conf.flags, conf->fwd)) {
+    } else if (ops_refuses(s->conf.proto, s->conf.flags, conf->fwd) || portless_refuses(s, conf->fwd)) {
         err = LB_EOPNOTSUPP;
     } else if (i < 0) {
         err = LB_ENOENT;

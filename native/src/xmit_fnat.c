@@ -510,7 +510,7 @@ static void fnat_svc_done(lb_t *lb LB_UNUSED, struct lb_svc *s)
 
 const struct lb_xmit_ops lb_xmit_fnat = {
     .name = "fullnat",
-    .flags = LB_XMIT_F_SYNPROXY,
+    .flags = LB_XMIT_F_SYNPROXY | LB_XMIT_F_NEEDS_ENTRY | LB_XMIT_F_FIXED_RPORT,
     .xmit_in = fnat_xmit_in,
     .xmit_out = fnat_xmit_out,
     .icmp_in = fnat_icmp_in,
