@@ -38,7 +38,7 @@ from lb.director_views import DirectorViews
 from lb.engine import Engine, EngineError
 from lb.estimator import Estimator, StallWatch
 from lb.fwdstate import DestKey, ForwardingStates, FwdStatus, Resolver
-from lb.ipsets import Steering
+from lb.ipsets import Steering, nat_reply_port
 from lb.ipvsabi.handlers import operations as ipvs_abi_operations
 from lb.model import FWMARK_PROTO, ConfigError, DestSpec, ServiceKey, Stats, SynproxyConf
 from lb.reconcile import (
@@ -189,7 +189,8 @@ class Director(DirectorViews, DirectorConfigs):
                     addrs.update(svc.laddrs)
             for spec in svc.dests.values():
                 if spec.fwd == "masq":
-                    nat.update((proto, spec.addr, spec.port) for proto in _nat_protos(key))
+                    rport = nat_reply_port(key.port, svc.spec.persistent is not None, spec.port)
+                    nat.update((proto, spec.addr, rport) for proto in _nat_protos(key))
                 elif spec.fwd == "fullnat" and not fwmark:
                     fnat.update((key.proto, spec.addr, spec.port, la) for la in svc.laddrs)
         return st

@@ -34,6 +34,8 @@ def test_names_jump_and_fixed_rules() -> None:
     assert ipt.chain_rules(3) == [
         "-A LBD-Q3 -m set --match-set lbd-q3-nat src,src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
         "-A LBD-Q3 -p icmp -m set --match-set lbd-q3-natrip src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
+        "-A LBD-Q3 -p tcp -m set --match-set lbd-q3-nattcp0 src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
+        "-A LBD-Q3 -p udp -m set --match-set lbd-q3-natudp0 src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
         "-A LBD-Q3 -m set ! --match-set lbd-q3-addr dst -j RETURN",
         "-A LBD-Q3 -m set --match-set lbd-q3-svc dst,dst -j LBD-Q3-GO",
         "-A LBD-Q3 -p tcp -m set --match-set lbd-q3-tcp0 dst -j LBD-Q3-GO",
