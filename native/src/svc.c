@@ -105,6 +105,22 @@ static int find_dest_idx(const struct lb_svc *s, uint32_t addr, uint16_t port)
     return -1;
 }
 
+/* The one destination of s at addr whose connections go to the client's port (a persistent
+ * port-zero or fwmark service's, lb_dest_rport_is_client): a dumped connection names the port it
+ * reached, not the destination's. -1 when there is none, or more than one. */
+static int find_portless_dest_idx(const struct lb_svc *s, uint32_t addr)
+{
+    int found = -1;
+    for (uint32_t i = 0; i < s->ndests; i++) {
+        if (s->dests[i]->conf.addr != addr || !lb_dest_rport_is_client(s->dests[i]))
+            continue;
+        if (found >= 0)
+            return -1;
+        found = (int)i;
+    }
+    return found;
+}
+
 /* ---------------------------------------------------------------- binding */
 
 /* __ip_vs_dest_update_overload (Debian 6.1.192): with an upper threshold u and the lower value l
@@ -703,6 +719,8 @@ static struct lb_svc *fwmark_svc_of(const lb_t *lb, uint32_t daddr, uint16_t dpo
         int k = find_dest_idx(s, daddr, dport);
         if (k < 0)
             k = find_dest_idx(s, daddr, 0);
+        if (k < 0)
+            k = find_portless_dest_idx(s, daddr);
         if (k >= 0) {
             *di = k;
             return s;
@@ -729,6 +747,8 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
     int di = s ? find_dest_idx(s, ci->daddr, ci->dport) : -1;
     if (s && di < 0 && !s->conf.port)
         di = find_dest_idx(s, ci->daddr, 0); /* dumped with the client's port (lb_conn_dump) */
+    if (s && di < 0 && !s->conf.port)
+        di = find_portless_dest_idx(s, ci->daddr); /* RIP:8080 under a persistent VIP:0, dumped as RIP:443 */
     if (!s && !(ci->flags & LB_CONN_F_TEMPLATE))
         s = fwmark_svc_of(lb, ci->daddr, ci->dport, &di);
     if (!s) {
