@@ -185,14 +185,15 @@ class Director(DirectorViews, DirectorConfigs):
                 st.fwmarks.add(key.fwmark)
             else:
                 services_add((key.proto, key.addr, key.port))
-                if svc.laddrs:
-                    addrs.update(svc.laddrs)
+            if svc.laddrs:
+                addrs.update(svc.laddrs)
             for spec in svc.dests.values():
                 if spec.fwd == "masq":
                     rport = nat_reply_port(key.port, svc.spec.persistent is not None, spec.port)
                     nat.update((proto, spec.addr, rport) for proto in _nat_protos(key))
-                elif spec.fwd == "fullnat" and not fwmark:
-                    fnat.update((key.proto, spec.addr, spec.port, la) for la in svc.laddrs)
+                elif spec.fwd == "fullnat":
+                    rport = nat_reply_port(key.port, svc.spec.persistent is not None, spec.port)
+                    fnat.update((proto, spec.addr, rport, la) for proto in _nat_protos(key) for la in svc.laddrs)
         return st
 
     def sync_rules(self, state: State | None = None, verify: bool = False) -> None:

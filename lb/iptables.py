@@ -18,7 +18,7 @@ Layout (one lbd instance = one queue number N; the sets are lb.ipsets'):
     raw LBD-Q<N>-OUT: -m mark --mark <SOCKET_MARK_BASE|N> -j CT --notrack
 
 Steering is O(1) in the number of services: the chains' content never changes with the
-configuration (a packet meets at most 10 rules and 7 hash lookups; a packet not addressed to a
+configuration (a packet meets at most 12 rules and 9 hash lookups; a packet not addressed to a
 VIP or local address meets 2 rules and one lookup), and a service change is a set element added
 or deleted (lb.ipsets explains why ip sets rather than nftables sets). Earlier versions installed
 one rule pair per service (4N rules walked by every packet); a chain of that form left behind by
@@ -234,6 +234,9 @@ def chain_rules(queue_num: int) -> list[str]:
         f"-A {chain} -p udp -m set --match-set {s[ips.UDP0]} dst -j {go}",
         f"-A {chain} -p icmp -j {go}",
         f"-A {chain} -m set --match-set {s[ips.FNAT]} src,src,dst -j {go}",
+        # replies of port-less FULLNAT destinations (a port-zero or fwmark service): from any port
+        f"-A {chain} -p tcp -m set --match-set {s[ips.FNATTCP0]} src -j {go}",
+        f"-A {chain} -p udp -m set --match-set {s[ips.FNATUDP0]} src -j {go}",
     ]
 
 

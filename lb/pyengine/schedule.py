@@ -25,8 +25,8 @@ class BindContextImpl:
         self._conns = conns
         self.lport_min, self.lport_max = lport_min, lport_max
 
-    def reply_in_use(self, proto: int, dest: Destination, reply_addr: bytes, reply_port: int) -> bool:
-        return self._conns.lookup((proto, dest.addr, dest.port, reply_addr, reply_port)) is not None
+    def reply_in_use(self, proto: int, dest: Destination, rport: int, reply_addr: bytes, reply_port: int) -> bool:
+        return self._conns.lookup((proto, dest.addr, rport, reply_addr, reply_port)) is not None
 
 
 class Scheduling(ServiceTable):

@@ -306,9 +306,6 @@ class ServiceTable(EntryOps):
         if ops_refuses(service.spec, method):
             raise EngineError("EOPNOTSUPP", f"{where}: a one-packet UDP service (-o) keeps no entry to translate "
                                             "replies with")
-        if service.spec.key.port == 0 and method.fixed_rport:
-            raise EngineError("EOPNOTSUPP", f"{where}: a port-zero or fwmark service forwards to the client's port; "
-                                            "FULLNAT allocates its local ports per fixed real-server port")
 
     def _unlink_dest(self, service: Service, index: int, tell_scheduler: bool = True) -> None:
         dest = service.dests.pop(index)

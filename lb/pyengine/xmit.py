@@ -93,8 +93,8 @@ class BindContext(Protocol):
     lport_min: int
     lport_max: int
 
-    def reply_in_use(self, proto: int, dest: Destination, reply_addr: bytes, reply_port: int) -> bool:
-        """Is (proto, dest's address and port) -> (reply_addr, reply_port) a live connection's reply tuple?"""
+    def reply_in_use(self, proto: int, dest: Destination, rport: int, reply_addr: bytes, reply_port: int) -> bool:
+        """Is (proto, dest's address, rport) -> (reply_addr, reply_port) a live connection's reply tuple?"""
         ...
 
 
@@ -118,8 +118,6 @@ class XmitMethod:
     synproxy_ok: ClassVar[bool] = False
     # its replies are addressed to the director itself (FULLNAT): a one-packet service cannot use it
     needs_entry: ClassVar[bool] = False
-    # needs the destination's port fixed (FULLNAT): a port-zero or fwmark service cannot use it
-    fixed_rport: ClassVar[bool] = False
     mtu_overhead: ClassVar[int] = 0  # bytes added in front of the client's packet
 
     def xmit_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:

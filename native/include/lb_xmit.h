@@ -35,6 +35,8 @@ struct lb_conn_bind {
     uint32_t oaddr_n;            /* the reply tuple's director side (network order) */
     uint16_t oport_n;
     void *priv;                  /* a reference the connection holds until the method's release() */
+    uint16_t rport_n;            /* the real server's port of the connection (lb_conn_rport_n): what the
+                                    reply tuple's server side is; release() gets it back */
 };
 
 /* Method capabilities (lb_xmit_ops.flags). */
@@ -44,9 +46,6 @@ struct lb_conn_bind {
 #define LB_XMIT_F_NEEDS_ENTRY 2  /* its replies are addressed to the director itself (FULLNAT: LIP:lport):
                                     without a connection entry they reach no one, so a one-packet (-o)
                                     UDP service, which keeps none, cannot use it */
-#define LB_XMIT_F_FIXED_RPORT 4  /* needs the destination's port fixed (FULLNAT: its local ports are
-                                    allocated per real server address and port): refused on port-zero
-                                    and fwmark services, whose connections go to the client's port */
 
 struct lb_xmit_ops {
     const char *name;            /* as lbadm names it (route, tunnel, fullnat) */

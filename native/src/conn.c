@@ -291,7 +291,7 @@ static void conn_release(lb_t *lb, uint32_t idx)
         if (m->xmit_out)
             chain_remove(lb, idx, LB_DIR_OUT); /* needs c->dest: remove before unbinding */
         if (m->release) {
-            struct lb_conn_bind b = {c->oaddr_n, c->oport, c->xmit_priv};
+            struct lb_conn_bind b = {c->oaddr_n, c->oport, c->xmit_priv, lb_conn_rport_n(c)};
             m->release(lb, c->proto, c->dest, &b);
         }
     }

@@ -143,7 +143,7 @@ struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc
         return NULL;
     /* The destination's method binds what the connection needs (FULLNAT: a local address and port). */
     const struct lb_xmit_ops *m = lb_xmit_methods[d->conf.fwd];
-    struct lb_conn_bind b = {0, 0, NULL};
+    struct lb_conn_bind b = {0, 0, NULL, 0};
     if (m->conn_bind) {
         int r = m->conn_bind(lb, s, d, p, now_ms, &b);
         if (r != LB_R_FORWARDED) {

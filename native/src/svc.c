@@ -68,14 +68,6 @@ static int ops_refuses(uint8_t proto, uint32_t svc_flags, int32_t fwd)
     return (svc_flags & LB_SVC_F_ONEPACKET) && proto == LB_PROTO_UDP && m && (m->flags & LB_XMIT_F_NEEDS_ENTRY);
 }
 
-/* A port-zero or fwmark service's connections may go to the client's port (lb_dest_rport_is_client);
- * a method that needs the real server's port fixed (LB_XMIT_F_FIXED_RPORT: FULLNAT) cannot serve it. */
-static int portless_refuses(const struct lb_svc *s, int32_t fwd)
-{
-    const struct lb_xmit_ops *m = lb_xmit_find(fwd);
-    return !s->conf.port && m && (m->flags & LB_XMIT_F_FIXED_RPORT);
-}
-
 static int any_ops_refused(const struct lb_svc *s, uint32_t svc_flags)
 {
     for (uint32_t i = 0; i < s->ndests; i++)
@@ -426,10 +418,6 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         err = LB_EOPNOTSUPP; /* FULLNAT on a one-packet UDP service */
         goto out;
     }
-    if (portless_refuses(s, conf->fwd)) {
-        err = LB_EOPNOTSUPP; /* FULLNAT on a port-zero or fwmark service */
-        goto out;
-    }
     if (find_dest_idx(s, conf->addr, conf->port) >= 0) {
         err = LB_EEXIST;
         goto out;
@@ -503,7 +491,7 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
         /* err set */
     } else if ((s->conf.flags & LB_SVC_F_SEQ) && !synproxy_capable(conf->fwd)) {
         err = LB_EOPNOTSUPP;
-    } else if (ops_refuses(s->conf.proto, s->conf.flags, conf->fwd) || portless_refuses(s, conf->fwd)) {
+    } else if (ops_refuses(s->conf.proto, s->conf.flags, conf->fwd)) {
         err = LB_EOPNOTSUPP;
     } else if (i < 0) {
         err = LB_ENOENT;
@@ -805,7 +793,7 @@ int lb_conn_restore(lb_t *lb, const struct lb_conn_info *ci, uint64_t now_ms)
     /* The method binds what it needs (FULLNAT: the dumped local address, which must exist, and
      * port, whose reply tuple must be free). */
     const struct lb_xmit_ops *m = lb_xmit_methods[d->conf.fwd];
-    struct lb_conn_bind b = {0, 0, NULL};
+    struct lb_conn_bind b = {0, 0, NULL, 0};
     if (m->conn_restore && (err = m->conn_restore(lb, s, d, ci, now_ms, &b)) != LB_OK)
         goto out;
     struct lb_conn *c = lb_conn_new(lb, &p, d, &b, now_ms, 0);

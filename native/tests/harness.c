@@ -44,6 +44,7 @@
 #define NAT_RPORT 8080       /* its real servers' port */
 #define VIP0 0x0a000065u     /* 10.0.0.101: persistent TCP/UDP port-zero service, NAT real servers without a port */
 #define OPS_NAT_PORT 88      /* VIP:88 UDP one-packet service with NAT real servers */
+#define VIP0F 0x0a000066u    /* 10.0.0.102: persistent TCP port-zero service, FULLNAT real servers without a port */
 
 static int check(int cond, const char *what)
 {
@@ -204,6 +205,23 @@ static int setup(lb_t *lb)
             }
         }
     }
+    /* VIP0F:0 persistent TCP, FULLNAT from LIP to 10.1.0.11-12 on the client's port. */
+    memset(&s, 0, sizeof(s));
+    s.proto = LB_PROTO_TCP;
+    s.addr = VIP0F;
+    s.persist_timeout_s = 300;
+    strcpy(s.sched, "rr");
+    rc |= lb_svc_add(lb, &s);
+    for (int j = 0; j < 2; j++) {
+        memset(&d, 0, sizeof(d));
+        d.addr = BRS1 + (uint32_t)j;
+        d.fwd = LB_FWD_FULLNAT;
+        d.weight = 1;
+        rc |= lb_dest_add(lb, LB_PROTO_TCP, VIP0F, 0, &d);
+        fwd_for(&f, (uint8_t)(0x70 + j));
+        rc |= lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP0F, 0, d.addr, 0, &f);
+    }
+    rc |= lb_laddr_add(lb, LB_PROTO_TCP, VIP0F, 0, LIP);
     /* VIP:86 FULLNAT with the PROXY protocol v1, VIP:87 FULLNAT with SYN-proxy and PROXY v2. */
     for (uint16_t port = 86; port <= 87; port++) {
         memset(&s, 0, sizeof(s));

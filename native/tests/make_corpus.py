@@ -25,6 +25,7 @@ from scapy.all import ICMP, IP, TCP, UDP, Raw, raw  # type: ignore[import-untype
 
 VIP = "10.0.0.100"
 VIP0 = "10.0.0.101"  # the port-zero service's address
+VIP0F = "10.0.0.102"  # the port-zero FULLNAT service's address
 CLIENT = "192.0.2.7"
 RS = "10.1.0.11"
 LIP = "10.1.0.1"
@@ -61,6 +62,9 @@ def seeds() -> dict[str, bytes]:
         s[f"nat0_udp_reply_{port}"] = raw(IP(src=RS, dst=CLIENT) / UDP(sport=port, dport=41001) / Raw(b"y" * 16))
     s["nat0_icmp_from_rs"] = raw(IP(src=RS, dst=CLIENT) / ICMP(type=3, code=3)
                                  / raw(IP(src=CLIENT, dst=RS) / UDP(sport=41001, dport=443))[:28])
+    # FULLNAT without a port under a persistent port-zero service (VIP0F:0): LIP:lport -> RIP:<client's port>.
+    s["fnat0_syn_443"] = raw(IP(src=CLIENT, dst=VIP0F) / TCP(sport=41003, dport=443, flags="S", options=opts))
+    s["fnat0_reply_synack_443"] = raw(IP(src=RS, dst=LIP) / TCP(sport=443, dport=1024, flags="SA"))
     s["ops_nat_udp"] = raw(IP(src=CLIENT, dst=VIP) / UDP(sport=41002, dport=88) / Raw(b"x" * 16))
     s["ops_nat_udp_reply"] = raw(IP(src=RS, dst=CLIENT) / UDP(sport=88, dport=41002) / Raw(b"y" * 16))
     s["nat_syn"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=85, flags="S", options=opts))

@@ -196,3 +196,47 @@ def test_one_packet_udp_nat_answers_pass_untranslated(plbd: Lbd, ptopo: Topology
     assert sorted(name for _, name in senders) == sorted([*by_addr.values()] * 2), senders
     assert not [c for c in conn_rows(plbd) if c[0] == "UDP"], conn_rows(plbd)  # no entry kept
     assert "-A -u" in plbd.lbadm("-S", "-n").stdout and " -o" in plbd.lbadm("-S", "-n").stdout
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_port_zero_service_with_fullnat_real_servers(plbd: Lbd, ptopo: Topology, servers: None, proto: str) -> None:
+    """FULLNAT under a persistent VIP:0: the connection reaches the real server on the client's port
+    from a local address and port (conn dport = the client's, local address/port allocated as usual);
+    the real server answers LIP:lport from RIP:<that port>, steered by its RIP in the protocol's set
+    (after the LIP passed the address pre-filter) and rewritten to VIP:port -> client."""
+    t, flag = ptopo, "-t" if proto == "tcp" else "-u"
+    lip = t.director.iface("back").addr
+    svc = f"{t.vip}:0"
+    plbd.lbadm("-A", flag, svc, "-s", "rr", "-p", "300")
+    plbd.lbadm("-P", flag, svc, "-z", lip)
+    for rs in t.reals:
+        plbd.lbadm("-a", flag, svc, "-r", rs.addr, "-b")
+    plbd.wait_resolved()
+    got = [exchange(t, proto, port) for port in PORTS]
+    assert len(set(got)) == 1 and got[0] in {rs.name for rs in t.reals}, (got, plbd.log_tail())
+    rip = t.host(got[0]).addr
+    pairs = {(c[4], c[5]) for c in conn_rows(plbd) if c[0] == proto.upper()}
+    for port in PORTS:
+        assert (f"{t.vip}:{port}", f"{rip}:{port}") in pairs, pairs
+    assert ipset(t, f"lbd-q0-fnat{proto}0") == {rs.addr for rs in t.reals}
+    assert lip in ipset(t, "lbd-q0-addr")
+    assert ipset(t, "lbd-q0-fnat") == set()
+    plbd.lbadm("-D", flag, svc)
+    assert ipset(t, f"lbd-q0-fnat{proto}0") == set()
+
+
+def test_fwmark_service_with_fullnat_real_servers(plbd: Lbd, ptopo: Topology, servers: None, marked: None) -> None:
+    """A persistent fwmark service with FULLNAT real servers without a port: TCP and UDP to three
+    ports of the VIP reach one real server on the ports asked for, through the local address."""
+    t = ptopo
+    lip = t.director.iface("back").addr
+    plbd.lbadm("-A", "-f", str(MARK), "-s", "rr", "-p", "300")
+    plbd.lbadm("-P", "-f", str(MARK), "-z", lip)
+    for rs in t.reals:
+        plbd.lbadm("-a", "-f", str(MARK), "-r", rs.addr, "-b")
+    plbd.wait_resolved()
+    got = [exchange(t, proto, port) for port in PORTS for proto in ("tcp", "udp")]
+    assert len(set(got)) == 1 and got[0] in {rs.name for rs in t.reals}, (got, plbd.log_tail())
+    rips = {rs.addr for rs in t.reals}
+    assert ipset(t, "lbd-q0-fnattcp0") == rips and ipset(t, "lbd-q0-fnatudp0") == rips
+    assert lip in ipset(t, "lbd-q0-addr")  # a fwmark service's local address joins the pre-filter too

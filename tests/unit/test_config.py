@@ -368,11 +368,6 @@ SAVE_HOLES = [
      "-A -t 10.0.0.1:80 -s rr --toa\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1\n",
      "1: --toa only applies to FULLNAT: no destination of TCP 10.0.0.1:80 has -b (fullnat)",
      'port = 80\ntoa = true\n  [[service.dest]]\n  addr = "10.0.0.2"\n'),
-    ("fullnat on a port-zero service",
-     "-A -t 10.0.0.1:0 -s rr -p 60\n-P -t 10.0.0.1:0 -z 10.0.0.5\n-a -t 10.0.0.1:0 -r 10.0.0.2:0 -b -w 1\n",
-     "3: a port-zero or fwmark service forwards each connection to the port the client asked for: -b (fullnat) "
-     "needs a fixed real-server port; use -g, -i or -m",
-     'port = 0\npersistent = 60\nladdrs = ["10.0.0.5"]\n  [[service.dest]]\n  addr = "10.0.0.2"\n  fwd = "fullnat"\n'),
 ]
 
 

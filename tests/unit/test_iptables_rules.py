@@ -42,6 +42,8 @@ def test_names_jump_and_fixed_rules() -> None:
         "-A LBD-Q3 -p udp -m set --match-set lbd-q3-udp0 dst -j LBD-Q3-GO",
         "-A LBD-Q3 -p icmp -j LBD-Q3-GO",
         "-A LBD-Q3 -m set --match-set lbd-q3-fnat src,src,dst -j LBD-Q3-GO",
+        "-A LBD-Q3 -p tcp -m set --match-set lbd-q3-fnattcp0 src -j LBD-Q3-GO",
+        "-A LBD-Q3 -p udp -m set --match-set lbd-q3-fnatudp0 src -j LBD-Q3-GO",
     ]
     assert ipt.go_rules(3, QUEUE) == GO3
     assert ipt.go_rules(3, QUEUE, track=True) == [GO3[1], DEFRAG3]

@@ -80,3 +80,31 @@ def test_director_steers_port_less_nat_destinations_of_fwmark_and_port_zero_serv
                                         (UDP, "10.1.0.12", 8080), (UDP, "10.1.0.13", 0)}
     d.handle("edit_service", {"fwmark": 5, "sched": "rr", "persistent": 60})  # now the client's port for all
     assert (TCP, "10.1.0.12", 0) in d.steering().nat_replies
+
+
+def test_port_less_fullnat_destinations_are_steered_by_address_per_protocol() -> None:
+    """FULLNAT to the client's port: the replies come from RIP:<any port> to the local address, which
+    joins the pre-filter; the RIP goes to the protocol's fnattcp0 / fnatudp0 set (no RIP,LIP pair set:
+    hash:net,net is not in every kernel)."""
+    st = ips.Steering(fnat_replies={(TCP, "10.1.0.11", 0, "10.2.0.1"), (UDP, "10.1.0.12", 0, "10.2.0.1"),
+                                    (TCP, "10.1.0.13", 80, "10.2.0.2")})
+    el = st.elements()
+    assert el[ips.FNATTCP0] == {"10.1.0.11"} and el[ips.FNATUDP0] == {"10.1.0.12"}
+    assert el[ips.FNAT] == {"10.1.0.13,tcp:80,10.2.0.2"}
+    assert el[ips.ADDR] == {"10.2.0.1", "10.2.0.2"}
+    rules = ipt.chain_rules(3)
+    prefilter = next(i for i, r in enumerate(rules) if "lbd-q3-addr" in r)
+    for proto in ("tcp", "udp"):
+        (i,) = [i for i, r in enumerate(rules) if f"lbd-q3-fnat{proto}0 " in r]
+        assert i > prefilter and f"-p {proto} -m set --match-set lbd-q3-fnat{proto}0 src " in rules[i]
+
+
+def test_director_steers_fullnat_of_a_fwmark_service_for_both_protocols() -> None:
+    d = Director(PyEngine(conn_max=16), rules=None, resolver=None)
+    d.handle("add_service", {"fwmark": 5, "sched": "rr", "persistent": 300})
+    d.handle("add_laddr", {"service": {"fwmark": 5}, "addr": "10.2.0.1"})
+    d.handle("add_dest", {"service": {"fwmark": 5}, "dest": {"addr": "10.1.0.11", "port": 0, "fwd": "fullnat",
+                                                              "weight": 1, "u_threshold": 0, "l_threshold": 0}})
+    st = d.steering()
+    assert st.fnat_replies == {(TCP, "10.1.0.11", 0, "10.2.0.1"), (UDP, "10.1.0.11", 0, "10.2.0.1")}
+    assert "10.2.0.1" in st.elements()[ips.ADDR]
