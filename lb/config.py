@@ -418,12 +418,6 @@ def _check_service(c: _Checker, where: Path_, raw: Any, sp_base: SynproxyConf = 
         first = next(d for d in dests if d.spec.fwd == "fullnat")
         c.issues.append(ConfigIssue(c.path, first.line, f"fwd = \"fullnat\" needs local addresses: add "
                                                          f"laddrs = [\"...\"] to service {label}"))
-    if port == 0:
-        for d in dests:
-            if d.spec.fwd == "fullnat":
-                c.issues.append(ConfigIssue(c.path, d.line, "a port-zero or fwmark service forwards each connection to the "
-                                                             "port the client asked for: fwd = \"fullnat\" needs a "
-                                                             "fixed real-server port; use \"route\" or \"tunnel\""))
     if ops:
         for d in dests:
             if d.spec.fwd == "fullnat":

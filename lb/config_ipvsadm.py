@@ -143,10 +143,6 @@ def _save_service_issues(path: str, spec_line: tuple[ServiceSpec, int], dests: l
         issues.append(ConfigIssue(path, fullnat[0].line, f"-b (fullnat) needs local addresses: add a line "
                                                           f"-P {_save_label(spec.key)} -z LOCAL-ADDRESS for {label}"))
     for d in fullnat:
-        if spec.key.port == 0:
-            issues.append(ConfigIssue(path, d.line, "a port-zero or fwmark service forwards each connection to the "
-                                                    "port the client asked for: -b (fullnat) needs a fixed real-server "
-                                                    "port; use -g or -i"))
         if spec.ops:
             issues.append(ConfigIssue(path, d.line, "a one-packet service (-o) keeps no connection entry, and "
                                                     "-b (fullnat) needs one for the replies"))

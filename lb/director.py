@@ -38,7 +38,7 @@ from lb.director_views import DirectorViews
 from lb.engine import Engine, EngineError
 from lb.estimator import Estimator, StallWatch
 from lb.fwdstate import DestKey, ForwardingStates, FwdStatus, Resolver
-from lb.ipsets import Steering
+from lb.ipsets import Steering, nat_reply_port
 from lb.ipvsabi.handlers import operations as ipvs_abi_operations
 from lb.model import FWMARK_PROTO, ConfigError, DestSpec, ServiceKey, Stats, SynproxyConf
 from lb.reconcile import (
@@ -185,13 +185,15 @@ class Director(DirectorViews, DirectorConfigs):
                 st.fwmarks.add(key.fwmark)
             else:
                 services_add((key.proto, key.addr, key.port))
-                if svc.laddrs:
-                    addrs.update(svc.laddrs)
+            if svc.laddrs:
+                addrs.update(svc.laddrs)
             for spec in svc.dests.values():
                 if spec.fwd == "masq":
-                    nat.update((proto, spec.addr, spec.port) for proto in _nat_protos(key))
-                elif spec.fwd == "fullnat" and not fwmark:
-                    fnat.update((key.proto, spec.addr, spec.port, la) for la in svc.laddrs)
+                    rport = nat_reply_port(key.port, svc.spec.persistent is not None, spec.port)
+                    nat.update((proto, spec.addr, rport) for proto in _nat_protos(key))
+                elif spec.fwd == "fullnat":
+                    rport = nat_reply_port(key.port, svc.spec.persistent is not None, spec.port)
+                    fnat.update((proto, spec.addr, rport, la) for proto in _nat_protos(key) for la in svc.laddrs)
         return st
 
     def sync_rules(self, state: State | None = None, verify: bool = False) -> None:

@@ -14,6 +14,22 @@ changes with the configuration is the content of these sets, one family per queu
                                      destination that is not local)
     lbd-q<N>-natrip hash:ip          RIPs of NAT real servers: their ICMP errors   (src, -p icmp,
                                      to a destination that is not local)
+    lbd-q<N>-nattcp0 hash:ip         RIPs of port-less NAT destinations: TCP replies from any port
+    lbd-q<N>-natudp0 hash:ip         the same for UDP                  (src, -p tcp/udp, not local)
+    lbd-q<N>-fnattcp0 hash:ip        RIPs of port-less FULLNAT destinations: TCP replies from any
+                                     port, to a VIP or local address (src, -p tcp, after the pre-filter)
+    lbd-q<N>-fnatudp0 hash:ip        the same for UDP
+                                     (a RIP,LIP pair would be exact, but hash:net,net is not in every
+                                     kernel: this one refuses it)
+
+A NAT destination is port-less when its connections reach the real server on the client's port
+(nat_reply_port): a destination without a port, or any destination of a persistent port-zero or
+fwmark service (the kernel's ip_vs_schedule / ip_vs_sched_persist). Its replies come from
+RIP:<whatever port the client asked for>, which no RIP,proto:port element can name; the kernel's
+ip_vs_out finds them by the reply tuple. These sets queue every TCP (UDP) packet such a real server
+routes through the director to a non-local address: lbd translates those of its connections and
+hands the others back (verdict accept, untracked: the real server's own connections through the
+director are not masqueraded by the director's conntrack-based rules; see docs/fastpath.md).
 
 Why ipset rather than nftables sets: this kernel has no nft `queue` statement, so the NFQUEUE
 verdict must stay an xtables target, and only xtables rules can test ip sets (`-m set`); nft sets
@@ -65,7 +81,21 @@ UDP0 = SetKind("udp0", "hash:ip", "VIPs of UDP port-0 services")
 FNAT = SetKind("fnat", "hash:ip,port,ip", "FULLNAT replies RIP,proto:rport,LIP")
 NAT = SetKind("nat", "hash:ip,port", "NAT replies RIP,proto:rport")
 NATRIP = SetKind("natrip", "hash:ip", "NAT real servers (their ICMP errors)")
-KINDS: tuple[SetKind, ...] = (ADDR, SVC, TCP0, UDP0, FNAT, NAT, NATRIP)
+NATTCP0 = SetKind("nattcp0", "hash:ip", "port-less NAT real servers (TCP replies from any port)")
+NATUDP0 = SetKind("natudp0", "hash:ip", "port-less NAT real servers (UDP replies from any port)")
+FNATTCP0 = SetKind("fnattcp0", "hash:ip", "port-less FULLNAT real servers (TCP replies from any port)")
+FNATUDP0 = SetKind("fnatudp0", "hash:ip", "port-less FULLNAT real servers (UDP replies from any port)")
+KINDS: tuple[SetKind, ...] = (ADDR, SVC, TCP0, UDP0, FNAT, NAT, NATRIP, NATTCP0, NATUDP0, FNATTCP0, FNATUDP0)
+
+
+def nat_reply_port(service_port: int, persistent: bool, dest_port: int) -> int:
+    """The port a NAT destination's replies come from, 0 when it is the client's (a port-less
+    destination): the kernel's cp->dport is dest->port, or the client's port when the destination
+    has none (ip_vs_schedule); every connection of a persistent port-zero or fwmark service (port 0)
+    takes the client's (ip_vs_sched_persist). C: lb_dest_rport_is_client."""
+    if not dest_port or (not service_port and persistent):
+        return 0
+    return dest_port
 
 
 @dataclass
@@ -98,8 +128,10 @@ class Steering:
     """What lbd wants queued, as set elements (the rules themselves never change)."""
 
     services: set[tuple[int, str, int]] = field(default_factory=set)  # (proto, vip, port)
-    fnat_replies: set[tuple[int, str, int, str]] = field(default_factory=set)  # (proto, rip, rport, lip)
-    nat_replies: set[tuple[int, str, int]] = field(default_factory=set)  # (proto, rip, rport) of NAT dests
+    # (proto, rip, rport, lip); rport 0: a port-less destination (nat_reply_port), replies from any port
+    fnat_replies: set[tuple[int, str, int, str]] = field(default_factory=set)
+    # (proto, rip, rport) of NAT dests; rport 0: port-less (nat_reply_port), replies from any port
+    nat_replies: set[tuple[int, str, int]] = field(default_factory=set)
     addrs: set[str] = field(default_factory=set)  # VIPs and local addresses (extra ones: ICMP)
     fwmarks: set[int] = field(default_factory=set)  # fwmark services: queued from mangle (lb.iptables), not sets
 
@@ -107,21 +139,20 @@ class Steering:
         """Each set's content in the exact form `ipset save` prints it. O(N) in plain set operations
         (the element text of each tuple is computed once and cached): ~ms at 10,000 services."""
         out: dict[SetKind, set[str]] = {k: set() for k in KINDS}
-        addrs, fnat = out[ADDR], out[FNAT]
+        addrs = out[ADDR]
         for svc in self.services:
             kind, vip, element = _service_element(*svc)
             addrs.add(vip)
             out[kind].add(element)
         for reply in self.fnat_replies:
-            element, lip = _reply_element(*reply)
-            fnat.add(element)
+            kind, element, lip = _fnat_element(*reply)
+            out[kind].add(element)
             addrs.add(lip)
         addrs.update(_addr(a) for a in self.addrs)
         for proto, rip, rport in self.nat_replies:
-            kind, rip_text, element = _service_element(proto, rip, rport)
-            if kind is SVC:  # a port-less NAT destination (port-0/fwmark service) has no reply port to match
-                out[NAT].add(element)
-            out[NATRIP].add(rip_text)
+            kind, element = _nat_element(proto, rip, rport)
+            out[kind].add(element)
+            out[NATRIP].add(_addr(rip))
         return out
 
 
@@ -131,6 +162,28 @@ def _service_element(proto: int, vip: str, port: int) -> tuple[SetKind, str, str
     if port == 0:
         return (TCP0 if _proto(proto) == "tcp" else UDP0), vip, vip
     return SVC, vip, f"{vip},{_proto(proto)}:{_port(port)}"
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _nat_element(proto: int, rip: str, rport: int) -> tuple[SetKind, str]:
+    """The element that steers a NAT destination's replies: RIP,proto:rport, or for a port-less one
+    (rport 0) its RIP in the protocol's set of replies from any port."""
+    kind, rip, element = _service_element(proto, rip, rport)
+    if kind is SVC:
+        return NAT, element
+    return (NATTCP0 if kind is TCP0 else NATUDP0), rip
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _fnat_element(proto: int, rip: str, rport: int, lip: str) -> tuple[SetKind, str, str]:
+    """(set kind, element, local address) that steers a FULLNAT destination's replies to `lip`:
+    RIP,proto:rport,LIP, or for a port-less one (rport 0) its RIP in the protocol's set (the LIP is
+    in the address pre-filter, which the rule comes after)."""
+    if rport:
+        element, lip_text = _reply_element(proto, rip, rport, lip)
+        return FNAT, element, lip_text
+    lip_text = _addr(lip)
+    return (FNATTCP0 if _proto(proto) == "tcp" else FNATUDP0), _addr(rip), lip_text
 
 
 @functools.lru_cache(maxsize=1 << 18)

@@ -3,7 +3,8 @@
 Layout (one lbd instance = one queue number N; the sets are lb.ipsets'):
 
     raw PREROUTING:   -m comment --comment "lbd q<N>" -j LBD-Q<N>          (the jump, appended)
-    raw LBD-Q<N>:     -m set ! --match-set lbd-q<N>-addr dst -j RETURN      (pre-filter: VIPs, LIPs)
+    raw LBD-Q<N>:     NAT replies first (lbd-q<N>-nat, -natrip, -nattcp0, -natudp0: lb.ipsets)
+                      -m set ! --match-set lbd-q<N>-addr dst -j RETURN      (pre-filter: VIPs, LIPs)
                       -m set --match-set lbd-q<N>-svc dst,dst -j LBD-Q<N>-GO      (VIP,proto:port)
                       -p tcp -m set --match-set lbd-q<N>-tcp0 dst -j LBD-Q<N>-GO  (port-0 services)
                       -p udp -m set --match-set lbd-q<N>-udp0 dst -j LBD-Q<N>-GO
@@ -17,7 +18,7 @@ Layout (one lbd instance = one queue number N; the sets are lb.ipsets'):
     raw LBD-Q<N>-OUT: -m mark --mark <SOCKET_MARK_BASE|N> -j CT --notrack
 
 Steering is O(1) in the number of services: the chains' content never changes with the
-configuration (a packet meets at most 8 rules and 5 hash lookups; a packet not addressed to a
+configuration (a packet meets at most 12 rules and 9 hash lookups; a packet not addressed to a
 VIP or local address meets 2 rules and one lookup), and a service change is a set element added
 or deleted (lb.ipsets explains why ip sets rather than nftables sets). Earlier versions installed
 one rule pair per service (4N rules walked by every packet); a chain of that form left behind by
@@ -224,12 +225,18 @@ def chain_rules(queue_num: int) -> list[str]:
         # pre-filter; never the director's own traffic with them (addrtype ! LOCAL)
         f"-A {chain} -m set --match-set {s[ips.NAT]} src,src -m addrtype ! --dst-type LOCAL -j {go}",
         f"-A {chain} -p icmp -m set --match-set {s[ips.NATRIP]} src -m addrtype ! --dst-type LOCAL -j {go}",
+        # replies of port-less NAT destinations (a port-zero or fwmark service): from any port
+        f"-A {chain} -p tcp -m set --match-set {s[ips.NATTCP0]} src -m addrtype ! --dst-type LOCAL -j {go}",
+        f"-A {chain} -p udp -m set --match-set {s[ips.NATUDP0]} src -m addrtype ! --dst-type LOCAL -j {go}",
         f"-A {chain} -m set ! --match-set {s[ips.ADDR]} dst -j RETURN",
         f"-A {chain} -m set --match-set {s[ips.SVC]} dst,dst -j {go}",
         f"-A {chain} -p tcp -m set --match-set {s[ips.TCP0]} dst -j {go}",
         f"-A {chain} -p udp -m set --match-set {s[ips.UDP0]} dst -j {go}",
         f"-A {chain} -p icmp -j {go}",
         f"-A {chain} -m set --match-set {s[ips.FNAT]} src,src,dst -j {go}",
+        # replies of port-less FULLNAT destinations (a port-zero or fwmark service): from any port
+        f"-A {chain} -p tcp -m set --match-set {s[ips.FNATTCP0]} src -j {go}",
+        f"-A {chain} -p udp -m set --match-set {s[ips.FNATUDP0]} src -j {go}",
     ]
 
 

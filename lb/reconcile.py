@@ -179,7 +179,6 @@ class State:
             _check_synproxy_dest(svc.spec, cmd.dest)
             _check_proxy_dest(svc.spec, cmd.dest)
             _check_ops_dest(svc.spec, cmd.dest)
-            _check_port0_dest(svc.spec, cmd.dest)
             svc.dests = {ident: cmd.dest, **svc.dests}  # kernel: list_add at the head
         elif isinstance(cmd, EditDest):
             svc = self.service(cmd.key)
@@ -190,7 +189,6 @@ class State:
             _check_synproxy_dest(svc.spec, cmd.dest)
             _check_proxy_dest(svc.spec, cmd.dest)
             _check_ops_dest(svc.spec, cmd.dest)
-            _check_port0_dest(svc.spec, cmd.dest)
             svc.dests[ident] = cmd.dest
         elif isinstance(cmd, DelDest):
             svc = self.service(cmd.key)
@@ -280,8 +278,9 @@ def _check_proxy_dest(spec: ServiceSpec, dest: DestSpec) -> None:
                                        f"with {_FWD_SWITCH[dest.fwd]})")
 
 
-OPS_NEEDS_AN_ENTRY = ("one-packet scheduling (-o) keeps no connection entry, and FULLNAT (-b) needs one to "
-                      "translate the real server's replies")
+OPS_NEEDS_AN_ENTRY = ("one-packet scheduling (-o) keeps no connection entry, and FULLNAT (-b) needs one: its "
+                      "real servers reply to the director's local address (NAT's replies pass untranslated, as "
+                      "the kernel's)")
 
 
 def _ops_applies(spec: ServiceSpec) -> bool:
@@ -296,16 +295,6 @@ def _check_ops_spec(spec: ServiceSpec, dests: Mapping[DestId, DestSpec]) -> None
         if d.fwd == "fullnat":
             raise StateError("EOPNOTSUPP", f"{OPS_NEEDS_AN_ENTRY} (service {spec.key}: destination "
                                            f"{d.addr}:{d.port} forwards with -b)")
-
-
-PORT0_NEEDS_A_PORTLESS_METHOD = ("a port-zero or fwmark service forwards each connection to the port the client asked for, "
-                                 "and FULLNAT (-b) needs a fixed real-server port for its replies: use -g or -i")
-
-
-def _check_port0_dest(spec: ServiceSpec, dest: DestSpec) -> None:
-    if spec.key.port == 0 and dest.fwd == "fullnat":
-        raise StateError("EOPNOTSUPP", f"{PORT0_NEEDS_A_PORTLESS_METHOD} (service {spec.key}; destination "
-                                       f"{dest.addr}:{dest.port})")
 
 
 def _check_ops_dest(spec: ServiceSpec, dest: DestSpec) -> None:

@@ -18,9 +18,11 @@ change rebuild it from the whole model and sync the sets to the whole content, a
 The contribution of a service mirrors Director.steering() followed by Steering.elements():
 - a service with a port: ADDR gets its VIP, SVC "vip,proto:port"; a port-0 service: TCP0/UDP0
   its VIP; its local addresses go to ADDR;
-- a FULLNAT destination: FNAT "rip,proto:rport,lip" and ADDR lip, for each local address;
-- a NAT (masq) destination: NATRIP its address, NAT "rip,proto:rport" when it has a port (a
-  fwmark service's NAT destination for both TCP and UDP: the mark may gather both);
+- a FULLNAT destination: FNAT "rip,proto:rport,lip" (port-less: FNATTCP0/FNATUDP0 "rip") and
+  ADDR lip, for each local address (and each protocol of a fwmark service);
+- a NAT (masq) destination: NATRIP its address, NAT "rip,proto:rport" when its replies come from a
+  fixed port, else NATTCP0/NATUDP0 its address (lb.ipsets.nat_reply_port); a fwmark service's NAT
+  destination for both TCP and UDP: the mark may gather both;
 - a fwmark service: only its mark (queued from mangle, lb.iptables), and its NAT destinations.
 """
 
@@ -29,7 +31,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from lb.ipsets import ADDR, FNAT, KINDS, NAT, NATRIP, SVC, SetDelta, SetKind, _addr, _reply_element, _service_element
+from lb.ipsets import (
+    ADDR,
+    KINDS,
+    NATRIP,
+    SetDelta,
+    SetKind,
+    _addr,
+    _fnat_element,
+    _nat_element,
+    _service_element,
+    nat_reply_port,
+)
 from lb.model import FWMARK_PROTO, ServiceKey
 from lb.reconcile import Clear, Command, State
 
@@ -52,20 +65,21 @@ def contribution(key: ServiceKey, svc: Any) -> tuple[tuple[Element, ...], int | 
         kind, vip, element = _service_element(key.proto, key.addr, key.port)
         out[(ADDR, vip)] = None
         out[(kind, element)] = None
-        for la in svc.laddrs:
-            out[(ADDR, _addr(la))] = None
+    for la in svc.laddrs:
+        out[(ADDR, _addr(la))] = None
     for spec in svc.dests.values():
         if spec.fwd == "masq":
+            rport = nat_reply_port(key.port, svc.spec.persistent is not None, spec.port)
             for proto in _nat_protos(key):
-                kind, rip, element = _service_element(proto, spec.addr, spec.port)
-                if kind is SVC:  # a port-less NAT destination has no reply port to match
-                    out[(NAT, element)] = None
-                out[(NATRIP, rip)] = None
-        elif spec.fwd == "fullnat" and not fwmark:
-            for la in svc.laddrs:
-                element, lip = _reply_element(key.proto, spec.addr, spec.port, la)
-                out[(FNAT, element)] = None
-                out[(ADDR, lip)] = None
+                out[_nat_element(proto, spec.addr, rport)] = None
+                out[(NATRIP, _addr(spec.addr))] = None
+        elif spec.fwd == "fullnat":
+            rport = nat_reply_port(key.port, svc.spec.persistent is not None, spec.port)
+            for proto in _nat_protos(key):
+                for la in svc.laddrs:
+                    kind, element, lip = _fnat_element(proto, spec.addr, rport, la)
+                    out[(kind, element)] = None
+                    out[(ADDR, lip)] = None
     return tuple(out), (key.fwmark if fwmark else None)
 
 

@@ -192,7 +192,63 @@ def rows() -> list[Row]:
         (t.conn("SYN_RECV", T_SR - 1, RS1, dport=RPORT),), check_ms=6, tags=("nat", "deleted")))
 
     out += _icmp_rows()
+    out += _portless_rows()
     return out
+
+
+def _portless_rows() -> list[Row]:
+    """NAT destinations reached on the client's port (the kernel's cp->dport: a destination without a
+    port, or any destination of a persistent port-zero or fwmark service), and NAT under one-packet
+    scheduling, whose entries are never looked up (the kernel never hashes OPS connections)."""
+    rows: list[Row] = []
+    sz = t.ip_total_length
+    syn_a = t.tcp(flags="S", sport=47000, dport=443)
+    syn_b = t.tcp(flags="S", sport=47001, dport=8443)
+    synack_a = t.tcp(flags="SA", sport=443, dport=47000, src=RS1, dst=CLIENT1, seq=5000, ack=1001)
+    synack_b = t.tcp(flags="SA", sport=8443, dport=47001, src=RS1, dst=CLIENT1, seq=6000, ack=1001)
+    ins, outs = sz(syn_a) + sz(syn_b), sz(synack_a) + sz(synack_b)
+    steps = (t.xmit(syn_a, to_rs(syn_a, 443), 0, RS1), t.answered(synack_a, to_client(synack_a, 443), 1),
+             t.xmit(syn_b, to_rs(syn_b, 8443), 2, RS1), t.answered(synack_b, to_client(synack_b, 8443), 3))
+    for row_id, dest_port, what in (("nat-port0-dest-without-port", 0, "-r RIP (no port)"),
+                                    ("nat-port0-dest-with-port", 8080, "-r RIP:8080, whose port a persistent "
+                                                                      "port-zero service ignores (ip_vs_sched_persist)")):
+        rows.append(Row(
+            row_id, f"NAT under a persistent TCP port-0 service, {what}: the client's 443 and 8443 reach the real "
+            "server on 443 and 8443 (one template), and its replies from RIP:443 / RIP:8443 are found by the reply "
+            "tuple and go back as VIP:443 / VIP:8443",
+            Setup((ServiceSetup(t.TCP0, "rr", (DestSetup(RS1, dest_port, fwd="masq"),), persistent=300),)), steps,
+            (DestExpect(t.TCP0, RS1, dest_port, active=2, conns=2, inpkts=2, inbytes=ins, outpkts=2, outbytes=outs,
+                        persist=1),),
+            (ServiceExpect(t.TCP0, 2, 2, ins, 2, outs),),
+            (t.conn("SYN_RECV", T_SR - 2, RS1, cport=47000, svc=(t.PROTO_TCP, VIP, 443), dport=443),
+             t.conn("SYN_RECV", T_SR, RS1, cport=47001, svc=(t.PROTO_TCP, VIP, 8443), dport=8443),
+             t.ConnExpect(t.PROTO_TCP, CLIENT1, 0, VIP, 0, RS1, 0, "NONE", 300_000 - 1)),
+            check_ms=3, tags=("nat", "port0", "persist")))
+
+    q = t.udp(sport=50000, dport=5353)
+    answer = t.udp(sport=5353, dport=50000, src=RS1, dst=CLIENT1, payload=b"answer-01")
+    rows.append(Row(
+        "nat-fwmark-dest-without-port", "NAT under a non-persistent fwmark service, destination without a port: the "
+        "marked datagram to VIP:5353 reaches RIP:5353 (dest->port ? dest->port : vport), and the answer from "
+        "RIP:5353 goes back as VIP:5353",
+        Setup((ServiceSetup(t.FWM1, "rr", (DestSetup(RS1, 0, fwd="masq"),)),)),
+        (t._marked(t.xmit(q, to_rs(q, 5353), 0, RS1), 1), t.answered(answer, to_client(answer, 5353), 1)),
+        (DestExpect(t.FWM1, RS1, 0, inactive=1, conns=1, inpkts=1, inbytes=sz(q), outpkts=1, outbytes=sz(answer)),),
+        (ServiceExpect(t.FWM1, 1, 1, sz(q), 1, sz(answer)),),
+        (t.conn("UDP", T_UDP, RS1, cport=50000, svc=(t.PROTO_UDP, VIP, 5353), dport=5353),),
+        check_ms=1, tags=("nat", "fwmark", "udp")))
+
+    query = t.udp(sport=50000)
+    ops_answer = t.udp(sport=53, dport=50000, src=RS1, dst=CLIENT1, payload=b"answer-01")
+    rows.append(Row(
+        "nat-ops-udp", "NAT under one-packet scheduling (-o): the datagram is rewritten to RIP:53 and no entry "
+        "stays (the kernel never hashes an OPS connection), so the real server's answer finds none and passes "
+        "untranslated (ACCEPT, NO_SERVICE), as through kernel IPVS",
+        Setup((ServiceSetup(UDP53, "rr", (DestSetup(RS1, 53, fwd="masq"),), ops=True),)),
+        (t.xmit(query, to_rs(query, 53), 0, RS1), t.verdict(ops_answer, 1, "ACCEPT", "NO_SERVICE")),
+        (DestExpect(UDP53, RS1, 53, conns=1, inpkts=1, inbytes=sz(query)),),
+        (ServiceExpect(UDP53, 1, 1, sz(query)),), (), check_ms=1, tags=("nat", "ops", "udp")))
+    return rows
 
 
 def _icmp_rows() -> list[Row]:

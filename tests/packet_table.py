@@ -1568,6 +1568,30 @@ def _fnat_rows() -> list[Row]:
         (conn("UDP", T_UDP, RS1, cport=50000, svc=UDP53, dport=53, laddr=LIP1, lport=ulp),), check_ms=6,
         tags=("fnat", "udp"), laddrs=((TCP80, LIP1, 0), (UDP53, LIP1, 1))))
 
+    # FULLNAT under a persistent port-zero service, destination without a port: the connection reaches the
+    # real server on the client's port (443, 8443) from the local address's next ports; the replies from
+    # RIP:443 / RIP:8443 to LIP:lport are found by that reply tuple.
+    p0_setup = Setup((ServiceSetup(TCP0, "rr", (DestSetup(RS1, 0, fwd="fullnat"),), laddrs=(LIP1,), persistent=300),),
+                     lport_min=LPORT_MIN, lport_max=LPORT_MAX)
+    s443, s8443 = tcp(flags="S", sport=47000, dport=443), tcp(flags="S", sport=47001, dport=8443)
+    a443 = tcp(sport=443, dport=lp, src=RS1, dst=LIP1, flags="SA", seq=5000, ack=1001)
+    a8443 = tcp(sport=8443, dport=lp + 1, src=RS1, dst=LIP1, flags="SA", seq=6000, ack=1001)
+    p0_in, p0_out = 2 * ip_total_length(s443), ip_total_length(a443) + ip_total_length(a8443)
+    rows.append(Row(
+        "fnat-port0-client-port", "FULLNAT under a persistent TCP port-0 service, destination without a port: "
+        "LIP:lport -> RIP:443 and LIP:lport+1 -> RIP:8443 (the client's ports; one template), the real server's "
+        "SYN-ACKs from RIP:443 / RIP:8443 go back as VIP:443 / VIP:8443 -> CIP", p0_setup,
+        (xmit(s443, nat(s443, LIP1, lp, RS1, 443), 0, RS1), answered(a443, nat(a443, VIP, 443, CLIENT1, 47000), 1),
+         xmit(s8443, nat(s8443, LIP1, lp + 1, RS1, 8443), 2, RS1),
+         answered(a8443, nat(a8443, VIP, 8443, CLIENT1, 47001), 3)),
+        (DestExpect(TCP0, RS1, 0, active=2, conns=2, inpkts=2, inbytes=p0_in, outpkts=2, outbytes=p0_out,
+                    persist=1),),
+        (ServiceExpect(TCP0, 2, 2, p0_in, 2, p0_out),),
+        (conn("SYN_RECV", T_SR - 2, RS1, cport=47000, svc=(PROTO_TCP, VIP, 443), dport=443, laddr=LIP1, lport=lp),
+         conn("SYN_RECV", T_SR, RS1, cport=47001, svc=(PROTO_TCP, VIP, 8443), dport=8443, laddr=LIP1, lport=lp + 1),
+         ConnExpect(PROTO_TCP, CLIENT1, 0, VIP, 0, RS1, 0, "NONE", 300_000 - 1)), check_ms=3,
+        tags=("fnat", "port0", "persist"), laddrs=((TCP0, LIP1, 2),)))
+
     # A persistent UDP service whose director sees the replies (FULLNAT): the first reply assures the template
     # (udp_state_transition in the OUTPUT direction -> ip_vs_control_assure_ct).
     persist_udp = Setup((ServiceSetup(UDP53, "rr", (DestSetup(RS1, 53, fwd="fullnat"),), laddrs=(LIP1,),

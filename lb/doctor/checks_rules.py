@@ -74,10 +74,11 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
             expected.addrs.update(svc.laddrs)
             for d in svc.dests:
                 if d.get("fwd") == "fullnat":
-                    expected.fnat_replies.update((svc.proto_num, str(d.get("addr")), int(d.get("port", 0)), la)
-                                                 for la in svc.laddrs)
+                    rport = ips.nat_reply_port(svc.port, svc.persistent, int(d.get("port", 0)))
+                    expected.fnat_replies.update((svc.proto_num, str(d.get("addr")), rport, la) for la in svc.laddrs)
                 elif d.get("fwd") == "masq":
-                    expected.nat_replies.add((svc.proto_num, str(d.get("addr")), int(d.get("port", 0))))
+                    rport = ips.nat_reply_port(svc.port, svc.persistent, int(d.get("port", 0)))
+                    expected.nat_replies.add((svc.proto_num, str(d.get("addr")), rport))
         want_el = expected.elements()
         missing_svc = [svc.name for svc in run.services
                        if not expected_in(service_elements(svc), run)]
@@ -91,7 +92,8 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
             out.append(Finding("info", "nfqueue-rules", f"lbd's ip sets hold {plural(len(extra), 'element')} lbd did not "
                                "ask for (added by hand?)", evidence="\n".join(extra[:20])))
         missing_other = [f"{ips.set_name(q, k)} {e}" for k in ips.KINDS for e in sorted(want_el[k] - run.set_members(k))
-                         if k in (ips.FNAT, ips.NAT, ips.NATRIP, ips.ADDR)]
+                         if k in (ips.FNAT, ips.NAT, ips.NATRIP, ips.NATTCP0, ips.NATUDP0, ips.FNATTCP0, ips.FNATUDP0,
+                                  ips.ADDR)]
         if missing_other:
             out.append(Finding("error", "nfqueue-rules", "FULLNAT or NAT replies / ICMP for local addresses are not steered "
                                f"to lbd ({plural(len(missing_other), 'set element')} missing)",

@@ -21,6 +21,7 @@ class Service:
     port: int
     dests: list[dict[str, Any]]
     laddrs: list[str] = field(default_factory=list)  # FULLNAT local addresses
+    persistent: bool = False
 
     @property
     def name(self) -> str:
@@ -67,7 +68,8 @@ class Run:
                     continue
                 self.services.append(Service(str(s.get("proto", "tcp")), str(s.get("addr")), int(s.get("port", 0)),
                                              list(s.get("dests", [])),
-                                             [str(la.get("addr")) for la in s.get("laddrs", []) if isinstance(la, dict)]))
+                                             [str(la.get("addr")) for la in s.get("laddrs", []) if isinstance(la, dict)],
+                                             bool(s.get("persistent"))))
         self.queue_num, self.queue_source = self._find_queue()
         self.services_from_rules = False
         if not self.services and self.lbd_error is not None and self.queue_num is not None:

@@ -225,6 +225,7 @@ class Connection:
     reply_addr: bytes = b"\0\0\0\0"  # the reply tuple's director side, chosen by the method (FULLNAT: LIP)
     reply_port: int = 0  # (FULLNAT: lport)
     xmit_priv: Any = None  # the method's reference (FULLNAT: its LocalAddress), released with the entry
+    rport_client: bool = False  # the real server's port is the client's (vport): C's LB_CF_RPORT_CLIENT
     toa_done: bool = False
     is_template: bool = False
     tmpl_timeout_ms: int = 0  # a template's own timeout
@@ -239,6 +240,11 @@ class Connection:
     timer_seq: int = 0  # which heap item is current
 
     @property
+    def rport(self) -> int:
+        """The real server's port of this connection (what NAT writes in, the reply tuple's server side)."""
+        return self.vport if self.rport_client else self.dest.port
+
+    @property
     def in_key(self) -> ConnKey:
         return (self.proto, self.caddr, self.cport, self.vaddr, self.vport)
 
@@ -247,7 +253,7 @@ class Connection:
         """The reply tuple, when the connection's method sees replies (never for templates)."""
         if self.is_template or not self.xmit.sees_replies:
             return None
-        return (self.proto, self.dest.addr, self.dest.port, self.reply_addr, self.reply_port)
+        return (self.proto, self.dest.addr, self.rport, self.reply_addr, self.reply_port)
 
     @property
     def template_key(self) -> TemplateKey:
@@ -263,6 +269,15 @@ def droppable(conn: Connection) -> bool:
     """May early drop release this entry to make room for a new one?"""
     return (conn.proto == 6 and not conn.is_template and conn.sp is None and not conn.released
             and conn.state in DROPPABLE_STATES)
+
+
+def rport_is_client(dest: Destination) -> bool:
+    """C's lb_dest_rport_is_client: does a new connection to `dest` reach the real server on the
+    client's port? As the kernel's cp->dport: the destination's port, or the client's when it has
+    none (ip_vs_schedule); every connection of a persistent port-zero or fwmark service takes the
+    client's (ip_vs_sched_persist)."""
+    spec = dest.owner.spec
+    return not dest.port or (not spec.key.port and spec.persistent is not None)
 
 
 class ConnectionTable:

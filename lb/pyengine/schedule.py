@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lb.engine import Action, EngineError, Reason, Verdict
 from lb.model import ServiceKey
-from lb.pyengine.conn import Connection, ConnectionTable, Destination, TemplateKey
+from lb.pyengine.conn import Connection, ConnectionTable, Destination, TemplateKey, rport_is_client
 from lb.pyengine.entries import method_of
 from lb.pyengine.frag import fit_path_mtu
 from lb.pyengine.icmp import port_unreachable
@@ -25,8 +25,8 @@ class BindContextImpl:
         self._conns = conns
         self.lport_min, self.lport_max = lport_min, lport_max
 
-    def reply_in_use(self, proto: int, dest: Destination, reply_addr: bytes, reply_port: int) -> bool:
-        return self._conns.lookup((proto, dest.addr, dest.port, reply_addr, reply_port)) is not None
+    def reply_in_use(self, proto: int, dest: Destination, rport: int, reply_addr: bytes, reply_port: int) -> bool:
+        return self._conns.lookup((proto, dest.addr, rport, reply_addr, reply_port)) is not None
 
 
 class Scheduling(ServiceTable):
@@ -87,7 +87,8 @@ class Scheduling(ServiceTable):
         state = NONE if parsed.proto == IPPROTO_TCP else UDP
         conn = Connection(parsed.proto, parsed.saddr, parsed.sport, parsed.daddr, parsed.dport, dest, method, state,
                           now_ms + self._timeouts_ms[state], noout=not method.sees_replies, syn_seq=parsed.tcp_seq,
-                          reply_addr=bound.reply_addr, reply_port=bound.reply_port, xmit_priv=bound.priv)
+                          reply_addr=bound.reply_addr, reply_port=bound.reply_port, xmit_priv=bound.priv,
+                          rport_client=rport_is_client(dest))
         self._conns.insert(conn)
         dest.bind(conn)
         if template is not None:
@@ -108,7 +109,7 @@ class Scheduling(ServiceTable):
         dest, _ = scheduled
         method = method_of(dest)
         conn = Connection(parsed.proto, parsed.saddr, parsed.sport, parsed.daddr, parsed.dport, dest, method, UDP,
-                          now_ms, noout=True)
+                          now_ms, noout=True, rport_client=rport_is_client(dest))
         dest.bind(conn)
         dest.stats.conns += 1
         service.stats.conns += 1

@@ -78,9 +78,10 @@ def toa_wanted(dest: Destination) -> bool:
 
 
 def ops_refuses(spec: ServiceSpec, method: XmitMethod) -> bool:
-    """svc.c's ops_refuses: a method that must find the entry again for the replies (FULLNAT) cannot
-    serve a one-packet UDP service, which keeps none. (-o on TCP is stored and changes nothing.)"""
-    return spec.ops and spec.key.proto == IPPROTO_UDP and method.sees_replies
+    """svc.c's ops_refuses: a method whose replies are addressed to the director (FULLNAT) cannot
+    serve a one-packet UDP service, which keeps no entry. NAT can: its replies pass untranslated,
+    as the kernel's. (-o on TCP is stored and changes nothing.)"""
+    return spec.ops and spec.key.proto == IPPROTO_UDP and method.needs_entry
 
 
 class ServiceTable(EntryOps):
@@ -305,9 +306,6 @@ class ServiceTable(EntryOps):
         if ops_refuses(service.spec, method):
             raise EngineError("EOPNOTSUPP", f"{where}: a one-packet UDP service (-o) keeps no entry to translate "
                                             "replies with")
-        if service.spec.key.port == 0 and method.sees_replies:
-            raise EngineError("EOPNOTSUPP", f"{where}: a port-zero service forwards to the client's port; FULLNAT "
-                                            "needs a fixed real-server port")
 
     def _unlink_dest(self, service: Service, index: int, tell_scheduler: bool = True) -> None:
         dest = service.dests.pop(index)

@@ -116,7 +116,7 @@ class SynproxyPath(Scheduling):
         """The SYN to the real server from the reply tuple's director side (FULLNAT: LIP:lport)."""
         state = conn.sp
         assert state is not None
-        return sp.build_tcp(conn.reply_addr, conn.reply_port, conn.dest.addr, conn.dest.port, state.client_isn, 0,
+        return sp.build_tcp(conn.reply_addr, conn.reply_port, conn.dest.addr, conn.rport, state.client_isn, 0,
                             TCP_SYN, state.client_win, sp.syn_options(state.mss, state.sack))
 
     @staticmethod
@@ -194,14 +194,14 @@ class SynproxyPath(Scheduling):
                 if conn.px is not None:  # the PROXY header first, then what of the held data fits
                     mtu = dest.fwd.mtu if dest.fwd is not None else 0
                     held = px.first_payload(conn.px, self._px_header(conn, conn.px), held, mtu)
-                out = sp.build_tcp(conn.reply_addr, conn.reply_port, dest.addr, dest.port, state.client_isn + 1,
+                out = sp.build_tcp(conn.reply_addr, conn.reply_port, dest.addr, conn.rport, state.client_isn + 1,
                                    rs_isn + 1, TCP_ACK | (sp.TCP_PSH if held else 0), state.client_win, opts, held)
                 action = None if out is None else xmit_l2(dest, Reason.SP_HANDSHAKE, out)
                 return NO_L2 if action is None else action
             if state.phase == sp.PHASE_SYN_SENT and fl & TCP_ACK and not fl & TCP_RST:
                 # An ACK that does not answer our SYN (e.g. a TIME_WAIT's challenge ACK): reset it
                 # with SEQ = its ACK (RFC 793, a client in SYN-SENT); the next SYN finds a clean slate.
-                out = sp.build_tcp(conn.reply_addr, conn.reply_port, dest.addr, dest.port, parsed.tcp_ack, 0, TCP_RST, 0)
+                out = sp.build_tcp(conn.reply_addr, conn.reply_port, dest.addr, conn.rport, parsed.tcp_ack, 0, TCP_RST, 0)
                 action = None if out is None else xmit_l2(dest, Reason.SP_HELD, out)
                 return _SP_HELD if action is None else action
             if fl & TCP_RST:

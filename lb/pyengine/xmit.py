@@ -93,8 +93,8 @@ class BindContext(Protocol):
     lport_min: int
     lport_max: int
 
-    def reply_in_use(self, proto: int, dest: Destination, reply_addr: bytes, reply_port: int) -> bool:
-        """Is (proto, dest's address and port) -> (reply_addr, reply_port) a live connection's reply tuple?"""
+    def reply_in_use(self, proto: int, dest: Destination, rport: int, reply_addr: bytes, reply_port: int) -> bool:
+        """Is (proto, dest's address, rport) -> (reply_addr, reply_port) a live connection's reply tuple?"""
         ...
 
 
@@ -116,6 +116,8 @@ class XmitMethod:
     name: ClassVar[str]
     sees_replies: ClassVar[bool] = False  # xmit_out / icmp_out exist; connections have a reply tuple
     synproxy_ok: ClassVar[bool] = False
+    # its replies are addressed to the director itself (FULLNAT): a one-packet service cannot use it
+    needs_entry: ClassVar[bool] = False
     mtu_overhead: ClassVar[int] = 0  # bytes added in front of the client's packet
 
     def xmit_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
@@ -181,7 +183,7 @@ def icmp_to_dest(conn: Connection, packet: bytes, parsed: ParsedPacket, outer_sr
     the connection's real server as outer_src -> RIP, quoting RIP:rport -> quoted_dst:quoted_dport."""
     dest = conn.dest
     out = translate(packet, parsed.ip_header_len, parsed.total_length, outer_src, dest.addr, dest.addr,
-                    dest.port, quoted_dst, quoted_dport)
+                    conn.rport, quoted_dst, quoted_dport)
     if out is None:
         return _ICMP_TTL_EXCEEDED
     action = xmit_l2(dest, Reason.ICMP, out)

@@ -36,7 +36,7 @@ from typing import Any
 from lb import consts as C
 from lb.engine import TOA_LEN, Action, Reason, Verdict
 from lb.pyengine import proxyproto
-from lb.pyengine.conn import Connection, Destination
+from lb.pyengine.conn import Connection, Destination, rport_is_client
 from lb.pyengine.csum import csum_replace2, csum_replace4, get16, ip_header_checksum, put16, tcp_checksum_full
 from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, ParsedPacket, tcp_options
 from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, icmp_to_client, icmp_to_dest, ttl_exceeded, xmit_l2
@@ -186,7 +186,7 @@ def fnat_in(conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
     if fwd is None:
         return NO_L2
     o = bytearray(packet[: parsed.total_length])
-    if not rewrite(o, parsed, conn.reply_addr, conn.reply_port, dest.addr, dest.port):
+    if not rewrite(o, parsed, conn.reply_addr, conn.reply_port, dest.addr, conn.rport):
         return ttl_exceeded(packet, parsed, parsed.daddr)  # from the VIP
     reason = Reason.FORWARDED
     if (_toa(dest) and parsed.proto == IPPROTO_TCP and not conn.toa_done
@@ -225,6 +225,7 @@ class FullNat(XmitMethod):
     name = "fullnat"
     sees_replies = True
     synproxy_ok = True
+    needs_entry = True
 
     def xmit_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
         return fnat_in(conn, packet, parsed)
@@ -250,6 +251,8 @@ class FullNat(XmitMethod):
         n = len(laddrs)
         lport_min, lport_max = ctx.lport_min, ctx.lport_max
         probes = lport_max - lport_min + 1
+        # the real server's port of this connection: the client's under a port-zero or fwmark service
+        rport = parsed.dport if rport_is_client(dest) else dest.port
         for k in range(n):
             assert pool is not None
             la = laddrs[(pool.ring + k) % n]
@@ -258,7 +261,7 @@ class FullNat(XmitMethod):
                 if port < lport_min or port > lport_max:
                     port = lport_min
                 la.next_port = lport_min if port == lport_max else port + 1
-                if not ctx.reply_in_use(parsed.proto, dest, la.addr, port):
+                if not ctx.reply_in_use(parsed.proto, dest, rport, la.addr, port):
                     pool.ring = (pool.ring + k + 1) % n
                     la.conns += 1
                     return Bind(la.addr, port, la)

@@ -67,7 +67,7 @@ class Masquerading(XmitMethod):
         if dest.fwd is None:
             return NO_L2
         o = bytearray(packet[: parsed.total_length])
-        if not nat_rewrite(o, parsed, False, dest.addr, dest.port):
+        if not nat_rewrite(o, parsed, False, dest.addr, conn.rport):
             return ttl_exceeded(packet, parsed, parsed.daddr)  # from the VIP, as decrement_ttl
         action = xmit_l2(dest, Reason.FORWARDED, bytes(o))
         assert action is not None

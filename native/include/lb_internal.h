@@ -29,6 +29,9 @@
 #define LB_CF_SYNPROXY LB_CONN_F_SYNPROXY /* state in lb->sp[slot], sequence numbers translated */
 #define LB_CF_ASSURED LB_CONN_F_ASSURED   /* templates only */
 #define LB_CF_PROXY LB_CONN_F_PROXY       /* PROXY protocol: state in lb->sp[slot] (proxyproto.c) */
+#define LB_CF_RPORT_CLIENT 0x2000  /* the real server's port is the client's (vport), not the destination's:
+                                      a destination without a port, or any destination of a persistent
+                                      port-zero or fwmark service (ip_vs_schedule, ip_vs_sched_persist) */
 #define LB_CF_TMPL_DEAD 0x4000     /* template invalidated (its destination left): never matches */
 #define LB_CF_USED 0x8000          /* slot holds a live (possibly expired, not yet reaped) entry */
 
@@ -858,6 +861,22 @@ static inline uint32_t tuple_hash(const lb_t *lb, uint8_t proto, uint64_t addrs,
     return (uint32_t)h & lb->hash_mask;
 }
 
+/* Does a new connection to d reach the real server on the client's port (LB_CF_RPORT_CLIENT)? As
+ * the kernel's cp->dport: dest->port ? dest->port : vport for a scheduled connection, and the
+ * client's port for every connection of a persistent port-zero or fwmark service (whose port is 0,
+ * which no client asks for). A non-persistent port-zero service schedules nothing. */
+static inline int lb_dest_rport_is_client(const struct lb_dest *d)
+{
+    return !d->port_n || (d->svc && !d->svc->conf.port && d->svc->conf.persist_timeout_s);
+}
+
+/* The real server's port of connection c, network order (what NAT writes in, what the reply
+ * tuple's server side holds). */
+static inline uint16_t lb_conn_rport_n(const struct lb_conn *c)
+{
+    return (c->flags & LB_CF_RPORT_CLIENT) ? c->vport : c->dest->port_n;
+}
+
 /* The key of direction dir of c (its addresses and ports as lb_key_addrs/lb_key_ports): the IN
  * tuple, or the reply tuple its method chose (lb_xmit.h). */
 static inline void conn_key(const struct lb_conn *c, int dir, uint64_t *addrs, uint32_t *ports)
@@ -867,7 +886,7 @@ static inline void conn_key(const struct lb_conn *c, int dir, uint64_t *addrs, u
         *ports = c->ports;
     } else {
         *addrs = lb_key_addrs(c->dest->addr_n, c->oaddr_n);
-        *ports = lb_key_ports(c->dest->port_n, c->oport);
+        *ports = lb_key_ports(lb_conn_rport_n(c), c->oport);
     }
 }
 

@@ -35,12 +35,17 @@ struct lb_conn_bind {
     uint32_t oaddr_n;            /* the reply tuple's director side (network order) */
     uint16_t oport_n;
     void *priv;                  /* a reference the connection holds until the method's release() */
+    uint16_t rport_n;            /* the real server's port of the connection (lb_conn_rport_n): what the
+                                    reply tuple's server side is; release() gets it back */
 };
 
 /* Method capabilities (lb_xmit_ops.flags). */
 #define LB_XMIT_F_SYNPROXY 1     /* may serve a SYN-proxy service: its connections reach the real server
                                     from their reply tuple's director side (oaddr:oport), so synproxy.c
                                     can open them itself, and xmit_in/xmit_out carry the rest */
+#define LB_XMIT_F_NEEDS_ENTRY 2  /* its replies are addressed to the director itself (FULLNAT: LIP:lport):
+                                    without a connection entry they reach no one, so a one-packet (-o)
+                                    UDP service, which keeps none, cannot use it */
 
 struct lb_xmit_ops {
     const char *name;            /* as lbadm names it (route, tunnel, fullnat) */

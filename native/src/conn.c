@@ -300,7 +300,7 @@ static void conn_release(lb_t *lb, uint32_t idx)
         if (m->xmit_out)
             chain_remove(lb, idx, LB_DIR_OUT); /* needs c->dest: remove before unbinding */
         if (m->release) {
-            struct lb_conn_bind b = {c->oaddr_n, c->oport, c->xmit_priv};
+            struct lb_conn_bind b = {c->oaddr_n, c->oport, c->xmit_priv, lb_conn_rport_n(c)};
             m->release(lb, c->proto, c->dest, &b);
         }
     }
@@ -463,6 +463,8 @@ struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *de
     c->flags = (uint16_t)(LB_CF_USED | LB_CF_INACTIVE);
     if (!m->xmit_out)
         c->flags |= LB_CF_NOOUTPUT; /* the director sees only the client's side */
+    if (lb_dest_rport_is_client(dest))
+        c->flags |= LB_CF_RPORT_CLIENT; /* before its reply tuple is hashed: the tuple holds that port */
     c->oaddr_n = b->oaddr_n;
     c->oport = b->oport_n;
     c->xmit_priv = b->priv;

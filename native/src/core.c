@@ -143,7 +143,7 @@ struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc
         return NULL;
     /* The destination's method binds what the connection needs (FULLNAT: a local address and port). */
     const struct lb_xmit_ops *m = lb_xmit_methods[d->conf.fwd];
-    struct lb_conn_bind b = {0, 0, NULL};
+    struct lb_conn_bind b = {0, 0, NULL, 0};
     if (m->conn_bind) {
         int r = m->conn_bind(lb, s, d, p, now_ms, &b);
         if (r != LB_R_FORWARDED) {
@@ -204,8 +204,10 @@ static inline int fit_path_mtu(const struct lb_pkt *p, const struct lb_conn *c, 
  * counts it (conns, inpkts and inbytes; the InActConn it holds and any OVERLOAD it sets or clears
  * on the way), it refreshes a persistence template like any connection, and it leaves no entry:
  * nothing in -Lnc, the next datagram of the same flow is scheduled again. It lives on the stack:
- * no table slot, so a full table does not refuse it. Only methods without a reply tuple get here
- * (svc.c refuses FULLNAT destinations on such a service): the entry is never looked up. */
+ * no table slot, so a full table does not refuse it. The entry is never looked up: a NAT real
+ * server's reply finds no connection and passes untranslated, as the kernel's (ip_vs_out finds no
+ * unhashed OPS entry; "no reply is expected"); svc.c refuses FULLNAT, whose replies are addressed
+ * to the director itself (LB_XMIT_F_NEEDS_ENTRY). */
 static int ops_datagram(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint64_t now_ms, uint8_t *out,
                         uint32_t out_cap, struct lb_action *act)
 {
@@ -224,6 +226,8 @@ static int ops_datagram(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint
     c.state = LB_S_UDP;
     c.fwd = (uint8_t)d->conf.fwd;
     c.flags = (uint16_t)(LB_CF_USED | LB_CF_INACTIVE | LB_CF_NOOUTPUT);
+    if (lb_dest_rport_is_client(d))
+        c.flags |= LB_CF_RPORT_CLIENT; /* NAT writes the client's port in */
     lb_dest_bind(d, &c);
     d->stats.conns++;
     s->stats.conns++;

@@ -132,7 +132,7 @@ int lb_icmp_to_dest(const struct lb_pkt *p, const struct lb_conn *c, uint8_t *ou
 {
     const struct lb_dest *d = c->dest;
     memcpy(out, p->data, p->len);
-    if (lb_icmp_translate(out, p, outer_s, d->addr_n, d->addr_n, d->port_n, q_d, q_dp) < 0) {
+    if (lb_icmp_translate(out, p, outer_s, d->addr_n, d->addr_n, lb_conn_rport_n(c), q_d, q_dp) < 0) {
         act->verdict = LB_V_DROP;
         return LB_R_TTL_EXCEEDED;
     }

@@ -58,13 +58,14 @@ static int synproxy_capable(int32_t fwd)
     return m && (m->flags & LB_XMIT_F_SYNPROXY);
 }
 
-/* One-packet scheduling keeps no connection entry, so a method that must find the entry again to
- * translate the real server's replies (one with a reply tuple: FULLNAT) cannot serve an OPS UDP
- * service. -o on a TCP service is stored and changes nothing, as in the kernel. */
+/* One-packet scheduling keeps no connection entry, so a method whose replies are addressed to the
+ * director itself (FULLNAT, LB_XMIT_F_NEEDS_ENTRY) cannot serve an OPS UDP service. NAT can: as in
+ * the kernel, its replies find no entry and pass untranslated. -o on a TCP service is stored and
+ * changes nothing, as in the kernel. */
 static int ops_refuses(uint8_t proto, uint32_t svc_flags, int32_t fwd)
 {
     const struct lb_xmit_ops *m = lb_xmit_find(fwd);
-    return (svc_flags & LB_SVC_F_ONEPACKET) && proto == LB_PROTO_UDP && m && m->xmit_out;
+    return (svc_flags & LB_SVC_F_ONEPACKET) && proto == LB_PROTO_UDP && m && (m->flags & LB_XMIT_F_NEEDS_ENTRY);
 }
 
 static int any_ops_refused(const struct lb_svc *s, uint32_t svc_flags)
@@ -94,6 +95,22 @@ static int find_dest_idx(const struct lb_svc *s, uint32_t addr, uint16_t port)
         if (s->dests[i]->conf.addr == addr && s->dests[i]->conf.port == port)
             return (int)i;
     return -1;
+}
+
+/* The one destination of s at addr whose connections go to the client's port (a persistent
+ * port-zero or fwmark service's, lb_dest_rport_is_client): a dumped connection names the port it
+ * reached, not the destination's. -1 when there is none, or more than one. */
+static int find_portless_dest_idx(const struct lb_svc *s, uint32_t addr)
+{
+    int found = -1;
+    for (uint32_t i = 0; i < s->ndests; i++) {
+        if (s->dests[i]->conf.addr != addr || !lb_dest_rport_is_client(s->dests[i]))
+            continue;
+        if (found >= 0)
+            return -1;
+        found = (int)i;
+    }
+    return found;
 }
 
 /* ---------------------------------------------------------------- binding */
@@ -416,12 +433,6 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         err = LB_EOPNOTSUPP; /* FULLNAT on a one-packet UDP service */
         goto out;
     }
-    if (!s->conf.port && lb_xmit_find(conf->fwd) && lb_xmit_find(conf->fwd)->xmit_out) {
-        /* A port-zero service's connections go to the client's port; a method with a reply
-         * tuple (FULLNAT) needs the real server's port fixed. */
-        err = LB_EOPNOTSUPP;
-        goto out;
-    }
     if (find_dest_idx(s, conf->addr, conf->port) >= 0) {
         err = LB_EEXIST;
         goto out;
@@ -714,6 +725,8 @@ static struct lb_svc *fwmark_svc_of(const lb_t *lb, uint32_t daddr, uint16_t dpo
         int k = find_dest_idx(s, daddr, dport);
         if (k < 0)
             k = find_dest_idx(s, daddr, 0);
+        if (k < 0)
+            k = find_portless_dest_idx(s, daddr);
         if (k >= 0) {
             *di = k;
             return s;
@@ -825,6 +838,8 @@ static int conn_restore(lb_t *lb, const struct lb_conn_info *ci, const struct lb
     int di = s ? find_dest_idx(s, ci->daddr, ci->dport) : -1;
     if (s && di < 0 && !s->conf.port)
         di = find_dest_idx(s, ci->daddr, 0); /* dumped with the client's port (lb_conn_dump) */
+    if (s && di < 0 && !s->conf.port)
+        di = find_portless_dest_idx(s, ci->daddr); /* RIP:8080 under a persistent VIP:0, dumped as RIP:443 */
     if (!s && !(ci->flags & LB_CONN_F_TEMPLATE))
         s = fwmark_svc_of(lb, ci->daddr, ci->dport, &di);
     if (!s) {
@@ -884,7 +899,7 @@ static int conn_restore(lb_t *lb, const struct lb_conn_info *ci, const struct lb
     /* The method binds what it needs (FULLNAT: the dumped local address, which must exist, and
      * port, whose reply tuple must be free). */
     const struct lb_xmit_ops *m = lb_xmit_methods[d->conf.fwd];
-    struct lb_conn_bind b = {0, 0, NULL};
+    struct lb_conn_bind b = {0, 0, NULL, 0};
     if (m->conn_restore && (err = m->conn_restore(lb, s, d, ci, now_ms, &b)) != LB_OK)
         goto out;
     struct lb_conn *c = lb_conn_new(lb, &p, d, &b, now_ms, 0);

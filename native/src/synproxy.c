@@ -288,7 +288,7 @@ static uint32_t build_rs_syn(const struct lb_conn *c, const struct lb_sp *sp, ui
 {
     uint8_t opts[8];
     uint32_t optlen = put_syn_opts(opts, sp->mss, sp->sack);
-    return build_tcp(out, cap, c->oaddr_n, c->oport, c->dest->addr_n, c->dest->port_n, sp->client_isn, 0, LB_TCP_SYN,
+    return build_tcp(out, cap, c->oaddr_n, c->oport, c->dest->addr_n, lb_conn_rport_n(c), sp->client_isn, 0, LB_TCP_SYN,
                      sp->client_win, opts, optlen, NULL, 0);
 }
 
@@ -642,7 +642,7 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
                 data_len = lb_proxy_first_payload(lb, c, sp->held, sp->held_len, first,
                                                   room < sizeof(first) ? room : (uint32_t)sizeof(first));
             }
-            uint32_t n = build_tcp(out, out_cap, c->oaddr_n, c->oport, c->dest->addr_n, c->dest->port_n,
+            uint32_t n = build_tcp(out, out_cap, c->oaddr_n, c->oport, c->dest->addr_n, lb_conn_rport_n(c),
                                    sp->client_isn + 1, rs_isn + 1,
                                    (uint8_t)(LB_TCP_ACK | (data_len ? 0x08 : 0)), sp->client_win, opts, optlen,
                                    data, data_len);
@@ -660,7 +660,7 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
             /* An ACK that does not answer our SYN (e.g. a TIME_WAIT's challenge ACK):
              * as a client in SYN-SENT does (RFC 793), reset it with SEQ = its ACK; the
              * next retransmission of the SYN then finds a clean slate. */
-            uint32_t n = build_tcp(out, out_cap, c->oaddr_n, c->oport, c->dest->addr_n, c->dest->port_n,
+            uint32_t n = build_tcp(out, out_cap, c->oaddr_n, c->oport, c->dest->addr_n, lb_conn_rport_n(c),
                                    lb_ntohl(p->tcp_ack), 0, LB_TCP_RST, 0, NULL, 0, NULL, 0);
             if (n && lb_xmit_l2_to(c->dest, act) == 0) {
                 act->out_len = n;

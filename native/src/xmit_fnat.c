@@ -84,10 +84,11 @@ static struct lport_map **lport_slot(struct lport_maps *ms, uint8_t proto, uint3
     return pp;
 }
 
-static struct lport_map *lport_find(lb_t *lb, uint8_t proto, const struct lb_dest *d, uint32_t laddr_n)
+static struct lport_map *lport_find(lb_t *lb, uint8_t proto, const struct lb_dest *d, uint16_t rport_n,
+                                    uint32_t laddr_n)
 {
     struct lport_maps *ms = lb->xmit_state[LB_FWD_FULLNAT];
-    return ms ? *lport_slot(ms, proto, d->addr_n, d->port_n, laddr_n) : NULL;
+    return ms ? *lport_slot(ms, proto, d->addr_n, rport_n, laddr_n) : NULL;
 }
 
 static int lport_maps_grow(struct lport_maps *ms)
@@ -113,7 +114,8 @@ static int lport_maps_grow(struct lport_maps *ms)
 }
 
 /* The map of the tuple, created empty if needed; NULL when memory runs out. */
-static struct lport_map *lport_get(lb_t *lb, uint8_t proto, const struct lb_dest *d, uint32_t laddr_n)
+static struct lport_map *lport_get(lb_t *lb, uint8_t proto, const struct lb_dest *d, uint16_t rport_n,
+                                   uint32_t laddr_n)
 {
     struct lport_maps *ms = lb->xmit_state[LB_FWD_FULLNAT];
     if (!ms) {
@@ -124,19 +126,19 @@ static struct lport_map *lport_get(lb_t *lb, uint8_t proto, const struct lb_dest
         }
         lb->xmit_state[LB_FWD_FULLNAT] = ms;
     }
-    struct lport_map **pp = lport_slot(ms, proto, d->addr_n, d->port_n, laddr_n);
+    struct lport_map **pp = lport_slot(ms, proto, d->addr_n, rport_n, laddr_n);
     if (*pp)
         return *pp;
     if (ms->count >= ms->mask + 1) {
         if (lport_maps_grow(ms) < 0)
             return NULL;
-        pp = lport_slot(ms, proto, d->addr_n, d->port_n, laddr_n);
+        pp = lport_slot(ms, proto, d->addr_n, rport_n, laddr_n);
     }
     struct lport_map *m = calloc(1, sizeof(*m));
     if (!m)
         return NULL;
     m->raddr_n = d->addr_n;
-    m->rport_n = d->port_n;
+    m->rport_n = rport_n;
     m->laddr_n = laddr_n;
     m->proto = proto;
     *pp = m;
@@ -158,10 +160,11 @@ static void lport_set(struct lport_map *m, uint32_t port)
     m->used++;
 }
 
-static void lport_clear(lb_t *lb, uint8_t proto, const struct lb_dest *d, uint32_t laddr_n, uint32_t port)
+static void lport_clear(lb_t *lb, uint8_t proto, const struct lb_dest *d, uint16_t rport_n, uint32_t laddr_n,
+                        uint32_t port)
 {
     struct lport_maps *ms = lb->xmit_state[LB_FWD_FULLNAT];
-    struct lport_map **pp = ms ? lport_slot(ms, proto, d->addr_n, d->port_n, laddr_n) : NULL;
+    struct lport_map **pp = ms ? lport_slot(ms, proto, d->addr_n, rport_n, laddr_n) : NULL;
     struct lport_map *m = pp ? *pp : NULL;
     if (!m || !lport_taken(m, port))
         return;
@@ -356,7 +359,7 @@ static int fnat_xmit_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uin
         return LB_R_MALFORMED;
     }
     memcpy(out, p->data, p->len);
-    if (rewrite(out, p, c->oaddr_n, c->oport, d->addr_n, d->port_n) < 0)
+    if (rewrite(out, p, c->oaddr_n, c->oport, d->addr_n, lb_conn_rport_n(c)) < 0)
         return lb_xmit_ttl_exceeded(p, p->daddr, out, out_cap, act); /* from the VIP */
     uint32_t len = p->len;
     int reason = LB_R_FORWARDED;
@@ -423,19 +426,22 @@ static int fnat_conn_bind(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, c
 {
     struct fnat_svc *fs = fnat_of(s);
     uint32_t n = fs ? fs->n : 0;
+    /* The real server's port of this connection: the destination's, or the client's (a port-zero or
+     * fwmark service, lb_dest_rport_is_client); the local ports are taken per that port. */
+    uint16_t rport_n = lb_dest_rport_is_client(d) ? p->dport : d->port_n;
     for (uint32_t k = 0; k < n; k++) {
         struct lb_laddr *la = fs->laddrs[(fs->rr + k) % n];
         uint32_t start = la->next_port;
         if (start < lb->lport_min || start > lb->lport_max)
             start = lb->lport_min;
         /* Never reuse a live (proto, RIP, RPORT, LIP, LPORT) tuple. */
-        const struct lport_map *taken = lport_find(lb, p->proto, d, la->addr_n);
+        const struct lport_map *taken = lport_find(lb, p->proto, d, rport_n, la->addr_n);
         int32_t port = lport_first_free(taken, start, lb->lport_max);
         if (port < 0 && start > lb->lport_min)
             port = lport_first_free(taken, lb->lport_min, start - 1);
         if (port < 0)
             continue; /* every port of this address is taken towards d */
-        struct lport_map *m = lport_get(lb, p->proto, d, la->addr_n);
+        struct lport_map *m = lport_get(lb, p->proto, d, rport_n, la->addr_n);
         if (!m)
             return LB_R_NO_LADDR; /* out of memory: as good as exhausted */
         lport_set(m, (uint32_t)port);
@@ -446,6 +452,7 @@ static int fnat_conn_bind(lb_t *lb, struct lb_svc *s, const struct lb_dest *d, c
         b->oaddr_n = la->addr_n;
         b->oport_n = lb_htons((uint16_t)port);
         b->priv = la;
+        b->rport_n = rport_n;
         return LB_R_FORWARDED;
     }
     return LB_R_NO_LADDR;
@@ -468,9 +475,10 @@ static int fnat_conn_restore(lb_t *lb, struct lb_svc *s, const struct lb_dest *d
         return LB_ENOENT;
     struct lb_laddr *la = fs->laddrs[i];
     uint16_t port_n = lb_htons(ci->lport);
-    if (lport_taken(lport_find(lb, ci->proto, d, la->addr_n), ci->lport))
+    uint16_t rport_n = lb_dest_rport_is_client(d) ? lb_htons(ci->vport) : d->port_n; /* as lb_conn_rport_n */
+    if (lport_taken(lport_find(lb, ci->proto, d, rport_n, la->addr_n), ci->lport))
         return LB_EEXIST;
-    struct lport_map *m = lport_get(lb, ci->proto, d, la->addr_n);
+    struct lport_map *m = lport_get(lb, ci->proto, d, rport_n, la->addr_n);
     if (!m)
         return LB_ENOMEM;
     lport_set(m, ci->lport);
@@ -479,13 +487,14 @@ static int fnat_conn_restore(lb_t *lb, struct lb_svc *s, const struct lb_dest *d
     b->oaddr_n = la->addr_n;
     b->oport_n = port_n;
     b->priv = la;
+    b->rport_n = rport_n;
     return LB_OK;
 }
 
 static void fnat_release(lb_t *lb, uint8_t proto, const struct lb_dest *d, const struct lb_conn_bind *b)
 {
     struct lb_laddr *la = b->priv;
-    lport_clear(lb, proto, d, b->oaddr_n, lb_ntohs(b->oport_n));
+    lport_clear(lb, proto, d, b->rport_n, b->oaddr_n, lb_ntohs(b->oport_n));
     la->conns--;
     laddr_put(la);
 }
@@ -510,7 +519,7 @@ static void fnat_svc_done(lb_t *lb LB_UNUSED, struct lb_svc *s)
 
 const struct lb_xmit_ops lb_xmit_fnat = {
     .name = "fullnat",
-    .flags = LB_XMIT_F_SYNPROXY,
+    .flags = LB_XMIT_F_SYNPROXY | LB_XMIT_F_NEEDS_ENTRY,
     .xmit_in = fnat_xmit_in,
     .xmit_out = fnat_xmit_out,
     .icmp_in = fnat_icmp_in,

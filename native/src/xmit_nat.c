@@ -85,7 +85,7 @@ static int nat_xmit_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_con
         return LB_R_MALFORMED;
     }
     memcpy(out, p->data, p->len);
-    if (nat_rewrite(out, p, 0, d->addr_n, d->port_n) < 0)
+    if (nat_rewrite(out, p, 0, d->addr_n, lb_conn_rport_n(c)) < 0)
         return lb_xmit_ttl_exceeded(p, p->daddr, out, out_cap, act); /* from the VIP, as decrement_ttl */
     lb_xmit_l2_to(d, act);
     act->out_len = p->len;

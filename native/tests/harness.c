@@ -2,7 +2,8 @@
  * harness.c - drives the packet core without Python.
  *
  * One standard configuration (a DR, an IPIP, a FULLNAT and a NAT service with
- * forwarding state) and three entry points:
+ * forwarding state; a port-zero service and a one-packet service with NAT real servers)
+ * and three entry points:
  *
  *   harness replay FILE...        process each file's bytes as one packet (twice:
  *                                  as first packet and again on a warm table), check
@@ -43,6 +44,9 @@
 #define DIP 0x0a000002u      /* 10.0.0.2: the director's own address (tunnel source) */
 #define NAT_PORT 85          /* the NAT service's port (TCP and UDP) */
 #define NAT_RPORT 8080       /* its real servers' port */
+#define VIP0 0x0a000065u     /* 10.0.0.101: persistent TCP/UDP port-zero service, NAT real servers without a port */
+#define OPS_NAT_PORT 88      /* VIP:88 UDP one-packet service with NAT real servers */
+#define VIP0F 0x0a000066u    /* 10.0.0.102: persistent TCP port-zero service, FULLNAT real servers without a port */
 
 static int check(int cond, const char *what)
 {
@@ -177,6 +181,49 @@ static int setup(lb_t *lb)
             rc |= lb_dest_set_fwd(lb, proto, VIP, NAT_PORT, d.addr, d.port, &f);
         }
     }
+    /* VIP0:0 persistent (TCP and UDP), NAT to 10.1.0.11-12 without a port: the client's port (reply
+     * tuples RIP:<client's port>); VIP:88 UDP one-packet NAT to 10.1.0.11-12:88 (no entry kept). */
+    for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0) {
+        for (int k = 0; k < 2; k++) {
+            if (k == 1 && proto == LB_PROTO_TCP)
+                continue;
+            memset(&s, 0, sizeof(s));
+            s.proto = proto;
+            s.addr = k ? VIP : VIP0;
+            s.port = k ? OPS_NAT_PORT : 0;
+            s.persist_timeout_s = k ? 0 : 300;
+            s.flags = k ? LB_SVC_F_ONEPACKET : 0;
+            strcpy(s.sched, "rr");
+            rc |= lb_svc_add(lb, &s);
+            for (int j = 0; j < 2; j++) {
+                memset(&d, 0, sizeof(d));
+                d.addr = BRS1 + (uint32_t)j;
+                d.port = k ? OPS_NAT_PORT : 0;
+                d.fwd = LB_FWD_MASQ;
+                d.weight = 1;
+                rc |= lb_dest_add(lb, proto, s.addr, s.port, &d);
+                fwd_for(&f, (uint8_t)(0x60 + j));
+                rc |= lb_dest_set_fwd(lb, proto, s.addr, s.port, d.addr, d.port, &f);
+            }
+        }
+    }
+    /* VIP0F:0 persistent TCP, FULLNAT from LIP to 10.1.0.11-12 on the client's port. */
+    memset(&s, 0, sizeof(s));
+    s.proto = LB_PROTO_TCP;
+    s.addr = VIP0F;
+    s.persist_timeout_s = 300;
+    strcpy(s.sched, "rr");
+    rc |= lb_svc_add(lb, &s);
+    for (int j = 0; j < 2; j++) {
+        memset(&d, 0, sizeof(d));
+        d.addr = BRS1 + (uint32_t)j;
+        d.fwd = LB_FWD_FULLNAT;
+        d.weight = 1;
+        rc |= lb_dest_add(lb, LB_PROTO_TCP, VIP0F, 0, &d);
+        fwd_for(&f, (uint8_t)(0x70 + j));
+        rc |= lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP0F, 0, d.addr, 0, &f);
+    }
+    rc |= lb_laddr_add(lb, LB_PROTO_TCP, VIP0F, 0, LIP);
     /* VIP:86 FULLNAT with the PROXY protocol v1, VIP:87 FULLNAT with SYN-proxy and PROXY v2. */
     for (uint16_t port = 86; port <= 87; port++) {
         memset(&s, 0, sizeof(s));

@@ -24,6 +24,8 @@ from pathlib import Path
 from scapy.all import ICMP, IP, TCP, UDP, Raw, raw  # type: ignore[import-untyped]
 
 VIP = "10.0.0.100"
+VIP0 = "10.0.0.101"  # the port-zero service's address
+VIP0F = "10.0.0.102"  # the port-zero FULLNAT service's address
 CLIENT = "192.0.2.7"
 RS = "10.1.0.11"
 LIP = "10.1.0.1"
@@ -51,6 +53,20 @@ def seeds() -> dict[str, bytes]:
                                    / raw(IP(src=VIP, dst=CLIENT) / TCP(sport=80, dport=40000))[:28])
     # NAT (VIP:85 -> RS:8080): the client's packets, the real server's replies to the client's own
     # address (the reply tuple), ICMP errors both ways.
+    # NAT real servers without a port under a persistent port-zero service (VIP0:0): reached on the
+    # client's port, their replies come from it; a one-packet UDP NAT service (VIP:88): no entry.
+    for port in (443, 8443):
+        s[f"nat0_syn_{port}"] = raw(IP(src=CLIENT, dst=VIP0) / TCP(sport=41000, dport=port, flags="S", options=opts))
+        s[f"nat0_reply_synack_{port}"] = raw(IP(src=RS, dst=CLIENT) / TCP(sport=port, dport=41000, flags="SA"))
+        s[f"nat0_udp_{port}"] = raw(IP(src=CLIENT, dst=VIP0) / UDP(sport=41001, dport=port) / Raw(b"x" * 16))
+        s[f"nat0_udp_reply_{port}"] = raw(IP(src=RS, dst=CLIENT) / UDP(sport=port, dport=41001) / Raw(b"y" * 16))
+    s["nat0_icmp_from_rs"] = raw(IP(src=RS, dst=CLIENT) / ICMP(type=3, code=3)
+                                 / raw(IP(src=CLIENT, dst=RS) / UDP(sport=41001, dport=443))[:28])
+    # FULLNAT without a port under a persistent port-zero service (VIP0F:0): LIP:lport -> RIP:<client's port>.
+    s["fnat0_syn_443"] = raw(IP(src=CLIENT, dst=VIP0F) / TCP(sport=41003, dport=443, flags="S", options=opts))
+    s["fnat0_reply_synack_443"] = raw(IP(src=RS, dst=LIP) / TCP(sport=443, dport=1024, flags="SA"))
+    s["ops_nat_udp"] = raw(IP(src=CLIENT, dst=VIP) / UDP(sport=41002, dport=88) / Raw(b"x" * 16))
+    s["ops_nat_udp_reply"] = raw(IP(src=RS, dst=CLIENT) / UDP(sport=88, dport=41002) / Raw(b"y" * 16))
     s["nat_syn"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=85, flags="S", options=opts))
     s["nat_ack"] = raw(IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=85, flags="A", seq=1, ack=1))
     s["nat_reply_synack"] = raw(IP(src=RS, dst=CLIENT) / TCP(sport=8080, dport=40000, flags="SA",

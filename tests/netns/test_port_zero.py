@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from conftest import parse_ln
 
 from conformance.traffic import Flow, RealServers, close_tcp, open_tcp, udp_exchange
 from lb.testbed.topology import Topology
@@ -93,7 +94,10 @@ def test_udp_every_port_to_one_server(lbd: Lbd, topo: Topology, servers: None) -
     assert f"add lbd-q0-udp0 {topo.vip}" in sets, sets  # steered by the port-0 set, not per port
 
 
-def test_fullnat_destination_refused(lbd: Lbd, topo: Topology) -> None:
+def test_fullnat_destination_taken(lbd: Lbd, topo: Topology) -> None:
+    """FULLNAT under a port-zero service is accepted and listed (traffic: tests/netns/test_nat_portless.py)."""
     lbd.lbadm("-A", "-t", f"{topo.vip}:0", "-s", "rr", "-p", "300")
-    proc = lbd.lbadm("-a", "-t", f"{topo.vip}:0", "-r", topo.reals[0].addr, "-b", check=False)
-    assert proc.returncode != 0 and "port-zero or fwmark service" in (proc.stderr + proc.stdout), proc
+    lbd.lbadm("-P", "-t", f"{topo.vip}:0", "-z", topo.director.addr)
+    lbd.lbadm("-a", "-t", f"{topo.vip}:0", "-r", topo.reals[0].addr, "-b")
+    (svc,) = parse_ln(lbd.lbadm("-Ln").stdout)
+    assert [(d.forward, d.port) for d in svc.dests] == [("FullNat", 0)], svc

@@ -24,6 +24,7 @@ from lb.engine import EngineError
 from lb.lbadm.run import RESTORE_CHUNK_BYTES, _chunks
 from lb.reconcile import State
 from line_server import director_socket, lbadm  # tests/unit helpers
+from refusing_engine import REFUSED_RIP, refusing
 
 
 def c_engine() -> Any:
@@ -48,11 +49,10 @@ def add_dest(i: int, rs: str = "172.30.0.1") -> dict[str, Any]:
     return {"op": "add_dest", "args": {"service": key(i), "dest": {"addr": rs, "port": 80, "fwd": "route", "weight": 1}}}
 
 
-# What the model accepts and the engines refuse: NAT on a one-packet UDP service (no entry to
-# translate the replies with).
+# What the model accepts and the engine refuses: a destination at REFUSED_RIP (refusing_engine).
 OPS_SVC = {"proto": "udp", "addr": "10.200.0.53", "port": 53}
 ENGINE_REFUSES = [{"op": "add_service", "args": {**OPS_SVC, "sched": "rr", "ops": True}},
-                  {"op": "add_dest", "args": {"service": OPS_SVC, "dest": {"addr": "172.30.0.2", "port": 53,
+                  {"op": "add_dest", "args": {"service": OPS_SVC, "dest": {"addr": REFUSED_RIP, "port": 53,
                                                                           "fwd": "masq"}}}]
 
 
@@ -104,7 +104,7 @@ def test_a_refused_request_in_a_later_chunk_names_its_place_in_the_whole_batch()
 
 
 def test_an_engine_refusal_at_the_last_chunk_undoes_the_earlier_chunks() -> None:
-    d = Director(c_engine(), rules=None, resolver=None)
+    d = Director(refusing(c_engine()), rules=None, resolver=None)
     d.handle("add_service", {**key(9), "sched": "rr"})
     before = d.handle("list", {})
     session = BatchSession()
@@ -231,7 +231,7 @@ def test_a_failed_rollback_step_leaves_the_model_equal_to_the_engine(caplog: pyt
                 raise EngineError("ENOMEM", "no room")
             super().add_service(spec)
 
-    d = Director(NoReAdd(conn_max=64), rules=None, resolver=None)
+    d = Director(refusing(NoReAdd(conn_max=64)), rules=None, resolver=None)
     d.handle("batch", {"requests": [add_service(0), add_dest(0), add_service(1)]})
     with pytest.raises(BatchError):
         d.handle("batch", {"requests": [{"op": "del_service", "args": key(0)}, *ENGINE_REFUSES]})

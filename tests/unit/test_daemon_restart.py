@@ -26,6 +26,7 @@ from lb.engine import EngineError, FwdState, Verdict
 from lb.ipsets import Steering
 from lb.iptables import RuleManager, queue_target
 from lb.model import ServiceKey, SynproxyConf
+from refusing_engine import REFUSED_RIP, refusing
 
 VIP = "10.0.0.100"
 DR = {"proto": "tcp", "addr": VIP, "port": 80}
@@ -193,10 +194,10 @@ def test_a_bad_snapshot_changes_nothing(tmp_path: Path) -> None:
         with pytest.raises(EngineError):
             d.restore_config(bad)
     snap = d.snapshot_config()
-    # NAT on a one-packet UDP service: the model lets it through, the engine refuses it (no entry to
-    # translate the replies with)
+    # a destination the model lets through and the (test's) engine refuses
+    refusing(d.engine)
     snap["services"].append({**snap["services"][0], "proto": "udp", "port": 53, "persistent": None, "ops": True,
-                             "dests": [dest("10.0.0.19", 53, fwd="masq")]})
+                             "dests": [dest(REFUSED_RIP, 53, fwd="masq")]})
     with pytest.raises(EngineError):
         d.restore_config(snap)
     assert listing(d) == before

@@ -21,6 +21,7 @@ from lb.engine import EngineError
 from lb.ipsets import Steering
 from lb.model import SCHEDULERS, Stats
 from line_server import director_socket, lbadm  # tests/unit helpers
+from refusing_engine import REFUSED_RIP, refusing
 
 VIP = "10.0.0.1"
 SVC = {"proto": "tcp", "addr": VIP, "port": 80}
@@ -146,19 +147,19 @@ def test_batch_refused_by_the_model_changes_nothing_and_names_the_request(direct
 
 
 def test_batch_refused_by_the_engine_midway_is_rolled_back(director: Director) -> None:
+    refusing(director.engine)
     director.handle("add_service", {**SVC2, "sched": "rr"})
     director.handle("add_dest", {"service": SVC2, "dest": dest("10.0.0.9", 443)})
     before = table(director)
-    # The model does not know every engine limit: NAT on a one-packet UDP service (no entry to translate
-    # the replies with) is refused by the engine, request 6 after 0..5 (including an edit and a delete)
-    # went through; all are undone.
+    # The model does not know every engine limit (here the test's: a destination at REFUSED_RIP): the
+    # engine refuses request 6 after 0..5 (including an edit and a delete) went through; all are undone.
     ops_svc = {"proto": "udp", "addr": VIP, "port": 53}
     requests = [
         *restore_requests()[:3],
         {"op": "edit_service", "args": {**SVC2, "sched": "wlc"}},
         {"op": "del_dest", "args": {"service": SVC2, "dest": {"addr": "10.0.0.9", "port": 443}}},
         {"op": "add_service", "args": {**ops_svc, "sched": "rr", "ops": True}},
-        {"op": "add_dest", "args": {"service": ops_svc, "dest": dest("10.0.0.4", 53, fwd="masq")}},
+        {"op": "add_dest", "args": {"service": ops_svc, "dest": dest(REFUSED_RIP, 53, fwd="masq")}},
     ]
     with pytest.raises(BatchError) as info:
         director.handle("batch", {"requests": requests})
@@ -386,12 +387,12 @@ def test_reload_of_an_invalid_file_changes_nothing(conf_dir: Path) -> None:
 def test_reload_refused_by_the_engine_is_rolled_back(conf_dir: Path) -> None:
     path = conf_dir / "lbd.toml"
     path.write_text(toml_services([1, 2]))
-    d = Director(make_engine("c"), rules=None, resolver=None, config_path=str(path))
+    d = Director(refusing(make_engine("c")), rules=None, resolver=None, config_path=str(path))
     d.handle("reload", {})
     before = table(d)
-    # NAT on a one-packet UDP service: valid for the model, refused by the engine
+    # a destination valid for the model, refused by the (test's) engine
     bad = toml_services([1, 3]) + (f'\n[[service]]\nproto = "udp"\naddr = "{VIP}"\nport = 53\nops = true\n'
-                                   '  [[service.dest]]\n  addr = "10.0.0.7"\n  fwd = "masq"\n')
+                                   f'  [[service.dest]]\n  addr = "{REFUSED_RIP}"\n  fwd = "masq"\n')
     path.write_text(bad)
     err = refused(d, "reload", {})
     assert err.errno_name == "EOPNOTSUPP"

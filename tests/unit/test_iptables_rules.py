@@ -34,12 +34,16 @@ def test_names_jump_and_fixed_rules() -> None:
     assert ipt.chain_rules(3) == [
         "-A LBD-Q3 -m set --match-set lbd-q3-nat src,src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
         "-A LBD-Q3 -p icmp -m set --match-set lbd-q3-natrip src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
+        "-A LBD-Q3 -p tcp -m set --match-set lbd-q3-nattcp0 src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
+        "-A LBD-Q3 -p udp -m set --match-set lbd-q3-natudp0 src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
         "-A LBD-Q3 -m set ! --match-set lbd-q3-addr dst -j RETURN",
         "-A LBD-Q3 -m set --match-set lbd-q3-svc dst,dst -j LBD-Q3-GO",
         "-A LBD-Q3 -p tcp -m set --match-set lbd-q3-tcp0 dst -j LBD-Q3-GO",
         "-A LBD-Q3 -p udp -m set --match-set lbd-q3-udp0 dst -j LBD-Q3-GO",
         "-A LBD-Q3 -p icmp -j LBD-Q3-GO",
         "-A LBD-Q3 -m set --match-set lbd-q3-fnat src,src,dst -j LBD-Q3-GO",
+        "-A LBD-Q3 -p tcp -m set --match-set lbd-q3-fnattcp0 src -j LBD-Q3-GO",
+        "-A LBD-Q3 -p udp -m set --match-set lbd-q3-fnatudp0 src -j LBD-Q3-GO",
     ]
     assert ipt.go_rules(3, QUEUE) == GO3
     assert ipt.go_rules(3, QUEUE, track=True) == [GO3[1], DEFRAG3]

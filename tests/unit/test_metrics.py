@@ -38,6 +38,7 @@ from lb.metrics import (
     take_snapshot,
 )
 from lb.testbed import tools
+from refusing_engine import REFUSED_RIP, refusing
 
 VIP = "10.0.0.100"
 LADDR = "10.0.1.2"
@@ -190,13 +191,13 @@ def test_totals_survive_deleting_and_zeroing_one_service_and_restart_on_zero_all
 def test_a_batch_rolled_back_after_a_delete_changes_no_total(director: Director) -> None:
     drive(director, 2)
     before = node_totals(director)
-    # The engine (not the model) refuses the third request (NAT on a one-packet UDP service: no entry
-    # to translate the replies with), after the delete went through: the rollback re-creates the
-    # service with fresh counters.
+    # The engine (not the model: the test's engine refuses REFUSED_RIP) refuses the third request,
+    # after the delete went through: the rollback re-creates the service with fresh counters.
+    refusing(director.engine)
     ops_svc = {"proto": "udp", "addr": VIP, "port": 53}
     bad = [{"op": "del_service", "args": DR_SVC},
            {"op": "add_service", "args": {**ops_svc, "sched": "rr", "ops": True}},
-           {"op": "add_dest", "args": {"service": ops_svc, "dest": dest(RS[1], 53, "masq", 1)}}]
+           {"op": "add_dest", "args": {"service": ops_svc, "dest": dest(REFUSED_RIP, 53, "masq", 1)}}]
     with pytest.raises(BatchError):
         director.handle("batch", {"requests": bad})
     assert sorted(s["port"] for s in director.handle("list", {})["services"]) == [80, 8080]

@@ -135,8 +135,10 @@ def test_rows_count_connections_as_the_kernel() -> None:
                 continue  # a persistence template
             active = c.proto == table.PROTO_TCP and c.state in table.ACTIVE_STATES
             key: tuple[object, ...] = ((c.proto, c.vaddr, c.vport), c.daddr, c.dport)
-            if key not in listed:  # a connection of a port-zero service (to the client's port)
-                key = ((c.proto, c.vaddr, 0), c.daddr, 0)
+            if key not in listed:  # a connection of a port-zero service (to the client's port), whose
+                # destination may be written with a port of its own (ignored by a persistent one)
+                p0 = [k for k in listed if k[0] == (c.proto, c.vaddr, 0) and k[1] == c.daddr]
+                key = p0[0] if len(p0) == 1 else ((c.proto, c.vaddr, 0), c.daddr, 0)
             fwm = [k for k in listed if k[0][0] == 0 and k[1] == c.daddr]
             if key not in listed and len(fwm) == 1:  # of a fwmark service: its destination with that address
                 key = fwm[0]

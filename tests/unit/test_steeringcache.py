@@ -56,12 +56,13 @@ def _svc(rng: random.Random, existing: Sequence[ServiceKey] = ()) -> dict[str, A
 
 def _request(rng: random.Random, existing: Sequence[ServiceKey] = ()) -> tuple[str, dict[str, Any]]:
     svc = _svc(rng, existing)
-    dest = {"addr": rng.choice(RIPS), "port": rng.choice([80, 8080]), "fwd": rng.choice(FWDS),
+    dest = {"addr": rng.choice(RIPS), "port": rng.choice([0, 80, 8080]), "fwd": rng.choice(FWDS),
             "weight": rng.randint(0, 3)}
     choice = rng.choices(["add_service", "edit_service", "del_service", "add_dest", "edit_dest", "del_dest",
                           "add_laddr", "del_laddr", "clear"], weights=[6, 2, 2, 8, 3, 3, 4, 2, 0.3])[0]
     if choice in ("add_service", "edit_service"):
-        return choice, {**svc, "sched": rng.choice(["rr", "wlc"])}
+        # persistence on or off: a port-zero or fwmark service's NAT destinations change their reply steering
+        return choice, {**svc, "sched": rng.choice(["rr", "wlc"]), **({"persistent": 60} if rng.random() < 0.5 else {})}
     if choice == "del_service":
         return choice, svc
     if choice in ("add_dest", "edit_dest"):
@@ -78,7 +79,7 @@ def test_incremental_sets_equal_the_whole_steering_after_random_commands(seed: i
     rng = random.Random(seed)
     d, fake, rules = _director()
     applied = 0
-    for step in range(150):
+    for step in range(200):
         if rng.random() < 0.2:  # a batch: several commands, all or nothing
             pairs = [_request(rng, list(d.state.services)) for _ in range(rng.randint(2, 6))]
             reqs = [{"op": o, "args": a} for o, a in pairs]
