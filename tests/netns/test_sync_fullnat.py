@@ -94,20 +94,20 @@ def _configure(d: LbdOn, topo: Topology, lip: str) -> None:
     d.wait_resolved()
 
 
-@pytest.fixture(scope="module")
-def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn, str]]:
-    logdir = Path(tempfile.mkdtemp(prefix="lbB-syncfnat-"))
+@contextlib.contextmanager
+def fullnat_pair(prefix: str) -> Iterator[tuple[Topology, LbdOn, LbdOn, str]]:
+    """The topology, its real servers serving, an lbd on each director with the same FULLNAT
+    services; the VIP on da as the spec places it, the local address (the last item) on neither."""
+    logdir = Path(tempfile.mkdtemp(prefix=prefix))
     with Topology(_spec()) as topo:
         lip = topo.addr("back", LIP_INDEX)
-        a_host, b_host = topo.host("da"), topo.host("db")
-        a_host.ip("addr", "add", f"{lip}/24", "dev", a_host.iface("back").ifname)
         env = dict(os.environ, PYTHONPATH=str(REPO))
         for rs in topo.reals:
             with open(logdir / f"{rs.name}.log", "w") as log:
                 rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(HTTP_PORT)],
                          stdout=log, stderr=subprocess.STDOUT, env=env)
-        client.wait_serving(a_host.netns, {rs.addr: rs.name for rs in topo.reals}, HTTP_PORT)
-        a, b = LbdOn(topo, a_host), LbdOn(topo, b_host)
+        client.wait_serving(topo.host("da").netns, {rs.addr: rs.name for rs in topo.reals}, HTTP_PORT)
+        a, b = LbdOn(topo, topo.host("da")), LbdOn(topo, topo.host("db"))
         try:
             for d in (a, b):
                 d.start()
@@ -121,6 +121,13 @@ def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn, str]]:
                     d.director.exec(["iptables", "-t", table, "-F"], check=False)
                     d.director.exec(["iptables", "-t", table, "-X"], check=False)
                 d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn, str]]:
+    with fullnat_pair("lbB-syncfnat-") as (topo, a, b, lip):
+        a.director.ip("addr", "add", f"{lip}/24", "dev", a.director.iface("back").ifname)
+        yield topo, a, b, lip
 
 
 def _wait(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
