@@ -25,16 +25,12 @@ from test_keepalived_sync import SYNCID, _daemon_states  # type: ignore[import-n
 from test_keepalived_vrrp import GLOBAL, VRID  # type: ignore[import-not-found]
 from test_sync_failover import _move_and_exchange  # type: ignore[import-not-found]
 from test_sync_fullnat import (  # type: ignore[import-not-found]
-    KINDS,
-    N_CONNS,
     LbdOn,
-    _fullnat_conns,
-    _peer,
+    Peers,
     _wait_fullnat,
     fullnat_pair,
 )
 
-from lb.testbed import client
 from lb.testbed.keepalived import Keepalived, keepalived_problem, wait_for
 from lb.testbed.topology import Host, Topology
 
@@ -103,19 +99,8 @@ def test_keepalived_moves_vip_and_local_address_fullnat_connections_survive(
                  lambda: True if _daemon_states(a) == {"master"} and _daemon_states(b) == {"backup"} else None, diag)
 
         with contextlib.ExitStack() as stack:
-            conns = {kind: [stack.enter_context(client.KeepAlive(topo.client.netns, topo.vip, port))
-                            for _ in range(N_CONNS)] for kind, port in KINDS.items()}
-            seen: dict[str, dict[int, tuple[str, str, int]]] = {}
-            for kind, kas in conns.items():
-                seen[kind] = {}
-                for ka in kas:
-                    reply = ka.get("/peer")
-                    assert reply.ok, reply.error
-                    seen[kind][int(ka.local_port or 0)] = _peer(reply)
-                assert {p[1] for p in seen[kind].values()} == {lip}, seen[kind]
-            on_a = _fullnat_conns(a)
-            _wait_fullnat(b, {(topo.client.addr, cport): on_a[(topo.client.addr, cport)]
-                              for kind in conns for cport in seen[kind]}, "every FULLNAT connection on db (synced)")
+            peers = Peers(stack, topo, lip)
+            _wait_fullnat(b, peers.as_listed_by(a), "every FULLNAT connection on db (synced)")
 
             def keepalived_fails_over() -> None:
                 # da's keepalived dies (by PID): VRRP moves both addresses to db, which becomes sync master.
@@ -124,11 +109,8 @@ def test_keepalived_moves_vip_and_local_address_fullnat_connections_survive(
                 wait_for("keepalived made db sync master",
                          lambda: True if "master" in _daemon_states(b) else None, diag)
 
-            def same_peer(kind: str, ka: client.KeepAlive, reply: client.Reply) -> bool:
-                return _peer(reply) == seen[kind][int(ka.local_port or 0)]
-
-            _move_and_exchange(conns, {}, "to db by keepalived", keepalived_fails_over, through=b,
-                               path="/peer", same=same_peer)
+            _move_and_exchange(peers.conns, {}, "to db by keepalived", keepalived_fails_over, through=b,
+                               path="/peer", same=peers.same)
         assert keepaliveds["db"].stop() == 0, keepaliveds["db"].log()
     finally:
         for keepalived in keepaliveds.values():

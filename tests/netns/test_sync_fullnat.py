@@ -157,6 +157,36 @@ def _peer(reply: client.Reply) -> tuple[str, str, int]:
     return name, addr, int(port)
 
 
+class Peers:
+    """N_CONNS keep-alive connections of each kind (KINDS) through the VIP, and how each real server
+    saw its connection first: (server, local address, local port) by the client's port."""
+
+    def __init__(self, stack: contextlib.ExitStack, topo: Topology, lip: str) -> None:
+        self.topo = topo
+        self.conns = {kind: [stack.enter_context(client.KeepAlive(topo.client.netns, topo.vip, port))
+                             for _ in range(N_CONNS)] for kind, port in KINDS.items()}
+        self.seen: dict[str, dict[int, tuple[str, str, int]]] = {}
+        for kind, kas in self.conns.items():
+            self.seen[kind] = {}
+            for ka in kas:
+                reply = ka.get("/peer")
+                assert reply.ok, reply.error
+                self.seen[kind][int(ka.local_port or 0)] = _peer(reply)
+            # Each connection: a real server, our local address, a port of its own.
+            assert {p[1] for p in self.seen[kind].values()} == {lip}, self.seen[kind]
+            assert len({p[2] for p in self.seen[kind].values()}) == N_CONNS, self.seen[kind]
+
+    def same(self, kind: str, ka: client.KeepAlive, reply: client.Reply) -> bool:
+        """Whether `reply` came from the same real server seeing the same local address and port."""
+        return _peer(reply) == self.seen[kind][int(ka.local_port or 0)]
+
+    def as_listed_by(self, d: LbdOn) -> dict[tuple[str, int], tuple[str, str, int]]:
+        """Our connections as d's table lists them (see _fullnat_conns)."""
+        listed = _fullnat_conns(d)
+        caddr = self.topo.client.addr
+        return {(caddr, cport): listed[(caddr, cport)] for seen in self.seen.values() for cport in seen}
+
+
 def _move_addresses(topo: Topology, old: LbdOn, new: LbdOn, lip: str) -> None:
     """The VIP (front) and the local address (back) from `old` to `new`, the neighbours told."""
     for cidr, side in ((f"{topo.vip}/32", "lan"), (f"{lip}/24", "back")):
@@ -186,27 +216,11 @@ def test_fullnat_and_synproxy_connections_survive_failover_and_back(pair: tuple[
     assert "ext-port=8849)" in listed, listed
     figures: dict[str, object] = {"connections_per_method": N_CONNS}
     with contextlib.ExitStack() as stack:
-        conns = {kind: [stack.enter_context(client.KeepAlive(topo.client.netns, topo.vip, port))
-                        for _ in range(N_CONNS)] for kind, port in KINDS.items()}
-        seen: dict[str, dict[int, tuple[str, str, int]]] = {}
-        for kind, kas in conns.items():
-            seen[kind] = {}
-            for ka in kas:
-                reply = ka.get("/peer")
-                assert reply.ok, reply.error
-                seen[kind][int(ka.local_port or 0)] = _peer(reply)
-        # Each connection: a real server, our local address, a port of its own.
-        for kind in conns:
-            assert {p[1] for p in seen[kind].values()} == {lip}
-            assert len({p[2] for p in seen[kind].values()}) == N_CONNS
-
-        def same_peer(kind: str, ka: client.KeepAlive, reply: client.Reply) -> bool:
-            return _peer(reply) == seen[kind][int(ka.local_port or 0)]
+        peers = Peers(stack, topo, lip)
+        conns = peers.conns
 
         # The backup lists every connection with the master's real server, local address and port.
-        on_a = _fullnat_conns(a)
-        expected = {(topo.client.addr, cport): on_a[(topo.client.addr, cport)]
-                    for kind in conns for cport in seen[kind]}
+        expected = peers.as_listed_by(a)
         _wait_fullnat(b, expected, "every FULLNAT connection on the backup B")
         counters = b.ok("get_daemon")["daemons"][0]["counters"]
         assert counters.get("ext_conns_installed", 0) >= 2 * N_CONNS, counters
@@ -217,7 +231,7 @@ def test_fullnat_and_synproxy_connections_survive_failover_and_back(pair: tuple[
         # Failover by hand: A dies (by PID), the VIP and the local address move to B.
         a.stop(signal.SIGKILL)
         _move_and_exchange(conns, figures, "to_b", lambda: _move_addresses(topo, a, b, lip), through=b,
-                           path="/peer", same=same_peer)
+                           path="/peer", same=peers.same)
 
         # B masters as well (keeping its backup); A comes back without its own state, runs a backup
         # first and takes B's table from B's bulk pass: the extension's entries are in it.
@@ -243,5 +257,5 @@ def test_fullnat_and_synproxy_connections_survive_failover_and_back(pair: tuple[
                 "--syncid", str(SYNCID))
         b.lbadm("--stop-daemon", "master")
         _move_and_exchange(conns, figures, "back_to_a", lambda: _move_addresses(topo, b, a, lip), through=a,
-                           path="/peer", same=same_peer)
+                           path="/peer", same=peers.same)
     _write_figures(figures)
