@@ -71,8 +71,10 @@ def report(data: dict[str, Any]) -> list[str]:
               "SYN-proxy entries through the sync extension), the VIP moved back. One request per connection after "
               "each move, round robin over the methods; a FULLNAT connection counts when the real server still sees "
               f"it from the same local address and port (test exits: {exits}).", "",
-              "The machine is shared with other test runs: the times are noisy, a single run, not a measure of "
-              "lbd's takeover alone (the first request after a move also waits for the client's ARP).", "",
+              "First reply: seconds from the start of the move (the `ip` commands included) to the method's first "
+              "request answered as before; the requests go round robin, so a method's figure also holds the earlier "
+              "methods' first requests, and the client's ARP for the moved VIP. The machine is shared with other "
+              "test runs: the times are noisy, from a single run, and not a measure of lbd's takeover alone.", "",
               "| step | method | connections answered by their real server | first reply after the move |",
               "|---|---|---|---|"]
     for step, title in (("to_b", "A -> B"), ("back_to_a", "B -> A")):
