@@ -254,9 +254,12 @@ class Selector:
             for entry in records.entries(blob):
                 if entry.slot in done:
                     continue
+                queued = len(self.ext_pending)
                 conn = self._consider(entry, now_ms, force=True)
                 if conn is not None:
                     out.append(conn)
+                # The extension's entries count too: a bulk pass carries them (to ext_pending).
+                if conn is not None or len(self.ext_pending) > queued:
                     bulk += 1
             if bulk:
                 self.counters.add("bulk_conns_sent", bulk)

@@ -1,9 +1,15 @@
-"""FULLNAT failover through the sync extension (issue 18 items 3 and 5, FULLNAT with and without
-SYN-proxy): director A runs a sync master, director B a backup; 20 established FULLNAT connections
-per service through A, one service plain, one with SYN-proxy. A is killed (by PID), the VIP and the
-local address moved to B by hand, and at least 19 of 20 connections of each kind keep exchanging
-data through B with the same real server, seen by the real server from the same local address and
-port (its /peer answer).
+"""FULLNAT failover and the way back through the sync extension (issue 18 items 3 and 5, FULLNAT
+with and without SYN-proxy): director A runs a sync master, director B a backup; 20 established
+FULLNAT connections per service through A, one service plain, one with SYN-proxy. A is killed (by
+PID), the VIP and the local address moved to B by hand, and at least 19 of 20 connections of each
+kind keep exchanging data through B with the same real server, seen by the real server from the
+same local address and port (its /peer answer). Then A comes back with no state of its own, runs
+a backup and takes B's table (the extension's entries included) from B's bulk pass, masters
+again, the VIP and the local address move back, and the connections go on through A, still with
+the same real server, local address and port.
+
+With LB_SYNC_FIGURES=PATH the test writes what it measured to PATH as JSON, as
+tests/netns/test_sync_failover.py does (bench/failover.py runs both). The test asserts no times.
 
 Own topology: client .50, da .2 (the VIP first) and db .3 on "lan"; da .1 and db .2 on "back"
 with the real servers f1/f2 (.11/.12), whose default route is the floating local address .5
@@ -26,6 +32,7 @@ from typing import TypeVar
 
 import pytest
 from conftest import HTTP_PORT, REPO, Lbd
+from test_sync_failover import _move_and_exchange, _write_figures  # type: ignore[import-not-found]
 
 from lb.testbed import client
 from lb.testbed.topology import (
@@ -50,6 +57,8 @@ SYNC_WAIT_S = 20.0  # master tick 1 s; generous for a loaded machine (a bound, n
 SYNCID = 33
 LIP_INDEX = 5
 PLAIN_PORT, SYNPROXY_PORT = 80, 81  # VIP ports; the real servers listen on HTTP_PORT
+KINDS = {"FULLNAT": PLAIN_PORT, "FULLNAT+SYN-proxy": SYNPROXY_PORT}
+BULK_PERIOD_S = 3  # B's master: the test's bulk period (default 30 s), so the restarted A learns soon
 
 
 def _spec() -> TopologySpec:
@@ -85,20 +94,20 @@ def _configure(d: LbdOn, topo: Topology, lip: str) -> None:
     d.wait_resolved()
 
 
-@pytest.fixture(scope="module")
-def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn, str]]:
-    logdir = Path(tempfile.mkdtemp(prefix="lbB-syncfnat-"))
+@contextlib.contextmanager
+def fullnat_pair(prefix: str) -> Iterator[tuple[Topology, LbdOn, LbdOn, str]]:
+    """The topology, its real servers serving, an lbd on each director with the same FULLNAT
+    services; the VIP on da as the spec places it, the local address (the last item) on neither."""
+    logdir = Path(tempfile.mkdtemp(prefix=prefix))
     with Topology(_spec()) as topo:
         lip = topo.addr("back", LIP_INDEX)
-        a_host, b_host = topo.host("da"), topo.host("db")
-        a_host.ip("addr", "add", f"{lip}/24", "dev", a_host.iface("back").ifname)
         env = dict(os.environ, PYTHONPATH=str(REPO))
         for rs in topo.reals:
             with open(logdir / f"{rs.name}.log", "w") as log:
                 rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(HTTP_PORT)],
                          stdout=log, stderr=subprocess.STDOUT, env=env)
-        client.wait_serving(a_host.netns, {rs.addr: rs.name for rs in topo.reals}, HTTP_PORT)
-        a, b = LbdOn(topo, a_host), LbdOn(topo, b_host)
+        client.wait_serving(topo.host("da").netns, {rs.addr: rs.name for rs in topo.reals}, HTTP_PORT)
+        a, b = LbdOn(topo, topo.host("da")), LbdOn(topo, topo.host("db"))
         try:
             for d in (a, b):
                 d.start()
@@ -112,6 +121,13 @@ def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn, str]]:
                     d.director.exec(["iptables", "-t", table, "-F"], check=False)
                     d.director.exec(["iptables", "-t", table, "-X"], check=False)
                 d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn, str]]:
+    with fullnat_pair("lbB-syncfnat-") as (topo, a, b, lip):
+        a.director.ip("addr", "add", f"{lip}/24", "dev", a.director.iface("back").ifname)
+        yield topo, a, b, lip
 
 
 def _wait(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
@@ -141,61 +157,106 @@ def _peer(reply: client.Reply) -> tuple[str, str, int]:
     return name, addr, int(port)
 
 
-def test_fullnat_and_synproxy_connections_survive_failover(pair: tuple[Topology, LbdOn, LbdOn, str]) -> None:
+class Peers:
+    """N_CONNS keep-alive connections of each kind (KINDS) through the VIP, and how each real server
+    saw its connection first: (server, local address, local port) by the client's port."""
+
+    def __init__(self, stack: contextlib.ExitStack, topo: Topology, lip: str) -> None:
+        self.topo = topo
+        self.conns = {kind: [stack.enter_context(client.KeepAlive(topo.client.netns, topo.vip, port))
+                             for _ in range(N_CONNS)] for kind, port in KINDS.items()}
+        self.seen: dict[str, dict[int, tuple[str, str, int]]] = {}
+        for kind, kas in self.conns.items():
+            self.seen[kind] = {}
+            for ka in kas:
+                reply = ka.get("/peer")
+                assert reply.ok, reply.error
+                self.seen[kind][int(ka.local_port or 0)] = _peer(reply)
+            # Each connection: a real server, our local address, a port of its own.
+            assert {p[1] for p in self.seen[kind].values()} == {lip}, self.seen[kind]
+            assert len({p[2] for p in self.seen[kind].values()}) == N_CONNS, self.seen[kind]
+
+    def same(self, kind: str, ka: client.KeepAlive, reply: client.Reply) -> bool:
+        """Whether `reply` came from the same real server seeing the same local address and port."""
+        return _peer(reply) == self.seen[kind][int(ka.local_port or 0)]
+
+    def as_listed_by(self, d: LbdOn) -> dict[tuple[str, int], tuple[str, str, int]]:
+        """Our connections as d's table lists them (see _fullnat_conns)."""
+        listed = _fullnat_conns(d)
+        caddr = self.topo.client.addr
+        return {(caddr, cport): listed[(caddr, cport)] for seen in self.seen.values() for cport in seen}
+
+
+def _move_addresses(topo: Topology, old: LbdOn, new: LbdOn, lip: str) -> None:
+    """The VIP (front) and the local address (back) from `old` to `new`, the neighbours told."""
+    for cidr, side in ((f"{topo.vip}/32", "lan"), (f"{lip}/24", "back")):
+        old.director.ip("addr", "del", cidr, "dev", old.director.iface(side).ifname, check=False)
+        new.director.ip("addr", "add", cidr, "dev", new.director.iface(side).ifname)
+    topo.client.ip("neigh", "flush", "to", topo.vip)
+    for rs in topo.reals:
+        rs.ip("neigh", "flush", "to", lip)
+
+
+def _wait_fullnat(d: LbdOn, expected: dict[tuple[str, int], tuple[str, str, int]], what: str) -> None:
+    """Wait until d lists every expected FULLNAT connection, then check it has the same real
+    server, local address and local port for each."""
+    def synced() -> dict[tuple[str, int], tuple[str, str, int]] | None:
+        listed = _fullnat_conns(d)
+        return listed if all(k in listed for k in expected) else None
+
+    listed = _wait(synced, SYNC_WAIT_S, what)
+    assert {k: listed[k] for k in expected} == expected
+
+
+def test_fullnat_and_synproxy_connections_survive_failover_and_back(pair: tuple[Topology, LbdOn, LbdOn, str]) -> None:
     topo, a, b, lip = pair
     b.lbadm("--start-daemon", "backup", "--mcast-interface", b.director.iface("lan").ifname, "--syncid", str(SYNCID))
     a.lbadm("--start-daemon", "master", "--mcast-interface", a.director.iface("lan").ifname, "--syncid", str(SYNCID))
     listed = a.lbadm("-L", "--daemon").stdout
     assert "ext-port=8849)" in listed, listed
+    figures: dict[str, object] = {"connections_per_method": N_CONNS}
     with contextlib.ExitStack() as stack:
-        conns = {port: [stack.enter_context(client.KeepAlive(topo.client.netns, topo.vip, port))
-                        for _ in range(N_CONNS)] for port in (PLAIN_PORT, SYNPROXY_PORT)}
-        seen: dict[int, dict[int, tuple[str, str, int]]] = {}
-        for port, kas in conns.items():
-            seen[port] = {}
-            for ka in kas:
-                reply = ka.get("/peer")
-                assert reply.ok, reply.error
-                seen[port][int(ka.local_port or 0)] = _peer(reply)
-        # Each connection: a real server, our local address, a port of its own.
-        for port in conns:
-            assert {p[1] for p in seen[port].values()} == {lip}
-            assert len({p[2] for p in seen[port].values()}) == N_CONNS
+        peers = Peers(stack, topo, lip)
+        conns = peers.conns
 
         # The backup lists every connection with the master's real server, local address and port.
-        on_a = _fullnat_conns(a)
-        expected = {(topo.client.addr, cport): on_a[(topo.client.addr, cport)]
-                    for port in conns for cport in seen[port]}
-
-        def synced() -> dict[tuple[str, int], tuple[str, str, int]] | None:
-            on_b = _fullnat_conns(b)
-            return on_b if all(k in on_b for k in expected) else None
-
-        on_b = _wait(synced, SYNC_WAIT_S, "every FULLNAT connection on the backup")
-        assert {k: on_b[k] for k in expected} == expected
+        expected = peers.as_listed_by(a)
+        _wait_fullnat(b, expected, "every FULLNAT connection on the backup B")
         counters = b.ok("get_daemon")["daemons"][0]["counters"]
         assert counters.get("ext_conns_installed", 0) >= 2 * N_CONNS, counters
         sent = a.ok("get_daemon")["daemons"][0]["counters"]
         assert not any(k.startswith("not_sent_") for k in sent), sent  # nothing left behind
         assert sent.get("ext_conns_sent", 0) >= 2 * N_CONNS, sent
 
-        # Failover by hand: A dies, the VIP and the local address move to B.
+        # Failover by hand: A dies (by PID), the VIP and the local address move to B.
         a.stop(signal.SIGKILL)
-        vip_cidr, lip_cidr = f"{topo.vip}/32", f"{lip}/24"
-        a.director.ip("addr", "del", vip_cidr, "dev", a.director.iface("lan").ifname)
-        a.director.ip("addr", "del", lip_cidr, "dev", a.director.iface("back").ifname)
-        b.director.ip("addr", "add", vip_cidr, "dev", b.director.iface("lan").ifname)
-        b.director.ip("addr", "add", lip_cidr, "dev", b.director.iface("back").ifname)
-        topo.client.ip("neigh", "flush", "to", topo.vip)
-        for rs in topo.reals:
-            rs.ip("neigh", "flush", "to", lip)
-        before = b.ok("counters")["reasons"]["forwarded"]
-        for port, kas in conns.items():
-            survived = 0
-            for ka in kas:
-                reply = ka.get("/peer", timeout=5.0)
-                survived += reply.ok and _peer(reply) == seen[port][int(ka.local_port or 0)]
-            kind = "SYN-proxy" if port == SYNPROXY_PORT else "plain"
-            assert survived >= N_CONNS - 1, f"{kind} FULLNAT: {survived} of {N_CONNS} survived the failover"
-        # ... through B: it forwarded their packets.
-        assert b.ok("counters")["reasons"]["forwarded"] - before >= 2 * (N_CONNS - 1)
+        _move_and_exchange(conns, figures, "to_b", lambda: _move_addresses(topo, a, b, lip), through=b,
+                           path="/peer", same=peers.same)
+
+        # B masters as well (keeping its backup); A comes back without its own state, runs a backup
+        # first and takes B's table from B's bulk pass: the extension's entries are in it.
+        b.ok("start_daemon", {"state": "master", "mcast_ifn": b.director.iface("lan").ifname, "syncid": SYNCID,
+                              "bulk_period": BULK_PERIOD_S})
+        for stale in a.dir.glob("*.state*"):
+            stale.unlink()
+        a.start()
+        _configure(a, topo, lip)
+        a.lbadm("--start-daemon", "backup", "--mcast-interface", a.director.iface("lan").ifname,
+                "--syncid", str(SYNCID))
+        back = time.monotonic()
+        _wait_fullnat(a, expected, "every FULLNAT connection on the restarted A")
+        figures["a_table_back_s"] = time.monotonic() - back
+        (a_backup,) = a.ok("get_daemon")["daemons"]
+        assert a_backup["counters"].get("ext_conns_installed", 0) >= 2 * N_CONNS, a_backup["counters"]
+        b_master = next(d for d in b.ok("get_daemon")["daemons"] if d["state"] == "master")
+        # B's table holds only these 2 * N_CONNS FULLNAT entries: its bulk passes carried them.
+        assert b_master["counters"].get("bulk_conns_sent", 0) >= 2 * N_CONNS, b_master["counters"]
+        assert b_master["counters"].get("ext_conns_sent", 0) >= 2 * N_CONNS, b_master["counters"]
+
+        # The way back: A masters again, the VIP and the local address return to A.
+        a.lbadm("--start-daemon", "master", "--mcast-interface", a.director.iface("lan").ifname,
+                "--syncid", str(SYNCID))
+        b.lbadm("--stop-daemon", "master")
+        _move_and_exchange(conns, figures, "back_to_a", lambda: _move_addresses(topo, b, a, lip), through=a,
+                           path="/peer", same=peers.same)
+    _write_figures(figures)

@@ -168,14 +168,18 @@ def _to_backup(master: Director, backup: Director, now: int, selector: Selector 
     return sent, got
 
 
+def _fullnat_established(master: Director, sport: int) -> int:
+    """A FULLNAT connection from the client's `sport` through its handshake; its local port."""
+    a = master.engine.process(_client("S", sport, seq=1000), T0)
+    lport: int = IP(a.out)[TCP].sport
+    master.engine.process(raw(IP(src=RS, dst=LIP) / TCP(sport=8080, dport=lport, flags="SA", seq=5, ack=1001)), T0)
+    master.engine.process(_client("A", sport, seq=1001, ack=6), T0)
+    return lport
+
+
 def test_fullnat_connection_keeps_its_local_address_and_port_on_the_backup() -> None:
     master, backup = _director(), _director()
-    lports = []
-    for sport in (40000, 40001):
-        a = master.engine.process(_client("S", sport, seq=1000), T0)
-        lports.append(IP(a.out)[TCP].sport)
-        master.engine.process(raw(IP(src=RS, dst=LIP) / TCP(sport=8080, dport=lports[-1], flags="SA", seq=5, ack=1001)), T0)
-        master.engine.process(_client("A", sport, seq=1001, ack=6), T0)
+    lports = [_fullnat_established(master, sport) for sport in (40000, 40001)]
     selector = Selector(master, Counters(), extension=True)
     _, got = _to_backup(master, backup, T0, selector)
     assert got.values == {"ext_datagrams_received": 1, "ext_conns_installed": 2}
@@ -240,12 +244,29 @@ def test_proxy_protocol_connection_keeps_its_header_state_on_the_backup() -> Non
         assert on_backup.verdict == on_master.verdict and on_backup.out == on_master.out
 
 
+def test_bulk_passes_carry_and_count_extension_entries() -> None:
+    """Issue 18 item 5, the way back: a backup that (re)joins learns the FULLNAT entries from the
+    next bulk pass, as the standard ones, and `bulk_conns_sent` counts them."""
+    master, backup = _director(), _director()
+    lport = _fullnat_established(master, 40000)
+    counters = Counters()
+    selector = Selector(master, counters, bulk_period_ms=10_000, extension=True)
+    selector.start()  # forgets the change marks: the bulk pass alone sends the entry
+    _, got = _to_backup(master, backup, T0, selector)
+    assert got.values == {"ext_datagrams_received": 1, "ext_conns_installed": 1}
+    assert counters.values["bulk_passes"] == 1 and counters.values["bulk_conns_sent"] == 1
+    _, got = _to_backup(master, backup, T0 + 1_000, selector)  # unchanged, no pass under way: nothing
+    assert got.values == {}
+    late = _director()  # a backup that joins now gets it from the next pass
+    _, got = _to_backup(master, late, T0 + 10_000, selector)
+    assert got.values == {"ext_datagrams_received": 1, "ext_conns_installed": 1}
+    assert counters.values["bulk_passes"] == 2 and counters.values["bulk_conns_sent"] == 2
+    assert [(c.laddr, c.lport) for c in late.engine.connections(T0 + 10_000)] == [(LIP, lport)]
+
+
 def test_with_the_extension_off_they_are_counted_as_not_sent() -> None:
     master = _director()
-    a = master.engine.process(_client("S", 40000, seq=1000), T0)
-    lport = IP(a.out)[TCP].sport
-    master.engine.process(raw(IP(src=RS, dst=LIP) / TCP(sport=8080, dport=lport, flags="SA", seq=5, ack=1001)), T0)
-    master.engine.process(_client("A", 40000, seq=1001, ack=6), T0)
+    _fullnat_established(master, 40000)
     counters = Counters()
     selector = Selector(master, counters)
     assert selector.pending(T0) == [] and selector.ext_pending == []
