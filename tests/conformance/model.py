@@ -27,6 +27,9 @@ Steps:
 - Udp(n): n datagrams, each from a new source port; records who answered ("refused:none": the
   director had no real server and said so with ICMP port unreachable). With same_port=True
   each client sends all of its datagrams of the step from one port: one flow (what -o changes).
+  Udp(n, size=3000): datagrams larger than the MTU (fragmented by the client, answered as large);
+  the outcome says whether both arrived whole ("rs1 whole"). Udp(n, any_source=True): the client
+  takes an answer from any source and names it when it is not the VIP ("rs1 from nrs1:80").
 - Wait(seconds): time passes (at most 60 s), e.g. for entries to expire after `--set` shortened
   their timeout: connection counts and OVERLOAD change only when entries expire.
 Traffic steps take `clients`: the client addresses to use, in turn ("c1".."c4" for most; up to
@@ -58,6 +61,7 @@ REAL_SERVERS = ("rs1", "rs2", "rs3", "rs4")
 CLIENTS = ("c1", "c2", "c3", "c4")
 MANY_CLIENTS = tuple(f"c{i}" for i in range(1, 45))  # c1..c44: sources enough for the hashing schedulers
 MAX_EXTRA_VIPS = 200  # all scenarios' extra VIPs together (they share one /24)
+UDP_SIZE_MIN, UDP_SIZE_MAX = 64, 65507  # Udp(size=): room for the answer's lines; the largest IPv4 UDP payload
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,12 @@ class Udp:
     port: int = 0  # the VIP's port datagrams go to; 0: SERVICE_PORT (others must be in Scenario.extra_ports)
     ttl: int = 0  # the datagrams' IP TTL; 0: the client's default. Outcomes then carry the TTL the real
                   # server saw ("rs1 ttl=4"): how many routers (the director) decremented it
+    size: int = 0  # UDP payload bytes (> 1472: fragmented at the client's 1,500-byte MTU); 0: a 2-byte
+                   # question. Outcomes read "rs1 whole" when the real server got every byte and its
+                   # answer, as large, came back whole (traffic.udp_exchange)
+    any_source: bool = False  # the client's socket is unconnected: an answer from elsewhere than the VIP:port
+                              # asked (not translated back) is taken, and the outcome names its source
+                              # ("rs1 from nrs1:80")
 
 
 @dataclass(frozen=True)
@@ -175,6 +185,8 @@ class Scenario:
                 bad = [v for v in step.vips if v not in self.vip_names]
                 if bad or not step.vips:
                     raise ValueError(f"{self.name}: unknown vips {bad} (this scenario has {self.vip_names})")
+            if isinstance(step, Udp) and step.size and not UDP_SIZE_MIN <= step.size <= UDP_SIZE_MAX:
+                raise ValueError(f"{self.name}: {step} size must be {UDP_SIZE_MIN}..{UDP_SIZE_MAX} bytes")
             if isinstance(step, Wait) and not 0 < step.seconds <= 60:
                 raise ValueError(f"{self.name}: {step} must wait 0..60 s")
             if isinstance(step, Hold):
@@ -215,7 +227,9 @@ def describe(step: Step) -> str:
     if isinstance(step, Udp):
         how = "one source port per client" if step.same_port else "one datagram per source port"
         ttl = f" with TTL {step.ttl}" if step.ttl else ""
-        return f"UDP x{step.n} from {','.join(step.clients)}{to}{ttl} ({how})"
+        size = f" of {step.size} bytes" if step.size else ""
+        any_source = ", answers taken from any source" if step.any_source else ""
+        return f"UDP x{step.n}{size} from {','.join(step.clients)}{to}{ttl} ({how}{any_source})"
     if isinstance(step, Wait):
         return f"WAIT {step.seconds:g} s"
     raise TypeError(step)

@@ -63,6 +63,7 @@ SUBNET = "10.251.7.0/24"  # inside our namespaces only; fixed so that both insta
 NAT_SUBNET = "10.251.9.0/24"  # the real servers' NAT addresses ({nrs1}..{nrs4}), same host indexes
 NAT_TABLE = 100  # the real servers' routing table for replies from their NAT addresses
 NAT_PORTS = (SERVICE_PORT, 8080)  # the real servers answer TCP and UDP on these ports of their NAT address
+                                  # (and on the played scenarios' extra_ports)
 EXTRA_VIP_NET = ipaddress.IPv4Network("10.251.8.0/24")  # extra VIPs (Scenario.extra_vips), also ours only
 DIRECTOR_INDEX = 2
 CLIENT_INDEXES = tuple(range(50, 50 + len(MANY_CLIENTS)))  # c1..c44: .50-.93
@@ -172,6 +173,7 @@ class Player:
         self.vips = scenario_vips(scn, self.vals)
         self.by_addr = {self.vals[n]: n for n in REAL_SERVERS}
         self.by_addr.update({self.vals[f"n{n}"]: n for n in REAL_SERVERS})  # NAT addresses
+        self.by_template_addr = {addr: name for name, addr in self.vals.items()}
         self.next_port = PORT_BASE + PORTS_PER_SCENARIO * index
         self.step_ports: dict[str, int] = {}  # Udp(same_port=True): each client's port in this step
         self.outputs = outputs  # (system, step name) -> stdout, shared by both systems' players
@@ -283,9 +285,12 @@ class Player:
         netns, vip = self.topo.client.netns, self.vals[step.vips[k % len(step.vips)]]
         dport = getattr(step, "port", 0) or SERVICE_PORT
         if isinstance(step, Udp):
-            udp_exchange(netns, f, vip, dport, ttl=step.ttl)
+            udp_exchange(netns, f, vip, dport, ttl=step.ttl, size=step.size, any_source=step.any_source)
             if step.ttl and f.ttl is not None:
                 f.outcome = f"{f.outcome} ttl={f.ttl}"  # what the director did to the TTL
+            if step.any_source and f.source is not None and f.source != (vip, dport):
+                addr, sport = f.source  # not translated back: say who, by template name ("nrs1")
+                f.outcome = f"{f.outcome} from {self.by_template_addr.get(addr, addr)}:{sport}"
             return f
         open_tcp(netns, f, vip, dport)
         if f.outcome == "refused":
@@ -422,8 +427,11 @@ def run(out_dir: Path, only: list[str], play: tuple[str, ...] = ("kernel", "lbd"
                     for rs in REAL_SERVERS:
                         for port in (SERVICE_PORT, *scn.extra_ports):
                             servers.serve(topo.host(rs).netns, rs, vip, port, tcp=rs not in scn.refuse)
+            # NAT real servers are reached on the client's port under port-zero and fwmark services:
+            # their NAT addresses answer on the scenarios' extra ports too.
+            nat_ports = sorted({*NAT_PORTS, *(p for _, scn in chosen for p in scn.extra_ports)})
             for rs, idx in zip(REAL_SERVERS, REAL_INDEXES, strict=True):
-                for port in NAT_PORTS:
+                for port in nat_ports:
                     servers.serve(topo.host(rs).netns, rs, topo.addr("nat", idx), port)
         lbd = starter.lbd
 

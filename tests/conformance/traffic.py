@@ -5,8 +5,10 @@ Sockets are created inside the namespaces of our topologies (lb.testbed.topology
 per thread) and served by one selector thread:
 - a TCP listener per (real server, VIP) sends the server's name and a newline as soon as it
   accepts, then closes its side when the client has closed its own (client FIN first, always);
-- a UDP socket per (real server, VIP) answers every datagram with the server's name, and on a
-  second line the TTL the datagram arrived with (`ttl=N`).
+- a UDP socket per (real server, VIP) answers every datagram with the server's name, on a
+  second line the TTL the datagram arrived with (`ttl=N`), on a third what it received
+  (`bytes=N sha=<16 hex digits of its SHA-256>`), padded with 'R' to the size received: a
+  datagram larger than the path MTU gets an answer as large (fragments both ways).
 A real server that must refuse (Scenario.refuse) simply has no TCP listener on that VIP: its
 kernel answers the SYN with a RST.
 
@@ -17,6 +19,7 @@ same flows. Every call is bounded by CONNECT_TIMEOUT_S.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import selectors
 import socket
 import struct
@@ -27,6 +30,7 @@ from lb.testbed.topology import enter_netns
 
 CONNECT_TIMEOUT_S = 8.0  # one connection or datagram under emulation, generously
 NAME_MAX = 64
+DATAGRAM_MAX = 65535  # the largest UDP datagram a real server receives or a client reads back
 IP_RECVTTL = 12  # Linux <linux/in.h>: not in every Python's socket module
 IP_RECVERR = 11
 
@@ -82,10 +86,10 @@ class RealServers:
                     elif kind == "udp":
                         # The answer's second line is the TTL the datagram arrived with (IP_RECVTTL):
                         # what the director did to it. Readers of the name take the first line only.
-                        _, ancillary, _, peer = sock.recvmsg(2048, socket.CMSG_SPACE(4))
+                        question, ancillary, _, peer = sock.recvmsg(DATAGRAM_MAX, socket.CMSG_SPACE(4))
                         ttl = next((int.from_bytes(d[:4], "little") for level, kind_, d in ancillary
                                     if level == socket.IPPROTO_IP and kind_ == socket.IP_TTL), -1)
-                        sock.sendto(f"{name}\nttl={ttl}\n".encode(), peer)
+                        sock.sendto(udp_answer(name, ttl, question), peer)
                     elif kind == "listen":
                         conn, _ = sock.accept()
                         conn.setblocking(False)
@@ -115,6 +119,23 @@ class RealServers:
         self._owned.clear()
         self._wake_r.close()
         self._wake_w.close()
+
+
+def received(data: bytes) -> str:
+    """What a real server says it received: its size and the start of its SHA-256."""
+    return f"bytes={len(data)} sha={hashlib.sha256(data).hexdigest()[:16]}"
+
+
+def udp_answer(name: str, ttl: int, data: bytes) -> bytes:
+    """A real server's answer to `data`: name, TTL seen, what it received; as large as `data`."""
+    answer = f"{name}\nttl={ttl}\n{received(data)}\n".encode()
+    return answer + b"R" * max(0, len(data) - len(answer))
+
+
+def payload_of(size: int) -> bytes:
+    """A client's datagram of `size` bytes (Udp(size=)): a pattern, so that a lost or misplaced
+    fragment changes its SHA-256."""
+    return bytes((i * 7 + size) & 0xFF for i in range(size))
 
 
 def _client_socket(netns: str, kind: int, addr: str, port: int) -> socket.socket:
@@ -151,6 +172,7 @@ class Flow:
     port: int
     outcome: str = ""  # a server name, "refused" (TCP; the runner adds who), "refused:none", "timeout", "error:<why>"
     ttl: int | None = None  # UDP: the TTL the real server saw the datagram with (its answer's second line)
+    source: tuple[str, int] | None = None  # UDP: the address and port the answer came from
     sock: socket.socket | None = field(default=None, repr=False)
 
 
@@ -206,31 +228,48 @@ def _icmp_error(sock: socket.socket) -> str | None:
     return None
 
 
-def udp_exchange(netns: str, flow: Flow, vip: str, port: int, ttl: int = 0) -> None:
+def udp_exchange(netns: str, flow: Flow, vip: str, port: int, ttl: int = 0, size: int = 0,
+                 any_source: bool = False) -> None:
     """One datagram and its answer. The socket is connected, so the ICMP port unreachable a director
     sends when it has no real server for the datagram ends the wait at once (ECONNREFUSED) rather
     than after CONNECT_TIMEOUT_S. With `ttl`, the datagram leaves with that TTL, flow.ttl gets the
     TTL the real server saw, and an ICMP error about it (time exceeded) is the outcome
-    ("icmp:11/0 from ADDR", read with IP_RECVERR)."""
+    ("icmp:11/0 from ADDR", read with IP_RECVERR).
+
+    With `size`, the datagram carries payload_of(size) (the client's kernel fragments it when it
+    exceeds the MTU) and the outcome is "<name> whole" when the real server received exactly
+    those bytes and its answer (as large) came back whole, else "<name> received <what it got>,
+    answer <n> bytes". With `any_source` the socket is not connected: it takes an answer from any
+    address, and flow.source is where the answer came from (an answer the director did not
+    translate comes from the real server's own address and port)."""
     s = _client_socket(netns, socket.SOCK_DGRAM, flow.addr, flow.port)
+    payload = payload_of(size) if size else b"?\n"
     try:
         if ttl:
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
             s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-        s.connect((vip, port))
-        s.send(b"?\n")
+        if any_source:
+            s.sendto(payload, (vip, port))
+        else:
+            s.connect((vip, port))
+            s.send(payload)
         try:
-            data = s.recv(NAME_MAX)
+            data, source = s.recvfrom(DATAGRAM_MAX)
         except OSError:
             error = _icmp_error(s) if ttl else None
             if error is None:
                 raise
             flow.outcome = error
             return
+        flow.source = source
         lines = data.decode(errors="replace").split("\n")
         flow.outcome = lines[0]
         if len(lines) > 1 and lines[1].startswith("ttl="):
             flow.ttl = int(lines[1][4:])
+        if size:
+            got = lines[2] if len(lines) > 2 else "nothing"
+            whole = got == received(payload) and len(data) >= size  # the answer is padded to size
+            flow.outcome += " whole" if whole else f" received {got}, answer {len(data)} bytes"
     except ConnectionRefusedError:
         flow.outcome = "refused:none"  # ICMP port unreachable: the director has no real server for it
     except TimeoutError:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from conformance import compare
-from conformance.model import Admin, Connect, Hold, Output, Release, Scenario, Wait
+from conformance.model import Admin, Connect, Hold, Output, Release, Scenario, Udp, Wait
 from conformance.scenarios import ALL
+from conformance.traffic import payload_of, received, udp_answer
 
 KERNEL_LNC = """\
 IPVS connection entries
@@ -70,7 +71,21 @@ def test_scenarios_are_valid_and_named_uniquely() -> None:
     ((Hold(0),), "kernel", "1..200"),
     ((Wait(0),), "kernel", "0..60"),
     ((Wait(61),), "kernel", "0..60"),
+    ((Udp(1, size=10),), "kernel", "size must be"),
+    ((Udp(1, size=65508),), "kernel", "size must be"),
 ])
 def test_bad_scenarios_are_refused(steps: tuple, first: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         Scenario(name="x", why="", rules="", steps=steps, first=first)  # type: ignore[arg-type]
+
+
+def test_a_large_datagram_is_answered_as_large_with_what_arrived() -> None:
+    """Udp(size=): the real server's answer names it, says what it received (size, SHA-256) and is
+    as large as the question, so that it comes back fragmented too; a small one stays small."""
+    question = payload_of(3000)
+    answer = udp_answer("rs1", 63, question)
+    assert len(answer) == 3000
+    lines = answer.split(b"\n")
+    assert lines[:3] == [b"rs1", b"ttl=63", received(question).encode()]
+    assert received(question) != received(question[:-1] + b"x") and received(question).startswith("bytes=3000 ")
+    assert udp_answer("rs2", 64, b"?\n").split(b"\n")[:2] == [b"rs2", b"ttl=64"]

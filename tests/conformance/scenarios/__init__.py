@@ -12,9 +12,11 @@ from conformance.model import Scenario
 from conformance.scenarios import (
     allports,
     battery,
+    fragments,
     hashing,
     locality,
     nat,
+    natports,
     persistence,
     roundtrip,
     rr,
@@ -33,6 +35,8 @@ ALL += (*battery.HASHING, *hashing.SCENARIOS)
 ALL += nat.SCENARIOS  # NAT (issue 14): the real servers' NAT addresses, runner.spec()
 ALL += allports.SCENARIOS
 ALL += ttl.SCENARIOS  # TTL decremented by every method (issue 16 item 9)
+ALL += fragments.SCENARIOS  # datagrams larger than the MTU (issue 14)
+ALL += natports.SCENARIOS  # NAT under port-zero and fwmark services, -o with NAT (issue 14)
 
 _names = [s.name for s in ALL]
 if len(set(_names)) != len(_names):
