@@ -12,9 +12,12 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PACKET_SOURCE, Lbd
+
+from lb.testbed.topology import Host
 
 AFXDP = PACKET_SOURCE == "afxdp"
 PROTO_NAMES = {6: "tcp", 17: "udp"}
@@ -86,3 +89,19 @@ def xdp_nat_replies(lbd: Lbd, proto: str) -> set[tuple[str, int]]:
 def xdp_fnat_replies(lbd: Lbd, proto: str) -> set[tuple[str, int, str]]:
     """(rip, rport, lip) of the FULLNAT reply keys of `proto` (rport 0: port-less)."""
     return {(s, sp, d) for s, d, sp, dp, p in xdp_keys(lbd) if p == proto and s != "0.0.0.0" and d != "0.0.0.0"}
+
+
+def timer_frames(counters: dict[str, Any]) -> int:
+    """Timer-generated frames (SYN-proxy SYN retransmissions) lbd sent, from the control operation
+    `counters`: the NFQUEUE queues' counter, or under AF_XDP the sum over its sockets (the first
+    interface's queue 0 runs the timers)."""
+    if AFXDP:
+        return sum(int(s["timer_frames"]) for s in counters["afxdp"]["sockets"])
+    return int(counters["nfq"]["timer_frames"])
+
+
+def xdp_programs(host: Host) -> dict[str, int]:
+    """Interface -> id of the XDP program attached to it, in `host`'s namespace (`ip -d link`)."""
+    out = host.ip("-d", "-o", "link", "show").stdout
+    found = (re.match(r"^\d+: ([^:@]+)[:@].*?prog/xdp id (\d+)", line) for line in out.splitlines())
+    return {m.group(1): int(m.group(2)) for m in found if m}
