@@ -40,19 +40,30 @@ def skip_if_afxdp(what: str) -> None:
 
 
 def xdp_keys(lbd: Lbd) -> set[XdpKey]:
-    """The keys of lb_keys in the program(s) `lbd` attached, read from the kernel by bpftool (maps are
-    not per network namespace: the map is found by the lbd process that holds it)."""
+    """The keys of lb_keys in the program(s) `lbd` attached, read from the kernel by bpftool."""
+    return {_key(raw) for raw in xdp_map_keys(lbd, "lb_keys")}
+
+
+def xdp_local(lbd: Lbd) -> set[str]:
+    """The director's own addresses in lb_local (NAT reply keys do not redirect packets to them)."""
+    return {str(ipaddress.IPv4Address(raw[:4])) for raw in xdp_map_keys(lbd, "lb_local")}
+
+
+def xdp_map_keys(lbd: Lbd, name: str) -> set[bytes]:
+    """The raw keys of map `name` of lbd's program(s). Maps are not per network namespace: they are
+    found by the lbd process that holds them (one program per interface, each with its own maps,
+    which must agree)."""
     assert lbd.proc is not None
     pid = lbd.proc.pid
     names = {m["id"]: m.get("name") for m in json.loads(_bpftool("map", "show"))}
-    ids = [i for i in _map_ids(pid) if names.get(i) == "lb_keys"]
-    assert ids, f"no lb_keys map held by lbd pid {pid} (its maps: {[names.get(i) for i in _map_ids(pid)]})"
-    keys: set[XdpKey] = set()
-    for map_id in ids:  # one program per interface, each with its own map: they must agree
-        these = {_key(bytes(int(b, 16) for b in e["key"])) for e in json.loads(_bpftool("map", "dump", "id", str(map_id)))}
-        assert not keys or these == keys, f"lb_keys maps of lbd {pid} differ: {keys ^ these}"
+    ids = [i for i in _map_ids(pid) if names.get(i) == name]
+    assert ids, f"no {name} map held by lbd pid {pid} (its maps: {[names.get(i) for i in _map_ids(pid)]})"
+    keys: set[bytes] | None = None
+    for map_id in ids:
+        these = {bytes(int(b, 16) for b in e["key"]) for e in json.loads(_bpftool("map", "dump", "id", str(map_id)))}
+        assert keys is None or these == keys, f"{name} maps of lbd {pid} differ: {keys ^ these}"
         keys = these
-    return keys
+    return keys or set()
 
 
 def _map_ids(pid: int) -> set[int]:
