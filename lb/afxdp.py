@@ -43,11 +43,21 @@ class AfxdpError(OSError):
     """The AF_XDP packet source could not start (or a steering key could not be set)."""
 
 
+class AfxdpRefusal(AfxdpError):
+    """A configuration the AF_XDP source cannot steer: the change is refused with this errno (lbadm
+    prints lbd's reason for EOPNOTSUPP, not a bare "Input/output error")."""
+
+    errno_name = "EOPNOTSUPP"
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # the reason alone, not "[Errno 0] ..."
+
+
 def steering_keys(steering: Steering) -> set[Key]:
     """The program's keys for `steering` (lb_api.h struct lb_xdp_key). fwmark services cannot be
     steered by XDP (no firewall mark exists before the kernel's stack): refused."""
     if steering.fwmarks:
-        raise AfxdpError(0, "fwmark services need the NFQUEUE packet source: XDP runs before any firewall "
+        raise AfxdpRefusal(0, "fwmark services need the NFQUEUE packet source: XDP runs before any firewall "
                          f"rule could mark a packet (marks {sorted(steering.fwmarks)})")
     ip = _ip
     keys: set[Key] = {(0, ip(vip), 0, port, proto) for proto, vip, port in steering.services}

@@ -280,6 +280,9 @@ class Director(DirectorViews, DirectorConfigs):
                 self.sync_rules()
             except Exception:
                 log.exception("restoring the iptables rules after a failed change failed")
+            refused = getattr(exc, "errno_name", None)  # the packet source cannot steer this (lb.afxdp.AfxdpRefusal)
+            if isinstance(refused, str):
+                raise EngineError(refused, f"{exc}; nothing was changed") from exc
             raise EngineError("EIO", f"iptables rules could not be updated, nothing was changed: {exc}") from exc
         self.config_generation += 1
         self.synproxy_default = state.synproxy_default or SynproxyConf()

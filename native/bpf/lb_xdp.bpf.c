@@ -9,6 +9,9 @@
  *   service           {0,   vip, 0,     vport, proto}   (vport 0: a port-0 service, any port)
  *   FULLNAT reply     {rip, lip, rport, 0,     proto}
  *   NAT reply         {rip, 0,   rport, 0,     proto}   (not to one of the director's own addresses, lb_local)
+ * rport 0 in a reply key: a port-less destination (NAT/FULLNAT to the client's port under a port-zero
+ * or fwmark service, lb.ipsets.nat_reply_port), whose replies come from any port of the RIP: the
+ * per-protocol sets lbd-q<N>-nattcp0/natudp0, fnattcp0/fnatudp0 of the NFQUEUE source.
  * An ICMP error (unreachable, time exceeded, parameter problem) is redirected when the packet it
  * quotes, as sent or reversed, matches a key. Fragments (offset or MF) are passed: XDP sees them
  * before any reassembly, and lbd's core drops fragments (docs/afxdp.md).
@@ -100,13 +103,18 @@ static __always_inline int has(__u32 s, __u32 d, __u16 sp, __u16 dp, __u8 proto,
     if (bpf_map_lookup_elem(&lb_keys, &k))
         return 1;                                       /* port-0 service */
     k.saddr = s;
+    if (bpf_map_lookup_elem(&lb_keys, &k))
+        return 1;                                       /* FULLNAT reply of a port-less destination */
     k.sport = sp;
     if (bpf_map_lookup_elem(&lb_keys, &k))
         return 1;                                       /* FULLNAT reply */
     if (bpf_map_lookup_elem(&lb_local, &outer_d))
         return 0;                                       /* to the director itself: not a NAT reply */
     k.daddr = 0;
-    return bpf_map_lookup_elem(&lb_keys, &k) != 0;      /* NAT reply */
+    if (bpf_map_lookup_elem(&lb_keys, &k))
+        return 1;                                       /* NAT reply */
+    k.sport = 0;
+    return bpf_map_lookup_elem(&lb_keys, &k) != 0;      /* NAT reply of a port-less destination */
 }
 
 /* The ports of a TCP/UDP header at l4 (network order); 0 when it does not fit. */

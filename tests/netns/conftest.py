@@ -223,6 +223,9 @@ class Lbd:
         self.starts += 1
         self.log_path = self.dir / f"lbd-{self.starts}.log"
         if PACKET_SOURCE == "afxdp" and "--packet-source" not in self.args:
+            refused = afxdp_refusal(self.args)
+            if refused:
+                pytest.skip(f"NFQUEUE-only: {refused}, refused at start: see docs/afxdp.md")
             self.args += afxdp_args(self.topo)
         with open(self.log_path, "w") as log:
             self.proc = self.director.popen(
@@ -317,6 +320,20 @@ def afxdp_args(topo: Topology) -> list[str]:
     return ["--packet-source", "afxdp", *(a for i in ifaces for a in ("--xdp-interface", i))]
 
 
+# ---- LB_TEST_PACKET_SOURCE=afxdp: what lbd refuses with it skips (issue 19 item 2) ----
+def afxdp_refusal(args: list[str]) -> str | None:
+    """Why lbd would refuse `args` with --packet-source afxdp (lb.daemon's own list), or None."""
+    from lb.daemon import AFXDP_REFUSED
+
+    for flag, _name, why in AFXDP_REFUSED:
+        if any(a == flag or a.startswith(flag + "=") for a in args):
+            return f"{flag} ({why})"
+    if "--down-policy=closed" in args or any(a == "--down-policy" and b == "closed" for a, b in zip(args, args[1:], strict=False)):
+        return "--down-policy closed (the XDP program leaves with lbd: open while no lbd runs)"
+    return None
+# ---- end LB_TEST_PACKET_SOURCE=afxdp
+
+
 def _lbd_supports_engine_flag() -> str | None:
     if not LBD.exists():
         return f"{LBD} does not exist"
@@ -352,6 +369,9 @@ def python_engine_problem(topo: Topology) -> str | None:
 @pytest.fixture(params=["c", "python"])
 def engine(request: pytest.FixtureRequest) -> str:
     if request.param == "python":
+        if PACKET_SOURCE == "afxdp":  # lbd refuses it: the AF_XDP sockets are served by C threads
+            pytest.skip("NFQUEUE-only: --engine python (the AF_XDP sockets are served by C threads), "
+                        "refused at start: see docs/afxdp.md")
         problem = request.getfixturevalue("python_engine_problem")
         if problem:
             pytest.skip(f"python engine unavailable: {problem}")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import SEED_RULESET
+from packet_source import nfqueue_only
 
 from lb.doctor import LiveContext, run_checks
 from lb.testbed import client
@@ -45,6 +46,9 @@ DOCTOR_TIMEOUT_S = 60.0
 STALL_CONNECT_TIMEOUT_S = 8.0  # the client sends its SYN at 0 s and retransmits it at 1, 3 and 7 s
 STALL_WINDOW_S = 4.0
 STALL_CONNECTIONS = 6  # rr over 3 real servers: 2 stalled handshakes each
+# lbd doctor reads the NFQUEUE source only: under afxdp its nfqueue and nfqueue-rules checks report errors
+DOCTOR_NFQUEUE_ONLY = nfqueue_only("lbd doctor's nfqueue, nfqueue-rules and firewall checks (doctor does not know the AF_XDP "
+                                   "source yet: it reports the missing NFQUEUE chain and listener as errors)")
 
 
 STRAY_ACK = r"""
@@ -127,6 +131,7 @@ def stray_ack(topo: Topology) -> str:
 # =========================================================================== firewall
 
 
+@DOCTOR_NFQUEUE_ONLY
 def test_doctor_explains_the_seed_firewall_and_its_fix(topo: Topology, lbd: Lbd, director_firewall: Host) -> None:
     dr_service(lbd, topo)
     got = client.fresh_gets(topo.client.netns, topo.vip, HTTP_PORT, 3)
@@ -261,6 +266,7 @@ def stalled_connects(topo: Topology, n: int) -> tuple[list[threading.Thread], li
     return threads, outcomes
 
 
+@DOCTOR_NFQUEUE_ONLY
 def test_doctor_names_destinations_behind_an_anti_spoofing_filter(
     topo: Topology, lbd: Lbd, anti_spoofing: AntiSpoofing
 ) -> None:

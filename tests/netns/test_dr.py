@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from conftest import LnDest, LnService, parse_ln
+from packet_source import AFXDP, xdp_keys, xdp_programs
 
 from lb.model import SCHEDULERS
 from lb.testbed import client
@@ -395,10 +396,15 @@ def test_sigterm_removes_iptables_rules(lbd: Lbd, topo: Topology, http: HttpHelp
     setup_service(lbd, topo, "rr")
     assert servers(http.gets(3))
     rules = topo.director.exec(["iptables", "-t", "raw", "-S"]).stdout
-    assert "NFQUEUE" in rules, f"while running, lbd should queue the VIP from raw PREROUTING:\n{rules}"
+    if AFXDP:  # the AF_XDP form: the XDP program on the director's interfaces, no rules at all
+        assert topo.director.ifname in xdp_programs(topo.director), topo.director.ip("-d", "link", "show").stdout
+        assert "NFQUEUE" not in rules, rules
+    else:
+        assert "NFQUEUE" in rules, f"while running, lbd should queue the VIP from raw PREROUTING:\n{rules}"
     rc = lbd.stop(signal.SIGTERM)
     assert rc == 0, f"lbd exit status {rc} on SIGTERM\n{lbd.log_tail()}"
     assert lbd.iptables_leftovers() == []
+    assert xdp_programs(topo.director) == {}  # (AF_XDP) the program left with lbd
 
 
 def test_restart_after_crash_recovers_rules_without_duplicates(lbd: Lbd, topo: Topology) -> None:
@@ -408,6 +414,9 @@ def test_restart_after_crash_recovers_rules_without_duplicates(lbd: Lbd, topo: T
     time.sleep(2.6)  # past one state save
     rc = lbd.stop(signal.SIGKILL)
     assert rc == -signal.SIGKILL
+    if AFXDP:  # the AF_XDP form: nothing survives the process (its bpf_link), the state file does
+        _restart_after_crash_afxdp(lbd, topo)
+        return
     stale = [line for line in lbd.iptables_leftovers() if topo.vip in line]
     assert stale, "a SIGKILLed lbd cannot clean up; expected its rules for the VIP to remain"
     lbd.start()
@@ -419,3 +428,16 @@ def test_restart_after_crash_recovers_rules_without_duplicates(lbd: Lbd, topo: T
         "expected one element for the VIP and one for the service, got:\n" + "\n".join(left)
     queue_rules = [line for line in left if line.startswith("raw: ") and "NFQUEUE" in line]
     assert len(queue_rules) == 1, "\n".join(left)
+
+
+def _restart_after_crash_afxdp(lbd: Lbd, topo: Topology) -> None:
+    """After kill -9 the interface has no program (the kernel closed lbd's link); the next start
+    recovers the service from the saved state and its program redirects exactly that service."""
+    deadline = time.monotonic() + 10.0
+    while xdp_programs(topo.director) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert xdp_programs(topo.director) == {}, topo.director.ip("-d", "link", "show").stdout
+    lbd.start()
+    services = lbd.request("list")["result"]["services"]
+    assert [(s["addr"], s["port"], s["sched"]) for s in services] == [(topo.vip, HTTP_PORT, "rr")], lbd.log_tail()
+    assert {k for k in xdp_keys(lbd) if topo.vip in k} == {("0.0.0.0", topo.vip, 0, HTTP_PORT, "tcp")}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Lbd, parse_ln, running_lbd, udp_until_refused
+from packet_source import AFXDP, xdp_local, xdp_nat_replies
 
 from conformance.traffic import Flow, RealServers, udp_exchange
 from lb.testbed import client
@@ -164,6 +165,10 @@ def test_nat_director_own_connections_to_a_real_server_stay_out_of_the_queue(nlb
         assert r.ok and r.server == rs.name, r
     after = nlbd.ok("counters")["reasons"]
     assert after.get("no_service", 0) == before.get("no_service", 0), (before, after)
+    if AFXDP:  # the AF_XDP form: the reply keys, and the director's own address where they do not apply
+        assert xdp_nat_replies(nlbd, "tcp") == {(rs.addr, RPORT) for rs in t.reals}
+        assert t.director.iface("back").addr in xdp_local(nlbd), xdp_local(nlbd)
+        return
     rules = t.director.exec(["iptables", "-t", "raw", "-S"]).stdout
     assert "-m set --match-set lbd-q0-nat src,src -m addrtype ! --dst-type LOCAL" in rules, rules
     steered = t.director.exec(["ipset", "save", "lbd-q0-nat"]).stdout

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import Lbd, running_lbd
+from packet_source import AFXDP, nfqueue_only, xdp_fnat_replies, xdp_nat_replies
 
 from conformance.traffic import Flow, RealServers, close_tcp, open_tcp, udp_exchange
 from lb.testbed.topology import Topology, enter_netns, fullnat_spec
@@ -111,13 +112,22 @@ def test_port_zero_service_with_nat_real_servers(plbd: Lbd, ptopo: Topology, ser
     for port in PORTS:
         assert (f"{t.vip}:{port}", f"{rip}:{port}") in pairs, pairs
     rips = {rs.addr for rs in t.reals}
-    assert ipset(t, f"lbd-q0-nat{proto}0") == rips
-    assert ipset(t, "lbd-q0-nat") == set()  # no fixed reply port to name
-    assert ipset(t, f"lbd-q0-nat{'udp' if proto == 'tcp' else 'tcp'}0") == set()
+    other = "udp" if proto == "tcp" else "tcp"
+    if AFXDP:  # the XDP program's keys: RIP with any port, of this protocol only
+        assert xdp_nat_replies(plbd, proto) == {(rip, 0) for rip in rips}
+        assert xdp_nat_replies(plbd, other) == set()
+    else:
+        assert ipset(t, f"lbd-q0-nat{proto}0") == rips
+        assert ipset(t, "lbd-q0-nat") == set()  # no fixed reply port to name
+        assert ipset(t, f"lbd-q0-nat{other}0") == set()
     plbd.lbadm("-D", flag, f"{t.vip}:0")
-    assert ipset(t, f"lbd-q0-nat{proto}0") == set()  # the change removed exactly its elements
+    if AFXDP:
+        assert xdp_nat_replies(plbd, proto) == set()
+    else:
+        assert ipset(t, f"lbd-q0-nat{proto}0") == set()  # the change removed exactly its elements
 
 
+@nfqueue_only("fwmark services (XDP runs before any firewall rule could mark a packet), refused when configured")
 def test_fwmark_service_with_nat_real_servers(plbd: Lbd, ptopo: Topology, servers: None, marked: None) -> None:
     """A persistent fwmark service whose NAT real servers have no port: TCP and UDP to three ports
     reach ONE real server (one <IPPROTO_IP, client, fwmark> template), on the client's ports; then a
@@ -155,7 +165,10 @@ def test_port_zero_nat_destination_with_a_port_reaches_the_clients_port(plbd: Lb
     plbd.lbadm("-a", "-t", f"{t.vip}:0", "-r", f"{rs.addr}:{PORTS[0]}", "-m")
     plbd.wait_resolved()
     assert [exchange(t, "tcp", port) for port in PORTS] == [rs.name] * len(PORTS)
-    assert ipset(t, "lbd-q0-nattcp0") == {rs.addr}
+    if AFXDP:
+        assert xdp_nat_replies(plbd, "tcp") == {(rs.addr, 0)}  # not RIP:8301: the client's port
+    else:
+        assert ipset(t, "lbd-q0-nattcp0") == {rs.addr}
 
 
 @pytest.fixture
@@ -218,13 +231,20 @@ def test_port_zero_service_with_fullnat_real_servers(plbd: Lbd, ptopo: Topology,
     pairs = {(c[4], c[5]) for c in conn_rows(plbd) if c[0] == proto.upper()}
     for port in PORTS:
         assert (f"{t.vip}:{port}", f"{rip}:{port}") in pairs, pairs
-    assert ipset(t, f"lbd-q0-fnat{proto}0") == {rs.addr for rs in t.reals}
-    assert lip in ipset(t, "lbd-q0-addr")
-    assert ipset(t, "lbd-q0-fnat") == set()
+    if AFXDP:  # RIP with any port to the LIP, of this protocol
+        assert xdp_fnat_replies(plbd, proto) == {(rs.addr, 0, lip) for rs in t.reals}
+    else:
+        assert ipset(t, f"lbd-q0-fnat{proto}0") == {rs.addr for rs in t.reals}
+        assert lip in ipset(t, "lbd-q0-addr")
+        assert ipset(t, "lbd-q0-fnat") == set()
     plbd.lbadm("-D", flag, svc)
-    assert ipset(t, f"lbd-q0-fnat{proto}0") == set()
+    if AFXDP:
+        assert xdp_fnat_replies(plbd, proto) == set()
+    else:
+        assert ipset(t, f"lbd-q0-fnat{proto}0") == set()
 
 
+@nfqueue_only("fwmark services (XDP runs before any firewall rule could mark a packet), refused when configured")
 def test_fwmark_service_with_fullnat_real_servers(plbd: Lbd, ptopo: Topology, servers: None, marked: None) -> None:
     """A persistent fwmark service with FULLNAT real servers without a port: TCP and UDP to three
     ports of the VIP reach one real server on the ports asked for, through the local address."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import Lbd, iptables_leftovers, running_lbd
+from packet_source import nfqueue_only
 
 from lb.testbed import echo
 from lb.testbed.topology import Topology
@@ -75,6 +76,7 @@ def test_gso_packets_are_taken_whole_and_leave_whole_in_dr(topo: Topology, echo_
         assert "GSO packets cut to 1500 bytes" in lbd.log_tail(20000)
 
 
+@nfqueue_only("the kernel segmenting GSO packets before the queue (XDP frames are never GSO packets)")
 def test_without_gso_the_kernel_segments_before_the_queue(topo: Topology, echo_servers: None) -> None:
     with running_lbd(topo, "c") as lbd:
         _dr_echo_service(lbd, topo)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 from conftest import HTTP_PORT, QUEUE_NUM, Lbd, running_lbd
+from packet_source import nfqueue_only
 
 from lb.testbed import client
 from lb.testbed.topology import Host, Topology
@@ -24,6 +25,9 @@ RECOVERY_BOUND_S = 15.0  # a bound on waiting, not a performance threshold (repa
 
 CHAIN = f"LBD-Q{QUEUE_NUM}"
 JUMP = ["-t", "raw", "-D", "PREROUTING", "-m", "comment", "--comment", f"lbd q{QUEUE_NUM}", "-j", CHAIN]
+
+pytestmark = nfqueue_only("the steering watch heals iptables rules and ip sets, which the AF_XDP source does "
+                          "not have (its BPF map is held by lbd alone)")
 
 
 def _run_in(*argv: str) -> Callable[[Host], None]:

@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from lb.afxdp import AfxdpRefusal
 from lb.director import BatchError, Director
 from lb.engine import EngineError
 from lb.ipsets import Steering
+from lb.lbadm import ipvs_strerror
 from lb.model import SCHEDULERS, Stats
 from line_server import director_socket, lbadm  # tests/unit helpers
 from refusing_engine import REFUSED_RIP, refusing
@@ -213,6 +215,27 @@ def test_rules_sync_failure_rolls_the_engine_back() -> None:
     assert "boom" in str(info.value)
     assert table(d) == {(VIP, 80): {}}
     assert rules.synced[-1] == [(6, VIP, 80)]  # rules restored to the running services
+
+
+class RefusingRules(FailingRules):
+    """A packet source that cannot steer fwmark services (lb.afxdp)."""
+
+    def sync(self, steering: Steering, verify_sets: bool = False) -> None:
+        if steering.fwmarks:
+            raise AfxdpRefusal(0, "fwmark services need the NFQUEUE packet source")
+        super().sync(steering, verify_sets)
+
+
+def test_a_packet_sources_refusal_keeps_its_errno_and_reason() -> None:
+    """lbadm prints lbd's reason for EOPNOTSUPP (ipvsadm's text for EIO would say nothing)."""
+    rules = RefusingRules()
+    d = Director(make_engine("c"), rules=rules, resolver=None)
+    with pytest.raises(EngineError) as info:
+        d.handle("add_service", {"fwmark": 7, "sched": "rr"})
+    assert info.value.errno_name == "EOPNOTSUPP"
+    assert "fwmark services need the NFQUEUE packet source; nothing was changed" == str(info.value)
+    assert table(d) == {}
+    assert ipvs_strerror("add_service", info.value.errno_name, str(info.value)) == str(info.value)
 
 
 # ---------------------------------------------------------------------------- counters, rates, timeouts
