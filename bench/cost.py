@@ -293,6 +293,8 @@ def svc_curve(harness: Path, sizes: list[int], n: int, m: int, work: Path,
     that those are found last in any chain they share). Established DR ACKs must not look a service
     up at all; a new connection looks up its service and its source among the director's own
     addresses, which must cost the same at any size (DESIGN: O(1) in services)."""
+    if not sizes:
+        raise ValueError("svc_curve: no sizes")
     rows = []
     for size in sizes:
         est = measure_class(harness, n, classes["dr_est_ack"]["prefix"], classes["dr_est_ack"]["measured"], work,
@@ -313,6 +315,17 @@ def svc_curve(harness: Path, sizes: list[int], n: int, m: int, work: Path,
                     "after the standard set; the measured DR service VIP:80 is one of the standard set"}
 
 
+def measure_svc_curve(sizes: list[int], n: int = 2000, m: int = 500) -> dict[str, Any]:
+    """svc_curve on its own (bench.steer_scale): the harness built, the classes written, in a
+    scratch directory."""
+    harness = common.build_harness()
+    with tempfile.TemporaryDirectory(prefix="lbB-bench-cost-") as tmpd:
+        work = Path(tmpd)
+        res = svc_curve(harness, sizes, n, m, work, make_classes(work))
+    res["n"], res["m_new"] = n, m
+    return res
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     harness = common.build_harness()
@@ -327,7 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(tmpd)
         classes = make_classes(work)
         if args.only_svc_curve:
-            out["svc_curve"] = svc_curve(harness, args.svc_sizes or [1, 10000], args.n, args.m_new, work, classes)
+            out["svc_curve"] = svc_curve(harness, args.svc_sizes, args.n, args.m_new, work, classes)
             out["elapsed_s"] = round(time.monotonic() - t0, 1)
             return out
         for name, c in classes.items():
@@ -366,8 +379,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--m-new", type=int, default=None, help="distinct new-flow SYNs (default 2000; quick 500)")
     ap.add_argument("--no-history", dest="history", action="store_false")
     ap.add_argument("--svc-sizes", default=None,
-                    help="numbers of services for the instruction curve, comma-separated (default 1,1000,10000; "
-                         "quick 1,10000; 'none' skips it); below the harness's standard set, that set")
+                    help="numbers of services for the instruction curve, comma-separated (default none: "
+                         "`python -m bench scale --sections services` reports it; 1,1000,10000 with "
+                         "--only-svc-curve); below the harness's standard set, that set")
     ap.add_argument("--only-svc-curve", action="store_true",
                     help="measure the services curve alone (none of the per-class figures, no history)")
 
@@ -377,5 +391,5 @@ def finish_args(args: argparse.Namespace) -> None:
         args.n = 4000 if args.quick else 20000
     if args.m_new is None:
         args.m_new = 500 if args.quick else 2000
-    sizes = args.svc_sizes or ("1,10000" if args.quick else "1,1000,10000")
+    sizes = args.svc_sizes or ("1,1000,10000" if args.only_svc_curve else "none")
     args.svc_sizes = [] if sizes == "none" else [int(x) for x in sizes.split(",") if x.strip()]
