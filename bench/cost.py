@@ -164,13 +164,15 @@ _FN_RE = re.compile(r"^\s*([\d,]+)\s+\([^)]*\)\s+(\S.*?)\s*(\[.*\])?\s*$")
 
 
 def _callgrind(harness: Path, n: int, files: list[Path], work: Path, tag: str,
-               only: str | None = None, mode: str = "bench") -> dict[str, Any]:
+               only: str | None = None, mode: str = "bench", svcs: int = 0) -> dict[str, Any]:
     """Run the harness under callgrind; `only`: count only inside that function (and its callees);
-    `mode`: "bench" (lb_process_inplace, as the NFQUEUE adapter) or "bench-copy" (lb_process)."""
+    `mode`: "bench" (lb_process_inplace, as the NFQUEUE adapter) or "bench-copy" (lb_process);
+    `svcs`: fill the configuration up to that many services first (harness --svcs)."""
     out = work / f"cg.{tag}.out"
     opts = [f"--toggle-collect={only}"] if only else []
+    fill = ["--svcs", str(svcs)] if svcs else []
     proc = subprocess.run(["valgrind", "--tool=callgrind", *opts, f"--callgrind-out-file={out}", str(harness),
-                           mode, str(n), *map(str, files)], capture_output=True, text=True, timeout=600)
+                           *fill, mode, str(n), *map(str, files)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"callgrind failed: {proc.stderr[-1500:]}")
     m = re.search(r"Collected : (\d+)", proc.stderr)
@@ -209,11 +211,12 @@ def _annotate(path: Path, inclusive: bool) -> dict[str, int]:
 
 
 def measure_class(harness: Path, n: int, prefix: list[Path], measured: Path, work: Path, tag: str,
-                  mode: str = "bench") -> dict[str, Any]:
+                  mode: str = "bench", svcs: int = 0) -> dict[str, Any]:
     runs = {}
     for mult in (1, 2):
-        runs[f"p{mult}"] = _callgrind(harness, n * mult, prefix, work, f"{tag}.p{mult}", mode=mode)
-        runs[f"m{mult}"] = _callgrind(harness, n * mult, [*prefix, measured], work, f"{tag}.m{mult}", mode=mode)
+        runs[f"p{mult}"] = _callgrind(harness, n * mult, prefix, work, f"{tag}.p{mult}", mode=mode, svcs=svcs)
+        runs[f"m{mult}"] = _callgrind(harness, n * mult, [*prefix, measured], work, f"{tag}.m{mult}", mode=mode,
+                                      svcs=svcs)
     d1 = runs["m1"]["total"] - runs["p1"]["total"]
     d2 = runs["m2"]["total"] - runs["p2"]["total"]
     # Where they go: per-function self counts of the measured packet, from the 2N pair.
@@ -230,7 +233,7 @@ def measure_class(harness: Path, n: int, prefix: list[Path], measured: Path, wor
             "file_overhead": d1 - (d2 - d1), "top_functions": [t for t in top if t[0] not in loop_fns]}
 
 
-def measure_new_conn(harness: Path, m: int, work: Path, fixed_sport: bool = False) -> dict[str, Any]:
+def measure_new_conn(harness: Path, m: int, work: Path, fixed_sport: bool = False, svcs: int = 0) -> dict[str, Any]:
     """Every SYN a new flow: M and 2M distinct SYN files, each processed once, counted only
     inside lb_process_inplace (callgrind --toggle-collect=lb_process_inplace): the per-file overhead and the
     harness's teardown (lb_free releases every entry: proportional to M) stay out.
@@ -250,8 +253,8 @@ def measure_new_conn(harness: Path, m: int, work: Path, fixed_sport: bool = Fals
             sport = rnd.randrange(1024, 65536)
         p.write_bytes(_pkt(src, VIP, sport, 80, "S"))
         syn.append(p)
-    s1 = _callgrind(harness, 1, syn[:m], work, f"new.{tag}.s1", only="lb_process_inplace")
-    s2 = _callgrind(harness, 1, syn, work, f"new.{tag}.s2", only="lb_process_inplace")
+    s1 = _callgrind(harness, 1, syn[:m], work, f"new.{tag}.s1", only="lb_process_inplace", svcs=svcs)
+    s2 = _callgrind(harness, 1, syn, work, f"new.{tag}.s2", only="lb_process_inplace", svcs=svcs)
     cost = (s2["total"] - s1["total"]) / m
     fns = {}
     for k, v in s2["self"].items():
@@ -267,6 +270,62 @@ def measure_new_conn(harness: Path, m: int, work: Path, fixed_sport: bool = Fals
     return {"instr_per_pkt": cost, "top_functions": top, "what": what}
 
 
+_CONFIGURED_RE = re.compile(r"harness: (\d+) services configured")
+TARGET_SVC_RATIO = 1.10  # issue 15 item 1: at 10,000 services within 10 % of the smallest configuration
+
+
+def configured_services(harness: Path, svcs: int, work: Path) -> int:
+    """How many services `harness --svcs svcs` holds (the standard set alone may hold more)."""
+    junk = work / "svcs-junk.bin"
+    junk.write_bytes(b"\x00")
+    proc = subprocess.run([str(harness), "--svcs", str(max(1, svcs)), "bench", "1", str(junk)],
+                          capture_output=True, text=True, timeout=120)
+    m = _CONFIGURED_RE.search(proc.stderr)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError(f"harness --svcs {svcs}: {proc.stderr[-500:]}")
+    return int(m.group(1))
+
+
+def svc_curve(harness: Path, sizes: list[int], n: int, m: int, work: Path,
+              classes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Instructions per packet as the number of services grows (issue 15 item 1; the harness
+    filled up to each size with DR services on distinct VIPs, added after the measured ones so
+    that those are found last in any chain they share). Established DR ACKs must not look a service
+    up at all; a new connection looks up its service and its source among the director's own
+    addresses, which must cost the same at any size (DESIGN: O(1) in services)."""
+    if not sizes:
+        raise ValueError("svc_curve: no sizes")
+    rows = []
+    for size in sizes:
+        est = measure_class(harness, n, classes["dr_est_ack"]["prefix"], classes["dr_est_ack"]["measured"], work,
+                            f"svcs{size}.est", svcs=size)
+        new = measure_new_conn(harness, m, work, svcs=size)
+        row = {"requested": size, "services": configured_services(harness, size, work),
+               "dr_est_ack": round(est["instr_per_pkt"], 1), "dr_syn_new": round(new["instr_per_pkt"], 1),
+               "top_new": new["top_functions"][:6]}
+        rows.append(row)
+        log(f"cost: {row['services']:6} services: dr_est_ack {row['dr_est_ack']:7.1f}, "
+            f"dr_syn_new {row['dr_syn_new']:7.1f} instructions/packet")
+    first, last = rows[0], rows[-1]
+    ratios = {k: round(last[k] / first[k], 3) if first[k] else None for k in ("dr_est_ack", "dr_syn_new")}
+    return {"rows": rows, "ratios": ratios, "target_ratio": TARGET_SVC_RATIO,
+            "met": all(r is not None and r <= TARGET_SVC_RATIO for r in ratios.values()),
+            "what": "harness --svcs K: the configuration filled up to K services (TCP, distinct VIPs 10.200.x.y:80, "
+                    "rr, one DR destination each) "
+                    "after the standard set; the measured DR service VIP:80 is one of the standard set"}
+
+
+def measure_svc_curve(sizes: list[int], n: int = 2000, m: int = 500) -> dict[str, Any]:
+    """svc_curve on its own (bench.steer_scale): the harness built, the classes written, in a
+    scratch directory."""
+    harness = common.build_harness()
+    with tempfile.TemporaryDirectory(prefix="lbB-bench-cost-") as tmpd:
+        work = Path(tmpd)
+        res = svc_curve(harness, sizes, n, m, work, make_classes(work))
+    res["n"], res["m_new"] = n, m
+    return res
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     harness = common.build_harness()
@@ -274,12 +333,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "commit": common.git_commit(), "machine": common.machine_info(),
                            "config": {"n": args.n, "m_new": args.m_new, "target_dr_est": TARGET_DR_EST,
                                       "build": "gcc -O2 -g -Inative/include native/tests/harness.c "
-                                               "native/src/*.c (minus nfq.c) -lpthread",
+                                               "native/src/*.c (minus nfq.c, xsk.c) -lpthread",
                                       "command": "python -m bench cost " + " ".join(args.argv)},
                "classes": {}}
     with tempfile.TemporaryDirectory(prefix="lbB-bench-cost-") as tmpd:
         work = Path(tmpd)
         classes = make_classes(work)
+        if args.only_svc_curve:
+            out["svc_curve"] = svc_curve(harness, args.svc_sizes, args.n, args.m_new, work, classes)
+            out["elapsed_s"] = round(time.monotonic() - t0, 1)
+            return out
         for name, c in classes.items():
             r = measure_class(harness, args.n, c["prefix"], c["measured"], work, name, c.get("mode", "bench"))
             r["what"] = c["what"]
@@ -289,6 +352,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             r = measure_new_conn(harness, args.m_new, work, fixed_sport=fixed)
             out["classes"][name] = r
             log(f"cost: {name:16} {r['instr_per_pkt']:7.1f} instructions/packet")
+        if args.svc_sizes:
+            out["svc_curve"] = svc_curve(harness, args.svc_sizes, args.n, args.m_new, work, classes)
     dr = out["classes"]["dr_est_ack"]["instr_per_pkt"]
     out["target"] = {"class": "dr_est_ack", "value": dr, "target": TARGET_DR_EST, "met": dr <= TARGET_DR_EST,
                      "over_by": max(0.0, dr - TARGET_DR_EST)}
@@ -313,6 +378,12 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=None, help="repetitions per packet (default 20000; quick 4000)")
     ap.add_argument("--m-new", type=int, default=None, help="distinct new-flow SYNs (default 2000; quick 500)")
     ap.add_argument("--no-history", dest="history", action="store_false")
+    ap.add_argument("--svc-sizes", default=None,
+                    help="numbers of services for the instruction curve, comma-separated (default none: "
+                         "`python -m bench scale --sections services` reports it; 1,1000,10000 with "
+                         "--only-svc-curve); below the harness's standard set, that set")
+    ap.add_argument("--only-svc-curve", action="store_true",
+                    help="measure the services curve alone (none of the per-class figures, no history)")
 
 
 def finish_args(args: argparse.Namespace) -> None:
@@ -320,3 +391,5 @@ def finish_args(args: argparse.Namespace) -> None:
         args.n = 4000 if args.quick else 20000
     if args.m_new is None:
         args.m_new = 500 if args.quick else 2000
+    sizes = args.svc_sizes or ("1,1000,10000" if args.only_svc_curve else "none")
+    args.svc_sizes = [] if sizes == "none" else [int(x) for x in sizes.split(",") if x.strip()]

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sink.exec(["iptables", "-w", "5", "-t", "raw", "-A", "PREROUTING", "-i", sink.ifname, "-p", "tcp",
                        "--dport", str(SINK_PORT), "-j", "DROP"])
             sink.exec(["sh", "-c", f"echo {1 << dut_cpu:x} > /sys/class/net/{sink.ifname}/queues/rx-0/rps_cpus"])
-            c.exec(["ping", "-c", "1", "-W", "2", sink.addr], check=False)
+            wire.prime_neighbours(c, sink, "lan")
             path = pps.Path_(gen_exec=None, gen_iface=c.ifname, dst_mac=sink.mac, src_mac=c.mac,
                              client_addr=c.addr, vip=sink.addr, rs_addr=sink.addr)
             template = pps.write_template(Path(tmpd) / "est.bin", path, sink.addr, "A")

@@ -182,8 +182,8 @@ class Bed(Path_):
         self.dut_cpu = dut_cpu
         self.lbd_pid: int | None = None  # the running lbd's, while a trial measures it
         # Untouched by lbd: ARP entries both ways before the first trial.
-        c.exec(["ping", "-c", "1", "-W", "2", d.iface("lan").addr], check=False)
-        rs.exec(["ping", "-c", "1", "-W", "2", d.iface("back").addr], check=False)
+        wire.prime_neighbours(c, d, "lan")
+        wire.prime_neighbours(rs, d, "back")
 
     def _steer(self, gen_cpu: int | None, dut_cpu: int | None) -> dict[str, str]:
         """Receive Packet Steering, so the generator's CPU is not the director's.

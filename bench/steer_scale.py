@@ -5,11 +5,18 @@ finish_args, run(args) -> dict, report(data, targets) -> markdown lines, target 
 [target, measured, met|MISSED]; join it with `"services": "bench.steer_scale"` in
 bench/scale/__init__.py's SECTIONS); run alone with
 
-    python -m bench.steer_scale [--quick] [--svc-sizes 1,1000,10000] [--out FILE.json]
+    python -m bench.steer_scale [--quick] [--svc-sizes 1,1000,10000] [--svc-wire direct|bridge] [--out FILE.json]
 
-The pps topology (bench/pps.py: client -> director -> rs1, generator and lbd on their own CPUs,
-RPS). For each size N a fresh C lbd holds N services: N-1 fillers (DR services, no destination,
-on N-1 distinct VIPs 10.250.x.y:80 and ports of the bench VIP, so every set lbd looks up grows)
+First, deterministically: instructions per packet of the C core (callgrind, bench/cost.py
+svc_curve: the harness filled up to each size) for established DR ACKs and new DR connections;
+established packets look no service up, a new connection looks up its service and its source
+among the director's own addresses (one per VIP), both hashes sized to what they hold.
+
+Then on the wire: the pps topology (bench/pps.py: client -> director -> rs1, generator and lbd on
+their own CPUs, RPS), by default cabled directly (`--svc-wire direct`, bench/wire.py: through the
+testbed's bridges the generator's CPU also runs the lan bridge and limits the offered load). For
+each size N a fresh C lbd holds N services: N-1 fillers (DR services, no destination, on N-1
+distinct VIPs 10.250.x.y:80 and ports of the bench VIP, so every set lbd looks up grows)
 added in batches, then the measured service VIP:80 with rs1, added LAST. Two kinds of traffic,
 each the zero-loss search of bench/pps.py (64-byte frames, 1024 established flows):
 
@@ -20,7 +27,8 @@ each the zero-loss search of bench/pps.py (64-byte frames, 1024 established flow
 Baseline for `routed`: the same traffic with no lbd at all (plain kernel forwarding), measured in
 the same run. Per packet cost is the DUT CPU's (bench/pps.py dut_fields). Targets (issue 15,
 item 1): at the largest size, `svc` costs within 10 % of 1 service and `routed` within 10 % of the
-director without lbd; both as zero-loss pps and as DUT us per packet. Also reported: how long one
+director without lbd; both as zero-loss pps and as DUT us per packet, and the instructions per
+packet (established and new DR) within 10 % of the smallest configuration's. Also reported: how long one
 service add and one delete take at each size (the steering sync is incremental: O(1) set
 operations), and how many rules lbd's raw chain holds (constant).
 """
@@ -30,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import common, pps
+from bench import common, cost, pps, wire
 from bench.common import Lbd, LbdError, log
 from bench.scale import plots
 from lb.testbed.topology import Topology
@@ -53,6 +62,10 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     "quick 1,10000)")
     ap.add_argument("--svc-window", type=float, default=None, help="seconds per trial (default 0.8; quick 0.5)")
     ap.add_argument("--svc-steps", type=int, default=None, help="bisection steps (default 5; quick 4)")
+    ap.add_argument("--svc-wire", choices=wire.WIRES, default="direct",
+                    help="how the client and rs1 reach the director (default direct: veth pairs, bench/wire.py)")
+    ap.add_argument("--svc-instr", dest="svc_instr", action=argparse.BooleanOptionalAction, default=True,
+                    help="count instructions per packet at each size with callgrind first (default on)")
     ap.add_argument("--svc-repeats", type=int, default=1,
                     help="zero-loss searches per figure, the best kept (default 1): other load on a shared "
                          "machine only ever lowers a zero-loss rate, so the best of a few is the director's")
@@ -149,14 +162,20 @@ def measure(bed: pps.Bed, tmp: Path, dst: str, args: argparse.Namespace, tag: st
 def run(args: argparse.Namespace) -> dict[str, Any]:
     gen_cpu, dut_cpu = common.cpu_layout(getattr(args, "gen_cpu", None), getattr(args, "dut_cpu", None))
     sizes = [int(x) for x in str(args.svc_sizes).split(",") if x]
+    wiring = getattr(args, "svc_wire", "direct")
     out: dict[str, Any] = {"config": {"sizes": sizes, "window_s": args.svc_window, "steps": args.svc_steps,
-                                      "repeats": getattr(args, "svc_repeats", 1),
+                                      "repeats": getattr(args, "svc_repeats", 1), "wire": wiring,
                                       "gen_cpu": gen_cpu, "dut_cpu": dut_cpu},
                            "baseline": {}, "sizes": []}
+    if getattr(args, "svc_instr", True):
+        try:
+            out["instructions"] = cost.measure_svc_curve(sizes)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            out["instructions"] = {"error": str(exc)[:1000]}
     common.build_tool("pktgen")
     with tempfile.TemporaryDirectory(prefix="lbB-bench-steer-") as tmpd, Topology(pps.pps_spec()) as topo:
         tmp = Path(tmpd)
-        bed = pps.Bed(topo, gen_cpu, dut_cpu)
+        bed = pps.Bed(topo, gen_cpu, dut_cpu, wiring=wiring)
         bed.nice = getattr(args, "nice", -10)
         bed.dut_cpu = dut_cpu
         out["baseline"] = measure(bed, tmp, bed.rs_addr, args, "kernel")
@@ -188,12 +207,20 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    curve = data.get("instructions") or {}
+    if curve.get("rows"):
+        first_i, last_i = curve["rows"][0], curve["rows"][-1]
+        for key, what in (("dr_est_ack", "established DR"), ("dr_syn_new", "new DR connection")):
+            r = _ratio(last_i[key], first_i[key])
+            out.append({"what": f"instructions per packet, {what}: at N / at {first_i['services']} services",
+                        "services": last_i["services"], "ratio": r, "against": f"{first_i['services']} services",
+                        "pass": r is not None and r <= TARGET_RATIO})
     rows = [r for r in data.get("sizes", []) if "svc" in r]
     if not rows:
-        return []
+        return out
     first, last = rows[0], rows[-1]
     base = data.get("baseline", {})
-    out = []
     for what, a, b, ref in (
         ("svc: pps at N / pps at 1 service", first["svc"]["zero_loss_pps"], last["svc"]["zero_loss_pps"], "1 service"),
         ("svc: us/pkt at N / at 1 service", last["svc"]["dut_us_per_pkt"], first["svc"]["dut_us_per_pkt"], "1 service"),
@@ -208,8 +235,23 @@ def verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _instructions(data: dict[str, Any]) -> list[str]:
+    curve = data.get("instructions")
+    if not curve:
+        return []
+    if "error" in curve:
+        return [f"Instructions per packet: failed: `{curve['error'][:200]}`", ""]
+    lines = ["Instructions per packet of the C core (callgrind: deterministic, whatever else the machine runs; "
+             f"`harness --svcs K`, {curve.get('what', '')}):", "",
+             "| services | established DR ACK | new DR connection (SYN) |", "|---:|---:|---:|"]
+    for r in curve["rows"]:
+        lines.append(f"| {r['services']:,} | {r['dr_est_ack']:.1f} | {r['dr_syn_new']:.1f} |")
+    return [*lines, ""]
+
+
 def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
-    lines = [f"### {TITLE}", "",
+    lines = [f"### {TITLE}", "", *_instructions(data),
+             f"On the wire ({(data.get('config') or {}).get('wire', 'bridge')} wiring, bench/wire.py):", "",
              "Traffic to the last-added service (`svc`) and routed through the director to rs1 (`routed`, not for "
              "a service); 64-byte frames, 1024 established flows, zero-loss search; DUT us per packet.", "",
              "`rules only`: routed traffic after lbd (--down-policy closed) exited leaving its rules and sets: the "

@@ -52,3 +52,16 @@ def direct_wire(topo: Topology, segment: str) -> tuple[str, str]:
         if gw is not None and gw[0] == segment:  # the default route went with the old interface
             host.ip("route", "replace", "default", "via", topo.addr(gw[0], gw[1]))
     return ia.ifname, ib.ifname
+
+
+def prime_neighbours(a: Any, b: Any, segment: str) -> None:
+    """What one ping between hosts a and b on `segment` leaves behind, without ping (a fresh
+    Debian 12 has no iputils-ping, and nothing else here needs it): each host's neighbour entry for
+    the other's address, REACHABLE with the MAC the kernel gave that interface. The kernel then
+    ages, confirms or re-resolves them as entries it learnt itself, so the first trial pays no
+    address resolution and nothing is pinned that the network would not have said."""
+    ia, ib = a.iface(segment), b.iface(segment)
+    for host, mine, other in ((a, ia, ib), (b, ib, ia)):
+        if not other.mac:
+            raise ValueError(f"{segment}: no MAC known for {other.ifname} ({other.addr})")
+        host.ip("neigh", "replace", other.addr, "lladdr", other.mac, "dev", mine.ifname, "nud", "reachable")

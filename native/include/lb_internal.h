@@ -42,11 +42,14 @@
 /* Slots of the forwarding-method table (lb_xmit.h): one per enum lb_fwd value. */
 #define LB_XMIT_MAX 4
 
-/* Local-address hash (local.c): a director has a few dozen addresses and VIPs. */
-#define LB_LOCAL_HASH_BUCKETS 256u
-
-/* Service hash: services are few; 256 chains keep lookups at one or two probes. */
-#define LB_SVC_HASH_BUCKETS 256u
+/* The service hash (svc.c) and the local-address hash (local.c): chained, 2^bits buckets, doubled
+ * whenever entries outnumber buckets, so a lookup walks about one entry however many services and
+ * VIPs there are (DESIGN: steering O(1) in the number of services; the kernel's fixed 256-bucket
+ * service table walks ~40 entries per lookup at 10,000 services). Never shrunk. Bounded: past
+ * 2^LB_HASH_MAX_BITS entries the chains lengthen instead, and a failed allocation keeps the old
+ * table (correct, only slower). */
+#define LB_HASH_MIN_BITS 8u   /* 256 buckets to start */
+#define LB_HASH_MAX_BITS 20u  /* 1,048,576 buckets: 8 MiB of chain heads per table at most */
 
 /* ---------------------------------------------------------------- parsing */
 
@@ -455,7 +458,8 @@ struct lb {
     struct lb_synproxy_conf sp_default;
     struct lb_synproxy_stats sp_stats;
     /* services */
-    struct lb_svc *svc_hash[LB_SVC_HASH_BUCKETS];
+    struct lb_svc **svc_hash;    /* 2^svc_hash_bits chains, calloc'ed (lb_svc_table_init), grown by lb_svc_add */
+    uint32_t svc_hash_bits;
     struct lb_svc **svcs;        /* insertion order, for listing: slots [0, nsvcs), a deleted service's slot
                                     NULL (svcs_holes of them) until lb_svc_del compacts the array, once
                                     holes are half of it: deleting stays O(1) amortized, not a search
@@ -471,7 +475,9 @@ struct lb {
     /* Destinations with packets held for their forwarding state (l2q.c). */
     struct lb_l2q *l2q_list;
     /* The director's own addresses (local.c): a new connection from one is a martian source. */
-    struct lb_local *local_hash[LB_LOCAL_HASH_BUCKETS];
+    struct lb_local **local_hash; /* 2^local_hash_bits chains, calloc'ed (lb_local_init), grown with nlocal */
+    uint32_t local_hash_bits;
+    uint32_t nlocal;             /* nodes in local_hash */
     /* counters */
     uint64_t counters[LB_R_COUNT];
 };
@@ -489,15 +495,16 @@ struct lb_local {
     struct lb_local *next;
 };
 
-static inline uint32_t lb_local_hash(uint32_t addr_n)
+/* Fibonacci hashing: the top local_hash_bits (8..20) bits of the product. */
+static inline uint32_t lb_local_hash(const lb_t *lb, uint32_t addr_n)
 {
-    return (addr_n * 0x9e3779b1u) >> 24; /* LB_LOCAL_HASH_BUCKETS == 256 */
+    return (addr_n * 0x9e3779b1u) >> (32u - lb->local_hash_bits);
 }
 
 /* Is addr_n (network order) one of the director's own addresses? O(1): one short chain. */
 static inline int lb_is_local(const lb_t *lb, uint32_t addr_n)
 {
-    for (const struct lb_local *l = lb->local_hash[lb_local_hash(addr_n)]; l; l = l->next)
+    for (const struct lb_local *l = lb->local_hash[lb_local_hash(lb, addr_n)]; l; l = l->next)
         if (l->addr_n == addr_n)
             return l->vip_refs || l->host;
     return 0;
@@ -527,6 +534,7 @@ int lb_l2q_next(lb_t *lb, uint64_t now_ms, uint8_t *out, uint32_t out_cap, struc
 void lb_l2q_free_all(lb_t *lb);
 
 /* local.c: a service's virtual address is local while the service exists. */
+int lb_local_init(lb_t *lb); /* the empty local-address hash (lb_new); LB_ENOMEM */
 int lb_local_vip_hold(lb_t *lb, uint32_t addr_n);
 void lb_local_vip_put(lb_t *lb, uint32_t addr_n);
 void lb_local_free(lb_t *lb);
@@ -663,6 +671,7 @@ struct lb_conn *lb_tmpl_new(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vad
 void lb_tmpl_invalidate(lb_t *lb, struct lb_conn *t);
 
 /* svc.c */
+int lb_svc_table_init(lb_t *lb); /* the empty service hash (lb_new); LB_ENOMEM */
 struct lb_svc *lb_svc_find(const lb_t *lb, uint8_t proto, uint32_t addr_n, uint16_t port_n);
 /* The same with the address and port in host order (the API's). */
 struct lb_svc *lb_svc_find_host(const lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port);

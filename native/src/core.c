@@ -24,6 +24,14 @@ lb_t *lb_new(const struct lb_config *cfg)
         free(lb);
         return NULL;
     }
+    if (lb_svc_table_init(lb) != LB_OK || lb_local_init(lb) != LB_OK) {
+        free(lb->svc_hash); /* either may be NULL */
+        free(lb->local_hash);
+        lb_conn_table_free(lb);
+        pthread_mutex_destroy(&lb->lock);
+        free(lb);
+        return NULL;
+    }
     return lb;
 }
 
@@ -41,6 +49,7 @@ void lb_free(lb_t *lb)
             lb_xmit_methods[i]->done(lb);
     /* After the flush no connection references a destination: trash is empty. */
     free(lb->svcs);
+    free(lb->svc_hash);
     lb_conn_table_free(lb);
     pthread_mutex_destroy(&lb->lock);
     free(lb);

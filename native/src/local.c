@@ -6,15 +6,56 @@
  * before routing, so it applies the rule itself. The set is the union of the control plane's
  * (lb_local_addrs_set: interface and broadcast addresses) and the services' virtual addresses,
  * which are local by definition (the director answers for them), counted per service so that it
- * holds without any control plane. A small chained hash: one lookup per new connection.
+ * holds without any control plane. A chained hash that grows with its nodes (one per VIP: a
+ * director with 10,000 services may have 10,000 of them): one short chain per new connection.
  */
 #include <stdlib.h>
 
 #include "lb_internal.h"
 
+int lb_local_init(lb_t *lb)
+{
+    lb->local_hash = calloc((size_t)1 << LB_HASH_MIN_BITS, sizeof(*lb->local_hash));
+    if (!lb->local_hash)
+        return LB_ENOMEM;
+    lb->local_hash_bits = LB_HASH_MIN_BITS;
+    return LB_OK;
+}
+
+static inline uint32_t nbuckets(const lb_t *lb)
+{
+    return 1u << lb->local_hash_bits;
+}
+
+/* Double the chains when nodes outnumber them (load factor <= 1), up to 2^LB_HASH_MAX_BITS; under
+ * lb->lock, as every lookup. Without memory the old table stays (longer chains, same answers). */
+static void grow(lb_t *lb)
+{
+    if (lb->nlocal <= nbuckets(lb) || lb->local_hash_bits >= LB_HASH_MAX_BITS)
+        return;
+    uint32_t old_n = nbuckets(lb);
+    struct lb_local **nt = calloc((size_t)old_n * 2, sizeof(*nt));
+    if (!nt)
+        return;
+    struct lb_local **old = lb->local_hash;
+    lb->local_hash = nt;
+    lb->local_hash_bits++;
+    for (uint32_t b = 0; b < old_n; b++) {
+        struct lb_local *l = old[b];
+        while (l) {
+            struct lb_local *next = l->next;
+            uint32_t h = lb_local_hash(lb, l->addr_n);
+            l->next = nt[h];
+            nt[h] = l;
+            l = next;
+        }
+    }
+    free(old);
+}
+
 static struct lb_local *find(const lb_t *lb, uint32_t addr_n)
 {
-    for (struct lb_local *l = lb->local_hash[lb_local_hash(addr_n)]; l; l = l->next)
+    for (struct lb_local *l = lb->local_hash[lb_local_hash(lb, addr_n)]; l; l = l->next)
         if (l->addr_n == addr_n)
             return l;
     return NULL;
@@ -29,17 +70,19 @@ static struct lb_local *find_or_add(lb_t *lb, uint32_t addr_n)
     l = calloc(1, sizeof(*l));
     if (!l)
         return NULL;
-    uint32_t h = lb_local_hash(addr_n);
+    uint32_t h = lb_local_hash(lb, addr_n);
     l->addr_n = addr_n;
     l->next = lb->local_hash[h];
     lb->local_hash[h] = l;
+    lb->nlocal++;
+    grow(lb);
     return l;
 }
 
 /* Free every node that is neither a VIP nor in the host set. */
 static void sweep(lb_t *lb)
 {
-    for (uint32_t h = 0; h < LB_LOCAL_HASH_BUCKETS; h++) {
+    for (uint32_t h = 0; h < nbuckets(lb); h++) {
         struct lb_local **link = &lb->local_hash[h];
         while (*link) {
             struct lb_local *l = *link;
@@ -48,6 +91,7 @@ static void sweep(lb_t *lb)
                 continue;
             }
             *link = l->next;
+            lb->nlocal--;
             free(l);
         }
     }
@@ -66,7 +110,7 @@ int lb_local_vip_hold(lb_t *lb, uint32_t addr_n)
  * (a sweep made deleting one of 10,000 services walk all 10,000 VIPs). */
 void lb_local_vip_put(lb_t *lb, uint32_t addr_n)
 {
-    struct lb_local **link = &lb->local_hash[lb_local_hash(addr_n)];
+    struct lb_local **link = &lb->local_hash[lb_local_hash(lb, addr_n)];
     while (*link && (*link)->addr_n != addr_n)
         link = &(*link)->next;
     struct lb_local *l = *link;
@@ -74,6 +118,7 @@ void lb_local_vip_put(lb_t *lb, uint32_t addr_n)
         return;
     if (--l->vip_refs == 0 && !l->host) {
         *link = l->next;
+        lb->nlocal--;
         free(l);
     }
 }
@@ -92,7 +137,7 @@ int lb_local_addrs_set(lb_t *lb, const uint32_t *addrs, uint32_t n)
             return LB_ENOMEM;
         }
     }
-    for (uint32_t h = 0; h < LB_LOCAL_HASH_BUCKETS; h++)
+    for (uint32_t h = 0; h < nbuckets(lb); h++)
         for (struct lb_local *l = lb->local_hash[h]; l; l = l->next)
             l->host = 0;
     for (uint32_t i = 0; i < n; i++)
@@ -104,13 +149,15 @@ int lb_local_addrs_set(lb_t *lb, const uint32_t *addrs, uint32_t n)
 
 void lb_local_free(lb_t *lb)
 {
-    for (uint32_t h = 0; h < LB_LOCAL_HASH_BUCKETS; h++) {
+    for (uint32_t h = 0; lb->local_hash && h < nbuckets(lb); h++) {
         struct lb_local *l = lb->local_hash[h];
         while (l) {
             struct lb_local *next = l->next;
             free(l);
             l = next;
         }
-        lb->local_hash[h] = NULL;
     }
+    free(lb->local_hash);
+    lb->local_hash = NULL;
+    lb->nlocal = 0;
 }

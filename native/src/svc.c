@@ -17,18 +17,61 @@
 #include "lb_sched.h"
 #include "lb_xmit.h"
 
-static inline uint32_t svc_hash(uint8_t proto, uint32_t addr_n, uint16_t port_n)
+/* Every bit of the key mixed into the low bits, which pick the chain (2^bits of them). */
+static inline uint32_t svc_hash(uint32_t bits, uint8_t proto, uint32_t addr_n, uint16_t port_n)
 {
     uint32_t h = addr_n ^ ((uint32_t)port_n << 16) ^ proto;
     h ^= h >> 16;
     h *= 0x45d9f3bu;
     h ^= h >> 16;
-    return h & (LB_SVC_HASH_BUCKETS - 1);
+    return h & ((1u << bits) - 1);
+}
+
+static inline uint32_t svc_bucket(const lb_t *lb, const struct lb_svc *s)
+{
+    return svc_hash(lb->svc_hash_bits, s->conf.proto, s->addr_n, s->port_n);
+}
+
+int lb_svc_table_init(lb_t *lb)
+{
+    lb->svc_hash = calloc((size_t)1 << LB_HASH_MIN_BITS, sizeof(*lb->svc_hash));
+    if (!lb->svc_hash)
+        return LB_ENOMEM;
+    lb->svc_hash_bits = LB_HASH_MIN_BITS;
+    return LB_OK;
+}
+
+/* Double the chains when services outnumber them (load factor <= 1), up to 2^LB_HASH_MAX_BITS.
+ * Under lb->lock, as every lookup: the packet path never sees a half-moved table. Without memory
+ * the old table stays: every service still found, on longer chains. */
+static void svc_table_grow(lb_t *lb)
+{
+    uint32_t live = lb->nsvcs - lb->svcs_holes;
+    if (live <= (1u << lb->svc_hash_bits) || lb->svc_hash_bits >= LB_HASH_MAX_BITS)
+        return;
+    uint32_t old_n = 1u << lb->svc_hash_bits;
+    struct lb_svc **nt = calloc((size_t)old_n * 2, sizeof(*nt));
+    if (!nt)
+        return;
+    struct lb_svc **old = lb->svc_hash;
+    lb->svc_hash = nt;
+    lb->svc_hash_bits++;
+    for (uint32_t b = 0; b < old_n; b++) {
+        struct lb_svc *s = old[b];
+        while (s) {
+            struct lb_svc *next = s->hnext;
+            uint32_t h = svc_bucket(lb, s);
+            s->hnext = nt[h];
+            nt[h] = s;
+            s = next;
+        }
+    }
+    free(old);
 }
 
 struct lb_svc *lb_svc_find(const lb_t *lb, uint8_t proto, uint32_t addr_n, uint16_t port_n)
 {
-    struct lb_svc *s = lb->svc_hash[svc_hash(proto, addr_n, port_n)];
+    struct lb_svc *s = lb->svc_hash[svc_hash(lb->svc_hash_bits, proto, addr_n, port_n)];
     for (; s; s = s->hnext)
         if (s->addr_n == addr_n && s->port_n == port_n && s->conf.proto == proto)
             return s;
@@ -265,11 +308,12 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
         goto out;
     }
     s->id = ++lb->next_svc_id;
-    uint32_t h = svc_hash(conf->proto, s->addr_n, s->port_n);
+    uint32_t h = svc_bucket(lb, s);
     s->hnext = lb->svc_hash[h];
     lb->svc_hash[h] = s;
     s->list_idx = lb->nsvcs;
     lb->svcs[lb->nsvcs++] = s;
+    svc_table_grow(lb);
 out:
     pthread_mutex_unlock(&lb->lock);
     return err;
@@ -358,7 +402,7 @@ int lb_svc_del(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
         pthread_mutex_unlock(&lb->lock);
         return LB_ESRCH;
     }
-    struct lb_svc **link = &lb->svc_hash[svc_hash(proto, s->addr_n, s->port_n)];
+    struct lb_svc **link = &lb->svc_hash[svc_bucket(lb, s)];
     while (*link != s)
         link = &(*link)->hnext;
     *link = s->hnext;
@@ -379,7 +423,7 @@ int lb_clear(lb_t *lb)
         svc_destroy(lb, s);
     lb->nsvcs = 0;
     lb->svcs_holes = 0;
-    memset(lb->svc_hash, 0, sizeof(lb->svc_hash));
+    memset(lb->svc_hash, 0, ((size_t)1 << lb->svc_hash_bits) * sizeof(*lb->svc_hash));
     pthread_mutex_unlock(&lb->lock);
     return LB_OK;
 }

@@ -12,6 +12,8 @@
  *                                  instructions per packet = total / (N * files)),
  *                                  in place as the NFQUEUE adapter does (cmd_bench)
  *   harness bench-copy N FILE...  the same through lb_process (the copying path)
+ *   harness --svcs K bench ...    the same with the configuration filled up to K services
+ *                                  (fill_services: the cost of lookups as the tables grow)
  *   harness churn N               N rounds of config churn (add/edit/delete/re-add of
  *                                  services, destinations, forwarding state, local
  *                                  addresses, switches between every registered
@@ -584,6 +586,40 @@ static int cmd_replay(int argc, char **argv)
     return bad;
 }
 
+/* Fill lb up to `total` services, added after the standard ones so that each of these sits in
+ * front of them in whatever chain they share (the standard services are then found last: the
+ * worst case of a chained lookup). Like kube-proxy's: TCP, on distinct VIPs 10.200.x.y:80 (so the
+ * director's local-address set grows too), rr, one DR destination with forwarding state. */
+static int fill_services(lb_t *lb, long total)
+{
+    int have = lb_svc_list(lb, NULL, 0);
+    int rc = 0;
+    for (long i = have; i < total && rc == 0; i++) {
+        uint32_t vaddr = 0x0ac80000u + (uint32_t)(i - have) + 1; /* 10.200.0.1 and up */
+        struct lb_svc_conf s;
+        struct lb_dest_conf d;
+        struct lb_fwd_conf f;
+        memset(&s, 0, sizeof(s));
+        s.proto = LB_PROTO_TCP;
+        s.addr = vaddr;
+        s.port = 80;
+        strcpy(s.sched, "rr");
+        rc |= lb_svc_add(lb, &s);
+        memset(&d, 0, sizeof(d));
+        d.addr = RS1;
+        d.port = 80;
+        d.fwd = LB_FWD_ROUTE;
+        d.weight = 1;
+        rc |= lb_dest_add(lb, LB_PROTO_TCP, vaddr, 80, &d);
+        fwd_for(&f, 0x10);
+        rc |= lb_dest_set_fwd(lb, LB_PROTO_TCP, vaddr, 80, RS1, 80, &f);
+    }
+    fprintf(stderr, "harness: %d services configured\n", lb_svc_list(lb, NULL, 0));
+    return rc;
+}
+
+static long fill_svcs; /* harness --svcs K: fill_services(K) after setup (0: the standard set only) */
+
 /* bench: lb_process_inplace, as the NFQUEUE adapter calls it; the bytes it may write (TTL, header
  * checksum: its contract) are put back after each call, so every round sees the same packet.
  * bench-copy: lb_process, the copying path (every other caller). */
@@ -591,6 +627,10 @@ static int cmd_bench(long n, int argc, char **argv, int copy)
 {
     lb_t *lb = new_lb();
     struct lb_action act;
+    if (fill_svcs > 0 && fill_services(lb, fill_svcs) != 0) {
+        fprintf(stderr, "harness: filling to %ld services failed\n", fill_svcs);
+        return 2;
+    }
     for (int i = 0; i < argc; i++) {
         uint32_t len = 0;
         uint8_t *pkt = read_file(argv[i], &len);
@@ -860,6 +900,89 @@ static int pressure_churn(long n)
     return bad;
 }
 
+/* The service and local-address hashes through their growth (lb_internal.h LB_HASH_*): n services
+ * on distinct VIPs added, half of them deleted, the rest cleared, with the control plane's host set
+ * replaced in between; after each step every service is found, every VIP (and only those, and the
+ * host addresses) is local, traffic reaches the services, and the listing keeps insertion order. */
+#define GROW_VIP(i) (0x0ac80000u + 1u + (uint32_t)(i)) /* 10.200.0.1 and up */
+static int growth_check(lb_t *lb, long n, long step_deleted, int cleared)
+{
+    int bad = 0;
+    uint8_t pkt[64];
+    struct lb_action act;
+    struct lb_svc_info info;
+    for (long i = 0; i < n; i++) {
+        int live = !cleared && !(step_deleted && i % 2 == 1);
+        bad |= check((lb_svc_get(lb, LB_PROTO_TCP, GROW_VIP(i), 80, &info) == LB_OK) == live,
+                     "growth: a service is found exactly while it exists");
+        bad |= check(lb_is_local(lb, lb_htonl(GROW_VIP(i))) == (live || i % 97 == 0),
+                     "growth: a VIP or host address is local, nothing else");
+        if (!live || i % 50)
+            continue;
+        uint32_t len = make_packet(pkt, LB_PROTO_TCP, 0xc0000201u + (uint32_t)i, 40000, 80, 0x02);
+        uint32_t d = lb_htonl(GROW_VIP(i));
+        memcpy(pkt + 16, &d, 4);
+        pkt[10] = pkt[11] = 0;
+        lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+        lb_process(lb, pkt, len, 1000, out_buf, sizeof(out_buf), &act);
+        bad |= check(act.reason == LB_R_FORWARDED, "growth: a SYN to a service is forwarded");
+        memcpy(pkt + 12, &d, 4); /* from the VIP itself: a local source */
+        pkt[10] = pkt[11] = 0;
+        lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+        lb_process(lb, pkt, len, 1000, out_buf, sizeof(out_buf), &act);
+        bad |= check(act.reason == LB_R_LOCAL_SRC, "growth: a SYN from a VIP is a local source");
+    }
+    bad |= check(!lb_is_local(lb, lb_htonl(0x0ac90001u)), "growth: an address never added is not local");
+    return bad;
+}
+
+static int growth_churn(long n)
+{
+    lb_t *lb = new_lb();
+    int bad = 0;
+    int base = lb_svc_list(lb, NULL, 0);
+    uint32_t *hosts = calloc((size_t)n, sizeof(*hosts));
+    struct lb_svc_info *list = calloc((size_t)(base + n), sizeof(*list));
+    if (!hosts || !list)
+        exit(2);
+    uint32_t nhosts = 0;
+    for (long i = 0; i < n; i++) {
+        struct lb_svc_conf s;
+        struct lb_dest_conf d = {.addr = RS1, .port = 80, .fwd = LB_FWD_ROUTE, .weight = 1};
+        struct lb_fwd_conf f;
+        memset(&s, 0, sizeof(s));
+        s.proto = LB_PROTO_TCP;
+        s.addr = GROW_VIP(i);
+        s.port = 80;
+        strcpy(s.sched, "rr");
+        bad |= check(lb_svc_add(lb, &s) == LB_OK, "growth: add a service");
+        bad |= check(lb_dest_add(lb, LB_PROTO_TCP, s.addr, 80, &d) == LB_OK, "growth: add its destination");
+        fwd_for(&f, 0x10);
+        bad |= check(lb_dest_set_fwd(lb, LB_PROTO_TCP, s.addr, 80, RS1, 80, &f) == LB_OK, "growth: its forwarding");
+        if (i % 97 == 0) { /* the host set: some VIPs too, replaced whole while the table grows */
+            hosts[nhosts++] = GROW_VIP(i);
+            bad |= check(lb_local_addrs_set(lb, hosts, nhosts) == LB_OK, "growth: set the host addresses");
+        }
+    }
+    bad |= growth_check(lb, n, 0, 0);
+    for (long i = 1; i < n; i += 2)
+        bad |= check(lb_svc_del(lb, LB_PROTO_TCP, GROW_VIP(i), 80) == LB_OK, "growth: delete a service");
+    bad |= growth_check(lb, n, 1, 0);
+    int listed = lb_svc_list(lb, list, (uint32_t)(base + n));
+    bad |= check(listed == base + (int)(n + 1) / 2, "growth: the listing holds the live services");
+    for (int k = base; k < listed && k < base + n; k++)
+        bad |= check(list[k].conf.addr == GROW_VIP(2 * (k - base)), "growth: the listing keeps insertion order");
+    lb_clear(lb);
+    bad |= growth_check(lb, n, 1, 1);
+    bad |= check(lb_local_addrs_set(lb, NULL, 0) == LB_OK, "growth: empty the host set");
+    for (long i = 0; i < n; i += 97)
+        bad |= check(!lb_is_local(lb, lb_htonl(GROW_VIP(i))), "growth: nothing is local once all is gone");
+    free(hosts);
+    free(list);
+    lb_free(lb);
+    return bad;
+}
+
 static int cmd_churn(long rounds)
 {
     lb_t *lb = new_lb();
@@ -972,6 +1095,7 @@ static int cmd_churn(long rounds)
     lb_free(lb);
     bad |= locality_churn(rounds * 15);
     bad |= pressure_churn(rounds * 4);
+    bad |= growth_churn(512 + rounds); /* past 256 services and VIPs: both hashes grow */
     printf("churned %ld rounds: %s\n", rounds, bad ? "FAILED" : "ok");
     return bad;
 }
@@ -1110,6 +1234,12 @@ static int cmd_fnatcost(const char *mode, long m)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 3 && strcmp(argv[1], "--svcs") == 0) {
+        fill_svcs = strtol(argv[2], NULL, 10);
+        argv[2] = argv[0];
+        argc -= 2;
+        argv += 2;
+    }
     if (argc >= 3 && strcmp(argv[1], "replay") == 0)
         return cmd_replay(argc - 2, argv + 2);
     if (argc >= 4 && strcmp(argv[1], "bench") == 0)
@@ -1122,7 +1252,7 @@ int main(int argc, char **argv)
         return cmd_fnatcost(argv[2], strtol(argv[3], NULL, 10));
     if (argc == 5 && strcmp(argv[1], "table") == 0)
         return cmd_table(strtol(argv[2], NULL, 10), strtol(argv[3], NULL, 10), strtol(argv[4], NULL, 10));
-    fprintf(stderr, "usage: harness replay FILE... | bench N FILE... | bench-copy N FILE... | churn ROUNDS | table IDLE ACTIVE PASSES | fnatcost accept|refuse M\n");
+    fprintf(stderr, "usage: harness replay FILE... | [--svcs K] bench N FILE... | [--svcs K] bench-copy N FILE... | churn ROUNDS | table IDLE ACTIVE PASSES | fnatcost accept|refuse M\n");
     return 2;
 }
 #endif

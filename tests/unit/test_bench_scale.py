@@ -106,3 +106,46 @@ def test_sections_needing_namespaces_are_skipped_without_root(monkeypatch: pytes
     out = scale.run(args)
     assert {name: data["skipped"] for name, data in out["sections"].items()} == dict.fromkeys(
         ("conns", "flood", "overload"), "needs root (network namespaces)")
+
+
+def _services_json() -> dict[str, Any]:
+    curve = {"what": "harness --svcs K", "rows": [
+        {"requested": 1, "services": 23, "dr_est_ack": 286.0, "dr_syn_new": 860.0},
+        {"requested": 10000, "services": 10000, "dr_est_ack": 286.0, "dr_syn_new": 1247.0}]}
+
+    def fig(pps: float, us: float) -> dict[str, Any]:
+        return {"zero_loss_pps": pps, "dut_us_per_pkt": us, "searches": [pps]}
+
+    sizes = [{"services": n, "svc": fig(pps, us), "routed": fig(300_000.0, 3.0), "routed_rules_only": fig(300_000.0, 3.0),
+              "raw_rules": 6, "lbd_idle_cpu_pct": 0.3, "add_service_ms": 2.0, "del_service_ms": 2.0}
+             for n, pps, us in ((1, 200_000.0, 5.0), (10000, 190_000.0, 5.2))]
+    data = {"config": {"sizes": [1, 10000], "wire": "direct", "repeats": 1}, "instructions": curve,
+            "baseline": fig(300_000.0, 3.0), "sizes": sizes}
+    from bench import steer_scale  # noqa: PLC0415
+
+    data["verdicts"] = steer_scale.verdicts(data)
+    return data
+
+
+def test_services_report_has_the_instruction_curve_and_judges_it(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "scale.json").write_text(json.dumps({"part": "scale", "config": {},
+                                                "sections": {"services": _services_json()}}))
+    text = report.write(run).read_text()
+    lines = text.splitlines()
+    assert "| 10,000 | 286.0 | 1247.0 |" in lines
+    assert "On the wire (direct wiring, bench/wire.py):" in lines
+    assert any("instructions per packet, established DR" in line and "1.00x" in line and "met" in line
+               for line in lines), text
+    assert any("instructions per packet, new DR connection" in line and "1.45x" in line and "MISSED" in line
+               for line in lines), text
+    assert any("svc: pps at N / pps at 1 service" in line and "1.05x" in line and "| met" in line for line in lines)
+
+
+def test_services_section_defaults_to_the_direct_wire() -> None:
+    args = _args("--sections", "services")
+    assert args.svc_wire == "direct" and args.svc_instr
+    assert _args("--svc-wire", "bridge", "--no-svc-instr").svc_wire == "bridge"
