@@ -8,28 +8,44 @@ for traffic.
   is exactly the `lbadm` console script (pyproject's [project.scripts]), minus a Python
   start-up of 5-30 s per command in the guest. The argv is the one given to ipvsadm; the
   control socket comes from $LBD_SOCKET, as an operator's would. With tool "ipvsadm" (runner
-  --lbd-tool ipvsadm) lbd is driven by the very ipvsadm binary that drives the kernel, through
-  `lbd-exec` (the IPVS preload library, docs/ipvsadm.md): one rules file, one tool, both systems.
+  --lbd-tool ipvsadm) lbd is driven by the very ipvsadm binary that drives the kernel, with the
+  environment `lbd-exec` gives it (lbd's IPVS preload library in LD_PRELOAD, lbd's socket in
+  LBD_SOCKET, docs/ipvsadm.md): one rules file, one tool, both systems. That environment is computed
+  here, by lbd-exec's own code, rather than by running the lbd-exec script per command: the script
+  is a Python start-up (5-30 s in the guest) before every ipvsadm, which made the lbd side 8-12
+  times slower than the kernel side and a full run overrun its time bound (issue 17).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from bench.common import Lbd, LbdError
+from lb.ipvsabi.launcher import child_environment, library_path
 from lb.lbadm.run import main as lbadm_main
 
 LBD_START_TIMEOUT_S = 400.0  # lbd's start-up under TCG: ~30 s idle, minutes on a busy host
 RESOLVE_TIMEOUT_S = 30.0
 ADMIN_TIMEOUT_S = 60.0
 LBD_TOOLS = ("lbadm", "ipvsadm")
-LBD_EXEC = Path(sys.executable).parent / "lbd-exec"  # the venv's launcher, beside its python
+IPVSADM = "ipvsadm"  # the same binary, found on PATH, for both systems
+# What lbd-exec adds to the tool's environment (lb/ipvsabi/launcher.py: child_environment).
+PRELOAD_VARS = ("LD_PRELOAD", "LBD_SOCKET")
+
+
+def ipvsadm_through_preload(socket: str, argv: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """The command that runs `ipvsadm ARGV` against the lbd at `socket` exactly as `lbd-exec --socket
+    SOCKET ipvsadm ARGV` would (the same LD_PRELOAD and LBD_SOCKET, from lbd-exec's own
+    child_environment), but through env(1) rather than the lbd-exec Python script: no interpreter
+    starts per command, so the lbd side pays what the kernel side pays for one ipvsadm."""
+    child = child_environment(dict(os.environ if env is None else env), library_path(), socket, None)
+    return ["env", *(f"{name}={child[name]}" for name in PRELOAD_VARS), IPVSADM, *argv]
 
 
 @dataclass
@@ -59,7 +75,7 @@ class KernelIpvs:
         self.director = director
 
     def admin(self, argv: list[str], stdin: str | None = None) -> AdminResult:
-        r = self.director.exec(["ipvsadm", *argv], check=False, input=stdin, timeout=ADMIN_TIMEOUT_S)
+        r = self.director.exec([IPVSADM, *argv], check=False, input=stdin, timeout=ADMIN_TIMEOUT_S)
         return AdminResult(r.returncode, r.stdout, r.stderr)
 
     def before_traffic(self) -> str | None:
@@ -94,8 +110,8 @@ class LbdSystem:
 
     def admin(self, argv: list[str], stdin: str | None = None) -> AdminResult:
         if self.tool == "ipvsadm":
-            r = self.director.exec([str(LBD_EXEC), "--socket", self.lbd.socket, "ipvsadm", *argv], check=False,
-                                   input=stdin, timeout=ADMIN_TIMEOUT_S)
+            r = self.director.exec(ipvsadm_through_preload(self.lbd.socket, argv), check=False, input=stdin,
+                                   timeout=ADMIN_TIMEOUT_S)
             return AdminResult(r.returncode, r.stdout, r.stderr)
         out, err = io.StringIO(), io.StringIO()
         old_in = sys.stdin
