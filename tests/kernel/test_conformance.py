@@ -93,16 +93,17 @@ def test_lbd_matches_kernel(conformance: dict[str, Any], scn: Scenario) -> None:
     kernel, lbd = _entry(conformance, scn, "kernel"), _entry(conformance, scn, "lbd")
     assert "error" not in kernel, f"kernel IPVS run failed: {kernel['error']}"
     assert "error" not in lbd, f"lbd run failed: {lbd['error']}{_context(lbd)}"
-    k, b = compare.render(kernel["records"], "kernel"), compare.render(lbd["records"], "lbd")
+    tool = str(conformance.get("lbd_tool", "lbadm"))
+    k, b = compare.render(kernel["records"], "kernel", tool), compare.render(lbd["records"], "lbd", tool)
     if scn.kernel_lacks:
         _check_lbd_alone(scn, lbd["records"])
         assert k != b, f"{scn.name}: identical records although the kernel lacks {scn.kernel_lacks}"
         warnings.warn(KernelLacks(f"{scn.name}: kernel IPVS lacks {scn.kernel_lacks}; lbd does it "
-                                  f"({scn.why})\n{compare.diff(k, b)}"), stacklevel=1)
+                                  f"({scn.why})\n{compare.diff(k, b, tool)}"), stacklevel=1)
         return
     if k != b:
         pytest.fail(f"{scn.name} ({scn.why}): lbd differs from kernel IPVS\n"
-                    f"{compare.diff(k, b)}{_context(lbd)}", pytrace=False)
+                    f"{compare.diff(k, b, tool)}{_context(lbd)}", pytrace=False)
 
 
 def _check_lbd_alone(scn: Scenario, records: list[dict[str, Any]]) -> None:

@@ -56,6 +56,17 @@ def test_render_differs_on_exit_status_and_reads_lbadm_as_ipvsadm() -> None:
     assert compare.render([dict(rec, rc=0, stderr="")], "kernel") != lines
 
 
+def test_kernel_default_tunnel_type_is_dropped_from_its_save_only_when_ipvsadm_drives_lbd() -> None:
+    save = "-a -t 10.0.0.1:80 -r 10.0.0.12:80 -i -w 3 --tun-type ipip\n-a -t 10.0.0.1:80 -r 10.0.0.13:80 -i -w 1 --tun-type gue\n"
+    kernel = [{"what": "ADMIN -S -n", "rc": 0, "stdout": save, "stderr": ""}]
+    lbd = [dict(kernel[0], stdout=save.replace(" --tun-type ipip", ""))]
+    assert compare.render(kernel, "kernel", "ipvsadm") == compare.render(lbd, "lbd", "ipvsadm")
+    assert compare.render(kernel, "kernel") != compare.render(lbd, "lbd")  # lbadm saves the type: no excuse
+    assert "--tun-type gue" in "\n".join(compare.render(kernel, "kernel", "ipvsadm"))  # only the default goes
+    listing = [dict(kernel[0], what="ADMIN -Ln")]
+    assert compare.render(listing, "kernel", "ipvsadm") == compare.render(listing, "kernel")
+
+
 def test_scenarios_are_valid_and_named_uniquely() -> None:
     names = [s.name for s in ALL]
     assert len(names) == len(set(names)) and len(names) <= 150
