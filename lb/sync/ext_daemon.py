@@ -12,19 +12,15 @@ Counters carry an `ext_` prefix (ext_datagrams_sent, ext_conns_installed, ext_dr
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import errno
 import ipaddress
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from lb import consts as C
-from lb.engine import EngineError
-from lb.sync import codec, extension, records
+from lb.sync import codec, extension, records, sockets
 
 if TYPE_CHECKING:
     from lb.director import Director
@@ -32,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lbd")
 
-RECV_BUF = 65535
 FWD_FLAGS = {**records.FWD_FLAGS, "fullnat": extension.F_FULLNAT}
 PENDING = "pending"  # a SYN-proxy handshake still open: no offset yet, sent once it completes
 
@@ -147,34 +142,14 @@ def receive(director: Director, conf: DaemonConf, counters: Counters, data: byte
     return outcome
 
 
-def _mreqn(group: str, ifindex: int) -> bytes:
-    import struct
-
-    return socket.inet_aton(group) + socket.inet_aton("0.0.0.0") + struct.pack("=i", ifindex)
-
-
-def _error(exc: OSError, what: str) -> EngineError:
-    return EngineError(errno.errorcode.get(exc.errno or 0, "EIO"), f"start_daemon: {what}: {exc.strerror}")
-
-
 class ExtMaster:
     """The master's extension socket: sends what the Selector converted."""
 
     def __init__(self, conf: DaemonConf, ifindex: int, counters: Counters) -> None:
         self.conf = conf
         self.counters = counters
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-        try:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _mreqn("0.0.0.0", ifindex))
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, conf.mcast_ttl)
-            sock.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT
-            sock.setblocking(False)
-            sock.connect((conf.mcast_group, conf.sync_ext_port))
-        except OSError as exc:
-            sock.close()
-            raise _error(exc, f"extension master on {conf.mcast_ifn} port {conf.sync_ext_port}") from exc
-        self.sock = sock
+        self.sock = sockets.open_sender(ifindex, conf.mcast_ttl, conf.mcast_group, conf.sync_ext_port,
+                                        f"extension master on {conf.mcast_ifn} port {conf.sync_ext_port}")
 
     def send(self, conns: list[extension.ExtConn]) -> None:
         if not conns:
@@ -204,40 +179,14 @@ class ExtBackup:
         self.conf = conf
         self.counters = counters
         self.default_timeout_s = default_timeout_s
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, conf.mcast_ifn.encode())
-            sock.bind((conf.mcast_group, conf.sync_ext_port))
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(conf.mcast_group, ifindex))
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise _error(exc, f"extension backup on {conf.mcast_ifn} port {conf.sync_ext_port}") from exc
-        self.sock = sock
-        self._loop: asyncio.AbstractEventLoop | None = None
+        sock = sockets.open_receiver(conf.mcast_ifn, ifindex, conf.mcast_group, conf.sync_ext_port,
+                                     f"extension backup on {conf.mcast_ifn} port {conf.sync_ext_port}")
+        self.reader = sockets.DatagramReader(
+            sock, lambda data: receive(director, conf, counters, data, default_timeout_s), counters, "ext_",
+            "an extension datagram")
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.sock.fileno(), self._readable)
-
-    def _readable(self) -> None:
-        for _ in range(64):
-            try:
-                data = self.sock.recv(RECV_BUF)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.counters.add("ext_recv_errors")
-                log.debug("sync backup: extension recv failed: %s", exc)
-                return
-            try:
-                receive(self.director, self.conf, self.counters, data, self.default_timeout_s)
-            except Exception:
-                log.exception("sync backup: an extension datagram could not be processed")
-                self.counters.add("ext_internal_errors")
+        self.reader.start()
 
     def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(self.sock.fileno())
-        self.sock.close()
+        self.reader.stop()

@@ -28,18 +28,16 @@ at once; starting a running one is EEXIST, stopping a stopped one ESRCH, an unkn
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import logging
 import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lb import consts as C
 from lb.engine import EngineError
-from lb.sync import codec, ext_daemon, records
+from lb.sync import codec, ext_daemon, records, sockets
 
 if TYPE_CHECKING:
     from lb.director import Director
@@ -54,7 +52,6 @@ MASTER_MTU = 1500          # the kernel sizes a master's messages for 1500 whate
 REFRESH_MIN_MS = 10_000    # the kernel's min_diff: max(timeout / 2, 10 s)
 BULK_PERIOD_S = 30         # a bulk pass (the whole table) starts this often at most (0: at start only)
 BULK_RATE = 2000           # entries per tick of a bulk pass at most (about 50 datagrams of 1472 bytes)
-RECV_BUF = 65535
 STATES = {"master": 1, "backup": 2}  # IP_VS_STATE_MASTER / BACKUP
 
 
@@ -132,10 +129,6 @@ def _mtu(name: str) -> int:
             return int(f.read())
     except (OSError, ValueError):
         return MASTER_MTU
-
-
-def _mreqn(group: str, ifindex: int) -> bytes:
-    return socket.inet_aton(group) + socket.inet_aton("0.0.0.0") + struct.pack("=i", ifindex)
 
 
 @dataclass
@@ -281,18 +274,8 @@ class Master:
         if director.engine.dump_connections_chunks(0) is None:  # lazy: nothing is dumped yet
             raise EngineError("EOPNOTSUPP", f"start_daemon: the {director.engine.name} engine cannot list its "
                               "connections for a sync master")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-        try:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _mreqn("0.0.0.0", ifindex))
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, conf.mcast_ttl)
-            sock.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT: may fragment
-            sock.setblocking(False)
-            sock.connect((conf.mcast_group, conf.mcast_port))
-        except OSError as exc:
-            sock.close()
-            raise EngineError(errno.errorcode.get(exc.errno or 0, "EIO"),
-                              f"start_daemon: master on {conf.mcast_ifn}: {exc.strerror}") from exc
+        sock = sockets.open_sender(ifindex, conf.mcast_ttl, conf.mcast_group, conf.mcast_port,
+                                   f"master on {conf.mcast_ifn}")
         self.sock = sock
         self.task: asyncio.Task[None] | None = None
         try:
@@ -350,19 +333,9 @@ class Backup:
             conf.sync_maxlen = min(max(conf.sync_maxlen, 1024), MAXLEN_MAX)
         else:
             conf.sync_maxlen = mtu - IP_UDP_HLEN
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, conf.mcast_ifn.encode())
-            sock.bind((conf.mcast_group, conf.mcast_port))
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(conf.mcast_group, ifindex))
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise EngineError(errno.errorcode.get(exc.errno or 0, "EIO"),
-                              f"start_daemon: backup on {conf.mcast_ifn}: {exc.strerror}") from exc
-        self.sock = sock
-        self._loop: asyncio.AbstractEventLoop | None = None
+        sock = sockets.open_receiver(conf.mcast_ifn, ifindex, conf.mcast_group, conf.mcast_port,
+                                     f"backup on {conf.mcast_ifn}")
+        self.reader = sockets.DatagramReader(sock, self.receive, self.counters, "", "a datagram")
         try:
             self.ext = (ext_daemon.ExtBackup(director, conf, ifindex, self.counters,
                                              lambda proto, state: _default_timeout_s(director, proto, state))
@@ -372,34 +345,15 @@ class Backup:
             raise
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.sock.fileno(), self._readable)
+        self.reader.start()
         if self.ext is not None:
             self.ext.start()
-
-    def _readable(self) -> None:
-        for _ in range(64):  # a budget per wake-up: the loop has other work
-            try:
-                data = self.sock.recv(RECV_BUF)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.counters.add("recv_errors")
-                log.debug("sync backup: recv failed: %s", exc)
-                return
-            try:
-                self.receive(data)
-            except Exception:
-                log.exception("sync backup: a datagram could not be processed")
-                self.counters.add("internal_errors")
 
     def receive(self, data: bytes, now_ms: int | None = None) -> dict[str, int]:
         return receive(self.director, self.conf, self.counters, data, now_ms)
 
     def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(self.sock.fileno())
-        self.sock.close()
+        self.reader.stop()
         if self.ext is not None:
             self.ext.stop()
 

@@ -138,6 +138,29 @@ static inline int lb_xmit_l2_to(const struct lb_dest *d, struct lb_action *act)
         ip_[8] = (uint8_t)(ip_[8] - 1);                                                             \
     } while (0)
 
+/* lb_xmit_rewrite: which side of the packet it writes. */
+#define LB_XMIT_RW_SRC 1u
+#define LB_XMIT_RW_DST 2u
+
+/* The NAT and FULLNAT rewrite of the copy at o of TCP/UDP packet p: the source address and port
+ * (LB_XMIT_RW_SRC) and/or the destination address and port (LB_XMIT_RW_DST), all network order,
+ * with the TTL decremented. Checksums are updated incrementally (RFC 1624) for the words that
+ * change; a UDP checksum of 0 (none) stays 0, an updated one that comes out 0 is sent as 0xffff.
+ * Returns -1, nothing written, when the TTL runs out (decrement_ttl: TTL <= 1). */
+int lb_xmit_rewrite(uint8_t *o, const struct lb_pkt *p, unsigned which, uint32_t saddr, uint16_t sport,
+                    uint32_t daddr, uint16_t dport);
+
+/* The copy at out that a rewriting method edits: 0, or -1 with act dropped when p does not fit. */
+static inline int lb_xmit_copy(const struct lb_pkt *p, uint8_t *out, uint32_t out_cap, struct lb_action *act)
+{
+    if (p->len > out_cap) {
+        act->verdict = LB_V_DROP;
+        return -1;
+    }
+    __builtin_memcpy(out, p->data, p->len);
+    return 0;
+}
+
 /* A client's packet whose TTL runs out on the director (decrement_ttl: TTL <= 1): ICMP time
  * exceeded back to its source from saddr_n, or dropped when it does not fit. */
 static inline int lb_xmit_ttl_exceeded(const struct lb_pkt *p, uint32_t saddr_n, uint8_t *out, uint32_t out_cap,

@@ -63,7 +63,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +71,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lb_adapter.h"
 #include "lb_xmit.h"
 
 #define NFQ_BATCH 64                       /* packet messages per recvmmsg */
@@ -86,8 +86,6 @@
 #define NFQ_TX_WAITS 20                    /* ~1 ms polls for room per batch before a frame is dropped */
 #define NFQ_POLL_MS 100
 #define NFQ_LOOPBACK_IFINDEX 1             /* the kernel's LOOPBACK_IFINDEX: lo in every namespace */
-#define NFQ_EXPIRE_EVERY_MS 100
-#define NFQ_EXPIRE_STEPS 10                /* the whole table is swept every 10 ticks (~1 s) */
 #define NFQ_VERDICT_MSG_MAX (LB_PKT_MAX + 512)
 
 struct lb_nfq {
@@ -117,13 +115,6 @@ struct lb_nfq {
     struct iovec rx_iov[NFQ_BATCH];
     uint64_t last_expire_ms;
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* Send one config message with an ACK request and wait for the kernel's answer. */
 static int nfq_config(struct lb_nfq *q, uint8_t cmd, int set_params, uint32_t flags)
@@ -393,15 +384,6 @@ static uint32_t refused_mtu(struct lb_nfq *q)
     return mtu;
 }
 
-static int send_raw(struct lb_nfq *q, const uint8_t *o, uint32_t len)
-{
-    struct sockaddr_in dst;
-    memset(&dst, 0, sizeof(dst));
-    dst.sin_family = AF_INET;
-    memcpy(&dst.sin_addr, o + 16, 4);
-    return sendto(q->raw_fd, o, len, MSG_DONTWAIT, (struct sockaddr *)&dst, sizeof(dst)) < 0 ? -errno : 0;
-}
-
 /* An answer the kernel refused as too big for the device (DF clear): its fragments. 1 when all left. */
 static int send_raw_fragmented(struct lb_nfq *q, const uint8_t *o, uint32_t len)
 {
@@ -411,7 +393,7 @@ static int send_raw_fragmented(struct lb_nfq *q, const uint8_t *o, uint32_t len)
         return 0;
     const uint8_t *f = q->frag;
     for (int j = 0; j < k; j++) {
-        if (send_raw(q, f, q->frag_len[j]) < 0)
+        if (lb_adapter_send_raw(q->raw_fd, f, q->frag_len[j]) < 0)
             return 0;
         f += q->frag_len[j];
     }
@@ -431,7 +413,7 @@ static uint64_t send_answers(struct lb_nfq *q, struct batch_item *items, int n)
         /* Never block: answers to unresolvable (e.g. spoofed) clients wait in the
          * kernel's neighbour queue holding send-buffer memory; a blocking send
          * would stall the whole queue thread. A failed send is counted. */
-        int r = send_raw(q, o, it->act.out_len);
+        int r = lb_adapter_send_raw(q->raw_fd, o, it->act.out_len);
         if (r == -EMSGSIZE && send_raw_fragmented(q, o, it->act.out_len))
             r = 0;
         if (r < 0) {
@@ -626,7 +608,7 @@ static void process_batch(struct lb_nfq *q, int nmsgs)
 {
     struct batch_item items[NFQ_ITEMS];
     int n = 0;
-    uint64_t t = now_ms();
+    uint64_t t = lb_adapter_now_ms();
     pthread_mutex_lock(&q->lb->lock);
     for (int i = 0; i < nmsgs; i++) {
         uint8_t *buf = q->rx + (size_t)i * NFQ_MSG_BUF;
@@ -678,7 +660,7 @@ static void process_timers(struct lb_nfq *q)
     struct batch_item items[NFQ_BATCH];
     for (;;) {
         int n = 0;
-        uint64_t t = now_ms();
+        uint64_t t = lb_adapter_now_ms();
         pthread_mutex_lock(&q->lb->lock);
         while (n < NFQ_BATCH) {
             memset(&items[n], 0, sizeof(items[n]));
@@ -701,15 +683,7 @@ static int poll_timeout_ms(struct lb_nfq *q)
 {
     if (!(q->flags & LB_NFQ_F_TIMERS))
         return NFQ_POLL_MS;
-    pthread_mutex_lock(&q->lb->lock);
-    uint64_t due = lb_timer_due(q->lb);
-    pthread_mutex_unlock(&q->lb->lock);
-    if (due == UINT64_MAX)
-        return NFQ_POLL_MS;
-    uint64_t t = now_ms();
-    if (due <= t)
-        return 0;
-    return due - t < NFQ_POLL_MS ? (int)(due - t) : NFQ_POLL_MS;
+    return lb_adapter_timer_poll_ms(q->lb, NFQ_POLL_MS);
 }
 
 static void *nfq_thread(void *arg)
@@ -736,12 +710,7 @@ static void *nfq_thread(void *arg)
         if (!(q->flags & LB_NFQ_F_TIMERS))
             continue;
         process_timers(q);
-        uint64_t t = now_ms();
-        if (t - q->last_expire_ms >= NFQ_EXPIRE_EVERY_MS) {
-            q->last_expire_ms = t;
-            uint32_t hwm = q->lb->hwm; /* read without the lock: only a step size */
-            lb_expire(q->lb, t, hwm / NFQ_EXPIRE_STEPS + 1);
-        }
+        lb_adapter_expire_tick(q->lb, &q->last_expire_ms);
     }
     return NULL;
 }
@@ -828,11 +797,8 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *o
         }
         q->vnet = 1;
     }
-    int sndbuf = NFQ_SNDBUF_BYTES;
-    if (setsockopt(q->raw_fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
-        setsockopt(q->raw_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
-    if (setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
-        setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    lb_adapter_sndbuf(q->raw_fd, NFQ_SNDBUF_BYTES);
+    lb_adapter_sndbuf(q->pkt_fd, NFQ_SNDBUF_BYTES);
     /* Opt-in only: frames that bypass the qdisc are not seen by tcpdump on the director's own
      * interface, and a capture there is how operators find forwarding bugs (field report 000). */
     if (q->flags & LB_NFQ_F_QDISC_BYPASS) {
@@ -855,25 +821,8 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *o
     if ((e = nfq_config(q, NFQNL_CFG_CMD_NONE, 1, cfg_flags)) < 0)
         goto fail;
 
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    if (opts->cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(opts->cpu, &set);
-        pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
-    }
-    /* The thread must not take signals meant for the Python main thread. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    int pe = pthread_create(&q->thread, &attr, nfq_thread, q);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
-    if (pe != 0) {
-        e = -pe; /* EINVAL also when the CPU is not one this process may run on */
+    if ((e = lb_adapter_thread_start(&q->thread, opts->cpu, nfq_thread, q)) < 0)
         goto fail;
-    }
     q->thread_started = 1;
     if (err)
         *err = 0;

@@ -250,47 +250,6 @@ static void laddr_put(struct lb_laddr *la)
         free(la);
 }
 
-/* Rewrite addresses/ports in the packet at o (already a copy) and fix checksums.
- * new addresses/ports are network order. Returns -1 if the TTL runs out. Each
- * checksum gets one incremental update for all its changed words (the same
- * result as one update per word, lb_csum_apply_raw). */
-static int rewrite(uint8_t *o, const struct lb_pkt *p, uint32_t saddr, uint16_t sport, uint32_t daddr,
-                   uint16_t dport)
-{
-    if (o[8] <= 1)
-        return -1;
-    /* TTL lives in the 16-bit word with the protocol. */
-    uint16_t old_ttl_proto, new_ttl_proto;
-    memcpy(&old_ttl_proto, o + 8, 2);
-    o[8]--;
-    memcpy(&new_ttl_proto, o + 8, 2);
-
-    uint32_t old_s, old_d;
-    memcpy(&old_s, o + 12, 4);
-    memcpy(&old_d, o + 16, 4);
-    memcpy(o + 12, &saddr, 4);
-    memcpy(o + 16, &daddr, 4);
-    /* The addresses are in the IP header and in the TCP/UDP pseudo-header. */
-    uint64_t addrs_delta = lb_csum_delta32(old_s, saddr) + lb_csum_delta32(old_d, daddr);
-    lb_csum_apply_raw(o + 10, addrs_delta + lb_csum_delta16(old_ttl_proto, new_ttl_proto));
-
-    uint8_t *l4 = o + p->l4off;
-    uint8_t *csum = NULL;
-    if (p->proto == LB_PROTO_TCP)
-        csum = l4 + 16;
-    else if (p->proto == LB_PROTO_UDP && (l4[6] | l4[7]))
-        csum = l4 + 6;
-    uint32_t old_ports, new_ports = lb_key_ports(sport, dport); /* source, destination port */
-    memcpy(&old_ports, l4, 4);
-    memcpy(l4, &new_ports, 4);
-    if (csum) {
-        lb_csum_apply_raw(csum, addrs_delta + lb_csum_delta32(old_ports, new_ports));
-        if (p->proto == LB_PROTO_UDP && csum[0] == 0 && csum[1] == 0)
-            csum[0] = csum[1] = 0xff; /* 0 means "no checksum" in UDP: send 0xffff */
-    }
-    return 0;
-}
-
 /* Full TCP checksum over the pseudo-header and segment at o. */
 static void tcp_csum_full(uint8_t *o, uint32_t ihl, uint32_t tot_len)
 {
@@ -354,12 +313,10 @@ static int fnat_xmit_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uin
         act->verdict = LB_V_DROP;
         return LB_R_NO_L2;
     }
-    if (p->len > out_cap) {
-        act->verdict = LB_V_DROP;
+    if (lb_xmit_copy(p, out, out_cap, act) < 0)
         return LB_R_MALFORMED;
-    }
-    memcpy(out, p->data, p->len);
-    if (rewrite(out, p, c->oaddr_n, c->oport, d->addr_n, lb_conn_rport_n(c)) < 0)
+    if (lb_xmit_rewrite(out, p, LB_XMIT_RW_SRC | LB_XMIT_RW_DST, c->oaddr_n, c->oport, d->addr_n,
+                        lb_conn_rport_n(c)) < 0)
         return lb_xmit_ttl_exceeded(p, p->daddr, out, out_cap, act); /* from the VIP */
     uint32_t len = p->len;
     int reason = LB_R_FORWARDED;
@@ -385,16 +342,13 @@ static int fnat_xmit_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uin
 static int fnat_xmit_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
                          uint32_t out_cap, struct lb_action *act)
 {
-    if (p->len > out_cap) {
-        act->verdict = LB_V_DROP;
+    if (lb_xmit_copy(p, out, out_cap, act) < 0)
         return LB_R_MALFORMED;
-    }
-    memcpy(out, p->data, p->len);
     const struct lb_svc *s = c->dest->svc;
     /* Room in the client's segments for what this service adds (TOA, or the PROXY header). */
     if (p->proto == LB_PROTO_TCP && s && lb_svc_room(s->conf.flags) && (p->tcp_flags & LB_TCP_SYN))
         mss_lower(out, p, lb_svc_room(s->conf.flags));
-    if (rewrite(out, p, c->vaddr, c->vport, c->caddr, c->cport) < 0)
+    if (lb_xmit_rewrite(out, p, LB_XMIT_RW_SRC | LB_XMIT_RW_DST, c->vaddr, c->vport, c->caddr, c->cport) < 0)
         return lb_xmit_ttl_exceeded(p, p->daddr, out, out_cap, act); /* to the real server, from the LIP */
     act->verdict = LB_V_ANSWER;
     act->out_len = p->len;

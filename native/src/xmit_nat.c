@@ -32,45 +32,7 @@
  * No per-service state and no reference per connection. FTP's NAT helper (ip_vs_ftp, which
  * rewrites PORT/PASV addresses in the control connection) is not implemented.
  */
-#include <string.h>
-
 #include "lb_xmit.h"
-
-/* Rewrite one side of the copy at o: the source (src != 0) or the destination address and port,
- * decrementing the TTL. addr and port are network order. Returns -1 when the TTL runs out. */
-static int nat_rewrite(uint8_t *o, const struct lb_pkt *p, int src, uint32_t addr, uint16_t port)
-{
-    if (o[8] <= 1)
-        return -1;
-    uint16_t old_ttl_proto, new_ttl_proto;
-    memcpy(&old_ttl_proto, o + 8, 2); /* the TTL shares its 16-bit word with the protocol */
-    o[8]--;
-    memcpy(&new_ttl_proto, o + 8, 2);
-
-    uint8_t *a = o + (src ? 12 : 16);
-    uint32_t old_addr;
-    memcpy(&old_addr, a, 4);
-    memcpy(a, &addr, 4);
-    uint64_t addr_delta = lb_csum_delta32(old_addr, addr); /* in the IP header and the pseudo-header */
-    lb_csum_apply_raw(o + 10, addr_delta + lb_csum_delta16(old_ttl_proto, new_ttl_proto));
-
-    uint8_t *l4 = o + p->l4off;
-    uint8_t *csum = NULL;
-    if (p->proto == LB_PROTO_TCP)
-        csum = l4 + 16;
-    else if (p->proto == LB_PROTO_UDP && (l4[6] | l4[7]))
-        csum = l4 + 6;
-    uint8_t *pt = l4 + (src ? 0 : 2);
-    uint16_t old_port;
-    memcpy(&old_port, pt, 2);
-    memcpy(pt, &port, 2);
-    if (csum) {
-        lb_csum_apply_raw(csum, addr_delta + lb_csum_delta16(old_port, port));
-        if (p->proto == LB_PROTO_UDP && csum[0] == 0 && csum[1] == 0)
-            csum[0] = csum[1] = 0xff; /* 0 means "no checksum" in UDP */
-    }
-    return 0;
-}
 
 static int nat_xmit_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
                        uint32_t out_cap, struct lb_action *act)
@@ -80,12 +42,9 @@ static int nat_xmit_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_con
         act->verdict = LB_V_DROP;
         return LB_R_NO_L2;
     }
-    if (p->len > out_cap) {
-        act->verdict = LB_V_DROP;
+    if (lb_xmit_copy(p, out, out_cap, act) < 0)
         return LB_R_MALFORMED;
-    }
-    memcpy(out, p->data, p->len);
-    if (nat_rewrite(out, p, 0, d->addr_n, lb_conn_rport_n(c)) < 0)
+    if (lb_xmit_rewrite(out, p, LB_XMIT_RW_DST, 0, 0, d->addr_n, lb_conn_rport_n(c)) < 0)
         return lb_xmit_ttl_exceeded(p, p->daddr, out, out_cap, act); /* from the VIP, as decrement_ttl */
     lb_xmit_l2_to(d, act);
     act->out_len = p->len;
@@ -95,12 +54,9 @@ static int nat_xmit_in(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_con
 static int nat_xmit_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_conn *c, uint8_t *out,
                         uint32_t out_cap, struct lb_action *act)
 {
-    if (p->len > out_cap) {
-        act->verdict = LB_V_DROP;
+    if (lb_xmit_copy(p, out, out_cap, act) < 0)
         return LB_R_MALFORMED;
-    }
-    memcpy(out, p->data, p->len);
-    if (nat_rewrite(out, p, 1, c->vaddr, c->vport) < 0) {
+    if (lb_xmit_rewrite(out, p, LB_XMIT_RW_SRC, c->vaddr, c->vport, 0, 0) < 0) {
         /* The reply is routed by the director (ip_forward): time exceeded goes back to the real server
          * from the director's address on the route to it; without one, dropped. */
         const struct lb_dest_fwd *f = c->dest->fwd;

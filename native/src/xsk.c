@@ -37,7 +37,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,7 +49,7 @@
 #include <bpf/libbpf.h>
 #include <xdp/xsk.h>
 
-#include "lb_internal.h"
+#include "lb_adapter.h"
 
 #define XSK_FRAMES 4096
 #define XSK_FRAME_SIZE 4096                /* XSK_UMEM__DEFAULT_FRAME_SIZE: one page per frame */
@@ -58,8 +57,6 @@
 #define XSK_BATCH 64
 #define XSK_POLL_MS 100
 #define XSK_TX_TRIES 8                     /* kicks and completion reaps before a frame goes to AF_PACKET */
-#define XSK_EXPIRE_EVERY_MS 100
-#define XSK_EXPIRE_STEPS 10
 #define XSK_SNDBUF_BYTES (4 * 1024 * 1024)
 
 struct lb_xdp_key_wire {                   /* struct lb_xdp_key of lb_xdp.bpf.c: network order */
@@ -103,13 +100,6 @@ struct lb_xsk {
     uint64_t last_expire_ms;
     struct lb_xsk_stats stats;
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* ------------------------------------------------------------------ the XDP program */
 
@@ -324,17 +314,6 @@ static int send_l2(struct lb_xsk *q, const struct lb_action *a, const uint8_t *i
     return sendmsg(q->pkt_fd, &mh, MSG_DONTWAIT) < 0 ? -errno : 0;
 }
 
-static int send_raw(struct lb_xsk *q, const uint8_t *ip, uint32_t len)
-{
-    if (len < 20)
-        return -EINVAL;
-    struct sockaddr_in dst;
-    memset(&dst, 0, sizeof(dst));
-    dst.sin_family = AF_INET;
-    memcpy(&dst.sin_addr, ip + 16, 4);
-    return sendto(q->raw_fd, ip, len, MSG_DONTWAIT, (struct sockaddr *)&dst, sizeof(dst)) < 0 ? -errno : 0;
-}
-
 /* What lb_process decided for the packet ip[0..len) of frame addr (whose bytes start at frame).
  * Returns 1 when the frame went on the TX ring (the completion ring gives it back), else 0. */
 static int act_on(struct lb_xsk *q, const struct lb_action *a, uint8_t *frame, uint64_t addr, const uint8_t *ip,
@@ -370,7 +349,7 @@ static int act_on(struct lb_xsk *q, const struct lb_action *a, uint8_t *frame, u
         }
         return 0;
     case LB_V_ANSWER:
-        if (send_raw(q, out, a->out_len) < 0) {
+        if (lb_adapter_send_raw(q->raw_fd, out, a->out_len) < 0) {
             q->stats.answer_err++;
             lb_count_xmit_failed(q->lb, a->reason);
         } else {
@@ -379,7 +358,7 @@ static int act_on(struct lb_xsk *q, const struct lb_action *a, uint8_t *frame, u
         return 0;
     case LB_V_ACCEPT:
     case LB_V_MANGLE:
-        if (send_raw(q, res, res_len) < 0)
+        if (lb_adapter_send_raw(q->raw_fd, res, res_len) < 0)
             q->stats.pass_err++;
         else
             q->stats.passed++;
@@ -406,7 +385,7 @@ static void process_rx(struct lb_xsk *q)
     xsk_ring_cons__release(&q->rx, n);
     q->stats.packets += n;
     q->stats.batches++;
-    uint64_t t = now_ms();
+    uint64_t t = lb_adapter_now_ms();
     pthread_mutex_lock(&q->lb->lock);
     for (uint32_t i = 0; i < n; i++) {
         memset(&acts[i], 0, sizeof(acts[i]));
@@ -442,7 +421,7 @@ static void process_timers(struct lb_xsk *q)
         struct lb_action a;
         memset(&a, 0, sizeof(a));
         pthread_mutex_lock(&q->lb->lock);
-        int got = lb_timer_next(q->lb, now_ms(), q->out, LB_PKT_MAX, &a);
+        int got = lb_timer_next(q->lb, lb_adapter_now_ms(), q->out, LB_PKT_MAX, &a);
         pthread_mutex_unlock(&q->lb->lock);
         if (!got)
             return;
@@ -450,7 +429,7 @@ static void process_timers(struct lb_xsk *q)
         if (a.verdict == LB_V_XMIT_L2 && a.out_len)
             r = send_l2(q, &a, q->out, a.out_len);
         else if (a.verdict == LB_V_ANSWER)
-            r = send_raw(q, q->out, a.out_len);
+            r = lb_adapter_send_raw(q->raw_fd, q->out, a.out_len);
         if (r == 0)
             q->stats.timer_frames++;
         else if (a.verdict == LB_V_XMIT_L2 || a.verdict == LB_V_ANSWER)
@@ -464,15 +443,7 @@ static int poll_timeout_ms(struct lb_xsk *q)
         return 1; /* completions to reap */
     if (!(q->flags & LB_XSK_F_TIMERS))
         return XSK_POLL_MS;
-    pthread_mutex_lock(&q->lb->lock);
-    uint64_t due = lb_timer_due(q->lb);
-    pthread_mutex_unlock(&q->lb->lock);
-    if (due == UINT64_MAX)
-        return XSK_POLL_MS;
-    uint64_t t = now_ms();
-    if (due <= t)
-        return 0;
-    return due - t < XSK_POLL_MS ? (int)(due - t) : XSK_POLL_MS;
+    return lb_adapter_timer_poll_ms(q->lb, XSK_POLL_MS);
 }
 
 static void *xsk_thread(void *arg)
@@ -487,12 +458,7 @@ static void *xsk_thread(void *arg)
         if (!(q->flags & LB_XSK_F_TIMERS))
             continue;
         process_timers(q);
-        uint64_t t = now_ms();
-        if (t - q->last_expire_ms >= XSK_EXPIRE_EVERY_MS) {
-            q->last_expire_ms = t;
-            uint32_t hwm = q->lb->hwm; /* read without the lock: only a step size */
-            lb_expire(q->lb, t, hwm / XSK_EXPIRE_STEPS + 1);
-        }
+        lb_adapter_expire_tick(q->lb, &q->last_expire_ms);
     }
     return NULL;
 }
@@ -588,11 +554,8 @@ lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, 
         e = -errno;
         goto fail;
     }
-    int sndbuf = XSK_SNDBUF_BYTES;
-    if (setsockopt(q->raw_fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
-        setsockopt(q->raw_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
-    if (setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
-        setsockopt(q->pkt_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    lb_adapter_sndbuf(q->raw_fd, XSK_SNDBUF_BYTES);
+    lb_adapter_sndbuf(q->pkt_fd, XSK_SNDBUF_BYTES);
     uint32_t mark = LB_SOCKET_MARK_BASE | opts->mark_queue;
     if (setsockopt(q->raw_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
         e = -errno;
@@ -605,24 +568,8 @@ lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, 
         e = -errno;
         goto fail;
     }
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    if (opts->cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(opts->cpu, &set);
-        pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
-    }
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    int pe = pthread_create(&q->thread, &attr, xsk_thread, q);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
-    if (pe != 0) {
-        e = -pe;
+    if ((e = lb_adapter_thread_start(&q->thread, opts->cpu, xsk_thread, q)) < 0)
         goto fail;
-    }
     q->thread_started = 1;
     *err = 0;
     return q;

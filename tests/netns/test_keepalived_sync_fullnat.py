@@ -21,11 +21,11 @@ import signal
 from collections.abc import Callable, Iterator
 
 import pytest
+from sync_pair import LbdOn
 from test_keepalived_sync import SYNCID, _daemon_states  # type: ignore[import-not-found]
 from test_keepalived_vrrp import GLOBAL, VRID  # type: ignore[import-not-found]
 from test_sync_failover import _move_and_exchange  # type: ignore[import-not-found]
 from test_sync_fullnat import (  # type: ignore[import-not-found]
-    LbdOn,
     Peers,
     _wait_fullnat,
     fullnat_pair,

@@ -10,18 +10,13 @@ running the test httpd, all on one segment.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Iterator
 
 import pytest
-from conftest import HTTP_PORT, REPO, Lbd
+from conftest import HTTP_PORT, Lbd
+from sync_pair import LbdOn, director_pair, serve_http, wait_until
 
 from lb.sync import codec
 from lb.testbed import client
@@ -30,7 +25,6 @@ from lb.testbed.topology import (
     DIRECTOR_INDEX,
     REAL_BASE_INDEX,
     VIP_INDEX,
-    Host,
     HostSpec,
     LinkSpec,
     SegmentSpec,
@@ -39,8 +33,6 @@ from lb.testbed.topology import (
 )
 
 pytestmark = pytest.mark.netns
-
-T = TypeVar("T")
 
 N_CONNS = 20
 SYNC_WAIT_S = 15.0  # master tick 1 s; generous for a loaded machine (a bound, not a threshold)
@@ -58,45 +50,19 @@ def _spec() -> TopologySpec:
     return TopologySpec(segments=(SegmentSpec("lan"),), hosts=tuple(hosts))
 
 
-class LbdOn(Lbd):
-    """An lbd in a given host of the topology (conftest's Lbd runs in the topology's director)."""
-
-    def __init__(self, topo: Topology, host: Host) -> None:
-        super().__init__(topo, "c")
-        self._host = host
-
-    @property
-    def director(self) -> Host:
-        return self._host
-
-
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn]]:
-    logdir = Path(tempfile.mkdtemp(prefix="lbB-sync-"))
     with Topology(_spec()) as topo:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        for rs in topo.reals:
-            with open(logdir / f"{rs.name}.log", "w") as log:
-                rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(HTTP_PORT)],
-                         stdout=log, stderr=subprocess.STDOUT, env=env)
-        client.wait_serving(topo.client.netns, {rs.addr: rs.name for rs in topo.reals}, HTTP_PORT)
-        a, b = LbdOn(topo, topo.host("da")), LbdOn(topo, topo.host("db"))
-        try:
-            for d in (a, b):
-                d.start()
-                d.lbadm("-A", "-t", f"{topo.vip}:{HTTP_PORT}", "-s", "rr")
-                for rs in topo.reals:
-                    d.lbadm("-a", "-t", f"{topo.vip}:{HTTP_PORT}", "-r", f"{rs.addr}:{HTTP_PORT}", "-g")
-                d.wait_resolved()
+        serve_http(topo, "lbB-sync-", (HTTP_PORT,), topo.client)
+
+        def configure(d: LbdOn) -> None:
+            d.lbadm("-A", "-t", f"{topo.vip}:{HTTP_PORT}", "-s", "rr")
+            for rs in topo.reals:
+                d.lbadm("-a", "-t", f"{topo.vip}:{HTTP_PORT}", "-r", f"{rs.addr}:{HTTP_PORT}", "-g")
+            d.wait_resolved()
+
+        with director_pair(topo, configure) as (a, b):
             yield topo, a, b
-        finally:
-            for d in (a, b):
-                if d.running():
-                    d.stop(signal.SIGKILL)
-                for table in ("raw", "filter", "mangle", "nat"):
-                    d.director.exec(["iptables", "-t", table, "-F"], check=False)
-                    d.director.exec(["iptables", "-t", table, "-X"], check=False)
-                d.cleanup()
 
 
 def _conns(d: Lbd) -> dict[tuple[str, int], tuple[str, str]]:
@@ -108,17 +74,6 @@ def _conns(d: Lbd) -> dict[tuple[str, int], tuple[str, str]]:
             caddr, cport = source.rsplit(":", 1)
             out[(caddr, int(cport))] = (dest.rsplit(":", 1)[0], state)
     return out
-
-
-def _wait(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout} s")
-        time.sleep(0.2)
 
 
 def test_list_daemon_and_refusals(pair: tuple[Topology, LbdOn, LbdOn]) -> None:
@@ -159,7 +114,7 @@ def test_backup_learns_connections_and_takes_over_dr(pair: tuple[Topology, LbdOn
             on_b = _conns(b)
             return on_b if all(k in on_b for k in served) else None
 
-        on_b = _wait(synced, SYNC_WAIT_S, "every connection on the backup")
+        on_b = wait_until(synced, SYNC_WAIT_S, "every connection on the backup")
         assert {k: (names[on_b[k][0]], on_b[k][1]) for k in served} == {k: (v, "ESTABLISHED") for k, v in served.items()}
         daemons = b.ok("get_daemon")["daemons"]
         assert daemons[0]["state"] == "backup" and daemons[0]["counters"]["conns_installed"] >= N_CONNS
@@ -201,7 +156,7 @@ def test_forged_and_malformed_datagrams_are_counted(pair: tuple[Topology, LbdOn,
         now = b.ok("get_daemon")["daemons"][0]["counters"]
         return now if now.get("datagrams_received", 0) - before.get("datagrams_received", 0) >= 4 else None
 
-    after = _wait(counted, SYNC_WAIT_S, "the four datagrams received")
+    after = wait_until(counted, SYNC_WAIT_S, "the four datagrams received")
     grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
     # garbage and the cut datagram: their size field is not their length (checked first, as the kernel)
     assert grew == {"datagrams_received": 4, "dropped_bad_size": 2, "dropped_syncid_mismatch": 1,
@@ -260,7 +215,7 @@ def test_malformed_records_forged_from_the_master_address_install_nothing(pair: 
         now = b.ok("get_daemon")["daemons"][0]["counters"]
         return now if now.get("datagrams_received", 0) - before.get("datagrams_received", 0) >= len(datagrams) else None
 
-    after = _wait(counted, SYNC_WAIT_S, "the forged datagrams received")
+    after = wait_until(counted, SYNC_WAIT_S, "the forged datagrams received")
     grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
     assert grew == {"datagrams_received": 6, "dropped_bad_state": 1, "dropped_bad_protocol": 1,
                     "dropped_unknown_option": 1, "dropped_bad_option": 1, "dropped_no_dest": 1,

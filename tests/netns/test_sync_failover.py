@@ -21,16 +21,13 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from test_sync import LbdOn, _spec, _wait  # type: ignore[import-not-found]
+from sync_pair import LbdOn, director_pair, serve_http, wait_until
+from test_sync import _spec  # type: ignore[import-not-found]
 
 from lb.testbed import client
 from lb.testbed.ipip_decap import start_in as start_ipip_decap
@@ -57,31 +54,12 @@ def _configure(d: LbdOn, topo: Topology) -> None:
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn]]:
-    logdir = Path(tempfile.mkdtemp(prefix="lbB-syncfo-"))
     with Topology(_spec()) as topo:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
         for rs in topo.reals:
             start_ipip_decap(rs, f"{topo.prefix}ipip", seconds=DECAP_SECONDS)
-            for port in (DR_PORT, IPIP_PORT):
-                with open(logdir / f"{rs.name}-{port}.log", "w") as log:
-                    rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(port)],
-                             stdout=log, stderr=subprocess.STDOUT, env=env)
-        for port in (DR_PORT, IPIP_PORT):
-            client.wait_serving(topo.client.netns, {rs.addr: rs.name for rs in topo.reals}, port)
-        a, b = LbdOn(topo, topo.host("da")), LbdOn(topo, topo.host("db"))
-        try:
-            for d in (a, b):
-                d.start()
-                _configure(d, topo)
+        serve_http(topo, "lbB-syncfo-", (DR_PORT, IPIP_PORT), topo.client)
+        with director_pair(topo, lambda d: _configure(d, topo)) as (a, b):
             yield topo, a, b
-        finally:
-            for d in (a, b):
-                if d.running():
-                    d.stop(signal.SIGKILL)
-                for table in ("raw", "filter", "mangle", "nat"):
-                    d.director.exec(["iptables", "-t", table, "-F"], check=False)
-                    d.director.exec(["iptables", "-t", table, "-X"], check=False)
-                d.cleanup()
 
 
 def _tcp_entries(d: LbdOn) -> dict[tuple[str, int, int], str]:
@@ -155,7 +133,7 @@ def _wait_listed(d: LbdOn, keys: set[tuple[str, int, int]], what: str) -> dict[t
         entries = _tcp_entries(d)
         return entries if keys <= entries.keys() else None
 
-    return _wait(listed, SYNC_WAIT_S, what)
+    return wait_until(listed, SYNC_WAIT_S, what)
 
 
 def test_failover_to_the_backup_and_back_dr_and_ipip(pair: tuple[Topology, LbdOn, LbdOn]) -> None:

@@ -20,18 +20,13 @@ requires.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Iterator
 
 import pytest
-from conftest import HTTP_PORT, REPO, Lbd
+from conftest import HTTP_PORT, Lbd
+from sync_pair import LbdOn, director_pair, serve_http, wait_until
 from test_sync_failover import _move_and_exchange, _write_figures  # type: ignore[import-not-found]
 
 from lb.testbed import client
@@ -40,7 +35,6 @@ from lb.testbed.topology import (
     DIRECTOR_INDEX,
     REAL_BASE_INDEX,
     VIP_INDEX,
-    Host,
     HostSpec,
     LinkSpec,
     SegmentSpec,
@@ -49,8 +43,6 @@ from lb.testbed.topology import (
 )
 
 pytestmark = pytest.mark.netns
-
-T = TypeVar("T")
 
 N_CONNS = 20
 SYNC_WAIT_S = 20.0  # master tick 1 s; generous for a loaded machine (a bound, not a threshold)
@@ -72,18 +64,6 @@ def _spec() -> TopologySpec:
     return TopologySpec(segments=(SegmentSpec("lan"), SegmentSpec("back")), hosts=tuple(hosts))
 
 
-class LbdOn(Lbd):
-    """An lbd in a given host of the topology."""
-
-    def __init__(self, topo: Topology, host: Host) -> None:
-        super().__init__(topo, "c")
-        self._host = host
-
-    @property
-    def director(self) -> Host:
-        return self._host
-
-
 def _configure(d: LbdOn, topo: Topology, lip: str) -> None:
     for port, synproxy in ((PLAIN_PORT, "disable"), (SYNPROXY_PORT, "enable")):
         svc = f"{topo.vip}:{port}"
@@ -98,29 +78,11 @@ def _configure(d: LbdOn, topo: Topology, lip: str) -> None:
 def fullnat_pair(prefix: str) -> Iterator[tuple[Topology, LbdOn, LbdOn, str]]:
     """The topology, its real servers serving, an lbd on each director with the same FULLNAT
     services; the VIP on da as the spec places it, the local address (the last item) on neither."""
-    logdir = Path(tempfile.mkdtemp(prefix=prefix))
     with Topology(_spec()) as topo:
         lip = topo.addr("back", LIP_INDEX)
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        for rs in topo.reals:
-            with open(logdir / f"{rs.name}.log", "w") as log:
-                rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(HTTP_PORT)],
-                         stdout=log, stderr=subprocess.STDOUT, env=env)
-        client.wait_serving(topo.host("da").netns, {rs.addr: rs.name for rs in topo.reals}, HTTP_PORT)
-        a, b = LbdOn(topo, topo.host("da")), LbdOn(topo, topo.host("db"))
-        try:
-            for d in (a, b):
-                d.start()
-                _configure(d, topo, lip)
+        serve_http(topo, prefix, (HTTP_PORT,), topo.host("da"))
+        with director_pair(topo, lambda d: _configure(d, topo, lip)) as (a, b):
             yield topo, a, b, lip
-        finally:
-            for d in (a, b):
-                if d.running():
-                    d.stop(signal.SIGKILL)
-                for table in ("raw", "filter", "mangle", "nat"):
-                    d.director.exec(["iptables", "-t", table, "-F"], check=False)
-                    d.director.exec(["iptables", "-t", table, "-X"], check=False)
-                d.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -128,17 +90,6 @@ def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn, str]]:
     with fullnat_pair("lbB-syncfnat-") as (topo, a, b, lip):
         a.director.ip("addr", "add", f"{lip}/24", "dev", a.director.iface("back").ifname)
         yield topo, a, b, lip
-
-
-def _wait(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout} s")
-        time.sleep(0.2)
 
 
 def _fullnat_conns(d: Lbd) -> dict[tuple[str, int], tuple[str, str, int]]:
@@ -204,7 +155,7 @@ def _wait_fullnat(d: LbdOn, expected: dict[tuple[str, int], tuple[str, str, int]
         listed = _fullnat_conns(d)
         return listed if all(k in listed for k in expected) else None
 
-    listed = _wait(synced, SYNC_WAIT_S, what)
+    listed = wait_until(synced, SYNC_WAIT_S, what)
     assert {k: listed[k] for k in expected} == expected
 
 
