@@ -37,7 +37,7 @@ DEB_PKGS := python3-venv python3-dev gcc make iptables ipset iproute2 \
             libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang \
             libclang-rt-14-dev systemd mandoc man-db bash liblua5.3-0 libopentracing-c-wrapper0 \
             ipvsadm linux-libc-dev libnl-3-200 libnl-genl-3-200 libnftnl11 libsnmp40 libglib2.0-0 \
-            libbpf-dev libxdp-dev ethtool
+            libbpf-dev libxdp-dev ethtool bpftool
 
 # Several builds may install at once (parallel CI jobs, an admin's apt run): wait for dpkg's
 # lock instead of failing on it. apt-get update has no such option for the lists lock: retried.
