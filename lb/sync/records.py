@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from lb import consts as C
 from lb.sync.codec import (
@@ -64,8 +65,8 @@ def _ip(value: int) -> str:
     return str(ipaddress.IPv4Address(value))
 
 
-def entries(blob: bytes) -> Iterator[Entry]:
-    """The records of a dump (dump_connections_raw / a chunk of it)."""
+def _infos(blob: bytes) -> Iterator[Any]:
+    """The struct lb_conn_info records of a dump, as cffi views."""
     from lb._ffi import ffi
 
     size = int(ffi.sizeof("struct lb_conn_info"))
@@ -74,25 +75,26 @@ def entries(blob: bytes) -> Iterator[Entry]:
         return
     arr = ffi.from_buffer("struct lb_conn_info[]", blob[: n * size])
     for i in range(n):
-        c = arr[i]
-        if not c.proto and not c.flags & C.LB_CONN_F_TEMPLATE:
-            continue  # a change record of a gone slot
-        yield Entry(c.proto, c.state, c.flags, _ip(c.caddr), c.cport, _ip(c.vaddr), c.vport, _ip(c.daddr), c.dport,
-                    _ip(c.laddr), int(c.expires_in_ms), int(c.slot), int(c.lport))
+        yield arr[i]
+
+
+def _is_gone(c: Any) -> bool:
+    """A change record of a gone slot: protocol 0 and no (fwmark) template."""
+    return not c.proto and not c.flags & C.LB_CONN_F_TEMPLATE
+
+
+def entries(blob: bytes) -> Iterator[Entry]:
+    """The records of a dump (dump_connections_raw / a chunk of it), gone slots left out."""
+    for c in _infos(blob):
+        if not _is_gone(c):
+            yield Entry(c.proto, c.state, c.flags, _ip(c.caddr), c.cport, _ip(c.vaddr), c.vport, _ip(c.daddr),
+                        c.dport, _ip(c.laddr), int(c.expires_in_ms), int(c.slot), int(c.lport))
 
 
 def gone_slots(blob: bytes) -> Iterator[int]:
     """The slots a change dump reports as gone (records with proto 0 that are no template)."""
-    from lb._ffi import ffi
-
-    size = int(ffi.sizeof("struct lb_conn_info"))
-    n = len(blob) // size
-    if not n:
-        return
-    arr = ffi.from_buffer("struct lb_conn_info[]", blob[: n * size])
-    for i in range(n):
-        c = arr[i]
-        if not c.proto and not c.flags & C.LB_CONN_F_TEMPLATE:
+    for c in _infos(blob):
+        if _is_gone(c):
             yield int(c.slot)
 
 
