@@ -177,9 +177,9 @@ def test_a_busy_connection_is_sent_on_its_3rd_packet_and_every_50th_after(master
         for target in (3, 53, 103, 130):
             command(f"send {target - count}", "sent")
             count = target
-            wait_until(lambda: inpkts() == count, WAIT_S, f"lbd counting {count} packets")
+            wait_until(lambda n=count: inpkts() == n, WAIT_S, f"lbd counting {count} packets")
             chosen = len(range(3, count + 1, 50))  # packets 3, 53, 103, ...
-            wait_until(lambda: len(records(established)) >= chosen, WAIT_S,  # noqa: B023
+            wait_until(lambda n=chosen: len(records(established)) >= n, WAIT_S,
                        f"{chosen} records of the connection after {count} packets")
         # The client's FIN (a new closing state) is sent at once: once it is in, every earlier tick
         # has been read, and the 127 packets in between sent nothing more.
