@@ -443,7 +443,8 @@ class SyncDaemons:
         self.rule = rule if rule is not None else SyncRule()  # lbd's --sync-threshold etc.
 
     def get(self, _args: dict[str, Any]) -> dict[str, Any]:
-        return {"daemons": [{**d.conf.to_json(), "counters": dict(d.counters.values)}
+        return {"daemons": [{**d.conf.to_json(), **(d.rule.to_json() if isinstance(d, Master) else {}),
+                             "counters": dict(d.counters.values)}
                             for state in ("master", "backup") if (d := self.running.get(state)) is not None]}
 
     def start(self, args: dict[str, Any]) -> None:

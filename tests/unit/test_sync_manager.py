@@ -163,6 +163,10 @@ def test_start_list_stop_in_the_event_loop() -> None:
             "state": "master", "mcast_ifn": "lo", "syncid": 9, "sync_maxlen": 1472, "mcast_group": "224.0.0.81",
             "mcast_port": 8848, "mcast_ttl": 1}
         assert (daemon["bulk_period"], daemon["bulk_rate"]) == (manager.BULK_PERIOD_S, manager.BULK_RATE)
+        assert {k: daemon[k] for k in ("sync_threshold", "sync_period", "sync_refresh_period", "sync_retries",
+                                       "sync_persist_mode")} == {"sync_threshold": 3, "sync_period": 50,
+                                                                 "sync_refresh_period": 0, "sync_retries": 0,
+                                                                 "sync_persist_mode": 0}
         d.handle("stop_daemon", {"state": "master"})
         d.handle("start_daemon", {"state": "master", "mcast_ifn": "lo", "bulk_period": 0, "bulk_rate": 500})
         (daemon,) = d.handle("get_daemon", {})["daemons"]
