@@ -318,3 +318,35 @@ def test_the_engine_chooses_nothing_with_the_master_off_and_restored_entries_cou
         if _chosen(backup, 10 + n):
             sent_at.append(n)
     assert sent_at == [50]
+
+
+def test_a_master_applies_lbds_rule_logs_it_and_a_stopped_one_chooses_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+
+    d = _director(rule=None)
+    d.sync.rule = SyncRule(4, 10)  # lbd --sync-threshold 4 10
+
+    def packet(n: int) -> None:
+        flags = {1: "S", 2: "A"}.get(n, "PA")
+        d.engine.process(raw(IP(src="10.9.0.9", dst=VIP) / TCP(sport=9, dport=80, flags=flags)), 1000 + n)
+
+    async def run() -> list[int]:
+        with caplog.at_level(logging.INFO, logger="lbd"):
+            d.handle("start_daemon", {"state": "master", "mcast_ifn": "lo", "bulk_period": 0})
+        (daemon,) = d.handle("get_daemon", {})["daemons"]
+        assert (daemon["sync_threshold"], daemon["sync_period"]) == (4, 10)
+        chosen = []
+        for n in range(1, 25):
+            packet(n)
+            if _chosen(d, 1000 + n):
+                chosen.append(n)
+        d.handle("stop_daemon", {"state": "master"})
+        return chosen
+
+    assert asyncio.run(run()) == [4, 14, 24]
+    assert ("sync_threshold = 4 10, sync_refresh_period = 0, sync_retries = 0, sync_persist_mode = 0"
+            in caplog.text), caplog.text
+    for n in range(25, 40):  # the master stopped: the core chooses nothing any more
+        packet(n)
+    assert _chosen(d, 2000) == []
