@@ -196,7 +196,7 @@ class Selector:
         if why:  # ---- the sync extension (ext_daemon)
             ext = ext_daemon.convert(entry, self._lookup, self.director.engine, now_ms)
             if ext == ext_daemon.PENDING:
-                return None  # not remembered as sent: tried again at its next change or bulk pass
+                return None  # not remembered as sent: tried again when a packet chooses it or a bulk pass meets it
             if isinstance(ext, str):
                 self.counters.add(f"ext_not_sent_{ext}")
                 return None
