@@ -37,6 +37,7 @@ from lb.model import (
     Stats,
     SynproxyConf,
 )
+from lb.sync.rule import SyncRule
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -455,6 +456,12 @@ class CEngine:
 
     def sync_changes_reset(self) -> None:
         lib.lb_conn_sync_changes_reset(self._lb)
+
+    def sync_master_set(self, rule: SyncRule | None) -> None:
+        if rule is None:
+            lib.lb_sync_master_set(self._lb, ffi.NULL, 0)
+        else:
+            _check(lib.lb_sync_master_set(self._lb, rule.to_c(), 1), "sync master rule")
 
     def dump_connections_page(self, now_ms: int, cursor: int, cap: int) -> tuple[bytes, int]:
         """Up to `cap` live entries from table position `cursor` (lb_conn_dump); the next cursor, 0

@@ -410,6 +410,25 @@ static int gso_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mtu,
     return bad;
 }
 
+/* Drain the sync master's change marks: every record names a slot of the table, and one the
+ * per-packet rule chose (LB_CONN_F_SYNC_WANT) is a live entry. */
+static int sync_changes_checked(lb_t *lb, uint64_t now, uint32_t conn_max)
+{
+    static struct lb_conn_info info[128];
+    uint32_t cursor = 0;
+    int bad = 0;
+    do {
+        int got = lb_conn_dump_sync_changes(lb, now, info, 128, &cursor);
+        bad |= check(got >= 0, "lb_conn_dump_sync_changes succeeds");
+        for (int i = 0; i < got; i++) {
+            bad |= check(info[i].slot >= 1 && info[i].slot <= conn_max, "a sync change names a slot of the table");
+            bad |= check(!(info[i].flags & LB_CONN_F_SYNC_WANT) || info[i].proto || (info[i].flags & LB_CONN_F_TEMPLATE),
+                         "an entry the sync rule chose is a live one");
+        }
+    } while (cursor != 0 && !bad);
+    return bad;
+}
+
 #ifdef LB_FUZZ
 /* A sync backup's install of a FULLNAT / SYN-proxy / PROXY record (lb_conn_restore_seq, issue 18
  * item 3) made of fuzzed bytes: the struct lb_conn_info and struct lb_conn_seq as they come, but
@@ -503,6 +522,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The first byte advances time, so entries also expire during a run. */
     if (size > 0)
         now += data[0] * 50u;
+    /* ... and picks the sync master's rule (sync.c: every combination the kernel accepts kind). */
+    if (size > 0 && lb_sync_master_set(lb, &(struct lb_sync_conf){data[0] % 4u, data[0] % 3u ? 50 : 0,
+                                                                    (data[0] & 0x80u) ? 8000u : 0u, data[0] % 4u,
+                                                                    (data[0] >> 6) & 1u}, data[0] != 255) != LB_OK)
+        abort();
     if (process_checked(lb, size > 1 ? data + 1 : data, size > 1 ? (uint32_t)size - 1 : (uint32_t)size, now))
         abort();
     /* The same bytes as a new connection of the lblc/lblcr/twos services, whatever their addresses. */
@@ -520,6 +544,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (lb_timer_next(lb, now, out_buf, sizeof(out_buf), &tact))
         ;
     lb_expire(lb, now, 64);
+    if (sync_changes_checked(lb, now, 4096))
+        abort();
     return 0;
 }
 #else
@@ -540,11 +566,14 @@ static uint8_t *read_file(const char *path, uint32_t *len)
     return buf;
 }
 
+static const struct lb_sync_conf kernel_sync_defaults = {LB_SYNC_THRESHOLD_DEFAULT, LB_SYNC_PERIOD_DEFAULT,
+                                                         LB_SYNC_REFRESH_PERIOD_MS_DEFAULT, LB_SYNC_RETRIES_DEFAULT, 0};
+
 static lb_t *new_lb(void)
 {
     struct lb_config cfg = {.conn_max = 65536, .hash_buckets = 4096, .hash_seed = 7};
     lb_t *lb = lb_new(&cfg);
-    if (!lb || setup(lb) != 0) {
+    if (!lb || setup(lb) != 0 || lb_sync_master_set(lb, &kernel_sync_defaults, 1) != LB_OK) {
         fprintf(stderr, "harness: setup failed\n");
         exit(2);
     }
@@ -707,6 +736,45 @@ static int check_accounting(lb_t *lb, int idle)
  * 24576 entries when n is large), with connections held to the VIP, destinations deleted and
  * re-added (a cache entry then holds the only reference), switches away and back, a service deleted
  * under its cache, and time jumps past the collector's 6 min, the full check's 30 min and 24 h. */
+/* The sync master's per-packet rule with the kernel's defaults (sync.c): one TCP connection to
+ * VIP:80 (direct routing) is chosen on its 3rd packet from the client and every 50th after, and on
+ * its first packet in a closing state; nothing is chosen while the master is off; values the
+ * kernel's sysctls refuse are refused. */
+static int sync_rule_check(void)
+{
+    struct lb_config cfg = {.conn_max = 64, .hash_seed = 5};
+    lb_t *lb = lb_new(&cfg);
+    if (!lb || setup(lb) != 0)
+        return 1;
+    int bad = 0;
+    struct lb_sync_conf invalid[] = {{50, 50, 0, 0, 0}, {-1, 50, 0, 0, 0}, {3, -1, 0, 0, 0}, {3, 50, 0, 4, 0},
+                                     {3, 50, 0, 0, 2}};
+    for (size_t i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++)
+        bad |= check(lb_sync_master_set(lb, &invalid[i], 1) == LB_EINVAL, "lb_sync_master_set refuses what the kernel does");
+    uint8_t pkt[64];
+    uint64_t now = 1000;
+    struct lb_conn_info info[128];
+    uint32_t chosen[8], n_chosen = 0;
+    for (uint32_t n = 1; n <= 130; n++) {
+        if (n == 6)
+            bad |= check(lb_sync_master_set(lb, &kernel_sync_defaults, 1) == LB_OK, "lb_sync_master_set takes the defaults");
+        uint8_t flags = n == 1 ? 0x02 : n == 2 ? 0x10 : n == 130 ? 0x11 : 0x18;
+        uint32_t len = make_packet(pkt, LB_PROTO_TCP, 0xc0000464u, 4000, 80, flags);
+        bad |= process_checked(lb, pkt, len, now++);
+        uint32_t cursor = 0;
+        int got = lb_conn_dump_sync_changes(lb, now, info, 128, &cursor);
+        for (int i = 0; i < got; i++)
+            if ((info[i].flags & LB_CONN_F_SYNC_WANT) && n_chosen < 8)
+                chosen[n_chosen++] = n;
+    }
+    /* Off for packets 1..5; counted from the master's start (packet 6 is the 1st): 8, 58, 108, and
+     * the FIN (130: CLOSE_WAIT, a new closing state). */
+    bad |= check(n_chosen == 4 && chosen[0] == 8 && chosen[1] == 58 && chosen[2] == 108 && chosen[3] == 130,
+                 "the sync rule chooses packets 8, 58, 108 and the FIN");
+    lb_free(lb);
+    return bad;
+}
+
 static int locality_churn(long n)
 {
     lb_t *lb = new_lb();
@@ -812,7 +880,8 @@ static int pressure_churn(long n)
 {
     struct lb_config cfg = {.conn_max = 48, .hash_seed = 11, .lport_min = 2000, .lport_max = 2003};
     lb_t *lb = lb_new(&cfg);
-    if (!lb || setup(lb) != 0)
+    struct lb_sync_conf refresh = {1, 0, 8000, 3, 1}; /* the time rule with retries, persist mode */
+    if (!lb || setup(lb) != 0 || lb_sync_master_set(lb, &refresh, 1) != LB_OK)
         return 1;
     uint8_t pkt[64];
     int bad = 0;
@@ -838,14 +907,11 @@ static int pressure_churn(long n)
                     bad |= check(info[i].slot >= 1 && info[i].slot <= 48, "a change names a slot of the table");
             } while (cursor != 0);
             /* The sync master's own marks (read every other time: each set keeps its own) */
-            if (k % 128 == 0) {
-                do {
-                    int got = lb_conn_dump_sync_changes(lb, now, info, 128, &cursor);
-                    bad |= check(got >= 0, "lb_conn_dump_sync_changes succeeds");
-                    for (int i = 0; i < got; i++)
-                        bad |= check(info[i].slot >= 1 && info[i].slot <= 48, "a sync change names a slot of the table");
-                } while (cursor != 0);
-            }
+            if (k % 128 == 0)
+                bad |= sync_changes_checked(lb, now, 48);
+            if (k % 1024 == 0) /* switch between the kernel's packet rule and the time rule */
+                bad |= check(lb_sync_master_set(lb, (k / 1024) % 2 ? &kernel_sync_defaults : &refresh, 1) == LB_OK,
+                             "lb_sync_master_set takes a valid rule");
             if (k % 4096 == 0)
                 lb_conn_sync_changes_reset(lb);
             cursor = 0;
@@ -1094,6 +1160,7 @@ static int cmd_churn(long rounds)
     bad |= check(rounds < 10 || counts[LB_R_L2_QUEUED] > 0, "churn holds packets for unresolved destinations");
     lb_free(lb);
     bad |= locality_churn(rounds * 15);
+    bad |= sync_rule_check();
     bad |= pressure_churn(rounds * 4);
     bad |= growth_churn(512 + rounds); /* past 256 services and VIPs: both hashes grow */
     printf("churned %ld rounds: %s\n", rounds, bad ? "FAILED" : "ok");

@@ -4,7 +4,9 @@ lbd-exec: IP_VS_SO_SET_STARTDAEMON/STOPDAEMON reach lbd through the preload libr
 runs the sync master where VRRP is MASTER and the backup elsewhere; 20 established connections
 through d1 are listed by d2's lbd; d1's keepalived is killed by PID, VRRP moves the VIP to d2 (its
 gratuitous ARP is all the client learns), d2's keepalived switches d2 to sync master, and the
-connections keep exchanging data with their original real servers through d2.
+connections keep exchanging data with their original real servers through d2. Then d1's keepalived
+is started again: VRRP preemption gives d1 the VIP back, keepalived makes it sync master again and
+d2 backup, and the connections go on through d1, with the same real servers.
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ def _tcp_sources(lbd: DirectorLbd) -> set[tuple[str, int]]:
     return out
 
 
+def _forwarded(lbd: DirectorLbd) -> int:
+    """Packets lbd forwarded from clients so far (the service's InPkts)."""
+    return sum(int(svc["stats"]["inpkts"]) for svc in lbd.ok("list")["services"])
+
+
 @pytest.fixture(scope="module")
 def ktopo() -> Iterator[Topology]:
     problem = keepalived_problem()
@@ -124,6 +131,25 @@ def test_keepalived_lvs_sync_daemon_and_vrrp_keep_connections(ktopo: Topology) -
                 reply = conn.get(timeout=5.0)
                 survived += reply.ok and reply.server == conn.server
             assert survived >= N_CONNS - 1, f"{survived} of {N_CONNS} connections survived\n{diag()}"
+
+            # d1 comes back (a new keepalived, priority 150: VRRP preempts): d1 holds the VIP and is
+            # sync master again, d2 goes back to backup, and the connections go on through d1 with
+            # their original real servers.
+            host = t.host("d1")
+            kas["d1"].cleanup()
+            kas["d1"] = Keepalived(t, host, lbds["d1"].socket, _config(host, vip, t.reals, 150), name="d1again").start()
+            wait_for("d1 holds the VIP again, d2 not",
+                     lambda: True if _holds_vip(host, vip) and not _holds_vip(t.host("d2"), vip) else None, diag)
+            wait_for("keepalived made d1 sync master and d2 sync backup again",
+                     lambda: True if "master" in _daemon_states(lbds["d1"]) and _daemon_states(lbds["d2"]) == {"backup"}
+                     else None, diag)
+            before = _forwarded(lbds["d1"])
+            survived = 0
+            for conn in conns:
+                reply = conn.get(timeout=5.0)
+                survived += reply.ok and reply.server == conn.server
+            assert survived >= N_CONNS - 1, f"{survived} of {N_CONNS} connections survived the return to d1\n{diag()}"
+            assert _forwarded(lbds["d1"]) - before >= survived, f"the requests did not go through d1\n{diag()}"
         assert kas["d2"].stop() == 0, kas["d2"].log()
     finally:
         for ka in kas.values():
