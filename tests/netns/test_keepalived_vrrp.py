@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import Lbd, parse_ln, running_lbd
+from sync_pair import LbdOn
 
 from lb.testbed.keepalived import PORT, Keepalived, RealServers, keepalived_problem, listing, served_by, wait_for
 from lb.testbed.topology import (
@@ -118,27 +119,19 @@ def vrrp_spec() -> TopologySpec:
     return TopologySpec(segments=(SegmentSpec("lan"),), hosts=tuple(hosts))
 
 
-class DirectorLbd(Lbd):
-    """An lbd in a named director of a topology with several."""
-
-    def __init__(self, topo: Topology, host: Host) -> None:
-        super().__init__(topo, "c")
-        self.host = host
-
-    @property
-    def director(self) -> Host:
-        return self.host
-
-
 @pytest.fixture(scope="module")
 def vtopo(ka_problem: None) -> Iterator[Topology]:
     with Topology(vrrp_spec()) as t:
         yield t
 
 
-def _vrrp_config(host: Host, vip: str, reals: list[Host], priority: int) -> str:
+def _vrrp_config(host: Host, vip: str, reals: list[Host], priority: int, global_defs: str | None = None) -> str:
+    """keepalived's configuration for one director: global_defs (default: only a router_id), the
+    VRRP instance holding the VIP (MASTER above priority 100) and the DR virtual server."""
     state = "MASTER" if priority > 100 else "BACKUP"
-    return GLOBAL % f"lbKA{host.name}" + f"""\
+    if global_defs is None:
+        global_defs = GLOBAL % f"lbKA{host.name}"
+    return global_defs + f"""\
 vrrp_instance VI_1 {{
     state {state}
     interface {host.ifname}
@@ -201,7 +194,7 @@ def pair(vtopo: Topology, keepalived: list[Keepalived]) -> Iterator[Pair]:
     t = vtopo
     vip = t.addr("lan", VIP_INDEX)
     servers = RealServers(t, t.reals)
-    lbds: dict[str, Lbd] = {name: DirectorLbd(t, t.host(name)) for name in DIRECTORS}
+    lbds: dict[str, Lbd] = {name: LbdOn(t, t.host(name)) for name in DIRECTORS}
     try:
         servers.start_all()
         for lbd in lbds.values():
