@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable, Iterator
 
 import pytest
-from sync_pair import LbdOn
+from sync_pair import N_CONNS, LbdOn
 from test_keepalived_vrrp import (  # type: ignore[import-not-found]
     DIRECTORS,
     GLOBAL,
@@ -29,7 +29,6 @@ from lb.testbed.topology import VIP_INDEX, Host, Topology
 
 pytestmark = pytest.mark.netns
 
-N_CONNS = 20
 SYNCID = 23
 
 

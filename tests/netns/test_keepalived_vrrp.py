@@ -17,21 +17,10 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import Lbd, parse_ln, running_lbd
-from sync_pair import LbdOn
+from sync_pair import LbdOn, pair_spec
 
 from lb.testbed.keepalived import PORT, Keepalived, RealServers, keepalived_problem, listing, served_by, wait_for
-from lb.testbed.topology import (
-    CLIENT_INDEX,
-    REAL_BASE_INDEX,
-    VIP_INDEX,
-    Host,
-    HostSpec,
-    LinkSpec,
-    SegmentSpec,
-    Topology,
-    TopologySpec,
-    fullnat_spec,
-)
+from lb.testbed.topology import VIP_INDEX, Host, Topology, TopologySpec, fullnat_spec
 
 pytestmark = pytest.mark.netns
 
@@ -106,17 +95,13 @@ def test_lb_kind_nat_masquerades_and_follows_a_dead_server(ntopo: Topology, keep
 
 # --------------------------------------------------------------------------- VRRP
 
-DIRECTORS = {"d1": 2, "d2": 3}
+DIRECTORS = ("d1", "d2")
 VRID = 51
 
 
 def vrrp_spec() -> TopologySpec:
-    """client, d1, d2 and rs1..rsN on one segment; the VIP (.100) is keepalived's to place."""
-    hosts = [HostSpec("client", (LinkSpec("lan", CLIENT_INDEX),), role="client")]
-    hosts += [HostSpec(name, (LinkSpec("lan", idx),), role="director") for name, idx in DIRECTORS.items()]
-    hosts += [HostSpec(f"rs{i}", (LinkSpec("lan", REAL_BASE_INDEX + i),), role="real", vips=(VIP_INDEX,))
-              for i in range(1, N_REAL + 1)]
-    return TopologySpec(segments=(SegmentSpec("lan"),), hosts=tuple(hosts))
+    """client, d1, d2 and rs1, rs2 on one segment; the VIP (.100) is keepalived's to place."""
+    return pair_spec(directors=DIRECTORS, vip_on_first=False)
 
 
 @pytest.fixture(scope="module")
