@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lbd, parse_ln, running_lbd, udp_until_refused
+from conftest import Lbd, answering, parse_ln, running_lbd, udp_until_refused
 from packet_source import AFXDP, xdp_local, xdp_nat_replies
 
-from conformance.traffic import Flow, RealServers, udp_exchange
+from conformance.traffic import Flow, udp_exchange
 from lb.testbed import client
 from lb.testbed.topology import Topology, fullnat_spec
 
@@ -51,13 +51,8 @@ def ntopo() -> Iterator[Topology]:
 
 @pytest.fixture(scope="module")
 def udp_servers(ntopo: Topology) -> Iterator[None]:
-    rs = RealServers()
-    try:
-        for real in ntopo.reals:
-            rs.serve(real.netns, real.name, real.addr, UDP_PORT, tcp=False)
+    with answering(ntopo.reals, [(None, UDP_PORT)], tcp=False):
         yield
-    finally:
-        rs.close()
 
 
 @pytest.fixture

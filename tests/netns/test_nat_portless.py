@@ -23,10 +23,9 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from conftest import Lbd, running_lbd
+from conftest import Lbd, answering, flow_outcome, mangle_prerouting, running_lbd
 from packet_source import AFXDP, nfqueue_only, xdp_fnat_replies, xdp_nat_replies
 
-from conformance.traffic import Flow, RealServers, close_tcp, open_tcp, udp_exchange
 from lb.testbed.topology import Topology, enter_netns, fullnat_spec
 
 PORTS = (8301, 8302, 8303)
@@ -43,14 +42,8 @@ def ptopo() -> Iterator[Topology]:
 
 @pytest.fixture(scope="module")
 def servers(ptopo: Topology) -> Iterator[None]:
-    rs = RealServers()
-    try:
-        for real in ptopo.reals:
-            for port in PORTS:
-                rs.serve(real.netns, real.name, real.addr, port, tcp=True)
+    with answering(ptopo.reals, [(None, port) for port in PORTS], tcp=True):
         yield
-    finally:
-        rs.close()
 
 
 @pytest.fixture
@@ -64,25 +57,14 @@ def marked(ptopo: Topology) -> Iterator[None]:
     """The operator's mangle rules: the VIP's ports 8301..8303, TCP and UDP, get mark 9."""
     rules = [["-d", f"{ptopo.vip}/32", "-p", proto, "-m", proto, "--dport", f"{PORTS[0]}:{PORTS[-1]}",
               "-j", "MARK", "--set-xmark", f"{MARK:#x}/0xffffffff"] for proto in ("tcp", "udp")]
-    for r in rules:
-        ptopo.director.exec(["iptables", "-t", "mangle", "-A", "PREROUTING", *r])
-    try:
+    with mangle_prerouting(ptopo.director, rules):
         yield
-    finally:
-        for r in rules:
-            ptopo.director.exec(["iptables", "-t", "mangle", "-D", "PREROUTING", *r], check=False)
 
 
 def exchange(t: Topology, proto: str, port: int) -> str:
     """One TCP connection (opened, name read, closed) or one UDP exchange to VIP:port from a new
     client port: the answering real server's name, or what became of the flow."""
-    flow = Flow(client="client", addr=t.client.addr, port=next(_sports))
-    if proto == "tcp":
-        open_tcp(t.client.netns, flow, t.vip, port)
-        close_tcp(flow)
-    else:
-        udp_exchange(t.client.netns, flow, t.vip, port)
-    return flow.outcome
+    return flow_outcome(t, proto, t.vip, port, next(_sports))
 
 
 def conn_rows(lbd: Lbd) -> list[list[str]]:

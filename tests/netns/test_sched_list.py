@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import LnDest
+from conftest import LnDest, udp_responders
 
-from conformance.traffic import Flow, RealServers, udp_exchange
+from conformance.traffic import Flow, udp_exchange
 from lb.testbed import client
 from lb.testbed.topology import Topology
 
@@ -78,13 +78,8 @@ def wait_for_active(lbd: Lbd, n: int, what: str, timeout_s: float = SETTLE_TIMEO
 @pytest.fixture(scope="module")
 def udp_servers(topo: Topology) -> Iterator[None]:
     """A UDP responder on VIP:UDP_PORT in each real server, answering with the server's name."""
-    rs = RealServers()
-    try:
-        for real in topo.reals:
-            rs.serve(real.netns, real.name, topo.vip, UDP_PORT, tcp=False)
+    with udp_responders(topo, UDP_PORT):
         yield
-    finally:
-        rs.close()
 
 
 def udp_answers(topo: Topology, n: int) -> list[str]:
