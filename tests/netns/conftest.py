@@ -13,7 +13,7 @@
   addresses and ports), `flow_outcome` (one TCP connection or UDP exchange from the client),
   `mangle_prerouting` (the operator's MARK rules for fwmark services).
 - Shared test bodies: `churn_other_services` (changes on other ports of the VIP),
-  `exchange_through_churn` (held connections exchanging while that goes on),
+  `held_connections_through_churn` (held connections exchanging while that goes on),
   `udp_until_refused` (a client's datagrams until ICMP port unreachable reaches its socket).
 
 Everything runs inside namespaces named with this run's `lbB<token>` prefix;
@@ -559,28 +559,50 @@ def churn_other_services(lbd: Lbd, vip: str, rips: list[str], fwd: str, ports: t
     return done
 
 
-def exchange_through_churn(kas: list[client.KeepAlive], holds: list[client.Hold], hold_s: int,
-                           churn: Callable[[Callable[[], None]], int]) -> tuple[int, float, Counter[str]]:
-    """While `churn(between)` changes other services (calling between() after each change), every
-    keep-alive connection of `kas` answers a request after each change, from the same real server,
-    and the started `holds` receive their `hold_s` seconds unbroken. Returns (changes made, seconds
-    taken, requests exchanged per server)."""
+def held_connections_through_churn(lbd: Lbd, topo: Topology, port: int, churn: Callable[[Callable[[], None]], int],
+                                   what: str) -> None:
+    """Long-lived connections to VIP:`port`, one keep-alive per real server and two 12 s holds,
+    while `churn(between)` changes other services (calling between() after each change): every
+    keep-alive answers a request after each change, from the same real server, the holds receive
+    their seconds unbroken, and at least 35 changes are made. Then VIP:`port` is the only service
+    left and spreads 9 new connections evenly. `what` names the connections in the printed summary."""
+    hold_s = 12
+    netns, vip = topo.client.netns, topo.vip
+    kas = [client.KeepAlive(netns, vip, port) for _ in topo.reals]
+    holds: list[client.Hold] = []
     exchanges: Counter[str] = Counter()
-    start = time.monotonic()
+    try:
+        first = [ka.get() for ka in kas]
+        assert all(r.ok for r in first), first
+        assert sorted(str(ka.server) for ka in kas) == sorted(rs.name for rs in topo.reals)
+        holds = [client.Hold(netns, vip, port, seconds=hold_s).start() for _ in range(2)]
+        start = time.monotonic()
 
-    def exchange() -> None:
+        def exchange() -> None:
+            for ka in kas:
+                r = ka.get(timeout=3.0)
+                assert r.ok and r.server == ka.server, (
+                    f"held connection to {ka.server} broke after {time.monotonic() - start:.1f}s: {r}")
+                exchanges[str(ka.server)] += 1
+
+        changes = churn(exchange)
+        for h in holds:
+            assert h.join(hold_s + 10.0), "hold did not finish"
+            assert h.error is None and h.received == hold_s, (h.server, h.received, h.error)
+        exchange()
+        print(f"\n{changes} changes to other services in {time.monotonic() - start:.1f}s; "
+              f"held {what} exchanged {dict(exchanges)} requests meanwhile")
+        assert changes >= 35
+    finally:
+        for h in holds:
+            h.close()
         for ka in kas:
-            r = ka.get(timeout=3.0)
-            assert r.ok and r.server == ka.server, (
-                f"held connection to {ka.server} broke after {time.monotonic() - start:.1f}s: {r}")
-            exchanges[str(ka.server)] += 1
-
-    changes = churn(exchange)
-    for h in holds:
-        assert h.join(hold_s + 10.0), "hold did not finish"
-        assert h.error is None and h.received == hold_s, (h.server, h.received, h.error)
-    exchange()
-    return changes, time.monotonic() - start, exchanges
+            ka.close()
+    # The service under test is untouched and still spreads new connections evenly.
+    services = parse_ln(lbd.lbadm("-Ln").stdout)
+    assert [(s.proto, s.port) for s in services] == [("TCP", port)], services
+    got = Counter(r.server for r in client.fresh_gets(netns, vip, port, 9) if r.ok)
+    assert got == {rs.name: 3 for rs in topo.reals}, got
 
 
 # --------------------------------------------------------------------------- ICMP errors back to the client
