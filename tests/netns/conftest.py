@@ -9,9 +9,8 @@
   through `lbd.lbadm(...)`. Its finalizer sends SIGTERM, expects exit 0 and
   asserts that no iptables rule or chain is left in the director namespace.
   `running_lbd(topo, engine, env)` does the same for a module's own topology.
-- Real servers and a client: `answering` (each real server answering with its name on given
-  addresses and ports), `flow_outcome` (one TCP connection or UDP exchange from the client),
-  `mangle_prerouting` (the operator's MARK rules for fwmark services).
+- `udp_responders` (each real server of a DR topology answering UDP on the VIP; more of the
+  kind in netns_traffic.py).
 - Shared test bodies: `churn_other_services` (changes on other ports of the VIP),
   `held_connections_through_churn` (held connections exchanging while that goes on),
   `udp_until_refused` (a client's datagrams until ICMP port unreachable reaches its socket).
@@ -33,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -449,60 +448,17 @@ class HttpHelper:
         return client.Hold(self.netns, self.vip, self.port, seconds=seconds)
 
 
-# --------------------------------------------------------------------------- real servers' answers, client flows
-
-
-@contextlib.contextmanager
-def answering(reals: Iterable[Host], listen: Iterable[tuple[str | None, int]], tcp: bool) -> Iterator[None]:
-    """Each real server answering with its name on every (address, port) of `listen`
-    (conformance.traffic.RealServers): UDP always, TCP too if `tcp`. An address None is the real
-    server's own (NAT, FULLNAT); DR and TUN real servers answer on the VIP. Closed on exit."""
-    from conformance.traffic import RealServers
-
-    listen = tuple(listen)
-    servers = RealServers()
-    try:
-        for rs in reals:
-            for addr, port in listen:
-                servers.serve(rs.netns, rs.name, addr or rs.addr, port, tcp=tcp)
-        yield
-    finally:
-        servers.close()
+# --------------------------------------------------------------------------- UDP responders
 
 
 @contextlib.contextmanager
 def udp_responders(topo: Topology, port: int) -> Iterator[None]:
     """A UDP responder on VIP:`port` in each real server of a DR topology (the VIP is local there),
     answering with the server's name; closed on exit."""
+    from netns_traffic import answering
+
     with answering(topo.reals, ((topo.vip, port),), tcp=False):
         yield
-
-
-def flow_outcome(topo: Topology, proto: str, vip: str, port: int, sport: int) -> str:
-    """One TCP connection (opened, the name read, closed) or one UDP exchange ("tcp", "udp") from the
-    client's port `sport` to vip:port: the answering real server's name, or what became of the flow."""
-    from conformance.traffic import Flow, close_tcp, open_tcp, udp_exchange
-
-    flow = Flow(client="client", addr=topo.client.addr, port=sport)
-    if proto == "tcp":
-        open_tcp(topo.client.netns, flow, vip, port)
-        close_tcp(flow)
-    else:
-        udp_exchange(topo.client.netns, flow, vip, port)
-    return flow.outcome
-
-
-@contextlib.contextmanager
-def mangle_prerouting(host: Host, rules: list[list[str]]) -> Iterator[None]:
-    """The operator's rules appended to the mangle table's PREROUTING in `host` (MARK rules for
-    fwmark services), deleted on exit."""
-    for r in rules:
-        host.exec(["iptables", "-t", "mangle", "-A", "PREROUTING", *r])
-    try:
-        yield
-    finally:
-        for r in rules:
-            host.exec(["iptables", "-t", "mangle", "-D", "PREROUTING", *r], check=False)
 
 
 # --------------------------------------------------------------------------- other services' churn

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import answering, flow_outcome, mangle_prerouting
+from netns_traffic import answering, flow_outcome, mangle_prerouting
 from packet_source import nfqueue_only
 
 from lb.testbed.topology import Topology

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lbd, answering, parse_ln, running_lbd, udp_until_refused
+from conftest import Lbd, parse_ln, running_lbd, udp_until_refused
+from netns_traffic import answering
 from packet_source import AFXDP, xdp_local, xdp_nat_replies
 
 from conformance.traffic import Flow, udp_exchange

@@ -23,7 +23,8 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from conftest import Lbd, answering, flow_outcome, mangle_prerouting, running_lbd
+from conftest import Lbd, running_lbd
+from netns_traffic import answering, flow_outcome, mangle_prerouting
 from packet_source import AFXDP, nfqueue_only, xdp_fnat_replies, xdp_nat_replies
 
 from lb.testbed.topology import Topology, enter_netns, fullnat_spec

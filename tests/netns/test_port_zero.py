@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import answering, flow_outcome, parse_ln
+from conftest import parse_ln
+from netns_traffic import answering, flow_outcome
 from packet_source import AFXDP, xdp_keys
 
 from lb.testbed.topology import Topology
