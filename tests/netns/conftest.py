@@ -448,6 +448,29 @@ class HttpHelper:
         return client.Hold(self.netns, self.vip, self.port, seconds=seconds)
 
 
+# --------------------------------------------------------------------------- keepalived
+
+
+@pytest.fixture(scope="module")
+def ka_problem() -> None:
+    """Skips the module's keepalived tests when keepalived cannot run here (the precise reason)."""
+    from lb.testbed.keepalived import keepalived_problem
+
+    problem = keepalived_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.fixture
+def keepalived() -> Iterator[list[Any]]:
+    """lb.testbed.keepalived.Keepalived instances a test starts; each is SIGKILLed if still running
+    and its files removed."""
+    started: list[Any] = []
+    yield started
+    for ka in started:
+        ka.cleanup()
+
+
 # --------------------------------------------------------------------------- UDP responders
 
 

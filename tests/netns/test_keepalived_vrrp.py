@@ -18,36 +18,22 @@ from dataclasses import dataclass
 import pytest
 from conftest import Lbd, parse_ln, running_lbd
 from sync_pair import LbdOn, pair_spec
+from test_keepalived import TCP_CHECK, stop_leaves_nothing  # type: ignore[import-not-found]
+from test_keepalived import _real as real_server
+from test_keepalived import _virtual_server as virtual_server
 
-from lb.testbed.keepalived import PORT, Keepalived, RealServers, keepalived_problem, listing, served_by, wait_for
+from lb.testbed.keepalived import PORT, Keepalived, RealServers, listing, served_by, wait_for
 from lb.testbed.topology import VIP_INDEX, Host, Topology, TopologySpec, fullnat_spec
 
 pytestmark = pytest.mark.netns
 
-CHECK = "TCP_CHECK { connect_timeout 1 retry 1 delay_before_retry 1 }"
 GLOBAL = "global_defs {\n    router_id %s\n}\n"
 N_REAL = 2
 
 
 def _virtual_server(vip: str, reals: list[Host], kind: str) -> str:
-    body = "".join(f"    real_server {r.addr} {PORT} {{\n        weight 1\n        {CHECK}\n    }}\n" for r in reals)
-    return (f"virtual_server {vip} {PORT} {{\n    delay_loop 1\n    lb_algo rr\n    lb_kind {kind}\n"
-            f"    protocol TCP\n{body}}}\n")
-
-
-@pytest.fixture(scope="module")
-def ka_problem() -> None:
-    problem = keepalived_problem()
-    if problem:
-        pytest.skip(problem)
-
-
-@pytest.fixture
-def keepalived() -> Iterator[list[Keepalived]]:
-    started: list[Keepalived] = []
-    yield started
-    for ka in started:
-        ka.cleanup()
+    """A virtual_server (rr) of `reals`, each weight 1 with a TCP_CHECK, forwarding `kind`."""
+    return virtual_server(vip, "".join(real_server(r.addr, TCP_CHECK) for r in reals), kind=kind)
 
 
 def _traffic_becomes(topo: Topology, vip: str, want: set[str], diagnose: Callable[[], str], n: int = 8) -> dict[str, int]:
@@ -87,8 +73,7 @@ def test_lb_kind_nat_masquerades_and_follows_a_dead_server(ntopo: Topology, keep
             wait_for("the dead NAT real server taken out",
                      lambda: True if listing(lbd.lbadm).get((t.vip, PORT)) == {t.reals[1].addr: 1} else None, diag)
             _traffic_becomes(t, t.vip, {t.reals[1].name}, diag)
-            assert ka.stop() == 0, ka.log()
-            assert listing(lbd.lbadm) == {}
+            stop_leaves_nothing(ka, lbd)
     finally:
         servers.stop_all()
 
