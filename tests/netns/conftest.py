@@ -28,7 +28,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -146,33 +145,16 @@ def parse_ln(text: str) -> list[LnService]:
 
 @pytest.fixture(scope="session")
 def topo() -> Iterator[Topology]:
+    from netns_traffic import serve_http
+
     logdir = Path(tempfile.mkdtemp(prefix="lbB-httpd-"))
     try:
-        yield from _topology_with_httpds(logdir)
+        with Topology(dr_spec(N_REAL)) as t:
+            # Each real server must answer on its own address before any test starts.
+            serve_http(t, (HTTP_PORT,), t.client, logdir)
+            yield t
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
-
-
-def _topology_with_httpds(logdir: Path) -> Iterator[Topology]:
-    with Topology(dr_spec(N_REAL)) as t:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        for rs in t.reals:
-            log = open(logdir / f"{rs.name}.log", "w")
-            rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name,
-                      "--port", str(HTTP_PORT)], stdout=log, stderr=subprocess.STDOUT, env=env)
-            log.close()
-        # Each real server must answer on its own address before any test starts.
-        deadline = time.monotonic() + 15.0
-        for rs in t.reals:
-            while True:
-                reply = client.get_once(t.client.netns, rs.addr, HTTP_PORT, timeout=2.0)
-                if reply.ok and reply.server == rs.name:
-                    break
-                if time.monotonic() > deadline:
-                    tail = (logdir / f"{rs.name}.log").read_text()[-2000:]
-                    raise RuntimeError(f"httpd on {rs} not answering: {reply}; log:\n{tail}")
-                time.sleep(0.1)
-        yield t
 
 
 # --------------------------------------------------------------------------- lbd

@@ -1,15 +1,47 @@
-"""Traffic for the netns tests' own topologies: real servers answering with their names on given
-addresses and ports, one client flow at a time, and the operator's firewall marks (test_nat*.py,
-test_port_zero.py, test_fwmark.py, ...).
+"""Traffic for the netns tests' own topologies: the test httpd on the real servers, real servers
+answering with their names on given addresses and ports, one client flow at a time, and the
+operator's firewall marks (test_nat*.py, test_port_zero.py, test_fwmark.py, the sync tests, ...).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from conformance.traffic import Flow, RealServers, close_tcp, open_tcp, udp_exchange
+from lb.testbed import client
 from lb.testbed.topology import Host, Topology
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def serve_http(topo: Topology, ports: Iterable[int], probe_from: Host, logdir: Path | None = None) -> None:
+    """lb.testbed.httpd (answering with the server's name) on every real server of `topo` and each
+    of `ports`, its output in logdir/<server>-<port>.log (or nowhere); then until `probe_from` gets
+    each server's own answer on each port (client.wait_serving: TimeoutError naming the server,
+    with the logs' tails)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    ports = tuple(ports)
+    for rs in topo.reals:
+        for port in ports:
+            argv = [sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(port)]
+            if logdir is None:
+                rs.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                continue
+            with open(logdir / f"{rs.name}-{port}.log", "w") as log:
+                rs.popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        for port in ports:
+            client.wait_serving(probe_from.netns, {rs.addr: rs.name for rs in topo.reals}, port)
+    except TimeoutError as exc:
+        if logdir is None:
+            raise
+        tails = "".join(f"\n{log.name}:\n{log.read_text(errors='replace')[-2000:]}" for log in sorted(logdir.glob("*.log")))
+        raise TimeoutError(f"{exc}{tails}") from exc
 
 
 @contextlib.contextmanager

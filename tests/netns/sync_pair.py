@@ -7,19 +7,16 @@ chains removed).
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from conftest import REPO, Lbd
+import netns_traffic
+from conftest import Lbd
 
-from lb.testbed import client
 from lb.testbed.topology import (
     CLIENT_INDEX,
     DIRECTOR_INDEX,
@@ -93,18 +90,8 @@ def wait_until(predicate: Callable[[], T | None], timeout: float, what: str) -> 
 
 
 def serve_http(topo: Topology, log_prefix: str, ports: Iterable[int], probe_from: Host) -> None:
-    """The test httpd on every real server and port (logs in a fresh directory named by
-    log_prefix), then wait until `probe_from` gets an answer from each."""
-    logdir = Path(tempfile.mkdtemp(prefix=log_prefix))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    ports = tuple(ports)
-    for rs in topo.reals:
-        for port in ports:
-            with open(logdir / f"{rs.name}-{port}.log", "w") as log:
-                rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(port)],
-                         stdout=log, stderr=subprocess.STDOUT, env=env)
-    for port in ports:
-        client.wait_serving(probe_from.netns, {rs.addr: rs.name for rs in topo.reals}, port)
+    """netns_traffic.serve_http with its logs in a fresh directory named by log_prefix."""
+    netns_traffic.serve_http(topo, ports, probe_from, Path(tempfile.mkdtemp(prefix=log_prefix)))
 
 
 @contextlib.contextmanager

@@ -13,17 +13,14 @@ Local addresses are added with the control operation `add_laddr` when
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Lbd, churn_other_services, held_connections_through_churn, parse_ln, running_lbd, udp_until_refused
+from netns_traffic import serve_http
 
 from lb.testbed import client
 from lb.testbed.pcap import Capture
@@ -44,15 +41,7 @@ def ftopo() -> Iterator[Topology]:
         d = t.director
         back = d.iface("back")
         d.ip("addr", "add", f"{t.addr('back', LIP2_INDEX)}/24", "dev", back.ifname)
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        for rs in t.reals:
-            rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(PORT)],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 15.0
-        for rs in t.reals:  # each httpd answers its own address (from the director)
-            while not _director_get(t, rs.addr):
-                assert time.monotonic() < deadline, f"httpd in {rs.name} not answering"
-                time.sleep(0.1)
+        serve_http(t, (PORT,), d)  # each httpd answers its own address (from the director)
         yield t
 
 

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Lbd, parse_ln, running_lbd, udp_until_refused
-from netns_traffic import answering
+from netns_traffic import answering, serve_http
 from packet_source import AFXDP, xdp_local, xdp_nat_replies
 
 from conformance.traffic import Flow, udp_exchange
@@ -38,15 +35,7 @@ _udp_ports = itertools.count(42000)  # a new client source port per datagram
 @pytest.fixture(scope="module")
 def ntopo() -> Iterator[Topology]:
     with Topology(fullnat_spec(N_REAL)) as t:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        for rs in t.reals:
-            rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(RPORT)],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 15.0
-        for rs in t.reals:  # each httpd answers its own address (from the director)
-            while not client.get_once(t.director.netns, rs.addr, RPORT, timeout=1.0).ok:
-                assert time.monotonic() < deadline, f"httpd in {rs.name} not answering"
-                time.sleep(0.1)
+        serve_http(t, (RPORT,), t.director)  # each httpd answers its own address (from the director)
         yield t
 
 

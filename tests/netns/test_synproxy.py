@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 from conftest import Lbd, LbdError
+from netns_traffic import serve_http
 from packet_source import timer_frames
 
-from lb.testbed import client
 from lb.testbed.topology import Topology, fullnat_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,16 +40,10 @@ OUR_SYN_BYTES = 48  # IP 20 + TCP 20 + MSS 4 + SACK-permitted 4 (our SYN to the 
 @pytest.fixture(scope="module")
 def ftopo() -> Iterator[Topology]:
     with Topology(fullnat_spec(2)) as t:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        for rs in t.reals:
-            rs.popen(
-                [sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(RS_PORT)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-            )
         # A real server that does not listen yet answers our SYN with a RST, which SYN-proxy
         # rightly passes on to the client as a reset: wait until each one serves (asked from
         # the director, which reaches them directly) before any test counts SYNs.
-        client.wait_serving(t.director.netns, {rs.addr: rs.name for rs in t.reals}, RS_PORT)
+        serve_http(t, (RS_PORT,), t.director)
         yield t
 
 
