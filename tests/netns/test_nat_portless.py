@@ -68,6 +68,18 @@ def exchange(t: Topology, proto: str, port: int) -> str:
     return flow_outcome(t, proto, t.vip, port, next(_sports))
 
 
+def portless_service(lbd: Lbd, t: Topology, svc: list[str], fwd: str, persistent: bool = True) -> None:
+    """`lbadm -A SVC -s rr` (persistent: -p 300), for FULLNAT ("-b") the director's address on
+    "back" as local address, and every real server without a port, forwarded by `fwd` ("-m" or
+    "-b"); then until each destination has forwarding state."""
+    lbd.lbadm("-A", *svc, "-s", "rr", *(("-p", "300") if persistent else ()))
+    if fwd == "-b":
+        lbd.lbadm("-P", *svc, "-z", t.director.iface("back").addr)
+    for rs in t.reals:
+        lbd.lbadm("-a", *svc, "-r", rs.addr, fwd)
+    lbd.wait_resolved()
+
+
 def conn_rows(lbd: Lbd) -> list[list[str]]:
     return [line.split() for line in lbd.lbadm("-Lnc").stdout.splitlines()[2:]]
 
@@ -83,10 +95,7 @@ def test_port_zero_service_with_nat_real_servers(plbd: Lbd, ptopo: Topology, ser
     (the client's template), each on the port asked for, and its answers come back as VIP:port;
     -Lnc as the kernel's (RIP:<port>); the replies are steered by the RIP in the protocol's set."""
     t, flag = ptopo, "-t" if proto == "tcp" else "-u"
-    plbd.lbadm("-A", flag, f"{t.vip}:0", "-s", "rr", "-p", "300")
-    for rs in t.reals:
-        plbd.lbadm("-a", flag, f"{t.vip}:0", "-r", rs.addr, "-m")
-    plbd.wait_resolved()
+    portless_service(plbd, t, [flag, f"{t.vip}:0"], "-m")
     got = [exchange(t, proto, port) for port in PORTS]
     assert len(set(got)) == 1 and got[0] in {rs.name for rs in t.reals}, (got, plbd.log_tail())
     rip = t.host(got[0]).addr
@@ -116,10 +125,7 @@ def test_fwmark_service_with_nat_real_servers(plbd: Lbd, ptopo: Topology, server
     reach ONE real server (one <IPPROTO_IP, client, fwmark> template), on the client's ports; then a
     non-persistent one: each flow is still answered through the director as VIP:port."""
     t = ptopo
-    plbd.lbadm("-A", "-f", str(MARK), "-s", "rr", "-p", "300")
-    for rs in t.reals:
-        plbd.lbadm("-a", "-f", str(MARK), "-r", rs.addr, "-m")
-    plbd.wait_resolved()
+    portless_service(plbd, t, ["-f", str(MARK)], "-m")
     got = [exchange(t, proto, port) for port in PORTS for proto in ("tcp", "udp")]
     assert len(set(got)) == 1 and got[0] in {rs.name for rs in t.reals}, (got, plbd.log_tail())
     rips = {rs.addr for rs in t.reals}
@@ -130,10 +136,7 @@ def test_fwmark_service_with_nat_real_servers(plbd: Lbd, ptopo: Topology, server
         assert ("TCP", f"{rip}:{port}") in pairs and ("UDP", f"{rip}:{port}") in pairs, pairs
 
     plbd.lbadm("-C")  # without persistence: scheduled per connection
-    plbd.lbadm("-A", "-f", str(MARK), "-s", "rr")
-    for rs in t.reals:
-        plbd.lbadm("-a", "-f", str(MARK), "-r", rs.addr, "-m")
-    plbd.wait_resolved()
+    portless_service(plbd, t, ["-f", str(MARK)], "-m", persistent=False)
     got = [exchange(t, "tcp", port) for port in PORTS for _ in range(2)]
     assert sorted(got) == sorted([rs.name for rs in t.reals] * 2), (got, plbd.log_tail())
 
@@ -203,11 +206,7 @@ def test_port_zero_service_with_fullnat_real_servers(plbd: Lbd, ptopo: Topology,
     t, flag = ptopo, "-t" if proto == "tcp" else "-u"
     lip = t.director.iface("back").addr
     svc = f"{t.vip}:0"
-    plbd.lbadm("-A", flag, svc, "-s", "rr", "-p", "300")
-    plbd.lbadm("-P", flag, svc, "-z", lip)
-    for rs in t.reals:
-        plbd.lbadm("-a", flag, svc, "-r", rs.addr, "-b")
-    plbd.wait_resolved()
+    portless_service(plbd, t, [flag, svc], "-b")
     got = [exchange(t, proto, port) for port in PORTS]
     assert len(set(got)) == 1 and got[0] in {rs.name for rs in t.reals}, (got, plbd.log_tail())
     rip = t.host(got[0]).addr
@@ -233,11 +232,7 @@ def test_fwmark_service_with_fullnat_real_servers(plbd: Lbd, ptopo: Topology, se
     ports of the VIP reach one real server on the ports asked for, through the local address."""
     t = ptopo
     lip = t.director.iface("back").addr
-    plbd.lbadm("-A", "-f", str(MARK), "-s", "rr", "-p", "300")
-    plbd.lbadm("-P", "-f", str(MARK), "-z", lip)
-    for rs in t.reals:
-        plbd.lbadm("-a", "-f", str(MARK), "-r", rs.addr, "-b")
-    plbd.wait_resolved()
+    portless_service(plbd, t, ["-f", str(MARK)], "-b")
     got = [exchange(t, proto, port) for port in PORTS for proto in ("tcp", "udp")]
     assert len(set(got)) == 1 and got[0] in {rs.name for rs in t.reals}, (got, plbd.log_tail())
     rips = {rs.addr for rs in t.reals}
