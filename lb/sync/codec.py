@@ -153,6 +153,21 @@ def pack_datagrams(records: Iterable[bytes], syncid: int, maxlen: int, version: 
     return out
 
 
+def read_header(data: bytes, syncid: int, version: int, spare: int) -> tuple[int, str]:
+    """The message header of `data` (at least HEADER.size bytes): (nr_conns, "") when its size is
+    the datagram's length, its syncid taken (`syncid` 0 takes any), reserved 0 and version and
+    spare those given (the kernel's 1 and 0, or the extension's); else (0, the reason:
+    "bad_size", "syncid_mismatch" or "bad_version", checked in that order)."""
+    reserved, msg_syncid, size, nr_conns, msg_version, msg_spare = HEADER.unpack_from(data)
+    if size != len(data):
+        return 0, "bad_size"
+    if syncid and msg_syncid != syncid:
+        return 0, "syncid_mismatch"
+    if msg_version != version or reserved or msg_spare != spare:
+        return 0, "bad_version"
+    return nr_conns, ""
+
+
 def decode(data: bytes, syncid: int = 0) -> Decoded:
     """Read one datagram; `syncid` 0 takes every sync id (the kernel's backup does the same)."""
     result = Decoded()
@@ -162,15 +177,9 @@ def decode(data: bytes, syncid: int = 0) -> Decoded:
     if len(data) < HEADER.size:
         result.drop("bad_version")  # a 4..7-byte version-0 message: lbd reads version 1 only
         return result
-    reserved, msg_syncid, size, nr_conns, version, spare = HEADER.unpack_from(data)
-    if size != len(data):
-        result.drop("bad_size")
-        return result
-    if syncid and msg_syncid != syncid:
-        result.drop("syncid_mismatch")
-        return result
-    if version != SYNC_PROTO_VER or reserved or spare:
-        result.drop("bad_version")  # version 0 (the old format) is not spoken by lbd
+    nr_conns, reason = read_header(data, syncid, SYNC_PROTO_VER, 0)
+    if reason:
+        result.drop(reason)  # bad_version: version 0 (the old format) is not spoken by lbd
         return result
     pos = HEADER.size
     for i in range(nr_conns):

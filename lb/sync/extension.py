@@ -115,15 +115,9 @@ def decode(data: bytes, syncid: int = 0) -> ExtDecoded:
     if len(data) < codec.HEADER.size:
         result.drop("short")
         return result
-    reserved, msg_syncid, size, nr_conns, version, magic = codec.HEADER.unpack_from(data)
-    if size != len(data):
-        result.drop("bad_size")
-        return result
-    if syncid and msg_syncid != syncid:
-        result.drop("syncid_mismatch")
-        return result
-    if reserved or version != EXT_VERSION or magic != EXT_MAGIC:
-        result.drop("bad_version")
+    nr_conns, reason = codec.read_header(data, syncid, EXT_VERSION, EXT_MAGIC)
+    if reason:
+        result.drop(reason)
         return result
     pos = codec.HEADER.size
     for i in range(nr_conns):
