@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 from conftest import Lbd, parse_ln, running_lbd, udp_until_refused
-from netns_traffic import answering, serve_http
+from netns_traffic import answering, flow_outcome, serve_http
 from packet_source import AFXDP, xdp_local, xdp_nat_replies
 
-from conformance.traffic import Flow, udp_exchange
 from lb.testbed import client
 from lb.testbed.topology import Topology, fullnat_spec
 
@@ -60,12 +59,7 @@ def nat_service(lbd: Lbd, t: Topology, *, proto: str = "tcp", vport: int = VPORT
 
 
 def udp_answers(t: Topology, n: int, port: int = UDP_PORT) -> list[str]:
-    answers = []
-    for _ in range(n):
-        flow = Flow(client="c1", addr=t.client.addr, port=next(_udp_ports))
-        udp_exchange(t.client.netns, flow, t.vip, port)
-        answers.append(flow.outcome)
-    return answers
+    return [flow_outcome(t, "udp", t.vip, port, next(_udp_ports)) for _ in range(n)]
 
 
 def test_nat_http_with_port_translation(nlbd: Lbd, ntopo: Topology) -> None:

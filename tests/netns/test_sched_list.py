@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 from conftest import LnDest, udp_responders
+from netns_traffic import flow_outcome
 
-from conformance.traffic import Flow, udp_exchange
 from lb.testbed import client
 from lb.testbed.topology import Topology
 
@@ -83,12 +83,7 @@ def udp_servers(topo: Topology) -> Iterator[None]:
 
 
 def udp_answers(topo: Topology, n: int) -> list[str]:
-    answers = []
-    for _ in range(n):
-        flow = Flow(client="c1", addr=topo.client.addr, port=next(_udp_ports))
-        udp_exchange(topo.client.netns, flow, topo.vip, UDP_PORT)
-        answers.append(flow.outcome)
-    return answers
+    return [flow_outcome(topo, "udp", topo.vip, UDP_PORT, next(_udp_ports)) for _ in range(n)]
 
 
 def udp_service(lbd: Lbd, topo: Topology, sched: str, weights: dict[str, int]) -> None:
