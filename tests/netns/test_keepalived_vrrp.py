@@ -95,24 +95,29 @@ def vtopo(ka_problem: None) -> Iterator[Topology]:
         yield t
 
 
-def _vrrp_config(host: Host, vip: str, reals: list[Host], priority: int, global_defs: str | None = None) -> str:
-    """keepalived's configuration for one director: global_defs (default: only a router_id), the
-    VRRP instance holding the VIP (MASTER above priority 100) and the DR virtual server."""
-    state = "MASTER" if priority > 100 else "BACKUP"
-    if global_defs is None:
-        global_defs = GLOBAL % f"lbKA{host.name}"
-    return global_defs + f"""\
+def vrrp_instance(interface: str, priority: int, addresses: list[str]) -> str:
+    """keepalived's VRRP instance VI_1 (VRID, adverts every second) on `interface`, MASTER above
+    priority 100, holding `addresses` ("ADDR/LEN dev IFNAME" each)."""
+    held = "".join(f"        {a}\n" for a in addresses)
+    return f"""\
 vrrp_instance VI_1 {{
-    state {state}
-    interface {host.ifname}
+    state {"MASTER" if priority > 100 else "BACKUP"}
+    interface {interface}
     virtual_router_id {VRID}
     priority {priority}
     advert_int 1
     virtual_ipaddress {{
-        {vip}/32 dev {host.ifname}
-    }}
+{held}    }}
 }}
-""" + _virtual_server(vip, reals, "DR")
+"""
+
+
+def _vrrp_config(host: Host, vip: str, reals: list[Host], priority: int, global_defs: str | None = None) -> str:
+    """keepalived's configuration for one director: global_defs (default: only a router_id), the
+    VRRP instance holding the VIP and the DR virtual server."""
+    if global_defs is None:
+        global_defs = GLOBAL % f"lbKA{host.name}"
+    return global_defs + vrrp_instance(host.ifname, priority, [f"{vip}/32 dev {host.ifname}"]) + _virtual_server(vip, reals, "DR")
 
 
 def _holds_vip(host: Host, vip: str) -> bool:
