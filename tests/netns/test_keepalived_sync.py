@@ -16,13 +16,12 @@ import signal
 from collections.abc import Callable, Iterator
 
 import pytest
+from sync_pair import N_CONNS, LbdOn
 from test_keepalived_vrrp import (  # type: ignore[import-not-found]
     DIRECTORS,
     GLOBAL,
-    VRID,
-    DirectorLbd,
     _holds_vip,
-    _virtual_server,
+    _vrrp_config,
     vrrp_spec,
 )
 
@@ -32,34 +31,21 @@ from lb.testbed.topology import VIP_INDEX, Host, Topology
 
 pytestmark = pytest.mark.netns
 
-N_CONNS = 20
 SYNCID = 23
 
 
 def _config(host: Host, vip: str, reals: list[Host], priority: int) -> str:
-    state = "MASTER" if priority > 100 else "BACKUP"
     # lvs_sync_daemon belongs in global_defs: keepalived starts the sync daemon of the VRRP state.
     global_defs = GLOBAL % f"lbKS{host.name}"
     global_defs = global_defs.replace("}\n", f"    lvs_sync_daemon {host.ifname} VI_1 id {SYNCID}\n}}\n", 1)
-    return global_defs + f"""\
-vrrp_instance VI_1 {{
-    state {state}
-    interface {host.ifname}
-    virtual_router_id {VRID}
-    priority {priority}
-    advert_int 1
-    virtual_ipaddress {{
-        {vip}/32 dev {host.ifname}
-    }}
-}}
-""" + _virtual_server(vip, reals, "DR")
+    return _vrrp_config(host, vip, reals, priority, global_defs)
 
 
-def _daemon_states(lbd: DirectorLbd) -> set[str]:
+def _daemon_states(lbd: LbdOn) -> set[str]:
     return {d["state"] for d in lbd.ok("get_daemon")["daemons"] if d["syncid"] == SYNCID}
 
 
-def _tcp_sources(lbd: DirectorLbd) -> set[tuple[str, int]]:
+def _tcp_sources(lbd: LbdOn) -> set[tuple[str, int]]:
     out = set()
     for line in lbd.lbadm("-Lnc").stdout.splitlines()[2:]:
         fields = line.split()
@@ -87,7 +73,7 @@ def test_keepalived_lvs_sync_daemon_and_vrrp_keep_connections(ktopo: Topology) -
     t = ktopo
     vip = t.addr("lan", VIP_INDEX)
     servers = RealServers(t, t.reals)
-    lbds = {name: DirectorLbd(t, t.host(name)) for name in DIRECTORS}
+    lbds = {name: LbdOn(t, t.host(name)) for name in DIRECTORS}
     kas: dict[str, Keepalived] = {}
     try:
         servers.start_all()
@@ -102,7 +88,7 @@ def test_keepalived_lvs_sync_daemon_and_vrrp_keep_connections(ktopo: Topology) -
                              f"keepalived:\n{kas[n].log(3000)}\nlbd:\n{lbd.log_tail(2000)}" for n, lbd in lbds.items())
 
         everyone = {r.addr: 1 for r in t.reals}
-        def lists_everyone(lbd: DirectorLbd) -> Callable[[], bool | None]:
+        def lists_everyone(lbd: LbdOn) -> Callable[[], bool | None]:
             return lambda: True if listing(lbd.lbadm).get((vip, PORT)) == everyone else None
 
         for lbd in lbds.values():
