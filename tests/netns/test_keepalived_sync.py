@@ -55,7 +55,7 @@ def _tcp_sources(lbd: LbdOn) -> set[tuple[str, int]]:
     return out
 
 
-def _forwarded(lbd: DirectorLbd) -> int:
+def _forwarded(lbd: LbdOn) -> int:
     """Packets lbd forwarded from clients so far (the service's InPkts)."""
     return sum(int(svc["stats"]["inpkts"]) for svc in lbd.ok("list")["services"])
 
