@@ -130,6 +130,8 @@ def _afxdp_report(args: argparse.Namespace, out_dir: Path) -> int:
         common.write_json(out_dir / "afxdp.json", data)
         common.log(f"afxdp-report: {out_dir / 'afxdp.json'}")
         analysis = out_dir / "analysis-afxdp.md"
+    if args.guest_json:
+        data["guest_ab"] = common.read_json(args.guest_json)
     text = afxdp_report.render(data, analysis.read_text() if analysis.exists() else None)
     args.md.write_text(text)
     print(text)

@@ -40,6 +40,13 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--md", type=Path, default=None,
                     help="markdown report (default bench/results/<date>-afxdp.md)")
     ap.add_argument("--from-json", type=Path, default=None, help="only re-render the report from this JSON")
+    ap.add_argument("--guest-json", type=Path, default=None,
+                    help="the ab.json of `python -m bench ab --afxdp` (the guest: lbd AF_XDP next to kernel IPVS), "
+                    "rendered and judged in the report")
+    ap.add_argument("--guest", action="store_true",
+                    help="after the host's run, the guest's: `python -m bench ab --afxdp --parts throughput` "
+                    "(Debian's kernel under qemu, next to kernel IPVS; ~15 min under TCG)")
+    ap.add_argument("--guest-timeout", type=float, default=1800.0, help="bound of the guest run (s)")
 
 
 def finish_args(args: argparse.Namespace) -> None:
@@ -56,6 +63,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data["part"] = "afxdp-report"
     data["config"]["command"] = "python -m bench afxdp-report " + " ".join(args.argv)
     data["load"] = {"start": load0, "end": _load_sample()}
+    if args.guest:
+        from bench import ab  # noqa: PLC0415
+
+        gargs = argparse.Namespace(quick=False, functional_only=False, timeout=args.guest_timeout, kernel_dir=None,
+                                   lbd_tool="ipvsadm", afxdp=True, parts="throughput", repeats=args.repeats,
+                                   argv=["--afxdp", "--parts", "throughput", "--repeats", str(args.repeats)])
+        data["guest_ab"] = ab.run(gargs, common.default_run_dir())
     return data
 
 
@@ -206,9 +220,58 @@ def targets(data: dict[str, Any]) -> list[list[str]]:
         [f">= {TARGET_PPS // 1000} kpps zero-loss on one director core (AF_XDP DR established)",
          fmt_spread(zl, 1e3, 1, "k") + (f"; projected from CPU/pkt {proj / 1e3:.0f}k" if proj else ""),
          judge_min(zl.get("median"), TARGET_PPS, gen_limited)],
-        ["guest: lbd AF_XDP at least as cheap per packet as kernel IPVS (>= 1.0x)", "not in this run",
-         "not measured (see 'The guest')"],
+        guest_target(data.get("guest_ab")),
     ]
+
+
+def guest_target(ab: dict[str, Any] | None) -> list[str]:
+    name = "guest: lbd AF_XDP at least as cheap per packet as kernel IPVS (>= 1.0x), DR"
+    if not ab:
+        return [name, "not in this run", "not measured (see 'The guest')"]
+    from bench.ab import guest_ratios  # noqa: PLC0415
+
+    r = guest_ratios(((ab.get("guest") or {}).get("pps") or {}).get("results", []))
+    cpu = (r.get("lbd-afxdp/route") or {}).get("cpu_ipvs_over_lbd") or {"n": 0}
+    if not cpu.get("n"):
+        return [name, "no AF_XDP figure from the guest", "not measured (see 'The guest')"]
+    med = cpu["median"]
+    return [name, "IPVS/AF_XDP CPU per packet " + fmt_spread(cpu, 1, 2, "x"),
+            "met" if med >= 1.0 else f"missed by {1 / med:.1f}x"]
+
+
+def guest_section(ab: dict[str, Any]) -> list[str]:
+    """The guest's rows (kernel router, IPVS, lbd NFQUEUE, lbd AF_XDP) and the ratios to IPVS."""
+    from bench.ab import guest_ratios  # noqa: PLC0415
+
+    g = ab.get("guest") or {}
+    res = (g.get("pps") or {}).get("results", [])
+    lines = ["", "## The guest: next to kernel IPVS (Debian's kernel under qemu TCG; ratios only)", "",
+             f"Command: `{(ab.get('config') or {}).get('command', '?')}`, guest kernel {g.get('kernel', '?')}, "
+             f"commit {ab.get('commit', '?')}, elapsed {ab.get('elapsed_s', '?')} s, load at its start "
+             f"{' '.join((ab.get('machine') or {}).get('loadavg_at_start', []))}. DR (`route`) and IPIP "
+             "(`tunnel`), established flows only (bench/ab_guest.py); lbd AF_XDP in generic XDP mode on the "
+             "guest's veth.", ""]
+    rows = []
+    for mode in sorted({r["mode"] for r in res}):
+        for system in ("kernel", "ipvs", "lbd", "lbd-afxdp"):
+            rs = [r for r in res if r["system"] == system and r["mode"] == mode]
+            if rs:
+                rows.append([mode, system, fmt_spread(_med([r["zero_loss_pps"] for r in rs]), 1e3, 1, "k"),
+                             "yes" if any(r["generator_limited"] for r in rs) else "no",
+                             fmt_spread(_med([r.get("dut_us_per_pkt") for r in rs]), 1, 1)])
+    lines += table(["mode", "system", "zero-loss pps", "gen-limited", "CPU us/pkt"], rows)
+    lines += ["", "Ratios within each repetition (zero-loss lbd / IPVS; CPU per packet IPVS / lbd, >= 1.0: lbd "
+              "as cheap as IPVS):", ""]
+    lines += table(["lbd / mode", "zero-loss lbd/IPVS", "CPU IPVS/lbd"],
+                   [[k, fmt_spread(v["zero_loss_lbd_over_ipvs"], 1, 2, "x"), fmt_spread(v["cpu_ipvs_over_lbd"], 1, 2, "x")]
+                    for k, v in guest_ratios(res).items()])
+    for sk in (g.get("pps") or {}).get("skipped", []):
+        lines.append(f"- skipped: {sk['system']} {sk['mode']} rep {sk.get('rep')}: {sk['reason'][:300]}")
+    for k, v in (g.get("errors") or {}).items():
+        lines.append(f"- error in {k}: {str(v).splitlines()[0][:300]}")
+    if ab.get("error"):
+        lines.append(f"- {ab['error'][:500]}")
+    return lines
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -282,6 +345,8 @@ def render(data: dict[str, Any], analysis: str | None = None) -> str:
                   f"({tx['packets'] / max(tx['batches'], 1):.1f} a batch); the kernel's XDP_STATISTICS "
                   f"rx_ring_full {tx['kernel_rx_ring_full']} (frames the program redirected while the socket's "
                   "ring was full: the overload trials' loss)."]
+    if data.get("guest_ab"):
+        lines += guest_section(data["guest_ab"])
     skipped = data.get("skipped", [])
     if skipped:
         lines += ["", "## Skipped", "", *(f"- {s['system']} {s['mode']}: {s['reason'][:400]}" for s in skipped)]
