@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = argv[1:]
     out_dir = args.out or common.default_run_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not getattr(args, "from_json", None):  # a re-render writes no run directory
+        out_dir.mkdir(parents=True, exist_ok=True)
     if args.part in PARTS or args.part == "all":
         if os.geteuid() != 0 and args.part not in NO_ROOT_PARTS:
             print("bench: needs root (network namespaces, iptables inside them)", file=sys.stderr)

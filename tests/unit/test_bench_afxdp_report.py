@@ -13,10 +13,11 @@ from bench import latency
 
 
 def _res(system: str, mode: str, traffic: str, rep: int, zl: float, us: float | None, p50: float | None = None,
-         gen_limited: bool = False) -> dict[str, Any]:
+         gen_limited: bool = False, sat: float | None = None) -> dict[str, Any]:
     return {"system": system, "mode": "route" if system == "kernel" else mode, "traffic": traffic, "rep": rep,
             "zero_loss_pps": zl, "generator_limited": gen_limited, "dut_us_per_pkt": us,
-            "overload": {"rx_pps": zl, "offered_pps": zl}, "latency": {"p50": p50, "p99": p50, "lost": 0} if p50 else {},
+            "overload": {"rx_pps": zl, "offered_pps": zl, "dut_us_per_pkt": sat},
+            "latency": {"p50": p50, "p99": p50, "lost": 0} if p50 else {},
             "loadavg": ["1.00", "1.00", "1.00"]}
 
 
@@ -27,8 +28,8 @@ def _data(results: list[dict[str, Any]], modes: tuple[str, ...] = ("dr",)) -> di
 
 def test_ratios_are_taken_within_each_repetition() -> None:
     data = _data([
-        _res("kernel", "dr", "est", 0, 900e3, 0.5, 20), _res("c", "dr", "est", 0, 100e3, 8.0, 100),
-        _res("afxdp", "dr", "est", 0, 200e3, 4.0, 50),
+        _res("kernel", "dr", "est", 0, 900e3, 0.5, 20, sat=0.5), _res("c", "dr", "est", 0, 100e3, 8.0, 100, sat=5.0),
+        _res("afxdp", "dr", "est", 0, 200e3, 4.0, 50, sat=2.5),
         _res("kernel", "dr", "est", 1, 900e3, 1.0, 20), _res("c", "dr", "est", 1, 300e3, 6.0, 100),
         _res("afxdp", "dr", "est", 1, 300e3, 2.0, 25),
     ])
@@ -37,6 +38,7 @@ def test_ratios_are_taken_within_each_repetition() -> None:
     assert r["cpu_kernel_afxdp"]["values"] == [0.125, 0.5]
     assert r["zl_afxdp_nfq"]["values"] == [2.0, 1.0]
     assert r["p50_afxdp_nfq"]["values"] == [0.5, 0.25]
+    assert r["sat_nfq_afxdp"]["values"] == [2.0] and r["sat_kernel_afxdp"]["values"] == [0.2]
 
 
 def test_missing_system_gives_no_ratio() -> None:
@@ -59,11 +61,12 @@ def test_judge_min() -> None:
 
 
 def test_targets_judge_the_afxdp_dr_established_rows() -> None:
-    data = _data([_res("afxdp", "dr", "est", 0, 600e3, 1.2), _res("afxdp", "dr", "est", 1, 700e3, 1.0),
+    data = _data([_res("afxdp", "dr", "est", 0, 600e3, 1.2, sat=2.0), _res("afxdp", "dr", "est", 1, 700e3, 1.0, sat=3.2),
                   _res("afxdp", "fullnat", "est", 0, 1.0, 99.0)])
     rows = xr.targets(data)
-    assert rows[0][2] == "met" and "1.10 us" in rows[0][1]
-    assert rows[1][2] == "met" and rows[1][1].startswith("650.0k")
+    assert rows[0][2] == "at the zero-loss rate met; saturated missed by 2.0x (1.30 over)"
+    assert "1.10 us" in rows[0][1] and "2.60 us" in rows[0][1]
+    assert rows[1][2] == "met" and rows[1][1].startswith("650.0k") and "projected from the saturated CPU/pkt 385k" in rows[1][1]
 
 
 def test_render_has_every_section_and_the_command() -> None:
