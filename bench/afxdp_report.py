@@ -30,6 +30,8 @@ SYSTEMS = ("kernel", "c", "afxdp")  # the ratios are between these three
 EXTRA = ("afxdp-native",)  # shown, not judged: on veth native XDP runs on the generator's CPU
 LABEL = {"kernel": "kernel forwarding (no lbd)", "c": "lbd NFQUEUE", "afxdp": "lbd AF_XDP",
          "afxdp-native": "lbd AF_XDP, native XDP (its XDP work on the generator's CPU)"}
+ARMS = {False: "two arms (the real server behind the director's other interface)",
+        True: "one arm (the real server on the receiving side, bench/one_arm.py)"}
 TARGET_US = 1.3  # item 4: AF_XDP DR established, director CPU per packet
 TARGET_PPS = 500_000  # item 4: zero-loss on one director core
 
@@ -306,7 +308,8 @@ def render(data: dict[str, Any], analysis: str | None = None) -> str:
     one_min = [float(x[0]) for x in per_result]
     lines += [f"Machine: {m.get('cpus')} CPUs ({m.get('cpu_model', '?')}), kernel {m.get('kernel')}; generator on "
               f"CPU {cfg.get('gen_cpu')}, director (lbd, its receive path by RPS) on CPU {cfg.get('dut_cpu')}; "
-              f"wiring `{cfg.get('wire')}`; AF_XDP `--xdp-mode {cfg.get('xdp_mode')}`; {cfg.get('repeats')} "
+              f"wiring `{cfg.get('wire')}`, "
+              f"{ARMS[cfg.get('arms') == 1]}; AF_XDP `--xdp-mode {cfg.get('xdp_mode')}`; {cfg.get('repeats')} "
               f"repetitions, windows {cfg.get('window_s')} s, {cfg.get('steps')} bisection steps; "
               f"elapsed {data.get('elapsed_s', '?')} s."]
     if load:

@@ -656,16 +656,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"systems": systems, "modes": modes, "traffic": traffic, "repeats": args.repeats,
                    "window_s": args.window, "steps": args.steps, "loss_max": LOSS_MAX, "gen_cpu": gen_cpu,
                    "dut_cpu": dut_cpu, "nice": args.nice, "est_flows": EST_FLOWS, "frame_bytes": 60,
-                   "wire": args.wire, "latency": getattr(args, "latency", False),
+                   "wire": args.wire, "latency": getattr(args, "latency", False), "arms": getattr(args, "arms", 2),
                    "xdp_mode": getattr(args, "xdp_mode", "generic"),
                    "command": "python -m bench pps " + " ".join(args.argv), "lbd_args": args.lbd_args or ""},
         "results": [], "sweep": [], "skipped": [], "path_limit": [],
     }
     common.build_tool("pktgen")
     t_start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="lbB-bench-pps-") as tmpd, Topology(pps_spec()) as topo:
+    arms = getattr(args, "arms", 2)
+    if arms == 1:
+        from bench import one_arm  # noqa: PLC0415
+
+    spec = one_arm.spec() if arms == 1 else pps_spec()
+    with tempfile.TemporaryDirectory(prefix="lbB-bench-pps-") as tmpd, Topology(spec) as topo:
         tmp = Path(tmpd)
-        bed = Bed(topo, gen_cpu, dut_cpu, steer=args.steer, wiring=args.wire)
+        bed = (one_arm.OneArmBed(topo, gen_cpu, dut_cpu, steer=args.steer) if arms == 1
+               else Bed(topo, gen_cpu, dut_cpu, steer=args.steer, wiring=args.wire))
         # {lan}: the director's client-side interface, named per run (--xdp-interface {lan}).
         bed.lbd_args = tuple(a.replace("{lan}", bed.director.iface("lan").ifname) for a in shlex.split(args.lbd_args or ""))
         bed.nice = args.nice
@@ -789,6 +795,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--latency", action="store_true",
                     help="after each search, one-way latency of marked probes at 50%% of the zero-loss rate "
                     "(bench/latency.py)")
+    ap.add_argument("--arms", type=int, choices=(1, 2), default=2,
+                    help="2 (default): client and real server on the director's two interfaces; 1: the real "
+                    "server on the receiving side (bench/one_arm.py: lbd AF_XDP's TX-ring path; DR and IPIP)")
     ap.add_argument("--xdp-mode", choices=("generic", "native", "auto"), default="generic",
                     help="system afxdp: lbd's --xdp-mode (default generic: on veth, native XDP runs on the "
                     "SENDING CPU, i.e. the generator's, and would hide the director's work from the DUT CPU)")
