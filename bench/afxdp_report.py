@@ -68,11 +68,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.guest:
         from bench import ab  # noqa: PLC0415
 
-        gargs = argparse.Namespace(quick=False, functional_only=False, timeout=args.guest_timeout, kernel_dir=None,
-                                   lbd_tool="ipvsadm", afxdp=True, parts="throughput", repeats=args.repeats,
-                                   argv=["--afxdp", "--parts", "throughput", "--repeats", str(args.repeats)])
-        data["guest_ab"] = ab.run(gargs, common.default_run_dir())
+        data["guest_ab"] = ab.run(guest_args(args), common.default_run_dir())
     return data
+
+
+def guest_args(args: argparse.Namespace) -> argparse.Namespace:
+    """What `python -m bench ab --afxdp --parts throughput --repeats N` would get (bench/ab.py)."""
+    argv = ["--afxdp", "--parts", "throughput", "--repeats", str(args.repeats), "--timeout", f"{args.guest_timeout:g}"]
+    return argparse.Namespace(quick=False, functional_only=False, timeout=args.guest_timeout, kernel_dir=None,
+                              lbd_tool="ipvsadm", afxdp=True, parts="throughput", repeats=args.repeats, argv=argv)
 
 
 def _load_sample() -> dict[str, Any]:

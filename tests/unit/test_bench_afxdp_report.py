@@ -162,3 +162,17 @@ def test_guest_ratios_per_repetition_and_target() -> None:
     assert xr.guest_target(None)[2].startswith("not measured")
     text = "\n".join(xr.guest_section({"guest": {"pps": {"results": res}}}))
     assert "| route | lbd-afxdp | 85.0k (80.0-90.0, n=2) | no | 6.0 (4.0-8.0, n=2) |" in text
+
+
+def test_guest_args_are_what_bench_ab_parses() -> None:
+    import argparse
+
+    from bench import ab
+
+    g = xr.guest_args(argparse.Namespace(repeats=3, guest_timeout=1500.0))
+    assert ab.guest_extra(g) == ["--afxdp", "--parts", "throughput", "--repeats", "3"]
+    parsed = argparse.ArgumentParser()
+    ab.add_args(parsed)
+    ns = parsed.parse_args(g.argv)
+    ab.finish_args(ns)
+    assert (ns.afxdp, ns.parts, ns.repeats, ns.timeout) == (True, "throughput", 3, 1500.0)
