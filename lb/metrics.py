@@ -111,6 +111,9 @@ NFQ_FIELDS: dict[str, CounterField] = {
     "frag_packets": CounterField("lbd_nfqueue_fragmented_packets_total",
                                  "Packets larger than their path MTU that lbd sent as IP fragments"),
     "frag_out": CounterField("lbd_nfqueue_fragments_sent_total", "IP fragments those packets were cut into"),
+    "own_passed": CounterField("lbd_nfqueue_own_packets_passed_total",
+                               "Packets lbd sent itself (its raw socket's mark) that came back to the queue through "
+                               "lo: accepted without processing them again"),
 }
 
 # struct lb_synproxy_stats (lb_api.h).

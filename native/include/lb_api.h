@@ -373,6 +373,8 @@ struct lb_nfq_stats {
     uint64_t kernel_user_dropped;  /* the packet could not be put in lbd's socket buffer */
     uint64_t frag_packets;         /* packets larger than their path MTU sent as fragments (lb_ip_fragment) */
     uint64_t frag_out;             /* the fragments they were cut into */
+    uint64_t own_passed;           /* packets lbd itself sent on its raw socket (its mark) that came back to
+                                      the queue (to a local address, through lo): accepted, not processed again */
 };
 
 /* ---- lifecycle ---- */
