@@ -192,8 +192,6 @@ AFXDP_REFUSED = (
     ("--queue-maxlen", "queue_maxlen", "it is an NFQUEUE option (the AF_XDP rings are fixed)"),
     ("--qdisc-bypass", "qdisc_bypass", "frames to the receiving interface leave on the AF_XDP ring"),
     ("--conntrack", "conntrack", "packets redirected by XDP never reach conntrack"),
-    ("--no-iptables", "no_iptables", "the AF_XDP source installs no iptables rules"),
-    ("--cleanup", "cleanup", "the XDP program leaves with lbd: there is nothing to clean up"),
 )
 
 
@@ -461,7 +459,7 @@ async def _steering_watch_loop(watch: Any, stop: asyncio.Event) -> None:
             log.exception("checking lbd's steering rules failed")
 
 
-def _install_rules(rules: Any, director: Director) -> None:
+def _install_rules(rules: Any, director: Director, xdp: Any = None) -> None:
     """Take over this queue's chains and make them hold exactly the running services' rules.
 
     Rules left in place by a previous lbd (--down-policy closed, or a crash) are adopted and
@@ -476,7 +474,12 @@ def _install_rules(rules: Any, director: Director) -> None:
         log.info("adopting the rules a previous lbd left on queue %d (%d rules)", rules.queue_num, len(rules.rules()))
     else:
         rules.setup()
-    director.rules = rules
+    if xdp is not None:  # --packet-source afxdp: these rules are its NFQUEUE fallback
+        from lb.afxdp import AfxdpWithFallback
+
+        director.rules = AfxdpWithFallback(xdp, rules)
+    else:
+        director.rules = rules
     director.sync_rules()
 
 
@@ -506,7 +509,7 @@ async def run(args: argparse.Namespace) -> int:
     engine = make_engine(args.engine, args.conn_max)
     rules = None
     afxdp = args.packet_source == "afxdp"
-    if not args.no_iptables and not afxdp:
+    if not args.no_iptables:  # with afxdp: the NFQUEUE fallback for what XDP cannot take (AfxdpWithFallback)
         from lb.iptables import RuleManager
 
         rules = RuleManager(args.queue_num, args.queues.balance, track=args.conntrack,
@@ -522,7 +525,7 @@ async def run(args: argparse.Namespace) -> int:
     # The rules are handed over once the tables are complete (_install_rules).
     director = Director(engine, None, resolver, config_path=os.path.abspath(args.config) if args.config else None,
                         queue_num=args.queue_num, conntrack=bool(args.conntrack and rules is not None),
-                        down_policy=args.down_policy)
+                        down_policy=args.down_policy, packet_source=args.packet_source)
     server = ControlServer(director, path)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -566,13 +569,19 @@ async def run(args: argparse.Namespace) -> int:
             from lb.fastpath import CEngine
 
             assert isinstance(engine, CEngine)  # parse_args: --packet-source afxdp needs --engine c
+            # With the NFQUEUE fallback its queue's thread runs the expiry sweep and the timers.
             xdp = AfxdpSource(engine.handle, args.xdp_interface, args.xdp_mode, args.xdp_copy,
-                              mark_queue=args.queue_num)
+                              mark_queue=args.queue_num, timers=rules is None)
             director.rules = xdp
             director.sync_rules()  # the keys first: the program redirects nothing lbd has no entry for
             engine_started = True  # from here on stopped on exit, also after a partial start
+            if rules is not None:
+                engine.start(args.queue_num)  # the fallback's queue, before its rules exist
             xdp.start()
-            log.info("engine %s fed by AF_XDP: %s", engine.name, xdp.describe())
+            log.info("engine %s fed by AF_XDP: %s%s", engine.name, xdp.describe(),
+                     f"; NFQUEUE {args.queue_num} takes fragments and director-local clients' packets" if rules
+                     is not None else "; no NFQUEUE fallback (--no-iptables): fragments and director-local "
+                     "clients' packets to the VIPs reach the director's own stack")
         else:
             engine.start(args.queue_num, **{k: v for k, v in c_opts.items() if v})
             engine_started = True
@@ -580,7 +589,7 @@ async def run(args: argparse.Namespace) -> int:
                      f", GSO packets cut to {args.gso_mtu} bytes (DR: sent on whole)" if args.gso else "")
         if rules is not None:
             rules_set_up = True  # from here on the chains are ours to remove on exit (policy open)
-            _install_rules(rules, director)
+            _install_rules(rules, director, xdp)
         await server.start()
         sync_local_addrs(director)
         monitor = _start_monitor(director, loop, stop)

@@ -33,7 +33,6 @@ from typing import Any
 
 import pytest
 from conftest import QUEUE_NUM, Lbd, running_lbd
-from packet_source import nfqueue_only
 
 from lb import iptables as ipt
 from lb.testbed import echo
@@ -52,8 +51,6 @@ EXCHANGE_TIMEOUT_S = 5.0
 IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14  # linux/in.h
 _ports = itertools.count(43000)
 
-pytestmark = nfqueue_only("fragments (XDP sees them before the kernel reassembles them: the program passes them "
-                          "to the kernel; a forwarded packet is not fragmented on the way out)")
 
 
 def payload_of(size: int) -> bytes:
