@@ -155,8 +155,8 @@ XSK_FIELDS: dict[str, CounterField] = {
                              "ICMP and FULLNAT replies)", (("socket", "xsk"),)),
     "xmit_l2": CounterField("lbd_afxdp_sent_total", "", (("socket", "packet"),)),
     "answers": CounterField("lbd_afxdp_sent_total", "", (("socket", "raw"),)),
-    "xmit_l2_err": CounterField("lbd_afxdp_send_errors_total", "Sends that failed, by socket (packet: also "
-                                "packets too big for their path that XDP cannot fragment)", (("socket", "packet"),)),
+    "xmit_l2_err": CounterField("lbd_afxdp_send_errors_total", "Sends that failed, by socket",
+                                (("socket", "packet"),)),
     "answer_err": CounterField("lbd_afxdp_send_errors_total", "", (("socket", "raw"),)),
     "passed": CounterField("lbd_afxdp_reinjected_total", "Packets the engine handed back to the kernel (no "
                            "connection, not balanced), re-injected on the raw socket, by result",
@@ -172,6 +172,9 @@ XSK_FIELDS: dict[str, CounterField] = {
     "kernel_rx_ring_full": CounterField("lbd_afxdp_kernel_dropped_total", "", (("cause", "rx_ring_full"),)),
     "kernel_fill_empty": CounterField("lbd_afxdp_fill_ring_empty_total", "Times the kernel found the fill ring "
                                       "empty (no free frame to receive into; XDP_STATISTICS)"),
+    "frag_packets": CounterField("lbd_afxdp_fragmented_packets_total",
+                                 "Packets larger than their path MTU that lbd sent as IP fragments"),
+    "frag_out": CounterField("lbd_afxdp_fragments_sent_total", "IP fragments those packets were cut into"),
 }
 XSK_NOT_COUNTERS = ("zerocopy_err",)  # an errno, shown by lbd_afxdp_socket_info
 
