@@ -103,8 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--packet-source", choices=("nfqueue", "afxdp"), default="nfqueue",
                    help="where packets come from. nfqueue (default): iptables rules queue the services' "
                    "packets (NFQUEUE). afxdp: an XDP program on each --xdp-interface redirects them to "
-                   "AF_XDP sockets, one per receive queue, no iptables rules (C engine; docs/afxdp.md "
-                   "lists what it does not do)")
+                   "AF_XDP sockets, one per receive queue; NFQUEUE rules stay as the fallback for IP fragments "
+                   "and director-local clients, unless --no-iptables (C engine; docs/afxdp.md lists what it "
+                   "does not do)")
     p.add_argument("--xdp-interface", action="append", default=[], metavar="IFACE",
                    help="with --packet-source afxdp: an interface whose received packets lbd serves "
                    "(repeat for several)")
@@ -124,7 +125,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="packets the kernel queues for lbd before it drops (default 1024, C engine: a short queue "
                    "keeps an overloaded director from livelocking; longer absorbs longer bursts)")
     p.add_argument("--no-iptables", action="store_true",
-                   help="do not manage iptables rules (the operator queues packets to --queue-num)")
+                   help="do not manage iptables rules (the operator queues packets to --queue-num); with "
+                   "--packet-source afxdp: no NFQUEUE fallback (fragments and director-local clients are not balanced)")
     p.add_argument("--conntrack", action="store_true",
                    help="let the director's conntrack see what lbd hands back to the kernel and what it sends "
                    "on its raw socket (no CT --notrack rules): the analogue of IPVS's net.ipv4.vs.conntrack "
