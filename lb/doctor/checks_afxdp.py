@@ -27,6 +27,15 @@ SOCKET_LOSSES = {
 }
 
 
+# Per-socket send errors: (severity, meaning).
+SOCKET_SEND_ERRORS = {
+    "xmit_l2_err": ("error", "frames towards real servers could not be sent (AF_PACKET send errors; the xmit_failed "
+                    "reason)"),
+    "answer_err": ("warning", "packets on lbd's raw socket (answers, FULLNAT replies) could not be sent"),
+    "pass_err": ("warning", "packets handed back to the kernel could not be re-injected on the raw socket"),
+}
+
+
 def _attached(iface: dict[str, Any]) -> tuple[int | None, str, str]:
     """(program id, program name, mode) of the XDP program on `iface` (an `ip -j addr` object)."""
     xdp = iface.get("xdp") or {}
@@ -156,6 +165,11 @@ def check_afxdp_counters(run: Run) -> list[Finding]:
             d = int(b.get(key, 0)) - int(a.get(key, 0))
             if d > 0:
                 rows.append(f"socket {i}: {key} +{d}: {meaning}")
+    for key, (severity, meaning) in SOCKET_SEND_ERRORS.items():
+        grew = sum(int(b.get(key, 0)) - int(a.get(key, 0)) for a, b in zip(s0, s1, strict=False))
+        if grew > 0:
+            out.append(Finding(severity, "afxdp", f"{key} +{grew} during the window: {meaning}",
+                               fix="check the destinations' interfaces (down? MTU?) and lbd's log"))
     if rows:
         out.append(Finding("warning", "afxdp", f"AF_XDP sockets lost packets during the window ({len(rows)} counters grew)",
                            evidence="\n".join(rows),

@@ -31,10 +31,10 @@ def afxdp_ping(fallback: bool = True, sockets: int = 2, rx_queues: int = 2, prog
                 "sockets": list(range(sockets)), "zerocopy": [False] * sockets}]}}
 
 
-def afxdp_counters(no_socket: int = 0, fragments: int = 0, ring_full: int = 0) -> dict[str, Any]:
+def afxdp_counters(no_socket: int = 0, fragments: int = 0, ring_full: int = 0, send_err: int = 0) -> dict[str, Any]:
     c = counters()
     sock = {"packets": 10, "kernel_rx_ring_full": ring_full, "kernel_fill_empty": 0, "kernel_rx_dropped": 0,
-            "fill_lost": 0, "bad_frames": 0}
+            "fill_lost": 0, "bad_frames": 0, "xmit_l2_err": send_err, "answer_err": 0, "pass_err": 0}
     c["afxdp"] = {"program": {"redirected": 10, "passed": 5, "fragments_passed": fragments, "no_socket": no_socket},
                   "sockets": [sock, dict(sock, kernel_rx_ring_full=0)]}
     return c
@@ -113,3 +113,11 @@ def test_stale_program_on_another_interface_or_under_nfqueue() -> None:
     assert err and "lbd uses the nfqueue packet source" in err[0].summary, format_text(fs)
     # no program anywhere under NFQUEUE: nothing to say
     assert by(run_checks(FakeContext(window_s=0)), "afxdp") == []
+
+
+def test_send_errors_growing_are_an_error() -> None:
+    ctx = FakeContext(ping=afxdp_ping(), interfaces=xdp_on(ifaces(), "eth0"),
+                      samples=samples(afxdp_counters(send_err=1), afxdp_counters(send_err=4)))
+    err = [f.summary for f in by(run_checks(ctx), "afxdp", "error")]
+    assert err == ["xmit_l2_err +6 during the window: frames towards real servers could not be sent (AF_PACKET send "
+                   "errors; the xmit_failed reason)"], err  # both sockets: +3 each
