@@ -15,6 +15,7 @@ reach the kernel's own stack again.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -57,8 +58,9 @@ def steering_keys(steering: Steering) -> set[Key]:
     """The program's keys for `steering` (lb_api.h struct lb_xdp_key). fwmark services cannot be
     steered by XDP (no firewall mark exists before the kernel's stack): refused."""
     if steering.fwmarks:
-        raise AfxdpRefusal(0, "fwmark services need the NFQUEUE packet source: XDP runs before any firewall "
-                         f"rule could mark a packet (marks {sorted(steering.fwmarks)})")
+        raise AfxdpRefusal(0, "fwmark services need the NFQUEUE packet source, or the AF_XDP source's NFQUEUE "
+                         "fallback (lbd without --no-iptables): XDP runs before any firewall rule could mark a "
+                         f"packet (marks {sorted(steering.fwmarks)})")
     ip = _ip
     keys: set[Key] = {(0, ip(vip), 0, port, proto) for proto, vip, port in steering.services}
     keys.update((ip(rip), ip(lip), rport, 0, proto) for proto, rip, rport, lip in steering.fnat_replies)
@@ -304,7 +306,9 @@ class AfxdpWithFallback:
         self.nfq_rules = nfq_rules
 
     def sync(self, steering: Steering, verify_sets: bool = False) -> None:
-        self.xdp.sync(steering)  # first: it refuses what it cannot steer (fwmark services) before any rule changes
+        # fwmark services are the fallback's alone: XDP runs before any rule could mark a packet, so
+        # their packets pass the program, get their mark in mangle PREROUTING and are queued there.
+        self.xdp.sync(dataclasses.replace(steering, fwmarks=set()))
         self.nfq_rules.sync(steering, verify_sets=verify_sets)
 
     def set_local_addrs(self, addrs: Sequence[str]) -> None:

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from packet_source import nfqueue_only
 
 from conformance.traffic import Flow, RealServers, close_tcp, open_tcp, udp_exchange
 from lb.testbed.topology import Topology
@@ -26,8 +25,6 @@ if TYPE_CHECKING:  # fixtures' types only
 MARK = 7
 PORT1, PORT2 = 8401, 8402
 
-pytestmark = nfqueue_only("fwmark services (XDP runs before any firewall rule could mark a packet), refused "
-                          "when configured")
 
 
 @pytest.fixture(scope="module")

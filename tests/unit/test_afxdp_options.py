@@ -108,6 +108,11 @@ def test_the_fallback_syncs_the_program_then_the_nfqueue_rules() -> None:
     with pytest.raises(AfxdpRefusal):
         refusing.sync(st)
     assert len(rules.synced) == 1
+    # fwmark services are the fallback's alone: the program never sees their marks (its keys refuse them).
+    marked = Steering()
+    marked.fwmarks.add(7)
+    both.sync(marked)
+    assert xdp.synced[-1].fwmarks == set() and rules.synced[-1][0].fwmarks == {7}
 
 
 def test_xdp_link_prog_ids_from_fdinfo(tmp_path: Path) -> None:
