@@ -167,7 +167,7 @@ test-netns: build $(TOOLS)
 # --packet-source afxdp, docs/afxdp.md "Tests against both sources"); the whole suite under afxdp:
 # LB_TEST_PACKET_SOURCE=afxdp make test-netns. 62 passed + 49 precise skips in ~7 min here (2 shared cores, loaded).
 NETNS_AFXDP_TESTS := $(addprefix tests/netns/test_,$(addsuffix .py,dr tunnel tunnel_churn fullnat nat \
-	nat_portless port_zero synproxy firewall reload restart hostile_packets proxy_protocol))
+	nat_portless port_zero synproxy firewall reload restart hostile_packets proxy_protocol fragments doctor fwmark))
 test-netns-afxdp: export LB_TEST_PACKET_SOURCE = afxdp
 test-netns-afxdp: build $(TOOLS)
 	$(call run_pytest,$(NETNS_AFXDP_TESTS))

@@ -15,6 +15,7 @@ reach the kernel's own stack again.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -57,8 +58,9 @@ def steering_keys(steering: Steering) -> set[Key]:
     """The program's keys for `steering` (lb_api.h struct lb_xdp_key). fwmark services cannot be
     steered by XDP (no firewall mark exists before the kernel's stack): refused."""
     if steering.fwmarks:
-        raise AfxdpRefusal(0, "fwmark services need the NFQUEUE packet source: XDP runs before any firewall "
-                         f"rule could mark a packet (marks {sorted(steering.fwmarks)})")
+        raise AfxdpRefusal(0, "fwmark services need the NFQUEUE packet source, or the AF_XDP source's NFQUEUE "
+                         "fallback (lbd without --no-iptables): XDP runs before any firewall rule could mark a "
+                         f"packet (marks {sorted(steering.fwmarks)})")
     ip = _ip
     keys: set[Key] = {(0, ip(vip), 0, port, proto) for proto, vip, port in steering.services}
     keys.update((ip(rip), ip(lip), rport, 0, proto) for proto, rip, rport, lip in steering.fnat_replies)
@@ -79,6 +81,29 @@ def rx_queue_count(ifname: str) -> int:
     return max(n, 1)
 
 
+def xdp_link_prog_ids(fdinfo_dir: str = "/proc/self/fdinfo") -> dict[int, int]:
+    """ifindex -> id of the program of each XDP bpf_link this process holds (the links' fdinfo:
+    link_type xdp, prog_id, ifindex)."""
+    found: dict[int, int] = {}
+    try:
+        fds = os.listdir(fdinfo_dir)
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            with open(os.path.join(fdinfo_dir, fd)) as f:
+                fields = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        except OSError:  # closed meanwhile
+            continue
+        if fields.get("link_type", "").strip() != "xdp":
+            continue
+        try:
+            found[int(fields["ifindex"])] = int(fields["prog_id"])
+        except (KeyError, ValueError):
+            continue
+    return found
+
+
 @dataclass
 class _Attached:
     ifname: str
@@ -91,7 +116,8 @@ class AfxdpSource:
     """The XDP program on `interfaces` and their AF_XDP sockets, on the engine's lb_t."""
 
     def __init__(self, lb_handle: Any, interfaces: Sequence[str], mode: str = "auto", copy: bool = False,
-                 cpus: Sequence[int] | None = None, mark_queue: int = 0, bpf_object: Path = BPF_OBJECT) -> None:
+                 cpus: Sequence[int] | None = None, mark_queue: int = 0, bpf_object: Path = BPF_OBJECT,
+                 timers: bool = True) -> None:
         if mode not in MODES:
             raise ValueError(f"XDP mode {mode!r}: one of {', '.join(MODES)}")
         self._lb = lb_handle
@@ -101,6 +127,7 @@ class AfxdpSource:
         self.cpus = list(cpus or [])
         self.mark_queue = mark_queue
         self.bpf_object = bpf_object
+        self.timers = timers  # False: another thread (the NFQUEUE fallback's queue) runs the sweep and timers
         self._attached: list[_Attached] = []
         self._keys: set[Key] = set()
         self._local: set[int] = set()  # the director's own addresses (lb_local)
@@ -142,7 +169,7 @@ class AfxdpSource:
             self._set_local(att, addr, True)
         for queue_id in range(rx_queue_count(ifname)):
             opts = ffi.new("struct lb_xsk_opts *")
-            first = len(self._attached) == 1 and queue_id == 0
+            first = self.timers and len(self._attached) == 1 and queue_id == 0
             opts.flags = (lib.LB_XSK_F_TIMERS if first else 0) | (lib.LB_XSK_F_COPY if self.copy else 0)
             n = sum(len(a.sockets) for a in self._attached)
             opts.cpu = self.cpus[n] if n < len(self.cpus) else -1
@@ -177,6 +204,26 @@ class AfxdpSource:
     def describe(self) -> str:
         return ", ".join(f"{a.ifname} ({a.mode} XDP, {len(a.sockets)} AF_XDP socket{'s' if len(a.sockets) != 1 else ''})"
                          for a in self._attached)
+
+    def afxdp_status(self) -> list[dict[str, Any]]:
+        """What `ping` reports under "afxdp" (lbadm doctor compares it with the kernel's view): per
+        interface its name and index, the XDP mode, the id of lbd's program (from its link's fdinfo),
+        the receive queues the interface has and those lbd bound a socket to (in the xsk map)."""
+        prog_ids = xdp_link_prog_ids()
+        out = []
+        for att in self._attached:
+            try:
+                ifindex = socket.if_nametoindex(att.ifname)
+            except OSError:
+                ifindex = 0
+            try:
+                rx_queues = rx_queue_count(att.ifname)
+            except AfxdpError:
+                rx_queues = 0
+            out.append({"ifname": att.ifname, "ifindex": ifindex, "mode": att.mode, "prog_id": prog_ids.get(ifindex),
+                        "rx_queues": rx_queues, "sockets": list(range(len(att.sockets))),
+                        "zerocopy": [bool(lib.lb_xsk_zerocopy(q)) for q in att.sockets]})
+        return out
 
     # ------------------------------------------------------------ steering (Director's `rules`)
     def sync(self, steering: Steering, verify_sets: bool = False) -> None:
@@ -226,10 +273,15 @@ class AfxdpSource:
                 out.append({name: getattr(st, name) for name in XSK_STAT_NAMES})
         return out
 
+    def socket_names(self) -> list[dict[str, Any]]:
+        """(interface, receive queue) of each socket, in socket_stats' order."""
+        return [{"interface": att.ifname, "queue": queue_id} for att in self._attached
+                for queue_id in range(len(att.sockets))]
+
     def afxdp_counters(self) -> dict[str, Any]:
         """The `counters` control operation's "afxdp": the programs' counters summed, each socket's."""
         sockets = self.socket_stats()  # first: what they counted was redirected before the program's read
-        return {"program": self.program_stats(), "sockets": sockets}
+        return {"program": self.program_stats(), "sockets": sockets, "socket_names": self.socket_names()}
 
     def program_stats(self) -> dict[str, int]:
         total = dict.fromkeys(XDP_STAT_NAMES, 0)
@@ -239,3 +291,31 @@ class AfxdpSource:
             for name in XDP_STAT_NAMES:
                 total[name] += getattr(st, name)
         return total
+
+
+class AfxdpWithFallback:
+    """The Director's `rules` under afxdp with the NFQUEUE fallback (the default; lbd --no-iptables
+    turns it off): the XDP program redirects what it can see whole, and the NFQUEUE source's own
+    rules and sets (lb.iptables.RuleManager, the same queue bound by the same engine) take what
+    reaches the kernel's stack instead: IP fragments the program passes, reassembled by
+    nf_defrag_ipv4 before the raw table, and packets that never cross an XDP hook, such as a
+    director-local client's to a VIP (they enter raw PREROUTING on lo). docs/afxdp.md."""
+
+    def __init__(self, xdp: AfxdpSource, nfq_rules: Any) -> None:
+        self.xdp = xdp
+        self.nfq_rules = nfq_rules
+
+    def sync(self, steering: Steering, verify_sets: bool = False) -> None:
+        # fwmark services are the fallback's alone: XDP runs before any rule could mark a packet, so
+        # their packets pass the program, get their mark in mangle PREROUTING and are queued there.
+        self.xdp.sync(dataclasses.replace(steering, fwmarks=set()))
+        self.nfq_rules.sync(steering, verify_sets=verify_sets)
+
+    def set_local_addrs(self, addrs: Sequence[str]) -> None:
+        self.xdp.set_local_addrs(addrs)
+
+    def afxdp_counters(self) -> dict[str, Any]:
+        return self.xdp.afxdp_counters()
+
+    def afxdp_status(self) -> list[dict[str, Any]]:
+        return self.xdp.afxdp_status()

@@ -105,8 +105,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--packet-source", choices=("nfqueue", "afxdp"), default="nfqueue",
                    help="where packets come from. nfqueue (default): iptables rules queue the services' "
                    "packets (NFQUEUE). afxdp: an XDP program on each --xdp-interface redirects them to "
-                   "AF_XDP sockets, one per receive queue, no iptables rules (C engine; docs/afxdp.md "
-                   "lists what it does not do)")
+                   "AF_XDP sockets, one per receive queue; NFQUEUE rules stay as the fallback for IP fragments "
+                   "and director-local clients, unless --no-iptables (C engine; docs/afxdp.md lists what it "
+                   "does not do)")
     p.add_argument("--xdp-interface", action="append", default=[], metavar="IFACE",
                    help="with --packet-source afxdp: an interface whose received packets lbd serves "
                    "(repeat for several)")
@@ -126,7 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="packets the kernel queues for lbd before it drops (default 1024, C engine: a short queue "
                    "keeps an overloaded director from livelocking; longer absorbs longer bursts)")
     p.add_argument("--no-iptables", action="store_true",
-                   help="do not manage iptables rules (the operator queues packets to --queue-num)")
+                   help="do not manage iptables rules (the operator queues packets to --queue-num); with "
+                   "--packet-source afxdp: no NFQUEUE fallback (fragments and director-local clients are not balanced)")
     p.add_argument("--conntrack", action="store_true",
                    help="let the director's conntrack see what lbd hands back to the kernel and what it sends "
                    "on its raw socket (no CT --notrack rules): the analogue of IPVS's net.ipv4.vs.conntrack "
@@ -224,8 +226,6 @@ AFXDP_REFUSED = (
     ("--queue-maxlen", "queue_maxlen", "it is an NFQUEUE option (the AF_XDP rings are fixed)"),
     ("--qdisc-bypass", "qdisc_bypass", "frames to the receiving interface leave on the AF_XDP ring"),
     ("--conntrack", "conntrack", "packets redirected by XDP never reach conntrack"),
-    ("--no-iptables", "no_iptables", "the AF_XDP source installs no iptables rules"),
-    ("--cleanup", "cleanup", "the XDP program leaves with lbd: there is nothing to clean up"),
 )
 
 
@@ -493,7 +493,7 @@ async def _steering_watch_loop(watch: Any, stop: asyncio.Event) -> None:
             log.exception("checking lbd's steering rules failed")
 
 
-def _install_rules(rules: Any, director: Director) -> None:
+def _install_rules(rules: Any, director: Director, xdp: Any = None) -> None:
     """Take over this queue's chains and make them hold exactly the running services' rules.
 
     Rules left in place by a previous lbd (--down-policy closed, or a crash) are adopted and
@@ -508,7 +508,12 @@ def _install_rules(rules: Any, director: Director) -> None:
         log.info("adopting the rules a previous lbd left on queue %d (%d rules)", rules.queue_num, len(rules.rules()))
     else:
         rules.setup()
-    director.rules = rules
+    if xdp is not None:  # --packet-source afxdp: these rules are its NFQUEUE fallback
+        from lb.afxdp import AfxdpWithFallback
+
+        director.rules = AfxdpWithFallback(xdp, rules)
+    else:
+        director.rules = rules
     director.sync_rules()
 
 
@@ -538,7 +543,7 @@ async def run(args: argparse.Namespace) -> int:
     engine = make_engine(args.engine, args.conn_max)
     rules = None
     afxdp = args.packet_source == "afxdp"
-    if not args.no_iptables and not afxdp:
+    if not args.no_iptables:  # with afxdp: the NFQUEUE fallback for what XDP cannot take (AfxdpWithFallback)
         from lb.iptables import RuleManager
 
         rules = RuleManager(args.queue_num, args.queues.balance, track=args.conntrack,
@@ -554,7 +559,7 @@ async def run(args: argparse.Namespace) -> int:
     # The rules are handed over once the tables are complete (_install_rules).
     director = Director(engine, None, resolver, config_path=os.path.abspath(args.config) if args.config else None,
                         queue_num=args.queue_num, conntrack=bool(args.conntrack and rules is not None),
-                        down_policy=args.down_policy)
+                        down_policy=args.down_policy, packet_source=args.packet_source)
     director.sync.rule = args.sync_rule
     server = ControlServer(director, path)
     loop = asyncio.get_running_loop()
@@ -599,13 +604,19 @@ async def run(args: argparse.Namespace) -> int:
             from lb.fastpath import CEngine
 
             assert isinstance(engine, CEngine)  # parse_args: --packet-source afxdp needs --engine c
+            # With the NFQUEUE fallback its queue's thread runs the expiry sweep and the timers.
             xdp = AfxdpSource(engine.handle, args.xdp_interface, args.xdp_mode, args.xdp_copy,
-                              mark_queue=args.queue_num)
+                              mark_queue=args.queue_num, timers=rules is None)
             director.rules = xdp
             director.sync_rules()  # the keys first: the program redirects nothing lbd has no entry for
             engine_started = True  # from here on stopped on exit, also after a partial start
+            if rules is not None:
+                engine.start(args.queue_num)  # the fallback's queue, before its rules exist
             xdp.start()
-            log.info("engine %s fed by AF_XDP: %s", engine.name, xdp.describe())
+            log.info("engine %s fed by AF_XDP: %s%s", engine.name, xdp.describe(),
+                     f"; NFQUEUE {args.queue_num} takes fragments and director-local clients' packets" if rules
+                     is not None else "; no NFQUEUE fallback (--no-iptables): fragments and director-local "
+                     "clients' packets to the VIPs reach the director's own stack")
         else:
             engine.start(args.queue_num, **{k: v for k, v in c_opts.items() if v})
             engine_started = True
@@ -613,7 +624,7 @@ async def run(args: argparse.Namespace) -> int:
                      f", GSO packets cut to {args.gso_mtu} bytes (DR: sent on whole)" if args.gso else "")
         if rules is not None:
             rules_set_up = True  # from here on the chains are ours to remove on exit (policy open)
-            _install_rules(rules, director)
+            _install_rules(rules, director, xdp)
         await server.start()
         sync_local_addrs(director)
         monitor = _start_monitor(director, loop, stop)

@@ -100,13 +100,14 @@ class Director(DirectorViews, DirectorConfigs):
 
     def __init__(self, engine: Engine, rules: Rules | None, resolver: Resolver | None,
                  config_path: str | None = None, *, queue_num: int | None = None,
-                 conntrack: bool = False, down_policy: str = "open") -> None:
+                 conntrack: bool = False, down_policy: str = "open", packet_source: str = "nfqueue") -> None:
         self.engine = engine
         self.rules = rules
         self.config_path = config_path  # what `reload` re-reads (lbd --config)
         self.queue_num = queue_num  # reported by `ping` (lbadm doctor finds lbd's chains by it)
         self.conntrack = conntrack  # lbd --conntrack: the IPVS conntrack sysctl analogue
         self.down_policy = down_policy  # lbd --down-policy: what packets do while no lbd runs
+        self.packet_source = packet_source  # lbd --packet-source, reported by `ping` (lbadm doctor)
         self.fwd = ForwardingStates(engine, resolver)
         self.timeouts: Timeouts = Timeouts(*engine.get_timeouts())
         # The model of what the engine holds, kept in step with it by execute() (never re-listed).
@@ -428,8 +429,12 @@ class Director(DirectorViews, DirectorConfigs):
 
     # ------------------------------------------------------------ operations
     def _ping(self, _args: dict[str, Any]) -> dict[str, Any]:
-        return {"version": __version__, "engine": self.engine.name, "queue_num": self.queue_num,
-                "conntrack": self.conntrack, "down_policy": self.down_policy}
+        out: dict[str, Any] = {"version": __version__, "engine": self.engine.name, "queue_num": self.queue_num,
+                               "conntrack": self.conntrack, "down_policy": self.down_policy, "packet_source": self.packet_source}
+        afxdp_status = getattr(self.rules, "afxdp_status", None)  # --packet-source afxdp (lb/afxdp.py)
+        if afxdp_status is not None:
+            out["afxdp"] = {"interfaces": afxdp_status(), "nfqueue_fallback": hasattr(self.rules, "nfq_rules")}
+        return out
 
     def _single(self, op: str, args: dict[str, Any]) -> None:
         self.execute([parse_command(op, args)])

@@ -111,6 +111,9 @@ NFQ_FIELDS: dict[str, CounterField] = {
     "frag_packets": CounterField("lbd_nfqueue_fragmented_packets_total",
                                  "Packets larger than their path MTU that lbd sent as IP fragments"),
     "frag_out": CounterField("lbd_nfqueue_fragments_sent_total", "IP fragments those packets were cut into"),
+    "own_passed": CounterField("lbd_nfqueue_own_packets_passed_total",
+                               "Packets lbd sent itself (its raw socket's mark) that came back to the queue through "
+                               "lo: accepted without processing them again"),
 }
 
 # struct lb_synproxy_stats (lb_api.h).
@@ -130,6 +133,70 @@ SYNPROXY_FIELDS: dict[str, CounterField] = {
     "rs_resets": CounterField("lbd_synproxy_backend_resets_total",
                               "Real servers that answered lbd's SYN with a RST (passed on to the client)"),
 }
+
+
+# lbd --packet-source afxdp (lb/afxdp.py, docs/afxdp.md): struct lb_xdp_stats, the XDP programs'
+# decisions summed over the interfaces, and struct lb_xsk_stats, per AF_XDP socket.
+XDP_FIELDS: dict[str, CounterField] = {
+    "redirected": CounterField("lbd_afxdp_program_packets_total",
+                               "Packets lbd's XDP programs decided, by action: redirected to lbd's AF_XDP sockets; "
+                               "passed to the kernel (not lbd's); fragment_passed (IP fragments, left to the "
+                               "kernel's reassembly and then lbd's NFQUEUE fallback); no_socket (lbd's, but no "
+                               "socket on their receive queue: passed to the kernel)", (("action", "redirected"),)),
+    "passed": CounterField("lbd_afxdp_program_packets_total", "", (("action", "passed"),)),
+    "fragments_passed": CounterField("lbd_afxdp_program_packets_total", "", (("action", "fragment_passed"),)),
+    "no_socket": CounterField("lbd_afxdp_program_packets_total", "", (("action", "no_socket"),)),
+}
+XSK_FIELDS: dict[str, CounterField] = {
+    "packets": CounterField("lbd_afxdp_packets_total", "Frames received on the AF_XDP socket"),
+    "batches": CounterField("lbd_afxdp_batches_total", "Receive batches processed"),
+    "xmit_xsk": CounterField("lbd_afxdp_sent_total", "Packets sent by lbd itself, by socket: xsk (the AF_XDP "
+                             "TX ring, no copy), packet (AF_PACKET: another interface), raw (IP packets such as "
+                             "ICMP and FULLNAT replies)", (("socket", "xsk"),)),
+    "xmit_l2": CounterField("lbd_afxdp_sent_total", "", (("socket", "packet"),)),
+    "answers": CounterField("lbd_afxdp_sent_total", "", (("socket", "raw"),)),
+    "xmit_l2_err": CounterField("lbd_afxdp_send_errors_total", "Sends that failed, by socket",
+                                (("socket", "packet"),)),
+    "answer_err": CounterField("lbd_afxdp_send_errors_total", "", (("socket", "raw"),)),
+    "passed": CounterField("lbd_afxdp_reinjected_total", "Packets the engine handed back to the kernel (no "
+                           "connection, not balanced), re-injected on the raw socket, by result",
+                           (("result", "ok"),)),
+    "pass_err": CounterField("lbd_afxdp_reinjected_total", "", (("result", "error"),)),
+    "timer_frames": CounterField("lbd_afxdp_timer_sent_total", "Packets timers generated (SYN-proxy "
+                                 "retransmissions to real servers, give-up resets)"),
+    "bad_frames": CounterField("lbd_afxdp_bad_frames_total", "Frames that were not untagged IPv4: dropped"),
+    "fill_lost": CounterField("lbd_afxdp_fill_ring_lost_total", "Frames that could not go back to the fill ring"),
+    "kernel_rx_dropped": CounterField("lbd_afxdp_kernel_dropped_total", "Frames the kernel dropped for the socket "
+                                      "(XDP_STATISTICS), by cause: rx_dropped (e.g. too large), rx_ring_full "
+                                      "(lbd did not keep up)", (("cause", "rx_dropped"),)),
+    "kernel_rx_ring_full": CounterField("lbd_afxdp_kernel_dropped_total", "", (("cause", "rx_ring_full"),)),
+    "kernel_fill_empty": CounterField("lbd_afxdp_fill_ring_empty_total", "Times the kernel found the fill ring "
+                                      "empty (no free frame to receive into; XDP_STATISTICS)"),
+    "frag_packets": CounterField("lbd_afxdp_fragmented_packets_total",
+                                 "Packets larger than their path MTU that lbd sent as IP fragments"),
+    "frag_out": CounterField("lbd_afxdp_fragments_sent_total", "IP fragments those packets were cut into"),
+}
+XSK_NOT_COUNTERS = ("zerocopy_err",)  # an errno, shown by lbd_afxdp_socket_info
+
+
+def afxdp_families(counters: Mapping[str, Any]) -> Iterator[Metric]:
+    """lbd --packet-source afxdp: the programs' decisions, each socket's counters and mode. Absent
+    (no sample) under the NFQUEUE source, as the lbd_nfqueue_* are absent under afxdp without
+    its NFQUEUE fallback."""
+    afxdp = counters.get("afxdp")
+    if not afxdp:
+        return
+    yield from _field_families(XDP_FIELDS, "lbd_afxdp_program", (), [([], afxdp.get("program", {}))])
+    sockets = afxdp.get("sockets", [])
+    names = afxdp.get("socket_names") or [{"interface": "", "queue": i} for i in range(len(sockets))]
+    rows = [([str(n["interface"]), str(n["queue"])], {k: v for k, v in st.items() if k not in XSK_NOT_COUNTERS})
+            for n, st in zip(names, sockets, strict=False)]
+    yield from _field_families(XSK_FIELDS, "lbd_afxdp", ("interface", "queue"), rows)
+    info = GaugeMetricFamily("lbd_afxdp_socket_info", "An AF_XDP socket of lbd; zerocopy 1: bound in zero-copy "
+                             "mode, 0: copy mode; value 1", labels=("interface", "queue", "zerocopy"))
+    for n, st in zip(names, sockets, strict=False):
+        info.add_metric([str(n["interface"]), str(n["queue"]), "0" if st.get("zerocopy_err") else "1"], 1)
+    yield info
 
 
 # The kernel's reassembly before the queue (lb/reassembly.py): counters, then gauges.
@@ -307,11 +374,12 @@ def lbd_families(snap: Snapshot) -> Iterator[Metric]:
     build.add_metric([__version__], 1)
     yield build
     info = snap.info
-    instance = GaugeMetricFamily("lbd_instance_info", "This lbd's engine, first NFQUEUE, --down-policy and "
-                                 "--conntrack; value 1", labels=("engine", "queue", "down_policy", "conntrack"))
+    instance = GaugeMetricFamily("lbd_instance_info", "This lbd's engine, first NFQUEUE, --down-policy, "
+                                 "--conntrack and --packet-source; value 1",
+                                 labels=("engine", "queue", "down_policy", "conntrack", "packet_source"))
     queue = info.get("queue_num")
     instance.add_metric([str(info.get("engine")), "" if queue is None else str(queue), str(info.get("down_policy")),
-                         "1" if info.get("conntrack") else "0"], 1)
+                         "1" if info.get("conntrack") else "0", str(info.get("packet_source") or "nfqueue")], 1)
     yield instance
 
     reasons = CounterMetricFamily("lbd_packets_total", "Packets the engine handled, by the one reason each was "
@@ -327,6 +395,7 @@ def lbd_families(snap: Snapshot) -> Iterator[Metric]:
     names = [str(q) for q in snap.queues] if len(snap.queues) == len(per_queue) else \
         [str(i) for i in range(len(per_queue))]
     yield from _field_families(NFQ_FIELDS, "lbd_nfqueue", ("queue",), zip(([n] for n in names), per_queue, strict=True))
+    yield from afxdp_families(snap.counters)
     synproxy = snap.counters.get("synproxy")
     if synproxy is not None:
         yield from _field_families(SYNPROXY_FIELDS, "lbd_synproxy", (), [([], synproxy)])
@@ -389,7 +458,9 @@ def _one_of_everything() -> Snapshot:
            "laddrs": [{"addr": "0.0.0.0", "conns": 0}]}
     counters = {"reasons": {}, "nfq_queues": [dict.fromkeys(NFQ_FIELDS, 0)],
                 "synproxy": dict.fromkeys(SYNPROXY_FIELDS, 0), "table": {"early_drops": 0},
-                "reassembly": dict.fromkeys([*REASSEMBLY_FIELDS, *REASSEMBLY_GAUGES], 0)}
+                "reassembly": dict.fromkeys([*REASSEMBLY_FIELDS, *REASSEMBLY_GAUGES], 0),
+                "afxdp": {"program": dict.fromkeys(XDP_FIELDS, 0), "sockets": [dict.fromkeys(XSK_FIELDS, 0)],
+                          "socket_names": [{"interface": "", "queue": 0}]}}
     return Snapshot(info={}, listing={"services": [svc]}, counters=counters, totals=Stats(), queues=(0,),
                     conn_entries=0, conn_limit=0, hash_buckets=0, read_seconds=0.0,
                     daemons=[{"state": "backup", "mcast_ifn": "", "syncid": 0, "counters": {"datagrams_received": 0}}])

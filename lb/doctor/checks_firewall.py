@@ -65,9 +65,13 @@ def check_firewall(run: Run) -> list[Finding]:
     # 2. packets lbd hands back to the kernel: mangle PREROUTING/INPUT, filter INPUT
     blocked: dict[str, list[str]] = {}
     decisions_by_text: dict[str, Decision] = {}
+    # Under the AF_XDP source a hand-back is re-injected on lbd's raw socket (its mark): the kernel
+    # loops it back through lo, so the INPUT rules meet it with `-i lo` (docs/afxdp.md).
+    afxdp = run.packet_source == "afxdp"
     for svc in services:
         flags = frozenset({"ACK"}) if svc.proto == "tcp" else None
-        probe = Probe(svc.proto, daddr=svc.addr, dport=svc.port or None, iif=run.vip_iface(svc.addr),
+        probe = Probe(svc.proto, daddr=svc.addr, dport=svc.port or None,
+                      iif="lo" if afxdp else run.vip_iface(svc.addr), mark=mark if afxdp else None,
                       states=states, tcp_flags=flags, dst_local=True)
         res = walk_path(run.tables, HANDBACK_PATH, probe)
         if res.blocked and res.final is not None:

@@ -21,8 +21,9 @@ def check_lbd(run: Run) -> list[Finding]:
                         evidence=f"control socket {run.ctx.socket_path}{known}",
                         fix="start lbd (it must run in this network namespace), or point --socket / $LBD_SOCKET at it; "
                             "the host checks below still ran")]
+    source = run.packet_source + (" with the NFQUEUE fallback" if run.packet_source == "afxdp" and run.nfqueue_used else "")
     out = [Finding("info", "lbd", f"lbd {run.ping.get('version', '?')} answers, engine {run.ping.get('engine', '?')}, "
-                                  f"{plural(len(run.services), 'virtual service')}",
+                                  f"packet source {source}, {plural(len(run.services), 'virtual service')}",
                    evidence=f"control socket {run.ctx.socket_path}")]
     if run.first is not None and run.first.problems:
         out.append(Finding("warning", "lbd", "lbd refused read-only requests", evidence="\n".join(run.first.problems)))
@@ -31,6 +32,9 @@ def check_lbd(run: Run) -> list[Finding]:
 
 def check_nfqueue_rules(run: Run) -> list[Finding]:
     out: list[Finding] = []
+    if not run.nfqueue_used:
+        return [Finding("info", "nfqueue-rules", "lbd takes packets from AF_XDP only (--no-iptables: no NFQUEUE "
+                        "fallback): it has no NFQUEUE rules to check")]
     if run.save_text is None:
         return [Finding("warning", "nfqueue-rules", "cannot read the firewall rules (iptables-save failed); "
                         "NFQUEUE rule health not checked", fix="install iptables; run as root")]
@@ -157,7 +161,7 @@ def _raw_listing(raw: dict[str, IptChain]) -> str:
 
 
 def check_queue_listener(run: Run) -> list[Finding]:
-    if run.first is None or run.queue_num is None or run.first.queues is None:
+    if not run.nfqueue_used or run.first is None or run.queue_num is None or run.first.queues is None:
         return []
     qs = run.first.queues.get(run.queue_num)
     if qs is None:

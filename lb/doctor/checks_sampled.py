@@ -230,7 +230,7 @@ def check_counters(run: Run) -> list[Finding]:
 
 
 def check_queue_drops(run: Run) -> list[Finding]:
-    if run.first is None or run.queue_num is None or run.first.queues is None:
+    if not run.nfqueue_used or run.first is None or run.queue_num is None or run.first.queues is None:
         return []
     q0 = run.first.queues.get(run.queue_num)
     if q0 is None:

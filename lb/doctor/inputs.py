@@ -52,6 +52,7 @@ class Run:
             self.ping = ctx.lbd("ping") or {}
         except (LbdUnavailable, LbdRefused) as exc:
             self.lbd_error = str(exc)
+        self.packet_source = str(self.ping.get("packet_source") or "nfqueue")  # lbd --packet-source
         self.save_text = ctx.iptables_save()
         self.tables: Tables = parse_iptables_save(self.save_text) if self.save_text else {}
         self.ipset_text = ctx.ipset_save()
@@ -92,6 +93,14 @@ class Run:
     @property
     def lbd_ok(self) -> bool:
         return self.lbd_error is None
+
+    @property
+    def nfqueue_used(self) -> bool:
+        """lbd takes packets from NFQUEUE: its own packet source, or the AF_XDP source's fallback
+        (fragments, director-local clients); unknown (lbd down) counts as used."""
+        if not self.lbd_ok or self.packet_source != "afxdp":
+            return True
+        return bool((self.ping.get("afxdp") or {}).get("nfqueue_fallback"))
 
     def _find_queue(self) -> tuple[int | None, str]:
         if self.ctx.queue_num is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from lb.doctor.checks_afxdp import check_afxdp, check_afxdp_counters
 from lb.doctor.checks_firewall import check_firewall, check_nft
 from lb.doctor.checks_host import check_destinations, check_forwarding, check_mtu, check_rp_filter, check_vip
 from lb.doctor.checks_nat import check_nat_forwarding, check_nat_replies, check_nat_routes
@@ -47,9 +48,9 @@ def _safely(check: Check, run: Run) -> list[Finding]:
 
 
 STATIC_CHECKS: tuple[Check, ...] = (
-    check_lbd, check_nfqueue_rules, check_queue_listener, check_firewall, check_nft, check_forwarding,
+    check_lbd, check_afxdp, check_nfqueue_rules, check_queue_listener, check_firewall, check_nft, check_forwarding,
     check_rp_filter, check_vip, check_mtu, check_destinations,
     check_nat_forwarding, check_nat_routes,
 )
 SAMPLED_CHECKS: tuple[Check, ...] = (check_stalled_handshakes, check_stall_history, check_counters, check_queue_drops,
-                                     check_nat_replies)
+                                     check_nat_replies, check_afxdp_counters)

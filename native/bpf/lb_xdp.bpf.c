@@ -14,7 +14,8 @@
  * per-protocol sets lbd-q<N>-nattcp0/natudp0, fnattcp0/fnatudp0 of the NFQUEUE source.
  * An ICMP error (unreachable, time exceeded, parameter problem) is redirected when the packet it
  * quotes, as sent or reversed, matches a key. Fragments (offset or MF) are passed: XDP sees them
- * before any reassembly, and lbd's core drops fragments (docs/afxdp.md).
+ * before any reassembly (a non-first fragment has no ports); the kernel reassembles them and lbd's
+ * NFQUEUE fallback takes the whole datagram (docs/afxdp.md).
  * lb_stats (per CPU): [0] redirected, [1] passed (not lbd's), [2] fragments passed,
  * [3] redirect failed (no socket on that queue: the packet is passed).
  */

@@ -373,6 +373,8 @@ struct lb_nfq_stats {
     uint64_t kernel_user_dropped;  /* the packet could not be put in lbd's socket buffer */
     uint64_t frag_packets;         /* packets larger than their path MTU sent as fragments (lb_ip_fragment) */
     uint64_t frag_out;             /* the fragments they were cut into */
+    uint64_t own_passed;           /* packets lbd itself sent on its raw socket (its mark) that came back to
+                                      the queue (to a local address, through lo): accepted, not processed again */
 };
 
 /* ---- lifecycle ---- */
@@ -661,6 +663,8 @@ struct lb_xsk_stats {
     uint64_t kernel_rx_dropped;    /* XDP_STATISTICS */
     uint64_t kernel_rx_ring_full;
     uint64_t kernel_fill_empty;
+    uint64_t frag_packets;         /* packets larger than their path MTU (DF clear) sent as fragments */
+    uint64_t frag_out;             /* the fragments they were cut into (lb_ip_fragment, on the packet socket) */
 };
 lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, int *err);
 int lb_xsk_stop(lb_xsk_t *q);     /* joins the thread, closes the socket, frees q */

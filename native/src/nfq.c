@@ -96,6 +96,7 @@ struct lb_nfq {
     uint32_t flags;                        /* LB_NFQ_F_* */
     uint32_t gso_mtu;                      /* LB_NFQ_F_GSO: segment size (IP packet bytes) */
     uint32_t queue_maxlen;                 /* the kernel's queue length for us */
+    uint32_t own_mark;                     /* SO_MARK of raw_fd: LB_SOCKET_MARK_BASE | mark_queue */
     int pkt_fd;                            /* AF_PACKET, send only (protocol 0) */
     int vnet;                              /* pkt_fd has PACKET_VNET_HDR: every frame starts with one */
     int raw_fd;                            /* AF_INET raw IPPROTO_RAW, send only */
@@ -622,7 +623,20 @@ static void process_batch(struct lb_nfq *q, int nmsgs)
             if (parse_packet_msg(nlh, &id, &pkt, &plen, &info, &mark, &pflags) < 0)
                 continue;
             q->stats.packets++;
-            if ((info & NFQA_SKB_GSO) && q->seg) {
+            if (mark == q->own_mark) {
+                /* lbd's own raw-socket packet looped back to the queue (sent to a local address, e.g. a
+                 * segment the AF_XDP source re-injects, an answer to a director-local client): it was
+                 * processed once already; the kernel delivers it. */
+                struct batch_item *it = &items[n++];
+                memset(it, 0, sizeof(*it));
+                it->id = id;
+                it->has_id = 1;
+                it->pkt = pkt;
+                it->len = plen;
+                it->valid = 1;
+                it->act.verdict = LB_V_ACCEPT;
+                q->stats.own_passed++;
+            } else if ((info & NFQA_SKB_GSO) && q->seg) {
                 n = process_gso(q, items, n, id, pkt, plen, mark, pflags, t);
             } else {
                 /* Partial checksum (with NFQA_CFG_F_GSO only): complete it, as the kernel would have. */
@@ -810,6 +824,7 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *o
     setsockopt(q->raw_fd, IPPROTO_IP, IP_RECVERR, &recverr, sizeof(recverr));
     /* Marked so the director's raw OUTPUT table can leave our packets untracked. */
     uint32_t mark = LB_SOCKET_MARK_BASE | opts->mark_queue;
+    q->own_mark = mark;
     if (setsockopt(q->raw_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
         e = -errno;
         goto fail;

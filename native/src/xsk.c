@@ -58,6 +58,8 @@
 #define XSK_POLL_MS 100
 #define XSK_TX_TRIES 8                     /* kicks and completion reaps before a frame goes to AF_PACKET */
 #define XSK_SNDBUF_BYTES (4 * 1024 * 1024)
+#define XSK_FRAG_MAX 128                   /* fragments per packet: 65,535 bytes at MTU 576 need 119 */
+#define XSK_FRAG_BUF (LB_PKT_MAX + XSK_FRAG_MAX * 60) /* the packet plus a header of up to 60 bytes each */
 
 struct lb_xdp_key_wire {                   /* struct lb_xdp_key of lb_xdp.bpf.c: network order */
     uint32_t saddr;
@@ -93,6 +95,8 @@ struct lb_xsk {
     int pkt_fd;                            /* AF_PACKET, send only */
     int raw_fd;                            /* AF_INET raw IPPROTO_RAW, send only */
     uint8_t *out;                          /* XSK_BATCH * LB_PKT_MAX */
+    uint8_t *frag;                         /* XSK_FRAG_BUF: one packet's fragments, back to back */
+    uint32_t frag_len[XSK_FRAG_MAX];
     uint32_t tx_pending;                   /* frames on the TX ring not yet completed */
     pthread_t thread;
     int thread_started;
@@ -314,6 +318,30 @@ static int send_l2(struct lb_xsk *q, const struct lb_action *a, const uint8_t *i
     return sendmsg(q->pkt_fd, &mh, MSG_DONTWAIT) < 0 ? -errno : 0;
 }
 
+/* A packet larger than its path MTU with DF clear (a->frag_mtu), as the kernel's ip_fragment cuts
+ * what IPVS sends on: its fragments, each in its own frame on the packet socket. Returns 0 (the
+ * frame itself goes back to the fill ring). */
+static int send_fragmented(struct lb_xsk *q, const struct lb_action *a, const uint8_t *ip, uint32_t len)
+{
+    int k = lb_ip_fragment(ip, len, a->frag_mtu, q->frag, XSK_FRAG_BUF, q->frag_len, XSK_FRAG_MAX);
+    int ok = k > 0;
+    const uint8_t *f = q->frag;
+    for (int j = 0; j < k; j++) {
+        if (send_l2(q, a, f, q->frag_len[j]) < 0)
+            ok = 0;
+        f += q->frag_len[j];
+    }
+    if (!ok) {
+        q->stats.xmit_l2_err++;
+        lb_count_xmit_failed(q->lb, a->reason);
+        return 0;
+    }
+    q->stats.xmit_l2++;
+    q->stats.frag_packets++;
+    q->stats.frag_out += (uint64_t)k;
+    return 0;
+}
+
 /* What lb_process decided for the packet ip[0..len) of frame addr (whose bytes start at frame).
  * Returns 1 when the frame went on the TX ring (the completion ring gives it back), else 0. */
 static int act_on(struct lb_xsk *q, const struct lb_action *a, uint8_t *frame, uint64_t addr, const uint8_t *ip,
@@ -335,11 +363,8 @@ static int act_on(struct lb_xsk *q, const struct lb_action *a, uint8_t *frame, u
                 return 1;
             }
         }
-        if (a->frag_mtu && res_len > a->frag_mtu) {
-            q->stats.xmit_l2_err++; /* fragmenting stays with the NFQUEUE source (docs/afxdp.md) */
-            lb_count_xmit_failed(q->lb, a->reason);
-            return 0;
-        }
+        if (a->frag_mtu && res_len > a->frag_mtu)
+            return send_fragmented(q, a, res, res_len);
         r = send_l2(q, a, res, res_len);
         if (r < 0) {
             q->stats.xmit_l2_err++;
@@ -481,6 +506,7 @@ static void xsk_free(struct lb_xsk *q)
     if (q->raw_fd >= 0)
         close(q->raw_fd);
     free(q->out);
+    free(q->frag);
     free(q);
 }
 
@@ -515,6 +541,7 @@ lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, 
     q->pkt_fd = -1;
     q->raw_fd = -1;
     q->out = calloc(XSK_BATCH, LB_PKT_MAX);
+    q->frag = calloc(1, XSK_FRAG_BUF);
     q->umem_area = mmap(NULL, (size_t)XSK_FRAMES * XSK_FRAME_SIZE, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (q->umem_area == MAP_FAILED) {
@@ -522,7 +549,7 @@ lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, 
         e = -errno;
         goto fail;
     }
-    if (!q->out) {
+    if (!q->out || !q->frag) {
         e = -ENOMEM;
         goto fail;
     }

@@ -104,11 +104,13 @@ def xdp_fnat_replies(lbd: Lbd, proto: str) -> set[tuple[str, int, str]]:
 
 def timer_frames(counters: dict[str, Any]) -> int:
     """Timer-generated frames (SYN-proxy SYN retransmissions) lbd sent, from the control operation
-    `counters`: the NFQUEUE queues' counter, or under AF_XDP the sum over its sockets (the first
-    interface's queue 0 runs the timers)."""
+    `counters`: the NFQUEUE queues' counter (under AF_XDP its NFQUEUE fallback's queue runs the
+    timers), plus under AF_XDP the sum over its sockets (without the fallback the first
+    interface's queue 0 runs them)."""
+    total = int((counters.get("nfq") or {}).get("timer_frames", 0))
     if AFXDP:
-        return sum(int(s["timer_frames"]) for s in counters["afxdp"]["sockets"])
-    return int(counters["nfq"]["timer_frames"])
+        total += sum(int(s["timer_frames"]) for s in counters["afxdp"]["sockets"])
+    return total
 
 
 def xdp_programs(host: Host) -> dict[str, int]:

@@ -235,6 +235,22 @@ def test_fullnat_rr_through_local_addresses(flbd_source: Lbd, ftopo: Topology) -
     assert seen == set(lips(t)), f"peers seen by the real servers: {seen}, LIPs {lips(t)}"
 
 
+def test_fullnat_director_local_client(flbd_source: Lbd, ftopo: Topology, source: str) -> None:  # noqa: F811
+    """A process on the director connecting to the VIP (docs/afxdp.md "Director-local clients"):
+    its packets leave through lo and never cross an XDP hook; under afxdp the NFQUEUE fallback
+    takes them in raw PREROUTING on lo, as the NFQUEUE source does. FULLNAT, because the real
+    server's reply must come back to the director (to the local address)."""
+    t = ftopo
+    fullnat_service(flbd_source, t)
+    replies = client.fresh_gets(t.director.netns, t.vip, PORT, 6, timeout=5.0)
+    assert all(r.ok for r in replies), ([r.error for r in replies if not r.ok], flbd_source.log_tail())
+    assert sorted(str(r.server) for r in replies) == sorted([rs.name for rs in t.reals] * (6 // len(t.reals)))
+    counters = flbd_source.ok("counters")
+    assert counters["nfq"]["packets"] >= 6, counters["nfq"]  # the director's SYNs at least, through the queue
+    if source == "afxdp":
+        assert counters["afxdp"]["program"]["redirected"] >= 6, counters["afxdp"]  # the real servers' replies
+
+
 # --------------------------------------------------------------------------- IPIP
 
 

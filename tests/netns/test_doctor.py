@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import SEED_RULESET
-from packet_source import nfqueue_only
+from packet_source import AFXDP, xdp_programs
 
 from lb.doctor import LiveContext, run_checks
 from lb.testbed import client
@@ -46,9 +46,6 @@ DOCTOR_TIMEOUT_S = 60.0
 STALL_CONNECT_TIMEOUT_S = 8.0  # the client sends its SYN at 0 s and retransmits it at 1, 3 and 7 s
 STALL_WINDOW_S = 4.0
 STALL_CONNECTIONS = 6  # rr over 3 real servers: 2 stalled handshakes each
-# lbd doctor reads the NFQUEUE source only: under afxdp its nfqueue and nfqueue-rules checks report errors
-DOCTOR_NFQUEUE_ONLY = nfqueue_only("lbd doctor's nfqueue, nfqueue-rules and firewall checks (doctor does not know the AF_XDP "
-                                   "source yet: it reports the missing NFQUEUE chain and listener as errors)")
 
 
 STRAY_ACK = r"""
@@ -131,7 +128,6 @@ def stray_ack(topo: Topology) -> str:
 # =========================================================================== firewall
 
 
-@DOCTOR_NFQUEUE_ONLY
 def test_doctor_explains_the_seed_firewall_and_its_fix(topo: Topology, lbd: Lbd, director_firewall: Host) -> None:
     dr_service(lbd, topo)
     got = client.fresh_gets(topo.client.netns, topo.vip, HTTP_PORT, 3)
@@ -140,6 +136,13 @@ def test_doctor_explains_the_seed_firewall_and_its_fix(topo: Topology, lbd: Lbd,
     status, doc, _ = run_doctor(lbd, "--window", "1")
     assert status == 0, describe(doc)
     warn = [f for f in findings(doc, "firewall", "warning") if "segments lbd hands back" in f["summary"]]
+    if AFXDP:
+        # The AF_XDP source re-injects hand-backs on its raw socket: they come back through lo, which
+        # the report's ruleset accepts (-i lo -j ACCEPT): no warning, and the local stack answers.
+        assert warn == [], describe(doc)
+        assert any("lbd listening" in f["summary"] for f in findings(doc, "nfqueue"))  # the NFQUEUE fallback
+        assert stray_ack(topo) == "tcp R"
+        return
     assert len(warn) == 1, describe(doc)
     assert "UNTRACKED and hit REJECT in filter RH-Firewall-1-INPUT" in warn[0]["summary"]
     assert "icmp-host-prohibited (ICMP type 3 code 10)" in warn[0]["summary"]
@@ -266,7 +269,6 @@ def stalled_connects(topo: Topology, n: int) -> tuple[list[threading.Thread], li
     return threads, outcomes
 
 
-@DOCTOR_NFQUEUE_ONLY
 def test_doctor_names_destinations_behind_an_anti_spoofing_filter(
     topo: Topology, lbd: Lbd, anti_spoofing: AntiSpoofing
 ) -> None:
@@ -332,3 +334,39 @@ def test_doctor_names_destinations_behind_an_anti_spoofing_filter(
     for f in past:
         assert " handshakes stalled from " in f["summary"] and "every destination of the service stalled at once: " \
             "the director's side" in f["summary"], f["summary"]
+
+
+# =========================================================================== AF_XDP packet source
+
+
+@pytest.mark.skipif(not AFXDP, reason="the AF_XDP packet source's checks: run by `make test-netns-afxdp`")
+def test_doctor_checks_the_afxdp_source_and_names_a_stale_program(topo: Topology, lbd: Lbd) -> None:
+    dr_service(lbd, topo)
+    assert all(r.ok for r in client.fresh_gets(topo.client.netns, topo.vip, HTTP_PORT, 3))
+    ping = lbd.ok("ping")
+    assert ping["packet_source"] == "afxdp" and ping["afxdp"]["nfqueue_fallback"] is True, ping
+    attached = xdp_programs(topo.director)
+    status, doc, _ = run_doctor(lbd, "--window", "1")
+    assert status == 0, describe(doc)
+    info = findings(doc, "afxdp", "info")
+    assert {i["ifname"] for i in ping["afxdp"]["interfaces"]} == set(attached)
+    for iface in ping["afxdp"]["interfaces"]:
+        name, prog_id = iface["ifname"], attached[iface["ifname"]]
+        assert iface["prog_id"] == prog_id, (iface, attached)
+        assert any(f["summary"].startswith(f"{name}: lbd's XDP program (id {prog_id}) attached in ") for f in info), \
+            describe(doc)
+    assert not findings(doc, "afxdp", "warning") and not findings(doc, "nfqueue-rules", "error"), describe(doc)
+    assert any("lbd listening" in f["summary"] for f in findings(doc, "nfqueue")), describe(doc)  # the fallback
+
+    # An lb_xdp program that the running lbd does not hold (as a dead lbd's pinned one would be).
+    stale = f"lbS{TOKEN}"
+    topo.director.ip("link", "add", "name", stale, "type", "veth", "peer", "name", f"{stale}p")  # no dummy module here
+    try:
+        topo.director.ip("link", "set", "dev", stale, "up")
+        topo.director.ip("link", "set", "dev", stale, "xdpgeneric", "obj", str(REPO / "lb" / "lb_xdp.bpf.o"), "sec", "xdp")
+        status, doc, _ = run_doctor(lbd, "--window", "0")
+        warn = [f for f in findings(doc, "afxdp", "warning") if f["summary"].startswith(f"{stale}: ")]
+        assert len(warn) == 1 and "the running lbd does not hold it" in warn[0]["summary"], describe(doc)
+        assert f"ip link set dev {stale} xdp off" in warn[0]["fix"]
+    finally:
+        topo.director.ip("link", "del", stale, check=False)

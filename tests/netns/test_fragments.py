@@ -33,7 +33,6 @@ from typing import Any
 
 import pytest
 from conftest import QUEUE_NUM, Lbd, running_lbd
-from packet_source import nfqueue_only
 
 from lb import iptables as ipt
 from lb.testbed import echo
@@ -49,11 +48,9 @@ ECHO_PORT = 9111
 BACK_MTU = 1400  # NAT/FULLNAT: the real servers' segment
 N_REAL = 2
 EXCHANGE_TIMEOUT_S = 5.0
-IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14  # linux/in.h
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_DO, IP_MTU = 10, 0, 2, 14  # linux/in.h
 _ports = itertools.count(43000)
 
-pytestmark = nfqueue_only("fragments (XDP sees them before the kernel reassembles them: the program passes them "
-                          "to the kernel; a forwarded packet is not fragmented on the way out)")
 
 
 def payload_of(size: int) -> bytes:
@@ -101,11 +98,14 @@ class BigUdpResponders:
             s.close()
 
 
-def exchange(netns: str, vip: str, port: int, payload: bytes) -> tuple[str, int, str, int]:
-    """One datagram from the client and its answer: (server, bytes it got, their digest, answer bytes)."""
+def exchange(netns: str, vip: str, port: int, payload: bytes, df: bool | None = None) -> tuple[str, int, str, int]:
+    """One datagram from the client and its answer: (server, bytes it got, their digest, answer bytes).
+    df False: sent with DF clear (IP_PMTUDISC_DONT; Linux sets DF on UDP by default)."""
     with enter_netns(netns):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        if df is False:
+            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
         s.settimeout(EXCHANGE_TIMEOUT_S)
         s.bind(("0.0.0.0", next(_ports)))
         s.connect((vip, port))
@@ -373,6 +373,20 @@ def test_nat_df_too_big_for_the_back_segment_gets_fragmentation_needed(nlbd: Lbd
         udp_service(nlbd, ntopo, "-m", vip=vip)
         assert _learnt_mtu(ntopo.client.netns, vip, UDP_PORT, 1450) == BACK_MTU
     assert counters(nlbd)["reasons"]["frag_needed"] >= 1
+
+
+def test_nat_whole_packet_larger_than_the_back_segment_is_cut_by_lbd(nlbd: Lbd, ntopo: Topology,
+                                                                      nat_udp: None) -> None:
+    """A datagram that fits the client's 1,500-byte segment whole (no fragment reaches the director;
+    under afxdp it comes through XDP) but not the real servers' 1,400, DF clear: lbd cuts it."""
+    udp_service(nlbd, ntopo, "-m")
+    size = BACK_MTU  # IP packet BACK_MTU + 28 bytes
+    data = payload_of(size)
+    name, got, digest, back = exchange(ntopo.client.netns, ntopo.vip, UDP_PORT, data, df=False)
+    assert (got, digest, back) == (size, hashlib.sha256(data).hexdigest()[:16], size), (name, nlbd.log_tail())
+    c = counters(nlbd)
+    sent_by = c["afxdp"]["sockets"] if "afxdp" in c else [c["nfq"]]
+    assert sum(s["frag_packets"] for s in sent_by) >= 1 and sum(s["xmit_l2_err"] for s in sent_by) == 0, c
 
 
 def test_fullnat_udp_datagrams_and_answers_arrive_whole(nlbd: Lbd, ntopo: Topology, nat_udp: None) -> None:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 from netns_traffic import answering, flow_outcome, mangle_prerouting
-from packet_source import nfqueue_only
 
 from lb.testbed.topology import Topology
 
@@ -26,8 +25,6 @@ if TYPE_CHECKING:  # fixtures' types only
 MARK = 7
 PORT1, PORT2 = 8401, 8402
 
-pytestmark = nfqueue_only("fwmark services (XDP runs before any firewall rule could mark a packet), refused "
-                          "when configured")
 
 
 @pytest.fixture(scope="module")

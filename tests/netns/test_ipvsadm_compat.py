@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 from conftest import VENV_BIN, running_lbd
-from packet_source import skip_if_afxdp
 
 from lb.testbed.topology import Topology
 
@@ -90,8 +89,6 @@ def compat_lbd(topo: Topology) -> Iterator[Lbd]:
         pytest.skip(f"{IPVSADM} missing (Debian package ipvsadm; `make test` installs it)")
     if not LBD_EXEC.exists():
         pytest.skip(f"{LBD_EXEC} missing: run `make build`")
-    skip_if_afxdp("the starting table of the comparison has a fwmark service (-f 7), refused under afxdp; "
-                  "the control ABI compared here does not depend on the packet source")
     with running_lbd(topo, "c") as d:
         yield d
 

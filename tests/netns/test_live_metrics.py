@@ -165,14 +165,14 @@ def test_live_metrics_pass_promtool_and_match_lbadm(metrics_lbd: Lbd, topo: Topo
     assert families["lbd_connection_table_entries"].samples[0].value == view["conns"]
     assert samples(families, "lbd_packets_total") == {(("reason", r),): v for r, v in view["reasons"].items()}
     assert view["reasons"]["forwarded"] >= svc_stats["inpkts"]
-    if AFXDP:  # no queue, no queue samples (the AF_XDP counters are in `counters` only: docs/afxdp.md)
-        assert not [n for n, f in families.items() if n.startswith("lbd_nfqueue_") and f.samples], sorted(families)
-    else:
-        [queue_stats] = view["nfq"]
-        assert samples(families, "lbd_nfqueue_packets_total") == {(("queue", "0"),): queue_stats["packets"]}
-        assert samples(families, "lbd_nfqueue_verdicts_total") == {(("queue", "0"),): queue_stats["verdicts"]}
-        assert samples(families, "lbd_nfqueue_sent_total") == {
-            (("queue", "0"), ("socket", "packet")): queue_stats["xmit_l2"],
-            (("queue", "0"), ("socket", "raw")): queue_stats["answers"]}
+    if AFXDP:  # the programs' and sockets' counters (lbd_afxdp_*); the queue below is the NFQUEUE fallback's
+        redirected = samples(families, "lbd_afxdp_program_packets_total")[(("action", "redirected"),)]
+        assert redirected > 0, samples(families, "lbd_afxdp_program_packets_total")
+    [queue_stats] = view["nfq"]
+    assert samples(families, "lbd_nfqueue_packets_total") == {(("queue", "0"),): queue_stats["packets"]}
+    assert samples(families, "lbd_nfqueue_verdicts_total") == {(("queue", "0"),): queue_stats["verdicts"]}
+    assert samples(families, "lbd_nfqueue_sent_total") == {
+        (("queue", "0"), ("socket", "packet")): queue_stats["xmit_l2"],
+        (("queue", "0"), ("socket", "raw")): queue_stats["answers"]}
     [build] = families["lbd_build_info"].samples
     assert build.labels["version"] == lbd.ok("ping")["version"]

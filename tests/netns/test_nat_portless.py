@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import Lbd, running_lbd
 from netns_traffic import answering, flow_outcome, mangle_prerouting
-from packet_source import AFXDP, nfqueue_only, xdp_fnat_replies, xdp_nat_replies
+from packet_source import AFXDP, xdp_fnat_replies, xdp_nat_replies
 
 from lb.testbed.topology import Topology, enter_netns, fullnat_spec
 
@@ -119,7 +119,6 @@ def test_port_zero_service_with_nat_real_servers(plbd: Lbd, ptopo: Topology, ser
         assert ipset(t, f"lbd-q0-nat{proto}0") == set()  # the change removed exactly its elements
 
 
-@nfqueue_only("fwmark services (XDP runs before any firewall rule could mark a packet), refused when configured")
 def test_fwmark_service_with_nat_real_servers(plbd: Lbd, ptopo: Topology, servers: None, marked: None) -> None:
     """A persistent fwmark service whose NAT real servers have no port: TCP and UDP to three ports
     reach ONE real server (one <IPPROTO_IP, client, fwmark> template), on the client's ports; then a
@@ -226,7 +225,6 @@ def test_port_zero_service_with_fullnat_real_servers(plbd: Lbd, ptopo: Topology,
         assert ipset(t, f"lbd-q0-fnat{proto}0") == set()
 
 
-@nfqueue_only("fwmark services (XDP runs before any firewall rule could mark a packet), refused when configured")
 def test_fwmark_service_with_fullnat_real_servers(plbd: Lbd, ptopo: Topology, servers: None, marked: None) -> None:
     """A persistent fwmark service with FULLNAT real servers without a port: TCP and UDP to three
     ports of the VIP reach one real server on the ports asked for, through the local address."""

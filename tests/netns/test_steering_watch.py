@@ -26,8 +26,9 @@ RECOVERY_BOUND_S = 15.0  # a bound on waiting, not a performance threshold (repa
 CHAIN = f"LBD-Q{QUEUE_NUM}"
 JUMP = ["-t", "raw", "-D", "PREROUTING", "-m", "comment", "--comment", f"lbd q{QUEUE_NUM}", "-j", CHAIN]
 
-pytestmark = nfqueue_only("the steering watch heals iptables rules and ip sets, which the AF_XDP source does "
-                          "not have (its BPF map is held by lbd alone)")
+pytestmark = nfqueue_only("the steering watch heals iptables rules and ip sets; under afxdp they are only the "
+                          "NFQUEUE fallback (fragments, director-local clients): XDP redirects the service's traffic "
+                          "before them, so damaging them does not interrupt what these tests watch")
 
 
 def _run_in(*argv: str) -> Callable[[Host], None]:

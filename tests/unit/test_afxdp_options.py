@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lb import daemon
-from lb.afxdp import AfxdpError, steering_keys
+from lb.afxdp import AfxdpError, AfxdpRefusal, AfxdpWithFallback, steering_keys, xdp_link_prog_ids
 from lb.ipsets import Steering
 
 AFXDP = ["--packet-source", "afxdp", "--xdp-interface", "eth0"]
@@ -34,7 +36,6 @@ def test_afxdp_accepts_interfaces_mode_and_copy() -> None:
     (["--queue-maxlen", "512"], "--queue-maxlen does not go with"),
     (["--queue-balance", "0:1"], "--queue-balance does not go with"),
     (["--conntrack"], "--conntrack does not go with"),
-    (["--no-iptables"], "--no-iptables does not go with"),
     (["--qdisc-bypass"], "--qdisc-bypass does not go with"),
     (["--down-policy", "closed"], "--down-policy closed does not go with"),
     (["--engine", "python"], "needs the C engine"),
@@ -70,3 +71,54 @@ def test_steering_keys_refuse_fwmark_services() -> None:
     st.fwmarks.add(7)
     with pytest.raises(AfxdpError, match="fwmark services need the NFQUEUE packet source"):
         steering_keys(st)
+
+
+def test_afxdp_takes_no_iptables_to_mean_no_nfqueue_fallback() -> None:
+    args = daemon.parse_args([*AFXDP, "--no-iptables"])
+    assert args.packet_source == "afxdp" and args.no_iptables
+
+
+class FakeXdp:
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.synced: list[Steering] = []
+
+    def sync(self, steering: Steering) -> None:
+        if self.refuse:
+            raise AfxdpRefusal(0, "fwmark services need the NFQUEUE packet source")
+        self.synced.append(steering)
+
+
+class FakeRules:
+    def __init__(self) -> None:
+        self.synced: list[tuple[Steering, bool]] = []
+
+    def sync(self, steering: Steering, verify_sets: bool = False) -> None:
+        self.synced.append((steering, verify_sets))
+
+
+def test_the_fallback_syncs_the_program_then_the_nfqueue_rules() -> None:
+    xdp, rules = FakeXdp(), FakeRules()
+    both = AfxdpWithFallback(xdp, rules)  # type: ignore[arg-type]
+    st = Steering()
+    both.sync(st, verify_sets=True)
+    assert xdp.synced == [st] and rules.synced == [(st, True)]
+    # What the program refuses changes no NFQUEUE rule either (the Director rolls the change back).
+    refusing = AfxdpWithFallback(FakeXdp(refuse=True), rules)  # type: ignore[arg-type]
+    with pytest.raises(AfxdpRefusal):
+        refusing.sync(st)
+    assert len(rules.synced) == 1
+    # fwmark services are the fallback's alone: the program never sees their marks (its keys refuse them).
+    marked = Steering()
+    marked.fwmarks.add(7)
+    both.sync(marked)
+    assert xdp.synced[-1].fwmarks == set() and rules.synced[-1][0].fwmarks == {7}
+
+
+def test_xdp_link_prog_ids_from_fdinfo(tmp_path: Path) -> None:
+    d = tmp_path
+    (d / "3").write_text("pos:\t0\nflags:\t02000002\nlink_type:\txdp\nlink_id:\t9\nprog_tag:\tab\nprog_id:\t3696\n"
+                         "ifindex:\t4\n")
+    (d / "4").write_text("pos:\t0\nlink_type:\ttracing\nprog_id:\t12\n")  # another kind of link
+    (d / "5").write_text("pos:\t0\nmap_type:\t1\nmap_id:\t77\n")  # a map
+    assert xdp_link_prog_ids(str(d)) == {4: 3696}
