@@ -157,11 +157,12 @@ lint: build
 	$(PY) -m ruff check lb bench tests
 	$(PY) -m mypy
 
+# TESTS= runs those files instead of the whole directory: make test-netns TESTS=tests/netns/test_dr.py
 test-unit: build $(TOOLS)
-	$(call run_pytest,tests/unit)
+	$(call run_pytest,$(or $(TESTS),tests/unit))
 
 test-netns: build $(TOOLS)
-	$(call run_pytest,tests/netns)
+	$(call run_pytest,$(or $(TESTS),tests/netns))
 
 # ---- issue 19 item 2: the packet-path modules of tests/netns again on the AF_XDP source (lbd
 # --packet-source afxdp, docs/afxdp.md "Tests against both sources"); the whole suite under afxdp:
@@ -170,7 +171,7 @@ NETNS_AFXDP_TESTS := $(addprefix tests/netns/test_,$(addsuffix .py,dr tunnel tun
 	nat_portless port_zero synproxy firewall reload restart hostile_packets proxy_protocol fragments doctor fwmark))
 test-netns-afxdp: export LB_TEST_PACKET_SOURCE = afxdp
 test-netns-afxdp: build $(TOOLS)
-	$(call run_pytest,$(NETNS_AFXDP_TESTS))
+	$(call run_pytest,$(or $(TESTS),$(NETNS_AFXDP_TESTS)))
 # ---- end issue 19 item 2
 
 # The sdist, a wheel built from it, installed into a throwaway venv; `make install` into a DESTDIR.
