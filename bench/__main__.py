@@ -9,6 +9,8 @@
     python -m bench scale [--quick] [--sections ...]  cost as the tables grow: connections, state saves,
                                                      SYN flood on a full table, overload (bench/scale/)
     python -m bench report [--out DIR]               (re)write the markdown report and plots from DIR
+    python -m bench afxdp-report [options]           kernel / lbd NFQUEUE / lbd AF_XDP in one run, with
+                                                     latency and the issue-19 targets (bench/afxdp_report.py)
 
 Each part writes DIR/<part>.json (DIR defaults to bench/results/runs/<date>-<commit>/) and then
 rewrites the report bench/results/<date>-<commit>.md from every part found in DIR, so a part run
@@ -35,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="part", required=True)
+    from bench import afxdp_report
+    xr = sub.add_parser("afxdp-report", description=afxdp_report.__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    xr.add_argument("--out", type=Path, default=None, help="run directory (default bench/results/runs/<date>-<commit>)")
+    xr.add_argument("--quick", action="store_true", help="one repetition, DR only, short windows")
+    afxdp_report.add_args(xr)
     for name in (*PARTS, "all", "report"):
         p = sub.add_parser(name)
         p.add_argument("--out", type=Path, default=None, help="run directory (default bench/results/runs/<date>-<commit>)")
@@ -107,16 +115,43 @@ def _defaults_for(name: str, quick: bool, argv: list[str]) -> argparse.Namespace
     return _parser().parse_args([name, *(["--quick"] if quick else [])])
 
 
+def _afxdp_report(args: argparse.Namespace, out_dir: Path) -> int:
+    from bench import afxdp_report
+
+    afxdp_report.finish_args(args)
+    if args.from_json:
+        data = common.read_json(args.from_json)
+        analysis = args.from_json.parent / "analysis-afxdp.md"
+    else:
+        if os.geteuid() != 0:
+            print("bench: needs root (network namespaces, iptables inside them)", file=sys.stderr)
+            return 2
+        data = afxdp_report.run(args)
+        common.write_json(out_dir / "afxdp.json", data)
+        common.log(f"afxdp-report: {out_dir / 'afxdp.json'}")
+        analysis = out_dir / "analysis-afxdp.md"
+    if args.guest_json:
+        data["guest_ab"] = common.read_json(args.guest_json)
+    text = afxdp_report.render(data, analysis.read_text() if analysis.exists() else None)
+    args.md.write_text(text)
+    print(text)
+    common.log(f"afxdp-report: {args.md}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv[1:]
     out_dir = args.out or common.default_run_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not getattr(args, "from_json", None):  # a re-render writes no run directory
+        out_dir.mkdir(parents=True, exist_ok=True)
     if args.part in PARTS or args.part == "all":
         if os.geteuid() != 0 and args.part not in NO_ROOT_PARTS:
             print("bench: needs root (network namespaces, iptables inside them)", file=sys.stderr)
             return 2
+    if args.part == "afxdp-report":
+        return _afxdp_report(args, out_dir)
     ok = True
     if args.part == "all":
         for name in PARTS:

@@ -18,6 +18,7 @@ in the same guest run (IPVS vs lbd), never as an absolute.
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import tempfile
 import time
@@ -29,7 +30,8 @@ from lb.testbed import guest
 
 
 def run_guest(out_dir: Path, quick: bool, functional_only: bool, timeout: float,
-              kdir: Path | None = None, lbd_tool: str = ab_tools.DEFAULT_LBD_TOOL) -> dict[str, Any]:
+              kdir: Path | None = None, lbd_tool: str = ab_tools.DEFAULT_LBD_TOOL,
+              guest_args: str = "") -> dict[str, Any]:
     """Prepare, boot, run bench/ab_guest.py inside; returns its results (or why not)."""
     problem = guest.environment_problem(kdir)
     if problem and guest.kernel_image(kdir) is None:
@@ -44,7 +46,7 @@ def run_guest(out_dir: Path, quick: bool, functional_only: bool, timeout: float,
     work = Path(tempfile.mkdtemp(prefix="lbB-ab-out-"))
     try:
         flags = ((" --quick" if quick else "") + (" --functional-only" if functional_only else "")
-                 + f" --lbd-tool {lbd_tool}")
+                 + f" --lbd-tool {lbd_tool}" + (f" {guest_args}" if guest_args else ""))
         script = (f"{guest.booted_marker_command(work)} && cd {common.REPO} && PYTHONDONTWRITEBYTECODE=1 "
                   f"PYTHONPATH={common.REPO} {common.PY} -m bench.ab_guest --out {work}{flags}")
         boot = guest.boot(script, work, timeout, kimg)
@@ -83,6 +85,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         if per_rep:
             ratios[mode] = common.summarize(per_rep)
     s["ratio_lbd_over_ipvs"] = ratios
+    s["guest_ratios"] = guest_ratios(p)
     h = g.get("http") or []
     hs: dict[str, list[float]] = {}
     for r in h:
@@ -92,17 +95,52 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
+def guest_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per mode and lbd packet source ("lbd": NFQUEUE, "lbd-afxdp"), taken within each repetition:
+    zero-loss pps lbd / IPVS, and director CPU per packet IPVS / lbd (>= 1.0: lbd at least as
+    cheap per packet as kernel IPVS, issue 19 item 4)."""
+    out: dict[str, dict[str, Any]] = {}
+    for mode in sorted({r["mode"] for r in results}):
+        for lbd_sys in ("lbd", "lbd-afxdp"):
+            zl, cpu = [], []
+            for rep in sorted({r["rep"] for r in results}):
+                a = [r for r in results if r["rep"] == rep and r["system"] == lbd_sys and r["mode"] == mode]
+                b = [r for r in results if r["rep"] == rep and r["system"] == "ipvs" and r["mode"] == mode]
+                if not (a and b):
+                    continue
+                if b[0]["zero_loss_pps"]:
+                    zl.append(a[0]["zero_loss_pps"] / b[0]["zero_loss_pps"])
+                if a[0].get("dut_us_per_pkt") and b[0].get("dut_us_per_pkt"):
+                    cpu.append(b[0]["dut_us_per_pkt"] / a[0]["dut_us_per_pkt"])
+            if zl or cpu:
+                out[f"{lbd_sys}/{mode}"] = {"zero_loss_lbd_over_ipvs": common.summarize(zl),
+                                           "cpu_ipvs_over_lbd": common.summarize(cpu)}
+    return out
+
+
 def run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     data = run_guest(out_dir, args.quick, args.functional_only, args.timeout,
-                     Path(args.kernel_dir) if args.kernel_dir else None, args.lbd_tool)
+                     Path(args.kernel_dir) if args.kernel_dir else None, args.lbd_tool,
+                     " ".join(shlex.quote(a) for a in guest_extra(args)))
     data.update(part="ab", commit=common.git_commit(), machine=common.machine_info(),
                 config={"quick": args.quick, "functional_only": args.functional_only, "timeout_s": args.timeout,
-                        "lbd_tool": args.lbd_tool, "command": "python -m bench ab " + " ".join(args.argv)})
+                        "lbd_tool": args.lbd_tool, "guest_args": guest_extra(args),
+                        "command": "python -m bench ab " + " ".join(args.argv)})
     data["configured_by"] = (data.get("guest") or {}).get("configured_by") or ab_tools.configured_by(args.lbd_tool)
     data["summary"] = summarize(data)
     data["elapsed_s"] = round(time.monotonic() - t0, 1)
     return data
+
+
+def guest_extra(args: argparse.Namespace) -> list[str]:
+    """bench/ab_guest.py options passed through: --afxdp, --parts, --repeats."""
+    extra = ["--afxdp"] if getattr(args, "afxdp", False) else []
+    if getattr(args, "parts", None):
+        extra += ["--parts", args.parts]
+    if getattr(args, "repeats", None):
+        extra += ["--repeats", str(args.repeats)]
+    return extra
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
@@ -112,6 +150,10 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lbd-tool", choices=ab_tools.LBD_TOOLS, default=ab_tools.DEFAULT_LBD_TOOL,
                     help="what configures lbd: ipvsadm (default; the same Debian binary that configures kernel "
                     "IPVS, through lbd-exec) or lbadm")
+    ap.add_argument("--afxdp", action="store_true",
+                    help="throughput also of lbd with --packet-source afxdp (generic XDP on the guest's veth)")
+    ap.add_argument("--parts", default=None, help="guest parts: functional,http,throughput (default all)")
+    ap.add_argument("--repeats", type=int, default=None, help="guest repetitions (default 2; quick 1)")
 
 
 def finish_args(args: argparse.Namespace) -> None:

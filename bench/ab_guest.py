@@ -67,7 +67,7 @@ def ipvs_system(director: Any, rules: str) -> Iterator[None]:
         director.exec(ab_tools.ipvs_command(["-C"]), check=False)
 
 
-def start_lbd(director: Any, cpu: int | None = None, nice: int = 0) -> Lbd:
+def start_lbd(director: Any, cpu: int | None = None, nice: int = 0, extra: tuple[str, ...] = ()) -> Lbd:
     """One lbd per topology (it takes ~1 minute to start under TCG), started with
     `--config FILE` (initially empty). Rule sets are then swapped with the tool (see lbd_system):
     `lbd-exec ipvsadm -R`, or `lbadm -R` / rewriting FILE and asking lbd to reload it. While IPVS is measured, lbd holds no
@@ -75,7 +75,7 @@ def start_lbd(director: Any, cpu: int | None = None, nice: int = 0) -> Lbd:
     tmp = Path(tempfile.mkdtemp(prefix=f"{director.topo.prefix}-ab-cfg-"))
     cfg = tmp / "rules"
     cfg.write_text("")
-    lbd = Lbd(director, "c", cpu=cpu, nice=nice, conn_max=pps.CONN_MAX_C, extra=["--config", str(cfg)])
+    lbd = Lbd(director, "c", cpu=cpu, nice=nice, conn_max=pps.CONN_MAX_C, extra=["--config", str(cfg), *extra])
     lbd.cfg_path = cfg  # type: ignore[attr-defined]
     lbd.start(timeout=240)
     return lbd
@@ -177,7 +177,7 @@ def run_all(out: dict[str, Any], args: argparse.Namespace) -> None:
             for name, fn in (("functional", lambda: functional(out, args, topo, reals, lbd)),
                              ("http", lambda: out.__setitem__("http", _http(topo, reals[0], lbd, args))),
                              ("throughput", lambda: throughput(out, args, bed, lbd, Path(tmpd)))):
-                if args.functional_only and name != "functional":
+                if (args.functional_only and name != "functional") or name not in args.parts.split(","):
                     continue
                 t = time.monotonic()
                 try:
@@ -285,47 +285,74 @@ def establish_ipvs(bed: pps.Bed, tmp: Path, flow_base: int) -> str | None:
     return f"IPVS holds {conns} of {pps.EST_FLOWS} flows"
 
 
+def afxdp_extra(bed: pps.Bed) -> tuple[str, ...]:
+    """lbd's options for the AF_XDP source on the director's client-side interface, generic XDP (veth:
+    native XDP would run on the sending CPU, the generator's, see bench/pps.py)."""
+    return ("--packet-source", "afxdp", "--xdp-interface", bed.director.iface("lan").ifname, "--xdp-mode", "generic")
+
+
 def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd: Lbd, tmp: Path) -> None:
-    """Zero-loss pps of the router, IPVS and lbd, DR and TUN, est traffic to rs1 (port 80)."""
+    """Zero-loss pps of the router, IPVS and lbd, DR and TUN, est traffic to rs1 (port 80).
+
+    With --afxdp, also lbd with the AF_XDP source ("lbd-afxdp"): a second lbd, started in every
+    repetition after the others were measured and stopped after its own runs, because its XDP
+    program (generic mode) runs for every packet of the interface, also while it holds no service,
+    and must not weigh on the router's, IPVS's and the NFQUEUE lbd's figures."""
     res: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     out["pps"] = {"results": res, "skipped": skipped, "window_s": args.window, "steps": args.steps}
     modes = ["route"] if args.quick else ["route", "tunnel"]
-    run_no = 0
+    run_no = [0]
+
+    def measure(rep: int, sysname: str, mode: str, the_lbd: Lbd | None) -> None:
+        run_no[0] += 1
+        flow_base = (run_no[0] % 40) * pps.EST_FLOWS  # fresh flows for every run
+        rules = rules_text(bed.vip, "rr", [(bed.rs_addr, 1)], mode, port=pps.PORT)
+        dst = bed.rs_addr if sysname == "kernel" else bed.vip
+        try:
+            ctx: Any = (contextlib.nullcontext() if sysname == "kernel" else
+                        ipvs_system(bed.director, rules) if sysname == "ipvs" else
+                        lbd_system(the_lbd, rules, args.lbd_tool))  # type: ignore[arg-type]
+            with ctx:
+                bed.lbd_pid = the_lbd.proc.pid if the_lbd is not None and the_lbd.proc else None
+                why = (establish_ipvs(bed, tmp, flow_base) if sysname == "ipvs" else
+                       pps.establish(bed, the_lbd, tmp, flow_base, rate=2000) if the_lbd is not None else None)
+                tr = pps.make_traffic(bed, tmp, "est", dst, flow_base)
+                why = why or pps.functional_check(bed, tr, n=200, rate=500)
+                if why:
+                    raise LbdError(why)
+                r = pps.search(bed, tr, args.window, args.steps)
+        except Exception as exc:  # noqa: BLE001
+            skipped.append({"system": sysname, "mode": mode, "rep": rep, "reason": str(exc)[:1000]})
+            log(f"ab: pps {sysname} {mode} skipped: {exc}")
+            return
+        finally:
+            bed.lbd_pid = None
+        r.update(system=sysname, mode=mode, rep=rep)
+        res.append(r)
+        common.write_json(args.out / "ab_guest.json", out)
+        log(f"ab: pps rep {rep + 1} {sysname:9} {mode:6}: zero-loss {r['zero_loss_pps']:.0f} pps"
+            f"{' (generator-limited)' if r['generator_limited'] else ''}; DUT "
+            f"{r.get('dut_us_per_pkt') or 0:.1f} us/packet")
+
     for rep in range(args.repeats):
         for mode in modes:
             for sysname in ("kernel", "ipvs", "lbd"):
                 if sysname == "kernel" and mode != "route":
                     continue
-                run_no += 1
-                flow_base = (run_no % 40) * pps.EST_FLOWS  # fresh flows for every run
-                rules = rules_text(bed.vip, "rr", [(bed.rs_addr, 1)], mode, port=pps.PORT)
-                dst = bed.rs_addr if sysname == "kernel" else bed.vip
-                try:
-                    ctx: Any = (contextlib.nullcontext() if sysname == "kernel" else
-                                ipvs_system(bed.director, rules) if sysname == "ipvs" else
-                                lbd_system(lbd, rules, args.lbd_tool))
-                    with ctx:
-                        bed.lbd_pid = lbd.proc.pid if sysname == "lbd" and lbd.proc else None
-                        why = (establish_ipvs(bed, tmp, flow_base) if sysname == "ipvs" else
-                               pps.establish(bed, lbd, tmp, flow_base, rate=2000) if sysname == "lbd" else None)
-                        tr = pps.make_traffic(bed, tmp, "est", dst, flow_base)
-                        why = why or pps.functional_check(bed, tr, n=200, rate=500)
-                        if why:
-                            raise LbdError(why)
-                        r = pps.search(bed, tr, args.window, args.steps)
-                except Exception as exc:  # noqa: BLE001
-                    skipped.append({"system": sysname, "mode": mode, "rep": rep, "reason": str(exc)[:1000]})
-                    log(f"ab: pps {sysname} {mode} skipped: {exc}")
-                    continue
-                finally:
-                    bed.lbd_pid = None
-                r.update(system=sysname, mode=mode, rep=rep)
-                res.append(r)
-                common.write_json(args.out / "ab_guest.json", out)
-                log(f"ab: pps rep {rep + 1} {sysname:6} {mode:6}: zero-loss {r['zero_loss_pps']:.0f} pps"
-                    f"{' (generator-limited)' if r['generator_limited'] else ''}; DUT "
-                    f"{r.get('dut_us_per_pkt') or 0:.1f} us/packet")
+                measure(rep, sysname, mode, lbd if sysname == "lbd" else None)
+        if args.afxdp:
+            try:
+                xlbd = start_lbd(bed.director, cpu=bed.dut_cpu, nice=bed.nice, extra=afxdp_extra(bed))
+            except Exception as exc:  # noqa: BLE001
+                skipped.append({"system": "lbd-afxdp", "mode": "*", "rep": rep, "reason": str(exc)[:1000]})
+                log(f"ab: lbd-afxdp did not start: {exc}")
+                continue
+            try:
+                for mode in modes:
+                    measure(rep, "lbd-afxdp", mode, xlbd)
+            finally:
+                stop_lbd(xlbd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=1.0)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--http-duration", type=float, default=3.0)
+    ap.add_argument("--afxdp", action="store_true", help="throughput also of lbd with --packet-source afxdp")
+    ap.add_argument("--parts", default="functional,http,throughput", help="which of functional,http,throughput")
     ap.add_argument("--lbd-tool", choices=ab_tools.LBD_TOOLS, default=ab_tools.DEFAULT_LBD_TOOL,
                     help="what configures lbd: ipvsadm (default: the same binary as for IPVS, through "
                     "lbd-exec) or lbadm")

@@ -11,7 +11,11 @@ Topology (lb.testbed.topology, per-run `lbB<token>` prefix, removed on exit):
 Systems, measured in the same namespaces, interleaved per repetition:
 - `kernel`: the director as a plain IPv4 router (client -> rs1's address). The path's limit.
 - `python`: `lbd --engine python` (the naive peer).
-- `c`: `lbd` with the C fast path.
+- `c`: `lbd` with the C fast path (NFQUEUE).
+- `afxdp`: the same lbd fed by AF_XDP (`--packet-source afxdp` on the director's lan interface,
+  `--xdp-mode generic` by default: see `--xdp-mode`); `afxdp-native`: the same in native XDP mode
+  (on veth its XDP work runs on the sending CPU, the generator's, so the DUT CPU does not see it).
+  Neither is in the default `--systems`.
 Modes for lbd: `dr` (route), `tunnel` (IPIP) and `fullnat`, one real server, rr.
 
 Traffic: 64-byte frames (60 bytes + FCS) of TCP.
@@ -111,6 +115,7 @@ class Path_:
     gen_cpu: int | None = None
     nice: int = 0  # niceness of the generator (and of lbd): other load on the machine must not decide
     lbd_args: tuple[str, ...] = ()  # extra options for the C engine's lbd (e.g. --queue-balance 0:3)
+    xdp_mode: str = "generic"  # system "afxdp": --xdp-mode (generic keeps the XDP work on the DUT CPU, see README)
 
     def rx_count(self) -> int:  # packets counted at the receiver
         raise NotImplementedError
@@ -318,16 +323,27 @@ def make_traffic(p: Path_, tmp: Path, kind: str, dst: str, flow_base: int = 0) -
 # --------------------------------------------------------------------------- trials
 
 
-def run_gen(p: Path_, tr: Traffic, rate: float, count: int, max_s: float) -> dict[str, Any]:
+def gen_argv(p: Path_, tr: Traffic, rate: float, count: int, max_s: float) -> list[str]:
+    """The generator's command line: `count` packets at `rate` (0: unpaced), at most `max_s` seconds."""
     gen = str(common.build_tool("pktgen"))
     argv = [gen, "--iface", p.gen_iface, "--template", str(tr.template), "--rate", f"{rate:.1f}",
             "--count", str(int(count)), "--max-seconds", f"{max_s:.3f}", "--batch", "32",
             "--flows", str(tr.flows), "--seq-start", str(tr.seq), "--flows-per-addr", str(tr.flows_per_addr),
             "--addrs", str(tr.addrs)]
+    return pinned(p, argv)
+
+
+def pinned(p: Path_, argv: list[str]) -> list[str]:
+    """`argv` on the generator's CPU at the generator's niceness."""
     if p.gen_cpu is not None:
         argv = ["taskset", "-c", str(p.gen_cpu), *argv]
     if p.nice:
         argv = ["nice", "-n", str(p.nice), *argv]
+    return argv
+
+
+def run_gen(p: Path_, tr: Traffic, rate: float, count: int, max_s: float) -> dict[str, Any]:
+    argv = gen_argv(p, tr, rate, count, max_s)
     proc = p.gen_exec(argv, max_s + 15)
     if proc.returncode != 0:
         raise RuntimeError(f"pktgen failed ({proc.returncode}): {shlex.join(argv)}\n{proc.stderr}")
@@ -465,6 +481,69 @@ def search(p: Path_, tr: Traffic, window: float, steps: int) -> dict[str, Any]:
             "overload": probe, "trials": trials, "bracket": [lo, hi], **_cpu_fields(best or probe)}
 
 
+LATENCY_LOAD = 0.5  # latency is measured at this fraction of the zero-loss rate
+LATENCY_PROBES = 300
+LATENCY_INTERVAL_US = 2000.0
+LATENCY_LEAD_S = 0.2  # the background load runs this long before the first probe and after the last
+
+
+def latency_at(bed: Bed, tmp: Path, tr: Traffic, dst: str, rate: float) -> dict[str, Any]:
+    """One-way latency of LATENCY_PROBES marked frames (bench/latency.py) while the generator offers
+    `rate` pps of the same traffic in the background (bounded in count and time)."""
+    from bench import latency  # noqa: PLC0415
+
+    if rate <= 0:
+        return {"skipped": "no zero-loss rate to take a fraction of"}
+    if tr.name == "est":  # ACKs of the first established flow
+        base, sport = tr.template.read_bytes(), None
+    else:  # SYNs of fresh flows from the client's own address (apart from the generator's sources)
+        base = write_template(tmp / f"probe-syn-{dst}.bin", bed, dst, "S", sport=30000).read_bytes()
+        sport = 30000
+    frames = [latency.mark_frame(base, i, None if sport is None else sport + i) for i in range(LATENCY_PROBES)]
+    ffile = tmp / "probes.bin"
+    ffile.write_bytes(b"".join(frames))
+    probe_s = LATENCY_PROBES * LATENCY_INTERVAL_US / 1e6
+    load_s = probe_s + 2 * LATENCY_LEAD_S
+    ready = tmp / "probe-recv.ready"
+    ready.unlink(missing_ok=True)
+    py = [common.PY, "-m", "bench.latency"]
+    receiver = bed.rs.popen(pinned(bed, [*py, "recv", "--iface", bed.rs.ifname, "--seconds", f"{load_s + 5:.1f}",
+                                         "--expect", str(LATENCY_PROBES), "--ready", str(ready)]),
+                            cwd=str(common.REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    load = None
+    try:
+        deadline = time.monotonic() + 15
+        while not ready.exists() and receiver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not ready.exists():
+            return {"skipped": "the probe receiver did not start"}
+        load = bed.client.popen(gen_argv(bed, tr, rate, int(rate * load_s), load_s), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(LATENCY_LEAD_S)
+        sent = bed.client.exec(pinned(bed, [*py, "send", "--iface", bed.gen_iface, "--frames", str(ffile),
+                                            "--frame-len", str(len(frames[0])), "--interval-us",
+                                            str(LATENCY_INTERVAL_US)]), timeout=probe_s + 30, check=False)
+        load_out, _ = load.communicate(timeout=load_s + 15)
+        rx_out, rx_err = receiver.communicate(timeout=load_s + 15)
+    finally:
+        for proc in (load, receiver):
+            if proc is not None and proc.poll() is None:
+                bed.topo.stop_process(proc)
+    if sent.returncode != 0 or receiver.returncode != 0:
+        return {"skipped": f"probe sender rc {sent.returncode} {sent.stderr[-300:]}; receiver rc "
+                           f"{receiver.returncode} {rx_err[-300:]}"}
+    tx_ns = {int(k): int(v) for k, v in json.loads(sent.stdout.strip().splitlines()[-1]).items()}
+    rx_ns = {int(k): int(v) for k, v in json.loads(rx_out.strip().splitlines()[-1]).items()}
+    res = latency.match(tx_ns, rx_ns)
+    with contextlib.suppress(ValueError, IndexError):
+        g = json.loads(load_out.strip().splitlines()[-1])
+        res["load_offered_pps"] = (int(g["sent"]) + int(g["errors"])) / max(float(g["elapsed_s"]), 1e-6)
+        if tr.flows == 0:
+            tr.seq += int(g["sent"]) + int(g["errors"])
+    res["load_asked_pps"] = rate
+    return res
+
+
 def _cpu_fields(t: dict[str, Any]) -> dict[str, Any]:
     keys = ("dut_us_per_pkt", "lbd_user_us_per_pkt", "lbd_sys_us_per_pkt", "softirq_us_per_pkt",
             "control_plane_us_per_pkt")
@@ -490,8 +569,12 @@ def system(bed: Bed, name: str, mode: str, dut_cpu: int | None) -> Iterator[Lbd 
     if name == "kernel":
         yield None
         return
-    lbd = Lbd(bed.director, name, cpu=dut_cpu, conn_max=CONN_MAX_C, nice=bed.nice,
-              extra=bed.lbd_args if name == "c" else ())
+    engine, extra = ("python", ()) if name == "python" else ("c", bed.lbd_args)
+    if name in ("afxdp", "afxdp-native"):  # the C engine fed by AF_XDP sockets on the director's lan interface
+        xdp_mode = "native" if name == "afxdp-native" else bed.xdp_mode
+        extra = (*bed.lbd_args, "--packet-source", "afxdp", "--xdp-interface", bed.director.iface("lan").ifname,
+                 *(("--xdp-mode", xdp_mode) if xdp_mode != "auto" else ()))
+    lbd = Lbd(bed.director, engine, cpu=dut_cpu, conn_max=CONN_MAX_C, nice=bed.nice, extra=extra)
     try:
         lbd.start()
         svc = {"proto": "tcp", "addr": bed.vip, "port": PORT}
@@ -573,19 +656,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"systems": systems, "modes": modes, "traffic": traffic, "repeats": args.repeats,
                    "window_s": args.window, "steps": args.steps, "loss_max": LOSS_MAX, "gen_cpu": gen_cpu,
                    "dut_cpu": dut_cpu, "nice": args.nice, "est_flows": EST_FLOWS, "frame_bytes": 60,
-                   "wire": args.wire,
+                   "wire": args.wire, "latency": getattr(args, "latency", False), "arms": getattr(args, "arms", 2),
+                   "xdp_mode": getattr(args, "xdp_mode", "generic"),
                    "command": "python -m bench pps " + " ".join(args.argv), "lbd_args": args.lbd_args or ""},
         "results": [], "sweep": [], "skipped": [], "path_limit": [],
     }
     common.build_tool("pktgen")
     t_start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="lbB-bench-pps-") as tmpd, Topology(pps_spec()) as topo:
+    arms = getattr(args, "arms", 2)
+    if arms == 1:
+        from bench import one_arm  # noqa: PLC0415
+
+    spec = one_arm.spec() if arms == 1 else pps_spec()
+    with tempfile.TemporaryDirectory(prefix="lbB-bench-pps-") as tmpd, Topology(spec) as topo:
         tmp = Path(tmpd)
-        bed = Bed(topo, gen_cpu, dut_cpu, steer=args.steer, wiring=args.wire)
+        bed = (one_arm.OneArmBed(topo, gen_cpu, dut_cpu, steer=args.steer) if arms == 1
+               else Bed(topo, gen_cpu, dut_cpu, steer=args.steer, wiring=args.wire))
         # {lan}: the director's client-side interface, named per run (--xdp-interface {lan}).
         bed.lbd_args = tuple(a.replace("{lan}", bed.director.iface("lan").ifname) for a in shlex.split(args.lbd_args or ""))
         bed.nice = args.nice
         bed.dut_cpu = dut_cpu
+        bed.xdp_mode = getattr(args, "xdp_mode", "generic")
         out["config"]["rps"] = bed.rps
         log(f"pps: topology {topo.prefix}: client {bed.client_addr} -> director VIP {bed.vip} -> rs1 {bed.rs_addr}")
         for rep in range(args.repeats):
@@ -625,7 +716,12 @@ def _one(bed: Bed, tmp: Path, out: dict[str, Any], rep: int, sysname: str, mode:
                 c0 = counters(lbd)
                 res = search(bed, tr, args.window, args.steps)
                 res.update(system=sysname, mode=label_mode, traffic=kind, rep=rep,
-                           counters_before=c0, counters_after=counters(lbd))
+                           counters_before=c0, counters_after=counters(lbd),
+                           loadavg=Path("/proc/loadavg").read_text().split()[:3])
+                if getattr(args, "latency", False):
+                    res["latency"] = latency_at(bed, tmp, tr, dst, LATENCY_LOAD * res["zero_loss_pps"])
+                    log(f"pps: latency at {LATENCY_LOAD:.0%} load: p50 {res['latency'].get('p50')} us, "
+                        f"p99 {res['latency'].get('p99')} us, lost {res['latency'].get('lost')}")
                 out["results"].append(res)
                 log(f"pps: rep {rep + 1} {sysname:6} {label_mode:8} {kind}: zero-loss "
                     f"{res['zero_loss_pps']:9.0f} pps{' (generator-limited)' if res['generator_limited'] else ''}"
@@ -680,6 +776,8 @@ def summarize(out: dict[str, Any]) -> list[dict[str, Any]]:
             "lbd_user_us_per_pkt": common.summarize([r["lbd_user_us_per_pkt"] for r in rs if r.get("lbd_user_us_per_pkt") is not None]),
             "lbd_sys_us_per_pkt": common.summarize([r["lbd_sys_us_per_pkt"] for r in rs if r.get("lbd_sys_us_per_pkt") is not None]),
             "softirq_us_per_pkt": common.summarize([r["softirq_us_per_pkt"] for r in rs if r.get("softirq_us_per_pkt") is not None]),
+            "latency_p50_us": common.summarize([r["latency"]["p50"] for r in rs if (r.get("latency") or {}).get("p50") is not None]),
+            "latency_p99_us": common.summarize([r["latency"]["p99"] for r in rs if (r.get("latency") or {}).get("p99") is not None]),
             "nfq_queue_dropped_overload": [r["overload"]["nfq"].get("queue_dropped", 0) for r in rs],
             "nfq_user_dropped_overload": [r["overload"]["nfq"].get("user_dropped", 0) for r in rs],
         })
@@ -694,6 +792,15 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--window", type=float, default=None, help="seconds per trial (default 0.8; quick 0.5)")
     ap.add_argument("--steps", type=int, default=None, help="bisection steps after the probe (default 5; quick 4)")
     ap.add_argument("--no-sweep", dest="sweep", action="store_false")
+    ap.add_argument("--latency", action="store_true",
+                    help="after each search, one-way latency of marked probes at 50%% of the zero-loss rate "
+                    "(bench/latency.py)")
+    ap.add_argument("--arms", type=int, choices=(1, 2), default=2,
+                    help="2 (default): client and real server on the director's two interfaces; 1: the real "
+                    "server on the receiving side (bench/one_arm.py: lbd AF_XDP's TX-ring path; DR and IPIP)")
+    ap.add_argument("--xdp-mode", choices=("generic", "native", "auto"), default="generic",
+                    help="system afxdp: lbd's --xdp-mode (default generic: on veth, native XDP runs on the "
+                    "SENDING CPU, i.e. the generator's, and would hide the director's work from the DUT CPU)")
     ap.add_argument("--wire", choices=wire.WIRES, default="direct",
                     help="direct (default): client and rs1 cabled to the director by plain veth pairs, so the "
                     "generator's CPU does not also run a bridge (bench/wire.py); bridge: the testbed's bridged "

@@ -6,7 +6,8 @@ _lbd() {
     local options="--config --check --diff --socket --queue-num --queue-balance --queue-cpus
         --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --queue-maxlen --no-iptables
         --conntrack --down-policy --cleanup --state-dir --restore --conn-max --verbose -v
-        --log-format --metrics --packet-source --xdp-interface --xdp-mode --xdp-copy --version --help -h"
+        --log-format --metrics --packet-source --xdp-interface --xdp-mode --xdp-copy
+        --sync-threshold --sync-refresh-period --sync-retries --sync-persist-mode --version --help -h"
     COMPREPLY=()
     case $prev in
         --config|--socket) COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
@@ -17,7 +18,10 @@ _lbd() {
         --xdp-mode) COMPREPLY=($(compgen -W "auto native generic" -- "$cur")); return 0 ;;
         --xdp-interface) COMPREPLY=($(compgen -W "$(ls /sys/class/net 2>/dev/null)" -- "$cur")); return 0 ;;
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return 0 ;;
+        --sync-retries) COMPREPLY=($(compgen -W "0 1 2 3" -- "$cur")); return 0 ;;
+        --sync-persist-mode) COMPREPLY=($(compgen -W "0 1" -- "$cur")); return 0 ;;
         --queue-num|--queue-balance|--queue-cpus|--gso-mtu|--queue-maxlen|--conn-max|--metrics) return 0 ;;
+        --sync-threshold|--sync-refresh-period) return 0 ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "$options" -- "$cur"))

@@ -43,12 +43,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lb import __version__, logsetup, sdnotify, statefile
+from lb import consts as C
 from lb.ctlserver import ControlServer, socket_alive
 from lb.director import Director
 from lb.engine import Engine, EngineError, FwdState
 from lb.estimator import ESTIMATOR_TICK_S
 from lb.fwdstate import Resolution, Resolver
 from lb.model import ConfigError
+from lb.sync.rule import SyncRule, SyncRuleError
 
 log = logging.getLogger("lbd")
 
@@ -149,6 +151,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="re-apply the state file even with --config (first the saved state and its connections, "
                    "then the file's differences, as a reload)")
     p.add_argument("--conn-max", type=int, default=0, metavar="N", help="connection table size (C engine)")
+    sync = p.add_argument_group(
+        "connection sync (the kernel's net.ipv4.vs sysctls; what a sync master started with lbadm "
+        "--start-daemon master sends, docs/sync.md)")
+    sync.add_argument("--sync-threshold", type=int, nargs=2, metavar=("THRESHOLD", "PERIOD"),
+                      default=[C.LB_SYNC_THRESHOLD_DEFAULT, C.LB_SYNC_PERIOD_DEFAULT],
+                      help="send a connection on its THRESHOLD-th packet from the client and every PERIOD-th "
+                      "after (packets %% PERIOD == THRESHOLD); PERIOD 0: once, on the THRESHOLD-th "
+                      f"(default {C.LB_SYNC_THRESHOLD_DEFAULT} {C.LB_SYNC_PERIOD_DEFAULT}, sync_threshold)")
+    sync.add_argument("--sync-refresh-period", type=int, default=C.LB_SYNC_REFRESH_PERIOD_MS_DEFAULT // 1000,
+                      metavar="SECONDS",
+                      help="also hold a connection back until its expiry moved by min(SECONDS, max(timeout/2, "
+                      "10 s)) since it was last sent; 0: the packet rule alone (default %(default)s, "
+                      "sync_refresh_period)")
+    sync.add_argument("--sync-retries", type=int, default=C.LB_SYNC_RETRIES_DEFAULT, metavar="N",
+                      help="with --sync-refresh-period: resend an unchanged connection up to N (0..3) times, "
+                      "SECONDS/8 apart (default %(default)s, sync_retries)")
+    sync.add_argument("--sync-persist-mode", type=int, choices=(0, 1), default=0, metavar="0|1",
+                      help="1: send the persistence templates but not the connections they control "
+                      "(default %(default)s, sync_persist_mode)")
     p.add_argument("--metrics", metavar="ADDR:PORT", type=_metrics_listen,
                    help="serve Prometheus metrics over HTTP on ADDR:PORT (e.g. 127.0.0.1:9170; :PORT for every "
                    "IPv4 address): node_exporter's node_ipvs_* names, and lbd_* (docs/metrics.md)")
@@ -160,6 +181,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     _check_queue_options(p, args)
     _check_packet_source(p, args)
+    args.sync_rule = _sync_rule(p, args)
     if args.state_dir is None:
         args.state_dir = os.path.dirname(socket_path(args.socket)) or "."
     if args.check:
@@ -173,6 +195,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     elif args.file:
         p.error(f"unexpected argument {args.file!r} (to load a configuration: --config FILE)")
     return args
+
+
+def _sync_rule(p: argparse.ArgumentParser, args: argparse.Namespace) -> SyncRule:
+    """The sync master's rule from --sync-*, refused with the kernel's validation (its EINVAL)."""
+    try:
+        return SyncRule(threshold=args.sync_threshold[0], period=args.sync_threshold[1],
+                        refresh_period_s=args.sync_refresh_period, retries=args.sync_retries,
+                        persist_mode=args.sync_persist_mode)
+    except SyncRuleError as exc:
+        p.error(str(exc))
 
 
 def _metrics_listen(text: str) -> tuple[str, int]:
@@ -528,6 +560,7 @@ async def run(args: argparse.Namespace) -> int:
     director = Director(engine, None, resolver, config_path=os.path.abspath(args.config) if args.config else None,
                         queue_num=args.queue_num, conntrack=bool(args.conntrack and rules is not None),
                         down_policy=args.down_policy, packet_source=args.packet_source)
+    director.sync.rule = args.sync_rule
     server = ControlServer(director, path)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

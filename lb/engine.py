@@ -10,10 +10,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from lb import consts as C
 from lb.model import ConnInfo, DestSpec, ServiceInfo, ServiceKey, ServiceSpec, SynproxyConf
+
+if TYPE_CHECKING:
+    from lb.sync.rule import SyncRule
 
 SOCKET_MARK_BASE = C.LB_SOCKET_MARK_BASE
 TOA_LEN = C.LB_TOA_LEN  # bytes
@@ -207,6 +210,10 @@ class Engine(Protocol):
         ...
     def sync_changes_reset(self) -> None:
         """Forget the sync master's change marks (lb_conn_sync_changes_reset)."""
+        ...
+    def sync_master_set(self, rule: SyncRule | None) -> None:
+        """Choose entries to send per packet by `rule` (the kernel's sysctls; lb_sync_master_set), or
+        stop (None). The choice shows as LB_CONN_F_SYNC_WANT in dump_sync_changes_raw's records."""
         ...
     def dump_connections_page(self, now_ms: int, cursor: int, cap: int) -> tuple[bytes, int] | None:
         """Up to `cap` live entries from table position `cursor` (0: the start) and the cursor to go on

@@ -11,7 +11,7 @@ import functools
 import ipaddress
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from lb._ffi import ffi, lib
 from lb.engine import (
@@ -37,6 +37,7 @@ from lb.model import (
     Stats,
     SynproxyConf,
 )
+from lb.sync.rule import SyncRule
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -431,30 +432,33 @@ class CEngine:
     def dump_changes_raw(self, now_ms: int) -> bytes:
         """The records of the slots changed since last reported (lb_conn_dump_changes), proto 0 for
         a slot whose entry went."""
-        chunk = 4096
-        arr = ffi.new("struct lb_conn_info[]", chunk)
-        cursor = ffi.new("uint32_t *", 0)
-        parts = []
-        while True:
-            n = _check(lib.lb_conn_dump_changes(self._lb, now_ms, arr, chunk, cursor), "change dump")
-            parts.append(bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info"))))
-            if cursor[0] == 0:
-                return b"".join(parts)
+        return self._dump_changes(lib.lb_conn_dump_changes, now_ms, "change dump")
 
     def dump_sync_changes_raw(self, now_ms: int) -> bytes:
         """As dump_changes_raw, over the sync master's own change marks (lb_conn_dump_sync_changes)."""
+        return self._dump_changes(lib.lb_conn_dump_sync_changes, now_ms, "sync change dump")
+
+    def _dump_changes(self, dump: Callable[..., int], now_ms: int, what: str) -> bytes:
+        """Every record `dump` (one of the lb_conn_dump_*changes calls) reports, chunk by chunk
+        until its cursor comes back to 0."""
         chunk = 4096
         arr = ffi.new("struct lb_conn_info[]", chunk)
         cursor = ffi.new("uint32_t *", 0)
         parts = []
         while True:
-            n = _check(lib.lb_conn_dump_sync_changes(self._lb, now_ms, arr, chunk, cursor), "sync change dump")
+            n = _check(dump(self._lb, now_ms, arr, chunk, cursor), what)
             parts.append(bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info"))))
             if cursor[0] == 0:
                 return b"".join(parts)
 
     def sync_changes_reset(self) -> None:
         lib.lb_conn_sync_changes_reset(self._lb)
+
+    def sync_master_set(self, rule: SyncRule | None) -> None:
+        if rule is None:
+            lib.lb_sync_master_set(self._lb, ffi.NULL, 0)
+        else:
+            _check(lib.lb_sync_master_set(self._lb, rule.to_c(), 1), "sync master rule")
 
     def dump_connections_page(self, now_ms: int, cursor: int, cap: int) -> tuple[bytes, int]:
         """Up to `cap` live entries from table position `cursor` (lb_conn_dump); the next cursor, 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from lb import consts as C
 from lb.engine import ConnState, EngineError, Reason
@@ -18,6 +19,9 @@ from lb.pyengine import xmit_fnat
 from lb.pyengine.conn import Counters
 from lb.pyengine.svc import Service
 from lb.pyengine.synproxy_path import SynproxyPath
+
+if TYPE_CHECKING:
+    from lb.sync.rule import SyncRule
 
 DEST_F_AVAILABLE = C.LB_DEST_F_AVAILABLE
 DEST_F_OVERLOAD = C.LB_DEST_F_OVERLOAD
@@ -136,6 +140,9 @@ class Listing(SynproxyPath):
 
     def sync_changes_reset(self) -> None:
         """Nothing to forget: this engine keeps no change marks."""
+
+    def sync_master_set(self, rule: SyncRule | None) -> None:
+        """Nothing to choose: this engine has no sync master (it cannot dump its table)."""
 
     def dump_connections_page(self, now_ms: int, cursor: int, cap: int) -> tuple[bytes, int] | None:
         """None, as dump_connections_raw."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 # From the kernel (ip_vs_sync.c, include/uapi/linux/ip_vs.h): never invented here.
@@ -105,10 +106,8 @@ class Decoded:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
 
 
-def _record(conn: SyncConn) -> bytes:
-    options = b""
-    if conn.seq is not None:
-        options = bytes((IPVS_OPT_SEQ_DATA, SEQ.size)) + SEQ.pack(*conn.seq)
+def pack_record(conn: SyncConn, options: bytes) -> bytes:
+    """The IPv4 record of `conn` (struct ip_vs_sync_v4, its size counting `options`) and its options."""
     size = V4.size + len(options)
     return V4.pack(0, conn.protocol, size & SVER_MASK, conn.flags & ~F_HASHED & 0xFFFFFFFF, conn.state,
                    conn.cport, conn.vport, conn.dport, conn.fwmark, conn.timeout_s,
@@ -116,28 +115,57 @@ def _record(conn: SyncConn) -> bytes:
                    ipaddress.IPv4Address(conn.daddr).packed) + options
 
 
+def _record(conn: SyncConn) -> bytes:
+    options = b""
+    if conn.seq is not None:
+        options = bytes((IPVS_OPT_SEQ_DATA, SEQ.size)) + SEQ.pack(*conn.seq)
+    return pack_record(conn, options)
+
+
 def encode(conns: list[SyncConn], syncid: int, maxlen: int) -> list[bytes]:
     """Datagrams of at most `maxlen` bytes (the UDP payload; ipvsadm's --sync-maxlen) holding `conns`
     in order, at most 255 each (nr_conns is one byte), records padded to 4-byte boundaries as the
     kernel's ip_vs_sync_conn does."""
+    return pack_datagrams((_record(conn) for conn in conns), syncid, maxlen)
+
+
+def pack_datagrams(records: Iterable[bytes], syncid: int, maxlen: int, version: int = SYNC_PROTO_VER,
+                   spare: int = 0) -> list[bytes]:
+    """`records` in order in datagrams of at most `maxlen` bytes, at most 255 records each, each
+    record on a 4-byte boundary, under the message header (`version` and `spare`: the kernel's 1
+    and 0, or the extension's own)."""
     out: list[bytes] = []
     body = bytearray()
     count = 0
-    for conn in conns:
-        rec = _record(conn)
+
+    def message() -> bytes:
+        return HEADER.pack(0, syncid & 0xFF, HEADER.size + len(body), count, version, spare) + bytes(body)
+
+    for rec in records:
         pad = (4 - len(body)) & 3  # HEADER.size is a multiple of 4: align within the body
         if count and (HEADER.size + len(body) + pad + len(rec) > maxlen or count == 255):
-            out.append(_message(body, count, syncid))
+            out.append(message())
             body, count, pad = bytearray(), 0, 0
         body += bytes(pad) + rec
         count += 1
     if count:
-        out.append(_message(body, count, syncid))
+        out.append(message())
     return out
 
 
-def _message(body: bytes | bytearray, count: int, syncid: int) -> bytes:
-    return HEADER.pack(0, syncid & 0xFF, HEADER.size + len(body), count, SYNC_PROTO_VER, 0) + bytes(body)
+def read_header(data: bytes, syncid: int, version: int, spare: int) -> tuple[int, str]:
+    """The message header of `data` (at least HEADER.size bytes): (nr_conns, "") when its size is
+    the datagram's length, its syncid taken (`syncid` 0 takes any), reserved 0 and version and
+    spare those given (the kernel's 1 and 0, or the extension's); else (0, the reason:
+    "bad_size", "syncid_mismatch" or "bad_version", checked in that order)."""
+    reserved, msg_syncid, size, nr_conns, msg_version, msg_spare = HEADER.unpack_from(data)
+    if size != len(data):
+        return 0, "bad_size"
+    if syncid and msg_syncid != syncid:
+        return 0, "syncid_mismatch"
+    if msg_version != version or reserved or msg_spare != spare:
+        return 0, "bad_version"
+    return nr_conns, ""
 
 
 def decode(data: bytes, syncid: int = 0) -> Decoded:
@@ -149,15 +177,9 @@ def decode(data: bytes, syncid: int = 0) -> Decoded:
     if len(data) < HEADER.size:
         result.drop("bad_version")  # a 4..7-byte version-0 message: lbd reads version 1 only
         return result
-    reserved, msg_syncid, size, nr_conns, version, spare = HEADER.unpack_from(data)
-    if size != len(data):
-        result.drop("bad_size")
-        return result
-    if syncid and msg_syncid != syncid:
-        result.drop("syncid_mismatch")
-        return result
-    if version != SYNC_PROTO_VER or reserved or spare:
-        result.drop("bad_version")  # version 0 (the old format) is not spoken by lbd
+    nr_conns, reason = read_header(data, syncid, SYNC_PROTO_VER, 0)
+    if reason:
+        result.drop(reason)  # bad_version: version 0 (the old format) is not spoken by lbd
         return result
     pos = HEADER.size
     for i in range(nr_conns):

@@ -2,7 +2,7 @@
 
 - master: the entries the kernel protocol cannot carry (records.not_sendable: FULLNAT, SYN-proxy,
   PROXY protocol) become extension records (`ExtMaster.convert`), chosen by the same Selector as
-  the standard ones (same states, same refresh), and go to the group on `sync_ext_port`.
+  the standard ones (the same rule), and go to the group on `sync_ext_port`.
 - backup: a second socket on that port; each record is installed through lb_conn_restore (FULLNAT:
   the same local address and port, reserved in the local port allocator) or lb_conn_restore_seq
   (with the sequence translation), bound to the backup's own service and destination.

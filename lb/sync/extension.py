@@ -94,7 +94,6 @@ class ExtDecoded:
 
 
 def _record(ext: ExtConn) -> bytes:
-    c = ext.conn
     options = b""
     if ext.laddr is not None:
         options += bytes((OPT_LADDR, LADDR.size)) + LADDR.pack(ipaddress.IPv4Address(ext.laddr).packed, ext.lport, 0)
@@ -102,33 +101,12 @@ def _record(ext: ExtConn) -> bytes:
         s = ext.seq
         options += bytes((OPT_SEQ, SEQ.size)) + SEQ.pack(s.translations, s.px_len, s.px_flags, bytes(3),
                                                           s.cookie_isn, s.client_isn, s.d_in)
-    size = codec.V4.size + len(options)
-    return codec.V4.pack(0, c.protocol, size & codec.SVER_MASK, c.flags & ~codec.F_HASHED & 0xFFFFFFFF, c.state,
-                         c.cport, c.vport, c.dport, c.fwmark, c.timeout_s,
-                         ipaddress.IPv4Address(c.caddr).packed, ipaddress.IPv4Address(c.vaddr).packed,
-                         ipaddress.IPv4Address(c.daddr).packed) + options
+    return codec.pack_record(ext.conn, options)
 
 
 def encode(conns: list[ExtConn], syncid: int, maxlen: int) -> list[bytes]:
     """Datagrams of at most `maxlen` bytes, at most 255 records each, records 4-byte aligned."""
-    out: list[bytes] = []
-    body = bytearray()
-    count = 0
-    for ext in conns:
-        rec = _record(ext)
-        pad = (4 - len(body)) & 3
-        if count and (codec.HEADER.size + len(body) + pad + len(rec) > maxlen or count == 255):
-            out.append(_message(body, count, syncid))
-            body, count, pad = bytearray(), 0, 0
-        body += bytes(pad) + rec
-        count += 1
-    if count:
-        out.append(_message(body, count, syncid))
-    return out
-
-
-def _message(body: bytes | bytearray, count: int, syncid: int) -> bytes:
-    return codec.HEADER.pack(0, syncid & 0xFF, codec.HEADER.size + len(body), count, EXT_VERSION, EXT_MAGIC) + bytes(body)
+    return codec.pack_datagrams((_record(ext) for ext in conns), syncid, maxlen, EXT_VERSION, EXT_MAGIC)
 
 
 def decode(data: bytes, syncid: int = 0) -> ExtDecoded:
@@ -137,15 +115,9 @@ def decode(data: bytes, syncid: int = 0) -> ExtDecoded:
     if len(data) < codec.HEADER.size:
         result.drop("short")
         return result
-    reserved, msg_syncid, size, nr_conns, version, magic = codec.HEADER.unpack_from(data)
-    if size != len(data):
-        result.drop("bad_size")
-        return result
-    if syncid and msg_syncid != syncid:
-        result.drop("syncid_mismatch")
-        return result
-    if reserved or version != EXT_VERSION or magic != EXT_MAGIC:
-        result.drop("bad_version")
+    nr_conns, reason = codec.read_header(data, syncid, EXT_VERSION, EXT_MAGIC)
+    if reason:
+        result.drop(reason)
         return result
     pos = codec.HEADER.size
     for i in range(nr_conns):

@@ -1,13 +1,13 @@
 """lbd's connection sync daemons (ipvsadm --start-daemon master|backup): the kernel's sync protocol
 version 1 over UDP multicast (lb/sync/codec.py), in lbd's event loop.
 
-- master: every SYNC_TICK_S the entries the core marked changed (its sync change marks,
-  lb_conn_dump_sync_changes: the cost is what changed, not the table) are compared with what was
-  last sent, and what the kernel's ip_vs_sync_conn would send goes out in datagrams of at most
-  sync_maxlen bytes: an entry new to the sync, a TCP state change into ESTABLISHED, FIN_WAIT,
-  CLOSE, CLOSE_WAIT or TIME_WAIT, templates, UDP entries, and a refresh once an entry's expiry has
-  moved by half its timeout (at least 10 s: the kernel's min_diff of sync_refresh_period) so a busy
-  connection never expires on the backup. Bulk passes (Selector) send the whole table at start and
+- master: the C core chooses per packet what the kernel's ip_vs_sync_conn would send (its
+  ip_vs_sync_conn_needed with the sysctls of lb/sync/rule.py: by default the 3rd packet of a
+  connection and every 50th after, a TCP connection's first packet in a new closing state, a
+  template with every packet of its connections) and marks it (LB_CONN_F_SYNC_WANT in
+  lb_conn_dump_sync_changes: the cost is what changed, not the table); every SYNC_TICK_S what was
+  marked goes out in datagrams of at most sync_maxlen bytes, each entry once however many of its
+  packets chose it in the tick. Bulk passes (Selector) send the whole table at start and
   every BULK_PERIOD_S, at most BULK_RATE entries a tick, so a (re)joining backup gets everything
   (issue 18 item 4; the protocol has no request message). FULLNAT, SYN-proxied and
   PROXY-protocol entries, which the kernel protocol cannot carry, go in lbd's extension on its own
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from lb import consts as C
 from lb.engine import EngineError
 from lb.sync import codec, ext_daemon, records, sockets
+from lb.sync.rule import SyncRule
 
 if TYPE_CHECKING:
     from lb.director import Director
@@ -49,7 +50,6 @@ DEFAULT_TTL = 1
 IP_UDP_HLEN = 20 + 8       # sizeof(struct iphdr) + sizeof(struct udphdr)
 MAXLEN_MAX = 65535 - IP_UDP_HLEN
 MASTER_MTU = 1500          # the kernel sizes a master's messages for 1500 whatever the MTU
-REFRESH_MIN_MS = 10_000    # the kernel's min_diff: max(timeout / 2, 10 s)
 BULK_PERIOD_S = 30         # a bulk pass (the whole table) starts this often at most (0: at start only)
 BULK_RATE = 2000           # entries per tick of a bulk pass at most (about 50 datagrams of 1472 bytes)
 STATES = {"master": 1, "backup": 2}  # IP_VS_STATE_MASTER / BACKUP
@@ -141,21 +141,18 @@ class Counters:
 
 @dataclass(frozen=True)
 class _Sent:
-    """What was last sent of the entry in a slot (state -1: an entry the protocol cannot carry)."""
+    """The entry in a slot that was sent (state -1: one the protocol cannot carry, counted once)."""
 
     key: tuple[int, str, int, str, int, bool]
     state: int
-    daddr: str = ""
-    dport: int = 0
-    flags: int = 0
-    deadline_ms: int = 0
 
 
 class Selector:
     """The master's choice of what to send (no I/O): see the module docstring.
 
     Changes come from the core's sync change marks (lb_conn_dump_sync_changes): a tick costs what
-    changed, not the table. The bulk transfer walks the table in pages of at most `bulk_rate`
+    changed, not the table, and sends the entries the core chose (LB_CONN_F_SYNC_WANT: the
+    kernel's rule, applied per packet). The bulk transfer walks the table in pages of at most `bulk_rate`
     entries per tick, a pass starting when the master starts and then every `bulk_period_ms`
     (once the previous pass is done), and sends every entry it finds: a backup that (re)joins has
     the whole table after one pass."""
@@ -181,8 +178,8 @@ class Selector:
         self.director.engine.sync_changes_reset()
         self._sent.clear()
 
-    def _consider(self, entry: records.Entry, now_ms: int, force: bool) -> codec.SyncConn | None:
-        """The record to send for `entry` now, or None; `force`: a bulk pass sends it anyway. An entry
+    def _consider(self, entry: records.Entry, now_ms: int) -> codec.SyncConn | None:
+        """The record to send for `entry` (chosen by the core, or met by a bulk pass), or None. An entry
         the kernel protocol cannot carry goes to ext_pending instead (the extension) when it is on."""
         if not records.wanted(entry):
             return None
@@ -196,26 +193,21 @@ class Selector:
                 self.counters.add(f"not_sent_{why}")
                 self._sent[entry.slot] = _Sent(key, -1)
             return None
-        deadline = now_ms + entry.expires_in_ms
-        if (not force and last is not None
-                and (last.state, last.daddr, last.dport, last.flags) == (entry.state, entry.daddr, entry.dport, entry.flags)
-                and abs(deadline - last.deadline_ms) < max(entry.expires_in_ms // 2, REFRESH_MIN_MS)):
-            return None
         if why:  # ---- the sync extension (ext_daemon)
             ext = ext_daemon.convert(entry, self._lookup, self.director.engine, now_ms)
             if ext == ext_daemon.PENDING:
-                return None  # not remembered as sent: tried again at its next change or bulk pass
+                return None  # not remembered as sent: tried again when a packet chooses it or a bulk pass meets it
             if isinstance(ext, str):
                 self.counters.add(f"ext_not_sent_{ext}")
                 return None
             self.ext_pending.append(ext)
-            self._sent[entry.slot] = _Sent(key, entry.state, entry.daddr, entry.dport, entry.flags, deadline)
+            self._sent[entry.slot] = _Sent(key, entry.state)
             return None
         conn = records.to_sync(entry, self._lookup)
         if conn is None:
             self.counters.add("not_sent_no_service")
             return None
-        self._sent[entry.slot] = _Sent(key, entry.state, entry.daddr, entry.dport, entry.flags, deadline)
+        self._sent[entry.slot] = _Sent(key, entry.state)
         return conn
 
     def pending(self, now_ms: int) -> list[codec.SyncConn]:
@@ -230,8 +222,10 @@ class Selector:
         for slot in records.gone_slots(changes):
             self._sent.pop(slot, None)
         for entry in records.entries(changes):
+            if not entry.flags & C.LB_CONN_F_SYNC_WANT:
+                continue  # changed (for the state file's journal too) but not chosen by the rule
             queued = len(self.ext_pending)
-            conn = self._consider(entry, now_ms, force=False)
+            conn = self._consider(entry, now_ms)
             if conn is not None:
                 out.append(conn)
             if conn is not None or len(self.ext_pending) > queued:
@@ -248,7 +242,7 @@ class Selector:
                 if entry.slot in done:
                     continue
                 queued = len(self.ext_pending)
-                conn = self._consider(entry, now_ms, force=True)
+                conn = self._consider(entry, now_ms)
                 if conn is not None:
                     out.append(conn)
                 # The extension's entries count too: a bulk pass carries them (to ext_pending).
@@ -261,9 +255,10 @@ class Selector:
 
 
 class Master:
-    def __init__(self, director: Director, conf: DaemonConf) -> None:
+    def __init__(self, director: Director, conf: DaemonConf, rule: SyncRule | None = None) -> None:
         self.director = director
         self.conf = conf
+        self.rule = rule if rule is not None else SyncRule()
         self.counters = Counters()
         self.selector = Selector(director, self.counters, conf.bulk_period * 1000, conf.bulk_rate,
                                  extension=bool(conf.sync_ext_port))
@@ -285,6 +280,7 @@ class Master:
             raise
 
     def start(self) -> None:
+        self.director.engine.sync_master_set(self.rule)  # the core chooses per packet from now on
         self.selector.start()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -317,6 +313,7 @@ class Master:
     def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        self.director.engine.sync_master_set(None)
         self.sock.close()
         if self.ext is not None:
             self.ext.close()
@@ -440,12 +437,14 @@ def lookup_dest(director: Director, proto: int, vaddr: str, vport: int, daddr: s
 class SyncDaemons:
     """The director's sync daemons: what get_daemon / start_daemon / stop_daemon operate on."""
 
-    def __init__(self, director: Director) -> None:
+    def __init__(self, director: Director, rule: SyncRule | None = None) -> None:
         self.director = director
         self.running: dict[str, Master | Backup] = {}
+        self.rule = rule if rule is not None else SyncRule()  # lbd's --sync-threshold etc.
 
     def get(self, _args: dict[str, Any]) -> dict[str, Any]:
-        return {"daemons": [{**d.conf.to_json(), "counters": dict(d.counters.values)}
+        return {"daemons": [{**d.conf.to_json(), **(d.rule.to_json() if isinstance(d, Master) else {}),
+                             "counters": dict(d.counters.values)}
                             for state in ("master", "backup") if (d := self.running.get(state)) is not None]}
 
     def start(self, args: dict[str, Any]) -> None:
@@ -456,12 +455,18 @@ class SyncDaemons:
             asyncio.get_running_loop()
         except RuntimeError as exc:
             raise EngineError("EOPNOTSUPP", "start_daemon: sync daemons run in lbd's event loop only") from exc
-        daemon: Master | Backup = Master(self.director, conf) if conf.state == "master" else Backup(self.director, conf)
-        daemon.start()
+        daemon: Master | Backup = (Master(self.director, conf, self.rule) if conf.state == "master"
+                                   else Backup(self.director, conf))
+        try:
+            daemon.start()
+        except EngineError:
+            daemon.stop()
+            raise
         self.running[conf.state] = daemon
         log.info("sync daemon started: state = %s, mcast_ifn = %s, syncid = %d, maxlen = %d, group = %s, "
-                 "port = %d, ttl = %d, ext_port = %d", conf.state.upper(), conf.mcast_ifn, conf.syncid,
-                 conf.sync_maxlen, conf.mcast_group, conf.mcast_port, conf.mcast_ttl, conf.sync_ext_port)
+                 "port = %d, ttl = %d, ext_port = %d%s", conf.state.upper(), conf.mcast_ifn, conf.syncid,
+                 conf.sync_maxlen, conf.mcast_group, conf.mcast_port, conf.mcast_ttl, conf.sync_ext_port,
+                 f", {self.rule.describe()}" if conf.state == "master" else "")
 
     def stop(self, args: dict[str, Any]) -> None:
         state = args.get("state")

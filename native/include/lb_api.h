@@ -670,3 +670,43 @@ lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, 
 int lb_xsk_stop(lb_xsk_t *q);     /* joins the thread, closes the socket, frees q */
 int lb_xsk_zerocopy(lb_xsk_t *q); /* 1 when bound in zero-copy mode */
 void lb_xsk_get_stats(lb_xsk_t *q, struct lb_xsk_stats *out);
+
+/* ---- sync master: which entries to send, per packet (issue 18 item 1; docs/sync.md "What the master sends") ---- */
+/* The kernel's sysctls net.ipv4.vs.sync_threshold (threshold, period), sync_refresh_period,
+ * sync_retries and sync_persist_mode, with the kernel's defaults and validation
+ * (ip_vs_ctl.c): threshold and period >= 0, threshold < period unless period is 0; retries 0..3. */
+#define LB_SYNC_THRESHOLD_DEFAULT 3
+#define LB_SYNC_PERIOD_DEFAULT 50
+#define LB_SYNC_REFRESH_PERIOD_MS_DEFAULT 0
+#define LB_SYNC_RETRIES_DEFAULT 0
+#define LB_SYNC_RETRIES_MAX 3
+#define LB_SYNC_REFRESH_PERIOD_MS_MAX 2147483000 /* the kernel's: seconds that fit an int of jiffies (HZ 1000) */
+#define LB_SYNC_REFRESH_MIN_MS 10000             /* the time rule's floor: max(timeout / 2, 10 s) */
+struct lb_sync_conf {
+    int32_t threshold;             /* sync_threshold[0] */
+    int32_t period;                /* sync_threshold[1] */
+    uint32_t refresh_period_ms;    /* sync_refresh_period (0: the packet rule alone) */
+    uint32_t retries;              /* sync_retries */
+    uint32_t persist_mode;         /* sync_persist_mode: 1 = connections under a persistence template are not sent */
+};
+/* What the decision keeps per entry (the kernel's in_pkts, old_state and sync_endtime, whose two low
+ * bits count the retries of the time rule). */
+struct lb_sync_state {
+    uint64_t sync_end_ms;          /* the expiry the last sent record announced, & ~3, | retries */
+    uint32_t in_pkts;              /* packets from the client (templates: from their connections) */
+    uint8_t old_state;             /* the state last sent */
+    uint8_t want;                  /* chosen since the last lb_conn_dump_sync_changes */
+    uint16_t pad;
+};
+/* Output flag of lb_conn_dump_sync_changes: the entry was chosen (by a packet) since the last dump. */
+#define LB_CONN_F_SYNC_WANT 256
+/* LB_OK, or LB_EINVAL for values the kernel's sysctls refuse. */
+int lb_sync_conf_check(const struct lb_sync_conf *conf);
+/* Switch the per-packet choice on (on = 1, conf checked: LB_EINVAL; its per-entry state allocated
+ * zeroed at the first call: LB_ENOMEM) or off (on = 0). Locks. */
+int lb_sync_master_set(lb_t *lb, const struct lb_sync_conf *conf, int on);
+/* The kernel's ip_vs_sync_conn_needed for one entry (pure, st updated when it says yes): 1 when
+ * the packet that made its count `pkts` (state `state` after it, timeout `timeout_ms`) sends it.
+ * conn_flags: LB_CONN_F_TEMPLATE; in_persistence: a connection controlled by a template. */
+int lb_sync_needed(const struct lb_sync_conf *conf, struct lb_sync_state *st, uint8_t proto, uint8_t state,
+                   uint32_t conn_flags, int in_persistence, uint32_t pkts, uint32_t timeout_ms, uint64_t now_ms);

@@ -444,6 +444,11 @@ struct lb {
      * by their own consumer: the journal's passes and the sync's never take each other's marks. */
     uint64_t *sync_dirty;
     uint64_t *sync_dirty_sum;
+    /* The sync master's per-packet choice (sync.c): on while a master runs; csync (conn_max + 1
+     * entries, parallel to conns) is allocated zeroed when it first starts and kept after. */
+    struct lb_sync_state *csync;
+    struct lb_sync_conf sync_conf;
+    uint8_t sync_on;
     uint64_t seed0, seed1;
     uint8_t seeded;              /* seeds came from lb_config.hash_seed (deterministic mode) */
     uint16_t lport_min, lport_max; /* FULLNAT local port range, host order */
@@ -574,6 +579,21 @@ static inline void lb_conn_dirty(lb_t *lb, uint32_t slot)
     lb->dirty_sum[w >> 6] |= 1ull << (w & 63);
     lb->sync_dirty[w] |= 1ull << (slot & 63);
     lb->sync_dirty_sum[w >> 6] |= 1ull << (w & 63);
+}
+
+/* sync.c: the sync master's choice, per packet from the client (the kernel's ip_vs_in calling
+ * ip_vs_sync_conn): count it on connection c and on its template (slot tmpl, 0 = none), and mark
+ * for the sync (sync_dirty and want, not the journal's marks) what lb_sync_needed chooses. c NULL:
+ * a one-packet scheduling datagram (no entry in the table; only its template counts). */
+void lb_sync_in(lb_t *lb, struct lb_conn *c, uint32_t tmpl, uint64_t now_ms);
+/* A new entry in slot (sync_endtime as the kernel's ip_vs_conn_new sets it), and a restored or
+ * sync-updated one (in_pkts = threshold, old_state = its state: ip_vs_proc_conn). */
+void lb_sync_entry_new(lb_t *lb, uint32_t slot, uint64_t now_ms);
+void lb_sync_entry_restored(lb_t *lb, uint32_t slot);
+static inline void lb_sync_packet(lb_t *lb, struct lb_conn *c, uint64_t now_ms)
+{
+    if (LB_UNLIKELY(lb->sync_on))
+        lb_sync_in(lb, c, c ? c->ctl : 0, now_ms);
 }
 
 /* conn.c */

@@ -112,6 +112,9 @@ void lb_conn_table_free(lb_t *lb)
     free(lb->dirty_sum);
     free(lb->sync_dirty);
     free(lb->sync_dirty_sum);
+    free(lb->csync);
+    lb->csync = NULL;
+    lb->sync_on = 0;
     lb->conns = NULL;
     lb->buckets = NULL;
     lb->exp_heap = NULL;
@@ -420,6 +423,7 @@ struct lb_conn *lb_tmpl_new(lb_t *lb, uint8_t proto, uint32_t snet, uint32_t vad
     if (!t)
         return NULL;
     uint32_t idx = (uint32_t)(t - lb->conns);
+    lb_sync_entry_new(lb, idx, now_ms);
     t->caddr = snet; /* client port 0 */
     t->vaddr = vaddr;
     t->vport = vport;
@@ -450,6 +454,7 @@ struct lb_conn *lb_conn_new(lb_t *lb, const struct lb_pkt *p, struct lb_dest *de
     if (!c)
         return NULL;
     uint32_t idx = (uint32_t)(c - lb->conns);
+    lb_sync_entry_new(lb, idx, now_ms);
     const struct lb_xmit_ops *m = lb_xmit_methods[dest->conf.fwd]; /* validated when dest was configured */
     c->caddr = p->saddr;
     c->vaddr = p->daddr;
@@ -556,7 +561,7 @@ int lb_conn_dump(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t c
 }
 
 /* One step of a pass over a set of change marks (the journal's or the sync's): see lb_api.h. */
-static int dump_marked(lb_t *lb, uint64_t *dirty, uint64_t *dirty_sum, uint64_t now_ms,
+static int dump_marked(lb_t *lb, uint64_t *dirty, uint64_t *dirty_sum, int sync, uint64_t now_ms,
                        struct lb_conn_info *out, uint32_t cap, uint32_t *cursor)
 {
     if (!out || !cursor || cap < 64)
@@ -583,11 +588,16 @@ static int dump_marked(lb_t *lb, uint64_t *dirty, uint64_t *dirty_sum, uint64_t 
             if (slot == 0)
                 continue;
             if (conn_live(lb, slot, now_ms)) {
-                conn_info(lb, slot, now_ms, &out[n++]);
+                conn_info(lb, slot, now_ms, &out[n]);
+                if (sync && lb->csync && lb->csync[slot].want)
+                    out[n].flags |= LB_CONN_F_SYNC_WANT; /* chosen by a packet (sync.c) */
+                n++;
             } else {
                 memset(&out[n], 0, sizeof(out[n])); /* gone (or dead, soon reaped): proto 0 */
                 out[n++].slot = slot;
             }
+            if (sync && lb->csync)
+                lb->csync[slot].want = 0;
         }
         w++;
     }
@@ -598,12 +608,12 @@ static int dump_marked(lb_t *lb, uint64_t *dirty, uint64_t *dirty_sum, uint64_t 
 
 int lb_conn_dump_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor)
 {
-    return dump_marked(lb, lb->dirty, lb->dirty_sum, now_ms, out, cap, cursor);
+    return dump_marked(lb, lb->dirty, lb->dirty_sum, 0, now_ms, out, cap, cursor);
 }
 
 int lb_conn_dump_sync_changes(lb_t *lb, uint64_t now_ms, struct lb_conn_info *out, uint32_t cap, uint32_t *cursor)
 {
-    return dump_marked(lb, lb->sync_dirty, lb->sync_dirty_sum, now_ms, out, cap, cursor);
+    return dump_marked(lb, lb->sync_dirty, lb->sync_dirty_sum, 1, now_ms, out, cap, cursor);
 }
 
 void lb_conn_changes_reset(lb_t *lb)

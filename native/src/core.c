@@ -243,6 +243,8 @@ static int ops_datagram(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint
     lb_stats_in_available(d, p->len);
     reason = fit_path_mtu(p, &c, out, out_cap, act, lb_conn_xmit_in(lb, p, &c, out, out_cap, act));
     lb_dest_unbind(lb, d, &c); /* d stays linked in s: never its last reference */
+    if (LB_UNLIKELY(lb->sync_on) && tmpl)
+        lb_sync_in(lb, NULL, (uint32_t)(tmpl - lb->conns), now_ms); /* a one-packet entry is never sent itself */
     return reason;
 }
 
@@ -344,8 +346,10 @@ static inline __attribute__((always_inline)) int process(lb_t *lb, const uint8_t
         else if (!(c->dest->flags & LB_DEST_F_AVAILABLE)) {
             act->verdict = LB_V_DROP;
             r = LB_R_DEST_UNAVAILABLE;
-        } else
+        } else {
             r = lb_sp_in(lb, &p, c, now_ms, out, out_cap, act);
+            lb_sync_packet(lb, c, now_ms);
+        }
         finish(lb, act, r);
         return LB_OK;
     }
@@ -434,6 +438,7 @@ static inline __attribute__((always_inline)) int process(lb_t *lb, const uint8_t
     lb_conn_set_expiry(lb, c, now_ms + timeout_ms);
     lb_stats_in_available(c->dest, p.len);
     r = lb_conn_xmit_in(lb, &p, c, out, out_cap, act);
+    lb_sync_packet(lb, c, now_ms); /* counted once sent, as ip_vs_in counts in_pkts */
     if (LB_UNLIKELY(r == LB_R_NO_L2) && !c->dest->fwd && lb_l2q_hold(lb, c, &p, now_ms) == 0)
         r = LB_R_L2_QUEUED; /* sent by the timers once the destination is resolved (l2q.c) */
     else if (LB_UNLIKELY(c->flags & LB_CF_PROXY))

@@ -913,6 +913,7 @@ static int conn_restore(lb_t *lb, const struct lb_conn_info *ci, const struct lb
                     lb_conn_changed(lb, t);
                 }
                 lb_conn_set_expiry(lb, t, now_ms + (uint64_t)ci->expires_in_ms);
+                lb_sync_entry_restored(lb, (uint32_t)(t - lb->conns));
                 err = LB_RESTORE_UPDATED;
             }
             goto out;
@@ -925,6 +926,7 @@ static int conn_restore(lb_t *lb, const struct lb_conn_info *ci, const struct lb
         }
         t->flags |= (uint16_t)(ci->flags & LB_CONN_F_ASSURED);
         lb_conn_set_expiry(lb, t, now_ms + (uint64_t)ci->expires_in_ms);
+        lb_sync_entry_restored(lb, (uint32_t)(t - lb->conns));
         goto out;
     }
     struct lb_conn *old = lb_conn_lookup(lb, p.proto, p.saddr, p.sport, p.daddr, p.dport, now_ms, NULL);
@@ -936,6 +938,7 @@ static int conn_restore(lb_t *lb, const struct lb_conn_info *ci, const struct lb
                 lb->sp[old - lb->conns].px_flags |= (uint8_t)(seq->px_flags & (LB_PX_SENT | LB_PX_ACKED));
             lb_conn_set_state(lb, old, ci->state); /* with IPVS's active/inactive accounting */
             lb_conn_set_expiry(lb, old, now_ms + (uint64_t)ci->expires_in_ms);
+            lb_sync_entry_restored(lb, (uint32_t)(old - lb->conns));
             err = LB_RESTORE_UPDATED;
         }
         goto out;
@@ -960,6 +963,7 @@ static int conn_restore(lb_t *lb, const struct lb_conn_info *ci, const struct lb
     lb_conn_set_state(lb, c, ci->state); /* with IPVS's active/inactive accounting */
     c->flags |= (uint16_t)(ci->flags & LB_CONN_F_TOA_DONE);
     lb_conn_set_expiry(lb, c, now_ms + (uint64_t)ci->expires_in_ms);
+    lb_sync_entry_restored(lb, (uint32_t)(c - lb->conns)); /* as a received record: ip_vs_proc_conn */
 out:
     pthread_mutex_unlock(&lb->lock);
     return err;

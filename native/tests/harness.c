@@ -69,6 +69,41 @@ static void fwd_for(struct lb_fwd_conf *f, uint8_t last)
     f->mtu = 1500;
 }
 
+/* proto: TCP, then UDP. */
+#define FOR_TCP_UDP(proto) for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0)
+
+/* A service: its configuration zeroed but for these fields. */
+static int svc_add(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port, const char *sched, uint32_t flags,
+                   uint32_t persist_timeout_s)
+{
+    struct lb_svc_conf s;
+    memset(&s, 0, sizeof(s));
+    s.proto = proto;
+    s.addr = addr;
+    s.port = port;
+    strcpy(s.sched, sched);
+    s.flags = flags;
+    s.persist_timeout_s = persist_timeout_s;
+    return lb_svc_add(lb, &s);
+}
+
+/* A destination of service proto vaddr:vport (no thresholds) with forwarding state towards the MAC
+ * 02:00:00:00:00:mac_last (fwd_for). */
+static int dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t addr, uint16_t port, int32_t fwd,
+                    int32_t weight, uint8_t mac_last)
+{
+    struct lb_dest_conf d;
+    struct lb_fwd_conf f;
+    memset(&d, 0, sizeof(d));
+    d.addr = addr;
+    d.port = port;
+    d.fwd = fwd;
+    d.weight = weight;
+    int rc = lb_dest_add(lb, proto, vaddr, vport, &d);
+    fwd_for(&f, mac_last);
+    return rc | lb_dest_set_fwd(lb, proto, vaddr, vport, addr, port, &f);
+}
+
 /* TCP and UDP VIP:90 lblc, :91 lblcr, :92 twos: RS1 weight 1, RS2 weight 2, direct routing. */
 #define LOC_PORT 90
 static const char *const loc_sched[3] = {"lblc", "lblcr", "twos"};
@@ -76,18 +111,12 @@ static const char *const loc_sched[3] = {"lblc", "lblcr", "twos"};
 static int locality_setup(lb_t *lb)
 {
     int rc = 0;
-    struct lb_fwd_conf f;
-    for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0) {
+    FOR_TCP_UDP(proto) {
         for (int i = 0; i < 3; i++) {
-            struct lb_svc_conf s = {.proto = proto, .addr = VIP, .port = (uint16_t)(LOC_PORT + i)};
-            strcpy(s.sched, loc_sched[i]);
-            rc |= lb_svc_add(lb, &s);
-            for (uint32_t j = 0; j < 2; j++) {
-                struct lb_dest_conf d = {.addr = RS1 + j, .port = 80, .fwd = LB_FWD_ROUTE, .weight = (int32_t)(1 + j)};
-                rc |= lb_dest_add(lb, proto, VIP, s.port, &d);
-                fwd_for(&f, (uint8_t)(0x30 + j));
-                rc |= lb_dest_set_fwd(lb, proto, VIP, s.port, d.addr, 80, &f);
-            }
+            uint16_t port = (uint16_t)(LOC_PORT + i);
+            rc |= svc_add(lb, proto, VIP, port, loc_sched[i], 0, 0);
+            for (uint32_t j = 0; j < 2; j++)
+                rc |= dest_add(lb, proto, VIP, port, RS1 + j, 80, LB_FWD_ROUTE, (int32_t)(1 + j), (uint8_t)(0x30 + j));
         }
     }
     return rc;
@@ -95,156 +124,64 @@ static int locality_setup(lb_t *lb)
 
 static int setup(lb_t *lb)
 {
-    struct lb_svc_conf s;
-    struct lb_dest_conf d;
-    struct lb_fwd_conf f;
     int rc = 0;
     uint16_t ports[3] = {80, 81, 82};
     int32_t fwds[3] = {LB_FWD_ROUTE, LB_FWD_TUNNEL, LB_FWD_FULLNAT};
     /* TCP VIP:83: FULLNAT with SYN-proxy (defaults: 200 ms doubling, 3 retries). */
-    memset(&s, 0, sizeof(s));
-    s.proto = LB_PROTO_TCP;
-    s.addr = VIP;
-    s.port = 83;
-    strcpy(s.sched, "rr");
-    s.flags = LB_SVC_F_SYNPROXY | LB_SVC_F_TOA;
-    rc |= lb_svc_add(lb, &s);
-    memset(&d, 0, sizeof(d));
-    d.addr = BRS1;
-    d.port = 80;
-    d.fwd = LB_FWD_FULLNAT;
-    d.weight = 1;
-    rc |= lb_dest_add(lb, LB_PROTO_TCP, VIP, 83, &d);
-    fwd_for(&f, 0x20);
-    rc |= lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 83, BRS1, 80, &f);
+    rc |= svc_add(lb, LB_PROTO_TCP, VIP, 83, "rr", LB_SVC_F_SYNPROXY | LB_SVC_F_TOA, 0);
+    rc |= dest_add(lb, LB_PROTO_TCP, VIP, 83, BRS1, 80, LB_FWD_FULLNAT, 1, 0x20);
     rc |= lb_laddr_add(lb, LB_PROTO_TCP, VIP, 83, LIP);
     for (int i = 0; i < 3; i++) {
-        memset(&s, 0, sizeof(s));
-        s.proto = LB_PROTO_TCP;
-        s.addr = VIP;
-        s.port = ports[i];
-        strcpy(s.sched, i == 1 ? "wlc" : "rr");
-        s.flags = fwds[i] == LB_FWD_FULLNAT ? LB_SVC_F_TOA : 0;
-        rc |= lb_svc_add(lb, &s);
-        s.proto = LB_PROTO_UDP;
-        rc |= lb_svc_add(lb, &s);
-        for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0) {
-            for (int j = 0; j < 2; j++) {
-                memset(&d, 0, sizeof(d));
-                d.addr = fwds[i] == LB_FWD_FULLNAT ? BRS1 + (uint32_t)j : RS1 + (uint32_t)j;
-                d.port = 80;
-                d.fwd = fwds[i];
-                d.weight = 1 + j;
-                rc |= lb_dest_add(lb, proto, VIP, ports[i], &d);
-                fwd_for(&f, (uint8_t)(0x10 + j));
-                rc |= lb_dest_set_fwd(lb, proto, VIP, ports[i], d.addr, d.port, &f);
-            }
+        const char *sched = i == 1 ? "wlc" : "rr";
+        uint32_t flags = fwds[i] == LB_FWD_FULLNAT ? LB_SVC_F_TOA : 0;
+        rc |= svc_add(lb, LB_PROTO_TCP, VIP, ports[i], sched, flags, 0);
+        rc |= svc_add(lb, LB_PROTO_UDP, VIP, ports[i], sched, flags, 0);
+        FOR_TCP_UDP(proto) {
+            for (int j = 0; j < 2; j++)
+                rc |= dest_add(lb, proto, VIP, ports[i], (fwds[i] == LB_FWD_FULLNAT ? BRS1 : RS1) + (uint32_t)j, 80,
+                               fwds[i], 1 + j, (uint8_t)(0x10 + j));
             if (fwds[i] == LB_FWD_FULLNAT)
                 rc |= lb_laddr_add(lb, proto, VIP, ports[i], LIP);
         }
     }
     /* VIP:84, DR: TCP with sh, UDP with mh and one-packet scheduling, both hashing the source port
      * and falling back past the weight-0 destination. */
-    for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0) {
-        memset(&s, 0, sizeof(s));
-        s.proto = proto;
-        s.addr = VIP;
-        s.port = 84;
-        strcpy(s.sched, proto == LB_PROTO_TCP ? "sh" : "mh");
-        s.flags = LB_SVC_F_SCHED1 | LB_SVC_F_SCHED2 | (proto == LB_PROTO_UDP ? LB_SVC_F_ONEPACKET : 0);
-        rc |= lb_svc_add(lb, &s);
-        for (int j = 0; j < 3; j++) {
-            memset(&d, 0, sizeof(d));
-            d.addr = RS1 + (uint32_t)j;
-            d.port = 84;
-            d.fwd = LB_FWD_ROUTE;
-            d.weight = j;
-            rc |= lb_dest_add(lb, proto, VIP, 84, &d);
-            fwd_for(&f, (uint8_t)(0x30 + j));
-            rc |= lb_dest_set_fwd(lb, proto, VIP, 84, d.addr, d.port, &f);
-        }
+    FOR_TCP_UDP(proto) {
+        rc |= svc_add(lb, proto, VIP, 84, proto == LB_PROTO_TCP ? "sh" : "mh",
+                      LB_SVC_F_SCHED1 | LB_SVC_F_SCHED2 | (proto == LB_PROTO_UDP ? LB_SVC_F_ONEPACKET : 0), 0);
+        for (int j = 0; j < 3; j++)
+            rc |= dest_add(lb, proto, VIP, 84, RS1 + (uint32_t)j, 84, LB_FWD_ROUTE, j, (uint8_t)(0x30 + j));
     }
     /* VIP:85, NAT (masquerading) with port translation: TCP and UDP to 10.1.0.11-12:8080. */
-    for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0) {
-        memset(&s, 0, sizeof(s));
-        s.proto = proto;
-        s.addr = VIP;
-        s.port = NAT_PORT;
-        strcpy(s.sched, "rr");
-        rc |= lb_svc_add(lb, &s);
-        for (int j = 0; j < 2; j++) {
-            memset(&d, 0, sizeof(d));
-            d.addr = BRS1 + (uint32_t)j;
-            d.port = NAT_RPORT;
-            d.fwd = LB_FWD_MASQ;
-            d.weight = 1;
-            rc |= lb_dest_add(lb, proto, VIP, NAT_PORT, &d);
-            fwd_for(&f, (uint8_t)(0x40 + j));
-            rc |= lb_dest_set_fwd(lb, proto, VIP, NAT_PORT, d.addr, d.port, &f);
-        }
+    FOR_TCP_UDP(proto) {
+        rc |= svc_add(lb, proto, VIP, NAT_PORT, "rr", 0, 0);
+        for (int j = 0; j < 2; j++)
+            rc |= dest_add(lb, proto, VIP, NAT_PORT, BRS1 + (uint32_t)j, NAT_RPORT, LB_FWD_MASQ, 1, (uint8_t)(0x40 + j));
     }
     /* VIP0:0 persistent (TCP and UDP), NAT to 10.1.0.11-12 without a port: the client's port (reply
      * tuples RIP:<client's port>); VIP:88 UDP one-packet NAT to 10.1.0.11-12:88 (no entry kept). */
-    for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0) {
+    FOR_TCP_UDP(proto) {
         for (int k = 0; k < 2; k++) {
             if (k == 1 && proto == LB_PROTO_TCP)
                 continue;
-            memset(&s, 0, sizeof(s));
-            s.proto = proto;
-            s.addr = k ? VIP : VIP0;
-            s.port = k ? OPS_NAT_PORT : 0;
-            s.persist_timeout_s = k ? 0 : 300;
-            s.flags = k ? LB_SVC_F_ONEPACKET : 0;
-            strcpy(s.sched, "rr");
-            rc |= lb_svc_add(lb, &s);
-            for (int j = 0; j < 2; j++) {
-                memset(&d, 0, sizeof(d));
-                d.addr = BRS1 + (uint32_t)j;
-                d.port = k ? OPS_NAT_PORT : 0;
-                d.fwd = LB_FWD_MASQ;
-                d.weight = 1;
-                rc |= lb_dest_add(lb, proto, s.addr, s.port, &d);
-                fwd_for(&f, (uint8_t)(0x60 + j));
-                rc |= lb_dest_set_fwd(lb, proto, s.addr, s.port, d.addr, d.port, &f);
-            }
+            uint32_t vaddr = k ? VIP : VIP0;
+            uint16_t port = k ? OPS_NAT_PORT : 0;
+            rc |= svc_add(lb, proto, vaddr, port, "rr", k ? LB_SVC_F_ONEPACKET : 0, k ? 0 : 300);
+            for (int j = 0; j < 2; j++)
+                rc |= dest_add(lb, proto, vaddr, port, BRS1 + (uint32_t)j, port, LB_FWD_MASQ, 1, (uint8_t)(0x60 + j));
         }
     }
     /* VIP0F:0 persistent TCP, FULLNAT from LIP to 10.1.0.11-12 on the client's port. */
-    memset(&s, 0, sizeof(s));
-    s.proto = LB_PROTO_TCP;
-    s.addr = VIP0F;
-    s.persist_timeout_s = 300;
-    strcpy(s.sched, "rr");
-    rc |= lb_svc_add(lb, &s);
-    for (int j = 0; j < 2; j++) {
-        memset(&d, 0, sizeof(d));
-        d.addr = BRS1 + (uint32_t)j;
-        d.fwd = LB_FWD_FULLNAT;
-        d.weight = 1;
-        rc |= lb_dest_add(lb, LB_PROTO_TCP, VIP0F, 0, &d);
-        fwd_for(&f, (uint8_t)(0x70 + j));
-        rc |= lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP0F, 0, d.addr, 0, &f);
-    }
+    rc |= svc_add(lb, LB_PROTO_TCP, VIP0F, 0, "rr", 0, 300);
+    for (int j = 0; j < 2; j++)
+        rc |= dest_add(lb, LB_PROTO_TCP, VIP0F, 0, BRS1 + (uint32_t)j, 0, LB_FWD_FULLNAT, 1, (uint8_t)(0x70 + j));
     rc |= lb_laddr_add(lb, LB_PROTO_TCP, VIP0F, 0, LIP);
     /* VIP:86 FULLNAT with the PROXY protocol v1, VIP:87 FULLNAT with SYN-proxy and PROXY v2. */
     for (uint16_t port = 86; port <= 87; port++) {
-        memset(&s, 0, sizeof(s));
-        s.proto = LB_PROTO_TCP;
-        s.addr = VIP;
-        s.port = port;
-        strcpy(s.sched, "rr");
-        s.flags = port == 86 ? LB_SVC_F_PROXY_V1 : (LB_SVC_F_PROXY_V2 | LB_SVC_F_SYNPROXY);
-        rc |= lb_svc_add(lb, &s);
-        for (int j = 0; j < 2; j++) {
-            memset(&d, 0, sizeof(d));
-            d.addr = BRS1 + (uint32_t)j;
-            d.port = 80;
-            d.fwd = LB_FWD_FULLNAT;
-            d.weight = 1;
-            rc |= lb_dest_add(lb, LB_PROTO_TCP, VIP, port, &d);
-            fwd_for(&f, (uint8_t)(0x50 + j));
-            rc |= lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, port, d.addr, d.port, &f);
-        }
+        rc |= svc_add(lb, LB_PROTO_TCP, VIP, port, "rr",
+                      port == 86 ? LB_SVC_F_PROXY_V1 : (LB_SVC_F_PROXY_V2 | LB_SVC_F_SYNPROXY), 0);
+        for (int j = 0; j < 2; j++)
+            rc |= dest_add(lb, LB_PROTO_TCP, VIP, port, BRS1 + (uint32_t)j, 80, LB_FWD_FULLNAT, 1, (uint8_t)(0x50 + j));
         rc |= lb_laddr_add(lb, LB_PROTO_TCP, VIP, port, LIP);
     }
     return rc | locality_setup(lb);
@@ -257,7 +194,7 @@ static uint8_t out_buf[LB_PKT_MAX];
 static int probe_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now)
 {
     int bad = 0;
-    for (uint8_t proto = LB_PROTO_TCP; proto; proto = proto == LB_PROTO_TCP ? LB_PROTO_UDP : 0) {
+    FOR_TCP_UDP(proto) {
         for (uint16_t port = LOC_PORT; port < LOC_PORT + 3; port++) {
             uint32_t daddr = 0;
             uint16_t dport = 0;
@@ -410,6 +347,25 @@ static int gso_checked(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mtu,
     return bad;
 }
 
+/* Drain the sync master's change marks: every record names a slot of the table, and one the
+ * per-packet rule chose (LB_CONN_F_SYNC_WANT) is a live entry. */
+static int sync_changes_checked(lb_t *lb, uint64_t now, uint32_t conn_max)
+{
+    static struct lb_conn_info info[128];
+    uint32_t cursor = 0;
+    int bad = 0;
+    do {
+        int got = lb_conn_dump_sync_changes(lb, now, info, 128, &cursor);
+        bad |= check(got >= 0, "lb_conn_dump_sync_changes succeeds");
+        for (int i = 0; i < got; i++) {
+            bad |= check(info[i].slot >= 1 && info[i].slot <= conn_max, "a sync change names a slot of the table");
+            bad |= check(!(info[i].flags & LB_CONN_F_SYNC_WANT) || info[i].proto || (info[i].flags & LB_CONN_F_TEMPLATE),
+                         "an entry the sync rule chose is a live one");
+        }
+    } while (cursor != 0 && !bad);
+    return bad;
+}
+
 #ifdef LB_FUZZ
 /* A sync backup's install of a FULLNAT / SYN-proxy / PROXY record (lb_conn_restore_seq, issue 18
  * item 3) made of fuzzed bytes: the struct lb_conn_info and struct lb_conn_seq as they come, but
@@ -503,6 +459,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The first byte advances time, so entries also expire during a run. */
     if (size > 0)
         now += data[0] * 50u;
+    /* ... and picks the sync master's rule (sync.c: every combination the kernel accepts kind). */
+    if (size > 0 && lb_sync_master_set(lb, &(struct lb_sync_conf){data[0] % 4u, data[0] % 3u ? 50 : 0,
+                                                                    (data[0] & 0x80u) ? 8000u : 0u, data[0] % 4u,
+                                                                    (data[0] >> 6) & 1u}, data[0] != 255) != LB_OK)
+        abort();
     if (process_checked(lb, size > 1 ? data + 1 : data, size > 1 ? (uint32_t)size - 1 : (uint32_t)size, now))
         abort();
     /* The same bytes as a new connection of the lblc/lblcr/twos services, whatever their addresses. */
@@ -520,6 +481,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (lb_timer_next(lb, now, out_buf, sizeof(out_buf), &tact))
         ;
     lb_expire(lb, now, 64);
+    if (sync_changes_checked(lb, now, 4096))
+        abort();
     return 0;
 }
 #else
@@ -540,11 +503,14 @@ static uint8_t *read_file(const char *path, uint32_t *len)
     return buf;
 }
 
+static const struct lb_sync_conf kernel_sync_defaults = {LB_SYNC_THRESHOLD_DEFAULT, LB_SYNC_PERIOD_DEFAULT,
+                                                         LB_SYNC_REFRESH_PERIOD_MS_DEFAULT, LB_SYNC_RETRIES_DEFAULT, 0};
+
 static lb_t *new_lb(void)
 {
     struct lb_config cfg = {.conn_max = 65536, .hash_buckets = 4096, .hash_seed = 7};
     lb_t *lb = lb_new(&cfg);
-    if (!lb || setup(lb) != 0) {
+    if (!lb || setup(lb) != 0 || lb_sync_master_set(lb, &kernel_sync_defaults, 1) != LB_OK) {
         fprintf(stderr, "harness: setup failed\n");
         exit(2);
     }
@@ -596,23 +562,8 @@ static int fill_services(lb_t *lb, long total)
     int rc = 0;
     for (long i = have; i < total && rc == 0; i++) {
         uint32_t vaddr = 0x0ac80000u + (uint32_t)(i - have) + 1; /* 10.200.0.1 and up */
-        struct lb_svc_conf s;
-        struct lb_dest_conf d;
-        struct lb_fwd_conf f;
-        memset(&s, 0, sizeof(s));
-        s.proto = LB_PROTO_TCP;
-        s.addr = vaddr;
-        s.port = 80;
-        strcpy(s.sched, "rr");
-        rc |= lb_svc_add(lb, &s);
-        memset(&d, 0, sizeof(d));
-        d.addr = RS1;
-        d.port = 80;
-        d.fwd = LB_FWD_ROUTE;
-        d.weight = 1;
-        rc |= lb_dest_add(lb, LB_PROTO_TCP, vaddr, 80, &d);
-        fwd_for(&f, 0x10);
-        rc |= lb_dest_set_fwd(lb, LB_PROTO_TCP, vaddr, 80, RS1, 80, &f);
+        rc |= svc_add(lb, LB_PROTO_TCP, vaddr, 80, "rr", 0, 0);
+        rc |= dest_add(lb, LB_PROTO_TCP, vaddr, 80, RS1, 80, LB_FWD_ROUTE, 1, 0x10);
     }
     fprintf(stderr, "harness: %d services configured\n", lb_svc_list(lb, NULL, 0));
     return rc;
@@ -680,6 +631,16 @@ static uint32_t make_packet(uint8_t *b, uint8_t proto, uint32_t src, uint16_t sp
     return len;
 }
 
+/* Another address (host order) at offset `at` of a packet's IPv4 header (12: the source, 16: the
+ * destination), the header checksum made right again. */
+static void set_ip_addr(uint8_t *pkt, uint32_t at, uint32_t addr)
+{
+    uint32_t addr_n = lb_htonl(addr);
+    memcpy(pkt + at, &addr_n, 4);
+    lb_put16(pkt + 10, 0);
+    lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+}
+
 /* The accounting invariants of every listed destination (ip_vs_bind_dest / ip_vs_unbind_dest /
  * __ip_vs_dest_update_overload): activeconns never above totalconns (no unsigned wrap), and
  * OVERLOAD only with an upper threshold and at least the lower threshold value of connections
@@ -707,6 +668,45 @@ static int check_accounting(lb_t *lb, int idle)
  * 24576 entries when n is large), with connections held to the VIP, destinations deleted and
  * re-added (a cache entry then holds the only reference), switches away and back, a service deleted
  * under its cache, and time jumps past the collector's 6 min, the full check's 30 min and 24 h. */
+/* The sync master's per-packet rule with the kernel's defaults (sync.c): one TCP connection to
+ * VIP:80 (direct routing) is chosen on its 3rd packet from the client and every 50th after, and on
+ * its first packet in a closing state; nothing is chosen while the master is off; values the
+ * kernel's sysctls refuse are refused. */
+static int sync_rule_check(void)
+{
+    struct lb_config cfg = {.conn_max = 64, .hash_seed = 5};
+    lb_t *lb = lb_new(&cfg);
+    if (!lb || setup(lb) != 0)
+        return 1;
+    int bad = 0;
+    struct lb_sync_conf invalid[] = {{50, 50, 0, 0, 0}, {-1, 50, 0, 0, 0}, {3, -1, 0, 0, 0}, {3, 50, 0, 4, 0},
+                                     {3, 50, 0, 0, 2}};
+    for (size_t i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++)
+        bad |= check(lb_sync_master_set(lb, &invalid[i], 1) == LB_EINVAL, "lb_sync_master_set refuses what the kernel does");
+    uint8_t pkt[64];
+    uint64_t now = 1000;
+    struct lb_conn_info info[128];
+    uint32_t chosen[8], n_chosen = 0;
+    for (uint32_t n = 1; n <= 130; n++) {
+        if (n == 6)
+            bad |= check(lb_sync_master_set(lb, &kernel_sync_defaults, 1) == LB_OK, "lb_sync_master_set takes the defaults");
+        uint8_t flags = n == 1 ? 0x02 : n == 2 ? 0x10 : n == 130 ? 0x11 : 0x18;
+        uint32_t len = make_packet(pkt, LB_PROTO_TCP, 0xc0000464u, 4000, 80, flags);
+        bad |= process_checked(lb, pkt, len, now++);
+        uint32_t cursor = 0;
+        int got = lb_conn_dump_sync_changes(lb, now, info, 128, &cursor);
+        for (int i = 0; i < got; i++)
+            if ((info[i].flags & LB_CONN_F_SYNC_WANT) && n_chosen < 8)
+                chosen[n_chosen++] = n;
+    }
+    /* Off for packets 1..5; counted from the master's start (packet 6 is the 1st): 8, 58, 108, and
+     * the FIN (130: CLOSE_WAIT, a new closing state). */
+    bad |= check(n_chosen == 4 && chosen[0] == 8 && chosen[1] == 58 && chosen[2] == 108 && chosen[3] == 130,
+                 "the sync rule chooses packets 8, 58, 108 and the FIN");
+    lb_free(lb);
+    return bad;
+}
+
 static int locality_churn(long n)
 {
     lb_t *lb = new_lb();
@@ -719,10 +719,7 @@ static int locality_churn(long n)
         uint16_t port = (uint16_t)(LOC_PORT + k % 3);
         uint32_t len = make_packet(pkt, LB_PROTO_TCP, 0xc0000200u + (uint32_t)(k % 200), (uint16_t)(1000 + k % 60000),
                                    port, 0x02);
-        uint32_t daddr_n = lb_htonl(0x0a400000u + (uint32_t)k); /* 10.64.0.0 + k: a new key each time */
-        memcpy(pkt + 16, &daddr_n, 4);
-        lb_put16(pkt + 10, 0);
-        lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+        set_ip_addr(pkt, 16, 0x0a400000u + (uint32_t)k); /* 10.64.0.0 + k: a new key each time */
         bad |= probe_checked(lb, pkt, len, now);
         if (k % 97 == 0 && (k % 1009 < 10 || k % 1009 > 400)) { /* a connection to the VIP (not to RS3) */
             len = make_packet(pkt, LB_PROTO_TCP, 0xc0000300u + (uint32_t)(k % 50), (uint16_t)(1000 + k % 60000), port,
@@ -736,10 +733,7 @@ static int locality_churn(long n)
         if (k % 1009 == 400) { /* ... until it goes: entries hold the only references left to it */
             lb_dest_del(lb, LB_PROTO_TCP, VIP, port, RS3, 80);
             for (long j = k - 60; j < k; j++) { /* their addresses again: RS3 is deleted, not freed */
-                uint32_t old_n = lb_htonl(0x0a400000u + (uint32_t)j);
-                memcpy(pkt + 16, &old_n, 4);
-                lb_put16(pkt + 10, 0);
-                lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+                set_ip_addr(pkt, 16, 0x0a400000u + (uint32_t)j);
                 bad |= probe_checked(lb, pkt, len, now);
             }
         }
@@ -782,10 +776,7 @@ static int locality_churn(long n)
         }
         for (uint32_t k = 0; k < 300; k++) {
             uint32_t len = make_packet(pkt, LB_PROTO_TCP, 0xc0000200u, (uint16_t)(1000 + k), LOC_PORT, 0x02);
-            uint32_t daddr_n = lb_htonl(0x0a500000u + k * 7 + (uint32_t)j);
-            memcpy(pkt + 16, &daddr_n, 4);
-            lb_put16(pkt + 10, 0);
-            lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+            set_ip_addr(pkt, 16, 0x0a500000u + k * 7 + (uint32_t)j);
             bad |= probe_checked(lb, pkt, len, now);
         }
     }
@@ -812,7 +803,8 @@ static int pressure_churn(long n)
 {
     struct lb_config cfg = {.conn_max = 48, .hash_seed = 11, .lport_min = 2000, .lport_max = 2003};
     lb_t *lb = lb_new(&cfg);
-    if (!lb || setup(lb) != 0)
+    struct lb_sync_conf refresh = {1, 0, 8000, 3, 1}; /* the time rule with retries, persist mode */
+    if (!lb || setup(lb) != 0 || lb_sync_master_set(lb, &refresh, 1) != LB_OK)
         return 1;
     uint8_t pkt[64];
     int bad = 0;
@@ -838,14 +830,11 @@ static int pressure_churn(long n)
                     bad |= check(info[i].slot >= 1 && info[i].slot <= 48, "a change names a slot of the table");
             } while (cursor != 0);
             /* The sync master's own marks (read every other time: each set keeps its own) */
-            if (k % 128 == 0) {
-                do {
-                    int got = lb_conn_dump_sync_changes(lb, now, info, 128, &cursor);
-                    bad |= check(got >= 0, "lb_conn_dump_sync_changes succeeds");
-                    for (int i = 0; i < got; i++)
-                        bad |= check(info[i].slot >= 1 && info[i].slot <= 48, "a sync change names a slot of the table");
-                } while (cursor != 0);
-            }
+            if (k % 128 == 0)
+                bad |= sync_changes_checked(lb, now, 48);
+            if (k % 1024 == 0) /* switch between the kernel's packet rule and the time rule */
+                bad |= check(lb_sync_master_set(lb, (k / 1024) % 2 ? &kernel_sync_defaults : &refresh, 1) == LB_OK,
+                             "lb_sync_master_set takes a valid rule");
             if (k % 4096 == 0)
                 lb_conn_sync_changes_reset(lb);
             cursor = 0;
@@ -920,15 +909,10 @@ static int growth_check(lb_t *lb, long n, long step_deleted, int cleared)
         if (!live || i % 50)
             continue;
         uint32_t len = make_packet(pkt, LB_PROTO_TCP, 0xc0000201u + (uint32_t)i, 40000, 80, 0x02);
-        uint32_t d = lb_htonl(GROW_VIP(i));
-        memcpy(pkt + 16, &d, 4);
-        pkt[10] = pkt[11] = 0;
-        lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+        set_ip_addr(pkt, 16, GROW_VIP(i));
         lb_process(lb, pkt, len, 1000, out_buf, sizeof(out_buf), &act);
         bad |= check(act.reason == LB_R_FORWARDED, "growth: a SYN to a service is forwarded");
-        memcpy(pkt + 12, &d, 4); /* from the VIP itself: a local source */
-        pkt[10] = pkt[11] = 0;
-        lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+        set_ip_addr(pkt, 12, GROW_VIP(i)); /* from the VIP itself: a local source */
         lb_process(lb, pkt, len, 1000, out_buf, sizeof(out_buf), &act);
         bad |= check(act.reason == LB_R_LOCAL_SRC, "growth: a SYN from a VIP is a local source");
     }
@@ -947,18 +931,9 @@ static int growth_churn(long n)
         exit(2);
     uint32_t nhosts = 0;
     for (long i = 0; i < n; i++) {
-        struct lb_svc_conf s;
-        struct lb_dest_conf d = {.addr = RS1, .port = 80, .fwd = LB_FWD_ROUTE, .weight = 1};
-        struct lb_fwd_conf f;
-        memset(&s, 0, sizeof(s));
-        s.proto = LB_PROTO_TCP;
-        s.addr = GROW_VIP(i);
-        s.port = 80;
-        strcpy(s.sched, "rr");
-        bad |= check(lb_svc_add(lb, &s) == LB_OK, "growth: add a service");
-        bad |= check(lb_dest_add(lb, LB_PROTO_TCP, s.addr, 80, &d) == LB_OK, "growth: add its destination");
-        fwd_for(&f, 0x10);
-        bad |= check(lb_dest_set_fwd(lb, LB_PROTO_TCP, s.addr, 80, RS1, 80, &f) == LB_OK, "growth: its forwarding");
+        bad |= check(svc_add(lb, LB_PROTO_TCP, GROW_VIP(i), 80, "rr", 0, 0) == LB_OK, "growth: add a service");
+        bad |= check(dest_add(lb, LB_PROTO_TCP, GROW_VIP(i), 80, RS1, 80, LB_FWD_ROUTE, 1, 0x10) == LB_OK,
+                     "growth: add its destination with its forwarding");
         if (i % 97 == 0) { /* the host set: some VIPs too, replaced whole while the table grows */
             hosts[nhosts++] = GROW_VIP(i);
             bad |= check(lb_local_addrs_set(lb, hosts, nhosts) == LB_OK, "growth: set the host addresses");
@@ -1009,16 +984,10 @@ static int cmd_churn(long rounds)
         d.l_threshold = 0;
         lb_dest_edit(lb, LB_PROTO_TCP, VIP, 81, &d);
         if (r % 7 == 0) {
-            struct lb_svc_conf s = {.proto = LB_PROTO_TCP, .addr = VIP, .port = 81};
-            strcpy(s.sched, "wlc");
             lb_svc_del(lb, LB_PROTO_TCP, VIP, 81);
-            lb_svc_add(lb, &s);
-            for (uint32_t j = 0; j < 2; j++) {
-                struct lb_dest_conf dj = {.addr = RS1 + j, .port = 80, .fwd = LB_FWD_TUNNEL, .weight = 1};
-                lb_dest_add(lb, LB_PROTO_TCP, VIP, 81, &dj);
-                fwd_for(&f, (uint8_t)j);
-                lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 81, dj.addr, 80, &f);
-            }
+            svc_add(lb, LB_PROTO_TCP, VIP, 81, "wlc", 0, 0);
+            for (uint32_t j = 0; j < 2; j++)
+                dest_add(lb, LB_PROTO_TCP, VIP, 81, RS1 + j, 80, LB_FWD_TUNNEL, 1, (uint8_t)j);
         }
         if (r % 3 == 1) {
             /* Switch the tunnel service's scheduler (keeps its destinations and connections). */
@@ -1069,10 +1038,7 @@ static int cmd_churn(long rounds)
             uint32_t len = make_packet(pkt, LB_PROTO_TCP, client, cport, NAT_PORT, k == 3 ? 0x04 : 0x02);
             bad |= process_checked(lb, pkt, len, now);
             len = make_packet(pkt, LB_PROTO_TCP, BRS1 + (uint32_t)(k & 1), NAT_RPORT, cport, k & 2 ? 0x11 : 0x12);
-            uint32_t client_n = lb_htonl(client);
-            memcpy(pkt + 16, &client_n, 4); /* to the client: the reply tuple */
-            lb_put16(pkt + 10, 0);
-            lb_put16(pkt + 10, lb_ip_csum(pkt, 20));
+            set_ip_addr(pkt, 16, client); /* to the client: the reply tuple */
             bad |= process_checked(lb, pkt, len, now);
         }
         now += 37;
@@ -1094,6 +1060,7 @@ static int cmd_churn(long rounds)
     bad |= check(rounds < 10 || counts[LB_R_L2_QUEUED] > 0, "churn holds packets for unresolved destinations");
     lb_free(lb);
     bad |= locality_churn(rounds * 15);
+    bad |= sync_rule_check();
     bad |= pressure_churn(rounds * 4);
     bad |= growth_churn(512 + rounds); /* past 256 services and VIPs: both hashes grow */
     printf("churned %ld rounds: %s\n", rounds, bad ? "FAILED" : "ok");

@@ -163,6 +163,17 @@ def scenario_vips(scn: Scenario, vals: dict[str, str]) -> tuple[str, ...]:
     return tuple(vals[name] for name in scn.vip_names)
 
 
+def packets_sent(host: Any) -> int | None:
+    """The IP packets `host`'s namespace has sent (Ip OutRequests of its /proc/net/snmp): compared
+    across the two systems' plays, it tells a client retransmission from a director's miscount."""
+    r = host.exec(["cat", "/proc/net/snmp"], check=False)
+    lines = [line.split() for line in r.stdout.splitlines() if line.startswith("Ip:")]
+    if r.returncode != 0 or len(lines) < 2 or "OutRequests" not in lines[0]:
+        return None
+    value = lines[1][lines[0].index("OutRequests")]
+    return int(value) if value.isdigit() else None
+
+
 class Player:
     """Plays one scenario on one system; its records go to `out`."""
 
@@ -180,6 +191,7 @@ class Player:
         self.held: dict[str, list[Flow]] = {}
         self.records: list[dict[str, Any]] = []
         self.notes: list[str] = []
+        self.client_sent: int | None = None  # IP packets the clients sent during play()
 
     def text(self, template: str) -> str:
         return template.format(**self.vals)
@@ -194,6 +206,7 @@ class Player:
         marks = [shlex.split(self.text(m)) for m in self.scn.marks]
         for words in reversed(marks):  # at the top, in the scenario's order: before any jump of lbd's
             director.exec(["iptables", "-t", "mangle", "-I", "PREROUTING", "1", *words])
+        sent_before = packets_sent(self.topo.client)
         try:
             self.admin_record("ADMIN -C", self.system.admin(["-C"]))
             if self.scn.rules:
@@ -206,6 +219,9 @@ class Player:
                     for f in flows:
                         close_tcp(f)
         finally:
+            sent_after = packets_sent(self.topo.client)
+            if sent_before is not None and sent_after is not None:
+                self.client_sent = sent_after - sent_before
             for words in marks:
                 director.exec(["iptables", "-t", "mangle", "-D", "PREROUTING", *words], check=False)
 
@@ -379,6 +395,7 @@ def play_one(scn: Scenario, index: int, system: System, topo: Topology,
             player.play()
         finally:
             entry["records"], entry["notes"] = player.records, entry["notes"] + player.notes
+            entry["client_sent"] = player.client_sent
     except Exception as exc:  # noqa: BLE001 - recorded; the other system still plays
         entry["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
     entry["seconds"] = round(time.monotonic() - t, 1)

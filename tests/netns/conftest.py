@@ -9,8 +9,10 @@
   through `lbd.lbadm(...)`. Its finalizer sends SIGTERM, expects exit 0 and
   asserts that no iptables rule or chain is left in the director namespace.
   `running_lbd(topo, engine, env)` does the same for a module's own topology.
+- `udp_responders` (each real server of a DR topology answering UDP on the VIP; more of the
+  kind in netns_traffic.py).
 - Shared test bodies: `churn_other_services` (changes on other ports of the VIP),
-  `exchange_through_churn` (held connections exchanging while that goes on),
+  `held_connections_through_churn` (held connections exchanging while that goes on),
   `udp_until_refused` (a client's datagrams until ICMP port unreachable reaches its socket).
 
 Everything runs inside namespaces named with this run's `lbB<token>` prefix;
@@ -26,7 +28,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -144,33 +145,16 @@ def parse_ln(text: str) -> list[LnService]:
 
 @pytest.fixture(scope="session")
 def topo() -> Iterator[Topology]:
+    from netns_traffic import serve_http
+
     logdir = Path(tempfile.mkdtemp(prefix="lbB-httpd-"))
     try:
-        yield from _topology_with_httpds(logdir)
+        with Topology(dr_spec(N_REAL)) as t:
+            # Each real server must answer on its own address before any test starts.
+            serve_http(t, (HTTP_PORT,), t.client, logdir)
+            yield t
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
-
-
-def _topology_with_httpds(logdir: Path) -> Iterator[Topology]:
-    with Topology(dr_spec(N_REAL)) as t:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        for rs in t.reals:
-            log = open(logdir / f"{rs.name}.log", "w")
-            rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name,
-                      "--port", str(HTTP_PORT)], stdout=log, stderr=subprocess.STDOUT, env=env)
-            log.close()
-        # Each real server must answer on its own address before any test starts.
-        deadline = time.monotonic() + 15.0
-        for rs in t.reals:
-            while True:
-                reply = client.get_once(t.client.netns, rs.addr, HTTP_PORT, timeout=2.0)
-                if reply.ok and reply.server == rs.name:
-                    break
-                if time.monotonic() > deadline:
-                    tail = (logdir / f"{rs.name}.log").read_text()[-2000:]
-                    raise RuntimeError(f"httpd on {rs} not answering: {reply}; log:\n{tail}")
-                time.sleep(0.1)
-        yield t
 
 
 # --------------------------------------------------------------------------- lbd
@@ -446,6 +430,29 @@ class HttpHelper:
         return client.Hold(self.netns, self.vip, self.port, seconds=seconds)
 
 
+# --------------------------------------------------------------------------- keepalived
+
+
+@pytest.fixture(scope="module")
+def ka_problem() -> None:
+    """Skips the module's keepalived tests when keepalived cannot run here (the precise reason)."""
+    from lb.testbed.keepalived import keepalived_problem
+
+    problem = keepalived_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.fixture
+def keepalived() -> Iterator[list[Any]]:
+    """lb.testbed.keepalived.Keepalived instances a test starts; each is SIGKILLed if still running
+    and its files removed."""
+    started: list[Any] = []
+    yield started
+    for ka in started:
+        ka.cleanup()
+
+
 # --------------------------------------------------------------------------- UDP responders
 
 
@@ -453,15 +460,10 @@ class HttpHelper:
 def udp_responders(topo: Topology, port: int) -> Iterator[None]:
     """A UDP responder on VIP:`port` in each real server of a DR topology (the VIP is local there),
     answering with the server's name; closed on exit."""
-    from conformance.traffic import RealServers
+    from netns_traffic import answering
 
-    servers = RealServers()
-    try:
-        for rs in topo.reals:
-            servers.serve(rs.netns, rs.name, topo.vip, port, tcp=False)
+    with answering(topo.reals, ((topo.vip, port),), tcp=False):
         yield
-    finally:
-        servers.close()
 
 
 # --------------------------------------------------------------------------- other services' churn
@@ -518,28 +520,50 @@ def churn_other_services(lbd: Lbd, vip: str, rips: list[str], fwd: str, ports: t
     return done
 
 
-def exchange_through_churn(kas: list[client.KeepAlive], holds: list[client.Hold], hold_s: int,
-                           churn: Callable[[Callable[[], None]], int]) -> tuple[int, float, Counter[str]]:
-    """While `churn(between)` changes other services (calling between() after each change), every
-    keep-alive connection of `kas` answers a request after each change, from the same real server,
-    and the started `holds` receive their `hold_s` seconds unbroken. Returns (changes made, seconds
-    taken, requests exchanged per server)."""
+def held_connections_through_churn(lbd: Lbd, topo: Topology, port: int, churn: Callable[[Callable[[], None]], int],
+                                   what: str) -> None:
+    """Long-lived connections to VIP:`port`, one keep-alive per real server and two 12 s holds,
+    while `churn(between)` changes other services (calling between() after each change): every
+    keep-alive answers a request after each change, from the same real server, the holds receive
+    their seconds unbroken, and at least 35 changes are made. Then VIP:`port` is the only service
+    left and spreads 9 new connections evenly. `what` names the connections in the printed summary."""
+    hold_s = 12
+    netns, vip = topo.client.netns, topo.vip
+    kas = [client.KeepAlive(netns, vip, port) for _ in topo.reals]
+    holds: list[client.Hold] = []
     exchanges: Counter[str] = Counter()
-    start = time.monotonic()
+    try:
+        first = [ka.get() for ka in kas]
+        assert all(r.ok for r in first), first
+        assert sorted(str(ka.server) for ka in kas) == sorted(rs.name for rs in topo.reals)
+        holds = [client.Hold(netns, vip, port, seconds=hold_s).start() for _ in range(2)]
+        start = time.monotonic()
 
-    def exchange() -> None:
+        def exchange() -> None:
+            for ka in kas:
+                r = ka.get(timeout=3.0)
+                assert r.ok and r.server == ka.server, (
+                    f"held connection to {ka.server} broke after {time.monotonic() - start:.1f}s: {r}")
+                exchanges[str(ka.server)] += 1
+
+        changes = churn(exchange)
+        for h in holds:
+            assert h.join(hold_s + 10.0), "hold did not finish"
+            assert h.error is None and h.received == hold_s, (h.server, h.received, h.error)
+        exchange()
+        print(f"\n{changes} changes to other services in {time.monotonic() - start:.1f}s; "
+              f"held {what} exchanged {dict(exchanges)} requests meanwhile")
+        assert changes >= 35
+    finally:
+        for h in holds:
+            h.close()
         for ka in kas:
-            r = ka.get(timeout=3.0)
-            assert r.ok and r.server == ka.server, (
-                f"held connection to {ka.server} broke after {time.monotonic() - start:.1f}s: {r}")
-            exchanges[str(ka.server)] += 1
-
-    changes = churn(exchange)
-    for h in holds:
-        assert h.join(hold_s + 10.0), "hold did not finish"
-        assert h.error is None and h.received == hold_s, (h.server, h.received, h.error)
-    exchange()
-    return changes, time.monotonic() - start, exchanges
+            ka.close()
+    # The service under test is untouched and still spreads new connections evenly.
+    services = parse_ln(lbd.lbadm("-Ln").stdout)
+    assert [(s.proto, s.port) for s in services] == [("TCP", port)], services
+    got = Counter(r.server for r in client.fresh_gets(netns, vip, port, 9) if r.ok)
+    assert got == {rs.name: 3 for rs in topo.reals}, got
 
 
 # --------------------------------------------------------------------------- ICMP errors back to the client

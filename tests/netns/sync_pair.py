@@ -1,27 +1,39 @@
 """Two lbd directors on one topology, for the connection-sync tests (test_sync*.py and the
-keepalived sync tests): the real servers' test httpd, an lbd on the hosts "da" and "db" with the
-same configuration, and the teardown (lbd killed by PID, its iptables chains removed).
+keepalived tests with two directors): their topology, the real servers' test httpd, an lbd on the
+hosts "da" and "db" with the same configuration, and the teardown (lbd killed by PID, its iptables
+chains removed).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from conftest import REPO, Lbd
+import netns_traffic
+from conftest import Lbd
 
-from lb.testbed import client
-from lb.testbed.topology import Host, Topology
+from lb.testbed.topology import (
+    CLIENT_INDEX,
+    DIRECTOR_INDEX,
+    REAL_BASE_INDEX,
+    VIP_INDEX,
+    Host,
+    HostSpec,
+    LinkSpec,
+    SegmentSpec,
+    Topology,
+    TopologySpec,
+)
 
 T = TypeVar("T")
+
+N_CONNS = 20  # established connections per service (or kind) that a sync test carries over
+LIP_INDEX = 5  # FULLNAT: the floating local address on "back", the real servers' default route
 
 
 class LbdOn(Lbd):
@@ -35,6 +47,35 @@ class LbdOn(Lbd):
     def director(self) -> Host:
         return self._host
 
+    def start_sync_daemon(self, state: str, syncid: int) -> None:
+        """`lbadm --start-daemon STATE` (master or backup) on the host's first link, the segment
+        the directors share."""
+        self.lbadm("--start-daemon", state, "--mcast-interface", self.director.ifname, "--syncid", str(syncid))
+
+
+def pair_spec(fullnat: bool = False, directors: tuple[str, str] = ("da", "db"), vip_on_first: bool = True) -> TopologySpec:
+    """The topology of two directors: client .50, the directors .2 and .3 on "lan" (the first holding
+    the VIP unless not vip_on_first: keepalived's to place), two real servers (.11/.12). DR
+    (default): rs1 and rs2 on "lan", the VIP on their loopback. FULLNAT: f1 and f2 on "back" with
+    the directors (.1 and .2), their default route the local address LIP_INDEX (on neither director
+    yet)."""
+    def back(index: int) -> tuple[LinkSpec, ...]:
+        return (LinkSpec("back", index),) if fullnat else ()
+
+    hosts = [
+        HostSpec("client", (LinkSpec("lan", CLIENT_INDEX),), role="client"),
+        HostSpec(directors[0], (LinkSpec("lan", DIRECTOR_INDEX), *back(1)), role="director",
+                 vips=(VIP_INDEX,) if vip_on_first else ()),
+        HostSpec(directors[1], (LinkSpec("lan", DIRECTOR_INDEX + 1), *back(2)), role="director"),
+    ]
+    if fullnat:
+        hosts += [HostSpec(f"f{i}", (LinkSpec("back", REAL_BASE_INDEX + i),), role="real", gateway=("back", LIP_INDEX))
+                  for i in (1, 2)]
+    else:
+        hosts += [HostSpec(f"rs{i}", (LinkSpec("lan", REAL_BASE_INDEX + i),), role="real", vips=(VIP_INDEX,))
+                  for i in (1, 2)]
+    segments = (SegmentSpec("lan"), SegmentSpec("back")) if fullnat else (SegmentSpec("lan"),)
+    return TopologySpec(segments=segments, hosts=tuple(hosts))
 
 def wait_until(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
     """Poll `predicate` until it returns something true; AssertionError naming `what` after `timeout` s."""
@@ -49,18 +90,8 @@ def wait_until(predicate: Callable[[], T | None], timeout: float, what: str) -> 
 
 
 def serve_http(topo: Topology, log_prefix: str, ports: Iterable[int], probe_from: Host) -> None:
-    """The test httpd on every real server and port (logs in a fresh directory named by
-    log_prefix), then wait until `probe_from` gets an answer from each."""
-    logdir = Path(tempfile.mkdtemp(prefix=log_prefix))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    ports = tuple(ports)
-    for rs in topo.reals:
-        for port in ports:
-            with open(logdir / f"{rs.name}-{port}.log", "w") as log:
-                rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(port)],
-                         stdout=log, stderr=subprocess.STDOUT, env=env)
-    for port in ports:
-        client.wait_serving(probe_from.netns, {rs.addr: rs.name for rs in topo.reals}, port)
+    """netns_traffic.serve_http with its logs in a fresh directory named by log_prefix."""
+    netns_traffic.serve_http(topo, ports, probe_from, Path(tempfile.mkdtemp(prefix=log_prefix)))
 
 
 @contextlib.contextmanager

@@ -13,18 +13,14 @@ Local addresses are added with the control operation `add_laddr` when
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Lbd, churn_other_services, exchange_through_churn, parse_ln, running_lbd, udp_until_refused
+from conftest import Lbd, churn_other_services, held_connections_through_churn, parse_ln, running_lbd, udp_until_refused
+from netns_traffic import serve_http
 
 from lb.testbed import client
 from lb.testbed.pcap import Capture
@@ -45,15 +41,7 @@ def ftopo() -> Iterator[Topology]:
         d = t.director
         back = d.iface("back")
         d.ip("addr", "add", f"{t.addr('back', LIP2_INDEX)}/24", "dev", back.ifname)
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        for rs in t.reals:
-            rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(PORT)],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 15.0
-        for rs in t.reals:  # each httpd answers its own address (from the director)
-            while not _director_get(t, rs.addr):
-                assert time.monotonic() < deadline, f"httpd in {rs.name} not answering"
-                time.sleep(0.1)
+        serve_http(t, (PORT,), d)  # each httpd answers its own address (from the director)
         yield t
 
 
@@ -198,30 +186,10 @@ def test_fullnat_udp_icmp_port_unreachable_reaches_client(flbd: Lbd, ftopo: Topo
 def test_fullnat_held_connections_survive_other_services(flbd: Lbd, ftopo: Topology) -> None:
     t = ftopo
     fullnat_service(flbd, t)
-    hold_s = 12
-    kas = [client.KeepAlive(t.client.netns, t.vip, PORT) for _ in t.reals]
-    holds: list[client.Hold] = []
-    try:
-        assert all(ka.get().ok for ka in kas)
-        assert sorted(str(ka.server) for ka in kas) == sorted(rs.name for rs in t.reals)
-        holds = [client.Hold(t.client.netns, t.vip, PORT, seconds=hold_s).start() for _ in range(2)]
-        rips = [rs.addr for rs in t.reals]
+    rips = [rs.addr for rs in t.reals]
 
-        def churn(between: Callable[[], None]) -> int:
-            changes = churn_other_services(flbd, t.vip, rips, "-b", OTHER_PORTS, laddrs=tuple(lips(t)),
-                                           between=between)
-            return changes + churn_other_services(flbd, t.vip, rips[:2], "-i", (OTHER_PORTS[-1] + 1,), between=between)
+    def churn(between: Callable[[], None]) -> int:
+        changes = churn_other_services(flbd, t.vip, rips, "-b", OTHER_PORTS, laddrs=tuple(lips(t)), between=between)
+        return changes + churn_other_services(flbd, t.vip, rips[:2], "-i", (OTHER_PORTS[-1] + 1,), between=between)
 
-        changes, took, exchanges = exchange_through_churn(kas, holds, hold_s, churn)
-        print(f"\n{changes} changes to other services in {took:.1f}s; "
-              f"held FULLNAT connections exchanged {dict(exchanges)} requests meanwhile")
-        assert changes >= 35
-    finally:
-        for h in holds:
-            h.close()
-        for ka in kas:
-            ka.close()
-    services = parse_ln(flbd.lbadm("-Ln").stdout)
-    assert [(s.proto, s.port) for s in services] == [("TCP", PORT)], services
-    got = Counter(r.server for r in client.fresh_gets(t.client.netns, t.vip, PORT, 9) if r.ok)
-    assert got == {rs.name: 3 for rs in t.reals}, got
+    held_connections_through_churn(flbd, t, PORT, churn, "FULLNAT connections")

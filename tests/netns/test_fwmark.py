@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from netns_traffic import answering, flow_outcome, mangle_prerouting
 
-from conformance.traffic import Flow, RealServers, close_tcp, open_tcp, udp_exchange
 from lb.testbed.topology import Topology
 
 if TYPE_CHECKING:  # fixtures' types only
@@ -44,14 +44,8 @@ def vip2(topo: Topology) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def servers(topo: Topology, vip2: str) -> Iterator[None]:
-    rs = RealServers()
-    try:
-        for host in topo.reals:
-            rs.serve(host.netns, host.name, topo.vip, PORT1, tcp=True)
-            rs.serve(host.netns, host.name, vip2, PORT2, tcp=True)
+    with answering(topo.reals, [(topo.vip, PORT1), (vip2, PORT2)], tcp=True):
         yield
-    finally:
-        rs.close()
 
 
 def operator_rules(vip: str, vip2: str) -> list[list[str]]:
@@ -64,27 +58,16 @@ def operator_rules(vip: str, vip2: str) -> list[list[str]]:
 @pytest.fixture
 def marked(topo: Topology, vip2: str) -> Iterator[None]:
     """The operator's MARK rules, added before lbd's first fwmark service appends its jump."""
-    rules = operator_rules(topo.vip, vip2)
-    for r in rules:
-        topo.director.exec(["iptables", "-t", "mangle", "-A", "PREROUTING", *r])
-    try:
+    with mangle_prerouting(topo.director, operator_rules(topo.vip, vip2)):
         yield
-    finally:
-        for r in rules:
-            topo.director.exec(["iptables", "-t", "mangle", "-D", "PREROUTING", *r], check=False)
 
 
 def tcp_to(topo: Topology, vip: str, sport: int, port: int) -> str:
-    flow = Flow(client="client", addr=topo.client.addr, port=sport)
-    open_tcp(topo.client.netns, flow, vip, port)
-    close_tcp(flow)
-    return flow.outcome
+    return flow_outcome(topo, "tcp", vip, port, sport)
 
 
 def udp_to(topo: Topology, vip: str, sport: int, port: int) -> str:
-    flow = Flow(client="client", addr=topo.client.addr, port=sport)
-    udp_exchange(topo.client.netns, flow, vip, port)
-    return flow.outcome
+    return flow_outcome(topo, "udp", vip, port, sport)
 
 
 def mangle(topo: Topology) -> list[str]:
@@ -121,14 +104,11 @@ def test_two_vips_one_persistent_fwmark_service(lbd: Lbd, topo: Topology, vip2: 
     # services moves lbd's jump (its own rule only) back to the end.
     late = ["-d", f"{topo.vip}/32", "-p", "tcp", "-m", "tcp", "--dport", "8403", "-j", "MARK", "--set-xmark",
             "0x8/0xffffffff"]
-    topo.director.exec(["iptables", "-t", "mangle", "-A", "PREROUTING", *late])
-    try:
+    with mangle_prerouting(topo.director, [late]):
         lbd.lbadm("-A", "-f", "8", "-s", "rr")
         pre = [r for r in mangle(topo) if r.startswith("-A PREROUTING")]
         assert "LBD-Q0-MARK" in pre[-1] and sum("LBD-Q0-MARK" in r for r in pre) == 1, pre
         assert any("--mark 0x8 -j NFQUEUE" in r for r in mangle(topo))
-    finally:
-        topo.director.exec(["iptables", "-t", "mangle", "-D", "PREROUTING", *late], check=False)
 
     lbd.lbadm("-D", "-f", str(MARK))
     lbd.lbadm("-D", "-f", "8")

@@ -9,6 +9,7 @@ times the checkers' delay_loop of 1 s.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ import pytest
 from conftest import Lbd, parse_ln, running_lbd
 
 from lb.testbed.ipip_decap import start_in
-from lb.testbed.keepalived import EVENT_TIMEOUT_S, PORT, Keepalived, RealServers, keepalived_problem, listing, served_by, wait_for
+from lb.testbed.keepalived import EVENT_TIMEOUT_S, PORT, Keepalived, RealServers, listing, served_by, wait_for
 from lb.testbed.topology import Topology
 
 pytestmark = pytest.mark.netns
@@ -58,13 +59,6 @@ virtual_server {vip} {PORT} {{
 """
 
 
-@pytest.fixture(scope="module")
-def ka_problem() -> None:
-    problem = keepalived_problem()
-    if problem:
-        pytest.skip(problem)
-
-
 @pytest.fixture
 def ka_lbd(topo: Topology, ka_problem: None) -> Iterator[Lbd]:
     with running_lbd(topo, "c") as d:
@@ -80,19 +74,29 @@ def reals(topo: Topology) -> Iterator[RealServers]:
         servers.stop_all()
 
 
-@pytest.fixture
-def keepalived(topo: Topology) -> Iterator[list[Keepalived]]:
-    """Keepalived instances a test starts; each is SIGKILLed if still running and its files removed."""
-    started: list[Keepalived] = []
-    yield started
-    for ka in started:
-        ka.cleanup()
-
-
 def _start(topo: Topology, lbd: Lbd, config: str, started: list[Keepalived], wait_s: int | None = None) -> Keepalived:
     ka = Keepalived(topo, topo.director, lbd.socket, config, wait_s=wait_s)
     started.append(ka)
     return ka.start()
+
+
+@contextlib.contextmanager
+def own_lbd(topo: Topology) -> Iterator[Lbd]:
+    """An lbd the test starts and stops itself; killed (by PID) if still running at the end, its
+    files removed."""
+    lbd = Lbd(topo, "c")
+    try:
+        yield lbd
+    finally:
+        if lbd.running():
+            lbd.stop(signal.SIGKILL)
+        lbd.cleanup()
+
+
+def stop_leaves_nothing(ka: Keepalived, lbd: Lbd) -> None:
+    """keepalived stops (exit 0) and its shutdown takes its virtual servers out of lbd."""
+    assert ka.stop() == 0, ka.log()
+    assert listing(lbd.lbadm) == {}, "keepalived's shutdown leaves its virtual server behind"
 
 
 def _diag(lbd: Lbd, ka: Keepalived) -> Callable[[], str]:
@@ -132,8 +136,7 @@ def test_checker_takes_a_dead_real_server_out_and_back(topo: Topology, ka_lbd: L
     _weights_become(ka_lbd, ka, topo.vip, everyone)
     _traffic_becomes(topo, ka_lbd, ka, {r.name for r in rs})
 
-    assert ka.stop() == 0, ka.log()
-    assert listing(ka_lbd.lbadm) == {}, "keepalived's shutdown leaves its virtual server behind"
+    stop_leaves_nothing(ka, ka_lbd)
 
 
 def test_misc_check_with_inhibit_on_failure_sets_weight_zero_under_wlc(
@@ -160,8 +163,7 @@ def test_misc_check_with_inhibit_on_failure_sets_weight_zero_under_wlc(
     reals.start(rs[1].name)
     _weights_become(ka_lbd, ka, topo.vip, {r.addr: 2 for r in rs})
     _traffic_becomes(topo, ka_lbd, ka, {r.name for r in rs})
-    assert ka.stop() == 0, ka.log()
-    assert listing(ka_lbd.lbadm) == {}
+    stop_leaves_nothing(ka, ka_lbd)
 
 
 def test_quorum_lost_hands_the_service_to_the_sorry_server(
@@ -183,16 +185,14 @@ def test_quorum_lost_hands_the_service_to_the_sorry_server(
     reals.start(rs1.name)
     _weights_become(ka_lbd, ka, topo.vip, {rs1.addr: 1, rs2.addr: 1})
     _traffic_becomes(topo, ka_lbd, ka, {rs1.name, rs2.name})
-    assert ka.stop() == 0, ka.log()
-    assert listing(ka_lbd.lbadm) == {}
+    stop_leaves_nothing(ka, ka_lbd)
 
 
 def test_keepalived_started_before_lbd_configures_it_once_lbd_is_up(
         topo: Topology, ka_problem: None, reals: RealServers, keepalived: list[Keepalived]) -> None:
     # keepalived gives up on IPVS for its whole life if its first call fails: the preload library
     # waits for lbd's socket (lbd-exec --wait) instead. lbd comes up a few seconds later here.
-    lbd = Lbd(topo, "c")
-    try:
+    with own_lbd(topo) as lbd:
         conf = GLOBAL + _virtual_server(topo.vip, "".join(_real(r.addr, TCP_CHECK) for r in topo.reals))
         ka = _start(topo, lbd, conf, keepalived, wait_s=60)
         time.sleep(LBD_LATE_S)
@@ -202,14 +202,9 @@ def test_keepalived_started_before_lbd_configures_it_once_lbd_is_up(
         _weights_become(lbd, ka, topo.vip, {r.addr: 1 for r in topo.reals})
         _traffic_becomes(topo, lbd, ka, {r.name for r in topo.reals})
         assert "Can't initialize ipvs" not in ka.log(100_000)
-        assert ka.stop() == 0, ka.log()
-        assert listing(lbd.lbadm) == {}
+        stop_leaves_nothing(ka, lbd)
         assert lbd.stop() == 0, lbd.log_tail()
         assert lbd.iptables_leftovers() == []
-    finally:
-        if lbd.running():
-            lbd.stop(signal.SIGKILL)
-        lbd.cleanup()
 
 
 def test_lb_kind_tun_sends_through_ipip_and_follows_a_dead_server(
@@ -227,8 +222,7 @@ def test_lb_kind_tun_sends_through_ipip_and_follows_a_dead_server(
         reals.kill(rs[2].name)
         _weights_become(ka_lbd, ka, topo.vip, {r.addr: 1 for r in rs[:2]})
         _traffic_becomes(topo, ka_lbd, ka, {r.name for r in rs[:2]})
-        assert ka.stop() == 0, ka.log()
-        assert listing(ka_lbd.lbadm) == {}
+        stop_leaves_nothing(ka, ka_lbd)
     finally:
         for p in decaps:
             topo.stop_process(p)
@@ -267,8 +261,7 @@ def test_reload_applies_the_changed_configuration(topo: Topology, ka_lbd: Lbd, r
     _weights_become(ka_lbd, ka, topo.vip, {rs2.addr: 3, rs3.addr: 1})
     assert ka_lbd.lbadm("-Ln").stdout.splitlines()[3] == f"TCP  {topo.vip}:{PORT} wlc"
     _traffic_becomes(topo, ka_lbd, ka, {rs2.name, rs3.name})
-    assert ka.stop() == 0, ka.log()
-    assert listing(ka_lbd.lbadm) == {}
+    stop_leaves_nothing(ka, ka_lbd)
 
 
 def test_lbd_restarted_under_keepalived_keeps_taking_its_orders(topo: Topology, ka_problem: None,
@@ -276,8 +269,7 @@ def test_lbd_restarted_under_keepalived_keeps_taking_its_orders(topo: Topology, 
                                                                keepalived: list[Keepalived]) -> None:
     # lbd restores its table from its state file (next to its socket); the preload library opens a
     # new connection on keepalived's next call, so the checker's next change reaches the new lbd.
-    lbd = Lbd(topo, "c")
-    try:
+    with own_lbd(topo) as lbd:
         lbd.start()
         rs = topo.reals
         conf = GLOBAL + _virtual_server(topo.vip, "".join(_real(r.addr, TCP_CHECK) for r in rs))
@@ -291,11 +283,6 @@ def test_lbd_restarted_under_keepalived_keeps_taking_its_orders(topo: Topology, 
         _traffic_becomes(topo, lbd, ka, {r.name for r in rs[1:]})
         reals.start(rs[0].name)
         _weights_become(lbd, ka, topo.vip, {r.addr: 1 for r in rs})
-        assert ka.stop() == 0, ka.log()
-        assert listing(lbd.lbadm) == {}
+        stop_leaves_nothing(ka, lbd)
         assert lbd.stop() == 0, lbd.log_tail()
         assert lbd.iptables_leftovers() == []
-    finally:
-        if lbd.running():
-            lbd.stop(signal.SIGKILL)
-        lbd.cleanup()

@@ -4,7 +4,9 @@ lbd-exec: IP_VS_SO_SET_STARTDAEMON/STOPDAEMON reach lbd through the preload libr
 runs the sync master where VRRP is MASTER and the backup elsewhere; 20 established connections
 through d1 are listed by d2's lbd; d1's keepalived is killed by PID, VRRP moves the VIP to d2 (its
 gratuitous ARP is all the client learns), d2's keepalived switches d2 to sync master, and the
-connections keep exchanging data with their original real servers through d2.
+connections keep exchanging data with their original real servers through d2. Then d1's keepalived
+is started again: VRRP preemption gives d1 the VIP back, keepalived makes it sync master again and
+d2 backup, and the connections go on through d1, with the same real servers.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ import signal
 from collections.abc import Callable, Iterator
 
 import pytest
+from sync_pair import N_CONNS, LbdOn
 from test_keepalived_vrrp import (  # type: ignore[import-not-found]
     DIRECTORS,
     GLOBAL,
-    VRID,
-    DirectorLbd,
     _holds_vip,
-    _virtual_server,
+    _vrrp_config,
     vrrp_spec,
 )
 
@@ -30,34 +31,21 @@ from lb.testbed.topology import VIP_INDEX, Host, Topology
 
 pytestmark = pytest.mark.netns
 
-N_CONNS = 20
 SYNCID = 23
 
 
 def _config(host: Host, vip: str, reals: list[Host], priority: int) -> str:
-    state = "MASTER" if priority > 100 else "BACKUP"
     # lvs_sync_daemon belongs in global_defs: keepalived starts the sync daemon of the VRRP state.
     global_defs = GLOBAL % f"lbKS{host.name}"
     global_defs = global_defs.replace("}\n", f"    lvs_sync_daemon {host.ifname} VI_1 id {SYNCID}\n}}\n", 1)
-    return global_defs + f"""\
-vrrp_instance VI_1 {{
-    state {state}
-    interface {host.ifname}
-    virtual_router_id {VRID}
-    priority {priority}
-    advert_int 1
-    virtual_ipaddress {{
-        {vip}/32 dev {host.ifname}
-    }}
-}}
-""" + _virtual_server(vip, reals, "DR")
+    return _vrrp_config(host, vip, reals, priority, global_defs)
 
 
-def _daemon_states(lbd: DirectorLbd) -> set[str]:
+def _daemon_states(lbd: LbdOn) -> set[str]:
     return {d["state"] for d in lbd.ok("get_daemon")["daemons"] if d["syncid"] == SYNCID}
 
 
-def _tcp_sources(lbd: DirectorLbd) -> set[tuple[str, int]]:
+def _tcp_sources(lbd: LbdOn) -> set[tuple[str, int]]:
     out = set()
     for line in lbd.lbadm("-Lnc").stdout.splitlines()[2:]:
         fields = line.split()
@@ -65,6 +53,11 @@ def _tcp_sources(lbd: DirectorLbd) -> set[tuple[str, int]]:
             caddr, cport = fields[3].rsplit(":", 1)
             out.add((caddr, int(cport)))
     return out
+
+
+def _forwarded(lbd: LbdOn) -> int:
+    """Packets lbd forwarded from clients so far (the service's InPkts)."""
+    return sum(int(svc["stats"]["inpkts"]) for svc in lbd.ok("list")["services"])
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +73,7 @@ def test_keepalived_lvs_sync_daemon_and_vrrp_keep_connections(ktopo: Topology) -
     t = ktopo
     vip = t.addr("lan", VIP_INDEX)
     servers = RealServers(t, t.reals)
-    lbds = {name: DirectorLbd(t, t.host(name)) for name in DIRECTORS}
+    lbds = {name: LbdOn(t, t.host(name)) for name in DIRECTORS}
     kas: dict[str, Keepalived] = {}
     try:
         servers.start_all()
@@ -95,7 +88,7 @@ def test_keepalived_lvs_sync_daemon_and_vrrp_keep_connections(ktopo: Topology) -
                              f"keepalived:\n{kas[n].log(3000)}\nlbd:\n{lbd.log_tail(2000)}" for n, lbd in lbds.items())
 
         everyone = {r.addr: 1 for r in t.reals}
-        def lists_everyone(lbd: DirectorLbd) -> Callable[[], bool | None]:
+        def lists_everyone(lbd: LbdOn) -> Callable[[], bool | None]:
             return lambda: True if listing(lbd.lbadm).get((vip, PORT)) == everyone else None
 
         for lbd in lbds.values():
@@ -124,6 +117,25 @@ def test_keepalived_lvs_sync_daemon_and_vrrp_keep_connections(ktopo: Topology) -
                 reply = conn.get(timeout=5.0)
                 survived += reply.ok and reply.server == conn.server
             assert survived >= N_CONNS - 1, f"{survived} of {N_CONNS} connections survived\n{diag()}"
+
+            # d1 comes back (a new keepalived, priority 150: VRRP preempts): d1 holds the VIP and is
+            # sync master again, d2 goes back to backup, and the connections go on through d1 with
+            # their original real servers.
+            host = t.host("d1")
+            kas["d1"].cleanup()
+            kas["d1"] = Keepalived(t, host, lbds["d1"].socket, _config(host, vip, t.reals, 150), name="d1again").start()
+            wait_for("d1 holds the VIP again, d2 not",
+                     lambda: True if _holds_vip(host, vip) and not _holds_vip(t.host("d2"), vip) else None, diag)
+            wait_for("keepalived made d1 sync master and d2 sync backup again",
+                     lambda: True if "master" in _daemon_states(lbds["d1"]) and _daemon_states(lbds["d2"]) == {"backup"}
+                     else None, diag)
+            before = _forwarded(lbds["d1"])
+            survived = 0
+            for conn in conns:
+                reply = conn.get(timeout=5.0)
+                survived += reply.ok and reply.server == conn.server
+            assert survived >= N_CONNS - 1, f"{survived} of {N_CONNS} connections survived the return to d1\n{diag()}"
+            assert _forwarded(lbds["d1"]) - before >= survived, f"the requests did not go through d1\n{diag()}"
         assert kas["d2"].stop() == 0, kas["d2"].log()
     finally:
         for ka in kas.values():

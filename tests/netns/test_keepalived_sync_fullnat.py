@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from sync_pair import LbdOn
 from test_keepalived_sync import SYNCID, _daemon_states  # type: ignore[import-not-found]
-from test_keepalived_vrrp import GLOBAL, VRID  # type: ignore[import-not-found]
+from test_keepalived_vrrp import GLOBAL, vrrp_instance  # type: ignore[import-not-found]
 from test_sync_failover import _move_and_exchange  # type: ignore[import-not-found]
 from test_sync_fullnat import (  # type: ignore[import-not-found]
     Peers,
@@ -43,19 +43,7 @@ def _config(host: Host, vip: str, lip: str, priority: int) -> str:
     lan, back = host.iface("lan").ifname, host.iface("back").ifname
     global_defs = (GLOBAL % f"lbKF{host.name}").replace(
         "}\n", f"    lvs_sync_daemon {lan} VI_1 id {SYNCID}\n}}\n", 1)
-    return global_defs + f"""\
-vrrp_instance VI_1 {{
-    state {"MASTER" if priority > 100 else "BACKUP"}
-    interface {lan}
-    virtual_router_id {VRID}
-    priority {priority}
-    advert_int 1
-    virtual_ipaddress {{
-        {vip}/32 dev {lan}
-        {lip}/24 dev {back}
-    }}
-}}
-"""
+    return global_defs + vrrp_instance(lan, priority, [f"{vip}/32 dev {lan}", f"{lip}/24 dev {back}"])
 
 
 def _holds(host: Host, addresses: dict[str, str]) -> bool:

@@ -17,47 +17,23 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import Lbd, parse_ln, running_lbd
+from sync_pair import LbdOn, pair_spec
+from test_keepalived import TCP_CHECK, stop_leaves_nothing  # type: ignore[import-not-found]
+from test_keepalived import _real as real_server
+from test_keepalived import _virtual_server as virtual_server
 
-from lb.testbed.keepalived import PORT, Keepalived, RealServers, keepalived_problem, listing, served_by, wait_for
-from lb.testbed.topology import (
-    CLIENT_INDEX,
-    REAL_BASE_INDEX,
-    VIP_INDEX,
-    Host,
-    HostSpec,
-    LinkSpec,
-    SegmentSpec,
-    Topology,
-    TopologySpec,
-    fullnat_spec,
-)
+from lb.testbed.keepalived import PORT, Keepalived, RealServers, listing, served_by, wait_for
+from lb.testbed.topology import VIP_INDEX, Host, Topology, TopologySpec, fullnat_spec
 
 pytestmark = pytest.mark.netns
 
-CHECK = "TCP_CHECK { connect_timeout 1 retry 1 delay_before_retry 1 }"
 GLOBAL = "global_defs {\n    router_id %s\n}\n"
 N_REAL = 2
 
 
 def _virtual_server(vip: str, reals: list[Host], kind: str) -> str:
-    body = "".join(f"    real_server {r.addr} {PORT} {{\n        weight 1\n        {CHECK}\n    }}\n" for r in reals)
-    return (f"virtual_server {vip} {PORT} {{\n    delay_loop 1\n    lb_algo rr\n    lb_kind {kind}\n"
-            f"    protocol TCP\n{body}}}\n")
-
-
-@pytest.fixture(scope="module")
-def ka_problem() -> None:
-    problem = keepalived_problem()
-    if problem:
-        pytest.skip(problem)
-
-
-@pytest.fixture
-def keepalived() -> Iterator[list[Keepalived]]:
-    started: list[Keepalived] = []
-    yield started
-    for ka in started:
-        ka.cleanup()
+    """A virtual_server (rr) of `reals`, each weight 1 with a TCP_CHECK, forwarding `kind`."""
+    return virtual_server(vip, "".join(real_server(r.addr, TCP_CHECK) for r in reals), kind=kind)
 
 
 def _traffic_becomes(topo: Topology, vip: str, want: set[str], diagnose: Callable[[], str], n: int = 8) -> dict[str, int]:
@@ -97,37 +73,20 @@ def test_lb_kind_nat_masquerades_and_follows_a_dead_server(ntopo: Topology, keep
             wait_for("the dead NAT real server taken out",
                      lambda: True if listing(lbd.lbadm).get((t.vip, PORT)) == {t.reals[1].addr: 1} else None, diag)
             _traffic_becomes(t, t.vip, {t.reals[1].name}, diag)
-            assert ka.stop() == 0, ka.log()
-            assert listing(lbd.lbadm) == {}
+            stop_leaves_nothing(ka, lbd)
     finally:
         servers.stop_all()
 
 
 # --------------------------------------------------------------------------- VRRP
 
-DIRECTORS = {"d1": 2, "d2": 3}
+DIRECTORS = ("d1", "d2")
 VRID = 51
 
 
 def vrrp_spec() -> TopologySpec:
-    """client, d1, d2 and rs1..rsN on one segment; the VIP (.100) is keepalived's to place."""
-    hosts = [HostSpec("client", (LinkSpec("lan", CLIENT_INDEX),), role="client")]
-    hosts += [HostSpec(name, (LinkSpec("lan", idx),), role="director") for name, idx in DIRECTORS.items()]
-    hosts += [HostSpec(f"rs{i}", (LinkSpec("lan", REAL_BASE_INDEX + i),), role="real", vips=(VIP_INDEX,))
-              for i in range(1, N_REAL + 1)]
-    return TopologySpec(segments=(SegmentSpec("lan"),), hosts=tuple(hosts))
-
-
-class DirectorLbd(Lbd):
-    """An lbd in a named director of a topology with several."""
-
-    def __init__(self, topo: Topology, host: Host) -> None:
-        super().__init__(topo, "c")
-        self.host = host
-
-    @property
-    def director(self) -> Host:
-        return self.host
+    """client, d1, d2 and rs1, rs2 on one segment; the VIP (.100) is keepalived's to place."""
+    return pair_spec(directors=DIRECTORS, vip_on_first=False)
 
 
 @pytest.fixture(scope="module")
@@ -136,20 +95,29 @@ def vtopo(ka_problem: None) -> Iterator[Topology]:
         yield t
 
 
-def _vrrp_config(host: Host, vip: str, reals: list[Host], priority: int) -> str:
-    state = "MASTER" if priority > 100 else "BACKUP"
-    return GLOBAL % f"lbKA{host.name}" + f"""\
+def vrrp_instance(interface: str, priority: int, addresses: list[str]) -> str:
+    """keepalived's VRRP instance VI_1 (VRID, adverts every second) on `interface`, MASTER above
+    priority 100, holding `addresses` ("ADDR/LEN dev IFNAME" each)."""
+    held = "".join(f"        {a}\n" for a in addresses)
+    return f"""\
 vrrp_instance VI_1 {{
-    state {state}
-    interface {host.ifname}
+    state {"MASTER" if priority > 100 else "BACKUP"}
+    interface {interface}
     virtual_router_id {VRID}
     priority {priority}
     advert_int 1
     virtual_ipaddress {{
-        {vip}/32 dev {host.ifname}
-    }}
+{held}    }}
 }}
-""" + _virtual_server(vip, reals, "DR")
+"""
+
+
+def _vrrp_config(host: Host, vip: str, reals: list[Host], priority: int, global_defs: str | None = None) -> str:
+    """keepalived's configuration for one director: global_defs (default: only a router_id), the
+    VRRP instance holding the VIP and the DR virtual server."""
+    if global_defs is None:
+        global_defs = GLOBAL % f"lbKA{host.name}"
+    return global_defs + vrrp_instance(host.ifname, priority, [f"{vip}/32 dev {host.ifname}"]) + _virtual_server(vip, reals, "DR")
 
 
 def _holds_vip(host: Host, vip: str) -> bool:
@@ -201,7 +169,7 @@ def pair(vtopo: Topology, keepalived: list[Keepalived]) -> Iterator[Pair]:
     t = vtopo
     vip = t.addr("lan", VIP_INDEX)
     servers = RealServers(t, t.reals)
-    lbds: dict[str, Lbd] = {name: DirectorLbd(t, t.host(name)) for name in DIRECTORS}
+    lbds: dict[str, Lbd] = {name: LbdOn(t, t.host(name)) for name in DIRECTORS}
     try:
         servers.start_all()
         for lbd in lbds.values():

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Lbd, parse_ln, running_lbd, udp_until_refused
+from netns_traffic import answering, flow_outcome, serve_http
 from packet_source import AFXDP, xdp_local, xdp_nat_replies
 
-from conformance.traffic import Flow, RealServers, udp_exchange
 from lb.testbed import client
 from lb.testbed.topology import Topology, fullnat_spec
 
@@ -37,27 +34,14 @@ _udp_ports = itertools.count(42000)  # a new client source port per datagram
 @pytest.fixture(scope="module")
 def ntopo() -> Iterator[Topology]:
     with Topology(fullnat_spec(N_REAL)) as t:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        for rs in t.reals:
-            rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(RPORT)],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 15.0
-        for rs in t.reals:  # each httpd answers its own address (from the director)
-            while not client.get_once(t.director.netns, rs.addr, RPORT, timeout=1.0).ok:
-                assert time.monotonic() < deadline, f"httpd in {rs.name} not answering"
-                time.sleep(0.1)
+        serve_http(t, (RPORT,), t.director)  # each httpd answers its own address (from the director)
         yield t
 
 
 @pytest.fixture(scope="module")
 def udp_servers(ntopo: Topology) -> Iterator[None]:
-    rs = RealServers()
-    try:
-        for real in ntopo.reals:
-            rs.serve(real.netns, real.name, real.addr, UDP_PORT, tcp=False)
+    with answering(ntopo.reals, [(None, UDP_PORT)], tcp=False):
         yield
-    finally:
-        rs.close()
 
 
 @pytest.fixture
@@ -75,12 +59,7 @@ def nat_service(lbd: Lbd, t: Topology, *, proto: str = "tcp", vport: int = VPORT
 
 
 def udp_answers(t: Topology, n: int, port: int = UDP_PORT) -> list[str]:
-    answers = []
-    for _ in range(n):
-        flow = Flow(client="c1", addr=t.client.addr, port=next(_udp_ports))
-        udp_exchange(t.client.netns, flow, t.vip, port)
-        answers.append(flow.outcome)
-    return answers
+    return [flow_outcome(t, "udp", t.vip, port, next(_udp_ports)) for _ in range(n)]
 
 
 def test_nat_http_with_port_translation(nlbd: Lbd, ntopo: Topology) -> None:

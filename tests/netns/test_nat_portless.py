@@ -24,9 +24,9 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import Lbd, running_lbd
+from netns_traffic import answering, flow_outcome, mangle_prerouting
 from packet_source import AFXDP, xdp_fnat_replies, xdp_nat_replies
 
-from conformance.traffic import Flow, RealServers, close_tcp, open_tcp, udp_exchange
 from lb.testbed.topology import Topology, enter_netns, fullnat_spec
 
 PORTS = (8301, 8302, 8303)
@@ -43,14 +43,8 @@ def ptopo() -> Iterator[Topology]:
 
 @pytest.fixture(scope="module")
 def servers(ptopo: Topology) -> Iterator[None]:
-    rs = RealServers()
-    try:
-        for real in ptopo.reals:
-            for port in PORTS:
-                rs.serve(real.netns, real.name, real.addr, port, tcp=True)
+    with answering(ptopo.reals, [(None, port) for port in PORTS], tcp=True):
         yield
-    finally:
-        rs.close()
 
 
 @pytest.fixture
@@ -64,25 +58,26 @@ def marked(ptopo: Topology) -> Iterator[None]:
     """The operator's mangle rules: the VIP's ports 8301..8303, TCP and UDP, get mark 9."""
     rules = [["-d", f"{ptopo.vip}/32", "-p", proto, "-m", proto, "--dport", f"{PORTS[0]}:{PORTS[-1]}",
               "-j", "MARK", "--set-xmark", f"{MARK:#x}/0xffffffff"] for proto in ("tcp", "udp")]
-    for r in rules:
-        ptopo.director.exec(["iptables", "-t", "mangle", "-A", "PREROUTING", *r])
-    try:
+    with mangle_prerouting(ptopo.director, rules):
         yield
-    finally:
-        for r in rules:
-            ptopo.director.exec(["iptables", "-t", "mangle", "-D", "PREROUTING", *r], check=False)
 
 
 def exchange(t: Topology, proto: str, port: int) -> str:
     """One TCP connection (opened, name read, closed) or one UDP exchange to VIP:port from a new
     client port: the answering real server's name, or what became of the flow."""
-    flow = Flow(client="client", addr=t.client.addr, port=next(_sports))
-    if proto == "tcp":
-        open_tcp(t.client.netns, flow, t.vip, port)
-        close_tcp(flow)
-    else:
-        udp_exchange(t.client.netns, flow, t.vip, port)
-    return flow.outcome
+    return flow_outcome(t, proto, t.vip, port, next(_sports))
+
+
+def portless_service(lbd: Lbd, t: Topology, svc: list[str], fwd: str, persistent: bool = True) -> None:
+    """`lbadm -A SVC -s rr` (persistent: -p 300), for FULLNAT ("-b") the director's address on
+    "back" as local address, and every real server without a port, forwarded by `fwd` ("-m" or
+    "-b"); then until each destination has forwarding state."""
+    lbd.lbadm("-A", *svc, "-s", "rr", *(("-p", "300") if persistent else ()))
+    if fwd == "-b":
+        lbd.lbadm("-P", *svc, "-z", t.director.iface("back").addr)
+    for rs in t.reals:
+        lbd.lbadm("-a", *svc, "-r", rs.addr, fwd)
+    lbd.wait_resolved()
 
 
 def conn_rows(lbd: Lbd) -> list[list[str]]:
@@ -100,10 +95,7 @@ def test_port_zero_service_with_nat_real_servers(plbd: Lbd, ptopo: Topology, ser
     (the client's template), each on the port asked for, and its answers come back as VIP:port;
     -Lnc as the kernel's (RIP:<port>); the replies are steered by the RIP in the protocol's set."""
     t, flag = ptopo, "-t" if proto == "tcp" else "-u"
-    plbd.lbadm("-A", flag, f"{t.vip}:0", "-s", "rr", "-p", "300")
-    for rs in t.reals:
-        plbd.lbadm("-a", flag, f"{t.vip}:0", "-r", rs.addr, "-m")
-    plbd.wait_resolved()
+    portless_service(plbd, t, [flag, f"{t.vip}:0"], "-m")
     got = [exchange(t, proto, port) for port in PORTS]
     assert len(set(got)) == 1 and got[0] in {rs.name for rs in t.reals}, (got, plbd.log_tail())
     rip = t.host(got[0]).addr
@@ -132,10 +124,7 @@ def test_fwmark_service_with_nat_real_servers(plbd: Lbd, ptopo: Topology, server
     reach ONE real server (one <IPPROTO_IP, client, fwmark> template), on the client's ports; then a
     non-persistent one: each flow is still answered through the director as VIP:port."""
     t = ptopo
-    plbd.lbadm("-A", "-f", str(MARK), "-s", "rr", "-p", "300")
-    for rs in t.reals:
-        plbd.lbadm("-a", "-f", str(MARK), "-r", rs.addr, "-m")
-    plbd.wait_resolved()
+    portless_service(plbd, t, ["-f", str(MARK)], "-m")
     got = [exchange(t, proto, port) for port in PORTS for proto in ("tcp", "udp")]
     assert len(set(got)) == 1 and got[0] in {rs.name for rs in t.reals}, (got, plbd.log_tail())
     rips = {rs.addr for rs in t.reals}
@@ -146,10 +135,7 @@ def test_fwmark_service_with_nat_real_servers(plbd: Lbd, ptopo: Topology, server
         assert ("TCP", f"{rip}:{port}") in pairs and ("UDP", f"{rip}:{port}") in pairs, pairs
 
     plbd.lbadm("-C")  # without persistence: scheduled per connection
-    plbd.lbadm("-A", "-f", str(MARK), "-s", "rr")
-    for rs in t.reals:
-        plbd.lbadm("-a", "-f", str(MARK), "-r", rs.addr, "-m")
-    plbd.wait_resolved()
+    portless_service(plbd, t, ["-f", str(MARK)], "-m", persistent=False)
     got = [exchange(t, "tcp", port) for port in PORTS for _ in range(2)]
     assert sorted(got) == sorted([rs.name for rs in t.reals] * 2), (got, plbd.log_tail())
 
@@ -219,11 +205,7 @@ def test_port_zero_service_with_fullnat_real_servers(plbd: Lbd, ptopo: Topology,
     t, flag = ptopo, "-t" if proto == "tcp" else "-u"
     lip = t.director.iface("back").addr
     svc = f"{t.vip}:0"
-    plbd.lbadm("-A", flag, svc, "-s", "rr", "-p", "300")
-    plbd.lbadm("-P", flag, svc, "-z", lip)
-    for rs in t.reals:
-        plbd.lbadm("-a", flag, svc, "-r", rs.addr, "-b")
-    plbd.wait_resolved()
+    portless_service(plbd, t, [flag, svc], "-b")
     got = [exchange(t, proto, port) for port in PORTS]
     assert len(set(got)) == 1 and got[0] in {rs.name for rs in t.reals}, (got, plbd.log_tail())
     rip = t.host(got[0]).addr
@@ -248,11 +230,7 @@ def test_fwmark_service_with_fullnat_real_servers(plbd: Lbd, ptopo: Topology, se
     ports of the VIP reach one real server on the ports asked for, through the local address."""
     t = ptopo
     lip = t.director.iface("back").addr
-    plbd.lbadm("-A", "-f", str(MARK), "-s", "rr", "-p", "300")
-    plbd.lbadm("-P", "-f", str(MARK), "-z", lip)
-    for rs in t.reals:
-        plbd.lbadm("-a", "-f", str(MARK), "-r", rs.addr, "-b")
-    plbd.wait_resolved()
+    portless_service(plbd, t, ["-f", str(MARK)], "-b")
     got = [exchange(t, proto, port) for port in PORTS for proto in ("tcp", "udp")]
     assert len(set(got)) == 1 and got[0] in {rs.name for rs in t.reals}, (got, plbd.log_tail())
     rips = {rs.addr for rs in t.reals}

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 from conftest import parse_ln
+from netns_traffic import answering, flow_outcome
 from packet_source import AFXDP, xdp_keys
 
-from conformance.traffic import Flow, RealServers, close_tcp, open_tcp, udp_exchange
 from lb.testbed.topology import Topology
 
 if TYPE_CHECKING:  # fixtures' types only
@@ -27,14 +27,8 @@ PORTS = (8301, 8302, 8303)
 
 @pytest.fixture(scope="module")
 def servers(topo: Topology) -> Iterator[None]:
-    rs = RealServers()
-    try:
-        for host in topo.reals:
-            for port in PORTS:
-                rs.serve(host.netns, host.name, topo.vip, port, tcp=True)
+    with answering(topo.reals, [(topo.vip, port) for port in PORTS], tcp=True):
         yield
-    finally:
-        rs.close()
 
 
 def port_zero_service(lbd: Lbd, topo: Topology, proto: str, reals: list[str] | None = None) -> None:
@@ -47,16 +41,11 @@ def port_zero_service(lbd: Lbd, topo: Topology, proto: str, reals: list[str] | N
 
 
 def tcp_to(topo: Topology, sport: int, port: int) -> str:
-    flow = Flow(client="client", addr=topo.client.addr, port=sport)
-    open_tcp(topo.client.netns, flow, topo.vip, port)
-    close_tcp(flow)
-    return flow.outcome
+    return flow_outcome(topo, "tcp", topo.vip, port, sport)
 
 
 def udp_to(topo: Topology, sport: int, port: int) -> str:
-    flow = Flow(client="client", addr=topo.client.addr, port=sport)
-    udp_exchange(topo.client.netns, flow, topo.vip, port)
-    return flow.outcome
+    return flow_outcome(topo, "udp", topo.vip, port, sport)
 
 
 def test_tcp_every_port_to_one_server(lbd: Lbd, topo: Topology, servers: None) -> None:

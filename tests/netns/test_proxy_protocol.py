@@ -28,7 +28,7 @@ import pytest
 from conftest import Lbd, running_lbd
 
 from lb.testbed import client
-from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
+from lb.testbed.topology import Topology, fullnat_spec
 
 REPO = Path(__file__).resolve().parents[2]
 HAPROXY = REPO / "build" / "tools" / "haproxy"
@@ -64,23 +64,12 @@ def haproxy_problem() -> str | None:
     return None
 
 
-def spec() -> TopologySpec:
-    return TopologySpec(
-        segments=(SegmentSpec("lan"), SegmentSpec("back")),
-        hosts=(
-            HostSpec("client", (LinkSpec("lan", 50),), role="client"),
-            HostSpec("director", (LinkSpec("lan", 2), LinkSpec("back", 1)), role="director", vips=(100,)),
-            HostSpec("f1", (LinkSpec("back", 11),), gateway=("back", 1)),
-        ),
-    )
-
-
 @pytest.fixture(scope="module")
 def ptopo() -> Iterator[Topology]:
     problem = haproxy_problem()
     if problem:
         pytest.skip(problem)
-    with Topology(spec()) as t, tempfile.TemporaryDirectory(prefix="lbPXhap") as tmp:
+    with Topology(fullnat_spec(1)) as t, tempfile.TemporaryDirectory(prefix="lbPXhap") as tmp:
         cfg = Path(tmp) / "haproxy.cfg"
         cfg.write_text(HAPROXY_CFG.format(port=PORT, answer=HAPROXY_ANSWER))
         rs = t.host("f1")

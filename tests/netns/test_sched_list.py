@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import LnDest
+from conftest import LnDest, udp_responders
+from netns_traffic import flow_outcome
 
-from conformance.traffic import Flow, RealServers, udp_exchange
 from lb.testbed import client
 from lb.testbed.topology import Topology
 
@@ -78,22 +78,12 @@ def wait_for_active(lbd: Lbd, n: int, what: str, timeout_s: float = SETTLE_TIMEO
 @pytest.fixture(scope="module")
 def udp_servers(topo: Topology) -> Iterator[None]:
     """A UDP responder on VIP:UDP_PORT in each real server, answering with the server's name."""
-    rs = RealServers()
-    try:
-        for real in topo.reals:
-            rs.serve(real.netns, real.name, topo.vip, UDP_PORT, tcp=False)
+    with udp_responders(topo, UDP_PORT):
         yield
-    finally:
-        rs.close()
 
 
 def udp_answers(topo: Topology, n: int) -> list[str]:
-    answers = []
-    for _ in range(n):
-        flow = Flow(client="c1", addr=topo.client.addr, port=next(_udp_ports))
-        udp_exchange(topo.client.netns, flow, topo.vip, UDP_PORT)
-        answers.append(flow.outcome)
-    return answers
+    return [flow_outcome(topo, "udp", topo.vip, UDP_PORT, next(_udp_ports)) for _ in range(n)]
 
 
 def udp_service(lbd: Lbd, topo: Topology, sched: str, weights: dict[str, int]) -> None:

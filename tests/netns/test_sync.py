@@ -16,43 +16,21 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import HTTP_PORT, Lbd
-from sync_pair import LbdOn, director_pair, serve_http, wait_until
+from sync_pair import N_CONNS, LbdOn, director_pair, pair_spec, serve_http, wait_until
 
 from lb.sync import codec
 from lb.testbed import client
-from lb.testbed.topology import (
-    CLIENT_INDEX,
-    DIRECTOR_INDEX,
-    REAL_BASE_INDEX,
-    VIP_INDEX,
-    HostSpec,
-    LinkSpec,
-    SegmentSpec,
-    Topology,
-    TopologySpec,
-)
+from lb.testbed.topology import Topology
 
 pytestmark = pytest.mark.netns
 
-N_CONNS = 20
 SYNC_WAIT_S = 15.0  # master tick 1 s; generous for a loaded machine (a bound, not a threshold)
 SYNCID = 18
 
 
-def _spec() -> TopologySpec:
-    hosts = [
-        HostSpec("client", (LinkSpec("lan", CLIENT_INDEX),), role="client"),
-        HostSpec("da", (LinkSpec("lan", DIRECTOR_INDEX),), role="director", vips=(VIP_INDEX,)),
-        HostSpec("db", (LinkSpec("lan", DIRECTOR_INDEX + 1),), role="host"),
-        HostSpec("rs1", (LinkSpec("lan", REAL_BASE_INDEX + 1),), role="real", vips=(VIP_INDEX,)),
-        HostSpec("rs2", (LinkSpec("lan", REAL_BASE_INDEX + 2),), role="real", vips=(VIP_INDEX,)),
-    ]
-    return TopologySpec(segments=(SegmentSpec("lan"),), hosts=tuple(hosts))
-
-
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn]]:
-    with Topology(_spec()) as topo:
+    with Topology(pair_spec()) as topo:
         serve_http(topo, "lbB-sync-", (HTTP_PORT,), topo.client)
 
         def configure(d: LbdOn) -> None:
@@ -97,8 +75,8 @@ def test_list_daemon_and_refusals(pair: tuple[Topology, LbdOn, LbdOn]) -> None:
 
 def test_backup_learns_connections_and_takes_over_dr(pair: tuple[Topology, LbdOn, LbdOn]) -> None:
     topo, a, b = pair
-    b.lbadm("--start-daemon", "backup", "--mcast-interface", b.director.ifname, "--syncid", str(SYNCID))
-    a.lbadm("--start-daemon", "master", "--mcast-interface", a.director.ifname, "--syncid", str(SYNCID))
+    b.start_sync_daemon("backup", SYNCID)
+    a.start_sync_daemon("master", SYNCID)
     with contextlib.ExitStack() as stack:
         conns = [stack.enter_context(client.KeepAlive(topo.client.netns, topo.vip, HTTP_PORT)) for _ in range(N_CONNS)]
         for ka in conns:
@@ -141,7 +119,7 @@ def test_forged_and_malformed_datagrams_are_counted(pair: tuple[Topology, LbdOn,
     from them, the backup keeps running, its counters say why each was dropped."""
     topo, _a, b = pair
     if not b.ok("get_daemon")["daemons"]:
-        b.lbadm("--start-daemon", "backup", "--mcast-interface", b.director.ifname, "--syncid", str(SYNCID))
+        b.start_sync_daemon("backup", SYNCID)
     before = b.ok("get_daemon")["daemons"][0]["counters"]
     alien = codec.SyncConn(6, codec.F_DROUTE, 1, topo.client.addr, 4242, "10.99.0.1", 80, topo.reals[0].addr, 80, 0, 900)
     datagrams = [b"\x00garbage", codec.encode([alien], SYNCID + 1, 1472)[0], codec.encode([alien], SYNCID, 1472)[0],
@@ -179,7 +157,7 @@ def test_malformed_records_forged_from_the_master_address_install_nothing(pair: 
     them and keeps running."""
     topo, a, b = pair
     if not b.ok("get_daemon")["daemons"]:
-        b.lbadm("--start-daemon", "backup", "--mcast-interface", b.director.ifname, "--syncid", str(SYNCID))
+        b.start_sync_daemon("backup", SYNCID)
     before = b.ok("get_daemon")["daemons"][0]["counters"]
     rs = topo.reals[0].addr
 

@@ -10,7 +10,7 @@ With LB_SYNC_FIGURES=PATH the test writes what it measured (connections survivin
 direction, time from the VIP move to the first reply) to PATH as JSON: bench/failover.py runs it so
 and puts the figures into the bench report. The test asserts no times.
 
-Own topology, as tests/netns/test_sync.py: client .50, da .2 (holds the VIP first), db .3, real
+Own topology, as tests/netns/test_sync.py (sync_pair.pair_spec): client .50, da .2 (holds the VIP first), db .3, real
 servers .11/.12 running the test httpd on ports 80 (DR) and 8080 (IPIP, with lb.testbed.ipip_decap
 standing in for the kernel's ipip module).
 """
@@ -26,8 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sync_pair import LbdOn, director_pair, serve_http, wait_until
-from test_sync import _spec  # type: ignore[import-not-found]
+from sync_pair import N_CONNS, LbdOn, director_pair, pair_spec, serve_http, wait_until
 
 from lb.testbed import client
 from lb.testbed.ipip_decap import start_in as start_ipip_decap
@@ -35,7 +34,6 @@ from lb.testbed.topology import Topology
 
 pytestmark = pytest.mark.netns
 
-N_CONNS = 20
 DR_PORT, IPIP_PORT = 80, 8080
 METHODS = {"DR": (DR_PORT, "-g"), "IPIP": (IPIP_PORT, "-i")}
 SYNC_WAIT_S = 30.0   # a bound for the sync to carry 40 entries on a loaded machine, not a threshold
@@ -54,7 +52,7 @@ def _configure(d: LbdOn, topo: Topology) -> None:
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[Topology, LbdOn, LbdOn]]:
-    with Topology(_spec()) as topo:
+    with Topology(pair_spec()) as topo:
         for rs in topo.reals:
             start_ipip_decap(rs, f"{topo.prefix}ipip", seconds=DECAP_SECONDS)
         serve_http(topo, "lbB-syncfo-", (DR_PORT, IPIP_PORT), topo.client)
@@ -138,8 +136,8 @@ def _wait_listed(d: LbdOn, keys: set[tuple[str, int, int]], what: str) -> dict[t
 
 def test_failover_to_the_backup_and_back_dr_and_ipip(pair: tuple[Topology, LbdOn, LbdOn]) -> None:
     topo, a, b = pair
-    b.lbadm("--start-daemon", "backup", "--mcast-interface", b.director.ifname, "--syncid", str(SYNCID))
-    a.lbadm("--start-daemon", "master", "--mcast-interface", a.director.ifname, "--syncid", str(SYNCID))
+    b.start_sync_daemon("backup", SYNCID)
+    a.start_sync_daemon("master", SYNCID)
     figures: dict[str, object] = {"connections_per_method": N_CONNS}
     with contextlib.ExitStack() as stack:
         conns = {m: [stack.enter_context(client.KeepAlive(topo.client.netns, topo.vip, port)) for _ in range(N_CONNS)]
@@ -168,7 +166,7 @@ def test_failover_to_the_backup_and_back_dr_and_ipip(pair: tuple[Topology, LbdOn
             stale.unlink()
         a.start()
         _configure(a, topo)
-        a.lbadm("--start-daemon", "backup", "--mcast-interface", a.director.ifname, "--syncid", str(SYNCID))
+        a.start_sync_daemon("backup", SYNCID)
         back = time.monotonic()
         on_a = _wait_listed(a, set(served), "every connection on the restarted A")
         figures["a_table_back_s"] = time.monotonic() - back
@@ -177,7 +175,7 @@ def test_failover_to_the_backup_and_back_dr_and_ipip(pair: tuple[Topology, LbdOn
         assert a_backup["counters"]["conns_installed"] >= len(served)
 
         # The way back: A masters again, the VIP returns to A, B is a backup only.
-        a.lbadm("--start-daemon", "master", "--mcast-interface", a.director.ifname, "--syncid", str(SYNCID))
+        a.start_sync_daemon("master", SYNCID)
         b.lbadm("--stop-daemon", "master")
         _move_and_exchange(conns, figures, "back_to_a", lambda: _move_vip(topo, b, a), through=a)
     _write_figures(figures)

@@ -26,42 +26,19 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import HTTP_PORT, Lbd
-from sync_pair import LbdOn, director_pair, serve_http, wait_until
+from sync_pair import LIP_INDEX, N_CONNS, LbdOn, director_pair, pair_spec, serve_http, wait_until
 from test_sync_failover import _move_and_exchange, _write_figures  # type: ignore[import-not-found]
 
 from lb.testbed import client
-from lb.testbed.topology import (
-    CLIENT_INDEX,
-    DIRECTOR_INDEX,
-    REAL_BASE_INDEX,
-    VIP_INDEX,
-    HostSpec,
-    LinkSpec,
-    SegmentSpec,
-    Topology,
-    TopologySpec,
-)
+from lb.testbed.topology import Topology
 
 pytestmark = pytest.mark.netns
 
-N_CONNS = 20
 SYNC_WAIT_S = 20.0  # master tick 1 s; generous for a loaded machine (a bound, not a threshold)
 SYNCID = 33
-LIP_INDEX = 5
 PLAIN_PORT, SYNPROXY_PORT = 80, 81  # VIP ports; the real servers listen on HTTP_PORT
 KINDS = {"FULLNAT": PLAIN_PORT, "FULLNAT+SYN-proxy": SYNPROXY_PORT}
 BULK_PERIOD_S = 3  # B's master: the test's bulk period (default 30 s), so the restarted A learns soon
-
-
-def _spec() -> TopologySpec:
-    hosts = [
-        HostSpec("client", (LinkSpec("lan", CLIENT_INDEX),), role="client"),
-        HostSpec("da", (LinkSpec("lan", DIRECTOR_INDEX), LinkSpec("back", 1)), role="director", vips=(VIP_INDEX,)),
-        HostSpec("db", (LinkSpec("lan", DIRECTOR_INDEX + 1), LinkSpec("back", 2)), role="host"),
-        HostSpec("f1", (LinkSpec("back", REAL_BASE_INDEX + 1),), role="real", gateway=("back", LIP_INDEX)),
-        HostSpec("f2", (LinkSpec("back", REAL_BASE_INDEX + 2),), role="real", gateway=("back", LIP_INDEX)),
-    ]
-    return TopologySpec(segments=(SegmentSpec("lan"), SegmentSpec("back")), hosts=tuple(hosts))
 
 
 def _configure(d: LbdOn, topo: Topology, lip: str) -> None:
@@ -78,7 +55,7 @@ def _configure(d: LbdOn, topo: Topology, lip: str) -> None:
 def fullnat_pair(prefix: str) -> Iterator[tuple[Topology, LbdOn, LbdOn, str]]:
     """The topology, its real servers serving, an lbd on each director with the same FULLNAT
     services; the VIP on da as the spec places it, the local address (the last item) on neither."""
-    with Topology(_spec()) as topo:
+    with Topology(pair_spec(fullnat=True)) as topo:
         lip = topo.addr("back", LIP_INDEX)
         serve_http(topo, prefix, (HTTP_PORT,), topo.host("da"))
         with director_pair(topo, lambda d: _configure(d, topo, lip)) as (a, b):
@@ -161,8 +138,8 @@ def _wait_fullnat(d: LbdOn, expected: dict[tuple[str, int], tuple[str, str, int]
 
 def test_fullnat_and_synproxy_connections_survive_failover_and_back(pair: tuple[Topology, LbdOn, LbdOn, str]) -> None:
     topo, a, b, lip = pair
-    b.lbadm("--start-daemon", "backup", "--mcast-interface", b.director.iface("lan").ifname, "--syncid", str(SYNCID))
-    a.lbadm("--start-daemon", "master", "--mcast-interface", a.director.iface("lan").ifname, "--syncid", str(SYNCID))
+    b.start_sync_daemon("backup", SYNCID)
+    a.start_sync_daemon("master", SYNCID)
     listed = a.lbadm("-L", "--daemon").stdout
     assert "ext-port=8849)" in listed, listed
     figures: dict[str, object] = {"connections_per_method": N_CONNS}
@@ -192,8 +169,7 @@ def test_fullnat_and_synproxy_connections_survive_failover_and_back(pair: tuple[
             stale.unlink()
         a.start()
         _configure(a, topo, lip)
-        a.lbadm("--start-daemon", "backup", "--mcast-interface", a.director.iface("lan").ifname,
-                "--syncid", str(SYNCID))
+        a.start_sync_daemon("backup", SYNCID)
         back = time.monotonic()
         _wait_fullnat(a, expected, "every FULLNAT connection on the restarted A")
         figures["a_table_back_s"] = time.monotonic() - back
@@ -205,8 +181,7 @@ def test_fullnat_and_synproxy_connections_survive_failover_and_back(pair: tuple[
         assert b_master["counters"].get("ext_conns_sent", 0) >= 2 * N_CONNS, b_master["counters"]
 
         # The way back: A masters again, the VIP and the local address return to A.
-        a.lbadm("--start-daemon", "master", "--mcast-interface", a.director.iface("lan").ifname,
-                "--syncid", str(SYNCID))
+        a.start_sync_daemon("master", SYNCID)
         b.lbadm("--stop-daemon", "master")
         _move_and_exchange(conns, figures, "back_to_a", lambda: _move_addresses(topo, b, a, lip), through=a,
                            path="/peer", same=peers.same)

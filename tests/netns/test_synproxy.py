@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 from conftest import Lbd, LbdError
+from netns_traffic import serve_http
 from packet_source import timer_frames
 
-from lb.testbed import client
-from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
+from lb.testbed.topology import Topology, fullnat_spec
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 8080
@@ -37,32 +37,13 @@ LATE_S = 0.35  # ... nor later than this (a loaded 2-core machine, NFQUEUE and t
 OUR_SYN_BYTES = 48  # IP 20 + TCP 20 + MSS 4 + SACK-permitted 4 (our SYN to the real server)
 
 
-def fnat_spec() -> TopologySpec:
-    return TopologySpec(
-        segments=(SegmentSpec("lan"), SegmentSpec("back")),
-        hosts=(
-            HostSpec("client", (LinkSpec("lan", 50),), role="client"),
-            HostSpec("director", (LinkSpec("lan", 2), LinkSpec("back", 1)), role="director", vips=(100,)),
-            HostSpec("f1", (LinkSpec("back", 11),), gateway=("back", 1)),
-            HostSpec("f2", (LinkSpec("back", 12),), gateway=("back", 1)),
-        ),
-    )
-
-
 @pytest.fixture(scope="module")
 def ftopo() -> Iterator[Topology]:
-    with Topology(fnat_spec()) as t:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        reals = [t.host("f1"), t.host("f2")]
-        for rs in reals:
-            rs.popen(
-                [sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(RS_PORT)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-            )
+    with Topology(fullnat_spec(2)) as t:
         # A real server that does not listen yet answers our SYN with a RST, which SYN-proxy
         # rightly passes on to the client as a reset: wait until each one serves (asked from
         # the director, which reaches them directly) before any test counts SYNs.
-        client.wait_serving(t.director.netns, {rs.addr: rs.name for rs in reals}, RS_PORT)
+        serve_http(t, (RS_PORT,), t.director)
         yield t
 
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import churn_other_services, exchange_through_churn, parse_ln, running_lbd
+from conftest import churn_other_services, held_connections_through_churn, parse_ln, running_lbd
 
-from lb.testbed import client, echo
+from lb.testbed import echo
 from lb.testbed.ipip_decap import start_in
 from lb.testbed.topology import Topology
 
@@ -99,40 +99,18 @@ def test_tunnel_weight_zero(lbd: Lbd, topo: Topology, http: HttpHelper, decap: s
     assert Counter(r.server for r in replies) == {rs2.name: 6, rs3.name: 6}
 
 
-def test_tunnel_held_connections_survive_other_services(lbd: Lbd, topo: Topology, http: HttpHelper,
-                                                        decap: str) -> None:
+def test_tunnel_held_connections_survive_other_services(lbd: Lbd, topo: Topology, decap: str) -> None:
     """Long-lived connections through VIP:80 keep exchanging data while services on other
     ports of the VIP are added, edited and deleted (with destinations, tunnel and DR)."""
     setup_tunnel(lbd, topo)
     lbd.wait_resolved()
-    hold_s = 12
-    kas = [http.keepalive() for _ in topo.reals]
-    holds: list[client.Hold] = []
-    try:
-        first = [ka.get() for ka in kas]
-        assert all(r.ok for r in first), first
-        assert sorted(ka.server for ka in kas) == sorted(rs.name for rs in topo.reals)
-        holds = [http.hold(hold_s).start() for _ in range(2)]
-        rips = [rs.addr for rs in topo.reals]
+    rips = [rs.addr for rs in topo.reals]
 
-        def churn(between: Callable[[], None]) -> int:
-            changes = churn_other_services(lbd, topo.vip, rips, "-i", OTHER_PORTS[:2], between=between)
-            return changes + churn_other_services(lbd, topo.vip, rips[:2], "-g", OTHER_PORTS[2:], between=between)
+    def churn(between: Callable[[], None]) -> int:
+        changes = churn_other_services(lbd, topo.vip, rips, "-i", OTHER_PORTS[:2], between=between)
+        return changes + churn_other_services(lbd, topo.vip, rips[:2], "-g", OTHER_PORTS[2:], between=between)
 
-        changes, took, exchanges = exchange_through_churn(kas, holds, hold_s, churn)
-        print(f"\n{changes} changes to other services in {took:.1f}s; "
-              f"held connections exchanged {dict(exchanges)} requests meanwhile")
-        assert changes >= 35
-    finally:
-        for h in holds:
-            h.close()
-        for ka in kas:
-            ka.close()
-    # The service under test is untouched and still spreads new connections evenly.
-    services = parse_ln(lbd.lbadm("-Ln").stdout)
-    assert [(s.proto, s.port) for s in services] == [("TCP", HTTP_PORT)], services
-    got = Counter(r.server for r in http.gets(9) if r.ok)
-    assert got == {rs.name: 3 for rs in topo.reals}, got
+    held_connections_through_churn(lbd, topo, HTTP_PORT, churn, "connections")
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,7 @@ from typing import Any
 
 import pytest
 from conftest import Lbd, running_lbd
+from netns_traffic import serve_http
 
 from lb.testbed import client
 from lb.testbed.ipip_decap import start_in
@@ -95,16 +96,9 @@ def ctopo() -> Iterator[Topology]:
     with Topology(churn_spec()) as t:
         router = t.host("router")
         t.director.ip("route", "add", str(t.subnets["far"]), "via", router.iface("lan").addr)
-        env = dict(os.environ, PYTHONPATH=str(REPO))
         for rs in t.reals:
-            rs.popen([sys.executable, "-m", "lb.testbed.httpd", "--name", rs.name, "--port", str(PORT)],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             start_in(rs, f"{t.prefix}ipip", seconds=600.0)
-        deadline = time.monotonic() + 15.0
-        for rs in t.reals:  # the router reaches every real server directly
-            while not client.get_once(router.netns, rs.addr, PORT, timeout=1.0).ok:
-                assert time.monotonic() < deadline, f"httpd in {rs.name} not answering"
-                time.sleep(0.1)
+        serve_http(t, (PORT,), router)  # the router reaches every real server directly
         yield t
 
 

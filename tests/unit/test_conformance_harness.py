@@ -100,3 +100,40 @@ def test_a_large_datagram_is_answered_as_large_with_what_arrived() -> None:
     assert lines[:3] == [b"rs1", b"ttl=63", received(question).encode()]
     assert received(question) != received(question[:-1] + b"x") and received(question).startswith("bytes=3000 ")
     assert udp_answer("rs2", 64, b"?\n").split(b"\n")[:2] == [b"rs2", b"ttl=64"]
+
+
+KERNEL_STATS = """\
+IP Virtual Server version 1.2.1 (size=N)
+Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
+  -> RemoteAddress:Port
+TCP  10.251.7.176:0                      8       40        0     2144        0
+  -> 10.251.7.11:0                       2       10        0      536        0
+  -> 10.251.7.12:0                       2       10        0      536        0
+"""
+ONE_MORE_IN = KERNEL_STATS.replace("8       40        0     2144", "8       41        0     2196").replace(
+    "12:0                       2       10        0      536", "12:0                       2       11        0      588")
+
+
+def _stats_records(stats: str, conns: str = "rs1") -> list[dict]:
+    return [{"what": "CONNECT x2 from c1", "flows": [{"client": "c1", "port": 1, "outcome": conns}]},
+            {"what": "ADMIN -Ln --stats", "rc": 0, "stdout": stats, "stderr": ""}]
+
+
+def test_inbound_counters_differing_by_what_the_clients_sent_more_are_explained() -> None:
+    why = compare.stats_explained_by_clients(_stats_records(KERNEL_STATS), _stats_records(ONE_MORE_IN), 120, 121)
+    assert why is not None and "121 packets to lbd and 120" in why and "+1" in why
+
+
+@pytest.mark.parametrize("lbd,kernel_sent,lbd_sent,why", [
+    (_stats_records(ONE_MORE_IN), 120, 120, "the clients sent both the same: a real miscount"),
+    (_stats_records(ONE_MORE_IN), 121, 120, "the clients sent lbd fewer, lbd counted more"),
+    (_stats_records(ONE_MORE_IN), None, 121, "the kernel's play has no count"),
+    (_stats_records(ONE_MORE_IN.replace("41        0", "43        0")), 120, 121, "more than the client's extra"),
+    (_stats_records(ONE_MORE_IN.replace("8       41", "9       41")), 120, 121, "Conns differ too"),
+    (_stats_records(ONE_MORE_IN, conns="rs2"), 120, 121, "a choice differs too"),
+    (_stats_records(ONE_MORE_IN.replace("2196", "2144")), 120, 121, "packets without bytes"),
+    (_stats_records(KERNEL_STATS), 120, 121, "nothing differs: nothing to explain"),
+])
+def test_other_differences_are_never_explained_by_the_clients(lbd: list, kernel_sent: int | None,
+                                                              lbd_sent: int | None, why: str) -> None:
+    assert compare.stats_explained_by_clients(_stats_records(KERNEL_STATS), lbd, kernel_sent, lbd_sent) is None, why

@@ -19,6 +19,7 @@ from lb.fastpath import CEngine
 from lb.model import ServiceKey
 from lb.sync import codec, ext_daemon, extension, manager
 from lb.sync.manager import Counters, DaemonConf, Selector
+from lb.sync.rule import SyncRule
 
 VIP, CLIENT, RS, LIP = "10.0.0.100", "198.51.100.7", "10.1.0.11", "10.1.0.1"
 FNAT = {"proto": "tcp", "addr": VIP, "port": 80}
@@ -136,8 +137,10 @@ def test_fuzzed_datagrams_never_raise() -> None:
 # ---- through the C engines: master -> datagram -> backup
 
 
-def _director(synproxy: bool = False, proxy: str | None = None) -> Director:
+def _director(synproxy: bool = False, proxy: str | None = None, rule: SyncRule | None = None) -> Director:
+    """A FULLNAT director; with `rule`, the core chooses what to sync per packet (as a started master)."""
     d = Director(CEngine(conn_max=256, hash_seed=7), rules=None, resolver=None)
+    d.engine.sync_master_set(rule)
     d.handle("add_service", {**FNAT, "sched": "rr", **({"synproxy": True} if synproxy else {}),
                              **({"proxy_protocol": proxy} if proxy else {})})
     d.handle("add_laddr", {"service": FNAT, "addr": LIP})
@@ -198,7 +201,7 @@ def test_fullnat_connection_keeps_its_local_address_and_port_on_the_backup() -> 
 
 
 def test_synproxy_connection_keeps_its_sequence_translation_on_the_backup() -> None:
-    master, backup = _director(synproxy=True), _director(synproxy=True)
+    master, backup = _director(synproxy=True, rule=SyncRule()), _director(synproxy=True)
     a = master.engine.process(_client("S", 40000, seq=1000, options=[("MSS", 1460)]), T0)
     cookie = IP(a.out)[TCP].seq
     a = master.engine.process(_client("PA", 40000, seq=1001, ack=cookie + 1, payload=b"GET /\r\n"), T0 + 1)
@@ -211,6 +214,10 @@ def test_synproxy_connection_keeps_its_sequence_translation_on_the_backup() -> N
     a = master.engine.process(raw(IP(src=RS, dst=LIP) / TCP(sport=8080, dport=lport, flags="SA", seq=777_000,
                                                             ack=1001)), T0 + 3)
     assert a.reason == Reason.SP_HANDSHAKE
+    _, got = _to_backup(master, backup, T0 + 4, selector)
+    assert got.values == {}  # established, but the kernel's rule waits for the client's 3rd packet
+    for _ in range(3):  # counted from the first packet after the client's handshake (the entry's creation)
+        master.engine.process(_client("A", 40000, seq=1008, ack=cookie + 1), T0 + 4)
     _, got = _to_backup(master, backup, T0 + 4, selector)
     assert got.values == {"ext_datagrams_received": 1, "ext_conns_installed": 1}
     reply = raw(IP(src=RS, dst=LIP) / TCP(sport=8080, dport=lport, flags="PA", seq=777_001, ack=1008) / Raw(b"200"))

@@ -15,13 +15,20 @@ from lb.engine import EngineError, FwdState
 from lb.fastpath import CEngine
 from lb.sync import codec, manager
 from lb.sync.manager import Counters, DaemonConf, Selector
+from lb.sync.rule import SyncRule
 
 VIP = "10.0.0.100"
 SVC = {"proto": "tcp", "addr": VIP, "port": 80}
 
 
-def _director(persistent: int | None = None) -> Director:
+KERNEL_DEFAULTS = SyncRule()
+
+
+def _director(persistent: int | None = None, rule: SyncRule | None = KERNEL_DEFAULTS) -> Director:
+    """A director with three destinations; the core chooses what to sync by `rule` (what a started
+    master sets: the kernel's defaults, the 3rd packet of a connection and every 50th after)."""
     d = Director(CEngine(conn_max=256), rules=None, resolver=None)
+    d.engine.sync_master_set(rule)
     d.handle("add_service", {**SVC, "sched": "rr", **({"persistent": persistent} if persistent else {})})
     for i, fwd in ((1, "route"), (2, "tunnel"), (3, "masq")):
         d.handle("add_dest", {"service": SVC, "dest": {"addr": f"10.0.0.1{i}", "port": 80, "fwd": fwd, "weight": 1}})
@@ -46,6 +53,9 @@ def test_master_sends_established_not_half_open_and_backup_installs_them() -> No
     assert selector.pending(1000) == []  # SYN_RECV: the kernel does not sync it
     for sport in (1000, 1001):
         master.engine.process(_pkt("10.9.0.5", sport, "A"), 1001)
+    assert selector.pending(1001) == []  # ESTABLISHED on the 2nd packet: the kernel waits for the 3rd
+    for sport in (1000, 1001):
+        master.engine.process(_pkt("10.9.0.5", sport, "PA"), 1001)
     sent = selector.pending(1001)
     assert sorted(c.cport for c in sent) == [1000, 1001]
     assert {c.flags & codec.F_FWD_MASK for c in sent} <= {codec.F_DROUTE, codec.F_TUNNEL, codec.F_MASQ}
@@ -80,13 +90,18 @@ def test_state_changes_and_templates_are_sent() -> None:
     master = _director(persistent=300)
     master.engine.process(_pkt("10.9.0.7", 2000, "S"), 1000)
     master.engine.process(_pkt("10.9.0.7", 2000, "A"), 1001)
+    master.engine.process(_pkt("10.9.0.7", 2000, "PA"), 1001)
     selector = Selector(master, Counters())
     first = selector.pending(1001)
     assert sorted(c.template for c in first) == [False, True]
     template = next(c for c in first if c.template)
     assert template.cport == 0 and template.flags & codec.F_TEMPLATE and template.state == 1  # ASSURED
     master.engine.process(_pkt("10.9.0.7", 2000, "FA"), 1002)
-    (fin,) = selector.pending(1002)
+    # The closing state goes at once; the template goes with every packet of its connections (the
+    # kernel's rule with a sync period: templates skip the packet test).
+    sent = selector.pending(1002)
+    assert sorted(c.template for c in sent) == [False, True]
+    (fin,) = [c for c in sent if not c.template]
     assert fin.state == C.LB_S_CLOSE_WAIT and fin.flags & codec.F_INACTIVE  # IPVS: ES + client FIN
 
     backup = _director(persistent=300)
@@ -148,6 +163,10 @@ def test_start_list_stop_in_the_event_loop() -> None:
             "state": "master", "mcast_ifn": "lo", "syncid": 9, "sync_maxlen": 1472, "mcast_group": "224.0.0.81",
             "mcast_port": 8848, "mcast_ttl": 1}
         assert (daemon["bulk_period"], daemon["bulk_rate"]) == (manager.BULK_PERIOD_S, manager.BULK_RATE)
+        assert {k: daemon[k] for k in ("sync_threshold", "sync_period", "sync_refresh_period", "sync_retries",
+                                       "sync_persist_mode")} == {"sync_threshold": 3, "sync_period": 50,
+                                                                 "sync_refresh_period": 0, "sync_retries": 0,
+                                                                 "sync_persist_mode": 0}
         d.handle("stop_daemon", {"state": "master"})
         d.handle("start_daemon", {"state": "master", "mcast_ifn": "lo", "bulk_period": 0, "bulk_rate": 500})
         (daemon,) = d.handle("get_daemon", {})["daemons"]
@@ -185,9 +204,10 @@ def test_fuzzed_datagrams_install_nothing_bogus() -> None:
 
 
 def _established(d: Director, n: int, now: int) -> None:
+    """n connections, each with 3 packets from the client: the 3rd is the one the kernel syncs."""
     for sport in range(3000, 3000 + n):
-        d.engine.process(_pkt("10.9.0.8", sport, "S"), now)
-        d.engine.process(_pkt("10.9.0.8", sport, "A"), now)
+        for flags in ("S", "A", "PA"):
+            d.engine.process(_pkt("10.9.0.8", sport, flags), now)
 
 
 def test_bulk_pass_sends_the_whole_table_paced_and_again_each_period() -> None:

@@ -1,0 +1,388 @@
+"""Issue 19 items 3 and 4: kernel forwarding, lbd NFQUEUE and lbd AF_XDP in ONE run, and the report.
+
+    python -m bench afxdp-report [--repeats 3] [--modes dr,tunnel,fullnat] [--traffic est,syn]
+                                 [--window 0.8] [--steps 5] [--xdp-mode generic] [--md FILE]
+    python -m bench afxdp-report --from-json DIR/afxdp.json [--md FILE]     (re-render only)
+
+bench/pps.py does the work (topology, direct veth wiring, RPS steering, generator, zero-loss
+search, DUT CPU accounting) with the systems `kernel` (the director as a router, no lbd), `c`
+(lbd, NFQUEUE) and `afxdp` (the same lbd with `--packet-source afxdp` on the director's lan
+interface), interleaved in every repetition, and after each search the one-way latency of 300
+marked probes at 50 % of that search's zero-loss rate (bench/latency.py). This module sets that
+up, records the machine's load, and renders the markdown: figures with their spread over the
+repetitions, ratios taken within each repetition (AF_XDP vs NFQUEUE vs kernel), and the
+targets of issue 19 item 4 judged (met, or missed by how much), with the AF_XDP source's own
+counters (how forwarded frames left: the socket's TX ring or the AF_PACKET socket) to say why.
+An `analysis.md` next to the JSON (hand-written: why, what would close it) is included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import common, pps
+
+SYSTEMS = ("kernel", "c", "afxdp")  # the ratios are between these three
+EXTRA = ("afxdp-native",)  # shown, not judged: on veth native XDP runs on the generator's CPU
+LABEL = {"kernel": "kernel forwarding (no lbd)", "c": "lbd NFQUEUE", "afxdp": "lbd AF_XDP",
+         "afxdp-native": "lbd AF_XDP, native XDP (its XDP work on the generator's CPU)"}
+ARMS = {False: "two arms (the real server behind the director's other interface)",
+        True: "one arm (the real server on the receiving side, bench/one_arm.py)"}
+TARGET_US = 1.3  # item 4: AF_XDP DR established, director CPU per packet
+TARGET_PPS = 500_000  # item 4: zero-loss on one director core
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    pps.add_args(ap)
+    ap.set_defaults(systems=",".join((*SYSTEMS, *EXTRA)), sweep=False, latency=True)
+    ap.add_argument("--md", type=Path, default=None,
+                    help="markdown report (default bench/results/<date>-afxdp.md)")
+    ap.add_argument("--from-json", type=Path, default=None, help="only re-render the report from this JSON")
+    ap.add_argument("--guest-json", type=Path, default=None,
+                    help="the ab.json of `python -m bench ab --afxdp` (the guest: lbd AF_XDP next to kernel IPVS), "
+                    "rendered and judged in the report")
+    ap.add_argument("--guest", action="store_true",
+                    help="after the host's run, the guest's: `python -m bench ab --afxdp --parts throughput` "
+                    "(Debian's kernel under qemu, next to kernel IPVS; ~15 min under TCG)")
+    ap.add_argument("--guest-timeout", type=float, default=1800.0, help="bound of the guest run (s)")
+
+
+def finish_args(args: argparse.Namespace) -> None:
+    pps.finish_args(args)
+    args.latency = True
+    args.sweep = False
+    if args.md is None:
+        args.md = common.RESULTS / f"{common.today()}-afxdp.md"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    load0 = _load_sample()
+    data = pps.run(args)
+    data["part"] = "afxdp-report"
+    data["config"]["command"] = "python -m bench afxdp-report " + " ".join(args.argv)
+    data["load"] = {"start": load0, "end": _load_sample()}
+    if args.guest:
+        from bench import ab  # noqa: PLC0415
+
+        data["guest_ab"] = ab.run(guest_args(args), common.default_run_dir())
+    return data
+
+
+def guest_args(args: argparse.Namespace) -> argparse.Namespace:
+    """What `python -m bench ab --afxdp --parts throughput --repeats N` would get (bench/ab.py)."""
+    argv = ["--afxdp", "--parts", "throughput", "--repeats", str(args.repeats), "--timeout", f"{args.guest_timeout:g}"]
+    return argparse.Namespace(quick=False, functional_only=False, timeout=args.guest_timeout, kernel_dir=None,
+                              lbd_tool="ipvsadm", afxdp=True, parts="throughput", repeats=args.repeats, argv=argv)
+
+
+def _load_sample() -> dict[str, Any]:
+    """Load average and the busy share of every CPU since boot is useless; take a 1 s sample."""
+    def ticks() -> list[tuple[int, int]]:
+        res = []
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("cpu") and line[3:4].isdigit():
+                f = [int(x) for x in line.split()[1:9]]
+                res.append((sum(f) - f[3] - f[4], sum(f)))
+        return res
+
+    t0 = ticks()
+    time.sleep(1.0)
+    t1 = ticks()
+    busy = [round(100 * (b1 - b0) / max(a1 - a0, 1)) for (b0, a0), (b1, a1) in zip(t0, t1, strict=False)]
+    return {"time": time.strftime("%H:%M:%S"), "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+            "cpu_busy_pct": busy}
+
+
+# --------------------------------------------------------------------------- figures (pure)
+
+
+def _med(values: Sequence[float | None]) -> dict[str, Any]:
+    return common.summarize([v for v in values if v is not None])
+
+
+def fmt_spread(s: dict[str, Any], scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
+    if not s.get("n"):
+        return "-"
+    f = f"{{:.{digits}f}}"
+    med = f.format(s["median"] / scale)
+    if s["n"] == 1:
+        return f"{med}{unit} (n=1)"
+    return f"{med}{unit} ({f.format(s['min'] / scale)}-{f.format(s['max'] / scale)}, n={s['n']})"
+
+
+def index(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, int], dict[str, Any]]:
+    """(system, mode, traffic, rep) -> result; the kernel's mode `route` serves every lbd mode."""
+    return {(r["system"], r["mode"], r["traffic"], r["rep"]): r for r in results}
+
+
+def row_of(idx: dict[tuple[str, str, str, int], dict[str, Any]], system: str, mode: str, traffic: str,
+           rep: int) -> dict[str, Any] | None:
+    return idx.get((system, "route" if system == "kernel" else mode, traffic, rep))
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def ratios(data: dict[str, Any], mode: str, traffic: str) -> dict[str, dict[str, Any]]:
+    """Per repetition, then summarized: zero-loss pps AF_XDP / NFQUEUE and AF_XDP / kernel; CPU per
+    packet NFQUEUE / AF_XDP and kernel / AF_XDP (> 1: AF_XDP cheaper; kernel / AF_XDP = 1.0 would be
+    as cheap as the kernel forwarding the same packets)."""
+    idx = index(data.get("results", []))
+    reps = sorted({r["rep"] for r in data.get("results", [])})
+    acc: dict[str, list[float | None]] = {"zl_afxdp_nfq": [], "zl_afxdp_kernel": [], "cpu_nfq_afxdp": [],
+                                         "cpu_kernel_afxdp": [], "p50_afxdp_nfq": [], "sat_nfq_afxdp": [],
+                                         "sat_kernel_afxdp": []}
+    def get(r: dict[str, Any] | None, key: str) -> float | None:
+        return None if r is None else r.get(key)
+
+    def p50(r: dict[str, Any] | None) -> float | None:
+        return None if r is None else (r.get("latency") or {}).get("p50")
+
+    for rep in reps:
+        a, n, k = (row_of(idx, s, mode, traffic, rep) for s in ("afxdp", "c", "kernel"))
+        if a is None:
+            continue
+        acc["zl_afxdp_nfq"].append(ratio(a["zero_loss_pps"], get(n, "zero_loss_pps")))
+        acc["zl_afxdp_kernel"].append(ratio(a["zero_loss_pps"], get(k, "zero_loss_pps")))
+        acc["cpu_nfq_afxdp"].append(ratio(get(n, "dut_us_per_pkt"), a.get("dut_us_per_pkt")))
+        acc["cpu_kernel_afxdp"].append(ratio(get(k, "dut_us_per_pkt"), a.get("dut_us_per_pkt")))
+        acc["sat_nfq_afxdp"].append(ratio(saturated_us(n) if n else None, saturated_us(a)))
+        acc["sat_kernel_afxdp"].append(ratio(saturated_us(k) if k else None, saturated_us(a)))
+        acc["p50_afxdp_nfq"].append(ratio(p50(a), p50(n)))
+    return {k: _med(v) for k, v in acc.items()}
+
+
+def judge_max(value: float | None, target: float) -> str:
+    """Verdict for a figure that must stay <= target."""
+    if value is None:
+        return "not measured"
+    return "met" if value <= target else f"missed by {value / target:.1f}x ({value - target:.2f} over)"
+
+
+def judge_min(value: float | None, target: float, lower_bound: bool = False) -> str:
+    """Verdict for a figure that must reach >= target (lower_bound: the figure is generator-limited)."""
+    if value is None:
+        return "not measured"
+    if value >= target:
+        return "met" + (" (generator-limited: a lower bound)" if lower_bound else "")
+    short = f"missed by {target / value:.1f}x" if value > 0 else "missed (no zero-loss rate at all)"
+    return short + (" (generator-limited: the generator, not lbd, stopped)" if lower_bound else "")
+
+
+def xdp_tx_split(results: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """How the AF_XDP source's forwarded frames left, summed over its sockets and results: the
+    socket's own TX ring (no copy, no system call per frame) or the AF_PACKET socket (one sendmsg
+    per frame: the real server is behind another interface than the one the frame came in on)."""
+    tot = {"packets": 0, "xmit_xsk": 0, "xmit_l2": 0, "xmit_l2_err": 0, "kernel_rx_ring_full": 0, "batches": 0}
+    for r in results:
+        if r.get("system") not in ("afxdp", *EXTRA):
+            continue
+        for sock in ((r.get("counters_after") or {}).get("afxdp") or {}).get("sockets", []):
+            before = [s for s in ((r.get("counters_before") or {}).get("afxdp") or {}).get("sockets", [])]
+            b = before[0] if len(before) == 1 else {}
+            for k in tot:
+                tot[k] += int(sock.get(k, 0)) - int(b.get(k, 0))
+    return tot
+
+
+def saturated_us(r: dict[str, Any]) -> float | None:
+    """Director CPU per delivered packet in the unpaced (overload) trial: the DUT CPU saturated, so other
+    tenants of the machine weigh least and batches are fullest; an upper bound of the cost of a forwarded
+    packet, as the work on packets dropped at the door is charged to the delivered ones."""
+    return (r.get("overload") or {}).get("dut_us_per_pkt")
+
+
+def summary_rows(data: dict[str, Any]) -> list[list[str]]:
+    """One row per (mode, traffic, system): the figures with their spread over the repetitions."""
+    rows = []
+    modes = data["config"]["modes"]
+    for mode in modes:
+        for traffic in data["config"]["traffic"]:
+            for system in (*SYSTEMS, *EXTRA):
+                rs = [r for r in data.get("results", [])
+                      if r["system"] == system and r["mode"] == ("route" if system == "kernel" else mode)
+                      and r["traffic"] == traffic]
+                if not rs:
+                    continue
+                us = _med([r.get("dut_us_per_pkt") for r in rs])
+                sat = _med([saturated_us(r) for r in rs])
+                rows.append([
+                    mode, traffic, LABEL[system],
+                    fmt_spread(_med([r["zero_loss_pps"] for r in rs]), 1e3, 1, "k"),
+                    "yes" if any(r["generator_limited"] for r in rs) else "no",
+                    fmt_spread(_med([r["overload"]["rx_pps"] for r in rs]), 1e3, 1, "k"),
+                    fmt_spread(us, 1, 2),
+                    fmt_spread(sat, 1, 2),
+                    f"{1e3 / sat['median']:.0f}k" if sat.get("median") else "-",
+                    fmt_spread(_med([(r.get("latency") or {}).get("p50") for r in rs]), 1, 0),
+                    fmt_spread(_med([(r.get("latency") or {}).get("p99") for r in rs]), 1, 0),
+                    str(sum(int((r.get("latency") or {}).get("lost") or 0) for r in rs)),
+                ])
+    return rows
+
+
+def targets(data: dict[str, Any]) -> list[list[str]]:
+    rs = [r for r in data.get("results", []) if r["system"] == "afxdp" and r["mode"] == "dr" and r["traffic"] == "est"]
+    us = _med([r.get("dut_us_per_pkt") for r in rs])
+    zl = _med([r["zero_loss_pps"] for r in rs])
+    gen_limited = any(r["generator_limited"] for r in rs)
+    sat = _med([saturated_us(r) for r in rs])
+    proj = 1e6 / sat["median"] if sat.get("median") else None
+    return [
+        [f"AF_XDP DR established <= {TARGET_US} us director CPU per packet",
+         f"at the zero-loss rate {fmt_spread(us, 1, 2, ' us')}; saturated {fmt_spread(sat, 1, 2, ' us')}",
+         f"at the zero-loss rate {judge_max(us.get('median'), TARGET_US)}; saturated "
+         f"{judge_max(sat.get('median'), TARGET_US)}"],
+        [f">= {TARGET_PPS // 1000} kpps zero-loss on one director core (AF_XDP DR established)",
+         fmt_spread(zl, 1e3, 1, "k") + (f"; projected from the saturated CPU/pkt {proj / 1e3:.0f}k" if proj else ""),
+         judge_min(zl.get("median"), TARGET_PPS, gen_limited)],
+        guest_target(data.get("guest_ab")),
+    ]
+
+
+def guest_target(ab: dict[str, Any] | None) -> list[str]:
+    name = "guest: lbd AF_XDP at least as cheap per packet as kernel IPVS (>= 1.0x), DR"
+    if not ab:
+        return [name, "not in this run", "not measured (see 'The guest')"]
+    from bench.ab import guest_ratios  # noqa: PLC0415
+
+    r = guest_ratios(((ab.get("guest") or {}).get("pps") or {}).get("results", []))
+    cpu = (r.get("lbd-afxdp/route") or {}).get("cpu_ipvs_over_lbd") or {"n": 0}
+    if not cpu.get("n"):
+        return [name, "no AF_XDP figure from the guest", "not measured (see 'The guest')"]
+    med = cpu["median"]
+    return [name, "IPVS/AF_XDP CPU per packet " + fmt_spread(cpu, 1, 2, "x"),
+            "met" if med >= 1.0 else f"missed by {1 / med:.1f}x"]
+
+
+def guest_section(ab: dict[str, Any]) -> list[str]:
+    """The guest's rows (kernel router, IPVS, lbd NFQUEUE, lbd AF_XDP) and the ratios to IPVS."""
+    from bench.ab import guest_ratios  # noqa: PLC0415
+
+    g = ab.get("guest") or {}
+    res = (g.get("pps") or {}).get("results", [])
+    lines = ["", "## The guest: next to kernel IPVS (Debian's kernel under qemu TCG; ratios only)", "",
+             f"Command: `{(ab.get('config') or {}).get('command', '?')}`, guest kernel {g.get('kernel', '?')}, "
+             f"commit {ab.get('commit', '?')}, elapsed {ab.get('elapsed_s', '?')} s, load at its start "
+             f"{' '.join((ab.get('machine') or {}).get('loadavg_at_start', []))}. DR (`route`) and IPIP "
+             "(`tunnel`), established flows only (bench/ab_guest.py); lbd AF_XDP in generic XDP mode on the "
+             "guest's veth.", ""]
+    rows = []
+    for mode in sorted({r["mode"] for r in res}):
+        for system in ("kernel", "ipvs", "lbd", "lbd-afxdp"):
+            rs = [r for r in res if r["system"] == system and r["mode"] == mode]
+            if rs:
+                rows.append([mode, system, fmt_spread(_med([r["zero_loss_pps"] for r in rs]), 1e3, 1, "k"),
+                             "yes" if any(r["generator_limited"] for r in rs) else "no",
+                             fmt_spread(_med([r.get("dut_us_per_pkt") for r in rs]), 1, 1)])
+    lines += table(["mode", "system", "zero-loss pps", "gen-limited", "CPU us/pkt"], rows)
+    lines += ["", "Ratios within each repetition (zero-loss lbd / IPVS; CPU per packet IPVS / lbd, >= 1.0: lbd "
+              "as cheap as IPVS):", ""]
+    lines += table(["lbd / mode", "zero-loss lbd/IPVS", "CPU IPVS/lbd"],
+                   [[k, fmt_spread(v["zero_loss_lbd_over_ipvs"], 1, 2, "x"), fmt_spread(v["cpu_ipvs_over_lbd"], 1, 2, "x")]
+                    for k, v in guest_ratios(res).items()])
+    for sk in (g.get("pps") or {}).get("skipped", []):
+        lines.append(f"- skipped: {sk['system']} {sk['mode']} rep {sk.get('rep')}: {sk['reason'][:300]}")
+    for k, v in (g.get("errors") or {}).items():
+        lines.append(f"- error in {k}: {str(v).splitlines()[0][:300]}")
+    if ab.get("error"):
+        lines.append(f"- {ab['error'][:500]}")
+    return lines
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def render(data: dict[str, Any], analysis: str | None = None) -> str:
+    cfg = data["config"]
+    m = data.get("machine", {})
+    lines = [f"# AF_XDP vs NFQUEUE vs kernel forwarding ({data.get('started', '?')}, commit {data.get('commit', '?')})",
+             "", "Issue 19 items 3 and 4, measured in ONE run (`bench/afxdp_report.py`, bench/pps.py's machinery).",
+             "", "Command:", "", f"    flock /tmp/lvs-bench.lock .venv/bin/python -m bench afxdp-report "
+             f"{' '.join(cfg.get('command', '').split()[4:])}".rstrip(), ""]
+    load = data.get("load", {})
+    per_result = [r.get("loadavg") for r in data.get("results", []) if r.get("loadavg")]
+    one_min = [float(x[0]) for x in per_result]
+    lines += [f"Machine: {m.get('cpus')} CPUs ({m.get('cpu_model', '?')}), kernel {m.get('kernel')}; generator on "
+              f"CPU {cfg.get('gen_cpu')}, director (lbd, its receive path by RPS) on CPU {cfg.get('dut_cpu')}; "
+              f"wiring `{cfg.get('wire')}`, "
+              f"{ARMS[cfg.get('arms') == 1]}; AF_XDP `--xdp-mode {cfg.get('xdp_mode')}`; {cfg.get('repeats')} "
+              f"repetitions, windows {cfg.get('window_s')} s, {cfg.get('steps')} bisection steps; "
+              f"elapsed {data.get('elapsed_s', '?')} s."]
+    if load:
+        lines += ["", f"Load: at the start {_load_text(load.get('start'))}; at the end {_load_text(load.get('end'))}"
+                  + (f"; 1-min load average over the results {min(one_min):.2f}-{max(one_min):.2f}" if one_min else "")
+                  + ". The machine is shared (other sessions' tests and qemu guests run beside the bench), so "
+                  "only figures and ratios within this run mean something; the spread over the repetitions "
+                  "is given with every figure (median (min-max, n))."]
+    lines += ["", "## Targets (issue 19 item 4)", "", *table(["target", "figure (median (min-max, n))", "verdict"],
+                                                            targets(data))]
+    lines += ["", "## Figures", "",
+              "Zero-loss: the highest measured offered rate with < 0.1 % loss (bisection, bounded; generator-limited: "
+              "the unpaced generator's own maximum passed, a lower bound). Overload: what arrived while the "
+              "generator ran unpaced. CPU/pkt: director CPU per received packet at the zero-loss trial (the "
+              "overload trial when none passed): lbd's packet thread + the director CPU's softirq time, at most "
+              "that CPU's busy time (bench/pps.py dut_fields); at low rates the other tenants' softirq and CPU time on "
+              "the director CPU weigh much (see the spread). CPU saturated: the same per delivered packet in the "
+              "overload trial (the director CPU full: batches fullest, other tenants weigh least; an upper bound, "
+              "the work on packets dropped at the door is charged to the delivered ones). Latency: one-way, 300 marked probes at 50 % of "
+              "the repetition's zero-loss rate (bench/latency.py), includes the sender's system call and both "
+              "veths (the kernel row is the baseline).", "",
+              *table(["mode", "traffic", "system", "zero-loss pps", "gen-limited", "overload rx", "CPU us/pkt at zero-loss",
+                      "CPU us/pkt saturated", "per core (saturated)", "latency p50 us", "p99 us", "probes lost"], summary_rows(data))]
+    lines += ["", "## Ratios (per repetition, then median (min-max, n))", "",
+              "zero-loss: AF_XDP / NFQUEUE and AF_XDP / kernel; CPU per packet: NFQUEUE / AF_XDP and kernel / "
+              "AF_XDP (> 1 = AF_XDP cheaper; 1.0 vs kernel = as cheap as the kernel forwarding the same "
+              "packets); latency p50 AF_XDP / NFQUEUE (< 1 = AF_XDP faster).", ""]
+    rrows = []
+    for mode in cfg["modes"]:
+        for traffic in cfg["traffic"]:
+            r = ratios(data, mode, traffic)
+            rrows.append([mode, traffic, *(fmt_spread(r[k], 1, 2, "x") for k in
+                                           ("zl_afxdp_nfq", "zl_afxdp_kernel", "cpu_nfq_afxdp", "cpu_kernel_afxdp",
+                                            "sat_nfq_afxdp", "sat_kernel_afxdp", "p50_afxdp_nfq"))])
+    lines += table(["mode", "traffic", "zero-loss AF_XDP/NFQ", "zero-loss AF_XDP/kernel", "CPU NFQ/AF_XDP",
+                    "CPU kernel/AF_XDP", "saturated CPU NFQ/AF_XDP", "saturated CPU kernel/AF_XDP",
+                    "p50 AF_XDP/NFQ"], rrows)
+    lines += ["", "## Where the AF_XDP source's CPU goes", ""]
+    split = [[mode, traffic, LABEL[system], *(fmt_spread(_med([r.get(k) for r in data.get("results", [])
+                                                                if r["system"] == system and r["mode"] == mode
+                                                                and r["traffic"] == traffic]), 1, 2)
+                                               for k in ("lbd_user_us_per_pkt", "lbd_sys_us_per_pkt",
+                                                         "softirq_us_per_pkt"))]
+             for mode in cfg["modes"] for traffic in cfg["traffic"] for system in ("c", "afxdp", *EXTRA)
+             if any(r["system"] == system for r in data.get("results", []))]
+    lines += ["lbd's packet thread (user, system) and the director CPU's softirq time, per packet at the zero-loss "
+              "trial; thread + softirq can exceed the CPU/pkt figure, which is capped by the CPU's busy time "
+              "(softirq work done in the thread's system call is charged to both).", "",
+              *table(["mode", "traffic", "system", "lbd user us/pkt", "lbd system us/pkt", "softirq us/pkt"], split)]
+    tx = xdp_tx_split(data.get("results", []))
+    if tx["packets"]:
+        lines += ["", f"Forwarded frames over the whole run: {tx['xmit_xsk']} on the AF_XDP TX ring, {tx['xmit_l2']} "
+                  f"through the AF_PACKET socket (one sendmsg each), {tx['xmit_l2_err']} refused; "
+                  f"{tx['packets']} frames received in {tx['batches']} batches "
+                  f"({tx['packets'] / max(tx['batches'], 1):.1f} a batch); the kernel's XDP_STATISTICS "
+                  f"rx_ring_full {tx['kernel_rx_ring_full']} (frames the program redirected while the socket's "
+                  "ring was full: the overload trials' loss)."]
+    if data.get("guest_ab"):
+        lines += guest_section(data["guest_ab"])
+    skipped = data.get("skipped", [])
+    if skipped:
+        lines += ["", "## Skipped", "", *(f"- {s['system']} {s['mode']}: {s['reason'][:400]}" for s in skipped)]
+    if analysis:
+        lines += ["", analysis.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def _load_text(s: dict[str, Any] | None) -> str:
+    if not s:
+        return "?"
+    return (f"{s.get('time')} load average {' '.join(s.get('loadavg', []))}, CPU busy "
+            f"{'/'.join(str(x) for x in s.get('cpu_busy_pct', []))} % (1 s sample, before/after the bench)")
