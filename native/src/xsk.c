@@ -408,8 +408,12 @@ static void txq_add(struct lb_xsk *q, const struct lb_action *a, const uint8_t *
 {
     struct xsk_txq *t = q->txq;
     uint32_t count = nfrag ? nfrag : 1;
-    if (count > XSK_TXQ_MAX - t->n || t->npkt >= XSK_TXQ_MAX)
-        return; /* txq_room prevents it */
+    if (count > XSK_TXQ_MAX - t->n || t->npkt >= XSK_TXQ_MAX) { /* txq_room prevents it; counted, never lost */
+        q->stats.xmit_l2_err++;
+        if (kind != TXQ_TIMER)
+            lb_count_xmit_failed(q->lb, a->reason);
+        return;
+    }
     t->pkt[t->npkt].first = t->n;
     t->pkt[t->npkt].count = count;
     t->pkt[t->npkt].reason = a->reason;
