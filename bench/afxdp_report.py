@@ -176,9 +176,11 @@ def judge_min(value: float | None, target: float, lower_bound: bool = False) -> 
 
 def xdp_tx_split(results: Sequence[dict[str, Any]]) -> dict[str, int]:
     """How the AF_XDP source's forwarded frames left, summed over its sockets and results: the
-    socket's own TX ring (no copy, no system call per frame) or the AF_PACKET socket (one sendmsg
-    per frame: the real server is behind another interface than the one the frame came in on)."""
-    tot = {"packets": 0, "xmit_xsk": 0, "xmit_l2": 0, "xmit_l2_err": 0, "kernel_rx_ring_full": 0, "batches": 0}
+    socket's own TX ring (no copy, no system call per frame) or the AF_PACKET socket (the real server
+    is behind another interface than the one the frame came in on: one sendmmsg per receive batch
+    since the batching, xmit_l2_calls; one sendmsg per frame before it, where xmit_l2_calls is absent)."""
+    tot = {"packets": 0, "xmit_xsk": 0, "xmit_l2": 0, "xmit_l2_err": 0, "kernel_rx_ring_full": 0, "batches": 0,
+           "xmit_l2_calls": 0, "xmit_l2_waits": 0}
     for r in results:
         if r.get("system") not in ("afxdp", *EXTRA):
             continue
@@ -365,8 +367,10 @@ def render(data: dict[str, Any], analysis: str | None = None) -> str:
               *table(["mode", "traffic", "system", "lbd user us/pkt", "lbd system us/pkt", "softirq us/pkt"], split)]
     tx = xdp_tx_split(data.get("results", []))
     if tx["packets"]:
+        calls = (f"in {tx['xmit_l2_calls']} sendmmsg calls ({tx['xmit_l2'] / tx['xmit_l2_calls']:.1f} a call, "
+                 f"{tx['xmit_l2_waits']} waits for room)" if tx["xmit_l2_calls"] else "(one sendmsg each)")
         lines += ["", f"Forwarded frames over the whole run: {tx['xmit_xsk']} on the AF_XDP TX ring, {tx['xmit_l2']} "
-                  f"through the AF_PACKET socket (one sendmsg each), {tx['xmit_l2_err']} refused; "
+                  f"through the AF_PACKET socket {calls}, {tx['xmit_l2_err']} refused; "
                   f"{tx['packets']} frames received in {tx['batches']} batches "
                   f"({tx['packets'] / max(tx['batches'], 1):.1f} a batch); the kernel's XDP_STATISTICS "
                   f"rx_ring_full {tx['kernel_rx_ring_full']} (frames the program redirected while the socket's "

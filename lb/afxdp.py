@@ -117,14 +117,15 @@ class AfxdpSource:
 
     def __init__(self, lb_handle: Any, interfaces: Sequence[str], mode: str = "auto", copy: bool = False,
                  cpus: Sequence[int] | None = None, mark_queue: int = 0, bpf_object: Path = BPF_OBJECT,
-                 timers: bool = True) -> None:
+                 timers: bool = True, qdisc_bypass: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"XDP mode {mode!r}: one of {', '.join(MODES)}")
         self._lb = lb_handle
         self.interfaces = list(interfaces)
         self.mode = mode
         self.copy = copy
-        self.cpus = list(cpus or [])
+        self.cpus = list(cpus or [])  # --queue-cpus: socket i's thread on cpus[i] (all or none pinned)
+        self.qdisc_bypass = qdisc_bypass  # the AF_PACKET sockets' frames skip the qdisc
         self.mark_queue = mark_queue
         self.bpf_object = bpf_object
         self.timers = timers  # False: another thread (the NFQUEUE fallback's queue) runs the sweep and timers
@@ -137,12 +138,25 @@ class AfxdpSource:
         """Attach and bind every interface, all or nothing."""
         if not self.bpf_object.exists():
             raise AfxdpError(2, f"the XDP program {self.bpf_object} is missing (`make build` compiles it)")
+        self._check_cpus()
         try:
             for ifname in self.interfaces:
                 self._attach(ifname)
         except BaseException:
             self.stop()
             raise
+
+    def _check_cpus(self) -> None:
+        """--queue-cpus names one CPU per socket, in socket order (as one per queue under NFQUEUE):
+        a list that does not match the interfaces' receive queues is refused before anything is
+        attached."""
+        if not self.cpus:
+            return
+        queues = [(ifname, rx_queue_count(ifname)) for ifname in self.interfaces]
+        sockets = sum(n for _, n in queues)
+        if len(self.cpus) != sockets:
+            raise AfxdpError(22, f"--queue-cpus lists {len(self.cpus)} CPU(s) for {sockets} AF_XDP socket(s), one per "
+                             "receive queue (" + ", ".join(f"{name}: {n}" for name, n in queues) + ")")
 
     def _attach(self, ifname: str) -> None:
         try:
@@ -170,7 +184,8 @@ class AfxdpSource:
         for queue_id in range(rx_queue_count(ifname)):
             opts = ffi.new("struct lb_xsk_opts *")
             first = self.timers and len(self._attached) == 1 and queue_id == 0
-            opts.flags = (lib.LB_XSK_F_TIMERS if first else 0) | (lib.LB_XSK_F_COPY if self.copy else 0)
+            opts.flags = ((lib.LB_XSK_F_TIMERS if first else 0) | (lib.LB_XSK_F_COPY if self.copy else 0)
+                          | (lib.LB_XSK_F_QDISC_BYPASS if self.qdisc_bypass else 0))
             n = sum(len(a.sockets) for a in self._attached)
             opts.cpu = self.cpus[n] if n < len(self.cpus) else -1
             opts.queue_id = queue_id
@@ -180,14 +195,16 @@ class AfxdpSource:
                 code = -err[0]
                 raise AfxdpError(code, f"{ifname} queue {queue_id}: cannot bind an AF_XDP socket: {os.strerror(code)}")
             att.sockets.append(q)
+            pinned = f", thread on CPU {opts.cpu}" if opts.cpu >= 0 else ""
             if lib.lb_xsk_zerocopy(q):
-                log.info("%s queue %d: AF_XDP socket in zero-copy mode", ifname, queue_id)
+                log.info("%s queue %d: AF_XDP socket in zero-copy mode%s", ifname, queue_id, pinned)
             else:
                 st = ffi.new("struct lb_xsk_stats *")
                 lib.lb_xsk_get_stats(q, st)
                 why = ("--xdp-copy" if self.copy else
                        f"the driver refused zero-copy: {os.strerror(st.zerocopy_err)}" if st.zerocopy_err else "")
-                log.info("%s queue %d: AF_XDP socket in copy mode%s", ifname, queue_id, f" ({why})" if why else "")
+                log.info("%s queue %d: AF_XDP socket in copy mode%s%s", ifname, queue_id, f" ({why})" if why else "",
+                         pinned)
 
     def stop(self) -> None:
         """Sockets first (their threads stop), then the programs: the interfaces are the kernel's again."""

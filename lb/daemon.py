@@ -90,7 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "names the instance (chains, state file) as --queue-num does")
     p.add_argument("--queue-cpus", metavar="LIST",
                    help="CPU of each queue's thread, in queue order (e.g. 0,2-3). Default with --queue-balance: "
-                   "the CPUs lbd may run on, round robin; one queue: not pinned")
+                   "the CPUs lbd may run on, round robin; one queue: not pinned. With --packet-source afxdp: the "
+                   "CPU of each AF_XDP socket's thread (the --xdp-interface order, each one's receive queues "
+                   "ascending; one CPU per socket); default not pinned")
     p.add_argument("--queue-cpu-fanout", action="store_true",
                    help="with --queue-balance: the kernel picks the queue by the CPU handling the packet "
                    "(FIRST + cpu %% count) and queue i's thread runs on CPU i, so a packet stays on the CPU "
@@ -219,12 +221,10 @@ def _metrics_listen(text: str) -> tuple[str, int]:
 # What the AF_XDP source cannot do, refused at start (docs/afxdp.md says why for each).
 AFXDP_REFUSED = (
     ("--queue-balance", "balance", "AF_XDP uses one socket per receive queue of the interface (RSS spreads the packets)"),
-    ("--queue-cpus", "queue_cpus", "CPU pinning of AF_XDP threads is not implemented yet"),
     ("--queue-cpu-fanout", "queue_cpu_fanout", "AF_XDP sockets follow the receive queues already"),
     ("--gso", "gso", "XDP frames are never GSO packets"),
     ("--fail-open", "fail_open", "it is an NFQUEUE option"),
     ("--queue-maxlen", "queue_maxlen", "it is an NFQUEUE option (the AF_XDP rings are fixed)"),
-    ("--qdisc-bypass", "qdisc_bypass", "frames to the receiving interface leave on the AF_XDP ring"),
     ("--conntrack", "conntrack", "packets redirected by XDP never reach conntrack"),
 )
 
@@ -253,8 +253,9 @@ def _check_packet_source(p: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Resolve --queue-num/--queue-balance/--queue-cpus/--gso into args.queues (a QueuePlan)."""
-    from lb.queues import QueueSpecError, plan
+    """Resolve --queue-num/--queue-balance/--queue-cpus/--gso into args.queues (a QueuePlan); under
+    --packet-source afxdp --queue-cpus pins the AF_XDP sockets' threads instead (args.xdp_cpus)."""
+    from lb.queues import QueueSpecError, afxdp_cpus, plan
 
     if args.queue_balance and args.queue_num is not None:
         p.error("give either --queue-num or --queue-balance (its FIRST names the instance)")
@@ -271,8 +272,11 @@ def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -
         p.error(f"--gso-mtu {args.gso_mtu} out of range 576..65535")
     if args.queue_maxlen is not None and not 1 <= args.queue_maxlen <= 1 << 20:
         p.error(f"--queue-maxlen {args.queue_maxlen} out of range 1..1048576")
+    xdp = args.packet_source == "afxdp"
     try:
-        args.queues = plan(args.queue_num, args.queue_balance, args.queue_cpus, args.queue_cpu_fanout)
+        args.xdp_cpus = afxdp_cpus(args.queue_cpus) if xdp else []
+        args.queues = plan(args.queue_num, args.queue_balance, None if xdp else args.queue_cpus,
+                           args.queue_cpu_fanout)
     except QueueSpecError as exc:
         p.error(str(exc))
     args.queue_num = args.queues.first
@@ -605,8 +609,8 @@ async def run(args: argparse.Namespace) -> int:
 
             assert isinstance(engine, CEngine)  # parse_args: --packet-source afxdp needs --engine c
             # With the NFQUEUE fallback its queue's thread runs the expiry sweep and the timers.
-            xdp = AfxdpSource(engine.handle, args.xdp_interface, args.xdp_mode, args.xdp_copy,
-                              mark_queue=args.queue_num, timers=rules is None)
+            xdp = AfxdpSource(engine.handle, args.xdp_interface, args.xdp_mode, args.xdp_copy, cpus=args.xdp_cpus,
+                              mark_queue=args.queue_num, timers=rules is None, qdisc_bypass=args.qdisc_bypass)
             director.rules = xdp
             director.sync_rules()  # the keys first: the program redirects nothing lbd has no entry for
             engine_started = True  # from here on stopped on exit, also after a partial start

@@ -175,6 +175,11 @@ XSK_FIELDS: dict[str, CounterField] = {
     "frag_packets": CounterField("lbd_afxdp_fragmented_packets_total",
                                  "Packets larger than their path MTU that lbd sent as IP fragments"),
     "frag_out": CounterField("lbd_afxdp_fragments_sent_total", "IP fragments those packets were cut into"),
+    "xmit_l2_calls": CounterField("lbd_afxdp_packet_socket_calls_total", "sendmmsg() calls on the AF_PACKET "
+                                  "socket (frames sent there per call: how well they are batched)"),
+    "xmit_l2_waits": CounterField("lbd_afxdp_packet_socket_waits_total", "Times the AF_PACKET socket or the "
+                                  "device queue was full and the thread waited for room (bounded; frames still "
+                                  "refused after it count as send errors)"),
 }
 XSK_NOT_COUNTERS = ("zerocopy_err",)  # an errno, shown by lbd_afxdp_socket_info
 

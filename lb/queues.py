@@ -77,6 +77,28 @@ def parse_cpu_list(text: str) -> list[int]:
     return cpus
 
 
+def available_cpus(cpus: list[int | None], allowed: set[int] | None = None) -> None:
+    """Refuse CPUs lbd may not run on (its affinity mask: taskset, systemd's CPUAffinity=)."""
+    allowed = set(os.sched_getaffinity(0)) if allowed is None else allowed
+    bad = sorted({c for c in cpus if c is not None and c not in allowed})
+    if bad:
+        raise QueueSpecError(f"CPU(s) {', '.join(map(str, bad))} not available to lbd "
+                             f"(allowed: {', '.join(map(str, sorted(allowed)))})")
+
+
+def afxdp_cpus(text: str | None, allowed: set[int] | None = None) -> list[int]:
+    """--queue-cpus under --packet-source afxdp: the CPU of each AF_XDP socket's thread, in socket
+    order (the --xdp-interface order, each interface's receive queues ascending). How many sockets
+    there are is the interfaces' to say: lb.afxdp.AfxdpSource checks the count when it starts."""
+    if text is None:
+        return []
+    cpus = parse_cpu_list(text)
+    if len(cpus) > MAX_THREADS:
+        raise QueueSpecError(f"--queue-cpus {text!r}: at most {MAX_THREADS} threads")
+    available_cpus(list(cpus), allowed)
+    return cpus
+
+
 def plan(queue_num: int, balance: str | None, cpus: str | None, cpu_fanout: bool,
          allowed: set[int] | None = None) -> QueuePlan:
     """The queues and CPUs lbd's options ask for, checked against the CPUs lbd may run on."""
@@ -103,8 +125,5 @@ def plan(queue_num: int, balance: str | None, cpus: str | None, cpu_fanout: bool
         pinned = [order[i % len(order)] for i in range(len(queues))]
     else:
         pinned = [None]
-    bad = sorted({c for c in pinned if c is not None and c not in allowed})
-    if bad:
-        raise QueueSpecError(f"CPU(s) {', '.join(map(str, bad))} not available to lbd "
-                             f"(allowed: {', '.join(map(str, sorted(allowed)))})")
+    available_cpus(pinned, allowed)
     return QueuePlan(tuple(queues), tuple(pinned), cpu_fanout)

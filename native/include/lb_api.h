@@ -640,6 +640,7 @@ void lb_xdp_get_stats(lb_xdp_t *x, struct lb_xdp_stats *out);
 
 #define LB_XSK_F_TIMERS 8          /* this socket's thread runs the expiry sweep and the timers */
 #define LB_XSK_F_COPY 16           /* copy mode even where the driver offers zero-copy */
+#define LB_XSK_F_QDISC_BYPASS 32   /* AF_PACKET frames skip the qdisc (PACKET_QDISC_BYPASS, as LB_NFQ_F_QDISC_BYPASS) */
 struct lb_xsk_opts {
     uint32_t flags;                /* LB_XSK_F_* */
     int32_t cpu;                   /* pin the thread to this CPU; -1: not pinned */
@@ -665,6 +666,8 @@ struct lb_xsk_stats {
     uint64_t kernel_fill_empty;
     uint64_t frag_packets;         /* packets larger than their path MTU (DF clear) sent as fragments */
     uint64_t frag_out;             /* the fragments they were cut into (lb_ip_fragment, on the packet socket) */
+    uint64_t xmit_l2_calls;        /* sendmmsg() calls on the AF_PACKET socket (frames / calls: the batching) */
+    uint64_t xmit_l2_waits;        /* times it was full (EAGAIN/ENOBUFS) and the thread waited for room, bounded */
 };
 lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, int *err);
 int lb_xsk_stop(lb_xsk_t *q);     /* joins the thread, closes the socket, frees q */

@@ -16,7 +16,10 @@
  * after the Ethernet header) under the table lock, then act on each verdict:
  *   LB_V_XMIT_L2 on this socket's interface: the frame is rewritten in place (l2hdr + out) and
  *     put on the TX ring, no copy out of the umem (the frame comes back on the completion ring);
- *     on another interface, or when the TX ring stays full: sent on an AF_PACKET socket.
+ *     on another interface, or when the TX ring stays full: queued for the AF_PACKET socket, and
+ *     the batch's queued frames leave in one sendmmsg() before its frames go back to the fill ring
+ *     (txq_flush: a full socket or device queue is waited for, bounded, before a frame counts as
+ *     not sent).
  *   LB_V_ANSWER: the IP packet on a raw IPPROTO_RAW socket (the kernel's IP output), as nfq.c.
  *   LB_V_ACCEPT / LB_V_MANGLE: XDP cannot accept a redirected frame, so the IP packet (original or
  *     mangled) is re-injected through the same raw socket: the kernel routes it, delivering
@@ -60,6 +63,10 @@
 #define XSK_SNDBUF_BYTES (4 * 1024 * 1024)
 #define XSK_FRAG_MAX 128                   /* fragments per packet: 65,535 bytes at MTU 576 need 119 */
 #define XSK_FRAG_BUF (LB_PKT_MAX + XSK_FRAG_MAX * 60) /* the packet plus a header of up to 60 bytes each */
+#define XSK_TXQ_MAX (XSK_BATCH > XSK_FRAG_MAX ? XSK_BATCH : XSK_FRAG_MAX) /* frames per sendmmsg() */
+#define XSK_TXQ_WAITS 4                    /* waits for room per flush before the rest counts as not sent */
+#define XSK_TXQ_WAIT_MS 1                  /* EAGAIN (socket buffer full): poll(POLLOUT) at most this long */
+#define XSK_TXQ_NOBUFS_US 25               /* ENOBUFS (device or veth peer queue full): sleep 25, 50, 100, 200 us */
 
 struct lb_xdp_key_wire {                   /* struct lb_xdp_key of lb_xdp.bpf.c: network order */
     uint32_t saddr;
@@ -81,6 +88,26 @@ struct lb_xdp {
     int mode;                              /* LB_XDP_MODE_NATIVE / _GENERIC */
 };
 
+enum xsk_txq_kind { TXQ_FORWARD, TXQ_FRAGMENTS, TXQ_TIMER };
+
+/* Frames for the AF_PACKET socket, sent together by txq_flush(). A packet is one frame, or the
+ * fragments it was cut into (counted sent only when every fragment was). The bytes a frame points
+ * to (the umem frame, q->out, q->frag) stay untouched until the flush. */
+struct xsk_txq {
+    uint32_t n;                            /* frames queued */
+    uint32_t npkt;                         /* packets they belong to */
+    struct mmsghdr msg[XSK_TXQ_MAX];
+    struct iovec iov[XSK_TXQ_MAX][2];      /* the Ethernet header, the IP packet */
+    struct sockaddr_ll sll[XSK_TXQ_MAX];
+    uint8_t l2hdr[XSK_TXQ_MAX][LB_L2HDR_LEN];
+    int err[XSK_TXQ_MAX];                  /* per frame after the flush: 0 sent, else the errno */
+    struct {
+        uint32_t first, count;             /* its frames: msg[first .. first + count) */
+        int32_t reason;                    /* lb_action.reason, for lb_count_xmit_failed */
+        uint8_t kind;                      /* enum xsk_txq_kind */
+    } pkt[XSK_TXQ_MAX];
+};
+
 struct lb_xsk {
     lb_t *lb;
     struct lb_xdp *xdp;
@@ -97,6 +124,7 @@ struct lb_xsk {
     uint8_t *out;                          /* XSK_BATCH * LB_PKT_MAX */
     uint8_t *frag;                         /* XSK_FRAG_BUF: one packet's fragments, back to back */
     uint32_t frag_len[XSK_FRAG_MAX];
+    struct xsk_txq *txq;                   /* the AF_PACKET socket's batch */
     uint32_t tx_pending;                   /* frames on the TX ring not yet completed */
     pthread_t thread;
     int thread_started;
@@ -298,47 +326,147 @@ static int tx_frame(struct lb_xsk *q, uint64_t addr, uint32_t len)
     return 0;
 }
 
-static int send_l2(struct lb_xsk *q, const struct lb_action *a, const uint8_t *ip, uint32_t len)
+/* Count each queued packet sent or not, then empty the queue. */
+static void txq_account(struct lb_xsk *q, struct xsk_txq *t)
 {
-    struct sockaddr_ll sll;
-    memset(&sll, 0, sizeof(sll));
-    sll.sll_family = AF_PACKET;
-    sll.sll_ifindex = a->ifindex;
-    sll.sll_protocol = htons(ETH_P_IP);
-    sll.sll_halen = 6;
-    memcpy(sll.sll_addr, a->l2hdr, 6);
-    struct iovec v[2] = {{.iov_base = (void *)a->l2hdr, .iov_len = LB_L2HDR_LEN},
-                         {.iov_base = (void *)ip, .iov_len = len}};
-    struct msghdr mh;
-    memset(&mh, 0, sizeof(mh));
-    mh.msg_name = &sll;
-    mh.msg_namelen = sizeof(sll);
-    mh.msg_iov = v;
-    mh.msg_iovlen = 2;
-    return sendmsg(q->pkt_fd, &mh, MSG_DONTWAIT) < 0 ? -errno : 0;
+    for (uint32_t p = 0; p < t->npkt; p++) {
+        int ok = 1;
+        for (uint32_t j = 0; j < t->pkt[p].count; j++)
+            if (t->err[t->pkt[p].first + j])
+                ok = 0;
+        if (t->pkt[p].kind == TXQ_TIMER) {
+            if (ok)
+                q->stats.timer_frames++;
+            else
+                q->stats.xmit_l2_err++;
+            continue;
+        }
+        if (!ok) {
+            q->stats.xmit_l2_err++;
+            lb_count_xmit_failed(q->lb, t->pkt[p].reason);
+            continue;
+        }
+        q->stats.xmit_l2++;
+        if (t->pkt[p].kind == TXQ_FRAGMENTS) {
+            q->stats.frag_packets++;
+            q->stats.frag_out += t->pkt[p].count;
+        }
+    }
+    t->n = 0;
+    t->npkt = 0;
+}
+
+/* Send every queued frame: one sendmmsg() for all of them when the socket takes them. sendmmsg()
+ * stops at the first frame that fails; a full socket buffer (EAGAIN: poll for POLLOUT) or device
+ * queue (ENOBUFS: the frame was dropped, so sending it again is no duplicate; the socket stays
+ * writable, so poll would not wait: a short sleep lets the queue drain) is waited for, at most
+ * XSK_TXQ_WAITS times per flush, after which the rest counts as not sent; any other error
+ * (EMSGSIZE, ENETDOWN, ENXIO: the frame's interface) fails that frame alone. */
+static void txq_flush(struct lb_xsk *q)
+{
+    struct xsk_txq *t = q->txq;
+    if (t->n == 0)
+        return;
+    uint32_t i = 0;
+    int waits = 0;
+    while (i < t->n) {
+        q->stats.xmit_l2_calls++;
+        int r = sendmmsg(q->pkt_fd, t->msg + i, t->n - i, MSG_DONTWAIT);
+        if (r > 0) {
+            for (uint32_t j = 0; j < (uint32_t)r && i < t->n; j++)
+                t->err[i++] = 0;
+            continue;
+        }
+        int e = r < 0 ? errno : EIO;
+        int full = e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS || e == EINTR;
+        if (full && waits < XSK_TXQ_WAITS) {
+            q->stats.xmit_l2_waits++;
+            if (e == ENOBUFS) {
+                struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)XSK_TXQ_NOBUFS_US * 1000L << waits};
+                nanosleep(&ts, NULL);
+            } else {
+                struct pollfd pfd = {.fd = q->pkt_fd, .events = POLLOUT};
+                poll(&pfd, 1, XSK_TXQ_WAIT_MS);
+            }
+            waits++;
+            continue;
+        }
+        if (full) {
+            while (i < t->n)
+                t->err[i++] = e;
+            break;
+        }
+        t->err[i++] = e;
+    }
+    txq_account(q, t);
+}
+
+/* Queue packet ip[0..len) (or its fragments, nfrag > 0: frag_len[] bytes each, back to back from
+ * ip) behind a's Ethernet header; the caller makes room (txq_room) first. */
+static void txq_add(struct lb_xsk *q, const struct lb_action *a, const uint8_t *ip, uint32_t len,
+                    const uint32_t *frag_len, uint32_t nfrag, enum xsk_txq_kind kind)
+{
+    struct xsk_txq *t = q->txq;
+    uint32_t count = nfrag ? nfrag : 1;
+    if (count > XSK_TXQ_MAX - t->n || t->npkt >= XSK_TXQ_MAX) { /* txq_room prevents it; counted, never lost */
+        q->stats.xmit_l2_err++;
+        if (kind != TXQ_TIMER)
+            lb_count_xmit_failed(q->lb, a->reason);
+        return;
+    }
+    t->pkt[t->npkt].first = t->n;
+    t->pkt[t->npkt].count = count;
+    t->pkt[t->npkt].reason = a->reason;
+    t->pkt[t->npkt].kind = (uint8_t)kind;
+    t->npkt++;
+    const uint8_t *p = ip;
+    for (uint32_t j = 0; j < count; j++) {
+        uint32_t k = t->n++;
+        uint32_t plen = nfrag ? frag_len[j] : len;
+        memcpy(t->l2hdr[k], a->l2hdr, LB_L2HDR_LEN);
+        struct sockaddr_ll *sll = &t->sll[k];
+        memset(sll, 0, sizeof(*sll));
+        sll->sll_family = AF_PACKET;
+        sll->sll_ifindex = a->ifindex;
+        sll->sll_protocol = htons(ETH_P_IP);
+        sll->sll_halen = 6;
+        memcpy(sll->sll_addr, a->l2hdr, 6);
+        t->iov[k][0].iov_base = t->l2hdr[k];
+        t->iov[k][0].iov_len = LB_L2HDR_LEN;
+        t->iov[k][1].iov_base = (void *)p;
+        t->iov[k][1].iov_len = plen;
+        memset(&t->msg[k], 0, sizeof(t->msg[k]));
+        t->msg[k].msg_hdr.msg_name = sll;
+        t->msg[k].msg_hdr.msg_namelen = sizeof(*sll);
+        t->msg[k].msg_hdr.msg_iov = t->iov[k];
+        t->msg[k].msg_hdr.msg_iovlen = 2;
+        t->err[k] = 0;
+        p += plen;
+    }
+}
+
+/* Room for count more frames, flushing what is queued when there is not. */
+static void txq_room(struct lb_xsk *q, uint32_t count)
+{
+    if (count > XSK_TXQ_MAX - q->txq->n || q->txq->npkt >= XSK_TXQ_MAX)
+        txq_flush(q);
 }
 
 /* A packet larger than its path MTU with DF clear (a->frag_mtu), as the kernel's ip_fragment cuts
- * what IPVS sends on: its fragments, each in its own frame on the packet socket. Returns 0 (the
- * frame itself goes back to the fill ring). */
+ * what IPVS sends on: its fragments, each in its own frame on the packet socket. They are cut into
+ * q->frag, which the next fragmented packet reuses: sent at once, after what was queued before
+ * them (the order of a connection's packets stays). Returns 0 (the frame goes back to the fill ring). */
 static int send_fragmented(struct lb_xsk *q, const struct lb_action *a, const uint8_t *ip, uint32_t len)
 {
     int k = lb_ip_fragment(ip, len, a->frag_mtu, q->frag, XSK_FRAG_BUF, q->frag_len, XSK_FRAG_MAX);
-    int ok = k > 0;
-    const uint8_t *f = q->frag;
-    for (int j = 0; j < k; j++) {
-        if (send_l2(q, a, f, q->frag_len[j]) < 0)
-            ok = 0;
-        f += q->frag_len[j];
-    }
-    if (!ok) {
+    if (k <= 0 || (uint32_t)k > XSK_TXQ_MAX) {
         q->stats.xmit_l2_err++;
         lb_count_xmit_failed(q->lb, a->reason);
         return 0;
     }
-    q->stats.xmit_l2++;
-    q->stats.frag_packets++;
-    q->stats.frag_out += (uint64_t)k;
+    txq_room(q, (uint32_t)k);
+    txq_add(q, a, q->frag, 0, q->frag_len, (uint32_t)k, TXQ_FRAGMENTS);
+    txq_flush(q);
     return 0;
 }
 
@@ -349,7 +477,6 @@ static int act_on(struct lb_xsk *q, const struct lb_action *a, uint8_t *frame, u
 {
     const uint8_t *res = a->out_len ? out : ip;
     uint32_t res_len = a->out_len ? a->out_len : len;
-    int r;
     switch (a->verdict) {
     case LB_V_XMIT_L2:
         /* The frame's room: from its data (addr, after the headroom) to the end of its chunk. */
@@ -365,13 +492,9 @@ static int act_on(struct lb_xsk *q, const struct lb_action *a, uint8_t *frame, u
         }
         if (a->frag_mtu && res_len > a->frag_mtu)
             return send_fragmented(q, a, res, res_len);
-        r = send_l2(q, a, res, res_len);
-        if (r < 0) {
-            q->stats.xmit_l2_err++;
-            lb_count_xmit_failed(q->lb, a->reason);
-        } else {
-            q->stats.xmit_l2++;
-        }
+        /* res is the umem frame's packet or q->out's slot: both stay until process_rx's flush. */
+        txq_room(q, 1);
+        txq_add(q, a, res, res_len, NULL, 0, TXQ_FORWARD);
         return 0;
     case LB_V_ANSWER:
         if (lb_adapter_send_raw(q->raw_fd, out, a->out_len) < 0) {
@@ -436,6 +559,7 @@ static void process_rx(struct lb_xsk *q)
         if (!on_tx)
             back[nback++] = addrs[i];
     }
+    txq_flush(q); /* before the frames it points into go back to the fill ring */
     kick_tx(q);
     fill_frames(q, back, nback);
 }
@@ -450,15 +574,17 @@ static void process_timers(struct lb_xsk *q)
         pthread_mutex_unlock(&q->lb->lock);
         if (!got)
             return;
-        int r = -EINVAL;
-        if (a.verdict == LB_V_XMIT_L2 && a.out_len)
-            r = send_l2(q, &a, q->out, a.out_len);
-        else if (a.verdict == LB_V_ANSWER)
-            r = lb_adapter_send_raw(q->raw_fd, q->out, a.out_len);
-        if (r == 0)
-            q->stats.timer_frames++;
-        else if (a.verdict == LB_V_XMIT_L2 || a.verdict == LB_V_ANSWER)
-            q->stats.xmit_l2_err++;
+        if (a.verdict == LB_V_XMIT_L2 && a.out_len) {
+            /* q->out is the next round's buffer: sent now (the receive batch's queue is empty here) */
+            txq_room(q, 1);
+            txq_add(q, &a, q->out, a.out_len, NULL, 0, TXQ_TIMER);
+            txq_flush(q);
+        } else if (a.verdict == LB_V_ANSWER) {
+            if (lb_adapter_send_raw(q->raw_fd, q->out, a.out_len) == 0)
+                q->stats.timer_frames++;
+            else
+                q->stats.xmit_l2_err++;
+        }
     }
 }
 
@@ -507,6 +633,7 @@ static void xsk_free(struct lb_xsk *q)
         close(q->raw_fd);
     free(q->out);
     free(q->frag);
+    free(q->txq);
     free(q);
 }
 
@@ -542,6 +669,7 @@ lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, 
     q->raw_fd = -1;
     q->out = calloc(XSK_BATCH, LB_PKT_MAX);
     q->frag = calloc(1, XSK_FRAG_BUF);
+    q->txq = calloc(1, sizeof(*q->txq));
     q->umem_area = mmap(NULL, (size_t)XSK_FRAMES * XSK_FRAME_SIZE, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (q->umem_area == MAP_FAILED) {
@@ -549,7 +677,7 @@ lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, 
         e = -errno;
         goto fail;
     }
-    if (!q->out || !q->frag) {
+    if (!q->out || !q->frag || !q->txq) {
         e = -ENOMEM;
         goto fail;
     }
@@ -583,6 +711,13 @@ lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, 
     }
     lb_adapter_sndbuf(q->raw_fd, XSK_SNDBUF_BYTES);
     lb_adapter_sndbuf(q->pkt_fd, XSK_SNDBUF_BYTES);
+    if (opts->flags & LB_XSK_F_QDISC_BYPASS) {
+        int bypass = 1;
+        if (setsockopt(q->pkt_fd, SOL_PACKET, PACKET_QDISC_BYPASS, &bypass, sizeof(bypass)) < 0) {
+            e = -errno;
+            goto fail;
+        }
+    }
     uint32_t mark = LB_SOCKET_MARK_BASE | opts->mark_queue;
     if (setsockopt(q->raw_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
         e = -errno;

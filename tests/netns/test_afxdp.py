@@ -16,6 +16,7 @@ with lbd's own words as the reason.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import signal
@@ -301,3 +302,51 @@ def test_segment_without_connection_gets_the_directors_reset(slbd: Lbd, topo: To
     if source == "afxdp":
         sockets = slbd.ok("counters")["afxdp"]["sockets"]
         assert sum(s["passed"] for s in sockets) >= 1 and sum(s["pass_err"] for s in sockets) == 0, sockets
+
+
+def thread_cpus(pid: int) -> list[str]:
+    """Cpus_allowed_list of each thread of process pid."""
+    out = []
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            m = re.search(r"^Cpus_allowed_list:\s*(\S+)", status.read_text(), re.M)
+            if m:
+                out.append(m.group(1))
+    return out
+
+
+def test_afxdp_queue_cpus_pins_each_socket_thread(topo: Topology) -> None:
+    """--queue-cpus under afxdp: one CPU per AF_XDP socket (one per receive queue), each thread
+    pinned and the pinning logged; a list of another length is refused before anything is attached."""
+    if not BPF_OBJECT.exists():
+        pytest.skip(f"{BPF_OBJECT} not built")
+    cpu = max(os.sched_getaffinity(0))
+    queues = topo.director.exec(["ls", f"/sys/class/net/{topo.director.ifname}/queues"]).stdout.split()
+    n = max(sum(1 for q in queues if q.startswith("rx-")), 1)
+    base = source_args(topo, "afxdp")
+    d = Lbd(topo, "c", args=[*base, "--queue-cpus", ",".join([str(cpu)] * n)])
+    try:
+        try:
+            d.start()
+        except LbdError as exc:
+            skip_if_unsupported(exc)
+            raise
+        assert d.proc is not None
+        for q in range(n):
+            assert re.search(rf"queue {q}: AF_XDP socket in [\w-]+ mode.*, thread on CPU {cpu}\b", d.log_tail()), \
+                d.log_tail()
+        assert thread_cpus(d.proc.pid).count(str(cpu)) >= n, (cpu, thread_cpus(d.proc.pid))
+        assert d.stop(signal.SIGTERM) == 0
+    finally:
+        if d.running():
+            d.stop(signal.SIGKILL)
+        d.cleanup()
+    wrong = Lbd(topo, "c", args=[*base, "--queue-cpus", ",".join([str(cpu)] * (n + 1))])
+    try:
+        with pytest.raises(LbdError, match=rf"--queue-cpus lists {n + 1} CPU\(s\) for {n} AF_XDP socket"):
+            wrong.start()
+        assert xdp_attached(topo) is None
+    finally:
+        if wrong.running():
+            wrong.stop(signal.SIGKILL)
+        wrong.cleanup()

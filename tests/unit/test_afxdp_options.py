@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from lb import daemon
+from lb import afxdp, daemon
 from lb.afxdp import AfxdpError, AfxdpRefusal, AfxdpWithFallback, steering_keys, xdp_link_prog_ids
 from lb.ipsets import Steering
 
@@ -36,12 +37,43 @@ def test_afxdp_accepts_interfaces_mode_and_copy() -> None:
     (["--queue-maxlen", "512"], "--queue-maxlen does not go with"),
     (["--queue-balance", "0:1"], "--queue-balance does not go with"),
     (["--conntrack"], "--conntrack does not go with"),
-    (["--qdisc-bypass"], "--qdisc-bypass does not go with"),
     (["--down-policy", "closed"], "--down-policy closed does not go with"),
     (["--engine", "python"], "needs the C engine"),
 ])
 def test_afxdp_refuses_what_cannot_work(extra: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert words in refused([*AFXDP, *extra], capsys)
+
+
+def test_afxdp_takes_queue_cpus_for_its_sockets_and_qdisc_bypass() -> None:
+    cpu = min(os.sched_getaffinity(0))
+    args = daemon.parse_args([*AFXDP, "--queue-cpus", f"{cpu},{cpu}", "--qdisc-bypass"])
+    # The AF_XDP sockets' threads, however many queues the interface has (checked at start); the
+    # NFQUEUE fallback's single queue stays unpinned.
+    assert args.xdp_cpus == [cpu, cpu] and args.queues.cpus == (None,) and args.qdisc_bypass
+    assert daemon.parse_args(AFXDP).xdp_cpus == []
+    assert daemon.parse_args(["--queue-cpus", str(cpu)]).xdp_cpus == []  # NFQUEUE: args.queues has them
+
+
+def test_afxdp_queue_cpus_refuses_cpus_lbd_may_not_use(capsys: pytest.CaptureFixture[str]) -> None:
+    outside = max(os.sched_getaffinity(0)) + 1
+    assert f"CPU(s) {outside} not available to lbd" in refused([*AFXDP, "--queue-cpus", str(outside)], capsys)
+    assert "expected a CPU list" in refused([*AFXDP, "--queue-cpus", "x"], capsys)
+
+
+def test_afxdp_queue_cpus_must_name_one_cpu_per_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bpf = tmp_path / "lb_xdp.bpf.o"
+    bpf.write_bytes(b"")
+    monkeypatch.setattr(afxdp, "rx_queue_count", lambda ifname: {"eth0": 2, "eth1": 1}[ifname])
+    attached: list[str] = []
+    monkeypatch.setattr(afxdp.AfxdpSource, "_attach", lambda self, ifname: attached.append(ifname))
+    src = afxdp.AfxdpSource(None, ["eth0", "eth1"], cpus=[0, 1], bpf_object=bpf)
+    with pytest.raises(afxdp.AfxdpError, match=r"--queue-cpus lists 2 CPU\(s\) for 3 AF_XDP socket\(s\), one per "
+                       r"receive queue \(eth0: 2, eth1: 1\)"):
+        src.start()
+    assert attached == []  # refused before anything was attached
+    afxdp.AfxdpSource(None, ["eth0", "eth1"], cpus=[0, 1, 1], bpf_object=bpf).start()
+    afxdp.AfxdpSource(None, ["eth0", "eth1"], bpf_object=bpf).start()  # not pinned: no count to match
+    assert attached == ["eth0", "eth1", "eth0", "eth1"]
 
 
 def test_afxdp_needs_an_interface(capsys: pytest.CaptureFixture[str]) -> None:

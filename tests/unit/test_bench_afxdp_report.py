@@ -79,6 +79,9 @@ def test_render_has_every_section_and_the_command() -> None:
                    "7 through the AF_PACKET socket", "missed by 3.1x", "## Analysis"):
         assert needle in text, needle
     assert "| dr | est | lbd NFQUEUE | 100.0k (n=1) |" in text
+    assert "7 through the AF_PACKET socket (one sendmsg each)" in text  # counters from before the batching
+    data["results"][2]["counters_after"]["afxdp"]["sockets"][0].update(xmit_l2_calls=2, xmit_l2_waits=1)
+    assert "7 through the AF_PACKET socket in 2 sendmmsg calls (3.5 a call, 1 waits for room)" in xr.render(data, "")
 
 
 def test_fmt_spread() -> None:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lb.queues import QueueSpecError, parse_cpu_list, parse_queue_range, plan
+from lb.queues import QueueSpecError, afxdp_cpus, parse_cpu_list, parse_queue_range, plan
 
 
 @pytest.mark.parametrize(("text", "expected"), [("0:1", (0, 1)), ("4:7", (4, 7)), ("0:65535", (0, 65535))])
@@ -87,3 +87,12 @@ def test_lbd_refuses_queue_options(argv: list[str], why: str, capsys: pytest.Cap
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)
     assert exc.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_afxdp_cpus_parse_in_socket_order_and_check_availability() -> None:
+    assert afxdp_cpus(None, allowed={0, 1}) == []
+    assert afxdp_cpus("1,0-1", allowed={0, 1}) == [1, 0, 1]  # the count is the sockets' (AfxdpSource.start)
+    with pytest.raises(QueueSpecError, match=r"CPU\(s\) 2 not available to lbd \(allowed: 0, 1\)"):
+        afxdp_cpus("0,2", allowed={0, 1})
+    with pytest.raises(QueueSpecError, match="at most 64 threads"):
+        afxdp_cpus("0-64", allowed=set(range(65)))
