@@ -346,10 +346,16 @@ def establish_ipvs(bed: pps.Bed, tmp: Path, flow_base: int) -> str | None:
     return f"IPVS holds {conns} of {pps.EST_FLOWS} flows"
 
 
+AFXDP_QUEUE_NUM = 1  # the AF_XDP lbd's NFQUEUE (its fallback) and instance name: the NFQUEUE lbd holds 0
+
+
 def afxdp_extra(bed: pps.Bed) -> tuple[str, ...]:
     """lbd's options for the AF_XDP source on the director's client-side interface, generic XDP (veth:
-    native XDP would run on the sending CPU, the generator's, see bench/pps.py)."""
-    return ("--packet-source", "afxdp", "--xdp-interface", bed.director.iface("lan").ifname, "--xdp-mode", "generic")
+    native XDP would run on the sending CPU, the generator's, see bench/pps.py). The AF_XDP source
+    also binds an NFQUEUE (its fallback for fragments, local clients, fwmark), and the NFQUEUE lbd
+    keeps queue 0 while this one runs: another queue number, which also names its own instance."""
+    return ("--packet-source", "afxdp", "--xdp-interface", bed.director.iface("lan").ifname, "--xdp-mode", "generic",
+            "--queue-num", str(AFXDP_QUEUE_NUM))
 
 
 def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd: Lbd, tmp: Path) -> None:
