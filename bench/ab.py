@@ -118,12 +118,12 @@ def guest_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     same mode, for FULLNAT IPVS NAT ("ipvs-nat", bench/ab_guest.py reference_system), its nearest.
     Keys "lbd-afxdp/route" (established), "lbd/tunnel/syn"; "reference" names the kernel's row.
     "afxdp_over_nfqueue" (under the lbd-afxdp keys): zero-loss AF_XDP/NFQUEUE and CPU NFQUEUE/AF_XDP."""
-    from bench.ab_guest import reference_system  # noqa: PLC0415
+    from bench.ab_guest import MODES, reference_system  # noqa: PLC0415
 
     out: dict[str, dict[str, Any]] = {}
     kinds = sorted({r.get("traffic", "est") for r in results}, key=lambda k: (k != "est", k))
     for kind in kinds:
-        for mode in sorted({r["mode"] for r in results}):
+        for mode in sorted({r["mode"] for r in results}, key=lambda m: (m not in MODES, MODES.index(m) if m in MODES else 0, m)):
             ref = reference_system(mode)
             for lbd_sys in ("lbd", "lbd-afxdp"):
                 zl, cpu = _pair_ratios(results, lbd_sys, ref, mode, kind)

@@ -269,12 +269,19 @@ GUEST_SYSTEMS = {  # bench/ab_guest.py's system names, as the report labels them
 }
 
 
+def _mode_order(mode: str) -> tuple[int, str]:
+    """bench/ab_guest.py's MODES order (route, tunnel, fullnat), unknown modes after."""
+    from bench.ab_guest import MODES  # noqa: PLC0415
+
+    return (MODES.index(mode) if mode in MODES else len(MODES), mode)
+
+
 def guest_rows(res: Sequence[dict[str, Any]]) -> list[list[str]]:
     """One row per (traffic, mode, system) of the guest's results: median (min-max, n) over the repetitions."""
     rows = []
     kinds = sorted({r.get("traffic", "est") for r in res}, key=lambda k: (k != "est", k))
     for kind in kinds:
-        for mode in sorted({r["mode"] for r in res}):
+        for mode in sorted({r["mode"] for r in res}, key=_mode_order):
             for system in GUEST_SYSTEMS:
                 rs = [r for r in res if r["system"] == system and r["mode"] == mode and r.get("traffic", "est") == kind]
                 if rs:
@@ -322,8 +329,8 @@ def guest_section(ab: dict[str, Any], title: str = "## The guest: next to kernel
     lines += table(["lbd / mode / traffic", "kernel row", "zero-loss lbd/kernel", "CPU kernel/lbd",
                     "zero-loss AF_XDP/NFQ", "CPU NFQ/AF_XDP"], guest_ratio_rows(res))
     for sk in pp.get("skipped", []):
-        lines.append(f"- skipped: {sk['system']} {sk['mode']} {sk.get('traffic', 'est')} rep {sk.get('rep')}: "
-                     f"{sk['reason'][:300]}")
+        reason = " ".join(sk["reason"].split())[:300]
+        lines.append(f"- skipped: {sk['system']} {sk['mode']} {sk.get('traffic', 'est')} rep {sk.get('rep')}: {reason}")
     for k, v in (g.get("errors") or {}).items():
         lines.append(f"- error in {k}: {str(v).splitlines()[0][:300]}")
     if ab.get("error"):
@@ -335,7 +342,7 @@ def guest_per_rep(res: Sequence[dict[str, Any]]) -> list[list[str]]:
     """Every guest trial: rep, mode, traffic, system, zero-loss, CPU, load: the per-repetition view."""
     order = list(GUEST_SYSTEMS)
     rows = []
-    for r in sorted(res, key=lambda r: (r["rep"], r.get("traffic", "est") != "est", r["mode"],
+    for r in sorted(res, key=lambda r: (r["rep"], r.get("traffic", "est") != "est", _mode_order(r["mode"]),
                                         order.index(r["system"]) if r["system"] in order else 99)):
         rows.append([str(r["rep"] + 1), r["mode"], r.get("traffic", "est"), r["system"],
                      f"{r['zero_loss_pps'] / 1e3:.1f}k", "yes" if r.get("generator_limited") else "no",
@@ -361,7 +368,7 @@ def render_guest(ab: dict[str, Any], analysis: str | None = None) -> str:
     lines += guest_section(ab, "## Figures")
     lines += ["", "## Every trial (per repetition)", "",
               *table(["rep", "mode", "traffic", "system", "zero-loss", "gen-limited", "unpaced offered",
-                      "CPU us/pkt", "load (1/5/15 min)"], guest_per_rep(res))]
+                      "CPU us/pkt", "guest load (1/5/15 min)"], guest_per_rep(res))]
     if analysis:
         lines += ["", "## Analysis", "", analysis.strip()]
     return "\n".join(lines) + "\n"
