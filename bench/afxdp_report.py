@@ -301,9 +301,16 @@ def guest_ratio_rows(res: list[dict[str, Any]]) -> list[list[str]]:
         x = v.get("afxdp_over_nfqueue") or {}
         rows.append([k, GUEST_SYSTEMS.get(v["reference"], v["reference"]),
                      fmt_spread(v["zero_loss_lbd_over_ipvs"], 1, 2, "x"), fmt_spread(v["cpu_ipvs_over_lbd"], 1, 2, "x"),
+                     _per_rep(v["cpu_ipvs_over_lbd"]),
                      fmt_spread(x["zero_loss"], 1, 2, "x") if x else "",
-                     fmt_spread(x["cpu_nfqueue_over_afxdp"], 1, 2, "x") if x else ""])
+                     fmt_spread(x["cpu_nfqueue_over_afxdp"], 1, 2, "x") if x else "",
+                     _per_rep(x["cpu_nfqueue_over_afxdp"]) if x else ""])
     return rows
+
+
+def _per_rep(s: dict[str, Any]) -> str:
+    """The values of a ratio in repetition order (repetitions missing a system left out)."""
+    return " / ".join(f"{v:.2f}" for v in s.get("values") or []) or "-"
 
 
 def guest_section(ab: dict[str, Any], title: str = "## The guest: next to kernel IPVS (Debian's kernel under qemu "
@@ -327,7 +334,8 @@ def guest_section(ab: dict[str, Any], title: str = "## The guest: next to kernel
               "packet kernel row / lbd (>= 1.0: lbd as cheap as IPVS); AF_XDP / NFQUEUE zero-loss and NFQUEUE / "
               "AF_XDP CPU per packet (> 1: AF_XDP better). Keys: lbd source / mode [/ traffic, est when absent].", ""]
     lines += table(["lbd / mode / traffic", "kernel row", "zero-loss lbd/kernel", "CPU kernel/lbd",
-                    "zero-loss AF_XDP/NFQ", "CPU NFQ/AF_XDP"], guest_ratio_rows(res))
+                    "CPU kernel/lbd per rep", "zero-loss AF_XDP/NFQ", "CPU NFQ/AF_XDP", "CPU NFQ/AF_XDP per rep"],
+                   guest_ratio_rows(res))
     for sk in pp.get("skipped", []):
         reason = " ".join(sk["reason"].split())[:300]
         lines.append(f"- skipped: {sk['system']} {sk['mode']} {sk.get('traffic', 'est')} rep {sk.get('rep')}: {reason}")

@@ -81,8 +81,8 @@ def test_ratios_per_traffic_with_the_nat_reference_for_fullnat() -> None:
     assert r["lbd-afxdp/route"]["cpu_ipvs_over_lbd"]["values"] == [2.0]  # "traffic" absent = est
     text = "\n".join(xr.guest_section({"guest": {"pps": {"results": res}}}))
     assert "| fullnat | syn | kernel IPVS NAT (-m): nearest kernel reference, not FULLNAT | 40.0k" in text
-    assert ("| lbd-afxdp/fullnat/syn | kernel IPVS NAT (-m): nearest kernel reference, not FULLNAT | 0.75x (n=1) | 0.50x (n=1) "
-            "| 1.50x (n=1) | 2.00x (n=1) |") in text
+    assert ("| lbd-afxdp/fullnat/syn | kernel IPVS NAT (-m): nearest kernel reference, not FULLNAT | 0.75x (n=1) | 0.50x (n=1) | 0.50 "
+            "| 1.50x (n=1) | 2.00x (n=1) | 2.00 |") in text
     md = xr.render_guest({"guest": {"pps": {"results": res}}, "config": {"command": "python -m bench ab X"}})
     assert "python -m bench ab X" in md and "## Every trial (per repetition)" in md
     assert xr.guest_target({"guest": {"pps": {"results": res}}})[2] == "met"
