@@ -70,21 +70,12 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     f = g.get("functional") or {}
     s["functional"] = {case: f[case].get("agree") for case in ("rr", "wlc") if case in f}
     p = (g.get("pps") or {}).get("results", [])
-    rows: dict[tuple[str, str], list[float]] = {}
+    rows: dict[str, list[float]] = {}
     for r in p:
-        rows.setdefault((r["system"], r["mode"]), []).append(r["zero_loss_pps"])
-    s["pps"] = {f"{k[0]}/{k[1]}": common.summarize(v) for k, v in rows.items()}
-    ratios = {}
-    for mode in ("route", "tunnel"):
-        per_rep = []
-        for rep in sorted({r["rep"] for r in p}):
-            a = [r["zero_loss_pps"] for r in p if r["rep"] == rep and r["system"] == "lbd" and r["mode"] == mode]
-            b = [r["zero_loss_pps"] for r in p if r["rep"] == rep and r["system"] == "ipvs" and r["mode"] == mode]
-            if a and b and b[0] > 0:
-                per_rep.append(a[0] / b[0])
-        if per_rep:
-            ratios[mode] = common.summarize(per_rep)
-    s["ratio_lbd_over_ipvs"] = ratios
+        rows.setdefault(f"{r['system']}/{r['mode']}{_traffic_suffix(r)}", []).append(r["zero_loss_pps"])
+    s["pps"] = {k: common.summarize(v) for k, v in rows.items()}
+    s["ratio_lbd_over_ipvs"] = {k.split("/", 1)[1]: v["zero_loss_lbd_over_ipvs"]
+                                for k, v in guest_ratios(p).items() if k.startswith("lbd/")}
     s["guest_ratios"] = guest_ratios(p)
     h = g.get("http") or []
     hs: dict[str, list[float]] = {}
@@ -95,26 +86,58 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
+def _traffic_suffix(r: dict[str, Any]) -> str:
+    """"" for established traffic (results from before --traffic had none: est), "/syn" else."""
+    kind = r.get("traffic", "est")
+    return "" if kind == "est" else f"/{kind}"
+
+
+def _pair_ratios(results: list[dict[str, Any]], num: str, den: str, mode: str,
+                 kind: str) -> tuple[list[float], list[float]]:
+    """Within each repetition, systems `num` and `den` in `mode` with `kind` traffic: zero-loss
+    num/den and CPU per packet den/num (> 1: num cheaper)."""
+    zl, cpu = [], []
+    for rep in sorted({r["rep"] for r in results}):
+        def pick(system: str, rep: int = rep) -> list[dict[str, Any]]:
+            return [r for r in results if r["rep"] == rep and r["system"] == system and r["mode"] == mode
+                    and r.get("traffic", "est") == kind]
+        a, b = pick(num), pick(den)
+        if not (a and b):
+            continue
+        if b[0]["zero_loss_pps"]:
+            zl.append(a[0]["zero_loss_pps"] / b[0]["zero_loss_pps"])
+        if a[0].get("dut_us_per_pkt") and b[0].get("dut_us_per_pkt"):
+            cpu.append(b[0]["dut_us_per_pkt"] / a[0]["dut_us_per_pkt"])
+    return zl, cpu
+
+
 def guest_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per mode and lbd packet source ("lbd": NFQUEUE, "lbd-afxdp"), taken within each repetition:
-    zero-loss pps lbd / IPVS, and director CPU per packet IPVS / lbd (>= 1.0: lbd at least as
-    cheap per packet as kernel IPVS, issue 19 item 4)."""
+    """Per mode, traffic and lbd packet source ("lbd": NFQUEUE, "lbd-afxdp"), taken within each
+    repetition: zero-loss pps lbd / IPVS, and director CPU per packet IPVS / lbd (>= 1.0: lbd at
+    least as cheap per packet as kernel IPVS, issue 19 item 4). The kernel's row is IPVS in the
+    same mode, for FULLNAT IPVS NAT ("ipvs-nat", bench/ab_guest.py reference_system), its nearest.
+    Keys "lbd-afxdp/route" (established), "lbd/tunnel/syn"; "reference" names the kernel's row.
+    "afxdp_over_nfqueue" (under the lbd-afxdp keys): zero-loss AF_XDP/NFQUEUE and CPU NFQUEUE/AF_XDP."""
+    from bench.ab_guest import MODES, reference_system  # noqa: PLC0415
+
     out: dict[str, dict[str, Any]] = {}
-    for mode in sorted({r["mode"] for r in results}):
-        for lbd_sys in ("lbd", "lbd-afxdp"):
-            zl, cpu = [], []
-            for rep in sorted({r["rep"] for r in results}):
-                a = [r for r in results if r["rep"] == rep and r["system"] == lbd_sys and r["mode"] == mode]
-                b = [r for r in results if r["rep"] == rep and r["system"] == "ipvs" and r["mode"] == mode]
-                if not (a and b):
+    kinds = sorted({r.get("traffic", "est") for r in results}, key=lambda k: (k != "est", k))
+    for kind in kinds:
+        for mode in sorted({r["mode"] for r in results}, key=lambda m: (m not in MODES, MODES.index(m) if m in MODES else 0, m)):
+            ref = reference_system(mode)
+            for lbd_sys in ("lbd", "lbd-afxdp"):
+                zl, cpu = _pair_ratios(results, lbd_sys, ref, mode, kind)
+                entry: dict[str, Any] = {"reference": ref, "zero_loss_lbd_over_ipvs": common.summarize(zl),
+                                         "cpu_ipvs_over_lbd": common.summarize(cpu)}
+                if lbd_sys == "lbd-afxdp":
+                    xzl, xcpu = _pair_ratios(results, "lbd-afxdp", "lbd", mode, kind)
+                    entry["afxdp_over_nfqueue"] = {"zero_loss": common.summarize(xzl),
+                                                   "cpu_nfqueue_over_afxdp": common.summarize(xcpu)}
+                    if not (zl or cpu or xzl or xcpu):
+                        continue
+                elif not (zl or cpu):
                     continue
-                if b[0]["zero_loss_pps"]:
-                    zl.append(a[0]["zero_loss_pps"] / b[0]["zero_loss_pps"])
-                if a[0].get("dut_us_per_pkt") and b[0].get("dut_us_per_pkt"):
-                    cpu.append(b[0]["dut_us_per_pkt"] / a[0]["dut_us_per_pkt"])
-            if zl or cpu:
-                out[f"{lbd_sys}/{mode}"] = {"zero_loss_lbd_over_ipvs": common.summarize(zl),
-                                           "cpu_ipvs_over_lbd": common.summarize(cpu)}
+                out[f"{lbd_sys}/{mode}{'' if kind == 'est' else '/' + kind}"] = entry
     return out
 
 
@@ -130,16 +153,21 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     data["configured_by"] = (data.get("guest") or {}).get("configured_by") or ab_tools.configured_by(args.lbd_tool)
     data["summary"] = summarize(data)
     data["elapsed_s"] = round(time.monotonic() - t0, 1)
+    if getattr(args, "md", None):
+        from bench import afxdp_report  # noqa: PLC0415
+
+        args.md.write_text(afxdp_report.render_guest(data))
+        common.log(f"ab: {args.md}")
     return data
 
 
 def guest_extra(args: argparse.Namespace) -> list[str]:
-    """bench/ab_guest.py options passed through: --afxdp, --parts, --repeats."""
+    """bench/ab_guest.py options passed through: --afxdp, --parts, --repeats, --modes, --traffic,
+    --steps."""
     extra = ["--afxdp"] if getattr(args, "afxdp", False) else []
-    if getattr(args, "parts", None):
-        extra += ["--parts", args.parts]
-    if getattr(args, "repeats", None):
-        extra += ["--repeats", str(args.repeats)]
+    for opt in ("parts", "repeats", "modes", "traffic", "steps"):
+        if getattr(args, opt, None):
+            extra += [f"--{opt}", str(getattr(args, opt))]
     return extra
 
 
@@ -154,8 +182,21 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     help="throughput also of lbd with --packet-source afxdp (generic XDP on the guest's veth)")
     ap.add_argument("--parts", default=None, help="guest parts: functional,http,throughput (default all)")
     ap.add_argument("--repeats", type=int, default=None, help="guest repetitions (default 2; quick 1)")
+    ap.add_argument("--modes", default=None,
+                    help="throughput: lbd's modes, of route,tunnel,fullnat (dr, ipip: aliases; default route,tunnel); "
+                    "fullnat is measured next to kernel IPVS NAT (-m), the nearest kernel reference")
+    ap.add_argument("--traffic", default=None, help="throughput: traffic kinds, of est,syn (default est)")
+    ap.add_argument("--steps", type=int, default=None, help="throughput: bisection steps (default 5)")
+    ap.add_argument("--md", type=Path, default=None, help="also write the throughput report (markdown) here")
 
 
 def finish_args(args: argparse.Namespace) -> None:
+    """Defaults, and --modes/--traffic checked here, before a guest boots for minutes."""
+    from bench import ab_guest  # noqa: PLC0415
+
     if args.timeout is None:
         args.timeout = 360 if args.quick else 660
+    if args.modes:
+        args.modes = ",".join(ab_guest.parse_choice(args.modes, ab_guest.MODES, "mode", ab_guest.MODE_ALIASES))
+    if args.traffic:
+        args.traffic = ",".join(ab_guest.parse_choice(args.traffic, ab_guest.TRAFFIC, "traffic"))

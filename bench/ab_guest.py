@@ -17,8 +17,14 @@ running bench/native/httpd.c on port 8080, which answers with its name) and one 
      the sequence of real servers the scheduler picked while the active counts grow.
    IPVS and lbd must produce identical sequences.
 2. Throughput (bench/pps.py's topology, generator, search and counting): kernel IPVS and lbd
-   (C fast path) in DR and TUN (IPIP) mode, plus the plain router as the path's reference; est
-   traffic. Interleaved per repetition.
+   (C fast path) in DR and TUN (IPIP) mode (`--modes`, default route,tunnel), plus the plain
+   router as the path's reference; `--traffic est,syn` (default est): bench/pps.py's established
+   ACKs and never-repeating SYNs. `--modes ...,fullnat`: lbd FULLNAT (local addresses .200-.215 of
+   the back segment) against kernel IPVS NAT (-m) as the nearest kernel reference ("ipvs-nat":
+   this kernel has no FULLNAT; the real servers' default gateway is the director, so NAT fits the
+   topology). Debian's ipvsadm cannot express FULLNAT (-b, -P -z are DPVS's), so lbd's FULLNAT
+   rules reach it as its --config file, reloaded (lbd's ipvsadm-save parser). Interleaved per
+   repetition.
 3. HTTP: wrk maximum requests/s with keep-alive and connections/s (Connection: close) through
    IPVS, through lbd, and to rs1 through the director as a plain router ("router").
 """
@@ -46,15 +52,70 @@ from lb.testbed.topology import Topology, TopologySpec
 HTTP_PORT = 8080  # functional + http; the pps traffic uses pps.PORT (80), counted and dropped at rs1
 MODULES = ["ip_vs", "ip_vs_rr", "ip_vs_wlc", "veth", "bridge", "nfnetlink_queue", "xt_NFQUEUE", "xt_CT",
            "nf_tables", "nft_compat", "iptable_raw", "ipip"]
-FWD_FLAG = {"route": "-g", "tunnel": "-i", "masq": "-m"}
+FWD_FLAG = {"route": "-g", "tunnel": "-i", "masq": "-m", "fullnat": "-b"}
+MODES = ("route", "tunnel", "fullnat")  # lbd's forwarding methods measured (throughput)
+MODE_ALIASES = {"dr": "route", "ipip": "tunnel", "tun": "tunnel"}  # bench/pps.py's names too
+TRAFFIC = ("est", "syn")
 
 
-def rules_text(vip: str, sched: str, reals: list[tuple[str, int]], fwd: str = "route", port: int = HTTP_PORT) -> str:
-    """An `ipvsadm -S -n` style rules file: what both `ipvsadm -R` and `lbadm -R` read."""
+def rules_text(vip: str, sched: str, reals: list[tuple[str, int]], fwd: str = "route", port: int = HTTP_PORT,
+               laddrs: tuple[str, ...] = ()) -> str:
+    """An `ipvsadm -S -n` style rules file: what both `ipvsadm -R` and `lbadm -R` read. `laddrs`:
+    FULLNAT local addresses (`-P -t VIP:PORT -z ADDR`, lbadm/DPVS syntax, right after the service
+    as `lbadm -S` writes them)."""
     lines = [f"-A -t {vip}:{port} -s {sched}"]
+    lines += [f"-P -t {vip}:{port} -z {a}" for a in laddrs]
     for addr, weight in reals:
         lines.append(f"-a -t {vip}:{port} -r {addr}:{port} {FWD_FLAG[fwd]} -w {weight}")
     return "\n".join(lines) + "\n"
+
+
+def parse_choice(text: str, allowed: tuple[str, ...], what: str,
+                 aliases: dict[str, str] | None = None) -> list[str]:
+    """A comma-separated subset of `allowed` (aliases mapped), in the order given, duplicates
+    dropped; ValueError naming the bad word and the choices."""
+    out: list[str] = []
+    for word in (w.strip() for w in text.split(",")):
+        if not word:
+            continue
+        name = (aliases or {}).get(word, word)
+        if name not in allowed:
+            raise ValueError(f"{what} {word!r} is not one of {', '.join(allowed)}")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise ValueError(f"no {what} given (choices: {', '.join(allowed)})")
+    return out
+
+
+def reference_system(mode: str) -> str:
+    """The kernel IPVS system measured next to lbd's `mode`: IPVS in the same mode, except for
+    FULLNAT, which the kernel does not have: IPVS NAT (-m) is the nearest kernel reference."""
+    return "ipvs-nat" if mode == "fullnat" else "ipvs"
+
+
+def ipvs_fwd(system: str, mode: str) -> str:
+    """The forwarding method kernel IPVS is given for `system` in `mode`."""
+    return "masq" if system == "ipvs-nat" else mode
+
+
+def lbd_tool_for(mode: str, tool: str) -> str:
+    """What configures lbd in `mode`: FULLNAT rules (-b, -P -z) are not Debian ipvsadm's, so they
+    go through lbd's --config file (the "lbadm" path of lbd_system: lbd's ipvsadm-save parser)."""
+    return "lbadm" if mode == "fullnat" else tool
+
+
+def plan(repeats: int, modes: list[str], traffic: list[str]) -> list[tuple[int, str, str, str]]:
+    """The throughput runs (rep, system, mode, traffic) in order, for the router, kernel IPVS and
+    the NFQUEUE lbd; the AF_XDP lbd's runs follow each repetition's (see throughput). The router
+    runs once per repetition and traffic kind (mode "route": it does not depend on lbd's mode)."""
+    runs = []
+    for rep in range(repeats):
+        for kind in traffic:
+            runs.append((rep, "kernel", "route", kind))
+            for mode in modes:
+                runs += [(rep, reference_system(mode), mode, kind), (rep, "lbd", mode, kind)]
+    return runs
 
 
 @contextlib.contextmanager
@@ -285,72 +346,100 @@ def establish_ipvs(bed: pps.Bed, tmp: Path, flow_base: int) -> str | None:
     return f"IPVS holds {conns} of {pps.EST_FLOWS} flows"
 
 
+AFXDP_QUEUE_NUM = 1  # the AF_XDP lbd's NFQUEUE (its fallback) and instance name: the NFQUEUE lbd holds 0
+
+
 def afxdp_extra(bed: pps.Bed) -> tuple[str, ...]:
     """lbd's options for the AF_XDP source on the director's client-side interface, generic XDP (veth:
-    native XDP would run on the sending CPU, the generator's, see bench/pps.py)."""
-    return ("--packet-source", "afxdp", "--xdp-interface", bed.director.iface("lan").ifname, "--xdp-mode", "generic")
+    native XDP would run on the sending CPU, the generator's, see bench/pps.py). The AF_XDP source
+    also binds an NFQUEUE (its fallback for fragments, local clients, fwmark), and the NFQUEUE lbd
+    keeps queue 0 while this one runs: another queue number, which also names its own instance."""
+    return ("--packet-source", "afxdp", "--xdp-interface", bed.director.iface("lan").ifname, "--xdp-mode", "generic",
+            "--queue-num", str(AFXDP_QUEUE_NUM))
 
 
 def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd: Lbd, tmp: Path) -> None:
-    """Zero-loss pps of the router, IPVS and lbd, DR and TUN, est traffic to rs1 (port 80).
+    """Zero-loss pps of the router, IPVS and lbd per mode (--modes) and traffic (--traffic), to rs1
+    (port 80); for FULLNAT, kernel IPVS NAT ("ipvs-nat") is the kernel's row.
 
     With --afxdp, also lbd with the AF_XDP source ("lbd-afxdp"): a second lbd, started in every
     repetition after the others were measured and stopped after its own runs, because its XDP
     program (generic mode) runs for every packet of the interface, also while it holds no service,
-    and must not weigh on the router's, IPVS's and the NFQUEUE lbd's figures."""
+    and must not weigh on the router's, IPVS's and the NFQUEUE lbd's figures.
+
+    SYN traffic never repeats a (source, port) pair within the whole run (one tuple sequence per
+    destination, continued across systems): a director must never see a SYN of a connection it
+    still holds from an earlier run."""
     res: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
-    out["pps"] = {"results": res, "skipped": skipped, "window_s": args.window, "steps": args.steps}
-    modes = ["route"] if args.quick else ["route", "tunnel"]
+    out["pps"] = {"results": res, "skipped": skipped, "window_s": args.window, "steps": args.steps,
+                  "modes": args.modes, "traffic": args.traffic}
     run_no = [0]
+    syn_traffic: dict[str, pps.Traffic] = {}
 
-    def measure(rep: int, sysname: str, mode: str, the_lbd: Lbd | None) -> None:
+    def traffic_for(kind: str, dst: str, flow_base: int) -> pps.Traffic:
+        if kind == "syn":
+            if dst not in syn_traffic:
+                syn_traffic[dst] = pps.make_traffic(bed, tmp, "syn", dst)
+            return syn_traffic[dst]
+        return pps.make_traffic(bed, tmp, "est", dst, flow_base)
+
+    def measure(rep: int, sysname: str, mode: str, kind: str, the_lbd: Lbd | None) -> None:
         run_no[0] += 1
-        flow_base = (run_no[0] % 40) * pps.EST_FLOWS  # fresh flows for every run
-        rules = rules_text(bed.vip, "rr", [(bed.rs_addr, 1)], mode, port=pps.PORT)
+        flow_base = (run_no[0] % 40) * pps.EST_FLOWS  # fresh est flows for every run
         dst = bed.rs_addr if sysname == "kernel" else bed.vip
         try:
-            ctx: Any = (contextlib.nullcontext() if sysname == "kernel" else
-                        ipvs_system(bed.director, rules) if sysname == "ipvs" else
-                        lbd_system(the_lbd, rules, args.lbd_tool))  # type: ignore[arg-type]
+            if sysname == "kernel":
+                ctx: Any = contextlib.nullcontext()
+            elif sysname.startswith("ipvs"):
+                ctx = ipvs_system(bed.director, rules_text(bed.vip, "rr", [(bed.rs_addr, 1)],
+                                                           ipvs_fwd(sysname, mode), port=pps.PORT))
+            else:
+                laddrs = tuple(bed.laddrs) if mode == "fullnat" else ()
+                rules = rules_text(bed.vip, "rr", [(bed.rs_addr, 1)], mode, port=pps.PORT, laddrs=laddrs)
+                ctx = lbd_system(the_lbd, rules, lbd_tool_for(mode, args.lbd_tool))  # type: ignore[arg-type]
             with ctx:
                 bed.lbd_pid = the_lbd.proc.pid if the_lbd is not None and the_lbd.proc else None
-                why = (establish_ipvs(bed, tmp, flow_base) if sysname == "ipvs" else
-                       pps.establish(bed, the_lbd, tmp, flow_base, rate=2000) if the_lbd is not None else None)
-                tr = pps.make_traffic(bed, tmp, "est", dst, flow_base)
+                why = None
+                if kind == "est":
+                    why = (establish_ipvs(bed, tmp, flow_base) if sysname.startswith("ipvs") else
+                           pps.establish(bed, the_lbd, tmp, flow_base, rate=2000) if the_lbd is not None else None)
+                tr = traffic_for(kind, dst, flow_base)
                 why = why or pps.functional_check(bed, tr, n=200, rate=500)
                 if why:
                     raise LbdError(why)
                 r = pps.search(bed, tr, args.window, args.steps)
         except Exception as exc:  # noqa: BLE001
-            skipped.append({"system": sysname, "mode": mode, "rep": rep, "reason": str(exc)[:1000]})
-            log(f"ab: pps {sysname} {mode} skipped: {exc}")
+            skipped.append({"system": sysname, "mode": mode, "traffic": kind, "rep": rep, "reason": str(exc)[:1000]})
+            log(f"ab: pps {sysname} {mode} {kind} skipped: {exc}")
             return
         finally:
             bed.lbd_pid = None
-        r.update(system=sysname, mode=mode, rep=rep)
+        r.update(system=sysname, mode=mode, traffic=kind, rep=rep,
+                 loadavg=Path("/proc/loadavg").read_text().split()[:3])
         res.append(r)
         common.write_json(args.out / "ab_guest.json", out)
-        log(f"ab: pps rep {rep + 1} {sysname:9} {mode:6}: zero-loss {r['zero_loss_pps']:.0f} pps"
+        log(f"ab: pps rep {rep + 1} {sysname:9} {mode:7} {kind}: zero-loss {r['zero_loss_pps']:.0f} pps"
             f"{' (generator-limited)' if r['generator_limited'] else ''}; DUT "
             f"{r.get('dut_us_per_pkt') or 0:.1f} us/packet")
 
+    runs = plan(args.repeats, args.modes, args.traffic)
     for rep in range(args.repeats):
-        for mode in modes:
-            for sysname in ("kernel", "ipvs", "lbd"):
-                if sysname == "kernel" and mode != "route":
-                    continue
-                measure(rep, sysname, mode, lbd if sysname == "lbd" else None)
+        for r_rep, sysname, mode, kind in runs:
+            if r_rep == rep:
+                measure(rep, sysname, mode, kind, lbd if sysname == "lbd" else None)
         if args.afxdp:
             try:
                 xlbd = start_lbd(bed.director, cpu=bed.dut_cpu, nice=bed.nice, extra=afxdp_extra(bed))
             except Exception as exc:  # noqa: BLE001
-                skipped.append({"system": "lbd-afxdp", "mode": "*", "rep": rep, "reason": str(exc)[:1000]})
+                skipped.append({"system": "lbd-afxdp", "mode": "*", "traffic": "*", "rep": rep,
+                                "reason": str(exc)[:1000]})
                 log(f"ab: lbd-afxdp did not start: {exc}")
                 continue
             try:
-                for mode in modes:
-                    measure(rep, "lbd-afxdp", mode, xlbd)
+                for kind in args.traffic:
+                    for mode in args.modes:
+                        measure(rep, "lbd-afxdp", mode, kind, xlbd)
             finally:
                 stop_lbd(xlbd)
 
@@ -366,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http-duration", type=float, default=3.0)
     ap.add_argument("--afxdp", action="store_true", help="throughput also of lbd with --packet-source afxdp")
     ap.add_argument("--parts", default="functional,http,throughput", help="which of functional,http,throughput")
+    ap.add_argument("--modes", default=None,
+                    help=f"throughput: lbd's modes, of {','.join(MODES)} (dr, ipip: aliases; default route,tunnel; "
+                    "quick route); fullnat is measured next to kernel IPVS NAT (-m)")
+    ap.add_argument("--traffic", default="est", help=f"throughput: traffic kinds, of {','.join(TRAFFIC)} (default est)")
     ap.add_argument("--lbd-tool", choices=ab_tools.LBD_TOOLS, default=ab_tools.DEFAULT_LBD_TOOL,
                     help="what configures lbd: ipvsadm (default: the same binary as for IPVS, through "
                     "lbd-exec) or lbadm")
@@ -374,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats = 1 if args.quick else 2
     if args.steps is None:
         args.steps = 4 if args.quick else 5
+    try:
+        args.modes = parse_choice(args.modes or ("route" if args.quick else "route,tunnel"), MODES, "mode", MODE_ALIASES)
+        args.traffic = parse_choice(args.traffic, TRAFFIC, "traffic")
+    except ValueError as exc:
+        ap.error(str(exc))
     t0 = time.monotonic()
     out: dict[str, Any] = {"kernel": os.uname().release, "cpus": os.cpu_count(), "started": time.ctime(),
                            "args": vars(args) | {"out": str(args.out)}}

@@ -262,39 +262,126 @@ def guest_target(ab: dict[str, Any] | None) -> list[str]:
             "met" if med >= 1.0 else f"missed by {1 / med:.1f}x"]
 
 
-def guest_section(ab: dict[str, Any]) -> list[str]:
-    """The guest's rows (kernel router, IPVS, lbd NFQUEUE, lbd AF_XDP) and the ratios to IPVS."""
+GUEST_SYSTEMS = {  # bench/ab_guest.py's system names, as the report labels them
+    "kernel": "kernel forwarding (router, no IPVS)",
+    "ipvs": "kernel IPVS",
+    "ipvs-nat": "kernel IPVS NAT (-m): nearest kernel reference, not FULLNAT",
+    "lbd": "lbd NFQUEUE",
+    "lbd-afxdp": "lbd AF_XDP (generic XDP)",
+}
+
+
+def _mode_order(mode: str) -> tuple[int, str]:
+    """bench/ab_guest.py's MODES order (route, tunnel, fullnat), unknown modes after."""
+    from bench.ab_guest import MODES  # noqa: PLC0415
+
+    return (MODES.index(mode) if mode in MODES else len(MODES), mode)
+
+
+def guest_rows(res: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """One row per (traffic, mode, system) of the guest's results: median (min-max, n) over the repetitions."""
+    rows = []
+    kinds = sorted({r.get("traffic", "est") for r in res}, key=lambda k: (k != "est", k))
+    for kind in kinds:
+        for mode in sorted({r["mode"] for r in res}, key=_mode_order):
+            for system in GUEST_SYSTEMS:
+                rs = [r for r in res if r["system"] == system and r["mode"] == mode and r.get("traffic", "est") == kind]
+                if rs:
+                    rows.append([mode, kind, GUEST_SYSTEMS[system],
+                                 fmt_spread(_med([r["zero_loss_pps"] for r in rs]), 1e3, 1, "k"),
+                                 "yes" if any(r["generator_limited"] for r in rs) else "no",
+                                 fmt_spread(_med([(r.get("overload") or {}).get("rx_pps") for r in rs]), 1e3, 1, "k"),
+                                 fmt_spread(_med([r.get("dut_us_per_pkt") for r in rs]), 1, 1)])
+    return rows
+
+
+def guest_ratio_rows(res: list[dict[str, Any]]) -> list[list[str]]:
     from bench.ab import guest_ratios  # noqa: PLC0415
 
+    rows = []
+    for k, v in guest_ratios(res).items():
+        x = v.get("afxdp_over_nfqueue") or {}
+        rows.append([k, GUEST_SYSTEMS.get(v["reference"], v["reference"]),
+                     fmt_spread(v["zero_loss_lbd_over_ipvs"], 1, 2, "x"), fmt_spread(v["cpu_ipvs_over_lbd"], 1, 2, "x"),
+                     _per_rep(v["cpu_ipvs_over_lbd"]),
+                     fmt_spread(x["zero_loss"], 1, 2, "x") if x else "",
+                     fmt_spread(x["cpu_nfqueue_over_afxdp"], 1, 2, "x") if x else "",
+                     _per_rep(x["cpu_nfqueue_over_afxdp"]) if x else ""])
+    return rows
+
+
+def _per_rep(s: dict[str, Any]) -> str:
+    """The values of a ratio in repetition order (repetitions missing a system left out)."""
+    return " / ".join(f"{v:.2f}" for v in s.get("values") or []) or "-"
+
+
+def guest_section(ab: dict[str, Any], title: str = "## The guest: next to kernel IPVS (Debian's kernel under qemu "
+                  "TCG; ratios only)") -> list[str]:
+    """The guest's rows (kernel router, IPVS, lbd NFQUEUE, lbd AF_XDP) and the ratios to IPVS."""
     g = ab.get("guest") or {}
-    res = (g.get("pps") or {}).get("results", [])
-    lines = ["", "## The guest: next to kernel IPVS (Debian's kernel under qemu TCG; ratios only)", "",
+    pp = g.get("pps") or {}
+    res = pp.get("results", [])
+    modes = pp.get("modes") or sorted({r["mode"] for r in res})
+    kinds = pp.get("traffic") or sorted({r.get("traffic", "est") for r in res})
+    lines = ["", title, "",
              f"Command: `{(ab.get('config') or {}).get('command', '?')}`, guest kernel {g.get('kernel', '?')}, "
              f"commit {ab.get('commit', '?')}, elapsed {ab.get('elapsed_s', '?')} s, load at its start "
-             f"{' '.join((ab.get('machine') or {}).get('loadavg_at_start', []))}. DR (`route`) and IPIP "
-             "(`tunnel`), established flows only (bench/ab_guest.py); lbd AF_XDP in generic XDP mode on the "
-             "guest's veth.", ""]
-    rows = []
-    for mode in sorted({r["mode"] for r in res}):
-        for system in ("kernel", "ipvs", "lbd", "lbd-afxdp"):
-            rs = [r for r in res if r["system"] == system and r["mode"] == mode]
-            if rs:
-                rows.append([mode, system, fmt_spread(_med([r["zero_loss_pps"] for r in rs]), 1e3, 1, "k"),
-                             "yes" if any(r["generator_limited"] for r in rs) else "no",
-                             fmt_spread(_med([r.get("dut_us_per_pkt") for r in rs]), 1, 1)])
-    lines += table(["mode", "system", "zero-loss pps", "gen-limited", "CPU us/pkt"], rows)
-    lines += ["", "Ratios within each repetition (zero-loss lbd / IPVS; CPU per packet IPVS / lbd, >= 1.0: lbd "
-              "as cheap as IPVS):", ""]
-    lines += table(["lbd / mode", "zero-loss lbd/IPVS", "CPU IPVS/lbd"],
-                   [[k, fmt_spread(v["zero_loss_lbd_over_ipvs"], 1, 2, "x"), fmt_spread(v["cpu_ipvs_over_lbd"], 1, 2, "x")]
-                    for k, v in guest_ratios(res).items()])
-    for sk in (g.get("pps") or {}).get("skipped", []):
-        lines.append(f"- skipped: {sk['system']} {sk['mode']} rep {sk.get('rep')}: {sk['reason'][:300]}")
+             f"{' '.join((ab.get('machine') or {}).get('loadavg_at_start', []))}. Modes {', '.join(modes)}; "
+             f"traffic {', '.join(kinds)} (bench/ab_guest.py); {pp.get('window_s', '?')} s windows, "
+             f"{pp.get('steps', '?')} bisection steps; lbd AF_XDP in generic XDP mode on the guest's veth. "
+             "FULLNAT: the kernel has none; its row is kernel IPVS NAT (-m), the nearest kernel reference.", ""]
+    lines += table(["mode", "traffic", "system", "zero-loss pps", "gen-limited", "overload rx", "CPU us/pkt"],
+                   guest_rows(res))
+    lines += ["", "Ratios within each repetition, then median (min-max, n): zero-loss lbd / kernel row; CPU per "
+              "packet kernel row / lbd (>= 1.0: lbd as cheap as IPVS); AF_XDP / NFQUEUE zero-loss and NFQUEUE / "
+              "AF_XDP CPU per packet (> 1: AF_XDP better). Keys: lbd source / mode [/ traffic, est when absent].", ""]
+    lines += table(["lbd / mode / traffic", "kernel row", "zero-loss lbd/kernel", "CPU kernel/lbd",
+                    "CPU kernel/lbd per rep", "zero-loss AF_XDP/NFQ", "CPU NFQ/AF_XDP", "CPU NFQ/AF_XDP per rep"],
+                   guest_ratio_rows(res))
+    for sk in pp.get("skipped", []):
+        reason = " ".join(sk["reason"].split())[:300]
+        lines.append(f"- skipped: {sk['system']} {sk['mode']} {sk.get('traffic', 'est')} rep {sk.get('rep')}: {reason}")
     for k, v in (g.get("errors") or {}).items():
         lines.append(f"- error in {k}: {str(v).splitlines()[0][:300]}")
     if ab.get("error"):
         lines.append(f"- {ab['error'][:500]}")
     return lines
+
+
+def guest_per_rep(res: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Every guest trial: rep, mode, traffic, system, zero-loss, CPU, load: the per-repetition view."""
+    order = list(GUEST_SYSTEMS)
+    rows = []
+    for r in sorted(res, key=lambda r: (r["rep"], r.get("traffic", "est") != "est", _mode_order(r["mode"]),
+                                        order.index(r["system"]) if r["system"] in order else 99)):
+        rows.append([str(r["rep"] + 1), r["mode"], r.get("traffic", "est"), r["system"],
+                     f"{r['zero_loss_pps'] / 1e3:.1f}k", "yes" if r.get("generator_limited") else "no",
+                     f"{(r.get('overload') or {}).get('offered_pps', 0) / 1e3:.1f}k",
+                     f"{r['dut_us_per_pkt']:.1f}" if r.get("dut_us_per_pkt") else "-",
+                     " ".join(r.get("loadavg") or [])])
+    return rows
+
+
+def render_guest(ab: dict[str, Any], analysis: str | None = None) -> str:
+    """A report of `python -m bench ab --afxdp --parts throughput ...` alone (bench/ab.py --md)."""
+    res = ((ab.get("guest") or {}).get("pps") or {}).get("results", [])
+    lines = [f"# The guest: lbd NFQUEUE and AF_XDP next to kernel IPVS ({time.strftime('%Y-%m-%d %H:%M')}, "
+             f"commit {ab.get('commit', '?')})", "",
+             "Issue 19 item 3's second half and item 4's third target, measured in ONE guest run (bench/ab.py, "
+             "bench/ab_guest.py: Debian's kernel under qemu TCG, its kernel IPVS, bench/pps.py's topology, "
+             "generator, search and counting). Every figure is only meaningful as a ratio within this run.", "",
+             "Zero-loss: the highest measured offered rate with < 0.1 % loss (bisection; gen-limited: the unpaced "
+             "generator's own maximum passed, a lower bound). Overload rx: what arrived while the generator ran "
+             "unpaced. CPU/pkt: the director CPU's busy time per received packet at the zero-loss trial (the "
+             "overload trial when none passed; bench/pps.py dut_fields).", "", "## Targets", ""]
+    lines += table(["target", "figure", "verdict"], [guest_target(ab)])
+    lines += guest_section(ab, "## Figures")
+    lines += ["", "## Every trial (per repetition)", "",
+              *table(["rep", "mode", "traffic", "system", "zero-loss", "gen-limited", "unpaced offered",
+                      "CPU us/pkt", "guest load (1/5/15 min)"], guest_per_rep(res))]
+    if analysis:
+        lines += ["", "## Analysis", "", analysis.strip()]
+    return "\n".join(lines) + "\n"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

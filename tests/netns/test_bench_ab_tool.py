@@ -57,3 +57,32 @@ def test_ab_configures_lbd_with_ipvsadm_through_lbd_exec(topo: Topology) -> None
 def test_configured_by_names_lbd_exec_for_the_default_tool() -> None:
     by = ab_tools.configured_by(ab_tools.DEFAULT_LBD_TOOL)
     assert "lbd-exec" in by["lbd"] and "ipvsadm" in by["ipvs"]
+
+
+def test_ab_fullnat_rules_reach_lbd_through_its_config_reload(topo: Topology) -> None:
+    """FULLNAT in the guest's throughput (issue 19 item 3): Debian's ipvsadm has no -b / -P -z, so the
+    A/B gives lbd the FULLNAT rules file as its --config and reloads it (lbd_tool_for). lbd must hold
+    the service with its local addresses and a fullnat destination, and be empty once the case ends."""
+    if not Path(common.LBD_EXEC).exists():
+        pytest.skip(f"{common.LBD_EXEC} missing: run make build")
+    reals = [rs.addr for rs in topo.reals]
+    prefix = reals[0].rsplit(".", 1)[0]
+    laddrs = (f"{prefix}.200", f"{prefix}.201")
+    for a in laddrs:
+        topo.director.ip("addr", "add", f"{a}/32", "dev", topo.director.ifname)
+    rules = ab_guest.rules_text(topo.vip, "rr", [(reals[0], 1)], "fullnat", port=HTTP_PORT, laddrs=laddrs)
+    tool = ab_guest.lbd_tool_for("fullnat", ab_tools.DEFAULT_LBD_TOOL)
+    lbd = ab_guest.start_lbd(topo.director)
+    try:
+        with ab_guest.lbd_system(lbd, rules, tool) as running:
+            [svc] = running.request("list")["services"]
+            assert (svc["addr"], svc["port"]) == (topo.vip, HTTP_PORT)
+            assert sorted(la["addr"] for la in svc["laddrs"]) == sorted(laddrs)
+            assert [(d["addr"], d["fwd"]) for d in svc["dests"]] == [(reals[0], "fullnat")]
+        assert lbd.request("list")["services"] == [], json.dumps(lbd.request("list"))
+        assert lbd.cfg_path.read_text() == ""  # type: ignore[attr-defined]
+    finally:
+        ab_guest.stop_lbd(lbd)
+        for a in laddrs:
+            topo.director.ip("addr", "del", f"{a}/32", "dev", topo.director.ifname, check=False)
+    assert iptables_leftovers(topo.director) == []

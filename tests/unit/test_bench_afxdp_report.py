@@ -164,7 +164,7 @@ def test_guest_ratios_per_repetition_and_target() -> None:
     assert row[2] == "met" and "1.38x" in row[1]
     assert xr.guest_target(None)[2].startswith("not measured")
     text = "\n".join(xr.guest_section({"guest": {"pps": {"results": res}}}))
-    assert "| route | lbd-afxdp | 85.0k (80.0-90.0, n=2) | no | 6.0 (4.0-8.0, n=2) |" in text
+    assert "| route | est | lbd AF_XDP (generic XDP) | 85.0k (80.0-90.0, n=2) | no | - | 6.0 (4.0-8.0, n=2) |" in text
 
 
 def test_guest_args_are_what_bench_ab_parses() -> None:
