@@ -43,243 +43,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lb import __version__, logsetup, sdnotify, statefile
-from lb import consts as C
 from lb.ctlserver import ControlServer, socket_alive
+from lb.daemon_options import AFXDP_REFUSED, DEFAULT_SOCKET, parse_args, socket_path
 from lb.director import Director
 from lb.engine import Engine, EngineError, FwdState
 from lb.estimator import ESTIMATOR_TICK_S
 from lb.fwdstate import Resolution, Resolver
 from lb.model import ConfigError
-from lb.sync.rule import SyncRule, SyncRuleError
 
 log = logging.getLogger("lbd")
 
-DEFAULT_SOCKET = "/run/lbd/lbd.sock"  # in the initial network namespace; per namespace elsewhere (lb/paths.py)
 RESOLVE_TICK_S = 1.0  # retries and the periodic re-check (lb/fwdstate.py rates them)
 RESOLVE_SLICE_S = 0.02  # background resolution: this much at a time, then the loop serves requests
 RESOLVE_BATCH = 50  # background resolution on lbd's loop: lookups awaited one by one, then the tick's turn
-
-
-def socket_path(cli_value: str | None) -> str:
-    from lb.ctlclient import resolve_socket_path  # the same rule as lbadm's, namespace included
-
-    return resolve_socket_path(cli_value)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="lbd",
-        description="Userspace LVS director: queues virtual-service packets from iptables (NFQUEUE) "
-        "and forwards them to real servers. Configure it with lbadm (ipvsadm syntax).",
-    )
-    p.add_argument("--config", metavar="FILE",
-                   help="configuration to load at start and on SIGHUP / lbadm --reload "
-                   "(TOML, see configs/reference.toml, or ipvsadm -S output)")
-    p.add_argument("--check", action="store_true",
-                   help="validate FILE (or --config) and exit: every error with file and line; exit 1 on errors")
-    p.add_argument("--diff", action="store_true",
-                   help="with --check: print the changes a reload with FILE would make to the running lbd")
-    p.add_argument("file", nargs="?", metavar="FILE", help="configuration file for --check")
-    p.add_argument("--socket", metavar="PATH",
-                   help=f"control socket (default: $LBD_SOCKET, else per network namespace: {DEFAULT_SOCKET} "
-                   "in the initial one, /run/lbd/netns/NAME/lbd.sock in a named one)")
-    p.add_argument("--queue-num", type=int, default=None, metavar="N", help="NFQUEUE number to bind (default 0)")
-    p.add_argument("--queue-balance", metavar="FIRST:LAST",
-                   help="bind every queue of the range, one fast-path thread each (C engine), and spread "
-                   "packets over them (iptables NFQUEUE --queue-balance: by a hash of the addresses). FIRST "
-                   "names the instance (chains, state file) as --queue-num does")
-    p.add_argument("--queue-cpus", metavar="LIST",
-                   help="CPU of each queue's thread, in queue order (e.g. 0,2-3). Default with --queue-balance: "
-                   "the CPUs lbd may run on, round robin; one queue: not pinned. With --packet-source afxdp: the "
-                   "CPU of each AF_XDP socket's thread (the --xdp-interface order, each one's receive queues "
-                   "ascending; one CPU per socket); default not pinned")
-    p.add_argument("--queue-cpu-fanout", action="store_true",
-                   help="with --queue-balance: the kernel picks the queue by the CPU handling the packet "
-                   "(FIRST + cpu %% count) and queue i's thread runs on CPU i, so a packet stays on the CPU "
-                   "(RSS/RPS) that received it")
-    p.add_argument("--gso", action="store_true",
-                   help="take GSO/GRO packets whole from the queue (NFQA_CFG_F_GSO: one message and one verdict "
-                   "per up to 64 KiB); the packet core sees their segments, DR sends them on whole for the device "
-                   "to cut, IPIP and FULLNAT send the segments (C engine; TCP only)")
-    p.add_argument("--gso-mtu", type=int, default=1500, metavar="BYTES",
-                   help="with --gso: largest IP packet a segment becomes (default 1500; the smallest MTU on the "
-                   "way to the real servers, e.g. 9000 on a jumbo-frame network)")
-    p.add_argument("--packet-source", choices=("nfqueue", "afxdp"), default="nfqueue",
-                   help="where packets come from. nfqueue (default): iptables rules queue the services' "
-                   "packets (NFQUEUE). afxdp: an XDP program on each --xdp-interface redirects them to "
-                   "AF_XDP sockets, one per receive queue; NFQUEUE rules stay as the fallback for IP fragments "
-                   "and director-local clients, unless --no-iptables (C engine; docs/afxdp.md lists what it "
-                   "does not do)")
-    p.add_argument("--xdp-interface", action="append", default=[], metavar="IFACE",
-                   help="with --packet-source afxdp: an interface whose received packets lbd serves "
-                   "(repeat for several)")
-    p.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto",
-                   help="with --packet-source afxdp: XDP in the driver (native), in the kernel's generic "
-                   "path (generic, slower, any interface), or native where the driver has it (auto, default)")
-    p.add_argument("--xdp-copy", action="store_true",
-                   help="with --packet-source afxdp: AF_XDP copy mode even where the driver offers zero-copy")
-    p.add_argument("--engine", choices=("c", "python"), default="c",
-                   help="packet engine: the C fast path (default) or the pure-Python reference engine")
-    p.add_argument("--qdisc-bypass", action="store_true",
-                   help="send forwarded frames straight to the driver (PACKET_QDISC_BYPASS, C engine): faster, "
-                        "but tcpdump on the director's own interfaces no longer sees them")
-    p.add_argument("--fail-open", action="store_true",
-                   help="when the queue overflows, let the kernel accept packets instead of dropping them")
-    p.add_argument("--queue-maxlen", type=int, default=None, metavar="PACKETS",
-                   help="packets the kernel queues for lbd before it drops (default 1024, C engine: a short queue "
-                   "keeps an overloaded director from livelocking; longer absorbs longer bursts)")
-    p.add_argument("--no-iptables", action="store_true",
-                   help="do not manage iptables rules (the operator queues packets to --queue-num); with "
-                   "--packet-source afxdp: no NFQUEUE fallback (fragments and director-local clients are not balanced)")
-    p.add_argument("--conntrack", action="store_true",
-                   help="let the director's conntrack see what lbd hands back to the kernel and what it sends "
-                   "on its raw socket (no CT --notrack rules): the analogue of IPVS's net.ipv4.vs.conntrack "
-                   "sysctl, off by default. Narrower than IPVS's: packets lbd forwards are queued before "
-                   "conntrack's hook and never get an entry (docs/firewall.md)")
-    p.add_argument("--down-policy", choices=("open", "closed"), default="open",
-                   help="what packets to the VIPs do while no lbd runs. open (default): the NFQUEUE rules "
-                   "carry --queue-bypass and are removed on exit, so the director's own stack gets them "
-                   "(not balanced; established flows are reset). closed: rules without --queue-bypass that "
-                   "stay in place on exit, so the kernel drops the packets (clients retransmit) and a "
-                   "restarted lbd resumes the flows from its state file; `lbd --cleanup` removes them")
-    p.add_argument("--cleanup", action="store_true",
-                   help="remove the iptables rules of --queue-num (left by a --down-policy closed lbd) and exit")
-    p.add_argument("--state-dir", metavar="DIR", default=None,
-                   help="where lbd keeps its state file lbd-q<N>.state: the configuration and the connection "
-                   "table, saved every 2 s and on exit (atomically), re-applied at start when there is no "
-                   "--config (default: the control socket's directory, /run/lbd or /run/lbd/netns/NAME; "
-                   "'' disables it)")
-    p.add_argument("--restore", action="store_true",
-                   help="re-apply the state file even with --config (first the saved state and its connections, "
-                   "then the file's differences, as a reload)")
-    p.add_argument("--conn-max", type=int, default=0, metavar="N", help="connection table size (C engine)")
-    sync = p.add_argument_group(
-        "connection sync (the kernel's net.ipv4.vs sysctls; what a sync master started with lbadm "
-        "--start-daemon master sends, docs/sync.md)")
-    sync.add_argument("--sync-threshold", type=int, nargs=2, metavar=("THRESHOLD", "PERIOD"),
-                      default=[C.LB_SYNC_THRESHOLD_DEFAULT, C.LB_SYNC_PERIOD_DEFAULT],
-                      help="send a connection on its THRESHOLD-th packet from the client and every PERIOD-th "
-                      "after (packets %% PERIOD == THRESHOLD); PERIOD 0: once, on the THRESHOLD-th "
-                      f"(default {C.LB_SYNC_THRESHOLD_DEFAULT} {C.LB_SYNC_PERIOD_DEFAULT}, sync_threshold)")
-    sync.add_argument("--sync-refresh-period", type=int, default=C.LB_SYNC_REFRESH_PERIOD_MS_DEFAULT // 1000,
-                      metavar="SECONDS",
-                      help="also hold a connection back until its expiry moved by min(SECONDS, max(timeout/2, "
-                      "10 s)) since it was last sent; 0: the packet rule alone (default %(default)s, "
-                      "sync_refresh_period)")
-    sync.add_argument("--sync-retries", type=int, default=C.LB_SYNC_RETRIES_DEFAULT, metavar="N",
-                      help="with --sync-refresh-period: resend an unchanged connection up to N (0..3) times, "
-                      "SECONDS/8 apart (default %(default)s, sync_retries)")
-    sync.add_argument("--sync-persist-mode", type=int, choices=(0, 1), default=0, metavar="0|1",
-                      help="1: send the persistence templates but not the connections they control "
-                      "(default %(default)s, sync_persist_mode)")
-    p.add_argument("--metrics", metavar="ADDR:PORT", type=_metrics_listen,
-                   help="serve Prometheus metrics over HTTP on ADDR:PORT (e.g. 127.0.0.1:9170; :PORT for every "
-                   "IPv4 address): node_exporter's node_ipvs_* names, and lbd_* (docs/metrics.md)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    p.add_argument("--log-format", choices=logsetup.LOG_FORMATS, default="text",
-                   help="text (default): one line per event for people; json: one JSON object per line "
-                   "(time, level, logger, pid, message and the event's own fields) for log shippers")
-    p.add_argument("--version", action="version", version=f"lbd {__version__}")
-    args = p.parse_args(argv)
-    _check_queue_options(p, args)
-    _check_packet_source(p, args)
-    args.sync_rule = _sync_rule(p, args)
-    if args.state_dir is None:
-        args.state_dir = os.path.dirname(socket_path(args.socket)) or "."
-    if args.check:
-        if args.file and args.config and args.file != args.config:
-            p.error("give the file to check either as FILE or as --config, not both")
-        args.file = args.file or args.config
-        if not args.file:
-            p.error("--check needs a configuration FILE")
-    elif args.diff:
-        p.error("--diff only goes with --check")
-    elif args.file:
-        p.error(f"unexpected argument {args.file!r} (to load a configuration: --config FILE)")
-    return args
-
-
-def _sync_rule(p: argparse.ArgumentParser, args: argparse.Namespace) -> SyncRule:
-    """The sync master's rule from --sync-*, refused with the kernel's validation (its EINVAL)."""
-    try:
-        return SyncRule(threshold=args.sync_threshold[0], period=args.sync_threshold[1],
-                        refresh_period_s=args.sync_refresh_period, retries=args.sync_retries,
-                        persist_mode=args.sync_persist_mode)
-    except SyncRuleError as exc:
-        p.error(str(exc))
-
-
-def _metrics_listen(text: str) -> tuple[str, int]:
-    from lb.metrics import parse_listen
-
-    try:
-        return parse_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-# What the AF_XDP source cannot do, refused at start (docs/afxdp.md says why for each).
-AFXDP_REFUSED = (
-    ("--queue-balance", "balance", "AF_XDP uses one socket per receive queue of the interface (RSS spreads the packets)"),
-    ("--queue-cpu-fanout", "queue_cpu_fanout", "AF_XDP sockets follow the receive queues already"),
-    ("--gso", "gso", "XDP frames are never GSO packets"),
-    ("--fail-open", "fail_open", "it is an NFQUEUE option"),
-    ("--queue-maxlen", "queue_maxlen", "it is an NFQUEUE option (the AF_XDP rings are fixed)"),
-    ("--conntrack", "conntrack", "packets redirected by XDP never reach conntrack"),
-)
-
-
-def _check_packet_source(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.packet_source != "afxdp":
-        for flag, value in (("--xdp-interface", args.xdp_interface), ("--xdp-copy", args.xdp_copy),
-                            ("--xdp-mode", args.xdp_mode != "auto")):
-            if value:
-                p.error(f"{flag} goes with --packet-source afxdp")
-        return
-    if args.check:
-        return
-    if args.engine != "c":
-        p.error("--packet-source afxdp needs the C engine")
-    if not args.xdp_interface:
-        p.error("--packet-source afxdp needs at least one --xdp-interface")
-    values = vars(args)
-    for flag, name, why in AFXDP_REFUSED:
-        value = args.queues.balance if name == "balance" else values.get(name)
-        if value:
-            p.error(f"{flag} does not go with --packet-source afxdp: {why}")
-    if args.down_policy == "closed":
-        p.error("--down-policy closed does not go with --packet-source afxdp: the XDP program leaves with lbd, "
-                "so the VIPs' packets reach the director's own stack while no lbd runs (policy open)")
-
-
-def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Resolve --queue-num/--queue-balance/--queue-cpus/--gso into args.queues (a QueuePlan); under
-    --packet-source afxdp --queue-cpus pins the AF_XDP sockets' threads instead (args.xdp_cpus)."""
-    from lb.queues import QueueSpecError, afxdp_cpus, plan
-
-    if args.queue_balance and args.queue_num is not None:
-        p.error("give either --queue-num or --queue-balance (its FIRST names the instance)")
-    if args.queue_num is None:
-        args.queue_num = 0
-    if not 0 <= args.queue_num <= 65535:
-        p.error(f"--queue-num {args.queue_num} out of range 0..65535")
-    if args.engine == "python":
-        for flag, used in (("--queue-balance", args.queue_balance), ("--queue-cpus", args.queue_cpus),
-                           ("--queue-cpu-fanout", args.queue_cpu_fanout), ("--gso", args.gso)):
-            if used:
-                p.error(f"{flag} needs the C engine (the Python engine serves one queue with one thread)")
-    if not 576 <= args.gso_mtu <= 65535:
-        p.error(f"--gso-mtu {args.gso_mtu} out of range 576..65535")
-    if args.queue_maxlen is not None and not 1 <= args.queue_maxlen <= 1 << 20:
-        p.error(f"--queue-maxlen {args.queue_maxlen} out of range 1..1048576")
-    xdp = args.packet_source == "afxdp"
-    try:
-        args.xdp_cpus = afxdp_cpus(args.queue_cpus) if xdp else []
-        args.queues = plan(args.queue_num, args.queue_balance, None if xdp else args.queue_cpus,
-                           args.queue_cpu_fanout)
-    except QueueSpecError as exc:
-        p.error(str(exc))
-    args.queue_num = args.queues.first
 
 
 def make_engine(kind: str, conn_max: int) -> Engine:
@@ -784,3 +560,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = ["AFXDP_REFUSED", "DEFAULT_SOCKET", "check", "cleanup", "main", "parse_args", "run", "socket_path"]
