@@ -362,12 +362,16 @@ def engine(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def _flush_director(topo: Topology) -> None:
-    # Only after a failure was recorded: restore an empty ruleset in OUR director
-    # namespace so that one broken test does not cascade into the next.
+def flush_iptables(host: Host) -> None:
+    """An empty ruleset in `host`'s namespace (one of OURS): what lbd left there goes."""
     for table in ("raw", "filter", "mangle", "nat"):
-        topo.director.exec(["iptables", "-t", table, "-F"], check=False)
-        topo.director.exec(["iptables", "-t", table, "-X"], check=False)
+        host.exec(["iptables", "-t", table, "-F"], check=False)
+        host.exec(["iptables", "-t", table, "-X"], check=False)
+
+
+def _flush_director(topo: Topology) -> None:
+    # Only after a failure was recorded: so that one broken test does not cascade into the next.
+    flush_iptables(topo.director)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import netns_traffic
-from conftest import Lbd
+from conftest import Lbd, flush_iptables
 
 from lb.testbed.topology import (
     CLIENT_INDEX,
@@ -51,6 +51,13 @@ class LbdOn(Lbd):
         """`lbadm --start-daemon STATE` (master or backup) on the host's first link, the segment
         the directors share."""
         self.lbadm("--start-daemon", state, "--mcast-interface", self.director.ifname, "--syncid", str(syncid))
+
+    def discard(self) -> None:
+        """Killed (if running), the iptables rules it left in its namespace removed, its files gone."""
+        if self.running():
+            self.stop(signal.SIGKILL)
+        flush_iptables(self.director)
+        self.cleanup()
 
 
 def pair_spec(fullnat: bool = False, directors: tuple[str, str] = ("da", "db"), vip_on_first: bool = True) -> TopologySpec:
@@ -106,9 +113,4 @@ def director_pair(topo: Topology, configure: Callable[[LbdOn], None]) -> Iterato
         yield a, b
     finally:
         for d in (a, b):
-            if d.running():
-                d.stop(signal.SIGKILL)
-            for table in ("raw", "filter", "mangle", "nat"):
-                d.director.exec(["iptables", "-t", table, "-F"], check=False)
-                d.director.exec(["iptables", "-t", table, "-X"], check=False)
-            d.cleanup()
+            d.discard()

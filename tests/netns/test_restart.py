@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import LBD, QUEUE_NUM, Lbd, iptables_leftovers
+from conftest import LBD, QUEUE_NUM, Lbd, flush_iptables, iptables_leftovers
 
 from lb.testbed.echo import EchoStream, servers
 from lb.testbed.topology import Topology
@@ -79,9 +79,7 @@ def restart_lbd(topo: Topology, policy: str) -> Iterator[RestartLbd]:
         proc = topo.director.exec([str(LBD), "--cleanup", "--queue-num", str(QUEUE_NUM)], check=False)
         leftovers = iptables_leftovers(topo.director)
         if leftovers:
-            for table in ("raw", "filter", "mangle", "nat"):
-                topo.director.exec(["iptables", "-t", table, "-F"], check=False)
-                topo.director.exec(["iptables", "-t", table, "-X"], check=False)
+            flush_iptables(topo.director)
         d.cleanup()
         assert proc.returncode == 0, f"lbd --cleanup: {proc.stderr}"
         assert not leftovers, f"rules left after lbd --cleanup: {leftovers}"

@@ -11,7 +11,6 @@ discarding TCP server; all on one segment.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -133,12 +132,7 @@ def master() -> Iterator[tuple[Topology, LbdOn]]:
             lbd.wait_resolved()
             yield topo, lbd
         finally:
-            if lbd.running():
-                lbd.stop(signal.SIGKILL)
-            for table in ("raw", "filter", "mangle", "nat"):
-                lbd.director.exec(["iptables", "-t", table, "-F"], check=False)
-                lbd.director.exec(["iptables", "-t", table, "-X"], check=False)
-            lbd.cleanup()
+            lbd.discard()
 
 
 def test_a_busy_connection_is_sent_on_its_3rd_packet_and_every_50th_after(master: tuple[Topology, LbdOn]) -> None:
