@@ -200,6 +200,18 @@ struct batch_item {
     struct lb_gso_whole gso;
 };
 
+/* The batch item of queued packet `id` with its bytes, zeroed otherwise: its verdict still to decide. */
+static struct batch_item *item_for(struct batch_item *it, uint32_t id, const uint8_t *pkt, uint32_t len)
+{
+    memset(it, 0, sizeof(*it));
+    it->id = id;
+    it->has_id = 1;
+    it->pkt = pkt;
+    it->len = len;
+    it->valid = 1;
+    return it;
+}
+
 /* The virtio-net header in front of a frame on a PACKET_VNET_HDR socket: none for a plain
  * frame, else TCP segmentation at gso.mss with the checksum left to complete (the packet's
  * checksum field holds the pseudo-header sum, see lb_tcp_gso_prepare). */
@@ -627,14 +639,7 @@ static void process_batch(struct lb_nfq *q, int nmsgs)
                 /* lbd's own raw-socket packet looped back to the queue (sent to a local address, e.g. a
                  * segment the AF_XDP source re-injects, an answer to a director-local client): it was
                  * processed once already; the kernel delivers it. */
-                struct batch_item *it = &items[n++];
-                memset(it, 0, sizeof(*it));
-                it->id = id;
-                it->has_id = 1;
-                it->pkt = pkt;
-                it->len = plen;
-                it->valid = 1;
-                it->act.verdict = LB_V_ACCEPT;
+                item_for(&items[n++], id, pkt, plen)->act.verdict = LB_V_ACCEPT;
                 q->stats.own_passed++;
             } else if ((info & NFQA_SKB_GSO) && q->seg) {
                 n = process_gso(q, items, n, id, pkt, plen, mark, pflags, t);
@@ -642,13 +647,7 @@ static void process_batch(struct lb_nfq *q, int nmsgs)
                 /* Partial checksum (with NFQA_CFG_F_GSO only): complete it, as the kernel would have. */
                 if ((info & NFQA_SKB_CSUMNOTREADY) && pkt && lb_csum_complete(pkt, plen) == LB_OK)
                     q->stats.csum_completed++;
-                struct batch_item *it = &items[n];
-                memset(it, 0, sizeof(*it));
-                it->id = id;
-                it->has_id = 1;
-                it->pkt = pkt;
-                it->len = plen;
-                it->valid = 1;
+                struct batch_item *it = item_for(&items[n], id, pkt, plen);
                 /* pkt is this adapter's receive buffer, read again only to send it (out_len 0): lent to
                  * the core, which decrements a DR packet's TTL there instead of copying it to out. */
                 lb_process_inplace(q->lb, pkt, it->len, mark, pflags, t, q->out + (size_t)n * LB_PKT_MAX, LB_PKT_MAX,
