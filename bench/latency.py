@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lb.pyengine.csum import internet_checksum
+
 MAGIC = 0x5A17
 MAX_PROBES = 0xFFFF
 ETH_P_ALL = 0x0003
@@ -105,14 +107,6 @@ def match(tx_ns: dict[int, int], rx_ns: dict[int, int]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the two ends
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
 
 def mark_frame(template: bytes, index: int, sport: int | None = None) -> bytes:
     """`template` (Ethernet/IPv4/TCP, no IP options) with the marked sequence number (and source
@@ -127,7 +121,7 @@ def mark_frame(template: bytes, index: int, sport: int | None = None) -> bytes:
     struct.pack_into("!H", b, tcp + 16, 0)
     seg = bytes(b[tcp:14 + total])
     pseudo = bytes(b[26:34]) + struct.pack("!BBH", 0, 6, len(seg))
-    struct.pack_into("!H", b, tcp + 16, _checksum(pseudo + seg))
+    struct.pack_into("!H", b, tcp + 16, internet_checksum(pseudo + seg))
     return bytes(b)
 
 
