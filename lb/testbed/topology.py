@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import ipaddress
 import os
 import random
@@ -43,269 +42,52 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-PREFIX_BASE = "lbB"
+from lb.testbed.netns import (
+    _PDEATHSIG_WRAPPER,
+    CMD_TIMEOUT_S,
+    PREFIX_BASE,
+    TERM_GRACE_S,
+    TopologyError,
+    _check_prefix,
+    _kill_pids,
+    _run,
+    cleanup_stale,
+    enter_netns,
+    list_netns,
+    netns_pids,
+    new_prefix,
+)
+from lb.testbed.spec import (
+    CLIENT_INDEX,
+    DIRECTOR_INDEX,
+    REAL_BASE_INDEX,
+    VIP_INDEX,
+    HostSpec,
+    LinkSpec,
+    SegmentSpec,
+    TopologySpec,
+    dr_spec,
+    fullnat_spec,
+)
+
+# The specs (lb.testbed.spec) and the namespace helpers (lb.testbed.netns) are part of this module's
+# API: callers import them from here.
+__all__ = [
+    "CLIENT_INDEX", "CMD_TIMEOUT_S", "DIRECTOR_INDEX", "PREFIX_BASE", "REAL_BASE_INDEX", "TERM_GRACE_S",
+    "VIP_INDEX", "Host", "HostSpec", "Interface", "LinkSpec", "SegmentSpec", "Topology", "TopologyError",
+    "TopologySpec", "cleanup_stale", "dr_spec", "enter_netns", "environment_problem", "fullnat_spec",
+    "list_netns", "netns_pids", "new_prefix",
+]
+
 IFNAMSIZ_MAX = 15  # Linux interface names: at most 15 characters
 
 # Subnets are drawn per run from 10.200.0.0 .. 10.250.255.0 (/24 each). They only
 # exist inside our namespaces; the range just keeps parallel runs visually apart.
 SUBNET_SECOND_OCTETS = range(200, 251)
-
-CMD_TIMEOUT_S = 30.0  # bound for any single setup/teardown command
-TERM_GRACE_S = 5.0  # SIGTERM -> SIGKILL grace for processes we started
-
-_CLONE_NEWNET = 0x40000000
-
-
-class TopologyError(RuntimeError):
-    """Building or tearing down a topology failed; the message has the command and its output."""
-
-
-# --------------------------------------------------------------------------- specs
-
-
-@dataclass(frozen=True)
-class SegmentSpec:
-    """One L2 segment (a bridge). `subnet` None: a /24 is chosen per run."""
-
-    name: str
-    subnet: str | None = None
-
-
-@dataclass(frozen=True)
-class LinkSpec:
-    """A host's attachment to a segment; the address is `.host_index` of the segment's subnet."""
-
-    segment: str
-    host_index: int
-
-
-@dataclass(frozen=True)
-class HostSpec:
-    """A host namespace.
-
-    role: "client" | "director" | "real" | "router" | anything else (plain host).
-    vips: VIP host indexes (on `vip_segment`, default the first link's segment).
-      A "director" puts them on its interface; a "real" server puts them on `lo`
-      (/32) with arp_ignore=1/arp_announce=2, the DR/TUN real-server configuration
-      (a TUN real server on another subnet names the director's segment here).
-    gateway: (segment, host_index) of the default route, if any.
-    forwarding: enable IPv4 forwarding (routers).
-    """
-
-    name: str
-    links: tuple[LinkSpec, ...]
-    role: str = "host"
-    vips: tuple[int, ...] = ()
-    gateway: tuple[str, int] | None = None
-    forwarding: bool = False
-    vip_segment: str | None = None
-
-
-@dataclass(frozen=True)
-class TopologySpec:
-    segments: tuple[SegmentSpec, ...]
-    hosts: tuple[HostSpec, ...]
-
-    def __post_init__(self) -> None:
-        seg_names = [s.name for s in self.segments]
-        if len(set(seg_names)) != len(seg_names):
-            raise ValueError(f"duplicate segment names: {seg_names}")
-        host_names = [h.name for h in self.hosts]
-        if len(set(host_names)) != len(host_names):
-            raise ValueError(f"duplicate host names: {host_names}")
-        for seg in seg_names:
-            if not re.fullmatch(r"[a-z0-9]{1,4}", seg):
-                raise ValueError(f"segment name {seg!r}: 1-4 chars [a-z0-9] (it goes into link names)")
-        for h in self.hosts:
-            if not re.fullmatch(r"[a-z0-9]{1,12}", h.name):
-                raise ValueError(f"host name {h.name!r}: 1-12 chars [a-z0-9]")
-            if not h.links:
-                raise ValueError(f"host {h.name} has no links")
-            for link in h.links:
-                if link.segment not in seg_names:
-                    raise ValueError(f"host {h.name}: unknown segment {link.segment!r}")
-                if not 1 <= link.host_index <= 254:
-                    raise ValueError(f"host {h.name}: host_index {link.host_index} not in 1..254")
-            if h.vip_segment is not None and h.vip_segment not in seg_names:
-                raise ValueError(f"host {h.name}: unknown vip_segment {h.vip_segment!r}")
-        used: dict[tuple[str, int], str] = {}
-        for h in self.hosts:
-            for link in h.links:
-                key = (link.segment, link.host_index)
-                if key in used:
-                    raise ValueError(f"{h.name} and {used[key]} share address index {key}")
-                used[key] = h.name
-
-
-# Address plan of the DR topology (host index inside the segment's /24).
-DIRECTOR_INDEX = 2
-VIP_INDEX = 100
-CLIENT_INDEX = 50
-REAL_BASE_INDEX = 10  # rs1 = .11, rs2 = .12, ...
-
-
-def dr_spec(n_real: int = 3) -> TopologySpec:
-    """client, director and rs1..rsN on one segment "lan"; the VIP is .100 of it."""
-    if not 1 <= n_real <= 20:
-        raise ValueError("n_real must be in 1..20")
-    hosts = [
-        HostSpec("client", (LinkSpec("lan", CLIENT_INDEX),), role="client"),
-        HostSpec("director", (LinkSpec("lan", DIRECTOR_INDEX),), role="director", vips=(VIP_INDEX,)),
-    ]
-    for i in range(1, n_real + 1):
-        hosts.append(
-            HostSpec(f"rs{i}", (LinkSpec("lan", REAL_BASE_INDEX + i),), role="real", vips=(VIP_INDEX,))
-        )
-    return TopologySpec(segments=(SegmentSpec("lan"),), hosts=tuple(hosts))
-
-
-def fullnat_spec(n_real: int = 3) -> TopologySpec:
-    """FULLNAT: client and director on "lan" (VIP .100), real servers f1..fN on "back".
-
-    The director is .1 on "back" (its local address, and the real servers'
-    default route, so replies come back through it); f<i> is .1<i>. The real
-    servers have no VIP.
-    """
-    if not 1 <= n_real <= 20:
-        raise ValueError("n_real must be in 1..20")
-    hosts = [
-        HostSpec("client", (LinkSpec("lan", CLIENT_INDEX),), role="client"),
-        HostSpec("director", (LinkSpec("lan", DIRECTOR_INDEX), LinkSpec("back", 1)), role="director",
-                 vips=(VIP_INDEX,)),
-    ]
-    for i in range(1, n_real + 1):
-        hosts.append(HostSpec(f"f{i}", (LinkSpec("back", REAL_BASE_INDEX + i),), role="real",
-                              gateway=("back", 1)))
-    return TopologySpec(segments=(SegmentSpec("lan"), SegmentSpec("back")), hosts=tuple(hosts))
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _run(argv: Sequence[str], *, check: bool = True, timeout: float = CMD_TIMEOUT_S,
-         input: str | None = None) -> subprocess.CompletedProcess[str]:
-    try:
-        proc = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout, input=input
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise TopologyError(f"timed out after {timeout}s: {shlex.join(argv)}") from exc
-    if check and proc.returncode != 0:
-        raise TopologyError(
-            f"command failed (exit {proc.returncode}): {shlex.join(argv)}\n"
-            f"stdout: {proc.stdout.strip()}\nstderr: {proc.stderr.strip()}"
-        )
-    return proc
-
-
-def new_prefix() -> str:
-    """`lbB` + 5 hex digits mixed from the pid and the OS random source."""
-    token = (random.SystemRandom().getrandbits(20) ^ (os.getpid() & 0xFFFFF)) & 0xFFFFF
-    return f"{PREFIX_BASE}{token:05x}"
-
-
-def _check_prefix(prefix: str) -> None:
-    # Refuse the bare base (or anything shorter): it would match other runs' namespaces.
-    if not re.fullmatch(PREFIX_BASE + r"[0-9a-z]{2,8}", prefix):
-        raise ValueError(f"prefix {prefix!r} must be {PREFIX_BASE!r} + 2..8 of [0-9a-z]")
-
-
-def list_netns() -> list[str]:
-    out = _run(["ip", "netns", "list"]).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def netns_pids(netns: str) -> list[int]:
-    proc = _run(["ip", "netns", "pids", netns], check=False)
-    return [int(p) for p in proc.stdout.split() if p.isdigit()]
-
-
-def _kill_pids(pids: Sequence[int], grace_s: float = TERM_GRACE_S) -> None:
-    """SIGTERM the given PIDs, then SIGKILL whatever is left after `grace_s`."""
-    alive = []
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-            alive.append(pid)
-    deadline = time.monotonic() + grace_s
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if _pid_alive(p)]
-        if alive:
-            time.sleep(0.05)
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
-
-
-def cleanup_stale(prefix: str) -> list[str]:
-    """Remove namespaces named `<prefix>-*` left by a killed run with this SAME prefix.
-
-    Processes still inside those namespaces (necessarily started there by that
-    run) are ended by PID first, since a namespace with processes outlives
-    `ip netns del`. Returns the namespaces removed.
-    """
-    _check_prefix(prefix)
-    removed = []
-    for ns in list_netns():
-        if not ns.startswith(prefix + "-"):
-            continue
-        _kill_pids(netns_pids(ns))
-        _run(["ip", "netns", "del", ns], check=False)
-        removed.append(ns)
-    return removed
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextlib.contextmanager
-def enter_netns(netns: str) -> Iterator[None]:
-    """Switch the CALLING THREAD into netns `netns` for the duration of the block.
-
-    Sockets created inside keep that namespace for their whole life, so a test
-    can create a client socket in the client namespace and use it from anywhere.
-    Only network namespace membership changes (setns(CLONE_NEWNET)), per thread.
-    """
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if _libc.setns(target, _CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns({netns}): {os.strerror(err)}")
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            if _libc.setns(own, _CLONE_NEWNET) != 0:  # pragma: no cover - would be fatal
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns(back): {os.strerror(err)}")
-    finally:
-        os.close(own)
-
-
-def _pdeathsig_wrapper() -> list[str]:
-    import shutil
-
-    setpriv = shutil.which("setpriv")  # util-linux (essential on Debian)
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
-
-
-_PDEATHSIG_WRAPPER = _pdeathsig_wrapper()
 
 
 # --------------------------------------------------------------------------- hosts
@@ -762,3 +544,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
