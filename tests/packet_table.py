@@ -1398,10 +1398,13 @@ def ipip(inner: bytes, src: str = TUN_SRC, dst: str = RS1) -> bytes:
 
 
 def director_icmp(packet: bytes, code: int, mtu: int = 0) -> bytes:
-    """An ICMP 3/code the director originates about `packet` (VIP -> client, quoting header + 8 bytes)."""
+    """An ICMP 3/code the director originates about `packet` (VIP -> client, quoting header + 8 bytes).
+    Fragmentation needed (code 4) quotes the packet with its TTL already decremented: the kernel's
+    __ip_vs_get_out_rt runs decrement_ttl (ip_decrease_ttl writes the skb) before
+    ensure_mtu_is_adequate's icmp_send (net/netfilter/ipvs/ip_vs_xmit.c)."""
     s = _scapy()
     original = s.IP(packet)
-    quote = packet[: original.ihl * 4 + 8]
+    quote = (ttl_dec(packet) if code == 4 else packet)[: original.ihl * 4 + 8]
     answer = s.IP(src=original.dst, dst=original.src, tos=0, id=0, flags=0, frag=0, ttl=64, proto=1) / s.ICMP(
         type=3, code=code, nexthopmtu=mtu) / s.Raw(quote)
     return bytes(answer)
