@@ -201,6 +201,8 @@ class PyEngine(Listing):
 
         if conn is not None and direction == DIR_OUT:
             # A reply from a real server, found by its connection's reply tuple: no availability check.
+            if packet[8] <= 1 and conn.xmit.forwards_replies:
+                return conn.xmit.xmit_out(conn, packet, parsed)  # ip_forward's TTL check precedes ip_vs_out
             if proto == IPPROTO_TCP:
                 self._tcp_transition(conn, DIR_OUT, flags)
             else:

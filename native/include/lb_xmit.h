@@ -46,6 +46,11 @@ struct lb_conn_bind {
 #define LB_XMIT_F_NEEDS_ENTRY 2  /* its replies are addressed to the director itself (FULLNAT: LIP:lport):
                                     without a connection entry they reach no one, so a one-packet (-o)
                                     UDP service, which keeps none, cannot use it */
+#define LB_XMIT_F_FORWARDS_REPLIES 4 /* its replies are not addressed to the director (NAT: RIP -> CIP): the
+                                    kernel forwards them, and ip_forward answers one whose TTL runs out
+                                    (ICMP time exceeded) and drops it before the FORWARD hook where
+                                    ip_vs_out would see it; so the core leaves such a reply's connection
+                                    alone (state, timer, stats) and only calls xmit_out, which answers */
 
 struct lb_xmit_ops {
     const char *name;            /* as lbadm names it (route, tunnel, fullnat) */

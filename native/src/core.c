@@ -356,13 +356,19 @@ static inline __attribute__((always_inline)) int process(lb_t *lb, const uint8_t
 
     if (c && dir == LB_DIR_OUT) {
         /* A reply from a real server, found by the reply tuple of its connection's method. */
+        const struct lb_xmit_ops *m = lb_conn_xmit(c);
+        if (LB_UNLIKELY(p.data[8] <= 1) && (m->flags & LB_XMIT_F_FORWARDS_REPLIES)) {
+            /* ip_forward's TTL check comes before ip_vs_out: the entry never sees it. */
+            finish(lb, act, m->xmit_out(lb, &p, c, out, out_cap, act));
+            return LB_OK;
+        }
         if (p.proto == LB_PROTO_TCP)
             lb_tcp_set_state(lb, c, LB_DIR_OUT, p.tcp_flags);
         else
             lb_conn_assure_template(lb, c); /* UDP: a reply assures the template (udp_state_transition) */
         lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
         lb_stats_out(c->dest, p.len);
-        r = lb_conn_xmit(c)->xmit_out(lb, &p, c, out, out_cap, act);
+        r = m->xmit_out(lb, &p, c, out, out_cap, act);
         if (LB_UNLIKELY(c->flags & LB_CF_PROXY))
             lb_proxy_out(lb, &p, c, out, act); /* acknowledgments back before the PROXY header */
         finish(lb, act, r);
