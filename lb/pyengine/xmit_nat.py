@@ -10,8 +10,9 @@ a connection's reply tuple is (proto, RIP, RPORT, CIP, CPORT), the client's own 
 The director routes these packets itself: TTL - 1 both ways; a TTL <= 1 is answered with ICMP time
 exceeded (R_TTL_EXCEEDED): to the client from the VIP, to the real server from the director's route
 source towards it. Such a reply never reaches the kernel's ip_vs_out (ip_forward answers and drops it
-first), so it leaves its connection's state, timer and stats alone (forwards_replies). The IP and L4 checksums are updated incrementally (RFC 1624) for the words that
-change (TTL word, one address, one port); a UDP checksum of 0 (none) stays 0 and an updated one
+first), so it leaves its connection's state, timer and stats alone (forwards_replies). The IP and L4
+checksums are updated incrementally (RFC 1624) for the words that change (TTL word, one address, one
+port); a UDP checksum of 0 (none) stays 0 and an updated one
 that comes out 0 is sent as 0xffff. Both engines emit identical bytes.
 
 ICMP errors (the kernel's ip_vs_nat_icmp): from the client's side, quoting VIP:vport -> CIP:cport,
@@ -27,7 +28,6 @@ from lb.pyengine.conn import Connection, Destination
 from lb.pyengine.csum import csum_replace2, csum_replace4, get16, put16
 from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, ParsedPacket
 from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, icmp_to_client, icmp_to_dest, ttl_exceeded, xmit_l2
-
 
 
 def nat_rewrite(o: bytearray, parsed: ParsedPacket, source: bool, addr: bytes, port: int) -> bool:
