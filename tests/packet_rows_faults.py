@@ -203,6 +203,45 @@ def _held_rows() -> list[Row]:
                      DestExpect(UDP53, RS1, 53)),
                     (ServiceExpect(TCP80, 1, 1, t.ip_total_length(syn)), ServiceExpect(UDP53)),
                     (t.conn("SYN_RECV", T_SR, RS1),), check_ms=0, tags=("l2", "held", "tun")))
+    rows += _held_mtu_rows()
+    return rows
+
+
+def _held_mtu_rows() -> list[Row]:
+    """A held packet leaves as it would have, had the forwarding state been there when it came: the path MTU
+    of the state installed later decides (fragmentation needed to the client with DF, frag_mtu without)."""
+    rows: list[Row] = []
+    small = t.DestSetup(RS1, mtu=1000)
+    cold = Setup((t.ServiceSetup(TCP80, "rr", (t.DestSetup(RS1, l2=False),)),))
+    syn = t.tcp(flags="S")
+    big_df = t.tcp(flags="PA", seq=1001, ack=1, payload=b"d" * 1200, flags_ip="DF")
+    sizes = t.ip_total_length(syn) + t.ip_total_length(big_df)
+    frame = t.expected_frame(RS1, syn)[:14]
+    rows.append(Row("held-frag-needed", "a held segment with DF too big for the path MTU (1000) that comes with the "
+                    "forwarding state is answered from the timers with ICMP fragmentation needed (next-hop MTU 1000), "
+                    "as it would have been had it not waited", cold,
+                    (t.verdict(syn, 0, "DROP", "L2_QUEUED"), t.verdict(big_df, 1, "DROP", "L2_QUEUED"),
+                     t.ConfigStep("set_fwd", TCP80, small, 2),
+                     t.TimerStep(2, (("XMIT_L2", "FORWARDED", t.ttl_dec(syn), t.IFINDEX, frame),
+                                     ("ANSWER", "FRAG_NEEDED", t.director_icmp(big_df, 4, 1000), 0, b""))),
+                     t.answered(big_df, t.director_icmp(big_df, 4, 1000), 3, "FRAG_NEEDED",
+                                note="the same segment again, not held: the same answer")),
+                    (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=3, handshakes=1,
+                                inbytes=sizes + t.ip_total_length(big_df)),),
+                    (ServiceExpect(TCP80, 1, 3, sizes + t.ip_total_length(big_df)),),
+                    (t.conn("ESTABLISHED", t.T_ES, RS1),), check_ms=3, tags=("l2", "held", "mtu")))
+    big = t.udp(payload=b"u" * 1200)
+    ucold = Setup((t.ServiceSetup(UDP53, "rr", (t.DestSetup(RS1, 53, l2=False),)),))
+    rows.append(Row("held-frag-mtu", "a held datagram without DF too big for the path MTU (1000) leaves from the "
+                    "timers marked to go as fragments of 1000 bytes (frag_mtu), as it would have unheld", ucold,
+                    (t.verdict(big, 0, "DROP", "L2_QUEUED"), t.ConfigStep("set_fwd", UDP53, t.DestSetup(RS1, 53, mtu=1000), 1),
+                     t.TimerStep(1, (("XMIT_L2", "FORWARDED", t.ttl_dec(big), t.IFINDEX,
+                                      t.expected_frame(RS1, big)[:14], 1000),)),
+                     t.xmit(big, t.ttl_dec(big), 2, RS1, frag_mtu=1000, note="unheld: the same")),
+                    (DestExpect(UDP53, RS1, 53, inactive=1, conns=1, inpkts=2, inbytes=2 * t.ip_total_length(big)),),
+                    (ServiceExpect(UDP53, 1, 2, 2 * t.ip_total_length(big)),),
+                    (t.conn("UDP", t.T_UDP, RS1, cport=50000, svc=UDP53, dport=53),), check_ms=2,
+                    tags=("l2", "held", "mtu", "frag")))
     return rows
 
 

@@ -144,10 +144,11 @@ class PacketStep:
 
 @dataclass(frozen=True)
 class TimerStep:
-    """engine.timers(now_ms) must return exactly these actions (verdict, reason, out, ifindex, l2hdr), in order."""
+    """engine.timers(now_ms) must return exactly these actions (verdict, reason, out, ifindex, l2hdr), in order;
+    an action that leaves as IP fragments carries its frag_mtu as a sixth element."""
 
     now_ms: int
-    actions: tuple[tuple[str, str, bytes, int, bytes], ...] = ()
+    actions: tuple[tuple[str, str, bytes, int, bytes] | tuple[str, str, bytes, int, bytes, int], ...] = ()
     note: str = ""
 
 
@@ -1533,6 +1534,19 @@ def _fnat_rows() -> list[Row]:
                     outbytes=n["synack"]), udp_dest),
         (ServiceExpect(TCP80, 1, 3, size_toa, 1, n["synack"]), udp_svc),
         (conn("ESTABLISHED", T_ES, RS1, laddr=LIP1, lport=lp),), check_ms=20, tags=("fnat", "toa")))
+    unresolved, resolved = DestSetup(RS1, fwd="fullnat", l2=False), DestSetup(RS1, fwd="fullnat")
+    rows.append(Row(
+        "fnat-toa-held", "TOA on a held segment: the client's first ACK, held while the real server's MAC is "
+        "re-resolved, leaves from the timers with option 254 as it would have unheld; the next goes without",
+        toa_setup, row_steps[:2] + (
+            ConfigStep("set_fwd", TCP80, unresolved, 6), verdict(ack, 10, "DROP", "L2_QUEUED"),
+            ConfigStep("set_fwd", TCP80, resolved, 11),
+            TimerStep(11, (("XMIT_L2", "FORWARDED", toa_ack, IFINDEX, expected_frame(RS1, toa_ack)[:14]),)),
+            row_steps[3]),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=3, inbytes=size_toa, handshakes=1, outpkts=1,
+                    outbytes=n["synack"]), udp_dest),
+        (ServiceExpect(TCP80, 1, 3, size_toa, 1, n["synack"]), udp_svc),
+        (conn("ESTABLISHED", T_ES, RS1, laddr=LIP1, lport=lp),), check_ms=20, tags=("fnat", "toa", "held")))
     rows.append(Row(
         "fnat-toa-no-room", "TOA: a segment whose TCP header is already 60 bytes goes without it (R_TOA_NO_ROOM); "
         "the next ACK gets it", toa_setup,
