@@ -20,6 +20,7 @@ from conftest import Lbd, parse_ln, running_lbd, udp_until_refused
 from netns_traffic import answering, flow_outcome, serve_http
 from packet_source import AFXDP, xdp_local, xdp_nat_replies
 
+from conformance.traffic import Flow, udp_exchange
 from lb.testbed import client
 from lb.testbed.topology import Topology, fullnat_spec
 
@@ -131,6 +132,29 @@ def test_nat_udp_port_unreachable_from_the_real_server_reaches_the_client(nlbd: 
         assert (ip.src, ip.dst) == (t.vip, t.client.addr), got.capture
         assert (q.src, q.l4.sport, q.dst, q.l4.dport) == (t.client.addr, got.cport, t.vip, DEAD_UDP_PORT), got.capture
     assert got.translated >= 1
+
+
+def test_nat_reply_with_ttl_1_gets_time_exceeded_from_the_director(nlbd: Lbd, ntopo: Topology) -> None:
+    """The director forwards a NAT reply, so a reply sent with TTL 1 dies there as in ip_forward: the real
+    server's socket gets ICMP time exceeded (IP_RECVERR) from the director's address on its segment (the
+    route source the kernel's icmp_send would use), counted ttl_exceeded. (That its entry is left alone, as
+    the kernel's ip_vs_out never sees such a reply, the packet table's nat-out-ttl rows check.)"""
+    t, lbd = ntopo, nlbd
+    rs = t.reals[0]
+    lbd.lbadm("-A", "-u", f"{t.vip}:{DEAD_UDP_PORT}", "-s", "rr")
+    lbd.lbadm("-a", "-u", f"{t.vip}:{DEAD_UDP_PORT}", "-r", f"{rs.addr}:{DEAD_UDP_PORT}", "-m")
+    lbd.wait_resolved()
+    cport = next(_udp_ports)
+    opened = Flow(client="client", addr=t.client.addr, port=cport)
+    udp_exchange(t.client.netns, opened, t.vip, DEAD_UDP_PORT)  # makes the entry (the real server refuses it)
+    assert opened.outcome == "refused:none", (opened, lbd.log_tail())
+    before = lbd.ok("counters")["reasons"]
+    reply = Flow(client=rs.name, addr=rs.addr, port=DEAD_UDP_PORT)
+    udp_exchange(rs.netns, reply, t.client.addr, cport, ttl=1)
+    director_back = t.director.iface("back").addr
+    assert reply.outcome == f"icmp:11/0 from {director_back}", (reply, lbd.log_tail())
+    after = lbd.ok("counters")["reasons"]
+    assert after.get("ttl_exceeded", 0) == before.get("ttl_exceeded", 0) + 1, (before, after)
 
 
 def test_nat_director_own_connections_to_a_real_server_stay_out_of_the_queue(nlbd: Lbd, ntopo: Topology) -> None:
