@@ -298,9 +298,13 @@ def _icmp_rows() -> list[Row]:
     rows.append(row("icmp-nat-out", "an ICMP error from the real server about CIP:cport -> RIP:8080 goes to the "
                     "client as VIP -> CIP, quoting CIP:cport -> VIP:80 (ANSWER); out-stats",
                     t.answered(from_rs_error, to_client_error, 5, "ICMP"), 0, 1))
-    rows.append(row("icmp-nat-out-ttl", "an ICMP error from the real server with TTL 1 cannot be routed "
-                    "(R_TTL_EXCEEDED); still counted", t.verdict(t._with_ttl(from_rs_error, 1), 5, "DROP",
-                                                                 "TTL_EXCEEDED"), 0, 1))
+    rows.append(row("icmp-nat-out-ttl", "an ICMP error from the real server with TTL 1 dies in the director's "
+                    "ip_forward (R_TTL_EXCEEDED, no ICMP error about an ICMP error) before ip_vs_out_icmp sees it: "
+                    "not counted", t.verdict(t._with_ttl(from_rs_error, 1), 5, "DROP", "TTL_EXCEEDED"), 0, 0))
+    bad_ttl1 = t._fix_icmp_checksum(t._with_ttl(from_rs_error, 1), good=False)
+    rows.append(row("icmp-nat-out-ttl-bad-csum", "the TTL of a forwarded error is checked before its checksum "
+                    "(ip_forward comes before ip_vs_out_icmp): R_TTL_EXCEEDED, not counted",
+                    t.verdict(bad_ttl1, 5, "DROP", "TTL_EXCEEDED"), 0, 0, ("bad",)))
     bad = t._fix_icmp_checksum(from_rs_error, good=False)
     rows.append(row("icmp-nat-bad-csum-out", "an ICMP error from the real server with a wrong ICMP checksum is "
                     "dropped (R_BAD_CSUM) and not counted", t.verdict(bad, 5, "DROP", "BAD_CSUM"), 0, 0, ("bad",)))

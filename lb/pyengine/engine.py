@@ -99,6 +99,7 @@ SEED1_MUL = 0xD6E8FEB86659FD93  # seed1 = seed0 * SEED1_MUL + 1 (native/src/conn
 
 _NO_SERVICE = Action(Verdict.ACCEPT, Reason.NO_SERVICE)
 _DEST_UNAVAILABLE = Action(Verdict.DROP, Reason.DEST_UNAVAILABLE)
+_ICMP_FORWARD_TTL_DROP = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
 _ICMP_UNRELATED = Action(Verdict.ACCEPT, Reason.NOT_LB_PROTO)
 _ICMP_BAD_CSUM = Action(Verdict.DROP, Reason.BAD_CSUM)
 _MARTIAN_SRC = Action(Verdict.DROP, Reason.MARTIAN_SRC)
@@ -300,6 +301,8 @@ class PyEngine(Listing):
         hit = None if key is None else self._conns.lookup(key)
         if hit is None:
             return _ICMP_UNRELATED
+        if packet[8] <= 1 and hit[1] == DIR_OUT and hit[0].xmit.forwards_replies:
+            return _ICMP_FORWARD_TTL_DROP  # dies in ip_forward, before ip_vs_out_icmp: not counted
         if internet_checksum(packet[parsed.ip_header_len : parsed.total_length]) != 0:
             return _ICMP_BAD_CSUM
         conn, direction = hit

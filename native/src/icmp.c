@@ -119,6 +119,13 @@ int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, 
     struct lb_conn *c = lb_conn_lookup(lb, q.proto, q.daddr, q.dport, q.saddr, q.sport, now_ms, &dir);
     if (!c)
         return LB_R_NOT_LB_PROTO;
+    const struct lb_xmit_ops *m = lb_conn_xmit(c);
+    if (LB_UNLIKELY(p->data[8] <= 1) && dir == LB_DIR_OUT && (m->flags & LB_XMIT_F_FORWARDS_REPLIES)) {
+        /* A forwarded error (NAT: RIP -> CIP) whose TTL runs out dies in ip_forward, before the FORWARD
+         * hook's ip_vs_out_icmp: not counted, and no ICMP error about an ICMP error. */
+        act->verdict = LB_V_DROP;
+        return LB_R_TTL_EXCEEDED;
+    }
     if (lb_csum_fold(lb_csum_partial(icmp, p->l4len, 0)) != 0) {
         act->verdict = LB_V_DROP; /* ip_vs_in_icmp: "failed checksum" */
         return LB_R_BAD_CSUM;
@@ -128,7 +135,6 @@ int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, 
         return LB_R_MALFORMED;
     }
     /* The connection's method passes it on (only methods that see replies have an OUT tuple). */
-    const struct lb_xmit_ops *m = lb_conn_xmit(c);
     if (dir == LB_DIR_IN) {
         lb_stats_in(c->dest, p->len);
         return m->icmp_in(lb, p, c, out, out_cap, act);
