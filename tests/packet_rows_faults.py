@@ -170,6 +170,14 @@ def _held_rows() -> list[Row]:
          t.TimerStep(30, tuple(("XMIT_L2", "FORWARDED", t.ttl_dec(q), t.IFINDEX, frame) for q in queries[:3])),
          t.TimerStep(31), t.fwd(queries[3], 40, RS1)), 4))
     rows.append(udp_row(
+        "held-not-overtaken", "a datagram that arrives after the forwarding state but before the timers sent the "
+        "held ones joins their queue (L2_QUEUED) rather than overtake them: they leave in arrival order, as the "
+        "kernel's neighbour queue is flushed before anything newer; once the queue is gone, packets go straight out",
+        (t.verdict(queries[0], 0, "DROP", "L2_QUEUED"), t.ConfigStep("set_fwd", UDP53, resolved, 1),
+         t.verdict(queries[1], 2, "DROP", "L2_QUEUED"),
+         t.TimerStep(3, tuple(("XMIT_L2", "FORWARDED", t.ttl_dec(q), t.IFINDEX, frame) for q in queries[:2])),
+         t.fwd(queries[2], 4, RS1)), 3))
+    rows.append(udp_row(
         "held-timeout", "held datagrams whose destination is not resolved within 3 s are dropped, counted no_l2 "
         "(the kernel's ARP gives up after 3 probes 1 s apart)",
         (t.verdict(queries[0], 0, "DROP", "L2_QUEUED"), t.verdict(queries[1], 2000, "DROP", "L2_QUEUED"),

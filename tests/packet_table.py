@@ -1775,10 +1775,12 @@ def _tun_rows() -> list[Row]:
     syn2 = tcp(sport=40001)
     rows.append(Row(
         "method-change-keeps-entries", "editing a destination's method (route -> tunnel) drops its forwarding "
-        "state; once new state is installed, existing entries keep their method (DR) and new ones use the new "
-        "one (IPIP)", dr,
+        "state; once new state is installed, existing entries keep their method (DR: the held ACK leaves from "
+        "the timers unencapsulated) and new ones use the new one (IPIP)", dr,
         (fwd(syn, 0, RS1), ConfigStep("edit_dest", TCP80, as_tun, 1), verdict(ack, 2, "DROP", "L2_QUEUED"),
-         ConfigStep("set_fwd", TCP80, as_tun, 3), fwd(ack, 4, RS1), xmit(syn2, ipip(syn2), 5, RS1)),
+         ConfigStep("set_fwd", TCP80, as_tun, 3),
+         TimerStep(3, (("XMIT_L2", "FORWARDED", ttl_dec(ack), IFINDEX, expected_frame(RS1, ack)[:14]),)),
+         fwd(ack, 4, RS1), xmit(syn2, ipip(syn2), 5, RS1)),
         (DestExpect(TCP80, RS1, active=2, conns=2, inpkts=4, inbytes=2 * sz(syn) + 2 * sz(ack),
                     handshakes=1),),
         (ServiceExpect(TCP80, 2, 4, 2 * sz(syn) + 2 * sz(ack)),),

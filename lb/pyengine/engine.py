@@ -100,6 +100,7 @@ SEED1_MUL = 0xD6E8FEB86659FD93  # seed1 = seed0 * SEED1_MUL + 1 (native/src/conn
 _NO_SERVICE = Action(Verdict.ACCEPT, Reason.NO_SERVICE)
 _DEST_UNAVAILABLE = Action(Verdict.DROP, Reason.DEST_UNAVAILABLE)
 _ICMP_FORWARD_TTL_DROP = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
+_HELD_FIRST = Action(Verdict.DROP, Reason.NO_L2)  # the destination's held packets have not all left yet
 _ICMP_UNRELATED = Action(Verdict.ACCEPT, Reason.NOT_LB_PROTO)
 _ICMP_BAD_CSUM = Action(Verdict.DROP, Reason.BAD_CSUM)
 _MARTIAN_SRC = Action(Verdict.DROP, Reason.MARTIAN_SRC)
@@ -261,8 +262,10 @@ class PyEngine(Listing):
                     dest.handshakes += 1
         self._refresh(conn, now_ms)
         self._count_in(dest, parsed.total_length)
-        action = conn.xmit.xmit_in(conn, packet, parsed)
-        if action.reason == Reason.NO_L2 and dest.fwd is None and self._held.hold(dest, packet[:parsed.total_length], now_ms):
+        queued = bool(self._held.queues) and self._held.holds(dest)  # held packets of dest go first: join them
+        action = _HELD_FIRST if queued else conn.xmit.xmit_in(conn, packet, parsed)
+        if (action.reason == Reason.NO_L2 and (dest.fwd is None or queued)
+                and self._held.hold(dest, packet[:parsed.total_length], now_ms)):
             return _L2_QUEUED  # the timers send it once the destination is resolved (lb/pyengine/l2q.py)
         return self._xmit_in_finish(conn, packet, parsed, action)
 

@@ -415,9 +415,13 @@ static inline __attribute__((always_inline)) int process(lb_t *lb, const uint8_t
     }
     lb_conn_set_expiry(lb, c, now_ms + timeout_ms);
     lb_stats_in_available(c->dest, p.len);
-    r = lb_conn_xmit_in(lb, &p, c, out, out_cap, act);
+    const struct lb_dest *d = c->dest;
+    if (LB_LIKELY(!d->l2q))
+        r = lb_conn_xmit_in(lb, &p, c, out, out_cap, act);
+    else
+        r = LB_R_NO_L2; /* d's held packets have not all left yet: this one goes behind them (act: DROP) */
     lb_sync_packet(lb, c, now_ms); /* counted once sent, as ip_vs_in counts in_pkts */
-    if (LB_UNLIKELY(r == LB_R_NO_L2) && !c->dest->fwd && lb_l2q_hold(lb, c, &p, now_ms) == 0)
+    if (LB_UNLIKELY(r == LB_R_NO_L2) && (!d->fwd || d->l2q) && lb_l2q_hold(lb, c, &p, now_ms) == 0)
         r = LB_R_L2_QUEUED; /* the timers send it once the destination is resolved (l2q.c), then finished */
     else
         r = lb_xmit_in_finish(lb, &p, c, out, out_cap, act, r);

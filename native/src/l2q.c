@@ -10,6 +10,11 @@
  * in order through the connection's method once the state exists, and drop it, counted no_l2,
  * LB_L2Q_TIMEOUT_MS after its first packet if it never comes.
  *
+ * Order: the kernel's neighbour entry sends its queue the moment the neighbour answers, before any
+ * later packet; lbd's queue leaves from the timers, which run after the forwarding state arrives.
+ * So while a destination has a queue (d->l2q), its connections' packets join it even once the
+ * state is there (the packet path checks d->l2q first): nothing overtakes a held packet.
+ *
  * A held packet was counted (l2_queued), its connection's state and stats updated when it arrived;
  * when it leaves, it is looked up again (its connection may have gone, or been bound elsewhere: then
  * it is dropped, counted no_l2) and transmitted exactly as the packet path would have sent it: the
