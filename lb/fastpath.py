@@ -286,6 +286,7 @@ class CEngine:
                     out=bytes(ffi.buffer(self._out, a.out_len)),
                     ifindex=a.ifindex if a.verdict == lib.LB_V_XMIT_L2 else 0,
                     l2hdr=bytes(a.l2hdr) if a.verdict == lib.LB_V_XMIT_L2 else b"",
+                    frag_mtu=a.frag_mtu if a.verdict == lib.LB_V_XMIT_L2 else 0,
                 )
             )
         return actions

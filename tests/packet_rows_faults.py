@@ -170,6 +170,14 @@ def _held_rows() -> list[Row]:
          t.TimerStep(30, tuple(("XMIT_L2", "FORWARDED", t.ttl_dec(q), t.IFINDEX, frame) for q in queries[:3])),
          t.TimerStep(31), t.fwd(queries[3], 40, RS1)), 4))
     rows.append(udp_row(
+        "held-not-overtaken", "a datagram that arrives after the forwarding state but before the timers sent the "
+        "held ones joins their queue (L2_QUEUED) rather than overtake them: they leave in arrival order, as the "
+        "kernel's neighbour queue is flushed before anything newer; once the queue is gone, packets go straight out",
+        (t.verdict(queries[0], 0, "DROP", "L2_QUEUED"), t.ConfigStep("set_fwd", UDP53, resolved, 1),
+         t.verdict(queries[1], 2, "DROP", "L2_QUEUED"),
+         t.TimerStep(3, tuple(("XMIT_L2", "FORWARDED", t.ttl_dec(q), t.IFINDEX, frame) for q in queries[:2])),
+         t.fwd(queries[2], 4, RS1)), 3))
+    rows.append(udp_row(
         "held-timeout", "held datagrams whose destination is not resolved within 3 s are dropped, counted no_l2 "
         "(the kernel's ARP gives up after 3 probes 1 s apart)",
         (t.verdict(queries[0], 0, "DROP", "L2_QUEUED"), t.verdict(queries[1], 2000, "DROP", "L2_QUEUED"),
@@ -203,6 +211,45 @@ def _held_rows() -> list[Row]:
                      DestExpect(UDP53, RS1, 53)),
                     (ServiceExpect(TCP80, 1, 1, t.ip_total_length(syn)), ServiceExpect(UDP53)),
                     (t.conn("SYN_RECV", T_SR, RS1),), check_ms=0, tags=("l2", "held", "tun")))
+    rows += _held_mtu_rows()
+    return rows
+
+
+def _held_mtu_rows() -> list[Row]:
+    """A held packet leaves as it would have, had the forwarding state been there when it came: the path MTU
+    of the state installed later decides (fragmentation needed to the client with DF, frag_mtu without)."""
+    rows: list[Row] = []
+    small = t.DestSetup(RS1, mtu=1000)
+    cold = Setup((t.ServiceSetup(TCP80, "rr", (t.DestSetup(RS1, l2=False),)),))
+    syn = t.tcp(flags="S")
+    big_df = t.tcp(flags="PA", seq=1001, ack=1, payload=b"d" * 1200, flags_ip="DF")
+    sizes = t.ip_total_length(syn) + t.ip_total_length(big_df)
+    frame = t.expected_frame(RS1, syn)[:14]
+    rows.append(Row("held-frag-needed", "a held segment with DF too big for the path MTU (1000) that comes with the "
+                    "forwarding state is answered from the timers with ICMP fragmentation needed (next-hop MTU 1000), "
+                    "as it would have been had it not waited", cold,
+                    (t.verdict(syn, 0, "DROP", "L2_QUEUED"), t.verdict(big_df, 1, "DROP", "L2_QUEUED"),
+                     t.ConfigStep("set_fwd", TCP80, small, 2),
+                     t.TimerStep(2, (("XMIT_L2", "FORWARDED", t.ttl_dec(syn), t.IFINDEX, frame),
+                                     ("ANSWER", "FRAG_NEEDED", t.director_icmp(big_df, 4, 1000), 0, b""))),
+                     t.answered(big_df, t.director_icmp(big_df, 4, 1000), 3, "FRAG_NEEDED",
+                                note="the same segment again, not held: the same answer")),
+                    (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=3, handshakes=1,
+                                inbytes=sizes + t.ip_total_length(big_df)),),
+                    (ServiceExpect(TCP80, 1, 3, sizes + t.ip_total_length(big_df)),),
+                    (t.conn("ESTABLISHED", t.T_ES, RS1),), check_ms=3, tags=("l2", "held", "mtu")))
+    big = t.udp(payload=b"u" * 1200)
+    ucold = Setup((t.ServiceSetup(UDP53, "rr", (t.DestSetup(RS1, 53, l2=False),)),))
+    rows.append(Row("held-frag-mtu", "a held datagram without DF too big for the path MTU (1000) leaves from the "
+                    "timers marked to go as fragments of 1000 bytes (frag_mtu), as it would have unheld", ucold,
+                    (t.verdict(big, 0, "DROP", "L2_QUEUED"), t.ConfigStep("set_fwd", UDP53, t.DestSetup(RS1, 53, mtu=1000), 1),
+                     t.TimerStep(1, (("XMIT_L2", "FORWARDED", t.ttl_dec(big), t.IFINDEX,
+                                      t.expected_frame(RS1, big)[:14], 1000),)),
+                     t.xmit(big, t.ttl_dec(big), 2, RS1, frag_mtu=1000, note="unheld: the same")),
+                    (DestExpect(UDP53, RS1, 53, inactive=1, conns=1, inpkts=2, inbytes=2 * t.ip_total_length(big)),),
+                    (ServiceExpect(UDP53, 1, 2, 2 * t.ip_total_length(big)),),
+                    (t.conn("UDP", t.T_UDP, RS1, cport=50000, svc=UDP53, dport=53),), check_ms=2,
+                    tags=("l2", "held", "mtu", "frag")))
     return rows
 
 
@@ -242,14 +289,15 @@ def _ttl_rows() -> list[Row]:
     route_src = "203.0.113.2"  # the director's address on the route to the real server
     nat = Setup((t.ServiceSetup(TCP80, "rr", (t.DestSetup(RS1, 8080, fwd="masq", saddr=route_src),)),))
     synack = t._with_ttl(t.tcp(sport=8080, dport=40000, src=RS1, dst=CLIENT1, flags="SA", seq=5000, ack=1001), 1)
-    rows.append(Row("nat-out-ttl", "a NAT reply with TTL 1 is routed by the director (ip_forward): the real server gets "
-                    "ICMP time exceeded from the director's route source address towards it", nat,
+    rows.append(Row("nat-out-ttl", "a NAT reply with TTL 1 is forwarded by the director: ip_forward answers it with ICMP "
+                    "time exceeded to the real server from the director's route source address towards it, and "
+                    "drops it before the FORWARD hook where ip_vs_out would see it: the entry's state, timer and "
+                    "out-stats stay as they were", nat,
                     (t.xmit(syn, t.nat(syn, CLIENT1, 40000, RS1, 8080), 0, RS1),
                      t.PacketStep(synack, 5, "ANSWER", "TTL_EXCEEDED", out=t.time_exceeded(synack, route_src))),
-                    (DestExpect(TCP80, RS1, 8080, active=1, conns=1, inpkts=1, inbytes=size, outpkts=1,
-                                outbytes=t.ip_total_length(synack)),),
-                    (ServiceExpect(TCP80, 1, 1, size, 1, t.ip_total_length(synack)),),
-                    (t.conn("SYN_RECV", T_SR, RS1, dport=8080),), check_ms=5, tags=("ttl", "nat")))
+                    (DestExpect(TCP80, RS1, 8080, active=1, conns=1, inpkts=1, inbytes=size),),
+                    (ServiceExpect(TCP80, 1, 1, size),),
+                    (t.conn("SYN_RECV", T_SR - 5, RS1, dport=8080),), check_ms=5, tags=("ttl", "nat")))
     return rows
 
 

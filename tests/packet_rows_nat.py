@@ -163,15 +163,29 @@ def rows() -> list[Row]:
     syn_ttl1, synack_ttl1 = t._with_ttl(syn, 1), t._with_ttl(synack, 1)
     out.append(Row(
         "nat-ttl-exceeded", "NAT: the director routes both ways, so a TTL of 1 runs out both ways (R_TTL_EXCEEDED): "
-        "the client gets ICMP time exceeded from the VIP; the real server's reply is dropped, its destination "
-        "having no route source address to answer from; the entry is made and the packets counted before the "
-        "rewrite", nat_setup,
+        "the client gets ICMP time exceeded from the VIP, its entry made and the packet counted first "
+        "(decrement_ttl in ip_vs_nat_xmit); the real server's reply is answered by ip_forward before "
+        "ip_vs_out sees it (entry and stats untouched), from its destination's route source address, here "
+        "0.0.0.0: the kernel's raw output fills that in from its route to the real server", nat_setup,
         (PacketStep(syn_ttl1, 0, "ANSWER", "TTL_EXCEEDED", out=t.time_exceeded(syn_ttl1, VIP)),
-         t.verdict(synack_ttl1, 5, "DROP", "TTL_EXCEEDED")),
-        (DestExpect(TCP80, RS1, RPORT, active=1, conns=1, inpkts=1, inbytes=sz(syn), outpkts=1,
-                    outbytes=sz(synack)), udp_dest),
-        (ServiceExpect(TCP80, 1, 1, sz(syn), 1, sz(synack)), udp_svc),
-        (t.conn("SYN_RECV", T_SR, RS1, dport=RPORT),), check_ms=5, tags=("nat", "ttl")))
+         PacketStep(synack_ttl1, 5, "ANSWER", "TTL_EXCEEDED", out=t.time_exceeded(synack_ttl1, "0.0.0.0"))),
+        (DestExpect(TCP80, RS1, RPORT, active=1, conns=1, inpkts=1, inbytes=sz(syn)), udp_dest),
+        (ServiceExpect(TCP80, 1, 1, sz(syn)), udp_svc),
+        (t.conn("SYN_RECV", T_SR - 5, RS1, dport=RPORT),), check_ms=5, tags=("nat", "ttl")))
+    rs_fin_ttl1 = t._with_ttl(from_rs("FA", 5001, 1001), 1)
+    out.append(Row(
+        "nat-out-ttl-unresolved", "a NAT reply with TTL 1 leaves its entry as it was: a real server's FIN that runs "
+        "out does not move ESTABLISHED to CLOSE_WAIT nor refresh the timer (the kernel's ip_vs_out never sees it); "
+        "with the destination's forwarding state gone (a neighbour being re-resolved), the time exceeded is still "
+        "sent, from 0.0.0.0, which the adapters' IPPROTO_RAW socket has the kernel fill in (raw_send_hdrinc) with "
+        "the source of its route to the real server: what ip_forward's icmp_send would choose", nat_setup,
+        (xin(syn, 0), xout(synack, 1), xin(ack, 2), ConfigStep("set_fwd", TCP80, DestSetup(RS1, RPORT, fwd="masq",
+                                                                                           l2=False), 3),
+         PacketStep(rs_fin_ttl1, 4, "ANSWER", "TTL_EXCEEDED", out=t.time_exceeded(rs_fin_ttl1, "0.0.0.0"))),
+        (DestExpect(TCP80, RS1, RPORT, active=1, conns=1, inpkts=2, inbytes=sz(syn) + sz(ack), handshakes=1,
+                    outpkts=1, outbytes=sz(synack)), udp_dest),
+        (ServiceExpect(TCP80, 1, 2, sz(syn) + sz(ack), 1, sz(synack)), udp_svc),
+        (t.conn("ESTABLISHED", T_ES - 2, RS1, dport=RPORT),), check_ms=4, tags=("nat", "ttl")))
 
     no_l2 = setup(l2=False)
     out.append(Row(
@@ -284,9 +298,13 @@ def _icmp_rows() -> list[Row]:
     rows.append(row("icmp-nat-out", "an ICMP error from the real server about CIP:cport -> RIP:8080 goes to the "
                     "client as VIP -> CIP, quoting CIP:cport -> VIP:80 (ANSWER); out-stats",
                     t.answered(from_rs_error, to_client_error, 5, "ICMP"), 0, 1))
-    rows.append(row("icmp-nat-out-ttl", "an ICMP error from the real server with TTL 1 cannot be routed "
-                    "(R_TTL_EXCEEDED); still counted", t.verdict(t._with_ttl(from_rs_error, 1), 5, "DROP",
-                                                                 "TTL_EXCEEDED"), 0, 1))
+    rows.append(row("icmp-nat-out-ttl", "an ICMP error from the real server with TTL 1 dies in the director's "
+                    "ip_forward (R_TTL_EXCEEDED, no ICMP error about an ICMP error) before ip_vs_out_icmp sees it: "
+                    "not counted", t.verdict(t._with_ttl(from_rs_error, 1), 5, "DROP", "TTL_EXCEEDED"), 0, 0))
+    bad_ttl1 = t._fix_icmp_checksum(t._with_ttl(from_rs_error, 1), good=False)
+    rows.append(row("icmp-nat-out-ttl-bad-csum", "the TTL of a forwarded error is checked before its checksum "
+                    "(ip_forward comes before ip_vs_out_icmp): R_TTL_EXCEEDED, not counted",
+                    t.verdict(bad_ttl1, 5, "DROP", "TTL_EXCEEDED"), 0, 0, ("bad",)))
     bad = t._fix_icmp_checksum(from_rs_error, good=False)
     rows.append(row("icmp-nat-bad-csum-out", "an ICMP error from the real server with a wrong ICMP checksum is "
                     "dropped (R_BAD_CSUM) and not counted", t.verdict(bad, 5, "DROP", "BAD_CSUM"), 0, 0, ("bad",)))

@@ -138,6 +138,23 @@ def _flow_rows(version: str) -> list[Row]:
             t.answered(reply, to_client(reply, ack_delta=-h), 30, note="ACK back before the header"),
             t.xmit(fin, to_rs(fin, lp, seq_delta=h), 40, RS1, note="sequence number past the header")),
         state="CLOSE_WAIT", timeout=60_000, ins=(syn, ack, data, fin), outs=(synack, reply), handshakes=1, lport=lp)]
+
+    def held(packet: bytes, out: bytes) -> tuple[str, str, bytes, int, bytes]:
+        return ("XMIT_L2", "FORWARDED", out, t.IFINDEX, t.expected_frame(RS1, out)[:14])
+
+    rows.append(_row(
+        f"proxy-{version}-held", f"PROXY {version}: segments held while the real server's MAC is re-resolved leave "
+        "from the timers exactly as they would have: the handshake ACK and the first data with the header, and the "
+        "sequence translation after it goes on as if they had never waited",
+        setup, opened[:2] + (
+            t.ConfigStep("set_fwd", TCP80, DestSetup(RS1, fwd="fullnat", l2=False), 6),
+            t.verdict(ack, 10, "DROP", "L2_QUEUED"), t.verdict(data, 20, "DROP", "L2_QUEUED"),
+            t.ConfigStep("set_fwd", TCP80, DestSetup(RS1, fwd="fullnat"), 21),
+            t.TimerStep(21, (held(ack, to_rs(ack, lp, hdr=hdr)), held(data, to_rs(data, lp, hdr=hdr)))),
+            t.answered(reply, to_client(reply, ack_delta=-h), 30, note="ACK back before the header"),
+            t.xmit(fin, to_rs(fin, lp, seq_delta=h), 40, RS1, note="sequence number past the header")),
+        state="CLOSE_WAIT", timeout=60_000, ins=(syn, ack, data, fin), outs=(synack, reply), handshakes=1, lport=lp,
+        tags=("held",)))
     if version == "v1":
         return rows
     # Retransmissions, SACK, an ACK inside the header, and a pure ACK once the header is acknowledged.

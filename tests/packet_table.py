@@ -144,10 +144,11 @@ class PacketStep:
 
 @dataclass(frozen=True)
 class TimerStep:
-    """engine.timers(now_ms) must return exactly these actions (verdict, reason, out, ifindex, l2hdr), in order."""
+    """engine.timers(now_ms) must return exactly these actions (verdict, reason, out, ifindex, l2hdr), in order;
+    an action that leaves as IP fragments carries its frag_mtu as a sixth element."""
 
     now_ms: int
-    actions: tuple[tuple[str, str, bytes, int, bytes], ...] = ()
+    actions: tuple[tuple[str, str, bytes, int, bytes] | tuple[str, str, bytes, int, bytes, int], ...] = ()
     note: str = ""
 
 
@@ -1398,10 +1399,13 @@ def ipip(inner: bytes, src: str = TUN_SRC, dst: str = RS1) -> bytes:
 
 
 def director_icmp(packet: bytes, code: int, mtu: int = 0) -> bytes:
-    """An ICMP 3/code the director originates about `packet` (VIP -> client, quoting header + 8 bytes)."""
+    """An ICMP 3/code the director originates about `packet` (VIP -> client, quoting header + 8 bytes).
+    Fragmentation needed (code 4) quotes the packet with its TTL already decremented: the kernel's
+    __ip_vs_get_out_rt runs decrement_ttl (ip_decrease_ttl writes the skb) before
+    ensure_mtu_is_adequate's icmp_send (net/netfilter/ipvs/ip_vs_xmit.c)."""
     s = _scapy()
     original = s.IP(packet)
-    quote = packet[: original.ihl * 4 + 8]
+    quote = (ttl_dec(packet) if code == 4 else packet)[: original.ihl * 4 + 8]
     answer = s.IP(src=original.dst, dst=original.src, tos=0, id=0, flags=0, frag=0, ttl=64, proto=1) / s.ICMP(
         type=3, code=code, nexthopmtu=mtu) / s.Raw(quote)
     return bytes(answer)
@@ -1530,6 +1534,19 @@ def _fnat_rows() -> list[Row]:
                     outbytes=n["synack"]), udp_dest),
         (ServiceExpect(TCP80, 1, 3, size_toa, 1, n["synack"]), udp_svc),
         (conn("ESTABLISHED", T_ES, RS1, laddr=LIP1, lport=lp),), check_ms=20, tags=("fnat", "toa")))
+    unresolved, resolved = DestSetup(RS1, fwd="fullnat", l2=False), DestSetup(RS1, fwd="fullnat")
+    rows.append(Row(
+        "fnat-toa-held", "TOA on a held segment: the client's first ACK, held while the real server's MAC is "
+        "re-resolved, leaves from the timers with option 254 as it would have unheld; the next goes without",
+        toa_setup, row_steps[:2] + (
+            ConfigStep("set_fwd", TCP80, unresolved, 6), verdict(ack, 10, "DROP", "L2_QUEUED"),
+            ConfigStep("set_fwd", TCP80, resolved, 11),
+            TimerStep(11, (("XMIT_L2", "FORWARDED", toa_ack, IFINDEX, expected_frame(RS1, toa_ack)[:14]),)),
+            row_steps[3]),
+        (DestExpect(TCP80, RS1, active=1, conns=1, inpkts=3, inbytes=size_toa, handshakes=1, outpkts=1,
+                    outbytes=n["synack"]), udp_dest),
+        (ServiceExpect(TCP80, 1, 3, size_toa, 1, n["synack"]), udp_svc),
+        (conn("ESTABLISHED", T_ES, RS1, laddr=LIP1, lport=lp),), check_ms=20, tags=("fnat", "toa", "held")))
     rows.append(Row(
         "fnat-toa-no-room", "TOA: a segment whose TCP header is already 60 bytes goes without it (R_TOA_NO_ROOM); "
         "the next ACK gets it", toa_setup,
@@ -1758,10 +1775,12 @@ def _tun_rows() -> list[Row]:
     syn2 = tcp(sport=40001)
     rows.append(Row(
         "method-change-keeps-entries", "editing a destination's method (route -> tunnel) drops its forwarding "
-        "state; once new state is installed, existing entries keep their method (DR) and new ones use the new "
-        "one (IPIP)", dr,
+        "state; once new state is installed, existing entries keep their method (DR: the held ACK leaves from "
+        "the timers unencapsulated) and new ones use the new one (IPIP)", dr,
         (fwd(syn, 0, RS1), ConfigStep("edit_dest", TCP80, as_tun, 1), verdict(ack, 2, "DROP", "L2_QUEUED"),
-         ConfigStep("set_fwd", TCP80, as_tun, 3), fwd(ack, 4, RS1), xmit(syn2, ipip(syn2), 5, RS1)),
+         ConfigStep("set_fwd", TCP80, as_tun, 3),
+         TimerStep(3, (("XMIT_L2", "FORWARDED", ttl_dec(ack), IFINDEX, expected_frame(RS1, ack)[:14]),)),
+         fwd(ack, 4, RS1), xmit(syn2, ipip(syn2), 5, RS1)),
         (DestExpect(TCP80, RS1, active=2, conns=2, inpkts=4, inbytes=2 * sz(syn) + 2 * sz(ack),
                     handshakes=1),),
         (ServiceExpect(TCP80, 2, 4, 2 * sz(syn) + 2 * sz(ack)),),

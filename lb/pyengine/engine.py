@@ -61,13 +61,14 @@ import errno
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 
 from lb import consts as C
 from lb.engine import FWD_IDS, Action, EngineError, Reason, Verdict
 from lb.model import FWMARK_PROTO, PROTO_TCP
 from lb.pyengine import proxyproto as px
 from lb.pyengine import synproxy as sp
-from lb.pyengine.conn import DIR_IN, DIR_OUT, ConnectionTable, ConnKey, Destination
+from lb.pyengine.conn import DIR_IN, DIR_OUT, Connection, ConnectionTable, ConnKey, Destination
 from lb.pyengine.csum import internet_checksum
 from lb.pyengine.entries import assure_template
 from lb.pyengine.frag import fit_path_mtu
@@ -98,6 +99,8 @@ SEED1_MUL = 0xD6E8FEB86659FD93  # seed1 = seed0 * SEED1_MUL + 1 (native/src/conn
 
 _NO_SERVICE = Action(Verdict.ACCEPT, Reason.NO_SERVICE)
 _DEST_UNAVAILABLE = Action(Verdict.DROP, Reason.DEST_UNAVAILABLE)
+_ICMP_FORWARD_TTL_DROP = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
+_HELD_FIRST = Action(Verdict.DROP, Reason.NO_L2)  # the destination's held packets have not all left yet
 _ICMP_UNRELATED = Action(Verdict.ACCEPT, Reason.NOT_LB_PROTO)
 _ICMP_BAD_CSUM = Action(Verdict.DROP, Reason.BAD_CSUM)
 _MARTIAN_SRC = Action(Verdict.DROP, Reason.MARTIAN_SRC)
@@ -201,6 +204,8 @@ class PyEngine(Listing):
 
         if conn is not None and direction == DIR_OUT:
             # A reply from a real server, found by its connection's reply tuple: no availability check.
+            if packet[8] <= 1 and conn.xmit.forwards_replies:
+                return conn.xmit.xmit_out(conn, packet, parsed)  # ip_forward's TTL check precedes ip_vs_out
             if proto == IPPROTO_TCP:
                 self._tcp_transition(conn, DIR_OUT, flags)
             else:
@@ -257,27 +262,35 @@ class PyEngine(Listing):
                     dest.handshakes += 1
         self._refresh(conn, now_ms)
         self._count_in(dest, parsed.total_length)
-        action = conn.xmit.xmit_in(conn, packet, parsed)
-        if action.reason == Reason.NO_L2 and dest.fwd is None and self._held.hold(dest, packet[:parsed.total_length], now_ms):
-            return _L2_QUEUED  # sent by the timers once the destination is resolved (lb/pyengine/l2q.py)
-        if conn.px is not None:
-            action = self._px_in(conn, conn.px, action, parsed)  # the PROXY header, or the shift past it
-        return fit_path_mtu(action, dest, packet, parsed)
+        queued = bool(self._held.queues) and self._held.holds(dest)  # held packets of dest go first: join them
+        action = _HELD_FIRST if queued else conn.xmit.xmit_in(conn, packet, parsed)
+        if (action.reason == Reason.NO_L2 and (dest.fwd is None or queued)
+                and self._held.hold(dest, packet[:parsed.total_length], now_ms)):
+            return _L2_QUEUED  # the timers send it once the destination is resolved (lb/pyengine/l2q.py)
+        return self._xmit_in_finish(conn, packet, parsed, action)
 
     def _send_held(self, dest: Destination, packet: bytes) -> Action | None:
-        """A held packet leaves through its connection's method (native/src/l2q.c send_one), or None."""
+        """A held packet leaves as the packet path would have sent it (native/src/l2q.c send_one): its
+        connection's method, then the PROXY header (or the shift past it) and the path-MTU check; None
+        when it cannot."""
         parsed = parse_packet(packet)
         if isinstance(parsed, Rejection):
             return None
         hit = self._conns.lookup((parsed.proto, parsed.saddr, parsed.sport, parsed.daddr, parsed.dport))
         if hit is None or hit[1] != DIR_IN or hit[0].dest is not dest or hit[0].sp is not None:
             return None
-        action = hit[0].xmit.xmit_in(hit[0], packet, parsed)
+        action = self._xmit_in_finish(hit[0], packet, parsed, hit[0].xmit.xmit_in(hit[0], packet, parsed))
         if action.verdict == Verdict.DROP:
             return None
         if not action.out:  # sent unchanged (DR): a timer action has no original, so it carries the bytes
-            return Action(action.verdict, action.reason, packet, action.ifindex, action.l2hdr)
+            return replace(action, out=packet)
         return action
+
+    def _xmit_in_finish(self, conn: Connection, packet: bytes, parsed: ParsedPacket, action: Action) -> Action:
+        """What follows the method's xmit_in for a client's packet, held or not (lb_xmit.h lb_xmit_in_finish)."""
+        if conn.px is not None:
+            action = self._px_in(conn, conn.px, action, parsed)  # the PROXY header, or the shift past it
+        return fit_path_mtu(action, conn.dest, packet, parsed)
 
     def _count_held_drop(self) -> None:
         self._reason_counts[Reason.NO_L2] += 1
@@ -291,6 +304,8 @@ class PyEngine(Listing):
         hit = None if key is None else self._conns.lookup(key)
         if hit is None:
             return _ICMP_UNRELATED
+        if packet[8] <= 1 and hit[1] == DIR_OUT and hit[0].xmit.forwards_replies:
+            return _ICMP_FORWARD_TTL_DROP  # dies in ip_forward, before ip_vs_out_icmp: not counted
         if internet_checksum(packet[parsed.ip_header_len : parsed.total_length]) != 0:
             return _ICMP_BAD_CSUM
         conn, direction = hit

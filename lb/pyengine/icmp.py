@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import struct
 
-from lb.pyengine.csum import internet_checksum, ip_header_checksum, put16
+from lb.pyengine.csum import csum_replace2, get16, internet_checksum, ip_header_checksum, put16
 from lb.pyengine.parse import IPPROTO_ICMP
 
 ICMP_DEST_UNREACH = 3
@@ -55,14 +55,21 @@ _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _ICMP_HEADER = struct.Struct("!BBHI")
 
 
-def _unreachable(packet: bytes, ip_header_len: int, total_length: int, code: int, mtu: int) -> bytes:
-    return _error(packet, ip_header_len, total_length, ICMP_DEST_UNREACH, code, mtu, packet[16:20])
+def _unreachable(packet: bytes, ip_header_len: int, total_length: int, code: int, mtu: int,
+                 quote_ttl_dec: bool = False) -> bytes:
+    return _error(packet, ip_header_len, total_length, ICMP_DEST_UNREACH, code, mtu, packet[16:20], quote_ttl_dec)
 
 
 def _error(packet: bytes, ip_header_len: int, total_length: int, icmp_type: int, code: int, mtu: int,
-           source: bytes) -> bytes:
+           source: bytes, quote_ttl_dec: bool = False) -> bytes:
     quote_len = ip_header_len + min(QUOTED_PAYLOAD_LEN, total_length - ip_header_len)
     quote = packet[:quote_len]
+    if quote_ttl_dec and quote[8] > 1:
+        q = bytearray(quote)
+        old_word = get16(q, 8)
+        q[8] -= 1
+        csum_replace2(q, 10, old_word, get16(q, 8))
+        quote = bytes(q)
     client, vip = packet[12:16], source
 
     icmp = _ICMP_HEADER.pack(icmp_type, code, 0, mtu & 0xFFFF) + quote
@@ -80,8 +87,11 @@ def port_unreachable(packet: bytes, ip_header_len: int, total_length: int) -> by
 
 
 def frag_needed(packet: bytes, ip_header_len: int, total_length: int, mtu: int) -> bytes:
-    """ICMP fragmentation needed (next-hop MTU `mtu`) answering `packet`."""
-    return _unreachable(packet, ip_header_len, total_length, ICMP_FRAG_NEEDED, mtu)
+    """ICMP fragmentation needed (next-hop MTU `mtu`) answering `packet`, from its destination (the VIP),
+    quoting it with its TTL already decremented: the kernel's __ip_vs_get_out_rt runs decrement_ttl
+    before ensure_mtu_is_adequate's icmp_send (native/src/icmp.c lb_icmp_frag_needed). Callers
+    checked TTL > 1."""
+    return _unreachable(packet, ip_header_len, total_length, ICMP_FRAG_NEEDED, mtu, quote_ttl_dec=True)
 
 
 def time_exceeded(packet: bytes, ip_header_len: int, total_length: int, source: bytes) -> bytes:

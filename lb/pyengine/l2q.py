@@ -39,6 +39,10 @@ class HeldPackets:
     def __init__(self) -> None:
         self.queues: list[HeldQueue] = []
 
+    def holds(self, dest: Destination) -> bool:
+        """Has `dest` a queue not yet sent (its packets must not be overtaken: later ones join it)?"""
+        return any(q.dest is dest for q in self.queues)
+
     def hold(self, dest: Destination, packet: bytes, now_ms: int) -> bool:
         queue = next((q for q in self.queues if q.dest is dest), None)
         if len(packet) > L2Q_BYTES_MAX or (queue is not None and queue.nbytes + len(packet) > L2Q_BYTES_MAX):

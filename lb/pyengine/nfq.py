@@ -229,7 +229,11 @@ class NfqAdapter:
     def _run_timers(self) -> None:
         for action in self._engine.timers(self._clock_ms()):
             if action.verdict == Verdict.XMIT_L2:
-                if self._send_l2(action.ifindex, action.l2hdr, action.out):
+                if action.frag_mtu and len(action.out) > action.frag_mtu:  # a held packet too big for its path
+                    sent = self._send_l2_fragments(action.ifindex, action.l2hdr, action.out, action.frag_mtu)
+                else:
+                    sent = self._send_l2(action.ifindex, action.l2hdr, action.out)
+                if sent:
                     self.stats.timer_frames += 1
             elif action.verdict == Verdict.ANSWER:
                 if self._send_answer(action.out):

@@ -38,14 +38,12 @@ from lb.pyengine.icmp import time_exceeded, translate
 from lb.pyengine.parse import ParsedPacket
 
 NO_L2 = Action(Verdict.DROP, Reason.NO_L2)
-_TTL_DROP = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
 
 
-def ttl_exceeded(packet: bytes, parsed: ParsedPacket, source: bytes | None) -> Action:
-    """A packet whose TTL runs out on the director (decrement_ttl): ICMP time exceeded back to its
-    source from `source` (None: no address to send it from: dropped), reason TTL_EXCEEDED."""
-    if source is None or source == b"\0\0\0\0":
-        return _TTL_DROP
+def ttl_exceeded(packet: bytes, parsed: ParsedPacket, source: bytes) -> Action:
+    """A packet whose TTL runs out on the director (decrement_ttl, ip_forward): ICMP time exceeded back
+    to its source from `source` (0.0.0.0: the kernel's raw output fills in the source of its route to
+    the destination, raw_send_hdrinc; see xmit_nat.py), reason TTL_EXCEEDED."""
     out = time_exceeded(packet, parsed.ip_header_len, parsed.total_length, source)
     return Action(Verdict.ANSWER, Reason.TTL_EXCEEDED, out=out)
 
@@ -119,6 +117,10 @@ class XmitMethod:
     # its replies are addressed to the director itself (FULLNAT): a one-packet service cannot use it
     needs_entry: ClassVar[bool] = False
     mtu_overhead: ClassVar[int] = 0  # bytes added in front of the client's packet
+    # its replies are forwarded by the director (NAT): ip_forward answers one whose TTL runs out before
+    # ip_vs_out sees it, so such a reply leaves its connection alone and goes to xmit_out only
+    # (lb_xmit.h LB_XMIT_F_FORWARDS_REPLIES)
+    forwards_replies: ClassVar[bool] = False
 
     def xmit_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
         """Client -> real server."""

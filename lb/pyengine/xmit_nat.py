@@ -7,9 +7,12 @@ The real server routes its replies through the director, so the director sees bo
 a connection's reply tuple is (proto, RIP, RPORT, CIP, CPORT), the client's own address and port
 (conn_bind). Port translation (-r RIP:8080 under VIP:80) is the same rewrite.
 
-The director routes these packets itself: TTL - 1 both ways, and a TTL <= 1 drops the packet
-(R_TTL_EXCEEDED). The IP and L4 checksums are updated incrementally (RFC 1624) for the words that
-change (TTL word, one address, one port); a UDP checksum of 0 (none) stays 0 and an updated one
+The director routes these packets itself: TTL - 1 both ways; a TTL <= 1 is answered with ICMP time
+exceeded (R_TTL_EXCEEDED): to the client from the VIP, to the real server from the director's route
+source towards it. Such a reply never reaches the kernel's ip_vs_out (ip_forward answers and drops it
+first), so it leaves its connection's state, timer and stats alone (forwards_replies). The IP and L4
+checksums are updated incrementally (RFC 1624) for the words that change (TTL word, one address, one
+port); a UDP checksum of 0 (none) stays 0 and an updated one
 that comes out 0 is sent as 0xffff. Both engines emit identical bytes.
 
 ICMP errors (the kernel's ip_vs_nat_icmp): from the client's side, quoting VIP:vport -> CIP:cport,
@@ -25,8 +28,6 @@ from lb.pyengine.conn import Connection, Destination
 from lb.pyengine.csum import csum_replace2, csum_replace4, get16, put16
 from lb.pyengine.parse import IPPROTO_TCP, IPPROTO_UDP, ParsedPacket
 from lb.pyengine.xmit import NO_L2, Bind, BindContext, MethodService, XmitMethod, icmp_to_client, icmp_to_dest, ttl_exceeded, xmit_l2
-
-_TTL_EXCEEDED = Action(Verdict.DROP, Reason.TTL_EXCEEDED)
 
 
 def nat_rewrite(o: bytearray, parsed: ParsedPacket, source: bool, addr: bytes, port: int) -> bool:
@@ -61,6 +62,7 @@ def nat_rewrite(o: bytearray, parsed: ParsedPacket, source: bool, addr: bytes, p
 class Masquerading(XmitMethod):
     name = "masq"
     sees_replies = True
+    forwards_replies = True
 
     def xmit_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
         dest = conn.dest
@@ -76,9 +78,12 @@ class Masquerading(XmitMethod):
     def xmit_out(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:
         o = bytearray(packet[: parsed.total_length])
         if not nat_rewrite(o, parsed, True, conn.vaddr, conn.vport):
-            # Routed by the director (ip_forward): to the real server from the director's address on
-            # the route to it; without one, dropped.
-            return ttl_exceeded(packet, parsed, conn.dest.fwd_saddr if conn.dest.fwd is not None else None)
+            # Forwarded by the director: ip_forward's icmp_send answers from the source of the route back
+            # to the real server (the forwarding state's saddr); without forwarding state from 0.0.0.0,
+            # which the adapters' IPPROTO_RAW socket has the kernel fill in from that same route
+            # (native/src/xmit_nat.c nat_xmit_out).
+            fwd = conn.dest.fwd
+            return ttl_exceeded(packet, parsed, conn.dest.fwd_saddr if fwd is not None else b"\0\0\0\0")
         return Action(Verdict.ANSWER, Reason.FORWARDED, out=bytes(o))
 
     def icmp_in(self, conn: Connection, packet: bytes, parsed: ParsedPacket) -> Action:

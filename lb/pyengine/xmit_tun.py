@@ -6,8 +6,10 @@ set else the inner ID, flags DF = inner DF, TTL 64, protocol 4, source = the rou
 source address of the destination's forwarding state, destination = the real
 server, header checksum. No forwarding state or source address 0: DROP/R_NO_L2.
 Too big for the path MTU (0 = 1500) after the 20 bytes: with DF an ICMP
-fragmentation needed (next-hop MTU = MTU - 20) is the ANSWER; without DF the
-packet is dropped (known gap), both R_FRAG_NEEDED. ICMP errors from the client's side
+fragmentation needed (next-hop MTU = MTU - 20, quoting the packet with its TTL
+already decremented, as the kernel's) is the ANSWER, R_FRAG_NEEDED; without DF the
+outer packet leaves as fragments (the engine's path-MTU check), or is dropped
+(R_FRAG_NEEDED) when it would exceed 65,535 bytes. ICMP errors from the client's side
 are encapsulated the same way (R_ICMP), without the MTU check. The director never sees the
 replies.
 """

@@ -46,6 +46,11 @@ struct lb_conn_bind {
 #define LB_XMIT_F_NEEDS_ENTRY 2  /* its replies are addressed to the director itself (FULLNAT: LIP:lport):
                                     without a connection entry they reach no one, so a one-packet (-o)
                                     UDP service, which keeps none, cannot use it */
+#define LB_XMIT_F_FORWARDS_REPLIES 4 /* its replies are not addressed to the director (NAT: RIP -> CIP): the
+                                    kernel forwards them, and ip_forward answers one whose TTL runs out
+                                    (ICMP time exceeded) and drops it before the FORWARD hook where
+                                    ip_vs_out would see it; so the core leaves such a reply's connection
+                                    alone (state, timer, stats) and only calls xmit_out, which answers */
 
 struct lb_xmit_ops {
     const char *name;            /* as lbadm names it (route, tunnel, fullnat) */
@@ -229,6 +234,49 @@ static inline __attribute__((always_inline)) int lb_conn_xmit_in(lb_t *lb, const
     if (LB_LIKELY(m == &lb_xmit_dr))
         return lb_xmit_dr_in(lb, p, c, out, out_cap, act);
     return m->xmit_in(lb, p, c, out, out_cap, act);
+}
+
+/* ensure_mtu_is_adequate (ip_vs_xmit.c) for what a method sends towards its real server on L2:
+ * larger than the destination's path MTU with DF set, the client gets ICMP fragmentation needed
+ * (the packet is dropped); with DF clear it leaves as fragments of at most that MTU (the adapter
+ * cuts them with lb_ip_fragment, as the kernel's ip_fragment does after IPVS). One compare for
+ * every packet that fits. IPIP checks DF against the MTU less its header itself (the next-hop
+ * MTU it quotes is the inner one); its outer packet, DF clear, is fragmented here. */
+static inline __attribute__((always_inline)) int lb_fit_path_mtu(const struct lb_pkt *p, const struct lb_conn *c,
+                                                                  uint8_t *out, uint32_t out_cap,
+                                                                  struct lb_action *act, int reason)
+{
+    if (act->verdict != LB_V_XMIT_L2)
+        return reason;
+    const struct lb_dest_fwd *f = c->dest->fwd; /* the method sent on it: installed */
+    uint32_t mtu = f->conf.mtu ? f->conf.mtu : 1500;
+    uint32_t len = act->out_len ? act->out_len : p->len;
+    if (LB_LIKELY(len <= mtu))
+        return reason;
+    const uint8_t *sent = act->out_len ? out : p->data;
+    if (sent[6] & 0x40) {
+        uint32_t n = lb_icmp_frag_needed(p, (uint16_t)(mtu < 0xffff ? mtu : 0xffff), out, out_cap);
+        act->verdict = n ? LB_V_ANSWER : LB_V_DROP;
+        act->out_len = n;
+        act->ifindex = 0;
+        return LB_R_FRAG_NEEDED;
+    }
+    act->frag_mtu = mtu;
+    return reason;
+}
+
+/* What follows c's xmit_in for a client's packet, wherever it leaves from: the packet path, or the
+ * timers for a packet held while its destination was resolved (l2q.c), so that a held packet
+ * leaves exactly as it would have: the PROXY header or the shift past it (proxyproto.c), then the
+ * path-MTU check (fragmentation needed, or frag_mtu). */
+static inline __attribute__((always_inline)) int lb_xmit_in_finish(lb_t *lb, const struct lb_pkt *p,
+                                                                    struct lb_conn *c, uint8_t *out,
+                                                                    uint32_t out_cap, struct lb_action *act,
+                                                                    int reason)
+{
+    if (LB_UNLIKELY(c->flags & LB_CF_PROXY))
+        reason = lb_proxy_in(lb, p, c, out, out_cap, act, reason); /* the PROXY header, or the shift past it */
+    return lb_fit_path_mtu(p, c, out, out_cap, act, reason);
 }
 
 /* icmp.c: rewrite the copy at o of an ICMP error (outer packet p): outer addresses, quoted

@@ -179,34 +179,6 @@ struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc
     return c;
 }
 
-/* ensure_mtu_is_adequate (ip_vs_xmit.c) for what a method sends towards its real server on L2:
- * larger than the destination's path MTU with DF set, the client gets ICMP fragmentation needed
- * (the packet is dropped); with DF clear it leaves as fragments of at most that MTU (the adapter
- * cuts them with lb_ip_fragment, as the kernel's ip_fragment does after IPVS). One compare for
- * every packet that fits. IPIP checks DF against the MTU less its header itself (the next-hop
- * MTU it quotes is the inner one); its outer packet, DF clear, is fragmented here. */
-static inline int fit_path_mtu(const struct lb_pkt *p, const struct lb_conn *c, uint8_t *out, uint32_t out_cap,
-                               struct lb_action *act, int reason)
-{
-    if (act->verdict != LB_V_XMIT_L2)
-        return reason;
-    const struct lb_dest_fwd *f = c->dest->fwd; /* the method sent on it: installed */
-    uint32_t mtu = f->conf.mtu ? f->conf.mtu : 1500;
-    uint32_t len = act->out_len ? act->out_len : p->len;
-    if (LB_LIKELY(len <= mtu))
-        return reason;
-    const uint8_t *sent = act->out_len ? out : p->data;
-    if (sent[6] & 0x40) {
-        uint32_t n = lb_icmp_frag_needed(p, (uint16_t)(mtu < 0xffff ? mtu : 0xffff), out, out_cap);
-        act->verdict = n ? LB_V_ANSWER : LB_V_DROP;
-        act->out_len = n;
-        act->ifindex = 0;
-        return LB_R_FRAG_NEEDED;
-    }
-    act->frag_mtu = mtu;
-    return reason;
-}
-
 /* One-packet scheduling (ipvsadm -o on a UDP service): the datagram is scheduled afresh and its
  * connection lives only while it is sent, as the kernel's IP_VS_CONN_F_ONE_PACKET entries, which
  * ip_vs_conn_new never hashes and ip_vs_conn_put expires at once. So it counts as the kernel
@@ -241,7 +213,7 @@ static int ops_datagram(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint
     d->stats.conns++;
     s->stats.conns++;
     lb_stats_in_available(d, p->len);
-    reason = fit_path_mtu(p, &c, out, out_cap, act, lb_conn_xmit_in(lb, p, &c, out, out_cap, act));
+    reason = lb_fit_path_mtu(p, &c, out, out_cap, act, lb_conn_xmit_in(lb, p, &c, out, out_cap, act));
     lb_dest_unbind(lb, d, &c); /* d stays linked in s: never its last reference */
     if (LB_UNLIKELY(lb->sync_on) && tmpl)
         lb_sync_in(lb, NULL, (uint32_t)(tmpl - lb->conns), now_ms); /* a one-packet entry is never sent itself */
@@ -356,13 +328,19 @@ static inline __attribute__((always_inline)) int process(lb_t *lb, const uint8_t
 
     if (c && dir == LB_DIR_OUT) {
         /* A reply from a real server, found by the reply tuple of its connection's method. */
+        const struct lb_xmit_ops *m = lb_conn_xmit(c);
+        if (LB_UNLIKELY(p.data[8] <= 1) && (m->flags & LB_XMIT_F_FORWARDS_REPLIES)) {
+            /* ip_forward's TTL check comes before ip_vs_out: the entry never sees it. */
+            finish(lb, act, m->xmit_out(lb, &p, c, out, out_cap, act));
+            return LB_OK;
+        }
         if (p.proto == LB_PROTO_TCP)
             lb_tcp_set_state(lb, c, LB_DIR_OUT, p.tcp_flags);
         else
             lb_conn_assure_template(lb, c); /* UDP: a reply assures the template (udp_state_transition) */
         lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
         lb_stats_out(c->dest, p.len);
-        r = lb_conn_xmit(c)->xmit_out(lb, &p, c, out, out_cap, act);
+        r = m->xmit_out(lb, &p, c, out, out_cap, act);
         if (LB_UNLIKELY(c->flags & LB_CF_PROXY))
             lb_proxy_out(lb, &p, c, out, act); /* acknowledgments back before the PROXY header */
         finish(lb, act, r);
@@ -437,13 +415,17 @@ static inline __attribute__((always_inline)) int process(lb_t *lb, const uint8_t
     }
     lb_conn_set_expiry(lb, c, now_ms + timeout_ms);
     lb_stats_in_available(c->dest, p.len);
-    r = lb_conn_xmit_in(lb, &p, c, out, out_cap, act);
+    const struct lb_dest *d = c->dest;
+    if (LB_LIKELY(!d->l2q))
+        r = lb_conn_xmit_in(lb, &p, c, out, out_cap, act);
+    else
+        r = LB_R_NO_L2; /* d's held packets have not all left yet: this one goes behind them (act: DROP) */
     lb_sync_packet(lb, c, now_ms); /* counted once sent, as ip_vs_in counts in_pkts */
-    if (LB_UNLIKELY(r == LB_R_NO_L2) && !c->dest->fwd && lb_l2q_hold(lb, c, &p, now_ms) == 0)
-        r = LB_R_L2_QUEUED; /* sent by the timers once the destination is resolved (l2q.c) */
-    else if (LB_UNLIKELY(c->flags & LB_CF_PROXY))
-        r = lb_proxy_in(lb, &p, c, out, out_cap, act, r); /* the PROXY header, or the shift past it */
-    finish(lb, act, fit_path_mtu(&p, c, out, out_cap, act, r));
+    if (LB_UNLIKELY(r == LB_R_NO_L2) && (!d->fwd || d->l2q) && lb_l2q_hold(lb, c, &p, now_ms) == 0)
+        r = LB_R_L2_QUEUED; /* the timers send it once the destination is resolved (l2q.c), then finished */
+    else
+        r = lb_xmit_in_finish(lb, &p, c, out, out_cap, act, r);
+    finish(lb, act, r);
     return LB_OK;
 }
 

@@ -10,7 +10,8 @@
  * version 4, IHL 5, TOS 0, ID 0, no DF, TTL 64, protocol ICMP; ICMP type 3
  * code 3 or 4, or type 11 code 0, 2 unused bytes, 2 bytes "next-hop MTU"
  * (code 4) or 0, then the original IP header plus the first 8 bytes of its
- * payload (less if the packet is shorter).
+ * payload (less if the packet is shorter); fragmentation needed quotes the
+ * header with its TTL already decremented, as the kernel's does (lb_icmp_frag_needed).
  *
  * Errors about connections (ip_vs_in_icmp / ip_vs_out_icmp): the quoted
  * packet identifies the connection.
@@ -26,8 +27,10 @@
 
 #include "lb_xmit.h"
 
+/* quote_ttl_dec: the quoted header with its TTL decremented (header checksum updated), as the
+ * packet was when the kernel found it too big (see lb_icmp_frag_needed). */
 static uint32_t icmp_error(const struct lb_pkt *p, uint8_t type, uint8_t code, uint16_t mtu, uint32_t saddr_n,
-                           uint8_t *out, uint32_t out_cap)
+                           int quote_ttl_dec, uint8_t *out, uint32_t out_cap)
 {
     uint32_t quote = p->ihl + 8;
     if (quote > p->len)
@@ -48,23 +51,30 @@ static uint32_t icmp_error(const struct lb_pkt *p, uint8_t type, uint8_t code, u
     icmp[1] = code;
     lb_put16(icmp + 6, mtu);
     memcpy(icmp + 8, p->data, quote);
+    if (quote_ttl_dec && icmp[8 + 8] > 1)
+        LB_IP_TTL_DEC(icmp + 8); /* quote >= p->ihl >= 20: the whole header is there */
     lb_put16(icmp + 2, lb_csum_fold(lb_csum_partial(icmp, 8 + quote, 0)));
     return total;
 }
 
 uint32_t lb_icmp_port_unreach(const struct lb_pkt *p, uint8_t *out, uint32_t out_cap)
 {
-    return icmp_error(p, 3, 3, 0, p->daddr, out, out_cap);
+    return icmp_error(p, 3, 3, 0, p->daddr, 0, out, out_cap);
 }
 
+/* The kernel checks the MTU after the TTL: __ip_vs_get_out_rt runs decrement_ttl (ip_decrease_ttl
+ * writes the skb's header) before ensure_mtu_is_adequate's icmp_send, so the error quotes the
+ * client's packet with its TTL already decremented (addresses not yet rewritten: NAT mangles after
+ * the route). From the VIP: the skb still has its input route, local (RTCF_LOCAL), so __icmp_send
+ * answers from the packet's destination. Every caller has checked TTL > 1. */
 uint32_t lb_icmp_frag_needed(const struct lb_pkt *p, uint16_t mtu, uint8_t *out, uint32_t out_cap)
 {
-    return icmp_error(p, 3, 4, mtu, p->daddr, out, out_cap);
+    return icmp_error(p, 3, 4, mtu, p->daddr, 1, out, out_cap);
 }
 
 uint32_t lb_icmp_time_exceeded(const struct lb_pkt *p, uint32_t saddr_n, uint8_t *out, uint32_t out_cap)
 {
-    return icmp_error(p, 11, 0, 0, saddr_n, out, out_cap); /* time exceeded in transit */
+    return icmp_error(p, 11, 0, 0, saddr_n, 0, out, out_cap); /* time exceeded in transit */
 }
 
 static inline int is_icmp_error(uint8_t type)
@@ -109,6 +119,13 @@ int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, 
     struct lb_conn *c = lb_conn_lookup(lb, q.proto, q.daddr, q.dport, q.saddr, q.sport, now_ms, &dir);
     if (!c)
         return LB_R_NOT_LB_PROTO;
+    const struct lb_xmit_ops *m = lb_conn_xmit(c);
+    if (LB_UNLIKELY(p->data[8] <= 1) && dir == LB_DIR_OUT && (m->flags & LB_XMIT_F_FORWARDS_REPLIES)) {
+        /* A forwarded error (NAT: RIP -> CIP) whose TTL runs out dies in ip_forward, before the FORWARD
+         * hook's ip_vs_out_icmp: not counted, and no ICMP error about an ICMP error. */
+        act->verdict = LB_V_DROP;
+        return LB_R_TTL_EXCEEDED;
+    }
     if (lb_csum_fold(lb_csum_partial(icmp, p->l4len, 0)) != 0) {
         act->verdict = LB_V_DROP; /* ip_vs_in_icmp: "failed checksum" */
         return LB_R_BAD_CSUM;
@@ -118,7 +135,6 @@ int lb_icmp_in(lb_t *lb, const struct lb_pkt *p, uint64_t now_ms, uint8_t *out, 
         return LB_R_MALFORMED;
     }
     /* The connection's method passes it on (only methods that see replies have an OUT tuple). */
-    const struct lb_xmit_ops *m = lb_conn_xmit(c);
     if (dir == LB_DIR_IN) {
         lb_stats_in(c->dest, p->len);
         return m->icmp_in(lb, p, c, out, out_cap, act);

@@ -10,10 +10,20 @@
  * in order through the connection's method once the state exists, and drop it, counted no_l2,
  * LB_L2Q_TIMEOUT_MS after its first packet if it never comes.
  *
+ * Order: the kernel's neighbour entry sends its queue the moment the neighbour answers, before any
+ * later packet; lbd's queue leaves from the timers, which run after the forwarding state arrives.
+ * So while a destination has a queue (d->l2q), its connections' packets join it even once the
+ * state is there (the packet path checks d->l2q first): nothing overtakes a held packet.
+ *
  * A held packet was counted (l2_queued), its connection's state and stats updated when it arrived;
  * when it leaves, it is looked up again (its connection may have gone, or been bound elsewhere: then
- * it is dropped, counted no_l2) and transmitted as the connection's method would have. The queue
- * holds a reference on its destination.
+ * it is dropped, counted no_l2) and transmitted exactly as the packet path would have sent it: the
+ * connection's method, then the PROXY header (or the sequence shift past it) and the path-MTU check
+ * (lb_xmit_in_finish), all with the forwarding state now installed. The kernel's neighbour queue
+ * holds packets IPVS has already transmitted; lbd holds them before the method, because the path
+ * MTU (and the tunnel's source) come with the same forwarding state. The action (an L2 frame,
+ * possibly with frag_mtu, or an ICMP fragmentation needed answer) is not counted again; one the
+ * method drops then counts no_l2. The queue holds a reference on its destination.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -114,7 +124,10 @@ static int send_one(lb_t *lb, struct lb_dest *d, const struct lb_l2q_pkt *k, uin
         return -1;
     memset(act, 0, sizeof(*act));
     act->verdict = LB_V_DROP;
-    int r = lb_conn_xmit_in(lb, &p, c, out, out_cap, act);
+    /* The whole transmit of a client's packet, as process() would have done had the state been there:
+     * the method (TTL, rewrite, TOA, IPIP with its own MTU check), then the PROXY header and the
+     * path-MTU check (fragmentation needed answers the client; DF clear: frag_mtu). */
+    int r = lb_xmit_in_finish(lb, &p, c, out, out_cap, act, lb_conn_xmit_in(lb, &p, c, out, out_cap, act));
     if (act->verdict == LB_V_DROP)
         return -1;
     if (!act->out_len) {

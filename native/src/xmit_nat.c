@@ -18,8 +18,10 @@
  * one written in and the service's port the one written back.
  *
  * The director routes these packets itself, so it decrements the TTL both ways (a packet whose TTL
- * would reach 0 is dropped, LB_R_TTL_EXCEEDED), as the kernel's NAT transmitter does on the way in
- * and IP forwarding does for the replies. Checksums are updated incrementally (RFC 1624) for the
+ * would reach 0 is answered with ICMP time exceeded, LB_R_TTL_EXCEEDED), as the kernel's NAT
+ * transmitter does on the way in and IP forwarding does for the replies. A reply whose TTL runs out
+ * never reaches the kernel's ip_vs_out (ip_forward drops it first): its connection's state, timer
+ * and stats stay as they were (LB_XMIT_F_FORWARDS_REPLIES). Checksums are updated incrementally (RFC 1624) for the
  * words that change; a UDP checksum of 0 (none) stays 0, an updated one that comes out 0 is sent
  * as 0xffff.
  *
@@ -57,14 +59,16 @@ static int nat_xmit_out(lb_t *lb LB_UNUSED, const struct lb_pkt *p, struct lb_co
     if (lb_xmit_copy(p, out, out_cap, act) < 0)
         return LB_R_MALFORMED;
     if (lb_xmit_rewrite(out, p, LB_XMIT_RW_SRC, c->vaddr, c->vport, 0, 0) < 0) {
-        /* The reply is routed by the director (ip_forward): time exceeded goes back to the real server
-         * from the director's address on the route to it; without one, dropped. */
+        /* The reply is forwarded by the director: ip_forward answers TTL <= 1 with icmp_send, whose
+         * skb has a forwarding route (not RTCF_LOCAL), so __icmp_send takes source 0 (with the
+         * default icmp_errors_use_inbound_ifaddr = 0) and icmp_route_lookup picks the source of the
+         * route back to the real server. That is the forwarding state's saddr (the control plane
+         * reads it from that route). Without forwarding state, source 0.0.0.0: the answer leaves
+         * through the adapters' raw IPPROTO_RAW socket, whose raw_send_hdrinc fills in a zero
+         * source from the same route lookup (raw(7)). The core (no routes) leaves it to the kernel
+         * rather than drop the answer. */
         const struct lb_dest_fwd *f = c->dest->fwd;
-        if (f && f->conf.saddr)
-            return lb_xmit_ttl_exceeded(p, lb_htonl(f->conf.saddr), out, out_cap, act);
-        act->verdict = LB_V_DROP;
-        act->out_len = 0;
-        return LB_R_TTL_EXCEEDED;
+        return lb_xmit_ttl_exceeded(p, f ? lb_htonl(f->conf.saddr) : 0, out, out_cap, act);
     }
     act->verdict = LB_V_ANSWER;
     act->out_len = p->len;
@@ -106,6 +110,7 @@ static int nat_conn_restore(lb_t *lb LB_UNUSED, struct lb_svc *s LB_UNUSED, cons
 
 const struct lb_xmit_ops lb_xmit_nat = {
     .name = "masq",
+    .flags = LB_XMIT_F_FORWARDS_REPLIES,
     .xmit_in = nat_xmit_in,
     .xmit_out = nat_xmit_out,
     .icmp_in = nat_icmp_in,

@@ -11,7 +11,9 @@
  * Without complete forwarding state the packet is dropped and counted (the
  * ip_vs_dest_dst bug: an uninitialised source address must be impossible).
  * Too big for the path MTU after encapsulation: with DF, ICMP fragmentation
- * needed (next-hop MTU = path MTU - 20) goes back to the client; without DF
+ * needed (next-hop MTU = path MTU - 20: the kernel's tunnel mtu = dst_mtu -
+ * sizeof(struct iphdr)) goes back to the client from the VIP, quoting its packet
+ * with the TTL already decremented (lb_icmp_frag_needed); without DF
  * the outer packet (DF clear too) leaves as fragments of the path MTU, as
  * ip_vs_tunnel_xmit's ip_local_out fragments it (lb_action.frag_mtu, set by
  * the core's path-MTU check); the real server reassembles, then decapsulates.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +20,12 @@ import pytest
 from conftest import Lbd, parse_ln, running_lbd, udp_until_refused
 from netns_traffic import answering, flow_outcome, serve_http
 from packet_source import AFXDP, xdp_local, xdp_nat_replies
+from scapy.all import IP, UDP
 
+from conformance.traffic import Flow, udp_exchange
+from lb.pyengine.icmp import time_exceeded
 from lb.testbed import client
-from lb.testbed.topology import Topology, fullnat_spec
+from lb.testbed.topology import Topology, enter_netns, fullnat_spec
 
 REPO = Path(__file__).resolve().parents[2]
 VPORT, RPORT = 80, 8080  # the service's port and the real servers' (port translation)
@@ -131,6 +135,49 @@ def test_nat_udp_port_unreachable_from_the_real_server_reaches_the_client(nlbd: 
         assert (ip.src, ip.dst) == (t.vip, t.client.addr), got.capture
         assert (q.src, q.l4.sport, q.dst, q.l4.dport) == (t.client.addr, got.cport, t.vip, DEAD_UDP_PORT), got.capture
     assert got.translated >= 1
+
+
+def test_nat_reply_with_ttl_1_gets_time_exceeded_from_the_director(nlbd: Lbd, ntopo: Topology) -> None:
+    """The director forwards a NAT reply, so a reply sent with TTL 1 dies there as in ip_forward: the real
+    server's socket gets ICMP time exceeded (IP_RECVERR) from the director's address on its segment (the
+    route source the kernel's icmp_send would use), counted ttl_exceeded. (That its entry is left alone, as
+    the kernel's ip_vs_out never sees such a reply, the packet table's nat-out-ttl rows check.)"""
+    t, lbd = ntopo, nlbd
+    rs = t.reals[0]
+    lbd.lbadm("-A", "-u", f"{t.vip}:{DEAD_UDP_PORT}", "-s", "rr")
+    lbd.lbadm("-a", "-u", f"{t.vip}:{DEAD_UDP_PORT}", "-r", f"{rs.addr}:{DEAD_UDP_PORT}", "-m")
+    lbd.wait_resolved()
+    cport = next(_udp_ports)
+    opened = Flow(client="client", addr=t.client.addr, port=cport)
+    udp_exchange(t.client.netns, opened, t.vip, DEAD_UDP_PORT)  # makes the entry (the real server refuses it)
+    assert opened.outcome == "refused:none", (opened, lbd.log_tail())
+    before = lbd.ok("counters")["reasons"]
+    reply = Flow(client=rs.name, addr=rs.addr, port=DEAD_UDP_PORT)
+    udp_exchange(rs.netns, reply, t.client.addr, cport, ttl=1)
+    director_back = t.director.iface("back").addr
+    assert reply.outcome == f"icmp:11/0 from {director_back}", (reply, lbd.log_tail())
+    after = lbd.ok("counters")["reasons"]
+    assert after.get("ttl_exceeded", 0) == before.get("ttl_exceeded", 0) + 1, (before, after)
+
+
+def test_an_answer_from_source_0_leaves_from_the_route_source_to_the_real_server(ntopo: Topology) -> None:
+    """What nat_xmit_out relies on without forwarding state: an answer written with source 0.0.0.0 on the
+    adapters' IPPROTO_RAW socket gets the source of the kernel's route to its destination filled in
+    (raw_send_hdrinc, raw(7)), the address ip_forward's icmp_send would have answered from."""
+    t = ntopo
+    rs = t.reals[0]
+    reply = bytes(IP(src=rs.addr, dst=t.client.addr, ttl=1) / UDP(sport=DEAD_UDP_PORT, dport=42999) / b"x")
+    answer = time_exceeded(reply, 20, len(reply), b"\0\0\0\0")
+    with enter_netns(rs.netns):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    with enter_netns(t.director.netns):
+        sender = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    with listener, sender:
+        listener.settimeout(5.0)
+        sender.sendto(answer, (rs.addr, 0))
+        data = listener.recv(2048)
+    assert (socket.inet_ntoa(data[12:16]), data[20], data[28:] == reply[:28]) == (
+        t.director.iface("back").addr, 11, True), data.hex()
 
 
 def test_nat_director_own_connections_to_a_real_server_stay_out_of_the_queue(nlbd: Lbd, ntopo: Topology) -> None:

@@ -263,7 +263,7 @@ def apply(engine: object, op: tuple, now: int) -> Outcome:
             return Outcome(e.process(op[1], now), None)  # type: ignore[attr-defined]
         if name == "timers":
             actions = e.timers(now)  # type: ignore[attr-defined]
-            return Outcome(sorted((a.verdict, a.reason, a.out, a.ifindex, a.l2hdr) for a in actions), None)
+            return Outcome(sorted((a.verdict, a.reason, a.out, a.ifindex, a.l2hdr, a.frag_mtu) for a in actions), None)
         if name == "expire":
             e.expire(now)  # type: ignore[attr-defined]  # how many it frees is implementation detail
             return Outcome(None, None)

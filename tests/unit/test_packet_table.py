@@ -24,7 +24,8 @@ def run_row(factory: table.EngineFactory, row: table.Row) -> object:
             table.apply_config_step(engine, step)
             continue
         if isinstance(step, table.TimerStep):
-            got = [(a.verdict.name, a.reason.name, a.out, a.ifindex, a.l2hdr)
+            # A sixth element, the frag_mtu, only where the action leaves as fragments (table.TimerStep).
+            got = [(a.verdict.name, a.reason.name, a.out, a.ifindex, a.l2hdr) + ((a.frag_mtu,) if a.frag_mtu else ())
                    for a in engine.timers(step.now_ms)]  # type: ignore[attr-defined]
             assert got == list(step.actions), f"row {row.id} step {index}: timers at {step.now_ms}"
             continue

@@ -222,6 +222,19 @@ def test_timers_run_and_only_sent_packets_count() -> None:
     assert (b.stats.xmit_l2_err, b.stats.answer_err) == (1, 1)
 
 
+def test_a_timer_frame_with_frag_mtu_leaves_as_fragments() -> None:
+    """A held packet that leaves from the timers too big for its path (DF clear) is cut like any other, as the
+    C adapter's send_frames cuts timer items."""
+    held = Action(Verdict.XMIT_L2, Reason.FORWARDED, out=BIG, ifindex=7, l2hdr=L2HDR, frag_mtu=1400)
+    a = adapter(FakeEngine(timer_actions=[held]))
+    a._run_timers()
+    (sock,) = FakeSocket.instances
+    frames = [data for data, _, _ in sock.sent]
+    assert len(frames) == 3 and all(f[:14] == L2HDR and len(f) - 14 <= 1400 for f in frames)
+    assert raw(defragment([IP(f[14:]) for f in frames])[0]) == BIG
+    assert (a.stats.timer_frames, a.stats.frag_packets, a.stats.frag_out) == (1, 1, 3)
+
+
 def test_stats_keys_mirror_the_c_adapter() -> None:
     a = adapter(FakeEngine())
     from lb.fastpath import NFQ_STAT_NAMES  # the fields of struct lb_nfq_stats, in order
