@@ -117,7 +117,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         us = 1e6 / pps.CLK_TCK / max(rx, 1)
         res["us_per_pkt"] = {"pkt_thread_user": ticks.get(f"t{tid}_user", 0) * us,
                              "pkt_thread_sys": ticks.get(f"t{tid}_sys", 0) * us,
-                             "softirq": ticks.get("softirq", 0) * us, "busy": ticks.get("busy", 0) * us}
+                             "softirq": ticks.get("softirq", 0) * us, "busy": ticks.get("busy", 0) * us,
+                             "napi_kthread": ticks.get("napi", 0) * us, "not_idle": ticks.get("not_idle", 0) * us}
         res["rx_pps"] = rx / el
     res["top_self"] = perf_report(data, "sym", False, 60)
     res["top_children"] = perf_report(data, "sym", True, 60)

@@ -1,0 +1,59 @@
+"""bench/pps.py's DUT CPU accounting (dut_fields: ticks and IPI counts per packet),
+bench/napi_thread.py's kthread matching and bench/idle_filler.py's spinner."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import idle_filler, napi_thread, pps
+
+
+def test_dut_fields_add_the_napi_kthread_and_count_ipis_per_packet() -> None:
+    us_per_tick = 1e6 / pps.CLK_TCK
+    t = {"pkt_thread_user": 1, "pkt_thread_sys": 3, "softirq": 2, "busy": 100, "napi": 4, "ipi_in": 50,
+         "ipi_out": 20}
+    out = pps.dut_fields(t, 100)
+    assert out["dut_us_per_pkt"] == pytest.approx(10 * us_per_tick / 100)  # thread + napi + softirq < busy
+    assert out["napi_us_per_pkt"] == pytest.approx(4 * us_per_tick / 100)
+    assert out["ipi_in_per_pkt"] == 0.5 and out["ipi_out_per_pkt"] == 0.2
+
+
+def test_dut_fields_without_napi_or_ipis_stay_as_before() -> None:
+    out = pps.dut_fields({"pkt_thread_user": 1, "pkt_thread_sys": 1, "softirq": 1, "busy": 2}, 10)
+    assert out["dut_us_per_pkt"] == pytest.approx(2 * 1e6 / pps.CLK_TCK / 10)  # capped by busy
+    assert "napi_us_per_pkt" not in out and "ipi_in_per_pkt" not in out
+
+
+def test_ipi_counts_read_this_machine() -> None:
+    res = pps.ipi_counts(0, 0)
+    if not res:
+        pytest.skip("/proc/interrupts has no CAL/RES lines here")
+    assert res["ipi_dut"] == res["ipi_gen"] >= 0
+
+
+def test_napi_matches_full_and_cut_names() -> None:
+    tasks = [(1, "napi/lbBab12cd0-8193"), (2, "napi/lbBab12cd1-8194"), (3, "napi/lbBab12cd"),
+             (4, "ksoftirqd/1"), (5, "napi/lbBab12cd0")]
+    assert napi_thread.napi_matches("lbBab12cd0", tasks) == [1, 5]  # 3: too short to be a cut name of it
+    assert napi_thread.napi_matches("veth0", [(7, "napi/veth0-12"), (8, "napi/veth01-3")]) == [7]
+
+
+def test_idle_filler_spins_under_sched_idle_and_ends_with_the_block() -> None:
+    with idle_filler.filler(0, max_s=30) as pid:
+        assert pid is not None
+        children: list[int] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # timeout -> chrt -> taskset -> sh, all exec in place
+            children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+            if children and os.sched_getscheduler(children[0]) == os.SCHED_IDLE:
+                break
+            time.sleep(0.02)
+        assert children and os.sched_getscheduler(children[0]) == os.SCHED_IDLE
+        assert os.sched_getaffinity(children[0]) == {0}
+    assert not Path(f"/proc/{children[0]}").exists() or "Z" in Path(f"/proc/{children[0]}/stat").read_text().split()[2]
+    with idle_filler.filler(0, enabled=False) as none:
+        assert none is None
