@@ -143,6 +143,9 @@ class Path_:
                         f = (task / "stat").read_text().rsplit(")", 1)[1].split()
                         res[f"t{task.name}_user"] = int(f[11])
                         res[f"t{task.name}_sys"] = int(f[12])
+        spinner = getattr(self, "filler_pid", None)
+        if spinner:  # bench/idle_filler.py: not the DUT's work
+            res["filler"] = idle_filler.user_ticks(spinner)
         napi = getattr(self, "napi_pids", None)
         if napi:  # native XDP's NAPI kthread on the DUT CPU (bench/napi_thread.py): process, not softirq, time
             res["napi"] = napi_thread.kthread_ticks(napi)
@@ -216,6 +219,7 @@ class Bed(Path_):
         self.dut_cpu = dut_cpu
         self.lbd_pid: int | None = None  # the running lbd's, while a trial measures it
         self.napi_pids: list[int] = []  # afxdp-native: the lan veth's NAPI kthreads, while lbd runs
+        self.filler_pid: int | None = None  # bench/idle_filler.py's spinner on the DUT CPU
         # Untouched by lbd: ARP entries both ways before the first trial.
         wire.prime_neighbours(c, d, "lan")
         wire.prime_neighbours(rs, d, "back")
@@ -435,7 +439,10 @@ def trial(p: Path_, tr: Traffic, rate: float, window: float) -> dict[str, Any]:
         busiest = max(threads, key=lambda t: sum(threads[t]))
         pkt_user, pkt_sys = threads[busiest]
         other = sum(sum(v) for t, v in threads.items() if t != busiest)
-    res["cpu_ticks"] = {"softirq": ticks.get("softirq"), "busy": ticks.get("busy"), "pkt_thread_user": pkt_user,
+    busy = ticks.get("busy")
+    if busy is not None and ticks.get("filler"):
+        busy = max(busy - ticks["filler"], 0)  # the SCHED_IDLE spinner's time is nobody's work
+    res["cpu_ticks"] = {"softirq": ticks.get("softirq"), "busy": busy, "pkt_thread_user": pkt_user,
                         "pkt_thread_sys": pkt_sys, "other_threads": other, "napi": ticks.get("napi"),
                         "ipi_in": ticks.get("ipi_dut"), "ipi_out": ticks.get("ipi_gen"),
                         "not_idle": ticks.get("not_idle")}
@@ -712,7 +719,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     spec = one_arm.spec() if arms == 1 else pps_spec()
     with tempfile.TemporaryDirectory(prefix="lbB-bench-pps-") as tmpd, Topology(spec) as topo, \
-            idle_filler.filler(dut_cpu, getattr(args, "dut_filler", False)):
+            idle_filler.filler(dut_cpu, getattr(args, "dut_filler", False)) as spinner:
         tmp = Path(tmpd)
         bed = (one_arm.OneArmBed(topo, gen_cpu, dut_cpu, steer=args.steer) if arms == 1
                else Bed(topo, gen_cpu, dut_cpu, steer=args.steer, wiring=args.wire))
@@ -720,6 +727,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bed.lbd_args = tuple(a.replace("{lan}", bed.director.iface("lan").ifname) for a in shlex.split(args.lbd_args or ""))
         bed.nice = args.nice
         bed.dut_cpu = dut_cpu
+        bed.filler_pid = spinner
         bed.xdp_mode = getattr(args, "xdp_mode", "generic")
         out["config"]["rps"] = bed.rps
         log(f"pps: topology {topo.prefix}: client {bed.client_addr} -> director VIP {bed.vip} -> rs1 {bed.rs_addr}")
