@@ -31,6 +31,7 @@ from lb.testbed.topology import Topology
 PERF_EVENTS = ("context-switches", "irq:softirq_raise", "raw_syscalls:sys_enter", "xdp:xdp_redirect",
                "xdp:xdp_redirect_err", "napi:napi_poll", "skb:kfree_skb", "skb:consume_skb", "net:net_dev_xmit",
                "irq_vectors:call_function_single_entry", "irq_vectors:reschedule_entry", "ipi:ipi_send_cpu")
+GEN_EVENTS = ("xdp:xdp_redirect", "napi:napi_poll", "irq:softirq_raise")  # whose CPU ran the XDP work
 THREAD_EVENTS = ("raw_syscalls:sys_enter", "syscalls:sys_enter_sendmmsg", "syscalls:sys_enter_poll",
                  "syscalls:sys_enter_sendto", "syscalls:sys_enter_recvfrom", "syscalls:sys_enter_futex",
                  "context-switches")
@@ -97,8 +98,11 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
             data = outdir / "perf.data"
             tstat = subprocess.run(["perf", "stat", "-t", str(tid), "-x", ",", "-e", ",".join(THREAD_EVENTS),
                                     "--", "sleep", "0.5"], capture_output=True, text=True, timeout=60) if tid else None
+            gen_stat = subprocess.Popen(["perf", "stat", "-C", str(gen_cpu), "-x", ",", "-e", ",".join(GEN_EVENTS),
+                                         "--", "sleep", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             stat = subprocess.run(["perf", "stat", "-C", str(dut_cpu), "-x", ",", "-e", ",".join(PERF_EVENTS),
                                    "--", "sleep", "1"], capture_output=True, text=True, timeout=60)
+            gen_perf = "".join(gen_stat.communicate(timeout=60))
             rec = subprocess.run(["perf", "record", "-C", str(dut_cpu), "-g", "-F", "2000", "-o", str(data),
                                   "-e", "cpu-clock",
                                   "--", "sleep", str(max(args.seconds - 1.5, 1.0))],
@@ -110,7 +114,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         rx = rx1 - rx0
         ticks = {k: cpu1[k] - cpu0[k] for k in cpu1 if k in cpu0}
         res.update(gen=g, tx=(tx1 or 0) - (tx0 or 0), rx=rx, loss=1 - rx / max((tx1 or 0) - (tx0 or 0), 1),
-                   tid=tid, perf_stat=stat.stdout + stat.stderr,
+                   tid=tid, perf_stat=stat.stdout + stat.stderr, perf_stat_gen_cpu=gen_perf,
                    perf_stat_thread=(tstat.stdout + tstat.stderr) if tstat else "", perf_record_rc=rec.returncode,
                    perf_record_err=rec.stderr[-500:], counters_before=c0, counters_after=c1)
         el = max(float(g["elapsed_s"]), 1e-6)
@@ -142,7 +146,7 @@ def main() -> None:
     args = ap.parse_args()
     res = profile(args)
     print(json.dumps({k: res[k] for k in ("rate", "rx_pps", "loss", "us_per_pkt")}, indent=1))
-    print(res["perf_stat"], res["perf_stat_thread"], sep="\n")
+    print(res["perf_stat"], res["perf_stat_thread"], "generator's CPU:", res["perf_stat_gen_cpu"], sep="\n")
     for key in ("by_comm", "top_self", "lbd_children"):
         print(f"--- {key}", *res[key][:40], sep="\n")
 
