@@ -146,12 +146,15 @@ def ratios(data: dict[str, Any], mode: str, traffic: str) -> dict[str, dict[str,
     reps = sorted({r["rep"] for r in data.get("results", [])})
     acc: dict[str, list[float | None]] = {"zl_afxdp_nfq": [], "zl_afxdp_kernel": [], "cpu_nfq_afxdp": [],
                                          "cpu_kernel_afxdp": [], "p50_afxdp_nfq": [], "sat_nfq_afxdp": [],
-                                         "sat_kernel_afxdp": []}
+                                         "sat_kernel_afxdp": [], "common_nfq_afxdp": [], "common_kernel_afxdp": []}
     def get(r: dict[str, Any] | None, key: str) -> float | None:
         return None if r is None else r.get(key)
 
     def p50(r: dict[str, Any] | None) -> float | None:
         return None if r is None else (r.get("latency") or {}).get("p50")
+
+    def common(r: dict[str, Any] | None) -> float | None:  # CPU per packet at the common offered rate
+        return None if r is None else (r.get("common") or {}).get("dut_us_per_pkt")
 
     for rep in reps:
         a, n, k = (row_of(idx, s, mode, traffic, rep) for s in ("afxdp", "c", "kernel"))
@@ -164,6 +167,8 @@ def ratios(data: dict[str, Any], mode: str, traffic: str) -> dict[str, dict[str,
         acc["sat_nfq_afxdp"].append(ratio(saturated_us(n) if n else None, saturated_us(a)))
         acc["sat_kernel_afxdp"].append(ratio(saturated_us(k) if k else None, saturated_us(a)))
         acc["p50_afxdp_nfq"].append(ratio(p50(a), p50(n)))
+        acc["common_nfq_afxdp"].append(ratio(common(n), common(a)))
+        acc["common_kernel_afxdp"].append(ratio(common(k), common(a)))
     return {k: _med(v) for k, v in acc.items()}
 
 
@@ -471,17 +476,19 @@ def render(data: dict[str, Any], analysis: str | None = None) -> str:
     lines += ["", "## Ratios (per repetition, then median (min-max, n))", "",
               "zero-loss: AF_XDP / NFQUEUE and AF_XDP / kernel; CPU per packet: NFQUEUE / AF_XDP and kernel / "
               "AF_XDP (> 1 = AF_XDP cheaper; 1.0 vs kernel = as cheap as the kernel forwarding the same "
-              "packets); latency p50 AF_XDP / NFQUEUE (< 1 = AF_XDP faster).", ""]
+              "packets), at each system's zero-loss rate, saturated, and at the common offered rate (the only "
+              "one where the load is the same for both); latency p50 AF_XDP / NFQUEUE (< 1 = AF_XDP faster).", ""]
     rrows = []
     for mode in cfg["modes"]:
         for traffic in cfg["traffic"]:
             r = ratios(data, mode, traffic)
             rrows.append([mode, traffic, *(fmt_spread(r[k], 1, 2, "x") for k in
                                            ("zl_afxdp_nfq", "zl_afxdp_kernel", "cpu_nfq_afxdp", "cpu_kernel_afxdp",
-                                            "sat_nfq_afxdp", "sat_kernel_afxdp", "p50_afxdp_nfq"))])
+                                            "sat_nfq_afxdp", "sat_kernel_afxdp", "common_nfq_afxdp",
+                                            "common_kernel_afxdp", "p50_afxdp_nfq"))])
     lines += table(["mode", "traffic", "zero-loss AF_XDP/NFQ", "zero-loss AF_XDP/kernel", "CPU NFQ/AF_XDP",
                     "CPU kernel/AF_XDP", "saturated CPU NFQ/AF_XDP", "saturated CPU kernel/AF_XDP",
-                    "p50 AF_XDP/NFQ"], rrows)
+                    "common-rate CPU NFQ/AF_XDP", "common-rate CPU kernel/AF_XDP", "p50 AF_XDP/NFQ"], rrows)
     lines += ["", "## Where the AF_XDP source's CPU goes", ""]
     split = [[mode, traffic, label(system, data.get("results", [])),
               *(fmt_spread(_med([r.get(k) for r in data.get("results", [])
