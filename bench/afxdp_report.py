@@ -238,8 +238,8 @@ def common_rows(data: dict[str, Any]) -> list[list[str]]:
                              fmt_spread(_med([t["offered_pps"] for t in ts]), 1e3, 1, "k"),
                              fmt_spread(_med([100 * t["loss"] for t in ts]), 1, 2, " %"),
                              *(fmt_spread(_med([t.get(k) for t in ts]), 1, 2) for k in
-                               ("dut_us_per_pkt", "dut_not_idle_us_per_pkt", "lbd_sys_us_per_pkt",
-                                "softirq_us_per_pkt", "napi_us_per_pkt", "ipi_in_per_pkt", "ipi_out_per_pkt"))])
+                               ("dut_us_per_pkt", "lbd_sys_us_per_pkt", "softirq_us_per_pkt", "napi_us_per_pkt",
+                                "ipi_in_per_pkt", "ipi_out_per_pkt"))])
     return rows
 
 
@@ -515,8 +515,7 @@ def render(data: dict[str, Any], analysis: str | None = None) -> str:
                   "different rates (the kernel's at the generator's maximum, where batches are full and an IPI "
                   "serves a hundred packets), so only this table compares CPU per packet under equal load. "
                   "Median (min-max, n) over the repetitions.", "",
-                  *table(["mode", "traffic", "system", "offered", "loss", "CPU us/pkt", "DUT CPU not idle us/pkt",
-                          "lbd system us/pkt",
+                  *table(["mode", "traffic", "system", "offered", "loss", "CPU us/pkt", "lbd system us/pkt",
                           "softirq us/pkt", "NAPI kthread us/pkt", "IPIs in/pkt", "IPIs out/pkt"], crows)]
     tx = xdp_tx_split(data.get("results", []))
     if tx["packets"]:

@@ -474,7 +474,7 @@ def dut_fields(t: dict[str, Any], rx: int) -> dict[str, Any]:
                    control_plane_us_per_pkt=(t.get("other_threads") or 0) * us)
     if t.get("napi") is not None:
         out["napi_us_per_pkt"] = t["napi"] * us
-    if t.get("not_idle") is not None:  # all the DUT CPU did (other tenants too), idle-loop softirq included
+    if t.get("not_idle") is not None:  # all the DUT CPU did (tenants and idle_filler too): a cross-check without the filler
         out["dut_not_idle_us_per_pkt"] = t["not_idle"] * us
     if t.get("ipi_in") is not None:  # counts, not ticks: per received packet
         out.update(ipi_in_per_pkt=t["ipi_in"] / rx, ipi_out_per_pkt=(t.get("ipi_out") or 0) / rx)

@@ -100,7 +100,7 @@ def test_common_rate_rows_compare_every_system_at_one_load() -> None:
                   {**_res("afxdp", "dr", "est", 0, 200e3, 4.0), "common": common(7.0, 0.3)}])
     rows = xr.common_rows(data)
     assert [r[2] for r in rows] == ["kernel forwarding (no lbd)", "lbd AF_XDP"]
-    assert rows[0][5] == "9.00 (n=1)" and rows[1][10] == "0.30 (n=1)" and rows[1][11] == "0.15 (n=1)"
+    assert rows[0][5] == "9.00 (n=1)" and rows[1][9] == "0.30 (n=1)" and rows[1][10] == "0.15 (n=1)"
     assert xr.ratios(data, "dr", "est")["common_kernel_afxdp"]["values"] == [9.0 / 7.0]
     assert "## At a common offered rate" in xr.render(data)
     assert "## At a common offered rate" not in xr.render(_data([_res("afxdp", "dr", "est", 0, 200e3, 4.0)]))
