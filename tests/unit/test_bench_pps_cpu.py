@@ -1,15 +1,16 @@
-"""bench/pps.py's DUT CPU accounting (dut_fields: ticks and IPI counts per packet),
+"""bench/pps.py's DUT CPU accounting (dut_fields: ticks and IPI counts per packet), bench/xdp_fwd.py's program,
 bench/napi_thread.py's kthread matching and bench/idle_filler.py's spinner."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from bench import idle_filler, napi_thread, pps
+from bench import idle_filler, napi_thread, pps, xdp_fwd
 
 
 def test_dut_fields_add_the_napi_kthread_and_count_ipis_per_packet() -> None:
@@ -55,3 +56,11 @@ def test_idle_filler_spins_under_sched_idle_and_ends_with_the_block() -> None:
     assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     with idle_filler.filler(0, enabled=False) as none:
         assert none is None
+
+
+def test_xdp_fwd_program_builds_for_a_topology(tmp_path: Path) -> None:
+    if not shutil.which("clang"):
+        pytest.skip("clang is not installed (the Makefile's deps list it for the XDP programs)")
+    assert xdp_fwd._mac_bytes("02:00:0a:0b:0c:0d") == "0x02,0x00,0x0a,0x0b,0x0c,0x0d"
+    obj = xdp_fwd.build(tmp_path / "xdp_fwd.o", 7, "02:00:00:00:00:11", "02:00:00:00:00:01")
+    assert obj.read_bytes()[:4] == b"\x7fELF"
