@@ -27,9 +27,12 @@ from typing import Any
 from bench import common, pps
 
 SYSTEMS = ("kernel", "c", "afxdp")  # the ratios are between these three
-EXTRA = ("afxdp-native",)  # shown, not judged: on veth native XDP runs on the generator's CPU
+EXTRA = ("afxdp-native",)  # shown, not judged: native XDP on veth, its NAPI threaded on the DUT CPU
 LABEL = {"kernel": "kernel forwarding (no lbd)", "c": "lbd NFQUEUE", "afxdp": "lbd AF_XDP",
-         "afxdp-native": "lbd AF_XDP, native XDP (its XDP work on the generator's CPU)"}
+         "afxdp-native": "lbd AF_XDP, native XDP (threaded NAPI on the DUT CPU)"}
+# Runs before bench/napi_thread.py: the veth's NAPI ran on the sending CPU, the DUT did not see it.
+LABEL_NATIVE_UNTHREADED = "lbd AF_XDP, native XDP (its XDP work on the generator's CPU)"
+COMMON_RATE = 60_000.0  # below every system's zero-loss rate here (NFQUEUE ~90k)
 ARMS = {False: "two arms (the real server behind the director's other interface)",
         True: "one arm (the real server on the receiving side, bench/one_arm.py)"}
 TARGET_US = 1.3  # item 4: AF_XDP DR established, director CPU per packet
@@ -38,6 +41,12 @@ TARGET_PPS = 500_000  # item 4: zero-loss on one director core
 
 def add_args(ap: argparse.ArgumentParser) -> None:
     pps.add_args(ap)
+    ap.add_argument("--common-rate", type=float, default=COMMON_RATE,
+                    help="after each search, one more trial at this offered rate (pps; 0: none), the same for "
+                    "every system: CPU per packet and IPIs per packet under equal load (default %(default).0f)")
+    ap.add_argument("--no-dut-filler", dest="dut_filler", action="store_false",
+                    help="no SCHED_IDLE spinner on the DUT CPU (bench/idle_filler.py): softirq work the DUT CPU does "
+                    "from its idle loop then goes uncounted (tick accounting, NO_HZ_IDLE)")
     ap.set_defaults(systems=",".join((*SYSTEMS, *EXTRA)), sweep=False, latency=True)
     ap.add_argument("--md", type=Path, default=None,
                     help="markdown report (default bench/results/<date>-afxdp.md)")
@@ -64,6 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = pps.run(args)
     data["part"] = "afxdp-report"
     data["config"]["command"] = "python -m bench afxdp-report " + " ".join(args.argv)
+    data["config"]["common_rate"] = args.common_rate
     data["load"] = {"start": load0, "end": _load_sample()}
     if args.guest:
         from bench import ab  # noqa: PLC0415
@@ -136,12 +146,15 @@ def ratios(data: dict[str, Any], mode: str, traffic: str) -> dict[str, dict[str,
     reps = sorted({r["rep"] for r in data.get("results", [])})
     acc: dict[str, list[float | None]] = {"zl_afxdp_nfq": [], "zl_afxdp_kernel": [], "cpu_nfq_afxdp": [],
                                          "cpu_kernel_afxdp": [], "p50_afxdp_nfq": [], "sat_nfq_afxdp": [],
-                                         "sat_kernel_afxdp": []}
+                                         "sat_kernel_afxdp": [], "common_nfq_afxdp": [], "common_kernel_afxdp": []}
     def get(r: dict[str, Any] | None, key: str) -> float | None:
         return None if r is None else r.get(key)
 
     def p50(r: dict[str, Any] | None) -> float | None:
         return None if r is None else (r.get("latency") or {}).get("p50")
+
+    def common(r: dict[str, Any] | None) -> float | None:  # CPU per packet at the common offered rate
+        return None if r is None else (r.get("common") or {}).get("dut_us_per_pkt")
 
     for rep in reps:
         a, n, k = (row_of(idx, s, mode, traffic, rep) for s in ("afxdp", "c", "kernel"))
@@ -154,6 +167,8 @@ def ratios(data: dict[str, Any], mode: str, traffic: str) -> dict[str, dict[str,
         acc["sat_nfq_afxdp"].append(ratio(saturated_us(n) if n else None, saturated_us(a)))
         acc["sat_kernel_afxdp"].append(ratio(saturated_us(k) if k else None, saturated_us(a)))
         acc["p50_afxdp_nfq"].append(ratio(p50(a), p50(n)))
+        acc["common_nfq_afxdp"].append(ratio(common(n), common(a)))
+        acc["common_kernel_afxdp"].append(ratio(common(k), common(a)))
     return {k: _med(v) for k, v in acc.items()}
 
 
@@ -199,6 +214,35 @@ def saturated_us(r: dict[str, Any]) -> float | None:
     return (r.get("overload") or {}).get("dut_us_per_pkt")
 
 
+def label(system: str, results: Sequence[dict[str, Any]]) -> str:
+    """The system's row label; native XDP runs from before its NAPI was threaded say where its work ran."""
+    if system == "afxdp-native" and not any(r.get("napi_us_per_pkt") is not None for r in results
+                                            if r["system"] == system):
+        return LABEL_NATIVE_UNTHREADED
+    return LABEL[system]
+
+
+def common_rows(data: dict[str, Any]) -> list[list[str]]:
+    """One row per (mode, traffic, system) of the common-rate trials (`--common-rate`): the same offered
+    load for every system, so CPU per packet and IPIs per packet compare as equals."""
+    rows = []
+    res = data.get("results", [])
+    for mode in data["config"]["modes"]:
+        for traffic in data["config"]["traffic"]:
+            for system in (*SYSTEMS, *EXTRA):
+                ts = [r["common"] for r in res if r.get("common") and r["system"] == system
+                      and r["mode"] == ("route" if system == "kernel" else mode) and r["traffic"] == traffic]
+                if not ts:
+                    continue
+                rows.append([mode, traffic, label(system, res),
+                             fmt_spread(_med([t["offered_pps"] for t in ts]), 1e3, 1, "k"),
+                             fmt_spread(_med([100 * t["loss"] for t in ts]), 1, 2, " %"),
+                             *(fmt_spread(_med([t.get(k) for t in ts]), 1, 2) for k in
+                               ("dut_us_per_pkt", "lbd_sys_us_per_pkt", "softirq_us_per_pkt", "napi_us_per_pkt",
+                                "ipi_in_per_pkt", "ipi_out_per_pkt"))])
+    return rows
+
+
 def summary_rows(data: dict[str, Any]) -> list[list[str]]:
     """One row per (mode, traffic, system): the figures with their spread over the repetitions."""
     rows = []
@@ -214,7 +258,7 @@ def summary_rows(data: dict[str, Any]) -> list[list[str]]:
                 us = _med([r.get("dut_us_per_pkt") for r in rs])
                 sat = _med([saturated_us(r) for r in rs])
                 rows.append([
-                    mode, traffic, LABEL[system],
+                    mode, traffic, label(system, data.get("results", [])),
                     fmt_spread(_med([r["zero_loss_pps"] for r in rs]), 1e3, 1, "k"),
                     "yes" if any(r["generator_limited"] for r in rs) else "no",
                     fmt_spread(_med([r["overload"]["rx_pps"] for r in rs]), 1e3, 1, "k"),
@@ -404,7 +448,9 @@ def render(data: dict[str, Any], analysis: str | None = None) -> str:
               f"wiring `{cfg.get('wire')}`, "
               f"{ARMS[cfg.get('arms') == 1]}; AF_XDP `--xdp-mode {cfg.get('xdp_mode')}`; {cfg.get('repeats')} "
               f"repetitions, windows {cfg.get('window_s')} s, {cfg.get('steps')} bisection steps; "
-              f"elapsed {data.get('elapsed_s', '?')} s."]
+              + ("a SCHED_IDLE spinner on the DUT CPU (bench/idle_filler.py: its idle-loop softirq work is counted); "
+                 if cfg.get("dut_filler") else "")
+              + f"elapsed {data.get('elapsed_s', '?')} s."]
     if load:
         lines += ["", f"Load: at the start {_load_text(load.get('start'))}; at the end {_load_text(load.get('end'))}"
                   + (f"; 1-min load average over the results {min(one_min):.2f}-{max(one_min):.2f}" if one_min else "")
@@ -417,7 +463,8 @@ def render(data: dict[str, Any], analysis: str | None = None) -> str:
               "Zero-loss: the highest measured offered rate with < 0.1 % loss (bisection, bounded; generator-limited: "
               "the unpaced generator's own maximum passed, a lower bound). Overload: what arrived while the "
               "generator ran unpaced. CPU/pkt: director CPU per received packet at the zero-loss trial (the "
-              "overload trial when none passed): lbd's packet thread + the director CPU's softirq time, at most "
+              "overload trial when none passed): lbd's packet thread + the director CPU's softirq time (+ the NAPI "
+              "kthread under native XDP), at most "
               "that CPU's busy time (bench/pps.py dut_fields); at low rates the other tenants' softirq and CPU time on "
               "the director CPU weigh much (see the spread). CPU saturated: the same per delivered packet in the "
               "overload trial (the director CPU full: batches fullest, other tenants weigh least; an upper bound, "
@@ -429,29 +476,47 @@ def render(data: dict[str, Any], analysis: str | None = None) -> str:
     lines += ["", "## Ratios (per repetition, then median (min-max, n))", "",
               "zero-loss: AF_XDP / NFQUEUE and AF_XDP / kernel; CPU per packet: NFQUEUE / AF_XDP and kernel / "
               "AF_XDP (> 1 = AF_XDP cheaper; 1.0 vs kernel = as cheap as the kernel forwarding the same "
-              "packets); latency p50 AF_XDP / NFQUEUE (< 1 = AF_XDP faster).", ""]
+              "packets), at each system's zero-loss rate, saturated, and at the common offered rate (the only "
+              "one where the load is the same for both); latency p50 AF_XDP / NFQUEUE (< 1 = AF_XDP faster).", ""]
     rrows = []
     for mode in cfg["modes"]:
         for traffic in cfg["traffic"]:
             r = ratios(data, mode, traffic)
             rrows.append([mode, traffic, *(fmt_spread(r[k], 1, 2, "x") for k in
                                            ("zl_afxdp_nfq", "zl_afxdp_kernel", "cpu_nfq_afxdp", "cpu_kernel_afxdp",
-                                            "sat_nfq_afxdp", "sat_kernel_afxdp", "p50_afxdp_nfq"))])
+                                            "sat_nfq_afxdp", "sat_kernel_afxdp", "common_nfq_afxdp",
+                                            "common_kernel_afxdp", "p50_afxdp_nfq"))])
     lines += table(["mode", "traffic", "zero-loss AF_XDP/NFQ", "zero-loss AF_XDP/kernel", "CPU NFQ/AF_XDP",
                     "CPU kernel/AF_XDP", "saturated CPU NFQ/AF_XDP", "saturated CPU kernel/AF_XDP",
-                    "p50 AF_XDP/NFQ"], rrows)
+                    "common-rate CPU NFQ/AF_XDP", "common-rate CPU kernel/AF_XDP", "p50 AF_XDP/NFQ"], rrows)
     lines += ["", "## Where the AF_XDP source's CPU goes", ""]
-    split = [[mode, traffic, LABEL[system], *(fmt_spread(_med([r.get(k) for r in data.get("results", [])
-                                                                if r["system"] == system and r["mode"] == mode
-                                                                and r["traffic"] == traffic]), 1, 2)
-                                               for k in ("lbd_user_us_per_pkt", "lbd_sys_us_per_pkt",
-                                                         "softirq_us_per_pkt"))]
+    split = [[mode, traffic, label(system, data.get("results", [])),
+              *(fmt_spread(_med([r.get(k) for r in data.get("results", [])
+                                 if r["system"] == system and r["mode"] == mode and r["traffic"] == traffic]), 1, 2)
+                for k in ("lbd_user_us_per_pkt", "lbd_sys_us_per_pkt", "softirq_us_per_pkt", "napi_us_per_pkt",
+                          "ipi_in_per_pkt", "ipi_out_per_pkt"))]
              for mode in cfg["modes"] for traffic in cfg["traffic"] for system in ("c", "afxdp", *EXTRA)
              if any(r["system"] == system for r in data.get("results", []))]
-    lines += ["lbd's packet thread (user, system) and the director CPU's softirq time, per packet at the zero-loss "
-              "trial; thread + softirq can exceed the CPU/pkt figure, which is capped by the CPU's busy time "
-              "(softirq work done in the thread's system call is charged to both).", "",
-              *table(["mode", "traffic", "system", "lbd user us/pkt", "lbd system us/pkt", "softirq us/pkt"], split)]
+    lines += ["lbd's packet thread (user, system), the director CPU's softirq time and (native XDP) the lan veth's "
+              "NAPI kthread, per packet at the zero-loss trial; thread + softirq can exceed the CPU/pkt figure, "
+              "which is capped by the CPU's busy time (softirq work done in the thread's system call is charged "
+              "to both). IPIs in: function-call and rescheduling interrupts the director CPU received (the "
+              "generator's CPU handing it packets by RPS, or waking the NAPI kthread); IPIs out: those the "
+              "generator's CPU received (mostly the director handing its output to the real server by RPS): "
+              "in this VM each costs several us (bench/results/2026-12-05-afxdp-cost.md), so CPU per packet "
+              "goes with IPIs per packet, i.e. with the batch sizes the rate allows.", "",
+              *table(["mode", "traffic", "system", "lbd user us/pkt", "lbd system us/pkt", "softirq us/pkt",
+                      "NAPI kthread us/pkt", "IPIs in/pkt", "IPIs out/pkt"], split)]
+    crows = common_rows(data)
+    if crows:
+        lines += ["", "## At a common offered rate", "",
+                  f"One more trial after each search at the same offered rate for every system (`--common-rate "
+                  f"{cfg.get('common_rate', COMMON_RATE):.0f}`): the zero-loss figures above are taken at very "
+                  "different rates (the kernel's at the generator's maximum, where batches are full and an IPI "
+                  "serves a hundred packets), so only this table compares CPU per packet under equal load. "
+                  "Median (min-max, n) over the repetitions.", "",
+                  *table(["mode", "traffic", "system", "offered", "loss", "CPU us/pkt", "lbd system us/pkt",
+                          "softirq us/pkt", "NAPI kthread us/pkt", "IPIs in/pkt", "IPIs out/pkt"], crows)]
     tx = xdp_tx_split(data.get("results", []))
     if tx["packets"]:
         calls = (f"in {tx['xmit_l2_calls']} sendmmsg calls ({tx['xmit_l2'] / tx['xmit_l2_calls']:.1f} a call, "

@@ -82,6 +82,8 @@ class OneArmBed(pps.Bed):
         self.rps = self._steer(gen_cpu, dut_cpu) if steer else {}
         self.dut_cpu = dut_cpu
         self.lbd_pid = None
+        self.napi_pids = []
+        self.filler_pid = None
         wire.prime_neighbours(c, d, "lan")
         d.ip("neigh", "replace", rs_addr, "lladdr", c.mac, "dev", d.iface("lan").ifname, "nud", "reachable")
 

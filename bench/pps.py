@@ -13,8 +13,9 @@ Systems, measured in the same namespaces, interleaved per repetition:
 - `python`: `lbd --engine python` (the naive peer).
 - `c`: `lbd` with the C fast path (NFQUEUE).
 - `afxdp`: the same lbd fed by AF_XDP (`--packet-source afxdp` on the director's lan interface,
-  `--xdp-mode generic` by default: see `--xdp-mode`); `afxdp-native`: the same in native XDP mode
-  (on veth its XDP work runs on the sending CPU, the generator's, so the DUT CPU does not see it).
+  `--xdp-mode generic` by default: see `--xdp-mode`); `afxdp-native`: the same in native XDP mode,
+  the lan veth's NAPI threaded and its kthread pinned to the DUT CPU (bench/napi_thread.py: else
+  veth runs native XDP on the sending CPU, the generator's, and the DUT CPU does not see it).
   Neither is in the default `--systems`.
 Modes for lbd: `dr` (route), `tunnel` (IPIP) and `fullnat`, one real server, rr.
 
@@ -60,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import common, wire
+from bench import common, idle_filler, napi_thread, wire
 from bench.common import Lbd, LbdError, log
 from lb.testbed.topology import HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
 
@@ -130,8 +131,9 @@ class Path_:
         return {}
 
     def cpu_ticks(self) -> dict[str, int]:
-        """CPU time of the system under test, in clock ticks: lbd's process (all threads) and
-        the softirq time of the DUT CPU (where RPS runs the director's receive path)."""
+        """CPU time of the system under test, in clock ticks: lbd's process (all threads), the
+        softirq time of the DUT CPU (where RPS runs the director's receive path) and, under native
+        XDP, the interface's NAPI kthread pinned there."""
         res: dict[str, int] = {}
         pid = getattr(self, "lbd_pid", None)
         if pid:
@@ -141,15 +143,45 @@ class Path_:
                         f = (task / "stat").read_text().rsplit(")", 1)[1].split()
                         res[f"t{task.name}_user"] = int(f[11])
                         res[f"t{task.name}_sys"] = int(f[12])
+        spinner = getattr(self, "filler_pid", None)
+        if spinner:  # bench/idle_filler.py: not the DUT's work
+            res["filler"] = idle_filler.user_ticks(spinner)
+        napi = getattr(self, "napi_pids", None)
+        if napi:  # native XDP's NAPI kthread on the DUT CPU (bench/napi_thread.py): process, not softirq, time
+            res["napi"] = napi_thread.kthread_ticks(napi)
         cpu = getattr(self, "dut_cpu", None)
         if cpu is not None:
+            res.update(ipi_counts(cpu, self.gen_cpu))
             with contextlib.suppress(OSError, IndexError, ValueError):
                 for line in Path("/proc/stat").read_text().splitlines():
                     if line.startswith(f"cpu{cpu} "):
                         f = line.split()
                         res["softirq"] = int(f[7])
                         res["busy"] = sum(int(x) for x in f[1:9]) - int(f[4]) - int(f[5])
+                        # idle and iowait are exact under NO_HZ (not ticks): wall - idle is the
+                        # time the CPU did anything, softirq work from the idle loop included.
+                        res["not_idle"] = round(time.monotonic() * CLK_TCK) - int(f[4]) - int(f[5])
         return res
+
+
+def ipi_counts(dut_cpu: int, gen_cpu: int | None) -> dict[str, int]:
+    """Function-call and rescheduling interrupts (IPIs) so far, /proc/interrupts CAL + RES: those the
+    DUT CPU received (ipi_dut: mostly RPS of the director's receive path, the generator's CPU's
+    doing) and those the generator's CPU received (ipi_gen: mostly RPS of what the director sent,
+    the DUT's doing). In a VM each costs the sender a trapped APIC write and the receiver an
+    interrupt: several us here, so per packet they weigh with the batch size (bench/results/
+    2026-12-05-afxdp-cost.md)."""
+    res: dict[str, int] = {}
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        lines = Path("/proc/interrupts").read_text().splitlines()
+        ncpu = len(lines[0].split())
+        for line in lines[1:]:
+            f = line.split()
+            if f and f[0] in ("CAL:", "RES:") and len(f) > ncpu:
+                res["ipi_dut"] = res.get("ipi_dut", 0) + int(f[1 + dut_cpu])
+                if gen_cpu is not None:
+                    res["ipi_gen"] = res.get("ipi_gen", 0) + int(f[1 + gen_cpu])
+    return res
 
 
 class Bed(Path_):
@@ -186,6 +218,8 @@ class Bed(Path_):
         self.rps = self._steer(gen_cpu, dut_cpu) if steer else {}
         self.dut_cpu = dut_cpu
         self.lbd_pid: int | None = None  # the running lbd's, while a trial measures it
+        self.napi_pids: list[int] = []  # afxdp-native: the lan veth's NAPI kthreads, while lbd runs
+        self.filler_pid: int | None = None  # bench/idle_filler.py's spinner on the DUT CPU
         # Untouched by lbd: ARP entries both ways before the first trial.
         wire.prime_neighbours(c, d, "lan")
         wire.prime_neighbours(rs, d, "back")
@@ -405,8 +439,13 @@ def trial(p: Path_, tr: Traffic, rate: float, window: float) -> dict[str, Any]:
         busiest = max(threads, key=lambda t: sum(threads[t]))
         pkt_user, pkt_sys = threads[busiest]
         other = sum(sum(v) for t, v in threads.items() if t != busiest)
-    res["cpu_ticks"] = {"softirq": ticks.get("softirq"), "busy": ticks.get("busy"), "pkt_thread_user": pkt_user,
-                        "pkt_thread_sys": pkt_sys, "other_threads": other}
+    busy = ticks.get("busy")
+    if busy is not None and ticks.get("filler"):
+        busy = max(busy - ticks["filler"], 0)  # the SCHED_IDLE spinner's time is nobody's work
+    res["cpu_ticks"] = {"softirq": ticks.get("softirq"), "busy": busy, "pkt_thread_user": pkt_user,
+                        "pkt_thread_sys": pkt_sys, "other_threads": other, "napi": ticks.get("napi"),
+                        "ipi_in": ticks.get("ipi_dut"), "ipi_out": ticks.get("ipi_gen"),
+                        "not_idle": ticks.get("not_idle")}
     res.update(dut_fields(res["cpu_ticks"], rx))
     return res
 
@@ -423,7 +462,7 @@ def dut_fields(t: dict[str, Any], rx: int) -> dict[str, Any]:
     if rx <= 0:
         return {}
     us = 1e6 / CLK_TCK / rx
-    thread = (t.get("pkt_thread_user") or 0) + (t.get("pkt_thread_sys") or 0)
+    thread = (t.get("pkt_thread_user") or 0) + (t.get("pkt_thread_sys") or 0) + (t.get("napi") or 0)
     soft, busy = t.get("softirq") or 0, t.get("busy") or 0
     used = min(busy, thread + soft) if busy else thread + soft
     if used <= 0:
@@ -433,6 +472,12 @@ def dut_fields(t: dict[str, Any], rx: int) -> dict[str, Any]:
         out.update(lbd_user_us_per_pkt=(t.get("pkt_thread_user") or 0) * us,
                    lbd_sys_us_per_pkt=(t.get("pkt_thread_sys") or 0) * us, softirq_us_per_pkt=soft * us,
                    control_plane_us_per_pkt=(t.get("other_threads") or 0) * us)
+    if t.get("napi") is not None:
+        out["napi_us_per_pkt"] = t["napi"] * us
+    if t.get("not_idle") is not None:  # all the DUT CPU did (tenants and idle_filler too): a cross-check without the filler
+        out["dut_not_idle_us_per_pkt"] = t["not_idle"] * us
+    if t.get("ipi_in") is not None:  # counts, not ticks: per received packet
+        out.update(ipi_in_per_pkt=t["ipi_in"] / rx, ipi_out_per_pkt=(t.get("ipi_out") or 0) / rx)
     return out
 
 
@@ -441,7 +486,7 @@ def recompute(out: dict[str, Any]) -> dict[str, Any]:
     change of dut_fields applies to old runs) and re-summarize."""
     for r in out.get("results", []):
         for t in r.get("trials", []):
-            for k in [k for k in t if k.endswith("_us_per_pkt")]:
+            for k in [k for k in t if k.endswith(("_us_per_pkt", "ipi_in_per_pkt", "ipi_out_per_pkt"))]:
                 del t[k]
             if t.get("cpu_ticks"):
                 t.update(dut_fields(t["cpu_ticks"], t["rx"]))
@@ -546,7 +591,8 @@ def latency_at(bed: Bed, tmp: Path, tr: Traffic, dst: str, rate: float) -> dict[
 
 def _cpu_fields(t: dict[str, Any]) -> dict[str, Any]:
     keys = ("dut_us_per_pkt", "lbd_user_us_per_pkt", "lbd_sys_us_per_pkt", "softirq_us_per_pkt",
-            "control_plane_us_per_pkt")
+            "control_plane_us_per_pkt", "napi_us_per_pkt", "ipi_in_per_pkt", "ipi_out_per_pkt",
+            "dut_not_idle_us_per_pkt")
     return {k: t.get(k) for k in keys}
 
 
@@ -585,10 +631,14 @@ def system(bed: Bed, name: str, mode: str, dut_cpu: int | None) -> Iterator[Lbd 
         lbd.request("add_dest", {"service": svc, "dest": {"addr": bed.rs_addr, "port": PORT, "fwd": FWD[mode],
                                                          "weight": 1}})
         lbd.wait_resolved()
+        if name == "afxdp-native" and dut_cpu is not None:
+            # The director's XDP work on the DUT CPU, as a NIC's NAPI (bench/napi_thread.py).
+            bed.napi_pids = napi_thread.thread_and_pin(bed.director, bed.director.iface("lan").ifname, dut_cpu)
         bed.lbd_pid = lbd.proc.pid if lbd.proc else None
         yield lbd
     finally:
         bed.lbd_pid = None
+        bed.napi_pids = []
         lbd.stop()
         if lbd.proc is not None and lbd.proc.returncode not in (0, None):
             log(f"lbd {name} exited {lbd.proc.returncode}: {lbd.log_tail(600)}")
@@ -657,7 +707,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "window_s": args.window, "steps": args.steps, "loss_max": LOSS_MAX, "gen_cpu": gen_cpu,
                    "dut_cpu": dut_cpu, "nice": args.nice, "est_flows": EST_FLOWS, "frame_bytes": 60,
                    "wire": args.wire, "latency": getattr(args, "latency", False), "arms": getattr(args, "arms", 2),
-                   "xdp_mode": getattr(args, "xdp_mode", "generic"),
+                   "xdp_mode": getattr(args, "xdp_mode", "generic"), "dut_filler": getattr(args, "dut_filler", False),
                    "command": "python -m bench pps " + " ".join(args.argv), "lbd_args": args.lbd_args or ""},
         "results": [], "sweep": [], "skipped": [], "path_limit": [],
     }
@@ -668,7 +718,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from bench import one_arm  # noqa: PLC0415
 
     spec = one_arm.spec() if arms == 1 else pps_spec()
-    with tempfile.TemporaryDirectory(prefix="lbB-bench-pps-") as tmpd, Topology(spec) as topo:
+    with tempfile.TemporaryDirectory(prefix="lbB-bench-pps-") as tmpd, Topology(spec) as topo, \
+            idle_filler.filler(dut_cpu, getattr(args, "dut_filler", False)) as spinner:
         tmp = Path(tmpd)
         bed = (one_arm.OneArmBed(topo, gen_cpu, dut_cpu, steer=args.steer) if arms == 1
                else Bed(topo, gen_cpu, dut_cpu, steer=args.steer, wiring=args.wire))
@@ -676,6 +727,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bed.lbd_args = tuple(a.replace("{lan}", bed.director.iface("lan").ifname) for a in shlex.split(args.lbd_args or ""))
         bed.nice = args.nice
         bed.dut_cpu = dut_cpu
+        bed.filler_pid = spinner
         bed.xdp_mode = getattr(args, "xdp_mode", "generic")
         out["config"]["rps"] = bed.rps
         log(f"pps: topology {topo.prefix}: client {bed.client_addr} -> director VIP {bed.vip} -> rs1 {bed.rs_addr}")
@@ -715,6 +767,9 @@ def _one(bed: Bed, tmp: Path, out: dict[str, Any], rep: int, sysname: str, mode:
                     raise LbdError(f"{kind}: {why}; counters {counters(lbd)}")
                 c0 = counters(lbd)
                 res = search(bed, tr, args.window, args.steps)
+                common_rate = getattr(args, "common_rate", 0.0)
+                if common_rate:  # the same offered load for every system: CPU per packet compared as equals
+                    res["common"] = trial(bed, tr, common_rate, args.window)
                 res.update(system=sysname, mode=label_mode, traffic=kind, rep=rep,
                            counters_before=c0, counters_after=counters(lbd),
                            loadavg=Path("/proc/loadavg").read_text().split()[:3])

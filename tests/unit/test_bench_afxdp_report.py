@@ -84,6 +84,28 @@ def test_render_has_every_section_and_the_command() -> None:
     assert "7 through the AF_PACKET socket in 2 sendmmsg calls (3.5 a call, 1 waits for room)" in xr.render(data, "")
 
 
+def test_native_label_says_where_its_xdp_work_ran() -> None:
+    old = _res("afxdp-native", "dr", "est", 0, 400e3, 1.4)
+    new = {**old, "napi_us_per_pkt": 0.8}
+    assert "generator's CPU" in xr.label("afxdp-native", [old])
+    assert "threaded NAPI on the DUT CPU" in xr.label("afxdp-native", [new])
+    assert xr.label("afxdp", [old]) == "lbd AF_XDP"
+
+
+def test_common_rate_rows_compare_every_system_at_one_load() -> None:
+    def common(us: float, ipi_in: float) -> dict[str, Any]:
+        return {"offered_pps": 60e3, "loss": 0.0, "dut_us_per_pkt": us, "softirq_us_per_pkt": us / 2,
+                "ipi_in_per_pkt": ipi_in, "ipi_out_per_pkt": ipi_in / 2}
+    data = _data([{**_res("kernel", "dr", "est", 0, 900e3, 0.5), "common": common(9.0, 0.4)},
+                  {**_res("afxdp", "dr", "est", 0, 200e3, 4.0), "common": common(7.0, 0.3)}])
+    rows = xr.common_rows(data)
+    assert [r[2] for r in rows] == ["kernel forwarding (no lbd)", "lbd AF_XDP"]
+    assert rows[0][5] == "9.00 (n=1)" and rows[1][9] == "0.30 (n=1)" and rows[1][10] == "0.15 (n=1)"
+    assert xr.ratios(data, "dr", "est")["common_kernel_afxdp"]["values"] == [9.0 / 7.0]
+    assert "## At a common offered rate" in xr.render(data)
+    assert "## At a common offered rate" not in xr.render(_data([_res("afxdp", "dr", "est", 0, 200e3, 4.0)]))
+
+
 def test_fmt_spread() -> None:
     assert xr.fmt_spread({"n": 0}) == "-"
     assert xr.fmt_spread({"n": 3, "median": 2.0, "min": 1.0, "max": 3.0}, 1, 2, "x") == "2.00x (1.00-3.00, n=3)"
