@@ -272,6 +272,19 @@ def test_sync_restores_a_missing_jump_and_rewrites_a_foreign_chain() -> None:
     assert script.splitlines()[1:3] == [":LBD-Q3-GO - [0:0]", ":LBD-Q3 - [0:0]"]  # declaring flushes: one transaction
 
 
+def test_the_previous_twelve_rule_chain_is_rewritten_in_one_transaction_on_adoption() -> None:
+    """An lbd before the routed-traffic first rule left LBD-Q<N> without it (--down-policy closed):
+    the adopting lbd's sync fills the sets, then rewrites both chains in one restore (never empty)."""
+    previous = ipt.chain_rules(3)[1:]
+    fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *previous, *GO3, *OUT_OK]))
+    m = RuleManager(3, runner=fake)
+    assert m.damage() == ["raw LBD-Q3 holds 12 rules, not lbd's 13", *m.set_damage()]
+    plan = m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
+    assert plan.rewritten == ["LBD-Q3", "LBD-Q3-GO"] and plan.added == 2 and not plan.jump_added
+    (script,) = fake.scripts()
+    assert script.splitlines()[1:-1] == [":LBD-Q3-GO - [0:0]", ":LBD-Q3 - [0:0]", *GO3, *ipt.chain_rules(3)]
+
+
 def test_sync_without_chain_raises() -> None:
     with pytest.raises(ChainMissingError, match="call setup"):
         RuleManager(3, runner=Fake()).sync(Steering())
