@@ -1,7 +1,10 @@
 """What traffic routed through the director (not for a service) costs the director, at a FIXED rate.
 
-    python -m bench.routed_cost [--rate 300000] [--seconds 5] [--repeats 3] [--services 1]
-                                [--cases bare,rules,lbd] [--rules-from REV] [--out FILE.json]
+    python -m bench.routed_cost [--routed-rate 300000] [--routed-seconds 5] [--routed-repeats 3]
+                                [--routed-services 1] [--routed-cases bare,rules,lbd]
+                                [--routed-rules-from REV] [--routed-sink xdp|rs1] [--out FILE.json]
+
+also the `routed` section of `python -m bench scale` (bench/scale/__init__.py).
 
 Issue 15 item 1: routed traffic through a director running lbd must cost within 10 % of the
 same director without lbd. bench/steer_scale.py's zero-loss search cannot say it: on this
@@ -27,15 +30,15 @@ Cases, alternated within each repetition (the order rotates, so drift is shared)
 - `bare`: no lbd, no rules.
 - `rules`: lbd's raw rules and ip sets (lb.iptables.RuleManager of this tree) as lbd installs
   them for the configuration below, without an lbd process: the per-packet cost of the steering.
-- `rules@REV` (`--rules-from REV`): the same with lb/iptables.py of git revision REV (e.g. the
+- `rules@REV` (`--routed-rules-from REV`): the same with lb/iptables.py of git revision REV (e.g. the
   layout before a change), the sets unchanged: before/after in one run.
 - `lbd`: a running C lbd (pinned to the DUT CPU) with the configuration: adds its control plane.
 
-Configuration (`--services N`): the measured DR service VIP:80 -> rs1, N-1 filler services
+Configuration (`--routed-services N`): the measured DR service VIP:80 -> rs1, N-1 filler services
 (bench/steer_scale.filler), and one NAT service 10.250.255.1:8080 -> rs1:8080, so that every
 set the rules test (the NAT ones too) holds something.
 
-Per trial: `--rate` pps for `--seconds` from the generator, everything delivered (< 0.1 % loss,
+Per trial: `--routed-rate` pps for `--routed-seconds` from the generator, everything delivered (< 0.1 % loss,
 or the trial is flagged), then per packet: `dut_us` = DUT CPU busy time / delivered packets, and
 `dut_kernel_us` = the same minus the tick-sampled user time on that CPU (lbd's control plane, or
 other load of the machine): what the kernel spends, which is where routed packets are handled.
@@ -67,7 +70,10 @@ from bench import common, pps, steer_scale
 from bench.common import Lbd, LbdError, log
 from lb.testbed.topology import Topology
 
+TITLE = "Traffic routed through the director, not for a service, at a fixed rate (namespaces)"
+NEEDS_ROOT = True
 TARGET_RATIO = 1.10
+TARGET_CASES = ("rules", "lbd")  # issue 15 item 1: lbd's rules, and lbd running, against no lbd
 USER_HZ = os.sysconf("SC_CLK_TCK")
 NAT_VIP = "10.250.255.1"
 NAT_PORT = 8080
@@ -449,36 +455,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("routed_cost needs 2 CPUs (generator and director apart)")
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {gen_cpu})  # this driver and its subprocesses stay off the DUT CPU
-    cases = [c for c in args.cases.split(",") if c]
-    if args.rules_from:
-        cases.append(f"rules@{args.rules_from}")
+    cases = [c for c in args.routed_cases.split(",") if c]
+    if args.routed_rules_from:
+        cases.append(f"rules@{args.routed_rules_from}")
     modules = {c: iptables_module(c.split("@", 1)[1] if "@" in c else None) for c in cases if c.startswith("rules")}
-    out: dict[str, Any] = {"config": {"rate": args.rate, "seconds": args.seconds, "repeats": args.repeats,
-                                      "services": args.services, "cases": cases, "sink": args.sink, "gen_cpu": gen_cpu, "dut_cpu": dut_cpu,
+    out: dict[str, Any] = {"config": {"rate": args.routed_rate, "seconds": args.routed_seconds,
+                                      "repeats": args.routed_repeats, "services": args.routed_services, "cases": cases,
+                                      "sink": args.routed_sink, "gen_cpu": gen_cpu, "dut_cpu": dut_cpu,
                                       "load_before": os.getloadavg()}, "trials": []}
     common.build_tool("pktgen")
     with tempfile.TemporaryDirectory(prefix="lbB-bench-routed-") as tmpd, Topology(pps.pps_spec()) as topo, \
             SoftirqTracer({gen_cpu, dut_cpu}) as tracer:
-        bed = SinkBed(topo, gen_cpu, dut_cpu, args.sink)
+        bed = SinkBed(topo, gen_cpu, dut_cpu, args.routed_sink)
         bed.nice = args.nice
         out["config"]["rps"] = bed.rps
         tr = pps.make_traffic(bed, Path(tmpd), "est", bed.rs_addr)
-        reqs = config_requests(bed, args.services)
+        reqs = config_requests(bed, args.routed_services)
         steering = steering_of(reqs)
         if pps.functional_check(bed, tr):
             raise LbdError("routed traffic does not reach rs1 on the bare director")
-        for rep in range(args.repeats):
+        for rep in range(args.routed_repeats):
             for case in rotate(cases, rep):
                 ctx: Any = (contextlib.nullcontext() if case == "bare" else
                             running_lbd(bed, reqs, dut_cpu) if case == "lbd" else
                             partial_rules(bed, case) if case in PARTIAL else
                             first_rule_only(bed, steering) if case == "raw-first" else
-                            nft_first(bed, steering, shlex.split(args.nft)) if case == "nft-first" else
+                            nft_first(bed, steering, shlex.split(args.routed_nft)) if case == "nft-first" else
                             rules_only(bed, modules[case], steering))
                 with ctx:
                     raw = bed.director.exec(["iptables", "-t", "raw", "-S"]).stdout
                     time.sleep(0.5)  # lbd's start-up work done before the window
-                    t = fixed_trial(bed, tr, args.rate, args.seconds, gen_cpu, dut_cpu, tracer)
+                    t = fixed_trial(bed, tr, args.routed_rate, args.routed_seconds, gen_cpu, dut_cpu, tracer)
                 t.update(case=case, rep=rep, raw_rules=sum(1 for line in raw.splitlines() if line.startswith("-A ")))
                 out["trials"].append(t)
                 log(f"routed {case} #{rep}: {t['rx']} delivered, DUT NET_RX {_f(t['dut_net_rx_us'])} us/pkt, "
@@ -490,16 +497,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def report(data: dict[str, Any]) -> list[str]:
+def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
     cfg = data["config"]
-    lines = [f"Routed traffic at a fixed {cfg['rate']:,.0f} pps for {cfg['seconds']} s, {cfg['repeats']} repetitions, "
+    lines = [f"### {TITLE}", "", f"Routed traffic at a fixed {cfg['rate']:,.0f} pps for {cfg['seconds']} s, {cfg['repeats']} repetitions, "
              f"{cfg['services']} service(s) + 1 NAT service; DUT CPU {cfg['dut_cpu']}, generator CPU {cfg['gen_cpu']}; "
              f"load average {cfg['load_before'][0]:.2f} before, {cfg['load_after'][0]:.2f} after.", "",
              "NET_RX: the DUT CPU's time in NET_RX softirqs (traced) per delivered packet, where the director "
              "receives and forwards. Busy: the DUT CPU's wall minus idle time, minus the user time sampled on it "
              "(includes other load's kernel time).", "",
-             "| case | raw rules | NET_RX us/pkt, median | min | all | busy us/pkt, median | NET_RX s on gen / DUT CPU |",
-             "|---|---:|---:|---:|---|---:|---|"]
+             "| case | raw rules | NET_RX us/pkt, median | / bare | min | all | busy us/pkt, median | "
+             "NET_RX s on gen / DUT CPU |",
+             "|---|---:|---:|---:|---:|---|---:|---|"]
+    ratios = {v["case"]: v["ratio"] for v in data["verdicts"]}
     trials: dict[str, list[dict[str, Any]]] = {}
     for t in data["trials"]:
         trials.setdefault(t["case"], []).append(t)
@@ -510,13 +519,16 @@ def report(data: dict[str, Any]) -> list[str]:
         first = trials[case][0]
         soft = {int(c): v for c, v in first["net_rx_s"].items()}  # JSON made the CPU numbers strings
         where = " / ".join(f"{soft.get(c, 0):.2f}" for c in (cfg["gen_cpu"], cfg["dut_cpu"]))
-        lines.append(f"| {case} | {first['raw_rules']} | {_f(row['median'])} | {_f(row['min'])} | {vals}{flag} | "
-                     f"{_f(busy['median'])} | {where} |")
+        ratio = "" if case == "bare" or ratios.get(case) is None else f"{ratios[case]:.2f}x"
+        lines.append(f"| {case} | {first['raw_rules']} | {_f(row['median'])} | {ratio} | {_f(row['min'])} | "
+                     f"{vals}{flag} | {_f(busy['median'])} | {where} |")
     lines.append("")
     for v in data["verdicts"]:
+        if v["case"] not in TARGET_CASES:  # the steps and other revisions: figures, not targets
+            continue
         ratio = "n/a" if v["ratio"] is None else f"{v['ratio']:.2f}x"
-        lines.append(f"routed traffic, {v['case']}: DUT NET_RX us/pkt (median) / bare <= {TARGET_RATIO:.2f}x | {ratio} | "
-                     f"{'met' if v['pass'] else 'MISSED'}")
+        targets.append([f"routed traffic, {v['case']}: DUT NET_RX us/pkt (median) / without lbd <= {TARGET_RATIO:.2f}x",
+                        ratio, "met" if v["pass"] else "MISSED"])
     return lines
 
 
@@ -524,27 +536,42 @@ def _f(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--routed-rate", type=float, default=300_000, help="routed: offered pps (default 300000)")
+    ap.add_argument("--routed-seconds", type=float, default=None, help="routed: seconds per trial (default 5; quick 3)")
+    ap.add_argument("--routed-repeats", type=int, default=None, help="routed: repetitions of every case (default 3; "
+                    "quick 2)")
+    ap.add_argument("--routed-services", type=int, default=1, help="routed: DR services configured (default 1)")
+    ap.add_argument("--routed-cases", default="bare,rules,lbd",
+                    help="routed: comma-separated, of bare, rules, lbd; the steps raw-empty, raw-go, raw-first; "
+                         "nft-first (needs nft) (default bare,rules,lbd)")
+    ap.add_argument("--routed-nft", default="nft", help="routed: the nft command for nft-first (default nft)")
+    ap.add_argument("--routed-rules-from", default=None, metavar="REV",
+                    help="routed: also measure the rules of lb/iptables.py at git revision REV")
+    ap.add_argument("--routed-sink", choices=("xdp", "rs1"), default="xdp",
+                    help="routed: how rs1 takes the traffic: dropped by XDP on its veth (default: the director pays "
+                         "its forward path only) or received on the generator's CPU through RPS (the director also "
+                         "pays an IPI per softirq run)")
+
+
+def finish_args(args: argparse.Namespace) -> None:
+    if getattr(args, "routed_seconds", None) is None:
+        args.routed_seconds = 3.0 if args.quick else 5.0
+    if getattr(args, "routed_repeats", None) is None:
+        args.routed_repeats = 2 if args.quick else 3
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.routed_cost", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rate", type=float, default=300_000, help="offered pps (default 300000)")
-    ap.add_argument("--seconds", type=float, default=5.0, help="seconds per trial (default 5)")
-    ap.add_argument("--repeats", type=int, default=3, help="repetitions of every case (default 3)")
-    ap.add_argument("--services", type=int, default=1, help="DR services configured (default 1)")
-    ap.add_argument("--cases", default="bare,rules,lbd",
-                    help="comma-separated: bare, rules, lbd; the steps raw-empty, raw-go, raw-first; nft-first "
-                         "(needs --nft) (default bare,rules,lbd)")
-    ap.add_argument("--nft", default="nft", help="the nft command for nft-first (default nft)")
-    ap.add_argument("--rules-from", default=None, metavar="REV", help="also measure lb/iptables.py of git REV's rules")
-    ap.add_argument("--sink", choices=("xdp", "rs1"), default="xdp",
-                    help="how rs1 takes routed traffic: dropped by XDP on its veth (default: the director pays "
-                         "its forward path only) or received on the generator's CPU through RPS (the director also "
-                         "pays an IPI per softirq run)")
+    ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here")
-    common.add_cpu_args(ap)
     ap.add_argument("--from-json", type=Path, default=None, metavar="FILE",
                     help="measure nothing: report a JSON an earlier run wrote (summaries recomputed)")
+    common.add_cpu_args(ap)
+    add_args(ap)
     args = ap.parse_args(argv)
+    finish_args(args)
     if args.from_json:
         data = json.loads(args.from_json.read_text())
         data["summary"] = summarize(data["trials"], "dut_net_rx_us")
@@ -554,7 +581,10 @@ def main(argv: list[str] | None = None) -> int:
         data = run(args)
     if args.out:
         common.write_json(args.out, data)
-    print("\n".join(report(data)))
+    targets: list[list[str]] = []
+    print("\n".join(report(data, targets)))
+    for t in targets:
+        print(" | ".join(t))
     return 0
 
 

@@ -110,3 +110,22 @@ def test_configuration_fills_every_set_the_first_rule_tests() -> None:
     el = rc.steering_of(reqs).elements()
     assert "10.0.0.100" in el[ips.ADDR] and rc.NAT_VIP in el[ips.ADDR]
     assert el[ips.NATRIP] == {"10.0.1.11"} and el[ips.NAT] == {f"10.0.1.11,tcp:{rc.NAT_PORT}"}
+
+
+def test_report_judges_only_lbds_rules_and_lbd_and_shows_the_steps_as_ratios() -> None:
+    def trial(case: str, us: float) -> dict[str, object]:
+        return {"case": case, "delivered": True, "dut_net_rx_us": us, "dut_kernel_us": us, "raw_rules": 2,
+                "net_rx_s": {"0": 1.0, "1": 0.5}}
+
+    trials = [trial("bare", 0.8), trial("raw-empty", 0.88), trial("rules", 1.1), trial("lbd", 0.86)]
+    s = rc.summarize(trials, "dut_net_rx_us")
+    data = {"config": {"rate": 300000, "seconds": 5, "repeats": 1, "services": 1, "dut_cpu": 1, "gen_cpu": 0,
+                       "load_before": [1.0], "load_after": [1.0]},
+            "trials": trials, "summary": s, "summary_busy": rc.summarize(trials, "dut_kernel_us"),
+            "verdicts": rc.verdicts(s)}
+    targets: list[list[str]] = []
+    lines = rc.report(data, targets)
+    assert [(t[1], t[2]) for t in targets] == [("1.38x", "MISSED"), ("1.07x", "met")]
+    assert "routed traffic, rules:" in targets[0][0] and "routed traffic, lbd:" in targets[1][0]
+    assert any(line.startswith("| raw-empty | 2 | 0.880 | 1.10x |") for line in lines), lines
+    assert any(line.startswith("| bare | 2 | 0.800 |  |") and line.endswith("| 1.00 / 0.50 |") for line in lines)
