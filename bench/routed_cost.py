@@ -78,7 +78,7 @@ USER_HZ = os.sysconf("SC_CLK_TCK")
 NAT_VIP = "10.250.255.1"
 NAT_PORT = 8080
 QUEUE = 0
-PARTIAL = ("raw-empty", "raw-go")  # steps towards the ruleset (partial_lines)
+PARTIAL = ("raw-empty", "raw-nocomment", "raw-go")  # steps towards the ruleset (partial_lines)
 
 
 # --------------------------------------------------------------------------- pure accounting
@@ -237,10 +237,13 @@ def rules_only(bed: pps.Bed, module: Any, steering: Any) -> Iterator[None]:
 def partial_lines(case: str) -> list[str]:
     """Restore lines of a step towards lbd's ruleset (this tree's text), to see what each part costs:
     `raw-empty`: the raw PREROUTING jump to an empty LBD-Q<N> (the table and one jump);
+    `raw-nocomment`: the same jump without its `-m comment` (an xt match under iptables-nft 1.8.9);
     `raw-go`: that, plus LBD-Q<N>-GO (CT --notrack, NFQUEUE, the defrag rule: turns on reassembly)
     and LBD-Q<N>-OUT with its jump, which routed packets never enter."""
     import lb.iptables as ipt
 
+    if case == "raw-nocomment":
+        return [f":{ipt.chain_name(QUEUE)} - [0:0]", f"-A {ipt.HOOK_CHAIN} -j {ipt.chain_name(QUEUE)}"]
     lines = [f":{ipt.chain_name(QUEUE)} - [0:0]", ipt.jump_rule(QUEUE)]
     if case == "raw-go":
         lines += [f":{ipt.go_chain_name(QUEUE)} - [0:0]", f":{ipt.out_chain_name(QUEUE)} - [0:0]",

@@ -465,7 +465,7 @@ def test_setup_sync_teardown_lifecycle(fw: tuple[str, str, Namespaces]) -> None:
         assert members(d, 7, ips.ADDR) == {VIP, "10.231.40.1"}
         wanted = steer([(6, VIP, 80), (6, VIP, 443)])
 
-        in_ns(d, "iptables", "-t", "raw", "-D", "PREROUTING", "-m", "comment", "--comment", "lbd q7", "-j", "LBD-Q7")
+        in_ns(d, "iptables", "-t", "raw", "-D", "PREROUTING", "-j", "LBD-Q7")
         assert m.sync(wanted).jump_added  # an operator's flush is healed
         assert raw_S(d).count(ipt.jump_rule(7)) == 1
         in_ns(d, "iptables", "-t", "raw", "-F", "OUTPUT")
@@ -495,7 +495,7 @@ def test_previous_per_service_layout_is_adopted(fw: tuple[str, str, Namespaces])
     m = RuleManager(14, netns=d)
     try:
         in_ns(d, "iptables", "-t", "raw", "-N", "LBD-Q14")
-        in_ns(d, "iptables", "-t", "raw", "-A", "PREROUTING", "-m", "comment", "--comment", "lbd q14", "-j", "LBD-Q14")
+        in_ns(d, "iptables", "-t", "raw", "-A", "PREROUTING", "-j", "LBD-Q14")
         for target in (["CT", "--notrack"], ["NFQUEUE", "--queue-num", "14", "--queue-bypass"]):
             in_ns(d, "iptables", "-t", "raw", "-A", "LBD-Q14", "-d", f"{VIP}/32", "-p", "tcp", "-m", "tcp",
                   "--dport", "80", "-j", *target)

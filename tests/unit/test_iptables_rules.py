@@ -16,7 +16,7 @@ from lb.iptables import ChainMissingError, IptablesError, RuleManager, parse_tab
 TCP, UDP = 6, 17
 CHAIN = "LBD-Q3"
 QUEUE = "-j NFQUEUE --queue-num 3 --queue-bypass"
-JUMP3 = '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3'
+JUMP3 = "-A PREROUTING -j LBD-Q3"
 OUT_JUMP3 = '-A OUTPUT -m comment --comment "lbd q3 out" -j LBD-Q3-OUT'
 OUT_RULE3 = "-A LBD-Q3-OUT -m mark --mark 0x4c420003 -j CT --notrack"
 OUT_OK = ["-N LBD-Q3-OUT", OUT_JUMP3, OUT_RULE3]  # a healthy LBD-Q3-OUT as `-S` prints it
@@ -283,6 +283,13 @@ def test_the_previous_twelve_rule_chain_is_rewritten_in_one_transaction_on_adopt
     assert plan.rewritten == ["LBD-Q3", "LBD-Q3-GO"] and plan.added == 2 and not plan.jump_added
     (script,) = fake.scripts()
     assert script.splitlines()[1:-1] == [":LBD-Q3-GO - [0:0]", ":LBD-Q3 - [0:0]", *GO3, *ipt.chain_rules(3)]
+    # the jump those lbd's made carried a comment: still lbd's jump, adopted as it is (no second jump)
+    commented = '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3'
+    fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", commented, *ipt.chain_rules(3), *GO3, *OUT_OK]))
+    m = RuleManager(3, runner=fake)
+    assert m.jumps() == [commented] and m.damage() == m.set_damage()
+    plan = m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
+    assert not plan.jump_added and not plan.rewritten and fake.scripts() == []
 
 
 def test_sync_without_chain_raises() -> None:

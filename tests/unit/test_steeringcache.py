@@ -216,4 +216,4 @@ def test_the_raw_table_is_read_only_when_the_nftables_generation_moved() -> None
     fake.calls.clear()
     d.handle("add_dest", {"service": svc, "dest": {"addr": RIPS[2], "port": 80}})
     script = fake.scripts()[-1]
-    assert ":LBD-Q3 - [0:0]" in script and '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3' in script
+    assert ":LBD-Q3 - [0:0]" in script and "-A PREROUTING -j LBD-Q3" in script
