@@ -78,7 +78,7 @@ USER_HZ = os.sysconf("SC_CLK_TCK")
 NAT_VIP = "10.250.255.1"
 NAT_PORT = 8080
 QUEUE = 0
-PARTIAL = ("raw-empty", "raw-nocomment", "raw-go")  # steps towards the ruleset (partial_lines)
+PARTIAL = ("raw-empty", "raw-comment", "raw-go")  # steps towards the ruleset (partial_lines)
 
 
 # --------------------------------------------------------------------------- pure accounting
@@ -237,13 +237,15 @@ def rules_only(bed: pps.Bed, module: Any, steering: Any) -> Iterator[None]:
 def partial_lines(case: str) -> list[str]:
     """Restore lines of a step towards lbd's ruleset (this tree's text), to see what each part costs:
     `raw-empty`: the raw PREROUTING jump to an empty LBD-Q<N> (the table and one jump);
-    `raw-nocomment`: the same jump without its `-m comment` (an xt match under iptables-nft 1.8.9);
+    `raw-comment`: the same with the jump's `-m comment "lbd q<N>"` of earlier lbd's (an xtables
+    match under iptables-nft 1.8.9);
     `raw-go`: that, plus LBD-Q<N>-GO (CT --notrack, NFQUEUE, the defrag rule: turns on reassembly)
     and LBD-Q<N>-OUT with its jump, which routed packets never enter."""
     import lb.iptables as ipt
 
-    if case == "raw-nocomment":
-        return [f":{ipt.chain_name(QUEUE)} - [0:0]", f"-A {ipt.HOOK_CHAIN} -j {ipt.chain_name(QUEUE)}"]
+    if case == "raw-comment":
+        return [f":{ipt.chain_name(QUEUE)} - [0:0]",
+                f'-A {ipt.HOOK_CHAIN} -m comment --comment "{ipt.jump_comment(QUEUE)}" -j {ipt.chain_name(QUEUE)}']
     lines = [f":{ipt.chain_name(QUEUE)} - [0:0]", ipt.jump_rule(QUEUE)]
     if case == "raw-go":
         lines += [f":{ipt.go_chain_name(QUEUE)} - [0:0]", f":{ipt.out_chain_name(QUEUE)} - [0:0]",
@@ -546,7 +548,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     "quick 2)")
     ap.add_argument("--routed-services", type=int, default=1, help="routed: DR services configured (default 1)")
     ap.add_argument("--routed-cases", default="bare,rules,lbd",
-                    help="routed: comma-separated, of bare, rules, lbd; the steps raw-empty, raw-go, raw-first; "
+                    help="routed: comma-separated, of bare, rules, lbd; the steps raw-empty, raw-comment, raw-go, raw-first; "
                          "nft-first (needs nft) (default bare,rules,lbd)")
     ap.add_argument("--routed-nft", default="nft", help="routed: the nft command for nft-first (default nft)")
     ap.add_argument("--routed-rules-from", default=None, metavar="REV",
