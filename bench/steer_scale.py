@@ -26,9 +26,13 @@ each the zero-loss search of bench/pps.py (64-byte frames, 1024 established flow
 
 Baseline for `routed`: the same traffic with no lbd at all (plain kernel forwarding), measured in
 the same run. Per packet cost is the DUT CPU's (bench/pps.py dut_fields). Targets (issue 15,
-item 1): at the largest size, `svc` costs within 10 % of 1 service and `routed` within 10 % of the
-director without lbd; both as zero-loss pps and as DUT us per packet, and the instructions per
-packet (established and new DR) within 10 % of the smallest configuration's. Also reported: how long one
+item 1): at the largest size, `svc` costs within 10 % of 1 service (zero-loss pps and DUT us per
+packet) and `routed` within 10 % of the director without lbd in zero-loss pps, and the
+instructions per packet (established and new DR) within 10 % of the smallest configuration's.
+What routed traffic costs the director per packet is the `routed` section's (bench/routed_cost.py:
+a fixed rate, the DUT CPU's traced softirq time): this search offers routed traffic only up to the
+generator's limit, and the DUT CPU's tick-sampled time misses most of its short softirq bursts
+(the us/pkt column for routed traffic is shown, not judged). Also reported: how long one
 service add and one delete take at each size (the steering sync is incremental: O(1) set
 operations), and how many rules lbd's raw chain holds (constant).
 """
@@ -225,7 +229,8 @@ def verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
         ("svc: pps at N / pps at 1 service", first["svc"]["zero_loss_pps"], last["svc"]["zero_loss_pps"], "1 service"),
         ("svc: us/pkt at N / at 1 service", last["svc"]["dut_us_per_pkt"], first["svc"]["dut_us_per_pkt"], "1 service"),
         ("routed: pps without lbd / with lbd at N", base.get("zero_loss_pps"), last["routed"]["zero_loss_pps"], "no lbd"),
-        ("routed: us/pkt with lbd at N / without", last["routed"]["dut_us_per_pkt"], base.get("dut_us_per_pkt"), "no lbd"),
+        # no us/pkt verdict for routed traffic here: the search is generator-limited and the tick
+        # accounting misses the DUT CPU's short softirq bursts; bench.routed_cost judges that cost
         ("routed, lbd's rules and sets only: pps without / with", base.get("zero_loss_pps"),
          last.get("routed_rules_only", {}).get("zero_loss_pps"), "no lbd"),
     ):

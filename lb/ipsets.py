@@ -4,8 +4,9 @@ lbd's raw chain (lb/iptables.py) holds a fixed handful of rules whatever the con
 changes with the configuration is the content of these sets, one family per queue number N:
 
     lbd-q<N>-addr   hash:ip          every VIP and FULLNAT local address: the pre-filter. A packet
-                                     to any other address leaves lbd's chain after ONE hash lookup
-                                     (routed traffic through the director costs one set test).
+                                     to any other address and not from a NAT real server (natrip)
+                                     leaves lbd's chain at its first rule, after two hash lookups
+                                     (routed traffic through the director costs one rule).
     lbd-q<N>-svc    hash:ip,port     VIP,proto:port of every service with a port  (dst,dst)
     lbd-q<N>-tcp0   hash:ip          VIPs of TCP port-0 ("all ports") services   (dst, -p tcp)
     lbd-q<N>-udp0   hash:ip          VIPs of UDP port-0 services                  (dst, -p udp)
@@ -13,7 +14,9 @@ changes with the configuration is the content of these sets, one family per queu
     lbd-q<N>-nat    hash:ip,port     RIP,proto:rport of NAT real servers: replies (src,src, to a
                                      destination that is not local)
     lbd-q<N>-natrip hash:ip          RIPs of NAT real servers: their ICMP errors   (src, -p icmp,
-                                     to a destination that is not local)
+                                     to a destination that is not local); it holds every NAT
+                                     destination's address, port-less ones too, so it is also
+                                     what routed traffic is tested against (! src, first rule)
     lbd-q<N>-nattcp0 hash:ip         RIPs of port-less NAT destinations: TCP replies from any port
     lbd-q<N>-natudp0 hash:ip         the same for UDP                  (src, -p tcp/udp, not local)
     lbd-q<N>-fnattcp0 hash:ip        RIPs of port-less FULLNAT destinations: TCP replies from any
@@ -42,9 +45,11 @@ The sets are created and destroyed by lbd only: every set named `lbd-q<N>-*` of 
 belongs to the lbd of queue N, nothing else does. A set cannot be destroyed while a rule refers to
 it, so teardown removes the rules first (lb/iptables.py does that order).
 
-NAT (`-m`) replies are addressed to clients, not to the director, so their two rules come before
-the address pre-filter; `-m addrtype ! --dst-type LOCAL` keeps the director's own traffic with a
-NAT real server (health checks, an operator's curl) out of the queue and tracked.
+NAT (`-m`) replies are addressed to clients, not to the director, so their four rules come before
+the address pre-filter (after the first rule, which lets pass what is neither to an address in
+lbd-q<N>-addr nor from one in lbd-q<N>-natrip); `-m addrtype ! --dst-type LOCAL` keeps the
+director's own traffic with a NAT real server (health checks, an operator's curl) out of the queue
+and tracked.
 """
 
 from __future__ import annotations

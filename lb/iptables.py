@@ -2,8 +2,10 @@
 
 Layout (one lbd instance = one queue number N; the sets are lb.ipsets'):
 
-    raw PREROUTING:   -m comment --comment "lbd q<N>" -j LBD-Q<N>          (the jump, appended)
-    raw LBD-Q<N>:     NAT replies first (lbd-q<N>-nat, -natrip, -nattcp0, -natudp0: lb.ipsets)
+    raw PREROUTING:   -j LBD-Q<N>                                          (the jump, appended)
+    raw LBD-Q<N>:     -m set ! --match-set lbd-q<N>-addr dst -m set ! --match-set lbd-q<N>-natrip src -j RETURN
+                                                                         (routed traffic leaves here)
+                      NAT replies (lbd-q<N>-nat, -natrip, -nattcp0, -natudp0: lb.ipsets)
                       -m set ! --match-set lbd-q<N>-addr dst -j RETURN      (pre-filter: VIPs, LIPs)
                       -m set --match-set lbd-q<N>-svc dst,dst -j LBD-Q<N>-GO      (VIP,proto:port)
                       -p tcp -m set --match-set lbd-q<N>-tcp0 dst -j LBD-Q<N>-GO  (port-0 services)
@@ -18,11 +20,17 @@ Layout (one lbd instance = one queue number N; the sets are lb.ipsets'):
     raw LBD-Q<N>-OUT: -m mark --mark <SOCKET_MARK_BASE|N> -j CT --notrack
 
 Steering is O(1) in the number of services: the chains' content never changes with the
-configuration (a packet meets at most 12 rules and 9 hash lookups; a packet not addressed to a
-VIP or local address meets 2 rules and one lookup), and a service change is a set element added
-or deleted (lb.ipsets explains why ip sets rather than nftables sets). Earlier versions installed
-one rule pair per service (4N rules walked by every packet); a chain of that form left behind by
-a previous lbd is rewritten in one transaction, after the sets are filled, when lbd adopts it.
+configuration (a packet meets at most 14 rules, the jump included, and 8 set lookups: TCP or UDP
+to a VIP that no rule queues), and a service change is a set element added or deleted (lb.ipsets
+explains why ip sets rather than nftables sets). Routed traffic (a packet neither addressed to a
+VIP or local address nor sent by a NAT real server) meets 2 rules, the jump and LBD-Q<N>'s first,
+and 2 set lookups; before that first rule existed it met 6 rules and 3 lookups (TCP, UDP). Each
+xt_set lookup costs ~0.09 us per packet here (nft_compat; bench/results/2026-12-05-routed-cost.md),
+which makes them most of what lbd's rules add to a routed packet. A chain of that previous
+12-rule form is rewritten like any chain whose content differs, in one transaction, when lbd
+adopts it. Earlier versions installed one rule pair per service (4N rules walked by every
+packet); a chain of that form left behind by a previous lbd is rewritten in one transaction,
+after the sets are filled, when lbd adopts it.
 
 Connection tracking (the IPVS `net.ipv4.vs.conntrack` analogue), off by default: the director's
 own conntrack never sees the flows lbd balances. Queued packets are untracked in raw PREROUTING,
@@ -153,8 +161,14 @@ def jump_comment(queue_num: int) -> str:
 
 
 def jump_rule(queue_num: int) -> str:
-    """The raw PREROUTING rule that sends packets into our chain, as `iptables -S` prints it."""
-    return f'-A {HOOK_CHAIN} -m comment --comment "{jump_comment(queue_num)}" -j {chain_name(queue_num)}'
+    """The raw PREROUTING rule that sends packets into our chain, as `iptables -S` prints it.
+
+    Every packet the director receives meets it, so it carries no `-m comment` (the chain's name
+    says whose it is): under iptables-nft 1.8.9 a comment is an xtables match evaluated per packet,
+    ~0.025 us, 3 % of a routed packet's cost here (bench/results/2026-12-05-routed-cost.md). A jump
+    with the comment that earlier lbd's installed is still ours (any jump to LBD-Q<N> is) and is
+    adopted as it is."""
+    return f"-A {HOOK_CHAIN} -j {chain_name(queue_num)}"
 
 
 def out_chain_name(queue_num: int) -> str:
@@ -216,11 +230,16 @@ def set_of(queue_num: int, kind: ips.SetKind) -> str:
 
 def chain_rules(queue_num: int) -> list[str]:
     """LBD-Q<N>'s fixed content, as `iptables -S` prints it: a constant number of set tests
-    whatever the number of services. Order is cost: the address pre-filter first, so a packet
-    not addressed to a VIP or local address costs one hash lookup and returns."""
+    whatever the number of services. Order is cost: routed traffic (not to a VIP or local
+    address, not from a NAT real server) returns at the first rule after two hash lookups; NAT
+    replies next, addressed to clients; then the address pre-filter for everything else."""
     chain, go = chain_name(queue_num), go_chain_name(queue_num)
     s = {k: set_of(queue_num, k) for k in ips.KINDS}
     return [
+        # Routed traffic, neither to a VIP or local address nor from a NAT real server, leaves at
+        # once: one rule, two lookups. natrip holds the address of every NAT destination, so
+        # every source the four NAT rules below match (lb.ipsets Steering.elements).
+        f"-A {chain} -m set ! --match-set {s[ips.ADDR]} dst -m set ! --match-set {s[ips.NATRIP]} src -j RETURN",
         # NAT replies and ICMP errors from NAT real servers: addressed to clients, so before the
         # pre-filter; never the director's own traffic with them (addrtype ! LOCAL)
         f"-A {chain} -m set --match-set {s[ips.NAT]} src,src -m addrtype ! --dst-type LOCAL -j {go}",

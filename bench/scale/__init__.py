@@ -29,6 +29,8 @@ And of the control plane (issue 15 item 2):
 And of the steering (issue 15 item 1):
 - services  traffic to the last of 1 .. 10,000 services and traffic routed through the director
             (not for a service), against a director without lbd (bench/steer_scale.py).
+- routed    what routed traffic costs the director's CPU at a fixed rate, with lbd's rules and
+            with lbd running, against the director without lbd (bench/routed_cost.py).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ SECTIONS: dict[str, str] = {
     "overload": "bench.scale.overload",
     "ctl": "bench.scale.ctl",
     "services": "bench.steer_scale",
+    "routed": "bench.routed_cost",
 }
 
 

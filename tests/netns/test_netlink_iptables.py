@@ -465,7 +465,7 @@ def test_setup_sync_teardown_lifecycle(fw: tuple[str, str, Namespaces]) -> None:
         assert members(d, 7, ips.ADDR) == {VIP, "10.231.40.1"}
         wanted = steer([(6, VIP, 80), (6, VIP, 443)])
 
-        in_ns(d, "iptables", "-t", "raw", "-D", "PREROUTING", "-m", "comment", "--comment", "lbd q7", "-j", "LBD-Q7")
+        in_ns(d, "iptables", "-t", "raw", "-D", "PREROUTING", "-j", "LBD-Q7")
         assert m.sync(wanted).jump_added  # an operator's flush is healed
         assert raw_S(d).count(ipt.jump_rule(7)) == 1
         in_ns(d, "iptables", "-t", "raw", "-F", "OUTPUT")
@@ -495,7 +495,7 @@ def test_previous_per_service_layout_is_adopted(fw: tuple[str, str, Namespaces])
     m = RuleManager(14, netns=d)
     try:
         in_ns(d, "iptables", "-t", "raw", "-N", "LBD-Q14")
-        in_ns(d, "iptables", "-t", "raw", "-A", "PREROUTING", "-m", "comment", "--comment", "lbd q14", "-j", "LBD-Q14")
+        in_ns(d, "iptables", "-t", "raw", "-A", "PREROUTING", "-j", "LBD-Q14")
         for target in (["CT", "--notrack"], ["NFQUEUE", "--queue-num", "14", "--queue-bypass"]):
             in_ns(d, "iptables", "-t", "raw", "-A", "LBD-Q14", "-d", f"{VIP}/32", "-p", "tcp", "-m", "tcp",
                   "--dport", "80", "-j", *target)
@@ -561,7 +561,7 @@ def test_queue_balance_rules_accepted(fw: tuple[str, str, Namespaces]) -> None:
 @needs_netns
 def test_rules_match_real_packets(fw: tuple[str, str, Namespaces]) -> None:
     """Datagrams from the client reach our queue rule (bypassed: no listener), others do not;
-    a datagram to another address leaves the chain at the address pre-filter."""
+    a datagram to another address (routed traffic) leaves the chain at its first rule."""
     d, c, _ = fw
     m = RuleManager(11, netns=d)
     try:
@@ -585,10 +585,13 @@ def test_rules_match_real_packets(fw: tuple[str, str, Namespaces]) -> None:
         got, chain = counters(d, "LBD-Q11-GO"), counters(d, "LBD-Q11")
         assert got[notrack] == 3 and got[queue] == 3  # port 54 matched nothing
         rule = {name: next(r for r in rules if needle in r) for name, needle in (
-            ("nat", "-nat "), ("natrip", "-natrip "), ("prefilter", "-addr "), ("svc", "-svc "), ("tcp0", "-tcp0 "),
-            ("icmp", "-p icmp -j"))}
+            ("routed", "! --match-set lbd-q11-natrip src -j RETURN"), ("nat", "-m set --match-set lbd-q11-nat "),
+            ("natrip", "-m set --match-set lbd-q11-natrip "), ("prefilter", "-addr dst -j RETURN"), ("svc", "-svc "),
+            ("tcp0", "-tcp0 "), ("icmp", "-p icmp -j"))}
+        assert rule["routed"] == rules[0] and rule["prefilter"] != rules[0]
         assert chain[rule["svc"]] == 3  # the service set
-        assert chain[rule["prefilter"]] == 1  # 10.231.40.1 is not ours: out after one lookup
+        assert chain[rule["routed"]] == 1  # 10.231.40.1 is not ours: out at the first rule
+        assert chain[rule["prefilter"]] == 0  # VIP:54 is ours (its address): it goes on, and matches nothing
         assert chain[rule["tcp0"]] == 0 and chain[rule["icmp"]] == 0  # no TCP, no ICMP sent
         assert chain[rule["nat"]] == 0 and chain[rule["natrip"]] == 0  # no NAT real server configured
     finally:

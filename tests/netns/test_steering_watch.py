@@ -24,7 +24,7 @@ pytestmark = pytest.mark.netns
 RECOVERY_BOUND_S = 15.0  # a bound on waiting, not a performance threshold (repair takes ~1 tick)
 
 CHAIN = f"LBD-Q{QUEUE_NUM}"
-JUMP = ["-t", "raw", "-D", "PREROUTING", "-m", "comment", "--comment", f"lbd q{QUEUE_NUM}", "-j", CHAIN]
+JUMP = ["-t", "raw", "-D", "PREROUTING", "-j", CHAIN]
 
 pytestmark = nfqueue_only("the steering watch heals iptables rules and ip sets; under afxdp they are only the "
                           "NFQUEUE fallback (fragments, director-local clients): XDP redirects the service's traffic "

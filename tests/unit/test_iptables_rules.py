@@ -16,7 +16,7 @@ from lb.iptables import ChainMissingError, IptablesError, RuleManager, parse_tab
 TCP, UDP = 6, 17
 CHAIN = "LBD-Q3"
 QUEUE = "-j NFQUEUE --queue-num 3 --queue-bypass"
-JUMP3 = '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3'
+JUMP3 = "-A PREROUTING -j LBD-Q3"
 OUT_JUMP3 = '-A OUTPUT -m comment --comment "lbd q3 out" -j LBD-Q3-OUT'
 OUT_RULE3 = "-A LBD-Q3-OUT -m mark --mark 0x4c420003 -j CT --notrack"
 OUT_OK = ["-N LBD-Q3-OUT", OUT_JUMP3, OUT_RULE3]  # a healthy LBD-Q3-OUT as `-S` prints it
@@ -32,6 +32,7 @@ def test_names_jump_and_fixed_rules() -> None:
     assert ipt.chain_name(3) == "LBD-Q3" and ipt.go_chain_name(3) == "LBD-Q3-GO"
     assert ipt.jump_rule(3) == JUMP3
     assert ipt.chain_rules(3) == [
+        "-A LBD-Q3 -m set ! --match-set lbd-q3-addr dst -m set ! --match-set lbd-q3-natrip src -j RETURN",
         "-A LBD-Q3 -m set --match-set lbd-q3-nat src,src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
         "-A LBD-Q3 -p icmp -m set --match-set lbd-q3-natrip src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
         "-A LBD-Q3 -p tcp -m set --match-set lbd-q3-nattcp0 src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
@@ -96,7 +97,7 @@ def test_rule_key_equates_spellings() -> None:
     assert rule_key(canonical) == rule_key("-A LBD-Q3 -p tcp -d 10.0.0.1 --dport 80 -j CT --notrack")
     assert rule_key(canonical) != rule_key(canonical.replace("80", "81"))
     assert rule_key(canonical) != rule_key(canonical.replace("-d 10.0.0.1/32", "! -d 10.0.0.1/32"))
-    prefilter = next(r for r in ipt.chain_rules(3) if "-addr" in r)
+    prefilter = next(r for r in ipt.chain_rules(3) if "-addr" in r and "-natrip" not in r)
     assert rule_key(prefilter) != rule_key(prefilter.replace("! --match-set", "--match-set"))
 
 
@@ -269,6 +270,26 @@ def test_sync_restores_a_missing_jump_and_rewrites_a_foreign_chain() -> None:
     assert plan.rewritten == ["LBD-Q3", "LBD-Q3-GO"] and plan.added == 2
     (script,) = fake.scripts()
     assert script.splitlines()[1:3] == [":LBD-Q3-GO - [0:0]", ":LBD-Q3 - [0:0]"]  # declaring flushes: one transaction
+
+
+def test_the_previous_twelve_rule_chain_is_rewritten_in_one_transaction_on_adoption() -> None:
+    """An lbd before the routed-traffic first rule left LBD-Q<N> without it (--down-policy closed):
+    the adopting lbd's sync fills the sets, then rewrites both chains in one restore (never empty)."""
+    previous = ipt.chain_rules(3)[1:]
+    fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *previous, *GO3, *OUT_OK]))
+    m = RuleManager(3, runner=fake)
+    assert m.damage() == ["raw LBD-Q3 holds 12 rules, not lbd's 13", *m.set_damage()]
+    plan = m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
+    assert plan.rewritten == ["LBD-Q3", "LBD-Q3-GO"] and plan.added == 2 and not plan.jump_added
+    (script,) = fake.scripts()
+    assert script.splitlines()[1:-1] == [":LBD-Q3-GO - [0:0]", ":LBD-Q3 - [0:0]", *GO3, *ipt.chain_rules(3)]
+    # the jump those lbd's made carried a comment: still lbd's jump, adopted as it is (no second jump)
+    commented = '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3'
+    fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", commented, *ipt.chain_rules(3), *GO3, *OUT_OK]))
+    m = RuleManager(3, runner=fake)
+    assert m.jumps() == [commented] and m.damage() == m.set_damage()
+    plan = m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
+    assert not plan.jump_added and not plan.rewritten and fake.scripts() == []
 
 
 def test_sync_without_chain_raises() -> None:

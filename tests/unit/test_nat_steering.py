@@ -12,6 +12,11 @@ from lb.pyengine import PyEngine
 TCP, UDP = 6, 17
 
 
+def _prefilter(rules: list[str]) -> int:
+    """Index of the address pre-filter (not the first rule, which also tests natrip)."""
+    return rules.index("-A LBD-Q3 -m set ! --match-set lbd-q3-addr dst -j RETURN")
+
+
 def test_nat_reply_elements_are_the_real_servers_source_and_icmp_per_real_server() -> None:
     st = ips.Steering(nat_replies={(TCP, "10.1.0.11", 8080), (UDP, "10.1.0.11", 53), (TCP, "10.1.0.12", 0)})
     el = st.elements()
@@ -22,8 +27,8 @@ def test_nat_reply_elements_are_the_real_servers_source_and_icmp_per_real_server
 
 def test_nat_rules_come_before_the_address_prefilter_and_skip_local_traffic() -> None:
     rules = ipt.chain_rules(3)
-    prefilter = next(i for i, r in enumerate(rules) if "lbd-q3-addr" in r)
-    nat = [i for i, r in enumerate(rules) if "lbd-q3-nat " in r or "lbd-q3-natrip " in r]
+    prefilter = _prefilter(rules)
+    nat = [i for i, r in enumerate(rules) if "-m set --match-set lbd-q3-nat " in r or "-m set --match-set lbd-q3-natrip " in r]
     assert len(nat) == 2 and max(nat) < prefilter, rules
     assert all("-m addrtype ! --dst-type LOCAL" in rules[i] for i in nat)
     assert "-p icmp -m set --match-set lbd-q3-natrip src " in rules[nat[1]]
@@ -60,7 +65,7 @@ def test_port_less_nat_destinations_are_steered_by_address_per_protocol() -> Non
 
 def test_port_less_nat_rules_match_the_source_per_protocol_before_the_prefilter() -> None:
     rules = ipt.chain_rules(3)
-    prefilter = next(i for i, r in enumerate(rules) if "lbd-q3-addr" in r)
+    prefilter = _prefilter(rules)
     for proto in ("tcp", "udp"):
         (i,) = [i for i, r in enumerate(rules) if f"lbd-q3-nat{proto}0 " in r]
         assert i < prefilter and f"-p {proto} -m set --match-set lbd-q3-nat{proto}0 src " in rules[i]
@@ -93,7 +98,7 @@ def test_port_less_fullnat_destinations_are_steered_by_address_per_protocol() ->
     assert el[ips.FNAT] == {"10.1.0.13,tcp:80,10.2.0.2"}
     assert el[ips.ADDR] == {"10.2.0.1", "10.2.0.2"}
     rules = ipt.chain_rules(3)
-    prefilter = next(i for i, r in enumerate(rules) if "lbd-q3-addr" in r)
+    prefilter = _prefilter(rules)
     for proto in ("tcp", "udp"):
         (i,) = [i for i, r in enumerate(rules) if f"lbd-q3-fnat{proto}0 " in r]
         assert i > prefilter and f"-p {proto} -m set --match-set lbd-q3-fnat{proto}0 src " in rules[i]
@@ -108,3 +113,19 @@ def test_director_steers_fullnat_of_a_fwmark_service_for_both_protocols() -> Non
     st = d.steering()
     assert st.fnat_replies == {(TCP, "10.1.0.11", 0, "10.2.0.1"), (UDP, "10.1.0.11", 0, "10.2.0.1")}
     assert "10.2.0.1" in st.elements()[ips.ADDR]
+
+
+def test_routed_traffic_leaves_at_the_first_rule_and_natrip_covers_every_nat_rule_source() -> None:
+    """The first rule returns what is neither to an address of the pre-filter nor from natrip. That
+    skips the four NAT rules only because natrip holds the source address of every element they
+    match (NAT rip,proto:port, nattcp0, natudp0): checked here for fixed and port-less NAT
+    destinations of both protocols."""
+    rules = ipt.chain_rules(3)
+    assert rules[0] == "-A LBD-Q3 -m set ! --match-set lbd-q3-addr dst -m set ! --match-set lbd-q3-natrip src -j RETURN"
+    nat_rules = [i for i, r in enumerate(rules) if "addrtype ! --dst-type LOCAL" in r]
+    assert nat_rules == [1, 2, 3, 4] and _prefilter(rules) == 5
+    st = ips.Steering(nat_replies={(TCP, "10.1.0.11", 8080), (UDP, "10.1.0.12", 53), (TCP, "10.1.0.13", 0),
+                                   (UDP, "10.1.0.14", 0), (TCP, "10.1.0.14", 80)})
+    el = st.elements()
+    sources = {e.split(",")[0] for e in el[ips.NAT]} | el[ips.NATTCP0] | el[ips.NATUDP0]
+    assert sources == {"10.1.0.11", "10.1.0.12", "10.1.0.13", "10.1.0.14"} and sources <= el[ips.NATRIP]
