@@ -250,7 +250,9 @@ static void fp_after_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, con
     }
     if (r != LB_R_FORWARDED || act->verdict != LB_V_XMIT_L2 || c->xdp_fp == LB_FP_REFUSED)
         return;
-    int fastable = (p->tcp_flags & (LB_TCP_SYN | LB_TCP_FIN | LB_TCP_RST | LB_TCP_ACK)) == LB_TCP_ACK && p->ihl == 20;
+    /* one the program forwards too (not cut into fragments: over the MTU, it stays lbd's) */
+    int fastable = (p->tcp_flags & (LB_TCP_SYN | LB_TCP_FIN | LB_TCP_RST | LB_TCP_ACK)) == LB_TCP_ACK && p->ihl == 20 &&
+                   !act->frag_mtu;
     if (!c->xdp_fp || fastable)
         lb->fp_ops->flow_set(lb->fp_arg, lb, c);
 }

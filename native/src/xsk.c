@@ -112,6 +112,7 @@ struct fp_report_wire {                    /* struct lb_fp_report */
 struct fp_credit {                         /* per connection slot: what was credited of its flow so far */
     uint64_t packets;
     uint64_t bytes;
+    uint32_t dest_slot, gen;               /* what its flow in lb_flows was installed with (the map's copy) */
     uint8_t watched;                       /* in fp_watch */
 };
 
@@ -533,6 +534,9 @@ static void fp_hook_flow_set(void *arg, lb_t *lb, struct lb_conn *c)
         d->fp_slot = s;
         fp_dest_write(x, d);
     }
+    struct fp_credit *cr = &fp->credit[slot < fp->conn_slots ? slot : 0];
+    if (c->xdp_fp == LB_FP_ON && slot < fp->conn_slots && cr->dest_slot == d->fp_slot && cr->gen == d->fp_gen)
+        return; /* the flow is current: this packet was on its way to lbd before the install took effect */
     if (c->xdp_fp == LB_FP_ON)
         fp_flow_read(x, lb, c, 0); /* a re-install: what the old value counted is credited first */
     struct lb_xdp_key_wire k;
@@ -550,8 +554,10 @@ static void fp_hook_flow_set(void *arg, lb_t *lb, struct lb_conn *c)
         return;
     }
     c->xdp_fp = LB_FP_ON;
-    fp->credit[slot].packets = 0;
-    fp->credit[slot].bytes = 0;
+    cr->packets = 0;
+    cr->bytes = 0;
+    cr->dest_slot = v.dest_slot;
+    cr->gen = v.gen;
     fp_watch(fp, slot);
     __atomic_fetch_add(&fp->installed, 1, __ATOMIC_RELAXED);
 }
