@@ -113,11 +113,48 @@ def test_fastpath_forwards_established_flow_keeps_stats_timer_and_fin(fplbd: Lbd
         wait_until("the fast-pathed packets credited to the service", lambda: all_credited(fplbd))
         assert lbadm_stats_inpkts(fplbd, topo) == svc_stats(fplbd)["inpkts"]
         assert xdp_map_keys(fplbd, "lb_flows"), "no flow in lb_flows while the connection is established"
+        # -Lnc's timer restarts from fast-pathed packets alone: one more request (nothing of it reaches
+        # lbd: `redirected` stays), credited; without the restart the entry would have lost at least
+        # the time between the two reads.
+        exp0 = conns(fplbd)[0]["expires_ms"]
+        t0 = time.monotonic()
+        redirected = program(fplbd)["redirected"]
+        time.sleep(1.0)
+        r = ka.get(timeout=3.0)
+        assert r.ok, r
+        wait_until("the last request credited", lambda: all_credited(fplbd))
+        t1 = time.monotonic()
+        (c,) = conns(fplbd)
+        assert program(fplbd)["redirected"] == redirected, "a packet of the established flow reached lbd"
+        assert c["state"] == "ESTABLISHED" and c["expires_ms"] > exp0 - (t1 - t0) * 1000, (c, exp0, t1 - t0)
     # The client's FIN reaches lbd (never fast-pathed): its state moves there and the flow goes.
     wait_until("the connection leaving ESTABLISHED", lambda: all(c["state"] != "ESTABLISHED" for c in conns(fplbd)))
     wait_until("the flow removed", lambda: not xdp_map_keys(fplbd, "lb_flows") and program(fplbd)["fp_removed"] >= 1)
     wait_until("every packet credited after the close", lambda: all_credited(fplbd))
     assert program(fplbd)["fp_credited"] >= 1
+
+
+def test_fastpath_not_while_the_sync_master_runs(fplbd: Lbd, topo: Topology) -> None:
+    """The sync master's rule is per packet (sync.c): its start takes every flow off the fast path and
+    none is installed while it runs; after it stops, flows are installed again."""
+    setup_dr(fplbd, topo)
+    with client.KeepAlive(topo.client.netns, topo.vip, HTTP_PORT) as ka:
+        for _ in range(3):
+            assert ka.get().ok
+        assert xdp_map_keys(fplbd, "lb_flows")
+        fplbd.ok("start_daemon", {"state": "master", "mcast_ifn": fplbd.director.ifname, "bulk_period": 0})
+        wait_until("the flows removed for the sync master", lambda: not xdp_map_keys(fplbd, "lb_flows"))
+        before = program(fplbd)
+        for _ in range(5):
+            assert ka.get().ok
+        after = program(fplbd)
+        assert after["fastpath"] == before["fastpath"] and after["fp_installed"] == before["fp_installed"], (
+            before, after)
+        assert after["redirected"] >= before["redirected"] + 5, (before, after)  # all through lbd
+        fplbd.ok("stop_daemon", {"state": "master"})
+        for _ in range(3):
+            assert ka.get().ok
+        assert program(fplbd)["fp_installed"] > after["fp_installed"]  # on again
 
 
 def test_fastpath_removed_server_is_left_to_lbd(fplbd: Lbd, topo: Topology) -> None:
