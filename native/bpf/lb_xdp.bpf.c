@@ -229,15 +229,6 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, str
     __u32 doff = (__u32)(th[12] >> 4) * 4;
     if (tot < 40 || doff < 20 || doff > tot - 20 || (void *)ip + tot > end)
         return -1;
-    __u16 *w = (__u16 *)ip;                             /* the header checksum, as ip_rcv checks it */
-    __u32 sum = 0;
-#pragma unroll
-    for (int i = 0; i < 10; i++)
-        sum += w[i];
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    if (sum != 0xffff)
-        return -1;
     struct lb_xdp_key k;
     __builtin_memset(&k, 0, sizeof(k));
     k.saddr = ip->saddr;
@@ -248,6 +239,15 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, str
     struct lb_fp_flow *f = bpf_map_lookup_elem(&lb_flows, &k);
     if (!f)
         return -1;
+    __u16 *w = (__u16 *)ip;                             /* the header checksum, as ip_rcv checks it */
+    __u32 sum = 0;
+#pragma unroll
+    for (int i = 0; i < 10; i++)
+        sum += w[i];
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    if (sum != 0xffff)
+        return -1;                                      /* lbd drops it (bad_csum) */
     __u32 slot = f->dest_slot;
     struct lb_fp_dest *d = bpf_map_lookup_elem(&lb_fdest, &slot);
     if (!d || !d->up || d->gen != f->gen || tot > d->mtu || !d->ifindex)

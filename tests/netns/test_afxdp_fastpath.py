@@ -203,5 +203,7 @@ def test_fastpath_new_mac_reinstalls_the_flow(fplbd: Lbd, topo: Topology) -> Non
             after = program(fplbd)
             assert after["fp_installed"] > before["fp_installed"], (before, after)  # re-installed, new generation
             assert after["fastpath"] > before["fastpath"] + 3, (before, after)  # and fast-pathed again
-        finally:
+        finally:  # the topology outlives the test: the real MAC back, and the director's entry for it
             rs.ip("link", "set", "dev", rs.ifname, "address", old_mac, check=False)
+            topo.director.ip("neigh", "replace", rs.addr, "lladdr", old_mac, "dev", topo.director.ifname, "nud",
+                             "reachable", check=False)
