@@ -597,6 +597,16 @@ int lb_dest_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_
     return err;
 }
 
+/* The same forwarding state for the fast path (lb_fp_ops): the control plane re-installs unchanged
+ * state on every neighbour event, which must not send every flow back through lbd. */
+static int fwd_same(const struct lb_dest_fwd *a, const struct lb_dest_fwd *b)
+{
+    if (!a || !b)
+        return a == b;
+    return a->conf.ifindex == b->conf.ifindex && a->conf.mtu == b->conf.mtu && a->conf.saddr == b->conf.saddr &&
+           memcmp(a->l2hdr, b->l2hdr, LB_L2HDR_LEN) == 0;
+}
+
 int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t daddr, uint16_t dport,
                     const struct lb_fwd_conf *fwd)
 {
@@ -627,7 +637,8 @@ int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uin
         struct lb_dest_fwd *old = d->fwd;
         d->fwd = nf;
         nf = old; /* freed below */
-        lb_fp_dest(lb, d, 0); /* a new MAC, interface or MTU: a new generation in the fast path */
+        if (!fwd_same(old, d->fwd))
+            lb_fp_dest(lb, d, 0); /* a new MAC, interface or MTU: a new generation in the fast path */
     }
     pthread_mutex_unlock(&lb->lock);
     free(nf);

@@ -813,6 +813,9 @@ static int fastpath_check(void)
     lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 80, RS1, 80, &f);
     lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 80, RS2, 80, &f);
     bad |= check(fp.dest > dest, "a forwarding-state change reaches the destination hook");
+    dest = fp.dest;
+    lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 80, RS1, 80, &f); /* the same state again (a neighbour event) */
+    bad |= check(fp.dest == dest, "unchanged forwarding state is no change for the fast path");
     /* Expiry releases the second connection: flow_del before its slot is cleared. */
     long del = fp.del;
     lb_expire(lb, now + 3600u * 1000u, 0);
