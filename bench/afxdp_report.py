@@ -27,9 +27,12 @@ from typing import Any
 from bench import common, pps
 
 SYSTEMS = ("kernel", "c", "afxdp")  # the ratios are between these three
-EXTRA = ("afxdp-native",)  # shown, not judged: native XDP on veth, its NAPI threaded on the DUT CPU
+# shown: native XDP on veth, its NAPI threaded on the DUT CPU (not judged); the XDP fast path of
+# established DR flows (lbd --xdp-fastpath: judged against the targets too)
+EXTRA = ("afxdp-native", "afxdp-fast")
 LABEL = {"kernel": "kernel forwarding (no lbd)", "c": "lbd NFQUEUE", "afxdp": "lbd AF_XDP",
-         "afxdp-native": "lbd AF_XDP, native XDP (threaded NAPI on the DUT CPU)"}
+         "afxdp-native": "lbd AF_XDP, native XDP (threaded NAPI on the DUT CPU)",
+         "afxdp-fast": "lbd AF_XDP + XDP fast path (--xdp-fastpath)"}
 # Runs before bench/napi_thread.py: the veth's NAPI ran on the sending CPU, the DUT did not see it.
 LABEL_NATIVE_UNTHREADED = "lbd AF_XDP, native XDP (its XDP work on the generator's CPU)"
 COMMON_RATE = 60_000.0  # below every system's zero-loss rate here (NFQUEUE ~90k)
@@ -47,7 +50,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-dut-filler", dest="dut_filler", action="store_false",
                     help="no SCHED_IDLE spinner on the DUT CPU (bench/idle_filler.py): softirq work the DUT CPU does "
                     "from its idle loop then goes uncounted (tick accounting, NO_HZ_IDLE)")
-    ap.set_defaults(systems=",".join((*SYSTEMS, *EXTRA)), sweep=False, latency=True)
+    ap.set_defaults(systems=",".join((*SYSTEMS, "afxdp-native")), sweep=False, latency=True)
     ap.add_argument("--md", type=Path, default=None,
                     help="markdown report (default bench/results/<date>-afxdp.md)")
     ap.add_argument("--from-json", type=Path, default=None, help="only re-render the report from this JSON")
@@ -273,21 +276,27 @@ def summary_rows(data: dict[str, Any]) -> list[list[str]]:
 
 
 def targets(data: dict[str, Any]) -> list[list[str]]:
-    rs = [r for r in data.get("results", []) if r["system"] == "afxdp" and r["mode"] == "dr" and r["traffic"] == "est"]
+    rows = target_rows(data, "afxdp", "AF_XDP")
+    if any(r["system"] == "afxdp-fast" for r in data.get("results", [])):
+        rows += target_rows(data, "afxdp-fast", "AF_XDP + XDP fast path")
+    return [*rows, guest_target(data.get("guest_ab"))]
+
+
+def target_rows(data: dict[str, Any], system: str, name: str) -> list[list[str]]:
+    rs = [r for r in data.get("results", []) if r["system"] == system and r["mode"] == "dr" and r["traffic"] == "est"]
     us = _med([r.get("dut_us_per_pkt") for r in rs])
     zl = _med([r["zero_loss_pps"] for r in rs])
     gen_limited = any(r["generator_limited"] for r in rs)
     sat = _med([saturated_us(r) for r in rs])
     proj = 1e6 / sat["median"] if sat.get("median") else None
     return [
-        [f"AF_XDP DR established <= {TARGET_US} us director CPU per packet",
+        [f"{name} DR established <= {TARGET_US} us director CPU per packet",
          f"at the zero-loss rate {fmt_spread(us, 1, 2, ' us')}; saturated {fmt_spread(sat, 1, 2, ' us')}",
          f"at the zero-loss rate {judge_max(us.get('median'), TARGET_US)}; saturated "
          f"{judge_max(sat.get('median'), TARGET_US)}"],
-        [f">= {TARGET_PPS // 1000} kpps zero-loss on one director core (AF_XDP DR established)",
+        [f">= {TARGET_PPS // 1000} kpps zero-loss on one director core ({name} DR established)",
          fmt_spread(zl, 1e3, 1, "k") + (f"; projected from the saturated CPU/pkt {proj / 1e3:.0f}k" if proj else ""),
          judge_min(zl.get("median"), TARGET_PPS, gen_limited)],
-        guest_target(data.get("guest_ab")),
     ]
 
 

@@ -16,7 +16,8 @@ Systems, measured in the same namespaces, interleaved per repetition:
   `--xdp-mode generic` by default: see `--xdp-mode`); `afxdp-native`: the same in native XDP mode,
   the lan veth's NAPI threaded and its kthread pinned to the DUT CPU (bench/napi_thread.py: else
   veth runs native XDP on the sending CPU, the generator's, and the DUT CPU does not see it).
-  Neither is in the default `--systems`.
+  `afxdp-fast`: `afxdp` with `--xdp-fastpath` (the XDP program forwards established DR flows itself,
+  docs/afxdp.md). None of them is in the default `--systems`.
 Modes for lbd: `dr` (route), `tunnel` (IPIP) and `fullnat`, one real server, rr.
 
 Traffic: 64-byte frames (60 bytes + FCS) of TCP.
@@ -616,10 +617,11 @@ def system(bed: Bed, name: str, mode: str, dut_cpu: int | None) -> Iterator[Lbd 
         yield None
         return
     engine, extra = ("python", ()) if name == "python" else ("c", bed.lbd_args)
-    if name in ("afxdp", "afxdp-native"):  # the C engine fed by AF_XDP sockets on the director's lan interface
+    if name in ("afxdp", "afxdp-native", "afxdp-fast"):  # the C engine fed by AF_XDP on the director's lan interface
         xdp_mode = "native" if name == "afxdp-native" else bed.xdp_mode
         extra = (*bed.lbd_args, "--packet-source", "afxdp", "--xdp-interface", bed.director.iface("lan").ifname,
-                 *(("--xdp-mode", xdp_mode) if xdp_mode != "auto" else ()))
+                 *(("--xdp-mode", xdp_mode) if xdp_mode != "auto" else ()),
+                 *(("--xdp-fastpath",) if name == "afxdp-fast" else ()))
     lbd = Lbd(bed.director, engine, cpu=dut_cpu, conn_max=CONN_MAX_C, nice=bed.nice, extra=extra)
     try:
         lbd.start()

@@ -6,7 +6,7 @@ _lbd() {
     local options="--config --check --diff --socket --queue-num --queue-balance --queue-cpus
         --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --queue-maxlen --no-iptables
         --conntrack --down-policy --cleanup --state-dir --restore --conn-max --verbose -v
-        --log-format --metrics --packet-source --xdp-interface --xdp-mode --xdp-copy
+        --log-format --metrics --packet-source --xdp-interface --xdp-mode --xdp-copy --xdp-fastpath
         --sync-threshold --sync-refresh-period --sync-retries --sync-persist-mode --version --help -h"
     COMPREPLY=()
     case $prev in

@@ -386,7 +386,8 @@ async def run(args: argparse.Namespace) -> int:
             assert isinstance(engine, CEngine)  # parse_args: --packet-source afxdp needs --engine c
             # With the NFQUEUE fallback its queue's thread runs the expiry sweep and the timers.
             xdp = AfxdpSource(engine.handle, args.xdp_interface, args.xdp_mode, args.xdp_copy, cpus=args.xdp_cpus,
-                              mark_queue=args.queue_num, timers=rules is None, qdisc_bypass=args.qdisc_bypass)
+                              mark_queue=args.queue_num, timers=rules is None, qdisc_bypass=args.qdisc_bypass,
+                              fastpath=args.xdp_fastpath)
             director.rules = xdp
             director.sync_rules()  # the keys first: the program redirects nothing lbd has no entry for
             engine_started = True  # from here on stopped on exit, also after a partial start

@@ -71,6 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "path (generic, slower, any interface), or native where the driver has it (auto, default)")
     p.add_argument("--xdp-copy", action="store_true",
                    help="with --packet-source afxdp: AF_XDP copy mode even where the driver offers zero-copy")
+    p.add_argument("--xdp-fastpath", action="store_true",
+                   help="with --packet-source afxdp and one --xdp-interface: the XDP program forwards the packets "
+                   "of established direct-routing TCP connections itself; lbd still decides everything else, and "
+                   "credits their packets to the statistics and timers within ~2 s (docs/afxdp.md)")
     p.add_argument("--engine", choices=("c", "python"), default="c",
                    help="packet engine: the C fast path (default) or the pure-Python reference engine")
     p.add_argument("--qdisc-bypass", action="store_true",
@@ -185,7 +189,7 @@ AFXDP_REFUSED = (
 def _check_packet_source(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.packet_source != "afxdp":
         for flag, value in (("--xdp-interface", args.xdp_interface), ("--xdp-copy", args.xdp_copy),
-                            ("--xdp-mode", args.xdp_mode != "auto")):
+                            ("--xdp-mode", args.xdp_mode != "auto"), ("--xdp-fastpath", args.xdp_fastpath)):
             if value:
                 p.error(f"{flag} goes with --packet-source afxdp")
         return
@@ -195,6 +199,9 @@ def _check_packet_source(p: argparse.ArgumentParser, args: argparse.Namespace) -
         p.error("--packet-source afxdp needs the C engine")
     if not args.xdp_interface:
         p.error("--packet-source afxdp needs at least one --xdp-interface")
+    if args.xdp_fastpath and len(args.xdp_interface) != 1:
+        p.error("--xdp-fastpath works on one --xdp-interface: an established flow is installed in one interface's "
+                "XDP program")
     values = vars(args)
     for flag, name, why in AFXDP_REFUSED:
         value = args.queues.balance if name == "balance" else values.get(name)

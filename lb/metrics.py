@@ -146,6 +146,19 @@ XDP_FIELDS: dict[str, CounterField] = {
     "passed": CounterField("lbd_afxdp_program_packets_total", "", (("action", "passed"),)),
     "fragments_passed": CounterField("lbd_afxdp_program_packets_total", "", (("action", "fragment_passed"),)),
     "no_socket": CounterField("lbd_afxdp_program_packets_total", "", (("action", "no_socket"),)),
+    "fastpath": CounterField("lbd_afxdp_program_packets_total", "", (("action", "fastpath"),)),
+    "fp_report_lost": CounterField("lbd_afxdp_fastpath_reports_lost_total",
+                                   "Activity reports of fast-pathed flows the XDP program could not queue (ring "
+                                   "full; their packets are credited later)"),
+    "fp_installed": CounterField("lbd_afxdp_fastpath_flows_total", "Established DR flows the XDP fast path took "
+                                 "(--xdp-fastpath), by event: installed (or re-installed), removed, refused "
+                                 "(no room: lbd forwards them), stale (found without their connection)",
+                                 (("event", "installed"),)),
+    "fp_removed": CounterField("lbd_afxdp_fastpath_flows_total", "", (("event", "removed"),)),
+    "fp_refused": CounterField("lbd_afxdp_fastpath_flows_total", "", (("event", "refused"),)),
+    "fp_stale": CounterField("lbd_afxdp_fastpath_flows_total", "", (("event", "stale"),)),
+    "fp_credited": CounterField("lbd_afxdp_fastpath_credited_packets_total",
+                                "Fast-pathed packets credited to the connections' statistics"),
 }
 XSK_FIELDS: dict[str, CounterField] = {
     "packets": CounterField("lbd_afxdp_packets_total", "Frames received on the AF_XDP socket"),

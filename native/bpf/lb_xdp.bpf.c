@@ -17,7 +17,20 @@
  * before any reassembly (a non-first fragment has no ports); the kernel reassembles them and lbd's
  * NFQUEUE fallback takes the whole datagram (docs/afxdp.md).
  * lb_stats (per CPU): [0] redirected, [1] passed (not lbd's), [2] fragments passed,
- * [3] redirect failed (no socket on that queue: the packet is passed).
+ * [3] redirect failed (no socket on that queue: the packet is passed), [4] fast-pathed,
+ * [5] activity reports lost (ring buffer full).
+ *
+ * The fast path (lbd --xdp-fastpath, lb_fastpath set before loading; docs/afxdp.md): an established
+ * direct-routing TCP flow that lbd's core installed in lb_flows (client 5-tuple as it arrives ->
+ * destination slot and generation) is forwarded here, as lb_process would forward it: TTL
+ * decremented, checksum updated, the destination's Ethernet header, out of XDP_TX (same interface) or
+ * bpf_redirect. Only a packet the core would treat exactly so qualifies: IPv4 without options, not a
+ * fragment, a right header checksum, TTL > 1, not over the destination's MTU, TCP with ACK and none
+ * of SYN, FIN, RST, and a destination slot that is up with the flow's generation (lbd bumps the
+ * generation whenever the destination's forwarding state changes or it is removed). Anything else
+ * takes the path above, to lbd. The flow's packets, bytes and last-seen time are counted in its
+ * value; at most once a second per active flow a record in lb_reports tells lbd to credit them
+ * (native/src/xsk.c).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -73,7 +86,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 4);
+    __uint(max_entries, 6);
     __type(key, __u32);
     __type(value, __u64);
 } lb_stats SEC(".maps");
@@ -82,6 +95,59 @@ struct {
 #define ST_PASSED 1
 #define ST_FRAG 2
 #define ST_NO_SOCKET 3
+#define ST_FASTPATH 4
+#define ST_REPORT_LOST 5
+
+/* ---- the fast path (all three maps stay empty without --xdp-fastpath) ---- */
+const volatile __u32 lb_fastpath = 0; /* set by lbd before loading (.rodata): 0 = no lookup at all */
+
+struct lb_fp_dest {                     /* lb_fdest[slot], written by lbd only */
+    __u8 l2[12];                        /* destination MAC, source MAC */
+    __u32 ifindex;                      /* egress interface */
+    __u32 gen;                          /* generation: a flow of another one goes to lbd */
+    __u16 mtu;                          /* the path MTU the core forwards up to */
+    __u8 up;                            /* 1: forwarding state resolved, destination in its service */
+    __u8 pad;
+};
+
+struct lb_fp_flow {                     /* lb_flows value: lbd writes it whole (zeroed counters) */
+    __u32 dest_slot;
+    __u32 gen;
+    __u32 conn_slot;                    /* the core's entry (lbd checks it against the key) */
+    __u32 pad;
+    __u64 packets;                      /* since the install, atomic adds */
+    __u64 bytes;                        /* IP bytes, as the core counts inbytes */
+    __u64 last_seen_ns;                 /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+    __u64 last_report_ns;
+};
+
+struct lb_fp_report {                   /* lb_reports record: "this flow is active, credit it" */
+    struct lb_xdp_key key;
+    __u32 conn_slot;
+    __u32 pad;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 65536);
+    __type(key, __u32);
+    __type(value, struct lb_fp_dest);
+} lb_fdest SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(max_entries, 1);             /* lbd sets --conn-max before loading */
+    __type(key, struct lb_xdp_key);
+    __type(value, struct lb_fp_flow);
+} lb_flows SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 4096);          /* lbd sizes it before loading */
+} lb_reports SEC(".maps");
+
+#define FP_REPORT_NS 1000000000ull
 
 static __always_inline void count(__u32 what)
 {
@@ -148,6 +214,72 @@ static __always_inline int icmp_about_ours(struct iphdr *ip, void *end)
            has(in->daddr, in->saddr, dp, sp, in->protocol, ip->daddr);
 }
 
+/* An established flow's packet forwarded here (XDP_TX or XDP_REDIRECT), or -1: lbd's path. */
+static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip, void *end)
+{
+    if (ip->ihl != 5 || ip->protocol != IPPROTO_TCP || ip->ttl <= 1)
+        return -1;
+    __u8 *th = (__u8 *)(ip + 1);
+    if ((void *)(th + 20) > end)
+        return -1;
+    __u8 flags = th[13];
+    if ((flags & 0x17) != 0x10)                         /* ACK, and none of FIN, SYN, RST */
+        return -1;
+    __u32 tot = bpf_ntohs(ip->tot_len);
+    __u32 doff = (__u32)(th[12] >> 4) * 4;
+    if (tot < 40 || doff < 20 || doff > tot - 20 || (void *)ip + tot > end)
+        return -1;
+    struct lb_xdp_key k;
+    __builtin_memset(&k, 0, sizeof(k));
+    k.saddr = ip->saddr;
+    k.daddr = ip->daddr;
+    k.sport = ((__u16 *)th)[0];
+    k.dport = ((__u16 *)th)[1];
+    k.proto = IPPROTO_TCP;
+    struct lb_fp_flow *f = bpf_map_lookup_elem(&lb_flows, &k);
+    if (!f)
+        return -1;
+    __u16 *w = (__u16 *)ip;                             /* the header checksum, as ip_rcv checks it */
+    __u32 sum = 0;
+#pragma unroll
+    for (int i = 0; i < 10; i++)
+        sum += w[i];
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    if (sum != 0xffff)
+        return -1;                                      /* lbd drops it (bad_csum) */
+    __u32 slot = f->dest_slot;
+    struct lb_fp_dest *d = bpf_map_lookup_elem(&lb_fdest, &slot);
+    if (!d || !d->up || d->gen != f->gen || tot > d->mtu || !d->ifindex)
+        return -1;
+    /* decrement_ttl, RFC 1624 (as LB_IP_TTL_DEC): the TTL is the high byte of its 16-bit word */
+    __u32 c = (__u32)ip->check + bpf_htons(0x0100);
+    ip->check = (__u16)(c + (c >= 0xffff));
+    ip->ttl--;
+    __builtin_memcpy(eth->h_dest, d->l2, 6);
+    __builtin_memcpy(eth->h_source, d->l2 + 6, 6);
+    __u64 now = bpf_ktime_get_ns();
+    __sync_fetch_and_add(&f->packets, 1);
+    __sync_fetch_and_add(&f->bytes, tot);
+    f->last_seen_ns = now;
+    if (now - f->last_report_ns >= FP_REPORT_NS) {
+        struct lb_fp_report *r = bpf_ringbuf_reserve(&lb_reports, sizeof(*r), 0);
+        if (r) {
+            f->last_report_ns = now;
+            r->key = k;
+            r->conn_slot = f->conn_slot;
+            r->pad = 0;
+            bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP); /* lbd reads the ring on its own clock */
+        } else {
+            count(ST_REPORT_LOST);
+        }
+    }
+    count(ST_FASTPATH);
+    if (d->ifindex == ctx->ingress_ifindex)
+        return XDP_TX;
+    return bpf_redirect(d->ifindex, 0);
+}
+
 SEC("xdp")
 int lb_xdp(struct xdp_md *ctx)
 {
@@ -159,6 +291,11 @@ int lb_xdp(struct xdp_md *ctx)
     struct iphdr *ip = (void *)(eth + 1);
     if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
         goto pass;
+    if (lb_fastpath && !(ip->frag_off & bpf_htons(0x3fff))) {
+        int fp = fast_path(ctx, eth, ip, end);
+        if (fp >= 0)
+            return fp;
+    }
     if (ip->frag_off & bpf_htons(0x3fff)) {             /* MF or an offset */
         count(ST_FRAG);
         return XDP_PASS;

@@ -626,11 +626,21 @@ struct lb_xdp_stats {              /* the program's counters, summed over the CP
     uint64_t passed;               /* packets left to the kernel (not lbd's) */
     uint64_t fragments_passed;     /* IPv4 fragments left to the kernel (XDP sees them before reassembly) */
     uint64_t no_socket;            /* lbd's, but no socket on their receive queue: left to the kernel */
+    /* The fast path (fastpath_flows > 0 at attach; docs/afxdp.md "The XDP fast path"): */
+    uint64_t fastpath;             /* packets of established DR flows the program forwarded itself */
+    uint64_t fp_report_lost;       /* activity reports the program could not queue (ring full): credited later */
+    uint64_t fp_installed;         /* flows lbd installed (or re-installed: stale generation) */
+    uint64_t fp_removed;           /* flows lbd removed (FIN/RST seen, connection expired or gone, ...) */
+    uint64_t fp_refused;           /* flows not installed (map or destination slots full): left to lbd */
+    uint64_t fp_credited;          /* fast-pathed packets credited to the connections' statistics */
+    uint64_t fp_stale;             /* flows lbd found without their connection and removed */
 };
 /* Load obj_path and attach its program to ifindex: *mode gets the mode used, *native_err the
- * (negative) error of the native attempt when generic mode was used instead. NULL and *err on failure. */
-lb_xdp_t *lb_xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, int *mode, int *native_err,
-                        int *err);
+ * (negative) error of the native attempt when generic mode was used instead. fastpath_flows > 0: the
+ * fast path of established DR TCP flows, with room for that many flows (the connection table's size);
+ * the first lb_xsk_start on queue 0 then registers it with the engine. NULL and *err on failure. */
+lb_xdp_t *lb_xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, uint32_t fastpath_flows, int *mode,
+                        int *native_err, int *err);
 void lb_xdp_detach(lb_xdp_t *x);  /* stop every lb_xsk of x first */
 int lb_xdp_key_set(lb_xdp_t *x, const struct lb_xdp_key *k, int present);  /* add (1) or remove (0) */
 /* One of the director's own addresses (host order), added (1) or removed (0): a NAT reply key does not

@@ -333,6 +333,8 @@ struct lb_dest {
     uint64_t handshakes;
     struct lb_dest *trash_next;  /* on lb->trash while unlinked and still referenced */
     struct lb_l2q *l2q;          /* packets held until the forwarding state is installed (l2q.c), or NULL */
+    uint32_t fp_slot;            /* its slot in the XDP fast path's destination array (0 = none; lb_fp_ops) */
+    uint32_t fp_gen;             /* the generation written there last */
 };
 
 /* InActConn as ipvsadm shows it (ip_vs_dest_inactconns): max(totalconns - activeconns, 0). */
@@ -396,7 +398,7 @@ struct lb_conn {
     uint8_t fwd;                 /* its forwarding method, bound at creation: lb_xmit_methods[fwd]. Like the
                                     kernel's cp->packet_xmit it is fixed for the connection's life: editing
                                     a destination's method affects new connections only */
-    uint8_t pad0;
+    uint8_t xdp_fp;              /* the XDP fast path (lb_fp_ops): LB_FP_* */
     uint32_t hnext[2];           /* chain links of the IN / OUT tuples; free list: hnext[0] */
     union {
         uint32_t ctl;            /* connection: slot of its persistence template (0 = none) */
@@ -483,9 +485,37 @@ struct lb {
     struct lb_local **local_hash; /* 2^local_hash_bits chains, calloc'ed (lb_local_init), grown with nlocal */
     uint32_t local_hash_bits;
     uint32_t nlocal;             /* nodes in local_hash */
+    /* The XDP fast path (xsk.c, lbd --xdp-fastpath): NULL = off. Called under lock. */
+    const struct lb_fp_ops *fp_ops;
+    void *fp_arg;
     /* counters */
     uint64_t counters[LB_R_COUNT];
 };
+
+/* ---------------------------------------------------------------- the XDP fast path
+ * An adapter that forwards established flows itself (xsk.c: the XDP program forwards established
+ * DR TCP flows, docs/afxdp.md) registers these hooks; the core stays free of I/O and tells it what
+ * changes, under lb->lock:
+ *   flow_set: connection c (TCP, DR, ESTABLISHED, its destination resolved and available, no
+ *     SYN-proxy/PROXY, no sync master running) was just forwarded: install (or re-install) its flow;
+ *     sets c->xdp_fp to LB_FP_ON, or LB_FP_REFUSED when it cannot (never retried for c).
+ *   flow_del: c (c->xdp_fp set) no longer qualifies or is being released (still intact, its
+ *     destination still bound): remove its flow, crediting what it counted; clears c->xdp_fp.
+ *   dest: d's forwarding state, method or membership changed (freed: d is about to be freed). */
+#define LB_FP_ON 1
+#define LB_FP_REFUSED 2
+struct lb_fp_ops {
+    void (*flow_set)(void *arg, lb_t *lb, struct lb_conn *c);
+    void (*flow_del)(void *arg, lb_t *lb, struct lb_conn *c);
+    void (*dest)(void *arg, lb_t *lb, struct lb_dest *d, int freed);
+};
+/* Register (ops non-NULL) or remove the hooks; locks. Every destination's fp_slot restarts at 0. */
+void lb_fp_register(lb_t *lb, const struct lb_fp_ops *ops, void *arg);
+static inline void lb_fp_dest(lb_t *lb, struct lb_dest *d, int freed)
+{
+    if (LB_UNLIKELY(lb->fp_ops != NULL))
+        lb->fp_ops->dest(lb->fp_arg, lb, d, freed);
+}
 
 /* Every live service s of lb, in insertion order (lb->svcs skipping deleted slots). */
 #define LB_FOR_EACH_SVC(lb, s)                                                                    \

@@ -294,6 +294,8 @@ static void chain_remove(lb_t *lb, uint32_t slot, int dir)
 static void conn_release(lb_t *lb, uint32_t idx)
 {
     struct lb_conn *c = &lb->conns[idx];
+    if (LB_UNLIKELY(c->xdp_fp) && lb->fp_ops)
+        lb->fp_ops->flow_del(lb->fp_arg, lb, c); /* first: it credits the flow's last packets to c's destination */
     exp_remove(lb, idx);
     chain_remove(lb, idx, LB_DIR_IN);
     if (!(c->flags & LB_CF_TEMPLATE)) {

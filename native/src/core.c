@@ -233,6 +233,30 @@ static inline void tcp_in_signals(struct lb_conn *c, const struct lb_pkt *p, uin
         c->dest->handshakes++;
 }
 
+/* The XDP fast path (lb_fp_ops), after a TCP packet from the client of connection c was handled
+ * with reason r: a connection that qualifies gets its flow installed by a packet that was forwarded
+ * (once, or again when one the program would have forwarded still reached the core: a stale
+ * generation, a flow evicted); one that stopped qualifying (FIN, RST, a sync master started, its
+ * destination removed or unresolved) loses it. */
+static void fp_after_in(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, const struct lb_action *act, int r)
+{
+    const struct lb_dest *d = c->dest;
+    int ok = c->fwd == LB_FWD_ROUTE && c->state == LB_S_ESTABLISHED && !(c->flags & (LB_CF_SYNPROXY | LB_CF_PROXY)) &&
+             !lb->sync_on && d && d->fwd && (d->flags & LB_DEST_F_AVAILABLE) && !d->l2q;
+    if (!ok) {
+        if (c->xdp_fp)
+            lb->fp_ops->flow_del(lb->fp_arg, lb, c);
+        return;
+    }
+    if (r != LB_R_FORWARDED || act->verdict != LB_V_XMIT_L2 || c->xdp_fp == LB_FP_REFUSED)
+        return;
+    /* one the program forwards too (not cut into fragments: over the MTU, it stays lbd's) */
+    int fastable = (p->tcp_flags & (LB_TCP_SYN | LB_TCP_FIN | LB_TCP_RST | LB_TCP_ACK)) == LB_TCP_ACK && p->ihl == 20 &&
+                   !act->frag_mtu;
+    if (!c->xdp_fp || fastable)
+        lb->fp_ops->flow_set(lb->fp_arg, lb, c);
+}
+
 int lb_process(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms, uint8_t *out, uint32_t out_cap,
                struct lb_action *act)
 {
@@ -425,10 +449,25 @@ static inline __attribute__((always_inline)) int process(lb_t *lb, const uint8_t
         r = LB_R_L2_QUEUED; /* the timers send it once the destination is resolved (l2q.c), then finished */
     else
         r = lb_xmit_in_finish(lb, &p, c, out, out_cap, act, r);
+    if (LB_UNLIKELY(lb->fp_ops != NULL) && p.proto == LB_PROTO_TCP)
+        fp_after_in(lb, &p, c, act, r);
     finish(lb, act, r);
     return LB_OK;
 }
 
+void lb_fp_register(lb_t *lb, const struct lb_fp_ops *ops, void *arg)
+{
+    pthread_mutex_lock(&lb->lock);
+    struct lb_svc *s;
+    LB_FOR_EACH_SVC(lb, s)
+        for (uint32_t i = 0; i < s->ndests; i++)
+            s->dests[i]->fp_slot = 0;
+    for (struct lb_dest *d = lb->trash; d; d = d->trash_next)
+        d->fp_slot = 0;
+    lb->fp_ops = ops;
+    lb->fp_arg = ops ? arg : NULL;
+    pthread_mutex_unlock(&lb->lock);
+}
 int lb_process_pkt(lb_t *lb, const uint8_t *pkt, uint32_t len, uint32_t mark, uint32_t flags, uint64_t now_ms,
                    uint8_t *out, uint32_t out_cap, struct lb_action *act)
 {

@@ -220,8 +220,9 @@ static void dest_set_thresholds(struct lb_dest *d, const struct lb_dest_conf *co
     dest_update_overload(d, 0);
 }
 
-static void dest_free(struct lb_dest *d)
+static void dest_free(lb_t *lb, struct lb_dest *d)
 {
+    lb_fp_dest(lb, d, 1); /* its fast-path slot goes free */
     free(d->fwd);
     free(d);
 }
@@ -236,7 +237,7 @@ void lb_dest_put(lb_t *lb, struct lb_dest *d)
         link = &(*link)->trash_next;
     if (*link == d)
         *link = d->trash_next;
-    dest_free(d);
+    dest_free(lb, d);
 }
 
 /* ---------------------------------------------------------------- services */
@@ -362,6 +363,7 @@ static void unlink_dest(lb_t *lb, struct lb_svc *s, uint32_t i)
     d->svc = NULL;
     d->trash_next = lb->trash;
     lb->trash = d;
+    lb_fp_dest(lb, d, 0); /* its fast-pathed flows go to the core, which drops their packets as IPVS does */
     lb_dest_put(lb, d);
 }
 
@@ -532,6 +534,8 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         } else {
             free(d);
         }
+    } else {
+        lb_fp_dest(lb, d, 0); /* back in a service (revived): its slot, if any, is up again */
     }
 out:
     pthread_mutex_unlock(&lb->lock);
@@ -570,6 +574,7 @@ int lb_dest_edit(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const 
             /* A new method needs new forwarding state: drop the old one. */
             free(d->fwd);
             d->fwd = NULL;
+            lb_fp_dest(lb, d, 0);
         }
     }
     pthread_mutex_unlock(&lb->lock);
@@ -590,6 +595,16 @@ int lb_dest_del(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_
         unlink_dest(lb, s, (uint32_t)i);
     pthread_mutex_unlock(&lb->lock);
     return err;
+}
+
+/* The same forwarding state for the fast path (lb_fp_ops): the control plane re-installs unchanged
+ * state on every neighbour event, which must not send every flow back through lbd. */
+static int fwd_same(const struct lb_dest_fwd *a, const struct lb_dest_fwd *b)
+{
+    if (!a || !b)
+        return a == b;
+    return a->conf.ifindex == b->conf.ifindex && a->conf.mtu == b->conf.mtu && a->conf.saddr == b->conf.saddr &&
+           memcmp(a->l2hdr, b->l2hdr, LB_L2HDR_LEN) == 0;
 }
 
 int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uint32_t daddr, uint16_t dport,
@@ -622,6 +637,8 @@ int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uin
         struct lb_dest_fwd *old = d->fwd;
         d->fwd = nf;
         nf = old; /* freed below */
+        if (!fwd_same(old, d->fwd))
+            lb_fp_dest(lb, d, 0); /* a new MAC, interface or MTU: a new generation in the fast path */
     }
     pthread_mutex_unlock(&lb->lock);
     free(nf);

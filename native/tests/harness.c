@@ -187,6 +187,55 @@ static int setup(lb_t *lb)
     return rc | locality_setup(lb);
 }
 
+/* The XDP fast path's hooks (lb_fp_ops) as a stand-in adapter: it marks and unmarks connections as
+ * xsk.c does and checks what the core promises of each call (lb_internal.h). fp_bad: a broken promise. */
+static struct {
+    long set, del, dest, freed;
+    uint32_t next_slot;
+    int bad;
+} fp;
+
+static void fp_fake_flow_set(void *arg, lb_t *lb, struct lb_conn *c)
+{
+    (void)arg;
+    fp.set++;
+    if (!(c->flags & LB_CF_USED) || c->proto != LB_PROTO_TCP || c->fwd != LB_FWD_ROUTE ||
+        c->state != LB_S_ESTABLISHED || (c->flags & (LB_CF_SYNPROXY | LB_CF_PROXY | LB_CF_TEMPLATE)) || !c->dest ||
+        !c->dest->fwd || !(c->dest->flags & LB_DEST_F_AVAILABLE) || lb->sync_on || c->xdp_fp == LB_FP_REFUSED) {
+        fp.bad = 1;
+        return;
+    }
+    if (!c->dest->fp_slot)
+        c->dest->fp_slot = ++fp.next_slot;
+    /* Every 5th refused, as a full map would: never offered again. */
+    c->xdp_fp = fp.set % 5 == 0 ? LB_FP_REFUSED : LB_FP_ON;
+}
+
+static void fp_fake_flow_del(void *arg, lb_t *lb, struct lb_conn *c)
+{
+    (void)arg;
+    (void)lb;
+    fp.del++;
+    if (!(c->flags & LB_CF_USED) || !c->xdp_fp || (c->flags & LB_CF_TEMPLATE))
+        fp.bad = 1;
+    c->xdp_fp = 0;
+}
+
+static void fp_fake_dest(void *arg, lb_t *lb, struct lb_dest *d, int freed)
+{
+    (void)arg;
+    (void)lb;
+    fp.dest++;
+    if (freed) {
+        fp.freed++;
+        if (d->svc || d->refcnt)
+            fp.bad = 1; /* freed: unlinked, unreferenced */
+        d->fp_slot = 0;
+    }
+}
+
+static const struct lb_fp_ops fp_fake_ops = {fp_fake_flow_set, fp_fake_flow_del, fp_fake_dest};
+
 static uint8_t out_buf[LB_PKT_MAX];
 
 /* lb_sched_probe on the schedulers that key on the packet's destination address (and twos), with
@@ -453,6 +502,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         lb = lb_new(&cfg);
         if (!lb || setup(lb) != 0)
             abort();
+        lb_fp_register(lb, &fp_fake_ops, NULL); /* the fast path's decisions run on every input too */
     }
     if (size > LB_PKT_MAX)
         return 0;
@@ -481,7 +531,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (lb_timer_next(lb, now, out_buf, sizeof(out_buf), &tact))
         ;
     lb_expire(lb, now, 64);
-    if (sync_changes_checked(lb, now, 4096))
+    if (sync_changes_checked(lb, now, 4096) || fp.bad)
         abort();
     return 0;
 }
@@ -703,6 +753,89 @@ static int sync_rule_check(void)
      * the FIN (130: CLOSE_WAIT, a new closing state). */
     bad |= check(n_chosen == 4 && chosen[0] == 8 && chosen[1] == 58 && chosen[2] == 108 && chosen[3] == 130,
                  "the sync rule chooses packets 8, 58, 108 and the FIN");
+    lb_free(lb);
+    return bad;
+}
+
+/* The XDP fast path's hooks: one DR TCP connection to VIP:80 is offered to the fast path by the
+ * ACK that makes it ESTABLISHED (once), again by a segment that reached the core although installed
+ * (stale), never by one with IP options; a FIN takes it off; a second one leaves it when it is
+ * released (expiry); a forwarding-state change, a removal and the last reference of a destination
+ * with a slot call the destination hook; with the sync master running nothing is offered. */
+static int fastpath_check(void)
+{
+    struct lb_config cfg = {.conn_max = 64, .hash_seed = 9};
+    lb_t *lb = lb_new(&cfg);
+    if (!lb || setup(lb) != 0)
+        return 1;
+    memset(&fp, 0, sizeof(fp));
+    lb_fp_register(lb, &fp_fake_ops, NULL);
+    int bad = 0;
+    uint8_t pkt[64];
+    uint64_t now = 1000;
+    const uint32_t client = 0xc0000464u;
+    uint8_t seq[] = {0x02, 0x10, 0x18, 0x18, 0x11};
+    long after[] = {0, 1, 2, 3, 3};
+    for (size_t i = 0; i < sizeof(seq); i++) {
+        uint32_t len = make_packet(pkt, LB_PROTO_TCP, client, 4000, 80, seq[i]);
+        bad |= process_checked(lb, pkt, len, now++);
+        if (i == 4)
+            bad |= check(fp.del == 1, "the FIN takes the flow off the fast path");
+        else
+            bad |= check(fp.set == after[i], "flow_set by the ESTABLISHED ACK and by segments that reach the core");
+    }
+    /* A segment with IP options is not one the program forwards: no re-install for it. */
+    {
+        uint32_t len = make_packet(pkt, LB_PROTO_TCP, client, 4001, 80, 0x02);
+        bad |= process_checked(lb, pkt, len, now++);
+        len = make_packet(pkt, LB_PROTO_TCP, client, 4001, 80, 0x10);
+        bad |= process_checked(lb, pkt, len, now++);
+        long set = fp.set;
+        uint8_t opt[64];
+        memset(opt, 0, sizeof(opt));
+        memcpy(opt, pkt, 20);
+        opt[0] = 0x46;                        /* IHL 6: one word of options (NOPs, then EOL) */
+        opt[20] = 1;
+        opt[21] = 1;
+        opt[22] = 1;
+        opt[23] = 0;
+        memcpy(opt + 24, pkt + 20, 20);
+        lb_put16(opt + 2, 44);
+        lb_put16(opt + 10, 0);
+        lb_put16(opt + 10, lb_ip_csum(opt, 24));
+        bad |= process_checked(lb, opt, 44, now++);
+        bad |= check(fp.set == set, "no re-install for a segment with IP options");
+    }
+    /* The new MAC of VIP:80's destinations: the destination hook for each with a slot. */
+    long dest = fp.dest;
+    struct lb_fwd_conf f;
+    fwd_for(&f, 0x99);
+    lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 80, RS1, 80, &f);
+    lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 80, RS2, 80, &f);
+    bad |= check(fp.dest > dest, "a forwarding-state change reaches the destination hook");
+    dest = fp.dest;
+    lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 80, RS1, 80, &f); /* the same state again (a neighbour event) */
+    bad |= check(fp.dest == dest, "unchanged forwarding state is no change for the fast path");
+    /* Expiry releases the second connection: flow_del before its slot is cleared. */
+    long del = fp.del;
+    lb_expire(lb, now + 3600u * 1000u, 0);
+    now += 3600u * 1000u;
+    bad |= check(fp.del == del + 1, "a released connection leaves the fast path");
+    /* Removal, then the last reference: the hook sees both. */
+    dest = fp.dest;
+    lb_dest_del(lb, LB_PROTO_TCP, VIP, 80, RS1, 80);
+    lb_dest_del(lb, LB_PROTO_TCP, VIP, 80, RS2, 80);
+    bad |= check(fp.dest > dest && fp.freed >= 1, "removed and freed destinations reach the hook");
+    /* With the sync master running nothing is offered. */
+    bad |= check(lb_sync_master_set(lb, &kernel_sync_defaults, 1) == LB_OK, "sync master on");
+    long set = fp.set;
+    for (uint8_t i = 0; i < 4; i++) {
+        uint32_t len = make_packet(pkt, LB_PROTO_TCP, client, 5000, 84, i == 0 ? 0x02 : 0x10);
+        bad |= process_checked(lb, pkt, len, now++);
+    }
+    bad |= check(fp.set == set, "no flow offered while the sync master runs");
+    bad |= check(!fp.bad, "every hook call kept the core's promises");
+    lb_fp_register(lb, NULL, NULL);
     lb_free(lb);
     return bad;
 }
@@ -1061,6 +1194,7 @@ static int cmd_churn(long rounds)
     lb_free(lb);
     bad |= locality_churn(rounds * 15);
     bad |= sync_rule_check();
+    bad |= fastpath_check();
     bad |= pressure_churn(rounds * 4);
     bad |= growth_churn(512 + rounds); /* past 256 services and VIPs: both hashes grow */
     printf("churned %ld rounds: %s\n", rounds, bad ? "FAILED" : "ok");

@@ -76,6 +76,20 @@ def test_afxdp_queue_cpus_must_name_one_cpu_per_socket(tmp_path: Path, monkeypat
     assert attached == ["eth0", "eth1", "eth0", "eth1"]
 
 
+def test_xdp_fastpath_is_off_by_default_and_taken_with_one_interface() -> None:
+    assert not daemon.parse_args(AFXDP).xdp_fastpath
+    assert daemon.parse_args([*AFXDP, "--xdp-fastpath"]).xdp_fastpath
+
+
+def test_xdp_fastpath_needs_afxdp_and_one_interface(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--xdp-fastpath goes with --packet-source afxdp" in refused(["--xdp-fastpath"], capsys)
+    assert "--xdp-fastpath works on one --xdp-interface" in refused(
+        [*AFXDP, "--xdp-interface", "eth1", "--xdp-fastpath"], capsys)
+    # The source itself refuses it too (it is also built by the bench and tests, not only by lbd).
+    with pytest.raises(AfxdpError, match="--xdp-fastpath works on one --xdp-interface, not 2"):
+        afxdp.AfxdpSource(None, ["eth0", "eth1"], fastpath=True)
+
+
 def test_afxdp_needs_an_interface(capsys: pytest.CaptureFixture[str]) -> None:
     assert "needs at least one --xdp-interface" in refused(["--packet-source", "afxdp"], capsys)
 
