@@ -743,6 +743,10 @@ static void txq_account(struct lb_xsk *q, struct xsk_txq *t)
                 q->stats.timer_frames++;
             else
                 q->stats.xmit_l2_err++;
+            if (ok && t->pkt[p].count > 1) { /* a held packet sent as fragments */
+                q->stats.frag_packets++;
+                q->stats.frag_out += t->pkt[p].count;
+            }
             continue;
         }
         if (!ok) {
@@ -860,16 +864,18 @@ static void txq_room(struct lb_xsk *q, uint32_t count)
  * what IPVS sends on: its fragments, each in its own frame on the packet socket. They are cut into
  * q->frag, which the next fragmented packet reuses: sent at once, after what was queued before
  * them (the order of a connection's packets stays). Returns 0 (the frame goes back to the fill ring). */
-static int send_fragmented(struct lb_xsk *q, const struct lb_action *a, const uint8_t *ip, uint32_t len)
+static int send_fragmented(struct lb_xsk *q, const struct lb_action *a, const uint8_t *ip, uint32_t len,
+                           enum xsk_txq_kind kind)
 {
     int k = lb_ip_fragment(ip, len, a->frag_mtu, q->frag, XSK_FRAG_BUF, q->frag_len, XSK_FRAG_MAX);
     if (k <= 0 || (uint32_t)k > XSK_TXQ_MAX) {
         q->stats.xmit_l2_err++;
-        lb_count_xmit_failed(q->lb, a->reason);
+        if (kind != TXQ_TIMER) /* a held packet was counted l2_queued, never forwarded */
+            lb_count_xmit_failed(q->lb, a->reason);
         return 0;
     }
     txq_room(q, (uint32_t)k);
-    txq_add(q, a, q->frag, 0, q->frag_len, (uint32_t)k, TXQ_FRAGMENTS);
+    txq_add(q, a, q->frag, 0, q->frag_len, (uint32_t)k, kind);
     txq_flush(q);
     return 0;
 }
@@ -895,7 +901,7 @@ static int act_on(struct lb_xsk *q, const struct lb_action *a, uint8_t *frame, u
             }
         }
         if (a->frag_mtu && res_len > a->frag_mtu)
-            return send_fragmented(q, a, res, res_len);
+            return send_fragmented(q, a, res, res_len, TXQ_FRAGMENTS);
         /* res is the umem frame's packet or q->out's slot: both stay until process_rx's flush. */
         txq_room(q, 1);
         txq_add(q, a, res, res_len, NULL, 0, TXQ_FORWARD);
@@ -978,7 +984,10 @@ static void process_timers(struct lb_xsk *q)
         pthread_mutex_unlock(&q->lb->lock);
         if (!got)
             return;
-        if (a.verdict == LB_V_XMIT_L2 && a.out_len) {
+        if (a.verdict == LB_V_XMIT_L2 && a.out_len && a.frag_mtu) {
+            /* a held packet over the path MTU without DF: its fragments, as an unheld one's */
+            send_fragmented(q, &a, q->out, a.out_len, TXQ_TIMER);
+        } else if (a.verdict == LB_V_XMIT_L2 && a.out_len) {
             /* q->out is the next round's buffer: sent now (the receive batch's queue is empty here) */
             txq_room(q, 1);
             txq_add(q, &a, q->out, a.out_len, NULL, 0, TXQ_TIMER);
