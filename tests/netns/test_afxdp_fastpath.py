@@ -25,7 +25,13 @@ from typing import Any
 import pytest
 from conftest import HTTP_PORT, Lbd, LbdError, running_lbd
 from packet_source import xdp_map_keys
-from test_afxdp import BPF_OBJECT, full_checksums, setup_dr, skip_if_unsupported, xdp_attached
+from test_afxdp import (  # type: ignore[import-not-found]
+    BPF_OBJECT,
+    full_checksums,
+    setup_dr,
+    skip_if_unsupported,
+    xdp_attached,
+)
 
 from lb.testbed import client
 from lb.testbed.topology import Topology
