@@ -112,12 +112,12 @@ def _pair_ratios(results: list[dict[str, Any]], num: str, den: str, mode: str,
 
 
 def guest_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per mode, traffic and lbd packet source ("lbd": NFQUEUE, "lbd-afxdp"), taken within each
+    """Per mode, traffic and lbd packet source ("lbd": NFQUEUE, "lbd-afxdp", "lbd-afxdp-fast"), taken within each
     repetition: zero-loss pps lbd / IPVS, and director CPU per packet IPVS / lbd (>= 1.0: lbd at
     least as cheap per packet as kernel IPVS, issue 19 item 4). The kernel's row is IPVS in the
     same mode, for FULLNAT IPVS NAT ("ipvs-nat", bench/ab_guest.py reference_system), its nearest.
     Keys "lbd-afxdp/route" (established), "lbd/tunnel/syn"; "reference" names the kernel's row.
-    "afxdp_over_nfqueue" (under the lbd-afxdp keys): zero-loss AF_XDP/NFQUEUE and CPU NFQUEUE/AF_XDP."""
+    "afxdp_over_nfqueue" (under the AF_XDP keys): zero-loss AF_XDP/NFQUEUE and CPU NFQUEUE/AF_XDP."""
     from bench.ab_guest import MODES, reference_system  # noqa: PLC0415
 
     out: dict[str, dict[str, Any]] = {}
@@ -125,12 +125,12 @@ def guest_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for kind in kinds:
         for mode in sorted({r["mode"] for r in results}, key=lambda m: (m not in MODES, MODES.index(m) if m in MODES else 0, m)):
             ref = reference_system(mode)
-            for lbd_sys in ("lbd", "lbd-afxdp"):
+            for lbd_sys in ("lbd", "lbd-afxdp", "lbd-afxdp-fast"):
                 zl, cpu = _pair_ratios(results, lbd_sys, ref, mode, kind)
                 entry: dict[str, Any] = {"reference": ref, "zero_loss_lbd_over_ipvs": common.summarize(zl),
                                          "cpu_ipvs_over_lbd": common.summarize(cpu)}
-                if lbd_sys == "lbd-afxdp":
-                    xzl, xcpu = _pair_ratios(results, "lbd-afxdp", "lbd", mode, kind)
+                if lbd_sys != "lbd":
+                    xzl, xcpu = _pair_ratios(results, lbd_sys, "lbd", mode, kind)
                     entry["afxdp_over_nfqueue"] = {"zero_loss": common.summarize(xzl),
                                                    "cpu_nfqueue_over_afxdp": common.summarize(xcpu)}
                     if not (zl or cpu or xzl or xcpu):
@@ -162,9 +162,9 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
 
 
 def guest_extra(args: argparse.Namespace) -> list[str]:
-    """bench/ab_guest.py options passed through: --afxdp, --parts, --repeats, --modes, --traffic,
+    """bench/ab_guest.py options passed through: --afxdp, --afxdp-fast, --parts, --repeats, --modes, --traffic,
     --steps."""
-    extra = ["--afxdp"] if getattr(args, "afxdp", False) else []
+    extra = [f"--{flag}" for flag in ("afxdp", "afxdp-fast") if getattr(args, flag.replace("-", "_"), False)]
     for opt in ("parts", "repeats", "modes", "traffic", "steps"):
         if getattr(args, opt, None):
             extra += [f"--{opt}", str(getattr(args, opt))]
@@ -180,6 +180,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     "IPVS, through lbd-exec) or lbadm")
     ap.add_argument("--afxdp", action="store_true",
                     help="throughput also of lbd with --packet-source afxdp (generic XDP on the guest's veth)")
+    ap.add_argument("--afxdp-fast", action="store_true",
+                    help="throughput also of lbd with --packet-source afxdp --xdp-fastpath (established DR flows "
+                    "forwarded by the XDP program)")
     ap.add_argument("--parts", default=None, help="guest parts: functional,http,throughput (default all)")
     ap.add_argument("--repeats", type=int, default=None, help="guest repetitions (default 2; quick 1)")
     ap.add_argument("--modes", default=None,

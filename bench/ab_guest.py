@@ -358,11 +358,24 @@ def afxdp_extra(bed: pps.Bed) -> tuple[str, ...]:
             "--queue-num", str(AFXDP_QUEUE_NUM))
 
 
+def afxdp_systems(args: argparse.Namespace, bed: pps.Bed) -> list[tuple[str, tuple[str, ...]]]:
+    """The AF_XDP lbd's to measure after the others, with their options: --afxdp "lbd-afxdp",
+    --afxdp-fast "lbd-afxdp-fast" (the same with --xdp-fastpath: established DR flows forwarded by
+    the XDP program itself, docs/afxdp.md)."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    if args.afxdp:
+        out.append(("lbd-afxdp", afxdp_extra(bed)))
+    if getattr(args, "afxdp_fast", False):
+        out.append(("lbd-afxdp-fast", (*afxdp_extra(bed), "--xdp-fastpath")))
+    return out
+
+
 def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd: Lbd, tmp: Path) -> None:
     """Zero-loss pps of the router, IPVS and lbd per mode (--modes) and traffic (--traffic), to rs1
     (port 80); for FULLNAT, kernel IPVS NAT ("ipvs-nat") is the kernel's row.
 
-    With --afxdp, also lbd with the AF_XDP source ("lbd-afxdp"): a second lbd, started in every
+    With --afxdp (--afxdp-fast), also lbd with the AF_XDP source ("lbd-afxdp", with --xdp-fastpath
+    "lbd-afxdp-fast", afxdp_systems): a second lbd, started in every
     repetition after the others were measured and stopped after its own runs, because its XDP
     program (generic mode) runs for every packet of the interface, also while it holds no service,
     and must not weigh on the router's, IPVS's and the NFQUEUE lbd's figures.
@@ -428,18 +441,18 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
         for r_rep, sysname, mode, kind in runs:
             if r_rep == rep:
                 measure(rep, sysname, mode, kind, lbd if sysname == "lbd" else None)
-        if args.afxdp:
+        for sysname, extra in afxdp_systems(args, bed):
             try:
-                xlbd = start_lbd(bed.director, cpu=bed.dut_cpu, nice=bed.nice, extra=afxdp_extra(bed))
+                xlbd = start_lbd(bed.director, cpu=bed.dut_cpu, nice=bed.nice, extra=extra)
             except Exception as exc:  # noqa: BLE001
-                skipped.append({"system": "lbd-afxdp", "mode": "*", "traffic": "*", "rep": rep,
+                skipped.append({"system": sysname, "mode": "*", "traffic": "*", "rep": rep,
                                 "reason": str(exc)[:1000]})
-                log(f"ab: lbd-afxdp did not start: {exc}")
+                log(f"ab: {sysname} did not start: {exc}")
                 continue
             try:
                 for kind in args.traffic:
                     for mode in args.modes:
-                        measure(rep, "lbd-afxdp", mode, kind, xlbd)
+                        measure(rep, sysname, mode, kind, xlbd)
             finally:
                 stop_lbd(xlbd)
 
@@ -454,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--http-duration", type=float, default=3.0)
     ap.add_argument("--afxdp", action="store_true", help="throughput also of lbd with --packet-source afxdp")
+    ap.add_argument("--afxdp-fast", action="store_true",
+                    help="throughput also of lbd with --packet-source afxdp --xdp-fastpath")
     ap.add_argument("--parts", default="functional,http,throughput", help="which of functional,http,throughput")
     ap.add_argument("--modes", default=None,
                     help=f"throughput: lbd's modes, of {','.join(MODES)} (dr, ipip: aliases; default route,tunnel; "

@@ -201,3 +201,30 @@ def test_guest_args_are_what_bench_ab_parses() -> None:
     ns = parsed.parse_args(g.argv)
     ab.finish_args(ns)
     assert (ns.afxdp, ns.parts, ns.repeats, ns.timeout) == (True, "throughput", 3, 1500.0)
+
+
+def test_guest_targets_judge_each_afxdp_lbd_the_run_measured() -> None:
+    """--afxdp-fast: the --xdp-fastpath lbd gets its own target row and ratios, next to the plain one's."""
+    from bench.ab import guest_ratios
+
+    res = [_g("ipvs", "route", 0, 100e3, 6.0), _g("lbd", "route", 0, 50e3, 24.0),
+           _g("lbd-afxdp", "route", 0, 80e3, 12.0), _g("lbd-afxdp-fast", "route", 0, 100e3, 3.0)]
+    r = guest_ratios(res)
+    assert r["lbd-afxdp-fast/route"]["cpu_ipvs_over_lbd"]["values"] == [2.0]
+    assert r["lbd-afxdp-fast/route"]["afxdp_over_nfqueue"]["cpu_nfqueue_over_afxdp"]["values"] == [8.0]
+    rows = xr.guest_targets({"guest": {"pps": {"results": res}}})
+    assert [row[2] for row in rows] == ["missed by 2.0x", "met"]
+    assert "--xdp-fastpath" in rows[1][0] and "--xdp-fastpath" not in rows[0][0]
+    assert [row[2] for row in xr.guest_targets(None)] == ["not measured (see 'The guest')"]
+    assert "lbd AF_XDP --xdp-fastpath (generic XDP)" in "\n".join(xr.guest_section({"guest": {"pps": {"results": res}}}))
+
+
+def test_guest_run_passes_afxdp_fast_through() -> None:
+    import argparse
+
+    from bench import ab
+
+    ap = argparse.ArgumentParser()
+    ab.add_args(ap)
+    args = ap.parse_args(["--afxdp-fast", "--parts", "throughput"])
+    assert ab.guest_extra(args)[:1] == ["--afxdp-fast"]
