@@ -99,6 +99,7 @@ struct {
 #define ST_REPORT_LOST 5
 
 /* ---- the fast path (all three maps stay empty without --xdp-fastpath) ---- */
+#define FP_TOT_MAX 16383 /* longer IP packets take lbd's path */
 const volatile __u32 lb_fastpath = 0; /* set by lbd before loading (.rodata): 0 = no lookup at all */
 
 struct lb_fp_dest {                     /* lb_fdest[slot], written by lbd only */
@@ -226,6 +227,10 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, str
     if ((flags & 0x17) != 0x10)                         /* ACK, and none of FIN, SYN, RST */
         return -1;
     __u32 tot = bpf_ntohs(ip->tot_len);
+    /* An explicit upper bound: older verifiers (Debian 12's 6.1) know nothing of a byte-swapped value
+     * and refuse to add it to a packet pointer ("unbounded min value"); a jumbo frame's 9,000 fits. */
+    if (tot > FP_TOT_MAX)
+        return -1;
     __u32 doff = (__u32)(th[12] >> 4) * 4;
     if (tot < 40 || doff < 20 || doff > tot - 20 || (void *)ip + tot > end)
         return -1;
