@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,19 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def finish_section_run(data: Any, out: Path | None,
+                       report: Callable[[Any, list[list[str]]], list[str]]) -> int:
+    """The end of a scale section run alone (`python -m bench.<section>`): the JSON to `out`, then
+    the section's report and its target rows (target | figure | verdict) on stdout."""
+    if out:
+        write_json(out, data)
+    targets: list[list[str]] = []
+    print("\n".join(report(data, targets)))
+    for t in targets:
+        print(" | ".join(t))
+    return 0
 
 
 # --------------------------------------------------------------------------- lbd

@@ -584,13 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         data["verdicts"] = verdicts(data["summary"])
     else:
         data = run(args)
-    if args.out:
-        common.write_json(args.out, data)
-    targets: list[list[str]] = []
-    print("\n".join(report(data, targets)))
-    for t in targets:
-        print(" | ".join(t))
-    return 0
+    return common.finish_section_run(data, args.out, report)
 
 
 if __name__ == "__main__":
