@@ -223,8 +223,10 @@ def iptables_module(rev: str | None) -> Any:
 
 
 @contextlib.contextmanager
-def rules_only(bed: pps.Bed, module: Any, steering: Any) -> Iterator[None]:
-    m = module.RuleManager(QUEUE, netns=bed.director.netns)
+def rules_only(bed: pps.Bed, module: Any, steering: Any, iptables: str = "iptables") -> Iterator[None]:
+    """lbd's rules and sets, no lbd; `iptables`: the command (iptables-legacy: x_tables instead of
+    nf_tables; the legacy raw table, once used, stays registered in the namespace until it goes)."""
+    m = module.RuleManager(QUEUE, iptables=iptables, netns=bed.director.netns)
     try:
         m.setup()
         m.sync(steering)
@@ -232,6 +234,10 @@ def rules_only(bed: pps.Bed, module: Any, steering: Any) -> Iterator[None]:
     finally:
         m.teardown()
         common.flush_iptables(bed.director)
+        if iptables != "iptables":
+            for table in ("raw", "mangle"):
+                bed.director.exec([iptables, "-t", table, "-F"], check=False)
+                bed.director.exec([iptables, "-t", table, "-X"], check=False)
 
 
 def partial_lines(case: str) -> list[str]:
@@ -297,13 +303,31 @@ def nft_first_script(addrs: set[str], natrip: set[str]) -> str:
             "}\n")
 
 
+def nft_full_script(addrs: set[str], natrip: set[str]) -> str:
+    """`nft-full`: what a native nftables steering layer would cost a routed packet: the first rule
+    in the base chain itself (no jump), and a `socket transparent` rule (never reached) that turns on
+    the reassembly hook, as lbd's `-m socket --transparent` rule does; the queue verdict is an
+    accept here (this kernel has no nft queue statement), never reached by routed traffic."""
+    def elems(v: set[str]) -> str:
+        return f"elements = {{ {', '.join(sorted(v))} }}" if v else ""
+
+    return (f"table ip {NFT_TABLE} {{\n"
+            f"  set addr {{ type ipv4_addr; {elems(addrs)} }}\n"
+            f"  set natrip {{ type ipv4_addr; {elems(natrip)} }}\n"
+            "  chain go { notrack; accept; socket transparent 1 return; }\n"
+            "  chain pre { type filter hook prerouting priority -300;\n"
+            "    ip daddr != @addr ip saddr != @natrip return; goto go; }\n"
+            "}\n")
+
+
 @contextlib.contextmanager
-def nft_first(bed: pps.Bed, steering: Any, nft: list[str]) -> Iterator[None]:
+def nft_first(bed: pps.Bed, steering: Any, nft: list[str], full: bool = False) -> Iterator[None]:
     from lb import ipsets as ips
 
     el = steering.elements()
+    script = (nft_full_script if full else nft_first_script)(el[ips.ADDR], el[ips.NATRIP])
     try:
-        bed.director.exec([*nft, "-f", "-"], input=nft_first_script(el[ips.ADDR], el[ips.NATRIP]))
+        bed.director.exec([*nft, "-f", "-"], input=script)
         yield
     finally:
         bed.director.exec([*nft, "delete", "table", "ip", NFT_TABLE], check=False)
@@ -389,6 +413,10 @@ class SoftirqTracer:
         self.buffer_kb = buffer_kb
 
     def __enter__(self) -> SoftirqTracer:
+        self._mounted = False
+        if not (TRACEFS / "instances").is_dir():  # a new machine: tracefs not mounted yet
+            subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], check=True, capture_output=True)
+            self._mounted = True
         self.dir.mkdir()
         self._w("tracing_on", "0")
         self._w("tracing_cpumask", f"{sum(1 << c for c in self.cpus):x}")
@@ -404,6 +432,8 @@ class SoftirqTracer:
             self._w("tracing_on", "0")
         with contextlib.suppress(OSError):
             self.dir.rmdir()
+        if self._mounted:
+            subprocess.run(["umount", str(TRACEFS)], check=False, capture_output=True)
 
     def _w(self, name: str, value: str) -> None:
         (self.dir / name).write_text(value + "\n")
@@ -485,7 +515,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             running_lbd(bed, reqs, dut_cpu) if case == "lbd" else
                             partial_rules(bed, case) if case in PARTIAL else
                             first_rule_only(bed, steering) if case == "raw-first" else
-                            nft_first(bed, steering, shlex.split(args.routed_nft)) if case == "nft-first" else
+                            nft_first(bed, steering, shlex.split(args.routed_nft), case == "nft-full")
+                            if case in ("nft-first", "nft-full") else
+                            rules_only(bed, modules[case], steering, "iptables-legacy")
+                            if case == "rules-legacy" else
                             rules_only(bed, modules[case], steering))
                 with ctx:
                     raw = bed.director.exec(["iptables", "-t", "raw", "-S"]).stdout
@@ -549,7 +582,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--routed-services", type=int, default=1, help="routed: DR services configured (default 1)")
     ap.add_argument("--routed-cases", default="bare,rules,lbd",
                     help="routed: comma-separated, of bare, rules, lbd; the steps raw-empty, raw-comment, raw-go, raw-first; "
-                         "nft-first (needs nft) (default bare,rules,lbd)")
+                         "nft-first, nft-full (need nft); rules-legacy (iptables-legacy) (default bare,rules,lbd)")
     ap.add_argument("--routed-nft", default="nft", help="routed: the nft command for nft-first (default nft)")
     ap.add_argument("--routed-rules-from", default=None, metavar="REV",
                     help="routed: also measure the rules of lb/iptables.py at git revision REV")
