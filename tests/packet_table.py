@@ -268,15 +268,26 @@ def expected_frame(dest_addr: str, packet: bytes) -> bytes:
     return bytes(s.Ether(dst=RS_MACS[dest_addr], src=DIRECTOR_MAC, type=0x0800) / s.Raw(packet))
 
 
+def icmp_quote(packet: bytes) -> bytes:
+    """What an ICMP error the director originates quotes: the packet up to its total length, as much
+    as keeps the error within 576 bytes (the kernel's __icmp_send; RFC 1812 4.3.2.3)."""
+    return packet[: min(ip_total_length(packet), 576 - 28)]
+
+
+def icmp_tos(packet: bytes) -> int:
+    """The TOS of an ICMP error about `packet`: its TOS bits with precedence "internetwork control"
+    (__icmp_send: RT_TOS(tos) | IPTOS_PREC_INTERNETCONTROL)."""
+    return (packet[1] & 0x1E) | 0xC0
+
+
 def expected_port_unreachable(packet: bytes) -> bytes:
-    """IPv4 (TOS 0, id 0, DF clear, TTL 64) from the VIP to the client, ICMP 3/3 quoting
-    the original header (with options) and the first 8 payload bytes."""
+    """IPv4 (TOS icmp_tos, id 0, DF clear, TTL 64) from the VIP to the client, ICMP 3/3 quoting
+    the original packet (icmp_quote)."""
     s = _scapy()
     original = s.IP(packet)
-    quote = packet[: original.ihl * 4 + 8]
-    answer = s.IP(src=original.dst, dst=original.src, tos=0, id=0, flags=0, frag=0, ttl=64, proto=1) / s.ICMP(
-        type=3, code=3
-    ) / s.Raw(quote)
+    quote = icmp_quote(packet)
+    answer = s.IP(src=original.dst, dst=original.src, tos=icmp_tos(packet), id=0, flags=0, frag=0, ttl=64,
+                  proto=1) / s.ICMP(type=3, code=3) / s.Raw(quote)
     return bytes(answer)
 
 
@@ -309,12 +320,12 @@ def fwd_frag(packet: bytes, now_ms: int, dest: str, frag_mtu: int) -> PacketStep
 
 
 def time_exceeded(packet: bytes, src: str) -> bytes:
-    """ICMP time exceeded in transit (11/0) from `src` to the packet's source (TOS 0, id 0, DF clear,
-    TTL 64), quoting its header and first 8 payload bytes: the kernel's decrement_ttl at TTL <= 1."""
+    """ICMP time exceeded in transit (11/0) from `src` to the packet's source (TOS icmp_tos, id 0, DF
+    clear, TTL 64), quoting the packet (icmp_quote): the kernel's decrement_ttl at TTL <= 1."""
     s = _scapy()
     original = s.IP(packet)
-    quote = packet[: original.ihl * 4 + 8]
-    return bytes(s.IP(src=src, dst=original.src, tos=0, id=0, flags=0, frag=0, ttl=64, proto=1)
+    quote = icmp_quote(packet)
+    return bytes(s.IP(src=src, dst=original.src, tos=icmp_tos(packet), id=0, flags=0, frag=0, ttl=64, proto=1)
                  / s.ICMP(type=11, code=0) / s.Raw(quote))
 
 
@@ -1399,14 +1410,15 @@ def ipip(inner: bytes, src: str = TUN_SRC, dst: str = RS1) -> bytes:
 
 
 def director_icmp(packet: bytes, code: int, mtu: int = 0) -> bytes:
-    """An ICMP 3/code the director originates about `packet` (VIP -> client, quoting header + 8 bytes).
+    """An ICMP 3/code the director originates about `packet` (VIP -> client, quoting it: icmp_quote).
     Fragmentation needed (code 4) quotes the packet with its TTL already decremented: the kernel's
     __ip_vs_get_out_rt runs decrement_ttl (ip_decrease_ttl writes the skb) before
     ensure_mtu_is_adequate's icmp_send (net/netfilter/ipvs/ip_vs_xmit.c)."""
     s = _scapy()
     original = s.IP(packet)
-    quote = (ttl_dec(packet) if code == 4 else packet)[: original.ihl * 4 + 8]
-    answer = s.IP(src=original.dst, dst=original.src, tos=0, id=0, flags=0, frag=0, ttl=64, proto=1) / s.ICMP(
+    quote = icmp_quote(ttl_dec(packet) if code == 4 else packet)
+    answer = s.IP(src=original.dst, dst=original.src, tos=icmp_tos(packet), id=0, flags=0, frag=0, ttl=64,
+                  proto=1) / s.ICMP(
         type=3, code=code, nexthopmtu=mtu) / s.Raw(quote)
     return bytes(answer)
 

@@ -17,7 +17,8 @@ ip_vs_leave -> icmp_send) and fragmentation needed for R_FRAG_NEEDED (tunnel).
 Exact bytes (the C core builds the same, byte for byte):
 
   IPv4 header, 20 bytes, no options:
-    version 4, IHL 5, TOS 0, total length = 20 + 8 + len(quote),
+    version 4, IHL 5, TOS = (original TOS & 0x1e) | 0xc0 (the kernel's __icmp_send:
+    RT_TOS | IPTOS_PREC_INTERNETCONTROL), total length = 20 + 8 + len(quote),
     identification 0, flags 0 (DF clear), fragment offset 0, TTL 64,
     protocol 1 (ICMP), header checksum (RFC 1071 over these 20 bytes),
     source = the original packet's destination (the VIP),
@@ -25,9 +26,10 @@ Exact bytes (the C core builds the same, byte for byte):
   ICMP, 8 bytes: type 3 (destination unreachable), code 3 (port unreachable)
     or 4 (fragmentation needed), checksum (RFC 1071 over the ICMP header and
     quote), 2 unused bytes = 0, 2 bytes next-hop MTU (code 4; 0 for code 3).
-  quote: the original IP header exactly as received (IHL*4 bytes, options
-    included) followed by the first 8 bytes of its IP payload (always present:
-    the transport header was already parsed). Link padding is never quoted.
+  quote: the original packet exactly as received, IP header (options included)
+    first, as much of it as keeps the error within 576 bytes: its first 548
+    bytes, all of it when shorter (__icmp_send: "return as much as we can
+    without exceeding 576 bytes", RFC 1812 4.3.2.3). Link padding is never quoted.
 
 When sent through a raw IPPROTO_RAW socket Linux fills in a zero IP id; that
 happens after the engine and is not part of this contract.
@@ -45,7 +47,10 @@ ICMP_PORT_UNREACH = 3
 ICMP_FRAG_NEEDED = 4
 ICMP_TIME_EXCEEDED = 11
 ANSWER_TTL = 64
-QUOTED_PAYLOAD_LEN = 8  # bytes of the original IP payload quoted after its header (RFC 792)
+ICMP_ERROR_MAX = 576  # bytes: an error quotes as much of the packet as fits in this (__icmp_send)
+QUOTE_MAX = ICMP_ERROR_MAX - 20 - 8
+TOS_MASK = 0x1E  # RT_TOS
+PREC_INTERNETCONTROL = 0xC0
 
 ICMP_ERROR_TYPES = frozenset({3, 4, 11, 12})  # dest unreachable, source quench, time exceeded, parameter problem
 _QUOTED_PROTOS = frozenset({6, 17})  # TCP, UDP
@@ -62,8 +67,7 @@ def _unreachable(packet: bytes, ip_header_len: int, total_length: int, code: int
 
 def _error(packet: bytes, ip_header_len: int, total_length: int, icmp_type: int, code: int, mtu: int,
            source: bytes, quote_ttl_dec: bool = False) -> bytes:
-    quote_len = ip_header_len + min(QUOTED_PAYLOAD_LEN, total_length - ip_header_len)
-    quote = packet[:quote_len]
+    quote = packet[:min(total_length, QUOTE_MAX)]
     if quote_ttl_dec and quote[8] > 1:
         q = bytearray(quote)
         old_word = get16(q, 8)
@@ -76,7 +80,8 @@ def _error(packet: bytes, ip_header_len: int, total_length: int, icmp_type: int,
     icmp = icmp[:2] + struct.pack("!H", internet_checksum(icmp)) + icmp[4:]
 
     total = _IPV4_HEADER.size + len(icmp)
-    header = _IPV4_HEADER.pack(0x45, 0, total, 0, 0, ANSWER_TTL, IPPROTO_ICMP, 0, vip, client)
+    tos = (packet[1] & TOS_MASK) | PREC_INTERNETCONTROL
+    header = _IPV4_HEADER.pack(0x45, tos, total, 0, 0, ANSWER_TTL, IPPROTO_ICMP, 0, vip, client)
     header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     return header + icmp
 

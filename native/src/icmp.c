@@ -7,10 +7,12 @@
  * path MTU; time exceeded when a packet's TTL runs out on the director, as
  * decrement_ttl): an IPv4 packet from the original destination (the VIP; for
  * time exceeded, the address the method gives) to the original source:
- * version 4, IHL 5, TOS 0, ID 0, no DF, TTL 64, protocol ICMP; ICMP type 3
- * code 3 or 4, or type 11 code 0, 2 unused bytes, 2 bytes "next-hop MTU"
- * (code 4) or 0, then the original IP header plus the first 8 bytes of its
- * payload (less if the packet is shorter); fragmentation needed quotes the
+ * version 4, IHL 5, TOS = the original's TOS bits (0x1e) | precedence
+ * "internetwork control" (0xc0), ID 0, no DF, TTL 64, protocol ICMP; ICMP
+ * type 3 code 3 or 4, or type 11 code 0, 2 unused bytes, 2 bytes "next-hop
+ * MTU" (code 4) or 0, then as much of the original packet as keeps the error
+ * within 576 bytes (its first 548 bytes, the whole packet when shorter), as the
+ * kernel's __icmp_send does (RFC 1812 4.3.2.3); fragmentation needed quotes the
  * header with its TTL already decremented, as the kernel's does (lb_icmp_frag_needed).
  *
  * Errors about connections (ip_vs_in_icmp / ip_vs_out_icmp): the quoted
@@ -27,19 +29,24 @@
 
 #include "lb_xmit.h"
 
+/* __icmp_send: "return as much as we can without exceeding 576 bytes" (or the MTU of the route
+ * back when that is smaller: the core does not know it; links under 576 bytes are not supported). */
+#define LB_ICMP_ERROR_MAX 576u
+
 /* quote_ttl_dec: the quoted header with its TTL decremented (header checksum updated), as the
  * packet was when the kernel found it too big (see lb_icmp_frag_needed). */
 static uint32_t icmp_error(const struct lb_pkt *p, uint8_t type, uint8_t code, uint16_t mtu, uint32_t saddr_n,
                            int quote_ttl_dec, uint8_t *out, uint32_t out_cap)
 {
-    uint32_t quote = p->ihl + 8;
-    if (quote > p->len)
-        quote = p->len;
+    uint32_t quote = p->len;
+    if (quote > LB_ICMP_ERROR_MAX - 28)
+        quote = LB_ICMP_ERROR_MAX - 28;
     uint32_t total = 20 + 8 + quote;
     if (!out || out_cap < total)
         return 0;
     memset(out, 0, 28);
     out[0] = 0x45;
+    out[1] = (uint8_t)((p->data[1] & 0x1e) | 0xc0); /* __icmp_send: RT_TOS | IPTOS_PREC_INTERNETCONTROL */
     lb_put16(out + 2, (uint16_t)total);
     out[8] = 64;
     out[9] = LB_PROTO_ICMP;

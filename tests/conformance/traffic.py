@@ -213,10 +213,16 @@ _SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")  # ee_errno, ee_origin, ee_type, 
 SO_EE_ORIGIN_ICMP = 2
 
 
+ERRQUEUE_MAX = 2048  # bytes: more than an ICMP error can quote (576 in all)
+
+
 def _icmp_error(sock: socket.socket) -> str | None:
-    """The ICMP error queued on a socket with IP_RECVERR, as "icmp:TYPE/CODE from ADDR", or None."""
+    """The ICMP error queued on a socket with IP_RECVERR, as "icmp:TYPE/CODE from ADDR quoting N",
+    or None. N: how many bytes of the datagram's payload the error quoted (the error queue hands
+    back what the quote holds after the UDP header): 0 when it quoted only the header and 8 bytes,
+    the whole payload when it quoted as much as fits in 576 bytes, as the kernel's __icmp_send."""
     try:
-        _, ancillary, _, _ = sock.recvmsg(NAME_MAX, 512, socket.MSG_ERRQUEUE)
+        quoted, ancillary, _, _ = sock.recvmsg(ERRQUEUE_MAX, 512, socket.MSG_ERRQUEUE)
     except OSError:
         return None
     for level, kind, data in ancillary:
@@ -224,7 +230,7 @@ def _icmp_error(sock: socket.socket) -> str | None:
             _, origin, icmp_type, code, _, _, _ = _SOCK_EXTENDED_ERR.unpack_from(data)
             offender = socket.inet_ntoa(data[_SOCK_EXTENDED_ERR.size + 4:_SOCK_EXTENDED_ERR.size + 8])
             if origin == SO_EE_ORIGIN_ICMP:
-                return f"icmp:{icmp_type}/{code} from {offender}"
+                return f"icmp:{icmp_type}/{code} from {offender} quoting {len(quoted)}"
     return None
 
 
@@ -234,7 +240,7 @@ def udp_exchange(netns: str, flow: Flow, vip: str, port: int, ttl: int = 0, size
     sends when it has no real server for the datagram ends the wait at once (ECONNREFUSED) rather
     than after CONNECT_TIMEOUT_S. With `ttl`, the datagram leaves with that TTL, flow.ttl gets the
     TTL the real server saw, and an ICMP error about it (time exceeded) is the outcome
-    ("icmp:11/0 from ADDR", read with IP_RECVERR).
+    ("icmp:11/0 from ADDR quoting N", read with IP_RECVERR: _icmp_error).
 
     With `size`, the datagram carries payload_of(size) (the client's kernel fragments it when it
     exceeds the MTU) and the outcome is "<name> whole" when the real server received exactly

@@ -158,5 +158,5 @@ def test_dr_decrements_the_ttl_and_answers_an_expired_one(topo: Topology, lbd: L
     assert (five.outcome, five.ttl) == (rs.name, 4)
     one = Flow(client="client", addr=topo.client.addr, port=45001)
     udp_exchange(topo.client.netns, one, topo.vip, UDP_PORT, ttl=1)
-    assert one.outcome == f"icmp:11/0 from {topo.vip}"
+    assert one.outcome == f"icmp:11/0 from {topo.vip} quoting 2"  # the whole payload, as __icmp_send quotes
     assert lbd.ok("counters")["reasons"].get("ttl_exceeded") == 1

@@ -155,7 +155,7 @@ def test_nat_reply_with_ttl_1_gets_time_exceeded_from_the_director(nlbd: Lbd, nt
     reply = Flow(client=rs.name, addr=rs.addr, port=DEAD_UDP_PORT)
     udp_exchange(rs.netns, reply, t.client.addr, cport, ttl=1)
     director_back = t.director.iface("back").addr
-    assert reply.outcome == f"icmp:11/0 from {director_back}", (reply, lbd.log_tail())
+    assert reply.outcome == f"icmp:11/0 from {director_back} quoting 2", (reply, lbd.log_tail())  # the whole payload (__icmp_send)
     after = lbd.ok("counters")["reasons"]
     assert after.get("ttl_exceeded", 0) == before.get("ttl_exceeded", 0) + 1, (before, after)
 
