@@ -12,8 +12,9 @@ what the kernel drops before or inside IPVS and lbd must drop too.
   SYN-proxy terminates the handshake and verifies the SYN and the cookie ACK as the kernel's TCP.
 - Packets of a destination whose MAC is not resolved yet are held (L2_QUEUED), as the kernel's
   neighbour queue holds them, and leave from the timers, in order and through the connection's
-  method, once the forwarding state is installed; after LB_L2Q_TIMEOUT_MS (3 s) without it, or
-  beyond LB_L2Q_BYTES_MAX (64 KiB) per destination, they are dropped (NO_L2).
+  method, once the forwarding state is installed; after LB_L2Q_TIMEOUT_MS (3 s) without it they are
+  dropped (NO_L2); beyond LB_L2Q_BYTES_MAX (64 KiB) per destination, the oldest are dropped (NO_L2)
+  to hold the newest.
 - TTL: every method decrements it, DR and the inner header of IPIP included (the kernel's
   __ip_vs_get_out_rt -> decrement_ttl); at TTL <= 1 the sender gets ICMP time exceeded (from the
   VIP; a real server's NAT reply from the director's route source address, a FULLNAT reply from
@@ -190,15 +191,20 @@ def _held_rows() -> list[Row]:
                   t.TimerStep(2)), 1, live=True, timer_counts=(("NO_L2", 1),), dests=()))
     big = [t.udp(sport=50000, payload=bytes([i]) * 1400) for i in range(50)]
     fits = L2Q_BYTES_MAX // t.ip_total_length(big[0])  # 45 datagrams of 1428 bytes
-    steps: list[t.Step] = [t.verdict(b, i, "DROP", "L2_QUEUED") for i, b in enumerate(big[:fits])]
-    steps.append(t.verdict(big[fits], fits, "DROP", "NO_L2", note="beyond 64 KiB held: dropped"))
+    steps: list[t.Step] = [t.verdict(b, i, "DROP", "L2_QUEUED") for i, b in enumerate(big[:fits + 1])]
+    bframe = t.expected_frame(RS1, big[0])[:14]
+    steps += [t.ConfigStep("set_fwd", UDP53, resolved, fits + 1),
+              t.TimerStep(fits + 1, tuple(("XMIT_L2", "FORWARDED", t.ttl_dec(b), t.IFINDEX, bframe)
+                                          for b in big[1:fits + 1]))]
     n = fits + 1
     bsize = t.ip_total_length(big[0])
-    rows.append(Row("held-bounded", "at most 64 KiB are held per destination; what does not fit is dropped (no_l2)",
-                    cold, tuple(steps), (DestExpect(UDP53, RS1, 53, inactive=1, conns=1, inpkts=n, inbytes=n * bsize),),
+    rows.append(Row("held-bounded", "at most 64 KiB are held per destination; a full queue drops its oldest datagram "
+                    "(no_l2) to hold the newest, as the kernel's neighbour queue (__neigh_event_send): the newest 45 "
+                    "leave once resolved", cold, tuple(steps),
+                    (DestExpect(UDP53, RS1, 53, inactive=1, conns=1, inpkts=n, inbytes=n * bsize),),
                     (ServiceExpect(UDP53, 1, n, n * bsize),),
                     (t.conn("UDP", t.T_UDP, RS1, cport=50000, svc=UDP53, dport=53),), check_ms=fits,
-                    tags=("l2", "held")))
+                    tags=("l2", "held"), timer_counts=(("NO_L2", 1),)))
     tun = t._tun_setup(l2=False)
     syn = t.tcp(flags="S")
     tun_resolved = t.DestSetup(RS1, fwd="tunnel", saddr=t.TUN_SRC)

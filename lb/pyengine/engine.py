@@ -265,7 +265,7 @@ class PyEngine(Listing):
         queued = bool(self._held.queues) and self._held.holds(dest)  # held packets of dest go first: join them
         action = _HELD_FIRST if queued else conn.xmit.xmit_in(conn, packet, parsed)
         if (action.reason == Reason.NO_L2 and (dest.fwd is None or queued)
-                and self._held.hold(dest, packet[:parsed.total_length], now_ms)):
+                and self._held.hold(dest, packet[:parsed.total_length], now_ms, self._count_held_drop)):
             return _L2_QUEUED  # the timers send it once the destination is resolved (lb/pyengine/l2q.py)
         return self._xmit_in_finish(conn, packet, parsed, action)
 

@@ -3,7 +3,8 @@
 The kernel queues what it cannot send yet in the neighbour entry and sends it once the neighbour
 answers, or drops it when resolution fails; lbd holds a connection's packet that finds no
 forwarding state (a copy up to the IP total length, at most LB_L2Q_BYTES_MAX bytes per
-destination), sends the queue through the connection's method from the timers once the state is
+destination: a full queue drops its oldest packets, counted no_l2, as the kernel's neighbour queue
+does), sends the queue through the connection's method from the timers once the state is
 installed, and drops it (counted no_l2) LB_L2Q_TIMEOUT_MS after its first packet if it never is.
 """
 
@@ -43,10 +44,15 @@ class HeldPackets:
         """Has `dest` a queue not yet sent (its packets must not be overtaken: later ones join it)?"""
         return any(q.dest is dest for q in self.queues)
 
-    def hold(self, dest: Destination, packet: bytes, now_ms: int) -> bool:
+    def hold(self, dest: Destination, packet: bytes, now_ms: int, dropped: Callable[[], None]) -> bool:
+        """Hold `packet` for `dest`; a full queue drops its oldest packets to make room (calling
+        `dropped` for each), as the kernel's __neigh_event_send. False: too big to hold at all."""
         queue = next((q for q in self.queues if q.dest is dest), None)
-        if len(packet) > L2Q_BYTES_MAX or (queue is not None and queue.nbytes + len(packet) > L2Q_BYTES_MAX):
+        if len(packet) > L2Q_BYTES_MAX:
             return False
+        while queue is not None and queue.packets and queue.nbytes + len(packet) > L2Q_BYTES_MAX:
+            queue.nbytes -= len(queue.packets.popleft())
+            dropped()
         if queue is None:
             queue = HeldQueue(dest, now_ms + L2Q_TIMEOUT_MS)
             self.queues.insert(0, queue)

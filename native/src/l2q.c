@@ -6,7 +6,8 @@
  * meanwhile: the neighbour entry queues it (unres_qlen_bytes) and sends it once the neighbour
  * answers, or drops it when resolution fails (mcast_solicit probes retrans_time apart). So does lbd:
  * a connection's packet that finds no forwarding state is copied into its destination's queue
- * (at most LB_L2Q_BYTES_MAX bytes); the timers (lb_timer_next, run by the adapter) send the queue
+ * (at most LB_L2Q_BYTES_MAX bytes: when full, the oldest held packets are dropped to make room,
+ * counted no_l2, as the kernel's neighbour queue does); the timers (lb_timer_next, run by the adapter) send the queue
  * in order through the connection's method once the state exists, and drop it, counted no_l2,
  * LB_L2Q_TIMEOUT_MS after its first packet if it never comes.
  *
@@ -44,17 +45,32 @@ struct lb_l2q {
     uint64_t deadline_ms;        /* first packet's arrival + LB_L2Q_TIMEOUT_MS */
 };
 
+/* A full queue makes room for the newest packet by dropping its oldest ones, counted no_l2, as the
+ * kernel's __neigh_event_send does when unres_qlen_bytes would be exceeded (unres_discards). */
+static void make_room(lb_t *lb, struct lb_l2q *q, uint32_t len)
+{
+    while (q->head && q->bytes + len > LB_L2Q_BYTES_MAX) {
+        struct lb_l2q_pkt *old = q->head;
+        q->head = old->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->bytes -= old->len;
+        lb->counters[LB_R_NO_L2]++;
+        free(old);
+    }
+}
+
 int lb_l2q_hold(lb_t *lb, struct lb_conn *c, const struct lb_pkt *p, uint64_t now_ms)
 {
     struct lb_dest *d = c->dest;
     struct lb_l2q *q = d->l2q;
-    if (q && q->bytes + p->len > LB_L2Q_BYTES_MAX)
-        return -1;
     if (p->len > LB_L2Q_BYTES_MAX)
         return -1;
     struct lb_l2q_pkt *k = calloc(1, sizeof(*k) + p->len);
     if (!k)
         return -1;
+    if (q)
+        make_room(lb, q, p->len);
     if (!q) {
         q = calloc(1, sizeof(*q));
         if (!q) {
