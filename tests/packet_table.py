@@ -218,7 +218,7 @@ class Row:
     tags: tuple[str, ...] = field(default=())
     laddrs: tuple[tuple[SvcRef, str, int], ...] | None = None  # (service, local address, conns); None: not checked
     sp_stats: tuple[tuple[str, int], ...] | None = None  # non-zero SYN-proxy counters; None: not checked
-    timer_counts: tuple[tuple[str, int], ...] = ()  # per-reason counts no step's reason shows (held packets dropped by the timers or to make room)
+    timer_counts: tuple[tuple[str, int], ...] = ()  # counts no step's reason shows (held packets the timers drop or room-making drops)
 
     @property
     def packet_steps(self) -> tuple[PacketStep, ...]:
