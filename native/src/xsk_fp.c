@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -305,9 +307,44 @@ static int fp_on_report(void *ctx, void *data, size_t size)
     return 0;
 }
 
+/* Whether the tick has nothing to do, decided without lb->lock (it runs on every round of the thread,
+ * i.e. every receive batch). Nothing to do: no report waits in the ring, the credit interval has not
+ * run out, and the sync master's rule has nothing to change. The memory ordering relied on:
+ *  - last_credit_ms, sync_cleared and the ring's consumer position are written by this thread alone
+ *    (the consumer position by libbpf in ring_buffer__consume, called from the tick): plain program
+ *    order; the consumer position is read through an atomic load so that the compiler reads the page
+ *    again every time (libbpf writes it through its own mapping of the same page).
+ *  - the producer position is advanced by the program (bpf_ringbuf_reserve, smp_store_release) on any
+ *    CPU; it is read with an acquire load. Equal positions mean that every record reserved before
+ *    that load was consumed: the tick would have found nothing at that instant. A record reserved
+ *    after it is found by the next round, exactly as one reserved just after ring_buffer__consume
+ *    returned always was (the program never wakes the thread: BPF_RB_NO_WAKEUP). A reserved record
+ *    still being written (positions unequal, its header busy) takes the lock; consume then stops at
+ *    it as before and the next round takes it.
+ *  - lb->sync_on is written under lb->lock by the control plane (lb_sync_*); a relaxed load may see
+ *    the old value for as long as the writer has not yet released the lock, i.e. the tick acts on the
+ *    change one round later at most: the same as when the change lands just after the tick's unlock.
+ *    The core itself installs no flow while sync_on is set (core.c fp_after_in, under the lock).
+ * Anything else (now a little past the interval, the ring not mapped) takes the lock and does what
+ * the tick always did. */
+static int fp_tick_idle(const struct lb_fp *fp, const lb_t *lb, uint64_t now)
+{
+    if (!fp->rb_cons || !fp->rb_prod)
+        return 0;
+    if (now - fp->last_credit_ms >= FP_CREDIT_MS)
+        return 0;
+    int sync_on = __atomic_load_n(&lb->sync_on, __ATOMIC_RELAXED) != 0;
+    if (sync_on != (fp->sync_cleared != 0))
+        return 0; /* the master started (flows to remove) or stopped (its mark to reset) */
+    uint64_t prod = __atomic_load_n(fp->rb_prod, __ATOMIC_ACQUIRE);
+    return prod == __atomic_load_n(fp->rb_cons, __ATOMIC_RELAXED);
+}
+
 void lb_xsk_fp_tick(struct lb_xdp *x, lb_t *lb)
 {
     struct lb_fp *fp = &x->fp;
+    if (fp_tick_idle(fp, lb, lb_adapter_now_ms()))
+        return;
     pthread_mutex_lock(&lb->lock);
     if (lb->sync_on && !fp->sync_cleared) {
         /* The sync master decides per packet what to send (sync.c): no flow may bypass the core. */
@@ -358,6 +395,24 @@ int lb_xsk_fp_start(struct lb_xdp *x, lb_t *lb)
     fp->rb = ring_buffer__new(x->reports_fd, fp_on_report, x, NULL);
     if (!fp->rb)
         return errno ? -errno : -EIO;
+    /* The ring's two position pages, for the tick's test without the lock (fp_tick_idle): the
+     * consumer page at offset 0 and the producer page after it, as libbpf maps them (read-only here;
+     * without them the tick consumes every round, as it did). */
+    long page = sysconf(_SC_PAGESIZE);
+    if (page > 0) {
+        void *cons = mmap(NULL, (size_t)page, PROT_READ, MAP_SHARED, x->reports_fd, 0);
+        void *prod = mmap(NULL, (size_t)page, PROT_READ, MAP_SHARED, x->reports_fd, (off_t)page);
+        if (cons != MAP_FAILED && prod != MAP_FAILED) {
+            fp->rb_cons = cons;
+            fp->rb_prod = prod;
+            fp->rb_page = (size_t)page;
+        } else {
+            if (cons != MAP_FAILED)
+                munmap(cons, (size_t)page);
+            if (prod != MAP_FAILED)
+                munmap(prod, (size_t)page);
+        }
+    }
     fp->next_slot = 1;
     fp->lb = lb;
     lb_fp_register(lb, &fp_ops, x);
@@ -372,6 +427,10 @@ void lb_xsk_fp_stop(lb_t *lb)
 
 void lb_xsk_fp_free(struct lb_fp *fp)
 {
+    if (fp->rb_cons)
+        munmap((void *)fp->rb_cons, fp->rb_page);
+    if (fp->rb_prod)
+        munmap((void *)fp->rb_prod, fp->rb_page);
     if (fp->rb)
         ring_buffer__free(fp->rb);
     free(fp->credit);

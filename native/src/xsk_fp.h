@@ -23,11 +23,15 @@ struct lb_xdp_key_wire {                   /* struct lb_xdp_key of lb_xdp.bpf.c:
 
 struct fp_credit;
 
-/* The fast path's user-space side (lbd --xdp-fastpath). Every field is used under lb->lock: by the
- * core's hooks (lb_fp_ops), and by the tick of queue 0's thread (lb_xsk_fp_tick). */
+/* The fast path's user-space side (lbd --xdp-fastpath). Every field is used under lb->lock (by the
+ * core's hooks, lb_fp_ops, and by the tick of queue 0's thread, lb_xsk_fp_tick) except those only
+ * that tick uses: rb_cons, rb_prod, last_credit_ms, sync_cleared. */
 struct lb_fp {
     lb_t *lb;                              /* registered with (NULL: not yet) */
     struct ring_buffer *rb;
+    const uint64_t *rb_cons;               /* lb_reports' consumer and producer positions, mapped read-only */
+    const uint64_t *rb_prod;               /* (NULL: not mapped, the tick always consumes) */
+    size_t rb_page;                        /* the size of each of those two mappings */
     uint32_t conn_slots;                   /* conn_max + 1 */
     struct fp_credit *credit;              /* conn_slots entries */
     uint32_t *watch;                       /* slots whose flows were active lately: read every FP_CREDIT_MS */

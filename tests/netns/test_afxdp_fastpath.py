@@ -140,6 +140,27 @@ def test_fastpath_forwards_established_flow_keeps_stats_timer_and_fin(fplbd: Lbd
     assert program(fplbd)["fp_credited"] >= 1
 
 
+def test_fastpath_idle_flow_is_credited_from_its_report(fplbd: Lbd, topo: Topology) -> None:
+    """A flow idle for more than two credit intervals has left the watch list: only the record its next
+    packet queues in lb_reports brings it back, so that packet is credited only if queue 0's thread
+    reads the ring (native/src/xsk_fp.c: the tick's test without the lock must not skip a record)."""
+    setup_dr(fplbd, topo)
+    with client.KeepAlive(topo.client.netns, topo.vip, HTTP_PORT) as ka:
+        for _ in range(3):
+            r = ka.get()
+            assert r.ok, f"{r}\nlbd log:\n{fplbd.log_tail()}"
+        assert program(fplbd)["fastpath"] >= 1, program(fplbd)
+        wait_until("the first requests credited", lambda: all_credited(fplbd))
+        time.sleep(2.5)  # two credit intervals and more without a packet: the flow leaves the watch list
+        before = program(fplbd)
+        r = ka.get(timeout=3.0)
+        assert r.ok, f"{r}\nlbd log:\n{fplbd.log_tail()}"
+        after = program(fplbd)
+        assert after["redirected"] == before["redirected"] and after["fastpath"] > before["fastpath"], (
+            before, after)  # the request took the XDP path alone: its credit can only come from the ring
+        wait_until("the request after the pause credited", lambda: all_credited(fplbd))
+
+
 def test_fastpath_not_while_the_sync_master_runs(fplbd: Lbd, topo: Topology) -> None:
     """The sync master's rule is per packet (sync.c): its start takes every flow off the fast path and
     none is installed while it runs; after it stops, flows are installed again."""
