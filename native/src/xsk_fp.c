@@ -128,6 +128,23 @@ static void fp_watch(struct lb_fp *fp, uint32_t slot)
     fp->watch[fp->nwatch++] = slot;
 }
 
+/* The program's lb_fp_flows_on: 1 before the first flow is installed, 0 only when none is (the credit
+ * pass clears it, so a connection that comes and goes costs no write). Either value is correct for
+ * any packet (with 0 every packet goes to lbd, which forwards it itself); 1 with no flow only costs
+ * the program a lookup that misses. */
+static void fp_flows_on(struct lb_fp *fp, uint8_t on)
+{
+    if (fp->flows_on == on)
+        return;
+    uint32_t zero = 0, v = on;
+    if (bpf_map_update_elem(fp->flows_on_fd, &zero, &v, BPF_ANY) < 0) {
+        /* 0 stays: the flows are not used (their packets take lbd's path); 1 stays: lookups that miss */
+        fprintf(stderr, "lbd xdp fast path: cannot write lb_fp_flows_on: %s\n", strerror(errno));
+        return;
+    }
+    fp->flows_on = on;
+}
+
 /* Credit what c's flow (value v) counted since the last credit; returns the packets credited. */
 static uint64_t fp_credit_flow(struct lb_fp *fp, lb_t *lb, struct lb_conn *c, const struct fp_flow_wire *v)
 {
@@ -225,6 +242,7 @@ static void fp_hook_flow_del(void *arg, lb_t *lb, struct lb_conn *c)
     if (c->xdp_fp == LB_FP_ON) {
         fp_flow_read(x, lb, c, 1);
         __atomic_fetch_add(&x->fp.removed, 1, __ATOMIC_RELAXED);
+        x->fp.nflows -= x->fp.nflows > 0;
     }
     c->xdp_fp = 0;
 }
@@ -257,13 +275,18 @@ static void fp_hook_flow_set(void *arg, lb_t *lb, struct lb_conn *c)
     v.dest_slot = d->fp_slot;
     v.gen = d->fp_gen;
     v.conn_slot = slot;
+    fp_flows_on(fp, 1); /* before the flow: its next packet is looked up */
     if (slot >= fp->conn_slots || bpf_map_update_elem(x->flows_fd, &k, &v, BPF_ANY) < 0) {
-        if (c->xdp_fp == LB_FP_ON)
+        if (c->xdp_fp == LB_FP_ON) {
             bpf_map_delete_elem(x->flows_fd, &k);
+            fp->nflows -= fp->nflows > 0;
+        }
         c->xdp_fp = LB_FP_REFUSED;
         __atomic_fetch_add(&fp->refused, 1, __ATOMIC_RELAXED);
         return;
     }
+    if (c->xdp_fp != LB_FP_ON)
+        fp->nflows++;
     c->xdp_fp = LB_FP_ON;
     cr->packets = 0;
     cr->bytes = 0;
@@ -359,6 +382,8 @@ void lb_xsk_fp_tick(struct lb_xdp *x, lb_t *lb)
     uint64_t now = lb_adapter_now_ms();
     if (now - fp->last_credit_ms >= FP_CREDIT_MS) {
         fp->last_credit_ms = now;
+        if (!fp->nflows)
+            fp_flows_on(fp, 0);
         uint32_t kept = 0;
         for (uint32_t i = 0; i < fp->nwatch; i++) {
             uint32_t slot = fp->watch[i];
@@ -386,6 +411,17 @@ int lb_xsk_fp_start(struct lb_xdp *x, lb_t *lb)
     struct lb_fp *fp = &x->fp;
     if (!x->fastpath_flows || fp->lb)
         return 0;
+    fp->flows_on_fd = -1;
+    struct bpf_map *m;
+    bpf_object__for_each_map(m, x->obj) {
+        const char *name = bpf_map__name(m);
+        size_t n = strlen(name);
+        if (bpf_map__is_internal(m) && n >= 4 && strcmp(name + n - 4, ".bss") == 0 &&
+            bpf_map__value_size(m) == sizeof(uint32_t)) /* lb_fp_flows_on is the program's only variable */
+            fp->flows_on_fd = bpf_map__fd(m);
+    }
+    if (fp->flows_on_fd < 0)
+        return -ENOENT;
     fp->conn_slots = lb_conn_max(lb) + 1;
     fp->credit = calloc(fp->conn_slots, sizeof(*fp->credit));
     fp->watch = calloc(fp->conn_slots, sizeof(*fp->watch));

@@ -32,6 +32,9 @@ struct lb_fp {
     const uint64_t *rb_cons;               /* lb_reports' consumer and producer positions, mapped read-only */
     const uint64_t *rb_prod;               /* (NULL: not mapped, the tick always consumes) */
     size_t rb_page;                        /* the size of each of those two mappings */
+    int flows_on_fd;                       /* the program's .bss: lb_fp_flows_on */
+    uint32_t nflows;                       /* connections with xdp_fp == LB_FP_ON: their flows are installed */
+    uint8_t flows_on;                      /* what lb_fp_flows_on says (1: the program looks flows up) */
     uint32_t conn_slots;                   /* conn_max + 1 */
     struct fp_credit *credit;              /* conn_slots entries */
     uint32_t *watch;                       /* slots whose flows were active lately: read every FP_CREDIT_MS */
