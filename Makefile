@@ -30,7 +30,7 @@ STAMP   := $(VENV)/.lvs-userspace-installed
 #             (linux/ip_vs.h: the preload library's constants, the ABI layout tests),
 #             libnl-3-200 libnl-genl-3-200 libnftnl11 libsnmp40 libglib2.0-0 (keepalived's shared
 #             libraries that a clean Debian 12 lacks: build/tools/keepalived, keepalived netns tests)
-#   afxdp:    libbpf-dev libxdp-dev (the AF_XDP packet source: native/src/xsk.c links libbpf and libxdp's
+#   afxdp:    libbpf-dev libxdp-dev (the AF_XDP packet source: native/src/xsk*.c link libbpf and libxdp's
 #             xsk API; clang -target bpf, above, builds native/bpf/lb_xdp.bpf.c into $(BPF_OBJ)),
 #             ethtool (its netns tests turn the veths' checksum offload off: docs/afxdp.md "veth")
 DEB_PKGS := python3-venv python3-dev gcc make iptables ipset iproute2 \
@@ -45,7 +45,7 @@ APT_LOCK_WAIT_S ?= 600
 APT_GET := apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) -y -q
 
 # Inputs of the editable install (the cffi extension is compiled from native/).
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.c native/preload/*.[ch])
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.[ch] native/preload/*.[ch])
 
 .PHONY: all deps install-deps install uninstall venv build lint test test-unit test-dist test-sanitize test-netns test-netns-afxdp fuzz demo bench bench-quick clean distclean
 .PHONY: test-kernel kernel-deps
@@ -199,8 +199,8 @@ test-kernel: kernel-deps
 
 # ---------------------------------------------------------------- C core without Python
 # native/tests/harness.c drives the packet core directly (replay, churn); nfq.c is the
-# NFQUEUE adapter (libnetfilter_queue), not part of the core.
-CORE_SRCS := $(filter-out native/src/nfq.c native/src/xsk.c,$(wildcard native/src/*.c))
+# NFQUEUE adapter (libnetfilter_queue), xsk.c and xsk_fp.c the AF_XDP one (libbpf, libxdp): not part of the core.
+CORE_SRCS := $(filter-out native/src/nfq.c native/src/xsk.c native/src/xsk_fp.c,$(wildcard native/src/*.c))
 HARNESS_DEPS := native/tests/harness.c $(CORE_SRCS) $(wildcard native/include/*.h native/src/*.h)
 SAN_DIR := build/sanitize
 SAN_BIN := $(SAN_DIR)/harness

@@ -333,7 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "commit": common.git_commit(), "machine": common.machine_info(),
                            "config": {"n": args.n, "m_new": args.m_new, "target_dr_est": TARGET_DR_EST,
                                       "build": "gcc -O2 -g -Inative/include native/tests/harness.c "
-                                               "native/src/*.c (minus nfq.c, xsk.c) -lpthread",
+                                               "native/src/*.c (minus nfq.c, xsk.c, xsk_fp.c) -lpthread",
                                       "command": "python -m bench cost " + " ".join(args.argv)},
                "classes": {}}
     with tempfile.TemporaryDirectory(prefix="lbB-bench-cost-") as tmpd:

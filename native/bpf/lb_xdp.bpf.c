@@ -30,7 +30,7 @@
  * generation whenever the destination's forwarding state changes or it is removed). Anything else
  * takes the path above, to lbd. The flow's packets, bytes and last-seen time are counted in its
  * value; at most once a second per active flow a record in lb_reports tells lbd to credit them
- * (native/src/xsk.c).
+ * (native/src/xsk_fp.c).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -101,6 +101,12 @@ struct {
 /* ---- the fast path (all three maps stay empty without --xdp-fastpath) ---- */
 #define FP_TOT_MAX 16383 /* longer IP packets take lbd's path */
 const volatile __u32 lb_fastpath = 0; /* set by lbd before loading (.rodata): 0 = no lookup at all */
+/* Written by lbd (.bss) while it runs: 1 while it may have a flow installed in lb_flows, 0 when it has
+ * none (set before its first install, cleared within a second of its last removal). With none, a
+ * packet is spared the lookup: a miss in a table of --conn-max buckets, i.e. a cache and TLB miss
+ * per packet for all the traffic the fast path never takes (FULLNAT, NAT, IPIP, UDP to a director
+ * without established DR flows; bench/results/2026-12-05-fastpath-fnat.md). */
+volatile __u32 lb_fp_flows_on = 0;
 
 struct lb_fp_dest {                     /* lb_fdest[slot], written by lbd only */
     __u8 l2[12];                        /* destination MAC, source MAC */
@@ -296,7 +302,7 @@ int lb_xdp(struct xdp_md *ctx)
     struct iphdr *ip = (void *)(eth + 1);
     if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
         goto pass;
-    if (lb_fastpath && !(ip->frag_off & bpf_htons(0x3fff))) {
+    if (lb_fastpath && lb_fp_flows_on && !(ip->frag_off & bpf_htons(0x3fff))) {
         int fp = fast_path(ctx, eth, ip, end);
         if (fp >= 0)
             return fp;

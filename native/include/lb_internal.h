@@ -485,7 +485,7 @@ struct lb {
     struct lb_local **local_hash; /* 2^local_hash_bits chains, calloc'ed (lb_local_init), grown with nlocal */
     uint32_t local_hash_bits;
     uint32_t nlocal;             /* nodes in local_hash */
-    /* The XDP fast path (xsk.c, lbd --xdp-fastpath): NULL = off. Called under lock. */
+    /* The XDP fast path (xsk_fp.c, lbd --xdp-fastpath): NULL = off. Called under lock. */
     const struct lb_fp_ops *fp_ops;
     void *fp_arg;
     /* counters */
@@ -493,7 +493,7 @@ struct lb {
 };
 
 /* ---------------------------------------------------------------- the XDP fast path
- * An adapter that forwards established flows itself (xsk.c: the XDP program forwards established
+ * An adapter that forwards established flows itself (xsk_fp.c: the XDP program forwards established
  * DR TCP flows, docs/afxdp.md) registers these hooks; the core stays free of I/O and tells it what
  * changes, under lb->lock:
  *   flow_set: connection c (TCP, DR, ESTABLISHED, its destination resolved and available, no

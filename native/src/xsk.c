@@ -27,6 +27,9 @@
  *   LB_V_DROP: the frame goes back to the fill ring.
  * Timers (SYN-proxy, held packets) and the expiry sweep run on the thread with LB_XSK_F_TIMERS,
  * their frames on the AF_PACKET socket.
+ *
+ * The XDP fast path's user-space side (lbd --xdp-fastpath: its maps, the core's hooks, the credit
+ * of what the program forwarded) is xsk_fp.c; queue 0's thread registers it and runs its tick.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -52,7 +55,7 @@
 #include <bpf/libbpf.h>
 #include <xdp/xsk.h>
 
-#include "lb_adapter.h"
+#include "xsk_fp.h"
 
 #define XSK_FRAMES 4096
 #define XSK_FRAME_SIZE 4096                /* XSK_UMEM__DEFAULT_FRAME_SIZE: one page per frame */
@@ -67,88 +70,6 @@
 #define XSK_TXQ_WAITS 4                    /* waits for room per flush before the rest counts as not sent */
 #define XSK_TXQ_WAIT_MS 1                  /* EAGAIN (socket buffer full): poll(POLLOUT) at most this long */
 #define XSK_TXQ_NOBUFS_US 25               /* ENOBUFS (device or veth peer queue full): sleep 25, 50, 100, 200 us */
-
-struct lb_xdp_key_wire {                   /* struct lb_xdp_key of lb_xdp.bpf.c: network order */
-    uint32_t saddr;
-    uint32_t daddr;
-    uint16_t sport;
-    uint16_t dport;
-    uint8_t proto;
-    uint8_t pad[3];
-};
-
-/* ---- the fast path's maps, as lb_xdp.bpf.c declares them ---- */
-#define FP_DEST_SLOTS 65536                /* lb_fdest entries; slot 0 is never used */
-#define FP_CREDIT_MS 1000                  /* the credit interval: watched flows are read this often */
-#define FP_RING_MIN (256u * 1024)          /* lb_reports: 32 bytes a record, one per active flow a second */
-#define FP_RING_MAX (64u * 1024 * 1024)
-
-struct fp_dest_wire {                      /* struct lb_fp_dest */
-    uint8_t l2[12];
-    uint32_t ifindex;
-    uint32_t gen;
-    uint16_t mtu;
-    uint8_t up;
-    uint8_t pad;
-};
-
-struct fp_flow_wire {                      /* struct lb_fp_flow */
-    uint32_t dest_slot;
-    uint32_t gen;
-    uint32_t conn_slot;
-    uint32_t pad;
-    uint64_t packets;
-    uint64_t bytes;
-    uint64_t last_seen_ns;
-    uint64_t last_report_ns;
-};
-
-struct fp_report_wire {                    /* struct lb_fp_report */
-    struct lb_xdp_key_wire key;
-    uint32_t conn_slot;
-    uint32_t pad;
-};
-
-struct fp_credit {                         /* per connection slot: what was credited of its flow so far */
-    uint64_t packets;
-    uint64_t bytes;
-    uint32_t dest_slot, gen;               /* what its flow in lb_flows was installed with (the map's copy) */
-    uint8_t watched;                       /* in fp_watch */
-};
-
-/* The fast path's user-space side (lbd --xdp-fastpath). Every field is used under lb->lock: by the
- * core's hooks (lb_fp_ops), and by the tick of queue 0's thread (fp_tick). */
-struct lb_fp {
-    lb_t *lb;                              /* registered with (NULL: not yet) */
-    struct ring_buffer *rb;
-    uint32_t conn_slots;                   /* conn_max + 1 */
-    struct fp_credit *credit;              /* conn_slots entries */
-    uint32_t *watch;                       /* slots whose flows were active lately: read every FP_CREDIT_MS */
-    uint32_t nwatch;
-    uint32_t *free_slots;                  /* destination slots given back */
-    uint32_t nfree;
-    uint32_t next_slot;                    /* slots [1, next_slot) were handed out once */
-    uint32_t gen;
-    uint64_t last_credit_ms;
-    int sync_cleared;                      /* flows removed for the running sync master */
-    uint64_t installed, removed, refused, credited, stale;
-};
-
-struct lb_xdp {
-    struct bpf_object *obj;
-    int link_fd;
-    int keys_fd;
-    int xsks_fd;
-    int stats_fd;
-    int local_fd;
-    int flows_fd;
-    int fdest_fd;
-    int reports_fd;
-    uint32_t ifindex;
-    int mode;                              /* LB_XDP_MODE_NATIVE / _GENERIC */
-    uint32_t fastpath_flows;               /* 0: no fast path */
-    struct lb_fp fp;
-};
 
 enum xsk_txq_kind { TXQ_FORWARD, TXQ_FRAGMENTS, TXQ_TIMER };
 
@@ -205,38 +126,6 @@ static int libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list 
     return 0;
 }
 
-/* Size the fast path's maps and switch it on (lb_fastpath in .rodata), before the object loads. */
-static int fp_prepare(struct bpf_object *obj, uint32_t flows)
-{
-    struct bpf_map *m, *fl = NULL, *ring = NULL, *ro = NULL;
-    bpf_object__for_each_map(m, obj) {
-        const char *name = bpf_map__name(m);
-        size_t n = strlen(name);
-        if (strcmp(name, "lb_flows") == 0)
-            fl = m;
-        else if (strcmp(name, "lb_reports") == 0)
-            ring = m;
-        else if (bpf_map__is_internal(m) && n >= 7 && strcmp(name + n - 7, ".rodata") == 0)
-            ro = m;
-    }
-    if (!fl || !ring || !ro)
-        return -ENOENT;
-    if (!flows)
-        return 0;
-    size_t sz = 0;
-    const uint32_t on = 1;
-    if (!bpf_map__initial_value(ro, &sz) || sz != sizeof(on)) /* lb_fastpath is the program's only constant */
-        return -EINVAL;
-    int e = bpf_map__set_initial_value(ro, &on, sizeof(on));
-    if (e < 0)
-        return e;
-    uint64_t ring_bytes = FP_RING_MIN;
-    while (ring_bytes < FP_RING_MAX && ring_bytes < (uint64_t)flows * 8)
-        ring_bytes *= 2;
-    e = bpf_map__set_max_entries(fl, flows);
-    return e < 0 ? e : bpf_map__set_max_entries(ring, (uint32_t)ring_bytes);
-}
-
 lb_xdp_t *lb_xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, uint32_t fastpath_flows, int *mode,
                         int *native_err, int *err)
 {
@@ -261,7 +150,7 @@ lb_xdp_t *lb_xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, u
         e = -errno;
         goto fail;
     }
-    if ((e = fp_prepare(x->obj, fastpath_flows)) < 0)
+    if ((e = lb_xsk_fp_prepare(x->obj, fastpath_flows)) < 0)
         goto fail;
     if ((e = bpf_object__load(x->obj)) < 0)
         goto fail;
@@ -313,11 +202,7 @@ void lb_xdp_detach(lb_xdp_t *x)
         return;
     if (x->link_fd >= 0)
         close(x->link_fd); /* the last reference to the link: the program leaves the interface */
-    if (x->fp.rb)
-        ring_buffer__free(x->fp.rb);
-    free(x->fp.credit);
-    free(x->fp.watch);
-    free(x->fp.free_slots);
+    lb_xsk_fp_free(&x->fp);
     if (x->obj)
         bpf_object__close(x->obj);
     free(x);
@@ -381,283 +266,17 @@ void lb_xdp_get_stats(lb_xdp_t *x, struct lb_xdp_stats *out)
     out->fp_stale = __atomic_load_n(&x->fp.stale, __ATOMIC_RELAXED);
 }
 
-/* ------------------------------------------------------------------ the fast path's user-space side
- * The core calls the hooks below under lb->lock (lb_fp_ops, lb_internal.h); queue 0's thread runs
- * fp_tick under the same lock. Statistics: the program counts each flow's packets, bytes and last-seen
- * time in its lb_flows value and queues a record in lb_reports on a flow's first packet and then at
- * most once a second while it is active (never a wakeup: the ring is read on this thread's clock).
- * A record puts the flow's connection slot on the watch list; every FP_CREDIT_MS the watched flows are
- * read, what they counted since the last read is credited to the connection's destination and service
- * (as lb_process counts inpkts/inbytes) and the connection's timer restarts from the last-seen time;
- * a flow that counted nothing for a whole interval leaves the list (its next packet queues a record
- * again: more than a second after the last one). So the cost goes with the active flows, not the
- * table, and a flow's packets are credited within about two intervals. */
-
-static void fp_key_of(const struct lb_conn *c, struct lb_xdp_key_wire *k)
-{
-    memset(k, 0, sizeof(*k));
-    k->saddr = c->caddr;
-    k->daddr = c->vaddr;
-    k->sport = c->cport;
-    k->dport = c->vport;
-    k->proto = c->proto;
-}
-
-static int fp_key_eq(const struct lb_xdp_key_wire *a, const struct lb_xdp_key_wire *b)
-{
-    return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport && a->dport == b->dport &&
-           a->proto == b->proto;
-}
-
-static void fp_watch(struct lb_fp *fp, uint32_t slot)
-{
-    if (slot >= fp->conn_slots || fp->credit[slot].watched || fp->nwatch >= fp->conn_slots)
-        return;
-    fp->credit[slot].watched = 1;
-    fp->watch[fp->nwatch++] = slot;
-}
-
-/* Credit what c's flow (value v) counted since the last credit; returns the packets credited. */
-static uint64_t fp_credit_flow(struct lb_fp *fp, lb_t *lb, struct lb_conn *c, const struct fp_flow_wire *v)
-{
-    uint32_t slot = (uint32_t)(c - lb->conns);
-    struct fp_credit *cr = &fp->credit[slot];
-    if (v->packets <= cr->packets) {
-        cr->bytes = v->bytes < cr->bytes ? v->bytes : cr->bytes;
-        return 0;
-    }
-    uint64_t dp = v->packets - cr->packets, db = v->bytes >= cr->bytes ? v->bytes - cr->bytes : 0;
-    cr->packets = v->packets;
-    cr->bytes = v->bytes;
-    struct lb_dest *d = c->dest;
-    if (d) {
-        d->stats.inpkts += dp;
-        d->stats.inbytes += db;
-        if ((d->flags & LB_DEST_F_AVAILABLE) && d->svc) {
-            d->svc->stats.inpkts += dp;
-            d->svc->stats.inbytes += db;
-        }
-    }
-    __atomic_fetch_add(&lb->counters[LB_R_FORWARDED], dp, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&fp->credited, dp, __ATOMIC_RELAXED);
-    if (c->state == LB_S_ESTABLISHED) { /* the timer restarts from the flow's last packet, as lb_process would */
-        uint64_t t = v->last_seen_ns / 1000000u + lb->timeouts_ms[LB_S_ESTABLISHED];
-        if (t > c->expires_ms)
-            lb_conn_set_expiry(lb, c, t);
-    }
-    return dp;
-}
-
-static void fp_dest_write(struct lb_xdp *x, struct lb_dest *d)
-{
-    struct fp_dest_wire w;
-    memset(&w, 0, sizeof(w));
-    if (++x->fp.gen == 0)
-        x->fp.gen = 1;
-    d->fp_gen = x->fp.gen;
-    w.gen = d->fp_gen;
-    const struct lb_dest_fwd *f = d->fwd;
-    if (f && (d->flags & LB_DEST_F_AVAILABLE) && d->svc) {
-        memcpy(w.l2, f->l2hdr, 12);
-        w.ifindex = (uint32_t)f->conf.ifindex;
-        uint32_t mtu = f->conf.mtu ? f->conf.mtu : 1500u;
-        w.mtu = (uint16_t)(mtu > 0xffff ? 0xffff : mtu);
-        w.up = 1;
-    }
-    uint32_t slot = d->fp_slot;
-    if (bpf_map_update_elem(x->fdest_fd, &slot, &w, BPF_ANY) < 0) {
-        /* the old entry stays, with the old generation: the flows installed next carry a new one, so they
-         * are not forwarded by a stale entry; installed ones may be until the next write. Never expected
-         * for an array slot in range. */
-        fprintf(stderr, "lbd xdp fast path: cannot write destination slot %u: %s\n", slot, strerror(errno));
-    }
-}
-
-static void fp_hook_dest(void *arg, lb_t *lb, struct lb_dest *d, int freed)
-{
-    struct lb_xdp *x = arg;
-    (void)lb;
-    if (!d->fp_slot)
-        return; /* no flow was ever installed to it */
-    if (!freed) {
-        fp_dest_write(x, d);
-        return;
-    }
-    struct fp_dest_wire w;
-    memset(&w, 0, sizeof(w));
-    uint32_t slot = d->fp_slot;
-    bpf_map_update_elem(x->fdest_fd, &slot, &w, BPF_ANY);
-    if (x->fp.nfree < FP_DEST_SLOTS)
-        x->fp.free_slots[x->fp.nfree++] = slot;
-    d->fp_slot = 0;
-}
-
-/* Read c's flow, credit it, and delete it (del) or not. 1 when it was found. */
-static int fp_flow_read(struct lb_xdp *x, lb_t *lb, struct lb_conn *c, int del)
-{
-    struct lb_xdp_key_wire k;
-    struct fp_flow_wire v;
-    fp_key_of(c, &k);
-    memset(&v, 0, sizeof(v));
-    if (bpf_map_lookup_elem(x->flows_fd, &k, &v) < 0)
-        return 0;
-    if (v.conn_slot == (uint32_t)(c - lb->conns))
-        fp_credit_flow(&x->fp, lb, c, &v);
-    if (del)
-        bpf_map_delete_elem(x->flows_fd, &k);
-    return 1;
-}
-
-static void fp_hook_flow_del(void *arg, lb_t *lb, struct lb_conn *c)
-{
-    struct lb_xdp *x = arg;
-    if (c->xdp_fp == LB_FP_ON) {
-        fp_flow_read(x, lb, c, 1);
-        __atomic_fetch_add(&x->fp.removed, 1, __ATOMIC_RELAXED);
-    }
-    c->xdp_fp = 0;
-}
-
-static void fp_hook_flow_set(void *arg, lb_t *lb, struct lb_conn *c)
-{
-    struct lb_xdp *x = arg;
-    struct lb_fp *fp = &x->fp;
-    struct lb_dest *d = c->dest;
-    uint32_t slot = (uint32_t)(c - lb->conns);
-    if (!d->fp_slot) {
-        uint32_t s = fp->nfree ? fp->free_slots[--fp->nfree] : fp->next_slot < FP_DEST_SLOTS ? fp->next_slot++ : 0;
-        if (!s) {
-            c->xdp_fp = LB_FP_REFUSED;
-            __atomic_fetch_add(&fp->refused, 1, __ATOMIC_RELAXED);
-            return;
-        }
-        d->fp_slot = s;
-        fp_dest_write(x, d);
-    }
-    struct fp_credit *cr = &fp->credit[slot < fp->conn_slots ? slot : 0];
-    if (c->xdp_fp == LB_FP_ON && slot < fp->conn_slots && cr->dest_slot == d->fp_slot && cr->gen == d->fp_gen)
-        return; /* the flow is current: this packet was on its way to lbd before the install took effect */
-    if (c->xdp_fp == LB_FP_ON)
-        fp_flow_read(x, lb, c, 0); /* a re-install: what the old value counted is credited first */
-    struct lb_xdp_key_wire k;
-    struct fp_flow_wire v;
-    fp_key_of(c, &k);
-    memset(&v, 0, sizeof(v));
-    v.dest_slot = d->fp_slot;
-    v.gen = d->fp_gen;
-    v.conn_slot = slot;
-    if (slot >= fp->conn_slots || bpf_map_update_elem(x->flows_fd, &k, &v, BPF_ANY) < 0) {
-        if (c->xdp_fp == LB_FP_ON)
-            bpf_map_delete_elem(x->flows_fd, &k);
-        c->xdp_fp = LB_FP_REFUSED;
-        __atomic_fetch_add(&fp->refused, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    c->xdp_fp = LB_FP_ON;
-    cr->packets = 0;
-    cr->bytes = 0;
-    cr->dest_slot = v.dest_slot;
-    cr->gen = v.gen;
-    fp_watch(fp, slot);
-    __atomic_fetch_add(&fp->installed, 1, __ATOMIC_RELAXED);
-}
-
-static const struct lb_fp_ops fp_ops = {
-    .flow_set = fp_hook_flow_set,
-    .flow_del = fp_hook_flow_del,
-    .dest = fp_hook_dest,
-};
-
-/* A record from the program: the flow of key is active. */
-static int fp_on_report(void *ctx, void *data, size_t size)
-{
-    struct lb_xdp *x = ctx;
-    struct lb_fp *fp = &x->fp;
-    lb_t *lb = fp->lb;
-    if (size < sizeof(struct fp_report_wire))
-        return 0;
-    struct fp_report_wire r;
-    memcpy(&r, data, sizeof(r));
-    /* The value's connection slot is the truth (the record may be older than a re-install). */
-    struct fp_flow_wire v;
-    if (bpf_map_lookup_elem(x->flows_fd, &r.key, &v) < 0)
-        return 0; /* removed meanwhile */
-    if (v.conn_slot < fp->conn_slots && v.conn_slot > 0) {
-        struct lb_conn *c = &lb->conns[v.conn_slot];
-        struct lb_xdp_key_wire k;
-        fp_key_of(c, &k);
-        if ((c->flags & LB_CF_USED) && c->xdp_fp == LB_FP_ON && fp_key_eq(&k, &r.key)) {
-            fp_watch(fp, v.conn_slot);
-            return 0;
-        }
-    }
-    bpf_map_delete_elem(x->flows_fd, &r.key); /* a flow without its connection */
-    __atomic_fetch_add(&fp->stale, 1, __ATOMIC_RELAXED);
-    return 0;
-}
-
-/* Queue 0's thread, every round: the reports, the credit interval's reads, the sync master's rule. */
-static void fp_tick(struct lb_xsk *q)
-{
-    struct lb_xdp *x = q->xdp;
-    struct lb_fp *fp = &x->fp;
-    lb_t *lb = q->lb;
-    pthread_mutex_lock(&lb->lock);
-    if (lb->sync_on && !fp->sync_cleared) {
-        /* The sync master decides per packet what to send (sync.c): no flow may bypass the core. */
-        for (uint32_t i = 1; i < lb->hwm && i < fp->conn_slots; i++)
-            if ((lb->conns[i].flags & LB_CF_USED) && lb->conns[i].xdp_fp)
-                fp_hook_flow_del(x, lb, &lb->conns[i]);
-        fp->sync_cleared = 1;
-    } else if (!lb->sync_on) {
-        fp->sync_cleared = 0;
-    }
-    ring_buffer__consume(fp->rb);
-    uint64_t now = lb_adapter_now_ms();
-    if (now - fp->last_credit_ms >= FP_CREDIT_MS) {
-        fp->last_credit_ms = now;
-        uint32_t kept = 0;
-        for (uint32_t i = 0; i < fp->nwatch; i++) {
-            uint32_t slot = fp->watch[i];
-            struct lb_conn *c = &lb->conns[slot];
-            struct lb_xdp_key_wire k;
-            struct fp_flow_wire v;
-            int active = 0;
-            if ((c->flags & LB_CF_USED) && c->xdp_fp == LB_FP_ON) {
-                fp_key_of(c, &k);
-                if (bpf_map_lookup_elem(x->flows_fd, &k, &v) == 0 && v.conn_slot == slot)
-                    active = fp_credit_flow(fp, lb, c, &v) > 0;
-            }
-            if (active)
-                fp->watch[kept++] = slot;
-            else
-                fp->credit[slot].watched = 0;
-        }
-        fp->nwatch = kept;
-    }
-    pthread_mutex_unlock(&lb->lock);
-}
+/* ------------------------------------------------------------------ the fast path (xsk_fp.c) */
 
 /* Register the fast path with the engine (queue 0's socket, once per program). */
 static int fp_start(struct lb_xsk *q)
 {
-    struct lb_xdp *x = q->xdp;
-    struct lb_fp *fp = &x->fp;
-    if (!x->fastpath_flows || fp->lb || q->queue_id != 0)
+    if (q->queue_id != 0)
         return 0;
-    fp->conn_slots = lb_conn_max(q->lb) + 1;
-    fp->credit = calloc(fp->conn_slots, sizeof(*fp->credit));
-    fp->watch = calloc(fp->conn_slots, sizeof(*fp->watch));
-    fp->free_slots = calloc(FP_DEST_SLOTS, sizeof(*fp->free_slots));
-    if (!fp->credit || !fp->watch || !fp->free_slots)
-        return -ENOMEM;
-    fp->rb = ring_buffer__new(x->reports_fd, fp_on_report, x, NULL);
-    if (!fp->rb)
-        return errno ? -errno : -EIO;
-    fp->next_slot = 1;
-    fp->lb = q->lb;
-    lb_fp_register(q->lb, &fp_ops, x);
-    q->fp = 1;
+    int r = lb_xsk_fp_start(q->xdp, q->lb);
+    if (r < 0)
+        return r;
+    q->fp = r;
     return 0;
 }
 
@@ -665,9 +284,8 @@ static void fp_stop(struct lb_xsk *q)
 {
     if (!q->fp)
         return;
-    lb_fp_register(q->lb, NULL, NULL);
+    lb_xsk_fp_stop(q->lb);
     q->fp = 0;
-    /* the program's flows stay until it is detached; the connections' marks are cleared lazily */
 }
 
 /* ------------------------------------------------------------------ the socket and its thread */
@@ -1020,7 +638,7 @@ static void *xsk_thread(void *arg)
             process_rx(q);
         reap_completions(q);
         if (q->fp)
-            fp_tick(q);
+            lb_xsk_fp_tick(q->xdp, q->lb);
         if (!(q->flags & LB_XSK_F_TIMERS))
             continue;
         process_timers(q);

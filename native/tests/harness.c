@@ -188,7 +188,7 @@ static int setup(lb_t *lb)
 }
 
 /* The XDP fast path's hooks (lb_fp_ops) as a stand-in adapter: it marks and unmarks connections as
- * xsk.c does and checks what the core promises of each call (lb_internal.h). fp_bad: a broken promise. */
+ * xsk_fp.c does and checks what the core promises of each call (lb_internal.h). fp_bad: a broken promise. */
 static struct {
     long set, del, dest, freed;
     uint32_t next_slot;

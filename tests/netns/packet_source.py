@@ -66,6 +66,18 @@ def xdp_map_keys(lbd: Lbd, name: str) -> set[bytes]:
     return keys or set()
 
 
+def xdp_global_section(lbd: Lbd, section: str) -> bytes:
+    """The bytes of the program's global-data map `section` (".bss", ".rodata": libbpf names it
+    <object name, cut>.bss), as lbd's one program holds it."""
+    assert lbd.proc is not None
+    pid = lbd.proc.pid
+    names = {m["id"]: m.get("name") or "" for m in json.loads(_bpftool("map", "show"))}
+    ids = [i for i in _map_ids(pid) if names.get(i, "").endswith(section)]
+    assert len(ids) == 1, f"{len(ids)} {section} maps held by lbd pid {pid} (its maps: {[names.get(i) for i in _map_ids(pid)]})"
+    (entry,) = json.loads(_bpftool("map", "dump", "id", str(ids[0])))
+    return bytes(int(b, 16) for b in entry["value"])
+
+
 def _map_ids(pid: int) -> set[int]:
     """The ids of the BPF maps process `pid` holds a descriptor of (their fdinfo's map_id)."""
     ids = set()

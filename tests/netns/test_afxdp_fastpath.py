@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from conftest import HTTP_PORT, Lbd, LbdError, running_lbd
-from packet_source import xdp_map_keys
+from packet_source import xdp_global_section, xdp_map_keys
 from test_afxdp import (  # type: ignore[import-not-found]
     BPF_OBJECT,
     full_checksums,
@@ -138,6 +138,49 @@ def test_fastpath_forwards_established_flow_keeps_stats_timer_and_fin(fplbd: Lbd
     wait_until("the flow removed", lambda: not xdp_map_keys(fplbd, "lb_flows") and program(fplbd)["fp_removed"] >= 1)
     wait_until("every packet credited after the close", lambda: all_credited(fplbd))
     assert program(fplbd)["fp_credited"] >= 1
+
+
+def test_fastpath_idle_flow_is_credited_from_its_report(fplbd: Lbd, topo: Topology) -> None:
+    """A flow idle for more than two credit intervals has left the watch list: only the record its next
+    packet queues in lb_reports brings it back, so that packet is credited only if queue 0's thread
+    reads the ring (native/src/xsk_fp.c: the tick's test without the lock must not skip a record)."""
+    setup_dr(fplbd, topo)
+    with client.KeepAlive(topo.client.netns, topo.vip, HTTP_PORT) as ka:
+        for _ in range(3):
+            r = ka.get()
+            assert r.ok, f"{r}\nlbd log:\n{fplbd.log_tail()}"
+        assert program(fplbd)["fastpath"] >= 1, program(fplbd)
+        wait_until("the first requests credited", lambda: all_credited(fplbd))
+        time.sleep(2.5)  # two credit intervals and more without a packet: the flow leaves the watch list
+        before = program(fplbd)
+        r = ka.get(timeout=3.0)
+        assert r.ok, f"{r}\nlbd log:\n{fplbd.log_tail()}"
+        after = program(fplbd)
+        assert after["redirected"] == before["redirected"] and after["fastpath"] > before["fastpath"], (
+            before, after)  # the request took the XDP path alone: its credit can only come from the ring
+        wait_until("the request after the pause credited", lambda: all_credited(fplbd))
+
+
+def flows_on(lbd: Lbd) -> int:
+    """The program's lb_fp_flows_on (its only .bss variable): 1 while lbd may have a flow installed."""
+    return int.from_bytes(xdp_global_section(lbd, ".bss")[:4], "little")
+
+
+def test_fastpath_lookup_only_while_a_flow_is_installed(fplbd: Lbd, topo: Topology) -> None:
+    """The program looks packets up in lb_flows only while lbd has a flow installed (lb_fp_flows_on):
+    a director with no established DR flow spares the traffic the fast path never takes (FULLNAT, NAT,
+    IPIP) a lookup that misses. Set before the first install (the flow's packets are fast-pathed at
+    once), cleared within a credit interval of the last removal."""
+    setup_dr(fplbd, topo)
+    assert flows_on(fplbd) == 0  # a service, no connection
+    with client.KeepAlive(topo.client.netns, topo.vip, HTTP_PORT) as ka:
+        for _ in range(3):
+            r = ka.get()
+            assert r.ok, f"{r}\nlbd log:\n{fplbd.log_tail()}"
+        assert xdp_map_keys(fplbd, "lb_flows") and flows_on(fplbd) == 1
+        assert program(fplbd)["fastpath"] >= 1, program(fplbd)
+    wait_until("the flow removed", lambda: not xdp_map_keys(fplbd, "lb_flows"))
+    wait_until("lb_fp_flows_on cleared after the last flow", lambda: flows_on(fplbd) == 0)
 
 
 def test_fastpath_not_while_the_sync_master_runs(fplbd: Lbd, topo: Topology) -> None:
