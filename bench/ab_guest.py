@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import ab_tools, common, pps
+from bench import ab_tools, common, guest_wire, pps
 from bench.common import Lbd, LbdError, log
 from lb.testbed import client
 from lb.testbed.topology import Topology, TopologySpec
@@ -216,6 +216,10 @@ def run_all(out: dict[str, Any], args: argparse.Namespace) -> None:
     gen_cpu, dut_cpu = common.cpu_layout(None, None)
     httpd = common.build_tool("httpd")
     with tempfile.TemporaryDirectory(prefix="lbB-ab-") as tmpd, Topology(ab_spec()) as topo:
+        out["wire"] = args.guest_wire
+        if args.guest_wire == "virtio":  # before the Bed: it reads the interfaces' MACs
+            out["virtio_wire"] = guest_wire.apply(topo, dut_cpu, gen_cpu)
+            log(f"ab: virtio wire: {out['virtio_wire']}")
         bed = pps.Bed(topo, gen_cpu, dut_cpu, steer=True)
         bed.nice = -10
         bed.dut_cpu = dut_cpu
@@ -349,13 +353,19 @@ def establish_ipvs(bed: pps.Bed, tmp: Path, flow_base: int) -> str | None:
 AFXDP_QUEUE_NUM = 1  # the AF_XDP lbd's NFQUEUE (its fallback) and instance name: the NFQUEUE lbd holds 0
 
 
-def afxdp_extra(bed: pps.Bed) -> tuple[str, ...]:
-    """lbd's options for the AF_XDP source on the director's client-side interface, generic XDP (veth:
-    native XDP would run on the sending CPU, the generator's, see bench/pps.py). The AF_XDP source
-    also binds an NFQUEUE (its fallback for fragments, local clients, fwmark), and the NFQUEUE lbd
-    keeps queue 0 while this one runs: another queue number, which also names its own instance."""
-    return ("--packet-source", "afxdp", "--xdp-interface", bed.director.iface("lan").ifname, "--xdp-mode", "generic",
-            "--queue-num", str(AFXDP_QUEUE_NUM))
+def xdp_mode(wire: str) -> str:
+    """lbd's --xdp-mode on `wire`: generic on veth (native XDP would run on the sending CPU, the
+    generator's, see bench/pps.py), native on virtio (the driver's own XDP, bench/guest_wire.py)."""
+    return "native" if wire == "virtio" else "generic"
+
+
+def afxdp_extra(bed: pps.Bed, wire: str = "veth") -> tuple[str, ...]:
+    """lbd's options for the AF_XDP source on the director's client-side interface, in xdp_mode(wire).
+    The AF_XDP source also binds an NFQUEUE (its fallback for fragments, local clients, fwmark), and
+    the NFQUEUE lbd keeps queue 0 while this one runs: another queue number, which also names its own
+    instance."""
+    return ("--packet-source", "afxdp", "--xdp-interface", bed.director.iface("lan").ifname, "--xdp-mode",
+            xdp_mode(wire), "--queue-num", str(AFXDP_QUEUE_NUM))
 
 
 def afxdp_systems(args: argparse.Namespace, bed: pps.Bed) -> list[tuple[str, tuple[str, ...]]]:
@@ -363,11 +373,26 @@ def afxdp_systems(args: argparse.Namespace, bed: pps.Bed) -> list[tuple[str, tup
     --afxdp-fast "lbd-afxdp-fast" (the same with --xdp-fastpath: established DR flows forwarded by
     the XDP program itself, docs/afxdp.md)."""
     out: list[tuple[str, tuple[str, ...]]] = []
+    wire = getattr(args, "guest_wire", "veth")
     if args.afxdp:
-        out.append(("lbd-afxdp", afxdp_extra(bed)))
+        out.append(("lbd-afxdp", afxdp_extra(bed, wire)))
     if getattr(args, "afxdp_fast", False):
-        out.append(("lbd-afxdp-fast", (*afxdp_extra(bed), "--xdp-fastpath")))
+        out.append(("lbd-afxdp-fast", (*afxdp_extra(bed, wire), "--xdp-fastpath")))
     return out
+
+
+@contextlib.contextmanager
+def redirect_target(bed: pps.Bed, wire: str) -> Iterator[None]:
+    """On the virtio wire, XDP_PASS on the director's back NIC while an AF_XDP lbd runs: virtio_net
+    takes the fast path's redirected frames only with a program attached (bench/guest_wire.py)."""
+    back = bed.director.iface("back").ifname
+    if wire == "virtio":
+        guest_wire.attach_pass(bed.director, back)
+    try:
+        yield None
+    finally:
+        if wire == "virtio":
+            guest_wire.detach(bed.director, back)
 
 
 def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd: Lbd, tmp: Path) -> None:
@@ -442,19 +467,23 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
             if r_rep == rep:
                 measure(rep, sysname, mode, kind, lbd if sysname == "lbd" else None)
         for sysname, extra in afxdp_systems(args, bed):
-            try:
-                xlbd = start_lbd(bed.director, cpu=bed.dut_cpu, nice=bed.nice, extra=extra)
-            except Exception as exc:  # noqa: BLE001
-                skipped.append({"system": sysname, "mode": "*", "traffic": "*", "rep": rep,
-                                "reason": str(exc)[:1000]})
-                log(f"ab: {sysname} did not start: {exc}")
-                continue
-            try:
-                for kind in args.traffic:
-                    for mode in args.modes:
-                        measure(rep, sysname, mode, kind, xlbd)
-            finally:
-                stop_lbd(xlbd)
+            with redirect_target(bed, args.guest_wire):
+                try:
+                    xlbd = start_lbd(bed.director, cpu=bed.dut_cpu, nice=bed.nice, extra=extra)
+                except Exception as exc:  # noqa: BLE001
+                    skipped.append({"system": sysname, "mode": "*", "traffic": "*", "rep": rep,
+                                    "reason": str(exc)[:1000]})
+                    log(f"ab: {sysname} did not start: {exc}")
+                    continue
+                try:
+                    status = xlbd.request("ping").get("afxdp")
+                    out["pps"].setdefault("afxdp_status", []).append({"system": sysname, "rep": rep, **(status or {})})
+                    log(f"ab: {sysname}: {status}")
+                    for kind in args.traffic:
+                        for mode in args.modes:
+                            measure(rep, sysname, mode, kind, xlbd)
+                finally:
+                    stop_lbd(xlbd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lbd-tool", choices=ab_tools.LBD_TOOLS, default=ab_tools.DEFAULT_LBD_TOOL,
                     help="what configures lbd: ipvsadm (default: the same binary as for IPVS, through "
                     "lbd-exec) or lbadm")
+    ap.add_argument("--guest-wire", choices=guest_wire.WIRES, default="veth",
+                    help="the director's links: veth (the testbed's) or virtio (the NICs bench/ab.py gave qemu, "
+                    "bench/guest_wire.py)")
     args = ap.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 2
