@@ -455,6 +455,9 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
             bed.lbd_pid = None
         r.update(system=sysname, mode=mode, traffic=kind, rep=rep,
                  loadavg=Path("/proc/loadavg").read_text().split()[:3])
+        if sysname.startswith("lbd-afxdp") and the_lbd is not None:  # what its XDP program did (fastpath, redirect)
+            with contextlib.suppress(Exception):
+                r["afxdp_program"] = (the_lbd.request("counters").get("afxdp") or {}).get("program")
         res.append(r)
         common.write_json(args.out / "ab_guest.json", out)
         log(f"ab: pps rep {rep + 1} {sysname:9} {mode:7} {kind}: zero-loss {r['zero_loss_pps']:.0f} pps"
