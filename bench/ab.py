@@ -174,11 +174,11 @@ def qemu_opts_for(wire: str) -> list[str]:
 
 def guest_extra(args: argparse.Namespace) -> list[str]:
     """bench/ab_guest.py options passed through: --afxdp, --afxdp-fast, --parts, --repeats, --modes, --traffic,
-    --steps, --guest-wire (when not the default)."""
+    --steps, --profile, --guest-wire (when not the default)."""
     extra = [f"--{flag}" for flag in ("afxdp", "afxdp-fast") if getattr(args, flag.replace("-", "_"), False)]
     if getattr(args, "guest_wire", "veth") != "veth":
         extra += ["--guest-wire", args.guest_wire]
-    for opt in ("parts", "repeats", "modes", "traffic", "steps"):
+    for opt in ("parts", "repeats", "modes", "traffic", "steps", "profile"):
         if getattr(args, opt, None):
             extra += [f"--{opt}", str(getattr(args, opt))]
     return extra
@@ -207,6 +207,8 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     help="the director's links in the guest: veth (default: the testbed's veth and bridges; lbd's "
                     "XDP in generic mode) or virtio (virtio-net NICs joined by qemu hubs, lbd's XDP native in the "
                     "NIC driver; bench/guest_wire.py)")
+    ap.add_argument("--profile", default=None, help="throughput: systems to profile with perf on the guest's DUT "
+                    "CPU at their zero-loss rate (e.g. ipvs,lbd-afxdp-fast; bench/ab_guest.py profile)")
     ap.add_argument("--md", type=Path, default=None, help="also write the throughput report (markdown) here")
 
 

@@ -447,6 +447,13 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
                 if why:
                     raise LbdError(why)
                 r = pps.search(bed, tr, args.window, args.steps)
+                if sysname in args.profile:  # after the search: its figures are not perf's
+                    key = f"{sysname}/{mode}/{kind}/rep{rep + 1}"
+                    try:
+                        prof = profile(bed, tr, r["zero_loss_pps"] or 1000.0)
+                    except Exception as exc:  # noqa: BLE001 - the measurement stands without it
+                        prof = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+                    out["pps"].setdefault("profiles", {})[key] = prof
         except Exception as exc:  # noqa: BLE001
             skipped.append({"system": sysname, "mode": mode, "traffic": kind, "rep": rep, "reason": str(exc)[:1000]})
             log(f"ab: pps {sysname} {mode} {kind} skipped: {exc}")
@@ -489,6 +496,28 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
                     stop_lbd(xlbd)
 
 
+PROFILE_S = 3.0
+
+
+def profile(bed: pps.Bed, tr: pps.Traffic, rate: float, seconds: float = PROFILE_S) -> dict[str, Any]:
+    """`perf record -g` of the DUT CPU for `seconds` while the generator offers `rate` (the system's
+    zero-loss rate, after its search): where the director's CPU goes, by symbol (perf report text,
+    entries >= 0.5 %). Samples include perf's own cost; the shape, not the total, is the finding."""
+    with tempfile.TemporaryDirectory(prefix=f"{bed.topo.prefix}-perf-") as tmp:
+        data = Path(tmp) / "perf.data"
+        rec = subprocess.Popen(["perf", "record", "-q", "-g", "-C", str(bed.dut_cpu), "-o", str(data), "--", "sleep",
+                                str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            gen = pps.run_gen(bed, tr, rate, int(rate * seconds), seconds)
+        finally:
+            _, err = rec.communicate(timeout=120)
+        rep = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "sym", "--stdio", "-g",
+                              "none", "--percent-limit", "0.5"], capture_output=True, text=True, timeout=300)
+    text = "\n".join(ln for ln in rep.stdout.splitlines() if ln.strip() and not ln.startswith("#"))
+    return {"rate": rate, "sent": gen.get("sent"), "record_rc": rec.returncode, "record_err": err[-500:],
+            "report": text[:20000]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -512,7 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guest-wire", choices=guest_wire.WIRES, default="veth",
                     help="the director's links: veth (the testbed's) or virtio (the NICs bench/ab.py gave qemu, "
                     "bench/guest_wire.py)")
+    ap.add_argument("--profile", default="", help="throughput: systems (kernel, ipvs, lbd, lbd-afxdp, lbd-afxdp-fast) "
+                    "to profile with perf on the DUT CPU at their zero-loss rate after their search")
     args = ap.parse_args(argv)
+    args.profile = [w for w in args.profile.split(",") if w]
     if args.repeats is None:
         args.repeats = 1 if args.quick else 2
     if args.steps is None:

@@ -118,3 +118,9 @@ def test_report_names_the_wire_and_the_xdp_mode_it_gave_lbd() -> None:
     text = "\n".join(lines)
     assert "virtio-net NICs joined by qemu hubs" in text and "(native XDP, virtio_net)" in text
     assert "generic XDP mode on the guest's veth" in "\n".join(xr.guest_section({"guest": {"pps": {"results": [r]}}}))
+
+
+def test_profiled_systems_reach_the_guest_as_one_option() -> None:
+    extra = ab.guest_extra(_ab_args(["--afxdp-fast", "--profile", "ipvs,lbd-afxdp-fast"]))
+    assert extra[extra.index("--profile") + 1] == "ipvs,lbd-afxdp-fast"
+    assert "--profile" not in ab.guest_extra(_ab_args(["--afxdp-fast"]))
