@@ -505,12 +505,16 @@ def profile(bed: pps.Bed, tr: pps.Traffic, rate: float, seconds: float = PROFILE
     entries >= 0.5 %). Samples include perf's own cost; the shape, not the total, is the finding."""
     with tempfile.TemporaryDirectory(prefix=f"{bed.topo.prefix}-perf-") as tmp:
         data = Path(tmp) / "perf.data"
-        rec = subprocess.Popen(["perf", "record", "-q", "-g", "-C", str(bed.dut_cpu), "-o", str(data), "--", "sleep",
-                                str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # -B -N: no build-id collection at the end (it reads every binary sampled, over 9p under TCG: minutes).
+        rec = subprocess.Popen(["perf", "record", "-q", "-B", "-N", "-g", "-C", str(bed.dut_cpu), "-o", str(data), "--",
+                                "sleep", str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             gen = pps.run_gen(bed, tr, rate, int(rate * seconds), seconds)
-        finally:
             _, err = rec.communicate(timeout=120)
+        finally:
+            if rec.poll() is None:
+                rec.kill()
+                rec.wait(timeout=10)
         rep = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "sym", "--stdio", "-g",
                               "none", "--percent-limit", "0.5"], capture_output=True, text=True, timeout=300)
     text = "\n".join(ln for ln in rep.stdout.splitlines() if ln.strip() and not ln.startswith("#"))
