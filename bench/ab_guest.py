@@ -27,6 +27,10 @@ running bench/native/httpd.c on port 8080, which answers with its name) and one 
    repetition.
 3. HTTP: wrk maximum requests/s with keep-alive and connections/s (Connection: close) through
    IPVS, through lbd, and to rs1 through the director as a plain router ("router").
+
+`--guest-wire virtio`: the director's links are the virtio-net NICs bench/ab.py gave qemu
+(bench/guest_wire.py), for every system; lbd's XDP then runs natively. `--profile SYSTEMS`: perf of
+the DUT CPU at each named system's zero-loss rate, after its search (profile()).
 """
 
 from __future__ import annotations
