@@ -25,14 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import ab_tools, common
+from bench import ab_tools, common, guest_wire
 from lb.testbed import guest
 
 
 def run_guest(out_dir: Path, quick: bool, functional_only: bool, timeout: float,
               kdir: Path | None = None, lbd_tool: str = ab_tools.DEFAULT_LBD_TOOL,
-              guest_args: str = "") -> dict[str, Any]:
-    """Prepare, boot, run bench/ab_guest.py inside; returns its results (or why not)."""
+              guest_args: str = "", qemu_opts: list[str] | None = None) -> dict[str, Any]:
+    """Prepare, boot, run bench/ab_guest.py inside; returns its results (or why not). `qemu_opts`:
+    extra qemu arguments (the virtio wire's NICs, bench/guest_wire.py)."""
     problem = guest.environment_problem(kdir)
     if problem and guest.kernel_image(kdir) is None:
         guest.prepare_kernel(kdir)
@@ -49,7 +50,7 @@ def run_guest(out_dir: Path, quick: bool, functional_only: bool, timeout: float,
                  + f" --lbd-tool {lbd_tool}" + (f" {guest_args}" if guest_args else ""))
         script = (f"{guest.booted_marker_command(work)} && cd {common.REPO} && PYTHONDONTWRITEBYTECODE=1 "
                   f"PYTHONPATH={common.REPO} {common.PY} -m bench.ab_guest --out {work}{flags}")
-        boot = guest.boot(script, work, timeout, kimg)
+        boot = guest.boot(script, work, timeout, kimg, qemu_opts=qemu_opts or ())
         res: dict[str, Any] = {"rc": boot.rc, "seconds": boot.seconds, "command": boot.command,
                                "booted": boot.booted, "log_tail": boot.log_tail(), "kernel_image": str(kimg)}
         data = common.read_json(work / "ab_guest.json") if (work / "ab_guest.json").exists() else None
@@ -143,12 +144,15 @@ def guest_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     t0 = time.monotonic()
+    wire = getattr(args, "guest_wire", "veth")
+    if wire == "virtio":
+        guest_wire.build_xdp_pass()  # the guest cannot write bench/.build
     data = run_guest(out_dir, args.quick, args.functional_only, args.timeout,
                      Path(args.kernel_dir) if args.kernel_dir else None, args.lbd_tool,
-                     " ".join(shlex.quote(a) for a in guest_extra(args)))
+                     " ".join(shlex.quote(a) for a in guest_extra(args)), qemu_opts_for(wire))
     data.update(part="ab", commit=common.git_commit(), machine=common.machine_info(),
                 config={"quick": args.quick, "functional_only": args.functional_only, "timeout_s": args.timeout,
-                        "lbd_tool": args.lbd_tool, "guest_args": guest_extra(args),
+                        "lbd_tool": args.lbd_tool, "guest_args": guest_extra(args), "guest_wire": wire,
                         "command": "python -m bench ab " + " ".join(args.argv)})
     data["configured_by"] = (data.get("guest") or {}).get("configured_by") or ab_tools.configured_by(args.lbd_tool)
     data["summary"] = summarize(data)
@@ -161,11 +165,20 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     return data
 
 
+def qemu_opts_for(wire: str) -> list[str]:
+    """The qemu arguments the guest wire needs: none for veth, the NICs for virtio (bench/guest_wire.py)."""
+    if wire not in guest_wire.WIRES:
+        raise ValueError(f"guest wire {wire!r} is not one of {', '.join(guest_wire.WIRES)}")
+    return guest_wire.qemu_opts(guest_wire.plan()) if wire == "virtio" else []
+
+
 def guest_extra(args: argparse.Namespace) -> list[str]:
     """bench/ab_guest.py options passed through: --afxdp, --afxdp-fast, --parts, --repeats, --modes, --traffic,
-    --steps."""
+    --steps, --profile, --guest-wire (when not the default)."""
     extra = [f"--{flag}" for flag in ("afxdp", "afxdp-fast") if getattr(args, flag.replace("-", "_"), False)]
-    for opt in ("parts", "repeats", "modes", "traffic", "steps"):
+    if getattr(args, "guest_wire", "veth") != "veth":
+        extra += ["--guest-wire", args.guest_wire]
+    for opt in ("parts", "repeats", "modes", "traffic", "steps", "profile"):
         if getattr(args, opt, None):
             extra += [f"--{opt}", str(getattr(args, opt))]
     return extra
@@ -190,6 +203,12 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     "fullnat is measured next to kernel IPVS NAT (-m), the nearest kernel reference")
     ap.add_argument("--traffic", default=None, help="throughput: traffic kinds, of est,syn (default est)")
     ap.add_argument("--steps", type=int, default=None, help="throughput: bisection steps (default 5)")
+    ap.add_argument("--guest-wire", choices=guest_wire.WIRES, default="veth",
+                    help="the director's links in the guest: veth (default: the testbed's veth and bridges; lbd's "
+                    "XDP in generic mode) or virtio (virtio-net NICs joined by qemu hubs, lbd's XDP native in the "
+                    "NIC driver; bench/guest_wire.py)")
+    ap.add_argument("--profile", default=None, help="throughput: systems to profile with perf on the guest's DUT "
+                    "CPU at their zero-loss rate (e.g. ipvs,lbd-afxdp-fast; bench/ab_guest.py profile)")
     ap.add_argument("--md", type=Path, default=None, help="also write the throughput report (markdown) here")
 
 

@@ -27,6 +27,10 @@ running bench/native/httpd.c on port 8080, which answers with its name) and one 
    repetition.
 3. HTTP: wrk maximum requests/s with keep-alive and connections/s (Connection: close) through
    IPVS, through lbd, and to rs1 through the director as a plain router ("router").
+
+`--guest-wire virtio`: the director's links are the virtio-net NICs bench/ab.py gave qemu
+(bench/guest_wire.py), for every system; lbd's XDP then runs natively. `--profile SYSTEMS`: perf of
+the DUT CPU at each named system's zero-loss rate, after its search (profile()).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import ab_tools, common, pps
+from bench import ab_tools, common, guest_wire, pps
 from bench.common import Lbd, LbdError, log
 from lb.testbed import client
 from lb.testbed.topology import Topology, TopologySpec
@@ -216,6 +220,10 @@ def run_all(out: dict[str, Any], args: argparse.Namespace) -> None:
     gen_cpu, dut_cpu = common.cpu_layout(None, None)
     httpd = common.build_tool("httpd")
     with tempfile.TemporaryDirectory(prefix="lbB-ab-") as tmpd, Topology(ab_spec()) as topo:
+        out["wire"] = args.guest_wire
+        if args.guest_wire == "virtio":  # before the Bed: it reads the interfaces' MACs
+            out["virtio_wire"] = guest_wire.apply(topo, dut_cpu, gen_cpu)
+            log(f"ab: virtio wire: {out['virtio_wire']}")
         bed = pps.Bed(topo, gen_cpu, dut_cpu, steer=True)
         bed.nice = -10
         bed.dut_cpu = dut_cpu
@@ -349,13 +357,19 @@ def establish_ipvs(bed: pps.Bed, tmp: Path, flow_base: int) -> str | None:
 AFXDP_QUEUE_NUM = 1  # the AF_XDP lbd's NFQUEUE (its fallback) and instance name: the NFQUEUE lbd holds 0
 
 
-def afxdp_extra(bed: pps.Bed) -> tuple[str, ...]:
-    """lbd's options for the AF_XDP source on the director's client-side interface, generic XDP (veth:
-    native XDP would run on the sending CPU, the generator's, see bench/pps.py). The AF_XDP source
-    also binds an NFQUEUE (its fallback for fragments, local clients, fwmark), and the NFQUEUE lbd
-    keeps queue 0 while this one runs: another queue number, which also names its own instance."""
-    return ("--packet-source", "afxdp", "--xdp-interface", bed.director.iface("lan").ifname, "--xdp-mode", "generic",
-            "--queue-num", str(AFXDP_QUEUE_NUM))
+def xdp_mode(wire: str) -> str:
+    """lbd's --xdp-mode on `wire`: generic on veth (native XDP would run on the sending CPU, the
+    generator's, see bench/pps.py), native on virtio (the driver's own XDP, bench/guest_wire.py)."""
+    return "native" if wire == "virtio" else "generic"
+
+
+def afxdp_extra(bed: pps.Bed, wire: str = "veth") -> tuple[str, ...]:
+    """lbd's options for the AF_XDP source on the director's client-side interface, in xdp_mode(wire).
+    The AF_XDP source also binds an NFQUEUE (its fallback for fragments, local clients, fwmark), and
+    the NFQUEUE lbd keeps queue 0 while this one runs: another queue number, which also names its own
+    instance."""
+    return ("--packet-source", "afxdp", "--xdp-interface", bed.director.iface("lan").ifname, "--xdp-mode",
+            xdp_mode(wire), "--queue-num", str(AFXDP_QUEUE_NUM))
 
 
 def afxdp_systems(args: argparse.Namespace, bed: pps.Bed) -> list[tuple[str, tuple[str, ...]]]:
@@ -363,11 +377,26 @@ def afxdp_systems(args: argparse.Namespace, bed: pps.Bed) -> list[tuple[str, tup
     --afxdp-fast "lbd-afxdp-fast" (the same with --xdp-fastpath: established DR flows forwarded by
     the XDP program itself, docs/afxdp.md)."""
     out: list[tuple[str, tuple[str, ...]]] = []
+    wire = getattr(args, "guest_wire", "veth")
     if args.afxdp:
-        out.append(("lbd-afxdp", afxdp_extra(bed)))
+        out.append(("lbd-afxdp", afxdp_extra(bed, wire)))
     if getattr(args, "afxdp_fast", False):
-        out.append(("lbd-afxdp-fast", (*afxdp_extra(bed), "--xdp-fastpath")))
+        out.append(("lbd-afxdp-fast", (*afxdp_extra(bed, wire), "--xdp-fastpath")))
     return out
+
+
+@contextlib.contextmanager
+def redirect_target(bed: pps.Bed, wire: str) -> Iterator[None]:
+    """On the virtio wire, XDP_PASS on the director's back NIC while an AF_XDP lbd runs: virtio_net
+    takes the fast path's redirected frames only with a program attached (bench/guest_wire.py)."""
+    back = bed.director.iface("back").ifname
+    if wire == "virtio":
+        guest_wire.attach_pass(bed.director, back)
+    try:
+        yield None
+    finally:
+        if wire == "virtio":
+            guest_wire.detach(bed.director, back)
 
 
 def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd: Lbd, tmp: Path) -> None:
@@ -422,6 +451,13 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
                 if why:
                     raise LbdError(why)
                 r = pps.search(bed, tr, args.window, args.steps)
+                if sysname in args.profile:  # after the search: its figures are not perf's
+                    key = f"{sysname}/{mode}/{kind}/rep{rep + 1}"
+                    try:
+                        prof = profile(bed, tr, r["zero_loss_pps"] or 1000.0)
+                    except Exception as exc:  # noqa: BLE001 - the measurement stands without it
+                        prof = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+                    out["pps"].setdefault("profiles", {})[key] = prof
         except Exception as exc:  # noqa: BLE001
             skipped.append({"system": sysname, "mode": mode, "traffic": kind, "rep": rep, "reason": str(exc)[:1000]})
             log(f"ab: pps {sysname} {mode} {kind} skipped: {exc}")
@@ -430,6 +466,9 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
             bed.lbd_pid = None
         r.update(system=sysname, mode=mode, traffic=kind, rep=rep,
                  loadavg=Path("/proc/loadavg").read_text().split()[:3])
+        if sysname.startswith("lbd-afxdp") and the_lbd is not None:  # what its XDP program did (fastpath, redirect)
+            with contextlib.suppress(Exception):
+                r["afxdp_program"] = (the_lbd.request("counters").get("afxdp") or {}).get("program")
         res.append(r)
         common.write_json(args.out / "ab_guest.json", out)
         log(f"ab: pps rep {rep + 1} {sysname:9} {mode:7} {kind}: zero-loss {r['zero_loss_pps']:.0f} pps"
@@ -442,19 +481,49 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
             if r_rep == rep:
                 measure(rep, sysname, mode, kind, lbd if sysname == "lbd" else None)
         for sysname, extra in afxdp_systems(args, bed):
-            try:
-                xlbd = start_lbd(bed.director, cpu=bed.dut_cpu, nice=bed.nice, extra=extra)
-            except Exception as exc:  # noqa: BLE001
-                skipped.append({"system": sysname, "mode": "*", "traffic": "*", "rep": rep,
-                                "reason": str(exc)[:1000]})
-                log(f"ab: {sysname} did not start: {exc}")
-                continue
-            try:
-                for kind in args.traffic:
-                    for mode in args.modes:
-                        measure(rep, sysname, mode, kind, xlbd)
-            finally:
-                stop_lbd(xlbd)
+            with redirect_target(bed, args.guest_wire):
+                try:
+                    xlbd = start_lbd(bed.director, cpu=bed.dut_cpu, nice=bed.nice, extra=extra)
+                except Exception as exc:  # noqa: BLE001
+                    skipped.append({"system": sysname, "mode": "*", "traffic": "*", "rep": rep,
+                                    "reason": str(exc)[:1000]})
+                    log(f"ab: {sysname} did not start: {exc}")
+                    continue
+                try:
+                    status = xlbd.request("ping").get("afxdp")
+                    out["pps"].setdefault("afxdp_status", []).append({"system": sysname, "rep": rep, **(status or {})})
+                    log(f"ab: {sysname}: {status}")
+                    for kind in args.traffic:
+                        for mode in args.modes:
+                            measure(rep, sysname, mode, kind, xlbd)
+                finally:
+                    stop_lbd(xlbd)
+
+
+PROFILE_S = 3.0
+
+
+def profile(bed: pps.Bed, tr: pps.Traffic, rate: float, seconds: float = PROFILE_S) -> dict[str, Any]:
+    """`perf record -g` of the DUT CPU for `seconds` while the generator offers `rate` (the system's
+    zero-loss rate, after its search): where the director's CPU goes, by symbol (perf report text,
+    entries >= 0.5 %). Samples include perf's own cost; the shape, not the total, is the finding."""
+    with tempfile.TemporaryDirectory(prefix=f"{bed.topo.prefix}-perf-") as tmp:
+        data = Path(tmp) / "perf.data"
+        # -B -N: no build-id collection at the end (it reads every binary sampled, over 9p under TCG: minutes).
+        rec = subprocess.Popen(["perf", "record", "-q", "-B", "-N", "-g", "-C", str(bed.dut_cpu), "-o", str(data), "--",
+                                "sleep", str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            gen = pps.run_gen(bed, tr, rate, int(rate * seconds), seconds)
+            _, err = rec.communicate(timeout=120)
+        finally:
+            if rec.poll() is None:
+                rec.kill()
+                rec.wait(timeout=10)
+        rep = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "sym", "--stdio", "-g",
+                              "none", "--percent-limit", "0.5"], capture_output=True, text=True, timeout=300)
+    text = "\n".join(ln for ln in rep.stdout.splitlines() if ln.strip() and not ln.startswith("#"))
+    return {"rate": rate, "sent": gen.get("sent"), "record_rc": rec.returncode, "record_err": err[-500:],
+            "report": text[:20000]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,7 +546,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lbd-tool", choices=ab_tools.LBD_TOOLS, default=ab_tools.DEFAULT_LBD_TOOL,
                     help="what configures lbd: ipvsadm (default: the same binary as for IPVS, through "
                     "lbd-exec) or lbadm")
+    ap.add_argument("--guest-wire", choices=guest_wire.WIRES, default="veth",
+                    help="the director's links: veth (the testbed's) or virtio (the NICs bench/ab.py gave qemu, "
+                    "bench/guest_wire.py)")
+    ap.add_argument("--profile", default="", help="throughput: systems (kernel, ipvs, lbd, lbd-afxdp, lbd-afxdp-fast) "
+                    "to profile with perf on the DUT CPU at their zero-loss rate after their search")
     args = ap.parse_args(argv)
+    args.profile = [w for w in args.profile.split(",") if w]
     if args.repeats is None:
         args.repeats = 1 if args.quick else 2
     if args.steps is None:

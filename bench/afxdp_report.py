@@ -341,7 +341,21 @@ def _mode_order(mode: str) -> tuple[int, str]:
     return (MODES.index(mode) if mode in MODES else len(MODES), mode)
 
 
-def guest_rows(res: Sequence[dict[str, Any]]) -> list[list[str]]:
+def guest_labels(wire: str | None) -> dict[str, str]:
+    """GUEST_SYSTEMS with the AF_XDP rows' XDP mode as the guest's wire had it (bench/guest_wire.py)."""
+    if wire != "virtio":
+        return GUEST_SYSTEMS
+    return {k: v.replace("(generic XDP)", "(native XDP, virtio_net)") for k, v in GUEST_SYSTEMS.items()}
+
+
+WIRE_TEXT = {
+    "veth": "lbd AF_XDP in generic XDP mode on the guest's veth.",
+    "virtio": "wire: the director's links are virtio-net NICs joined by qemu hubs (--guest-wire virtio, "
+              "bench/guest_wire.py) for every row; lbd AF_XDP in native XDP mode in virtio_net.",
+}
+
+
+def guest_rows(res: Sequence[dict[str, Any]], labels: dict[str, str] = GUEST_SYSTEMS) -> list[list[str]]:
     """One row per (traffic, mode, system) of the guest's results: median (min-max, n) over the repetitions."""
     rows = []
     kinds = sorted({r.get("traffic", "est") for r in res}, key=lambda k: (k != "est", k))
@@ -350,7 +364,7 @@ def guest_rows(res: Sequence[dict[str, Any]]) -> list[list[str]]:
             for system in GUEST_SYSTEMS:
                 rs = [r for r in res if r["system"] == system and r["mode"] == mode and r.get("traffic", "est") == kind]
                 if rs:
-                    rows.append([mode, kind, GUEST_SYSTEMS[system],
+                    rows.append([mode, kind, labels[system],
                                  fmt_spread(_med([r["zero_loss_pps"] for r in rs]), 1e3, 1, "k"),
                                  "yes" if any(r["generator_limited"] for r in rs) else "no",
                                  fmt_spread(_med([(r.get("overload") or {}).get("rx_pps") for r in rs]), 1e3, 1, "k"),
@@ -391,10 +405,10 @@ def guest_section(ab: dict[str, Any], title: str = "## The guest: next to kernel
              f"commit {ab.get('commit', '?')}, elapsed {ab.get('elapsed_s', '?')} s, load at its start "
              f"{' '.join((ab.get('machine') or {}).get('loadavg_at_start', []))}. Modes {', '.join(modes)}; "
              f"traffic {', '.join(kinds)} (bench/ab_guest.py); {pp.get('window_s', '?')} s windows, "
-             f"{pp.get('steps', '?')} bisection steps; lbd AF_XDP in generic XDP mode on the guest's veth. "
+             f"{pp.get('steps', '?')} bisection steps; {WIRE_TEXT.get(g.get('wire') or 'veth', '')} "
              "FULLNAT: the kernel has none; its row is kernel IPVS NAT (-m), the nearest kernel reference.", ""]
     lines += table(["mode", "traffic", "system", "zero-loss pps", "gen-limited", "overload rx", "CPU us/pkt"],
-                   guest_rows(res))
+                   guest_rows(res, guest_labels(g.get("wire"))))
     lines += ["", "Ratios within each repetition, then median (min-max, n): zero-loss lbd / kernel row; CPU per "
               "packet kernel row / lbd (>= 1.0: lbd as cheap as IPVS); AF_XDP / NFQUEUE zero-loss and NFQUEUE / "
               "AF_XDP CPU per packet (> 1: AF_XDP better). Keys: lbd source / mode [/ traffic, est when absent].", ""]

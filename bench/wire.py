@@ -42,16 +42,23 @@ def direct_wire(topo: Topology, segment: str) -> tuple[str, str]:
     a.ip("link", "add", ia.ifname, "address", ia.mac, "type", "veth",
          "peer", "name", ib.ifname, "address", ib.mac, "netns", b.netns)
     for host, iface in ((a, ia), (b, ib)):
-        host.ip("addr", "add", f"{iface.addr}/{iface.prefixlen}", "dev", iface.ifname)
-        if host.ifaces[0] is iface and host.spec.role != "real":
-            for vip in host.vips:  # the topology puts a director's VIPs on its first interface
-                host.ip("addr", "add", f"{vip}/32", "dev", iface.ifname)
-        host.ip("link", "set", iface.ifname, "up")
-        host.sysctl({f"net.ipv4.conf.{iface.ifname}.rp_filter": 0})
-        gw = host.spec.gateway
-        if gw is not None and gw[0] == segment:  # the default route went with the old interface
-            host.ip("route", "replace", "default", "via", topo.addr(gw[0], gw[1]))
+        adopt(topo, host, iface)
     return ia.ifname, ib.ifname
+
+
+def adopt(topo: Topology, host: Any, iface: Any) -> None:
+    """Configure a link that replaced `host`'s interface `iface` under its name (a veth of
+    direct_wire, a NIC of bench/guest_wire.py): its address, the VIPs the topology put on it, up,
+    rp_filter off, and the default route if it went with the old interface."""
+    host.ip("addr", "add", f"{iface.addr}/{iface.prefixlen}", "dev", iface.ifname)
+    if host.ifaces[0] is iface and host.spec.role != "real":
+        for vip in host.vips:  # the topology puts a director's VIPs on its first interface
+            host.ip("addr", "add", f"{vip}/32", "dev", iface.ifname)
+    host.ip("link", "set", iface.ifname, "up")
+    host.sysctl({f"net.ipv4.conf.{iface.ifname}.rp_filter": 0})
+    gw = host.spec.gateway
+    if gw is not None and gw[0] == iface.segment:  # the default route went with the old interface
+        host.ip("route", "replace", "default", "via", topo.addr(gw[0], gw[1]))
 
 
 def prime_neighbours(a: Any, b: Any, segment: str) -> None:

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,19 +193,30 @@ def booted_marker_command(out_dir: Path) -> str:
     return f"echo \"$(uname -r)\" > {out_dir / BOOTED_MARKER}"
 
 
-def boot(script: str, out_dir: Path, timeout: float, kimg: Path | None = None) -> BootResult:
+def vng_argv(vng: Path, kimg: Path, out_dir: Path, script: str, qemu_opts: Sequence[str] = ()) -> list[str]:
+    """The vng command line. `qemu_opts`: extra qemu arguments (e.g. NICs, bench/guest_wire.py), handed
+    to vng as one --qemu-opts (vng joins them into a shell command: no spaces or shell characters)."""
+    bad = [o for o in qemu_opts if not re.fullmatch(r"[\w,=.:/+-]+", o)]
+    if bad:
+        raise GuestError(f"qemu options vng cannot pass through its shell command: {bad}")
+    extra = [f"--qemu-opts={' '.join(qemu_opts)}"] if qemu_opts else []
+    return [str(vng), "--disable-kvm", "-m", GUEST_MEMORY, "-p", str(GUEST_CPUS), f"--rwdir={out_dir}",
+            "--run", str(kimg), *extra, "--exec", script]
+
+
+def boot(script: str, out_dir: Path, timeout: float, kimg: Path | None = None,
+         qemu_opts: Sequence[str] = ()) -> BootResult:
     """Boot the guest, run `script` (sh) in it with out_dir writable, bounded by `timeout` s.
 
     `script` should start with booted_marker_command(out_dir). vng and its qemu run in a
-    session of their own: on timeout exactly that process group is ended.
+    session of their own: on timeout exactly that process group is ended. `qemu_opts`: see vng_argv.
     """
     kimg = kimg or kernel_image()
     vng = vng_path()
     if kimg is None or vng is None:
         raise GuestError(environment_problem() or "guest not prepared")
     env = dict(os.environ, PATH=f"{vng.parent}:{os.environ.get('PATH', '')}")
-    argv = [str(vng), "--disable-kvm", "-m", GUEST_MEMORY, "-p", str(GUEST_CPUS), f"--rwdir={out_dir}",
-            "--run", str(kimg), "--exec", script]
+    argv = vng_argv(vng, kimg, out_dir, script, qemu_opts)
     log_path = out_dir / "guest.log"
     (out_dir / BOOTED_MARKER).unlink(missing_ok=True)
     t0 = time.monotonic()
