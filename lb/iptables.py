@@ -468,6 +468,12 @@ class RuleManager:
         lines += [f"-X {c}" for s, c in states if s.chain_exists]
         return lines
 
+    def adoptable(self) -> bool:
+        """A previous lbd's chains to adopt as they are (then healed by sync) rather than set up
+        afresh: exactly one jump from raw PREROUTING, and not with the conntrack opt-in."""
+        jumps = self.jumps()
+        return not self.track and len(jumps) == 1 and jumps[0].startswith(f"-A {HOOK_CHAIN} ")
+
     def setup(self) -> None:
         """Create the sets (empty), the chains and the jumps, removing any leftovers of this queue first.
 

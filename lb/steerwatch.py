@@ -171,6 +171,8 @@ def generation_source(rules: Any) -> Callable[[], int | None] | None:
     backend in lbd's own netns and the kernel answers; else None (check the rules every tick)."""
     if getattr(rules, "netns", None):
         return None
+    if getattr(rules, "sets_in_generation", False):  # lb.nftsteer: a native table, nf_tables by definition
+        return nft_generation if nft_generation() is not None else None
     try:
         proc = subprocess.run([rules.iptables, "--version"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
@@ -181,8 +183,9 @@ def generation_source(rules: Any) -> Callable[[], int | None] | None:
 
 
 def set_counts_source(rules: Any) -> Callable[[], dict[str, int] | None] | None:
-    """ipset_counts when lbd reads the sets of its own netns and the kernel answers, else None."""
-    if getattr(rules, "netns", None) or ipset_counts() is None:
+    """ipset_counts when lbd reads the ip sets of its own netns and the kernel answers, else None
+    (also for lb.nftsteer's native sets: their elements are part of the nftables generation)."""
+    if getattr(rules, "netns", None) or getattr(rules, "sets_in_generation", False) or ipset_counts() is None:
         return None
     return ipset_counts
 
