@@ -360,6 +360,8 @@ class RuleManager:
     its namespace). `runner` replaces subprocess execution (unit tests).
     """
 
+    steering_kind = "iptables"  # lbd --steering (reported by ping: lbadm doctor)
+
     def __init__(
         self,
         queue_num: int,

@@ -249,6 +249,7 @@ class NftManager:
     enters the netns itself); `queue_writer` replaces lb.nftqueue.add_queue_rule (unit tests)."""
 
     sets_in_generation = True  # lb.steerwatch: the nftables generation covers the sets too
+    steering_kind = "nftables"  # lbd --steering (reported by ping: lbadm doctor)
 
     def __init__(self, queue_num: int, queue_balance: tuple[int, int] | None = None, nft: str = "nft", *,
                  track: bool = False, bypass: bool = True, cpu_fanout: bool = False, netns: str | None = None,
