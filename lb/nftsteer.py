@@ -81,6 +81,7 @@ from lb.iptables import (
     _check_queue,
     _has_jump_from,
     _run,
+    _script_excerpt,
     jump_comment,
     mark_rules,
     socket_mark,
@@ -292,7 +293,7 @@ class NftManager:
         if proc.returncode != 0:
             if ok_missing and "No such file or directory" in (proc.stderr or ""):
                 return None
-            raise NftError(full, proc.returncode, proc.stderr or "", detail=_excerpt(stdin))
+            raise NftError(full, proc.returncode, proc.stderr or "", detail=_script_excerpt(stdin))
         return proc.stdout or ""
 
     def _script(self, lines: list[str]) -> None:
@@ -427,7 +428,11 @@ class NftManager:
         """Remove leftovers of queue N (this table, an iptables-steered lbd's chains and ip sets),
         then create the table with empty sets in one transaction, then its queue rule."""
         if self.ipt_available():
-            self.ipt.teardown()  # an earlier lbd of this queue with --steering iptables, if any
+            try:
+                self.ipt.teardown()  # an earlier lbd of this queue with --steering iptables, if any
+            except IptablesError as exc:
+                log.warning("could not check for an iptables-steered lbd's leftovers on queue %d: %s",
+                            self.queue_num, exc)
         self._script(self._create_lines())
         self._add_queue()
         self.installed = {k: set() for k in ips.KINDS}
@@ -439,6 +444,15 @@ class NftManager:
 
     def ipt_available(self) -> bool:
         return bool(self.netns) or shutil.which(self.iptables) is not None
+
+    def _sync_marks(self, fwmarks: set[int]) -> bool:
+        """fwmark services through lb.iptables' mangle chain; without iptables only none is possible."""
+        if not self.ipt_available() and self.ipt._marks is None:
+            if fwmarks:
+                raise NftError([self.iptables], 127, "", detail="fwmark services are queued from iptables' mangle "
+                               "table: install iptables")
+            return False
+        return self.ipt._sync_marks(fwmarks)
 
     def _converge(self, want: dict[ips.SetKind, set[str]], plan: Plan, heal_level: int) -> None:
         """Make the table hold lbd's chains and exactly `want` in its sets, from one listing: one
@@ -492,7 +506,7 @@ class NftManager:
         and rules; `verify_sets` is implied)."""
         plan = Plan()
         self._converge(steering.elements(), plan, heal_level)
-        plan.marks_changed = self.ipt._sync_marks(steering.fwmarks)
+        plan.marks_changed = self._sync_marks(steering.fwmarks)
         log.log(logging.DEBUG if plan.empty else min(heal_level, logging.INFO), "nft %s: %s", self.table, plan)
         return plan
 
@@ -519,7 +533,7 @@ class NftManager:
                 installed[k] -= dels[k]
             plan.added, plan.deleted = sum(map(len, adds.values())), sum(map(len, dels.values()))
             self._note_write(gen, 1 if lines else 0)
-        plan.marks_changed = self.ipt._sync_marks(fwmarks)
+        plan.marks_changed = self._sync_marks(fwmarks)
         log.log(logging.INFO if plan.rewritten else logging.DEBUG, "nft %s: %s", self.table, plan)
         return plan
 
@@ -556,7 +570,7 @@ class NftManager:
         self.ipt._marks = None
         plan = Plan()
         self._converge(steering.elements(), plan, logging.DEBUG)
-        plan.marks_changed = self.ipt._sync_marks(steering.fwmarks)
+        plan.marks_changed = self._sync_marks(steering.fwmarks)
         return plan
 
     def teardown(self) -> None:
@@ -571,14 +585,6 @@ class NftManager:
 
     def detect(self) -> str | None:
         return detect(self.nft, netns=self.netns, runner=self._runner, queue_writer=self._queue_writer, owner=self)
-
-
-def _excerpt(stdin: str | None, limit: int = 40) -> str:
-    if not stdin:
-        return ""
-    lines = stdin.splitlines()
-    shown = lines[:limit] + ([f"... ({len(lines) - limit} more lines)"] if len(lines) > limit else [])
-    return "input was:\n" + "\n".join(f"  {n + 1:3}: {text}" for n, text in enumerate(shown))
 
 
 def detect(nft: str = "nft", *, netns: str | None = None, runner: Runner | None = None,

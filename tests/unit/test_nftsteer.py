@@ -411,3 +411,14 @@ def test_the_option_chooses_the_manager() -> None:
     rules = daemon.make_rules(args)
     assert isinstance(rules, ns.NftManager) and rules.table == "lbd-q2" and not rules.spec.bypass
     assert isinstance(daemon.make_rules(args, cleanup=True), ns.NftManager)
+
+
+def test_without_iptables_only_fwmark_services_are_refused() -> None:
+    fake = FakeNft()
+    m = manager(fake)
+    m.ipt_available = lambda: False  # type: ignore[method-assign]
+    fake.listing = healthy_listing(m)
+    m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
+    assert not [c for c, _ in fake.calls if c[0] in ("iptables", "ipset")]
+    with pytest.raises(ns.NftError, match="fwmark services are queued from iptables"):
+        m.sync(Steering(fwmarks={7}))
