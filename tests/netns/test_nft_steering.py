@@ -11,6 +11,7 @@ nft must be on PATH, or LB_TEST_NFT names it (conftest): otherwise every test sk
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import signal
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import LBD, NFT, QUEUE_NUM, Lbd, nft_leftovers, running_lbd
+from conftest import LBADM, LBD, NFT, QUEUE_NUM, Lbd, nft_leftovers, running_lbd
 from netns_traffic import serve_http
 from packet_source import AFXDP
 
@@ -104,6 +105,16 @@ def test_one_table_of_its_own_and_nothing_in_iptables(nlbd: Lbd, ntopo: Topology
     assert ntopo.director.exec(["ipset", "save"]).stdout.strip() == ""
     got = served(ntopo, 6)
     assert sorted(set(got)) == sorted(rs.name for rs in ntopo.reals), (got, nlbd.log_tail())
+
+
+def test_doctor_reads_the_table(nlbd: Lbd, ntopo: Topology) -> None:
+    """`lbadm doctor` checks lbd's table (not iptables' raw table) and finds it complete."""
+    nat_service(nlbd, ntopo)
+    cmd = shlex.join([str(LBADM), "--socket", nlbd.socket, "doctor", "--json", "--window", "0"])
+    proc = ntopo.director.exec(f"PATH={shlex.quote(str(Path(NFT).resolve().parent))}:$PATH {cmd}", check=False)
+    found = [f for f in json.loads(proc.stdout)["findings"] if f["check"] == "nfqueue-rules"]
+    assert [f["severity"] for f in found] == ["info"], found
+    assert "table ip lbd-q0 (lbd --steering nftables)" in found[0]["summary"], found
 
 
 def test_nat_and_fullnat_flows_reach_lbd(nlbd: Lbd, ntopo: Topology) -> None:
