@@ -491,12 +491,28 @@ class RuleManager:
             )
         self._restore(self._remove_lines([(pre, self.chain), (go, self.go_chain), (out, self.out_chain)]))
         self._remove_marks()
+        self._remove_nft_table()
         self.sets.create()
         self._restore([*self._chain_lines(), jump_rule(self.queue_num), *self._out_lines()])
         log.info("raw table: chain %s ready (set lookups in %s), jumped to from %s; %s", self.chain,
                  ", ".join(self.sets.names.values()), HOOK_CHAIN,
                  "conntrack opt-in: balanced flows are tracked" if self.track else
                  f"balanced flows untracked, also lbd's own packets (mark {self.mark:#x}) in {OUT_HOOK_CHAIN}")
+
+    def _remove_nft_table(self) -> None:
+        """The table `ip lbd-q<N>` an lbd of this queue with --steering nftables left (kill -9, lb.nftsteer)
+        would steer too: deleted. Only against the real system (a fake runner knows no nft), and only
+        where nft is installed."""
+        if self._runner is not _run or (not self.netns and shutil.which("nft") is None):
+            return
+        table = f"lbd-q{self.queue_num}"
+        try:
+            listed = self._exec(["nft", "list", "tables", "ip"])
+        except IptablesError:
+            return
+        if f"table ip {table}" in listed.splitlines():
+            self._exec(["nft", "delete", "table", "ip", table])
+            log.info("removed table ip %s that an lbd of queue %d with --steering nftables left", table, self.queue_num)
 
     def sync(self, steering: ips.Steering, verify_sets: bool = False, heal_level: int = logging.WARNING) -> Plan:
         """Make the sets hold exactly `steering` (only the difference is sent), and heal the chains.

@@ -433,6 +433,7 @@ class NftManager:
             except IptablesError as exc:
                 log.warning("could not check for an iptables-steered lbd's leftovers on queue %d: %s",
                             self.queue_num, exc)
+            self._drop_empty_raw_hooks()
         self._script(self._create_lines())
         self._add_queue()
         self.installed = {k: set() for k in ips.KINDS}
@@ -441,6 +442,22 @@ class NftManager:
                  "queue statement" if self.native_queue else "xtables NFQUEUE via nft_compat",
                  "conntrack opt-in: balanced flows are tracked" if self.track else
                  f"balanced flows untracked, also lbd's own packets (mark {socket_mark(self.queue_num):#x})")
+
+    def _drop_empty_raw_hooks(self) -> None:
+        """iptables-nft keeps raw PREROUTING / OUTPUT as base chains once a rule was in them (an
+        iptables-steered lbd's jumps): empty, policy accept, they still cost every packet a hook
+        call. Such a chain does nothing; it is deleted (nft refuses to delete a chain with rules; a
+        later iptables rule re-creates it), so routed traffic meets lbd's table only."""
+        for chain in ("PREROUTING", "OUTPUT"):
+            text = self._exec(["list", "chain", FAMILY, "raw", chain], ok_missing=True)
+            if text is None:
+                continue
+            body = [line.strip() for line in text.splitlines()[2:]
+                    if line.strip() not in ("", "}") and not line.strip().startswith("#")]
+            if body == [f"type filter hook {chain.lower()} priority raw; policy accept;"]:
+                self._exec(["delete", "chain", FAMILY, "raw", chain], ok_missing=True)
+                log.info("removed the empty iptables raw %s base chain (nothing in it; it cost every packet a hook)",
+                         chain)
 
     def ipt_available(self) -> bool:
         return bool(self.netns) or shutil.which(self.iptables) is not None

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import LBADM, LBD, NFT, QUEUE_NUM, Lbd, nft_leftovers, running_lbd
+from conftest import LBADM, LBD, NFT, QUEUE_NUM, Lbd, iptables_leftovers, nft_env, nft_leftovers, running_lbd
 from netns_traffic import serve_http
 from packet_source import AFXDP
 
@@ -98,8 +98,8 @@ def test_one_table_of_its_own_and_nothing_in_iptables(nlbd: Lbd, ntopo: Topology
     assert f"{ntopo.vip} . tcp . 80" in text, text
     assert all(f"{rs.addr} . tcp . {PORT}" in text for rs in ntopo.reals), text
     assert "meta mark 0x4c420000 notrack" in text, text
-    tables = nft(ntopo, "list", "tables").split("\n")
-    assert "table ip raw" not in tables, tables  # no iptables raw PREROUTING hook at all
+    ruleset = nft(ntopo, "list", "ruleset")
+    assert ruleset.count("hook prerouting") == 1, ruleset  # lbd's: no iptables raw PREROUTING chain
     raw = ntopo.director.exec(["iptables", "-t", "raw", "-S"]).stdout
     assert "LBD" not in raw, raw
     assert ntopo.director.exec(["ipset", "save"]).stdout.strip() == ""
@@ -232,6 +232,37 @@ def test_kill_9_then_restart_cleans_up_and_exit_removes_only_lbds_table(ntopo: T
         nft(ntopo, "delete", "table", "ip", TABLE, check=False)
         ntopo.director.exec(["iptables", "-D", "FORWARD", "-p", "udp", "--dport", "9", "-j", "ACCEPT"], check=False)
         d.cleanup()
+
+
+def test_switching_steering_after_a_crash_leaves_one_layer(ntopo: Topology) -> None:
+    """kill -9 of an nftables lbd, then an iptables lbd on the same queue: its start removes the table
+    (it would queue as well); and back: the nftables lbd removes the raw chains and ip sets."""
+    first = Lbd(ntopo, "c", args=list(NFT_ARGS))
+    second = Lbd(ntopo, "c", env=nft_env(None), args=["--steering", "iptables"])
+    third = Lbd(ntopo, "c", args=list(NFT_ARGS))
+    try:
+        first.start()
+        nat_service(first, ntopo)
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+        second.start()
+        nat_service(second, ntopo)
+        assert nft_leftovers(ntopo.director) == [], second.log_tail()
+        got = served(ntopo, 3)
+        assert all(not g.startswith("error") for g in got), (got, second.log_tail())
+        assert second.stop(signal.SIGKILL) == -signal.SIGKILL
+        third.start()
+        raw = [line for line in iptables_leftovers(ntopo.director) if not line.startswith("nft:")]
+        assert raw == [], raw
+        ruleset = nft(ntopo, "list", "ruleset")
+        assert ruleset.count("hook prerouting") == 1, ruleset  # no empty iptables raw PREROUTING left either
+        assert third.stop(signal.SIGTERM) == 0, third.log_tail()
+        assert iptables_leftovers(ntopo.director) == []
+    finally:
+        for d in (first, second, third):
+            if d.running():
+                d.stop(signal.SIGKILL)
+            d.cleanup()
+        nft(ntopo, "delete", "table", "ip", TABLE, check=False)
 
 
 def _connect(t: Topology, port: int = 80) -> str:

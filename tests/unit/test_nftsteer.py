@@ -422,3 +422,27 @@ def test_without_iptables_only_fwmark_services_are_refused() -> None:
     assert not [c for c, _ in fake.calls if c[0] in ("iptables", "ipset")]
     with pytest.raises(ns.NftError, match="fwmark services are queued from iptables"):
         m.sync(Steering(fwmarks={7}))
+
+
+def test_an_empty_iptables_raw_hook_is_deleted_one_with_rules_or_a_drop_policy_kept() -> None:
+    def listing(chain: str, body: str) -> str:
+        return f"table ip raw {{\n\tchain {chain} {{\n{body}\t}}\n}}\n"
+
+    chains = {"PREROUTING": listing("PREROUTING", "\t\ttype filter hook prerouting priority raw; policy accept;\n"),
+              "OUTPUT": listing("OUTPUT", "\t\ttype filter hook output priority raw; policy drop;\n")}
+    deleted: list[list[str]] = []
+
+    def runner(cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+        cmd = list(cmd)
+        if cmd[1] == "list":
+            return subprocess.CompletedProcess(cmd, 0, chains[cmd[-1]], "")
+        deleted.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    ns.NftManager(0, runner=runner)._drop_empty_raw_hooks()
+    assert deleted == [["nft", "delete", "chain", "ip", "raw", "PREROUTING"]]
+    chains["PREROUTING"] = listing("PREROUTING", "\t\ttype filter hook prerouting priority raw; policy accept;\n"
+                                                 "\t\tcounter packets 0 bytes 0 drop\n")
+    deleted.clear()
+    ns.NftManager(0, runner=runner)._drop_empty_raw_hooks()
+    assert deleted == []
