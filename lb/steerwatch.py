@@ -16,6 +16,9 @@ started while nothing changed.
 - ip set contents are not part of that generation, so each tick also asks the kernel for the
   sets' headers over netlink (IPSET_CMD_LIST with IPSET_FLAG_LIST_HEADER: an element count per
   set, O(1) per set, ~0.05 ms) and compares them with what lbd put in them.
+- With `lbd --steering nftables` (lb.nftsteer) set elements are nftables objects too, so the
+  generation alone says whether anything changed; and a change that is lbd's own last write (the
+  generation moved by exactly its transactions) is not re-read (NftManager.damage).
 - Without either (legacy iptables, a kernel that does not answer) each tick runs `iptables -S`
   and `ipset list -t`. Forking them from lbd, a large process at 10,000 services, cost ~1 % of a
   core at two ticks a second, which is why the netlink path exists.
