@@ -324,6 +324,7 @@ def cleanup(args: argparse.Namespace) -> int:
     rules = make_rules(args, cleanup=True)
     try:
         rules.teardown()
+        rules.remove_other_layer()  # whichever --steering left the queue's steering
     except IptablesError as exc:
         log.error("%s", exc)
         return 1

@@ -491,7 +491,7 @@ class RuleManager:
             )
         self._restore(self._remove_lines([(pre, self.chain), (go, self.go_chain), (out, self.out_chain)]))
         self._remove_marks()
-        self._remove_nft_table()
+        self.remove_other_layer()
         self.sets.create()
         self._restore([*self._chain_lines(), jump_rule(self.queue_num), *self._out_lines()])
         log.info("raw table: chain %s ready (set lookups in %s), jumped to from %s; %s", self.chain,
@@ -499,10 +499,10 @@ class RuleManager:
                  "conntrack opt-in: balanced flows are tracked" if self.track else
                  f"balanced flows untracked, also lbd's own packets (mark {self.mark:#x}) in {OUT_HOOK_CHAIN}")
 
-    def _remove_nft_table(self) -> None:
-        """The table `ip lbd-q<N>` an lbd of this queue with --steering nftables left (kill -9, lb.nftsteer)
-        would steer too: deleted. Only against the real system (a fake runner knows no nft), and only
-        where nft is installed."""
+    def remove_other_layer(self) -> None:
+        """The table `ip lbd-q<N>` an lbd of this queue with --steering nftables left (kill -9, --down-policy
+        closed; lb.nftsteer) would steer too: deleted (at setup, and by `lbd --cleanup`). Only against
+        the real system (a fake runner knows no nft), and only where nft is installed."""
         if self._runner is not _run or (not self.netns and shutil.which("nft") is None):
             return
         table = f"lbd-q{self.queue_num}"

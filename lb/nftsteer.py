@@ -427,13 +427,7 @@ class NftManager:
     def setup(self) -> None:
         """Remove leftovers of queue N (this table, an iptables-steered lbd's chains and ip sets),
         then create the table with empty sets in one transaction, then its queue rule."""
-        if self.ipt_available():
-            try:
-                self.ipt.teardown()  # an earlier lbd of this queue with --steering iptables, if any
-            except IptablesError as exc:
-                log.warning("could not check for an iptables-steered lbd's leftovers on queue %d: %s",
-                            self.queue_num, exc)
-            self._drop_empty_raw_hooks()
+        self.remove_other_layer()
         self._script(self._create_lines())
         self._add_queue()
         self.installed = {k: set() for k in ips.KINDS}
@@ -442,6 +436,18 @@ class NftManager:
                  "queue statement" if self.native_queue else "xtables NFQUEUE via nft_compat",
                  "conntrack opt-in: balanced flows are tracked" if self.track else
                  f"balanced flows untracked, also lbd's own packets (mark {socket_mark(self.queue_num):#x})")
+
+    def remove_other_layer(self) -> None:
+        """What an lbd of this queue with --steering iptables left (kill -9, --down-policy closed): its
+        raw chains, jumps, mark chain and ip sets (lb.iptables RuleManager.teardown), and the empty
+        raw base chains iptables-nft keeps (at setup, and by `lbd --cleanup`)."""
+        if not self.ipt_available():
+            return
+        try:
+            self.ipt.teardown()
+        except IptablesError as exc:
+            log.warning("could not check for an iptables-steered lbd's leftovers on queue %d: %s", self.queue_num, exc)
+        self._drop_empty_raw_hooks()
 
     def _drop_empty_raw_hooks(self) -> None:
         """iptables-nft keeps raw PREROUTING / OUTPUT as base chains once a rule was in them (an

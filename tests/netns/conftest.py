@@ -69,6 +69,8 @@ PACKET_SOURCE = os.environ.get("LB_TEST_PACKET_SOURCE", "nfqueue")
 # fail by design then.
 STEERING = os.environ.get("LB_TEST_STEERING", "iptables")
 NFT = os.environ.get("LB_TEST_NFT") or shutil.which("nft") or "nft"
+if os.environ.get("LB_TEST_NFT"):  # every lbd and command the tests start finds it as `nft`
+    os.environ["PATH"] = f"{Path(NFT).resolve().parent}:{os.environ.get('PATH', '')}"
 _HERE = Path(__file__).resolve().parent
 _ENV_PROBLEM = environment_problem()
 
