@@ -369,9 +369,10 @@ class NftManager:
 
     # ---- state
 
-    def _chain_damage(self, listing: TableListing) -> dict[str, list[str]]:
-        """chain name -> what is wrong with it (empty lists omitted)."""
-        comment = f'comment "{self.spec.comment(self.queue_num)}"'
+    def _chain_damage(self, listing: TableListing, exact_queue: bool = True) -> dict[str, list[str]]:
+        """chain name -> what is wrong with it (empty lists omitted). exact_queue=False: any queue rule
+        of this lbd counts (lbadm doctor, which does not know lbd's --queue-balance)."""
+        comment = f'comment "{self.spec.comment(self.queue_num)}"' if exact_queue else f'comment "lbd q{self.queue_num} queue'
         found: dict[str, list[str]] = {}
         want = {PRE: chain_rules(), GO: go_rules(self.queue_num, self.track)}
         if not self.track:
@@ -381,8 +382,8 @@ class NftManager:
             if chain is None:
                 found[name] = [f"nft chain {self.table} {name} gone"]
                 continue
-            have = [QUEUE_KEY if r.endswith(comment) and r.startswith(("queue ", "xt target")) else r
-                    for r in chain.rules]
+            have = [QUEUE_KEY if (r.endswith(comment) if exact_queue else comment in r)
+                    and r.startswith(("queue ", "xt target")) else r for r in chain.rules]
             problems = []
             if name in HOOK_LINES and normalise_hook(chain.hook) != HOOK_LINES[name]:
                 problems.append(f"nft chain {self.table} {name} hooked as {chain.hook or 'no base chain'!r}")

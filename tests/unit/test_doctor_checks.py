@@ -662,3 +662,8 @@ def test_nftables_steering_is_read_from_lbds_table() -> None:
     closed = {**ping, "down_policy": "closed"}
     fs = run_checks(FakeContext(save=FILTER_EMPTY, sets="", nft=_nft_table(bypass=False), ping=closed))
     assert not problems(by(fs, "nfqueue-rules")), by(fs, "nfqueue-rules")
+    # --queue-balance (which ping does not report): its queue rule is lbd's too
+    balanced = _nft_table().replace('queue num 0 bypass comment "lbd q0 queue 0 bypass"',
+                                    'queue num 0-3 bypass comment "lbd q0 queues 0-3 bypass"')
+    fs = run_checks(FakeContext(save=FILTER_EMPTY, sets="", nft=balanced, ping=ping))
+    assert not problems(by(fs, "nfqueue-rules")), by(fs, "nfqueue-rules")
