@@ -20,7 +20,8 @@ STAMP   := $(VENV)/.lvs-userspace-installed
 # System packages, each for a reason (a brand-new Debian 12 has none of them; `deps` installs the
 # missing ones, so `make test` and `make demo` need nothing installed by hand):
 #   build:    python3-venv python3-dev gcc make libnetfilter-queue-dev libmnl-dev
-#   runtime:  iptables ipset iproute2
+#   runtime:  iptables ipset iproute2, nftables (the nft command of `lbd --steering nftables`, lb/nftsteer.py,
+#             and its netns tests)
 #   tests:    tcpdump netsniff-ng ebtables wrk (netns tests, bench), valgrind (test-sanitize),
 #             clang + libclang-rt-14-dev (fuzz: libclang_rt.fuzzer/asan, only a recommendation
 #             of Debian's clang), systemd (systemd-analyze verify on the units),
@@ -37,7 +38,7 @@ DEB_PKGS := python3-venv python3-dev gcc make iptables ipset iproute2 \
             libnetfilter-queue-dev libmnl-dev tcpdump netsniff-ng ebtables wrk valgrind clang \
             libclang-rt-14-dev systemd mandoc man-db bash liblua5.3-0 libopentracing-c-wrapper0 \
             ipvsadm linux-libc-dev libnl-3-200 libnl-genl-3-200 libnftnl11 libsnmp40 libglib2.0-0 \
-            libbpf-dev libxdp-dev ethtool bpftool
+            libbpf-dev libxdp-dev ethtool bpftool nftables
 
 # Several builds may install at once (parallel CI jobs, an admin's apt run): wait for dpkg's
 # lock instead of failing on it. apt-get update has no such option for the lists lock: retried.
@@ -301,7 +302,8 @@ DOCDIR      ?= $(PREFIX)/share/doc/lvs-userspace
 INSTALL_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 WHEEL_DIR   := build/wheel
 # What building the wheel and running lbd need (a subset of DEB_PKGS).
-INSTALL_DEB_PKGS := python3-venv python3-dev gcc libnetfilter-queue-dev libmnl-dev iptables ipset iproute2 linux-libc-dev
+INSTALL_DEB_PKGS := python3-venv python3-dev gcc libnetfilter-queue-dev libmnl-dev iptables ipset iproute2 linux-libc-dev \
+                    nftables
 INSTALLED_FILES := $(SBINDIR)/lbd $(SBINDIR)/lbadm $(SBINDIR)/lbd-exec $(MANDIR)/man8/lbd.8 $(MANDIR)/man8/lbadm.8 \
                    $(BASHCOMPDIR)/lbd $(BASHCOMPDIR)/lbadm $(UNITDIR)/lbd.service $(UNITDIR)/lbd@.service
 

@@ -208,8 +208,10 @@ class Lbd:
     """
 
     def __init__(self, host: Any, engine: str, *, queue: int = 0, cpu: int | None = None,
-                 conn_max: int | None = None, extra: Sequence[str] = (), nice: int = 0) -> None:
+                 conn_max: int | None = None, extra: Sequence[str] = (), nice: int = 0,
+                 env: dict[str, str] | None = None) -> None:
         self.host = host
+        self.env = env  # lbd's environment on top of ours (e.g. PATH with nft for --steering nftables)
         self.engine = engine
         self.dir = Path(tempfile.mkdtemp(prefix=f"{host.topo.prefix}-bench-lbd-"))
         self.socket = str(self.dir / "lbd.sock")
@@ -234,7 +236,8 @@ class Lbd:
         if self.nice:
             argv = ["nice", "-n", str(self.nice), *argv]
         with open(self.log_path, "w") as logf:
-            self.proc = self.host.popen(argv, stdout=logf, stderr=subprocess.STDOUT)
+            self.proc = self.host.popen(argv, stdout=logf, stderr=subprocess.STDOUT,
+                                        env=dict(os.environ, **self.env) if self.env else None)
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:

@@ -73,7 +73,8 @@ from lb.testbed.topology import Topology
 TITLE = "Traffic routed through the director, not for a service, at a fixed rate (namespaces)"
 NEEDS_ROOT = True
 TARGET_RATIO = 1.10
-TARGET_CASES = ("rules", "lbd")  # issue 15 item 1: lbd's rules, and lbd running, against no lbd
+# issue 15 item 1: lbd's rules, lbd running, and lbd running with --steering nftables, against no lbd
+TARGET_CASES = ("rules", "lbd", "lbd-nft")
 USER_HZ = os.sysconf("SC_CLK_TCK")
 NAT_VIP = "10.250.255.1"
 NAT_PORT = 8080
@@ -334,8 +335,14 @@ def nft_first(bed: pps.Bed, steering: Any, nft: list[str], full: bool = False) -
 
 
 @contextlib.contextmanager
-def running_lbd(bed: pps.Bed, reqs: list[tuple[str, dict[str, Any]]], dut_cpu: int | None) -> Iterator[Lbd]:
-    lbd = Lbd(bed.director, "c", cpu=dut_cpu, conn_max=pps.CONN_MAX_C, nice=bed.nice)
+def running_lbd(bed: pps.Bed, reqs: list[tuple[str, dict[str, Any]]], dut_cpu: int | None,
+                nft_dir: str | None = None) -> Iterator[Lbd]:
+    """lbd running with the configuration; with `nft_dir` (a directory holding `nft`, "" for PATH's)
+    lbd steers with --steering nftables (case lbd-nft)."""
+    nft = nft_dir is not None
+    lbd = Lbd(bed.director, "c", cpu=dut_cpu, conn_max=pps.CONN_MAX_C, nice=bed.nice,
+              extra=["--steering", "nftables"] if nft else (),
+              env={"PATH": f"{nft_dir}:{os.environ.get('PATH', '')}"} if nft_dir else None)
     try:
         lbd.start()
         for i in range(0, len(reqs), steer_scale.BATCH):
@@ -346,6 +353,9 @@ def running_lbd(bed: pps.Bed, reqs: list[tuple[str, dict[str, Any]]], dut_cpu: i
     finally:
         lbd.stop()
         common.flush_iptables(bed.director)
+        if nft_dir is not None:
+            nft_cmd = os.path.join(nft_dir, "nft") if nft_dir else "nft"
+            bed.director.exec([nft_cmd, "delete", "table", "ip", f"lbd-q{QUEUE}"], check=False)
         lbd.cleanup()
 
 
@@ -513,6 +523,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for case in rotate(cases, rep):
                 ctx: Any = (contextlib.nullcontext() if case == "bare" else
                             running_lbd(bed, reqs, dut_cpu) if case == "lbd" else
+                            running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir) if case == "lbd-nft" else
                             partial_rules(bed, case) if case in PARTIAL else
                             first_rule_only(bed, steering) if case == "raw-first" else
                             nft_first(bed, steering, shlex.split(args.routed_nft), case == "nft-full")
@@ -582,7 +593,10 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--routed-services", type=int, default=1, help="routed: DR services configured (default 1)")
     ap.add_argument("--routed-cases", default="bare,rules,lbd",
                     help="routed: comma-separated, of bare, rules, lbd; the steps raw-empty, raw-comment, raw-go, raw-first; "
-                         "nft-first, nft-full (need nft); rules-legacy (iptables-legacy) (default bare,rules,lbd)")
+                         "nft-first, nft-full (need nft); lbd-nft (lbd --steering nftables: nft on PATH or in "
+                         "--routed-nft-dir); rules-legacy (iptables-legacy) (default bare,rules,lbd)")
+    ap.add_argument("--routed-nft-dir", default="", metavar="DIR",
+                    help="routed: a directory holding the `nft` lbd runs for lbd-nft (default: lbd's PATH)")
     ap.add_argument("--routed-nft", default="nft", help="routed: the nft command for nft-first (default nft)")
     ap.add_argument("--routed-rules-from", default=None, metavar="REV",
                     help="routed: also measure the rules of lb/iptables.py at git revision REV")

@@ -281,10 +281,7 @@ def _install_rules(rules: Any, director: Director, xdp: Any = None) -> None:
     empty chain (they would reach the director's own stack, which resets them). Anything else
     (no chain, a conntrack opt-in, duplicate jumps) starts from a clean chain (RuleManager.setup).
     """
-    from lb.iptables import HOOK_CHAIN
-
-    jumps = rules.jumps()
-    if not rules.track and len(jumps) == 1 and jumps[0].startswith(f"-A {HOOK_CHAIN} "):
+    if rules.adoptable():
         log.info("adopting the rules a previous lbd left on queue %d (%d rules)", rules.queue_num, len(rules.rules()))
     else:
         rules.setup()
@@ -297,16 +294,37 @@ def _install_rules(rules: Any, director: Director, xdp: Any = None) -> None:
     director.sync_rules()
 
 
+def make_rules(args: argparse.Namespace, cleanup: bool = False) -> Any:
+    """The queue's steering manager of --steering: lb.iptables.RuleManager (raw-table rules and ip
+    sets) or lb.nftsteer.NftManager (one native nftables table); the same public methods."""
+    if getattr(args, "steering", "iptables") == "nftables":
+        import shutil
+
+        from lb.nftsteer import NftManager
+
+        cls: Any = NftManager
+        nft = {"nft": shutil.which("nft") or "nft"}
+    else:
+        from lb.iptables import RuleManager
+
+        cls, nft = RuleManager, {}
+    if cleanup:
+        return cls(args.queue_num, **nft)
+    return cls(args.queue_num, args.queues.balance, track=args.conntrack, bypass=args.down_policy == "open",
+               cpu_fanout=args.queues.cpu_fanout, **nft)
+
+
 def cleanup(args: argparse.Namespace) -> int:
     """lbd --cleanup: remove this queue's rules (after a --down-policy closed lbd), then exit."""
-    from lb.iptables import IptablesError, RuleManager
+    from lb.iptables import IptablesError
 
     if args.no_iptables:
         log.error("--cleanup removes lbd's iptables rules: it does not go with --no-iptables")
         return 2
-    rules = RuleManager(args.queue_num)
+    rules = make_rules(args, cleanup=True)
     try:
         rules.teardown()
+        rules.remove_other_layer()  # whichever --steering left the queue's steering
     except IptablesError as exc:
         log.error("%s", exc)
         return 1
@@ -324,13 +342,10 @@ async def run(args: argparse.Namespace) -> int:
     rules = None
     afxdp = args.packet_source == "afxdp"
     if not args.no_iptables:  # with afxdp: the NFQUEUE fallback for what XDP cannot take (AfxdpWithFallback)
-        from lb.iptables import RuleManager
-
-        rules = RuleManager(args.queue_num, args.queues.balance, track=args.conntrack,
-                            bypass=args.down_policy == "open", cpu_fanout=args.queues.cpu_fanout)
+        rules = make_rules(args)
         problem = rules.detect()
         if problem:
-            log.error("cannot manage iptables rules: %s", problem)
+            log.error("cannot manage %s steering: %s", args.steering, problem)
             return 1
     snapshot = statefile.state_path(args.state_dir, args.queue_num) if args.state_dir else None
     restoring = snapshot is not None and (args.restore or (not args.config and snapshot.exists()))
@@ -451,7 +466,7 @@ async def run(args: argparse.Namespace) -> int:
             else:
                 try:
                     rules.teardown()
-                    log.info("removed iptables rules of queue %d", args.queue_num)
+                    log.info("removed the %s steering of queue %d", args.steering, args.queue_num)
                 except Exception:
                     log.exception("removing iptables rules failed")
         if engine_started:

@@ -88,6 +88,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-iptables", action="store_true",
                    help="do not manage iptables rules (the operator queues packets to --queue-num); with "
                    "--packet-source afxdp: no NFQUEUE fallback (fragments and director-local clients are not balanced)")
+    p.add_argument("--steering", choices=("iptables", "nftables"), default="iptables",
+                   help="how packets reach the queue. iptables (default): rules in iptables' raw table testing "
+                   "ip sets (lb/iptables.py). nftables: one native nftables table of lbd's own, `ip lbd-q<N>`, "
+                   "with native sets (needs the nft command, package nftables): routed traffic through the "
+                   "director costs less (docs/firewall.md)")
     p.add_argument("--conntrack", action="store_true",
                    help="let the director's conntrack see what lbd hands back to the kernel and what it sends "
                    "on its raw socket (no CT --notrack rules): the analogue of IPVS's net.ipv4.vs.conntrack "
@@ -100,7 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "stay in place on exit, so the kernel drops the packets (clients retransmit) and a "
                    "restarted lbd resumes the flows from its state file; `lbd --cleanup` removes them")
     p.add_argument("--cleanup", action="store_true",
-                   help="remove the iptables rules of --queue-num (left by a --down-policy closed lbd) and exit")
+                   help="remove the steering of --queue-num (left by a --down-policy closed lbd; with --steering nftables its "
+                   "table ip lbd-q<N>) and exit")
     p.add_argument("--state-dir", metavar="DIR", default=None,
                    help="where lbd keeps its state file lbd-q<N>.state: the configuration and the connection "
                    "table, saved every 2 s and on exit (atomically), re-applied at start when there is no "
@@ -183,6 +189,7 @@ AFXDP_REFUSED = (
     ("--fail-open", "fail_open", "it is an NFQUEUE option"),
     ("--queue-maxlen", "queue_maxlen", "it is an NFQUEUE option (the AF_XDP rings are fixed)"),
     ("--conntrack", "conntrack", "packets redirected by XDP never reach conntrack"),
+    ("--steering nftables", "steering_nftables", "its NFQUEUE fallback is written with iptables rules only"),
 )
 
 
@@ -202,7 +209,7 @@ def _check_packet_source(p: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.xdp_fastpath and len(args.xdp_interface) != 1:
         p.error("--xdp-fastpath works on one --xdp-interface: an established flow is installed in one interface's "
                 "XDP program")
-    values = vars(args)
+    values = {**vars(args), "steering_nftables": getattr(args, "steering", "iptables") == "nftables"}
     for flag, name, why in AFXDP_REFUSED:
         value = args.queues.balance if name == "balance" else values.get(name)
         if value:

@@ -39,7 +39,10 @@ verdict must stay an xtables target, and only xtables rules can test ip sets (`-
 are not visible to xtables rules. With ipset the rules stay iptables rules in the raw table
 (priority -300, before conntrack), `CT --notrack` and `NFQUEUE --queue-bypass` keep their exact
 semantics, and each set is changed element by element (`ipset add/del`, batched through one
-`ipset restore`), which costs what changed, never what exists.
+`ipset restore`), which costs what changed, never what exists. `lbd --steering nftables`
+(lb/nftsteer.py) is the opt-in other way: the same elements in native nft sets of a table of
+lbd's own, whose queue verdict is the native queue statement or, on kernels without it, the
+xtables NFQUEUE target written into that table over netlink (lb/nftqueue.py).
 
 The sets are created and destroyed by lbd only: every set named `lbd-q<N>-*` of these names
 belongs to the lbd of queue N, nothing else does. A set cannot be destroyed while a rule refers to

@@ -360,6 +360,8 @@ class RuleManager:
     its namespace). `runner` replaces subprocess execution (unit tests).
     """
 
+    steering_kind = "iptables"  # lbd --steering (reported by ping: lbadm doctor)
+
     def __init__(
         self,
         queue_num: int,
@@ -468,6 +470,12 @@ class RuleManager:
         lines += [f"-X {c}" for s, c in states if s.chain_exists]
         return lines
 
+    def adoptable(self) -> bool:
+        """A previous lbd's chains to adopt as they are (then healed by sync) rather than set up
+        afresh: exactly one jump from raw PREROUTING, and not with the conntrack opt-in."""
+        jumps = self.jumps()
+        return not self.track and len(jumps) == 1 and jumps[0].startswith(f"-A {HOOK_CHAIN} ")
+
     def setup(self) -> None:
         """Create the sets (empty), the chains and the jumps, removing any leftovers of this queue first.
 
@@ -483,12 +491,28 @@ class RuleManager:
             )
         self._restore(self._remove_lines([(pre, self.chain), (go, self.go_chain), (out, self.out_chain)]))
         self._remove_marks()
+        self.remove_other_layer()
         self.sets.create()
         self._restore([*self._chain_lines(), jump_rule(self.queue_num), *self._out_lines()])
         log.info("raw table: chain %s ready (set lookups in %s), jumped to from %s; %s", self.chain,
                  ", ".join(self.sets.names.values()), HOOK_CHAIN,
                  "conntrack opt-in: balanced flows are tracked" if self.track else
                  f"balanced flows untracked, also lbd's own packets (mark {self.mark:#x}) in {OUT_HOOK_CHAIN}")
+
+    def remove_other_layer(self) -> None:
+        """The table `ip lbd-q<N>` an lbd of this queue with --steering nftables left (kill -9, --down-policy
+        closed; lb.nftsteer) would steer too: deleted (at setup, and by `lbd --cleanup`). Only against
+        the real system (a fake runner knows no nft), and only where nft is installed."""
+        if self._runner is not _run or (not self.netns and shutil.which("nft") is None):
+            return
+        table = f"lbd-q{self.queue_num}"
+        try:
+            listed = self._exec(["nft", "list", "tables", "ip"])
+        except IptablesError:
+            return
+        if f"table ip {table}" in listed.splitlines():
+            self._exec(["nft", "delete", "table", "ip", table])
+            log.info("removed table ip %s that an lbd of queue %d with --steering nftables left", table, self.queue_num)
 
     def sync(self, steering: ips.Steering, verify_sets: bool = False, heal_level: int = logging.WARNING) -> Plan:
         """Make the sets hold exactly `steering` (only the difference is sent), and heal the chains.

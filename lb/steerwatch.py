@@ -16,6 +16,9 @@ started while nothing changed.
 - ip set contents are not part of that generation, so each tick also asks the kernel for the
   sets' headers over netlink (IPSET_CMD_LIST with IPSET_FLAG_LIST_HEADER: an element count per
   set, O(1) per set, ~0.05 ms) and compares them with what lbd put in them.
+- With `lbd --steering nftables` (lb.nftsteer) set elements are nftables objects too, so the
+  generation alone says whether anything changed; and a change that is lbd's own last write (the
+  generation moved by exactly its transactions) is not re-read (NftManager.damage).
 - Without either (legacy iptables, a kernel that does not answer) each tick runs `iptables -S`
   and `ipset list -t`. Forking them from lbd, a large process at 10,000 services, cost ~1 % of a
   core at two ticks a second, which is why the netlink path exists.
@@ -171,6 +174,8 @@ def generation_source(rules: Any) -> Callable[[], int | None] | None:
     backend in lbd's own netns and the kernel answers; else None (check the rules every tick)."""
     if getattr(rules, "netns", None):
         return None
+    if getattr(rules, "sets_in_generation", False):  # lb.nftsteer: a native table, nf_tables by definition
+        return nft_generation if nft_generation() is not None else None
     try:
         proc = subprocess.run([rules.iptables, "--version"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
@@ -181,8 +186,9 @@ def generation_source(rules: Any) -> Callable[[], int | None] | None:
 
 
 def set_counts_source(rules: Any) -> Callable[[], dict[str, int] | None] | None:
-    """ipset_counts when lbd reads the sets of its own netns and the kernel answers, else None."""
-    if getattr(rules, "netns", None) or ipset_counts() is None:
+    """ipset_counts when lbd reads the ip sets of its own netns and the kernel answers, else None
+    (also for lb.nftsteer's native sets: their elements are part of the nftables generation)."""
+    if getattr(rules, "netns", None) or getattr(rules, "sets_in_generation", False) or ipset_counts() is None:
         return None
     return ipset_counts
 

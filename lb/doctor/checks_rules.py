@@ -38,6 +38,10 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
     if run.save_text is None:
         return [Finding("warning", "nfqueue-rules", "cannot read the firewall rules (iptables-save failed); "
                         "NFQUEUE rule health not checked", fix="install iptables; run as root")]
+    if run.ping.get("steering") == "nftables":  # lbd --steering nftables: its own nftables table
+        from lb.doctor.checks_nftsteer import check_nft_steering
+
+        return check_nft_steering(run)
     q = run.queue_num
     if q is None:
         sev = "error" if run.services else "info"
@@ -72,18 +76,7 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
         out.append(Finding("warning", "nfqueue-rules", "cannot read the ip sets (ipset save failed): which services "
                            "are steered was not checked", fix="install ipset; run as root"))
     else:
-        expected = ips.Steering()
-        for svc in run.services:
-            expected.services.add((svc.proto_num, svc.addr, svc.port))
-            expected.addrs.update(svc.laddrs)
-            for d in svc.dests:
-                if d.get("fwd") == "fullnat":
-                    rport = ips.nat_reply_port(svc.port, svc.persistent, int(d.get("port", 0)))
-                    expected.fnat_replies.update((svc.proto_num, str(d.get("addr")), rport, la) for la in svc.laddrs)
-                elif d.get("fwd") == "masq":
-                    rport = ips.nat_reply_port(svc.port, svc.persistent, int(d.get("port", 0)))
-                    expected.nat_replies.add((svc.proto_num, str(d.get("addr")), rport))
-        want_el = expected.elements()
+        want_el = expected_elements(run)
         missing_svc = [svc.name for svc in run.services
                        if not expected_in(service_elements(svc), run)]
         for name in missing_svc:
@@ -145,6 +138,22 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
                            f"{ipt.go_chain_name(q)}, jumped to from raw {ipt.HOOK_CHAIN}; {out_chain} untracks lbd's own packets",
                            evidence="\n".join(pre.jumps + pre.rules + go.rules + post.jumps + post.rules)))
     return out
+
+
+def expected_elements(run: Run) -> dict[ips.SetKind, set[str]]:
+    """The set elements lbd's services need (lb.ipsets Steering.elements of what lbd lists)."""
+    expected = ips.Steering()
+    for svc in run.services:
+        expected.services.add((svc.proto_num, svc.addr, svc.port))
+        expected.addrs.update(svc.laddrs)
+        for d in svc.dests:
+            if d.get("fwd") == "fullnat":
+                rport = ips.nat_reply_port(svc.port, svc.persistent, int(d.get("port", 0)))
+                expected.fnat_replies.update((svc.proto_num, str(d.get("addr")), rport, la) for la in svc.laddrs)
+            elif d.get("fwd") == "masq":
+                rport = ips.nat_reply_port(svc.port, svc.persistent, int(d.get("port", 0)))
+                expected.nat_replies.add((svc.proto_num, str(d.get("addr")), rport))
+    return expected.elements()
 
 
 def service_elements(svc: Service) -> dict[ips.SetKind, set[str]]:

@@ -14,7 +14,10 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 
-PREFIX_BASE = "lbB"
+# LB_TEST_NETNS_BASE: another base (2-4 letters) for a run that must keep its namespaces apart from
+# other runs' (e.g. several helpers on one machine); lbB by default.
+_BASE = os.environ.get("LB_TEST_NETNS_BASE", "")
+PREFIX_BASE = _BASE if re.fullmatch(r"[a-zA-Z]{2,4}", _BASE) else "lbB"
 
 CMD_TIMEOUT_S = 30.0  # bound for any single setup/teardown command
 TERM_GRACE_S = 5.0  # SIGTERM -> SIGKILL grace for processes we started

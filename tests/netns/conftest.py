@@ -63,6 +63,14 @@ LBADM_TIMEOUT_S = 20.0
 # run of the NFQUEUE suite against the AF_XDP source (issue 19 item 2): tests that check iptables
 # rules or NFQUEUE-only options fail by design there.
 PACKET_SOURCE = os.environ.get("LB_TEST_PACKET_SOURCE", "nfqueue")
+# LB_TEST_STEERING=nftables: every lbd the suite starts without a --steering of its own uses
+# `--steering nftables` (lb/nftsteer.py); nft must be on PATH or LB_TEST_NFT names it (a wrapper
+# script is fine: its directory is put first on lbd's PATH). Tests reading lbd's iptables rules
+# fail by design then.
+STEERING = os.environ.get("LB_TEST_STEERING", "iptables")
+NFT = os.environ.get("LB_TEST_NFT") or shutil.which("nft") or "nft"
+if os.environ.get("LB_TEST_NFT"):  # every lbd and command the tests start finds it as `nft`
+    os.environ["PATH"] = f"{Path(NFT).resolve().parent}:{os.environ.get('PATH', '')}"
 _HERE = Path(__file__).resolve().parent
 _ENV_PROBLEM = environment_problem()
 
@@ -177,7 +185,23 @@ def iptables_leftovers(host: Host) -> list[str]:
             found.append(f"iptables-save: {line}")
     sets = host.exec(["ipset", "save"]).stdout
     found += [f"ipset: {line}" for line in sets.splitlines() if line.strip()]
-    return found
+    return found + nft_leftovers(host)
+
+
+def nft_leftovers(host: Host) -> list[str]:
+    """lbd's nftables tables (`ip lbd-q*`, lb/nftsteer.py) in `host`'s namespace; none without nft."""
+    if not Path(NFT).exists() and shutil.which(NFT) is None:
+        return []
+    tables = host.exec([NFT, "list", "tables"], check=False).stdout
+    return [f"nft: {line}" for line in tables.splitlines() if line.startswith("table ip lbd-q")]
+
+
+def nft_env(env: dict[str, str] | None) -> dict[str, str] | None:
+    """lbd's environment with LB_TEST_NFT's directory first on PATH (lbd runs `nft`)."""
+    if not os.environ.get("LB_TEST_NFT"):
+        return env
+    path = f"{Path(NFT).resolve().parent}:{os.environ.get('PATH', '')}"
+    return dict(env or {}, PATH=path)
 
 
 class Lbd:
@@ -211,13 +235,18 @@ class Lbd:
             if refused:
                 pytest.skip(f"NFQUEUE-only: {refused}, refused at start: see docs/afxdp.md")
             self.args += afxdp_args(self.topo)
+        env = self.env
+        if "--steering" not in self.args and STEERING != "iptables":
+            self.args += ["--steering", STEERING]
+        if "nftables" in self.args:
+            env = nft_env(env)
         with open(self.log_path, "w") as log:
             self.proc = self.director.popen(
                 [str(LBD), "--socket", self.socket,
                  *([] if "--queue-balance" in self.args else ["--queue-num", str(QUEUE_NUM)]),
                  "--engine", self.engine, "-v", *self.args],
                 stdout=log, stderr=subprocess.STDOUT,
-                env=dict(os.environ, **self.env) if self.env else None,
+                env=dict(os.environ, **env) if env else None,
             )
         deadline = time.monotonic() + timeout
         last_err = "no answer yet"
@@ -367,6 +396,8 @@ def flush_iptables(host: Host) -> None:
     for table in ("raw", "filter", "mangle", "nat"):
         host.exec(["iptables", "-t", table, "-F"], check=False)
         host.exec(["iptables", "-t", table, "-X"], check=False)
+    for line in nft_leftovers(host):
+        host.exec([NFT, "delete", "table", "ip", line.split()[-1]], check=False)
 
 
 def _flush_director(topo: Topology) -> None:

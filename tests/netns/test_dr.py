@@ -24,6 +24,7 @@ from packet_source import AFXDP, xdp_keys, xdp_programs
 
 from lb.model import SCHEDULERS
 from lb.testbed import client
+from lb.testbed.netns import PREFIX_BASE
 from lb.testbed.topology import Topology, dr_spec, list_netns
 
 if TYPE_CHECKING:  # fixtures' types only
@@ -120,7 +121,7 @@ def wlc_choice(dests: list[LnDest]) -> LnDest | None:
 
 
 def test_topology_names_and_isolation(topo: Topology) -> None:
-    assert topo.prefix.startswith("lbB") and len(topo.prefix) > 3
+    assert topo.prefix.startswith(PREFIX_BASE) and len(topo.prefix) > 3
     ours = [ns for ns in list_netns() if ns.startswith(topo.prefix + "-")]
     assert sorted(ours) == sorted([h.netns for h in topo.hosts.values()] + [topo.switch_ns("lan")])
     for h in topo.hosts.values():

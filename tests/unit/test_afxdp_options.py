@@ -37,6 +37,7 @@ def test_afxdp_accepts_interfaces_mode_and_copy() -> None:
     (["--queue-maxlen", "512"], "--queue-maxlen does not go with"),
     (["--queue-balance", "0:1"], "--queue-balance does not go with"),
     (["--conntrack"], "--conntrack does not go with"),
+    (["--steering", "nftables"], "--steering nftables does not go with"),
     (["--down-policy", "closed"], "--down-policy closed does not go with"),
     (["--engine", "python"], "needs the C engine"),
 ])

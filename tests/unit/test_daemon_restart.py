@@ -248,6 +248,8 @@ class RecordingRules:
     def rules(self) -> list[str]:
         return ["-A LBD-Q0 -d 10.0.0.100/32 -p tcp -m tcp --dport 80 -j NFQUEUE --queue-num 0"]
 
+    adoptable = RuleManager.adoptable  # the real decision, over these jumps
+
     def setup(self) -> None:
         self.calls.append("setup")
 

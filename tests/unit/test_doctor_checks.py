@@ -624,3 +624,46 @@ def test_fwmark_service_needs_its_mangle_rule() -> None:
     fs = run_checks(FakeContext(samples=[s, s], save=RAW_OK + "\n" + mangle + "\n" + FILTER_EMPTY))
     assert not [f for f in by(fs, "nfqueue-rules", "error") if "FWM" in f.summary]
     assert not problems([f for f in fs if f.check == "nfqueue-rules"])
+
+
+def _nft_table(queue: int = 0, svc: list[str] | None = None, bypass: bool = True, drop_first: bool = False) -> str:
+    """`nft list ruleset` of an lbd --steering nftables (lb.nftsteer's table as nft prints it)."""
+    from lb import nftsteer as ns
+
+    lines = [f"table ip lbd-q{queue} {{"]
+    for kind in ns.ips.KINDS:
+        lines += [f"\tset {kind.suffix} {{", f"\t\ttype {ns.SET_TYPES[kind.type]}"]
+        el = {"addr": [VIP], "svc": [f"{VIP} . tcp . 80"] if svc is None else svc}.get(kind.suffix)
+        if el:
+            lines.append("\t\telements = { " + ", ".join(el) + " }")
+        lines.append("\t}")
+    queue_rule = f'queue num {queue}{" bypass" if bypass else ""} comment "lbd q{queue} queue {queue}' \
+                 f'{" bypass" if bypass else ""}"'
+    pre = ns.chain_rules()[1:] if drop_first else ns.chain_rules()
+    for name, hook, rules in (("go", "", [r if r != ns.QUEUE_KEY else queue_rule for r in ns.go_rules(queue, False)]),
+                              ("pre", ns.HOOK_LINES["pre"], pre), ("out", ns.HOOK_LINES["out"], ns.out_rules(queue, False))):
+        lines += [f"\tchain {name} {{", *([f"\t\t{hook}"] if hook else []), *[f"\t\t{r}" for r in rules], "\t}"]
+    return "\n".join([*lines, "}"]) + "\n"
+
+
+def test_nftables_steering_is_read_from_lbds_table() -> None:
+    ping = {"version": "0.1", "engine": "c", "queue_num": 0, "steering": "nftables", "down_policy": "open"}
+    fs = run_checks(FakeContext(save=FILTER_EMPTY, sets="", nft=_nft_table(), ping=ping))
+    assert not problems(by(fs, "nfqueue-rules")), by(fs, "nfqueue-rules")
+    assert any("table ip lbd-q0 (lbd --steering nftables)" in f.summary for f in by(fs, "nfqueue-rules", "info"))
+    # the first rule gone, the service's element gone, the table gone
+    fs = run_checks(FakeContext(save=FILTER_EMPTY, sets="", nft=_nft_table(drop_first=True, svc=[]), ping=ping))
+    errors = [f.summary for f in by(fs, "nfqueue-rules", "error")]
+    assert any("does not hold lbd's chains" in e for e in errors), errors
+    assert any("1 set element lbd's services need is not in table ip lbd-q0" in e for e in errors), errors
+    fs = run_checks(FakeContext(save=FILTER_EMPTY, sets="", nft="", ping=ping))
+    assert any("table ip lbd-q0 is missing" in f.summary for f in by(fs, "nfqueue-rules", "error"))
+    # --down-policy closed: a queue rule without bypass is lbd's own
+    closed = {**ping, "down_policy": "closed"}
+    fs = run_checks(FakeContext(save=FILTER_EMPTY, sets="", nft=_nft_table(bypass=False), ping=closed))
+    assert not problems(by(fs, "nfqueue-rules")), by(fs, "nfqueue-rules")
+    # --queue-balance (which ping does not report): its queue rule is lbd's too
+    balanced = _nft_table().replace('queue num 0 bypass comment "lbd q0 queue 0 bypass"',
+                                    'queue num 0-3 bypass comment "lbd q0 queues 0-3 bypass"')
+    fs = run_checks(FakeContext(save=FILTER_EMPTY, sets="", nft=balanced, ping=ping))
+    assert not problems(by(fs, "nfqueue-rules")), by(fs, "nfqueue-rules")
