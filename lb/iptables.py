@@ -680,19 +680,30 @@ class RuleManager:
         return self.sync(steering, heal_level=logging.DEBUG)
 
     def teardown(self) -> None:
-        """Remove the jumps, flush and delete the chains, then destroy the sets. Idempotent;
-        touches nothing else."""
+        """Remove the jumps, flush and delete the chains, then destroy the sets, and the raw base
+        chains lbd's jumps leave empty (drop_empty_raw_hooks). Idempotent; touches nothing else."""
         pre, go, out = self._states()
         lines = self._remove_lines([(pre, self.chain), (go, self.go_chain), (out, self.out_chain)])
         if lines:
             self._restore(lines)
             log.info("raw %s, %s, %s: removed (%d rules, %d jumps)", self.chain, self.go_chain, self.out_chain,
                      len(pre.rules) + len(go.rules) + len(out.rules), len(pre.jumps) + len(out.jumps))
+            if self._runner is _run:  # a fake runner (unit tests) knows no nft
+                drop_empty_raw_hooks(self._nft_best_effort)
         self._remove_marks()
         try:
             self.sets.destroy()
         except ips.IpsetError as exc:
             raise IptablesError(exc.cmd, exc.returncode, exc.stderr) from exc
+
+    def _nft_best_effort(self, args: list[str]) -> str | None:
+        """`nft ARGS` in lbd's netns: its output, or None when nft is missing or refuses (the empty
+        base chains are only a cost, never worth failing a teardown for)."""
+        try:
+            proc = self._runner([*self._prefix(), "nft", *args], None)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout if proc.returncode == 0 else None
 
     # ---- fwmark services: mangle PREROUTING, after the operator's MARK rules
 
@@ -744,6 +755,26 @@ class RuleManager:
 
     def detect(self) -> str | None:
         return detect(self.iptables, netns=self.netns, runner=self._runner)
+
+
+def drop_empty_raw_hooks(nft: Callable[[list[str]], str | None]) -> list[str]:
+    """iptables-nft keeps raw PREROUTING / OUTPUT as base chains once a rule was in them (lbd's
+    jumps) and iptables-restore took it out: empty, policy accept, they do nothing but still cost
+    every packet a hook call. Each such chain is deleted (nft refuses to delete a chain with rules;
+    a later iptables rule re-creates it). `nft`: runs `nft ARGS`, returns its output or None (no
+    such chain, or no nft). Returns the chains deleted."""
+    dropped: list[str] = []
+    for chain in ("PREROUTING", "OUTPUT"):
+        text = nft(["list", "chain", "ip", TABLE, chain])
+        if text is None:
+            continue
+        body = [line.strip() for line in text.splitlines()[2:]
+                if line.strip() not in ("", "}") and not line.strip().startswith("#")]
+        if body == [f"type filter hook {chain.lower()} priority raw; policy accept;"]:
+            nft(["delete", "chain", "ip", TABLE, chain])
+            log.info("removed the empty iptables raw %s base chain (nothing in it; it cost every packet a hook)", chain)
+            dropped.append(chain)
+    return dropped
 
 
 def _chain_damage(table: str, chain: str, state: TableState, want: Sequence[str]) -> list[str]:

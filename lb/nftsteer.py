@@ -82,6 +82,7 @@ from lb.iptables import (
     _has_jump_from,
     _run,
     _script_excerpt,
+    drop_empty_raw_hooks,
     jump_comment,
     mark_rules,
     socket_mark,
@@ -451,20 +452,9 @@ class NftManager:
         self._drop_empty_raw_hooks()
 
     def _drop_empty_raw_hooks(self) -> None:
-        """iptables-nft keeps raw PREROUTING / OUTPUT as base chains once a rule was in them (an
-        iptables-steered lbd's jumps): empty, policy accept, they still cost every packet a hook
-        call. Such a chain does nothing; it is deleted (nft refuses to delete a chain with rules; a
-        later iptables rule re-creates it), so routed traffic meets lbd's table only."""
-        for chain in ("PREROUTING", "OUTPUT"):
-            text = self._exec(["list", "chain", FAMILY, "raw", chain], ok_missing=True)
-            if text is None:
-                continue
-            body = [line.strip() for line in text.splitlines()[2:]
-                    if line.strip() not in ("", "}") and not line.strip().startswith("#")]
-            if body == [f"type filter hook {chain.lower()} priority raw; policy accept;"]:
-                self._exec(["delete", "chain", FAMILY, "raw", chain], ok_missing=True)
-                log.info("removed the empty iptables raw %s base chain (nothing in it; it cost every packet a hook)",
-                         chain)
+        """The empty raw base chains iptables-nft keeps (lb.iptables drop_empty_raw_hooks), so that
+        routed traffic meets lbd's table only."""
+        drop_empty_raw_hooks(lambda args: self._exec(args, ok_missing=True))
 
     def ipt_available(self) -> bool:
         return bool(self.netns) or shutil.which(self.iptables) is not None

@@ -488,6 +488,33 @@ def test_setup_sync_teardown_lifecycle(fw: tuple[str, str, Namespaces]) -> None:
 
 
 @needs_netns
+def test_teardown_leaves_no_empty_raw_hook(fw: tuple[str, str, Namespaces]) -> None:
+    """iptables-nft keeps raw PREROUTING / OUTPUT as base chains after lbd's jumps leave them: an empty
+    base chain still costs every packet a hook call. Teardown deletes the one lbd left empty (OUTPUT)
+    and keeps the one holding an operator's rule (PREROUTING, the fixture's foreign rule)."""
+    if shutil.which("nft") is None:
+        pytest.skip("nft (Debian package nftables, which `make test` installs) is not installed")
+    d, _, _ = fw
+    m = RuleManager(11, netns=d)
+    m.setup()
+    m.sync(steer(SERVICES))
+    assert "hook output" in in_ns(d, "nft", "list", "table", "ip", "raw")
+    m.teardown()
+    table = in_ns(d, "nft", "list", "table", "ip", "raw")
+    assert "hook prerouting" in table and "10.231.99.1" in table, table  # the operator's rule
+    assert "hook output" not in table, table
+    foreign = ["PREROUTING", "-s", "10.231.99.1/32", "-m", "comment", "--comment", "foreign rule", "-j", "CT",
+               "--notrack"]
+    in_ns(d, "iptables", "-t", "raw", "-D", *foreign)
+    try:
+        m.setup()  # lbd's jumps alone in both hooks: both chains go with them
+        m.teardown()
+        assert "hook" not in in_ns(d, "nft", "list", "table", "ip", "raw")
+    finally:
+        in_ns(d, "iptables", "-t", "raw", "-A", *foreign)  # the fixture's, for the tests after this one
+
+
+@needs_netns
 def test_previous_per_service_layout_is_adopted(fw: tuple[str, str, Namespaces]) -> None:
     """A chain of the earlier per-service layout (left by an older lbd) is rewritten by a sync,
     after the sets are filled: the restart keeps steering the VIP."""
