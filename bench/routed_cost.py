@@ -290,35 +290,33 @@ def first_rule_only(bed: pps.Bed, steering: Any) -> Iterator[None]:
 NFT_TABLE = "lbdprobe"
 
 
+def _nft_probe_script(addrs: set[str], natrip: set[str], chains: str) -> str:
+    """A table of the bench's own holding lbd's two pre-filter sets, filled, and `chains`."""
+    def elems(v: set[str]) -> str:
+        return f"elements = {{ {', '.join(sorted(v))} }}" if v else ""
+
+    return (f"table ip {NFT_TABLE} {{\n"
+            f"  set addr {{ type ipv4_addr; {elems(addrs)} }}\n"
+            f"  set natrip {{ type ipv4_addr; {elems(natrip)} }}\n"
+            f"{chains}}}\n")
+
+
 def nft_first_script(addrs: set[str], natrip: set[str]) -> str:
     """`nft-first`: raw-first in native nftables (no xtables match, no rule counters), same structure:
     a base chain at raw's priority jumping to a chain whose one rule tests both sets."""
-    def elems(v: set[str]) -> str:
-        return f"elements = {{ {', '.join(sorted(v))} }}" if v else ""
-
-    return (f"table ip {NFT_TABLE} {{\n"
-            f"  set addr {{ type ipv4_addr; {elems(addrs)} }}\n"
-            f"  set natrip {{ type ipv4_addr; {elems(natrip)} }}\n"
-            "  chain q { ip daddr != @addr ip saddr != @natrip return; }\n"
-            "  chain pre { type filter hook prerouting priority -300; jump q; }\n"
-            "}\n")
+    return _nft_probe_script(addrs, natrip, "  chain q { ip daddr != @addr ip saddr != @natrip return; }\n"
+                                            "  chain pre { type filter hook prerouting priority -300; jump q; }\n")
 
 
 def nft_full_script(addrs: set[str], natrip: set[str]) -> str:
-    """`nft-full`: what a native nftables steering layer would cost a routed packet: the first rule
-    in the base chain itself (no jump), and a `socket transparent` rule (never reached) that turns on
-    the reassembly hook, as lbd's `-m socket --transparent` rule does; the queue verdict is an
-    accept here (this kernel has no nft queue statement), never reached by routed traffic."""
-    def elems(v: set[str]) -> str:
-        return f"elements = {{ {', '.join(sorted(v))} }}" if v else ""
-
-    return (f"table ip {NFT_TABLE} {{\n"
-            f"  set addr {{ type ipv4_addr; {elems(addrs)} }}\n"
-            f"  set natrip {{ type ipv4_addr; {elems(natrip)} }}\n"
-            "  chain go { notrack; accept; socket transparent 1 return; }\n"
-            "  chain pre { type filter hook prerouting priority -300;\n"
-            "    ip daddr != @addr ip saddr != @natrip return; goto go; }\n"
-            "}\n")
+    """`nft-full`: what a native nftables steering layer costs a routed packet: the first rule in the
+    base chain itself (no jump), and a never-reached `tproxy` rule that turns on the reassembly hook,
+    as lb.nftsteer's does (nft's `socket` expression does not); the queue verdict is an accept here,
+    never reached by routed traffic. Runs before 2026-12-05 22:30 had a `socket transparent` rule,
+    so no reassembly hook (bench/results/2026-12-05-nftsteer-routed.md)."""
+    return _nft_probe_script(addrs, natrip, "  chain go { notrack; accept; meta l4proto tcp tproxy to 127.0.0.1:1; }\n"
+                                            "  chain pre { type filter hook prerouting priority -300;\n"
+                                            "    ip daddr != @addr ip saddr != @natrip return; goto go; }\n")
 
 
 @contextlib.contextmanager
