@@ -1,0 +1,143 @@
+"""lbd's fixed CPU cost: per-thread CPU and system calls, idle and at a low fixed rate.
+
+    python -m bench.fp_idle [--systems afxdp-fast,c] [--rate 6000] [--seconds 30] [--strace-seconds 10]
+                            [--out FILE.json]
+
+bench/pps.py's topology (direct veths, generator CPU 0, director CPU 1), lbd brought up and the 1,024
+established DR flows warmed as in a pps trial; then, for each system:
+- idle: no traffic for `seconds`: lbd's per-thread utime+stime (/proc/<pid>/task/*/stat);
+- load: established-flow ACKs at `rate` pps for `seconds` (the guest's wire carries ~7 kpps), the same;
+- the system calls of every lbd thread for `strace_seconds` in each state (strace -c -f; strace slows
+  the calls it counts, so its CPU is not taken from that window).
+CPU seconds, not rates: the machine is shared. Bounded: rate x seconds packets per system.
+Needs root (namespaces, strace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common, pps
+from lb.testbed.topology import Topology
+
+
+def thread_cpu(pid: int) -> dict[str, tuple[str, int, int]]:
+    """tid -> (comm, utime ticks, stime ticks)."""
+    res: dict[str, tuple[str, int, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+            comm = raw[raw.index("(") + 1:raw.rindex(")")]
+            f = raw.rsplit(")", 1)[1].split()
+            res[task.name] = (comm, int(f[11]), int(f[12]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return res
+
+
+def cpu_delta(a: dict[str, tuple[str, int, int]], b: dict[str, tuple[str, int, int]], secs: float) -> dict[str, Any]:
+    per = {}
+    for tid, (comm, u, s) in b.items():
+        u0, s0 = (a[tid][1], a[tid][2]) if tid in a else (0, 0)
+        per[f"{tid}:{comm}"] = {"user_s": (u - u0) / pps.CLK_TCK, "sys_s": (s - s0) / pps.CLK_TCK}
+    tot = sum(v["user_s"] + v["sys_s"] for v in per.values())
+    return {"window_s": secs, "threads": per, "total_cpu_s": tot, "cpu_pct": 100 * tot / secs}
+
+
+def strace_counts(pid: int, secs: float) -> dict[str, Any]:
+    p = subprocess.Popen(["strace", "-c", "-f", "-q", "-p", str(pid)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(secs)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    calls: dict[str, int] = {}
+    for ln in err.splitlines():
+        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", ln)
+        if m and m.group(2) != "total":
+            calls[m.group(2)] = int(m.group(1))
+    return {"window_s": secs, "per_s": {k: v / secs for k, v in sorted(calls.items(), key=lambda kv: -kv[1])},
+            "total_per_s": sum(calls.values()) / secs, "raw": err[-3000:]}
+
+
+def measure(bed: pps.Bed, lbd_pid: int, tr: pps.Traffic | None, rate: float, secs: float,
+            strace_s: float) -> dict[str, Any]:
+    gen = None
+    if tr is not None:
+        count = int(rate * (secs + strace_s + 4))
+        gen = bed.client.popen(pps.gen_argv(bed, tr, rate, count, secs + strace_s + 4),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+    rx0 = bed.rx_count()
+    a, t0 = thread_cpu(lbd_pid), time.monotonic()
+    time.sleep(secs)
+    b, t1 = thread_cpu(lbd_pid), time.monotonic()
+    rx1 = bed.rx_count()
+    res: dict[str, Any] = {"cpu": cpu_delta(a, b, t1 - t0), "rx_pps": (rx1 - rx0) / (t1 - t0)}
+    res["syscalls"] = strace_counts(lbd_pid, strace_s)
+    if gen is not None:
+        out, _ = gen.communicate(timeout=secs + strace_s + 30)
+        res["gen"] = json.loads(out.strip().splitlines()[-1])
+    return res
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    gen_cpu, dut_cpu = common.cpu_layout(0, 1)
+    out: dict[str, Any] = {"commit": common.git_commit(), "rate": args.rate, "seconds": args.seconds,
+                           "loadavg_before": Path("/proc/loadavg").read_text().split()[:3], "systems": {}}
+    common.build_tool("pktgen")
+    with tempfile.TemporaryDirectory(prefix="lbF-bench-fpidle-") as tmpd, Topology(pps.pps_spec()) as topo:
+        tmp = Path(tmpd)
+        bed = pps.Bed(topo, gen_cpu, dut_cpu, steer=True, wiring="direct")
+        bed.xdp_mode = "generic"
+        for name in args.systems.split(","):
+            with pps.system(bed, name, "dr", dut_cpu) as lbd:
+                assert lbd is not None and bed.lbd_pid
+                why = pps.establish(bed, lbd, tmp)
+                if why:
+                    raise SystemExit(why)
+                tr = pps.make_traffic(bed, tmp, "est", bed.vip)
+                r: dict[str, Any] = {"load": measure(bed, bed.lbd_pid, tr, args.rate, args.seconds, args.strace_seconds)}
+                time.sleep(3.0)  # the watched flows go quiet (the fast path stops crediting them)
+                r["idle"] = measure(bed, bed.lbd_pid, None, 0, args.seconds, args.strace_seconds)
+                r["counters"] = pps.counters(lbd)
+                out["systems"][name] = r
+                common.log(f"{name}: load {r['load']['cpu']['total_cpu_s']:.2f} CPU s "
+                           f"({r['load']['rx_pps']:.0f} pps, {r['load']['syscalls']['total_per_s']:.0f} syscalls/s), "
+                           f"idle {r['idle']['cpu']['total_cpu_s']:.2f} CPU s "
+                           f"({r['idle']['syscalls']['total_per_s']:.0f} syscalls/s) over {args.seconds:.0f} s")
+    out["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--systems", default="afxdp-fast,c")
+    ap.add_argument("--rate", type=float, default=6000.0)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--strace-seconds", type=float, default=10.0)
+    ap.add_argument("--out", type=Path, default=Path(f"bench/results/runs/{common.today()}-fp-idle.json"))
+    args = ap.parse_args()
+    res = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1))
+    for name, r in res["systems"].items():
+        for st in ("load", "idle"):
+            m = r[st]
+            print(f"== {name} {st}: {m['cpu']['total_cpu_s']:.3f} CPU s / {m['cpu']['window_s']:.1f} s, "
+                  f"rx {m['rx_pps']:.0f} pps, syscalls {m['syscalls']['total_per_s']:.0f}/s")
+            for t, v in m["cpu"]["threads"].items():
+                if v["user_s"] + v["sys_s"] > 0:
+                    print(f"   {t}: user {v['user_s']:.2f} sys {v['sys_s']:.2f}")
+            print("   syscalls/s:", {k: round(v, 1) for k, v in list(m["syscalls"]["per_s"].items())[:8]})
+
+
+if __name__ == "__main__":
+    main()
