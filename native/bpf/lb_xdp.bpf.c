@@ -29,8 +29,8 @@
  * of SYN, FIN, RST, and a destination slot that is up with the flow's generation (lbd bumps the
  * generation whenever the destination's forwarding state changes or it is removed). Anything else
  * takes the path above, to lbd. The flow's packets, bytes and last-seen time are counted in its
- * value; at most once a second per active flow a record in lb_reports tells lbd to credit them
- * (native/src/xsk_fp.c).
+ * value; at most once a second per active flow a record in lb_reports carries them to lbd, which
+ * credits them from it (native/src/xsk_fp.c).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -121,7 +121,7 @@ struct lb_fp_flow {                     /* lb_flows value: lbd writes it whole (
     __u32 dest_slot;
     __u32 gen;
     __u32 conn_slot;                    /* the core's entry (lbd checks it against the key) */
-    __u32 pad;
+    __u32 inst;                         /* lbd's install number, copied into the flow's records */
     __u64 packets;                      /* since the install, atomic adds */
     __u64 bytes;                        /* IP bytes, as the core counts inbytes */
     __u64 last_seen_ns;                 /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
@@ -131,7 +131,10 @@ struct lb_fp_flow {                     /* lb_flows value: lbd writes it whole (
 struct lb_fp_report {                   /* lb_reports record: "this flow is active, credit it" */
     struct lb_xdp_key key;
     __u32 conn_slot;
-    __u32 pad;
+    __u32 inst;
+    __u64 packets;                      /* the flow's counters as this record was queued: lbd credits */
+    __u64 bytes;                        /* them without reading lb_flows */
+    __u64 last_seen_ns;
 };
 
 struct {
@@ -279,7 +282,10 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, str
             f->last_report_ns = now;
             r->key = k;
             r->conn_slot = f->conn_slot;
-            r->pad = 0;
+            r->inst = f->inst;
+            r->packets = f->packets;
+            r->bytes = f->bytes;
+            r->last_seen_ns = now;
             bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP); /* lbd reads the ring on its own clock */
         } else {
             count(ST_REPORT_LOST);

@@ -24,7 +24,7 @@
 /* ---- the fast path's maps, as lb_xdp.bpf.c declares them ---- */
 #define FP_DEST_SLOTS 65536                /* lb_fdest entries; slot 0 is never used */
 #define FP_CREDIT_MS 1000                  /* the credit interval: watched flows are read this often */
-#define FP_RING_MIN (256u * 1024)          /* lb_reports: 32 bytes a record, one per active flow a second */
+#define FP_RING_MIN (256u * 1024)          /* lb_reports: 56 bytes a record, one per active flow a second */
 #define FP_RING_MAX (64u * 1024 * 1024)
 
 struct fp_dest_wire {                      /* struct lb_fp_dest */
@@ -40,7 +40,7 @@ struct fp_flow_wire {                      /* struct lb_fp_flow */
     uint32_t dest_slot;
     uint32_t gen;
     uint32_t conn_slot;
-    uint32_t pad;
+    uint32_t inst;
     uint64_t packets;
     uint64_t bytes;
     uint64_t last_seen_ns;
@@ -50,14 +50,19 @@ struct fp_flow_wire {                      /* struct lb_fp_flow */
 struct fp_report_wire {                    /* struct lb_fp_report */
     struct lb_xdp_key_wire key;
     uint32_t conn_slot;
-    uint32_t pad;
+    uint32_t inst;
+    uint64_t packets;
+    uint64_t bytes;
+    uint64_t last_seen_ns;
 };
 
 struct fp_credit {                         /* per connection slot: what was credited of its flow so far */
     uint64_t packets;
     uint64_t bytes;
     uint32_t dest_slot, gen;               /* what its flow in lb_flows was installed with (the map's copy) */
+    uint32_t inst;                         /* and its install number (the value's inst) */
     uint8_t watched;                       /* in fp_watch */
+    uint8_t recorded;                      /* credited from a record since the last credit pass */
 };
 
 /* Size the fast path's maps and switch it on (lb_fastpath in .rodata), before the object loads. */
@@ -86,7 +91,7 @@ int lb_xsk_fp_prepare(struct bpf_object *obj, uint32_t flows)
     if (e < 0)
         return e;
     uint64_t ring_bytes = FP_RING_MIN;
-    while (ring_bytes < FP_RING_MAX && ring_bytes < (uint64_t)flows * 8)
+    while (ring_bytes < FP_RING_MAX && ring_bytes < (uint64_t)flows * 14) /* as many records as at 32 bytes */
         ring_bytes *= 2;
     e = bpf_map__set_max_entries(fl, flows);
     return e < 0 ? e : bpf_map__set_max_entries(ring, (uint32_t)ring_bytes);
@@ -97,12 +102,16 @@ int lb_xsk_fp_prepare(struct bpf_object *obj, uint32_t flows)
  * lb_xsk_fp_tick under the same lock. Statistics: the program counts each flow's packets, bytes and
  * last-seen time in its lb_flows value and queues a record in lb_reports on a flow's first packet and then at
  * most once a second while it is active (never a wakeup: the ring is read on this thread's clock).
- * A record puts the flow's connection slot on the watch list; every FP_CREDIT_MS the watched flows are
- * read, what they counted since the last read is credited to the connection's destination and service
- * (as lb_process counts inpkts/inbytes) and the connection's timer restarts from the last-seen time;
- * a flow that counted nothing for a whole interval leaves the list (its next packet queues a record
- * again: more than a second after the last one). So the cost goes with the active flows, not the
- * table, and a flow's packets are credited within about two intervals. */
+ * A record carries the flow's counters: what they counted since the last credit is credited from it
+ * to the connection's destination and service (as lb_process counts inpkts/inbytes), the connection's
+ * timer restarts from the last-seen time, and the flow's connection slot goes on the watch list. Every
+ * FP_CREDIT_MS the watched flows that queued no record since the last pass are read (one lookup each:
+ * what they counted after their last record is credited); one that counted nothing for a whole
+ * interval leaves the list (its next packet queues a record again: more than a second after the last
+ * one). So a steadily active flow costs no system call (its records arrive through the mapped ring),
+ * a flow that goes quiet one or two lookups, and a flow's packets are credited within about two
+ * intervals. The record's install number (the value's inst, lbd's fp->inst_seq) tells a record of
+ * the current install from one queued before a re-install, whose counters are not credited. */
 
 static void fp_key_of(const struct lb_conn *c, struct lb_xdp_key_wire *k)
 {
@@ -275,6 +284,9 @@ static void fp_hook_flow_set(void *arg, lb_t *lb, struct lb_conn *c)
     v.dest_slot = d->fp_slot;
     v.gen = d->fp_gen;
     v.conn_slot = slot;
+    if (++fp->inst_seq == 0)
+        fp->inst_seq = 1;
+    v.inst = fp->inst_seq;
     fp_flows_on(fp, 1); /* before the flow: its next packet is looked up */
     if (slot >= fp->conn_slots || bpf_map_update_elem(x->flows_fd, &k, &v, BPF_ANY) < 0) {
         if (c->xdp_fp == LB_FP_ON) {
@@ -292,6 +304,8 @@ static void fp_hook_flow_set(void *arg, lb_t *lb, struct lb_conn *c)
     cr->bytes = 0;
     cr->dest_slot = v.dest_slot;
     cr->gen = v.gen;
+    cr->inst = v.inst;
+    cr->recorded = 0;
     fp_watch(fp, slot);
     __atomic_fetch_add(&fp->installed, 1, __ATOMIC_RELAXED);
 }
@@ -312,6 +326,25 @@ static int fp_on_report(void *ctx, void *data, size_t size)
         return 0;
     struct fp_report_wire r;
     memcpy(&r, data, sizeof(r));
+    /* A record of the current install of a live connection's flow: credited from the record itself. */
+    if (r.conn_slot > 0 && r.conn_slot < fp->conn_slots && r.inst && fp->credit[r.conn_slot].inst == r.inst) {
+        struct lb_conn *c = &lb->conns[r.conn_slot];
+        struct lb_xdp_key_wire k;
+        fp_key_of(c, &k);
+        if ((c->flags & LB_CF_USED) && c->xdp_fp == LB_FP_ON && fp_key_eq(&k, &r.key)) {
+            struct fp_flow_wire v;
+            memset(&v, 0, sizeof(v));
+            v.conn_slot = r.conn_slot;
+            v.packets = r.packets;
+            v.bytes = r.bytes;
+            v.last_seen_ns = r.last_seen_ns;
+            fp_credit_flow(fp, lb, c, &v);
+            fp_watch(fp, r.conn_slot);
+            fp->credit[r.conn_slot].recorded = 1;
+            __atomic_fetch_add(&fp->from_records, 1, __ATOMIC_RELAXED);
+            return 0;
+        }
+    }
     /* The value's connection slot is the truth (the record may be older than a re-install). */
     struct fp_flow_wire v;
     if (bpf_map_lookup_elem(x->flows_fd, &r.key, &v) < 0)
@@ -391,7 +424,10 @@ void lb_xsk_fp_tick(struct lb_xdp *x, lb_t *lb)
             struct lb_xdp_key_wire k;
             struct fp_flow_wire v;
             int active = 0;
-            if ((c->flags & LB_CF_USED) && c->xdp_fp == LB_FP_ON) {
+            if (fp->credit[slot].recorded) {
+                fp->credit[slot].recorded = 0; /* credited from its record(s) this interval: still active */
+                active = (c->flags & LB_CF_USED) && c->xdp_fp == LB_FP_ON;
+            } else if ((c->flags & LB_CF_USED) && c->xdp_fp == LB_FP_ON) {
                 fp_key_of(c, &k);
                 if (bpf_map_lookup_elem(x->flows_fd, &k, &v) == 0 && v.conn_slot == slot)
                     active = fp_credit_flow(fp, lb, c, &v) > 0;

@@ -43,9 +43,11 @@ struct lb_fp {
     uint32_t nfree;
     uint32_t next_slot;                    /* slots [1, next_slot) were handed out once */
     uint32_t gen;
+    uint32_t inst_seq;                     /* the last install number written into a flow's value */
     uint64_t last_credit_ms;
     int sync_cleared;                      /* flows removed for the running sync master */
     uint64_t installed, removed, refused, credited, stale;
+    uint64_t from_records;                 /* records credited without a lookup */
 };
 
 struct lb_xdp {
