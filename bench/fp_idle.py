@@ -1,7 +1,7 @@
 """lbd's fixed CPU cost: per-thread CPU and system calls, idle and at a low fixed rate.
 
     python -m bench.fp_idle [--systems afxdp-fast,c] [--rate 6000] [--seconds 30] [--strace-seconds 10]
-                            [--out FILE.json]
+                            [--pyspy SECONDS] [--out FILE.json]
 
 bench/pps.py's topology (direct veths, generator CPU 0, director CPU 1), lbd brought up and the 1,024
 established DR flows warmed as in a pps trial; then, for each system:
@@ -71,6 +71,26 @@ def strace_counts(pid: int, secs: float) -> dict[str, Any]:
             "total_per_s": sum(calls.values()) / secs, "raw": err[-3000:]}
 
 
+def pyspy(pid: int, secs: float, binary: str = "/tmp/pyspy/bin/py-spy") -> dict[str, Any]:
+    """py-spy's samples of lbd's Python threads (only those not idle) for `secs`, by function."""
+    with tempfile.NamedTemporaryFile(suffix=".txt") as f:
+        p = subprocess.run([binary, "record", "-d", str(int(secs)), "-r", "200", "-f", "raw", "-o", f.name,
+                            "-p", str(pid), "--nonblocking"], capture_output=True, text=True, timeout=secs + 60)
+        lines = Path(f.name).read_text().splitlines()
+    own: dict[str, int] = {}
+    total = 0
+    for ln in lines:  # "frame;frame;...;leaf count": count each stack under its lb.* frames
+        stack, _, n = ln.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        for fr in {fr for fr in stack.split(";") if "lb/" in fr}:
+            own[fr] = own.get(fr, 0) + int(n)
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:25]
+    return {"seconds": secs, "samples": total, "rc": p.returncode, "err": p.stderr[-500:],
+            "by_lb_frame": [f"{n} {fr}" for fr, n in top]}
+
+
 def measure(bed: pps.Bed, lbd_pid: int, tr: pps.Traffic | None, rate: float, secs: float,
             strace_s: float) -> dict[str, Any]:
     gen = None
@@ -111,6 +131,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 r: dict[str, Any] = {"load": measure(bed, bed.lbd_pid, tr, args.rate, args.seconds, args.strace_seconds)}
                 time.sleep(3.0)  # the watched flows go quiet (the fast path stops crediting them)
                 r["idle"] = measure(bed, bed.lbd_pid, None, 0, args.seconds, args.strace_seconds)
+                if args.pyspy:
+                    r["pyspy_idle"] = pyspy(bed.lbd_pid, args.pyspy)
                 r["counters"] = pps.counters(lbd)
                 out["systems"][name] = r
                 common.log(f"{name}: load {r['load']['cpu']['total_cpu_s']:.2f} CPU s "
@@ -127,6 +149,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=6000.0)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--strace-seconds", type=float, default=10.0)
+    ap.add_argument("--pyspy", type=float, default=0.0, help="seconds of py-spy on idle lbd (0: none)")
     ap.add_argument("--out", type=Path, default=Path(f"bench/results/runs/{common.today()}-fp-idle.json"))
     args = ap.parse_args()
     res = run(args)
@@ -141,6 +164,9 @@ def main() -> None:
                 if v["run_s"] > 0:
                     print(f"   {t}: run {v['run_s'] * 1000:.1f} ms (ticks: user {v['user_s']:.2f} s, sys {v['sys_s']:.2f} s)")
             print("   syscalls/s:", {k: round(v, 1) for k, v in list(m["syscalls"]["per_s"].items())[:8]})
+        if "pyspy_idle" in r:
+            print(f"   py-spy idle: {r['pyspy_idle']['samples']} samples", *r["pyspy_idle"]["by_lb_frame"][:15],
+                  sep="\n     ")
 
 
 if __name__ == "__main__":
