@@ -65,8 +65,9 @@ LBADM_TIMEOUT_S = 20.0
 PACKET_SOURCE = os.environ.get("LB_TEST_PACKET_SOURCE", "nfqueue")
 # LB_TEST_STEERING=nftables: every lbd the suite starts without a --steering of its own uses
 # `--steering nftables` (lb/nftsteer.py); nft must be on PATH or LB_TEST_NFT names it (a wrapper
-# script is fine: its directory is put first on lbd's PATH). Tests reading lbd's iptables rules
-# fail by design then.
+# script is fine: its directory is put first on lbd's PATH). Tests read lbd's steering through
+# steering.py (sets, queue rules, damage of either layer), as they read the packet source through
+# packet_source.py; what exists in one layer only skips under the other (steering.iptables_only).
 STEERING = os.environ.get("LB_TEST_STEERING", "iptables")
 NFT = os.environ.get("LB_TEST_NFT") or shutil.which("nft") or "nft"
 if os.environ.get("LB_TEST_NFT"):  # every lbd and command the tests start finds it as `nft`

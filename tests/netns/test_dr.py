@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 from conftest import LnDest, LnService, parse_ln
 from packet_source import AFXDP, xdp_keys, xdp_programs
+from steering import NFTABLES, dump, elements, present, queue_rules
 
 from lb.model import SCHEDULERS
 from lb.testbed import client
@@ -396,10 +397,9 @@ def test_invalid_lbadm_input_changes_nothing(lbd: Lbd, topo: Topology) -> None:
 def test_sigterm_removes_iptables_rules(lbd: Lbd, topo: Topology, http: HttpHelper) -> None:
     setup_service(lbd, topo, "rr")
     assert servers(http.gets(3))
-    rules = topo.director.exec(["iptables", "-t", "raw", "-S"]).stdout
     if AFXDP:  # the AF_XDP form: the XDP program on the director's interfaces (and the NFQUEUE fallback's rules)
         assert topo.director.ifname in xdp_programs(topo.director), topo.director.ip("-d", "link", "show").stdout
-    assert "NFQUEUE" in rules, f"while running, lbd should queue the VIP from raw PREROUTING:\n{rules}"
+    assert queue_rules(topo.director), f"while running, lbd should queue the VIP from raw PREROUTING:\n{dump(topo.director)}"
     rc = lbd.stop(signal.SIGTERM)
     assert rc == 0, f"lbd exit status {rc} on SIGTERM\n{lbd.log_tail()}"
     assert lbd.iptables_leftovers() == []
@@ -420,6 +420,9 @@ def test_restart_after_crash_recovers_rules_without_duplicates(lbd: Lbd, topo: T
 
 
 def _restart_adopts_rules(lbd: Lbd, topo: Topology) -> None:
+    if NFTABLES:
+        _restart_adopts_table(lbd, topo)
+        return
     stale = [line for line in lbd.iptables_leftovers() if topo.vip in line]
     assert stale, "a SIGKILLed lbd cannot clean up; expected its rules for the VIP to remain"
     lbd.start()
@@ -431,6 +434,19 @@ def _restart_adopts_rules(lbd: Lbd, topo: Topology) -> None:
         "expected one element for the VIP and one for the service, got:\n" + "\n".join(left)
     queue_rules = [line for line in left if line.startswith("raw: ") and "NFQUEUE" in line]
     assert len(queue_rules) == 1, "\n".join(left)
+
+
+def _restart_adopts_table(lbd: Lbd, topo: Topology) -> None:
+    """The --steering nftables form: the table stays after kill -9; the next start adopts it with
+    one element per service and one queue rule."""
+    assert present(topo.director), "a SIGKILLed lbd cannot clean up; expected its table to remain"
+    assert f"{topo.vip},tcp:{HTTP_PORT}" in elements(topo.director, "svc"), dump(topo.director)
+    lbd.start()
+    services = lbd.request("list")["result"]["services"]
+    assert [(s["addr"], s["port"], s["sched"]) for s in services] == [(topo.vip, HTTP_PORT, "rr")], lbd.log_tail()
+    assert elements(topo.director, "svc") == {f"{topo.vip},tcp:{HTTP_PORT}"}, dump(topo.director)
+    assert topo.vip in elements(topo.director, "addr"), dump(topo.director)
+    assert len(queue_rules(topo.director)) == 1, dump(topo.director)
 
 
 def _restart_after_crash_afxdp(lbd: Lbd, topo: Topology) -> None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from conftest import SEED_RULESET
 from packet_source import AFXDP, xdp_keys
+from steering import NFTABLES, dump, elements
 
 from lb.testbed import client
 from lb.testbed.topology import Host, Topology
@@ -339,6 +340,15 @@ def test_lbd_rules_say_balanced_flows_are_untracked(topo: Topology, lbd: Lbd, se
     if AFXDP:  # the XDP program redirects the service's packets before conntrack could see them, and
         # the NFQUEUE fallback's rules (for fragments, director-local clients) untrack as NFQUEUE's do
         assert ("0.0.0.0", topo.vip, 0, HTTP_PORT, "tcp") in xdp_keys(lbd), xdp_keys(lbd)
+    if NFTABLES:  # the same rules in lbd's table (lb/nftsteer.py): `go` untracks, `out` untracks lbd's own
+        table = dump(topo.director)
+        go = table.split("chain go {", 1)[-1].split("}", 1)[0]
+        out = table.split("chain out {", 1)[-1].split("}", 1)[0]
+        assert "notrack" in go.split("\n")[1], table  # go's first rule
+        assert "ip daddr . meta l4proto . th dport @svc jump go" in table, table
+        assert "type filter hook output priority raw" in out and "meta mark 0x4c420000 notrack" in out, table
+        assert f"{topo.vip},tcp:{HTTP_PORT}" in elements(topo.director, "svc"), table
+        return
     assert "-A LBD-Q0-GO -j CT --notrack" in raw and "-A LBD-Q0 -m set --match-set lbd-q0-svc dst,dst -j LBD-Q0-GO" in raw, raw
     sets = topo.director.exec(["ipset", "save", "lbd-q0-svc"]).stdout
     assert f"add lbd-q0-svc {topo.vip},tcp:{HTTP_PORT}" in sets, sets

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 from conftest import QUEUE_NUM, Lbd, running_lbd
+from steering import NFTABLES, dump
 
 from lb import iptables as ipt
 from lb.testbed import echo
@@ -207,6 +208,12 @@ def test_dr_udp_datagrams_arrive_whole(dlbd: Lbd, dtopo: Topology, dr_udp: None)
     assert sorted(set(servers)) == sorted(rs.name for rs in dtopo.reals), servers  # balanced (rr)
     assert_fragment_counts(counters(dlbd), 3)
     # The rule that turns reassembly on sits after the terminal NFQUEUE rule: never evaluated, no cost.
+    if NFTABLES:  # lbd's table has no counters: the tproxy rule (nf_defrag_ipv4's switch) follows the queue verdict
+        go = [line.strip() for line in dump(dtopo.director).split("chain go {", 1)[-1].split("}", 1)[0].splitlines()]
+        queue_at = next(i for i, line in enumerate(go) if line.startswith(("queue ", "xt target")))
+        tproxy_at = next(i for i, line in enumerate(go) if " tproxy " in line)
+        assert queue_at < tproxy_at, go
+        return
     listing = dtopo.director.exec(["iptables", "-t", "raw", "-L", ipt.go_chain_name(QUEUE_NUM), "-v", "-x", "-n"]).stdout
     queue_line, socket_line = (next(line for line in listing.splitlines() if word in line) for word in ("NFQUEUE", "socket"))
     assert int(queue_line.split()[0]) > 0 and int(socket_line.split()[0]) == 0, listing

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from conftest import Lbd, churn_other_services, held_connections_through_churn, parse_ln, running_lbd, udp_until_refused
 from netns_traffic import serve_http
+from steering import dump
 
 from lb.testbed import client
 from lb.testbed.pcap import Capture
@@ -171,8 +172,7 @@ def test_fullnat_udp_icmp_port_unreachable_reaches_client(flbd: Lbd, ftopo: Topo
     assert isinstance(got.error, ConnectionRefusedError), (
         f"client got {got.error!r}, not port unreachable; lbd translated {got.translated} ICMP errors "
         f"(0: the error from the real server to the local address never reached lbd's queue)\n"
-        f"client capture:\n{got.capture}\niptables -t raw -S in the director:\n"
-        + t.director.exec(["iptables", "-t", "raw", "-S"]).stdout)
+        f"client capture:\n{got.capture}\nlbd's steering in the director:\n" + dump(t.director))
     assert got.icmps, got.capture
     for ip in got.icmps:
         assert ip.l4 is not None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from netns_traffic import answering, flow_outcome, mangle_prerouting
+from steering import elements
 
 from lb.testbed.topology import Topology
 
@@ -97,8 +98,8 @@ def test_two_vips_one_persistent_fwmark_service(lbd: Lbd, topo: Topology, vip2: 
     assert marks and max(marks) < jump, rules  # after the operator's MARK rules
     assert any(f"-m mark --mark {MARK:#x} -j NFQUEUE --queue-num 0" in r for r in ours), ours
     assert not any(r.split(" -j ")[-1].split()[0] in ("MARK", "CONNMARK") for r in ours if " -j " in r), ours  # never sets one
-    raw_sets = topo.director.exec(["ipset", "save", "lbd-q0-svc"]).stdout
-    assert "add " not in raw_sets, raw_sets  # nothing of the fwmark service in the raw table's sets
+    raw_sets = elements(topo.director, "svc")
+    assert not raw_sets, raw_sets  # nothing of the fwmark service in the raw table's sets (nft: lbd's table's)
 
     # A MARK rule the operator appends later lands after lbd's jump; the next change of fwmark
     # services moves lbd's jump (its own rule only) back to the end.

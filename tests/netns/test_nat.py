@@ -21,6 +21,7 @@ from conftest import Lbd, parse_ln, running_lbd, udp_until_refused
 from netns_traffic import answering, flow_outcome, serve_http
 from packet_source import AFXDP, xdp_local, xdp_nat_replies
 from scapy.all import IP, UDP
+from steering import NFTABLES, dump, elements
 
 from conformance.traffic import Flow, udp_exchange
 from lb.pyengine.icmp import time_exceeded
@@ -126,7 +127,7 @@ def test_nat_udp_port_unreachable_from_the_real_server_reaches_the_client(nlbd: 
     got = udp_until_refused(lbd, t, DEAD_UDP_PORT)
     assert isinstance(got.error, ConnectionRefusedError), (
         f"client got {got.error!r}; lbd translated {got.translated} ICMP errors\n{got.capture}\n"
-        + t.director.exec(["iptables", "-t", "raw", "-S"]).stdout)
+        + dump(t.director))
     assert got.icmps, got.capture
     for ip in got.icmps:
         assert ip.l4 is not None and ip.l4.quoted is not None
@@ -195,11 +196,15 @@ def test_nat_director_own_connections_to_a_real_server_stay_out_of_the_queue(nlb
         assert xdp_nat_replies(nlbd, "tcp") == {(rs.addr, RPORT) for rs in t.reals}
         assert t.director.iface("back").addr in xdp_local(nlbd), xdp_local(nlbd)
         return
-    rules = t.director.exec(["iptables", "-t", "raw", "-S"]).stdout
-    assert "-m set --match-set lbd-q0-nat src,src -m addrtype ! --dst-type LOCAL" in rules, rules
-    steered = t.director.exec(["ipset", "save", "lbd-q0-nat"]).stdout
+    if NFTABLES:  # the same rule in lbd's table: `-m addrtype ! --dst-type LOCAL` is `fib daddr type != local`
+        rules = dump(t.director)
+        assert "ip saddr . meta l4proto . th sport @nat fib daddr type != local" in rules, rules
+    else:
+        rules = t.director.exec(["iptables", "-t", "raw", "-S"]).stdout
+        assert "-m set --match-set lbd-q0-nat src,src -m addrtype ! --dst-type LOCAL" in rules, rules
+    steered = elements(t.director, "nat")
     for rs in t.reals:
-        assert f"add lbd-q0-nat {rs.addr},tcp:{RPORT}" in steered, steered
+        assert f"{rs.addr},tcp:{RPORT}" in steered, steered
 
 
 def test_doctor_names_the_classic_mistake_a_real_server_not_routing_through_the_director(

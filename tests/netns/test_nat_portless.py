@@ -26,6 +26,7 @@ import pytest
 from conftest import Lbd, running_lbd
 from netns_traffic import answering, flow_outcome, mangle_prerouting
 from packet_source import AFXDP, xdp_fnat_replies, xdp_nat_replies
+from steering import elements
 
 from lb.testbed.topology import Topology, enter_netns, fullnat_spec
 
@@ -85,8 +86,10 @@ def conn_rows(lbd: Lbd) -> list[list[str]]:
 
 
 def ipset(t: Topology, name: str) -> set[str]:
-    out = t.director.exec(["ipset", "save", name]).stdout
-    return {line.split()[2] for line in out.splitlines() if line.startswith("add ")}
+    """The elements of lbd's set `name` (lbd-q0-<kind>), of the suite's steering (steering.elements)."""
+    prefix = "lbd-q0-"
+    assert name.startswith(prefix), name
+    return elements(t.director, name[len(prefix):])
 
 
 @pytest.mark.parametrize("proto", ["tcp", "udp"])

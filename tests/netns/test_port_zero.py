@@ -16,6 +16,7 @@ import pytest
 from conftest import parse_ln
 from netns_traffic import answering, flow_outcome
 from packet_source import AFXDP, xdp_keys
+from steering import elements
 
 from lb.testbed.topology import Topology
 
@@ -83,8 +84,8 @@ def test_udp_every_port_to_one_server(lbd: Lbd, topo: Topology, servers: None) -
     if AFXDP:  # the AF_XDP form: one key for the VIP, port 0
         assert ("0.0.0.0", topo.vip, 0, 0, "udp") in xdp_keys(lbd), xdp_keys(lbd)
         return
-    sets = topo.director.exec(["ipset", "save", "lbd-q0-udp0"]).stdout
-    assert f"add lbd-q0-udp0 {topo.vip}" in sets, sets  # steered by the port-0 set, not per port
+    sets = elements(topo.director, "udp0")
+    assert topo.vip in sets, sets  # steered by the port-0 set, not per port
 
 
 def test_fullnat_destination_taken(lbd: Lbd, topo: Topology) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 from conftest import LBD, QUEUE_NUM, Lbd, flush_iptables, iptables_leftovers
+from steering import elements, queue_bypasses, queue_rules
 
 from lb.testbed.echo import EchoStream, servers
 from lb.testbed.topology import Topology
@@ -141,8 +142,7 @@ def restore_line(lbd: RestartLbd) -> str:
 
 
 def nfqueue_rules(topo: Topology) -> list[str]:
-    raw = topo.director.exec(["iptables", "-t", "raw", "-S"]).stdout
-    return [line for line in raw.splitlines() if "NFQUEUE" in line]
+    return queue_rules(topo.director)
 
 
 def saved_marker(lbd: RestartLbd) -> tuple[int, ...]:
@@ -152,9 +152,8 @@ def saved_marker(lbd: RestartLbd) -> tuple[int, ...]:
 
 
 def steered(topo: Topology) -> list[str]:
-    """The service elements of lbd's set (what its raw rules look up)."""
-    text = topo.director.exec(["ipset", "save", "lbd-q0-svc"], check=False).stdout
-    return [line.split()[2] for line in text.splitlines() if line.startswith("add ")]
+    """The service elements of lbd's set (what its rules look up); none when the set is gone."""
+    return sorted(elements(topo.director, "svc", missing_ok=True))
 
 
 def report(name: str, **figures: Any) -> None:
@@ -175,7 +174,7 @@ def test_sigterm_with_down_policy_closed_keeps_every_connection(topo: Topology, 
             rc = lbd.stop(signal.SIGTERM)
             assert rc == 0, lbd.log_tail()
             rules = nfqueue_rules(topo)
-            assert rules and all("--queue-bypass" not in r for r in rules), rules
+            assert rules and not any(queue_bypasses(r) for r in rules), rules
             assert steered(topo) == [f"{topo.vip},tcp:{ECHO_PORT}"]  # the sets stay with the rules
             assert lbd.state_file.exists()
             since = {s.n: s.echoed for s in group}
@@ -217,7 +216,7 @@ def test_sigkill_with_down_policy_closed_recovers_from_the_last_snapshot(topo: T
                 rc = lbd.stop(signal.SIGKILL)
                 assert rc == -signal.SIGKILL
                 rules = nfqueue_rules(topo)
-                assert rules and all("--queue-bypass" not in r for r in rules), rules
+                assert rules and not any(queue_bypasses(r) for r in rules), rules
                 since = {s.n: s.echoed for s in early + late}
                 time.sleep(DOWN_S)
                 lbd.start()

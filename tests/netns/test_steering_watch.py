@@ -4,53 +4,32 @@ A firewall reload, `iptables -t raw -F LBD-Q0` or `ipset flush` took lbd's steer
 silently: new connections to the VIP reached the director's own stack (refused) until the next
 configuration change. Each case here damages the steering of a running lbd while a client keeps
 asking, and expects service back by itself and one log line naming what was missing; lbd's exit
-then removes exactly its own rules (running_lbd checks that nothing is left behind).
+then removes exactly its own rules (running_lbd checks that nothing is left behind). Under
+LB_TEST_STEERING=nftables the same four mistakes are done to lbd's table `ip lbd-q0` (steering.damages).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
-from conftest import HTTP_PORT, QUEUE_NUM, Lbd, running_lbd
+from conftest import HTTP_PORT, Lbd, running_lbd
 from packet_source import nfqueue_only
+from steering import damages
 
 from lb.testbed import client
-from lb.testbed.topology import Host, Topology
+from lb.testbed.topology import Topology
 
 pytestmark = pytest.mark.netns
 
 RECOVERY_BOUND_S = 15.0  # a bound on waiting, not a performance threshold (repair takes ~1 tick)
-
-CHAIN = f"LBD-Q{QUEUE_NUM}"
-JUMP = ["-t", "raw", "-D", "PREROUTING", "-j", CHAIN]
 
 pytestmark = nfqueue_only("the steering watch heals iptables rules and ip sets; under afxdp they are only the "
                           "NFQUEUE fallback (fragments, director-local clients): XDP redirects the service's traffic "
                           "before them, so damaging them does not interrupt what these tests watch")
 
 
-def _run_in(*argv: str) -> Callable[[Host], None]:
-    def run(h: Host) -> None:
-        h.exec(list(argv))
-    return run
-
-
-def _firewall_reload(h: Host) -> None:
-    """What `iptables-restore` of a file without lbd's rules does to the raw table (then sets go)."""
-    h.exec(["iptables", "-t", "raw", "-F"])
-    h.exec(["iptables", "-t", "raw", "-X"])
-    h.exec(["ipset", "destroy", f"lbd-q{QUEUE_NUM}-svc"])
-
-
-DAMAGE = {
-    # name: (what is done, what the log line must name)
-    "chain flushed": (_run_in("iptables", "-t", "raw", "-F", CHAIN), f"raw {CHAIN} holds 0 rules"),
-    "jump deleted": (_run_in("iptables", *JUMP), f"jump raw PREROUTING -> {CHAIN} gone"),
-    "set flushed": (_run_in("ipset", "flush", f"lbd-q{QUEUE_NUM}-svc"), f"ip set lbd-q{QUEUE_NUM}-svc holds 0 of its 1 elements"),
-    "raw table reloaded": (_firewall_reload, f"raw chain {CHAIN} gone"),
-}
+DAMAGE = damages()  # name: (what is done, what the log line must name), for the suite's steering
 
 
 def _served(topo: Topology) -> bool:
