@@ -35,7 +35,7 @@ def run_guest(out_dir: Path, quick: bool, functional_only: bool, timeout: float,
     """Prepare, boot, run bench/ab_guest.py inside; returns its results (or why not). `qemu_opts`:
     extra qemu arguments (the virtio wire's NICs, bench/guest_wire.py)."""
     problem = guest.environment_problem(kdir)
-    if problem and guest.kernel_image(kdir) is None:
+    if guest.kernel_image(kdir) is None or (kdir is None and guest.kernel_release() != guest.KERNEL_RELEASE):
         guest.prepare_kernel(kdir)
         problem = guest.environment_problem(kdir)
     if problem:

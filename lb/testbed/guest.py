@@ -10,8 +10,12 @@ What the guest needs (`make kernel-deps` installs all of it; `prepare_kernel()` 
   init), kmod (modprobe in the guest), udev (without it --exec's output is lost), file
   (virtme-ng reads the kernel's version with it), ipvsadm;
 - virtme-ng (`vng`) from PyPI in the project's venv (the `kernel` extra of pyproject.toml);
-- the kernel: `apt-get download linux-image-6.1.0-<N>-amd64` (the newest apt offers), `dpkg -x`
-  into CACHE/k and `depmod -b` there. CACHE must be visible in the guest: virtme-ng puts
+- the kernel: `apt-get download linux-image-6.1.0-57-amd64=6.1.192-3` (KERNEL_PACKAGE: the kernel
+  tests/oracles model and tests/kernel's expectations were taken from; kernel IPVS's behaviour
+  differs between Debian 12's kernels, e.g. 6.1.176 and 6.1.192 re-evaluate OVERLOAD differently
+  on a threshold edit), `dpkg -x` into CACHE/k and `depmod -b` there. A cached kernel of another
+  release is replaced. Only when apt cannot offer that package (even after `apt-get update`) the
+  newest linux-image-6.1.0-<N>-amd64 it offers is used, with a warning. CACHE must be visible in the guest: virtme-ng puts
   writable overlays over /var, /tmp, /run, ..., so it lives under ~/.cache (override:
   $LB_GUEST_CACHE).
 
@@ -44,6 +48,12 @@ CACHE = Path(os.environ.get("LB_GUEST_CACHE") or Path.home() / ".cache" / "lvs-u
 KERNEL_DIR = CACHE / "k"
 DEB_PACKAGES = ("qemu-system-x86", "busybox-static", "kmod", "udev", "file", "ipvsadm")
 KERNEL_PACKAGE_RE = r"^linux-image-6\.1\.0-[0-9]+-amd64$"
+# The kernel the guest boots: the one tests/oracles model (tests/oracles/kernel_config.py) and
+# tests/kernel's kernel_counts were observed on. Newer is not "better" here: the comparisons are
+# with one named kernel, and a machine whose apt lists are stale would otherwise boot another.
+KERNEL_RELEASE = "6.1.0-57-amd64"
+KERNEL_PACKAGE = f"linux-image-{KERNEL_RELEASE}"
+KERNEL_PACKAGE_VERSION = "6.1.192-3"
 # Other helpers and CI steps may hold the dpkg lock: wait for it rather than fail.
 APT_LOCK_TIMEOUT = ("-o", "DPkg::Lock::Timeout=600")
 GUEST_MEMORY = "2G"
@@ -114,47 +124,81 @@ def _kernel_packages() -> list[str]:
     return sorted(names, key=lambda n: int(re.search(r"6\.1\.0-(\d+)", n).group(1)))  # type: ignore[union-attr]
 
 
-def prepare_kernel(kdir: Path | None = None, log: bool = True) -> Path:
-    """Download and unpack the newest linux-image-6.1.0-*-amd64 apt offers (idempotent).
+def kernel_release(kdir: Path | None = None) -> str | None:
+    """The release (`uname -r`) of the unpacked kernel, or None."""
+    img = kernel_image(kdir)
+    return img.name.removeprefix("vmlinuz-") if img is not None else None
 
-    Unpacks into a temporary folder renamed into place only when complete (an interrupted run
-    leaves nothing that looks like a kernel). `apt-get update` only when apt offers no such
-    package or the download fails on stale package lists.
-    """
-    base = kdir or KERNEL_DIR
-    img = kernel_image(base)
-    if img is not None:
-        return img
-    base.parent.mkdir(parents=True, exist_ok=True)
-    names = _kernel_packages()
-    if not names:
+
+def _offered_version(pkg: str) -> str | None:
+    """The candidate version of `pkg` in apt's lists, or None."""
+    out = subprocess.run(["apt-cache", "policy", pkg], capture_output=True, text=True).stdout
+    m = re.search(r"Candidate:\s*(\S+)", out)
+    return m.group(1) if m and m.group(1) != "(none)" else None
+
+
+def _choose_kernel_package(log: bool) -> str:
+    """`pkg=version` for apt-get download: KERNEL_PACKAGE at KERNEL_PACKAGE_VERSION when apt offers it
+    (after an `apt-get update` if its lists lack it), else the newest 6.1 kernel offered, said loudly."""
+    wanted = f"{KERNEL_PACKAGE}={KERNEL_PACKAGE_VERSION}"
+    out = subprocess.run(["apt-cache", "madison", KERNEL_PACKAGE], capture_output=True, text=True).stdout
+    if KERNEL_PACKAGE_VERSION not in out.split():
         r = _apt("update", "-q")
         if r.returncode != 0:
             raise GuestError(f"apt-get update failed: {r.stderr.strip()[-800:]}")
-        names = _kernel_packages()
+        out = subprocess.run(["apt-cache", "madison", KERNEL_PACKAGE], capture_output=True, text=True).stdout
+    if KERNEL_PACKAGE_VERSION in out.split():
+        return wanted
+    names = _kernel_packages()
     if not names:
-        raise GuestError(f"apt offers no package matching {KERNEL_PACKAGE_RE} (Debian 12 package lists?)")
+        raise GuestError(f"apt offers neither {wanted} nor any package matching {KERNEL_PACKAGE_RE} "
+                         f"(Debian 12 package lists, with bookworm-security?)")
     pkg = names[-1]
+    version = _offered_version(pkg)
+    print(f"guest: WARNING: apt does not offer {wanted} (the kernel tests/oracles model and tests/kernel's "
+          f"expectations come from); using {pkg} {version or '?'}: kernel IPVS may behave differently there",
+          file=sys.stderr, flush=True)
+    return f"{pkg}={version}" if version else pkg
+
+
+def prepare_kernel(kdir: Path | None = None, log: bool = True) -> Path:
+    """Download and unpack KERNEL_PACKAGE (idempotent; see the module's docstring).
+
+    A kernel already unpacked in the default folder is kept when it is KERNEL_RELEASE and replaced
+    otherwise; a folder the caller names (kdir) is used as it is whenever it holds a kernel.
+    Unpacks into a temporary folder renamed into place only when complete (an interrupted run
+    leaves nothing that looks like a kernel).
+    """
+    base = kdir or KERNEL_DIR
+    img = kernel_image(base)
+    if img is not None and (kdir is not None or kernel_release(base) == KERNEL_RELEASE):
+        return img
+    if img is not None and log:
+        print(f"guest: replacing the cached kernel {kernel_release(base)} with {KERNEL_RELEASE}",
+              file=sys.stderr, flush=True)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    spec = _choose_kernel_package(log)
+    pkg = spec.split("=")[0]
     with tempfile.TemporaryDirectory(prefix="kernel-", dir=base.parent) as tmp:
         t = Path(tmp)
         if log:
-            print(f"guest: downloading {pkg}", file=sys.stderr, flush=True)
-        r = _apt("download", pkg, cwd=t)
+            print(f"guest: downloading {spec}", file=sys.stderr, flush=True)
+        r = _apt("download", spec, cwd=t)
         if r.returncode != 0:  # the lists may name a version the mirror no longer has
             _apt("update", "-q")
-            r = _apt("download", pkg, cwd=t)
+            r = _apt("download", spec, cwd=t)
         if r.returncode != 0:
-            raise GuestError(f"apt-get download {pkg} failed: {r.stderr.strip()[-800:]}")
+            raise GuestError(f"apt-get download {spec} failed: {r.stderr.strip()[-800:]}")
         debs = sorted(t.glob(f"{pkg}_*.deb"))
         if not debs:
-            raise GuestError(f"apt-get download {pkg} left no .deb in {t}")
+            raise GuestError(f"apt-get download {spec} left no .deb in {t}")
         tree = t / "tree"
         subprocess.run(["dpkg", "-x", str(debs[-1]), str(tree)], check=True)
         ver = pkg.removeprefix("linux-image-")
         subprocess.run(["depmod", "-b", str(tree), ver], check=True)
         if kernel_image(tree) is None:
             raise GuestError(f"{debs[-1].name} holds no boot/vmlinuz-*")
-        if base.exists():  # a half-written folder from an older layout: replace it
+        if base.exists():  # another release, or a half-written folder from an older layout
             shutil.rmtree(base)
         tree.rename(base)
     img = kernel_image(base)
