@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from lb import __version__, logsetup, sdnotify, statefile
+from lb import __version__, logsetup, periodic, sdnotify, statefile
 from lb.ctlserver import ControlServer, socket_alive
 from lb.daemon_options import AFXDP_REFUSED, DEFAULT_SOCKET, parse_args, socket_path
 from lb.director import Director
@@ -95,22 +95,20 @@ def make_resolver() -> tuple[Resolver, Callable[[str], Awaitable[Resolution]], C
     return resolve, resolve_async, worker.close_blocking
 
 
-async def _resolve_loop(director: Director, stop: asyncio.Event,
+async def _resolve_loop(director: Director,
                         resolve_async: Callable[[str], Awaitable[Resolution]] | None = None) -> None:
     """Keep forwarding state fresh (lb/fwdstate.py): pending addresses (a large change, a route
-    change) RESOLVE_SLICE_S at a time so that requests are served in between; every second the
-    due retries and a slice of the periodic re-check. Costs nothing per destination while idle."""
+    change) RESOLVE_SLICE_S at a time so that requests are served in between; every second (on the
+    periodic grid, lb/periodic.py) the due retries and a slice of the periodic re-check. Costs nothing
+    per destination while idle. Runs until cancelled."""
     loop = asyncio.get_running_loop()
     fwd = director.fwd
     next_tick = loop.time() + RESOLVE_TICK_S
-    while not stop.is_set():
-        timeout = 0.0 if fwd.pending else max(0.0, next_tick - loop.time())
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=timeout) if timeout else await asyncio.sleep(0)
-        except TimeoutError:
-            pass
-        if stop.is_set():
-            break
+    while True:
+        if fwd.pending:
+            await asyncio.sleep(0)
+        else:
+            await periodic.grid_sleep(RESOLVE_TICK_S)
         try:
             if fwd.pending:
                 if resolve_async is not None:  # requests are served during each lookup
@@ -120,26 +118,12 @@ async def _resolve_loop(director: Director, stop: asyncio.Event,
                 if not left:
                     log.info("forwarding state: background resolution done (%d addresses, %d unresolved)",
                              fwd.addresses(), fwd.unresolved_addresses())
-            if loop.time() >= next_tick:
-                next_tick = loop.time() + RESOLVE_TICK_S
+            now = loop.time()
+            if now + periodic.EARLY_FRACTION * RESOLVE_TICK_S >= next_tick:
+                next_tick = now + periodic.to_next_tick(now, RESOLVE_TICK_S)
                 fwd.tick()
         except Exception:  # keep the daemon up; the next round retries
             log.exception("forwarding-state refresh failed")
-
-
-async def _estimator_loop(director: Director, stop: asyncio.Event) -> None:
-    """IPVS's estimation timer: every 2 s, fold the counters into the rate averages."""
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=ESTIMATOR_TICK_S)
-        except TimeoutError:
-            pass
-        if stop.is_set():
-            break
-        try:
-            director.estimate()
-        except Exception:  # keep the daemon up; the next tick retries
-            log.exception("rate estimation failed")
 
 
 def _reload_on_sighup(director: Director) -> None:
@@ -234,43 +218,24 @@ def _start_monitor(director: Director, loop: asyncio.AbstractEventLoop, stop: as
 SNAPSHOT_EVERY_S = 2.0
 
 
-async def _snapshot_loop(saver: statefile.StateSaver, stop: asyncio.Event) -> None:
+def _snapshot_tick(saver: statefile.StateSaver) -> Callable[[], None]:
     """Every SNAPSHOT_EVERY_S: what changed, to the state file's journal (what a SIGKILLed lbd is
-    restarted from); now and then a whole new snapshot (lb/statefile.py)."""
-    path = saver.path
+    restarted from); now and then a whole new snapshot (lb/statefile.py). A failure is said once per
+    distinct problem; serving goes on."""
     last_error = ""
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=SNAPSHOT_EVERY_S)
-        except TimeoutError:
-            pass
-        if stop.is_set():
-            break
+
+    def tick() -> None:
+        nonlocal last_error
         try:
             summary = saver.save()
-            log.debug("state saved to %s: %s", path, summary)
+            log.debug("state saved to %s: %s", saver.path, summary)
             last_error = ""
-        except Exception as exc:  # keep serving; say it once per distinct problem
+        except Exception as exc:
             if str(exc) != last_error:
-                log.error("saving state to %s failed: %s", path, exc)
+                log.error("saving state to %s failed: %s", saver.path, exc)
             last_error = str(exc)
 
-
-async def _steering_watch_loop(watch: Any, stop: asyncio.Event) -> None:
-    """Every WATCH_TICK_S: lbd's own rules and sets still there? Put back what is not (lb.steerwatch)."""
-    from lb.steerwatch import WATCH_TICK_S
-
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=WATCH_TICK_S)
-        except TimeoutError:
-            pass
-        if stop.is_set():
-            break
-        try:
-            watch.tick()
-        except Exception:  # keep serving; the next tick retries
-            log.exception("checking lbd's steering rules failed")
+    return tick
 
 
 def _install_rules(rules: Any, director: Director, xdp: Any = None) -> None:
@@ -430,21 +395,26 @@ async def run(args: argparse.Namespace) -> int:
                  f", state {snapshot}" if snapshot else "")
         # Only now, with the tables loaded and the rules in place, may systemd call lbd started.
         sdnotify.ready(f"serving: queue {args.queue_num}, engine {engine.name}, control socket {server.path}")
-        tasks = [asyncio.ensure_future(_estimator_loop(director, stop))]
+        # The periodic loops share one grid (lb/periodic.py); they run until cancelled at stop.
+        tasks: list[asyncio.Future[object]] = [
+            asyncio.ensure_future(_resolve_loop(director, resolve_async)),
+            asyncio.ensure_future(periodic.run_every(ESTIMATOR_TICK_S, director.estimate, "rate estimation", log))]
         if snapshot is not None:
             saver = statefile.StateSaver(director, snapshot)
-            tasks.append(asyncio.ensure_future(_snapshot_loop(saver, stop)))
+            tasks.append(asyncio.ensure_future(periodic.run_every(SNAPSHOT_EVERY_S, _snapshot_tick(saver),
+                                                                  "saving state", log)))
         if rules is not None:
-            from lb.steerwatch import SteeringWatch, generation_source, set_counts_source
+            from lb.steerwatch import WATCH_TICK_S, SteeringWatch, generation_source, set_counts_source
 
             watch = SteeringWatch(rules, director.steering, generation_source(rules),
                                   set_counts=set_counts_source(rules))
-            tasks.append(asyncio.ensure_future(_steering_watch_loop(watch, stop)))
+            tasks.append(asyncio.ensure_future(periodic.run_every(WATCH_TICK_S, watch.tick,
+                                                                  "checking lbd's steering rules", log)))
         try:
-            await _resolve_loop(director, stop, resolve_async)
+            await stop.wait()
         finally:
             stop.set()
-            await asyncio.gather(*tasks)
+            await periodic.cancel_all(tasks)
         log.info("shutting down")
         return 0
     except (ConfigError, EngineError, OSError, RuntimeError, ValueError) as exc:

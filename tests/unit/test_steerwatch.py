@@ -205,3 +205,69 @@ def test_set_header_parsing_reads_name_and_count_and_is_bounds_checked() -> None
     assert sw._set_header(body, 0, len(body)) == ("lbd-q0-svc", 10000)
     assert sw._set_header(body[:-3], 0, len(body) - 3) == ("lbd-q0-svc", None)  # cut short: no count
     assert sw._set_header(b"\x02\x00", 0, 2) == (None, None)
+
+
+class FakeNetlink:
+    """Replies queued per send: each a list of datagrams; a datagram is bytes or an OSError to raise."""
+
+    def __init__(self, replies: list[list[bytes | OSError]]) -> None:
+        self.replies = replies
+        self.sent: list[bytes] = []
+        self.pending: list[bytes | OSError] = []
+        self.closed = False
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        self.pending += self.replies.pop(0)
+        return len(data)
+
+    def recv(self, _size: int) -> bytes:
+        item = self.pending.pop(0) if self.pending else OSError(11, "Resource temporarily unavailable")
+        if isinstance(item, OSError):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _set_msg(seq: int, name: bytes, count: int, msg_type: int = (6 << 8) | 7) -> bytes:
+    body = struct.pack("=BBH", 2, 0, 0) + _nla(sw.IPSET_ATTR_SETNAME, name + b"\0") + _nla(
+        sw.IPSET_ATTR_DATA | 0x8000, _nla(sw.IPSET_ATTR_ELEMENTS | 0x4000, struct.pack(">I", count)))
+    return struct.pack("=IHHII", 16 + len(body), msg_type, sw.NLM_F_MULTI, seq, 0) + body
+
+
+def _done(seq: int) -> bytes:
+    return struct.pack("=IHHII", 20, sw.NLMSG_DONE, sw.NLM_F_MULTI, seq, 0) + bytes(4)
+
+
+def test_the_channel_keeps_one_socket_and_skips_replies_to_older_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    chan = sw.NetfilterChannel()
+    fake = FakeNetlink([
+        [_set_msg(1, b"lbd-q0-svc", 3) + _set_msg(1, b"lbd-q0-addr", 1), _done(1)],
+        # a late reply to request 1 arrives first, then the answer to request 2
+        [_set_msg(1, b"stale", 9), _set_msg(2, b"lbd-q0-svc", 4), _done(2)],
+    ])
+    opened: list[int] = []
+
+    def socket_once() -> FakeNetlink:
+        opened.append(1)
+        chan.sock = fake  # type: ignore[assignment]
+        return fake
+
+    monkeypatch.setattr(chan, "_socket", lambda: chan.sock or socket_once())
+    monkeypatch.setattr(sw, "_CHANNEL", chan)
+    assert sw.ipset_counts() == {"lbd-q0-svc": 3, "lbd-q0-addr": 1}
+    assert sw.ipset_counts() == {"lbd-q0-svc": 4}
+    assert len(opened) == 1 and not fake.closed  # one socket for both requests
+    assert [struct.unpack_from("=I", m, 8)[0] for m in fake.sent] == [1, 2]  # fresh sequence numbers
+
+
+def test_the_channel_closes_its_socket_on_a_timeout_and_answers_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    chan = sw.NetfilterChannel()
+    fake = FakeNetlink([[_set_msg(1, b"lbd-q0-svc", 3)]])  # no NLMSG_DONE: the next recv times out
+    monkeypatch.setattr(chan, "_socket", lambda: fake)
+    chan.sock = fake  # type: ignore[assignment]
+    monkeypatch.setattr(sw, "_CHANNEL", chan)
+    assert sw.ipset_counts() is None
+    assert fake.closed and chan.sock is None  # the next request opens a new socket

@@ -1,0 +1,51 @@
+"""lb/periodic.py: lbd's periodic loops share one grid and end when cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from lb import periodic
+
+
+def test_next_tick_is_the_next_multiple_of_the_period() -> None:
+    assert periodic.to_next_tick(10.2, 0.5) == pytest.approx(0.3)
+    assert periodic.to_next_tick(10.0, 2.0) == pytest.approx(2.0)  # on a grid point: the next one
+    assert periodic.to_next_tick(11.0, 2.0) == pytest.approx(1.0)
+
+
+def test_a_timer_that_fired_a_little_early_does_not_tick_twice() -> None:
+    # woken 0.3 ms before the grid point (timer rounding): this wake-up is that tick; sleep a period on
+    assert periodic.to_next_tick(9.9997, 1.0) == pytest.approx(1.0003)
+
+
+def test_loops_whose_periods_divide_each_other_wake_together() -> None:
+    for now in (0.0, 0.37, 5.123, 1234.9):
+        half = now + periodic.to_next_tick(now, 0.5)
+        whole = now + periodic.to_next_tick(now, 1.0)
+        two = now + periodic.to_next_tick(now, 2.0)
+        assert round(whole / 0.5, 6).is_integer() and round(two / 0.5, 6).is_integer()
+        assert half <= whole <= two  # every 1 s and 2 s tick falls on a 0.5 s tick
+
+
+def test_run_every_logs_a_failing_tick_and_goes_on_until_cancelled(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[float] = []
+
+    def work() -> None:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(periodic.run_every(0.02, work, "the test's work", logging.getLogger("t")))
+        await asyncio.sleep(0.13)
+        await periodic.cancel_all([task])
+        assert task.cancelled()
+
+    asyncio.run(main())
+    assert len(calls) >= 3  # the failure did not end the loop
+    assert any("the test's work failed" in r.getMessage() for r in caplog.records)
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert all(g > 0.02 * (1 - periodic.EARLY_FRACTION) - 0.005 for g in gaps)  # never twice for one tick
