@@ -396,7 +396,7 @@ async def run(args: argparse.Namespace) -> int:
         # Only now, with the tables loaded and the rules in place, may systemd call lbd started.
         sdnotify.ready(f"serving: queue {args.queue_num}, engine {engine.name}, control socket {server.path}")
         # The periodic loops share one grid (lb/periodic.py); they run until cancelled at stop.
-        tasks: list[asyncio.Future[object]] = [
+        tasks: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(_resolve_loop(director, resolve_async)),
             asyncio.ensure_future(periodic.run_every(ESTIMATOR_TICK_S, director.estimate, "rate estimation", log))]
         if snapshot is not None:

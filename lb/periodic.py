@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 EARLY_FRACTION = 0.05  # a wake-up this close before a grid point (timer rounding) counts as on it
 
@@ -47,7 +48,7 @@ async def run_every(period_s: float, work: Callable[[], object], what: str, log:
             log.exception("%s failed", what)
 
 
-async def cancel_all(tasks: list[asyncio.Future[object]]) -> None:
+async def cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
     """Cancel periodic loops and wait until they have ended (a tick in progress finishes first: ticks
     are synchronous, so cancellation only lands in their sleep)."""
     for task in tasks:
