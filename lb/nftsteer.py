@@ -107,8 +107,20 @@ def table_name(queue_num: int) -> str:
     return f"{TABLE_PREFIX}{_check_queue(queue_num)}"
 
 
+# A set declared with a size is a fixed-size hash whose buckets are allocated at creation (the
+# kernel's nft_hash/nft_hash_fast: 4/3 x size rounded up to a power of two, 8 bytes each): with
+# size 1,048,576 that was 16 MiB of kernel memory per set, ~190 MiB for lbd's eleven. Only the two
+# sets of the first rule, which every packet through the director meets, are declared with a
+# size: 4-byte keys in a fixed hash are the kernel's fastest set (nft_hash_fast, one jhash word),
+# at 1 MiB each for up to FAST_SET_SIZE addresses. The others, met only by lbd's own traffic, are
+# resizable hashes (rhash) that grow with their elements, as ipset's do.
+FAST_SET_SIZE = 1 << 16  # distinct VIP/local addresses, and NAT real-server addresses, per queue
+FAST_SETS = frozenset({ips.ADDR.suffix, ips.NATRIP.suffix})
+
+
 def set_decl(kind: ips.SetKind) -> str:
-    return f"set {kind.suffix} {{ type {SET_TYPES[kind.type]}; size {ips.MAXELEM}; }}"
+    size = f" size {FAST_SET_SIZE};" if kind.suffix in FAST_SETS else ""
+    return f"set {kind.suffix} {{ type {SET_TYPES[kind.type]};{size} }}"
 
 
 def to_nft(element: str) -> str:

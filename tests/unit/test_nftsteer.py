@@ -446,3 +446,13 @@ def test_an_empty_iptables_raw_hook_is_deleted_one_with_rules_or_a_drop_policy_k
     deleted.clear()
     ns.NftManager(0, runner=runner)._drop_empty_raw_hooks()
     assert deleted == []
+
+
+def test_only_the_first_rules_sets_are_fixed_size_hashes() -> None:
+    """A sized set's buckets are allocated at creation (16 MiB per set at 1,048,576: ~190 MiB for lbd's
+    table); only addr and natrip, which every packet through the director meets, are sized."""
+    decls = {k.suffix: ns.set_decl(k) for k in ips.KINDS}
+    sized = {name for name, d in decls.items() if " size " in d}
+    assert sized == {"addr", "natrip"}
+    assert f"size {ns.FAST_SET_SIZE};" in decls["addr"] and ns.FAST_SET_SIZE <= 1 << 16
+    assert decls["svc"] == "set svc { type ipv4_addr . inet_proto . inet_service; }"
