@@ -25,8 +25,9 @@ int lb_adapter_send_raw(int raw_fd, const uint8_t *ip, uint32_t len);
 void lb_adapter_sndbuf(int fd, int bytes);
 
 /* Start fn(arg) on a thread pinned to cpu (>= 0) that takes no signals (they are the Python main
- * thread's). 0 or -errno (EINVAL also when the CPU is not one this process may run on). */
-int lb_adapter_thread_start(pthread_t *thread, int cpu, void *(*fn)(void *), void *arg);
+ * thread's), named `name` (at most 15 bytes, e.g. "lbd-xsk0"; NULL: the process's name). 0 or
+ * -errno (EINVAL also when the CPU is not one this process may run on). */
+int lb_adapter_thread_start(pthread_t *thread, int cpu, const char *name, void *(*fn)(void *), void *arg);
 
 /* How long to poll: until the next timer of lb is due, at most poll_ms. */
 int lb_adapter_timer_poll_ms(lb_t *lb, int poll_ms);

@@ -39,7 +39,7 @@ void lb_adapter_sndbuf(int fd, int bytes)
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
 }
 
-int lb_adapter_thread_start(pthread_t *thread, int cpu, void *(*fn)(void *), void *arg)
+int lb_adapter_thread_start(pthread_t *thread, int cpu, const char *name, void *(*fn)(void *), void *arg)
 {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -56,6 +56,8 @@ int lb_adapter_thread_start(pthread_t *thread, int cpu, void *(*fn)(void *), voi
     int pe = pthread_create(thread, &attr, fn, arg);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
+    if (pe == 0 && name)
+        pthread_setname_np(*thread, name); /* only a label (top -H, /proc/<pid>/task/<tid>/comm): failure is harmless */
     return -pe;
 }
 

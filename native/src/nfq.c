@@ -835,7 +835,9 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *o
     if ((e = nfq_config(q, NFQNL_CFG_CMD_NONE, 1, cfg_flags)) < 0)
         goto fail;
 
-    if ((e = lb_adapter_thread_start(&q->thread, opts->cpu, nfq_thread, q)) < 0)
+    char name[16];
+    snprintf(name, sizeof(name), "lbd-nfq%u", (unsigned)queue_num);
+    if ((e = lb_adapter_thread_start(&q->thread, opts->cpu, name, nfq_thread, q)) < 0)
         goto fail;
     q->thread_started = 1;
     if (err)

@@ -766,7 +766,9 @@ lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, 
     }
     if ((e = fp_start(q)) < 0)
         goto fail;
-    if ((e = lb_adapter_thread_start(&q->thread, opts->cpu, xsk_thread, q)) < 0)
+    char name[16];
+    snprintf(name, sizeof(name), "lbd-xsk%u", q->queue_id % 10000u);
+    if ((e = lb_adapter_thread_start(&q->thread, opts->cpu, name, xsk_thread, q)) < 0)
         goto fail;
     q->thread_started = 1;
     *err = 0;
