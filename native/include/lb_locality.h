@@ -70,8 +70,8 @@ void lb_loc_link(struct lb_loc_table *t, struct lb_loc_entry *e);
 void lb_loc_del(struct lb_svc *svc, struct lb_loc_table *t, struct lb_loc_entry *e);
 /* The time of the schedule() call in progress; arms the timer if this is the first time seen. */
 uint64_t lb_loc_now(struct lb_svc *svc, struct lb_loc_table *t);
-/* The tick hook's work: arm, or run every check due by now_ms. */
-void lb_loc_tick(struct lb_svc *svc, uint64_t now_ms);
+/* The tick hook's work: arm, or run every check due by now_ms; returns when the next check is due. */
+uint64_t lb_loc_tick(struct lb_svc *svc, uint64_t now_ms);
 
 /* No new entry at 3/2 of the collector's size (6.1.192's bound on cache growth). */
 static inline int lb_loc_full(const struct lb_loc_table *t) { return t->entries >= LB_LOC_MAX_ENTRIES; }
