@@ -14,7 +14,7 @@
  *
  * Timer. The kernel arms a 60 s timer when the scheduler is bound; a configuration call carries no
  * time here, so the timer is armed the first time the scheduler sees the clock (its first tick or
- * schedule after being bound: the adapter's sweep runs lb_expire every ~100 ms). tick() then runs
+ * schedule after being bound: binding one asks the adapter's next expiry run for it). tick() then runs
  * every check that has come due, each as of its own due time (as the kernel's timer would have
  * run it), the next one 60 s after it (mod_timer(jiffies + CHECK_EXPIRE_INTERVAL)). A run:
  * every 30th (counter % 30 == 0) is a full check dropping every entry unused for at least the

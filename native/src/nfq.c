@@ -29,7 +29,7 @@
  *
  * Several queues (--queue-balance): one adapter and thread per queue, optionally
  * pinned to a CPU, all on one lb_t (its lock serialises the tables); the adapter
- * with LB_NFQ_F_TIMERS also runs the expiry sweep and the SYN-proxy timers.
+ * with LB_NFQ_F_TIMERS also runs the expiry and the SYN-proxy timers.
  *
  * LB_NFQ_F_GSO (NFQA_CFG_F_GSO): the kernel queues GSO super-packets whole and
  * leaves partial checksums (NFQA_SKB_INFO says which); here partial checksums are
