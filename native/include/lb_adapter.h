@@ -31,8 +31,8 @@
  * the fast path's credit interval (FP_CREDIT_MS). The XDP program never wakes lbd (its records
  * wait in the ring) and flows installed by other threads join the watch list without a wake-up,
  * so a pass a second keeps every fast-pathed packet credited within about two intervals, as
- * before. It is also the bound on anything a change does not announce through lb->wake (e.g. a
- * scheduler's timer armed by a packet): late by at most 1 s, where it was 100 ms. */
+ * before. It is also a safety net for the timers' thread: a due time that moved earlier without
+ * announcing it through lb->wake (none is known) would be served at most 1 s late, not never. */
 #define LB_ADAPTER_IDLE_MS 1000
 
 /* CLOCK_MONOTONIC in milliseconds: the time base of lb_process_pkt, timers and expiry. */
