@@ -6,7 +6,8 @@
 bench/pps.py's topology (direct veths, generator CPU 0, director CPU 1), lbd brought up and the 1,024
 established DR flows warmed as in a pps trial; then, for each system:
 - idle: no traffic for `seconds`: lbd's per-thread run time (/proc/<pid>/task/*/schedstat, exact;
-  utime/stime of stat too, tick-sampled: 10 ms a sample, noisy at these loads);
+  utime/stime of stat too, tick-sampled: 10 ms a sample, noisy at these loads) and wake-ups (the
+  thread's voluntary context switches, /proc/<pid>/task/*/status: one per sleep that ended);
 - load: established-flow ACKs at `rate` pps for `seconds` (the guest's wire carries ~7 kpps), the same;
 - the system calls of every lbd thread for `strace_seconds` in each state (strace -c -f; strace slows
   the calls it counts, so its CPU is not taken from that window).
@@ -29,29 +30,32 @@ from typing import Any
 from bench import common, pps
 from lb.testbed.topology import Topology
 
+ThreadSample = tuple[str, int, int, int, int]
 
-def thread_cpu(pid: int) -> dict[str, tuple[str, int, int, int]]:
-    """tid -> (comm, utime ticks, stime ticks, run time ns from schedstat: exact, not tick-sampled)."""
-    res: dict[str, tuple[str, int, int, int]] = {}
+
+def thread_cpu(pid: int) -> dict[str, ThreadSample]:
+    """tid -> (comm, utime ticks, stime ticks, run time ns from schedstat: exact, not tick-sampled,
+    voluntary context switches: the times the thread went to sleep, i.e. its wake-ups)."""
+    res: dict[str, ThreadSample] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             raw = (task / "stat").read_text()
             comm = raw[raw.index("(") + 1:raw.rindex(")")]
             f = raw.rsplit(")", 1)[1].split()
             ns = int((task / "schedstat").read_text().split()[0])
-            res[task.name] = (comm, int(f[11]), int(f[12]), ns)
+            m = re.search(r"^voluntary_ctxt_switches:\s+(\d+)$", (task / "status").read_text(), re.M)
+            res[task.name] = (comm, int(f[11]), int(f[12]), ns, int(m.group(1)) if m else 0)
         except (OSError, IndexError, ValueError):
             continue
     return res
 
 
-def cpu_delta(a: dict[str, tuple[str, int, int, int]], b: dict[str, tuple[str, int, int, int]],
-              secs: float) -> dict[str, Any]:
+def cpu_delta(a: dict[str, ThreadSample], b: dict[str, ThreadSample], secs: float) -> dict[str, Any]:
     per = {}
-    for tid, (comm, u, s, ns) in b.items():
-        u0, s0, ns0 = (a[tid][1], a[tid][2], a[tid][3]) if tid in a else (0, 0, 0)
+    for tid, (comm, u, s, ns, vcs) in b.items():
+        u0, s0, ns0, vcs0 = a[tid][1:] if tid in a else (0, 0, 0, 0)
         per[f"{tid}:{comm}"] = {"user_s": (u - u0) / pps.CLK_TCK, "sys_s": (s - s0) / pps.CLK_TCK,
-                                "run_s": (ns - ns0) / 1e9}
+                                "run_s": (ns - ns0) / 1e9, "wakeups_per_s": (vcs - vcs0) / secs}
     tot = sum(v["run_s"] for v in per.values())
     return {"window_s": secs, "threads": per, "total_cpu_s": tot, "cpu_pct": 100 * tot / secs}
 
@@ -162,7 +166,8 @@ def main() -> None:
                   f"rx {m['rx_pps']:.0f} pps, syscalls {m['syscalls']['total_per_s']:.0f}/s")
             for t, v in m["cpu"]["threads"].items():
                 if v["run_s"] > 0:
-                    print(f"   {t}: run {v['run_s'] * 1000:.1f} ms (ticks: user {v['user_s']:.2f} s, sys {v['sys_s']:.2f} s)")
+                    print(f"   {t}: run {v['run_s'] * 1000:.1f} ms, {v['wakeups_per_s']:.1f} wake-ups/s "
+                          f"(ticks: user {v['user_s']:.2f} s, sys {v['sys_s']:.2f} s)")
             print("   syscalls/s:", {k: round(v, 1) for k, v in list(m["syscalls"]["per_s"].items())[:8]})
         if "pyspy_idle" in r:
             print(f"   py-spy idle: {r['pyspy_idle']['samples']} samples", *r["pyspy_idle"]["by_lb_frame"][:15],

@@ -541,7 +541,7 @@ uint32_t lb_path_mtu(lb_t *lb, const uint8_t *pkt, uint32_t len, uint64_t now_ms
 #define LB_NFQ_F_FAIL_OPEN 1       /* kernel accepts instead of dropping when the queue is full */
 #define LB_NFQ_F_QDISC_BYPASS 2    /* frames skip the qdisc: faster, but invisible to tcpdump on the director */
 #define LB_NFQ_F_GSO 4             /* NFQA_CFG_F_GSO: one message per GSO packet, segmented here */
-#define LB_NFQ_F_TIMERS 8          /* this queue's thread runs the expiry sweep and SYN-proxy timers */
+#define LB_NFQ_F_TIMERS 8          /* this queue's thread runs the expiry and the SYN-proxy timers */
 #define LB_NFQ_MAXLEN_DEFAULT 1024 /* packets the kernel queues for lbd before it drops (docs/fastpath.md
                                       "Overload": a long queue makes an overloaded director livelock) */
 struct lb_nfq_opts {
@@ -648,7 +648,7 @@ int lb_xdp_key_set(lb_xdp_t *x, const struct lb_xdp_key *k, int present);  /* ad
 int lb_xdp_local_set(lb_xdp_t *x, uint32_t addr, int present);
 void lb_xdp_get_stats(lb_xdp_t *x, struct lb_xdp_stats *out);
 
-#define LB_XSK_F_TIMERS 8          /* this socket's thread runs the expiry sweep and the timers */
+#define LB_XSK_F_TIMERS 8          /* this socket's thread runs the expiry and the timers */
 #define LB_XSK_F_COPY 16           /* copy mode even where the driver offers zero-copy */
 #define LB_XSK_F_QDISC_BYPASS 32   /* AF_PACKET frames skip the qdisc (PACKET_QDISC_BYPASS, as LB_NFQ_F_QDISC_BYPASS) */
 struct lb_xsk_opts {

@@ -415,6 +415,21 @@ struct lb_conn {
 };
 _Static_assert(sizeof(struct lb_conn) == 64, "struct lb_conn must stay one cache line");
 
+/* ---------------------------------------------------------------- a sleeping thread's wake-up
+ * An adapter thread with periodic work (lb_adapter.h) sleeps until it is due and publishes when that
+ * is (at_ms). A change made on another thread, or by the control plane, that makes something due
+ * before at_ms calls the thread's hook (fn, set by the adapter: it writes the thread's eventfd; the
+ * core itself stays free of I/O). lb->wake is the thread that runs the timers and the expiry: a new
+ * earliest connection expiry, a SYN-proxy timer, a held packet's destination resolved, a scheduler
+ * that needs the clock wake it. (The XDP fast path's thread has its own, xsk_fp.c.) Under lb->lock,
+ * except that the thread stores 0 in at_ms when it wakes (atomic): the hook runs at most once a sleep. */
+struct lb_wake {
+    void (*fn)(void *arg);       /* NULL: no thread registered (at_ms stays 0) */
+    void *arg;
+    uint64_t at_ms;              /* the thread looks at the due times again then; 0: it is awake */
+    uint64_t exp_floor_ms;       /* and runs the expiry no earlier than this (its 100 ms coalescing) */
+};
+
 struct lb {
     pthread_mutex_t lock;        /* serialises configuration against adapter threads */
     /* connection table */
@@ -488,6 +503,11 @@ struct lb {
     /* The XDP fast path (xsk_fp.c, lbd --xdp-fastpath): NULL = off. Called under lock. */
     const struct lb_fp_ops *fp_ops;
     void *fp_arg;
+    /* The schedulers' next periodic work (their tick hooks, lb_sched_tick_all): UINT64_MAX none,
+     * 0 a scheduler just bound wants the clock. Run with the expiry (lb_expire). */
+    uint64_t sched_next_ms;
+    /* The housekeeping thread's wake-up (lb_wake_check, below). */
+    struct lb_wake wake;
     /* counters */
     uint64_t counters[LB_R_COUNT];
 };
@@ -501,13 +521,15 @@ struct lb {
  *     sets c->xdp_fp to LB_FP_ON, or LB_FP_REFUSED when it cannot (never retried for c).
  *   flow_del: c (c->xdp_fp set) no longer qualifies or is being released (still intact, its
  *     destination still bound): remove its flow, crediting what it counted; clears c->xdp_fp.
- *   dest: d's forwarding state, method or membership changed (freed: d is about to be freed). */
+ *   dest: d's forwarding state, method or membership changed (freed: d is about to be freed).
+ *   sync: lb->sync_on changed (a sync master started or stopped). */
 #define LB_FP_ON 1
 #define LB_FP_REFUSED 2
 struct lb_fp_ops {
     void (*flow_set)(void *arg, lb_t *lb, struct lb_conn *c);
     void (*flow_del)(void *arg, lb_t *lb, struct lb_conn *c);
     void (*dest)(void *arg, lb_t *lb, struct lb_dest *d, int freed);
+    void (*sync)(void *arg, lb_t *lb);   /* lb->sync_on changed (the adapter's tick acts on it) */
 };
 /* Register (ops non-NULL) or remove the hooks; locks. Every destination's fp_slot restarts at 0. */
 void lb_fp_register(lb_t *lb, const struct lb_fp_ops *ops, void *arg);
@@ -515,6 +537,32 @@ static inline void lb_fp_dest(lb_t *lb, struct lb_dest *d, int freed)
 {
     if (LB_UNLIKELY(lb->fp_ops != NULL))
         lb->fp_ops->dest(lb->fp_arg, lb, d, freed);
+}
+static inline void lb_fp_sync(lb_t *lb)
+{
+    if (LB_UNLIKELY(lb->fp_ops != NULL))
+        lb->fp_ops->sync(lb->fp_arg, lb);
+}
+
+/* Something becomes due at due_ms for w's thread: its hook runs if that is before it meant to look
+ * (lb_wake_fire, core.c). lb_wake_check for lb->wake's timers, lb_wake_check_exp for its expiry or a
+ * scheduler's tick (those run together, coalesced). */
+void lb_wake_fire(struct lb_wake *w);
+static inline void lb_wake_due(struct lb_wake *w, uint64_t due_ms)
+{
+    if (LB_UNLIKELY(due_ms < __atomic_load_n(&w->at_ms, __ATOMIC_RELAXED)))
+        lb_wake_fire(w);
+}
+/* The adapter's thread registers (fn non-NULL: 1, or 0 when another thread is registered) or removes
+ * (fn NULL: only if arg is the registered one) its hook; locks. */
+int lb_wake_register(lb_t *lb, void (*fn)(void *arg), void *arg);
+static inline void lb_wake_check(lb_t *lb, uint64_t due_ms)
+{
+    lb_wake_due(&lb->wake, due_ms);
+}
+static inline void lb_wake_check_exp(lb_t *lb, uint64_t due_ms)
+{
+    lb_wake_check(lb, due_ms > lb->wake.exp_floor_ms ? due_ms : lb->wake.exp_floor_ms);
 }
 
 /* Every live service s of lb, in insertion order (lb->svcs skipping deleted slots). */

@@ -14,7 +14,7 @@
  *
  * Timer. The kernel arms a 60 s timer when the scheduler is bound; a configuration call carries no
  * time here, so the timer is armed the first time the scheduler sees the clock (its first tick or
- * schedule after being bound: the adapter's sweep runs lb_expire every ~100 ms). tick() then runs
+ * schedule after being bound: binding one asks the adapter's next expiry run for it). tick() then runs
  * every check that has come due, each as of its own due time (as the kernel's timer would have
  * run it), the next one 60 s after it (mod_timer(jiffies + CHECK_EXPIRE_INTERVAL)). A run:
  * every 30th (counter % 30 == 0) is a full check dropping every entry unused for at least the
@@ -70,8 +70,8 @@ void lb_loc_link(struct lb_loc_table *t, struct lb_loc_entry *e);
 void lb_loc_del(struct lb_svc *svc, struct lb_loc_table *t, struct lb_loc_entry *e);
 /* The time of the schedule() call in progress; arms the timer if this is the first time seen. */
 uint64_t lb_loc_now(struct lb_svc *svc, struct lb_loc_table *t);
-/* The tick hook's work: arm, or run every check due by now_ms. */
-void lb_loc_tick(struct lb_svc *svc, uint64_t now_ms);
+/* The tick hook's work: arm, or run every check due by now_ms; returns when the next check is due. */
+uint64_t lb_loc_tick(struct lb_svc *svc, uint64_t now_ms);
 
 /* No new entry at 3/2 of the collector's size (6.1.192's bound on cache growth). */
 static inline int lb_loc_full(const struct lb_loc_table *t) { return t->entries >= LB_LOC_MAX_ENTRIES; }

@@ -42,8 +42,9 @@ struct lb_sched_ops {
     struct lb_dest *(*schedule)(struct lb_svc *svc, const struct lb_pkt *p);
     /* Optional: periodic work without packets (lblc/lblcr expire their entries), run by lb_expire
      * for every service of this scheduler: the adapter's sweep, and engine.expire(). The scheduler
-     * keeps its own next-due time in sched_data; now_ms never decreases. */
-    void (*tick)(struct lb_svc *svc, uint64_t now_ms);
+     * keeps its own next-due time in sched_data; now_ms never decreases. Returns when it next has
+     * work (UINT64_MAX: none): the adapter's thread sleeps until then (lb->sched_next_ms). */
+    uint64_t (*tick)(struct lb_svc *svc, uint64_t now_ms);
 };
 
 /* The registered scheduler of that name (NUL-terminated, at most LB_SCHED_NAME_MAX bytes), or NULL. */
@@ -54,8 +55,10 @@ int lb_sched_bind(struct lb_svc *s, const struct lb_sched_ops *sched);
 int lb_sched_switch(struct lb_svc *s, const struct lb_sched_ops *sched);
 /* done_service, for a service being destroyed. */
 void lb_sched_unbind(struct lb_svc *s);
-/* Every service's tick hook (lb_expire, under the lock). */
+/* Every service's tick hook (lb_expire, under the lock); lb->sched_next_ms is the first next time. */
 void lb_sched_tick_all(lb_t *lb, uint64_t now_ms);
+/* s was just bound to its scheduler: one with a tick hook wants the clock now (under the lock). */
+void lb_sched_wants_clock(lb_t *lb, const struct lb_svc *s);
 
 /* A destination may receive new connections (kernel: weight > 0 and not OVERLOAD). */
 static inline int lb_dest_eligible(const struct lb_dest *d)

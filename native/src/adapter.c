@@ -1,17 +1,21 @@
 /*
  * adapter.c - the pieces the NFQUEUE (nfq.c) and AF_XDP (xsk.c) packet sources share: one clock,
  * one way to send on the raw answer socket, to size send buffers, to start the adapter thread,
- * to wait for timers and to sweep expired connections. See lb_adapter.h.
+ * to wait (for packets, timers, expiry, a stop) and to release expired connections. See lb_adapter.h.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lb_adapter.h"
 
@@ -39,7 +43,7 @@ void lb_adapter_sndbuf(int fd, int bytes)
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
 }
 
-int lb_adapter_thread_start(pthread_t *thread, int cpu, void *(*fn)(void *), void *arg)
+int lb_adapter_thread_start(pthread_t *thread, int cpu, const char *name, void *(*fn)(void *), void *arg)
 {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -56,28 +60,99 @@ int lb_adapter_thread_start(pthread_t *thread, int cpu, void *(*fn)(void *), voi
     int pe = pthread_create(thread, &attr, fn, arg);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
+    if (pe == 0 && name)
+        pthread_setname_np(*thread, name); /* only a label (top -H, /proc/<pid>/task/<tid>/comm): failure is harmless */
     return -pe;
 }
 
-int lb_adapter_timer_poll_ms(lb_t *lb, int poll_ms)
+/* A struct lb_wake's hook: the core made something due before the thread meant to look (under lb->lock). */
+void lb_adapter_wake(void *arg)
 {
-    pthread_mutex_lock(&lb->lock);
-    uint64_t due = lb_timer_due(lb);
-    pthread_mutex_unlock(&lb->lock);
-    if (due == UINT64_MAX)
-        return poll_ms;
-    uint64_t t = lb_adapter_now_ms();
-    if (due <= t)
-        return 0;
-    return due - t < (uint64_t)poll_ms ? (int)(due - t) : poll_ms;
+    lb_adapter_wait_kick(arg);
 }
 
-void lb_adapter_expire_tick(lb_t *lb, uint64_t *last_expire_ms)
+int lb_adapter_wait_open(struct lb_adapter_wait *w, lb_t *lb, int timers)
+{
+    w->timers = NULL;
+    w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (w->efd < 0)
+        return -errno;
+    if (timers && lb_wake_register(lb, lb_adapter_wake, w))
+        w->timers = &lb->wake;
+    return 0;
+}
+
+void lb_adapter_wait_close(struct lb_adapter_wait *w, lb_t *lb)
+{
+    if (w->timers)
+        lb_wake_register(lb, NULL, w);
+    w->timers = NULL;
+    if (w->efd >= 0)
+        close(w->efd);
+    w->efd = -1;
+}
+
+void lb_adapter_wait_kick(struct lb_adapter_wait *w)
+{
+    uint64_t one = 1;
+    /* EAGAIN only when the counter is about to overflow: the thread has a wake-up pending anyway. */
+    if (write(w->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        fprintf(stderr, "lbd: cannot wake a packet thread: %s\n", strerror(errno));
+}
+
+short lb_adapter_poll(struct lb_adapter_wait *w, int fd, short events, int timeout_ms)
+{
+    struct pollfd pfd[2] = {{.fd = fd, .events = events}, {.fd = w->efd, .events = POLLIN}};
+    int r = poll(pfd, 2, timeout_ms);
+    /* Awake: it reads the due times again before it sleeps; till then nothing needs to wake it. */
+    if (w->timers)
+        __atomic_store_n(&w->timers->at_ms, 0, __ATOMIC_RELAXED);
+    if (w->fp)
+        __atomic_store_n(&w->fp->at_ms, 0, __ATOMIC_RELAXED);
+    if (r <= 0)
+        return 0;
+    if (pfd[1].revents & POLLIN) {
+        uint64_t n;
+        if (read(w->efd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+            fprintf(stderr, "lbd: cannot read a packet thread's eventfd: %s\n", strerror(errno));
+    }
+    return pfd[0].revents;
+}
+
+uint64_t lb_adapter_due_locked(lb_t *lb, const struct lb_adapter_wait *w)
+{
+    uint64_t due = lb_timer_due(lb);
+    uint64_t exp = lb->exp_next_ms < lb->sched_next_ms ? lb->exp_next_ms : lb->sched_next_ms;
+    if (exp != UINT64_MAX) {
+        uint64_t floor = w->last_expire_ms + LB_ADAPTER_EXPIRE_EVERY_MS;
+        exp = exp > floor ? exp : floor;
+    }
+    return exp < due ? exp : due;
+}
+
+int lb_adapter_sleep_ms_locked(const struct lb_adapter_wait *w, uint64_t due, uint64_t now, int cap_ms)
+{
+    int ms = due <= now ? 0 : due - now < (uint64_t)cap_ms ? (int)(due - now) : cap_ms;
+    uint64_t at = ms ? now + (uint64_t)ms : 0; /* 0: it does not sleep, nothing needs to wake it */
+    if (w->timers) {
+        w->timers->exp_floor_ms = w->last_expire_ms + LB_ADAPTER_EXPIRE_EVERY_MS;
+        __atomic_store_n(&w->timers->at_ms, at, __ATOMIC_RELAXED);
+    }
+    if (w->fp)
+        __atomic_store_n(&w->fp->at_ms, at, __ATOMIC_RELAXED);
+    return ms;
+}
+
+void lb_adapter_expire_tick(lb_t *lb, struct lb_adapter_wait *w)
 {
     uint64_t t = lb_adapter_now_ms();
-    if (t - *last_expire_ms < LB_ADAPTER_EXPIRE_EVERY_MS)
+    if (t - w->last_expire_ms < LB_ADAPTER_EXPIRE_EVERY_MS)
         return;
-    *last_expire_ms = t;
-    uint32_t hwm = lb->hwm; /* read without the lock: only a step size */
-    lb_expire(lb, t, hwm / LB_ADAPTER_EXPIRE_STEPS + 1);
+    pthread_mutex_lock(&lb->lock);
+    int due = lb->exp_next_ms <= t || lb->sched_next_ms <= t;
+    pthread_mutex_unlock(&lb->lock);
+    if (!due)
+        return; /* nothing to release: no wake-up, no run (an empty table costs none) */
+    w->last_expire_ms = t;
+    lb_expire(lb, t, 0);
 }

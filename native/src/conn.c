@@ -153,6 +153,7 @@ static inline void exp_update_next(lb_t *lb)
     uint64_t a = lb->exp_len[0] ? exp_at(lb, 0, 0)->due_ms : UINT64_MAX;
     uint64_t b = lb->exp_len[1] ? exp_at(lb, 1, 0)->due_ms : UINT64_MAX;
     lb->exp_next_ms = a < b ? a : b;
+    lb_wake_check_exp(lb, lb->exp_next_ms); /* a new first deadline, earlier than the sleeping thread looks */
 }
 
 static inline void exp_place(lb_t *lb, int h, uint32_t i, struct lb_exp e)

@@ -455,6 +455,32 @@ static inline __attribute__((always_inline)) int process(lb_t *lb, const uint8_t
     return LB_OK;
 }
 
+void lb_wake_fire(struct lb_wake *w)
+{
+    __atomic_store_n(&w->at_ms, 0, __ATOMIC_RELAXED); /* once per sleep: the thread sets it again */
+    if (w->fn)
+        w->fn(w->arg);
+}
+
+int lb_wake_register(lb_t *lb, void (*fn)(void *arg), void *arg)
+{
+    int ok = 0;
+    pthread_mutex_lock(&lb->lock);
+    if (fn && !lb->wake.fn) {
+        lb->wake.fn = fn;
+        lb->wake.arg = arg;
+        ok = 1;
+    } else if (!fn && lb->wake.fn && lb->wake.arg == arg) {
+        lb->wake.fn = NULL;
+        lb->wake.arg = NULL;
+        __atomic_store_n(&lb->wake.at_ms, 0, __ATOMIC_RELAXED);
+        lb->wake.exp_floor_ms = 0;
+        ok = 1;
+    }
+    pthread_mutex_unlock(&lb->lock);
+    return ok;
+}
+
 void lb_fp_register(lb_t *lb, const struct lb_fp_ops *ops, void *arg)
 {
     pthread_mutex_lock(&lb->lock);

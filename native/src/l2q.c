@@ -83,6 +83,7 @@ int lb_l2q_hold(lb_t *lb, struct lb_conn *c, const struct lb_pkt *p, uint64_t no
         q->deadline_ms = now_ms + LB_L2Q_TIMEOUT_MS;
         q->next = lb->l2q_list;
         lb->l2q_list = q;
+        lb_wake_check(lb, q->deadline_ms);
     }
     k->len = p->len;
     memcpy(k->data, p->data, p->len);

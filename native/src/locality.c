@@ -124,12 +124,12 @@ static void check_expire(struct lb_svc *svc, struct lb_loc_table *t, uint64_t no
     sweep(svc, t, now_ms, LB_LOC_ENTRY_TIMEOUT_MS, &goal);
 }
 
-void lb_loc_tick(struct lb_svc *svc, uint64_t now_ms)
+uint64_t lb_loc_tick(struct lb_svc *svc, uint64_t now_ms)
 {
     struct lb_loc_table *t = svc->sched_data;
     if (!t->armed) {
         arm(t, now_ms);
-        return;
+        return t->next_check_ms;
     }
     /* Every run that came due since the last tick, each as of its own time, the next 60 s later
      * (the kernel re-arms from the handler: jiffies + CHECK_EXPIRE_INTERVAL). */
@@ -137,6 +137,7 @@ void lb_loc_tick(struct lb_svc *svc, uint64_t now_ms)
         check_expire(svc, t, t->next_check_ms);
         t->next_check_ms += LB_LOC_CHECK_INTERVAL_MS;
     }
+    return t->next_check_ms;
 }
 
 int lb_loc_is_overloaded(const struct lb_dest *d, const struct lb_svc *svc)

@@ -6,7 +6,8 @@
  *   lb_process() on each -> send all verdicts in one netlink datagram (in
  *   arrival order) -> send DR frames in one sendmmsg on an AF_PACKET socket
  *   and ICMP answers on a raw IP socket.
- * Every ~100 ms it also reaps expired connections in bounded steps.
+ * The queue with LB_NFQ_F_TIMERS also runs the timers and releases expired connections; a thread
+ * sleeps until a packet comes, its stop (an eventfd), or that work is due (lb_adapter.h).
  *
  * Sockets: NETLINK_NO_ENOBUFS (a full socket buffer must not wedge the loop)
  * and a large SO_RCVBUFFORCE.
@@ -28,7 +29,7 @@
  *
  * Several queues (--queue-balance): one adapter and thread per queue, optionally
  * pinned to a CPU, all on one lb_t (its lock serialises the tables); the adapter
- * with LB_NFQ_F_TIMERS also runs the expiry sweep and the SYN-proxy timers.
+ * with LB_NFQ_F_TIMERS also runs the expiry and the SYN-proxy timers.
  *
  * LB_NFQ_F_GSO (NFQA_CFG_F_GSO): the kernel queues GSO super-packets whole and
  * leaves partial checksums (NFQA_SKB_INFO says which); here partial checksums are
@@ -84,7 +85,6 @@
 #define NFQ_RCVBUF_BYTES (32 * 1024 * 1024)
 #define NFQ_SNDBUF_BYTES (4 * 1024 * 1024)
 #define NFQ_TX_WAITS 20                    /* ~1 ms polls for room per batch before a frame is dropped */
-#define NFQ_POLL_MS 100
 #define NFQ_LOOPBACK_IFINDEX 1             /* the kernel's LOOPBACK_IFINDEX: lo in every namespace */
 #define NFQ_VERDICT_MSG_MAX (LB_PKT_MAX + 512)
 
@@ -103,6 +103,7 @@ struct lb_nfq {
     pthread_t thread;
     int thread_started;
     int stop;                              /* set atomically by lb_nfq_stop */
+    struct lb_adapter_wait wait;           /* its eventfd (stop, the core's wake-ups), the expiry's clock */
     struct lb_nfq_stats stats;
     /* batch buffers, allocated once (zeroed) */
     uint8_t *rx;                           /* NFQ_BATCH * NFQ_MSG_BUF */
@@ -114,7 +115,6 @@ struct lb_nfq {
     size_t tx_cap;
     struct mmsghdr rx_msgs[NFQ_BATCH];
     struct iovec rx_iov[NFQ_BATCH];
-    uint64_t last_expire_ms;
 };
 
 /* Send one config message with an ACK request and wait for the kernel's answer. */
@@ -692,21 +692,27 @@ static void process_timers(struct lb_nfq *q)
     }
 }
 
+/* How long to sleep: without timers until a packet or the stop; with them until they or the expiry
+ * have work (lb_adapter.h), at most LB_ADAPTER_IDLE_MS. */
 static int poll_timeout_ms(struct lb_nfq *q)
 {
     if (!(q->flags & LB_NFQ_F_TIMERS))
-        return NFQ_POLL_MS;
-    return lb_adapter_timer_poll_ms(q->lb, NFQ_POLL_MS);
+        return -1;
+    uint64_t now = lb_adapter_now_ms();
+    pthread_mutex_lock(&q->lb->lock);
+    uint64_t due = lb_adapter_due_locked(q->lb, &q->wait);
+    int ms = lb_adapter_sleep_ms_locked(&q->wait, due, now,
+                                        q->wait.timers ? LB_ADAPTER_IDLE_MS : LB_ADAPTER_POLL_UNREGISTERED_MS);
+    pthread_mutex_unlock(&q->lb->lock);
+    return ms;
 }
 
 static void *nfq_thread(void *arg)
 {
     struct lb_nfq *q = arg;
     int fd = mnl_socket_get_fd(q->nl);
-    struct pollfd pfd = {.fd = fd, .events = POLLIN};
     while (!__atomic_load_n(&q->stop, __ATOMIC_ACQUIRE)) {
-        int pr = poll(&pfd, 1, poll_timeout_ms(q));
-        if (pr > 0 && (pfd.revents & POLLIN)) {
+        if (lb_adapter_poll(&q->wait, fd, POLLIN, poll_timeout_ms(q)) & POLLIN) {
             for (int i = 0; i < NFQ_BATCH; i++) {
                 q->rx_iov[i].iov_base = q->rx + (size_t)i * NFQ_MSG_BUF;
                 q->rx_iov[i].iov_len = NFQ_MSG_BUF;
@@ -723,7 +729,7 @@ static void *nfq_thread(void *arg)
         if (!(q->flags & LB_NFQ_F_TIMERS))
             continue;
         process_timers(q);
-        lb_adapter_expire_tick(q->lb, &q->last_expire_ms);
+        lb_adapter_expire_tick(q->lb, &q->wait);
     }
     return NULL;
 }
@@ -738,6 +744,7 @@ static void nfq_free(struct lb_nfq *q)
         close(q->pkt_fd);
     if (q->raw_fd >= 0)
         close(q->raw_fd);
+    lb_adapter_wait_close(&q->wait, q->lb);
     free(q->rx);
     free(q->out);
     free(q->seg);
@@ -772,6 +779,7 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *o
     q->queue_maxlen = opts->queue_maxlen ? opts->queue_maxlen : LB_NFQ_MAXLEN_DEFAULT;
     q->pkt_fd = -1;
     q->raw_fd = -1;
+    q->wait.efd = -1;
     q->tx_cap = (size_t)NFQ_ITEMS * 64 + 2 * NFQ_VERDICT_MSG_MAX;
     q->rx = calloc(NFQ_BATCH, NFQ_MSG_BUF);
     q->out = calloc(NFQ_ITEMS, LB_PKT_MAX);
@@ -835,7 +843,11 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *o
     if ((e = nfq_config(q, NFQNL_CFG_CMD_NONE, 1, cfg_flags)) < 0)
         goto fail;
 
-    if ((e = lb_adapter_thread_start(&q->thread, opts->cpu, nfq_thread, q)) < 0)
+    if ((e = lb_adapter_wait_open(&q->wait, lb, (q->flags & LB_NFQ_F_TIMERS) != 0)) < 0)
+        goto fail;
+    char name[16];
+    snprintf(name, sizeof(name), "lbd-nfq%u", (unsigned)queue_num);
+    if ((e = lb_adapter_thread_start(&q->thread, opts->cpu, name, nfq_thread, q)) < 0)
         goto fail;
     q->thread_started = 1;
     if (err)
@@ -853,8 +865,10 @@ int lb_nfq_stop(lb_nfq_t *q)
     if (!q)
         return LB_EINVAL;
     __atomic_store_n(&q->stop, 1, __ATOMIC_RELEASE);
-    if (q->thread_started)
+    if (q->thread_started) {
+        lb_adapter_wait_kick(&q->wait); /* out of its poll now, not at its next timeout */
         pthread_join(q->thread, NULL);
+    }
     /* Unbinding is best effort: closing the socket releases the queue anyway. */
     nfq_config(q, NFQNL_CFG_CMD_UNBIND, 0, 0);
     nfq_free(q);

@@ -64,10 +64,22 @@ int lb_sched_switch(struct lb_svc *s, const struct lb_sched_ops *sched)
 void lb_sched_tick_all(lb_t *lb, uint64_t now_ms)
 {
     struct lb_svc *s;
+    uint64_t next = UINT64_MAX;
     LB_FOR_EACH_SVC(lb, s) {
-        if (s->sched->tick)
-            s->sched->tick(s, now_ms);
+        if (s->sched->tick) {
+            uint64_t t = s->sched->tick(s, now_ms);
+            next = t < next ? t : next;
+        }
     }
+    lb->sched_next_ms = next;
+}
+
+void lb_sched_wants_clock(lb_t *lb, const struct lb_svc *s)
+{
+    if (!s->sched || !s->sched->tick)
+        return;
+    lb->sched_next_ms = 0; /* lb_loc_tick arms the timer the first time it sees the clock */
+    lb_wake_check_exp(lb, 0);
 }
 
 int lb_sched_probe(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const uint8_t *pkt, uint32_t len,

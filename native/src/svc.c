@@ -308,6 +308,7 @@ int lb_svc_add(lb_t *lb, const struct lb_svc_conf *conf)
         free(s);
         goto out;
     }
+    lb_sched_wants_clock(lb, s);
     s->id = ++lb->next_svc_id;
     uint32_t h = svc_bucket(lb, s);
     s->hnext = lb->svc_hash[h];
@@ -341,6 +342,7 @@ int lb_svc_edit(lb_t *lb, const struct lb_svc_conf *conf)
     } else if (s->sched != sched && (err = lb_sched_switch(s, sched)) != LB_OK) {
         /* err set: the new scheduler could not build its state; the service is unchanged */
     } else {
+        lb_sched_wants_clock(lb, s);
         memcpy(s->conf.sched, conf->sched, sizeof(s->conf.sched));
         s->conf.persist_timeout_s = conf->persist_timeout_s;
         s->conf.netmask = conf->netmask;
@@ -517,6 +519,8 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
     d->addr_n = lb_htonl(conf->addr);
     d->port_n = lb_htons(conf->port);
     d->flags |= LB_DEST_F_AVAILABLE;
+    if (d->l2q)
+        lb_wake_check(lb, 0); /* its held packets may leave now (lb_l2q_due) */
     d->svc = s;
     d->refcnt++;
     /* Kernel order: the newest destination goes to the head of the list. */
@@ -637,6 +641,8 @@ int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uin
         struct lb_dest_fwd *old = d->fwd;
         d->fwd = nf;
         nf = old; /* freed below */
+        if (d->l2q)
+            lb_wake_check(lb, 0); /* its held packets may leave now (lb_l2q_due) */
         if (!fwd_same(old, d->fwd))
             lb_fp_dest(lb, d, 0); /* a new MAC, interface or MTU: a new generation in the fast path */
     }

@@ -146,7 +146,10 @@ int lb_sync_master_set(lb_t *lb, const struct lb_sync_conf *conf, int on)
     if (err == LB_OK) {
         if (on)
             lb->sync_conf = *conf;
+        int changed = lb->sync_on != (on ? 1 : 0);
         lb->sync_on = on ? 1 : 0;
+        if (changed)
+            lb_fp_sync(lb); /* the fast path's tick acts on it (xsk_fp.c) */
     }
     pthread_mutex_unlock(&lb->lock);
     return err;

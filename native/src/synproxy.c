@@ -366,6 +366,7 @@ static void arm(lb_t *lb, uint32_t slot, uint64_t due)
 {
     lb->sp[slot].due_ms = due;
     heap_push(lb, due, slot);
+    lb_wake_check(lb, due);
 }
 
 /* Send the SYN for a connection whose cookie validated (first transmission). */

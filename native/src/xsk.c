@@ -25,8 +25,9 @@
  *     mangled) is re-injected through the same raw socket: the kernel routes it, delivering
  *     it locally (e.g. a stray segment to a VIP, which the host's TCP answers) or forwarding it.
  *   LB_V_DROP: the frame goes back to the fill ring.
- * Timers (SYN-proxy, held packets) and the expiry sweep run on the thread with LB_XSK_F_TIMERS,
- * their frames on the AF_PACKET socket.
+ * Timers (SYN-proxy, held packets) and the expiry run on the thread with LB_XSK_F_TIMERS, their
+ * frames on the AF_PACKET socket. A thread sleeps until a frame comes, its stop, or its next periodic
+ * work (lb_adapter.h): one without timers or the fast path's tick only for frames or its stop.
  *
  * The XDP fast path's user-space side (lbd --xdp-fastpath: its maps, the core's hooks, the credit
  * of what the program forwarded) is xsk_fp.c; queue 0's thread registers it and runs its tick.
@@ -61,7 +62,6 @@
 #define XSK_FRAME_SIZE 4096                /* XSK_UMEM__DEFAULT_FRAME_SIZE: one page per frame */
 #define XSK_RING 2048                      /* rx and tx descriptors */
 #define XSK_BATCH 64
-#define XSK_POLL_MS 100
 #define XSK_TX_TRIES 8                     /* kicks and completion reaps before a frame goes to AF_PACKET */
 #define XSK_SNDBUF_BYTES (4 * 1024 * 1024)
 #define XSK_FRAG_MAX 128                   /* fragments per packet: 65,535 bytes at MTU 576 need 119 */
@@ -113,7 +113,7 @@ struct lb_xsk {
     int thread_started;
     int stop;
     int fp;                                /* this thread runs the fast path's tick (it registered it) */
-    uint64_t last_expire_ms;
+    struct lb_adapter_wait wait;           /* its eventfd (stop, the core's wake-ups), the expiry's clock */
     struct lb_xsk_stats stats;
 };
 
@@ -268,15 +268,18 @@ void lb_xdp_get_stats(lb_xdp_t *x, struct lb_xdp_stats *out)
 
 /* ------------------------------------------------------------------ the fast path (xsk_fp.c) */
 
-/* Register the fast path with the engine (queue 0's socket, once per program). */
+/* Register the fast path with the engine (queue 0's socket, once per program); this thread runs its
+ * tick and gets its wake-ups (q->wait open). */
 static int fp_start(struct lb_xsk *q)
 {
     if (q->queue_id != 0)
         return 0;
-    int r = lb_xsk_fp_start(q->xdp, q->lb);
+    int r = lb_xsk_fp_start(q->xdp, q->lb, &q->wait);
     if (r < 0)
         return r;
     q->fp = r;
+    if (r)
+        q->wait.fp = &q->xdp->fp.wake;
     return 0;
 }
 
@@ -284,7 +287,8 @@ static void fp_stop(struct lb_xsk *q)
 {
     if (!q->fp)
         return;
-    lb_xsk_fp_stop(q->lb);
+    lb_xsk_fp_stop(q->xdp, q->lb);
+    q->wait.fp = NULL;
     q->fp = 0;
 }
 
@@ -619,22 +623,36 @@ static void process_timers(struct lb_xsk *q)
     }
 }
 
+/* How long to sleep: 1 ms with frames on the TX ring (completions to reap); else until the timers,
+ * the expiry or the fast path's tick have work (lb_adapter.h), at most LB_ADAPTER_IDLE_MS; a thread
+ * with neither waits for frames or its stop only. */
 static int poll_timeout_ms(struct lb_xsk *q)
 {
     if (q->tx_pending)
-        return 1; /* completions to reap */
-    if (!(q->flags & LB_XSK_F_TIMERS))
-        return XSK_POLL_MS;
-    return lb_adapter_timer_poll_ms(q->lb, XSK_POLL_MS);
+        return 1;
+    int timers = (q->flags & LB_XSK_F_TIMERS) != 0;
+    if (!timers && !q->fp)
+        return -1;
+    uint64_t now = lb_adapter_now_ms();
+    pthread_mutex_lock(&q->lb->lock);
+    uint64_t due = timers ? lb_adapter_due_locked(q->lb, &q->wait) : UINT64_MAX;
+    if (q->fp) {
+        uint64_t f = lb_xsk_fp_due_locked(q->xdp, q->lb, now);
+        due = f < due ? f : due;
+    }
+    int cap = timers && !q->wait.timers ? LB_ADAPTER_POLL_UNREGISTERED_MS : LB_ADAPTER_IDLE_MS;
+    int ms = lb_adapter_sleep_ms_locked(&q->wait, due, now, cap);
+    pthread_mutex_unlock(&q->lb->lock);
+    return ms;
 }
 
 static void *xsk_thread(void *arg)
 {
     struct lb_xsk *q = arg;
-    struct pollfd pfd = {.fd = xsk_socket__fd(q->xsk), .events = POLLIN};
+    int fd = xsk_socket__fd(q->xsk);
     while (!__atomic_load_n(&q->stop, __ATOMIC_ACQUIRE)) {
-        int pr = poll(&pfd, 1, poll_timeout_ms(q));
-        if (pr > 0 && (pfd.revents & POLLIN))
+        short rev = lb_adapter_poll(&q->wait, fd, POLLIN, poll_timeout_ms(q));
+        if (rev & POLLIN)
             process_rx(q);
         reap_completions(q);
         if (q->fp)
@@ -642,7 +660,7 @@ static void *xsk_thread(void *arg)
         if (!(q->flags & LB_XSK_F_TIMERS))
             continue;
         process_timers(q);
-        lb_adapter_expire_tick(q->lb, &q->last_expire_ms);
+        lb_adapter_expire_tick(q->lb, &q->wait);
     }
     return NULL;
 }
@@ -665,6 +683,7 @@ static void xsk_free(struct lb_xsk *q)
         close(q->pkt_fd);
     if (q->raw_fd >= 0)
         close(q->raw_fd);
+    lb_adapter_wait_close(&q->wait, q->lb);
     free(q->out);
     free(q->frag);
     free(q->txq);
@@ -701,6 +720,7 @@ lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, 
     q->flags = opts->flags;
     q->pkt_fd = -1;
     q->raw_fd = -1;
+    q->wait.efd = -1;
     q->out = calloc(XSK_BATCH, LB_PKT_MAX);
     q->frag = calloc(1, XSK_FRAG_BUF);
     q->txq = calloc(1, sizeof(*q->txq));
@@ -764,9 +784,13 @@ lb_xsk_t *lb_xsk_start(lb_t *lb, lb_xdp_t *xdp, const struct lb_xsk_opts *opts, 
         e = -errno;
         goto fail;
     }
+    if ((e = lb_adapter_wait_open(&q->wait, lb, (opts->flags & LB_XSK_F_TIMERS) != 0)) < 0)
+        goto fail;
     if ((e = fp_start(q)) < 0)
         goto fail;
-    if ((e = lb_adapter_thread_start(&q->thread, opts->cpu, xsk_thread, q)) < 0)
+    char name[16];
+    snprintf(name, sizeof(name), "lbd-xsk%u", q->queue_id % 10000u);
+    if ((e = lb_adapter_thread_start(&q->thread, opts->cpu, name, xsk_thread, q)) < 0)
         goto fail;
     q->thread_started = 1;
     *err = 0;
@@ -782,8 +806,10 @@ int lb_xsk_stop(lb_xsk_t *q)
     if (!q)
         return LB_EINVAL;
     __atomic_store_n(&q->stop, 1, __ATOMIC_RELEASE);
-    if (q->thread_started)
+    if (q->thread_started) {
+        lb_adapter_wait_kick(&q->wait); /* out of its poll now, not at its next timeout */
         pthread_join(q->thread, NULL);
+    }
     fp_stop(q);
     xsk_free(q);
     return LB_OK;

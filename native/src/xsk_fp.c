@@ -26,6 +26,14 @@
 #define FP_CREDIT_MS 1000                  /* the credit interval: watched flows are read this often */
 #define FP_RING_MIN (256u * 1024)          /* lb_reports: 56 bytes a record, one per active flow a second */
 #define FP_RING_MAX (64u * 1024 * 1024)
+#define FP_RECORD_BYTES 56                 /* a record in lb_reports: its 8-byte header and struct fp_report_wire */
+/* The ring is read at least this often while flows are installed, whatever their number: what the
+ * thread's 100 ms poll always did. Between, the sleep is as long as the ring takes 2.5 times the
+ * records the flows queue meanwhile (one per active flow a second, spread over it): at most
+ * 0.4 * rb_records / nflows seconds, the margin the old 100 ms poll had with a ring of conn_max / 4
+ * records (FP_RING sizing above) and every one of conn_max flows active. */
+#define FP_RING_MIN_MS 100
+#define FP_RING_DRAIN_PERMILLE 400
 
 struct fp_dest_wire {                      /* struct lb_fp_dest */
     uint8_t l2[12];
@@ -127,6 +135,13 @@ static int fp_key_eq(const struct lb_xdp_key_wire *a, const struct lb_xdp_key_wi
 {
     return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport && a->dport == b->dport &&
            a->proto == b->proto;
+}
+
+/* How long the ring safely holds the records of fp->nflows flows (> 0): see FP_RING_DRAIN_PERMILLE. */
+static uint64_t fp_ring_ms(const struct lb_fp *fp)
+{
+    uint64_t ms = (uint64_t)fp->rb_records * FP_RING_DRAIN_PERMILLE / fp->nflows;
+    return ms > FP_RING_MIN_MS ? ms : FP_RING_MIN_MS;
 }
 
 static void fp_watch(struct lb_fp *fp, uint32_t slot)
@@ -297,8 +312,13 @@ static void fp_hook_flow_set(void *arg, lb_t *lb, struct lb_conn *c)
         __atomic_fetch_add(&fp->refused, 1, __ATOMIC_RELAXED);
         return;
     }
-    if (c->xdp_fp != LB_FP_ON)
+    if (c->xdp_fp != LB_FP_ON) {
         fp->nflows++;
+        /* So many flows that the ring may need reading before the tick's thread meant to look again. */
+        uint64_t ring_ms = fp_ring_ms(fp);
+        if (ring_ms < LB_ADAPTER_IDLE_MS)
+            lb_wake_due(&fp->wake, lb_adapter_now_ms() + ring_ms);
+    }
     c->xdp_fp = LB_FP_ON;
     cr->packets = 0;
     cr->bytes = 0;
@@ -310,10 +330,19 @@ static void fp_hook_flow_set(void *arg, lb_t *lb, struct lb_conn *c)
     __atomic_fetch_add(&fp->installed, 1, __ATOMIC_RELAXED);
 }
 
+/* The sync master started or stopped: the tick removes the flows (or resets its mark) now. */
+static void fp_hook_sync(void *arg, lb_t *lb)
+{
+    struct lb_xdp *x = arg;
+    (void)lb;
+    lb_wake_due(&x->fp.wake, 0);
+}
+
 static const struct lb_fp_ops fp_ops = {
     .flow_set = fp_hook_flow_set,
     .flow_del = fp_hook_flow_del,
     .dest = fp_hook_dest,
+    .sync = fp_hook_sync,
 };
 
 /* A record from the program: the flow of key is active. */
@@ -396,6 +425,25 @@ static int fp_tick_idle(const struct lb_fp *fp, const lb_t *lb, uint64_t now)
     return prod == __atomic_load_n(fp->rb_cons, __ATOMIC_RELAXED);
 }
 
+uint64_t lb_xsk_fp_due_locked(struct lb_xdp *x, lb_t *lb, uint64_t now)
+{
+    const struct lb_fp *fp = &x->fp;
+    if ((lb->sync_on != 0) != (fp->sync_cleared != 0))
+        return now; /* the master started (flows to remove) or stopped (its mark to reset) */
+    if (fp->rb_cons && fp->rb_prod &&
+        __atomic_load_n(fp->rb_prod, __ATOMIC_ACQUIRE) != __atomic_load_n(fp->rb_cons, __ATOMIC_RELAXED))
+        return now; /* records queued since the tick (or one still being written) */
+    uint64_t due = UINT64_MAX;
+    if (fp->nwatch || (fp->flows_on && !fp->nflows))
+        due = fp->last_credit_ms + FP_CREDIT_MS; /* the credit pass: watched flows, or lb_fp_flows_on to clear */
+    if (fp->nflows) {
+        /* Installed flows queue records without waking anyone: the ring is read before it can fill. */
+        uint64_t r = now + fp_ring_ms(fp);
+        due = r < due ? r : due;
+    }
+    return due;
+}
+
 void lb_xsk_fp_tick(struct lb_xdp *x, lb_t *lb)
 {
     struct lb_fp *fp = &x->fp;
@@ -442,7 +490,7 @@ void lb_xsk_fp_tick(struct lb_xdp *x, lb_t *lb)
     pthread_mutex_unlock(&lb->lock);
 }
 
-int lb_xsk_fp_start(struct lb_xdp *x, lb_t *lb)
+int lb_xsk_fp_start(struct lb_xdp *x, lb_t *lb, struct lb_adapter_wait *w)
 {
     struct lb_fp *fp = &x->fp;
     if (!x->fastpath_flows || fp->lb)
@@ -467,6 +515,10 @@ int lb_xsk_fp_start(struct lb_xdp *x, lb_t *lb)
     fp->rb = ring_buffer__new(x->reports_fd, fp_on_report, x, NULL);
     if (!fp->rb)
         return errno ? -errno : -EIO;
+    struct bpf_map *ring = bpf_object__find_map_by_name(x->obj, "lb_reports");
+    fp->rb_records = ring ? bpf_map__max_entries(ring) / FP_RECORD_BYTES : 0;
+    if (fp->rb_records == 0)
+        return -ENOENT;
     /* The ring's two position pages, for the tick's test without the lock (fp_tick_idle): the
      * consumer page at offset 0 and the producer page after it, as libbpf maps them (read-only here;
      * without them the tick consumes every round, as it did). */
@@ -487,14 +539,21 @@ int lb_xsk_fp_start(struct lb_xdp *x, lb_t *lb)
     }
     fp->next_slot = 1;
     fp->lb = lb;
+    fp->wake.fn = lb_adapter_wake; /* before the hooks that may call it, published by lb_fp_register's lock */
+    fp->wake.arg = w;
     lb_fp_register(lb, &fp_ops, x);
     return 1;
 }
 
-void lb_xsk_fp_stop(lb_t *lb)
+void lb_xsk_fp_stop(struct lb_xdp *x, lb_t *lb)
 {
     lb_fp_register(lb, NULL, NULL);
     /* the program's flows stay until it is detached; the connections' marks are cleared lazily */
+    pthread_mutex_lock(&lb->lock); /* no hook runs any more: the wake-ups go with them */
+    x->fp.wake.fn = NULL;
+    x->fp.wake.arg = NULL;
+    __atomic_store_n(&x->fp.wake.at_ms, 0, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&lb->lock);
 }
 
 void lb_xsk_fp_free(struct lb_fp *fp)

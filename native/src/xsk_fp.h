@@ -32,6 +32,7 @@ struct lb_fp {
     const uint64_t *rb_cons;               /* lb_reports' consumer and producer positions, mapped read-only */
     const uint64_t *rb_prod;               /* (NULL: not mapped, the tick always consumes) */
     size_t rb_page;                        /* the size of each of those two mappings */
+    uint32_t rb_records;                   /* records lb_reports holds (its bytes / FP_RECORD_BYTES) */
     int flows_on_fd;                       /* the program's .bss: lb_fp_flows_on */
     uint32_t nflows;                       /* connections with xdp_fp == LB_FP_ON: their flows are installed */
     uint8_t flows_on;                      /* what lb_fp_flows_on says (1: the program looks flows up) */
@@ -48,6 +49,8 @@ struct lb_fp {
     int sync_cleared;                      /* flows removed for the running sync master */
     uint64_t installed, removed, refused, credited, stale;
     uint64_t from_records;                 /* records credited without a lookup */
+    struct lb_wake wake;                   /* the tick's thread: woken when the ring must be read sooner than
+                                              it meant to (many flows installed) or the sync master changed */
 };
 
 struct lb_xdp {
@@ -70,14 +73,16 @@ struct lb_xdp {
  * flows 0: only checks that the maps are there. 0 or -errno. */
 int lb_xsk_fp_prepare(struct bpf_object *obj, uint32_t flows);
 /* Register the fast path with engine lb (once per program: queue 0's socket calls it). 1 when it was
- * registered now (the caller then runs lb_xsk_fp_tick and lb_xsk_fp_stop), 0 when there is nothing
- * to register (no fast path, or registered already), -errno. */
-int lb_xsk_fp_start(struct lb_xdp *x, lb_t *lb);
-/* Remove the hooks (the program's flows stay until it is detached; the connections' marks are
- * cleared lazily). */
-void lb_xsk_fp_stop(lb_t *lb);
+ * registered now (the caller then runs lb_xsk_fp_tick and lb_xsk_fp_stop, and waits on w: its wake-ups
+ * go there), 0 when there is nothing to register (no fast path, or registered already), -errno. */
+int lb_xsk_fp_start(struct lb_xdp *x, lb_t *lb, struct lb_adapter_wait *w);
+/* Remove the hooks and the wake-ups (the program's flows stay until it is detached; the connections'
+ * marks are cleared lazily). */
+void lb_xsk_fp_stop(struct lb_xdp *x, lb_t *lb);
 /* The registering thread, every round: the reports, the credit interval's reads, the sync master's rule. */
 void lb_xsk_fp_tick(struct lb_xdp *x, lb_t *lb);
+/* Under lb->lock, that thread before it sleeps: when the tick next has work (UINT64_MAX: none). */
+uint64_t lb_xsk_fp_due_locked(struct lb_xdp *x, lb_t *lb, uint64_t now);
 /* Free what lb_xsk_fp_start allocated (lb_xdp_detach). */
 void lb_xsk_fp_free(struct lb_fp *fp);
 

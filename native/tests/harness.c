@@ -35,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lb_adapter.h"
 #include "lb_internal.h"
 
 #define VIP 0x0a000064u      /* 10.0.0.100 */
@@ -190,7 +191,7 @@ static int setup(lb_t *lb)
 /* The XDP fast path's hooks (lb_fp_ops) as a stand-in adapter: it marks and unmarks connections as
  * xsk_fp.c does and checks what the core promises of each call (lb_internal.h). fp_bad: a broken promise. */
 static struct {
-    long set, del, dest, freed;
+    long set, del, dest, freed, sync;
     uint32_t next_slot;
     int bad;
 } fp;
@@ -234,7 +235,14 @@ static void fp_fake_dest(void *arg, lb_t *lb, struct lb_dest *d, int freed)
     }
 }
 
-static const struct lb_fp_ops fp_fake_ops = {fp_fake_flow_set, fp_fake_flow_del, fp_fake_dest};
+static void fp_fake_sync(void *arg, lb_t *lb)
+{
+    (void)arg;
+    (void)lb;
+    fp.sync++;
+}
+
+static const struct lb_fp_ops fp_fake_ops = {fp_fake_flow_set, fp_fake_flow_del, fp_fake_dest, fp_fake_sync};
 
 static uint8_t out_buf[LB_PKT_MAX];
 
@@ -828,14 +836,83 @@ static int fastpath_check(void)
     bad |= check(fp.dest > dest && fp.freed >= 1, "removed and freed destinations reach the hook");
     /* With the sync master running nothing is offered. */
     bad |= check(lb_sync_master_set(lb, &kernel_sync_defaults, 1) == LB_OK, "sync master on");
+    bad |= check(lb_sync_master_set(lb, &kernel_sync_defaults, 1) == LB_OK && fp.sync == 1,
+                 "the sync hook runs when the master starts, not when it is set again");
     long set = fp.set;
     for (uint8_t i = 0; i < 4; i++) {
         uint32_t len = make_packet(pkt, LB_PROTO_TCP, client, 5000, 84, i == 0 ? 0x02 : 0x10);
         bad |= process_checked(lb, pkt, len, now++);
     }
     bad |= check(fp.set == set, "no flow offered while the sync master runs");
+    bad |= check(lb_sync_master_set(lb, NULL, 0) == LB_OK && fp.sync == 2, "and when it stops");
     bad |= check(!fp.bad, "every hook call kept the core's promises");
     lb_fp_register(lb, NULL, NULL);
+    lb_free(lb);
+    return bad;
+}
+
+/* Wake-ups written to the eventfd since the last look (0: none). */
+static uint64_t kicks(const struct lb_adapter_wait *w)
+{
+    uint64_t n = 0;
+    return read(w->efd, &n, sizeof(n)) == (ssize_t)sizeof(n) ? n : 0;
+}
+
+/* The timers' thread going to sleep at now: when it means to look again, in ms (lb_adapter.h). */
+static int sleep_ms(lb_t *lb, struct lb_adapter_wait *w, uint64_t now, int cap_ms)
+{
+    pthread_mutex_lock(&lb->lock);
+    int ms = lb_adapter_sleep_ms_locked(w, lb_adapter_due_locked(lb, w), now, cap_ms);
+    pthread_mutex_unlock(&lb->lock);
+    return ms;
+}
+
+/* A sleeping timers' thread (struct lb_adapter_wait, struct lb_wake): what becomes due before it
+ * means to look writes its eventfd, once a sleep; what is due later does not; its due time is the
+ * first entry's expiry (no sweep), never sooner than the expiry's 100 ms after the last run. */
+static int wake_check(void)
+{
+    lb_t *lb = new_lb();
+    int bad = 0;
+    struct lb_adapter_wait w = {.efd = -1}, w2 = {.efd = -1};
+    if (lb_adapter_wait_open(&w, lb, 1) != 0 || !w.timers) {
+        lb_adapter_wait_close(&w, lb);
+        lb_free(lb);
+        return check(0, "the timers' thread registers");
+    }
+    bad |= check(lb_adapter_wait_open(&w2, lb, 1) == 0 && !w2.timers, "one timers' thread per engine");
+    lb_adapter_wait_close(&w2, lb);
+    uint64_t now = 1000;
+    uint8_t pkt[64];
+    lb_expire(lb, now, 0); /* the schedulers see the clock: lblc/lblcr's next check 60 s on */
+    w.last_expire_ms = now;
+    bad |= check(sleep_ms(lb, &w, now, 3600 * 1000) == 60000, "empty table: asleep until the schedulers' next check");
+    bad |= check(kicks(&w) == 0, "nothing woke it yet");
+    uint32_t len = make_packet(pkt, LB_PROTO_UDP, 0xc0000501u, 5000, 80, 0);
+    bad |= process_checked(lb, pkt, len, now + 10); /* 300 s: due after it looks */
+    bad |= check(kicks(&w) == 0, "an entry due later than it looks does not wake it");
+    lb_set_timeouts(lb, 0, 0, 1);
+    len = make_packet(pkt, LB_PROTO_UDP, 0xc0000502u, 5001, 80, 0);
+    bad |= process_checked(lb, pkt, len, now + 20);
+    len = make_packet(pkt, LB_PROTO_UDP, 0xc0000503u, 5002, 80, 0);
+    bad |= process_checked(lb, pkt, len, now + 30);
+    bad |= check(kicks(&w) == 1, "an entry due sooner wakes it, once a sleep");
+    /* It wakes: then it sleeps until that entry's expiry (1 s after its datagram), and runs it then. */
+    short rev = lb_adapter_poll(&w, -1, 0, 0);
+    bad |= check(rev == 0 && __atomic_load_n(&lb->wake.at_ms, __ATOMIC_RELAXED) == 0, "awake: nothing to wake");
+    bad |= check(sleep_ms(lb, &w, now + 40, 3600 * 1000) == 2020 - 1040, "asleep until the first expiry");
+    uint32_t n0 = lb_conn_count(lb);
+    lb_adapter_expire_tick(lb, &w); /* the clock (CLOCK_MONOTONIC) is far past `now`: the 1 s entries go */
+    bad |= check(lb_conn_count(lb) + 2 <= n0 && w.last_expire_ms > now, "the expiry runs when due");
+    /* Its next run is no sooner than 100 ms after this one. */
+    bad |= check(sleep_ms(lb, &w, w.last_expire_ms, 3600 * 1000) >= 100, "after the run: asleep 100 ms at least");
+    kicks(&w);
+    struct lb_fwd_conf f;
+    fwd_for(&f, 0x21);
+    lb_dest_set_fwd(lb, LB_PROTO_TCP, VIP, 80, RS1, 80, &f);
+    bad |= check(kicks(&w) == 0, "a destination without held packets wakes nobody");
+    lb_adapter_wait_close(&w, lb);
+    bad |= check(lb->wake.fn == NULL && w.efd == -1, "closed: unregistered");
     lb_free(lb);
     return bad;
 }
@@ -1195,6 +1272,7 @@ static int cmd_churn(long rounds)
     bad |= locality_churn(rounds * 15);
     bad |= sync_rule_check();
     bad |= fastpath_check();
+    bad |= wake_check();
     bad |= pressure_churn(rounds * 4);
     bad |= growth_churn(512 + rounds); /* past 256 services and VIPs: both hashes grow */
     printf("churned %ld rounds: %s\n", rounds, bad ? "FAILED" : "ok");
