@@ -23,6 +23,7 @@ from bench import common, pps
 
 DEFAULT_RATE = 8000.0  # pps: below every system's zero-loss rate in the TCG guest (9.3k-17.4k, DR est, 2026-12-06)
 DEFAULT_SECONDS = 5.0  # 5x the search's window: 40k packets at the default rate
+SHORT = 0.95  # a fixed-rate trial offered below this fraction of its rate says so in the report
 
 
 def measure(bed: pps.Bed, tr: pps.Traffic, rate: float, seconds: float) -> dict[str, Any]:
@@ -110,13 +111,16 @@ def cell(rs: Sequence[dict[str, Any]]) -> str:
 
 
 def rep_cell(r: dict[str, Any]) -> str:
-    """One trial's fixed-rate CPU per packet, flagged LOSSY (with its loss) when it lost packets."""
+    """One trial's fixed-rate CPU per packet, flagged LOSSY (with its loss) when it lost packets, and with
+    what was offered when the generator fell short of the rate."""
     f = r.get("fixed_rate") or {}
     if not f:
         return "-"
     if f.get("error"):
         return "failed"
     us = f"{f['dut_us_per_pkt']:.1f}" if f.get("dut_us_per_pkt") else "-"
+    if float(f.get("offered_pps") or 0) < SHORT * float(f["rate"]):  # the generator fell short: not the common rate
+        us += f" (offered only {float(f.get('offered_pps') or 0) / 1e3:.1f}k)"
     return f"{us} LOSSY ({_loss_text(f)})" if f.get("lossy") else us
 
 

@@ -92,6 +92,8 @@ def test_every_fixed_rate_repetition_lossy_falls_back_to_the_zero_loss_figure_an
     assert "0.50x (0.50-0.50, n=2)" in figure and "rep 1: lbd-afxdp-fast lost 1.00 %; rep 2: ipvs failed" in figure
     assert verdict == "missed by 2.0x"
     assert "| failed |" in xr.render_guest(_ab(res))
+    short = _g("ipvs", 0, 13e3, 10.0, _fixed(10.0) | {"offered_pps": 6100.0})
+    assert ab_cpurate.rep_cell(short) == "10.0 (offered only 6.1k)"  # the generator fell short: said
 
 
 def test_measure_runs_one_paced_trial_and_records_failure(monkeypatch: pytest.MonkeyPatch) -> None:
