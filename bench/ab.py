@@ -1,7 +1,7 @@
 """A/B against kernel IPVS, in a guest booting Debian's distribution kernel (this host has no ip_vs).
 
     python -m bench ab [--quick] [--functional-only] [--timeout 900] [--kernel-dir DIR]
-                       [--lbd-tool ipvsadm|lbadm]
+                       [--lbd-tool ipvsadm|lbadm] [--cpu-rate 8000] [--cpu-seconds 5]
 
 Both systems are configured from one rules file by one tool (bench/ab_tools.py): by default
 Debian's ipvsadm, for lbd through lbd-exec (issue 17 item 4); `--lbd-tool lbadm` uses lbadm for lbd.
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import ab_tools, common, guest_wire
+from bench import ab_cpurate, ab_tools, common, guest_wire
 from lb.testbed import guest
 
 
@@ -117,6 +117,8 @@ def guest_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     repetition: zero-loss pps lbd / IPVS, and director CPU per packet IPVS / lbd (>= 1.0: lbd at
     least as cheap per packet as kernel IPVS, issue 19 item 4). The kernel's row is IPVS in the
     same mode, for FULLNAT IPVS NAT ("ipvs-nat", bench/ab_guest.py reference_system), its nearest.
+    With fixed-rate trials (--cpu-rate), also "cpu_fixed_ipvs_over_lbd" (IPVS / lbd at that common
+    rate) and "cpu_fixed_left_out" (repetitions left out: a fixed-rate trial lost packets).
     Keys "lbd-afxdp/route" (established), "lbd/tunnel/syn"; "reference" names the kernel's row.
     "afxdp_over_nfqueue" (under the AF_XDP keys): zero-loss AF_XDP/NFQUEUE and CPU NFQUEUE/AF_XDP."""
     from bench.ab_guest import MODES, reference_system  # noqa: PLC0415
@@ -130,6 +132,9 @@ def guest_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 zl, cpu = _pair_ratios(results, lbd_sys, ref, mode, kind)
                 entry: dict[str, Any] = {"reference": ref, "zero_loss_lbd_over_ipvs": common.summarize(zl),
                                          "cpu_ipvs_over_lbd": common.summarize(cpu)}
+                fixed, dropped = ab_cpurate.pair_ratios(results, lbd_sys, ref, mode, kind)
+                if fixed or dropped:  # --cpu-rate: the same offered rate for both (bench/ab_cpurate.py)
+                    entry.update(cpu_fixed_ipvs_over_lbd=common.summarize(fixed), cpu_fixed_left_out=dropped)
                 if lbd_sys != "lbd":
                     xzl, xcpu = _pair_ratios(results, lbd_sys, "lbd", mode, kind)
                     entry["afxdp_over_nfqueue"] = {"zero_loss": common.summarize(xzl),
@@ -174,13 +179,16 @@ def qemu_opts_for(wire: str) -> list[str]:
 
 def guest_extra(args: argparse.Namespace) -> list[str]:
     """bench/ab_guest.py options passed through: --afxdp, --afxdp-fast, --parts, --repeats, --modes, --traffic,
-    --steps, --profile, --guest-wire (when not the default)."""
+    --steps, --profile, --cpu-rate, --cpu-seconds, --guest-wire (when not the default)."""
     extra = [f"--{flag}" for flag in ("afxdp", "afxdp-fast") if getattr(args, flag.replace("-", "_"), False)]
     if getattr(args, "guest_wire", "veth") != "veth":
         extra += ["--guest-wire", args.guest_wire]
     for opt in ("parts", "repeats", "modes", "traffic", "steps", "profile"):
         if getattr(args, opt, None):
             extra += [f"--{opt}", str(getattr(args, opt))]
+    for opt in ("cpu_rate", "cpu_seconds"):  # 0 is a value here (--cpu-rate 0: no fixed-rate trial)
+        if getattr(args, opt, None) is not None:
+            extra += [f"--{opt.replace('_', '-')}", f"{getattr(args, opt):g}"]
     return extra
 
 
@@ -209,6 +217,12 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     "NIC driver; bench/guest_wire.py)")
     ap.add_argument("--profile", default=None, help="throughput: systems to profile with perf on the guest's DUT "
                     "CPU at their zero-loss rate (e.g. ipvs,lbd-afxdp-fast; bench/ab_guest.py profile)")
+    ap.add_argument("--cpu-rate", type=float, default=None,
+                    help="throughput: after each system's search, one trial at this offered rate (pps), the same "
+                    f"for every system, for the CPU per packet of identical traffic (default {ab_cpurate.DEFAULT_RATE:g}; "
+                    "0: none; bench/ab_cpurate.py)")
+    ap.add_argument("--cpu-seconds", type=float, default=None,
+                    help=f"throughput: that trial's window (default {ab_cpurate.DEFAULT_SECONDS:g} s)")
     ap.add_argument("--md", type=Path, default=None, help="also write the throughput report (markdown) here")
 
 

@@ -24,7 +24,8 @@ running bench/native/httpd.c on port 8080, which answers with its name) and one 
    this kernel has no FULLNAT; the real servers' default gateway is the director, so NAT fits the
    topology). Debian's ipvsadm cannot express FULLNAT (-b, -P -z are DPVS's), so lbd's FULLNAT
    rules reach it as its --config file, reloaded (lbd's ipvsadm-save parser). Interleaved per
-   repetition.
+   repetition. After each search, one trial at a common rate (--cpu-rate, --cpu-seconds:
+   bench/ab_cpurate.py), the CPU per packet of identical traffic.
 3. HTTP: wrk maximum requests/s with keep-alive and connections/s (Connection: close) through
    IPVS, through lbd, and to rs1 through the director as a plain router ("router").
 
@@ -48,7 +49,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import ab_tools, common, guest_wire, pps
+from bench import ab_cpurate, ab_tools, common, guest_wire, pps
 from bench.common import Lbd, LbdError, log
 from lb.testbed import client
 from lb.testbed.topology import Topology, TopologySpec
@@ -415,7 +416,7 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
     res: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     out["pps"] = {"results": res, "skipped": skipped, "window_s": args.window, "steps": args.steps,
-                  "modes": args.modes, "traffic": args.traffic}
+                  "modes": args.modes, "traffic": args.traffic, "cpu_rate": args.cpu_rate, "cpu_seconds": args.cpu_seconds}
     run_no = [0]
     syn_traffic: dict[str, pps.Traffic] = {}
 
@@ -451,6 +452,8 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
                 if why:
                     raise LbdError(why)
                 r = pps.search(bed, tr, args.window, args.steps)
+                if args.cpu_rate > 0:  # identical traffic for every system (bench/ab_cpurate.py); before perf
+                    r["fixed_rate"] = ab_cpurate.measure(bed, tr, args.cpu_rate, args.cpu_seconds)
                 if sysname in args.profile:  # after the search: its figures are not perf's
                     key = f"{sysname}/{mode}/{kind}/rep{rep + 1}"
                     try:
@@ -473,7 +476,8 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
         common.write_json(args.out / "ab_guest.json", out)
         log(f"ab: pps rep {rep + 1} {sysname:9} {mode:7} {kind}: zero-loss {r['zero_loss_pps']:.0f} pps"
             f"{' (generator-limited)' if r['generator_limited'] else ''}; DUT "
-            f"{r.get('dut_us_per_pkt') or 0:.1f} us/packet")
+            f"{r.get('dut_us_per_pkt') or 0:.1f} us/packet{f'; at {args.cpu_rate:g} pps ' if args.cpu_rate > 0 else ''}"
+            f"{ab_cpurate.rep_cell(r) if args.cpu_rate > 0 else ''}")
 
     runs = plan(args.repeats, args.modes, args.traffic)
     for rep in range(args.repeats):
@@ -551,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
                     "bench/guest_wire.py)")
     ap.add_argument("--profile", default="", help="throughput: systems (kernel, ipvs, lbd, lbd-afxdp, lbd-afxdp-fast) "
                     "to profile with perf on the DUT CPU at their zero-loss rate after their search")
+    ap.add_argument("--cpu-rate", type=float, default=ab_cpurate.DEFAULT_RATE,
+                    help="throughput: one trial at this common rate (pps) after each search (0: none)")
+    ap.add_argument("--cpu-seconds", type=float, default=ab_cpurate.DEFAULT_SECONDS, help="that trial's window (s)")
     args = ap.parse_args(argv)
     args.profile = [w for w in args.profile.split(",") if w]
     if args.repeats is None:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import common, pps
+from bench import ab_cpurate, common, pps
 
 SYSTEMS = ("kernel", "c", "afxdp")  # the ratios are between these three
 # shown: native XDP on veth, its NAPI threaded on the DUT CPU (not judged); the XDP fast path of
@@ -308,12 +308,22 @@ def guest_target(ab: dict[str, Any] | None, system: str = "lbd-afxdp") -> list[s
         return [name, "not in this run", "not measured (see 'The guest')"]
     from bench.ab import guest_ratios  # noqa: PLC0415
 
-    r = guest_ratios(((ab.get("guest") or {}).get("pps") or {}).get("results", []))
-    cpu = (r.get(f"{system}/route") or {}).get("cpu_ipvs_over_lbd") or {"n": 0}
+    res = ((ab.get("guest") or {}).get("pps") or {}).get("results", [])
+    entry = guest_ratios(res).get(f"{system}/route") or {}
+    cpu = entry.get("cpu_ipvs_over_lbd") or {"n": 0}
+    fixed, left_out = entry.get("cpu_fixed_ipvs_over_lbd") or {"n": 0}, entry.get("cpu_fixed_left_out") or []
+    how = ab_cpurate.describe(res)
+    note = f"; left out (lost packets at the fixed rate): {'; '.join(left_out)}" if left_out else ""
+    if fixed.get("n"):  # the fixed-rate figure (bench/ab_cpurate.py) when there is one
+        cpu, how = fixed, f" {how}"
+    elif left_out:  # every repetition lost packets at the fixed rate: the zero-loss trials' figure instead
+        how = " at each system's zero-loss rate (NOT the fixed rate: every fixed-rate repetition lost packets)"
+    else:
+        how = ""
     if not cpu.get("n"):
         return [name, "no AF_XDP figure from the guest", "not measured (see 'The guest')"]
     med = cpu["median"]
-    return [name, "IPVS/AF_XDP CPU per packet " + fmt_spread(cpu, 1, 2, "x"),
+    return [name, f"IPVS/AF_XDP CPU per packet{how} " + fmt_spread(cpu, 1, 2, "x") + note,
             "met" if med >= 1.0 else f"missed by {1 / med:.1f}x"]
 
 
@@ -359,6 +369,7 @@ def guest_rows(res: Sequence[dict[str, Any]], labels: dict[str, str] = GUEST_SYS
     """One row per (traffic, mode, system) of the guest's results: median (min-max, n) over the repetitions."""
     rows = []
     kinds = sorted({r.get("traffic", "est") for r in res}, key=lambda k: (k != "est", k))
+    fixed = ab_cpurate.setting(res) is not None  # a column of the fixed-rate trials (--cpu-rate) when the run had them
     for kind in kinds:
         for mode in sorted({r["mode"] for r in res}, key=_mode_order):
             for system in GUEST_SYSTEMS:
@@ -368,7 +379,8 @@ def guest_rows(res: Sequence[dict[str, Any]], labels: dict[str, str] = GUEST_SYS
                                  fmt_spread(_med([r["zero_loss_pps"] for r in rs]), 1e3, 1, "k"),
                                  "yes" if any(r["generator_limited"] for r in rs) else "no",
                                  fmt_spread(_med([(r.get("overload") or {}).get("rx_pps") for r in rs]), 1e3, 1, "k"),
-                                 fmt_spread(_med([r.get("dut_us_per_pkt") for r in rs]), 1, 1)])
+                                 fmt_spread(_med([r.get("dut_us_per_pkt") for r in rs]), 1, 1),
+                                 *([ab_cpurate.cell(rs)] if fixed else [])])
     return rows
 
 
@@ -383,7 +395,8 @@ def guest_ratio_rows(res: list[dict[str, Any]]) -> list[list[str]]:
                      _per_rep(v["cpu_ipvs_over_lbd"]),
                      fmt_spread(x["zero_loss"], 1, 2, "x") if x else "",
                      fmt_spread(x["cpu_nfqueue_over_afxdp"], 1, 2, "x") if x else "",
-                     _per_rep(x["cpu_nfqueue_over_afxdp"]) if x else ""])
+                     _per_rep(x["cpu_nfqueue_over_afxdp"]) if x else "",
+                     *(ab_cpurate.ratio_cells(v) if ab_cpurate.setting(res) else [])])
     return rows
 
 
@@ -407,14 +420,15 @@ def guest_section(ab: dict[str, Any], title: str = "## The guest: next to kernel
              f"traffic {', '.join(kinds)} (bench/ab_guest.py); {pp.get('window_s', '?')} s windows, "
              f"{pp.get('steps', '?')} bisection steps; {WIRE_TEXT.get(g.get('wire') or 'veth', '')} "
              "FULLNAT: the kernel has none; its row is kernel IPVS NAT (-m), the nearest kernel reference.", ""]
-    lines += table(["mode", "traffic", "system", "zero-loss pps", "gen-limited", "overload rx", "CPU us/pkt"],
-                   guest_rows(res, guest_labels(g.get("wire"))))
+    at = ab_cpurate.title(res)  # "at 8k pps (5 s)": the fixed-rate trials' columns, when the run had them
+    lines += table(["mode", "traffic", "system", "zero-loss pps", "gen-limited", "overload rx", "CPU us/pkt",
+                    *([f"CPU us/pkt {at}"] if at else [])], guest_rows(res, guest_labels(g.get("wire"))))
     lines += ["", "Ratios within each repetition, then median (min-max, n): zero-loss lbd / kernel row; CPU per "
               "packet kernel row / lbd (>= 1.0: lbd as cheap as IPVS); AF_XDP / NFQUEUE zero-loss and NFQUEUE / "
               "AF_XDP CPU per packet (> 1: AF_XDP better). Keys: lbd source / mode [/ traffic, est when absent].", ""]
     lines += table(["lbd / mode / traffic", "kernel row", "zero-loss lbd/kernel", "CPU kernel/lbd",
-                    "CPU kernel/lbd per rep", "zero-loss AF_XDP/NFQ", "CPU NFQ/AF_XDP", "CPU NFQ/AF_XDP per rep"],
-                   guest_ratio_rows(res))
+                    "CPU kernel/lbd per rep", "zero-loss AF_XDP/NFQ", "CPU NFQ/AF_XDP", "CPU NFQ/AF_XDP per rep",
+                    *([f"CPU kernel/lbd {at}", f"CPU kernel/lbd {at} per rep"] if at else [])], guest_ratio_rows(res))
     for sk in pp.get("skipped", []):
         reason = " ".join(sk["reason"].split())[:300]
         lines.append(f"- skipped: {sk['system']} {sk['mode']} {sk.get('traffic', 'est')} rep {sk.get('rep')}: {reason}")
@@ -428,20 +442,21 @@ def guest_section(ab: dict[str, Any], title: str = "## The guest: next to kernel
 def guest_per_rep(res: Sequence[dict[str, Any]]) -> list[list[str]]:
     """Every guest trial: rep, mode, traffic, system, zero-loss, CPU, load: the per-repetition view."""
     order = list(GUEST_SYSTEMS)
-    rows = []
+    rows, fixed = [], ab_cpurate.setting(res) is not None
     for r in sorted(res, key=lambda r: (r["rep"], r.get("traffic", "est") != "est", _mode_order(r["mode"]),
                                         order.index(r["system"]) if r["system"] in order else 99)):
         rows.append([str(r["rep"] + 1), r["mode"], r.get("traffic", "est"), r["system"],
                      f"{r['zero_loss_pps'] / 1e3:.1f}k", "yes" if r.get("generator_limited") else "no",
                      f"{(r.get('overload') or {}).get('offered_pps', 0) / 1e3:.1f}k",
                      f"{r['dut_us_per_pkt']:.1f}" if r.get("dut_us_per_pkt") else "-",
-                     " ".join(r.get("loadavg") or [])])
+                     " ".join(r.get("loadavg") or []), *([ab_cpurate.rep_cell(r)] if fixed else [])])
     return rows
 
 
 def render_guest(ab: dict[str, Any], analysis: str | None = None) -> str:
     """A report of `python -m bench ab --afxdp --parts throughput ...` alone (bench/ab.py --md)."""
     res = ((ab.get("guest") or {}).get("pps") or {}).get("results", [])
+    at = ab_cpurate.title(res)
     lines = [f"# The guest: lbd NFQUEUE and AF_XDP next to kernel IPVS ({time.strftime('%Y-%m-%d %H:%M')}, "
              f"commit {ab.get('commit', '?')})", "",
              "Issue 19 item 3's second half and item 4's third target, measured in ONE guest run (bench/ab.py, "
@@ -450,12 +465,13 @@ def render_guest(ab: dict[str, Any], analysis: str | None = None) -> str:
              "Zero-loss: the highest measured offered rate with < 0.1 % loss (bisection; gen-limited: the unpaced "
              "generator's own maximum passed, a lower bound). Overload rx: what arrived while the generator ran "
              "unpaced. CPU/pkt: the director CPU's busy time per received packet at the zero-loss trial (the "
-             "overload trial when none passed; bench/pps.py dut_fields).", "", "## Targets", ""]
+             "overload trial when none passed; bench/pps.py dut_fields).", *ab_cpurate.intro(res), "", "## Targets", ""]
     lines += table(["target", "figure", "verdict"], guest_targets(ab))
     lines += guest_section(ab, "## Figures")
     lines += ["", "## Every trial (per repetition)", "",
               *table(["rep", "mode", "traffic", "system", "zero-loss", "gen-limited", "unpaced offered",
-                      "CPU us/pkt", "guest load (1/5/15 min)"], guest_per_rep(res))]
+                      "CPU us/pkt", "guest load (1/5/15 min)", *([f"CPU us/pkt {at}"] if at else [])],
+                    guest_per_rep(res))]
     if analysis:
         lines += ["", "## Analysis", "", analysis.strip()]
     return "\n".join(lines) + "\n"
