@@ -137,7 +137,7 @@ def _offered_version(pkg: str) -> str | None:
     return m.group(1) if m and m.group(1) != "(none)" else None
 
 
-def _choose_kernel_package(log: bool) -> str:
+def _choose_kernel_package() -> str:
     """`pkg=version` for apt-get download: KERNEL_PACKAGE at KERNEL_PACKAGE_VERSION when apt offers it
     (after an `apt-get update` if its lists lack it), else the newest 6.1 kernel offered, said loudly."""
     wanted = f"{KERNEL_PACKAGE}={KERNEL_PACKAGE_VERSION}"
@@ -177,7 +177,7 @@ def prepare_kernel(kdir: Path | None = None, log: bool = True) -> Path:
         print(f"guest: replacing the cached kernel {kernel_release(base)} with {KERNEL_RELEASE}",
               file=sys.stderr, flush=True)
     base.parent.mkdir(parents=True, exist_ok=True)
-    spec = _choose_kernel_package(log)
+    spec = _choose_kernel_package()
     pkg = spec.split("=")[0]
     with tempfile.TemporaryDirectory(prefix="kernel-", dir=base.parent) as tmp:
         t = Path(tmp)

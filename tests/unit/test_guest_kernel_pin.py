@@ -26,7 +26,7 @@ def unpacked(root: Path, release: str) -> Path:
     return root
 
 
-def refuse_fetch(log: bool) -> str:
+def refuse_fetch() -> str:
     raise Fetched
 
 
@@ -70,7 +70,7 @@ def test_choice_prefers_the_pinned_version(monkeypatch: pytest.MonkeyPatch) -> N
                    "bookworm-security/main amd64 Packages\n")
 
     monkeypatch.setattr(guest.subprocess, "run", run)
-    assert guest._choose_kernel_package(False) == f"{guest.KERNEL_PACKAGE}={guest.KERNEL_PACKAGE_VERSION}"
+    assert guest._choose_kernel_package() == f"{guest.KERNEL_PACKAGE}={guest.KERNEL_PACKAGE_VERSION}"
     assert calls == [["apt-cache", "madison", guest.KERNEL_PACKAGE]]  # no apt-get update when the lists have it
 
 
@@ -88,5 +88,5 @@ def test_choice_falls_back_to_the_newest_loudly(monkeypatch: pytest.MonkeyPatch,
         return Out("")
 
     monkeypatch.setattr(guest.subprocess, "run", run)
-    assert guest._choose_kernel_package(False) == "linux-image-6.1.0-50-amd64=6.1.176-1"
+    assert guest._choose_kernel_package() == "linux-image-6.1.0-50-amd64=6.1.176-1"
     assert "WARNING" in capsys.readouterr().err
