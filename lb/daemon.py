@@ -103,7 +103,7 @@ async def _resolve_loop(director: Director,
     per destination while idle. Runs until cancelled."""
     loop = asyncio.get_running_loop()
     fwd = director.fwd
-    next_tick = loop.time() + RESOLVE_TICK_S
+    next_tick = loop.time() + periodic.to_next_tick(loop.time(), RESOLVE_TICK_S)  # the first grid point
     while True:
         if fwd.pending:
             await asyncio.sleep(0)
