@@ -268,7 +268,7 @@ def make_rules(args: argparse.Namespace, cleanup: bool = False) -> Any:
         from lb.nftsteer import NftManager
 
         cls: Any = NftManager
-        nft = {"nft": shutil.which("nft") or "nft"}
+        nft = {"nft": shutil.which("nft") or "nft", "hook": getattr(args, "steer_hook", "prerouting")}
     else:
         from lb.iptables import RuleManager
 

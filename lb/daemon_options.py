@@ -93,6 +93,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "ip sets (lb/iptables.py). nftables: one native nftables table of lbd's own, `ip lbd-q<N>`, "
                    "with native sets (needs the nft command, package nftables): routed traffic through the "
                    "director costs less (docs/firewall.md)")
+    p.add_argument("--steer-hook", choices=("prerouting", "input"), default="prerouting",
+                   help="with --steering nftables, where lbd's table takes packets. prerouting (default): before "
+                   "routing, conntrack and the firewall, at raw priority. input: where kernel IPVS takes them, in "
+                   "the input hook after routing (and forward, only while NAT real servers exist, for their replies), "
+                   "first in them, before the firewall's INPUT/FORWARD rules: routed traffic meets no hook of lbd's; "
+                   "VIPs and FULLNAT local addresses must be addresses of this host and NAT needs "
+                   "net.ipv4.ip_forward=1, as for IPVS (docs/firewall.md)")
     p.add_argument("--conntrack", action="store_true",
                    help="let the director's conntrack see what lbd hands back to the kernel and what it sends "
                    "on its raw socket (no CT --notrack rules): the analogue of IPVS's net.ipv4.vs.conntrack "
@@ -226,6 +233,9 @@ def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -
 
     if args.queue_balance and args.queue_num is not None:
         p.error("give either --queue-num or --queue-balance (its FIRST names the instance)")
+    if getattr(args, "steer_hook", "prerouting") != "prerouting" and getattr(args, "steering", "iptables") != "nftables":
+        p.error(f"--steer-hook {args.steer_hook} needs --steering nftables (iptables steering is in the raw table, "
+                "before routing)")
     if args.queue_num is None:
         args.queue_num = 0
     if not 0 <= args.queue_num <= 65535:

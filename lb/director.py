@@ -432,6 +432,9 @@ class Director(DirectorViews, DirectorConfigs):
         out: dict[str, Any] = {"version": __version__, "engine": self.engine.name, "queue_num": self.queue_num,
                                "conntrack": self.conntrack, "down_policy": self.down_policy, "packet_source": self.packet_source,
                                "steering": getattr(self.rules, "steering_kind", None)}  # iptables | nftables
+        hook = getattr(getattr(self.rules, "nfq_rules", self.rules), "hook", None)  # nftables: --steer-hook
+        if isinstance(hook, str):
+            out["steering_hook"] = hook
         afxdp_status = getattr(self.rules, "afxdp_status", None)  # --packet-source afxdp (lb/afxdp.py)
         if afxdp_status is not None:
             out["afxdp"] = {"interfaces": afxdp_status(), "nfqueue_fallback": hasattr(self.rules, "nfq_rules")}

@@ -1,4 +1,5 @@
-"""lbd's steering as one native nftables table (`lbd --steering nftables`, issue 15 item 1).
+"""lbd's steering as one native nftables table (`lbd --steering nftables`, issue 15 item 1). The
+table's text (rules, set declarations, listing parser) is lb.nftlayout's; this module writes it.
 
 The same classification as lb.iptables' LBD-Q<N> chain, the same set elements (lb.ipsets
 Steering.elements / SetDelta, lb.steeringcache), but in a table of lbd's own with native sets, so
@@ -38,6 +39,16 @@ xt_socket's `--transparent` revision does for lb.iptables), so the queue carries
 A native `socket transparent` rule does not: nft_socket never enables reassembly (measured here
 with fragmented UDP: raw prerouting still saw every fragment with it, none with the tproxy rule).
 
+`--steer-hook input` (docs/firewall.md): the same tests where kernel IPVS takes packets, so that
+routed traffic meets no hook of lbd's at all (an empty base chain on the routed path alone costs a
+routed packet about what the whole `pre` does): `input` (hook input, priority mangle - 1: after
+routing, before the firewall's INPUT rules) holds `pre`'s rules for local destinations, `forward`
+(hook forward, the same priority) the
+NAT-reply rules and exists only while NAT real servers do (with `defrag`, the tproxy rule, which is
+only valid in a chain no base chain reaches outside prerouting), and `go` holds the queue rule alone:
+at input conntrack has already seen the packet, so `notrack` would do nothing; the packets lbd
+forwards leave no conntrack entry anyway (theirs is unconfirmed and goes with the packet lbd drops).
+
 Fwmark services stay iptables rules in mangle (lb.iptables RuleManager's LBD-Q<N>-MARK, written by
 a RuleManager this class holds): they are queued after the operator's MARK rules, which live in
 iptables' mangle PREROUTING. Nothing of lbd is in iptables' raw table in this mode, so routed
@@ -60,12 +71,9 @@ from __future__ import annotations
 import errno as errno_mod
 import logging
 import os
-import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from lb import ipsets as ips
 from lb import nftqueue
@@ -83,177 +91,48 @@ from lb.iptables import (
     _run,
     _script_excerpt,
     drop_empty_raw_hooks,
-    jump_comment,
     mark_rules,
     socket_mark,
+)
+from lb.nftlayout import (  # noqa: F401 (re-exported: lb.nftsteer is the steering layer's interface)
+    DEFRAG,
+    FAMILY,
+    FAST_SET_SIZE,
+    FAST_SETS,
+    FWD,
+    GO,
+    HOOK_LINES,
+    IN,
+    INPUT_PRIORITY,
+    NAT_CHAINS,
+    OUT,
+    PRE,
+    PROTO_NUMBERS,
+    QUEUE_KEY,
+    SET_TYPES,
+    STEER_HOOKS,
+    TABLE_PREFIX,
+    Chain,
+    TableListing,
+    chain_rules,
+    defrag_rule,
+    forward_rules,
+    from_nft,
+    go_rules,
+    input_rules,
+    normalise_hook,
+    out_rules,
+    parse_listing,
+    set_decl,
+    table_name,
+    to_nft,
 )
 
 log = logging.getLogger(__name__)
 
-FAMILY = "ip"
-TABLE_PREFIX = "lbd-q"
-PRE, GO, OUT = "pre", "go", "out"
-QUEUE_KEY = "<queue>"  # the queue rule in a normalised chain listing (compared by its comment)
-SET_TYPES = {"hash:ip": "ipv4_addr", "hash:ip,port": "ipv4_addr . inet_proto . inet_service",
-             "hash:ip,port,ip": "ipv4_addr . inet_proto . inet_service . ipv4_addr"}
-PROTO_NUMBERS = {"6": "tcp", "17": "udp"}
-
 
 class NftError(IptablesError):
     """An nft command or the netlink queue rule failed (an IptablesError: lbd's callers catch that)."""
-
-
-def table_name(queue_num: int) -> str:
-    return f"{TABLE_PREFIX}{_check_queue(queue_num)}"
-
-
-# A set declared with a size is a fixed-size hash whose buckets are allocated at creation (the
-# kernel's nft_hash/nft_hash_fast: 4/3 x size rounded up to a power of two, 8 bytes each): with
-# size 1,048,576 that was 16 MiB of kernel memory per set, ~190 MiB for lbd's eleven. Only the two
-# sets of the first rule, which every packet through the director meets, are declared with a
-# size: 4-byte keys in a fixed hash are the kernel's fastest set (nft_hash_fast, one jhash word),
-# at 1 MiB each for up to FAST_SET_SIZE addresses. The others, met only by lbd's own traffic, are
-# resizable hashes (rhash) that grow with their elements, as ipset's do.
-FAST_SET_SIZE = 1 << 16  # distinct VIP/local addresses, and NAT real-server addresses, per queue
-FAST_SETS = frozenset({ips.ADDR.suffix, ips.NATRIP.suffix})
-
-
-def set_decl(kind: ips.SetKind) -> str:
-    size = f" size {FAST_SET_SIZE};" if kind.suffix in FAST_SETS else ""
-    return f"set {kind.suffix} {{ type {SET_TYPES[kind.type]};{size} }}"
-
-
-def to_nft(element: str) -> str:
-    """An element in lb.ipsets' (ipset) form -> nft's: "10.0.0.1,tcp:80" -> "10.0.0.1 . tcp . 80"."""
-    return element.replace(",", " . ").replace(":", " . ")
-
-
-def from_nft(text: str) -> str:
-    """nft's listing of an element -> lb.ipsets' form (protocol numbers and service names accepted)."""
-    parts = [p.strip() for p in text.split(" . ")]
-    if len(parts) == 1:
-        return parts[0]
-    proto = PROTO_NUMBERS.get(parts[1], parts[1])
-    port = parts[2] if parts[2].isdigit() else str(socket.getservbyname(parts[2], proto))
-    out = f"{parts[0]},{proto}:{int(port)}"
-    return out + (f",{parts[3]}" if len(parts) > 3 else "")
-
-
-def chain_rules() -> list[str]:
-    """`pre`'s rules after its hook line, as `nft list` prints them: lb.iptables.chain_rules in
-    nft's words (same order, same reasons)."""
-    local = "fib daddr type != local"
-    return [
-        "ip daddr != @addr ip saddr != @natrip return",
-        f"ip saddr . meta l4proto . th sport @nat {local} jump {GO}",
-        f"meta l4proto icmp ip saddr @natrip {local} jump {GO}",
-        f"meta l4proto tcp ip saddr @nattcp0 {local} jump {GO}",
-        f"meta l4proto udp ip saddr @natudp0 {local} jump {GO}",
-        "ip daddr != @addr return",
-        f"ip daddr . meta l4proto . th dport @svc jump {GO}",
-        f"meta l4proto tcp ip daddr @tcp0 jump {GO}",
-        f"meta l4proto udp ip daddr @udp0 jump {GO}",
-        f"meta l4proto icmp jump {GO}",
-        f"ip saddr . meta l4proto . th sport . ip daddr @fnat jump {GO}",
-        f"meta l4proto tcp ip saddr @fnattcp0 jump {GO}",
-        f"meta l4proto udp ip saddr @fnatudp0 jump {GO}",
-    ]
-
-
-def defrag_rule(queue_num: int) -> str:
-    return f'meta l4proto tcp tproxy to 127.0.0.1:1 comment "{jump_comment(queue_num)} defrag: never reached"'
-
-
-def go_rules(queue_num: int, track: bool) -> list[str]:
-    """`go` as compared: notrack, the queue rule (QUEUE_KEY), the defrag rule."""
-    return ([] if track else ["notrack"]) + [QUEUE_KEY, defrag_rule(queue_num)]
-
-
-def out_rules(queue_num: int, track: bool) -> list[str]:
-    return [] if track else [f"meta mark {socket_mark(queue_num):#x} notrack"]
-
-
-HOOK_LINES = {PRE: "type filter hook prerouting priority raw; policy accept;",
-              OUT: "type filter hook output priority raw; policy accept;"}
-
-
-@dataclass
-class Chain:
-    hook: str = ""
-    rules: list[str] = field(default_factory=list)
-    handles: list[int] = field(default_factory=list)
-
-
-@dataclass
-class TableListing:
-    """`nft -a list table` of lbd's table, parsed."""
-
-    exists: bool = False
-    chains: dict[str, Chain] = field(default_factory=dict)
-    set_types: dict[str, str] = field(default_factory=dict)
-    elements: dict[str, set[str]] = field(default_factory=dict)  # set name -> elements in ipset form
-
-
-_HANDLE = re.compile(r"\s*# handle \d+\s*$")
-
-
-def parse_listing(text: str) -> TableListing:
-    """Parse nft's text listing of one table (with or without `-a` handles)."""
-    out = TableListing(exists=True)
-    block: tuple[str, str] | None = None  # ("chain" | "set", name)
-    collecting: list[str] | None = None  # an `elements = { ... }` spanning lines
-    for raw in text.splitlines():
-        line = raw.strip()
-        if collecting is not None:
-            collecting.append(line)
-            if "}" in line:
-                _add_elements(out, block, " ".join(collecting))
-                collecting = None
-            continue
-        m = re.match(r"^(chain|set) (\S+) \{", line)
-        if m:
-            block = (m.group(1), m.group(2))
-            if block[0] == "chain":
-                out.chains[block[1]] = Chain()
-            else:
-                out.set_types[block[1]] = ""
-                out.elements[block[1]] = set()
-            continue
-        if line.startswith("}") or block is None or not line or line.startswith("#"):
-            if line.startswith("}"):
-                block = None
-            continue
-        handle = re.search(r"# handle (\d+)\s*$", line)
-        body = _HANDLE.sub("", line).strip()
-        kind, name = block
-        if kind == "set":
-            if body.startswith("type "):
-                out.set_types[name] = body[5:].strip()
-            elif body.startswith("elements = {"):
-                if "}" in body:
-                    _add_elements(out, block, body)
-                else:
-                    collecting = [body]
-            continue
-        chain = out.chains[name]
-        if body.startswith("type ") and body.endswith(";"):
-            chain.hook = body
-            continue
-        chain.rules.append(body)
-        chain.handles.append(int(handle.group(1)) if handle else 0)
-    return out
-
-
-def _add_elements(out: TableListing, block: tuple[str, str] | None, text: str) -> None:
-    if block is None:
-        return
-    inner = text[text.index("{") + 1:text.rindex("}")]
-    out.elements[block[1]].update(from_nft(e) for e in inner.split(",") if e.strip())
-
-
-def normalise_hook(line: str) -> str:
-    """Base chain lines as listed with and without numeric priorities."""
-    return line.replace("priority -300;", "priority raw;")
 
 
 class NftManager:
@@ -268,8 +147,12 @@ class NftManager:
     def __init__(self, queue_num: int, queue_balance: tuple[int, int] | None = None, nft: str = "nft", *,
                  track: bool = False, bypass: bool = True, cpu_fanout: bool = False, netns: str | None = None,
                  runner: Runner | None = None, iptables: str = "iptables",
-                 queue_writer: Callable[..., None] | None = None) -> None:
+                 queue_writer: Callable[..., None] | None = None, hook: str = "prerouting") -> None:
         self.queue_num = _check_queue(queue_num)
+        if hook not in STEER_HOOKS:
+            raise ValueError(f"steering hook {hook!r}: one of {', '.join(STEER_HOOKS)}")
+        self.hook = hook
+        self._forwarding_checked = False
         self.queue_balance = queue_balance
         self.track = bool(track)
         self.bypass = bool(bypass)
@@ -331,20 +214,59 @@ class NftManager:
     def _t(self, what: str) -> str:
         return f"{FAMILY} {self.table} {what}"
 
+    def _want(self, nat: bool) -> dict[str, list[str]]:
+        """Chain name -> its rules as compared (the queue rule as QUEUE_KEY), `go` first (the others
+        jump to it). `nat`: NAT real servers exist (the input layout's forward and defrag chains)."""
+        want: dict[str, list[str]]
+        if self.hook == "input":
+            want = {GO: [QUEUE_KEY], IN: input_rules()}
+            if nat:
+                want[FWD] = forward_rules()
+                want[DEFRAG] = [defrag_rule(self.queue_num)]
+        else:
+            want = {GO: go_rules(self.queue_num, self.track), PRE: chain_rules()}
+        if not self.track:
+            want[OUT] = out_rules(self.queue_num, self.track)
+        return want
+
+    def _nat(self, listing: TableListing | None = None) -> bool:
+        """Whether NAT real servers exist: lbd's sets as installed, else as listed."""
+        if self.installed is not None:
+            return bool(self.installed[ips.NATRIP])
+        return bool(listing and listing.elements.get(ips.NATRIP.suffix))
+
     def _chain_lines(self, name: str) -> list[str]:
         """Flush and refill one chain (created if missing; base chains with their hook)."""
         hook = f" {{ {HOOK_LINES[name]} }}" if name in HOOK_LINES else ""
-        rules = {PRE: chain_rules(), GO: [r for r in go_rules(self.queue_num, self.track) if r != QUEUE_KEY],
-                 OUT: out_rules(self.queue_num, self.track)}[name]
+        rules = [r for r in self._want(True)[name] if r != QUEUE_KEY]
         return [f"add chain {self._t(name)}{hook}", f"flush chain {self._t(name)}",
                 *[f"add rule {self._t(name)} {r}" for r in rules]]
 
-    def _create_lines(self) -> list[str]:
+    def _check_forwarding(self) -> None:
+        """--steer-hook input with NAT real servers: their replies reach the forward hook only when
+        the director forwards (net.ipv4.ip_forward=1, as kernel IPVS's NAT needs); say so once."""
+        if self._forwarding_checked or self.netns:
+            return
+        self._forwarding_checked = True
+        try:
+            with open("/proc/sys/net/ipv4/ip_forward") as f:
+                on = f.read().strip() == "1"
+        except OSError:
+            return
+        if not on:
+            log.warning("nft %s: NAT real servers exist but net.ipv4.ip_forward is 0: with --steer-hook input their "
+                        "replies are routed (the forward hook) and dropped before it; set net.ipv4.ip_forward=1 "
+                        "(as kernel IPVS's NAT needs) or use --steer-hook prerouting", self.table)
+
+    def _drop_chain_lines(self, name: str) -> list[str]:
+        return [f"flush chain {self._t(name)}", f"delete chain {self._t(name)}"]
+
+    def _create_lines(self, nat: bool = False) -> list[str]:
         """Delete any table of ours, create it whole (sets empty, `go` without its queue rule)."""
         lines = [f"add table {FAMILY} {self.table}", f"delete table {FAMILY} {self.table}",
                  f"add table {FAMILY} {self.table}"]
         lines += [f"add {set_decl(k).replace('set ', f'set {FAMILY} {self.table} ', 1)}" for k in ips.KINDS]
-        for name in (GO, PRE) + (() if self.track else (OUT,)):
+        for name in self._want(nat):
             lines += self._chain_lines(name)
         return lines
 
@@ -358,12 +280,17 @@ class NftManager:
         return lines
 
     def _add_queue(self) -> None:
-        """Insert the queue rule before `go`'s defrag rule: native first, else nft_compat."""
+        """Insert the queue rule before `go`'s defrag rule (the input layout: append it to `go`):
+        native first, else nft_compat."""
         go = self.listing().chains.get(GO)
         defrag = defrag_rule(self.queue_num)
-        if go is None or defrag not in go.rules:
-            raise NftError([self.nft], 1, "", detail=f"{self.table} {GO}: no defrag rule to insert the queue rule before")
-        handle = go.handles[go.rules.index(defrag)]
+        handle: int | None = None
+        if go is None:
+            raise NftError([self.nft], 1, "", detail=f"{self.table} {GO}: no such chain for the queue rule")
+        if self.hook != "input":
+            if defrag not in go.rules:
+                raise NftError([self.nft], 1, "", detail=f"{self.table} {GO}: no defrag rule to insert the queue rule before")
+            handle = go.handles[go.rules.index(defrag)]
         comment = self.spec.comment(self.queue_num)
         for native in ((True, False) if self.native_queue is None else (self.native_queue,)):
             try:
@@ -382,14 +309,18 @@ class NftManager:
 
     # ---- state
 
-    def _chain_damage(self, listing: TableListing, exact_queue: bool = True) -> dict[str, list[str]]:
-        """chain name -> what is wrong with it (empty lists omitted). exact_queue=False: any queue rule
-        of this lbd counts (lbadm doctor, which does not know lbd's --queue-balance)."""
+    def _chain_damage(self, listing: TableListing, exact_queue: bool = True, nat: bool | None = None) -> dict[str, list[str]]:
+        """chain name -> what is wrong with it (empty lists omitted); a chain of lbd's names that this
+        layout does not want (the other hook's, the NAT chains without NAT real servers) is wrong too.
+        exact_queue=False: any queue rule of this lbd counts (lbadm doctor, which does not know lbd's
+        --queue-balance). `nat`: whether NAT real servers exist (default: as installed, else as listed)."""
         comment = f'comment "{self.spec.comment(self.queue_num)}"' if exact_queue else f'comment "lbd q{self.queue_num} queue'
         found: dict[str, list[str]] = {}
-        want = {PRE: chain_rules(), GO: go_rules(self.queue_num, self.track)}
-        if not self.track:
-            want[OUT] = out_rules(self.queue_num, self.track)
+        want = self._want(self._nat(listing) if nat is None else nat)
+        for name in listing.chains:
+            if name not in want and name in (PRE, IN, FWD, DEFRAG):
+                found[name] = [f"nft chain {self.table} {name} is not one of lbd's with --steer-hook {self.hook}"
+                               + (" and no NAT real server" if name in NAT_CHAINS and self.hook == "input" else "")]
         for name, rules in want.items():
             chain = listing.chains.get(name)
             if chain is None:
@@ -430,7 +361,8 @@ class NftManager:
         return not self.track and self.listing().exists
 
     def rules(self) -> list[str]:
-        return self.listing().chains.get(PRE, Chain()).rules
+        """The rules of the base chain every packet for lbd meets first (`pre`, or `input`)."""
+        return self.listing().chains.get(IN if self.hook == "input" else PRE, Chain()).rules
 
     def go_rules(self) -> list[str]:
         return self.listing().chains.get(GO, Chain()).rules
@@ -446,8 +378,14 @@ class NftManager:
         self._add_queue()
         self.installed = {k: set() for k in ips.KINDS}
         self._intact_gen = None
-        log.info("nftables: table %s %s ready (%s), hook prerouting priority raw; %s", FAMILY, self.table,
-                 "queue statement" if self.native_queue else "xtables NFQUEUE via nft_compat",
+        if self.hook == "input":
+            where = (f"hook input priority {INPUT_PRIORITY} (and forward while NAT real servers exist): after routing "
+                     "as kernel IPVS, so VIPs and FULLNAT local addresses must be local addresses, and before the "
+                     "firewall's INPUT/FORWARD rules")
+        else:
+            where = "hook prerouting priority raw"
+        log.info("nftables: table %s %s ready (%s), %s; %s", FAMILY, self.table,
+                 "queue statement" if self.native_queue else "xtables NFQUEUE via nft_compat", where,
                  "conntrack opt-in: balanced flows are tracked" if self.track else
                  f"balanced flows untracked, also lbd's own packets (mark {socket_mark(self.queue_num):#x})")
 
@@ -485,26 +423,33 @@ class NftManager:
         `nft -f` transaction (plus the queue rule when `go` was rewritten)."""
         listing = self.listing()
         lines: list[str] = []
+        nat = bool(want[ips.NATRIP])
+        if nat and self.hook == "input":
+            self._check_forwarding()
         if not listing.exists:
             log.log(heal_level, "nft table %s %s was missing; restoring it", FAMILY, self.table)
-            lines = self._create_lines()
+            lines = self._create_lines(nat)
             listing = TableListing(exists=True, set_types={k.suffix: SET_TYPES[k.type] for k in ips.KINDS},
                                    elements={k.suffix: set() for k in ips.KINDS})
             broken = {GO: ["created"]}
-            plan.rewritten = [PRE, GO] + ([] if self.track else [OUT])
+            plan.rewritten = list(self._want(nat))
         else:
             phrases, bad = self._set_problems(TableListing(True, {}, listing.set_types, listing.elements))
-            broken = self._chain_damage(listing)
+            broken = self._chain_damage(listing, nat=nat)
             if bad:  # a set of another type is referred to by `pre`: rewrite the table whole
                 log.log(heal_level, "nft %s: %s; re-creating the table", self.table, "; ".join(phrases))
-                lines = self._create_lines()
+                lines = self._create_lines(nat)
                 listing.elements = {k.suffix: set() for k in ips.KINDS}
                 broken = {GO: ["created"]}
-                plan.rewritten = [PRE, GO] + ([] if self.track else [OUT])
+                plan.rewritten = list(self._want(nat))
             else:
+                wanted = self._want(nat)
                 for name, problems in broken.items():
-                    log.log(heal_level, "%s; rewriting it", "; ".join(problems))
-                    lines += self._chain_lines(name)
+                    # NAT chains coming or going with the NAT real servers are the layout, not damage
+                    quiet = self.hook == "input" and name in NAT_CHAINS and (name in listing.chains) != (name in wanted)
+                    log.log(logging.INFO if quiet else heal_level, "%s; %s", "; ".join(problems),
+                            "rewriting it" if name in wanted else "removing it")
+                    lines += self._chain_lines(name) if name in wanted else self._drop_chain_lines(name)
                     plan.rewritten.append(name)
         have = {k: listing.elements.get(k.suffix, set()) for k in ips.KINDS}
         adds = {k: want[k] - have[k] for k in ips.KINDS}
@@ -549,6 +494,13 @@ class NftManager:
             adds = {k: delta.added.get(k, set()) - installed[k] for k in ips.KINDS}
             dels = {k: delta.removed.get(k, set()) & installed[k] for k in ips.KINDS}
             lines = self._element_lines(adds, dels)
+            nat_before, nat_after = bool(installed[ips.NATRIP]), bool((installed[ips.NATRIP] | adds[ips.NATRIP]) - dels[ips.NATRIP])
+            if self.hook == "input" and nat_before != nat_after:  # the forward and defrag chains come or go
+                if nat_after:
+                    self._check_forwarding()
+                for name in NAT_CHAINS:
+                    lines += self._chain_lines(name) if nat_after else self._drop_chain_lines(name)
+                    plan.rewritten.append(name)
             try:
                 self._script(lines)
             except IptablesError:
@@ -620,10 +572,11 @@ def detect(nft: str = "nft", *, netns: str | None = None, runner: Runner | None 
     else nft_compat's NFQUEUE), then deleted."""
     if not netns and shutil.which(nft) is None:
         return f"{nft} not found in PATH (install the nftables package)"
-    probe = NftManager(0, nft=nft, netns=netns, runner=runner, queue_writer=queue_writer)
+    probe = NftManager(0, nft=nft, netns=netns, runner=runner, queue_writer=queue_writer,
+                       hook=owner.hook if owner is not None else "prerouting")
     probe.table = f"lbd-probe{os.getpid() % 100000}"
     try:
-        probe._script(probe._create_lines())
+        probe._script(probe._create_lines(nat=True))
         probe._add_queue()
     except IptablesError as exc:
         return f"the kernel or nft refuses lbd's nftables steering (nf_tables, nft_fib, nft_ct, nft_tproxy, " \

@@ -223,13 +223,12 @@ def healthy_listing(m: ns.NftManager, elements: dict[str, list[str]] | None = No
         if el:
             lines.append("\t\telements = { " + ", ".join(ns.to_nft(e) for e in el) + " }")
         lines.append("\t}")
-    go = [r if r != ns.QUEUE_KEY else f'queue num 3 bypass comment "{m.spec.comment(3)}"' for r in
-          ns.go_rules(3, m.track)]
-    for name, hook, rules in (("go", "", go), ("pre", ns.HOOK_LINES["pre"], ns.chain_rules()),
-                              ("out", ns.HOOK_LINES["out"], ns.out_rules(3, m.track))):
+    queue = f'queue num 3 bypass comment "{m.spec.comment(3)}"'
+    for name, want in m._want(bool((elements or {}).get("natrip"))).items():
+        rules = [queue if r == ns.QUEUE_KEY else r for r in want]
         lines.append(f"\tchain {name} {{")
-        if hook:
-            lines.append(f"\t\t{hook}")
+        if name in ns.HOOK_LINES:
+            lines.append(f"\t\t{ns.HOOK_LINES[name]}")
         lines += [f"\t\t{r} # handle {i + 10}" for i, r in enumerate(rules)]
         lines.append("\t}")
     return "\n".join([*lines, "}"]) + "\n"
@@ -357,7 +356,7 @@ def test_a_missing_table_is_recreated_whole_by_repair() -> None:
     (script,) = fake.scripts()
     assert script.startswith("add table ip lbd-q3\ndelete table ip lbd-q3\n")
     assert "add element ip lbd-q3 svc { 10.0.0.1 . tcp . 80 }" in script
-    assert plan.rewritten == ["pre", "go", "out"] and len(fake.queue_rules) == 1
+    assert plan.rewritten == ["go", "pre", "out"] and len(fake.queue_rules) == 1
 
 
 def test_a_queue_rule_with_other_parameters_is_damage() -> None:
@@ -456,3 +455,87 @@ def test_only_the_first_rules_sets_are_fixed_size_hashes() -> None:
     assert sized == {"addr", "natrip"}
     assert f"size {ns.FAST_SET_SIZE};" in decls["addr"] and ns.FAST_SET_SIZE <= 1 << 16
     assert decls["svc"] == "set svc { type ipv4_addr . inet_proto . inet_service; }"
+
+
+# ---------------------------------------------------------------- --steer-hook input
+
+
+def test_input_layout_has_no_hook_on_the_routed_path_without_nat() -> None:
+    """Packets for lbd are taken where kernel IPVS takes them (input, but before the firewall's rules); with
+    no NAT real server nothing of lbd's is on the forward path, and nothing at prerouting."""
+    fake = FakeNft()
+    m = manager(fake, hook="input")
+    m.ipt_available = lambda: False  # type: ignore[method-assign]
+    fake.listing = healthy_listing(m)
+    m.setup()
+    (script,) = fake.scripts()
+    assert "add chain ip lbd-q3 input { type filter hook input priority mangle - 1; policy accept; }" in script
+    assert "prerouting" not in script and "forward" not in script and "tproxy" not in script
+    assert "add rule ip lbd-q3 input ip daddr != @addr return" in script
+    assert "notrack" not in script.split("add chain ip lbd-q3 out")[0]  # at input conntrack has seen the packet
+    (queue,) = fake.queue_rules
+    assert queue["chain"] == "go" and queue["before_handle"] is None  # appended: go holds nothing else
+    assert m.damage() == []
+
+
+def test_input_layout_rules_cover_the_prerouting_rules() -> None:
+    """Every rule of `pre` is in `input` (local destinations) or `forward` (NAT replies), same sets."""
+    def sets(rule: str) -> list[str]:
+        return [w for w in rule.split() if w.startswith("@") and w != "@natrip"]  # forward's first rule tests it
+
+    pre = [sets(r) for r in ns.chain_rules()[1:] if "return" not in r]
+    split = [sets(r) for r in ns.input_rules()[1:] + ns.forward_rules()[1:]]
+    assert sorted(map(tuple, pre)) == sorted(map(tuple, split))
+    assert ns.input_rules()[0] == "ip daddr != @addr return"
+    assert ns.forward_rules()[0] == "ip saddr != @natrip return"
+    assert not any("fib" in r for r in ns.input_rules() + ns.forward_rules())  # the hook says local or not
+
+
+def nat_steering() -> Steering:
+    return Steering(services={(TCP, "10.0.0.1", 80)}, nat_replies={(TCP, "10.9.0.5", 8080)})
+
+
+def test_input_layout_forward_chain_comes_and_goes_with_nat_real_servers() -> None:
+    fake = FakeNft()
+    m = manager(fake, hook="input")
+    m.ipt_available = lambda: False  # type: ignore[method-assign]
+    fake.listing = healthy_listing(m)
+    m.setup()
+    fake.calls.clear()
+    m._generation = lambda: 5  # nothing but lbd wrote: the delta path
+    m._intact_gen = 5
+    with_nat = nat_steering().elements()
+    delta = ips.SetDelta(added={k: set(v) for k, v in with_nat.items()})
+    plan = m.apply(delta, lambda: with_nat, set())
+    (script,) = fake.scripts()
+    assert "add chain ip lbd-q3 forward { type filter hook forward priority mangle - 1; policy accept; }" in script
+    assert "add rule ip lbd-q3 forward ip saddr != @natrip return" in script
+    assert 'add rule ip lbd-q3 defrag meta l4proto tcp tproxy' in script  # fragments of NAT replies reassembled
+    assert "forward" in plan.rewritten and "defrag" in plan.rewritten
+    fake.calls.clear()
+    m._intact_gen = 5
+    delta = ips.SetDelta(removed={k: set(v) for k, v in with_nat.items() if k is not ips.ADDR and k is not ips.SVC})
+    m.apply(delta, lambda: Steering(services={(TCP, "10.0.0.1", 80)}).elements(), set())
+    (script,) = fake.scripts()
+    assert "flush chain ip lbd-q3 forward\ndelete chain ip lbd-q3 forward" in script
+    assert "delete chain ip lbd-q3 defrag" in script
+
+
+def test_input_layout_damage_names_chains_of_the_other_layout() -> None:
+    fake = FakeNft()
+    pre = manager(fake)
+    fake.listing = healthy_listing(pre)  # a table a prerouting lbd left (--down-policy closed)
+    m = manager(fake, hook="input")
+    m.installed = {k: set() for k in ips.KINDS}
+    problems = m.damage()
+    assert any("pre is not one of lbd's with --steer-hook input" in p for p in problems)
+    assert any("input gone" in p for p in problems)
+    fake.listing = healthy_listing(m, {"natrip": ["10.9.0.5"]})  # NAT chains left after the last NAT dest went
+    assert any("forward is not one of lbd's" in p and "no NAT real server" in p for p in m.damage())
+    m.installed[ips.NATRIP] = {"10.9.0.5"}
+    assert m.damage() == []
+
+
+def test_steer_hook_is_checked() -> None:
+    with pytest.raises(ValueError, match="steering hook"):
+        ns.NftManager(0, hook="forward")
