@@ -154,7 +154,9 @@ def check_firewall(run: Run) -> list[Finding]:
         out.append(Finding(
             "info", "firewall",
             f"{plural(len(notes), 'firewall rule')} that stateful or VIP-specific filtering relies on; "
-            "lbd's balanced packets are UNTRACKED and mostly never reach them",
+            + ("lbd takes balanced packets before the INPUT/FORWARD rules (--steer-hook input; PREROUTING rules and "
+               "conntrack's lookup come first), so mostly none reaches them" if run.input_hook() else
+               "lbd's balanced packets are UNTRACKED and mostly never reach them"),
             evidence="\n".join(notes),
             fix="nothing to do unless a finding above names one of these rules. Packets lbd forwards leave on "
                 "an AF_PACKET socket and meet no iptables chain on the director; only handed-back packets (filter "

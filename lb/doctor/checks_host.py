@@ -18,6 +18,9 @@ def check_forwarding(run: Run) -> list[Finding]:
     v = sysctl_int(run.ctx.sysctl("net/ipv4/ip_forward"))
     if v is None:
         return []
+    if run.input_hook() and v == 1:
+        return [Finding("info", "sysctl", "net.ipv4.ip_forward = 1: lbd (--steer-hook input) needs it for NAT, whose "
+                        "replies are routed; FORWARD rules after lbd's forward hook never see the replies lbd takes")]
     if v == 0:
         if "masq" in run.fwds():
             return []  # NAT's own finding (checks_nat.check_nat_forwarding) says what it means there
@@ -55,7 +58,10 @@ def check_rp_filter(run: Run) -> list[Finding]:
     tunnel = "tunnel" in run.fwds()
     text = ("lbd takes balanced packets in raw PREROUTING, before the routing decision where rp_filter applies, "
             "so rp_filter never drops them on the director")
-    if strict:
+    if run.input_hook():
+        text = ("lbd takes balanced packets after routing (--steer-hook input), as kernel IPVS: rp_filter applies to "
+                "them; strict mode drops a client's packet that arrives on an interface its reverse route does not use")
+    elif strict:
         text += f"; strict mode on {', '.join(strict)} only affects packets lbd hands back (and VIP traffic while lbd is down)"
     fix = ("on IPIP real servers set rp_filter to 0 or 2 on the tunnel interface and on `all` "
            "(decapsulated packets arrive there with the client's source address)") if tunnel else ""

@@ -44,7 +44,9 @@ def check_nft_steering(run: Run) -> list[Finding]:
                         f"nftables table {ns.FAMILY} {name} is missing: no packet reaches lbd's queue {q}", fix=fix)]
     listing = ns.parse_listing(block)
     closed = run.ping.get("down_policy") == "closed"
-    manager = ns.NftManager(q, track=bool(run.ping.get("conntrack")), bypass=not closed, runner=_no_commands)
+    hook = run.ping.get("steering_hook") or ("input" if ns.IN in listing.chains else "prerouting")
+    manager = ns.NftManager(q, track=bool(run.ping.get("conntrack")), bypass=not closed, runner=_no_commands,
+                            hook=hook if hook in ns.STEER_HOOKS else "prerouting")
     want = expected_elements(run)
     manager.installed = want
     out: list[Finding] = []
@@ -66,8 +68,10 @@ def check_nft_steering(run: Run) -> list[Finding]:
                            "lbd did not ask for (added by hand?)", evidence="\n".join(extra[:20])))
     if not out:
         out.append(Finding("info", "nfqueue-rules", f"table {ns.FAMILY} {name} (lbd --steering nftables): native set "
-                           f"lookups steer every service ({len(run.services)}) to queue {q}; routed traffic leaves at "
-                           f"the first rule of its prerouting chain (inspect: nft list table {ns.FAMILY} {name})",
+                           f"lookups steer every service ({len(run.services)}) to queue {q}; routed traffic "
+                           + ("leaves at the first rule of its prerouting chain" if manager.hook == "prerouting" else
+                              "meets none of its hooks (--steer-hook input: after routing, as kernel IPVS)")
+                           + f" (inspect: nft list table {ns.FAMILY} {name})",
                            evidence=block))
     return out
 

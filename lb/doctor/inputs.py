@@ -158,13 +158,20 @@ class Run:
         return names[0] if names else None
 
     def track_mode(self) -> bool:
-        """lbd's LBD-Q<N>-GO holds its NFQUEUE rule but no CT --notrack: the conntrack opt-in."""
+        """lbd's LBD-Q<N>-GO holds its NFQUEUE rule but no CT --notrack: the conntrack opt-in; or lbd
+        takes packets after routing (--steer-hook input): conntrack has seen what it hands back."""
+        if self.input_hook():
+            return True
         if self.queue_num is None:
             return False
         chain = self.tables.get("raw", {}).get(ipt.go_chain_name(self.queue_num))
         if chain is None or not chain.rules:
             return False
         return not any(r.target == "CT" and "--notrack" in r.target_args for r in chain.rules)
+
+    def input_hook(self) -> bool:
+        """lbd takes packets after routing (`--steering nftables --steer-hook input`, docs/firewall.md)."""
+        return self.ping.get("steering_hook") == "input"
 
     def states(self) -> frozenset[str]:
         # Without notrack, a segment of a flow conntrack has not seen is NEW (nf_conntrack_tcp_loose=1)

@@ -75,3 +75,15 @@ def test_without_a_window_the_totals_speak() -> None:
     fs = run_checks(FakeContext(samples=[s], routes=ROUTES, window_s=0, sysctls={"net/ipv4/ip_forward": "1"}))
     (e,) = by(fs, "nat", "error")
     assert "since it was added" in e.summary
+
+
+def test_forwarding_off_with_nat_is_an_error_when_lbd_takes_packets_after_routing() -> None:
+    """--steer-hook input: the NAT replies are routed, so without forwarding none reaches lbd."""
+    s = sample(nat_dest(RIP))
+    ping = {"version": "0.1", "engine": "c", "steering": "nftables", "steering_hook": "input"}
+    (e,) = by(run_checks(FakeContext(samples=[s, s], routes=ROUTES, ping=ping)), "nat", "error")
+    assert "--steer-hook input" in e.summary and "no NAT connection completes" in e.summary
+    fs = run_checks(FakeContext(samples=[s, s], routes=ROUTES, ping=ping, sysctls={"net/ipv4/ip_forward": "1"}))
+    assert by(fs, "nat", "error") == []
+    (info,) = by(fs, "sysctl", "info")
+    assert "needs it for NAT" in info.summary
