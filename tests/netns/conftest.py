@@ -69,6 +69,9 @@ PACKET_SOURCE = os.environ.get("LB_TEST_PACKET_SOURCE", "nfqueue")
 # steering.py (sets, queue rules, damage of either layer), as they read the packet source through
 # packet_source.py; what exists in one layer only skips under the other (steering.iptables_only).
 STEERING = os.environ.get("LB_TEST_STEERING", "iptables")
+# LB_TEST_STEER_HOOK=input (with LB_TEST_STEERING=nftables): those lbds also get `--steer-hook input`
+# (kernel IPVS's placement, lb/nftsteer.py); tests about the prerouting placement skip (steering.py).
+STEER_HOOK = os.environ.get("LB_TEST_STEER_HOOK", "prerouting")
 NFT = os.environ.get("LB_TEST_NFT") or shutil.which("nft") or "nft"
 if os.environ.get("LB_TEST_NFT"):  # every lbd and command the tests start finds it as `nft`
     os.environ["PATH"] = f"{Path(NFT).resolve().parent}:{os.environ.get('PATH', '')}"
@@ -239,6 +242,10 @@ class Lbd:
         env = self.env
         if "--steering" not in self.args and STEERING != "iptables":
             self.args += ["--steering", STEERING]
+            if STEER_HOOK != "prerouting" and "--steer-hook" not in self.args:
+                self.args += ["--steer-hook", STEER_HOOK]
+                # NAT replies are routed to the clients there: the director forwards, as IPVS's NAT needs
+                self.director.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         if "nftables" in self.args:
             env = nft_env(env)
         with open(self.log_path, "w") as log:

@@ -15,11 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import NFT, QUEUE_NUM, STEERING
+from conftest import NFT, QUEUE_NUM, STEER_HOOK, STEERING
 
 from lb.testbed.topology import Host
 
 NFTABLES = STEERING == "nftables"
+# LB_TEST_STEER_HOOK=input: lbd's table takes packets at input (and forward), as kernel IPVS does
+INPUT_HOOK = NFTABLES and STEER_HOOK == "input"
+FIRST_CHAIN = "input" if INPUT_HOOK else "pre"  # the base chain every packet for lbd meets first
 
 
 def table(queue: int = QUEUE_NUM) -> str:
@@ -36,6 +39,13 @@ def skip_if_nftables(what: str) -> None:
     """The same, from inside a test (a parametrised case, a fixture)."""
     if NFTABLES:
         pytest.skip(f"iptables steering only: {what}: see docs/firewall.md")
+
+
+def prerouting_only(what: str) -> pytest.MarkDecorator:
+    """Skip under LB_TEST_STEER_HOOK=input: `what` depends on lbd taking packets before routing,
+    conntrack and the firewall (with --steer-hook input they meet those first, as with kernel IPVS)."""
+    return pytest.mark.skipif(INPUT_HOOK, reason=f"prerouting placement only: {what}: --steer-hook input "
+                              "takes packets after the filter chains, as kernel IPVS: see docs/firewall.md")
 
 
 def elements(host: Host, kind: str, queue: int = QUEUE_NUM, missing_ok: bool = False) -> set[str]:
@@ -131,8 +141,8 @@ def damages() -> dict[str, Damage]:
     q, t = QUEUE_NUM, table(QUEUE_NUM)
     if NFTABLES:
         return {
-            "chain flushed": (_run(NFT, "flush", "chain", "ip", t, "pre"), f"nft {t} pre holds 0 rules"),
-            "jump deleted": (_run(NFT, "delete", "chain", "ip", t, "pre"), f"nft chain {t} pre gone"),
+            "chain flushed": (_run(NFT, "flush", "chain", "ip", t, FIRST_CHAIN), f"nft {t} {FIRST_CHAIN} holds 0 rules"),
+            "jump deleted": (_run(NFT, "delete", "chain", "ip", t, FIRST_CHAIN), f"nft chain {t} {FIRST_CHAIN} gone"),
             "set flushed": (_run(NFT, "flush", "set", "ip", t, "svc"), f"nft set {t} svc holds 0 of its 1 elements"),
             # `nft -f` of a ruleset file that starts with `flush ruleset` (e.g. nftables.service)
             "raw table reloaded": (_run(NFT, "flush", "ruleset"), f"nft table ip {t} gone"),

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from conftest import SEED_RULESET, running_lbd
 from packet_source import AFXDP, xdp_keys
-from steering import NFTABLES, dump, elements
+from steering import NFTABLES, dump, elements, prerouting_only
 
 from lb.testbed import client
 from lb.testbed.topology import Host, Topology
@@ -404,6 +404,8 @@ def test_seed_ruleset_everywhere_connections_close_cleanly(
     assert any(quoted_dport(p) == CONTROL_PORT for p in seen[rs1.name]), f"capture missed the control ICMP on {rs1.name}: {everything}"
 
 
+@prerouting_only("hand-backs are UNTRACKED there; after routing conntrack has seen them and the seed ruleset "
+                 "accepts them (the stack answers with a RST)")
 def test_connection_older_than_lbd_meets_the_seed_ruleset_unless_removed_first(topo: Topology, http: HttpHelper) -> None:
     """Why the test above starts with `clean_start`: a client connection forwarded by an earlier lbd
     is unknown to the next one, which hands its segments back (reason no_conn; kernel IPVS: NF_ACCEPT
@@ -458,6 +460,8 @@ def test_connection_older_than_lbd_meets_the_seed_ruleset_unless_removed_first(t
         directory.rmdir()
 
 
+@prerouting_only("the notrack rules before conntrack; after routing, balanced packets leave no conntrack entry "
+                 "(tests/netns/test_nft_steer_input.py shows it)")
 def test_lbd_rules_say_balanced_flows_are_untracked(topo: Topology, lbd: Lbd, seed_firewall: dict[str, Any]) -> None:
     """lbd's raw rules untrack the service (and its own raw-socket packets) by default."""
     lbd.lbadm("-A", "-t", f"{topo.vip}:{HTTP_PORT}", "-s", "rr")
