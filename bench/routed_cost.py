@@ -33,6 +33,13 @@ Cases, alternated within each repetition (the order rotates, so drift is shared)
 - `rules@REV` (`--routed-rules-from REV`): the same with lb/iptables.py of git revision REV (e.g. the
   layout before a change), the sets unchanged: before/after in one run.
 - `lbd`: a running C lbd (pinned to the DUT CPU) with the configuration: adds its control plane.
+- `lbd-nft`: lbd with `--steering nftables` (its table's base chain at prerouting: every routed
+  packet meets it). `lbd-nft-in`: with `--steer-hook input` as well (kernel IPVS's placement: input,
+  and forward while NAT real servers exist, so here routed packets meet the forward chain's first
+  rule); `lbd-nft-in-dr`: the same without the NAT service (no hook of lbd's on the routed path).
+- Probes, no lbd (nft tables of the bench's own, to split a cost): `nft-hook` (an empty base chain
+  at prerouting), `nft-defrag` (the reassembly hook alone), `nft-first` / `nft-full` (the first
+  rule; plus the reassembly rule), `nft-fwd` (input + forward chains as `lbd-nft-in` has them).
 
 Configuration (`--routed-services N`): the measured DR service VIP:80 -> rs1, N-1 filler services
 (bench/steer_scale.filler), and one NAT service 10.250.255.1:8080 -> rs1:8080, so that every
@@ -56,6 +63,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,7 +82,9 @@ TITLE = "Traffic routed through the director, not for a service, at a fixed rate
 NEEDS_ROOT = True
 TARGET_RATIO = 1.10
 # issue 15 item 1: lbd's rules, lbd running, and lbd running with --steering nftables, against no lbd
-TARGET_CASES = ("rules", "lbd", "lbd-nft")
+TARGET_CASES = ("rules", "lbd", "lbd-nft", "lbd-nft-in", "lbd-nft-in-dr")
+DEFAULT_CASES = "bare,rules,lbd,lbd-nft,lbd-nft-in,lbd-nft-in-dr"
+NFT_CASES = ("lbd-nft", "lbd-nft-in", "lbd-nft-in-dr")
 USER_HZ = os.sysconf("SC_CLK_TCK")
 NAT_VIP = "10.250.255.1"
 NAT_PORT = 8080
@@ -182,16 +192,19 @@ def rotate(cases: list[str], rep: int) -> list[str]:
 # --------------------------------------------------------------------------- configuration
 
 
-def config_requests(bed: pps.Bed, services: int) -> list[tuple[str, dict[str, Any]]]:
-    """The requests building the configuration (module doc), for lbd and for lb.director alike."""
+def config_requests(bed: pps.Bed, services: int, nat: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """The requests building the configuration (module doc), for lbd and for lb.director alike;
+    `nat`=False leaves the NAT service out (case lbd-nft-in-dr)."""
     reqs: list[tuple[str, dict[str, Any]]] = [("add_service", steer_scale.filler(i, bed.vip))
                                               for i in range(services - 1)]
     svc = {"proto": "tcp", "addr": bed.vip, "port": pps.PORT}
-    nat = {"proto": "tcp", "addr": NAT_VIP, "port": NAT_PORT}
+    nat_svc = {"proto": "tcp", "addr": NAT_VIP, "port": NAT_PORT}
     reqs += [("add_service", {**svc, "sched": "rr"}),
-             ("add_dest", {"service": svc, "dest": {"addr": bed.rs_addr, "port": pps.PORT, "fwd": "route", "weight": 1}}),
-             ("add_service", {**nat, "sched": "rr"}),
-             ("add_dest", {"service": nat, "dest": {"addr": bed.rs_addr, "port": NAT_PORT, "fwd": "masq", "weight": 1}})]
+             ("add_dest", {"service": svc, "dest": {"addr": bed.rs_addr, "port": pps.PORT, "fwd": "route", "weight": 1}})]
+    if nat:
+        reqs += [("add_service", {**nat_svc, "sched": "rr"}),
+                 ("add_dest", {"service": nat_svc, "dest": {"addr": bed.rs_addr, "port": NAT_PORT, "fwd": "masq",
+                                                            "weight": 1}})]
     return reqs
 
 
@@ -319,12 +332,34 @@ def nft_full_script(addrs: set[str], natrip: set[str]) -> str:
                                             "    ip daddr != @addr ip saddr != @natrip return; goto go; }\n")
 
 
+def nft_hook_script(addrs: set[str], natrip: set[str]) -> str:
+    """`nft-hook`: an empty base chain at raw's priority: what hooking prerouting alone costs."""
+    return _nft_probe_script(addrs, natrip, "  chain pre { type filter hook prerouting priority -300; }\n")
+
+
+def nft_defrag_script(addrs: set[str], natrip: set[str]) -> str:
+    """`nft-defrag`: no base chain; a never-reached `tproxy` rule, so only the reassembly hook."""
+    return _nft_probe_script(addrs, natrip, "  chain go { meta l4proto tcp tproxy to 127.0.0.1:1; }\n")
+
+
+def nft_fwd_script(addrs: set[str], natrip: set[str]) -> str:
+    """`nft-fwd`: what steering at local-in and forward would cost a routed packet: a base chain at
+    forward testing the NAT real servers' set (replies), an input chain routed traffic never meets."""
+    return _nft_probe_script(addrs, natrip,
+                             "  chain lin { type filter hook input priority 99; ip daddr != @addr return; accept; }\n"
+                             "  chain lfwd { type filter hook forward priority 99; ip saddr != @natrip return; accept; }\n")
+
+
+NFT_PROBES = {"nft-first": nft_first_script, "nft-full": nft_full_script, "nft-hook": nft_hook_script,
+              "nft-defrag": nft_defrag_script, "nft-fwd": nft_fwd_script}
+
+
 @contextlib.contextmanager
-def nft_first(bed: pps.Bed, steering: Any, nft: list[str], full: bool = False) -> Iterator[None]:
+def nft_first(bed: pps.Bed, steering: Any, nft: list[str], case: str = "nft-first") -> Iterator[None]:
     from lb import ipsets as ips
 
     el = steering.elements()
-    script = (nft_full_script if full else nft_first_script)(el[ips.ADDR], el[ips.NATRIP])
+    script = NFT_PROBES[case](el[ips.ADDR], el[ips.NATRIP])
     try:
         bed.director.exec([*nft, "-f", "-"], input=script)
         yield
@@ -334,12 +369,12 @@ def nft_first(bed: pps.Bed, steering: Any, nft: list[str], full: bool = False) -
 
 @contextlib.contextmanager
 def running_lbd(bed: pps.Bed, reqs: list[tuple[str, dict[str, Any]]], dut_cpu: int | None,
-                nft_dir: str | None = None) -> Iterator[Lbd]:
+                nft_dir: str | None = None, hook: str = "prerouting") -> Iterator[Lbd]:
     """lbd running with the configuration; with `nft_dir` (a directory holding `nft`, "" for PATH's)
-    lbd steers with --steering nftables (case lbd-nft)."""
+    lbd steers with --steering nftables (case lbd-nft), at `hook` (--steer-hook: lbd-nft-in)."""
     nft = nft_dir is not None
     lbd = Lbd(bed.director, "c", cpu=dut_cpu, conn_max=pps.CONN_MAX_C, nice=bed.nice,
-              extra=["--steering", "nftables"] if nft else (),
+              extra=["--steering", "nftables", "--steer-hook", hook] if nft else (),
               env={"PATH": f"{nft_dir}:{os.environ.get('PATH', '')}"} if nft_dir else None)
     try:
         lbd.start()
@@ -499,6 +534,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {gen_cpu})  # this driver and its subprocesses stay off the DUT CPU
     cases = [c for c in args.routed_cases.split(",") if c]
+    nft_found = shutil.which(os.path.join(args.routed_nft_dir, "nft") if args.routed_nft_dir else "nft")
+    if not nft_found and any(c in NFT_CASES for c in cases):
+        log(f"routed: nft not found, leaving out {', '.join(c for c in cases if c in NFT_CASES)}")
+        cases = [c for c in cases if c not in NFT_CASES]
     if args.routed_rules_from:
         cases.append(f"rules@{args.routed_rules_from}")
     modules = {c: iptables_module(c.split("@", 1)[1] if "@" in c else None) for c in cases if c.startswith("rules")}
@@ -514,6 +553,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["config"]["rps"] = bed.rps
         tr = pps.make_traffic(bed, Path(tmpd), "est", bed.rs_addr)
         reqs = config_requests(bed, args.routed_services)
+        dr_reqs = config_requests(bed, args.routed_services, nat=False)
         steering = steering_of(reqs)
         if pps.functional_check(bed, tr):
             raise LbdError("routed traffic does not reach rs1 on the bare director")
@@ -522,10 +562,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ctx: Any = (contextlib.nullcontext() if case == "bare" else
                             running_lbd(bed, reqs, dut_cpu) if case == "lbd" else
                             running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir) if case == "lbd-nft" else
+                            running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir, "input") if case == "lbd-nft-in" else
+                            running_lbd(bed, dr_reqs, dut_cpu, args.routed_nft_dir, "input")
+                            if case == "lbd-nft-in-dr" else
                             partial_rules(bed, case) if case in PARTIAL else
                             first_rule_only(bed, steering) if case == "raw-first" else
-                            nft_first(bed, steering, shlex.split(args.routed_nft), case == "nft-full")
-                            if case in ("nft-first", "nft-full") else
+                            nft_first(bed, steering, shlex.split(args.routed_nft), case)
+                            if case in NFT_PROBES else
                             rules_only(bed, modules[case], steering, "iptables-legacy")
                             if case == "rules-legacy" else
                             rules_only(bed, modules[case], steering))
@@ -589,10 +632,12 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--routed-repeats", type=int, default=None, help="routed: repetitions of every case (default 3; "
                     "quick 2)")
     ap.add_argument("--routed-services", type=int, default=1, help="routed: DR services configured (default 1)")
-    ap.add_argument("--routed-cases", default="bare,rules,lbd",
+    ap.add_argument("--routed-cases", default=DEFAULT_CASES,
                     help="routed: comma-separated, of bare, rules, lbd; the steps raw-empty, raw-comment, raw-go, raw-first; "
-                         "nft-first, nft-full (need nft); lbd-nft (lbd --steering nftables: nft on PATH or in "
-                         "--routed-nft-dir); rules-legacy (iptables-legacy) (default bare,rules,lbd)")
+                         "nft-first, nft-full, nft-hook, nft-defrag, nft-fwd (probes; need nft); lbd-nft (lbd "
+                         "--steering nftables: nft on PATH or in --routed-nft-dir), lbd-nft-in (the same with "
+                         "--steer-hook input), lbd-nft-in-dr (that without the NAT service); rules-legacy "
+                         f"(iptables-legacy) (default {DEFAULT_CASES}; the nft ones only where nft is found)")
     ap.add_argument("--routed-nft-dir", default="", metavar="DIR",
                     help="routed: a directory holding the `nft` lbd runs for lbd-nft (default: lbd's PATH)")
     ap.add_argument("--routed-nft", default="nft", help="routed: the nft command for nft-first (default nft)")
