@@ -40,8 +40,8 @@ A native `socket transparent` rule does not: nft_socket never enables reassembly
 with fragmented UDP: raw prerouting still saw every fragment with it, none with the tproxy rule).
 
 `--steer-hook input` (docs/firewall.md): the same tests where kernel IPVS takes packets, so that
-routed traffic meets no hook of lbd's at all (an empty base chain on the routed path alone costs a
-routed packet about what the whole `pre` does): `input` (hook input, priority mangle - 1: after
+routed traffic meets no hook of lbd's at all (an empty base chain at prerouting alone cost a routed
+packet 0.98-1.12x, `pre` 1.15-1.22x: bench/results/2026-12-06-steer-hook-input.md): `input` (hook input, priority mangle - 1: after
 routing, before the firewall's INPUT rules) holds `pre`'s rules for local destinations, `forward`
 (hook forward, the same priority) the
 NAT-reply rules and exists only while NAT real servers do (with `defrag`, the tproxy rule, which is
