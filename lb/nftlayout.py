@@ -59,16 +59,10 @@ def from_nft(text: str) -> str:
     return out + (f",{parts[3]}" if len(parts) > 3 else "")
 
 
-def chain_rules() -> list[str]:
-    """`pre`'s rules after its hook line, as `nft list` prints them: lb.iptables.chain_rules in
-    nft's words (same order, same reasons)."""
-    local = "fib daddr type != local"
+def _local_rules() -> list[str]:
+    """The rules for packets to a VIP or local address: the pre-filter, then services (with ports,
+    port-less TCP/UDP), ICMP to them, FULLNAT replies."""
     return [
-        "ip daddr != @addr ip saddr != @natrip return",
-        f"ip saddr . meta l4proto . th sport @nat {local} jump {GO}",
-        f"meta l4proto icmp ip saddr @natrip {local} jump {GO}",
-        f"meta l4proto tcp ip saddr @nattcp0 {local} jump {GO}",
-        f"meta l4proto udp ip saddr @natudp0 {local} jump {GO}",
         "ip daddr != @addr return",
         f"ip daddr . meta l4proto . th dport @svc jump {GO}",
         f"meta l4proto tcp ip daddr @tcp0 jump {GO}",
@@ -78,6 +72,25 @@ def chain_rules() -> list[str]:
         f"meta l4proto tcp ip saddr @fnattcp0 jump {GO}",
         f"meta l4proto udp ip saddr @fnatudp0 jump {GO}",
     ]
+
+
+def _nat_reply_rules(routed: str, icmp_from: str) -> list[str]:
+    """NAT replies (real server -> client) by RIP.proto.rport, ICMP from a NAT real server, port-less
+    NAT real servers; `routed`: the test that the packet is routed (none in the forward hook),
+    `icmp_from`: the ICMP rule's source test (none where natrip was tested first)."""
+    return [
+        f"ip saddr . meta l4proto . th sport @nat{routed} jump {GO}",
+        f"meta l4proto icmp{icmp_from}{routed} jump {GO}",
+        f"meta l4proto tcp ip saddr @nattcp0{routed} jump {GO}",
+        f"meta l4proto udp ip saddr @natudp0{routed} jump {GO}",
+    ]
+
+
+def chain_rules() -> list[str]:
+    """`pre`'s rules after its hook line, as `nft list` prints them: lb.iptables.chain_rules in
+    nft's words (same order, same reasons)."""
+    return ["ip daddr != @addr ip saddr != @natrip return",
+            *_nat_reply_rules(" fib daddr type != local", " ip saddr @natrip"), *_local_rules()]
 
 
 def defrag_rule(queue_num: int) -> str:
@@ -96,28 +109,13 @@ def out_rules(queue_num: int, track: bool) -> list[str]:
 def input_rules() -> list[str]:
     """`input`'s rules (--steer-hook input): what `pre` tests of packets to a VIP or local address,
     met only by packets routed to this host (routed traffic never reaches the input hook)."""
-    return [
-        "ip daddr != @addr return",
-        f"ip daddr . meta l4proto . th dport @svc jump {GO}",
-        f"meta l4proto tcp ip daddr @tcp0 jump {GO}",
-        f"meta l4proto udp ip daddr @udp0 jump {GO}",
-        f"meta l4proto icmp jump {GO}",
-        f"ip saddr . meta l4proto . th sport . ip daddr @fnat jump {GO}",
-        f"meta l4proto tcp ip saddr @fnattcp0 jump {GO}",
-        f"meta l4proto udp ip saddr @fnatudp0 jump {GO}",
-    ]
+    return _local_rules()
 
 
 def forward_rules() -> list[str]:
     """`forward`'s rules (--steer-hook input, only while NAT real servers exist): NAT replies, which
     are routed to clients (the forward hook implies `fib daddr type != local`)."""
-    return [
-        "ip saddr != @natrip return",
-        f"ip saddr . meta l4proto . th sport @nat jump {GO}",
-        f"meta l4proto icmp jump {GO}",
-        f"meta l4proto tcp ip saddr @nattcp0 jump {GO}",
-        f"meta l4proto udp ip saddr @natudp0 jump {GO}",
-    ]
+    return ["ip saddr != @natrip return", *_nat_reply_rules("", "")]
 
 
 # --steer-hook input: the input (and forward) hook where kernel IPVS takes packets, but first in it, before

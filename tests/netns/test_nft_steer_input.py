@@ -15,30 +15,22 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import LBADM, NFT, QUEUE_NUM, Lbd, running_lbd
+from conftest import LBADM, NFT, Lbd, running_lbd
 from netns_traffic import answering, serve_http
-from packet_source import AFXDP
+from test_nft_steering import PORT, TABLE, TIMEOUT_S, nfq_packets, nft, served  # type: ignore[import-not-found]
+from test_nft_steering import pytestmark as nft_marks
 
 from lb.testbed import client
 from lb.testbed.topology import Topology, enter_netns, fullnat_spec
 
-pytestmark = [
-    pytest.mark.skipif(not Path(NFT).exists() and shutil.which(NFT) is None,
-                       reason=f"nft not found ({NFT}): install nftables or set LB_TEST_NFT"),
-    pytest.mark.skipif(AFXDP, reason="--steering nftables is refused with --packet-source afxdp"),
-]
-
-PORT = 8080  # the real servers' httpd (fullnat_spec topology: they route through the director)
+pytestmark = nft_marks  # nft must be there; not with --packet-source afxdp
 ARGS = ["--steering", "nftables", "--steer-hook", "input"]
-TABLE = f"lbd-q{QUEUE_NUM}"
-TIMEOUT_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +46,6 @@ def itopo() -> Iterator[Topology]:
 def ilbd(itopo: Topology) -> Iterator[Lbd]:
     with running_lbd(itopo, "c", args=list(ARGS)) as d:
         yield d
-
-
-def nft(t: Topology, *args: str, check: bool = True) -> str:
-    proc = t.director.exec([NFT, *args], check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"nft {' '.join(args)}: {proc.returncode} {proc.stderr}")
-    return proc.stdout
 
 
 def chains(t: Topology) -> dict[str, str]:
@@ -93,15 +78,6 @@ def fullnat_service(lbd: Lbd, t: Topology, vport: int = 81) -> None:
     for rs in t.reals:
         lbd.lbadm("-a", "-t", f"{t.vip}:{vport}", "-r", f"{rs.addr}:{PORT}", "-b", "-w", "1")
     lbd.wait_resolved()
-
-
-def served(t: Topology, n: int, port: int = 80, addr: str | None = None) -> list[str]:
-    replies = client.fresh_gets(t.client.netns, addr or t.vip, port, n, timeout=3.0)
-    return [r.server or f"error: {r.error}" for r in replies]
-
-
-def nfq_packets(lbd: Lbd) -> int:
-    return int(lbd.ok("counters")["nfq"]["packets"])
 
 
 def lbd_hooks(t: Topology) -> list[str]:
