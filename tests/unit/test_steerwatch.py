@@ -282,3 +282,11 @@ def test_the_channel_closes_its_socket_on_a_timeout_and_answers_none(monkeypatch
     monkeypatch.setattr(sw, "_CHANNEL", chan)
     assert sw.ipset_counts() is None
     assert fake.closed and chan.sock is None  # the next request opens a new socket
+
+
+def test_watch_period_is_half_a_second_under_nfqueue_and_a_second_for_the_afxdp_fallback() -> None:
+    # issue 16: damage noticed within a second; the periods share lb/periodic.py's grid (divide 2 s)
+    assert sw.watch_period_s(False) == sw.WATCH_TICK_S == 0.5
+    assert sw.watch_period_s(True) == sw.WATCH_TICK_AFXDP_S == 1.0
+    for period in (sw.watch_period_s(False), sw.watch_period_s(True)):
+        assert period <= 1.0 and (2.0 / period).is_integer()
