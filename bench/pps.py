@@ -440,6 +440,9 @@ def trial(p: Path_, tr: Traffic, rate: float, window: float) -> dict[str, Any]:
         busiest = max(threads, key=lambda t: sum(threads[t]))
         pkt_user, pkt_sys = threads[busiest]
         other = sum(sum(v) for t, v in threads.items() if t != busiest)
+        # Which thread that was: under the XDP fast path the packet threads have next to nothing to do,
+        # and the busiest can be the control plane's event loop (tid = pid: "main").
+        res["pkt_thread"] = thread_name(getattr(p, "lbd_pid", None), busiest)
     busy = ticks.get("busy")
     if busy is not None and ticks.get("filler"):
         busy = max(busy - ticks["filler"], 0)  # the SCHED_IDLE spinner's time is nobody's work
@@ -449,6 +452,16 @@ def trial(p: Path_, tr: Traffic, rate: float, window: float) -> dict[str, Any]:
                         "not_idle": ticks.get("not_idle")}
     res.update(dut_fields(res["cpu_ticks"], rx))
     return res
+
+
+def thread_name(pid: int | None, tid: str) -> str:
+    """"main" for lbd's main thread (its event loop), else the thread's name (lbd-xsk0, lbd-nfq0, ...)."""
+    if pid is not None and tid == str(pid):
+        return "main"
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() or tid
+    except OSError:
+        return tid
 
 
 def dut_fields(t: dict[str, Any], rx: int) -> dict[str, Any]:

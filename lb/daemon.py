@@ -404,11 +404,12 @@ async def run(args: argparse.Namespace) -> int:
             tasks.append(asyncio.ensure_future(periodic.run_every(SNAPSHOT_EVERY_S, _snapshot_tick(saver),
                                                                   "saving state", log)))
         if rules is not None:
-            from lb.steerwatch import WATCH_TICK_S, SteeringWatch, generation_source, set_counts_source
+            from lb.steerwatch import SteeringWatch, generation_source, set_counts_source, watch_period_s
 
+            watch_s = watch_period_s(xdp is not None)  # under afxdp: its NFQUEUE fallback's rules
             watch = SteeringWatch(rules, director.steering, generation_source(rules),
-                                  set_counts=set_counts_source(rules))
-            tasks.append(asyncio.ensure_future(periodic.run_every(WATCH_TICK_S, watch.tick,
+                                  set_counts=set_counts_source(rules), period_s=watch_s)
+            tasks.append(asyncio.ensure_future(periodic.run_every(watch_s, watch.tick,
                                                                   "checking lbd's steering rules", log)))
         try:
             await stop.wait()

@@ -1,11 +1,12 @@
 """lbd's periodic work on one grid of its event loop's clock.
 
-Every periodic loop of lbd (steering watch 0.5 s, forwarding-state re-checks 1 s, rate estimation and
-state snapshots 2 s) sleeps to the next multiple of its period on `loop.time()`. The periods divide
-each other, so the loops that are due together wake together: one event-loop wake-up per 0.5 s
-instead of one per loop and tick. Each wake-up has a fixed cost that has nothing to do with the work
-(the poll system call, timer reprogramming, a context switch, the event loop's bookkeeping): small on
-a host, ~ms in an emulated guest, where it was most of lbd's CPU when idle (issue 19).
+Every periodic loop of lbd (steering watch 0.5 s, 1 s under --packet-source afxdp, forwarding-state
+re-checks 1 s, rate estimation and state snapshots 2 s) sleeps to the next multiple of its period on
+`loop.time()`. The periods divide each other, so the loops that are due together wake together: one
+event-loop wake-up per 0.5 s (per second under afxdp) instead of one per loop and tick. Each wake-up
+has a fixed cost that has nothing to do with the work (the poll system call, timer reprogramming, a
+context switch, the event loop's bookkeeping): small on a host, ~ms in an emulated guest, where it was
+most of lbd's CPU when idle (issue 19).
 
 The loops sleep with a plain `asyncio.sleep` and are cancelled at shutdown: the previous
 `asyncio.wait_for(stop.wait(), timeout=...)` created a task, a timeout handle and a cancellation per

@@ -190,8 +190,12 @@ static uint64_t fp_credit_flow(struct lb_fp *fp, lb_t *lb, struct lb_conn *c, co
             d->svc->stats.inbytes += db;
         }
     }
-    __atomic_fetch_add(&lb->counters[LB_R_FORWARDED], dp, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&fp->credited, dp, __ATOMIC_RELAXED);
+    if (fp->batching) {
+        fp->batch_packets += dp;
+    } else {
+        __atomic_fetch_add(&lb->counters[LB_R_FORWARDED], dp, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&fp->credited, dp, __ATOMIC_RELAXED);
+    }
     if (c->state == LB_S_ESTABLISHED) { /* the timer restarts from the flow's last packet, as lb_process would */
         uint64_t t = v->last_seen_ns / 1000000u + lb->timeouts_ms[LB_S_ESTABLISHED];
         if (t > c->expires_ms)
@@ -370,7 +374,10 @@ static int fp_on_report(void *ctx, void *data, size_t size)
             fp_credit_flow(fp, lb, c, &v);
             fp_watch(fp, r.conn_slot);
             fp->credit[r.conn_slot].recorded = 1;
-            __atomic_fetch_add(&fp->from_records, 1, __ATOMIC_RELAXED);
+            if (fp->batching)
+                fp->batch_records++;
+            else
+                __atomic_fetch_add(&fp->from_records, 1, __ATOMIC_RELAXED);
             return 0;
         }
     }
@@ -444,12 +451,27 @@ uint64_t lb_xsk_fp_due_locked(struct lb_xdp *x, lb_t *lb, uint64_t now)
     return due;
 }
 
+/* The tick's sums (batching, struct lb_fp) to the shared counters; under lb->lock, before it is released. */
+static void fp_batch_end(struct lb_fp *fp, lb_t *lb)
+{
+    if (fp->batch_packets) {
+        __atomic_fetch_add(&lb->counters[LB_R_FORWARDED], fp->batch_packets, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&fp->credited, fp->batch_packets, __ATOMIC_RELAXED);
+    }
+    if (fp->batch_records)
+        __atomic_fetch_add(&fp->from_records, fp->batch_records, __ATOMIC_RELAXED);
+    fp->batch_packets = 0;
+    fp->batch_records = 0;
+    fp->batching = 0;
+}
+
 void lb_xsk_fp_tick(struct lb_xdp *x, lb_t *lb)
 {
     struct lb_fp *fp = &x->fp;
     if (fp_tick_idle(fp, lb, lb_adapter_now_ms()))
         return;
     pthread_mutex_lock(&lb->lock);
+    fp->batching = 1;
     if (lb->sync_on && !fp->sync_cleared) {
         /* The sync master decides per packet what to send (sync.c): no flow may bypass the core. */
         for (uint32_t i = 1; i < lb->hwm && i < fp->conn_slots; i++)
@@ -487,6 +509,7 @@ void lb_xsk_fp_tick(struct lb_xdp *x, lb_t *lb)
         }
         fp->nwatch = kept;
     }
+    fp_batch_end(fp, lb);
     pthread_mutex_unlock(&lb->lock);
 }
 

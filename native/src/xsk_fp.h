@@ -49,6 +49,11 @@ struct lb_fp {
     int sync_cleared;                      /* flows removed for the running sync master */
     uint64_t installed, removed, refused, credited, stale;
     uint64_t from_records;                 /* records credited without a lookup */
+    /* While the tick holds lb->lock (batching set), what it credits is summed here and added to the
+     * shared counters (forwarded, credited, from_records: atomics the control plane reads) once, before
+     * it lets go of the lock: one locked add per pass, not three per record. */
+    int batching;
+    uint64_t batch_packets, batch_records;
     struct lb_wake wake;                   /* the tick's thread: woken when the ring must be read sooner than
                                               it meant to (many flows installed) or the sync master changed */
 };

@@ -917,6 +917,42 @@ static int wake_check(void)
     return bad;
 }
 
+/* Keys the timers' own lb_conn_tick refreshes (lb_timer_next, before the expiry tick looks) start the
+ * expiry's 100 ms window as a run would: two entries whose keys lag (their packets pushed the expiry
+ * later) and come due 5 ms apart: after the first one's refresh the thread sleeps the window, not
+ * until the second key (it slept 1 ms at a time through a burst of such keys). */
+static int window_check(void)
+{
+    lb_t *lb = new_lb();
+    int bad = 0;
+    struct lb_adapter_wait w = {.efd = -1};
+    uint8_t pkt[64];
+    struct lb_action a;
+    lb_set_timeouts(lb, 0, 0, 1);
+    uint64_t now = lb_adapter_now_ms();
+    lb_expire(lb, now - 1000, 0); /* the schedulers see the clock: their next check 60 s on */
+    uint32_t len = make_packet(pkt, LB_PROTO_UDP, 0xc0000601u, 6000, 80, 0);
+    bad |= process_checked(lb, pkt, len, now - 995); /* key: now + 5 */
+    bad |= process_checked(lb, pkt, len, now); /* expiry: now + 1000, the key lags */
+    len = make_packet(pkt, LB_PROTO_UDP, 0xc0000602u, 6001, 80, 0);
+    bad |= process_checked(lb, pkt, len, now - 990); /* key: now + 10 */
+    bad |= process_checked(lb, pkt, len, now);
+    w.last_expire_ms = now - 1000;
+    int ms = sleep_ms(lb, &w, now, 3600 * 1000);
+    bad |= check(ms > 0 && ms <= 5, "asleep until the first lagging key");
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = 6 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    uint64_t t = lb_adapter_now_ms();
+    while (lb_timer_next(lb, t, out_buf, sizeof(out_buf), &a)) /* its lb_conn_tick refreshes the first key */
+        ;
+    lb_adapter_expire_tick(lb, &w);
+    bad |= check(lb_conn_count(lb) == 2, "lagging keys are refreshed, their entries stay");
+    bad |= check(w.last_expire_ms >= t, "a key due within the window starts it");
+    bad |= check(sleep_ms(lb, &w, t, 3600 * 1000) >= 90, "then asleep for the window, not until the next key");
+    lb_free(lb);
+    return bad;
+}
+
 static int locality_churn(long n)
 {
     lb_t *lb = new_lb();
@@ -1273,6 +1309,7 @@ static int cmd_churn(long rounds)
     bad |= sync_rule_check();
     bad |= fastpath_check();
     bad |= wake_check();
+    bad |= window_check();
     bad |= pressure_churn(rounds * 4);
     bad |= growth_churn(512 + rounds); /* past 256 services and VIPs: both hashes grow */
     printf("churned %ld rounds: %s\n", rounds, bad ? "FAILED" : "ok");

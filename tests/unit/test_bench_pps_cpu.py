@@ -64,3 +64,21 @@ def test_xdp_fwd_program_builds_for_a_topology(tmp_path: Path) -> None:
     assert xdp_fwd._mac_bytes("02:00:0a:0b:0c:0d") == "0x02,0x00,0x0a,0x0b,0x0c,0x0d"
     obj = xdp_fwd.build(tmp_path / "xdp_fwd.o", 7, "02:00:00:00:00:11", "02:00:00:00:00:01")
     assert obj.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_thread_name_says_main_for_the_process_and_reads_other_threads_names() -> None:
+    import threading
+
+    pid = os.getpid()
+    assert pps.thread_name(pid, str(pid)) == "main"
+    seen: list[tuple[str, str]] = []
+
+    def run() -> None:
+        own = Path("/proc/thread-self/comm").read_text().strip()
+        seen.append((own, pps.thread_name(pid, str(threading.get_native_id()))))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(5)
+    assert seen and seen[0][1] == seen[0][0] and seen[0][1] != "main"
+    assert pps.thread_name(pid, "999999999") == "999999999"  # gone (or never was): its id

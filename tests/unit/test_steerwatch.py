@@ -205,6 +205,17 @@ def test_set_header_parsing_reads_name_and_count_and_is_bounds_checked() -> None
     assert sw._set_header(body, 0, len(body)) == ("lbd-q0-svc", 10000)
     assert sw._set_header(body[:-3], 0, len(body) - 3) == ("lbd-q0-svc", None)  # cut short: no count
     assert sw._set_header(b"\x02\x00", 0, 2) == (None, None)
+    # the count after other attributes of the data (hashsize, memsize), and one too short to hold it
+    other = _nla(1 | 0x4000, struct.pack(">I", 1024)) + _nla(18 | 0x4000, struct.pack(">I", 4096))
+    body = _nla(sw.IPSET_ATTR_SETNAME, b"lbd-q0-addr\0") + _nla(sw.IPSET_ATTR_DATA | 0x8000, other + inner)
+    assert sw._set_header(body, 0, len(body)) == ("lbd-q0-addr", 10000)
+    short = _nla(sw.IPSET_ATTR_ELEMENTS, b"\x01\x02")
+    body = _nla(sw.IPSET_ATTR_SETNAME, b"lbd-q0-nat\0") + _nla(sw.IPSET_ATTR_DATA | 0x8000, other + short)
+    assert sw._set_header(body, 0, len(body)) == ("lbd-q0-nat", None)
+    # a header listing inside a larger datagram: only data[start:end] is read
+    body = _nla(sw.IPSET_ATTR_SETNAME, b"lbd-q0-svc\0") + _nla(sw.IPSET_ATTR_DATA | 0x8000, inner)
+    framed = b"\xff" * 8 + body + _nla(sw.IPSET_ATTR_SETNAME, b"other\0")
+    assert sw._set_header(framed, 8, 8 + len(body)) == ("lbd-q0-svc", 10000)
 
 
 class FakeNetlink:
@@ -271,3 +282,11 @@ def test_the_channel_closes_its_socket_on_a_timeout_and_answers_none(monkeypatch
     monkeypatch.setattr(sw, "_CHANNEL", chan)
     assert sw.ipset_counts() is None
     assert fake.closed and chan.sock is None  # the next request opens a new socket
+
+
+def test_watch_period_is_half_a_second_under_nfqueue_and_a_second_for_the_afxdp_fallback() -> None:
+    # issue 16: damage noticed within a second; the periods share lb/periodic.py's grid (divide 2 s)
+    assert sw.watch_period_s(False) == sw.WATCH_TICK_S == 0.5
+    assert sw.watch_period_s(True) == sw.WATCH_TICK_AFXDP_S == 1.0
+    for period in (sw.watch_period_s(False), sw.watch_period_s(True)):
+        assert period <= 1.0 and (2.0 / period).is_integer()
