@@ -23,7 +23,15 @@ from pathlib import Path
 import pytest
 from conftest import LBADM, NFT, Lbd, running_lbd
 from netns_traffic import answering, serve_http
-from test_nft_steering import PORT, TABLE, TIMEOUT_S, nfq_packets, nft, served  # type: ignore[import-not-found]
+from test_nft_steering import (  # type: ignore[import-not-found]
+    PORT,
+    TABLE,
+    TIMEOUT_S,
+    _connect,
+    nfq_packets,
+    nft,
+    served,
+)
 from test_nft_steering import pytestmark as nft_marks
 
 from lb.testbed import client
@@ -169,21 +177,6 @@ def test_a_stateful_input_firewall_never_sees_balanced_packets(ilbd: Lbd, itopo:
         assert "counter packets 0 bytes 0 reject" in rule, rule
     finally:
         nft(itopo, "delete", "table", "ip", "lbIfw", check=False)
-
-
-def _connect(t: Topology, port: int) -> str:
-    with enter_netns(t.client.netns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(1.5)
-    try:
-        s.connect((t.vip, port))
-        return "ok"
-    except ConnectionRefusedError:
-        return "refused"
-    except TimeoutError:
-        return "timeout"
-    finally:
-        s.close()
 
 
 def test_prerouting_rules_see_balanced_packets_first(ilbd: Lbd, itopo: Topology) -> None:
