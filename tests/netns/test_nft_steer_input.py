@@ -28,6 +28,7 @@ from test_nft_steering import (  # type: ignore[import-not-found]
     TABLE,
     TIMEOUT_S,
     _connect,
+    assert_routed_not_queued,
     nfq_packets,
     nft,
     served,
@@ -126,16 +127,7 @@ def test_routed_traffic_never_meets_the_queue(ilbd: Lbd, itopo: Topology) -> Non
     """The client talks to f1's own address through the director while a NAT service balances to f2
     and f3 (so the forward chain exists): lbd's queue sees none of it."""
     nat_service(ilbd, itopo, reals=["f2", "f3"])
-    f1 = itopo.reals[0]
-    route = [f"{f1.addr}/32", "via", itopo.director.iface("lan").addr]
-    itopo.client.ip("route", "replace", *route)
-    try:
-        before = nfq_packets(ilbd)
-        got = served(itopo, 5, port=PORT, addr=f1.addr)
-        assert got == [f1.name] * 5, got
-        assert nfq_packets(ilbd) == before
-    finally:
-        itopo.client.ip("route", "del", *route, check=False)
+    assert_routed_not_queued(ilbd, itopo)
 
 
 def test_balanced_flows_leave_no_conntrack_entry(ilbd: Lbd, itopo: Topology) -> None:

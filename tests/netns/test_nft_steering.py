@@ -140,19 +140,24 @@ def test_routed_traffic_never_meets_the_queue(nlbd: Lbd, ntopo: Topology) -> Non
     """The client talks to f1's own address through the director while a NAT service balances to f2
     and f3: lbd's queue sees none of it."""
     nat_service(nlbd, ntopo, reals=["f2", "f3"])
-    f1 = ntopo.reals[0]
-    route = [f"{f1.addr}/32", "via", ntopo.director.iface("lan").addr]
-    ntopo.client.ip("route", "replace", *route)
-    forwarding = ntopo.director.exec(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip()
-    ntopo.director.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    assert_routed_not_queued(nlbd, ntopo)
+
+
+def assert_routed_not_queued(lbd: Lbd, t: Topology) -> None:
+    """The client fetches from f1's own address, routed by the director: served, and nothing queued."""
+    f1 = t.reals[0]
+    route = [f"{f1.addr}/32", "via", t.director.iface("lan").addr]
+    t.client.ip("route", "replace", *route)
+    forwarding = t.director.exec(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip()
+    t.director.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
     try:
-        before = nfq_packets(nlbd)
-        got = served(ntopo, 5, port=PORT, addr=f1.addr)
+        before = nfq_packets(lbd)
+        got = served(t, 5, port=PORT, addr=f1.addr)
         assert got == [f1.name] * 5, got
-        assert nfq_packets(nlbd) == before
+        assert nfq_packets(lbd) == before
     finally:
-        ntopo.client.ip("route", "del", *route, check=False)
-        ntopo.director.exec(["sysctl", "-qw", f"net.ipv4.ip_forward={forwarding}"])
+        t.client.ip("route", "del", *route, check=False)
+        t.director.exec(["sysctl", "-qw", f"net.ipv4.ip_forward={forwarding}"])
 
 
 def test_balanced_flows_are_untracked(nlbd: Lbd, ntopo: Topology) -> None:
@@ -210,7 +215,8 @@ def test_kill_9_then_restart_cleans_up_and_exit_removes_only_lbds_table(ntopo: T
     exit removes it and nothing else (an operator's nft table and iptables rule stay)."""
     ntopo.director.exec([NFT, "-f", "-"], input="table ip lbNop {\n chain c {\n  counter\n }\n}\n")
     ntopo.director.exec(["iptables", "-A", "FORWARD", "-p", "udp", "--dport", "9", "-j", "ACCEPT"])
-    d = Lbd(ntopo, "c", args=list(NFT_ARGS))
+    # no state file: a snapshot landing before the kill would restore the service at the restart
+    d = Lbd(ntopo, "c", args=[*NFT_ARGS, "--state-dir", ""])
     try:
         d.start()
         nat_service(d, ntopo)
