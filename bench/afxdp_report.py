@@ -512,8 +512,8 @@ def render(data: dict[str, Any], analysis: str | None = None) -> str:
               "Zero-loss: the highest measured offered rate with < 0.1 % loss (bisection, bounded; generator-limited: "
               "the unpaced generator's own maximum passed, a lower bound). Overload: what arrived while the "
               "generator ran unpaced. CPU/pkt: director CPU per received packet at the zero-loss trial (the "
-              "overload trial when none passed): lbd's packet thread + the director CPU's softirq time (+ the NAPI "
-              "kthread under native XDP), at most "
+              "overload trial when none passed): all of lbd's threads (packet, timers, control plane) + the director "
+              "CPU's softirq time (+ the NAPI kthread under native XDP), at most "
               "that CPU's busy time (bench/pps.py dut_fields); at low rates the other tenants' softirq and CPU time on "
               "the director CPU weigh much (see the spread). CPU saturated: the same per delivered packet in the "
               "overload trial (the director CPU full: batches fullest, other tenants weigh least; an upper bound, "
@@ -547,7 +547,7 @@ def render(data: dict[str, Any], analysis: str | None = None) -> str:
              for mode in cfg["modes"] for traffic in cfg["traffic"] for system in ("c", "afxdp", *EXTRA)
              if any(r["system"] == system for r in data.get("results", []))]
     lines += ["lbd's packet thread (user, system), the director CPU's softirq time and (native XDP) the lan veth's "
-              "NAPI kthread, per packet at the zero-loss trial; thread + softirq can exceed the CPU/pkt figure, "
+              "NAPI kthread, per packet at the zero-loss trial (the CPU/pkt figure also counts lbd's other threads); thread + softirq can exceed the CPU/pkt figure, "
               "which is capped by the CPU's busy time (softirq work done in the thread's system call is charged "
               "to both). IPIs in: function-call and rescheduling interrupts the director CPU received (the "
               "generator's CPU handing it packets by RPS, or waking the NAPI kthread); IPIs out: those the "

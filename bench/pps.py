@@ -427,9 +427,10 @@ def trial(p: Path_, tr: Traffic, rate: float, window: float) -> dict[str, Any]:
     res["pass"] = tx > 0 and res["loss"] < LOSS_MAX
     # DUT CPU per packet (see dut_fields). Projected capacity = one core / that.
     ticks = {k: cpu1[k] - cpu0[k] for k in cpu1 if k in cpu0}
-    # lbd's threads: the busiest one in this trial is the packet thread (the C NFQUEUE thread,
-    # or the Python engine's loop); the others are the control plane (asyncio, resolver, ...),
-    # whose idle work must not count as per-packet cost.
+    # lbd's threads: the busiest one in this trial is named the packet thread (the C NFQUEUE thread,
+    # or the Python engine's loop; under the XDP fast path it can be the control plane's event loop);
+    # the others are reported as other_threads. The DUT figure counts ALL of them (dut_fields): the
+    # control plane's per-second work is lbd's cost too, and at a low fixed rate it weighs much.
     threads: dict[str, list[int]] = {}
     for k, v in ticks.items():
         if k.startswith("t") and k.endswith(("_user", "_sys")):
@@ -468,15 +469,19 @@ def dut_fields(t: dict[str, Any], rx: int) -> dict[str, Any]:
     """CPU cost per received packet on the DUT CPU, from a trial's tick deltas.
 
     Tick-based accounting charges softirq work done while a task runs to BOTH that task's
-    system time and the CPU's softirq time, so thread + softirq over-counts; the CPU's busy time
+    system time and the CPU's softirq time, so threads + softirq over-counts; the CPU's busy time
     also counts other load on that CPU (idle time on an unsaturated DUT CPU gets filled by
     other processes on this shared machine). The DUT cost is the smaller of the two upper
-    bounds: min(busy, packet thread + softirq).
+    bounds: min(busy, lbd's threads + softirq). lbd's threads are ALL of them: the packet thread
+    (the busiest), the NAPI kthread under native XDP, and the others (control plane, timers; until
+    2026-12-06 these were left out, which flattered lbd wherever its packet thread was not the
+    busiest one: the XDP fast path).
     """
     if rx <= 0:
         return {}
     us = 1e6 / CLK_TCK / rx
-    thread = (t.get("pkt_thread_user") or 0) + (t.get("pkt_thread_sys") or 0) + (t.get("napi") or 0)
+    thread = ((t.get("pkt_thread_user") or 0) + (t.get("pkt_thread_sys") or 0) + (t.get("napi") or 0)
+              + (t.get("other_threads") or 0))
     soft, busy = t.get("softirq") or 0, t.get("busy") or 0
     used = min(busy, thread + soft) if busy else thread + soft
     if used <= 0:

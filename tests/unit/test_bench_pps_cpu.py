@@ -82,3 +82,13 @@ def test_thread_name_says_main_for_the_process_and_reads_other_threads_names() -
     t.join(5)
     assert seen and seen[0][1] == seen[0][0] and seen[0][1] != "main"
     assert pps.thread_name(pid, "999999999") == "999999999"  # gone (or never was): its id
+
+
+def test_dut_fields_count_every_lbd_thread_not_only_the_busiest() -> None:
+    # Under the XDP fast path the busiest thread is the control plane's event loop; the packet and
+    # timers threads' ticks are lbd's cost as well (they were left out before 2026-12-06).
+    us_per_tick = 1e6 / pps.CLK_TCK
+    t = {"pkt_thread_user": 8, "pkt_thread_sys": 3, "other_threads": 2, "softirq": 19, "busy": 81}
+    out = pps.dut_fields(t, 40000)
+    assert out["dut_us_per_pkt"] == pytest.approx(32 * us_per_tick / 40000)
+    assert out["control_plane_us_per_pkt"] == pytest.approx(2 * us_per_tick / 40000)
