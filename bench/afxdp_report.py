@@ -547,7 +547,8 @@ def render(data: dict[str, Any], analysis: str | None = None) -> str:
              for mode in cfg["modes"] for traffic in cfg["traffic"] for system in ("c", "afxdp", *EXTRA)
              if any(r["system"] == system for r in data.get("results", []))]
     lines += ["lbd's packet thread (user, system), the director CPU's softirq time and (native XDP) the lan veth's "
-              "NAPI kthread, per packet at the zero-loss trial (the CPU/pkt figure also counts lbd's other threads); thread + softirq can exceed the CPU/pkt figure, "
+              "NAPI kthread, per packet at the zero-loss trial (the CPU/pkt figure also counts lbd's other threads); "
+              "thread + softirq can exceed the CPU/pkt figure, "
               "which is capped by the CPU's busy time (softirq work done in the thread's system call is charged "
               "to both). IPIs in: function-call and rescheduling interrupts the director CPU received (the "
               "generator's CPU handing it packets by RPS, or waking the NAPI kthread); IPIs out: those the "

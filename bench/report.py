@@ -185,7 +185,8 @@ def _pps(parts: dict[str, Any], targets: list[list[str]], plots: list[str], stem
         L.append(f"| {sk['system']} | {sk['mode']} | - | skipped: {sk['reason'][:300]} | | | | |")
     L += ["", "\"DUT CPU us/packet\" = CPU time on the DUT CPU (lbd pinned there, RPS steers the director's receive "
           "path there) per packet received, over the best passing trial: min(the CPU's busy time, all of lbd's threads "
-          "(the packet thread, its busiest, and the others) + the CPU's softirq time), both upper bounds (busy time includes other load on this "
+          "(the packet thread, its busiest, and the others) + the CPU's softirq time), both upper bounds "
+          "(busy time includes other load on this "
           "shared machine; with tick-based accounting softirq work done while the thread runs is charged to both its "
           "system time and softirq). The split in brackets: packet thread user / system / CPU softirq (overlapping). "
           "\"projected\" = 10^6 / DUT us: what one dedicated core would carry. It "
