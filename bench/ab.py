@@ -135,6 +135,9 @@ def guest_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 fixed, dropped = ab_cpurate.pair_ratios(results, lbd_sys, ref, mode, kind)
                 if fixed or dropped:  # --cpu-rate: the same offered rate for both (bench/ab_cpurate.py)
                     entry.update(cpu_fixed_ipvs_over_lbd=common.summarize(fixed), cpu_fixed_left_out=dropped)
+                    marginal, _ = ab_cpurate.pair_ratios(results, lbd_sys, ref, mode, kind, marginal=True)
+                    if marginal:  # runs with idle windows: the per-packet part alone
+                        entry["cpu_marginal_ipvs_over_lbd"] = common.summarize(marginal)
                 if lbd_sys != "lbd":
                     xzl, xcpu = _pair_ratios(results, lbd_sys, "lbd", mode, kind)
                     entry["afxdp_over_nfqueue"] = {"zero_loss": common.summarize(xzl),

@@ -16,6 +16,7 @@ to the zero-loss-trial figure and says so.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,12 +29,48 @@ SHORT = 0.95  # a fixed-rate trial offered below this fraction of its rate says 
 
 def measure(bed: pps.Bed, tr: pps.Traffic, rate: float, seconds: float) -> dict[str, Any]:
     """One paced trial at `rate` pps for `seconds` (bench/pps.py trial), marked lossy when it lost
-    >= LOSS_MAX; a failure is recorded, not raised (the search's figures stand without it)."""
+    >= LOSS_MAX, then the same window without traffic (idle_window: the fixed cost per second); a
+    failure is recorded, not raised (the search's figures stand without it)."""
     try:
         t = pps.trial(bed, tr, rate, seconds)
     except Exception as exc:  # noqa: BLE001 - recorded in the result
         return {"rate": rate, "seconds": seconds, "error": f"{type(exc).__name__}: {exc}"[:800]}
-    return {**t, "rate": rate, "seconds": seconds, "lossy": not t.get("pass")}
+    out = {**t, "rate": rate, "seconds": seconds, "lossy": not t.get("pass")}
+    try:
+        out["idle"] = idle_window(bed, seconds)
+    except Exception as exc:  # noqa: BLE001 - the fixed-rate figure stands without it
+        out["idle"] = {"error": f"{type(exc).__name__}: {exc}"[:400]}
+    return out
+
+
+def idle_window(bed: pps.Bed, seconds: float) -> dict[str, Any]:
+    """The system's cost with NO traffic for `seconds`, in CPU ms per second, accounted as a trial's
+    (bench/pps.py dut_fields: every lbd thread + the DUT CPU's softirq, at most its busy time): what
+    a system spends whatever the rate (lbd's control plane and timers; the guest's own softirq work
+    for every system). Its share of the fixed-rate figure is this over the rate; the rest is the
+    per-packet (marginal) cost: fixed_split()."""
+    a = bed.cpu_ticks()
+    time.sleep(seconds)
+    b = bed.cpu_ticks()
+    ticks = {k: b[k] - a[k] for k in b if k in a}
+    threads = sum(v for k, v in ticks.items() if k.startswith("t") and k.endswith(("_user", "_sys")))
+    threads += ticks.get("napi") or 0
+    soft, busy = ticks.get("softirq") or 0, ticks.get("busy")
+    used = min(busy, threads + soft) if busy else threads + soft
+    ms = 1e3 / pps.CLK_TCK / seconds
+    return {"seconds": seconds, "dut_ms_per_s": used * ms, "lbd_ms_per_s": threads * ms, "softirq_ms_per_s": soft * ms}
+
+
+def fixed_split(r: dict[str, Any] | None) -> tuple[float, float] | None:
+    """(idle cost in us per packet at the fixed rate, marginal us per packet = the fixed-rate figure minus
+    that) of result `r`; None without a usable fixed-rate trial and idle window."""
+    us = usable(r)
+    f = (r or {}).get("fixed_rate") or {}
+    idle = f.get("idle") or {}
+    if us is None or idle.get("dut_ms_per_s") is None or not f.get("rx_pps"):
+        return None
+    idle_us = float(idle["dut_ms_per_s"]) * 1e3 / float(f["rx_pps"])
+    return idle_us, us - idle_us
 
 
 def usable(r: dict[str, Any] | None) -> float | None:
@@ -71,10 +108,11 @@ def describe(results: Sequence[dict[str, Any]]) -> str:
 
 
 def pair_ratios(results: Sequence[dict[str, Any]], num: str, den: str, mode: str,
-                kind: str) -> tuple[list[float], list[str]]:
+                kind: str, marginal: bool = False) -> tuple[list[float], list[str]]:
     """Within each repetition, fixed-rate CPU per packet den/num (> 1: num cheaper), and the
     repetitions left out because a fixed-rate trial of either side lost packets or failed
-    ("rep 2: lbd-afxdp-fast lost 0.52 %")."""
+    ("rep 2: lbd-afxdp-fast lost 0.52 %"). `marginal`: the per-packet part only (fixed_split), from the
+    repetitions that have idle windows."""
     vals: list[float] = []
     dropped: list[str] = []
     for rep in sorted({r["rep"] for r in results}):
@@ -89,8 +127,12 @@ def pair_ratios(results: Sequence[dict[str, Any]], num: str, den: str, mode: str
         if bad:
             dropped.append(f"rep {rep + 1}: {', '.join(bad)}")
             continue
-        ua, ub = usable(a), usable(b)
-        if ua and ub:
+        if marginal:
+            sa, sb = fixed_split(a), fixed_split(b)
+            ua, ub = (sa[1] if sa else None), (sb[1] if sb else None)
+        else:
+            ua, ub = usable(a), usable(b)
+        if ua and ub and ua > 0 and ub > 0:
             vals.append(ub / ua)
     return vals, dropped
 
@@ -108,6 +150,18 @@ def cell(rs: Sequence[dict[str, Any]]) -> str:
     bad = sum(1 for r in rs if lossy(r))
     text = fmt_spread(common.summarize(clean), 1, 1)
     return text + (f"; {bad} lossy left out" if bad else "")
+
+
+def split_cell(rs: Sequence[dict[str, Any]]) -> str:
+    """One system's fixed-rate figure split (fixed_split): "idle 2.1 + per packet 5.3" (medians over the
+    repetitions with an idle window), "-" without."""
+    from bench.afxdp_report import fmt_spread  # noqa: PLC0415
+
+    splits = [x for x in (fixed_split(r) for r in rs) if x is not None]
+    if not splits:
+        return "-"
+    return (f"idle {fmt_spread(common.summarize([x[0] for x in splits]), 1, 1)} + per packet "
+            f"{fmt_spread(common.summarize([x[1] for x in splits]), 1, 1)}")
 
 
 def rep_cell(r: dict[str, Any]) -> str:
@@ -132,7 +186,9 @@ def ratio_cells(entry: dict[str, Any]) -> list[str]:
     s = entry.get("cpu_fixed_ipvs_over_lbd") or {"n": 0}
     per_rep = " / ".join(f"{v:.2f}" for v in s.get("values") or []) or "-"
     left = entry.get("cpu_fixed_left_out") or []
-    return [fmt_spread(s, 1, 2, "x"), per_rep + (f" (left out, lossy: {'; '.join(left)})" if left else "")]
+    m = entry.get("cpu_marginal_ipvs_over_lbd") or {"n": 0}
+    return [fmt_spread(s, 1, 2, "x"), per_rep + (f" (left out, lossy: {'; '.join(left)})" if left else ""),
+            fmt_spread(m, 1, 2, "x") if m.get("n") else "-"]
 
 
 def intro(results: Sequence[dict[str, Any]]) -> list[str]:
@@ -144,4 +200,7 @@ def intro(results: Sequence[dict[str, Any]]) -> list[str]:
             f"for {s[1]:g} s (--cpu-rate, --cpu-seconds; bench/ab_cpurate.py): identical traffic, so the figure "
             "compares per-packet cost as equals; the Targets verdict uses it when there is one. A fixed-rate trial "
             "that lost >= 0.1 % is flagged LOSSY and left out of the figures and ratios (the repetition is named); "
-            "when every repetition lost, the verdict falls back to the zero-loss trials' figure and says so."]
+            "when every repetition lost, the verdict falls back to the zero-loss trials' figure and says so. "
+            f"Then the same {s[1]:g} s without traffic (idle): the system's fixed cost per second (lbd's control plane "
+            "and timers; the guest's own softirq work, for every system). Split: that idle cost over the rate + the "
+            "rest, the per-packet (marginal) cost; \"per packet kernel/lbd\" compares the marginal costs alone."]

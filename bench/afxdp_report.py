@@ -380,7 +380,7 @@ def guest_rows(res: Sequence[dict[str, Any]], labels: dict[str, str] = GUEST_SYS
                                  "yes" if any(r["generator_limited"] for r in rs) else "no",
                                  fmt_spread(_med([(r.get("overload") or {}).get("rx_pps") for r in rs]), 1e3, 1, "k"),
                                  fmt_spread(_med([r.get("dut_us_per_pkt") for r in rs]), 1, 1),
-                                 *([ab_cpurate.cell(rs)] if fixed else [])])
+                                 *([ab_cpurate.cell(rs), ab_cpurate.split_cell(rs)] if fixed else [])])
     return rows
 
 
@@ -422,13 +422,15 @@ def guest_section(ab: dict[str, Any], title: str = "## The guest: next to kernel
              "FULLNAT: the kernel has none; its row is kernel IPVS NAT (-m), the nearest kernel reference.", ""]
     at = ab_cpurate.title(res)  # "at 8k pps (5 s)": the fixed-rate trials' columns, when the run had them
     lines += table(["mode", "traffic", "system", "zero-loss pps", "gen-limited", "overload rx", "CPU us/pkt",
-                    *([f"CPU us/pkt {at}"] if at else [])], guest_rows(res, guest_labels(g.get("wire"))))
+                    *([f"CPU us/pkt {at}", "of which: idle + per packet"] if at else [])],
+                    guest_rows(res, guest_labels(g.get("wire"))))
     lines += ["", "Ratios within each repetition, then median (min-max, n): zero-loss lbd / kernel row; CPU per "
               "packet kernel row / lbd (>= 1.0: lbd as cheap as IPVS); AF_XDP / NFQUEUE zero-loss and NFQUEUE / "
               "AF_XDP CPU per packet (> 1: AF_XDP better). Keys: lbd source / mode [/ traffic, est when absent].", ""]
     lines += table(["lbd / mode / traffic", "kernel row", "zero-loss lbd/kernel", "CPU kernel/lbd",
                     "CPU kernel/lbd per rep", "zero-loss AF_XDP/NFQ", "CPU NFQ/AF_XDP", "CPU NFQ/AF_XDP per rep",
-                    *([f"CPU kernel/lbd {at}", f"CPU kernel/lbd {at} per rep"] if at else [])], guest_ratio_rows(res))
+                    *([f"CPU kernel/lbd {at}", f"CPU kernel/lbd {at} per rep", "per packet kernel/lbd"] if at else [])],
+                    guest_ratio_rows(res))
     for sk in pp.get("skipped", []):
         reason = " ".join(sk["reason"].split())[:300]
         lines.append(f"- skipped: {sk['system']} {sk['mode']} {sk.get('traffic', 'est')} rep {sk.get('rep')}: {reason}")

@@ -161,3 +161,27 @@ def test_host_side_passes_cpu_rate_and_seconds_to_the_guest(monkeypatch: pytest.
     assert (seen[0].cpu_rate, seen[0].cpu_seconds) == (0.0, 2.5)
     ab_guest.main(["--out", str(tmp_path)])
     assert (seen[1].cpu_rate, seen[1].cpu_seconds) == (ab_cpurate.DEFAULT_RATE, ab_cpurate.DEFAULT_SECONDS)
+
+
+def test_idle_window_counts_every_lbd_thread_and_softirq_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks = iter([{"t1_user": 10, "t1_sys": 5, "t2_user": 1, "softirq": 100, "busy": 400},
+                  {"t1_user": 14, "t1_sys": 6, "t2_user": 2, "softirq": 104, "busy": 420}])
+    bed = types.SimpleNamespace(cpu_ticks=lambda: next(ticks))
+    monkeypatch.setattr(ab_cpurate.time, "sleep", lambda s: None)
+    idle = ab_cpurate.idle_window(bed, 2.0)  # type: ignore[arg-type]
+    ms_per_tick = 1e3 / pps.CLK_TCK
+    assert idle["lbd_ms_per_s"] == pytest.approx(6 * ms_per_tick / 2)
+    assert idle["dut_ms_per_s"] == pytest.approx(10 * ms_per_tick / 2)  # threads + softirq, below busy
+
+
+def test_fixed_split_takes_the_idle_cost_out_and_the_ratio_compares_what_is_left() -> None:
+    def fixed(us: float, idle_ms: float) -> dict[str, Any]:
+        return _fixed(us) | {"idle": {"seconds": 5.0, "dut_ms_per_s": idle_ms}}
+
+    lbd = _g("lbd-afxdp-fast", 0, 17e3, 4.8, fixed(7.6, 20.0))  # 20 ms/s at 8 kpps = 2.5 us a packet
+    ipvs = _g("ipvs", 0, 15e3, 7.6, fixed(5.5, 2.4))  # 0.3 us a packet
+    assert ab_cpurate.fixed_split(lbd) == pytest.approx((2.5, 5.1))
+    vals, left = ab_cpurate.pair_ratios([lbd, ipvs], "lbd-afxdp-fast", "ipvs", "route", "est", marginal=True)
+    assert vals == [pytest.approx(5.2 / 5.1)] and left == []
+    assert ab_cpurate.split_cell([lbd]).startswith("idle 2.5") and "per packet 5.1" in ab_cpurate.split_cell([lbd])
+    assert ab_cpurate.fixed_split(_g("ipvs", 0, 15e3, 7.6, _fixed(5.5))) is None  # a run without idle windows
