@@ -182,10 +182,12 @@ def qemu_opts_for(wire: str) -> list[str]:
 
 def guest_extra(args: argparse.Namespace) -> list[str]:
     """bench/ab_guest.py options passed through: --afxdp, --afxdp-fast, --parts, --repeats, --modes, --traffic,
-    --steps, --profile, --cpu-rate, --cpu-seconds, --guest-wire (when not the default)."""
+    --steps, --profile, --cpu-rate, --cpu-seconds, --guest-wire, --afxdp-steering (when not the default)."""
     extra = [f"--{flag}" for flag in ("afxdp", "afxdp-fast") if getattr(args, flag.replace("-", "_"), False)]
     if getattr(args, "guest_wire", "veth") != "veth":
         extra += ["--guest-wire", args.guest_wire]
+    if getattr(args, "afxdp_steering", "iptables") != "iptables":
+        extra += ["--afxdp-steering", args.afxdp_steering]
     for opt in ("parts", "repeats", "modes", "traffic", "steps", "profile"):
         if getattr(args, opt, None):
             extra += [f"--{opt}", str(getattr(args, opt))]
@@ -207,6 +209,8 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--afxdp-fast", action="store_true",
                     help="throughput also of lbd with --packet-source afxdp --xdp-fastpath (established DR flows "
                     "forwarded by the XDP program)")
+    ap.add_argument("--afxdp-steering", choices=("iptables", "nftables"), default="iptables",
+                    help="the AF_XDP lbd's --steering (its NFQUEUE fallback's rules; default iptables, lbd's default)")
     ap.add_argument("--parts", default=None, help="guest parts: functional,http,throughput (default all)")
     ap.add_argument("--repeats", type=int, default=None, help="guest repetitions (default 2; quick 1)")
     ap.add_argument("--modes", default=None,

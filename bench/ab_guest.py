@@ -376,13 +376,17 @@ def afxdp_extra(bed: pps.Bed, wire: str = "veth") -> tuple[str, ...]:
 def afxdp_systems(args: argparse.Namespace, bed: pps.Bed) -> list[tuple[str, tuple[str, ...]]]:
     """The AF_XDP lbd's to measure after the others, with their options: --afxdp "lbd-afxdp",
     --afxdp-fast "lbd-afxdp-fast" (the same with --xdp-fastpath: established DR flows forwarded by
-    the XDP program itself, docs/afxdp.md)."""
+    the XDP program itself, docs/afxdp.md); --afxdp-steering nftables gives both `--steering nftables`."""
     out: list[tuple[str, tuple[str, ...]]] = []
     wire = getattr(args, "guest_wire", "veth")
+    if not (args.afxdp or getattr(args, "afxdp_fast", False)):
+        return out
+    steering = getattr(args, "afxdp_steering", "iptables")
+    base = (*afxdp_extra(bed, wire), *(("--steering", steering) if steering != "iptables" else ()))
     if args.afxdp:
-        out.append(("lbd-afxdp", afxdp_extra(bed, wire)))
+        out.append(("lbd-afxdp", base))
     if getattr(args, "afxdp_fast", False):
-        out.append(("lbd-afxdp-fast", (*afxdp_extra(bed, wire), "--xdp-fastpath")))
+        out.append(("lbd-afxdp-fast", (*base, "--xdp-fastpath")))
     return out
 
 
@@ -542,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--afxdp", action="store_true", help="throughput also of lbd with --packet-source afxdp")
     ap.add_argument("--afxdp-fast", action="store_true",
                     help="throughput also of lbd with --packet-source afxdp --xdp-fastpath")
+    ap.add_argument("--afxdp-steering", choices=("iptables", "nftables"), default="iptables",
+                    help="the AF_XDP lbd's --steering (its NFQUEUE fallback's rules)")
     ap.add_argument("--parts", default="functional,http,throughput", help="which of functional,http,throughput")
     ap.add_argument("--modes", default=None,
                     help=f"throughput: lbd's modes, of {','.join(MODES)} (dr, ipip: aliases; default route,tunnel; "

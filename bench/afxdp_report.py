@@ -419,7 +419,8 @@ def guest_section(ab: dict[str, Any], title: str = "## The guest: next to kernel
              f"{' '.join((ab.get('machine') or {}).get('loadavg_at_start', []))}. Modes {', '.join(modes)}; "
              f"traffic {', '.join(kinds)} (bench/ab_guest.py); {pp.get('window_s', '?')} s windows, "
              f"{pp.get('steps', '?')} bisection steps; {WIRE_TEXT.get(g.get('wire') or 'veth', '')} "
-             "FULLNAT: the kernel has none; its row is kernel IPVS NAT (-m), the nearest kernel reference.", ""]
+             "FULLNAT: the kernel has none; its row is kernel IPVS NAT (-m), the nearest kernel reference."
+             f"{_steering_text(ab)}", ""]
     at = ab_cpurate.title(res)  # "at 8k pps (5 s)": the fixed-rate trials' columns, when the run had them
     lines += table(["mode", "traffic", "system", "zero-loss pps", "gen-limited", "overload rx", "CPU us/pkt",
                     *([f"CPU us/pkt {at}", "of which: idle + per packet"] if at else [])],
@@ -439,6 +440,15 @@ def guest_section(ab: dict[str, Any], title: str = "## The guest: next to kernel
     if ab.get("error"):
         lines.append(f"- {ab['error'][:500]}")
     return lines
+
+
+def _steering_text(ab: dict[str, Any]) -> str:
+    """" The AF_XDP lbd ran with --steering nftables ..." when the run said so (bench/ab.py --afxdp-steering)."""
+    args = list((ab.get("config") or {}).get("guest_args") or [])
+    if "--afxdp-steering" in args[:-1] and args[args.index("--afxdp-steering") + 1] != "iptables":
+        return (f" The AF_XDP lbd ran with --steering {args[args.index('--afxdp-steering') + 1]} (its NFQUEUE "
+                "fallback's rules; lbd NFQUEUE with iptables, lbd's default).")
+    return ""
 
 
 def guest_per_rep(res: Sequence[dict[str, Any]]) -> list[list[str]]:

@@ -124,3 +124,16 @@ def test_profiled_systems_reach_the_guest_as_one_option() -> None:
     extra = ab.guest_extra(_ab_args(["--afxdp-fast", "--profile", "ipvs,lbd-afxdp-fast"]))
     assert extra[extra.index("--profile") + 1] == "ipvs,lbd-afxdp-fast"
     assert "--profile" not in ab.guest_extra(_ab_args(["--afxdp-fast"]))
+
+
+def test_afxdp_steering_reaches_the_guest_and_the_afxdp_lbds_and_the_report_says_so() -> None:
+    assert "--afxdp-steering" not in ab.guest_extra(_ab_args(["--afxdp-fast"]))
+    extra = ab.guest_extra(_ab_args(["--afxdp-fast", "--afxdp-steering", "nftables"]))
+    assert extra[extra.index("--afxdp-steering") + 1] == "nftables"
+    args = argparse.Namespace(afxdp=False, afxdp_fast=True, guest_wire="virtio", afxdp_steering="nftables")
+    fast = dict(ab_guest.afxdp_systems(args, _Bed()))["lbd-afxdp-fast"]  # type: ignore[arg-type]
+    assert fast[fast.index("--steering") + 1] == "nftables" and fast[-1] == "--xdp-fastpath"
+    r = {"rep": 0, "system": "lbd-afxdp-fast", "mode": "route", "traffic": "est", "zero_loss_pps": 1000.0,
+         "generator_limited": True, "dut_us_per_pkt": 2.0}
+    text = "\n".join(xr.guest_section({"config": {"guest_args": extra}, "guest": {"pps": {"results": [r]}}}))
+    assert "The AF_XDP lbd ran with --steering nftables" in text
