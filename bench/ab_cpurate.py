@@ -58,7 +58,13 @@ def idle_window(bed: pps.Bed, seconds: float) -> dict[str, Any]:
     soft, busy = ticks.get("softirq") or 0, ticks.get("busy")
     used = min(busy, threads + soft) if busy else threads + soft
     ms = 1e3 / pps.CLK_TCK / seconds
-    return {"seconds": seconds, "dut_ms_per_s": used * ms, "lbd_ms_per_s": threads * ms, "softirq_ms_per_s": soft * ms}
+    per_thread: dict[str, float] = {}
+    for k, v in ticks.items():  # which of lbd's threads it was (main: the control plane's event loop)
+        if v and k.startswith("t") and k.endswith(("_user", "_sys")):
+            name = pps.thread_name(getattr(bed, "lbd_pid", None), k[1:].rsplit("_", 1)[0])
+            per_thread[name] = per_thread.get(name, 0.0) + v * ms
+    return {"seconds": seconds, "dut_ms_per_s": used * ms, "lbd_ms_per_s": threads * ms, "softirq_ms_per_s": soft * ms,
+            "threads_ms_per_s": per_thread}
 
 
 def fixed_split(r: dict[str, Any] | None) -> tuple[float, float] | None:
