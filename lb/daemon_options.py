@@ -196,7 +196,6 @@ AFXDP_REFUSED = (
     ("--fail-open", "fail_open", "it is an NFQUEUE option"),
     ("--queue-maxlen", "queue_maxlen", "it is an NFQUEUE option (the AF_XDP rings are fixed)"),
     ("--conntrack", "conntrack", "packets redirected by XDP never reach conntrack"),
-    ("--steering nftables", "steering_nftables", "its NFQUEUE fallback is written with iptables rules only"),
 )
 
 
@@ -216,9 +215,8 @@ def _check_packet_source(p: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.xdp_fastpath and len(args.xdp_interface) != 1:
         p.error("--xdp-fastpath works on one --xdp-interface: an established flow is installed in one interface's "
                 "XDP program")
-    values = {**vars(args), "steering_nftables": getattr(args, "steering", "iptables") == "nftables"}
     for flag, name, why in AFXDP_REFUSED:
-        value = args.queues.balance if name == "balance" else values.get(name)
+        value = args.queues.balance if name == "balance" else getattr(args, name, None)
         if value:
             p.error(f"{flag} does not go with --packet-source afxdp: {why}")
     if args.down_policy == "closed":
