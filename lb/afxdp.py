@@ -325,18 +325,27 @@ class AfxdpSource:
 class AfxdpWithFallback:
     """The Director's `rules` under afxdp with the NFQUEUE fallback (the default; lbd --no-iptables
     turns it off): the XDP program redirects what it can see whole, and the NFQUEUE source's own
-    rules and sets (lb.iptables.RuleManager, the same queue bound by the same engine) take what
-    reaches the kernel's stack instead: IP fragments the program passes, reassembled by
-    nf_defrag_ipv4 before the raw table, and packets that never cross an XDP hook, such as a
-    director-local client's to a VIP (they enter raw PREROUTING on lo). docs/afxdp.md."""
+    steering of lbd's --steering (lb.iptables.RuleManager's raw-table rules and ip sets, or
+    lb.nftsteer.NftManager's table `ip lbd-q<N>`, at either --steer-hook; the same queue bound by
+    the same engine) takes what reaches the kernel's stack instead: IP fragments the program
+    passes, reassembled by nf_defrag_ipv4 before the raw table (at input: by local delivery), and
+    packets that never cross an XDP hook, such as a director-local client's to a VIP (they enter
+    PREROUTING on lo). docs/afxdp.md."""
 
     def __init__(self, xdp: AfxdpSource, nfq_rules: Any) -> None:
         self.xdp = xdp
         self.nfq_rules = nfq_rules
 
+    @property
+    def steering_kind(self) -> str | None:
+        """The fallback's --steering (`ping` reports it: lbadm doctor reads that layer's rules)."""
+        kind = getattr(self.nfq_rules, "steering_kind", None)
+        return kind if isinstance(kind, str) else None
+
     def sync(self, steering: Steering, verify_sets: bool = False) -> None:
         # fwmark services are the fallback's alone: XDP runs before any rule could mark a packet, so
-        # their packets pass the program, get their mark in mangle PREROUTING and are queued there.
+        # their packets pass the program, get their mark in mangle PREROUTING and are queued there
+        # (under --steering nftables too: NftManager keeps them in iptables' mangle table).
         self.xdp.sync(dataclasses.replace(steering, fwmarks=set()))
         self.nfq_rules.sync(steering, verify_sets=verify_sets)
 

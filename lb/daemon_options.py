@@ -60,8 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--packet-source", choices=("nfqueue", "afxdp"), default="nfqueue",
                    help="where packets come from. nfqueue (default): iptables rules queue the services' "
                    "packets (NFQUEUE). afxdp: an XDP program on each --xdp-interface redirects them to "
-                   "AF_XDP sockets, one per receive queue; NFQUEUE rules stay as the fallback for IP fragments "
-                   "and director-local clients, unless --no-iptables (C engine; docs/afxdp.md lists what it "
+                   "AF_XDP sockets, one per receive queue; lbd's --steering stays as the NFQUEUE fallback for IP "
+                   "fragments and director-local clients, unless --no-iptables (C engine; docs/afxdp.md lists what it "
                    "does not do)")
     p.add_argument("--xdp-interface", action="append", default=[], metavar="IFACE",
                    help="with --packet-source afxdp: an interface whose received packets lbd serves "
@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how packets reach the queue. iptables (default): rules in iptables' raw table testing "
                    "ip sets (lb/iptables.py). nftables: one native nftables table of lbd's own, `ip lbd-q<N>`, "
                    "with native sets (needs the nft command, package nftables): routed traffic through the "
-                   "director costs less (docs/firewall.md)")
+                   "director costs less (docs/firewall.md); with --packet-source afxdp, its NFQUEUE fallback")
     p.add_argument("--steer-hook", choices=("prerouting", "input"), default="prerouting",
                    help="with --steering nftables, where lbd's table takes packets. prerouting (default): before "
                    "routing, conntrack and the firewall, at raw priority. input: where kernel IPVS takes them, in "
@@ -196,7 +196,6 @@ AFXDP_REFUSED = (
     ("--fail-open", "fail_open", "it is an NFQUEUE option"),
     ("--queue-maxlen", "queue_maxlen", "it is an NFQUEUE option (the AF_XDP rings are fixed)"),
     ("--conntrack", "conntrack", "packets redirected by XDP never reach conntrack"),
-    ("--steering nftables", "steering_nftables", "its NFQUEUE fallback is written with iptables rules only"),
 )
 
 
@@ -216,9 +215,8 @@ def _check_packet_source(p: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.xdp_fastpath and len(args.xdp_interface) != 1:
         p.error("--xdp-fastpath works on one --xdp-interface: an established flow is installed in one interface's "
                 "XDP program")
-    values = {**vars(args), "steering_nftables": getattr(args, "steering", "iptables") == "nftables"}
     for flag, name, why in AFXDP_REFUSED:
-        value = args.queues.balance if name == "balance" else values.get(name)
+        value = args.queues.balance if name == "balance" else getattr(args, name, None)
         if value:
             p.error(f"{flag} does not go with --packet-source afxdp: {why}")
     if args.down_policy == "closed":

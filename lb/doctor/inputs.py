@@ -170,8 +170,10 @@ class Run:
         return not any(r.target == "CT" and "--notrack" in r.target_args for r in chain.rules)
 
     def input_hook(self) -> bool:
-        """lbd takes packets after routing (`--steering nftables --steer-hook input`, docs/firewall.md)."""
-        return self.ping.get("steering_hook") == "input"
+        """lbd takes packets after routing (`--steering nftables --steer-hook input`, docs/firewall.md).
+        Not under the AF_XDP source: its XDP program takes the balanced packets before any hook, and the
+        table at input is only its NFQUEUE fallback's (fragments, director-local clients: docs/afxdp.md)."""
+        return self.ping.get("steering_hook") == "input" and self.packet_source != "afxdp"
 
     def states(self) -> frozenset[str]:
         # Without notrack, a segment of a flow conntrack has not seen is NEW (nf_conntrack_tcp_loose=1)

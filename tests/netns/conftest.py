@@ -241,9 +241,6 @@ class Lbd:
             self.args += afxdp_args(self.topo)
         env = self.env
         if "--steering" not in self.args and STEERING != "iptables":
-            if "afxdp" in self.args:  # a test's own --packet-source afxdp: refused with lbd's nftables steering
-                pytest.skip(f"--steering {STEERING} does not go with --packet-source afxdp (its NFQUEUE fallback is "
-                            "iptables rules): the default run covers it")
             self.args += ["--steering", STEERING]
             if STEER_HOOK != "prerouting" and "--steer-hook" not in self.args:
                 self.args += ["--steer-hook", STEER_HOOK]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import NFT, QUEUE_NUM, STEER_HOOK, STEERING
+from conftest import NFT, PACKET_SOURCE, QUEUE_NUM, STEER_HOOK, STEERING
 
 from lb.testbed.topology import Host
 
@@ -23,6 +23,10 @@ NFTABLES = STEERING == "nftables"
 # LB_TEST_STEER_HOOK=input: lbd's table takes packets at input (and forward), as kernel IPVS does
 INPUT_HOOK = NFTABLES and STEER_HOOK == "input"
 FIRST_CHAIN = "input" if INPUT_HOOK else "pre"  # the base chain every packet for lbd meets first
+# The balanced packets reach lbd after routing (the kernel's martian checks, ip_forward's TTL
+# check first): --steer-hook input, but not under LB_TEST_PACKET_SOURCE=afxdp, where the XDP program
+# takes them before any hook and lbd's table at input is only the NFQUEUE fallback's (docs/afxdp.md).
+AFTER_ROUTING = INPUT_HOOK and PACKET_SOURCE != "afxdp"
 
 
 def table(queue: int = QUEUE_NUM) -> str:

@@ -40,6 +40,7 @@ from lb.testbed.topology import Topology
 
 BPF_OBJECT = Path(__file__).resolve().parents[2] / "lb" / "lb_xdp.bpf.o"
 DETACH_TIMEOUT_S = 10.0  # bound for the kernel to release the link after the process is gone
+LOG_ALL = 1 << 24  # log_tail(LOG_ALL): the whole of lbd's log (its start-up lines)
 
 
 def source_args(topo: Topology, source: str) -> list[str]:
@@ -186,7 +187,8 @@ def test_afxdp_kill9_leaves_no_program(topo: Topology) -> None:
             assert http_ok(topo), f"no answer through the AF_XDP source:\n{d.log_tail()}"
         attached = xdp_attached(topo)
         assert attached is not None, f"no XDP program while lbd runs:\n{d.log_tail()}"
-        assert re.search(r"XDP program attached in (native|generic)", d.log_tail()), d.log_tail()
+        # the whole log: the start-up line is far from its end once lbd has logged its steering (nft -f scripts at -v)
+        assert re.search(r"XDP program attached in (native|generic)", d.log_tail(LOG_ALL)), d.log_tail()
         rc = d.stop(signal.SIGKILL)
         assert rc == -signal.SIGKILL
         deadline = time.monotonic() + DETACH_TIMEOUT_S
@@ -333,7 +335,7 @@ def test_afxdp_queue_cpus_pins_each_socket_thread(topo: Topology) -> None:
             raise
         assert d.proc is not None
         for q in range(n):
-            assert re.search(rf"queue {q}: AF_XDP socket in [\w-]+ mode.*, thread on CPU {cpu}\b", d.log_tail()), \
+            assert re.search(rf"queue {q}: AF_XDP socket in [\w-]+ mode.*, thread on CPU {cpu}\b", d.log_tail(LOG_ALL)), \
                 d.log_tail()
         assert thread_cpus(d.proc.pid).count(str(cpu)) >= n, (cpu, thread_cpus(d.proc.pid))
         assert d.stop(signal.SIGTERM) == 0

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import HTTP_PORT, Lbd, udp_responders
 from scapy.all import IP, TCP, UDP, Raw, raw
-from steering import INPUT_HOOK
+from steering import AFTER_ROUTING
 from test_synproxy import PORT as SP_PORT  # type: ignore[import-not-found]
 from test_synproxy import ftopo, splbd  # noqa: F401 (fixtures: the SYN-proxy FULLNAT topology and its lbd)
 
@@ -63,7 +63,7 @@ def test_martian_sources_are_dropped_and_counted(topo: Topology, lbd: Lbd) -> No
                for i, src in enumerate(martians)]
     packets.append(raw(IP(src=topo.vip, dst=topo.vip) / TCP(sport=HTTP_PORT, dport=HTTP_PORT, flags="S")))
     _send(topo, packets)
-    if INPUT_HOOK:  # after routing: the kernel's martian-source checks drop most before lbd's hook; lbd drops the rest
+    if AFTER_ROUTING:  # after routing: the kernel's martian-source checks drop most before lbd's hook; lbd drops the rest
         time.sleep(0.5)
         reasons = _wait_counts(lbd, {})
         assert reasons.get("martian_src", 0) + reasons.get("local_src", 0) <= len(packets), reasons
@@ -109,9 +109,9 @@ def test_synproxy_answers_no_corrupted_or_martian_syn(ftopo: Topology, splbd: Lb
         packet[37] ^= 0x01  # the TCP checksum's low byte
         corrupted.append(bytes(packet))
     _send(ftopo, [*corrupted, syn(43010, "224.0.0.1"), syn(43011, "127.0.0.1")])
-    reasons = _wait_counts(splbd, {"bad_l4_csum": 5, "martian_src": 0 if INPUT_HOOK else 2})
+    reasons = _wait_counts(splbd, {"bad_l4_csum": 5, "martian_src": 0 if AFTER_ROUTING else 2})
     assert reasons.get("bad_l4_csum") == 5, reasons
-    if INPUT_HOOK:  # --steer-hook input: the kernel's routing drops most martians before lbd's hook
+    if AFTER_ROUTING:  # --steer-hook input: the kernel's routing drops most martians before lbd's hook
         assert reasons.get("martian_src", 0) <= 2, reasons
     else:
         assert reasons.get("martian_src") == 2, reasons

@@ -37,12 +37,20 @@ def test_afxdp_accepts_interfaces_mode_and_copy() -> None:
     (["--queue-maxlen", "512"], "--queue-maxlen does not go with"),
     (["--queue-balance", "0:1"], "--queue-balance does not go with"),
     (["--conntrack"], "--conntrack does not go with"),
-    (["--steering", "nftables"], "--steering nftables does not go with"),
     (["--down-policy", "closed"], "--down-policy closed does not go with"),
     (["--engine", "python"], "needs the C engine"),
 ])
 def test_afxdp_refuses_what_cannot_work(extra: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert words in refused([*AFXDP, *extra], capsys)
+
+
+@pytest.mark.parametrize("hook", ["prerouting", "input"])
+def test_afxdp_takes_nftables_steering_for_its_fallback(hook: str) -> None:
+    # The NFQUEUE fallback as lbd's own nftables table (lb.nftsteer), at either hook.
+    args = daemon.parse_args([*AFXDP, "--steering", "nftables", "--steer-hook", hook])
+    assert args.packet_source == "afxdp" and args.steering == "nftables" and args.steer_hook == hook
+    rules = daemon.make_rules(args)
+    assert type(rules).__name__ == "NftManager" and rules.hook == hook and rules.bypass and not rules.track
 
 
 def test_afxdp_takes_queue_cpus_for_its_sockets_and_qdisc_bypass() -> None:
@@ -160,6 +168,17 @@ def test_the_fallback_syncs_the_program_then_the_nfqueue_rules() -> None:
     marked.fwmarks.add(7)
     both.sync(marked)
     assert xdp.synced[-1].fwmarks == set() and rules.synced[-1][0].fwmarks == {7}
+
+
+def test_the_fallback_reports_its_steering_layer() -> None:
+    # `ping` says which layer the fallback's rules are in, so that lbadm doctor reads that one.
+    class Nft(FakeRules):
+        steering_kind = "nftables"
+        hook = "input"
+
+    both = AfxdpWithFallback(FakeXdp(), Nft())  # type: ignore[arg-type]
+    assert both.steering_kind == "nftables"
+    assert AfxdpWithFallback(FakeXdp(), FakeRules()).steering_kind is None  # type: ignore[arg-type]
 
 
 def test_xdp_link_prog_ids_from_fdinfo(tmp_path: Path) -> None:

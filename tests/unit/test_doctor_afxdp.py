@@ -121,3 +121,24 @@ def test_send_errors_growing_are_an_error() -> None:
     err = [f.summary for f in by(run_checks(ctx), "afxdp", "error")]
     assert err == ["xmit_l2_err +6 during the window: frames towards real servers could not be sent (AF_PACKET send "
                    "errors; the xmit_failed reason)"], err  # both sockets: +3 each
+
+
+def test_afxdp_with_an_nftables_fallback_reads_lbds_table_and_xdp_takes_packets_before_routing() -> None:
+    """lbd --packet-source afxdp --steering nftables: the fallback's rules are lbd's table, and even
+    with --steer-hook input the balanced packets are the XDP program's, before routing: no finding
+    speaks of lbd taking them after routing (NAT without forwarding, rp_filter)."""
+    from test_doctor_checks import FILTER_EMPTY, _nft_table
+
+    ping = {**afxdp_ping(), "steering": "nftables"}
+    ctx = FakeContext(ping=ping, interfaces=xdp_on(ifaces(), "eth0"), save=FILTER_EMPTY, sets="", nft=_nft_table(),
+                      samples=samples(afxdp_counters(), afxdp_counters()))
+    fs = run_checks(ctx)
+    assert problems(fs) == [], format_text(fs)
+    assert any("table ip lbd-q0 (lbd --steering nftables)" in f.summary for f in by(fs, "nfqueue-rules", "info"))
+    missing = run_checks(FakeContext(ping=ping, interfaces=xdp_on(ifaces(), "eth0"), save=FILTER_EMPTY, sets="",
+                                     nft="", samples=samples(afxdp_counters(), afxdp_counters())))
+    assert any("table ip lbd-q0 is missing" in f.summary for f in by(missing, "nfqueue-rules", "error"))
+    inputs = run_checks(FakeContext(ping={**ping, "steering_hook": "input"}, interfaces=xdp_on(ifaces(), "eth0"),
+                                    save=FILTER_EMPTY, sets="", nft=_nft_table(),
+                                    samples=samples(afxdp_counters(), afxdp_counters())))
+    assert not any("after routing" in f.summary for f in inputs), format_text(inputs)
