@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from lb.director import Director
 from lb.engine import FwdState
 from lb.fastpath import CEngine
@@ -178,3 +180,30 @@ def test_background_resolution_awaited_on_the_loop_serves_requests_between_looku
     assert asyncio.run(main()) == 0
     assert served == [3] and len(net.calls) == n
     assert l2_states(d) == ["resolved"] * (n - 1) and d.fwd.addresses() == n - 1
+
+
+def test_next_due_says_when_the_resolve_loop_must_tick_and_wake_says_when_work_appears() -> None:
+    # Issue 19: lbd's resolve loop sleeps until fwd.next_due() instead of ticking every second.
+    net = FakeNet()
+    net.up = {"172.16.3.1"}
+    d = director(net)
+    wakes: list[int] = []
+    d.fwd.wake = lambda: wakes.append(1)
+    assert d.fwd.next_due() is None  # nothing configured: nothing ever due
+    d.handle("add_service", {**key(1), "sched": "rr"})
+    d.handle("add_dest", {"service": key(1), "dest": {"addr": "172.16.3.1", "port": 80}})
+    assert wakes  # a new address: the periodic re-check's rate changed
+    d.fwd.tick()  # the first tick: credit 1/15 of a lookup
+    due = d.fwd.next_due()
+    assert due is not None and due - net.now == pytest.approx(14.0)  # one address: re-checked every 15 s
+    calls = len(net.calls)
+    net.now += 14.0
+    d.fwd.tick()  # 14 s later, one tick (not 14): the re-check is done
+    assert len(net.calls) == calls + 1
+    wakes.clear()
+    net.up.clear()  # the next lookup fails: a retry is scheduled 1 s on, and the loop is woken for it
+    d.fwd.invalidate()
+    assert wakes and d.fwd.pending
+    d.fwd.resolve_pending(budget_s=1.0)
+    due = d.fwd.next_due()
+    assert due is not None and due - net.now == pytest.approx(1.0)
