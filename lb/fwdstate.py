@@ -42,7 +42,12 @@ UNRESOLVED_WARN_AFTER_S = 3.0
 SYNC_RESOLVE_MAX = 8  # distinct addresses a change resolves before it returns; more: in the background
 RETRY_FIRST_S = 1.0  # an unresolved address is retried after this, then twice as long each time ...
 RETRY_MAX_S = 30.0  # ... up to this
-REFRESH_EVERY_S = 15.0  # resolved addresses are re-checked this often ...
+# Resolved addresses are re-checked this often (NTF_USE keeps the kernel's neighbour entry in use:
+# lbd's frames never touch it), well inside the kernel's gc_stale_time (60 s) ... A MAC that changes
+# meanwhile arrives as a neighbour event at once; this is the safety net, and it is not free: a lookup
+# is ~3 pyroute2 round trips (ms on a host, ~0.1 s of CPU in the emulated guest, issue 19), so 30 s
+# rather than the 15 s it was.
+REFRESH_EVERY_S = 30.0
 REFRESH_MAX_PER_S = 1.0  # ... but at most this many lookups a second (a full round takes longer)
 RETRY_MAX_PER_S = 20.0  # retries of unresolved addresses, all of them together
 LOG_EACH_MAX = 20  # per resolution round, more destination lines than this become one summary
@@ -386,7 +391,7 @@ class ForwardingStates:
         """When tick() has work next, on self.clock(): the first scheduled retry, or the moment the
         periodic re-check's credit reaches one lookup; None with no address at all. lbd's resolve loop
         sleeps until then instead of ticking every second (issue 19: under an emulated guest each
-        wake-up of lbd's event loop costs ~ms; with one destination a re-check is due every 15 s).
+        wake-up of lbd's event loop costs ~ms; with one destination a re-check is due every 30 s).
         Pending addresses are not covered: the loop works them off before sleeping (and wake() ends
         a sleep when they appear)."""
         due: list[float] = []
