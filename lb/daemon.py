@@ -98,32 +98,41 @@ def make_resolver() -> tuple[Resolver, Callable[[str], Awaitable[Resolution]], C
 async def _resolve_loop(director: Director,
                         resolve_async: Callable[[str], Awaitable[Resolution]] | None = None) -> None:
     """Keep forwarding state fresh (lb/fwdstate.py): pending addresses (a large change, a route
-    change) RESOLVE_SLICE_S at a time so that requests are served in between; every second (on the
-    periodic grid, lb/periodic.py) the due retries and a slice of the periodic re-check. Costs nothing
-    per destination while idle. Runs until cancelled."""
-    loop = asyncio.get_running_loop()
+    change) RESOLVE_SLICE_S at a time so that requests are served in between; the due retries and
+    the periodic re-check's lookups when fwd.next_due() says, on the periodic grid (lb/periodic.py).
+    Between those it sleeps, also for many seconds (one destination: a re-check every 15 s), and
+    fwd.wake ends the sleep when work appears (pending addresses, a retry scheduled, a new address):
+    an idle lbd's loop does not wake every second for this (issue 19). Runs until cancelled."""
     fwd = director.fwd
-    next_tick = loop.time() + periodic.to_next_tick(loop.time(), RESOLVE_TICK_S)  # the first grid point
-    while True:
-        if fwd.pending:
-            await asyncio.sleep(0)
-        else:
-            await periodic.grid_sleep(RESOLVE_TICK_S)
-        try:
+    woken = asyncio.Event()
+    fwd.wake = woken.set
+    try:
+        while True:
             if fwd.pending:
-                if resolve_async is not None:  # requests are served during each lookup
-                    left = await fwd.resolve_pending_async(resolve_async, RESOLVE_BATCH)
-                else:
-                    left = fwd.resolve_pending(RESOLVE_SLICE_S)
-                if not left:
-                    log.info("forwarding state: background resolution done (%d addresses, %d unresolved)",
-                             fwd.addresses(), fwd.unresolved_addresses())
-            now = loop.time()
-            if now + periodic.EARLY_FRACTION * RESOLVE_TICK_S >= next_tick:
-                next_tick = now + periodic.to_next_tick(now, RESOLVE_TICK_S)
-                fwd.tick()
-        except Exception:  # keep the daemon up; the next round retries
-            log.exception("forwarding-state refresh failed")
+                await asyncio.sleep(0)
+            else:
+                woken.clear()
+                due = fwd.next_due()
+                delay = None if due is None else max(0.0, due - fwd.clock())
+                # Always to a grid point ahead, even when due already (retries held back by their rate
+                # limit): at most one tick per RESOLVE_TICK_S, as before.
+                await periodic.sleep_on_grid(delay, RESOLVE_TICK_S, woken)
+            try:
+                if fwd.pending:
+                    if resolve_async is not None:  # requests are served during each lookup
+                        left = await fwd.resolve_pending_async(resolve_async, RESOLVE_BATCH)
+                    else:
+                        left = fwd.resolve_pending(RESOLVE_SLICE_S)
+                    if not left:
+                        log.info("forwarding state: background resolution done (%d addresses, %d unresolved)",
+                                 fwd.addresses(), fwd.unresolved_addresses())
+                due = fwd.next_due()
+                if due is not None and due <= fwd.clock() + periodic.EARLY_FRACTION * RESOLVE_TICK_S:
+                    fwd.tick()
+            except Exception:  # keep the daemon up; the next round retries
+                log.exception("forwarding-state refresh failed")
+    finally:
+        fwd.wake = None
 
 
 def _reload_on_sighup(director: Director) -> None:

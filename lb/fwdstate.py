@@ -42,7 +42,12 @@ UNRESOLVED_WARN_AFTER_S = 3.0
 SYNC_RESOLVE_MAX = 8  # distinct addresses a change resolves before it returns; more: in the background
 RETRY_FIRST_S = 1.0  # an unresolved address is retried after this, then twice as long each time ...
 RETRY_MAX_S = 30.0  # ... up to this
-REFRESH_EVERY_S = 15.0  # resolved addresses are re-checked this often ...
+# Resolved addresses are re-checked this often (NTF_USE keeps the kernel's neighbour entry in use:
+# lbd's frames never touch it), well inside the kernel's gc_stale_time (60 s) ... A MAC that changes
+# meanwhile arrives as a neighbour event at once; this is the safety net, and it is not free: a lookup
+# is ~3 pyroute2 round trips (ms on a host, ~0.1 s of CPU in the emulated guest, issue 19), so 30 s
+# rather than the 15 s it was.
+REFRESH_EVERY_S = 30.0
 REFRESH_MAX_PER_S = 1.0  # ... but at most this many lookups a second (a full round takes longer)
 RETRY_MAX_PER_S = 20.0  # retries of unresolved addresses, all of them together
 LOG_EACH_MAX = 20  # per resolution round, more destination lines than this become one summary
@@ -112,6 +117,13 @@ class ForwardingStates:
         self._last_tick: float | None = None
         self._logged = 0  # destination lines logged in the current round
         self._suppressed_warnings = 0  # of them, warnings turned into DEBUG lines
+        # Called when work appears that may be due before what next_due() said (lbd's resolve loop
+        # sleeps until then): pending addresses, a retry scheduled, a new address to re-check.
+        self.wake: Callable[[], None] | None = None
+
+    def _wake(self) -> None:
+        if self.wake is not None:
+            self.wake()
 
     # ------------------------------------------------------------ bookkeeping of destinations
     def _register(self, key: ServiceKey, dest: DestSpec) -> _Address:
@@ -119,6 +131,7 @@ class ForwardingStates:
         addr = self._addrs.get(dest.addr)
         if addr is None:
             addr = self._addrs[dest.addr] = _Address()
+            self._wake()  # the periodic re-check's rate grew
         addr.dests[ident] = dest
         self._by_service.setdefault(key, {})[(dest.addr, dest.port)] = None
         return addr
@@ -195,6 +208,7 @@ class ForwardingStates:
                             self._install_one(ident, dest, None, pending=True)
                 self.pending[addr] = None
             log.info("%d addresses to resolve in the background", len(self.pending))
+            self._wake()
 
     def resolve_safely(self, key: ServiceKey, dest: DestSpec) -> None:
         """resolve(), with problems logged instead of raised."""
@@ -236,6 +250,7 @@ class ForwardingStates:
             entry.backoff = min(entry.backoff * 2, RETRY_MAX_S)
             self._unresolved[addr] = None
             heapq.heappush(self._retry_queue, (entry.retry_at, addr))
+            self._wake()
         else:
             entry.backoff = RETRY_FIRST_S
             self._unresolved.pop(addr, None)
@@ -372,6 +387,23 @@ class ForwardingStates:
                 self._lookup_safely(addr)
         self._end_round()
 
+    def next_due(self) -> float | None:
+        """When tick() has work next, on self.clock(): the first scheduled retry, or the moment the
+        periodic re-check's credit reaches one lookup; None with no address at all. lbd's resolve loop
+        sleeps until then instead of ticking every second (issue 19: under an emulated guest each
+        wake-up of lbd's event loop costs ~ms; with one destination a re-check is due every 30 s).
+        Pending addresses are not covered: the loop works them off before sleeping (and wake() ends
+        a sleep when they appear)."""
+        due: list[float] = []
+        if self._retry_queue:  # may be stale (resolved since): an early tick finds nothing, harmless
+            due.append(self._retry_queue[0][0])
+        n = len(self._addrs)
+        if n:
+            rate = min(n / REFRESH_EVERY_S, REFRESH_MAX_PER_S)
+            last = self._last_tick if self._last_tick is not None else self.clock()
+            due.append(last + max(0.0, 1.0 - self._refresh_credit) / rate)
+        return min(due) if due else None
+
     def refresh(self, only_unresolved: bool = False) -> int:
         """Re-resolve every address now (or only the unresolved ones); returns how many destinations
         remain unresolved. Synchronous: for tests and tools; lbd itself uses tick/resolve_pending."""
@@ -386,6 +418,7 @@ class ForwardingStates:
         """Routes, addresses or links changed: every address is re-resolved (in the background)."""
         for addr in self._addrs:
             self.pending[addr] = None
+        self._wake()
 
     def neighbour_changed(self, ip: str, mac: bytes | None) -> int:
         """The kernel's neighbour entry for `ip` changed (mac: its link-layer address while the
@@ -406,6 +439,8 @@ class ForwardingStates:
                 continue  # still unresolved: the retries go on
             self.pending[addr] = None
             queued += 1
+        if queued:
+            self._wake()
         return queued
 
     def unresolved_addresses(self) -> int:

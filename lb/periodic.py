@@ -1,8 +1,8 @@
 """lbd's periodic work on one grid of its event loop's clock.
 
 Every periodic loop of lbd (steering watch 0.5 s, 1 s under --packet-source afxdp, forwarding-state
-re-checks 1 s, rate estimation and state snapshots 2 s) sleeps to the next multiple of its period on
-`loop.time()`. The periods divide each other, so the loops that are due together wake together: one
+re-checks when due on the 1 s grid, rate estimation and state snapshots 2 s) sleeps to the next
+multiple of its period on `loop.time()`. The periods divide each other, so the loops that are due together wake together: one
 event-loop wake-up per 0.5 s (per second under afxdp) instead of one per loop and tick. Each wake-up
 has a fixed cost that has nothing to do with the work (the poll system call, timer reprogramming, a
 context switch, the event loop's bookkeeping): small on a host, ~ms in an emulated guest, where it was
@@ -36,6 +36,28 @@ async def grid_sleep(period_s: float) -> None:
     """Sleep until the next multiple of `period_s` on the running loop's clock."""
     loop = asyncio.get_running_loop()
     await asyncio.sleep(to_next_tick(loop.time(), period_s))
+
+
+async def sleep_on_grid(delay_s: float | None, period_s: float, woken: asyncio.Event) -> None:
+    """Sleep until the first multiple of `period_s` at least `delay_s` ahead (None: until woken), or
+    until `woken` is set, whichever comes first (lbd's resolve loop: work that is due only now and
+    then still wakes on the shared grid, with the other loops)."""
+    if woken.is_set():
+        return
+    loop = asyncio.get_running_loop()
+    if delay_s is None:
+        await woken.wait()
+        return
+    now = loop.time()
+    at = now + delay_s
+    at += (period_s - at % period_s) % period_s  # up to the grid (a point already on it stays)
+    if at - now < EARLY_FRACTION * period_s:
+        at += period_s
+    waiter = loop.create_task(woken.wait())
+    try:
+        await asyncio.wait((waiter,), timeout=at - now)
+    finally:
+        waiter.cancel()
 
 
 async def run_every(period_s: float, work: Callable[[], object], what: str, log: logging.Logger) -> None:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from lb.director import Director
 from lb.engine import FwdState
 from lb.fastpath import CEngine
-from lb.fwdstate import RETRY_MAX_PER_S, SYNC_RESOLVE_MAX, Resolution
+from lb.fwdstate import REFRESH_EVERY_S, RETRY_MAX_PER_S, SYNC_RESOLVE_MAX, Resolution
 
 MAC = b"\x02\x00\x00\x00\x00\x01"
 
@@ -141,7 +143,7 @@ def test_the_periodic_recheck_is_rate_limited_and_deleted_services_are_forgotten
     for _ in range(10):
         net.now += 1.0
         d.fwd.tick()
-    assert 5 <= len(net.calls) <= 11  # about REFRESH_MAX_PER_S a second, not 200 every 15 s
+    assert 5 <= len(net.calls) <= 11  # about REFRESH_MAX_PER_S a second, not 200 at once every round
     for i in range(n):
         d.handle("del_service", key(i))
     assert d.fwd.addresses() == 0 and not d.fwd.status and not d.estimator.keys()
@@ -178,3 +180,30 @@ def test_background_resolution_awaited_on_the_loop_serves_requests_between_looku
     assert asyncio.run(main()) == 0
     assert served == [3] and len(net.calls) == n
     assert l2_states(d) == ["resolved"] * (n - 1) and d.fwd.addresses() == n - 1
+
+
+def test_next_due_says_when_the_resolve_loop_must_tick_and_wake_says_when_work_appears() -> None:
+    # Issue 19: lbd's resolve loop sleeps until fwd.next_due() instead of ticking every second.
+    net = FakeNet()
+    net.up = {"172.16.3.1"}
+    d = director(net)
+    wakes: list[int] = []
+    d.fwd.wake = lambda: wakes.append(1)
+    assert d.fwd.next_due() is None  # nothing configured: nothing ever due
+    d.handle("add_service", {**key(1), "sched": "rr"})
+    d.handle("add_dest", {"service": key(1), "dest": {"addr": "172.16.3.1", "port": 80}})
+    assert wakes  # a new address: the periodic re-check's rate changed
+    d.fwd.tick()  # the first tick: credit 1/15 of a lookup
+    due = d.fwd.next_due()
+    assert due is not None and due - net.now == pytest.approx(REFRESH_EVERY_S - 1.0)  # one address: every 30 s
+    calls = len(net.calls)
+    net.now += REFRESH_EVERY_S - 1.0
+    d.fwd.tick()  # one tick (not 29) later: the re-check is done
+    assert len(net.calls) == calls + 1
+    wakes.clear()
+    net.up.clear()  # the next lookup fails: a retry is scheduled 1 s on, and the loop is woken for it
+    d.fwd.invalidate()
+    assert wakes and d.fwd.pending
+    d.fwd.resolve_pending(budget_s=1.0)
+    due = d.fwd.next_due()
+    assert due is not None and due - net.now == pytest.approx(1.0)

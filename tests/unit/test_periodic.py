@@ -49,3 +49,23 @@ def test_run_every_logs_a_failing_tick_and_goes_on_until_cancelled(caplog: pytes
     assert any("the test's work failed" in r.getMessage() for r in caplog.records)
     gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
     assert all(g > 0.02 * (1 - periodic.EARLY_FRACTION) - 0.005 for g in gaps)  # never twice for one tick
+
+
+def test_sleep_on_grid_ends_on_a_grid_point_at_least_the_delay_ahead_or_when_woken() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        t0 = loop.time()
+        await periodic.sleep_on_grid(0.05, 0.02, woken)  # 0.05 s on, up to the 0.02 s grid
+        t1 = loop.time()
+        assert t1 - t0 >= 0.05 - 0.005 and round(t1 / 0.02) * 0.02 == pytest.approx(t1, abs=0.01)
+        loop.call_later(0.03, woken.set)  # woken long before the 10 s delay
+        await periodic.sleep_on_grid(10.0, 1.0, woken)
+        assert loop.time() - t1 < 1.0
+        woken.clear()
+        loop.call_later(0.02, woken.set)
+        await periodic.sleep_on_grid(None, 1.0, woken)  # no delay at all: only the event ends it
+        assert woken.is_set()
+        assert len(asyncio.all_tasks()) == 1  # no waiter task left behind
+
+    asyncio.run(main())
