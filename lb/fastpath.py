@@ -62,6 +62,11 @@ def _check(rc: int, what: str) -> int:
     return rc
 
 
+def _rates(r: object) -> dict[str, int]:
+    """struct lb_rates as lbadm's rate fields (lb.estimator.RATE_FIELDS)."""
+    return {name: getattr(r, name) for name in RATE_NAMES}
+
+
 def _stats(c: object) -> Stats:
     return Stats(
         conns=c.conns,  # type: ignore[attr-defined]
@@ -79,6 +84,7 @@ _PROXY_BITS: dict[str | None, int] = {"v1": lib.LB_SVC_F_PROXY_V1, "v2": lib.LB_
 _NO_TIMER = 2**64 - 1  # lb_timer_due(): UINT64_MAX when nothing is due
 CHANGED_CHUNK = 1024  # services per lb_svc_list_changed call
 
+RATE_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_rates").fields)
 # Fields of struct lb_nfq_stats (lb_api.h), in declaration order.
 NFQ_STAT_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_nfq_stats").fields)
 
@@ -310,6 +316,10 @@ class CEngine:
         count = min(lib.lb_svc_list(self._lb, arr, total), total)
         return [self._service_info(arr[i]) for i in range(count)]
 
+    def rate_tick(self) -> int:
+        """One step of the C rate estimators unless an adapter thread steps them; the watch mark (lb_est_tick)."""
+        return int(lib.lb_est_tick(self._lb))
+
     def changed_services(self) -> list[ServiceKey]:
         """The services whose counters moved since the last call (lb_svc_list_changed), each once."""
         out: list[ServiceKey] = []
@@ -345,7 +355,7 @@ class CEngine:
             proxy_protocol=next((v for v, bit in _PROXY_BITS.items() if conf.flags & bit), None),
         )
         return ServiceInfo(spec=spec, dests=self._dests(key), stats=_stats(s.stats),  # type: ignore[attr-defined]
-                           laddrs=self._laddrs(key))
+                           laddrs=self._laddrs(key), rates=_rates(s.rates))  # type: ignore[attr-defined]
 
     def _dests(self, key: ServiceKey) -> list[DestInfo]:
         total = _check(lib.lb_dest_list(self._lb, *self._key(key), ffi.NULL, 0), f"list {key}")
@@ -371,6 +381,7 @@ class CEngine:
                     stats=_stats(d.stats),
                     syn_retrans=d.syn_retrans,
                     handshakes=d.handshakes,
+                    rates=_rates(d.rates),
                 )
             )
         return dests
