@@ -84,7 +84,8 @@ void lb_est_link(struct lb_svc *s)
         lb->est_head->est_prev = s;
     lb->est_head = s;
     lb->est_active++;
-    lb_wake_check(lb, lb->est_next_ms); /* a sleeping adapter thread steps it on time */
+    /* No wake-up: a sleeping timers' thread looks again within LB_ADAPTER_IDLE_MS and steps then (the
+     * first step after a silence has no phase to keep), and the thread that counted this is often it. */
 }
 
 void lb_est_unlink(lb_t *lb, struct lb_svc *s)

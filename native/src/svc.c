@@ -542,6 +542,9 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         }
     } else {
         lb_fp_dest(lb, d, 0); /* back in a service (revived): its slot, if any, is up again */
+        if (revived)
+            lb_est_touch(s); /* its estimator is stepped again (what it counted since its last step, its
+                                rates that were not 0), with its service's */
     }
 out:
     pthread_mutex_unlock(&lb->lock);
