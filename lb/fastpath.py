@@ -85,6 +85,8 @@ _NO_TIMER = 2**64 - 1  # lb_timer_due(): UINT64_MAX when nothing is due
 CHANGED_CHUNK = 1024  # services per lb_svc_list_changed call
 
 RATE_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_rates").fields)
+# lb_reason_name(i) for every reason, read once (counters() runs on every tick that has work).
+REASON_NAMES: tuple[str, ...] = tuple(ffi.string(lib.lb_reason_name(i)).decode() for i in range(lib.LB_R_COUNT))
 # Fields of struct lb_nfq_stats (lb_api.h), in declaration order.
 NFQ_STAT_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_nfq_stats").fields)
 
@@ -526,7 +528,7 @@ class CEngine:
         n = lib.LB_R_COUNT
         arr = ffi.new("uint64_t[]", n)
         lib.lb_counters(self._lb, arr, n)
-        return {ffi.string(lib.lb_reason_name(i)).decode(): arr[i] for i in range(n)}
+        return {name: arr[i] for i, name in enumerate(REASON_NAMES)}
 
     def conn_count(self) -> int:
         return int(lib.lb_conn_count(self._lb))
