@@ -58,6 +58,7 @@ struct lb_adapter_wait {
     struct lb_wake *fp;                    /* the fast path's (xsk_fp.c) when this thread runs its tick */
     uint64_t last_expire_ms;               /* the last expiry run */
     uint8_t est;                           /* a timers' thread: it steps the rate estimators (est.c) */
+    uint64_t est_check_ms;                 /* when lb_adapter_est_tick looks again (under lb->lock) */
 };
 
 /* Open w's eventfd; with timers, register it as lb's timers' thread (lb->wake: the first one to ask

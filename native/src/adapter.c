@@ -134,8 +134,11 @@ short lb_adapter_poll(struct lb_adapter_wait *w, int fd, short events, int timeo
 uint64_t lb_adapter_due_locked(lb_t *lb, const struct lb_adapter_wait *w)
 {
     uint64_t due = lb_timer_due(lb);
-    uint64_t est = w->est ? lb_est_due_locked(lb) : UINT64_MAX;
-    due = est < due ? est : due;
+    if (w->est) { /* the estimators' next step, no sooner than this thread means to look (est_check_ms) */
+        uint64_t est = lb_est_due_locked(lb);
+        est = est > w->est_check_ms ? est : w->est_check_ms;
+        due = est < due ? est : due;
+    }
     uint64_t exp = lb->exp_next_ms < lb->sched_next_ms ? lb->exp_next_ms : lb->sched_next_ms;
     if (exp != UINT64_MAX) {
         uint64_t floor = w->last_expire_ms + LB_ADAPTER_EXPIRE_EVERY_MS;
@@ -183,7 +186,13 @@ void lb_adapter_est_tick(lb_t *lb, struct lb_adapter_wait *w)
     if (!w->est)
         return;
     uint64_t t = lb_adapter_now_ms();
+    if (t < w->est_check_ms)
+        return; /* no lock taken on every round of a busy thread */
     pthread_mutex_lock(&lb->lock);
     lb_est_run_due_locked(lb, t);
+    /* The next look: the next step, or (no service to step) a second on: a service whose traffic starts
+     * meanwhile is stepped within ~1 s, its first step having no phase to keep. */
+    uint64_t next = lb_est_due_locked(lb);
+    w->est_check_ms = next != UINT64_MAX ? next : t + LB_ADAPTER_IDLE_MS;
     pthread_mutex_unlock(&lb->lock);
 }
