@@ -163,3 +163,20 @@ def test_an_idle_director_ticks_with_one_call(monkeypatch: pytest.MonkeyPatch) -
     d.engine.process(packet(44001, 1009, "S"), 2000)  # a new connection: the watch looks again
     d.estimate(now=40.0)
     assert d._moved_at.get(ServiceKey(6, "10.0.0.1", 1009)) == 40.0  # noqa: SLF001
+
+
+def test_listing_more_destinations_than_the_first_call_asks_for() -> None:
+    """The watch reads services (CEngine.service): one C call per list up to LIST_FIRST entries, two beyond."""
+    from lb.fastpath import LIST_FIRST, CEngine
+    from lb.model import DestSpec, ServiceSpec
+
+    eng = CEngine()
+    key = ServiceKey(6, "10.0.0.1", 80)
+    eng.add_service(ServiceSpec(key=key, sched="rr"))
+    for n in (1, LIST_FIRST, LIST_FIRST + 1, 3 * LIST_FIRST):
+        have = len(eng.service(key).dests)
+        for i in range(have, n):
+            eng.add_dest(key, DestSpec(addr=f"10.0.1.{i + 1}", port=80))
+        info = eng.service(key)
+        assert sorted(d.spec.addr for d in info.dests) == sorted(f"10.0.1.{i + 1}" for i in range(n))
+        assert all(d.rates == dict.fromkeys(RATE_FIELDS, 0) for d in info.dests)
