@@ -127,6 +127,8 @@ class Director(DirectorViews, DirectorConfigs):
         self._last_refusals: dict[str, int] = {}  # REFUSAL_LOGS counters at the previous tick
         self._moved_at: dict[ServiceKey, float] = {}  # services whose counters moved lately -> when (estimate)
         self._estimated_at: tuple[int, int] | None = None  # (packets counted, config_generation) at the last full tick
+        self._watch_mark: int | None = None  # the engine's rate_tick mark at the last tick (C engine)
+        self._watch_moved_at = 0.0  # when it last changed
         self.totals = TotalStats()  # IPVS's tot_stats: every service's counters, deleted ones included
         self.sync = SyncDaemons(self)  # connection sync daemons (lb/sync), none running at first
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {

@@ -2,6 +2,13 @@
 
 One job: the rate estimators' ticks (lb/estimator.py), the stalled-handshake watch and its history
 for lbadm doctor (lb/stallhistory.py), the log lines for refused work, and ipvsadm -Z.
+
+Two engines, two places for the rates. The Python engine's are estimated here, from the counters the
+engine lists (lb/estimator.py). The C engine keeps its own (native/src/est.c, the same arithmetic,
+stepped by its adapter thread: issue 19, the director's Python tick was most of an emulated guest's
+per-packet cost) and reports them with the counters (ServiceInfo.rates, DestInfo.rates); here it
+only gets the stalled-handshake watch and the refusal log, and a tick is one call into C while
+nothing they look at moved (Engine.rate_tick).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class DirectorRates:
     _last_refusals: dict[str, int]
     _estimated_at: tuple[int, int] | None
     _moved_at: dict[ServiceKey, float]
+    _watch_mark: int | None
+    _watch_moved_at: float
 
     # ------------------------------------------------------------ counters and rates
     def _stats_samples(self, services: list[ServiceInfo]) -> dict[StatsKey, Stats]:
@@ -54,7 +63,45 @@ class DirectorRates:
         return samples
 
     def estimate(self, now: float | None = None) -> None:
-        """One estimator tick (lbd runs it every ESTIMATOR_TICK_S): rates, and stalled handshakes.
+        """One estimator tick (lbd runs it every ESTIMATOR_TICK_S): rates, and stalled handshakes:
+        the engine's own (rate_tick: the C engine's, then _watch), or lb/estimator.py's (_estimate_here)."""
+        now = time.monotonic() if now is None else now
+        mark = self.engine.rate_tick()
+        if mark is None:
+            self._estimate_here(now)
+        else:
+            self._watch(now, mark)
+
+    def _watch(self, now: float, mark: int) -> None:
+        """A tick for an engine with its own rate estimators (the C engine: rate_tick stepped them, or
+        its adapter thread does): the stalled-handshake watch and the refusal log only.
+
+        O(1), the one call of rate_tick, while its mark (every change of a destination's handshake
+        counters, of a refusal counter, a zeroing) stood still for longer than the stall window and
+        no stall episode goes on: a destination whose handshake counters did not move since a sample
+        older than the window is found not stalled again (StallWatch.update), and no refusal grew.
+        Else as _estimate_here without the rates: O(services whose counters moved lately)."""
+        if mark != self._watch_mark:
+            self._watch_mark = mark
+            self._watch_moved_at = now
+        elif now - self._watch_moved_at > self.stalls.window_s + ESTIMATOR_TICK_S and not self.stalls.any_stalled():
+            return
+        services = [s for s in map(self._service_or_none, self._estimated_services(now)) if s is not None]
+        self._watch_stalls(now, services)
+        self._log_refusals(self.engine.counters())
+
+    def _watch_stalls(self, now: float, services: list[ServiceInfo]) -> None:
+        samples = {
+            (s.spec.key, d.spec.addr, d.spec.port): HandshakeSample(d.syn_retrans, d.handshakes, d.stats.conns)
+            for s in services for d in s.dests
+        }
+        events = self.stalls.update(now, samples)
+        for event in events:
+            self._log_stall(event)
+        self._remember_stalls(events, services, now)
+
+    def _estimate_here(self, now: float) -> None:
+        """A tick of lb/estimator.py's rates and the stalled-handshake watch (the Python engine).
 
         O(1) while the director is idle (issue 15): when no packet was counted since the last tick
         (every packet is counted under exactly one reason), the configuration did not change, every
@@ -64,7 +111,6 @@ class DirectorRates:
         moving, _estimated_services) are read and stepped; at 10,000 services a full listing
         every 2 s took ~175 ms of the director's CPU, in one burst that overflowed the queue.
         """
-        now = time.monotonic() if now is None else now
         counters = self.engine.counters()
         mark = (sum(counters.values()), self.config_generation)
         if mark == self._estimated_at and self.estimator.settled() and not self.stalls.any_stalled():
@@ -73,14 +119,7 @@ class DirectorRates:
         self._estimated_at = mark
         services = [s for s in map(self._service_or_none, self._estimated_services(now)) if s is not None]
         self.estimator.update(self._stats_samples(services))
-        samples = {
-            (s.spec.key, d.spec.addr, d.spec.port): HandshakeSample(d.syn_retrans, d.handshakes, d.stats.conns)
-            for s in services for d in s.dests
-        }
-        events = self.stalls.update(now, samples)
-        for event in events:
-            self._log_stall(event)
-        self._remember_stalls(events, services, now)
+        self._watch_stalls(now, services)
         self._log_refusals(counters)
 
     def _estimated_services(self, now: float) -> set[ServiceKey]:
@@ -169,7 +208,8 @@ class DirectorRates:
 
     def _zero(self, key: ServiceKey | None) -> None:
         """ipvsadm -Z [service]: counters and rates of the service(s) and their destinations restart at 0:
-        the engine zeroes its counters, the estimators restart from 0 (ip_vs_zero_estimator). The totals
+        the engine zeroes its counters (the C engine its estimators too), lb/estimator.py's estimators
+        restart from 0 (ip_vs_zero_estimator; one it has none for starts from 0 anyway). The totals
         restart at 0 with everything, and keep what one service had counted when it alone is zeroed."""
         if key is None:
             self.totals.zero()
@@ -177,10 +217,11 @@ class DirectorRates:
         else:
             self.totals.retire(self.engine.service(key).stats)
             self.engine.zero_service(key)
-        services = self.engine.services() if key is None else [self.engine.service(key)]
-        for skey in self._stats_samples(services):
-            self.estimator.zero(skey, Stats())
+        for skey in self.estimator.keys():
+            if key is None or skey[1] == key:
+                self.estimator.zero(skey, Stats())
 
-    def _shown(self, skey: StatsKey, raw: Stats) -> dict[str, int]:
-        """Counters since the object was created or last zeroed, plus rates: a `stats` object of `list`."""
-        return {**raw.to_json(), **self.estimator.read(skey).to_json()}
+    def _shown(self, skey: StatsKey, raw: Stats, rates: dict[str, int] | None = None) -> dict[str, int]:
+        """Counters since the object was created or last zeroed, plus rates (the engine's own when it
+        keeps them, else lb/estimator.py's): a `stats` object of `list`."""
+        return {**raw.to_json(), **(rates if rates is not None else self.estimator.read(skey).to_json())}

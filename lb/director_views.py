@@ -48,7 +48,7 @@ class DirectorViews(DirectorRates):
                     "active": d.active,
                     "inactive": d.inactive,
                     "persist": d.persist,
-                    "stats": self._shown(dest_stats_key(s.spec.key, d.spec.addr, d.spec.port), d.stats),
+                    "stats": self._shown(dest_stats_key(s.spec.key, d.spec.addr, d.spec.port), d.stats, d.rates),
                     "syn_retrans": d.syn_retrans,
                     "handshakes": d.handshakes,
                     "stalled": self.stalls.stalled((s.spec.key, d.spec.addr, d.spec.port)),
@@ -57,7 +57,7 @@ class DirectorViews(DirectorRates):
                 })
             laddrs = [{"addr": la.addr, "conns": la.conns} for la in s.laddrs]
             own = self.synproxy_confs.get(s.spec.key)
-            out.append({**s.spec.to_json(), "stats": self._shown(svc_stats_key(s.spec.key), s.stats),
+            out.append({**s.spec.to_json(), "stats": self._shown(svc_stats_key(s.spec.key), s.stats, s.rates),
                         "dests": dests, "laddrs": laddrs,
                         "synproxy_conf": synproxy_to_json(own) if own is not None else None})
         return {"version": "1.2.1", "conn_tab_size": table_size, "services": out,

@@ -173,6 +173,13 @@ class Engine(Protocol):
         """The services whose counters moved since the last call, each once (lb_svc_list_changed):
         what the rate estimator must look at; the others' rates only decay."""
         ...
+    def rate_tick(self) -> int | None:
+        """The engine's own rate estimators (the C engine's, lb_est_tick; lbd calls this every 2 s): one
+        step unless its adapter thread steps them, then a mark that changes whenever a destination's
+        handshake counters, a refusal counter or a zeroing moved (what the director's stalled-handshake
+        watch and refusal log look at). None: the engine has no estimators of its own; the director
+        runs lb/estimator.py on the counters it lists."""
+        ...
     def dest_flags(self, key: ServiceKey) -> dict[tuple[str, int], int]: ...
     def connections(self, now_ms: int) -> list[ConnInfo]: ...
     def counters(self) -> dict[str, int]:

@@ -62,6 +62,11 @@ def _check(rc: int, what: str) -> int:
     return rc
 
 
+def _rates(r: object) -> dict[str, int]:
+    """struct lb_rates as lbadm's rate fields (lb.estimator.RATE_FIELDS)."""
+    return {name: getattr(r, name) for name in RATE_NAMES}
+
+
 def _stats(c: object) -> Stats:
     return Stats(
         conns=c.conns,  # type: ignore[attr-defined]
@@ -78,7 +83,11 @@ _SCHED_FLAG_BITS = (lib.LB_SVC_F_SCHED1, lib.LB_SVC_F_SCHED2, lib.LB_SVC_F_SCHED
 _PROXY_BITS: dict[str | None, int] = {"v1": lib.LB_SVC_F_PROXY_V1, "v2": lib.LB_SVC_F_PROXY_V2}
 _NO_TIMER = 2**64 - 1  # lb_timer_due(): UINT64_MAX when nothing is due
 CHANGED_CHUNK = 1024  # services per lb_svc_list_changed call
+LIST_FIRST = 16  # destinations / local addresses a service's listing asks for in its first call
 
+RATE_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_rates").fields)
+# lb_reason_name(i) for every reason, read once (counters() runs on every tick that has work).
+REASON_NAMES: tuple[str, ...] = tuple(ffi.string(lib.lb_reason_name(i)).decode() for i in range(lib.LB_R_COUNT))
 # Fields of struct lb_nfq_stats (lb_api.h), in declaration order.
 NFQ_STAT_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_nfq_stats").fields)
 
@@ -297,11 +306,19 @@ class CEngine:
     def del_laddr(self, key: ServiceKey, addr: str) -> None:
         _check(lib.lb_laddr_del(self._lb, *self._key(key), _ip2int(addr)), f"delete local address {addr} of {key}")
 
+    def _listing(self, fn: Callable[..., int], ctype: str, key: ServiceKey, what: str) -> tuple[object, int]:
+        """One of a service's lists (lb_dest_list, lb_laddr_list) and its length: one call when it has at
+        most LIST_FIRST entries (most services), a second one sized by the first's count otherwise."""
+        arr = ffi.new(ctype, LIST_FIRST)
+        total = _check(fn(self._lb, *self._key(key), arr, LIST_FIRST), what)
+        if total > LIST_FIRST:
+            arr = ffi.new(ctype, total)
+            total = min(_check(fn(self._lb, *self._key(key), arr, total), what), total)
+        return arr, total
+
     def _laddrs(self, key: ServiceKey) -> list[LaddrInfo]:
-        total = _check(lib.lb_laddr_list(self._lb, *self._key(key), ffi.NULL, 0), f"list local addresses of {key}")
-        arr = ffi.new("struct lb_laddr_info[]", max(total, 1))
-        count = min(_check(lib.lb_laddr_list(self._lb, *self._key(key), arr, total), f"list {key}"), total)
-        return [LaddrInfo(_int2ip(arr[i].addr), arr[i].conns) for i in range(count)]
+        arr, count = self._listing(lib.lb_laddr_list, "struct lb_laddr_info[]", key, f"list local addresses of {key}")
+        return [LaddrInfo(_int2ip(arr[i].addr), arr[i].conns) for i in range(count)]  # type: ignore[index]
 
     # ------------------------------------------------------------ observation
     def services(self) -> list[ServiceInfo]:
@@ -309,6 +326,10 @@ class CEngine:
         arr = ffi.new("struct lb_svc_info[]", max(total, 1))
         count = min(lib.lb_svc_list(self._lb, arr, total), total)
         return [self._service_info(arr[i]) for i in range(count)]
+
+    def rate_tick(self) -> int:
+        """One step of the C rate estimators unless an adapter thread steps them; the watch mark (lb_est_tick)."""
+        return int(lib.lb_est_tick(self._lb))
 
     def changed_services(self) -> list[ServiceKey]:
         """The services whose counters moved since the last call (lb_svc_list_changed), each once."""
@@ -345,15 +366,13 @@ class CEngine:
             proxy_protocol=next((v for v, bit in _PROXY_BITS.items() if conf.flags & bit), None),
         )
         return ServiceInfo(spec=spec, dests=self._dests(key), stats=_stats(s.stats),  # type: ignore[attr-defined]
-                           laddrs=self._laddrs(key))
+                           laddrs=self._laddrs(key), rates=_rates(s.rates))  # type: ignore[attr-defined]
 
     def _dests(self, key: ServiceKey) -> list[DestInfo]:
-        total = _check(lib.lb_dest_list(self._lb, *self._key(key), ffi.NULL, 0), f"list {key}")
-        arr = ffi.new("struct lb_dest_info[]", max(total, 1))
-        count = min(_check(lib.lb_dest_list(self._lb, *self._key(key), arr, total), f"list {key}"), total)
+        arr, count = self._listing(lib.lb_dest_list, "struct lb_dest_info[]", key, f"list {key}")
         dests = []
         for i in range(count):
-            d = arr[i]
+            d = arr[i]  # type: ignore[index]
             spec = DestSpec(
                 addr=_int2ip(d.conf.addr),
                 port=d.conf.port,
@@ -371,6 +390,7 @@ class CEngine:
                     stats=_stats(d.stats),
                     syn_retrans=d.syn_retrans,
                     handshakes=d.handshakes,
+                    rates=_rates(d.rates),
                 )
             )
         return dests
@@ -515,7 +535,7 @@ class CEngine:
         n = lib.LB_R_COUNT
         arr = ffi.new("uint64_t[]", n)
         lib.lb_counters(self._lb, arr, n)
-        return {ffi.string(lib.lb_reason_name(i)).decode(): arr[i] for i in range(n)}
+        return {name: arr[i] for i, name in enumerate(REASON_NAMES)}
 
     def conn_count(self) -> int:
         return int(lib.lb_conn_count(self._lb))

@@ -284,6 +284,9 @@ class DestInfo:
     stats: Stats = field(default_factory=Stats)
     syn_retrans: int = 0  # client SYNs repeated on connections already forwarded here
     handshakes: int = 0  # connections whose handshake completed (client ACK seen)
+    # The engine's own rate estimates (cps, inpps, outpps, inbps, outbps: the C engine's, lb_est_tick);
+    # None: the director estimates them (lb/estimator.py, the Python engine). Not part of equality.
+    rates: dict[str, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -332,6 +335,7 @@ class ServiceInfo:
     dests: list[DestInfo] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
     laddrs: list[LaddrInfo] = field(default_factory=list)
+    rates: dict[str, int] | None = field(default=None, compare=False)  # as DestInfo.rates
 
 
 # ipvsadm -Lnc's state of a persistence template once one of its connections was established (TCP) or

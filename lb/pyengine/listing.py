@@ -65,6 +65,10 @@ class Listing(SynproxyPath):
         with self._lock:
             return [service_info(service) for service in self._services.values()]
 
+    def rate_tick(self) -> None:
+        """No estimators of its own: the director runs lb/estimator.py (Engine.rate_tick)."""
+        return None
+
     def changed_services(self) -> list[ServiceKey]:
         """The services whose counters moved since the last call, each once (lb_svc_list_changed)."""
         with self._lock:

@@ -10,7 +10,8 @@
  * timers (LB_NFQ_F_TIMERS / LB_XSK_F_TIMERS) sleeps until the first of: a timer (SYN-proxy
  * retransmission, a held packet: lb_timer_due), the first connection's expiry (lb->exp_next_ms,
  * exact: conn.c's heaps), a scheduler's periodic work (lb->sched_next_ms), the XDP fast path's next
- * pass (xsk_fp.c), and at most LB_ADAPTER_IDLE_MS. What another thread or the control plane makes
+ * pass (xsk_fp.c), the rate estimators' next step (est.c: every 2 s while some service has traffic
+ * or rates not yet 0, never for an idle director), and at most LB_ADAPTER_IDLE_MS. What another thread or the control plane makes
  * due earlier wakes it through the core's hook (struct lb_wake, lb_internal.h). The expiry and the
  * schedulers' ticks run together, at most every LB_ADAPTER_EXPIRE_EVERY_MS.
  */
@@ -56,6 +57,8 @@ struct lb_adapter_wait {
     struct lb_wake *timers;                /* &lb->wake when this thread is the timers' (registered), else NULL */
     struct lb_wake *fp;                    /* the fast path's (xsk_fp.c) when this thread runs its tick */
     uint64_t last_expire_ms;               /* the last expiry run */
+    uint8_t est;                           /* a timers' thread: it steps the rate estimators (est.c) */
+    uint64_t est_check_ms;                 /* when lb_adapter_est_tick looks again (under lb->lock) */
 };
 
 /* Open w's eventfd; with timers, register it as lb's timers' thread (lb->wake: the first one to ask
@@ -82,5 +85,10 @@ int lb_adapter_sleep_ms_locked(const struct lb_adapter_wait *w, uint64_t due, ui
 
 /* The expiry and the schedulers' ticks, when due (lb_expire), at most every LB_ADAPTER_EXPIRE_EVERY_MS. */
 void lb_adapter_expire_tick(lb_t *lb, struct lb_adapter_wait *w);
+
+/* A timers' thread's step of the rate estimators (est.c), when its 2-second grid says so and some
+ * service has traffic or rates not yet 0 (lb_adapter_due_locked wakes it for that, and only then).
+ * Run after the XDP fast path's tick: the step reads the counters it credited. */
+void lb_adapter_est_tick(lb_t *lb, struct lb_adapter_wait *w);
 
 #endif

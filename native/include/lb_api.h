@@ -262,10 +262,21 @@ struct lb_stats {
     uint64_t outbytes;
 };
 
+/* Rates (ipvsadm -L --rate), per second: connections, packets in and out, bytes in and out, as
+ * the kernel's ip_vs_read_estimator rounds them from its averages (struct lb_est, below). */
+struct lb_rates {
+    uint64_t cps;
+    uint64_t inpps;
+    uint64_t outpps;
+    uint64_t inbps;
+    uint64_t outbps;
+};
+
 struct lb_svc_info {
     struct lb_svc_conf conf;
     uint32_t num_dests;
     struct lb_stats stats;
+    struct lb_rates rates;         /* its rate estimator's (lb_est_tick) */
 };
 
 struct lb_dest_info {
@@ -279,6 +290,7 @@ struct lb_dest_info {
                                       connection already forwarded here (stalled-handshake signal) */
     uint64_t handshakes;           /* connections to this destination whose handshake completed
                                       (the client's ACK arrived: SYN_RECV -> ESTABLISHED) */
+    struct lb_rates rates;         /* its rate estimator's (lb_est_tick) */
 };
 
 struct lb_conn_info {
@@ -723,3 +735,41 @@ int lb_sync_master_set(lb_t *lb, const struct lb_sync_conf *conf, int on);
  * conn_flags: LB_CONN_F_TEMPLATE; in_persistence: a connection controlled by a template. */
 int lb_sync_needed(const struct lb_sync_conf *conf, struct lb_sync_state *st, uint8_t proto, uint8_t state,
                    uint32_t conn_flags, int in_persistence, uint32_t pkts, uint32_t timeout_ms, uint64_t now_ms);
+
+/* ---- rate estimators (native/src/est.c; the kernel's net/netfilter/ipvs/ip_vs_est.c) ---- */
+/* Every LB_EST_TICK_MS each service's and destination's estimator takes the increase of its
+ * counters since the last step, per second in fixed point (connections and packets: delta << 9,
+ * i.e. * 2^10 / 2 s; bytes: delta << 4, * 2^5 / 2 s), and moves its average a quarter of the way:
+ * avg += (rate - avg) >> 2, an arithmetic shift on signed 64 bits. Reading rounds: (avg + 0x1FF) >> 10
+ * for cps and pps, (avg + 0xF) >> 5 for bps (ip_vs_read_estimator). A counter that went backwards
+ * contributes 0 for that step; zeroing (lb_zero, lb_zero_svc) takes the current counters (0) as
+ * "last" and clears the averages (ip_vs_zero_estimator). The state of a service or destination is
+ * allocated zeroed with it: its first step counts from 0, as the kernel's. A destination revived
+ * from the trash into the same service keeps its counters and its estimator (the kernel's). Who
+ * steps: the thread of an adapter that runs the timers (LB_NFQ_F_TIMERS, LB_XSK_F_TIMERS), on its
+ * own 2-second grid and only while some service has traffic or decaying rates; without such a
+ * thread, each lb_est_tick call is one step. A step costs the services with traffic (a service
+ * whose counters move joins the stepped list, one that stood still with every rate 0 leaves it)
+ * and their destinations, never the connections. lb_api.h's pure functions below are the
+ * arithmetic, for tests. */
+#define LB_EST_TICK_MS 2000
+struct lb_est {
+    uint64_t last[5];              /* counters at the last step: conns, inpkts, outpkts, inbytes, outbytes */
+    int64_t avg[5];                /* averages: cps, inpps, outpps (scaled 2^10), inbps, outbps (scaled 2^5) */
+};
+/* One step of e with the counters `now`; read e's rates; zero e at the counters `now`. Pure. */
+void lb_est_step_one(struct lb_est *e, const struct lb_stats *now);
+void lb_est_read(const struct lb_est *e, struct lb_rates *out);
+void lb_est_zero(struct lb_est *e, const struct lb_stats *now);
+/* The control plane's tick (lbd, every LB_EST_TICK_MS): one step of the estimators unless an adapter
+ * thread steps them, then the watch mark: a number that changes whenever a destination's
+ * handshake counters (connections scheduled, SYN retransmissions, completed handshakes) or a
+ * refusal counter (table_full, no_laddr, xmit_failed, early drops) moved, or counters were zeroed:
+ * the director's stalled-handshake watch and refusal log have nothing to do while it stands still.
+ * Locks (once). */
+uint64_t lb_est_tick(lb_t *lb);
+/* One step of every estimator that needs one, now (the adapter's and lb_est_tick's). Locks. */
+void lb_est_step(lb_t *lb);
+/* Adapter threads stepping the estimators (0: lb_est_tick does), and the services in the stepped list. */
+uint32_t lb_est_driven(lb_t *lb);
+uint32_t lb_est_active(lb_t *lb);

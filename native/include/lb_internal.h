@@ -329,6 +329,7 @@ struct lb_dest {
     uint16_t vport;
     uint32_t svc_id;             /* id of the service object it was last added to */
     struct lb_stats stats;
+    struct lb_est est;           /* its rate estimator (est.c): stepped with its service's */
     uint64_t syn_retrans;        /* see lb_dest_info */
     uint64_t handshakes;
     struct lb_dest *trash_next;  /* on lb->trash while unlinked and still referenced */
@@ -360,6 +361,10 @@ struct lb_svc {
     uint32_t dests_cap;
     struct lb_stats stats;
     struct lb_stats stats_seen;  /* stats as lb_svc_list_changed last reported them */
+    struct lb_est est;           /* its rate estimator (est.c) */
+    struct lb_svc *est_prev;     /* lb->est_head's list: the services the estimator steps (est_on) */
+    struct lb_svc *est_next;
+    uint8_t est_on;              /* in that list: its counters moved since it last stood still at rates 0 */
     struct lb_svc *hnext;        /* service hash chain */
     uint32_t id;                 /* unique per creation: a re-created service is a new one */
     struct lb_synproxy_conf sp_conf; /* SYN-proxy settings when sp_own, else lb->sp_default applies */
@@ -508,6 +513,13 @@ struct lb {
     uint64_t sched_next_ms;
     /* The housekeeping thread's wake-up (lb_wake_check, below). */
     struct lb_wake wake;
+    /* The rate estimators (est.c): the services they step (counters moved, or rates not yet 0),
+     * the next step of an adapter thread's 2-second grid, the threads that step them. */
+    struct lb_svc *est_head;
+    uint32_t est_active;         /* services in the list */
+    uint32_t est_drivers;        /* adapter threads stepping (lb_adapter_wait_open with timers) */
+    uint64_t est_next_ms;
+    uint64_t hs_events;          /* + 1 per change of a destination's handshake counters or a zeroing (lb_est_tick) */
     /* counters */
     uint64_t counters[LB_R_COUNT];
 };
@@ -880,6 +892,21 @@ static inline uint32_t lb_conn_timeout_ms(const lb_t *lb, const struct lb_conn *
     return lb->timeouts_ms[c->proto == LB_PROTO_UDP ? LB_S_UDP : c->state];
 }
 
+/* est.c: service s's counters moved: it joins the services the estimators step (once: until its
+ * rates decayed to 0 with its counters standing still). Under lb->lock, as the counting. */
+void lb_est_link(struct lb_svc *s);
+static inline void lb_est_touch(struct lb_svc *s)
+{
+    if (LB_UNLIKELY(!s->est_on))
+        lb_est_link(s);
+}
+/* est.c: s leaves that list (deleted, or rates 0). */
+void lb_est_unlink(lb_t *lb, struct lb_svc *s);
+/* est.c: under lb->lock, an adapter thread's step when its 2-second grid says so (and some service
+ * needs one), and when that is (UINT64_MAX: none). */
+void lb_est_run_due_locked(lb_t *lb, uint64_t now_ms);
+uint64_t lb_est_due_locked(const lb_t *lb);
+
 /* Packet statistics count only while the destination is AVAILABLE, as
  * ip_vs_in_stats/ip_vs_out_stats (a deleted destination's traffic is not counted). */
 static inline void lb_stats_in(struct lb_dest *d, uint32_t bytes)
@@ -891,6 +918,7 @@ static inline void lb_stats_in(struct lb_dest *d, uint32_t bytes)
     if (d->svc) {
         d->svc->stats.inpkts++;
         d->svc->stats.inbytes += bytes;
+        lb_est_touch(d->svc);
     }
 }
 
@@ -902,6 +930,7 @@ static inline void lb_stats_in_available(struct lb_dest *d, uint32_t bytes)
     d->stats.inbytes += bytes;
     d->svc->stats.inpkts++;
     d->svc->stats.inbytes += bytes;
+    lb_est_touch(d->svc);
 }
 
 static inline void lb_stats_out(struct lb_dest *d, uint32_t bytes)
@@ -913,6 +942,7 @@ static inline void lb_stats_out(struct lb_dest *d, uint32_t bytes)
     if (d->svc) {
         d->svc->stats.outpkts++;
         d->svc->stats.outbytes += bytes;
+        lb_est_touch(d->svc);
     }
 }
 

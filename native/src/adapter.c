@@ -79,6 +79,12 @@ int lb_adapter_wait_open(struct lb_adapter_wait *w, lb_t *lb, int timers)
         return -errno;
     if (timers && lb_wake_register(lb, lb_adapter_wake, w))
         w->timers = &lb->wake;
+    if (timers) { /* it steps the rate estimators (est.c): lb_est_tick no longer does */
+        pthread_mutex_lock(&lb->lock);
+        lb->est_drivers++;
+        pthread_mutex_unlock(&lb->lock);
+        w->est = 1;
+    }
     return 0;
 }
 
@@ -87,6 +93,12 @@ void lb_adapter_wait_close(struct lb_adapter_wait *w, lb_t *lb)
     if (w->timers)
         lb_wake_register(lb, NULL, w);
     w->timers = NULL;
+    if (w->est) {
+        pthread_mutex_lock(&lb->lock);
+        lb->est_drivers--;
+        pthread_mutex_unlock(&lb->lock);
+        w->est = 0;
+    }
     if (w->efd >= 0)
         close(w->efd);
     w->efd = -1;
@@ -122,6 +134,11 @@ short lb_adapter_poll(struct lb_adapter_wait *w, int fd, short events, int timeo
 uint64_t lb_adapter_due_locked(lb_t *lb, const struct lb_adapter_wait *w)
 {
     uint64_t due = lb_timer_due(lb);
+    if (w->est) { /* the estimators' next step, no sooner than this thread means to look (est_check_ms) */
+        uint64_t est = lb_est_due_locked(lb);
+        est = est > w->est_check_ms ? est : w->est_check_ms;
+        due = est < due ? est : due;
+    }
     uint64_t exp = lb->exp_next_ms < lb->sched_next_ms ? lb->exp_next_ms : lb->sched_next_ms;
     if (exp != UINT64_MAX) {
         uint64_t floor = w->last_expire_ms + LB_ADAPTER_EXPIRE_EVERY_MS;
@@ -162,4 +179,20 @@ void lb_adapter_expire_tick(lb_t *lb, struct lb_adapter_wait *w)
     w->last_expire_ms = t;
     if (next <= t)
         lb_expire(lb, t, 0);
+}
+
+void lb_adapter_est_tick(lb_t *lb, struct lb_adapter_wait *w)
+{
+    if (!w->est)
+        return;
+    uint64_t t = lb_adapter_now_ms();
+    if (t < w->est_check_ms)
+        return; /* no lock taken on every round of a busy thread */
+    pthread_mutex_lock(&lb->lock);
+    lb_est_run_due_locked(lb, t);
+    /* The next look: the next step, or (no service to step) a second on: a service whose traffic starts
+     * meanwhile is stepped within ~1 s, its first step having no phase to keep. */
+    uint64_t next = lb_est_due_locked(lb);
+    w->est_check_ms = next != UINT64_MAX ? next : t + LB_ADAPTER_IDLE_MS;
+    pthread_mutex_unlock(&lb->lock);
 }

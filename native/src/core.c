@@ -175,6 +175,8 @@ struct lb_conn *lb_schedule_conn(lb_t *lb, const struct lb_pkt *p, struct lb_svc
     }
     d->stats.conns++;
     s->stats.conns++;
+    lb_est_touch(s);
+    lb->hs_events++;
     *reason = LB_R_FORWARDED;
     return c;
 }
@@ -212,7 +214,8 @@ static int ops_datagram(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint
     lb_dest_bind(d, &c);
     d->stats.conns++;
     s->stats.conns++;
-    lb_stats_in_available(d, p->len);
+    lb->hs_events++;
+    lb_stats_in_available(d, p->len); /* lb_est_touch(s) */
     reason = lb_fit_path_mtu(p, &c, out, out_cap, act, lb_conn_xmit_in(lb, p, &c, out, out_cap, act));
     lb_dest_unbind(lb, d, &c); /* d stays linked in s: never its last reference */
     if (LB_UNLIKELY(lb->sync_on) && tmpl)
@@ -223,14 +226,17 @@ static int ops_datagram(lb_t *lb, const struct lb_pkt *p, struct lb_svc *s, uint
 /* TCP bookkeeping for a packet from the client: the stalled-handshake signal
  * (an identical SYN repeated while the entry still waits for the client's ACK)
  * and completed handshakes, per destination. */
-static inline void tcp_in_signals(struct lb_conn *c, const struct lb_pkt *p, uint8_t old_state)
+static inline void tcp_in_signals(lb_t *lb, struct lb_conn *c, const struct lb_pkt *p, uint8_t old_state)
 {
     if (LB_LIKELY(old_state != LB_S_SYN_RECV))
         return;
-    if (is_tcp_new_conn(p) && p->tcp_seq == c->syn_seq)
+    if (is_tcp_new_conn(p) && p->tcp_seq == c->syn_seq) {
         c->dest->syn_retrans++;
-    else if (c->state == LB_S_ESTABLISHED)
+        lb->hs_events++;
+    } else if (c->state == LB_S_ESTABLISHED) {
         c->dest->handshakes++;
+        lb->hs_events++;
+    }
 }
 
 /* The XDP fast path (lb_fp_ops), after a TCP packet from the client of connection c was handled
@@ -432,7 +438,7 @@ static inline __attribute__((always_inline)) int process(lb_t *lb, const uint8_t
     if (LB_LIKELY(p.proto == LB_PROTO_TCP)) {
         uint8_t old_state = c->state;
         lb_tcp_set_state(lb, c, LB_DIR_IN, p.tcp_flags);
-        tcp_in_signals(c, &p, old_state);
+        tcp_in_signals(lb, c, &p, old_state);
         timeout_ms = lb->timeouts_ms[c->state]; /* lb_conn_timeout_ms of a TCP connection */
     } else {
         timeout_ms = lb_conn_timeout_ms(lb, c);

@@ -730,6 +730,7 @@ static void *nfq_thread(void *arg)
             continue;
         process_timers(q);
         lb_adapter_expire_tick(q->lb, &q->wait);
+        lb_adapter_est_tick(q->lb, &q->wait);
     }
     return NULL;
 }

@@ -371,6 +371,7 @@ static void unlink_dest(lb_t *lb, struct lb_svc *s, uint32_t i)
 
 static void svc_destroy(lb_t *lb, struct lb_svc *s)
 {
+    lb_est_unlink(lb, s);
     if (s->conf.proto != LB_PROTO_FWMARK)
         lb_local_vip_put(lb, s->addr_n);
     lb_sched_unbind(s);
@@ -509,8 +510,9 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
     }
     const struct lb_dest prev = *d; /* to undo with, should the scheduler refuse it */
     if (d->svc_id != s->id) {
-        /* Revived into a re-created service (or new): its statistics start afresh. */
+        /* Revived into a re-created service (or new): its statistics start afresh, and its rates. */
         memset(&d->stats, 0, sizeof(d->stats));
+        memset(&d->est, 0, sizeof(d->est));
         d->svc_id = s->id;
     }
     dest_set_thresholds(d, conf); /* a new one has none yet (calloc); a revived one keeps its own */
@@ -540,6 +542,9 @@ int lb_dest_add(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, const s
         }
     } else {
         lb_fp_dest(lb, d, 0); /* back in a service (revived): its slot, if any, is up again */
+        if (revived)
+            lb_est_touch(s); /* its estimator is stepped again (what it counted since its last step, its
+                                rates that were not 0), with its service's */
     }
 out:
     pthread_mutex_unlock(&lb->lock);
@@ -651,15 +656,25 @@ int lb_dest_set_fwd(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, uin
     return err;
 }
 
+/* Counters and rates of s and its destinations restart at 0 (ip_vs_zero_stats, ip_vs_zero_estimator). */
+static void svc_zero(lb_t *lb, struct lb_svc *s)
+{
+    memset(&s->stats, 0, sizeof(s->stats));
+    lb_est_zero(&s->est, &s->stats);
+    for (uint32_t j = 0; j < s->ndests; j++) {
+        struct lb_dest *d = s->dests[j];
+        memset(&d->stats, 0, sizeof(d->stats));
+        lb_est_zero(&d->est, &d->stats);
+    }
+    lb->hs_events++; /* the destinations' connection counts went back to 0 (the stalled-handshake watch) */
+}
+
 int lb_zero_svc(lb_t *lb, uint8_t proto, uint32_t addr, uint16_t port)
 {
     pthread_mutex_lock(&lb->lock);
     struct lb_svc *s = lb_svc_find_host(lb, proto, addr, port);
-    if (s) {
-        memset(&s->stats, 0, sizeof(s->stats));
-        for (uint32_t j = 0; j < s->ndests; j++)
-            memset(&s->dests[j]->stats, 0, sizeof(s->dests[j]->stats));
-    }
+    if (s)
+        svc_zero(lb, s);
     pthread_mutex_unlock(&lb->lock);
     return s ? LB_OK : LB_ESRCH;
 }
@@ -668,11 +683,8 @@ int lb_zero(lb_t *lb)
 {
     pthread_mutex_lock(&lb->lock);
     struct lb_svc *s;
-    LB_FOR_EACH_SVC(lb, s) {
-        memset(&s->stats, 0, sizeof(s->stats));
-        for (uint32_t j = 0; j < s->ndests; j++)
-            memset(&s->dests[j]->stats, 0, sizeof(s->dests[j]->stats));
-    }
+    LB_FOR_EACH_SVC(lb, s)
+        svc_zero(lb, s);
     pthread_mutex_unlock(&lb->lock);
     return LB_OK;
 }
@@ -690,6 +702,7 @@ int lb_svc_list(lb_t *lb, struct lb_svc_info *out, uint32_t cap)
             out[n].conf = s->conf;
             out[n].num_dests = s->ndests;
             out[n].stats = s->stats;
+            lb_est_read(&s->est, &out[n].rates);
         }
         n++;
     }
@@ -712,6 +725,7 @@ int lb_svc_list_changed(lb_t *lb, struct lb_svc_info *out, uint32_t cap)
         out[n].conf = s->conf;
         out[n].num_dests = s->ndests;
         out[n].stats = s->stats;
+        lb_est_read(&s->est, &out[n].rates);
         n++;
     }
     pthread_mutex_unlock(&lb->lock);
@@ -730,6 +744,7 @@ int lb_svc_get(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct l
         out->conf = s->conf;
         out->num_dests = s->ndests;
         out->stats = s->stats;
+        lb_est_read(&s->est, &out->rates);
         ret = 0;
     }
     pthread_mutex_unlock(&lb->lock);
@@ -754,6 +769,7 @@ int lb_dest_list(lb_t *lb, uint8_t proto, uint32_t vaddr, uint16_t vport, struct
             out[i].stats = d->stats;
             out[i].syn_retrans = d->syn_retrans;
             out[i].handshakes = d->handshakes;
+            lb_est_read(&d->est, &out[i].rates);
         }
     }
     pthread_mutex_unlock(&lb->lock);

@@ -619,6 +619,7 @@ int lb_sp_out(lb_t *lb, const struct lb_pkt *p, struct lb_conn *c, uint64_t now_
             lb->sp_stats.handshakes++;
             lb_conn_set_state(lb, c, LB_S_ESTABLISHED);
             c->dest->handshakes++;
+            lb->hs_events++;
             lb_conn_set_expiry(lb, c, now_ms + lb_conn_timeout_ms(lb, c));
             /* Complete the server's handshake: ACK + held data (+ TOA). */
             uint8_t opts[8];

@@ -188,6 +188,7 @@ static uint64_t fp_credit_flow(struct lb_fp *fp, lb_t *lb, struct lb_conn *c, co
         if ((d->flags & LB_DEST_F_AVAILABLE) && d->svc) {
             d->svc->stats.inpkts += dp;
             d->svc->stats.inbytes += db;
+            lb_est_touch(d->svc); /* the estimators read these credited counters */
         }
     }
     if (fp->batching) {

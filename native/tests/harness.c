@@ -575,6 +575,8 @@ static lb_t *new_lb(void)
     return lb;
 }
 
+static int est_invariants(lb_t *lb);
+
 static int cmd_replay(int argc, char **argv)
 {
     lb_t *lb = new_lb();
@@ -602,6 +604,8 @@ static int cmd_replay(int argc, char **argv)
         while (lb_timer_next(lb, now, out_buf, sizeof(out_buf), &tact))
             bad |= check(tact.verdict == LB_V_XMIT_L2 || tact.verdict == LB_V_ANSWER, "timer actions send");
         lb_expire(lb, now, 0);
+        lb_est_step(lb);
+        bad |= est_invariants(lb);
     }
     lb_expire(lb, now + 3600 * 1000, 0);
     bad |= check(lb_conn_count(lb) == 0, "every entry expires");
@@ -851,6 +855,111 @@ static int fastpath_check(void)
     return bad;
 }
 
+/* The rate estimators' list (est.c): exactly the services marked est_on, est_active of them; a service
+ * outside it stood still since its last step with every rate 0, and so did its destinations (a step
+ * would change nothing: what makes leaving the list exact). */
+static int est_invariants(lb_t *lb)
+{
+    int bad = 0;
+    uint32_t listed = 0;
+    for (const struct lb_svc *s = lb->est_head; s && listed <= lb->nsvcs; s = s->est_next) {
+        bad |= check(s->est_on && (s->est_next == NULL || s->est_next->est_prev == s), "est list links");
+        listed++;
+    }
+    bad |= check(listed == lb->est_active, "est_active counts the list");
+    const struct lb_svc *s;
+    LB_FOR_EACH_SVC(lb, s) {
+        if (s->est_on)
+            continue;
+        struct lb_est e = s->est;
+        lb_est_step_one(&e, &s->stats);
+        bad |= check(!memcmp(&e, &s->est, sizeof(e)), "a service left out of the steps would not change");
+        for (uint32_t i = 0; i < s->ndests; i++) {
+            e = s->dests[i]->est;
+            lb_est_step_one(&e, &s->dests[i]->stats);
+            bad |= check(!memcmp(&e, &s->dests[i]->est, sizeof(e)), "nor would its destinations");
+        }
+    }
+    return bad;
+}
+
+/* The estimators' arithmetic on known values (ip_vs_est.c), and who steps them: lb_est_tick while no
+ * adapter thread does, the timers' thread (lb_adapter_est_tick, on its 2-second grid) once one does;
+ * an idle director's thread has no estimator step to wake for. */
+static int est_check(void)
+{
+    int bad = 0;
+    struct lb_est e;
+    struct lb_stats st = {0};
+    struct lb_rates r;
+    memset(&e, 0, sizeof(e));
+    for (int i = 1; i <= 60; i++) { /* 100 conns, 1000 packets in, 64000 bytes in per 2 s */
+        st.conns += 100;
+        st.inpkts += 1000;
+        st.inbytes += 64000;
+        lb_est_step_one(&e, &st);
+    }
+    lb_est_read(&e, &r);
+    bad |= check(r.cps == 50 && r.inpps == 500 && r.inbps == 32000 && r.outpps == 0 && r.outbps == 0,
+                 "steady counters give their rates per second");
+    st.conns = 3; /* reset underneath: no rate for that step, then counted from there */
+    lb_est_step_one(&e, &st);
+    bad |= check(e.last[0] == 3 && e.avg[0] < (50 << 10), "a counter going backwards adds no rate");
+    lb_est_zero(&e, &st);
+    lb_est_read(&e, &r);
+    bad |= check(r.cps == 0 && r.inpps == 0 && e.last[1] == st.inpkts, "zeroing: rates 0 from the current counters");
+
+    lb_t *lb = new_lb();
+    uint8_t pkt[64];
+    uint32_t len = make_packet(pkt, LB_PROTO_UDP, 0xc0000701u, 7000, 80, 0);
+    bad |= process_checked(lb, pkt, len, 1000);
+    bad |= check(lb_est_active(lb) == 1 && lb_est_driven(lb) == 0, "a service with traffic is stepped");
+    uint64_t m0 = lb_est_tick(lb);
+    struct lb_svc_info si;
+    bad |= check(lb_svc_get(lb, LB_PROTO_UDP, VIP, 80, &si) == 0 && si.rates.cps == 0 && si.rates.inbps > 0,
+                 "lb_est_tick steps while no thread does; the listing carries the rates");
+    bad |= check(lb_est_tick(lb) == m0, "the watch mark stands still without handshakes or refusals");
+    for (int i = 0; i < 80 && lb_est_active(lb); i++)
+        lb_est_tick(lb);
+    bad |= check(lb_est_active(lb) == 0 && lb_svc_get(lb, LB_PROTO_UDP, VIP, 80, &si) == 0 && si.rates.inbps == 0,
+                 "rates decay to 0, then the service leaves the steps");
+    bad |= est_invariants(lb);
+    lb_zero(lb);
+    bad |= check(lb_est_tick(lb) != m0, "a zeroing moves the watch mark");
+
+    struct lb_adapter_wait w = {.efd = -1};
+    if (lb_adapter_wait_open(&w, lb, 1) != 0) {
+        lb_free(lb);
+        return check(0, "the timers' thread registers");
+    }
+    bad |= check(lb_est_driven(lb) == 1, "a timers' thread steps the estimators");
+    pthread_mutex_lock(&lb->lock);
+    bad |= check(lb_est_due_locked(lb) == UINT64_MAX, "idle: no estimator step to wake for");
+    pthread_mutex_unlock(&lb->lock);
+    len = make_packet(pkt, LB_PROTO_UDP, 0xc0000702u, 7001, 80, 0);
+    bad |= process_checked(lb, pkt, len, 2000);
+    lb_est_tick(lb);
+    bad |= check(lb_svc_get(lb, LB_PROTO_UDP, VIP, 80, &si) == 0 && si.rates.inbps == 0,
+                 "lb_est_tick leaves the steps to the thread");
+    pthread_mutex_lock(&lb->lock);
+    bad |= check(lb_adapter_due_locked(lb, &w) == 0, "traffic after a silence: a step due at once");
+    pthread_mutex_unlock(&lb->lock);
+    lb_adapter_est_tick(lb, &w);
+    uint64_t t = lb_adapter_now_ms();
+    bad |= check(lb_svc_get(lb, LB_PROTO_UDP, VIP, 80, &si) == 0 && si.rates.inbps > 0 &&
+                     lb->est_next_ms > t && lb->est_next_ms <= t + LB_EST_TICK_MS,
+                 "the thread steps, then every 2 s");
+    lb_adapter_est_tick(lb, &w); /* not due yet: no step */
+    struct lb_svc_info again;
+    bad |= check(lb_svc_get(lb, LB_PROTO_UDP, VIP, 80, &again) == 0 && again.rates.inbps == si.rates.inbps,
+                 "no step before the grid says so");
+    lb_adapter_wait_close(&w, lb);
+    bad |= check(lb_est_driven(lb) == 0, "the thread gone: lb_est_tick steps again");
+    bad |= est_invariants(lb);
+    lb_free(lb);
+    return bad;
+}
+
 /* Wake-ups written to the eventfd since the last look (0: none). */
 static uint64_t kicks(const struct lb_adapter_wait *w)
 {
@@ -900,6 +1009,8 @@ static int wake_check(void)
     /* It wakes: then it sleeps until that entry's expiry (1 s after its datagram), and runs it then. */
     short rev = lb_adapter_poll(&w, -1, 0, 0);
     bad |= check(rev == 0 && __atomic_load_n(&lb->wake.at_ms, __ATOMIC_RELAXED) == 0, "awake: nothing to wake");
+    lb_adapter_est_tick(lb, &w); /* the service's first estimator step (traffic after a silence): the next
+                                    one is 2 s on, on the real clock (far past `now`) */
     bad |= check(sleep_ms(lb, &w, now + 40, 3600 * 1000) == 2020 - 1040, "asleep until the first expiry");
     uint32_t n0 = lb_conn_count(lb);
     lb_adapter_expire_tick(lb, &w); /* the clock (CLOCK_MONOTONIC) is far past `now`: the 1 s entries go */
@@ -1298,6 +1409,12 @@ static int cmd_churn(long rounds)
             bad |= check(moved[0].conf.proto != 0 && moved[1].conf.proto != 0, "moved services are reported");
         bad |= check(got >= 0 && got < 2, "lb_svc_list_changed drains in pieces of cap");
         bad |= check(lb_svc_list_changed(lb, moved, 2) == 0, "each moved service is reported once");
+        if (r % 7 == 0) { /* the rate estimators' step among the churn (deleted, revived, zeroed) */
+            if (r % 91 == 0)
+                lb_zero_svc(lb, LB_PROTO_TCP, VIP, 80);
+            lb_est_step(lb);
+            bad |= est_invariants(lb);
+        }
     }
     lb_expire(lb, now + 24 * 3600 * 1000ull, 0); /* every entry dies */
     bad |= check_accounting(lb, 1);
@@ -1309,6 +1426,7 @@ static int cmd_churn(long rounds)
     bad |= sync_rule_check();
     bad |= fastpath_check();
     bad |= wake_check();
+    bad |= est_check();
     bad |= window_check();
     bad |= pressure_churn(rounds * 4);
     bad |= growth_churn(512 + rounds); /* past 256 services and VIPs: both hashes grow */

@@ -256,3 +256,31 @@ def test_fastpath_new_mac_reinstalls_the_flow(fplbd: Lbd, topo: Topology) -> Non
             rs.ip("link", "set", "dev", rs.ifname, "address", old_mac, check=False)
             topo.director.ip("neigh", "replace", rs.addr, "lladdr", old_mac, "dev", topo.director.ifname, "nud",
                              "reachable", check=False)
+
+
+RATE_TRAFFIC_S = 12.0  # fast-pathed requests for this long: what the first redirected packets add decays to 0
+
+
+def test_fastpath_packets_make_the_rates(fplbd: Lbd, topo: Topology) -> None:
+    """The C engine's rate estimators (issue 19) read the counters the fast path credits: while nearly
+    every client packet is forwarded by the XDP program (never seen by lbd's core), the service's
+    InPPS stays up. From the few packets lbd saw itself (the handshake, the first request) the rate
+    would have decayed to 0 within these 12 s (a quarter of the way to 0 every 2 s)."""
+    setup_dr(fplbd, topo)
+    with client.KeepAlive(topo.client.netns, topo.vip, HTTP_PORT) as ka:
+        for _ in range(3):
+            r = ka.get()
+            assert r.ok, f"{r}\nlbd log:\n{fplbd.log_tail()}"
+        before = program(fplbd)
+        deadline = time.monotonic() + RATE_TRAFFIC_S
+        n = 0
+        while time.monotonic() < deadline:  # bounded: ~4 requests a second
+            r = ka.get(timeout=3.0)
+            assert r.ok, f"request {n}: {r}\nlbd log:\n{fplbd.log_tail()}"
+            n += 1
+            time.sleep(0.2)
+        after = program(fplbd)
+        stats = svc_stats(fplbd)
+    fast, seen = after["fastpath"] - before["fastpath"], after["redirected"] - before["redirected"]
+    assert fast >= n and seen <= 2, (before, after, n)  # lbd's core saw (almost) none of them
+    assert stats["inpps"] >= 1 and stats["inbps"] > 0, stats

@@ -242,7 +242,9 @@ def test_a_packet_sources_refusal_keeps_its_errno_and_reason() -> None:
 
 
 class CountingEngine:
-    """Wraps an engine and lets a test set the cumulative counters services() reports."""
+    """Wraps an engine and lets a test set the cumulative counters services() reports. The rates are
+    then the director's (lb/estimator.py) from those counters, whatever the engine: it reports no
+    estimators of its own (rate_tick None, no rates in the listing)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -257,9 +259,14 @@ class CountingEngine:
         infos = self.inner.services()
         for s in infos:
             s.stats = self.svc_stats.get(s.spec.key.port, s.stats)
+            s.rates = None
             for d in s.dests:
                 d.stats = self.dest_stats.get((s.spec.key.port, d.spec.addr), d.stats)
+                d.rates = None
         return infos
+
+    def rate_tick(self) -> None:
+        return None
 
     def service(self, key: Any) -> Any:
         return next(s for s in self.services() if s.spec.key == key)
