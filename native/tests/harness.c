@@ -1032,7 +1032,11 @@ static int wake_check(void)
  * expiry's 100 ms window as a run would: two entries whose keys lag (their packets pushed the expiry
  * later) and come due 5 ms apart: after the first one's refresh the thread sleeps the window, not
  * until the second key (it slept 1 ms at a time through a burst of such keys). */
-static int window_check(void)
+/* The expiry window starts on a key due within it (adapter.c). Real clock: the scenario needs the
+ * second key still ahead when the check runs; a run slowed past it (valgrind on a loaded machine) is
+ * not a failure of the code, so it is set up again (at most WINDOW_TRIES times). */
+#define WINDOW_TRIES 5
+static int window_attempt(int *valid)
 {
     lb_t *lb = new_lb();
     int bad = 0;
@@ -1046,7 +1050,7 @@ static int window_check(void)
     bad |= process_checked(lb, pkt, len, now - 995); /* key: now + 5 */
     bad |= process_checked(lb, pkt, len, now); /* expiry: now + 1000, the key lags */
     len = make_packet(pkt, LB_PROTO_UDP, 0xc0000602u, 6001, 80, 0);
-    bad |= process_checked(lb, pkt, len, now - 990); /* key: now + 10 */
+    bad |= process_checked(lb, pkt, len, now - 910); /* key: now + 90, within the window of any t < now + 90 */
     bad |= process_checked(lb, pkt, len, now);
     w.last_expire_ms = now - 1000;
     int ms = sleep_ms(lb, &w, now, 3600 * 1000);
@@ -1054,14 +1058,29 @@ static int window_check(void)
     struct timespec ts = {.tv_sec = 0, .tv_nsec = 6 * 1000 * 1000};
     nanosleep(&ts, NULL);
     uint64_t t = lb_adapter_now_ms();
-    while (lb_timer_next(lb, t, out_buf, sizeof(out_buf), &a)) /* its lb_conn_tick refreshes the first key */
-        ;
-    lb_adapter_expire_tick(lb, &w);
-    bad |= check(lb_conn_count(lb) == 2, "lagging keys are refreshed, their entries stay");
-    bad |= check(w.last_expire_ms >= t, "a key due within the window starts it");
-    bad |= check(sleep_ms(lb, &w, t, 3600 * 1000) >= 90, "then asleep for the window, not until the next key");
+    *valid = t < now + 90; /* else the second key lagged too by the time we looked */
+    if (*valid) {
+        while (lb_timer_next(lb, t, out_buf, sizeof(out_buf), &a)) /* its lb_conn_tick refreshes the first key */
+            ;
+        lb_adapter_expire_tick(lb, &w);
+        bad |= check(lb_conn_count(lb) == 2, "lagging keys are refreshed, their entries stay");
+        bad |= check(w.last_expire_ms >= t, "a key due within the window starts it");
+        bad |= check(sleep_ms(lb, &w, t, 3600 * 1000) >= 90, "then asleep for the window, not until the next key");
+    }
     lb_free(lb);
     return bad;
+}
+
+static int window_check(void)
+{
+    for (int i = 0; i < WINDOW_TRIES; i++) {
+        int valid = 0;
+        int bad = window_attempt(&valid);
+        if (bad || valid)
+            return bad;
+    }
+    printf("window_check: the machine was too slow for the scenario %d times; not checked\n", WINDOW_TRIES);
+    return 0;
 }
 
 static int locality_churn(long n)
