@@ -300,13 +300,23 @@ class SteeringWatch:
         self.repairs = 0
 
     def tick(self) -> list[str]:
-        """Check (cheaply when nothing changed), repair; returns what was found damaged."""
-        gen = self.generation() if self.generation is not None else None
+        """Polling: check (cheaply when nothing changed), repair; returns what was found damaged."""
+        return self.check(self.generation() if self.generation is not None else None)
+
+    def check(self, gen: int | None) -> list[str]:
+        """Check against nftables generation `gen` (None: unknown, read everything), repair; returns
+        what was found damaged. lb.steerevents calls it with the generation of the last NEWGEN
+        notification, tick() with the one it asked the kernel for."""
+        return self._check(gen, whole=gen is None or gen != self.seen_gen)
+
+    def check_sets(self) -> list[str]:
+        """The ip sets' element counts only (lb.steerevents: rule changes arrive as notifications,
+        ipset has none), repair; returns what was found damaged."""
+        return self._check(self.seen_gen, whole=False)
+
+    def _check(self, gen: int | None, whole: bool) -> list[str]:
         counts = self.set_counts() if self.set_counts is not None else None
-        if gen is not None and gen == self.seen_gen:
-            found = self.rules.set_damage(counts)  # no rule changed: only the sets can have
-        else:
-            found = self.rules.damage(counts)
+        found = self.rules.damage(counts) if whole else self.rules.set_damage(counts)  # not whole: no rule changed
         if not found:
             if self.failing:
                 log.info("queue %d: lbd's steering is complete again", self.rules.queue_num)
