@@ -1,5 +1,10 @@
 """lbd notices when its own steering disappears, and puts it back (issue 16 item 1).
 
+Where the kernel announces nftables transactions to lbd's netns (lb.steerevents) the check runs on
+those notifications instead of the tick described here: with `--steering nftables` nothing
+periodic is left, with iptables-nft only the ip sets' element counts (below). The tick remains
+where no generation can be read or the subscription is refused.
+
 lbd's rules and sets (lb.iptables, lb.ipsets) are the only way packets reach it. A firewall
 reload (`iptables-restore` of a file without lbd's jump, `firewall-cmd --reload`), an operator's
 `iptables -t raw -F`, or `ipset flush` takes them away silently: new connections to the VIPs then
