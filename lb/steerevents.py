@@ -28,6 +28,11 @@ no netfilter request at all. With iptables steering on the nf_tables backend the
 counts are still read every period (ipset announces nothing), without the GETGEN request.
 Where the generation cannot be read (legacy iptables, rules in another netns, no nf_tables) or the
 subscription is refused, the watch ticks exactly as before.
+
+Measured (2-core host, lbd idle 20 s with one service, its main thread's CPU from
+/proc/<pid>/task/<pid>/schedstat, two rounds each, tick -> notifications): --steering nftables
+0.61, 0.63 -> 0.33, 0.35 ms/s; iptables steering on iptables-nft 0.91, 1.05 -> 0.87, 1.03 ms/s
+(the ip set header dump every 0.5 s, which stays, was most of the tick there).
 """
 
 from __future__ import annotations
