@@ -127,9 +127,11 @@ class Recorder(sw.SteeringWatch):
     def __init__(self, rules: FakeRules, gen: list[int]) -> None:
         super().__init__(rules, Steering, lambda: gen[0], period_s=PERIOD_S)
         self.asked: list[int | None] = []
+        self.when: list[float] = []  # the loop's time of each check
 
     def check(self, gen: int | None) -> list[str]:
         self.asked.append(gen)
+        self.when.append(asyncio.get_running_loop().time())
         return super().check(gen)
 
 
@@ -139,7 +141,7 @@ def run(body: Callable[[asyncio.AbstractEventLoop], Any]) -> None:
     asyncio.run(main())
 
 
-def test_a_notification_checks_at_once_and_lbds_own_generation_is_not_reread() -> None:
+def test_a_notification_checks_soon_and_lbds_own_generation_is_not_reread() -> None:
     rules, gen, pair = FakeRules(), [7], Pair()
 
     async def body(loop: asyncio.AbstractEventLoop) -> None:
@@ -151,16 +153,16 @@ def test_a_notification_checks_at_once_and_lbds_own_generation_is_not_reread() -
         await asyncio.sleep(PERIOD_S * 1.5)
         assert rules.calls == ["damage"]  # idle: nothing runs, nothing is asked
         pair.send(other(), newgen(7))  # e.g. lbd's own write whose generation the check already saw
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(PERIOD_S / 2)
         assert watch.asked == [7, 7] and rules.calls == ["damage", "set_damage"]
         await asyncio.sleep(PERIOD_S)
         rules.broken = ["nft table ip lbd-q0 gone"]
         started = loop.time()
-        pair.send(newgen(8))  # someone else's transaction: read and repaired at once
+        pair.send(newgen(8))  # someone else's transaction: read and repaired once quiet (settle_s)
         while len(watch.asked) < 3 and loop.time() - started < 2:
             await asyncio.sleep(0.01)
         assert watch.asked == [7, 7, 8] and rules.calls[-2:] == ["damage", "repair"]
-        assert loop.time() - started < PERIOD_S / 2
+        assert watch.when[-1] - started < PERIOD_S / 2
         assert watch.repairs == 1
         driver.close()
         assert driver.fd is None and pair.lbd.fileno() == -1
@@ -187,6 +189,57 @@ def test_a_burst_of_transactions_is_one_check_per_period() -> None:
         pair.send(other())  # and then an overrun-like unknown: merged, the check reads everything
         await asyncio.sleep(PERIOD_S * 1.5)
         assert watch.asked == [1, 11, None], watch.asked
+        driver.close()
+
+    run(body)
+
+
+def test_a_check_waits_for_quiet_but_not_longer_than_a_period() -> None:
+    rules, gen, pair = FakeRules(), [1], Pair()
+
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        watch = Recorder(rules, gen)
+        driver = se.EventWatch(watch, se.NftEvents(pair.opener), loop, PERIOD_S)
+        driver.start()
+        await asyncio.sleep(PERIOD_S * 1.5)
+        pair.send(newgen(2))  # `iptables -t raw -F`
+        await asyncio.sleep(driver.settle_s / 2)
+        pair.send(newgen(3))  # `iptables -t raw -X`, before the first one settled
+        await asyncio.sleep(driver.settle_s / 2)
+        assert watch.asked == [1]  # not quiet yet
+        await asyncio.sleep(driver.settle_s * 2)
+        assert watch.asked == [1, 3]  # one check of the end result
+        await asyncio.sleep(PERIOD_S * 1.5)
+        first = loop.time()
+        g = 10
+        while loop.time() - first < PERIOD_S * 2.5:  # never quiet: a transaction every 20 ms
+            pair.send(newgen(g))
+            g += 1
+            await asyncio.sleep(0.02)
+        assert len(watch.asked) >= 4, watch.asked
+        assert first + PERIOD_S * 0.9 <= watch.when[2] <= first + PERIOD_S * 1.5, (first, watch.when)
+        driver.close()
+
+    run(body)
+
+
+def test_the_sets_tick_leaves_a_pending_rule_change_to_the_whole_check() -> None:
+    rules, gen, pair = FakeRules(), [1], Pair()
+
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        watch = Recorder(rules, gen)
+        driver = se.EventWatch(watch, se.NftEvents(pair.opener), loop, PERIOD_S)
+        driver.start()
+        await asyncio.sleep(PERIOD_S * 1.5)
+        driver.check_sets()  # nothing announced: the sets are read
+        assert rules.calls == ["damage", "set_damage"]
+        rules.broken = ["raw chain LBD-Q0 gone", "ip set lbd-q0-svc gone"]
+        pair.send(newgen(2))  # `iptables -t raw -F; -X`, then `ipset destroy`: not read by the loop yet
+        driver.check_sets()
+        assert rules.calls == ["damage", "set_damage"] and driver.pending  # left to the whole check
+        await asyncio.sleep(driver.settle_s * 2)
+        assert watch.asked == [1, 2] and rules.calls[-2:] == ["damage", "repair"]
+        assert watch.last_report is not None and "raw chain LBD-Q0 gone" in watch.last_report[1]
         driver.close()
 
     run(body)
