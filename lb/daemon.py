@@ -342,6 +342,7 @@ async def run(args: argparse.Namespace) -> int:
     metrics: Any = None  # lb.metrics.MetricsServer with --metrics
     engine_started = rules_set_up = ready = False
     xdp: Any = None  # lb.afxdp.AfxdpSource with --packet-source afxdp
+    watching: Any = None  # lb.steerevents.Watching: the steering watch's socket and task
     try:
         # The tables first, connections included: once the queue is bound (and, with
         # --down-policy closed, the previous lbd's rules still queue the VIPs' packets) every
@@ -413,18 +414,18 @@ async def run(args: argparse.Namespace) -> int:
             tasks.append(asyncio.ensure_future(periodic.run_every(SNAPSHOT_EVERY_S, _snapshot_tick(saver),
                                                                   "saving state", log)))
         if rules is not None:
-            from lb.steerwatch import SteeringWatch, generation_source, set_counts_source, watch_period_s
+            from lb.steerevents import watch_steering
 
-            watch_s = watch_period_s(xdp is not None)  # under afxdp: its NFQUEUE fallback's rules
-            watch = SteeringWatch(rules, director.steering, generation_source(rules),
-                                  set_counts=set_counts_source(rules), period_s=watch_s)
-            tasks.append(asyncio.ensure_future(periodic.run_every(watch_s, watch.tick,
-                                                                  "checking lbd's steering rules", log)))
+            # on nftables notifications where it can (lb/steerevents.py); under afxdp: its NFQUEUE fallback's rules
+            watching = watch_steering(rules, director.steering, xdp is not None)
+            tasks += watching.tasks
         try:
             await stop.wait()
         finally:
             stop.set()
             await periodic.cancel_all(tasks)
+            if watching is not None:
+                watching.close()  # the notification socket and its reader
         log.info("shutting down")
         return 0
     except (ConfigError, EngineError, OSError, RuntimeError, ValueError) as exc:

@@ -1,5 +1,10 @@
 """lbd notices when its own steering disappears, and puts it back (issue 16 item 1).
 
+Where the kernel announces nftables transactions to lbd's netns (lb.steerevents) the check runs on
+those notifications instead of the tick described here: with `--steering nftables` nothing
+periodic is left, with iptables-nft only the ip sets' element counts (below). The tick remains
+where no generation can be read or the subscription is refused.
+
 lbd's rules and sets (lb.iptables, lb.ipsets) are the only way packets reach it. A firewall
 reload (`iptables-restore` of a file without lbd's jump, `firewall-cmd --reload`), an operator's
 `iptables -t raw -F`, or `ipset flush` takes them away silently: new connections to the VIPs then
@@ -300,13 +305,23 @@ class SteeringWatch:
         self.repairs = 0
 
     def tick(self) -> list[str]:
-        """Check (cheaply when nothing changed), repair; returns what was found damaged."""
-        gen = self.generation() if self.generation is not None else None
+        """Polling: check (cheaply when nothing changed), repair; returns what was found damaged."""
+        return self.check(self.generation() if self.generation is not None else None)
+
+    def check(self, gen: int | None) -> list[str]:
+        """Check against nftables generation `gen` (None: unknown, read everything), repair; returns
+        what was found damaged. lb.steerevents calls it with the generation of the last NEWGEN
+        notification, tick() with the one it asked the kernel for."""
+        return self._check(gen, whole=gen is None or gen != self.seen_gen)
+
+    def check_sets(self) -> list[str]:
+        """The ip sets' element counts only (lb.steerevents: rule changes arrive as notifications,
+        ipset has none), repair; returns what was found damaged."""
+        return self._check(self.seen_gen, whole=False)
+
+    def _check(self, gen: int | None, whole: bool) -> list[str]:
         counts = self.set_counts() if self.set_counts is not None else None
-        if gen is not None and gen == self.seen_gen:
-            found = self.rules.set_damage(counts)  # no rule changed: only the sets can have
-        else:
-            found = self.rules.damage(counts)
+        found = self.rules.damage(counts) if whole else self.rules.set_damage(counts)  # not whole: no rule changed
         if not found:
             if self.failing:
                 log.info("queue %d: lbd's steering is complete again", self.rules.queue_num)
