@@ -6,7 +6,7 @@ it instead (lb/steerevents.py, issue 19), and damage is still repaired within a 
   namespace; a `nft flush table` meanwhile does make it read and repair (the count is not blind).
 - iptables steering on iptables' nf_tables backend: no GETGEN either; the ip sets' headers are
   still asked for every period (ipset has no notifications). Also under --packet-source afxdp
-  (the rules are its NFQUEUE fallback, a 1 s period); the nftables cases are NFQUEUE-only.
+  (the rules are its NFQUEUE fallback, a 1 s period), as are the nftables cases.
 - `nft flush table`, a deleted rule, a deleted set element: each is put back within 1 s of the
   command that did it, and reported once.
 """
@@ -23,14 +23,13 @@ from pathlib import Path
 
 import pytest
 from conftest import HTTP_PORT, NFT, Lbd, running_lbd
-from packet_source import AFXDP, nfqueue_only
+from packet_source import AFXDP
 from steering import table
 
 from lb.steerwatch import watch_period_s
 from lb.testbed.topology import Host, Topology
 
 pytestmark = pytest.mark.netns
-NFT_ONLY = nfqueue_only("lbd's nftables steering does not go with --packet-source afxdp")
 
 IDLE_S = 3.0
 REPAIR_S = 1.0  # issue 16: damage repaired within the watch's period (0.5 s) or faster; 1 s with a busy machine
@@ -69,7 +68,6 @@ def _nft_lbd() -> list[str]:
     return ["--steering", "nftables"]
 
 
-@NFT_ONLY
 def test_idle_lbd_with_nftables_steering_sends_no_netfilter_request(topo: Topology) -> None:
     with running_lbd(topo, "c", args=_nft_lbd()) as d:
         _configure(d, topo)
@@ -130,7 +128,6 @@ def _an_element(h: Host) -> str:
     return m.group(1)
 
 
-@NFT_ONLY
 @pytest.mark.parametrize("damage", ["flush table", "delete rule", "delete element"])
 def test_nft_damage_is_repaired_within_a_second(topo: Topology, damage: str) -> None:
     with running_lbd(topo, "c", args=_nft_lbd()) as d:
