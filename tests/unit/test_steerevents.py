@@ -135,6 +135,15 @@ class Recorder(sw.SteeringWatch):
         return super().check(gen)
 
 
+def start_watch(rules: FakeRules, gen: list[int], events: se.NftEvents,
+                loop: asyncio.AbstractEventLoop) -> tuple[Recorder, se.EventWatch]:
+    """A recording watch driven by `events` on `loop`, started (its first check done)."""
+    watch = Recorder(rules, gen)
+    driver = se.EventWatch(watch, events, loop, PERIOD_S)
+    driver.start()
+    return watch, driver
+
+
 def run(body: Callable[[asyncio.AbstractEventLoop], Any]) -> None:
     async def main() -> None:
         await body(asyncio.get_running_loop())
@@ -145,9 +154,7 @@ def test_a_notification_checks_soon_and_lbds_own_generation_is_not_reread() -> N
     rules, gen, pair = FakeRules(), [7], Pair()
 
     async def body(loop: asyncio.AbstractEventLoop) -> None:
-        watch = Recorder(rules, gen)
-        driver = se.EventWatch(watch, se.NftEvents(pair.opener), loop, PERIOD_S)
-        driver.start()
+        watch, driver = start_watch(rules, gen, se.NftEvents(pair.opener), loop)
         assert watch.asked == [7] and rules.calls == ["damage"]  # the first check reads everything
         assert watch.seen_gen == 7
         await asyncio.sleep(PERIOD_S * 1.5)
@@ -174,9 +181,7 @@ def test_a_burst_of_transactions_is_one_check_per_period() -> None:
     rules, gen, pair = FakeRules(), [1], Pair()
 
     async def body(loop: asyncio.AbstractEventLoop) -> None:
-        watch = Recorder(rules, gen)
-        driver = se.EventWatch(watch, se.NftEvents(pair.opener), loop, PERIOD_S)
-        driver.start()
+        watch, driver = start_watch(rules, gen, se.NftEvents(pair.opener), loop)
         started = loop.time()
         for g in range(2, 12):  # a firewall script: ten transactions, one after the other
             pair.send(other(), newgen(g))
@@ -198,9 +203,7 @@ def test_a_check_waits_for_quiet_but_not_longer_than_a_period() -> None:
     rules, gen, pair = FakeRules(), [1], Pair()
 
     async def body(loop: asyncio.AbstractEventLoop) -> None:
-        watch = Recorder(rules, gen)
-        driver = se.EventWatch(watch, se.NftEvents(pair.opener), loop, PERIOD_S)
-        driver.start()
+        watch, driver = start_watch(rules, gen, se.NftEvents(pair.opener), loop)
         await asyncio.sleep(PERIOD_S * 1.5)
         pair.send(newgen(2))  # `iptables -t raw -F`
         await asyncio.sleep(driver.settle_s / 2)
@@ -227,9 +230,7 @@ def test_the_sets_tick_leaves_a_pending_rule_change_to_the_whole_check() -> None
     rules, gen, pair = FakeRules(), [1], Pair()
 
     async def body(loop: asyncio.AbstractEventLoop) -> None:
-        watch = Recorder(rules, gen)
-        driver = se.EventWatch(watch, se.NftEvents(pair.opener), loop, PERIOD_S)
-        driver.start()
+        watch, driver = start_watch(rules, gen, se.NftEvents(pair.opener), loop)
         await asyncio.sleep(PERIOD_S * 1.5)
         driver.check_sets()  # nothing announced: the sets are read
         assert rules.calls == ["damage", "set_damage"]
@@ -249,9 +250,7 @@ def test_a_failed_repair_is_retried_every_period_without_notifications() -> None
     rules, gen, pair = FakeRules(), [1], Pair()
 
     async def body(loop: asyncio.AbstractEventLoop) -> None:
-        watch = Recorder(rules, gen)
-        driver = se.EventWatch(watch, se.NftEvents(pair.opener), loop, PERIOD_S)
-        driver.start()
+        watch, driver = start_watch(rules, gen, se.NftEvents(pair.opener), loop)
         await asyncio.sleep(PERIOD_S)
         rules.broken, rules.fail = ["nft table ip lbd-q0 gone"], "nft: table busy"
         pair.send(newgen(2))
@@ -273,10 +272,8 @@ def test_a_socket_error_resubscribes_and_checks_everything() -> None:
     rules, gen, pair = FakeRules(), [1], Pair()
 
     async def body(loop: asyncio.AbstractEventLoop) -> None:
-        watch = Recorder(rules, gen)
         events = se.NftEvents(pair.opener)
-        driver = se.EventWatch(watch, events, loop, PERIOD_S)
-        driver.start()
+        watch, driver = start_watch(rules, gen, events, loop)
         await asyncio.sleep(PERIOD_S)
         broken = pair.lbd
         pair.send(newgen(2))
