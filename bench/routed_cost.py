@@ -223,7 +223,8 @@ def steering_of(reqs: list[tuple[str, dict[str, Any]]]) -> Any:
 
 def iptables_module(rev: str | None) -> Any:
     """lb.iptables, or the lb/iptables.py of git revision `rev` loaded beside it (the sets, lb.ipsets,
-    are this tree's)."""
+    are this tree's; so is the rules' text, lb.iptlayout, for a revision that imports it: it was part
+    of lb/iptables.py until the two were split)."""
     import lb.iptables
 
     if not rev:
@@ -261,24 +262,24 @@ def partial_lines(case: str) -> list[str]:
     match under iptables-nft 1.8.9);
     `raw-go`: that, plus LBD-Q<N>-GO (CT --notrack, NFQUEUE, the defrag rule: turns on reassembly)
     and LBD-Q<N>-OUT with its jump, which routed packets never enter."""
-    import lb.iptables as ipt
+    import lb.iptlayout as iptl
 
     if case == "raw-comment":
-        return [f":{ipt.chain_name(QUEUE)} - [0:0]",
-                f'-A {ipt.HOOK_CHAIN} -m comment --comment "{ipt.jump_comment(QUEUE)}" -j {ipt.chain_name(QUEUE)}']
-    lines = [f":{ipt.chain_name(QUEUE)} - [0:0]", ipt.jump_rule(QUEUE)]
+        return [f":{iptl.chain_name(QUEUE)} - [0:0]",
+                f'-A {iptl.HOOK_CHAIN} -m comment --comment "{iptl.jump_comment(QUEUE)}" -j {iptl.chain_name(QUEUE)}']
+    lines = [f":{iptl.chain_name(QUEUE)} - [0:0]", iptl.jump_rule(QUEUE)]
     if case == "raw-go":
-        lines += [f":{ipt.go_chain_name(QUEUE)} - [0:0]", f":{ipt.out_chain_name(QUEUE)} - [0:0]",
-                  *ipt.go_rules(QUEUE, ipt.queue_target(QUEUE, None)), *ipt.out_rules(QUEUE), ipt.out_jump_rule(QUEUE)]
+        lines += [f":{iptl.go_chain_name(QUEUE)} - [0:0]", f":{iptl.out_chain_name(QUEUE)} - [0:0]",
+                  *iptl.go_rules(QUEUE, iptl.queue_target(QUEUE, None)), *iptl.out_rules(QUEUE), iptl.out_jump_rule(QUEUE)]
     return lines
 
 
 @contextlib.contextmanager
 def partial_rules(bed: pps.Bed, case: str) -> Iterator[None]:
-    import lb.iptables as ipt
+    import lb.iptlayout as iptl
 
     try:
-        bed.director.exec(["iptables-restore", "-w", "5", "--noflush"], input=ipt.restore_script(partial_lines(case)))
+        bed.director.exec(["iptables-restore", "-w", "5", "--noflush"], input=iptl.restore_script(partial_lines(case)))
         yield
     finally:
         common.flush_iptables(bed.director)
@@ -288,13 +289,14 @@ def partial_rules(bed: pps.Bed, case: str) -> Iterator[None]:
 def first_rule_only(bed: pps.Bed, steering: Any) -> Iterator[None]:
     """`raw-first`: lbd's sets, filled, and of LBD-Q<N> only its first rule (what routed traffic meets)."""
     import lb.iptables as ipt
+    import lb.iptlayout as iptl
 
     m = ipt.RuleManager(QUEUE, netns=bed.director.netns)
     try:
         m.sets.create()
         m.sets.sync(steering)
-        bed.director.exec(["iptables-restore", "-w", "5", "--noflush"], input=ipt.restore_script(
-            [f":{ipt.chain_name(QUEUE)} - [0:0]", ipt.jump_rule(QUEUE), ipt.chain_rules(QUEUE)[0]]))
+        bed.director.exec(["iptables-restore", "-w", "5", "--noflush"], input=iptl.restore_script(
+            [f":{iptl.chain_name(QUEUE)} - [0:0]", iptl.jump_rule(QUEUE), iptl.chain_rules(QUEUE)[0]]))
         yield
     finally:
         common.flush_iptables(bed.director)

@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass, field
 
 from lb import ipsets as ips
-from lb.iptables import _check_queue, jump_comment, socket_mark
+from lb.iptlayout import _check_queue, jump_comment, socket_mark
 
 FAMILY = "ip"
 TABLE_PREFIX = "lbd-q"
@@ -87,7 +87,7 @@ def _nat_reply_rules(routed: str, icmp_from: str) -> list[str]:
 
 
 def chain_rules() -> list[str]:
-    """`pre`'s rules after its hook line, as `nft list` prints them: lb.iptables.chain_rules in
+    """`pre`'s rules after its hook line, as `nft list` prints them: lb.iptlayout.chain_rules in
     nft's words (same order, same reasons)."""
     return ["ip daddr != @addr ip saddr != @natrip return",
             *_nat_reply_rules(" fib daddr type != local", " ip saddr @natrip"), *_local_rules()]

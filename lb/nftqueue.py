@@ -8,7 +8,7 @@ target. iptables-nft itself queues through nft_compat: an nf_tables rule whose e
 one NFT_MSG_NEWRULE in a batch, and sends it on a plain netlink socket (no pyroute2 socket: lbd
 runs it from its asyncio loop, lb/netlink.py explains why that matters).
 
-Semantics are lb.iptables.queue_target's: the queue number (or the first of a --queue-balance
+Semantics are lb.iptlayout.queue_target's: the queue number (or the first of a --queue-balance
 range and the range's size), NFQ_FLAG_BYPASS (0x01, lbd --down-policy open) and
 NFQ_FLAG_CPU_FANOUT (0x02). The native expression's NFT_QUEUE_FLAG_BYPASS / _CPU_FANOUT are the
 same bits.
@@ -91,7 +91,7 @@ class QueueSpec:
 
 
 def spec_of(queue_num: int, queue_balance: tuple[int, int] | None, bypass: bool, cpu_fanout: bool) -> QueueSpec:
-    """lb.iptables.queue_target's arguments as a QueueSpec (same validation)."""
+    """lb.iptlayout.queue_target's arguments as a QueueSpec (same validation)."""
     if queue_balance is None:
         if cpu_fanout:
             raise ValueError("--queue-cpu-fanout needs a queue balance range")

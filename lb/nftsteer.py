@@ -1,7 +1,7 @@
 """lbd's steering as one native nftables table (`lbd --steering nftables`, issue 15 item 1). The
 table's text (rules, set declarations, listing parser) is lb.nftlayout's; this module writes it.
 
-The same classification as lb.iptables' LBD-Q<N> chain, the same set elements (lb.ipsets
+The same classification as lb.iptlayout's LBD-Q<N> chain, the same set elements (lb.ipsets
 Steering.elements / SetDelta, lb.steeringcache), but in a table of lbd's own with native sets, so
 that a routed packet meets one base chain whose first rule tests two native set lookups instead of
 two xtables `-m set` matches called through nft_compat (~0.09 us each):
@@ -29,7 +29,7 @@ two xtables `-m set` matches called through nft_compat (~0.09 us each):
     }
 
 The queue verdict is the native `queue` statement where the kernel has nft_queue, else nft_compat's
-xtables NFQUEUE target (revision 3, same flags as lb.iptables.queue_target): both are written over
+xtables NFQUEUE target (revision 3, same flags as lb.iptlayout.queue_target): both are written over
 netlink by lb.nftqueue, inserted before the defrag rule; the nft command writes everything else.
 nft lists either as `queue num N bypass`.
 
@@ -79,21 +79,15 @@ from lb import ipsets as ips
 from lb import nftqueue
 from lb.iptables import (
     COMMAND_TIMEOUT_S,
-    HOOK_CHAIN,
-    MARK_TABLE,
     IptablesError,
     Plan,
     RuleManager,
     Runner,
-    _chain_damage,
-    _check_queue,
-    _has_jump_from,
     _run,
     _script_excerpt,
     drop_empty_raw_hooks,
-    mark_rules,
-    socket_mark,
 )
+from lb.iptlayout import HOOK_CHAIN, MARK_TABLE, _chain_damage, _check_queue, _has_jump_from, mark_rules, socket_mark
 from lb.nftlayout import (  # noqa: F401 (re-exported: lb.nftsteer is the steering layer's interface)
     DEFRAG,
     FAMILY,

@@ -1,6 +1,6 @@
 """The kernel's IPv4 reassembly in lbd's network namespace, as lbd reports it.
 
-lbd's rules turn on nf_defrag_ipv4 in its namespace (lb.iptables, "Fragments"): fragments of
+lbd's rules turn on nf_defrag_ipv4 in its namespace (lb.iptlayout, "Fragments"): fragments of
 every datagram arriving there are reassembled by the kernel before the raw table, so the queue
 carries whole datagrams. Hostile fragments meet the kernel's limits, not lbd's: memory per
 namespace capped by net.ipv4.ipfrag_high_thresh (a new fragment is dropped while the queues hold

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from lb import iptables as ipt
+from lb import iptlayout as iptl
 from lb.doctor.findings import Finding, plural
 from lb.doctor.inputs import Run
 from lb.doctor.ipteval import (
@@ -40,7 +40,7 @@ def check_firewall(run: Run) -> list[Finding]:
     ip_forward = sysctl_int(run.ctx.sysctl("net/ipv4/ip_forward"))
 
     # 1. steering: raw PREROUTING must hand VIP packets to our queue, nothing earlier may decide.
-    our_chains = {ipt.chain_name(run.queue_num), ipt.go_chain_name(run.queue_num)} if run.queue_num is not None else set()
+    our_chains = {iptl.chain_name(run.queue_num), iptl.go_chain_name(run.queue_num)} if run.queue_num is not None else set()
     for svc in services:
         probe = Probe(svc.proto, daddr=svc.addr, dport=svc.port or None, iif=run.vip_iface(svc.addr),
                       states=frozenset({"INVALID"}),  # no conntrack entry is attached before conntrack's hook
@@ -121,7 +121,7 @@ def check_firewall(run: Run) -> list[Finding]:
         ))
     raw_out = run.tables.get("raw", {}).get("OUTPUT")
     if raw_out is not None and run.queue_num is not None and not run.track_mode():
-        ours = ipt.out_chain_name(run.queue_num)
+        ours = iptl.out_chain_name(run.queue_num)
         for r in raw_out.rules:
             if r.target == ours:
                 break
@@ -190,7 +190,7 @@ def _explain_rules(run: Run) -> list[str]:
     states = run.states()
     track = run.track_mode()
     notes: list[str] = []
-    ours = re.compile(rf"^{re.escape(ipt.CHAIN_PREFIX)}\d+({re.escape(ipt.OUT_CHAIN_SUFFIX)}|{re.escape(ipt.GO_CHAIN_SUFFIX)})?$")
+    ours = re.compile(rf"^{re.escape(iptl.CHAIN_PREFIX)}\d+({re.escape(iptl.OUT_CHAIN_SUFFIX)}|{re.escape(iptl.GO_CHAIN_SUFFIX)})?$")
     for tname in ("raw", "mangle", "filter"):
         reach = reachable_from(run.tables, tname)
         for chain in run.tables.get(tname, {}).values():
@@ -258,7 +258,7 @@ def check_nft(run: Run) -> list[Finding]:
                f"nft insert rule {tname} {cname} ip daddr {{ {', '.join(run.vips()) or 'VIP'} }} ct state untracked accept"
                if hook == "input" else
                f"accept lbd's packets first: nft insert rule {tname} {cname} meta mark "
-               f"{(run.mark() or ipt.SOCKET_MARK_BASE):#x} accept" if hook in ("output", "postrouting") else
+               f"{(run.mark() or iptl.SOCKET_MARK_BASE):#x} accept" if hook in ("output", "postrouting") else
                "nothing for lbd itself")
         out.append(Finding(sev, "firewall", f"nftables chain {tname} {cname} (hook {hook}) filters by conntrack state "
                            f"and rejects/drops the rest: {meets} are ct state untracked there",

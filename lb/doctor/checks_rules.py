@@ -4,11 +4,11 @@ what it asked for, is something listening on its queue."""
 from __future__ import annotations
 
 from lb import ipsets as ips
-from lb import iptables as ipt
+from lb import iptlayout as iptl
 from lb.doctor.findings import Finding, plural
 from lb.doctor.inputs import Run, Service
 from lb.doctor.parsers import queue_line
-from lb.iptrules import IptChain, chain_state
+from lb.iptrules import IptChain, chain_state, rule_key
 
 QUEUE_BACKLOG_WARN = 1024  # packets waiting in the kernel queue at one instant
 
@@ -49,27 +49,27 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
                         fix="pass --queue-num N (lbd's --queue-num)" if "chains" in run.queue_source else
                         "start lbd without --no-iptables, or queue the VIPs to lbd's queue yourself")]
     raw = run.tables.get("raw", {})
-    chain, out_chain = ipt.chain_name(q), ipt.out_chain_name(q)
+    chain, out_chain = iptl.chain_name(q), iptl.out_chain_name(q)
     pre, post = chain_state(raw, chain), chain_state(raw, out_chain)
     fix_restart = f"restart lbd (its start-up recreates {chain}) or check who flushes the raw table"
     if not pre.chain_exists:
         return [Finding("error" if run.services else "warning", "nfqueue-rules",
                         f"chain {chain} is missing from the raw table: no packet reaches lbd's queue {q}",
                         evidence=_raw_listing(raw), fix=fix_restart)]
-    if not any(j.startswith(f"-A {ipt.HOOK_CHAIN} ") for j in pre.jumps):
-        out.append(Finding("error", "nfqueue-rules", f"raw {ipt.HOOK_CHAIN} does not jump to {chain}: no packet reaches lbd",
+    if not any(j.startswith(f"-A {iptl.HOOK_CHAIN} ") for j in pre.jumps):
+        out.append(Finding("error", "nfqueue-rules", f"raw {iptl.HOOK_CHAIN} does not jump to {chain}: no packet reaches lbd",
                            evidence=_raw_listing(raw), fix=f"{fix_restart} (lbd restores the jump on its next rule change)"))
     track = run.track_mode()
-    go = chain_state(raw, ipt.go_chain_name(q))
-    want = ipt.chain_rules(q)
-    if not ipt.same_rules(pre.rules, want):
+    go = chain_state(raw, iptl.go_chain_name(q))
+    want = iptl.chain_rules(q)
+    if not iptl.same_rules(pre.rules, want):
         out.append(Finding("error", "nfqueue-rules", f"{chain} does not hold lbd's set lookups: packets for the "
                            "services may not reach the queue",
                            evidence="expected:\n" + "\n".join(want) + "\nfound:\n" + ("\n".join(pre.rules) or "(empty chain)"),
                            fix="any lbadm change rewrites the chain (e.g. re-add a service), or restart lbd"))
     if not any("-j NFQUEUE" in r for r in go.rules) or \
             (not track and not any(r.endswith("-j CT --notrack") for r in go.rules)):
-        out.append(Finding("error", "nfqueue-rules", f"{ipt.go_chain_name(q)} lacks its CT --notrack / NFQUEUE rules: "
+        out.append(Finding("error", "nfqueue-rules", f"{iptl.go_chain_name(q)} lacks its CT --notrack / NFQUEUE rules: "
                            "steered packets are not queued to lbd",
                            evidence="\n".join(go.rules) or "(no chain)", fix=fix_restart))
     if run.ipsets is None:
@@ -96,11 +96,11 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
                                f"to lbd ({plural(len(missing_other), 'set element')} missing)",
                                evidence="\n".join(missing_other[:20]), fix=fix_restart))
     if run.fwmarks:
-        mangle = chain_state(run.tables.get(ipt.MARK_TABLE, {}), ipt.mark_chain_name(q))
+        mangle = chain_state(run.tables.get(iptl.MARK_TABLE, {}), iptl.mark_chain_name(q))
         for mark in run.fwmarks:
             if not any(f"-m mark --mark {mark:#x} " in r and "NFQUEUE" in r for r in mangle.rules) or not any(
-                    j.startswith(f"-A {ipt.HOOK_CHAIN} ") for j in mangle.jumps):
-                out.append(Finding("error", "nfqueue-rules", f"service FWM {mark}: mangle {ipt.mark_chain_name(q)} does "
+                    j.startswith(f"-A {iptl.HOOK_CHAIN} ") for j in mangle.jumps):
+                out.append(Finding("error", "nfqueue-rules", f"service FWM {mark}: mangle {iptl.mark_chain_name(q)} does "
                                    "not queue its mark (or is not jumped to): its packets are not balanced",
                                    evidence="\n".join(mangle.jumps + mangle.rules) or "(no chain)",
                                    fix="re-add the service (lbd rewrites the chain), or restart lbd"))
@@ -121,21 +121,21 @@ def check_nfqueue_rules(run: Run) -> list[Finding]:
                                "packets it hands back and its raw-socket packets get conntrack entries and meet stateful "
                                "rules as NEW/INVALID"))
     else:
-        want = ipt.out_rules(q)
+        want = iptl.out_rules(q)
         fullnat = "fullnat" in run.fwds()
-        if not post.chain_exists or [ipt.rule_key(r) for r in post.rules] != [ipt.rule_key(r) for r in want] \
-                or not any(j.startswith(f"-A {ipt.OUT_HOOK_CHAIN} ") for j in post.jumps):
+        if not post.chain_exists or [rule_key(r) for r in post.rules] != [rule_key(r) for r in want] \
+                or not any(j.startswith(f"-A {iptl.OUT_HOOK_CHAIN} ") for j in post.jumps):
             out.append(Finding("error" if fullnat else "warning", "nfqueue-rules",
-                               f"{out_chain} (untracking lbd's own raw-socket packets, mark {ipt.socket_mark(q):#x}) "
+                               f"{out_chain} (untracking lbd's own raw-socket packets, mark {iptl.socket_mark(q):#x}) "
                                "is missing or incomplete: FULLNAT replies and ICMP answers get conntrack entries "
                                "and meet stateful OUTPUT rules as NEW/INVALID",
-                               evidence="expected:\n" + "\n".join([ipt.out_jump_rule(q), *want]) + "\nfound:\n"
+                               evidence="expected:\n" + "\n".join([iptl.out_jump_rule(q), *want]) + "\nfound:\n"
                                + ("\n".join(post.jumps + post.rules) or "(nothing)"),
                                fix=fix_restart))
     if not out:
         n = len(run.services)
         out.append(Finding("info", "nfqueue-rules", f"{chain}: set lookups steer every service ({n}) to "
-                           f"{ipt.go_chain_name(q)}, jumped to from raw {ipt.HOOK_CHAIN}; {out_chain} untracks lbd's own packets",
+                           f"{iptl.go_chain_name(q)}, jumped to from raw {iptl.HOOK_CHAIN}; {out_chain} untracks lbd's own packets",
                            evidence="\n".join(pre.jumps + pre.rules + go.rules + post.jumps + post.rules)))
     return out
 

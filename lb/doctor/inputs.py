@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lb import ipsets as ips
-from lb import iptables as ipt
+from lb import iptlayout as iptl
 from lb.doctor.context import DoctorContext, LbdRefused, LbdUnavailable
 from lb.doctor.parsers import QueueStats, parse_nfnetlink_queue
 from lb.iptrules import Tables, parse_iptables_save
@@ -29,7 +29,7 @@ class Service:
 
     @property
     def proto_num(self) -> int:
-        return ipt.PROTO_TCP if self.proto == "tcp" else ipt.PROTO_UDP
+        return iptl.PROTO_TCP if self.proto == "tcp" else iptl.PROTO_UDP
 
 
 @dataclass
@@ -109,7 +109,7 @@ class Run:
             if isinstance(self.ping.get(key), int):
                 return int(self.ping[key]), "lbd"
         found = sorted({int(m.group(1)) for name in self.tables.get("raw", {})
-                        if (m := re.fullmatch(rf"{re.escape(ipt.CHAIN_PREFIX)}(\d+)", name))})
+                        if (m := re.fullmatch(rf"{re.escape(iptl.CHAIN_PREFIX)}(\d+)", name))})
         if len(found) == 1:
             return found[0], "raw table"
         return None, f"raw table has {len(found)} LBD-Q<N> chains" if found else "no LBD-Q<N> chain in the raw table"
@@ -164,7 +164,7 @@ class Run:
             return True
         if self.queue_num is None:
             return False
-        chain = self.tables.get("raw", {}).get(ipt.go_chain_name(self.queue_num))
+        chain = self.tables.get("raw", {}).get(iptl.go_chain_name(self.queue_num))
         if chain is None or not chain.rules:
             return False
         return not any(r.target == "CT" and "--notrack" in r.target_args for r in chain.rules)
@@ -181,7 +181,7 @@ class Run:
         return frozenset({"NEW", "INVALID"}) if self.track_mode() else frozenset({"UNTRACKED"})
 
     def mark(self) -> int | None:
-        return ipt.socket_mark(self.queue_num) if self.queue_num is not None else None
+        return iptl.socket_mark(self.queue_num) if self.queue_num is not None else None
 
     def fwds(self) -> set[str]:
         return {str(d.get("fwd")) for s in self.services for d in s.dests}

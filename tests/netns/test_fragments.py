@@ -35,7 +35,7 @@ import pytest
 from conftest import QUEUE_NUM, Lbd, running_lbd
 from steering import INPUT_HOOK, NFTABLES, dump
 
-from lb import iptables as ipt
+from lb import iptlayout as iptl
 from lb.testbed import echo
 from lb.testbed.ipip_decap import start_in
 from lb.testbed.topology import Topology, dr_spec, enter_netns, fullnat_spec
@@ -217,7 +217,7 @@ def test_dr_udp_datagrams_arrive_whole(dlbd: Lbd, dtopo: Topology, dr_udp: None)
         tproxy_at = next(i for i, line in enumerate(go) if " tproxy " in line)
         assert queue_at < tproxy_at, go
         return
-    listing = dtopo.director.exec(["iptables", "-t", "raw", "-L", ipt.go_chain_name(QUEUE_NUM), "-v", "-x", "-n"]).stdout
+    listing = dtopo.director.exec(["iptables", "-t", "raw", "-L", iptl.go_chain_name(QUEUE_NUM), "-v", "-x", "-n"]).stdout
     queue_line, socket_line = (next(line for line in listing.splitlines() if word in line) for word in ("NFQUEUE", "socket"))
     assert int(queue_line.split()[0]) > 0 and int(socket_line.split()[0]) == 0, listing
 

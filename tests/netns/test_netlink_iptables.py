@@ -23,6 +23,7 @@ from pyroute2 import IPRoute
 
 from lb import ipsets as ips
 from lb import iptables as ipt
+from lb import iptlayout as iptl
 from lb.ipsets import Steering
 from lb.iptables import RuleManager
 from lb.netlink import (
@@ -442,13 +443,13 @@ def test_setup_sync_teardown_lifecycle(fw: tuple[str, str, Namespaces]) -> None:
     try:
         m.setup()
         m.setup()  # idempotent
-        assert raw_S(d).count(ipt.jump_rule(7)) == 1
+        assert raw_S(d).count(iptl.jump_rule(7)) == 1
         # Our generated text is exactly what iptables prints: the diff compares like with like.
-        assert m.rules() == ipt.chain_rules(7)
+        assert m.rules() == iptl.chain_rules(7)
         assert m.go_rules() == ["-A LBD-Q7-GO -j CT --notrack", "-A LBD-Q7-GO -j NFQUEUE --queue-num 7 --queue-bypass",
-                                ipt.defrag_rule(7)]
-        assert raw_S(d).count(ipt.out_jump_rule(7)) == 1
-        assert m.out_rules() == ipt.out_rules(7) == ["-A LBD-Q7-OUT -m mark --mark 0x4c420007 -j CT --notrack"]
+                                iptl.defrag_rule(7)]
+        assert raw_S(d).count(iptl.out_jump_rule(7)) == 1
+        assert m.out_rules() == iptl.out_rules(7) == ["-A LBD-Q7-OUT -m mark --mark 0x4c420007 -j CT --notrack"]
 
         plan = m.sync(steer(SERVICES))
         assert (plan.added, plan.deleted, plan.rewritten) == (3, 0, [])  # VIP + two services
@@ -457,7 +458,7 @@ def test_setup_sync_teardown_lifecycle(fw: tuple[str, str, Namespaces]) -> None:
 
         plan = m.sync(steer([(6, VIP, 80), (6, VIP, 443)]))
         assert (plan.added, plan.deleted) == (1, 1)  # minimal: tcp/80 untouched
-        assert m.rules() == ipt.chain_rules(7)  # the rules never change with the services
+        assert m.rules() == iptl.chain_rules(7)  # the rules never change with the services
         assert members(d, 7, ips.SVC) == {f"{VIP},tcp:80", f"{VIP},tcp:443"}
         plan = m.sync(steer([(6, VIP, 80), (6, VIP, 443), (17, VIP, 0)], fnat=((6, "10.231.60.2", 8080, "10.231.40.1"),)))
         assert plan.added == 3  # the UDP all-ports VIP, the reply triple and the local address
@@ -467,16 +468,16 @@ def test_setup_sync_teardown_lifecycle(fw: tuple[str, str, Namespaces]) -> None:
 
         in_ns(d, "iptables", "-t", "raw", "-D", "PREROUTING", "-j", "LBD-Q7")
         assert m.sync(wanted).jump_added  # an operator's flush is healed
-        assert raw_S(d).count(ipt.jump_rule(7)) == 1
+        assert raw_S(d).count(iptl.jump_rule(7)) == 1
         in_ns(d, "iptables", "-t", "raw", "-F", "OUTPUT")
         in_ns(d, "iptables", "-t", "raw", "-F", "LBD-Q7-OUT")
         assert m.sync(wanted).out_repaired  # ...also on the OUTPUT side
-        assert raw_S(d).count(ipt.out_jump_rule(7)) == 1 and m.out_rules() == ipt.out_rules(7)
+        assert raw_S(d).count(iptl.out_jump_rule(7)) == 1 and m.out_rules() == iptl.out_rules(7)
         in_ns(d, "ipset", "flush", ips.set_name(7, ips.SVC))
         assert m.sync(wanted).empty  # a configuration change trusts lbd's own cache of its sets...
         assert m.sync(wanted, verify_sets=True).added == 2  # ...a verifying sync finds it (element count)
         in_ns(d, "iptables", "-t", "raw", "-F", "LBD-Q7")
-        assert m.sync(wanted).rewritten and m.rules() == ipt.chain_rules(7)
+        assert m.sync(wanted).rewritten and m.rules() == iptl.chain_rules(7)
         assert m.sync(wanted).empty
     finally:
         m.teardown()
@@ -528,7 +529,7 @@ def test_previous_per_service_layout_is_adopted(fw: tuple[str, str, Namespaces])
                   "--dport", "80", "-j", *target)
         plan = m.sync(steer(SERVICES))
         assert plan.rewritten and plan.added == 3
-        assert m.rules() == ipt.chain_rules(14) and raw_S(d).count(ipt.jump_rule(14)) == 1
+        assert m.rules() == iptl.chain_rules(14) and raw_S(d).count(iptl.jump_rule(14)) == 1
     finally:
         m.teardown()
     assert ours(d, 14) == []
@@ -552,19 +553,19 @@ def test_crash_leftovers_removed_and_other_instances_untouched(fw: tuple[str, st
         restarted = RuleManager(8, netns=d)
         restarted.setup()
         table = raw_S(d)
-        assert table.count(ipt.jump_rule(8)) == 1
-        assert table.count(ipt.out_jump_rule(8)) == 1
+        assert table.count(iptl.jump_rule(8)) == 1
+        assert table.count(iptl.out_jump_rule(8)) == 1
         assert "-A OUTPUT -j LBD-Q8-OUT" not in table
-        assert restarted.out_rules() == ipt.out_rules(8)
-        assert not any(line.startswith("-A PREROUTING") and line.endswith("-j LBD-Q8") and line != ipt.jump_rule(8)
+        assert restarted.out_rules() == iptl.out_rules(8)
+        assert not any(line.startswith("-A PREROUTING") and line.endswith("-j LBD-Q8") and line != iptl.jump_rule(8)
                        for line in table)
-        assert restarted.rules() == ipt.chain_rules(8)
+        assert restarted.rules() == iptl.chain_rules(8)
         assert members(d, 8, ips.SVC) == set()  # setup starts from empty sets
-        assert members(d, 9, ips.SVC) == {f"{VIP},tcp:8080"} and other.rules() == ipt.chain_rules(9)
+        assert members(d, 9, ips.SVC) == {f"{VIP},tcp:8080"} and other.rules() == iptl.chain_rules(9)
         assert FOREIGN in table
         restarted.teardown()
-        assert members(d, 9, ips.SVC) == {f"{VIP},tcp:8080"} and other.rules() == ipt.chain_rules(9)
-        assert ipt.jump_rule(9) in raw_S(d)
+        assert members(d, 9, ips.SVC) == {f"{VIP},tcp:8080"} and other.rules() == iptl.chain_rules(9)
+        assert iptl.jump_rule(9) in raw_S(d)
         assert ours(d, 8) == []
     finally:
         RuleManager(8, netns=d).teardown()
@@ -579,7 +580,7 @@ def test_queue_balance_rules_accepted(fw: tuple[str, str, Namespaces]) -> None:
     try:
         m.setup()
         m.sync(steer([(17, VIP, 53)]))
-        assert m.go_rules() == ipt.go_rules(10, "-j NFQUEUE --queue-balance 10:11 --queue-bypass")
+        assert m.go_rules() == iptl.go_rules(10, "-j NFQUEUE --queue-balance 10:11 --queue-bypass")
         assert m.sync(steer([(17, VIP, 53)])).empty
     finally:
         m.teardown()
@@ -602,8 +603,8 @@ def test_rules_match_real_packets(fw: tuple[str, str, Namespaces]) -> None:
             "s.sendto(b'lbd-test', ('10.231.40.1', 53))\n"
         )
         in_ns(c, shutil.which("python3") or "python3", "-c", send)
-        rules = ipt.chain_rules(11)
-        notrack, queue, _defrag = ipt.go_rules(11, m.target)
+        rules = iptl.chain_rules(11)
+        notrack, queue, _defrag = iptl.go_rules(11, m.target)
 
         def queued() -> bool:
             return counters(d, "LBD-Q11-GO").get(queue, 0) >= 3
@@ -645,7 +646,7 @@ def test_track_opt_in_installs_no_notrack(fw: tuple[str, str, Namespaces]) -> No
         m.setup()
         assert not any("LBD-Q12-OUT" in line for line in raw_S(d))
         m.sync(steer(SERVICES))
-        assert m.go_rules() == [f"-A LBD-Q12-GO {m.target}", ipt.defrag_rule(12)]
+        assert m.go_rules() == [f"-A LBD-Q12-GO {m.target}", iptl.defrag_rule(12)]
         assert not any("notrack" in line for line in raw_S(d) if "LBD-Q12" in line)
         assert m.sync(steer(SERVICES)).empty
     finally:
@@ -662,7 +663,7 @@ def test_rules_do_not_grow_with_services(fw: tuple[str, str, Namespaces]) -> Non
     try:
         m.setup()
         assert m.sync(steer(many)).added == 2000 + len({a for _, a, _ in many})
-        assert m.rules() == ipt.chain_rules(15)
+        assert m.rules() == iptl.chain_rules(15)
         plan = m.sync(steer([*many, (17, VIP, 53)]))
         assert (plan.added, plan.deleted) == (2, 0)  # the service and its VIP
         assert len(members(d, 15, ips.SVC)) == 2001
@@ -707,11 +708,11 @@ def test_marked_raw_socket_packets_are_untracked(fw: tuple[str, str, Namespaces]
         in_ns(d, "iptables", "-A", "OUTPUT", *untracked.split())
         in_ns(d, "iptables", "-A", "OUTPUT", *new.split())
         py = shutil.which("python3") or "python3"
-        in_ns(d, py, "-c", RAW_SEND, "10.231.40.1", "10.231.40.2", str(ipt.socket_mark(q)))
+        in_ns(d, py, "-c", RAW_SEND, "10.231.40.1", "10.231.40.2", str(iptl.socket_mark(q)))
         got = filter_counters(d)
         assert got[untracked] == 1 and got[new] == 0, got
         in_ns(d, py, "-c", RAW_SEND, "10.231.40.1", "10.231.40.2", "0")  # unmarked: tracked as usual
-        in_ns(d, py, "-c", RAW_SEND, "10.231.40.1", "10.231.40.2", str(ipt.socket_mark(q + 1)))  # other queue
+        in_ns(d, py, "-c", RAW_SEND, "10.231.40.1", "10.231.40.2", str(iptl.socket_mark(q + 1)))  # other queue
         got = filter_counters(d)
         assert got[untracked] == 1 and got[new] == 2, got
     finally:

@@ -9,7 +9,7 @@ import pytest
 
 from bench import routed_cost as rc
 from lb import ipsets as ips
-from lb import iptables as ipt
+from lb import iptlayout as iptl
 
 STAT = """cpu  10 0 10 100 0 0 5 0 0 0
 cpu0 1000 5 300 4000 10 0 200 0 0 0
@@ -89,10 +89,10 @@ def test_rotate_changes_the_order_every_repetition() -> None:
 
 def test_partial_steps_are_prefixes_of_lbds_ruleset() -> None:
     empty = rc.partial_lines("raw-empty")
-    assert empty == [":LBD-Q0 - [0:0]", ipt.jump_rule(0)]
+    assert empty == [":LBD-Q0 - [0:0]", iptl.jump_rule(0)]
     assert rc.partial_lines("raw-comment")[1] == '-A PREROUTING -m comment --comment "lbd q0" -j LBD-Q0'
     go = rc.partial_lines("raw-go")
-    assert go[:2] == empty and ipt.defrag_rule(0) in go and ipt.out_jump_rule(0) in go
+    assert go[:2] == empty and iptl.defrag_rule(0) in go and iptl.out_jump_rule(0) in go
     assert not any(line.startswith("-A LBD-Q0 ") for line in go)  # LBD-Q0 stays empty: routed packets return
 
 

@@ -24,7 +24,8 @@ from lb import daemon, statefile
 from lb.director import Director
 from lb.engine import EngineError, FwdState, Verdict
 from lb.ipsets import Steering
-from lb.iptables import RuleManager, queue_target
+from lb.iptables import RuleManager
+from lb.iptlayout import queue_target
 from lb.model import ServiceKey, SynproxyConf
 from refusing_engine import REFUSED_RIP, refusing
 

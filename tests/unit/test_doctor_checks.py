@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from lb import doctor
-from lb import iptables as ipt
+from lb import iptlayout as iptl
 from lb.doctor import (
     DoctorContext,
     Finding,
@@ -33,7 +33,7 @@ from lb.testbed.seeds import FIELD_REPORT_001_FILTER
 VIP = "10.0.0.100"
 DIP = "10.0.0.2"
 RIPS = ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
-MARK0 = ipt.socket_mark(0)
+MARK0 = iptl.socket_mark(0)
 
 RAW_OK = "\n".join([
     "*raw",
@@ -44,7 +44,7 @@ RAW_OK = "\n".join([
     ":LBD-Q0-OUT - [0:0]",
     '-A PREROUTING -m comment --comment "lbd q0" -j LBD-Q0',
     '-A OUTPUT -m comment --comment "lbd q0 out" -j LBD-Q0-OUT',
-    *ipt.chain_rules(0),
+    *iptl.chain_rules(0),
     "-A LBD-Q0-GO -j CT --notrack",
     "-A LBD-Q0-GO -j NFQUEUE --queue-num 0 --queue-bypass",
     f"-A LBD-Q0-OUT -m mark --mark {MARK0:#x} -j CT --notrack",
@@ -382,7 +382,7 @@ def test_out_chain_missing_and_track_opt_in() -> None:
     no_out = "\n".join(line for line in RAW_OK.splitlines() if "LBD-Q0-OUT" not in line)
     fs = run_checks(FakeContext(save=no_out + "\n" + FILTER_EMPTY))
     w = by(fs, "nfqueue-rules", "warning")
-    assert len(w) == 1 and "LBD-Q0-OUT" in w[0].summary and ipt.out_jump_rule(0) in w[0].evidence
+    assert len(w) == 1 and "LBD-Q0-OUT" in w[0].summary and iptl.out_jump_rule(0) in w[0].evidence
     tracked = "\n".join(line for line in no_out.splitlines() if "CT --notrack" not in line)
     fs = run_checks(FakeContext(save=tracked + "\n" + SEED_FILTER))
     assert any("conntrack opt-in is on" in f.summary for f in by(fs, "conntrack"))

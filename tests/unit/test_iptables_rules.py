@@ -10,8 +10,10 @@ import pytest
 
 from lb import ipsets as ips
 from lb import iptables as ipt
+from lb import iptlayout as iptl
 from lb.ipsets import Steering
-from lb.iptables import ChainMissingError, IptablesError, RuleManager, parse_table, rule_key
+from lb.iptables import ChainMissingError, IptablesError, RuleManager
+from lb.iptrules import parse_table, rule_key
 
 TCP, UDP = 6, 17
 CHAIN = "LBD-Q3"
@@ -22,16 +24,16 @@ OUT_RULE3 = "-A LBD-Q3-OUT -m mark --mark 0x4c420003 -j CT --notrack"
 OUT_OK = ["-N LBD-Q3-OUT", OUT_JUMP3, OUT_RULE3]  # a healthy LBD-Q3-OUT as `-S` prints it
 DEFRAG3 = '-A LBD-Q3-GO -m socket --transparent -m comment --comment "lbd q3 defrag" -j RETURN'
 GO3 = ["-A LBD-Q3-GO -j CT --notrack", f"-A LBD-Q3-GO {QUEUE}", DEFRAG3]
-HEALTHY = ["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *ipt.chain_rules(3), *GO3, *OUT_OK]
+HEALTHY = ["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *iptl.chain_rules(3), *GO3, *OUT_OK]
 
 
 # ---------------------------------------------------------------- rule text and set elements
 
 
 def test_names_jump_and_fixed_rules() -> None:
-    assert ipt.chain_name(3) == "LBD-Q3" and ipt.go_chain_name(3) == "LBD-Q3-GO"
-    assert ipt.jump_rule(3) == JUMP3
-    assert ipt.chain_rules(3) == [
+    assert iptl.chain_name(3) == "LBD-Q3" and iptl.go_chain_name(3) == "LBD-Q3-GO"
+    assert iptl.jump_rule(3) == JUMP3
+    assert iptl.chain_rules(3) == [
         "-A LBD-Q3 -m set ! --match-set lbd-q3-addr dst -m set ! --match-set lbd-q3-natrip src -j RETURN",
         "-A LBD-Q3 -m set --match-set lbd-q3-nat src,src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
         "-A LBD-Q3 -p icmp -m set --match-set lbd-q3-natrip src -m addrtype ! --dst-type LOCAL -j LBD-Q3-GO",
@@ -46,10 +48,10 @@ def test_names_jump_and_fixed_rules() -> None:
         "-A LBD-Q3 -p tcp -m set --match-set lbd-q3-fnattcp0 src -j LBD-Q3-GO",
         "-A LBD-Q3 -p udp -m set --match-set lbd-q3-fnatudp0 src -j LBD-Q3-GO",
     ]
-    assert ipt.go_rules(3, QUEUE) == GO3
-    assert ipt.go_rules(3, QUEUE, track=True) == [GO3[1], DEFRAG3]
+    assert iptl.go_rules(3, QUEUE) == GO3
+    assert iptl.go_rules(3, QUEUE, track=True) == [GO3[1], DEFRAG3]
     # the reassembly rule is never reached: it comes after the terminal NFQUEUE rule
-    assert ipt.go_rules(3, QUEUE)[-1] == ipt.defrag_rule(3)
+    assert iptl.go_rules(3, QUEUE)[-1] == iptl.defrag_rule(3)
 
 
 def test_steering_elements_in_ipset_save_form() -> None:
@@ -78,14 +80,14 @@ def test_invalid_elements_rejected(st: Steering) -> None:
 
 
 def test_queue_balance_target() -> None:
-    assert ipt.queue_target(0, (2, 3)) == "-j NFQUEUE --queue-balance 2:3 --queue-bypass"
+    assert iptl.queue_target(0, (2, 3)) == "-j NFQUEUE --queue-balance 2:3 --queue-bypass"
     with pytest.raises(ValueError, match="empty"):
-        ipt.queue_target(0, (3, 2))
+        iptl.queue_target(0, (3, 2))
 
 
 @pytest.mark.parametrize(
     "call",
-    [lambda: ipt.chain_name(65536), lambda: ipt.chain_name(-1), lambda: RuleManager(70000), lambda: RuleManager(0, (5, 1))],
+    [lambda: iptl.chain_name(65536), lambda: iptl.chain_name(-1), lambda: RuleManager(70000), lambda: RuleManager(0, (5, 1))],
 )
 def test_invalid_values_rejected(call) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError):
@@ -97,7 +99,7 @@ def test_rule_key_equates_spellings() -> None:
     assert rule_key(canonical) == rule_key("-A LBD-Q3 -p tcp -d 10.0.0.1 --dport 80 -j CT --notrack")
     assert rule_key(canonical) != rule_key(canonical.replace("80", "81"))
     assert rule_key(canonical) != rule_key(canonical.replace("-d 10.0.0.1/32", "! -d 10.0.0.1/32"))
-    prefilter = next(r for r in ipt.chain_rules(3) if "-addr" in r and "-natrip" not in r)
+    prefilter = next(r for r in iptl.chain_rules(3) if "-addr" in r and "-natrip" not in r)
     assert rule_key(prefilter) != rule_key(prefilter.replace("! --match-set", "--match-set"))
 
 
@@ -106,10 +108,10 @@ def test_parse_table_finds_only_our_chain_and_jumps() -> None:
         "-P PREROUTING ACCEPT", "-N LBD-Q3", "-N LBD-Q31",
         '-A PREROUTING -s 10.9.9.9/32 -m comment --comment "foreign" -j CT --notrack',
         JUMP3, '-A PREROUTING -m comment --comment "lbd q31" -j LBD-Q31', "-A PREROUTING -j LBD-Q3",
-        *ipt.chain_rules(3), "-A LBD-Q31 -d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j CT --notrack",
+        *iptl.chain_rules(3), "-A LBD-Q31 -d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j CT --notrack",
     ])
     state = parse_table(text, CHAIN)
-    assert state.chain_exists and state.rules == ipt.chain_rules(3)
+    assert state.chain_exists and state.rules == iptl.chain_rules(3)
     assert state.jumps == [JUMP3, "-A PREROUTING -j LBD-Q3"]
     assert not parse_table("-P PREROUTING ACCEPT\n", CHAIN).chain_exists
 
@@ -185,7 +187,7 @@ def test_setup_clears_leftovers_creates_sets_then_rules() -> None:
     removal, creation = fake.scripts()
     assert removal == f"*raw\n-D{JUMP3[2:]}\n-F LBD-Q3\n-X LBD-Q3\nCOMMIT\n"
     assert creation.splitlines()[1:-1] == [
-        ":LBD-Q3-GO - [0:0]", ":LBD-Q3 - [0:0]", *GO3, *ipt.chain_rules(3), JUMP3,
+        ":LBD-Q3-GO - [0:0]", ":LBD-Q3 - [0:0]", *GO3, *iptl.chain_rules(3), JUMP3,
         ":LBD-Q3-OUT - [0:0]", OUT_RULE3, OUT_JUMP3,
     ]
     assert sorted(fake.sets) == sorted(ips.set_name(3, k) for k in ips.KINDS)
@@ -260,7 +262,7 @@ def test_adopting_a_previous_lbds_sets_reads_them_once() -> None:
 
 
 def test_sync_restores_a_missing_jump_and_rewrites_a_foreign_chain() -> None:
-    fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", *ipt.chain_rules(3), *GO3, *OUT_OK]))
+    fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", *iptl.chain_rules(3), *GO3, *OUT_OK]))
     plan = RuleManager(3, runner=fake).sync(Steering())
     assert plan.jump_added and not plan.rewritten
     assert fake.scripts() == [f"*raw\n{JUMP3}\nCOMMIT\n"]
@@ -275,17 +277,17 @@ def test_sync_restores_a_missing_jump_and_rewrites_a_foreign_chain() -> None:
 def test_the_previous_twelve_rule_chain_is_rewritten_in_one_transaction_on_adoption() -> None:
     """An lbd before the routed-traffic first rule left LBD-Q<N> without it (--down-policy closed):
     the adopting lbd's sync fills the sets, then rewrites both chains in one restore (never empty)."""
-    previous = ipt.chain_rules(3)[1:]
+    previous = iptl.chain_rules(3)[1:]
     fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *previous, *GO3, *OUT_OK]))
     m = RuleManager(3, runner=fake)
     assert m.damage() == ["raw LBD-Q3 holds 12 rules, not lbd's 13", *m.set_damage()]
     plan = m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
     assert plan.rewritten == ["LBD-Q3", "LBD-Q3-GO"] and plan.added == 2 and not plan.jump_added
     (script,) = fake.scripts()
-    assert script.splitlines()[1:-1] == [":LBD-Q3-GO - [0:0]", ":LBD-Q3 - [0:0]", *GO3, *ipt.chain_rules(3)]
+    assert script.splitlines()[1:-1] == [":LBD-Q3-GO - [0:0]", ":LBD-Q3 - [0:0]", *GO3, *iptl.chain_rules(3)]
     # the jump those lbd's made carried a comment: still lbd's jump, adopted as it is (no second jump)
     commented = '-A PREROUTING -m comment --comment "lbd q3" -j LBD-Q3'
-    fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", commented, *ipt.chain_rules(3), *GO3, *OUT_OK]))
+    fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", commented, *iptl.chain_rules(3), *GO3, *OUT_OK]))
     m = RuleManager(3, runner=fake)
     assert m.jumps() == [commented] and m.damage() == m.set_damage()
     plan = m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
@@ -302,7 +304,7 @@ def test_teardown_removes_only_ours_and_is_idempotent() -> None:
         "-N LBD-Q3", "-N LBD-Q3-GO", "-N LBD-Q4", "-N LBD-Q3-OUT", "-N LBD-Q4-OUT",
         "-A PREROUTING -s 10.9.9.9/32 -j CT --notrack", JUMP3,
         '-A PREROUTING -m comment --comment "lbd q4" -j LBD-Q4', OUT_JUMP3,
-        '-A OUTPUT -m comment --comment "lbd q4 out" -j LBD-Q4-OUT', *ipt.chain_rules(3), *GO3, OUT_RULE3,
+        '-A OUTPUT -m comment --comment "lbd q4 out" -j LBD-Q4-OUT', *iptl.chain_rules(3), *GO3, OUT_RULE3,
     ]))
     fake.sets = {"lbd-q3-svc": ("hash:ip,port", {"10.0.0.1,tcp:80"}), "lbd-q4-svc": ("hash:ip,port", set()),
                  "lbd-q3-addr": ("hash:ip", set())}
@@ -372,14 +374,14 @@ def test_detect_probes_the_mark_and_set_matches_too() -> None:
 
 
 def test_out_chain_names_mark_and_rule_text() -> None:
-    assert ipt.SOCKET_MARK_BASE == 0x4C420000
-    assert ipt.socket_mark(3) == 0x4C420003 and ipt.socket_mark(65535) == 0x4C42FFFF
-    assert ipt.out_chain_name(3) == "LBD-Q3-OUT"
-    assert ipt.out_jump_rule(3) == OUT_JUMP3
-    assert ipt.out_rules(3) == [OUT_RULE3]
-    assert ipt.out_rules(3, track=True) == []
+    assert iptl.SOCKET_MARK_BASE == 0x4C420000
+    assert iptl.socket_mark(3) == 0x4C420003 and iptl.socket_mark(65535) == 0x4C42FFFF
+    assert iptl.out_chain_name(3) == "LBD-Q3-OUT"
+    assert iptl.out_jump_rule(3) == OUT_JUMP3
+    assert iptl.out_rules(3) == [OUT_RULE3]
+    assert iptl.out_rules(3, track=True) == []
     with pytest.raises(ValueError):
-        ipt.socket_mark(65536)
+        iptl.socket_mark(65536)
 
 
 @pytest.mark.parametrize(
@@ -394,7 +396,7 @@ def test_out_chain_names_mark_and_rule_text() -> None:
     ],
 )
 def test_sync_heals_the_out_chain(out_state: list[str], want: list[str]) -> None:
-    fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *ipt.chain_rules(3), *GO3, *out_state]))
+    fake = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *iptl.chain_rules(3), *GO3, *out_state]))
     plan = RuleManager(3, runner=fake).sync(Steering())
     assert plan.out_repaired == want
     assert plan.empty == (not want)
@@ -408,7 +410,7 @@ def test_track_opt_in_omits_every_notrack_rule() -> None:
     removal, creation = fake.scripts()
     assert removal == "*raw\n" + "\n".join(["-D" + OUT_JUMP3[2:], "-F LBD-Q3-OUT", "-X LBD-Q3-OUT"]) + "\nCOMMIT\n"
     assert "notrack" not in creation and "LBD-Q3-OUT" not in creation
-    fake2 = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *ipt.chain_rules(3), *GO3]))
+    fake2 = Fake("\n".join(["-N LBD-Q3", "-N LBD-Q3-GO", JUMP3, *iptl.chain_rules(3), *GO3]))
     plan = RuleManager(3, track=True, runner=fake2).sync(Steering())
     assert plan.rewritten and not plan.out_repaired  # switching the opt-in on rewrites LBD-Q3-GO
     assert "notrack" not in fake2.scripts()[0]

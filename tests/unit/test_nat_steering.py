@@ -5,7 +5,7 @@ director asks for exactly its NAT destinations."""
 from __future__ import annotations
 
 from lb import ipsets as ips
-from lb import iptables as ipt
+from lb import iptlayout as iptl
 from lb.director import Director
 from lb.pyengine import PyEngine
 
@@ -26,7 +26,7 @@ def test_nat_reply_elements_are_the_real_servers_source_and_icmp_per_real_server
 
 
 def test_nat_rules_come_before_the_address_prefilter_and_skip_local_traffic() -> None:
-    rules = ipt.chain_rules(3)
+    rules = iptl.chain_rules(3)
     prefilter = _prefilter(rules)
     nat = [i for i, r in enumerate(rules) if "-m set --match-set lbd-q3-nat " in r or "-m set --match-set lbd-q3-natrip " in r]
     assert len(nat) == 2 and max(nat) < prefilter, rules
@@ -64,7 +64,7 @@ def test_port_less_nat_destinations_are_steered_by_address_per_protocol() -> Non
 
 
 def test_port_less_nat_rules_match_the_source_per_protocol_before_the_prefilter() -> None:
-    rules = ipt.chain_rules(3)
+    rules = iptl.chain_rules(3)
     prefilter = _prefilter(rules)
     for proto in ("tcp", "udp"):
         (i,) = [i for i, r in enumerate(rules) if f"lbd-q3-nat{proto}0 " in r]
@@ -97,7 +97,7 @@ def test_port_less_fullnat_destinations_are_steered_by_address_per_protocol() ->
     assert el[ips.FNATTCP0] == {"10.1.0.11"} and el[ips.FNATUDP0] == {"10.1.0.12"}
     assert el[ips.FNAT] == {"10.1.0.13,tcp:80,10.2.0.2"}
     assert el[ips.ADDR] == {"10.2.0.1", "10.2.0.2"}
-    rules = ipt.chain_rules(3)
+    rules = iptl.chain_rules(3)
     prefilter = _prefilter(rules)
     for proto in ("tcp", "udp"):
         (i,) = [i for i, r in enumerate(rules) if f"lbd-q3-fnat{proto}0 " in r]
@@ -120,7 +120,7 @@ def test_routed_traffic_leaves_at_the_first_rule_and_natrip_covers_every_nat_rul
     skips the four NAT rules only because natrip holds the source address of every element they
     match (NAT rip,proto:port, nattcp0, natudp0): checked here for fixed and port-less NAT
     destinations of both protocols."""
-    rules = ipt.chain_rules(3)
+    rules = iptl.chain_rules(3)
     assert rules[0] == "-A LBD-Q3 -m set ! --match-set lbd-q3-addr dst -m set ! --match-set lbd-q3-natrip src -j RETURN"
     nat_rules = [i for i, r in enumerate(rules) if "addrtype ! --dst-type LOCAL" in r]
     assert nat_rules == [1, 2, 3, 4] and _prefilter(rules) == 5

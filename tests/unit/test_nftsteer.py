@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from lb import ipsets as ips
-from lb import iptables as ipt
+from lb import iptlayout as iptl
 from lb import nftqueue as nq
 from lb import nftsteer as ns
 from lb.ipsets import Steering
@@ -75,7 +75,7 @@ def test_every_set_kind_has_an_nft_type_of_the_same_fields() -> None:
 
 def test_chain_rules_are_lb_iptables_rules_in_nft_words() -> None:
     """Same order, same sets, the same `addrtype ! LOCAL` rules; the first rule lets routed traffic go."""
-    nft, xt = ns.chain_rules(), ipt.chain_rules(0)
+    nft, xt = ns.chain_rules(), iptl.chain_rules(0)
     assert len(nft) == len(xt) == 13
     assert nft[0] == "ip daddr != @addr ip saddr != @natrip return"
     for a, b in zip(nft, xt, strict=True):

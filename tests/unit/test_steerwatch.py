@@ -8,10 +8,11 @@ import struct
 
 import pytest
 
-from lb import iptables as ipt
+from lb import iptlayout as iptl
 from lb import steerwatch as sw
 from lb.ipsets import Steering
 from lb.iptables import IptablesError, RuleManager
+from lb.iptrules import TableState
 from test_iptables_rules import HEALTHY, JUMP3, Fake
 
 TCP = 6
@@ -33,7 +34,7 @@ def test_intact_steering_has_no_damage() -> None:
 @pytest.mark.parametrize("listing, set_change, found", [
     ([line for line in HEALTHY if line != JUMP3], None, ["jump raw PREROUTING -> LBD-Q3 gone"]),
     ([line for line in HEALTHY if not line.startswith("-A LBD-Q3 ")], None,
-     [f"raw LBD-Q3 holds 0 rules, not lbd's {len(ipt.chain_rules(3))}"]),
+     [f"raw LBD-Q3 holds 0 rules, not lbd's {len(iptl.chain_rules(3))}"]),
     ([line for line in HEALTHY if "LBD-Q3-OUT" not in line], None, ["raw chain LBD-Q3-OUT gone"]),
     (HEALTHY, ("flush", "lbd-q3-svc"), ["ip set lbd-q3-svc holds 0 of its 2 elements"]),
     (HEALTHY, ("destroy", "lbd-q3-addr"), ["ip set lbd-q3-addr gone"]),
@@ -167,7 +168,7 @@ def test_generation_reply_parsing_is_bounds_checked() -> None:
 
 
 def test_chain_damage_wording() -> None:
-    assert ipt._chain_damage("raw", "X", ipt.TableState(False, [], []), ["-A X -j RETURN"]) == ["raw chain X gone"]
+    assert iptl._chain_damage("raw", "X", TableState(False, [], []), ["-A X -j RETURN"]) == ["raw chain X gone"]
 
 
 def test_set_damage_uses_the_counts_it_is_given_without_running_ipset() -> None:
