@@ -60,24 +60,22 @@ from lb.iptlayout import (
     TABLE,
     _chain_damage,
     _check_queue,
-    _delete_line,
     _has_jump_from,
     chain_name,
     chain_rules,
     go_chain_name,
     go_rules,
     jump_rule,
-    mark_chain_name,
-    mark_jump_rule,
-    mark_rules,
     out_chain_name,
     out_jump_rule,
     out_rules,
     queue_target,
+    remove_lines,
     restore_script,
     same_rules,
     socket_mark,
 )
+from lb.iptmarks import MarkChain
 from lb.iptrules import TableState, chain_state, parse_iptables_save, parse_table
 
 log = logging.getLogger(__name__)
@@ -153,7 +151,8 @@ def _run(cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[s
 
 class RuleManager:
     """Owns exactly one queue's chains in the raw table (LBD-Q<N>, LBD-Q<N>-GO, LBD-Q<N>-OUT),
-    the jumps to them, and the queue's ip sets (lb.ipsets).
+    the jumps to them, the queue's ip sets (lb.ipsets), and its fwmark services' mangle chain
+    (`fwmarks`, lb.iptmarks).
 
     `track`: the conntrack opt-in (IPVS `net.ipv4.vs.conntrack=1` analogue), off by default. With
     track=True no `CT --notrack` rule is installed (LBD-Q<N>-GO holds only the NFQUEUE rule and
@@ -196,8 +195,8 @@ class RuleManager:
         self.netns = netns
         self._runner: Runner = runner or _run
         self.sets = ips.SetManager(self.queue_num, netns=netns, runner=self._runner)
-        self.mark_chain = mark_chain_name(queue_num)
-        self._marks: set[int] | None = None  # the marks LBD-Q<N>-MARK holds (None: unknown, read it)
+        self.fwmarks = MarkChain(self.queue_num, self.target, [iptables, "-w", str(LOCK_WAIT_S), "-t", MARK_TABLE, "-S"],
+                                 self._exec, self._restore)  # fwmark services: mangle LBD-Q<N>-MARK
         # apply(): the nftables generation source (False: not decided yet) and the generation at
         # which the chains were last found intact
         # (None with a `runner`: what a fake runner shows is not the kernel's generation)
@@ -271,13 +270,6 @@ class RuleManager:
     def out_jumps(self) -> list[str]:
         return self._states()[2].jumps
 
-    def _remove_lines(self, states: Sequence[tuple[TableState, str]]) -> list[str]:
-        lines = [_delete_line(j) for state, _ in states for j in state.jumps
-                 if not j.startswith(tuple(f"-A {c} " for _, c in states))]
-        lines += [f"-F {c}" for s, c in states if s.chain_exists]
-        lines += [f"-X {c}" for s, c in states if s.chain_exists]
-        return lines
-
     def adoptable(self) -> bool:
         """A previous lbd's chains to adopt as they are (then healed by sync) rather than set up
         afresh: exactly one jump from raw PREROUTING, and not with the conntrack opt-in."""
@@ -297,8 +289,8 @@ class RuleManager:
                 "removing leftovers of a previous lbd on queue %d: %d+%d+%d rules, %d+%d jumps",
                 self.queue_num, len(pre.rules), len(go.rules), len(out.rules), len(pre.jumps), len(out.jumps),
             )
-        self._restore(self._remove_lines([(pre, self.chain), (go, self.go_chain), (out, self.out_chain)]))
-        self._remove_marks()
+        self._restore(remove_lines([(pre, self.chain), (go, self.go_chain), (out, self.out_chain)]))
+        self.fwmarks.remove()
         self.remove_other_layer()
         self.sets.create()
         self._restore([*self._chain_lines(), jump_rule(self.queue_num), *self._out_lines()])
@@ -344,7 +336,7 @@ class RuleManager:
             raise IptablesError(exc.cmd, exc.returncode, exc.stderr) from exc
         plan = Plan(added=added, deleted=deleted)
         self._restore(self._heal_lines(pre, go, out, plan, heal_level))
-        plan.marks_changed = self._sync_marks(steering.fwmarks)
+        plan.marks_changed = self.fwmarks.sync(steering.fwmarks)
         if plan.empty:
             log.debug("raw %s already in sync", self.chain)
         else:
@@ -384,7 +376,7 @@ class RuleManager:
             lines += self._heal_lines(pre, go, out, plan, logging.WARNING)
             self._restore(lines)
             self._intact_gen = None if lines else gen  # our own rewrite moves the generation
-        plan.marks_changed = self._sync_marks(fwmarks)
+        plan.marks_changed = self.fwmarks.sync(fwmarks)
         log.log(logging.INFO if plan.rewritten or plan.jump_added or plan.out_repaired else logging.DEBUG,
                 "raw %s: %s", self.chain, plan)
         return plan
@@ -451,11 +443,7 @@ class RuleManager:
             found += _chain_damage(TABLE, self.out_chain, out, out_rules(self.queue_num))
             if out.chain_exists and not _has_jump_from(out, OUT_HOOK_CHAIN):
                 found.append(f"jump {TABLE} {OUT_HOOK_CHAIN} -> {self.out_chain} gone")
-        if self._marks:
-            state, _hook = self._mark_listing()
-            found += _chain_damage(MARK_TABLE, self.mark_chain, state, mark_rules(self.queue_num, self._marks, self.target))
-            if state.chain_exists and not _has_jump_from(state, HOOK_CHAIN):
-                found.append(f"jump {MARK_TABLE} {HOOK_CHAIN} -> {self.mark_chain} gone")
+        found += self.fwmarks.damage()
         return found + self.set_damage(set_counts)
 
     def set_damage(self, set_counts: dict[str, int] | None = None) -> list[str]:
@@ -477,7 +465,7 @@ class RuleManager:
         (sets before the rules that refer to them). The caller logs what was found, once; the
         parts healed here are logged at debug level only."""
         self.sets.installed = None  # re-read what the kernel holds: no trust in the cache
-        self._marks = None
+        self.fwmarks.marks = None
         pre = self._state()
         if not pre.chain_exists:  # the whole chain went (e.g. `iptables -t raw -F; -X`)
             try:
@@ -491,14 +479,14 @@ class RuleManager:
         """Remove the jumps, flush and delete the chains, then destroy the sets, and the raw base
         chains lbd's jumps leave empty (drop_empty_raw_hooks). Idempotent; touches nothing else."""
         pre, go, out = self._states()
-        lines = self._remove_lines([(pre, self.chain), (go, self.go_chain), (out, self.out_chain)])
+        lines = remove_lines([(pre, self.chain), (go, self.go_chain), (out, self.out_chain)])
         if lines:
             self._restore(lines)
             log.info("raw %s, %s, %s: removed (%d rules, %d jumps)", self.chain, self.go_chain, self.out_chain,
                      len(pre.rules) + len(go.rules) + len(out.rules), len(pre.jumps) + len(out.jumps))
             if self._runner is _run:  # a fake runner (unit tests) knows no nft
                 drop_empty_raw_hooks(self._nft_best_effort)
-        self._remove_marks()
+        self.fwmarks.remove()
         try:
             self.sets.destroy()
         except ips.IpsetError as exc:
@@ -512,54 +500,6 @@ class RuleManager:
         except (OSError, subprocess.SubprocessError):
             return None
         return proc.stdout if proc.returncode == 0 else None
-
-    # ---- fwmark services: mangle PREROUTING, after the operator's MARK rules
-
-    def _mark_state(self) -> TableState:
-        return self._mark_listing()[0]
-
-    def _mark_listing(self) -> tuple[TableState, list[str]]:
-        """(LBD-Q<N>-MARK, the rules of mangle PREROUTING in order) from one listing."""
-        text = self._exec([self.iptables, "-w", str(LOCK_WAIT_S), "-t", MARK_TABLE, "-S"])
-        hook = parse_iptables_save(text, default_table=MARK_TABLE).get(MARK_TABLE, {}).get(HOOK_CHAIN)
-        return parse_table(text, self.mark_chain, MARK_TABLE), [r.line for r in hook.rules] if hook else []
-
-    def _remove_marks(self) -> None:
-        """Remove LBD-Q<N>-MARK and the jumps to it (mangle), if any."""
-        state = self._mark_state()
-        self._restore(self._remove_lines([(state, self.mark_chain)]), MARK_TABLE)
-        self._marks = set()
-
-    def _sync_marks(self, marks: set[int]) -> bool:
-        """Make LBD-Q<N>-MARK queue exactly `marks` (one transaction), jumped to from mangle
-        PREROUTING. The raw table runs before mangle, where operators set marks, so a fwmark
-        service's packets are queued here: after every operator MARK rule that precedes lbd's
-        jump (appended when the first fwmark service appears), with the mark the operator set,
-        which lbd never changes. Conntrack (priority -200) has seen them by then: a packet lbd
-        forwards leaves an unconfirmed entry that dies with the packet; CT --notrack is not
-        possible after conntrack. Costs nothing while there is no fwmark service. Returns whether
-        anything changed."""
-        if self._marks is not None and marks == self._marks:
-            return False
-        state, hook = self._mark_listing()
-        want = mark_rules(self.queue_num, marks, self.target)
-        jumps = [j for j in state.jumps if j.startswith(f"-A {HOOK_CHAIN} ")]
-        # The jump goes last: MARK rules an operator appended since the jump was made come before it
-        # again (only lbd's own rule moves; a change of fwmark services is the moment).
-        last = bool(hook) and hook[-1] in jumps and len(jumps) == 1
-        if not marks and not state.chain_exists:
-            self._marks = set()
-            return False
-        if state.chain_exists and same_rules(state.rules, want) and (last or not marks):
-            self._marks = set(marks)
-            return False
-        lines = [f":{self.mark_chain} - [0:0]", *want]  # declaring flushes it in this transaction
-        if marks and not last:
-            lines = [_delete_line(j) for j in jumps] + lines + [mark_jump_rule(self.queue_num)]
-        self._restore(lines, MARK_TABLE)
-        self._marks = set(marks)
-        log.info("mangle %s: queues fwmark(s) %s", self.mark_chain, ", ".join(str(m) for m in sorted(marks)) or "none")
-        return True
 
     def detect(self) -> str | None:
         return detect(self.iptables, netns=self.netns, runner=self._runner)

@@ -240,6 +240,16 @@ def _chain_damage(table: str, chain: str, state: TableState, want: Sequence[str]
     return []
 
 
+def remove_lines(states: Sequence[tuple[TableState, str]]) -> list[str]:
+    """Restore lines removing chains (each with its state as listed): the jumps to them from other
+    chains, then a flush and a delete of each chain that exists."""
+    lines = [_delete_line(j) for state, _ in states for j in state.jumps
+             if not j.startswith(tuple(f"-A {c} " for _, c in states))]
+    lines += [f"-F {c}" for s, c in states if s.chain_exists]
+    lines += [f"-X {c}" for s, c in states if s.chain_exists]
+    return lines
+
+
 def _delete_line(rule: str) -> str:
     assert rule.startswith("-A ")
     return "-D " + rule[3:]

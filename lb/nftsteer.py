@@ -49,7 +49,7 @@ only valid in a chain no base chain reaches outside prerouting), and `go` holds 
 at input conntrack has already seen the packet, so `notrack` would do nothing; the packets lbd
 forwards leave no conntrack entry anyway (theirs is unconfirmed and goes with the packet lbd drops).
 
-Fwmark services stay iptables rules in mangle (lb.iptables RuleManager's LBD-Q<N>-MARK, written by
+Fwmark services stay iptables rules in mangle (lb.iptmarks' LBD-Q<N>-MARK, written through
 a RuleManager this class holds): they are queued after the operator's MARK rules, which live in
 iptables' mangle PREROUTING. Nothing of lbd is in iptables' raw table in this mode, so routed
 traffic meets one hook of lbd (this table's `pre`) and, only while fwmark services exist, the
@@ -87,7 +87,7 @@ from lb.iptables import (
     _script_excerpt,
     drop_empty_raw_hooks,
 )
-from lb.iptlayout import HOOK_CHAIN, MARK_TABLE, _chain_damage, _check_queue, _has_jump_from, mark_rules, socket_mark
+from lb.iptlayout import _check_queue, socket_mark
 from lb.nftlayout import (  # noqa: F401 (re-exported: lb.nftsteer is the steering layer's interface)
     DEFRAG,
     FAMILY,
@@ -404,13 +404,13 @@ class NftManager:
         return bool(self.netns) or shutil.which(self.iptables) is not None
 
     def _sync_marks(self, fwmarks: set[int]) -> bool:
-        """fwmark services through lb.iptables' mangle chain; without iptables only none is possible."""
-        if not self.ipt_available() and self.ipt._marks is None:
+        """fwmark services through lb.iptmarks' mangle chain (the RuleManager's); without iptables only none is possible."""
+        if not self.ipt_available() and self.ipt.fwmarks.marks is None:
             if fwmarks:
                 raise NftError([self.iptables], 127, "", detail="fwmark services are queued from iptables' mangle "
                                "table: install iptables")
             return False
-        return self.ipt._sync_marks(fwmarks)
+        return self.ipt.fwmarks.sync(fwmarks)
 
     def _converge(self, want: dict[ips.SetKind, set[str]], plan: Plan, heal_level: int) -> None:
         """Make the table hold lbd's chains and exactly `want` in its sets, from one listing: one
@@ -513,19 +513,14 @@ class NftManager:
         """What is missing or altered in lbd's table (and mark chain); empty when intact. Nothing is
         read when the nftables generation is still the one of lbd's own last write."""
         gen = self._generation_now()
-        if gen is not None and gen == self._intact_gen and not self.ipt._marks:
+        if gen is not None and gen == self._intact_gen and not self.ipt.fwmarks.marks:
             return []
         listing = self.listing()
         if not listing.exists:
             return [f"nft table {FAMILY} {self.table} gone"]
         found = [p for problems in self._chain_damage(listing).values() for p in problems]
         found += self._set_problems(listing)[0]
-        if self.ipt._marks:
-            state, _hook = self.ipt._mark_listing()
-            want = mark_rules(self.queue_num, self.ipt._marks, self.ipt.target)
-            found += _chain_damage(MARK_TABLE, self.ipt.mark_chain, state, want)
-            if state.chain_exists and not _has_jump_from(state, HOOK_CHAIN):
-                found.append(f"jump {MARK_TABLE} {HOOK_CHAIN} -> {self.ipt.mark_chain} gone")
+        found += self.ipt.fwmarks.damage()
         if not found and gen is not None:
             self._intact_gen = gen
         return found
@@ -539,7 +534,7 @@ class NftManager:
         """Put back whatever damage() found: the table re-created if gone, chains rewritten, the
         sets refilled from `steering`, all in one transaction (then the queue rule)."""
         self.installed = None
-        self.ipt._marks = None
+        self.ipt.fwmarks.marks = None
         plan = Plan()
         self._converge(steering.elements(), plan, logging.DEBUG)
         plan.marks_changed = self._sync_marks(steering.fwmarks)
@@ -552,7 +547,7 @@ class NftManager:
             self._exec(["delete", "table", FAMILY, self.table])
             log.info("nftables: table %s %s removed", FAMILY, self.table)
         if self.ipt_available():
-            self.ipt._remove_marks()
+            self.ipt.fwmarks.remove()
         self.installed = None
 
     def detect(self) -> str | None:
