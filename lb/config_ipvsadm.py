@@ -50,7 +50,7 @@ def _parse_rule_line(raw_line: str, names: Any) -> tuple[Any, Any] | None:
 
 
 def _rule_lines(text: str) -> Iterator[tuple[int, str, Any, Any]]:
-    from lb.ipvsadm_fmt import NameDB
+    from lb.namedb import NameDB
 
     names = NameDB()
     for number, raw_line in enumerate(text.splitlines(), start=1):

@@ -1,11 +1,11 @@
 """Text output exactly as ipvsadm 1.31 prints it, from lbd's `list`/`connections` results.
 
 Pure functions over the dicts of docs/control-protocol.md; no I/O except the
-optional reading of /etc/hosts and /etc/services for non-numeric output (never
-DNS). The printf formats, column widths, truncations (33 characters for a
-service label, 28 for a destination), number suffixes and sort order are those
-of ipvsadm 1.31 and libipvs, so scripts written against ipvsadm parse our
-output unchanged. Lines keep ipvsadm's trailing blanks (its last columns are
+reading of /etc/hosts and /etc/services for non-numeric output, by the NameDB of
+lb.namedb (never DNS). The printf formats, column widths, truncations (33
+characters for a service label, 28 for a destination), number suffixes and sort
+order are those of ipvsadm 1.31 and libipvs, so scripts written against ipvsadm
+parse our output unchanged. Lines keep ipvsadm's trailing blanks (its last columns are
 left-aligned and padded).
 
 Optional result fields beyond the contract, all defaulting to "absent/zero":
@@ -29,12 +29,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from lb.model import FORWARD_NAMES
+from lb.namedb import NameDB
 
 Json = Mapping[str, Any]
 T = TypeVar("T")
-
-HOSTS_PATH = "/etc/hosts"
-SERVICES_PATH = "/etc/services"
 
 ALL_ONES_NETMASK = "255.255.255.255"
 IPV6_FULL_PREFIX = 128
@@ -72,103 +70,7 @@ class ListFormat:
 
 
 # --------------------------------------------------------------------------
-# Names: /etc/hosts and /etc/services only.
-
-
-class NameDB:
-    """Host and service names as glibc's `files` backend would give them.
-
-    ipvsadm calls gethostbyaddr/getservbyport; we deliberately never touch DNS
-    (a listing must not hang on a resolver), so only the two files are read.
-    """
-
-    def __init__(self, hosts_path: str = HOSTS_PATH, services_path: str = SERVICES_PATH) -> None:
-        self._hosts_path = hosts_path
-        self._services_path = services_path
-        self._hosts: list[tuple[str, list[str]]] | None = None
-        self._services: list[tuple[str, int, str, list[str]]] | None = None
-
-    def host_for_addr(self, addr: str) -> str | None:
-        wanted = _normalize_ip(addr)
-        if wanted is None:
-            return None
-        for entry_addr, names in self._host_entries():
-            if _normalize_ip(entry_addr) == wanted:
-                return names[0]
-        return None
-
-    def ipv4_for_host(self, name: str) -> str | None:
-        for entry_addr, names in self._host_entries():
-            if any(n.lower() == name.lower() for n in names) and _is_ipv4(entry_addr):
-                return str(ipaddress.IPv4Address(entry_addr))
-        return None
-
-    def service_for_port(self, port: int, proto: str) -> str | None:
-        for name, entry_port, entry_proto, _aliases in self._service_entries():
-            if entry_port == port and entry_proto == proto:
-                return name
-        return None
-
-    def port_for_service(self, service: str, proto: str) -> int | None:
-        for name, entry_port, entry_proto, aliases in self._service_entries():
-            if entry_proto == proto and (service == name or service in aliases):
-                return entry_port
-        return None
-
-    def _host_entries(self) -> list[tuple[str, list[str]]]:
-        if self._hosts is None:
-            self._hosts = []
-            for fields in _config_lines(self._hosts_path):
-                if len(fields) >= 2:
-                    self._hosts.append((fields[0], fields[1:]))
-        return self._hosts
-
-    def _service_entries(self) -> list[tuple[str, int, str, list[str]]]:
-        if self._services is None:
-            self._services = []
-            for fields in _config_lines(self._services_path):
-                parsed = _parse_service_line(fields)
-                if parsed is not None:
-                    self._services.append(parsed)
-        return self._services
-
-
-class NumericNames(NameDB):
-    """A NameDB that knows no names (for -n and for tests)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._hosts = []
-        self._services = []
-
-
-def _config_lines(path: str) -> list[list[str]]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read()
-    except OSError:
-        return []
-    return [line.split("#", 1)[0].split() for line in text.splitlines()]
-
-
-def _parse_service_line(fields: list[str]) -> tuple[str, int, str, list[str]] | None:
-    if len(fields) < 2 or "/" not in fields[1]:
-        return None
-    port_text, proto = fields[1].split("/", 1)
-    if not port_text.isdigit():
-        return None
-    return fields[0], int(port_text), proto.lower(), fields[2:]
-
-
-def _normalize_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def _is_ipv4(text: str) -> bool:
-    return isinstance(_normalize_ip(text), ipaddress.IPv4Address)
+# Names (from lb.namedb: /etc/hosts and /etc/services only).
 
 
 def _is_ipv6_addr(text: str) -> bool:
@@ -220,6 +122,13 @@ def _int32(value: int) -> int:
     """C's conversion of an unsigned 32-bit difference to int: libipvs compares
     addresses by subtraction, so addresses more than 2^31 apart wrap."""
     return ((value + 2**31) % 2**32) - 2**31
+
+
+def _normalize_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def _addr_words(addr: str) -> tuple[int, list[int]]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from lb import unimplemented
-from lb.ipvsadm_fmt import ListFormat, NameDB
+from lb.ipvsadm_fmt import ListFormat
 from lb.lbadm.errors import fail, tryhelp
 from lb.lbadm.legality import (
     _COMMAND_BY_KEY,
@@ -42,6 +42,7 @@ from lb.lbadm.values import (
     string_to_number,
 )
 from lb.model import DEFAULT_SCHEDULER, SCHEDULERS, unknown_scheduler
+from lb.namedb import NameDB
 
 
 class Action(enum.Enum):

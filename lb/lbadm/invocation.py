@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 
 from lb.ctlclient import resolve_socket_path
-from lb.ipvsadm_fmt import NameDB
 from lb.lbadm.cmdline import Action, Invocation, Request, _CommandLine
 from lb.lbadm.errors import EXIT_OP_FAILED, PROG, UsageError, fail, tryhelp
 from lb.lbadm.legality import Command, Opt
 from lb.lbadm.scanner import _POSITION_FREE_KEYS, OptionToken, PoptError, scan_options
+from lb.namedb import NameDB
 
 
 def _list_invocation(line: _CommandLine) -> tuple[Action, Request]:

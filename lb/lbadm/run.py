@@ -11,7 +11,6 @@ from typing import Any, TextIO
 
 from lb.ctlclient import ConnectError, ControlClient, ControlError, ProtocolError, resolve_socket_path
 from lb.ipvsadm_fmt import (
-    NameDB,
     format_connections,
     format_daemons,
     format_laddrs,
@@ -24,6 +23,7 @@ from lb.lbadm.cmdline import Action, Invocation, Request
 from lb.lbadm.errors import EXIT_LIST_FAILED, EXIT_NO_DAEMON, EXIT_OK, EXIT_OP_FAILED, PROG, UsageError, ipvs_strerror
 from lb.lbadm.invocation import RestoreError, parse_args, refuse_unimplemented, restore_invocations
 from lb.lbadm.usage import usage_text, version_text
+from lb.namedb import NameDB
 
 ClientFactory = Callable[[str], ControlClient]
 

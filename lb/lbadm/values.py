@@ -8,9 +8,9 @@ import socket
 from dataclasses import dataclass
 
 from lb import consts as C
-from lb.ipvsadm_fmt import NameDB
 from lb.lbadm.errors import fail
 from lb.model import DEFAULT_SCHEDULER
+from lb.namedb import NameDB
 
 MAX_TIMEOUT_S = 86400 * 31  # ipvsadm's MAX_TIMEOUT: 31 days
 DEFAULT_PERSISTENT_TIMEOUT_S = 360  # ipvsadm's IPVS_SVC_PERSISTENT_TIMEOUT (6 minutes), for -p without a value

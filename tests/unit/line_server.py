@@ -92,8 +92,8 @@ def served_director(engine: Any) -> Iterator[tuple[str, Any]]:
 def lbadm(path: str, *argv: str, stdin: str = "", **main_kwargs: Any) -> tuple[int, str, str]:
     """lbadm (lb.lbadm.main) run in this process against the socket `path`, addresses shown numerically:
     (exit code, stdout, stderr). `main_kwargs`: more of main's keyword arguments (e.g. connect)."""
-    from lb.ipvsadm_fmt import NumericNames
     from lb.lbadm import main
+    from lb.namedb import NumericNames
 
     old = sys.stdin, sys.stdout, sys.stderr
     sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), io.StringIO(), io.StringIO()

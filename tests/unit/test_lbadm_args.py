@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from lb.ctlclient import ControlClient, ControlError, ProtocolError, request_once
-from lb.ipvsadm_fmt import NameDB, NumericNames, format_save
+from lb.ipvsadm_fmt import format_save
 from lb.lbadm import (
     Action,
     RestoreError,
@@ -30,6 +30,7 @@ from lb.lbadm import (
     parse_args,
     restore_requests,
 )
+from lb.namedb import NameDB, NumericNames
 from line_server import LineServer  # noqa: E402  (tests/unit helper)
 
 TRYHELP = "Try `lbadm -h' or 'lbadm --help' for more information."

@@ -17,8 +17,6 @@ import pytest
 
 from lb.ipvsadm_fmt import (
     ListFormat,
-    NameDB,
-    NumericNames,
     compare_dests,
     expire_mmss,
     format_connections,
@@ -30,6 +28,7 @@ from lb.ipvsadm_fmt import (
     glibc_merge_sort,
     largenum,
 )
+from lb.namedb import NameDB, NumericNames
 
 
 def _stats(conns: int = 0, inpkts: int = 0, outpkts: int = 0, inbytes: int = 0, outbytes: int = 0, **rates: int) -> dict[str, int]:

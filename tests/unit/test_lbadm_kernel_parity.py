@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 
 from lb.engine import Engine
-from lb.ipvsadm_fmt import NumericNames
 from lb.lbadm import parse_args
 from lb.model import ServiceKey, ServiceSpec
+from lb.namedb import NumericNames
 from line_server import engine_of_kind, lbadm, served_director
 
 VIP = "10.0.0.1"

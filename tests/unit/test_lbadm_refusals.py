@@ -20,9 +20,9 @@ from lb.config import ConfigErrors, parse_config
 from lb.ctlclient import ControlClient
 from lb.director import Director
 from lb.engine import EngineError
-from lb.ipvsadm_fmt import NumericNames
 from lb.lbadm import main, parse_args, usage
 from lb.model import SCHEDULERS
+from lb.namedb import NumericNames
 from lb.pyengine import PyEngine
 from line_server import director_socket
 from line_server import lbadm as run_lbadm
