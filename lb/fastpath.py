@@ -1,14 +1,13 @@
-"""The C fast path behind the Engine protocol.
+"""The C fast path behind the Engine protocol: CEngine, one director's tables in C (lb_t), the
+calls that configure and observe them, and its NFQUEUE threads.
 
-With lb/_ffi.py, the only module that touches `ffi`/`lib`. C error codes become
-EngineError with IPVS's errno names; addresses cross the boundary as host-order
-integers (lb_api.h convention).
+What crosses the boundary is converted by lb.fastpath_structs: lb.model's records to and from
+lb_api.h's structs, addresses as host-order integers (lb_api.h convention), C error codes as
+EngineError with IPVS's errno names. lb/_ffi.py imports the compiled module.
 """
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -16,17 +15,28 @@ from collections.abc import Callable, Iterator, Sequence
 from lb._ffi import ffi, lib
 from lb.engine import (
     ERRNO_NAMES,
-    FWD_IDS,
-    FWD_NAMES,
     Action,
-    ConnState,
     EngineError,
     FwdState,
     Reason,
     Verdict,
 )
+from lb.fastpath_structs import (
+    check,
+    conn_info,
+    dest_conf,
+    dest_info,
+    fwd_conf,
+    int2ip,
+    ip2int,
+    key_args,
+    rates_of,
+    service_spec,
+    stats_of,
+    svc_conf,
+    synproxy_conf,
+)
 from lb.model import (
-    TEMPLATE_ASSURED,
     ConnInfo,
     DestInfo,
     DestSpec,
@@ -34,58 +44,14 @@ from lb.model import (
     ServiceInfo,
     ServiceKey,
     ServiceSpec,
-    Stats,
     SynproxyConf,
 )
 from lb.sync.rule import SyncRule
 
-
-@functools.lru_cache(maxsize=1 << 16)
-def _ip2int(addr: str) -> int:
-    # Cached, and inet_aton (~10x cheaper than ipaddress): restoring 10,000 services converts
-    # 30,000 addresses, listing them as many (issue 15). Addresses reach here canonical (lb.model).
-    try:
-        return int.from_bytes(socket.inet_aton(addr), "big")
-    except OSError:
-        return int(ipaddress.IPv4Address(addr))  # ipaddress's own error for what is not an address
-
-
-def _int2ip(value: int) -> str:
-    # inet_ntoa is ~20x cheaper than ipaddress and gives the same dotted quad.
-    return socket.inet_ntoa(value.to_bytes(4, "big"))
-
-
-def _check(rc: int, what: str) -> int:
-    if rc < 0:
-        name = ERRNO_NAMES.get(rc, "EIO")
-        raise EngineError(name, f"{what}: {ffi.string(lib.lb_strerror(rc)).decode()}")
-    return rc
-
-
-def _rates(r: object) -> dict[str, int]:
-    """struct lb_rates as lbadm's rate fields (lb.estimator.RATE_FIELDS)."""
-    return {name: getattr(r, name) for name in RATE_NAMES}
-
-
-def _stats(c: object) -> Stats:
-    return Stats(
-        conns=c.conns,  # type: ignore[attr-defined]
-        inpkts=c.inpkts,  # type: ignore[attr-defined]
-        outpkts=c.outpkts,  # type: ignore[attr-defined]
-        inbytes=c.inbytes,  # type: ignore[attr-defined]
-        outbytes=c.outbytes,  # type: ignore[attr-defined]
-    )
-
-
-# ServiceSpec.sched_flags bit i (flag-1, -2, -3) <-> struct lb_svc_conf.flags bit:
-_SCHED_FLAG_BITS = (lib.LB_SVC_F_SCHED1, lib.LB_SVC_F_SCHED2, lib.LB_SVC_F_SCHED3)
-# ServiceSpec.proxy_protocol <-> struct lb_svc_conf.flags bit:
-_PROXY_BITS: dict[str | None, int] = {"v1": lib.LB_SVC_F_PROXY_V1, "v2": lib.LB_SVC_F_PROXY_V2}
 _NO_TIMER = 2**64 - 1  # lb_timer_due(): UINT64_MAX when nothing is due
 CHANGED_CHUNK = 1024  # services per lb_svc_list_changed call
 LIST_FIRST = 16  # destinations / local addresses a service's listing asks for in its first call
 
-RATE_NAMES: tuple[str, ...] = tuple(name for name, _ in ffi.typeof("struct lb_rates").fields)
 # lb_reason_name(i) for every reason, read once (counters() runs on every tick that has work).
 REASON_NAMES: tuple[str, ...] = tuple(ffi.string(lib.lb_reason_name(i)).decode() for i in range(lib.LB_R_COUNT))
 # Fields of struct lb_nfq_stats (lb_api.h), in declaration order.
@@ -133,7 +99,7 @@ class CEngine:
         it came in on lo (the director's own, exempt from the martian-source checks)."""
         act = self._act
         flags = lib.LB_PKT_F_LOOPBACK if loopback else 0
-        _check(lib.lb_process_pkt(self._lb, packet, len(packet), mark, flags, now_ms, self._out, lib.LB_PKT_MAX,
+        check(lib.lb_process_pkt(self._lb, packet, len(packet), mark, flags, now_ms, self._out, lib.LB_PKT_MAX,
                                   act), "lb_process")
         return self._action()
 
@@ -149,129 +115,84 @@ class CEngine:
         return Action(verdict=verdict, reason=Reason(act.reason), out=out)
 
     def expire(self, now_ms: int) -> int:
-        return _check(lib.lb_expire(self._lb, now_ms, 0), "lb_expire")
+        return check(lib.lb_expire(self._lb, now_ms, 0), "lb_expire")
 
     def sched_probe(self, key: ServiceKey, packet: bytes, now_ms: int) -> tuple[str, int] | None:
         """Tests and diagnostics: the scheduler's pick for a new connection of `packet` (lb_sched_probe)."""
         daddr = ffi.new("uint32_t *")
         dport = ffi.new("uint16_t *")
-        found = _check(lib.lb_sched_probe(self._lb, key.proto, _ip2int(key.addr), key.port, packet, len(packet),
+        found = check(lib.lb_sched_probe(self._lb, key.proto, ip2int(key.addr), key.port, packet, len(packet),
                                           now_ms, daddr, dport), "lb_sched_probe")
-        return (_int2ip(daddr[0]), dport[0]) if found else None
+        return (int2ip(daddr[0]), dport[0]) if found else None
 
     # ------------------------------------------------------------ configuration
-    @staticmethod
-    def _svc_conf(spec: ServiceSpec) -> object:
-        conf = ffi.new("struct lb_svc_conf *")
-        conf.proto = spec.key.proto
-        conf.addr = _ip2int(spec.key.addr)
-        conf.port = spec.key.port
-        conf.sched = spec.sched.encode()
-        conf.persist_timeout_s = spec.persistent or 0
-        conf.netmask = _ip2int(spec.netmask)
-        conf.flags = ((lib.LB_SVC_F_TOA if spec.toa else 0) | (lib.LB_SVC_F_SYNPROXY if spec.synproxy else 0)
-                      | (lib.LB_SVC_F_ONEPACKET if spec.ops else 0) | _PROXY_BITS.get(spec.proxy_protocol, 0))
-        for i, bit in enumerate(_SCHED_FLAG_BITS):
-            if spec.sched_flags & (1 << i):
-                conf.flags |= bit
-        return conf
-
-    @staticmethod
-    def _dest_conf(dest: DestSpec) -> object:
-        conf = ffi.new("struct lb_dest_conf *")
-        conf.addr = _ip2int(dest.addr)
-        conf.port = dest.port
-        conf.fwd = FWD_IDS[dest.fwd]
-        conf.weight = dest.weight
-        conf.u_threshold = dest.u_threshold
-        conf.l_threshold = dest.l_threshold
-        return conf
-
-    @staticmethod
-    def _key(key: ServiceKey) -> tuple[int, int, int]:
-        return key.proto, _ip2int(key.addr), key.port
-
     def add_service(self, spec: ServiceSpec) -> None:
-        _check(lib.lb_svc_add(self._lb, self._svc_conf(spec)), f"add service {spec.key}")
+        check(lib.lb_svc_add(self._lb, svc_conf(spec)), f"add service {spec.key}")
 
     def edit_service(self, spec: ServiceSpec) -> None:
-        _check(lib.lb_svc_edit(self._lb, self._svc_conf(spec)), f"edit service {spec.key}")
+        check(lib.lb_svc_edit(self._lb, svc_conf(spec)), f"edit service {spec.key}")
 
     def del_service(self, key: ServiceKey) -> None:
-        _check(lib.lb_svc_del(self._lb, *self._key(key)), f"delete service {key}")
+        check(lib.lb_svc_del(self._lb, *key_args(key)), f"delete service {key}")
 
     def clear(self) -> None:
-        _check(lib.lb_clear(self._lb), "clear")
+        check(lib.lb_clear(self._lb), "clear")
 
     def add_dest(self, key: ServiceKey, dest: DestSpec) -> None:
-        _check(
-            lib.lb_dest_add(self._lb, *self._key(key), self._dest_conf(dest)),
+        check(
+            lib.lb_dest_add(self._lb, *key_args(key), dest_conf(dest)),
             f"add destination {dest.addr}:{dest.port} to {key}",
         )
 
     def edit_dest(self, key: ServiceKey, dest: DestSpec) -> None:
-        _check(
-            lib.lb_dest_edit(self._lb, *self._key(key), self._dest_conf(dest)),
+        check(
+            lib.lb_dest_edit(self._lb, *key_args(key), dest_conf(dest)),
             f"edit destination {dest.addr}:{dest.port} of {key}",
         )
 
     def del_dest(self, key: ServiceKey, addr: str, port: int) -> None:
-        _check(
-            lib.lb_dest_del(self._lb, *self._key(key), _ip2int(addr), port),
+        check(
+            lib.lb_dest_del(self._lb, *key_args(key), ip2int(addr), port),
             f"delete destination {addr}:{port} of {key}",
         )
 
     def set_fwd(self, key: ServiceKey, addr: str, port: int, fwd: FwdState | None) -> None:
-        conf = ffi.NULL
-        if fwd is not None:
-            conf = ffi.new("struct lb_fwd_conf *")
-            conf.ifindex = fwd.ifindex
-            conf.dst_mac = fwd.dst_mac
-            conf.src_mac = fwd.src_mac
-            conf.saddr = _ip2int(fwd.saddr)
-            conf.mtu = fwd.mtu
-        _check(
-            lib.lb_dest_set_fwd(self._lb, *self._key(key), _ip2int(addr), port, conf),
+        conf = fwd_conf(fwd)
+        check(
+            lib.lb_dest_set_fwd(self._lb, *key_args(key), ip2int(addr), port, conf),
             f"set forwarding state of {addr}:{port} in {key}",
         )
 
     def zero(self) -> None:
-        _check(lib.lb_zero(self._lb), "zero")
+        check(lib.lb_zero(self._lb), "zero")
 
     def zero_service(self, key: ServiceKey) -> None:
-        _check(lib.lb_zero_svc(self._lb, *self._key(key)), f"zero service {key}")
+        check(lib.lb_zero_svc(self._lb, *key_args(key)), f"zero service {key}")
 
     def set_timeouts(self, tcp_s: int, tcpfin_s: int, udp_s: int) -> None:
         """ipvsadm --set: ESTABLISHED, FIN_WAIT and UDP timeouts in seconds; 0 keeps a value."""
-        _check(lib.lb_set_timeouts(self._lb, tcp_s, tcpfin_s, udp_s), "set timeouts")
+        check(lib.lb_set_timeouts(self._lb, tcp_s, tcpfin_s, udp_s), "set timeouts")
 
     def set_local_addrs(self, addrs: Sequence[str]) -> None:
         """The director's own addresses: a new connection from one is a martian (LOCAL_SRC)."""
         packed = [int.from_bytes(socket.inet_aton(a), "big") for a in addrs]
         arr = ffi.new("uint32_t[]", packed or [0])
-        _check(lib.lb_local_addrs_set(self._lb, arr, len(packed)), "set local addresses")
+        check(lib.lb_local_addrs_set(self._lb, arr, len(packed)), "set local addresses")
 
     def get_timeouts(self) -> tuple[int, int, int]:
         vals = ffi.new("uint32_t[3]")
         lib.lb_get_timeouts(self._lb, vals, vals + 1, vals + 2)
         return int(vals[0]), int(vals[1]), int(vals[2])
 
-    @staticmethod
-    def _sp_conf(conf: SynproxyConf) -> object:
-        c = ffi.new("struct lb_synproxy_conf *")
-        for name, value in conf.to_json().items():
-            setattr(c, name, int(value))  # type: ignore[call-overload]
-        return c
-
     def set_synproxy(self, key: ServiceKey | None, conf: SynproxyConf | None) -> None:
         """The global default (key None), or one service's own settings (conf None: the default)."""
         if key is None:
             if conf is None:
                 raise ValueError("the global SYN-proxy default needs settings")
-            _check(lib.lb_synproxy_set_default(self._lb, self._sp_conf(conf)), "set SYN-proxy defaults")
+            check(lib.lb_synproxy_set_default(self._lb, synproxy_conf(conf)), "set SYN-proxy defaults")
         else:
-            c = ffi.NULL if conf is None else self._sp_conf(conf)
-            _check(lib.lb_synproxy_set_svc(self._lb, *self._key(key), c), f"set SYN-proxy settings of {key}")
+            c = ffi.NULL if conf is None else synproxy_conf(conf)
+            check(lib.lb_synproxy_set_svc(self._lb, *key_args(key), c), f"set SYN-proxy settings of {key}")
 
     def synproxy_stats(self) -> dict[str, int]:
         st = ffi.new("struct lb_synproxy_stats *")
@@ -301,24 +222,24 @@ class CEngine:
         return actions
 
     def add_laddr(self, key: ServiceKey, addr: str) -> None:
-        _check(lib.lb_laddr_add(self._lb, *self._key(key), _ip2int(addr)), f"add local address {addr} to {key}")
+        check(lib.lb_laddr_add(self._lb, *key_args(key), ip2int(addr)), f"add local address {addr} to {key}")
 
     def del_laddr(self, key: ServiceKey, addr: str) -> None:
-        _check(lib.lb_laddr_del(self._lb, *self._key(key), _ip2int(addr)), f"delete local address {addr} of {key}")
+        check(lib.lb_laddr_del(self._lb, *key_args(key), ip2int(addr)), f"delete local address {addr} of {key}")
 
     def _listing(self, fn: Callable[..., int], ctype: str, key: ServiceKey, what: str) -> tuple[object, int]:
         """One of a service's lists (lb_dest_list, lb_laddr_list) and its length: one call when it has at
         most LIST_FIRST entries (most services), a second one sized by the first's count otherwise."""
         arr = ffi.new(ctype, LIST_FIRST)
-        total = _check(fn(self._lb, *self._key(key), arr, LIST_FIRST), what)
+        total = check(fn(self._lb, *key_args(key), arr, LIST_FIRST), what)
         if total > LIST_FIRST:
             arr = ffi.new(ctype, total)
-            total = min(_check(fn(self._lb, *self._key(key), arr, total), what), total)
+            total = min(check(fn(self._lb, *key_args(key), arr, total), what), total)
         return arr, total
 
     def _laddrs(self, key: ServiceKey) -> list[LaddrInfo]:
         arr, count = self._listing(lib.lb_laddr_list, "struct lb_laddr_info[]", key, f"list local addresses of {key}")
-        return [LaddrInfo(_int2ip(arr[i].addr), arr[i].conns) for i in range(count)]  # type: ignore[index]
+        return [LaddrInfo(int2ip(arr[i].addr), arr[i].conns) for i in range(count)]  # type: ignore[index]
 
     # ------------------------------------------------------------ observation
     def services(self) -> list[ServiceInfo]:
@@ -340,7 +261,7 @@ class CEngine:
             count = lib.lb_svc_list_changed(self._lb, arr, CHANGED_CHUNK)
             for i in range(count):
                 conf = arr[i].conf
-                out.append(ServiceKey(conf.proto, _int2ip(conf.addr), conf.port))
+                out.append(ServiceKey(conf.proto, int2ip(conf.addr), conf.port))
             if count < CHANGED_CHUNK:
                 break
         return out
@@ -348,59 +269,24 @@ class CEngine:
     def service(self, key: ServiceKey) -> ServiceInfo:
         """One service (O(1)); EngineError ESRCH when there is none."""
         info = ffi.new("struct lb_svc_info *")
-        _check(lib.lb_svc_get(self._lb, *self._key(key), info), f"service {key}")
+        check(lib.lb_svc_get(self._lb, *key_args(key), info), f"service {key}")
         return self._service_info(info[0])
 
     def _service_info(self, s: object) -> ServiceInfo:
-        conf = s.conf  # type: ignore[attr-defined]
-        key = ServiceKey(conf.proto, _int2ip(conf.addr), conf.port)
-        spec = ServiceSpec(
-            key=key,
-            sched=ffi.string(conf.sched).decode(),
-            persistent=conf.persist_timeout_s or None,
-            netmask=_int2ip(conf.netmask) if conf.netmask else "255.255.255.255",
-            toa=bool(conf.flags & lib.LB_SVC_F_TOA),
-            synproxy=bool(conf.flags & lib.LB_SVC_F_SYNPROXY),
-            sched_flags=sum(1 << i for i, bit in enumerate(_SCHED_FLAG_BITS) if conf.flags & bit),
-            ops=bool(conf.flags & lib.LB_SVC_F_ONEPACKET),
-            proxy_protocol=next((v for v, bit in _PROXY_BITS.items() if conf.flags & bit), None),
-        )
-        return ServiceInfo(spec=spec, dests=self._dests(key), stats=_stats(s.stats),  # type: ignore[attr-defined]
-                           laddrs=self._laddrs(key), rates=_rates(s.rates))  # type: ignore[attr-defined]
+        spec = service_spec(s.conf)  # type: ignore[attr-defined]
+        return ServiceInfo(spec=spec, dests=self._dests(spec.key), stats=stats_of(s.stats),  # type: ignore[attr-defined]
+                           laddrs=self._laddrs(spec.key), rates=rates_of(s.rates))  # type: ignore[attr-defined]
 
     def _dests(self, key: ServiceKey) -> list[DestInfo]:
         arr, count = self._listing(lib.lb_dest_list, "struct lb_dest_info[]", key, f"list {key}")
-        dests = []
-        for i in range(count):
-            d = arr[i]  # type: ignore[index]
-            spec = DestSpec(
-                addr=_int2ip(d.conf.addr),
-                port=d.conf.port,
-                fwd=FWD_NAMES[d.conf.fwd],
-                weight=d.conf.weight,
-                u_threshold=d.conf.u_threshold,
-                l_threshold=d.conf.l_threshold,
-            )
-            dests.append(
-                DestInfo(
-                    spec=spec,
-                    active=d.active,
-                    inactive=d.inactive,
-                    persist=d.persist,
-                    stats=_stats(d.stats),
-                    syn_retrans=d.syn_retrans,
-                    handshakes=d.handshakes,
-                    rates=_rates(d.rates),
-                )
-            )
-        return dests
+        return [dest_info(arr[i]) for i in range(count)]  # type: ignore[index]
 
     def dest_flags(self, key: ServiceKey) -> dict[tuple[str, int], int]:
         """LB_DEST_F_* flags per destination (availability, overload, forwarding state valid)."""
-        total = _check(lib.lb_dest_list(self._lb, *self._key(key), ffi.NULL, 0), f"list {key}")
+        total = check(lib.lb_dest_list(self._lb, *key_args(key), ffi.NULL, 0), f"list {key}")
         arr = ffi.new("struct lb_dest_info[]", max(total, 1))
-        count = min(_check(lib.lb_dest_list(self._lb, *self._key(key), arr, total), f"list {key}"), total)
-        return {(_int2ip(arr[i].conf.addr), arr[i].conf.port): arr[i].flags for i in range(count)}
+        count = min(check(lib.lb_dest_list(self._lb, *key_args(key), arr, total), f"list {key}"), total)
+        return {(int2ip(arr[i].conf.addr), arr[i].conf.port): arr[i].flags for i in range(count)}
 
     def connections(self, now_ms: int) -> list[ConnInfo]:
         chunk = 1024
@@ -408,24 +294,8 @@ class CEngine:
         cursor = ffi.new("uint32_t *", 0)
         result: list[ConnInfo] = []
         while True:
-            n = _check(lib.lb_conn_dump(self._lb, now_ms, arr, chunk, cursor), "connection dump")
-            for i in range(n):
-                c = arr[i]
-                result.append(
-                    ConnInfo(
-                        proto=c.proto,
-                        caddr=_int2ip(c.caddr),
-                        cport=c.cport,
-                        vaddr=_int2ip(c.vaddr),
-                        vport=c.vport,
-                        daddr=_int2ip(c.daddr),
-                        dport=c.dport,
-                        state=TEMPLATE_ASSURED if c.flags & lib.LB_CONN_F_ASSURED else ConnState(c.state).name,
-                        expires_ms=c.expires_in_ms,
-                        laddr=_int2ip(c.laddr),
-                        lport=c.lport,
-                    )
-                )
+            n = check(lib.lb_conn_dump(self._lb, now_ms, arr, chunk, cursor), "connection dump")
+            result += [conn_info(arr[i]) for i in range(n)]
             if n < chunk:
                 return result
 
@@ -444,7 +314,7 @@ class CEngine:
         arr = ffi.new("struct lb_conn_info[]", chunk)
         cursor = ffi.new("uint32_t *", 0)
         while True:
-            n = _check(lib.lb_conn_dump(self._lb, now_ms, arr, chunk, cursor), "connection dump")
+            n = check(lib.lb_conn_dump(self._lb, now_ms, arr, chunk, cursor), "connection dump")
             if n:
                 yield bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info")))
             if n < chunk:
@@ -467,7 +337,7 @@ class CEngine:
         cursor = ffi.new("uint32_t *", 0)
         parts = []
         while True:
-            n = _check(dump(self._lb, now_ms, arr, chunk, cursor), what)
+            n = check(dump(self._lb, now_ms, arr, chunk, cursor), what)
             parts.append(bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info"))))
             if cursor[0] == 0:
                 return b"".join(parts)
@@ -479,7 +349,7 @@ class CEngine:
         if rule is None:
             lib.lb_sync_master_set(self._lb, ffi.NULL, 0)
         else:
-            _check(lib.lb_sync_master_set(self._lb, rule.to_c(), 1), "sync master rule")
+            check(lib.lb_sync_master_set(self._lb, rule.to_c(), 1), "sync master rule")
 
     def dump_connections_page(self, now_ms: int, cursor: int, cap: int) -> tuple[bytes, int]:
         """Up to `cap` live entries from table position `cursor` (lb_conn_dump); the next cursor, 0
@@ -487,7 +357,7 @@ class CEngine:
         cap = max(cap, 1)
         arr = ffi.new("struct lb_conn_info[]", cap)
         pos = ffi.new("uint32_t *", cursor)
-        n = _check(lib.lb_conn_dump(self._lb, now_ms, arr, cap, pos), "connection dump")
+        n = check(lib.lb_conn_dump(self._lb, now_ms, arr, cap, pos), "connection dump")
         blob = bytes(ffi.buffer(arr, n * ffi.sizeof("struct lb_conn_info")))
         return blob, (int(pos[0]) if n == cap else 0)
 
