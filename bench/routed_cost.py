@@ -83,6 +83,13 @@ NEEDS_ROOT = True
 TARGET_RATIO = 1.10
 # issue 15 item 1: lbd's rules, lbd running, and lbd running with --steering nftables, against no lbd
 TARGET_CASES = ("rules", "lbd", "lbd-nft", "lbd-nft-in", "lbd-nft-in-dr")
+# What each target case is, in the verdict line: which steering, so a reader of the targets alone
+# sees that the iptables rows are lbd's default and the nftables rows the `--steering nftables` ones.
+CASE_LABELS = {"rules": "lbd's rules alone (iptables steering, the default)",
+               "lbd": "lbd (iptables steering, the default)",
+               "lbd-nft": "lbd --steering nftables",
+               "lbd-nft-in": "lbd --steering nftables --steer-hook input, a NAT service",
+               "lbd-nft-in-dr": "lbd --steering nftables --steer-hook input, no NAT service"}
 DEFAULT_CASES = "bare,rules,lbd,lbd-nft,lbd-nft-in,lbd-nft-in-dr"
 NFT_CASES = ("lbd-nft", "lbd-nft-in", "lbd-nft-in-dr")
 USER_HZ = os.sysconf("SC_CLK_TCK")
@@ -619,7 +626,8 @@ def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
         if v["case"] not in TARGET_CASES:  # the steps and other revisions: figures, not targets
             continue
         ratio = "n/a" if v["ratio"] is None else f"{v['ratio']:.2f}x"
-        targets.append([f"routed traffic, {v['case']}: DUT NET_RX us/pkt (median) / without lbd <= {TARGET_RATIO:.2f}x",
+        label = CASE_LABELS.get(v["case"], v["case"])
+        targets.append([f"routed traffic, {label}: DUT NET_RX us/pkt (median) / without lbd <= {TARGET_RATIO:.2f}x",
                         ratio, "met" if v["pass"] else "MISSED"])
     return lines
 

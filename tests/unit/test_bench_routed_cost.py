@@ -127,6 +127,7 @@ def test_report_judges_only_lbds_rules_and_lbd_and_shows_the_steps_as_ratios() -
     targets: list[list[str]] = []
     lines = rc.report(data, targets)
     assert [(t[1], t[2]) for t in targets] == [("1.38x", "MISSED"), ("1.07x", "met")]
-    assert "routed traffic, rules:" in targets[0][0] and "routed traffic, lbd:" in targets[1][0]
+    assert targets[0][0].startswith("routed traffic, lbd's rules alone (iptables steering, the default):")
+    assert targets[1][0].startswith("routed traffic, lbd (iptables steering, the default):")
     assert any(line.startswith("| raw-empty | 2 | 0.880 | 1.10x |") for line in lines), lines
     assert any(line.startswith("| bare | 2 | 0.800 |  |") and line.endswith("| 1.00 / 0.50 |") for line in lines)
