@@ -127,8 +127,26 @@ def summary(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                              and r["fixed_rate"].get("dut_not_idle_us_per_pkt") is not None]),
             "over_router": common.summarize(ratio), "left_out": left,
             "per_packet_over_router": common.summarize(marginal),
+            "not_idle_over_router": common.summarize(not_idle_ratios(results, system)),
         }
     return out
+
+
+def not_idle_ratios(results: Sequence[dict[str, Any]], system: str) -> list[float]:
+    """Within each repetition, the not-idle figure (wall minus the NOHZ idle clock per packet: exact,
+    not tick-sampled, but every task on the DUT CPU counts) system / router; clean trials only."""
+    def fig(rep: int, name: str) -> float | None:
+        for r in results:
+            if r["rep"] == rep and r["system"] == name and ab_cpurate.usable(r) is not None:
+                return r["fixed_rate"].get("dut_not_idle_us_per_pkt")
+        return None
+
+    vals = []
+    for rep in sorted({r["rep"] for r in results}):
+        a, b = fig(rep, "router"), fig(rep, system)
+        if a and b:
+            vals.append(b / a)
+    return vals
 
 
 def _ratio(s: dict[str, Any]) -> str:
@@ -141,7 +159,7 @@ def _ratio(s: dict[str, Any]) -> str:
 
 def rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
     """One row per system: what it is, us/pkt, per rep, ratio to router, split, per-packet ratio,
-    not-idle cross-check."""
+    the not-idle cross-check and its ratio."""
     from bench.afxdp_report import fmt_spread  # noqa: PLC0415
 
     out = []
@@ -152,7 +170,8 @@ def rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
         out.append([system, WHAT.get(system, ""), fmt_spread(s["us_per_pkt"], 1, 2), " / ".join(s["per_rep"]) or "-",
                     ("1 (reference)" if system == "router" else _ratio(s["over_router"]) + left), split,
                     "-" if system == "router" else _ratio(s["per_packet_over_router"]),
-                    fmt_spread(s["not_idle_us"], 1, 2)])
+                    fmt_spread(s["not_idle_us"], 1, 2),
+                    "-" if system == "router" else _ratio(s["not_idle_over_router"])])
     return out
 
 
@@ -177,7 +196,7 @@ def section(ab: dict[str, Any], title: str = "## Routed traffic, not for a servi
              "repetition, median (min-max, n): per rep. Split: idle cost over the rate + per packet. Not-idle: "
              "wall minus the NOHZ idle clock per packet (every task on that CPU), a cross-check.", ""]
     lines += table(["system", "what", f"DUT us/pkt {at}", "per rep", "/ router (paired)", "idle + per packet us",
-                    "per packet / router", "not-idle us/pkt"], rows(res))
+                    "per packet / router", "not-idle us/pkt", "not-idle / router"], rows(res))
     state = rt.get("state") or {}
     if state:
         lines += ["", "The director's namespace while each was measured (first repetition; this kernel has no "

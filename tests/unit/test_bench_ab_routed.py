@@ -81,6 +81,8 @@ def test_summary_pairs_each_repetition_with_its_router_and_leaves_lossy_ones_out
     assert s["ipvs"]["per_packet_over_router"]["values"] == pytest.approx([3.4 / 3.0, 1.0])
     assert s["lbd"]["per_packet_over_router"]["values"] == pytest.approx([1.0])
     assert s["ipvs"]["not_idle_us"]["values"] == [5.4, 6.0]
+    assert s["ipvs"]["not_idle_over_router"]["values"] == pytest.approx([5.4 / 5.0, 1.0])
+    assert s["lbd"]["not_idle_over_router"]["values"] == pytest.approx([6.0 / 5.0])  # lossy rep 2 left out
 
 
 def test_section_renders_each_system_with_its_paired_ratio_and_the_directors_state() -> None:
