@@ -170,8 +170,7 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     if getattr(args, "md", None):
         from bench import afxdp_report  # noqa: PLC0415
 
-        routed_only = not ((data.get("guest") or {}).get("pps") or {}).get("results") and \
-            (data.get("guest") or {}).get("routed")
+        routed_only = (getattr(args, "parts", None) or "") == "routed"  # its own report (bench/ab_routed.py)
         args.md.write_text(ab_routed.render(data) if routed_only else afxdp_report.render_guest(data))
         common.log(f"ab: {args.md}")
     return data
