@@ -122,23 +122,24 @@ def summary(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "per_rep": [ab_cpurate.rep_cell(r) for r in rs],
             "idle_us": common.summarize([x[0] for x in splits]),
             "per_packet_us": common.summarize([x[1] for x in splits]),
-            "not_idle_us": common.summarize([float(r["fixed_rate"]["dut_not_idle_us_per_pkt"]) for r in rs
-                                             if ab_cpurate.usable(r) is not None
-                                             and r["fixed_rate"].get("dut_not_idle_us_per_pkt") is not None]),
+            "net_rx_us": common.summarize(_clean(rs, "dut_net_rx_us")),
+            "net_rx_over_router": common.summarize(field_ratios(results, system, "dut_net_rx_us")),
+            "not_idle_us": common.summarize(_clean(rs, "dut_not_idle_us_per_pkt")),
             "over_router": common.summarize(ratio), "left_out": left,
             "per_packet_over_router": common.summarize(marginal),
-            "not_idle_over_router": common.summarize(not_idle_ratios(results, system)),
+            "not_idle_over_router": common.summarize(field_ratios(results, system, "dut_not_idle_us_per_pkt")),
         }
     return out
 
 
-def not_idle_ratios(results: Sequence[dict[str, Any]], system: str) -> list[float]:
-    """Within each repetition, the not-idle figure (wall minus the NOHZ idle clock per packet: exact,
-    not tick-sampled, but every task on the DUT CPU counts) system / router; clean trials only."""
+def field_ratios(results: Sequence[dict[str, Any]], system: str, key: str) -> list[float]:
+    """Within each repetition, the fixed-rate trial's `key` system / router, clean trials only: the
+    not-idle figure (wall minus the NOHZ idle clock per packet: exact, not tick-sampled, but every
+    task on the DUT CPU counts) or the traced NET_RX time per packet (NetRx)."""
     def fig(rep: int, name: str) -> float | None:
         for r in results:
             if r["rep"] == rep and r["system"] == name and ab_cpurate.usable(r) is not None:
-                return r["fixed_rate"].get("dut_not_idle_us_per_pkt")
+                return r["fixed_rate"].get(key)
         return None
 
     vals = []
@@ -149,7 +150,13 @@ def not_idle_ratios(results: Sequence[dict[str, Any]], system: str) -> list[floa
     return vals
 
 
+def _clean(rs: Sequence[dict[str, Any]], key: str) -> list[float]:
+    return [float(r["fixed_rate"][key]) for r in rs
+            if ab_cpurate.usable(r) is not None and r["fixed_rate"].get(key) is not None]
+
+
 def _ratio(s: dict[str, Any]) -> str:
+    """"1.05x (1.00-1.10, n=2): 1.10 / 1.00": the summary, then the values in repetition order."""
     from bench.afxdp_report import fmt_spread  # noqa: PLC0415 - afxdp_report imports this module
 
     if not s.get("n"):
@@ -157,21 +164,29 @@ def _ratio(s: dict[str, Any]) -> str:
     return f"{fmt_spread(s, 1, 2, 'x')}: {' / '.join(f'{v:.2f}' for v in s['values'])}"
 
 
+def _us(s: dict[str, Any]) -> str:
+    from bench.afxdp_report import fmt_spread  # noqa: PLC0415
+
+    return "-" if not s.get("n") else f"{fmt_spread(s, 1, 2)}: {' / '.join(f'{v:.2f}' for v in s['values'])}"
+
+
 def rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """One row per system: what it is, us/pkt, per rep, ratio to router, split, per-packet ratio,
+    """One row per system: what it is; the traced NET_RX time per packet and its ratio to the router;
+    the tick-based DUT figure (bench/ab_cpurate.py), per rep, its ratio, split and per-packet ratio;
     the not-idle cross-check and its ratio."""
     from bench.afxdp_report import fmt_spread  # noqa: PLC0415
 
     out = []
     for system, s in summary(results).items():
+        ref = system == "router"
         split = ("-" if not s["idle_us"].get("n") else
                  f"{fmt_spread(s['idle_us'], 1, 2)} + {fmt_spread(s['per_packet_us'], 1, 2)}")
         left = f" (left out: {'; '.join(s['left_out'])})" if s["left_out"] else ""
-        out.append([system, WHAT.get(system, ""), fmt_spread(s["us_per_pkt"], 1, 2), " / ".join(s["per_rep"]) or "-",
-                    ("1 (reference)" if system == "router" else _ratio(s["over_router"]) + left), split,
-                    "-" if system == "router" else _ratio(s["per_packet_over_router"]),
-                    fmt_spread(s["not_idle_us"], 1, 2),
-                    "-" if system == "router" else _ratio(s["not_idle_over_router"])])
+        out.append([system, WHAT.get(system, ""), _us(s["net_rx_us"]), "1" if ref else _ratio(s["net_rx_over_router"]),
+                    fmt_spread(s["us_per_pkt"], 1, 2), " / ".join(s["per_rep"]) or "-",
+                    "1" if ref else _ratio(s["over_router"]) + left, split,
+                    "-" if ref else _ratio(s["per_packet_over_router"]),
+                    _us(s["not_idle_us"]), "1" if ref else _ratio(s["not_idle_over_router"])])
     return out
 
 
@@ -191,12 +206,17 @@ def section(ab: dict[str, Any], title: str = "## Routed traffic, not for a servi
              f"bench/ab_cpurate.py); wire {g.get('wire') or 'veth'}; guest kernel {g.get('kernel', '?')}; ip_vs module "
              f"{'loaded' if rt.get('ip_vs_loaded') else 'NOT loaded'} throughout (router: no service). DR service "
              f"on the VIP:{pps.PORT}, NAT (-m) on {NAT_VIP}:{NAT_PORT}, real servers rs1..rs3; the traffic hits "
-             "neither. us/pkt: the DUT CPU's busy time (its tick-sampled softirq + lbd's threads, bench/pps.py "
-             "dut_fields) per delivered packet, median (min-max, n); ratios: system / router within each "
-             "repetition, median (min-max, n): per rep. Split: idle cost over the rate + per packet. Not-idle: "
-             "wall minus the NOHZ idle clock per packet (every task on that CPU), a cross-check.", ""]
-    lines += table(["system", "what", f"DUT us/pkt {at}", "per rep", "/ router (paired)", "idle + per packet us",
-                    "per packet / router", "not-idle us/pkt", "not-idle / router"], rows(res))
+             "neither. NET_RX: the DUT CPU's NET_RX softirq time, traced (irq:softirq_entry/exit in a tracefs "
+             "instance, bench/routed_cost.py SoftirqTracer: the host bench's compared figure; exact, where the "
+             "tick-sampled figures below move by 0.25 us/pkt per tick), per delivered packet: where routed "
+             "packets are handled, lbd's threads not included. DUT ticks: bench/ab_cpurate.py's figure, the DUT "
+             "CPU's tick-sampled softirq + lbd's threads (bench/pps.py dut_fields); split: idle cost over the "
+             "rate + per packet. Not-idle: wall minus the NOHZ idle clock per packet (every task on that CPU, "
+             "interrupts and the emulation's timers too). Figures: median (min-max, n): per rep; ratios: system "
+             "/ router within each repetition, then median (min-max, n): per rep.", ""]
+    lines += table(["system", "what", "NET_RX us/pkt", "NET_RX / router", f"DUT ticks us/pkt {at}", "per rep",
+                    "/ router", "idle + per packet us", "per packet / router", "not-idle us/pkt", "not-idle / router"],
+                   rows(res))
     state = rt.get("state") or {}
     if state:
         lines += ["", "The director's namespace while each was measured (first repetition; this kernel has no "
@@ -225,6 +245,24 @@ def render(ab: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the guest side
 
 
+class NetRx:
+    """bench/ab_cpurate.py measure's probe: the DUT CPU's NET_RX softirq time over the trial, traced
+    (bench/routed_cost.py SoftirqTracer), per delivered packet."""
+
+    def __init__(self, tracer: Any, cpu: int) -> None:
+        self.tracer, self.cpu = tracer, cpu
+
+    def start(self) -> None:
+        self.tracer.start()
+
+    def stop(self, trial: dict[str, Any]) -> dict[str, Any]:
+        soft, lost = self.tracer.stop()
+        sec = (soft.get(self.cpu) or {}).get("seconds")
+        rx = int(trial.get("rx") or 0)
+        return {"net_rx_s": sec, "net_rx_runs": (soft.get(self.cpu) or {}).get("count"), "trace_lost": lost,
+                "dut_net_rx_us": sec * 1e6 / rx if rx > 0 and sec is not None and not lost else None}
+
+
 def director_state(director: Any) -> dict[str, Any]:
     """What is configured in the director's namespace: IPVS services, nft tables, iptables rules."""
     def out(argv: list[str]) -> str:
@@ -237,8 +275,6 @@ def director_state(director: Any) -> dict[str, Any]:
 
 def run(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, reals: Sequence[str], tmp: Path) -> None:
     """The routed part (module doc); results in out["routed"], written as they come."""
-    from bench import ab_guest  # noqa: PLC0415
-
     rate = args.cpu_rate or ab_cpurate.DEFAULT_RATE
     systems = parse_systems(getattr(args, "routed_systems", None))
     res: list[dict[str, Any]] = []
@@ -246,6 +282,27 @@ def run(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, reals: Sequ
     out["routed"] = rt = {"results": res, "skipped": skipped, "rate": rate, "seconds": args.cpu_seconds,
                           "systems": systems, "ip_vs_loaded": Path("/sys/module/ip_vs").exists(), "state": {}}
     tr = pps.make_traffic(bed, tmp, "est", bed.rs_addr, 0)
+    with contextlib.ExitStack() as stack:
+        probe = None
+        try:  # the NET_RX trace: optional, the tick-based figures stand without it
+            from bench.routed_cost import SoftirqTracer  # noqa: PLC0415 - only here, and only in the guest
+
+            cpu = bed.dut_cpu
+            if cpu is None:
+                raise RuntimeError("no DUT CPU to trace")
+            probe = NetRx(stack.enter_context(SoftirqTracer({cpu})), cpu)
+        except Exception as exc:  # noqa: BLE001
+            rt["net_rx_error"] = f"{type(exc).__name__}: {exc}"[:400]
+            log(f"ab: routed: no NET_RX trace: {exc}")
+        _run(out, args, bed, reals, tr, systems, rate, probe)
+
+
+def _run(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, reals: Sequence[str], tr: pps.Traffic,
+         systems: list[str], rate: float, probe: NetRx | None) -> None:
+    from bench import ab_guest  # noqa: PLC0415
+
+    rt = out["routed"]
+    res, skipped = rt["results"], rt["skipped"]
 
     def measure(rep: int, system: str, lbd: Lbd | None) -> None:
         try:
@@ -262,7 +319,7 @@ def run(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, reals: Sequ
                 why = pps.functional_check(bed, tr, n=200, rate=500)
                 if why:
                     raise LbdError(why)
-                f = ab_cpurate.measure(bed, tr, rate, args.cpu_seconds)
+                f = ab_cpurate.measure(bed, tr, rate, args.cpu_seconds, probe)
         except Exception as exc:  # noqa: BLE001 - recorded; the others still run
             skipped.append({"system": system, "rep": rep, "reason": f"{type(exc).__name__}: {exc}"[:1000]})
             log(f"ab: routed {system} rep {rep + 1} skipped: {exc}")
@@ -275,7 +332,8 @@ def run(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, reals: Sequ
         common.write_json(args.out / "ab_guest.json", out)
         split = ab_cpurate.fixed_split(r)
         log(f"ab: routed rep {rep + 1} {system:9}: {ab_cpurate.rep_cell(r)} us/pkt at {rate:g} pps"
-            + (f" (idle {split[0]:.2f} + per packet {split[1]:.2f})" if split else ""))
+            + (f" (idle {split[0]:.2f} + per packet {split[1]:.2f})" if split else "")
+            + (f"; NET_RX {f['dut_net_rx_us']:.2f} us/pkt" if f.get("dut_net_rx_us") else ""))
 
     for rep, block in plan(args.repeats, systems):
         if block[0] not in LBD_EXTRA:

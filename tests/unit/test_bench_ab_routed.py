@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from bench import ab, ab_cpurate, ab_guest, ab_routed, pps
+from bench import ab, ab_cpurate, ab_guest, ab_routed, pps, routed_cost
 from bench import afxdp_report as xr
 
 
 def _f(us: float, idle_ms: float | None = None, loss: float = 0.0, rate: float = 8000.0) -> dict[str, Any]:
     f = {"rate": rate, "seconds": 5.0, "offered_pps": rate, "rx_pps": rate * (1 - loss), "loss": loss,
          "pass": loss < pps.LOSS_MAX, "lossy": loss >= pps.LOSS_MAX, "dut_us_per_pkt": us,
-         "dut_not_idle_us_per_pkt": us + 1.0}
+         "dut_not_idle_us_per_pkt": us + 1.0, "dut_net_rx_us": us / 2}
     return f | ({"idle": {"dut_ms_per_s": idle_ms}} if idle_ms is not None else {})
 
 
@@ -83,6 +83,9 @@ def test_summary_pairs_each_repetition_with_its_router_and_leaves_lossy_ones_out
     assert s["ipvs"]["not_idle_us"]["values"] == [5.4, 6.0]
     assert s["ipvs"]["not_idle_over_router"]["values"] == pytest.approx([5.4 / 5.0, 1.0])
     assert s["lbd"]["not_idle_over_router"]["values"] == pytest.approx([6.0 / 5.0])  # lossy rep 2 left out
+    assert s["router"]["net_rx_us"]["values"] == [2.0, 2.5]
+    assert s["ipvs"]["net_rx_over_router"]["values"] == pytest.approx([1.1, 1.0])
+    assert s["lbd"]["net_rx_over_router"]["values"] == pytest.approx([1.25])
 
 
 def test_section_renders_each_system_with_its_paired_ratio_and_the_directors_state() -> None:
@@ -94,10 +97,11 @@ def test_section_renders_each_system_with_its_paired_ratio_and_the_directors_sta
                                               "ipvs": {"ipvs_services": 2, "nft_tables": [], "iptables_rules": 0}}}}}
     text = ab_routed.render(ab_data)
     rows = {ln.split(" | ")[0].strip("| "): ln for ln in text.splitlines() if ln.startswith("| ")}
-    assert "1 (reference)" in rows["router"]
-    assert "1.05x (1.00-1.10, n=2): 1.10 / 1.00" in rows["ipvs"]
+    assert rows["router"].startswith("| router | no service, no lbd (ip_vs loaded) | 2.25 (2.00-2.50, n=2): 2.00 / 2.50 | 1 |")
+    assert rows["ipvs"].count("1.05x (1.00-1.10, n=2): 1.10 / 1.00") == 2  # NET_RX and ticks
+    assert "2.35 (2.20-2.50, n=2): 2.20 / 2.50" in rows["ipvs"]
     assert "1.25x (n=1): 1.25 (left out: rep 2: lbd lost 1.00 %)" in rows["lbd"]
-    assert "DUT us/pkt at 8k pps (5 s)" in text and "ip_vs module loaded" in text and "wire virtio" in text
+    assert "DUT ticks us/pkt at 8k pps (5 s)" in text and "ip_vs module loaded" in text and "wire virtio" in text
     assert "- router: IPVS services 0, nft tables none, iptables rules 0" in text
     assert "- ipvs: IPVS services 2," in text
     assert "- skipped: lbd-in rep 1: lbd did not start: x" in text
@@ -122,11 +126,29 @@ def test_run_starts_one_lbd_per_lbd_block_and_none_for_the_router_or_ipvs(
     monkeypatch.setattr(pps, "make_traffic", lambda *a, **k: types.SimpleNamespace(kind="est"))
     monkeypatch.setattr(pps, "functional_check", lambda *a, **k: None)
 
-    def fake_measure(b: Any, tr: Any, rate: float, seconds: float) -> dict[str, Any]:
+    def fake_measure(b: Any, tr: Any, rate: float, seconds: float, probe: Any = None) -> dict[str, Any]:
         events.append(("measure", str(b.lbd_pid), f"{rate:g}", f"{seconds:g}"))
-        return _f(4.0, idle_ms=8.0)
+        probe.start()
+        return _f(4.0, idle_ms=8.0) | probe.stop({"rx": 40000})
+
+    class FakeTracer:  # bench/routed_cost.py SoftirqTracer: NET_RX time per CPU over the window
+        def __init__(self, cpus: set[int]) -> None:
+            events.append(("tracer", *map(str, sorted(cpus))))
+
+        def __enter__(self) -> FakeTracer:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            events.append(("tracer-off",))
+
+        def start(self) -> None:
+            pass
+
+        def stop(self) -> tuple[dict[int, dict[str, float]], int]:
+            return {1: {"seconds": 0.2, "count": 100}, 0: {"seconds": 9.0, "count": 1}}, 0
 
     monkeypatch.setattr(ab_cpurate, "measure", fake_measure)
+    monkeypatch.setattr(routed_cost, "SoftirqTracer", FakeTracer)
 
     @contextlib.contextmanager
     def ipvs_system(director: Any, rules: str) -> Iterator[None]:
@@ -153,15 +175,17 @@ def test_run_starts_one_lbd_per_lbd_block_and_none_for_the_router_or_ipvs(
     rt = out["routed"]
     assert [r["system"] for r in rt["results"]] == ["router", "ipvs", "ipvs-dr", "lbd-in", "lbd-in-dr", "lbd"]
     assert not rt["skipped"] and set(rt["state"]) == set(ab_routed.SYSTEMS)
+    assert [r["fixed_rate"]["dut_net_rx_us"] for r in rt["results"]] == [5.0] * 6  # the DUT CPU's 0.2 s / 40000
     steps = [e for e in events if e[0] != "exec"]
     assert steps == [
+        ("tracer", "1"),  # on the DUT CPU, for the whole part
         ("measure", "None", "8000", "0.5"),  # router: no lbd process, nothing configured
         ("ipvs", "2"), ("measure", "None", "8000", "0.5"),
         ("ipvs", "1"), ("measure", "None", "8000", "0.5"),
         ("start", "--steering", "nftables", "--steer-hook", "input"),
         ("lbd-rules", "2", "ipvsadm"), ("measure", "4242", "8000", "0.5"),
         ("lbd-rules", "1", "ipvsadm"), ("measure", "4242", "8000", "0.5"), ("stop",),
-        ("start",), ("lbd-rules", "2", "ipvsadm"), ("measure", "4242", "8000", "0.5"), ("stop",)]
+        ("start",), ("lbd-rules", "2", "ipvsadm"), ("measure", "4242", "8000", "0.5"), ("stop",), ("tracer-off",)]
     assert ("exec", "nft", "delete", "table", "ip", "lbd-q0") in events  # after the nftables lbd
     assert bed.lbd_pid is None
 
