@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import ab_cpurate, ab_tools, common, guest_wire
+from bench import ab_cpurate, ab_routed, ab_tools, common, guest_wire
 from lb.testbed import guest
 
 
@@ -84,6 +84,8 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         if "rate_rps" in r:
             hs.setdefault(f"{r['system']}/{r['mode']}", []).append(r["rate_rps"])
     s["http"] = {k: common.summarize(v) for k, v in hs.items()}
+    if g.get("routed"):  # bench/ab_routed.py: per system, us/pkt and the ratio to the router
+        s["routed"] = ab_routed.summary(g["routed"].get("results") or [])
     return s
 
 
@@ -168,7 +170,8 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     if getattr(args, "md", None):
         from bench import afxdp_report  # noqa: PLC0415
 
-        args.md.write_text(afxdp_report.render_guest(data))
+        routed_only = (getattr(args, "parts", None) or "") == "routed"  # its own report (bench/ab_routed.py)
+        args.md.write_text(ab_routed.render(data) if routed_only else afxdp_report.render_guest(data))
         common.log(f"ab: {args.md}")
     return data
 
@@ -182,15 +185,15 @@ def qemu_opts_for(wire: str) -> list[str]:
 
 def guest_extra(args: argparse.Namespace) -> list[str]:
     """bench/ab_guest.py options passed through: --afxdp, --afxdp-fast, --parts, --repeats, --modes, --traffic,
-    --steps, --profile, --cpu-rate, --cpu-seconds, --guest-wire, --afxdp-steering (when not the default)."""
+    --steps, --profile, --routed-systems, --cpu-rate, --cpu-seconds, --guest-wire, --afxdp-steering (when not the default)."""
     extra = [f"--{flag}" for flag in ("afxdp", "afxdp-fast") if getattr(args, flag.replace("-", "_"), False)]
     if getattr(args, "guest_wire", "veth") != "veth":
         extra += ["--guest-wire", args.guest_wire]
     if getattr(args, "afxdp_steering", "iptables") != "iptables":
         extra += ["--afxdp-steering", args.afxdp_steering]
-    for opt in ("parts", "repeats", "modes", "traffic", "steps", "profile"):
+    for opt in ("parts", "repeats", "modes", "traffic", "steps", "profile", "routed_systems"):
         if getattr(args, opt, None):
-            extra += [f"--{opt}", str(getattr(args, opt))]
+            extra += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     for opt in ("cpu_rate", "cpu_seconds"):  # 0 is a value here (--cpu-rate 0: no fixed-rate trial)
         if getattr(args, opt, None) is not None:
             extra += [f"--{opt.replace('_', '-')}", f"{getattr(args, opt):g}"]
@@ -211,7 +214,10 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     "forwarded by the XDP program)")
     ap.add_argument("--afxdp-steering", choices=("iptables", "nftables"), default="iptables",
                     help="the AF_XDP lbd's --steering (its NFQUEUE fallback's rules; default iptables, lbd's default)")
-    ap.add_argument("--parts", default=None, help="guest parts: functional,http,throughput (default all)")
+    ap.add_argument("--parts", default=None, help="guest parts: functional,http,throughput,routed (default "
+                    "functional,http,throughput; routed: bench/ab_routed.py)")
+    ap.add_argument("--routed-systems", default=None, help="routed: which of router,ipvs,ipvs-dr,lbd-in,lbd-in-dr,lbd "
+                    "(default all; router always)")
     ap.add_argument("--repeats", type=int, default=None, help="guest repetitions (default 2; quick 1)")
     ap.add_argument("--modes", default=None,
                     help="throughput: lbd's modes, of route,tunnel,fullnat (dr, ipip: aliases; default route,tunnel); "
@@ -243,3 +249,7 @@ def finish_args(args: argparse.Namespace) -> None:
         args.modes = ",".join(ab_guest.parse_choice(args.modes, ab_guest.MODES, "mode", ab_guest.MODE_ALIASES))
     if args.traffic:
         args.traffic = ",".join(ab_guest.parse_choice(args.traffic, ab_guest.TRAFFIC, "traffic"))
+    if args.parts:
+        args.parts = ",".join(ab_guest.parse_choice(args.parts, ab_guest.PARTS, "part"))
+    if getattr(args, "routed_systems", None):
+        args.routed_systems = ",".join(ab_routed.parse_systems(args.routed_systems))

@@ -27,12 +27,18 @@ DEFAULT_SECONDS = 5.0  # 5x the search's window: 40k packets at the default rate
 SHORT = 0.95  # a fixed-rate trial offered below this fraction of its rate says so in the report
 
 
-def measure(bed: pps.Bed, tr: pps.Traffic, rate: float, seconds: float) -> dict[str, Any]:
+def measure(bed: pps.Bed, tr: pps.Traffic, rate: float, seconds: float, probe: Any = None) -> dict[str, Any]:
     """One paced trial at `rate` pps for `seconds` (bench/pps.py trial), marked lossy when it lost
     >= LOSS_MAX, then the same window without traffic (idle_window: the fixed cost per second); a
-    failure is recorded, not raised (the search's figures stand without it)."""
+    failure is recorded, not raised (the search's figures stand without it). `probe`: started right
+    before the trial, and `probe.stop(trial)` right after it, its fields added to the trial's
+    (bench/ab_routed.py: the DUT CPU's traced NET_RX time)."""
     try:
+        if probe is not None:
+            probe.start()
         t = pps.trial(bed, tr, rate, seconds)
+        if probe is not None:
+            t.update(probe.stop(t))
     except Exception as exc:  # noqa: BLE001 - recorded in the result
         return {"rate": rate, "seconds": seconds, "error": f"{type(exc).__name__}: {exc}"[:800]}
     out = {**t, "rate": rate, "seconds": seconds, "lossy": not t.get("pass")}

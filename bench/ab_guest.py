@@ -29,9 +29,13 @@ running bench/native/httpd.c on port 8080, which answers with its name) and one 
 3. HTTP: wrk maximum requests/s with keep-alive and connections/s (Connection: close) through
    IPVS, through lbd, and to rs1 through the director as a plain router ("router").
 
+4. Routed (`--parts routed`, bench/ab_routed.py; run first, with lbds of its own): traffic routed
+   through the director to rs1's own address, for no service, at one fixed rate: the router against
+   kernel IPVS and lbd holding services the traffic does not hit (issue 15 item 1).
+
 `--guest-wire virtio`: the director's links are the virtio-net NICs bench/ab.py gave qemu
 (bench/guest_wire.py), for every system; lbd's XDP then runs natively. `--profile SYSTEMS`: perf of
-the DUT CPU at each named system's zero-loss rate, after its search (profile()).
+the DUT CPU at each named system's zero-loss rate, after its search (bench/ab_profile.py).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import ab_cpurate, ab_tools, common, guest_wire, pps
+from bench import ab_cpurate, ab_profile, ab_routed, ab_tools, common, guest_wire, pps
 from bench.common import Lbd, LbdError, log
 from lb.testbed import client
 from lb.testbed.topology import Topology, TopologySpec
@@ -61,6 +65,7 @@ FWD_FLAG = {"route": "-g", "tunnel": "-i", "masq": "-m", "fullnat": "-b"}
 MODES = ("route", "tunnel", "fullnat")  # lbd's forwarding methods measured (throughput)
 MODE_ALIASES = {"dr": "route", "ipip": "tunnel", "tun": "tunnel"}  # bench/pps.py's names too
 TRAFFIC = ("est", "syn")
+PARTS = ("functional", "http", "throughput", "routed")  # routed: bench/ab_routed.py
 
 
 def rules_text(vip: str, sched: str, reals: list[tuple[str, int]], fwd: str = "route", port: int = HTTP_PORT,
@@ -242,21 +247,29 @@ def run_all(out: dict[str, Any], args: argparse.Namespace) -> None:
         topo.client.sysctl({"net.ipv4.ip_local_port_range": "1024 65535", "net.ipv4.tcp_tw_reuse": 1})
         for rs in reals:
             _wait_http(topo, rs.addr)
+        parts = ["functional"] if args.functional_only else args.parts.split(",")
+
+        def part(name: str, fn: Any) -> None:
+            t = time.monotonic()
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001
+                out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+                log(f"ab: {name} failed: {exc}")
+            out.setdefault("part_seconds", {})[name] = round(time.monotonic() - t, 1)
+            common.write_json(args.out / "ab_guest.json", out)
+
+        if "routed" in parts:  # first: it starts its own lbds, and its router must see no lbd process
+            part("routed", lambda: ab_routed.run(out, args, bed, [rs.addr for rs in reals], Path(tmpd)))
+        if not set(parts) & {"functional", "http", "throughput"}:
+            return
         lbd = start_lbd(topo.director, cpu=dut_cpu, nice=-10)
         try:
             for name, fn in (("functional", lambda: functional(out, args, topo, reals, lbd)),
                              ("http", lambda: out.__setitem__("http", _http(topo, reals[0], lbd, args))),
                              ("throughput", lambda: throughput(out, args, bed, lbd, Path(tmpd)))):
-                if (args.functional_only and name != "functional") or name not in args.parts.split(","):
-                    continue
-                t = time.monotonic()
-                try:
-                    fn()
-                except Exception as exc:  # noqa: BLE001
-                    out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-                    log(f"ab: {name} failed: {exc}")
-                out.setdefault("part_seconds", {})[name] = round(time.monotonic() - t, 1)
-                common.write_json(args.out / "ab_guest.json", out)
+                if name in parts:
+                    part(name, fn)
         finally:
             stop_lbd(lbd)
 
@@ -461,7 +474,7 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
                 if sysname in args.profile:  # after the search: its figures are not perf's
                     key = f"{sysname}/{mode}/{kind}/rep{rep + 1}"
                     try:
-                        prof = profile(bed, tr, r["zero_loss_pps"] or 1000.0)
+                        prof = ab_profile.profile(bed, tr, r["zero_loss_pps"] or 1000.0)
                     except Exception as exc:  # noqa: BLE001 - the measurement stands without it
                         prof = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
                     out["pps"].setdefault("profiles", {})[key] = prof
@@ -508,32 +521,6 @@ def throughput(out: dict[str, Any], args: argparse.Namespace, bed: pps.Bed, lbd:
                     stop_lbd(xlbd)
 
 
-PROFILE_S = 3.0
-
-
-def profile(bed: pps.Bed, tr: pps.Traffic, rate: float, seconds: float = PROFILE_S) -> dict[str, Any]:
-    """`perf record -g` of the DUT CPU for `seconds` while the generator offers `rate` (the system's
-    zero-loss rate, after its search): where the director's CPU goes, by symbol (perf report text,
-    entries >= 0.5 %). Samples include perf's own cost; the shape, not the total, is the finding."""
-    with tempfile.TemporaryDirectory(prefix=f"{bed.topo.prefix}-perf-") as tmp:
-        data = Path(tmp) / "perf.data"
-        # -B -N: no build-id collection at the end (it reads every binary sampled, over 9p under TCG: minutes).
-        rec = subprocess.Popen(["perf", "record", "-q", "-B", "-N", "-g", "-C", str(bed.dut_cpu), "-o", str(data), "--",
-                                "sleep", str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            gen = pps.run_gen(bed, tr, rate, int(rate * seconds), seconds)
-            _, err = rec.communicate(timeout=120)
-        finally:
-            if rec.poll() is None:
-                rec.kill()
-                rec.wait(timeout=10)
-        rep = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "sym", "--stdio", "-g",
-                              "none", "--percent-limit", "0.5"], capture_output=True, text=True, timeout=300)
-    text = "\n".join(ln for ln in rep.stdout.splitlines() if ln.strip() and not ln.startswith("#"))
-    return {"rate": rate, "sent": gen.get("sent"), "record_rc": rec.returncode, "record_err": err[-500:],
-            "report": text[:20000]}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -548,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="throughput also of lbd with --packet-source afxdp --xdp-fastpath")
     ap.add_argument("--afxdp-steering", choices=("iptables", "nftables"), default="iptables",
                     help="the AF_XDP lbd's --steering (its NFQUEUE fallback's rules)")
-    ap.add_argument("--parts", default="functional,http,throughput", help="which of functional,http,throughput")
+    ap.add_argument("--parts", default="functional,http,throughput", help=f"which of {','.join(PARTS)}")
+    ap.add_argument("--routed-systems", default=None, help=f"routed: of {','.join(ab_routed.SYSTEMS)} (default all)")
     ap.add_argument("--modes", default=None,
                     help=f"throughput: lbd's modes, of {','.join(MODES)} (dr, ipip: aliases; default route,tunnel; "
                     "quick route); fullnat is measured next to kernel IPVS NAT (-m)")
@@ -573,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.modes = parse_choice(args.modes or ("route" if args.quick else "route,tunnel"), MODES, "mode", MODE_ALIASES)
         args.traffic = parse_choice(args.traffic, TRAFFIC, "traffic")
+        args.parts = ",".join(parse_choice(args.parts, PARTS, "part"))
+        ab_routed.parse_systems(args.routed_systems)
     except ValueError as exc:
         ap.error(str(exc))
     t0 = time.monotonic()

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import ab_cpurate, common, pps
+from bench import ab_cpurate, ab_routed, common, pps
 
 SYSTEMS = ("kernel", "c", "afxdp")  # the ratios are between these three
 # shown: native XDP on veth, its NAPI threaded on the DUT CPU (not judged); the XDP fast path of
@@ -484,6 +484,7 @@ def render_guest(ab: dict[str, Any], analysis: str | None = None) -> str:
               *table(["rep", "mode", "traffic", "system", "zero-loss", "gen-limited", "unpaced offered",
                       "CPU us/pkt", "guest load (1/5/15 min)", *([f"CPU us/pkt {at}"] if at else [])],
                     guest_per_rep(res))]
+    lines += ab_routed.section(ab)  # --parts routed with the others (bench/ab_routed.py)
     if analysis:
         lines += ["", "## Analysis", "", analysis.strip()]
     return "\n".join(lines) + "\n"
