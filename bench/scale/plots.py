@@ -1,4 +1,5 @@
-"""Plots of the scale sections (PNG next to the report; nothing when matplotlib is missing)."""
+"""Plots of the scale sections (PNG next to the report; where matplotlib is missing, the report says
+so in place of each plot)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 
 # Set by bench.report before the sections render: where a report's plots go (the stem of its files).
 STEM: Path | None = None
+LEFT_OUT = ("(plot left out: matplotlib is not installed here; `make bench` installs the `bench` extra, "
+            "then `python -m bench report --out RUN_DIR` redraws this report with its plots)")
+matplotlib_missing = False  # set by line_plot when the import failed
 
 
 def line_plot(name: str, title: str, xlabel: str, ylabel: str, series: Mapping[str, Sequence[tuple[float, float]]],
@@ -20,6 +24,8 @@ def line_plot(name: str, title: str, xlabel: str, ylabel: str, series: Mapping[s
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
+        global matplotlib_missing  # noqa: PLW0603 - one flag for the report being written
+        matplotlib_missing = True
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, pts in series.items():
@@ -42,4 +48,6 @@ def line_plot(name: str, title: str, xlabel: str, ylabel: str, series: Mapping[s
 
 
 def image(name: str | None, alt: str) -> list[str]:
-    return [f"![{alt}]({name})", ""] if name else []
+    if name:
+        return [f"![{alt}]({name})", ""]
+    return [f"{LEFT_OUT}: {alt}", ""] if matplotlib_missing else []
