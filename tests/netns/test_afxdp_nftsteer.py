@@ -109,6 +109,10 @@ def test_afxdp_fallback_is_lbds_nft_table(ftopo: Topology, hook: str) -> None:  
         while table_text(t) is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert table_text(t) is not None, f"table ip {TABLE} not restored:\n{d.log_tail()}"
+        # the watch reports its repair once the repair is done: after the table is back (the queue
+        # rule is written into it next), so the line can trail the table by a moment
+        while f"nft table ip {TABLE} gone" not in d.log_tail(20000) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert f"nft table ip {TABLE} gone" in d.log_tail(20000), d.log_tail()
         local_client_balanced(d, t)
     # running_lbd checked lbd's exit status and that nothing (table included) is left
