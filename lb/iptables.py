@@ -58,13 +58,13 @@ from lb.iptlayout import (
     OUT_HOOK_CHAIN,
     SOCKET_MARK_BASE,
     TABLE,
-    _chain_damage,
     _check_queue,
-    _has_jump_from,
+    chain_damage,
     chain_name,
     chain_rules,
     go_chain_name,
     go_rules,
+    has_jump_from,
     jump_rule,
     out_chain_name,
     out_jump_rule,
@@ -401,7 +401,7 @@ class RuleManager:
                     self.chain, self.go_chain, len(pre.rules) + len(go.rules))
             plan.rewritten = [self.chain, self.go_chain]
             lines += self._chain_lines()
-        if not _has_jump_from(pre, HOOK_CHAIN):
+        if not has_jump_from(pre, HOOK_CHAIN):
             # Someone removed our jump (e.g. an operator's `iptables -t raw -F PREROUTING`):
             # without it nothing reaches the queue, so restore it in the same transaction.
             log.log(heal_level, "raw %s: jump from %s was missing; restoring it", self.chain, HOOK_CHAIN)
@@ -422,7 +422,7 @@ class RuleManager:
         if not same_rules(out.rules, want):
             log.log(heal_level, "raw %s did not hold exactly %s; rewriting it", self.out_chain, want)
             lines += [f"-F {self.out_chain}", *want]
-        if not _has_jump_from(out, OUT_HOOK_CHAIN):
+        if not has_jump_from(out, OUT_HOOK_CHAIN):
             log.log(heal_level, "raw %s: jump from %s was missing; restoring it", self.out_chain, OUT_HOOK_CHAIN)
             lines.append(out_jump_rule(self.queue_num))
         return lines
@@ -435,14 +435,10 @@ class RuleManager:
         counts, O(1) per set) and, with fwmark services, one listing of mangle: nothing that
         grows with the number of services."""
         pre, go, out = self._states()
-        found = [*_chain_damage(TABLE, self.chain, pre, chain_rules(self.queue_num)),
-                 *_chain_damage(TABLE, self.go_chain, go, go_rules(self.queue_num, self.target, self.track))]
-        if pre.chain_exists and not _has_jump_from(pre, HOOK_CHAIN):
-            found.append(f"jump {TABLE} {HOOK_CHAIN} -> {self.chain} gone")
+        found = [*chain_damage(TABLE, self.chain, pre, chain_rules(self.queue_num), hook=HOOK_CHAIN),
+                 *chain_damage(TABLE, self.go_chain, go, go_rules(self.queue_num, self.target, self.track))]
         if not self.track:
-            found += _chain_damage(TABLE, self.out_chain, out, out_rules(self.queue_num))
-            if out.chain_exists and not _has_jump_from(out, OUT_HOOK_CHAIN):
-                found.append(f"jump {TABLE} {OUT_HOOK_CHAIN} -> {self.out_chain} gone")
+            found += chain_damage(TABLE, self.out_chain, out, out_rules(self.queue_num), hook=OUT_HOOK_CHAIN)
         found += self.fwmarks.damage()
         return found + self.set_damage(set_counts)
 

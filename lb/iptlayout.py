@@ -228,28 +228,33 @@ def restore_script(lines: Iterable[str], table: str = TABLE) -> str:
     return f"*{table}\n{body}\nCOMMIT\n"
 
 
-def _has_jump_from(state: TableState, hook: str) -> bool:
+def has_jump_from(state: TableState, hook: str) -> bool:
     return any(j.startswith(f"-A {hook} ") for j in state.jumps)
 
 
-def _chain_damage(table: str, chain: str, state: TableState, want: Sequence[str]) -> list[str]:
+def chain_damage(table: str, chain: str, state: TableState, want: Sequence[str], hook: str = "") -> list[str]:
+    """What differs between lbd's chain as listed (`state`) and its rules `want`, one phrase each;
+    with `hook`, also the jump to it from that built-in chain when the chain exists."""
     if not state.chain_exists:
         return [f"{table} chain {chain} gone"]
+    found = []
     if not same_rules(state.rules, want):
-        return [f"{table} {chain} holds {len(state.rules)} rules, not lbd's {len(want)}"]
-    return []
+        found.append(f"{table} {chain} holds {len(state.rules)} rules, not lbd's {len(want)}")
+    if hook and not has_jump_from(state, hook):
+        found.append(f"jump {table} {hook} -> {chain} gone")
+    return found
 
 
 def remove_lines(states: Sequence[tuple[TableState, str]]) -> list[str]:
     """Restore lines removing chains (each with its state as listed): the jumps to them from other
     chains, then a flush and a delete of each chain that exists."""
-    lines = [_delete_line(j) for state, _ in states for j in state.jumps
+    lines = [delete_line(j) for state, _ in states for j in state.jumps
              if not j.startswith(tuple(f"-A {c} " for _, c in states))]
     lines += [f"-F {c}" for s, c in states if s.chain_exists]
     lines += [f"-X {c}" for s, c in states if s.chain_exists]
     return lines
 
 
-def _delete_line(rule: str) -> str:
+def delete_line(rule: str) -> str:
     assert rule.startswith("-A ")
     return "-D " + rule[3:]

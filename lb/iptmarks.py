@@ -16,9 +16,8 @@ from collections.abc import Callable
 from lb.iptlayout import (
     HOOK_CHAIN,
     MARK_TABLE,
-    _chain_damage,
-    _delete_line,
-    _has_jump_from,
+    chain_damage,
+    delete_line,
     mark_chain_name,
     mark_jump_rule,
     mark_rules,
@@ -67,10 +66,8 @@ class MarkChain:
         if not self.marks:
             return []
         state, _hook = self.listing()
-        found = _chain_damage(MARK_TABLE, self.chain, state, mark_rules(self.queue_num, self.marks, self.target))
-        if state.chain_exists and not _has_jump_from(state, HOOK_CHAIN):
-            found.append(f"jump {MARK_TABLE} {HOOK_CHAIN} -> {self.chain} gone")
-        return found
+        return chain_damage(MARK_TABLE, self.chain, state, mark_rules(self.queue_num, self.marks, self.target),
+                            hook=HOOK_CHAIN)
 
     def sync(self, marks: set[int]) -> bool:
         """Make LBD-Q<N>-MARK queue exactly `marks` (one transaction), jumped to from mangle
@@ -97,7 +94,7 @@ class MarkChain:
             return False
         lines = [f":{self.chain} - [0:0]", *want]  # declaring flushes it in this transaction
         if marks and not last:
-            lines = [_delete_line(j) for j in jumps] + lines + [mark_jump_rule(self.queue_num)]
+            lines = [delete_line(j) for j in jumps] + lines + [mark_jump_rule(self.queue_num)]
         self._restore(lines, MARK_TABLE)
         self.marks = set(marks)
         log.info("mangle %s: queues fwmark(s) %s", self.chain, ", ".join(str(m) for m in sorted(marks)) or "none")

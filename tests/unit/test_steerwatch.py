@@ -168,7 +168,14 @@ def test_generation_reply_parsing_is_bounds_checked() -> None:
 
 
 def test_chain_damage_wording() -> None:
-    assert iptl._chain_damage("raw", "X", TableState(False, [], []), ["-A X -j RETURN"]) == ["raw chain X gone"]
+    assert iptl.chain_damage("raw", "X", TableState(False, [], []), ["-A X -j RETURN"]) == ["raw chain X gone"]
+    # gone wins over a missing jump (one phrase); a present chain reports its rules and its jump apart
+    assert iptl.chain_damage("raw", "X", TableState(False, [], []), ["-A X -j RETURN"], hook="PREROUTING") == \
+        ["raw chain X gone"]
+    assert iptl.chain_damage("raw", "X", TableState(True, [], []), ["-A X -j RETURN"], hook="PREROUTING") == \
+        ["raw X holds 0 rules, not lbd's 1", "jump raw PREROUTING -> X gone"]
+    assert iptl.chain_damage("raw", "X", TableState(True, ["-A X -j RETURN"], ["-A PREROUTING -j X"]),
+                             ["-A X -j RETURN"], hook="PREROUTING") == []
 
 
 def test_set_damage_uses_the_counts_it_is_given_without_running_ipset() -> None:
