@@ -1,7 +1,8 @@
 # lvs-userspace: build, test and demo. Run as root on Debian 12 (or similar).
 #   make demo   - builds everything, sends real traffic through DR, IPIP, NAT and FULLNAT in its own namespaces
 #   make test   - builds everything, runs the linters (lint: ruff, mypy), tests/unit, the C core
-#                 under ASan/UBSan and valgrind (test-sanitize), then tests/netns, then tests/kernel
+#                 under ASan/UBSan and valgrind (test-sanitize), then tests/netns (lbd's default
+#                 steering, again with --steering iptables, again on AF_XDP), then tests/kernel
 #                 (test-kernel: kernel IPVS vs lbd in a qemu guest)
 #   make fuzz   - libFuzzer run of the packet core, then of the preload library's wire code
 #                 (FUZZ_SECONDS each, default 60)
@@ -20,8 +21,8 @@ STAMP   := $(VENV)/.lvs-userspace-installed
 # System packages, each for a reason (a brand-new Debian 12 has none of them; `deps` installs the
 # missing ones, so `make test` and `make demo` need nothing installed by hand):
 #   build:    python3-venv python3-dev gcc make libnetfilter-queue-dev libmnl-dev
-#   runtime:  iptables ipset iproute2, nftables (the nft command of `lbd --steering nftables`, lb/nftsteer.py,
-#             and its netns tests)
+#   runtime:  nftables (the nft command of lbd's default steering, lb/nftsteer.py), iptables ipset (its
+#             `--steering iptables` and fwmark services), iproute2
 #   tests:    tcpdump netsniff-ng ebtables wrk (netns tests, bench), valgrind (test-sanitize),
 #             clang + libclang-rt-14-dev (fuzz: libclang_rt.fuzzer/asan, only a recommendation
 #             of Debian's clang), systemd (systemd-analyze verify on the units),
@@ -48,7 +49,7 @@ APT_GET := apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) -y -q
 # Inputs of the editable install (the cffi extension is compiled from native/).
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.[ch] native/preload/*.[ch])
 
-.PHONY: all deps install-deps install uninstall venv build lint test test-unit test-dist test-sanitize test-netns test-netns-afxdp fuzz demo bench bench-quick clean distclean
+.PHONY: all deps install-deps install uninstall venv build lint test test-unit test-dist test-sanitize test-netns test-netns-iptables test-netns-afxdp fuzz demo bench bench-quick clean distclean
 .PHONY: test-kernel kernel-deps
 
 all: build
@@ -147,6 +148,7 @@ test: build $(TOOLS)
 	@$(MAKE) --no-print-directory test-sanitize
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
 	$(call run_pytest,tests/netns)
+	@$(MAKE) --no-print-directory test-netns-iptables
 	@$(MAKE) --no-print-directory test-netns-afxdp
 	@$(MAKE) --no-print-directory test-kernel
 
@@ -163,6 +165,14 @@ test-unit: build $(TOOLS)
 	$(call run_pytest,$(or $(TESTS),tests/unit))
 
 test-netns: build $(TOOLS)
+	$(call run_pytest,$(or $(TESTS),tests/netns))
+
+# The whole netns suite again with `lbd --steering iptables` (raw-table rules and ip sets, before
+# routing), the other steering lbd supports: tests/netns run against lbd's default, its own nftables
+# table at the input hook (docs/firewall.md); tests about one layer only skip under the other.
+# LB_TEST_STEERING=nftables LB_TEST_STEER_HOOK=prerouting make test-netns: the third placement.
+test-netns-iptables: export LB_TEST_STEERING = iptables
+test-netns-iptables: build $(TOOLS)
 	$(call run_pytest,$(or $(TESTS),tests/netns))
 
 # ---- issue 19 item 2: the packet-path modules of tests/netns again on the AF_XDP source (lbd

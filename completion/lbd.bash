@@ -4,7 +4,7 @@
 _lbd() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
     local options="--config --check --diff --socket --queue-num --queue-balance --queue-cpus
-        --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --queue-maxlen --no-iptables
+        --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --queue-maxlen --no-steering --no-iptables
         --steering --steer-hook --conntrack --down-policy --cleanup --state-dir --restore --conn-max --verbose -v
         --log-format --metrics --packet-source --xdp-interface --xdp-mode --xdp-copy --xdp-fastpath
         --sync-threshold --sync-refresh-period --sync-retries --sync-persist-mode --version --help -h"

@@ -44,7 +44,7 @@ from typing import Any
 
 from lb import __version__, logsetup, periodic, sdnotify, statefile
 from lb.ctlserver import ControlServer, socket_alive
-from lb.daemon_options import AFXDP_REFUSED, DEFAULT_SOCKET, parse_args, socket_path
+from lb.daemon_options import AFXDP_REFUSED, DEFAULT_SOCKET, DEFAULT_STEERING, parse_args, socket_path, steer_hook
 from lb.director import Director
 from lb.engine import Engine, EngineError, FwdState
 from lb.estimator import ESTIMATOR_TICK_S
@@ -271,13 +271,14 @@ def _install_rules(rules: Any, director: Director, xdp: Any = None) -> None:
 def make_rules(args: argparse.Namespace, cleanup: bool = False) -> Any:
     """The queue's steering manager of --steering: lb.iptables.RuleManager (raw-table rules and ip
     sets) or lb.nftsteer.NftManager (one native nftables table); the same public methods."""
-    if getattr(args, "steering", "iptables") == "nftables":
+    kind = getattr(args, "steering", DEFAULT_STEERING)
+    if kind == "nftables":
         import shutil
 
         from lb.nftsteer import NftManager
 
         cls: Any = NftManager
-        nft = {"nft": shutil.which("nft") or "nft", "hook": getattr(args, "steer_hook", "prerouting")}
+        nft = {"nft": shutil.which("nft") or "nft", "hook": steer_hook(kind, getattr(args, "steer_hook", None))}
     else:
         from lb.iptables import RuleManager
 
@@ -293,7 +294,7 @@ def cleanup(args: argparse.Namespace) -> int:
     from lb.iptables import IptablesError
 
     if args.no_iptables:
-        log.error("--cleanup removes lbd's iptables rules: it does not go with --no-iptables")
+        log.error("--cleanup removes lbd's steering (table or rules): it does not go with --no-iptables")
         return 2
     rules = make_rules(args, cleanup=True)
     try:

@@ -13,6 +13,24 @@ from lb.sync.rule import SyncRule, SyncRuleError
 DEFAULT_SOCKET = "/run/lbd/lbd.sock"  # in the initial network namespace; per namespace elsewhere (lb/paths.py)
 
 
+# How packets reach the queue (--steering) and, for nftables, where (--steer-hook): by default lbd's
+# own nftables table at the input hook, where kernel IPVS takes packets, so that traffic routed
+# through the director meets nothing of lbd's (issue 15 item 1, docs/firewall.md).
+DEFAULT_STEERING = "nftables"
+DEFAULT_STEER_HOOK = {"nftables": "input", "iptables": "prerouting"}
+
+
+def steer_hook(steering: str, hook: str | None) -> str:
+    """The hook lbd's steering takes packets at: `hook` (--steer-hook) or the default of `steering`.
+    ValueError for a hook the steering cannot have (iptables' rules are in the raw table)."""
+    if hook is None:
+        return DEFAULT_STEER_HOOK[steering]
+    if steering != "nftables" and hook != "prerouting":
+        raise ValueError(f"--steer-hook {hook} needs --steering nftables (iptables steering is in the raw table, "
+                         "before routing)")
+    return hook
+
+
 def socket_path(cli_value: str | None) -> str:
     from lb.ctlclient import resolve_socket_path  # the same rule as lbadm's, namespace included
 
@@ -85,21 +103,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--queue-maxlen", type=int, default=None, metavar="PACKETS",
                    help="packets the kernel queues for lbd before it drops (default 1024, C engine: a short queue "
                    "keeps an overloaded director from livelocking; longer absorbs longer bursts)")
-    p.add_argument("--no-iptables", action="store_true",
-                   help="do not manage iptables rules (the operator queues packets to --queue-num); with "
+    p.add_argument("--no-steering", "--no-iptables", dest="no_iptables", action="store_true",
+                   help="do not manage any steering, neither lbd's nftables table nor iptables rules (the operator "
+                   "queues packets to --queue-num; --no-iptables is its older name); with "
                    "--packet-source afxdp: no NFQUEUE fallback (fragments and director-local clients are not balanced)")
-    p.add_argument("--steering", choices=("iptables", "nftables"), default="iptables",
-                   help="how packets reach the queue. iptables (default): rules in iptables' raw table testing "
-                   "ip sets (lb/iptables.py). nftables: one native nftables table of lbd's own, `ip lbd-q<N>`, "
-                   "with native sets (needs the nft command, package nftables): routed traffic through the "
-                   "director costs less (docs/firewall.md); with --packet-source afxdp, its NFQUEUE fallback")
-    p.add_argument("--steer-hook", choices=("prerouting", "input"), default="prerouting",
-                   help="with --steering nftables, where lbd's table takes packets. prerouting (default): before "
-                   "routing, conntrack and the firewall, at raw priority. input: where kernel IPVS takes them, in "
-                   "the input hook after routing (and forward, only while NAT real servers exist, for their replies), "
-                   "first in them, before the firewall's INPUT/FORWARD rules: routed traffic meets no hook of lbd's; "
-                   "VIPs and FULLNAT local addresses must be addresses of this host and NAT needs "
-                   "net.ipv4.ip_forward=1, as for IPVS (docs/firewall.md)")
+    p.add_argument("--steering", choices=("iptables", "nftables"), default=DEFAULT_STEERING,
+                   help="how packets reach the queue. nftables (default): one native nftables table of lbd's own, "
+                   "`ip lbd-q<N>`, with native sets (the nft command, package nftables): routed traffic through the "
+                   "director meets nothing of lbd's (docs/firewall.md). iptables: rules in iptables' raw table "
+                   "testing ip sets (lb/iptables.py), before routing. With --packet-source afxdp, its NFQUEUE fallback")
+    p.add_argument("--steer-hook", choices=("prerouting", "input"), default=None,
+                   help="with --steering nftables, where lbd's table takes packets. input (default): where kernel "
+                   "IPVS takes them, in the input hook after routing (and forward, only while NAT real servers "
+                   "exist, for their replies), first in them, before the firewall's INPUT/FORWARD rules: routed "
+                   "traffic meets no hook of lbd's; VIPs and FULLNAT local addresses must be addresses of this host "
+                   "and NAT needs net.ipv4.ip_forward=1, as for IPVS. prerouting: before routing, conntrack and the "
+                   "firewall, at raw priority, for any address routed to the director (docs/firewall.md). "
+                   "--steering iptables is always prerouting")
     p.add_argument("--conntrack", action="store_true",
                    help="let the director's conntrack see what lbd hands back to the kernel and what it sends "
                    "on its raw socket (no CT --notrack rules): the analogue of IPVS's net.ipv4.vs.conntrack "
@@ -231,9 +251,10 @@ def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -
 
     if args.queue_balance and args.queue_num is not None:
         p.error("give either --queue-num or --queue-balance (its FIRST names the instance)")
-    if getattr(args, "steer_hook", "prerouting") != "prerouting" and getattr(args, "steering", "iptables") != "nftables":
-        p.error(f"--steer-hook {args.steer_hook} needs --steering nftables (iptables steering is in the raw table, "
-                "before routing)")
+    try:
+        args.steer_hook = steer_hook(getattr(args, "steering", DEFAULT_STEERING), getattr(args, "steer_hook", None))
+    except ValueError as exc:
+        p.error(str(exc))
     if args.queue_num is None:
         args.queue_num = 0
     if not 0 <= args.queue_num <= 65535:

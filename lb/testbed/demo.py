@@ -138,6 +138,12 @@ def _ipip_report(topo: Topology) -> str:
     return "packets that arrived through the tunnel (decapsulated into TUN): " + ", ".join(counts)
 
 
+def _prepare_nat(topo: Topology, workdir: Path) -> None:
+    # The real servers' replies are routed through the director to the client: lbd takes them in
+    # the forward hook (its default --steer-hook input), so the director forwards, as IPVS's NAT needs.
+    topo.director.sysctl({"net.ipv4.ip_forward": 1})
+
+
 def _prepare_fullnat(topo: Topology, workdir: Path) -> None:
     d = topo.director
     d.ip("addr", "add", f"{topo.addr('back', LIP2_INDEX)}/24", "dev", d.iface("back").ifname)
@@ -181,11 +187,13 @@ SECTIONS: list[Section] = [
             "The destination is rewritten: client:port -> VIP:80 becomes client:port -> RIP:8080. The\n"
             "real servers see the client's own address and sit on another subnet whose default\n"
             "route is the director, so their replies RIP:8080 -> client pass it: lbd takes them\n"
-            "from NFQUEUE too and sends them on as VIP:80 -> client. Both directions drive the\n"
-            "connection's TCP state, as in kernel IPVS's NAT."
+            "from NFQUEUE too (in the forward hook: the director forwards, net.ipv4.ip_forward=1)\n"
+            "and sends them on as VIP:80 -> client. Both directions drive the connection's TCP\n"
+            "state, as in kernel IPVS's NAT."
         ),
         spec=lambda: fullnat_spec(3),
         steps=nat_steps,
+        prepare=_prepare_nat,
         real_note=lambda t, rs: (f"{rs.addr} on the back subnet, default route via the director "
                                  f"{t.director.iface('back').addr}, no VIP, httpd on :{NAT_RS_PORT}"),
         path="/peer",

@@ -39,6 +39,7 @@ from typing import Any
 import pytest
 
 from lb.ctlclient import ControlClientError, request_once
+from lb.daemon_options import DEFAULT_STEERING, steer_hook
 from lb.testbed import client
 from lb.testbed.pcap import Capture, IPv4
 from lb.testbed.seeds import FIELD_REPORT_001_FILTER
@@ -63,15 +64,17 @@ LBADM_TIMEOUT_S = 20.0
 # run of the NFQUEUE suite against the AF_XDP source (issue 19 item 2): tests that check iptables
 # rules or NFQUEUE-only options fail by design there.
 PACKET_SOURCE = os.environ.get("LB_TEST_PACKET_SOURCE", "nfqueue")
-# LB_TEST_STEERING=nftables: every lbd the suite starts without a --steering of its own uses
-# `--steering nftables` (lb/nftsteer.py); nft must be on PATH or LB_TEST_NFT names it (a wrapper
-# script is fine: its directory is put first on lbd's PATH). Tests read lbd's steering through
-# steering.py (sets, queue rules, damage of either layer), as they read the packet source through
-# packet_source.py; what exists in one layer only skips under the other (steering.iptables_only).
-STEERING = os.environ.get("LB_TEST_STEERING", "iptables")
-# LB_TEST_STEER_HOOK=input (with LB_TEST_STEERING=nftables): those lbds also get `--steer-hook input`
-# (kernel IPVS's placement, lb/nftsteer.py); tests about the prerouting placement skip (steering.py).
-STEER_HOOK = os.environ.get("LB_TEST_STEER_HOOK", "prerouting")
+# LB_TEST_STEERING=iptables: every lbd the suite starts without a --steering of its own uses
+# `--steering iptables` (raw-table rules and ip sets, lb/iptables.py); by default they run with lbd's
+# default steering, its own nftables table (lb/nftsteer.py; nft must be on PATH or LB_TEST_NFT names
+# it: a wrapper script is fine, its directory is put first on lbd's PATH). Tests read lbd's steering
+# through steering.py (sets, queue rules, damage of either layer), as they read the packet source
+# through packet_source.py; what exists in one layer only skips under the other (steering.iptables_only).
+STEERING = os.environ.get("LB_TEST_STEERING", DEFAULT_STEERING)
+# LB_TEST_STEER_HOOK=prerouting (with nftables steering): those lbds get `--steer-hook prerouting`
+# (before routing, at raw priority); by default lbd's own, input (kernel IPVS's placement), where tests
+# about the prerouting placement skip (steering.py). iptables steering is always prerouting.
+STEER_HOOK = steer_hook(STEERING, os.environ.get("LB_TEST_STEER_HOOK") if STEERING == "nftables" else None)
 NFT = os.environ.get("LB_TEST_NFT") or shutil.which("nft") or "nft"
 if os.environ.get("LB_TEST_NFT"):  # every lbd and command the tests start finds it as `nft`
     os.environ["PATH"] = f"{Path(NFT).resolve().parent}:{os.environ.get('PATH', '')}"
@@ -176,6 +179,13 @@ class LbdError(RuntimeError):
     pass
 
 
+def steering_args() -> list[str]:
+    """The options every lbd of the run gets unless it names its own steering: lbd's defaults unless
+    LB_TEST_STEERING / LB_TEST_STEER_HOOK ask for another (only the difference is given)."""
+    args = [] if STEERING == DEFAULT_STEERING else ["--steering", STEERING]
+    return args + ([] if STEER_HOOK == steer_hook(STEERING, None) else ["--steer-hook", STEER_HOOK])
+
+
 def iptables_leftovers(host: Host) -> list[str]:
     """Rules, user chains and ip sets in `host`'s namespace. Our namespaces start empty, so any is lbd's."""
     found = []
@@ -240,13 +250,12 @@ class Lbd:
                 pytest.skip(f"NFQUEUE-only: {refused}, refused at start: see docs/afxdp.md")
             self.args += afxdp_args(self.topo)
         env = self.env
-        if "--steering" not in self.args and STEERING != "iptables":
-            self.args += ["--steering", STEERING]
-            if STEER_HOOK != "prerouting" and "--steer-hook" not in self.args:
-                self.args += ["--steer-hook", STEER_HOOK]
+        if "--steering" not in self.args and "--steer-hook" not in self.args:
+            self.args += steering_args()
+            if STEER_HOOK == "input":
                 # NAT replies are routed to the clients there: the director forwards, as IPVS's NAT needs
                 self.director.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        if "nftables" in self.args:
+        if self.steering() == "nftables":
             env = nft_env(env)
         with open(self.log_path, "w") as log:
             self.proc = self.director.popen(
@@ -273,6 +282,17 @@ class Lbd:
                     last_err = f"ping answered {resp}"
             time.sleep(0.05)
         raise LbdError(f"lbd not ready after {timeout}s ({last_err}):\n{self.log_tail()}")
+
+    def steering(self) -> str:
+        """The --steering this lbd runs with (its argument, else lbd's default)."""
+        return self._arg("--steering") or DEFAULT_STEERING
+
+    def hook(self) -> str:
+        """The --steer-hook this lbd runs with (its argument, else the default of its steering)."""
+        return steer_hook(self.steering(), self._arg("--steer-hook"))
+
+    def _arg(self, flag: str) -> str | None:
+        return self.args[self.args.index(flag) + 1] if flag in self.args[:-1] else None
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -1,7 +1,8 @@
 """What a netns test reads of lbd's steering depends on the steering it runs against
-(LB_TEST_STEERING, tests/netns/conftest.py): by default iptables raw-table rules and ip sets
-`lbd-q<N>-<kind>` (lb/iptables.py, lb/ipsets.py), with `nftables` one native table `ip lbd-q<N>`
-whose sets are named by the kinds alone (lb/nftsteer.py, docs/firewall.md). Helpers for tests
+(LB_TEST_STEERING, tests/netns/conftest.py): by default lbd's, one native nftables table `ip lbd-q<N>`
+whose sets are named by the kinds alone (lb/nftsteer.py, docs/firewall.md), at the input hook
+(LB_TEST_STEER_HOOK=prerouting: before routing); with `iptables` raw-table rules and ip sets
+`lbd-q<N>-<kind>` (lb/iptables.py, lb/ipsets.py). Helpers for tests
 that look at either, and the skip for what exists in one layer only.
 
 Set elements are returned in `ipset save`'s notation whatever the layer: "VIP", "VIP,tcp:80",
@@ -20,7 +21,7 @@ from conftest import NFT, PACKET_SOURCE, QUEUE_NUM, STEER_HOOK, STEERING
 from lb.testbed.topology import Host
 
 NFTABLES = STEERING == "nftables"
-# LB_TEST_STEER_HOOK=input: lbd's table takes packets at input (and forward), as kernel IPVS does
+# lbd's table takes packets at input (and forward), as kernel IPVS does: the default
 INPUT_HOOK = NFTABLES and STEER_HOOK == "input"
 FIRST_CHAIN = "input" if INPUT_HOOK else "pre"  # the base chain every packet for lbd meets first
 # The balanced packets reach lbd after routing (the kernel's martian checks, ip_forward's TTL

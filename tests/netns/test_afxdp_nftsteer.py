@@ -6,7 +6,7 @@ chain, no ip set), a director-local client's connections to a FULLNAT VIP, which
 XDP hook, are queued by it and balanced; the steering watch puts the table back after it is
 deleted; the table goes when lbd exits, and after kill -9 it stays (queue bypass) until the next
 lbd of the queue takes it over and removes it at its own exit. Fragments through the fallback:
-tests/netns/test_fragments.py under `LB_TEST_STEERING=nftables make test-netns-afxdp`.
+tests/netns/test_fragments.py under `make test-netns-afxdp` (lbd's default steering).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LBADM, LBD, READY_TIMEOUT_S, STOP_TIMEOUT_S, iptables_leftovers
+from conftest import LBADM, LBD, READY_TIMEOUT_S, STOP_TIMEOUT_S, iptables_leftovers, steering_args
+from steering import dump
 
 from lb.ctlclient import ControlClientError, request_once
 from lb.testbed.topology import Host, HostSpec, LinkSpec, SegmentSpec, Topology, TopologySpec
@@ -51,7 +52,8 @@ class DefaultLbd:
 
     def start(self) -> None:
         with open(self.log, "a") as log:
-            self.proc = self.host.popen([str(LBD), "-v"], stdout=log, stderr=subprocess.STDOUT, env=_env())
+            self.proc = self.host.popen([str(LBD), "-v", *steering_args()], stdout=log, stderr=subprocess.STDOUT,
+                                        env=_env())
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"lbd in {self.host.netns} exited {self.proc.returncode}:\n{self.tail()}"
@@ -77,8 +79,8 @@ class DefaultLbd:
         return proc.stdout
 
     def rules(self) -> str:
-        """lbd's raw rules and the ip sets they look services up in."""
-        return self.host.exec(["iptables-save", "-t", "raw"]).stdout + self.host.exec(["ipset", "save"]).stdout
+        """lbd's steering: its table, or its raw rules and the ip sets they look services up in."""
+        return dump(self.host)
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else "(no log)"

@@ -35,7 +35,7 @@ pytestmark = [
 ]
 
 PORT = 8080  # the real servers' httpd (fullnat_spec topology: they route through the director)
-NFT_ARGS = ["--steering", "nftables"]
+NFT_ARGS = ["--steering", "nftables", "--steer-hook", "prerouting"]  # this module: the prerouting placement
 TABLE = f"lbd-q{QUEUE_NUM}"
 TIMEOUT_S = 10.0
 

@@ -5,7 +5,7 @@ silently: new connections to the VIP reached the director's own stack (refused) 
 configuration change. Each case here damages the steering of a running lbd while a client keeps
 asking, and expects service back by itself and one log line naming what was missing; lbd's exit
 then removes exactly its own rules (running_lbd checks that nothing is left behind). Under
-LB_TEST_STEERING=nftables the same four mistakes are done to lbd's table `ip lbd-q0` (steering.damages).
+LB_TEST_STEERING=iptables the same four mistakes are done to its raw chains and ip sets, else to lbd's table `ip lbd-q0` (steering.damages).
 """
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ def test_lbd_restores_its_steering_and_says_what_was_missing(topo: Topology, cas
             time.sleep(0.2)
         replies = client.fresh_gets(topo.client.netns, topo.vip, HTTP_PORT, 5, timeout=2.0)
         assert all(r.ok for r in replies), replies
+        # The watch logs after the repair's last step (the queue rule), so the line can trail the
+        # first served request: wait for it, within the same bound.
+        while not _warnings(d) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # one more watch tick: a second line for the same episode would be a bug
         warnings = _warnings(d)
         assert len(warnings) == 1, f"expected one line for the episode, got {warnings}"
         assert named in warnings[0], warnings[0]

@@ -1,9 +1,9 @@
 """lbd under systemd's Type=notify protocol (issue 12, item 4), with the notification socket owned here.
 
 systemd calls a Type=notify service started when READY=1 arrives, and orders everything that
-comes `After=` it on that. So READY=1 must mean "the tables are loaded and the iptables rules are
-in place": when it arrives, lbd is frozen (SIGSTOP, by PID) and its namespace's rules and services
-are read. RELOADING=1 ... READY=1 frame a SIGHUP reload (the new rule exists at the second
+comes `After=` it on that. So READY=1 must mean "the tables are loaded and the steering (lbd's
+nftables table, or its iptables rules) is in place": when it arrives, lbd is frozen (SIGSTOP, by
+PID) and its namespace's steering and services are read. RELOADING=1 ... READY=1 frame a SIGHUP reload (the new rule exists at the second
 READY=1); STOPPING=1 comes on SIGTERM.
 """
 
@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LBADM, LBD, READY_TIMEOUT_S, STOP_TIMEOUT_S, iptables_leftovers
+from conftest import LBADM, LBD, READY_TIMEOUT_S, STOP_TIMEOUT_S, iptables_leftovers, steering_args
+from steering import dump, elements, queue_rules
 
 from lb.testbed.topology import Topology
 
@@ -60,11 +61,6 @@ def _next(sock: socket.socket, proc: subprocess.Popen[Any], log: Path, timeout: 
     raise AssertionError(f"no notification within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-def _raw_rules(topo: Topology) -> str:
-    """lbd's raw rules and the ip sets they look services up in."""
-    return topo.director.exec(["iptables-save", "-t", "raw"]).stdout + topo.director.exec(["ipset", "save"]).stdout
-
-
 def test_ready_only_once_rules_are_installed(topo: Topology, notify_socket: tuple[socket.socket, str],
                                             tmp_path: Path) -> None:
     sock, path = notify_socket
@@ -72,18 +68,18 @@ def test_ready_only_once_rules_are_installed(topo: Topology, notify_socket: tupl
     config.write_text(_config(topo, (PORT,)))
     env_cmd = ["env", f"NOTIFY_SOCKET={path}"]
     with open(log, "w") as out:
-        proc = topo.director.popen([*env_cmd, str(LBD), "--socket", ctl, "--config", str(config), "-v"],
-                                   stdout=out, stderr=subprocess.STDOUT)
+        proc = topo.director.popen([*env_cmd, str(LBD), "--socket", ctl, "--config", str(config), "-v",
+                                    *steering_args()], stdout=out, stderr=subprocess.STDOUT)
     try:
         ready = _next(sock, proc, log, READY_TIMEOUT_S)
         proc.send_signal(signal.SIGSTOP)  # freeze lbd where READY=1 left it
         try:
-            rules = _raw_rules(topo)
+            services, queued = elements(topo.director, "svc", missing_ok=True), queue_rules(topo.director)
         finally:
             proc.send_signal(signal.SIGCONT)
         assert ready.get("READY") == "1", ready
         assert "queue 0" in ready.get("STATUS", "") and ctl in ready["STATUS"], ready
-        assert f"add lbd-q0-svc {topo.vip},tcp:{PORT}" in rules and "-j NFQUEUE" in rules, rules
+        assert f"{topo.vip},tcp:{PORT}" in services and queued, dump(topo.director)
         listed = topo.director.exec([str(LBADM), "--socket", ctl, "-Ln"]).stdout
         assert f"TCP  {topo.vip}:{PORT} rr" in listed and topo.reals[0].addr in listed, listed
 
@@ -94,7 +90,7 @@ def test_ready_only_once_rules_are_installed(topo: Topology, notify_socket: tupl
         assert reloading.get("RELOADING") == "1" and int(reloading["MONOTONIC_USEC"]) > 0, reloading
         again = _next(sock, proc, log, READY_TIMEOUT_S)
         assert again.get("READY") == "1" and "reloaded" in again.get("STATUS", ""), again
-        assert f"add lbd-q0-svc {topo.vip},tcp:{PORT2}" in _raw_rules(topo)
+        assert f"{topo.vip},tcp:{PORT2}" in elements(topo.director, "svc"), dump(topo.director)
 
         proc.send_signal(signal.SIGTERM)
         assert _next(sock, proc, log, STOP_TIMEOUT_S).get("STOPPING") == "1"
@@ -126,7 +122,7 @@ def test_lbd_serves_with_only_the_units_capabilities(topo: Topology, notify_sock
                "--inh-caps", "-all", "--no-new-privs"]
     with open(log, "w") as out:
         proc = topo.director.popen([*bounded, "env", f"NOTIFY_SOCKET={path}", str(LBD), "--socket", ctl,
-                                    "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
+                                    "--config", str(config), *steering_args()], stdout=out, stderr=subprocess.STDOUT)
     try:
         assert _next(sock, proc, log, READY_TIMEOUT_S).get("READY") == "1"
         status = Path(f"/proc/{proc.pid}/status").read_text()

@@ -404,12 +404,30 @@ def test_the_option_chooses_the_manager() -> None:
     from lb import daemon
     from lb.iptables import RuleManager
 
+    # The default: lbd's own table at the input hook, where kernel IPVS takes packets (issue 15 item 1).
     args = daemon.parse_args([])
-    assert args.steering == "iptables" and isinstance(daemon.make_rules(args), RuleManager)
-    args = daemon.parse_args(["--steering", "nftables", "--down-policy", "closed", "--queue-num", "2"])
+    assert (args.steering, args.steer_hook) == ("nftables", "input")
+    rules = daemon.make_rules(args)
+    assert isinstance(rules, ns.NftManager) and rules.hook == "input" and rules.spec.bypass
+    args = daemon.parse_args(["--steering", "iptables"])
+    assert args.steer_hook == "prerouting" and isinstance(daemon.make_rules(args), RuleManager)
+    args = daemon.parse_args(["--steering", "nftables", "--steer-hook", "prerouting", "--down-policy", "closed",
+                              "--queue-num", "2"])
     rules = daemon.make_rules(args)
     assert isinstance(rules, ns.NftManager) and rules.table == "lbd-q2" and not rules.spec.bypass
+    assert rules.hook == "prerouting"
     assert isinstance(daemon.make_rules(args, cleanup=True), ns.NftManager)
+
+
+@pytest.mark.parametrize("argv", [["--steering", "iptables", "--steer-hook", "input"]])
+def test_a_hook_iptables_steering_cannot_have_is_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from lb import daemon
+
+    with pytest.raises(SystemExit) as exc:
+        daemon.parse_args(argv)
+    assert exc.value.code == 2
+    assert "--steer-hook input needs --steering nftables" in capsys.readouterr().err
+    assert daemon.parse_args(["--steering", "iptables", "--steer-hook", "prerouting"]).steer_hook == "prerouting"
 
 
 def test_without_iptables_only_fwmark_services_are_refused() -> None:
