@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ab_cpurate, ab_routed, ab_tools, common, guest_wire
+from lb.daemon_options import DEFAULT_STEERING
 from lb.testbed import guest
 
 
@@ -189,8 +190,9 @@ def guest_extra(args: argparse.Namespace) -> list[str]:
     extra = [f"--{flag}" for flag in ("afxdp", "afxdp-fast") if getattr(args, flag.replace("-", "_"), False)]
     if getattr(args, "guest_wire", "veth") != "veth":
         extra += ["--guest-wire", args.guest_wire]
-    if getattr(args, "afxdp_steering", "iptables") != "iptables":
+    if getattr(args, "afxdp_steering", DEFAULT_STEERING) != DEFAULT_STEERING:
         extra += ["--afxdp-steering", args.afxdp_steering]
+
     for opt in ("parts", "repeats", "modes", "traffic", "steps", "profile", "routed_systems"):
         if getattr(args, opt, None):
             extra += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
@@ -212,8 +214,8 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--afxdp-fast", action="store_true",
                     help="throughput also of lbd with --packet-source afxdp --xdp-fastpath (established DR flows "
                     "forwarded by the XDP program)")
-    ap.add_argument("--afxdp-steering", choices=("iptables", "nftables"), default="iptables",
-                    help="the AF_XDP lbd's --steering (its NFQUEUE fallback's rules; default iptables, lbd's default)")
+    ap.add_argument("--afxdp-steering", choices=("iptables", "nftables"), default=DEFAULT_STEERING,
+                    help=f"the AF_XDP lbd's --steering (its NFQUEUE fallback's rules; default {DEFAULT_STEERING}, lbd's)")
     ap.add_argument("--parts", default=None, help="guest parts: functional,http,throughput,routed (default "
                     "functional,http,throughput; routed: bench/ab_routed.py)")
     ap.add_argument("--routed-systems", default=None, help="routed: which of router,ipvs,ipvs-dr,lbd-in,lbd-in-dr,lbd "

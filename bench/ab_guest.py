@@ -55,6 +55,7 @@ from typing import Any
 
 from bench import ab_cpurate, ab_profile, ab_routed, ab_tools, common, guest_wire, pps
 from bench.common import Lbd, LbdError, log
+from lb.daemon_options import DEFAULT_STEERING
 from lb.testbed import client
 from lb.testbed.topology import Topology, TopologySpec
 
@@ -389,13 +390,13 @@ def afxdp_extra(bed: pps.Bed, wire: str = "veth") -> tuple[str, ...]:
 def afxdp_systems(args: argparse.Namespace, bed: pps.Bed) -> list[tuple[str, tuple[str, ...]]]:
     """The AF_XDP lbd's to measure after the others, with their options: --afxdp "lbd-afxdp",
     --afxdp-fast "lbd-afxdp-fast" (the same with --xdp-fastpath: established DR flows forwarded by
-    the XDP program itself, docs/afxdp.md); --afxdp-steering nftables gives both `--steering nftables`."""
+    the XDP program itself, docs/afxdp.md); --afxdp-steering iptables gives both `--steering iptables`."""
     out: list[tuple[str, tuple[str, ...]]] = []
     wire = getattr(args, "guest_wire", "veth")
     if not (args.afxdp or getattr(args, "afxdp_fast", False)):
         return out
-    steering = getattr(args, "afxdp_steering", "iptables")
-    base = (*afxdp_extra(bed, wire), *(("--steering", steering) if steering != "iptables" else ()))
+    steering = getattr(args, "afxdp_steering", DEFAULT_STEERING)
+    base = (*afxdp_extra(bed, wire), *(("--steering", steering) if steering != DEFAULT_STEERING else ()))
     if args.afxdp:
         out.append(("lbd-afxdp", base))
     if getattr(args, "afxdp_fast", False):
@@ -533,8 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--afxdp", action="store_true", help="throughput also of lbd with --packet-source afxdp")
     ap.add_argument("--afxdp-fast", action="store_true",
                     help="throughput also of lbd with --packet-source afxdp --xdp-fastpath")
-    ap.add_argument("--afxdp-steering", choices=("iptables", "nftables"), default="iptables",
-                    help="the AF_XDP lbd's --steering (its NFQUEUE fallback's rules)")
+    ap.add_argument("--afxdp-steering", choices=("iptables", "nftables"), default=DEFAULT_STEERING,
+                    help=f"the AF_XDP lbd's --steering (its NFQUEUE fallback's rules; default {DEFAULT_STEERING}, lbd's)")
     ap.add_argument("--parts", default="functional,http,throughput", help=f"which of {','.join(PARTS)}")
     ap.add_argument("--routed-systems", default=None, help=f"routed: of {','.join(ab_routed.SYSTEMS)} (default all)")
     ap.add_argument("--modes", default=None,

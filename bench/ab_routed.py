@@ -19,8 +19,8 @@ repetition, the order of the blocks rotating with the repetition:
   IPVS registers its netfilter hooks with its first service and removes them with its last);
 - ipvs / ipvs-dr: kernel IPVS (Debian's ipvsadm) with a DR service on the VIP (port 80) and a NAT (-m)
   service on NAT_VIP:8080 / the DR service only; real servers rs1..rs3; the traffic hits neither;
-- lbd-in / lbd-in-dr: lbd --steering nftables --steer-hook input, the same services / DR only;
-- lbd: lbd with its default steering (iptables, raw prerouting), DR + NAT.
+- lbd-in / lbd-in-dr: lbd with its default steering (nftables, --steer-hook input), the same services / DR only;
+- lbd: lbd --steering iptables (raw prerouting), DR + NAT.
 
 Each lbd block starts its own lbd (pinned to the DUT CPU, as the throughput part's) and stops it
 after, so no lbd process runs while router or IPVS is measured. The director's namespace is recorded
@@ -48,16 +48,16 @@ SYSTEMS = ("router", "ipvs", "ipvs-dr", "lbd-in", "lbd-in-dr", "lbd")
 # One block per configuration step: each lbd block is one lbd process (its steering is a start option).
 BLOCKS = (("router",), ("ipvs",), ("ipvs-dr",), ("lbd-in", "lbd-in-dr"), ("lbd",))
 NFT_IN = ("--steering", "nftables", "--steer-hook", "input")
-LBD_EXTRA = {"lbd-in": NFT_IN, "lbd-in-dr": NFT_IN, "lbd": ()}
+LBD_EXTRA = {"lbd-in": NFT_IN, "lbd-in-dr": NFT_IN, "lbd": ("--steering", "iptables")}
 NAT_VIP = "10.250.255.1"  # bench/routed_cost.py's: a NAT service nothing is sent to
 NAT_PORT = 8080
 WHAT = {
     "router": "no service, no lbd (ip_vs loaded)",
     "ipvs": "kernel IPVS, DR + NAT services",
     "ipvs-dr": "kernel IPVS, DR service only",
-    "lbd-in": "lbd --steering nftables --steer-hook input, DR + NAT",
-    "lbd-in-dr": "lbd --steering nftables --steer-hook input, DR only",
-    "lbd": "lbd, default steering (iptables prerouting), DR + NAT",
+    "lbd-in": "lbd, default steering (nftables, input hook), DR + NAT",
+    "lbd-in-dr": "lbd, default steering (nftables, input hook), DR only",
+    "lbd": "lbd --steering iptables (raw prerouting), DR + NAT",
 }
 
 

@@ -445,9 +445,9 @@ def guest_section(ab: dict[str, Any], title: str = "## The guest: next to kernel
 def _steering_text(ab: dict[str, Any]) -> str:
     """" The AF_XDP lbd ran with --steering nftables ..." when the run said so (bench/ab.py --afxdp-steering)."""
     args = list((ab.get("config") or {}).get("guest_args") or [])
-    if "--afxdp-steering" in args[:-1] and args[args.index("--afxdp-steering") + 1] != "iptables":
+    if "--afxdp-steering" in args[:-1]:
         return (f" The AF_XDP lbd ran with --steering {args[args.index('--afxdp-steering') + 1]} (its NFQUEUE "
-                "fallback's rules; lbd NFQUEUE with iptables, lbd's default).")
+                "fallback's; lbd NFQUEUE with lbd's default steering).")
     return ""
 
 

@@ -16,8 +16,9 @@ in the director's namespace with static neighbour entries: no packet is sent), t
 - `lbadm -C`, then `lbadm -R` of the whole -S output (N services + 2N destinations), checked complete.
 
 Everything runs twice per size unless --no-iptables-split: lbd --no-iptables (the control plane
-alone) and with lbd's iptables rules (their sync is another part of issue 15, item 1: reported
-separately so that each cost is seen). Targets (issue 15): at 10,000 services a command < 0.1 s,
+alone) and with lbd's steering, its default (nftables: its own table; the sync is another part of
+issue 15, item 1: reported separately so that each cost is seen). The JSON's `iptables` says
+"with steering" (its name from when that was iptables rules); `steering` names it. Targets (issue 15): at 10,000 services a command < 0.1 s,
 a no-op reload < 1 s, -R of 10,000 services + 20,000 real servers works in < 10 s, idle < 1 % of
 a core. The hook for `python -m bench scale`: run(args) -> data, report(data) -> (markdown lines,
 targets as [target, figure, verdict]).
@@ -38,6 +39,7 @@ from typing import Any
 
 from bench import common
 from bench.common import LBADM, Lbd, LbdError, log
+from lb.daemon_options import DEFAULT_STEERING
 
 SIZES = (1, 1000, 10000)
 DESTS_PER_SERVICE = 2
@@ -162,7 +164,8 @@ def measure_size(bed: Bed, n: int, iptables: bool) -> dict[str, Any]:
     if not iptables:
         extra.append("--no-iptables")
     lbd = Lbd(bed.dir, "c", queue=7, extra=extra)
-    out: dict[str, Any] = {"services": n, "dests": n * DESTS_PER_SERVICE, "iptables": iptables}
+    out: dict[str, Any] = {"services": n, "dests": n * DESTS_PER_SERVICE, "iptables": iptables,
+                           "steering": DEFAULT_STEERING if iptables else "none"}
     try:
         t0 = time.monotonic()
         lbd.start(timeout=600.0)
@@ -245,13 +248,19 @@ def _verdict(ok: bool, value: str) -> str:
     return "met" if ok else f"missed ({value})"
 
 
+def rules_label(r: dict[str, Any]) -> str:
+    """A result's steering: "none" (--no-iptables), else its name (runs before the field: iptables)."""
+    return str(r.get("steering", "iptables")) if r["iptables"] else "none"
+
+
 def report(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Markdown lines and [target, figure, verdict] rows (the report's Targets table)."""
     repeats = data.get("config", {}).get("repeats", REPEATS)
     lines = ["## Control plane against the number of services (issue 15, item 2)", "",
              f"DR services with {DESTS_PER_SERVICE} real servers each; wall clock of one `lbadm` process "
              f"(median of {repeats}); idle: lbd's CPU over {IDLE_WINDOW_S:.0f} s after every address resolved. "
-             "`iptables` rows include lbd's per-service rule sync (issue 15 item 1's part).", ""]
+             "Rows with steering (`nftables`: lbd's default, its own table; `iptables` in older runs) include "
+             "lbd's per-service steering sync (issue 15 item 1's part).", ""]
     results = [r for r in data.get("results", []) if "error" not in r]
     if results:
         cmd_names = list(results[0]["commands"])
@@ -259,7 +268,7 @@ def report(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                      + " | -C s | -R s (complete) |")
         lines.append("|---" * (7 + len(cmd_names)) + "|")
         for r in results:
-            cells = [str(r["services"]), "iptables" if r["iptables"] else "none", f"{r['start_s']:.2f}",
+            cells = [str(r["services"]), rules_label(r), f"{r['start_s']:.2f}",
                      str(r["resolve_all_s"]), f"{r['idle_cpu_pct']:.2f}"]
             cells += [f"{r['commands'][c]['median_s']:.3f}" for c in cmd_names]
             clear = r.get("clear", {"rc": 0})
@@ -270,20 +279,20 @@ def report(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             lines.append("| " + " | ".join(cells) + " |")
     for r in data.get("results", []):
         if "error" in r:
-            lines.append(f"\n{r['services']} services ({'iptables' if r['iptables'] else 'no iptables'}): failed: {r['error']}")
+            lines.append(f"\n{r['services']} services (steering: {rules_label(r)}): failed: {r['error']}")
     if results and results[0].get("server"):
         ops = list(results[0]["server"])
         lines += ["", "lbd's side of the same commands (a control request from the bench process, median, ms):", "",
                   "| services | rules | " + " | ".join(ops) + " |", "|---" * (2 + len(ops)) + "|"]
         for r in results:
-            lines.append(f"| {r['services']} | {'iptables' if r['iptables'] else 'none'} | "
+            lines.append(f"| {r['services']} | {rules_label(r)} | "
                          + " | ".join(f"{r['server'][o]['median_s'] * 1000:.1f}" for o in ops) + " |")
     lines.append("")
     targets: list[list[str]] = []
     for r in results:
         if r["services"] != TARGET_SIZE:
             continue
-        where = "with iptables rules" if r["iptables"] else "control plane alone (--no-iptables)"
+        where = f"with {rules_label(r)} steering" if r["iptables"] else "control plane alone (--no-iptables)"
         singles = ("-A", "-a", "-e", "-E", "-d", "-D", "-L -t")
         worst = max(singles, key=lambda c: r["commands"][c]["median_s"])
         w = r["commands"][worst]["median_s"]

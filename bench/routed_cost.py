@@ -32,11 +32,13 @@ Cases, alternated within each repetition (the order rotates, so drift is shared)
   them for the configuration below, without an lbd process: the per-packet cost of the steering.
 - `rules@REV` (`--routed-rules-from REV`): the same with lb/iptables.py of git revision REV (e.g. the
   layout before a change), the sets unchanged: before/after in one run.
-- `lbd`: a running C lbd (pinned to the DUT CPU) with the configuration: adds its control plane.
-- `lbd-nft`: lbd with `--steering nftables` (its table's base chain at prerouting: every routed
-  packet meets it). `lbd-nft-in`: with `--steer-hook input` as well (kernel IPVS's placement: input,
-  and forward while NAT real servers exist, so here routed packets meet the forward chain's first
-  rule); `lbd-nft-in-dr`: the same without the NAT service (no hook of lbd's on the routed path).
+- `lbd`: a running C lbd (pinned to the DUT CPU) with the configuration and `--steering iptables`
+  (the rules above): adds its control plane.
+- `lbd-nft`: lbd with `--steering nftables --steer-hook prerouting` (its table's base chain at
+  prerouting: every routed packet meets it). `lbd-nft-in`: lbd's default, `--steer-hook input`
+  (kernel IPVS's placement: input, and forward while NAT real servers exist, so here routed packets
+  meet the forward chain's first rule); `lbd-nft-in-dr`: the same without the NAT service (no hook
+  of lbd's on the routed path).
 - Probes, no lbd (nft tables of the bench's own, to split a cost): `nft-hook` (an empty base chain
   at prerouting), `nft-defrag` (the reassembly hook alone), `nft-first` / `nft-full` (the first
   rule; plus the reassembly rule), `nft-fwd` (input + forward chains as `lbd-nft-in` has them).
@@ -81,15 +83,15 @@ from lb.testbed.topology import Topology
 TITLE = "Traffic routed through the director, not for a service, at a fixed rate (namespaces)"
 NEEDS_ROOT = True
 TARGET_RATIO = 1.10
-# issue 15 item 1: lbd's rules, lbd running, and lbd running with --steering nftables, against no lbd
+# issue 15 item 1: lbd's rules, lbd running with each steering, against no lbd
 TARGET_CASES = ("rules", "lbd", "lbd-nft", "lbd-nft-in", "lbd-nft-in-dr")
 # What each target case is, in the verdict line: which steering, so a reader of the targets alone
-# sees that the iptables rows are lbd's default and the nftables rows the `--steering nftables` ones.
-CASE_LABELS = {"rules": "lbd's rules alone (iptables steering, the default)",
-               "lbd": "lbd (iptables steering, the default)",
-               "lbd-nft": "lbd --steering nftables",
-               "lbd-nft-in": "lbd --steering nftables --steer-hook input, a NAT service",
-               "lbd-nft-in-dr": "lbd --steering nftables --steer-hook input, no NAT service"}
+# sees which rows are lbd's default (its nftables table at the input hook) and which the options'.
+CASE_LABELS = {"rules": "lbd's rules alone (--steering iptables)",
+               "lbd": "lbd --steering iptables",
+               "lbd-nft": "lbd --steering nftables --steer-hook prerouting",
+               "lbd-nft-in": "lbd, default steering (nftables, input hook), a NAT service",
+               "lbd-nft-in-dr": "lbd, default steering (nftables, input hook), no NAT service"}
 DEFAULT_CASES = "bare,rules,lbd,lbd-nft,lbd-nft-in,lbd-nft-in-dr"
 NFT_CASES = ("lbd-nft", "lbd-nft-in", "lbd-nft-in-dr")
 USER_HZ = os.sysconf("SC_CLK_TCK")
@@ -383,7 +385,7 @@ def running_lbd(bed: pps.Bed, reqs: list[tuple[str, dict[str, Any]]], dut_cpu: i
     lbd steers with --steering nftables (case lbd-nft), at `hook` (--steer-hook: lbd-nft-in)."""
     nft = nft_dir is not None
     lbd = Lbd(bed.director, "c", cpu=dut_cpu, conn_max=pps.CONN_MAX_C, nice=bed.nice,
-              extra=["--steering", "nftables", "--steer-hook", hook] if nft else (),
+              extra=["--steering", "nftables", "--steer-hook", hook] if nft else ["--steering", "iptables"],
               env={"PATH": f"{nft_dir}:{os.environ.get('PATH', '')}"} if nft_dir else None)
     try:
         lbd.start()
@@ -643,10 +645,11 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     "quick 2)")
     ap.add_argument("--routed-services", type=int, default=1, help="routed: DR services configured (default 1)")
     ap.add_argument("--routed-cases", default=DEFAULT_CASES,
-                    help="routed: comma-separated, of bare, rules, lbd; the steps raw-empty, raw-comment, raw-go, raw-first; "
-                         "nft-first, nft-full, nft-hook, nft-defrag, nft-fwd (probes; need nft); lbd-nft (lbd "
-                         "--steering nftables: nft on PATH or in --routed-nft-dir), lbd-nft-in (the same with "
-                         "--steer-hook input), lbd-nft-in-dr (that without the NAT service); rules-legacy "
+                    help="routed: comma-separated, of bare, rules, lbd (lbd --steering iptables); the steps raw-empty, "
+                         "raw-comment, raw-go, raw-first; nft-first, nft-full, nft-hook, nft-defrag, nft-fwd (probes; "
+                         "need nft); lbd-nft (lbd --steering nftables --steer-hook prerouting: nft on PATH or in "
+                         "--routed-nft-dir), lbd-nft-in (lbd's default steering, its table at the input hook), "
+                         "lbd-nft-in-dr (that without the NAT service); rules-legacy "
                          f"(iptables-legacy) (default {DEFAULT_CASES}; the nft ones only where nft is found)")
     ap.add_argument("--routed-nft-dir", default="", metavar="DIR",
                     help="routed: a directory holding the `nft` lbd runs for lbd-nft (default: lbd's PATH)")

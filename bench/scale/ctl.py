@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from bench import ctl_scale
+from bench.ctl_scale import rules_label
 from bench.scale import plots
 
 TITLE = "Control plane against the number of services (bench/ctl_scale.py)"
@@ -51,7 +52,7 @@ def _plots(data: dict[str, Any]) -> list[str]:
     commands: dict[str, list[tuple[float, float]]] = {}
     bulk: dict[str, list[tuple[float, float]]] = {}
     for r in results:
-        mode = "with rules" if r["iptables"] else "no iptables"
+        mode = f"{rules_label(r)} steering" if r["iptables"] else "no steering"
         n = r["services"]
         worst = max(r["commands"][c]["median_s"] for c in SINGLES if c in r["commands"])
         commands.setdefault(f"one lbadm command (worst), {mode}", []).append((n, worst * 1e3))

@@ -59,7 +59,7 @@ def test_rules_give_a_dr_service_and_a_nat_service_that_routed_traffic_misses() 
     assert [s for s in ab_routed.SYSTEMS if ab_routed.has_nat(s)] == ["ipvs", "lbd-in", "lbd"]
     assert ab_routed.LBD_EXTRA["lbd-in"] == ab_routed.LBD_EXTRA["lbd-in-dr"] == \
         ("--steering", "nftables", "--steer-hook", "input")
-    assert ab_routed.LBD_EXTRA["lbd"] == ()  # lbd's default steering
+    assert ab_routed.LBD_EXTRA["lbd"] == ("--steering", "iptables")  # lbd-in*: lbd's default, named
 
 
 RESULTS = [_r("router", 0, 4.0, idle_ms=8.0), _r("ipvs", 0, 4.4, idle_ms=8.0), _r("lbd", 0, 5.0, idle_ms=16.0),
@@ -185,7 +185,7 @@ def test_run_starts_one_lbd_per_lbd_block_and_none_for_the_router_or_ipvs(
         ("start", "--steering", "nftables", "--steer-hook", "input"),
         ("lbd-rules", "2", "ipvsadm"), ("measure", "4242", "8000", "0.5"),
         ("lbd-rules", "1", "ipvsadm"), ("measure", "4242", "8000", "0.5"), ("stop",),
-        ("start",), ("lbd-rules", "2", "ipvsadm"), ("measure", "4242", "8000", "0.5"), ("stop",), ("tracer-off",)]
+        ("start", "--steering", "iptables"), ("lbd-rules", "2", "ipvsadm"), ("measure", "4242", "8000", "0.5"), ("stop",), ("tracer-off",)]
     assert ("exec", "nft", "delete", "table", "ip", "lbd-q0") in events  # after the nftables lbd
     assert bed.lbd_pid is None
 

@@ -127,13 +127,13 @@ def test_profiled_systems_reach_the_guest_as_one_option() -> None:
 
 
 def test_afxdp_steering_reaches_the_guest_and_the_afxdp_lbds_and_the_report_says_so() -> None:
-    assert "--afxdp-steering" not in ab.guest_extra(_ab_args(["--afxdp-fast"]))
-    extra = ab.guest_extra(_ab_args(["--afxdp-fast", "--afxdp-steering", "nftables"]))
-    assert extra[extra.index("--afxdp-steering") + 1] == "nftables"
-    args = argparse.Namespace(afxdp=False, afxdp_fast=True, guest_wire="virtio", afxdp_steering="nftables")
+    assert "--afxdp-steering" not in ab.guest_extra(_ab_args(["--afxdp-fast"]))  # lbd's default: nftables
+    extra = ab.guest_extra(_ab_args(["--afxdp-fast", "--afxdp-steering", "iptables"]))
+    assert extra[extra.index("--afxdp-steering") + 1] == "iptables"
+    args = argparse.Namespace(afxdp=False, afxdp_fast=True, guest_wire="virtio", afxdp_steering="iptables")
     fast = dict(ab_guest.afxdp_systems(args, _Bed()))["lbd-afxdp-fast"]  # type: ignore[arg-type]
-    assert fast[fast.index("--steering") + 1] == "nftables" and fast[-1] == "--xdp-fastpath"
+    assert fast[fast.index("--steering") + 1] == "iptables" and fast[-1] == "--xdp-fastpath"
     r = {"rep": 0, "system": "lbd-afxdp-fast", "mode": "route", "traffic": "est", "zero_loss_pps": 1000.0,
          "generator_limited": True, "dut_us_per_pkt": 2.0}
     text = "\n".join(xr.guest_section({"config": {"guest_args": extra}, "guest": {"pps": {"results": [r]}}}))
-    assert "The AF_XDP lbd ran with --steering nftables" in text
+    assert "The AF_XDP lbd ran with --steering iptables" in text

@@ -127,7 +127,7 @@ def test_report_judges_only_lbds_rules_and_lbd_and_shows_the_steps_as_ratios() -
     targets: list[list[str]] = []
     lines = rc.report(data, targets)
     assert [(t[1], t[2]) for t in targets] == [("1.38x", "MISSED"), ("1.07x", "met")]
-    assert targets[0][0].startswith("routed traffic, lbd's rules alone (iptables steering, the default):")
-    assert targets[1][0].startswith("routed traffic, lbd (iptables steering, the default):")
+    assert targets[0][0].startswith("routed traffic, lbd's rules alone (--steering iptables):")
+    assert targets[1][0].startswith("routed traffic, lbd --steering iptables:")
     assert any(line.startswith("| raw-empty | 2 | 0.880 | 1.10x |") for line in lines), lines
     assert any(line.startswith("| bare | 2 | 0.800 |  |") and line.endswith("| 1.00 / 0.50 |") for line in lines)
