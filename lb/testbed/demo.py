@@ -267,9 +267,12 @@ class Demo:
             yield proc, sock, log_path
         finally:
             rc = topo.stop_process(proc, signal.SIGTERM)
+            # lbd's steering: its nftables table (the default), or raw rules of --steering iptables
+            tables = topo.director.exec(["nft", "list", "tables"], check=False).stdout
             rules = topo.director.exec(["iptables", "-t", "raw", "-S"], check=False).stdout
-            leftover = [r for r in rules.splitlines() if r and not r.startswith("-P ")]
-            state = "its iptables rules are gone" if not leftover else f"LEFT RULES: {leftover}"
+            leftover = [t for t in tables.splitlines() if t.startswith("table ip lbd-q")]
+            leftover += [r for r in rules.splitlines() if r and not r.startswith("-P ")]
+            state = "its steering (nftables table ip lbd-q0) is gone" if not leftover else f"LEFT BEHIND: {leftover}"
             shutil.rmtree(rundir, ignore_errors=True)  # its socket and state file: the namespace goes too
             self.say(f"lbd stopped with SIGTERM (exit {rc}); {state}; {rundir} removed.")
 
