@@ -17,6 +17,7 @@ full queue takes the rest of the core (receive livelock: about half the zero-los
 from __future__ import annotations
 
 import argparse
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--overload-trials", type=int, default=None, help="trials at 2x per queue length (default 3; "
                     "quick 2)")
     ap.add_argument("--overload-window", type=float, default=None, help="seconds per trial (default 1.0; quick 0.6)")
+    ap.add_argument("--overload-lbd-args", default="", metavar="ARGS",
+                    help="more lbd options for every trial, one string (e.g. '--steering iptables': the other "
+                    "steering in an A/B of the same section; default none: lbd's defaults)")
 
 
 def finish_args(args: argparse.Namespace) -> None:
@@ -59,7 +63,7 @@ def _lbd_drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
 
 
 def run_maxlen(bed: pps.Bed, tmp: Path, maxlen: int, args: argparse.Namespace, dut_cpu: int | None) -> dict[str, Any]:
-    bed.lbd_args = ("--queue-maxlen", str(maxlen))
+    bed.lbd_args = ("--queue-maxlen", str(maxlen), *shlex.split(getattr(args, "overload_lbd_args", "") or ""))
     with pps.system(bed, "c", "dr", dut_cpu) as lbd:
         assert lbd is not None
         why = pps.establish(bed, lbd, tmp)
@@ -95,12 +99,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bed.nice = args.nice
         for maxlen in (int(s) for s in args.overload_maxlens.split(",")):
             points.append(run_maxlen(bed, Path(tmpd), maxlen, args, dut_cpu))
-    return {"points": points, "window_s": args.overload_window, "gen_cpu": gen_cpu, "dut_cpu": dut_cpu}
+    return {"points": points, "window_s": args.overload_window, "gen_cpu": gen_cpu, "dut_cpu": dut_cpu,
+            "lbd_args": getattr(args, "overload_lbd_args", "") or ""}
 
 
 def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
     lines = [f"### {TITLE}", "",
-             f"lbd (C, DR, 1024 established flows): the zero-loss search of bench/pps.py, then trials offered twice "
+             f"lbd (C, DR, 1024 established flows{', ' + data['lbd_args'] if data.get('lbd_args') else ''}): the "
+             "zero-loss search of bench/pps.py, then trials offered twice "
              f"that ({data['window_s']} s each, paced). Delivered = received by rs1 per second. Drops per place: "
              "the kernel's queue (`queue_full`: --queue-maxlen reached; `socket_full`), lbd's refusals, and the "
              "rest (receive backlog, veth).", "",
