@@ -39,6 +39,8 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--overload-trials", type=int, default=None, help="trials at 2x per queue length (default 3; "
                     "quick 2)")
     ap.add_argument("--overload-window", type=float, default=None, help="seconds per trial (default 1.0; quick 0.6)")
+    ap.add_argument("--overload-searches", type=int, default=None, help="zero-loss searches before the trials, "
+                    "the median kept (default 3; quick 1)")
     ap.add_argument("--overload-lbd-args", default="", metavar="ARGS",
                     help="more lbd options for every trial, one string (e.g. '--steering iptables': the other "
                     "steering in an A/B of the same section; default none: lbd's defaults)")
@@ -51,6 +53,8 @@ def finish_args(args: argparse.Namespace) -> None:
         args.overload_trials = 2 if args.quick else 3
     if args.overload_window is None:
         args.overload_window = 0.6 if args.quick else 1.0
+    if getattr(args, "overload_searches", None) is None:
+        args.overload_searches = 1 if args.quick else 3
 
 
 def _lbd_drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
@@ -70,7 +74,11 @@ def run_maxlen(bed: pps.Bed, tmp: Path, maxlen: int, args: argparse.Namespace, d
         if why:
             raise LbdError(why)
         tr = pps.make_traffic(bed, tmp, "est", bed.vip)
-        res = pps.search(bed, tr, args.overload_window, args.overload_steps)
+        # The zero-loss rate of one configuration spreads widely here (bimodal: ~54k or ~95k pps,
+        # bench/results/2026-12-06-overload-ab-steering.md): the median of several searches.
+        found = [pps.search(bed, tr, args.overload_window, args.overload_steps)
+                 for _ in range(max(1, getattr(args, "overload_searches", 1)))]
+        res = sorted(found, key=lambda r: r["zero_loss_pps"] or 0)[len(found) // 2]
         zl = res["zero_loss_pps"]
         over = []
         for _ in range(args.overload_trials):
@@ -86,7 +94,8 @@ def run_maxlen(bed: pps.Bed, tmp: Path, maxlen: int, args: argparse.Namespace, d
         f"{worst['rx_pps']:.0f}..{best['rx_pps']:.0f} pps ({worst['rx_pps'] / max(zl, 1):.2f}..{best['rx_pps'] / max(zl, 1):.2f}x)")
     return {"queue_maxlen": maxlen, "zero_loss_pps": zl, "generator_limited": res["generator_limited"],
             "unpaced": {k: res["overload"].get(k) for k in ("offered_pps", "rx_pps", "nfq")},
-            "dut_us_per_pkt": res.get("dut_us_per_pkt"), "search_trials": res["trials"], "overload_trials": over}
+            "dut_us_per_pkt": res.get("dut_us_per_pkt"), "search_trials": res["trials"], "overload_trials": over,
+            "searches": [round(r["zero_loss_pps"] or 0) for r in found]}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,7 +115,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
     lines = [f"### {TITLE}", "",
              f"lbd (C, DR, 1024 established flows{', ' + data['lbd_args'] if data.get('lbd_args') else ''}): the "
-             "zero-loss search of bench/pps.py, then trials offered twice "
+             "zero-loss search of bench/pps.py (the median of the searches listed below the table), then trials "
+             "offered twice "
              f"that ({data['window_s']} s each, paced). Delivered = received by rs1 per second. Drops per place: "
              "the kernel's queue (`queue_full`: --queue-maxlen reached; `socket_full`), lbd's refusals, and the "
              "rest (receive backlog, veth).", "",
@@ -126,6 +136,10 @@ def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
             lines.append(f"| {p['queue_maxlen']:,} | {p['zero_loss_pps']:,.0f} | {u['offered_pps']:,.0f} "
                          f"({u['offered_pps'] / zl:.2f}x, unpaced: the generator's maximum) | {u['rx_pps']:,.0f} | "
                          f"{u['rx_pps'] / zl:.2f}x | {q:,} | - | - | - |")
+    for p in data["points"]:
+        if len(p.get("searches") or []) > 1:
+            lines.append(f"\nZero-loss searches, --queue-maxlen {p['queue_maxlen']:,}: "
+                         f"{', '.join(f'{x:,}' for x in p['searches'])} pps (the median is the rate above).")
     lines.append("")
     judged = data["points"][0]
     if judged["zero_loss_pps"] and not judged["generator_limited"]:

@@ -27,6 +27,7 @@ def test_quick_defaults_and_sections() -> None:
     full = _args("--sections", "table,flood")
     assert full.section_list == ["table", "flood"]
     assert full.table_sizes.endswith("4000000") and full.overload_maxlens == "1024,16384"
+    assert (quick.overload_searches, full.overload_searches) == (1, 3)
 
 
 def test_unknown_section_is_refused_with_the_known_ones() -> None:
@@ -54,7 +55,7 @@ def _scale_json() -> dict[str, Any]:
     over = {"queue_maxlen": 1024, "zero_loss_pps": 100_000.0, "generator_limited": False,
             "search_trials": [_trial(100_000, 100_000)],
             "overload_trials": [_trial(200_000, 104_000, 90_000), _trial(199_000, 97_000, 95_000),
-                                _trial(201_000, 101_000, 92_000)]}
+                                _trial(201_000, 101_000, 92_000)], "searches": [54_000, 100_000, 103_000]}
     return {"part": "scale", "config": {"command": "python -m bench scale"}, "sections": {
         "table": {"active": 1024, "passes": 1000, "points": table, "command": "harness table"},
         "fnat": {"syns": 1000, "accepted_instr": 1200.0, "refused_instr": 700.0, "ratio": 700 / 1200,
@@ -83,6 +84,7 @@ def test_report_tables_and_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert any("9/10" in line and "MISSED" in line for line in lines)
     assert any("overload" in line and "1.01x (median of 3: 0.97, 1.01, 1.04" in line and "| met" in line
                for line in lines), text
+    assert "Zero-loss searches, --queue-maxlen 1,024: 54,000, 100,000, 103,000 pps" in text  # the median judged
     assert "`timed out`" in text  # failed requests are shown
 
 
