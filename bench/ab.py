@@ -192,7 +192,6 @@ def guest_extra(args: argparse.Namespace) -> list[str]:
         extra += ["--guest-wire", args.guest_wire]
     if getattr(args, "afxdp_steering", DEFAULT_STEERING) != DEFAULT_STEERING:
         extra += ["--afxdp-steering", args.afxdp_steering]
-
     for opt in ("parts", "repeats", "modes", "traffic", "steps", "profile", "routed_systems"):
         if getattr(args, opt, None):
             extra += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]

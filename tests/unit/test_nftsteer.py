@@ -419,12 +419,11 @@ def test_the_option_chooses_the_manager() -> None:
     assert isinstance(daemon.make_rules(args, cleanup=True), ns.NftManager)
 
 
-@pytest.mark.parametrize("argv", [["--steering", "iptables", "--steer-hook", "input"]])
-def test_a_hook_iptables_steering_cannot_have_is_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_hook_iptables_steering_cannot_have_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     from lb import daemon
 
     with pytest.raises(SystemExit) as exc:
-        daemon.parse_args(argv)
+        daemon.parse_args(["--steering", "iptables", "--steer-hook", "input"])
     assert exc.value.code == 2
     assert "--steer-hook input needs --steering nftables" in capsys.readouterr().err
     assert daemon.parse_args(["--steering", "iptables", "--steer-hook", "prerouting"]).steer_hook == "prerouting"
