@@ -55,8 +55,9 @@ iptables' mangle PREROUTING. Nothing of lbd is in iptables' raw table in this mo
 traffic meets one hook of lbd (this table's `pre`) and, only while fwmark services exist, the
 mangle jump.
 
-Costs: a configuration change is one `nft -f` of the element delta (lb.steeringcache), like
-`ipset restore`; the table is read (`nft -a list table`, elements included) only when the
+Costs: a configuration change is one netlink batch of the element delta (lb.steeringcache,
+lb.nftelements: no process, well under a millisecond), or one `nft -f` where chains change with it
+(the NAT chains coming or going) or the delta is large; the table is read (`nft -a list table`, elements included) only when the
 nftables generation (lb.steerwatch.nft_generation: every committed change in the netns, set
 elements included) moved since lbd's own last write, or where no generation can be read.
 
@@ -73,10 +74,10 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from lb import ipsets as ips
-from lb import nftqueue
+from lb import nftelements, nftqueue
 from lb.iptables import (
     COMMAND_TIMEOUT_S,
     IptablesError,
@@ -123,6 +124,9 @@ from lb.nftlayout import (  # noqa: F401 (re-exported: lb.nftsteer is the steeri
 )
 
 log = logging.getLogger(__name__)
+# A delta of up to this many elements goes over netlink (lb.nftelements: ~40 bytes each, one
+# datagram well inside the socket's default send buffer); larger ones (a big reload) by `nft -f`.
+NETLINK_ELEMENTS_MAX = 2000
 
 
 class NftError(IptablesError):
@@ -133,7 +137,9 @@ class NftManager:
     """lb.iptables.RuleManager's public interface over one native nftables table (module doc).
 
     `nft`: the nft command (found on PATH); `runner`/`netns` as for RuleManager (the netlink rule
-    enters the netns itself); `queue_writer` replaces lb.nftqueue.add_queue_rule (unit tests)."""
+    enters the netns itself); `queue_writer` replaces lb.nftqueue.add_queue_rule and `element_writer`
+    lb.nftelements.write (unit tests; with a `runner` and no `element_writer`, deltas go through
+    `nft -f` like everything else)."""
 
     sets_in_generation = True  # lb.steerwatch: the nftables generation covers the sets too
     steering_kind = "nftables"  # lbd --steering (reported by ping: lbadm doctor)
@@ -141,7 +147,8 @@ class NftManager:
     def __init__(self, queue_num: int, queue_balance: tuple[int, int] | None = None, nft: str = "nft", *,
                  track: bool = False, bypass: bool = True, cpu_fanout: bool = False, netns: str | None = None,
                  runner: Runner | None = None, iptables: str = "iptables",
-                 queue_writer: Callable[..., None] | None = None, hook: str = "prerouting") -> None:
+                 queue_writer: Callable[..., None] | None = None, hook: str = "prerouting",
+                 element_writer: Callable[..., None] | None = None) -> None:
         self.queue_num = _check_queue(queue_num)
         if hook not in STEER_HOOKS:
             raise ValueError(f"steering hook {hook!r}: one of {', '.join(STEER_HOOKS)}")
@@ -156,6 +163,7 @@ class NftManager:
         self.netns = netns
         self._runner: Runner = runner or _run
         self._queue_writer = queue_writer or nftqueue.add_queue_rule
+        self._element_writer = element_writer or (nftelements.write if runner is None else None)
         self.native_queue: bool | None = None  # decided at the first queue rule written
         # fwmark services (iptables mangle) and an iptables-steered predecessor's leftovers
         self.ipt = RuleManager(queue_num, queue_balance, iptables, track=track, bypass=bypass,
@@ -272,6 +280,23 @@ class NftManager:
         lines += [f"delete element {self._t(k.suffix)} {{ {', '.join(to_nft(e) for e in sorted(dels[k]))} }}"
                   for k in reversed(ips.KINDS) if dels.get(k)]
         return lines
+
+    def _write_elements(self, adds: dict[ips.SetKind, set[str]], dels: dict[ips.SetKind, set[str]]) -> None:
+        """The delta in one netlink batch (lb.nftelements), in _element_lines' order."""
+        def changes(delta: dict[ips.SetKind, set[str]], kinds: Iterable[ips.SetKind]) -> list[nftelements.SetChange]:
+            return [(k.suffix, k.type, delta[k]) for k in kinds if delta.get(k)]
+
+        add, drop = changes(adds, ips.KINDS), changes(dels, reversed(ips.KINDS))
+        if not add and not drop:
+            return
+        log.debug("nft %s: netlink elements: +%s -%s", self.table, {n: len(e) for n, _, e in add},
+                  {n: len(e) for n, _, e in drop})
+        assert self._element_writer is not None
+        try:
+            self._element_writer(self.table, add, drop, netns=self.netns)
+        except (OSError, ValueError) as exc:
+            raise NftError(["netlink", "NEWSETELEM/DELSETELEM", FAMILY, self.table],
+                           getattr(exc, "errno", None) or 1, str(exc)) from exc
 
     def _add_queue(self) -> None:
         """Insert the queue rule before `go`'s defrag rule (the input layout: append it to `go`):
@@ -477,8 +502,9 @@ class NftManager:
 
     def apply(self, delta: ips.SetDelta | None, elements: Callable[[], dict[ips.SetKind, set[str]]],
               fwmarks: set[int]) -> Plan:
-        """One configuration change: only the delta's elements, in one `nft -f`, when nothing but lbd
-        committed since its last write (the nftables generation says so); else a full sync."""
+        """One configuration change: only the delta's elements, in one netlink batch (or one `nft -f`
+        with chains or beyond NETLINK_ELEMENTS_MAX), when nothing but lbd committed since its last
+        write (the nftables generation says so); else a full sync."""
         gen = self._generation_now()
         plan = Plan()
         if delta is None or self.installed is None or gen is None or gen != self._intact_gen:
@@ -487,7 +513,7 @@ class NftManager:
             installed = self.installed
             adds = {k: delta.added.get(k, set()) - installed[k] for k in ips.KINDS}
             dels = {k: delta.removed.get(k, set()) & installed[k] for k in ips.KINDS}
-            lines = self._element_lines(adds, dels)
+            lines: list[str] = []
             nat_before, nat_after = bool(installed[ips.NATRIP]), bool((installed[ips.NATRIP] | adds[ips.NATRIP]) - dels[ips.NATRIP])
             if self.hook == "input" and nat_before != nat_after:  # the forward and defrag chains come or go
                 if nat_after:
@@ -495,8 +521,13 @@ class NftManager:
                 for name in NAT_CHAINS:
                     lines += self._chain_lines(name) if nat_after else self._drop_chain_lines(name)
                     plan.rewritten.append(name)
+            count = sum(map(len, adds.values())) + sum(map(len, dels.values()))
             try:
-                self._script(lines)
+                if not lines and self._element_writer is not None and count <= NETLINK_ELEMENTS_MAX:
+                    self._write_elements(adds, dels)
+                else:
+                    lines += self._element_lines(adds, dels)
+                    self._script(lines)
             except IptablesError:
                 self.installed = None
                 raise
@@ -504,7 +535,7 @@ class NftManager:
                 installed[k] |= adds[k]
                 installed[k] -= dels[k]
             plan.added, plan.deleted = sum(map(len, adds.values())), sum(map(len, dels.values()))
-            self._note_write(gen, 1 if lines else 0)
+            self._note_write(gen, 1 if lines or count else 0)
         plan.marks_changed = self._sync_marks(fwmarks)
         log.log(logging.INFO if plan.rewritten else logging.DEBUG, "nft %s: %s", self.table, plan)
         return plan

@@ -327,3 +327,35 @@ def test_a_flushed_chain_and_set_are_put_back(nlbd: Lbd, ntopo: Topology) -> Non
     got = served(ntopo, 3)
     assert all(not g.startswith("error") for g in got), got
     assert "steering had been removed" in nlbd.log_tail(20000)
+
+
+def test_set_elements_written_over_netlink_are_what_nft_lists(ntopo: Topology) -> None:
+    """lb.nftelements' keys, in each of lbd's set types, read back by nft in lbd's own words; a batch
+    the kernel refuses in part applies nothing (one transaction, as `nft -f`)."""
+    from lb import ipsets as ips
+    from lb import nfnlbatch, nftelements
+    from lb.nftlayout import from_nft, set_decl
+
+    name = "lbdtest-el"
+    decls = "\n".join(f"add {set_decl(k).replace('set ', f'set ip {name} ', 1)}" for k in ips.KINDS)
+    ntopo.director.exec([NFT, "-f", "-"], input=f"add table ip {name}\n{decls}\n")
+    try:
+        sample = {"hash:ip": {"10.0.0.1", "192.168.255.254"},
+                  "hash:ip,port": {"10.0.0.1,tcp:80", "10.0.0.2,udp:53", "10.0.0.3,tcp:65535"},
+                  "hash:ip,port,ip": {"10.0.0.2,tcp:8080,10.9.0.1"}}
+        kinds = [ips.ADDR, ips.SVC, ips.FNAT]
+        nftelements.write(name, [(k.suffix, k.type, sample[k.type]) for k in kinds], [], netns=ntopo.director.netns)
+        for k in kinds:
+            listed = json.loads(nft(ntopo, "-j", "list", "set", "ip", name, k.suffix))
+            elems = next(x["set"] for x in listed["nftables"] if "set" in x).get("elem", [])
+            texts = {from_nft(" . ".join(str(p) for p in e["concat"]) if isinstance(e, dict) else str(e)) for e in elems}
+            assert texts == sample[k.type], k.suffix
+        with pytest.raises(nfnlbatch.NetlinkError) as err:  # one add, one delete of what is not there
+            nftelements.write(name, [(ips.ADDR.suffix, "hash:ip", {"10.0.0.9"})],
+                              [(ips.SVC.suffix, "hash:ip,port", {"10.0.0.9,tcp:80"})], netns=ntopo.director.netns)
+        assert err.value.errno == 2
+        assert "10.0.0.9" not in nft(ntopo, "list", "set", "ip", name, ips.ADDR.suffix)  # nothing applied
+        nftelements.write(name, [], [(ips.SVC.suffix, "hash:ip,port", {"10.0.0.1,tcp:80"})], netns=ntopo.director.netns)
+        assert "tcp . 80" not in nft(ntopo, "list", "set", "ip", name, ips.SVC.suffix)
+    finally:
+        ntopo.director.exec([NFT, "delete", "table", "ip", name], check=False)
