@@ -3,6 +3,7 @@ case steps and the verdicts (the measurement itself needs root and namespaces)."
 
 from __future__ import annotations
 
+import statistics
 from types import SimpleNamespace
 
 import pytest
@@ -80,6 +81,25 @@ def test_summary_keeps_median_and_smallest_and_flags_lost_trials_and_verdicts_ag
     assert "bare" not in v
 
 
+def test_paired_ratios_pair_cases_within_a_repetition_and_both_ratios_must_meet_the_target() -> None:
+    def t(case: str, rep: int, us: float, delivered: bool = True) -> dict[str, object]:
+        return {"case": case, "rep": rep, "delivered": delivered, "dut_net_rx_us": us}
+
+    # two modes: the medians of bare and nft land on different ones, the pairs do not
+    trials = [t("bare", 0, 1.2), t("nft", 0, 1.38), t("bare", 1, 1.4), t("nft", 1, 1.61),
+              t("bare", 2, 1.4), t("nft", 2, 1.6), t("bare", 3, 1.2), t("nft", 3, 1.0, delivered=False)]
+    paired = rc.paired_ratios(trials)
+    assert paired == {"nft": pytest.approx(statistics.median([1.38 / 1.2, 1.61 / 1.4, 1.6 / 1.4]))}
+    s = rc.summarize(trials, "dut_net_rx_us")
+    (v,) = rc.verdicts(s, paired={"nft": 1.15})
+    assert v["ratio"] == pytest.approx(1.6 / 1.3) and v["paired"] == 1.15 and not v["pass"]
+    s["nft"]["median"] = 1.3 * 1.05
+    (v,) = rc.verdicts(s, paired={"nft": 1.15})
+    assert not v["pass"]  # the median ratio alone would meet it: the paired one does not
+    (v,) = rc.verdicts(s, paired={"nft": 1.08})
+    assert v["pass"]
+
+
 def test_rotate_changes_the_order_every_repetition() -> None:
     cases = ["bare", "rules", "lbd"]
     assert [rc.rotate(cases, r) for r in range(4)] == [
@@ -129,5 +149,5 @@ def test_report_judges_only_lbds_rules_and_lbd_and_shows_the_steps_as_ratios() -
     assert [(t[1], t[2]) for t in targets] == [("1.38x", "MISSED"), ("1.07x", "met")]
     assert targets[0][0].startswith("routed traffic, lbd's rules alone (--steering iptables):")
     assert targets[1][0].startswith("routed traffic, lbd --steering iptables:")
-    assert any(line.startswith("| raw-empty | 2 | 0.880 | 1.10x |") for line in lines), lines
+    assert any(line.startswith("| raw-empty | 2 | 0.880 | 1.10x |  |") for line in lines), lines
     assert any(line.startswith("| bare | 2 | 0.800 |  |") and line.endswith("| 1.00 / 0.50 |") for line in lines)
