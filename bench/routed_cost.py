@@ -42,7 +42,8 @@ Cases, alternated within each repetition (the order rotates, so drift is shared)
 - Probes, no lbd (nft tables of the bench's own, to split a cost): `nft-hook` (an empty base chain
   at prerouting), `nft-defrag` (the reassembly hook alone), `nft-first` / `nft-full` (the first
   rule; plus the reassembly rule), `nft-fwd` (input + forward chains as `lbd-nft-in` has them),
-  `nft-fwd-empty` (an empty forward base chain).
+  `nft-fwd-empty` (an empty forward base chain), `nft-fwd-accept|cmp|mark|fast` (one rule in it);
+  `fib-rule` (one policy-routing rule: fib_rule()).
 
 Configuration (`--routed-services N`): the measured DR service VIP:80 -> rs1, N-1 filler services
 (bench/steer_scale.filler), and one NAT service 10.250.255.1:8080 -> rs1:8080, so that every
@@ -219,6 +220,21 @@ def rotate(cases: list[str], rep: int) -> list[str]:
     """The cases in the order of repetition `rep`: rotated by one each time."""
     k = rep % len(cases) if cases else 0
     return cases[k:] + cases[:k]
+
+
+# Cases whose set-up the kernel never undoes in that namespace: a policy-routing rule, even deleted,
+# leaves fib_has_custom_rules set and the local and main tables split (net/ipv4/fib_rules.c
+# fib4_rule_delete), so every later route lookup walks the rules. They run after every
+# repetition of the other cases, never between them.
+STICKY_CASES = ("fib-rule",)
+
+
+def schedule(cases: list[str], repeats: int) -> list[tuple[int, str]]:
+    """(repetition, case) in the order measured: the other cases alternated (rotate), then the sticky ones."""
+    plain = [c for c in cases if c not in STICKY_CASES]
+    sticky = [c for c in cases if c in STICKY_CASES]
+    return ([(rep, c) for rep in range(repeats) for c in rotate(plain, rep)]
+            + [(rep, c) for c in sticky for rep in range(repeats)])
 
 
 # --------------------------------------------------------------------------- configuration
@@ -407,6 +423,25 @@ NFT_FWD_PROBES = {
 
 NFT_PROBES = {**NFT_FWD_PROBES, "nft-first": nft_first_script, "nft-full": nft_full_script, "nft-hook": nft_hook_script,
               "nft-defrag": nft_defrag_script, "nft-fwd": nft_fwd_script, "nft-fwd-empty": nft_fwd_empty_script}
+
+
+FIB_MARK, FIB_TABLE = "0x4c42fffe", "4242"
+
+
+@contextlib.contextmanager
+def fib_rule(bed: pps.Bed) -> Iterator[None]:
+    """`fib-rule`: one policy-routing rule (fwmark -> a table whose default is local), as a
+    forward-hook-free NAT-reply path would need (replies marked on the real servers' side only,
+    then delivered to the input hook): what the rule costs every routed packet's route lookup
+    (with any rule of its own the kernel walks the rules instead of its fast path)."""
+    d = bed.director
+    try:
+        d.ip("route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", FIB_TABLE)
+        d.ip("rule", "add", "fwmark", FIB_MARK, "lookup", FIB_TABLE, "priority", "100")
+        yield
+    finally:
+        d.exec(["ip", "rule", "del", "fwmark", FIB_MARK, "lookup", FIB_TABLE, "priority", "100"], check=False)
+        d.exec(["ip", "route", "flush", "table", FIB_TABLE], check=False)
 
 
 @contextlib.contextmanager
@@ -612,29 +647,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         steering = steering_of(reqs)
         if pps.functional_check(bed, tr):
             raise LbdError("routed traffic does not reach rs1 on the bare director")
-        for rep in range(args.routed_repeats):
-            for case in rotate(cases, rep):
-                ctx: Any = (contextlib.nullcontext() if case == "bare" else
-                            running_lbd(bed, reqs, dut_cpu) if case == "lbd" else
-                            running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir) if case == "lbd-nft" else
-                            running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir, "input") if case == "lbd-nft-in" else
-                            running_lbd(bed, dr_reqs, dut_cpu, args.routed_nft_dir, "input")
-                            if case == "lbd-nft-in-dr" else
-                            partial_rules(bed, case) if case in PARTIAL else
-                            first_rule_only(bed, steering) if case == "raw-first" else
-                            nft_first(bed, steering, shlex.split(args.routed_nft), case)
-                            if case in NFT_PROBES else
-                            rules_only(bed, modules[case], steering, "iptables-legacy")
-                            if case == "rules-legacy" else
-                            rules_only(bed, modules[case], steering))
-                with ctx:
-                    raw = bed.director.exec(["iptables", "-t", "raw", "-S"]).stdout
-                    time.sleep(0.5)  # lbd's start-up work done before the window
-                    t = fixed_trial(bed, tr, args.routed_rate, args.routed_seconds, gen_cpu, dut_cpu, tracer)
-                t.update(case=case, rep=rep, raw_rules=sum(1 for line in raw.splitlines() if line.startswith("-A ")))
-                out["trials"].append(t)
-                log(f"routed {case} #{rep}: {t['rx']} delivered, DUT NET_RX {_f(t['dut_net_rx_us'])} us/pkt, "
-                    f"busy {_f(t['dut_us'])} (kernel {_f(t['dut_kernel_us'])}); NET_RX s per CPU {t['net_rx_s']}")
+        for rep, case in schedule(cases, args.routed_repeats):
+            ctx: Any = (contextlib.nullcontext() if case == "bare" else
+                        running_lbd(bed, reqs, dut_cpu) if case == "lbd" else
+                        running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir) if case == "lbd-nft" else
+                        running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir, "input") if case == "lbd-nft-in" else
+                        running_lbd(bed, dr_reqs, dut_cpu, args.routed_nft_dir, "input")
+                        if case == "lbd-nft-in-dr" else
+                        partial_rules(bed, case) if case in PARTIAL else
+                        first_rule_only(bed, steering) if case == "raw-first" else
+                        fib_rule(bed) if case == "fib-rule" else
+                        nft_first(bed, steering, shlex.split(args.routed_nft), case)
+                        if case in NFT_PROBES else
+                        rules_only(bed, modules[case], steering, "iptables-legacy")
+                        if case == "rules-legacy" else
+                        rules_only(bed, modules[case], steering))
+            with ctx:
+                raw = bed.director.exec(["iptables", "-t", "raw", "-S"]).stdout
+                time.sleep(0.5)  # lbd's start-up work done before the window
+                t = fixed_trial(bed, tr, args.routed_rate, args.routed_seconds, gen_cpu, dut_cpu, tracer)
+            t.update(case=case, rep=rep, raw_rules=sum(1 for line in raw.splitlines() if line.startswith("-A ")))
+            out["trials"].append(t)
+            log(f"routed {case} #{rep}: {t['rx']} delivered, DUT NET_RX {_f(t['dut_net_rx_us'])} us/pkt, "
+                f"busy {_f(t['dut_us'])} (kernel {_f(t['dut_kernel_us'])}); NET_RX s per CPU {t['net_rx_s']}")
     out["config"]["load_after"] = os.getloadavg()
     out["summary"] = summarize(out["trials"], "dut_net_rx_us")
     out["summary_busy"] = summarize(out["trials"], "dut_kernel_us")
@@ -694,9 +729,11 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--routed-services", type=int, default=1, help="routed: DR services configured (default 1)")
     ap.add_argument("--routed-cases", default=DEFAULT_CASES,
                     help="routed: comma-separated, of bare, rules, lbd (lbd --steering iptables); the steps raw-empty, "
-                         "raw-comment, raw-go, raw-first; nft-first, nft-full, nft-hook, nft-defrag, nft-fwd, nft-fwd-empty (probes; "
-                         "need nft); lbd-nft (lbd --steering nftables --steer-hook prerouting: nft on PATH or in "
-                         "--routed-nft-dir), lbd-nft-in (lbd's default steering, its table at the input hook), "
+                         "raw-comment, raw-go, raw-first; nft-first, nft-full, nft-hook, nft-defrag, nft-fwd, "
+                         "nft-fwd-empty, nft-fwd-accept, nft-fwd-cmp, nft-fwd-mark, nft-fwd-fast (probes; need nft); "
+                         "fib-rule (probe: one policy-routing rule); lbd-nft (lbd --steering nftables "
+                         "--steer-hook prerouting: nft on PATH or in --routed-nft-dir), "
+                         "lbd-nft-in (lbd's default steering, its table at the input hook), "
                          "lbd-nft-in-dr (that without the NAT service); rules-legacy "
                          f"(iptables-legacy) (default {DEFAULT_CASES}; the nft ones only where nft is found)")
     ap.add_argument("--routed-nft-dir", default="", metavar="DIR",

@@ -151,3 +151,9 @@ def test_report_judges_only_lbds_rules_and_lbd_and_shows_the_steps_as_ratios() -
     assert targets[1][0].startswith("routed traffic, lbd --steering iptables:")
     assert any(line.startswith("| raw-empty | 2 | 0.880 | 1.10x |  |") for line in lines), lines
     assert any(line.startswith("| bare | 2 | 0.800 |  |") and line.endswith("| 1.00 / 0.50 |") for line in lines)
+
+
+def test_a_sticky_case_runs_after_every_repetition_of_the_others() -> None:
+    order = rc.schedule(["bare", "fib-rule", "nft-fwd"], 2)
+    assert order == [(0, "bare"), (0, "nft-fwd"), (1, "nft-fwd"), (1, "bare"), (0, "fib-rule"), (1, "fib-rule")]
+    assert rc.schedule(["bare", "lbd"], 2) == [(0, "bare"), (0, "lbd"), (1, "lbd"), (1, "bare")]
