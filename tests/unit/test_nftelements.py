@@ -14,7 +14,8 @@ from lb import ipsets as ips
 from lb import nfnlbatch as nb
 from lb import nftelements as ne
 from lb import nftsteer as ns
-from test_nftsteer import FakeNft, healthy_listing, manager
+from lb.steerwatch import _attrs
+from test_nftsteer import FakeNft, attr_map, healthy_listing, manager, messages
 
 KEY_CASES = [
     ("hash:ip", "10.0.0.1", bytes([10, 0, 0, 1])),
@@ -45,34 +46,22 @@ def test_every_set_kind_has_a_key_layout() -> None:
     assert {k.type for k in ips.KINDS} <= set(ne.FIELDS)
 
 
-def _messages(data: bytes) -> list[tuple[int, int, int, bytes]]:
-    """(type, flags, seq, payload after nfgenmsg) of each message: the framing read back."""
-    out, off = [], 0
-    while off < len(data):
-        length, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
-        out.append((mtype, flags, seq, data[off + 20:off + length]))
-        off += (length + 3) & ~3
-    return out
-
-
 def test_a_batch_wraps_requests_and_asks_each_for_an_acknowledgement() -> None:
     adds = ne.request("lbd-q3", "addr", "hash:ip", {"10.0.0.2", "10.0.0.1"}, add=True)
     dels = ne.request("lbd-q3", "svc", "hash:ip,port", {"10.0.0.9,tcp:80"}, add=False)
     data, seqs = nb.batch([adds, dels], seq=40)
-    msgs = _messages(data)
+    msgs = messages(data)
     assert [m[0] for m in msgs] == [nb.NFNL_MSG_BATCH_BEGIN, (10 << 8) | ne.NFT_MSG_NEWSETELEM,
                                     (10 << 8) | ne.NFT_MSG_DELSETELEM, nb.NFNL_MSG_BATCH_END]
     assert [m[2] for m in msgs] == [40, 41, 42, 43] and seqs == [41, 42]
     assert msgs[1][1] == nb.NLM_F_REQUEST | nb.NLM_F_ACK | nb.NLM_F_CREATE  # add: no EXCL, as `nft add element`
     assert msgs[2][1] == nb.NLM_F_REQUEST | nb.NLM_F_ACK
-    body = msgs[1][3]
-    head = nb.string(ne.NFTA_SET_ELEM_LIST_TABLE, "lbd-q3") + nb.string(ne.NFTA_SET_ELEM_LIST_SET, "addr")
-    assert body.startswith(head)
-    assert struct.unpack_from("=H", body, len(head) + 2)[0] == ne.NFTA_SET_ELEM_LIST_ELEMENTS | nb.NLA_F_NESTED
-    # each element LIST_ELEM { KEY { DATA_VALUE } }, sorted
-    one = nb.nest(ne.NFTA_LIST_ELEM, nb.nest(ne.NFTA_SET_ELEM_KEY, nb.attr(ne.NFTA_DATA_VALUE, bytes([10, 0, 0, 1]))))
-    assert body[len(head) + 4:].startswith(one)
-    assert body.index(bytes([10, 0, 0, 1])) < body.index(bytes([10, 0, 0, 2]))
+    attrs = attr_map(msgs[1][3], 4)  # after nfgenmsg
+    assert attrs[ne.NFTA_SET_ELEM_LIST_TABLE] == b"lbd-q3\0" and attrs[ne.NFTA_SET_ELEM_LIST_SET] == b"addr\0"
+    elements = attrs[ne.NFTA_SET_ELEM_LIST_ELEMENTS]  # each LIST_ELEM { KEY { DATA_VALUE } }, sorted
+    each = [elements[a:b] for _t, a, b in _attrs(elements, 0, len(elements))]
+    keys = [attr_map(attr_map(e)[ne.NFTA_SET_ELEM_KEY])[ne.NFTA_DATA_VALUE] for e in each]
+    assert keys == [bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])]
 
 
 def _ack(seq: int, err: int) -> bytes:
@@ -109,7 +98,7 @@ class FakeSocket:
         self.sent.append(data)
 
     def recv(self, _n: int) -> bytes:
-        msgs = _messages(self.sent[-1])[1:-1]
+        msgs = messages(self.sent[-1])[1:-1]
         return b"".join(_ack(seq, 22 if i == self.refuse else 0) for i, (_t, _f, seq, _b) in enumerate(msgs))
 
 
@@ -117,7 +106,7 @@ def test_transact_waits_for_every_ack_and_reports_a_refusal(monkeypatch: pytest.
     sock = FakeSocket()
     monkeypatch.setattr(nb, "socket_in", lambda netns: sock)
     ne.write("lbd-q3", [("addr", "hash:ip", {"10.0.0.1"})], [("svc", "hash:ip,port", {"10.0.0.1,tcp:80"})])
-    assert len(_messages(sock.sent[0])) == 4
+    assert len(messages(sock.sent[0])) == 4
     sock = FakeSocket(refuse=1)
     monkeypatch.setattr(nb, "socket_in", lambda netns: sock)
     with pytest.raises(nb.NetlinkError, match="refused the set elements of ip lbd-q3: Invalid argument") as err:

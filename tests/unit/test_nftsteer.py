@@ -111,7 +111,7 @@ def test_listing_parsed() -> None:
 # ---------------------------------------------------------------- the queue rule's bytes
 
 
-def _messages(data: bytes) -> list[tuple[int, int, int, bytes]]:
+def messages(data: bytes) -> list[tuple[int, int, int, bytes]]:
     out, off = [], 0
     while off < len(data):
         length, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
@@ -120,27 +120,27 @@ def _messages(data: bytes) -> list[tuple[int, int, int, bytes]]:
     return out
 
 
-def _attr_map(data: bytes, start: int = 0) -> dict[int, bytes]:
+def attr_map(data: bytes, start: int = 0) -> dict[int, bytes]:
     return {t: data[a:b] for t, a, b in _attrs(data, start, len(data))}
 
 
 def test_xt_nfqueue_rule_bytes() -> None:
     spec = nq.spec_of(3, None, bypass=True, cpu_fanout=False)
     batch = nq.rule_batch("lbd-q3", "go", spec, spec.comment(3), native=False, before_handle=21, seq=7)
-    msgs = _messages(batch)
+    msgs = messages(batch)
     assert [m[0] for m in msgs] == [nq.NFNL_MSG_BATCH_BEGIN, (10 << 8) | nq.NFT_MSG_NEWRULE, nq.NFNL_MSG_BATCH_END]
     assert [m[2] for m in msgs] == [7, 8, 9]
     assert struct.unpack_from("=BBH", msgs[0][3]) == (socket.AF_UNSPEC, 0, socket.htons(10))
     mtype, flags, _seq, body = msgs[1]
     assert flags == nq.NLM_F_REQUEST | nq.NLM_F_CREATE | nq.NLM_F_ACK  # inserted, not appended
     assert body[0] == nq.NFPROTO_IPV4
-    attrs = _attr_map(body, 4)
+    attrs = attr_map(body, 4)
     assert attrs[nq.NFTA_RULE_TABLE] == b"lbd-q3\0" and attrs[nq.NFTA_RULE_CHAIN] == b"go\0"
     assert struct.unpack(">Q", attrs[nq.NFTA_RULE_POSITION]) == (21,)
     assert attrs[nq.NFTA_RULE_USERDATA][:2] == bytes([0, len(b"lbd q3 queue 3 bypass") + 1])
-    elem = _attr_map(_attr_map(attrs[nq.NFTA_RULE_EXPRESSIONS])[nq.NFTA_LIST_ELEM])
+    elem = attr_map(attr_map(attrs[nq.NFTA_RULE_EXPRESSIONS])[nq.NFTA_LIST_ELEM])
     assert elem[nq.NFTA_EXPR_NAME] == b"target\0"
-    data = _attr_map(elem[nq.NFTA_EXPR_DATA])
+    data = attr_map(elem[nq.NFTA_EXPR_DATA])
     assert data[nq.NFTA_TARGET_NAME] == b"NFQUEUE\0"
     assert struct.unpack(">I", data[nq.NFTA_TARGET_REV]) == (3,)
     # struct xt_NFQ_info_v3 {u16 queuenum, queues_total, flags}, host order, XT_ALIGNed to 8
@@ -152,13 +152,13 @@ def test_native_queue_rule_bytes_and_flags() -> None:
     assert (spec.num, spec.total, spec.flags) == (4, 4, nq.NFQ_FLAG_CPU_FANOUT)
     assert spec.comment(4) == "lbd q4 queues 4-7 fanout"
     batch = nq.rule_batch("lbd-q4", "go", spec, spec.comment(4), native=True)
-    _t, flags, _s, body = _messages(batch)[1]
+    _t, flags, _s, body = messages(batch)[1]
     assert flags & nq.NLM_F_APPEND
-    attrs = _attr_map(body, 4)
+    attrs = attr_map(body, 4)
     assert nq.NFTA_RULE_POSITION not in attrs
-    elem = _attr_map(_attr_map(attrs[nq.NFTA_RULE_EXPRESSIONS])[nq.NFTA_LIST_ELEM])
+    elem = attr_map(attr_map(attrs[nq.NFTA_RULE_EXPRESSIONS])[nq.NFTA_LIST_ELEM])
     assert elem[nq.NFTA_EXPR_NAME] == b"queue\0"
-    data = _attr_map(elem[nq.NFTA_EXPR_DATA])
+    data = attr_map(elem[nq.NFTA_EXPR_DATA])
     assert [struct.unpack(">H", data[k][:2])[0] for k in (1, 2, 3)] == [4, 4, nq.NFQ_FLAG_CPU_FANOUT]
 
 
