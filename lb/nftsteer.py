@@ -56,9 +56,9 @@ traffic meets one hook of lbd (this table's `pre`) and, only while fwmark servic
 mangle jump.
 
 Costs: a configuration change is one netlink batch of the element delta (lb.steeringcache,
-lb.nftelements: no process, well under a millisecond), or one `nft -f` where chains change with it
-(the NAT chains coming or going) or the delta is large; the table is read (`nft -a list table`, elements included) only when the
-nftables generation (lb.steerwatch.nft_generation: every committed change in the netns, set
+lb.nftelements: no process, well under a millisecond), or one `nft -f` where chains change with
+it (the NAT chains coming or going) or the delta is large; the table is read (`nft -a list
+table`, elements included) only when the nftables generation (lb.steerwatch.nft_generation: every committed change in the netns, set
 elements included) moved since lbd's own last write, or where no generation can be read.
 
 Ownership: the table `ip lbd-q<N>` is lbd's of queue N, nothing else is; setup deletes it (and
@@ -281,8 +281,9 @@ class NftManager:
                   for k in reversed(ips.KINDS) if dels.get(k)]
         return lines
 
-    def _write_elements(self, adds: dict[ips.SetKind, set[str]], dels: dict[ips.SetKind, set[str]]) -> None:
-        """The delta in one netlink batch (lb.nftelements), in _element_lines' order."""
+    def _write_elements(self, writer: Callable[..., None], adds: dict[ips.SetKind, set[str]],
+                        dels: dict[ips.SetKind, set[str]]) -> None:
+        """The delta in one netlink batch (`writer`: lb.nftelements.write), in _element_lines' order."""
         def changes(delta: dict[ips.SetKind, set[str]], kinds: Iterable[ips.SetKind]) -> list[nftelements.SetChange]:
             return [(k.suffix, k.type, delta[k]) for k in kinds if delta.get(k)]
 
@@ -291,9 +292,8 @@ class NftManager:
             return
         log.debug("nft %s: netlink elements: +%s -%s", self.table, {n: len(e) for n, _, e in add},
                   {n: len(e) for n, _, e in drop})
-        assert self._element_writer is not None
         try:
-            self._element_writer(self.table, add, drop, netns=self.netns)
+            writer(self.table, add, drop, netns=self.netns)
         except (OSError, ValueError) as exc:
             raise NftError(["netlink", "NEWSETELEM/DELSETELEM", FAMILY, self.table],
                            getattr(exc, "errno", None) or 1, str(exc)) from exc
@@ -522,9 +522,10 @@ class NftManager:
                     lines += self._chain_lines(name) if nat_after else self._drop_chain_lines(name)
                     plan.rewritten.append(name)
             count = sum(map(len, adds.values())) + sum(map(len, dels.values()))
+            writer = self._element_writer
             try:
-                if not lines and self._element_writer is not None and count <= NETLINK_ELEMENTS_MAX:
-                    self._write_elements(adds, dels)
+                if not lines and writer is not None and count <= NETLINK_ELEMENTS_MAX:
+                    self._write_elements(writer, adds, dels)
                 else:
                     lines += self._element_lines(adds, dels)
                     self._script(lines)
