@@ -15,6 +15,7 @@ padding, inet_service 2 bytes (network order) + 2 of padding. Elements come in l
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 from collections.abc import Iterable
@@ -35,10 +36,11 @@ FIELDS = {"hash:ip": 1, "hash:ip,port": 3, "hash:ip,port,ip": 4}
 
 
 def _address(text: str) -> bytes:
-    """4 bytes of a dotted quad, b"" for anything else (inet_aton alone takes "1" for 0.0.0.1)."""
+    """4 bytes of a dotted quad, b"" for anything else (strict: inet_aton would take "1" for
+    0.0.0.1 and "010" as octal)."""
     try:
-        return socket.inet_aton(text) if text.count(".") == 3 else b""
-    except OSError:
+        return ipaddress.IPv4Address(text).packed
+    except ValueError:
         return b""
 
 

@@ -33,7 +33,7 @@ def test_keys_are_nfts_registers(set_type: str, element: str, key: bytes) -> Non
 
 
 @pytest.mark.parametrize(("set_type", "element"), [
-    ("hash:ip", "10.0.0"), ("hash:ip", "10.0.0.256"), ("hash:ip", "10.0.0.1,tcp:80"),
+    ("hash:ip", "10.0.0"), ("hash:ip", "10.0.0.256"), ("hash:ip", "10.0.0.010"), ("hash:ip", "1"), ("hash:ip", "10.0.0.1,tcp:80"),
     ("hash:ip,port", "10.0.0.1"), ("hash:ip,port", "10.0.0.1,icmp:0"), ("hash:ip,port", "10.0.0.1,tcp:65536"),
     ("hash:ip,port", "10.0.0.1,tcp:http"), ("hash:ip,port,ip", "10.0.0.1,tcp:80,nope"), ("hash:net", "10.0.0.0/8"),
 ])
