@@ -31,7 +31,10 @@ NLMSG_ERROR = 2
 NLA_F_NESTED = 0x8000
 NFPROTO_IPV4 = 2
 CLONE_NEWNET = 0x40000000
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10  # a refusal's acknowledgement carries only the header of the refused message
 TIMEOUT_S = 5.0
+RECV_BYTES = 1 << 16
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("=BBH")
@@ -148,10 +151,13 @@ def transact(requests: Sequence[Request], what: str, netns: str | None = None) -
     pending = set(seqs)
     with socket_in(netns) as sock:
         sock.settimeout(TIMEOUT_S)
+        # without it a refusal echoes the whole refused message: ~60 kB for lb.nftsteer's largest
+        # netlink delta, near the 64 KiB one recv() takes (a truncated ack reads as no answer)
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         sock.bind((0, 0))
         sock.send(data)
         while pending:
-            for mseq, err in acks(sock.recv(1 << 16)):
+            for mseq, err in acks(sock.recv(RECV_BYTES)):
                 if err:
                     raise NetlinkError(err, f"nf_tables refused {what}: {os.strerror(err)}")
                 pending.discard(mseq)

@@ -355,6 +355,11 @@ def test_set_elements_written_over_netlink_are_what_nft_lists(ntopo: Topology) -
                               [(ips.SVC.suffix, "hash:ip,port", {"10.0.0.9,tcp:80"})], netns=ntopo.director.netns)
         assert err.value.errno == 2
         assert "10.0.0.9" not in nft(ntopo, "list", "set", "ip", name, ips.ADDR.suffix)  # nothing applied
+        # a refused batch of lb.nftsteer's largest netlink size: the refusal arrives (ENOENT), not a timeout
+        missing = {f"10.8.{i // 250}.{i % 250 + 1},tcp:80" for i in range(2000)}
+        with pytest.raises(nfnlbatch.NetlinkError) as err:
+            nftelements.write(name, [], [(ips.SVC.suffix, "hash:ip,port", missing)], netns=ntopo.director.netns)
+        assert err.value.errno == 2
         nftelements.write(name, [], [(ips.SVC.suffix, "hash:ip,port", {"10.0.0.1,tcp:80"})], netns=ntopo.director.netns)
         assert "tcp . 80" not in nft(ntopo, "list", "set", "ip", name, ips.SVC.suffix)
     finally:

@@ -94,6 +94,9 @@ class FakeSocket:
     def bind(self, _a: Any) -> None:
         pass
 
+    def setsockopt(self, level: int, opt: int, value: int) -> None:
+        self.options = (level, opt, value)
+
     def send(self, data: bytes) -> None:
         self.sent.append(data)
 
@@ -107,6 +110,7 @@ def test_transact_waits_for_every_ack_and_reports_a_refusal(monkeypatch: pytest.
     monkeypatch.setattr(nb, "socket_in", lambda netns: sock)
     ne.write("lbd-q3", [("addr", "hash:ip", {"10.0.0.1"})], [("svc", "hash:ip,port", {"10.0.0.1,tcp:80"})])
     assert len(messages(sock.sent[0])) == 4
+    assert sock.options == (nb.SOL_NETLINK, nb.NETLINK_CAP_ACK, 1)  # a refusal's ack stays small
     sock = FakeSocket(refuse=1)
     monkeypatch.setattr(nb, "socket_in", lambda netns: sock)
     with pytest.raises(nb.NetlinkError, match="refused the set elements of ip lbd-q3: Invalid argument") as err:
