@@ -80,6 +80,7 @@ from typing import Any
 
 from bench import common, pps, steer_scale
 from bench.common import Lbd, LbdError, log
+from lb.nftlayout import FAST_SET_SIZE  # the fixed-size hash lbd declares natrip as
 from lb.testbed.topology import Topology
 
 TITLE = "Traffic routed through the director, not for a service, at a fixed rate (namespaces)"
@@ -353,14 +354,15 @@ def first_rule_only(bed: pps.Bed, steering: Any) -> Iterator[None]:
 NFT_TABLE = "lbdprobe"
 
 
-def _nft_probe_script(addrs: set[str], natrip: set[str], chains: str) -> str:
-    """A table of the bench's own holding lbd's two pre-filter sets, filled, and `chains`."""
+def _nft_probe_script(addrs: set[str], natrip: set[str], chains: str, natrip_size: str = "") -> str:
+    """A table of the bench's own holding lbd's two pre-filter sets, filled, and `chains`
+    (`natrip_size`: e.g. " size 65536;", a fixed-size hash as lbd declares it)."""
     def elems(v: set[str]) -> str:
         return f"elements = {{ {', '.join(sorted(v))} }}" if v else ""
 
     return (f"table ip {NFT_TABLE} {{\n"
             f"  set addr {{ type ipv4_addr; {elems(addrs)} }}\n"
-            f"  set natrip {{ type ipv4_addr; {elems(natrip)} }}\n"
+            f"  set natrip {{ type ipv4_addr;{natrip_size} {elems(natrip)} }}\n"
             f"{chains}}}\n")
 
 
@@ -400,29 +402,24 @@ def nft_fwd_script(addrs: set[str], natrip: set[str]) -> str:
                              "  chain lfwd { type filter hook forward priority 99; ip saddr != @natrip return; accept; }\n")
 
 
-def nft_fwd_empty_script(addrs: set[str], natrip: set[str]) -> str:
-    """`nft-fwd-empty`: an empty base chain at forward: what hooking forward alone costs, to split
-    `nft-fwd` into the hook and its one set lookup."""
-    return _nft_probe_script(addrs, natrip, "  chain lfwd { type filter hook forward priority 99; }\n")
-
-
-def _fwd_probe(rule: str, natrip_size: bool = False) -> Any:
-    """A forward base chain holding `rule` (then accept): to split what `nft-fwd`'s one rule costs."""
+def _fwd_probe(rules: str, natrip_size: str = "") -> Any:
+    """A forward base chain holding `rules`: to split what `nft-fwd`'s hook and its one rule cost."""
     def script(addrs: set[str], natrip: set[str]) -> str:
-        text = _nft_probe_script(addrs, natrip, f"  chain lfwd {{ type filter hook forward priority 99; {rule} accept; }}\n")
-        return text.replace("set natrip { type ipv4_addr;", "set natrip { type ipv4_addr; size 65536;") if natrip_size else text
+        return _nft_probe_script(addrs, natrip, f"  chain lfwd {{ type filter hook forward priority 99; {rules}}}\n",
+                                 natrip_size)
     return script
 
 
 NFT_FWD_PROBES = {
-    "nft-fwd-accept": _fwd_probe(""),  # a rule that is only a verdict
-    "nft-fwd-cmp": _fwd_probe("ip saddr != 10.255.255.254 return;"),  # a payload load and a compare
-    "nft-fwd-mark": _fwd_probe("meta mark != 0x4c420001 return;"),  # a meta load and a compare
-    "nft-fwd-fast": _fwd_probe("ip saddr != @natrip return;", natrip_size=True),  # lbd's set: fixed-size hash
+    "nft-fwd-empty": _fwd_probe(""),  # the hook alone
+    "nft-fwd-accept": _fwd_probe("accept; "),  # a rule that is only a verdict
+    "nft-fwd-cmp": _fwd_probe("ip saddr != 10.255.255.254 return; accept; "),  # a payload load and a compare
+    "nft-fwd-mark": _fwd_probe("meta mark != 0x4c420001 return; accept; "),  # a meta load and a compare
+    "nft-fwd-fast": _fwd_probe("ip saddr != @natrip return; accept; ", f" size {FAST_SET_SIZE};"),  # lbd's set
 }
 
 NFT_PROBES = {**NFT_FWD_PROBES, "nft-first": nft_first_script, "nft-full": nft_full_script, "nft-hook": nft_hook_script,
-              "nft-defrag": nft_defrag_script, "nft-fwd": nft_fwd_script, "nft-fwd-empty": nft_fwd_empty_script}
+              "nft-defrag": nft_defrag_script, "nft-fwd": nft_fwd_script}
 
 
 FIB_MARK, FIB_TABLE = "0x4c42fffe", "4242"
