@@ -210,8 +210,9 @@ test-kernel: kernel-deps
 
 # ---------------------------------------------------------------- C core without Python
 # native/tests/harness.c drives the packet core directly (replay, churn); nfq.c is the
-# NFQUEUE adapter (libnetfilter_queue), xsk.c and xsk_fp.c the AF_XDP one (libbpf, libxdp): not part of the core.
-CORE_SRCS := $(filter-out native/src/nfq.c native/src/xsk.c native/src/xsk_fp.c,$(wildcard native/src/*.c))
+# NFQUEUE adapter (libnetfilter_queue), natrx.c the NAT-reply one, xsk.c and xsk_fp.c the AF_XDP one
+# (libbpf, libxdp): not part of the core.
+CORE_SRCS := $(filter-out native/src/nfq.c native/src/natrx.c native/src/xsk.c native/src/xsk_fp.c,$(wildcard native/src/*.c))
 HARNESS_DEPS := native/tests/harness.c $(CORE_SRCS) $(wildcard native/include/*.h native/src/*.h)
 SAN_DIR := build/sanitize
 SAN_BIN := $(SAN_DIR)/harness

@@ -1,5 +1,5 @@
 /*
- * lb_adapter.h - what the packet sources (nfq.c, xsk.c) share around lb_process_pkt(): the clock,
+ * lb_adapter.h - what the packet sources (nfq.c, xsk.c, natrx.c) share around lb_process_pkt(): the clock,
  * the raw answer socket, socket buffers, the adapter thread, how it waits (its poll timeout and
  * wake-ups) and the expiry. Internal: not part of the cffi contract (lb_api.h).
  *
@@ -42,6 +42,11 @@ uint64_t lb_adapter_now_ms(void);
 /* Send the IPv4 packet ip[0..len) on a raw IPPROTO_RAW socket to its own destination address,
  * never blocking. 0 or -errno (-EINVAL for less than an IPv4 header). */
 int lb_adapter_send_raw(int raw_fd, const uint8_t *ip, uint32_t len);
+
+/* The MTU the kernel refused a raw-socket packet for, from raw_fd's error queue (IP_RECVERR:
+ * ip_local_error's SO_EE_ORIGIN_LOCAL EMSGSIZE with the device MTU); 0 when none is there. The
+ * queue is drained. */
+uint32_t lb_adapter_refused_mtu(int raw_fd);
 
 /* SO_SNDBUFFORCE to `bytes`, falling back to SO_SNDBUF (capped by wmem_max) without the privilege. */
 void lb_adapter_sndbuf(int fd, int bytes);

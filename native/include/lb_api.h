@@ -696,6 +696,43 @@ int lb_xsk_stop(lb_xsk_t *q);     /* joins the thread, closes the socket, frees 
 int lb_xsk_zerocopy(lb_xsk_t *q); /* 1 when bound in zero-copy mode */
 void lb_xsk_get_stats(lb_xsk_t *q, struct lb_xsk_stats *out);
 
+/* ---- NAT replies taken at ingress (lbd --nat-replies ingress; native/src/natrx.c, lb/natingress.py) ---- */
+/* One thread reading what lbd's netdev ingress chain forwarded to its veth pair (the peer's
+ * ifindex), reassembled by the kernel, through lb_process_pkt; what it forwards leaves on a raw
+ * socket marked LB_SOCKET_MARK_BASE | mark_queue. It never runs the timers or the expiry. */
+typedef struct lb_natrx lb_natrx_t;
+#define LB_NATRX_F_QDISC_BYPASS 32 /* LB_V_XMIT_L2 frames skip the qdisc (as LB_NFQ_F_QDISC_BYPASS) */
+struct lb_natrx_opts {
+    uint32_t flags;                /* LB_NATRX_F_* */
+    int32_t cpu;                   /* pin the thread to this CPU; -1: not pinned */
+    uint32_t ifindex;              /* the veth peer the packets arrive on */
+    uint16_t mark_queue;           /* the instance number in the raw socket's SO_MARK (as lb_nfq_opts) */
+};
+struct lb_natrx_stats {
+    uint64_t packets;              /* IPv4 packets received (a reassembled datagram counts once) */
+    uint64_t batches;              /* recvmmsg() calls that returned packets */
+    uint64_t passed;               /* packets forwarded on the raw socket (LB_V_ACCEPT / LB_V_MANGLE) */
+    uint64_t pass_err;
+    uint64_t ttl_expired;          /* packets not forwarded: TTL <= 1 */
+    uint64_t answers;              /* LB_V_ANSWER packets sent on the raw socket */
+    uint64_t answer_err;
+    uint64_t xmit_l2;              /* LB_V_XMIT_L2 frames sent on the AF_PACKET socket */
+    uint64_t xmit_l2_err;
+    uint64_t csum_completed;       /* partial checksums completed (the sender's checksum offload) */
+    uint64_t gso_packets;          /* GSO super-packets received (GRO on the real servers' interface) */
+    uint64_t gso_segments;         /* segments they were cut into, each processed as a packet */
+    uint64_t gso_errors;           /* GSO packets that could not be segmented: dropped */
+    uint64_t frag_packets;         /* packets larger than the way out, sent as fragments */
+    uint64_t frag_out;
+    uint64_t not_ipv4;             /* the pair's own traffic, other protocols: ignored */
+    uint64_t bad_packets;          /* truncated or shorter than an IPv4 header: dropped */
+    uint64_t kernel_dropped;       /* the socket's receive queue was full (PACKET_STATISTICS tp_drops) */
+    uint64_t socket_errors;        /* errors on the socket (ENETDOWN: the pair is gone; it then reads nothing) */
+};
+lb_natrx_t *lb_natrx_start(lb_t *lb, const struct lb_natrx_opts *opts, int *err);
+int lb_natrx_stop(lb_natrx_t *q);  /* joins the thread, closes its sockets, frees q */
+void lb_natrx_get_stats(lb_natrx_t *q, struct lb_natrx_stats *out);
+
 /* ---- sync master: which entries to send, per packet (issue 18 item 1; docs/sync.md "What the master sends") ---- */
 /* The kernel's sysctls net.ipv4.vs.sync_threshold (threshold, period), sync_refresh_period,
  * sync_retries and sync_persist_mode, with the kernel's defaults and validation

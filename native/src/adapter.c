@@ -1,7 +1,7 @@
 /*
- * adapter.c - the pieces the NFQUEUE (nfq.c) and AF_XDP (xsk.c) packet sources share: one clock,
- * one way to send on the raw answer socket, to size send buffers, to start the adapter thread,
- * to wait (for packets, timers, expiry, a stop) and to release expired connections. See lb_adapter.h.
+ * adapter.c - the pieces the NFQUEUE (nfq.c), AF_XDP (xsk.c) and NAT-reply (natrx.c) packet sources
+ * share: one clock, one way to send on the raw answer socket (and read the MTU of a refusal), to
+ * size send buffers, to start the adapter thread, to wait (for packets, timers, expiry, a stop) and to release expired connections. See lb_adapter.h.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -15,6 +15,8 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
+/* after time.h: it uses struct timespec */
+#include <linux/errqueue.h>
 #include <unistd.h>
 
 #include "lb_adapter.h"
@@ -35,6 +37,36 @@ int lb_adapter_send_raw(int raw_fd, const uint8_t *ip, uint32_t len)
     dst.sin_family = AF_INET;
     memcpy(&dst.sin_addr, ip + 16, 4);
     return sendto(raw_fd, ip, len, MSG_DONTWAIT, (struct sockaddr *)&dst, sizeof(dst)) < 0 ? -errno : 0;
+}
+
+uint32_t lb_adapter_refused_mtu(int raw_fd)
+{
+    uint32_t mtu = 0;
+    for (int tries = 0; tries < 8; tries++) {
+        uint8_t data[64];
+        union {
+            uint8_t buf[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in))];
+            struct cmsghdr align;
+        } ctl;
+        struct iovec v = {.iov_base = data, .iov_len = sizeof(data)};
+        struct msghdr mh;
+        memset(&mh, 0, sizeof(mh));
+        mh.msg_iov = &v;
+        mh.msg_iovlen = 1;
+        mh.msg_control = ctl.buf;
+        mh.msg_controllen = sizeof(ctl.buf);
+        if (recvmsg(raw_fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+            break;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+            if (cm->cmsg_level != IPPROTO_IP || cm->cmsg_type != IP_RECVERR)
+                continue;
+            struct sock_extended_err ee;
+            memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
+            if (ee.ee_origin == SO_EE_ORIGIN_LOCAL && ee.ee_errno == EMSGSIZE)
+                mtu = ee.ee_info;
+        }
+    }
+    return mtu;
 }
 
 void lb_adapter_sndbuf(int fd, int bytes)

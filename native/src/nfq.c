@@ -56,7 +56,6 @@
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_queue.h>
-#include <linux/errqueue.h>
 #include <linux/virtio_net.h>
 #include <libmnl/libmnl.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
@@ -364,43 +363,10 @@ static uint64_t send_frames(struct lb_nfq *q, struct batch_item *items, int n)
     return sent;
 }
 
-/* The MTU the kernel refused a raw-socket packet for, from the socket's error queue (IP_RECVERR:
- * ip_local_error's SO_EE_ORIGIN_LOCAL EMSGSIZE with the device MTU); 0 when none is there. The
- * queue is drained. */
-static uint32_t refused_mtu(struct lb_nfq *q)
-{
-    uint32_t mtu = 0;
-    for (int tries = 0; tries < 8; tries++) {
-        uint8_t data[64];
-        union {
-            uint8_t buf[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in))];
-            struct cmsghdr align;
-        } ctl;
-        struct iovec v = {.iov_base = data, .iov_len = sizeof(data)};
-        struct msghdr mh;
-        memset(&mh, 0, sizeof(mh));
-        mh.msg_iov = &v;
-        mh.msg_iovlen = 1;
-        mh.msg_control = ctl.buf;
-        mh.msg_controllen = sizeof(ctl.buf);
-        if (recvmsg(q->raw_fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
-            break;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-            if (cm->cmsg_level != IPPROTO_IP || cm->cmsg_type != IP_RECVERR)
-                continue;
-            struct sock_extended_err ee;
-            memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
-            if (ee.ee_origin == SO_EE_ORIGIN_LOCAL && ee.ee_errno == EMSGSIZE)
-                mtu = ee.ee_info;
-        }
-    }
-    return mtu;
-}
-
 /* An answer the kernel refused as too big for the device (DF clear): its fragments. 1 when all left. */
 static int send_raw_fragmented(struct lb_nfq *q, const uint8_t *o, uint32_t len)
 {
-    uint32_t mtu = refused_mtu(q);
+    uint32_t mtu = lb_adapter_refused_mtu(q->raw_fd);
     int k = mtu ? fragment(q, o, len, mtu) : 0;
     if (k < 2)
         return 0;
