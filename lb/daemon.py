@@ -268,6 +268,15 @@ def _install_rules(rules: Any, director: Director, xdp: Any = None) -> None:
     director.sync_rules()
 
 
+def _natrx_starter(engine: Any, args: argparse.Namespace) -> Any:
+    """--nat-replies ingress: what lbd's steering calls with the veth peer's ifindex whenever the pair
+    is (re)created: the C reader of NAT replies, (re)started on it."""
+    def start(ifindex: int) -> None:
+        engine.start_natrx(ifindex, args.queue_num, qdisc_bypass=args.qdisc_bypass)
+        log.info("NAT replies taken at ingress: read from interface %d", ifindex)
+    return start
+
+
 def make_rules(args: argparse.Namespace, cleanup: bool = False) -> Any:
     """The queue's steering manager of --steering: lb.iptables.RuleManager (raw-table rules and ip
     sets) or lb.nftsteer.NftManager (one native nftables table); the same public methods."""
@@ -278,7 +287,8 @@ def make_rules(args: argparse.Namespace, cleanup: bool = False) -> Any:
         from lb.nftsteer import NftManager
 
         cls: Any = NftManager
-        nft = {"nft": shutil.which("nft") or "nft", "hook": steer_hook(kind, getattr(args, "steer_hook", None))}
+        nft = {"nft": shutil.which("nft") or "nft", "hook": steer_hook(kind, getattr(args, "steer_hook", None)),
+               "nat_replies": getattr(args, "nat_replies", "forward")}
     else:
         from lb.iptables import RuleManager
 
@@ -396,6 +406,8 @@ async def run(args: argparse.Namespace) -> int:
                      f", GSO packets cut to {args.gso_mtu} bytes (DR: sent on whole)" if args.gso else "")
         if rules is not None:
             rules_set_up = True  # from here on the chains are ours to remove on exit (policy open)
+            if getattr(rules, "ingress", None) is not None:  # --nat-replies ingress: its reader, on the pair
+                rules.on_ingress_pair = _natrx_starter(engine, args)
             _install_rules(rules, director, xdp)
         await server.start()
         sync_local_addrs(director)

@@ -120,6 +120,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "and NAT needs net.ipv4.ip_forward=1, as for IPVS. prerouting: before routing, conntrack and the "
                    "firewall, at raw priority, for any address routed to the director (docs/firewall.md). "
                    "--steering iptables is always prerouting")
+    p.add_argument("--nat-replies", choices=("forward", "ingress"), default="forward",
+                   help="with --steer-hook input, where NAT real servers' replies are taken. forward (default): a "
+                   "chain at the forward hook while NAT real servers exist (every routed packet then meets it: ~8 %% "
+                   "more of its cost on the testbed). ingress: a netdev ingress chain bound to the NAT real servers' "
+                   "interfaces only, which hands their replies to lbd through a veth pair of its own (lbnr<N>, "
+                   "lbnr<N>p), reassembled by the kernel: traffic arriving on any other interface meets nothing of "
+                   "lbd's (docs/firewall.md \"NAT replies\"). Needs the C engine and the NFQUEUE packet source")
     p.add_argument("--conntrack", action="store_true",
                    help="let the director's conntrack see what lbd hands back to the kernel and what it sends "
                    "on its raw socket (no CT --notrack rules): the analogue of IPVS's net.ipv4.vs.conntrack "
@@ -255,6 +262,13 @@ def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -
         args.steer_hook = steer_hook(getattr(args, "steering", DEFAULT_STEERING), getattr(args, "steer_hook", None))
     except ValueError as exc:
         p.error(str(exc))
+    if getattr(args, "nat_replies", "forward") == "ingress":
+        if args.steering != "nftables" or args.steer_hook != "input" or args.no_iptables:
+            p.error("--nat-replies ingress goes with --steering nftables --steer-hook input (the defaults): it is "
+                    "a netdev table beside lbd's own")
+        if args.engine != "c" or args.packet_source != "nfqueue":
+            p.error("--nat-replies ingress needs the C engine and --packet-source nfqueue (its reader is C, "
+                    "beside the NFQUEUE adapter)")
     if args.queue_num is None:
         args.queue_num = 0
     if not 0 <= args.queue_num <= 65535:

@@ -223,8 +223,15 @@ class Director(DirectorViews, DirectorConfigs):
 
     def invalidate_all(self) -> None:
         """Something in the routing tables changed: every address is re-resolved, in the background
-        (resolve_pending), a budget at a time."""
+        (resolve_pending), a budget at a time; the steering looks up again the interfaces it binds
+        to (lbd --nat-replies ingress)."""
         self.fwd.invalidate()
+        routes_changed = getattr(getattr(self.rules, "nfq_rules", self.rules), "routes_changed", None)
+        if routes_changed is not None:
+            try:
+                routes_changed()
+            except Exception as exc:  # lbd's steering watch heals what could not be written
+                log.warning("NAT replies at ingress: re-binding after a routing change failed: %s", exc)
 
     # ------------------------------------------------------------ state
     def running_state(self) -> State:
@@ -284,6 +291,8 @@ class Director(DirectorViews, DirectorConfigs):
             except Exception:
                 log.exception("restoring the iptables rules after a failed change failed")
             refused = getattr(exc, "errno_name", None)  # the packet source cannot steer this (lb.afxdp.AfxdpRefusal)
+            log.log(logging.INFO if isinstance(refused, str) else logging.ERROR,
+                    "change refused, nothing was changed: the steering could not be updated: %s", exc)
             if isinstance(refused, str):
                 raise EngineError(refused, f"{exc}; nothing was changed") from exc
             raise EngineError("EIO", f"iptables rules could not be updated, nothing was changed: {exc}") from exc
@@ -437,6 +446,7 @@ class Director(DirectorViews, DirectorConfigs):
         hook = getattr(getattr(self.rules, "nfq_rules", self.rules), "hook", None)  # nftables: --steer-hook
         if isinstance(hook, str):
             out["steering_hook"] = hook
+            out["nat_replies"] = getattr(getattr(self.rules, "nfq_rules", self.rules), "nat_replies", "forward")
         afxdp_status = getattr(self.rules, "afxdp_status", None)  # --packet-source afxdp (lb/afxdp.py)
         if afxdp_status is not None:
             out["afxdp"] = {"interfaces": afxdp_status(), "nfqueue_fallback": hasattr(self.rules, "nfq_rules")}

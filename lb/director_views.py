@@ -76,6 +76,9 @@ class DirectorViews(DirectorRates):
         result["synproxy"] = self.engine.synproxy_stats()
         result["table"] = self.engine.conn_stats()  # entries, max, buckets, droppable, early_drops
         result["reassembly"] = reassembly.read()  # the kernel's, before the queue (lb/reassembly.py)
+        natrx = self.engine.natrx_stats()  # lbd --nat-replies ingress: the replies' reader
+        if natrx:
+            result["natrx"] = natrx
         afxdp = getattr(getattr(self, "rules", None), "afxdp_counters", None)  # lbd --packet-source afxdp
         if afxdp is not None:
             result["afxdp"] = afxdp()

@@ -238,3 +238,13 @@ class Engine(Protocol):
     def nfq_queue_stats(self) -> list[dict[str, int]]:
         """The adapter's counters per queue, in queue order ([] when not started)."""
         ...
+
+    # ---- NAT replies taken at ingress (lbd --nat-replies ingress, lb/natingress.py)
+    def start_natrx(self, ifindex: int, mark_queue: int, qdisc_bypass: bool = False, cpu: int | None = None) -> None:
+        """Read the NAT replies lbd's netdev chain forwards to the veth peer `ifindex` (a reader
+        already running is replaced). EngineError where the engine has no such reader."""
+        ...
+    def stop_natrx(self) -> None: ...
+    def natrx_stats(self) -> dict[str, int]:
+        """The NAT-reply reader's counters ({} when it does not run)."""
+        ...

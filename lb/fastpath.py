@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from lb._ffi import ffi, lib
 from lb.engine import (
@@ -87,6 +88,7 @@ class CEngine:
         self._out = ffi.new("uint8_t[]", lib.LB_PKT_MAX)
         self._act = ffi.new("struct lb_action *")
         self._nfqs: list[object] = []  # one adapter (thread) per queue, in queue order
+        self._natrx: Any = None  # lbd --nat-replies ingress: the NAT replies' reader (native/src/natrx.c)
 
     @property
     def handle(self) -> object:
@@ -463,8 +465,39 @@ class CEngine:
             raise
 
     def stop(self) -> None:
+        self.stop_natrx()
         while self._nfqs:
             lib.lb_nfq_stop(self._nfqs.pop())
+
+    # ------------------------------------------------------------ NAT replies at ingress
+    def start_natrx(self, ifindex: int, mark_queue: int, qdisc_bypass: bool = False, cpu: int | None = None) -> None:
+        """Read the NAT replies lbd's netdev chain forwards to the veth peer `ifindex` (lb.natingress),
+        replacing a reader already running (the pair was created again)."""
+        self.stop_natrx()
+        opts = ffi.new("struct lb_natrx_opts *")
+        opts.flags = lib.LB_NATRX_F_QDISC_BYPASS if qdisc_bypass else 0
+        opts.cpu = -1 if cpu is None else cpu
+        opts.ifindex = ifindex
+        opts.mark_queue = mark_queue
+        err = ffi.new("int *")
+        q = lib.lb_natrx_start(self._lb, opts, err)
+        if q == ffi.NULL:
+            code = -err[0]
+            raise NfqError(code, f"cannot read NAT replies from interface {ifindex}: {os.strerror(code)}")
+        self._natrx = q
+
+    def stop_natrx(self) -> None:
+        if self._natrx is not None:
+            lib.lb_natrx_stop(self._natrx)
+            self._natrx = None
+
+    def natrx_stats(self) -> dict[str, int]:
+        """The NAT-reply reader's counters ({} when it does not run)."""
+        if self._natrx is None:
+            return {}
+        st = ffi.new("struct lb_natrx_stats *")
+        lib.lb_natrx_get_stats(self._natrx, st)
+        return {name: getattr(st, name) for name, _ in ffi.typeof("struct lb_natrx_stats").fields}
 
     def nfq_stats(self) -> dict[str, int]:
         """The adapters' counters, summed over every queue."""

@@ -30,6 +30,7 @@ NLM_F_CREATE = 0x400
 NLMSG_ERROR = 2
 NLA_F_NESTED = 0x8000
 NFPROTO_IPV4 = 2
+NFPROTO_NETDEV = 5
 CLONE_NEWNET = 0x40000000
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # a refusal's acknowledgement carries only the header of the refused message

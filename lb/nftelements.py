@@ -20,7 +20,7 @@ import socket
 import struct
 from collections.abc import Iterable
 
-from lb.nfnlbatch import NLM_F_CREATE, Request, attr, nest, string, transact
+from lb.nfnlbatch import NFPROTO_IPV4, NFPROTO_NETDEV, NLM_F_CREATE, Request, attr, nest, string, transact
 
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_DELSETELEM = 14
@@ -69,22 +69,32 @@ def key(set_type: str, element: str) -> bytes:
     return out
 
 
-def request(table: str, set_name: str, set_type: str, elements: Iterable[str], add: bool) -> Request:
+def request(table: str, set_name: str, set_type: str, elements: Iterable[str], add: bool,
+            family: int = NFPROTO_IPV4) -> Request:
     """One NEWSETELEM (add: an element already there is no error, as `nft add element`) or
     DELSETELEM (an element not there refuses the batch, as `nft delete element`)."""
     items = b"".join(nest(NFTA_LIST_ELEM, nest(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, key(set_type, e))))
                      for e in sorted(elements))
     body = (string(NFTA_SET_ELEM_LIST_TABLE, table) + string(NFTA_SET_ELEM_LIST_SET, set_name)
             + nest(NFTA_SET_ELEM_LIST_ELEMENTS, items))
-    return Request(NFT_MSG_NEWSETELEM if add else NFT_MSG_DELSETELEM, NLM_F_CREATE if add else 0, body)
+    return Request(NFT_MSG_NEWSETELEM if add else NFT_MSG_DELSETELEM, NLM_F_CREATE if add else 0, body, family)
 
 
 SetChange = tuple[str, str, set[str]]  # set name, lb.ipsets type, elements
 
 
-def write(table: str, adds: list[SetChange], dels: list[SetChange], netns: str | None = None) -> None:
+def write(table: str, adds: list[SetChange], dels: list[SetChange], netns: str | None = None,
+          mirror: frozenset[str] = frozenset()) -> None:
     """Additions then deletions (in the order given), in one batch: one commit, or nothing when the
-    kernel refuses any (lb.nfnlbatch.NetlinkError, naming the table)."""
-    reqs = [request(table, name, stype, els, True) for name, stype, els in adds if els]
-    reqs += [request(table, name, stype, els, False) for name, stype, els in dels if els]
-    transact(reqs, f"the set elements of ip {table}", netns)
+    kernel refuses any (lb.nfnlbatch.NetlinkError, naming the table). The sets named in `mirror`
+    exist in the netdev table of the same name too (lb.natingress) and get the same change, in
+    the same commit."""
+    def both(name: str, stype: str, els: set[str], add: bool) -> list[Request]:
+        out = [request(table, name, stype, els, add)]
+        if name in mirror:
+            out.append(request(table, name, stype, els, add, NFPROTO_NETDEV))
+        return out
+
+    reqs = [r for name, stype, els in adds if els for r in both(name, stype, els, True)]
+    reqs += [r for name, stype, els in dels if els for r in both(name, stype, els, False)]
+    transact(reqs, f"the set elements of ip {table}" + (f" (and netdev {table})" if mirror else ""), netns)

@@ -77,7 +77,7 @@ import subprocess
 from collections.abc import Callable, Iterable
 
 from lb import ipsets as ips
-from lb import nftelements, nftqueue
+from lb import natingress, nftelements, nftqueue
 from lb.iptables import (
     COMMAND_TIMEOUT_S,
     IptablesError,
@@ -148,11 +148,27 @@ class NftManager:
                  track: bool = False, bypass: bool = True, cpu_fanout: bool = False, netns: str | None = None,
                  runner: Runner | None = None, iptables: str = "iptables",
                  queue_writer: Callable[..., None] | None = None, hook: str = "prerouting",
-                 element_writer: Callable[..., None] | None = None) -> None:
+                 element_writer: Callable[..., None] | None = None, nat_replies: str = "forward",
+                 ingress: natingress.NatIngress | None = None) -> None:
         self.queue_num = _check_queue(queue_num)
         if hook not in STEER_HOOKS:
             raise ValueError(f"steering hook {hook!r}: one of {', '.join(STEER_HOOKS)}")
+        if nat_replies not in natingress.MODES:
+            raise ValueError(f"--nat-replies {nat_replies!r}: one of {', '.join(natingress.MODES)}")
+        if nat_replies == "ingress" and hook != "input":
+            raise ValueError("--nat-replies ingress needs --steer-hook input (with prerouting, NAT replies are "
+                             "taken by the first rule every packet meets anyway)")
         self.hook = hook
+        self.nat_replies = nat_replies
+        # --nat-replies ingress: the veth pair, the interfaces (lb.natingress); the netdev table is
+        # written with the ip table, in the same transactions
+        self.ingress = (ingress or natingress.NatIngress(queue_num, netns)) if nat_replies == "ingress" else None
+        self.ingress_devices: set[str] = set()
+        self.ingress_ifindex = 0  # the veth peer lbd reads (natrx), once the pair exists
+        self._ingress_leftovers_checked = False  # an ingress lbd's table and pair removed (setup, first sync)
+        # called with the peer's ifindex whenever the pair is created (again): lbd (re)starts its
+        # reader there
+        self.on_ingress_pair: Callable[[int], None] | None = None
         self._forwarding_checked = False
         self.queue_balance = queue_balance
         self.track = bool(track)
@@ -222,7 +238,7 @@ class NftManager:
         want: dict[str, list[str]]
         if self.hook == "input":
             want = {GO: [QUEUE_KEY], IN: input_rules()}
-            if nat:
+            if nat and self.ingress is None:
                 want[FWD] = forward_rules()
                 want[DEFRAG] = [defrag_rule(self.queue_num)]
         else:
@@ -270,15 +286,86 @@ class NftManager:
         lines += [f"add {set_decl(k).replace('set ', f'set {FAMILY} {self.table} ', 1)}" for k in ips.KINDS]
         for name in self._want(nat):
             lines += self._chain_lines(name)
+        if self.ingress is not None:
+            lines += natingress.table_lines(self.table, set_decl, self.ingress.peer)
+            self.ingress_devices = set()
         return lines
 
-    def _element_lines(self, adds: dict[ips.SetKind, set[str]], dels: dict[ips.SetKind, set[str]]) -> list[str]:
+    def _ingress_lines(self, want: dict[ips.SetKind, set[str]]) -> list[str]:
+        """--nat-replies ingress, a full sync: the netdev table re-created with `want`'s NAT elements
+        and `rs` bound to the NAT real servers' interfaces."""
+        if self.ingress is None:
+            return []
+        devices = self.ingress.devices(want[ips.NATRIP])
+        t = f"{natingress.FAMILY} {self.table}"
+        lines = natingress.table_lines(self.table, set_decl, self.ingress.peer)
+        lines += [f"add element {t} {k.suffix} {{ {', '.join(to_nft(e) for e in sorted(want[k]))} }}"
+                  for k in natingress.KINDS if want[k]]
+        lines += natingress.chain_lines(self.table, self.ingress.tx, devices, exists=False)
+        self.ingress_devices = devices
+        return lines
+
+    def _ingress_device_lines(self, natrip: set[str]) -> list[str]:
+        """`rs` re-bound when the NAT real servers' interfaces changed (none: nothing)."""
+        if self.ingress is None:
+            return []
+        devices = self.ingress.devices(natrip)
+        if devices == self.ingress_devices:
+            return []
+        lines = natingress.chain_lines(self.table, self.ingress.tx, devices, exists=bool(self.ingress_devices))
+        log.info("nft %s %s: NAT replies taken at ingress of %s", natingress.FAMILY, self.table,
+                 ", ".join(sorted(devices)) or "no interface")
+        self.ingress_devices = devices
+        return lines
+
+    def _remove_ingress(self) -> None:
+        """The netdev table and veth pair of an lbd of this queue with --nat-replies ingress (this one's
+        at teardown; a killed one's at setup, whatever this lbd's mode: replies forwarded to a pair
+        nobody reads would be lost)."""
+        if self._exec(["list", "table", natingress.FAMILY, self.table], ok_missing=True) is not None:
+            self._exec(["delete", "table", natingress.FAMILY, self.table])
+            log.info("nftables: table %s %s removed", natingress.FAMILY, self.table)
+        ingress = self.ingress or (natingress.NatIngress(self.queue_num, self.netns) if self._runner is _run else None)
+        if ingress is not None:
+            ingress.remove_pair()
+        self.ingress_devices = set()
+        self.ingress_ifindex = 0
+        self._ingress_leftovers_checked = True
+
+    def _ensure_pair(self) -> None:
+        """--nat-replies ingress: the veth pair exists (created, or again after someone removed it)."""
+        if self.ingress is None:
+            return
+        index = self.ingress.ensure_pair()
+        if index != self.ingress_ifindex:
+            self.ingress_ifindex = index
+            if self.on_ingress_pair is not None:
+                self.on_ingress_pair(index)
+
+    def routes_changed(self) -> None:
+        """lbd's network monitor saw a route, address or link change: the NAT real servers'
+        interfaces are looked up again and `rs` re-bound if they moved."""
+        if self.ingress is None or self.installed is None:
+            return
+        self.ingress.forget_routes()
+        before = self._generation_now()
+        lines = self._ingress_device_lines(self.installed[ips.NATRIP])
+        if lines:
+            self._script(lines)
+            self._note_write(before, 1)
+
+    def _element_lines(self, adds: dict[ips.SetKind, set[str]], dels: dict[ips.SetKind, set[str]],
+                       mirror: bool = True) -> list[str]:
         """Additions (the address pre-filter first), then deletions (the pre-filter last): one
         transaction, so the order is only for readers."""
-        lines = [f"add element {self._t(k.suffix)} {{ {', '.join(to_nft(e) for e in sorted(adds[k]))} }}"
-                 for k in ips.KINDS if adds.get(k)]
-        lines += [f"delete element {self._t(k.suffix)} {{ {', '.join(to_nft(e) for e in sorted(dels[k]))} }}"
-                  for k in reversed(ips.KINDS) if dels.get(k)]
+        def tables(k: ips.SetKind) -> list[str]:
+            mirrored = mirror and self.ingress is not None and k in natingress.KINDS
+            return [self._t(k.suffix)] + ([f"{natingress.FAMILY} {self.table} {k.suffix}"] if mirrored else [])
+
+        lines = [f"add element {t} {{ {', '.join(to_nft(e) for e in sorted(adds[k]))} }}"
+                 for k in ips.KINDS if adds.get(k) for t in tables(k)]
+        lines += [f"delete element {t} {{ {', '.join(to_nft(e) for e in sorted(dels[k]))} }}"
+                  for k in reversed(ips.KINDS) if dels.get(k) for t in tables(k)]
         return lines
 
     def _write_elements(self, writer: Callable[..., None], adds: dict[ips.SetKind, set[str]],
@@ -293,7 +380,10 @@ class NftManager:
         log.debug("nft %s: netlink elements: +%s -%s", self.table, {n: len(e) for n, _, e in add},
                   {n: len(e) for n, _, e in drop})
         try:
-            writer(self.table, add, drop, netns=self.netns)
+            if self.ingress is not None:
+                writer(self.table, add, drop, netns=self.netns, mirror=frozenset(k.suffix for k in natingress.KINDS))
+            else:
+                writer(self.table, add, drop, netns=self.netns)
         except (OSError, ValueError) as exc:
             raise NftError(["netlink", "NEWSETELEM/DELSETELEM", FAMILY, self.table],
                            getattr(exc, "errno", None) or 1, str(exc)) from exc
@@ -393,6 +483,8 @@ class NftManager:
         """Remove leftovers of queue N (this table, an iptables-steered lbd's chains and ip sets),
         then create the table with empty sets in one transaction, then its queue rule."""
         self.remove_other_layer()
+        self._remove_ingress()
+        self._ensure_pair()
         self._script(self._create_lines())
         self._add_queue()
         self.installed = {k: set() for k in ips.KINDS}
@@ -443,6 +535,9 @@ class NftManager:
         listing = self.listing()
         lines: list[str] = []
         nat = bool(want[ips.NATRIP])
+        if self.ingress is None and not self._ingress_leftovers_checked:  # adopting a killed lbd's table
+            self._remove_ingress()
+        self._ensure_pair()
         if nat and self.hook == "input":
             self._check_forwarding()
         if not listing.exists:
@@ -473,7 +568,8 @@ class NftManager:
         have = {k: listing.elements.get(k.suffix, set()) for k in ips.KINDS}
         adds = {k: want[k] - have[k] for k in ips.KINDS}
         dels = {k: have[k] - want[k] for k in ips.KINDS}
-        lines += self._element_lines(adds, dels)
+        lines += self._element_lines(adds, dels, mirror=False)  # the netdev table's: _ingress_lines
+        lines += self._ingress_lines(want)
         plan.added, plan.deleted = sum(map(len, adds.values())), sum(map(len, dels.values()))
         before = self._generation_now()
         try:
@@ -515,12 +611,14 @@ class NftManager:
             dels = {k: delta.removed.get(k, set()) & installed[k] for k in ips.KINDS}
             lines: list[str] = []
             nat_before, nat_after = bool(installed[ips.NATRIP]), bool((installed[ips.NATRIP] | adds[ips.NATRIP]) - dels[ips.NATRIP])
-            if self.hook == "input" and nat_before != nat_after:  # the forward and defrag chains come or go
+            if self.hook == "input" and self.ingress is None and nat_before != nat_after:  # the forward and defrag chains come or go
                 if nat_after:
                     self._check_forwarding()
                 for name in NAT_CHAINS:
                     lines += self._chain_lines(name) if nat_after else self._drop_chain_lines(name)
                     plan.rewritten.append(name)
+            if adds[ips.NATRIP] or dels[ips.NATRIP]:  # --nat-replies ingress: interfaces may come or go
+                lines += self._ingress_device_lines((installed[ips.NATRIP] | adds[ips.NATRIP]) - dels[ips.NATRIP])
             count = sum(map(len, adds.values())) + sum(map(len, dels.values()))
             writer = self._element_writer
             try:
@@ -552,9 +650,35 @@ class NftManager:
             return [f"nft table {FAMILY} {self.table} gone"]
         found = [p for problems in self._chain_damage(listing).values() for p in problems]
         found += self._set_problems(listing)[0]
+        found += self._ingress_damage()
         found += self.ipt.fwmarks.damage()
         if not found and gen is not None:
             self._intact_gen = gen
+        return found
+
+    def _ingress_damage(self) -> list[str]:
+        """--nat-replies ingress: the netdev table (its sets, `sink`, `rs` bound as lbd bound it) and
+        the veth pair."""
+        if self.ingress is None:
+            return []
+        t = f"{natingress.FAMILY} {self.table}"
+        text = self._exec(["-a", "list", "table", natingress.FAMILY, self.table], ok_missing=True)
+        if text is None:
+            return [f"nft table {t} gone"]
+        listing = parse_listing(text)
+        found = [f"nft set {t} {k.suffix} gone" for k in natingress.KINDS if k.suffix not in listing.set_types]
+        if self.installed is not None:
+            found += [f"nft set {t} {k.suffix} holds {len(listing.elements.get(k.suffix, ()))} of its "
+                      f"{len(self.installed[k])} elements" for k in natingress.KINDS
+                      if k.suffix in listing.set_types and len(listing.elements.get(k.suffix, ())) != len(self.installed[k])]
+        sink = listing.chains.get(natingress.SINK)
+        if sink is None or sink.rules or "policy drop" not in sink.hook:
+            found.append(f"nft chain {t} {natingress.SINK} gone or altered")
+        rs = listing.chains.get(natingress.RS)
+        if self.ingress_devices and (rs is None or rs.rules != natingress.rs_rules(self.ingress.tx)):
+            found.append(f"nft chain {t} {natingress.RS} gone or altered")
+        if not self.ingress.pair_exists():
+            found.append(f"veth pair {self.ingress.tx}/{self.ingress.peer} gone")
         return found
 
     def set_damage(self, set_counts: dict[str, int] | None = None) -> list[str]:
@@ -578,6 +702,7 @@ class NftManager:
         if listing.exists:
             self._exec(["delete", "table", FAMILY, self.table])
             log.info("nftables: table %s %s removed", FAMILY, self.table)
+        self._remove_ingress()
         if self.ipt_available():
             self.ipt.fwmarks.remove()
         self.installed = None

@@ -8,16 +8,17 @@ import subprocess
 from collections.abc import Sequence
 
 from lb import ipsets as ips
+from lb import natingress
 from lb import nftsteer as ns
 from lb.doctor.checks_rules import expected_elements
 from lb.doctor.findings import Finding, plural
 from lb.doctor.inputs import Run
 
 
-def table_block(ruleset: str, table: str) -> str | None:
-    """The text of `table ip <table> { ... }` in an `nft list ruleset` listing, or None."""
+def table_block(ruleset: str, table: str, family: str = ns.FAMILY) -> str | None:
+    """The text of `table <family> <table> { ... }` in an `nft list ruleset` listing, or None."""
     lines = ruleset.splitlines()
-    head = f"table {ns.FAMILY} {table} {{"
+    head = f"table {family} {table} {{"
     for i, line in enumerate(lines):
         if line.startswith(head):
             for j in range(i + 1, len(lines)):
@@ -45,8 +46,10 @@ def check_nft_steering(run: Run) -> list[Finding]:
     listing = ns.parse_listing(block)
     closed = run.ping.get("down_policy") == "closed"
     hook = run.ping.get("steering_hook") or ("input" if ns.IN in listing.chains else "prerouting")
+    hook = hook if hook in ns.STEER_HOOKS else "prerouting"
+    ingress = run.ping.get("nat_replies") == "ingress" and hook == "input"
     manager = ns.NftManager(q, track=bool(run.ping.get("conntrack")), bypass=not closed, runner=_no_commands,
-                            hook=hook if hook in ns.STEER_HOOKS else "prerouting")
+                            hook=hook, nat_replies="ingress" if ingress else "forward")
     want = expected_elements(run)
     manager.installed = want
     out: list[Finding] = []
@@ -55,6 +58,8 @@ def check_nft_steering(run: Run) -> list[Finding]:
         out.append(Finding("error", "nfqueue-rules", f"table {ns.FAMILY} {name} does not hold lbd's chains: packets "
                            "for the services may not reach the queue", evidence="\n".join(chains) + "\n\n" + block,
                            fix=fix))
+    if ingress and want[ips.NATRIP]:
+        out += _ingress_findings(ruleset, name, want[ips.NATRIP])
     have = {k: listing.elements.get(k.suffix, set()) for k in ips.KINDS}
     missing = [f"{k.suffix} {e}" for k in ips.KINDS for e in sorted(want[k] - have[k])]
     extra = [f"{k.suffix} {e}" for k in ips.KINDS for e in sorted(have[k] - want[k])]
@@ -74,6 +79,31 @@ def check_nft_steering(run: Run) -> list[Finding]:
                            + f" (inspect: nft list table {ns.FAMILY} {name})",
                            evidence=block))
     return out
+
+
+def _ingress_findings(ruleset: str, name: str, natrip: set[str]) -> list[Finding]:
+    """lbd --nat-replies ingress with NAT real servers: its netdev table must hold their addresses and
+    a chain `rs` bound to some interface, or their replies never reach lbd."""
+    block = table_block(ruleset, name, family=natingress.FAMILY)
+    fix = "restart lbd (it recreates the table), or check the routes to the real servers (lbd binds the chain " \
+          "to the interfaces the kernel routes them through)"
+    if block is None:
+        return [Finding("error", "nfqueue-rules", f"lbd takes NAT replies at ingress but table {natingress.FAMILY} "
+                        f"{name} is missing: the replies of {plural(len(natrip), 'NAT real server')} never reach lbd",
+                        fix=fix)]
+    listing = ns.parse_listing(block)
+    rs = listing.chains.get(natingress.RS)
+    missing = natrip - listing.elements.get(ips.NATRIP.suffix, set())
+    tx = natingress.pair_names(int(name.removeprefix(ns.TABLE_PREFIX)))[0]
+    problem = ("no chain bound to their interfaces" if rs is None else
+               "its chain `rs` is altered" if rs.rules != natingress.rs_rules(tx) else
+               f"{plural(len(missing), 'address')} missing from its natrip set" if missing else "")
+    if problem:
+        return [Finding("error", "nfqueue-rules", f"table {natingress.FAMILY} {name} does not take the replies of "
+                        f"every NAT real server: {problem}", evidence=block, fix=fix)]
+    assert rs is not None
+    return [Finding("info", "nfqueue-rules", f"NAT replies taken at ingress ({rs.hook}), table {natingress.FAMILY} "
+                    f"{name}: routed traffic arriving on other interfaces meets nothing of lbd's", evidence=block)]
 
 
 def _no_commands(cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:

@@ -371,6 +371,15 @@ class PyEngine(Listing):
             return {}
         return self._nfq.stats_dict()
 
+    def start_natrx(self, ifindex: int, mark_queue: int, qdisc_bypass: bool = False, cpu: int | None = None) -> None:
+        raise EngineError("EOPNOTSUPP", "--nat-replies ingress needs the C engine (its reader is native/src/natrx.c)")
+
+    def stop_natrx(self) -> None:
+        pass
+
+    def natrx_stats(self) -> dict[str, int]:
+        return {}
+
     def nfq_queue_stats(self) -> list[dict[str, int]]:
         """Per queue, as CEngine's: this adapter serves one queue."""
         return [self._nfq.stats_dict()] if self._nfq is not None else []

@@ -187,6 +187,7 @@ class FakeNft:
 
     def __init__(self) -> None:
         self.listing: str | None = None
+        self.netdev_listing: str | None = None  # lbd's netdev table (--nat-replies ingress)
         self.calls: list[tuple[list[str], str | None]] = []
         self.queue_rules: list[dict[str, Any]] = []
 
@@ -194,9 +195,10 @@ class FakeNft:
         cmd = list(cmd)
         self.calls.append((cmd, stdin))
         if cmd[0] == "nft" and "list" in cmd:
-            if self.listing is None:
+            listing = self.netdev_listing if "netdev" in cmd else self.listing
+            if listing is None:
                 return subprocess.CompletedProcess(cmd, 1, "", "Error: No such file or directory\n")
-            return subprocess.CompletedProcess(cmd, 0, self.listing, "")
+            return subprocess.CompletedProcess(cmd, 0, listing, "")
         if cmd[0] == "iptables" and "-S" in cmd:
             return subprocess.CompletedProcess(cmd, 0, "-P PREROUTING ACCEPT\n", "")
         if cmd[0] == "ipset":

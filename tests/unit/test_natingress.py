@@ -1,0 +1,248 @@
+"""lbd --nat-replies ingress (lb/natingress.py, its part of lb/nftsteer.py, lb/nftelements.py's mirror):
+the netdev table's text, the interfaces it is bound to, and what the steering manager writes when NAT
+real servers come, go or move. No kernel: nft is faked (test_nftsteer's FakeNft), the veth pair and
+route lookups are injected."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from lb import ipsets as ips
+from lb import natingress as ni
+from lb import nfnlbatch, nftelements
+from lb import nftsteer as ns
+from lb.daemon_options import parse_args
+from lb.ipsets import Steering
+from test_nftsteer import TCP, FakeNft, healthy_listing, nat_steering
+
+
+class FakeIngress(ni.NatIngress):
+    """The pair and the routes without the kernel: routes maps an address to its interface."""
+
+    def __init__(self, routes: dict[str, str | None]) -> None:
+        self.routes = routes
+        self.lookups: list[list[str]] = []
+        super().__init__(3, route_devs=self._devs_of)
+        self.pair = False
+        self.ifindex = 40
+
+    def _devs_of(self, addrs: list[str]) -> dict[str, str | None]:
+        self.lookups.append(list(addrs))
+        return {a: self.routes.get(a) for a in addrs}
+
+    def ensure_pair(self) -> int:
+        if not self.pair:
+            self.pair, self.ifindex = True, self.ifindex + 1
+        return self.ifindex
+
+    def remove_pair(self) -> None:
+        self.pair = False
+
+    def pair_exists(self) -> bool:
+        return self.pair
+
+
+def ingress_manager(fake: FakeNft, routes: dict[str, str | None] | None = None) -> tuple[ns.NftManager, FakeIngress]:
+    ing = FakeIngress(routes if routes is not None else {"10.9.0.5": "eth1"})
+    m = ns.NftManager(3, runner=fake, queue_writer=fake.queue_writer, hook="input", nat_replies="ingress", ingress=ing)
+    m.ipt_available = lambda: False  # type: ignore[method-assign]
+    return m, ing
+
+
+def test_names_fit_ifnamsiz_and_are_per_queue() -> None:
+    assert ni.pair_names(0) == ("lbnr0", "lbnr0p")
+    assert all(len(n) < 16 for n in ni.pair_names(65535))
+    with pytest.raises(ValueError):
+        ni.pair_names(65536)
+
+
+def test_rs_chain_takes_nat_replies_and_fragments_of_nat_real_servers_only() -> None:
+    rules = ni.rs_rules("lbnr3")
+    assert rules[0] == "ip saddr != @natrip return"  # everything else on the interface leaves at once
+    assert rules[1] == "fib daddr type local return"  # the director's own connections (health checks)
+    assert rules[2] == 'ip frag-off & 0x3fff != 0 fwd to "lbnr3"'  # every fragment: lbd's socket reassembles
+    assert all(r.endswith('fwd to "lbnr3"') for r in rules[2:])
+    # the same tests as the forward chain's NAT rules (lb.nftlayout), with `fwd` for `jump go`
+    assert [r.replace('fwd to "lbnr3"', "jump go") for r in rules[3:]] == ns.forward_rules()[1:]
+
+
+def test_chain_lines_rebind_in_one_transaction() -> None:
+    assert ni.chain_lines("lbd-q3", "lbnr3", set(), exists=False) == []
+    lines = ni.chain_lines("lbd-q3", "lbnr3", {"eth2", "eth1"}, exists=True)
+    assert lines[:2] == ["flush chain netdev lbd-q3 rs", "delete chain netdev lbd-q3 rs"]
+    assert lines[2] == ('add chain netdev lbd-q3 rs { type filter hook ingress devices = { "eth1", "eth2" } '
+                        'priority -500; policy accept; }')
+    assert lines[3:] == [f"add rule netdev lbd-q3 rs {r}" for r in ni.rs_rules("lbnr3")]
+    assert ni.chain_lines("lbd-q3", "lbnr3", set(), exists=True) == lines[:2]
+
+
+def test_devices_are_looked_up_once_per_address_and_again_after_a_routing_change(caplog: Any) -> None:
+    ing = FakeIngress({"10.9.0.5": "eth1", "10.9.0.6": "eth1", "10.8.0.1": "eth2", "127.0.0.9": "lo",
+                       "10.7.0.1": "lbnr0p"})
+    assert ing.devices({"10.9.0.5", "10.9.0.6"}) == {"eth1"}
+    assert ing.devices({"10.9.0.5", "10.9.0.6", "10.8.0.1"}) == {"eth1", "eth2"}
+    assert ing.lookups == [["10.9.0.5", "10.9.0.6"], ["10.8.0.1"]]  # only the new address the second time
+    assert ing.devices({"10.8.0.1", "127.0.0.9", "10.7.0.1"}) == {"eth2"}  # never lo, never a pair of lbd's
+    with caplog.at_level(logging.WARNING, logger="lb.natingress"):
+        assert ing.devices({"10.8.0.1", "10.6.0.1"}) == {"eth2"}
+    assert "no route to 10.6.0.1" in caplog.text
+    ing.routes["10.8.0.1"] = "eth3"
+    assert ing.devices({"10.8.0.1"}) == {"eth2"}  # cached ...
+    ing.forget_routes()
+    assert ing.devices({"10.8.0.1"}) == {"eth3"}  # ... until the routes change
+
+
+def test_ingress_needs_the_input_hook() -> None:
+    with pytest.raises(ValueError, match="needs --steer-hook input"):
+        ns.NftManager(3, runner=FakeNft(), hook="prerouting", nat_replies="ingress")
+    with pytest.raises(ValueError, match="one of forward, ingress"):
+        ns.NftManager(3, runner=FakeNft(), hook="input", nat_replies="xdp")
+
+
+def test_setup_creates_the_pair_then_the_netdev_table_and_tells_lbd_where_to_read() -> None:
+    fake = FakeNft()
+    m, ing = ingress_manager(fake)
+    fake.listing = healthy_listing(m)
+    started: list[int] = []
+    m.on_ingress_pair = started.append
+    m.setup()
+    assert ing.pair and started == [41]
+    (script,) = fake.scripts()
+    assert "add table netdev lbd-q3\ndelete table netdev lbd-q3\nadd table netdev lbd-q3" in script
+    assert "add set netdev lbd-q3 natrip { type ipv4_addr; size 65536; }" in script  # the fast set, as ip's
+    assert 'add chain netdev lbd-q3 sink { type filter hook ingress device "lbnr3p" priority -500; policy drop; }' in script
+    assert "netdev lbd-q3 rs" not in script  # no NAT real server: no chain on any interface
+    assert "forward" not in script and "defrag" not in script
+
+
+def test_no_forward_chain_ever_and_nat_elements_mirrored_in_one_batch() -> None:
+    fake = FakeNft()
+    m, ing = ingress_manager(fake)
+    fake.listing = healthy_listing(m)
+    m.setup()
+    fake.calls.clear()
+    written: list[tuple[Any, ...]] = []
+    m._element_writer = lambda *a, **kw: written.append((a, kw))
+    m._generation = lambda: 5  # nothing but lbd wrote: the delta path
+    m._intact_gen = 5
+    with_nat = nat_steering().elements()
+    assert set(m._want(True)) == {ns.GO, ns.IN, ns.OUT}
+    # the first NAT real server: its interface bound (nft -f: a chain changes), its elements in both tables
+    plan = m.apply(ips.SetDelta(added={k: set(v) for k, v in with_nat.items()}), lambda: with_nat, set())
+    (script,) = fake.scripts()
+    assert 'add chain netdev lbd-q3 rs { type filter hook ingress devices = { "eth1" } priority -500; policy accept; }' in script
+    assert "add element ip lbd-q3 natrip { 10.9.0.5 }\nadd element netdev lbd-q3 natrip { 10.9.0.5 }" in script
+    assert "add element netdev lbd-q3 nat { 10.9.0.5 . tcp . 8080 }" in script
+    assert "add element netdev lbd-q3 svc" not in script  # only the NAT sets live there
+    assert "forward" not in script and plan.rewritten == []
+    assert written == [] and m.ingress_devices == {"eth1"}
+    # another port of the same real server: no chain change, one netlink batch mirrored into netdev
+    fake.calls.clear()
+    m._intact_gen = 5
+    m.apply(ips.SetDelta(added={ips.NAT: {"10.9.0.5,tcp:8081"}}), lambda: with_nat, set())
+    assert fake.scripts() == []
+    ((args, kw),) = written
+    assert args[1] == [("nat", "hash:ip,port", {"10.9.0.5,tcp:8081"})]
+    assert kw["mirror"] == frozenset({"nat", "natrip", "nattcp0", "natudp0"})
+    # the last NAT real server leaves: the chain goes, its elements leave both tables
+    m._intact_gen = 5
+    gone = {k: set(v) for k, v in with_nat.items() if k not in (ips.ADDR, ips.SVC)}
+    m.apply(ips.SetDelta(removed=gone), lambda: Steering(services={(TCP, "10.0.0.1", 80)}).elements(), set())
+    (script,) = fake.scripts()
+    assert "flush chain netdev lbd-q3 rs\ndelete chain netdev lbd-q3 rs" in script
+    assert "add chain netdev lbd-q3 rs" not in script
+    assert "delete element netdev lbd-q3 natrip { 10.9.0.5 }" in script
+    assert m.ingress_devices == set()
+
+
+def test_a_routing_change_rebinds_the_chain_only_when_the_interfaces_moved() -> None:
+    fake = FakeNft()
+    m, ing = ingress_manager(fake)
+    fake.listing = healthy_listing(m)
+    m.sync(nat_steering())
+    assert m.ingress_devices == {"eth1"}
+    fake.calls.clear()
+    m.routes_changed()  # same interface: nothing written
+    assert fake.scripts() == []
+    ing.routes["10.9.0.5"] = "eth7"
+    m.routes_changed()
+    (script,) = fake.scripts()
+    assert 'devices = { "eth7" }' in script and script.startswith("flush chain netdev lbd-q3 rs")
+
+
+def test_a_full_sync_recreates_the_netdev_table_with_the_nat_elements() -> None:
+    fake = FakeNft()
+    m, _ = ingress_manager(fake)
+    fake.listing = healthy_listing(m)
+    m.sync(nat_steering())
+    (script,) = fake.scripts()
+    assert "delete table netdev lbd-q3" in script
+    assert "add element netdev lbd-q3 natrip { 10.9.0.5 }" in script
+    assert "add rule netdev lbd-q3 rs ip saddr != @natrip return" in script
+
+
+def test_damage_names_a_missing_netdev_table_or_pair() -> None:
+    fake = FakeNft()
+    m, ing = ingress_manager(fake)
+    fake.listing = healthy_listing(m, {"addr": ["10.0.0.1"], "svc": ["10.0.0.1,tcp:80"]})
+    m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
+    m._generation = lambda: None
+    assert m.damage() == ["nft table netdev lbd-q3 gone"]
+    fake.netdev_listing = ("table netdev lbd-q3 {\n" + "".join(
+        f"\tset {k.suffix} {{\n\t\ttype {ns.SET_TYPES[k.type]}\n\t}}\n" for k in ni.KINDS)
+        + '\tchain sink {\n\t\ttype filter hook ingress device "lbnr3p" priority -500; policy drop;\n\t}\n}\n')
+    ing.pair = True
+    assert m.damage() == []
+    ing.pair = False
+    assert m.damage() == ["veth pair lbnr3/lbnr3p gone"]
+
+
+def test_teardown_removes_both_tables_and_the_pair() -> None:
+    fake = FakeNft()
+    m, ing = ingress_manager(fake)
+    fake.listing = healthy_listing(m)
+    m.setup()
+    fake.netdev_listing = "table netdev lbd-q3 {\n}\n"
+    m.teardown()
+    deletes = [c for c, _ in fake.calls if "delete" in c]
+    assert deletes == [["nft", "delete", "table", "ip", "lbd-q3"], ["nft", "delete", "table", "netdev", "lbd-q3"]]
+    assert not ing.pair
+
+
+def test_mirrored_elements_go_to_both_families_in_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[Any] = []
+    monkeypatch.setattr(nftelements, "transact", lambda reqs, what, netns: sent.append((reqs, what)))
+    nftelements.write("lbd-q3", [("natrip", "hash:ip", {"10.9.0.5"}), ("addr", "hash:ip", {"10.0.0.1"})],
+                      [("nat", "hash:ip,port", {"10.9.0.5,tcp:80"})], mirror=frozenset({"natrip", "nat"}))
+    ((reqs, what),) = sent
+    assert [(r.msg_type, r.family) for r in reqs] == [
+        (nftelements.NFT_MSG_NEWSETELEM, nfnlbatch.NFPROTO_IPV4), (nftelements.NFT_MSG_NEWSETELEM, nfnlbatch.NFPROTO_NETDEV),
+        (nftelements.NFT_MSG_NEWSETELEM, nfnlbatch.NFPROTO_IPV4),
+        (nftelements.NFT_MSG_DELSETELEM, nfnlbatch.NFPROTO_IPV4), (nftelements.NFT_MSG_DELSETELEM, nfnlbatch.NFPROTO_NETDEV)]
+    assert reqs[0].body == reqs[1].body  # the same message, for the other family's table of that name
+    assert "netdev lbd-q3" in what
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nat-replies", "ingress", "--steer-hook", "prerouting"], "goes with --steering nftables --steer-hook input"),
+    (["--nat-replies", "ingress", "--steering", "iptables"], "goes with --steering nftables --steer-hook input"),
+    (["--nat-replies", "ingress", "--engine", "python"], "needs the C engine"),
+])
+def test_the_option_is_refused_where_it_cannot_work(argv: list[str], message: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_the_option_defaults_to_forward_and_reaches_the_manager() -> None:
+    from lb.daemon import make_rules
+
+    assert parse_args([]).nat_replies == "forward"
+    args = parse_args(["--nat-replies", "ingress"])
+    rules = make_rules(args)
+    assert rules.nat_replies == "ingress" and rules.ingress is not None
+    assert rules.ingress.tx == "lbnr0"
