@@ -5,7 +5,7 @@ _lbd() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
     local options="--config --check --diff --socket --queue-num --queue-balance --queue-cpus
         --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --queue-maxlen --no-steering --no-iptables
-        --steering --steer-hook --conntrack --down-policy --cleanup --state-dir --restore --conn-max --verbose -v
+        --steering --steer-hook --nat-replies --conntrack --down-policy --cleanup --state-dir --restore --conn-max --verbose -v
         --log-format --metrics --packet-source --xdp-interface --xdp-mode --xdp-copy --xdp-fastpath
         --sync-threshold --sync-refresh-period --sync-retries --sync-persist-mode --version --help -h"
     COMPREPLY=()
@@ -16,6 +16,7 @@ _lbd() {
         --down-policy) COMPREPLY=($(compgen -W "open closed" -- "$cur")); return 0 ;;
         --steering) COMPREPLY=($(compgen -W "iptables nftables" -- "$cur")); return 0 ;;
         --steer-hook) COMPREPLY=($(compgen -W "prerouting input" -- "$cur")); return 0 ;;
+        --nat-replies) COMPREPLY=($(compgen -W "forward ingress" -- "$cur")); return 0 ;;
         --packet-source) COMPREPLY=($(compgen -W "nfqueue afxdp" -- "$cur")); return 0 ;;
         --xdp-mode) COMPREPLY=($(compgen -W "auto native generic" -- "$cur")); return 0 ;;
         --xdp-interface) COMPREPLY=($(compgen -W "$(ls /sys/class/net 2>/dev/null)" -- "$cur")); return 0 ;;

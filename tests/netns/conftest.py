@@ -75,6 +75,11 @@ STEERING = os.environ.get("LB_TEST_STEERING", DEFAULT_STEERING)
 # (before routing, at raw priority); by default lbd's own, input (kernel IPVS's placement), where tests
 # about the prerouting placement skip (steering.py). iptables steering is always prerouting.
 STEER_HOOK = steer_hook(STEERING, os.environ.get("LB_TEST_STEER_HOOK") if STEERING == "nftables" else None)
+# LB_TEST_NAT_REPLIES=ingress (with nftables steering at the input hook): those lbds get
+# `--nat-replies ingress` (NAT replies taken by a netdev chain on the real servers' interfaces,
+# lb/natingress.py); by default lbd's own, forward.
+NAT_REPLIES = os.environ.get("LB_TEST_NAT_REPLIES", "forward") if (STEERING, STEER_HOOK) == ("nftables", "input") \
+    else "forward"
 NFT = os.environ.get("LB_TEST_NFT") or shutil.which("nft") or "nft"
 if os.environ.get("LB_TEST_NFT"):  # every lbd and command the tests start finds it as `nft`
     os.environ["PATH"] = f"{Path(NFT).resolve().parent}:{os.environ.get('PATH', '')}"
@@ -183,6 +188,7 @@ def steering_args() -> list[str]:
     """The options every lbd of the run gets unless it names its own steering: lbd's defaults unless
     LB_TEST_STEERING / LB_TEST_STEER_HOOK ask for another (only the difference is given)."""
     args = [] if STEERING == DEFAULT_STEERING else ["--steering", STEERING]
+    args += [] if NAT_REPLIES == "forward" else ["--nat-replies", NAT_REPLIES]
     return args + ([] if STEER_HOOK == steer_hook(STEERING, None) else ["--steer-hook", STEER_HOOK])
 
 
@@ -203,11 +209,15 @@ def iptables_leftovers(host: Host) -> list[str]:
 
 
 def nft_leftovers(host: Host) -> list[str]:
-    """lbd's nftables tables (`ip lbd-q*`, lb/nftsteer.py) in `host`'s namespace; none without nft."""
+    """lbd's nftables tables (`ip lbd-q*`, lb/nftsteer.py; `netdev lbd-q*` and the veth pairs `lbnr*`
+    of --nat-replies ingress, lb/natingress.py) in `host`'s namespace; no tables without nft."""
+    links = host.exec(["ip", "-o", "link", "show"], check=False).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if line.count(":") >= 2]
+    found = [f"link: {name}" for name in names if name.startswith("lbnr")]
     if not Path(NFT).exists() and shutil.which(NFT) is None:
-        return []
+        return found
     tables = host.exec([NFT, "list", "tables"], check=False).stdout
-    return [f"nft: {line}" for line in tables.splitlines() if line.startswith("table ip lbd-q")]
+    return found + [f"nft: {line}" for line in tables.splitlines() if line.startswith(("table ip lbd-q", "table netdev lbd-q"))]
 
 
 def nft_env(env: dict[str, str] | None) -> dict[str, str] | None:
@@ -425,7 +435,10 @@ def flush_iptables(host: Host) -> None:
         host.exec(["iptables", "-t", table, "-F"], check=False)
         host.exec(["iptables", "-t", table, "-X"], check=False)
     for line in nft_leftovers(host):
-        host.exec([NFT, "delete", "table", "ip", line.split()[-1]], check=False)
+        if line.startswith("link: "):  # a veth pair of --nat-replies ingress: deleting one end deletes both
+            host.exec(["ip", "link", "del", line.split()[-1]], check=False)
+        else:  # "nft: table <family> <name>"
+            host.exec([NFT, "delete", "table", *line.split()[-2:]], check=False)
 
 
 def _flush_director(topo: Topology) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import NFT, PACKET_SOURCE, QUEUE_NUM, STEER_HOOK, STEERING
+from conftest import NAT_REPLIES, NFT, PACKET_SOURCE, QUEUE_NUM, STEER_HOOK, STEERING
 
 from lb.testbed.topology import Host
 
@@ -28,6 +28,15 @@ FIRST_CHAIN = "input" if INPUT_HOOK else "pre"  # the base chain every packet fo
 # check first): --steer-hook input, but not under LB_TEST_PACKET_SOURCE=afxdp, where the XDP program
 # takes them before any hook and lbd's table at input is only the NFQUEUE fallback's (docs/afxdp.md).
 AFTER_ROUTING = INPUT_HOOK and PACKET_SOURCE != "afxdp"
+# LB_TEST_NAT_REPLIES=ingress: NAT replies reach lbd before routing (a netdev ingress chain on the real
+# servers' interfaces, lb/natingress.py), so lbd, not ip_forward, answers what routing would have
+NAT_INGRESS = INPUT_HOOK and NAT_REPLIES == "ingress"
+NAT_REPLIES_AFTER_ROUTING = AFTER_ROUTING and not NAT_INGRESS
+
+
+def netdev_dump(host: Host, queue: int = QUEUE_NUM) -> str:
+    """`nft list table netdev lbd-q<N>` (--nat-replies ingress), "" when there is none."""
+    return host.exec([NFT, "list", "table", "netdev", table(queue)], check=False).stdout
 
 
 def table(queue: int = QUEUE_NUM) -> str:
