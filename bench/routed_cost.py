@@ -87,16 +87,17 @@ TITLE = "Traffic routed through the director, not for a service, at a fixed rate
 NEEDS_ROOT = True
 TARGET_RATIO = 1.10
 # issue 15 item 1: lbd's rules, lbd running with each steering, against no lbd
-TARGET_CASES = ("rules", "lbd", "lbd-nft", "lbd-nft-in", "lbd-nft-in-dr")
+TARGET_CASES = ("rules", "lbd", "lbd-nft", "lbd-nft-in", "lbd-nft-in-dr", "lbd-nft-in-ingress")
 # What each target case is, in the verdict line: which steering, so a reader of the targets alone
 # sees which rows are lbd's default (its nftables table at the input hook) and which the options'.
 CASE_LABELS = {"rules": "lbd's rules alone (--steering iptables)",
                "lbd": "lbd --steering iptables",
                "lbd-nft": "lbd --steering nftables --steer-hook prerouting",
                "lbd-nft-in": "lbd, default steering (nftables, input hook), a NAT service",
-               "lbd-nft-in-dr": "lbd, default steering (nftables, input hook), no NAT service"}
-DEFAULT_CASES = "bare,rules,lbd,lbd-nft,lbd-nft-in,lbd-nft-in-dr"
-NFT_CASES = ("lbd-nft", "lbd-nft-in", "lbd-nft-in-dr")
+               "lbd-nft-in-dr": "lbd, default steering (nftables, input hook), no NAT service",
+               "lbd-nft-in-ingress": "lbd --nat-replies ingress (nftables, input hook), a NAT service"}
+DEFAULT_CASES = "bare,rules,lbd,lbd-nft,lbd-nft-in,lbd-nft-in-dr,lbd-nft-in-ingress"
+NFT_CASES = ("lbd-nft", "lbd-nft-in", "lbd-nft-in-dr", "lbd-nft-in-ingress")
 USER_HZ = os.sysconf("SC_CLK_TCK")
 NAT_VIP = "10.250.255.1"
 NAT_PORT = 8080
@@ -418,6 +419,20 @@ NFT_FWD_PROBES = {
     "nft-fwd-fast": _fwd_probe("ip saddr != @natrip return; accept; ", f" size {FAST_SET_SIZE};"),  # lbd's set
 }
 
+def nft_ingress_script(device: str) -> Any:
+    """`nft-ingress`: lbd's netdev chain of --nat-replies ingress (its first rule, on lbd's fixed-size
+    natrip set) bound to the interface the routed traffic ARRIVES on: what a packet from the real
+    servers' side pays that is not a NAT reply (lbd binds its chain to those interfaces only; routed
+    traffic from clients meets nothing)."""
+    def script(addrs: set[str], natrip: set[str]) -> str:
+        el = f"elements = {{ {', '.join(sorted(natrip))} }}" if natrip else ""
+        return (f"table netdev {NFT_TABLE} {{\n"
+                f"  set natrip {{ type ipv4_addr; size {FAST_SET_SIZE}; {el} }}\n"
+                f"  chain rs {{ type filter hook ingress device \"{device}\" priority -500;\n"
+                f"    ip saddr != @natrip return; fib daddr type local return; drop; }}\n}}\n")
+    return script
+
+
 NFT_PROBES = {**NFT_FWD_PROBES, "nft-first": nft_first_script, "nft-full": nft_full_script, "nft-hook": nft_hook_script,
               "nft-defrag": nft_defrag_script, "nft-fwd": nft_fwd_script}
 
@@ -446,22 +461,26 @@ def nft_first(bed: pps.Bed, steering: Any, nft: list[str], case: str = "nft-firs
     from lb import ipsets as ips
 
     el = steering.elements()
-    script = NFT_PROBES[case](el[ips.ADDR], el[ips.NATRIP])
+    family = "netdev" if case == "nft-ingress" else "ip"
+    make = nft_ingress_script(bed.director.iface("lan").ifname) if case == "nft-ingress" else NFT_PROBES[case]
+    script = make(el[ips.ADDR], el[ips.NATRIP])
     try:
         bed.director.exec([*nft, "-f", "-"], input=script)
         yield
     finally:
-        bed.director.exec([*nft, "delete", "table", "ip", NFT_TABLE], check=False)
+        bed.director.exec([*nft, "delete", "table", family, NFT_TABLE], check=False)
 
 
 @contextlib.contextmanager
 def running_lbd(bed: pps.Bed, reqs: list[tuple[str, dict[str, Any]]], dut_cpu: int | None,
-                nft_dir: str | None = None, hook: str = "prerouting") -> Iterator[Lbd]:
+                nft_dir: str | None = None, hook: str = "prerouting", nat_replies: str = "forward") -> Iterator[Lbd]:
     """lbd running with the configuration; with `nft_dir` (a directory holding `nft`, "" for PATH's)
-    lbd steers with --steering nftables (case lbd-nft), at `hook` (--steer-hook: lbd-nft-in)."""
+    lbd steers with --steering nftables (case lbd-nft), at `hook` (--steer-hook: lbd-nft-in), taking
+    NAT replies as `nat_replies` says (--nat-replies: lbd-nft-in-ingress)."""
     nft = nft_dir is not None
+    steer = ["--steering", "nftables", "--steer-hook", hook, "--nat-replies", nat_replies]
     lbd = Lbd(bed.director, "c", cpu=dut_cpu, conn_max=pps.CONN_MAX_C, nice=bed.nice,
-              extra=["--steering", "nftables", "--steer-hook", hook] if nft else ["--steering", "iptables"],
+              extra=steer if nft else ["--steering", "iptables"],
               env={"PATH": f"{nft_dir}:{os.environ.get('PATH', '')}"} if nft_dir else None)
     try:
         lbd.start()
@@ -476,6 +495,8 @@ def running_lbd(bed: pps.Bed, reqs: list[tuple[str, dict[str, Any]]], dut_cpu: i
         if nft_dir is not None:
             nft_cmd = os.path.join(nft_dir, "nft") if nft_dir else "nft"
             bed.director.exec([nft_cmd, "delete", "table", "ip", f"lbd-q{QUEUE}"], check=False)
+            bed.director.exec([nft_cmd, "delete", "table", "netdev", f"lbd-q{QUEUE}"], check=False)
+            bed.director.exec(["ip", "link", "del", f"lbnr{QUEUE}"], check=False)
         lbd.cleanup()
 
 
@@ -651,11 +672,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir, "input") if case == "lbd-nft-in" else
                         running_lbd(bed, dr_reqs, dut_cpu, args.routed_nft_dir, "input")
                         if case == "lbd-nft-in-dr" else
+                        running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir, "input", "ingress")
+                        if case == "lbd-nft-in-ingress" else
                         partial_rules(bed, case) if case in PARTIAL else
                         first_rule_only(bed, steering) if case == "raw-first" else
                         fib_rule(bed) if case == "fib-rule" else
                         nft_first(bed, steering, shlex.split(args.routed_nft), case)
-                        if case in NFT_PROBES else
+                        if case in NFT_PROBES or case == "nft-ingress" else
                         rules_only(bed, modules[case], steering, "iptables-legacy")
                         if case == "rules-legacy" else
                         rules_only(bed, modules[case], steering))
@@ -727,11 +750,13 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--routed-cases", default=DEFAULT_CASES,
                     help="routed: comma-separated, of bare, rules, lbd (lbd --steering iptables); the steps raw-empty, "
                          "raw-comment, raw-go, raw-first; nft-first, nft-full, nft-hook, nft-defrag, nft-fwd, "
-                         "nft-fwd-empty, nft-fwd-accept, nft-fwd-cmp, nft-fwd-mark, nft-fwd-fast (probes; need nft); "
+                         "nft-fwd-empty, nft-fwd-accept, nft-fwd-cmp, nft-fwd-mark, nft-fwd-fast, nft-ingress (probes; "
+                         "need nft); "
                          "fib-rule (probe: one policy-routing rule); lbd-nft (lbd --steering nftables "
                          "--steer-hook prerouting: nft on PATH or in --routed-nft-dir), "
                          "lbd-nft-in (lbd's default steering, its table at the input hook), "
-                         "lbd-nft-in-dr (that without the NAT service); rules-legacy "
+                         "lbd-nft-in-dr (that without the NAT service), lbd-nft-in-ingress (lbd-nft-in with "
+                         "--nat-replies ingress); rules-legacy "
                          f"(iptables-legacy) (default {DEFAULT_CASES}; the nft ones only where nft is found)")
     ap.add_argument("--routed-nft-dir", default="", metavar="DIR",
                     help="routed: a directory holding the `nft` lbd runs for lbd-nft (default: lbd's PATH)")
