@@ -93,9 +93,9 @@ TARGET_CASES = ("rules", "lbd", "lbd-nft", "lbd-nft-in", "lbd-nft-in-dr", "lbd-n
 CASE_LABELS = {"rules": "lbd's rules alone (--steering iptables)",
                "lbd": "lbd --steering iptables",
                "lbd-nft": "lbd --steering nftables --steer-hook prerouting",
-               "lbd-nft-in": "lbd, default steering (nftables, input hook), a NAT service",
+               "lbd-nft-in": "lbd --nat-replies forward (nftables, input hook), a NAT service",
                "lbd-nft-in-dr": "lbd, default steering (nftables, input hook), no NAT service",
-               "lbd-nft-in-ingress": "lbd --nat-replies ingress (nftables, input hook), a NAT service"}
+               "lbd-nft-in-ingress": "lbd, default steering (nftables, input hook, NAT replies at ingress), a NAT service"}
 DEFAULT_CASES = "bare,rules,lbd,lbd-nft,lbd-nft-in,lbd-nft-in-dr,lbd-nft-in-ingress"
 NFT_CASES = ("lbd-nft", "lbd-nft-in", "lbd-nft-in-dr", "lbd-nft-in-ingress")
 USER_HZ = os.sysconf("SC_CLK_TCK")
@@ -473,12 +473,12 @@ def nft_first(bed: pps.Bed, steering: Any, nft: list[str], case: str = "nft-firs
 
 @contextlib.contextmanager
 def running_lbd(bed: pps.Bed, reqs: list[tuple[str, dict[str, Any]]], dut_cpu: int | None,
-                nft_dir: str | None = None, hook: str = "prerouting", nat_replies: str = "forward") -> Iterator[Lbd]:
+                nft_dir: str | None = None, hook: str = "prerouting", nat_replies: str | None = None) -> Iterator[Lbd]:
     """lbd running with the configuration; with `nft_dir` (a directory holding `nft`, "" for PATH's)
     lbd steers with --steering nftables (case lbd-nft), at `hook` (--steer-hook: lbd-nft-in), taking
-    NAT replies as `nat_replies` says (--nat-replies: lbd-nft-in-ingress)."""
+    NAT replies as `nat_replies` says (--nat-replies forward: lbd-nft-in; None: lbd's default)."""
     nft = nft_dir is not None
-    steer = ["--steering", "nftables", "--steer-hook", hook, "--nat-replies", nat_replies]
+    steer = ["--steering", "nftables", "--steer-hook", hook] + (["--nat-replies", nat_replies] if nat_replies else [])
     lbd = Lbd(bed.director, "c", cpu=dut_cpu, conn_max=pps.CONN_MAX_C, nice=bed.nice,
               extra=steer if nft else ["--steering", "iptables"],
               env={"PATH": f"{nft_dir}:{os.environ.get('PATH', '')}"} if nft_dir else None)
@@ -669,10 +669,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ctx: Any = (contextlib.nullcontext() if case == "bare" else
                         running_lbd(bed, reqs, dut_cpu) if case == "lbd" else
                         running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir) if case == "lbd-nft" else
-                        running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir, "input") if case == "lbd-nft-in" else
+                        running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir, "input", "forward")
+                        if case == "lbd-nft-in" else
                         running_lbd(bed, dr_reqs, dut_cpu, args.routed_nft_dir, "input")
                         if case == "lbd-nft-in-dr" else
-                        running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir, "input", "ingress")
+                        running_lbd(bed, reqs, dut_cpu, args.routed_nft_dir, "input")
                         if case == "lbd-nft-in-ingress" else
                         partial_rules(bed, case) if case in PARTIAL else
                         first_rule_only(bed, steering) if case == "raw-first" else
@@ -754,9 +755,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                          "need nft); "
                          "fib-rule (probe: one policy-routing rule); lbd-nft (lbd --steering nftables "
                          "--steer-hook prerouting: nft on PATH or in --routed-nft-dir), "
-                         "lbd-nft-in (lbd's default steering, its table at the input hook), "
-                         "lbd-nft-in-dr (that without the NAT service), lbd-nft-in-ingress (lbd-nft-in with "
-                         "--nat-replies ingress); rules-legacy "
+                         "lbd-nft-in (its table at the input hook, --nat-replies forward), lbd-nft-in-ingress "
+                         "(lbd's default: the table at the input hook, NAT replies at ingress), lbd-nft-in-dr (that "
+                         "without the NAT service); rules-legacy "
                          f"(iptables-legacy) (default {DEFAULT_CASES}; the nft ones only where nft is found)")
     ap.add_argument("--routed-nft-dir", default="", metavar="DIR",
                     help="routed: a directory holding the `nft` lbd runs for lbd-nft (default: lbd's PATH)")

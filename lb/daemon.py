@@ -288,7 +288,7 @@ def make_rules(args: argparse.Namespace, cleanup: bool = False) -> Any:
 
         cls: Any = NftManager
         nft = {"nft": shutil.which("nft") or "nft", "hook": steer_hook(kind, getattr(args, "steer_hook", None)),
-               "nat_replies": getattr(args, "nat_replies", "forward")}
+               "nat_replies": getattr(args, "nat_replies", None) or "forward"}
     else:
         from lb.iptables import RuleManager
 

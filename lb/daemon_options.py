@@ -114,19 +114,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "testing ip sets (lb/iptables.py), before routing. With --packet-source afxdp, its NFQUEUE fallback")
     p.add_argument("--steer-hook", choices=("prerouting", "input"), default=None,
                    help="with --steering nftables, where lbd's table takes packets. input (default): where kernel "
-                   "IPVS takes them, in the input hook after routing (and forward, only while NAT real servers "
-                   "exist, for their replies), first in them, before the firewall's INPUT/FORWARD rules: routed "
+                   "IPVS takes them, in the input hook after routing (NAT replies: --nat-replies), first there, "
+                   "before the firewall's INPUT rules: routed "
                    "traffic meets no hook of lbd's; VIPs and FULLNAT local addresses must be addresses of this host "
                    "and NAT needs net.ipv4.ip_forward=1, as for IPVS. prerouting: before routing, conntrack and the "
                    "firewall, at raw priority, for any address routed to the director (docs/firewall.md). "
                    "--steering iptables is always prerouting")
-    p.add_argument("--nat-replies", choices=("forward", "ingress"), default="forward",
-                   help="with --steer-hook input, where NAT real servers' replies are taken. forward (default): a "
-                   "chain at the forward hook while NAT real servers exist (every routed packet then meets it: ~8 %% "
-                   "more of its cost on the testbed). ingress: a netdev ingress chain bound to the NAT real servers' "
-                   "interfaces only, which hands their replies to lbd through a veth pair of its own (lbnr<N>, "
-                   "lbnr<N>p), reassembled by the kernel: traffic arriving on any other interface meets nothing of "
-                   "lbd's (docs/firewall.md \"NAT replies\"). Needs the C engine and the NFQUEUE packet source")
+    p.add_argument("--nat-replies", choices=("forward", "ingress"), default=None,
+                   help="with --steer-hook input, where NAT real servers' replies are taken. ingress (the default "
+                   "where it works: C engine, NFQUEUE packet source, lbd's nftables table at the input hook): a "
+                   "netdev ingress chain bound to the NAT real servers' interfaces only hands their replies to lbd "
+                   "through a veth pair of its own (lbnr<N>, lbnr<N>p), reassembled by the kernel; traffic arriving "
+                   "on any other interface meets nothing of lbd's. forward (the default otherwise): a chain at the "
+                   "forward hook while NAT real servers exist, which every routed packet meets (~8 %% more of its "
+                   "cost on the testbed) (docs/firewall.md, \"NAT replies at ingress\")")
     p.add_argument("--conntrack", action="store_true",
                    help="let the director's conntrack see what lbd hands back to the kernel and what it sends "
                    "on its raw socket (no CT --notrack rules): the analogue of IPVS's net.ipv4.vs.conntrack "
@@ -251,6 +252,23 @@ def _check_packet_source(p: argparse.ArgumentParser, args: argparse.Namespace) -
                 "so the VIPs' packets reach the director's own stack while no lbd runs (policy open)")
 
 
+def nat_replies(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """--nat-replies, or its default: ingress where it works (lbd's nftables table at the input hook
+    with NFQUEUE and the C engine), else forward. An explicit ingress where it cannot work is an error."""
+    table = args.steering == "nftables" and args.steer_hook == "input" and not args.no_iptables
+    reader = args.engine == "c" and args.packet_source == "nfqueue"
+    asked = getattr(args, "nat_replies", None)
+    if asked is None:
+        return "ingress" if table and reader else "forward"
+    if asked == "ingress" and not table:
+        p.error("--nat-replies ingress goes with --steering nftables --steer-hook input (the defaults): it is "
+                "a netdev table beside lbd's own")
+    if asked == "ingress" and not reader:
+        p.error("--nat-replies ingress needs the C engine and --packet-source nfqueue (its reader is C, "
+                "beside the NFQUEUE adapter)")
+    return str(asked)
+
+
 def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Resolve --queue-num/--queue-balance/--queue-cpus/--gso into args.queues (a QueuePlan); under
     --packet-source afxdp --queue-cpus pins the AF_XDP sockets' threads instead (args.xdp_cpus)."""
@@ -262,13 +280,7 @@ def _check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -
         args.steer_hook = steer_hook(getattr(args, "steering", DEFAULT_STEERING), getattr(args, "steer_hook", None))
     except ValueError as exc:
         p.error(str(exc))
-    if getattr(args, "nat_replies", "forward") == "ingress":
-        if args.steering != "nftables" or args.steer_hook != "input" or args.no_iptables:
-            p.error("--nat-replies ingress goes with --steering nftables --steer-hook input (the defaults): it is "
-                    "a netdev table beside lbd's own")
-        if args.engine != "c" or args.packet_source != "nfqueue":
-            p.error("--nat-replies ingress needs the C engine and --packet-source nfqueue (its reader is C, "
-                    "beside the NFQUEUE adapter)")
+    args.nat_replies = nat_replies(p, args)
     if args.queue_num is None:
         args.queue_num = 0
     if not 0 <= args.queue_num <= 65535:

@@ -10,7 +10,7 @@ This mode takes them before routing instead, on the real servers' interfaces onl
         chain rs {  type filter hook ingress devices = { <the NAT real servers' interfaces> } priority -500
             ip saddr != @natrip return                  (everything else on those interfaces leaves here)
             fib daddr type local return                 (the director's own connections to them)
-            ip frag-off & 0x3fff != 0 fwd to "lbnr<N>"  (fragments: reassembled by lbd's socket)
+            ip frag-off & 16383 != 0 fwd to "lbnr<N>"   (0x3fff: fragments, reassembled by lbd's socket)
             ip saddr . meta l4proto . th sport @nat fwd to "lbnr<N>"   ... (lb.nftlayout's NAT rules)
         }
         chain sink { type filter hook ingress device "lbnr<N>p" priority -500; policy drop; }
@@ -67,7 +67,7 @@ def rs_rules(tx: str) -> list[str]:
     fwd = f'fwd to "{tx}"'
     return ["ip saddr != @natrip return",
             "fib daddr type local return",
-            f"ip frag-off & 0x3fff != 0 {fwd}",
+            f"ip frag-off & 16383 != 0 {fwd}",  # 0x3fff: MF or an offset (nft prints it in decimal)
             f"ip saddr . meta l4proto . th sport @nat {fwd}",
             f"meta l4proto icmp {fwd}",
             f"meta l4proto tcp ip saddr @nattcp0 {fwd}",

@@ -490,9 +490,11 @@ class NftManager:
         self.installed = {k: set() for k in ips.KINDS}
         self._intact_gen = None
         if self.hook == "input":
-            where = (f"hook input priority {INPUT_PRIORITY} (and forward while NAT real servers exist): after routing "
-                     "as kernel IPVS, so VIPs and FULLNAT local addresses must be local addresses, and before the "
-                     "firewall's INPUT/FORWARD rules")
+            nat_where = (f"NAT replies at ingress of their interfaces (table {natingress.FAMILY} {self.table}, pair "
+                         f"{self.ingress.tx}/{self.ingress.peer})" if self.ingress is not None
+                         else "and forward while NAT real servers exist")
+            where = (f"hook input priority {INPUT_PRIORITY} ({nat_where}): after routing as kernel IPVS, so VIPs and "
+                     "FULLNAT local addresses must be local addresses, and before the firewall's INPUT rules")
         else:
             where = "hook prerouting priority raw"
         log.info("nftables: table %s %s ready (%s), %s; %s", FAMILY, self.table,
@@ -538,7 +540,7 @@ class NftManager:
         if self.ingress is None and not self._ingress_leftovers_checked:  # adopting a killed lbd's table
             self._remove_ingress()
         self._ensure_pair()
-        if nat and self.hook == "input":
+        if nat and self.hook == "input" and self.ingress is None:
             self._check_forwarding()
         if not listing.exists:
             log.log(heal_level, "nft table %s %s was missing; restoring it", FAMILY, self.table)

@@ -18,7 +18,7 @@ def check_forwarding(run: Run) -> list[Finding]:
     v = sysctl_int(run.ctx.sysctl("net/ipv4/ip_forward"))
     if v is None:
         return []
-    if run.input_hook() and v == 1:
+    if run.nat_replies_routed() and v == 1:
         return [Finding("info", "sysctl", "net.ipv4.ip_forward = 1: lbd (--steer-hook input) needs it for NAT, whose "
                         "replies are routed; FORWARD rules after lbd's forward hook never see the replies lbd takes")]
     if v == 0:

@@ -33,14 +33,16 @@ def check_nat_forwarding(run: Run) -> list[Finding]:
     v = sysctl_int(run.ctx.sysctl("net/ipv4/ip_forward"))
     if v is None or v == 1:
         return []
-    if run.input_hook():
+    if run.nat_replies_routed():
         return [Finding(
             "error", "nat",
             f"{len(nat)} NAT destination(s) and net.ipv4.ip_forward = 0: lbd takes packets after routing "
-            "(--steer-hook input), and the real servers' replies are routed to the clients: the kernel drops them "
-            "before lbd's forward hook, so no NAT connection completes (kernel IPVS needs forwarding on for NAT too)",
+            "(--steer-hook input, --nat-replies forward), and the real servers' replies are routed to the clients: "
+            "the kernel drops them before lbd's forward hook, so no NAT connection completes (kernel IPVS needs "
+            "forwarding on for NAT too)",
             evidence="NAT destinations: " + ", ".join(f"{rip}:{rport}" for _, _, _, rip, rport in nat),
-            fix="sysctl -w net.ipv4.ip_forward=1 (and in /etc/sysctl.d/ to keep it), or lbd --steer-hook prerouting")]
+            fix="sysctl -w net.ipv4.ip_forward=1 (and in /etc/sysctl.d/ to keep it), or lbd's default --nat-replies "
+                "ingress")]
     return [Finding(
         "warning", "nat",
         f"{len(nat)} NAT destination(s) and net.ipv4.ip_forward = 0: lbd translates the replies of the "

@@ -58,8 +58,6 @@ def check_nft_steering(run: Run) -> list[Finding]:
         out.append(Finding("error", "nfqueue-rules", f"table {ns.FAMILY} {name} does not hold lbd's chains: packets "
                            "for the services may not reach the queue", evidence="\n".join(chains) + "\n\n" + block,
                            fix=fix))
-    if ingress and want[ips.NATRIP]:
-        out += _ingress_findings(ruleset, name, want[ips.NATRIP])
     have = {k: listing.elements.get(k.suffix, set()) for k in ips.KINDS}
     missing = [f"{k.suffix} {e}" for k in ips.KINDS for e in sorted(want[k] - have[k])]
     extra = [f"{k.suffix} {e}" for k in ips.KINDS for e in sorted(have[k] - want[k])]
@@ -78,6 +76,8 @@ def check_nft_steering(run: Run) -> list[Finding]:
                               "meets none of its hooks (--steer-hook input: after routing, as kernel IPVS)")
                            + f" (inspect: nft list table {ns.FAMILY} {name})",
                            evidence=block))
+    if ingress and want[ips.NATRIP]:  # lbd's default --nat-replies ingress: its netdev table
+        out += _ingress_findings(ruleset, name, want[ips.NATRIP])
     return out
 
 

@@ -175,6 +175,11 @@ class Run:
         table at input is only its NFQUEUE fallback's (fragments, director-local clients: docs/afxdp.md)."""
         return self.ping.get("steering_hook") == "input" and self.packet_source != "afxdp"
 
+    def nat_replies_routed(self) -> bool:
+        """NAT replies reach lbd only if the director routes them: the input hook with the forward chain
+        (--nat-replies forward), not lbd's default netdev chain, which takes them before routing."""
+        return self.input_hook() and self.ping.get("nat_replies", "forward") != "ingress"
+
     def states(self) -> frozenset[str]:
         # Without notrack, a segment of a flow conntrack has not seen is NEW (nf_conntrack_tcp_loose=1)
         # or INVALID; with it, UNTRACKED.

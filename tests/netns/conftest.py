@@ -75,10 +75,11 @@ STEERING = os.environ.get("LB_TEST_STEERING", DEFAULT_STEERING)
 # (before routing, at raw priority); by default lbd's own, input (kernel IPVS's placement), where tests
 # about the prerouting placement skip (steering.py). iptables steering is always prerouting.
 STEER_HOOK = steer_hook(STEERING, os.environ.get("LB_TEST_STEER_HOOK") if STEERING == "nftables" else None)
-# LB_TEST_NAT_REPLIES=ingress (with nftables steering at the input hook): those lbds get
-# `--nat-replies ingress` (NAT replies taken by a netdev chain on the real servers' interfaces,
-# lb/natingress.py); by default lbd's own, forward.
-NAT_REPLIES = os.environ.get("LB_TEST_NAT_REPLIES", "forward") if (STEERING, STEER_HOOK) == ("nftables", "input") \
+# LB_TEST_NAT_REPLIES=forward (with nftables steering at the input hook): those lbds get
+# `--nat-replies forward` (NAT replies queued from a forward chain); by default lbd's own, ingress (a
+# netdev chain on the real servers' interfaces, lb/natingress.py) where it works: the C engine and
+# the NFQUEUE packet source (lbd falls back to forward elsewhere, as tests/netns/steering.py says).
+NAT_REPLIES = os.environ.get("LB_TEST_NAT_REPLIES", "ingress") if (STEERING, STEER_HOOK) == ("nftables", "input") \
     else "forward"
 NFT = os.environ.get("LB_TEST_NFT") or shutil.which("nft") or "nft"
 if os.environ.get("LB_TEST_NFT"):  # every lbd and command the tests start finds it as `nft`
@@ -188,7 +189,8 @@ def steering_args() -> list[str]:
     """The options every lbd of the run gets unless it names its own steering: lbd's defaults unless
     LB_TEST_STEERING / LB_TEST_STEER_HOOK ask for another (only the difference is given)."""
     args = [] if STEERING == DEFAULT_STEERING else ["--steering", STEERING]
-    args += [] if NAT_REPLIES == "forward" else ["--nat-replies", NAT_REPLIES]
+    args += [] if NAT_REPLIES == "ingress" or (STEERING, STEER_HOOK) != ("nftables", "input") \
+        else ["--nat-replies", NAT_REPLIES]
     return args + ([] if STEER_HOOK == steer_hook(STEERING, None) else ["--steer-hook", STEER_HOOK])
 
 

@@ -28,10 +28,21 @@ FIRST_CHAIN = "input" if INPUT_HOOK else "pre"  # the base chain every packet fo
 # check first): --steer-hook input, but not under LB_TEST_PACKET_SOURCE=afxdp, where the XDP program
 # takes them before any hook and lbd's table at input is only the NFQUEUE fallback's (docs/afxdp.md).
 AFTER_ROUTING = INPUT_HOOK and PACKET_SOURCE != "afxdp"
-# LB_TEST_NAT_REPLIES=ingress: NAT replies reach lbd before routing (a netdev ingress chain on the real
-# servers' interfaces, lb/natingress.py), so lbd, not ip_forward, answers what routing would have
-NAT_INGRESS = INPUT_HOOK and NAT_REPLIES == "ingress"
-NAT_REPLIES_AFTER_ROUTING = AFTER_ROUTING and not NAT_INGRESS
+# lbd's default --nat-replies ingress (LB_TEST_NAT_REPLIES=forward: not): NAT replies reach lbd before
+# routing (a netdev ingress chain on the real servers' interfaces, lb/natingress.py), so lbd, not
+# ip_forward, answers what routing would have. Only where lbd can: the C engine and NFQUEUE.
+NAT_INGRESS = INPUT_HOOK and NAT_REPLIES == "ingress" and PACKET_SOURCE == "nfqueue"
+
+
+def nat_ingress(engine: str) -> bool:
+    """Whether an lbd of `engine` started with the run's options takes NAT replies at ingress."""
+    return NAT_INGRESS and engine == "c"
+
+
+def nat_replies_after_routing(engine: str) -> bool:
+    """NAT replies reach lbd after routing (ip_forward's checks first): --steer-hook input with the
+    forward chain (LB_TEST_NAT_REPLIES=forward, or an engine without the ingress reader)."""
+    return AFTER_ROUTING and not nat_ingress(engine)
 
 
 def netdev_dump(host: Host, queue: int = QUEUE_NUM) -> str:

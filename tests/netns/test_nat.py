@@ -21,7 +21,7 @@ from conftest import Lbd, parse_ln, running_lbd, udp_until_refused
 from netns_traffic import answering, flow_outcome, serve_http
 from packet_source import AFXDP, xdp_local, xdp_nat_replies
 from scapy.all import IP, UDP
-from steering import INPUT_HOOK, NAT_INGRESS, NAT_REPLIES_AFTER_ROUTING, NFTABLES, dump, elements, netdev_dump
+from steering import INPUT_HOOK, NFTABLES, dump, elements, nat_ingress, nat_replies_after_routing, netdev_dump
 
 from conformance.traffic import Flow, udp_exchange
 from lb.pyengine.icmp import time_exceeded
@@ -160,7 +160,7 @@ def test_nat_reply_with_ttl_1_gets_time_exceeded_from_the_director(nlbd: Lbd, nt
     after = lbd.ok("counters")["reasons"]
     # --steer-hook input: ip_forward itself answers before the forward hook, as for kernel IPVS's NAT
     # (not under afxdp, nor with --nat-replies ingress: the reply reaches lbd before routing)
-    counted = 0 if NAT_REPLIES_AFTER_ROUTING else 1
+    counted = 0 if nat_replies_after_routing(nlbd.engine) else 1
     assert after.get("ttl_exceeded", 0) == before.get("ttl_exceeded", 0) + counted, (before, after)
 
 
@@ -199,7 +199,7 @@ def test_nat_director_own_connections_to_a_real_server_stay_out_of_the_queue(nlb
         assert xdp_nat_replies(nlbd, "tcp") == {(rs.addr, RPORT) for rs in t.reals}
         assert t.director.iface("back").addr in xdp_local(nlbd), xdp_local(nlbd)
         return
-    if NAT_INGRESS:  # the netdev chain: packets to the director's own addresses leave it first
+    if nat_ingress(nlbd.engine):  # the netdev chain: packets to the director's own addresses leave it first
         rules = netdev_dump(t.director)
         assert "fib daddr type local return" in rules and "ip saddr . meta l4proto . th sport @nat fwd to" in rules, rules
         assert "chain forward" not in dump(t.director), dump(t.director)

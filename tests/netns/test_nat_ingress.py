@@ -150,7 +150,7 @@ def test_kill_9_leaves_the_pair_and_the_next_lbd_takes_it_over(itopo: Topology) 
     finally:
         if d.running():
             d.stop(signal.SIGKILL)
-    with running_lbd(t, "c") as plain:  # --nat-replies forward: the leftovers of the other mode go too
+    with running_lbd(t, "c", args=["--nat-replies", "forward"]) as plain:  # the other mode's leftovers go too
         assert netdev_dump(t.director) == ""
         assert not [line for line in iptables_leftovers(t.director) if line.startswith("link: ")]
         nat_service(plain, t)

@@ -120,7 +120,7 @@ def test_each_namespace_has_its_own_lbd_services_and_rules(two: tuple[DefaultLbd
     assert a.stop() == 0
     assert (a.rundir / "lbd-q0.state").exists()
     a.start()
-    assert f"restore from {a.rundir / 'lbd-q0.state'}" in a.tail(), a.tail()
+    assert f"restore from {a.rundir / 'lbd-q0.state'}" in a.log.read_text(errors="replace"), a.tail()
     listed_a = a.lbadm("-Ln")
     assert f"TCP  {vip_a}:{PORT} rr" in listed_a and f"{rip}:{PORT}" in listed_a and vip_b not in listed_a, listed_a
     assert vip_a in a.rules() and vip_b not in a.rules(), a.rules()

@@ -106,9 +106,24 @@ def test_fullnat_only_puts_nothing_on_the_routed_path(ilbd: Lbd, itopo: Topology
     assert nfq_packets(ilbd) - before >= 6 * 4  # requests and replies went through the queue
 
 
-def test_nat_adds_the_forward_chain_while_nat_real_servers_exist(ilbd: Lbd, itopo: Topology) -> None:
-    """NAT replies are routed to clients: the forward chain (and the reassembly rule) exists exactly
-    while a NAT real server does; the flows are served through the queue."""
+def test_nat_by_default_puts_nothing_in_the_forward_hook(ilbd: Lbd, itopo: Topology) -> None:
+    """lbd's default --nat-replies ingress: NAT real servers add lbd's netdev table's chain on their
+    interface, nothing in the ip table's hooks; the flows are served (replies through lbd's pair)."""
+    nat_service(ilbd, itopo)
+    assert lbd_hooks(itopo) == ["input", "output"], chains(itopo)
+    got = served(itopo, 6)
+    assert sorted(set(got)) == sorted(rs.name for rs in itopo.reals), (got, ilbd.log_tail())
+    assert ilbd.ok("counters")["natrx"]["answers"] >= 6
+
+
+def test_nat_adds_the_forward_chain_while_nat_real_servers_exist(itopo: Topology) -> None:
+    """--nat-replies forward: NAT replies are routed to clients: the forward chain (and the reassembly
+    rule) exists exactly while a NAT real server does; the flows are served through the queue."""
+    with running_lbd(itopo, "c", args=[*ARGS, "--nat-replies", "forward"]) as ilbd:
+        _forward_chain_comes_and_goes(ilbd, itopo)
+
+
+def _forward_chain_comes_and_goes(ilbd: Lbd, itopo: Topology) -> None:
     nat_service(ilbd, itopo)
     assert lbd_hooks(itopo) == ["forward", "input", "output"], chains(itopo)
     assert "defrag" in chains(itopo)
@@ -223,17 +238,24 @@ def test_a_flushed_input_chain_is_put_back_and_doctor_reads_it(ilbd: Lbd, itopo:
     cmd = shlex.join([str(LBADM), "--socket", ilbd.socket, "doctor", "--json", "--window", "0"])
     proc = itopo.director.exec(f"PATH={shlex.quote(str(Path(NFT).resolve().parent))}:$PATH {cmd}", check=False)
     found = [f for f in json.loads(proc.stdout)["findings"] if f["check"] == "nfqueue-rules"]
-    assert [f["severity"] for f in found] == ["info"], found
-    assert "--steer-hook input" in found[0]["summary"], found
+    assert [f["severity"] for f in found] == ["info"] * len(found), found
+    assert any("--steer-hook input" in f["summary"] for f in found), found
+    assert any("NAT replies taken at ingress" in f["summary"] for f in found), found  # the netdev table, as lbd wrote it
 
 
 def test_nat_without_forwarding_is_logged(itopo: Topology) -> None:
-    """NAT replies cannot reach the forward hook when the director does not forward: lbd says so."""
+    """--nat-replies forward: NAT replies cannot reach the forward hook when the director does not
+    forward: lbd says so. By default (ingress) they are taken before routing: NAT works without it."""
     itopo.director.exec(["sysctl", "-qw", "net.ipv4.ip_forward=0"])
     try:
-        with running_lbd(itopo, "c", args=list(ARGS)) as d:
+        with running_lbd(itopo, "c", args=[*ARGS, "--nat-replies", "forward"]) as d:
             nat_service(d, itopo)
             assert "net.ipv4.ip_forward is 0" in d.log_tail(20000)
+        with running_lbd(itopo, "c", args=list(ARGS)) as d:
+            nat_service(d, itopo)
+            got = served(itopo, 3)
+            assert sorted(set(got)) == sorted(rs.name for rs in itopo.reals), (got, d.log_tail())
+            assert "net.ipv4.ip_forward is 0" not in d.log_tail(20000)
     finally:
         itopo.director.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
 

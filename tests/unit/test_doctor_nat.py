@@ -87,3 +87,15 @@ def test_forwarding_off_with_nat_is_an_error_when_lbd_takes_packets_after_routin
     assert by(fs, "nat", "error") == []
     (info,) = by(fs, "sysctl", "info")
     assert "needs it for NAT" in info.summary
+
+
+def test_forwarding_off_with_nat_is_only_a_warning_when_lbd_takes_the_replies_at_ingress() -> None:
+    """lbd's default --nat-replies ingress takes the replies before routing: NAT completes without
+    forwarding, as with --steer-hook prerouting; only the real servers' other traffic is lost."""
+    s = sample(nat_dest(RIP))
+    ping = {"version": "0.1", "engine": "c", "steering": "nftables", "steering_hook": "input",
+            "nat_replies": "ingress"}
+    fs = run_checks(FakeContext(samples=[s, s], routes=ROUTES, ping=ping))
+    assert by(fs, "nat", "error") == []
+    (w,) = by(fs, "nat", "warning")
+    assert "ip_forward = 0" in w.summary

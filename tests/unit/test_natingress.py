@@ -63,7 +63,7 @@ def test_rs_chain_takes_nat_replies_and_fragments_of_nat_real_servers_only() -> 
     rules = ni.rs_rules("lbnr3")
     assert rules[0] == "ip saddr != @natrip return"  # everything else on the interface leaves at once
     assert rules[1] == "fib daddr type local return"  # the director's own connections (health checks)
-    assert rules[2] == 'ip frag-off & 0x3fff != 0 fwd to "lbnr3"'  # every fragment: lbd's socket reassembles
+    assert rules[2] == 'ip frag-off & 16383 != 0 fwd to "lbnr3"'  # every fragment (MF | offset): lbd reassembles
     assert all(r.endswith('fwd to "lbnr3"') for r in rules[2:])
     # the same tests as the forward chain's NAT rules (lb.nftlayout), with `fwd` for `jump go`
     assert [r.replace('fwd to "lbnr3"', "jump go") for r in rules[3:]] == ns.forward_rules()[1:]
@@ -238,11 +238,14 @@ def test_the_option_is_refused_where_it_cannot_work(argv: list[str], message: st
     assert message in capsys.readouterr().err
 
 
-def test_the_option_defaults_to_forward_and_reaches_the_manager() -> None:
+def test_the_default_is_ingress_where_it_works_and_forward_elsewhere() -> None:
     from lb.daemon import make_rules
 
-    assert parse_args([]).nat_replies == "forward"
-    args = parse_args(["--nat-replies", "ingress"])
-    rules = make_rules(args)
+    assert parse_args([]).nat_replies == "ingress"
+    for argv in (["--engine", "python"], ["--steer-hook", "prerouting"], ["--steering", "iptables"],
+                 ["--no-steering"], ["--nat-replies", "forward"]):
+        assert parse_args(argv).nat_replies == "forward", argv
+    rules = make_rules(parse_args([]))
     assert rules.nat_replies == "ingress" and rules.ingress is not None
     assert rules.ingress.tx == "lbnr0"
+    assert make_rules(parse_args(["--nat-replies", "forward"])).ingress is None
