@@ -187,9 +187,10 @@ SECTIONS: list[Section] = [
             "The destination is rewritten: client:port -> VIP:80 becomes client:port -> RIP:8080. The\n"
             "real servers see the client's own address and sit on another subnet whose default\n"
             "route is the director, so their replies RIP:8080 -> client pass it: lbd takes them\n"
-            "from NFQUEUE too (in the forward hook: the director forwards, net.ipv4.ip_forward=1)\n"
-            "and sends them on as VIP:80 -> client. Both directions drive the connection's TCP\n"
-            "state, as in kernel IPVS's NAT."
+            "as they arrive on the director's back interface (a netdev ingress chain of lbd's hands\n"
+            "them to its veth pair lbnr0, so routed traffic meets nothing of lbd's) and sends them\n"
+            "on as VIP:80 -> client. Both directions drive the connection's TCP state, as in\n"
+            "kernel IPVS's NAT."
         ),
         spec=lambda: fullnat_spec(3),
         steps=nat_steps,
@@ -270,9 +271,13 @@ class Demo:
             # lbd's steering: its nftables table (the default), or raw rules of --steering iptables
             tables = topo.director.exec(["nft", "list", "tables"], check=False).stdout
             rules = topo.director.exec(["iptables", "-t", "raw", "-S"], check=False).stdout
-            leftover = [t for t in tables.splitlines() if t.startswith("table ip lbd-q")]
+            links = topo.director.exec(["ip", "-o", "link", "show"], check=False).stdout
+            leftover = [t for t in tables.splitlines() if t.startswith(("table ip lbd-q", "table netdev lbd-q"))]
             leftover += [r for r in rules.splitlines() if r and not r.startswith("-P ")]
-            state = "its steering (nftables table ip lbd-q0) is gone" if not leftover else f"LEFT BEHIND: {leftover}"
+            leftover += [ln.split(":")[1].strip() for ln in links.splitlines()
+                         if ln.count(":") >= 2 and ln.split(":")[1].strip().startswith("lbnr")]
+            state = ("its steering (nftables tables lbd-q0, and for NAT its veth pair) is gone" if not leftover
+                     else f"LEFT BEHIND: {leftover}")
             shutil.rmtree(rundir, ignore_errors=True)  # its socket and state file: the namespace goes too
             self.say(f"lbd stopped with SIGTERM (exit {rc}); {state}; {rundir} removed.")
 
