@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     with Topology(fullnat_spec(1)) as topo:
         out["config"]["rps"] = _setup(topo, gen_cpu, dut_cpu)
+        # --nat-replies forward takes the replies in the forward hook: the director must route them
+        # (ingress works either way; the same setting for both keeps the comparison fair)
+        topo.director.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         rs = topo.reals[0]
         for rep in range(args.repeats):
             for mode in MODES if rep % 2 == 0 else tuple(reversed(MODES)):
