@@ -80,6 +80,22 @@ struct lb_natrx {
     uint64_t kernel_drops;                 /* PACKET_STATISTICS' tp_drops, summed (each read resets them) */
 };
 
+/* One frame, the action's link header then the IP packet, on the AF_PACKET socket fd. */
+static int send_frame(int fd, const struct lb_action *a, const uint8_t *ip, uint32_t len)
+{
+    struct sockaddr_ll sll;
+    memset(&sll, 0, sizeof(sll));
+    sll.sll_family = AF_PACKET;
+    sll.sll_ifindex = a->ifindex;
+    sll.sll_protocol = htons(ETH_P_IP);
+    struct iovec v[2] = {{.iov_base = (void *)a->l2hdr, .iov_len = LB_L2HDR_LEN},
+                         {.iov_base = (void *)ip, .iov_len = len}};
+    struct msghdr mh = {.msg_name = &sll, .msg_namelen = sizeof(sll), .msg_iov = v, .msg_iovlen = 2};
+    return sendmsg(fd, &mh, MSG_DONTWAIT) < 0 ? -errno : 0;
+}
+
+/* ip[0..len) as fragments of at most mtu bytes: frames on fd when a is given (LB_V_XMIT_L2), else
+ * packets on the raw socket fd. 0 when every fragment left, else the first error. */
 static int send_fragments(struct lb_natrx *q, const uint8_t *ip, uint32_t len, uint32_t mtu, int fd,
                           const struct lb_action *a)
 {
@@ -88,20 +104,7 @@ static int send_fragments(struct lb_natrx *q, const uint8_t *ip, uint32_t len, u
         return -EINVAL;
     const uint8_t *f = q->frag;
     for (int j = 0; j < k; j++) {
-        int r;
-        if (a) {
-            struct sockaddr_ll sll;
-            memset(&sll, 0, sizeof(sll));
-            sll.sll_family = AF_PACKET;
-            sll.sll_ifindex = a->ifindex;
-            sll.sll_protocol = htons(ETH_P_IP);
-            struct iovec v[2] = {{.iov_base = (void *)a->l2hdr, .iov_len = LB_L2HDR_LEN},
-                                 {.iov_base = (void *)f, .iov_len = q->frag_len[j]}};
-            struct msghdr mh = {.msg_name = &sll, .msg_namelen = sizeof(sll), .msg_iov = v, .msg_iovlen = 2};
-            r = sendmsg(fd, &mh, MSG_DONTWAIT) < 0 ? -errno : 0;
-        } else {
-            r = lb_adapter_send_raw(fd, f, q->frag_len[j]);
-        }
+        int r = a ? send_frame(fd, a, f, q->frag_len[j]) : lb_adapter_send_raw(fd, f, q->frag_len[j]);
         if (r < 0)
             return r;
         f += q->frag_len[j];
@@ -127,15 +130,7 @@ static int send_l2(struct lb_natrx *q, const struct lb_action *a, const uint8_t 
 {
     if (a->frag_mtu && len > a->frag_mtu)
         return send_fragments(q, ip, len, a->frag_mtu, q->pkt_fd, a);
-    struct sockaddr_ll sll;
-    memset(&sll, 0, sizeof(sll));
-    sll.sll_family = AF_PACKET;
-    sll.sll_ifindex = a->ifindex;
-    sll.sll_protocol = htons(ETH_P_IP);
-    struct iovec v[2] = {{.iov_base = (void *)a->l2hdr, .iov_len = LB_L2HDR_LEN},
-                         {.iov_base = (void *)ip, .iov_len = len}};
-    struct msghdr mh = {.msg_name = &sll, .msg_namelen = sizeof(sll), .msg_iov = v, .msg_iovlen = 2};
-    return sendmsg(q->pkt_fd, &mh, MSG_DONTWAIT) < 0 ? -errno : 0;
+    return send_frame(q->pkt_fd, a, ip, len);
 }
 
 /* Forwarded as the kernel's ip_forward would: TTL decremented, TTL <= 1 dropped (counted, no
