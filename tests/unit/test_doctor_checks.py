@@ -667,3 +667,43 @@ def test_nftables_steering_is_read_from_lbds_table() -> None:
                                     'queue num 0-3 bypass comment "lbd q0 queues 0-3 bypass"')
     fs = run_checks(FakeContext(save=FILTER_EMPTY, sets="", nft=balanced, ping=ping))
     assert not problems(by(fs, "nfqueue-rules")), by(fs, "nfqueue-rules")
+
+
+def _nft_input_tables(netdev: str | None) -> str:
+    """`nft list ruleset` of an lbd with its default steering (input hook, NAT replies at ingress):
+    the ip table with one NAT destination's elements, and `netdev` (None: no netdev table)."""
+    from lb import natingress as ni
+    from lb import nftsteer as ns
+
+    rip = RIPS[0]
+    el = {"addr": [VIP], "svc": [f"{VIP} . tcp . 80"], "nat": [f"{rip} . tcp . 80"], "natrip": [rip]}
+    lines = ["table ip lbd-q0 {"]
+    for kind in ns.ips.KINDS:
+        lines += [f"\tset {kind.suffix} {{", f"\t\ttype {ns.SET_TYPES[kind.type]}"]
+        if kind.suffix in el:
+            lines.append("\t\telements = { " + ", ".join(el[kind.suffix]) + " }")
+        lines.append("\t}")
+    m = ns.NftManager(0, runner=lambda *a: None, hook="input", nat_replies="ingress")  # type: ignore[arg-type]
+    for name, rules in m._want(True).items():
+        rules = ['queue num 0 bypass comment "lbd q0 queue 0 bypass"' if r == ns.QUEUE_KEY else r for r in rules]
+        hook = ns.HOOK_LINES.get(name)
+        lines += [f"\tchain {name} {{", *([f"\t\t{hook}"] if hook else []), *[f"\t\t{r}" for r in rules], "\t}"]
+    lines.append("}")
+    if netdev is not None:
+        lines += ["table netdev lbd-q0 {", f"\tset natrip {{\n\t\ttype ipv4_addr\n\t\telements = {{ {netdev} }}\n\t}}",
+                  "\tchain rs {", '\t\ttype filter hook ingress device "eth1" priority -500; policy accept;',
+                  *[f"\t\t{r}" for r in ni.rs_rules("lbnr0")], "\t}", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_nat_replies_at_ingress_are_read_from_lbds_netdev_table() -> None:
+    ping = {"version": "0.1", "engine": "c", "queue_num": 0, "steering": "nftables", "steering_hook": "input",
+            "nat_replies": "ingress", "down_policy": "open"}
+    s = {"list": listing([{**dest(RIPS[0], "masq")}]), "counters": counters(), "nfq": NFQ_LINE}
+    fs = run_checks(FakeContext(save=FILTER_EMPTY, sets="", nft=_nft_input_tables(RIPS[0]), ping=ping, samples=[s, s]))
+    assert not problems(by(fs, "nfqueue-rules")), by(fs, "nfqueue-rules")
+    assert any("NAT replies taken at ingress" in f.summary for f in by(fs, "nfqueue-rules", "info"))
+    fs = run_checks(FakeContext(save=FILTER_EMPTY, sets="", nft=_nft_input_tables(None), ping=ping, samples=[s, s]))
+    assert any("table netdev lbd-q0 is missing" in f.summary for f in by(fs, "nfqueue-rules", "error"))
+    fs = run_checks(FakeContext(save=FILTER_EMPTY, sets="", nft=_nft_input_tables(RIPS[1]), ping=ping, samples=[s, s]))
+    assert any("1 address missing" in f.summary for f in by(fs, "nfqueue-rules", "error")), by(fs, "nfqueue-rules")
