@@ -47,8 +47,9 @@ def test_run_every_logs_a_failing_tick_and_goes_on_until_cancelled(caplog: pytes
     asyncio.run(main())
     assert len(calls) >= 3  # the failure did not end the loop
     assert any("the test's work failed" in r.getMessage() for r in caplog.records)
-    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
-    assert all(g > 0.02 * (1 - periodic.EARLY_FRACTION) - 0.005 for g in gaps)  # never twice for one tick
+    # never twice for one tick: no more calls than grid points in the time it ran (not the gaps
+    # between calls: a tick made late by a loaded machine is followed by an on-grid one sooner)
+    assert len(calls) <= (calls[-1] - calls[0]) / 0.02 + 1.5, calls
 
 
 def test_sleep_on_grid_ends_on_a_grid_point_at_least_the_delay_ahead_or_when_woken() -> None:
