@@ -270,10 +270,15 @@ def _install_rules(rules: Any, director: Director, xdp: Any = None) -> None:
 
 def _natrx_starter(engine: Any, args: argparse.Namespace) -> Any:
     """--nat-replies ingress: what lbd's steering calls with the veth peer's ifindex whenever the pair
-    is (re)created: the C reader of NAT replies, (re)started on it."""
+    is (re)created (with the first NAT real server): the C reader of NAT replies, (re)started on it;
+    with 0 when the pair is removed (the last one left): the reader stopped."""
     def start(ifindex: int) -> None:
+        if not ifindex:
+            engine.stop_natrx()
+            log.info("NAT replies at ingress: no NAT real server left, reader stopped")
+            return
         engine.start_natrx(ifindex, args.queue_num, qdisc_bypass=args.qdisc_bypass)
-        log.info("NAT replies taken at ingress: read from interface %d", ifindex)
+        log.info("NAT replies taken at ingress: read from interface %d by queue %d's thread", ifindex, args.queue_num)
     return start
 
 

@@ -472,13 +472,16 @@ class CEngine:
     # ------------------------------------------------------------ NAT replies at ingress
     def start_natrx(self, ifindex: int, mark_queue: int, qdisc_bypass: bool = False, cpu: int | None = None) -> None:
         """Read the NAT replies lbd's netdev chain forwards to the veth peer `ifindex` (lb.natingress),
-        replacing a reader already running (the pair was created again)."""
+        replacing a reader already running (the pair was created again). With the NFQUEUE adapter
+        running, its first queue's thread reads them too (one thread for both directions of a NAT
+        connection; `cpu` is then unused); else a thread of its own, pinned to `cpu`."""
         self.stop_natrx()
         opts = ffi.new("struct lb_natrx_opts *")
         opts.flags = lib.LB_NATRX_F_QDISC_BYPASS if qdisc_bypass else 0
         opts.cpu = -1 if cpu is None else cpu
         opts.ifindex = ifindex
         opts.mark_queue = mark_queue
+        opts.host = self._nfqs[0] if self._nfqs else ffi.NULL
         err = ffi.new("int *")
         q = lib.lb_natrx_start(self._lb, opts, err)
         if q == ffi.NULL:

@@ -22,8 +22,13 @@ arrives on any other interface (routed client traffic) meets no hook of lbd's. T
 where the kernel routes each NAT real server (a route lookup per address, cached, redone when the
 routing tables change: lbd's network monitor calls `routes_changed`).
 
-This module holds the names and the text (pure), and the veth pair and route lookups (I/O through
-pyroute2); lb.nftsteer writes the table with its own, in the same transactions.
+The table, the pair and lbd's reader exist only while NAT real servers do (a director without NAT
+services has none of them): created with the first, removed with the last, like the forward chain
+of `--nat-replies forward`.
+
+This module holds the names and the text (pure), the veth pair and route lookups (I/O through
+pyroute2) and the table's life (NetdevTable); lb.nftsteer writes its lines with the ip table's, in
+the same transactions.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any, TypeVar
 
 from lb import ipsets as ips
 from lb.iptlayout import _check_queue
+from lb.nftlayout import parse_listing, set_decl, to_nft
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ MODES = ("forward", "ingress")
 NEVER = ("lo",)
 IPR_TIMEOUT_S = 30.0  # a batch of route lookups (thousands of addresses: well under a second each)
 T = TypeVar("T")
+# lb.nftsteer's nft runner: (arguments, ok_missing) -> its output (None: the object does not exist)
+Exec = Callable[[list[str], bool], "str | None"]
 
 
 def pair_names(queue_num: int) -> tuple[str, str]:
@@ -83,12 +91,14 @@ def sink_line(peer: str) -> str:
     return f'type filter hook ingress device "{peer}" priority {PRIORITY}; policy drop;'
 
 
-def table_lines(table: str, set_decl: Callable[[ips.SetKind], str], peer: str) -> list[str]:
-    """Delete any netdev table of lbd's of that name, create it with empty sets and the sink chain
-    (`rs` comes with its interfaces: chain_lines)."""
+def table_lines(table: str, peer: str, elements: dict[ips.SetKind, set[str]] | None = None) -> list[str]:
+    """Delete any netdev table of lbd's of that name, create it with the sink chain and its sets,
+    filled with `elements`' NAT kinds (`rs` comes with its interfaces: chain_lines)."""
     t = f"{FAMILY} {table}"
     return [f"add table {t}", f"delete table {t}", f"add table {t}",
             *[f"add {set_decl(k).replace('set ', f'set {t} ', 1)}" for k in KINDS],
+            *[f"add element {t} {k.suffix} {{ {', '.join(to_nft(e) for e in sorted(elements[k]))} }}"
+              for k in KINDS if elements and elements.get(k)],
             f"add chain {t} {SINK} {{ {sink_line(peer)} }}"]
 
 
@@ -210,3 +220,136 @@ class NatIngress:
     def forget_routes(self) -> None:
         """The routing tables changed: every address is looked up again at the next devices()."""
         self._devs.clear()
+
+
+# ---------------------------------------------------------------- the table's life
+
+def remove(table: str, exec_: Exec, ingress: NatIngress | None) -> None:
+    """The netdev table and veth pair of an lbd of this queue with --nat-replies ingress (this one's
+    at teardown; a killed one's at setup, whatever this lbd's mode: replies forwarded to a pair
+    nobody reads would be lost). `ingress` None: the table only (unit tests' fakes)."""
+    if exec_(["list", "table", FAMILY, table], True) is not None:
+        exec_(["delete", "table", FAMILY, table], False)
+        log.info("nftables: table %s %s removed", FAMILY, table)
+    if ingress is not None:
+        ingress.remove_pair()
+
+
+class NetdevTable:
+    """The netdev table `table` and the veth pair of `ingress` while NAT real servers exist. The
+    lines it returns go into lb.nftsteer's transactions; `committed()` after each one that succeeded.
+    `on_pair(ifindex)` is called when the peer lbd reads appears (0: it went away)."""
+
+    def __init__(self, table: str, ingress: NatIngress, exec_: Exec, on_pair: Callable[[int], None]) -> None:
+        self.table = table
+        self.ingress = ingress
+        self._exec = exec_
+        self._on_pair = on_pair
+        self.active = False  # lbd's table and pair exist (NAT real servers exist)
+        self.devices: set[str] = set()  # what `rs` is bound to
+        self.ifindex = 0  # the peer lbd reads (0: none)
+        self._drop_pair = False  # the table's deletion is in the transaction: the pair follows it
+
+    def _reader(self, index: int) -> None:
+        if index != self.ifindex:
+            self.ifindex = index
+            self._on_pair(index)
+
+    def remove(self) -> None:
+        """Table and pair gone now (teardown, a killed lbd's leftovers)."""
+        remove(self.table, self._exec, self.ingress)
+        self._gone()
+
+    def _gone(self) -> None:
+        self.active = False
+        self.devices = set()
+        self._drop_pair = False
+        self._reader(0)
+
+    def _create(self, elements: dict[ips.SetKind, set[str]]) -> list[str]:
+        """The pair (created, or a previous lbd's kept), then the table whole with `elements`' NAT kinds
+        and `rs` on their interfaces."""
+        self._reader(self.ingress.ensure_pair())
+        devices = self.ingress.devices(elements[ips.NATRIP])
+        lines = table_lines(self.table, self.ingress.peer, elements)
+        lines += chain_lines(self.table, self.ingress.tx, devices, exists=False)
+        if not self.active:
+            log.info("nft %s %s: NAT replies taken at ingress of %s (pair %s/%s)", FAMILY, self.table,
+                     ", ".join(sorted(devices)) or "no interface yet", self.ingress.tx, self.ingress.peer)
+        self.devices = devices
+        self.active = True
+        return lines
+
+    def _drop(self) -> list[str]:
+        self._drop_pair = True
+        return [f"delete table {FAMILY} {self.table}"]
+
+    def _rebind(self, natrip: set[str]) -> list[str]:
+        devices = self.ingress.devices(natrip)
+        if devices == self.devices:
+            return []
+        lines = chain_lines(self.table, self.ingress.tx, devices, exists=bool(self.devices))
+        log.info("nft %s %s: NAT replies taken at ingress of %s", FAMILY, self.table,
+                 ", ".join(sorted(devices)) or "no interface")
+        self.devices = devices
+        return lines
+
+    def sync_lines(self, want: dict[ips.SetKind, set[str]]) -> list[str]:
+        """A full sync: re-created whole when NAT real servers exist, else deleted if it was there."""
+        self._drop_pair = False
+        if want[ips.NATRIP]:
+            return self._create(want)
+        return self._drop() if self.active else []
+
+    def delta_lines(self, before: set[str], after: set[str],
+                    elements: Callable[[], dict[ips.SetKind, set[str]]]) -> list[str]:
+        """One change of the NAT real-server addresses (`before` -> `after`): the table comes with the
+        first (whole: `elements()`), goes with the last, else `rs` follows their interfaces."""
+        self._drop_pair = False
+        if after and not self.active:
+            return self._create(elements())
+        if not after:
+            return self._drop() if self.active else []
+        return self._rebind(after) if after != before else []
+
+    def mirrors(self, before: set[str], after: set[str]) -> bool:
+        """Whether the NAT elements of this change are written into the netdev table too (it exists
+        before and after; else delta_lines writes or deletes it whole)."""
+        return self.active and bool(before) and bool(after)
+
+    def committed(self) -> None:
+        """The transaction holding the last lines went through."""
+        if self._drop_pair:
+            self.ingress.remove_pair()
+            self._gone()
+
+    def routes_changed(self, natrip: set[str]) -> list[str]:
+        """Lines re-binding `rs` when a routing change moved the NAT real servers' interfaces."""
+        if not self.active:
+            return []
+        self.ingress.forget_routes()
+        return self._rebind(natrip)
+
+    def damage(self, installed: dict[ips.SetKind, set[str]] | None) -> list[str]:
+        """What is missing or altered of the table (sets, `sink`, `rs` as bound) and the pair."""
+        if not self.active:
+            return []
+        t = f"{FAMILY} {self.table}"
+        text = self._exec(["-a", "list", "table", FAMILY, self.table], True)
+        if text is None:
+            return [f"nft table {t} gone"]
+        listing = parse_listing(text)
+        found = [f"nft set {t} {k.suffix} gone" for k in KINDS if k.suffix not in listing.set_types]
+        if installed is not None:
+            found += [f"nft set {t} {k.suffix} holds {len(listing.elements.get(k.suffix, ()))} of its "
+                      f"{len(installed[k])} elements" for k in KINDS
+                      if k.suffix in listing.set_types and len(listing.elements.get(k.suffix, ())) != len(installed[k])]
+        sink = listing.chains.get(SINK)
+        if sink is None or sink.rules or "policy drop" not in sink.hook:
+            found.append(f"nft chain {t} {SINK} gone or altered")
+        rs = listing.chains.get(RS)
+        if self.devices and (rs is None or rs.rules != rs_rules(self.ingress.tx)):
+            found.append(f"nft chain {t} {RS} gone or altered")
+        if not self.ingress.pair_exists():
+            found.append(f"veth pair {self.ingress.tx}/{self.ingress.peer} gone")
+        return found

@@ -161,20 +161,20 @@ class NftManager:
         self.hook = hook
         self.nat_replies = nat_replies
         # --nat-replies ingress: the veth pair, the interfaces (lb.natingress); the netdev table is
-        # written with the ip table, in the same transactions
+        # written with the ip table, in the same transactions, while NAT real servers exist
         self.ingress = (ingress or natingress.NatIngress(queue_num, netns)) if nat_replies == "ingress" else None
-        self.ingress_devices: set[str] = set()
-        self.ingress_ifindex = 0  # the veth peer lbd reads (natrx), once the pair exists
+        self.table = table_name(queue_num)
+        self.netdev = (natingress.NetdevTable(self.table, self.ingress, self._exec_missing, self._ingress_pair)
+                       if self.ingress is not None else None)
         self._ingress_leftovers_checked = False  # an ingress lbd's table and pair removed (setup, first sync)
-        # called with the peer's ifindex whenever the pair is created (again): lbd (re)starts its
-        # reader there
+        # called with the peer's ifindex whenever the pair is created (again), 0 when it is removed:
+        # lbd (re)starts or stops its reader there
         self.on_ingress_pair: Callable[[int], None] | None = None
         self._forwarding_checked = False
         self.queue_balance = queue_balance
         self.track = bool(track)
         self.bypass = bool(bypass)
         self.spec = nftqueue.spec_of(queue_num, queue_balance, self.bypass, cpu_fanout)
-        self.table = table_name(queue_num)
         self.nft = nft
         self.netns = netns
         self._runner: Runner = runner or _run
@@ -209,6 +209,13 @@ class NftManager:
                 return None
             raise NftError(full, proc.returncode, proc.stderr or "", detail=_script_excerpt(stdin))
         return proc.stdout or ""
+
+    def _exec_missing(self, args: list[str], ok_missing: bool) -> str | None:
+        return self._exec(args, ok_missing=ok_missing)
+
+    def _ingress_pair(self, ifindex: int) -> None:
+        if self.on_ingress_pair is not None:
+            self.on_ingress_pair(ifindex)
 
     def _script(self, lines: list[str]) -> None:
         if lines:
@@ -286,70 +293,24 @@ class NftManager:
         lines += [f"add {set_decl(k).replace('set ', f'set {FAMILY} {self.table} ', 1)}" for k in ips.KINDS]
         for name in self._want(nat):
             lines += self._chain_lines(name)
-        if self.ingress is not None:
-            lines += natingress.table_lines(self.table, set_decl, self.ingress.peer)
-            self.ingress_devices = set()
-        return lines
-
-    def _ingress_lines(self, want: dict[ips.SetKind, set[str]]) -> list[str]:
-        """--nat-replies ingress, a full sync: the netdev table re-created with `want`'s NAT elements
-        and `rs` bound to the NAT real servers' interfaces."""
-        if self.ingress is None:
-            return []
-        devices = self.ingress.devices(want[ips.NATRIP])
-        t = f"{natingress.FAMILY} {self.table}"
-        lines = natingress.table_lines(self.table, set_decl, self.ingress.peer)
-        lines += [f"add element {t} {k.suffix} {{ {', '.join(to_nft(e) for e in sorted(want[k]))} }}"
-                  for k in natingress.KINDS if want[k]]
-        lines += natingress.chain_lines(self.table, self.ingress.tx, devices, exists=False)
-        self.ingress_devices = devices
-        return lines
-
-    def _ingress_device_lines(self, natrip: set[str]) -> list[str]:
-        """`rs` re-bound when the NAT real servers' interfaces changed (none: nothing)."""
-        if self.ingress is None:
-            return []
-        devices = self.ingress.devices(natrip)
-        if devices == self.ingress_devices:
-            return []
-        lines = natingress.chain_lines(self.table, self.ingress.tx, devices, exists=bool(self.ingress_devices))
-        log.info("nft %s %s: NAT replies taken at ingress of %s", natingress.FAMILY, self.table,
-                 ", ".join(sorted(devices)) or "no interface")
-        self.ingress_devices = devices
         return lines
 
     def _remove_ingress(self) -> None:
-        """The netdev table and veth pair of an lbd of this queue with --nat-replies ingress (this one's
-        at teardown; a killed one's at setup, whatever this lbd's mode: replies forwarded to a pair
-        nobody reads would be lost)."""
-        if self._exec(["list", "table", natingress.FAMILY, self.table], ok_missing=True) is not None:
-            self._exec(["delete", "table", natingress.FAMILY, self.table])
-            log.info("nftables: table %s %s removed", natingress.FAMILY, self.table)
-        ingress = self.ingress or (natingress.NatIngress(self.queue_num, self.netns) if self._runner is _run else None)
-        if ingress is not None:
-            ingress.remove_pair()
-        self.ingress_devices = set()
-        self.ingress_ifindex = 0
+        """The netdev table and veth pair of an lbd of this queue with --nat-replies ingress (lb.natingress.remove)."""
+        if self.netdev is not None:
+            self.netdev.remove()
+        else:
+            natingress.remove(self.table, self._exec_missing,
+                              natingress.NatIngress(self.queue_num, self.netns) if self._runner is _run else None)
         self._ingress_leftovers_checked = True
-
-    def _ensure_pair(self) -> None:
-        """--nat-replies ingress: the veth pair exists (created, or again after someone removed it)."""
-        if self.ingress is None:
-            return
-        index = self.ingress.ensure_pair()
-        if index != self.ingress_ifindex:
-            self.ingress_ifindex = index
-            if self.on_ingress_pair is not None:
-                self.on_ingress_pair(index)
 
     def routes_changed(self) -> None:
         """lbd's network monitor saw a route, address or link change: the NAT real servers'
         interfaces are looked up again and `rs` re-bound if they moved."""
-        if self.ingress is None or self.installed is None:
+        if self.netdev is None or self.installed is None:
             return
-        self.ingress.forget_routes()
         before = self._generation_now()
-        lines = self._ingress_device_lines(self.installed[ips.NATRIP])
+        lines = self.netdev.routes_changed(self.installed[ips.NATRIP])
         if lines:
             self._script(lines)
             self._note_write(before, 1)
@@ -359,7 +320,7 @@ class NftManager:
         """Additions (the address pre-filter first), then deletions (the pre-filter last): one
         transaction, so the order is only for readers."""
         def tables(k: ips.SetKind) -> list[str]:
-            mirrored = mirror and self.ingress is not None and k in natingress.KINDS
+            mirrored = mirror and k in natingress.KINDS
             return [self._t(k.suffix)] + ([f"{natingress.FAMILY} {self.table} {k.suffix}"] if mirrored else [])
 
         lines = [f"add element {t} {{ {', '.join(to_nft(e) for e in sorted(adds[k]))} }}"
@@ -369,7 +330,7 @@ class NftManager:
         return lines
 
     def _write_elements(self, writer: Callable[..., None], adds: dict[ips.SetKind, set[str]],
-                        dels: dict[ips.SetKind, set[str]]) -> None:
+                        dels: dict[ips.SetKind, set[str]], mirror: bool) -> None:
         """The delta in one netlink batch (`writer`: lb.nftelements.write), in _element_lines' order."""
         def changes(delta: dict[ips.SetKind, set[str]], kinds: Iterable[ips.SetKind]) -> list[nftelements.SetChange]:
             return [(k.suffix, k.type, delta[k]) for k in kinds if delta.get(k)]
@@ -380,7 +341,7 @@ class NftManager:
         log.debug("nft %s: netlink elements: +%s -%s", self.table, {n: len(e) for n, _, e in add},
                   {n: len(e) for n, _, e in drop})
         try:
-            if self.ingress is not None:
+            if mirror:
                 writer(self.table, add, drop, netns=self.netns, mirror=frozenset(k.suffix for k in natingress.KINDS))
             else:
                 writer(self.table, add, drop, netns=self.netns)
@@ -484,14 +445,13 @@ class NftManager:
         then create the table with empty sets in one transaction, then its queue rule."""
         self.remove_other_layer()
         self._remove_ingress()
-        self._ensure_pair()
         self._script(self._create_lines())
         self._add_queue()
         self.installed = {k: set() for k in ips.KINDS}
         self._intact_gen = None
         if self.hook == "input":
-            nat_where = (f"NAT replies at ingress of their interfaces (table {natingress.FAMILY} {self.table}, pair "
-                         f"{self.ingress.tx}/{self.ingress.peer})" if self.ingress is not None
+            nat_where = (f"NAT replies at ingress of their interfaces (table {natingress.FAMILY} {self.table} and pair "
+                         f"{self.ingress.tx}/{self.ingress.peer} while NAT real servers exist)" if self.ingress is not None
                          else "and forward while NAT real servers exist")
             where = (f"hook input priority {INPUT_PRIORITY} ({nat_where}): after routing as kernel IPVS, so VIPs and "
                      "FULLNAT local addresses must be local addresses, and before the firewall's INPUT rules")
@@ -537,9 +497,8 @@ class NftManager:
         listing = self.listing()
         lines: list[str] = []
         nat = bool(want[ips.NATRIP])
-        if self.ingress is None and not self._ingress_leftovers_checked:  # adopting a killed lbd's table
+        if not self._ingress_leftovers_checked and (self.netdev is None or not nat):  # adopting a killed lbd's table
             self._remove_ingress()
-        self._ensure_pair()
         if nat and self.hook == "input" and self.ingress is None:
             self._check_forwarding()
         if not listing.exists:
@@ -570,8 +529,9 @@ class NftManager:
         have = {k: listing.elements.get(k.suffix, set()) for k in ips.KINDS}
         adds = {k: want[k] - have[k] for k in ips.KINDS}
         dels = {k: have[k] - want[k] for k in ips.KINDS}
-        lines += self._element_lines(adds, dels, mirror=False)  # the netdev table's: _ingress_lines
-        lines += self._ingress_lines(want)
+        lines += self._element_lines(adds, dels, mirror=False)  # the netdev table is written whole
+        if self.netdev is not None:
+            lines += self.netdev.sync_lines(want)
         plan.added, plan.deleted = sum(map(len, adds.values())), sum(map(len, dels.values()))
         before = self._generation_now()
         try:
@@ -581,6 +541,8 @@ class NftManager:
         except IptablesError:
             self.installed = None
             raise
+        if self.netdev is not None:
+            self.netdev.committed()
         self.installed = {k: set(want[k]) for k in ips.KINDS}
         self._note_write(before, (1 if lines else 0) + (1 if GO in broken else 0))
 
@@ -612,26 +574,33 @@ class NftManager:
             adds = {k: delta.added.get(k, set()) - installed[k] for k in ips.KINDS}
             dels = {k: delta.removed.get(k, set()) & installed[k] for k in ips.KINDS}
             lines: list[str] = []
-            nat_before, nat_after = bool(installed[ips.NATRIP]), bool((installed[ips.NATRIP] | adds[ips.NATRIP]) - dels[ips.NATRIP])
+            natrip_after = (installed[ips.NATRIP] | adds[ips.NATRIP]) - dels[ips.NATRIP]
+            nat_before, nat_after = bool(installed[ips.NATRIP]), bool(natrip_after)
             if self.hook == "input" and self.ingress is None and nat_before != nat_after:  # the forward and defrag chains come or go
                 if nat_after:
                     self._check_forwarding()
                 for name in NAT_CHAINS:
                     lines += self._chain_lines(name) if nat_after else self._drop_chain_lines(name)
                     plan.rewritten.append(name)
-            if adds[ips.NATRIP] or dels[ips.NATRIP]:  # --nat-replies ingress: interfaces may come or go
-                lines += self._ingress_device_lines((installed[ips.NATRIP] | adds[ips.NATRIP]) - dels[ips.NATRIP])
+            mirror = False
+            if self.netdev is not None:  # --nat-replies ingress: the table comes or goes, interfaces may move
+                mirror = self.netdev.mirrors(installed[ips.NATRIP], natrip_after)
+                lines += self.netdev.delta_lines(installed[ips.NATRIP], natrip_after, elements)
             count = sum(map(len, adds.values())) + sum(map(len, dels.values()))
             writer = self._element_writer
             try:
                 if not lines and writer is not None and count <= NETLINK_ELEMENTS_MAX:
-                    self._write_elements(writer, adds, dels)
+                    self._write_elements(writer, adds, dels, mirror)
                 else:
-                    lines += self._element_lines(adds, dels)
+                    # after the netdev table's lines; mirrored only into a table there before and after
+                    # (one created in this transaction holds them already, a deleted one is not written)
+                    lines += self._element_lines(adds, dels, mirror)
                     self._script(lines)
             except IptablesError:
                 self.installed = None
                 raise
+            if self.netdev is not None:
+                self.netdev.committed()
             for k in ips.KINDS:
                 installed[k] |= adds[k]
                 installed[k] -= dels[k]
@@ -652,35 +621,10 @@ class NftManager:
             return [f"nft table {FAMILY} {self.table} gone"]
         found = [p for problems in self._chain_damage(listing).values() for p in problems]
         found += self._set_problems(listing)[0]
-        found += self._ingress_damage()
+        found += self.netdev.damage(self.installed) if self.netdev is not None else []
         found += self.ipt.fwmarks.damage()
         if not found and gen is not None:
             self._intact_gen = gen
-        return found
-
-    def _ingress_damage(self) -> list[str]:
-        """--nat-replies ingress: the netdev table (its sets, `sink`, `rs` bound as lbd bound it) and
-        the veth pair."""
-        if self.ingress is None:
-            return []
-        t = f"{natingress.FAMILY} {self.table}"
-        text = self._exec(["-a", "list", "table", natingress.FAMILY, self.table], ok_missing=True)
-        if text is None:
-            return [f"nft table {t} gone"]
-        listing = parse_listing(text)
-        found = [f"nft set {t} {k.suffix} gone" for k in natingress.KINDS if k.suffix not in listing.set_types]
-        if self.installed is not None:
-            found += [f"nft set {t} {k.suffix} holds {len(listing.elements.get(k.suffix, ()))} of its "
-                      f"{len(self.installed[k])} elements" for k in natingress.KINDS
-                      if k.suffix in listing.set_types and len(listing.elements.get(k.suffix, ())) != len(self.installed[k])]
-        sink = listing.chains.get(natingress.SINK)
-        if sink is None or sink.rules or "policy drop" not in sink.hook:
-            found.append(f"nft chain {t} {natingress.SINK} gone or altered")
-        rs = listing.chains.get(natingress.RS)
-        if self.ingress_devices and (rs is None or rs.rules != natingress.rs_rules(self.ingress.tx)):
-            found.append(f"nft chain {t} {natingress.RS} gone or altered")
-        if not self.ingress.pair_exists():
-            found.append(f"veth pair {self.ingress.tx}/{self.ingress.peer} gone")
         return found
 
     def set_damage(self, set_counts: dict[str, int] | None = None) -> list[str]:

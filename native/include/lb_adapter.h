@@ -78,6 +78,18 @@ void lb_adapter_wait_kick(struct lb_adapter_wait *w);
 /* poll() fd (for `events`) and w's eventfd for timeout_ms (-1: no limit); drains the eventfd and
  * marks the thread awake. Returns fd's revents (0 on timeout, a wake-up or an error). */
 short lb_adapter_poll(struct lb_adapter_wait *w, int fd, short events, int timeout_ms);
+/* The same with a second descriptor fd2 (for POLLIN; -1: none), its revents in *rev2 (0 on timeout). */
+short lb_adapter_poll2(struct lb_adapter_wait *w, int fd, short events, int fd2, short *rev2, int timeout_ms);
+
+/* A NAT-reply reader served by an NFQUEUE queue's thread (lb_natrx_opts.host): one thread for both
+ * directions of a NAT connection. nfq.c's thread polls lb_natrx_fd (-1: nothing to read: the pair is
+ * gone) beside its queue and hands its revents to lb_natrx_ready; lb_nfq_host attaches a reader
+ * (NULL: detaches it) and returns once the thread took the change: after a detach the thread never
+ * touches the reader again. -ESRCH when the queue's thread is not running (attach only). */
+struct lb_natrx;
+int lb_natrx_fd(const struct lb_natrx *x);
+void lb_natrx_ready(struct lb_natrx *x, short revents);
+int lb_nfq_host(lb_nfq_t *q, struct lb_natrx *x);
 
 /* Under lb->lock: when the timers' thread next has work: a timer, or the expiry and the schedulers'
  * ticks (never sooner than LB_ADAPTER_EXPIRE_EVERY_MS after the last run). UINT64_MAX: none. */

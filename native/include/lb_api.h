@@ -697,9 +697,11 @@ int lb_xsk_zerocopy(lb_xsk_t *q); /* 1 when bound in zero-copy mode */
 void lb_xsk_get_stats(lb_xsk_t *q, struct lb_xsk_stats *out);
 
 /* ---- NAT replies taken at ingress (lbd --nat-replies ingress; native/src/natrx.c, lb/natingress.py) ---- */
-/* One thread reading what lbd's netdev ingress chain forwarded to its veth pair (the peer's
- * ifindex), reassembled by the kernel, through lb_process_pkt; what it forwards leaves on a raw
- * socket marked LB_SOCKET_MARK_BASE | mark_queue. It never runs the timers or the expiry. */
+/* A reader of what lbd's netdev ingress chain forwarded to its veth pair (the peer's ifindex),
+ * reassembled by the kernel, through lb_process_pkt; what it forwards leaves on a raw socket marked
+ * LB_SOCKET_MARK_BASE | mark_queue. Read by the thread of the NFQUEUE queue `host` (one thread for
+ * both directions of a NAT connection; stop the reader before its host), or with host NULL by a
+ * thread of its own, which never runs the timers or the expiry. */
 typedef struct lb_natrx lb_natrx_t;
 #define LB_NATRX_F_QDISC_BYPASS 32 /* LB_V_XMIT_L2 frames skip the qdisc (as LB_NFQ_F_QDISC_BYPASS) */
 struct lb_natrx_opts {
@@ -707,6 +709,7 @@ struct lb_natrx_opts {
     int32_t cpu;                   /* pin the thread to this CPU; -1: not pinned */
     uint32_t ifindex;              /* the veth peer the packets arrive on */
     uint16_t mark_queue;           /* the instance number in the raw socket's SO_MARK (as lb_nfq_opts) */
+    lb_nfq_t *host;                /* the queue whose thread reads it (cpu then unused); NULL: its own thread */
 };
 struct lb_natrx_stats {
     uint64_t packets;              /* IPv4 packets received (a reassembled datagram counts once) */
@@ -730,7 +733,7 @@ struct lb_natrx_stats {
     uint64_t socket_errors;        /* errors on the socket (ENETDOWN: the pair is gone; it then reads nothing) */
 };
 lb_natrx_t *lb_natrx_start(lb_t *lb, const struct lb_natrx_opts *opts, int *err);
-int lb_natrx_stop(lb_natrx_t *q);  /* joins the thread, closes its sockets, frees q */
+int lb_natrx_stop(lb_natrx_t *q);  /* detaches from its host or joins its thread, closes its sockets, frees q */
 void lb_natrx_get_stats(lb_natrx_t *q, struct lb_natrx_stats *out);
 
 /* ---- sync master: which entries to send, per packet (issue 18 item 1; docs/sync.md "What the master sends") ---- */

@@ -146,8 +146,17 @@ void lb_adapter_wait_kick(struct lb_adapter_wait *w)
 
 short lb_adapter_poll(struct lb_adapter_wait *w, int fd, short events, int timeout_ms)
 {
-    struct pollfd pfd[2] = {{.fd = fd, .events = events}, {.fd = w->efd, .events = POLLIN}};
-    int r = poll(pfd, 2, timeout_ms);
+    return lb_adapter_poll2(w, fd, events, -1, NULL, timeout_ms);
+}
+
+short lb_adapter_poll2(struct lb_adapter_wait *w, int fd, short events, int fd2, short *rev2, int timeout_ms)
+{
+    /* A negative fd is ignored by poll() (its revents 0): one call whether fd2 is there or not. */
+    struct pollfd pfd[3] = {{.fd = fd, .events = events}, {.fd = w->efd, .events = POLLIN},
+                            {.fd = fd2, .events = POLLIN}};
+    int r = poll(pfd, 3, timeout_ms);
+    if (rev2)
+        *rev2 = r > 0 ? pfd[2].revents : 0;
     /* Awake: it reads the due times again before it sleeps; till then nothing needs to wake it. */
     if (w->timers)
         __atomic_store_n(&w->timers->at_ms, 0, __ATOMIC_RELAXED);

@@ -31,7 +31,11 @@
  *   LB_V_XMIT_L2: link header + packet on an AF_PACKET socket to the action's interface (as
  *     fragments of frag_mtu when it says so).
  *   LB_V_DROP: nothing.
- * This thread never runs the timers or the expiry: the NFQUEUE queue's thread does.
+ * Who reads: the NFQUEUE queue's thread named in lb_natrx_opts.host polls the socket beside its
+ * queue (lb_nfq_host), so both directions of a NAT connection are processed by one thread: with a
+ * thread of its own (no host) each connection's packets alternated between two threads on the
+ * director's CPU, and new NAT connections were ~16 % slower than with the forward chain
+ * (bench/results/2026-12-06-nat-ingress.md). Its own thread never runs the timers or the expiry.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -72,6 +76,9 @@ struct lb_natrx {
     uint32_t seg_len[NATRX_SEG_MAX];
     uint8_t *frag;                         /* NATRX_FRAG_BUF */
     uint32_t frag_len[NATRX_FRAG_MAX];
+    lb_nfq_t *host;                        /* the queue whose thread reads the socket; NULL: our own thread */
+    int hosted;                            /* attached to host (lb_nfq_host) */
+    int gone;                              /* the pair was removed (lbd's teardown, or someone): nothing to read */
     pthread_t thread;
     int thread_started;
     int stop;
@@ -258,22 +265,31 @@ static void process_rx(struct lb_natrx *q)
     }
 }
 
+int lb_natrx_fd(const struct lb_natrx *q)
+{
+    return q->gone ? -1 : q->rx_fd;
+}
+
+void lb_natrx_ready(struct lb_natrx *q, short rev)
+{
+    if (rev & POLLIN)
+        process_rx(q);
+    if (rev & (POLLERR | POLLHUP | POLLNVAL)) {
+        int soerr = 0;
+        socklen_t sl = sizeof(soerr);
+        getsockopt(q->rx_fd, SOL_SOCKET, SO_ERROR, &soerr, &sl); /* reading it clears it */
+        q->stats.socket_errors++;
+        if (soerr == ENETDOWN || soerr == ENODEV || (rev & POLLNVAL))
+            q->gone = 1; /* wait for the stop only */
+    }
+}
+
 static void *natrx_thread(void *arg)
 {
     struct lb_natrx *q = arg;
-    int gone = 0; /* the pair was removed (lbd's teardown, or someone): wait for the stop only */
     while (!__atomic_load_n(&q->stop, __ATOMIC_ACQUIRE)) {
-        short rev = lb_adapter_poll(&q->wait, gone ? -1 : q->rx_fd, POLLIN, -1);
-        if (rev & POLLIN)
-            process_rx(q);
-        if (rev & (POLLERR | POLLHUP | POLLNVAL)) {
-            int soerr = 0;
-            socklen_t sl = sizeof(soerr);
-            getsockopt(q->rx_fd, SOL_SOCKET, SO_ERROR, &soerr, &sl); /* reading it clears it */
-            q->stats.socket_errors++;
-            if (soerr == ENETDOWN || soerr == ENODEV || (rev & POLLNVAL))
-                gone = 1;
-        }
+        short rev = lb_adapter_poll(&q->wait, lb_natrx_fd(q), POLLIN, -1);
+        lb_natrx_ready(q, rev);
     }
     return NULL;
 }
@@ -359,6 +375,15 @@ lb_natrx_t *lb_natrx_start(lb_t *lb, const struct lb_natrx_opts *o, int *err)
     }
     if ((e = natrx_open(q, o)) < 0)
         goto fail;
+    if (o->host) {
+        q->host = o->host;
+        if ((e = lb_nfq_host(q->host, q)) < 0)
+            goto fail;
+        q->hosted = 1;
+        if (err)
+            *err = 0;
+        return q;
+    }
     if ((e = lb_adapter_wait_open(&q->wait, lb, 0)) < 0)
         goto fail;
     if ((e = lb_adapter_thread_start(&q->thread, o->cpu, "lbd-natrx", natrx_thread, q)) < 0)
@@ -378,6 +403,8 @@ int lb_natrx_stop(lb_natrx_t *q)
 {
     if (!q)
         return 0;
+    if (q->hosted)
+        lb_nfq_host(q->host, NULL); /* returns once the queue's thread let go of q */
     if (q->thread_started) {
         __atomic_store_n(&q->stop, 1, __ATOMIC_RELEASE);
         lb_adapter_wait_kick(&q->wait);

@@ -114,6 +114,16 @@ struct lb_nfq {
     size_t tx_cap;
     struct mmsghdr rx_msgs[NFQ_BATCH];
     struct iovec rx_iov[NFQ_BATCH];
+    /* The NAT-reply reader this thread serves too (lb_nfq_host, natrx.c): the control plane's
+     * request under host_lock, numbered by host_gen; the thread takes it at the top of its loop
+     * (host_seen: the last number it took) and says so on host_cond. */
+    pthread_mutex_t host_lock;
+    pthread_cond_t host_cond;
+    struct lb_natrx *host_req;             /* under host_lock */
+    uint64_t host_gen;                     /* under host_lock; the thread peeks at it atomically */
+    uint64_t host_seen;                    /* written by the thread under host_lock */
+    int thread_exited;                     /* under host_lock: nothing will take a request any more */
+    struct lb_natrx *natrx;                /* the thread's own: what it polls and serves */
 };
 
 /* Send one config message with an ACK request and wait for the kernel's answer. */
@@ -673,12 +683,50 @@ static int poll_timeout_ms(struct lb_nfq *q)
     return ms;
 }
 
+/* The thread takes the control plane's latest lb_nfq_host request, if there is a new one. */
+static void host_take(struct lb_nfq *q)
+{
+    if (__atomic_load_n(&q->host_gen, __ATOMIC_ACQUIRE) == q->host_seen)
+        return;
+    pthread_mutex_lock(&q->host_lock);
+    q->natrx = q->host_req;
+    q->host_seen = q->host_gen;
+    pthread_cond_broadcast(&q->host_cond);
+    pthread_mutex_unlock(&q->host_lock);
+}
+
+int lb_nfq_host(lb_nfq_t *q, struct lb_natrx *x)
+{
+    if (!q)
+        return -EINVAL;
+    int r = 0;
+    pthread_mutex_lock(&q->host_lock);
+    if (!q->thread_started || q->thread_exited) {
+        r = x ? -ESRCH : 0; /* a thread that is gone serves nothing: a detach is done */
+    } else {
+        q->host_req = x;
+        uint64_t gen = q->host_gen + 1;
+        __atomic_store_n(&q->host_gen, gen, __ATOMIC_RELEASE);
+        lb_adapter_wait_kick(&q->wait);
+        while (q->host_seen < gen && !q->thread_exited)
+            pthread_cond_wait(&q->host_cond, &q->host_lock);
+    }
+    pthread_mutex_unlock(&q->host_lock);
+    return r;
+}
+
 static void *nfq_thread(void *arg)
 {
     struct lb_nfq *q = arg;
     int fd = mnl_socket_get_fd(q->nl);
     while (!__atomic_load_n(&q->stop, __ATOMIC_ACQUIRE)) {
-        if (lb_adapter_poll(&q->wait, fd, POLLIN, poll_timeout_ms(q)) & POLLIN) {
+        host_take(q);
+        short natrx_rev = 0;
+        int natrx_fd = q->natrx ? lb_natrx_fd(q->natrx) : -1;
+        short rev = lb_adapter_poll2(&q->wait, fd, POLLIN, natrx_fd, &natrx_rev, poll_timeout_ms(q));
+        if (natrx_rev)
+            lb_natrx_ready(q->natrx, natrx_rev);
+        if (rev & POLLIN) {
             for (int i = 0; i < NFQ_BATCH; i++) {
                 q->rx_iov[i].iov_base = q->rx + (size_t)i * NFQ_MSG_BUF;
                 q->rx_iov[i].iov_len = NFQ_MSG_BUF;
@@ -698,6 +746,11 @@ static void *nfq_thread(void *arg)
         lb_adapter_expire_tick(q->lb, &q->wait);
         lb_adapter_est_tick(q->lb, &q->wait);
     }
+    pthread_mutex_lock(&q->host_lock);
+    q->natrx = NULL;
+    q->thread_exited = 1;
+    pthread_cond_broadcast(&q->host_cond);
+    pthread_mutex_unlock(&q->host_lock);
     return NULL;
 }
 
@@ -717,6 +770,8 @@ static void nfq_free(struct lb_nfq *q)
     free(q->seg);
     free(q->tx);
     free(q->frag);
+    pthread_cond_destroy(&q->host_cond);
+    pthread_mutex_destroy(&q->host_lock);
     free(q);
 }
 
@@ -739,6 +794,8 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *o
             *err = -ENOMEM;
         return NULL;
     }
+    pthread_mutex_init(&q->host_lock, NULL);
+    pthread_cond_init(&q->host_cond, NULL);
     q->lb = lb;
     q->queue_num = queue_num;
     q->flags = opts->flags;

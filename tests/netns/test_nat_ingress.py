@@ -6,18 +6,21 @@ Real packets through the FULLNAT topology (client - director - real servers): HT
 port translation, a large download (the real servers' TSO packets cross veth whole: GSO segmented
 by lbd's reader) and large UDP answers (fragmented on the back segment: reassembled by the reader's
 socket), the director's own connections to a real server untouched, the chain bound to the back
-interface only and no forward chain, and lbd's table, chain and pair gone after SIGTERM and taken
-over after kill -9 (also by an lbd with the default --nat-replies forward).
+interface only and no forward chain, the pair, table and reader there only while NAT real servers
+exist (the reader in the queue's thread), and lbd's table, chain and pair gone after SIGTERM and
+taken over after kill -9 (also by an lbd with --nat-replies forward).
 
 The rest of the NAT suite runs in this mode with LB_TEST_NAT_REPLIES=ingress (tests/netns/conftest.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import NFT, Lbd, iptables_leftovers, running_lbd
@@ -56,6 +59,44 @@ def nat_service(lbd: Lbd, t: Topology) -> None:
 
 def natrx(lbd: Lbd) -> dict[str, int]:
     return dict(lbd.ok("counters").get("natrx", {}))
+
+
+def links(t: Topology) -> list[str]:
+    return [line for line in iptables_leftovers(t.director) if line.startswith("link: ")]
+
+
+def thread_names(pid: int) -> list[str]:
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            names.append((task / "comm").read_text().strip())
+    return names
+
+
+def test_pair_table_and_reader_come_with_the_first_nat_real_server_and_go_with_the_last(
+        ilbd: Lbd, itopo: Topology) -> None:
+    t = itopo
+    ilbd.lbadm("-A", "-t", f"{t.vip}:{VPORT}", "-s", "rr")
+    ilbd.lbadm("-a", "-t", f"{t.vip}:{VPORT}", "-r", f"{t.reals[0].addr}:{VPORT}", "-g")  # DR: not NAT
+    ilbd.wait_resolved()
+    assert links(t) == [] and netdev_dump(t.director) == ""  # a director without NAT has none of it
+    assert "natrx" not in ilbd.ok("counters")
+    ilbd.lbadm("-d", "-t", f"{t.vip}:{VPORT}", "-r", f"{t.reals[0].addr}:{VPORT}")
+    for _ in range(2):  # and again after the last one left
+        nat_service(ilbd, t)
+        assert sorted(links(t)) == ["link: lbnr0", "link: lbnr0p"], links(t)
+        assert 'fwd to "lbnr0"' in netdev_dump(t.director)
+        replies = client.fresh_gets(t.client.netns, t.vip, VPORT, 2, timeout=3.0)
+        assert [r.ok for r in replies] == [True] * 2, (replies, ilbd.log_tail())
+        assert natrx(ilbd)["answers"] >= 2
+        # read by the queue's own thread: both directions of a connection on one thread
+        assert ilbd.proc is not None
+        names = thread_names(ilbd.proc.pid)
+        assert "lbd-nfq0" in names and "lbd-natrx" not in names, names
+        for rs in t.reals:
+            ilbd.lbadm("-d", "-t", f"{t.vip}:{VPORT}", "-r", f"{rs.addr}:{RPORT}")
+        assert links(t) == [] and netdev_dump(t.director) == "", (links(t), ilbd.log_tail())
+        assert "natrx" not in ilbd.ok("counters")
 
 
 def test_nat_http_through_the_ingress_chain_and_nothing_in_forward(ilbd: Lbd, itopo: Topology) -> None:

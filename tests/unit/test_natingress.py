@@ -1,6 +1,6 @@
 """lbd --nat-replies ingress (lb/natingress.py, its part of lb/nftsteer.py, lb/nftelements.py's mirror):
 the netdev table's text, the interfaces it is bound to, and what the steering manager writes when NAT
-real servers come, go or move. No kernel: nft is faked (test_nftsteer's FakeNft), the veth pair and
+real servers come (the pair and the table with the first), go (with the last) or move. No kernel: nft is faked (test_nftsteer's FakeNft), the veth pair and
 route lookups are injected."""
 
 from __future__ import annotations
@@ -102,26 +102,32 @@ def test_ingress_needs_the_input_hook() -> None:
         ns.NftManager(3, runner=FakeNft(), hook="input", nat_replies="xdp")
 
 
-def test_setup_creates_the_pair_then_the_netdev_table_and_tells_lbd_where_to_read() -> None:
+NETDEV_WHOLE = ("table netdev lbd-q3 {\n" + "".join(
+    f"\tset {k.suffix} {{\n\t\ttype {ns.SET_TYPES[k.type]}\n\t}}\n" for k in ni.KINDS)
+    + '\tchain sink {\n\t\ttype filter hook ingress device "lbnr3p" priority -500; policy drop;\n\t}\n}\n')
+
+
+def test_without_nat_real_servers_there_is_no_pair_and_no_netdev_table() -> None:
     fake = FakeNft()
     m, ing = ingress_manager(fake)
     fake.listing = healthy_listing(m)
     started: list[int] = []
     m.on_ingress_pair = started.append
     m.setup()
-    assert ing.pair and started == [41]
-    (script,) = fake.scripts()
-    assert "add table netdev lbd-q3\ndelete table netdev lbd-q3\nadd table netdev lbd-q3" in script
-    assert "add set netdev lbd-q3 natrip { type ipv4_addr; size 65536; }" in script  # the fast set, as ip's
-    assert 'add chain netdev lbd-q3 sink { type filter hook ingress device "lbnr3p" priority -500; policy drop; }' in script
-    assert "netdev lbd-q3 rs" not in script  # no NAT real server: no chain on any interface
-    assert "forward" not in script and "defrag" not in script
+    m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
+    assert not ing.pair and started == []  # nothing of this on a director without NAT services
+    assert all("netdev" not in script for script in fake.scripts())
+    assert all("forward" not in script and "defrag" not in script for script in fake.scripts())
+    # a killed ingress lbd's leftovers are looked for (and removed) at setup, whatever exists
+    assert ["nft", "list", "table", "netdev", "lbd-q3"] in [c for c, _ in fake.calls]
 
 
-def test_no_forward_chain_ever_and_nat_elements_mirrored_in_one_batch() -> None:
+def test_the_first_nat_real_server_brings_pair_and_table_the_last_takes_them_away() -> None:
     fake = FakeNft()
     m, ing = ingress_manager(fake)
     fake.listing = healthy_listing(m)
+    started: list[int] = []
+    m.on_ingress_pair = started.append
     m.setup()
     fake.calls.clear()
     written: list[tuple[Any, ...]] = []
@@ -129,16 +135,23 @@ def test_no_forward_chain_ever_and_nat_elements_mirrored_in_one_batch() -> None:
     m._generation = lambda: 5  # nothing but lbd wrote: the delta path
     m._intact_gen = 5
     with_nat = nat_steering().elements()
-    assert set(m._want(True)) == {ns.GO, ns.IN, ns.OUT}
-    # the first NAT real server: its interface bound (nft -f: a chain changes), its elements in both tables
+    assert set(m._want(True)) == {ns.GO, ns.IN, ns.OUT}  # never a forward chain
+    # the first NAT real server: the pair (lbd's reader started on its peer), then in one nft -f the
+    # netdev table whole with the NAT elements, `rs` on the real server's interface, the ip elements
     plan = m.apply(ips.SetDelta(added={k: set(v) for k, v in with_nat.items()}), lambda: with_nat, set())
+    assert ing.pair and started == [41]
     (script,) = fake.scripts()
+    assert "add table netdev lbd-q3\ndelete table netdev lbd-q3\nadd table netdev lbd-q3" in script
+    assert "add set netdev lbd-q3 natrip { type ipv4_addr; size 65536; }" in script  # the fast set, as ip's
+    assert 'add chain netdev lbd-q3 sink { type filter hook ingress device "lbnr3p" priority -500; policy drop; }' in script
     assert 'add chain netdev lbd-q3 rs { type filter hook ingress devices = { "eth1" } priority -500; policy accept; }' in script
-    assert "add element ip lbd-q3 natrip { 10.9.0.5 }\nadd element netdev lbd-q3 natrip { 10.9.0.5 }" in script
+    assert script.count("add element netdev lbd-q3 natrip { 10.9.0.5 }") == 1  # with the table, not mirrored again
+    assert script.index("add table netdev") < script.index("add element netdev")
+    assert "add element ip lbd-q3 natrip { 10.9.0.5 }" in script
     assert "add element netdev lbd-q3 nat { 10.9.0.5 . tcp . 8080 }" in script
     assert "add element netdev lbd-q3 svc" not in script  # only the NAT sets live there
     assert "forward" not in script and plan.rewritten == []
-    assert written == [] and m.ingress_devices == {"eth1"}
+    assert written == [] and m.netdev is not None and m.netdev.devices == {"eth1"}
     # another port of the same real server: no chain change, one netlink batch mirrored into netdev
     fake.calls.clear()
     m._intact_gen = 5
@@ -147,15 +160,35 @@ def test_no_forward_chain_ever_and_nat_elements_mirrored_in_one_batch() -> None:
     ((args, kw),) = written
     assert args[1] == [("nat", "hash:ip,port", {"10.9.0.5,tcp:8081"})]
     assert kw["mirror"] == frozenset({"nat", "natrip", "nattcp0", "natudp0"})
-    # the last NAT real server leaves: the chain goes, its elements leave both tables
+    # the last NAT real server leaves: the netdev table deleted in the same transaction as its ip
+    # elements, then the pair, and lbd told to stop its reader
     m._intact_gen = 5
     gone = {k: set(v) for k, v in with_nat.items() if k not in (ips.ADDR, ips.SVC)}
     m.apply(ips.SetDelta(removed=gone), lambda: Steering(services={(TCP, "10.0.0.1", 80)}).elements(), set())
     (script,) = fake.scripts()
-    assert "flush chain netdev lbd-q3 rs\ndelete chain netdev lbd-q3 rs" in script
-    assert "add chain netdev lbd-q3 rs" not in script
-    assert "delete element netdev lbd-q3 natrip { 10.9.0.5 }" in script
-    assert m.ingress_devices == set()
+    assert "delete table netdev lbd-q3" in script and "delete element ip lbd-q3 natrip { 10.9.0.5 }" in script
+    assert "element netdev" not in script
+    assert not ing.pair and started == [41, 0] and m.netdev.devices == set() and not m.netdev.active
+    # and again: a new pair, a new reader
+    m._intact_gen = 5
+    m.apply(ips.SetDelta(added={k: set(v) for k, v in with_nat.items()}), lambda: with_nat, set())
+    assert ing.pair and started == [41, 0, 41]
+
+
+def test_a_failed_transaction_keeps_the_pair_until_a_full_sync_settles_it() -> None:
+    fake = FakeNft()
+    m, ing = ingress_manager(fake)
+    fake.listing = healthy_listing(m)
+    m.sync(nat_steering())
+    assert ing.pair and m.netdev is not None and m.netdev.active
+    fake.fail_scripts = True
+    with pytest.raises(ns.IptablesError):
+        m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
+    assert ing.pair  # the table's deletion did not happen: neither does the pair's
+    fake.fail_scripts = False
+    m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
+    assert not ing.pair and not m.netdev.active
+    assert "delete table netdev lbd-q3" in fake.scripts()[-1]
 
 
 def test_a_routing_change_rebinds_the_chain_only_when_the_interfaces_moved() -> None:
@@ -163,7 +196,7 @@ def test_a_routing_change_rebinds_the_chain_only_when_the_interfaces_moved() -> 
     m, ing = ingress_manager(fake)
     fake.listing = healthy_listing(m)
     m.sync(nat_steering())
-    assert m.ingress_devices == {"eth1"}
+    assert m.netdev is not None and m.netdev.devices == {"eth1"}
     fake.calls.clear()
     m.routes_changed()  # same interface: nothing written
     assert fake.scripts() == []
@@ -184,17 +217,19 @@ def test_a_full_sync_recreates_the_netdev_table_with_the_nat_elements() -> None:
     assert "add rule netdev lbd-q3 rs ip saddr != @natrip return" in script
 
 
-def test_damage_names_a_missing_netdev_table_or_pair() -> None:
+def test_damage_names_a_missing_netdev_table_or_pair_only_while_nat_real_servers_exist() -> None:
     fake = FakeNft()
     m, ing = ingress_manager(fake)
     fake.listing = healthy_listing(m, {"addr": ["10.0.0.1"], "svc": ["10.0.0.1,tcp:80"]})
     m.sync(Steering(services={(TCP, "10.0.0.1", 80)}))
     m._generation = lambda: None
+    assert m.damage() == []  # no NAT real server: no table, no pair, nothing missing
+    fake.listing = healthy_listing(m, {"addr": ["10.0.0.1"], "svc": ["10.0.0.1,tcp:80"]})
+    m.sync(nat_steering())
+    m.installed = {k: set() for k in ips.KINDS}  # compare the sets as empty (the listings below have none)
+    fake.listing = healthy_listing(m)
     assert m.damage() == ["nft table netdev lbd-q3 gone"]
-    fake.netdev_listing = ("table netdev lbd-q3 {\n" + "".join(
-        f"\tset {k.suffix} {{\n\t\ttype {ns.SET_TYPES[k.type]}\n\t}}\n" for k in ni.KINDS)
-        + '\tchain sink {\n\t\ttype filter hook ingress device "lbnr3p" priority -500; policy drop;\n\t}\n}\n')
-    ing.pair = True
+    fake.netdev_listing = NETDEV_WHOLE
     assert m.damage() == []
     ing.pair = False
     assert m.damage() == ["veth pair lbnr3/lbnr3p gone"]
@@ -205,6 +240,9 @@ def test_teardown_removes_both_tables_and_the_pair() -> None:
     m, ing = ingress_manager(fake)
     fake.listing = healthy_listing(m)
     m.setup()
+    m.sync(nat_steering())
+    assert ing.pair
+    fake.calls.clear()
     fake.netdev_listing = "table netdev lbd-q3 {\n}\n"
     m.teardown()
     deletes = [c for c, _ in fake.calls if "delete" in c]

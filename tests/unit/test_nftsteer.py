@@ -190,6 +190,7 @@ class FakeNft:
         self.netdev_listing: str | None = None  # lbd's netdev table (--nat-replies ingress)
         self.calls: list[tuple[list[str], str | None]] = []
         self.queue_rules: list[dict[str, Any]] = []
+        self.fail_scripts = False  # `nft -f` refuses every transaction
 
     def __call__(self, cmd: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
         cmd = list(cmd)
@@ -199,6 +200,8 @@ class FakeNft:
             if listing is None:
                 return subprocess.CompletedProcess(cmd, 1, "", "Error: No such file or directory\n")
             return subprocess.CompletedProcess(cmd, 0, listing, "")
+        if self.fail_scripts and cmd[:2] == ["nft", "-f"]:
+            return subprocess.CompletedProcess(cmd, 1, "", "Error: Could not process rule: No buffer space available\n")
         if cmd[0] == "iptables" and "-S" in cmd:
             return subprocess.CompletedProcess(cmd, 0, "-P PREROUTING ACCEPT\n", "")
         if cmd[0] == "ipset":
