@@ -497,8 +497,10 @@ class NftManager:
         listing = self.listing()
         lines: list[str] = []
         nat = bool(want[ips.NATRIP])
-        if not self._ingress_leftovers_checked and (self.netdev is None or not nat):  # adopting a killed lbd's table
-            self._remove_ingress()
+        if not self._ingress_leftovers_checked:  # adopting a killed lbd's table: its netdev table and pair
+            if self.netdev is None or not nat:  # (with NAT real servers this lbd's replace them below)
+                self._remove_ingress()
+            self._ingress_leftovers_checked = True
         if nat and self.hook == "input" and self.ingress is None:
             self._check_forwarding()
         if not listing.exists:

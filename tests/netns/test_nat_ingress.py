@@ -83,7 +83,9 @@ def test_pair_table_and_reader_come_with_the_first_nat_real_server_and_go_with_t
     assert "natrx" not in ilbd.ok("counters")
     ilbd.lbadm("-d", "-t", f"{t.vip}:{VPORT}", "-r", f"{t.reals[0].addr}:{VPORT}")
     for _ in range(2):  # and again after the last one left
-        nat_service(ilbd, t)
+        for rs in t.reals:
+            ilbd.lbadm("-a", "-t", f"{t.vip}:{VPORT}", "-r", f"{rs.addr}:{RPORT}", "-m", "-w", "1")
+        ilbd.wait_resolved()
         assert sorted(links(t)) == ["link: lbnr0", "link: lbnr0p"], links(t)
         assert 'fwd to "lbnr0"' in netdev_dump(t.director)
         replies = client.fresh_gets(t.client.netns, t.vip, VPORT, 2, timeout=3.0)

@@ -1,7 +1,7 @@
 """lbd --nat-replies ingress (lb/natingress.py, its part of lb/nftsteer.py, lb/nftelements.py's mirror):
 the netdev table's text, the interfaces it is bound to, and what the steering manager writes when NAT
-real servers come (the pair and the table with the first), go (with the last) or move. No kernel: nft is faked (test_nftsteer's FakeNft), the veth pair and
-route lookups are injected."""
+real servers come (the pair and the table with the first), go (with the last) or move. No kernel:
+nft is faked (test_nftsteer's FakeNft), the veth pair and route lookups are injected."""
 
 from __future__ import annotations
 
@@ -104,7 +104,9 @@ def test_ingress_needs_the_input_hook() -> None:
 
 NETDEV_WHOLE = ("table netdev lbd-q3 {\n" + "".join(
     f"\tset {k.suffix} {{\n\t\ttype {ns.SET_TYPES[k.type]}\n\t}}\n" for k in ni.KINDS)
-    + '\tchain sink {\n\t\ttype filter hook ingress device "lbnr3p" priority -500; policy drop;\n\t}\n}\n')
+    + '\tchain sink {\n\t\ttype filter hook ingress device "lbnr3p" priority -500; policy drop;\n\t}\n'
+    + '\tchain rs {\n\t\ttype filter hook ingress devices = { "eth1" } priority -500; policy accept;\n'
+    + "".join(f"\t\t{r} # handle {i + 5}\n" for i, r in enumerate(ni.rs_rules("lbnr3"))) + "\t}\n}\n")
 
 
 def test_without_nat_real_servers_there_is_no_pair_and_no_netdev_table() -> None:
@@ -172,7 +174,7 @@ def test_the_first_nat_real_server_brings_pair_and_table_the_last_takes_them_awa
     # and again: a new pair, a new reader
     m._intact_gen = 5
     m.apply(ips.SetDelta(added={k: set(v) for k, v in with_nat.items()}), lambda: with_nat, set())
-    assert ing.pair and started == [41, 0, 41]
+    assert ing.pair and started == [41, 0, 42]  # a new pair, a new ifindex
 
 
 def test_a_failed_transaction_keeps_the_pair_until_a_full_sync_settles_it() -> None:
