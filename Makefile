@@ -47,6 +47,10 @@ APT_LOCK_WAIT_S ?= 600
 APT_GET := apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT_S) -y -q
 
 # Inputs of the editable install (the cffi extension is compiled from native/).
+# compat: a plain path entry for this tree (a .pth line) instead of setuptools' import-hook finder,
+# which every Python start of the venv would import (pathlib, urllib, importlib.util: ~20 ms of each
+# lbadm command on a slow machine; issue 15 item 2 wants one under 0.1 s).
+EDITABLE := --config-settings editable_mode=compat -e
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/build_ffi.py native/include/*.h native/src/*.[ch] native/preload/*.[ch])
 
 .PHONY: all deps install-deps install uninstall venv build lint test test-unit test-dist test-sanitize test-netns test-netns-iptables test-netns-afxdp fuzz demo bench bench-quick clean distclean
@@ -128,7 +132,7 @@ $(BPF_OBJ): native/bpf/lb_xdp.bpf.c
 	clang -O2 -g -target bpf -Wall -Werror -I/usr/include/$$(gcc -dumpmachine) -c $< -o $@
 
 $(STAMP): $(PY) $(BUILD_INPUTS)
-	$(PIP) install -e '.[test]'
+	$(PIP) install $(EDITABLE) '.[test]'
 	@ls lb/_fastpath*.so >/dev/null 2>&1 || { echo "build: lb/_fastpath*.so missing after install" >&2; exit 1; }
 	@ls lb/_ipvs_preload*.so >/dev/null 2>&1 || { echo "build: lb/_ipvs_preload*.so missing after install" >&2; exit 1; }
 	@touch $@
@@ -198,7 +202,7 @@ GUEST_DEB_PKGS := qemu-system-x86 busybox-static kmod udev file ipvsadm
 KERNEL_STAMP := $(VENV)/.lvs-userspace-kernel-extra
 
 $(KERNEL_STAMP): $(STAMP) pyproject.toml
-	$(PIP) install -e '.[test,kernel]'
+	$(PIP) install $(EDITABLE) '.[test,kernel]'
 	@touch $@
 
 kernel-deps: build $(KERNEL_STAMP)
@@ -363,7 +367,7 @@ uninstall:
 BENCH_STAMP := $(VENV)/.lvs-userspace-bench-extra
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(PIP) install -e '.[test,bench]'
+	$(PIP) install $(EDITABLE) '.[test,bench]'
 	@touch $@
 
 bench: build $(BENCH_STAMP) bench-tools

@@ -22,8 +22,8 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 API_HEADER = "lb_api.h"
 SCHED_LIST_HEADER = "lb_sched_list.h"
@@ -98,8 +98,7 @@ def parse_sched_list(text: str, source: str = SCHED_LIST_HEADER) -> tuple[str, .
     return names
 
 
-@dataclass(frozen=True)
-class Definitions:
+class Definitions(NamedTuple):
     """Everything read from one include directory."""
 
     include_dir: Path

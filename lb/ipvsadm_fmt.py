@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from lb.model import FORWARD_NAMES
 from lb.namedb import NameDB
+from lb.vocab import FORWARD_NAMES
 
 Json = Mapping[str, Any]
 T = TypeVar("T")
@@ -54,8 +53,7 @@ SERVICE_LABEL_WIDTH = 33
 DEST_LABEL_WIDTH = 28
 
 
-@dataclass(frozen=True)
-class ListFormat:
+class ListFormat(NamedTuple):
     """ipvsadm's FMT_* flags. The first true one of stats, rate, thresholds,
     persistent_conn, tun_info chooses the layout, in that order."""
 

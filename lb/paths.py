@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 RUN_ROOT = Path("/run/lbd")
 SOCKET_NAME = "lbd.sock"
@@ -39,8 +39,7 @@ INITIAL_NETNS = (Path("/proc/1/ns/net"), Path("/proc/2/ns/net"))
 SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)  # Linux >= 5.14; not in Python's socket module
 
 
-@dataclass(frozen=True)
-class Netns:
+class Netns(NamedTuple):
     """The network namespace a process runs in, as lbd names it."""
 
     kind: str  # "initial", "named" or "unnamed"

@@ -8,11 +8,10 @@ Implementing a feature removes its entry: one line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Missing:
+class Missing(NamedTuple):
     option: str  # lbadm's long option name (the -h line it marks; the command line token it refuses)
     what: str  # the feature, as an operator names it
     instead: str = ""  # what lbd offers instead

@@ -6,8 +6,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from lb import unimplemented
 from lb.ipvsadm_fmt import ListFormat
@@ -41,8 +40,8 @@ from lb.lbadm.values import (
     parse_timeout,
     string_to_number,
 )
-from lb.model import DEFAULT_SCHEDULER, SCHEDULERS, unknown_scheduler
 from lb.namedb import NameDB
+from lb.vocab import DEFAULT_SCHEDULER, SCHEDULERS, unknown_scheduler
 
 
 class Action(enum.Enum):
@@ -59,8 +58,7 @@ class Action(enum.Enum):
     RESTORE = "restore"
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     op: str
     args: dict[str, Any]
 
@@ -68,11 +66,10 @@ class Request:
         return {"op": self.op, "args": self.args}
 
 
-@dataclass(frozen=True)
-class Invocation:
+class Invocation(NamedTuple):
     action: Action
     request: Request | None = None
-    fmt: ListFormat = field(default_factory=ListFormat)
+    fmt: ListFormat = ListFormat()
     socket_path: str = ""
     json_output: bool = False
     # Why lbd cannot do what the line asks (a feature it lacks, an unknown scheduler): lbadm then
@@ -80,8 +77,9 @@ class Invocation:
     refusal: str | None = None
 
 
-@dataclass
 class _ServiceArgs:
+    """What the command line says of the service (class attributes: ipvsadm's defaults)."""
+
     af: int = 0
     proto: str | None = None
     addr: str | None = None
@@ -94,16 +92,19 @@ class _ServiceArgs:
     ops: bool = False
     pe: str | None = None
     sched_flags_text: str | None = None
-    sched_flags: list[str] = field(default_factory=list)
     synproxy: bool = False  # DPVS -j enable
     toa: bool = False  # lbd --toa
     proxy_protocol: str | None = None  # lbd --proxy-protocol v1|v2
     laddr: str | None = None  # DPVS -z (with -P/-Q)
     ifname: str | None = None  # DPVS -F: accepted, not used
 
+    def __init__(self) -> None:
+        self.sched_flags: list[str] = []
 
-@dataclass
+
 class _DestArgs:
+    """What the command line says of the real server (class attributes: ipvsadm's defaults)."""
+
     af: int = 0
     addr: str | None = None
     port: int = 0
@@ -116,8 +117,9 @@ class _DestArgs:
     tun_flags: str = "nocsum"
 
 
-@dataclass
 class _DaemonArgs:
+    """What the command line says of the sync daemon (class attributes: the defaults)."""
+
     state: str = ""
     mcast_ifn: str = ""
     syncid: int | None = None

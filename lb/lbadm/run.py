@@ -6,8 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from lb.ctlclient import ConnectError, ControlClient, ControlError, ProtocolError, resolve_socket_path
 from lb.ipvsadm_fmt import (
@@ -28,8 +27,7 @@ from lb.namedb import NameDB
 ClientFactory = Callable[[str], ControlClient]
 
 
-@dataclass
-class _Streams:
+class _Streams(NamedTuple):
     stdin: TextIO
     stdout: TextIO
     stderr: TextIO

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class ArgKind(enum.Enum):
@@ -15,8 +15,7 @@ class ArgKind(enum.Enum):
     OPTIONAL = "optional"
 
 
-@dataclass(frozen=True)
-class OptionSpec:
+class OptionSpec(NamedTuple):
     key: str
     long: str | None
     short: str | None
@@ -115,16 +114,14 @@ POPT_MISSING_ARG = "missing argument"
 POPT_UNWANTED_ARG = "option does not take an argument"
 
 
-@dataclass(frozen=True)
-class OptionToken:
+class OptionToken(NamedTuple):
     key: str
     arg: str | None
     # The argv word popt's poptBadOption() would name: the last one consumed.
     text: str
 
 
-@dataclass(frozen=True)
-class PoptError:
+class PoptError(NamedTuple):
     text: str
     reason: str
 

@@ -9,7 +9,7 @@ import lb
 from lb import unimplemented
 from lb.lbadm.errors import PROG
 from lb.lbadm.values import DEFAULT_PERSISTENT_TIMEOUT_S, INT_MAX
-from lb.model import DEFAULT_SCHEDULER, SCHEDULERS
+from lb.vocab import DEFAULT_SCHEDULER, SCHEDULERS
 
 
 def version_text() -> str:

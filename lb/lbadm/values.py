@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from lb import consts as C
 from lb.lbadm.errors import fail
-from lb.model import DEFAULT_SCHEDULER
 from lb.namedb import NameDB
+from lb.vocab import DEFAULT_SCHEDULER
 
 MAX_TIMEOUT_S = 86400 * 31  # ipvsadm's MAX_TIMEOUT: 31 days
 DEFAULT_PERSISTENT_TIMEOUT_S = 360  # ipvsadm's IPVS_SVC_PERSISTENT_TIMEOUT (6 minutes), for -p without a value
@@ -65,8 +65,7 @@ def _str_is_digit(text: str) -> bool:
     return all(ch.isdigit() and ch.isascii() for ch in text)
 
 
-@dataclass(frozen=True)
-class ParsedAddress:
+class ParsedAddress(NamedTuple):
     af: int
     addr: str
     port: int | None  # None: no port given
