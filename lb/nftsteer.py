@@ -316,7 +316,7 @@ class NftManager:
             self._note_write(before, 1)
 
     def _element_lines(self, adds: dict[ips.SetKind, set[str]], dels: dict[ips.SetKind, set[str]],
-                       mirror: bool = True) -> list[str]:
+                       mirror: bool) -> list[str]:
         """Additions (the address pre-filter first), then deletions (the pre-filter last): one
         transaction, so the order is only for readers."""
         def tables(k: ips.SetKind) -> list[str]:
