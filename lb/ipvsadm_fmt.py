@@ -4,7 +4,7 @@ Pure functions over the dicts of docs/control-protocol.md; no I/O except the
 reading of /etc/hosts and /etc/services for non-numeric output, by the NameDB of
 lb.namedb (never DNS). The printf formats, column widths, truncations (33
 characters for a service label, 28 for a destination), number suffixes and sort
-order are those of ipvsadm 1.31 and libipvs, so scripts written against ipvsadm
+order (lb.ipvsadm_order) are those of ipvsadm 1.31 and libipvs, so scripts written against ipvsadm
 parse our output unchanged. Lines keep ipvsadm's trailing blanks (its last columns are
 left-aligned and padded).
 
@@ -23,23 +23,20 @@ restore a FULLNAT service); `format_laddrs` is DPVS's `-G` table.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
+from lb.ipvsadm_order import AF_INET6 as _AF_INET6
+from lb.ipvsadm_order import PROTO_NUMBERS as _PROTO_NUMBERS
+from lb.ipvsadm_order import service_af as _service_af
+from lb.ipvsadm_order import sorted_dests, sorted_services
 from lb.namedb import NameDB
 from lb.vocab import FORWARD_NAMES
 
 Json = Mapping[str, Any]
-T = TypeVar("T")
 
 ALL_ONES_NETMASK = "255.255.255.255"
 IPV6_FULL_PREFIX = 128
-
-# Kernel constants used by libipvs's sort order (AF_INET < AF_INET6; protocol numbers).
-_AF_INET = 2
-_AF_INET6 = 10
-_PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
 
 # ipvsadm's names: fwd_name() for listings, fwd_switch() for -S rules.
 _FORWARD_LABELS = {**FORWARD_NAMES, "local": "Local"}
@@ -110,112 +107,6 @@ def _stat(stats: Json | None, name: str) -> int:
     if not stats:
         return 0
     return int(stats.get(name) or 0)
-
-
-# --------------------------------------------------------------------------
-# Sort order of libipvs (ipvs_cmp_services / ipvs_cmp_dests under glibc qsort).
-
-
-def _int32(value: int) -> int:
-    """C's conversion of an unsigned 32-bit difference to int: libipvs compares
-    addresses by subtraction, so addresses more than 2^31 apart wrap."""
-    return ((value + 2**31) % 2**32) - 2**31
-
-
-def _normalize_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def _addr_words(addr: str) -> tuple[int, list[int]]:
-    parsed = _normalize_ip(addr) if addr else None
-    if isinstance(parsed, ipaddress.IPv6Address):
-        packed = int(parsed)
-        return _AF_INET6, [(packed >> shift) & 0xFFFFFFFF for shift in (96, 64, 32, 0)]
-    return _AF_INET, [int(parsed) if parsed is not None else 0]
-
-
-def _cmp_addr(af: int, words_a: list[int], words_b: list[int]) -> int:
-    if af != _AF_INET6:
-        return _int32(words_a[0] - words_b[0])
-    for word_a, word_b in zip(words_a, words_b, strict=True):
-        result = _int32(word_a - word_b)
-        if result:
-            return result
-    return 0
-
-
-def _service_af(svc: Json) -> int:
-    if svc.get("ipv6"):
-        return _AF_INET6
-    return _addr_words(str(svc.get("addr") or ""))[0]
-
-
-def compare_services(svc_a: Json, svc_b: Json) -> int:
-    """libipvs ipvs_cmp_services: fwmark, family, protocol, address, port."""
-    result = _int32(int(svc_a.get("fwmark") or 0) - int(svc_b.get("fwmark") or 0))
-    if result:
-        return result
-    af_a, af_b = _service_af(svc_a), _service_af(svc_b)
-    if af_a != af_b:
-        return af_a - af_b
-    result = _proto_number(svc_a) - _proto_number(svc_b)
-    if result:
-        return result
-    result = _cmp_addr(af_a, _addr_words(_service_addr(svc_a))[1], _addr_words(_service_addr(svc_b))[1])
-    if result:
-        return result
-    return _service_port(svc_a) - _service_port(svc_b)
-
-
-def compare_dests(dest_a: Json, dest_b: Json) -> int:
-    """libipvs ipvs_cmp_dests: address (by the first one's family), then port."""
-    af_a, words_a = _addr_words(str(dest_a["addr"]))
-    _af_b, words_b = _addr_words(str(dest_b["addr"]))
-    if len(words_a) != len(words_b):
-        words_a, words_b = words_a[:1], words_b[:1]
-        af_a = _AF_INET
-    result = _cmp_addr(af_a, words_a, words_b)
-    if result:
-        return result
-    return int(dest_a["port"]) - int(dest_b["port"])
-
-
-def glibc_merge_sort(items: Sequence[T], cmp: Callable[[T, T], int]) -> list[T]:
-    """glibc qsort's merge sort (msort_with_tmp), step for step.
-
-    The libipvs comparators are not transitive across the 2^31 address wrap,
-    so only the same algorithm yields the same order as ipvsadm in every case.
-    """
-    if len(items) <= 1:
-        return list(items)
-    half = len(items) // 2
-    left = glibc_merge_sort(items[:half], cmp)
-    right = glibc_merge_sort(items[half:], cmp)
-    merged: list[T] = []
-    i = j = 0
-    while i < len(left) and j < len(right):
-        if cmp(left[i], right[j]) <= 0:
-            merged.append(left[i])
-            i += 1
-        else:
-            merged.append(right[j])
-            j += 1
-    merged.extend(left[i:])
-    merged.extend(right[j:])
-    return merged
-
-
-def _proto_number(svc: Json) -> int:
-    if svc.get("fwmark"):
-        return 0
-    return _PROTO_NUMBERS.get(str(svc.get("proto") or "").lower(), 0)
-
-
-def _service_addr(svc: Json) -> str:
-    return "" if svc.get("fwmark") else str(svc.get("addr") or "")
 
 
 def _service_port(svc: Json) -> int:
@@ -372,7 +263,7 @@ def _dest_line(dest: Json, dname: str, fmt: ListFormat) -> str:
 
 def _sorted_dests(svc: Json, nosort: bool) -> list[Json]:
     dests = list(svc.get("dests") or [])
-    return dests if nosort else glibc_merge_sort(dests, compare_dests)
+    return dests if nosort else sorted_dests(dests)
 
 
 def format_service_entry(svc: Json, fmt: ListFormat, names: NameDB, rule: bool = False) -> str:
@@ -418,7 +309,7 @@ def format_title(fmt: ListFormat) -> str:
 
 def _sorted_services(result: Json, nosort: bool) -> list[Json]:
     services = list(result.get("services") or [])
-    return services if nosort else glibc_merge_sort(services, compare_services)
+    return services if nosort else sorted_services(services)
 
 
 def format_list(result: Json, fmt: ListFormat, names: NameDB | None = None) -> str:

@@ -17,7 +17,6 @@ import pytest
 
 from lb.ipvsadm_fmt import (
     ListFormat,
-    compare_dests,
     expire_mmss,
     format_connections,
     format_daemons,
@@ -25,9 +24,9 @@ from lb.ipvsadm_fmt import (
     format_one_service,
     format_save,
     format_timeout,
-    glibc_merge_sort,
     largenum,
 )
+from lb.ipvsadm_order import compare_dests, compare_services, glibc_merge_sort, sorted_services
 from lb.namedb import NameDB, NumericNames
 
 
@@ -386,3 +385,32 @@ def test_dest_sort_wraps_like_libipvs_and_breaks_ties_by_port() -> None:
     ]
     # 10.x and 192.x are more than 2^31 apart: the subtraction wraps and 192.x sorts first.
     assert compare_dests({"addr": "192.168.0.1", "port": 1}, {"addr": "10.0.0.1", "port": 1}) < 0
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_service_sort_is_the_merge_sort_of_libipvs_comparator(seed: int) -> None:
+    """sorted_services takes Python's sort when no compared field can wrap: the same order as
+    glibc's merge sort over libipvs's comparator, on sets that wrap (10.x with 192.x, high
+    fwmarks) and sets that do not, IPv4 and IPv6, fwmark and address services mixed."""
+    import random
+
+    rng = random.Random(seed)
+    wide = seed % 2 == 0  # even seeds: addresses and marks far enough apart to wrap
+
+    def addr() -> str:
+        if rng.random() < 0.2:
+            return f"2001:db8::{rng.randrange(1, 65536):x}" if not wide else f"{rng.choice(['2001', 'fe80'])}::{rng.randrange(65536):x}"
+        first = rng.choice([10, 192, 250]) if wide else 10
+        return f"{first}.{rng.randrange(256)}.{rng.randrange(4)}.{rng.randrange(256)}"
+
+    services: list[dict[str, Any]] = []
+    for _ in range(rng.randrange(1, 60)):
+        if rng.random() < 0.15:
+            mark = rng.choice([1, 2, 3, 2**31 + 5, 2**32 - 1]) if wide else rng.randrange(1, 5)
+            services.append({"fwmark": mark, "proto": "tcp", "addr": "0.0.0.0", "port": 0})
+        else:
+            a = addr()
+            services.append({"proto": rng.choice(["tcp", "udp"]), "addr": a, "port": rng.choice([80, 443, 8080]),
+                             **({"ipv6": True} if ":" in a else {})})
+    expected = glibc_merge_sort(services, compare_services)
+    assert [id(s) for s in sorted_services(services)] == [id(s) for s in expected]
