@@ -87,16 +87,25 @@ def svc_conf(spec: ServiceSpec) -> object:
 
 def service_spec(conf: Any) -> ServiceSpec:
     """struct lb_svc_conf read back (svc_conf's inverse)."""
+    return _service_spec(conf.proto, conf.addr, conf.port, ffi.string(conf.sched), conf.persist_timeout_s,
+                         conf.netmask, conf.flags)
+
+
+# Cached by the struct's values: a listing of 10,000 services reads back as many unchanged specs,
+# each validated anew by ServiceSpec and DestSpec (~5 us each; the specs are frozen, so shared).
+@functools.lru_cache(maxsize=1 << 16)
+def _service_spec(proto: int, addr: int, port: int, sched: bytes, persist_timeout_s: int, netmask: int,
+                  flags: int) -> ServiceSpec:
     return ServiceSpec(
-        key=ServiceKey(conf.proto, int2ip(conf.addr), conf.port),
-        sched=ffi.string(conf.sched).decode(),
-        persistent=conf.persist_timeout_s or None,
-        netmask=int2ip(conf.netmask) if conf.netmask else "255.255.255.255",
-        toa=bool(conf.flags & lib.LB_SVC_F_TOA),
-        synproxy=bool(conf.flags & lib.LB_SVC_F_SYNPROXY),
-        sched_flags=sum(1 << i for i, bit in enumerate(SCHED_FLAG_BITS) if conf.flags & bit),
-        ops=bool(conf.flags & lib.LB_SVC_F_ONEPACKET),
-        proxy_protocol=next((v for v, bit in PROXY_BITS.items() if conf.flags & bit), None),
+        key=ServiceKey(proto, int2ip(addr), port),
+        sched=sched.decode(),
+        persistent=persist_timeout_s or None,
+        netmask=int2ip(netmask) if netmask else "255.255.255.255",
+        toa=bool(flags & lib.LB_SVC_F_TOA),
+        synproxy=bool(flags & lib.LB_SVC_F_SYNPROXY),
+        sched_flags=sum(1 << i for i, bit in enumerate(SCHED_FLAG_BITS) if flags & bit),
+        ops=bool(flags & lib.LB_SVC_F_ONEPACKET),
+        proxy_protocol=next((v for v, bit in PROXY_BITS.items() if flags & bit), None),
     )
 
 
@@ -113,14 +122,8 @@ def dest_conf(dest: DestSpec) -> object:
 
 def dest_info(d: Any) -> DestInfo:
     """One struct lb_dest_info of lb_dest_list."""
-    spec = DestSpec(
-        addr=int2ip(d.conf.addr),
-        port=d.conf.port,
-        fwd=FWD_NAMES[d.conf.fwd],
-        weight=d.conf.weight,
-        u_threshold=d.conf.u_threshold,
-        l_threshold=d.conf.l_threshold,
-    )
+    conf = d.conf
+    spec = _dest_spec(conf.addr, conf.port, conf.fwd, conf.weight, conf.u_threshold, conf.l_threshold)
     return DestInfo(
         spec=spec,
         active=d.active,
@@ -131,6 +134,13 @@ def dest_info(d: Any) -> DestInfo:
         handshakes=d.handshakes,
         rates=rates_of(d.rates),
     )
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _dest_spec(addr: int, port: int, fwd: int, weight: int, u_threshold: int, l_threshold: int) -> DestSpec:
+    """struct lb_dest_conf's values read back (cached as _service_spec)."""
+    return DestSpec(addr=int2ip(addr), port=port, fwd=FWD_NAMES[fwd], weight=weight, u_threshold=u_threshold,
+                    l_threshold=l_threshold)
 
 
 def fwd_conf(fwd: FwdState | None) -> object:
