@@ -18,6 +18,9 @@ from lb.model import ServiceKey, SynproxyConf
 from lb.reconcile import State, synproxy_to_json
 from lb.requests import parse_key
 
+# A destination's forwarding state before lbd first resolved it (or with no state at all).
+_NOT_RESOLVED_YET = FwdStatus("unresolved", reason="not resolved yet")
+
 
 class DirectorViews(DirectorRates):
     """Director's listing operations (see the module docstring)."""
@@ -31,35 +34,44 @@ class DirectorViews(DirectorRates):
         def fwd_status(self) -> dict[DestKey, FwdStatus]: ...
 
     def _list(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`list`. With `"brief": true` (lbadm's text listings) only what ipvsadm's listings print:
+        no destination diagnosis (`syn_retrans`, `handshakes`, `stalled`, `stalled_episodes`, `l2`),
+        no `synproxy_conf`, and the counters (`stats`) only with `"stats": true`: at 10,000
+        services a third of the JSON to build, encode and decode (issue 15)."""
         only = parse_key(args["service"]) if args.get("service") else None
         if only is not None and only not in self.state.services:
             raise EngineError("ESRCH", f"no such service {only}")
+        brief = bool(args.get("brief"))
+        with_stats = not brief or bool(args.get("stats"))
         services = self.engine.services() if only is None else [self.engine.service(only)]
         table_size = self.engine.table_size()
+        fwd_status = self.fwd_status
         out = []
         for s in services:
-            if only is not None and s.spec.key != only:
+            key = s.spec.key
+            if only is not None and key != only:
                 continue
             dests = []
             for d in s.dests:
-                st = self.fwd_status.get((s.spec.key, d.spec.addr, d.spec.port), FwdStatus("unresolved", reason="not resolved yet"))
-                dests.append({
-                    **d.spec.to_json(),
-                    "active": d.active,
-                    "inactive": d.inactive,
-                    "persist": d.persist,
-                    "stats": self._shown(dest_stats_key(s.spec.key, d.spec.addr, d.spec.port), d.stats, d.rates),
-                    "syn_retrans": d.syn_retrans,
-                    "handshakes": d.handshakes,
-                    "stalled": self.stalls.stalled((s.spec.key, d.spec.addr, d.spec.port)),
-                    "stalled_episodes": self.stalls.episodes((s.spec.key, d.spec.addr, d.spec.port)),
-                    "l2": {"state": st.state, "ifname": st.ifname, "mac": st.mac, "reason": st.reason},
-                })
-            laddrs = [{"addr": la.addr, "conns": la.conns} for la in s.laddrs]
-            own = self.synproxy_confs.get(s.spec.key)
-            out.append({**s.spec.to_json(), "stats": self._shown(svc_stats_key(s.spec.key), s.stats, s.rates),
-                        "dests": dests, "laddrs": laddrs,
-                        "synproxy_conf": synproxy_to_json(own) if own is not None else None})
+                entry: dict[str, Any] = {**d.spec.to_json(), "active": d.active, "inactive": d.inactive, "persist": d.persist}
+                if with_stats:
+                    entry["stats"] = self._shown(dest_stats_key(key, d.spec.addr, d.spec.port), d.stats, d.rates)
+                if not brief:
+                    dkey = (key, d.spec.addr, d.spec.port)
+                    st = fwd_status.get(dkey, _NOT_RESOLVED_YET)
+                    entry.update(syn_retrans=d.syn_retrans, handshakes=d.handshakes, stalled=self.stalls.stalled(dkey),
+                                 stalled_episodes=self.stalls.episodes(dkey),
+                                 l2={"state": st.state, "ifname": st.ifname, "mac": st.mac, "reason": st.reason})
+                dests.append(entry)
+            svc: dict[str, Any] = s.spec.to_json()
+            if with_stats:
+                svc["stats"] = self._shown(svc_stats_key(key), s.stats, s.rates)
+            svc["dests"] = dests
+            svc["laddrs"] = [{"addr": la.addr, "conns": la.conns} for la in s.laddrs]
+            if not brief:
+                own = self.synproxy_confs.get(key)
+                svc["synproxy_conf"] = synproxy_to_json(own) if own is not None else None
+            out.append(svc)
         return {"version": "1.2.1", "conn_tab_size": table_size, "services": out,
                 "synproxy_default": synproxy_to_json(self.synproxy_default)}
 

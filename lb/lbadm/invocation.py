@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 
 from lb.ctlclient import resolve_socket_path
+from lb.ipvsadm_fmt import ListFormat
 from lb.lbadm.cmdline import Action, Invocation, Request, _CommandLine
 from lb.lbadm.errors import EXIT_OP_FAILED, PROG, UsageError, fail, tryhelp
 from lb.lbadm.legality import Command, Opt
@@ -120,14 +121,28 @@ def _finish(line: _CommandLine, action: Action, request: Request | None, env: Ma
             reading_stdin: bool = False) -> Invocation:
     # A line of a -R stream goes to the socket of the -R command itself: finding the default socket
     # (which namespace are we in?) for each of 30,000 lines cost more than parsing them (issue 15).
+    fmt = line.list_format()
+    json_output = Opt.JSON in line.options
+    if request is not None and request.op == "list" and not json_output:
+        request = _brief_listing(request, fmt)
     return Invocation(
         action=action,
         request=request,
-        fmt=line.list_format(),
+        fmt=fmt,
         socket_path="" if reading_stdin else resolve_socket_path(line.socket_path, env),
-        json_output=Opt.JSON in line.options,
+        json_output=json_output,
         refusal=line.refusal() if line.command is not None else None,
     )
+
+
+def _brief_listing(request: Request, fmt: ListFormat) -> Request:
+    """A text listing asks lbd for what it prints, no more: `brief` (no destination diagnosis), and
+    the counters only for --stats and --rate. At 10,000 services the full answer is ~11 MB of JSON,
+    the brief one ~4.6 MB (docs/control-protocol.md, `list`). --json shows lbd's whole answer."""
+    args = {**request.args, "brief": True}
+    if fmt.stats or fmt.rate:
+        args["stats"] = True
+    return Request(request.op, args)
 
 
 # --------------------------------------------------------------------------

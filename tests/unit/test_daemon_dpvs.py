@@ -57,9 +57,9 @@ def test_laddr_commands_parse_to_requests() -> None:
     inv = parse_args(["--del-laddr", "-t", f"{VIP}:443", "--laddr", "10.0.1.2", "-F", "dpdk0"], env={})
     assert (inv.request.op, inv.request.args) == ("del_laddr", {"service": SVC, "addr": "10.0.1.2"})  # type: ignore[union-attr]
     inv = parse_args(["-G"], env={})
-    assert (inv.action, inv.request.op, inv.request.args) == (Action.LIST_LADDRS, "list", {})  # type: ignore[union-attr]
+    assert (inv.action, inv.request.op, inv.request.args) == (Action.LIST_LADDRS, "list", {"brief": True})  # type: ignore[union-attr]
     inv = parse_args(["-G", "-t", f"{VIP}:443"], env={})
-    assert inv.request.args == {"service": SVC}  # type: ignore[union-attr]
+    assert inv.request.args == {"service": SVC, "brief": True}  # type: ignore[union-attr]
 
 
 def test_synproxy_and_toa_on_add_and_edit() -> None:

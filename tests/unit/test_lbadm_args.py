@@ -158,7 +158,7 @@ def test_listing_commands(argv: list[str], action: Action, op: str, fmt_flags: d
 def test_list_one_service(names: NameDB) -> None:
     invocation = parse_args(["-L", "-n", "-t", "10.0.0.1:80"], env={}, names=names)
     assert invocation.action is Action.LIST_SERVICE
-    assert invocation.request is not None and invocation.request.to_json() == {"op": "list", "args": {"service": VIP}}
+    assert invocation.request is not None and invocation.request.to_json() == {"op": "list", "args": {"service": VIP, "brief": True}}
 
 
 def test_socket_path_precedence(names: NameDB) -> None:
@@ -404,7 +404,7 @@ def test_end_to_end_add_service_then_list(socket_dir: str, capsys: pytest.Captur
         )
     assert lbd.requests == [
         {"op": "add_service", "args": svc_spec("rr")},
-        {"op": "list", "args": {}},
+        {"op": "list", "args": {"brief": True}},
     ]
 
 
