@@ -231,16 +231,21 @@ class CEngine:
 
     def _listing(self, fn: Callable[..., int], ctype: str, key: ServiceKey, what: str) -> tuple[object, int]:
         """One of a service's lists (lb_dest_list, lb_laddr_list) and its length: one call when it has at
-        most LIST_FIRST entries (most services), a second one sized by the first's count otherwise."""
+        most LIST_FIRST entries (most services), a second one sized by the first's count otherwise.
+        `what` names the list in an error ("list {key}"; formatted only then: a listing of 10,000
+        services makes 20,000 of these calls)."""
         arr = ffi.new(ctype, LIST_FIRST)
-        total = check(fn(self._lb, *key_args(key), arr, LIST_FIRST), what)
+        args = key_args(key)
+        total = fn(self._lb, *args, arr, LIST_FIRST)
         if total > LIST_FIRST:
             arr = ffi.new(ctype, total)
-            total = min(check(fn(self._lb, *key_args(key), arr, total), what), total)
+            total = min(fn(self._lb, *args, arr, total), total)
+        if total < 0:
+            check(total, what.format(key=key))
         return arr, total
 
     def _laddrs(self, key: ServiceKey) -> list[LaddrInfo]:
-        arr, count = self._listing(lib.lb_laddr_list, "struct lb_laddr_info[]", key, f"list local addresses of {key}")
+        arr, count = self._listing(lib.lb_laddr_list, "struct lb_laddr_info[]", key, "list local addresses of {key}")
         return [LaddrInfo(int2ip(arr[i].addr), arr[i].conns) for i in range(count)]  # type: ignore[index]
 
     # ------------------------------------------------------------ observation
@@ -280,7 +285,7 @@ class CEngine:
                            laddrs=self._laddrs(spec.key), rates=rates_of(s.rates))  # type: ignore[attr-defined]
 
     def _dests(self, key: ServiceKey) -> list[DestInfo]:
-        arr, count = self._listing(lib.lb_dest_list, "struct lb_dest_info[]", key, f"list {key}")
+        arr, count = self._listing(lib.lb_dest_list, "struct lb_dest_info[]", key, "list {key}")
         return [dest_info(arr[i]) for i in range(count)]  # type: ignore[index]
 
     def dest_flags(self, key: ServiceKey) -> dict[tuple[str, int], int]:

@@ -138,6 +138,8 @@ def glibc_merge_sort(items: Sequence[T], cmp: Callable[[T, T], int]) -> list[T]:
     """glibc qsort's merge sort (msort_with_tmp), step for step."""
     if len(items) <= 1:
         return list(items)
+    if len(items) == 2:  # the merge of two single items, without the recursion (most services' dests)
+        return list(items) if cmp(items[0], items[1]) <= 0 else [items[1], items[0]]
     half = len(items) // 2
     left = glibc_merge_sort(items[:half], cmp)
     right = glibc_merge_sort(items[half:], cmp)
