@@ -12,9 +12,12 @@ import json
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any, Self
 
 from lb import paths
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # lbadm imports this module: no typing at run time (lb/records.py)
+    from typing import Any, Self
 
 # In the initial network namespace; elsewhere the default is per namespace (lb/paths.py).
 DEFAULT_SOCKET_PATH = "/run/lbd/lbd.sock"

@@ -24,16 +24,20 @@ restore a FULLNAT service); `format_laddrs` is DPVS's `-G` table.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
 
 from lb.ipvsadm_order import AF_INET6 as _AF_INET6
 from lb.ipvsadm_order import PROTO_NUMBERS as _PROTO_NUMBERS
 from lb.ipvsadm_order import service_af as _service_af
 from lb.ipvsadm_order import sorted_dests, sorted_services
 from lb.namedb import NameDB
+from lb.records import NamedTuple
 from lb.vocab import FORWARD_NAMES
 
-Json = Mapping[str, Any]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    Json = Mapping[str, Any]
 
 ALL_ONES_NETMASK = "255.255.255.255"
 IPV6_FULL_PREFIX = 128

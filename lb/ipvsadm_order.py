@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
 
-Json = Mapping[str, Any]
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # lbadm imports this module: no typing at run time (lb/records.py)
+    from typing import Any, TypeVar
+
+    Json = Mapping[str, Any]
+    T = TypeVar("T")
 
 # Kernel constants used by libipvs's sort order (AF_INET < AF_INET6; protocol numbers).
 AF_INET = 2

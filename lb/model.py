@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lb import consts as C
 from lb.vocab import (  # noqa: F401 (the vocabulary, re-exported: lb.model is every value type's home)
@@ -28,12 +29,14 @@ from lb.vocab import (  # noqa: F401 (the vocabulary, re-exported: lb.model is e
     SCHED_FLAG_WORDS,
     SCHEDULERS,
     ConfigError,
-    Forward,
     _flag_names,
     sched_flag_bits,
     sched_flag_names,
     unknown_scheduler,
 )
+
+if TYPE_CHECKING:
+    from lb.vocab import Forward  # noqa: F401 (re-exported for type annotations)
 
 
 @functools.lru_cache(maxsize=1 << 16)

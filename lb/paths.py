@@ -25,17 +25,23 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
-from pathlib import Path
-from typing import NamedTuple
+import sys
 
-RUN_ROOT = Path("/run/lbd")
+from lb.records import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # lbadm's every command reads these paths: os.path, not pathlib (~5 ms to import)
+    from pathlib import Path
+
+    StrPath = str | os.PathLike[str]
+
+RUN_ROOT = "/run/lbd"
 SOCKET_NAME = "lbd.sock"
-NETNS_NAMES_DIR = Path("/run/netns")  # where `ip netns` binds the namespaces it names
-SELF_NETNS = Path("/proc/self/ns/net")
+NETNS_NAMES_DIR = "/run/netns"  # where `ip netns` binds the namespaces it names
+SELF_NETNS = "/proc/self/ns/net"
 # PID 1's namespace is the initial one; when PID 1 is not dumpable its link cannot be read even by
 # root, and kthreadd's (PID 2: kernel threads always run in the initial namespace) stands in.
-INITIAL_NETNS = (Path("/proc/1/ns/net"), Path("/proc/2/ns/net"))
+INITIAL_NETNS = ("/proc/1/ns/net", "/proc/2/ns/net")
 SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)  # Linux >= 5.14; not in Python's socket module
 
 
@@ -55,7 +61,7 @@ class Netns(NamedTuple):
         return f"unnamed network namespace net:[{self.inode}]"
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _identity(path: StrPath) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -69,20 +75,20 @@ def _netns_cookie() -> int | None:
             raw = s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
     except OSError:
         return None
-    return int(struct.unpack("=Q", raw)[0])
+    return int.from_bytes(raw, sys.byteorder)  # the kernel's u64, in host order
 
 
-def _names_of(ident: tuple[int, int], names_dir: Path) -> list[str]:
+def _names_of(ident: tuple[int, int], names_dir: StrPath) -> list[str]:
     """`ip netns identify`: every /run/netns entry bound to this namespace."""
     try:
         entries = sorted(os.listdir(names_dir))
     except OSError:
         return []
-    return [e for e in entries if e not in (".", "..") and _identity(names_dir / e) == ident]
+    return [e for e in entries if e not in (".", "..") and _identity(os.path.join(names_dir, e)) == ident]
 
 
-def current_netns(self_ns: Path = SELF_NETNS, initial_ns: tuple[Path, ...] = INITIAL_NETNS,
-                  names_dir: Path = NETNS_NAMES_DIR) -> Netns:
+def current_netns(self_ns: StrPath = SELF_NETNS, initial_ns: tuple[StrPath, ...] = INITIAL_NETNS,
+                  names_dir: StrPath = NETNS_NAMES_DIR) -> Netns:
     """Which network namespace this process runs in. The initial namespace wins over a name that
     is bound to it; of several names of one namespace, the first in sorted order.
 
@@ -103,17 +109,22 @@ def current_netns(self_ns: Path = SELF_NETNS, initial_ns: tuple[Path, ...] = INI
     return Netns("unnamed", ident[1], cookie=_netns_cookie())
 
 
-def runtime_dir(ns: Netns | None = None, root: Path = RUN_ROOT) -> Path:
+def runtime_dir(ns: Netns | None = None, root: StrPath = RUN_ROOT) -> Path:
     """lbd's default directory (control socket, state file) for namespace `ns` (default: ours)."""
-    ns = current_netns() if ns is None else ns
+    from pathlib import Path
+
+    return Path(_runtime_dir(current_netns() if ns is None else ns, os.fspath(root)))
+
+
+def _runtime_dir(ns: Netns, root: str) -> str:
     if ns.kind == "named":
         assert ns.name is not None
-        return root / "netns" / ns.name
+        return os.path.join(root, "netns", ns.name)
     if ns.kind == "unnamed":
-        return root / "netns-unnamed" / (f"{ns.inode}-{ns.cookie}" if ns.cookie is not None else str(ns.inode))
+        return os.path.join(root, "netns-unnamed", f"{ns.inode}-{ns.cookie}" if ns.cookie is not None else str(ns.inode))
     return root
 
 
 def default_socket_path(ns: Netns | None = None) -> str:
     """The control socket lbd listens on, and lbadm connects to, when neither is told otherwise."""
-    return str(runtime_dir(ns) / SOCKET_NAME)
+    return os.path.join(_runtime_dir(current_netns() if ns is None else ns, RUN_ROOT), SOCKET_NAME)

@@ -8,7 +8,7 @@ Implementing a feature removes its entry: one line.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from lb.records import NamedTuple
 
 
 class Missing(NamedTuple):

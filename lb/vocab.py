@@ -6,8 +6,6 @@ lb.model re-exports every name."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from lb import consts as C
 
 PROTO_TCP = 6
@@ -22,7 +20,11 @@ FWMARK_MAX = 0xFFFFFFFF
 
 # Forwarding methods, named as in ipvsadm's -Ln output ("Route", "Tunnel",
 # "Masq") plus DPVS's FULLNAT ("FullNat").
-Forward = Literal["route", "tunnel", "masq", "fullnat"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # lbadm imports this module: no typing at run time (lb/records.py)
+    from typing import Literal
+
+    Forward = Literal["route", "tunnel", "masq", "fullnat"]
 FORWARD_NAMES: dict[str, str] = {
     "route": "Route",
     "tunnel": "Tunnel",

@@ -4,9 +4,7 @@ its cross-option checks, and the request for lbd it becomes."""
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
 
 from lb import unimplemented
 from lb.ipvsadm_fmt import ListFormat
@@ -41,7 +39,12 @@ from lb.lbadm.values import (
     string_to_number,
 )
 from lb.namedb import NameDB
+from lb.records import NamedTuple
 from lb.vocab import DEFAULT_SCHEDULER, SCHEDULERS, unknown_scheduler
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # lbadm imports this module: no typing at run time (lb/records.py)
+    from typing import Any, ClassVar
 
 
 class Action(enum.Enum):
@@ -559,6 +562,8 @@ class _CommandLine:
 
 
 def _is_multicast(text: str, family: int) -> bool:
+    import ipaddress  # only the sync daemon's --mcast-group: not on every command's import path (~3 ms)
+
     try:
         addr = ipaddress.IPv6Address(text) if family == 6 else ipaddress.IPv4Address(text)
     except ValueError:

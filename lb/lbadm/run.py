@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, TextIO
 
 from lb.ctlclient import ConnectError, ControlClient, ControlError, ProtocolError, resolve_socket_path
 from lb.ipvsadm_fmt import (
@@ -21,8 +20,12 @@ from lb.ipvsadm_fmt import (
 from lb.lbadm.cmdline import Action, Invocation, Request
 from lb.lbadm.errors import EXIT_LIST_FAILED, EXIT_NO_DAEMON, EXIT_OK, EXIT_OP_FAILED, PROG, UsageError, ipvs_strerror
 from lb.lbadm.invocation import RestoreError, parse_args, refuse_unimplemented, restore_invocations
-from lb.lbadm.usage import usage_text, version_text
 from lb.namedb import NameDB
+from lb.records import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # lbadm imports this module: no typing at run time (lb/records.py)
+    from typing import Any, TextIO
 
 ClientFactory = Callable[[str], ControlClient]
 
@@ -34,11 +37,10 @@ class _Streams(NamedTuple):
 
 
 def run(invocation: Invocation, connect: ClientFactory, streams: _Streams, names: NameDB) -> int:
-    if invocation.action is Action.HELP:
-        streams.stdout.write(usage_text())
-        return EXIT_OK
-    if invocation.action is Action.VERSION:
-        streams.stdout.write(version_text())
+    if invocation.action in (Action.HELP, Action.VERSION):
+        from lb.lbadm.usage import usage_text, version_text  # -h and -v only: not every command's import
+
+        streams.stdout.write(usage_text() if invocation.action is Action.HELP else version_text())
         return EXIT_OK
     if invocation.action is Action.RESTORE:
         return _run_restore(invocation, connect, streams, names)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+
+from lb.records import NamedTuple
 
 
 class ArgKind(enum.Enum):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import NamedTuple
 
 from lb import consts as C
 from lb.lbadm.errors import fail
 from lb.namedb import NameDB
+from lb.records import NamedTuple
 from lb.vocab import DEFAULT_SCHEDULER
 
 MAX_TIMEOUT_S = 86400 * 31  # ipvsadm's MAX_TIMEOUT: 31 days

@@ -9,6 +9,7 @@ process where importing lb._fastpath is impossible.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -68,7 +69,16 @@ def test_sched_list_syntax() -> None:
 def test_headers_are_found_in_the_source_tree_or_the_package() -> None:
     found = consts.definitions().include_dir
     assert found in consts.SEARCH_DIRS
-    assert (found / consts.API_HEADER).is_file() and (found / consts.SCHED_LIST_HEADER).is_file()
+    assert os.path.isfile(os.path.join(found, consts.API_HEADER))
+    assert os.path.isfile(os.path.join(found, consts.SCHED_LIST_HEADER))
+
+
+@pytest.mark.parametrize("text", [
+    "a /* one */ b", "/***/x", "/* ** */y", "/* a * / b */z", "/*/ still */w", "x // y /* z\n*/ q",
+    "/* a // b */ c", "/* unterminated", "p/**/q/* r */s", "/* x **/ t */",
+])
+def test_comments_are_stripped_as_c_reads_them(text: str) -> None:
+    assert consts.strip_comments(text) == re.sub(r"/\*.*?\*/|//[^\n]*", " ", text, flags=re.DOTALL)
 
 
 def test_unknown_name_is_an_attribute_error() -> None:
