@@ -43,7 +43,7 @@ class DirectorViews(DirectorRates):
             raise EngineError("ESRCH", f"no such service {only}")
         brief = bool(args.get("brief"))
         with_stats = not brief or bool(args.get("stats"))
-        services = self.engine.services() if only is None else [self.engine.service(only)]
+        services = self.engine.services(counters=with_stats) if only is None else [self.engine.service(only)]
         table_size = self.engine.table_size()
         fwd_status = self.fwd_status
         out = []

@@ -249,11 +249,11 @@ class CEngine:
         return [LaddrInfo(int2ip(arr[i].addr), arr[i].conns) for i in range(count)]  # type: ignore[index]
 
     # ------------------------------------------------------------ observation
-    def services(self) -> list[ServiceInfo]:
+    def services(self, counters: bool = True) -> list[ServiceInfo]:
         total = lib.lb_svc_list(self._lb, ffi.NULL, 0)
         arr = ffi.new("struct lb_svc_info[]", max(total, 1))
         count = min(lib.lb_svc_list(self._lb, arr, total), total)
-        return [self._service_info(arr[i]) for i in range(count)]
+        return [self._service_info(arr[i], counters) for i in range(count)]
 
     def rate_tick(self) -> int:
         """One step of the C rate estimators unless an adapter thread steps them; the watch mark (lb_est_tick)."""
@@ -279,14 +279,16 @@ class CEngine:
         check(lib.lb_svc_get(self._lb, *key_args(key), info), f"service {key}")
         return self._service_info(info[0])
 
-    def _service_info(self, s: object) -> ServiceInfo:
+    def _service_info(self, s: object, counters: bool = True) -> ServiceInfo:
         spec = service_spec(s.conf)  # type: ignore[attr-defined]
+        if not counters:  # Stats and rates: half of a listing's objects (Engine.services)
+            return ServiceInfo(spec=spec, dests=self._dests(spec.key, counters), laddrs=self._laddrs(spec.key))
         return ServiceInfo(spec=spec, dests=self._dests(spec.key), stats=stats_of(s.stats),  # type: ignore[attr-defined]
                            laddrs=self._laddrs(spec.key), rates=rates_of(s.rates))  # type: ignore[attr-defined]
 
-    def _dests(self, key: ServiceKey) -> list[DestInfo]:
+    def _dests(self, key: ServiceKey, counters: bool = True) -> list[DestInfo]:
         arr, count = self._listing(lib.lb_dest_list, "struct lb_dest_info[]", key, "list {key}")
-        return [dest_info(arr[i]) for i in range(count)]  # type: ignore[index]
+        return [dest_info(arr[i], counters) for i in range(count)]  # type: ignore[index]
 
     def dest_flags(self, key: ServiceKey) -> dict[tuple[str, int], int]:
         """LB_DEST_F_* flags per destination (availability, overload, forwarding state valid)."""

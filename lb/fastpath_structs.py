@@ -120,10 +120,13 @@ def dest_conf(dest: DestSpec) -> object:
     return conf
 
 
-def dest_info(d: Any) -> DestInfo:
-    """One struct lb_dest_info of lb_dest_list."""
+def dest_info(d: Any, counters: bool = True) -> DestInfo:
+    """One struct lb_dest_info of lb_dest_list (counters=False: stats zero, rates None)."""
     conf = d.conf
     spec = _dest_spec(conf.addr, conf.port, conf.fwd, conf.weight, conf.u_threshold, conf.l_threshold)
+    if not counters:
+        return DestInfo(spec=spec, active=d.active, inactive=d.inactive, persist=d.persist,
+                        syn_retrans=d.syn_retrans, handshakes=d.handshakes)
     return DestInfo(
         spec=spec,
         active=d.active,

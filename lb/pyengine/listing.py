@@ -61,7 +61,7 @@ def service_info(service: Service) -> ServiceInfo:
 class Listing(SynproxyPath):
     """PyEngine's views of its tables (see the module docstring)."""
 
-    def services(self) -> list[ServiceInfo]:
+    def services(self, counters: bool = True) -> list[ServiceInfo]:  # counters: always (Engine.services)
         with self._lock:
             return [service_info(service) for service in self._services.values()]
 

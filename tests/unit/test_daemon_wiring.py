@@ -39,7 +39,7 @@ class FakeEngine:
         self.laddrs: list[LaddrInfo] = []
         self.packets = 0
 
-    def services(self) -> list[ServiceInfo]:
+    def services(self, counters: bool = True) -> list[ServiceInfo]:
         return [ServiceInfo(ServiceSpec(KEY, sched="rr"), list(self.dests.values()), Stats(), list(self.laddrs))]
 
     def service(self, key: Any) -> ServiceInfo:

@@ -255,8 +255,8 @@ class CountingEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def services(self) -> list[Any]:
-        infos = self.inner.services()
+    def services(self, counters: bool = True) -> list[Any]:
+        infos = self.inner.services(counters)
         for s in infos:
             s.stats = self.svc_stats.get(s.spec.key.port, s.stats)
             s.rates = None
