@@ -61,6 +61,8 @@ def sched_flag_names(sched: str, bits: int) -> list[str]:
     """The names of `bits` for scheduler `sched`, each one that ipvsadm's -b accepts with it: sh and
     mh's own names for the first two, flag-N otherwise. (ipvsadm's listings print no name for the
     third bit of sh and mh: lb.ipvsadm_fmt.)"""
+    if not bits:  # most services: every listing asks, once per service
+        return []
     return [name for i, name in enumerate(_flag_names(sched)) if bits & (1 << i)]
 
 
