@@ -8,7 +8,7 @@ thread: it delivers less than at its zero-loss rate (receive livelock). Kernel I
 this (it runs in the receive path, and excess is dropped at the NIC's ring); a userspace director
 must shed the excess itself, as early and as cheaply as it can.
 
-The control loop, twice a second (every quarter second while armed), reads what lbd took from its
+The control loop, once a second (every quarter second while armed), reads what lbd took from its
 queue(s) and what the kernel dropped at them (lb_nfq_stats: packets, kernel_queue_dropped,
 kernel_user_dropped). `best` is the most lbd has taken in an interval since it started (fading with
 a half-life of PEAK_HALF_LIFE_S): under livelock it takes far less than it can.
@@ -42,7 +42,7 @@ from lb.nftguard import Limit
 
 log = logging.getLogger("lbd.overload")
 
-IDLE_TICK_S = 0.5
+IDLE_TICK_S = 1.0  # what an idle lbd pays: one poll a second (a wake-up costs ~ms in an emulated guest)
 ARMED_TICK_S = 0.25
 ARM_MIN_DROPS = 64  # per tick: a short burst the queue could not hold is not overload
 OVERFLOW_SHARE = 0.01  # of what lbd took in the tick

@@ -12,7 +12,7 @@ reached; socket full), lbd's own refusals (its reason counters), and the rest (o
 Every trial, of the search too, starts from an idle director (bench/pps.wait_guard_disarmed): a
 guard armed by the previous trial's overload would otherwise still be shedding. Overload is a
 steady state: each 2x trial holds it 3 s, and includes the guard's reaction (it arms within
-about 0.75 s).
+about 1.25 s at most: a 1 s poll, a 0.25 s confirmation).
 
 Each queue length (the default 1024 and, for comparison, the 16,384 lbd asked for before issue
 15: --overload-maxlens 1024,16384) runs with `--overload-guard on` (lbd's default) and `off` in the

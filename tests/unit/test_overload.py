@@ -89,7 +89,7 @@ def test_overload_arms_at_the_best_lbd_has_taken_not_at_what_it_takes_under_live
     g, q, w = guard()
     run(g, q, 80_000, ticks=4)  # the best lbd has done
     run(g, q, 40_000, dropped=100_000, ticks=2)  # livelock: it takes half of that
-    assert g.limit is not None and g.limit.rate == pytest.approx(ov.BACKOFF * 80_000, rel=1e-3)  # best fades slowly
+    assert g.limit is not None and g.limit.rate == pytest.approx(ov.BACKOFF * 80_000, rel=5e-3)  # best fades slowly
     assert g.limit.burst == 1024 and w.writes == [g.limit] and g.episodes == 1
 
 
