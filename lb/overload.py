@@ -18,11 +18,15 @@ a half-life of PEAK_HALF_LIFE_S): under livelock it takes far less than it can.
   overload; a long interval may hold a second of load and a second of nothing): a token bucket at
   BACKOFF of the most lbd took, now or at best; `burst` the queue's length at most (what the queue
   absorbs anyway).
-- Armed, the queue still overflowing lowers the rate to BACKOFF of what lbd took, by STEP_DOWN at
-  most per tick (what lbd takes in one short interval swings widely: the receive work and its
-  thread share the CPU unevenly), and holds it HOLD_TICKS ticks; the bucket binding (lbd took at
-  least BINDING_SHARE of the rate) with no overflow raises it by PROBE_UP per tick after the hold, to
-  follow a capacity that grew (by PROBE_FAST until the queue first overflows in the episode).
+- Armed, what lbd's receive batches hold tells how busy its thread is (the C adapter takes up to
+  64 packets per recvmmsg): the queue overflowing while batches are full (FULL_BATCH) lowers the
+  rate to BACKOFF of what lbd took, by STEP_DOWN at most per tick (what lbd takes in one short
+  interval swings widely: the receive work and its thread share the CPU unevenly), and holds it
+  HOLD_TICKS ticks; an overflow with small batches is a burst (lbd's thread off the CPU for a
+  moment) and changes nothing. The bucket binding (lbd took at least BINDING_SHARE of the rate)
+  with no overflow raises it: by PROBE_FAST at once while batches are tiny (IDLE_BATCH: lbd mostly
+  waits, the rate is far below what it takes), else by PROBE_UP per tick after the hold while they
+  are not full (by PROBE_FAST until the queue first overflows in the episode).
 - lbd taking clearly less than the rate (the offered load fell below it) for QUIET_TICKS ticks in
   a row, or less than IDLE_SHARE of it once, disarms it.
 
@@ -48,7 +52,9 @@ ARM_MIN_DROPS = 64  # per tick: a short burst the queue could not hold is not ov
 OVERFLOW_SHARE = 0.01  # of what lbd took in the tick
 BACKOFF = 0.95
 PROBE_UP = 1.05
-PROBE_FAST = 1.25  # before the first overflow of an episode
+PROBE_FAST = 1.25  # before the first overflow of an episode, or while lbd's thread mostly waits
+FULL_BATCH = 32.0  # packets per receive batch (the C adapter takes up to 64): lbd's thread saturated
+IDLE_BATCH = 4.0  # packets per receive batch: lbd's thread mostly waits for packets
 HOLD_TICKS = 8  # after an overflow, the rate stays this many ticks before it probes up again
 BINDING_SHARE = 0.85
 QUIET_TICKS = 2
@@ -143,10 +149,11 @@ class OverloadGuard:
         rate = taken / dt
         self.best = max(rate, self.best * 0.5 ** (dt / PEAK_HALF_LIFE_S))
         overflow = dropped >= ARM_MIN_DROPS and dropped >= OVERFLOW_SHARE * taken
+        batches = max(0, sample.batches - last[1].batches)
+        per_batch = taken / batches if batches else None  # None: the engine does not count batches
         if self.limit is not None or dropped:
-            batches = max(0, sample.batches - last[1].batches)
             log.debug("overload guard: %.2f s: lbd took %d (%.1f per batch), the kernel dropped %d; %s", dt, taken,
-                      taken / batches if batches else 0.0, dropped, self.limit.describe() if self.limit else "not armed")
+                      per_batch or 0.0, dropped, self.limit.describe() if self.limit else "not armed")
         if self.limit is None:
             # An overflow seen over a long idle tick is confirmed over a short one first: a burst the
             # queue could not hold is not overload, and what lbd takes is measured where it is
@@ -157,16 +164,22 @@ class OverloadGuard:
             return
         self.armed_s += dt
         self._episode_drops += dropped
-        if overflow:
+        if overflow and (per_batch is None or per_batch >= FULL_BATCH):
+            # lbd's thread was saturated and still the queue overflowed: the rate is above what it takes
             self._quiet = 0
             self._hold = HOLD_TICKS
             self._overflowed = True
             self._write(max(BACKOFF * rate, STEP_DOWN * self.limit.rate))
+        elif overflow:
+            self._quiet = 0  # lbd was not saturated: a burst (its thread off the CPU a moment), not the rate
         elif rate >= BINDING_SHARE * self.limit.rate:
             self._quiet = 0
-            if self._hold:
+            if per_batch is not None and per_batch < IDLE_BATCH:
+                self._hold = 0  # lbd waits for packets most of the time: the rate is far below what it takes
+                self._write(self.limit.rate * PROBE_FAST)
+            elif self._hold:
                 self._hold -= 1
-            else:  # lbd keeps up: it may take more now (faster until the queue overflows once)
+            elif per_batch is None or per_batch < FULL_BATCH:  # room left: it may take more now
                 self._write(self.limit.rate * (PROBE_UP if self._overflowed else PROBE_FAST))
         else:
             self._quiet += 1

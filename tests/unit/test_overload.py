@@ -57,9 +57,11 @@ def guard(maxlen: int = 1024) -> tuple[ov.OverloadGuard, Queue, FakeWriter]:
     return g, q, w
 
 
-def run(g: ov.OverloadGuard, q: Queue, taken: float, dropped: float = 0.0, ticks: int = 1) -> None:
+def run(g: ov.OverloadGuard, q: Queue, taken: float, dropped: float = 0.0, ticks: int = 1,
+        per_batch: float | None = None) -> None:
+    """`ticks` intervals; lbd's batches full while the queue overflows, half full otherwise (unless given)."""
     for _ in range(ticks):
-        q.advance(g.period(), taken, dropped)
+        q.advance(g.period(), taken, dropped, per_batch or (64.0 if dropped else 8.0))
         g.tick()
 
 
@@ -122,6 +124,25 @@ def test_after_an_overflow_the_rate_holds_then_probes_up_slowly() -> None:
     assert g.limit == held
     run(g, q, held.rate)
     assert g.limit.rate == int(held.rate * ov.PROBE_UP)
+
+
+def test_an_overflow_while_lbd_is_not_saturated_is_a_burst_and_changes_nothing() -> None:
+    g, q, w = guard()
+    run(g, q, 100_000, dropped=100_000, ticks=2)
+    n = len(w.writes)
+    run(g, q, 20_000, dropped=5_000, per_batch=10.0)
+    assert len(w.writes) == n and g.limit is not None and g.limit.rate == 95_000
+
+
+def test_while_lbd_mostly_waits_the_rate_rises_fast_even_after_an_overflow() -> None:
+    g, q, _ = guard()
+    run(g, q, 100_000, dropped=100_000, ticks=2)
+    run(g, q, 50_000, dropped=5_000, ticks=6)  # settles at 47.5k, held
+    assert g.limit is not None and g.limit.rate == 47_500
+    run(g, q, 47_500, per_batch=1.5)
+    assert g.limit.rate == int(47_500 * ov.PROBE_FAST)
+    run(g, q, g.limit.rate, per_batch=ov.FULL_BATCH)  # saturated, no overflow: at its capacity, the rate stays
+    assert g.limit.rate == int(47_500 * ov.PROBE_FAST)
 
 
 def test_before_the_first_overflow_the_rate_rises_fast() -> None:
