@@ -219,6 +219,7 @@ class Bed(Path_):
         self.rps = self._steer(gen_cpu, dut_cpu) if steer else {}
         self.dut_cpu = dut_cpu
         self.lbd_pid: int | None = None  # the running lbd's, while a trial measures it
+        self.lbd: Lbd | None = None  # the running lbd (its counters: wait_guard_disarmed)
         self.napi_pids: list[int] = []  # afxdp-native: the lan veth's NAPI kthreads, while lbd runs
         self.filler_pid: int | None = None  # bench/idle_filler.py's spinner on the DUT CPU
         # Untouched by lbd: ARP entries both ways before the first trial.
@@ -517,8 +518,25 @@ def recompute(out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+GUARD_WAIT_S = 3.0
+
+
+def wait_guard_disarmed(p: Path_) -> float:
+    """Wait (<= GUARD_WAIT_S) until the running lbd's overload guard (lb/overload.py) is disarmed, so
+    that a trial starts as from an idle director: a guard armed by the previous trial's overload would
+    still be shedding above the rate it last found. Returns the seconds waited."""
+    lbd = getattr(p, "lbd", None)
+    t0 = time.monotonic()
+    while lbd is not None and time.monotonic() - t0 < GUARD_WAIT_S:
+        if not (counters(lbd).get("overload") or {}).get("armed"):
+            break
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
 def search(p: Path_, tr: Traffic, window: float, steps: int) -> dict[str, Any]:
     trials = []
+    wait_guard_disarmed(p)
     probe = trial(p, tr, 0, window)
     trials.append(probe)
     g, o = probe["offered_pps"], probe["rx_pps"]
@@ -529,6 +547,7 @@ def search(p: Path_, tr: Traffic, window: float, steps: int) -> dict[str, Any]:
     best = None
     rate = min(max(o, g * 0.02), g * 0.98)
     for _ in range(steps):
+        wait_guard_disarmed(p)
         t = trial(p, tr, rate, window)
         trials.append(t)
         # Judge by what was actually offered: the generator may fall short of `rate`.
@@ -655,9 +674,11 @@ def system(bed: Bed, name: str, mode: str, dut_cpu: int | None) -> Iterator[Lbd 
             # The director's XDP work on the DUT CPU, as a NIC's NAPI (bench/napi_thread.py).
             bed.napi_pids = napi_thread.thread_and_pin(bed.director, bed.director.iface("lan").ifname, dut_cpu)
         bed.lbd_pid = lbd.proc.pid if lbd.proc else None
+        bed.lbd = lbd
         yield lbd
     finally:
         bed.lbd_pid = None
+        bed.lbd = None
         bed.napi_pids = []
         lbd.stop()
         if lbd.proc is not None and lbd.proc.returncode not in (0, None):

@@ -4,7 +4,7 @@
 _lbd() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
     local options="--config --check --diff --socket --queue-num --queue-balance --queue-cpus
-        --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --queue-maxlen --no-steering --no-iptables
+        --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --queue-maxlen --overload-guard --no-steering --no-iptables
         --steering --steer-hook --nat-replies --conntrack --down-policy --cleanup --state-dir --restore --conn-max --verbose -v
         --log-format --metrics --packet-source --xdp-interface --xdp-mode --xdp-copy --xdp-fastpath
         --sync-threshold --sync-refresh-period --sync-retries --sync-persist-mode --version --help -h"
@@ -14,6 +14,7 @@ _lbd() {
         --state-dir) COMPREPLY=($(compgen -d -- "$cur")); return 0 ;;
         --engine) COMPREPLY=($(compgen -W "c python" -- "$cur")); return 0 ;;
         --down-policy) COMPREPLY=($(compgen -W "open closed" -- "$cur")); return 0 ;;
+        --overload-guard) COMPREPLY=($(compgen -W "on off" -- "$cur")); return 0 ;;
         --steering) COMPREPLY=($(compgen -W "iptables nftables" -- "$cur")); return 0 ;;
         --steer-hook) COMPREPLY=($(compgen -W "prerouting input" -- "$cur")); return 0 ;;
         --nat-replies) COMPREPLY=($(compgen -W "forward ingress" -- "$cur")); return 0 ;;

@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from lb import __version__, logsetup, periodic, sdnotify, statefile
+from lb import __version__, consts, logsetup, overload, periodic, sdnotify, statefile
 from lb.ctlserver import ControlServer, socket_alive
 from lb.daemon_options import AFXDP_REFUSED, DEFAULT_SOCKET, DEFAULT_STEERING, parse_args, socket_path, steer_hook
 from lb.director import Director
@@ -268,6 +268,22 @@ def _install_rules(rules: Any, director: Director, xdp: Any = None) -> None:
     director.sync_rules()
 
 
+def _start_guard(args: argparse.Namespace, engine: Any, rules: Any, xdp: Any,
+                 director: Director) -> overload.OverloadGuard | None:
+    """--overload-guard on (the default) where it can work: NFQUEUE fed, lbd's nftables table.
+    Any guard a previous lbd left (killed while armed) is removed first."""
+    if args.overload_guard != "on" or xdp is not None or rules is None:
+        return None
+    if not hasattr(rules, "write_guard"):
+        log.info("overload guard off: it needs --steering nftables (its chain lives in lbd's table)")
+        return None
+    guard = overload.OverloadGuard(overload.queue_sample(engine.nfq_stats), rules,
+                                   args.queue_maxlen or consts.LB_NFQ_MAXLEN_DEFAULT)
+    guard.stop()
+    director.overload = guard
+    return guard
+
+
 def _natrx_starter(engine: Any, args: argparse.Namespace) -> Any:
     """--nat-replies ingress: what lbd's steering calls with the veth peer's ifindex whenever the pair
     is (re)created (with the first NAT real server): the C reader of NAT replies, (re)started on it;
@@ -359,6 +375,7 @@ async def run(args: argparse.Namespace) -> int:
     engine_started = rules_set_up = ready = False
     xdp: Any = None  # lb.afxdp.AfxdpSource with --packet-source afxdp
     watching: Any = None  # lb.steerevents.Watching: the steering watch's socket and task
+    guard: overload.OverloadGuard | None = None  # lb.overload, while lbd runs
     try:
         # The tables first, connections included: once the queue is bound (and, with
         # --down-policy closed, the previous lbd's rules still queue the VIPs' packets) every
@@ -431,6 +448,9 @@ async def run(args: argparse.Namespace) -> int:
             saver = statefile.StateSaver(director, snapshot)
             tasks.append(asyncio.ensure_future(periodic.run_every(SNAPSHOT_EVERY_S, _snapshot_tick(saver),
                                                                   "saving state", log)))
+        guard = _start_guard(args, engine, rules, xdp, director)
+        if guard is not None:
+            tasks.append(asyncio.ensure_future(overload.run(guard)))
         if rules is not None:
             from lb.steerevents import watch_steering
 
@@ -458,6 +478,8 @@ async def run(args: argparse.Namespace) -> int:
             monitor.stop()
         await server.close()
         director.sync.stop_all()  # the sync daemons' sockets (lb/sync)
+        if guard is not None:
+            guard.stop()  # also with --down-policy closed: a guard must not outlive its lbd
         if rules is not None and rules_set_up:
             if args.down_policy == "closed":
                 log.info("down-policy closed: the rules of queue %d stay; packets to the VIPs are dropped "

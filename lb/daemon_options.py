@@ -103,6 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--queue-maxlen", type=int, default=None, metavar="PACKETS",
                    help="packets the kernel queues for lbd before it drops (default 1024, C engine: a short queue "
                    "keeps an overloaded director from livelocking; longer absorbs longer bursts)")
+    p.add_argument("--overload-guard", choices=("on", "off"), default="on",
+                   help="while the kernel drops packets at lbd's full queue, shed the excess at the first hook "
+                   "instead, where it costs a fraction (lb/overload.py; nftables steering; default on)")
     p.add_argument("--no-steering", "--no-iptables", dest="no_iptables", action="store_true",
                    help="do not manage any steering, neither lbd's nftables table nor iptables rules (the operator "
                    "queues packets to --queue-num; --no-iptables is its older name); with "

@@ -91,6 +91,9 @@ class DirectorViews(DirectorRates):
         natrx = self.engine.natrx_stats()  # lbd --nat-replies ingress: the replies' reader
         if natrx:
             result["natrx"] = natrx
+        guard = getattr(self, "overload", None)  # lbd --overload-guard (lb/overload.py)
+        if guard is not None:
+            result["overload"] = guard.counters()
         afxdp = getattr(getattr(self, "rules", None), "afxdp_counters", None)  # lbd --packet-source afxdp
         if afxdp is not None:
             result["afxdp"] = afxdp()

@@ -440,6 +440,13 @@ def lbd_families(snap: Snapshot) -> Iterator[Metric]:
     if early_drops is not None:
         yield CounterMetricFamily("lbd_connection_table_early_drops", "Half-open or finished TCP entries released "
                                   "to make room in a full table (early drop, docs/fastpath.md)", value=early_drops)
+    guard = snap.counters.get("overload")
+    if guard is not None:
+        yield CounterMetricFamily("lbd_overload_guard_dropped", "Packets the overload guard dropped before the queue "
+                                  "(lbd --overload-guard): the excess while the kernel dropped at lbd's full queue",
+                                  value=guard.get("dropped", 0))
+        yield GaugeMetricFamily("lbd_overload_guard_rate_pps", "The overload guard's rate while it is armed, packets "
+                                "per second to lbd's queue (0: not armed)", value=guard.get("rate_pps", 0))
     yield GaugeMetricFamily("lbd_metrics_read_duration_seconds", "Time this scrape's read of the director "
                             "took on lbd's event loop", value=snap.read_seconds)
 
@@ -476,6 +483,7 @@ def _one_of_everything() -> Snapshot:
            "laddrs": [{"addr": "0.0.0.0", "conns": 0}]}
     counters = {"reasons": {}, "nfq_queues": [dict.fromkeys(NFQ_FIELDS, 0)],
                 "synproxy": dict.fromkeys(SYNPROXY_FIELDS, 0), "table": {"early_drops": 0},
+                "overload": {"dropped": 0, "rate_pps": 0},
                 "reassembly": dict.fromkeys([*REASSEMBLY_FIELDS, *REASSEMBLY_GAUGES], 0),
                 "afxdp": {"program": dict.fromkeys(XDP_FIELDS, 0), "sockets": [dict.fromkeys(XSK_FIELDS, 0)],
                           "socket_names": [{"interface": "", "queue": 0}]}}

@@ -77,7 +77,7 @@ import subprocess
 from collections.abc import Callable, Iterable
 
 from lb import ipsets as ips
-from lb import natingress, nftelements, nftqueue
+from lb import natingress, nftelements, nftguard, nftqueue
 from lb.iptables import (
     COMMAND_TIMEOUT_S,
     IptablesError,
@@ -190,6 +190,7 @@ class NftManager:
         self.installed: dict[ips.SetKind, set[str]] | None = None
         self._generation: Callable[[], int | None] | None | bool = False if runner is None else None
         self._intact_gen: int | None = None
+        self.guard: nftguard.Limit | None = None  # the overload guard as armed (lb.overload), None: no chain
 
     # ---- commands
 
@@ -536,6 +537,7 @@ class NftManager:
             lines += self.netdev.sync_lines(want)
         plan.added, plan.deleted = sum(map(len, adds.values())), sum(map(len, dels.values()))
         before = self._generation_now()
+        rearm = self.guard is not None and broken.get(GO) == ["created"]  # it went with the table
         try:
             self._script(lines)
             if GO in broken:
@@ -543,10 +545,31 @@ class NftManager:
         except IptablesError:
             self.installed = None
             raise
+        if rearm:
+            try:
+                nftguard.write(self.table, self.guard, self.netns)
+            except OSError as exc:  # the steering is whole; the guard's next tick writes it again
+                log.warning("nft %s: the overload guard could not be restored with the table: %s", self.table, exc)
+                rearm, self.guard = False, None
         if self.netdev is not None:
             self.netdev.committed()
         self.installed = {k: set(want[k]) for k in ips.KINDS}
-        self._note_write(before, (1 if lines else 0) + (1 if GO in broken else 0))
+        self._note_write(before, (1 if lines else 0) + (1 if GO in broken else 0) + (1 if rearm else 0))
+
+    def write_guard(self, limit: nftguard.Limit | None) -> None:
+        """Arm, re-rate or remove (None) the overload guard's chain: one commit over netlink
+        (lb.nftguard; an OSError when the kernel refuses it). Not part of the layout lbd heals: a
+        table re-created by a sync gets the guard back; one found at start is removed (lb.overload)."""
+        before = self._generation_now()
+        intact = before is not None and before == self._intact_gen
+        wrote = nftguard.write(self.table, limit, self.netns)
+        self.guard = limit
+        if wrote and intact:
+            self._note_write(before, 1)
+
+    def guard_dropped(self) -> int | None:
+        """Packets the overload guard dropped (its counter), None when there is none."""
+        return nftguard.read_dropped(self.table, self.netns)
 
     def _note_write(self, before: int | None, commits: int) -> None:
         """After lbd's own write: the table is intact at the new generation if nothing else committed."""

@@ -2,16 +2,23 @@
 
 Issue 15 item 5. The pps topology (bench/pps.py; generator and lbd on their own CPUs, RPS), a C
 lbd with one DR service, the 1024 established flows of the `est` traffic: first the zero-loss
-search of bench/pps.py, then `--overload-trials` trials offered 2x that rate (paced; the
-generator's own limit caps it, and the offered rate actually measured is reported). Delivered = what
-rs1 counted per second of the trial. Drops by place: the kernel's NFQUEUE (queue full = lbd
---queue-maxlen reached; socket full), lbd's own refusals (its reason counters), and the rest
-(offered - delivered - those: the director's receive backlog and the veth).
+search of bench/pps.py (1 s trials), then `--overload-trials` trials offered 2x that rate for
+`--overload-hold` seconds (paced; the generator's own limit caps it, and the offered rate actually
+measured is reported). Delivered = what rs1 counted per second of the trial. Drops by place: lbd's
+overload guard (its nftables counter), the kernel's NFQUEUE (queue full = lbd --queue-maxlen
+reached; socket full), lbd's own refusals (its reason counters), and the rest (offered - delivered
+- those: the director's receive backlog and the veth).
 
-With the default kernel queue (1024 packets) and, for comparison in the same run, the 16,384 lbd
-asked for before issue 15 (--overload-maxlens 1024,16384): with that many packets waiting each
-is cache-cold by the time lbd reads it, and the receive work spent on packets later dropped at the
-full queue takes the rest of the core (receive livelock: about half the zero-loss rate delivered).
+Every trial, of the search too, starts from an idle director (bench/pps.wait_guard_disarmed): a
+guard armed by the previous trial's overload would otherwise still be shedding. Overload is a
+steady state: each 2x trial holds it 3 s, and includes the guard's reaction (it arms within
+about 1.25 s at most: a 1 s poll, a 0.25 s confirmation).
+
+Each queue length (the default 1024 and, for comparison, the 16,384 lbd asked for before issue
+15: --overload-maxlens 1024,16384) runs with `--overload-guard on` (lbd's default) and `off` in the
+same run (--overload-guards on,off): without the guard, the receive work spent on packets later
+dropped at the full queue takes the core (receive livelock: about half the zero-loss rate
+delivered at 2x, lb/overload.py says why). The first combination is judged.
 """
 
 from __future__ import annotations
@@ -38,7 +45,12 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     "first is judged (default 1024,16384; quick 1024)")
     ap.add_argument("--overload-trials", type=int, default=None, help="trials at 2x per queue length (default 3; "
                     "quick 2)")
-    ap.add_argument("--overload-window", type=float, default=None, help="seconds per trial (default 1.0; quick 0.6)")
+    ap.add_argument("--overload-window", type=float, default=None, help="seconds per trial of the zero-loss search "
+                    "(default 1.0; quick 0.6)")
+    ap.add_argument("--overload-hold", type=float, default=None, help="seconds per trial at 2x (default 3.0: "
+                    "overload is a steady state, and lbd's guard reacts within a second; quick 1.0)")
+    ap.add_argument("--overload-guards", default=None, help="lbd --overload-guard values, comma-separated, each "
+                    "with every queue length; the first is judged (default on,off; quick on)")
     ap.add_argument("--overload-searches", type=int, default=None, help="zero-loss searches before the trials, "
                     "the median kept (default 3; quick 1)")
     ap.add_argument("--overload-lbd-args", default="", metavar="ARGS",
@@ -53,6 +65,10 @@ def finish_args(args: argparse.Namespace) -> None:
         args.overload_trials = 2 if args.quick else 3
     if args.overload_window is None:
         args.overload_window = 0.6 if args.quick else 1.0
+    if getattr(args, "overload_hold", None) is None:
+        args.overload_hold = 1.0 if args.quick else 3.0
+    if getattr(args, "overload_guards", None) is None:
+        args.overload_guards = "on" if args.quick else "on,off"
     if getattr(args, "overload_searches", None) is None:
         args.overload_searches = 1 if args.quick else 3
 
@@ -63,11 +79,15 @@ def _lbd_drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
     out = {k: int(nfq1.get(k, 0)) - int(nfq0.get(k, 0)) for k in ("kernel_queue_dropped", "kernel_user_dropped",
                                                                    "recv_err", "xmit_l2_err")}
     out["lbd_refused"] = sum(int(r1.get(k, 0)) - int(r0.get(k, 0)) for k in DROP_REASONS)
+    g0, g1 = before.get("overload") or {}, after.get("overload") or {}
+    out["guard"] = int(g1.get("dropped", 0)) - int(g0.get("dropped", 0))  # lbd --overload-guard, before the queue
     return out
 
 
-def run_maxlen(bed: pps.Bed, tmp: Path, maxlen: int, args: argparse.Namespace, dut_cpu: int | None) -> dict[str, Any]:
-    bed.lbd_args = ("--queue-maxlen", str(maxlen), *shlex.split(getattr(args, "overload_lbd_args", "") or ""))
+def run_point(bed: pps.Bed, tmp: Path, maxlen: int, guard: str, args: argparse.Namespace,
+              dut_cpu: int | None) -> dict[str, Any]:
+    bed.lbd_args = ("--queue-maxlen", str(maxlen), "--overload-guard", guard,
+                    *shlex.split(getattr(args, "overload_lbd_args", "") or ""))
     with pps.system(bed, "c", "dr", dut_cpu) as lbd:
         assert lbd is not None
         why = pps.establish(bed, lbd, tmp)
@@ -82,17 +102,19 @@ def run_maxlen(bed: pps.Bed, tmp: Path, maxlen: int, args: argparse.Namespace, d
         zl = res["zero_loss_pps"]
         over = []
         for _ in range(args.overload_trials):
+            pps.wait_guard_disarmed(bed)  # each trial from an idle director: the guard's reaction is in it
             c0 = pps.counters(lbd)
-            t = pps.trial(bed, tr, 2 * zl, args.overload_window)
+            t = pps.trial(bed, tr, 2 * zl, args.overload_hold)
             t["drops"] = _lbd_drops(c0, pps.counters(lbd))
             t["drops"]["elsewhere"] = max(0, t["tx"] - t["rx"] - t["drops"]["kernel_queue_dropped"]
-                                          - t["drops"]["kernel_user_dropped"] - t["drops"]["lbd_refused"])
+                                          - t["drops"]["kernel_user_dropped"] - t["drops"]["lbd_refused"]
+                                          - t["drops"]["guard"])
             over.append(t)
     best = max(over, key=lambda t: t["rx_pps"])
     worst = min(over, key=lambda t: t["rx_pps"])
-    log(f"scale overload: queue-maxlen {maxlen}: zero-loss {zl:.0f} pps; offered ~2x -> delivered "
+    log(f"scale overload: queue-maxlen {maxlen}, guard {guard}: zero-loss {zl:.0f} pps; offered ~2x -> delivered "
         f"{worst['rx_pps']:.0f}..{best['rx_pps']:.0f} pps ({worst['rx_pps'] / max(zl, 1):.2f}..{best['rx_pps'] / max(zl, 1):.2f}x)")
-    return {"queue_maxlen": maxlen, "zero_loss_pps": zl, "generator_limited": res["generator_limited"],
+    return {"queue_maxlen": maxlen, "guard": guard, "zero_loss_pps": zl, "generator_limited": res["generator_limited"],
             "unpaced": {k: res["overload"].get(k) for k in ("offered_pps", "rx_pps", "nfq")},
             "dut_us_per_pkt": res.get("dut_us_per_pkt"), "search_trials": res["trials"], "overload_trials": over,
             "searches": [round(r["zero_loss_pps"] or 0) for r in found]}
@@ -107,38 +129,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bed = pps.Bed(topo, gen_cpu, dut_cpu)
         bed.nice = args.nice
         for maxlen in (int(s) for s in args.overload_maxlens.split(",")):
-            points.append(run_maxlen(bed, Path(tmpd), maxlen, args, dut_cpu))
-    return {"points": points, "window_s": args.overload_window, "gen_cpu": gen_cpu, "dut_cpu": dut_cpu,
+            for guard in args.overload_guards.split(","):
+                points.append(run_point(bed, Path(tmpd), maxlen, guard, args, dut_cpu))
+    return {"points": points, "window_s": args.overload_window, "hold_s": args.overload_hold,
+            "gen_cpu": gen_cpu, "dut_cpu": dut_cpu,
             "lbd_args": getattr(args, "overload_lbd_args", "") or ""}
 
 
+def _label(p: dict[str, Any]) -> str:
+    return f"--queue-maxlen {p['queue_maxlen']:,}, guard {p.get('guard', 'off')}"
+
+
 def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
+    hold = data.get("hold_s", data["window_s"])
     lines = [f"### {TITLE}", "",
              f"lbd (C, DR, 1024 established flows{', ' + data['lbd_args'] if data.get('lbd_args') else ''}): the "
-             "zero-loss search of bench/pps.py (the median of the searches listed below the table), then trials "
-             "offered twice "
-             f"that ({data['window_s']} s each, paced). Delivered = received by rs1 per second. Drops per place: "
-             "the kernel's queue (`queue_full`: --queue-maxlen reached; `socket_full`), lbd's refusals, and the "
-             "rest (receive backlog, veth).", "",
-             "| --queue-maxlen | zero-loss pps | offered | delivered | delivered / zero-loss | dropped: queue full | "
-             "socket full | lbd | elsewhere |", "|---|---|---|---|---|---|---|---|---|"]
+             f"zero-loss search of bench/pps.py ({data['window_s']} s trials, the median of the searches listed below "
+             f"the table), then trials offered twice that ({hold} s each, paced, each from an idle director: "
+             "lbd's overload guard disarmed). Delivered = received by rs1 per second. `guard` is lbd "
+             "--overload-guard (lb/overload.py: while the kernel drops at the full queue, the excess is dropped at "
+             "the first hook instead). Drops per place: the guard's chain, the kernel's queue (`queue full`: "
+             "--queue-maxlen reached; `socket full`), lbd's refusals, and the rest (receive backlog, veth).", "",
+             "| --queue-maxlen | guard | zero-loss pps | offered | delivered | delivered / zero-loss | dropped: guard "
+             "| queue full | socket full | lbd | elsewhere |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in data["points"]:
         zl = p["zero_loss_pps"] or 1
+        head = f"| {p['queue_maxlen']:,} | {p.get('guard', 'off')} | {p['zero_loss_pps']:,.0f}"
         for t in p["overload_trials"]:
             d = t["drops"]
-            lines.append(f"| {p['queue_maxlen']:,} | {p['zero_loss_pps']:,.0f} | {t['offered_pps']:,.0f} "
-                         f"({t['offered_pps'] / zl:.2f}x) | {t['rx_pps']:,.0f} | {t['rx_pps'] / zl:.2f}x | "
-                         f"{d['kernel_queue_dropped']:,} | {d['kernel_user_dropped']:,} | {d['lbd_refused']:,} | "
-                         f"{d['elsewhere']:,} |")
+            lines.append(f"{head} | {t['offered_pps']:,.0f} ({t['offered_pps'] / zl:.2f}x) | {t['rx_pps']:,.0f} | "
+                         f"{t['rx_pps'] / zl:.2f}x | {d.get('guard', 0):,} | {d['kernel_queue_dropped']:,} | "
+                         f"{d['kernel_user_dropped']:,} | {d['lbd_refused']:,} | {d['elsewhere']:,} |")
         u = p.get("unpaced") or {}
         if u.get("offered_pps"):
             q = (u.get("nfq") or {}).get("queue_dropped", 0)
-            lines.append(f"| {p['queue_maxlen']:,} | {p['zero_loss_pps']:,.0f} | {u['offered_pps']:,.0f} "
-                         f"({u['offered_pps'] / zl:.2f}x, unpaced: the generator's maximum) | {u['rx_pps']:,.0f} | "
-                         f"{u['rx_pps'] / zl:.2f}x | {q:,} | - | - | - |")
+            lines.append(f"{head} | {u['offered_pps']:,.0f} ({u['offered_pps'] / zl:.2f}x, unpaced: the generator's "
+                         f"maximum, {data['window_s']} s) | {u['rx_pps']:,.0f} | {u['rx_pps'] / zl:.2f}x | - | {q:,} "
+                         "| - | - | - |")
     for p in data["points"]:
         if len(p.get("searches") or []) > 1:
-            lines.append(f"\nZero-loss searches, --queue-maxlen {p['queue_maxlen']:,}: "
+            lines.append(f"\nZero-loss searches, {_label(p)}: "
                          f"{', '.join(f'{x:,}' for x in p['searches'])} pps (the median is the rate above).")
     lines.append("")
     judged = data["points"][0]
@@ -149,13 +179,13 @@ def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
         med = ratios[len(ratios) // 2]
         offered = sorted(t["offered_pps"] / judged["zero_loss_pps"] for t in trials)[len(trials) // 2]
         targets.append([f"overload: offered 2x the zero-loss rate, lbd delivers >= {TARGET_RATIO:g}x it "
-                        f"(--queue-maxlen {judged['queue_maxlen']})",
+                        f"({_label(judged)})",
                         f"{med:.2f}x (median of {len(trials)}: {', '.join(f'{r:.2f}' for r in ratios)}; offered "
                         f"{offered:.2f}x)", ("met" if med >= TARGET_RATIO else "MISSED")
                         + ("" if offered >= 1.8 else " (generator fell short of 2x)")])
     png = plots.line_plot("overload", "Delivered vs offered (relative to the zero-loss rate)", "offered / zero-loss",
                           "delivered / zero-loss",
-                          {f"--queue-maxlen {p['queue_maxlen']}":
+                          {_label(p):
                            [(t["offered_pps"] / (p["zero_loss_pps"] or 1), t["rx_pps"] / (p["zero_loss_pps"] or 1))
                             for t in (*p["search_trials"], *p["overload_trials"]) if t["offered_pps"]]
                            for p in data["points"]}, hline=(TARGET_RATIO, "zero-loss rate"))

@@ -35,10 +35,10 @@ def test_unknown_section_is_refused_with_the_known_ones() -> None:
         _args("--sections", "table,nope")
 
 
-def _trial(offered: float, rx: float, queue_full: int = 0) -> dict[str, Any]:
+def _trial(offered: float, rx: float, queue_full: int = 0, guard: int = 0) -> dict[str, Any]:
     return {"offered_pps": offered, "rx_pps": rx, "tx": int(offered), "rx": int(rx),
             "drops": {"kernel_queue_dropped": queue_full, "kernel_user_dropped": 0, "lbd_refused": 0,
-                      "elsewhere": 0, "recv_err": 0, "xmit_l2_err": 0}}
+                      "elsewhere": 0, "recv_err": 0, "xmit_l2_err": 0, "guard": guard}}
 
 
 def _scale_json() -> dict[str, Any]:
@@ -52,9 +52,9 @@ def _scale_json() -> dict[str, Any]:
     flood = {"flood_sent": 24000, "flood_pps": 3000, "table_full_before_clients": True, "during": 30,
              "during_ok": 27, "after": 10, "after_ok": 9, "early_drops": 12000, "table_entries": 5000,
              "table_max": 5000, "table_full_refused": 0}
-    over = {"queue_maxlen": 1024, "zero_loss_pps": 100_000.0, "generator_limited": False,
+    over = {"queue_maxlen": 1024, "guard": "on", "zero_loss_pps": 100_000.0, "generator_limited": False,
             "search_trials": [_trial(100_000, 100_000)],
-            "overload_trials": [_trial(200_000, 104_000, 90_000), _trial(199_000, 97_000, 95_000),
+            "overload_trials": [_trial(200_000, 104_000, 9_000, 87_000), _trial(199_000, 97_000, 95_000),
                                 _trial(201_000, 101_000, 92_000)], "searches": [54_000, 100_000, 103_000]}
     return {"part": "scale", "config": {"command": "python -m bench scale"}, "sections": {
         "table": {"active": 1024, "passes": 1000, "points": table, "command": "harness table"},
@@ -63,7 +63,7 @@ def _scale_json() -> dict[str, Any]:
         "statesave": {"points": [state], "save_every_s": 2.0},
         "conns": {"conn_max": 4_194_304, "points": conns, "window_s": 0.5, "steps": 4},
         "flood": {"conn_max": 5000, "flood_seconds": 8.0, "figures": flood, "errors": ["timed out"]},
-        "overload": {"points": [over], "window_s": 0.6},
+        "overload": {"points": [over], "window_s": 0.6, "hold_s": 3.0},
     }}
 
 
@@ -84,7 +84,8 @@ def test_report_tables_and_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert any("9/10" in line and "MISSED" in line for line in lines)
     assert any("overload" in line and "1.01x (median of 3: 0.97, 1.01, 1.04" in line and "| met" in line
                for line in lines), text
-    assert "Zero-loss searches, --queue-maxlen 1,024: 54,000, 100,000, 103,000 pps" in text  # the median judged
+    assert "| 1,024 | on | 100,000 | 200,000 (2.00x) | 104,000 | 1.04x | 87,000 | 9,000 | 0 | 0 | 0 |" in text
+    assert "Zero-loss searches, --queue-maxlen 1,024, guard on: 54,000, 100,000, 103,000 pps" in text  # the median judged
     assert "`timed out`" in text  # failed requests are shown
 
 
