@@ -203,6 +203,13 @@ _NFQ_FINDINGS = {
     "answer_err": ("warning", "packets on lbd's raw socket could not be sent", "check lbd's log"),
 }
 
+_OVERLOAD_FINDINGS = {
+    "dropped": ("warning", "lbd's overload guard shed packets before the queue: lbd was offered more than it takes "
+                "(lbd --overload-guard, docs/fastpath.md)",
+                "give lbd CPU (pinning, no competing load) or more queues (--queue-balance); the guard only keeps "
+                "an overloaded lbd delivering what it can"),
+}
+
 
 def check_counters(run: Run) -> list[Finding]:
     if run.first is None or run.first.counters is None:
@@ -211,7 +218,7 @@ def check_counters(run: Run) -> list[Finding]:
     c0 = run.first.counters or {}
     c1 = (run.second.counters if run.second is not None else None) or {}
     window = _window(run)
-    for group, table in (("reasons", _COUNTER_FINDINGS), ("nfq", _NFQ_FINDINGS)):
+    for group, table in (("reasons", _COUNTER_FINDINGS), ("nfq", _NFQ_FINDINGS), ("overload", _OVERLOAD_FINDINGS)):
         v0, v1 = c0.get(group) or {}, c1.get(group) or {}
         for name, (sev, text, fix) in table.items():
             if name not in v0:

@@ -477,6 +477,16 @@ def test_counters_growth() -> None:
     assert any(f.summary.startswith("dest_unavailable = 7 since lbd started") for f in by(fs, "counters", "info"))
 
 
+def test_the_overload_guards_drops_are_a_warning_while_they_grow() -> None:
+    s0 = {**FakeContext().samples[0], "counters": {**counters(), "overload": {"armed": 0, "dropped": 100}}}
+    s1 = {**FakeContext().samples[0], "counters": {**counters(), "overload": {"armed": 1, "dropped": 90_100}}}
+    (f,) = by(run_checks(FakeContext(samples=[s0, s1])), "counters", "warning")
+    assert f.summary.startswith("dropped +90000 in") and "overload guard shed packets" in f.summary
+    assert "--queue-balance" in f.fix and f.evidence == "overload.dropped: 100 -> 90100"
+    (f,) = by(run_checks(FakeContext(samples=[s0, s0])), "counters", "info")
+    assert f.summary.startswith("dropped = 100 since lbd started (not growing now)")
+
+
 def test_rp_filter_effective_value() -> None:
     fs = run_checks(FakeContext(sysctls={"net/ipv4/conf/all/rp_filter": "1", "net/ipv4/conf/eth0/rp_filter": "2"}))
     (f,) = by(fs, "rp_filter")
