@@ -51,6 +51,19 @@ def attr(atype: int, payload: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
+def attr_spans(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(type without flags, payload start, payload end) of each netlink attribute in data[start:end];
+    stops at the first malformed one (bounds-checked)."""
+    end = min(end, len(data))
+    off = start
+    while off + 4 <= end:
+        alen, atype = struct.unpack_from("=HH", data, off)
+        if alen < 4 or off + alen > end:
+            return
+        yield atype & 0x3FFF, off + 4, off + alen
+        off += (alen + 3) & ~3
+
+
 def nest(atype: int, *attrs: bytes) -> bytes:
     return attr(atype | NLA_F_NESTED, b"".join(attrs))
 

@@ -42,6 +42,7 @@ from lb.nfnlbatch import (
     NetlinkError,
     Request,
     attr,
+    attr_spans,
     message,
     nest,
     socket_in,
@@ -107,7 +108,6 @@ NFTA_COUNTER_BYTES = 1
 NFTA_COUNTER_PACKETS = 2
 IPV4_DADDR_OFFSET = 16
 
-_NLA = struct.Struct("=HH")
 _NLMSGHDR_SIZE = 16
 _NFGENMSG_SIZE = 4
 
@@ -187,15 +187,8 @@ def write(table: str, limit: Limit | None, netns: str | None = None) -> bool:
 
 
 def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
-    """Attribute type (flags masked) -> payload, for the attributes in data[off:end]; bounds-checked."""
-    out: dict[int, bytes] = {}
-    while off + _NLA.size <= end:
-        length, atype = _NLA.unpack_from(data, off)
-        if length < _NLA.size or off + length > end:
-            break
-        out[atype & 0x3FFF] = data[off + _NLA.size:off + length]
-        off += (length + 3) & ~3
-    return out
+    """Attribute type -> payload, for the attributes in data[off:end] (lb.nfnlbatch.attr_spans)."""
+    return {atype: data[a:b] for atype, a, b in attr_spans(data, off, end)}
 
 
 def counter_packets(reply: bytes) -> int | None:

@@ -30,8 +30,8 @@ a half-life of PEAK_HALF_LIFE_S): under livelock it takes far less than it can.
 - lbd taking clearly less than the rate (the offered load fell below it) for QUIET_TICKS ticks in
   a row, or less than IDLE_SHARE of it once, disarms it.
 
-Drops are counted where they happen: the kernel's at the queue (lbadm counters' nfq), the guard's
-in its nftables counter (`overload` in lbadm counters, lbd_overload_guard_dropped_total).
+Drops are counted where they happen: the kernel's at the queue (`nfq` in lbd's `counters` answer), the guard's
+in its nftables counter (`overload` in that answer, lbd_overload_guard_dropped_total, `lbadm doctor`).
 """
 
 from __future__ import annotations

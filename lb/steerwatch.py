@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from lb.iptables import IptablesError
+from lb.nfnlbatch import attr_spans as _attrs  # the attribute walker steerevents and tests use by this name
 
 log = logging.getLogger(__name__)
 
@@ -157,19 +158,6 @@ def nft_generation() -> int | None:
     except OSError:
         return None
     return None
-
-
-def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(type without flags, payload start, payload end) of each netlink attribute in data[start:end];
-    stops at the first malformed one (bounds-checked)."""
-    end = min(end, len(data))
-    off = start
-    while off + _NLATTR.size <= end:
-        alen, atype = _NLATTR.unpack_from(data, off)
-        if alen < _NLATTR.size or off + alen > end:
-            return
-        yield atype & 0x3FFF, off + _NLATTR.size, off + alen
-        off += (alen + 3) & ~3
 
 
 def _gen_from_reply(data: bytes) -> int | None:
