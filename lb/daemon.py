@@ -450,7 +450,7 @@ async def run(args: argparse.Namespace) -> int:
                                                                   "saving state", log)))
         guard = _start_guard(args, engine, rules, xdp, director)
         if guard is not None:
-            tasks.append(asyncio.ensure_future(overload.run(guard)))
+            tasks.append(asyncio.ensure_future(overload.run(guard, engine.nfq_overload_fds())))
         if rules is not None:
             from lb.steerevents import watch_steering
 

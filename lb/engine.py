@@ -242,6 +242,10 @@ class Engine(Protocol):
     def nfq_queue_stats(self) -> list[dict[str, int]]:
         """The adapter's counters per queue, in queue order ([] when not started)."""
         ...
+    def nfq_overload_fds(self) -> list[int]:
+        """Descriptors that become readable when a queue's thread sees it overloaded (the C adapter's
+        eventfds, lb_nfq_overload_fd; read 8 bytes to clear); [] where the engine has none."""
+        ...
 
     # ---- NAT replies taken at ingress (lbd --nat-replies ingress, lb/natingress.py)
     def start_natrx(self, ifindex: int, mark_queue: int, qdisc_bypass: bool = False, cpu: int | None = None) -> None:

@@ -513,6 +513,11 @@ class CEngine:
         """The adapters' counters, summed over every queue."""
         return {name: sum(q[name] for q in self.nfq_queue_stats()) for name in NFQ_STAT_NAMES} if self._nfqs else {}
 
+    def nfq_overload_fds(self) -> list[int]:
+        """Each queue's overload eventfd (lb_nfq_overload_fd: its thread took a run of full receive
+        batches), in queue order; owned by the adapters, valid until stop()."""
+        return [int(lib.lb_nfq_overload_fd(q)) for q in self._nfqs]
+
     def nfq_queue_stats(self) -> list[dict[str, int]]:
         """The adapters' counters per queue, in queue order."""
         out = []

@@ -114,6 +114,9 @@ NFQ_FIELDS: dict[str, CounterField] = {
     "own_passed": CounterField("lbd_nfqueue_own_packets_passed_total",
                                "Packets lbd sent itself (its raw socket's mark) that came back to the queue through "
                                "lo: accepted without processing them again"),
+    "overload_signals": CounterField("lbd_nfqueue_overload_signals_total",
+                                     "Runs of full receive batches (16 in a row) the queue's thread signalled to "
+                                     "lbd's overload guard"),
 }
 
 # struct lb_synproxy_stats (lb_api.h).

@@ -371,6 +371,9 @@ class PyEngine(Listing):
             return {}
         return self._nfq.stats_dict()
 
+    def nfq_overload_fds(self) -> list[int]:
+        return []  # its adapter reads one packet at a time: the guard polls (lb/overload.py)
+
     def start_natrx(self, ifindex: int, mark_queue: int, qdisc_bypass: bool = False, cpu: int | None = None) -> None:
         raise EngineError("EOPNOTSUPP", "--nat-replies ingress needs the C engine (its reader is native/src/natrx.c)")
 

@@ -91,6 +91,7 @@ class NfqStats:
     frag_packets: int = 0  # packets larger than their path MTU sent as fragments
     frag_out: int = 0  # the fragments they were cut into
     own_passed: int = 0  # lbd's own raw-socket packets looped back to the queue (the C adapter only)
+    overload_signals: int = 0  # runs of full receive batches signalled to the guard (the C adapter only)
 
 
 def kernel_queue_drops(queue_num: int) -> tuple[int, int]:

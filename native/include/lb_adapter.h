@@ -100,6 +100,31 @@ int lb_adapter_sleep_ms_locked(const struct lb_adapter_wait *w, uint64_t due, ui
 /* An unregistered timers' thread sleeps at most this long: nothing wakes it when another thread arms a timer. */
 #define LB_ADAPTER_POLL_UNREGISTERED_MS 100
 
+/* Overload seen from the packet thread (issue 15 item 5): receive batches taken full (as many
+ * messages as one read may take, or as the kernel's queue holds when that is fewer) this many times
+ * in a row mean the thread drained a whole default queue (LB_NFQ_MAXLEN_DEFAULT packets at 64 a
+ * read) without ever catching up: the kernel is probably dropping at the full queue. The thread then
+ * writes an eventfd the control plane watches (lb/overload.py), which measures the drops at once
+ * instead of at its next 1-second poll. At most one signal per run of full batches, and at most one
+ * per LB_ADAPTER_OVERLOAD_SIGNAL_MS, so a thread overloaded for a long time, or in bursts, costs
+ * the control plane a few wake-ups, not one per batch. */
+#define LB_ADAPTER_OVERLOAD_RUN 16
+#define LB_ADAPTER_OVERLOAD_SIGNAL_MS 100
+struct lb_adapter_overload {
+    int efd;                               /* eventfd (-1: not open), EFD_NONBLOCK; the control plane reads it */
+    uint32_t full;                         /* a batch this big is full */
+    uint32_t run;                          /* full batches in a row */
+    uint8_t sent;                          /* this run was signalled */
+    uint64_t last_ms;                      /* the last signal */
+    uint64_t signals;                      /* signals written */
+};
+/* Open o's eventfd; `full` the size of a full batch (at least 1). 0 or -errno. */
+int lb_adapter_overload_open(struct lb_adapter_overload *o, uint32_t full);
+/* The packet thread took a batch of n messages (n > 0): count it, signal when the run is long enough. */
+void lb_adapter_overload_note(struct lb_adapter_overload *o, uint32_t n);
+/* Close the eventfd (again: nothing). */
+void lb_adapter_overload_close(struct lb_adapter_overload *o);
+
 /* The expiry and the schedulers' ticks, when due (lb_expire), at most every LB_ADAPTER_EXPIRE_EVERY_MS. */
 void lb_adapter_expire_tick(lb_t *lb, struct lb_adapter_wait *w);
 

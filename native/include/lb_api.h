@@ -387,6 +387,7 @@ struct lb_nfq_stats {
     uint64_t frag_out;             /* the fragments they were cut into */
     uint64_t own_passed;           /* packets lbd itself sent on its raw socket (its mark) that came back to
                                       the queue (to a local address, through lo): accepted, not processed again */
+    uint64_t overload_signals;     /* runs of full receive batches signalled on lb_nfq_overload_fd */
 };
 
 /* ---- lifecycle ---- */
@@ -568,6 +569,10 @@ struct lb_nfq_opts {
 lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *opts, int *err);
 int lb_nfq_stop(lb_nfq_t *q);                      /* joins the thread and frees q */
 void lb_nfq_get_stats(lb_nfq_t *q, struct lb_nfq_stats *out);
+/* An eventfd (non-blocking, owned by q: closed by lb_nfq_stop) that q's thread writes when it took
+ * LB_ADAPTER_OVERLOAD_RUN (16) full receive batches in a row, at most every 100 ms: the queue is
+ * probably overflowing (lbd's overload guard, lb/overload.py). Read its 8 bytes to clear it. -1: q NULL. */
+int lb_nfq_overload_fd(lb_nfq_t *q);
 
 /* The sync master's own change marks (lb/sync/manager.py), set whenever the incremental
  * snapshots' are and cleared only by these calls: lb_conn_dump_sync_changes is

@@ -237,3 +237,40 @@ void lb_adapter_est_tick(lb_t *lb, struct lb_adapter_wait *w)
     w->est_check_ms = next != UINT64_MAX ? next : t + LB_ADAPTER_IDLE_MS;
     pthread_mutex_unlock(&lb->lock);
 }
+
+int lb_adapter_overload_open(struct lb_adapter_overload *o, uint32_t full)
+{
+    o->full = full ? full : 1;
+    o->run = 0;
+    o->sent = 0;
+    o->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    return o->efd < 0 ? -errno : 0;
+}
+
+void lb_adapter_overload_note(struct lb_adapter_overload *o, uint32_t n)
+{
+    if (n < o->full) {
+        o->run = 0;
+        o->sent = 0;
+        return;
+    }
+    if (o->sent || ++o->run < LB_ADAPTER_OVERLOAD_RUN)
+        return;
+    uint64_t now = lb_adapter_now_ms();
+    if (o->signals && now - o->last_ms < LB_ADAPTER_OVERLOAD_SIGNAL_MS)
+        return; /* the run goes on: looked at again at its next full batch */
+    o->sent = 1;
+    o->last_ms = now;
+    __atomic_store_n(&o->signals, o->signals + 1, __ATOMIC_RELAXED); /* lb_nfq_get_stats reads it from another thread */
+    uint64_t one = 1;
+    /* EAGAIN only when the counter is at its maximum: a signal is pending anyway */
+    if (o->efd >= 0 && write(o->efd, &one, sizeof(one)) < 0) {
+    }
+}
+
+void lb_adapter_overload_close(struct lb_adapter_overload *o)
+{
+    if (o->efd >= 0)
+        close(o->efd);
+    o->efd = -1;
+}

@@ -103,6 +103,7 @@ struct lb_nfq {
     int thread_started;
     int stop;                              /* set atomically by lb_nfq_stop */
     struct lb_adapter_wait wait;           /* its eventfd (stop, the core's wake-ups), the expiry's clock */
+    struct lb_adapter_overload ovl;        /* full receive batches in a row: signalled (lb_nfq_overload_fd) */
     struct lb_nfq_stats stats;
     /* batch buffers, allocated once (zeroed) */
     uint8_t *rx;                           /* NFQ_BATCH * NFQ_MSG_BUF */
@@ -735,8 +736,10 @@ static void *nfq_thread(void *arg)
                 q->rx_msgs[i].msg_hdr.msg_iovlen = 1;
             }
             int r = recvmmsg(fd, q->rx_msgs, NFQ_BATCH, MSG_DONTWAIT, NULL);
-            if (r > 0)
+            if (r > 0) {
+                lb_adapter_overload_note(&q->ovl, (uint32_t)r);
                 process_batch(q, r);
+            }
             else if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 q->stats.recv_err++;
         }
@@ -765,6 +768,7 @@ static void nfq_free(struct lb_nfq *q)
     if (q->raw_fd >= 0)
         close(q->raw_fd);
     lb_adapter_wait_close(&q->wait, q->lb);
+    lb_adapter_overload_close(&q->ovl);
     free(q->rx);
     free(q->out);
     free(q->seg);
@@ -804,6 +808,7 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *o
     q->pkt_fd = -1;
     q->raw_fd = -1;
     q->wait.efd = -1;
+    q->ovl.efd = -1;
     q->tx_cap = (size_t)NFQ_ITEMS * 64 + 2 * NFQ_VERDICT_MSG_MAX;
     q->rx = calloc(NFQ_BATCH, NFQ_MSG_BUF);
     q->out = calloc(NFQ_ITEMS, LB_PKT_MAX);
@@ -869,6 +874,9 @@ lb_nfq_t *lb_nfq_start(lb_t *lb, uint16_t queue_num, const struct lb_nfq_opts *o
 
     if ((e = lb_adapter_wait_open(&q->wait, lb, (q->flags & LB_NFQ_F_TIMERS) != 0)) < 0)
         goto fail;
+    /* full: a whole read, or the whole queue when it is shorter than a read */
+    if ((e = lb_adapter_overload_open(&q->ovl, q->queue_maxlen < NFQ_BATCH ? q->queue_maxlen : NFQ_BATCH)) < 0)
+        goto fail;
     char name[16];
     snprintf(name, sizeof(name), "lbd-nfq%u", (unsigned)queue_num);
     if ((e = lb_adapter_thread_start(&q->thread, opts->cpu, name, nfq_thread, q)) < 0)
@@ -926,5 +934,11 @@ void lb_nfq_get_stats(lb_nfq_t *q, struct lb_nfq_stats *out)
     if (!q || !out)
         return;
     *out = q->stats; /* counters are monotonic; a torn snapshot is harmless */
+    out->overload_signals = __atomic_load_n(&q->ovl.signals, __ATOMIC_RELAXED);
     kernel_queue_drops(q->queue_num, &out->kernel_queue_dropped, &out->kernel_user_dropped);
+}
+
+int lb_nfq_overload_fd(lb_nfq_t *q)
+{
+    return q ? q->ovl.efd : -1;
 }

@@ -7,11 +7,17 @@
    queue, a UDP sender in the client namespace at what it can (bounded: 4 s, 400,000 datagrams).
    The kernel drops at the full queue, lbd arms the guard (logged, counted, the chain listed),
    and after the sender stops lbd removes it (logged) and lists the guard's drops.
+3. The C adapter's signal (lb_nfq_overload_fd): lbd frozen (SIGSTOP) while a burst fills a
+   4,096-packet queue, then let go: its packet thread drains the backlog in full receive batches,
+   16 in a row, and writes the eventfd; the guard reads it and starts a confirmation (counted on
+   both sides). The backlog is gone by the time it confirms, so nothing arms: a burst the queue
+   held is not overload.
 """
 
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -122,3 +128,42 @@ def test_an_overloaded_lbd_sheds_the_excess_before_the_queue_and_stops_after(top
     log = udp_lbd.log_tail(20000)
     assert "overload: the kernel dropped" in log and "shedding the excess before the queue" in log, log
     assert "overload over after" in log, log
+
+
+def test_the_c_packet_threads_full_batches_signal_the_guard_at_once(topo: Topology) -> None:
+    with running_lbd(topo, "c", args=["--steering", "nftables", "--queue-maxlen", "4096"]) as d:
+        svc = f"{topo.vip}:{UDP_PORT}"
+        d.lbadm("-A", "-u", svc, "-s", "rr")
+        d.lbadm("-a", "-u", svc, "-r", topo.reals[0].addr, "-g")
+        d.wait_resolved()
+        assert guard_of(d)["signals"] == 0 and d.ok("counters")["nfq"]["overload_signals"] == 0
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGSTOP)  # every thread: the queue fills and holds
+        try:
+            sent = topo.client.exec([sys.executable, "-c", SENDER, topo.vip, str(UDP_PORT), "3.0", "3000"])
+            assert sent.stdout.strip() == "3000"
+            wait_waiting = time.monotonic() + 3.0
+            while time.monotonic() < wait_waiting and queue_waiting(topo) < 16 * 64:
+                time.sleep(0.05)
+            backlog = queue_waiting(topo)
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        assert backlog >= 16 * 64, f"only {backlog} packets waited in the queue"
+        wait_for("the packet thread's signal read", lambda: guard_of(d)["signals"] >= 1, 3.0, d)
+        nfq = d.ok("counters")["nfq"]
+        print(f"\nSIGNAL-FIGURES backlog {backlog} nfq batches {nfq['batches']} packets {nfq['packets']} "
+              f"signals {nfq['overload_signals']} guard {guard_of(d)}")
+        assert nfq["overload_signals"] >= 1 and nfq["packets"] >= backlog
+        time.sleep(0.5)  # the confirming interval: the backlog drained, no overflow in it
+        after = guard_of(d)
+        assert after["signals_used"] >= 1 and after["armed"] == 0 and after["episodes"] == 0, after
+
+
+def queue_waiting(t: Topology) -> int:
+    """Packets waiting in lbd's queue (/proc/net/netfilter/nfnetlink_queue's third field)."""
+    text = t.director.exec(["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 3 and f[0] == str(QUEUE_NUM):
+            return int(f[2])
+    return 0

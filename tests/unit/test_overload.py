@@ -4,7 +4,9 @@ tests/netns/test_overload_guard.py writes the chain into a real kernel and reads
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import os
 import struct
 
 import pytest
@@ -69,7 +71,8 @@ def test_no_drops_no_guard_and_the_idle_period() -> None:
     g, q, w = guard()
     run(g, q, 50_000, ticks=10)
     assert w.writes == [] and g.limit is None and g.period() == ov.IDLE_TICK_S
-    assert g.counters() == {"armed": 0, "rate_pps": 0, "dropped": 0, "episodes": 0, "armed_s": 0.0, "best_pps": 50_000}
+    assert g.counters() == {"armed": 0, "rate_pps": 0, "dropped": 0, "episodes": 0, "armed_s": 0.0, "best_pps": 50_000,
+                            "signals": 0, "signals_used": 0}
 
 
 def test_a_burst_the_queue_could_not_hold_is_confirmed_over_a_short_tick_before_anything_is_written() -> None:
@@ -78,6 +81,84 @@ def test_a_burst_the_queue_could_not_hold_is_confirmed_over_a_short_tick_before_
     assert w.writes == [] and g.period() == ov.ARMED_TICK_S  # watching
     run(g, q, 50_000)  # the short tick saw no overflow: it was a burst
     assert w.writes == [] and g.period() == ov.IDLE_TICK_S
+
+
+def test_a_packet_threads_signal_starts_the_confirmation_at_once_and_it_arms_after_the_short_interval() -> None:
+    g, q, w = guard()
+    run(g, q, 80_000, ticks=3)  # best 80k, from whole-second intervals
+    q.advance(0.6, 80_000, 20_000, 64.0)  # overloaded since the last poll; the poll is 0.4 s away
+    assert g.signalled() is True and g.period() == ov.ARMED_TICK_S
+    q.advance(ov.CONFIRM_TICK_S, 50_000, 80_000, 64.0)  # livelock: lbd takes less, the queue overflows
+    g.tick()
+    assert g.limit is not None and w.writes == [g.limit]
+    assert g.limit.rate == pytest.approx(ov.BACKOFF * 80_000, rel=1e-3) and g.limit.burst == 1024
+    assert g.best == pytest.approx(80_000, rel=1e-3)  # the confirming interval is too short to count for best
+    assert g.signalled() is False  # armed: the armed ticks follow the load
+    assert (g.counters()["signals"], g.counters()["signals_used"]) == (2, 1)
+
+
+def test_a_signal_without_drops_after_it_arms_nothing_and_a_second_one_while_confirming_is_ignored() -> None:
+    g, q, w = guard()
+    run(g, q, 80_000, ticks=2)
+    q.advance(0.3, 80_000, 0.0, 64.0)
+    assert g.signalled() is True and g.signalled() is False  # already confirming
+    q.advance(ov.CONFIRM_TICK_S, 90_000, 0.0, 64.0)  # full batches, but the queue held: not overload
+    g.tick()
+    assert w.writes == [] and g.limit is None and g.period() == ov.IDLE_TICK_S
+    assert g.best == pytest.approx(80_000, rel=1e-3)  # not the 90k of the short interval
+
+
+def test_the_drops_before_a_signal_do_not_count_in_its_interval() -> None:
+    g, q, w = guard()
+    run(g, q, 80_000, ticks=2)
+    q.advance(0.5, 60_000, 40_000, 64.0)  # an overflow that ended before the signal's interval
+    g.signalled()
+    q.advance(ov.CONFIRM_TICK_S, 80_000, 0.0, 16.0)
+    g.tick()
+    assert w.writes == [] and g.limit is None
+
+
+def test_run_ticks_on_the_grid_and_a_signal_moves_the_next_tick_to_the_confirmation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ov, "CONFIRM_TICK_S", 0.01)
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.ticks = 0
+            self.signals = 0
+            self.ticked = asyncio.Event()
+
+        def period(self) -> float:
+            return 3600.0  # the grid tick never comes within this test
+
+        def signalled(self) -> bool:
+            self.signals += 1
+            return self.signals == 1
+
+        def tick(self) -> None:
+            self.ticks += 1
+            self.ticked.set()
+
+    async def scenario() -> tuple[int, int, bool]:
+        rec = Recorder()
+        rfd = os.eventfd(0, os.EFD_NONBLOCK)
+        try:
+            task = asyncio.ensure_future(ov.run(rec, [rfd]))  # type: ignore[arg-type]
+            await asyncio.sleep(0)
+            os.eventfd_write(rfd, 1)
+            await asyncio.wait_for(rec.ticked.wait(), timeout=30.0)
+            try:
+                os.eventfd_read(rfd)
+                cleared = False
+            except BlockingIOError:
+                cleared = True  # run() read the signal
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return rec.ticks, rec.signals, cleared
+        finally:
+            os.close(rfd)
+
+    assert asyncio.run(scenario()) == (1, 1, True)
 
 
 def test_a_few_drops_are_not_overload() -> None:
