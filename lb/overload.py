@@ -10,8 +10,11 @@ must shed the excess itself, as early and as cheaply as it can.
 
 The control loop, once a second (every quarter second while armed), reads what lbd took from its
 queue(s) and what the kernel dropped at them (lb_nfq_stats: packets, kernel_queue_dropped,
-kernel_user_dropped). `best` is the most lbd has taken in an interval (of at least BEST_MIN_S) since
-it started (fading with a half-life of PEAK_HALF_LIFE_S): under livelock it takes far less than it can.
+kernel_user_dropped). `best` is the most lbd has taken in a second (over the ticks of at least the
+last BEST_WINDOW_S) since it started, fading with a half-life of PEAK_HALF_LIFE_S: under livelock lbd
+takes far less than it can, and over a shorter interval it may take much more than it can sustain
+(measured: 140k packets/s over a quarter second where it sustains 100k), which would arm the guard
+far above what lbd takes and leave the queue overflowing while the rate comes down.
 
 The C adapter's packet thread also says when it took a run of full receive batches (16 in a row:
 a default queue's worth drained without catching up; lb_nfq_overload_fd, an eventfd). Unless the
@@ -29,11 +32,14 @@ while an idle lbd still pays one poll a second (no signal comes while its thread
   64 packets per recvmmsg): the queue overflowing while batches are full (FULL_BATCH) lowers the
   rate to BACKOFF of what lbd took, by STEP_DOWN at most per tick (what lbd takes in one short
   interval swings widely: the receive work and its thread share the CPU unevenly), and holds it
-  HOLD_TICKS ticks; an overflow with small batches is a burst (lbd's thread off the CPU for a
-  moment) and changes nothing. The bucket binding (lbd took at least BINDING_SHARE of the rate)
-  with no overflow raises it: by PROBE_FAST at once while batches are tiny (IDLE_BATCH: lbd mostly
-  waits, the rate is far below what it takes), else by PROBE_UP per tick after the hold while they
-  are not full (by PROBE_FAST until the queue first overflows in the episode).
+  HOLD_TICKS ticks while they stay well filled; an overflow with small batches is a burst (lbd's
+  thread off the CPU for a moment) and changes nothing. The bucket binding (lbd took at least
+  BINDING_SHARE of the rate) with no overflow raises it: by PROBE_FAST at once while batches are
+  tiny (IDLE_BATCH: lbd mostly waits, the rate is far below what it takes); by PROBE_UP per tick
+  while they are small (ROOM_BATCH: lbd keeps up with room to spare, hold or not: its capacity
+  swings with what else the CPU does, and a rate held low after a dip loses what came back; by
+  PROBE_FAST until the queue first overflows in the episode); by PROBE_UP after the hold while they
+  are well filled but not full (lbd is near what it takes).
 - lbd taking clearly less than the rate (the offered load fell below it) for QUIET_TICKS ticks in
   a row, or less than IDLE_SHARE of it once, disarms it.
 
@@ -47,6 +53,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -58,7 +65,7 @@ log = logging.getLogger("lbd.overload")
 IDLE_TICK_S = 1.0  # what an idle lbd pays: one poll a second (a wake-up costs ~ms in an emulated guest)
 ARMED_TICK_S = 0.25
 CONFIRM_TICK_S = 0.1  # after a packet thread's signal: the interval that confirms an overflow (or not)
-BEST_MIN_S = 0.2  # shorter intervals do not count for `best`: what lbd takes in one swings too widely
+BEST_WINDOW_S = 0.9  # `best` is measured over at least this long (a 1 s idle tick, or 4 armed ones)
 ARM_MIN_DROPS = 64  # per tick: a short burst the queue could not hold is not overload
 OVERFLOW_SHARE = 0.01  # of what lbd took in the tick
 BACKOFF = 0.95
@@ -66,7 +73,8 @@ PROBE_UP = 1.05
 PROBE_FAST = 1.25  # before the first overflow of an episode, or while lbd's thread mostly waits
 FULL_BATCH = 32.0  # packets per receive batch (the C adapter takes up to 64): lbd's thread saturated
 IDLE_BATCH = 4.0  # packets per receive batch: lbd's thread mostly waits for packets
-HOLD_TICKS = 8  # after an overflow, the rate stays this many ticks before it probes up again
+ROOM_BATCH = 16.0  # packets per receive batch: lbd's thread keeps up with room to spare
+HOLD_TICKS = 4  # after an overflow, the rate stays this many ticks before it probes up again (unless room)
 BINDING_SHARE = 0.85
 QUIET_TICKS = 2
 IDLE_SHARE = 0.25  # lbd took less than this share of the rate, no overflow: the load is gone, disarmed at once
@@ -130,6 +138,7 @@ class OverloadGuard:
         self.armed_s = 0.0
         self._dropped_base = 0  # guard drops of counters that are gone (the table re-created)
         self._dropped_seen = 0
+        self._history: deque[tuple[float, int]] = deque()  # (time, taken) of recent ticks, for `best`
         self.signals = 0  # packet threads' overload signals received
         self.signals_used = 0  # of them, those that started a confirmation
 
@@ -149,6 +158,15 @@ class OverloadGuard:
         log.debug("overload guard: a packet thread's receive batches are full; confirming over %.2f s",
                   CONFIRM_TICK_S)
         return True
+
+    def _sustained(self, now: float, taken: int) -> float:
+        """What lbd took per second over the recent ticks spanning at least BEST_WINDOW_S (0 until they do)."""
+        history = self._history
+        history.append((now, taken))
+        while len(history) > 2 and now - history[1][0] >= BEST_WINDOW_S:
+            history.popleft()
+        t0, n0 = history[0]
+        return (taken - n0) / (now - t0) if now - t0 >= BEST_WINDOW_S else 0.0
 
     def _burst(self, rate: int) -> int:
         return max(MIN_BURST, min(self._queue_maxlen, rate // 20))
@@ -174,7 +192,7 @@ class OverloadGuard:
         taken = max(0, sample.taken - last[1].taken)
         dropped = max(0, sample.dropped - last[1].dropped)
         rate = taken / dt
-        self.best = max(rate if dt >= BEST_MIN_S else 0.0, self.best * 0.5 ** (dt / PEAK_HALF_LIFE_S))
+        self.best = max(self._sustained(now, sample.taken), self.best * 0.5 ** (dt / PEAK_HALF_LIFE_S))
         overflow = dropped >= ARM_MIN_DROPS and dropped >= OVERFLOW_SHARE * taken
         batches = max(0, sample.batches - last[1].batches)
         per_batch = taken / batches if batches else None  # None: the engine does not count batches
@@ -204,10 +222,15 @@ class OverloadGuard:
             if per_batch is not None and per_batch < IDLE_BATCH:
                 self._hold = 0  # lbd waits for packets most of the time: the rate is far below what it takes
                 self._write(self.limit.rate * PROBE_FAST)
+            elif per_batch is not None and per_batch < ROOM_BATCH:
+                self._hold = 0  # lbd keeps up with room to spare: what held it back (a dip) is gone
+                self._write(self.limit.rate * (PROBE_UP if self._overflowed else PROBE_FAST))
             elif self._hold:
                 self._hold -= 1
-            elif per_batch is None or per_batch < FULL_BATCH:  # room left: it may take more now
+            elif per_batch is None:  # an engine that does not count batches
                 self._write(self.limit.rate * (PROBE_UP if self._overflowed else PROBE_FAST))
+            elif per_batch < FULL_BATCH:  # busy, not saturated: near what it takes, it may take a little more
+                self._write(self.limit.rate * PROBE_UP)
         else:
             self._quiet += 1
             if self._quiet >= QUIET_TICKS or rate < IDLE_SHARE * self.limit.rate:

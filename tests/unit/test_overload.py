@@ -105,7 +105,7 @@ def test_a_signal_without_drops_after_it_arms_nothing_and_a_second_one_while_con
     q.advance(ov.CONFIRM_TICK_S, 90_000, 0.0, 64.0)  # full batches, but the queue held: not overload
     g.tick()
     assert w.writes == [] and g.limit is None and g.period() == ov.IDLE_TICK_S
-    assert g.best == pytest.approx(80_000, rel=1e-3)  # not the 90k of the short interval
+    assert 80_000 <= g.best < 81_000  # the 90k of the short interval, averaged over a second
 
 
 def test_the_drops_before_a_signal_do_not_count_in_its_interval() -> None:
@@ -161,6 +161,15 @@ def test_run_ticks_on_the_grid_and_a_signal_moves_the_next_tick_to_the_confirmat
     assert asyncio.run(scenario()) == (1, 1, True)
 
 
+def test_best_is_what_lbd_sustains_over_a_second_not_a_quarter_seconds_spike() -> None:
+    g, q, w = guard()
+    run(g, q, 100_000, dropped=20_000, ticks=2)  # armed: quarter-second ticks from here
+    assert g.limit is not None and g.period() == ov.ARMED_TICK_S
+    run(g, q, 140_000, ticks=1)  # it drained a backlog, or the receive work left it the CPU a moment
+    run(g, q, 100_000, ticks=3)
+    assert 100_000 <= g.best <= 110_000
+
+
 def test_a_few_drops_are_not_overload() -> None:
     g, q, w = guard()
     run(g, q, 50_000, dropped=ov.ARM_MIN_DROPS / ov.IDLE_TICK_S / 2, ticks=3)
@@ -201,10 +210,19 @@ def test_after_an_overflow_the_rate_holds_then_probes_up_slowly() -> None:
     run(g, q, 80_000, dropped=5_000, ticks=2)  # 95k -> 80.75k (a bounded step) -> 76k
     held = g.limit
     assert held is not None and held.rate == 76_000
-    run(g, q, held.rate, ticks=ov.HOLD_TICKS)
+    run(g, q, held.rate, ticks=ov.HOLD_TICKS, per_batch=24.0)  # busy, not saturated
     assert g.limit == held
-    run(g, q, held.rate)
+    run(g, q, held.rate, per_batch=24.0)
     assert g.limit.rate == int(held.rate * ov.PROBE_UP)
+
+
+def test_while_lbd_keeps_up_with_room_the_rate_probes_up_even_during_the_hold() -> None:
+    g, q, w = guard()
+    run(g, q, 100_000, dropped=100_000, ticks=2)
+    run(g, q, 80_000, dropped=5_000, ticks=2)  # 95k -> 80.75k -> 76k, held
+    assert g.limit is not None and g.limit.rate == 76_000
+    run(g, q, 76_000, per_batch=10.0)  # the dip is over: lbd keeps up with room
+    assert g.limit.rate == int(76_000 * ov.PROBE_UP)
 
 
 def test_an_overflow_while_lbd_is_not_saturated_is_a_burst_and_changes_nothing() -> None:
