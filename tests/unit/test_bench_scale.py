@@ -27,7 +27,7 @@ def test_quick_defaults_and_sections() -> None:
     full = _args("--sections", "table,flood")
     assert full.section_list == ["table", "flood"]
     assert full.table_sizes.endswith("4000000") and full.overload_maxlens == "1024,16384"
-    assert (quick.overload_searches, full.overload_searches) == (1, 3)
+    assert (quick.overload_trials, full.overload_trials) == (2, 9)  # each trial after its own search
 
 
 def test_unknown_section_is_refused_with_the_known_ones() -> None:
@@ -35,8 +35,9 @@ def test_unknown_section_is_refused_with_the_known_ones() -> None:
         _args("--sections", "table,nope")
 
 
-def _trial(offered: float, rx: float, queue_full: int = 0, guard: int = 0) -> dict[str, Any]:
-    return {"offered_pps": offered, "rx_pps": rx, "tx": int(offered), "rx": int(rx),
+def _trial(offered: float, rx: float, queue_full: int = 0, guard: int = 0,
+           zero_loss: float | None = None) -> dict[str, Any]:
+    return {"offered_pps": offered, "rx_pps": rx, "tx": int(offered), "rx": int(rx), "zero_loss_pps": zero_loss,
             "drops": {"kernel_queue_dropped": queue_full, "kernel_user_dropped": 0, "lbd_refused": 0,
                       "elsewhere": 0, "recv_err": 0, "xmit_l2_err": 0, "guard": guard}}
 
@@ -55,7 +56,8 @@ def _scale_json() -> dict[str, Any]:
     over = {"queue_maxlen": 1024, "guard": "on", "zero_loss_pps": 100_000.0, "generator_limited": False,
             "search_trials": [_trial(100_000, 100_000)],
             "overload_trials": [_trial(200_000, 104_000, 9_000, 87_000), _trial(199_000, 97_000, 95_000),
-                                _trial(201_000, 101_000, 92_000)], "searches": [54_000, 100_000, 103_000]}
+                                _trial(162_000, 81_810, 92_000, zero_loss=81_000)],
+            "searches": [100_000, 100_000, 81_000]}
     return {"part": "scale", "config": {"command": "python -m bench scale"}, "sections": {
         "table": {"active": 1024, "passes": 1000, "points": table, "command": "harness table"},
         "fnat": {"syns": 1000, "accepted_instr": 1200.0, "refused_instr": 700.0, "ratio": 700 / 1200,
@@ -82,10 +84,12 @@ def test_report_tables_and_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert any("state saves at 1,000,000" in line and "met" in line for line in lines)
     assert any("27/30 (90 %)" in line and "met" in line for line in lines)
     assert any("9/10" in line and "MISSED" in line for line in lines)
+    # the third trial judged against its own search (81k), the two before against the point's (older runs)
     assert any("overload" in line and "1.01x (median of 3: 0.97, 1.01, 1.04" in line and "| met" in line
                for line in lines), text
     assert "| 1,024 | on | 100,000 | 200,000 (2.00x) | 104,000 | 1.04x | 87,000 | 9,000 | 0 | 0 | 0 |" in text
-    assert "Zero-loss searches, --queue-maxlen 1,024, guard on: 54,000, 100,000, 103,000 pps" in text  # the median judged
+    assert "| 1,024 | on | 81,000 | 162,000 (2.00x) | 81,810 | 1.01x | 0 | 92,000 | 0 | 0 | 0 |" in text
+    assert "Zero-loss searches, --queue-maxlen 1,024, guard on: 100,000, 100,000, 81,000 pps (the median" in text
     assert "`timed out`" in text  # failed requests are shown
 
 
