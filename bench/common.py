@@ -66,17 +66,18 @@ def build_tool(name: str) -> Path:
 
 
 # The packet-source adapters in native/src (the Makefile's CORE_SRCS filters the same files out).
-ADAPTER_SOURCES = ("nfq.c", "xsk.c", "xsk_fp.c")
+ADAPTER_SOURCES = ("nfq.c", "natrx.c", "xsk.c", "xsk_fp.c")
 
 
 def native_sources() -> list[Path]:
     """The packet core without its packet-source adapters (the Makefile's CORE_SRCS): nfq.c and
-    xsk.c/xsk_fp.c need libnetfilter_queue and libbpf/libxdp, which the harness does not link."""
+    xsk.c/xsk_fp.c need libnetfilter_queue and libbpf/libxdp, which the harness does not link, and
+    natrx.c is served by nfq.c's thread (lb_nfq_host)."""
     return sorted(p for p in (REPO / "native" / "src").glob("*.c") if p.name not in ADAPTER_SOURCES)
 
 
 def build_harness(out: Path | None = None, extra_cflags: Sequence[str] = ()) -> Path:
-    """native/tests/harness.c + native/src/*.c minus the adapters (nfq.c, xsk.c, xsk_fp.c), gcc -O2 (as the harness header says)."""
+    """native/tests/harness.c + native/src/*.c minus the adapters (ADAPTER_SOURCES), gcc -O2 (as the harness header says)."""
     out = out or BUILD / "harness"
     srcs = [REPO / "native" / "tests" / "harness.c", *native_sources()]
     headers = list((REPO / "native" / "include").glob("*.h"))
