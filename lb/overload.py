@@ -18,12 +18,10 @@ far above what lbd takes and leave the queue overflowing while the rate comes do
 
 The C adapter's packet thread also says when it took a run of full receive batches (16 in a row:
 a default queue's worth drained without catching up; lb_nfq_overload_fd, an eventfd). Unless the
-guard is armed or already confirming: when the kernel also dropped at the queue since the last
-tick, the guard arms at once (a saturated thread and an overflowing queue); else the confirmation
-starts (the interval begins with the signal and ends CONFIRM_TICK_S later). The guard so arms
-within milliseconds of an overload's start instead of up to 1.25 s (a 1 s poll, then a quarter
-second to confirm), while an idle lbd still pays one poll a second (no signal comes while its
-thread keeps up).
+guard is armed or already confirming, that starts the confirmation at once: the interval begins
+with the signal and ends CONFIRM_TICK_S later. The guard then arms within about a tenth of a second
+of the overload's start instead of up to 1.25 s (a 1 s poll, then a quarter second to confirm),
+while an idle lbd still pays one poll a second (no signal comes while its thread keeps up).
 
 - It arms when the kernel dropped at least ARM_MIN_DROPS packets and OVERFLOW_SHARE of what lbd
   took in an interval, and again in the next, short one (a burst the queue could not hold is not
@@ -147,29 +145,19 @@ class OverloadGuard:
     def period(self) -> float:
         return ARMED_TICK_S if self.limit is not None or self._watching else IDLE_TICK_S
 
-    def signalled(self) -> float | None:
+    def signalled(self) -> bool:
         """A packet thread took a run of full receive batches (lb_nfq_overload_fd). Unless armed or
-        already confirming: if the kernel has dropped at the queue since the last tick too, lbd's
-        thread is saturated and the queue overflows: armed at once (each tenth of a second of
-        confirmation costs, in livelock, most of what arrives in it); else the confirming interval
-        starts now. Returns when the caller is to tick next (seconds; None: as planned)."""
+        already confirming, the confirming interval starts now: True when the caller is to tick in
+        CONFIRM_TICK_S (instead of at the next grid point)."""
         self.signals += 1
         if self.limit is not None or self._watching:
-            return None
-        now, sample = self._clock(), self._sample()
-        last, self._last = self._last, (now, sample)
-        self.signals_used += 1
-        if last is not None and now > last[0]:
-            taken = max(0, sample.taken - last[1].taken)
-            dropped = max(0, sample.dropped - last[1].dropped)
-            if dropped >= ARM_MIN_DROPS and dropped >= OVERFLOW_SHARE * taken:
-                self._arm(taken / (now - last[0]), dropped, now - last[0])
-                if self.limit is not None:
-                    return ARMED_TICK_S
+            return False
+        self._last = (self._clock(), self._sample())
         self._watching = True
+        self.signals_used += 1
         log.debug("overload guard: a packet thread's receive batches are full; confirming over %.2f s",
                   CONFIRM_TICK_S)
-        return CONFIRM_TICK_S
+        return True
 
     def _sustained(self, now: float, taken: int) -> float:
         """What lbd took per second over the recent ticks spanning at least BEST_WINDOW_S (0 until they do)."""
@@ -338,12 +326,12 @@ async def run(guard: OverloadGuard, signal_fds: Sequence[int] = ()) -> None:
             loop.remove_reader(fd)
             return
         try:
-            next_tick = guard.signalled()
+            confirm = guard.signalled()
         except Exception:
             log.exception("the overload guard's signal failed")
             return
-        if next_tick is not None:
-            schedule(next_tick)
+        if confirm:
+            schedule(CONFIRM_TICK_S)
 
     watched: list[int] = []
     try:
