@@ -34,7 +34,7 @@ while an idle lbd still pays one poll a second (no signal comes while its thread
   interval swings widely: the receive work and its thread share the CPU unevenly), and holds it
   HOLD_TICKS ticks while they stay well filled; an overflow with small batches is a burst (lbd's
   thread off the CPU for a moment) and changes nothing. The bucket binding (lbd took at least
-  BINDING_SHARE of the rate) with no overflow raises it: by PROBE_FAST at once while batches are
+  BINDING_SHARE of the rate) with no overflow raises it: by PROBE_IDLE at once while batches are
   tiny (IDLE_BATCH: lbd mostly waits, the rate is far below what it takes); by PROBE_UP per tick
   while they are small (ROOM_BATCH: lbd keeps up with room to spare, hold or not: its capacity
   swings with what else the CPU does, and a rate held low after a dip loses what came back; by
@@ -70,7 +70,9 @@ ARM_MIN_DROPS = 64  # per tick: a short burst the queue could not hold is not ov
 OVERFLOW_SHARE = 0.01  # of what lbd took in the tick
 BACKOFF = 0.95
 PROBE_UP = 1.05
-PROBE_FAST = 1.25  # before the first overflow of an episode, or while lbd's thread mostly waits
+PROBE_FAST = 1.25  # before the first overflow of an episode, while lbd keeps up with room
+PROBE_IDLE = 2.0  # while lbd's thread mostly waits: the rate is far below what it takes (armed from a
+                  # livelocked interval, with no best yet), each tick at 25 % left it starved for seconds
 FULL_BATCH = 32.0  # packets per receive batch (the C adapter takes up to 64): lbd's thread saturated
 IDLE_BATCH = 4.0  # packets per receive batch: lbd's thread mostly waits for packets
 ROOM_BATCH = 16.0  # packets per receive batch: lbd's thread keeps up with room to spare
@@ -221,7 +223,7 @@ class OverloadGuard:
             self._quiet = 0
             if per_batch is not None and per_batch < IDLE_BATCH:
                 self._hold = 0  # lbd waits for packets most of the time: the rate is far below what it takes
-                self._write(self.limit.rate * PROBE_FAST)
+                self._write(self.limit.rate * PROBE_IDLE)
             elif per_batch is not None and per_batch < ROOM_BATCH:
                 self._hold = 0  # lbd keeps up with room to spare: what held it back (a dip) is gone
                 self._write(self.limit.rate * (PROBE_UP if self._overflowed else PROBE_FAST))

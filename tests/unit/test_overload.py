@@ -239,9 +239,9 @@ def test_while_lbd_mostly_waits_the_rate_rises_fast_even_after_an_overflow() -> 
     run(g, q, 50_000, dropped=5_000, ticks=6)  # settles at 47.5k, held
     assert g.limit is not None and g.limit.rate == 47_500
     run(g, q, 47_500, per_batch=1.5)
-    assert g.limit.rate == int(47_500 * ov.PROBE_FAST)
+    assert g.limit.rate == int(47_500 * ov.PROBE_IDLE)
     run(g, q, g.limit.rate, per_batch=ov.FULL_BATCH)  # saturated, no overflow: at its capacity, the rate stays
-    assert g.limit.rate == int(47_500 * ov.PROBE_FAST)
+    assert g.limit.rate == int(47_500 * ov.PROBE_IDLE)
 
 
 def test_before_the_first_overflow_the_rate_rises_fast() -> None:
