@@ -118,7 +118,7 @@ struct lb_adapter_overload {
     uint64_t last_ms;                      /* the last signal */
     uint64_t signals;                      /* signals written */
 };
-/* Open o's eventfd; `full` the size of a full batch (at least 1). 0 or -errno. */
+/* Open o's eventfd and start counting afresh; `full` the size of a full batch (at least 1). 0 or -errno. */
 int lb_adapter_overload_open(struct lb_adapter_overload *o, uint32_t full);
 /* The packet thread took a batch of n messages (n > 0): count it, signal when the run is long enough. */
 void lb_adapter_overload_note(struct lb_adapter_overload *o, uint32_t n);

@@ -243,6 +243,8 @@ int lb_adapter_overload_open(struct lb_adapter_overload *o, uint32_t full)
     o->full = full ? full : 1;
     o->run = 0;
     o->sent = 0;
+    o->last_ms = 0;
+    o->signals = 0;
     o->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     return o->efd < 0 ? -errno : 0;
 }

@@ -1028,6 +1028,52 @@ static int wake_check(void)
     return bad;
 }
 
+/* Signals on an overload eventfd since the last look (0: none). */
+static uint64_t overload_signals_read(const struct lb_adapter_overload *o)
+{
+    uint64_t n = 0;
+    return read(o->efd, &n, sizeof(n)) == (ssize_t)sizeof(n) ? n : 0;
+}
+
+/* lb_adapter_overload (lb_adapter.h): LB_ADAPTER_OVERLOAD_RUN full batches in a row signal once per
+ * run; a short batch ends the run; a new run within LB_ADAPTER_OVERLOAD_SIGNAL_MS of the last signal
+ * waits for the interval, then signals at its next full batch; `full` is the read's size or a
+ * shorter queue's. */
+static int overload_check(void)
+{
+    int bad = 0;
+    struct lb_adapter_overload o;
+    memset(&o, 0, sizeof(o));
+    if (lb_adapter_overload_open(&o, 64) != 0)
+        return check(0, "the overload eventfd opens");
+    for (int i = 0; i < LB_ADAPTER_OVERLOAD_RUN - 1; i++)
+        lb_adapter_overload_note(&o, 64);
+    bad |= check(overload_signals_read(&o) == 0 && o.signals == 0, "a run one batch short: no signal");
+    lb_adapter_overload_note(&o, 64);
+    bad |= check(overload_signals_read(&o) == 1 && o.signals == 1, "a full run: one signal");
+    for (int i = 0; i < 3 * LB_ADAPTER_OVERLOAD_RUN; i++)
+        lb_adapter_overload_note(&o, 64);
+    bad |= check(overload_signals_read(&o) == 0, "the run goes on: no second signal");
+    lb_adapter_overload_note(&o, 63); /* the thread caught up: the run ends */
+    for (int i = 0; i < LB_ADAPTER_OVERLOAD_RUN; i++)
+        lb_adapter_overload_note(&o, 64);
+    bad |= check(overload_signals_read(&o) == 0 && o.signals == 1, "a new run within the interval waits");
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = (LB_ADAPTER_OVERLOAD_SIGNAL_MS + 20) * 1000000L};
+    nanosleep(&ts, NULL);
+    lb_adapter_overload_note(&o, 64);
+    bad |= check(overload_signals_read(&o) == 1 && o.signals == 2, "after the interval, the run signals");
+    lb_adapter_overload_close(&o);
+    bad |= check(o.efd == -1, "closed");
+    lb_adapter_overload_close(&o);
+    if (lb_adapter_overload_open(&o, 16) != 0) /* --queue-maxlen 16: a batch of 16 is the whole queue */
+        return bad | check(0, "the overload eventfd opens again");
+    for (int i = 0; i < LB_ADAPTER_OVERLOAD_RUN; i++)
+        lb_adapter_overload_note(&o, 16);
+    bad |= check(overload_signals_read(&o) == 1, "a short queue's full batches signal too");
+    lb_adapter_overload_close(&o);
+    return bad;
+}
+
 /* Keys the timers' own lb_conn_tick refreshes (lb_timer_next, before the expiry tick looks) start the
  * expiry's 100 ms window as a run would: two entries whose keys lag (their packets pushed the expiry
  * later) and come due 5 ms apart: after the first one's refresh the thread sleeps the window, not
@@ -1445,6 +1491,7 @@ static int cmd_churn(long rounds)
     bad |= sync_rule_check();
     bad |= fastpath_check();
     bad |= wake_check();
+    bad |= overload_check();
     bad |= est_check();
     bad |= window_check();
     bad |= pressure_churn(rounds * 4);
