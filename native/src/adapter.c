@@ -136,12 +136,18 @@ void lb_adapter_wait_close(struct lb_adapter_wait *w, lb_t *lb)
     w->efd = -1;
 }
 
-void lb_adapter_wait_kick(struct lb_adapter_wait *w)
+/* Add 1 to eventfd efd. EAGAIN only when its counter is about to overflow: its reader has a
+ * wake-up pending anyway; any other error is reported with `what`. */
+static void efd_signal(int efd, const char *what)
 {
     uint64_t one = 1;
-    /* EAGAIN only when the counter is about to overflow: the thread has a wake-up pending anyway. */
-    if (write(w->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-        fprintf(stderr, "lbd: cannot wake a packet thread: %s\n", strerror(errno));
+    if (write(efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        fprintf(stderr, "lbd: cannot %s: %s\n", what, strerror(errno));
+}
+
+void lb_adapter_wait_kick(struct lb_adapter_wait *w)
+{
+    efd_signal(w->efd, "wake a packet thread");
 }
 
 short lb_adapter_poll(struct lb_adapter_wait *w, int fd, short events, int timeout_ms)
@@ -264,10 +270,8 @@ void lb_adapter_overload_note(struct lb_adapter_overload *o, uint32_t n)
     o->sent = 1;
     o->last_ms = now;
     __atomic_store_n(&o->signals, o->signals + 1, __ATOMIC_RELAXED); /* lb_nfq_get_stats reads it from another thread */
-    uint64_t one = 1;
-    /* EAGAIN only when the counter is at its maximum: a signal is pending anyway */
-    if (o->efd >= 0 && write(o->efd, &one, sizeof(one)) < 0) {
-    }
+    if (o->efd >= 0)
+        efd_signal(o->efd, "signal overload to lbd's guard");
 }
 
 void lb_adapter_overload_close(struct lb_adapter_overload *o)

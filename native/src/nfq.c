@@ -739,8 +739,7 @@ static void *nfq_thread(void *arg)
             if (r > 0) {
                 lb_adapter_overload_note(&q->ovl, (uint32_t)r);
                 process_batch(q, r);
-            }
-            else if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            } else if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 q->stats.recv_err++;
         }
         if (!(q->flags & LB_NFQ_F_TIMERS))
