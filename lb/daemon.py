@@ -170,6 +170,10 @@ def sync_local_addrs(director: Director) -> None:
         set_xdp_local = getattr(director.rules, "set_local_addrs", None)  # --packet-source afxdp
         if set_xdp_local is not None:
             set_xdp_local(addrs)
+        guard = getattr(director, "overload", None)
+        set_shed_local = getattr(getattr(guard, "writer", None), "set_local_addrs", None)  # --overload-xdp
+        if set_shed_local is not None:
+            set_shed_local(addrs)
     except Exception as exc:
         log.warning("could not read the director's own addresses (martian-source check keeps the previous "
                     "set): %s", exc)
@@ -272,15 +276,27 @@ def _start_guard(args: argparse.Namespace, engine: Any, rules: Any, xdp: Any,
                  director: Director) -> overload.OverloadGuard | None:
     """--overload-guard on (the default) where it can work: NFQUEUE fed, lbd's nftables table.
     Any guard a previous lbd left (killed while armed) is removed first."""
-    if args.overload_guard != "on" or xdp is not None or rules is None:
+    if args.overload_guard != "on" or xdp is not None:
         return None
-    if not hasattr(rules, "write_guard"):
-        log.info("overload guard off: it needs --steering nftables (its chain lives in lbd's table)")
+    writer: Any = rules
+    if args.overload_xdp:  # the bucket in an XDP program on the clients' interfaces (lb/xdpshed.py)
+        from lb.xdpshed import XdpShed
+
+        writer = XdpShed(args.overload_xdp, director.steering, lambda: director.config_generation, args.xdp_mode)
+        writer.start()
+    elif rules is None:
         return None
-    guard = overload.OverloadGuard(overload.queue_sample(engine.nfq_stats), rules,
+    elif not hasattr(rules, "write_guard"):
+        log.info("overload guard off: it needs --steering nftables (its chain lives in lbd's table) or --overload-xdp")
+        return None
+    guard = overload.OverloadGuard(overload.queue_sample(engine.nfq_stats), writer,
                                    args.queue_maxlen or consts.LB_NFQ_MAXLEN_DEFAULT)
+    if rules is not None and hasattr(rules, "write_guard"):
+        rules.write_guard(None)  # a guard chain a previous lbd left (killed while armed)
     guard.stop()
     director.overload = guard
+    if args.overload_xdp:
+        sync_local_addrs(director)  # the programs' NAT reply keys leave the director's own addresses alone
     return guard
 
 
@@ -480,6 +496,9 @@ async def run(args: argparse.Namespace) -> int:
         director.sync.stop_all()  # the sync daemons' sockets (lb/sync)
         if guard is not None:
             guard.stop()  # also with --down-policy closed: a guard must not outlive its lbd
+            stop_writer = getattr(guard.writer, "stop", None)  # lb.xdpshed: the programs leave the interfaces
+            if stop_writer is not None:
+                stop_writer()
         if rules is not None and rules_set_up:
             if args.down_policy == "closed":
                 log.info("down-policy closed: the rules of queue %d stay; packets to the VIPs are dropped "

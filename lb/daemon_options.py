@@ -106,6 +106,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--overload-guard", choices=("on", "off"), default="on",
                    help="while the kernel drops packets at lbd's full queue, shed the excess at the first hook "
                    "instead, where it costs a fraction (lb/overload.py; nftables steering; default on)")
+    p.add_argument("--overload-xdp", action="append", default=[], metavar="IFACE",
+                   help="with the NFQUEUE packet source: the overload guard sheds in an XDP "
+                   "program on IFACE (repeat it for each interface clients' packets arrive on) instead of at the "
+                   "first nftables hook, where the driver sees a packet first and a shed packet costs almost "
+                   "nothing (lb/xdpshed.py; any --steering; --xdp-mode chooses the XDP mode)")
     p.add_argument("--no-steering", "--no-iptables", dest="no_iptables", action="store_true",
                    help="do not manage any steering, neither lbd's nftables table nor iptables rules (the operator "
                    "queues packets to --queue-num; --no-iptables is its older name); with "
@@ -233,10 +238,17 @@ AFXDP_REFUSED = (
 def _check_packet_source(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.packet_source != "afxdp":
         for flag, value in (("--xdp-interface", args.xdp_interface), ("--xdp-copy", args.xdp_copy),
-                            ("--xdp-mode", args.xdp_mode != "auto"), ("--xdp-fastpath", args.xdp_fastpath)):
+                            ("--xdp-mode", args.xdp_mode != "auto" and not args.overload_xdp),
+                            ("--xdp-fastpath", args.xdp_fastpath)):
             if value:
-                p.error(f"{flag} goes with --packet-source afxdp")
+                p.error(f"{flag} goes with --packet-source afxdp" + (" or --overload-xdp" if flag == "--xdp-mode"
+                                                                      else ""))
+        if args.overload_xdp and args.overload_guard != "on" and not args.check:
+            p.error("--overload-xdp is where the overload guard sheds: it does not go with --overload-guard off")
         return
+    if args.overload_xdp:
+        p.error("--overload-xdp goes with the NFQUEUE packet source: under --packet-source afxdp lbd's own XDP "
+                "program takes the packets")
     if args.check:
         return
     if args.engine != "c":

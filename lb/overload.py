@@ -98,7 +98,7 @@ class QueueSample(NamedTuple):
 
 
 class GuardWriter(Protocol):
-    """Where the guard lives (lb.nftsteer.NftManager)."""
+    """Where the guard lives (lb.nftsteer.NftManager's chain, or lb.xdpshed.XdpShed's XDP program)."""
 
     table: str
     guard: Limit | None  # as last written (None also after a failed restore: written again on the next tick)
@@ -170,6 +170,20 @@ class OverloadGuard:
         t0, n0 = history[0]
         return (taken - n0) / (now - t0) if now - t0 >= BEST_WINDOW_S else 0.0
 
+    @property
+    def writer(self) -> GuardWriter:
+        return self._writer
+
+    def _refresh(self) -> None:
+        """A writer that matches packets by keys of its own (lb.xdpshed) brings them up to date while armed."""
+        refresh = getattr(self._writer, "refresh", None)
+        if refresh is None:
+            return
+        try:
+            refresh()
+        except OSError as exc:
+            log.warning("overload guard: updating what %s matches: %s", self._writer.table, exc)
+
     def _burst(self, rate: int) -> int:
         return max(MIN_BURST, min(self._queue_maxlen, rate // 20))
 
@@ -211,6 +225,7 @@ class OverloadGuard:
             return
         self.armed_s += dt
         self._episode_drops += dropped
+        self._refresh()
         if overflow and (per_batch is None or per_batch >= FULL_BATCH):
             # lbd's thread was saturated and still the queue overflowed: the rate is above what it takes
             self._quiet = 0

@@ -23,6 +23,14 @@ Each queue length (the default 1024 and, for comparison, the 16,384 lbd asked fo
 same run (--overload-guards on,off): without the guard, the receive work spent on packets later
 dropped at the full queue takes the core (receive livelock: about half the zero-loss rate
 delivered at 2x, lb/overload.py says why). The first combination is judged.
+
+`--overload-guards xdp` runs lbd --overload-xdp on the director's client-facing veth (lb/xdpshed.py:
+the guard's bucket in native XDP, where the driver sees a packet first). A veth's native XDP runs in
+the veth's own NAPI, which the sender schedules: threaded and pinned to the DUT CPU
+(bench/napi_thread.py, as bench pps's afxdp-native), its work is the director's, as a NIC's NAPI
+poll is; that holds for the zero-loss search of the same pair too. On a veth the program's cost
+includes a copy of every packet into a page of its own (veth_convert_skb_to_xdp_buff: the sender's
+skb head is not a page fragment), which a NIC's driver does not pay.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench import common, pps
+from bench import common, napi_thread, pps
 from bench.common import LbdError, log
 from bench.scale import plots
 from lb.testbed.topology import Topology
@@ -56,7 +64,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--overload-hold", type=float, default=None, help="seconds per trial at 2x (default 3.0: "
                     "overload is a steady state, and lbd's guard reacts within a second; quick 1.0)")
     ap.add_argument("--overload-guards", default=None, help="lbd --overload-guard values, comma-separated, each "
-                    "with every queue length; the first is judged (default on,off; quick on)")
+                    "with every queue length; the first is judged (default on,off; quick on). xdp: on, shedding in "
+                    "an XDP program on the director's client-facing veth (lbd --overload-xdp, native mode), that "
+                    "veth's NAPI threaded on the DUT CPU as a NIC's would be")
     ap.add_argument("--overload-lbd-args", default="", metavar="ARGS",
                     help="more lbd options for every trial, one string (e.g. '--steering iptables': the other "
                     "steering in an A/B of the same section; default none: lbd's defaults)")
@@ -86,12 +96,26 @@ def _lbd_drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+def guard_args(guard: str, lan: str) -> tuple[str, ...]:
+    """lbd's options for a --overload-guards value: on, off, or xdp (on, shedding in native XDP on the
+    director's client-facing interface)."""
+    if guard == "xdp":
+        return ("--overload-guard", "on", "--overload-xdp", lan, "--xdp-mode", "native")
+    if guard in ("on", "off"):
+        return ("--overload-guard", guard)
+    raise ValueError(f"--overload-guards: {guard!r} is not one of on, off, xdp")
+
+
 def run_point(bed: pps.Bed, tmp: Path, maxlen: int, guard: str, args: argparse.Namespace,
               dut_cpu: int | None) -> dict[str, Any]:
-    bed.lbd_args = ("--queue-maxlen", str(maxlen), "--overload-guard", guard,
+    lan = bed.director.iface("lan").ifname
+    bed.lbd_args = ("--queue-maxlen", str(maxlen), *guard_args(guard, lan),
                     *shlex.split(getattr(args, "overload_lbd_args", "") or ""))
     with pps.system(bed, "c", "dr", dut_cpu) as lbd:
         assert lbd is not None
+        if guard == "xdp" and dut_cpu is not None:
+            # The shedding program's work on the DUT CPU, as a NIC's NAPI (module doc).
+            bed.napi_pids = napi_thread.thread_and_pin(bed.director, lan, dut_cpu)
         why = pps.establish(bed, lbd, tmp)
         if why:
             raise LbdError(why)

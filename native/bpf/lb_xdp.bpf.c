@@ -18,7 +18,7 @@
  * NFQUEUE fallback takes the whole datagram (docs/afxdp.md).
  * lb_stats (per CPU): [0] redirected, [1] passed (not lbd's), [2] fragments passed,
  * [3] redirect failed (no socket on that queue: the packet is passed), [4] fast-pathed,
- * [5] activity reports lost (ring buffer full).
+ * [5] activity reports lost (ring buffer full), [6] shed (lb_xdp_shed, below).
  *
  * The fast path (lbd --xdp-fastpath, lb_fastpath set before loading; docs/afxdp.md): an established
  * direct-routing TCP flow that lbd's core installed in lb_flows (client 5-tuple as it arrives ->
@@ -31,6 +31,14 @@
  * takes the path above, to lbd. The flow's packets, bytes and last-seen time are counted in its
  * value; at most once a second per active flow a record in lb_reports carries them to lbd, which
  * credits them from it (native/src/xsk_fp.c).
+ *
+ * The overload guard's shedding (lbd --overload-xdp, with the NFQUEUE packet source; lb/xdpshed.py):
+ * the second program, lb_xdp_shed, redirects nothing. While lbd's overload guard is armed it drops
+ * the packets lbd owns (the same keys) above the guard's rate, by a token bucket in lb_shed (one
+ * entry, shared by every interface's program: the rate is lbd's, not an interface's), and passes
+ * everything else to the kernel's stack, where lbd's steering queues it. This is where a NIC's
+ * driver sees the packet first: a shed packet costs neither an skb's receive path nor a hook nor
+ * the queue (issue 15 item 5). Disarmed (rate 0), a packet costs one array lookup.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -86,7 +94,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 6);
+    __uint(max_entries, 7);
     __type(key, __u32);
     __type(value, __u64);
 } lb_stats SEC(".maps");
@@ -97,6 +105,25 @@ struct {
 #define ST_NO_SOCKET 3
 #define ST_FASTPATH 4
 #define ST_REPORT_LOST 5
+#define ST_SHED 6
+
+/* The shedding bucket (lb_xdp_shed), as GCRA: a packet conforms while the theoretical arrival time
+ * `tat` is at most `tolerance_ns` ahead of now; a conforming packet moves it `interval_ns` on (1e9 /
+ * the rate). lbd writes interval and tolerance (BPF_F_LOCK, tat reset); interval 0: not armed. */
+struct lb_shed {
+    struct bpf_spin_lock lock;
+    __u32 pad;
+    __u64 interval_ns;
+    __u64 tolerance_ns;                 /* (burst - 1) intervals */
+    __u64 tat;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct lb_shed);
+} lb_shed SEC(".maps");
 
 /* ---- the fast path (all three maps stay empty without --xdp-fastpath) ---- */
 #define FP_TOT_MAX 16383 /* longer IP packets take lbd's path */
@@ -224,6 +251,20 @@ static __always_inline int icmp_about_ours(struct iphdr *ip, void *end)
            has(in->daddr, in->saddr, dp, sp, in->protocol, ip->daddr);
 }
 
+/* A whole (not fragmented) IPv4 packet lbd owns: a key's, or an ICMP error about one. */
+static __always_inline int owned(struct iphdr *ip, void *end)
+{
+    if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+        __u16 sp, dp;
+        if (!ports((void *)ip + ip->ihl * 4, end, &sp, &dp))
+            return 0;
+        return has(ip->saddr, ip->daddr, sp, dp, ip->protocol, ip->daddr);
+    }
+    if (ip->protocol == IPPROTO_ICMP)
+        return icmp_about_ours(ip, end);
+    return 0;
+}
+
 /* An established flow's packet forwarded here (XDP_TX or XDP_REDIRECT), or -1: lbd's path. */
 static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip, void *end)
 {
@@ -317,15 +358,7 @@ int lb_xdp(struct xdp_md *ctx)
         count(ST_FRAG);
         return XDP_PASS;
     }
-    int ours = 0;
-    if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
-        __u16 sp, dp;
-        if (ports((void *)ip + ip->ihl * 4, end, &sp, &dp))
-            ours = has(ip->saddr, ip->daddr, sp, dp, ip->protocol, ip->daddr);
-    } else if (ip->protocol == IPPROTO_ICMP) {
-        ours = icmp_about_ours(ip, end);
-    }
-    if (!ours)
+    if (!owned(ip, end))
         goto pass;
     /* XDP_PASS when no socket is bound to this queue: the kernel gets it rather than nobody. */
     int act = bpf_redirect_map(&lb_xsks, ctx->rx_queue_index, XDP_PASS);
@@ -334,6 +367,37 @@ int lb_xdp(struct xdp_md *ctx)
 pass:
     count(ST_PASSED);
     return XDP_PASS;
+}
+
+SEC("xdp")
+int lb_xdp_shed(struct xdp_md *ctx)
+{
+    __u32 zero = 0;
+    struct lb_shed *b = bpf_map_lookup_elem(&lb_shed, &zero);
+    if (!b || !b->interval_ns)                          /* not armed: nothing parsed, nothing counted */
+        return XDP_PASS;
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+        return XDP_PASS;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
+        return XDP_PASS;
+    if ((ip->frag_off & bpf_htons(0x3fff)) || !owned(ip, end))
+        return XDP_PASS;                                /* fragments: the kernel reassembles, lbd's steering queues */
+    __u64 now = bpf_ktime_get_ns();
+    int conform;
+    bpf_spin_lock(&b->lock);
+    __u64 tat = b->tat > now ? b->tat : now;
+    conform = b->interval_ns && tat - now <= b->tolerance_ns;
+    if (conform)
+        b->tat = tat + b->interval_ns;
+    bpf_spin_unlock(&b->lock);
+    if (conform)
+        return XDP_PASS;
+    count(ST_SHED);
+    return XDP_DROP;
 }
 
 char _license[] SEC("license") = "GPL";

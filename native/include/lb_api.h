@@ -651,6 +651,7 @@ struct lb_xdp_stats {              /* the program's counters, summed over the CP
     uint64_t fp_refused;           /* flows not installed (map or destination slots full): left to lbd */
     uint64_t fp_credited;          /* fast-pathed packets credited to the connections' statistics */
     uint64_t fp_stale;             /* flows lbd found without their connection and removed */
+    uint64_t shed;                 /* lb_xdp_shed: packets of lbd's dropped over the overload guard's rate */
 };
 /* Load obj_path and attach its program to ifindex: *mode gets the mode used, *native_err the
  * (negative) error of the native attempt when generic mode was used instead. fastpath_flows > 0: the
@@ -664,6 +665,15 @@ int lb_xdp_key_set(lb_xdp_t *x, const struct lb_xdp_key *k, int present);  /* ad
  * redirect packets to it (the director's own connections to a NAT real server stay the kernel's). */
 int lb_xdp_local_set(lb_xdp_t *x, uint32_t addr, int present);
 void lb_xdp_get_stats(lb_xdp_t *x, struct lb_xdp_stats *out);
+/* The overload guard's shedding program (lbd --overload-xdp, NFQUEUE source; lb/xdpshed.py): the same
+ * object's lb_xdp_shed on ifindex, which drops lbd's packets (lb_xdp_key_set's keys, lb_xdp_local_set)
+ * above the rate lb_xdp_shed_set gives and passes everything else. share: an attached shedding
+ * program whose bucket this one uses (one rate for all interfaces), or NULL. Detach with lb_xdp_detach. */
+lb_xdp_t *lb_xdp_attach_shed(const char *obj_path, uint32_t ifindex, int mode_pref, const lb_xdp_t *share, int *mode,
+                             int *native_err, int *err);
+/* The bucket: rate_pps packets/s with a burst of `burst` packets (a full bucket when written); 0: off
+ * (the program passes everything without parsing it). LB_OK or -errno. */
+int lb_xdp_shed_set(lb_xdp_t *x, uint64_t rate_pps, uint32_t burst);
 
 #define LB_XSK_F_TIMERS 8          /* this socket's thread runs the expiry and the timers */
 #define LB_XSK_F_COPY 16           /* copy mode even where the driver offers zero-copy */

@@ -126,8 +126,11 @@ static int libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list 
     return 0;
 }
 
-lb_xdp_t *lb_xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, uint32_t fastpath_flows, int *mode,
-                        int *native_err, int *err)
+/* Open obj_path, load it and attach its program prog_name to ifindex (native mode first unless generic
+ * was asked for; its refusal is reported in *native_err). share: another program's handle whose
+ * lb_shed map this one uses (one bucket for every interface), or NULL. */
+static lb_xdp_t *xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, uint32_t fastpath_flows,
+                            const char *prog_name, const lb_xdp_t *share, int *mode, int *native_err, int *err)
 {
     int e = 0;
     *mode = 0;
@@ -152,9 +155,18 @@ lb_xdp_t *lb_xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, u
     }
     if ((e = lb_xsk_fp_prepare(x->obj, fastpath_flows)) < 0)
         goto fail;
+    if (share) {
+        struct bpf_map *shed = bpf_object__find_map_by_name(x->obj, "lb_shed");
+        if (!shed) {
+            e = -ENOENT;
+            goto fail;
+        }
+        if ((e = bpf_map__reuse_fd(shed, share->shed_fd)) < 0)
+            goto fail;
+    }
     if ((e = bpf_object__load(x->obj)) < 0)
         goto fail;
-    struct bpf_program *prog = bpf_object__find_program_by_name(x->obj, "lb_xdp");
+    struct bpf_program *prog = bpf_object__find_program_by_name(x->obj, prog_name);
     x->keys_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_keys");
     x->xsks_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_xsks");
     x->stats_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_stats");
@@ -162,13 +174,13 @@ lb_xdp_t *lb_xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, u
     x->flows_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_flows");
     x->fdest_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_fdest");
     x->reports_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_reports");
+    x->shed_fd = bpf_object__find_map_fd_by_name(x->obj, "lb_shed");
     if (!prog || x->keys_fd < 0 || x->xsks_fd < 0 || x->stats_fd < 0 || x->local_fd < 0 || x->flows_fd < 0 ||
-        x->fdest_fd < 0 || x->reports_fd < 0) {
+        x->fdest_fd < 0 || x->reports_fd < 0 || x->shed_fd < 0) {
         e = -ENOENT;
         goto fail;
     }
     int prog_fd = bpf_program__fd(prog);
-    /* Native (driver) mode first unless generic was asked for; its refusal is reported. */
     if (mode_pref != LB_XDP_MODE_GENERIC) {
         LIBBPF_OPTS(bpf_link_create_opts, lo, .flags = XDP_FLAGS_DRV_MODE);
         x->link_fd = bpf_link_create(prog_fd, (int)ifindex, BPF_XDP, &lo);
@@ -194,6 +206,42 @@ fail:
     *err = e ? e : -EIO;
     lb_xdp_detach(x);
     return NULL;
+}
+
+lb_xdp_t *lb_xdp_attach(const char *obj_path, uint32_t ifindex, int mode_pref, uint32_t fastpath_flows, int *mode,
+                        int *native_err, int *err)
+{
+    return xdp_attach(obj_path, ifindex, mode_pref, fastpath_flows, "lb_xdp", NULL, mode, native_err, err);
+}
+
+lb_xdp_t *lb_xdp_attach_shed(const char *obj_path, uint32_t ifindex, int mode_pref, const lb_xdp_t *share, int *mode,
+                             int *native_err, int *err)
+{
+    return xdp_attach(obj_path, ifindex, mode_pref, 0, "lb_xdp_shed", share, mode, native_err, err);
+}
+
+/* struct lb_shed of lb_xdp.bpf.c: what lbd writes (BPF_F_LOCK leaves the lock alone). */
+struct shed_wire {
+    uint32_t lock;
+    uint32_t pad;
+    uint64_t interval_ns;
+    uint64_t tolerance_ns;
+    uint64_t tat;
+};
+
+int lb_xdp_shed_set(lb_xdp_t *x, uint64_t rate_pps, uint32_t burst)
+{
+    if (!x)
+        return LB_EINVAL;
+    struct shed_wire w;
+    memset(&w, 0, sizeof(w));
+    if (rate_pps) {
+        w.interval_ns = rate_pps >= 1000000000ull ? 1 : 1000000000ull / rate_pps;
+        w.tolerance_ns = (uint64_t)(burst ? burst - 1 : 0) * w.interval_ns;
+    }
+    uint32_t zero = 0;
+    int r = bpf_map_update_elem(x->shed_fd, &zero, &w, BPF_F_LOCK);
+    return r < 0 ? r : LB_OK;
 }
 
 void lb_xdp_detach(lb_xdp_t *x)
@@ -249,9 +297,9 @@ void lb_xdp_get_stats(lb_xdp_t *x, struct lb_xdp_stats *out)
     uint64_t *v = calloc((size_t)ncpu, sizeof(uint64_t));
     if (!v)
         return;
-    uint64_t *dst[6] = {&out->redirected, &out->passed, &out->fragments_passed, &out->no_socket,
-                        &out->fastpath, &out->fp_report_lost};
-    for (uint32_t key = 0; key < 6; key++) {
+    uint64_t *dst[7] = {&out->redirected, &out->passed, &out->fragments_passed, &out->no_socket,
+                        &out->fastpath, &out->fp_report_lost, &out->shed};
+    for (uint32_t key = 0; key < 7; key++) {
         if (bpf_map_lookup_elem(x->stats_fd, &key, v) < 0)
             continue;
         for (int c = 0; c < ncpu; c++)

@@ -68,6 +68,7 @@ struct lb_xdp {
     int flows_fd;
     int fdest_fd;
     int reports_fd;
+    int shed_fd;                           /* lb_shed: lb_xdp_shed's bucket (shared between interfaces) */
     uint32_t ifindex;
     int mode;                              /* LB_XDP_MODE_NATIVE / _GENERIC */
     uint32_t fastpath_flows;               /* 0: no fast path */

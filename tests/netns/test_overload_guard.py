@@ -7,6 +7,9 @@
    queue, a UDP sender in the client namespace at what it can (bounded: 4 s, 400,000 datagrams).
    The kernel drops at the full queue, lbd arms the guard (logged, counted, the chain listed),
    and after the sender stops lbd removes it (logged) and lists the guard's drops.
+4. --overload-xdp (lb/xdpshed.py): the same overload, the guard's bucket in an XDP program on the
+   director's client-facing interface instead: it arms, the program drops (counted in the guard's
+   `dropped`), no nftables guard chain appears, and the program leaves the interface with lbd.
 3. The C adapter's signal (lb_nfq_overload_fd): lbd frozen (SIGSTOP) while a burst fills a
    4,096-packet queue, then let go: its packet thread drains the backlog in full receive batches,
    16 in a row, and writes the eventfd; the guard reads it and starts a confirmation (counted on
@@ -167,3 +170,39 @@ def queue_waiting(t: Topology) -> int:
         if len(f) >= 3 and f[0] == str(QUEUE_NUM):
             return int(f[2])
     return 0
+
+
+def xdp_attached(t: Topology, ifname: str) -> bool:
+    return " xdp" in t.director.exec(["ip", "-o", "link", "show", "dev", ifname]).stdout
+
+
+def test_with_overload_xdp_the_excess_is_dropped_in_xdp_and_the_program_leaves_with_lbd(topo: Topology) -> None:
+    lan = topo.director.iface("lan").ifname
+    with running_lbd(topo, "python", args=["--steering", "nftables", "--queue-maxlen", "16",
+                                            "--overload-xdp", lan]) as d:
+        svc = f"{topo.vip}:{UDP_PORT}"
+        d.lbadm("-A", "-u", svc, "-s", "rr")
+        d.lbadm("-a", "-u", svc, "-r", topo.reals[0].addr, "-g")
+        d.wait_resolved()
+        assert xdp_attached(topo, lan)
+        assert guard_of(d)["armed"] == 0
+        sender = topo.client.popen([sys.executable, "-c", SENDER, topo.vip, str(UDP_PORT), str(SEND_S),
+                                    str(SEND_MAX)], stdout=-1, text=True)
+        try:
+            wait_for("the guard armed", lambda: guard_of(d)["armed"] == 1, SEND_S, d)
+            wait_for("XDP drops", lambda: guard_of(d)["dropped"] > 0, SEND_S, d)
+            assert "chain guard" not in nft(topo, "list", "table", "ip", TABLE)  # the bucket is XDP's
+        finally:
+            out, _ = sender.communicate(timeout=SEND_S + 10)
+        wait_for("the guard disarmed", lambda: guard_of(d)["armed"] == 0, 3.0, d)
+        after = guard_of(d)
+        print(f"\nXDP-GUARD-FIGURES sent {out.strip()} guard {after}")
+        assert after["dropped"] > 0 and after["armed_s"] > 0
+        # Disarmed, the program passes everything: lbd's service still answers through the queue.
+        before = int(d.ok("counters")["nfq"].get("packets", 0))
+        topo.client.exec([sys.executable, "-c", SENDER, topo.vip, str(UDP_PORT), "0.2", "20"])
+        wait_for("packets queued after the episode",
+                 lambda: int(d.ok("counters")["nfq"].get("packets", 0)) >= before + 20, 3.0, d)
+        log = d.log_tail(20000)
+        assert f"{lan}: overload guard's XDP program attached" in log and "XDP on " + lan in log, log
+    assert not xdp_attached(topo, lan)  # the link went with lbd

@@ -1,0 +1,196 @@
+"""The overload guard's shedding in XDP (lbd --overload-xdp IFACE, with the NFQUEUE packet source).
+
+lb.overload arms a token bucket while the kernel drops packets at lbd's full queue. By default the
+bucket is a rule at the first nftables hook (lb.nftguard): a shed packet has still cost the
+director its receive path (an skb, RPS, ip_rcv, the hook) before the rule drops it, and on a busy
+director that work runs on the CPU lbd needs (issue 15 item 5: ~0.9x of the zero-loss rate
+delivered at 2x it). With --overload-xdp the bucket is in an XDP program on the interfaces clients'
+packets arrive on (native/bpf/lb_xdp.bpf.c lb_xdp_shed): a shed packet is dropped where the driver
+sees it first, before any of that work, as a NIC drops what its ring cannot hold in front of
+kernel IPVS.
+
+- The program drops only packets lbd owns (the same keys as the AF_XDP source's program: services,
+  NAT and FULLNAT replies, ICMP errors about them), above the guard's rate, and passes everything
+  else to the kernel's stack, where lbd's steering queues it. Disarmed (rate 0) a packet costs the
+  program one array lookup. One bucket serves every interface (the map is shared): the rate is lbd's.
+- The keys are written when the guard arms and refreshed on its ticks while the configuration
+  changed (Director.config_generation): a change of the service table costs nothing here while the
+  guard is disarmed, and a director with 10,000 services does not pay for them per command.
+- Packets that arrive on other interfaces are not shed (name every interface clients' packets
+  arrive on). fwmark services cannot be matched before the firewall marks them: not shed.
+- The programs are attached through bpf_links held by lbd's descriptors: they leave the interfaces
+  when lbd exits or dies, as the AF_XDP source's.
+
+Drops are counted in the program (lb_stats ST_SHED): the guard's `dropped` (`overload` in lbd's
+`counters`, lbd_overload_guard_dropped_total) sums them over the interfaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lb._ffi import ffi, lib
+from lb.afxdp import BPF_OBJECT, MODE_NAMES, MODES, Key, steering_keys
+from lb.ipsets import Steering
+from lb.nftguard import Limit
+
+log = logging.getLogger("lbd.xdpshed")
+
+
+class XdpShedError(OSError):
+    """The shedding program could not be attached, or a key or the rate could not be written."""
+
+
+@dataclass
+class _Program:
+    ifname: str
+    handle: Any  # lb_xdp_t *
+    mode: str
+
+
+class XdpShed:
+    """lb.overload's GuardWriter: the guard's bucket in lb_xdp_shed on `interfaces`."""
+
+    def __init__(self, interfaces: Sequence[str], steering: Callable[[], Steering], generation: Callable[[], int],
+                 mode: str = "auto", bpf_object: Path = BPF_OBJECT) -> None:
+        if mode not in MODES:
+            raise ValueError(f"XDP mode {mode!r}: one of {', '.join(MODES)}")
+        if not interfaces:
+            raise ValueError("--overload-xdp needs at least one interface")
+        self.interfaces = list(interfaces)
+        self.mode = mode
+        self.bpf_object = bpf_object
+        self._steering = steering
+        self._generation = generation
+        self._programs: list[_Program] = []
+        self._keys: set[Key] = set()
+        self._local: set[int] = set()
+        self._keys_generation: int | None = None  # of the keys written (None: none yet)
+        self.guard: Limit | None = None
+        self.refreshes = 0
+
+    @property
+    def table(self) -> str:
+        """Where the guard lives, for its log lines."""
+        return "XDP on " + ", ".join(self.interfaces)
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Attach to every interface, all or nothing."""
+        if not self.bpf_object.exists():
+            raise XdpShedError(2, f"the XDP program {self.bpf_object} is missing (`make build` compiles it)")
+        try:
+            for ifname in self.interfaces:
+                self._attach(ifname)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _attach(self, ifname: str) -> None:
+        try:
+            ifindex = socket.if_nametoindex(ifname)
+        except OSError as exc:
+            raise XdpShedError(exc.errno or 0, f"--overload-xdp {ifname}: no such interface") from exc
+        mode, native_err, err = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
+        share = self._programs[0].handle if self._programs else ffi.NULL
+        handle = lib.lb_xdp_attach_shed(os.fsencode(self.bpf_object), ifindex, MODES[self.mode], share, mode,
+                                        native_err, err)
+        if handle == ffi.NULL:
+            code = -err[0]
+            raise XdpShedError(code, f"--overload-xdp {ifname}: cannot attach the shedding XDP program "
+                               f"({self.mode} mode): {os.strerror(code)}")
+        prog = _Program(ifname, handle, MODE_NAMES.get(mode[0], "?"))
+        self._programs.append(prog)
+        if prog.mode == "generic" and self.mode != "generic":
+            log.warning("%s: overload guard's XDP program in generic (skb) mode: the driver refused native mode "
+                        "(%s); a shed packet then costs an skb first", ifname,
+                        os.strerror(-native_err[0]) if native_err[0] else "no reason given")
+        else:
+            log.info("%s: overload guard's XDP program attached (%s mode): while the guard is armed, the excess of "
+                     "lbd's packets is dropped there", ifname, prog.mode)
+
+    def stop(self) -> None:
+        """Detach every program (the bucket goes with the last)."""
+        while self._programs:
+            prog = self._programs.pop()
+            lib.lb_xdp_detach(prog.handle)
+            log.info("%s: overload guard's XDP program detached", prog.ifname)
+        self.guard = None
+        self._keys_generation = None
+
+    # ------------------------------------------------------------ GuardWriter
+    def write_guard(self, limit: Limit | None) -> None:
+        """Arm (or re-rate) the bucket, the keys brought up to date first; None: disarm."""
+        if limit is not None:
+            self.refresh()
+        if self._programs:
+            r = lib.lb_xdp_shed_set(self._programs[0].handle, limit.rate if limit else 0, limit.burst if limit else 0)
+            if r < 0:
+                raise XdpShedError(-r, f"{self.table}: cannot write the shedding rate: {os.strerror(-r)}")
+        self.guard = limit
+
+    def guard_dropped(self) -> int | None:
+        return self.program_stats().get("shed", 0)
+
+    def refresh(self) -> None:
+        """Make the programs' keys lbd's current steering, when the configuration changed since they
+        were written (the guard calls this on its armed ticks)."""
+        generation = self._generation()
+        if generation == self._keys_generation:
+            return
+        want = steering_keys(dataclasses.replace(self._steering(), fwmarks=set()))
+        for prog in self._programs:
+            for key in want - self._keys:
+                self._set_key(prog, key, True)
+            for key in self._keys - want:
+                self._set_key(prog, key, False)
+        self._keys = want
+        self._keys_generation = generation
+        self.refreshes += 1
+
+    def set_local_addrs(self, addrs: Sequence[str]) -> None:
+        """The director's own addresses: a NAT reply key does not match packets to them (as the
+        NFQUEUE rules' `-m addrtype ! --dst-type LOCAL`)."""
+        want = {int(ipaddress.IPv4Address(a)) for a in addrs if ":" not in a}
+        for prog in self._programs:
+            for addr in want - self._local:
+                self._set_local(prog, addr, True)
+            for addr in self._local - want:
+                self._set_local(prog, addr, False)
+        self._local = want
+
+    def _set_key(self, prog: _Program, key: Key, present: bool) -> None:
+        k = ffi.new("struct lb_xdp_key *")
+        k.saddr, k.daddr, k.sport, k.dport, k.proto = key
+        r = lib.lb_xdp_key_set(prog.handle, k, 1 if present else 0)
+        if r < 0:
+            raise XdpShedError(-r, f"{prog.ifname}: cannot {'add' if present else 'remove'} the overload guard's "
+                               f"XDP key {key}: {os.strerror(-r)}")
+
+    def _set_local(self, prog: _Program, addr: int, present: bool) -> None:
+        r = lib.lb_xdp_local_set(prog.handle, addr, 1 if present else 0)
+        if r < 0:
+            raise XdpShedError(-r, f"{prog.ifname}: cannot {'add' if present else 'remove'} local address "
+                               f"{ipaddress.IPv4Address(addr)}: {os.strerror(-r)}")
+
+    # ------------------------------------------------------------ counters
+    def program_stats(self) -> dict[str, int]:
+        """The programs' counters summed (struct lb_xdp_stats: `shed` is what they dropped)."""
+        total: dict[str, int] = {}
+        for prog in self._programs:
+            st = ffi.new("struct lb_xdp_stats *")
+            lib.lb_xdp_get_stats(prog.handle, st)
+            for name, _ in ffi.typeof("struct lb_xdp_stats").fields:
+                total[name] = total.get(name, 0) + getattr(st, name)
+        return total
+
+    def status(self) -> list[dict[str, Any]]:
+        return [{"ifname": p.ifname, "mode": p.mode} for p in self._programs]
