@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --packet-source afxdp: an interface whose received packets lbd serves "
                    "(repeat for several)")
     p.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto",
-                   help="with --packet-source afxdp: XDP in the driver (native), in the kernel's generic "
+                   help="with --packet-source afxdp or --overload-xdp: XDP in the driver (native), in the kernel's generic "
                    "path (generic, slower, any interface), or native where the driver has it (auto, default)")
     p.add_argument("--xdp-copy", action="store_true",
                    help="with --packet-source afxdp: AF_XDP copy mode even where the driver offers zero-copy")

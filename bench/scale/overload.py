@@ -24,6 +24,12 @@ same run (--overload-guards on,off): without the guard, the receive work spent o
 dropped at the full queue takes the core (receive livelock: about half the zero-loss rate
 delivered at 2x, lb/overload.py says why). The first combination is judged.
 
+After the points, the drop floor (bench/scale/dropfloor.py, `--overload-floor-reps`): what one
+dropped packet costs the DUT CPU at the guard's hook and in XDP, without lbd, at the judged zero-loss
+rate, and the most shedding there can deliver at 2x. On this bed the emulated NIC's receive work
+(RPS to the DUT CPU, its backlog) comes before any hook, so even a perfect guard cannot reach 1.0x;
+the verdict's figure says how far that ceiling is.
+
 `--overload-guards xdp` runs lbd --overload-xdp on the director's client-facing veth (lb/xdpshed.py:
 the guard's bucket in native XDP, where the driver sees a packet first). A veth's native XDP runs in
 the veth's own NAPI, which the sender schedules: threaded and pinned to the DUT CPU
@@ -44,13 +50,14 @@ from typing import Any
 
 from bench import common, napi_thread, pps
 from bench.common import LbdError, log
-from bench.scale import plots
+from bench.scale import dropfloor, plots
 from lb.testbed.topology import Topology
 
 TITLE = "Overload: offered 2x the zero-loss rate (namespaces)"
 NEEDS_ROOT = True
 TARGET_RATIO = 1.0  # delivered at 2x offered >= the zero-loss rate
 DROP_REASONS = ("table_full", "no_dest", "no_laddr", "send_error")
+FLOOR_WINDOW_S = 2.0
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
@@ -67,6 +74,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     "with every queue length; the first is judged (default on,off; quick on). xdp: on, shedding in "
                     "an XDP program on the director's client-facing veth (lbd --overload-xdp, native mode), that "
                     "veth's NAPI threaded on the DUT CPU as a NIC's would be")
+    ap.add_argument("--overload-floor-reps", type=int, default=None, help="trials per place of the drop floor "
+                    "(bench/scale/dropfloor.py: what one dropped packet costs the DUT CPU, by where it is dropped, "
+                    "and the most shedding there allows at 2x; 0: not measured; default 3; quick 1)")
     ap.add_argument("--overload-lbd-args", default="", metavar="ARGS",
                     help="more lbd options for every trial, one string (e.g. '--steering iptables': the other "
                     "steering in an A/B of the same section; default none: lbd's defaults)")
@@ -81,6 +91,8 @@ def finish_args(args: argparse.Namespace) -> None:
         args.overload_window = 0.6 if args.quick else 1.0
     if getattr(args, "overload_hold", None) is None:
         args.overload_hold = 1.0 if args.quick else 3.0
+    if getattr(args, "overload_floor_reps", None) is None:
+        args.overload_floor_reps = 1 if args.quick else 3
     if getattr(args, "overload_guards", None) is None:
         args.overload_guards = "on" if args.quick else "on,off"
 
@@ -159,8 +171,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for maxlen in (int(s) for s in args.overload_maxlens.split(",")):
             for guard in args.overload_guards.split(","):
                 points.append(run_point(bed, Path(tmpd), maxlen, guard, args, dut_cpu))
+        floor = None
+        zl = points[0]["zero_loss_pps"] if points else None
+        if args.overload_floor_reps and zl:
+            floor = dropfloor.measure(bed, Path(tmpd), zl, FLOOR_WINDOW_S, args.overload_floor_reps, dut_cpu)
     return {"points": points, "window_s": args.overload_window, "hold_s": args.overload_hold,
-            "gen_cpu": gen_cpu, "dut_cpu": dut_cpu,
+            "gen_cpu": gen_cpu, "dut_cpu": dut_cpu, "drop_floor": floor,
             "lbd_args": getattr(args, "overload_lbd_args", "") or ""}
 
 
@@ -216,11 +232,16 @@ def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
         ratios = sorted(_ratio(t, judged["zero_loss_pps"]) for t in trials)
         med = statistics.median(ratios)
         offered = statistics.median(_ratio(t, judged["zero_loss_pps"], "offered_pps") for t in trials)
+        cap = dropfloor.guard_ceiling(data.get("drop_floor"), judged["zero_loss_pps"])
         targets.append([f"overload: offered 2x the zero-loss rate, lbd delivers >= {TARGET_RATIO:g}x it "
                         f"({_label(judged)})",
                         f"{med:.2f}x (median of {len(trials)}: {', '.join(f'{r:.2f}' for r in ratios)}; offered "
-                        f"{offered:.2f}x)", ("met" if med >= TARGET_RATIO else "MISSED")
+                        f"{offered:.2f}x" + (f"; the most a shed at the guard's hook allows on this bed: {cap:.2f}x"
+                                             if cap is not None else "") + ")",
+                        ("met" if med >= TARGET_RATIO else "MISSED")
                         + ("" if offered >= 1.8 else " (generator fell short of 2x)")])
+    if data.get("drop_floor") and judged["zero_loss_pps"]:
+        lines += dropfloor.report(data["drop_floor"], judged["zero_loss_pps"]) + [""]
     png = plots.line_plot("overload", "Delivered vs offered (relative to the zero-loss rate)", "offered / zero-loss",
                           "delivered / zero-loss",
                           {_label(p):

@@ -65,7 +65,10 @@ def _scale_json() -> dict[str, Any]:
         "statesave": {"points": [state], "save_every_s": 2.0},
         "conns": {"conn_max": 4_194_304, "points": conns, "window_s": 0.5, "steps": 4},
         "flood": {"conn_max": 5000, "flood_seconds": 8.0, "figures": flood, "errors": ["timed out"]},
-        "overload": {"points": [over], "window_s": 0.6, "hold_s": 3.0},
+        "overload": {"points": [over], "window_s": 0.6, "hold_s": 3.0,
+                     "drop_floor": {"rate_pps": 100_000.0, "window_s": 2.0, "reps": 3,
+                                    "us_per_drop": {"nft prerouting -301": [1.4, 1.6, 2.0], "xdp generic": [],
+                                                    "xdp native": [4.0, 5.0, 5.5]}}},
     }}
 
 
@@ -91,6 +94,22 @@ def test_report_tables_and_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "| 1,024 | on | 81,000 | 162,000 (2.00x) | 81,810 | 1.01x | 0 | 92,000 | 0 | 0 | 0 |" in text
     assert "Zero-loss searches, --queue-maxlen 1,024, guard on: 100,000, 100,000, 81,000 pps (the median" in text
     assert "`timed out`" in text  # failed requests are shown
+    # the drop floor: x = 100k x 1.6 us = 0.16 -> (1 - 0.32) / (1 - 0.16) = 0.81x, in the table and the verdict
+    assert "| nft prerouting -301 | 1.60 (1.40-2.00) | 0.81x |" in text and "| xdp generic | - | - |" in text
+    assert "| xdp native | 5.00 (4.00-5.50) | 0.00x |" in text  # x = 0.5: the drops alone would take the CPU
+    assert any("the most a shed at the guard's hook allows on this bed: 0.81x" in line for line in lines), text
+
+
+def test_the_drop_floors_ceiling() -> None:
+    from bench.scale import dropfloor
+
+    assert dropfloor.ceiling(100_000, 0.0) == 1.0  # the NIC drops the excess: nothing lost
+    assert dropfloor.ceiling(100_000, 1.6) == pytest.approx(0.68 / 0.84)
+    assert dropfloor.ceiling(100_000, 5.0) == 0.0  # the drops alone take the CPU
+    assert dropfloor.ceiling(100_000, 20.0) == 0.0
+    assert dropfloor.guard_ceiling(None, 100_000) is None
+    assert dropfloor.guard_ceiling({"us_per_drop": {"nft prerouting -301": [1.0, 3.0, 2.0]}}, 100_000) == \
+        pytest.approx(dropfloor.ceiling(100_000, 2.0))
 
 
 def test_skipped_and_failed_sections_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
