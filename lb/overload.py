@@ -308,7 +308,8 @@ class OverloadGuard:
     def counters(self) -> dict[str, Any]:
         return {"armed": int(self.limit is not None), "rate_pps": self.limit.rate if self.limit else 0,
                 "dropped": self.dropped(), "episodes": self.episodes, "armed_s": round(self.armed_s, 1),
-                "best_pps": round(self.best), "signals": self.signals, "signals_used": self.signals_used}
+                "best_pps": round(self.best), "signals": self.signals, "signals_used": self.signals_used,
+                "at": self._writer.table}  # where it sheds: lbd's nftables table, or "XDP on <interfaces>"
 
 
 async def run(guard: OverloadGuard, signal_fds: Sequence[int] = ()) -> None:

@@ -197,7 +197,7 @@ def test_with_overload_xdp_the_excess_is_dropped_in_xdp_and_the_program_leaves_w
         wait_for("the guard disarmed", lambda: guard_of(d)["armed"] == 0, 3.0, d)
         after = guard_of(d)
         print(f"\nXDP-GUARD-FIGURES sent {out.strip()} guard {after}")
-        assert after["dropped"] > 0 and after["armed_s"] > 0
+        assert after["dropped"] > 0 and after["armed_s"] > 0 and after["at"] == f"XDP on {lan}"
         # Disarmed, the program passes everything: lbd's service still answers through the queue.
         before = int(d.ok("counters")["nfq"].get("packets", 0))
         topo.client.exec([sys.executable, "-c", SENDER, topo.vip, str(UDP_PORT), "0.2", "20"])

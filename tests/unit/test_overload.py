@@ -72,7 +72,7 @@ def test_no_drops_no_guard_and_the_idle_period() -> None:
     run(g, q, 50_000, ticks=10)
     assert w.writes == [] and g.limit is None and g.period() == ov.IDLE_TICK_S
     assert g.counters() == {"armed": 0, "rate_pps": 0, "dropped": 0, "episodes": 0, "armed_s": 0.0, "best_pps": 50_000,
-                            "signals": 0, "signals_used": 0}
+                            "signals": 0, "signals_used": 0, "at": "lbd-q0"}
 
 
 def test_a_burst_the_queue_could_not_hold_is_confirmed_over_a_short_tick_before_anything_is_written() -> None:
