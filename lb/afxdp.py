@@ -104,6 +104,60 @@ def xdp_link_prog_ids(fdinfo_dir: str = "/proc/self/fdinfo") -> dict[int, int]:
     return found
 
 
+class ProgramKeys:
+    """What the programs of lb_xdp.bpf.o match, kept equal on each of them: the keys (lb_keys) and the
+    director's own addresses (lb_local), only the difference written. The AF_XDP source's and the
+    overload guard's (lb.xdpshed); `error` is the exception each raises, `what` names a key in it."""
+
+    def __init__(self, error: type[OSError], what: str) -> None:
+        self.programs: list[tuple[str, Any]] = []  # (interface, lb_xdp_t *)
+        self.keys: set[Key] = set()
+        self.local: set[int] = set()
+        self._error = error
+        self._what = what
+
+    def add(self, ifname: str, handle: Any) -> None:
+        """A newly attached program gets every key and address the others have."""
+        self.programs.append((ifname, handle))
+        for key in self.keys:
+            self._key(ifname, handle, key, True)
+        for addr in self.local:
+            self._addr(ifname, handle, addr, True)
+
+    def set_keys(self, want: set[Key]) -> None:
+        for ifname, handle in self.programs:
+            for key in want - self.keys:
+                self._key(ifname, handle, key, True)
+            for key in self.keys - want:
+                self._key(ifname, handle, key, False)
+        self.keys = want
+
+    def set_local(self, addrs: Sequence[str]) -> None:
+        """The director's own addresses (lbd's sync_local_addrs; IPv6 ones left out): NAT reply keys
+        do not match packets to them, as the NFQUEUE rules' `-m addrtype ! --dst-type LOCAL`."""
+        want = {_ip(a) for a in addrs if ":" not in a}
+        for ifname, handle in self.programs:
+            for addr in want - self.local:
+                self._addr(ifname, handle, addr, True)
+            for addr in self.local - want:
+                self._addr(ifname, handle, addr, False)
+        self.local = want
+
+    def _key(self, ifname: str, handle: Any, key: Key, present: bool) -> None:
+        k = ffi.new("struct lb_xdp_key *")
+        k.saddr, k.daddr, k.sport, k.dport, k.proto = key
+        r = lib.lb_xdp_key_set(handle, k, 1 if present else 0)
+        if r < 0:
+            raise self._error(-r, f"{ifname}: cannot {'add' if present else 'remove'} {self._what} {key}: "
+                              f"{os.strerror(-r)}")
+
+    def _addr(self, ifname: str, handle: Any, addr: int, present: bool) -> None:
+        r = lib.lb_xdp_local_set(handle, addr, 1 if present else 0)
+        if r < 0:
+            raise self._error(-r, f"{ifname}: cannot {'add' if present else 'remove'} local address "
+                              f"{ipaddress.IPv4Address(addr)}: {os.strerror(-r)}")
+
+
 @dataclass
 class _Attached:
     ifname: str
@@ -136,8 +190,7 @@ class AfxdpSource:
             raise AfxdpError(22, f"--xdp-fastpath works on one --xdp-interface, not {len(self.interfaces)}: an "
                              "established flow is installed in one interface's XDP program")
         self._attached: list[_Attached] = []
-        self._keys: set[Key] = set()
-        self._local: set[int] = set()  # the director's own addresses (lb_local)
+        self._maps = ProgramKeys(AfxdpError, "XDP steering key")
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -189,10 +242,7 @@ class AfxdpSource:
         else:
             log.warning("%s: XDP program attached in generic (skb) mode: the driver refused native mode (%s)",
                         ifname, os.strerror(-native_err[0]) if native_err[0] else "no reason given")
-        for key in self._keys:
-            self._set_key(att, key, True)
-        for addr in self._local:
-            self._set_local(att, addr, True)
+        self._maps.add(ifname, handle)
         for queue_id in range(rx_queue_count(ifname)):
             opts = ffi.new("struct lb_xsk_opts *")
             first = self.timers and len(self._attached) == 1 and queue_id == 0
@@ -229,6 +279,7 @@ class AfxdpSource:
                 lib.lb_xsk_stop(att.sockets.pop())
             lib.lb_xdp_detach(att.handle)
             log.info("%s: XDP program detached", att.ifname)
+        self._maps.programs.clear()
 
     def describe(self) -> str:
         return ", ".join(f"{a.ifname} ({a.mode} XDP, {len(a.sockets)} AF_XDP socket{'s' if len(a.sockets) != 1 else ''})"
@@ -258,39 +309,12 @@ class AfxdpSource:
     def sync(self, steering: Steering, verify_sets: bool = False) -> None:
         """Make every program redirect exactly what `steering` names (a Director change calls this
         before it is acknowledged; a failure here rolls the change back)."""
-        want = steering_keys(steering)
-        added, removed = want - self._keys, self._keys - want
-        for att in self._attached:
-            for key in added:
-                self._set_key(att, key, True)
-            for key in removed:
-                self._set_key(att, key, False)
-        self._keys = want
+        self._maps.set_keys(steering_keys(steering))
 
     def set_local_addrs(self, addrs: Sequence[str]) -> None:
         """The director's own addresses (lbd's sync_local_addrs): NAT reply keys do not redirect
         packets to them, as the NFQUEUE rules' `-m addrtype ! --dst-type LOCAL`."""
-        want = {_ip(a) for a in addrs if ":" not in a}
-        for att in self._attached:
-            for addr in want - self._local:
-                self._set_local(att, addr, True)
-            for addr in self._local - want:
-                self._set_local(att, addr, False)
-        self._local = want
-
-    def _set_local(self, att: _Attached, addr: int, present: bool) -> None:
-        r = lib.lb_xdp_local_set(att.handle, addr, 1 if present else 0)
-        if r < 0:
-            raise AfxdpError(-r, f"{att.ifname}: cannot {'add' if present else 'remove'} local address "
-                             f"{ipaddress.IPv4Address(addr)}: {os.strerror(-r)}")
-
-    def _set_key(self, att: _Attached, key: Key, present: bool) -> None:
-        k = ffi.new("struct lb_xdp_key *")
-        k.saddr, k.daddr, k.sport, k.dport, k.proto = key
-        r = lib.lb_xdp_key_set(att.handle, k, 1 if present else 0)
-        if r < 0:
-            raise AfxdpError(-r, f"{att.ifname}: cannot {'add' if present else 'remove'} XDP steering key {key}: "
-                             f"{os.strerror(-r)}")
+        self._maps.set_local(addrs)
 
     # ------------------------------------------------------------ counters
     def socket_stats(self) -> list[dict[str, int]]:

@@ -28,7 +28,6 @@ Drops are counted in the program (lb_stats ST_SHED): the guard's `dropped` (`ove
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import os
 import socket
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lb._ffi import ffi, lib
-from lb.afxdp import BPF_OBJECT, MODE_NAMES, MODES, Key, steering_keys
+from lb.afxdp import BPF_OBJECT, MODE_NAMES, MODES, ProgramKeys, steering_keys
 from lb.ipsets import Steering
 from lb.nftguard import Limit
 
@@ -71,8 +70,7 @@ class XdpShed:
         self._steering = steering
         self._generation = generation
         self._programs: list[_Program] = []
-        self._keys: set[Key] = set()
-        self._local: set[int] = set()
+        self._maps = ProgramKeys(XdpShedError, "the overload guard's XDP key")
         self._keys_generation: int | None = None  # of the keys written (None: none yet)
         self.guard: Limit | None = None
         self.refreshes = 0
@@ -109,6 +107,7 @@ class XdpShed:
                                f"({self.mode} mode): {os.strerror(code)}")
         prog = _Program(ifname, handle, MODE_NAMES.get(mode[0], "?"))
         self._programs.append(prog)
+        self._maps.add(ifname, handle)
         if prog.mode == "generic" and self.mode != "generic":
             log.warning("%s: overload guard's XDP program in generic (skb) mode: the driver refused native mode "
                         "(%s); a shed packet then costs an skb first", ifname,
@@ -123,6 +122,7 @@ class XdpShed:
             prog = self._programs.pop()
             lib.lb_xdp_detach(prog.handle)
             log.info("%s: overload guard's XDP program detached", prog.ifname)
+        self._maps.programs.clear()
         self.guard = None
         self._keys_generation = None
 
@@ -146,40 +146,14 @@ class XdpShed:
         generation = self._generation()
         if generation == self._keys_generation:
             return
-        want = steering_keys(dataclasses.replace(self._steering(), fwmarks=set()))
-        for prog in self._programs:
-            for key in want - self._keys:
-                self._set_key(prog, key, True)
-            for key in self._keys - want:
-                self._set_key(prog, key, False)
-        self._keys = want
+        self._maps.set_keys(steering_keys(dataclasses.replace(self._steering(), fwmarks=set())))
         self._keys_generation = generation
         self.refreshes += 1
 
     def set_local_addrs(self, addrs: Sequence[str]) -> None:
         """The director's own addresses: a NAT reply key does not match packets to them (as the
         NFQUEUE rules' `-m addrtype ! --dst-type LOCAL`)."""
-        want = {int(ipaddress.IPv4Address(a)) for a in addrs if ":" not in a}
-        for prog in self._programs:
-            for addr in want - self._local:
-                self._set_local(prog, addr, True)
-            for addr in self._local - want:
-                self._set_local(prog, addr, False)
-        self._local = want
-
-    def _set_key(self, prog: _Program, key: Key, present: bool) -> None:
-        k = ffi.new("struct lb_xdp_key *")
-        k.saddr, k.daddr, k.sport, k.dport, k.proto = key
-        r = lib.lb_xdp_key_set(prog.handle, k, 1 if present else 0)
-        if r < 0:
-            raise XdpShedError(-r, f"{prog.ifname}: cannot {'add' if present else 'remove'} the overload guard's "
-                               f"XDP key {key}: {os.strerror(-r)}")
-
-    def _set_local(self, prog: _Program, addr: int, present: bool) -> None:
-        r = lib.lb_xdp_local_set(prog.handle, addr, 1 if present else 0)
-        if r < 0:
-            raise XdpShedError(-r, f"{prog.ifname}: cannot {'add' if present else 'remove'} local address "
-                               f"{ipaddress.IPv4Address(addr)}: {os.strerror(-r)}")
+        self._maps.set_local(addrs)
 
     # ------------------------------------------------------------ counters
     def program_stats(self) -> dict[str, int]:

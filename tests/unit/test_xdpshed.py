@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lb import daemon, xdpshed
+from lb import afxdp, daemon, xdpshed
 from lb import overload as ov
 from lb._ffi import ffi
 from lb.ipsets import Steering
@@ -70,9 +70,12 @@ class FakeLib:
 def shed_with(monkeypatch: pytest.MonkeyPatch, steering: Steering) -> tuple[xdpshed.XdpShed, FakeLib, list[int]]:
     fake = FakeLib()
     monkeypatch.setattr(xdpshed, "lib", fake)
+    monkeypatch.setattr(afxdp, "lib", fake)  # the keys and addresses: afxdp.ProgramKeys
     generation = [1]
     s = xdpshed.XdpShed(["eth0", "eth1"], lambda: steering, lambda: generation[0])
-    s._programs = [xdpshed._Program("eth0", "h0", "native"), xdpshed._Program("eth1", "h1", "native")]
+    for name, handle in (("eth0", "h0"), ("eth1", "h1")):
+        s._programs.append(xdpshed._Program(name, handle, "native"))
+        s._maps.add(name, handle)
     return s, fake, generation
 
 
