@@ -274,8 +274,10 @@ def _install_rules(rules: Any, director: Director, xdp: Any = None) -> None:
 
 def _start_guard(args: argparse.Namespace, engine: Any, rules: Any, xdp: Any,
                  director: Director) -> overload.OverloadGuard | None:
-    """--overload-guard on (the default) where it can work: NFQUEUE fed, lbd's nftables table.
-    Any guard a previous lbd left (killed while armed) is removed first."""
+    """--overload-guard on (the default) where it can work: NFQUEUE fed, its bucket in lbd's nftables
+    table or, with --overload-xdp, in XDP programs on the given interfaces (lb/xdpshed.py, attached
+    here: a failure stops lbd's start). Any guard chain a previous lbd left (killed while armed) is
+    removed first."""
     if args.overload_guard != "on" or xdp is not None:
         return None
     writer: Any = rules

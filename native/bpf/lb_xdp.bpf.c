@@ -390,7 +390,8 @@ int lb_xdp_shed(struct xdp_md *ctx)
     int conform;
     bpf_spin_lock(&b->lock);
     __u64 tat = b->tat > now ? b->tat : now;
-    conform = b->interval_ns && tat - now <= b->tolerance_ns;
+    /* interval 0: disarmed since the read above, and a disarmed guard drops nothing */
+    conform = !b->interval_ns || tat - now <= b->tolerance_ns;
     if (conform)
         b->tat = tat + b->interval_ns;
     bpf_spin_unlock(&b->lock);
