@@ -251,6 +251,20 @@ static __always_inline int icmp_about_ours(struct iphdr *ip, void *end)
            has(in->daddr, in->saddr, dp, sp, in->protocol, ip->daddr);
 }
 
+/* The IPv4 header of an Ethernet frame, its Ethernet header in *eth and the frame's end in *end;
+ * NULL when it is not IPv4 or is cut short. */
+static __always_inline struct iphdr *ipv4_of(struct xdp_md *ctx, struct ethhdr **eth, void **end)
+{
+    *end = (void *)(long)ctx->data_end;
+    *eth = (void *)(long)ctx->data;
+    if ((void *)(*eth + 1) > *end || (*eth)->h_proto != bpf_htons(ETH_P_IP))
+        return NULL;
+    struct iphdr *ip = (void *)(*eth + 1);
+    if ((void *)(ip + 1) > *end || ip->version != 4 || ip->ihl < 5)
+        return NULL;
+    return ip;
+}
+
 /* A whole (not fragmented) IPv4 packet lbd owns: a key's, or an ICMP error about one. */
 static __always_inline int owned(struct iphdr *ip, void *end)
 {
@@ -341,13 +355,10 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, str
 SEC("xdp")
 int lb_xdp(struct xdp_md *ctx)
 {
-    void *data = (void *)(long)ctx->data;
-    void *end = (void *)(long)ctx->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
-        goto pass;
-    struct iphdr *ip = (void *)(eth + 1);
-    if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
+    void *end;
+    struct ethhdr *eth;
+    struct iphdr *ip = ipv4_of(ctx, &eth, &end);
+    if (!ip)
         goto pass;
     if (lb_fastpath && lb_fp_flows_on && !(ip->frag_off & bpf_htons(0x3fff))) {
         int fp = fast_path(ctx, eth, ip, end);
@@ -376,15 +387,10 @@ int lb_xdp_shed(struct xdp_md *ctx)
     struct lb_shed *b = bpf_map_lookup_elem(&lb_shed, &zero);
     if (!b || !b->interval_ns)                          /* not armed: nothing parsed, nothing counted */
         return XDP_PASS;
-    void *data = (void *)(long)ctx->data;
-    void *end = (void *)(long)ctx->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
-        return XDP_PASS;
-    struct iphdr *ip = (void *)(eth + 1);
-    if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
-        return XDP_PASS;
-    if ((ip->frag_off & bpf_htons(0x3fff)) || !owned(ip, end))
+    void *end;
+    struct ethhdr *eth;
+    struct iphdr *ip = ipv4_of(ctx, &eth, &end);
+    if (!ip || (ip->frag_off & bpf_htons(0x3fff)) || !owned(ip, end))
         return XDP_PASS;                                /* fragments: the kernel reassembles, lbd's steering queues */
     __u64 now = bpf_ktime_get_ns();
     int conform;
