@@ -20,7 +20,7 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,24 @@ def xdp_link_prog_ids(fdinfo_dir: str = "/proc/self/fdinfo") -> dict[int, int]:
         except (KeyError, ValueError):
             continue
     return found
+
+
+def attach_program(ifname: str, flag: str, what: str, mode: str, error: type[OSError],
+                   attach: Callable[[int, Any, Any, Any], Any]) -> tuple[Any, str, int]:
+    """Attach one of lb_xdp.bpf.o's programs to `ifname` by `attach(ifindex, mode, native_err, err)`
+    (lb_xdp_attach or lb_xdp_attach_shed with the rest of their arguments bound): the handle, the
+    mode used, and the native attempt's -errno when generic mode was used instead. Raises `error`
+    naming `flag` and `what` when the interface or the attach fails."""
+    try:
+        ifindex = socket.if_nametoindex(ifname)
+    except OSError as exc:
+        raise error(exc.errno or 0, f"{flag} {ifname}: no such interface") from exc
+    used, native_err, err = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
+    handle = attach(ifindex, used, native_err, err)
+    if handle == ffi.NULL:
+        code = -err[0]
+        raise error(code, f"{ifname}: cannot attach {what} ({mode} mode): {os.strerror(code)}")
+    return handle, MODE_NAMES.get(used[0], "?"), native_err[0]
 
 
 class ProgramKeys:
@@ -218,18 +236,12 @@ class AfxdpSource:
                              "receive queue (" + ", ".join(f"{name}: {n}" for name, n in queues) + ")")
 
     def _attach(self, ifname: str) -> None:
-        try:
-            ifindex = socket.if_nametoindex(ifname)
-        except OSError as exc:
-            raise AfxdpError(exc.errno or 0, f"--xdp-interface {ifname}: no such interface") from exc
-        mode, native_err, err = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
         flows = lib.lb_conn_max(self._lb) if self.fastpath else 0  # room for every connection's flow
-        handle = lib.lb_xdp_attach(os.fsencode(self.bpf_object), ifindex, MODES[self.mode], flows, mode, native_err,
-                                   err)
-        if handle == ffi.NULL:
-            code = -err[0]
-            raise AfxdpError(code, f"{ifname}: cannot attach the XDP program ({self.mode} mode): {os.strerror(code)}")
-        att = _Attached(ifname, handle, MODE_NAMES.get(mode[0], "?"), [])
+        handle, used, native_err = attach_program(
+            ifname, "--xdp-interface", "the XDP program", self.mode, AfxdpError,
+            lambda ifindex, mode, nerr, err: lib.lb_xdp_attach(os.fsencode(self.bpf_object), ifindex,
+                                                               MODES[self.mode], flows, mode, nerr, err))
+        att = _Attached(ifname, handle, used, [])
         self._attached.append(att)
         if self.fastpath:
             log.info("%s: XDP fast path on (--xdp-fastpath): established DR TCP flows are forwarded by the XDP "
@@ -241,8 +253,9 @@ class AfxdpSource:
             log.info("%s: XDP program attached in generic (skb) mode, as asked", ifname)
         else:
             log.warning("%s: XDP program attached in generic (skb) mode: the driver refused native mode (%s)",
-                        ifname, os.strerror(-native_err[0]) if native_err[0] else "no reason given")
+                        ifname, os.strerror(-native_err) if native_err else "no reason given")
         self._maps.add(ifname, handle)
+        err = ffi.new("int *")
         for queue_id in range(rx_queue_count(ifname)):
             opts = ffi.new("struct lb_xsk_opts *")
             first = self.timers and len(self._attached) == 1 and queue_id == 0

@@ -30,14 +30,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lb._ffi import ffi, lib
-from lb.afxdp import BPF_OBJECT, MODE_NAMES, MODES, ProgramKeys, steering_keys
+from lb.afxdp import BPF_OBJECT, MODES, ProgramKeys, attach_program, steering_keys
 from lb.ipsets import Steering
 from lb.nftguard import Limit
 
@@ -93,25 +92,18 @@ class XdpShed:
             raise
 
     def _attach(self, ifname: str) -> None:
-        try:
-            ifindex = socket.if_nametoindex(ifname)
-        except OSError as exc:
-            raise XdpShedError(exc.errno or 0, f"--overload-xdp {ifname}: no such interface") from exc
-        mode, native_err, err = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
         share = self._programs[0].handle if self._programs else ffi.NULL
-        handle = lib.lb_xdp_attach_shed(os.fsencode(self.bpf_object), ifindex, MODES[self.mode], share, mode,
-                                        native_err, err)
-        if handle == ffi.NULL:
-            code = -err[0]
-            raise XdpShedError(code, f"--overload-xdp {ifname}: cannot attach the shedding XDP program "
-                               f"({self.mode} mode): {os.strerror(code)}")
-        prog = _Program(ifname, handle, MODE_NAMES.get(mode[0], "?"))
+        handle, used, native_err = attach_program(
+            ifname, "--overload-xdp", "the overload guard's XDP program", self.mode, XdpShedError,
+            lambda ifindex, mode, nerr, err: lib.lb_xdp_attach_shed(os.fsencode(self.bpf_object), ifindex,
+                                                                    MODES[self.mode], share, mode, nerr, err))
+        prog = _Program(ifname, handle, used)
         self._programs.append(prog)
         self._maps.add(ifname, handle)
         if prog.mode == "generic" and self.mode != "generic":
             log.warning("%s: overload guard's XDP program in generic (skb) mode: the driver refused native mode "
                         "(%s); a shed packet then costs an skb first", ifname,
-                        os.strerror(-native_err[0]) if native_err[0] else "no reason given")
+                        os.strerror(-native_err) if native_err else "no reason given")
         else:
             log.info("%s: overload guard's XDP program attached (%s mode): while the guard is armed, the excess of "
                      "lbd's packets is dropped there", ifname, prog.mode)
