@@ -7,8 +7,8 @@
    queue, a UDP sender in the client namespace at what it can (bounded: 4 s, 400,000 datagrams).
    The kernel drops at the full queue, lbd arms the guard (logged, counted, the chain listed),
    and after the sender stops lbd removes it (logged) and lists the guard's drops.
-4. --overload-xdp (lb/xdpshed.py): the same overload, the guard's bucket in an XDP program on the
-   director's client-facing interface instead: it arms, the program drops (counted in the guard's
+4. --overload-xdp (lb/xdpshed.py): the same overload, under either steering, the guard's bucket in an
+   XDP program on the director's client-facing interface instead: it arms, the program drops (counted in the guard's
    `dropped`), no nftables guard chain appears, and the program leaves the interface with lbd.
 3. The C adapter's signal (lb_nfq_overload_fd): lbd frozen (SIGSTOP) while a burst fills a
    4,096-packet queue, then let go: its packet thread drains the backlog in full receive batches,
@@ -176,9 +176,11 @@ def xdp_attached(t: Topology, ifname: str) -> bool:
     return " xdp" in t.director.exec(["ip", "-o", "link", "show", "dev", ifname]).stdout
 
 
-def test_with_overload_xdp_the_excess_is_dropped_in_xdp_and_the_program_leaves_with_lbd(topo: Topology) -> None:
+@pytest.mark.parametrize("steering", ["nftables", "iptables"])  # the XDP bucket needs neither's guard chain
+def test_with_overload_xdp_the_excess_is_dropped_in_xdp_and_the_program_leaves_with_lbd(topo: Topology,
+                                                                                        steering: str) -> None:
     lan = topo.director.iface("lan").ifname
-    with running_lbd(topo, "python", args=["--steering", "nftables", "--queue-maxlen", "16",
+    with running_lbd(topo, "python", args=["--steering", steering, "--queue-maxlen", "16",
                                             "--overload-xdp", lan]) as d:
         svc = f"{topo.vip}:{UDP_PORT}"
         d.lbadm("-A", "-u", svc, "-s", "rr")
