@@ -228,6 +228,7 @@ struct shed_wire {
     uint64_t tolerance_ns;
     uint64_t tat;
 };
+_Static_assert(sizeof(struct shed_wire) == 32, "struct lb_shed is 32 bytes (a 4-byte lock, padding, 3 x u64)");
 
 int lb_xdp_shed_set(lb_xdp_t *x, uint64_t rate_pps, uint32_t burst)
 {
@@ -297,9 +298,10 @@ void lb_xdp_get_stats(lb_xdp_t *x, struct lb_xdp_stats *out)
     uint64_t *v = calloc((size_t)ncpu, sizeof(uint64_t));
     if (!v)
         return;
-    uint64_t *dst[7] = {&out->redirected, &out->passed, &out->fragments_passed, &out->no_socket,
-                        &out->fastpath, &out->fp_report_lost, &out->shed};
-    for (uint32_t key = 0; key < 7; key++) {
+    /* lb_stats' keys in order (lb_xdp.bpf.c ST_*) */
+    uint64_t *dst[] = {&out->redirected, &out->passed, &out->fragments_passed, &out->no_socket,
+                       &out->fastpath, &out->fp_report_lost, &out->shed};
+    for (uint32_t key = 0; key < sizeof(dst) / sizeof(dst[0]); key++) {
         if (bpf_map_lookup_elem(x->stats_fd, &key, v) < 0)
             continue;
         for (int c = 0; c < ncpu; c++)
