@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-COMM_MAX = 15  # TASK_COMM_LEN - 1: longer kthread names may be cut
+from lb import napibelow
+
 # A NIC's NAPI poll runs in softirq, ahead of every task; as a SCHED_OTHER kthread it would wait for
 # lbd and for other tenants of the CPU (EEVDF need not preempt on wakeup: probes took 1-2 ms).
 # SCHED_FIFO 1, as the kernel's own threaded interrupt handlers are real-time; RT throttling (95 %)
@@ -30,22 +30,8 @@ RT_PRIO = 1
 
 
 def napi_kthreads(dev: str) -> list[int]:
-    """PIDs of the NAPI kthreads of interface `dev` (any namespace: kthreads are global)."""
-    tasks = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                tasks.append((int(entry.name), (entry / "comm").read_text().strip()))
-            except OSError:
-                continue
-    return napi_matches(dev, tasks)
-
-
-def napi_matches(dev: str, tasks: Iterable[tuple[int, str]]) -> list[int]:
-    """The (pid, comm) of `tasks` that are napi/<dev>-<id>, also when the name was cut at COMM_MAX."""
-    want = f"napi/{dev}-"
-    return [pid for pid, comm in tasks
-            if comm.startswith(want) or (len(comm) >= COMM_MAX and want.startswith(comm))]
+    """PIDs of the NAPI kthreads of interface `dev` (by name: kthreads are global; lb/napibelow.py)."""
+    return napibelow.threads_by_name(dev)
 
 
 def thread_and_pin(host: Any, dev: str, cpu: int, rt_prio: int = RT_PRIO, timeout: float = 3.0) -> list[int]:

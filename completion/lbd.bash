@@ -4,7 +4,7 @@
 _lbd() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
     local options="--config --check --diff --socket --queue-num --queue-balance --queue-cpus
-        --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --queue-maxlen --overload-guard --overload-xdp --no-steering --no-iptables
+        --queue-cpu-fanout --gso --gso-mtu --engine --qdisc-bypass --fail-open --queue-maxlen --overload-guard --overload-xdp --overload-napi --no-steering --no-iptables
         --steering --steer-hook --nat-replies --conntrack --down-policy --cleanup --state-dir --restore --conn-max --verbose -v
         --log-format --metrics --packet-source --xdp-interface --xdp-mode --xdp-copy --xdp-fastpath
         --sync-threshold --sync-refresh-period --sync-retries --sync-persist-mode --version --help -h"
@@ -20,7 +20,7 @@ _lbd() {
         --nat-replies) COMPREPLY=($(compgen -W "forward ingress" -- "$cur")); return 0 ;;
         --packet-source) COMPREPLY=($(compgen -W "nfqueue afxdp" -- "$cur")); return 0 ;;
         --xdp-mode) COMPREPLY=($(compgen -W "auto native generic" -- "$cur")); return 0 ;;
-        --xdp-interface|--overload-xdp) COMPREPLY=($(compgen -W "$(ls /sys/class/net 2>/dev/null)" -- "$cur")); return 0 ;;
+        --xdp-interface|--overload-xdp|--overload-napi) COMPREPLY=($(compgen -W "$(ls /sys/class/net 2>/dev/null)" -- "$cur")); return 0 ;;
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return 0 ;;
         --sync-retries) COMPREPLY=($(compgen -W "0 1 2 3" -- "$cur")); return 0 ;;
         --sync-persist-mode) COMPREPLY=($(compgen -W "0 1" -- "$cur")); return 0 ;;

@@ -394,6 +394,7 @@ async def run(args: argparse.Namespace) -> int:
     xdp: Any = None  # lb.afxdp.AfxdpSource with --packet-source afxdp
     watching: Any = None  # lb.steerevents.Watching: the steering watch's socket and task
     guard: overload.OverloadGuard | None = None  # lb.overload, while lbd runs
+    napi: Any = None  # lb.napibelow.NapiBelow with --overload-napi
     try:
         # The tables first, connections included: once the queue is bound (and, with
         # --down-policy closed, the previous lbd's rules still queue the VIPs' packets) every
@@ -449,6 +450,12 @@ async def run(args: argparse.Namespace) -> int:
             if getattr(rules, "ingress", None) is not None:  # --nat-replies ingress: its reader, on the pair
                 rules.on_ingress_pair = _natrx_starter(engine, args)
             _install_rules(rules, director, xdp)
+        if args.overload_napi:  # the receive work below lbd (lb/napibelow.py); a failure stops the start
+            from lb.napibelow import NapiBelow
+
+            napi = NapiBelow(args.overload_napi)
+            napi.start()
+            director.napi = napi
         await server.start()
         sync_local_addrs(director)
         monitor = _start_monitor(director, loop, stop)
@@ -469,6 +476,10 @@ async def run(args: argparse.Namespace) -> int:
         guard = _start_guard(args, engine, rules, xdp, director)
         if guard is not None:
             tasks.append(asyncio.ensure_future(overload.run(guard, engine.nfq_overload_fds())))
+        if napi is not None:  # NAPI instances a driver creates later get threads at the default priority
+            from lb.napibelow import REFRESH_S
+
+            tasks.append(asyncio.ensure_future(periodic.run_every(REFRESH_S, napi.refresh, "NAPI threads' check", log)))
         if rules is not None:
             from lb.steerevents import watch_steering
 
@@ -501,6 +512,8 @@ async def run(args: argparse.Namespace) -> int:
             stop_writer = getattr(guard.writer, "stop", None)  # lb.xdpshed: the programs leave the interfaces
             if stop_writer is not None:
                 stop_writer()
+        if napi is not None:
+            napi.stop()  # the interfaces as found: threading off again where lbd turned it on
         if rules is not None and rules_set_up:
             if args.down_policy == "closed":
                 log.info("down-policy closed: the rules of queue %d stay; packets to the VIPs are dropped "

@@ -111,6 +111,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "program on IFACE (repeat it for each interface clients' packets arrive on) instead of at the "
                    "first nftables hook, where the driver sees a packet first and a shed packet costs almost "
                    "nothing (lb/xdpshed.py; any --steering; --xdp-mode chooses the XDP mode)")
+    p.add_argument("--overload-napi", action="append", default=[], metavar="IFACE",
+                   help="run IFACE's receive work in NAPI kernel threads at the lowest priority (nice 19; repeat "
+                   "it for each interface clients' packets arrive on): when lbd is saturated the threads wait and "
+                   "the NIC's ring drops the excess before the kernel spends anything on it, so an overloaded "
+                   "director still forwards what its core can (lb/napibelow.py; any packet source; the interface "
+                   "is left as found on exit)")
     p.add_argument("--no-steering", "--no-iptables", dest="no_iptables", action="store_true",
                    help="do not manage any steering, neither lbd's nftables table nor iptables rules (the operator "
                    "queues packets to --queue-num; --no-iptables is its older name); with "

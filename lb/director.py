@@ -109,6 +109,7 @@ class Director(DirectorViews, DirectorConfigs):
         self.down_policy = down_policy  # lbd --down-policy: what packets do while no lbd runs
         self.packet_source = packet_source  # lbd --packet-source, reported by `ping` (lbadm doctor)
         self.overload: Any = None  # lb.overload.OverloadGuard while lbd runs one (its counters)
+        self.napi: Any = None  # lb.napibelow.NapiBelow under --overload-napi (its counters)
         self.fwd = ForwardingStates(engine, resolver)
         self.timeouts: Timeouts = Timeouts(*engine.get_timeouts())
         # The model of what the engine holds, kept in step with it by execute() (never re-listed).

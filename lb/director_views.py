@@ -94,6 +94,9 @@ class DirectorViews(DirectorRates):
         guard = getattr(self, "overload", None)  # lbd --overload-guard (lb/overload.py)
         if guard is not None:
             result["overload"] = guard.counters()
+        napi = getattr(self, "napi", None)  # lbd --overload-napi (lb/napibelow.py)
+        if napi is not None:
+            result["napi"] = napi.counters()
         afxdp = getattr(getattr(self, "rules", None), "afxdp_counters", None)  # lbd --packet-source afxdp
         if afxdp is not None:
             result["afxdp"] = afxdp()

@@ -450,6 +450,13 @@ def lbd_families(snap: Snapshot) -> Iterator[Metric]:
                                   value=guard.get("dropped", 0))
         yield GaugeMetricFamily("lbd_overload_guard_rate_pps", "The overload guard's rate while it is armed, packets "
                                 "per second to lbd's queue (0: not armed)", value=guard.get("rate_pps", 0))
+    nics = CounterMetricFamily("lbd_interface_rx_dropped", "What an interface of lbd --overload-napi dropped since "
+                               "lbd started, by its counter (rx_dropped, rx_missed, rx_fifo): the excess of an "
+                               "overload, dropped at the ring", labels=["interface", "counter"])
+    for nic in snap.counters.get("napi") or ():
+        for key in ("rx_dropped", "rx_missed", "rx_fifo"):
+            nics.add_metric([str(nic["interface"]), key], nic.get(key, 0))
+    yield nics
     yield GaugeMetricFamily("lbd_metrics_read_duration_seconds", "Time this scrape's read of the director "
                             "took on lbd's event loop", value=snap.read_seconds)
 
@@ -487,6 +494,7 @@ def _one_of_everything() -> Snapshot:
     counters = {"reasons": {}, "nfq_queues": [dict.fromkeys(NFQ_FIELDS, 0)],
                 "synproxy": dict.fromkeys(SYNPROXY_FIELDS, 0), "table": {"early_drops": 0},
                 "overload": {"dropped": 0, "rate_pps": 0},
+                "napi": [{"interface": "", "threads": 0, "rx_dropped": 0, "rx_missed": 0, "rx_fifo": 0}],
                 "reassembly": dict.fromkeys([*REASSEMBLY_FIELDS, *REASSEMBLY_GAUGES], 0),
                 "afxdp": {"program": dict.fromkeys(XDP_FIELDS, 0), "sockets": [dict.fromkeys(XSK_FIELDS, 0)],
                           "socket_names": [{"interface": "", "queue": 0}]}}

@@ -42,9 +42,12 @@ skb head is not a page fragment), which a NIC's driver does not pay.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import statistics
+import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +74,10 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--overload-hold", type=float, default=None, help="seconds per trial at 2x (default 3.0: "
                     "overload is a steady state, and lbd's guard reacts within a second; quick 1.0)")
     ap.add_argument("--overload-guards", default=None, help="lbd --overload-guard values, comma-separated, each "
-                    "with every queue length; the first is judged (default on,off; quick on). xdp: on, shedding in "
-                    "an XDP program on the director's client-facing veth (lbd --overload-xdp, native mode), that "
-                    "veth's NAPI threaded on the DUT CPU as a NIC's would be")
+                    "with every queue length; the first is judged (default napi,on,off; quick napi). napi: on, and "
+                    "the director's client-facing veth's receive work in its NAPI thread on the DUT CPU, below lbd "
+                    "(lbd --overload-napi; GRO on that veth, RPS off). xdp: on, shedding in an XDP program on that "
+                    "veth (lbd --overload-xdp, native mode), its NAPI threaded on the DUT CPU as a NIC's would be")
     ap.add_argument("--overload-floor-reps", type=int, default=None, help="trials per place of the drop floor "
                     "(bench/scale/dropfloor.py: what one dropped packet costs the DUT CPU, by where it is dropped, "
                     "and the most shedding there allows at 2x; 0: not measured; default 3; quick 1)")
@@ -94,7 +98,7 @@ def finish_args(args: argparse.Namespace) -> None:
     if getattr(args, "overload_floor_reps", None) is None:
         args.overload_floor_reps = 1 if args.quick else 3
     if getattr(args, "overload_guards", None) is None:
-        args.overload_guards = "on" if args.quick else "on,off"
+        args.overload_guards = "napi" if args.quick else "napi,on,off"
 
 
 def _lbd_drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
@@ -109,13 +113,55 @@ def _lbd_drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
 
 
 def guard_args(guard: str, lan: str) -> tuple[str, ...]:
-    """lbd's options for a --overload-guards value: on, off, or xdp (on, shedding in native XDP on the
-    director's client-facing interface)."""
+    """lbd's options for a --overload-guards value: on, off, xdp (on, shedding in native XDP on the
+    director's client-facing interface) or napi (on, and that interface's receive work in NAPI threads
+    below lbd: lbd --overload-napi)."""
     if guard == "xdp":
         return ("--overload-guard", "on", "--overload-xdp", lan, "--xdp-mode", "native")
+    if guard == "napi":
+        return ("--overload-guard", "on", "--overload-napi", lan)
     if guard in ("on", "off"):
         return ("--overload-guard", guard)
-    raise ValueError(f"--overload-guards: {guard!r} is not one of on, off, xdp")
+    raise ValueError(f"--overload-guards: {guard!r} is not one of on, off, xdp, napi")
+
+
+def lan_port(bed: pps.Bed) -> tuple[str, str]:
+    """The namespace and name of the interface that sends to the director's lan veth (the bridge port,
+    or the client's own veth on a direct wire)."""
+    topo = bed.topo
+    if bed.wiring == "direct":
+        return bed.client.netns, bed.client.ifname
+    return topo.switch_ns("lan"), topo.switch_port("director", "lan")
+
+
+@contextlib.contextmanager
+def napi_receive(bed: pps.Bed) -> Iterator[None]:
+    """--overload-guards napi's receive path: the director's lan veth gets a NAPI instance (GRO on; a
+    veth has one only then), its sender stops TSO (a veth hands a TSO sender's packets past its NAPI),
+    and RPS is off on it: the NAPI thread, pinned to the DUT CPU after lbd threads it, is the
+    director's receive work, as a NIC's NAPI poll. All put back after."""
+    d, lan = bed.director, bed.director.iface("lan").ifname
+    ns, port = lan_port(bed)
+    rps = f"/sys/class/net/{lan}/queues/rx-0/rps_cpus"
+    before = d.exec(["cat", rps]).stdout.strip()
+    subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", port, "tso", "off"], check=True, capture_output=True)
+    d.exec(["ethtool", "-K", lan, "gro", "on"])
+    d.exec(["sh", "-c", f"echo 0 > {rps}"])
+    try:
+        yield
+    finally:
+        d.exec(["sh", "-c", f"echo {before} > {rps}"], check=False)
+        d.exec(["ethtool", "-K", lan, "gro", "off"], check=False)
+        subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", port, "tso", "on"], capture_output=True)
+
+
+def ring_dropped(bed: pps.Bed) -> int:
+    """What the director's lan veth refused at its full ring: counted by its sender (a veth's drops
+    there are the sender's tx_dropped)."""
+    ns, port = lan_port(bed)
+    r = subprocess.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{port}/statistics/tx_dropped"],
+                       capture_output=True, text=True)
+    return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else 0
 
 
 def run_point(bed: pps.Bed, tmp: Path, maxlen: int, guard: str, args: argparse.Namespace,
@@ -123,11 +169,16 @@ def run_point(bed: pps.Bed, tmp: Path, maxlen: int, guard: str, args: argparse.N
     lan = bed.director.iface("lan").ifname
     bed.lbd_args = ("--queue-maxlen", str(maxlen), *guard_args(guard, lan),
                     *shlex.split(getattr(args, "overload_lbd_args", "") or ""))
-    with pps.system(bed, "c", "dr", dut_cpu) as lbd:
+    with contextlib.ExitStack() as stack:
+        if guard == "napi":
+            stack.enter_context(napi_receive(bed))
+        lbd = stack.enter_context(pps.system(bed, "c", "dr", dut_cpu))
         assert lbd is not None
-        if guard == "xdp" and dut_cpu is not None:
-            # The shedding program's work on the DUT CPU, as a NIC's NAPI (module doc).
-            bed.napi_pids = napi_thread.thread_and_pin(bed.director, lan, dut_cpu)
+        if guard in ("xdp", "napi") and dut_cpu is not None:
+            # The shedding program's work, or the receive work, on the DUT CPU, as a NIC's NAPI (module doc);
+            # under napi SCHED_OTHER at the niceness lbd gave it.
+            bed.napi_pids = napi_thread.thread_and_pin(bed.director, lan, dut_cpu,
+                                                       rt_prio=0 if guard == "napi" else napi_thread.RT_PRIO)
         why = pps.establish(bed, lbd, tmp)
         if why:
             raise LbdError(why)
@@ -138,13 +189,14 @@ def run_point(bed: pps.Bed, tmp: Path, maxlen: int, guard: str, args: argparse.N
             found.append(pps.search(bed, tr, args.overload_window, args.overload_steps))
             zl_now = found[-1]["zero_loss_pps"] or 0
             pps.wait_guard_disarmed(bed)  # each trial from an idle director: the guard's reaction is in it
-            c0 = pps.counters(lbd)
+            c0, ring0 = pps.counters(lbd), ring_dropped(bed)
             t = pps.trial(bed, tr, 2 * zl_now, args.overload_hold)
             t["zero_loss_pps"] = zl_now
             t["drops"] = _lbd_drops(c0, pps.counters(lbd))
+            t["drops"]["ring"] = ring_dropped(bed) - ring0
             t["drops"]["elsewhere"] = max(0, t["tx"] - t["rx"] - t["drops"]["kernel_queue_dropped"]
                                           - t["drops"]["kernel_user_dropped"] - t["drops"]["lbd_refused"]
-                                          - t["drops"]["guard"])
+                                          - t["drops"]["guard"] - t["drops"]["ring"])
             over.append(t)
     res = sorted(found, key=lambda r: r["zero_loss_pps"] or 0)[len(found) // 2]
     zl = res["zero_loss_pps"]
@@ -199,10 +251,13 @@ def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
              "one such pair per row, each trial judged against its own search (the machine's speed drifts over "
              "minutes). Delivered = received by rs1 per second. `guard` is lbd "
              "--overload-guard (lb/overload.py: while the kernel drops at the full queue, the excess is dropped at "
-             "the first hook instead). Drops per place: the guard's chain, the kernel's queue (`queue full`: "
-             "--queue-maxlen reached; `socket full`), lbd's refusals, and the rest (receive backlog, veth).", "",
+             "the first hook instead; `napi`: on, with lbd --overload-napi on the director's lan veth, whose "
+             "receive work then runs in its NAPI thread on the DUT CPU below lbd instead of RPS, lb/napibelow.py). "
+             "Drops per place: the guard's chain, the kernel's queue (`queue full`: --queue-maxlen reached; "
+             "`socket full`), lbd's refusals, the director's veth ring full (`ring`: its sender's tx_dropped), and "
+             "the rest (receive backlog).", "",
              "| --queue-maxlen | guard | zero-loss pps | offered | delivered | delivered / zero-loss | dropped: guard "
-             "| queue full | socket full | lbd | elsewhere |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| queue full | socket full | lbd | ring | elsewhere |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in data["points"]:
         zl = p["zero_loss_pps"] or 1
         head = f"| {p['queue_maxlen']:,} | {p.get('guard', 'off')} | {p['zero_loss_pps']:,.0f}"
@@ -212,13 +267,13 @@ def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
             lines.append(f"{row} | {t['offered_pps']:,.0f} ({_ratio(t, zl, 'offered_pps'):.2f}x) | "
                          f"{t['rx_pps']:,.0f} | {_ratio(t, zl):.2f}x | {d.get('guard', 0):,} | "
                          f"{d['kernel_queue_dropped']:,} | {d['kernel_user_dropped']:,} | {d['lbd_refused']:,} | "
-                         f"{d['elsewhere']:,} |")
+                         f"{d.get('ring', 0):,} | {d['elsewhere']:,} |")
         u = p.get("unpaced") or {}
         if u.get("offered_pps"):
             q = (u.get("nfq") or {}).get("queue_dropped", 0)
             lines.append(f"{head} | {u['offered_pps']:,.0f} ({u['offered_pps'] / zl:.2f}x, unpaced: the generator's "
                          f"maximum, {data['window_s']} s) | {u['rx_pps']:,.0f} | {u['rx_pps'] / zl:.2f}x | - | {q:,} "
-                         "| - | - | - |")
+                         "| - | - | - | - |")
     for p in data["points"]:
         if len(p.get("searches") or []) > 1:
             lines.append(f"\nZero-loss searches, {_label(p)}: "

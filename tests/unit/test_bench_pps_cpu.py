@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import idle_filler, napi_thread, pps, xdp_fwd
+from bench import idle_filler, pps, xdp_fwd
+from lb import napibelow
 
 
 def test_dut_fields_add_the_napi_kthread_and_count_ipis_per_packet() -> None:
@@ -39,8 +40,8 @@ def test_ipi_counts_read_this_machine() -> None:
 def test_napi_matches_full_and_cut_names() -> None:
     tasks = [(1, "napi/lbBab12cd0-8193"), (2, "napi/lbBab12cd1-8194"), (3, "napi/lbBab12cd"),
              (4, "ksoftirqd/1"), (5, "napi/lbBab12cd0")]
-    assert napi_thread.napi_matches("lbBab12cd0", tasks) == [1, 5]  # 3: too short to be a cut name of it
-    assert napi_thread.napi_matches("veth0", [(7, "napi/veth0-12"), (8, "napi/veth01-3")]) == [7]
+    assert napibelow.name_matches("lbBab12cd0", tasks) == [1, 5]  # 3: too short to be a cut name of it
+    assert napibelow.name_matches("veth0", [(7, "napi/veth0-12"), (8, "napi/veth01-3")]) == [7]
 
 
 def test_idle_filler_spins_under_sched_idle_and_ends_with_the_block() -> None:
