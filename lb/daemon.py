@@ -40,6 +40,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from lb import __version__, consts, logsetup, overload, periodic, sdnotify, statefile
@@ -354,6 +355,10 @@ def cleanup(args: argparse.Namespace) -> int:
         return 1
     log.info("queue %d: rules removed; packets to the VIPs reach this host's own stack now "
              "(the state file, if any, is kept: %s)", args.queue_num, statefile.state_path(args.state_dir, args.queue_num))
+    from lb.napibelow import NapiBelow
+
+    for name in NapiBelow((), record_dir=Path(socket_path(args.socket)).parent).put_back_leftovers():
+        log.info("%s: its NAPI threading put back as the killed lbd found it (--overload-napi)", name)
     return 0
 
 
@@ -453,7 +458,7 @@ async def run(args: argparse.Namespace) -> int:
         if args.overload_napi:  # the receive work below lbd (lb/napibelow.py); a failure stops the start
             from lb.napibelow import NapiBelow
 
-            napi = NapiBelow(args.overload_napi)
+            napi = NapiBelow(args.overload_napi, record_dir=Path(path).parent)
             napi.start()
             director.napi = napi
         await server.start()

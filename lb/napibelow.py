@@ -22,7 +22,9 @@ solved the way they proposed: receive work paced by the consumer).
   priority: `refresh` (every REFRESH_S, from lbd's event loop) lowers new threads and re-enables
   threading if someone turned it off.
 - On exit the interface is left as found: threading turned off again if lbd turned it on (the
-  threads end), else the threads' niceness restored.
+  threads end), else the threads' niceness restored. What was found is also kept in a record beside
+  lbd's control socket (napi-IFACE.json) while lbd runs: an lbd that was killed leaves it, and the
+  next lbd (or `lbd --cleanup`) puts the interface back as the first one found it.
 - The drops move to the interface: its rx_dropped, rx_missed_errors and rx_fifo_errors (since lbd
   started) are in lbd's `counters` (`napi`) and lbd_interface_rx_dropped_total.
 - A veth has a NAPI instance only with GRO on or an XDP program (and its sender must not be doing
@@ -32,6 +34,7 @@ solved the way they proposed: receive work paced by the consumer).
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -139,17 +142,17 @@ class _Interface:
     was_threaded: bool
     drops_at_start: dict[str, int]
     niced: dict[int, int] = field(default_factory=dict)  # thread pid -> its niceness before lbd
+    left_niced: dict[int, int] = field(default_factory=dict)  # the same, from a killed lbd's record
 
 
 class NapiBelow:
     """The receive work of `interfaces` in NAPI threads at nice NICE (module doc)."""
 
-    def __init__(self, interfaces: Sequence[str], nice: int = NICE, sys_net: Path = SYS_NET,
-                 find: Callable[[str, int], list[int]] = find_threads,
+    def __init__(self, interfaces: Sequence[str], record_dir: Path | None = None, nice: int = NICE,
+                 sys_net: Path = SYS_NET, find: Callable[[str, int], list[int]] = find_threads,
                  ifindex: Callable[[str], int] = socket.if_nametoindex) -> None:
-        if not interfaces:
-            raise ValueError("--overload-napi needs at least one interface")
         self.names = list(dict.fromkeys(interfaces))
+        self.record_dir = record_dir
         self.nice = nice
         self._sys_net = sys_net
         self._find = find
@@ -190,6 +193,37 @@ class NapiBelow:
                 out[key] = 0
         return out
 
+    # ---------------------------------------------------------------- records
+
+    def _record_path(self, ifname: str) -> Path | None:
+        return self.record_dir / f"napi-{ifname}.json" if self.record_dir is not None else None
+
+    def _read_record(self, ifname: str) -> dict[str, Any] | None:
+        path = self._record_path(ifname)
+        if path is None or not path.exists():
+            return None
+        try:
+            rec = json.loads(path.read_text())
+            return {"was_threaded": bool(rec["was_threaded"]),
+                    "niced": {int(pid): int(n) for pid, n in dict(rec.get("niced") or {}).items()}}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("--overload-napi %s: ignoring the unreadable record %s: %s", ifname, path, exc)
+            return None
+
+    def _write_record(self, iface: _Interface) -> None:
+        path = self._record_path(iface.name)
+        if path is None:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"was_threaded": iface.was_threaded,
+                                   "niced": {str(pid): n for pid, n in iface.niced.items()}}))
+        os.replace(tmp, path)
+
+    def _drop_record(self, ifname: str) -> None:
+        path = self._record_path(ifname)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
     # ---------------------------------------------------------------- threads
 
     def _lower(self, iface: _Interface, pids: Iterable[int]) -> int:
@@ -208,8 +242,10 @@ class NapiBelow:
             except OSError as exc:
                 raise NapiBelowError(exc.errno or errno.EPERM, f"--overload-napi {iface.name}: cannot lower "
                                      f"NAPI thread {pid} to nice {self.nice}: {exc.strerror or exc}") from exc
-            iface.niced[pid] = before
+            iface.niced[pid] = iface.left_niced.pop(pid, before)  # a killed lbd's 19 is not what it found
             lowered += 1
+        if lowered:
+            self._write_record(iface)
         return lowered
 
     def _wait_threads(self, iface: _Interface) -> list[int]:
@@ -227,6 +263,8 @@ class NapiBelow:
 
     def start(self) -> None:
         """Thread every interface's receive work and lower its threads: all or nothing."""
+        if not self.names:
+            raise ValueError("--overload-napi needs at least one interface")
         try:
             for name in self.names:
                 was = self._read_threaded(name)
@@ -235,12 +273,19 @@ class NapiBelow:
                 except OSError:
                     raise NapiBelowError(errno.ENODEV, f"--overload-napi {name}: no such interface") from None
                 iface = _Interface(name, index, was, self._drops(name))
+                left = self._read_record(name)
+                if left is not None:  # a previous lbd was killed before it put the interface back
+                    iface.was_threaded, iface.left_niced = left["was_threaded"], left["niced"]
+                    log.warning("--overload-napi %s: a previous lbd left it as it set it (killed?); on exit it is "
+                                "put back as that lbd found it (threading %s)", name,
+                                "on" if iface.was_threaded else "off")
                 self._ifaces.append(iface)  # from here on stop() puts it back
+                self._write_record(iface)
                 if not was:
                     self._write_threaded(name, True)
                 self._lower(iface, self._wait_threads(iface))
                 log.info("receive work of %s in %d NAPI thread(s) at nice %d (--overload-napi)%s", name,
-                         len(iface.niced), self.nice, "; it was threaded already" if was else "")
+                         len(iface.niced), self.nice, "; it was threaded already" if iface.was_threaded else "")
         except Exception:
             self.stop()
             raise
@@ -261,20 +306,41 @@ class NapiBelow:
                 log.warning("--overload-napi %s: %s", iface.name, exc)
 
     def stop(self) -> None:
-        """Leave the interfaces as found (module doc); errors are logged."""
+        """Leave the interfaces as found (module doc); errors are logged (and the record kept)."""
         for iface in reversed(self._ifaces):
-            try:
-                if not iface.was_threaded:
-                    self._write_threaded(iface.name, False)
-                    continue
-                for pid, before in iface.niced.items():
-                    try:
-                        os.setpriority(os.PRIO_PROCESS, pid, before)
-                    except ProcessLookupError:
-                        pass
-            except OSError as exc:
-                log.warning("--overload-napi %s: could not put it back: %s", iface.name, exc)
+            if self._put_back(iface.name, iface.was_threaded, {**iface.left_niced, **iface.niced}):
+                self._drop_record(iface.name)
         self._ifaces = []
+
+    def _put_back(self, ifname: str, was_threaded: bool, niced: dict[int, int]) -> bool:
+        try:
+            if not was_threaded:
+                if self._read_threaded(ifname):
+                    self._write_threaded(ifname, False)  # its threads end with it
+                return True
+            for pid, before in niced.items():
+                try:
+                    os.setpriority(os.PRIO_PROCESS, pid, before)
+                except ProcessLookupError:
+                    pass
+            return True
+        except OSError as exc:
+            log.warning("--overload-napi %s: could not put it back: %s", ifname, exc)
+            return False
+
+    def put_back_leftovers(self) -> list[str]:
+        """lbd --cleanup: the interfaces a killed lbd left (their records), put back as that lbd found
+        them. Returns their names."""
+        if self.record_dir is None or not self.record_dir.is_dir():
+            return []
+        done = []
+        for path in sorted(self.record_dir.glob("napi-*.json")):
+            name = path.name[len("napi-"):-len(".json")]
+            rec = self._read_record(name)
+            if rec is not None and self._put_back(name, rec["was_threaded"], rec["niced"]):
+                self._drop_record(name)
+                done.append(name)
+        return done
 
     def counters(self) -> list[dict[str, Any]]:
         """Per interface: its NAPI threads lowered, and what it dropped since lbd started (ring full)."""

@@ -3,8 +3,10 @@
 1. The director's client-facing veth (GRO on: a veth has a NAPI instance only then) gets threaded
    NAPI, its kthreads nice 19, lbd's counters name them; traffic through lbd is answered; after lbd
    the interface is as found: threading off, the kthreads gone.
-2. Without a NAPI instance (GRO off) lbd refuses to start, says why, and leaves the interface alone.
-3. Overloaded for real: the Python engine with a 16-packet queue and its NAPI kthread on one CPU, a
+2. Killed (SIGKILL), lbd leaves the interface threaded and its record beside the control socket;
+   `lbd --cleanup` puts the interface back as that lbd found it and removes the record.
+3. Without a NAPI instance (GRO off) lbd refuses to start, says why, and leaves the interface alone.
+4. Overloaded for real: the Python engine with a 16-packet queue and its NAPI kthread on one CPU, a
    UDP sender at what it can (4 s, at most 400,000 datagrams). The excess is dropped at the veth's
    ring on the sender's side (the bridge port's tx_dropped: a veth counts what its ring refused on
    the sending side, so the director's own rx counters in lbd's `napi` stay 0 here; a NIC's are its
@@ -13,7 +15,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import Lbd, LbdError, running_lbd
+from conftest import LBD, QUEUE_NUM, Lbd, LbdError, running_lbd
 from packet_source import AFXDP
 
 from lb.napibelow import threads_by_name
@@ -101,6 +105,27 @@ def test_napi_threaded_below_lbd_and_put_back_after(topo: Topology) -> None:
         while threads_by_name(lan(topo)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not threads_by_name(lan(topo)), "the napi kthreads outlived lbd"
+
+
+def test_a_killed_lbd_leaves_a_record_that_lbd_cleanup_puts_back(topo: Topology) -> None:
+    with napi_ready(topo):
+        d = Lbd(topo, "c", None, ["--overload-napi", lan(topo)])
+        try:
+            d.start()
+            assert threaded(topo) == "1"
+            d.stop(signal.SIGKILL)
+            assert threaded(topo) == "1"  # killed: nothing put it back
+            record = Path(d.socket).parent / f"napi-{lan(topo)}.json"
+            assert json.loads(record.read_text())["was_threaded"] is False
+            proc = topo.director.exec([str(LBD), "--cleanup", "--socket", d.socket, "--queue-num", str(QUEUE_NUM)],
+                                      check=False)
+            assert proc.returncode == 0, proc.stderr
+            assert f"{lan(topo)}: its NAPI threading put back" in proc.stderr + proc.stdout
+            assert threaded(topo) == "0" and not record.exists()
+        finally:
+            if d.running():
+                d.stop(signal.SIGKILL)
+            topo.director.exec([str(LBD), "--cleanup", "--queue-num", str(QUEUE_NUM)], check=False)
 
 
 def test_refused_without_a_napi_instance(topo: Topology) -> None:

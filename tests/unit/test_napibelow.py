@@ -162,4 +162,39 @@ def test_option_parses_repeated() -> None:
     assert args.overload_napi == ["eth0", "eth1"]
     assert parse_args([]).overload_napi == []
     with pytest.raises(ValueError, match="at least one interface"):
-        NapiBelow([])
+        NapiBelow([]).start()
+
+
+def test_a_killed_lbds_record_puts_the_interface_back_as_first_found(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    sys_net, run = tmp_path / "net", tmp_path / "run"
+    run.mkdir()
+    _iface(sys_net, "eth0", "0")
+    nice = Niceness(monkeypatch, {101: 0})
+    first = _below(sys_net, ["eth0"], {"eth0": [101]}, record_dir=run)
+    first.start()
+    assert (run / "napi-eth0.json").exists()
+    # killed: no stop(); the next lbd finds the interface threaded and its thread at 19
+    second = _below(sys_net, ["eth0"], {"eth0": [101]}, record_dir=run)
+    second.start()
+    assert nice.nice == {101: 19}
+    second.stop()
+    assert (sys_net / "eth0" / "threaded").read_text() == "0"  # as the first lbd found it
+    assert not (run / "napi-eth0.json").exists()
+
+
+def test_cleanup_puts_back_what_a_killed_lbd_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sys_net, run = tmp_path / "net", tmp_path / "run"
+    run.mkdir()
+    _iface(sys_net, "eth0", "1")
+    _iface(sys_net, "eth1", "0")
+    nice = Niceness(monkeypatch, {101: -3, 201: 0})
+    _below(sys_net, ["eth0", "eth1"], {"eth0": [101], "eth1": [201]}, record_dir=run).start()  # then killed
+    assert nice.nice == {101: 19, 201: 19}
+    (run / "napi-broken.json").write_text("{not json")
+    cleaner = _below(sys_net, [], {}, record_dir=run)
+    assert cleaner.put_back_leftovers() == ["eth0", "eth1"]
+    assert nice.nice[101] == -3 and (sys_net / "eth0" / "threaded").read_text().strip() == "1"
+    assert (sys_net / "eth1" / "threaded").read_text() == "0"
+    assert sorted(p.name for p in run.iterdir()) == ["napi-broken.json"]  # unreadable: left, and logged
+    assert _below(sys_net, [], {}, record_dir=tmp_path / "none").put_back_leftovers() == []
