@@ -30,6 +30,16 @@ rate, and the most shedding there can deliver at 2x. On this bed the emulated NI
 (RPS to the DUT CPU, its backlog) comes before any hook, so even a perfect guard cannot reach 1.0x;
 the verdict's figure says how far that ceiling is.
 
+`--overload-guards napi` (judged by default) runs lbd --overload-napi on the director's client-facing
+veth (lb/napibelow.py): that veth gets a NAPI instance (GRO on; its sender, the lan bridge port,
+without TSO, which a veth would hand past it) and RPS goes off on it, so the director's receive
+work runs in the veth's NAPI thread, pinned to the DUT CPU (the bench's model of a NIC's poll on
+the director's core), SCHED_OTHER at the nice 19 lbd gives it. When lbd is saturated the thread
+waits and the veth's ring (256 packets) overflows on the sender's side: the `ring` column (the
+bridge port's tx_dropped). The same thread's wake-up latency (it runs when lbd waits) makes that
+small ring overflow now and then below saturation too, so this configuration's zero-loss searches
+spread more than the others'; the report shows every search beside the pairs.
+
 `--overload-guards xdp` runs lbd --overload-xdp on the director's client-facing veth (lb/xdpshed.py:
 the guard's bucket in native XDP, where the driver sees a packet first). A veth's native XDP runs in
 the veth's own NAPI, which the sender schedules: threaded and pinned to the DUT CPU
