@@ -302,6 +302,8 @@ def report(data: dict[str, Any], targets: list[list[str]]) -> list[str]:
                         f"({_label(judged)})",
                         f"{med:.2f}x (median of {len(trials)}: {', '.join(f'{r:.2f}' for r in ratios)}; offered "
                         f"{offered:.2f}x" + (f"; the most a shed at the guard's hook allows on this bed: {cap:.2f}x"
+                                             + ("; napi sheds at the ring, before the DUT CPU"
+                                                if judged.get("guard") == "napi" else "")
                                              if cap is not None else "") + ")",
                         ("met" if med >= TARGET_RATIO else "MISSED")
                         + ("" if offered >= 1.8 else " (generator fell short of 2x)")])
