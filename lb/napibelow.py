@@ -21,10 +21,12 @@ solved the way they proposed: receive work paced by the consumer).
 - A NAPI instance created later (a driver reset, a new channel count) gets a thread at the default
   priority: `refresh` (every REFRESH_S, from lbd's event loop) lowers new threads and re-enables
   threading if someone turned it off.
-- On exit the interface is left as found: threading turned off again if lbd turned it on (the
-  threads end), else the threads' niceness restored. What was found is also kept in a record beside
-  lbd's control socket (napi-IFACE.json) while lbd runs: an lbd that was killed leaves it, and the
-  next lbd (or `lbd --cleanup`) puts the interface back as the first one found it.
+- On exit the interface is left as found: the threads' niceness restored, and threading turned off
+  again if lbd turned it on (the threads end with it on recent kernels, 6.18 here; older ones,
+  Debian 12's 6.1 among them, keep them idle and use them again if threading comes back). What was
+  found is also kept in a record beside lbd's control socket (napi-IFACE.json) while lbd runs: an
+  lbd that was killed leaves it, and the next lbd (or `lbd --cleanup`) puts the interface back as
+  the first one found it.
 - The drops move to the interface: its rx_dropped, rx_missed_errors and rx_fifo_errors (since lbd
   started) are in lbd's `counters` (`napi`) and lbd_interface_rx_dropped_total.
 - A veth has a NAPI instance only with GRO on or an XDP program (and its sender must not be doing
@@ -314,15 +316,15 @@ class NapiBelow:
 
     def _put_back(self, ifname: str, was_threaded: bool, niced: dict[int, int]) -> bool:
         try:
-            if not was_threaded:
-                if self._read_threaded(ifname):
-                    self._write_threaded(ifname, False)  # its threads end with it
-                return True
+            # The niceness first, also when threading goes off: older kernels (Debian 12's 6.1) keep the
+            # threads after `threaded` = 0 and use them again when it is turned on.
             for pid, before in niced.items():
                 try:
                     os.setpriority(os.PRIO_PROCESS, pid, before)
                 except ProcessLookupError:
                     pass
+            if not was_threaded and self._read_threaded(ifname):
+                self._write_threaded(ifname, False)
             return True
         except OSError as exc:
             log.warning("--overload-napi %s: could not put it back: %s", ifname, exc)
