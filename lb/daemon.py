@@ -518,7 +518,7 @@ async def run(args: argparse.Namespace) -> int:
             if stop_writer is not None:
                 stop_writer()
         if napi is not None:
-            napi.stop()  # the interfaces as found: threading off again where lbd turned it on
+            napi.stop()  # the interfaces as found: the threads' niceness, and threading off where lbd turned it on
         if rules is not None and rules_set_up:
             if args.down_policy == "closed":
                 log.info("down-policy closed: the rules of queue %d stay; packets to the VIPs are dropped "

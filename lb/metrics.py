@@ -450,13 +450,15 @@ def lbd_families(snap: Snapshot) -> Iterator[Metric]:
                                   value=guard.get("dropped", 0))
         yield GaugeMetricFamily("lbd_overload_guard_rate_pps", "The overload guard's rate while it is armed, packets "
                                 "per second to lbd's queue (0: not armed)", value=guard.get("rate_pps", 0))
-    nics = CounterMetricFamily("lbd_interface_rx_dropped", "What an interface of lbd --overload-napi dropped since "
-                               "lbd started, by its counter (rx_dropped, rx_missed, rx_fifo): the excess of an "
-                               "overload, dropped at the ring", labels=["interface", "counter"])
-    for nic in snap.counters.get("napi") or ():
-        for key in ("rx_dropped", "rx_missed", "rx_fifo"):
-            nics.add_metric([str(nic["interface"]), key], nic.get(key, 0))
-    yield nics
+    napi = snap.counters.get("napi")
+    if napi is not None:
+        nics = CounterMetricFamily("lbd_interface_rx_dropped", "What an interface of lbd --overload-napi dropped "
+                                   "since lbd started, by its counter (rx_dropped, rx_missed, rx_fifo): the excess "
+                                   "of an overload, dropped at the ring", labels=["interface", "counter"])
+        for nic in napi:
+            for key in ("rx_dropped", "rx_missed", "rx_fifo"):
+                nics.add_metric([str(nic["interface"]), key], nic.get(key, 0))
+        yield nics
     yield GaugeMetricFamily("lbd_metrics_read_duration_seconds", "Time this scrape's read of the director "
                             "took on lbd's event loop", value=snap.read_seconds)
 

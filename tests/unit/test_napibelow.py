@@ -199,3 +199,27 @@ def test_cleanup_puts_back_what_a_killed_lbd_left(tmp_path: Path, monkeypatch: p
     assert (sys_net / "eth1" / "threaded").read_text() == "0"
     assert sorted(p.name for p in run.iterdir()) == ["napi-broken.json"]  # unreadable: left, and logged
     assert _below(sys_net, [], {}, record_dir=tmp_path / "none").put_back_leftovers() == []
+
+
+def test_interface_drops_are_a_labelled_counter_only_under_overload_napi() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from lb.metrics import DirectorCollector, Snapshot
+    from lb.model import Stats
+
+    def families(counters: dict[str, Any]) -> dict[str, Any]:
+        snap = Snapshot(info={"engine": "c", "queue_num": 0}, listing={"services": []}, counters=counters,
+                        totals=Stats(), queues=(0,), conn_entries=0, conn_limit=1, hash_buckets=1, read_seconds=0.0)
+        registry = CollectorRegistry()
+        registry.register(DirectorCollector(lambda: snap))
+        return {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+
+    napi = [{"interface": "eth0", "threads": 4, "rx_dropped": 3, "rx_missed": 1200, "rx_fifo": 0}]
+    got = {tuple(sorted(s.labels.items())): s.value
+           for s in families({"reasons": {}, "napi": napi})["lbd_interface_rx_dropped"].samples
+           if s.name.endswith("_total")}
+    assert got == {(("counter", "rx_dropped"), ("interface", "eth0")): 3,
+                   (("counter", "rx_missed"), ("interface", "eth0")): 1200,
+                   (("counter", "rx_fifo"), ("interface", "eth0")): 0}
+    assert "lbd_interface_rx_dropped" not in families({"reasons": {}})
