@@ -62,6 +62,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+def guest_run_wanted(name: str, what: str) -> None:
+    """Skip unless LB_KERNEL_SCENARIOS names `name` (or is empty) and the guest can boot here (`what`:
+    which guest, for the reason)."""
+    if selected() and name not in selected():
+        pytest.skip(f"LB_KERNEL_SCENARIOS does not name {name}")
+    problem = guest.environment_problem()
+    if problem:
+        pytest.skip(f"{what} cannot boot here: {problem}")
+
+
+def guest_booted(res: guest.BootResult) -> None:
+    """Fail when virtme-ng itself failed; skip when qemu could not boot (an environment limit)."""
+    if res.launcher_crashed():
+        pytest.fail(f"virtme-ng failed before qemu ran ({res.command}, {res.rc}): {res.why_not_booted()}")
+    if not res.booted:
+        pytest.skip(f"qemu could not boot the guest ({res.command}, {res.rc}): {res.why_not_booted()}")
+
+
 def lbd_tool() -> str:
     """What configures lbd in the guest: lbadm, or (LB_KERNEL_LBD_TOOL=ipvsadm) the same ipvsadm
     binary that configures the kernel, through lbd-exec (docs/ipvsadm.md)."""

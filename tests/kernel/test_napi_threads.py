@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 import pytest
-from conftest import REPO, selected
+from conftest import REPO, guest_booted, guest_run_wanted
 
 from lb.testbed import guest
 
@@ -51,11 +51,7 @@ res["record_after"] = (out / "napi-nb.json").exists()
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    if selected() and NAME not in selected():
-        pytest.skip(f"LB_KERNEL_SCENARIOS does not name {NAME}")
-    problem = guest.environment_problem()
-    if problem:
-        pytest.skip(f"Debian kernel guest cannot boot here: {problem}")
+    guest_run_wanted(NAME, "Debian kernel guest")
     out = tmp_path_factory.mktemp("napithreads")
     (out / "probe.py").write_text(PROBE)
     script = "; ".join([
@@ -65,10 +61,7 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         f"PYTHONDONTWRITEBYTECODE=1 PYTHONPATH={REPO} {sys.executable} {out / 'probe.py'} {out} "
         f"> {out}/probe.log 2>&1"])
     res = guest.boot(script, out, GUEST_TIMEOUT_S)
-    if res.launcher_crashed():
-        pytest.fail(f"virtme-ng failed before qemu ran ({res.command}, {res.rc}): {res.why_not_booted()}")
-    if not res.booted:
-        pytest.skip(f"qemu could not boot the guest ({res.command}, {res.rc}): {res.why_not_booted()}")
+    guest_booted(res)
     result = out / "probe.json"
     log = (out / "probe.log").read_text(errors="replace") if (out / "probe.log").exists() else ""
     assert result.exists(), f"the probe did not finish in the guest: {log[-3000:]}\n{res.log_tail(2000)}"

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 import pytest
-from conftest import KEEP, REPO, TESTS, selected
+from conftest import KEEP, REPO, TESTS, guest_booted, guest_run_wanted
 
 from lb.testbed import guest
 
@@ -45,11 +45,7 @@ def _entries(text: str, vip: str) -> dict[Entry, tuple[str, int]]:
 
 @pytest.fixture(scope="module")
 def sync_record(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    if selected() and NAME not in selected():
-        pytest.skip(f"LB_KERNEL_SCENARIOS does not name {NAME}")
-    problem = guest.environment_problem()
-    if problem:
-        pytest.skip(f"kernel IPVS guest cannot boot here: {problem}")
+    guest_run_wanted(NAME, "kernel IPVS guest")
     out = tmp_path_factory.mktemp("sync")
     script = (f"{guest.booted_marker_command(out)} && cd {TESTS} && PYTHONDONTWRITEBYTECODE=1 "
               f"PYTHONPATH={REPO}:{TESTS} {sys.executable} -m conformance.sync_interop --out {out} "
@@ -59,10 +55,7 @@ def sync_record(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if keep.exists():
         shutil.rmtree(keep)
     shutil.copytree(out, keep)
-    if res.launcher_crashed():
-        pytest.fail(f"virtme-ng failed before qemu ran ({res.command}, {res.rc}): {res.why_not_booted()}")
-    if not res.booted:
-        pytest.skip(f"qemu could not boot the guest ({res.command}, {res.rc}): {res.why_not_booted()}")
+    guest_booted(res)
     path = out / "sync.json"
     if not path.exists():
         log = (out / "runner.log").read_text(errors="replace")[-3000:] if (out / "runner.log").exists() else ""

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, selected
+from conftest import REPO, guest_booted, guest_run_wanted
 
 from lb.testbed import guest
 
@@ -45,11 +45,7 @@ def _compile_with_fastpath(out: Path) -> Path:
 @pytest.fixture(scope="module")
 def loads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]]:
     """Object name -> (bpftool's exit status, the verifier's log) in the guest."""
-    if selected() and NAME not in selected():
-        pytest.skip(f"LB_KERNEL_SCENARIOS does not name {NAME}")
-    problem = guest.environment_problem()
-    if problem:
-        pytest.skip(f"Debian kernel guest cannot boot here: {problem}")
+    guest_run_wanted(NAME, "Debian kernel guest")
     for tool in ("clang", "bpftool"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed (make deps installs it)")
@@ -63,10 +59,7 @@ def loads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]
         lines.append(f"{bpftool} -d prog load {obj} /sys/fs/bpf/lb{i} type xdp > {out}/load{i}.log 2>&1; "
                      f"echo $? > {out}/load{i}.rc")
     res = guest.boot("; ".join(lines), out, GUEST_TIMEOUT_S)
-    if res.launcher_crashed():
-        pytest.fail(f"virtme-ng failed before qemu ran ({res.command}, {res.rc}): {res.why_not_booted()}")
-    if not res.booted:
-        pytest.skip(f"qemu could not boot the guest ({res.command}, {res.rc}): {res.why_not_booted()}")
+    guest_booted(res)
     got = {}
     for i, name in enumerate(objs):
         rc_file = out / f"load{i}.rc"

@@ -17,6 +17,23 @@ from lb.testbed import client
 from lb.testbed.topology import Host, Topology
 
 REPO = Path(__file__).resolve().parents[2]
+# A UDP flood from a namespace at what the sender can: argv dst, port, seconds, at most this many
+# datagrams; prints how many it sent (the overload tests: test_overload_guard.py, test_overload_napi.py).
+UDP_FLOOD = """
+import socket, sys, time
+dst, port, seconds, most = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+payload, sent, end = b"x" * 32, 0, time.monotonic() + seconds
+while sent < most and time.monotonic() < end:
+    for _ in range(min(256, most - sent)):
+        try:
+            s.sendto(payload, (dst, port))
+            sent += 1
+        except BlockingIOError:
+            pass
+print(sent)
+"""
 
 
 def serve_http(topo: Topology, ports: Iterable[int], probe_from: Host, logdir: Path | None = None) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 from conftest import NFT, QUEUE_NUM, Lbd, running_lbd
+from netns_traffic import UDP_FLOOD
 from packet_source import AFXDP
 
 from lb import nftguard
@@ -44,21 +45,7 @@ TABLE = f"lbd-q{QUEUE_NUM}"
 UDP_PORT = 5353
 SEND_S = 4.0
 SEND_MAX = 400_000
-SENDER = """
-import socket, sys, time
-dst, port, seconds, most = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setblocking(False)
-payload, sent, end = b"x" * 32, 0, time.monotonic() + seconds
-while sent < most and time.monotonic() < end:
-    for _ in range(min(256, most - sent)):
-        try:
-            s.sendto(payload, (dst, port))
-            sent += 1
-        except BlockingIOError:
-            pass
-print(sent)
-"""
+SENDER = UDP_FLOOD
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import LBD, QUEUE_NUM, Lbd, LbdError, running_lbd
+from netns_traffic import UDP_FLOOD
 from packet_source import AFXDP
 
 from lb.napibelow import threads_by_name
@@ -37,21 +38,7 @@ pytestmark = pytest.mark.skipif(AFXDP, reason="the overload half floods lbd's NF
 UDP_PORT = 5353
 SEND_S = 4.0
 SEND_MAX = 400_000
-SENDER = """
-import socket, sys, time
-dst, port, seconds, most = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setblocking(False)
-payload, sent, end = b"x" * 32, 0, time.monotonic() + seconds
-while sent < most and time.monotonic() < end:
-    for _ in range(min(256, most - sent)):
-        try:
-            s.sendto(payload, (dst, port))
-            sent += 1
-        except BlockingIOError:
-            pass
-print(sent)
-"""
+SENDER = UDP_FLOOD
 
 
 def lan(topo: Topology) -> str:
