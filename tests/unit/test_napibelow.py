@@ -37,6 +37,8 @@ class Niceness:
         monkeypatch.setattr(napibelow.os, "setpriority", self.set)
 
     def get(self, which: int, pid: int) -> int:
+        if pid == 0 and 0 not in self.nice:
+            return 0  # lbd itself, at the default
         if pid not in self.nice:
             raise ProcessLookupError(errno.ESRCH, "No such process")
         return self.nice[pid]
@@ -45,6 +47,18 @@ class Niceness:
         if pid not in self.nice:
             raise ProcessLookupError(errno.ESRCH, "No such process")
         self.nice[pid] = value
+
+
+def test_a_raised_priority_is_warned_about(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    _iface(tmp_path, "eth0", "0")
+    Niceness(monkeypatch, {0: -10, 101: 0})  # pid 0: lbd itself
+    _below(tmp_path, ["eth0"], {"eth0": [101]}).start()
+    assert "lbd runs at nice -10" in caplog.text and "run lbd at nice 0" in caplog.text
+    caplog.clear()
+    Niceness(monkeypatch, {0: 0, 101: 0})
+    _below(tmp_path, ["eth0"], {"eth0": [101]}).start()
+    assert "lbd runs at nice" not in caplog.text
 
 
 def _below(root: Path, names: list[str], threads: dict[str, list[int]], **kw: Any) -> NapiBelow:
