@@ -65,6 +65,7 @@ from bench import common, napi_thread, pps
 from bench.common import LbdError, log
 from bench.scale import dropfloor, plots
 from lb.testbed.topology import Topology
+from lb.testbed.vethnapi import receiving_through_napi
 
 TITLE = "Overload: offered 2x the zero-loss rate (namespaces)"
 NEEDS_ROOT = True
@@ -151,18 +152,14 @@ def napi_receive(bed: pps.Bed) -> Iterator[None]:
     and RPS is off on it: the NAPI thread, pinned to the DUT CPU after lbd threads it, is the
     director's receive work, as a NIC's NAPI poll. All put back after."""
     d, lan = bed.director, bed.director.iface("lan").ifname
-    ns, port = lan_port(bed)
     rps = f"/sys/class/net/{lan}/queues/rx-0/rps_cpus"
     before = d.exec(["cat", rps]).stdout.strip()
-    subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", port, "tso", "off"], check=True, capture_output=True)
-    d.exec(["ethtool", "-K", lan, "gro", "on"])
-    d.exec(["sh", "-c", f"echo 0 > {rps}"])
-    try:
-        yield
-    finally:
-        d.exec(["sh", "-c", f"echo {before} > {rps}"], check=False)
-        d.exec(["ethtool", "-K", lan, "gro", "off"], check=False)
-        subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", port, "tso", "on"], capture_output=True)
+    with receiving_through_napi(d.netns, lan, *lan_port(bed)):
+        d.exec(["sh", "-c", f"echo 0 > {rps}"])
+        try:
+            yield
+        finally:
+            d.exec(["sh", "-c", f"echo {before} > {rps}"], check=False)
 
 
 def ring_dropped(bed: pps.Bed) -> int:

@@ -20,8 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,7 @@ from packet_source import AFXDP
 
 from lb.napibelow import threads_by_name
 from lb.testbed.topology import Topology
+from lb.testbed.vethnapi import receiving_through_napi
 
 pytestmark = pytest.mark.skipif(AFXDP, reason="the overload half floods lbd's NFQUEUE; the AF_XDP source has none "
                                 "(--overload-napi itself works with it)")
@@ -49,18 +49,10 @@ def threaded(topo: Topology) -> str:
     return topo.director.exec(["cat", f"/sys/class/net/{lan(topo)}/threaded"]).stdout.strip()
 
 
-@contextmanager
-def napi_ready(topo: Topology) -> Iterator[None]:
-    """GRO on the director's lan veth (its NAPI instance) and TSO off on the bridge port that sends to it
-    (a veth hands a TSO sender's packets past its NAPI); both back after."""
-    port, sw = topo.switch_port("director", "lan"), topo.switch_host("lan")
-    topo.director.exec(["ethtool", "-K", lan(topo), "gro", "on"])
-    sw.exec(["ethtool", "-K", port, "tso", "off"])
-    try:
-        yield
-    finally:
-        sw.exec(["ethtool", "-K", port, "tso", "on"], check=False)
-        topo.director.exec(["ethtool", "-K", lan(topo), "gro", "off"], check=False)
+def napi_ready(topo: Topology) -> AbstractContextManager[None]:
+    """The director's lan veth receiving through its NAPI (lb/testbed/vethnapi.py)."""
+    return receiving_through_napi(topo.director.netns, lan(topo), topo.switch_ns("lan"),
+                                  topo.switch_port("director", "lan"))
 
 
 def udp_service(d: Lbd, topo: Topology) -> None:
